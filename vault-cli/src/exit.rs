@@ -1,0 +1,58 @@
+//! Exit codes, stable for scripts (also listed in the README):
+//!
+//! | code | meaning |
+//! |---|---|
+//! | 0 | success |
+//! | 1 | internal or unexpected error |
+//! | 2 | usage error (bad arguments) |
+//! | 3 | invalid input (bad field, bad file, weak password, bad ID) |
+//! | 4 | authentication failed, account locked or disabled, session invalid |
+//! | 5 | permission denied by role |
+//! | 6 | not found |
+//! | 7 | record disposed of |
+//! | 8 | integrity failure (tampered data, audit trail verification failed) |
+//! | 9 | vault busy (held by another process) |
+//! | 10 | wrong vault passphrase |
+//! | 11 | storage or file-system error |
+//! | 12 | `doctor` found an unsafe setting |
+//! | 13 | refused by policy (no security officer; already exists) |
+
+use vault_core::Error;
+
+pub const OK: u8 = 0;
+pub const INTERNAL: u8 = 1;
+pub const USAGE: u8 = 2;
+pub const INVALID_INPUT: u8 = 3;
+pub const AUTH: u8 = 4;
+pub const DENIED: u8 = 5;
+pub const NOT_FOUND: u8 = 6;
+pub const DISPOSED: u8 = 7;
+pub const INTEGRITY: u8 = 8;
+pub const BUSY: u8 = 9;
+pub const PASSPHRASE: u8 = 10;
+pub const STORAGE: u8 = 11;
+pub const UNSAFE_CONFIG: u8 = 12;
+pub const POLICY: u8 = 13;
+
+/// Maps an error to its exit code and stable error code.
+pub fn classify(e: &anyhow::Error) -> (u8, &'static str) {
+    let Some(v) = e.downcast_ref::<Error>() else {
+        // Our own messages (missing --vault, unreadable secret file...) are usage-level.
+        return (USAGE, "usage");
+    };
+    let exit = match v {
+        Error::InvalidInput(_) | Error::WeakPassword(_) => INVALID_INPUT,
+        Error::AuthFailed | Error::AccountLocked { .. } | Error::AccountDisabled | Error::SessionInvalid => AUTH,
+        Error::PermissionDenied(_) => DENIED,
+        Error::NotFound(_) | Error::NotAVault(_) => NOT_FOUND,
+        Error::Disposed { .. } => DISPOSED,
+        Error::Integrity(_) | Error::UnsupportedFormat(_) => INTEGRITY,
+        Error::VaultBusy => BUSY,
+        Error::WrongPassphrase => PASSPHRASE,
+        Error::Storage(_) | Error::Io(_) | Error::AuditUnavailable(_) => STORAGE,
+        Error::UnsafePermissions(_) => UNSAFE_CONFIG,
+        Error::NoOfficer | Error::AlreadyExists(_) => POLICY,
+        _ => INTERNAL,
+    };
+    (exit, v.code())
+}

@@ -1,0 +1,722 @@
+//! `pivault`: the command-line front end of the vault.
+//!
+//! Glue only: parse arguments, obtain secrets (file, stdin or a no-echo
+//! prompt — never a flag), call the [`vault_core::Vault`] facade, format the
+//! result for people or, with `--json`, for scripts. Data goes to stdout,
+//! messages to stderr. Exit codes are listed in [`exit`] and the README.
+#![forbid(unsafe_code)]
+
+mod exit;
+mod output;
+
+use std::fs::File;
+use std::io::{BufReader, IsTerminal, Read};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context as _, anyhow, bail};
+use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
+use serde_json::{Value, json};
+use vault_core::access::Role;
+use vault_core::audit::EventFilter;
+use vault_core::crypto::KdfParams;
+use vault_core::doctor::{self, Level};
+use vault_core::ids::{RecordId, Username};
+use vault_core::schema::Schema;
+use vault_core::secret::SecretString;
+use vault_core::vault::{Context, ImportFormat, InitOptions, OpenOptions, RecordFilter, Session, Vault};
+
+use crate::output::Out;
+
+/// pivault — a vault for personal-information records: encrypted at rest,
+/// access-controlled, audited, and destroyed provably.
+#[derive(Parser, Debug)]
+#[command(name = "pivault", version, propagate_version = true)]
+struct Cli {
+    /// Vault directory.
+    #[arg(long, global = true, env = "PIVAULT_DIR", value_name = "DIR")]
+    vault: Option<PathBuf>,
+    /// Your username.
+    #[arg(long, global = true, env = "PIVAULT_USER", value_name = "NAME")]
+    user: Option<String>,
+    /// File holding the vault passphrase (or a key file). Never give a secret as a flag.
+    #[arg(long, global = true, env = "PIVAULT_PASSPHRASE_FILE", value_name = "FILE")]
+    passphrase_file: Option<PathBuf>,
+    /// File holding your password.
+    #[arg(long, global = true, env = "PIVAULT_PASSWORD_FILE", value_name = "FILE")]
+    password_file: Option<PathBuf>,
+    /// Machine-readable output (see the README for the schema of each command).
+    #[arg(long, global = true)]
+    json: bool,
+    /// fsync every write (survives power loss, slower).
+    #[arg(long, global = true, env = "PIVAULT_SYNC")]
+    sync: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Create a new vault and its first admin (who chooses their own password).
+    Init(InitArgs),
+    /// Manage users (admin).
+    #[command(subcommand)]
+    User(UserCmd),
+    /// Manage collections and their schemas.
+    #[command(subcommand)]
+    Collection(CollectionCmd),
+    /// Store, read, correct and list records.
+    #[command(subcommand)]
+    Record(RecordCmd),
+    /// Show the subject ID for a customer reference.
+    #[command(subcommand)]
+    Subject(SubjectCmd),
+    /// Read, verify and report on the audit trail.
+    #[command(subcommand)]
+    Audit(AuditCmd),
+    /// Report the live security configuration; non-zero exit on any unsafe setting.
+    Doctor,
+    /// Record that the annual security review took place (officer).
+    Review,
+    /// Print shell completions.
+    Completions {
+        /// Shell.
+        shell: clap_complete::Shell,
+    },
+}
+
+#[derive(Args, Debug)]
+struct InitArgs {
+    /// Username of the first admin.
+    #[arg(long)]
+    admin: String,
+    /// Number of key buckets (fixed for the vault's life).
+    #[arg(long, default_value_t = vault_core::vault::DEFAULT_BUCKETS)]
+    buckets: u32,
+    /// Cheap Argon2id parameters for tests and demos. `doctor` reports such a vault as unsafe.
+    #[arg(long)]
+    insecure_fast_kdf: bool,
+}
+
+#[derive(Subcommand, Debug)]
+enum UserCmd {
+    /// Add a user. Their password comes from PIVAULT_NEW_PASSWORD_FILE or a prompt.
+    Add {
+        /// Username.
+        name: String,
+        /// Role: admin, officer, clerk, auditor or contractor.
+        #[arg(long)]
+        role: String,
+        /// Let a clerk reveal sensitive fields (with a reason, audited).
+        #[arg(long)]
+        reveal: bool,
+        /// File holding the new user's password.
+        #[arg(long, env = "PIVAULT_NEW_PASSWORD_FILE", value_name = "FILE")]
+        new_password_file: Option<PathBuf>,
+    },
+    /// List users.
+    List,
+    /// Disable a user: all their sessions and tokens end at once.
+    Disable {
+        /// Username.
+        name: String,
+    },
+    /// Re-enable a disabled user.
+    Enable {
+        /// Username.
+        name: String,
+    },
+    /// Lift a lock-out.
+    Unlock {
+        /// Username.
+        name: String,
+    },
+    /// Change a user's role.
+    Role {
+        /// Username.
+        name: String,
+        /// New role.
+        role: String,
+    },
+    /// Change a password (your own, or anyone's as admin).
+    Passwd {
+        /// Username (default: yourself).
+        name: Option<String>,
+        /// File holding the new password.
+        #[arg(long, env = "PIVAULT_NEW_PASSWORD_FILE", value_name = "FILE")]
+        new_password_file: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum CollectionCmd {
+    /// Create a collection from a schema file (format in the README).
+    Create {
+        /// Collection name.
+        name: String,
+        /// Schema file (JSON).
+        #[arg(long)]
+        schema: PathBuf,
+    },
+    /// List collections.
+    List,
+    /// Show a collection's schema.
+    Show {
+        /// Collection name.
+        name: String,
+    },
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum FormatArg {
+    Jsonl,
+    Csv,
+}
+
+#[derive(Subcommand, Debug)]
+enum RecordCmd {
+    /// Store a new record; prints its ID.
+    Put {
+        /// Collection.
+        collection: String,
+        /// Subject: a UUID or your own customer reference (default: a new subject).
+        #[arg(long)]
+        subject: Option<String>,
+        /// JSON file with the record body ('-' for stdin).
+        #[arg(long)]
+        data: PathBuf,
+    },
+    /// Import JSON Lines or CSV, streaming; nothing is stored if any row is invalid.
+    Import {
+        /// Collection.
+        collection: String,
+        /// Input file.
+        file: PathBuf,
+        /// Input format (default: from the file extension).
+        #[arg(long, value_enum)]
+        format: Option<FormatArg>,
+        /// Column naming the subject (UUID or customer reference).
+        #[arg(long, default_value = "subject")]
+        subject_column: String,
+    },
+    /// Read a record, masked unless fields are revealed with a reason.
+    Get {
+        /// Record ID.
+        id: String,
+        /// Sensitive field to reveal (repeatable).
+        #[arg(long)]
+        reveal: Vec<String>,
+        /// Why you reveal (recorded in the audit trail; no personal information).
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Replace a record's body (a new version under a new key).
+    Update {
+        /// Record ID.
+        id: String,
+        /// JSON file with the new body ('-' for stdin).
+        #[arg(long)]
+        data: PathBuf,
+    },
+    /// List record metadata.
+    List {
+        /// Only this collection.
+        #[arg(long)]
+        collection: Option<String>,
+        /// Only this subject (UUID or customer reference).
+        #[arg(long)]
+        subject: Option<String>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum SubjectCmd {
+    /// Print the subject ID a customer reference maps to.
+    Id {
+        /// Customer reference or UUID.
+        reference: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum AuditCmd {
+    /// Show audit events.
+    Log {
+        /// Only events by this username.
+        #[arg(long = "actor")]
+        actor: Option<String>,
+        /// From this time (RFC 3339 or YYYY-MM-DD).
+        #[arg(long)]
+        since: Option<String>,
+        /// Until this time (exclusive).
+        #[arg(long)]
+        until: Option<String>,
+        /// Only actions starting with this prefix (e.g. "auth.").
+        #[arg(long)]
+        action: Option<String>,
+        /// At most this many events (the latest).
+        #[arg(long)]
+        limit: Option<usize>,
+    },
+    /// Verify the hash chain and signed checkpoints; names the first bad sequence number.
+    Verify,
+    /// Per-user activity report (reads, reveals, exports, denials, lock-outs).
+    Report {
+        /// From this time (RFC 3339 or YYYY-MM-DD); default 30 days ago.
+        #[arg(long)]
+        since: Option<String>,
+        /// Until this time (exclusive); default now.
+        #[arg(long)]
+        until: Option<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() { exit::USAGE } else { exit::OK };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    let out = Out::new(cli.json);
+    match run(&cli, &out) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            if output::is_broken_pipe(&e) {
+                return ExitCode::from(exit::OK);
+            }
+            let (code, kind) = exit::classify(&e);
+            out.error(kind, &e);
+            ExitCode::from(code)
+        }
+    }
+}
+
+fn vault_dir(cli: &Cli) -> anyhow::Result<&Path> {
+    cli.vault
+        .as_deref()
+        .ok_or_else(|| anyhow!("no vault given: use --vault DIR or set PIVAULT_DIR"))
+}
+
+/// Reads a secret from a file, or prompts without echo on a terminal.
+fn secret(file: Option<&Path>, prompt: &str, what: &str, env: &str) -> anyhow::Result<SecretString> {
+    if let Some(f) = file {
+        let s = SecretString::from_file(f).with_context(|| format!("cannot read the {what} file {}", f.display()))?;
+        if s.expose().is_empty() {
+            bail!("the {what} file {} is empty", f.display());
+        }
+        return Ok(s);
+    }
+    if std::io::stdin().is_terminal() && std::io::stderr().is_terminal() {
+        return Ok(SecretString::new(rpassword::prompt_password(prompt)?));
+    }
+    bail!("no {what}: set {env} to a file holding it, or run in a terminal to be prompted (secrets are never taken as flags)")
+}
+
+fn new_secret(file: Option<&Path>, what: &str, env: &str) -> anyhow::Result<SecretString> {
+    let first = secret(file, &format!("New {what}: "), what, env)?;
+    if file.is_none() {
+        let again = secret(None, &format!("Repeat the {what}: "), what, env)?;
+        if first != again {
+            bail!("the two {what}s differ");
+        }
+    }
+    Ok(first)
+}
+
+fn open_opts(cli: &Cli) -> OpenOptions {
+    OpenOptions {
+        sync: cli.sync,
+        ..OpenOptions::default()
+    }
+}
+
+fn open_vault(cli: &Cli) -> anyhow::Result<Vault> {
+    let dir = vault_dir(cli)?;
+    let pass = secret(
+        cli.passphrase_file.as_deref(),
+        "Vault passphrase: ",
+        "vault passphrase",
+        "PIVAULT_PASSPHRASE_FILE",
+    )?;
+    Ok(Vault::open(dir, &pass, open_opts(cli))?)
+}
+
+fn login(cli: &Cli, vault: &Vault) -> anyhow::Result<Session> {
+    let user = cli
+        .user
+        .as_deref()
+        .ok_or_else(|| anyhow!("no user given: use --user NAME or set PIVAULT_USER"))?;
+    let pw = secret(cli.password_file.as_deref(), &format!("Password for {user}: "), "password", "PIVAULT_PASSWORD_FILE")?;
+    Ok(vault.login(user, &pw, Context::cli())?)
+}
+
+fn read_json(path: &Path) -> anyhow::Result<Value> {
+    let mut text = String::new();
+    if path == Path::new("-") {
+        std::io::stdin().read_to_string(&mut text)?;
+    } else {
+        File::open(path)
+            .with_context(|| format!("cannot open {}", path.display()))?
+            .read_to_string(&mut text)?;
+    }
+    // serde_json errors carry positions only, never the input text.
+    serde_json::from_str(&text).map_err(|e| anyhow!(vault_core::Error::InvalidInput(format!("malformed JSON at line {} column {}", e.line(), e.column()))))
+}
+
+fn parse_time(s: &str) -> anyhow::Result<i64> {
+    if let Ok(t) = s.parse::<jiff::Timestamp>() {
+        return Ok(t.as_millisecond());
+    }
+    let d: jiff::civil::Date = s
+        .parse()
+        .map_err(|_| vault_core::Error::InvalidInput("time must be RFC 3339 or YYYY-MM-DD".into()))?;
+    Ok(d.to_zoned(jiff::tz::TimeZone::UTC)?.timestamp().as_millisecond())
+}
+
+fn run(cli: &Cli, out: &Out) -> anyhow::Result<u8> {
+    match &cli.command {
+        Command::Completions { shell } => {
+            clap_complete::generate(*shell, &mut Cli::command(), "pivault", &mut std::io::stdout());
+            Ok(exit::OK)
+        }
+        Command::Init(a) => cmd_init(cli, out, a),
+        Command::Doctor => cmd_doctor(cli, out),
+        cmd => {
+            let vault = open_vault(cli)?;
+            if let Command::Subject(SubjectCmd::Id { reference }) = cmd {
+                let id = vault.resolve_subject(reference)?;
+                out.data(json!({ "subject": id.to_string() }), || format!("{id}"))?;
+                return Ok(exit::OK);
+            }
+            let session = login(cli, &vault)?;
+            let code = match cmd {
+                Command::User(c) => cmd_user(cli, out, &vault, &session, c)?,
+                Command::Collection(c) => cmd_collection(out, &vault, &session, c)?,
+                Command::Record(c) => cmd_record(out, &vault, &session, c)?,
+                Command::Audit(c) => cmd_audit(out, &vault, &session, c)?,
+                Command::Review => {
+                    vault.record_security_review(&session)?;
+                    out.data(json!({ "reviewed": true }), || "security review recorded".into())?;
+                    exit::OK
+                }
+                Command::Init(_) | Command::Doctor | Command::Completions { .. } | Command::Subject(_) => unreachable!(),
+            };
+            vault.close()?;
+            Ok(code)
+        }
+    }
+}
+
+fn cmd_init(cli: &Cli, out: &Out, a: &InitArgs) -> anyhow::Result<u8> {
+    let dir = vault_dir(cli)?;
+    let admin = Username::parse(&a.admin)?;
+    let pass = new_secret(cli.passphrase_file.as_deref(), "vault passphrase", "PIVAULT_PASSPHRASE_FILE")?;
+    let pw = new_secret(cli.password_file.as_deref(), "admin password", "PIVAULT_PASSWORD_FILE")?;
+    let kdf = if a.insecure_fast_kdf { KdfParams::INSECURE_FAST } else { KdfParams::VAULT_DEFAULT };
+    let vault = Vault::create(
+        dir,
+        &pass,
+        InitOptions {
+            kdf,
+            buckets: a.buckets,
+            admin: admin.clone(),
+            admin_password: pw,
+        },
+        open_opts(cli),
+    )?;
+    let id = vault.id();
+    vault.close()?;
+    out.data(
+        json!({ "vault_id": id.to_string(), "dir": dir.display().to_string(), "admin": admin.as_str() }),
+        || {
+            format!(
+                "created vault {id} in {dir}\n\nNext steps:\n  1. add a security officer (records are refused until one exists):\n       pivault --vault {dir} --user {admin} user add NAME --role officer\n  2. add staff:    pivault --vault {dir} --user {admin} user add NAME --role clerk\n  3. define what you store:\n       pivault --vault {dir} --user {admin} collection create customers --schema schema.json\n  4. check the set-up:  pivault --vault {dir} doctor",
+                dir = dir.display()
+            )
+        },
+    )?;
+    Ok(exit::OK)
+}
+
+fn cmd_user(cli: &Cli, out: &Out, vault: &Vault, s: &Session, c: &UserCmd) -> anyhow::Result<u8> {
+    match c {
+        UserCmd::Add {
+            name,
+            role,
+            reveal,
+            new_password_file,
+        } => {
+            let role = Role::parse(role)?;
+            let pw = new_secret(new_password_file.as_deref(), &format!("password for {name}"), "PIVAULT_NEW_PASSWORD_FILE")?;
+            let id = vault.add_user(s, name, &pw, role, *reveal)?;
+            out.data(json!({ "user_id": id.to_string(), "username": name, "role": role.as_str() }), || {
+                format!("added {role} {name} ({id})")
+            })?;
+        }
+        UserCmd::List => {
+            let users = vault.list_users(s)?;
+            let rows: Vec<Value> = users.iter().map(output::user_json).collect();
+            out.data(Value::Array(rows), || output::users_table(&users))?;
+        }
+        UserCmd::Disable { name } => {
+            let id = vault.disable_user(s, name)?;
+            out.data(json!({ "user_id": id.to_string(), "state": "disabled" }), || {
+                format!("disabled {name}; their sessions and tokens are revoked")
+            })?;
+        }
+        UserCmd::Enable { name } => {
+            let id = vault.enable_user(s, name)?;
+            out.data(json!({ "user_id": id.to_string(), "state": "active" }), || format!("enabled {name}"))?;
+        }
+        UserCmd::Unlock { name } => {
+            let id = vault.unlock_user(s, name)?;
+            out.data(json!({ "user_id": id.to_string(), "locked": false }), || format!("unlocked {name}"))?;
+        }
+        UserCmd::Role { name, role } => {
+            let role = Role::parse(role)?;
+            let id = vault.set_role(s, name, role)?;
+            out.data(json!({ "user_id": id.to_string(), "role": role.as_str() }), || format!("{name} is now {role}"))?;
+        }
+        UserCmd::Passwd {
+            name,
+            new_password_file,
+        } => {
+            let name = name.clone().or_else(|| cli.user.clone()).unwrap_or_default();
+            let pw = new_secret(new_password_file.as_deref(), "password", "PIVAULT_NEW_PASSWORD_FILE")?;
+            vault.set_password(s, &name, &pw)?;
+            out.data(json!({ "username": name, "password_changed": true }), || format!("password of {name} changed"))?;
+        }
+    }
+    Ok(exit::OK)
+}
+
+fn cmd_collection(out: &Out, vault: &Vault, s: &Session, c: &CollectionCmd) -> anyhow::Result<u8> {
+    match c {
+        CollectionCmd::Create { name, schema } => {
+            let text = std::fs::read_to_string(schema).with_context(|| format!("cannot read {}", schema.display()))?;
+            let parsed = Schema::from_json(&text)?;
+            let name = vault.create_collection(s, name, &parsed)?;
+            out.data(json!({ "collection": name.as_str(), "fields": parsed.fields.len() }), || {
+                format!("created collection {name} with {} fields", parsed.fields.len())
+            })?;
+        }
+        CollectionCmd::List => {
+            let cs = vault.collections(s)?;
+            let rows: Vec<Value> = cs
+                .iter()
+                .map(|(n, sc)| json!({ "collection": n.as_str(), "purpose": sc.purpose, "fields": sc.fields.len() }))
+                .collect();
+            out.data(Value::Array(rows), || {
+                cs.iter()
+                    .map(|(n, sc)| format!("{n}\t{} fields\t{}", sc.fields.len(), sc.purpose))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            })?;
+        }
+        CollectionCmd::Show { name } => {
+            let cs = vault.collections(s)?;
+            let (_, sc) = cs
+                .iter()
+                .find(|(n, _)| n.as_str() == name)
+                .ok_or(vault_core::Error::NotFound("collection"))?;
+            let v: Value = serde_json::from_str(&sc.to_json())?;
+            out.data(v.clone(), || serde_json::to_string_pretty(&v).unwrap_or_default())?;
+        }
+    }
+    Ok(exit::OK)
+}
+
+fn cmd_record(out: &Out, vault: &Vault, s: &Session, c: &RecordCmd) -> anyhow::Result<u8> {
+    match c {
+        RecordCmd::Put { collection, subject, data } => {
+            let body = read_json(data)?;
+            let subject = match subject {
+                Some(t) => vault.resolve_subject(t)?,
+                None => vault_core::ids::SubjectId::new(),
+            };
+            let id = vault.put_record(s, collection, subject, &body)?;
+            out.data(json!({ "record_id": id.to_string(), "subject": subject.to_string() }), || id.to_string())?;
+        }
+        RecordCmd::Import {
+            collection,
+            file,
+            format,
+            subject_column,
+        } => return cmd_import(out, vault, s, collection, file, *format, subject_column),
+        RecordCmd::Get { id, reveal, reason } => {
+            let id: RecordId = id.parse()?;
+            let fields: Vec<&str> = reveal.iter().map(String::as_str).collect();
+            let view = vault.get_record(s, id, &fields, reason.as_deref())?;
+            out.data(output::record_json(&view), || output::record_text(&view))?;
+        }
+        RecordCmd::Update { id, data } => {
+            let id: RecordId = id.parse()?;
+            let body = read_json(data)?;
+            let version = vault.update_record(s, id, &body)?;
+            out.data(json!({ "record_id": id.to_string(), "version": version }), || {
+                format!("updated {id} to version {version}")
+            })?;
+        }
+        RecordCmd::List { collection, subject } => {
+            let filter = RecordFilter {
+                collection: collection.as_deref().map(vault_core::ids::CollectionName::parse).transpose()?,
+                subject: subject.as_deref().map(|t| vault.resolve_subject(t)).transpose()?,
+            };
+            let metas = vault.list_records(s, &filter)?;
+            let rows: Vec<Value> = metas.iter().map(output::meta_json).collect();
+            out.data(Value::Array(rows), || output::metas_table(&metas))?;
+        }
+    }
+    Ok(exit::OK)
+}
+
+fn cmd_import(
+    out: &Out,
+    vault: &Vault,
+    s: &Session,
+    collection: &str,
+    file: &Path,
+    format: Option<FormatArg>,
+    subject_column: &str,
+) -> anyhow::Result<u8> {
+    let format = match format {
+        Some(FormatArg::Csv) => ImportFormat::Csv,
+        Some(FormatArg::Jsonl) => ImportFormat::JsonLines,
+        None if file.extension().is_some_and(|e| e.eq_ignore_ascii_case("csv")) => ImportFormat::Csv,
+        None => ImportFormat::JsonLines,
+    };
+    let open = || -> anyhow::Result<(BufReader<File>, u64)> {
+        let f = File::open(file).with_context(|| format!("cannot open {}", file.display()))?;
+        let len = f.metadata()?.len();
+        Ok((BufReader::with_capacity(1 << 16, f), len))
+    };
+    // Pass 1 checks every row and stores nothing; pass 2 stores. Both stream.
+    let (reader, len) = open()?;
+    let bar = out.progress(len, "checking");
+    let check = vault.import_records(s, collection, reader, format, subject_column, true, &mut |n| bar.set_position(n))?;
+    bar.finish_and_clear();
+    if check.rejected_count > 0 {
+        let rows: Vec<Value> = check
+            .rejected
+            .iter()
+            .map(|r| json!({ "line": r.line, "error": r.error }))
+            .collect();
+        out.data(
+            json!({ "imported": 0, "valid": check.valid, "rejected": check.rejected_count, "errors": rows }),
+            || {
+                let mut t = format!(
+                    "nothing imported: {} of {} rows are invalid\n",
+                    check.rejected_count,
+                    check.valid + check.rejected_count
+                );
+                for r in check.rejected.iter().take(20) {
+                    t.push_str(&format!("  line {}: {}\n", r.line, r.error));
+                }
+                t
+            },
+        )?;
+        return Ok(exit::INVALID_INPUT);
+    }
+    let (reader, len) = open()?;
+    let bar = out.progress(len, "importing");
+    let report = vault.import_records(s, collection, reader, format, subject_column, false, &mut |n| bar.set_position(n))?;
+    bar.finish_and_clear();
+    out.data(json!({ "imported": report.imported, "valid": report.valid, "rejected": 0 }), || {
+        format!("imported {} records into {collection}", report.imported)
+    })?;
+    Ok(exit::OK)
+}
+
+fn cmd_audit(out: &Out, vault: &Vault, s: &Session, c: &AuditCmd) -> anyhow::Result<u8> {
+    match c {
+        AuditCmd::Log {
+            actor,
+            since,
+            until,
+            action,
+            limit,
+        } => {
+            let actor = match actor {
+                Some(name) => Some(
+                    vault
+                        .list_users(s)?
+                        .into_iter()
+                        .find(|u| u.username.as_str() == name.to_ascii_lowercase())
+                        .ok_or(vault_core::Error::NotFound("user"))?
+                        .id,
+                ),
+                None => None,
+            };
+            let filter = EventFilter {
+                actor,
+                from_ms: since.as_deref().map(parse_time).transpose()?,
+                to_ms: until.as_deref().map(parse_time).transpose()?,
+                action_prefix: action.clone(),
+                limit: *limit,
+            };
+            let events = vault.audit_events(s, &filter)?;
+            let rows: Vec<Value> = events.iter().map(output::event_json).collect();
+            out.data(Value::Array(rows), || {
+                events.iter().map(output::event_text).collect::<Vec<_>>().join("\n")
+            })?;
+        }
+        AuditCmd::Verify => {
+            let r = vault.audit_verify(s)?;
+            out.data(output::verify_json(&r), || output::verify_text(&r))?;
+            if !r.ok() {
+                return Ok(exit::INTEGRITY);
+            }
+        }
+        AuditCmd::Report { since, until } => {
+            let now = jiff::Timestamp::now().as_millisecond();
+            let from = since.as_deref().map(parse_time).transpose()?.unwrap_or(now - 30 * 86_400_000);
+            let to = until.as_deref().map(parse_time).transpose()?.unwrap_or(now + 1);
+            let users = vault.list_users(s).unwrap_or_default();
+            let report = vault.activity_report(s, from, to)?;
+            let name_of = |id: vault_core::ids::UserId| {
+                users
+                    .iter()
+                    .find(|u| u.id == id)
+                    .map(|u| u.username.to_string())
+                    .unwrap_or_else(|| id.to_string())
+            };
+            let rows: Vec<Value> = report
+                .iter()
+                .map(|a| output::activity_json(a, &name_of(a.user)))
+                .collect();
+            out.data(json!({ "from": from, "to": to, "users": rows }), || {
+                output::activity_text(&report, &name_of)
+            })?;
+        }
+    }
+    Ok(exit::OK)
+}
+
+fn cmd_doctor(cli: &Cli, out: &Out) -> anyhow::Result<u8> {
+    let dir = vault_dir(cli)?;
+    // Permission checks come first: an unsafe header keeps the vault shut.
+    let mut checks = doctor::file_checks(dir);
+    let vault = if checks.iter().any(|c| c.level == Level::Fail) { None } else { Some(open_vault(cli)?) };
+    if let Some(v) = &vault {
+        checks = doctor::checks(v, jiff::Timestamp::now().as_millisecond())?;
+    }
+    let unsafe_count = checks.iter().filter(|c| c.level == Level::Fail).count();
+    let rows: Vec<Value> = checks
+        .iter()
+        .map(|c| json!({ "check": c.name, "level": c.level.as_str(), "detail": c.detail }))
+        .collect();
+    if let Some(v) = vault {
+        v.close()?;
+    }
+    out.data(json!({ "ok": unsafe_count == 0, "checks": rows }), || {
+        checks
+            .iter()
+            .map(|c| format!("{:<5} {:<22} {}", c.level.as_str(), c.name, c.detail))
+            .collect::<Vec<_>>()
+            .join("\n")
+    })?;
+    Ok(if unsafe_count == 0 { exit::OK } else { exit::UNSAFE_CONFIG })
+}

@@ -1,0 +1,330 @@
+//! Access control: users, roles and permissions (default deny), password
+//! policy and hashing, lock-out, and sessions (REQ-AUTH-01..05, REQ-ACL-01).
+//!
+//! The policy table is [`Role::permits`]; every operation of the [`crate::Vault`]
+//! facade asks it before touching data, whatever the front end.
+
+use std::fmt;
+
+use argon2::password_hash::{PasswordHasher, PasswordVerifier};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::ids::{UserId, Username};
+use crate::secret::SecretString;
+
+/// The fixed set of roles (DESIGN §5).
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Hash, PartialOrd, Ord)]
+#[non_exhaustive]
+pub enum Role {
+    /// Users, collections, policies and holds; no record contents.
+    Admin,
+    /// The designated security officer: reports, audit, record review with reveal.
+    Officer,
+    /// Day-to-day staff: create, read (masked) and update records.
+    Clerk,
+    /// Audit trail and reports; no record contents.
+    Auditor,
+    /// Disposal contractor: record IDs and metadata in scope; never contents.
+    Contractor,
+}
+
+/// Everything a user can ask the vault to do.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Hash)]
+#[non_exhaustive]
+pub enum Permission {
+    /// Add, disable, unlock users and change roles.
+    ManageUsers,
+    /// Create collections and their schemas.
+    ManageCollections,
+    /// Create records (one or by import).
+    CreateRecord,
+    /// Read a record's contents (masked).
+    ReadRecord,
+    /// Reveal a sensitive field with a reason.
+    RevealField,
+    /// Replace a record's body (new version).
+    UpdateRecord,
+    /// List record IDs and metadata (no contents).
+    ListRecords,
+    /// Read the audit trail and verify it.
+    ReadAudit,
+    /// Per-user activity and incident reports.
+    Reports,
+    /// Dispose of records (the disposal issue).
+    Dispose,
+    /// Record the date of the last security review.
+    RecordReview,
+}
+
+impl Permission {
+    /// Every permission, for the role × operation matrix.
+    pub const ALL: [Permission; 11] = [
+        Permission::ManageUsers,
+        Permission::ManageCollections,
+        Permission::CreateRecord,
+        Permission::ReadRecord,
+        Permission::RevealField,
+        Permission::UpdateRecord,
+        Permission::ListRecords,
+        Permission::ReadAudit,
+        Permission::Reports,
+        Permission::Dispose,
+        Permission::RecordReview,
+    ];
+
+    /// What the permission allows, for error messages ("your role may not …").
+    pub fn verb(&self) -> &'static str {
+        match self {
+            Permission::ManageUsers => "manage users",
+            Permission::ManageCollections => "manage collections",
+            Permission::CreateRecord => "create records",
+            Permission::ReadRecord => "read record contents",
+            Permission::RevealField => "reveal sensitive fields",
+            Permission::UpdateRecord => "update records",
+            Permission::ListRecords => "list records",
+            Permission::ReadAudit => "read the audit trail",
+            Permission::Reports => "run activity reports",
+            Permission::Dispose => "dispose of records",
+            Permission::RecordReview => "record a security review",
+        }
+    }
+}
+
+impl Role {
+    /// Every role.
+    pub const ALL: [Role; 5] = [Role::Admin, Role::Officer, Role::Clerk, Role::Auditor, Role::Contractor];
+
+    /// The policy table. Anything not listed is denied.
+    pub fn permits(&self, p: Permission) -> bool {
+        use Permission as P;
+        match self {
+            Role::Admin => matches!(p, P::ManageUsers | P::ManageCollections | P::ListRecords),
+            Role::Officer => matches!(
+                p,
+                P::ReadRecord | P::RevealField | P::ListRecords | P::ReadAudit | P::Reports | P::Dispose | P::RecordReview
+            ),
+            Role::Clerk => matches!(p, P::CreateRecord | P::ReadRecord | P::UpdateRecord | P::ListRecords),
+            Role::Auditor => matches!(p, P::ReadAudit | P::Reports),
+            Role::Contractor => matches!(p, P::ListRecords | P::Dispose),
+        }
+    }
+
+    /// Lowercase name used on the command line and in storage.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Role::Admin => "admin",
+            Role::Officer => "officer",
+            Role::Clerk => "clerk",
+            Role::Auditor => "auditor",
+            Role::Contractor => "contractor",
+        }
+    }
+
+    /// Parses a role name.
+    pub fn parse(s: &str) -> Result<Role> {
+        Role::ALL
+            .into_iter()
+            .find(|r| r.as_str() == s)
+            .ok_or_else(|| Error::invalid("role must be one of admin, officer, clerk, auditor, contractor"))
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Account state.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum UserState {
+    /// May log in.
+    Active,
+    /// Disabled by an admin (terminated employee): no login, no sessions.
+    Disabled,
+}
+
+/// Lock-out policy (REQ-AUTH-05).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LockoutPolicy {
+    /// Consecutive failures that lock the account.
+    pub max_failures: u32,
+    /// First lock-out duration; doubles on each repeat.
+    pub base_lock_ms: i64,
+    /// Upper bound of the doubling.
+    pub max_lock_ms: i64,
+}
+
+impl Default for LockoutPolicy {
+    fn default() -> Self {
+        LockoutPolicy {
+            max_failures: 5,
+            base_lock_ms: 15 * 60 * 1000,
+            max_lock_ms: 24 * 60 * 60 * 1000,
+        }
+    }
+}
+
+/// A stored user. The password is only ever held as an Argon2id PHC string.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) struct UserRow {
+    pub id: String,
+    pub username: String,
+    pub role: String,
+    pub disabled: bool,
+    pub reveal: bool,
+    pub password_phc: String,
+    pub created_ms: i64,
+    pub last_login_ms: Option<i64>,
+    pub failures: u32,
+    pub lockouts: u32,
+    pub locked_until_ms: Option<i64>,
+    /// Bumped on disable or password change: sessions of older generations die.
+    pub generation: u32,
+}
+
+/// What callers may see of a user.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UserInfo {
+    /// Immutable, never-reused ID.
+    pub id: UserId,
+    /// Unique login name.
+    pub username: Username,
+    /// Role.
+    pub role: Role,
+    /// Active or disabled.
+    pub state: UserState,
+    /// Granted reveal of sensitive fields (clerks; officers have it by role).
+    pub reveal_grant: bool,
+    /// Creation time, unix ms.
+    pub created_ms: i64,
+    /// Last successful login, unix ms.
+    pub last_login_ms: Option<i64>,
+    /// Locked until (unix ms), if locked now.
+    pub locked_until_ms: Option<i64>,
+}
+
+impl UserRow {
+    pub fn info(&self, now_ms: i64) -> Result<UserInfo> {
+        Ok(UserInfo {
+            id: self.id.parse()?,
+            username: Username::parse(&self.username)?,
+            role: Role::parse(&self.role)?,
+            state: if self.disabled { UserState::Disabled } else { UserState::Active },
+            reveal_grant: self.reveal,
+            created_ms: self.created_ms,
+            last_login_ms: self.last_login_ms,
+            locked_until_ms: self.locked_until_ms.filter(|&t| t > now_ms),
+        })
+    }
+}
+
+/// Users' password hashing parameters: OWASP minimum (m=19 MiB, t=2, p=1).
+fn password_hasher() -> argon2::Argon2<'static> {
+    let params = argon2::Params::new(19 * 1024, 2, 1, Some(32)).expect("valid OWASP parameters");
+    argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params)
+}
+
+/// A short list of the most common and breached passwords, checked
+/// case-insensitively and with trailing digits and symbols stripped.
+const COMMON_PASSWORDS: &[&str] = &[
+    "password", "passw0rd", "123456789012", "qwertyuiopas", "administrator", "letmein", "welcome", "changeme",
+    "iloveyou", "trustno1", "football", "baseball", "sunshine", "princess", "dragon", "monkey", "master",
+    "superman", "qwerty", "abc123", "admin", "default", "secret", "login", "pivault", "vault", "summer",
+    "winter", "spring", "autumn", "starwars", "whatever", "freedom", "shadow", "michael", "jennifer",
+    "p@ssw0rd", "p@ssword", "qwertyuiop", "1q2w3e4r5t6y", "zaq12wsx", "password1", "welcome1", "letmein1",
+    "correcthorsebatterystaple", "masskey", "boston", "massachusetts", "redsox", "patriots",
+];
+
+/// Checks a new password against the policy (REQ-AUTH-02): at least 12
+/// characters, at most 1024, not a common or breached password, not the username.
+pub fn check_password_policy(password: &SecretString, username: &Username) -> Result<()> {
+    let p = password.expose();
+    let n = p.chars().count();
+    if n < 12 {
+        return Err(Error::WeakPassword("must be at least 12 characters"));
+    }
+    if n > 1024 {
+        return Err(Error::WeakPassword("must be at most 1024 characters"));
+    }
+    let lower = p.to_lowercase();
+    let stem = lower.trim_end_matches(|c: char| c.is_ascii_digit() || c.is_ascii_punctuation());
+    if COMMON_PASSWORDS.iter().any(|c| *c == lower || *c == stem) {
+        return Err(Error::WeakPassword("is a common or breached password"));
+    }
+    if lower.contains(username.as_str()) {
+        return Err(Error::WeakPassword("must not contain the username"));
+    }
+    if p.chars().collect::<std::collections::HashSet<_>>().len() < 4 {
+        return Err(Error::WeakPassword("uses too few distinct characters"));
+    }
+    Ok(())
+}
+
+/// Hashes a password to an Argon2id PHC string.
+pub(crate) fn hash_password(password: &SecretString) -> Result<String> {
+    password_hasher()
+        .hash_password(password.expose().as_bytes())
+        .map(|h| h.to_string())
+        .map_err(|_| Error::invalid("password hashing failed"))
+}
+
+/// Verifies a password against a PHC string in constant time (the crate
+/// compares the outputs with `subtle`).
+pub(crate) fn verify_password(password: &SecretString, phc: &str) -> bool {
+    password_hasher()
+        .verify_password(password.expose().as_bytes(), phc)
+        .is_ok()
+}
+
+/// Next lock duration after `lockouts` previous lock-outs: doubling, bounded.
+pub(crate) fn lock_duration(policy: &LockoutPolicy, lockouts: u32) -> i64 {
+    let factor = 1i64 << lockouts.min(20);
+    policy.base_lock_ms.saturating_mul(factor).min(policy.max_lock_ms)
+}
+
+/// A stored session (server tokens and CLI logins): only the token's hash is kept.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) struct SessionRow {
+    pub user: String,
+    pub generation: u32,
+    pub created_ms: i64,
+    pub expires_ms: i64,
+    pub last_seen_ms: i64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn password_policy() {
+        let u = Username::parse("alice").unwrap();
+        for bad in ["Password123!", "short-pass1", "password1234", "aaaaaaaaaaaaaaa", "alice-is-great-2024", "Welcome1!!!!"] {
+            assert!(check_password_policy(&bad.into(), &u).is_err(), "{bad} accepted");
+        }
+        // Any 11-character password is refused.
+        assert!(check_password_policy(&"Xk9#mQ2$vL7".into(), &u).is_err());
+        assert!(check_password_policy(&"Xk9#mQ2$vL7p".into(), &u).is_ok());
+        // Errors never echo the password.
+        let e = check_password_policy(&"Password123!".into(), &u).unwrap_err().to_string();
+        assert!(!e.contains("Password123"));
+    }
+
+    #[test]
+    fn hashes_are_argon2id_and_verify() {
+        let h = hash_password(&"a long enough passphrase".into()).unwrap();
+        assert!(h.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"), "{h}");
+        assert!(verify_password(&"a long enough passphrase".into(), &h));
+        assert!(!verify_password(&"a long enough passphrasf".into(), &h));
+    }
+
+    #[test]
+    fn lock_duration_doubles_and_is_bounded() {
+        let p = LockoutPolicy::default();
+        assert_eq!(lock_duration(&p, 0), 15 * 60 * 1000);
+        assert_eq!(lock_duration(&p, 1), 30 * 60 * 1000);
+        assert_eq!(lock_duration(&p, 30), p.max_lock_ms);
+    }
+}

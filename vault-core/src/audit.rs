@@ -1,0 +1,1213 @@
+//! The audit trail: hash-chained events and signed checkpoints (REQ-MON-01,
+//! REQ-MON-02, REQ-WISP-06, REQ-WISP-10).
+//!
+//! This module owns the `<vault>/audit/` directory: appending events (fail
+//! closed), resuming after a crash, signing checkpoints with the vault's
+//! Ed25519 audit key, reading events back for `audit log` and reports, and
+//! verifying a whole directory offline with only the public key. Events carry
+//! IDs, codes and addresses, never personal information, so the trail survives
+//! disposal intact; keeping PI out is the caller's duty, and [`check_reason`]
+//! guards the one free-text field.
+//!
+//! # On-disk format (version 1)
+//!
+//! The format is stable and simple enough for a third party to verify:
+//!
+//! * **Segments.** Events live in `seg-00000001.log`, `seg-00000002.log`, …
+//!   (`seg-{:08}.log`, numbered from 1, read in numeric order). A new segment
+//!   starts when the next line would push the current one past
+//!   [`SEGMENT_MAX_BYTES`] (8 MiB). Directories are created 0700, files 0600.
+//! * **Event lines.** One event per line: compact JSON with its fields in this
+//!   fixed order — `seq`, `time_ms`, `actor` (user UUID or null), `channel`
+//!   (`cli`/`http`/`system`), `source`, `action`, `targets` (array of IDs),
+//!   `outcome` (`success`/`denied`/`failed`), `code`, `reason`, `request_id` —
+//!   then one space, then the event's chain hash as 64 lowercase hex digits,
+//!   then `\n`. Nothing else appears on a line.
+//! * **Hash chain.** `hash_n = SHA-256("pivault-audit-v1" || hash_{n-1} || json_n)`
+//!   where `json_n` is the exact JSON bytes of line `n` (everything before the
+//!   last space) and `hash_0` is 32 zero bytes. The previous hash is not stored
+//!   on the line: a verifier recomputes the chain, so an edit anywhere breaks
+//!   every later link. Sequence numbers start at 1 and increase by exactly 1
+//!   across segments.
+//! * **Checkpoints.** `checkpoints.log` holds one line per checkpoint, compact
+//!   JSON `{"seq":…,"head":"<64 hex>","time_ms":…,"sig":"<128 hex>"}`, where
+//!   `sig` is an Ed25519 signature over
+//!   `"pivault-audit-checkpoint-v1" || seq (u64 big-endian) || head (32 bytes) || time_ms (i64 big-endian)`.
+//!   A checkpoint is written every [`CHECKPOINT_EVERY`] events and on demand
+//!   ([`AuditLog::checkpoint`], e.g. at clean close); checkpoint seqs strictly
+//!   increase. All hex is lowercase and every line is in the canonical form
+//!   above, so any changed byte is detected.
+//!
+//! # What verification proves
+//!
+//! [`verify`] names the first bad sequence number for an edited, inserted,
+//! deleted or reordered event and for a log truncated before its last signed
+//! checkpoint. The chain is unkeyed, so someone who rewrites an event *and
+//! recomputes every later hash* is caught only by the next signed checkpoint,
+//! and the report can then only say "after the last checkpoint that still
+//! matches"; events after the last checkpoint can be cut off without trace.
+//! That is why checkpoints are frequent and one is written at clean close.
+//!
+//! # Crash behaviour
+//!
+//! Each append is a single `write` of a whole line, so a process kill leaves
+//! either the whole line or a torn tail; with `sync` each append is also
+//! fsynced, which survives a power loss. On open a torn last line (no trailing
+//! newline) is cut off: it was never acknowledged. Before a checkpoint is
+//! written the segment is always fsynced, so a surviving checkpoint never
+//! vouches for events that a power loss took away.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::error::{Error, Result};
+use crate::ids::UserId;
+
+/// A signed checkpoint is written automatically after every this many events.
+pub const CHECKPOINT_EVERY: u64 = 256;
+
+/// A segment is closed and the next one started before it would exceed this
+/// size, so no single file grows without bound and old segments can be
+/// archived whole.
+pub const SEGMENT_MAX_BYTES: u64 = 8 * 1024 * 1024;
+
+/// Maximum length of an event's `reason`, in characters.
+pub const REASON_MAX_CHARS: usize = 200;
+
+/// Domain separation for the event hash chain.
+const CHAIN_DOMAIN: &[u8] = b"pivault-audit-v1";
+/// Domain separation for checkpoint signatures, so an audit signature can
+/// never be replayed as a certificate signature or vice versa.
+const CHECKPOINT_DOMAIN: &[u8] = b"pivault-audit-checkpoint-v1";
+/// File name of the checkpoint log inside the audit directory.
+const CHECKPOINTS_FILE: &str = "checkpoints.log";
+/// Length of " " + 64 hex digits at the end of an event line.
+const HASH_SUFFIX_LEN: usize = 65;
+
+/// Where an action came from. The CLI and the HTTP server are the two front
+/// ends; `System` covers the engine's own actions (maintenance ratchet,
+/// scheduled retention runs) that no user initiated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Channel {
+    /// The `pivault` command line.
+    Cli,
+    /// The `pivault-server` HTTP API.
+    Http,
+    /// The engine itself (no front end).
+    System,
+}
+
+impl Channel {
+    /// The stable name stored in the audit trail.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Channel::Cli => "cli",
+            Channel::Http => "http",
+            Channel::System => "system",
+        }
+    }
+
+    /// The inverse of [`Channel::as_str`].
+    pub fn parse(s: &str) -> Option<Channel> {
+        match s {
+            "cli" => Some(Channel::Cli),
+            "http" => Some(Channel::Http),
+            "system" => Some(Channel::System),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Channel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How an audited action ended. `Denied` (refused by access control,
+/// lock-out or a disabled account) is kept apart from `Failed` (allowed but
+/// did not succeed) because the activity report counts denials.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Outcome {
+    /// The action was performed.
+    Success,
+    /// The action was refused by policy (permission, lock-out, disabled account).
+    Denied,
+    /// The action was attempted and failed (bad password, not found, error).
+    Failed,
+}
+
+impl Outcome {
+    /// The stable name stored in the audit trail.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Success => "success",
+            Outcome::Denied => "denied",
+            Outcome::Failed => "failed",
+        }
+    }
+
+    /// The inverse of [`Outcome::as_str`].
+    pub fn parse(s: &str) -> Option<Outcome> {
+        match s {
+            "success" => Some(Outcome::Success),
+            "denied" => Some(Outcome::Denied),
+            "failed" => Some(Outcome::Failed),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Outcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An event to append. The log assigns the sequence number and hash.
+///
+/// Every field is metadata: IDs, codes, a client address. Personal
+/// information must never be put here (REQ-MON-02); `reason` is checked with
+/// [`check_reason`], and the other strings are limited to short printable
+/// ASCII without spaces so a name or address cannot slip in as a "target".
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewEvent {
+    /// When the action happened, unix milliseconds (UTC).
+    pub time_ms: i64,
+    /// The authenticated user, or `None` (unknown user at login, system actions).
+    pub actor: Option<UserId>,
+    /// The front end the action came through.
+    pub channel: Channel,
+    /// The client address (HTTP peer), if any.
+    pub source: Option<String>,
+    /// What was done, e.g. `record.read`, `auth.login`, `auth.lockout`, `user.disable`, `key.epoch`.
+    pub action: String,
+    /// IDs of the things acted on (record, subject, user, certificate IDs, epoch numbers). IDs only.
+    pub targets: Vec<String>,
+    /// How it ended.
+    pub outcome: Outcome,
+    /// The stable error code ([`Error::code`]) when the outcome is not success.
+    pub code: Option<String>,
+    /// The stated reason (reveals, plaintext exports, disposals). No personal information.
+    pub reason: Option<String>,
+    /// The front end's request ID, to correlate with access logs.
+    pub request_id: Option<String>,
+}
+
+impl NewEvent {
+    /// An event with no source, targets, code, reason or request ID; set the
+    /// public fields for the rest.
+    pub fn new(
+        time_ms: i64,
+        actor: Option<UserId>,
+        channel: Channel,
+        action: impl Into<String>,
+        outcome: Outcome,
+    ) -> NewEvent {
+        NewEvent {
+            time_ms,
+            actor,
+            channel,
+            source: None,
+            action: action.into(),
+            targets: Vec::new(),
+            outcome,
+            code: None,
+            reason: None,
+            request_id: None,
+        }
+    }
+}
+
+/// An event as stored: the appended fields plus its sequence number and chain hash.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditEvent {
+    /// Position in the trail, from 1, without gaps.
+    pub seq: u64,
+    /// When the action happened, unix milliseconds (UTC).
+    pub time_ms: i64,
+    /// The authenticated user, if any.
+    pub actor: Option<UserId>,
+    /// The front end the action came through.
+    pub channel: Channel,
+    /// The client address, if any.
+    pub source: Option<String>,
+    /// What was done.
+    pub action: String,
+    /// IDs of the things acted on.
+    pub targets: Vec<String>,
+    /// How it ended.
+    pub outcome: Outcome,
+    /// The error code on failure or denial.
+    pub code: Option<String>,
+    /// The stated reason, if any.
+    pub reason: Option<String>,
+    /// The front end's request ID, if any.
+    pub request_id: Option<String>,
+    /// The chain hash after this event (`hash_seq`).
+    pub hash: [u8; 32],
+}
+
+/// Which events [`AuditLog::events`] returns. Every set field must match;
+/// the default returns everything.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EventFilter {
+    /// Only events by this user.
+    pub actor: Option<UserId>,
+    /// Only events at or after this time (unix ms, inclusive).
+    pub from_ms: Option<i64>,
+    /// Only events before this time (unix ms, exclusive), so consecutive
+    /// windows `[from, to)` never count an event twice.
+    pub to_ms: Option<i64>,
+    /// Only events whose action starts with this, e.g. `record.` or `auth.login`.
+    pub action_prefix: Option<String>,
+    /// Only events with seq at or after this (inclusive), for paging.
+    pub from_seq: Option<u64>,
+    /// Only events with seq at or before this (inclusive).
+    pub to_seq: Option<u64>,
+    /// At most this many events: the first ones in sequence order.
+    pub limit: Option<usize>,
+}
+
+impl EventFilter {
+    fn matches(&self, ev: &AuditEvent) -> bool {
+        self.actor.is_none_or(|a| ev.actor == Some(a))
+            && self.from_ms.is_none_or(|t| ev.time_ms >= t)
+            && self.to_ms.is_none_or(|t| ev.time_ms < t)
+            && self.action_prefix.as_deref().is_none_or(|p| ev.action.starts_with(p))
+            && self.from_seq.is_none_or(|s| ev.seq >= s)
+            && self.to_seq.is_none_or(|s| ev.seq <= s)
+    }
+}
+
+/// The result of [`verify`]. `events`, `checkpoints` and
+/// `last_checkpoint_seq` count what was verified good before the first problem.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct VerifyReport {
+    /// Events whose sequence and chain hash verified.
+    pub events: u64,
+    /// Checkpoints whose signature verified and whose head matched the chain.
+    pub checkpoints: u64,
+    /// Seq of the last checkpoint that verified (0 if none).
+    pub last_checkpoint_seq: u64,
+    /// The first sequence number that is bad, missing or unvouched for, when known.
+    pub first_bad_seq: Option<u64>,
+    /// What is wrong, for a human; `None` when the trail verified.
+    pub problem: Option<String>,
+}
+
+impl VerifyReport {
+    /// True when the whole trail and every checkpoint verified.
+    pub fn ok(&self) -> bool {
+        self.first_bad_seq.is_none() && self.problem.is_none()
+    }
+}
+
+/// Per-user activity counts over a period (REQ-WISP-06).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserActivity {
+    /// The user the counts are for.
+    pub user: UserId,
+    /// Successful `record.read` events.
+    pub reads: u64,
+    /// Successful `record.reveal` events (sensitive fields shown unmasked).
+    pub reveals: u64,
+    /// Successful `record.export` events.
+    pub exports: u64,
+    /// Successful `record.create`, `record.update` and `record.import` events.
+    pub writes: u64,
+    /// Events of any action with outcome `Denied`.
+    pub denials: u64,
+    /// Successful `auth.login` events.
+    pub logins: u64,
+    /// `auth.login` events with outcome `Failed`.
+    pub failed_logins: u64,
+    /// `auth.lockout` events (whatever their outcome).
+    pub lockouts: u64,
+}
+
+impl UserActivity {
+    fn empty(user: UserId) -> UserActivity {
+        UserActivity {
+            user,
+            reads: 0,
+            reveals: 0,
+            exports: 0,
+            writes: 0,
+            denials: 0,
+            logins: 0,
+            failed_logins: 0,
+            lockouts: 0,
+        }
+    }
+}
+
+/// Checks a stated reason before any work is done, so that an operation whose
+/// audit event would be refused is refused up front. At most
+/// [`REASON_MAX_CHARS`] characters, and no run of 4 or more digits: such a run
+/// could be a fragment of an SSN, card or account number, and the audit trail
+/// must hold no personal information (REQ-MON-02).
+pub fn check_reason(reason: &str) -> Result<()> {
+    if reason.chars().count() > REASON_MAX_CHARS {
+        return Err(Error::InvalidInput(format!("reason must be at most {REASON_MAX_CHARS} characters")));
+    }
+    let mut run = 0usize;
+    for c in reason.chars() {
+        if c.is_numeric() {
+            run += 1;
+            if run >= 4 {
+                return Err(Error::InvalidInput(
+                    "reason must not contain numbers of 4 or more digits (no personal information in the audit trail)"
+                        .into(),
+                ));
+            }
+        } else {
+            run = 0;
+        }
+    }
+    Ok(())
+}
+
+/// Per-user counts of the events given (REQ-WISP-06). Filter the period with
+/// [`EventFilter`] (`from_ms`, `to_ms` give `[from, to)`) before calling.
+/// Events without an actor are skipped. Sorted by user ID.
+pub fn activity_report(events: &[AuditEvent]) -> Vec<UserActivity> {
+    let mut by_user: BTreeMap<UserId, UserActivity> = BTreeMap::new();
+    for ev in events {
+        let Some(user) = ev.actor else { continue };
+        let a = by_user.entry(user).or_insert_with(|| UserActivity::empty(user));
+        let ok = ev.outcome == Outcome::Success;
+        if ev.outcome == Outcome::Denied {
+            a.denials += 1;
+        }
+        match ev.action.as_str() {
+            "auth.login" if ok => a.logins += 1,
+            "auth.login" if ev.outcome == Outcome::Failed => a.failed_logins += 1,
+            "auth.lockout" => a.lockouts += 1,
+            "record.read" if ok => a.reads += 1,
+            "record.reveal" if ok => a.reveals += 1,
+            "record.export" if ok => a.exports += 1,
+            "record.create" | "record.update" | "record.import" if ok => a.writes += 1,
+            _ => {}
+        }
+    }
+    by_user.into_values().collect()
+}
+
+/// Incident scoping from the trail (REQ-WISP-10): every target of a successful
+/// `record.*` event, with how many such events named it. The caller filters by
+/// actor and window first, then classifies the IDs (records, subjects, field
+/// types) against the vault.
+pub fn targets_touched(events: &[AuditEvent]) -> BTreeMap<String, u64> {
+    let mut out = BTreeMap::new();
+    for ev in events {
+        if ev.outcome == Outcome::Success && ev.action.starts_with("record.") {
+            for t in &ev.targets {
+                *out.entry(t.clone()).or_insert(0) += 1;
+            }
+        }
+    }
+    out
+}
+
+/// The open, append-only audit trail of one vault.
+pub struct AuditLog {
+    dir: PathBuf,
+    signer: SigningKey,
+    sync: bool,
+    /// The current (last) segment, opened for append.
+    segment: File,
+    segment_no: u64,
+    /// Bytes in the current segment that hold complete, acknowledged lines.
+    segment_len: u64,
+    segment_limit: u64,
+    head_seq: u64,
+    head_hash: [u8; 32],
+    checkpoints: File,
+    checkpoints_len: u64,
+    last_checkpoint_seq: u64,
+    /// An automatic checkpoint that failed; retried before the next append.
+    checkpoint_pending: Option<i64>,
+    /// A failed write could not be undone: refuse everything until reopened
+    /// (the reopen cuts off the torn tail).
+    poisoned: bool,
+}
+
+impl fmt::Debug for AuditLog {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AuditLog")
+            .field("dir", &self.dir)
+            .field("sync", &self.sync)
+            .field("segment_no", &self.segment_no)
+            .field("head_seq", &self.head_seq)
+            .field("last_checkpoint_seq", &self.last_checkpoint_seq)
+            .field("poisoned", &self.poisoned)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AuditLog {
+    /// Opens (creating if absent, dirs 0700 files 0600 on unix) the directory
+    /// `dir` (= `<vault>/audit`). Resumes seq and head hash from the last
+    /// segment, cutting off a torn last line (a crash mid-write: never
+    /// acknowledged). Refuses to open a trail that ends before its last
+    /// signed checkpoint, since appending would hide the truncation.
+    /// `sync`: fsync after every append (else write-only: survives a process
+    /// kill, not a power loss).
+    pub fn open(dir: &Path, signer: SigningKey, sync: bool) -> Result<AuditLog> {
+        let unavailable = |what: &str, e: std::io::Error| Error::AuditUnavailable(format!("{what}: {e}"));
+        create_private_dir(dir).map_err(|e| unavailable("cannot create the audit directory", e))?;
+
+        let mut segments = list_segments(dir)?;
+        let mut created = false;
+        if segments.is_empty() {
+            let path = segment_path(dir, 1);
+            create_private_file(&path).map_err(|e| unavailable("cannot create an audit segment", e))?;
+            segments.push((1, path));
+            created = true;
+        }
+        let Some((segment_no, path)) = segments.last().cloned() else {
+            return Err(Error::AuditUnavailable("no audit segment".into()));
+        };
+        let segment = open_append(&path, false).map_err(|e| unavailable("cannot open the audit segment", e))?;
+        let mut bytes = fs::read(&path).map_err(|e| unavailable("cannot read the audit segment", e))?;
+        let keep = complete_len(&bytes);
+        if keep < bytes.len() {
+            segment
+                .set_len(keep as u64)
+                .and_then(|()| segment.sync_data())
+                .map_err(|e| unavailable("cannot repair a torn audit line", e))?;
+            bytes.truncate(keep);
+        }
+        let segment_len = bytes.len() as u64;
+
+        let (head_seq, head_hash) = match last_line(&bytes) {
+            Some(line) => parse_head(line)?,
+            None => head_of_earlier(&segments[..segments.len() - 1])?,
+        };
+
+        let cp_path = dir.join(CHECKPOINTS_FILE);
+        let cp_existed = cp_path.exists();
+        let checkpoints = open_append(&cp_path, true).map_err(|e| unavailable("cannot open the checkpoint log", e))?;
+        let mut cp_bytes = fs::read(&cp_path).map_err(|e| unavailable("cannot read the checkpoint log", e))?;
+        let keep = complete_len(&cp_bytes);
+        if keep < cp_bytes.len() {
+            checkpoints
+                .set_len(keep as u64)
+                .and_then(|()| checkpoints.sync_data())
+                .map_err(|e| unavailable("cannot repair a torn checkpoint line", e))?;
+            cp_bytes.truncate(keep);
+        }
+        let last_checkpoint_seq = match last_line(&cp_bytes) {
+            Some(line) => {
+                let cp = parse_checkpoint_line(line).ok_or(Error::Integrity("audit checkpoints"))?;
+                if cp.seq > head_seq {
+                    return Err(Error::Integrity("audit trail (truncated before last checkpoint)"));
+                }
+                if cp.seq == head_seq && cp.head != head_hash {
+                    return Err(Error::Integrity("audit trail (last event does not match the last checkpoint)"));
+                }
+                cp.seq
+            }
+            None => 0,
+        };
+        if created || !cp_existed {
+            sync_dir(dir).map_err(|e| unavailable("cannot sync the audit directory", e))?;
+        }
+
+        Ok(AuditLog {
+            dir: dir.to_path_buf(),
+            signer,
+            sync,
+            segment,
+            segment_no,
+            segment_len,
+            segment_limit: SEGMENT_MAX_BYTES,
+            head_seq,
+            head_hash,
+            checkpoints,
+            checkpoints_len: cp_bytes.len() as u64,
+            last_checkpoint_seq,
+            checkpoint_pending: None,
+            poisoned: false,
+        })
+    }
+
+    /// Appends one event; returns its seq (starting at 1).
+    ///
+    /// Fail closed: any write error returns `Err(AuditUnavailable)`, the
+    /// partial line is removed, and the in-memory head does not advance, so
+    /// the caller must not perform (or must roll back) the audited operation.
+    /// Every [`CHECKPOINT_EVERY`] events a signed checkpoint follows; if only
+    /// that checkpoint fails, the event itself is recorded and acknowledged,
+    /// and the checkpoint is retried first thing on the next append, which
+    /// fails closed if it still cannot be written.
+    pub fn append(&mut self, ev: NewEvent) -> Result<u64> {
+        validate(&ev)?;
+        if self.poisoned {
+            return Err(Error::AuditUnavailable(
+                "an earlier audit write could not be undone; reopen the vault".into(),
+            ));
+        }
+        if let Some(time_ms) = self.checkpoint_pending {
+            self.write_checkpoint(time_ms)?;
+        }
+        let seq = self.head_seq + 1;
+        let json = encode_event(seq, &ev)?;
+        let hash = chain_hash(&self.head_hash, &json);
+        let mut line = json;
+        line.push(b' ');
+        line.extend_from_slice(hex::encode(hash).as_bytes());
+        line.push(b'\n');
+
+        if self.segment_len > 0 && self.segment_len + line.len() as u64 > self.segment_limit {
+            self.rotate()?;
+        }
+        self.write_line(&line)?;
+        self.head_seq = seq;
+        self.head_hash = hash;
+
+        if seq.is_multiple_of(CHECKPOINT_EVERY) && self.write_checkpoint(ev.time_ms).is_err() {
+            self.checkpoint_pending = Some(ev.time_ms);
+        }
+        Ok(seq)
+    }
+
+    /// Signs a checkpoint (seq, head hash, time) now, e.g. at clean close, so
+    /// that a truncation of the most recent events is detectable. Does
+    /// nothing when no event was appended since the last checkpoint.
+    pub fn checkpoint(&mut self, time_ms: i64) -> Result<()> {
+        if self.poisoned {
+            return Err(Error::AuditUnavailable(
+                "an earlier audit write could not be undone; reopen the vault".into(),
+            ));
+        }
+        self.write_checkpoint(time_ms)
+    }
+
+    /// The seq of the last event appended (0 for an empty trail).
+    pub fn head_seq(&self) -> u64 {
+        self.head_seq
+    }
+
+    /// The seq covered by the last signed checkpoint (0 if none), so a caller
+    /// can also checkpoint on a timer when events are sparse.
+    pub fn last_checkpoint_seq(&self) -> u64 {
+        self.last_checkpoint_seq
+    }
+
+    /// Reads events (all segments) matching `filter`, in sequence order, for
+    /// `audit log` and reports. This parses but does not verify the chain;
+    /// use [`verify`] for that.
+    pub fn events(&self, filter: &EventFilter) -> Result<Vec<AuditEvent>> {
+        let mut out = Vec::new();
+        if filter.limit == Some(0) {
+            return Ok(out);
+        }
+        for (_, path) in list_segments(&self.dir)? {
+            let bytes = fs::read(&path)?;
+            for (line, complete) in Lines::new(&bytes) {
+                if !complete {
+                    return Err(Error::Integrity("audit trail (incomplete line)"));
+                }
+                let (body, hash) = split_line(line).ok_or(Error::Integrity("audit trail"))?;
+                let ev = decode_event(body, hash).map_err(|_| Error::Integrity("audit trail"))?;
+                if filter.to_seq.is_some_and(|s| ev.seq > s) {
+                    return Ok(out);
+                }
+                if filter.matches(&ev) {
+                    out.push(ev);
+                    if filter.limit.is_some_and(|n| out.len() >= n) {
+                        return Ok(out);
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The public half of the audit signing key, for [`verify`].
+    pub fn verifying_key(&self) -> VerifyingKey {
+        self.signer.verifying_key()
+    }
+
+    /// Writes one complete line to the current segment, undoing a partial
+    /// write so the next line starts on a line boundary.
+    fn write_line(&mut self, line: &[u8]) -> Result<()> {
+        let res = self
+            .segment
+            .write_all(line)
+            .and_then(|()| if self.sync { self.segment.sync_data() } else { Ok(()) });
+        match res {
+            Ok(()) => {
+                self.segment_len += line.len() as u64;
+                Ok(())
+            }
+            Err(e) => {
+                // After a failed fsync the page cache cannot be trusted either:
+                // refuse further writes until a reopen re-reads the file.
+                if self.segment.set_len(self.segment_len).is_err() || self.sync {
+                    self.poisoned = true;
+                }
+                Err(Error::AuditUnavailable(format!("cannot write the audit segment: {e}")))
+            }
+        }
+    }
+
+    /// Starts the next segment file.
+    fn rotate(&mut self) -> Result<()> {
+        let next = self.segment_no + 1;
+        let path = segment_path(&self.dir, next);
+        let file = create_private_file(&path)
+            .and_then(|_| sync_dir(&self.dir))
+            .and_then(|()| open_append(&path, false))
+            .map_err(|e| Error::AuditUnavailable(format!("cannot start a new audit segment: {e}")))?;
+        self.segment = file;
+        self.segment_no = next;
+        self.segment_len = 0;
+        Ok(())
+    }
+
+    /// Fsyncs the segment, then appends and fsyncs a signed checkpoint of the
+    /// current head. The segment goes first so that a checkpoint never
+    /// survives a power loss that the events it covers did not.
+    fn write_checkpoint(&mut self, time_ms: i64) -> Result<()> {
+        if self.head_seq == 0 || self.head_seq == self.last_checkpoint_seq {
+            self.checkpoint_pending = None;
+            return Ok(());
+        }
+        self.segment
+            .sync_data()
+            .map_err(|e| Error::AuditUnavailable(format!("cannot sync the audit segment: {e}")))?;
+        let sig = self
+            .signer
+            .sign(&checkpoint_message(self.head_seq, &self.head_hash, time_ms));
+        let mut line = encode_checkpoint(&Checkpoint {
+            seq: self.head_seq,
+            head: self.head_hash,
+            time_ms,
+            sig: sig.to_bytes(),
+        })?;
+        line.push(b'\n');
+        let res = self
+            .checkpoints
+            .write_all(&line)
+            .and_then(|()| self.checkpoints.sync_data());
+        match res {
+            Ok(()) => {
+                self.checkpoints_len += line.len() as u64;
+                self.last_checkpoint_seq = self.head_seq;
+                self.checkpoint_pending = None;
+                Ok(())
+            }
+            Err(e) => {
+                if self.checkpoints.set_len(self.checkpoints_len).is_err() {
+                    self.poisoned = true;
+                }
+                Err(Error::AuditUnavailable(format!("cannot write an audit checkpoint: {e}")))
+            }
+        }
+    }
+
+    #[cfg(test)]
+    fn set_segment_limit(&mut self, bytes: u64) {
+        self.segment_limit = bytes;
+    }
+}
+
+/// Verifies a whole audit directory with only the public key (no vault
+/// needed): every event's sequence and chain hash, every checkpoint's
+/// signature and head, and that the trail reaches the last checkpoint.
+/// Reports the first bad sequence number; never panics on arbitrary bytes.
+/// `Err` only when the directory or a file cannot be read at all.
+pub fn verify(dir: &Path, key: &VerifyingKey) -> Result<VerifyReport> {
+    if !dir.is_dir() {
+        return Err(Error::NotFound("audit directory"));
+    }
+    let segments = list_segments(dir)?;
+    let cp_bytes = match fs::read(dir.join(CHECKPOINTS_FILE)) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => return Err(e.into()),
+    };
+    let (checkpoints, cp_finding) = read_checkpoints(&cp_bytes, key);
+
+    let mut report = VerifyReport::default();
+    let mut findings: Vec<Finding> = Vec::new();
+    let mut prev = [0u8; 32];
+    let mut next_cp = 0usize;
+    'walk: for (_, path) in &segments {
+        let bytes = fs::read(path)?;
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        for (line, complete) in Lines::new(&bytes) {
+            let expected = report.events + 1;
+            if !complete {
+                findings.push(Finding::at(
+                    expected,
+                    format!("{name}: the last line is incomplete (a write was cut short or the file was altered)"),
+                ));
+                break 'walk;
+            }
+            match check_line(line, expected, &prev) {
+                Ok(hash) => prev = hash,
+                Err(why) => {
+                    findings.push(Finding::at(expected, format!("event {expected} ({name}): {why}")));
+                    break 'walk;
+                }
+            }
+            report.events = expected;
+            if let Some(cp) = checkpoints.get(next_cp)
+                && cp.seq == expected
+            {
+                next_cp += 1;
+                if cp.head == prev {
+                    report.checkpoints += 1;
+                    report.last_checkpoint_seq = cp.seq;
+                } else {
+                    let good = report.last_checkpoint_seq;
+                    findings.push(Finding::at(
+                        good + 1,
+                        format!(
+                            "the checkpoint signed at seq {} does not match the chain: an event after seq {good} \
+                             was altered, inserted or removed and the later hashes recomputed",
+                            cp.seq
+                        ),
+                    ));
+                    break 'walk;
+                }
+            }
+        }
+    }
+    if findings.is_empty()
+        && let Some(cp) = checkpoints.get(next_cp)
+    {
+        findings.push(Finding::at(
+            report.events + 1,
+            format!(
+                "truncated: the trail ends at seq {} but a signed checkpoint covers seq {}",
+                report.events, cp.seq
+            ),
+        ));
+    }
+    findings.extend(cp_finding);
+    // The earliest problem wins; on a tie the chain's own finding (pushed first) does.
+    if let Some(f) = findings.into_iter().min_by_key(|f| f.seq.unwrap_or(u64::MAX)) {
+        report.first_bad_seq = f.seq;
+        report.problem = Some(f.problem);
+    }
+    Ok(report)
+}
+
+/// One problem found by [`verify`].
+struct Finding {
+    seq: Option<u64>,
+    problem: String,
+}
+
+impl Finding {
+    fn at(seq: u64, problem: String) -> Finding {
+        Finding { seq: Some(seq), problem }
+    }
+}
+
+/// The stored form of an event. Field order is the on-disk order; do not
+/// reorder (the hash covers the exact bytes).
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EventLine {
+    seq: u64,
+    time_ms: i64,
+    actor: Option<String>,
+    channel: String,
+    source: Option<String>,
+    action: String,
+    targets: Vec<String>,
+    outcome: String,
+    code: Option<String>,
+    reason: Option<String>,
+    request_id: Option<String>,
+}
+
+/// The stored form of a checkpoint.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CheckpointLine {
+    seq: u64,
+    head: String,
+    time_ms: i64,
+    sig: String,
+}
+
+/// A parsed checkpoint.
+struct Checkpoint {
+    seq: u64,
+    head: [u8; 32],
+    time_ms: i64,
+    sig: [u8; 64],
+}
+
+fn encode_event(seq: u64, ev: &NewEvent) -> Result<Vec<u8>> {
+    let line = EventLine {
+        seq,
+        time_ms: ev.time_ms,
+        actor: ev.actor.map(|a| a.to_string()),
+        channel: ev.channel.as_str().to_owned(),
+        source: ev.source.clone(),
+        action: ev.action.clone(),
+        targets: ev.targets.clone(),
+        outcome: ev.outcome.as_str().to_owned(),
+        code: ev.code.clone(),
+        reason: ev.reason.clone(),
+        request_id: ev.request_id.clone(),
+    };
+    serde_json::to_vec(&line).map_err(|e| Error::AuditUnavailable(format!("cannot encode an audit event: {e}")))
+}
+
+fn decode_event(body: &[u8], hash: [u8; 32]) -> std::result::Result<AuditEvent, &'static str> {
+    let l: EventLine = serde_json::from_slice(body).map_err(|_| "not a valid event (JSON)")?;
+    let actor = match l.actor {
+        Some(a) => Some(a.parse::<UserId>().map_err(|_| "the actor is not a user ID")?),
+        None => None,
+    };
+    Ok(AuditEvent {
+        seq: l.seq,
+        time_ms: l.time_ms,
+        actor,
+        channel: Channel::parse(&l.channel).ok_or("unknown channel")?,
+        source: l.source,
+        action: l.action,
+        targets: l.targets,
+        outcome: Outcome::parse(&l.outcome).ok_or("unknown outcome")?,
+        code: l.code,
+        reason: l.reason,
+        request_id: l.request_id,
+        hash,
+    })
+}
+
+/// `hash_n = SHA-256("pivault-audit-v1" || hash_{n-1} || json_n)`.
+fn chain_hash(prev: &[u8; 32], json: &[u8]) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(CHAIN_DOMAIN);
+    h.update(prev);
+    h.update(json);
+    h.finalize().into()
+}
+
+/// The signed bytes of a checkpoint: fixed-width, domain-separated, so the
+/// encoding is unambiguous and easy to reproduce outside this crate.
+fn checkpoint_message(seq: u64, head: &[u8; 32], time_ms: i64) -> Vec<u8> {
+    let mut m = Vec::with_capacity(CHECKPOINT_DOMAIN.len() + 8 + 32 + 8);
+    m.extend_from_slice(CHECKPOINT_DOMAIN);
+    m.extend_from_slice(&seq.to_be_bytes());
+    m.extend_from_slice(head);
+    m.extend_from_slice(&time_ms.to_be_bytes());
+    m
+}
+
+fn encode_checkpoint(cp: &Checkpoint) -> Result<Vec<u8>> {
+    let line = CheckpointLine {
+        seq: cp.seq,
+        head: hex::encode(cp.head),
+        time_ms: cp.time_ms,
+        sig: hex::encode(cp.sig),
+    };
+    serde_json::to_vec(&line).map_err(|e| Error::AuditUnavailable(format!("cannot encode a checkpoint: {e}")))
+}
+
+/// Parses one checkpoint line (without its newline). Only the canonical
+/// encoding is accepted, so no byte can change without changing a value.
+fn parse_checkpoint_line(line: &[u8]) -> Option<Checkpoint> {
+    let l: CheckpointLine = serde_json::from_slice(line).ok()?;
+    let cp = Checkpoint {
+        seq: l.seq,
+        head: decode_hex_lower::<32>(l.head.as_bytes())?,
+        time_ms: l.time_ms,
+        sig: decode_hex_lower::<64>(l.sig.as_bytes())?,
+    };
+    if cp.seq == 0 || serde_json::to_vec(&l).ok()?.as_slice() != line {
+        return None;
+    }
+    Some(cp)
+}
+
+/// Parses and checks every checkpoint, stopping at the first bad one.
+fn read_checkpoints(bytes: &[u8], key: &VerifyingKey) -> (Vec<Checkpoint>, Option<Finding>) {
+    let mut out: Vec<Checkpoint> = Vec::new();
+    for (i, (line, complete)) in Lines::new(bytes).enumerate() {
+        let line_no = i + 1;
+        if !complete {
+            let problem = format!("{CHECKPOINTS_FILE} line {line_no} is incomplete");
+            return (out, Some(Finding { seq: None, problem }));
+        }
+        let Some(cp) = parse_checkpoint_line(line) else {
+            let problem = format!("{CHECKPOINTS_FILE} line {line_no} is not a valid checkpoint");
+            return (out, Some(Finding { seq: None, problem }));
+        };
+        let msg = checkpoint_message(cp.seq, &cp.head, cp.time_ms);
+        if key.verify_strict(&msg, &Signature::from_bytes(&cp.sig)).is_err() {
+            let problem = format!(
+                "the checkpoint at seq {} ({CHECKPOINTS_FILE} line {line_no}): the signature does not verify with this key",
+                cp.seq
+            );
+            return (out, Some(Finding::at(cp.seq, problem)));
+        }
+        if out.last().is_some_and(|p| cp.seq <= p.seq) {
+            let problem = format!(
+                "the checkpoint at seq {} ({CHECKPOINTS_FILE} line {line_no}) is out of order",
+                cp.seq
+            );
+            return (out, Some(Finding::at(cp.seq, problem)));
+        }
+        out.push(cp);
+    }
+    (out, None)
+}
+
+/// Checks one event line against the expected seq and the previous hash;
+/// returns its hash.
+fn check_line(line: &[u8], expected: u64, prev: &[u8; 32]) -> std::result::Result<[u8; 32], String> {
+    let (body, stored) = split_line(line).ok_or("the line is not an event followed by its hash")?;
+    let ev = decode_event(body, stored)?;
+    if ev.seq != expected {
+        let what = if ev.seq < expected {
+            "an event was inserted or reordered"
+        } else {
+            "an event was deleted or reordered"
+        };
+        return Err(format!("found seq {} where {expected} was expected: {what}", ev.seq));
+    }
+    let hash = chain_hash(prev, body);
+    if hash != stored {
+        return Err("the chain hash does not match: the event or its hash was altered".into());
+    }
+    Ok(hash)
+}
+
+/// Splits an event line into its JSON and its stored hash.
+fn split_line(line: &[u8]) -> Option<(&[u8], [u8; 32])> {
+    let split = line.len().checked_sub(HASH_SUFFIX_LEN)?;
+    let (body, tail) = line.split_at(split);
+    let (sep, hex) = tail.split_first()?;
+    if *sep != b' ' || body.is_empty() {
+        return None;
+    }
+    Some((body, decode_hex_lower::<32>(hex)?))
+}
+
+/// Decodes exactly `2N` lowercase hex digits. Uppercase is refused so that a
+/// case flip is a detectable change.
+fn decode_hex_lower<const N: usize>(s: &[u8]) -> Option<[u8; N]> {
+    fn nibble(c: u8) -> Option<u8> {
+        match c {
+            b'0'..=b'9' => Some(c - b'0'),
+            b'a'..=b'f' => Some(c - b'a' + 10),
+            _ => None,
+        }
+    }
+    if s.len() != 2 * N {
+        return None;
+    }
+    let mut out = [0u8; N];
+    for (o, pair) in out.iter_mut().zip(s.chunks_exact(2)) {
+        *o = (nibble(pair[0])? << 4) | nibble(pair[1])?;
+    }
+    Some(out)
+}
+
+/// The seq and hash of an event line, as needed to resume appending.
+fn parse_head(line: &[u8]) -> Result<(u64, [u8; 32])> {
+    const BAD: Error = Error::Integrity("audit trail (last event unreadable)");
+    let (body, hash) = split_line(line).ok_or(BAD)?;
+    let ev = decode_event(body, hash).map_err(|_| BAD)?;
+    if ev.seq == 0 {
+        return Err(BAD);
+    }
+    Ok((ev.seq, hash))
+}
+
+/// Finds the head in earlier segments when the last one is empty (a crash
+/// just after a rotation).
+fn head_of_earlier(segments: &[(u64, PathBuf)]) -> Result<(u64, [u8; 32])> {
+    for (_, path) in segments.iter().rev() {
+        let bytes = fs::read(path)?;
+        if bytes.is_empty() {
+            continue;
+        }
+        if complete_len(&bytes) != bytes.len() {
+            return Err(Error::Integrity("audit trail (incomplete segment)"));
+        }
+        if let Some(line) = last_line(&bytes) {
+            return parse_head(line);
+        }
+    }
+    Ok((0, [0u8; 32]))
+}
+
+/// Iterates over `\n`-terminated lines; the flag is false for a final
+/// fragment without its newline.
+struct Lines<'a> {
+    rest: &'a [u8],
+}
+
+impl<'a> Lines<'a> {
+    fn new(bytes: &'a [u8]) -> Self {
+        Lines { rest: bytes }
+    }
+}
+
+impl<'a> Iterator for Lines<'a> {
+    type Item = (&'a [u8], bool);
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.rest.is_empty() {
+            return None;
+        }
+        match self.rest.iter().position(|&b| b == b'\n') {
+            Some(i) => {
+                let (line, rest) = self.rest.split_at(i);
+                self.rest = &rest[1..];
+                Some((line, true))
+            }
+            None => {
+                let line = self.rest;
+                self.rest = &[];
+                Some((line, false))
+            }
+        }
+    }
+}
+
+/// Length of the prefix made of complete (newline-terminated) lines.
+fn complete_len(bytes: &[u8]) -> usize {
+    bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1)
+}
+
+/// The last line of complete lines (without its newline), if any.
+fn last_line(bytes: &[u8]) -> Option<&[u8]> {
+    let body = bytes.strip_suffix(b"\n")?;
+    let start = body.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+    Some(&body[start..])
+}
+
+fn segment_path(dir: &Path, n: u64) -> PathBuf {
+    dir.join(format!("seg-{n:08}.log"))
+}
+
+/// The segment files in `dir`, in numeric order. Only names in the exact
+/// canonical form count, so two spellings of one number cannot both be read.
+fn list_segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
+    let mut out = Vec::new();
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let Some(digits) = name.strip_prefix("seg-").and_then(|s| s.strip_suffix(".log")) else {
+            continue;
+        };
+        if !digits.bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        let Ok(n) = digits.parse::<u64>() else { continue };
+        if format!("seg-{n:08}.log") == name {
+            out.push((n, entry.path()));
+        }
+    }
+    out.sort_by_key(|(n, _)| *n);
+    Ok(out)
+}
+
+/// Rejects event fields that could carry personal information or break the
+/// line format: the trail must stay PI-free (REQ-MON-02).
+fn validate(ev: &NewEvent) -> Result<()> {
+    let action_ok = (1..=64).contains(&ev.action.len())
+        && ev
+            .action
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-'));
+    if !action_ok {
+        return Err(Error::invalid(
+            "audit action must be 1-64 characters of a-z, 0-9, '.', '_' or '-'",
+        ));
+    }
+    let token_ok = |s: &str, max: usize| (1..=max).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_graphic());
+    if !ev.targets.iter().all(|t| token_ok(t, 128)) {
+        return Err(Error::invalid(
+            "audit targets must be IDs: 1-128 printable ASCII characters without spaces",
+        ));
+    }
+    if ev.source.as_deref().is_some_and(|s| !token_ok(s, 128)) {
+        return Err(Error::invalid(
+            "audit source must be an address: 1-128 printable ASCII characters without spaces",
+        ));
+    }
+    if ev.request_id.as_deref().is_some_and(|s| !token_ok(s, 128)) {
+        return Err(Error::invalid(
+            "request ID must be 1-128 printable ASCII characters without spaces",
+        ));
+    }
+    let code_ok = |s: &str| {
+        (1..=64).contains(&s.len())
+            && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'_' | b'.' | b'-'))
+    };
+    if ev.code.as_deref().is_some_and(|c| !code_ok(c)) {
+        return Err(Error::invalid("audit code must be 1-64 characters of a-z, 0-9, '_', '.' or '-'"));
+    }
+    if let Some(r) = &ev.reason {
+        check_reason(r)?;
+    }
+    Ok(())
+}
+
+fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    let mut b = fs::DirBuilder::new();
+    b.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        b.mode(0o700);
+    }
+    b.create(dir)
+}
+
+fn create_private_file(path: &Path) -> std::io::Result<File> {
+    let mut o = OpenOptions::new();
+    o.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        o.mode(0o600);
+    }
+    o.open(path)
+}
+
+/// Opens a file for appending (creating it 0600 if asked).
+fn open_append(path: &Path, create: bool) -> std::io::Result<File> {
+    let mut o = OpenOptions::new();
+    o.append(true).create(create);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        o.mode(0o600);
+    }
+    o.open(path)
+}
+
+/// Fsyncs a directory so a newly created file's entry survives a power loss.
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        File::open(dir)?.sync_all()?;
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = dir;
+    }
+    Ok(())
+}

@@ -1,0 +1,151 @@
+//! `doctor`: the live security configuration checked against the written
+//! security program (REQ-WISP-01, REQ-WISP-09). Each check names itself, so
+//! a failing run says exactly what is unsafe.
+
+use std::path::Path;
+
+use crate::access::Role;
+use crate::error::Result;
+use crate::vault::Vault;
+
+/// Severity of one check.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Level {
+    /// Fine.
+    Ok,
+    /// Worth attention, not unsafe.
+    Warn,
+    /// Unsafe: `doctor` exits non-zero.
+    Fail,
+}
+
+impl Level {
+    /// Lowercase name.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Level::Ok => "ok",
+            Level::Warn => "warn",
+            Level::Fail => "FAIL",
+        }
+    }
+}
+
+/// One named check and what it found.
+#[derive(Clone, Debug)]
+pub struct Check {
+    /// Stable check name, e.g. `header-permissions`.
+    pub name: &'static str,
+    /// Result.
+    pub level: Level,
+    /// What was found (no secrets, no personal information).
+    pub detail: String,
+}
+
+fn check(name: &'static str, level: Level, detail: impl Into<String>) -> Check {
+    Check {
+        name,
+        level,
+        detail: detail.into(),
+    }
+}
+
+/// A year and a day, the review interval of 201 CMR 17.03(2)(i).
+pub const REVIEW_INTERVAL_MS: i64 = 366 * 86_400_000;
+
+/// Checks that need no passphrase: file and directory permissions.
+pub fn file_checks(dir: &Path) -> Vec<Check> {
+    let mut out = Vec::new();
+    for (name, path) in [("vault-dir-permissions", dir.to_path_buf()), ("header-permissions", dir.join("header"))] {
+        out.push(match crate::fsutil::check_private(&path) {
+            Ok(()) => check(name, Level::Ok, format!("{} is private", path.display())),
+            Err(e) => check(name, Level::Fail, e.to_string()),
+        });
+    }
+    out
+}
+
+/// Every check on an open vault, at time `now_ms`.
+pub fn checks(vault: &Vault, now_ms: i64) -> Result<Vec<Check>> {
+    let st = vault.security_status()?;
+    let mut out = file_checks(vault.dir());
+    out.push(check(
+        "encryption",
+        Level::Ok,
+        format!(
+            "AES-256-GCM envelopes, one 256-bit key per record version, {} key buckets, key epoch {}",
+            st.buckets, st.epoch
+        ),
+    ));
+    out.push(if st.kdf.meets_floor() {
+        check("unlock-kdf", Level::Ok, format!("Argon2id m={} KiB t={} p={}", st.kdf.m_kib, st.kdf.t, st.kdf.p))
+    } else {
+        check(
+            "unlock-kdf",
+            Level::Fail,
+            format!(
+                "Argon2id m={} KiB t={} below the floor m=19456 KiB t=2 (vault created with --insecure-fast-kdf?)",
+                st.kdf.m_kib, st.kdf.t
+            ),
+        )
+    });
+    out.push(if (1..=10).contains(&st.lockout.max_failures) {
+        check(
+            "lockout",
+            Level::Ok,
+            format!(
+                "{} failures lock for {} min, doubling",
+                st.lockout.max_failures,
+                st.lockout.base_lock_ms / 60_000
+            ),
+        )
+    } else {
+        check("lockout", Level::Fail, format!("lock-out after {} failures is disabled or too lax", st.lockout.max_failures))
+    });
+    let count = |r: Role| st.active_by_role.iter().find(|(x, _)| *x == r).map_or(0, |(_, n)| *n);
+    out.push(if count(Role::Officer) > 0 {
+        check("security-officer", Level::Ok, format!("{} active officer(s)", count(Role::Officer)))
+    } else {
+        check("security-officer", Level::Fail, "no active security officer: personal-information writes are refused")
+    });
+    out.push(check(
+        "roles",
+        Level::Ok,
+        st.active_by_role
+            .iter()
+            .map(|(r, n)| format!("{r}={n}"))
+            .collect::<Vec<_>>()
+            .join(" "),
+    ));
+    let report = crate::audit::verify(&vault.dir().join("audit"), &vault.audit_public_key())?;
+    out.push(if report.ok() {
+        check("audit-trail", Level::Ok, format!("{} events, chain and checkpoints verified", report.events))
+    } else {
+        check(
+            "audit-trail",
+            Level::Fail,
+            format!(
+                "verification failed at seq {}: {}",
+                report.first_bad_seq.unwrap_or(0),
+                report.problem.unwrap_or_default()
+            ),
+        )
+    });
+    out.push(match st.last_review_ms {
+        Some(t) if now_ms - t <= REVIEW_INTERVAL_MS => {
+            check("security-review", Level::Ok, format!("last review {}", crate::clock::format_ms(t)))
+        }
+        Some(t) => check(
+            "security-review",
+            Level::Warn,
+            format!("last review {} is over a year old (201 CMR 17.03(2)(i))", crate::clock::format_ms(t)),
+        ),
+        None => check("security-review", Level::Warn, "no security review recorded yet (`pivault review`)"),
+    });
+    out.push(check(
+        "durability",
+        Level::Ok,
+        if st.sync { "every write fsynced (survives power loss)" } else { "writes survive a process kill; use --sync to survive power loss" },
+    ));
+    out.push(check("tls", Level::Ok, "no network listener in the CLI"));
+    Ok(out)
+}

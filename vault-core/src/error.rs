@@ -1,0 +1,154 @@
+//! The one error type of the engine.
+//!
+//! Every variant has a stable [`Error::code`] that the front ends map to exit
+//! codes and problem+json types. No variant carries personal information or a
+//! secret: messages name the field or the kind of thing, never the value.
+
+use std::fmt;
+
+/// Everything that can go wrong in vault-core.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Error {
+    /// Input was rejected (bad field, undeclared field, bad ID, bad schema).
+    /// The message names what was wrong, never the submitted value.
+    InvalidInput(String),
+    /// A new password fails the password policy (length, blocklist).
+    WeakPassword(&'static str),
+    /// Unknown user or wrong password: deliberately the same error.
+    AuthFailed,
+    /// The account is locked after repeated failures until the given time (unix ms).
+    AccountLocked {
+        /// Unix milliseconds at which the lock ends.
+        until_ms: i64,
+    },
+    /// The account is disabled.
+    AccountDisabled,
+    /// The session or token is unknown, expired or revoked.
+    SessionInvalid,
+    /// The actor's role does not grant this action.
+    PermissionDenied(&'static str),
+    /// The thing asked for does not exist.
+    NotFound(&'static str),
+    /// The thing to create exists already.
+    AlreadyExists(&'static str),
+    /// The record was disposed of; the certificate names the disposal.
+    Disposed {
+        /// Certificate of destruction covering the record, if one was issued.
+        certificate: Option<String>,
+    },
+    /// The vault passphrase (or key file) does not open this vault.
+    WrongPassphrase,
+    /// Stored data failed its integrity check (tampered or corrupt).
+    Integrity(&'static str),
+    /// Personal-information writes are refused while no active security officer exists (REQ-WISP-02).
+    NoOfficer,
+    /// Another process holds the vault open.
+    VaultBusy,
+    /// The directory is not a vault, or a vault exists where one was to be created.
+    NotAVault(String),
+    /// A vault file or directory is readable by group or others.
+    UnsafePermissions(String),
+    /// The on-disk format version is not one this build reads.
+    UnsupportedFormat(&'static str),
+    /// The audit trail could not be written; the operation was not performed (fail closed).
+    AuditUnavailable(String),
+    /// The storage engine failed.
+    Storage(String),
+    /// A file-system operation failed.
+    Io(String),
+}
+
+impl Error {
+    /// A stable, machine-readable code for scripts and problem+json `type`s.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Error::InvalidInput(_) => "invalid_input",
+            Error::WeakPassword(_) => "weak_password",
+            Error::AuthFailed => "auth_failed",
+            Error::AccountLocked { .. } => "account_locked",
+            Error::AccountDisabled => "account_disabled",
+            Error::SessionInvalid => "session_invalid",
+            Error::PermissionDenied(_) => "permission_denied",
+            Error::NotFound(_) => "not_found",
+            Error::AlreadyExists(_) => "already_exists",
+            Error::Disposed { .. } => "disposed",
+            Error::WrongPassphrase => "wrong_passphrase",
+            Error::Integrity(_) => "integrity",
+            Error::NoOfficer => "no_officer",
+            Error::VaultBusy => "vault_busy",
+            Error::NotAVault(_) => "not_a_vault",
+            Error::UnsafePermissions(_) => "unsafe_permissions",
+            Error::UnsupportedFormat(_) => "unsupported_format",
+            Error::AuditUnavailable(_) => "audit_unavailable",
+            Error::Storage(_) => "storage",
+            Error::Io(_) => "io",
+        }
+    }
+
+    pub(crate) fn invalid(msg: impl Into<String>) -> Self {
+        Error::InvalidInput(msg.into())
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::InvalidInput(m) => write!(f, "invalid input: {m}"),
+            Error::WeakPassword(why) => write!(f, "password rejected: {why}"),
+            Error::AuthFailed => f.write_str("invalid username or password"),
+            Error::AccountLocked { until_ms } => {
+                let until = jiff::Timestamp::from_millisecond(*until_ms)
+                    .map(|t| t.to_string())
+                    .unwrap_or_else(|_| "later".into());
+                write!(f, "account locked after repeated failed logins until {until}; an admin can unlock it")
+            }
+            Error::AccountDisabled => f.write_str("account disabled"),
+            Error::SessionInvalid => f.write_str("session or token is invalid, expired or revoked"),
+            Error::PermissionDenied(action) => write!(f, "permission denied: your role may not {action}"),
+            Error::NotFound(what) => write!(f, "{what} not found"),
+            Error::AlreadyExists(what) => write!(f, "{what} already exists"),
+            Error::Disposed { certificate: Some(c) } => write!(f, "record was disposed of (certificate {c})"),
+            Error::Disposed { certificate: None } => f.write_str("record was disposed of"),
+            Error::WrongPassphrase => f.write_str("the vault passphrase or key file does not open this vault"),
+            Error::Integrity(what) => write!(f, "integrity check failed: {what} is tampered or corrupt"),
+            Error::NoOfficer => f.write_str(
+                "no active security officer: personal-information writes are refused until an admin designates one (role officer)",
+            ),
+            Error::VaultBusy => f.write_str(
+                "the vault is held open by another process (a running pivault-server? use --server)",
+            ),
+            Error::NotAVault(m) => write!(f, "{m}"),
+            Error::UnsafePermissions(p) => {
+                write!(f, "{p} is readable by group or others; chmod it to 0600 (files) or 0700 (directories)")
+            }
+            Error::UnsupportedFormat(what) => write!(f, "unsupported on-disk format: {what}"),
+            Error::AuditUnavailable(m) => write!(f, "audit trail unavailable, operation refused: {m}"),
+            Error::Storage(m) => write!(f, "storage error: {m}"),
+            Error::Io(m) => write!(f, "i/o error: {m}"),
+        }
+    }
+}
+
+impl std::error::Error for Error {}
+
+impl From<rocksdb::Error> for Error {
+    fn from(e: rocksdb::Error) -> Self {
+        // RocksDB reports a held LOCK file as an IO error mentioning "lock".
+        let msg = e.into_string();
+        if msg.contains("LOCK") || msg.contains("lock hold") {
+            Error::VaultBusy
+        } else {
+            Error::Storage(msg)
+        }
+    }
+}
+
+impl From<std::io::Error> for Error {
+    fn from(e: std::io::Error) -> Self {
+        Error::Io(e.to_string())
+    }
+}
+
+/// Result alias used throughout vault-core.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,62 @@
+//! File-system helpers: private (0700/0600) creation, permission checks and
+//! directory fsync, so every write path names its durability step.
+
+use std::fs::{File, OpenOptions};
+use std::path::Path;
+
+use crate::error::{Error, Result};
+
+#[cfg(unix)]
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+
+/// Creates a directory (and parents) with mode 0700.
+pub fn create_private_dir(path: &Path) -> Result<()> {
+    let mut b = std::fs::DirBuilder::new();
+    b.recursive(true);
+    #[cfg(unix)]
+    b.mode(0o700);
+    b.create(path)?;
+    Ok(())
+}
+
+/// Creates a new file (failing if it exists) with mode 0600.
+pub fn create_private_file(path: &Path) -> Result<File> {
+    let mut o = OpenOptions::new();
+    o.write(true).create_new(true);
+    #[cfg(unix)]
+    o.mode(0o600);
+    o.open(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::AlreadyExists => Error::AlreadyExists("file"),
+        _ => e.into(),
+    })
+}
+
+/// Writes a whole file atomically: temp file 0600, fsync, rename, fsync dir.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let tmp = path.with_extension("tmp");
+    let _ = std::fs::remove_file(&tmp);
+    let mut f = create_private_file(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    sync_dir(path.parent().expect("file has a parent"))
+}
+
+/// Fsyncs a directory so that a created or renamed entry survives power loss.
+pub fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)?.sync_all()?;
+    Ok(())
+}
+
+/// Refuses a file or directory that group or others can read (DESIGN §3).
+pub fn check_private(path: &Path) -> Result<()> {
+    #[cfg(unix)]
+    {
+        let mode = std::fs::metadata(path)?.permissions().mode();
+        if mode & 0o077 != 0 {
+            return Err(Error::UnsafePermissions(path.display().to_string()));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,301 @@
+//! The vault header: a small fixed-layout file holding the vault's identity,
+//! the Argon2id parameters and salt, and the current epoch root key wrapped
+//! by the unlock key in one of two slots (DESIGN §4.3).
+//!
+//! Layout (all integers big-endian), 302 bytes:
+//! ```text
+//!   0  magic "PIVAULT1"            8
+//!   8  format version (1)          2
+//!  10  reserved (0)                2
+//!  12  vault id                   16
+//!  28  Argon2id m_kib, t, p       12
+//!  40  salt                       16
+//!  56  bucket count B              4
+//!  60  created (unix ms)           8
+//!  68  SHA-256 of bytes 0..68     32
+//! 100  slot 0                    101   epoch (8) | envelope (61) | SHA-256(epoch | envelope) (32)
+//! 201  slot 1                    101
+//! ```
+//! Writing epoch e+1 goes to the slot not holding e, fsync; once the keystore
+//! is re-wrapped the old slot is overwritten with zeros in place, fsync. A
+//! zeroed slot fails its checksum and is ignored.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::Path;
+
+use crate::crypto::{self, Aad, KdfParams};
+use crate::error::{Error, Result};
+use crate::ids::VaultId;
+use crate::secret::SecretKey;
+
+const MAGIC: &[u8; 8] = b"PIVAULT1";
+const FORMAT_VERSION: u16 = 1;
+const STATIC_LEN: usize = 68;
+const SLOTS_AT: usize = STATIC_LEN + 32;
+const ENVELOPE_LEN: usize = crypto::ENVELOPE_OVERHEAD + 32;
+const SLOT_LEN: usize = 8 + ENVELOPE_LEN + 32;
+/// Total size of a header file.
+pub const HEADER_LEN: usize = SLOTS_AT + 2 * SLOT_LEN;
+
+/// The static part of the header.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HeaderInfo {
+    /// The vault's identity, bound into every AAD.
+    pub vault_id: VaultId,
+    /// Argon2id parameters for the passphrase.
+    pub kdf: KdfParams,
+    /// Argon2id salt.
+    pub salt: [u8; 16],
+    /// Number of key buckets, fixed at init.
+    pub buckets: u32,
+    /// Creation time, unix ms.
+    pub created_ms: i64,
+}
+
+/// One decoded, checksum-valid slot.
+#[derive(Clone, Debug)]
+struct Slot {
+    index: usize,
+    epoch: u64,
+    envelope: Vec<u8>,
+}
+
+/// An opened header: its info, the root key of the current epoch, and
+/// whether a previous ratchet was interrupted (both slots valid).
+#[derive(Debug)]
+pub struct OpenedHeader {
+    /// Static part.
+    pub info: HeaderInfo,
+    /// The highest valid epoch.
+    pub epoch: u64,
+    /// Root key of `epoch`.
+    pub root: SecretKey,
+    /// The older epoch and its root key when both slots were valid: the
+    /// ratchet to `epoch` did not finish and must be completed before serving.
+    pub unfinished_from: Option<(u64, SecretKey)>,
+}
+
+fn root_aad(vault: VaultId, epoch: u64) -> Aad {
+    Aad::new("root").part(vault.as_bytes()).part(&epoch.to_be_bytes())
+}
+
+fn encode_static(info: &HeaderInfo) -> Vec<u8> {
+    let mut b = Vec::with_capacity(HEADER_LEN);
+    b.extend_from_slice(MAGIC);
+    b.extend_from_slice(&FORMAT_VERSION.to_be_bytes());
+    b.extend_from_slice(&0u16.to_be_bytes());
+    b.extend_from_slice(info.vault_id.as_bytes());
+    b.extend_from_slice(&info.kdf.m_kib.to_be_bytes());
+    b.extend_from_slice(&info.kdf.t.to_be_bytes());
+    b.extend_from_slice(&info.kdf.p.to_be_bytes());
+    b.extend_from_slice(&info.salt);
+    b.extend_from_slice(&info.buckets.to_be_bytes());
+    b.extend_from_slice(&info.created_ms.to_be_bytes());
+    debug_assert_eq!(b.len(), STATIC_LEN);
+    let sum = crypto::sha256(&b);
+    b.extend_from_slice(&sum);
+    b
+}
+
+fn encode_slot(epoch: u64, envelope: &[u8]) -> [u8; SLOT_LEN] {
+    let mut s = [0u8; SLOT_LEN];
+    s[..8].copy_from_slice(&epoch.to_be_bytes());
+    s[8..8 + ENVELOPE_LEN].copy_from_slice(envelope);
+    let sum = crypto::sha256(&s[..8 + ENVELOPE_LEN]);
+    s[8 + ENVELOPE_LEN..].copy_from_slice(&sum);
+    s
+}
+
+fn decode_slot(index: usize, bytes: &[u8]) -> Option<Slot> {
+    let (body, sum) = bytes.split_at(8 + ENVELOPE_LEN);
+    if crypto::sha256(body) != sum {
+        return None;
+    }
+    Some(Slot {
+        index,
+        epoch: u64::from_be_bytes(body[..8].try_into().ok()?),
+        envelope: body[8..].to_vec(),
+    })
+}
+
+fn u32_at(b: &[u8], at: usize) -> u32 {
+    u32::from_be_bytes(b[at..at + 4].try_into().expect("in bounds"))
+}
+
+/// Parses the static part of a header (no passphrase needed).
+pub fn read_info(path: &Path) -> Result<HeaderInfo> {
+    let bytes = read_bytes(path)?;
+    parse_info(&bytes)
+}
+
+fn read_bytes(path: &Path) -> Result<Vec<u8>> {
+    let mut f = File::open(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => Error::NotAVault(format!("{} is not a pivault vault (no header)", path.display())),
+        _ => Error::from(e),
+    })?;
+    crate::fsutil::check_private(path)?;
+    let mut bytes = Vec::with_capacity(HEADER_LEN);
+    f.read_to_end(&mut bytes)?;
+    Ok(bytes)
+}
+
+fn parse_info(b: &[u8]) -> Result<HeaderInfo> {
+    if b.len() < 10 || &b[..8] != MAGIC {
+        return Err(Error::NotAVault("not a pivault header".into()));
+    }
+    if u16::from_be_bytes([b[8], b[9]]) != FORMAT_VERSION {
+        return Err(Error::UnsupportedFormat("header version"));
+    }
+    if b.len() != HEADER_LEN || crypto::sha256(&b[..STATIC_LEN]) != b[STATIC_LEN..SLOTS_AT] {
+        return Err(Error::Integrity("vault header"));
+    }
+    Ok(HeaderInfo {
+        vault_id: VaultId::from_slice(&b[12..28])?,
+        kdf: KdfParams {
+            m_kib: u32_at(b, 28),
+            t: u32_at(b, 32),
+            p: u32_at(b, 36),
+        },
+        salt: b[40..56].try_into().expect("in bounds"),
+        buckets: u32_at(b, 56),
+        created_ms: i64::from_be_bytes(b[60..68].try_into().expect("in bounds")),
+    })
+}
+
+/// Creates a new header file (which must not exist) holding `root` at epoch 0.
+pub fn create(path: &Path, info: &HeaderInfo, unlock: &SecretKey, root: &SecretKey) -> Result<()> {
+    let mut bytes = encode_static(info);
+    let env = crypto::wrap_key(unlock, &root_aad(info.vault_id, 0), root);
+    bytes.extend_from_slice(&encode_slot(0, &env));
+    bytes.extend_from_slice(&[0u8; SLOT_LEN]);
+    let mut f = crate::fsutil::create_private_file(path)?;
+    f.write_all(&bytes)?;
+    f.sync_all()?;
+    crate::fsutil::sync_dir(path.parent().expect("header has a parent"))?;
+    Ok(())
+}
+
+/// Opens the header with the unlock key.
+pub fn open(path: &Path, unlock: &SecretKey) -> Result<OpenedHeader> {
+    let b = read_bytes(path)?;
+    let info = parse_info(&b)?;
+    let mut slots: Vec<Slot> = (0..2)
+        .filter_map(|i| decode_slot(i, &b[SLOTS_AT + i * SLOT_LEN..SLOTS_AT + (i + 1) * SLOT_LEN]))
+        .collect();
+    if slots.is_empty() {
+        return Err(Error::Integrity("vault header (no valid key slot)"));
+    }
+    slots.sort_by_key(|s| std::cmp::Reverse(s.epoch));
+    let unwrap = |s: &Slot| crypto::unwrap_key(unlock, &root_aad(info.vault_id, s.epoch), &s.envelope, "header slot");
+    // A slot whose checksum is valid but which the unlock key cannot open means
+    // the wrong passphrase (the checksum rules out corruption).
+    let root = unwrap(&slots[0]).map_err(|_| Error::WrongPassphrase)?;
+    let unfinished_from = match slots.get(1) {
+        Some(older) => Some((older.epoch, unwrap(older).map_err(|_| Error::WrongPassphrase)?)),
+        None => None,
+    };
+    Ok(OpenedHeader {
+        info,
+        epoch: slots[0].epoch,
+        root,
+        unfinished_from,
+    })
+}
+
+/// Step 1 of an epoch ratchet or passphrase change: writes `root` for
+/// `epoch` into the slot not holding `keep_epoch`, and fsyncs. The old slot
+/// stays valid until [`erase_other_slots`] so a crash in between can finish.
+pub fn write_slot(path: &Path, vault: VaultId, unlock: &SecretKey, epoch: u64, root: &SecretKey) -> Result<()> {
+    let b = read_bytes(path)?;
+    parse_info(&b)?;
+    // Reuse a slot that holds neither a valid older epoch nor the new one:
+    // prefer an invalid (zeroed) slot, else the one with the lower epoch.
+    let slot_epoch =
+        |i: usize| decode_slot(i, &b[SLOTS_AT + i * SLOT_LEN..SLOTS_AT + (i + 1) * SLOT_LEN]).map(|s| (s.index, s.epoch));
+    let target = match (slot_epoch(0), slot_epoch(1)) {
+        (None, _) => 0,
+        (_, None) => 1,
+        (Some((_, e0)), Some((_, e1))) => usize::from(e1 < e0),
+    };
+    let env = crypto::wrap_key(unlock, &root_aad(vault, epoch), root);
+    write_at(path, SLOTS_AT + target * SLOT_LEN, &encode_slot(epoch, &env))
+}
+
+/// Step 2: overwrites in place every slot not holding `keep_epoch`, and fsyncs.
+pub fn erase_other_slots(path: &Path, keep_epoch: u64) -> Result<()> {
+    let b = read_bytes(path)?;
+    for i in 0..2 {
+        let at = SLOTS_AT + i * SLOT_LEN;
+        let keep = decode_slot(i, &b[at..at + SLOT_LEN]).is_some_and(|s| s.epoch == keep_epoch);
+        if !keep && b[at..at + SLOT_LEN].iter().any(|&x| x != 0) {
+            write_at(path, at, &[0u8; SLOT_LEN])?;
+        }
+    }
+    Ok(())
+}
+
+fn write_at(path: &Path, at: usize, bytes: &[u8]) -> Result<()> {
+    let mut f = OpenOptions::new().write(true).open(path)?;
+    f.seek(SeekFrom::Start(at as u64))?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info() -> HeaderInfo {
+        HeaderInfo {
+            vault_id: VaultId::new(),
+            kdf: KdfParams::INSECURE_FAST,
+            salt: [9; 16],
+            buckets: 1024,
+            created_ms: 1,
+        }
+    }
+
+    #[test]
+    fn create_open_ratchet_and_erase() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("header");
+        let (uk, r0) = (SecretKey::generate(), SecretKey::generate());
+        let i = info();
+        create(&p, &i, &uk, &r0).unwrap();
+        assert_eq!(std::fs::metadata(&p).unwrap().len() as usize, HEADER_LEN);
+        let h = open(&p, &uk).unwrap();
+        assert_eq!((h.epoch, h.info.clone()), (0, i.clone()));
+        assert!(h.root == r0 && h.unfinished_from.is_none());
+        assert!(matches!(open(&p, &SecretKey::generate()), Err(Error::WrongPassphrase)));
+
+        let r1 = SecretKey::generate();
+        write_slot(&p, i.vault_id, &uk, 1, &r1).unwrap();
+        let h = open(&p, &uk).unwrap();
+        assert_eq!(h.epoch, 1);
+        assert!(h.root == r1 && h.unfinished_from.as_ref().is_some_and(|(e, k)| *e == 0 && *k == r0));
+        erase_other_slots(&p, 1).unwrap();
+        let h = open(&p, &uk).unwrap();
+        assert!(h.unfinished_from.is_none() && h.root == r1);
+        // The old wrapped root is gone from the file.
+        let bytes = std::fs::read(&p).unwrap();
+        assert!(bytes[SLOTS_AT..SLOTS_AT + SLOT_LEN].iter().all(|&b| b == 0));
+    }
+
+    #[test]
+    fn every_byte_flip_is_detected_or_harmless() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("header");
+        let (uk, r0) = (SecretKey::generate(), SecretKey::generate());
+        create(&p, &info(), &uk, &r0).unwrap();
+        let good = std::fs::read(&p).unwrap();
+        for i in 0..SLOTS_AT + SLOT_LEN {
+            let mut t = good.clone();
+            t[i] ^= 0x20;
+            std::fs::write(&p, &t).unwrap();
+            // Never a panic, never the wrong key.
+            assert!(open(&p, &uk).is_err(), "flip at {i} went unnoticed");
+        }
+    }
+}

@@ -1,0 +1,1305 @@
+//! The facade: one [`Vault`] type with plain methods, used by every front
+//! end. Each method authorises the caller's [`Session`] against the role
+//! table, does its work, and writes the audit event before returning; a
+//! failed audit write fails the operation (fail closed).
+
+use std::io::BufRead;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+use serde_json::{Map, Value};
+use zeroize::Zeroizing;
+
+use crate::access::{self, LockoutPolicy, Permission, Role, SessionRow, UserInfo, UserRow, UserState};
+use crate::audit::{self, AuditEvent, AuditLog, Channel, EventFilter, NewEvent, Outcome, UserActivity, VerifyReport};
+use crate::clock::{Clock, SystemClock};
+use crate::crypto::{self, Aad, KdfParams};
+use crate::error::{Error, Result};
+use crate::fsutil;
+use crate::header::{self, HeaderInfo};
+use crate::ids::{CollectionName, RecordId, SubjectId, UserId, Username, VaultId};
+use crate::keystore::Keystore;
+use crate::schema::{Classification, Schema};
+use crate::secret::{SecretKey, SecretString};
+pub use crate::store::RecordState;
+use crate::store::{self, RecordRow, Store};
+
+/// Default number of key buckets (DESIGN §4.1).
+pub const DEFAULT_BUCKETS: u32 = 1024;
+/// Default lifetime of a session token.
+pub const DEFAULT_SESSION_TTL_MS: i64 = 8 * 60 * 60 * 1000;
+/// Idle timeout of a session token.
+pub const SESSION_IDLE_MS: i64 = 30 * 60 * 1000;
+
+/// Settings for creating a vault.
+#[derive(Debug)]
+pub struct InitOptions {
+    /// Argon2id parameters for the vault passphrase.
+    pub kdf: KdfParams,
+    /// Number of key buckets, fixed for the vault's life.
+    pub buckets: u32,
+    /// Username of the first admin.
+    pub admin: Username,
+    /// The first admin's password, chosen by the operator (no default exists).
+    pub admin_password: SecretString,
+}
+
+/// Settings for opening a vault.
+#[derive(Debug, Clone)]
+pub struct OpenOptions {
+    /// fsync every write (survives power loss); otherwise writes survive a process kill.
+    pub sync: bool,
+    /// Source of time.
+    pub clock: Arc<dyn Clock>,
+    /// Lock-out policy.
+    pub lockout: LockoutPolicy,
+}
+
+impl Default for OpenOptions {
+    fn default() -> Self {
+        OpenOptions {
+            sync: false,
+            clock: Arc::new(SystemClock),
+            lockout: LockoutPolicy::default(),
+        }
+    }
+}
+
+/// Where a request came from, for the audit trail.
+#[derive(Clone, Debug)]
+pub struct Context {
+    /// Front end.
+    pub channel: Channel,
+    /// Client address (HTTP) or `None`.
+    pub source: Option<String>,
+    /// Request ID (HTTP) or `None`.
+    pub request_id: Option<String>,
+}
+
+impl Context {
+    /// A command-line invocation.
+    pub fn cli() -> Self {
+        Context {
+            channel: Channel::Cli,
+            source: None,
+            request_id: None,
+        }
+    }
+}
+
+/// An authenticated user acting on the vault. Every operation re-checks
+/// that the user is still active, so disabling a user stops them at once.
+#[derive(Clone, Debug)]
+pub struct Session {
+    user: UserId,
+    generation: u32,
+    ctx: Context,
+}
+
+impl Session {
+    /// The acting user.
+    pub fn user(&self) -> UserId {
+        self.user
+    }
+    /// The request context.
+    pub fn context(&self) -> &Context {
+        &self.ctx
+    }
+}
+
+/// Record metadata: IDs and times, never contents.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RecordMeta {
+    /// Record ID.
+    pub id: RecordId,
+    /// Collection.
+    pub collection: CollectionName,
+    /// Data subject.
+    pub subject: SubjectId,
+    /// Current version (1 on creation).
+    pub version: u32,
+    /// Creation time, unix ms.
+    pub created_ms: i64,
+    /// Last update, unix ms.
+    pub updated_ms: i64,
+    /// Live or disposed.
+    pub state: RecordState,
+}
+
+/// A record as shown to a user: masked except for revealed fields.
+#[derive(Clone, Debug)]
+pub struct RecordView {
+    /// Metadata.
+    pub meta: RecordMeta,
+    /// Field values, masked per the schema.
+    pub fields: Map<String, Value>,
+    /// Fields shown unmasked in this view.
+    pub revealed: Vec<String>,
+    /// REQ-DEF-03 classification.
+    pub classification: Classification,
+}
+
+/// Filter for listing records.
+#[derive(Clone, Debug, Default)]
+pub struct RecordFilter {
+    /// Only this collection.
+    pub collection: Option<CollectionName>,
+    /// Only this subject.
+    pub subject: Option<SubjectId>,
+}
+
+/// Format of an import file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ImportFormat {
+    /// One JSON object a line.
+    JsonLines,
+    /// CSV with a header row.
+    Csv,
+}
+
+/// One rejected row of an import: its line number and why (never the value).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ImportRejection {
+    /// 1-based line (JSON Lines) or data-row number plus one for the header (CSV).
+    pub line: u64,
+    /// The error.
+    pub error: String,
+}
+
+/// Outcome of an import (or of its check pass).
+#[derive(Clone, Debug, Default)]
+pub struct ImportReport {
+    /// Rows stored (0 on a check pass).
+    pub imported: u64,
+    /// Rows that passed validation.
+    pub valid: u64,
+    /// Rows that failed, in order (at most 1,000 kept).
+    pub rejected: Vec<ImportRejection>,
+    /// Total rejected rows.
+    pub rejected_count: u64,
+    /// IDs of the stored records, in file order.
+    pub records: Vec<RecordId>,
+}
+
+/// Security configuration, for `doctor` (REQ-WISP-01).
+#[derive(Clone, Debug)]
+pub struct SecurityStatus {
+    /// Vault ID.
+    pub vault_id: VaultId,
+    /// Current key epoch.
+    pub epoch: u64,
+    /// Unlock KDF parameters.
+    pub kdf: KdfParams,
+    /// Number of key buckets.
+    pub buckets: u32,
+    /// Lock-out policy in force.
+    pub lockout: LockoutPolicy,
+    /// Users per role (active only).
+    pub active_by_role: Vec<(Role, usize)>,
+    /// Last recorded security review, unix ms.
+    pub last_review_ms: Option<i64>,
+    /// Whether every write is fsynced.
+    pub sync: bool,
+}
+
+const META_LAST_REVIEW: &[u8] = b"last_review_ms";
+/// Plaintext of the `signing` file: audit key | certificate key | subject-reference key.
+const SIGNING_LEN: usize = 96;
+
+/// Long-lived secrets other than the key hierarchy, wrapped by the unlock key
+/// in `<vault>/signing`.
+struct Signing {
+    audit: ed25519_dalek::SigningKey,
+    certificate: ed25519_dalek::SigningKey,
+    subject: SecretKey,
+}
+
+impl Signing {
+    fn generate() -> Signing {
+        Signing {
+            audit: ed25519_dalek::SigningKey::from_bytes(SecretKey::generate().expose()),
+            certificate: ed25519_dalek::SigningKey::from_bytes(SecretKey::generate().expose()),
+            subject: SecretKey::generate(),
+        }
+    }
+
+    fn aad(vault: VaultId) -> Aad {
+        Aad::new("signing").part(vault.as_bytes())
+    }
+
+    fn seal(&self, unlock: &SecretKey, vault: VaultId) -> Vec<u8> {
+        let mut plain = Zeroizing::new([0u8; SIGNING_LEN]);
+        plain[..32].copy_from_slice(self.audit.as_bytes());
+        plain[32..64].copy_from_slice(self.certificate.as_bytes());
+        plain[64..].copy_from_slice(self.subject.expose());
+        crypto::seal(unlock, &Self::aad(vault), plain.as_ref())
+    }
+
+    fn open(unlock: &SecretKey, vault: VaultId, env: &[u8]) -> Result<Signing> {
+        let plain = crypto::open(unlock, &Self::aad(vault), env, "signing keys")?;
+        if plain.len() != SIGNING_LEN {
+            return Err(Error::Integrity("signing keys"));
+        }
+        let part = |r: std::ops::Range<usize>| -> [u8; 32] { plain[r].try_into().expect("32 bytes") };
+        Ok(Signing {
+            audit: ed25519_dalek::SigningKey::from_bytes(&part(0..32)),
+            certificate: ed25519_dalek::SigningKey::from_bytes(&part(32..64)),
+            subject: SecretKey::from_bytes(part(64..96)),
+        })
+    }
+}
+
+/// The current epoch and its root key.
+struct Epoch {
+    number: u64,
+    root: SecretKey,
+}
+
+/// An open, unlocked vault.
+pub struct Vault {
+    dir: PathBuf,
+    info: HeaderInfo,
+    unlock: SecretKey,
+    epoch: RwLock<Epoch>,
+    store: Store,
+    keystore: Keystore,
+    audit: Mutex<AuditLog>,
+    signing: Signing,
+    opts: OpenOptions,
+    /// Serialises login bookkeeping (failure counters) and user changes.
+    users_lock: Mutex<()>,
+    /// Active officers, kept current by user changes (one process owns the vault).
+    active_officers: AtomicUsize,
+    /// A real Argon2id hash verified for unknown usernames, so that their cost equals a wrong password's.
+    dummy_phc: String,
+}
+
+impl std::fmt::Debug for Vault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Vault")
+            .field("dir", &self.dir)
+            .field("vault_id", &self.info.vault_id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Paths inside a vault directory (DESIGN §3).
+struct Layout {
+    header: PathBuf,
+    records: PathBuf,
+    keystore: PathBuf,
+    audit: PathBuf,
+    signing: PathBuf,
+}
+
+impl Layout {
+    fn of(dir: &Path) -> Layout {
+        Layout {
+            header: dir.join("header"),
+            records: dir.join("records"),
+            keystore: dir.join("keystore"),
+            audit: dir.join("audit"),
+            signing: dir.join("signing"),
+        }
+    }
+}
+
+fn record_aad(vault: VaultId, collection: &CollectionName, id: RecordId, version: u32, subject: SubjectId) -> Aad {
+    Aad::new("record")
+        .part(vault.as_bytes())
+        .part(collection.as_str().as_bytes())
+        .part(id.as_bytes())
+        .part(&version.to_be_bytes())
+        .part(subject.as_bytes())
+}
+
+fn token_hash(token: &str) -> [u8; 32] {
+    crypto::sha256(token.as_bytes())
+}
+
+impl Vault {
+    /// Creates a new vault in `dir` (absent or empty) with its first admin.
+    pub fn create(dir: &Path, passphrase: &SecretString, init: InitOptions, opts: OpenOptions) -> Result<Vault> {
+        if passphrase.expose().chars().count() < 12 {
+            return Err(Error::WeakPassword("the vault passphrase must be at least 12 characters"));
+        }
+        if !(1..=1 << 20).contains(&init.buckets) {
+            return Err(Error::invalid("bucket count must be between 1 and 1048576"));
+        }
+        access::check_password_policy(&init.admin_password, &init.admin)?;
+        if dir.exists() && std::fs::read_dir(dir)?.next().is_some() {
+            return Err(Error::NotAVault(format!(
+                "{} exists and is not empty; choose a new directory",
+                dir.display()
+            )));
+        }
+        fsutil::create_private_dir(dir)?;
+        let l = Layout::of(dir);
+        for d in [&l.records, &l.keystore, &l.audit] {
+            fsutil::create_private_dir(d)?;
+        }
+        let mut salt = [0u8; 16];
+        crypto::fill_random(&mut salt);
+        let info = HeaderInfo {
+            vault_id: VaultId::new(),
+            kdf: init.kdf,
+            salt,
+            buckets: init.buckets,
+            created_ms: opts.clock.now_ms(),
+        };
+        let unlock = crypto::derive_unlock_key(passphrase, &salt, init.kdf)?;
+        let root = SecretKey::generate();
+        // Keystore first: a header only ever points at a complete keystore.
+        Keystore::open(&l.keystore, info.vault_id, info.buckets, true)?.init_buckets(&root, 0)?;
+        let signing = Signing::generate();
+        let mut f = fsutil::create_private_file(&l.signing)?;
+        std::io::Write::write_all(&mut f, &signing.seal(&unlock, info.vault_id))?;
+        f.sync_all()?;
+        header::create(&l.header, &info, &unlock, &root)?;
+        drop((root, signing));
+
+        let vault = Vault::open(dir, passphrase, opts)?;
+        let id = vault.insert_user(&init.admin, &init.admin_password, Role::Admin, false)?;
+        vault.audit(None, &Context::cli(), "vault.init", vec![vault.info.vault_id.to_string()], Ok(()), None)?;
+        vault.audit(Some(id), &Context::cli(), "user.create", vec![id.to_string(), "role:admin".into()], Ok(()), None)?;
+        Ok(vault)
+    }
+
+    /// Opens and unlocks an existing vault.
+    pub fn open(dir: &Path, passphrase: &SecretString, opts: OpenOptions) -> Result<Vault> {
+        let l = Layout::of(dir);
+        let info = header::read_info(&l.header)?;
+        fsutil::check_private(dir)?;
+        // Take the RocksDB lock before the (slow) key derivation, so a vault
+        // held by a server is reported at once.
+        let store = Store::open(&l.records, opts.sync)?;
+        let unlock = crypto::derive_unlock_key(passphrase, &info.salt, info.kdf)?;
+        let opened = header::open(&l.header, &unlock)?;
+        let keystore = Keystore::open(&l.keystore, info.vault_id, info.buckets, opts.sync)?;
+        if let Some((old_epoch, old_root)) = &opened.unfinished_from {
+            // A ratchet was interrupted after the new slot was written: finish it.
+            keystore.rewrap_buckets((*old_epoch, old_root), (opened.epoch, &opened.root))?;
+            header::erase_other_slots(&l.header, opened.epoch)?;
+        }
+        let env = std::fs::read(&l.signing)?;
+        let signing = Signing::open(&unlock, info.vault_id, &env)?;
+        let audit = AuditLog::open(&l.audit, signing.audit.clone(), opts.sync)?;
+        let dummy_phc = access::hash_password(&SecretString::from("pivault-dummy-password-for-timing"))?;
+        let vault = Vault {
+            dir: dir.to_path_buf(),
+            info,
+            unlock,
+            epoch: RwLock::new(Epoch {
+                number: opened.epoch,
+                root: opened.root,
+            }),
+            store,
+            keystore,
+            audit: Mutex::new(audit),
+            signing,
+            opts,
+            users_lock: Mutex::new(()),
+            active_officers: AtomicUsize::new(0),
+            dummy_phc,
+        };
+        vault.recount_officers()?;
+        Ok(vault)
+    }
+
+    /// The vault's ID.
+    pub fn id(&self) -> VaultId {
+        self.info.vault_id
+    }
+
+    /// The vault directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Current key epoch.
+    pub fn epoch(&self) -> u64 {
+        self.epoch.read().expect("epoch lock").number
+    }
+
+    /// The audit checkpoint public key (Ed25519), for offline verification.
+    pub fn audit_public_key(&self) -> ed25519_dalek::VerifyingKey {
+        self.signing.audit.verifying_key()
+    }
+
+    /// The certificate public key (Ed25519).
+    pub fn certificate_public_key(&self) -> ed25519_dalek::VerifyingKey {
+        self.signing.certificate.verifying_key()
+    }
+
+    fn now(&self) -> i64 {
+        self.opts.clock.now_ms()
+    }
+
+    // ----- audit ---------------------------------------------------------
+
+    fn audit(
+        &self,
+        actor: Option<UserId>,
+        ctx: &Context,
+        action: &str,
+        targets: Vec<String>,
+        outcome: std::result::Result<(), &Error>,
+        reason: Option<&str>,
+    ) -> Result<u64> {
+        let (outcome, code) = match outcome {
+            Ok(()) => (Outcome::Success, None),
+            Err(e @ Error::PermissionDenied(_)) => (Outcome::Denied, Some(e.code().to_owned())),
+            Err(e @ (Error::AccountLocked { .. } | Error::AccountDisabled | Error::SessionInvalid)) => {
+                (Outcome::Denied, Some(e.code().to_owned()))
+            }
+            Err(e) => (Outcome::Failed, Some(e.code().to_owned())),
+        };
+        let ev = NewEvent {
+            time_ms: self.now(),
+            actor,
+            channel: ctx.channel,
+            source: ctx.source.clone(),
+            action: action.to_owned(),
+            targets,
+            outcome,
+            code,
+            reason: reason.map(str::to_owned),
+            request_id: ctx.request_id.clone(),
+        };
+        self.audit.lock().map_err(|_| Error::AuditUnavailable("audit lock poisoned".into()))?.append(ev)
+    }
+
+    /// Closes the vault cleanly: signs a final audit checkpoint.
+    pub fn close(self) -> Result<()> {
+        let now = self.now();
+        self.audit
+            .lock()
+            .map_err(|_| Error::AuditUnavailable("audit lock poisoned".into()))?
+            .checkpoint(now)
+    }
+
+    // ----- users and sessions -------------------------------------------
+
+    fn user_row(&self, id: UserId) -> Result<Option<UserRow>> {
+        self.store
+            .get(store::CF_USERS, id.as_bytes())?
+            .map(|b| serde_json::from_slice(&b).map_err(|_| Error::Integrity("user row")))
+            .transpose()
+    }
+
+    fn put_user_row(&self, row: &UserRow) -> Result<()> {
+        let id: UserId = row.id.parse()?;
+        self.store
+            .put(store::CF_USERS, id.as_bytes(), &serde_json::to_vec(row).expect("serialisable"))
+    }
+
+    fn user_by_name(&self, name: &Username) -> Result<Option<UserRow>> {
+        match self.store.get(store::CF_USERNAMES, name.as_str().as_bytes())? {
+            Some(id) => self.user_row(UserId::from_slice(&id)?),
+            None => Ok(None),
+        }
+    }
+
+    fn recount_officers(&self) -> Result<()> {
+        let n = self
+            .all_user_rows()?
+            .iter()
+            .filter(|u| !u.disabled && u.role == Role::Officer.as_str())
+            .count();
+        self.active_officers.store(n, Ordering::SeqCst);
+        Ok(())
+    }
+
+    fn all_user_rows(&self) -> Result<Vec<UserRow>> {
+        self.store
+            .scan_prefix(store::CF_USERS, &[])?
+            .into_iter()
+            .map(|(_, v)| serde_json::from_slice(&v).map_err(|_| Error::Integrity("user row")))
+            .collect()
+    }
+
+    fn insert_user(&self, name: &Username, password: &SecretString, role: Role, reveal: bool) -> Result<UserId> {
+        access::check_password_policy(password, name)?;
+        let _g = self.users_lock.lock().expect("users lock");
+        if self.user_by_name(name)?.is_some() {
+            return Err(Error::AlreadyExists("username"));
+        }
+        let id = UserId::new();
+        let row = UserRow {
+            id: id.to_string(),
+            username: name.as_str().to_owned(),
+            role: role.as_str().to_owned(),
+            disabled: false,
+            reveal,
+            password_phc: access::hash_password(password)?,
+            created_ms: self.now(),
+            last_login_ms: None,
+            failures: 0,
+            lockouts: 0,
+            locked_until_ms: None,
+            generation: 0,
+        };
+        self.put_user_row(&row)?;
+        self.store
+            .put(store::CF_USERNAMES, name.as_str().as_bytes(), id.as_bytes())?;
+        self.recount_officers()?;
+        Ok(id)
+    }
+
+    /// Authenticates a user (REQ-AUTH-05). Unknown users and wrong passwords
+    /// cost the same and give the same error; repeated failures lock the account.
+    pub fn login(&self, username: &str, password: &SecretString, ctx: Context) -> Result<Session> {
+        let now = self.now();
+        let name = Username::parse(username).ok();
+        let row = match &name {
+            Some(n) => self.user_by_name(n)?,
+            None => None,
+        };
+        let Some(mut row) = row else {
+            // Equal cost for unknown users: verify against a real hash.
+            let _ = access::verify_password(password, &self.dummy_phc);
+            self.audit(None, &ctx, "auth.login", vec![], Err(&Error::AuthFailed), None)?;
+            return Err(Error::AuthFailed);
+        };
+        let id: UserId = row.id.parse()?;
+        if let Some(until) = row.locked_until_ms.filter(|&t| t > now) {
+            let _ = access::verify_password(password, &self.dummy_phc);
+            let e = Error::AccountLocked { until_ms: until };
+            self.audit(Some(id), &ctx, "auth.login", vec![id.to_string()], Err(&e), None)?;
+            return Err(e);
+        }
+        let ok = access::verify_password(password, &row.password_phc);
+        let _g = self.users_lock.lock().expect("users lock");
+        row = self.user_row(id)?.ok_or(Error::AuthFailed)?;
+        if !ok {
+            row.failures += 1;
+            let mut locked = None;
+            if row.failures >= self.opts.lockout.max_failures {
+                let until = now + access::lock_duration(&self.opts.lockout, row.lockouts);
+                row.lockouts += 1;
+                row.failures = 0;
+                row.locked_until_ms = Some(until);
+                locked = Some(until);
+            }
+            self.put_user_row(&row)?;
+            self.audit(Some(id), &ctx, "auth.login", vec![id.to_string()], Err(&Error::AuthFailed), None)?;
+            if let Some(until) = locked {
+                let e = Error::AccountLocked { until_ms: until };
+                self.audit(Some(id), &ctx, "auth.lockout", vec![id.to_string()], Ok(()), None)?;
+                return Err(e);
+            }
+            return Err(Error::AuthFailed);
+        }
+        if row.disabled {
+            let e = Error::AccountDisabled;
+            self.audit(Some(id), &ctx, "auth.login", vec![id.to_string()], Err(&e), None)?;
+            return Err(e);
+        }
+        row.failures = 0;
+        row.lockouts = 0;
+        row.locked_until_ms = None;
+        row.last_login_ms = Some(now);
+        self.put_user_row(&row)?;
+        self.audit(Some(id), &ctx, "auth.login", vec![id.to_string()], Ok(()), None)?;
+        Ok(Session {
+            user: id,
+            generation: row.generation,
+            ctx,
+        })
+    }
+
+    /// Issues an API token for a session: 256 random bits, shown once,
+    /// stored only as its SHA-256.
+    pub fn issue_token(&self, s: &Session, ttl_ms: i64) -> Result<SecretString> {
+        self.authorize(s, None)?;
+        let mut raw = Zeroizing::new([0u8; 32]);
+        crypto::fill_random(raw.as_mut());
+        let token = SecretString::new(format!("pvt_{}", hex::encode(raw.as_ref())));
+        let now = self.now();
+        let row = SessionRow {
+            user: s.user.to_string(),
+            generation: s.generation,
+            created_ms: now,
+            expires_ms: now + ttl_ms,
+            last_seen_ms: now,
+        };
+        self.store.put(
+            store::CF_SESSIONS,
+            &token_hash(token.expose()),
+            &serde_json::to_vec(&row).expect("serialisable"),
+        )?;
+        self.audit(Some(s.user), &s.ctx, "auth.token.issue", vec![s.user.to_string()], Ok(()), None)?;
+        Ok(token)
+    }
+
+    /// Resumes a session from a token; expired, idle, revoked or disabled → `SessionInvalid`.
+    pub fn session_from_token(&self, token: &SecretString, ctx: Context) -> Result<Session> {
+        let key = token_hash(token.expose());
+        let now = self.now();
+        let deny = |vault: &Vault, user: Option<UserId>| -> Result<Session> {
+            vault.audit(user, &ctx, "auth.token", vec![], Err(&Error::SessionInvalid), None)?;
+            Err(Error::SessionInvalid)
+        };
+        let Some(bytes) = self.store.get(store::CF_SESSIONS, &key)? else {
+            return deny(self, None);
+        };
+        let mut row: SessionRow = serde_json::from_slice(&bytes).map_err(|_| Error::Integrity("session row"))?;
+        let user: UserId = row.user.parse()?;
+        let alive = now < row.expires_ms && now - row.last_seen_ms < SESSION_IDLE_MS;
+        let current = self
+            .user_row(user)?
+            .is_some_and(|u| !u.disabled && u.generation == row.generation);
+        if !alive || !current {
+            self.store.delete(store::CF_SESSIONS, &key)?;
+            return deny(self, Some(user));
+        }
+        row.last_seen_ms = now;
+        self.store
+            .put(store::CF_SESSIONS, &key, &serde_json::to_vec(&row).expect("serialisable"))?;
+        Ok(Session {
+            user,
+            generation: row.generation,
+            ctx,
+        })
+    }
+
+    /// Ends a token's session.
+    pub fn revoke_token(&self, token: &SecretString) -> Result<()> {
+        self.store.delete(store::CF_SESSIONS, &token_hash(token.expose()))
+    }
+
+    /// Checks that the session's user is still active and, if `perm` is
+    /// given, that their role grants it. Denials are audited.
+    fn authorize(&self, s: &Session, perm: Option<Permission>) -> Result<UserRow> {
+        let row = self.user_row(s.user)?.ok_or(Error::SessionInvalid)?;
+        if row.disabled || row.generation != s.generation {
+            self.audit(Some(s.user), &s.ctx, "auth.session", vec![s.user.to_string()], Err(&Error::SessionInvalid), None)?;
+            return Err(Error::SessionInvalid);
+        }
+        if let Some(p) = perm {
+            let role = Role::parse(&row.role)?;
+            if !role.permits(p) {
+                let e = Error::PermissionDenied(p.verb());
+                self.audit(Some(s.user), &s.ctx, "access.denied", vec![format!("permission:{p:?}")], Err(&e), None)?;
+                return Err(e);
+            }
+        }
+        Ok(row)
+    }
+
+    /// The session's own user.
+    pub fn whoami(&self, s: &Session) -> Result<UserInfo> {
+        self.authorize(s, None)?.info(self.now())
+    }
+
+    /// Adds a user (admin). `reveal` grants a clerk the reveal of sensitive fields.
+    pub fn add_user(&self, s: &Session, username: &str, password: &SecretString, role: Role, reveal: bool) -> Result<UserId> {
+        self.authorize(s, Some(Permission::ManageUsers))?;
+        let name = Username::parse(username)?;
+        let r = self.insert_user(&name, password, role, reveal);
+        let targets = match &r {
+            Ok(id) => vec![id.to_string(), format!("role:{role}")],
+            Err(_) => vec![format!("role:{role}")],
+        };
+        self.audit(Some(s.user), &s.ctx, "user.create", targets, r.as_ref().map(|_| ()), None)?;
+        r
+    }
+
+    /// Lists users (admin, officer, auditor).
+    pub fn list_users(&self, s: &Session) -> Result<Vec<UserInfo>> {
+        let row = self.authorize(s, None)?;
+        let role = Role::parse(&row.role)?;
+        if !(role.permits(Permission::ManageUsers) || role.permits(Permission::ReadAudit)) {
+            let e = Error::PermissionDenied(Permission::ManageUsers.verb());
+            self.audit(Some(s.user), &s.ctx, "access.denied", vec!["user.list".into()], Err(&e), None)?;
+            return Err(e);
+        }
+        let now = self.now();
+        let mut users = self
+            .all_user_rows()?
+            .iter()
+            .map(|r| r.info(now))
+            .collect::<Result<Vec<_>>>()?;
+        users.sort_by(|a, b| a.username.cmp(&b.username));
+        self.audit(Some(s.user), &s.ctx, "user.list", vec![], Ok(()), None)?;
+        Ok(users)
+    }
+
+    fn change_user(&self, s: &Session, username: &str, action: &str, f: impl FnOnce(&mut UserRow) -> Result<()>) -> Result<UserId> {
+        self.authorize(s, Some(Permission::ManageUsers))?;
+        let name = Username::parse(username)?;
+        let _g = self.users_lock.lock().expect("users lock");
+        let r = (|| {
+            let mut row = self.user_by_name(&name)?.ok_or(Error::NotFound("user"))?;
+            f(&mut row)?;
+            self.put_user_row(&row)?;
+            row.id.parse::<UserId>()
+        })();
+        let targets = r.as_ref().map(|id| vec![id.to_string()]).unwrap_or_default();
+        self.audit(Some(s.user), &s.ctx, action, targets, r.as_ref().map(|_| ()), None)?;
+        self.recount_officers()?;
+        r
+    }
+
+    /// Disables a user (REQ-WISP-07): every session and token of theirs dies at once.
+    pub fn disable_user(&self, s: &Session, username: &str) -> Result<UserId> {
+        let me = s.user.to_string();
+        self.change_user(s, username, "user.disable", |row| {
+            if row.id == me {
+                return Err(Error::invalid("you cannot disable your own account"));
+            }
+            row.disabled = true;
+            row.generation += 1;
+            Ok(())
+        })
+    }
+
+    /// Re-enables a disabled user.
+    pub fn enable_user(&self, s: &Session, username: &str) -> Result<UserId> {
+        self.change_user(s, username, "user.enable", |row| {
+            row.disabled = false;
+            Ok(())
+        })
+    }
+
+    /// Lifts a lock-out (admin).
+    pub fn unlock_user(&self, s: &Session, username: &str) -> Result<UserId> {
+        self.change_user(s, username, "user.unlock", |row| {
+            row.failures = 0;
+            row.locked_until_ms = None;
+            Ok(())
+        })
+    }
+
+    /// Changes a user's role (admin).
+    pub fn set_role(&self, s: &Session, username: &str, role: Role) -> Result<UserId> {
+        self.change_user(s, username, &format!("user.role.{role}"), |row| {
+            row.role = role.as_str().to_owned();
+            row.generation += 1;
+            Ok(())
+        })
+    }
+
+    /// Sets a password: your own (with your current one checked by login
+    /// already) or, for an admin, anyone's. Existing sessions of that user end.
+    pub fn set_password(&self, s: &Session, username: &str, new: &SecretString) -> Result<()> {
+        let me = self.authorize(s, None)?;
+        let name = Username::parse(username)?;
+        if me.username != name.as_str() {
+            self.authorize(s, Some(Permission::ManageUsers))?;
+        }
+        access::check_password_policy(new, &name)?;
+        let _g = self.users_lock.lock().expect("users lock");
+        let r = (|| {
+            let mut row = self.user_by_name(&name)?.ok_or(Error::NotFound("user"))?;
+            row.password_phc = access::hash_password(new)?;
+            row.generation += 1;
+            self.put_user_row(&row)?;
+            row.id.parse::<UserId>()
+        })();
+        let targets = r.as_ref().map(|id| vec![id.to_string()]).unwrap_or_default();
+        self.audit(Some(s.user), &s.ctx, "user.password", targets, r.as_ref().map(|_| ()), None)?;
+        r.map(|_| ())
+    }
+
+    // ----- collections ----------------------------------------------------
+
+    /// Creates a collection with its schema (admin).
+    pub fn create_collection(&self, s: &Session, name: &str, schema: &Schema) -> Result<CollectionName> {
+        self.authorize(s, Some(Permission::ManageCollections))?;
+        let r = (|| {
+            let name = CollectionName::parse(name)?;
+            if self.store.get(store::CF_COLLECTIONS, name.as_str().as_bytes())?.is_some() {
+                return Err(Error::AlreadyExists("collection"));
+            }
+            self.store
+                .put(store::CF_COLLECTIONS, name.as_str().as_bytes(), schema.to_json().as_bytes())?;
+            Ok(name)
+        })();
+        let targets = r.as_ref().map(|n| vec![format!("collection:{n}")]).unwrap_or_default();
+        self.audit(Some(s.user), &s.ctx, "collection.create", targets, r.as_ref().map(|_| ()), None)?;
+        r
+    }
+
+    fn schema(&self, name: &CollectionName) -> Result<Schema> {
+        let bytes = self
+            .store
+            .get(store::CF_COLLECTIONS, name.as_str().as_bytes())?
+            .ok_or(Error::NotFound("collection"))?;
+        Schema::from_json(std::str::from_utf8(&bytes).map_err(|_| Error::Integrity("collection schema"))?)
+    }
+
+    /// Lists collections and their schemas (any active user: schemas hold no personal information).
+    pub fn collections(&self, s: &Session) -> Result<Vec<(CollectionName, Schema)>> {
+        self.authorize(s, None)?;
+        self.store
+            .scan_prefix(store::CF_COLLECTIONS, &[])?
+            .into_iter()
+            .map(|(k, v)| {
+                let name = CollectionName::parse(std::str::from_utf8(&k).map_err(|_| Error::Integrity("collection"))?)?;
+                let schema = Schema::from_json(std::str::from_utf8(&v).map_err(|_| Error::Integrity("collection"))?)?;
+                Ok((name, schema))
+            })
+            .collect()
+    }
+
+    // ----- subjects -------------------------------------------------------
+
+    /// Resolves a subject given on the command line or in an import: a UUID
+    /// is taken as a subject ID; anything else is the business's own customer
+    /// reference, mapped to a stable subject ID by a keyed MAC so the
+    /// reference itself is never stored.
+    pub fn resolve_subject(&self, text: &str) -> Result<SubjectId> {
+        let t = text.trim();
+        if t.is_empty() || t.len() > 256 {
+            return Err(Error::invalid("subject must be a UUID or a customer reference of 1-256 characters"));
+        }
+        if let Ok(id) = t.parse::<SubjectId>() {
+            return Ok(id);
+        }
+        let mac = crypto::mac(&self.signing.subject, "subject-reference", t.as_bytes());
+        Ok(SubjectId::from_reference_mac(mac[..16].try_into().expect("16 bytes")))
+    }
+
+    // ----- records --------------------------------------------------------
+
+    fn require_officer(&self) -> Result<()> {
+        if self.active_officers.load(Ordering::SeqCst) == 0 {
+            return Err(Error::NoOfficer);
+        }
+        Ok(())
+    }
+
+    /// Stores one validated body as a new record; no authorisation or audit here.
+    fn store_new_record(&self, s: &Session, collection: &CollectionName, subject: SubjectId, body: &Map<String, Value>) -> Result<RecordId> {
+        let id = RecordId::new();
+        let plain = Zeroizing::new(serde_json::to_vec(body).expect("serialisable"));
+        let epoch = self.epoch.read().expect("epoch lock");
+        // The DEK is written before the record, so a record never exists without its key.
+        let dek = self.keystore.new_dek(&epoch.root, epoch.number, subject, id, 1)?;
+        let now = self.now();
+        let row = RecordRow {
+            collection: collection.clone(),
+            subject,
+            version: 1,
+            created_ms: now,
+            updated_ms: now,
+            created_by: s.user,
+            state: RecordState::Live,
+            envelope: crypto::seal(&dek, &record_aad(self.info.vault_id, collection, id, 1, subject), &plain),
+        };
+        self.store.put_record(id, &row, true)?;
+        Ok(id)
+    }
+
+    /// Creates a record (clerk). The body must match the collection schema.
+    pub fn put_record(&self, s: &Session, collection: &str, subject: SubjectId, body: &Value) -> Result<RecordId> {
+        self.authorize(s, Some(Permission::CreateRecord))?;
+        let r = (|| {
+            self.require_officer()?;
+            let collection = CollectionName::parse(collection)?;
+            let schema = self.schema(&collection)?;
+            let body = schema.validate(body)?;
+            self.store_new_record(s, &collection, subject, &body)
+        })();
+        match r {
+            Ok(id) => {
+                if let Err(e) = self.audit(Some(s.user), &s.ctx, "record.create", vec![id.to_string(), subject.to_string()], Ok(()), None) {
+                    // Fail closed: an unaudited record must not remain.
+                    let _ = self.store.delete(store::CF_RECORDS, id.as_bytes());
+                    let _ = self.keystore.delete_dek(subject, id, 1, false);
+                    return Err(e);
+                }
+                Ok(id)
+            }
+            Err(e) => {
+                self.audit(Some(s.user), &s.ctx, "record.create", vec![subject.to_string()], Err(&e), None)?;
+                Err(e)
+            }
+        }
+    }
+
+    fn live_row(&self, id: RecordId) -> Result<RecordRow> {
+        let row = self.store.record(id)?.ok_or(Error::NotFound("record"))?;
+        if let RecordState::Disposed { certificate } = &row.state {
+            return Err(Error::Disposed {
+                certificate: certificate.clone(),
+            });
+        }
+        Ok(row)
+    }
+
+    fn decrypt(&self, id: RecordId, row: &RecordRow) -> Result<Map<String, Value>> {
+        let epoch = self.epoch.read().expect("epoch lock");
+        let dek = self
+            .keystore
+            .dek(&epoch.root, epoch.number, row.subject, id, row.version)?
+            .ok_or(Error::Integrity("record key (missing)"))?;
+        let plain = crypto::open(
+            &dek,
+            &record_aad(self.info.vault_id, &row.collection, id, row.version, row.subject),
+            &row.envelope,
+            "record",
+        )?;
+        match serde_json::from_slice(&plain) {
+            Ok(Value::Object(m)) => Ok(m),
+            _ => Err(Error::Integrity("record body")),
+        }
+    }
+
+    fn meta(id: RecordId, row: &RecordRow) -> RecordMeta {
+        RecordMeta {
+            id,
+            collection: row.collection.clone(),
+            subject: row.subject,
+            version: row.version,
+            created_ms: row.created_ms,
+            updated_ms: row.updated_ms,
+            state: row.state.clone(),
+        }
+    }
+
+    /// Reads a record, masked; `reveal` names sensitive fields to show in
+    /// full, which needs the reveal permission (officers, or clerks granted
+    /// it) and a reason. One read event, plus one reveal event per field.
+    pub fn get_record(&self, s: &Session, id: RecordId, reveal: &[&str], reason: Option<&str>) -> Result<RecordView> {
+        let user = self.authorize(s, Some(Permission::ReadRecord))?;
+        let r = (|| {
+            if !reveal.is_empty() {
+                let role = Role::parse(&user.role)?;
+                if !(role.permits(Permission::RevealField) || (role == Role::Clerk && user.reveal)) {
+                    return Err(Error::PermissionDenied(Permission::RevealField.verb()));
+                }
+                let reason = reason.map(str::trim).filter(|r| !r.is_empty());
+                let reason = reason.ok_or_else(|| Error::invalid("revealing a field needs a reason (--reason)"))?;
+                audit::check_reason(reason)?;
+            }
+            let row = self.live_row(id)?;
+            let schema = self.schema(&row.collection)?;
+            schema.check_reveal(reveal)?;
+            let body = self.decrypt(id, &row)?;
+            let classification = schema.classify(&body);
+            Ok(RecordView {
+                meta: Self::meta(id, &row),
+                fields: schema.mask(&body, reveal),
+                revealed: reveal.iter().map(|f| f.to_string()).collect(),
+                classification,
+            })
+        })();
+        let targets = vec![id.to_string()];
+        match &r {
+            Ok(view) => {
+                self.audit(Some(s.user), &s.ctx, "record.read", targets, Ok(()), None)?;
+                for f in &view.revealed {
+                    self.audit(Some(s.user), &s.ctx, "record.reveal", vec![id.to_string(), format!("field:{f}")], Ok(()), reason)?;
+                }
+            }
+            Err(e) => {
+                let action = if reveal.is_empty() { "record.read" } else { "record.reveal" };
+                self.audit(Some(s.user), &s.ctx, action, targets, Err(e), None)?;
+            }
+        }
+        r
+    }
+
+    /// Replaces a record's body (clerk): a new version under a new DEK; the
+    /// old version's DEK is deleted. Returns the new version.
+    pub fn update_record(&self, s: &Session, id: RecordId, body: &Value) -> Result<u32> {
+        self.authorize(s, Some(Permission::UpdateRecord))?;
+        let r = (|| {
+            self.require_officer()?;
+            let mut row = self.live_row(id)?;
+            let schema = self.schema(&row.collection)?;
+            let body = schema.validate(body)?;
+            let plain = Zeroizing::new(serde_json::to_vec(&body).expect("serialisable"));
+            let old = row.version;
+            let version = old.checked_add(1).ok_or(Error::invalid("record version overflow"))?;
+            let epoch = self.epoch.read().expect("epoch lock");
+            let dek = self.keystore.new_dek(&epoch.root, epoch.number, row.subject, id, version)?;
+            row.envelope = crypto::seal(&dek, &record_aad(self.info.vault_id, &row.collection, id, version, row.subject), &plain);
+            row.version = version;
+            row.updated_ms = self.now();
+            self.store.put_record(id, &row, false)?;
+            // The old version's key goes; its wrapped bytes may linger in the
+            // keystore files until the bucket is next rotated (DESIGN §4.1).
+            self.keystore.delete_dek(row.subject, id, old, false)?;
+            Ok(version)
+        })();
+        self.audit(Some(s.user), &s.ctx, "record.update", vec![id.to_string()], r.as_ref().map(|_| ()), None)?;
+        r
+    }
+
+    /// Lists record metadata (no contents).
+    pub fn list_records(&self, s: &Session, filter: &RecordFilter) -> Result<Vec<RecordMeta>> {
+        self.authorize(s, Some(Permission::ListRecords))?;
+        let ids = match (&filter.subject, &filter.collection) {
+            (Some(sub), _) => self.store.records_of_subject(*sub)?,
+            (None, Some(c)) => self.store.records_of_collection(c)?,
+            (None, None) => self.store.all_records()?,
+        };
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            if let Some(row) = self.store.record(id)? {
+                if filter.collection.as_ref().is_none_or(|c| *c == row.collection) {
+                    out.push(Self::meta(id, &row));
+                }
+            }
+        }
+        let mut targets = vec![format!("count:{}", out.len())];
+        if let Some(c) = &filter.collection {
+            targets.push(format!("collection:{c}"));
+        }
+        if let Some(sub) = &filter.subject {
+            targets.push(sub.to_string());
+        }
+        self.audit(Some(s.user), &s.ctx, "record.list", targets, Ok(()), None)?;
+        Ok(out)
+    }
+
+    /// Imports records from JSON Lines or CSV, streaming. Each row is a
+    /// record body plus a subject column (`subject_column`). With `check_only`
+    /// nothing is stored: the front end runs a check pass first so that an
+    /// import with a bad row stores nothing. `progress` is called with the
+    /// bytes consumed so far.
+    pub fn import_records(
+        &self,
+        s: &Session,
+        collection: &str,
+        input: impl BufRead,
+        format: ImportFormat,
+        subject_column: &str,
+        check_only: bool,
+        progress: &mut dyn FnMut(u64),
+    ) -> Result<ImportReport> {
+        self.authorize(s, Some(Permission::CreateRecord))?;
+        let collection = CollectionName::parse(collection)?;
+        let schema = self.schema(&collection)?;
+        if !check_only {
+            self.require_officer()?;
+        }
+        let mut report = ImportReport::default();
+        let mut handle_row = |line: u64, row: Result<Map<String, Value>>| -> Result<()> {
+            let checked = row.and_then(|mut m| {
+                let subject = match m.remove(subject_column) {
+                    Some(Value::String(t)) => self.resolve_subject(&t)?,
+                    Some(Value::Number(n)) => self.resolve_subject(&n.to_string())?,
+                    _ => return Err(Error::invalid(format!("column {subject_column} (the subject) is missing or empty"))),
+                };
+                Ok((subject, schema.validate(&Value::Object(m))?))
+            });
+            match checked {
+                Ok((subject, body)) => {
+                    report.valid += 1;
+                    if !check_only {
+                        let id = self.store_new_record(s, &collection, subject, &body)?;
+                        self.audit(Some(s.user), &s.ctx, "record.create", vec![id.to_string(), subject.to_string()], Ok(()), None)?;
+                        report.imported += 1;
+                        report.records.push(id);
+                    }
+                }
+                Err(e) => {
+                    report.rejected_count += 1;
+                    if report.rejected.len() < 1000 {
+                        report.rejected.push(ImportRejection { line, error: e.to_string() });
+                    }
+                }
+            }
+            Ok(())
+        };
+        let counted = CountingReader { inner: input, count: 0 };
+        let r: Result<()> = match format {
+            ImportFormat::JsonLines => {
+                let mut reader = counted;
+                let mut line = 0u64;
+                let mut buf = Zeroizing::new(String::new());
+                loop {
+                    buf.clear();
+                    let n = reader.read_line(&mut buf).map_err(Error::from)?;
+                    if n == 0 {
+                        break Ok(());
+                    }
+                    line += 1;
+                    if buf.trim().is_empty() {
+                        continue;
+                    }
+                    let row = match serde_json::from_str::<Value>(&buf) {
+                        Ok(Value::Object(m)) => Ok(m),
+                        Ok(_) => Err(Error::invalid("line is not a JSON object")),
+                        // serde_json's message quotes no input, only positions.
+                        Err(e) => Err(Error::invalid(format!("malformed JSON at column {}", e.column()))),
+                    };
+                    handle_row(line, row)?;
+                    progress(reader.count);
+                }
+            }
+            ImportFormat::Csv => {
+                let mut rdr = csv::ReaderBuilder::new().flexible(false).from_reader(counted);
+                let headers = rdr
+                    .headers()
+                    .map_err(|_| Error::invalid("CSV header row is unreadable"))?
+                    .clone();
+                let mut rec = csv::StringRecord::new();
+                let mut line = 1u64;
+                loop {
+                    line += 1;
+                    match rdr.read_record(&mut rec) {
+                        Ok(false) => break Ok(()),
+                        Ok(true) => {
+                            let mut m = Map::new();
+                            for (h, v) in headers.iter().zip(rec.iter()) {
+                                if !v.is_empty() {
+                                    m.insert(h.to_owned(), Value::String(v.to_owned()));
+                                }
+                            }
+                            handle_row(line, Ok(m))?;
+                        }
+                        Err(_) => handle_row(line, Err(Error::invalid("CSV row is malformed (wrong number of fields or bad quoting)")))?,
+                    }
+                    progress(rdr.position().byte());
+                }
+            }
+        };
+        let targets = vec![format!("collection:{collection}"), format!("count:{}", report.imported)];
+        if !check_only {
+            self.audit(Some(s.user), &s.ctx, "record.import", targets, r.as_ref().map(|_| ()), None)?;
+        }
+        r.map(|_| report)
+    }
+
+    // ----- audit and reports ----------------------------------------------
+
+    /// Audit events matching a filter (officer, auditor).
+    pub fn audit_events(&self, s: &Session, filter: &EventFilter) -> Result<Vec<AuditEvent>> {
+        self.authorize(s, Some(Permission::ReadAudit))?;
+        let events = self.audit.lock().expect("audit lock").events(filter)?;
+        self.audit(Some(s.user), &s.ctx, "audit.read", vec![format!("count:{}", events.len())], Ok(()), None)?;
+        Ok(events)
+    }
+
+    /// Verifies the whole audit trail (officer, auditor).
+    pub fn audit_verify(&self, s: &Session) -> Result<VerifyReport> {
+        self.authorize(s, Some(Permission::ReadAudit))?;
+        let report = audit::verify(&Layout::of(&self.dir).audit, &self.audit_public_key())?;
+        let outcome = if report.ok() { Ok(()) } else { Err(&Error::Integrity("audit trail")) };
+        self.audit(Some(s.user), &s.ctx, "audit.verify", vec![], outcome, None)?;
+        Ok(report)
+    }
+
+    /// Per-user activity over `[from_ms, to_ms)` (REQ-WISP-06).
+    pub fn activity_report(&self, s: &Session, from_ms: i64, to_ms: i64) -> Result<Vec<UserActivity>> {
+        self.authorize(s, Some(Permission::Reports))?;
+        let events = self.audit.lock().expect("audit lock").events(&EventFilter {
+            from_ms: Some(from_ms),
+            to_ms: Some(to_ms),
+            ..EventFilter::default()
+        })?;
+        let report = audit::activity_report(&events);
+        self.audit(Some(s.user), &s.ctx, "report.activity", vec![], Ok(()), None)?;
+        Ok(report)
+    }
+
+    /// Records that the annual security review took place (REQ-WISP-09).
+    pub fn record_security_review(&self, s: &Session) -> Result<()> {
+        self.authorize(s, Some(Permission::RecordReview))?;
+        self.store
+            .put(store::CF_META, META_LAST_REVIEW, &self.now().to_be_bytes())?;
+        self.audit(Some(s.user), &s.ctx, "security.review", vec![], Ok(()), None)?;
+        Ok(())
+    }
+
+    /// The live security configuration, for `doctor`.
+    pub fn security_status(&self) -> Result<SecurityStatus> {
+        let users = self.all_user_rows()?;
+        let active_by_role = Role::ALL
+            .iter()
+            .map(|r| (*r, users.iter().filter(|u| !u.disabled && u.role == r.as_str()).count()))
+            .collect();
+        let last_review_ms = self
+            .store
+            .get(store::CF_META, META_LAST_REVIEW)?
+            .and_then(|b| b.try_into().ok().map(i64::from_be_bytes));
+        Ok(SecurityStatus {
+            vault_id: self.info.vault_id,
+            epoch: self.epoch(),
+            kdf: self.info.kdf,
+            buckets: self.info.buckets,
+            lockout: self.opts.lockout,
+            active_by_role,
+            last_review_ms,
+            sync: self.opts.sync,
+        })
+    }
+
+    // ----- keys -----------------------------------------------------------
+
+    /// Epoch ratchet (DESIGN §4.2 step 4): a new root key, every bucket key
+    /// re-wrapped under it, the old header slot overwritten. After this no
+    /// copy of a wrapped bucket key from an older epoch can be opened.
+    pub fn ratchet_epoch(&self, s: &Session) -> Result<u64> {
+        self.authorize(s, Some(Permission::Dispose))?;
+        let r = self.ratchet();
+        let targets = r.as_ref().map(|e| vec![format!("epoch:{}", e - 1), format!("epoch:{e}")]).unwrap_or_default();
+        self.audit(Some(s.user), &s.ctx, "key.epoch", targets, r.as_ref().map(|_| ()), None)?;
+        r
+    }
+
+    pub(crate) fn ratchet(&self) -> Result<u64> {
+        let mut epoch = self.epoch.write().expect("epoch lock");
+        let next = epoch.number + 1;
+        let root = SecretKey::generate();
+        let path = Layout::of(&self.dir).header;
+        // 1. New slot first (fsync): a crash from here on finishes on open.
+        header::write_slot(&path, self.info.vault_id, &self.unlock, next, &root)?;
+        // 2. Re-wrap every bucket key (one synced batch).
+        self.keystore.rewrap_buckets((epoch.number, &epoch.root), (next, &root))?;
+        // 3. Overwrite the old slot in place (fsync); the old root is then gone.
+        header::erase_other_slots(&path, next)?;
+        *epoch = Epoch { number: next, root };
+        Ok(next)
+    }
+
+    /// Direct access to the keystore for forensic tests and benchmarks.
+    pub fn keystore(&self) -> &Keystore {
+        &self.keystore
+    }
+
+    /// Whether the vault would accept personal-information writes now.
+    pub fn has_active_officer(&self) -> bool {
+        self.active_officers.load(Ordering::SeqCst) > 0
+    }
+
+    /// The state of a user, by name (any active user may ask about their own; admins about anyone).
+    pub fn user_state(&self, s: &Session, username: &str) -> Result<UserState> {
+        Ok(self
+            .list_users(s)?
+            .into_iter()
+            .find(|u| u.username.as_str() == username)
+            .ok_or(Error::NotFound("user"))?
+            .state)
+    }
+}
+
+/// Counts bytes read, for progress bars on streaming imports.
+struct CountingReader<R> {
+    inner: R,
+    count: u64,
+}
+
+impl<R: BufRead> std::io::Read for CountingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.count += n as u64;
+        Ok(n)
+    }
+}
+
+impl<R: BufRead> BufRead for CountingReader<R> {
+    fn fill_buf(&mut self) -> std::io::Result<&[u8]> {
+        self.inner.fill_buf()
+    }
+    fn consume(&mut self, amt: usize) {
+        self.count += amt as u64;
+        self.inner.consume(amt);
+    }
+}
