@@ -5,5 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
-cargo build --workspace --bins
+# One selection everywhere (--workspace --all-targets): any other selection resolves
+# different build-dependency features and recompiles RocksDB from scratch.
+cargo build --workspace --all-targets
 cargo test --workspace --no-fail-fast "$@"

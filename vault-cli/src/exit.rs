@@ -15,7 +15,8 @@
 //! | 10 | wrong vault passphrase |
 //! | 11 | storage or file-system error |
 //! | 12 | `doctor` found an unsafe setting |
-//! | 13 | refused by policy (no security officer; already exists) |
+//! | 13 | refused by policy (no security officer; already exists; legal hold) |
+//! | 14 | disposal verification failed: no certificate issued |
 
 use vault_core::Error;
 
@@ -33,6 +34,7 @@ pub const PASSPHRASE: u8 = 10;
 pub const STORAGE: u8 = 11;
 pub const UNSAFE_CONFIG: u8 = 12;
 pub const POLICY: u8 = 13;
+pub const DISPOSAL_FAILED: u8 = 14;
 
 /// Maps an error to its exit code and stable error code.
 pub fn classify(e: &anyhow::Error) -> (u8, &'static str) {
@@ -42,7 +44,10 @@ pub fn classify(e: &anyhow::Error) -> (u8, &'static str) {
     };
     let exit = match v {
         Error::InvalidInput(_) | Error::WeakPassword(_) => INVALID_INPUT,
-        Error::AuthFailed | Error::AccountLocked { .. } | Error::AccountDisabled | Error::SessionInvalid => AUTH,
+        Error::AuthFailed
+        | Error::AccountLocked { .. }
+        | Error::AccountDisabled
+        | Error::SessionInvalid => AUTH,
         Error::PermissionDenied(_) => DENIED,
         Error::NotFound(_) | Error::NotAVault(_) => NOT_FOUND,
         Error::Disposed { .. } => DISPOSED,
@@ -51,7 +56,8 @@ pub fn classify(e: &anyhow::Error) -> (u8, &'static str) {
         Error::WrongPassphrase => PASSPHRASE,
         Error::Storage(_) | Error::Io(_) | Error::AuditUnavailable(_) => STORAGE,
         Error::UnsafePermissions(_) => UNSAFE_CONFIG,
-        Error::NoOfficer | Error::AlreadyExists(_) => POLICY,
+        Error::NoOfficer | Error::AlreadyExists(_) | Error::LegalHold => POLICY,
+        Error::DisposalFailed(_) => DISPOSAL_FAILED,
         _ => INTERNAL,
     };
     (exit, v.code())

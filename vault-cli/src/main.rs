@@ -6,6 +6,7 @@
 //! messages to stderr. Exit codes are listed in [`exit`] and the README.
 #![forbid(unsafe_code)]
 
+mod dispose;
 mod exit;
 mod output;
 
@@ -24,7 +25,9 @@ use vault_core::doctor::{self, Level};
 use vault_core::ids::{RecordId, Username};
 use vault_core::schema::Schema;
 use vault_core::secret::SecretString;
-use vault_core::vault::{Context, ImportFormat, InitOptions, OpenOptions, RecordFilter, Session, Vault};
+use vault_core::vault::{
+    Context, ImportFormat, InitOptions, OpenOptions, RecordFilter, Session, Vault,
+};
 
 use crate::output::Out;
 
@@ -40,10 +43,20 @@ struct Cli {
     #[arg(long, global = true, env = "PIVAULT_USER", value_name = "NAME")]
     user: Option<String>,
     /// File holding the vault passphrase (or a key file). Never give a secret as a flag.
-    #[arg(long, global = true, env = "PIVAULT_PASSPHRASE_FILE", value_name = "FILE")]
+    #[arg(
+        long,
+        global = true,
+        env = "PIVAULT_PASSPHRASE_FILE",
+        value_name = "FILE"
+    )]
     passphrase_file: Option<PathBuf>,
     /// File holding your password.
-    #[arg(long, global = true, env = "PIVAULT_PASSWORD_FILE", value_name = "FILE")]
+    #[arg(
+        long,
+        global = true,
+        env = "PIVAULT_PASSWORD_FILE",
+        value_name = "FILE"
+    )]
     password_file: Option<PathBuf>,
     /// Machine-readable output (see the README for the schema of each command).
     #[arg(long, global = true)]
@@ -74,6 +87,27 @@ enum Command {
     /// Read, verify and report on the audit trail.
     #[command(subcommand)]
     Audit(AuditCmd),
+    /// Destroy records provably (crypto-shredding) and issue a certificate.
+    #[command(subcommand)]
+    Dispose(DisposeCmd),
+    /// List and retry disposal batches.
+    #[command(subcommand)]
+    Disposal(DisposalCmd),
+    /// Show, export, verify (offline), render, validate and co-sign certificates.
+    #[command(subcommand)]
+    Certificate(CertificateCmd),
+    /// Export the vault's public keys (certificate and audit), PEM.
+    #[command(subcommand)]
+    Keys(KeysCmd),
+    /// Retention policies; list and dispose what is past retention (cron-friendly).
+    #[command(subcommand)]
+    Retention(RetentionCmd),
+    /// Legal holds that block disposal.
+    #[command(subcommand)]
+    Hold(HoldCmd),
+    /// Disposal contractors: scope and signing keys.
+    #[command(subcommand)]
+    Contractor(ContractorCmd),
     /// Report the live security configuration; non-zero exit on any unsafe setting.
     Doctor,
     /// Record that the annual security review took place (officer).
@@ -82,6 +116,226 @@ enum Command {
     Completions {
         /// Shell.
         shell: clap_complete::Shell,
+    },
+}
+
+#[derive(Args, Debug, Clone)]
+struct DisposeOpts {
+    /// Do not ask for confirmation.
+    #[arg(long)]
+    yes: bool,
+    /// Show what would be disposed and excluded; change nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// The data owner named on the certificate (your business).
+    #[arg(long, env = "PIVAULT_DATA_OWNER", default_value = "")]
+    data_owner: String,
+    /// The data owner's address.
+    #[arg(long, env = "PIVAULT_DATA_OWNER_ADDRESS")]
+    data_owner_address: Option<String>,
+    /// Your title, for the operator's attestation.
+    #[arg(long)]
+    title: Option<String>,
+    /// The disposal contractor's organisation, if one acts.
+    #[arg(long)]
+    contractor_org: Option<String>,
+    /// The contract reference, if a contractor acts.
+    #[arg(long)]
+    contract_ref: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
+enum DisposeCmd {
+    /// Dispose of one record.
+    Record {
+        /// Record ID.
+        id: String,
+        #[command(flatten)]
+        opts: DisposeOpts,
+    },
+    /// Dispose of every record of one subject.
+    Subject {
+        /// Subject UUID or customer reference.
+        subject: String,
+        #[command(flatten)]
+        opts: DisposeOpts,
+    },
+    /// Dispose of records created (or updated) before a date.
+    Query {
+        /// Only this collection.
+        #[arg(long)]
+        collection: Option<String>,
+        /// Cut-off (RFC 3339 or YYYY-MM-DD), exclusive.
+        #[arg(long)]
+        before: String,
+        /// Compare the last update rather than the creation time.
+        #[arg(long)]
+        by_updated: bool,
+        #[command(flatten)]
+        opts: DisposeOpts,
+    },
+    /// Dispose of records listed in a file, one record ID a line (scripted deletion).
+    From {
+        /// File of record IDs ('-' for stdin).
+        file: PathBuf,
+        #[command(flatten)]
+        opts: DisposeOpts,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum DisposalCmd {
+    /// List disposal batches and their state.
+    List,
+    /// Retry a failed batch (re-purge and re-verify).
+    Retry {
+        /// Disposal ID.
+        id: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum CertificateCmd {
+    /// Show a certificate stored in the vault.
+    Show {
+        /// Certificate ID.
+        id: String,
+    },
+    /// Write a certificate file (JSON) for handing over.
+    Export {
+        /// Certificate ID.
+        id: String,
+        /// Output file (default stdout).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Verify a certificate file offline, with the vault's public key only.
+    Verify {
+        /// Certificate file.
+        file: PathBuf,
+        /// The vault's certificate public key (PEM from `keys export`, or hex).
+        #[arg(long)]
+        key: PathBuf,
+    },
+    /// Render a certificate file (or a stored certificate ID) as a printable HTML page.
+    Render {
+        /// Certificate file or ID.
+        cert: String,
+        /// Output file (default stdout).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Write the exact signed bytes of a certificate (for `openssl pkeyutl -verify`).
+    Payload {
+        /// Certificate file.
+        file: PathBuf,
+        /// Output file for the message.
+        #[arg(long)]
+        out: PathBuf,
+        /// Output file for the vault signature (64 raw bytes).
+        #[arg(long)]
+        sig_out: PathBuf,
+    },
+    /// Validate a draft certificate (an officer other than the operator).
+    Validate {
+        /// Certificate ID.
+        id: String,
+        /// Your title.
+        #[arg(long)]
+        title: Option<String>,
+    },
+    /// Co-sign a certificate with your contractor key (private key file, hex seed).
+    Cosign {
+        /// Certificate ID.
+        id: String,
+        /// Your Ed25519 private key file (from `contractor keygen`).
+        #[arg(long)]
+        key_file: PathBuf,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum KeysCmd {
+    /// Write certificate.pem and audit.pem into a directory.
+    Export {
+        /// Output directory.
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum RetentionCmd {
+    /// Set a collection's retention period.
+    Set {
+        /// Collection.
+        collection: String,
+        /// Keep records this many days.
+        #[arg(long)]
+        days: u32,
+        /// Count from the last update instead of creation.
+        #[arg(long)]
+        from_updated: bool,
+    },
+    /// Show retention policies.
+    Show,
+    /// List records past retention (and held exclusions).
+    Due,
+    /// Dispose of everything past retention, in one batch per run.
+    Run {
+        #[command(flatten)]
+        opts: DisposeOpts,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum HoldCmd {
+    /// Place a legal hold on a record or a subject.
+    Add {
+        /// Record ID.
+        #[arg(long, conflicts_with = "subject")]
+        record: Option<String>,
+        /// Subject UUID or customer reference.
+        #[arg(long)]
+        subject: Option<String>,
+        /// Why (no personal information; no numbers of 4+ digits).
+        #[arg(long)]
+        reason: String,
+    },
+    /// Lift a legal hold.
+    Remove {
+        /// Record ID.
+        #[arg(long, conflicts_with = "subject")]
+        record: Option<String>,
+        /// Subject UUID or customer reference.
+        #[arg(long)]
+        subject: Option<String>,
+    },
+    /// List legal holds.
+    List,
+}
+
+#[derive(Subcommand, Debug)]
+enum ContractorCmd {
+    /// Assign a contractor's scope (collections and/or records) and register their public key (admin).
+    Assign {
+        /// The contractor's username.
+        name: String,
+        /// Collection in scope (repeatable).
+        #[arg(long)]
+        collection: Vec<String>,
+        /// Record in scope (repeatable).
+        #[arg(long)]
+        record: Vec<String>,
+        /// The contractor's Ed25519 public key (PEM or hex file).
+        #[arg(long)]
+        public_key: Option<PathBuf>,
+    },
+    /// Generate an Ed25519 key pair for co-signing (the private key file stays with the contractor).
+    Keygen {
+        /// Private key output file (created 0600); the public key goes to FILE.pub.pem.
+        #[arg(long)]
+        out: PathBuf,
     },
 }
 
@@ -275,7 +529,11 @@ fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {
-            let code = if e.use_stderr() { exit::USAGE } else { exit::OK };
+            let code = if e.use_stderr() {
+                exit::USAGE
+            } else {
+                exit::OK
+            };
             let _ = e.print();
             return ExitCode::from(code);
         }
@@ -301,9 +559,15 @@ fn vault_dir(cli: &Cli) -> anyhow::Result<&Path> {
 }
 
 /// Reads a secret from a file, or prompts without echo on a terminal.
-fn secret(file: Option<&Path>, prompt: &str, what: &str, env: &str) -> anyhow::Result<SecretString> {
+fn secret(
+    file: Option<&Path>,
+    prompt: &str,
+    what: &str,
+    env: &str,
+) -> anyhow::Result<SecretString> {
     if let Some(f) = file {
-        let s = SecretString::from_file(f).with_context(|| format!("cannot read the {what} file {}", f.display()))?;
+        let s = SecretString::from_file(f)
+            .with_context(|| format!("cannot read the {what} file {}", f.display()))?;
         if s.expose().is_empty() {
             bail!("the {what} file {} is empty", f.display());
         }
@@ -312,7 +576,9 @@ fn secret(file: Option<&Path>, prompt: &str, what: &str, env: &str) -> anyhow::R
     if std::io::stdin().is_terminal() && std::io::stderr().is_terminal() {
         return Ok(SecretString::new(rpassword::prompt_password(prompt)?));
     }
-    bail!("no {what}: set {env} to a file holding it, or run in a terminal to be prompted (secrets are never taken as flags)")
+    bail!(
+        "no {what}: set {env} to a file holding it, or run in a terminal to be prompted (secrets are never taken as flags)"
+    )
 }
 
 fn new_secret(file: Option<&Path>, what: &str, env: &str) -> anyhow::Result<SecretString> {
@@ -349,7 +615,12 @@ fn login(cli: &Cli, vault: &Vault) -> anyhow::Result<Session> {
         .user
         .as_deref()
         .ok_or_else(|| anyhow!("no user given: use --user NAME or set PIVAULT_USER"))?;
-    let pw = secret(cli.password_file.as_deref(), &format!("Password for {user}: "), "password", "PIVAULT_PASSWORD_FILE")?;
+    let pw = secret(
+        cli.password_file.as_deref(),
+        &format!("Password for {user}: "),
+        "password",
+        "PIVAULT_PASSWORD_FILE",
+    )?;
     Ok(vault.login(user, &pw, Context::cli())?)
 }
 
@@ -363,27 +634,54 @@ fn read_json(path: &Path) -> anyhow::Result<Value> {
             .read_to_string(&mut text)?;
     }
     // serde_json errors carry positions only, never the input text.
-    serde_json::from_str(&text).map_err(|e| anyhow!(vault_core::Error::InvalidInput(format!("malformed JSON at line {} column {}", e.line(), e.column()))))
+    serde_json::from_str(&text).map_err(|e| {
+        anyhow!(vault_core::Error::InvalidInput(format!(
+            "malformed JSON at line {} column {}",
+            e.line(),
+            e.column()
+        )))
+    })
 }
 
 fn parse_time(s: &str) -> anyhow::Result<i64> {
     if let Ok(t) = s.parse::<jiff::Timestamp>() {
         return Ok(t.as_millisecond());
     }
-    let d: jiff::civil::Date = s
-        .parse()
-        .map_err(|_| vault_core::Error::InvalidInput("time must be RFC 3339 or YYYY-MM-DD".into()))?;
-    Ok(d.to_zoned(jiff::tz::TimeZone::UTC)?.timestamp().as_millisecond())
+    let d: jiff::civil::Date = s.parse().map_err(|_| {
+        vault_core::Error::InvalidInput("time must be RFC 3339 or YYYY-MM-DD".into())
+    })?;
+    Ok(d.to_zoned_datetime(jiff::tz::TimeZone::UTC)?
+        .timestamp()
+        .as_millisecond())
 }
 
 fn run(cli: &Cli, out: &Out) -> anyhow::Result<u8> {
     match &cli.command {
         Command::Completions { shell } => {
-            clap_complete::generate(*shell, &mut Cli::command(), "pivault", &mut std::io::stdout());
+            clap_complete::generate(
+                *shell,
+                &mut Cli::command(),
+                "pivault",
+                &mut std::io::stdout(),
+            );
             Ok(exit::OK)
         }
         Command::Init(a) => cmd_init(cli, out, a),
         Command::Doctor => cmd_doctor(cli, out),
+        Command::Certificate(CertificateCmd::Verify { file, key }) => {
+            dispose::cmd_verify(out, file, key)
+        }
+        Command::Certificate(CertificateCmd::Payload {
+            file,
+            out: o,
+            sig_out,
+        }) => dispose::cmd_payload(out, file, o, sig_out),
+        Command::Certificate(CertificateCmd::Render { cert, out: o })
+            if Path::new(cert).exists() =>
+        {
+            dispose::cmd_render_file(out, Path::new(cert), o.as_deref())
+        }
+        Command::Contractor(ContractorCmd::Keygen { out: o }) => dispose::cmd_keygen(out, o),
         cmd => {
             let vault = open_vault(cli)?;
             if let Command::Subject(SubjectCmd::Id { reference }) = cmd {
@@ -397,12 +695,26 @@ fn run(cli: &Cli, out: &Out) -> anyhow::Result<u8> {
                 Command::Collection(c) => cmd_collection(out, &vault, &session, c)?,
                 Command::Record(c) => cmd_record(out, &vault, &session, c)?,
                 Command::Audit(c) => cmd_audit(out, &vault, &session, c)?,
+                Command::Dispose(c) => dispose::cmd_dispose(out, &vault, &session, c)?,
+                Command::Disposal(c) => dispose::cmd_disposal(out, &vault, &session, c)?,
+                Command::Certificate(c) => dispose::cmd_certificate(out, &vault, &session, c)?,
+                Command::Keys(KeysCmd::Export { out: dir }) => {
+                    dispose::cmd_keys_export(out, &vault, dir)?
+                }
+                Command::Retention(c) => dispose::cmd_retention(out, &vault, &session, c)?,
+                Command::Hold(c) => dispose::cmd_hold(out, &vault, &session, c)?,
+                Command::Contractor(c) => dispose::cmd_contractor(out, &vault, &session, c)?,
                 Command::Review => {
                     vault.record_security_review(&session)?;
-                    out.data(json!({ "reviewed": true }), || "security review recorded".into())?;
+                    out.data(json!({ "reviewed": true }), || {
+                        "security review recorded".into()
+                    })?;
                     exit::OK
                 }
-                Command::Init(_) | Command::Doctor | Command::Completions { .. } | Command::Subject(_) => unreachable!(),
+                Command::Init(_)
+                | Command::Doctor
+                | Command::Completions { .. }
+                | Command::Subject(_) => unreachable!(),
             };
             vault.close()?;
             Ok(code)
@@ -413,9 +725,21 @@ fn run(cli: &Cli, out: &Out) -> anyhow::Result<u8> {
 fn cmd_init(cli: &Cli, out: &Out, a: &InitArgs) -> anyhow::Result<u8> {
     let dir = vault_dir(cli)?;
     let admin = Username::parse(&a.admin)?;
-    let pass = new_secret(cli.passphrase_file.as_deref(), "vault passphrase", "PIVAULT_PASSPHRASE_FILE")?;
-    let pw = new_secret(cli.password_file.as_deref(), "admin password", "PIVAULT_PASSWORD_FILE")?;
-    let kdf = if a.insecure_fast_kdf { KdfParams::INSECURE_FAST } else { KdfParams::VAULT_DEFAULT };
+    let pass = new_secret(
+        cli.passphrase_file.as_deref(),
+        "vault passphrase",
+        "PIVAULT_PASSPHRASE_FILE",
+    )?;
+    let pw = new_secret(
+        cli.password_file.as_deref(),
+        "admin password",
+        "PIVAULT_PASSWORD_FILE",
+    )?;
+    let kdf = if a.insecure_fast_kdf {
+        KdfParams::INSECURE_FAST
+    } else {
+        KdfParams::VAULT_DEFAULT
+    };
     let vault = Vault::create(
         dir,
         &pass,
@@ -450,11 +774,16 @@ fn cmd_user(cli: &Cli, out: &Out, vault: &Vault, s: &Session, c: &UserCmd) -> an
             new_password_file,
         } => {
             let role = Role::parse(role)?;
-            let pw = new_secret(new_password_file.as_deref(), &format!("password for {name}"), "PIVAULT_NEW_PASSWORD_FILE")?;
+            let pw = new_secret(
+                new_password_file.as_deref(),
+                &format!("password for {name}"),
+                "PIVAULT_NEW_PASSWORD_FILE",
+            )?;
             let id = vault.add_user(s, name, &pw, role, *reveal)?;
-            out.data(json!({ "user_id": id.to_string(), "username": name, "role": role.as_str() }), || {
-                format!("added {role} {name} ({id})")
-            })?;
+            out.data(
+                json!({ "user_id": id.to_string(), "username": name, "role": role.as_str() }),
+                || format!("added {role} {name} ({id})"),
+            )?;
         }
         UserCmd::List => {
             let users = vault.list_users(s)?;
@@ -463,31 +792,51 @@ fn cmd_user(cli: &Cli, out: &Out, vault: &Vault, s: &Session, c: &UserCmd) -> an
         }
         UserCmd::Disable { name } => {
             let id = vault.disable_user(s, name)?;
-            out.data(json!({ "user_id": id.to_string(), "state": "disabled" }), || {
-                format!("disabled {name}; their sessions and tokens are revoked")
-            })?;
+            out.data(
+                json!({ "user_id": id.to_string(), "state": "disabled" }),
+                || format!("disabled {name}; their sessions and tokens are revoked"),
+            )?;
         }
         UserCmd::Enable { name } => {
             let id = vault.enable_user(s, name)?;
-            out.data(json!({ "user_id": id.to_string(), "state": "active" }), || format!("enabled {name}"))?;
+            out.data(
+                json!({ "user_id": id.to_string(), "state": "active" }),
+                || format!("enabled {name}"),
+            )?;
         }
         UserCmd::Unlock { name } => {
             let id = vault.unlock_user(s, name)?;
-            out.data(json!({ "user_id": id.to_string(), "locked": false }), || format!("unlocked {name}"))?;
+            out.data(
+                json!({ "user_id": id.to_string(), "locked": false }),
+                || format!("unlocked {name}"),
+            )?;
         }
         UserCmd::Role { name, role } => {
             let role = Role::parse(role)?;
             let id = vault.set_role(s, name, role)?;
-            out.data(json!({ "user_id": id.to_string(), "role": role.as_str() }), || format!("{name} is now {role}"))?;
+            out.data(
+                json!({ "user_id": id.to_string(), "role": role.as_str() }),
+                || format!("{name} is now {role}"),
+            )?;
         }
         UserCmd::Passwd {
             name,
             new_password_file,
         } => {
-            let name = name.clone().or_else(|| cli.user.clone()).unwrap_or_default();
-            let pw = new_secret(new_password_file.as_deref(), "password", "PIVAULT_NEW_PASSWORD_FILE")?;
+            let name = name
+                .clone()
+                .or_else(|| cli.user.clone())
+                .unwrap_or_default();
+            let pw = new_secret(
+                new_password_file.as_deref(),
+                "password",
+                "PIVAULT_NEW_PASSWORD_FILE",
+            )?;
             vault.set_password(s, &name, &pw)?;
-            out.data(json!({ "username": name, "password_changed": true }), || format!("password of {name} changed"))?;
+            out.data(
+                json!({ "username": name, "password_changed": true }),
+                || format!("password of {name} changed"),
+            )?;
         }
     }
     Ok(exit::OK)
@@ -496,12 +845,19 @@ fn cmd_user(cli: &Cli, out: &Out, vault: &Vault, s: &Session, c: &UserCmd) -> an
 fn cmd_collection(out: &Out, vault: &Vault, s: &Session, c: &CollectionCmd) -> anyhow::Result<u8> {
     match c {
         CollectionCmd::Create { name, schema } => {
-            let text = std::fs::read_to_string(schema).with_context(|| format!("cannot read {}", schema.display()))?;
+            let text = std::fs::read_to_string(schema)
+                .with_context(|| format!("cannot read {}", schema.display()))?;
             let parsed = Schema::from_json(&text)?;
             let name = vault.create_collection(s, name, &parsed)?;
-            out.data(json!({ "collection": name.as_str(), "fields": parsed.fields.len() }), || {
-                format!("created collection {name} with {} fields", parsed.fields.len())
-            })?;
+            out.data(
+                json!({ "collection": name.as_str(), "fields": parsed.fields.len() }),
+                || {
+                    format!(
+                        "created collection {name} with {} fields",
+                        parsed.fields.len()
+                    )
+                },
+            )?;
         }
         CollectionCmd::List => {
             let cs = vault.collections(s)?;
@@ -523,7 +879,9 @@ fn cmd_collection(out: &Out, vault: &Vault, s: &Session, c: &CollectionCmd) -> a
                 .find(|(n, _)| n.as_str() == name)
                 .ok_or(vault_core::Error::NotFound("collection"))?;
             let v: Value = serde_json::from_str(&sc.to_json())?;
-            out.data(v.clone(), || serde_json::to_string_pretty(&v).unwrap_or_default())?;
+            out.data(v.clone(), || {
+                serde_json::to_string_pretty(&v).unwrap_or_default()
+            })?;
         }
     }
     Ok(exit::OK)
@@ -531,14 +889,21 @@ fn cmd_collection(out: &Out, vault: &Vault, s: &Session, c: &CollectionCmd) -> a
 
 fn cmd_record(out: &Out, vault: &Vault, s: &Session, c: &RecordCmd) -> anyhow::Result<u8> {
     match c {
-        RecordCmd::Put { collection, subject, data } => {
+        RecordCmd::Put {
+            collection,
+            subject,
+            data,
+        } => {
             let body = read_json(data)?;
             let subject = match subject {
                 Some(t) => vault.resolve_subject(t)?,
                 None => vault_core::ids::SubjectId::new(),
             };
             let id = vault.put_record(s, collection, subject, &body)?;
-            out.data(json!({ "record_id": id.to_string(), "subject": subject.to_string() }), || id.to_string())?;
+            out.data(
+                json!({ "record_id": id.to_string(), "subject": subject.to_string() }),
+                || id.to_string(),
+            )?;
         }
         RecordCmd::Import {
             collection,
@@ -556,14 +921,24 @@ fn cmd_record(out: &Out, vault: &Vault, s: &Session, c: &RecordCmd) -> anyhow::R
             let id: RecordId = id.parse()?;
             let body = read_json(data)?;
             let version = vault.update_record(s, id, &body)?;
-            out.data(json!({ "record_id": id.to_string(), "version": version }), || {
-                format!("updated {id} to version {version}")
-            })?;
+            out.data(
+                json!({ "record_id": id.to_string(), "version": version }),
+                || format!("updated {id} to version {version}"),
+            )?;
         }
-        RecordCmd::List { collection, subject } => {
+        RecordCmd::List {
+            collection,
+            subject,
+        } => {
             let filter = RecordFilter {
-                collection: collection.as_deref().map(vault_core::ids::CollectionName::parse).transpose()?,
-                subject: subject.as_deref().map(|t| vault.resolve_subject(t)).transpose()?,
+                collection: collection
+                    .as_deref()
+                    .map(vault_core::ids::CollectionName::parse)
+                    .transpose()?,
+                subject: subject
+                    .as_deref()
+                    .map(|t| vault.resolve_subject(t))
+                    .transpose()?,
             };
             let metas = vault.list_records(s, &filter)?;
             let rows: Vec<Value> = metas.iter().map(output::meta_json).collect();
@@ -585,7 +960,12 @@ fn cmd_import(
     let format = match format {
         Some(FormatArg::Csv) => ImportFormat::Csv,
         Some(FormatArg::Jsonl) => ImportFormat::JsonLines,
-        None if file.extension().is_some_and(|e| e.eq_ignore_ascii_case("csv")) => ImportFormat::Csv,
+        None if file
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("csv")) =>
+        {
+            ImportFormat::Csv
+        }
         None => ImportFormat::JsonLines,
     };
     let open = || -> anyhow::Result<(BufReader<File>, u64)> {
@@ -596,7 +976,15 @@ fn cmd_import(
     // Pass 1 checks every row and stores nothing; pass 2 stores. Both stream.
     let (reader, len) = open()?;
     let bar = out.progress(len, "checking");
-    let check = vault.import_records(s, collection, reader, format, subject_column, true, &mut |n| bar.set_position(n))?;
+    let check = vault.import_records(
+        s,
+        collection,
+        reader,
+        format,
+        subject_column,
+        true,
+        &mut |n| bar.set_position(n),
+    )?;
     bar.finish_and_clear();
     if check.rejected_count > 0 {
         let rows: Vec<Value> = check
@@ -622,11 +1010,20 @@ fn cmd_import(
     }
     let (reader, len) = open()?;
     let bar = out.progress(len, "importing");
-    let report = vault.import_records(s, collection, reader, format, subject_column, false, &mut |n| bar.set_position(n))?;
+    let report = vault.import_records(
+        s,
+        collection,
+        reader,
+        format,
+        subject_column,
+        false,
+        &mut |n| bar.set_position(n),
+    )?;
     bar.finish_and_clear();
-    out.data(json!({ "imported": report.imported, "valid": report.valid, "rejected": 0 }), || {
-        format!("imported {} records into {collection}", report.imported)
-    })?;
+    out.data(
+        json!({ "imported": report.imported, "valid": report.valid, "rejected": 0 }),
+        || format!("imported {} records into {collection}", report.imported),
+    )?;
     Ok(exit::OK)
 }
 
@@ -655,12 +1052,20 @@ fn cmd_audit(out: &Out, vault: &Vault, s: &Session, c: &AuditCmd) -> anyhow::Res
                 from_ms: since.as_deref().map(parse_time).transpose()?,
                 to_ms: until.as_deref().map(parse_time).transpose()?,
                 action_prefix: action.clone(),
-                limit: *limit,
+                ..EventFilter::default()
             };
-            let events = vault.audit_events(s, &filter)?;
+            let mut events = vault.audit_events(s, &filter)?;
+            if let Some(n) = limit {
+                // The latest n events.
+                events.drain(..events.len().saturating_sub(*n));
+            }
             let rows: Vec<Value> = events.iter().map(output::event_json).collect();
             out.data(Value::Array(rows), || {
-                events.iter().map(output::event_text).collect::<Vec<_>>().join("\n")
+                events
+                    .iter()
+                    .map(output::event_text)
+                    .collect::<Vec<_>>()
+                    .join("\n")
             })?;
         }
         AuditCmd::Verify => {
@@ -672,8 +1077,16 @@ fn cmd_audit(out: &Out, vault: &Vault, s: &Session, c: &AuditCmd) -> anyhow::Res
         }
         AuditCmd::Report { since, until } => {
             let now = jiff::Timestamp::now().as_millisecond();
-            let from = since.as_deref().map(parse_time).transpose()?.unwrap_or(now - 30 * 86_400_000);
-            let to = until.as_deref().map(parse_time).transpose()?.unwrap_or(now + 1);
+            let from = since
+                .as_deref()
+                .map(parse_time)
+                .transpose()?
+                .unwrap_or(now - 30 * 86_400_000);
+            let to = until
+                .as_deref()
+                .map(parse_time)
+                .transpose()?
+                .unwrap_or(now + 1);
             let users = vault.list_users(s).unwrap_or_default();
             let report = vault.activity_report(s, from, to)?;
             let name_of = |id: vault_core::ids::UserId| {
@@ -699,7 +1112,11 @@ fn cmd_doctor(cli: &Cli, out: &Out) -> anyhow::Result<u8> {
     let dir = vault_dir(cli)?;
     // Permission checks come first: an unsafe header keeps the vault shut.
     let mut checks = doctor::file_checks(dir);
-    let vault = if checks.iter().any(|c| c.level == Level::Fail) { None } else { Some(open_vault(cli)?) };
+    let vault = if checks.iter().any(|c| c.level == Level::Fail) {
+        None
+    } else {
+        Some(open_vault(cli)?)
+    };
     if let Some(v) = &vault {
         checks = doctor::checks(v, jiff::Timestamp::now().as_millisecond())?;
     }
@@ -718,5 +1135,9 @@ fn cmd_doctor(cli: &Cli, out: &Out) -> anyhow::Result<u8> {
             .collect::<Vec<_>>()
             .join("\n")
     })?;
-    Ok(if unsafe_count == 0 { exit::OK } else { exit::UNSAFE_CONFIG })
+    Ok(if unsafe_count == 0 {
+        exit::OK
+    } else {
+        exit::UNSAFE_CONFIG
+    })
 }

@@ -29,7 +29,11 @@ impl Out {
             writeln!(o)
         } else {
             let text = human();
-            if text.is_empty() { Ok(()) } else { writeln!(o, "{text}") }
+            if text.is_empty() {
+                Ok(())
+            } else {
+                writeln!(o, "{text}")
+            }
         }
     }
 
@@ -82,7 +86,10 @@ pub fn user_json(u: &UserInfo) -> Value {
 }
 
 pub fn users_table(users: &[UserInfo]) -> String {
-    let mut t = format!("{:<24} {:<11} {:<9} {:<36} {}\n", "USERNAME", "ROLE", "STATE", "ID", "LOCKED UNTIL");
+    let mut t = format!(
+        "{:<24} {:<11} {:<9} {:<36} {}\n",
+        "USERNAME", "ROLE", "STATE", "ID", "LOCKED UNTIL"
+    );
     for u in users {
         let state = match u.state {
             vault_core::access::UserState::Active => "active",
@@ -113,7 +120,10 @@ pub fn meta_json(m: &RecordMeta) -> Value {
 }
 
 pub fn metas_table(ms: &[RecordMeta]) -> String {
-    let mut t = format!("{:<36} {:<16} {:<36} {:>3} {}\n", "RECORD", "COLLECTION", "SUBJECT", "VER", "STATE");
+    let mut t = format!(
+        "{:<36} {:<16} {:<36} {:>3} {}\n",
+        "RECORD", "COLLECTION", "SUBJECT", "VER", "STATE"
+    );
     for m in ms {
         t.push_str(&format!(
             "{:<36} {:<16} {:<36} {:>3} {}\n",
@@ -153,14 +163,31 @@ pub fn record_text(v: &RecordView) -> String {
             Value::String(s) => s.clone(),
             other => other.to_string(),
         };
-        let mark = if v.revealed.iter().any(|r| r == k) { "  (revealed)" } else { "" };
+        let mark = if v.revealed.iter().any(|r| r == k) {
+            "  (revealed)"
+        } else {
+            ""
+        };
         t.push_str(&format!("  {k}: {shown}{mark}\n"));
     }
-    let elems: Vec<&str> = v.classification.sensitive_elements.iter().map(|t| t.as_str()).collect();
+    let elems: Vec<&str> = v
+        .classification
+        .sensitive_elements
+        .iter()
+        .map(|t| t.as_str())
+        .collect();
     t.push_str(&format!(
         "classification: {}{}",
-        if v.classification.ma_personal_information { "MA personal information" } else { "not MA personal information" },
-        if elems.is_empty() { String::new() } else { format!(" (sensitive: {})", elems.join(", ")) }
+        if v.classification.ma_personal_information {
+            "MA personal information"
+        } else {
+            "not MA personal information"
+        },
+        if elems.is_empty() {
+            String::new()
+        } else {
+            format!(" (sensitive: {})", elems.join(", "))
+        }
     ));
     t
 }
@@ -183,7 +210,10 @@ pub fn event_text(e: &AuditEvent) -> String {
         e.action,
         e.outcome.as_str(),
         e.targets.join(","),
-        e.code.as_deref().map(|c| format!(" [{c}]")).unwrap_or_default()
+        e.code
+            .as_deref()
+            .map(|c| format!(" [{c}]"))
+            .unwrap_or_default()
     )
 }
 
@@ -203,7 +233,9 @@ pub fn verify_text(r: &VerifyReport) -> String {
     } else {
         format!(
             "audit trail FAILED at seq {}: {}",
-            r.first_bad_seq.map(|s| s.to_string()).unwrap_or_else(|| "?".into()),
+            r.first_bad_seq
+                .map(|s| s.to_string())
+                .unwrap_or_else(|| "?".into()),
             r.problem.as_deref().unwrap_or("unknown problem")
         )
     }
@@ -217,7 +249,10 @@ pub fn activity_json(a: &UserActivity, name: &str) -> Value {
     })
 }
 
-pub fn activity_text(report: &[UserActivity], name_of: &dyn Fn(vault_core::ids::UserId) -> String) -> String {
+pub fn activity_text(
+    report: &[UserActivity],
+    name_of: &dyn Fn(vault_core::ids::UserId) -> String,
+) -> String {
     let mut t = format!(
         "{:<24} {:>6} {:>7} {:>7} {:>6} {:>7} {:>6} {:>7} {:>8}\n",
         "USER", "READS", "REVEALS", "EXPORTS", "WRITES", "DENIALS", "LOGINS", "FAILED", "LOCKOUTS"

@@ -93,7 +93,13 @@ impl Permission {
 
 impl Role {
     /// Every role.
-    pub const ALL: [Role; 5] = [Role::Admin, Role::Officer, Role::Clerk, Role::Auditor, Role::Contractor];
+    pub const ALL: [Role; 5] = [
+        Role::Admin,
+        Role::Officer,
+        Role::Clerk,
+        Role::Auditor,
+        Role::Contractor,
+    ];
 
     /// The policy table. Anything not listed is denied.
     pub fn permits(&self, p: Permission) -> bool {
@@ -102,9 +108,18 @@ impl Role {
             Role::Admin => matches!(p, P::ManageUsers | P::ManageCollections | P::ListRecords),
             Role::Officer => matches!(
                 p,
-                P::ReadRecord | P::RevealField | P::ListRecords | P::ReadAudit | P::Reports | P::Dispose | P::RecordReview
+                P::ReadRecord
+                    | P::RevealField
+                    | P::ListRecords
+                    | P::ReadAudit
+                    | P::Reports
+                    | P::Dispose
+                    | P::RecordReview
             ),
-            Role::Clerk => matches!(p, P::CreateRecord | P::ReadRecord | P::UpdateRecord | P::ListRecords),
+            Role::Clerk => matches!(
+                p,
+                P::CreateRecord | P::ReadRecord | P::UpdateRecord | P::ListRecords
+            ),
             Role::Auditor => matches!(p, P::ReadAudit | P::Reports),
             Role::Contractor => matches!(p, P::ListRecords | P::Dispose),
         }
@@ -126,7 +141,9 @@ impl Role {
         Role::ALL
             .into_iter()
             .find(|r| r.as_str() == s)
-            .ok_or_else(|| Error::invalid("role must be one of admin, officer, clerk, auditor, contractor"))
+            .ok_or_else(|| {
+                Error::invalid("role must be one of admin, officer, clerk, auditor, contractor")
+            })
     }
 }
 
@@ -211,7 +228,11 @@ impl UserRow {
             id: self.id.parse()?,
             username: Username::parse(&self.username)?,
             role: Role::parse(&self.role)?,
-            state: if self.disabled { UserState::Disabled } else { UserState::Active },
+            state: if self.disabled {
+                UserState::Disabled
+            } else {
+                UserState::Active
+            },
             reveal_grant: self.reveal,
             created_ms: self.created_ms,
             last_login_ms: self.last_login_ms,
@@ -229,12 +250,56 @@ fn password_hasher() -> argon2::Argon2<'static> {
 /// A short list of the most common and breached passwords, checked
 /// case-insensitively and with trailing digits and symbols stripped.
 const COMMON_PASSWORDS: &[&str] = &[
-    "password", "passw0rd", "123456789012", "qwertyuiopas", "administrator", "letmein", "welcome", "changeme",
-    "iloveyou", "trustno1", "football", "baseball", "sunshine", "princess", "dragon", "monkey", "master",
-    "superman", "qwerty", "abc123", "admin", "default", "secret", "login", "pivault", "vault", "summer",
-    "winter", "spring", "autumn", "starwars", "whatever", "freedom", "shadow", "michael", "jennifer",
-    "p@ssw0rd", "p@ssword", "qwertyuiop", "1q2w3e4r5t6y", "zaq12wsx", "password1", "welcome1", "letmein1",
-    "correcthorsebatterystaple", "masskey", "boston", "massachusetts", "redsox", "patriots",
+    "password",
+    "passw0rd",
+    "123456789012",
+    "qwertyuiopas",
+    "administrator",
+    "letmein",
+    "welcome",
+    "changeme",
+    "iloveyou",
+    "trustno1",
+    "football",
+    "baseball",
+    "sunshine",
+    "princess",
+    "dragon",
+    "monkey",
+    "master",
+    "superman",
+    "qwerty",
+    "abc123",
+    "admin",
+    "default",
+    "secret",
+    "login",
+    "pivault",
+    "vault",
+    "summer",
+    "winter",
+    "spring",
+    "autumn",
+    "starwars",
+    "whatever",
+    "freedom",
+    "shadow",
+    "michael",
+    "jennifer",
+    "p@ssw0rd",
+    "p@ssword",
+    "qwertyuiop",
+    "1q2w3e4r5t6y",
+    "zaq12wsx",
+    "password1",
+    "welcome1",
+    "letmein1",
+    "correcthorsebatterystaple",
+    "masskey",
+    "boston",
+    "massachusetts",
+    "redsox",
+    "patriots",
 ];
 
 /// Checks a new password against the policy (REQ-AUTH-02): at least 12
@@ -281,7 +346,10 @@ pub(crate) fn verify_password(password: &SecretString, phc: &str) -> bool {
 /// Next lock duration after `lockouts` previous lock-outs: doubling, bounded.
 pub(crate) fn lock_duration(policy: &LockoutPolicy, lockouts: u32) -> i64 {
     let factor = 1i64 << lockouts.min(20);
-    policy.base_lock_ms.saturating_mul(factor).min(policy.max_lock_ms)
+    policy
+        .base_lock_ms
+        .saturating_mul(factor)
+        .min(policy.max_lock_ms)
 }
 
 /// A stored session (server tokens and CLI logins): only the token's hash is kept.
@@ -301,14 +369,26 @@ mod tests {
     #[test]
     fn password_policy() {
         let u = Username::parse("alice").unwrap();
-        for bad in ["Password123!", "short-pass1", "password1234", "aaaaaaaaaaaaaaa", "alice-is-great-2024", "Welcome1!!!!"] {
-            assert!(check_password_policy(&bad.into(), &u).is_err(), "{bad} accepted");
+        for bad in [
+            "Password123!",
+            "short-pass1",
+            "password1234",
+            "aaaaaaaaaaaaaaa",
+            "alice-is-great-2024",
+            "Welcome1!!!!",
+        ] {
+            assert!(
+                check_password_policy(&bad.into(), &u).is_err(),
+                "{bad} accepted"
+            );
         }
         // Any 11-character password is refused.
         assert!(check_password_policy(&"Xk9#mQ2$vL7".into(), &u).is_err());
         assert!(check_password_policy(&"Xk9#mQ2$vL7p".into(), &u).is_ok());
         // Errors never echo the password.
-        let e = check_password_policy(&"Password123!".into(), &u).unwrap_err().to_string();
+        let e = check_password_policy(&"Password123!".into(), &u)
+            .unwrap_err()
+            .to_string();
         assert!(!e.contains("Password123"));
     }
 

@@ -281,7 +281,10 @@ impl EventFilter {
         self.actor.is_none_or(|a| ev.actor == Some(a))
             && self.from_ms.is_none_or(|t| ev.time_ms >= t)
             && self.to_ms.is_none_or(|t| ev.time_ms < t)
-            && self.action_prefix.as_deref().is_none_or(|p| ev.action.starts_with(p))
+            && self
+                .action_prefix
+                .as_deref()
+                .is_none_or(|p| ev.action.starts_with(p))
             && self.from_seq.is_none_or(|s| ev.seq >= s)
             && self.to_seq.is_none_or(|s| ev.seq <= s)
     }
@@ -356,7 +359,9 @@ impl UserActivity {
 /// must hold no personal information (REQ-MON-02).
 pub fn check_reason(reason: &str) -> Result<()> {
     if reason.chars().count() > REASON_MAX_CHARS {
-        return Err(Error::InvalidInput(format!("reason must be at most {REASON_MAX_CHARS} characters")));
+        return Err(Error::InvalidInput(format!(
+            "reason must be at most {REASON_MAX_CHARS} characters"
+        )));
     }
     let mut run = 0usize;
     for c in reason.chars() {
@@ -382,7 +387,9 @@ pub fn activity_report(events: &[AuditEvent]) -> Vec<UserActivity> {
     let mut by_user: BTreeMap<UserId, UserActivity> = BTreeMap::new();
     for ev in events {
         let Some(user) = ev.actor else { continue };
-        let a = by_user.entry(user).or_insert_with(|| UserActivity::empty(user));
+        let a = by_user
+            .entry(user)
+            .or_insert_with(|| UserActivity::empty(user));
         let ok = ev.outcome == Outcome::Success;
         if ev.outcome == Outcome::Denied {
             a.denials += 1;
@@ -462,22 +469,26 @@ impl AuditLog {
     /// `sync`: fsync after every append (else write-only: survives a process
     /// kill, not a power loss).
     pub fn open(dir: &Path, signer: SigningKey, sync: bool) -> Result<AuditLog> {
-        let unavailable = |what: &str, e: std::io::Error| Error::AuditUnavailable(format!("{what}: {e}"));
+        let unavailable =
+            |what: &str, e: std::io::Error| Error::AuditUnavailable(format!("{what}: {e}"));
         create_private_dir(dir).map_err(|e| unavailable("cannot create the audit directory", e))?;
 
         let mut segments = list_segments(dir)?;
         let mut created = false;
         if segments.is_empty() {
             let path = segment_path(dir, 1);
-            create_private_file(&path).map_err(|e| unavailable("cannot create an audit segment", e))?;
+            create_private_file(&path)
+                .map_err(|e| unavailable("cannot create an audit segment", e))?;
             segments.push((1, path));
             created = true;
         }
         let Some((segment_no, path)) = segments.last().cloned() else {
             return Err(Error::AuditUnavailable("no audit segment".into()));
         };
-        let segment = open_append(&path, false).map_err(|e| unavailable("cannot open the audit segment", e))?;
-        let mut bytes = fs::read(&path).map_err(|e| unavailable("cannot read the audit segment", e))?;
+        let segment = open_append(&path, false)
+            .map_err(|e| unavailable("cannot open the audit segment", e))?;
+        let mut bytes =
+            fs::read(&path).map_err(|e| unavailable("cannot read the audit segment", e))?;
         let keep = complete_len(&bytes);
         if keep < bytes.len() {
             segment
@@ -495,8 +506,10 @@ impl AuditLog {
 
         let cp_path = dir.join(CHECKPOINTS_FILE);
         let cp_existed = cp_path.exists();
-        let checkpoints = open_append(&cp_path, true).map_err(|e| unavailable("cannot open the checkpoint log", e))?;
-        let mut cp_bytes = fs::read(&cp_path).map_err(|e| unavailable("cannot read the checkpoint log", e))?;
+        let checkpoints = open_append(&cp_path, true)
+            .map_err(|e| unavailable("cannot open the checkpoint log", e))?;
+        let mut cp_bytes =
+            fs::read(&cp_path).map_err(|e| unavailable("cannot read the checkpoint log", e))?;
         let keep = complete_len(&cp_bytes);
         if keep < cp_bytes.len() {
             checkpoints
@@ -507,12 +520,17 @@ impl AuditLog {
         }
         let last_checkpoint_seq = match last_line(&cp_bytes) {
             Some(line) => {
-                let cp = parse_checkpoint_line(line).ok_or(Error::Integrity("audit checkpoints"))?;
+                let cp =
+                    parse_checkpoint_line(line).ok_or(Error::Integrity("audit checkpoints"))?;
                 if cp.seq > head_seq {
-                    return Err(Error::Integrity("audit trail (truncated before last checkpoint)"));
+                    return Err(Error::Integrity(
+                        "audit trail (truncated before last checkpoint)",
+                    ));
                 }
                 if cp.seq == head_seq && cp.head != head_hash {
-                    return Err(Error::Integrity("audit trail (last event does not match the last checkpoint)"));
+                    return Err(Error::Integrity(
+                        "audit trail (last event does not match the last checkpoint)",
+                    ));
                 }
                 cp.seq
             }
@@ -592,6 +610,11 @@ impl AuditLog {
         self.write_checkpoint(time_ms)
     }
 
+    /// The chain hash of the newest event (what a checkpoint signs).
+    pub fn head_hash(&self) -> [u8; 32] {
+        self.head_hash
+    }
+
     /// The seq of the last event appended (0 for an empty trail).
     pub fn head_seq(&self) -> u64 {
         self.head_seq
@@ -641,10 +664,13 @@ impl AuditLog {
     /// Writes one complete line to the current segment, undoing a partial
     /// write so the next line starts on a line boundary.
     fn write_line(&mut self, line: &[u8]) -> Result<()> {
-        let res = self
-            .segment
-            .write_all(line)
-            .and_then(|()| if self.sync { self.segment.sync_data() } else { Ok(()) });
+        let res = self.segment.write_all(line).and_then(|()| {
+            if self.sync {
+                self.segment.sync_data()
+            } else {
+                Ok(())
+            }
+        });
         match res {
             Ok(()) => {
                 self.segment_len += line.len() as u64;
@@ -656,7 +682,9 @@ impl AuditLog {
                 if self.segment.set_len(self.segment_len).is_err() || self.sync {
                     self.poisoned = true;
                 }
-                Err(Error::AuditUnavailable(format!("cannot write the audit segment: {e}")))
+                Err(Error::AuditUnavailable(format!(
+                    "cannot write the audit segment: {e}"
+                )))
             }
         }
     }
@@ -668,7 +696,9 @@ impl AuditLog {
         let file = create_private_file(&path)
             .and_then(|_| sync_dir(&self.dir))
             .and_then(|()| open_append(&path, false))
-            .map_err(|e| Error::AuditUnavailable(format!("cannot start a new audit segment: {e}")))?;
+            .map_err(|e| {
+                Error::AuditUnavailable(format!("cannot start a new audit segment: {e}"))
+            })?;
         self.segment = file;
         self.segment_no = next;
         self.segment_len = 0;
@@ -711,7 +741,9 @@ impl AuditLog {
                 if self.checkpoints.set_len(self.checkpoints_len).is_err() {
                     self.poisoned = true;
                 }
-                Err(Error::AuditUnavailable(format!("cannot write an audit checkpoint: {e}")))
+                Err(Error::AuditUnavailable(format!(
+                    "cannot write an audit checkpoint: {e}"
+                )))
             }
         }
     }
@@ -745,7 +777,10 @@ pub fn verify(dir: &Path, key: &VerifyingKey) -> Result<VerifyReport> {
     let mut next_cp = 0usize;
     'walk: for (_, path) in &segments {
         let bytes = fs::read(path)?;
-        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         for (line, complete) in Lines::new(&bytes) {
             let expected = report.events + 1;
             if !complete {
@@ -758,7 +793,10 @@ pub fn verify(dir: &Path, key: &VerifyingKey) -> Result<VerifyReport> {
             match check_line(line, expected, &prev) {
                 Ok(hash) => prev = hash,
                 Err(why) => {
-                    findings.push(Finding::at(expected, format!("event {expected} ({name}): {why}")));
+                    findings.push(Finding::at(
+                        expected,
+                        format!("event {expected} ({name}): {why}"),
+                    ));
                     break 'walk;
                 }
             }
@@ -798,7 +836,10 @@ pub fn verify(dir: &Path, key: &VerifyingKey) -> Result<VerifyReport> {
     }
     findings.extend(cp_finding);
     // The earliest problem wins; on a tie the chain's own finding (pushed first) does.
-    if let Some(f) = findings.into_iter().min_by_key(|f| f.seq.unwrap_or(u64::MAX)) {
+    if let Some(f) = findings
+        .into_iter()
+        .min_by_key(|f| f.seq.unwrap_or(u64::MAX))
+    {
         report.first_bad_seq = f.seq;
         report.problem = Some(f.problem);
     }
@@ -813,7 +854,10 @@ struct Finding {
 
 impl Finding {
     fn at(seq: u64, problem: String) -> Finding {
-        Finding { seq: Some(seq), problem }
+        Finding {
+            seq: Some(seq),
+            problem,
+        }
     }
 }
 
@@ -867,13 +911,17 @@ fn encode_event(seq: u64, ev: &NewEvent) -> Result<Vec<u8>> {
         reason: ev.reason.clone(),
         request_id: ev.request_id.clone(),
     };
-    serde_json::to_vec(&line).map_err(|e| Error::AuditUnavailable(format!("cannot encode an audit event: {e}")))
+    serde_json::to_vec(&line)
+        .map_err(|e| Error::AuditUnavailable(format!("cannot encode an audit event: {e}")))
 }
 
 fn decode_event(body: &[u8], hash: [u8; 32]) -> std::result::Result<AuditEvent, &'static str> {
     let l: EventLine = serde_json::from_slice(body).map_err(|_| "not a valid event (JSON)")?;
     let actor = match l.actor {
-        Some(a) => Some(a.parse::<UserId>().map_err(|_| "the actor is not a user ID")?),
+        Some(a) => Some(
+            a.parse::<UserId>()
+                .map_err(|_| "the actor is not a user ID")?,
+        ),
         None => None,
     };
     Ok(AuditEvent {
@@ -919,7 +967,8 @@ fn encode_checkpoint(cp: &Checkpoint) -> Result<Vec<u8>> {
         time_ms: cp.time_ms,
         sig: hex::encode(cp.sig),
     };
-    serde_json::to_vec(&line).map_err(|e| Error::AuditUnavailable(format!("cannot encode a checkpoint: {e}")))
+    serde_json::to_vec(&line)
+        .map_err(|e| Error::AuditUnavailable(format!("cannot encode a checkpoint: {e}")))
 }
 
 /// Parses one checkpoint line (without its newline). Only the canonical
@@ -952,7 +1001,10 @@ fn read_checkpoints(bytes: &[u8], key: &VerifyingKey) -> (Vec<Checkpoint>, Optio
             return (out, Some(Finding { seq: None, problem }));
         };
         let msg = checkpoint_message(cp.seq, &cp.head, cp.time_ms);
-        if key.verify_strict(&msg, &Signature::from_bytes(&cp.sig)).is_err() {
+        if key
+            .verify_strict(&msg, &Signature::from_bytes(&cp.sig))
+            .is_err()
+        {
             let problem = format!(
                 "the checkpoint at seq {} ({CHECKPOINTS_FILE} line {line_no}): the signature does not verify with this key",
                 cp.seq
@@ -973,7 +1025,11 @@ fn read_checkpoints(bytes: &[u8], key: &VerifyingKey) -> (Vec<Checkpoint>, Optio
 
 /// Checks one event line against the expected seq and the previous hash;
 /// returns its hash.
-fn check_line(line: &[u8], expected: u64, prev: &[u8; 32]) -> std::result::Result<[u8; 32], String> {
+fn check_line(
+    line: &[u8],
+    expected: u64,
+    prev: &[u8; 32],
+) -> std::result::Result<[u8; 32], String> {
     let (body, stored) = split_line(line).ok_or("the line is not an event followed by its hash")?;
     let ev = decode_event(body, stored)?;
     if ev.seq != expected {
@@ -982,7 +1038,10 @@ fn check_line(line: &[u8], expected: u64, prev: &[u8; 32]) -> std::result::Resul
         } else {
             "an event was deleted or reordered"
         };
-        return Err(format!("found seq {} where {expected} was expected: {what}", ev.seq));
+        return Err(format!(
+            "found seq {} where {expected} was expected: {what}",
+            ev.seq
+        ));
     }
     let hash = chain_hash(prev, body);
     if hash != stored {
@@ -1108,13 +1167,18 @@ fn list_segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
         let entry = entry?;
         let name = entry.file_name();
         let Some(name) = name.to_str() else { continue };
-        let Some(digits) = name.strip_prefix("seg-").and_then(|s| s.strip_suffix(".log")) else {
+        let Some(digits) = name
+            .strip_prefix("seg-")
+            .and_then(|s| s.strip_suffix(".log"))
+        else {
             continue;
         };
         if !digits.bytes().all(|b| b.is_ascii_digit()) {
             continue;
         }
-        let Ok(n) = digits.parse::<u64>() else { continue };
+        let Ok(n) = digits.parse::<u64>() else {
+            continue;
+        };
         if format!("seg-{n:08}.log") == name {
             out.push((n, entry.path()));
         }
@@ -1127,16 +1191,17 @@ fn list_segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
 /// line format: the trail must stay PI-free (REQ-MON-02).
 fn validate(ev: &NewEvent) -> Result<()> {
     let action_ok = (1..=64).contains(&ev.action.len())
-        && ev
-            .action
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-'));
+        && ev.action.bytes().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-')
+        });
     if !action_ok {
         return Err(Error::invalid(
             "audit action must be 1-64 characters of a-z, 0-9, '.', '_' or '-'",
         ));
     }
-    let token_ok = |s: &str, max: usize| (1..=max).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_graphic());
+    let token_ok = |s: &str, max: usize| {
+        (1..=max).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_graphic())
+    };
     if !ev.targets.iter().all(|t| token_ok(t, 128)) {
         return Err(Error::invalid(
             "audit targets must be IDs: 1-128 printable ASCII characters without spaces",
@@ -1154,10 +1219,14 @@ fn validate(ev: &NewEvent) -> Result<()> {
     }
     let code_ok = |s: &str| {
         (1..=64).contains(&s.len())
-            && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'_' | b'.' | b'-'))
+            && s.bytes().all(|b| {
+                b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'_' | b'.' | b'-')
+            })
     };
     if ev.code.as_deref().is_some_and(|c| !code_ok(c)) {
-        return Err(Error::invalid("audit code must be 1-64 characters of a-z, 0-9, '_', '.' or '-'"));
+        return Err(Error::invalid(
+            "audit code must be 1-64 characters of a-z, 0-9, '_', '.' or '-'",
+        ));
     }
     if let Some(r) = &ev.reason {
         check_reason(r)?;
@@ -1210,4 +1279,690 @@ fn sync_dir(dir: &Path) -> std::io::Result<()> {
         let _ = dir;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::str::FromStr;
+
+    fn signer() -> SigningKey {
+        SigningKey::from_bytes(&[7u8; 32])
+    }
+
+    fn user(n: u8) -> UserId {
+        UserId::from_bytes([n; 16])
+    }
+
+    fn read_event(i: u64) -> NewEvent {
+        let mut ev = NewEvent::new(
+            1_700_000_000_000 + i as i64,
+            Some(user(1)),
+            Channel::Http,
+            "record.read",
+            Outcome::Success,
+        );
+        ev.source = Some("127.0.0.1:5000".into());
+        ev.targets = vec![format!("0190a6b2-0000-7000-8000-{i:012x}")];
+        ev.request_id = Some(format!("req-{i}"));
+        ev
+    }
+
+    fn fill(log: &mut AuditLog, n: u64) {
+        for _ in 0..n {
+            let next = log.head_seq() + 1;
+            assert_eq!(log.append(read_event(next)).unwrap(), next);
+        }
+    }
+
+    /// A fresh log with `n` events and a checkpoint at the end.
+    fn fixture(n: u64) -> (tempfile::TempDir, PathBuf) {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("audit");
+        let mut log = AuditLog::open(&dir, signer(), false).unwrap();
+        fill(&mut log, n);
+        log.checkpoint(1_800_000_000_000).unwrap();
+        (tmp, dir)
+    }
+
+    fn seg1(dir: &Path) -> PathBuf {
+        segment_path(dir, 1)
+    }
+
+    fn lines_of(path: &Path) -> Vec<Vec<u8>> {
+        let bytes = fs::read(path).unwrap();
+        Lines::new(&bytes).map(|(l, _)| l.to_vec()).collect()
+    }
+
+    fn write_lines(path: &Path, lines: &[Vec<u8>]) {
+        let mut out = Vec::new();
+        for l in lines {
+            out.extend_from_slice(l);
+            out.push(b'\n');
+        }
+        fs::write(path, out).unwrap();
+    }
+
+    /// Renumbers and re-hashes every line, as an attacker who knows the
+    /// (public) chain algorithm would.
+    fn rechain(lines: &[Vec<u8>]) -> Vec<Vec<u8>> {
+        let mut prev = [0u8; 32];
+        let mut out = Vec::new();
+        for (i, l) in lines.iter().enumerate() {
+            let (body, _) = split_line(l).unwrap();
+            let mut ev: EventLine = serde_json::from_slice(body).unwrap();
+            ev.seq = i as u64 + 1;
+            let json = serde_json::to_vec(&ev).unwrap();
+            prev = chain_hash(&prev, &json);
+            let mut line = json;
+            line.push(b' ');
+            line.extend_from_slice(hex::encode(prev).as_bytes());
+            out.push(line);
+        }
+        out
+    }
+
+    fn check(dir: &Path) -> VerifyReport {
+        verify(dir, &signer().verifying_key()).unwrap()
+    }
+
+    #[test]
+    fn append_and_reopen_resume_seq_and_chain() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("audit");
+        {
+            let mut log = AuditLog::open(&dir, signer(), true).unwrap();
+            assert_eq!(log.head_seq(), 0);
+            fill(&mut log, 10);
+        }
+        let mut log = AuditLog::open(&dir, signer(), true).unwrap();
+        assert_eq!(log.head_seq(), 10);
+        assert_eq!(log.append(read_event(11)).unwrap(), 11);
+        log.checkpoint(1).unwrap();
+        let r = check(&dir);
+        assert!(r.ok(), "{r:?}");
+        assert_eq!(
+            (r.events, r.checkpoints, r.last_checkpoint_seq),
+            (11, 1, 11)
+        );
+        let evs = log.events(&EventFilter::default()).unwrap();
+        assert_eq!(
+            evs.iter().map(|e| e.seq).collect::<Vec<_>>(),
+            (1..=11).collect::<Vec<_>>()
+        );
+        assert_eq!(evs[10].action, "record.read");
+        assert_eq!(evs[10].actor, Some(user(1)));
+        assert_eq!(evs[10].channel, Channel::Http);
+        assert_eq!(evs[10].targets, read_event(11).targets);
+        assert_eq!(evs[10].request_id.as_deref(), Some("req-11"));
+        // The stored hash is the recomputed chain head.
+        assert_eq!(evs[10].hash, log.head_hash);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn files_are_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let (_tmp, dir) = fixture(1);
+        assert_eq!(
+            fs::metadata(&dir).unwrap().permissions().mode() & 0o777,
+            0o700
+        );
+        assert_eq!(
+            fs::metadata(seg1(&dir)).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        let cp = dir.join(CHECKPOINTS_FILE);
+        assert_eq!(
+            fs::metadata(cp).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+    }
+
+    #[test]
+    fn clean_log_of_600_events_across_segments_verifies() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("audit");
+        let mut log = AuditLog::open(&dir, signer(), false).unwrap();
+        log.set_segment_limit(16 * 1024);
+        fill(&mut log, 600);
+        assert_eq!(log.last_checkpoint_seq(), 512);
+        log.checkpoint(2).unwrap();
+        log.checkpoint(3).unwrap(); // nothing new: no duplicate checkpoint
+        let segs = list_segments(&dir).unwrap();
+        assert!(
+            segs.len() > 3,
+            "expected several segments, got {}",
+            segs.len()
+        );
+        for (_, p) in &segs {
+            assert!(fs::metadata(p).unwrap().len() <= 16 * 1024);
+        }
+        let r = check(&dir);
+        assert!(r.ok(), "{r:?}");
+        assert_eq!(
+            (r.events, r.checkpoints, r.last_checkpoint_seq),
+            (600, 3, 600)
+        );
+
+        // Reading across segments, with filters.
+        let all = log.events(&EventFilter::default()).unwrap();
+        assert_eq!(all.len(), 600);
+        let page = log
+            .events(&EventFilter {
+                from_seq: Some(250),
+                to_seq: Some(400),
+                limit: Some(10),
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(
+            page.iter().map(|e| e.seq).collect::<Vec<_>>(),
+            (250..260).collect::<Vec<_>>()
+        );
+        let window = log
+            .events(&EventFilter {
+                from_ms: Some(1_700_000_000_000 + 100),
+                to_ms: Some(1_700_000_000_000 + 200),
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(window.len(), 100);
+        assert_eq!(window[0].seq, 100);
+
+        // Reopen continues in the last segment and the chain still verifies.
+        drop(log);
+        let mut log = AuditLog::open(&dir, signer(), false).unwrap();
+        assert_eq!(log.head_seq(), 600);
+        fill(&mut log, 5);
+        let r = check(&dir);
+        assert!(r.ok(), "{r:?}");
+        assert_eq!(r.events, 605);
+    }
+
+    #[test]
+    fn every_single_byte_change_is_detected_at_its_line() {
+        let (_tmp, dir) = fixture(3);
+        let path = seg1(&dir);
+        let orig = fs::read(&path).unwrap();
+        assert!(check(&dir).ok());
+        for pos in 0..orig.len() {
+            let line_seq = orig[..pos].iter().filter(|&&b| b == b'\n').count() as u64 + 1;
+            let b = orig[pos];
+            for new in [b ^ 0x01, b ^ 0x20, b ^ 0x80, b'\n', b' ', b'0', b'a', b'"'] {
+                if new == b {
+                    continue;
+                }
+                let mut bytes = orig.clone();
+                bytes[pos] = new;
+                fs::write(&path, &bytes).unwrap();
+                let r = check(&dir);
+                assert!(!r.ok(), "byte {pos} {b:#x}->{new:#x} undetected");
+                assert_eq!(
+                    r.first_bad_seq,
+                    Some(line_seq),
+                    "byte {pos} {b:#x}->{new:#x}: {r:?}"
+                );
+            }
+        }
+        fs::write(&path, &orig).unwrap();
+
+        // The checkpoint log is just as sensitive.
+        let cp_path = dir.join(CHECKPOINTS_FILE);
+        let cp_orig = fs::read(&cp_path).unwrap();
+        for pos in 0..cp_orig.len() {
+            let b = cp_orig[pos];
+            for new in [b ^ 0x01, b ^ 0x20, b ^ 0x80, b'\n', b' '] {
+                if new == b {
+                    continue;
+                }
+                let mut bytes = cp_orig.clone();
+                bytes[pos] = new;
+                fs::write(&cp_path, &bytes).unwrap();
+                assert!(
+                    !check(&dir).ok(),
+                    "checkpoint byte {pos} {b:#x}->{new:#x} undetected"
+                );
+            }
+        }
+        fs::write(&cp_path, &cp_orig).unwrap();
+        assert!(check(&dir).ok());
+    }
+
+    #[test]
+    fn deletion_insertion_swap_and_truncation_name_the_first_bad_seq() {
+        let (_tmp, dir) = fixture(20);
+        let path = seg1(&dir);
+        let orig = lines_of(&path);
+        assert_eq!(orig.len(), 20);
+
+        // Deleted event 7.
+        let mut l = orig.clone();
+        l.remove(6);
+        write_lines(&path, &l);
+        let r = check(&dir);
+        assert_eq!(r.first_bad_seq, Some(7), "{r:?}");
+        assert_eq!(r.events, 6);
+
+        // Events 7 and 8 swapped.
+        let mut l = orig.clone();
+        l.swap(6, 7);
+        write_lines(&path, &l);
+        assert_eq!(check(&dir).first_bad_seq, Some(7));
+
+        // A copy of event 3 inserted after event 9.
+        let mut l = orig.clone();
+        l.insert(9, orig[2].clone());
+        write_lines(&path, &l);
+        assert_eq!(check(&dir).first_bad_seq, Some(10));
+
+        // A forged event 10 inserted after event 9 (later events untouched).
+        let mut forged = orig[9].clone();
+        let (body, _) = split_line(&forged).unwrap();
+        let body = String::from_utf8(body.to_vec())
+            .unwrap()
+            .replace("record.read", "record.export");
+        forged = format!("{body} {}", hex::encode([0u8; 32])).into_bytes();
+        let mut l = orig.clone();
+        l.insert(9, forged);
+        write_lines(&path, &l);
+        assert_eq!(check(&dir).first_bad_seq, Some(10));
+
+        // Tail cut before the last checkpoint (seq 20).
+        write_lines(&path, &orig[..15]);
+        let r = check(&dir);
+        assert_eq!(r.first_bad_seq, Some(16), "{r:?}");
+        assert!(r.problem.as_deref().unwrap().contains("truncated"), "{r:?}");
+        assert_eq!(r.events, 15);
+        // …and the vault refuses to append to it.
+        let e = AuditLog::open(&dir, signer(), false).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                Error::Integrity("audit trail (truncated before last checkpoint)")
+            ),
+            "{e}"
+        );
+
+        // Whole segment file removed.
+        fs::remove_file(&path).unwrap();
+        let r = check(&dir);
+        assert_eq!(r.first_bad_seq, Some(1), "{r:?}");
+
+        write_lines(&path, &orig);
+        assert!(check(&dir).ok());
+    }
+
+    #[test]
+    fn rechained_forgery_is_caught_by_the_signed_checkpoint() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("audit");
+        let mut log = AuditLog::open(&dir, signer(), false).unwrap();
+        fill(&mut log, 8);
+        log.checkpoint(1).unwrap();
+        fill(&mut log, 12);
+        log.checkpoint(2).unwrap();
+        drop(log);
+        let path = seg1(&dir);
+        let orig = lines_of(&path);
+
+        // Insert a plausible event 10 and recompute every later hash.
+        let mut l = orig.clone();
+        l.insert(9, orig[9].clone());
+        let l = rechain(&l);
+        write_lines(&path, &l);
+        let r = check(&dir);
+        assert_eq!(r.first_bad_seq, Some(9), "{r:?}");
+        assert_eq!(r.last_checkpoint_seq, 8);
+        assert!(r.problem.unwrap().contains("checkpoint signed at seq 20"));
+
+        // Delete an event and rechain: the log also ends before the checkpoint.
+        let mut l = orig.clone();
+        l.remove(3);
+        write_lines(&path, &rechain(&l));
+        let r = check(&dir);
+        assert_eq!(r.first_bad_seq, Some(1), "{r:?}");
+    }
+
+    #[test]
+    fn tail_after_last_checkpoint_is_not_vouched_for() {
+        // Documented limit: events after the last checkpoint can be cut off.
+        let (_tmp, dir) = fixture(20);
+        let mut log = AuditLog::open(&dir, signer(), false).unwrap();
+        fill(&mut log, 5);
+        drop(log);
+        let path = seg1(&dir);
+        let l = lines_of(&path);
+        write_lines(&path, &l[..22]);
+        let r = check(&dir);
+        assert!(r.ok());
+        assert_eq!(r.events, 22);
+    }
+
+    #[test]
+    fn torn_last_line_is_repaired_on_open() {
+        let (_tmp, dir) = fixture(5);
+        let path = seg1(&dir);
+        let good = fs::read(&path).unwrap();
+        let mut torn = good.clone();
+        torn.extend_from_slice(br#"{"seq":6,"time_ms":17"#);
+        fs::write(&path, &torn).unwrap();
+        let r = check(&dir);
+        assert_eq!(r.first_bad_seq, Some(6), "{r:?}");
+        assert!(r.problem.unwrap().contains("incomplete"));
+
+        // A torn checkpoint line too.
+        let cp_path = dir.join(CHECKPOINTS_FILE);
+        let cp_good = fs::read(&cp_path).unwrap();
+        let mut cp_torn = cp_good.clone();
+        cp_torn.extend_from_slice(br#"{"seq":6,"he"#);
+        fs::write(&cp_path, &cp_torn).unwrap();
+
+        let mut log = AuditLog::open(&dir, signer(), false).unwrap();
+        assert_eq!(log.head_seq(), 5);
+        assert_eq!(fs::read(&path).unwrap(), good);
+        assert_eq!(fs::read(&cp_path).unwrap(), cp_good);
+        assert_eq!(log.append(read_event(6)).unwrap(), 6);
+        log.checkpoint(9).unwrap();
+        let r = check(&dir);
+        assert!(r.ok(), "{r:?}");
+        assert_eq!((r.events, r.checkpoints), (6, 2));
+    }
+
+    #[test]
+    fn empty_last_segment_after_rotation_resumes_from_the_previous_one() {
+        let (_tmp, dir) = fixture(4);
+        fs::write(segment_path(&dir, 2), b"{\"seq\":5").unwrap(); // torn: the whole segment goes
+        let mut log = AuditLog::open(&dir, signer(), false).unwrap();
+        assert_eq!(log.head_seq(), 4);
+        assert_eq!(fs::metadata(segment_path(&dir, 2)).unwrap().len(), 0);
+        assert_eq!(log.append(read_event(5)).unwrap(), 5);
+        drop(log);
+        assert!(fs::metadata(segment_path(&dir, 2)).unwrap().len() > 0);
+        let r = check(&dir);
+        assert!(r.ok(), "{r:?}");
+        assert_eq!(r.events, 5);
+    }
+
+    #[test]
+    fn wrong_verifying_key_fails() {
+        let (_tmp, dir) = fixture(3);
+        let other = SigningKey::from_bytes(&[8u8; 32]).verifying_key();
+        let r = verify(&dir, &other).unwrap();
+        assert!(!r.ok());
+        assert_eq!(r.first_bad_seq, Some(3));
+        assert!(r.problem.unwrap().contains("signature"));
+        assert_eq!(
+            AuditLog::open(&dir, signer(), false)
+                .unwrap()
+                .verifying_key(),
+            signer().verifying_key()
+        );
+    }
+
+    #[test]
+    fn checkpoint_written_every_256_events() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("audit");
+        let mut log = AuditLog::open(&dir, signer(), false).unwrap();
+        fill(&mut log, 255);
+        assert_eq!(log.last_checkpoint_seq(), 0);
+        fill(&mut log, 1);
+        assert_eq!(log.last_checkpoint_seq(), 256);
+        assert_eq!(lines_of(&dir.join(CHECKPOINTS_FILE)).len(), 1);
+    }
+
+    #[test]
+    fn failed_write_fails_closed_and_does_not_advance() {
+        let (_tmp, dir) = fixture(3);
+        let mut log = AuditLog::open(&dir, signer(), false).unwrap();
+        let before = fs::read(seg1(&dir)).unwrap();
+        // A read-only handle: every write fails.
+        log.segment = File::open(seg1(&dir)).unwrap();
+        let e = log.append(read_event(4)).unwrap_err();
+        assert!(matches!(e, Error::AuditUnavailable(_)), "{e}");
+        assert_eq!(log.head_seq(), 3);
+        // The undo could not be done on that handle either: stay closed.
+        assert!(matches!(
+            log.append(read_event(4)),
+            Err(Error::AuditUnavailable(_))
+        ));
+        assert!(matches!(log.checkpoint(5), Err(Error::AuditUnavailable(_))));
+        drop(log);
+        assert_eq!(fs::read(seg1(&dir)).unwrap(), before);
+        let mut log = AuditLog::open(&dir, signer(), false).unwrap();
+        assert_eq!(log.append(read_event(4)).unwrap(), 4);
+        assert!(check(&dir).ok());
+    }
+
+    #[test]
+    fn invalid_fields_are_rejected_before_writing() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("audit");
+        let mut log = AuditLog::open(&dir, signer(), false).unwrap();
+        let mut ev = read_event(1);
+        ev.reason = Some("customer called, SSN 123-45-6789".into());
+        assert!(matches!(log.append(ev), Err(Error::InvalidInput(_))));
+        let mut ev = read_event(1);
+        ev.targets = vec!["John Smith".into()];
+        assert!(matches!(log.append(ev), Err(Error::InvalidInput(_))));
+        let mut ev = read_event(1);
+        ev.action = "Record Read".into();
+        assert!(matches!(log.append(ev), Err(Error::InvalidInput(_))));
+        assert_eq!(log.head_seq(), 0);
+        let mut ev = read_event(1);
+        ev.reason = Some("ticket #42, verified by phone".into());
+        ev.code = Some("permission_denied".into());
+        assert_eq!(log.append(ev).unwrap(), 1);
+    }
+
+    #[test]
+    fn check_reason_rules() {
+        assert!(check_reason("").is_ok());
+        assert!(check_reason("customer asked for a correction, ticket 123").is_ok());
+        assert!(check_reason("12a34 1-2-3").is_ok());
+        assert!(check_reason(&"x".repeat(200)).is_ok());
+        assert!(check_reason(&"é".repeat(200)).is_ok());
+        assert!(matches!(
+            check_reason(&"x".repeat(201)),
+            Err(Error::InvalidInput(_))
+        ));
+        for bad in [
+            "card 4111",
+            "1234",
+            "acct 0000123",
+            "ssn 123-45-6789",
+            "x１２３４",
+        ] {
+            match check_reason(bad) {
+                Err(Error::InvalidInput(m)) => assert_eq!(
+                    m,
+                    "reason must not contain numbers of 4 or more digits (no personal information in the audit trail)"
+                ),
+                other => panic!("{bad:?} accepted: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn activity_report_counts_the_fixture() {
+        let (a, b) = (user(1), user(2));
+        let ev = |actor: Option<UserId>, action: &str, outcome: Outcome| AuditEvent {
+            seq: 0,
+            time_ms: 0,
+            actor,
+            channel: Channel::Cli,
+            source: None,
+            action: action.into(),
+            targets: vec![],
+            outcome,
+            code: None,
+            reason: None,
+            request_id: None,
+            hash: [0; 32],
+        };
+        use Outcome::*;
+        let mut events = vec![
+            ev(Some(a), "auth.login", Success),
+            ev(Some(a), "auth.login", Success),
+            ev(Some(a), "auth.login", Failed),
+            ev(Some(a), "record.read", Success),
+            ev(Some(a), "record.read", Success),
+            ev(Some(a), "record.read", Denied),
+            ev(Some(a), "record.read", Failed),
+            ev(Some(a), "record.reveal", Success),
+            ev(Some(a), "record.export", Success),
+            ev(Some(a), "record.export", Denied),
+            ev(Some(a), "record.create", Success),
+            ev(Some(a), "record.update", Success),
+            ev(Some(a), "record.import", Success),
+            ev(Some(a), "user.disable", Success),
+            ev(None, "auth.login", Failed),
+            ev(None, "key.epoch", Success),
+        ];
+        for _ in 0..5 {
+            events.push(ev(Some(b), "auth.login", Failed));
+        }
+        events.push(ev(Some(b), "auth.lockout", Success));
+        events.push(ev(Some(b), "auth.login", Denied));
+        let report = activity_report(&events);
+        assert_eq!(
+            report,
+            vec![
+                UserActivity {
+                    user: a,
+                    reads: 2,
+                    reveals: 1,
+                    exports: 1,
+                    writes: 3,
+                    denials: 2,
+                    logins: 2,
+                    failed_logins: 1,
+                    lockouts: 0
+                },
+                UserActivity {
+                    user: b,
+                    reads: 0,
+                    reveals: 0,
+                    exports: 0,
+                    writes: 0,
+                    denials: 1,
+                    logins: 0,
+                    failed_logins: 5,
+                    lockouts: 1
+                },
+            ]
+        );
+        let mut touched_ev = ev(Some(a), "record.read", Success);
+        touched_ev.targets = vec!["r1".into(), "s1".into()];
+        let mut denied_ev = ev(Some(a), "record.read", Denied);
+        denied_ev.targets = vec!["r2".into()];
+        let t = targets_touched(&[touched_ev.clone(), touched_ev, denied_ev]);
+        assert_eq!(
+            t.into_iter().collect::<Vec<_>>(),
+            vec![("r1".to_string(), 2), ("s1".to_string(), 2)]
+        );
+    }
+
+    #[test]
+    fn events_filter_by_actor_and_action() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("audit");
+        let mut log = AuditLog::open(&dir, signer(), false).unwrap();
+        fill(&mut log, 3);
+        let mut ev = NewEvent::new(
+            5,
+            Some(user(2)),
+            Channel::Cli,
+            "auth.login",
+            Outcome::Failed,
+        );
+        ev.code = Some("auth_failed".into());
+        log.append(ev).unwrap();
+        log.append(NewEvent::new(
+            6,
+            None,
+            Channel::System,
+            "key.epoch",
+            Outcome::Success,
+        ))
+        .unwrap();
+        let by_b = log
+            .events(&EventFilter {
+                actor: Some(user(2)),
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(by_b.len(), 1);
+        assert_eq!(by_b[0].seq, 4);
+        assert_eq!(by_b[0].outcome, Outcome::Failed);
+        assert_eq!(by_b[0].code.as_deref(), Some("auth_failed"));
+        let auth = log
+            .events(&EventFilter {
+                action_prefix: Some("auth.".into()),
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(auth.len(), 1);
+        let sys = log
+            .events(&EventFilter {
+                action_prefix: Some("key.".into()),
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!((sys[0].actor, sys[0].channel), (None, Channel::System));
+        assert_eq!(
+            log.events(&EventFilter {
+                limit: Some(2),
+                ..Default::default()
+            })
+            .unwrap()
+            .len(),
+            2
+        );
+    }
+
+    #[test]
+    fn verify_never_panics_on_garbage() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("audit");
+        fs::create_dir(&dir).unwrap();
+        let key = signer().verifying_key();
+        assert!(verify(&dir, &key).unwrap().ok()); // empty trail
+        assert!(verify(&tmp.path().join("missing"), &key).is_err());
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut rnd = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let alphabet = b"{}\":,0123456789abcdef \n-seqtime_msactor[]nul\xff\x00";
+        for round in 0..300 {
+            let len = (rnd() % 400) as usize;
+            let bytes: Vec<u8> = (0..len)
+                .map(|_| alphabet[(rnd() % alphabet.len() as u64) as usize])
+                .collect();
+            let target = if round % 2 == 0 {
+                segment_path(&dir, 1)
+            } else {
+                dir.join(CHECKPOINTS_FILE)
+            };
+            fs::write(&target, &bytes).unwrap();
+            let _ = verify(&dir, &key).unwrap();
+            let _ =
+                AuditLog::open(&dir, signer(), false).map(|l| l.events(&EventFilter::default()));
+        }
+    }
+
+    #[test]
+    fn channel_and_outcome_names_round_trip() {
+        for c in [Channel::Cli, Channel::Http, Channel::System] {
+            assert_eq!(Channel::parse(c.as_str()), Some(c));
+        }
+        for o in [Outcome::Success, Outcome::Denied, Outcome::Failed] {
+            assert_eq!(Outcome::parse(o.as_str()), Some(o));
+        }
+        assert_eq!(UserId::from_str(&user(3).to_string()).unwrap(), user(3));
+    }
 }

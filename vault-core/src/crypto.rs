@@ -51,7 +51,8 @@ impl Aad {
     }
 
     fn push(&mut self, bytes: &[u8]) {
-        self.0.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
+        self.0
+            .extend_from_slice(&(bytes.len() as u32).to_be_bytes());
         self.0.extend_from_slice(bytes);
     }
 
@@ -83,7 +84,12 @@ pub fn seal(key: &SecretKey, aad: &Aad, plaintext: &[u8]) -> Vec<u8> {
 }
 
 /// Decrypts an envelope; any change to it or to `aad` is an integrity error.
-pub fn open(key: &SecretKey, aad: &Aad, envelope: &[u8], what: &'static str) -> Result<Zeroizing<Vec<u8>>> {
+pub fn open(
+    key: &SecretKey,
+    aad: &Aad,
+    envelope: &[u8],
+    what: &'static str,
+) -> Result<Zeroizing<Vec<u8>>> {
     if envelope.len() < ENVELOPE_OVERHEAD {
         return Err(Error::Integrity(what));
     }
@@ -91,7 +97,9 @@ pub fn open(key: &SecretKey, aad: &Aad, envelope: &[u8], what: &'static str) -> 
         ENVELOPE_V1 => {}
         _ => return Err(Error::Integrity(what)),
     }
-    let nonce: [u8; NONCE_LEN] = envelope[1..1 + NONCE_LEN].try_into().expect("length checked");
+    let nonce: [u8; NONCE_LEN] = envelope[1..1 + NONCE_LEN]
+        .try_into()
+        .expect("length checked");
     let cipher = Aes256Gcm::new_from_slice(key.expose()).expect("32-byte key");
     cipher
         .decrypt(
@@ -111,7 +119,12 @@ pub fn wrap_key(kek: &SecretKey, aad: &Aad, key: &SecretKey) -> Vec<u8> {
 }
 
 /// Unwraps a key; the wrong KEK or AAD is an integrity error.
-pub fn unwrap_key(kek: &SecretKey, aad: &Aad, wrapped: &[u8], what: &'static str) -> Result<SecretKey> {
+pub fn unwrap_key(
+    kek: &SecretKey,
+    aad: &Aad,
+    wrapped: &[u8],
+    what: &'static str,
+) -> Result<SecretKey> {
     let plain = open(kek, aad, wrapped, what)?;
     SecretKey::from_slice(&plain).ok_or(Error::Integrity(what))
 }
@@ -135,7 +148,11 @@ impl KdfParams {
         p: 4,
     };
     /// Cheap parameters for tests and demos only; never a default. `doctor` flags them.
-    pub const INSECURE_FAST: KdfParams = KdfParams { m_kib: 64, t: 1, p: 1 };
+    pub const INSECURE_FAST: KdfParams = KdfParams {
+        m_kib: 64,
+        t: 1,
+        p: 1,
+    };
     /// The floor below which `doctor` reports the unlock KDF as weak (OWASP minimum).
     pub const FLOOR: KdfParams = KdfParams {
         m_kib: 19 * 1024,
@@ -151,12 +168,20 @@ impl KdfParams {
     pub(crate) fn argon2(&self) -> Result<argon2::Argon2<'static>> {
         let params = argon2::Params::new(self.m_kib, self.t, self.p, Some(32))
             .map_err(|_| Error::invalid("Argon2id parameters out of range"))?;
-        Ok(argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params))
+        Ok(argon2::Argon2::new(
+            argon2::Algorithm::Argon2id,
+            argon2::Version::V0x13,
+            params,
+        ))
     }
 }
 
 /// Derives the unlock key from the vault passphrase (or key-file contents).
-pub fn derive_unlock_key(passphrase: &SecretString, salt: &[u8; 16], params: KdfParams) -> Result<SecretKey> {
+pub fn derive_unlock_key(
+    passphrase: &SecretString,
+    salt: &[u8; 16],
+    params: KdfParams,
+) -> Result<SecretKey> {
     let mut out = Zeroizing::new([0u8; 32]);
     params
         .argon2()?
@@ -178,7 +203,8 @@ pub fn fingerprint(public_key: &[u8]) -> String {
 /// Keyed MAC (HMAC-SHA-256), used for token hashes and subject references.
 pub fn mac(key: &SecretKey, label: &str, data: &[u8]) -> [u8; 32] {
     use hmac::{KeyInit as _, Mac};
-    let mut m = hmac::Hmac::<Sha256>::new_from_slice(key.expose()).expect("HMAC takes any key length");
+    let mut m =
+        hmac::Hmac::<Sha256>::new_from_slice(key.expose()).expect("HMAC takes any key length");
     m.update(&(label.len() as u32).to_be_bytes());
     m.update(label.as_bytes());
     m.update(data);
@@ -239,13 +265,25 @@ mod tests {
             let pt = hex::decode(k.pt).unwrap();
             let aad = hex::decode(k.aad).unwrap();
             let out = cipher
-                .encrypt(&Nonce::from(iv), Payload { msg: &pt, aad: &aad })
+                .encrypt(
+                    &Nonce::from(iv),
+                    Payload {
+                        msg: &pt,
+                        aad: &aad,
+                    },
+                )
                 .unwrap();
             let (ct, tag) = out.split_at(out.len() - 16);
             assert_eq!(hex::encode(ct), k.ct);
             assert_eq!(hex::encode(tag), k.tag);
             let back = cipher
-                .decrypt(&Nonce::from(iv), Payload { msg: &out, aad: &aad })
+                .decrypt(
+                    &Nonce::from(iv),
+                    Payload {
+                        msg: &out,
+                        aad: &aad,
+                    },
+                )
                 .unwrap();
             assert_eq!(back, pt);
         }
@@ -260,7 +298,10 @@ mod tests {
             for bit in [0x01u8, 0x80] {
                 let mut t = env.clone();
                 t[i] ^= bit;
-                assert!(matches!(open(&k, &aad, &t, "x"), Err(Error::Integrity(_))), "byte {i}");
+                assert!(
+                    matches!(open(&k, &aad, &t, "x"), Err(Error::Integrity(_))),
+                    "byte {i}"
+                );
             }
         }
         for n in 0..env.len() {

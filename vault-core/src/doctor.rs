@@ -55,7 +55,10 @@ pub const REVIEW_INTERVAL_MS: i64 = 366 * 86_400_000;
 /// Checks that need no passphrase: file and directory permissions.
 pub fn file_checks(dir: &Path) -> Vec<Check> {
     let mut out = Vec::new();
-    for (name, path) in [("vault-dir-permissions", dir.to_path_buf()), ("header-permissions", dir.join("header"))] {
+    for (name, path) in [
+        ("vault-dir-permissions", dir.to_path_buf()),
+        ("header-permissions", dir.join("header")),
+    ] {
         out.push(match crate::fsutil::check_private(&path) {
             Ok(()) => check(name, Level::Ok, format!("{} is private", path.display())),
             Err(e) => check(name, Level::Fail, e.to_string()),
@@ -99,13 +102,33 @@ pub fn checks(vault: &Vault, now_ms: i64) -> Result<Vec<Check>> {
             ),
         )
     } else {
-        check("lockout", Level::Fail, format!("lock-out after {} failures is disabled or too lax", st.lockout.max_failures))
+        check(
+            "lockout",
+            Level::Fail,
+            format!(
+                "lock-out after {} failures is disabled or too lax",
+                st.lockout.max_failures
+            ),
+        )
     });
-    let count = |r: Role| st.active_by_role.iter().find(|(x, _)| *x == r).map_or(0, |(_, n)| *n);
+    let count = |r: Role| {
+        st.active_by_role
+            .iter()
+            .find(|(x, _)| *x == r)
+            .map_or(0, |(_, n)| *n)
+    };
     out.push(if count(Role::Officer) > 0 {
-        check("security-officer", Level::Ok, format!("{} active officer(s)", count(Role::Officer)))
+        check(
+            "security-officer",
+            Level::Ok,
+            format!("{} active officer(s)", count(Role::Officer)),
+        )
     } else {
-        check("security-officer", Level::Fail, "no active security officer: personal-information writes are refused")
+        check(
+            "security-officer",
+            Level::Fail,
+            "no active security officer: personal-information writes are refused",
+        )
     });
     out.push(check(
         "roles",
@@ -118,7 +141,11 @@ pub fn checks(vault: &Vault, now_ms: i64) -> Result<Vec<Check>> {
     ));
     let report = crate::audit::verify(&vault.dir().join("audit"), &vault.audit_public_key())?;
     out.push(if report.ok() {
-        check("audit-trail", Level::Ok, format!("{} events, chain and checkpoints verified", report.events))
+        check(
+            "audit-trail",
+            Level::Ok,
+            format!("{} events, chain and checkpoints verified", report.events),
+        )
     } else {
         check(
             "audit-trail",
@@ -131,20 +158,33 @@ pub fn checks(vault: &Vault, now_ms: i64) -> Result<Vec<Check>> {
         )
     });
     out.push(match st.last_review_ms {
-        Some(t) if now_ms - t <= REVIEW_INTERVAL_MS => {
-            check("security-review", Level::Ok, format!("last review {}", crate::clock::format_ms(t)))
-        }
+        Some(t) if now_ms - t <= REVIEW_INTERVAL_MS => check(
+            "security-review",
+            Level::Ok,
+            format!("last review {}", crate::clock::format_ms(t)),
+        ),
         Some(t) => check(
             "security-review",
             Level::Warn,
-            format!("last review {} is over a year old (201 CMR 17.03(2)(i))", crate::clock::format_ms(t)),
+            format!(
+                "last review {} is over a year old (201 CMR 17.03(2)(i))",
+                crate::clock::format_ms(t)
+            ),
         ),
-        None => check("security-review", Level::Warn, "no security review recorded yet (`pivault review`)"),
+        None => check(
+            "security-review",
+            Level::Warn,
+            "no security review recorded yet (`pivault review`)",
+        ),
     });
     out.push(check(
         "durability",
         Level::Ok,
-        if st.sync { "every write fsynced (survives power loss)" } else { "writes survive a process kill; use --sync to survive power loss" },
+        if st.sync {
+            "every write fsynced (survives power loss)"
+        } else {
+            "writes survive a process kill; use --sync to survive power loss"
+        },
     ));
     out.push(check("tls", Level::Ok, "no network listener in the CLI"));
     Ok(out)

@@ -37,6 +37,11 @@ pub enum Error {
         /// Certificate of destruction covering the record, if one was issued.
         certificate: Option<String>,
     },
+    /// The record or subject is under legal hold; disposal is refused.
+    LegalHold,
+    /// A disposal batch failed its verification; no certificate was issued
+    /// and the batch stays visible as failed until retried.
+    DisposalFailed(String),
     /// The vault passphrase (or key file) does not open this vault.
     WrongPassphrase,
     /// Stored data failed its integrity check (tampered or corrupt).
@@ -73,6 +78,8 @@ impl Error {
             Error::NotFound(_) => "not_found",
             Error::AlreadyExists(_) => "already_exists",
             Error::Disposed { .. } => "disposed",
+            Error::LegalHold => "legal_hold",
+            Error::DisposalFailed(_) => "disposal_failed",
             Error::WrongPassphrase => "wrong_passphrase",
             Error::Integrity(_) => "integrity",
             Error::NoOfficer => "no_officer",
@@ -110,6 +117,8 @@ impl fmt::Display for Error {
             Error::AlreadyExists(what) => write!(f, "{what} already exists"),
             Error::Disposed { certificate: Some(c) } => write!(f, "record was disposed of (certificate {c})"),
             Error::Disposed { certificate: None } => f.write_str("record was disposed of"),
+            Error::LegalHold => f.write_str("under legal hold: disposal refused until the hold is removed"),
+            Error::DisposalFailed(m) => write!(f, "disposal verification failed, no certificate issued: {m}"),
             Error::WrongPassphrase => f.write_str("the vault passphrase or key file does not open this vault"),
             Error::Integrity(what) => write!(f, "integrity check failed: {what} is tampered or corrupt"),
             Error::NoOfficer => f.write_str(

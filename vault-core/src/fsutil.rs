@@ -31,18 +31,6 @@ pub fn create_private_file(path: &Path) -> Result<File> {
     })
 }
 
-/// Writes a whole file atomically: temp file 0600, fsync, rename, fsync dir.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    use std::io::Write;
-    let tmp = path.with_extension("tmp");
-    let _ = std::fs::remove_file(&tmp);
-    let mut f = create_private_file(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)?;
-    sync_dir(path.parent().expect("file has a parent"))
-}
-
 /// Fsyncs a directory so that a created or renamed entry survives power loss.
 pub fn sync_dir(dir: &Path) -> Result<()> {
     File::open(dir)?.sync_all()?;

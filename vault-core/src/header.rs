@@ -77,7 +77,9 @@ pub struct OpenedHeader {
 }
 
 fn root_aad(vault: VaultId, epoch: u64) -> Aad {
-    Aad::new("root").part(vault.as_bytes()).part(&epoch.to_be_bytes())
+    Aad::new("root")
+        .part(vault.as_bytes())
+        .part(&epoch.to_be_bytes())
 }
 
 fn encode_static(info: &HeaderInfo) -> Vec<u8> {
@@ -131,7 +133,10 @@ pub fn read_info(path: &Path) -> Result<HeaderInfo> {
 
 fn read_bytes(path: &Path) -> Result<Vec<u8>> {
     let mut f = File::open(path).map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => Error::NotAVault(format!("{} is not a pivault vault (no header)", path.display())),
+        std::io::ErrorKind::NotFound => Error::NotAVault(format!(
+            "{} is not a pivault vault (no header)",
+            path.display()
+        )),
         _ => Error::from(e),
     })?;
     crate::fsutil::check_private(path)?;
@@ -181,18 +186,33 @@ pub fn open(path: &Path, unlock: &SecretKey) -> Result<OpenedHeader> {
     let b = read_bytes(path)?;
     let info = parse_info(&b)?;
     let mut slots: Vec<Slot> = (0..2)
-        .filter_map(|i| decode_slot(i, &b[SLOTS_AT + i * SLOT_LEN..SLOTS_AT + (i + 1) * SLOT_LEN]))
+        .filter_map(|i| {
+            decode_slot(
+                i,
+                &b[SLOTS_AT + i * SLOT_LEN..SLOTS_AT + (i + 1) * SLOT_LEN],
+            )
+        })
         .collect();
     if slots.is_empty() {
         return Err(Error::Integrity("vault header (no valid key slot)"));
     }
     slots.sort_by_key(|s| std::cmp::Reverse(s.epoch));
-    let unwrap = |s: &Slot| crypto::unwrap_key(unlock, &root_aad(info.vault_id, s.epoch), &s.envelope, "header slot");
+    let unwrap = |s: &Slot| {
+        crypto::unwrap_key(
+            unlock,
+            &root_aad(info.vault_id, s.epoch),
+            &s.envelope,
+            "header slot",
+        )
+    };
     // A slot whose checksum is valid but which the unlock key cannot open means
     // the wrong passphrase (the checksum rules out corruption).
     let root = unwrap(&slots[0]).map_err(|_| Error::WrongPassphrase)?;
     let unfinished_from = match slots.get(1) {
-        Some(older) => Some((older.epoch, unwrap(older).map_err(|_| Error::WrongPassphrase)?)),
+        Some(older) => Some((
+            older.epoch,
+            unwrap(older).map_err(|_| Error::WrongPassphrase)?,
+        )),
         None => None,
     };
     Ok(OpenedHeader {
@@ -206,20 +226,35 @@ pub fn open(path: &Path, unlock: &SecretKey) -> Result<OpenedHeader> {
 /// Step 1 of an epoch ratchet or passphrase change: writes `root` for
 /// `epoch` into the slot not holding `keep_epoch`, and fsyncs. The old slot
 /// stays valid until [`erase_other_slots`] so a crash in between can finish.
-pub fn write_slot(path: &Path, vault: VaultId, unlock: &SecretKey, epoch: u64, root: &SecretKey) -> Result<()> {
+pub fn write_slot(
+    path: &Path,
+    vault: VaultId,
+    unlock: &SecretKey,
+    epoch: u64,
+    root: &SecretKey,
+) -> Result<()> {
     let b = read_bytes(path)?;
     parse_info(&b)?;
     // Reuse a slot that holds neither a valid older epoch nor the new one:
     // prefer an invalid (zeroed) slot, else the one with the lower epoch.
-    let slot_epoch =
-        |i: usize| decode_slot(i, &b[SLOTS_AT + i * SLOT_LEN..SLOTS_AT + (i + 1) * SLOT_LEN]).map(|s| (s.index, s.epoch));
+    let slot_epoch = |i: usize| {
+        decode_slot(
+            i,
+            &b[SLOTS_AT + i * SLOT_LEN..SLOTS_AT + (i + 1) * SLOT_LEN],
+        )
+        .map(|s| (s.index, s.epoch))
+    };
     let target = match (slot_epoch(0), slot_epoch(1)) {
         (None, _) => 0,
         (_, None) => 1,
         (Some((_, e0)), Some((_, e1))) => usize::from(e1 < e0),
     };
     let env = crypto::wrap_key(unlock, &root_aad(vault, epoch), root);
-    write_at(path, SLOTS_AT + target * SLOT_LEN, &encode_slot(epoch, &env))
+    write_at(
+        path,
+        SLOTS_AT + target * SLOT_LEN,
+        &encode_slot(epoch, &env),
+    )
 }
 
 /// Step 2: overwrites in place every slot not holding `keep_epoch`, and fsyncs.
@@ -268,13 +303,21 @@ mod tests {
         let h = open(&p, &uk).unwrap();
         assert_eq!((h.epoch, h.info.clone()), (0, i.clone()));
         assert!(h.root == r0 && h.unfinished_from.is_none());
-        assert!(matches!(open(&p, &SecretKey::generate()), Err(Error::WrongPassphrase)));
+        assert!(matches!(
+            open(&p, &SecretKey::generate()),
+            Err(Error::WrongPassphrase)
+        ));
 
         let r1 = SecretKey::generate();
         write_slot(&p, i.vault_id, &uk, 1, &r1).unwrap();
         let h = open(&p, &uk).unwrap();
         assert_eq!(h.epoch, 1);
-        assert!(h.root == r1 && h.unfinished_from.as_ref().is_some_and(|(e, k)| *e == 0 && *k == r0));
+        assert!(
+            h.root == r1
+                && h.unfinished_from
+                    .as_ref()
+                    .is_some_and(|(e, k)| *e == 0 && *k == r0)
+        );
         erase_other_slots(&p, 1).unwrap();
         let h = open(&p, &uk).unwrap();
         assert!(h.unfinished_from.is_none() && h.root == r1);

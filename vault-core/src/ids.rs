@@ -27,6 +27,7 @@ macro_rules! typed_id {
             pub fn from_bytes(b: [u8; 16]) -> Self {
                 $name(uuid::Uuid::from_bytes(b))
             }
+            #[allow(dead_code)] // not every ID type is read back from a storage key
             pub(crate) fn from_slice(b: &[u8]) -> Result<Self, Error> {
                 let arr: [u8; 16] = b
                     .try_into()
@@ -113,7 +114,8 @@ impl CollectionName {
     pub fn parse(s: &str) -> Result<Self, Error> {
         let ok = (1..=64).contains(&s.len())
             && s.starts_with(|c: char| c.is_ascii_lowercase())
-            && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-');
+            && s.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-');
         if ok {
             Ok(CollectionName(s.to_owned()))
         } else {
@@ -144,11 +146,14 @@ impl Username {
     pub fn parse(s: &str) -> Result<Self, Error> {
         let s = s.trim().to_ascii_lowercase();
         let ok = (1..=64).contains(&s.len())
-            && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '@'));
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '@'));
         if ok {
             Ok(Username(s))
         } else {
-            Err(Error::invalid("username must be 1-64 characters of a-z, 0-9, '.', '_', '-' or '@'"))
+            Err(Error::invalid(
+                "username must be 1-64 characters of a-z, 0-9, '.', '_', '-' or '@'",
+            ))
         }
     }
 

@@ -8,7 +8,9 @@
 
 pub mod access;
 pub mod audit;
+pub mod certificate;
 pub mod clock;
+pub mod cosign;
 pub mod crypto;
 pub mod doctor;
 pub mod error;
@@ -19,5 +21,9 @@ pub mod keystore;
 pub mod schema;
 pub mod secret;
 mod store;
+pub mod vault;
 
+/// Re-exported so front ends can name public keys without depending on it.
+pub use ed25519_dalek;
 pub use error::{Error, Result};
+pub use vault::Vault;

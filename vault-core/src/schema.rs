@@ -603,10 +603,8 @@ impl Schema {
                         declared_residence = Some(s.trim().to_ascii_uppercase());
                     }
                 }
-                FieldType::Address => {
-                    if address_residence.is_none() {
-                        address_residence = address_state(v);
-                    }
+                FieldType::Address if address_residence.is_none() => {
+                    address_residence = address_state(v);
                 }
                 _ => {}
             }
@@ -883,14 +881,14 @@ fn luhn_valid(digits: &str) -> bool {
         }
         sum += x;
     }
-    sum % 10 == 0
+    sum.is_multiple_of(10)
 }
 
 /// Decoded length of standard, padded base64 (`A–Z a–z 0–9 + /`, `=`
 /// padding, length a multiple of four), or `None` if the text is not that.
 fn base64_decoded_len(s: &str) -> Option<usize> {
     let b = s.as_bytes();
-    if b.is_empty() || b.len() % 4 != 0 {
+    if b.is_empty() || !b.len().is_multiple_of(4) {
         return None;
     }
     let pad = b.iter().rev().take_while(|&&c| c == b'=').count();

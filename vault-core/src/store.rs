@@ -8,7 +8,9 @@
 
 use std::path::Path;
 
-use rocksdb::{ColumnFamilyDescriptor, DB, Direction, IteratorMode, Options, WriteBatch, WriteOptions};
+use rocksdb::{
+    ColumnFamilyDescriptor, DB, Direction, IteratorMode, Options, WriteBatch, WriteOptions,
+};
 
 use crate::error::{Error, Result};
 use crate::ids::{CollectionName, RecordId, SubjectId, UserId};
@@ -22,7 +24,19 @@ pub(crate) const CF_USERS: &str = "users";
 pub(crate) const CF_USERNAMES: &str = "usernames";
 pub(crate) const CF_SESSIONS: &str = "sessions";
 pub(crate) const CF_META: &str = "meta";
-const ALL_CFS: [&str; 8] = [
+/// Disposal batches (intent and progress; IDs only).
+pub(crate) const CF_DISPOSALS: &str = "disposals";
+/// Signed certificates of destruction.
+pub(crate) const CF_CERTIFICATES: &str = "certificates";
+/// The disposal ledger: (time, disposal) -> record IDs.
+pub(crate) const CF_LEDGER: &str = "ledger";
+/// Legal holds on records and subjects.
+pub(crate) const CF_HOLDS: &str = "holds";
+/// Retention policies per collection.
+pub(crate) const CF_RETENTION: &str = "retention";
+/// Contractors' assigned scopes and public keys.
+pub(crate) const CF_CONTRACTORS: &str = "contractors";
+const ALL_CFS: [&str; 14] = [
     CF_RECORDS,
     CF_BY_SUBJECT,
     CF_BY_COLLECTION,
@@ -31,6 +45,12 @@ const ALL_CFS: [&str; 8] = [
     CF_USERNAMES,
     CF_SESSIONS,
     CF_META,
+    CF_DISPOSALS,
+    CF_CERTIFICATES,
+    CF_LEDGER,
+    CF_HOLDS,
+    CF_RETENTION,
+    CF_CONTRACTORS,
 ];
 
 /// Lifecycle state of a stored record.
@@ -148,7 +168,9 @@ pub(crate) struct Store {
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Store").field("sync", &self.sync).finish_non_exhaustive()
+        f.debug_struct("Store")
+            .field("sync", &self.sync)
+            .finish_non_exhaustive()
     }
 }
 
@@ -191,6 +213,22 @@ impl Store {
 
     pub fn put(&self, cf: &str, key: &[u8], value: &[u8]) -> Result<()> {
         self.db.put_cf_opt(self.cf(cf), key, value, &self.wo())?;
+        Ok(())
+    }
+
+    /// A put that is fsynced whatever the durability setting (disposal intents).
+    pub fn put_synced(&self, cf: &str, key: &[u8], value: &[u8], sync: bool) -> Result<()> {
+        let mut w = self.wo();
+        w.set_sync(self.sync || sync);
+        self.db.put_cf_opt(self.cf(cf), key, value, &w)?;
+        Ok(())
+    }
+
+    /// Flushes the record column family so disposed ciphertexts leave the
+    /// memtable; their old SST copies are unreadable (keys destroyed) and go
+    /// at the next compaction.
+    pub fn flush_records(&self) -> Result<()> {
+        self.db.flush_cf(self.cf(CF_RECORDS))?;
         Ok(())
     }
 

@@ -5,14 +5,18 @@
 
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use serde_json::{Map, Value};
 use zeroize::Zeroizing;
 
-use crate::access::{self, LockoutPolicy, Permission, Role, SessionRow, UserInfo, UserRow, UserState};
-use crate::audit::{self, AuditEvent, AuditLog, Channel, EventFilter, NewEvent, Outcome, UserActivity, VerifyReport};
+use crate::access::{
+    self, LockoutPolicy, Permission, Role, SessionRow, UserInfo, UserRow, UserState,
+};
+use crate::audit::{
+    self, AuditEvent, AuditLog, Channel, EventFilter, NewEvent, Outcome, UserActivity, VerifyReport,
+};
 use crate::clock::{Clock, SystemClock};
 use crate::crypto::{self, Aad, KdfParams};
 use crate::error::{Error, Result};
@@ -22,8 +26,15 @@ use crate::ids::{CollectionName, RecordId, SubjectId, UserId, Username, VaultId}
 use crate::keystore::Keystore;
 use crate::schema::{Classification, Schema};
 use crate::secret::{SecretKey, SecretString};
+#[path = "disposal.rs"]
+mod disposal;
+
 pub use crate::store::RecordState;
 use crate::store::{self, RecordRow, Store};
+pub use disposal::{
+    ContractorScope, DisposalOutcome, DisposalParties, DisposalRequest, DisposalScope,
+    DisposalSummary, Hold, RetentionPolicy,
+};
 
 /// Default number of key buckets (DESIGN §4.1).
 pub const DEFAULT_BUCKETS: u32 = 1024;
@@ -241,7 +252,8 @@ impl Signing {
         if plain.len() != SIGNING_LEN {
             return Err(Error::Integrity("signing keys"));
         }
-        let part = |r: std::ops::Range<usize>| -> [u8; 32] { plain[r].try_into().expect("32 bytes") };
+        let part =
+            |r: std::ops::Range<usize>| -> [u8; 32] { plain[r].try_into().expect("32 bytes") };
         Ok(Signing {
             audit: ed25519_dalek::SigningKey::from_bytes(&part(0..32)),
             certificate: ed25519_dalek::SigningKey::from_bytes(&part(32..64)),
@@ -273,6 +285,12 @@ pub struct Vault {
     active_officers: AtomicUsize,
     /// A real Argon2id hash verified for unknown usernames, so that their cost equals a wrong password's.
     dummy_phc: String,
+    /// One disposal batch at a time.
+    disposal_lock: Mutex<()>,
+    /// Test hook called at each disposal step (crash tests).
+    crash_hook: Mutex<Option<Box<dyn Fn(&str) + Send + Sync>>>,
+    /// Negative control for forensic tests: skip the keystore flush in the purge.
+    purge_skip_flush: AtomicBool,
 }
 
 impl std::fmt::Debug for Vault {
@@ -305,7 +323,13 @@ impl Layout {
     }
 }
 
-fn record_aad(vault: VaultId, collection: &CollectionName, id: RecordId, version: u32, subject: SubjectId) -> Aad {
+fn record_aad(
+    vault: VaultId,
+    collection: &CollectionName,
+    id: RecordId,
+    version: u32,
+    subject: SubjectId,
+) -> Aad {
     Aad::new("record")
         .part(vault.as_bytes())
         .part(collection.as_str().as_bytes())
@@ -320,9 +344,16 @@ fn token_hash(token: &str) -> [u8; 32] {
 
 impl Vault {
     /// Creates a new vault in `dir` (absent or empty) with its first admin.
-    pub fn create(dir: &Path, passphrase: &SecretString, init: InitOptions, opts: OpenOptions) -> Result<Vault> {
+    pub fn create(
+        dir: &Path,
+        passphrase: &SecretString,
+        init: InitOptions,
+        opts: OpenOptions,
+    ) -> Result<Vault> {
         if passphrase.expose().chars().count() < 12 {
-            return Err(Error::WeakPassword("the vault passphrase must be at least 12 characters"));
+            return Err(Error::WeakPassword(
+                "the vault passphrase must be at least 12 characters",
+            ));
         }
         if !(1..=1 << 20).contains(&init.buckets) {
             return Err(Error::invalid("bucket count must be between 1 and 1048576"));
@@ -361,8 +392,22 @@ impl Vault {
 
         let vault = Vault::open(dir, passphrase, opts)?;
         let id = vault.insert_user(&init.admin, &init.admin_password, Role::Admin, false)?;
-        vault.audit(None, &Context::cli(), "vault.init", vec![vault.info.vault_id.to_string()], Ok(()), None)?;
-        vault.audit(Some(id), &Context::cli(), "user.create", vec![id.to_string(), "role:admin".into()], Ok(()), None)?;
+        vault.audit(
+            None,
+            &Context::cli(),
+            "vault.init",
+            vec![vault.info.vault_id.to_string()],
+            Ok(()),
+            None,
+        )?;
+        vault.audit(
+            Some(id),
+            &Context::cli(),
+            "user.create",
+            vec![id.to_string(), "role:admin".into()],
+            Ok(()),
+            None,
+        )?;
         Ok(vault)
     }
 
@@ -385,7 +430,8 @@ impl Vault {
         let env = std::fs::read(&l.signing)?;
         let signing = Signing::open(&unlock, info.vault_id, &env)?;
         let audit = AuditLog::open(&l.audit, signing.audit.clone(), opts.sync)?;
-        let dummy_phc = access::hash_password(&SecretString::from("pivault-dummy-password-for-timing"))?;
+        let dummy_phc =
+            access::hash_password(&SecretString::from("pivault-dummy-password-for-timing"))?;
         let vault = Vault {
             dir: dir.to_path_buf(),
             info,
@@ -402,8 +448,13 @@ impl Vault {
             users_lock: Mutex::new(()),
             active_officers: AtomicUsize::new(0),
             dummy_phc,
+            disposal_lock: Mutex::new(()),
+            crash_hook: Mutex::new(None),
+            purge_skip_flush: AtomicBool::new(false),
         };
         vault.recount_officers()?;
+        // A disposal interrupted by a crash finishes before the vault serves.
+        vault.resume_disposals()?;
         Ok(vault)
     }
 
@@ -450,9 +501,9 @@ impl Vault {
         let (outcome, code) = match outcome {
             Ok(()) => (Outcome::Success, None),
             Err(e @ Error::PermissionDenied(_)) => (Outcome::Denied, Some(e.code().to_owned())),
-            Err(e @ (Error::AccountLocked { .. } | Error::AccountDisabled | Error::SessionInvalid)) => {
-                (Outcome::Denied, Some(e.code().to_owned()))
-            }
+            Err(
+                e @ (Error::AccountLocked { .. } | Error::AccountDisabled | Error::SessionInvalid),
+            ) => (Outcome::Denied, Some(e.code().to_owned())),
             Err(e) => (Outcome::Failed, Some(e.code().to_owned())),
         };
         let ev = NewEvent {
@@ -467,7 +518,10 @@ impl Vault {
             reason: reason.map(str::to_owned),
             request_id: ctx.request_id.clone(),
         };
-        self.audit.lock().map_err(|_| Error::AuditUnavailable("audit lock poisoned".into()))?.append(ev)
+        self.audit
+            .lock()
+            .map_err(|_| Error::AuditUnavailable("audit lock poisoned".into()))?
+            .append(ev)
     }
 
     /// Closes the vault cleanly: signs a final audit checkpoint.
@@ -490,12 +544,18 @@ impl Vault {
 
     fn put_user_row(&self, row: &UserRow) -> Result<()> {
         let id: UserId = row.id.parse()?;
-        self.store
-            .put(store::CF_USERS, id.as_bytes(), &serde_json::to_vec(row).expect("serialisable"))
+        self.store.put(
+            store::CF_USERS,
+            id.as_bytes(),
+            &serde_json::to_vec(row).expect("serialisable"),
+        )
     }
 
     fn user_by_name(&self, name: &Username) -> Result<Option<UserRow>> {
-        match self.store.get(store::CF_USERNAMES, name.as_str().as_bytes())? {
+        match self
+            .store
+            .get(store::CF_USERNAMES, name.as_str().as_bytes())?
+        {
             Some(id) => self.user_row(UserId::from_slice(&id)?),
             None => Ok(None),
         }
@@ -519,7 +579,13 @@ impl Vault {
             .collect()
     }
 
-    fn insert_user(&self, name: &Username, password: &SecretString, role: Role, reveal: bool) -> Result<UserId> {
+    fn insert_user(
+        &self,
+        name: &Username,
+        password: &SecretString,
+        role: Role,
+        reveal: bool,
+    ) -> Result<UserId> {
         access::check_password_policy(password, name)?;
         let _g = self.users_lock.lock().expect("users lock");
         if self.user_by_name(name)?.is_some() {
@@ -559,14 +625,28 @@ impl Vault {
         let Some(mut row) = row else {
             // Equal cost for unknown users: verify against a real hash.
             let _ = access::verify_password(password, &self.dummy_phc);
-            self.audit(None, &ctx, "auth.login", vec![], Err(&Error::AuthFailed), None)?;
+            self.audit(
+                None,
+                &ctx,
+                "auth.login",
+                vec![],
+                Err(&Error::AuthFailed),
+                None,
+            )?;
             return Err(Error::AuthFailed);
         };
         let id: UserId = row.id.parse()?;
         if let Some(until) = row.locked_until_ms.filter(|&t| t > now) {
             let _ = access::verify_password(password, &self.dummy_phc);
             let e = Error::AccountLocked { until_ms: until };
-            self.audit(Some(id), &ctx, "auth.login", vec![id.to_string()], Err(&e), None)?;
+            self.audit(
+                Some(id),
+                &ctx,
+                "auth.login",
+                vec![id.to_string()],
+                Err(&e),
+                None,
+            )?;
             return Err(e);
         }
         let ok = access::verify_password(password, &row.password_phc);
@@ -583,17 +663,38 @@ impl Vault {
                 locked = Some(until);
             }
             self.put_user_row(&row)?;
-            self.audit(Some(id), &ctx, "auth.login", vec![id.to_string()], Err(&Error::AuthFailed), None)?;
+            self.audit(
+                Some(id),
+                &ctx,
+                "auth.login",
+                vec![id.to_string()],
+                Err(&Error::AuthFailed),
+                None,
+            )?;
             if let Some(until) = locked {
                 let e = Error::AccountLocked { until_ms: until };
-                self.audit(Some(id), &ctx, "auth.lockout", vec![id.to_string()], Ok(()), None)?;
+                self.audit(
+                    Some(id),
+                    &ctx,
+                    "auth.lockout",
+                    vec![id.to_string()],
+                    Ok(()),
+                    None,
+                )?;
                 return Err(e);
             }
             return Err(Error::AuthFailed);
         }
         if row.disabled {
             let e = Error::AccountDisabled;
-            self.audit(Some(id), &ctx, "auth.login", vec![id.to_string()], Err(&e), None)?;
+            self.audit(
+                Some(id),
+                &ctx,
+                "auth.login",
+                vec![id.to_string()],
+                Err(&e),
+                None,
+            )?;
             return Err(e);
         }
         row.failures = 0;
@@ -601,7 +702,14 @@ impl Vault {
         row.locked_until_ms = None;
         row.last_login_ms = Some(now);
         self.put_user_row(&row)?;
-        self.audit(Some(id), &ctx, "auth.login", vec![id.to_string()], Ok(()), None)?;
+        self.audit(
+            Some(id),
+            &ctx,
+            "auth.login",
+            vec![id.to_string()],
+            Ok(()),
+            None,
+        )?;
         Ok(Session {
             user: id,
             generation: row.generation,
@@ -629,7 +737,14 @@ impl Vault {
             &token_hash(token.expose()),
             &serde_json::to_vec(&row).expect("serialisable"),
         )?;
-        self.audit(Some(s.user), &s.ctx, "auth.token.issue", vec![s.user.to_string()], Ok(()), None)?;
+        self.audit(
+            Some(s.user),
+            &s.ctx,
+            "auth.token.issue",
+            vec![s.user.to_string()],
+            Ok(()),
+            None,
+        )?;
         Ok(token)
     }
 
@@ -638,13 +753,21 @@ impl Vault {
         let key = token_hash(token.expose());
         let now = self.now();
         let deny = |vault: &Vault, user: Option<UserId>| -> Result<Session> {
-            vault.audit(user, &ctx, "auth.token", vec![], Err(&Error::SessionInvalid), None)?;
+            vault.audit(
+                user,
+                &ctx,
+                "auth.token",
+                vec![],
+                Err(&Error::SessionInvalid),
+                None,
+            )?;
             Err(Error::SessionInvalid)
         };
         let Some(bytes) = self.store.get(store::CF_SESSIONS, &key)? else {
             return deny(self, None);
         };
-        let mut row: SessionRow = serde_json::from_slice(&bytes).map_err(|_| Error::Integrity("session row"))?;
+        let mut row: SessionRow =
+            serde_json::from_slice(&bytes).map_err(|_| Error::Integrity("session row"))?;
         let user: UserId = row.user.parse()?;
         let alive = now < row.expires_ms && now - row.last_seen_ms < SESSION_IDLE_MS;
         let current = self
@@ -655,8 +778,11 @@ impl Vault {
             return deny(self, Some(user));
         }
         row.last_seen_ms = now;
-        self.store
-            .put(store::CF_SESSIONS, &key, &serde_json::to_vec(&row).expect("serialisable"))?;
+        self.store.put(
+            store::CF_SESSIONS,
+            &key,
+            &serde_json::to_vec(&row).expect("serialisable"),
+        )?;
         Ok(Session {
             user,
             generation: row.generation,
@@ -666,7 +792,8 @@ impl Vault {
 
     /// Ends a token's session.
     pub fn revoke_token(&self, token: &SecretString) -> Result<()> {
-        self.store.delete(store::CF_SESSIONS, &token_hash(token.expose()))
+        self.store
+            .delete(store::CF_SESSIONS, &token_hash(token.expose()))
     }
 
     /// Checks that the session's user is still active and, if `perm` is
@@ -674,14 +801,28 @@ impl Vault {
     fn authorize(&self, s: &Session, perm: Option<Permission>) -> Result<UserRow> {
         let row = self.user_row(s.user)?.ok_or(Error::SessionInvalid)?;
         if row.disabled || row.generation != s.generation {
-            self.audit(Some(s.user), &s.ctx, "auth.session", vec![s.user.to_string()], Err(&Error::SessionInvalid), None)?;
+            self.audit(
+                Some(s.user),
+                &s.ctx,
+                "auth.session",
+                vec![s.user.to_string()],
+                Err(&Error::SessionInvalid),
+                None,
+            )?;
             return Err(Error::SessionInvalid);
         }
         if let Some(p) = perm {
             let role = Role::parse(&row.role)?;
             if !role.permits(p) {
                 let e = Error::PermissionDenied(p.verb());
-                self.audit(Some(s.user), &s.ctx, "access.denied", vec![format!("permission:{p:?}")], Err(&e), None)?;
+                self.audit(
+                    Some(s.user),
+                    &s.ctx,
+                    "access.denied",
+                    vec![format!("permission:{p:?}")],
+                    Err(&e),
+                    None,
+                )?;
                 return Err(e);
             }
         }
@@ -694,7 +835,14 @@ impl Vault {
     }
 
     /// Adds a user (admin). `reveal` grants a clerk the reveal of sensitive fields.
-    pub fn add_user(&self, s: &Session, username: &str, password: &SecretString, role: Role, reveal: bool) -> Result<UserId> {
+    pub fn add_user(
+        &self,
+        s: &Session,
+        username: &str,
+        password: &SecretString,
+        role: Role,
+        reveal: bool,
+    ) -> Result<UserId> {
         self.authorize(s, Some(Permission::ManageUsers))?;
         let name = Username::parse(username)?;
         let r = self.insert_user(&name, password, role, reveal);
@@ -702,7 +850,14 @@ impl Vault {
             Ok(id) => vec![id.to_string(), format!("role:{role}")],
             Err(_) => vec![format!("role:{role}")],
         };
-        self.audit(Some(s.user), &s.ctx, "user.create", targets, r.as_ref().map(|_| ()), None)?;
+        self.audit(
+            Some(s.user),
+            &s.ctx,
+            "user.create",
+            targets,
+            r.as_ref().map(|_| ()),
+            None,
+        )?;
         r
     }
 
@@ -712,7 +867,14 @@ impl Vault {
         let role = Role::parse(&row.role)?;
         if !(role.permits(Permission::ManageUsers) || role.permits(Permission::ReadAudit)) {
             let e = Error::PermissionDenied(Permission::ManageUsers.verb());
-            self.audit(Some(s.user), &s.ctx, "access.denied", vec!["user.list".into()], Err(&e), None)?;
+            self.audit(
+                Some(s.user),
+                &s.ctx,
+                "access.denied",
+                vec!["user.list".into()],
+                Err(&e),
+                None,
+            )?;
             return Err(e);
         }
         let now = self.now();
@@ -726,7 +888,13 @@ impl Vault {
         Ok(users)
     }
 
-    fn change_user(&self, s: &Session, username: &str, action: &str, f: impl FnOnce(&mut UserRow) -> Result<()>) -> Result<UserId> {
+    fn change_user(
+        &self,
+        s: &Session,
+        username: &str,
+        action: &str,
+        f: impl FnOnce(&mut UserRow) -> Result<()>,
+    ) -> Result<UserId> {
         self.authorize(s, Some(Permission::ManageUsers))?;
         let name = Username::parse(username)?;
         let _g = self.users_lock.lock().expect("users lock");
@@ -736,8 +904,18 @@ impl Vault {
             self.put_user_row(&row)?;
             row.id.parse::<UserId>()
         })();
-        let targets = r.as_ref().map(|id| vec![id.to_string()]).unwrap_or_default();
-        self.audit(Some(s.user), &s.ctx, action, targets, r.as_ref().map(|_| ()), None)?;
+        let targets = r
+            .as_ref()
+            .map(|id| vec![id.to_string()])
+            .unwrap_or_default();
+        self.audit(
+            Some(s.user),
+            &s.ctx,
+            action,
+            targets,
+            r.as_ref().map(|_| ()),
+            None,
+        )?;
         self.recount_officers()?;
         r
     }
@@ -798,27 +976,59 @@ impl Vault {
             self.put_user_row(&row)?;
             row.id.parse::<UserId>()
         })();
-        let targets = r.as_ref().map(|id| vec![id.to_string()]).unwrap_or_default();
-        self.audit(Some(s.user), &s.ctx, "user.password", targets, r.as_ref().map(|_| ()), None)?;
+        let targets = r
+            .as_ref()
+            .map(|id| vec![id.to_string()])
+            .unwrap_or_default();
+        self.audit(
+            Some(s.user),
+            &s.ctx,
+            "user.password",
+            targets,
+            r.as_ref().map(|_| ()),
+            None,
+        )?;
         r.map(|_| ())
     }
 
     // ----- collections ----------------------------------------------------
 
     /// Creates a collection with its schema (admin).
-    pub fn create_collection(&self, s: &Session, name: &str, schema: &Schema) -> Result<CollectionName> {
+    pub fn create_collection(
+        &self,
+        s: &Session,
+        name: &str,
+        schema: &Schema,
+    ) -> Result<CollectionName> {
         self.authorize(s, Some(Permission::ManageCollections))?;
         let r = (|| {
             let name = CollectionName::parse(name)?;
-            if self.store.get(store::CF_COLLECTIONS, name.as_str().as_bytes())?.is_some() {
+            if self
+                .store
+                .get(store::CF_COLLECTIONS, name.as_str().as_bytes())?
+                .is_some()
+            {
                 return Err(Error::AlreadyExists("collection"));
             }
-            self.store
-                .put(store::CF_COLLECTIONS, name.as_str().as_bytes(), schema.to_json().as_bytes())?;
+            self.store.put(
+                store::CF_COLLECTIONS,
+                name.as_str().as_bytes(),
+                schema.to_json().as_bytes(),
+            )?;
             Ok(name)
         })();
-        let targets = r.as_ref().map(|n| vec![format!("collection:{n}")]).unwrap_or_default();
-        self.audit(Some(s.user), &s.ctx, "collection.create", targets, r.as_ref().map(|_| ()), None)?;
+        let targets = r
+            .as_ref()
+            .map(|n| vec![format!("collection:{n}")])
+            .unwrap_or_default();
+        self.audit(
+            Some(s.user),
+            &s.ctx,
+            "collection.create",
+            targets,
+            r.as_ref().map(|_| ()),
+            None,
+        )?;
         r
     }
 
@@ -827,7 +1037,9 @@ impl Vault {
             .store
             .get(store::CF_COLLECTIONS, name.as_str().as_bytes())?
             .ok_or(Error::NotFound("collection"))?;
-        Schema::from_json(std::str::from_utf8(&bytes).map_err(|_| Error::Integrity("collection schema"))?)
+        Schema::from_json(
+            std::str::from_utf8(&bytes).map_err(|_| Error::Integrity("collection schema"))?,
+        )
     }
 
     /// Lists collections and their schemas (any active user: schemas hold no personal information).
@@ -837,8 +1049,12 @@ impl Vault {
             .scan_prefix(store::CF_COLLECTIONS, &[])?
             .into_iter()
             .map(|(k, v)| {
-                let name = CollectionName::parse(std::str::from_utf8(&k).map_err(|_| Error::Integrity("collection"))?)?;
-                let schema = Schema::from_json(std::str::from_utf8(&v).map_err(|_| Error::Integrity("collection"))?)?;
+                let name = CollectionName::parse(
+                    std::str::from_utf8(&k).map_err(|_| Error::Integrity("collection"))?,
+                )?;
+                let schema = Schema::from_json(
+                    std::str::from_utf8(&v).map_err(|_| Error::Integrity("collection"))?,
+                )?;
                 Ok((name, schema))
             })
             .collect()
@@ -853,13 +1069,17 @@ impl Vault {
     pub fn resolve_subject(&self, text: &str) -> Result<SubjectId> {
         let t = text.trim();
         if t.is_empty() || t.len() > 256 {
-            return Err(Error::invalid("subject must be a UUID or a customer reference of 1-256 characters"));
+            return Err(Error::invalid(
+                "subject must be a UUID or a customer reference of 1-256 characters",
+            ));
         }
         if let Ok(id) = t.parse::<SubjectId>() {
             return Ok(id);
         }
         let mac = crypto::mac(&self.signing.subject, "subject-reference", t.as_bytes());
-        Ok(SubjectId::from_reference_mac(mac[..16].try_into().expect("16 bytes")))
+        Ok(SubjectId::from_reference_mac(
+            mac[..16].try_into().expect("16 bytes"),
+        ))
     }
 
     // ----- records --------------------------------------------------------
@@ -872,12 +1092,20 @@ impl Vault {
     }
 
     /// Stores one validated body as a new record; no authorisation or audit here.
-    fn store_new_record(&self, s: &Session, collection: &CollectionName, subject: SubjectId, body: &Map<String, Value>) -> Result<RecordId> {
+    fn store_new_record(
+        &self,
+        s: &Session,
+        collection: &CollectionName,
+        subject: SubjectId,
+        body: &Map<String, Value>,
+    ) -> Result<RecordId> {
         let id = RecordId::new();
         let plain = Zeroizing::new(serde_json::to_vec(body).expect("serialisable"));
         let epoch = self.epoch.read().expect("epoch lock");
         // The DEK is written before the record, so a record never exists without its key.
-        let dek = self.keystore.new_dek(&epoch.root, epoch.number, subject, id, 1)?;
+        let dek = self
+            .keystore
+            .new_dek(&epoch.root, epoch.number, subject, id, 1)?;
         let now = self.now();
         let row = RecordRow {
             collection: collection.clone(),
@@ -887,14 +1115,24 @@ impl Vault {
             updated_ms: now,
             created_by: s.user,
             state: RecordState::Live,
-            envelope: crypto::seal(&dek, &record_aad(self.info.vault_id, collection, id, 1, subject), &plain),
+            envelope: crypto::seal(
+                &dek,
+                &record_aad(self.info.vault_id, collection, id, 1, subject),
+                &plain,
+            ),
         };
         self.store.put_record(id, &row, true)?;
         Ok(id)
     }
 
     /// Creates a record (clerk). The body must match the collection schema.
-    pub fn put_record(&self, s: &Session, collection: &str, subject: SubjectId, body: &Value) -> Result<RecordId> {
+    pub fn put_record(
+        &self,
+        s: &Session,
+        collection: &str,
+        subject: SubjectId,
+        body: &Value,
+    ) -> Result<RecordId> {
         self.authorize(s, Some(Permission::CreateRecord))?;
         let r = (|| {
             self.require_officer()?;
@@ -905,7 +1143,14 @@ impl Vault {
         })();
         match r {
             Ok(id) => {
-                if let Err(e) = self.audit(Some(s.user), &s.ctx, "record.create", vec![id.to_string(), subject.to_string()], Ok(()), None) {
+                if let Err(e) = self.audit(
+                    Some(s.user),
+                    &s.ctx,
+                    "record.create",
+                    vec![id.to_string(), subject.to_string()],
+                    Ok(()),
+                    None,
+                ) {
                     // Fail closed: an unaudited record must not remain.
                     let _ = self.store.delete(store::CF_RECORDS, id.as_bytes());
                     let _ = self.keystore.delete_dek(subject, id, 1, false);
@@ -914,7 +1159,14 @@ impl Vault {
                 Ok(id)
             }
             Err(e) => {
-                self.audit(Some(s.user), &s.ctx, "record.create", vec![subject.to_string()], Err(&e), None)?;
+                self.audit(
+                    Some(s.user),
+                    &s.ctx,
+                    "record.create",
+                    vec![subject.to_string()],
+                    Err(&e),
+                    None,
+                )?;
                 Err(e)
             }
         }
@@ -938,7 +1190,13 @@ impl Vault {
             .ok_or(Error::Integrity("record key (missing)"))?;
         let plain = crypto::open(
             &dek,
-            &record_aad(self.info.vault_id, &row.collection, id, row.version, row.subject),
+            &record_aad(
+                self.info.vault_id,
+                &row.collection,
+                id,
+                row.version,
+                row.subject,
+            ),
             &row.envelope,
             "record",
         )?;
@@ -963,16 +1221,24 @@ impl Vault {
     /// Reads a record, masked; `reveal` names sensitive fields to show in
     /// full, which needs the reveal permission (officers, or clerks granted
     /// it) and a reason. One read event, plus one reveal event per field.
-    pub fn get_record(&self, s: &Session, id: RecordId, reveal: &[&str], reason: Option<&str>) -> Result<RecordView> {
+    pub fn get_record(
+        &self,
+        s: &Session,
+        id: RecordId,
+        reveal: &[&str],
+        reason: Option<&str>,
+    ) -> Result<RecordView> {
         let user = self.authorize(s, Some(Permission::ReadRecord))?;
         let r = (|| {
             if !reveal.is_empty() {
                 let role = Role::parse(&user.role)?;
-                if !(role.permits(Permission::RevealField) || (role == Role::Clerk && user.reveal)) {
+                if !(role.permits(Permission::RevealField) || (role == Role::Clerk && user.reveal))
+                {
                     return Err(Error::PermissionDenied(Permission::RevealField.verb()));
                 }
                 let reason = reason.map(str::trim).filter(|r| !r.is_empty());
-                let reason = reason.ok_or_else(|| Error::invalid("revealing a field needs a reason (--reason)"))?;
+                let reason = reason
+                    .ok_or_else(|| Error::invalid("revealing a field needs a reason (--reason)"))?;
                 audit::check_reason(reason)?;
             }
             let row = self.live_row(id)?;
@@ -992,11 +1258,22 @@ impl Vault {
             Ok(view) => {
                 self.audit(Some(s.user), &s.ctx, "record.read", targets, Ok(()), None)?;
                 for f in &view.revealed {
-                    self.audit(Some(s.user), &s.ctx, "record.reveal", vec![id.to_string(), format!("field:{f}")], Ok(()), reason)?;
+                    self.audit(
+                        Some(s.user),
+                        &s.ctx,
+                        "record.reveal",
+                        vec![id.to_string(), format!("field:{f}")],
+                        Ok(()),
+                        reason,
+                    )?;
                 }
             }
             Err(e) => {
-                let action = if reveal.is_empty() { "record.read" } else { "record.reveal" };
+                let action = if reveal.is_empty() {
+                    "record.read"
+                } else {
+                    "record.reveal"
+                };
                 self.audit(Some(s.user), &s.ctx, action, targets, Err(e), None)?;
             }
         }
@@ -1014,10 +1291,24 @@ impl Vault {
             let body = schema.validate(body)?;
             let plain = Zeroizing::new(serde_json::to_vec(&body).expect("serialisable"));
             let old = row.version;
-            let version = old.checked_add(1).ok_or(Error::invalid("record version overflow"))?;
+            let version = old
+                .checked_add(1)
+                .ok_or(Error::invalid("record version overflow"))?;
             let epoch = self.epoch.read().expect("epoch lock");
-            let dek = self.keystore.new_dek(&epoch.root, epoch.number, row.subject, id, version)?;
-            row.envelope = crypto::seal(&dek, &record_aad(self.info.vault_id, &row.collection, id, version, row.subject), &plain);
+            let dek = self
+                .keystore
+                .new_dek(&epoch.root, epoch.number, row.subject, id, version)?;
+            row.envelope = crypto::seal(
+                &dek,
+                &record_aad(
+                    self.info.vault_id,
+                    &row.collection,
+                    id,
+                    version,
+                    row.subject,
+                ),
+                &plain,
+            );
             row.version = version;
             row.updated_ms = self.now();
             self.store.put_record(id, &row, false)?;
@@ -1026,13 +1317,21 @@ impl Vault {
             self.keystore.delete_dek(row.subject, id, old, false)?;
             Ok(version)
         })();
-        self.audit(Some(s.user), &s.ctx, "record.update", vec![id.to_string()], r.as_ref().map(|_| ()), None)?;
+        self.audit(
+            Some(s.user),
+            &s.ctx,
+            "record.update",
+            vec![id.to_string()],
+            r.as_ref().map(|_| ()),
+            None,
+        )?;
         r
     }
 
     /// Lists record metadata (no contents).
     pub fn list_records(&self, s: &Session, filter: &RecordFilter) -> Result<Vec<RecordMeta>> {
         self.authorize(s, Some(Permission::ListRecords))?;
+        let contractor = self.contractor_filter(s)?;
         let ids = match (&filter.subject, &filter.collection) {
             (Some(sub), _) => self.store.records_of_subject(*sub)?,
             (None, Some(c)) => self.store.records_of_collection(c)?,
@@ -1041,7 +1340,15 @@ impl Vault {
         let mut out = Vec::with_capacity(ids.len());
         for id in ids {
             if let Some(row) = self.store.record(id)? {
-                if filter.collection.as_ref().is_none_or(|c| *c == row.collection) {
+                let visible = contractor
+                    .as_ref()
+                    .is_none_or(|sc| Self::in_contractor_scope(sc, id, &row));
+                if visible
+                    && filter
+                        .collection
+                        .as_ref()
+                        .is_none_or(|c| *c == row.collection)
+                {
                     out.push(Self::meta(id, &row));
                 }
             }
@@ -1084,7 +1391,11 @@ impl Vault {
                 let subject = match m.remove(subject_column) {
                     Some(Value::String(t)) => self.resolve_subject(&t)?,
                     Some(Value::Number(n)) => self.resolve_subject(&n.to_string())?,
-                    _ => return Err(Error::invalid(format!("column {subject_column} (the subject) is missing or empty"))),
+                    _ => {
+                        return Err(Error::invalid(format!(
+                            "column {subject_column} (the subject) is missing or empty"
+                        )));
+                    }
                 };
                 Ok((subject, schema.validate(&Value::Object(m))?))
             });
@@ -1093,7 +1404,14 @@ impl Vault {
                     report.valid += 1;
                     if !check_only {
                         let id = self.store_new_record(s, &collection, subject, &body)?;
-                        self.audit(Some(s.user), &s.ctx, "record.create", vec![id.to_string(), subject.to_string()], Ok(()), None)?;
+                        self.audit(
+                            Some(s.user),
+                            &s.ctx,
+                            "record.create",
+                            vec![id.to_string(), subject.to_string()],
+                            Ok(()),
+                            None,
+                        )?;
                         report.imported += 1;
                         report.records.push(id);
                     }
@@ -1101,13 +1419,19 @@ impl Vault {
                 Err(e) => {
                     report.rejected_count += 1;
                     if report.rejected.len() < 1000 {
-                        report.rejected.push(ImportRejection { line, error: e.to_string() });
+                        report.rejected.push(ImportRejection {
+                            line,
+                            error: e.to_string(),
+                        });
                     }
                 }
             }
             Ok(())
         };
-        let counted = CountingReader { inner: input, count: 0 };
+        let counted = CountingReader {
+            inner: input,
+            count: 0,
+        };
         let r: Result<()> = match format {
             ImportFormat::JsonLines => {
                 let mut reader = counted;
@@ -1127,14 +1451,19 @@ impl Vault {
                         Ok(Value::Object(m)) => Ok(m),
                         Ok(_) => Err(Error::invalid("line is not a JSON object")),
                         // serde_json's message quotes no input, only positions.
-                        Err(e) => Err(Error::invalid(format!("malformed JSON at column {}", e.column()))),
+                        Err(e) => Err(Error::invalid(format!(
+                            "malformed JSON at column {}",
+                            e.column()
+                        ))),
                     };
                     handle_row(line, row)?;
                     progress(reader.count);
                 }
             }
             ImportFormat::Csv => {
-                let mut rdr = csv::ReaderBuilder::new().flexible(false).from_reader(counted);
+                let mut rdr = csv::ReaderBuilder::new()
+                    .flexible(false)
+                    .from_reader(counted);
                 let headers = rdr
                     .headers()
                     .map_err(|_| Error::invalid("CSV header row is unreadable"))?
@@ -1154,15 +1483,30 @@ impl Vault {
                             }
                             handle_row(line, Ok(m))?;
                         }
-                        Err(_) => handle_row(line, Err(Error::invalid("CSV row is malformed (wrong number of fields or bad quoting)")))?,
+                        Err(_) => handle_row(
+                            line,
+                            Err(Error::invalid(
+                                "CSV row is malformed (wrong number of fields or bad quoting)",
+                            )),
+                        )?,
                     }
                     progress(rdr.position().byte());
                 }
             }
         };
-        let targets = vec![format!("collection:{collection}"), format!("count:{}", report.imported)];
+        let targets = vec![
+            format!("collection:{collection}"),
+            format!("count:{}", report.imported),
+        ];
         if !check_only {
-            self.audit(Some(s.user), &s.ctx, "record.import", targets, r.as_ref().map(|_| ()), None)?;
+            self.audit(
+                Some(s.user),
+                &s.ctx,
+                "record.import",
+                targets,
+                r.as_ref().map(|_| ()),
+                None,
+            )?;
         }
         r.map(|_| report)
     }
@@ -1173,7 +1517,14 @@ impl Vault {
     pub fn audit_events(&self, s: &Session, filter: &EventFilter) -> Result<Vec<AuditEvent>> {
         self.authorize(s, Some(Permission::ReadAudit))?;
         let events = self.audit.lock().expect("audit lock").events(filter)?;
-        self.audit(Some(s.user), &s.ctx, "audit.read", vec![format!("count:{}", events.len())], Ok(()), None)?;
+        self.audit(
+            Some(s.user),
+            &s.ctx,
+            "audit.read",
+            vec![format!("count:{}", events.len())],
+            Ok(()),
+            None,
+        )?;
         Ok(events)
     }
 
@@ -1181,21 +1532,41 @@ impl Vault {
     pub fn audit_verify(&self, s: &Session) -> Result<VerifyReport> {
         self.authorize(s, Some(Permission::ReadAudit))?;
         let report = audit::verify(&Layout::of(&self.dir).audit, &self.audit_public_key())?;
-        let outcome = if report.ok() { Ok(()) } else { Err(&Error::Integrity("audit trail")) };
+        let outcome = if report.ok() {
+            Ok(())
+        } else {
+            Err(&Error::Integrity("audit trail"))
+        };
         self.audit(Some(s.user), &s.ctx, "audit.verify", vec![], outcome, None)?;
         Ok(report)
     }
 
     /// Per-user activity over `[from_ms, to_ms)` (REQ-WISP-06).
-    pub fn activity_report(&self, s: &Session, from_ms: i64, to_ms: i64) -> Result<Vec<UserActivity>> {
+    pub fn activity_report(
+        &self,
+        s: &Session,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> Result<Vec<UserActivity>> {
         self.authorize(s, Some(Permission::Reports))?;
-        let events = self.audit.lock().expect("audit lock").events(&EventFilter {
-            from_ms: Some(from_ms),
-            to_ms: Some(to_ms),
-            ..EventFilter::default()
-        })?;
+        let events = self
+            .audit
+            .lock()
+            .expect("audit lock")
+            .events(&EventFilter {
+                from_ms: Some(from_ms),
+                to_ms: Some(to_ms),
+                ..EventFilter::default()
+            })?;
         let report = audit::activity_report(&events);
-        self.audit(Some(s.user), &s.ctx, "report.activity", vec![], Ok(()), None)?;
+        self.audit(
+            Some(s.user),
+            &s.ctx,
+            "report.activity",
+            vec![],
+            Ok(()),
+            None,
+        )?;
         Ok(report)
     }
 
@@ -1204,7 +1575,14 @@ impl Vault {
         self.authorize(s, Some(Permission::RecordReview))?;
         self.store
             .put(store::CF_META, META_LAST_REVIEW, &self.now().to_be_bytes())?;
-        self.audit(Some(s.user), &s.ctx, "security.review", vec![], Ok(()), None)?;
+        self.audit(
+            Some(s.user),
+            &s.ctx,
+            "security.review",
+            vec![],
+            Ok(()),
+            None,
+        )?;
         Ok(())
     }
 
@@ -1213,7 +1591,15 @@ impl Vault {
         let users = self.all_user_rows()?;
         let active_by_role = Role::ALL
             .iter()
-            .map(|r| (*r, users.iter().filter(|u| !u.disabled && u.role == r.as_str()).count()))
+            .map(|r| {
+                (
+                    *r,
+                    users
+                        .iter()
+                        .filter(|u| !u.disabled && u.role == r.as_str())
+                        .count(),
+                )
+            })
             .collect();
         let last_review_ms = self
             .store
@@ -1239,8 +1625,18 @@ impl Vault {
     pub fn ratchet_epoch(&self, s: &Session) -> Result<u64> {
         self.authorize(s, Some(Permission::Dispose))?;
         let r = self.ratchet();
-        let targets = r.as_ref().map(|e| vec![format!("epoch:{}", e - 1), format!("epoch:{e}")]).unwrap_or_default();
-        self.audit(Some(s.user), &s.ctx, "key.epoch", targets, r.as_ref().map(|_| ()), None)?;
+        let targets = r
+            .as_ref()
+            .map(|e| vec![format!("epoch:{}", e - 1), format!("epoch:{e}")])
+            .unwrap_or_default();
+        self.audit(
+            Some(s.user),
+            &s.ctx,
+            "key.epoch",
+            targets,
+            r.as_ref().map(|_| ()),
+            None,
+        )?;
         r
     }
 
@@ -1252,11 +1648,18 @@ impl Vault {
         // 1. New slot first (fsync): a crash from here on finishes on open.
         header::write_slot(&path, self.info.vault_id, &self.unlock, next, &root)?;
         // 2. Re-wrap every bucket key (one synced batch).
-        self.keystore.rewrap_buckets((epoch.number, &epoch.root), (next, &root))?;
+        self.keystore
+            .rewrap_buckets((epoch.number, &epoch.root), (next, &root))?;
         // 3. Overwrite the old slot in place (fsync); the old root is then gone.
         header::erase_other_slots(&path, next)?;
         *epoch = Epoch { number: next, root };
         Ok(next)
+    }
+
+    /// Negative control for forensic tests: make the next purges skip the flush.
+    #[doc(hidden)]
+    pub fn set_purge_skip_flush(&self, skip: bool) {
+        self.purge_skip_flush.store(skip, Ordering::SeqCst);
     }
 
     /// Direct access to the keystore for forensic tests and benchmarks.

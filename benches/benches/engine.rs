@@ -1,0 +1,222 @@
+//! Engine benchmarks: every vault operation is measured next to a raw
+//! baseline in the same run, so the ratio (vault throughput / raw
+//! throughput) is what the full path costs on this machine at this moment.
+//!
+//! * `put/1KiB`, `put/16KiB`: raw RocksDB `put` of a value of the body's size
+//!   vs `Vault::put_record` (ACL, schema validation, DEK in the keystore,
+//!   AES-256-GCM envelope, record row and indexes, audit event).
+//! * `get/1KiB`, `get/16KiB`: raw RocksDB `get` vs `Vault::get_record` (masked).
+//! * `envelope/{1,16,64}KiB`: AES-256-GCM with a pre-built cipher vs
+//!   `crypto::seal` / `crypto::open`.
+//! * `unlock`: Argon2id at `KdfParams::VAULT_DEFAULT`.
+//! * `login`: `Vault::login` (OWASP Argon2id password hash, user row, audit).
+//!
+//! Run: `cargo bench -p vault-bench --bench engine`.
+
+#[allow(dead_code)]
+mod common;
+
+use std::hint::black_box;
+use std::time::Duration;
+
+use aes_gcm::aead::{Aead, KeyInit};
+use aes_gcm::{Aes256Gcm, Nonce};
+use criterion::{Criterion, SamplingMode, Throughput, criterion_group, criterion_main};
+use rocksdb::DB;
+use vault_core::crypto::{self, Aad, KdfParams};
+use vault_core::ids::{RecordId, SubjectId};
+use vault_core::secret::{SecretKey, SecretString};
+use vault_core::vault::Context;
+
+use common::{CLERK, COLLECTION};
+
+const SIZES: [(usize, &str); 2] = [(1024, "1KiB"), (16 * 1024, "16KiB")];
+/// Records pre-stored for the read benchmarks.
+const GET_SET: u64 = 1000;
+
+fn raw_db(dir: &std::path::Path) -> DB {
+    DB::open_default(dir).expect("open raw RocksDB")
+}
+
+fn bench_put(c: &mut Criterion) {
+    for (size, label) in SIZES {
+        let body = serde_json::Value::Object(common::body_of_size(1, size));
+        let bytes = serde_json::to_vec(&body).expect("json");
+        assert!(
+            bytes.len().abs_diff(size) <= 16,
+            "body is {} bytes, wanted {size}",
+            bytes.len()
+        );
+        let raw_dir = tempfile::tempdir().expect("tempdir");
+        let db = raw_db(raw_dir.path());
+        let vault_dir = tempfile::tempdir().expect("tempdir");
+        let fx = common::fixture(&vault_dir.path().join("vault"));
+
+        let mut g = c.benchmark_group(format!("put/{label}"));
+        g.throughput(Throughput::Bytes(bytes.len() as u64));
+        g.sample_size(30)
+            .warm_up_time(Duration::from_secs(1))
+            .measurement_time(Duration::from_secs(3));
+        g.bench_function("rocksdb_raw", |b| {
+            b.iter(|| {
+                // A fresh 16-byte time-ordered key per put, as the vault uses.
+                let key = RecordId::new();
+                db.put(key.as_bytes(), black_box(&bytes)).expect("put");
+            })
+        });
+        g.bench_function("vault_put_record", |b| {
+            b.iter(|| {
+                fx.vault
+                    .put_record(&fx.clerk, COLLECTION, SubjectId::new(), black_box(&body))
+                    .expect("put_record")
+            })
+        });
+        g.finish();
+    }
+}
+
+fn bench_get(c: &mut Criterion) {
+    for (size, label) in SIZES {
+        let raw_dir = tempfile::tempdir().expect("tempdir");
+        let db = raw_db(raw_dir.path());
+        let vault_dir = tempfile::tempdir().expect("tempdir");
+        let fx = common::fixture(&vault_dir.path().join("vault"));
+        let mut raw_keys = Vec::new();
+        let mut ids = Vec::new();
+        let mut body_len = 0;
+        for i in 0..GET_SET {
+            let body = serde_json::Value::Object(common::body_of_size(i, size));
+            let bytes = serde_json::to_vec(&body).expect("json");
+            body_len = bytes.len();
+            let key = RecordId::new();
+            db.put(key.as_bytes(), &bytes).expect("put");
+            raw_keys.push(key);
+            ids.push(
+                fx.vault
+                    .put_record(&fx.clerk, COLLECTION, SubjectId::new(), &body)
+                    .expect("put_record"),
+            );
+        }
+
+        let mut g = c.benchmark_group(format!("get/{label}"));
+        g.throughput(Throughput::Bytes(body_len as u64));
+        g.sample_size(30)
+            .warm_up_time(Duration::from_secs(1))
+            .measurement_time(Duration::from_secs(3));
+        let mut i = 0usize;
+        g.bench_function("rocksdb_raw", |b| {
+            b.iter(|| {
+                i = (i + 1) % raw_keys.len();
+                db.get(raw_keys[i].as_bytes())
+                    .expect("get")
+                    .expect("present")
+            })
+        });
+        let mut i = 0usize;
+        g.bench_function("vault_get_record_masked", |b| {
+            b.iter(|| {
+                i = (i + 1) % ids.len();
+                fx.vault
+                    .get_record(&fx.clerk, ids[i], &[], None)
+                    .expect("get_record")
+            })
+        });
+        g.finish();
+    }
+}
+
+fn bench_envelope(c: &mut Criterion) {
+    // Raw: a fixed key, key schedule built once. Vault: a SecretKey (its bytes
+    // are not exposed outside vault-core; the key's value does not affect speed).
+    let cipher = Aes256Gcm::new_from_slice(&[7u8; 32]).expect("key");
+    let key = SecretKey::generate();
+    // Associated data shaped like a record's (vault, collection, id, version, subject).
+    let aad = Aad::new("record")
+        .part(SubjectId::new().as_bytes())
+        .part(COLLECTION.as_bytes())
+        .part(RecordId::new().as_bytes())
+        .part(&1u32.to_be_bytes())
+        .part(SubjectId::new().as_bytes());
+    for (size, label) in [
+        (1024usize, "1KiB"),
+        (16 * 1024, "16KiB"),
+        (64 * 1024, "64KiB"),
+    ] {
+        let plain = vec![0x5au8; size];
+        let mut g = c.benchmark_group(format!("envelope/{label}"));
+        g.throughput(Throughput::Bytes(size as u64));
+        g.sample_size(50)
+            .warm_up_time(Duration::from_millis(500))
+            .measurement_time(Duration::from_secs(2));
+        g.bench_function("raw_aes256gcm_encrypt", |b| {
+            b.iter(|| {
+                let mut nonce = [0u8; 12];
+                rand::fill(&mut nonce);
+                cipher
+                    .encrypt(&Nonce::from(nonce), black_box(plain.as_slice()))
+                    .expect("encrypt")
+            })
+        });
+        g.bench_function("vault_seal", |b| {
+            b.iter(|| crypto::seal(&key, &aad, black_box(&plain)))
+        });
+        let mut nonce = [0u8; 12];
+        rand::fill(&mut nonce);
+        let raw_ct = cipher
+            .encrypt(&Nonce::from(nonce), plain.as_slice())
+            .expect("encrypt");
+        let env = crypto::seal(&key, &aad, &plain);
+        g.bench_function("raw_aes256gcm_decrypt", |b| {
+            b.iter(|| {
+                cipher
+                    .decrypt(&Nonce::from(nonce), black_box(raw_ct.as_slice()))
+                    .expect("decrypt")
+            })
+        });
+        g.bench_function("vault_open", |b| {
+            b.iter(|| crypto::open(&key, &aad, black_box(&env), "bench").expect("open"))
+        });
+        g.finish();
+    }
+}
+
+fn bench_unlock(c: &mut Criterion) {
+    let pass = SecretString::from(common::PASSPHRASE);
+    let salt = [9u8; 16];
+    let mut g = c.benchmark_group("unlock");
+    g.sampling_mode(SamplingMode::Flat)
+        .sample_size(10)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(15));
+    g.bench_function("argon2id_vault_default", |b| {
+        b.iter(|| {
+            crypto::derive_unlock_key(&pass, &salt, KdfParams::VAULT_DEFAULT).expect("derive")
+        })
+    });
+    g.finish();
+}
+
+fn bench_login(c: &mut Criterion) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let fx = common::fixture(&dir.path().join("vault"));
+    let pw = SecretString::from(CLERK.1);
+    let mut g = c.benchmark_group("login");
+    g.sampling_mode(SamplingMode::Flat)
+        .sample_size(10)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(4));
+    g.bench_function("vault_login", |b| {
+        b.iter(|| fx.vault.login(CLERK.0, &pw, Context::cli()).expect("login"))
+    });
+    g.finish();
+}
+
+criterion_group!(
+    benches,
+    bench_put,
+    bench_get,
+    bench_envelope,
+    bench_unlock,
+    bench_login
+);
+criterion_main!(benches);

@@ -1,0 +1,227 @@
+//! Shared helpers of the end-to-end tests: a vault with a fast unlock KDF,
+//! one user per role, a `customers` collection and a manual clock.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use vault_core::access::Role;
+use vault_core::clock::ManualClock;
+use vault_core::crypto::KdfParams;
+use vault_core::ids::Username;
+use vault_core::schema::{FieldSpec, FieldType, Schema};
+use vault_core::secret::SecretString;
+use vault_core::vault::{Context, InitOptions, OpenOptions, Session, Vault};
+
+/// Vault passphrase of every test vault.
+pub const PASSPHRASE: &str = "e2e-vault-passphrase-Qz7!wide";
+/// Start of the manual clock: 2025-01-01T00:00:00Z.
+pub const T0: i64 = 1_735_689_600_000;
+/// Key buckets of test vaults.
+pub const BUCKETS: u32 = 64;
+/// Name of the collection created by [`fast_vault`].
+pub const CUSTOMERS: &str = "customers";
+
+/// The fixture users: (username, role, password). Passwords are 12+ characters
+/// and on no common-password list; each is distinct.
+pub const USERS: [(&str, Role, &str); 5] = [
+    ("admin", Role::Admin, "Adm1n-orchid-Lantern-42"),
+    ("officer", Role::Officer, "0fficer-Kestrel-Granite-7"),
+    ("clerk", Role::Clerk, "Cl3rk-Meadow-Tungsten-93"),
+    ("auditor", Role::Auditor, "Aud1tor-Basalt-Heron-58"),
+    ("contractor", Role::Contractor, "Contr-Saffron-Pylon-316"),
+];
+
+/// The password of a fixture user.
+pub fn password_of(username: &str) -> SecretString {
+    let (_, _, p) = USERS
+        .iter()
+        .find(|(u, _, _)| *u == username)
+        .expect("fixture user");
+    SecretString::from(*p)
+}
+
+/// Open options with the given manual clock and the default lock-out policy.
+pub fn open_options(clock: &Arc<ManualClock>) -> OpenOptions {
+    OpenOptions {
+        clock: clock.clone(),
+        ..OpenOptions::default()
+    }
+}
+
+/// The `customers` schema: given and family name (required), SSN, card
+/// number and driver's licence (optional).
+pub fn customers_schema() -> Schema {
+    let f = |name: &str, ty: FieldType, required: bool| FieldSpec {
+        name: name.into(),
+        ty,
+        required,
+        purpose: None,
+    };
+    Schema::new(
+        "customer accounts and identity verification",
+        vec![
+            f("given_name", FieldType::GivenName, true),
+            f("family_name", FieldType::FamilyName, true),
+            f("ssn", FieldType::Ssn, false),
+            f("card_number", FieldType::CardNumber, false),
+            f("drivers_license", FieldType::DriversLicense, false),
+        ],
+        None,
+    )
+    .expect("valid schema")
+}
+
+/// A vault with one user per role, logged in.
+#[derive(Debug)]
+pub struct Fixture {
+    /// The open vault.
+    pub vault: Vault,
+    /// Its directory.
+    pub dir: PathBuf,
+    /// The clock the vault was opened with.
+    pub clock: Arc<ManualClock>,
+    /// Session of user `admin`.
+    pub admin: Session,
+    /// Session of user `officer`.
+    pub officer: Session,
+    /// Session of user `clerk`.
+    pub clerk: Session,
+    /// Session of user `auditor`.
+    pub auditor: Session,
+    /// Session of user `contractor`.
+    pub contractor: Session,
+}
+
+impl Fixture {
+    /// The session of a fixture user by role.
+    pub fn session(&self, role: Role) -> &Session {
+        match role {
+            Role::Admin => &self.admin,
+            Role::Officer => &self.officer,
+            Role::Clerk => &self.clerk,
+            Role::Auditor => &self.auditor,
+            _ => &self.contractor,
+        }
+    }
+
+    /// Closes the vault and opens it again with the same clock.
+    pub fn reopen(self) -> Fixture {
+        let Fixture {
+            vault,
+            dir,
+            clock,
+            admin,
+            officer,
+            clerk,
+            auditor,
+            contractor,
+        } = self;
+        vault.close().expect("close");
+        let vault = open_vault(&dir, &clock);
+        Fixture {
+            vault,
+            dir,
+            clock,
+            admin,
+            officer,
+            clerk,
+            auditor,
+            contractor,
+        }
+    }
+}
+
+/// Creates a vault in `dir` (absent or empty) with only the first admin.
+pub fn create_vault(
+    dir: &Path,
+    clock: &Arc<ManualClock>,
+    admin: &str,
+    admin_password: &str,
+) -> Vault {
+    let init = InitOptions {
+        kdf: KdfParams::INSECURE_FAST,
+        buckets: BUCKETS,
+        admin: Username::parse(admin).expect("admin name"),
+        admin_password: SecretString::from(admin_password),
+    };
+    Vault::create(
+        dir,
+        &SecretString::from(PASSPHRASE),
+        init,
+        open_options(clock),
+    )
+    .expect("create vault")
+}
+
+/// Opens an existing test vault.
+pub fn open_vault(dir: &Path, clock: &Arc<ManualClock>) -> Vault {
+    Vault::open(dir, &SecretString::from(PASSPHRASE), open_options(clock)).expect("open vault")
+}
+
+/// Logs a fixture user in over the CLI channel.
+pub fn login(vault: &Vault, username: &str) -> Session {
+    vault
+        .login(username, &password_of(username), Context::cli())
+        .expect("login")
+}
+
+/// A vault in `dir` with the five [`USERS`] (one per role), all logged in,
+/// and the [`CUSTOMERS`] collection; the clock starts at [`T0`].
+pub fn fast_vault(dir: &Path) -> Fixture {
+    let clock = Arc::new(ManualClock::new(T0));
+    let (admin_name, _, admin_pw) = USERS[0];
+    let vault = create_vault(dir, &clock, admin_name, admin_pw);
+    let admin = login(&vault, admin_name);
+    for (name, role, pw) in &USERS[1..] {
+        vault
+            .add_user(&admin, name, &SecretString::from(*pw), *role, false)
+            .expect("add fixture user");
+    }
+    vault
+        .create_collection(&admin, CUSTOMERS, &customers_schema())
+        .expect("create collection");
+    let officer = login(&vault, "officer");
+    let clerk = login(&vault, "clerk");
+    let auditor = login(&vault, "auditor");
+    let contractor = login(&vault, "contractor");
+    Fixture {
+        vault,
+        dir: dir.to_path_buf(),
+        clock,
+        admin,
+        officer,
+        clerk,
+        auditor,
+        contractor,
+    }
+}
+
+/// Every regular file under `dir`, recursively.
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).expect("read dir") {
+            let p = entry.expect("dir entry").path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.is_file() {
+                out.push(p);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// The files under `dir` whose bytes contain `needle`.
+pub fn files_containing(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
+    assert!(!needle.is_empty());
+    files_under(dir)
+        .into_iter()
+        .filter(|p| {
+            let bytes = std::fs::read(p).unwrap_or_default();
+            bytes.windows(needle.len()).any(|w| w == needle)
+        })
+        .collect()
+}

@@ -1,0 +1,9 @@
+//! The one integration-test binary of pivault: real RocksDB databases in
+//! temp dirs, the real `pivault` binary, real child processes killed.
+
+mod cli;
+mod common;
+mod crash;
+mod disposal;
+mod forensic;
+mod library;

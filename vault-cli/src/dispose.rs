@@ -1,0 +1,584 @@
+//! Disposal, certificates, retention, holds and contractors: the commands
+//! of certified destruction. Glue only: every step runs in vault-core.
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::path::Path;
+
+use anyhow::{Context as _, bail};
+use serde_json::{Value, json};
+use vault_core::Vault;
+use vault_core::certificate::{self, Certificate};
+use vault_core::clock::format_ms;
+use vault_core::ed25519_dalek as ed25519_key;
+use vault_core::ids::{CertificateId, CollectionName, DisposalId, RecordId};
+use vault_core::vault::{
+    ContractorScope, DisposalOutcome, DisposalParties, DisposalRequest, DisposalScope,
+    RetentionPolicy, Session,
+};
+
+use crate::output::Out;
+use crate::{
+    CertificateCmd, ContractorCmd, DisposalCmd, DisposeCmd, DisposeOpts, HoldCmd, RetentionCmd,
+    exit, parse_time,
+};
+
+fn confirm(opts: &DisposeOpts, what: &str) -> anyhow::Result<()> {
+    if opts.yes || opts.dry_run {
+        return Ok(());
+    }
+    if !(std::io::stdin().is_terminal() && std::io::stderr().is_terminal()) {
+        bail!("disposal is irreversible: pass --yes to confirm (no terminal to ask)");
+    }
+    eprint!("Destroy {what}? This cannot be undone. Type 'yes' to continue: ");
+    std::io::stderr().flush()?;
+    let mut line = String::new();
+    std::io::stdin().lock().read_line(&mut line)?;
+    if line.trim() != "yes" {
+        bail!("not confirmed; nothing was disposed");
+    }
+    Ok(())
+}
+
+fn request(scope: DisposalScope, opts: &DisposeOpts) -> DisposalRequest {
+    DisposalRequest {
+        scope,
+        dry_run: opts.dry_run,
+        parties: DisposalParties {
+            data_owner: opts.data_owner.clone(),
+            data_owner_address: opts.data_owner_address.clone(),
+            operator_title: opts.title.clone(),
+            operator_organisation: None,
+            contractor_organisation: opts.contractor_org.clone(),
+            contract_reference: opts.contract_ref.clone(),
+        },
+    }
+}
+
+fn outcome_json(o: &DisposalOutcome, dry_run: bool) -> Value {
+    json!({
+        "dry_run": dry_run,
+        "disposal_id": o.disposal_id.map(|d| d.to_string()),
+        "certificate_id": o.certificate_id.map(|c| c.to_string()),
+        "records": o.records.len(),
+        "record_ids": o.records.iter().map(|r| r.to_string()).collect::<Vec<_>>(),
+        "subjects": o.subjects,
+        "excluded": o.excluded.iter().map(|(id, why)| json!({ "record_id": id.to_string(), "reason": why })).collect::<Vec<_>>(),
+        "epoch_before": o.epochs.map(|e| e.0),
+        "epoch_after": o.epochs.map(|e| e.1),
+        "duration_ms": o.duration_ms,
+    })
+}
+
+fn outcome_text(o: &DisposalOutcome, dry_run: bool) -> String {
+    let mut t = if dry_run {
+        format!(
+            "would dispose of {} record(s) of {} subject(s)",
+            o.records.len(),
+            o.subjects
+        )
+    } else if let Some(c) = o.certificate_id {
+        format!(
+            "disposed of {} record(s) of {} subject(s); certificate {c}\n(draft until an officer other than you runs `pivault certificate validate {c}`)",
+            o.records.len(),
+            o.subjects
+        )
+    } else {
+        "nothing to dispose of".to_owned()
+    };
+    for (id, why) in &o.excluded {
+        t.push_str(&format!("\n  excluded {id}: {why}"));
+    }
+    t
+}
+
+fn run_disposal(
+    out: &Out,
+    vault: &Vault,
+    s: &Session,
+    scope: DisposalScope,
+    opts: &DisposeOpts,
+    what: &str,
+) -> anyhow::Result<u8> {
+    confirm(opts, what)?;
+    let o = vault.dispose(s, &request(scope, opts))?;
+    out.data(outcome_json(&o, opts.dry_run), || {
+        outcome_text(&o, opts.dry_run)
+    })?;
+    Ok(exit::OK)
+}
+
+pub fn cmd_dispose(out: &Out, vault: &Vault, s: &Session, c: &DisposeCmd) -> anyhow::Result<u8> {
+    match c {
+        DisposeCmd::Record { id, opts } => {
+            let id: RecordId = id.parse()?;
+            run_disposal(
+                out,
+                vault,
+                s,
+                DisposalScope::Record(id),
+                opts,
+                &format!("record {id}"),
+            )
+        }
+        DisposeCmd::Subject { subject, opts } => {
+            let sub = vault.resolve_subject(subject)?;
+            run_disposal(
+                out,
+                vault,
+                s,
+                DisposalScope::Subject(sub),
+                opts,
+                &format!("every record of subject {sub}"),
+            )
+        }
+        DisposeCmd::Query {
+            collection,
+            before,
+            by_updated,
+            opts,
+        } => {
+            let scope = DisposalScope::Query {
+                collection: collection
+                    .as_deref()
+                    .map(CollectionName::parse)
+                    .transpose()?,
+                before_ms: parse_time(before)?,
+                by_updated: *by_updated,
+            };
+            run_disposal(out, vault, s, scope, opts, "every matching record")
+        }
+        DisposeCmd::From { file, opts } => {
+            let text = if file == Path::new("-") {
+                std::io::read_to_string(std::io::stdin())?
+            } else {
+                std::fs::read_to_string(file)
+                    .with_context(|| format!("cannot read {}", file.display()))?
+            };
+            let ids: Vec<RecordId> = text
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                .enumerate()
+                .map(|(i, l)| {
+                    l.parse().map_err(|_| {
+                        vault_core::Error::InvalidInput(format!("line {}: not a record ID", i + 1))
+                    })
+                })
+                .collect::<Result<_, _>>()?;
+            confirm(opts, &format!("{} listed record(s)", ids.len()))?;
+            let mut total = Vec::new();
+            for id in ids {
+                let o = vault.dispose(
+                    s,
+                    &request(
+                        DisposalScope::Record(id),
+                        &DisposeOpts {
+                            yes: true,
+                            ..opts.clone()
+                        },
+                    ),
+                )?;
+                total.push(outcome_json(&o, opts.dry_run));
+            }
+            out.data(Value::Array(total.clone()), || {
+                format!("{} disposal(s) done", total.len())
+            })?;
+            Ok(exit::OK)
+        }
+    }
+}
+
+pub fn cmd_disposal(out: &Out, vault: &Vault, s: &Session, c: &DisposalCmd) -> anyhow::Result<u8> {
+    match c {
+        DisposalCmd::List => {
+            let list = vault.disposals(s)?;
+            let rows: Vec<Value> = list
+                .iter()
+                .map(|d| {
+                    json!({ "disposal_id": d.id.to_string(), "certificate_id": d.certificate_id.to_string(), "step": d.step,
+                            "failed": d.failed, "records": d.records, "created": format_ms(d.created_ms) })
+                })
+                .collect();
+            out.data(Value::Array(rows), || {
+                list.iter()
+                    .map(|d| {
+                        format!(
+                            "{}  {}  {:<20} {:>6} records  {}{}",
+                            d.id,
+                            format_ms(d.created_ms),
+                            d.step,
+                            d.records,
+                            d.certificate_id,
+                            d.failed
+                                .as_deref()
+                                .map(|f| format!("  FAILED: {f}"))
+                                .unwrap_or_default()
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            })?;
+            Ok(exit::OK)
+        }
+        DisposalCmd::Retry { id } => {
+            let id: DisposalId = id.parse()?;
+            let cert = vault.retry_disposal(s, id)?;
+            out.data(
+                json!({ "disposal_id": id.to_string(), "certificate_id": cert.to_string() }),
+                || format!("disposal {id} completed; certificate {cert}"),
+            )?;
+            Ok(exit::OK)
+        }
+    }
+}
+
+fn write_out(path: Option<&Path>, text: &str) -> anyhow::Result<()> {
+    match path {
+        Some(p) => std::fs::write(p, text).with_context(|| format!("cannot write {}", p.display())),
+        None => {
+            let mut o = std::io::stdout().lock();
+            o.write_all(text.as_bytes())?;
+            Ok(o.flush()?)
+        }
+    }
+}
+
+fn read_cert(file: &Path) -> anyhow::Result<Certificate> {
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+    Ok(Certificate::parse(&text)?)
+}
+
+/// Offline verification: no vault, only the certificate and the public key.
+pub fn cmd_verify(out: &Out, file: &Path, key: &Path) -> anyhow::Result<u8> {
+    let cert = read_cert(file)?;
+    let key_text =
+        std::fs::read_to_string(key).with_context(|| format!("cannot read {}", key.display()))?;
+    let key = certificate::parse_public_key(&key_text)?;
+    let r = certificate::verify(&cert, &key);
+    let cos: Vec<Value> = r
+        .cosignatures
+        .iter()
+        .map(|(role, fp, ok)| json!({ "role": role, "key_fingerprint": fp, "ok": ok }))
+        .collect();
+    out.data(
+        json!({ "ok": r.ok(), "certificate_id": cert.id(), "status": r.status, "vault_signature_ok": r.vault_signature_ok,
+                "cosignatures": cos, "fields_ok": r.fields_ok, "missing_fields": r.missing_fields }),
+        || {
+            if r.ok() {
+                format!(
+                    "certificate {} VALID ({}): vault signature OK{}",
+                    cert.id().unwrap_or("?"),
+                    r.status,
+                    r.cosignatures
+                        .iter()
+                        .map(|(role, fp, ok)| format!(", {role} co-signature {fp} {}", if *ok { "OK" } else { "BAD" }))
+                        .collect::<String>()
+                )
+            } else {
+                format!(
+                    "certificate INVALID: vault signature {}, co-signatures {}, missing fields {:?}",
+                    if r.vault_signature_ok { "ok" } else { "BAD" },
+                    if r.cosignatures.iter().all(|c| c.2) { "ok" } else { "BAD" },
+                    r.missing_fields
+                )
+            }
+        },
+    )?;
+    Ok(if r.ok() { exit::OK } else { exit::INTEGRITY })
+}
+
+pub fn cmd_payload(out: &Out, file: &Path, msg_out: &Path, sig_out: &Path) -> anyhow::Result<u8> {
+    let cert = read_cert(file)?;
+    let msg = certificate::signed_message(&cert.body)?;
+    let sig =
+        cert.signatures
+            .iter()
+            .find(|s| s.role == "vault")
+            .ok_or(vault_core::Error::Integrity(
+                "certificate (no vault signature)",
+            ))?;
+    let sig = hex::decode(&sig.signature)
+        .map_err(|_| vault_core::Error::Integrity("certificate signature"))?;
+    std::fs::write(msg_out, &msg)?;
+    std::fs::write(sig_out, &sig)?;
+    out.data(json!({ "message": msg_out.display().to_string(), "signature": sig_out.display().to_string() }), || {
+        format!(
+            "wrote {} and {}; verify with:\n  openssl pkeyutl -verify -pubin -inkey certificate.pem -rawin -in {} -sigfile {}",
+            msg_out.display(),
+            sig_out.display(),
+            msg_out.display(),
+            sig_out.display()
+        )
+    })?;
+    Ok(exit::OK)
+}
+
+pub fn cmd_render_file(out: &Out, file: &Path, dest: Option<&Path>) -> anyhow::Result<u8> {
+    let cert = read_cert(file)?;
+    write_out(dest, &certificate::render_html(&cert))?;
+    if let Some(d) = dest {
+        out.data(json!({ "html": d.display().to_string() }), || {
+            format!("wrote {}", d.display())
+        })?;
+    }
+    Ok(exit::OK)
+}
+
+pub fn cmd_keygen(out: &Out, path: &Path) -> anyhow::Result<u8> {
+    let pem = vault_core::cosign::generate(path)?;
+    let pub_path = path.with_extension("pub.pem");
+    std::fs::write(&pub_path, &pem)?;
+    out.data(json!({ "private_key": path.display().to_string(), "public_key": pub_path.display().to_string() }), || {
+        format!(
+            "private key in {} (keep it; mode 0600), public key in {} (give it to the vault admin)",
+            path.display(),
+            pub_path.display()
+        )
+    })?;
+    Ok(exit::OK)
+}
+
+pub fn cmd_keys_export(out: &Out, vault: &Vault, dir: &Path) -> anyhow::Result<u8> {
+    std::fs::create_dir_all(dir)?;
+    let cert = dir.join("certificate.pem");
+    let audit = dir.join("audit.pem");
+    std::fs::write(
+        &cert,
+        certificate::public_key_pem(&vault.certificate_public_key()),
+    )?;
+    std::fs::write(
+        &audit,
+        certificate::public_key_pem(&vault.audit_public_key()),
+    )?;
+    let fp = |k: ed25519_key::VerifyingKey| vault_core::crypto::fingerprint(k.as_bytes());
+    out.data(
+        json!({ "certificate_key": cert.display().to_string(), "certificate_fingerprint": fp(vault.certificate_public_key()),
+                "audit_key": audit.display().to_string(), "audit_fingerprint": fp(vault.audit_public_key()) }),
+        || {
+            format!(
+                "certificate key: {} ({})\naudit key:       {} ({})",
+                cert.display(),
+                fp(vault.certificate_public_key()),
+                audit.display(),
+                fp(vault.audit_public_key())
+            )
+        },
+    )?;
+    Ok(exit::OK)
+}
+
+pub fn cmd_certificate(
+    out: &Out,
+    vault: &Vault,
+    s: &Session,
+    c: &CertificateCmd,
+) -> anyhow::Result<u8> {
+    match c {
+        CertificateCmd::Show { id } => {
+            let cert = vault.certificate(s, id.parse()?)?;
+            let v = json!({ "certificate": cert.body, "signatures": cert.signatures.iter().map(|g| json!({"role": g.role, "key_fingerprint": g.key_fingerprint})).collect::<Vec<_>>() });
+            out.data(v.clone(), || {
+                serde_json::to_string_pretty(&v).unwrap_or_default()
+            })?;
+        }
+        CertificateCmd::Export { id, out: dest } => {
+            let cert = vault.certificate(s, id.parse()?)?;
+            write_out(dest.as_deref(), &cert.to_file_json())?;
+        }
+        CertificateCmd::Render { cert, out: dest } => {
+            let id: CertificateId = cert.parse()?;
+            let cert = vault.certificate(s, id)?;
+            write_out(dest.as_deref(), &certificate::render_html(&cert))?;
+        }
+        CertificateCmd::Validate { id, title } => {
+            let id: CertificateId = id.parse()?;
+            vault.validate_certificate(s, id, title.as_deref())?;
+            out.data(
+                json!({ "certificate_id": id.to_string(), "status": "validated" }),
+                || format!("certificate {id} validated"),
+            )?;
+        }
+        CertificateCmd::Cosign { id, key_file } => {
+            let id: CertificateId = id.parse()?;
+            let key = vault_core::cosign::load(key_file)?;
+            let cert = vault.certificate(s, id)?;
+            let sig = vault_core::cosign::sign(&cert, &key)?;
+            vault.cosign_certificate(s, id, &sig)?;
+            out.data(
+                json!({ "certificate_id": id.to_string(), "cosigned": true }),
+                || format!("certificate {id} co-signed"),
+            )?;
+        }
+        CertificateCmd::Verify { .. } | CertificateCmd::Payload { .. } => {
+            unreachable!("handled without a vault")
+        }
+    }
+    Ok(exit::OK)
+}
+
+pub fn cmd_retention(
+    out: &Out,
+    vault: &Vault,
+    s: &Session,
+    c: &RetentionCmd,
+) -> anyhow::Result<u8> {
+    match c {
+        RetentionCmd::Set {
+            collection,
+            days,
+            from_updated,
+        } => {
+            vault.set_retention(
+                s,
+                collection,
+                RetentionPolicy {
+                    days: *days,
+                    from_updated: *from_updated,
+                },
+            )?;
+            out.data(
+                json!({ "collection": collection, "days": days, "from_updated": from_updated }),
+                || {
+                    format!(
+                        "{collection}: keep {days} days from {}",
+                        if *from_updated {
+                            "last update"
+                        } else {
+                            "creation"
+                        }
+                    )
+                },
+            )?;
+        }
+        RetentionCmd::Show => {
+            let p = vault.retention(s)?;
+            let rows: Vec<Value> = p
+                .iter()
+                .map(|(c, p)| json!({ "collection": c, "days": p.days, "from_updated": p.from_updated }))
+                .collect();
+            out.data(Value::Array(rows), || {
+                p.iter()
+                    .map(|(c, p)| {
+                        format!(
+                            "{c}\t{} days from {}",
+                            p.days,
+                            if p.from_updated {
+                                "last update"
+                            } else {
+                                "creation"
+                            }
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            })?;
+        }
+        RetentionCmd::Due => {
+            let o = vault.retention_due(s)?;
+            out.data(outcome_json(&o, true), || outcome_text(&o, true))?;
+        }
+        RetentionCmd::Run { opts } => {
+            return run_disposal(
+                out,
+                vault,
+                s,
+                DisposalScope::PastRetention,
+                opts,
+                "every record past retention",
+            );
+        }
+    }
+    Ok(exit::OK)
+}
+
+pub fn cmd_hold(out: &Out, vault: &Vault, s: &Session, c: &HoldCmd) -> anyhow::Result<u8> {
+    let target = |record: &Option<String>, subject: &Option<String>| -> anyhow::Result<_> {
+        Ok((
+            record.as_deref().map(str::parse::<RecordId>).transpose()?,
+            subject
+                .as_deref()
+                .map(|t| vault.resolve_subject(t))
+                .transpose()?,
+        ))
+    };
+    match c {
+        HoldCmd::Add {
+            record,
+            subject,
+            reason,
+        } => {
+            let (r, sub) = target(record, subject)?;
+            vault.add_hold(s, r, sub, reason)?;
+            out.data(json!({ "held": true }), || "legal hold placed".into())?;
+        }
+        HoldCmd::Remove { record, subject } => {
+            let (r, sub) = target(record, subject)?;
+            vault.remove_hold(s, r, sub)?;
+            out.data(json!({ "held": false }), || "legal hold lifted".into())?;
+        }
+        HoldCmd::List => {
+            let hs = vault.holds(s)?;
+            let rows: Vec<Value> = hs
+                .iter()
+                .map(|h| json!({ "kind": h.kind, "target": h.target, "reason": h.reason, "by": h.by.to_string(), "created": format_ms(h.created_ms) }))
+                .collect();
+            out.data(Value::Array(rows), || {
+                hs.iter()
+                    .map(|h| {
+                        format!(
+                            "{:<7} {}  {}  {}",
+                            h.kind,
+                            h.target,
+                            format_ms(h.created_ms),
+                            h.reason
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            })?;
+        }
+    }
+    Ok(exit::OK)
+}
+
+pub fn cmd_contractor(
+    out: &Out,
+    vault: &Vault,
+    s: &Session,
+    c: &ContractorCmd,
+) -> anyhow::Result<u8> {
+    match c {
+        ContractorCmd::Assign {
+            name,
+            collection,
+            record,
+            public_key,
+        } => {
+            let public_key = match public_key {
+                Some(p) => {
+                    let text = std::fs::read_to_string(p)
+                        .with_context(|| format!("cannot read {}", p.display()))?;
+                    Some(hex::encode(
+                        certificate::parse_public_key(&text)?.as_bytes(),
+                    ))
+                }
+                None => None,
+            };
+            let id = vault.assign_contractor(
+                s,
+                name,
+                ContractorScope {
+                    collections: collection.clone(),
+                    records: record.clone(),
+                    public_key,
+                },
+            )?;
+            out.data(json!({ "user_id": id.to_string(), "collections": collection, "records": record.len() }), || {
+                format!("{name} may dispose in {} collection(s) and {} listed record(s)", collection.len(), record.len())
+            })?;
+        }
+        ContractorCmd::Keygen { .. } => unreachable!("handled without a vault"),
+    }
+    Ok(exit::OK)
+}

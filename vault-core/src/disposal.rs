@@ -1,0 +1,1301 @@
+//! Disposal batches: crypto-shredding with proof (DESIGN §4.2).
+//!
+//! A batch destroys the key of every record in scope and every copy of it
+//! the vault's files could still reach: DEK deletion, bucket rotation, epoch
+//! ratchet of the root key, physical purge of the keystore; then it deletes
+//! the ciphertexts, verifies, appends the ledger and the audit trail, and
+//! issues a signed certificate. A synced intent is written first and each
+//! step is recorded, so a crash at any step resumes the batch on next open.
+//!
+//! This is a child module of `vault` so it can reach the facade's fields.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use super::{Context, Session, Vault};
+use crate::access::{Permission, Role};
+use crate::audit::Channel;
+use crate::certificate::{self, Certificate};
+use crate::clock::format_ms;
+use crate::error::{Error, Result};
+use crate::ids::{CertificateId, CollectionName, DisposalId, RecordId, SubjectId, UserId};
+use crate::keystore::PurgeEvidence;
+use crate::store::{self, RecordRow, RecordState};
+
+/// What a disposal covers.
+#[derive(Clone, Debug)]
+pub enum DisposalScope {
+    /// One record.
+    Record(RecordId),
+    /// Every record of one data subject.
+    Subject(SubjectId),
+    /// Records of a collection (or all) created, or last updated, before a time.
+    Query {
+        /// Only this collection.
+        collection: Option<CollectionName>,
+        /// Cut-off, unix ms (exclusive).
+        before_ms: i64,
+        /// Compare the last update rather than the creation time.
+        by_updated: bool,
+    },
+    /// Everything past its collection's retention period.
+    PastRetention,
+}
+
+/// Who a disposal is for and who does it, for the certificate.
+#[derive(Clone, Debug, Default)]
+pub struct DisposalParties {
+    /// The data owner (the business), name.
+    pub data_owner: String,
+    /// The data owner's address.
+    pub data_owner_address: Option<String>,
+    /// Operator's title (for the attestation).
+    pub operator_title: Option<String>,
+    /// Operator's organisation.
+    pub operator_organisation: Option<String>,
+    /// The disposal contractor's organisation, when one acts.
+    pub contractor_organisation: Option<String>,
+    /// The contract reference, when a contractor acts.
+    pub contract_reference: Option<String>,
+}
+
+/// A disposal request.
+#[derive(Clone, Debug)]
+pub struct DisposalRequest {
+    /// Scope.
+    pub scope: DisposalScope,
+    /// Parties named on the certificate.
+    pub parties: DisposalParties,
+    /// Plan only: list what would be disposed and excluded; change nothing.
+    pub dry_run: bool,
+}
+
+/// The result of a disposal (or of its dry run).
+#[derive(Clone, Debug)]
+pub struct DisposalOutcome {
+    /// The batch, `None` on a dry run or when nothing was in scope.
+    pub disposal_id: Option<DisposalId>,
+    /// The certificate issued.
+    pub certificate_id: Option<CertificateId>,
+    /// Records disposed (or that would be).
+    pub records: Vec<RecordId>,
+    /// Distinct subjects among them.
+    pub subjects: u64,
+    /// Records in scope but excluded, with the reason (legal hold).
+    pub excluded: Vec<(RecordId, String)>,
+    /// Epochs before and after.
+    pub epochs: Option<(u64, u64)>,
+    /// Time the batch took, ms.
+    pub duration_ms: u64,
+}
+
+/// Steps of a batch, in order; stored with the intent so a crash resumes.
+const STEPS: [&str; 8] = [
+    "intent",
+    "keys_deleted",
+    "buckets_rotated",
+    "epoch_ratcheted",
+    "keystore_purged",
+    "ciphertexts_deleted",
+    "verified",
+    "complete",
+];
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) struct BatchRecord {
+    id: String,
+    subject: String,
+    version: u32,
+    collection: String,
+}
+
+/// The persisted state of a batch (IDs only; no key material, no personal information).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) struct BatchRow {
+    id: String,
+    certificate_id: String,
+    step: String,
+    failed: Option<String>,
+    operator: String,
+    contractor: Option<String>,
+    created_ms: i64,
+    records: Vec<BatchRecord>,
+    excluded: Vec<(String, String)>,
+    buckets: Vec<u32>,
+    epoch_before: u64,
+    epoch_after: Option<u64>,
+    rewrapped: u64,
+    purge: Option<PurgeRow>,
+    scan_files: Option<u64>,
+    byte_scan: Option<String>,
+    parties: PartiesRow,
+    channel: String,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub(crate) struct PartiesRow {
+    data_owner: String,
+    data_owner_address: Option<String>,
+    operator_title: Option<String>,
+    operator_organisation: Option<String>,
+    contractor_organisation: Option<String>,
+    contract_reference: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) struct PurgeRow {
+    snapshots: u64,
+    live_versions: u64,
+    tombstones: u64,
+    residue: Vec<String>,
+    live_sst_files: u64,
+    wal_files: u64,
+    compacted_buckets: u64,
+    duration_ms: u64,
+}
+
+impl From<&PurgeEvidence> for PurgeRow {
+    fn from(e: &PurgeEvidence) -> Self {
+        PurgeRow {
+            snapshots: e.snapshots,
+            live_versions: e.live_versions_deks,
+            tombstones: e.tombstones_in_touched_ranges,
+            residue: e.residue_files.clone(),
+            live_sst_files: e.live_sst_files,
+            wal_files: e.wal_files,
+            compacted_buckets: e.compacted_buckets,
+            duration_ms: e.duration_ms,
+        }
+    }
+}
+
+/// A hold on a record or a subject (REQ-DISP-06).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) struct HoldRow {
+    reason: String,
+    by: String,
+    created_ms: i64,
+}
+
+/// A legal hold as listed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Hold {
+    /// `record` or `subject`.
+    pub kind: &'static str,
+    /// The held record or subject ID.
+    pub target: String,
+    /// Why (no personal information).
+    pub reason: String,
+    /// Who placed it.
+    pub by: UserId,
+    /// When, unix ms.
+    pub created_ms: i64,
+}
+
+/// A retention policy of a collection.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RetentionPolicy {
+    /// Keep records this many days.
+    pub days: u32,
+    /// Count from the last update instead of creation.
+    pub from_updated: bool,
+}
+
+/// A contractor's assigned scope (REQ-DISP-02).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContractorScope {
+    /// Collections the contractor may see and dispose in.
+    pub collections: Vec<String>,
+    /// Individual records, in addition.
+    pub records: Vec<String>,
+    /// The contractor's Ed25519 public key (hex), for co-signing certificates.
+    pub public_key: Option<String>,
+}
+
+/// A batch as listed by `disposal list`.
+#[derive(Clone, Debug)]
+pub struct DisposalSummary {
+    /// Batch ID.
+    pub id: DisposalId,
+    /// Certificate (issued once complete).
+    pub certificate_id: CertificateId,
+    /// Last step reached.
+    pub step: String,
+    /// Failure, if the batch failed.
+    pub failed: Option<String>,
+    /// Records in the batch.
+    pub records: u64,
+    /// Start time, unix ms.
+    pub created_ms: i64,
+}
+
+fn hold_key(kind: u8, id: &[u8; 16]) -> [u8; 17] {
+    let mut k = [0u8; 17];
+    k[0] = kind;
+    k[1..].copy_from_slice(id);
+    k
+}
+
+fn step_index(step: &str) -> usize {
+    STEPS.iter().position(|s| *s == step).unwrap_or(0)
+}
+
+impl Vault {
+    /// Test hook: called with each step name of a disposal batch as it is
+    /// reached, so crash tests can kill the process at every step.
+    #[doc(hidden)]
+    pub fn set_crash_hook(&self, hook: Option<Box<dyn Fn(&str) + Send + Sync>>) {
+        *self.crash_hook.lock().expect("hook lock") = hook;
+    }
+
+    fn at_step(&self, step: &str) {
+        if let Some(h) = self.crash_hook.lock().expect("hook lock").as_ref() {
+            h(step);
+        }
+    }
+
+    fn contractor_scope(&self, user: UserId) -> Result<ContractorScope> {
+        Ok(self
+            .store
+            .get(store::CF_CONTRACTORS, user.as_bytes())?
+            .map(|b| serde_json::from_slice(&b).map_err(|_| Error::Integrity("contractor scope")))
+            .transpose()?
+            .unwrap_or_default())
+    }
+
+    /// Whether a contractor's scope covers a record.
+    pub(crate) fn in_contractor_scope(
+        scope: &ContractorScope,
+        id: RecordId,
+        row: &RecordRow,
+    ) -> bool {
+        scope
+            .collections
+            .iter()
+            .any(|c| c == row.collection.as_str())
+            || scope.records.iter().any(|r| *r == id.to_string())
+    }
+
+    /// Records hidden from a contractor outside their scope (used by listing).
+    pub(crate) fn contractor_filter(&self, s: &Session) -> Result<Option<ContractorScope>> {
+        let row = self.user_row(s.user)?.ok_or(Error::SessionInvalid)?;
+        Ok(if Role::parse(&row.role)? == Role::Contractor {
+            Some(self.contractor_scope(s.user)?)
+        } else {
+            None
+        })
+    }
+
+    fn hold_on(&self, id: RecordId, subject: SubjectId) -> Result<Option<String>> {
+        for key in [
+            hold_key(b'r', id.as_bytes()),
+            hold_key(b's', subject.as_bytes()),
+        ] {
+            if let Some(b) = self.store.get(store::CF_HOLDS, &key)? {
+                let h: HoldRow =
+                    serde_json::from_slice(&b).map_err(|_| Error::Integrity("hold"))?;
+                let what = if key[0] == b'r' { "record" } else { "subject" };
+                return Ok(Some(format!("legal hold on {what}: {}", h.reason)));
+            }
+        }
+        Ok(None)
+    }
+
+    fn retention_policies(&self) -> Result<BTreeMap<String, RetentionPolicy>> {
+        self.store
+            .scan_prefix(store::CF_RETENTION, &[])?
+            .into_iter()
+            .map(|(k, v)| {
+                let name = String::from_utf8(k).map_err(|_| Error::Integrity("retention"))?;
+                let p = serde_json::from_slice(&v).map_err(|_| Error::Integrity("retention"))?;
+                Ok((name, p))
+            })
+            .collect()
+    }
+
+    /// Resolves a scope to live records, in ID order.
+    fn resolve_scope(&self, scope: &DisposalScope) -> Result<Vec<(RecordId, RecordRow)>> {
+        let live = |ids: Vec<RecordId>| -> Result<Vec<(RecordId, RecordRow)>> {
+            let mut out = Vec::new();
+            for id in ids {
+                if let Some(row) = self.store.record(id)? {
+                    if row.state == RecordState::Live {
+                        out.push((id, row));
+                    }
+                }
+            }
+            Ok(out)
+        };
+        let mut rows = match scope {
+            DisposalScope::Record(id) => {
+                let row = self.live_row(*id)?;
+                vec![(*id, row)]
+            }
+            DisposalScope::Subject(sub) => live(self.store.records_of_subject(*sub)?)?,
+            DisposalScope::Query {
+                collection,
+                before_ms,
+                by_updated,
+            } => {
+                let ids = match collection {
+                    Some(c) => self.store.records_of_collection(c)?,
+                    None => self.store.all_records()?,
+                };
+                live(ids)?
+                    .into_iter()
+                    .filter(|(_, r)| {
+                        (if *by_updated {
+                            r.updated_ms
+                        } else {
+                            r.created_ms
+                        }) < *before_ms
+                    })
+                    .collect()
+            }
+            DisposalScope::PastRetention => {
+                let now = self.now();
+                let mut out = Vec::new();
+                for (name, p) in self.retention_policies()? {
+                    let c = CollectionName::parse(&name)?;
+                    let cutoff = now - i64::from(p.days) * 86_400_000;
+                    out.extend(
+                        live(self.store.records_of_collection(&c)?)?
+                            .into_iter()
+                            .filter(|(_, r)| {
+                                (if p.from_updated {
+                                    r.updated_ms
+                                } else {
+                                    r.created_ms
+                                }) < cutoff
+                            }),
+                    );
+                }
+                out
+            }
+        };
+        rows.sort_by_key(|(id, _)| *id);
+        Ok(rows)
+    }
+
+    /// Records past retention now (REQ-DISP-06), with holds reported as exclusions.
+    pub fn retention_due(&self, s: &Session) -> Result<DisposalOutcome> {
+        self.dispose(
+            s,
+            &DisposalRequest {
+                scope: DisposalScope::PastRetention,
+                parties: DisposalParties::default(),
+                dry_run: true,
+            },
+        )
+    }
+
+    /// Runs a disposal batch (REQ-DISP-01). Held records are excluded (and
+    /// a single held record is refused); a contractor may dispose only in
+    /// their assigned scope. Returns once the certificate is issued.
+    pub fn dispose(&self, s: &Session, req: &DisposalRequest) -> Result<DisposalOutcome> {
+        self.authorize(s, Some(Permission::Dispose))?;
+        let started = std::time::Instant::now();
+        let planned = (|| {
+            let contractor = self.contractor_filter(s)?;
+            let mut rows = self.resolve_scope(&req.scope)?;
+            let mut excluded = Vec::new();
+            if let Some(scope) = &contractor {
+                let (inside, outside): (Vec<_>, Vec<_>) = rows
+                    .into_iter()
+                    .partition(|(id, r)| Self::in_contractor_scope(scope, *id, r));
+                if !outside.is_empty() {
+                    return Err(Error::PermissionDenied(
+                        "dispose of records outside your assigned scope",
+                    ));
+                }
+                rows = inside;
+            }
+            let mut kept = Vec::new();
+            for (id, row) in rows {
+                match self.hold_on(id, row.subject)? {
+                    Some(why) => excluded.push((id, why)),
+                    None => kept.push((id, row)),
+                }
+            }
+            if matches!(req.scope, DisposalScope::Record(_))
+                && kept.is_empty()
+                && !excluded.is_empty()
+            {
+                return Err(Error::LegalHold);
+            }
+            Ok((kept, excluded, contractor.is_some()))
+        })();
+        let scope_target = match &req.scope {
+            DisposalScope::Record(id) => id.to_string(),
+            DisposalScope::Subject(sid) => sid.to_string(),
+            DisposalScope::Query { .. } => "scope:query".into(),
+            DisposalScope::PastRetention => "scope:retention".into(),
+        };
+        let (rows, excluded, by_contractor) = match planned {
+            Ok(p) => p,
+            Err(e) => {
+                self.audit(
+                    Some(s.user),
+                    &s.ctx,
+                    "disposal.refused",
+                    vec![scope_target],
+                    Err(&e),
+                    None,
+                )?;
+                return Err(e);
+            }
+        };
+        let subjects: BTreeSet<SubjectId> = rows.iter().map(|(_, r)| r.subject).collect();
+        let mut outcome = DisposalOutcome {
+            disposal_id: None,
+            certificate_id: None,
+            records: rows.iter().map(|(id, _)| *id).collect(),
+            subjects: subjects.len() as u64,
+            excluded: excluded
+                .iter()
+                .map(|(id, why)| (*id, why.clone()))
+                .collect(),
+            epochs: None,
+            duration_ms: 0,
+        };
+        if req.dry_run || rows.is_empty() {
+            self.audit(
+                Some(s.user),
+                &s.ctx,
+                if req.dry_run {
+                    "disposal.plan"
+                } else {
+                    "disposal.empty"
+                },
+                vec![
+                    scope_target,
+                    format!("count:{}", rows.len()),
+                    format!("excluded:{}", excluded.len()),
+                ],
+                Ok(()),
+                None,
+            )?;
+            return Ok(outcome);
+        }
+        // Step 1: the synced intent. From here a crash resumes the batch on open.
+        let _batch_guard = self.disposal_lock.lock().expect("disposal lock");
+        let buckets: BTreeSet<u32> = rows
+            .iter()
+            .map(|(_, r)| self.keystore.bucket_of(r.subject))
+            .collect();
+        let id = DisposalId::new();
+        let p = &req.parties;
+        let mut batch = BatchRow {
+            id: id.to_string(),
+            certificate_id: CertificateId::new().to_string(),
+            step: STEPS[0].into(),
+            failed: None,
+            operator: s.user.to_string(),
+            contractor: by_contractor.then(|| s.user.to_string()),
+            created_ms: self.now(),
+            records: rows
+                .iter()
+                .map(|(id, r)| BatchRecord {
+                    id: id.to_string(),
+                    subject: r.subject.to_string(),
+                    version: r.version,
+                    collection: r.collection.as_str().to_owned(),
+                })
+                .collect(),
+            excluded: excluded
+                .iter()
+                .map(|(id, why)| (id.to_string(), why.clone()))
+                .collect(),
+            buckets: buckets.into_iter().collect(),
+            epoch_before: self.epoch(),
+            epoch_after: None,
+            rewrapped: 0,
+            purge: None,
+            scan_files: None,
+            byte_scan: None,
+            parties: PartiesRow {
+                data_owner: p.data_owner.clone(),
+                data_owner_address: p.data_owner_address.clone(),
+                operator_title: p.operator_title.clone(),
+                operator_organisation: p.operator_organisation.clone(),
+                contractor_organisation: p.contractor_organisation.clone(),
+                contract_reference: p.contract_reference.clone(),
+            },
+            channel: s.ctx.channel.as_str().to_owned(),
+        };
+        self.put_batch(&batch, true)?;
+        self.audit(
+            Some(s.user),
+            &s.ctx,
+            "custody.collected",
+            vec![id.to_string(), format!("count:{}", rows.len())],
+            Ok(()),
+            None,
+        )?;
+        self.at_step("intent");
+        let r = self.run_batch(&mut batch, &s.ctx);
+        outcome.duration_ms = started.elapsed().as_millis() as u64;
+        match r {
+            Ok(cert) => {
+                outcome.disposal_id = Some(id);
+                outcome.certificate_id = Some(cert);
+                outcome.epochs = Some((
+                    batch.epoch_before,
+                    batch.epoch_after.unwrap_or(batch.epoch_before),
+                ));
+                Ok(outcome)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn put_batch(&self, b: &BatchRow, sync: bool) -> Result<()> {
+        let id: DisposalId = b.id.parse()?;
+        self.store.put_synced(
+            store::CF_DISPOSALS,
+            id.as_bytes(),
+            &serde_json::to_vec(b).expect("serialisable"),
+            sync,
+        )
+    }
+
+    fn advance(&self, b: &mut BatchRow, step: &str) -> Result<()> {
+        b.step = step.to_owned();
+        self.put_batch(b, true)?;
+        self.at_step(step);
+        Ok(())
+    }
+
+    /// Runs (or resumes) a batch from its recorded step to the certificate.
+    fn run_batch(&self, b: &mut BatchRow, ctx: &Context) -> Result<CertificateId> {
+        let operator: UserId = b.operator.parse()?;
+        let records: Vec<(RecordId, SubjectId, u32)> = b
+            .records
+            .iter()
+            .map(|r| Ok((r.id.parse()?, r.subject.parse()?, r.version)))
+            .collect::<Result<_>>()?;
+        let mut step = step_index(&b.step);
+        // The wrapped DEK bytes that exist before the batch, for the byte scan
+        // of step 7. Held in memory only: writing them anywhere would make a copy.
+        let mut wrapped_before = Vec::new();
+        if step < step_index("keys_deleted") {
+            for (id, sub, v) in &records {
+                if let Some(w) = self.keystore.wrapped_dek(*sub, *id, *v)? {
+                    wrapped_before.push(w);
+                }
+            }
+            // Step 2: delete each record's wrapped DEK, one synced batch.
+            self.keystore.delete_deks(
+                &records
+                    .iter()
+                    .map(|(i, s, v)| (*s, *i, *v))
+                    .collect::<Vec<_>>(),
+            )?;
+            self.advance(b, "keys_deleted")?;
+            step = step_index("keys_deleted");
+        }
+        if step < step_index("buckets_rotated") {
+            // Step 3: new keys for the touched buckets; survivors re-wrapped.
+            let epoch = self.epoch.read().expect("epoch lock");
+            b.rewrapped = self
+                .keystore
+                .rotate_buckets(&epoch.root, epoch.number, &b.buckets)?;
+            drop(epoch);
+            self.advance(b, "buckets_rotated")?;
+            step = step_index("buckets_rotated");
+        }
+        if step < step_index("epoch_ratcheted") {
+            // Step 4: epoch ratchet; the old root key is overwritten in the header.
+            let after = self.ratchet()?;
+            b.epoch_after = Some(after);
+            self.audit(
+                Some(operator),
+                ctx,
+                "key.epoch",
+                vec![
+                    format!("epoch:{}", b.epoch_before),
+                    format!("epoch:{after}"),
+                    b.id.clone(),
+                ],
+                Ok(()),
+                None,
+            )?;
+            self.advance(b, "epoch_ratcheted")?;
+            step = step_index("epoch_ratcheted");
+        }
+        if step < step_index("keystore_purged") {
+            // Step 5: physical purge of the keystore.
+            let ev = self.keystore.purge(
+                &b.buckets,
+                self.purge_skip_flush
+                    .load(std::sync::atomic::Ordering::SeqCst),
+            )?;
+            b.purge = Some(PurgeRow::from(&ev));
+            self.advance(b, "keystore_purged")?;
+            step = step_index("keystore_purged");
+        }
+        if step < step_index("ciphertexts_deleted") {
+            // Step 6: the ciphertexts go; a tombstone row names the certificate.
+            for (id, _, _) in &records {
+                if let Some(mut row) = self.store.record(*id)? {
+                    row.state = RecordState::Disposed {
+                        certificate: Some(b.certificate_id.clone()),
+                    };
+                    row.envelope.clear();
+                    self.store.put_record(*id, &row, false)?;
+                }
+            }
+            self.store.flush_records()?;
+            self.audit(
+                Some(operator),
+                ctx,
+                "custody.disposed",
+                vec![b.id.clone(), format!("count:{}", records.len())],
+                Ok(()),
+                None,
+            )?;
+            self.advance(b, "ciphertexts_deleted")?;
+            step = step_index("ciphertexts_deleted");
+        }
+        if step < step_index("verified") {
+            // Step 7: verify before any certificate.
+            let mut problems = Vec::new();
+            let epoch = self.epoch.read().expect("epoch lock");
+            for (id, sub, v) in &records {
+                match self.store.record(*id)? {
+                    Some(RecordRow {
+                        state: RecordState::Disposed { .. },
+                        ..
+                    }) => {}
+                    _ => problems.push(format!("record {id} does not read as disposed")),
+                }
+                if self.keystore.wrapped_dek(*sub, *id, *v)?.is_some()
+                    || self
+                        .keystore
+                        .dek(&epoch.root, epoch.number, *sub, *id, *v)
+                        .ok()
+                        .flatten()
+                        .is_some()
+                {
+                    problems.push(format!(
+                        "a key path from the live header still reaches the key of record {id}"
+                    ));
+                }
+            }
+            drop(epoch);
+            if let Some(p) = &b.purge {
+                if !(p.snapshots == 0
+                    && p.live_versions == 1
+                    && p.tombstones == 0
+                    && p.residue.is_empty())
+                {
+                    problems.push(format!(
+                        "keystore purge incomplete: snapshots={} live_versions={} tombstones={} residue={:?}",
+                        p.snapshots, p.live_versions, p.tombstones, p.residue
+                    ));
+                }
+            }
+            if wrapped_before.is_empty() {
+                b.byte_scan = Some("not repeated: the batch resumed after its keys were deleted; key-path and purge checks apply".into());
+            } else {
+                let hits = self.keystore.files_containing(&wrapped_before)?;
+                b.byte_scan = Some(format!(
+                    "{} pre-disposal wrapped key(s) searched in every keystore file: {} file(s) hold them",
+                    wrapped_before.len(),
+                    hits.len()
+                ));
+                if !hits.is_empty() {
+                    problems.push(format!(
+                        "pre-disposal wrapped key bytes found in keystore files {hits:?}"
+                    ));
+                }
+            }
+            if !problems.is_empty() {
+                let msg = problems.join("; ");
+                b.failed = Some(msg.clone());
+                self.put_batch(b, true)?;
+                let e = Error::DisposalFailed(msg);
+                self.audit(
+                    Some(operator),
+                    ctx,
+                    "disposal.verify",
+                    vec![b.id.clone()],
+                    Err(&e),
+                    None,
+                )?;
+                return Err(e);
+            }
+            self.audit(
+                Some(operator),
+                ctx,
+                "custody.verified",
+                vec![b.id.clone()],
+                Ok(()),
+                None,
+            )?;
+            self.advance(b, "verified")?;
+        }
+        // Step 8: ledger, audit, certificate.
+        let cert_id: CertificateId = b.certificate_id.parse()?;
+        if self
+            .store
+            .get(store::CF_CERTIFICATES, cert_id.as_bytes())?
+            .is_none()
+        {
+            self.store.put(
+                store::CF_LEDGER,
+                &{
+                    let mut k = b.created_ms.to_be_bytes().to_vec();
+                    k.extend_from_slice(b.id.as_bytes());
+                    k
+                },
+                &serde_json::to_vec(&json!({
+                    "disposal_id": b.id, "certificate_id": b.certificate_id,
+                    "records": b.records.iter().map(|r| &r.id).collect::<Vec<_>>(),
+                }))
+                .expect("serialisable"),
+            )?;
+            let seq = self.audit(
+                Some(operator),
+                ctx,
+                "disposal.complete",
+                vec![
+                    b.id.clone(),
+                    b.certificate_id.clone(),
+                    format!("count:{}", b.records.len()),
+                ],
+                Ok(()),
+                None,
+            )?;
+            let (cp_seq, head) = {
+                let mut log = self.audit.lock().expect("audit lock");
+                log.checkpoint(self.now())?;
+                (log.head_seq(), log.head_hash())
+            };
+            debug_assert!(cp_seq >= seq);
+            let body = self.certificate_body(b, cp_seq, &head)?;
+            let cert = Certificate::sign(body, &self.signing.certificate)?;
+            self.store.put(
+                store::CF_CERTIFICATES,
+                cert_id.as_bytes(),
+                cert.to_file_json().as_bytes(),
+            )?;
+        }
+        self.advance(b, "complete")?;
+        Ok(cert_id)
+    }
+
+    fn user_display(&self, id: &str) -> Result<(String, String)> {
+        let uid: UserId = id.parse()?;
+        let row = self.user_row(uid)?.ok_or(Error::NotFound("user"))?;
+        Ok((row.username, row.role))
+    }
+
+    fn certificate_body(
+        &self,
+        b: &BatchRow,
+        checkpoint_seq: u64,
+        head: &[u8; 32],
+    ) -> Result<Value> {
+        let ids: Vec<[u8; 16]> = b
+            .records
+            .iter()
+            .map(|r| r.id.parse::<RecordId>().map(|i| *i.as_bytes()))
+            .collect::<Result<_>>()?;
+        let subject_set: BTreeSet<[u8; 16]> = b
+            .records
+            .iter()
+            .map(|r| r.subject.parse::<SubjectId>().map(|i| *i.as_bytes()))
+            .collect::<Result<_>>()?;
+        let subjects: Vec<[u8; 16]> = subject_set.into_iter().collect();
+        let collections: BTreeSet<&str> = b.records.iter().map(|r| r.collection.as_str()).collect();
+        let mut elements = BTreeSet::new();
+        let mut any_pi = false;
+        for c in &collections {
+            if let Ok(schema) = self.schema(&CollectionName::parse(c)?) {
+                for f in &schema.fields {
+                    if f.ty.is_sensitive() {
+                        elements.insert(f.ty.as_str());
+                    }
+                }
+                any_pi |= schema.fields.iter().any(|f| f.ty.is_sensitive());
+            }
+        }
+        let (op_name, op_role) = self.user_display(&b.operator)?;
+        let purge = b.purge.clone().unwrap_or(PurgeRow {
+            snapshots: 0,
+            live_versions: 0,
+            tombstones: 0,
+            residue: vec![],
+            live_sst_files: 0,
+            wal_files: 0,
+            compacted_buckets: 0,
+            duration_ms: 0,
+        });
+        let contractor = match &b.contractor {
+            Some(c) => {
+                let (name, _) = self.user_display(c)?;
+                json!({ "user_id": c, "name": name, "organisation": b.parties.contractor_organisation,
+                        "contract_reference": b.parties.contract_reference.clone().unwrap_or_else(|| "(none stated)".into()) })
+            }
+            None => match &b.parties.contractor_organisation {
+                Some(org) => json!({ "name": org, "organisation": org,
+                    "contract_reference": b.parties.contract_reference.clone().unwrap_or_else(|| "(none stated)".into()) }),
+                None => Value::Null,
+            },
+        };
+        let attestation = certificate::ATTESTATION;
+        Ok(json!({
+            "certificate_id": b.certificate_id,
+            "schema_version": certificate::SCHEMA_VERSION,
+            "issued_at": format_ms(self.now()),
+            "status": "draft",
+            "vault": {
+                "id": self.info.vault_id.to_string(),
+                "key_fingerprint": crate::crypto::fingerprint(self.signing.certificate.verifying_key().as_bytes()),
+            },
+            "tool": { "name": "pivault", "version": env!("CARGO_PKG_VERSION") },
+            "disposal_id": b.id,
+            "parties": {
+                "data_owner": { "name": if b.parties.data_owner.is_empty() { "(not stated)" } else { &b.parties.data_owner }, "address": b.parties.data_owner_address },
+                "contractor": contractor,
+            },
+            "operator": {
+                "name": op_name, "title": b.parties.operator_title.clone().unwrap_or_else(|| op_role.clone()),
+                "organisation": b.parties.operator_organisation, "user_id": b.operator,
+                "time": format_ms(b.created_ms), "attestation": attestation,
+            },
+            "validator": Value::Null,
+            "target": {
+                "description": "encrypted logical records in the vault datastore",
+                "collections": collections.iter().collect::<Vec<_>>(),
+                "record_count": b.records.len(),
+                "subject_count": subjects.len(),
+                "commitment": {
+                    "algorithm": certificate::MERKLE_ALGORITHM,
+                    "record_root": hex::encode(certificate::merkle_root(&ids)),
+                    "subject_root": hex::encode(certificate::merkle_root(&subjects)),
+                },
+                "classification": {
+                    "before": if any_pi { "MA personal information (M.G.L. c. 93H §1)" } else { "confidential" },
+                    "elements": elements.iter().collect::<Vec<_>>(),
+                    "after": "no personal information recoverable",
+                },
+                "backups": { "exist": false, "note": "the vault keeps no backups of its own; backups never contain the header" },
+            },
+            "sanitization": {
+                "method": "Purge",
+                "technique": "Cryptographic Erase",
+                "details": {
+                    "cipher": "AES-256-GCM",
+                    "key_bits": 256,
+                    "rng": "operating-system CSPRNG (getrandom)",
+                    "key_hierarchy": "passphrase -Argon2id-> unlock key -> epoch root key -> bucket key -> per-record data key",
+                    "keys_destroyed": b.records.iter().map(|r| json!({ "record_id": r.id, "key_version": r.version })).collect::<Vec<_>>(),
+                    "buckets_rotated": b.buckets.len(),
+                    "surviving_keys_rewrapped": b.rewrapped,
+                    "epoch_before": b.epoch_before,
+                    "epoch_after": b.epoch_after,
+                    "keystore_purge": {
+                        "flushed": "all column families", "compaction": "bottommost forced over touched ranges and bucket keys",
+                        "snapshots": purge.snapshots, "live_versions": purge.live_versions, "tombstones": purge.tombstones,
+                        "residue_files": purge.residue, "live_sst_files": purge.live_sst_files, "wal_files": purge.wal_files,
+                        "duration_ms": purge.duration_ms,
+                    },
+                },
+                "verification": {
+                    "method": "every record reads as disposed; no key path from the live header reaches its data key; keystore purge checks; byte scan of every keystore file for the pre-disposal wrapped keys",
+                    "byte_scan": b.byte_scan,
+                    "result": "PASS",
+                },
+                "not_covered": [
+                    "copies of the vault header made before this disposal (the header must never be backed up)",
+                    "storage media that retain overwritten blocks (SSDs, copy-on-write file systems)",
+                    "exports and import source files handed out or kept outside the vault",
+                ],
+                "exclusions": b.excluded.iter().map(|(id, why)| json!({ "record_id": id, "reason": why })).collect::<Vec<_>>(),
+            },
+            "outcome_statement": certificate::OUTCOME_STATEMENT,
+            "audit": { "checkpoint_seq": checkpoint_seq, "head_hash": hex::encode(head) },
+        }))
+    }
+
+    /// Resumes every batch a crash interrupted (called on open).
+    pub(crate) fn resume_disposals(&self) -> Result<()> {
+        for (_, v) in self.store.scan_prefix(store::CF_DISPOSALS, &[])? {
+            let mut b: BatchRow =
+                serde_json::from_slice(&v).map_err(|_| Error::Integrity("disposal batch"))?;
+            if b.step != "complete" && b.failed.is_none() {
+                let ctx = Context {
+                    channel: Channel::System,
+                    source: None,
+                    request_id: None,
+                };
+                self.audit(
+                    b.operator.parse().ok(),
+                    &ctx,
+                    "disposal.resume",
+                    vec![b.id.clone(), format!("step:{}", b.step)],
+                    Ok(()),
+                    None,
+                )?;
+                // A failed verification is recorded in the batch; opening goes on.
+                let _ = self.run_batch(&mut b, &ctx);
+            }
+        }
+        Ok(())
+    }
+
+    /// Retries a failed batch (officer).
+    pub fn retry_disposal(&self, s: &Session, id: DisposalId) -> Result<CertificateId> {
+        self.authorize(s, Some(Permission::Dispose))?;
+        let bytes = self
+            .store
+            .get(store::CF_DISPOSALS, id.as_bytes())?
+            .ok_or(Error::NotFound("disposal"))?;
+        let mut b: BatchRow =
+            serde_json::from_slice(&bytes).map_err(|_| Error::Integrity("disposal batch"))?;
+        b.failed = None;
+        // Re-run the purge and the verification.
+        if step_index(&b.step) >= step_index("keystore_purged") {
+            b.step = "epoch_ratcheted".into();
+        }
+        let _g = self.disposal_lock.lock().expect("disposal lock");
+        self.run_batch(&mut b, &s.ctx)
+    }
+
+    /// Lists disposal batches, newest last.
+    pub fn disposals(&self, s: &Session) -> Result<Vec<DisposalSummary>> {
+        self.authorize_any(s, &[Permission::Dispose, Permission::ReadAudit])?;
+        let mut out = Vec::new();
+        for (_, v) in self.store.scan_prefix(store::CF_DISPOSALS, &[])? {
+            let b: BatchRow =
+                serde_json::from_slice(&v).map_err(|_| Error::Integrity("disposal batch"))?;
+            out.push(DisposalSummary {
+                id: b.id.parse()?,
+                certificate_id: b.certificate_id.parse()?,
+                step: b.step,
+                failed: b.failed,
+                records: b.records.len() as u64,
+                created_ms: b.created_ms,
+            });
+        }
+        out.sort_by_key(|d| d.created_ms);
+        Ok(out)
+    }
+
+    // ----- certificates ---------------------------------------------------
+
+    /// A stored certificate (officer, auditor, contractor, admin).
+    pub fn certificate(&self, s: &Session, id: CertificateId) -> Result<Certificate> {
+        self.authorize(s, None)?;
+        let bytes = self
+            .store
+            .get(store::CF_CERTIFICATES, id.as_bytes())?
+            .ok_or(Error::NotFound("certificate"))?;
+        let cert = Certificate::parse(
+            std::str::from_utf8(&bytes).map_err(|_| Error::Integrity("certificate"))?,
+        )?;
+        self.audit(
+            Some(s.user),
+            &s.ctx,
+            "certificate.read",
+            vec![id.to_string()],
+            Ok(()),
+            None,
+        )?;
+        Ok(cert)
+    }
+
+    /// Validates a draft certificate (REQ-CE-06): an officer other than the
+    /// operator attests; the certificate is re-signed as validated.
+    pub fn validate_certificate(
+        &self,
+        s: &Session,
+        id: CertificateId,
+        title: Option<&str>,
+    ) -> Result<Certificate> {
+        let me = self.authorize(s, Some(Permission::RecordReview))?;
+        let r = (|| {
+            let bytes = self
+                .store
+                .get(store::CF_CERTIFICATES, id.as_bytes())?
+                .ok_or(Error::NotFound("certificate"))?;
+            let cert = Certificate::parse(
+                std::str::from_utf8(&bytes).map_err(|_| Error::Integrity("certificate"))?,
+            )?;
+            let mut body = cert.body.clone();
+            if body["operator"]["user_id"].as_str() == Some(&s.user.to_string()) {
+                return Err(Error::invalid(
+                    "the validator must be a different user from the operator (NIST SP 800-88 App. G)",
+                ));
+            }
+            if body["status"] == "validated" {
+                return Err(Error::AlreadyExists("validation"));
+            }
+            body["status"] = json!("validated");
+            body["validator"] = json!({
+                "name": me.username, "title": title.unwrap_or("security officer"), "user_id": s.user.to_string(),
+                "time": format_ms(self.now()),
+                "attestation": certificate::ATTESTATION,
+            });
+            let signed = Certificate::sign(body, &self.signing.certificate)?;
+            self.store.put(
+                store::CF_CERTIFICATES,
+                id.as_bytes(),
+                signed.to_file_json().as_bytes(),
+            )?;
+            Ok(signed)
+        })();
+        self.audit(
+            Some(s.user),
+            &s.ctx,
+            "certificate.validate",
+            vec![id.to_string()],
+            r.as_ref().map(|_| ()),
+            None,
+        )?;
+        r
+    }
+
+    /// Adds a contractor's co-signature, checked against their registered key.
+    pub fn cosign_certificate(
+        &self,
+        s: &Session,
+        id: CertificateId,
+        signature: &[u8; 64],
+    ) -> Result<Certificate> {
+        self.authorize(s, Some(Permission::Dispose))?;
+        let r = (|| {
+            let scope = self.contractor_scope(s.user)?;
+            let key_hex = scope.public_key.ok_or_else(|| {
+                Error::invalid(
+                    "no Ed25519 key is registered for you (pivault contractor register-key)",
+                )
+            })?;
+            let key = certificate::parse_public_key(&key_hex)?;
+            let bytes = self
+                .store
+                .get(store::CF_CERTIFICATES, id.as_bytes())?
+                .ok_or(Error::NotFound("certificate"))?;
+            let mut cert = Certificate::parse(
+                std::str::from_utf8(&bytes).map_err(|_| Error::Integrity("certificate"))?,
+            )?;
+            cert.add_detached("contractor", &key, signature)?;
+            self.store.put(
+                store::CF_CERTIFICATES,
+                id.as_bytes(),
+                cert.to_file_json().as_bytes(),
+            )?;
+            Ok(cert)
+        })();
+        self.audit(
+            Some(s.user),
+            &s.ctx,
+            "certificate.cosign",
+            vec![id.to_string()],
+            r.as_ref().map(|_| ()),
+            None,
+        )?;
+        r
+    }
+
+    // ----- holds, retention, contractors ------------------------------------
+
+    /// Places a legal hold on a record or a subject (admin or officer).
+    pub fn add_hold(
+        &self,
+        s: &Session,
+        record: Option<RecordId>,
+        subject: Option<SubjectId>,
+        reason: &str,
+    ) -> Result<()> {
+        self.authorize_any(s, &[Permission::ManageUsers, Permission::RecordReview])?;
+        crate::audit::check_reason(reason)?;
+        let (key, target) = match (record, subject) {
+            (Some(r), None) => (hold_key(b'r', r.as_bytes()), r.to_string()),
+            (None, Some(sub)) => (hold_key(b's', sub.as_bytes()), sub.to_string()),
+            _ => {
+                return Err(Error::invalid(
+                    "a hold names exactly one record or one subject",
+                ));
+            }
+        };
+        let row = HoldRow {
+            reason: reason.to_owned(),
+            by: s.user.to_string(),
+            created_ms: self.now(),
+        };
+        self.store.put(
+            store::CF_HOLDS,
+            &key,
+            &serde_json::to_vec(&row).expect("serialisable"),
+        )?;
+        self.audit(
+            Some(s.user),
+            &s.ctx,
+            "hold.add",
+            vec![target],
+            Ok(()),
+            Some(reason),
+        )?;
+        Ok(())
+    }
+
+    /// Lifts a legal hold.
+    pub fn remove_hold(
+        &self,
+        s: &Session,
+        record: Option<RecordId>,
+        subject: Option<SubjectId>,
+    ) -> Result<()> {
+        self.authorize_any(s, &[Permission::ManageUsers, Permission::RecordReview])?;
+        let (key, target) = match (record, subject) {
+            (Some(r), None) => (hold_key(b'r', r.as_bytes()), r.to_string()),
+            (None, Some(sub)) => (hold_key(b's', sub.as_bytes()), sub.to_string()),
+            _ => {
+                return Err(Error::invalid(
+                    "a hold names exactly one record or one subject",
+                ));
+            }
+        };
+        if self.store.get(store::CF_HOLDS, &key)?.is_none() {
+            return Err(Error::NotFound("hold"));
+        }
+        self.store.delete(store::CF_HOLDS, &key)?;
+        self.audit(
+            Some(s.user),
+            &s.ctx,
+            "hold.remove",
+            vec![target],
+            Ok(()),
+            None,
+        )?;
+        Ok(())
+    }
+
+    /// Lists legal holds.
+    pub fn holds(&self, s: &Session) -> Result<Vec<Hold>> {
+        self.authorize(s, None)?;
+        self.store
+            .scan_prefix(store::CF_HOLDS, &[])?
+            .into_iter()
+            .map(|(k, v)| {
+                let h: HoldRow =
+                    serde_json::from_slice(&v).map_err(|_| Error::Integrity("hold"))?;
+                let id = uuid::Uuid::from_slice(&k[1..]).map_err(|_| Error::Integrity("hold"))?;
+                Ok(Hold {
+                    kind: if k[0] == b'r' { "record" } else { "subject" },
+                    target: id.to_string(),
+                    reason: h.reason,
+                    by: h.by.parse()?,
+                    created_ms: h.created_ms,
+                })
+            })
+            .collect()
+    }
+
+    /// Sets a collection's retention policy (admin or officer).
+    pub fn set_retention(
+        &self,
+        s: &Session,
+        collection: &str,
+        policy: RetentionPolicy,
+    ) -> Result<()> {
+        self.authorize_any(
+            s,
+            &[Permission::ManageCollections, Permission::RecordReview],
+        )?;
+        let c = CollectionName::parse(collection)?;
+        self.schema(&c)?;
+        if policy.days == 0 {
+            return Err(Error::invalid("retention must be at least one day"));
+        }
+        self.store.put(
+            store::CF_RETENTION,
+            c.as_str().as_bytes(),
+            &serde_json::to_vec(&policy).expect("serialisable"),
+        )?;
+        self.audit(
+            Some(s.user),
+            &s.ctx,
+            "retention.set",
+            vec![format!("collection:{c}"), format!("days:{}", policy.days)],
+            Ok(()),
+            None,
+        )?;
+        Ok(())
+    }
+
+    /// Every retention policy.
+    pub fn retention(&self, s: &Session) -> Result<BTreeMap<String, RetentionPolicy>> {
+        self.authorize(s, None)?;
+        self.retention_policies()
+    }
+
+    /// Assigns a contractor's scope and (optionally) registers their public key (admin).
+    pub fn assign_contractor(
+        &self,
+        s: &Session,
+        username: &str,
+        scope: ContractorScope,
+    ) -> Result<UserId> {
+        self.authorize(s, Some(Permission::ManageUsers))?;
+        let r = (|| {
+            let name = crate::ids::Username::parse(username)?;
+            let row = self.user_by_name(&name)?.ok_or(Error::NotFound("user"))?;
+            if Role::parse(&row.role)? != Role::Contractor {
+                return Err(Error::invalid("the user is not a contractor"));
+            }
+            for c in &scope.collections {
+                self.schema(&CollectionName::parse(c)?)?;
+            }
+            for r in &scope.records {
+                r.parse::<RecordId>()?;
+            }
+            if let Some(k) = &scope.public_key {
+                certificate::parse_public_key(k)?;
+            }
+            let id: UserId = row.id.parse()?;
+            self.store.put(
+                store::CF_CONTRACTORS,
+                id.as_bytes(),
+                &serde_json::to_vec(&scope).expect("serialisable"),
+            )?;
+            Ok(id)
+        })();
+        let targets = r
+            .as_ref()
+            .map(|id| vec![id.to_string()])
+            .unwrap_or_default();
+        self.audit(
+            Some(s.user),
+            &s.ctx,
+            "contractor.assign",
+            targets,
+            r.as_ref().map(|_| ()),
+            None,
+        )?;
+        r
+    }
+
+    fn authorize_any(&self, s: &Session, perms: &[Permission]) -> Result<()> {
+        let row = self.authorize(s, None)?;
+        let role = Role::parse(&row.role)?;
+        if perms.iter().any(|p| role.permits(*p)) {
+            return Ok(());
+        }
+        let e = Error::PermissionDenied(perms[0].verb());
+        self.audit(
+            Some(s.user),
+            &s.ctx,
+            "access.denied",
+            vec![format!("permission:{:?}", perms[0])],
+            Err(&e),
+            None,
+        )?;
+        Err(e)
+    }
+}
