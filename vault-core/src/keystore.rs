@@ -387,27 +387,29 @@ impl Keystore {
     /// the ratchet), then check that nothing outside the live set remains.
     /// `compact_range` reports nothing and obsolete files are deleted on a
     /// background thread, so the checks are polled briefly.
-    pub fn purge(&self, buckets: &[u32], skip_flush: bool) -> Result<PurgeEvidence> {
+    pub fn purge(&self, buckets: &[u32], skip_physical: bool) -> Result<PurgeEvidence> {
         let start = std::time::Instant::now();
         let cfs = [self.cf("default"), self.cf(CF_BUCKETS), self.cf(CF_DEKS)];
-        if !skip_flush {
+        // `compact_range` flushes the memtable it covers by itself, so the
+        // negative control skips flush and compaction together.
+        if !skip_physical {
             let mut fo = rocksdb::FlushOptions::default();
             fo.set_wait(true);
             self.db.flush_cfs_opt(&cfs, &fo)?;
-        }
-        let mut co = rocksdb::CompactOptions::default();
-        co.set_bottommost_level_compaction(rocksdb::BottommostLevelCompaction::Force);
-        co.set_exclusive_manual_compaction(true);
-        for &b in buckets {
-            let end = (b as u64 + 1).to_be_bytes();
-            // Range [b, b+1) over the 4-byte bucket prefix; the end key is the
-            // 4 low bytes of b+1, or unbounded for the last bucket.
-            let end = (b != u32::MAX).then(|| end[4..].to_vec());
+            let mut co = rocksdb::CompactOptions::default();
+            co.set_bottommost_level_compaction(rocksdb::BottommostLevelCompaction::Force);
+            co.set_exclusive_manual_compaction(true);
+            for &b in buckets {
+                let end = (b as u64 + 1).to_be_bytes();
+                // Range [b, b+1) over the 4-byte bucket prefix; the end key is the
+                // 4 low bytes of b+1, or unbounded for the last bucket.
+                let end = (b != u32::MAX).then(|| end[4..].to_vec());
+                self.db
+                    .compact_range_cf_opt(self.cf(CF_DEKS), Some(b.to_be_bytes()), end, &co);
+            }
             self.db
-                .compact_range_cf_opt(self.cf(CF_DEKS), Some(b.to_be_bytes()), end, &co);
+                .compact_range_cf_opt(self.cf(CF_BUCKETS), None::<&[u8]>, None::<&[u8]>, &co);
         }
-        self.db
-            .compact_range_cf_opt(self.cf(CF_BUCKETS), None::<&[u8]>, None::<&[u8]>, &co);
         let mut evidence = self.purge_checks(buckets)?;
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
         while !evidence.clean() && std::time::Instant::now() < deadline {

@@ -1656,7 +1656,8 @@ impl Vault {
         Ok(next)
     }
 
-    /// Negative control for forensic tests: make the next purges skip the flush.
+    /// Negative control for forensic tests: make the next purges skip the
+    /// physical purge (flush and compaction), so residue must be detected.
     #[doc(hidden)]
     pub fn set_purge_skip_flush(&self, skip: bool) {
         self.purge_skip_flush.store(skip, Ordering::SeqCst);

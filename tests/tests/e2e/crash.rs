@@ -4,8 +4,10 @@
 //! readable, and the audit trail must verify.
 //!
 //! Knob: `PIVAULT_CRASH_ITERATIONS` (default 12) sets the number of
-//! kill-and-reopen rounds. The kill delays (50–400 ms) come from a fixed
-//! seed, so a failing run can be repeated.
+//! kill-and-reopen rounds (each takes well under a second). The kill delays
+//! (50–400 ms, counted from the start in every fourth round and from the
+//! first acknowledged write in the others) come from a fixed seed, so a
+//! failing run can be repeated.
 
 use std::io::Read;
 use std::path::Path;
@@ -114,13 +116,43 @@ fn killed_writer_loses_no_acknowledged_record() {
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn crash-writer");
-        // Drain stdout while the writer runs, so a full pipe never slows it.
+        // Drain stdout while the writer runs, so a full pipe never slows it,
+        // and say when the first write was acknowledged.
         let mut stdout = child.stdout.take().unwrap();
+        let (first_ack, first_ack_rx) = std::sync::mpsc::channel::<()>();
         let reader = std::thread::spawn(move || {
             let mut buf = Vec::new();
-            let _ = stdout.read_to_end(&mut buf);
+            let mut chunk = [0u8; 8192];
+            let mut signalled = false;
+            while let Ok(n) = stdout.read(&mut chunk) {
+                if n == 0 {
+                    break;
+                }
+                buf.extend_from_slice(&chunk[..n]);
+                if !signalled && buf.contains(&b'\n') {
+                    signalled = true;
+                    let _ = first_ack.send(());
+                }
+            }
             buf
         });
+        // Every fourth round counts the delay from the start, so the kill
+        // often lands in open or login; the others count it from the first
+        // acknowledged write, so the kill lands among writes.
+        let from = if round % 4 == 1 {
+            "start"
+        } else {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                if first_ack_rx.recv_timeout(Duration::from_millis(20)).is_ok() {
+                    break;
+                }
+                if child.try_wait().unwrap().is_some() || Instant::now() > deadline {
+                    break;
+                }
+            }
+            "first write"
+        };
         let delay = Duration::from_millis(rng.range(50, 400));
         std::thread::sleep(delay);
         let early = child.try_wait().unwrap();
@@ -140,7 +172,7 @@ fn killed_writer_loses_no_acknowledged_record() {
         let out = reader.join().unwrap();
         let new = acknowledged(&out);
         eprintln!(
-            "round {round}: killed after {delay:?}, {} writes acknowledged",
+            "round {round}: killed {delay:?} after the {from}, {} writes acknowledged",
             new.len()
         );
         acked.extend(new);
