@@ -1369,6 +1369,7 @@ impl Vault {
     /// nothing is stored: the front end runs a check pass first so that an
     /// import with a bad row stores nothing. `progress` is called with the
     /// bytes consumed so far.
+    #[allow(clippy::too_many_arguments)] // one call, all of them are the import's inputs
     pub fn import_records(
         &self,
         s: &Session,

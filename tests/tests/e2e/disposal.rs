@@ -434,10 +434,14 @@ fn negative_control_skipped_flush_is_caught() {
     let r = fx
         .vault
         .dispose(&fx.officer, &request(DisposalScope::Record(target.id)));
-    let hits = scan_dir(&fx.dir.join("keystore"), &[wrapped]).unwrap();
+    let hits = scan_dir(&fx.dir.join("keystore"), std::slice::from_ref(&wrapped)).unwrap();
     match r {
         Err(Error::DisposalFailed(msg)) => {
             eprintln!("skipped flush caught by verification: {msg}; residue in {hits:?}");
+            assert!(
+                !hits.is_empty() || msg.contains("purge"),
+                "the batch failed, but neither the scan nor the purge evidence shows why: {msg}"
+            );
             let batches = fx.vault.disposals(&fx.officer).unwrap();
             assert_eq!(batches.len(), 1);
             let b = &batches[0];
@@ -457,6 +461,26 @@ fn negative_control_skipped_flush_is_caught() {
                 .retry_disposal(&fx.officer, b.id)
                 .expect("retry with the flush");
             assert_eq!(cert, b.certificate_id);
+            let after = scan_settled(
+                &fx.dir.join("keystore"),
+                std::slice::from_ref(&wrapped),
+                Duration::from_secs(2),
+            );
+            assert!(
+                after.is_empty(),
+                "after the retry the residue must be gone: {after:?}"
+            );
+            let c = fx.vault.certificate(&fx.officer, cert).unwrap();
+            let rep = certificate::verify(&c, &fx.vault.certificate_public_key());
+            assert!(
+                rep.ok(),
+                "the retried batch's certificate does not verify: {rep:?}"
+            );
+            let batches = fx.vault.disposals(&fx.officer).unwrap();
+            assert!(
+                batches[0].failed.is_none() && batches[0].step == "complete",
+                "{batches:?}"
+            );
         }
         Err(e) => panic!("expected DisposalFailed, got {e:?}"),
         Ok(o) => {
@@ -636,7 +660,7 @@ fn raw_scenario(dir: &Path, defeat: Defeat) -> Vec<String> {
         db.get_cf(deks, &key).unwrap().is_none(),
         "the canary is deleted"
     );
-    let hits = scan_settled(dir, &[canary.clone()], Duration::from_secs(2));
+    let hits = scan_settled(dir, std::slice::from_ref(&canary), Duration::from_secs(2));
     if let Some(s) = snapshot {
         // Releasing the snapshot and purging again removes the residue:
         // the snapshot was what pinned it.
