@@ -246,7 +246,7 @@ impl Vault {
     /// Test hook: called with each step name of a disposal batch as it is
     /// reached, so crash tests can kill the process at every step.
     #[doc(hidden)]
-    pub fn set_crash_hook(&self, hook: Option<Box<dyn Fn(&str) + Send + Sync>>) {
+    pub fn set_crash_hook(&self, hook: Option<super::CrashHook>) {
         *self.crash_hook.lock().expect("hook lock") = hook;
     }
 
@@ -320,10 +320,10 @@ impl Vault {
         let live = |ids: Vec<RecordId>| -> Result<Vec<(RecordId, RecordRow)>> {
             let mut out = Vec::new();
             for id in ids {
-                if let Some(row) = self.store.record(id)? {
-                    if row.state == RecordState::Live {
-                        out.push((id, row));
-                    }
+                if let Some(row) = self.store.record(id)?
+                    && row.state == RecordState::Live
+                {
+                    out.push((id, row));
                 }
             }
             Ok(out)
@@ -685,17 +685,16 @@ impl Vault {
                 }
             }
             drop(epoch);
-            if let Some(p) = &b.purge {
-                if !(p.snapshots == 0
+            if let Some(p) = &b.purge
+                && !(p.snapshots == 0
                     && p.live_versions == 1
                     && p.tombstones == 0
                     && p.residue.is_empty())
-                {
-                    problems.push(format!(
+            {
+                problems.push(format!(
                         "keystore purge incomplete: snapshots={} live_versions={} tombstones={} residue={:?}",
                         p.snapshots, p.live_versions, p.tombstones, p.residue
                     ));
-                }
             }
             if wrapped_before.is_empty() {
                 b.byte_scan = Some("not repeated: the batch resumed after its keys were deleted; key-path and purge checks apply".into());

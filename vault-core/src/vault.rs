@@ -36,6 +36,9 @@ pub use disposal::{
     DisposalSummary, Hold, RetentionPolicy,
 };
 
+/// A test hook called with each disposal step name.
+pub type CrashHook = Box<dyn Fn(&str) + Send + Sync>;
+
 /// Default number of key buckets (DESIGN §4.1).
 pub const DEFAULT_BUCKETS: u32 = 1024;
 /// Default lifetime of a session token.
@@ -288,7 +291,7 @@ pub struct Vault {
     /// One disposal batch at a time.
     disposal_lock: Mutex<()>,
     /// Test hook called at each disposal step (crash tests).
-    crash_hook: Mutex<Option<Box<dyn Fn(&str) + Send + Sync>>>,
+    crash_hook: Mutex<Option<CrashHook>>,
     /// Negative control for forensic tests: skip the keystore flush in the purge.
     purge_skip_flush: AtomicBool,
 }
