@@ -1280,7 +1280,7 @@ impl Vault {
         r
     }
 
-    fn authorize_any(&self, s: &Session, perms: &[Permission]) -> Result<()> {
+    pub(crate) fn authorize_any(&self, s: &Session, perms: &[Permission]) -> Result<()> {
         let row = self.authorize(s, None)?;
         let role = Role::parse(&row.role)?;
         if perms.iter().any(|p| role.permits(*p)) {

@@ -866,20 +866,7 @@ impl Vault {
 
     /// Lists users (admin, officer, auditor).
     pub fn list_users(&self, s: &Session) -> Result<Vec<UserInfo>> {
-        let row = self.authorize(s, None)?;
-        let role = Role::parse(&row.role)?;
-        if !(role.permits(Permission::ManageUsers) || role.permits(Permission::ReadAudit)) {
-            let e = Error::PermissionDenied(Permission::ManageUsers.verb());
-            self.audit(
-                Some(s.user),
-                &s.ctx,
-                "access.denied",
-                vec!["user.list".into()],
-                Err(&e),
-                None,
-            )?;
-            return Err(e);
-        }
+        self.authorize_any(s, &[Permission::ManageUsers, Permission::ReadAudit])?;
         let now = self.now();
         let mut users = self
             .all_user_rows()?
