@@ -8,7 +8,6 @@ use anyhow::{Context as _, bail};
 use serde_json::{Value, json};
 use vault_core::Vault;
 use vault_core::certificate::{self, Certificate};
-use vault_core::clock::format_ms;
 use vault_core::ed25519_dalek as ed25519_key;
 use vault_core::ids::{CertificateId, CollectionName, DisposalId, RecordId};
 use vault_core::vault::{
@@ -16,13 +15,13 @@ use vault_core::vault::{
     RetentionPolicy, Session,
 };
 
-use crate::output::Out;
+use crate::output::{self, Out};
 use crate::{
     CertificateCmd, ContractorCmd, DisposalCmd, DisposeCmd, DisposeOpts, HoldCmd, RetentionCmd,
     exit, parse_time,
 };
 
-fn confirm(opts: &DisposeOpts, what: &str) -> anyhow::Result<()> {
+pub(crate) fn confirm(opts: &DisposeOpts, what: &str) -> anyhow::Result<()> {
     if opts.yes || opts.dry_run {
         return Ok(());
     }
@@ -55,40 +54,7 @@ fn request(scope: DisposalScope, opts: &DisposeOpts) -> DisposalRequest {
 }
 
 fn outcome_json(o: &DisposalOutcome, dry_run: bool) -> Value {
-    json!({
-        "dry_run": dry_run,
-        "disposal_id": o.disposal_id.map(|d| d.to_string()),
-        "certificate_id": o.certificate_id.map(|c| c.to_string()),
-        "records": o.records.len(),
-        "record_ids": o.records.iter().map(|r| r.to_string()).collect::<Vec<_>>(),
-        "subjects": o.subjects,
-        "excluded": o.excluded.iter().map(|(id, why)| json!({ "record_id": id.to_string(), "reason": why })).collect::<Vec<_>>(),
-        "epoch_before": o.epochs.map(|e| e.0),
-        "epoch_after": o.epochs.map(|e| e.1),
-        "duration_ms": o.duration_ms,
-    })
-}
-
-fn outcome_text(o: &DisposalOutcome, dry_run: bool) -> String {
-    let mut t = if dry_run {
-        format!(
-            "would dispose of {} record(s) of {} subject(s)",
-            o.records.len(),
-            o.subjects
-        )
-    } else if let Some(c) = o.certificate_id {
-        format!(
-            "disposed of {} record(s) of {} subject(s); certificate {c}\n(draft until an officer other than you runs `pivault certificate validate {c}`)",
-            o.records.len(),
-            o.subjects
-        )
-    } else {
-        "nothing to dispose of".to_owned()
-    };
-    for (id, why) in &o.excluded {
-        t.push_str(&format!("\n  excluded {id}: {why}"));
-    }
-    t
+    vault_core::views::outcome(o, dry_run)
 }
 
 fn run_disposal(
@@ -101,10 +67,30 @@ fn run_disposal(
 ) -> anyhow::Result<u8> {
     confirm(opts, what)?;
     let o = vault.dispose(s, &request(scope, opts))?;
-    out.data(outcome_json(&o, opts.dry_run), || {
-        outcome_text(&o, opts.dry_run)
-    })?;
+    let v = outcome_json(&o, opts.dry_run);
+    out.data(v.clone(), || output::outcome_text(&v))?;
     Ok(exit::OK)
+}
+
+/// The record IDs of a `dispose from` file ('-' for stdin): one a line;
+/// blank lines and `#` comments skipped. Errors name the line, not its text.
+pub(crate) fn record_ids_from(file: &Path) -> anyhow::Result<Vec<RecordId>> {
+    let text = if file == Path::new("-") {
+        std::io::read_to_string(std::io::stdin())?
+    } else {
+        std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?
+    };
+    Ok(text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .enumerate()
+        .map(|(i, l)| {
+            l.parse().map_err(|_| {
+                vault_core::Error::InvalidInput(format!("line {}: not a record ID", i + 1))
+            })
+        })
+        .collect::<Result<_, _>>()?)
 }
 
 pub fn cmd_dispose(out: &Out, vault: &Vault, s: &Session, c: &DisposeCmd) -> anyhow::Result<u8> {
@@ -148,23 +134,7 @@ pub fn cmd_dispose(out: &Out, vault: &Vault, s: &Session, c: &DisposeCmd) -> any
             run_disposal(out, vault, s, scope, opts, "every matching record")
         }
         DisposeCmd::From { file, opts } => {
-            let text = if file == Path::new("-") {
-                std::io::read_to_string(std::io::stdin())?
-            } else {
-                std::fs::read_to_string(file)
-                    .with_context(|| format!("cannot read {}", file.display()))?
-            };
-            let ids: Vec<RecordId> = text
-                .lines()
-                .map(str::trim)
-                .filter(|l| !l.is_empty() && !l.starts_with('#'))
-                .enumerate()
-                .map(|(i, l)| {
-                    l.parse().map_err(|_| {
-                        vault_core::Error::InvalidInput(format!("line {}: not a record ID", i + 1))
-                    })
-                })
-                .collect::<Result<_, _>>()?;
+            let ids = record_ids_from(file)?;
             confirm(opts, &format!("{} listed record(s)", ids.len()))?;
             let mut total = Vec::new();
             for id in ids {
@@ -192,32 +162,8 @@ pub fn cmd_disposal(out: &Out, vault: &Vault, s: &Session, c: &DisposalCmd) -> a
     match c {
         DisposalCmd::List => {
             let list = vault.disposals(s)?;
-            let rows: Vec<Value> = list
-                .iter()
-                .map(|d| {
-                    json!({ "disposal_id": d.id.to_string(), "certificate_id": d.certificate_id.to_string(), "step": d.step,
-                            "failed": d.failed, "records": d.records, "created": format_ms(d.created_ms) })
-                })
-                .collect();
-            out.data(Value::Array(rows), || {
-                list.iter()
-                    .map(|d| {
-                        format!(
-                            "{}  {}  {:<20} {:>6} records  {}{}",
-                            d.id,
-                            format_ms(d.created_ms),
-                            d.step,
-                            d.records,
-                            d.certificate_id,
-                            d.failed
-                                .as_deref()
-                                .map(|f| format!("  FAILED: {f}"))
-                                .unwrap_or_default()
-                        )
-                    })
-                    .collect::<Vec<_>>()
-                    .join("\n")
-            })?;
+            let v = Value::Array(list.iter().map(vault_core::views::disposal).collect());
+            out.data(v.clone(), || output::disposals_text(&v))?;
             Ok(exit::OK)
         }
         DisposalCmd::Retry { id } => {
@@ -232,7 +178,7 @@ pub fn cmd_disposal(out: &Out, vault: &Vault, s: &Session, c: &DisposalCmd) -> a
     }
 }
 
-fn write_out(path: Option<&Path>, text: &str) -> anyhow::Result<()> {
+pub(crate) fn write_out(path: Option<&Path>, text: &str) -> anyhow::Result<()> {
     match path {
         Some(p) => std::fs::write(p, text).with_context(|| format!("cannot write {}", p.display())),
         None => {
@@ -377,7 +323,7 @@ pub fn cmd_certificate(
     match c {
         CertificateCmd::Show { id } => {
             let cert = vault.certificate(s, id.parse()?)?;
-            let v = json!({ "certificate": cert.body, "signatures": cert.signatures.iter().map(|g| json!({"role": g.role, "key_fingerprint": g.key_fingerprint})).collect::<Vec<_>>() });
+            let v = vault_core::views::certificate(&cert);
             out.data(v.clone(), || {
                 serde_json::to_string_pretty(&v).unwrap_or_default()
             })?;
@@ -455,28 +401,19 @@ pub fn cmd_retention(
             let p = vault.retention(s)?;
             let rows: Vec<Value> = p
                 .iter()
-                .map(|(c, p)| json!({ "collection": c, "days": p.days, "from_updated": p.from_updated }))
+                .map(|(c, p)| vault_core::views::retention(c, p))
                 .collect();
-            out.data(Value::Array(rows), || {
-                p.iter()
-                    .map(|(c, p)| {
-                        format!(
-                            "{c}\t{} days from {}",
-                            p.days,
-                            if p.from_updated {
-                                "last update"
-                            } else {
-                                "creation"
-                            }
-                        )
-                    })
-                    .collect::<Vec<_>>()
-                    .join("\n")
-            })?;
+            let text = rows
+                .iter()
+                .map(output::retention_line)
+                .collect::<Vec<_>>()
+                .join("\n");
+            out.data(Value::Array(rows), || text)?;
         }
         RetentionCmd::Due => {
             let o = vault.retention_due(s)?;
-            out.data(outcome_json(&o, true), || outcome_text(&o, true))?;
+            let v = outcome_json(&o, true);
+            out.data(v.clone(), || output::outcome_text(&v))?;
         }
         RetentionCmd::Run { opts } => {
             return run_disposal(
@@ -519,24 +456,8 @@ pub fn cmd_hold(out: &Out, vault: &Vault, s: &Session, c: &HoldCmd) -> anyhow::R
         }
         HoldCmd::List => {
             let hs = vault.holds(s)?;
-            let rows: Vec<Value> = hs
-                .iter()
-                .map(|h| json!({ "kind": h.kind, "target": h.target, "reason": h.reason, "by": h.by.to_string(), "created": format_ms(h.created_ms) }))
-                .collect();
-            out.data(Value::Array(rows), || {
-                hs.iter()
-                    .map(|h| {
-                        format!(
-                            "{:<7} {}  {}  {}",
-                            h.kind,
-                            h.target,
-                            format_ms(h.created_ms),
-                            h.reason
-                        )
-                    })
-                    .collect::<Vec<_>>()
-                    .join("\n")
-            })?;
+            let v = Value::Array(hs.iter().map(vault_core::views::hold).collect());
+            out.data(v.clone(), || output::holds_text(&v))?;
         }
     }
     Ok(exit::OK)

@@ -36,29 +36,34 @@ pub const UNSAFE_CONFIG: u8 = 12;
 pub const POLICY: u8 = 13;
 pub const DISPOSAL_FAILED: u8 = 14;
 
-/// Maps an error to its exit code and stable error code.
-pub fn classify(e: &anyhow::Error) -> (u8, &'static str) {
-    let Some(v) = e.downcast_ref::<Error>() else {
-        // Our own messages (missing --vault, unreadable secret file...) are usage-level.
-        return (USAGE, "usage");
-    };
-    let exit = match v {
-        Error::InvalidInput(_) | Error::WeakPassword(_) => INVALID_INPUT,
-        Error::AuthFailed
-        | Error::AccountLocked { .. }
-        | Error::AccountDisabled
-        | Error::SessionInvalid => AUTH,
-        Error::PermissionDenied(_) => DENIED,
-        Error::NotFound(_) | Error::NotAVault(_) => NOT_FOUND,
-        Error::Disposed { .. } => DISPOSED,
-        Error::Integrity(_) | Error::UnsupportedFormat(_) => INTEGRITY,
-        Error::VaultBusy => BUSY,
-        Error::WrongPassphrase => PASSPHRASE,
-        Error::Storage(_) | Error::Io(_) | Error::AuditUnavailable(_) => STORAGE,
-        Error::UnsafePermissions(_) => UNSAFE_CONFIG,
-        Error::NoOfficer | Error::AlreadyExists(_) | Error::LegalHold => POLICY,
-        Error::DisposalFailed(_) => DISPOSAL_FAILED,
+/// Maps an error to its exit code and stable error code. A server's
+/// answer carries the same stable codes, so it maps the same way.
+pub fn classify(e: &anyhow::Error) -> (u8, String) {
+    if let Some(v) = e.downcast_ref::<Error>() {
+        return (for_code(v.code()), v.code().to_owned());
+    }
+    if let Some(r) = e.downcast_ref::<crate::remote::RemoteError>() {
+        return (for_code(&r.code), r.code.clone());
+    }
+    // Our own messages (missing --vault, unreadable secret file...) are usage-level.
+    (USAGE, "usage".to_owned())
+}
+
+/// The exit code of a stable error code.
+pub fn for_code(code: &str) -> u8 {
+    match code {
+        "invalid_input" | "weak_password" | "too_large" => INVALID_INPUT,
+        "auth_failed" | "account_locked" | "account_disabled" | "session_invalid" => AUTH,
+        "permission_denied" => DENIED,
+        "not_found" | "not_a_vault" => NOT_FOUND,
+        "disposed" => DISPOSED,
+        "integrity" | "unsupported_format" => INTEGRITY,
+        "vault_busy" | "rate_limited" | "timeout" | "unavailable" => BUSY,
+        "wrong_passphrase" => PASSPHRASE,
+        "storage" | "io" | "audit_unavailable" => STORAGE,
+        "unsafe_permissions" => UNSAFE_CONFIG,
+        "no_officer" | "already_exists" | "legal_hold" => POLICY,
+        "disposal_failed" => DISPOSAL_FAILED,
         _ => INTERNAL,
-    };
-    (exit, v.code())
+    }
 }

@@ -9,6 +9,7 @@
 mod dispose;
 mod exit;
 mod output;
+mod remote;
 
 use std::fs::File;
 use std::io::{BufReader, IsTerminal, Read};
@@ -64,6 +65,12 @@ struct Cli {
     /// fsync every write (survives power loss, slower).
     #[arg(long, global = true, env = "PIVAULT_SYNC")]
     sync: bool,
+    /// Talk to a running pivault-server (https://HOST:PORT) instead of opening --vault.
+    #[arg(long, global = true, env = "PIVAULT_SERVER", value_name = "URL")]
+    server: Option<String>,
+    /// CA certificate (PEM) to trust for --server, e.g. a self-signed server's certificate.
+    #[arg(long, global = true, env = "PIVAULT_CA_CERT", value_name = "FILE")]
+    ca_cert: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -112,6 +119,10 @@ enum Command {
     Doctor,
     /// Record that the annual security review took place (officer).
     Review,
+    /// Log in to --server and keep the token in a file only you can read (mode 0600).
+    Login,
+    /// Revoke the --server token and delete its file.
+    Logout,
     /// Print shell completions.
     Completions {
         /// Shell.
@@ -546,7 +557,7 @@ fn main() -> ExitCode {
                 return ExitCode::from(exit::OK);
             }
             let (code, kind) = exit::classify(&e);
-            out.error(kind, &e);
+            out.error(&kind, &e);
             ExitCode::from(code)
         }
     }
@@ -644,15 +655,7 @@ fn read_json(path: &Path) -> anyhow::Result<Value> {
 }
 
 fn parse_time(s: &str) -> anyhow::Result<i64> {
-    if let Ok(t) = s.parse::<jiff::Timestamp>() {
-        return Ok(t.as_millisecond());
-    }
-    let d: jiff::civil::Date = s.parse().map_err(|_| {
-        vault_core::Error::InvalidInput("time must be RFC 3339 or YYYY-MM-DD".into())
-    })?;
-    Ok(d.to_zoned_datetime(jiff::tz::TimeZone::UTC)?
-        .timestamp()
-        .as_millisecond())
+    Ok(vault_core::clock::parse_time(s)?)
 }
 
 fn run(cli: &Cli, out: &Out) -> anyhow::Result<u8> {
@@ -682,6 +685,10 @@ fn run(cli: &Cli, out: &Out) -> anyhow::Result<u8> {
             dispose::cmd_render_file(out, Path::new(cert), o.as_deref())
         }
         Command::Contractor(ContractorCmd::Keygen { out: o }) => dispose::cmd_keygen(out, o),
+        _ if cli.server.is_some() => remote::run(cli, out, cli.server.as_deref().expect("checked")),
+        Command::Login | Command::Logout => {
+            bail!("login and logout are for a server: give --server URL (or set PIVAULT_SERVER)")
+        }
         cmd => {
             let vault = open_vault(cli)?;
             if let Command::Subject(SubjectCmd::Id { reference }) = cmd {
@@ -714,6 +721,8 @@ fn run(cli: &Cli, out: &Out) -> anyhow::Result<u8> {
                 Command::Init(_)
                 | Command::Doctor
                 | Command::Completions { .. }
+                | Command::Login
+                | Command::Logout
                 | Command::Subject(_) => unreachable!(),
             };
             vault.close()?;
@@ -787,8 +796,8 @@ fn cmd_user(cli: &Cli, out: &Out, vault: &Vault, s: &Session, c: &UserCmd) -> an
         }
         UserCmd::List => {
             let users = vault.list_users(s)?;
-            let rows: Vec<Value> = users.iter().map(output::user_json).collect();
-            out.data(Value::Array(rows), || output::users_table(&users))?;
+            let v = Value::Array(users.iter().map(vault_core::views::user).collect());
+            out.data(v.clone(), || output::users_table(&v))?;
         }
         UserCmd::Disable { name } => {
             let id = vault.disable_user(s, name)?;
@@ -861,16 +870,12 @@ fn cmd_collection(out: &Out, vault: &Vault, s: &Session, c: &CollectionCmd) -> a
         }
         CollectionCmd::List => {
             let cs = vault.collections(s)?;
-            let rows: Vec<Value> = cs
-                .iter()
-                .map(|(n, sc)| json!({ "collection": n.as_str(), "purpose": sc.purpose, "fields": sc.fields.len() }))
-                .collect();
-            out.data(Value::Array(rows), || {
+            let v = Value::Array(
                 cs.iter()
-                    .map(|(n, sc)| format!("{n}\t{} fields\t{}", sc.fields.len(), sc.purpose))
-                    .collect::<Vec<_>>()
-                    .join("\n")
-            })?;
+                    .map(|(n, sc)| json!({ "collection": n.as_str(), "purpose": sc.purpose, "fields": sc.fields.len() }))
+                    .collect(),
+            );
+            out.data(v.clone(), || output::collections_text(&v))?;
         }
         CollectionCmd::Show { name } => {
             let cs = vault.collections(s)?;
@@ -915,7 +920,8 @@ fn cmd_record(out: &Out, vault: &Vault, s: &Session, c: &RecordCmd) -> anyhow::R
             let id: RecordId = id.parse()?;
             let fields: Vec<&str> = reveal.iter().map(String::as_str).collect();
             let view = vault.get_record(s, id, &fields, reason.as_deref())?;
-            out.data(output::record_json(&view), || output::record_text(&view))?;
+            let v = vault_core::views::record(&view);
+            out.data(v.clone(), || output::record_text(&v))?;
         }
         RecordCmd::Update { id, data } => {
             let id: RecordId = id.parse()?;
@@ -941,8 +947,8 @@ fn cmd_record(out: &Out, vault: &Vault, s: &Session, c: &RecordCmd) -> anyhow::R
                     .transpose()?,
             };
             let metas = vault.list_records(s, &filter)?;
-            let rows: Vec<Value> = metas.iter().map(output::meta_json).collect();
-            out.data(Value::Array(rows), || output::metas_table(&metas))?;
+            let v = Value::Array(metas.iter().map(vault_core::views::meta).collect());
+            out.data(v.clone(), || output::metas_table(&v))?;
         }
     }
     Ok(exit::OK)
@@ -987,25 +993,8 @@ fn cmd_import(
     )?;
     bar.finish_and_clear();
     if check.rejected_count > 0 {
-        let rows: Vec<Value> = check
-            .rejected
-            .iter()
-            .map(|r| json!({ "line": r.line, "error": r.error }))
-            .collect();
-        out.data(
-            json!({ "imported": 0, "valid": check.valid, "rejected": check.rejected_count, "errors": rows }),
-            || {
-                let mut t = format!(
-                    "nothing imported: {} of {} rows are invalid\n",
-                    check.rejected_count,
-                    check.valid + check.rejected_count
-                );
-                for r in check.rejected.iter().take(20) {
-                    t.push_str(&format!("  line {}: {}\n", r.line, r.error));
-                }
-                t
-            },
-        )?;
+        let v = vault_core::views::import_refused(&check);
+        out.data(v.clone(), || output::import_refused_text(&v))?;
         return Ok(exit::INVALID_INPUT);
     }
     let (reader, len) = open()?;
@@ -1020,10 +1009,9 @@ fn cmd_import(
         &mut |n| bar.set_position(n),
     )?;
     bar.finish_and_clear();
-    out.data(
-        json!({ "imported": report.imported, "valid": report.valid, "rejected": 0 }),
-        || format!("imported {} records into {collection}", report.imported),
-    )?;
+    out.data(vault_core::views::import_done(&report), || {
+        format!("imported {} records into {collection}", report.imported)
+    })?;
     Ok(exit::OK)
 }
 
@@ -1059,18 +1047,13 @@ fn cmd_audit(out: &Out, vault: &Vault, s: &Session, c: &AuditCmd) -> anyhow::Res
                 // The latest n events.
                 events.drain(..events.len().saturating_sub(*n));
             }
-            let rows: Vec<Value> = events.iter().map(output::event_json).collect();
-            out.data(Value::Array(rows), || {
-                events
-                    .iter()
-                    .map(output::event_text)
-                    .collect::<Vec<_>>()
-                    .join("\n")
-            })?;
+            let v = Value::Array(events.iter().map(vault_core::views::event).collect());
+            out.data(v.clone(), || output::events_text(&v))?;
         }
         AuditCmd::Verify => {
             let r = vault.audit_verify(s)?;
-            out.data(output::verify_json(&r), || output::verify_text(&r))?;
+            let v = vault_core::views::verify(&r);
+            out.data(v.clone(), || output::verify_text(&v))?;
             if !r.ok() {
                 return Ok(exit::INTEGRITY);
             }
@@ -1098,11 +1081,10 @@ fn cmd_audit(out: &Out, vault: &Vault, s: &Session, c: &AuditCmd) -> anyhow::Res
             };
             let rows: Vec<Value> = report
                 .iter()
-                .map(|a| output::activity_json(a, &name_of(a.user)))
+                .map(|a| vault_core::views::activity(a, &name_of(a.user)))
                 .collect();
-            out.data(json!({ "from": from, "to": to, "users": rows }), || {
-                output::activity_text(&report, &name_of)
-            })?;
+            let v = json!({ "from": from, "to": to, "users": rows });
+            out.data(v.clone(), || output::activity_text(&v))?;
         }
     }
     Ok(exit::OK)

@@ -6,11 +6,6 @@ use std::io::{IsTerminal, Write};
 
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{Value, json};
-use vault_core::access::UserInfo;
-use vault_core::audit::{AuditEvent, UserActivity, VerifyReport};
-use vault_core::clock::format_ms;
-use vault_core::vault::RecordState;
-use vault_core::vault::{RecordMeta, RecordView};
 
 pub struct Out {
     json: bool,
@@ -69,116 +64,89 @@ pub fn is_broken_pipe(e: &anyhow::Error) -> bool {
     })
 }
 
-fn state_str(s: &RecordState) -> &'static str {
-    match s {
-        RecordState::Live => "live",
-        RecordState::Disposed { .. } => "disposed",
+fn text(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => String::new(),
+        other => other.to_string(),
     }
 }
 
-pub fn user_json(u: &UserInfo) -> Value {
-    json!({
-        "user_id": u.id.to_string(), "username": u.username.as_str(), "role": u.role.as_str(),
-        "state": match u.state { vault_core::access::UserState::Active => "active", vault_core::access::UserState::Disabled => "disabled" },
-        "reveal": u.reveal_grant, "created": format_ms(u.created_ms),
-        "last_login": u.last_login_ms.map(format_ms), "locked_until": u.locked_until_ms.map(format_ms),
-    })
+fn rows(v: &Value) -> &[Value] {
+    v.as_array().map(Vec::as_slice).unwrap_or(&[])
 }
 
-pub fn users_table(users: &[UserInfo]) -> String {
+// The human renderings below take the `--json` document of their command,
+// so that a local vault and a server (`--server`) print the same text.
+
+/// `user list`.
+pub fn users_table(users: &Value) -> String {
     let mut t = format!(
         "{:<24} {:<11} {:<9} {:<36} {}\n",
         "USERNAME", "ROLE", "STATE", "ID", "LOCKED UNTIL"
     );
-    for u in users {
-        let state = match u.state {
-            vault_core::access::UserState::Active => "active",
-            vault_core::access::UserState::Disabled => "disabled",
-        };
+    for u in rows(users) {
         t.push_str(&format!(
             "{:<24} {:<11} {:<9} {:<36} {}\n",
-            u.username.as_str(),
-            u.role.as_str(),
-            state,
-            u.id,
-            u.locked_until_ms.map(format_ms).unwrap_or_default()
+            text(&u["username"]),
+            text(&u["role"]),
+            text(&u["state"]),
+            text(&u["user_id"]),
+            text(&u["locked_until"])
         ));
     }
     t.trim_end().to_owned()
 }
 
-pub fn meta_json(m: &RecordMeta) -> Value {
-    let cert = match &m.state {
-        RecordState::Disposed { certificate } => certificate.clone(),
-        RecordState::Live => None,
-    };
-    json!({
-        "record_id": m.id.to_string(), "collection": m.collection.as_str(), "subject": m.subject.to_string(),
-        "version": m.version, "created": format_ms(m.created_ms), "updated": format_ms(m.updated_ms),
-        "state": state_str(&m.state), "certificate": cert,
-    })
-}
-
-pub fn metas_table(ms: &[RecordMeta]) -> String {
+/// `record list`.
+pub fn metas_table(ms: &Value) -> String {
     let mut t = format!(
         "{:<36} {:<16} {:<36} {:>3} {}\n",
         "RECORD", "COLLECTION", "SUBJECT", "VER", "STATE"
     );
-    for m in ms {
+    for m in rows(ms) {
         t.push_str(&format!(
             "{:<36} {:<16} {:<36} {:>3} {}\n",
-            m.id,
-            m.collection.as_str(),
-            m.subject,
-            m.version,
-            state_str(&m.state)
+            text(&m["record_id"]),
+            text(&m["collection"]),
+            text(&m["subject"]),
+            text(&m["version"]),
+            text(&m["state"])
         ));
     }
-    t.push_str(&format!("{} records", ms.len()));
+    t.push_str(&format!("{} records", rows(ms).len()));
     t
 }
 
-pub fn record_json(v: &RecordView) -> Value {
-    json!({
-        "record": meta_json(&v.meta),
-        "fields": Value::Object(v.fields.clone()),
-        "revealed": v.revealed,
-        "classification": {
-            "ma_personal_information": v.classification.ma_personal_information,
-            "sensitive_elements": v.classification.sensitive_elements.iter().map(|t| t.as_str()).collect::<Vec<_>>(),
-        },
-    })
-}
-
-pub fn record_text(v: &RecordView) -> String {
+/// `record get`.
+pub fn record_text(v: &Value) -> String {
+    let meta = &v["record"];
     let mut t = format!(
         "record {}  collection {}  subject {}  version {}\n",
-        v.meta.id,
-        v.meta.collection.as_str(),
-        v.meta.subject,
-        v.meta.version
+        text(&meta["record_id"]),
+        text(&meta["collection"]),
+        text(&meta["subject"]),
+        text(&meta["version"])
     );
-    for (k, val) in &v.fields {
-        let shown = match val {
-            Value::String(s) => s.clone(),
-            other => other.to_string(),
-        };
-        let mark = if v.revealed.iter().any(|r| r == k) {
-            "  (revealed)"
-        } else {
-            ""
-        };
-        t.push_str(&format!("  {k}: {shown}{mark}\n"));
+    let revealed = rows(&v["revealed"]);
+    if let Some(fields) = v["fields"].as_object() {
+        for (k, val) in fields {
+            let mark = if revealed.iter().any(|r| r.as_str() == Some(k)) {
+                "  (revealed)"
+            } else {
+                ""
+            };
+            t.push_str(&format!("  {k}: {}{mark}\n", text(val)));
+        }
     }
-    let elems: Vec<&str> = v
-        .classification
-        .sensitive_elements
+    let class = &v["classification"];
+    let elems: Vec<String> = rows(&class["sensitive_elements"])
         .iter()
-        .map(|t| t.as_str())
+        .map(text)
         .collect();
     t.push_str(&format!(
         "classification: {}{}",
-        if v.classification.ma_personal_information {
+        if class["ma_personal_information"] == Value::Bool(true) {
             "MA personal information"
         } else {
             "not MA personal information"
@@ -192,84 +160,181 @@ pub fn record_text(v: &RecordView) -> String {
     t
 }
 
-pub fn event_json(e: &AuditEvent) -> Value {
-    json!({
-        "seq": e.seq, "time": format_ms(e.time_ms), "actor": e.actor.map(|a| a.to_string()),
-        "channel": e.channel.as_str(), "source": e.source, "action": e.action, "targets": e.targets,
-        "outcome": e.outcome.as_str(), "code": e.code, "reason": e.reason, "request_id": e.request_id,
-    })
+/// `audit log`.
+pub fn events_text(events: &Value) -> String {
+    rows(events)
+        .iter()
+        .map(|e| {
+            let targets: Vec<String> = rows(&e["targets"]).iter().map(text).collect();
+            format!(
+                "{:>6} {} {:<6} {:<36} {:<18} {:<7} {}{}",
+                text(&e["seq"]),
+                text(&e["time"]),
+                text(&e["channel"]),
+                e["actor"].as_str().unwrap_or("-"),
+                text(&e["action"]),
+                text(&e["outcome"]),
+                targets.join(","),
+                e["code"]
+                    .as_str()
+                    .map(|c| format!(" [{c}]"))
+                    .unwrap_or_default()
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
-pub fn event_text(e: &AuditEvent) -> String {
-    format!(
-        "{:>6} {} {:<6} {:<36} {:<18} {:<7} {}{}",
-        e.seq,
-        format_ms(e.time_ms),
-        e.channel.as_str(),
-        e.actor.map(|a| a.to_string()).unwrap_or_else(|| "-".into()),
-        e.action,
-        e.outcome.as_str(),
-        e.targets.join(","),
-        e.code
-            .as_deref()
-            .map(|c| format!(" [{c}]"))
-            .unwrap_or_default()
-    )
-}
-
-pub fn verify_json(r: &VerifyReport) -> Value {
-    json!({
-        "ok": r.ok(), "events": r.events, "checkpoints": r.checkpoints,
-        "last_checkpoint_seq": r.last_checkpoint_seq, "first_bad_seq": r.first_bad_seq, "problem": r.problem,
-    })
-}
-
-pub fn verify_text(r: &VerifyReport) -> String {
-    if r.ok() {
+/// `audit verify`.
+pub fn verify_text(r: &Value) -> String {
+    if r["ok"] == Value::Bool(true) {
         format!(
             "audit trail OK: {} events, {} signed checkpoints (last at seq {})",
-            r.events, r.checkpoints, r.last_checkpoint_seq
+            text(&r["events"]),
+            text(&r["checkpoints"]),
+            text(&r["last_checkpoint_seq"])
         )
     } else {
         format!(
             "audit trail FAILED at seq {}: {}",
-            r.first_bad_seq
+            r["first_bad_seq"]
+                .as_u64()
                 .map(|s| s.to_string())
                 .unwrap_or_else(|| "?".into()),
-            r.problem.as_deref().unwrap_or("unknown problem")
+            r["problem"].as_str().unwrap_or("unknown problem")
         )
     }
 }
 
-pub fn activity_json(a: &UserActivity, name: &str) -> Value {
-    json!({
-        "user_id": a.user.to_string(), "username": name, "reads": a.reads, "reveals": a.reveals,
-        "exports": a.exports, "writes": a.writes, "denials": a.denials, "logins": a.logins,
-        "failed_logins": a.failed_logins, "lockouts": a.lockouts,
-    })
-}
-
-pub fn activity_text(
-    report: &[UserActivity],
-    name_of: &dyn Fn(vault_core::ids::UserId) -> String,
-) -> String {
+/// `audit report`.
+pub fn activity_text(report: &Value) -> String {
     let mut t = format!(
         "{:<24} {:>6} {:>7} {:>7} {:>6} {:>7} {:>6} {:>7} {:>8}\n",
         "USER", "READS", "REVEALS", "EXPORTS", "WRITES", "DENIALS", "LOGINS", "FAILED", "LOCKOUTS"
     );
-    for a in report {
+    for a in rows(&report["users"]) {
         t.push_str(&format!(
             "{:<24} {:>6} {:>7} {:>7} {:>6} {:>7} {:>6} {:>7} {:>8}\n",
-            name_of(a.user),
-            a.reads,
-            a.reveals,
-            a.exports,
-            a.writes,
-            a.denials,
-            a.logins,
-            a.failed_logins,
-            a.lockouts
+            text(&a["username"]),
+            text(&a["reads"]),
+            text(&a["reveals"]),
+            text(&a["exports"]),
+            text(&a["writes"]),
+            text(&a["denials"]),
+            text(&a["logins"]),
+            text(&a["failed_logins"]),
+            text(&a["lockouts"])
         ));
     }
     t.trim_end().to_owned()
+}
+
+/// A disposal's outcome, its dry run, or `retention due`.
+pub fn outcome_text(o: &Value) -> String {
+    let records = rows(&o["record_ids"]).len();
+    let subjects = text(&o["subjects"]);
+    let mut t = if o["dry_run"] == Value::Bool(true) {
+        format!("would dispose of {records} record(s) of {subjects} subject(s)")
+    } else if let Some(c) = o["certificate_id"].as_str() {
+        format!(
+            "disposed of {records} record(s) of {subjects} subject(s); certificate {c}\n(draft until an officer other than you runs `pivault certificate validate {c}`)"
+        )
+    } else {
+        "nothing to dispose of".to_owned()
+    };
+    for x in rows(&o["excluded"]) {
+        t.push_str(&format!(
+            "\n  excluded {}: {}",
+            text(&x["record_id"]),
+            text(&x["reason"])
+        ));
+    }
+    t
+}
+
+/// `disposal list`.
+pub fn disposals_text(ds: &Value) -> String {
+    rows(ds)
+        .iter()
+        .map(|d| {
+            format!(
+                "{}  {}  {:<20} {:>6} records  {}{}",
+                text(&d["disposal_id"]),
+                text(&d["created"]),
+                text(&d["step"]),
+                text(&d["records"]),
+                text(&d["certificate_id"]),
+                d["failed"]
+                    .as_str()
+                    .map(|f| format!("  FAILED: {f}"))
+                    .unwrap_or_default()
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// `hold list`.
+pub fn holds_text(hs: &Value) -> String {
+    rows(hs)
+        .iter()
+        .map(|h| {
+            format!(
+                "{:<7} {}  {}  {}",
+                text(&h["kind"]),
+                text(&h["target"]),
+                text(&h["created"]),
+                text(&h["reason"])
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// `retention show` (and one line of `retention set`).
+pub fn retention_line(p: &Value) -> String {
+    format!(
+        "{}\t{} days from {}",
+        text(&p["collection"]),
+        text(&p["days"]),
+        if p["from_updated"] == Value::Bool(true) {
+            "last update"
+        } else {
+            "creation"
+        }
+    )
+}
+
+/// `collection list`.
+pub fn collections_text(cs: &Value) -> String {
+    rows(cs)
+        .iter()
+        .map(|c| {
+            format!(
+                "{}\t{} fields\t{}",
+                text(&c["collection"]),
+                text(&c["fields"]),
+                text(&c["purpose"])
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// An import refused by its check pass.
+pub fn import_refused_text(v: &Value) -> String {
+    let rejected = v["rejected"].as_u64().unwrap_or(0);
+    let valid = v["valid"].as_u64().unwrap_or(0);
+    let mut t = format!(
+        "nothing imported: {rejected} of {} rows are invalid\n",
+        valid + rejected
+    );
+    for r in rows(&v["errors"]).iter().take(20) {
+        t.push_str(&format!(
+            "  line {}: {}\n",
+            text(&r["line"]),
+            text(&r["error"])
+        ));
+    }
+    t
 }

@@ -50,3 +50,18 @@ pub fn format_ms(ms: i64) -> String {
         .map(|t| t.to_string())
         .unwrap_or_else(|_| ms.to_string())
 }
+
+/// Parses a time given by a user: RFC 3339 (`2025-06-30T12:00:00Z`) or a
+/// date (`2025-06-30`, midnight UTC), to unix milliseconds. The error never
+/// quotes the input.
+pub fn parse_time(s: &str) -> crate::Result<i64> {
+    if let Ok(t) = s.parse::<jiff::Timestamp>() {
+        return Ok(t.as_millisecond());
+    }
+    let bad = || crate::Error::InvalidInput("time must be RFC 3339 or YYYY-MM-DD".into());
+    let d: jiff::civil::Date = s.parse().map_err(|_| bad())?;
+    Ok(d.to_zoned_datetime(jiff::tz::TimeZone::UTC)
+        .map_err(|_| bad())?
+        .timestamp()
+        .as_millisecond())
+}

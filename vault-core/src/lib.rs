@@ -22,6 +22,7 @@ pub mod schema;
 pub mod secret;
 mod store;
 pub mod vault;
+pub mod views;
 
 /// Re-exported so front ends can name public keys without depending on it.
 pub use ed25519_dalek;

@@ -28,6 +28,8 @@ use crate::schema::{Classification, Schema};
 use crate::secret::{SecretKey, SecretString};
 #[path = "disposal.rs"]
 mod disposal;
+#[path = "http_audit.rs"]
+mod http_audit;
 
 pub use crate::store::RecordState;
 use crate::store::{self, RecordRow, Store};

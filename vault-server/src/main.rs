@@ -1,12 +1,268 @@
-//! `pivault-server`: the HTTP API over the vault-core facade.
+//! `pivault-server`: unlocks a vault once at start and serves the `/v1` API.
 //!
-//! Not built yet: the HTTP server is the subject of its own issue. Until then
-//! this binary refuses to start rather than pretend to serve.
+//! Loopback by default; any other address needs TLS (rustls, TLS 1.2+).
+//! The passphrase comes from `PIVAULT_PASSPHRASE_FILE` (or
+//! `--passphrase-file`), or a no-echo prompt on a terminal — never a flag.
 #![forbid(unsafe_code)]
 
+use std::io::IsTerminal;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use clap::Parser;
+use vault_core::Vault;
+use vault_core::secret::SecretString;
+use vault_core::vault::OpenOptions;
+use vault_server::{App, Limits};
+
+/// pivault-server — the pivault HTTP API over TLS.
+#[derive(Parser, Debug)]
+#[command(name = "pivault-server", version)]
+struct Args {
+    /// Vault directory.
+    #[arg(
+        long,
+        env = "PIVAULT_DIR",
+        value_name = "DIR",
+        required_unless_present = "print_openapi"
+    )]
+    vault: Option<PathBuf>,
+    /// Address to listen on. Anything but loopback requires --tls-cert and --tls-key.
+    #[arg(long, default_value = "127.0.0.1:8443")]
+    bind: SocketAddr,
+    /// TLS certificate chain, PEM.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// TLS private key, PEM.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Create a self-signed certificate for localhost at --tls-cert/--tls-key
+    /// if they do not exist (first runs on loopback; give clients the
+    /// certificate with `pivault --ca-cert`).
+    #[arg(long, requires = "tls_cert")]
+    self_signed: bool,
+    /// File holding the vault passphrase (or key file).
+    #[arg(long, env = "PIVAULT_PASSPHRASE_FILE", value_name = "FILE")]
+    passphrase_file: Option<PathBuf>,
+    /// fsync every write.
+    #[arg(long, env = "PIVAULT_SYNC")]
+    sync: bool,
+    /// Bearer token lifetime, seconds.
+    #[arg(long, default_value_t = 8 * 3600)]
+    token_ttl_secs: u64,
+    /// Login attempts per client address per minute (in front of the account lock-out).
+    #[arg(long, default_value_t = 30)]
+    logins_per_minute: u32,
+    /// Requests per client address per second.
+    #[arg(long, default_value_t = 20_000)]
+    requests_per_second: u32,
+    /// Concurrent password checks (Argon2id).
+    #[arg(long, default_value_t = 1)]
+    login_concurrency: usize,
+    /// Largest JSON request body, bytes.
+    #[arg(long, default_value_t = 1 << 20)]
+    max_body: usize,
+    /// Request timeout, seconds.
+    #[arg(long, default_value_t = 30)]
+    timeout_secs: u64,
+    /// Print the OpenAPI document and exit.
+    #[arg(long)]
+    print_openapi: bool,
+}
 
 fn main() -> ExitCode {
-    eprintln!("pivault-server: the HTTP API is not available in this build; use the `pivault` CLI");
-    ExitCode::from(2)
+    let args = Args::parse();
+    if args.print_openapi {
+        print!("{}", vault_server::openapi_json());
+        return ExitCode::SUCCESS;
+    }
+    match run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("pivault-server: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn passphrase(file: Option<&Path>) -> anyhow::Result<SecretString> {
+    if let Some(f) = file {
+        let s = SecretString::from_file(f)
+            .with_context(|| format!("cannot read the passphrase file {}", f.display()))?;
+        if s.expose().is_empty() {
+            bail!("the passphrase file {} is empty", f.display());
+        }
+        return Ok(s);
+    }
+    if std::io::stdin().is_terminal() {
+        return Ok(SecretString::new(rpassword::prompt_password(
+            "Vault passphrase: ",
+        )?));
+    }
+    bail!("no vault passphrase: set PIVAULT_PASSPHRASE_FILE or run in a terminal")
+}
+
+/// Writes a self-signed certificate for localhost/127.0.0.1/::1 (key 0600).
+fn self_signed(cert: &Path, key: &Path) -> anyhow::Result<()> {
+    if cert.exists() && key.exists() {
+        return Ok(());
+    }
+    let ck = rcgen::generate_simple_self_signed(vec![
+        "localhost".to_owned(),
+        "127.0.0.1".to_owned(),
+        "::1".to_owned(),
+    ])
+    .context("cannot generate a self-signed certificate")?;
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(key)
+        .with_context(|| format!("cannot create {}", key.display()))?;
+    f.write_all(ck.signing_key.serialize_pem().as_bytes())?;
+    f.sync_all()?;
+    std::fs::write(cert, ck.cert.pem())
+        .with_context(|| format!("cannot write {}", cert.display()))?;
+    eprintln!(
+        "pivault-server: created a self-signed certificate {} (give it to clients with --ca-cert)",
+        cert.display()
+    );
+    Ok(())
+}
+
+fn tls_config(cert: &Path, key: &Path) -> anyhow::Result<rustls::ServerConfig> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .with_context(|| format!("cannot read {}", cert.display()))?
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("{} is not a PEM certificate chain", cert.display()))?;
+    if certs.is_empty() {
+        bail!("{} holds no certificate", cert.display());
+    }
+    let key = PrivateKeyDer::from_pem_file(key)
+        .with_context(|| format!("cannot read a PEM private key from {}", key.display()))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .context("TLS versions")?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .context("the TLS certificate and key do not match")?;
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(cfg)
+}
+
+fn run(args: Args) -> anyhow::Result<()> {
+    let dir = args.vault.clone().expect("required by clap");
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(c), Some(k)) => {
+            if args.self_signed {
+                self_signed(c, k)?;
+            }
+            Some(tls_config(c, k)?)
+        }
+        _ => None,
+    };
+    if tls.is_none() && !args.bind.ip().is_loopback() {
+        bail!(
+            "refusing to listen on {} without TLS: give --tls-cert and --tls-key (or bind 127.0.0.1)",
+            args.bind
+        );
+    }
+    let pass = passphrase(args.passphrase_file.as_deref())?;
+    let vault = Vault::open(
+        &dir,
+        &pass,
+        OpenOptions {
+            sync: args.sync,
+            ..OpenOptions::default()
+        },
+    )?;
+    drop(pass);
+    let vault = Arc::new(vault);
+    let limits = Limits {
+        body_bytes: args.max_body,
+        request_timeout: Duration::from_secs(args.timeout_secs.max(1)),
+        login_concurrency: args.login_concurrency,
+        logins_per_minute: args.logins_per_minute,
+        requests_per_second: args.requests_per_second,
+        token_ttl: Duration::from_secs(args.token_ttl_secs.max(1)),
+        ..Limits::default()
+    };
+    let app = App::new(vault, limits);
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    rt.block_on(serve(app.clone(), args.bind, tls))?;
+    // Every request has finished; blocking work (a disposal step) too once
+    // the runtime is gone. Then the vault is closed cleanly.
+    drop(rt);
+    let vault = Arc::try_unwrap(app)
+        .ok()
+        .map(|a| a.into_vault())
+        .and_then(|v| Arc::try_unwrap(v).ok());
+    match vault {
+        Some(v) => v.close()?,
+        None => eprintln!("pivault-server: vault still referenced at exit; closed by drop"),
+    }
+    eprintln!("pivault-server: stopped");
+    Ok(())
+}
+
+async fn serve(
+    app: Arc<App>,
+    bind: SocketAddr,
+    tls: Option<rustls::ServerConfig>,
+) -> anyhow::Result<()> {
+    let handle = axum_server::Handle::new();
+    let h2 = handle.clone();
+    let app2 = app.clone();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        eprintln!("pivault-server: shutting down; finishing requests in flight");
+        app2.drain();
+        h2.graceful_shutdown(Some(Duration::from_secs(60)));
+    });
+    let svc = vault_server::app(app).into_make_service_with_connect_info::<SocketAddr>();
+    let listener =
+        std::net::TcpListener::bind(bind).with_context(|| format!("cannot listen on {bind}"))?;
+    listener.set_nonblocking(true)?;
+    let local = listener.local_addr()?;
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    // The line tests and scripts wait for (the port may be 0 = chosen by the OS).
+    eprintln!("pivault-server: listening on {scheme}://{local}");
+    match tls {
+        Some(cfg) => {
+            let cfg = axum_server::tls_rustls::RustlsConfig::from_config(Arc::new(cfg));
+            axum_server::from_tcp_rustls(listener, cfg)?
+                .handle(handle)
+                .serve(svc)
+                .await?
+        }
+        None => {
+            axum_server::from_tcp(listener)?
+                .handle(handle)
+                .serve(svc)
+                .await?
+        }
+    }
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
 }

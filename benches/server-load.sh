@@ -1,0 +1,108 @@
+#!/usr/bin/env bash
+# Load benchmark of pivault-server (issue: the HTTP API over TLS).
+#
+# A separate load-generating process (wrk) on loopback drives the real
+# server over TLS:
+#   1. /healthz over TLS: the ceiling of this server on this machine;
+#   2. authenticated masked record reads (GET /v1/records/{id}, bearer token),
+#      at 16 and 64 concurrent connections: requests/s, p50, p99;
+#   3. the same reads while a second wrk floods POST /v1/sessions with wrong
+#      passwords (with the per-address login limit raised so that every
+#      attempt reaches Argon2id: the worst case for starvation).
+#
+# Usage:  benches/server-load.sh            (DURATION=10s by default)
+#         DURATION=30s BIN_DIR=target/release benches/server-load.sh
+# Needs:  wrk and curl (installed with apt-get when missing), the binaries
+#         built (`cargo build --workspace --all-targets`).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DURATION=${DURATION:-10s}
+BIN_DIR=${BIN_DIR:-${CARGO_TARGET_DIR:-target}/debug}
+THREADS=${THREADS:-2}
+
+need() { command -v "$1" >/dev/null 2>&1; }
+if ! need wrk || ! need curl; then
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
+  $SUDO apt-get update -qq && $SUDO apt-get install -y -qq wrk curl
+fi
+[ -x "$BIN_DIR/pivault" ] && [ -x "$BIN_DIR/pivault-server" ] || {
+  echo "build first: cargo build --workspace --all-targets (looked in $BIN_DIR)" >&2; exit 2; }
+
+WORK=$(mktemp -d)
+SERVER_PID=""
+cleanup() { [ -n "$SERVER_PID" ] && kill "$SERVER_PID" 2>/dev/null || true; rm -rf "$WORK"; }
+trap cleanup EXIT
+
+# Secrets in files, never on command lines.
+printf 'load-bench-vault-passphrase-9Tq!' > "$WORK/pass"
+printf 'Load-Admin-Quartz-Heron-71' > "$WORK/admin.pw"
+printf 'Load-Officer-Basalt-Wren-38' > "$WORK/officer.pw"
+printf 'Load-Clerk-Cobalt-Finch-52' > "$WORK/clerk.pw"
+chmod 600 "$WORK"/*
+export PIVAULT_PASSPHRASE_FILE="$WORK/pass" PIVAULT_DIR="$WORK/vault"
+P="$BIN_DIR/pivault"
+
+PIVAULT_PASSWORD_FILE="$WORK/admin.pw" "$P" init --admin admin >/dev/null
+PIVAULT_PASSWORD_FILE="$WORK/admin.pw" PIVAULT_NEW_PASSWORD_FILE="$WORK/officer.pw" \
+  "$P" --user admin user add officer --role officer >/dev/null
+PIVAULT_PASSWORD_FILE="$WORK/admin.pw" PIVAULT_NEW_PASSWORD_FILE="$WORK/clerk.pw" \
+  "$P" --user admin user add clerk --role clerk >/dev/null
+PIVAULT_PASSWORD_FILE="$WORK/admin.pw" \
+  "$P" --user admin collection create customers --schema examples/customers.schema.json >/dev/null
+printf '{"given_name":"Ada","family_name":"Quimby","ssn":"123-45-6789","card_number":"4111111111111111"}' > "$WORK/rec.json"
+ID=$(PIVAULT_PASSWORD_FILE="$WORK/clerk.pw" "$P" --user clerk --json record put customers --data "$WORK/rec.json" \
+  | sed -E 's/.*"record_id":"([^"]+)".*/\1/')
+
+start_server() {
+  "$BIN_DIR/pivault-server" --bind 127.0.0.1:0 --self-signed \
+    --tls-cert "$WORK/server.crt" --tls-key "$WORK/server.key" "$@" 2> "$WORK/server.log" &
+  SERVER_PID=$!
+  for _ in $(seq 1 600); do
+    URL=$(sed -nE 's/.*listening on (https:[^ ]+).*/\1/p' "$WORK/server.log")
+    [ -n "$URL" ] && break; sleep 0.1
+  done
+  [ -n "$URL" ] || { cat "$WORK/server.log" >&2; exit 1; }
+}
+stop_server() { kill "$SERVER_PID"; wait "$SERVER_PID" || true; SERVER_PID=""; }
+
+start_server --logins-per-minute 1000000
+TOKEN=$(curl -sk -X POST "$URL/v1/sessions" -H 'content-type: application/json' \
+  --data-binary @<(printf '{"username":"clerk","password":"%s"}' "$(cat "$WORK/clerk.pw")") \
+  | sed -E 's/.*"token":"([^"]+)".*/\1/')
+[ "${#TOKEN}" -gt 10 ] || { echo "login failed" >&2; exit 1; }
+
+echo "# pivault-server load, $(date -u +%FT%TZ), $(nproc) cores, binaries from $BIN_DIR, wrk -t$THREADS -d$DURATION"
+summary() { # label, wrk output file
+  local rps p50 p99
+  rps=$(awk '/Requests\/sec/ {print $2}' "$2")
+  p50=$(awk '$1=="50%" {print $2}' "$2")
+  p99=$(awk '$1=="99%" {print $2}' "$2")
+  printf '%-44s %10s req/s   p50 %8s   p99 %8s\n' "$1" "$rps" "$p50" "$p99"
+}
+for C in 16 64; do
+  wrk -t"$THREADS" -c"$C" -d"$DURATION" --latency "$URL/healthz" > "$WORK/h$C.txt"
+  summary "GET /healthz (TLS), $C connections" "$WORK/h$C.txt"
+  wrk -t"$THREADS" -c"$C" -d"$DURATION" --latency -H "Authorization: Bearer $TOKEN" \
+    "$URL/v1/records/$ID" > "$WORK/r$C.txt"
+  grep -q "Non-2xx" "$WORK/r$C.txt" && { echo "non-2xx answers:"; grep "Non-2xx" "$WORK/r$C.txt"; }
+  summary "GET /v1/records/{id} masked, $C connections" "$WORK/r$C.txt"
+  awk -v a="$(awk '/Requests\/sec/ {print $2}' "$WORK/r$C.txt")" \
+      -v b="$(awk '/Requests\/sec/ {print $2}' "$WORK/h$C.txt")" \
+      'BEGIN { printf "  ratio reads / healthz at %s connections: %.2f\n", "'"$C"'", a / b }'
+done
+
+# Login flood from a second process while reads are measured.
+cat > "$WORK/flood.lua" <<'LUA'
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.body = '{"username":"nobody-at-all","password":"not-the-password-123"}'
+LUA
+wrk -t1 -c16 -d"$DURATION" -s "$WORK/flood.lua" "$URL/v1/sessions" > "$WORK/flood.txt" &
+FLOOD=$!
+sleep 1
+wrk -t1 -c16 -d"$DURATION" --latency -H "Authorization: Bearer $TOKEN" "$URL/v1/records/$ID" > "$WORK/rf.txt"
+wait "$FLOOD" || true
+summary "reads during a wrong-password flood, 16 conn" "$WORK/rf.txt"
+summary "  the flood itself (POST /v1/sessions)" "$WORK/flood.txt"
+stop_server

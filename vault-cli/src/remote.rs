@@ -1,0 +1,796 @@
+//! `pivault --server URL`: the same commands against a running
+//! `pivault-server`. Each command becomes one or two HTTPS calls whose
+//! answers are the documents `--json` prints locally, rendered by the same
+//! functions ([`crate::output`]), so output and exit codes match.
+//!
+//! A token from `pivault login` is kept in a file readable only by you
+//! (mode 0600); without one, a command logs in with your password and logs
+//! out when done, like a local command.
+
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context as _, anyhow, bail};
+use serde_json::{Value, json};
+use vault_core::certificate::{self, Certificate};
+use vault_core::ed25519_dalek as ed25519_key;
+use vault_core::ids::{CertificateId, DisposalId, RecordId};
+use vault_core::secret::SecretString;
+
+use crate::output::{self, Out};
+use crate::{
+    AuditCmd, CertificateCmd, Cli, CollectionCmd, Command, ContractorCmd, DisposalCmd, DisposeCmd,
+    DisposeOpts, FormatArg, HoldCmd, KeysCmd, RecordCmd, RetentionCmd, SubjectCmd, UserCmd,
+    dispose, exit,
+};
+
+/// An error answered by the server: its stable code and message.
+#[derive(Debug)]
+pub struct RemoteError {
+    /// The problem's `code` (the same codes as local errors).
+    pub code: String,
+    /// The problem's `detail`.
+    pub message: String,
+}
+
+impl std::fmt::Display for RemoteError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for RemoteError {}
+
+/// A connection to a server.
+pub struct Remote {
+    agent: ureq::Agent,
+    base: String,
+    token: Option<SecretString>,
+}
+
+impl Remote {
+    fn new(url: &str, ca_cert: Option<&Path>) -> anyhow::Result<Remote> {
+        use ureq::tls::{Certificate as Pem, RootCerts, TlsConfig};
+        let base = url.trim_end_matches('/').to_owned();
+        if !(base.starts_with("https://") || is_loopback_http(&base)) {
+            bail!("--server must be an https:// URL (plain http only to 127.0.0.1 or localhost)");
+        }
+        let mut tls = TlsConfig::builder();
+        if let Some(ca) = ca_cert {
+            let pem = std::fs::read(ca).with_context(|| format!("cannot read {}", ca.display()))?;
+            let cert = Pem::from_pem(&pem)
+                .map_err(|_| anyhow!("{} is not a PEM certificate", ca.display()))?
+                .to_owned();
+            tls = tls.root_certs(RootCerts::Specific(Arc::new(vec![cert])));
+        }
+        let agent = ureq::Agent::config_builder()
+            .tls_config(tls.build())
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(600)))
+            .build()
+            .into();
+        Ok(Remote {
+            agent,
+            base,
+            token: None,
+        })
+    }
+
+    /// One call; a problem answer becomes a [`RemoteError`].
+    fn text(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<(Vec<u8>, &str)>,
+    ) -> anyhow::Result<(u16, String)> {
+        let url = format!("{}{path}", self.base);
+        let auth = self
+            .token
+            .as_ref()
+            .map(|t| format!("Bearer {}", t.expose()));
+        let resp = match method {
+            "GET" | "DELETE" => {
+                let mut r = if method == "GET" {
+                    self.agent.get(&url)
+                } else {
+                    self.agent.delete(&url)
+                };
+                if let Some(a) = &auth {
+                    r = r.header("Authorization", a);
+                }
+                r.call()
+            }
+            _ => {
+                let mut r = if method == "PUT" {
+                    self.agent.put(&url)
+                } else {
+                    self.agent.post(&url)
+                };
+                if let Some(a) = &auth {
+                    r = r.header("Authorization", a);
+                }
+                match body {
+                    Some((b, ct)) => r.header("Content-Type", ct).send(&b[..]),
+                    None => r.send_empty(),
+                }
+            }
+        };
+        let mut resp = resp.map_err(|e| {
+            anyhow!(vault_core::Error::Io(format!(
+                "cannot reach the server: {e}"
+            )))
+        })?;
+        let status = resp.status().as_u16();
+        let problem = resp
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("application/problem+json"));
+        let text = resp
+            .body_mut()
+            .with_config()
+            .limit(256 << 20)
+            .read_to_string()
+            .map_err(|e| anyhow!(vault_core::Error::Io(format!("reading the answer: {e}"))))?;
+        if problem || (status >= 400 && status != 422) {
+            let p: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+            return Err(RemoteError {
+                code: p["code"].as_str().unwrap_or("internal").to_owned(),
+                message: p["detail"]
+                    .as_str()
+                    .map(str::to_owned)
+                    .unwrap_or_else(|| format!("the server answered HTTP {status}")),
+            }
+            .into());
+        }
+        Ok((status, text))
+    }
+
+    fn call(&self, method: &str, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
+        let (_, text) = self.text(
+            method,
+            path,
+            body.map(|b| (b.to_string().into_bytes(), "application/json")),
+        )?;
+        serde_json::from_str(&text).map_err(|_| anyhow!("the server's answer is not JSON"))
+    }
+
+    fn get(&self, path: &str) -> anyhow::Result<Value> {
+        self.call("GET", path, None)
+    }
+
+    fn post(&self, path: &str, body: Value) -> anyhow::Result<Value> {
+        self.call("POST", path, Some(body))
+    }
+}
+
+fn is_loopback_http(url: &str) -> bool {
+    ["http://127.0.0.1", "http://localhost", "http://[::1]"]
+        .iter()
+        .any(|p| {
+            url.starts_with(p)
+                && matches!(url.as_bytes().get(p.len()), None | Some(b':') | Some(b'/'))
+        })
+}
+
+/// Where the token of `user` on `server` is kept.
+fn token_file(server: &str, user: &str) -> anyhow::Result<PathBuf> {
+    if let Some(p) = std::env::var_os("PIVAULT_TOKEN_FILE") {
+        return Ok(PathBuf::from(p));
+    }
+    let base = std::env::var_os("XDG_CONFIG_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")))
+        .ok_or_else(|| anyhow!("set HOME or PIVAULT_TOKEN_FILE to keep a login token"))?;
+    let host: String = server
+        .split("://")
+        .nth(1)
+        .unwrap_or(server)
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    Ok(base.join("pivault").join(format!("token-{user}@{host}")))
+}
+
+fn url_part(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+fn query(pairs: &[(&str, Option<String>)]) -> String {
+    let q: Vec<String> = pairs
+        .iter()
+        .filter_map(|(k, v)| v.as_ref().map(|v| format!("{k}={}", url_part(v))))
+        .collect();
+    if q.is_empty() {
+        String::new()
+    } else {
+        format!("?{}", q.join("&"))
+    }
+}
+
+fn parties(o: &DisposeOpts) -> Value {
+    json!({
+        "dry_run": o.dry_run, "data_owner": o.data_owner, "data_owner_address": o.data_owner_address,
+        "title": o.title, "contractor_org": o.contractor_org, "contract_ref": o.contract_ref,
+    })
+}
+
+fn merge(mut a: Value, b: Value) -> Value {
+    if let (Some(a), Value::Object(b)) = (a.as_object_mut(), b) {
+        a.extend(b);
+    }
+    a
+}
+
+/// Runs a command against the server.
+pub fn run(cli: &Cli, out: &Out, server: &str) -> anyhow::Result<u8> {
+    let mut r = Remote::new(server, cli.ca_cert.as_deref())?;
+    let user = || {
+        cli.user
+            .as_deref()
+            .ok_or_else(|| anyhow!("no user given: use --user NAME or set PIVAULT_USER"))
+    };
+    let password = |u: &str| {
+        crate::secret(
+            cli.password_file.as_deref(),
+            &format!("Password for {u}: "),
+            "password",
+            "PIVAULT_PASSWORD_FILE",
+        )
+    };
+    let login = |r: &Remote, u: &str| -> anyhow::Result<SecretString> {
+        let pw = password(u)?;
+        let v = r.post(
+            "/v1/sessions",
+            json!({ "username": u, "password": pw.expose() }),
+        )?;
+        Ok(SecretString::new(
+            v["token"]
+                .as_str()
+                .ok_or_else(|| anyhow!("no token in the answer"))?
+                .to_owned(),
+        ))
+    };
+    match &cli.command {
+        Command::Login => {
+            let u = user()?;
+            let token = login(&r, u)?;
+            let path = token_file(server, u)?;
+            if let Some(d) = path.parent() {
+                std::fs::create_dir_all(d)?;
+            }
+            let _ = std::fs::remove_file(&path);
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&path)
+                .with_context(|| format!("cannot create {}", path.display()))?;
+            f.write_all(token.expose().as_bytes())?;
+            out.data(
+                json!({ "logged_in": u, "token_file": path.display().to_string() }),
+                || {
+                    format!(
+                        "logged in as {u}; token kept in {} (mode 0600)",
+                        path.display()
+                    )
+                },
+            )?;
+            return Ok(exit::OK);
+        }
+        Command::Logout => {
+            let u = user()?;
+            let path = token_file(server, u)?;
+            if let Ok(t) = SecretString::from_file(&path) {
+                r.token = Some(t);
+                let _ = r.call("DELETE", "/v1/sessions/current", None);
+            }
+            let _ = std::fs::remove_file(&path);
+            out.data(json!({ "logged_out": u }), || format!("logged out {u}"))?;
+            return Ok(exit::OK);
+        }
+        Command::Init(_) | Command::Doctor => {
+            bail!("this command runs on the vault's own machine, not through --server")
+        }
+        _ => {}
+    }
+    let u = user()?;
+    let stored = token_file(server, u)
+        .ok()
+        .and_then(|p| SecretString::from_file(&p).ok())
+        .filter(|t| !t.expose().is_empty());
+    let ephemeral = stored.is_none();
+    r.token = Some(match stored {
+        Some(t) => t,
+        None => login(&r, u)?,
+    });
+    let result = command(cli, out, &r);
+    if ephemeral {
+        let _ = r.call("DELETE", "/v1/sessions/current", None);
+    }
+    result
+}
+
+fn resolve(r: &Remote, reference: &str) -> anyhow::Result<String> {
+    let v = r.post("/v1/subjects/resolve", json!({ "reference": reference }))?;
+    Ok(v["subject"].as_str().unwrap_or_default().to_owned())
+}
+
+fn dispose(r: &Remote, out: &Out, scope: Value, o: &DisposeOpts, what: &str) -> anyhow::Result<u8> {
+    dispose::confirm(o, what)?;
+    let v = r.post("/v1/disposals", merge(scope, parties(o)))?;
+    out.data(v.clone(), || output::outcome_text(&v))?;
+    Ok(exit::OK)
+}
+
+fn command(cli: &Cli, out: &Out, r: &Remote) -> anyhow::Result<u8> {
+    match &cli.command {
+        Command::User(c) => match c {
+            UserCmd::Add {
+                name,
+                role,
+                reveal,
+                new_password_file,
+            } => {
+                let pw = crate::new_secret(
+                    new_password_file.as_deref(),
+                    &format!("password for {name}"),
+                    "PIVAULT_NEW_PASSWORD_FILE",
+                )?;
+                let v = r.post("/v1/users", json!({ "username": name, "role": role, "password": pw.expose(), "reveal": reveal }))?;
+                let (role, id) = (
+                    v["role"].as_str().unwrap_or_default().to_owned(),
+                    v["user_id"].as_str().unwrap_or_default().to_owned(),
+                );
+                out.data(v, || format!("added {role} {name} ({id})"))?;
+            }
+            UserCmd::List => {
+                let v = r.get("/v1/users")?;
+                out.data(v.clone(), || output::users_table(&v))?;
+            }
+            UserCmd::Disable { name } => {
+                let v = r.post(&format!("/v1/users/{}/disable", url_part(name)), json!({}))?;
+                out.data(v, || {
+                    format!("disabled {name}; their sessions and tokens are revoked")
+                })?;
+            }
+            UserCmd::Enable { name } => {
+                let v = r.post(&format!("/v1/users/{}/enable", url_part(name)), json!({}))?;
+                out.data(v, || format!("enabled {name}"))?;
+            }
+            UserCmd::Unlock { name } => {
+                let v = r.post(&format!("/v1/users/{}/unlock", url_part(name)), json!({}))?;
+                out.data(v, || format!("unlocked {name}"))?;
+            }
+            UserCmd::Role { name, role } => {
+                let v = r.call(
+                    "PUT",
+                    &format!("/v1/users/{}/role", url_part(name)),
+                    Some(json!({ "role": role })),
+                )?;
+                let role = v["role"].as_str().unwrap_or_default().to_owned();
+                out.data(v, || format!("{name} is now {role}"))?;
+            }
+            UserCmd::Passwd {
+                name,
+                new_password_file,
+            } => {
+                let name = name
+                    .clone()
+                    .or_else(|| cli.user.clone())
+                    .unwrap_or_default();
+                let pw = crate::new_secret(
+                    new_password_file.as_deref(),
+                    "password",
+                    "PIVAULT_NEW_PASSWORD_FILE",
+                )?;
+                let v = r.call(
+                    "PUT",
+                    &format!("/v1/users/{}/password", url_part(&name)),
+                    Some(json!({ "password": pw.expose() })),
+                )?;
+                out.data(v, || format!("password of {name} changed"))?;
+            }
+        },
+        Command::Collection(c) => match c {
+            CollectionCmd::Create { name, schema } => {
+                let text = std::fs::read_to_string(schema)
+                    .with_context(|| format!("cannot read {}", schema.display()))?;
+                let schema: Value = serde_json::from_str(&text).map_err(|e| {
+                    vault_core::Error::InvalidInput(format!(
+                        "malformed schema JSON at line {} column {}",
+                        e.line(),
+                        e.column()
+                    ))
+                })?;
+                let v = r.post("/v1/collections", json!({ "name": name, "schema": schema }))?;
+                let (n, f) = (
+                    v["collection"].as_str().unwrap_or_default().to_owned(),
+                    v["fields"].clone(),
+                );
+                out.data(v, || format!("created collection {n} with {f} fields"))?;
+            }
+            CollectionCmd::List => {
+                let v = r.get("/v1/collections")?;
+                out.data(v.clone(), || output::collections_text(&v))?;
+            }
+            CollectionCmd::Show { name } => {
+                let v = r.get(&format!("/v1/collections/{}", url_part(name)))?;
+                out.data(v.clone(), || {
+                    serde_json::to_string_pretty(&v).unwrap_or_default()
+                })?;
+            }
+        },
+        Command::Record(c) => {
+            match c {
+                RecordCmd::Put {
+                    collection,
+                    subject,
+                    data,
+                } => {
+                    let body = crate::read_json(data)?;
+                    let v = r.post(
+                        "/v1/records",
+                        json!({ "collection": collection, "subject": subject, "data": body }),
+                    )?;
+                    let id = v["record_id"].as_str().unwrap_or_default().to_owned();
+                    out.data(v, || id)?;
+                }
+                RecordCmd::Import {
+                    collection,
+                    file,
+                    format,
+                    subject_column,
+                } => {
+                    let csv = match format {
+                        Some(FormatArg::Csv) => true,
+                        Some(FormatArg::Jsonl) => false,
+                        None => file
+                            .extension()
+                            .is_some_and(|e| e.eq_ignore_ascii_case("csv")),
+                    };
+                    let body = std::fs::read(file)
+                        .with_context(|| format!("cannot open {}", file.display()))?;
+                    let path = format!(
+                        "/v1/collections/{}/import{}",
+                        url_part(collection),
+                        query(&[
+                            ("format", Some(if csv { "csv" } else { "jsonl" }.to_owned())),
+                            ("subject_column", Some(subject_column.clone()))
+                        ])
+                    );
+                    let ct = if csv {
+                        "text/csv"
+                    } else {
+                        "application/x-ndjson"
+                    };
+                    let (status, text) = r.text("POST", &path, Some((body, ct)))?;
+                    let v: Value = serde_json::from_str(&text)
+                        .map_err(|_| anyhow!("the server's answer is not JSON"))?;
+                    if status == 422 {
+                        // The check pass refused rows: nothing stored, as locally.
+                        out.data(v.clone(), || output::import_refused_text(&v))?;
+                        return Ok(exit::INVALID_INPUT);
+                    }
+                    let n = v["imported"].clone();
+                    out.data(v, || format!("imported {n} records into {collection}"))?;
+                }
+                RecordCmd::Get { id, reveal, reason } => {
+                    let id: RecordId = id.parse()?;
+                    let v = if reveal.is_empty() {
+                        r.get(&format!("/v1/records/{id}"))?
+                    } else {
+                        r.post(&format!("/v1/records/{id}/reveal"), json!({ "fields": reveal, "reason": reason.clone().unwrap_or_default() }))?
+                    };
+                    out.data(v.clone(), || output::record_text(&v))?;
+                }
+                RecordCmd::Update { id, data } => {
+                    let id: RecordId = id.parse()?;
+                    let body = crate::read_json(data)?;
+                    let v = r.call(
+                        "PUT",
+                        &format!("/v1/records/{id}"),
+                        Some(json!({ "data": body })),
+                    )?;
+                    let ver = v["version"].clone();
+                    out.data(v, || format!("updated {id} to version {ver}"))?;
+                }
+                RecordCmd::List {
+                    collection,
+                    subject,
+                } => {
+                    let subject = subject.as_deref().map(|s| resolve(r, s)).transpose()?;
+                    let v = r.get(&format!(
+                        "/v1/records{}",
+                        query(&[("collection", collection.clone()), ("subject", subject)])
+                    ))?;
+                    out.data(v.clone(), || output::metas_table(&v))?;
+                }
+            }
+        }
+        Command::Subject(SubjectCmd::Id { reference }) => {
+            let id = resolve(r, reference)?;
+            out.data(json!({ "subject": id }), || id.clone())?;
+        }
+        Command::Audit(c) => match c {
+            AuditCmd::Log {
+                actor,
+                since,
+                until,
+                action,
+                limit,
+            } => {
+                let v = r.get(&format!(
+                    "/v1/audit/events{}",
+                    query(&[
+                        ("actor", actor.clone()),
+                        ("since", since.clone()),
+                        ("until", until.clone()),
+                        ("action", action.clone()),
+                        ("limit", limit.map(|n| n.to_string()))
+                    ])
+                ))?;
+                out.data(v.clone(), || output::events_text(&v))?;
+            }
+            AuditCmd::Verify => {
+                let v = r.get("/v1/audit/verify")?;
+                out.data(v.clone(), || output::verify_text(&v))?;
+                if v["ok"] != Value::Bool(true) {
+                    return Ok(exit::INTEGRITY);
+                }
+            }
+            AuditCmd::Report { since, until } => {
+                let v = r.get(&format!(
+                    "/v1/audit/report{}",
+                    query(&[("since", since.clone()), ("until", until.clone())])
+                ))?;
+                out.data(v.clone(), || output::activity_text(&v))?;
+            }
+        },
+        Command::Dispose(c) => match c {
+            DisposeCmd::Record { id, opts } => {
+                let id: RecordId = id.parse()?;
+                return dispose(
+                    r,
+                    out,
+                    json!({ "scope": "record", "record": id.to_string() }),
+                    opts,
+                    &format!("record {id}"),
+                );
+            }
+            DisposeCmd::Subject { subject, opts } => {
+                let sub = resolve(r, subject)?;
+                return dispose(
+                    r,
+                    out,
+                    json!({ "scope": "subject", "subject": sub }),
+                    opts,
+                    &format!("every record of subject {sub}"),
+                );
+            }
+            DisposeCmd::Query {
+                collection,
+                before,
+                by_updated,
+                opts,
+            } => {
+                return dispose(
+                    r,
+                    out,
+                    json!({ "scope": "query", "collection": collection, "before": before, "by_updated": by_updated }),
+                    opts,
+                    "every matching record",
+                );
+            }
+            DisposeCmd::From { file, opts } => {
+                let ids = dispose::record_ids_from(file)?;
+                dispose::confirm(opts, &format!("{} listed record(s)", ids.len()))?;
+                let ids: Vec<String> = ids.iter().map(|i| i.to_string()).collect();
+                let v = r.post(
+                    "/v1/disposals",
+                    merge(json!({ "scope": "records", "records": ids }), parties(opts)),
+                )?;
+                let n = v.as_array().map(Vec::len).unwrap_or(0);
+                out.data(v, || format!("{n} disposal(s) done"))?;
+            }
+        },
+        Command::Disposal(c) => match c {
+            DisposalCmd::List => {
+                let v = r.get("/v1/disposals")?;
+                out.data(v.clone(), || output::disposals_text(&v))?;
+            }
+            DisposalCmd::Retry { id } => {
+                let id: DisposalId = id.parse()?;
+                let v = r.post(&format!("/v1/disposals/{id}/retry"), json!({}))?;
+                let cert = v["certificate_id"].as_str().unwrap_or_default().to_owned();
+                out.data(v, || format!("disposal {id} completed; certificate {cert}"))?;
+            }
+        },
+        Command::Certificate(c) => match c {
+            CertificateCmd::Show { id } => {
+                let id: CertificateId = id.parse()?;
+                let v = r.get(&format!("/v1/certificates/{id}"))?;
+                out.data(v.clone(), || {
+                    serde_json::to_string_pretty(&v).unwrap_or_default()
+                })?;
+            }
+            CertificateCmd::Export { id, out: dest } => {
+                let id: CertificateId = id.parse()?;
+                let (_, text) = r.text("GET", &format!("/v1/certificates/{id}/file"), None)?;
+                dispose::write_out(dest.as_deref(), &text)?;
+            }
+            CertificateCmd::Render { cert, out: dest } => {
+                let id: CertificateId = cert.parse()?;
+                let (_, text) = r.text("GET", &format!("/v1/certificates/{id}/html"), None)?;
+                dispose::write_out(dest.as_deref(), &text)?;
+            }
+            CertificateCmd::Validate { id, title } => {
+                let id: CertificateId = id.parse()?;
+                let v = r.post(
+                    &format!("/v1/certificates/{id}/validate"),
+                    json!({ "title": title }),
+                )?;
+                out.data(v, || format!("certificate {id} validated"))?;
+            }
+            CertificateCmd::Cosign { id, key_file } => {
+                let id: CertificateId = id.parse()?;
+                let key = vault_core::cosign::load(key_file)?;
+                let (_, text) = r.text("GET", &format!("/v1/certificates/{id}/file"), None)?;
+                let cert = Certificate::parse(&text)?;
+                let sig = vault_core::cosign::sign(&cert, &key)?;
+                let v = r.post(
+                    &format!("/v1/certificates/{id}/cosign"),
+                    json!({ "signature": hex::encode(sig) }),
+                )?;
+                out.data(v, || format!("certificate {id} co-signed"))?;
+            }
+            CertificateCmd::Verify { .. } | CertificateCmd::Payload { .. } => {
+                unreachable!("offline")
+            }
+        },
+        Command::Keys(KeysCmd::Export { out: dir }) => {
+            let k = r.get("/v1/keys")?;
+            std::fs::create_dir_all(dir)?;
+            let cert = dir.join("certificate.pem");
+            let audit = dir.join("audit.pem");
+            std::fs::write(&cert, k["certificate_key"].as_str().unwrap_or_default())?;
+            std::fs::write(&audit, k["audit_key"].as_str().unwrap_or_default())?;
+            // The fingerprints are recomputed from the keys written, not taken on trust.
+            let fp = |p: &Path| -> anyhow::Result<String> {
+                let key: ed25519_key::VerifyingKey =
+                    certificate::parse_public_key(&std::fs::read_to_string(p)?)?;
+                Ok(vault_core::crypto::fingerprint(key.as_bytes()))
+            };
+            let (cf, af) = (fp(&cert)?, fp(&audit)?);
+            out.data(
+                json!({ "certificate_key": cert.display().to_string(), "certificate_fingerprint": cf,
+                        "audit_key": audit.display().to_string(), "audit_fingerprint": af }),
+                || format!("certificate key: {} ({cf})\naudit key:       {} ({af})", cert.display(), audit.display()),
+            )?;
+        }
+        Command::Retention(c) => match c {
+            RetentionCmd::Set {
+                collection,
+                days,
+                from_updated,
+            } => {
+                let v = r.call(
+                    "PUT",
+                    &format!("/v1/retention/{}", url_part(collection)),
+                    Some(json!({ "days": days, "from_updated": from_updated })),
+                )?;
+                out.data(v, || {
+                    format!(
+                        "{collection}: keep {days} days from {}",
+                        if *from_updated {
+                            "last update"
+                        } else {
+                            "creation"
+                        }
+                    )
+                })?;
+            }
+            RetentionCmd::Show => {
+                let v = r.get("/v1/retention")?;
+                let text = v
+                    .as_array()
+                    .map(|a| {
+                        a.iter()
+                            .map(output::retention_line)
+                            .collect::<Vec<_>>()
+                            .join("\n")
+                    })
+                    .unwrap_or_default();
+                out.data(v, || text)?;
+            }
+            RetentionCmd::Due => {
+                let v = r.get("/v1/retention/due")?;
+                out.data(v.clone(), || output::outcome_text(&v))?;
+            }
+            RetentionCmd::Run { opts } => {
+                dispose::confirm(opts, "every record past retention")?;
+                let v = r.post("/v1/retention/run", parties(opts))?;
+                out.data(v.clone(), || output::outcome_text(&v))?;
+            }
+        },
+        Command::Hold(c) => match c {
+            HoldCmd::Add {
+                record,
+                subject,
+                reason,
+            } => {
+                let v = r.post(
+                    "/v1/holds",
+                    json!({ "record": record, "subject": subject, "reason": reason }),
+                )?;
+                out.data(v, || "legal hold placed".into())?;
+            }
+            HoldCmd::Remove { record, subject } => {
+                let v = r.post(
+                    "/v1/holds/remove",
+                    json!({ "record": record, "subject": subject }),
+                )?;
+                out.data(v, || "legal hold lifted".into())?;
+            }
+            HoldCmd::List => {
+                let v = r.get("/v1/holds")?;
+                out.data(v.clone(), || output::holds_text(&v))?;
+            }
+        },
+        Command::Contractor(ContractorCmd::Assign {
+            name,
+            collection,
+            record,
+            public_key,
+        }) => {
+            let pem = public_key
+                .as_ref()
+                .map(|p| {
+                    std::fs::read_to_string(p)
+                        .with_context(|| format!("cannot read {}", p.display()))
+                })
+                .transpose()?;
+            let v = r.call(
+                "PUT",
+                &format!("/v1/contractors/{}", url_part(name)),
+                Some(
+                    json!({ "collections": collection, "records": record, "public_key_pem": pem }),
+                ),
+            )?;
+            out.data(v, || {
+                format!(
+                    "{name} may dispose in {} collection(s) and {} listed record(s)",
+                    collection.len(),
+                    record.len()
+                )
+            })?;
+        }
+        Command::Review => {
+            let v = r.post("/v1/review", json!({}))?;
+            out.data(v, || "security review recorded".into())?;
+        }
+        Command::Init(_)
+        | Command::Doctor
+        | Command::Login
+        | Command::Logout
+        | Command::Completions { .. }
+        | Command::Contractor(ContractorCmd::Keygen { .. }) => unreachable!("handled before"),
+    }
+    Ok(exit::OK)
+}

@@ -1,0 +1,137 @@
+//! The JSON shapes of the vault's answers, shared by `pivault --json` and
+//! the HTTP API so that a script sees the same document from either front
+//! end. IDs, counts, times and masked fields only: a view never carries a
+//! secret, and personal information only where the caller was allowed to
+//! read it (a record view, masked unless revealed).
+
+use serde_json::{Value, json};
+
+use crate::access::{UserInfo, UserState};
+use crate::audit::{AuditEvent, UserActivity, VerifyReport};
+use crate::certificate::Certificate;
+use crate::clock::format_ms;
+use crate::vault::{
+    DisposalOutcome, DisposalSummary, Hold, ImportReport, RecordMeta, RecordState, RecordView,
+    RetentionPolicy,
+};
+
+/// `live` or `disposed`.
+pub fn state_str(s: &RecordState) -> &'static str {
+    match s {
+        RecordState::Live => "live",
+        RecordState::Disposed { .. } => "disposed",
+    }
+}
+
+/// One user (`user list`, `whoami`).
+pub fn user(u: &UserInfo) -> Value {
+    json!({
+        "user_id": u.id.to_string(), "username": u.username.as_str(), "role": u.role.as_str(),
+        "state": match u.state { UserState::Active => "active", UserState::Disabled => "disabled" },
+        "reveal": u.reveal_grant, "created": format_ms(u.created_ms),
+        "last_login": u.last_login_ms.map(format_ms), "locked_until": u.locked_until_ms.map(format_ms),
+    })
+}
+
+/// Record metadata (`record list`).
+pub fn meta(m: &RecordMeta) -> Value {
+    let cert = match &m.state {
+        RecordState::Disposed { certificate } => certificate.clone(),
+        RecordState::Live => None,
+    };
+    json!({
+        "record_id": m.id.to_string(), "collection": m.collection.as_str(), "subject": m.subject.to_string(),
+        "version": m.version, "created": format_ms(m.created_ms), "updated": format_ms(m.updated_ms),
+        "state": state_str(&m.state), "certificate": cert,
+    })
+}
+
+/// A record, masked except for the revealed fields (`record get`).
+pub fn record(v: &RecordView) -> Value {
+    json!({
+        "record": meta(&v.meta),
+        "fields": Value::Object(v.fields.clone()),
+        "revealed": v.revealed,
+        "classification": {
+            "ma_personal_information": v.classification.ma_personal_information,
+            "sensitive_elements": v.classification.sensitive_elements.iter().map(|t| t.as_str()).collect::<Vec<_>>(),
+        },
+    })
+}
+
+/// One audit event (`audit log`).
+pub fn event(e: &AuditEvent) -> Value {
+    json!({
+        "seq": e.seq, "time": format_ms(e.time_ms), "actor": e.actor.map(|a| a.to_string()),
+        "channel": e.channel.as_str(), "source": e.source, "action": e.action, "targets": e.targets,
+        "outcome": e.outcome.as_str(), "code": e.code, "reason": e.reason, "request_id": e.request_id,
+    })
+}
+
+/// The result of `audit verify`.
+pub fn verify(r: &VerifyReport) -> Value {
+    json!({
+        "ok": r.ok(), "events": r.events, "checkpoints": r.checkpoints,
+        "last_checkpoint_seq": r.last_checkpoint_seq, "first_bad_seq": r.first_bad_seq, "problem": r.problem,
+    })
+}
+
+/// One user's line of `audit report`.
+pub fn activity(a: &UserActivity, name: &str) -> Value {
+    json!({
+        "user_id": a.user.to_string(), "username": name, "reads": a.reads, "reveals": a.reveals,
+        "exports": a.exports, "writes": a.writes, "denials": a.denials, "logins": a.logins,
+        "failed_logins": a.failed_logins, "lockouts": a.lockouts,
+    })
+}
+
+/// An import refused by its check pass: nothing stored; the rejected rows'
+/// line numbers and reasons, never their values.
+pub fn import_refused(check: &ImportReport) -> Value {
+    json!({
+        "imported": 0, "valid": check.valid, "rejected": check.rejected_count,
+        "errors": check.rejected.iter().map(|x| json!({ "line": x.line, "error": x.error })).collect::<Vec<_>>(),
+    })
+}
+
+/// A completed import.
+pub fn import_done(r: &ImportReport) -> Value {
+    json!({ "imported": r.imported, "valid": r.valid, "rejected": 0 })
+}
+
+/// The outcome of a disposal (or of its dry run, or `retention due`).
+pub fn outcome(o: &DisposalOutcome, dry_run: bool) -> Value {
+    json!({
+        "dry_run": dry_run,
+        "disposal_id": o.disposal_id.map(|d| d.to_string()),
+        "certificate_id": o.certificate_id.map(|c| c.to_string()),
+        "records": o.records.len(),
+        "record_ids": o.records.iter().map(|r| r.to_string()).collect::<Vec<_>>(),
+        "subjects": o.subjects,
+        "excluded": o.excluded.iter().map(|(id, why)| json!({ "record_id": id.to_string(), "reason": why })).collect::<Vec<_>>(),
+        "epoch_before": o.epochs.map(|e| e.0),
+        "epoch_after": o.epochs.map(|e| e.1),
+        "duration_ms": o.duration_ms,
+    })
+}
+
+/// One disposal batch (`disposal list`).
+pub fn disposal(d: &DisposalSummary) -> Value {
+    json!({ "disposal_id": d.id.to_string(), "certificate_id": d.certificate_id.to_string(), "step": d.step,
+            "failed": d.failed, "records": d.records, "created": format_ms(d.created_ms) })
+}
+
+/// One legal hold (`hold list`).
+pub fn hold(h: &Hold) -> Value {
+    json!({ "kind": h.kind, "target": h.target, "reason": h.reason, "by": h.by.to_string(), "created": format_ms(h.created_ms) })
+}
+
+/// One collection's retention policy (`retention show`).
+pub fn retention(collection: &str, p: &RetentionPolicy) -> Value {
+    json!({ "collection": collection, "days": p.days, "from_updated": p.from_updated })
+}
+
+/// A certificate as shown (`certificate show`): the signed body and who signed it.
+pub fn certificate(c: &Certificate) -> Value {
+    json!({ "certificate": c.body, "signatures": c.signatures.iter().map(|g| json!({"role": g.role, "key_fingerprint": g.key_fingerprint})).collect::<Vec<_>>() })
+}

@@ -1,0 +1,423 @@
+//! # vault-server — the HTTP API of pivault
+//!
+//! A thin front end over the same [`vault_core::Vault`] facade as the CLI:
+//! every handler authenticates a bearer token, calls one facade method on a
+//! blocking thread and answers with the same JSON document `pivault --json`
+//! prints for that command ([`vault_core::views`]). Authorisation, validation
+//! and auditing stay in vault-core; this crate adds what only a network
+//! service needs: TLS, request IDs, problem+json errors (RFC 9457), body
+//! limits, timeouts, per-address rate limits in front of the account
+//! lock-out, bounded concurrency for Argon2 and RocksDB work, and one audit
+//! event per request.
+#![forbid(unsafe_code)]
+
+pub mod problem;
+pub mod routes;
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::{ConnectInfo, MatchedPath, Request, State};
+use axum::http::{HeaderValue, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use tokio::sync::Semaphore;
+use vault_core::Vault;
+use vault_core::audit::Channel;
+use vault_core::ids::UserId;
+use vault_core::secret::SecretString;
+use vault_core::vault::{Context, Session};
+
+pub use problem::ApiError;
+
+/// Limits and policies of a running server (flags of `pivault-server`).
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// Largest JSON body, bytes.
+    pub body_bytes: usize,
+    /// Largest import body, bytes.
+    pub import_bytes: usize,
+    /// A request taking longer is answered 503 `timeout`.
+    pub request_timeout: Duration,
+    /// Concurrent vault operations (RocksDB and AES work).
+    pub vault_concurrency: usize,
+    /// Concurrent password checks (Argon2id, memory-hard): kept below the
+    /// core count so that a login flood cannot starve other requests.
+    pub login_concurrency: usize,
+    /// Login attempts per client address per minute, before the account lock-out.
+    pub logins_per_minute: u32,
+    /// Requests per client address per second (all endpoints).
+    pub requests_per_second: u32,
+    /// Lifetime of a bearer token.
+    pub token_ttl: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            body_bytes: 1 << 20,
+            import_bytes: 64 << 20,
+            request_timeout: Duration::from_secs(30),
+            vault_concurrency: 16,
+            login_concurrency: 1,
+            logins_per_minute: 30,
+            requests_per_second: 20_000,
+            token_ttl: Duration::from_secs(8 * 3600),
+        }
+    }
+}
+
+/// Shared state of the server.
+pub struct App {
+    vault: Arc<Vault>,
+    limits: Limits,
+    work: Semaphore,
+    logins: Semaphore,
+    login_buckets: RateLimiter,
+    request_buckets: RateLimiter,
+    draining: AtomicBool,
+}
+
+impl std::fmt::Debug for App {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("App")
+            .field("limits", &self.limits)
+            .finish_non_exhaustive()
+    }
+}
+
+impl App {
+    /// Wraps an open vault.
+    pub fn new(vault: Arc<Vault>, limits: Limits) -> Arc<App> {
+        Arc::new(App {
+            work: Semaphore::new(limits.vault_concurrency.max(1)),
+            logins: Semaphore::new(limits.login_concurrency.max(1)),
+            login_buckets: RateLimiter::new(
+                f64::from(limits.logins_per_minute.max(1)) / 60.0,
+                f64::from(limits.logins_per_minute.clamp(1, 10)),
+            ),
+            request_buckets: RateLimiter::new(
+                f64::from(limits.requests_per_second.max(1)),
+                f64::from(limits.requests_per_second.max(1)),
+            ),
+            draining: AtomicBool::new(false),
+            vault,
+            limits,
+        })
+    }
+
+    /// Marks the server as shutting down: `/readyz` answers 503.
+    pub fn drain(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+    }
+
+    /// The vault.
+    pub fn vault(&self) -> &Arc<Vault> {
+        &self.vault
+    }
+
+    /// Gives the vault back at shutdown, to close it.
+    pub fn into_vault(self) -> Arc<Vault> {
+        self.vault
+    }
+
+    /// Runs `op` as the token's user on a blocking thread (bounded by the
+    /// work semaphore), then audits the request with its outcome in the same
+    /// thread; a failed audit write fails the request (fail closed).
+    async fn as_user<T, F>(&self, rc: &RequestContext, token: Bearer, op: F) -> Result<T, ApiError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Vault, &Session) -> vault_core::Result<T> + Send + 'static,
+    {
+        let _permit = self
+            .work
+            .acquire()
+            .await
+            .map_err(|_| ApiError::unavailable())?;
+        let vault = self.vault.clone();
+        let rc = rc.clone();
+        tokio::task::spawn_blocking(move || {
+            let ctx = rc.context();
+            let r = vault
+                .session_from_token(&token.0, ctx)
+                .and_then(|s| {
+                    let _ = rc.actor.set(s.user());
+                    op(&vault, &s)
+                })
+                .map_err(ApiError::from);
+            rc.audit(&vault, r.as_ref().err())?;
+            r
+        })
+        .await
+        .map_err(|_| ApiError::internal())?
+    }
+
+    /// Like [`App::as_user`] for the one unauthenticated operation that does
+    /// Argon2 work: logging in. Bounded by the (small) login semaphore.
+    async fn login(
+        &self,
+        rc: &RequestContext,
+        username: String,
+        password: SecretString,
+    ) -> Result<(Session, SecretString, i64), ApiError> {
+        let _permit = self
+            .logins
+            .acquire()
+            .await
+            .map_err(|_| ApiError::unavailable())?;
+        let vault = self.vault.clone();
+        let rc = rc.clone();
+        let ttl_ms = i64::try_from(self.limits.token_ttl.as_millis()).unwrap_or(i64::MAX);
+        tokio::task::spawn_blocking(move || {
+            let r = vault
+                .login(&username, &password, rc.context())
+                .and_then(|s| {
+                    let _ = rc.actor.set(s.user());
+                    let t = vault.issue_token(&s, ttl_ms)?;
+                    Ok((s, t, ttl_ms))
+                })
+                .map_err(ApiError::from);
+            rc.audit(&vault, r.as_ref().err())?;
+            r
+        })
+        .await
+        .map_err(|_| ApiError::internal())?
+    }
+}
+
+/// A bearer token from the `Authorization` header (Debug redacted by SecretString).
+#[derive(Debug)]
+pub struct Bearer(pub SecretString);
+
+/// Per-request facts, set by the outer middleware and read by handlers.
+#[derive(Clone, Debug)]
+pub struct RequestContext {
+    /// Request ID (also in the `x-request-id` response header).
+    pub request_id: String,
+    /// Client address.
+    pub source: IpAddr,
+    /// HTTP method.
+    pub method: String,
+    /// Route template, e.g. `/v1/records/{id}` (never the concrete path).
+    pub route: String,
+    actor: Arc<OnceLock<UserId>>,
+    audited: Arc<AtomicBool>,
+}
+
+impl RequestContext {
+    fn context(&self) -> Context {
+        Context {
+            channel: Channel::Http,
+            source: Some(self.source.to_string()),
+            request_id: Some(self.request_id.clone()),
+        }
+    }
+
+    /// Writes the request's audit event (once) from a blocking thread.
+    fn audit(&self, vault: &Vault, err: Option<&ApiError>) -> Result<(), ApiError> {
+        if self.audited.swap(true, Ordering::SeqCst) {
+            return Ok(());
+        }
+        let (status, code) = match err {
+            None => (200, None),
+            Some(e) => (e.status.as_u16(), Some(e.code)),
+        };
+        vault
+            .audit_http_request(
+                self.actor.get().copied(),
+                &self.context(),
+                &self.method,
+                &self.route,
+                status,
+                code,
+            )
+            .map_err(ApiError::from)
+    }
+}
+
+/// A token bucket per client address.
+#[derive(Debug)]
+struct RateLimiter {
+    rate: f64,
+    burst: f64,
+    buckets: Mutex<HashMap<IpAddr, (f64, Instant)>>,
+}
+
+impl RateLimiter {
+    fn new(rate: f64, burst: f64) -> Self {
+        RateLimiter {
+            rate,
+            burst,
+            buckets: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Takes a token for `ip`; `Err(seconds)` to wait when there is none.
+    fn take(&self, ip: IpAddr) -> Result<(), u64> {
+        let now = Instant::now();
+        let mut b = self.buckets.lock().expect("rate limiter lock");
+        if b.len() > 100_000 {
+            // Bound memory under address churn: drop buckets that are full again.
+            let (rate, burst) = (self.rate, self.burst);
+            b.retain(|_, (t, at)| *t + now.duration_since(*at).as_secs_f64() * rate < burst);
+        }
+        let (tokens, at) = b.entry(ip).or_insert((self.burst, now));
+        *tokens = (*tokens + now.duration_since(*at).as_secs_f64() * self.rate).min(self.burst);
+        *at = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            Ok(())
+        } else {
+            Err(((1.0 - *tokens) / self.rate).ceil().max(1.0) as u64)
+        }
+    }
+}
+
+/// The outermost layer: request ID, rate limit, timeout, problem+json for
+/// every error (including the router's own 404/405/413), security headers,
+/// and the audit event for requests that no handler audited.
+async fn frame(
+    State(app): State<Arc<App>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    let request_id = uuid::Uuid::now_v7().to_string();
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|m| m.as_str().to_owned())
+        .unwrap_or_else(|| "(unmatched)".to_owned());
+    let rc = RequestContext {
+        request_id: request_id.clone(),
+        source: peer.ip(),
+        method: req.method().as_str().to_owned(),
+        route,
+        actor: Arc::new(OnceLock::new()),
+        audited: Arc::new(AtomicBool::new(false)),
+    };
+    req.extensions_mut().insert(rc.clone());
+    let health = rc.route == "/healthz" || rc.route == "/readyz";
+
+    let mut resp = if let (false, Err(wait)) = (health, app.request_buckets.take(rc.source)) {
+        ApiError::rate_limited(wait).into_response()
+    } else {
+        match tokio::time::timeout(app.limits.request_timeout, next.run(req)).await {
+            Ok(r) => r,
+            Err(_) => ApiError::timeout().into_response(),
+        }
+    };
+
+    let status = resp.status();
+    let is_problem = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/problem+json"));
+    let ours = resp.extensions().get::<problem::Code>().is_some();
+    if (status.is_client_error() || status.is_server_error()) && !is_problem && !ours {
+        // The router's and extractors' own rejections: replace their text
+        // bodies (which may quote input) by a problem document.
+        resp = ApiError::from_status(status).into_response();
+    }
+    let code = resp.extensions().get::<problem::Code>().map(|c| c.0);
+    if !health && !rc.audited.load(Ordering::SeqCst) {
+        let vault = app.vault.clone();
+        let rc2 = rc.clone();
+        let status = resp.status().as_u16();
+        let audit = tokio::task::spawn_blocking(move || {
+            rc2.audited.store(true, Ordering::SeqCst);
+            vault.audit_http_request(
+                rc2.actor.get().copied(),
+                &rc2.context(),
+                &rc2.method,
+                &rc2.route,
+                status,
+                code,
+            )
+        })
+        .await;
+        if !matches!(audit, Ok(Ok(()))) {
+            resp = ApiError::from(vault_core::Error::AuditUnavailable(
+                "the request could not be audited".into(),
+            ))
+            .into_response();
+        }
+    }
+    let h = resp.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&request_id) {
+        h.insert("x-request-id", v);
+    }
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        header::STRICT_TRANSPORT_SECURITY,
+        HeaderValue::from_static("max-age=31536000"),
+    );
+    h.entry(header::CACHE_CONTROL)
+        .or_insert(HeaderValue::from_static("no-store"));
+    resp
+}
+
+/// The whole application: the API routes inside the framing middleware.
+pub fn app(state: Arc<App>) -> Router {
+    routes::router(state.clone()).layer(axum::middleware::from_fn_with_state(state, frame))
+}
+
+/// The checked-in OpenAPI document's path, relative to this crate.
+pub const OPENAPI_FILE: &str = "openapi.json";
+
+/// The OpenAPI 3.1 document, pretty-printed with a final newline.
+pub fn openapi_json() -> String {
+    let mut s = routes::openapi()
+        .to_pretty_json()
+        .expect("the OpenAPI document serialises");
+    s.push('\n');
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    /// The checked-in `openapi.json` is the document the code generates.
+    /// Regenerate with `cargo run --bin pivault-server -- --print-openapi >
+    /// vault-server/openapi.json` (or `PIVAULT_UPDATE_OPENAPI=1 cargo test`).
+    #[test]
+    fn checked_in_openapi_is_current() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(super::OPENAPI_FILE);
+        let generated = super::openapi_json();
+        let on_disk = std::fs::read_to_string(&path).unwrap_or_default();
+        if on_disk != generated && std::env::var_os("PIVAULT_UPDATE_OPENAPI").is_some() {
+            std::fs::write(&path, &generated).expect("write openapi.json");
+            return;
+        }
+        assert!(
+            on_disk == generated,
+            "{} is stale: regenerate it with `pivault-server --print-openapi`",
+            path.display()
+        );
+        let doc: serde_json::Value = serde_json::from_str(&generated).expect("JSON");
+        assert!(
+            doc["openapi"]
+                .as_str()
+                .is_some_and(|v| v.starts_with("3.1"))
+        );
+        // Every route of the API is documented.
+        for p in [
+            "/v1/sessions",
+            "/v1/records/{id}",
+            "/v1/disposals",
+            "/v1/certificates/{id}/file",
+            "/healthz",
+        ] {
+            assert!(
+                doc["paths"].get(p).is_some(),
+                "{p} missing from the document"
+            );
+        }
+    }
+}

@@ -1,0 +1,1421 @@
+//! The `/v1` API: one handler per CLI command, each answering with the same
+//! JSON document as `pivault --json`. Personal information travels only in
+//! bodies (never in paths or query strings): look-ups by value are POSTs.
+
+use std::sync::Arc;
+
+use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Path, Query, Request, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{IntoParams, Modify, OpenApi, ToSchema};
+use vault_core::access::Role;
+use vault_core::audit::EventFilter;
+use vault_core::certificate;
+use vault_core::ids::{CertificateId, CollectionName, DisposalId, RecordId, SubjectId};
+use vault_core::schema::Schema;
+use vault_core::secret::SecretString;
+use vault_core::vault::{
+    ContractorScope, DisposalParties, DisposalRequest, DisposalScope, ImportFormat, RecordFilter,
+    RetentionPolicy,
+};
+use vault_core::views;
+
+use crate::problem::{ApiError, Problem};
+use crate::{App, Bearer, RequestContext};
+
+type Res = Result<Response, ApiError>;
+
+// ----- extractors ----------------------------------------------------------
+
+impl<S: Send + Sync> FromRequestParts<S> for Bearer {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        let v = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim)
+            .filter(|t| !t.is_empty() && t.len() <= 256)
+            .ok_or_else(ApiError::unauthenticated)?;
+        Ok(Bearer(SecretString::new(v.to_owned())))
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for RequestContext {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        parts
+            .extensions
+            .get::<RequestContext>()
+            .cloned()
+            .ok_or_else(ApiError::internal)
+    }
+}
+
+/// A JSON body. Rejections never quote the body (see [`ApiError::bad_json`]).
+pub struct Body<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let json = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| {
+                let v = v.split(';').next().unwrap_or("").trim();
+                v.eq_ignore_ascii_case("application/json")
+            });
+        if !json {
+            return Err(ApiError::from_status(StatusCode::UNSUPPORTED_MEDIA_TYPE));
+        }
+        let bytes = axum::body::Bytes::from_request(req, state)
+            .await
+            .map_err(|_| ApiError::from_status(StatusCode::PAYLOAD_TOO_LARGE))?;
+        serde_json::from_slice(&bytes)
+            .map(Body)
+            .map_err(|e| ApiError::bad_json(&e))
+    }
+}
+
+fn parse<T: std::str::FromStr>(s: &str, what: &str) -> Result<T, ApiError> {
+    s.parse()
+        .map_err(|_| ApiError::invalid(&format!("{what} is not a valid ID")))
+}
+
+fn parse_time(s: &str) -> Result<i64, ApiError> {
+    Ok(vault_core::clock::parse_time(s)?)
+}
+
+fn ok(v: Value) -> Res {
+    Ok(Json(v).into_response())
+}
+
+fn created(v: Value) -> Res {
+    Ok((StatusCode::CREATED, Json(v)).into_response())
+}
+
+// ----- request bodies --------------------------------------------------------
+
+/// Log in.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LoginReq {
+    /// Username.
+    pub username: String,
+    /// Password (sent once; never logged).
+    pub password: String,
+}
+
+/// A new user.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewUser {
+    /// Unique login name.
+    pub username: String,
+    /// admin, officer, clerk, auditor or contractor.
+    pub role: String,
+    /// Their initial password (policy: 12+ characters, not common).
+    pub password: String,
+    /// Grant a clerk the reveal of sensitive fields.
+    #[serde(default)]
+    pub reveal: bool,
+}
+
+/// A role change.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RoleReq {
+    /// The new role.
+    pub role: String,
+}
+
+/// A password change.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PasswordReq {
+    /// The new password.
+    pub password: String,
+}
+
+/// A new collection.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewCollection {
+    /// Collection name.
+    pub name: String,
+    /// Schema document (format in the README).
+    #[schema(value_type = Object)]
+    pub schema: Value,
+}
+
+/// A new record.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewRecord {
+    /// Collection.
+    pub collection: String,
+    /// Subject UUID or customer reference; a new subject when absent.
+    pub subject: Option<String>,
+    /// The record's fields, per the collection's schema.
+    #[schema(value_type = Object)]
+    pub data: Value,
+}
+
+/// A record correction.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateRecord {
+    /// The record's new fields (a new version).
+    #[schema(value_type = Object)]
+    pub data: Value,
+}
+
+/// A reveal of sensitive fields.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RevealReq {
+    /// Fields to show in full.
+    pub fields: Vec<String>,
+    /// Why (audited; no personal information).
+    pub reason: String,
+}
+
+/// A customer reference to map to its subject ID.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SubjectReq {
+    /// Customer reference or subject UUID.
+    pub reference: String,
+}
+
+/// Record list filter.
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct RecordQuery {
+    /// Only this collection.
+    pub collection: Option<String>,
+    /// Only this subject (UUID; resolve references with POST /v1/subjects/resolve).
+    pub subject: Option<String>,
+}
+
+/// Import parameters.
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct ImportQuery {
+    /// `jsonl` (default) or `csv`.
+    pub format: Option<String>,
+    /// Column naming each row's subject (default `subject`).
+    pub subject_column: Option<String>,
+}
+
+/// What to dispose of, and who is named on the certificate.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DisposeReq {
+    /// `record`, `subject`, `query`, `records` or `past_retention`.
+    pub scope: String,
+    /// The record (scope `record`).
+    pub record: Option<String>,
+    /// The subject UUID or customer reference (scope `subject`).
+    pub subject: Option<String>,
+    /// Record IDs (scope `records`: one disposal each, like `dispose from`).
+    pub records: Option<Vec<String>>,
+    /// Only this collection (scope `query`).
+    pub collection: Option<String>,
+    /// Cut-off, RFC 3339 or YYYY-MM-DD, exclusive (scope `query`).
+    pub before: Option<String>,
+    /// Compare the last update instead of creation (scope `query`).
+    #[serde(default)]
+    pub by_updated: bool,
+    /// Plan only.
+    #[serde(default)]
+    pub dry_run: bool,
+    #[serde(flatten)]
+    pub parties: Parties,
+}
+
+/// Parties named on a certificate.
+#[derive(Deserialize, ToSchema, Default)]
+pub struct Parties {
+    /// The data owner (your business).
+    #[serde(default)]
+    pub data_owner: String,
+    /// The data owner's address.
+    pub data_owner_address: Option<String>,
+    /// The operator's title.
+    pub title: Option<String>,
+    /// The disposal contractor's organisation.
+    pub contractor_org: Option<String>,
+    /// The contract reference.
+    pub contract_ref: Option<String>,
+}
+
+impl Parties {
+    fn into_core(self) -> DisposalParties {
+        DisposalParties {
+            data_owner: self.data_owner,
+            data_owner_address: self.data_owner_address,
+            operator_title: self.title,
+            operator_organisation: None,
+            contractor_organisation: self.contractor_org,
+            contract_reference: self.contract_ref,
+        }
+    }
+}
+
+/// A retention run.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionRunReq {
+    /// Plan only.
+    #[serde(default)]
+    pub dry_run: bool,
+    #[serde(flatten)]
+    pub parties: Parties,
+}
+
+/// A retention policy.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionReq {
+    /// Keep records this many days.
+    pub days: u32,
+    /// Count from the last update instead of creation.
+    #[serde(default)]
+    pub from_updated: bool,
+}
+
+/// A legal hold on a record or a subject.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HoldReq {
+    /// The record.
+    pub record: Option<String>,
+    /// The subject UUID or customer reference.
+    pub subject: Option<String>,
+    /// Why (required to place a hold; no personal information).
+    pub reason: Option<String>,
+}
+
+/// Certificate validation.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ValidateReq {
+    /// The validator's title.
+    pub title: Option<String>,
+}
+
+/// A contractor's co-signature, made offline with their own key.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CosignReq {
+    /// Ed25519 signature over the certificate payload, hex (128 digits).
+    pub signature: String,
+}
+
+/// A contractor's scope.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ContractorReq {
+    /// Collections the contractor may dispose in.
+    #[serde(default)]
+    pub collections: Vec<String>,
+    /// Individual records.
+    #[serde(default)]
+    pub records: Vec<String>,
+    /// The contractor's Ed25519 public key, PEM.
+    pub public_key_pem: Option<String>,
+}
+
+/// Audit log filter.
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct AuditQuery {
+    /// Only this user (username).
+    pub actor: Option<String>,
+    /// From this time (RFC 3339 or YYYY-MM-DD).
+    pub since: Option<String>,
+    /// Before this time.
+    pub until: Option<String>,
+    /// Only actions starting with this.
+    pub action: Option<String>,
+    /// The latest N events.
+    pub limit: Option<usize>,
+}
+
+/// Report window.
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct ReportQuery {
+    /// From (default: 30 days ago).
+    pub since: Option<String>,
+    /// Until (default: now).
+    pub until: Option<String>,
+}
+
+/// Request bodies may hold passwords or personal information: their Debug
+/// shows the type only.
+macro_rules! opaque_debug {
+    ($($t:ty),* $(,)?) => {$(
+        impl std::fmt::Debug for $t {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.debug_struct(stringify!($t)).finish_non_exhaustive()
+            }
+        }
+    )*};
+}
+
+opaque_debug!(
+    LoginReq,
+    NewUser,
+    RoleReq,
+    PasswordReq,
+    NewCollection,
+    NewRecord,
+    UpdateRecord,
+    RevealReq,
+    SubjectReq,
+    RecordQuery,
+    ImportQuery,
+    DisposeReq,
+    Parties,
+    RetentionRunReq,
+    RetentionReq,
+    HoldReq,
+    ValidateReq,
+    CosignReq,
+    ContractorReq,
+    AuditQuery,
+    ReportQuery
+);
+
+impl<T> std::fmt::Debug for Body<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Body(..)")
+    }
+}
+
+// ----- sessions ----------------------------------------------------------------
+
+/// Log in: returns a bearer token (shown once).
+#[utoipa::path(post, path = "/v1/sessions", request_body = LoginReq, tag = "sessions",
+    responses((status = 201, description = "token issued", body = Object),
+              (status = 401, body = Problem), (status = 423, description = "account locked", body = Problem),
+              (status = 429, body = Problem)))]
+async fn login(State(app): State<Arc<App>>, rc: RequestContext, Body(req): Body<LoginReq>) -> Res {
+    if let Err(wait) = app.login_buckets.take(rc.source) {
+        return Err(ApiError::rate_limited(wait));
+    }
+    let (s, token, ttl_ms) = app
+        .login(&rc, req.username, SecretString::new(req.password))
+        .await?;
+    let expires = jiff::Timestamp::now().as_millisecond() + ttl_ms;
+    created(json!({
+        "token": token.expose(), "user_id": s.user().to_string(),
+        "expires": vault_core::clock::format_ms(expires),
+    }))
+}
+
+/// Log out: revokes the token.
+#[utoipa::path(delete, path = "/v1/sessions/current", tag = "sessions", security(("bearer" = [])),
+    responses((status = 200, body = Object), (status = 401, body = Problem)))]
+async fn logout(State(app): State<Arc<App>>, rc: RequestContext, t: Bearer) -> Res {
+    let token = SecretString::new(t.0.expose().to_owned());
+    app.as_user(&rc, t, move |v, _| v.revoke_token(&token))
+        .await?;
+    ok(json!({ "logged_out": true }))
+}
+
+/// The authenticated user.
+#[utoipa::path(get, path = "/v1/whoami", tag = "sessions", security(("bearer" = [])),
+    responses((status = 200, body = Object), (status = 401, body = Problem)))]
+async fn whoami(State(app): State<Arc<App>>, rc: RequestContext, t: Bearer) -> Res {
+    let u = app.as_user(&rc, t, |v, s| v.whoami(s)).await?;
+    ok(views::user(&u))
+}
+
+// ----- users -------------------------------------------------------------------
+
+/// List users (admin, officer, auditor).
+#[utoipa::path(get, path = "/v1/users", tag = "users", security(("bearer" = [])),
+    responses((status = 200, body = Object), (status = 403, body = Problem)))]
+async fn list_users(State(app): State<Arc<App>>, rc: RequestContext, t: Bearer) -> Res {
+    let us = app.as_user(&rc, t, |v, s| v.list_users(s)).await?;
+    ok(Value::Array(us.iter().map(views::user).collect()))
+}
+
+/// Add a user (admin).
+#[utoipa::path(post, path = "/v1/users", request_body = NewUser, tag = "users", security(("bearer" = [])),
+    responses((status = 201, body = Object), (status = 403, body = Problem), (status = 409, body = Problem),
+              (status = 422, body = Problem)))]
+async fn add_user(
+    State(app): State<Arc<App>>,
+    rc: RequestContext,
+    t: Bearer,
+    Body(req): Body<NewUser>,
+) -> Res {
+    let role = Role::parse(&req.role).map_err(ApiError::from)?;
+    let pw = SecretString::new(req.password);
+    let name = req.username;
+    let n2 = name.clone();
+    let id = app
+        .as_user(&rc, t, move |v, s| {
+            v.add_user(s, &n2, &pw, role, req.reveal)
+        })
+        .await?;
+    created(json!({ "user_id": id.to_string(), "username": name, "role": role.as_str() }))
+}
+
+/// What an admin can do to a user by name.
+#[derive(Clone, Copy)]
+enum UserAction {
+    Disable,
+    Enable,
+    Unlock,
+}
+
+async fn user_action(
+    app: Arc<App>,
+    rc: RequestContext,
+    t: Bearer,
+    name: String,
+    a: UserAction,
+) -> Res {
+    let id = app
+        .as_user(&rc, t, move |v, s| match a {
+            UserAction::Disable => v.disable_user(s, &name),
+            UserAction::Enable => v.enable_user(s, &name),
+            UserAction::Unlock => v.unlock_user(s, &name),
+        })
+        .await?;
+    ok(match a {
+        UserAction::Disable => json!({ "user_id": id.to_string(), "state": "disabled" }),
+        UserAction::Enable => json!({ "user_id": id.to_string(), "state": "active" }),
+        UserAction::Unlock => json!({ "user_id": id.to_string(), "locked": false }),
+    })
+}
+
+/// Disable a user (admin): their sessions and tokens stop at once (REQ-WISP-07).
+#[utoipa::path(post, path = "/v1/users/{name}/disable", tag = "users", security(("bearer" = [])),
+    params(("name" = String, Path, description = "username")),
+    responses((status = 200, body = Object), (status = 403, body = Problem), (status = 404, body = Problem)))]
+async fn disable_user(
+    State(app): State<Arc<App>>,
+    rc: RequestContext,
+    t: Bearer,
+    Path(name): Path<String>,
+) -> Res {
+    user_action(app, rc, t, name, UserAction::Disable).await
+}
+
+/// Re-enable a user (admin).
+#[utoipa::path(post, path = "/v1/users/{name}/enable", tag = "users", security(("bearer" = [])),
+    params(("name" = String, Path, description = "username")),
+    responses((status = 200, body = Object), (status = 403, body = Problem), (status = 404, body = Problem)))]
+async fn enable_user(
+    State(app): State<Arc<App>>,
+    rc: RequestContext,
+    t: Bearer,
+    Path(name): Path<String>,
+) -> Res {
+    user_action(app, rc, t, name, UserAction::Enable).await
+}
+
+/// Lift a lock-out (admin).
+#[utoipa::path(post, path = "/v1/users/{name}/unlock", tag = "users", security(("bearer" = [])),
+    params(("name" = String, Path, description = "username")),
+    responses((status = 200, body = Object), (status = 403, body = Problem), (status = 404, body = Problem)))]
+async fn unlock_user(
+    State(app): State<Arc<App>>,
+    rc: RequestContext,
+    t: Bearer,
+    Path(name): Path<String>,
+) -> Res {
+    user_action(app, rc, t, name, UserAction::Unlock).await
+}
+
+/// Change a user's role (admin).
+#[utoipa::path(put, path = "/v1/users/{name}/role", request_body = RoleReq, tag = "users", security(("bearer" = [])),
+    params(("name" = String, Path, description = "username")),
+    responses((status = 200, body = Object), (status = 403, body = Problem), (status = 404, body = Problem)))]
+async fn set_role(
+    State(app): State<Arc<App>>,
+    rc: RequestContext,
+    t: Bearer,
+    Path(name): Path<String>,
+    Body(req): Body<RoleReq>,
+) -> Res {
+    let role = Role::parse(&req.role).map_err(ApiError::from)?;
+    let id = app
+        .as_user(&rc, t, move |v, s| v.set_role(s, &name, role))
+        .await?;
+    ok(json!({ "user_id": id.to_string(), "role": role.as_str() }))
+}
+
+/// Change a password (your own, or anyone's as admin).
+#[utoipa::path(put, path = "/v1/users/{name}/password", request_body = PasswordReq, tag = "users",
+    security(("bearer" = [])), params(("name" = String, Path, description = "username")),
+    responses((status = 200, body = Object), (status = 403, body = Problem), (status = 422, body = Problem)))]
+async fn set_password(
+    State(app): State<Arc<App>>,
+    rc: RequestContext,
+    t: Bearer,
+    Path(name): Path<String>,
+    Body(req): Body<PasswordReq>,
+) -> Res {
+    let pw = SecretString::new(req.password);
+    let n2 = name.clone();
+    app.as_user(&rc, t, move |v, s| v.set_password(s, &n2, &pw))
+        .await?;
+    ok(json!({ "username": name, "password_changed": true }))
+}
+
+// ----- collections ---------------------------------------------------------------
+
+/// List collections.
+#[utoipa::path(get, path = "/v1/collections", tag = "collections", security(("bearer" = [])),
+    responses((status = 200, body = Object), (status = 401, body = Problem)))]
+async fn list_collections(State(app): State<Arc<App>>, rc: RequestContext, t: Bearer) -> Res {
+    let cs = app.as_user(&rc, t, |v, s| v.collections(s)).await?;
+    ok(Value::Array(
+        cs.iter()
+            .map(|(n, sc)| json!({ "collection": n.as_str(), "purpose": sc.purpose, "fields": sc.fields.len() }))
+            .collect(),
+    ))
+}
+
+/// Create a collection (admin).
+#[utoipa::path(post, path = "/v1/collections", request_body = NewCollection, tag = "collections",
+    security(("bearer" = [])),
+    responses((status = 201, body = Object), (status = 403, body = Problem), (status = 409, body = Problem),
+              (status = 422, body = Problem)))]
+async fn create_collection(
+    State(app): State<Arc<App>>,
+    rc: RequestContext,
+    t: Bearer,
+    Body(req): Body<NewCollection>,
+) -> Res {
+    let schema = Schema::from_json(&req.schema.to_string()).map_err(ApiError::from)?;
+    let fields = schema.fields.len();
+    let name = app
+        .as_user(&rc, t, move |v, s| {
+            v.create_collection(s, &req.name, &schema)
+        })
+        .await?;
+    created(json!({ "collection": name.as_str(), "fields": fields }))
+}
+
+/// A collection's schema.
+#[utoipa::path(get, path = "/v1/collections/{name}", tag = "collections", security(("bearer" = [])),
+    params(("name" = String, Path, description = "collection")),
+    responses((status = 200, body = Object), (status = 404, body = Problem)))]
+async fn show_collection(
+    State(app): State<Arc<App>>,
+    rc: RequestContext,
+    t: Bearer,
+    Path(name): Path<String>,
+) -> Res {
+    let text = app
+        .as_user(&rc, t, move |v, s| {
+            v.collections(s)?
+                .into_iter()
+                .find(|(n, _)| n.as_str() == name)
+                .map(|(_, sc)| sc.to_json())
+                .ok_or(vault_core::Error::NotFound("collection"))
+        })
+        .await?;
+    ok(serde_json::from_str(&text).map_err(|_| ApiError::internal())?)
+}
+
+// ----- records -------------------------------------------------------------------
+
+/// Store a record (clerk, officer).
+#[utoipa::path(post, path = "/v1/records", request_body = NewRecord, tag = "records", security(("bearer" = [])),
+    responses((status = 201, body = Object), (status = 403, body = Problem), (status = 422, body = Problem)))]
+async fn put_record(
+    State(app): State<Arc<App>>,
+    rc: RequestContext,
+    t: Bearer,
+    Body(req): Body<NewRecord>,
+) -> Res {
+    let (id, subject) = app
+        .as_user(&rc, t, move |v, s| {
+            let subject = match &req.subject {
+                Some(r) => v.resolve_subject(r)?,
+                None => SubjectId::new(),
+            };
+            Ok((
+                v.put_record(s, &req.collection, subject, &req.data)?,
+                subject,
+            ))
+        })
+        .await?;
+    created(json!({ "record_id": id.to_string(), "subject": subject.to_string() }))
+}
+
+/// List record metadata (no contents).
+#[utoipa::path(get, path = "/v1/records", tag = "records", security(("bearer" = [])), params(RecordQuery),
+    responses((status = 200, body = Object), (status = 403, body = Problem)))]
+async fn list_records(
+    State(app): State<Arc<App>>,
+    rc: RequestContext,
+    t: Bearer,
+    Query(q): Query<RecordQuery>,
+) -> Res {
+    let filter = RecordFilter {
+        collection: q
+            .collection
+            .as_deref()
+            .map(CollectionName::parse)
+            .transpose()
+            .map_err(ApiError::from)?,
+        subject: q
+            .subject
+            .as_deref()
+            .map(|s| parse::<SubjectId>(s, "subject"))
+            .transpose()?,
+    };
+    let ms = app
+        .as_user(&rc, t, move |v, s| v.list_records(s, &filter))
+        .await?;
+    ok(Value::Array(ms.iter().map(views::meta).collect()))
+}
+
+/// Read a record, masked.
+#[utoipa::path(get, path = "/v1/records/{id}", tag = "records", security(("bearer" = [])),
+    params(("id" = String, Path, description = "record ID")),
+    responses((status = 200, body = Object), (status = 403, body = Problem), (status = 404, body = Problem),
+              (status = 410, description = "disposed of; the problem names the certificate", body = Problem)))]
+async fn get_record(
+    State(app): State<Arc<App>>,
+    rc: RequestContext,
+    t: Bearer,
+    Path(id): Path<String>,
+) -> Res {
+    let id: RecordId = parse(&id, "record")?;
+    let r = app
+        .as_user(&rc, t, move |v, s| v.get_record(s, id, &[], None))
+        .await?;
+    ok(views::record(&r))
+}
+
+/// Read a record with some fields revealed, stating why (audited).
+#[utoipa::path(post, path = "/v1/records/{id}/reveal", request_body = RevealReq, tag = "records",
+    security(("bearer" = [])), params(("id" = String, Path, description = "record ID")),
+    responses((status = 200, body = Object), (status = 403, body = Problem), (status = 410, body = Problem)))]
+async fn reveal_record(
+    State(app): State<Arc<App>>,
+    rc: RequestContext,
+    t: Bearer,
+    Path(id): Path<String>,
+    Body(req): Body<RevealReq>,
+) -> Res {
+    let id: RecordId = parse(&id, "record")?;
+    let r = app
+        .as_user(&rc, t, move |v, s| {
+            let fields: Vec<&str> = req.fields.iter().map(String::as_str).collect();
+            v.get_record(s, id, &fields, Some(&req.reason))
+        })
+        .await?;
+    ok(views::record(&r))
+}
+
+/// Correct a record: a new version under a new key.
+#[utoipa::path(put, path = "/v1/records/{id}", request_body = UpdateRecord, tag = "records",
+    security(("bearer" = [])), params(("id" = String, Path, description = "record ID")),
+    responses((status = 200, body = Object), (status = 403, body = Problem), (status = 422, body = Problem)))]
+async fn update_record(
+    State(app): State<Arc<App>>,
+    rc: RequestContext,
+    t: Bearer,
+    Path(id): Path<String>,
+    Body(req): Body<UpdateRecord>,
+) -> Res {
+    let id: RecordId = parse(&id, "record")?;
+    let version = app
+        .as_user(&rc, t, move |v, s| v.update_record(s, id, &req.data))
+        .await?;
+    ok(json!({ "record_id": id.to_string(), "version": version }))
+}
+
+/// Import records (JSON Lines or CSV body). A first pass checks every row;
+/// a bad row stores nothing and is answered 422 with line numbers.
+#[utoipa::path(post, path = "/v1/collections/{name}/import", tag = "records", security(("bearer" = [])),
+    params(("name" = String, Path, description = "collection"), ImportQuery),
+    request_body(content = String, content_type = "application/x-ndjson"),
+    responses((status = 200, body = Object), (status = 422, body = Object), (status = 403, body = Problem)))]
+async fn import(
+    State(app): State<Arc<App>>,
+    rc: RequestContext,
+    t: Bearer,
+    Path(name): Path<String>,
+    Query(q): Query<ImportQuery>,
+    body: axum::body::Bytes,
+) -> Res {
+    let format = match q.format.as_deref() {
+        None | Some("jsonl") => ImportFormat::JsonLines,
+        Some("csv") => ImportFormat::Csv,
+        Some(_) => return Err(ApiError::invalid("format must be jsonl or csv")),
+    };
+    let column = q.subject_column.unwrap_or_else(|| "subject".into());
+    let (check, done) = app
+        .as_user(&rc, t, move |v, s| {
+            let check =
+                v.import_records(s, &name, &body[..], format, &column, true, &mut |_| {})?;
+            if check.rejected_count > 0 {
+                return Ok((check, None));
+            }
+            let done =
+                v.import_records(s, &name, &body[..], format, &column, false, &mut |_| {})?;
+            Ok((check, Some(done)))
+        })
+        .await?;
+    match done {
+        Some(r) => ok(views::import_done(&r)),
+        None => {
+            // The report of the refused rows (line numbers and reasons, no values).
+            let mut r = (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                Json(views::import_refused(&check)),
+            )
+                .into_response();
+            r.extensions_mut()
+                .insert(crate::problem::Code("invalid_input"));
+            Ok(r)
+        }
+    }
+}
+
+/// The subject ID of a customer reference (sent in the body, never the URL).
+#[utoipa::path(post, path = "/v1/subjects/resolve", request_body = SubjectReq, tag = "records",
+    security(("bearer" = [])), responses((status = 200, body = Object), (status = 401, body = Problem)))]
+async fn resolve_subject(
+    State(app): State<Arc<App>>,
+    rc: RequestContext,
+    t: Bearer,
+    Body(req): Body<SubjectReq>,
+) -> Res {
+    let id = app
+        .as_user(&rc, t, move |v, s| {
+            v.whoami(s)?;
+            v.resolve_subject(&req.reference)
+        })
+        .await?;
+    ok(json!({ "subject": id.to_string() }))
+}
+
+// ----- disposal ------------------------------------------------------------------
+
+/// Dispose of records provably (crypto-shredding); issues a certificate.
+#[utoipa::path(post, path = "/v1/disposals", request_body = DisposeReq, tag = "disposal", security(("bearer" = [])),
+    responses((status = 200, body = Object), (status = 403, body = Problem), (status = 409, body = Problem),
+              (status = 422, body = Problem)))]
+async fn dispose(
+    State(app): State<Arc<App>>,
+    rc: RequestContext,
+    t: Bearer,
+    Body(req): Body<DisposeReq>,
+) -> Res {
+    let dry_run = req.dry_run;
+    let parties = req.parties.into_core();
+    let records: Option<Vec<RecordId>> = match (req.scope.as_str(), &req.records) {
+        ("records", Some(ids)) => Some(
+            ids.iter()
+                .map(|i| parse::<RecordId>(i, "record"))
+                .collect::<Result<_, _>>()?,
+        ),
+        ("records", None) => return Err(ApiError::invalid("scope records needs records")),
+        _ => None,
+    };
+    let scope_kind = req.scope.clone();
+    let before = req.before.as_deref().map(parse_time).transpose()?;
+    let record = req
+        .record
+        .as_deref()
+        .map(|r| parse::<RecordId>(r, "record"))
+        .transpose()?;
+    let collection = req
+        .collection
+        .as_deref()
+        .map(CollectionName::parse)
+        .transpose()
+        .map_err(ApiError::from)?;
+    let v = app
+        .as_user(&rc, t, move |v, s| {
+            let one = |scope| {
+                v.dispose(
+                    s,
+                    &DisposalRequest {
+                        scope,
+                        parties: parties.clone(),
+                        dry_run,
+                    },
+                )
+                .map(|o| views::outcome(&o, dry_run))
+            };
+            match scope_kind.as_str() {
+                "record" => one(DisposalScope::Record(record.ok_or_else(|| {
+                    vault_core::Error::InvalidInput("scope record needs record".into())
+                })?)),
+                "subject" => {
+                    let r = req.subject.as_deref().ok_or_else(|| {
+                        vault_core::Error::InvalidInput("scope subject needs subject".into())
+                    })?;
+                    one(DisposalScope::Subject(v.resolve_subject(r)?))
+                }
+                "query" => one(DisposalScope::Query {
+                    collection,
+                    before_ms: before.ok_or_else(|| {
+                        vault_core::Error::InvalidInput("scope query needs before".into())
+                    })?,
+                    by_updated: req.by_updated,
+                }),
+                "past_retention" => one(DisposalScope::PastRetention),
+                "records" => records
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|id| one(DisposalScope::Record(id)))
+                    .collect::<vault_core::Result<Vec<_>>>()
+                    .map(Value::Array),
+                _ => Err(vault_core::Error::InvalidInput(
+                    "scope must be record, subject, query, records or past_retention".into(),
+                )),
+            }
+        })
+        .await?;
+    ok(v)
+}
+
+/// List disposal batches and their state.
+#[utoipa::path(get, path = "/v1/disposals", tag = "disposal", security(("bearer" = [])),
+    responses((status = 200, body = Object), (status = 403, body = Problem)))]
+async fn list_disposals(State(app): State<Arc<App>>, rc: RequestContext, t: Bearer) -> Res {
+    let ds = app.as_user(&rc, t, |v, s| v.disposals(s)).await?;
+    ok(Value::Array(ds.iter().map(views::disposal).collect()))
+}
+
+/// Retry a failed batch.
+#[utoipa::path(post, path = "/v1/disposals/{id}/retry", tag = "disposal", security(("bearer" = [])),
+    params(("id" = String, Path, description = "disposal ID")),
+    responses((status = 200, body = Object), (status = 403, body = Problem), (status = 404, body = Problem)))]
+async fn retry_disposal(
+    State(app): State<Arc<App>>,
+    rc: RequestContext,
+    t: Bearer,
+    Path(id): Path<String>,
+) -> Res {
+    let id: DisposalId = parse(&id, "disposal")?;
+    let cert = app
+        .as_user(&rc, t, move |v, s| v.retry_disposal(s, id))
+        .await?;
+    ok(json!({ "disposal_id": id.to_string(), "certificate_id": cert.to_string() }))
+}
+
+// ----- retention and holds -----------------------------------------------------------
+
+/// Retention policies.
+#[utoipa::path(get, path = "/v1/retention", tag = "retention", security(("bearer" = [])),
+    responses((status = 200, body = Object), (status = 403, body = Problem)))]
+async fn show_retention(State(app): State<Arc<App>>, rc: RequestContext, t: Bearer) -> Res {
+    let p = app.as_user(&rc, t, |v, s| v.retention(s)).await?;
+    ok(Value::Array(
+        p.iter().map(|(c, p)| views::retention(c, p)).collect(),
+    ))
+}
+
+/// Set a collection's retention policy (admin, officer).
+#[utoipa::path(put, path = "/v1/retention/{collection}", request_body = RetentionReq, tag = "retention",
+    security(("bearer" = [])), params(("collection" = String, Path, description = "collection")),
+    responses((status = 200, body = Object), (status = 403, body = Problem)))]
+async fn set_retention(
+    State(app): State<Arc<App>>,
+    rc: RequestContext,
+    t: Bearer,
+    Path(collection): Path<String>,
+    Body(req): Body<RetentionReq>,
+) -> Res {
+    let p = RetentionPolicy {
+        days: req.days,
+        from_updated: req.from_updated,
+    };
+    let c2 = collection.clone();
+    let p2 = p.clone();
+    app.as_user(&rc, t, move |v, s| v.set_retention(s, &c2, p2))
+        .await?;
+    ok(views::retention(&collection, &p))
+}
+
+/// What is past retention (a dry run).
+#[utoipa::path(get, path = "/v1/retention/due", tag = "retention", security(("bearer" = [])),
+    responses((status = 200, body = Object), (status = 403, body = Problem)))]
+async fn retention_due(State(app): State<Arc<App>>, rc: RequestContext, t: Bearer) -> Res {
+    let o = app.as_user(&rc, t, |v, s| v.retention_due(s)).await?;
+    ok(views::outcome(&o, true))
+}
+
+/// Dispose of everything past retention.
+#[utoipa::path(post, path = "/v1/retention/run", request_body = RetentionRunReq, tag = "retention",
+    security(("bearer" = [])), responses((status = 200, body = Object), (status = 403, body = Problem)))]
+async fn retention_run(
+    State(app): State<Arc<App>>,
+    rc: RequestContext,
+    t: Bearer,
+    Body(req): Body<RetentionRunReq>,
+) -> Res {
+    let dry_run = req.dry_run;
+    let parties = req.parties.into_core();
+    let o = app
+        .as_user(&rc, t, move |v, s| {
+            v.dispose(
+                s,
+                &DisposalRequest {
+                    scope: DisposalScope::PastRetention,
+                    parties,
+                    dry_run,
+                },
+            )
+        })
+        .await?;
+    ok(views::outcome(&o, dry_run))
+}
+
+/// Legal holds.
+#[utoipa::path(get, path = "/v1/holds", tag = "holds", security(("bearer" = [])),
+    responses((status = 200, body = Object), (status = 403, body = Problem)))]
+async fn list_holds(State(app): State<Arc<App>>, rc: RequestContext, t: Bearer) -> Res {
+    let hs = app.as_user(&rc, t, |v, s| v.holds(s)).await?;
+    ok(Value::Array(hs.iter().map(views::hold).collect()))
+}
+
+fn hold_target(
+    v: &vault_core::Vault,
+    record: Option<&str>,
+    subject: Option<&str>,
+) -> vault_core::Result<(Option<RecordId>, Option<SubjectId>)> {
+    Ok((
+        record.map(str::parse::<RecordId>).transpose()?,
+        subject.map(|t| v.resolve_subject(t)).transpose()?,
+    ))
+}
+
+/// Place a legal hold (admin, officer).
+#[utoipa::path(post, path = "/v1/holds", request_body = HoldReq, tag = "holds", security(("bearer" = [])),
+    responses((status = 200, body = Object), (status = 403, body = Problem), (status = 422, body = Problem)))]
+async fn add_hold(
+    State(app): State<Arc<App>>,
+    rc: RequestContext,
+    t: Bearer,
+    Body(req): Body<HoldReq>,
+) -> Res {
+    app.as_user(&rc, t, move |v, s| {
+        let (r, sub) = hold_target(v, req.record.as_deref(), req.subject.as_deref())?;
+        v.add_hold(s, r, sub, req.reason.as_deref().unwrap_or(""))
+    })
+    .await?;
+    ok(json!({ "held": true }))
+}
+
+/// Lift a legal hold (admin, officer).
+#[utoipa::path(post, path = "/v1/holds/remove", request_body = HoldReq, tag = "holds", security(("bearer" = [])),
+    responses((status = 200, body = Object), (status = 403, body = Problem), (status = 404, body = Problem)))]
+async fn remove_hold(
+    State(app): State<Arc<App>>,
+    rc: RequestContext,
+    t: Bearer,
+    Body(req): Body<HoldReq>,
+) -> Res {
+    app.as_user(&rc, t, move |v, s| {
+        let (r, sub) = hold_target(v, req.record.as_deref(), req.subject.as_deref())?;
+        v.remove_hold(s, r, sub)
+    })
+    .await?;
+    ok(json!({ "held": false }))
+}
+
+// ----- certificates and keys -----------------------------------------------------------
+
+/// A certificate: the signed body and its signers.
+#[utoipa::path(get, path = "/v1/certificates/{id}", tag = "certificates", security(("bearer" = [])),
+    params(("id" = String, Path, description = "certificate ID")),
+    responses((status = 200, body = Object), (status = 404, body = Problem)))]
+async fn show_certificate(
+    State(app): State<Arc<App>>,
+    rc: RequestContext,
+    t: Bearer,
+    Path(id): Path<String>,
+) -> Res {
+    let id: CertificateId = parse(&id, "certificate")?;
+    let c = app
+        .as_user(&rc, t, move |v, s| v.certificate(s, id))
+        .await?;
+    ok(views::certificate(&c))
+}
+
+/// Download the signed certificate file (verify it offline with `pivault certificate verify`).
+#[utoipa::path(get, path = "/v1/certificates/{id}/file", tag = "certificates", security(("bearer" = [])),
+    params(("id" = String, Path, description = "certificate ID")),
+    responses((status = 200, description = "the certificate file", body = Object), (status = 404, body = Problem)))]
+async fn certificate_file(
+    State(app): State<Arc<App>>,
+    rc: RequestContext,
+    t: Bearer,
+    Path(id): Path<String>,
+) -> Res {
+    let id: CertificateId = parse(&id, "certificate")?;
+    let c = app
+        .as_user(&rc, t, move |v, s| v.certificate(s, id))
+        .await?;
+    let mut r = c.to_file_json().into_response();
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    if let Ok(v) = HeaderValue::from_str(&format!("attachment; filename=\"certificate-{id}.json\""))
+    {
+        h.insert(header::CONTENT_DISPOSITION, v);
+    }
+    Ok(r)
+}
+
+/// The certificate as a printable HTML page.
+#[utoipa::path(get, path = "/v1/certificates/{id}/html", tag = "certificates", security(("bearer" = [])),
+    params(("id" = String, Path, description = "certificate ID")),
+    responses((status = 200, description = "HTML page", body = String, content_type = "text/html"),
+              (status = 404, body = Problem)))]
+async fn certificate_html(
+    State(app): State<Arc<App>>,
+    rc: RequestContext,
+    t: Bearer,
+    Path(id): Path<String>,
+) -> Res {
+    let id: CertificateId = parse(&id, "certificate")?;
+    let c = app
+        .as_user(&rc, t, move |v, s| v.certificate(s, id))
+        .await?;
+    let mut r = certificate::render_html(&c).into_response();
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    Ok(r)
+}
+
+/// Validate a draft certificate (an officer other than the operator).
+#[utoipa::path(post, path = "/v1/certificates/{id}/validate", request_body = ValidateReq, tag = "certificates",
+    security(("bearer" = [])), params(("id" = String, Path, description = "certificate ID")),
+    responses((status = 200, body = Object), (status = 403, body = Problem), (status = 422, body = Problem)))]
+async fn validate_certificate(
+    State(app): State<Arc<App>>,
+    rc: RequestContext,
+    t: Bearer,
+    Path(id): Path<String>,
+    Body(req): Body<ValidateReq>,
+) -> Res {
+    let id: CertificateId = parse(&id, "certificate")?;
+    app.as_user(&rc, t, move |v, s| {
+        v.validate_certificate(s, id, req.title.as_deref())
+    })
+    .await?;
+    ok(json!({ "certificate_id": id.to_string(), "status": "validated" }))
+}
+
+/// Add the contractor's co-signature (made offline with their key).
+#[utoipa::path(post, path = "/v1/certificates/{id}/cosign", request_body = CosignReq, tag = "certificates",
+    security(("bearer" = [])), params(("id" = String, Path, description = "certificate ID")),
+    responses((status = 200, body = Object), (status = 403, body = Problem), (status = 422, body = Problem)))]
+async fn cosign_certificate(
+    State(app): State<Arc<App>>,
+    rc: RequestContext,
+    t: Bearer,
+    Path(id): Path<String>,
+    Body(req): Body<CosignReq>,
+) -> Res {
+    let id: CertificateId = parse(&id, "certificate")?;
+    let sig: [u8; 64] = hex::decode(&req.signature)
+        .ok()
+        .and_then(|b| b.try_into().ok())
+        .ok_or_else(|| ApiError::invalid("signature must be 64 bytes, hex"))?;
+    app.as_user(&rc, t, move |v, s| v.cosign_certificate(s, id, &sig))
+        .await?;
+    ok(json!({ "certificate_id": id.to_string(), "cosigned": true }))
+}
+
+/// The vault's public keys (certificate and audit), PEM, with fingerprints.
+#[utoipa::path(get, path = "/v1/keys", tag = "certificates",
+    responses((status = 200, body = Object)))]
+async fn keys(State(app): State<Arc<App>>) -> Res {
+    let v = app.vault();
+    let (c, a) = (v.certificate_public_key(), v.audit_public_key());
+    let fp =
+        |k: &vault_core::ed25519_dalek::VerifyingKey| vault_core::crypto::fingerprint(k.as_bytes());
+    ok(json!({
+        "certificate_key": certificate::public_key_pem(&c), "certificate_fingerprint": fp(&c),
+        "audit_key": certificate::public_key_pem(&a), "audit_fingerprint": fp(&a),
+    }))
+}
+
+/// Assign a contractor's scope and register their key (admin).
+#[utoipa::path(put, path = "/v1/contractors/{name}", request_body = ContractorReq, tag = "disposal",
+    security(("bearer" = [])), params(("name" = String, Path, description = "contractor's username")),
+    responses((status = 200, body = Object), (status = 403, body = Problem), (status = 422, body = Problem)))]
+async fn assign_contractor(
+    State(app): State<Arc<App>>,
+    rc: RequestContext,
+    t: Bearer,
+    Path(name): Path<String>,
+    Body(req): Body<ContractorReq>,
+) -> Res {
+    let public_key = req
+        .public_key_pem
+        .as_deref()
+        .map(|p| certificate::parse_public_key(p).map(|k| hex::encode(k.as_bytes())))
+        .transpose()
+        .map_err(ApiError::from)?;
+    let (collections, n) = (req.collections.clone(), req.records.len());
+    let id = app
+        .as_user(&rc, t, move |v, s| {
+            v.assign_contractor(
+                s,
+                &name,
+                ContractorScope {
+                    collections: req.collections,
+                    records: req.records,
+                    public_key,
+                },
+            )
+        })
+        .await?;
+    ok(json!({ "user_id": id.to_string(), "collections": collections, "records": n }))
+}
+
+// ----- audit -------------------------------------------------------------------------
+
+/// Audit events.
+#[utoipa::path(get, path = "/v1/audit/events", tag = "audit", security(("bearer" = [])), params(AuditQuery),
+    responses((status = 200, body = Object), (status = 403, body = Problem)))]
+async fn audit_events(
+    State(app): State<Arc<App>>,
+    rc: RequestContext,
+    t: Bearer,
+    Query(q): Query<AuditQuery>,
+) -> Res {
+    let from_ms = q.since.as_deref().map(parse_time).transpose()?;
+    let to_ms = q.until.as_deref().map(parse_time).transpose()?;
+    let evs = app
+        .as_user(&rc, t, move |v, s| {
+            let actor = match &q.actor {
+                Some(name) => Some(
+                    v.list_users(s)?
+                        .into_iter()
+                        .find(|u| u.username.as_str() == name.to_ascii_lowercase())
+                        .ok_or(vault_core::Error::NotFound("user"))?
+                        .id,
+                ),
+                None => None,
+            };
+            let mut evs = v.audit_events(
+                s,
+                &EventFilter {
+                    actor,
+                    from_ms,
+                    to_ms,
+                    action_prefix: q.action.clone(),
+                    ..EventFilter::default()
+                },
+            )?;
+            if let Some(n) = q.limit {
+                evs.drain(..evs.len().saturating_sub(n));
+            }
+            Ok(evs)
+        })
+        .await?;
+    ok(Value::Array(evs.iter().map(views::event).collect()))
+}
+
+/// Verify the audit trail's hash chain and signed checkpoints.
+#[utoipa::path(get, path = "/v1/audit/verify", tag = "audit", security(("bearer" = [])),
+    responses((status = 200, body = Object), (status = 403, body = Problem)))]
+async fn audit_verify(State(app): State<Arc<App>>, rc: RequestContext, t: Bearer) -> Res {
+    let r = app.as_user(&rc, t, |v, s| v.audit_verify(s)).await?;
+    ok(views::verify(&r))
+}
+
+/// Per-user activity report.
+#[utoipa::path(get, path = "/v1/audit/report", tag = "audit", security(("bearer" = [])), params(ReportQuery),
+    responses((status = 200, body = Object), (status = 403, body = Problem)))]
+async fn audit_report(
+    State(app): State<Arc<App>>,
+    rc: RequestContext,
+    t: Bearer,
+    Query(q): Query<ReportQuery>,
+) -> Res {
+    let now = jiff::Timestamp::now().as_millisecond();
+    let from = q
+        .since
+        .as_deref()
+        .map(parse_time)
+        .transpose()?
+        .unwrap_or(now - 30 * 86_400_000);
+    let to = q
+        .until
+        .as_deref()
+        .map(parse_time)
+        .transpose()?
+        .unwrap_or(now + 1);
+    let (users, report) = app
+        .as_user(&rc, t, move |v, s| {
+            let users = v.list_users(s).unwrap_or_default();
+            Ok((users, v.activity_report(s, from, to)?))
+        })
+        .await?;
+    let rows: Vec<Value> = report
+        .iter()
+        .map(|a| {
+            let name = users
+                .iter()
+                .find(|u| u.id == a.user)
+                .map(|u| u.username.to_string())
+                .unwrap_or_else(|| a.user.to_string());
+            views::activity(a, &name)
+        })
+        .collect();
+    ok(json!({ "from": from, "to": to, "users": rows }))
+}
+
+/// Record that the annual security review took place (officer).
+#[utoipa::path(post, path = "/v1/review", tag = "audit", security(("bearer" = [])),
+    responses((status = 200, body = Object), (status = 403, body = Problem)))]
+async fn review(State(app): State<Arc<App>>, rc: RequestContext, t: Bearer) -> Res {
+    app.as_user(&rc, t, |v, s| v.record_security_review(s))
+        .await?;
+    ok(json!({ "reviewed": true }))
+}
+
+// ----- health and the document ---------------------------------------------------------
+
+/// Liveness: the process answers.
+#[utoipa::path(get, path = "/healthz", tag = "health", responses((status = 200, body = Object)))]
+async fn healthz() -> Res {
+    ok(json!({ "status": "ok" }))
+}
+
+/// Readiness: the vault is open and the server is not draining.
+#[utoipa::path(get, path = "/readyz", tag = "health",
+    responses((status = 200, body = Object), (status = 503, body = Problem)))]
+async fn readyz(State(app): State<Arc<App>>) -> Res {
+    if app.draining.load(std::sync::atomic::Ordering::SeqCst) {
+        return Err(ApiError::unavailable());
+    }
+    ok(
+        json!({ "status": "ready", "vault_id": app.vault().id().to_string(), "epoch": app.vault().epoch() }),
+    )
+}
+
+/// This document.
+#[utoipa::path(get, path = "/v1/openapi.json", tag = "health", responses((status = 200, body = Object)))]
+async fn openapi_doc() -> Response {
+    let mut r = crate::openapi_json().into_response();
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+struct BearerScheme;
+
+impl Modify for BearerScheme {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        let c = doc.components.get_or_insert_with(Default::default);
+        c.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "pivault API", description = "Encrypted personal-information records: store, read (masked), dispose of provably. Errors are RFC 9457 problem documents whose `code` matches the CLI's."),
+    modifiers(&BearerScheme),
+    paths(login, logout, whoami, list_users, add_user, disable_user, enable_user, unlock_user, set_role,
+          set_password, list_collections, create_collection, show_collection, put_record, list_records,
+          get_record, reveal_record, update_record, import, resolve_subject, dispose, list_disposals,
+          retry_disposal, show_retention, set_retention, retention_due, retention_run, list_holds, add_hold,
+          remove_hold, show_certificate, certificate_file, certificate_html, validate_certificate,
+          cosign_certificate, keys, assign_contractor, audit_events, audit_verify, audit_report, review,
+          healthz, readyz, openapi_doc),
+    components(schemas(Problem))
+)]
+struct ApiDoc;
+
+/// The OpenAPI document of this API.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    ApiDoc::openapi()
+}
+
+/// The routes, with their body limits.
+pub fn router(app: Arc<App>) -> Router {
+    let import_limit = app.limits.import_bytes;
+    let body_limit = app.limits.body_bytes;
+    let imports = Router::new()
+        .route("/v1/collections/{name}/import", post(import))
+        .layer(DefaultBodyLimit::max(import_limit));
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/v1/openapi.json", get(openapi_doc))
+        .route("/v1/sessions", post(login))
+        .route("/v1/sessions/current", axum::routing::delete(logout))
+        .route("/v1/whoami", get(whoami))
+        .route("/v1/users", get(list_users).post(add_user))
+        .route("/v1/users/{name}/disable", post(disable_user))
+        .route("/v1/users/{name}/enable", post(enable_user))
+        .route("/v1/users/{name}/unlock", post(unlock_user))
+        .route("/v1/users/{name}/role", put(set_role))
+        .route("/v1/users/{name}/password", put(set_password))
+        .route(
+            "/v1/collections",
+            get(list_collections).post(create_collection),
+        )
+        .route("/v1/collections/{name}", get(show_collection))
+        .route("/v1/records", get(list_records).post(put_record))
+        .route("/v1/records/{id}", get(get_record).put(update_record))
+        .route("/v1/records/{id}/reveal", post(reveal_record))
+        .route("/v1/subjects/resolve", post(resolve_subject))
+        .route("/v1/disposals", get(list_disposals).post(dispose))
+        .route("/v1/disposals/{id}/retry", post(retry_disposal))
+        .route("/v1/retention", get(show_retention))
+        .route("/v1/retention/due", get(retention_due))
+        .route("/v1/retention/run", post(retention_run))
+        .route("/v1/retention/{collection}", put(set_retention))
+        .route("/v1/holds", get(list_holds).post(add_hold))
+        .route("/v1/holds/remove", post(remove_hold))
+        .route("/v1/certificates/{id}", get(show_certificate))
+        .route("/v1/certificates/{id}/file", get(certificate_file))
+        .route("/v1/certificates/{id}/html", get(certificate_html))
+        .route("/v1/certificates/{id}/validate", post(validate_certificate))
+        .route("/v1/certificates/{id}/cosign", post(cosign_certificate))
+        .route("/v1/keys", get(keys))
+        .route("/v1/contractors/{name}", put(assign_contractor))
+        .route("/v1/audit/events", get(audit_events))
+        .route("/v1/audit/verify", get(audit_verify))
+        .route("/v1/audit/report", get(audit_report))
+        .route("/v1/review", post(review))
+        .layer(DefaultBodyLimit::max(body_limit))
+        .merge(imports)
+        .with_state(app)
+}
