@@ -302,11 +302,31 @@ async fn frame(
     };
     req.extensions_mut().insert(rc.clone());
     let health = rc.route == "/healthz" || rc.route == "/readyz";
+    let limit = if rc.route.ends_with("/import") {
+        app.limits.import_bytes
+    } else {
+        app.limits.body_bytes
+    };
 
     let mut resp = if let (false, Err(wait)) = (health, app.request_buckets.take(rc.source)) {
         ApiError::rate_limited(wait).into_response()
     } else {
-        match tokio::time::timeout(app.limits.request_timeout, next.run(req)).await {
+        let work = async {
+            // Read the whole body first (within the limit), whatever the
+            // answer will be: a rejected request then leaves the connection
+            // clean for the client's next request.
+            let (parts, body) = req.into_parts();
+            match axum::body::to_bytes(body, limit).await {
+                Ok(bytes) => {
+                    next.run(Request::from_parts(parts, axum::body::Body::from(bytes)))
+                        .await
+                }
+                Err(_) => {
+                    ApiError::from_status(axum::http::StatusCode::PAYLOAD_TOO_LARGE).into_response()
+                }
+            }
+        };
+        match tokio::time::timeout(app.limits.request_timeout, work).await {
             Ok(r) => r,
             Err(_) => ApiError::timeout().into_response(),
         }

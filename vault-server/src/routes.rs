@@ -77,12 +77,14 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
                 let v = v.split(';').next().unwrap_or("").trim();
                 v.eq_ignore_ascii_case("application/json")
             });
-        if !json {
-            return Err(ApiError::from_status(StatusCode::UNSUPPORTED_MEDIA_TYPE));
-        }
+        // The body is read (within the limit) before any rejection, so that
+        // the connection stays usable for the client's next request.
         let bytes = axum::body::Bytes::from_request(req, state)
             .await
             .map_err(|_| ApiError::from_status(StatusCode::PAYLOAD_TOO_LARGE))?;
+        if !json {
+            return Err(ApiError::from_status(StatusCode::UNSUPPORTED_MEDIA_TYPE));
+        }
         serde_json::from_slice(&bytes)
             .map(Body)
             .map_err(|e| ApiError::bad_json(&e))
@@ -754,7 +756,7 @@ async fn update_record(
 /// a bad row stores nothing and is answered 422 with line numbers.
 #[utoipa::path(post, path = "/v1/collections/{name}/import", tag = "records", security(("bearer" = [])),
     params(("name" = String, Path, description = "collection"), ImportQuery),
-    request_body(content = String, content_type = "application/x-ndjson"),
+    request_body(content = String, content_type = "text/plain", description = "JSON Lines (format=jsonl) or CSV (format=csv)"),
     responses((status = 200, body = Object), (status = 422, body = Object), (status = 403, body = Problem)))]
 async fn import(
     State(app): State<Arc<App>>,
