@@ -36,9 +36,9 @@ trap cleanup EXIT
 
 # Secrets in files, never on command lines.
 printf 'load-bench-vault-passphrase-9Tq!' > "$WORK/pass"
-printf 'Load-Admin-Quartz-Heron-71' > "$WORK/admin.pw"
-printf 'Load-Officer-Basalt-Wren-38' > "$WORK/officer.pw"
-printf 'Load-Clerk-Cobalt-Finch-52' > "$WORK/clerk.pw"
+printf 'Quartz-Heron-Lamp-71x' > "$WORK/admin.pw"
+printf 'Basalt-Wren-Kettle-38y' > "$WORK/officer.pw"
+printf 'Cobalt-Finch-Anvil-52z' > "$WORK/clerk.pw"
 chmod 600 "$WORK"/*
 export PIVAULT_PASSPHRASE_FILE="$WORK/pass" PIVAULT_DIR="$WORK/vault"
 P="$BIN_DIR/pivault"
@@ -50,7 +50,7 @@ PIVAULT_PASSWORD_FILE="$WORK/admin.pw" PIVAULT_NEW_PASSWORD_FILE="$WORK/clerk.pw
   "$P" --user admin user add clerk --role clerk >/dev/null
 PIVAULT_PASSWORD_FILE="$WORK/admin.pw" \
   "$P" --user admin collection create customers --schema examples/customers.schema.json >/dev/null
-printf '{"given_name":"Ada","family_name":"Quimby","ssn":"123-45-6789","card_number":"4111111111111111"}' > "$WORK/rec.json"
+printf '{"given_name":"Ada","family_name":"Quimby","ssn":"123-45-6789","card":"4111111111111111"}' > "$WORK/rec.json"
 ID=$(PIVAULT_PASSWORD_FILE="$WORK/clerk.pw" "$P" --user clerk --json record put customers --data "$WORK/rec.json" \
   | sed -E 's/.*"record_id":"([^"]+)".*/\1/')
 

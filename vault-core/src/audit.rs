@@ -424,6 +424,18 @@ pub fn targets_touched(events: &[AuditEvent]) -> BTreeMap<String, u64> {
     out
 }
 
+thread_local! {
+    /// Events appended by the current thread: a front end that runs one
+    /// request on one thread can tell whether the operation it called wrote
+    /// its own event (see [`appended_on_this_thread`]).
+    static APPENDED_HERE: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// How many events this thread has appended so far (a monotonic counter).
+pub fn appended_on_this_thread() -> u64 {
+    APPENDED_HERE.with(|n| n.get())
+}
+
 /// The open, append-only audit trail of one vault.
 pub struct AuditLog {
     dir: PathBuf,
@@ -591,6 +603,7 @@ impl AuditLog {
         self.write_line(&line)?;
         self.head_seq = seq;
         self.head_hash = hash;
+        APPENDED_HERE.with(|n| n.set(n.get() + 1));
 
         if seq.is_multiple_of(CHECKPOINT_EVERY) && self.write_checkpoint(ev.time_ms).is_err() {
             self.checkpoint_pending = Some(ev.time_ms);

@@ -47,6 +47,8 @@ pub const DEFAULT_BUCKETS: u32 = 1024;
 pub const DEFAULT_SESSION_TTL_MS: i64 = 8 * 60 * 60 * 1000;
 /// Idle timeout of a session token.
 pub const SESSION_IDLE_MS: i64 = 30 * 60 * 1000;
+/// A session's last-seen time is rewritten at most this often.
+const SESSION_TOUCH_MS: i64 = 60 * 1000;
 
 /// Settings for creating a vault.
 #[derive(Debug)]
@@ -782,12 +784,15 @@ impl Vault {
             self.store.delete(store::CF_SESSIONS, &key)?;
             return deny(self, Some(user));
         }
-        row.last_seen_ms = now;
-        self.store.put(
-            store::CF_SESSIONS,
-            &key,
-            &serde_json::to_vec(&row).expect("serialisable"),
-        )?;
+        // The idle clock needs minute precision, not a write per request.
+        if now - row.last_seen_ms >= SESSION_TOUCH_MS {
+            row.last_seen_ms = now;
+            self.store.put(
+                store::CF_SESSIONS,
+                &key,
+                &serde_json::to_vec(&row).expect("serialisable"),
+            )?;
+        }
         Ok(Session {
             user,
             generation: row.generation,

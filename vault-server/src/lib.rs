@@ -142,6 +142,7 @@ impl App {
         let rc = rc.clone();
         tokio::task::spawn_blocking(move || {
             let ctx = rc.context();
+            let before = vault_core::audit::appended_on_this_thread();
             let r = vault
                 .session_from_token(&token.0, ctx)
                 .and_then(|s| {
@@ -149,6 +150,12 @@ impl App {
                     op(&vault, &s)
                 })
                 .map_err(ApiError::from);
+            // A successful operation that wrote its own event (with the
+            // user, address, request ID and outcome) has audited the
+            // request; anything else gets the request's own event.
+            if r.is_ok() && vault_core::audit::appended_on_this_thread() > before {
+                rc.audited.store(true, Ordering::SeqCst);
+            }
             rc.audit(&vault, r.as_ref().err())?;
             r
         })

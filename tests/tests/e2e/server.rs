@@ -550,15 +550,30 @@ fn role_endpoint_matrix_reveal_and_bad_input_over_tls() {
         assert_eq!(ev["targets"][1], status.to_string());
         assert_ne!(ev["outcome"], "success");
     }
-    let ev = evs
+    // A successful request is audited by its operation's own events, which
+    // carry the user, the address and the request ID.
+    let all = srv
+        .call("GET", "/v1/audit/events", Some(tok("auditor")), None)
+        .json();
+    let all = all.as_array().expect("events");
+    let ev = all
         .iter()
-        .find(|e| e["request_id"] == rev.request_id.as_str())
+        .find(|e| e["request_id"] == rev.request_id.as_str() && e["action"] == "record.reveal")
         .expect("reveal request audited");
     assert_eq!(ev["outcome"], "success");
+    assert_eq!(ev["source"], "127.0.0.1");
     assert!(
         ev["actor"].is_string(),
         "authenticated requests name the user"
     );
+    // Every answered request is in the trail under its request ID.
+    for a in [&get, &rev, &put] {
+        assert!(
+            all.iter().any(|e| e["request_id"] == a.request_id.as_str()),
+            "request {} not audited",
+            a.request_id
+        );
+    }
     let reveal_ev = srv.call(
         "GET",
         "/v1/audit/events?action=record.reveal",
