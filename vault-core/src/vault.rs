@@ -26,11 +26,14 @@ use crate::ids::{CollectionName, RecordId, SubjectId, UserId, Username, VaultId}
 use crate::keystore::Keystore;
 use crate::schema::{Classification, Schema};
 use crate::secret::{SecretKey, SecretString};
+#[path = "backup.rs"]
+mod backup;
 #[path = "disposal.rs"]
 mod disposal;
 
 pub use crate::store::RecordState;
 use crate::store::{self, RecordRow, Store};
+pub use backup::{BackupInfo, DEFAULT_BACKUP_DAYS, RestoreReport};
 pub use disposal::{
     ContractorScope, DisposalOutcome, DisposalParties, DisposalRequest, DisposalScope,
     DisposalSummary, Hold, RetentionPolicy,
@@ -294,6 +297,8 @@ pub struct Vault {
     crash_hook: Mutex<Option<CrashHook>>,
     /// Negative control for forensic tests: skip the keystore flush in the purge.
     purge_skip_flush: AtomicBool,
+    /// Negative control for backup tests: restore without replaying the ledger.
+    restore_skip_ledger: AtomicBool,
 }
 
 impl std::fmt::Debug for Vault {
@@ -454,10 +459,13 @@ impl Vault {
             disposal_lock: Mutex::new(()),
             crash_hook: Mutex::new(None),
             purge_skip_flush: AtomicBool::new(false),
+            restore_skip_ledger: AtomicBool::new(false),
         };
         vault.recount_officers()?;
         // A disposal interrupted by a crash finishes before the vault serves.
         vault.resume_disposals()?;
+        // Backups past their expiry lose their key before the vault serves.
+        vault.expire_due_backups(&backup::system_context())?;
         Ok(vault)
     }
 
@@ -1652,6 +1660,14 @@ impl Vault {
     #[doc(hidden)]
     pub fn set_purge_skip_flush(&self, skip: bool) {
         self.purge_skip_flush.store(skip, Ordering::SeqCst);
+    }
+
+    /// Negative control for backup tests: the next restores skip the
+    /// disposal-ledger replay (disposed records come back), so a test can
+    /// show it would see a resurrection.
+    #[doc(hidden)]
+    pub fn set_restore_skip_ledger(&self, skip: bool) {
+        self.restore_skip_ledger.store(skip, Ordering::SeqCst);
     }
 
     /// Direct access to the keystore for forensic tests and benchmarks.
