@@ -635,6 +635,11 @@ impl Vault {
             .map(|r| Ok((r.id.parse()?, r.subject.parse()?, r.version)))
             .collect::<Result<_>>()?;
         let mut step = step_index(&b.step);
+        // Negative control (tests only): a snapshot held across the purge.
+        let _held_snapshot = self
+            .purge_hold_snapshot
+            .load(std::sync::atomic::Ordering::SeqCst)
+            .then(|| self.keystore.snapshot());
         // The wrapped DEK bytes that exist before the batch, for the byte scan
         // of step 7. Held in memory only: writing them anywhere would make a copy.
         let mut wrapped_before = Vec::new();

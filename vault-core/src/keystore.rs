@@ -787,6 +787,12 @@ impl Keystore {
         Ok(())
     }
 
+    /// A RocksDB snapshot of the keystore (the negative control of the purge:
+    /// while it is held, old versions stay pinned and the purge must fail).
+    pub(crate) fn snapshot(&self) -> rocksdb::Snapshot<'_> {
+        self.db.snapshot()
+    }
+
     /// Number of key buckets.
     pub fn bucket_count(&self) -> u32 {
         self.buckets

@@ -299,6 +299,8 @@ pub struct Vault {
     purge_skip_flush: AtomicBool,
     /// Negative control for backup tests: restore without replaying the ledger.
     restore_skip_ledger: AtomicBool,
+    /// Negative control for forensic tests: hold a keystore snapshot through a batch.
+    purge_hold_snapshot: AtomicBool,
 }
 
 impl std::fmt::Debug for Vault {
@@ -460,6 +462,7 @@ impl Vault {
             crash_hook: Mutex::new(None),
             purge_skip_flush: AtomicBool::new(false),
             restore_skip_ledger: AtomicBool::new(false),
+            purge_hold_snapshot: AtomicBool::new(false),
         };
         vault.recount_officers()?;
         // A disposal interrupted by a crash finishes before the vault serves.
@@ -1660,6 +1663,15 @@ impl Vault {
     #[doc(hidden)]
     pub fn set_purge_skip_flush(&self, skip: bool) {
         self.purge_skip_flush.store(skip, Ordering::SeqCst);
+    }
+
+    /// Negative control for forensic tests: the next disposal batches hold a
+    /// RocksDB snapshot of the keystore from before their key deletion until
+    /// their verification, pinning the old wrapped keys, so the purge checks
+    /// and the byte scan must find residue and the batch must fail.
+    #[doc(hidden)]
+    pub fn set_purge_hold_snapshot(&self, hold: bool) {
+        self.purge_hold_snapshot.store(hold, Ordering::SeqCst);
     }
 
     /// Negative control for backup tests: the next restores skip the

@@ -8,3 +8,4 @@ mod crash;
 mod disposal;
 mod forensic;
 mod library;
+mod purge_controls;
