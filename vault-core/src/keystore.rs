@@ -87,6 +87,44 @@ impl PurgeEvidence {
     }
 }
 
+/// Whether `hay` contains any of `needles`, in one pass per needle length:
+/// the 8-byte prefix of every window is looked up in a hash set, and only a
+/// prefix hit is compared in full. A batch of 10,000 wrapped keys is then
+/// searched in time proportional to the file, not to file × keys.
+pub fn contains_any(hay: &[u8], needles: &[Vec<u8>]) -> bool {
+    use std::collections::{BTreeMap, HashMap};
+    let mut by_len: BTreeMap<usize, Vec<&[u8]>> = BTreeMap::new();
+    for n in needles.iter().filter(|n| !n.is_empty()) {
+        by_len.entry(n.len()).or_default().push(n);
+    }
+    for (len, group) in by_len {
+        if len > hay.len() {
+            continue;
+        }
+        if len < 8 || group.len() < 4 {
+            if group.iter().any(|n| hay.windows(len).any(|w| w == *n)) {
+                return true;
+            }
+            continue;
+        }
+        let mut prefixes: HashMap<[u8; 8], Vec<&[u8]>> = HashMap::new();
+        for n in group {
+            prefixes
+                .entry(n[..8].try_into().expect("8 bytes"))
+                .or_default()
+                .push(n);
+        }
+        for w in hay.windows(len) {
+            if let Some(c) = prefixes.get(&<[u8; 8]>::try_from(&w[..8]).expect("8 bytes"))
+                && c.iter().any(|n| *n == w)
+            {
+                return true;
+            }
+        }
+    }
+    false
+}
+
 /// Recursively scans `dir` for files holding any needle; files that vanish
 /// mid-scan (obsolete-file deletion) are skipped.
 pub fn scan_dir(dir: &Path, needles: &[Vec<u8>]) -> Result<Vec<String>> {
@@ -94,9 +132,6 @@ pub fn scan_dir(dir: &Path, needles: &[Vec<u8>]) -> Result<Vec<String>> {
     if needles.is_empty() {
         return Ok(hits);
     }
-    let contains = |hay: &[u8], needle: &[u8]| {
-        !needle.is_empty() && hay.windows(needle.len()).any(|w| w == needle)
-    };
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
         for e in std::fs::read_dir(&d)? {
@@ -110,7 +145,7 @@ pub fn scan_dir(dir: &Path, needles: &[Vec<u8>]) -> Result<Vec<String>> {
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
                 Err(e) => return Err(e.into()),
             };
-            if needles.iter().any(|n| contains(&bytes, n)) {
+            if contains_any(&bytes, needles) {
                 hits.push(p.strip_prefix(dir).unwrap_or(&p).display().to_string());
             }
         }
@@ -589,10 +624,7 @@ impl Keystore {
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
                 Err(e) => return Err(e.into()),
             };
-            if needles
-                .iter()
-                .any(|n| !n.is_empty() && bytes.windows(n.len()).any(|w| w == &n[..]))
-            {
+            if contains_any(&bytes, needles) {
                 hits.push(
                     p.strip_prefix(self.db.path())
                         .unwrap_or(p)
@@ -796,5 +828,31 @@ impl Keystore {
     /// Number of key buckets.
     pub fn bucket_count(&self) -> u32 {
         self.buckets
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::contains_any;
+
+    #[test]
+    fn contains_any_finds_every_needle_and_nothing_else() {
+        let hay: Vec<u8> = (0..5000u32)
+            .flat_map(|i| i.wrapping_mul(2654435761).to_be_bytes())
+            .collect();
+        let needles: Vec<Vec<u8>> = (0..50).map(|i| hay[i * 97..i * 97 + 61].to_vec()).collect();
+        for n in &needles {
+            assert!(contains_any(&hay, std::slice::from_ref(n)));
+        }
+        assert!(contains_any(&hay, &needles));
+        let mut absent = needles.clone();
+        for n in &mut absent {
+            n[60] ^= 0xff;
+            n[0] ^= 0x55;
+        }
+        assert!(!contains_any(&hay, &absent));
+        absent.push(hay[4000..4003].to_vec());
+        assert!(contains_any(&hay, &absent));
+        assert!(!contains_any(&hay[..10], &needles));
     }
 }
