@@ -198,13 +198,25 @@ fn main() {
             t.elapsed().as_secs_f64()
         );
         let mut one = Vec::new();
+        let mut purge = Vec::new();
         for id in &singles {
             let t = Instant::now();
-            b.vault
+            let o = b
+                .vault
                 .dispose(&b.officer, &request(DisposalScope::Record(*id)))
                 .unwrap();
             one.push(ms(t.elapsed()));
+            let c = b
+                .vault
+                .certificate(&b.officer, o.certificate_id.unwrap())
+                .unwrap();
+            let d = &c.body["sanitization"]["details"]["keystore_purge"];
+            purge.push(d["duration_ms"].as_f64().unwrap_or(0.0));
         }
+        eprintln!(
+            "  one record, N={n}: keystore purge (flush, compaction, checks) median {:.0} ms of the total",
+            median(purge)
+        );
         let mut subj = Vec::new();
         for s in &subjects {
             let t = Instant::now();

@@ -480,13 +480,26 @@ impl Keystore {
             let mut co = rocksdb::CompactOptions::default();
             co.set_bottommost_level_compaction(rocksdb::BottommostLevelCompaction::Force);
             co.set_exclusive_manual_compaction(true);
-            for &b in buckets {
-                let end = (b as u64 + 1).to_be_bytes();
-                // Range [b, b+1) over the 4-byte bucket prefix; the end key is the
-                // 4 low bytes of b+1, or unbounded for the last bucket.
-                let end = (b != u32::MAX).then(|| end[4..].to_vec());
+            // Touched buckets merged into runs of consecutive numbers: one
+            // manual compaction per run, not per bucket (a 10,000-record batch
+            // touches most buckets, and each compaction rewrites whole files).
+            let mut sorted = buckets.to_vec();
+            sorted.sort_unstable();
+            sorted.dedup();
+            let mut runs: Vec<(u32, u32)> = Vec::new();
+            for b in sorted {
+                match runs.last_mut() {
+                    Some((_, hi)) if u64::from(*hi) + 1 == u64::from(b) => *hi = b,
+                    _ => runs.push((b, b)),
+                }
+            }
+            for (lo, hi) in runs {
+                let end = (hi as u64 + 1).to_be_bytes();
+                // Range [lo, hi+1) over the 4-byte bucket prefix; the end key is the
+                // 4 low bytes of hi+1, or unbounded for the last bucket.
+                let end = (hi != u32::MAX).then(|| end[4..].to_vec());
                 self.db
-                    .compact_range_cf_opt(self.cf(CF_DEKS), Some(b.to_be_bytes()), end, &co);
+                    .compact_range_cf_opt(self.cf(CF_DEKS), Some(lo.to_be_bytes()), end, &co);
             }
             self.db
                 .compact_range_cf_opt(self.cf(CF_BUCKETS), None::<&[u8]>, None::<&[u8]>, &co);
