@@ -6,6 +6,7 @@
 //! messages to stderr. Exit codes are listed in [`exit`] and the README.
 #![forbid(unsafe_code)]
 
+mod backup;
 mod dispose;
 mod exit;
 mod output;
@@ -115,6 +116,9 @@ enum Command {
     /// Disposal contractors: scope and signing keys.
     #[command(subcommand)]
     Contractor(ContractorCmd),
+    /// Backups of the record data (never the header); restore replays the disposal ledger.
+    #[command(subcommand)]
+    Backup(backup::BackupCmd),
     /// Report the live security configuration; non-zero exit on any unsafe setting.
     Doctor,
     /// Record that the annual security review took place (officer).
@@ -711,6 +715,7 @@ fn run(cli: &Cli, out: &Out) -> anyhow::Result<u8> {
                 Command::Retention(c) => dispose::cmd_retention(out, &vault, &session, c)?,
                 Command::Hold(c) => dispose::cmd_hold(out, &vault, &session, c)?,
                 Command::Contractor(c) => dispose::cmd_contractor(out, &vault, &session, c)?,
+                Command::Backup(c) => backup::cmd_backup(out, &vault, &session, c)?,
                 Command::Review => {
                     vault.record_security_review(&session)?;
                     out.data(json!({ "reviewed": true }), || {

@@ -305,7 +305,9 @@ pub fn run(cli: &Cli, out: &Out, server: &str) -> anyhow::Result<u8> {
             out.data(json!({ "logged_out": u }), || format!("logged out {u}"))?;
             return Ok(exit::OK);
         }
-        Command::Init(_) | Command::Doctor => {
+        Command::Init(_) | Command::Doctor | Command::Backup(_) => {
+            // They read or write files beside the vault (a backup file never
+            // travels over the network).
             bail!("this command runs on the vault's own machine, not through --server")
         }
         _ => {}
@@ -787,6 +789,7 @@ fn command(cli: &Cli, out: &Out, r: &Remote) -> anyhow::Result<u8> {
         }
         Command::Init(_)
         | Command::Doctor
+        | Command::Backup(_)
         | Command::Login
         | Command::Logout
         | Command::Completions { .. }

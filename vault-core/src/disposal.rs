@@ -132,6 +132,19 @@ pub(crate) struct BatchRow {
     byte_scan: Option<String>,
     parties: PartiesRow,
     channel: String,
+    /// Backups holding copies when the batch started (residual copies).
+    #[serde(default)]
+    backups: Vec<ResidualBackup>,
+}
+
+/// A backup that existed when a batch started: a residual copy the
+/// certificate names, with its expiry.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) struct ResidualBackup {
+    pub(crate) id: String,
+    pub(crate) created_ms: i64,
+    pub(crate) expires_ms: i64,
+    pub(crate) location: String,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -229,6 +242,50 @@ pub struct DisposalSummary {
     pub records: u64,
     /// Start time, unix ms.
     pub created_ms: i64,
+}
+
+/// `target.backups` of a certificate: the vault's backups that existed at
+/// disposal time, as residual copies with their expiry.
+fn backups_json(backups: &[ResidualBackup]) -> Value {
+    if backups.is_empty() {
+        return json!({
+            "exist": false,
+            "copies": [],
+            "note": "no backup of this vault existed at disposal time; backups never contain the header",
+        });
+    }
+    json!({
+        "exist": true,
+        "copies": backups.iter().map(|b| json!({
+            "backup_id": b.id,
+            "created": format_ms(b.created_ms),
+            "expiry": format_ms(b.expires_ms),
+            "location": b.location,
+        })).collect::<Vec<_>>(),
+        "where": backups.iter().map(|b| b.location.clone()).collect::<Vec<_>>(),
+        "expiry": backups.iter().map(|b| b.expires_ms).max().map(format_ms),
+        "covered_by": "each backup is sealed under its own backup key, held only in this vault's keystore under the live root key; the backup key is destroyed (the copy crypto-erased) at the expiry shown; a restore replays the disposal ledger and never brings a disposed record or its key back",
+        "note": "backups hold record ciphertexts and wrapped keys, never the header",
+    })
+}
+
+/// `sanitization.not_covered`: the data areas this disposal does not reach.
+fn not_covered(backups: &[ResidualBackup]) -> Vec<String> {
+    let mut v = vec![
+        "copies of the vault header made before this disposal (the header must never be backed up)"
+            .to_owned(),
+        "storage media that retain overwritten blocks (SSDs, copy-on-write file systems)"
+            .to_owned(),
+        "exports and import source files handed out or kept outside the vault".to_owned(),
+    ];
+    for b in backups {
+        v.push(format!(
+            "vault backup {} (residual copy until its backup key is destroyed at {})",
+            b.id,
+            format_ms(b.expires_ms)
+        ));
+    }
+    v
 }
 
 fn hold_key(kind: u8, id: &[u8; 16]) -> [u8; 17] {
@@ -524,6 +581,7 @@ impl Vault {
                 contract_reference: p.contract_reference.clone(),
             },
             channel: s.ctx.channel.as_str().to_owned(),
+            backups: self.residual_backups()?,
         };
         self.put_batch(&batch, true)?;
         self.audit(
@@ -577,6 +635,11 @@ impl Vault {
             .map(|r| Ok((r.id.parse()?, r.subject.parse()?, r.version)))
             .collect::<Result<_>>()?;
         let mut step = step_index(&b.step);
+        // Negative control (tests only): a snapshot held across the purge.
+        let _held_snapshot = self
+            .purge_hold_snapshot
+            .load(std::sync::atomic::Ordering::SeqCst)
+            .then(|| self.keystore.snapshot());
         // The wrapped DEK bytes that exist before the batch, for the byte scan
         // of step 7. Held in memory only: writing them anywhere would make a copy.
         let mut wrapped_before = Vec::new();
@@ -699,9 +762,12 @@ impl Vault {
             if wrapped_before.is_empty() {
                 b.byte_scan = Some("not repeated: the batch resumed after its keys were deleted; key-path and purge checks apply".into());
             } else {
-                let hits = self.keystore.files_containing(&wrapped_before)?;
+                let (hits, scanned) = self
+                    .keystore
+                    .files_containing_for_buckets(&b.buckets, &wrapped_before)?;
+                b.scan_files = Some(scanned);
                 b.byte_scan = Some(format!(
-                    "{} pre-disposal wrapped key(s) searched in every keystore file: {} file(s) hold them",
+                    "{} pre-disposal wrapped key(s) searched in {scanned} keystore file(s) that can hold them (every WAL, manifest and other non-table file, every table file outside the live set, every live data-key table file covering a touched bucket): {} file(s) hold them",
                     wrapped_before.len(),
                     hits.len()
                 ));
@@ -882,7 +948,7 @@ impl Vault {
                     "elements": elements.iter().collect::<Vec<_>>(),
                     "after": "no personal information recoverable",
                 },
-                "backups": { "exist": false, "note": "the vault keeps no backups of its own; backups never contain the header" },
+                "backups": backups_json(&b.backups),
             },
             "sanitization": {
                 "method": "Purge",
@@ -909,16 +975,39 @@ impl Vault {
                     "byte_scan": b.byte_scan,
                     "result": "PASS",
                 },
-                "not_covered": [
-                    "copies of the vault header made before this disposal (the header must never be backed up)",
-                    "storage media that retain overwritten blocks (SSDs, copy-on-write file systems)",
-                    "exports and import source files handed out or kept outside the vault",
-                ],
+                "not_covered": not_covered(&b.backups),
                 "exclusions": b.excluded.iter().map(|(id, why)| json!({ "record_id": id, "reason": why })).collect::<Vec<_>>(),
             },
             "outcome_statement": certificate::OUTCOME_STATEMENT,
             "audit": { "checkpoint_seq": checkpoint_seq, "head_hash": hex::encode(head) },
         }))
+    }
+
+    /// The disposal ledger as a replay set: every record any disposal batch
+    /// named (complete, failed or in progress — its key is gone or going),
+    /// with the batch's certificate ID.
+    pub(crate) fn disposed_records(&self) -> Result<std::collections::HashMap<RecordId, String>> {
+        let mut out = std::collections::HashMap::new();
+        for (_, v) in self.store.scan_prefix(store::CF_DISPOSALS, &[])? {
+            let b: BatchRow =
+                serde_json::from_slice(&v).map_err(|_| Error::Integrity("disposal batch"))?;
+            for r in &b.records {
+                out.insert(r.id.parse()?, b.certificate_id.clone());
+            }
+        }
+        for (_, v) in self.store.scan_prefix(store::CF_LEDGER, &[])? {
+            let e: Value =
+                serde_json::from_slice(&v).map_err(|_| Error::Integrity("disposal ledger"))?;
+            let cert = e["certificate_id"].as_str().unwrap_or_default().to_owned();
+            for r in e["records"].as_array().into_iter().flatten() {
+                let id: RecordId = r
+                    .as_str()
+                    .ok_or(Error::Integrity("disposal ledger"))?
+                    .parse()?;
+                out.entry(id).or_insert_with(|| cert.clone());
+            }
+        }
+        Ok(out)
     }
 
     /// Resumes every batch a crash interrupted (called on open).

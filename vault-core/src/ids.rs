@@ -93,6 +93,10 @@ typed_id!(
     /// A disposal batch.
     DisposalId, "disposal"
 );
+typed_id!(
+    /// A backup of the vault's record data (never its header).
+    BackupId, "backup"
+);
 
 impl SubjectId {
     /// A subject ID derived from a business's own customer reference with a

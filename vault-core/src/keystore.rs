@@ -20,6 +20,8 @@ use crate::secret::SecretKey;
 
 const CF_BUCKETS: &str = "buckets";
 const CF_DEKS: &str = "deks";
+/// Per-backup keys K_b (wrapped by the epoch root), keyed by backup ID.
+const CF_BACKUPS: &str = "backups";
 
 /// Storage of wrapped keys, with an in-memory cache of unwrapped bucket keys
 /// (RAM only, zeroized on drop, cleared at every epoch ratchet).
@@ -85,6 +87,44 @@ impl PurgeEvidence {
     }
 }
 
+/// Whether `hay` contains any of `needles`, in one pass per needle length:
+/// the 8-byte prefix of every window is looked up in a hash set, and only a
+/// prefix hit is compared in full. A batch of 10,000 wrapped keys is then
+/// searched in time proportional to the file, not to file × keys.
+pub fn contains_any(hay: &[u8], needles: &[Vec<u8>]) -> bool {
+    use std::collections::{BTreeMap, HashMap};
+    let mut by_len: BTreeMap<usize, Vec<&[u8]>> = BTreeMap::new();
+    for n in needles.iter().filter(|n| !n.is_empty()) {
+        by_len.entry(n.len()).or_default().push(n);
+    }
+    for (len, group) in by_len {
+        if len > hay.len() {
+            continue;
+        }
+        if len < 8 || group.len() < 4 {
+            if group.iter().any(|n| hay.windows(len).any(|w| w == *n)) {
+                return true;
+            }
+            continue;
+        }
+        let mut prefixes: HashMap<[u8; 8], Vec<&[u8]>> = HashMap::new();
+        for n in group {
+            prefixes
+                .entry(n[..8].try_into().expect("8 bytes"))
+                .or_default()
+                .push(n);
+        }
+        for w in hay.windows(len) {
+            if let Some(c) = prefixes.get(&<[u8; 8]>::try_from(&w[..8]).expect("8 bytes"))
+                && c.iter().any(|n| *n == w)
+            {
+                return true;
+            }
+        }
+    }
+    false
+}
+
 /// Recursively scans `dir` for files holding any needle; files that vanish
 /// mid-scan (obsolete-file deletion) are skipped.
 pub fn scan_dir(dir: &Path, needles: &[Vec<u8>]) -> Result<Vec<String>> {
@@ -92,9 +132,6 @@ pub fn scan_dir(dir: &Path, needles: &[Vec<u8>]) -> Result<Vec<String>> {
     if needles.is_empty() {
         return Ok(hits);
     }
-    let contains = |hay: &[u8], needle: &[u8]| {
-        !needle.is_empty() && hay.windows(needle.len()).any(|w| w == needle)
-    };
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
         for e in std::fs::read_dir(&d)? {
@@ -108,7 +145,7 @@ pub fn scan_dir(dir: &Path, needles: &[Vec<u8>]) -> Result<Vec<String>> {
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
                 Err(e) => return Err(e.into()),
             };
-            if needles.iter().any(|n| contains(&bytes, n)) {
+            if contains_any(&bytes, needles) {
                 hits.push(p.strip_prefix(dir).unwrap_or(&p).display().to_string());
             }
         }
@@ -131,6 +168,13 @@ fn dek_aad(vault: VaultId, record: RecordId, version: u32) -> Aad {
         .part(&version.to_be_bytes())
 }
 
+fn backup_aad(vault: VaultId, backup: &[u8; 16], epoch: u64) -> Aad {
+    Aad::new("backup-key")
+        .part(vault.as_bytes())
+        .part(backup)
+        .part(&epoch.to_be_bytes())
+}
+
 fn dek_key(bucket: u32, record: RecordId, version: u32) -> [u8; 24] {
     let mut k = [0u8; 24];
     k[..4].copy_from_slice(&bucket.to_be_bytes());
@@ -143,7 +187,8 @@ impl Keystore {
     /// Opens (or creates) the keystore at `path`.
     pub fn open(path: &Path, vault: VaultId, buckets: u32, sync: bool) -> Result<Keystore> {
         let opts = keystore_options();
-        let cfs = [CF_BUCKETS, CF_DEKS].map(|n| ColumnFamilyDescriptor::new(n, keystore_options()));
+        let cfs = [CF_BUCKETS, CF_DEKS, CF_BACKUPS]
+            .map(|n| ColumnFamilyDescriptor::new(n, keystore_options()));
         let db = DB::open_cf_descriptors(&opts, path, cfs)?;
         Ok(Keystore {
             db,
@@ -314,6 +359,37 @@ impl Keystore {
                 crypto::wrap_key(to.1, &bucket_aad(self.vault, b, to.0), &key),
             );
         }
+        // Per-backup keys are carried across the ratchet the same way.
+        for item in self
+            .db
+            .iterator_cf(self.cf(CF_BACKUPS), rocksdb::IteratorMode::Start)
+        {
+            let (k, wrapped) = item?;
+            let id: [u8; 16] = k[..]
+                .try_into()
+                .map_err(|_| Error::Integrity("keystore (backup key name)"))?;
+            if crypto::unwrap_key(
+                to.1,
+                &backup_aad(self.vault, &id, to.0),
+                &wrapped,
+                "backup key",
+            )
+            .is_ok()
+            {
+                continue;
+            }
+            let key = crypto::unwrap_key(
+                from.1,
+                &backup_aad(self.vault, &id, from.0),
+                &wrapped,
+                "backup key",
+            )?;
+            batch.put_cf(
+                self.cf(CF_BACKUPS),
+                id,
+                crypto::wrap_key(to.1, &backup_aad(self.vault, &id, to.0), &key),
+            );
+        }
         self.db.write_opt(batch, &self.wo(true))?;
         self.cache.write().expect("cache lock").clear();
         Ok(())
@@ -389,7 +465,12 @@ impl Keystore {
     /// background thread, so the checks are polled briefly.
     pub fn purge(&self, buckets: &[u32], skip_physical: bool) -> Result<PurgeEvidence> {
         let start = std::time::Instant::now();
-        let cfs = [self.cf("default"), self.cf(CF_BUCKETS), self.cf(CF_DEKS)];
+        let cfs = [
+            self.cf("default"),
+            self.cf(CF_BUCKETS),
+            self.cf(CF_DEKS),
+            self.cf(CF_BACKUPS),
+        ];
         // `compact_range` flushes the memtable it covers by itself, so the
         // negative control skips flush and compaction together.
         if !skip_physical {
@@ -399,16 +480,32 @@ impl Keystore {
             let mut co = rocksdb::CompactOptions::default();
             co.set_bottommost_level_compaction(rocksdb::BottommostLevelCompaction::Force);
             co.set_exclusive_manual_compaction(true);
-            for &b in buckets {
-                let end = (b as u64 + 1).to_be_bytes();
-                // Range [b, b+1) over the 4-byte bucket prefix; the end key is the
-                // 4 low bytes of b+1, or unbounded for the last bucket.
-                let end = (b != u32::MAX).then(|| end[4..].to_vec());
+            // Touched buckets merged into runs of consecutive numbers: one
+            // manual compaction per run, not per bucket (a 10,000-record batch
+            // touches most buckets, and each compaction rewrites whole files).
+            let mut sorted = buckets.to_vec();
+            sorted.sort_unstable();
+            sorted.dedup();
+            let mut runs: Vec<(u32, u32)> = Vec::new();
+            for b in sorted {
+                match runs.last_mut() {
+                    Some((_, hi)) if u64::from(*hi) + 1 == u64::from(b) => *hi = b,
+                    _ => runs.push((b, b)),
+                }
+            }
+            for (lo, hi) in runs {
+                let end = (hi as u64 + 1).to_be_bytes();
+                // Range [lo, hi+1) over the 4-byte bucket prefix; the end key is the
+                // 4 low bytes of hi+1, or unbounded for the last bucket.
+                let end = (hi != u32::MAX).then(|| end[4..].to_vec());
                 self.db
-                    .compact_range_cf_opt(self.cf(CF_DEKS), Some(b.to_be_bytes()), end, &co);
+                    .compact_range_cf_opt(self.cf(CF_DEKS), Some(lo.to_be_bytes()), end, &co);
             }
             self.db
                 .compact_range_cf_opt(self.cf(CF_BUCKETS), None::<&[u8]>, None::<&[u8]>, &co);
+            // Backup keys: a handful of rows, re-wrapped by every ratchet.
+            self.db
+                .compact_range_cf_opt(self.cf(CF_BACKUPS), None::<&[u8]>, None::<&[u8]>, &co);
         }
         let mut evidence = self.purge_checks(buckets)?;
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
@@ -482,6 +579,76 @@ impl Keystore {
         scan_dir(self.db.path(), needles)
     }
 
+    /// The files of the keystore directory that can hold a wrapped DEK of
+    /// one of `buckets`, for the verification byte scan: every file that is
+    /// not a table file (WALs, MANIFEST, logs, options, temporaries), every
+    /// table file outside the live set, and every live table file of the DEK
+    /// column family whose key range covers a touched bucket. A wrapped DEK
+    /// is only ever written as the value of its own key `bucket | record |
+    /// version` in that column family, so the live table files left out
+    /// (other column families, other key ranges) cannot hold it. This keeps
+    /// the scan proportional to the touched buckets, not to the vault.
+    pub fn files_for_buckets(&self, buckets: &[u32]) -> Result<Vec<std::path::PathBuf>> {
+        let live = self.db.live_files()?;
+        let mut skip = std::collections::HashSet::new();
+        for f in &live {
+            let covers = f.column_family_name == CF_DEKS
+                && match (&f.start_key, &f.end_key) {
+                    (Some(lo), Some(hi)) => buckets.iter().any(|b| {
+                        let p = b.to_be_bytes();
+                        lo.get(..4).is_none_or(|x| x <= &p[..])
+                            && hi.get(..4).is_none_or(|x| x >= &p[..])
+                    }),
+                    _ => true,
+                };
+            if !covers {
+                skip.insert(f.name.trim_start_matches('/').to_owned());
+            }
+        }
+        let mut out = Vec::new();
+        let mut stack = vec![self.db.path().to_path_buf()];
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(&d)? {
+                let e = e?;
+                let p = e.path();
+                if p.is_dir() {
+                    stack.push(p);
+                } else if !skip.contains(&*e.file_name().to_string_lossy()) {
+                    out.push(p);
+                }
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    /// The files among [`Keystore::files_for_buckets`] that contain any of
+    /// `needles`, and how many files were scanned.
+    pub fn files_containing_for_buckets(
+        &self,
+        buckets: &[u32],
+        needles: &[Vec<u8>],
+    ) -> Result<(Vec<String>, u64)> {
+        let files = self.files_for_buckets(buckets)?;
+        let mut hits = Vec::new();
+        for p in &files {
+            let bytes = match std::fs::read(p) {
+                Ok(b) => b,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e.into()),
+            };
+            if contains_any(&bytes, needles) {
+                hits.push(
+                    p.strip_prefix(self.db.path())
+                        .unwrap_or(p)
+                        .display()
+                        .to_string(),
+                );
+            }
+        }
+        Ok((hits, files.len() as u64))
+    }
+
     /// Number of wrapped DEKs stored (for `doctor` and tests).
     pub fn dek_count(&self) -> Result<u64> {
         let mut n = 0;
@@ -507,5 +674,198 @@ impl Keystore {
             self.cf(CF_DEKS),
             dek_key(self.bucket_of(subject), record, version),
         )?)
+    }
+
+    // ----- backups (see vault/backup.rs) ------------------------------------
+
+    /// Stores a backup's key K_b wrapped under the epoch root (synced).
+    pub(crate) fn put_backup_key(
+        &self,
+        root: &SecretKey,
+        epoch: u64,
+        id: &[u8; 16],
+        key: &SecretKey,
+    ) -> Result<()> {
+        self.db.put_cf_opt(
+            self.cf(CF_BACKUPS),
+            id,
+            crypto::wrap_key(root, &backup_aad(self.vault, id, epoch), key),
+            &self.wo(true),
+        )?;
+        Ok(())
+    }
+
+    /// A backup's key K_b, or `None` once it was destroyed.
+    pub(crate) fn backup_key(
+        &self,
+        root: &SecretKey,
+        epoch: u64,
+        id: &[u8; 16],
+    ) -> Result<Option<SecretKey>> {
+        let Some(wrapped) = self.db.get_cf(self.cf(CF_BACKUPS), id)? else {
+            return Ok(None);
+        };
+        crypto::unwrap_key(
+            root,
+            &backup_aad(self.vault, id, epoch),
+            &wrapped,
+            "backup key",
+        )
+        .map(Some)
+    }
+
+    /// The raw wrapped bytes of a backup key (for the destruction byte scan).
+    pub fn wrapped_backup_key(&self, id: &[u8; 16]) -> Result<Option<Vec<u8>>> {
+        Ok(self.db.get_cf(self.cf(CF_BACKUPS), id)?)
+    }
+
+    /// Deletes a backup key (synced); the ratchet and purge that follow make
+    /// every older copy of it useless and then absent.
+    pub(crate) fn delete_backup_key(&self, id: &[u8; 16]) -> Result<()> {
+        self.db
+            .delete_cf_opt(self.cf(CF_BACKUPS), id, &self.wo(true))?;
+        Ok(())
+    }
+
+    /// IDs of every stored backup key.
+    pub(crate) fn backup_key_ids(&self) -> Result<Vec<[u8; 16]>> {
+        let mut out = Vec::new();
+        for item in self
+            .db
+            .iterator_cf(self.cf(CF_BACKUPS), rocksdb::IteratorMode::Start)
+        {
+            let (k, _) = item?;
+            out.push(
+                k[..]
+                    .try_into()
+                    .map_err(|_| Error::Integrity("keystore (backup key name)"))?,
+            );
+        }
+        Ok(out)
+    }
+
+    /// Calls `f` with every bucket number and its unwrapped key (backup creation).
+    pub(crate) fn for_each_bucket_key(
+        &self,
+        root: &SecretKey,
+        epoch: u64,
+        mut f: impl FnMut(u32, &SecretKey) -> Result<()>,
+    ) -> Result<()> {
+        for b in 0..self.buckets {
+            let wrapped = self
+                .db
+                .get_cf(self.cf(CF_BUCKETS), b.to_be_bytes())?
+                .ok_or(Error::Integrity("keystore (bucket key missing)"))?;
+            let key = crypto::unwrap_key(
+                root,
+                &bucket_aad(self.vault, b, epoch),
+                &wrapped,
+                "bucket key",
+            )?;
+            f(b, &key)?;
+        }
+        Ok(())
+    }
+
+    /// Calls `f` with every (key name, wrapped DEK) pair, in key order.
+    pub(crate) fn for_each_wrapped_dek(
+        &self,
+        mut f: impl FnMut(&[u8], &[u8]) -> Result<()>,
+    ) -> Result<()> {
+        for item in self
+            .db
+            .iterator_cf(self.cf(CF_DEKS), rocksdb::IteratorMode::Start)
+        {
+            let (k, v) = item?;
+            f(&k, &v)?;
+        }
+        Ok(())
+    }
+
+    /// Splits a DEK key name into (bucket, record, version).
+    pub(crate) fn parse_dek_key(k: &[u8]) -> Result<(u32, RecordId, u32)> {
+        if k.len() != 24 {
+            return Err(Error::Integrity("data key name"));
+        }
+        let bucket = u32::from_be_bytes(k[..4].try_into().expect("4 bytes"));
+        let record = RecordId::from_slice(&k[4..20])?;
+        let version = u32::from_be_bytes(k[20..24].try_into().expect("4 bytes"));
+        Ok((bucket, record, version))
+    }
+
+    /// Unwraps a DEK under a given bucket key (a backup's bucket key on restore).
+    pub(crate) fn unwrap_dek_with(
+        &self,
+        bucket_key: &SecretKey,
+        record: RecordId,
+        version: u32,
+        wrapped: &[u8],
+    ) -> Result<SecretKey> {
+        crypto::unwrap_key(
+            bucket_key,
+            &dek_aad(self.vault, record, version),
+            wrapped,
+            "data key",
+        )
+    }
+
+    /// Stores DEKs restored from a backup, each wrapped under the *live* key
+    /// of its bucket, in one synced batch. A backup's own bucket keys never
+    /// enter the live keystore.
+    pub(crate) fn put_restored_deks(
+        &self,
+        root: &SecretKey,
+        epoch: u64,
+        items: &[(u32, RecordId, u32, SecretKey)],
+    ) -> Result<()> {
+        let mut batch = WriteBatch::default();
+        for (b, record, version, dek) in items {
+            if *b >= self.buckets {
+                return Err(Error::Integrity("backup (bucket out of range)"));
+            }
+            let wrapped = self.with_bucket_key(root, epoch, *b, |bk| {
+                crypto::wrap_key(bk, &dek_aad(self.vault, *record, *version), dek)
+            })?;
+            batch.put_cf(self.cf(CF_DEKS), dek_key(*b, *record, *version), wrapped);
+        }
+        self.db.write_opt(batch, &self.wo(true))?;
+        Ok(())
+    }
+
+    /// A RocksDB snapshot of the keystore (the negative control of the purge:
+    /// while it is held, old versions stay pinned and the purge must fail).
+    pub(crate) fn snapshot(&self) -> rocksdb::Snapshot<'_> {
+        self.db.snapshot()
+    }
+
+    /// Number of key buckets.
+    pub fn bucket_count(&self) -> u32 {
+        self.buckets
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::contains_any;
+
+    #[test]
+    fn contains_any_finds_every_needle_and_nothing_else() {
+        let hay: Vec<u8> = (0..5000u32)
+            .flat_map(|i| i.wrapping_mul(2654435761).to_be_bytes())
+            .collect();
+        let needles: Vec<Vec<u8>> = (0..50).map(|i| hay[i * 97..i * 97 + 61].to_vec()).collect();
+        for n in &needles {
+            assert!(contains_any(&hay, std::slice::from_ref(n)));
+        }
+        assert!(contains_any(&hay, &needles));
+        let mut absent = needles.clone();
+        for n in &mut absent {
+            n[60] ^= 0xff;
+            n[0] ^= 0x55;
+        }
+        assert!(!contains_any(&hay, &absent));
+        absent.push(hay[4000..4003].to_vec());
+        assert!(contains_any(&hay, &absent));
+        assert!(!contains_any(&hay[..10], &needles));
     }
 }

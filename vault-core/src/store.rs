@@ -36,7 +36,10 @@ pub(crate) const CF_HOLDS: &str = "holds";
 pub(crate) const CF_RETENTION: &str = "retention";
 /// Contractors' assigned scopes and public keys.
 pub(crate) const CF_CONTRACTORS: &str = "contractors";
-const ALL_CFS: [&str; 14] = [
+/// The backups catalogue: backup ID -> metadata (IDs and times only; the
+/// backup keys themselves are in the keystore).
+pub(crate) const CF_BACKUPS: &str = "backups";
+const ALL_CFS: [&str; 15] = [
     CF_RECORDS,
     CF_BY_SUBJECT,
     CF_BY_COLLECTION,
@@ -51,6 +54,7 @@ const ALL_CFS: [&str; 14] = [
     CF_HOLDS,
     CF_RETENTION,
     CF_CONTRACTORS,
+    CF_BACKUPS,
 ];
 
 /// Lifecycle state of a stored record.
@@ -174,7 +178,7 @@ impl std::fmt::Debug for Store {
     }
 }
 
-fn collection_prefix(c: &CollectionName) -> Vec<u8> {
+pub(crate) fn collection_prefix(c: &CollectionName) -> Vec<u8> {
     let mut k = c.as_str().as_bytes().to_vec();
     k.push(0);
     k
@@ -251,6 +255,30 @@ impl Store {
             out.push((k.to_vec(), v.to_vec()));
         }
         Ok(out)
+    }
+
+    /// Calls `f` with every (key, value) pair of a column family, streaming.
+    pub fn for_each(&self, cf: &str, mut f: impl FnMut(&[u8], &[u8]) -> Result<()>) -> Result<()> {
+        for item in self.db.iterator_cf(self.cf(cf), IteratorMode::Start) {
+            let (k, v) = item?;
+            f(&k, &v)?;
+        }
+        Ok(())
+    }
+
+    /// Applies puts (`Some(value)`) and deletes (`None`) atomically, synced.
+    pub fn write_ops(&self, ops: &[(&str, Vec<u8>, Option<Vec<u8>>)]) -> Result<()> {
+        let mut batch = WriteBatch::default();
+        for (cf, k, v) in ops {
+            match v {
+                Some(v) => batch.put_cf(self.cf(cf), k, v),
+                None => batch.delete_cf(self.cf(cf), k),
+            }
+        }
+        let mut w = self.wo();
+        w.set_sync(true);
+        self.db.write_opt(batch, &w)?;
+        Ok(())
     }
 
     pub fn record(&self, id: RecordId) -> Result<Option<RecordRow>> {

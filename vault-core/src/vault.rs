@@ -26,6 +26,8 @@ use crate::ids::{CollectionName, RecordId, SubjectId, UserId, Username, VaultId}
 use crate::keystore::Keystore;
 use crate::schema::{Classification, Schema};
 use crate::secret::{SecretKey, SecretString};
+#[path = "backup.rs"]
+mod backup;
 #[path = "disposal.rs"]
 mod disposal;
 #[path = "http_audit.rs"]
@@ -33,6 +35,7 @@ mod http_audit;
 
 pub use crate::store::RecordState;
 use crate::store::{self, RecordRow, Store};
+pub use backup::{BackupInfo, DEFAULT_BACKUP_DAYS, RestoreReport};
 pub use disposal::{
     ContractorScope, DisposalOutcome, DisposalParties, DisposalRequest, DisposalScope,
     DisposalSummary, Hold, RetentionPolicy,
@@ -298,6 +301,10 @@ pub struct Vault {
     crash_hook: Mutex<Option<CrashHook>>,
     /// Negative control for forensic tests: skip the keystore flush in the purge.
     purge_skip_flush: AtomicBool,
+    /// Negative control for backup tests: restore without replaying the ledger.
+    restore_skip_ledger: AtomicBool,
+    /// Negative control for forensic tests: hold a keystore snapshot through a batch.
+    purge_hold_snapshot: AtomicBool,
 }
 
 impl std::fmt::Debug for Vault {
@@ -458,10 +465,14 @@ impl Vault {
             disposal_lock: Mutex::new(()),
             crash_hook: Mutex::new(None),
             purge_skip_flush: AtomicBool::new(false),
+            restore_skip_ledger: AtomicBool::new(false),
+            purge_hold_snapshot: AtomicBool::new(false),
         };
         vault.recount_officers()?;
         // A disposal interrupted by a crash finishes before the vault serves.
         vault.resume_disposals()?;
+        // Backups past their expiry lose their key before the vault serves.
+        vault.expire_due_backups(&backup::system_context())?;
         Ok(vault)
     }
 
@@ -1659,6 +1670,23 @@ impl Vault {
     #[doc(hidden)]
     pub fn set_purge_skip_flush(&self, skip: bool) {
         self.purge_skip_flush.store(skip, Ordering::SeqCst);
+    }
+
+    /// Negative control for forensic tests: the next disposal batches hold a
+    /// RocksDB snapshot of the keystore from before their key deletion until
+    /// their verification, pinning the old wrapped keys, so the purge checks
+    /// and the byte scan must find residue and the batch must fail.
+    #[doc(hidden)]
+    pub fn set_purge_hold_snapshot(&self, hold: bool) {
+        self.purge_hold_snapshot.store(hold, Ordering::SeqCst);
+    }
+
+    /// Negative control for backup tests: the next restores skip the
+    /// disposal-ledger replay (disposed records come back), so a test can
+    /// show it would see a resurrection.
+    #[doc(hidden)]
+    pub fn set_restore_skip_ledger(&self, skip: bool) {
+        self.restore_skip_ledger.store(skip, Ordering::SeqCst);
     }
 
     /// Direct access to the keystore for forensic tests and benchmarks.

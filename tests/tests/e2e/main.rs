@@ -1,10 +1,12 @@
 //! The one integration-test binary of pivault: real RocksDB databases in
 //! temp dirs, the real `pivault` binary, real child processes killed.
 
+mod backup;
 mod cli;
 mod common;
 mod crash;
 mod disposal;
 mod forensic;
 mod library;
+mod purge_controls;
 mod server;

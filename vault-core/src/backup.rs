@@ -1,0 +1,818 @@
+//! Backups of the record data (REQ-DEF-02, DESIGN §4.2 "residual copies").
+//!
+//! A backup is one file holding the record ciphertexts, their index entries,
+//! the collection schemas and the keystore's wrapped data keys — never the
+//! header, never the users, the audit trail, the ledger or the certificates.
+//! It is sealed under its own random backup key K_b:
+//!
+//! ```text
+//! file   = MAGIC(16) | u32 len | preamble (JSON, IDs and times only) | frame* (the last one flagged)
+//! frame  = u32 len | AEAD(K_b, entries, aad = "backup-chunk" | vault | backup | SHA-256(preamble) | index | last)
+//! entry  = tag u8 | u32 len | key | u32 len | value
+//! tag 1  = bucket key b:   AEAD(K_b, BK_b, aad = "backup-bucket" | vault | backup | b)
+//! tags 2..5 = raw rows of collections, records, by_subject, by_collection
+//! tag 6  = wrapped DEK, as stored in the keystore (under BK_b)
+//! ```
+//!
+//! K_b lives only in the live keystore, wrapped under the epoch root and
+//! re-wrapped by every ratchet like a bucket key, so the live header reaches
+//! it after any number of disposals while a copy of the file alone (or with
+//! an old header) reaches nothing. The catalogue row (records DB, CF
+//! `backups`) holds the ID, times and location. Expiry deletes K_b, ratchets
+//! the epoch and purges the keystore: the file is then crypto-erased.
+//!
+//! Restore replaces the record data with the backup's, replaying the
+//! disposal ledger first: a record disposed before or after the backup is
+//! written as a "disposed" tombstone naming its certificate and its data key
+//! is never written; every other data key is re-wrapped under the *live* key
+//! of its bucket (the backup's bucket keys never enter the keystore).
+
+use std::collections::HashMap;
+use std::io::{BufReader, BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::disposal::ResidualBackup;
+use super::{Context, Session, Vault};
+use crate::access::Permission;
+use crate::audit::Channel;
+use crate::crypto::{self, Aad};
+use crate::error::{Error, Result};
+use crate::fsutil;
+use crate::ids::{BackupId, RecordId};
+use crate::keystore::Keystore;
+use crate::secret::SecretKey;
+use crate::store::{self, RecordRow, RecordState};
+
+const MAGIC: &[u8; 16] = b"pivault-backup\x00\x01";
+/// Plaintext bytes per frame before it is sealed.
+const CHUNK: usize = 1 << 20;
+/// Largest frame accepted when reading (a bound for hostile files).
+const MAX_FRAME: usize = 64 << 20;
+const MAX_PREAMBLE: usize = 64 << 10;
+
+const TAG_BUCKET: u8 = 1;
+const TAG_COLLECTION: u8 = 2;
+const TAG_RECORD: u8 = 3;
+const TAG_BY_SUBJECT: u8 = 4;
+const TAG_BY_COLLECTION: u8 = 5;
+const TAG_DEK: u8 = 6;
+
+/// Default lifetime of a backup (its key is destroyed at expiry).
+pub const DEFAULT_BACKUP_DAYS: u32 = 90;
+
+/// The catalogue row of a backup (no key material, no personal information).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) struct BackupRow {
+    id: String,
+    created_ms: i64,
+    expires_ms: i64,
+    location: String,
+    records: u64,
+    keys: u64,
+    bytes: u64,
+    by: String,
+    /// `active`, or `destroyed` once K_b is gone.
+    state: String,
+    destroyed_ms: Option<i64>,
+}
+
+/// A backup as listed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BackupInfo {
+    /// Backup ID.
+    pub id: BackupId,
+    /// Creation time, unix ms.
+    pub created_ms: i64,
+    /// Expiry, unix ms: its key is destroyed then.
+    pub expires_ms: i64,
+    /// Where the file was written.
+    pub location: String,
+    /// Record rows in it.
+    pub records: u64,
+    /// Wrapped data keys in it.
+    pub keys: u64,
+    /// File size.
+    pub bytes: u64,
+    /// `active` (restorable) or `destroyed` (key destroyed: crypto-erased).
+    pub state: String,
+    /// When its key was destroyed.
+    pub destroyed_ms: Option<i64>,
+}
+
+impl BackupRow {
+    fn info(&self) -> Result<BackupInfo> {
+        Ok(BackupInfo {
+            id: self.id.parse()?,
+            created_ms: self.created_ms,
+            expires_ms: self.expires_ms,
+            location: self.location.clone(),
+            records: self.records,
+            keys: self.keys,
+            bytes: self.bytes,
+            state: self.state.clone(),
+            destroyed_ms: self.destroyed_ms,
+        })
+    }
+}
+
+/// What a restore did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RestoreReport {
+    /// The backup restored.
+    pub backup_id: Option<BackupId>,
+    /// Live records restored (readable again).
+    pub restored: u64,
+    /// Records in the backup that the disposal ledger names: written as
+    /// "disposed" tombstones, their keys never restored.
+    pub disposed_skipped: u64,
+    /// Live records that were not in the backup (created after it) and were removed.
+    pub removed: u64,
+    /// Collections the backup brought back.
+    pub collections_restored: u64,
+}
+
+/// The clear preamble of a backup file (IDs and times only).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct Preamble {
+    format: String,
+    vault_id: String,
+    backup_id: String,
+    created_ms: i64,
+    expires_ms: i64,
+    buckets: u32,
+    note: String,
+}
+
+fn chunk_aad(vault: &[u8; 16], backup: &[u8; 16], pre_hash: &[u8; 32], i: u64, last: bool) -> Aad {
+    Aad::new("backup-chunk")
+        .part(vault)
+        .part(backup)
+        .part(pre_hash)
+        .part(&i.to_be_bytes())
+        .part(&[u8::from(last)])
+}
+
+fn bucket_aad(vault: &[u8; 16], backup: &[u8; 16], b: u32) -> Aad {
+    Aad::new("backup-bucket")
+        .part(vault)
+        .part(backup)
+        .part(&b.to_be_bytes())
+}
+
+/// Streams entries into sealed frames.
+struct FrameWriter<'a, W: Write> {
+    out: W,
+    key: &'a SecretKey,
+    vault: [u8; 16],
+    backup: [u8; 16],
+    pre_hash: [u8; 32],
+    buf: zeroize::Zeroizing<Vec<u8>>,
+    index: u64,
+    bytes: u64,
+}
+
+impl<W: Write> FrameWriter<'_, W> {
+    fn entry(&mut self, tag: u8, k: &[u8], v: &[u8]) -> Result<()> {
+        self.buf.push(tag);
+        self.buf.extend_from_slice(&(k.len() as u32).to_be_bytes());
+        self.buf.extend_from_slice(k);
+        self.buf.extend_from_slice(&(v.len() as u32).to_be_bytes());
+        self.buf.extend_from_slice(v);
+        if self.buf.len() >= CHUNK {
+            self.frame(false)?;
+        }
+        Ok(())
+    }
+
+    fn frame(&mut self, last: bool) -> Result<()> {
+        let aad = chunk_aad(&self.vault, &self.backup, &self.pre_hash, self.index, last);
+        let sealed = crypto::seal(self.key, &aad, &self.buf);
+        self.out.write_all(&(sealed.len() as u32).to_be_bytes())?;
+        self.out.write_all(&sealed)?;
+        self.bytes += 4 + sealed.len() as u64;
+        self.buf.clear();
+        self.index += 1;
+        Ok(())
+    }
+}
+
+/// Reads the preamble of a backup file.
+fn read_preamble(r: &mut impl Read) -> Result<(Preamble, [u8; 32])> {
+    let bad = || Error::Integrity("backup file");
+    let mut magic = [0u8; 16];
+    r.read_exact(&mut magic).map_err(|_| bad())?;
+    if &magic != MAGIC {
+        return Err(Error::UnsupportedFormat("backup file"));
+    }
+    let mut len = [0u8; 4];
+    r.read_exact(&mut len).map_err(|_| bad())?;
+    let len = u32::from_be_bytes(len) as usize;
+    if len > MAX_PREAMBLE {
+        return Err(bad());
+    }
+    let mut pre = vec![0u8; len];
+    r.read_exact(&mut pre).map_err(|_| bad())?;
+    let p: Preamble = serde_json::from_slice(&pre).map_err(|_| bad())?;
+    Ok((p, crypto::sha256(&pre)))
+}
+
+/// Decrypts every frame of a backup file in order and calls `f` with each
+/// entry. Any changed, missing, reordered or extra byte is an integrity error.
+fn read_entries(
+    path: &Path,
+    key: &SecretKey,
+    vault: &[u8; 16],
+    backup: &[u8; 16],
+    mut f: impl FnMut(u8, &[u8], &[u8]) -> Result<()>,
+) -> Result<()> {
+    let bad = || Error::Integrity("backup file");
+    let mut r = BufReader::new(std::fs::File::open(path)?);
+    let (_, pre_hash) = read_preamble(&mut r)?;
+    let mut index = 0u64;
+    loop {
+        let mut len = [0u8; 4];
+        r.read_exact(&mut len).map_err(|_| bad())?;
+        let len = u32::from_be_bytes(len) as usize;
+        if len > MAX_FRAME {
+            return Err(bad());
+        }
+        let mut sealed = vec![0u8; len];
+        r.read_exact(&mut sealed).map_err(|_| bad())?;
+        // A frame opens under exactly one of the two flags; the last one ends the file.
+        let (plain, last) = match crypto::open(
+            key,
+            &chunk_aad(vault, backup, &pre_hash, index, false),
+            &sealed,
+            "backup file",
+        ) {
+            Ok(p) => (p, false),
+            Err(_) => (
+                crypto::open(
+                    key,
+                    &chunk_aad(vault, backup, &pre_hash, index, true),
+                    &sealed,
+                    "backup file",
+                )?,
+                true,
+            ),
+        };
+        let mut p: &[u8] = &plain;
+        while !p.is_empty() {
+            let take = |p: &mut &[u8], n: usize| -> Result<Vec<u8>> {
+                if p.len() < n {
+                    return Err(bad());
+                }
+                let s: &[u8] = *p;
+                let (h, t) = s.split_at(n);
+                *p = t;
+                Ok(h.to_vec())
+            };
+            let tag = take(&mut p, 1)?[0];
+            let kl = u32::from_be_bytes(take(&mut p, 4)?.try_into().expect("4")) as usize;
+            let k = take(&mut p, kl)?;
+            let vl = u32::from_be_bytes(take(&mut p, 4)?.try_into().expect("4")) as usize;
+            let v = zeroize::Zeroizing::new(take(&mut p, vl)?);
+            f(tag, &k, &v)?;
+        }
+        index += 1;
+        if last {
+            let mut extra = [0u8; 1];
+            return match r.read(&mut extra)? {
+                0 => Ok(()),
+                _ => Err(bad()),
+            };
+        }
+    }
+}
+
+impl Vault {
+    fn authorize_backup(&self, s: &Session) -> Result<()> {
+        // Admin or officer (the same pair that places legal holds).
+        self.authorize_any(s, &[Permission::ManageUsers, Permission::RecordReview])
+    }
+
+    fn backup_row(&self, id: BackupId) -> Result<Option<BackupRow>> {
+        self.store
+            .get(store::CF_BACKUPS, id.as_bytes())?
+            .map(|b| serde_json::from_slice(&b).map_err(|_| Error::Integrity("backup catalogue")))
+            .transpose()
+    }
+
+    fn put_backup_row(&self, row: &BackupRow) -> Result<()> {
+        let id: BackupId = row.id.parse()?;
+        self.store.put_synced(
+            store::CF_BACKUPS,
+            id.as_bytes(),
+            &serde_json::to_vec(row).expect("serialisable"),
+            true,
+        )
+    }
+
+    fn backup_rows(&self) -> Result<Vec<BackupRow>> {
+        let mut rows: Vec<BackupRow> = self
+            .store
+            .scan_prefix(store::CF_BACKUPS, &[])?
+            .into_iter()
+            .map(|(_, v)| {
+                serde_json::from_slice(&v).map_err(|_| Error::Integrity("backup catalogue"))
+            })
+            .collect::<Result<_>>()?;
+        rows.sort_by_key(|r| r.created_ms);
+        Ok(rows)
+    }
+
+    /// The backups that hold copies now (active), for certificates.
+    pub(crate) fn residual_backups(&self) -> Result<Vec<ResidualBackup>> {
+        Ok(self
+            .backup_rows()?
+            .into_iter()
+            .filter(|r| r.state == "active")
+            .map(|r| ResidualBackup {
+                id: r.id,
+                created_ms: r.created_ms,
+                expires_ms: r.expires_ms,
+                location: r.location,
+            })
+            .collect())
+    }
+
+    /// Writes a backup of the record data to `out` (a new file outside the
+    /// vault directory), valid for `days` days. Admin or officer; audited.
+    pub fn create_backup(&self, s: &Session, out: &Path, days: u32) -> Result<BackupInfo> {
+        self.authorize_backup(s)?;
+        let id = BackupId::new();
+        let r = self.create_backup_inner(s, id, out, days);
+        self.audit(
+            Some(s.user),
+            &s.ctx,
+            "backup.create",
+            vec![
+                id.to_string(),
+                format!(
+                    "records:{}",
+                    r.as_ref().map(|i| i.records).unwrap_or_default()
+                ),
+            ],
+            r.as_ref().map(|_| ()),
+            None,
+        )?;
+        r
+    }
+
+    fn create_backup_inner(
+        &self,
+        s: &Session,
+        id: BackupId,
+        out: &Path,
+        days: u32,
+    ) -> Result<BackupInfo> {
+        if days == 0 {
+            return Err(Error::invalid("a backup must be kept at least one day"));
+        }
+        let abs = |p: &Path| -> Result<PathBuf> {
+            let parent = p
+                .parent()
+                .filter(|x| !x.as_os_str().is_empty())
+                .unwrap_or(Path::new("."));
+            Ok(std::fs::canonicalize(parent)?.join(p.file_name().unwrap_or_default()))
+        };
+        let out_abs = abs(out)?;
+        if out_abs.starts_with(std::fs::canonicalize(&self.dir)?) {
+            return Err(Error::invalid(
+                "write backups outside the vault directory (a copy beside the keystore would outlive disposals)",
+            ));
+        }
+        // One batch at a time, and no record writes while the copy is taken,
+        // so records and their keys are consistent.
+        let _batch = self.disposal_lock.lock().expect("disposal lock");
+        let epoch = self.epoch.write().expect("epoch lock");
+        let now = self.now();
+        let expires_ms = now + i64::from(days) * 86_400_000;
+        let preamble = Preamble {
+            format: "pivault-backup/1".into(),
+            vault_id: self.info.vault_id.to_string(),
+            backup_id: id.to_string(),
+            created_ms: now,
+            expires_ms,
+            buckets: self.info.buckets,
+            note: "record ciphertexts and wrapped keys sealed under a backup key held only in this vault's keystore; no header; restorable only into this vault with its live header".into(),
+        };
+        let pre = serde_json::to_vec(&preamble).expect("serialisable");
+        let kb = SecretKey::generate();
+        let file = fsutil::create_private_file(out)?;
+        let written = self.write_backup_file(file, &kb, id, &pre, &epoch);
+        let (records, keys, bytes) = match written {
+            Ok(x) => x,
+            Err(e) => {
+                // Never leave a half-written file behind (its key was never stored).
+                let _ = std::fs::remove_file(out);
+                return Err(e);
+            }
+        };
+        if let Some(parent) = out_abs.parent() {
+            fsutil::sync_dir(parent)?;
+        }
+        // The file is useless until its key is stored; from here it is restorable.
+        self.keystore
+            .put_backup_key(&epoch.root, epoch.number, id.as_bytes(), &kb)?;
+        drop(epoch);
+        let row = BackupRow {
+            id: id.to_string(),
+            created_ms: now,
+            expires_ms,
+            location: out_abs.display().to_string(),
+            records,
+            keys,
+            bytes,
+            by: s.user.to_string(),
+            state: "active".into(),
+            destroyed_ms: None,
+        };
+        self.put_backup_row(&row)?;
+        row.info()
+    }
+
+    /// Writes the body of a backup file; returns (records, keys, bytes).
+    fn write_backup_file(
+        &self,
+        file: std::fs::File,
+        kb: &SecretKey,
+        id: BackupId,
+        pre: &[u8],
+        epoch: &super::Epoch,
+    ) -> Result<(u64, u64, u64)> {
+        let mut w = FrameWriter {
+            out: BufWriter::new(file),
+            key: kb,
+            vault: *self.info.vault_id.as_bytes(),
+            backup: *id.as_bytes(),
+            pre_hash: crypto::sha256(pre),
+            buf: zeroize::Zeroizing::new(Vec::with_capacity(CHUNK + 4096)),
+            index: 0,
+            bytes: (MAGIC.len() + 4 + pre.len()) as u64,
+        };
+        w.out.write_all(MAGIC)?;
+        w.out.write_all(&(pre.len() as u32).to_be_bytes())?;
+        w.out.write_all(pre)?;
+        let (vault, backup) = (w.vault, w.backup);
+        self.keystore
+            .for_each_bucket_key(&epoch.root, epoch.number, |b, bk| {
+                let wrapped = crypto::wrap_key(kb, &bucket_aad(&vault, &backup, b), bk);
+                w.entry(TAG_BUCKET, &b.to_be_bytes(), &wrapped)
+            })?;
+        let mut records = 0u64;
+        for (cf, tag) in [
+            (store::CF_COLLECTIONS, TAG_COLLECTION),
+            (store::CF_RECORDS, TAG_RECORD),
+            (store::CF_BY_SUBJECT, TAG_BY_SUBJECT),
+            (store::CF_BY_COLLECTION, TAG_BY_COLLECTION),
+        ] {
+            self.store.for_each(cf, |k, v| {
+                if tag == TAG_RECORD {
+                    records += 1;
+                }
+                w.entry(tag, k, v)
+            })?;
+        }
+        let mut keys = 0u64;
+        self.keystore.for_each_wrapped_dek(|k, v| {
+            keys += 1;
+            w.entry(TAG_DEK, k, v)
+        })?;
+        w.frame(true)?;
+        let bytes = w.bytes;
+        let file = w.out.into_inner().map_err(|e| Error::Io(e.to_string()))?;
+        file.sync_all()?;
+        Ok((records, keys, bytes))
+    }
+
+    /// Every backup in the catalogue (admin, officer), oldest first. Expired
+    /// ones are destroyed first.
+    pub fn backups(&self, s: &Session) -> Result<Vec<BackupInfo>> {
+        self.authorize_backup(s)?;
+        self.expire_due_backups(&s.ctx)?;
+        self.backup_rows()?.iter().map(BackupRow::info).collect()
+    }
+
+    /// Destroys a backup's key now (admin, officer): the file is crypto-erased.
+    pub fn expire_backup(&self, s: &Session, id: BackupId) -> Result<BackupInfo> {
+        self.authorize_backup(s)?;
+        let r = (|| {
+            let row = self.backup_row(id)?.ok_or(Error::NotFound("backup"))?;
+            if row.state != "active" {
+                return Err(Error::AlreadyExists("backup destruction"));
+            }
+            self.destroy_backup_key(row, Some(s.user), &s.ctx)
+        })();
+        if r.is_err() {
+            self.audit(
+                Some(s.user),
+                &s.ctx,
+                "backup.expire",
+                vec![id.to_string()],
+                r.as_ref().map(|_| ()),
+                None,
+            )?;
+        }
+        r
+    }
+
+    /// Destroys the key of every backup past its expiry, and any backup key
+    /// without a catalogue row (a crash between the two writes of a
+    /// creation). Called on open, before listing and before a restore.
+    pub(crate) fn expire_due_backups(&self, ctx: &Context) -> Result<()> {
+        let now = self.now();
+        for row in self.backup_rows()? {
+            if row.state == "active" && row.expires_ms <= now {
+                self.destroy_backup_key(row, None, ctx)?;
+            }
+        }
+        // Under the batch lock: a creation writes its key and its row under it.
+        let _batch = self.disposal_lock.lock().expect("disposal lock");
+        let known: std::collections::HashSet<[u8; 16]> = self
+            .backup_rows()?
+            .iter()
+            .filter_map(|r| r.id.parse::<BackupId>().ok().map(|i| *i.as_bytes()))
+            .collect();
+        for id in self.keystore.backup_key_ids()? {
+            if !known.contains(&id) {
+                self.keystore.delete_backup_key(&id)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Deletes K_b, ratchets the epoch (every older wrapping of K_b becomes
+    /// useless), purges the keystore and checks that no keystore file still
+    /// holds the wrapped K_b bytes.
+    fn destroy_backup_key(
+        &self,
+        mut row: BackupRow,
+        actor: Option<crate::ids::UserId>,
+        ctx: &Context,
+    ) -> Result<BackupInfo> {
+        let id: BackupId = row.id.parse()?;
+        let _batch = self.disposal_lock.lock().expect("disposal lock");
+        let wrapped = self.keystore.wrapped_backup_key(id.as_bytes())?;
+        self.keystore.delete_backup_key(id.as_bytes())?;
+        row.state = "destroyed".into();
+        row.destroyed_ms = Some(self.now());
+        self.put_backup_row(&row)?;
+        let before = self.epoch();
+        let after = self.ratchet()?;
+        self.audit(
+            actor,
+            ctx,
+            "key.epoch",
+            vec![
+                format!("epoch:{before}"),
+                format!("epoch:{after}"),
+                id.to_string(),
+            ],
+            Ok(()),
+            None,
+        )?;
+        let ev = self.keystore.purge(
+            &[],
+            self.purge_skip_flush
+                .load(std::sync::atomic::Ordering::SeqCst),
+        )?;
+        let hits = match &wrapped {
+            Some(w) => self.keystore.files_containing(std::slice::from_ref(w))?,
+            None => Vec::new(),
+        };
+        let r = if ev.clean() && hits.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::DisposalFailed(format!(
+                "backup key destruction not verified: purge clean={} files holding the old key={hits:?}",
+                ev.clean()
+            )))
+        };
+        self.audit(
+            actor,
+            ctx,
+            "backup.expire",
+            vec![id.to_string(), format!("epoch:{after}")],
+            r.as_ref().map(|_| ()),
+            None,
+        )?;
+        r?;
+        row.info()
+    }
+
+    /// Restores the record data from a backup of this vault (admin, officer).
+    ///
+    /// Needs this vault's live header (K_b is reached only through the live
+    /// root). The whole file is authenticated before anything changes. The
+    /// disposal ledger is replayed: a disposed record comes back only as a
+    /// "disposed" tombstone, without its key. Records created after the
+    /// backup are removed (a restore is a return to the backup's point in
+    /// time); users, holds, policies, certificates, the ledger and the audit
+    /// trail stay as they are. Interrupted, it can be run again.
+    pub fn restore_backup(&self, s: &Session, file: &Path) -> Result<RestoreReport> {
+        self.authorize_backup(s)?;
+        let mut id_target = "backup:unknown".to_owned();
+        let r = (|| {
+            let mut f = BufReader::new(std::fs::File::open(file)?);
+            let (pre, _) = read_preamble(&mut f)?;
+            drop(f);
+            let id: BackupId = pre
+                .backup_id
+                .parse()
+                .map_err(|_| Error::Integrity("backup file"))?;
+            id_target = id.to_string();
+            if pre.vault_id != self.info.vault_id.to_string() {
+                return Err(Error::invalid("the backup belongs to another vault"));
+            }
+            self.expire_due_backups(&s.ctx)?;
+            self.restore_inner(id, file)
+        })();
+        self.audit(
+            Some(s.user),
+            &s.ctx,
+            "backup.restore",
+            match &r {
+                Ok(rep) => vec![
+                    id_target,
+                    format!("restored:{}", rep.restored),
+                    format!("disposed_skipped:{}", rep.disposed_skipped),
+                    format!("removed:{}", rep.removed),
+                ],
+                Err(_) => vec![id_target],
+            },
+            r.as_ref().map(|_| ()),
+            None,
+        )?;
+        r
+    }
+
+    fn restore_inner(&self, id: BackupId, file: &Path) -> Result<RestoreReport> {
+        let _batch = self.disposal_lock.lock().expect("disposal lock");
+        let epoch = self.epoch.write().expect("epoch lock");
+        let kb = self
+            .keystore
+            .backup_key(&epoch.root, epoch.number, id.as_bytes())?
+            .ok_or(Error::NotFound(
+                "backup (its key was destroyed or it belongs to another vault)",
+            ))?;
+        let (vault, backup) = (*self.info.vault_id.as_bytes(), *id.as_bytes());
+        // Pass 1: authenticate every frame and unwrap the backup's bucket keys.
+        let mut bucket_keys: HashMap<u32, SecretKey> = HashMap::new();
+        read_entries(file, &kb, &vault, &backup, |tag, k, v| {
+            match tag {
+                TAG_BUCKET => {
+                    let b = u32::from_be_bytes(
+                        k.try_into().map_err(|_| Error::Integrity("backup file"))?,
+                    );
+                    let key =
+                        crypto::unwrap_key(&kb, &bucket_aad(&vault, &backup, b), v, "backup file")?;
+                    bucket_keys.insert(b, key);
+                }
+                TAG_COLLECTION..=TAG_DEK => {}
+                _ => return Err(Error::Integrity("backup file")),
+            }
+            Ok(())
+        })?;
+        // The ledger replay set: every record any disposal batch named, with its certificate.
+        let skip_ledger = self
+            .restore_skip_ledger
+            .load(std::sync::atomic::Ordering::SeqCst);
+        let disposed = if skip_ledger {
+            HashMap::new()
+        } else {
+            self.disposed_records()?
+        };
+        let mut report = RestoreReport {
+            backup_id: Some(id),
+            ..RestoreReport::default()
+        };
+        // Remove the live records (and their keys); tombstones of disposed records stay.
+        let mut ops: Vec<(&str, Vec<u8>, Option<Vec<u8>>)> = Vec::new();
+        let mut dek_deletes = Vec::new();
+        self.store.for_each(store::CF_RECORDS, |k, v| {
+            let row = RecordRow::decode(v)?;
+            if row.state == RecordState::Live || skip_ledger {
+                let rid = RecordId::from_slice(k)?;
+                let mut sk = row.subject.as_bytes().to_vec();
+                sk.extend_from_slice(k);
+                let mut ck = store::collection_prefix(&row.collection);
+                ck.extend_from_slice(k);
+                ops.push((store::CF_RECORDS, k.to_vec(), None));
+                ops.push((store::CF_BY_SUBJECT, sk, None));
+                ops.push((store::CF_BY_COLLECTION, ck, None));
+                dek_deletes.push((row.subject, rid, row.version));
+                report.removed += 1;
+            }
+            Ok(())
+        })?;
+        for chunk in ops.chunks(30_000) {
+            self.store.write_ops(chunk)?;
+        }
+        for chunk in dek_deletes.chunks(10_000) {
+            self.keystore.delete_deks(chunk)?;
+        }
+        // Pass 2: apply.
+        let mut ops: Vec<(&str, Vec<u8>, Option<Vec<u8>>)> = Vec::new();
+        let mut deks: Vec<(u32, RecordId, u32, SecretKey)> = Vec::new();
+        let mut restored_versions: HashMap<RecordId, u32> = HashMap::new();
+        let mut disposed_seen: Vec<RecordId> = Vec::new();
+        read_entries(file, &kb, &vault, &backup, |tag, k, v| {
+            match tag {
+                TAG_COLLECTION => {
+                    if self.store.get(store::CF_COLLECTIONS, k)?.is_none() {
+                        ops.push((store::CF_COLLECTIONS, k.to_vec(), Some(v.to_vec())));
+                        report.collections_restored += 1;
+                    }
+                }
+                TAG_RECORD => {
+                    let rid = RecordId::from_slice(k)?;
+                    let mut row = RecordRow::decode(v)?;
+                    let live = self.store.record(rid)?;
+                    let cert = disposed.get(&rid).cloned().or_else(|| match &row.state {
+                        _ if skip_ledger => None,
+                        RecordState::Disposed { certificate } => {
+                            Some(certificate.clone().unwrap_or_default())
+                        }
+                        RecordState::Live => None,
+                    });
+                    if let Some(cert) = cert {
+                        // Disposed (before or after the backup): a tombstone, never the data.
+                        disposed_seen.push(rid);
+                        report.disposed_skipped += 1;
+                        if live.is_none() {
+                            row.state = RecordState::Disposed {
+                                certificate: (!cert.is_empty()).then_some(cert),
+                            };
+                            row.envelope.clear();
+                            ops.push((store::CF_RECORDS, k.to_vec(), Some(row.encode())));
+                        }
+                    } else if live.is_none() {
+                        restored_versions.insert(rid, row.version);
+                        ops.push((store::CF_RECORDS, k.to_vec(), Some(v.to_vec())));
+                        report.restored += 1;
+                    }
+                }
+                TAG_BY_SUBJECT => ops.push((store::CF_BY_SUBJECT, k.to_vec(), Some(v.to_vec()))),
+                TAG_BY_COLLECTION => {
+                    ops.push((store::CF_BY_COLLECTION, k.to_vec(), Some(v.to_vec())))
+                }
+                TAG_DEK => {
+                    let (b, rid, version) = Keystore::parse_dek_key(k)?;
+                    // Only the key of a record restored above, at its version:
+                    // never a disposed record's key.
+                    if restored_versions.get(&rid) == Some(&version) && !disposed.contains_key(&rid)
+                    {
+                        let bk = bucket_keys.get(&b).ok_or(Error::Integrity("backup file"))?;
+                        let dek = self.keystore.unwrap_dek_with(bk, rid, version, v)?;
+                        deks.push((b, rid, version, dek));
+                    }
+                }
+                _ => {}
+            }
+            if ops.len() >= 30_000 {
+                self.store.write_ops(&ops)?;
+                ops.clear();
+            }
+            if deks.len() >= 10_000 {
+                self.keystore
+                    .put_restored_deks(&epoch.root, epoch.number, &deks)?;
+                deks.clear();
+            }
+            Ok(())
+        })?;
+        self.store.write_ops(&ops)?;
+        self.keystore
+            .put_restored_deks(&epoch.root, epoch.number, &deks)?;
+        // Verify before serving: no disposed record is live or has a key.
+        for rid in disposed_seen {
+            match self.store.record(rid)? {
+                Some(RecordRow {
+                    state: RecordState::Disposed { .. },
+                    subject,
+                    version,
+                    ..
+                }) => {
+                    if self.keystore.wrapped_dek(subject, rid, version)?.is_some() {
+                        return Err(Error::Integrity("restore (a disposed record has a key)"));
+                    }
+                }
+                None => {}
+                Some(_) => return Err(Error::Integrity("restore (a disposed record is live)")),
+            }
+        }
+        drop(epoch);
+        Ok(report)
+    }
+}
+
+/// The `Context` of automatic expiry on open.
+pub(crate) fn system_context() -> Context {
+    Context {
+        channel: Channel::System,
+        source: None,
+        request_id: None,
+    }
+}
