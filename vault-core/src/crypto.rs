@@ -7,8 +7,8 @@
 //! Anything else — another version, a short buffer, a flipped bit, the wrong
 //! associated data — is an integrity error, never garbage and never a panic.
 
-use aes_gcm::aead::{Aead, KeyInit, Payload};
-use aes_gcm::{Aes256Gcm, Nonce};
+use aes_gcm::aead::{AeadInOut, KeyInit};
+use aes_gcm::{Aes256Gcm, Nonce, Tag};
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
@@ -67,19 +67,19 @@ pub fn seal(key: &SecretKey, aad: &Aad, plaintext: &[u8]) -> Vec<u8> {
     let cipher = Aes256Gcm::new_from_slice(key.expose()).expect("32-byte key");
     let mut nonce = [0u8; NONCE_LEN];
     fill_random(&mut nonce);
-    let ct = cipher
-        .encrypt(
-            &Nonce::from(nonce),
-            Payload {
-                msg: plaintext,
-                aad: aad.as_bytes(),
-            },
-        )
-        .expect("AES-GCM encryption of an in-memory buffer cannot fail below 64 GiB");
-    let mut out = Vec::with_capacity(1 + NONCE_LEN + ct.len());
+    // Encrypted in place in the output buffer: one allocation, one copy.
+    let mut out = Vec::with_capacity(ENVELOPE_OVERHEAD + plaintext.len());
     out.push(ENVELOPE_V1);
     out.extend_from_slice(&nonce);
-    out.extend_from_slice(&ct);
+    out.extend_from_slice(plaintext);
+    let tag = cipher
+        .encrypt_inout_detached(
+            &Nonce::from(nonce),
+            aad.as_bytes(),
+            (&mut out[1 + NONCE_LEN..]).into(),
+        )
+        .expect("AES-GCM encryption of an in-memory buffer cannot fail below 64 GiB");
+    out.extend_from_slice(tag.as_slice());
     out
 }
 
@@ -100,17 +100,20 @@ pub fn open(
     let nonce: [u8; NONCE_LEN] = envelope[1..1 + NONCE_LEN]
         .try_into()
         .expect("length checked");
+    let (ct, tag) = envelope[1 + NONCE_LEN..].split_at(envelope.len() - ENVELOPE_OVERHEAD);
+    let tag = Tag::try_from(tag).map_err(|_| Error::Integrity(what))?;
     let cipher = Aes256Gcm::new_from_slice(key.expose()).expect("32-byte key");
+    // The tag is checked before anything is decrypted; the buffer is wiped on drop either way.
+    let mut out = Zeroizing::new(ct.to_vec());
     cipher
-        .decrypt(
+        .decrypt_inout_detached(
             &Nonce::from(nonce),
-            Payload {
-                msg: &envelope[1 + NONCE_LEN..],
-                aad: aad.as_bytes(),
-            },
+            aad.as_bytes(),
+            out.as_mut_slice().into(),
+            &tag,
         )
-        .map(Zeroizing::new)
-        .map_err(|_| Error::Integrity(what))
+        .map_err(|_| Error::Integrity(what))?;
+    Ok(out)
 }
 
 /// Wraps (encrypts) a key under a key-encryption key.
@@ -214,6 +217,7 @@ pub fn mac(key: &SecretKey, label: &str, data: &[u8]) -> [u8; 32] {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use aes_gcm::aead::{Aead, Payload};
     use proptest::prelude::*;
 
     fn key(b: u8) -> SecretKey {

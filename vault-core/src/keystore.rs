@@ -249,7 +249,7 @@ impl Keystore {
         let b = self.bucket_of(subject);
         let Some(wrapped) = self
             .db
-            .get_cf(self.cf(CF_DEKS), dek_key(b, record, version))?
+            .get_pinned_cf(self.cf(CF_DEKS), dek_key(b, record, version))?
         else {
             return Ok(None);
         };

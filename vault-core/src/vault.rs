@@ -3,6 +3,8 @@
 //! table, does its work, and writes the audit event before returning; a
 //! failed audit write fails the operation (fail closed).
 
+use std::collections::HashMap;
+use std::hash::Hash;
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -265,6 +267,46 @@ impl Signing {
     }
 }
 
+/// Parsed rows (user rows, schemas) kept in RAM, valid for one generation
+/// of their column family ([`Store::users_generation`],
+/// [`Store::collections_generation`]): any write there makes the whole cache
+/// stale, so a change (a user disabled, say) is seen by the very next call.
+/// Holds no key material and no personal information.
+struct GenCache<K, V> {
+    generation: u64,
+    map: HashMap<K, Arc<V>>,
+}
+
+impl<K: Hash + Eq, V> GenCache<K, V> {
+    fn new() -> RwLock<Self> {
+        RwLock::new(GenCache {
+            generation: 0,
+            map: HashMap::new(),
+        })
+    }
+
+    fn get(lock: &RwLock<Self>, generation: u64, k: &K) -> Option<Arc<V>> {
+        let c = lock.read().ok()?;
+        if c.generation != generation {
+            return None;
+        }
+        c.map.get(k).cloned()
+    }
+
+    /// Stores a value read from the store at `generation` (read before the
+    /// row itself), unless a newer generation is cached already.
+    fn insert(lock: &RwLock<Self>, generation: u64, k: K, v: Arc<V>) {
+        let Ok(mut c) = lock.write() else { return };
+        if c.generation < generation {
+            c.map.clear();
+            c.generation = generation;
+        }
+        if c.generation == generation {
+            c.map.insert(k, v);
+        }
+    }
+}
+
 /// The current epoch and its root key.
 struct Epoch {
     number: u64,
@@ -294,6 +336,10 @@ pub struct Vault {
     crash_hook: Mutex<Option<CrashHook>>,
     /// Negative control for forensic tests: skip the keystore flush in the purge.
     purge_skip_flush: AtomicBool,
+    /// Parsed user rows (password hash removed), for `authorize`.
+    user_cache: RwLock<GenCache<UserId, UserRow>>,
+    /// Parsed collection schemas.
+    schema_cache: RwLock<GenCache<CollectionName, Schema>>,
 }
 
 impl std::fmt::Debug for Vault {
@@ -454,6 +500,8 @@ impl Vault {
             disposal_lock: Mutex::new(()),
             crash_hook: Mutex::new(None),
             purge_skip_flush: AtomicBool::new(false),
+            user_cache: GenCache::new(),
+            schema_cache: GenCache::new(),
         };
         vault.recount_officers()?;
         // A disposal interrupted by a crash finishes before the vault serves.
@@ -525,6 +573,14 @@ impl Vault {
             .lock()
             .map_err(|_| Error::AuditUnavailable("audit lock poisoned".into()))?
             .append(ev)
+    }
+
+    /// Waits for an audit checkpoint being written in the background, so
+    /// that the trail's files can be read whole (verification).
+    pub(crate) fn settle_audit(&self) {
+        if let Ok(mut log) = self.audit.lock() {
+            log.wait_for_checkpoint();
+        }
     }
 
     /// Closes the vault cleanly: signs a final audit checkpoint.
@@ -799,10 +855,31 @@ impl Vault {
             .delete(store::CF_SESSIONS, &token_hash(token.expose()))
     }
 
+    /// The user row for `authorize`: from the cache while no user row has
+    /// been written since it was read, else from the store. The cached copy
+    /// carries no password hash.
+    fn session_user(&self, id: UserId) -> Result<Option<Arc<UserRow>>> {
+        let generation = self.store.users_generation();
+        if let Some(row) = GenCache::get(&self.user_cache, generation, &id) {
+            return Ok(Some(row));
+        }
+        let Some(mut row) = self.user_row(id)? else {
+            return Ok(None);
+        };
+        row.password_phc = String::new();
+        let row = Arc::new(row);
+        GenCache::insert(&self.user_cache, generation, id, row.clone());
+        Ok(Some(row))
+    }
+
     /// Checks that the session's user is still active and, if `perm` is
     /// given, that their role grants it. Denials are audited.
-    fn authorize(&self, s: &Session, perm: Option<Permission>) -> Result<UserRow> {
-        let row = self.user_row(s.user)?.ok_or(Error::SessionInvalid)?;
+    ///
+    /// The user row comes from an in-memory cache that any write to a user
+    /// row invalidates (see [`GenCache`]), so disabling a user or changing
+    /// their role or password still stops their sessions at the next call.
+    fn authorize(&self, s: &Session, perm: Option<Permission>) -> Result<Arc<UserRow>> {
+        let row = self.session_user(s.user)?.ok_or(Error::SessionInvalid)?;
         if row.disabled || row.generation != s.generation {
             self.audit(
                 Some(s.user),
@@ -1022,14 +1099,22 @@ impl Vault {
         r
     }
 
-    fn schema(&self, name: &CollectionName) -> Result<Schema> {
+    /// A collection's schema, parsed once and cached until the next write
+    /// to the collections column family.
+    fn schema(&self, name: &CollectionName) -> Result<Arc<Schema>> {
+        let generation = self.store.collections_generation();
+        if let Some(schema) = GenCache::get(&self.schema_cache, generation, name) {
+            return Ok(schema);
+        }
         let bytes = self
             .store
             .get(store::CF_COLLECTIONS, name.as_str().as_bytes())?
             .ok_or(Error::NotFound("collection"))?;
-        Schema::from_json(
+        let schema = Arc::new(Schema::from_json(
             std::str::from_utf8(&bytes).map_err(|_| Error::Integrity("collection schema"))?,
-        )
+        )?);
+        GenCache::insert(&self.schema_cache, generation, name.clone(), schema.clone());
+        Ok(schema)
     }
 
     /// Lists collections and their schemas (any active user: schemas hold no personal information).
@@ -1238,7 +1323,7 @@ impl Vault {
             let classification = schema.classify(&body);
             Ok(RecordView {
                 meta: Self::meta(id, &row),
-                fields: schema.mask(&body, reveal),
+                fields: schema.mask_owned(body, reveal),
                 revealed: reveal.iter().map(|f| f.to_string()).collect(),
                 classification,
             })
@@ -1522,6 +1607,7 @@ impl Vault {
     /// Verifies the whole audit trail (officer, auditor).
     pub fn audit_verify(&self, s: &Session) -> Result<VerifyReport> {
         self.authorize(s, Some(Permission::ReadAudit))?;
+        self.settle_audit();
         let report = audit::verify(&Layout::of(&self.dir).audit, &self.audit_public_key())?;
         let outcome = if report.ok() {
             Ok(())
