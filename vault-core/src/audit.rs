@@ -335,7 +335,9 @@ pub struct UserActivity {
     pub reveals: u64,
     /// Successful `record.export` events.
     pub exports: u64,
-    /// Successful `record.create`, `record.update` and `record.import` events.
+    /// Successful `record.create` and `record.update` events. An import
+    /// writes one `record.create` per record plus a `record.import` summary,
+    /// which is not counted again.
     pub writes: u64,
     /// Events of any action with outcome `Denied`.
     pub denials: u64,
@@ -412,7 +414,7 @@ pub fn activity_report(events: &[AuditEvent]) -> Vec<UserActivity> {
             "record.read" if ok => a.reads += 1,
             "record.reveal" if ok => a.reveals += 1,
             "record.export" if ok => a.exports += 1,
-            "record.create" | "record.update" | "record.import" if ok => a.writes += 1,
+            "record.create" | "record.update" if ok => a.writes += 1,
             _ => {}
         }
     }
@@ -2046,6 +2048,8 @@ mod tests {
             ev(Some(a), "record.export", Denied),
             ev(Some(a), "record.create", Success),
             ev(Some(a), "record.update", Success),
+            // The summary of an import whose records each have their own
+            // `record.create`: not a write of its own.
             ev(Some(a), "record.import", Success),
             ev(Some(a), "user.disable", Success),
             ev(None, "auth.login", Failed),
@@ -2065,7 +2069,7 @@ mod tests {
                     reads: 2,
                     reveals: 1,
                     exports: 1,
-                    writes: 3,
+                    writes: 2,
                     denials: 2,
                     logins: 2,
                     failed_logins: 1,

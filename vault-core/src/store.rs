@@ -319,6 +319,21 @@ impl Store {
         Ok(())
     }
 
+    /// Removes a record row and its index entries atomically (undoing a
+    /// creation whose audit event could not be written).
+    pub fn delete_new_record(&self, id: RecordId, row: &RecordRow) -> Result<()> {
+        let mut batch = WriteBatch::default();
+        batch.delete_cf(self.cf(CF_RECORDS), id.as_bytes());
+        let mut sk = row.subject.as_bytes().to_vec();
+        sk.extend_from_slice(id.as_bytes());
+        batch.delete_cf(self.cf(CF_BY_SUBJECT), sk);
+        let mut ck = collection_prefix(&row.collection);
+        ck.extend_from_slice(id.as_bytes());
+        batch.delete_cf(self.cf(CF_BY_COLLECTION), ck);
+        self.db.write_opt(batch, &self.wo())?;
+        Ok(())
+    }
+
     pub fn records_of_subject(&self, s: SubjectId) -> Result<Vec<RecordId>> {
         self.scan_prefix(CF_BY_SUBJECT, s.as_bytes())?
             .into_iter()

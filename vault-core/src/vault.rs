@@ -340,6 +340,8 @@ pub struct Vault {
     user_cache: RwLock<GenCache<UserId, UserRow>>,
     /// Parsed collection schemas.
     schema_cache: RwLock<GenCache<CollectionName, Schema>>,
+    /// Test hook: every audit append fails (fail-closed tests).
+    audit_fail: AtomicBool,
 }
 
 impl std::fmt::Debug for Vault {
@@ -502,6 +504,7 @@ impl Vault {
             purge_skip_flush: AtomicBool::new(false),
             user_cache: GenCache::new(),
             schema_cache: GenCache::new(),
+            audit_fail: AtomicBool::new(false),
         };
         vault.recount_officers()?;
         // A disposal interrupted by a crash finishes before the vault serves.
@@ -557,6 +560,11 @@ impl Vault {
             ) => (Outcome::Denied, Some(e.code().to_owned())),
             Err(e) => (Outcome::Failed, Some(e.code().to_owned())),
         };
+        if self.audit_fail.load(Ordering::Relaxed) {
+            return Err(Error::AuditUnavailable(
+                "audit failure injected by a test".into(),
+            ));
+        }
         let ev = NewEvent {
             time_ms: self.now(),
             actor,
@@ -573,6 +581,23 @@ impl Vault {
             .lock()
             .map_err(|_| Error::AuditUnavailable("audit lock poisoned".into()))?
             .append(ev)
+    }
+
+    /// Audits a change that has been written and, if the audit write fails,
+    /// undoes the change before returning the error (fail closed: no change
+    /// stays without its audit event).
+    fn audit_or_undo(
+        &self,
+        s: &Session,
+        action: &str,
+        targets: Vec<String>,
+        undo: impl FnOnce(),
+    ) -> Result<()> {
+        if let Err(e) = self.audit(Some(s.user), &s.ctx, action, targets, Ok(()), None) {
+            undo();
+            return Err(e);
+        }
+        Ok(())
     }
 
     /// Waits for an audit checkpoint being written in the background, so
@@ -756,19 +781,27 @@ impl Vault {
             )?;
             return Err(e);
         }
+        // A success ends the run of consecutive failures, but not the
+        // doubling of repeated lock-outs: otherwise an attacker who times
+        // guesses around the owner's logins would always face the shortest
+        // lock. Only an admin's unlock resets that (REQ-AUTH-05).
+        let before = row.clone();
         row.failures = 0;
-        row.lockouts = 0;
         row.locked_until_ms = None;
         row.last_login_ms = Some(now);
         self.put_user_row(&row)?;
-        self.audit(
+        if let Err(e) = self.audit(
             Some(id),
             &ctx,
             "auth.login",
             vec![id.to_string()],
             Ok(()),
             None,
-        )?;
+        ) {
+            // Fail closed: no unaudited login, and no unaudited row change.
+            let _ = self.put_user_row(&before);
+            return Err(e);
+        }
         Ok(Session {
             user: id,
             generation: row.generation,
@@ -791,19 +824,15 @@ impl Vault {
             expires_ms: now + ttl_ms,
             last_seen_ms: now,
         };
+        let key = token_hash(token.expose());
         self.store.put(
             store::CF_SESSIONS,
-            &token_hash(token.expose()),
+            &key,
             &serde_json::to_vec(&row).expect("serialisable"),
         )?;
-        self.audit(
-            Some(s.user),
-            &s.ctx,
-            "auth.token.issue",
-            vec![s.user.to_string()],
-            Ok(()),
-            None,
-        )?;
+        self.audit_or_undo(s, "auth.token.issue", vec![s.user.to_string()], || {
+            let _ = self.store.delete(store::CF_SESSIONS, &key);
+        })?;
         Ok(token)
     }
 
@@ -925,20 +954,31 @@ impl Vault {
     ) -> Result<UserId> {
         self.authorize(s, Some(Permission::ManageUsers))?;
         let name = Username::parse(username)?;
-        let r = self.insert_user(&name, password, role, reveal);
-        let targets = match &r {
-            Ok(id) => vec![id.to_string(), format!("role:{role}")],
-            Err(_) => vec![format!("role:{role}")],
-        };
-        self.audit(
-            Some(s.user),
-            &s.ctx,
-            "user.create",
-            targets,
-            r.as_ref().map(|_| ()),
-            None,
-        )?;
-        r
+        match self.insert_user(&name, password, role, reveal) {
+            Ok(id) => {
+                let targets = vec![id.to_string(), format!("role:{role}")];
+                self.audit_or_undo(s, "user.create", targets, || {
+                    let _g = self.users_lock.lock().expect("users lock");
+                    let _ = self
+                        .store
+                        .delete(store::CF_USERNAMES, name.as_str().as_bytes());
+                    let _ = self.store.delete(store::CF_USERS, id.as_bytes());
+                    let _ = self.recount_officers();
+                })?;
+                Ok(id)
+            }
+            Err(e) => {
+                self.audit(
+                    Some(s.user),
+                    &s.ctx,
+                    "user.create",
+                    vec![format!("role:{role}")],
+                    Err(&e),
+                    None,
+                )?;
+                Err(e)
+            }
+        }
     }
 
     /// Lists users (admin, officer, auditor).
@@ -967,22 +1007,23 @@ impl Vault {
         let _g = self.users_lock.lock().expect("users lock");
         let r = (|| {
             let mut row = self.user_by_name(&name)?.ok_or(Error::NotFound("user"))?;
+            let before = row.clone();
             f(&mut row)?;
+            let id = row.id.parse::<UserId>()?;
             self.put_user_row(&row)?;
-            row.id.parse::<UserId>()
+            Ok((id, before))
         })();
-        let targets = r
-            .as_ref()
-            .map(|id| vec![id.to_string()])
-            .unwrap_or_default();
-        self.audit(
-            Some(s.user),
-            &s.ctx,
-            action,
-            targets,
-            r.as_ref().map(|_| ()),
-            None,
-        )?;
+        let r = match r {
+            Ok((id, before)) => self
+                .audit_or_undo(s, action, vec![id.to_string()], || {
+                    let _ = self.put_user_row(&before);
+                })
+                .map(|()| id),
+            Err(e) => {
+                self.audit(Some(s.user), &s.ctx, action, vec![], Err(&e), None)?;
+                Err(e)
+            }
+        };
         self.recount_officers()?;
         r
     }
@@ -1011,7 +1052,10 @@ impl Vault {
     /// Lifts a lock-out (admin).
     pub fn unlock_user(&self, s: &Session, username: &str) -> Result<UserId> {
         self.change_user(s, username, "user.unlock", |row| {
+            // An admin's unlock is a fresh start: the lock, the failure count
+            // and the doubling of repeated lock-outs all reset (REQ-AUTH-05).
             row.failures = 0;
+            row.lockouts = 0;
             row.locked_until_ms = None;
             Ok(())
         })
@@ -1038,24 +1082,24 @@ impl Vault {
         let _g = self.users_lock.lock().expect("users lock");
         let r = (|| {
             let mut row = self.user_by_name(&name)?.ok_or(Error::NotFound("user"))?;
+            let before = row.clone();
             row.password_phc = access::hash_password(new)?;
             row.generation += 1;
+            let id = row.id.parse::<UserId>()?;
             self.put_user_row(&row)?;
-            row.id.parse::<UserId>()
+            Ok((id, before))
         })();
-        let targets = r
-            .as_ref()
-            .map(|id| vec![id.to_string()])
-            .unwrap_or_default();
-        self.audit(
-            Some(s.user),
-            &s.ctx,
-            "user.password",
-            targets,
-            r.as_ref().map(|_| ()),
-            None,
-        )?;
-        r.map(|_| ())
+        match r {
+            Ok((id, before)) => {
+                self.audit_or_undo(s, "user.password", vec![id.to_string()], || {
+                    let _ = self.put_user_row(&before);
+                })
+            }
+            Err(e) => {
+                self.audit(Some(s.user), &s.ctx, "user.password", vec![], Err(&e), None)?;
+                Err(e)
+            }
+        }
     }
 
     // ----- collections ----------------------------------------------------
@@ -1084,19 +1128,28 @@ impl Vault {
             )?;
             Ok(name)
         })();
-        let targets = r
-            .as_ref()
-            .map(|n| vec![format!("collection:{n}")])
-            .unwrap_or_default();
-        self.audit(
-            Some(s.user),
-            &s.ctx,
-            "collection.create",
-            targets,
-            r.as_ref().map(|_| ()),
-            None,
-        )?;
-        r
+        match r {
+            Ok(name) => {
+                let targets = vec![format!("collection:{name}")];
+                self.audit_or_undo(s, "collection.create", targets, || {
+                    let _ = self
+                        .store
+                        .delete(store::CF_COLLECTIONS, name.as_str().as_bytes());
+                })?;
+                Ok(name)
+            }
+            Err(e) => {
+                self.audit(
+                    Some(s.user),
+                    &s.ctx,
+                    "collection.create",
+                    vec![],
+                    Err(&e),
+                    None,
+                )?;
+                Err(e)
+            }
+        }
     }
 
     /// A collection's schema, parsed once and cached until the next write
@@ -1218,19 +1271,7 @@ impl Vault {
         })();
         match r {
             Ok(id) => {
-                if let Err(e) = self.audit(
-                    Some(s.user),
-                    &s.ctx,
-                    "record.create",
-                    vec![id.to_string(), subject.to_string()],
-                    Ok(()),
-                    None,
-                ) {
-                    // Fail closed: an unaudited record must not remain.
-                    let _ = self.store.delete(store::CF_RECORDS, id.as_bytes());
-                    let _ = self.keystore.delete_dek(subject, id, 1, false);
-                    return Err(e);
-                }
+                self.audit_record_create(s, id, subject)?;
                 Ok(id)
             }
             Err(e) => {
@@ -1245,6 +1286,22 @@ impl Vault {
                 Err(e)
             }
         }
+    }
+
+    /// Audits a stored new record; if the audit fails, the record and its
+    /// key are removed again (fail closed: an unaudited record must not remain).
+    fn audit_record_create(&self, s: &Session, id: RecordId, subject: SubjectId) -> Result<()> {
+        self.audit_or_undo(
+            s,
+            "record.create",
+            vec![id.to_string(), subject.to_string()],
+            || {
+                if let Ok(Some(row)) = self.store.record(id) {
+                    let _ = self.store.delete_new_record(id, &row);
+                }
+                let _ = self.keystore.delete_dek(subject, id, 1, false);
+            },
+        )
     }
 
     fn live_row(&self, id: RecordId) -> Result<RecordRow> {
@@ -1362,6 +1419,7 @@ impl Vault {
         let r = (|| {
             self.require_officer()?;
             let mut row = self.live_row(id)?;
+            let before = row.clone();
             let schema = self.schema(&row.collection)?;
             let body = schema.validate(body)?;
             let plain = Zeroizing::new(serde_json::to_vec(&body).expect("serialisable"));
@@ -1386,21 +1444,39 @@ impl Vault {
             );
             row.version = version;
             row.updated_ms = self.now();
-            self.store.put_record(id, &row, false)?;
-            // The old version's key goes; its wrapped bytes may linger in the
-            // keystore files until the bucket is next rotated (DESIGN §4.1).
-            self.keystore.delete_dek(row.subject, id, old, false)?;
-            Ok(version)
+            if let Err(e) = self.store.put_record(id, &row, false) {
+                let _ = self.keystore.delete_dek(row.subject, id, version, false);
+                return Err(e);
+            }
+            Ok((version, before))
         })();
-        self.audit(
-            Some(s.user),
-            &s.ctx,
-            "record.update",
-            vec![id.to_string()],
-            r.as_ref().map(|_| ()),
-            None,
-        )?;
-        r
+        match r {
+            Ok((version, before)) => {
+                // Fail closed: without its audit event the old version comes
+                // back and the new key goes.
+                self.audit_or_undo(s, "record.update", vec![id.to_string()], || {
+                    let _ = self.store.put_record(id, &before, false);
+                    let _ = self.keystore.delete_dek(before.subject, id, version, false);
+                })?;
+                // Only now, with the update audited, does the old version's key
+                // go; its wrapped bytes may linger in the keystore files until
+                // the bucket is next rotated (DESIGN §4.1).
+                self.keystore
+                    .delete_dek(before.subject, id, before.version, false)?;
+                Ok(version)
+            }
+            Err(e) => {
+                self.audit(
+                    Some(s.user),
+                    &s.ctx,
+                    "record.update",
+                    vec![id.to_string()],
+                    Err(&e),
+                    None,
+                )?;
+                Err(e)
+            }
+        }
     }
 
     /// Lists record metadata (no contents).
@@ -1480,14 +1556,7 @@ impl Vault {
                     report.valid += 1;
                     if !check_only {
                         let id = self.store_new_record(s, &collection, subject, &body)?;
-                        self.audit(
-                            Some(s.user),
-                            &s.ctx,
-                            "record.create",
-                            vec![id.to_string(), subject.to_string()],
-                            Ok(()),
-                            None,
-                        )?;
+                        self.audit_record_create(s, id, subject)?;
                         report.imported += 1;
                         report.records.push(id);
                     }
@@ -1731,6 +1800,13 @@ impl Vault {
         header::erase_other_slots(&path, next)?;
         *epoch = Epoch { number: next, root };
         Ok(next)
+    }
+
+    /// Test hook for fail-closed tests: while set, every audit append fails
+    /// with `AuditUnavailable`, as a full or unwritable disk would.
+    #[doc(hidden)]
+    pub fn set_audit_failure(&self, fail: bool) {
+        self.audit_fail.store(fail, Ordering::SeqCst);
     }
 
     /// Negative control for forensic tests: make the next purges skip the

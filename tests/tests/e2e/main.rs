@@ -7,3 +7,4 @@ mod crash;
 mod disposal;
 mod forensic;
 mod library;
+mod regressions;
