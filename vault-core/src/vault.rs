@@ -1227,13 +1227,21 @@ impl Vault {
         subject: SubjectId,
         body: &Map<String, Value>,
     ) -> Result<RecordId> {
-        let id = RecordId::new();
+        // Key, nonces and ID from one draw of the OS CSPRNG.
+        let rnd = crypto::RecordRandomness::draw();
+        let id = RecordId::from_random(&rnd.id_random);
         let plain = Zeroizing::new(serde_json::to_vec(body).expect("serialisable"));
         let epoch = self.epoch.read().expect("epoch lock");
         // The DEK is written before the record, so a record never exists without its key.
-        let dek = self
-            .keystore
-            .new_dek(&epoch.root, epoch.number, subject, id, 1)?;
+        let dek = self.keystore.store_dek(
+            &epoch.root,
+            epoch.number,
+            subject,
+            id,
+            1,
+            rnd.dek,
+            rnd.wrap_nonce,
+        )?;
         let now = self.now();
         let row = RecordRow {
             collection: collection.clone(),
@@ -1243,10 +1251,11 @@ impl Vault {
             updated_ms: now,
             created_by: s.user,
             state: RecordState::Live,
-            envelope: crypto::seal(
+            envelope: crypto::seal_with_nonce(
                 &dek,
                 &record_aad(self.info.vault_id, collection, id, 1, subject),
                 &plain,
+                rnd.body_nonce,
             ),
         };
         self.store.put_record(id, &row, true)?;
@@ -1428,10 +1437,17 @@ impl Vault {
                 .checked_add(1)
                 .ok_or(Error::invalid("record version overflow"))?;
             let epoch = self.epoch.read().expect("epoch lock");
-            let dek = self
-                .keystore
-                .new_dek(&epoch.root, epoch.number, row.subject, id, version)?;
-            row.envelope = crypto::seal(
+            let rnd = crypto::RecordRandomness::draw();
+            let dek = self.keystore.store_dek(
+                &epoch.root,
+                epoch.number,
+                row.subject,
+                id,
+                version,
+                rnd.dek,
+                rnd.wrap_nonce,
+            )?;
+            row.envelope = crypto::seal_with_nonce(
                 &dek,
                 &record_aad(
                     self.info.vault_id,
@@ -1441,6 +1457,7 @@ impl Vault {
                     row.subject,
                 ),
                 &plain,
+                rnd.body_nonce,
             );
             row.version = version;
             row.updated_ms = self.now();
