@@ -69,6 +69,9 @@ pub enum RecordState {
 /// One record row: metadata in clear (IDs and times only) and the body envelope.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct RecordRow {
+    /// Row format: [`ROW_V1`] (envelope AAD binds collection, record,
+    /// version, subject) or [`ROW_V2`] (also the times and the creator).
+    pub format: u8,
     pub collection: CollectionName,
     pub subject: SubjectId,
     pub version: u32,
@@ -79,13 +82,18 @@ pub(crate) struct RecordRow {
     pub envelope: Vec<u8>,
 }
 
-const ROW_V1: u8 = 1;
+/// Rows written before the times and creator were bound into the AAD; still read.
+pub(crate) const ROW_V1: u8 = 1;
+/// Rows whose envelope AAD also binds `created_ms`, `updated_ms` and `created_by`
+/// (the metadata fixed for a version); written by this build.
+pub(crate) const ROW_V2: u8 = 2;
 
 impl RecordRow {
-    /// `v1 | state | version | subject | created | updated | created_by | len(collection) | collection | (cert len | cert) | envelope`
+    /// `format | state | version | subject | created | updated | created_by | len(collection) | collection | (cert len | cert) | envelope`
+    /// (the same layout for v1 and v2; they differ in what the envelope's AAD binds).
     pub fn encode(&self) -> Vec<u8> {
         let mut b = Vec::with_capacity(80 + self.collection.as_str().len() + self.envelope.len());
-        b.push(ROW_V1);
+        b.push(self.format);
         b.push(match self.state {
             RecordState::Live => 0,
             RecordState::Disposed { .. } => 1,
@@ -110,7 +118,8 @@ impl RecordRow {
     pub fn decode(b: &[u8]) -> Result<RecordRow> {
         let bad = || Error::Integrity("record row");
         let mut r = Reader(b);
-        if r.u8().ok_or_else(bad)? != ROW_V1 {
+        let format = r.u8().ok_or_else(bad)?;
+        if format != ROW_V1 && format != ROW_V2 {
             return Err(Error::UnsupportedFormat("record row"));
         }
         let state = r.u8().ok_or_else(bad)?;
@@ -134,6 +143,7 @@ impl RecordRow {
             _ => return Err(bad()),
         };
         Ok(RecordRow {
+            format,
             collection,
             subject,
             version,
@@ -368,6 +378,7 @@ mod tests {
                                   env in proptest::collection::vec(any::<u8>(), 0..300), disposed in any::<bool>(),
                                   coll in "[a-z][a-z0-9_-]{0,20}") {
             let row = RecordRow {
+                format: if disposed { ROW_V1 } else { ROW_V2 },
                 collection: CollectionName::parse(&coll).unwrap(),
                 subject: SubjectId::new(),
                 version, created_ms: created, updated_ms: updated,

@@ -374,19 +374,31 @@ impl Layout {
     }
 }
 
-fn record_aad(
-    vault: VaultId,
-    collection: &CollectionName,
-    id: RecordId,
-    version: u32,
-    subject: SubjectId,
-) -> Aad {
-    Aad::new("record")
+/// The associated data of a record body's envelope. Row format v2 binds,
+/// besides the record's identity, every piece of row metadata that is fixed
+/// for a version (creation and update times, creator), so an edit of those
+/// bytes in the records database makes the read fail; v1 rows (written
+/// before) bind only the identity. The label differs, so a v2 row relabelled
+/// v1 fails too. The live/disposed state is not bound: it changes at disposal,
+/// when the key is gone and nothing can be re-sealed.
+fn record_aad(vault: VaultId, id: RecordId, row: &RecordRow) -> Aad {
+    let label = if row.format == store::ROW_V1 {
+        "record"
+    } else {
+        "record-v2"
+    };
+    let aad = Aad::new(label)
         .part(vault.as_bytes())
-        .part(collection.as_str().as_bytes())
+        .part(row.collection.as_str().as_bytes())
         .part(id.as_bytes())
-        .part(&version.to_be_bytes())
-        .part(subject.as_bytes())
+        .part(&row.version.to_be_bytes())
+        .part(row.subject.as_bytes());
+    if row.format == store::ROW_V1 {
+        return aad;
+    }
+    aad.part(&row.created_ms.to_be_bytes())
+        .part(&row.updated_ms.to_be_bytes())
+        .part(row.created_by.as_bytes())
 }
 
 fn token_hash(token: &str) -> [u8; 32] {
@@ -1243,7 +1255,8 @@ impl Vault {
             rnd.wrap_nonce,
         )?;
         let now = self.now();
-        let row = RecordRow {
+        let mut row = RecordRow {
+            format: store::ROW_V2,
             collection: collection.clone(),
             subject,
             version: 1,
@@ -1251,13 +1264,14 @@ impl Vault {
             updated_ms: now,
             created_by: s.user,
             state: RecordState::Live,
-            envelope: crypto::seal_with_nonce(
-                &dek,
-                &record_aad(self.info.vault_id, collection, id, 1, subject),
-                &plain,
-                rnd.body_nonce,
-            ),
+            envelope: Vec::new(),
         };
+        row.envelope = crypto::seal_with_nonce(
+            &dek,
+            &record_aad(self.info.vault_id, id, &row),
+            &plain,
+            rnd.body_nonce,
+        );
         self.store.put_record(id, &row, true)?;
         Ok(id)
     }
@@ -1331,13 +1345,7 @@ impl Vault {
             .ok_or(Error::Integrity("record key (missing)"))?;
         let plain = crypto::open(
             &dek,
-            &record_aad(
-                self.info.vault_id,
-                &row.collection,
-                id,
-                row.version,
-                row.subject,
-            ),
+            &record_aad(self.info.vault_id, id, row),
             &row.envelope,
             "record",
         )?;
@@ -1447,20 +1455,16 @@ impl Vault {
                 rnd.dek,
                 rnd.wrap_nonce,
             )?;
+            // The new version is sealed as a v2 row, its metadata bound.
+            row.format = store::ROW_V2;
+            row.version = version;
+            row.updated_ms = self.now();
             row.envelope = crypto::seal_with_nonce(
                 &dek,
-                &record_aad(
-                    self.info.vault_id,
-                    &row.collection,
-                    id,
-                    version,
-                    row.subject,
-                ),
+                &record_aad(self.info.vault_id, id, &row),
                 &plain,
                 rnd.body_nonce,
             );
-            row.version = version;
-            row.updated_ms = self.now();
             if let Err(e) = self.store.put_record(id, &row, false) {
                 let _ = self.keystore.delete_dek(row.subject, id, version, false);
                 return Err(e);
