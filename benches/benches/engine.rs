@@ -192,6 +192,9 @@ fn bench_audit_append(c: &mut Criterion) {
     let signer = vault_core::ed25519_dalek::SigningKey::from_bytes(&[7u8; 32]);
     let mut log = AuditLog::open(&dir.path().join("audit"), signer, false).expect("audit log");
     let actor = UserId::new();
+    // One record ID's text, as the vault formats it per event; generating a
+    // fresh UUID (a getrandom call) per iteration would be bench overhead.
+    let target = RecordId::new().to_string();
     let event = || {
         let mut ev = NewEvent::new(
             1_764_000_000_000,
@@ -200,7 +203,7 @@ fn bench_audit_append(c: &mut Criterion) {
             "record.read",
             Outcome::Success,
         );
-        ev.targets = vec![RecordId::new().to_string()];
+        ev.targets = vec![target.clone()];
         ev
     };
     // A stored line of that event: JSON + space + 64 hex digits + newline.
