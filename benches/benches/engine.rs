@@ -8,10 +8,13 @@
 //! * `get/1KiB`, `get/16KiB`: raw RocksDB `get` vs `Vault::get_record` (masked).
 //! * `envelope/{1,16,64}KiB`: AES-256-GCM with a pre-built cipher vs
 //!   `crypto::seal` / `crypto::open`.
+//! * `audit/append`: `write(2)` of a line of the same length to an append-only
+//!   file vs `AuditLog::append` of a `record.read` event (encode, validate,
+//!   hash-chain, write): the floor under every audited read.
 //! * `unlock`: Argon2id at `KdfParams::VAULT_DEFAULT`.
 //! * `login`: `Vault::login` (OWASP Argon2id password hash, user row, audit).
 //!
-//! Run: `cargo bench -p vault-bench --bench engine`.
+//! Run: `cargo bench --workspace --bench engine`.
 
 #[allow(dead_code)]
 mod common;
@@ -180,6 +183,60 @@ fn bench_envelope(c: &mut Criterion) {
     }
 }
 
+fn bench_audit_append(c: &mut Criterion) {
+    use std::io::Write;
+    use vault_core::audit::{AuditLog, Channel, NewEvent, Outcome};
+    use vault_core::ids::UserId;
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let signer = vault_core::ed25519_dalek::SigningKey::from_bytes(&[7u8; 32]);
+    let mut log = AuditLog::open(&dir.path().join("audit"), signer, false).expect("audit log");
+    let actor = UserId::new();
+    // One record ID's text, as the vault formats it per event; generating a
+    // fresh UUID (a getrandom call) per iteration would be bench overhead.
+    let target = RecordId::new().to_string();
+    let event = || {
+        let mut ev = NewEvent::new(
+            1_764_000_000_000,
+            Some(actor),
+            Channel::Cli,
+            "record.read",
+            Outcome::Success,
+        );
+        ev.targets = vec![target.clone()];
+        ev
+    };
+    // A stored line of that event: JSON + space + 64 hex digits + newline.
+    let line_len = {
+        let before = std::fs::metadata(dir.path().join("audit/seg-00000001.log"))
+            .map(|m| m.len())
+            .unwrap_or(0);
+        log.append(event()).expect("append");
+        std::fs::metadata(dir.path().join("audit/seg-00000001.log"))
+            .expect("segment")
+            .len()
+            - before
+    };
+    let mut raw = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.path().join("raw.log"))
+        .expect("raw file");
+    let line = vec![b'x'; line_len as usize];
+
+    let mut g = c.benchmark_group("audit/append");
+    g.sample_size(30)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3));
+    g.bench_function("raw_file_write", |b| {
+        b.iter(|| raw.write_all(black_box(&line)).expect("write"))
+    });
+    g.bench_function("vault_audit_append", |b| {
+        b.iter(|| log.append(black_box(event())).expect("append"))
+    });
+    g.finish();
+}
+
 fn bench_unlock(c: &mut Criterion) {
     let pass = SecretString::from(common::PASSPHRASE);
     let salt = [9u8; 16];
@@ -216,6 +273,7 @@ criterion_group!(
     bench_put,
     bench_get,
     bench_envelope,
+    bench_audit_append,
     bench_unlock,
     bench_login
 );

@@ -7,8 +7,8 @@
 //! Anything else — another version, a short buffer, a flipped bit, the wrong
 //! associated data — is an integrity error, never garbage and never a panic.
 
-use aes_gcm::aead::{Aead, KeyInit, Payload};
-use aes_gcm::{Aes256Gcm, Nonce};
+use aes_gcm::aead::{AeadInOut, KeyInit};
+use aes_gcm::{Aes256Gcm, Nonce, Tag};
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
@@ -64,22 +64,34 @@ impl Aad {
 
 /// Encrypts `plaintext` under `key` bound to `aad`, with a fresh random nonce.
 pub fn seal(key: &SecretKey, aad: &Aad, plaintext: &[u8]) -> Vec<u8> {
-    let cipher = Aes256Gcm::new_from_slice(key.expose()).expect("32-byte key");
     let mut nonce = [0u8; NONCE_LEN];
     fill_random(&mut nonce);
-    let ct = cipher
-        .encrypt(
-            &Nonce::from(nonce),
-            Payload {
-                msg: plaintext,
-                aad: aad.as_bytes(),
-            },
-        )
-        .expect("AES-GCM encryption of an in-memory buffer cannot fail below 64 GiB");
-    let mut out = Vec::with_capacity(1 + NONCE_LEN + ct.len());
+    seal_with_nonce(key, aad, plaintext, nonce)
+}
+
+/// [`seal`] with a nonce the caller drew from the OS CSPRNG, so that a
+/// record write can draw its key, nonces and ID in one system call. The
+/// nonce must be fresh random bytes, never reused or derived.
+pub(crate) fn seal_with_nonce(
+    key: &SecretKey,
+    aad: &Aad,
+    plaintext: &[u8],
+    nonce: [u8; NONCE_LEN],
+) -> Vec<u8> {
+    let cipher = Aes256Gcm::new_from_slice(key.expose()).expect("32-byte key");
+    // Encrypted in place in the output buffer: one allocation, one copy.
+    let mut out = Vec::with_capacity(ENVELOPE_OVERHEAD + plaintext.len());
     out.push(ENVELOPE_V1);
     out.extend_from_slice(&nonce);
-    out.extend_from_slice(&ct);
+    out.extend_from_slice(plaintext);
+    let tag = cipher
+        .encrypt_inout_detached(
+            &Nonce::from(nonce),
+            aad.as_bytes(),
+            (&mut out[1 + NONCE_LEN..]).into(),
+        )
+        .expect("AES-GCM encryption of an in-memory buffer cannot fail below 64 GiB");
+    out.extend_from_slice(tag.as_slice());
     out
 }
 
@@ -100,22 +112,54 @@ pub fn open(
     let nonce: [u8; NONCE_LEN] = envelope[1..1 + NONCE_LEN]
         .try_into()
         .expect("length checked");
+    let (ct, tag) = envelope[1 + NONCE_LEN..].split_at(envelope.len() - ENVELOPE_OVERHEAD);
+    let tag = Tag::try_from(tag).map_err(|_| Error::Integrity(what))?;
     let cipher = Aes256Gcm::new_from_slice(key.expose()).expect("32-byte key");
+    // The tag is checked before anything is decrypted; the buffer is wiped on drop either way.
+    let mut out = Zeroizing::new(ct.to_vec());
     cipher
-        .decrypt(
+        .decrypt_inout_detached(
             &Nonce::from(nonce),
-            Payload {
-                msg: &envelope[1 + NONCE_LEN..],
-                aad: aad.as_bytes(),
-            },
+            aad.as_bytes(),
+            out.as_mut_slice().into(),
+            &tag,
         )
-        .map(Zeroizing::new)
-        .map_err(|_| Error::Integrity(what))
+        .map_err(|_| Error::Integrity(what))?;
+    Ok(out)
 }
 
 /// Wraps (encrypts) a key under a key-encryption key.
 pub fn wrap_key(kek: &SecretKey, aad: &Aad, key: &SecretKey) -> Vec<u8> {
     seal(kek, aad, key.expose())
+}
+
+/// Randomness for sealing one record version, drawn from the OS CSPRNG in
+/// one call (each draw is a system call of about a microsecond): the data
+/// key, the nonce that wraps it, the nonce of the body envelope, and ten
+/// bytes for a new record ID's random part.
+pub(crate) struct RecordRandomness {
+    /// The version's data key.
+    pub dek: SecretKey,
+    /// Nonce for wrapping the data key.
+    pub wrap_nonce: [u8; NONCE_LEN],
+    /// Nonce for the body envelope.
+    pub body_nonce: [u8; NONCE_LEN],
+    /// Random bits of a new record ID (UUIDv7).
+    pub id_random: [u8; 10],
+}
+
+impl RecordRandomness {
+    pub(crate) fn draw() -> RecordRandomness {
+        let mut b = Zeroizing::new([0u8; 32 + 2 * NONCE_LEN + 10]);
+        fill_random(b.as_mut());
+        let part = |r: std::ops::Range<usize>| -> &[u8] { &b[r] };
+        RecordRandomness {
+            dek: SecretKey::from_bytes(part(0..32).try_into().expect("32 bytes")),
+            wrap_nonce: part(32..44).try_into().expect("12 bytes"),
+            body_nonce: part(44..56).try_into().expect("12 bytes"),
+            id_random: part(56..66).try_into().expect("10 bytes"),
+        }
+    }
 }
 
 /// Unwraps a key; the wrong KEK or AAD is an integrity error.
@@ -214,6 +258,7 @@ pub fn mac(key: &SecretKey, label: &str, data: &[u8]) -> [u8; 32] {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use aes_gcm::aead::{Aead, Payload};
     use proptest::prelude::*;
 
     fn key(b: u8) -> SecretKey {

@@ -139,6 +139,7 @@ pub fn checks(vault: &Vault, now_ms: i64) -> Result<Vec<Check>> {
             .collect::<Vec<_>>()
             .join(" "),
     ));
+    vault.settle_audit();
     let report = crate::audit::verify(&vault.dir().join("audit"), &vault.audit_public_key())?;
     out.push(if report.ok() {
         check(

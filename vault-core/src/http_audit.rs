@@ -28,6 +28,11 @@ impl Vault {
             401 | 403 | 429 => Outcome::Denied,
             _ => Outcome::Failed,
         };
+        if self.audit_fail.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(Error::AuditUnavailable(
+                "audit failure injected by a test".into(),
+            ));
+        }
         let ev = NewEvent {
             time_ms: self.now(),
             actor,

@@ -268,10 +268,40 @@ impl Keystore {
         record: RecordId,
         version: u32,
     ) -> Result<SecretKey> {
+        let mut nonce = [0u8; 12];
+        crypto::fill_random(&mut nonce);
+        self.store_dek(
+            root,
+            epoch,
+            subject,
+            record,
+            version,
+            SecretKey::generate(),
+            nonce,
+        )
+    }
+
+    /// Wraps (with a fresh random `nonce`) and stores `dek`, a new key from
+    /// the OS CSPRNG, as the DEK of one record version.
+    #[allow(clippy::too_many_arguments)] // new_dek's inputs plus the key and nonce drawn by the caller
+    pub(crate) fn store_dek(
+        &self,
+        root: &SecretKey,
+        epoch: u64,
+        subject: SubjectId,
+        record: RecordId,
+        version: u32,
+        dek: SecretKey,
+        nonce: [u8; 12],
+    ) -> Result<SecretKey> {
         let b = self.bucket_of(subject);
-        let dek = SecretKey::generate();
         let wrapped = self.with_bucket_key(root, epoch, b, |bk| {
-            crypto::wrap_key(bk, &dek_aad(self.vault, record, version), &dek)
+            crypto::seal_with_nonce(
+                bk,
+                &dek_aad(self.vault, record, version),
+                dek.expose(),
+                nonce,
+            )
         })?;
         self.db.put_cf_opt(
             self.cf(CF_DEKS),
@@ -294,7 +324,7 @@ impl Keystore {
         let b = self.bucket_of(subject);
         let Some(wrapped) = self
             .db
-            .get_cf(self.cf(CF_DEKS), dek_key(b, record, version))?
+            .get_pinned_cf(self.cf(CF_DEKS), dek_key(b, record, version))?
         else {
             return Ok(None);
         };

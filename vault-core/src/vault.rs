@@ -3,6 +3,8 @@
 //! table, does its work, and writes the audit event before returning; a
 //! failed audit write fails the operation (fail closed).
 
+use std::collections::HashMap;
+use std::hash::Hash;
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -272,6 +274,46 @@ impl Signing {
     }
 }
 
+/// Parsed rows (user rows, schemas) kept in RAM, valid for one generation
+/// of their column family ([`Store::users_generation`],
+/// [`Store::collections_generation`]): any write there makes the whole cache
+/// stale, so a change (a user disabled, say) is seen by the very next call.
+/// Holds no key material and no personal information.
+struct GenCache<K, V> {
+    generation: u64,
+    map: HashMap<K, Arc<V>>,
+}
+
+impl<K: Hash + Eq, V> GenCache<K, V> {
+    fn new() -> RwLock<Self> {
+        RwLock::new(GenCache {
+            generation: 0,
+            map: HashMap::new(),
+        })
+    }
+
+    fn get(lock: &RwLock<Self>, generation: u64, k: &K) -> Option<Arc<V>> {
+        let c = lock.read().ok()?;
+        if c.generation != generation {
+            return None;
+        }
+        c.map.get(k).cloned()
+    }
+
+    /// Stores a value read from the store at `generation` (read before the
+    /// row itself), unless a newer generation is cached already.
+    fn insert(lock: &RwLock<Self>, generation: u64, k: K, v: Arc<V>) {
+        let Ok(mut c) = lock.write() else { return };
+        if c.generation < generation {
+            c.map.clear();
+            c.generation = generation;
+        }
+        if c.generation == generation {
+            c.map.insert(k, v);
+        }
+    }
+}
+
 /// The current epoch and its root key.
 struct Epoch {
     number: u64,
@@ -305,6 +347,12 @@ pub struct Vault {
     restore_skip_ledger: AtomicBool,
     /// Negative control for forensic tests: hold a keystore snapshot through a batch.
     purge_hold_snapshot: AtomicBool,
+    /// Parsed user rows (password hash removed), for `authorize`.
+    user_cache: RwLock<GenCache<UserId, UserRow>>,
+    /// Parsed collection schemas.
+    schema_cache: RwLock<GenCache<CollectionName, Schema>>,
+    /// Test hook: every audit append fails (fail-closed tests).
+    audit_fail: AtomicBool,
 }
 
 impl std::fmt::Debug for Vault {
@@ -337,19 +385,31 @@ impl Layout {
     }
 }
 
-fn record_aad(
-    vault: VaultId,
-    collection: &CollectionName,
-    id: RecordId,
-    version: u32,
-    subject: SubjectId,
-) -> Aad {
-    Aad::new("record")
+/// The associated data of a record body's envelope. Row format v2 binds,
+/// besides the record's identity, every piece of row metadata that is fixed
+/// for a version (creation and update times, creator), so an edit of those
+/// bytes in the records database makes the read fail; v1 rows (written
+/// before) bind only the identity. The label differs, so a v2 row relabelled
+/// v1 fails too. The live/disposed state is not bound: it changes at disposal,
+/// when the key is gone and nothing can be re-sealed.
+fn record_aad(vault: VaultId, id: RecordId, row: &RecordRow) -> Aad {
+    let label = if row.format == store::ROW_V1 {
+        "record"
+    } else {
+        "record-v2"
+    };
+    let aad = Aad::new(label)
         .part(vault.as_bytes())
-        .part(collection.as_str().as_bytes())
+        .part(row.collection.as_str().as_bytes())
         .part(id.as_bytes())
-        .part(&version.to_be_bytes())
-        .part(subject.as_bytes())
+        .part(&row.version.to_be_bytes())
+        .part(row.subject.as_bytes());
+    if row.format == store::ROW_V1 {
+        return aad;
+    }
+    aad.part(&row.created_ms.to_be_bytes())
+        .part(&row.updated_ms.to_be_bytes())
+        .part(row.created_by.as_bytes())
 }
 
 fn token_hash(token: &str) -> [u8; 32] {
@@ -467,6 +527,9 @@ impl Vault {
             purge_skip_flush: AtomicBool::new(false),
             restore_skip_ledger: AtomicBool::new(false),
             purge_hold_snapshot: AtomicBool::new(false),
+            user_cache: GenCache::new(),
+            schema_cache: GenCache::new(),
+            audit_fail: AtomicBool::new(false),
         };
         vault.recount_officers()?;
         // A disposal interrupted by a crash finishes before the vault serves.
@@ -524,6 +587,11 @@ impl Vault {
             ) => (Outcome::Denied, Some(e.code().to_owned())),
             Err(e) => (Outcome::Failed, Some(e.code().to_owned())),
         };
+        if self.audit_fail.load(Ordering::Relaxed) {
+            return Err(Error::AuditUnavailable(
+                "audit failure injected by a test".into(),
+            ));
+        }
         let ev = NewEvent {
             time_ms: self.now(),
             actor,
@@ -540,6 +608,31 @@ impl Vault {
             .lock()
             .map_err(|_| Error::AuditUnavailable("audit lock poisoned".into()))?
             .append(ev)
+    }
+
+    /// Audits a change that has been written and, if the audit write fails,
+    /// undoes the change before returning the error (fail closed: no change
+    /// stays without its audit event).
+    fn audit_or_undo(
+        &self,
+        s: &Session,
+        action: &str,
+        targets: Vec<String>,
+        undo: impl FnOnce(),
+    ) -> Result<()> {
+        if let Err(e) = self.audit(Some(s.user), &s.ctx, action, targets, Ok(()), None) {
+            undo();
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Waits for an audit checkpoint being written in the background, so
+    /// that the trail's files can be read whole (verification).
+    pub(crate) fn settle_audit(&self) {
+        if let Ok(mut log) = self.audit.lock() {
+            log.wait_for_checkpoint();
+        }
     }
 
     /// Closes the vault cleanly: signs a final audit checkpoint.
@@ -715,19 +808,27 @@ impl Vault {
             )?;
             return Err(e);
         }
+        // A success ends the run of consecutive failures, but not the
+        // doubling of repeated lock-outs: otherwise an attacker who times
+        // guesses around the owner's logins would always face the shortest
+        // lock. Only an admin's unlock resets that (REQ-AUTH-05).
+        let before = row.clone();
         row.failures = 0;
-        row.lockouts = 0;
         row.locked_until_ms = None;
         row.last_login_ms = Some(now);
         self.put_user_row(&row)?;
-        self.audit(
+        if let Err(e) = self.audit(
             Some(id),
             &ctx,
             "auth.login",
             vec![id.to_string()],
             Ok(()),
             None,
-        )?;
+        ) {
+            // Fail closed: no unaudited login, and no unaudited row change.
+            let _ = self.put_user_row(&before);
+            return Err(e);
+        }
         Ok(Session {
             user: id,
             generation: row.generation,
@@ -750,19 +851,15 @@ impl Vault {
             expires_ms: now + ttl_ms,
             last_seen_ms: now,
         };
+        let key = token_hash(token.expose());
         self.store.put(
             store::CF_SESSIONS,
-            &token_hash(token.expose()),
+            &key,
             &serde_json::to_vec(&row).expect("serialisable"),
         )?;
-        self.audit(
-            Some(s.user),
-            &s.ctx,
-            "auth.token.issue",
-            vec![s.user.to_string()],
-            Ok(()),
-            None,
-        )?;
+        self.audit_or_undo(s, "auth.token.issue", vec![s.user.to_string()], || {
+            let _ = self.store.delete(store::CF_SESSIONS, &key);
+        })?;
         Ok(token)
     }
 
@@ -817,10 +914,31 @@ impl Vault {
             .delete(store::CF_SESSIONS, &token_hash(token.expose()))
     }
 
+    /// The user row for `authorize`: from the cache while no user row has
+    /// been written since it was read, else from the store. The cached copy
+    /// carries no password hash.
+    fn session_user(&self, id: UserId) -> Result<Option<Arc<UserRow>>> {
+        let generation = self.store.users_generation();
+        if let Some(row) = GenCache::get(&self.user_cache, generation, &id) {
+            return Ok(Some(row));
+        }
+        let Some(mut row) = self.user_row(id)? else {
+            return Ok(None);
+        };
+        row.password_phc = String::new();
+        let row = Arc::new(row);
+        GenCache::insert(&self.user_cache, generation, id, row.clone());
+        Ok(Some(row))
+    }
+
     /// Checks that the session's user is still active and, if `perm` is
     /// given, that their role grants it. Denials are audited.
-    fn authorize(&self, s: &Session, perm: Option<Permission>) -> Result<UserRow> {
-        let row = self.user_row(s.user)?.ok_or(Error::SessionInvalid)?;
+    ///
+    /// The user row comes from an in-memory cache that any write to a user
+    /// row invalidates (see [`GenCache`]), so disabling a user or changing
+    /// their role or password still stops their sessions at the next call.
+    fn authorize(&self, s: &Session, perm: Option<Permission>) -> Result<Arc<UserRow>> {
+        let row = self.session_user(s.user)?.ok_or(Error::SessionInvalid)?;
         if row.disabled || row.generation != s.generation {
             self.audit(
                 Some(s.user),
@@ -866,20 +984,31 @@ impl Vault {
     ) -> Result<UserId> {
         self.authorize(s, Some(Permission::ManageUsers))?;
         let name = Username::parse(username)?;
-        let r = self.insert_user(&name, password, role, reveal);
-        let targets = match &r {
-            Ok(id) => vec![id.to_string(), format!("role:{role}")],
-            Err(_) => vec![format!("role:{role}")],
-        };
-        self.audit(
-            Some(s.user),
-            &s.ctx,
-            "user.create",
-            targets,
-            r.as_ref().map(|_| ()),
-            None,
-        )?;
-        r
+        match self.insert_user(&name, password, role, reveal) {
+            Ok(id) => {
+                let targets = vec![id.to_string(), format!("role:{role}")];
+                self.audit_or_undo(s, "user.create", targets, || {
+                    let _g = self.users_lock.lock().expect("users lock");
+                    let _ = self
+                        .store
+                        .delete(store::CF_USERNAMES, name.as_str().as_bytes());
+                    let _ = self.store.delete(store::CF_USERS, id.as_bytes());
+                    let _ = self.recount_officers();
+                })?;
+                Ok(id)
+            }
+            Err(e) => {
+                self.audit(
+                    Some(s.user),
+                    &s.ctx,
+                    "user.create",
+                    vec![format!("role:{role}")],
+                    Err(&e),
+                    None,
+                )?;
+                Err(e)
+            }
+        }
     }
 
     /// Lists users (admin, officer, auditor).
@@ -908,22 +1037,23 @@ impl Vault {
         let _g = self.users_lock.lock().expect("users lock");
         let r = (|| {
             let mut row = self.user_by_name(&name)?.ok_or(Error::NotFound("user"))?;
+            let before = row.clone();
             f(&mut row)?;
+            let id = row.id.parse::<UserId>()?;
             self.put_user_row(&row)?;
-            row.id.parse::<UserId>()
+            Ok((id, before))
         })();
-        let targets = r
-            .as_ref()
-            .map(|id| vec![id.to_string()])
-            .unwrap_or_default();
-        self.audit(
-            Some(s.user),
-            &s.ctx,
-            action,
-            targets,
-            r.as_ref().map(|_| ()),
-            None,
-        )?;
+        let r = match r {
+            Ok((id, before)) => self
+                .audit_or_undo(s, action, vec![id.to_string()], || {
+                    let _ = self.put_user_row(&before);
+                })
+                .map(|()| id),
+            Err(e) => {
+                self.audit(Some(s.user), &s.ctx, action, vec![], Err(&e), None)?;
+                Err(e)
+            }
+        };
         self.recount_officers()?;
         r
     }
@@ -952,7 +1082,10 @@ impl Vault {
     /// Lifts a lock-out (admin).
     pub fn unlock_user(&self, s: &Session, username: &str) -> Result<UserId> {
         self.change_user(s, username, "user.unlock", |row| {
+            // An admin's unlock is a fresh start: the lock, the failure count
+            // and the doubling of repeated lock-outs all reset (REQ-AUTH-05).
             row.failures = 0;
+            row.lockouts = 0;
             row.locked_until_ms = None;
             Ok(())
         })
@@ -979,24 +1112,24 @@ impl Vault {
         let _g = self.users_lock.lock().expect("users lock");
         let r = (|| {
             let mut row = self.user_by_name(&name)?.ok_or(Error::NotFound("user"))?;
+            let before = row.clone();
             row.password_phc = access::hash_password(new)?;
             row.generation += 1;
+            let id = row.id.parse::<UserId>()?;
             self.put_user_row(&row)?;
-            row.id.parse::<UserId>()
+            Ok((id, before))
         })();
-        let targets = r
-            .as_ref()
-            .map(|id| vec![id.to_string()])
-            .unwrap_or_default();
-        self.audit(
-            Some(s.user),
-            &s.ctx,
-            "user.password",
-            targets,
-            r.as_ref().map(|_| ()),
-            None,
-        )?;
-        r.map(|_| ())
+        match r {
+            Ok((id, before)) => {
+                self.audit_or_undo(s, "user.password", vec![id.to_string()], || {
+                    let _ = self.put_user_row(&before);
+                })
+            }
+            Err(e) => {
+                self.audit(Some(s.user), &s.ctx, "user.password", vec![], Err(&e), None)?;
+                Err(e)
+            }
+        }
     }
 
     // ----- collections ----------------------------------------------------
@@ -1025,29 +1158,46 @@ impl Vault {
             )?;
             Ok(name)
         })();
-        let targets = r
-            .as_ref()
-            .map(|n| vec![format!("collection:{n}")])
-            .unwrap_or_default();
-        self.audit(
-            Some(s.user),
-            &s.ctx,
-            "collection.create",
-            targets,
-            r.as_ref().map(|_| ()),
-            None,
-        )?;
-        r
+        match r {
+            Ok(name) => {
+                let targets = vec![format!("collection:{name}")];
+                self.audit_or_undo(s, "collection.create", targets, || {
+                    let _ = self
+                        .store
+                        .delete(store::CF_COLLECTIONS, name.as_str().as_bytes());
+                })?;
+                Ok(name)
+            }
+            Err(e) => {
+                self.audit(
+                    Some(s.user),
+                    &s.ctx,
+                    "collection.create",
+                    vec![],
+                    Err(&e),
+                    None,
+                )?;
+                Err(e)
+            }
+        }
     }
 
-    fn schema(&self, name: &CollectionName) -> Result<Schema> {
+    /// A collection's schema, parsed once and cached until the next write
+    /// to the collections column family.
+    fn schema(&self, name: &CollectionName) -> Result<Arc<Schema>> {
+        let generation = self.store.collections_generation();
+        if let Some(schema) = GenCache::get(&self.schema_cache, generation, name) {
+            return Ok(schema);
+        }
         let bytes = self
             .store
             .get(store::CF_COLLECTIONS, name.as_str().as_bytes())?
             .ok_or(Error::NotFound("collection"))?;
-        Schema::from_json(
+        let schema = Arc::new(Schema::from_json(
             std::str::from_utf8(&bytes).map_err(|_| Error::Integrity("collection schema"))?,
-        )
+        )?);
+        GenCache::insert(&self.schema_cache, generation, name.clone(), schema.clone());
+        Ok(schema)
     }
 
     /// Lists collections and their schemas (any active user: schemas hold no personal information).
@@ -1107,15 +1257,24 @@ impl Vault {
         subject: SubjectId,
         body: &Map<String, Value>,
     ) -> Result<RecordId> {
-        let id = RecordId::new();
+        // Key, nonces and ID from one draw of the OS CSPRNG.
+        let rnd = crypto::RecordRandomness::draw();
+        let id = RecordId::from_random(&rnd.id_random);
         let plain = Zeroizing::new(serde_json::to_vec(body).expect("serialisable"));
         let epoch = self.epoch.read().expect("epoch lock");
         // The DEK is written before the record, so a record never exists without its key.
-        let dek = self
-            .keystore
-            .new_dek(&epoch.root, epoch.number, subject, id, 1)?;
+        let dek = self.keystore.store_dek(
+            &epoch.root,
+            epoch.number,
+            subject,
+            id,
+            1,
+            rnd.dek,
+            rnd.wrap_nonce,
+        )?;
         let now = self.now();
-        let row = RecordRow {
+        let mut row = RecordRow {
+            format: store::ROW_V2,
             collection: collection.clone(),
             subject,
             version: 1,
@@ -1123,12 +1282,14 @@ impl Vault {
             updated_ms: now,
             created_by: s.user,
             state: RecordState::Live,
-            envelope: crypto::seal(
-                &dek,
-                &record_aad(self.info.vault_id, collection, id, 1, subject),
-                &plain,
-            ),
+            envelope: Vec::new(),
         };
+        row.envelope = crypto::seal_with_nonce(
+            &dek,
+            &record_aad(self.info.vault_id, id, &row),
+            &plain,
+            rnd.body_nonce,
+        );
         self.store.put_record(id, &row, true)?;
         Ok(id)
     }
@@ -1151,19 +1312,7 @@ impl Vault {
         })();
         match r {
             Ok(id) => {
-                if let Err(e) = self.audit(
-                    Some(s.user),
-                    &s.ctx,
-                    "record.create",
-                    vec![id.to_string(), subject.to_string()],
-                    Ok(()),
-                    None,
-                ) {
-                    // Fail closed: an unaudited record must not remain.
-                    let _ = self.store.delete(store::CF_RECORDS, id.as_bytes());
-                    let _ = self.keystore.delete_dek(subject, id, 1, false);
-                    return Err(e);
-                }
+                self.audit_record_create(s, id, subject)?;
                 Ok(id)
             }
             Err(e) => {
@@ -1178,6 +1327,22 @@ impl Vault {
                 Err(e)
             }
         }
+    }
+
+    /// Audits a stored new record; if the audit fails, the record and its
+    /// key are removed again (fail closed: an unaudited record must not remain).
+    fn audit_record_create(&self, s: &Session, id: RecordId, subject: SubjectId) -> Result<()> {
+        self.audit_or_undo(
+            s,
+            "record.create",
+            vec![id.to_string(), subject.to_string()],
+            || {
+                if let Ok(Some(row)) = self.store.record(id) {
+                    let _ = self.store.delete_new_record(id, &row);
+                }
+                let _ = self.keystore.delete_dek(subject, id, 1, false);
+            },
+        )
     }
 
     fn live_row(&self, id: RecordId) -> Result<RecordRow> {
@@ -1198,13 +1363,7 @@ impl Vault {
             .ok_or(Error::Integrity("record key (missing)"))?;
         let plain = crypto::open(
             &dek,
-            &record_aad(
-                self.info.vault_id,
-                &row.collection,
-                id,
-                row.version,
-                row.subject,
-            ),
+            &record_aad(self.info.vault_id, id, row),
             &row.envelope,
             "record",
         )?;
@@ -1256,7 +1415,7 @@ impl Vault {
             let classification = schema.classify(&body);
             Ok(RecordView {
                 meta: Self::meta(id, &row),
-                fields: schema.mask(&body, reveal),
+                fields: schema.mask_owned(body, reveal),
                 revealed: reveal.iter().map(|f| f.to_string()).collect(),
                 classification,
             })
@@ -1295,6 +1454,7 @@ impl Vault {
         let r = (|| {
             self.require_officer()?;
             let mut row = self.live_row(id)?;
+            let before = row.clone();
             let schema = self.schema(&row.collection)?;
             let body = schema.validate(body)?;
             let plain = Zeroizing::new(serde_json::to_vec(&body).expect("serialisable"));
@@ -1303,37 +1463,59 @@ impl Vault {
                 .checked_add(1)
                 .ok_or(Error::invalid("record version overflow"))?;
             let epoch = self.epoch.read().expect("epoch lock");
-            let dek = self
-                .keystore
-                .new_dek(&epoch.root, epoch.number, row.subject, id, version)?;
-            row.envelope = crypto::seal(
-                &dek,
-                &record_aad(
-                    self.info.vault_id,
-                    &row.collection,
-                    id,
-                    version,
-                    row.subject,
-                ),
-                &plain,
-            );
+            let rnd = crypto::RecordRandomness::draw();
+            let dek = self.keystore.store_dek(
+                &epoch.root,
+                epoch.number,
+                row.subject,
+                id,
+                version,
+                rnd.dek,
+                rnd.wrap_nonce,
+            )?;
+            // The new version is sealed as a v2 row, its metadata bound.
+            row.format = store::ROW_V2;
             row.version = version;
             row.updated_ms = self.now();
-            self.store.put_record(id, &row, false)?;
-            // The old version's key goes; its wrapped bytes may linger in the
-            // keystore files until the bucket is next rotated (DESIGN §4.1).
-            self.keystore.delete_dek(row.subject, id, old, false)?;
-            Ok(version)
+            row.envelope = crypto::seal_with_nonce(
+                &dek,
+                &record_aad(self.info.vault_id, id, &row),
+                &plain,
+                rnd.body_nonce,
+            );
+            if let Err(e) = self.store.put_record(id, &row, false) {
+                let _ = self.keystore.delete_dek(row.subject, id, version, false);
+                return Err(e);
+            }
+            Ok((version, before))
         })();
-        self.audit(
-            Some(s.user),
-            &s.ctx,
-            "record.update",
-            vec![id.to_string()],
-            r.as_ref().map(|_| ()),
-            None,
-        )?;
-        r
+        match r {
+            Ok((version, before)) => {
+                // Fail closed: without its audit event the old version comes
+                // back and the new key goes.
+                self.audit_or_undo(s, "record.update", vec![id.to_string()], || {
+                    let _ = self.store.put_record(id, &before, false);
+                    let _ = self.keystore.delete_dek(before.subject, id, version, false);
+                })?;
+                // Only now, with the update audited, does the old version's key
+                // go; its wrapped bytes may linger in the keystore files until
+                // the bucket is next rotated (DESIGN §4.1).
+                self.keystore
+                    .delete_dek(before.subject, id, before.version, false)?;
+                Ok(version)
+            }
+            Err(e) => {
+                self.audit(
+                    Some(s.user),
+                    &s.ctx,
+                    "record.update",
+                    vec![id.to_string()],
+                    Err(&e),
+                    None,
+                )?;
+                Err(e)
+            }
+        }
     }
 
     /// Lists record metadata (no contents).
@@ -1413,14 +1595,7 @@ impl Vault {
                     report.valid += 1;
                     if !check_only {
                         let id = self.store_new_record(s, &collection, subject, &body)?;
-                        self.audit(
-                            Some(s.user),
-                            &s.ctx,
-                            "record.create",
-                            vec![id.to_string(), subject.to_string()],
-                            Ok(()),
-                            None,
-                        )?;
+                        self.audit_record_create(s, id, subject)?;
                         report.imported += 1;
                         report.records.push(id);
                     }
@@ -1540,6 +1715,7 @@ impl Vault {
     /// Verifies the whole audit trail (officer, auditor).
     pub fn audit_verify(&self, s: &Session) -> Result<VerifyReport> {
         self.authorize(s, Some(Permission::ReadAudit))?;
+        self.settle_audit();
         let report = audit::verify(&Layout::of(&self.dir).audit, &self.audit_public_key())?;
         let outcome = if report.ok() {
             Ok(())
@@ -1663,6 +1839,13 @@ impl Vault {
         header::erase_other_slots(&path, next)?;
         *epoch = Epoch { number: next, root };
         Ok(next)
+    }
+
+    /// Test hook for fail-closed tests: while set, every audit append fails
+    /// with `AuditUnavailable`, as a full or unwritable disk would.
+    #[doc(hidden)]
+    pub fn set_audit_failure(&self, fail: bool) {
+        self.audit_fail.store(fail, Ordering::SeqCst);
     }
 
     /// Negative control for forensic tests: make the next purges skip the

@@ -10,3 +10,4 @@ mod forensic;
 mod library;
 mod purge_controls;
 mod server;
+mod regressions;
