@@ -284,6 +284,9 @@ impl RateLimiter {
     }
 }
 
+/// How far past its limit a body is still read before answering 413.
+const DRAIN_BYTES: usize = 8 << 20;
+
 /// The outermost layer: request ID, rate limit, timeout, problem+json for
 /// every error (including the router's own 404/405/413), security headers,
 /// and the audit event for requests that no handler audited.
@@ -322,13 +325,15 @@ async fn frame(
             // Read the whole body first (within the limit), whatever the
             // answer will be: a rejected request then leaves the connection
             // clean for the client's next request.
+            // A body somewhat over the limit is still read (and dropped) so
+            // that the client hears 413 instead of a reset connection.
             let (parts, body) = req.into_parts();
-            match axum::body::to_bytes(body, limit).await {
-                Ok(bytes) => {
+            match axum::body::to_bytes(body, limit.saturating_add(DRAIN_BYTES)).await {
+                Ok(bytes) if bytes.len() <= limit => {
                     next.run(Request::from_parts(parts, axum::body::Body::from(bytes)))
                         .await
                 }
-                Err(_) => {
+                _ => {
                     ApiError::from_status(axum::http::StatusCode::PAYLOAD_TOO_LARGE).into_response()
                 }
             }
