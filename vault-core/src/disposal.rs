@@ -635,6 +635,14 @@ impl Vault {
             .map(|r| Ok((r.id.parse()?, r.subject.parse()?, r.version)))
             .collect::<Result<_>>()?;
         let mut step = step_index(&b.step);
+        let trace = std::env::var_os("PIVAULT_DISPOSAL_TRACE").is_some();
+        let mut lap = std::time::Instant::now();
+        let mut tr = |what: &str| {
+            if trace {
+                eprintln!("  step {what}: {:.1} ms", lap.elapsed().as_secs_f64() * 1e3);
+            }
+            lap = std::time::Instant::now();
+        };
         // Negative control (tests only): a snapshot held across the purge.
         let _held_snapshot = self
             .purge_hold_snapshot
@@ -658,6 +666,7 @@ impl Vault {
             )?;
             self.advance(b, "keys_deleted")?;
             step = step_index("keys_deleted");
+            tr("keys_deleted");
         }
         if step < step_index("buckets_rotated") {
             // Step 3: new keys for the touched buckets; survivors re-wrapped.
@@ -668,6 +677,7 @@ impl Vault {
             drop(epoch);
             self.advance(b, "buckets_rotated")?;
             step = step_index("buckets_rotated");
+            tr("buckets_rotated");
         }
         if step < step_index("epoch_ratcheted") {
             // Step 4: epoch ratchet; the old root key is overwritten in the header.
@@ -687,6 +697,7 @@ impl Vault {
             )?;
             self.advance(b, "epoch_ratcheted")?;
             step = step_index("epoch_ratcheted");
+            tr("epoch_ratcheted");
         }
         if step < step_index("keystore_purged") {
             // Step 5: physical purge of the keystore.
@@ -698,6 +709,7 @@ impl Vault {
             b.purge = Some(PurgeRow::from(&ev));
             self.advance(b, "keystore_purged")?;
             step = step_index("keystore_purged");
+            tr("keystore_purged");
         }
         if step < step_index("ciphertexts_deleted") {
             // Step 6: the ciphertexts go; a tombstone row names the certificate.
@@ -721,6 +733,7 @@ impl Vault {
             )?;
             self.advance(b, "ciphertexts_deleted")?;
             step = step_index("ciphertexts_deleted");
+            tr("ciphertexts_deleted");
         }
         if step < step_index("verified") {
             // Step 7: verify before any certificate.
@@ -765,6 +778,7 @@ impl Vault {
                 let (hits, scanned) = self
                     .keystore
                     .files_containing_for_buckets(&b.buckets, &wrapped_before)?;
+                tr(&format!("verify: key paths + byte scan of {scanned} files"));
                 b.scan_files = Some(scanned);
                 b.byte_scan = Some(format!(
                     "{} pre-disposal wrapped key(s) searched in {scanned} keystore file(s) that can hold them (every WAL, manifest and other non-table file, every table file outside the live set, every live data-key table file covering a touched bucket): {} file(s) hold them",
@@ -801,6 +815,7 @@ impl Vault {
                 None,
             )?;
             self.advance(b, "verified")?;
+            tr("verified");
         }
         // Step 8: ledger, audit, certificate.
         let cert_id: CertificateId = b.certificate_id.parse()?;
@@ -849,6 +864,7 @@ impl Vault {
             )?;
         }
         self.advance(b, "complete")?;
+        tr("certificate");
         Ok(cert_id)
     }
 

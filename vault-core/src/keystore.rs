@@ -50,8 +50,25 @@ pub fn keystore_options() -> Options {
     o.set_wal_ttl_seconds(0);
     o.set_wal_size_limit_mb(0);
     o.set_compression_type(rocksdb::DBCompressionType::None);
-    o.set_target_file_size_base(4 * 1024 * 1024);
-    o.set_write_buffer_size(8 * 1024 * 1024);
+    // The purge compacts the touched bucket ranges down to the last level.
+    // A compaction rewrites whole files, and a flushed memtable is one L0
+    // file spanning every bucket written since the last flush, which RocksDB
+    // merges with every overlapping file of the level below it. So: small
+    // memtables (the L0 file is bounded), a small base level (what that L0
+    // file is merged with is bounded, ~1 MiB, whatever the vault size: with
+    // dynamic level sizing the levels below grow ×10 each) and small table
+    // files (below the base level a touched range is one or two files per
+    // level, and the verification scan reads only those). The work per purge
+    // is then bounded by these sizes and the number of levels (logarithmic),
+    // not by the number of keys in the vault.
+    o.set_write_buffer_size(2 * 1024 * 1024);
+    o.set_level_compaction_dynamic_level_bytes(true);
+    o.set_max_bytes_for_level_base(1024 * 1024);
+    o.set_target_file_size_base(256 * 1024);
+    o.set_target_file_size_multiplier(1);
+    // The info LOG is scanned by every verification (it is not a table
+    // file): bounded, not growing with every purge.
+    o.set_max_log_file_size(256 * 1024);
     o.set_keep_log_file_num(2);
     o
 }
@@ -87,6 +104,37 @@ impl PurgeEvidence {
     }
 }
 
+/// Hasher for the 8-byte prefixes of [`contains_any`]: one multiply (the
+/// keys are random ciphertext bytes, so no hash flooding to defend against;
+/// SipHash made the scan of a batch's files ~10x slower).
+#[derive(Default, Clone, Copy)]
+struct PrefixHash;
+
+#[derive(Default)]
+struct PrefixHasher(u64);
+
+impl std::hash::BuildHasher for PrefixHash {
+    type Hasher = PrefixHasher;
+    fn build_hasher(&self) -> PrefixHasher {
+        PrefixHasher(0)
+    }
+}
+
+impl std::hash::Hasher for PrefixHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 = (self.0 ^ v).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        self.0 ^= self.0 >> 32;
+    }
+}
+
 /// Whether `hay` contains any of `needles`, in one pass per needle length:
 /// the 8-byte prefix of every window is looked up in a hash set, and only a
 /// prefix hit is compared in full. A batch of 10,000 wrapped keys is then
@@ -107,15 +155,15 @@ pub fn contains_any(hay: &[u8], needles: &[Vec<u8>]) -> bool {
             }
             continue;
         }
-        let mut prefixes: HashMap<[u8; 8], Vec<&[u8]>> = HashMap::new();
+        let mut prefixes: HashMap<u64, Vec<&[u8]>, PrefixHash> = HashMap::default();
         for n in group {
             prefixes
-                .entry(n[..8].try_into().expect("8 bytes"))
+                .entry(u64::from_le_bytes(n[..8].try_into().expect("8 bytes")))
                 .or_default()
                 .push(n);
         }
         for w in hay.windows(len) {
-            if let Some(c) = prefixes.get(&<[u8; 8]>::try_from(&w[..8]).expect("8 bytes"))
+            if let Some(c) = prefixes.get(&u64::from_le_bytes(w[..8].try_into().expect("8 bytes")))
                 && c.iter().any(|n| *n == w)
             {
                 return true;
@@ -503,12 +551,29 @@ impl Keystore {
         ];
         // `compact_range` flushes the memtable it covers by itself, so the
         // negative control skips flush and compaction together.
+        let trace = std::env::var_os("PIVAULT_DISPOSAL_TRACE").is_some();
+        let mut lap = std::time::Instant::now();
+        let mut tr = |what: &str| {
+            if trace {
+                eprintln!(
+                    "    purge {what}: {:.1} ms",
+                    lap.elapsed().as_secs_f64() * 1e3
+                );
+            }
+            lap = std::time::Instant::now();
+        };
         if !skip_physical {
             let mut fo = rocksdb::FlushOptions::default();
             fo.set_wait(true);
             self.db.flush_cfs_opt(&cfs, &fo)?;
+            tr("flush");
             let mut co = rocksdb::CompactOptions::default();
-            co.set_bottommost_level_compaction(rocksdb::BottommostLevelCompaction::Force);
+            // ForceOptimized: the bottommost level is compacted over the range,
+            // except the files this same compaction just wrote into it (an
+            // output of a compaction into the last level keeps no tombstone
+            // and no older version when no snapshot is open, which the checks
+            // below verify); Force would rewrite those files a second time.
+            co.set_bottommost_level_compaction(rocksdb::BottommostLevelCompaction::ForceOptimized);
             co.set_exclusive_manual_compaction(true);
             // Touched buckets merged into runs of consecutive numbers: one
             // manual compaction per run, not per bucket (a 10,000-record batch
@@ -531,18 +596,30 @@ impl Keystore {
                 self.db
                     .compact_range_cf_opt(self.cf(CF_DEKS), Some(lo.to_be_bytes()), end, &co);
             }
+            tr("compact deks");
             self.db
                 .compact_range_cf_opt(self.cf(CF_BUCKETS), None::<&[u8]>, None::<&[u8]>, &co);
             // Backup keys: a handful of rows, re-wrapped by every ratchet.
             self.db
                 .compact_range_cf_opt(self.cf(CF_BACKUPS), None::<&[u8]>, None::<&[u8]>, &co);
+            tr("compact buckets+backups");
         }
         let mut evidence = self.purge_checks(buckets)?;
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+        let mut polls = 0;
+        // Obsolete files are deleted by a background thread right after the
+        // compaction returns: poll from 1 ms, doubling up to 20 ms.
+        let mut pause = std::time::Duration::from_millis(1);
         while !evidence.clean() && std::time::Instant::now() < deadline {
-            std::thread::sleep(std::time::Duration::from_millis(20));
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(std::time::Duration::from_millis(20));
             evidence = self.purge_checks(buckets)?;
+            polls += 1;
         }
+        tr(&format!(
+            "checks ({polls} polls, {} live sst)",
+            evidence.live_sst_files
+        ));
         evidence.duration_ms = start.elapsed().as_millis() as u64;
         Ok(evidence)
     }
@@ -660,6 +737,12 @@ impl Keystore {
         needles: &[Vec<u8>],
     ) -> Result<(Vec<String>, u64)> {
         let files = self.files_for_buckets(buckets)?;
+        if std::env::var_os("PIVAULT_DISPOSAL_TRACE").is_some() {
+            for p in &files {
+                let len = std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+                eprintln!("      scan {} {len}", p.display());
+            }
+        }
         let mut hits = Vec::new();
         for p in &files {
             let bytes = match std::fs::read(p) {
