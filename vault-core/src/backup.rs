@@ -264,7 +264,7 @@ fn read_entries(
                 if p.len() < n {
                     return Err(bad());
                 }
-                let s: &[u8] = *p;
+                let s: &[u8] = p;
                 let (h, t) = s.split_at(n);
                 *p = t;
                 Ok(h.to_vec())
@@ -690,7 +690,7 @@ impl Vault {
             ..RestoreReport::default()
         };
         // Remove the live records (and their keys); tombstones of disposed records stay.
-        let mut ops: Vec<(&str, Vec<u8>, Option<Vec<u8>>)> = Vec::new();
+        let mut ops: Vec<store::WriteOp<'_>> = Vec::new();
         let mut dek_deletes = Vec::new();
         self.store.for_each(store::CF_RECORDS, |k, v| {
             let row = RecordRow::decode(v)?;
@@ -715,18 +715,17 @@ impl Vault {
             self.keystore.delete_deks(chunk)?;
         }
         // Pass 2: apply.
-        let mut ops: Vec<(&str, Vec<u8>, Option<Vec<u8>>)> = Vec::new();
+        let mut ops: Vec<store::WriteOp<'_>> = Vec::new();
         let mut deks: Vec<(u32, RecordId, u32, SecretKey)> = Vec::new();
         let mut restored_versions: HashMap<RecordId, u32> = HashMap::new();
         let mut disposed_seen: Vec<RecordId> = Vec::new();
         read_entries(file, &kb, &vault, &backup, |tag, k, v| {
             match tag {
-                TAG_COLLECTION => {
-                    if self.store.get(store::CF_COLLECTIONS, k)?.is_none() {
-                        ops.push((store::CF_COLLECTIONS, k.to_vec(), Some(v.to_vec())));
-                        report.collections_restored += 1;
-                    }
+                TAG_COLLECTION if self.store.get(store::CF_COLLECTIONS, k)?.is_none() => {
+                    ops.push((store::CF_COLLECTIONS, k.to_vec(), Some(v.to_vec())));
+                    report.collections_restored += 1;
                 }
+                TAG_COLLECTION => {}
                 TAG_RECORD => {
                     let rid = RecordId::from_slice(k)?;
                     let mut row = RecordRow::decode(v)?;
@@ -794,12 +793,14 @@ impl Vault {
                     subject,
                     version,
                     ..
-                }) => {
-                    if self.keystore.wrapped_dek(subject, rid, version)?.is_some() {
-                        return Err(Error::Integrity("restore (a disposed record has a key)"));
-                    }
+                }) if self.keystore.wrapped_dek(subject, rid, version)?.is_some() => {
+                    return Err(Error::Integrity("restore (a disposed record has a key)"));
                 }
-                None => {}
+                Some(RecordRow {
+                    state: RecordState::Disposed { .. },
+                    ..
+                })
+                | None => {}
                 Some(_) => return Err(Error::Integrity("restore (a disposed record is live)")),
             }
         }

@@ -164,7 +164,7 @@ pub fn contains_any(hay: &[u8], needles: &[Vec<u8>]) -> bool {
         }
         for w in hay.windows(len) {
             if let Some(c) = prefixes.get(&u64::from_le_bytes(w[..8].try_into().expect("8 bytes")))
-                && c.iter().any(|n| *n == w)
+                && c.contains(&w)
             {
                 return true;
             }

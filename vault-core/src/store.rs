@@ -175,6 +175,10 @@ impl<'a> Reader<'a> {
     }
 }
 
+/// One write of [`Store::write_ops`]: column family, key, and the value to
+/// put (`Some`) or `None` to delete.
+pub(crate) type WriteOp<'a> = (&'a str, Vec<u8>, Option<Vec<u8>>);
+
 /// The records database handle.
 pub(crate) struct Store {
     db: DB,
@@ -319,7 +323,7 @@ impl Store {
     }
 
     /// Applies puts (`Some(value)`) and deletes (`None`) atomically, synced.
-    pub fn write_ops(&self, ops: &[(&str, Vec<u8>, Option<Vec<u8>>)]) -> Result<()> {
+    pub fn write_ops(&self, ops: &[WriteOp<'_>]) -> Result<()> {
         let mut batch = WriteBatch::default();
         for (cf, k, v) in ops {
             match v {

@@ -9,5 +9,5 @@ mod disposal;
 mod forensic;
 mod library;
 mod purge_controls;
-mod server;
 mod regressions;
+mod server;
