@@ -135,8 +135,9 @@ pub fn wrap_key(kek: &SecretKey, aad: &Aad, key: &SecretKey) -> Vec<u8> {
 
 /// Randomness for sealing one record version, drawn from the OS CSPRNG in
 /// one call (each draw is a system call of about a microsecond): the data
-/// key, the nonce that wraps it, the nonce of the body envelope, and ten
-/// bytes for a new record ID's random part.
+/// key, the nonce that wraps it and the nonce of the body envelope. (Record
+/// IDs come from `Uuid::now_v7`, which keeps them in creation order within
+/// a millisecond: listings follow insertion order.)
 pub(crate) struct RecordRandomness {
     /// The version's data key.
     pub dek: SecretKey,
@@ -144,20 +145,17 @@ pub(crate) struct RecordRandomness {
     pub wrap_nonce: [u8; NONCE_LEN],
     /// Nonce for the body envelope.
     pub body_nonce: [u8; NONCE_LEN],
-    /// Random bits of a new record ID (UUIDv7).
-    pub id_random: [u8; 10],
 }
 
 impl RecordRandomness {
     pub(crate) fn draw() -> RecordRandomness {
-        let mut b = Zeroizing::new([0u8; 32 + 2 * NONCE_LEN + 10]);
+        let mut b = Zeroizing::new([0u8; 32 + 2 * NONCE_LEN]);
         fill_random(b.as_mut());
         let part = |r: std::ops::Range<usize>| -> &[u8] { &b[r] };
         RecordRandomness {
             dek: SecretKey::from_bytes(part(0..32).try_into().expect("32 bytes")),
             wrap_nonce: part(32..44).try_into().expect("12 bytes"),
             body_nonce: part(44..56).try_into().expect("12 bytes"),
-            id_random: part(56..66).try_into().expect("10 bytes"),
         }
     }
 }

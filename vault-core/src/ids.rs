@@ -98,17 +98,6 @@ typed_id!(
     BackupId, "backup"
 );
 
-impl RecordId {
-    /// A UUIDv7 from the current time and ten random bytes the caller drew
-    /// from the OS CSPRNG (with the record's key, in one call).
-    pub(crate) fn from_random(random: &[u8; 10]) -> RecordId {
-        let ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
-        RecordId(uuid::Builder::from_unix_timestamp_millis(ms, random).into_uuid())
-    }
-}
-
 impl SubjectId {
     /// A subject ID derived from a business's own customer reference with a
     /// vault-secret HMAC key, so the same reference always names the same

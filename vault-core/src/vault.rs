@@ -1257,9 +1257,9 @@ impl Vault {
         subject: SubjectId,
         body: &Map<String, Value>,
     ) -> Result<RecordId> {
-        // Key, nonces and ID from one draw of the OS CSPRNG.
+        // Key and nonces from one draw of the OS CSPRNG.
         let rnd = crypto::RecordRandomness::draw();
-        let id = RecordId::from_random(&rnd.id_random);
+        let id = RecordId::new();
         let plain = Zeroizing::new(serde_json::to_vec(body).expect("serialisable"));
         let epoch = self.epoch.read().expect("epoch lock");
         // The DEK is written before the record, so a record never exists without its key.
