@@ -66,7 +66,7 @@ start_server() {
 }
 stop_server() { kill "$SERVER_PID"; wait "$SERVER_PID" || true; SERVER_PID=""; }
 
-start_server --logins-per-minute 1000000
+start_server --logins-per-minute 1000000 --requests-per-second 10000000
 TOKEN=$(curl -sk -X POST "$URL/v1/sessions" -H 'content-type: application/json' \
   --data-binary @<(printf '{"username":"clerk","password":"%s"}' "$(cat "$WORK/clerk.pw")") \
   | sed -E 's/.*"token":"([^"]+)".*/\1/')
