@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The main job, end to end, on an embedded vault in ./demo-vault:
 # create a vault, add staff, define a collection, import and store customer
-# records, read one masked and revealed, verify the audit trail, run doctor.
+# records, read one masked and revealed, destroy one provably (crypto-shredding)
+# and verify its certificate offline, verify the audit trail, run doctor.
 # Secrets are passed as files (mode 0600), never as flags.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -52,6 +53,16 @@ as officer record get "$ID" --reveal ssn --reason "identity check requested by c
 step "a clerk may not reveal"
 as clerk record get "$ID" --reveal ssn --reason "curious" || echo "(refused, exit $?)"
 
+step "the customer asks to be forgotten: dispose of their record, with a certificate"
+CERT=$(as officer --json dispose subject C-1004 --yes --data-owner "Demo Hardware LLC" \
+  | sed -E 's/.*"certificate_id":"([^"]+)".*/\1/')
+echo "certificate $CERT"
+as clerk record get "$ID" || echo "(the record answers 'disposed', exit $?)"
+as officer keys export --out "$SECRETS/keys" >/dev/null
+as officer certificate export "$CERT" --out "$SECRETS/certificate.json"
+# Anyone can check it offline, with the public key only (no vault, no password):
+env -u PIVAULT_DIR "$PIVAULT" certificate verify "$SECRETS/certificate.json" --key "$SECRETS/keys/certificate.pem"
+
 step "the audit trail: last events, then verification"
 as officer audit log --limit 8
 as officer audit verify
@@ -66,6 +77,7 @@ cat <<MSG
 
 Done. The vault is in $VAULT; its random demo secrets (passphrase, passwords) are
 in $SECRETS. Try: PIVAULT_USER=officer PIVAULT_PASSWORD_FILE=$SECRETS/officer $PIVAULT audit report
+The certificate of destruction is $SECRETS/certificate.json ($PIVAULT certificate render FILE for print).
 Next: README.md (commands, schema format, exit codes),
 ARCHITECTURE.md (how the keys and the audit trail work), and
 pivault --help.
