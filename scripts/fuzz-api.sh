@@ -16,7 +16,7 @@ cd "$(dirname "$0")/.."
 
 MAX_EXAMPLES=${MAX_EXAMPLES:-30}
 BIN_DIR=${BIN_DIR:-${CARGO_TARGET_DIR:-target}/debug}
-VENV=${FUZZ_VENV:-.fuzz-venv}
+VENV=$(realpath -m "${FUZZ_VENV:-.fuzz-venv}")
 
 if [ ! -x "$VENV/bin/st" ]; then
   python3 -m venv "$VENV"
@@ -56,6 +56,7 @@ done
 [ -n "$URL" ] || { cat "$WORK/server.log" >&2; exit 1; }
 
 status=0
+cd "$WORK"   # schemathesis keeps its cache in the working directory
 for u in clerk officer admin auditor contractor; do
   TOKEN=$(curl -s --cacert "$WORK/server.crt" -X POST "$URL/v1/sessions" -H 'content-type: application/json' \
     --data-binary @<(printf '{"username":"%s","password":"%s"}' "$u" "$(cat "$WORK/$u.pw")") \

@@ -1,7 +1,9 @@
-//! The front end's own audit event: one per HTTP request, whatever became of
-//! it (REQ-MON-01 over HTTP). Operations audit themselves too; this event
-//! also covers requests that never reached one (bad token, malformed body,
-//! unknown route, rate limited), so that every request leaves a trace.
+//! The front end's own audit event for an HTTP request (REQ-MON-01 over
+//! HTTP). A request whose operation succeeded and wrote its own event (which
+//! carries the user, the client address and the request ID) needs no other;
+//! every other request gets this one: failed and refused operations, and
+//! requests that never reached one (bad token, malformed body, unknown
+//! route, rate limited), so that every request leaves a trace.
 
 use crate::audit::{NewEvent, Outcome};
 use crate::error::{Error, Result};

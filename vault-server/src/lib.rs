@@ -7,8 +7,8 @@
 //! and auditing stay in vault-core; this crate adds what only a network
 //! service needs: TLS, request IDs, problem+json errors (RFC 9457), body
 //! limits, timeouts, per-address rate limits in front of the account
-//! lock-out, bounded concurrency for Argon2 and RocksDB work, and one audit
-//! event per request.
+//! lock-out, bounded concurrency for Argon2 and RocksDB work, and an audit
+//! trace of every request (the operation's own event, or `http.request`).
 #![forbid(unsafe_code)]
 
 pub mod problem;
