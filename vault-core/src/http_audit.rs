@@ -6,7 +6,7 @@
 //! route, rate limited), so that every request leaves a trace.
 
 use crate::audit::{NewEvent, Outcome};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::ids::UserId;
 
 use super::{Context, Vault};
@@ -27,15 +27,10 @@ impl Vault {
     ) -> Result<()> {
         let outcome = match status {
             200..=399 => Outcome::Success,
-            401 | 403 | 429 => Outcome::Denied,
+            401 | 403 | 423 | 429 => Outcome::Denied,
             _ => Outcome::Failed,
         };
-        if self.audit_fail.load(std::sync::atomic::Ordering::Relaxed) {
-            return Err(Error::AuditUnavailable(
-                "audit failure injected by a test".into(),
-            ));
-        }
-        let ev = NewEvent {
+        self.append_event(NewEvent {
             time_ms: self.now(),
             actor,
             channel: ctx.channel,
@@ -46,11 +41,7 @@ impl Vault {
             code: code.map(str::to_owned),
             reason: None,
             request_id: ctx.request_id.clone(),
-        };
-        self.audit
-            .lock()
-            .map_err(|_| Error::AuditUnavailable("audit lock poisoned".into()))?
-            .append(ev)
-            .map(|_| ())
+        })
+        .map(|_| ())
     }
 }

@@ -587,12 +587,7 @@ impl Vault {
             ) => (Outcome::Denied, Some(e.code().to_owned())),
             Err(e) => (Outcome::Failed, Some(e.code().to_owned())),
         };
-        if self.audit_fail.load(Ordering::Relaxed) {
-            return Err(Error::AuditUnavailable(
-                "audit failure injected by a test".into(),
-            ));
-        }
-        let ev = NewEvent {
+        self.append_event(NewEvent {
             time_ms: self.now(),
             actor,
             channel: ctx.channel,
@@ -603,7 +598,17 @@ impl Vault {
             code,
             reason: reason.map(str::to_owned),
             request_id: ctx.request_id.clone(),
-        };
+        })
+    }
+
+    /// Appends one event to the trail (fail closed: the caller must not keep
+    /// an unaudited change).
+    fn append_event(&self, ev: NewEvent) -> Result<u64> {
+        if self.audit_fail.load(Ordering::Relaxed) {
+            return Err(Error::AuditUnavailable(
+                "audit failure injected by a test".into(),
+            ));
+        }
         self.audit
             .lock()
             .map_err(|_| Error::AuditUnavailable("audit lock poisoned".into()))?
