@@ -76,6 +76,15 @@ impl ApiError {
         )
     }
 
+    /// An import whose check pass refused rows (nothing stored).
+    pub fn import_refused() -> Self {
+        Self::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_input",
+            "the import has invalid rows; nothing was stored",
+        )
+    }
+
     /// An invalid parameter (ID, time, query value).
     pub fn invalid(what: &str) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "invalid_input", what.to_owned())

@@ -772,11 +772,15 @@ async fn import(
         Some(_) => return Err(ApiError::invalid("format must be jsonl or csv")),
     };
     let column = q.subject_column.unwrap_or_else(|| "subject".into());
+    let rc2 = rc.clone();
     let (check, done) = app
         .as_user(&rc, t, move |v, s| {
             let check =
                 v.import_records(s, &name, &body[..], format, &column, true, &mut |_| {})?;
             if check.rejected_count > 0 {
+                // Nothing stored: the request is audited as the 422 it is.
+                rc2.audit(v, Some(&ApiError::import_refused()))
+                    .map_err(|_| vault_core::Error::AuditUnavailable("request audit".into()))?;
                 return Ok((check, None));
             }
             let done =

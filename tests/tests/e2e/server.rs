@@ -528,6 +528,59 @@ fn role_endpoint_matrix_reveal_and_bad_input_over_tls() {
         }
         assert!(!a.request_id.is_empty(), "request ID on every answer");
     }
+    // Import over HTTP: one invalid row stores nothing (422, line numbers,
+    // no value); a clean file stores every row.
+    let bad_ssn = "000-12-9876";
+    let lines = |third: &str| {
+        format!(
+            "{}\n{}\n{}\n",
+            json!({ "subject": "C-9001", "given_name": "Ida", "family_name": "Q", "ssn": "123-45-6781" }),
+            json!({ "subject": "C-9002", "given_name": "Jo", "family_name": "Q" }),
+            json!({ "subject": "C-9003", "given_name": "Kit", "family_name": "Q", "ssn": third }),
+        )
+    };
+    let refused = srv.raw(
+        "POST",
+        &format!("/v1/collections/{CUSTOMERS}/import"),
+        Some(tok("clerk")),
+        Some((lines(bad_ssn).as_bytes(), "text/plain")),
+    );
+    assert_eq!(refused.status, 422, "{refused:?}");
+    let r = refused.json();
+    assert_eq!(
+        (r["imported"].as_u64(), r["rejected"].as_u64()),
+        (Some(0), Some(1)),
+        "{r}"
+    );
+    assert_eq!(r["errors"][0]["line"], 3);
+    assert!(!refused.text.contains(bad_ssn) && !refused.text.contains("123-45-6781"));
+    let stored = srv.raw(
+        "POST",
+        &format!("/v1/collections/{CUSTOMERS}/import"),
+        Some(tok("clerk")),
+        Some((lines("123-45-6782").as_bytes(), "text/plain")),
+    );
+    assert_eq!(stored.status, 200, "{stored:?}");
+    assert_eq!(stored.json()["imported"], 3);
+    let bad_with_status = |a: &Answer, status: &str| {
+        let evs = srv
+            .call(
+                "GET",
+                "/v1/audit/events?action=http.request",
+                Some(tok("auditor")),
+                None,
+            )
+            .json();
+        evs.as_array()
+            .expect("events")
+            .iter()
+            .any(|e| e["request_id"] == a.request_id.as_str() && e["targets"][1] == status)
+    };
+    assert!(
+        bad_with_status(&refused, "422"),
+        "the refused import is audited as 422"
+    );
+
     // The server is still up.
     assert_eq!(srv.call("GET", "/healthz", None, None).status, 200);
 
