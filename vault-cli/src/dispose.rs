@@ -135,25 +135,8 @@ pub fn cmd_dispose(out: &Out, vault: &Vault, s: &Session, c: &DisposeCmd) -> any
         }
         DisposeCmd::From { file, opts } => {
             let ids = record_ids_from(file)?;
-            confirm(opts, &format!("{} listed record(s)", ids.len()))?;
-            let mut total = Vec::new();
-            for id in ids {
-                let o = vault.dispose(
-                    s,
-                    &request(
-                        DisposalScope::Record(id),
-                        &DisposeOpts {
-                            yes: true,
-                            ..opts.clone()
-                        },
-                    ),
-                )?;
-                total.push(outcome_json(&o, opts.dry_run));
-            }
-            out.data(Value::Array(total.clone()), || {
-                format!("{} disposal(s) done", total.len())
-            })?;
-            Ok(exit::OK)
+            let what = format!("{} listed record(s)", ids.len());
+            run_disposal(out, vault, s, DisposalScope::Records(ids), opts, &what)
         }
     }
 }

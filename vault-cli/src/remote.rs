@@ -602,14 +602,15 @@ fn command(cli: &Cli, out: &Out, r: &Remote) -> anyhow::Result<u8> {
             }
             DisposeCmd::From { file, opts } => {
                 let ids = dispose::record_ids_from(file)?;
-                dispose::confirm(opts, &format!("{} listed record(s)", ids.len()))?;
+                let what = format!("{} listed record(s)", ids.len());
                 let ids: Vec<String> = ids.iter().map(|i| i.to_string()).collect();
-                let v = r.post(
-                    "/v1/disposals",
-                    merge(json!({ "scope": "records", "records": ids }), parties(opts)),
-                )?;
-                let n = v.as_array().map(Vec::len).unwrap_or(0);
-                out.data(v, || format!("{n} disposal(s) done"))?;
+                return dispose(
+                    r,
+                    out,
+                    json!({ "scope": "records", "records": ids }),
+                    opts,
+                    &what,
+                );
             }
         },
         Command::Disposal(c) => match c {

@@ -42,6 +42,10 @@ pub enum DisposalScope {
     },
     /// Everything past its collection's retention period.
     PastRetention,
+    /// A list of records, in one batch with one certificate (`dispose from
+    /// FILE`, a server's list). An unknown ID refuses the whole batch;
+    /// records already disposed are skipped, so a list can be run again.
+    Records(Vec<RecordId>),
 }
 
 /// Who a disposal is for and who does it, for the certificate.
@@ -411,6 +415,16 @@ impl Vault {
                     })
                     .collect()
             }
+            DisposalScope::Records(ids) => {
+                let mut out = Vec::with_capacity(ids.len());
+                for id in ids {
+                    let row = self.store.record(*id)?.ok_or(Error::NotFound("record"))?;
+                    if row.state == RecordState::Live {
+                        out.push((*id, row));
+                    }
+                }
+                out
+            }
             DisposalScope::PastRetention => {
                 let now = self.now();
                 let mut out = Vec::new();
@@ -433,6 +447,8 @@ impl Vault {
             }
         };
         rows.sort_by_key(|(id, _)| *id);
+        // A list may name a record twice.
+        rows.dedup_by_key(|(id, _)| *id);
         Ok(rows)
     }
 
@@ -489,6 +505,7 @@ impl Vault {
             DisposalScope::Subject(sid) => sid.to_string(),
             DisposalScope::Query { .. } => "scope:query".into(),
             DisposalScope::PastRetention => "scope:retention".into(),
+            DisposalScope::Records(ids) => format!("scope:list:{}", ids.len()),
         };
         let (rows, excluded, by_contractor) = match planned {
             Ok(p) => p,

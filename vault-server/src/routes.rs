@@ -232,7 +232,7 @@ pub struct DisposeReq {
     pub record: Option<String>,
     /// The subject UUID or customer reference (scope `subject`).
     pub subject: Option<String>,
-    /// Record IDs (scope `records`: one disposal each, like `dispose from`).
+    /// Record IDs (scope `records`: one batch and one certificate, like `dispose from`).
     pub records: Option<Vec<String>>,
     /// Only this collection (scope `query`).
     pub collection: Option<String>,
@@ -889,12 +889,7 @@ async fn dispose(
                     by_updated: req.by_updated,
                 }),
                 "past_retention" => one(DisposalScope::PastRetention),
-                "records" => records
-                    .unwrap_or_default()
-                    .into_iter()
-                    .map(|id| one(DisposalScope::Record(id)))
-                    .collect::<vault_core::Result<Vec<_>>>()
-                    .map(Value::Array),
+                "records" => one(DisposalScope::Records(records.unwrap_or_default())),
                 _ => Err(vault_core::Error::InvalidInput(
                     "scope must be record, subject, query, records or past_retention".into(),
                 )),

@@ -994,6 +994,30 @@ fn scenario(
     put.ok();
     let id = put.json()["record_id"].as_str().expect("id").to_owned();
     let missing = uuid::Uuid::now_v7().to_string();
+    // A list for `dispose from`: two records (one named twice), a comment.
+    let listed: Vec<String> = (0..2)
+        .map(|_| {
+            let r = run(
+                Some("clerk"),
+                &["--json", "record", "put", CUSTOMERS, "--data", rec],
+            );
+            r.ok();
+            r.json()["record_id"].as_str().expect("id").to_owned()
+        })
+        .collect();
+    let list = input.join("dispose.list");
+    std::fs::write(
+        &list,
+        format!(
+            "# to destroy\n{}\n{}\n{}\n",
+            listed[0], listed[1], listed[0]
+        ),
+    )
+    .expect("write");
+    let unknown_list = input.join("unknown.list");
+    std::fs::write(&unknown_list, format!("{}\n{missing}\n", listed[0])).expect("write");
+    let (list, unknown_list) = (list.to_str().unwrap(), unknown_list.to_str().unwrap());
+
     let steps: Vec<(&str, Option<&str>, Vec<&str>)> = vec![
         ("read masked", Some("clerk"), vec!["record", "get", &id]),
         (
@@ -1062,6 +1086,34 @@ fn scenario(
             ],
         ),
         ("read disposed", Some("clerk"), vec!["record", "get", &id]),
+        (
+            "dispose from a list with an unknown ID: nothing disposed",
+            Some("officer"),
+            vec!["dispose", "from", unknown_list, "--yes"],
+        ),
+        (
+            "dispose from a list: one batch, one certificate",
+            Some("officer"),
+            vec![
+                "--json",
+                "dispose",
+                "from",
+                list,
+                "--yes",
+                "--data-owner",
+                "Quimby Hardware",
+            ],
+        ),
+        (
+            "read a listed record",
+            Some("clerk"),
+            vec!["record", "get", &listed[1]],
+        ),
+        (
+            "the same list again: nothing left to dispose",
+            Some("officer"),
+            vec!["--json", "dispose", "from", list, "--yes"],
+        ),
         ("verify", Some("auditor"), vec!["audit", "verify"]),
         (
             "verify json",
@@ -1136,7 +1188,29 @@ fn the_same_cli_scenario_runs_locally_and_through_the_server() {
     let here = scenario(&input, &|u, a| local.run(u, a));
     let there = scenario(&input, &remote);
     assert_eq!(here.len(), there.len());
-    let expected_codes = [0, 0, 0, 5, 0, 0, 0, 5, 3, 6, 0, 0, 7, 0, 0];
+    let expected_codes = [0, 0, 0, 5, 0, 0, 0, 5, 3, 6, 0, 0, 7, 6, 0, 7, 0, 0, 0];
+    let batch: Value = serde_json::from_str(
+        &here
+            .iter()
+            .find(|s| s.0.starts_with("dispose from a list:"))
+            .expect("step")
+            .2,
+    )
+    .expect("JSON");
+    assert_eq!(
+        batch["records"], 2,
+        "the list's two records in one batch: {batch}"
+    );
+    assert_eq!(batch["certificate_id"], "<id>", "one certificate: {batch}");
+    let again: Value = serde_json::from_str(
+        &here
+            .iter()
+            .find(|s| s.0.starts_with("the same list again"))
+            .expect("step")
+            .2,
+    )
+    .expect("JSON");
+    assert_eq!(again["records"], 0, "{again}");
     for ((a, b), want) in here.iter().zip(&there).zip(expected_codes) {
         assert_eq!(a.1, want, "local step {}: {a:?}", a.0);
         assert_eq!(
