@@ -2,8 +2,10 @@
 //!
 //! Encrypted customer records in an embedded RocksDB, a separate keystore of
 //! wrapped keys, users and roles checked on every operation, and a
-//! tamper-evident audit trail. This crate never prints and never opens a
-//! socket; the CLI and the server are thin front ends over [`Vault`].
+//! tamper-evident audit trail. This crate never opens a socket and prints
+//! nothing, except the opt-in disposal timing trace (`PIVAULT_DISPOSAL_TRACE`:
+//! step names, durations and keystore file names on stderr, never an ID or a
+//! value); the CLI and the server are thin front ends over [`Vault`].
 #![forbid(unsafe_code)]
 
 pub mod access;
