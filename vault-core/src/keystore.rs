@@ -281,6 +281,21 @@ impl Keystore {
         Ok(())
     }
 
+    /// Reads bucket `b`'s key from the keystore and unwraps it with the
+    /// epoch root (no cache).
+    fn unwrap_bucket_key(&self, root: &SecretKey, epoch: u64, b: u32) -> Result<SecretKey> {
+        let wrapped = self
+            .db
+            .get_cf(self.cf(CF_BUCKETS), b.to_be_bytes())?
+            .ok_or(Error::Integrity("keystore (bucket key missing)"))?;
+        crypto::unwrap_key(
+            root,
+            &bucket_aad(self.vault, b, epoch),
+            &wrapped,
+            "bucket key",
+        )
+    }
+
     /// The unwrapped key of bucket `b`, from the cache or the store.
     fn with_bucket_key<T>(
         &self,
@@ -292,16 +307,7 @@ impl Keystore {
         if let Some(k) = self.cache.read().expect("cache lock").get(&b) {
             return Ok(f(k));
         }
-        let wrapped = self
-            .db
-            .get_cf(self.cf(CF_BUCKETS), b.to_be_bytes())?
-            .ok_or(Error::Integrity("keystore (bucket key missing)"))?;
-        let key = crypto::unwrap_key(
-            root,
-            &bucket_aad(self.vault, b, epoch),
-            &wrapped,
-            "bucket key",
-        )?;
+        let key = self.unwrap_bucket_key(root, epoch, b)?;
         let out = f(&key);
         self.cache.write().expect("cache lock").insert(b, key);
         Ok(out)
@@ -494,16 +500,7 @@ impl Keystore {
         let mut batch = WriteBatch::default();
         let mut rewrapped = 0;
         for &b in buckets {
-            let wrapped_bk = self
-                .db
-                .get_cf(self.cf(CF_BUCKETS), b.to_be_bytes())?
-                .ok_or(Error::Integrity("keystore (bucket key missing)"))?;
-            let old = crypto::unwrap_key(
-                root,
-                &bucket_aad(self.vault, b, epoch),
-                &wrapped_bk,
-                "bucket key",
-            )?;
+            let old = self.unwrap_bucket_key(root, epoch, b)?;
             let new = SecretKey::generate();
             for item in self.db.iterator_cf(
                 self.cf(CF_DEKS),
@@ -865,17 +862,7 @@ impl Keystore {
         mut f: impl FnMut(u32, &SecretKey) -> Result<()>,
     ) -> Result<()> {
         for b in 0..self.buckets {
-            let wrapped = self
-                .db
-                .get_cf(self.cf(CF_BUCKETS), b.to_be_bytes())?
-                .ok_or(Error::Integrity("keystore (bucket key missing)"))?;
-            let key = crypto::unwrap_key(
-                root,
-                &bucket_aad(self.vault, b, epoch),
-                &wrapped,
-                "bucket key",
-            )?;
-            f(b, &key)?;
+            f(b, &self.unwrap_bucket_key(root, epoch, b)?)?;
         }
         Ok(())
     }

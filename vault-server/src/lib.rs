@@ -226,23 +226,33 @@ impl RequestContext {
 
     /// Writes the request's audit event (once) from a blocking thread.
     fn audit(&self, vault: &Vault, err: Option<&ApiError>) -> Result<(), ApiError> {
-        if self.audited.swap(true, Ordering::SeqCst) {
-            return Ok(());
-        }
         let (status, code) = match err {
             None => (200, None),
             Some(e) => (e.status.as_u16(), Some(e.code)),
         };
-        vault
-            .audit_http_request(
-                self.actor.get().copied(),
-                &self.context(),
-                &self.method,
-                &self.route,
-                status,
-                code,
-            )
+        self.audit_status(vault, status, code)
             .map_err(ApiError::from)
+    }
+
+    /// Writes the request's `http.request` event, unless the request was
+    /// audited already.
+    fn audit_status(
+        &self,
+        vault: &Vault,
+        status: u16,
+        code: Option<&str>,
+    ) -> vault_core::Result<()> {
+        if self.audited.swap(true, Ordering::SeqCst) {
+            return Ok(());
+        }
+        vault.audit_http_request(
+            self.actor.get().copied(),
+            &self.context(),
+            &self.method,
+            &self.route,
+            status,
+            code,
+        )
     }
 }
 
@@ -360,18 +370,8 @@ async fn frame(
         let vault = app.vault.clone();
         let rc2 = rc.clone();
         let status = resp.status().as_u16();
-        let audit = tokio::task::spawn_blocking(move || {
-            rc2.audited.store(true, Ordering::SeqCst);
-            vault.audit_http_request(
-                rc2.actor.get().copied(),
-                &rc2.context(),
-                &rc2.method,
-                &rc2.route,
-                status,
-                code,
-            )
-        })
-        .await;
+        let audit =
+            tokio::task::spawn_blocking(move || rc2.audit_status(&vault, status, code)).await;
         if !matches!(audit, Ok(Ok(()))) {
             resp = ApiError::from(vault_core::Error::AuditUnavailable(
                 "the request could not be audited".into(),

@@ -1151,26 +1151,16 @@ fn the_same_cli_scenario_runs_locally_and_through_the_server() {
     let home = tempfile::tempdir().expect("home");
 
     let remote = |user: Option<&str>, args: &[&str]| -> Run {
-        let mut c = Command::new(pivault_bin());
-        for var in [
-            "PIVAULT_DIR",
-            "PIVAULT_PASSPHRASE_FILE",
-            "PIVAULT_USER",
-            "PIVAULT_PASSWORD_FILE",
-            "PIVAULT_TOKEN_FILE",
-        ] {
-            c.env_remove(var);
-        }
-        c.env("PIVAULT_SERVER", &srv.base)
-            .env("PIVAULT_CA_CERT", &srv.cert)
-            .env("HOME", home.path())
+        // The local command's user and password, but the server instead of
+        // the vault directory and its passphrase.
+        let mut c = local.user_command(user, args);
+        c.env_remove("PIVAULT_DIR")
+            .env_remove("PIVAULT_PASSPHRASE_FILE")
+            .env_remove("PIVAULT_TOKEN_FILE")
             .env_remove("XDG_CONFIG_HOME")
-            .args(args)
-            .stdin(Stdio::null());
-        if let Some(u) = user {
-            c.env("PIVAULT_USER", u)
-                .env("PIVAULT_PASSWORD_FILE", local.password_file(u));
-        }
+            .env("PIVAULT_SERVER", &srv.base)
+            .env("PIVAULT_CA_CERT", &srv.cert)
+            .env("HOME", home.path());
         local.exec(c, &args.join(" "))
     };
     // `pivault login` keeps each user's token in a 0600 file.
