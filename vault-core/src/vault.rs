@@ -890,8 +890,9 @@ impl Vault {
             serde_json::from_slice(&bytes).map_err(|_| Error::Integrity("session row"))?;
         let user: UserId = row.user.parse()?;
         let alive = now < row.expires_ms && now - row.last_seen_ms < SESSION_IDLE_MS;
+        // The cached row (no password hash): every user write invalidates it.
         let current = self
-            .user_row(user)?
+            .session_user(user)?
             .is_some_and(|u| !u.disabled && u.generation == row.generation);
         if !alive || !current {
             self.store.delete(store::CF_SESSIONS, &key)?;

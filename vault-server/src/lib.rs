@@ -11,6 +11,7 @@
 //! trace of every request (the operation's own event, or `http.request`).
 #![forbid(unsafe_code)]
 
+pub mod pool;
 pub mod problem;
 pub mod routes;
 
@@ -43,8 +44,14 @@ pub struct Limits {
     pub import_bytes: usize,
     /// A request taking longer is answered 503 `timeout`.
     pub request_timeout: Duration,
-    /// Concurrent vault operations (RocksDB and AES work).
-    pub vault_concurrency: usize,
+    /// Threads running short vault operations (RocksDB and AES work).
+    pub vault_threads: usize,
+    /// Short vault operations admitted at once (running or queued for a
+    /// thread); more wait asynchronously.
+    pub vault_queue: usize,
+    /// Concurrent long operations (disposal batches, imports, audit scans,
+    /// password hashing for new users), on their own threads.
+    pub long_concurrency: usize,
     /// Concurrent password checks (Argon2id, memory-hard): kept below the
     /// core count so that a login flood cannot starve other requests.
     pub login_concurrency: usize,
@@ -62,7 +69,12 @@ impl Default for Limits {
             body_bytes: 1 << 20,
             import_bytes: 64 << 20,
             request_timeout: Duration::from_secs(30),
-            vault_concurrency: 16,
+            vault_threads: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2)
+                .max(2),
+            vault_queue: 1024,
+            long_concurrency: 2,
             login_concurrency: 1,
             logins_per_minute: 30,
             requests_per_second: 20_000,
@@ -76,6 +88,8 @@ pub struct App {
     vault: Arc<Vault>,
     limits: Limits,
     work: Semaphore,
+    workers: pool::WorkerPool,
+    long: Semaphore,
     logins: Semaphore,
     login_buckets: RateLimiter,
     request_buckets: RateLimiter,
@@ -92,9 +106,11 @@ impl std::fmt::Debug for App {
 
 impl App {
     /// Wraps an open vault.
-    pub fn new(vault: Arc<Vault>, limits: Limits) -> Arc<App> {
-        Arc::new(App {
-            work: Semaphore::new(limits.vault_concurrency.max(1)),
+    pub fn new(vault: Arc<Vault>, limits: Limits) -> std::io::Result<Arc<App>> {
+        Ok(Arc::new(App {
+            work: Semaphore::new(limits.vault_queue.max(1)),
+            workers: pool::WorkerPool::new(limits.vault_threads, "pivault-vault")?,
+            long: Semaphore::new(limits.long_concurrency.max(1)),
             logins: Semaphore::new(limits.login_concurrency.max(1)),
             login_buckets: RateLimiter::new(
                 f64::from(limits.logins_per_minute.max(1)) / 60.0,
@@ -107,7 +123,7 @@ impl App {
             draining: AtomicBool::new(false),
             vault,
             limits,
-        })
+        }))
     }
 
     /// Marks the server as shutting down: `/readyz` answers 503.
@@ -125,9 +141,10 @@ impl App {
         self.vault
     }
 
-    /// Runs `op` as the token's user on a blocking thread (bounded by the
-    /// work semaphore), then audits the request with its outcome in the same
-    /// thread; a failed audit write fails the request (fail closed).
+    /// Runs a short `op` as the token's user on a vault worker thread
+    /// (admission bounded by the work semaphore), then audits the request
+    /// with its outcome on the same thread; a failed audit write fails the
+    /// request (fail closed).
     async fn as_user<T, F>(&self, rc: &RequestContext, token: Bearer, op: F) -> Result<T, ApiError>
     where
         T: Send + 'static,
@@ -138,29 +155,36 @@ impl App {
             .acquire()
             .await
             .map_err(|_| ApiError::unavailable())?;
-        let vault = self.vault.clone();
-        let rc = rc.clone();
-        tokio::task::spawn_blocking(move || {
-            let ctx = rc.context();
-            let before = vault_core::audit::appended_on_this_thread();
-            let r = vault
-                .session_from_token(&token.0, ctx)
-                .and_then(|s| {
-                    let _ = rc.actor.set(s.user());
-                    op(&vault, &s)
-                })
-                .map_err(ApiError::from);
-            // A successful operation that wrote its own event (with the
-            // user, address, request ID and outcome) has audited the
-            // request; anything else gets the request's own event.
-            if r.is_ok() && vault_core::audit::appended_on_this_thread() > before {
-                rc.audited.store(true, Ordering::SeqCst);
-            }
-            rc.audit(&vault, r.as_ref().err())?;
-            r
-        })
-        .await
-        .map_err(|_| ApiError::internal())?
+        let job = authenticated(self.vault.clone(), rc.clone(), token, op);
+        self.workers
+            .run(job)
+            .await
+            .map_err(|_| ApiError::internal())?
+    }
+
+    /// Like [`App::as_user`] for an operation that may run for long (a
+    /// disposal batch, an import, a scan of the audit trail, hashing a new
+    /// password): on its own blocking thread, bounded by the long-work
+    /// semaphore, so that it never holds a vault worker.
+    async fn as_user_long<T, F>(
+        &self,
+        rc: &RequestContext,
+        token: Bearer,
+        op: F,
+    ) -> Result<T, ApiError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Vault, &Session) -> vault_core::Result<T> + Send + 'static,
+    {
+        let _permit = self
+            .long
+            .acquire()
+            .await
+            .map_err(|_| ApiError::unavailable())?;
+        let job = authenticated(self.vault.clone(), rc.clone(), token, op);
+        tokio::task::spawn_blocking(job)
+            .await
+            .map_err(|_| ApiError::internal())?
     }
 
     /// Like [`App::as_user`] for the one unauthenticated operation that does
@@ -196,13 +220,51 @@ impl App {
     }
 }
 
+/// The blocking body of [`App::as_user`]: check the token, run `op`, audit.
+fn authenticated<T, F>(
+    vault: Arc<Vault>,
+    rc: RequestContext,
+    token: Bearer,
+    op: F,
+) -> impl FnOnce() -> Result<T, ApiError> + Send + 'static
+where
+    T: Send + 'static,
+    F: FnOnce(&Vault, &Session) -> vault_core::Result<T> + Send + 'static,
+{
+    move || {
+        let ctx = rc.context();
+        let before = vault_core::audit::appended_on_this_thread();
+        let r = vault
+            .session_from_token(&token.0, ctx)
+            .and_then(|s| {
+                let _ = rc.actor.set(s.user());
+                op(&vault, &s)
+            })
+            .map_err(ApiError::from);
+        // A successful operation that wrote its own event (with the user,
+        // address, request ID and outcome) has audited the request; anything
+        // else gets the request's own event.
+        if r.is_ok() && vault_core::audit::appended_on_this_thread() > before {
+            rc.audited.store(true, Ordering::SeqCst);
+        }
+        rc.audit(&vault, r.as_ref().err())?;
+        r
+    }
+}
+
 /// A bearer token from the `Authorization` header (Debug redacted by SecretString).
 #[derive(Debug)]
 pub struct Bearer(pub SecretString);
 
-/// Per-request facts, set by the outer middleware and read by handlers.
+/// Per-request facts, set by the outer middleware and read by handlers;
+/// shared (one allocation per request), since the middleware, the handler
+/// and the vault thread each hold it.
 #[derive(Clone, Debug)]
-pub struct RequestContext {
+pub struct RequestContext(Arc<RequestFacts>);
+
+/// What [`RequestContext`] holds.
+#[derive(Debug)]
+pub struct RequestFacts {
     /// Request ID (also in the `x-request-id` response header).
     pub request_id: String,
     /// Client address.
@@ -211,8 +273,15 @@ pub struct RequestContext {
     pub method: String,
     /// Route template, e.g. `/v1/records/{id}` (never the concrete path).
     pub route: String,
-    actor: Arc<OnceLock<UserId>>,
-    audited: Arc<AtomicBool>,
+    actor: OnceLock<UserId>,
+    audited: AtomicBool,
+}
+
+impl std::ops::Deref for RequestContext {
+    type Target = RequestFacts;
+    fn deref(&self) -> &RequestFacts {
+        &self.0
+    }
 }
 
 impl RequestContext {
@@ -312,14 +381,14 @@ async fn frame(
         .get::<MatchedPath>()
         .map(|m| m.as_str().to_owned())
         .unwrap_or_else(|| "(unmatched)".to_owned());
-    let rc = RequestContext {
+    let rc = RequestContext(Arc::new(RequestFacts {
         request_id: request_id.clone(),
         source: peer.ip(),
         method: req.method().as_str().to_owned(),
         route,
-        actor: Arc::new(OnceLock::new()),
-        audited: Arc::new(AtomicBool::new(false)),
-    };
+        actor: OnceLock::new(),
+        audited: AtomicBool::new(false),
+    }));
     req.extensions_mut().insert(rc.clone());
     let health = rc.route == "/healthz" || rc.route == "/readyz";
     let limit = if rc.route.ends_with("/import") {
@@ -370,8 +439,10 @@ async fn frame(
         let vault = app.vault.clone();
         let rc2 = rc.clone();
         let status = resp.status().as_u16();
-        let audit =
-            tokio::task::spawn_blocking(move || rc2.audit_status(&vault, status, code)).await;
+        let audit = app
+            .workers
+            .run(move || rc2.audit_status(&vault, status, code))
+            .await;
         if !matches!(audit, Ok(Ok(()))) {
             resp = ApiError::from(vault_core::Error::AuditUnavailable(
                 "the request could not be audited".into(),

@@ -63,6 +63,9 @@ struct Args {
     /// Concurrent password checks (Argon2id).
     #[arg(long, default_value_t = 1)]
     login_concurrency: usize,
+    /// Threads running short vault operations (default: one per core, at least 2).
+    #[arg(long, value_name = "N")]
+    vault_threads: Option<usize>,
     /// Largest JSON request body, bytes.
     #[arg(long, default_value_t = 1 << 20)]
     max_body: usize,
@@ -187,16 +190,18 @@ fn run(args: Args) -> anyhow::Result<()> {
     )?;
     drop(pass);
     let vault = Arc::new(vault);
+    let defaults = Limits::default();
     let limits = Limits {
         body_bytes: args.max_body,
+        vault_threads: args.vault_threads.unwrap_or(defaults.vault_threads).max(1),
         request_timeout: Duration::from_secs(args.timeout_secs.max(1)),
         login_concurrency: args.login_concurrency,
         logins_per_minute: args.logins_per_minute,
         requests_per_second: args.requests_per_second,
         token_ttl: Duration::from_secs(args.token_ttl_secs.max(1)),
-        ..Limits::default()
+        ..defaults
     };
-    let app = App::new(vault, limits);
+    let app = App::new(vault, limits).context("cannot start the vault worker threads")?;
 
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -473,7 +473,7 @@ async fn add_user(
     let name = req.username;
     let n2 = name.clone();
     let id = app
-        .as_user(&rc, t, move |v, s| {
+        .as_user_long(&rc, t, move |v, s| {
             v.add_user(s, &n2, &pw, role, req.reveal)
         })
         .await?;
@@ -579,7 +579,7 @@ async fn set_password(
 ) -> Res {
     let pw = SecretString::new(req.password);
     let n2 = name.clone();
-    app.as_user(&rc, t, move |v, s| v.set_password(s, &n2, &pw))
+    app.as_user_long(&rc, t, move |v, s| v.set_password(s, &n2, &pw))
         .await?;
     ok(json!({ "username": name, "password_changed": true }))
 }
@@ -690,7 +690,7 @@ async fn list_records(
             .transpose()?,
     };
     let ms = app
-        .as_user(&rc, t, move |v, s| v.list_records(s, &filter))
+        .as_user_long(&rc, t, move |v, s| v.list_records(s, &filter))
         .await?;
     ok(Value::Array(ms.iter().map(views::meta).collect()))
 }
@@ -710,7 +710,7 @@ async fn get_record(
     let r = app
         .as_user(&rc, t, move |v, s| v.get_record(s, id, &[], None))
         .await?;
-    ok(views::record(&r))
+    Ok(Json(views::RecordDoc::from(&r)).into_response())
 }
 
 /// Read a record with some fields revealed, stating why (audited).
@@ -731,7 +731,7 @@ async fn reveal_record(
             v.get_record(s, id, &fields, Some(&req.reason))
         })
         .await?;
-    ok(views::record(&r))
+    Ok(Json(views::RecordDoc::from(&r)).into_response())
 }
 
 /// Correct a record: a new version under a new key.
@@ -774,7 +774,7 @@ async fn import(
     let column = q.subject_column.unwrap_or_else(|| "subject".into());
     let rc2 = rc.clone();
     let (check, done) = app
-        .as_user(&rc, t, move |v, s| {
+        .as_user_long(&rc, t, move |v, s| {
             let check =
                 v.import_records(s, &name, &body[..], format, &column, true, &mut |_| {})?;
             if check.rejected_count > 0 {
@@ -859,7 +859,7 @@ async fn dispose(
         .transpose()
         .map_err(ApiError::from)?;
     let v = app
-        .as_user(&rc, t, move |v, s| {
+        .as_user_long(&rc, t, move |v, s| {
             let one = |scope| {
                 v.dispose(
                     s,
@@ -919,7 +919,7 @@ async fn retry_disposal(
 ) -> Res {
     let id: DisposalId = parse(&id, "disposal")?;
     let cert = app
-        .as_user(&rc, t, move |v, s| v.retry_disposal(s, id))
+        .as_user_long(&rc, t, move |v, s| v.retry_disposal(s, id))
         .await?;
     ok(json!({ "disposal_id": id.to_string(), "certificate_id": cert.to_string() }))
 }
@@ -978,7 +978,7 @@ async fn retention_run(
     let dry_run = req.dry_run;
     let parties = req.parties.into_core();
     let o = app
-        .as_user(&rc, t, move |v, s| {
+        .as_user_long(&rc, t, move |v, s| {
             v.dispose(
                 s,
                 &DisposalRequest {
@@ -1216,7 +1216,7 @@ async fn audit_events(
     let from_ms = q.since.as_deref().map(parse_time).transpose()?;
     let to_ms = q.until.as_deref().map(parse_time).transpose()?;
     let evs = app
-        .as_user(&rc, t, move |v, s| {
+        .as_user_long(&rc, t, move |v, s| {
             let actor = match &q.actor {
                 Some(name) => Some(
                     v.list_users(s)?
@@ -1250,7 +1250,7 @@ async fn audit_events(
 #[utoipa::path(get, path = "/v1/audit/verify", tag = "audit", security(("bearer" = [])),
     responses((status = 200, body = Object), (status = 403, body = Problem)))]
 async fn audit_verify(State(app): State<Arc<App>>, rc: RequestContext, t: Bearer) -> Res {
-    let r = app.as_user(&rc, t, |v, s| v.audit_verify(s)).await?;
+    let r = app.as_user_long(&rc, t, |v, s| v.audit_verify(s)).await?;
     ok(views::verify(&r))
 }
 
@@ -1277,7 +1277,7 @@ async fn audit_report(
         .transpose()?
         .unwrap_or(now + 1);
     let (users, report) = app
-        .as_user(&rc, t, move |v, s| {
+        .as_user_long(&rc, t, move |v, s| {
             let users = v.list_users(s).unwrap_or_default();
             Ok((users, v.activity_report(s, from, to)?))
         })
@@ -1300,7 +1300,7 @@ async fn audit_report(
 #[utoipa::path(post, path = "/v1/review", tag = "audit", security(("bearer" = [])),
     responses((status = 200, body = Object), (status = 403, body = Problem)))]
 async fn review(State(app): State<Arc<App>>, rc: RequestContext, t: Bearer) -> Res {
-    app.as_user(&rc, t, |v, s| v.record_security_review(s))
+    app.as_user_long(&rc, t, |v, s| v.record_security_review(s))
         .await?;
     ok(json!({ "reviewed": true }))
 }
