@@ -11,6 +11,7 @@
 //! trace of every request (the operation's own event, or `http.request`).
 #![forbid(unsafe_code)]
 
+mod coalesce;
 pub mod pool;
 pub mod problem;
 pub mod routes;
@@ -61,6 +62,11 @@ pub struct Limits {
     pub requests_per_second: u32,
     /// Lifetime of a bearer token.
     pub token_ttl: Duration,
+    /// How long a one-record disposal waits for others by the same user to
+    /// share its batch (zero: every request is its own batch).
+    pub disposal_window: Duration,
+    /// Most records in one shared batch.
+    pub disposal_batch_max: usize,
 }
 
 impl Default for Limits {
@@ -79,6 +85,8 @@ impl Default for Limits {
             logins_per_minute: 30,
             requests_per_second: 20_000,
             token_ttl: Duration::from_secs(8 * 3600),
+            disposal_window: Duration::from_millis(20),
+            disposal_batch_max: 10_000,
         }
     }
 }
@@ -90,6 +98,7 @@ pub struct App {
     work: Semaphore,
     workers: pool::WorkerPool,
     long: Semaphore,
+    groups: coalesce::OpenGroups,
     logins: Semaphore,
     login_buckets: RateLimiter,
     request_buckets: RateLimiter,
@@ -111,6 +120,7 @@ impl App {
             work: Semaphore::new(limits.vault_queue.max(1)),
             workers: pool::WorkerPool::new(limits.vault_threads, "pivault-vault")?,
             long: Semaphore::new(limits.long_concurrency.max(1)),
+            groups: coalesce::OpenGroups::default(),
             logins: Semaphore::new(limits.login_concurrency.max(1)),
             login_buckets: RateLimiter::new(
                 f64::from(limits.logins_per_minute.max(1)) / 60.0,

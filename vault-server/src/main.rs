@@ -66,6 +66,10 @@ struct Args {
     /// Threads running short vault operations (default: one per core, at least 2).
     #[arg(long, value_name = "N")]
     vault_threads: Option<usize>,
+    /// How long a one-record disposal waits for others by the same user to
+    /// share its batch and certificate, milliseconds (0: no sharing).
+    #[arg(long, default_value_t = 20, value_name = "MS")]
+    disposal_window_ms: u64,
     /// Largest JSON request body, bytes.
     #[arg(long, default_value_t = 1 << 20)]
     max_body: usize,
@@ -199,6 +203,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         logins_per_minute: args.logins_per_minute,
         requests_per_second: args.requests_per_second,
         token_ttl: Duration::from_secs(args.token_ttl_secs.max(1)),
+        disposal_window: Duration::from_millis(args.disposal_window_ms),
         ..defaults
     };
     let app = App::new(vault, limits).context("cannot start the vault worker threads")?;

@@ -15,7 +15,7 @@ use vault_core::Error;
 pub struct Code(pub &'static str);
 
 /// An API error: status, stable code, and a message free of personal information.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct ApiError {
     /// HTTP status.
     pub status: StatusCode,

@@ -825,6 +825,13 @@ async fn resolve_subject(
 // ----- disposal ------------------------------------------------------------------
 
 /// Dispose of records provably (crypto-shredding); issues a certificate.
+///
+/// One-record disposals (`scope: record`) by the same user with the same
+/// certificate parties that arrive within the server's disposal window
+/// (`--disposal-window-ms`, default 20) share one batch and one
+/// certificate; each is first checked alone, so an unknown, disposed, held
+/// or out-of-scope record gets its own error, and each answer is the shared
+/// batch's outcome.
 #[utoipa::path(post, path = "/v1/disposals", request_body = DisposeReq, tag = "disposal", security(("bearer" = [])),
     responses((status = 200, body = Object), (status = 403, body = Problem), (status = 409, body = Problem),
               (status = 422, body = Problem)))]
@@ -858,6 +865,14 @@ async fn dispose(
         .map(CollectionName::parse)
         .transpose()
         .map_err(ApiError::from)?;
+    if let (Some(id), "record", false, false) = (
+        record,
+        scope_kind.as_str(),
+        dry_run,
+        app.limits.disposal_window.is_zero(),
+    ) {
+        return ok(app.dispose_record_grouped(&rc, t, id, parties).await?);
+    }
     let v = app
         .as_user_long(&rc, t, move |v, s| {
             let one = |scope| {

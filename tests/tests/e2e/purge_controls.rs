@@ -45,6 +45,11 @@ fn held_keystore_snapshot_makes_the_purge_verification_fail() {
     match fx.vault.dispose(&fx.officer, &req) {
         Err(Error::DisposalFailed(msg)) => {
             assert!(msg.contains("snapshots=1"), "{msg}");
+            // The batch's own byte scan ran while the snapshot was held.
+            assert!(
+                msg.contains("pre-disposal wrapped key bytes found in keystore files"),
+                "{msg}"
+            );
         }
         other => panic!("a held snapshot must fail the verification: {other:?}"),
     }
@@ -56,13 +61,10 @@ fn held_keystore_snapshot_makes_the_purge_verification_fail() {
         fx.vault.certificate(&fx.auditor, batches[0].certificate_id),
         Err(Error::NotFound(_))
     ));
-    // The scan sees the pinned wrapped key in a keystore file.
-    assert!(
-        !scan_dir(&fx.dir.join("keystore"), std::slice::from_ref(&wrapped))
-            .unwrap()
-            .is_empty(),
-        "the held snapshot should keep the old wrapped key in a keystore file"
-    );
+    // Once the batch has returned its snapshot is gone, and any background
+    // compaction may drop the pinned bytes: the in-batch scan above is the
+    // check; the scan from outside is not repeated here (it raced with such
+    // compactions under a loaded test run).
 
     // Released: the retry purges, verifies and certifies.
     fx.vault.set_purge_hold_snapshot(false);

@@ -32,7 +32,7 @@ struct Server {
     dir: Option<TempDir>,
     vault_dir: PathBuf,
     cert: PathBuf,
-    stderr: std::sync::mpsc::Receiver<String>,
+    stderr: std::sync::Mutex<std::sync::mpsc::Receiver<String>>,
 }
 
 /// One HTTP answer.
@@ -140,7 +140,7 @@ fn start_on(dir: TempDir, vault_dir: PathBuf, passphrase: &str, extra: &[&str]) 
         dir: Some(dir),
         vault_dir,
         cert,
-        stderr: rx,
+        stderr: std::sync::Mutex::new(rx),
     }
 }
 
@@ -263,7 +263,7 @@ impl Server {
             );
             std::thread::sleep(Duration::from_millis(50));
         };
-        let lines: Vec<String> = self.stderr.try_iter().collect();
+        let lines: Vec<String> = self.stderr.lock().expect("stderr").try_iter().collect();
         assert!(
             lines.iter().any(|l| l.contains("stopped")),
             "graceful stop reported: {lines:?}"
@@ -905,6 +905,172 @@ fn contractor_disposes_in_scope_and_the_certificate_verifies_offline() {
 }
 
 // ----- the same CLI scenario, local and through the server ------------------------------
+
+// ----- DESIGN §4.2: disposals arriving together share one batch ---------------
+
+/// Disposes of each record in its own concurrent request; the answers.
+fn dispose_concurrently(srv: &Server, token: &str, ids: &[String]) -> Vec<Answer> {
+    std::thread::scope(|s| {
+        let handles: Vec<_> = ids
+            .iter()
+            .map(|id| {
+                s.spawn(move || {
+                    srv.call(
+                        "POST",
+                        "/v1/disposals",
+                        Some(token),
+                        Some(&json!({ "scope": "record", "record": id, "data_owner": "Quimby Bakery" })),
+                    )
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("request thread"))
+            .collect()
+    })
+}
+
+#[test]
+fn one_record_disposals_arriving_together_share_one_batch() {
+    let srv = start(&[
+        "--logins-per-minute",
+        "10000",
+        "--disposal-window-ms",
+        "500",
+    ]);
+    let clerk = srv.token("clerk");
+    let officer = srv.token("officer");
+    let put = |given: &str| -> String {
+        let a = srv.call(
+            "POST",
+            "/v1/records",
+            Some(&clerk),
+            Some(&json!({ "collection": CUSTOMERS, "data": customer(given) })),
+        );
+        assert_eq!(a.status, 201, "{a:?}");
+        a.json()["record_id"].as_str().expect("id").to_owned()
+    };
+    let live: Vec<String> = ["Ann", "Bea", "Cal", "Dot", "Eli", "Flo"]
+        .iter()
+        .map(|g| put(g))
+        .collect();
+    let held = put("Hal");
+    assert_eq!(
+        srv.call(
+            "POST",
+            "/v1/holds",
+            Some(&officer),
+            Some(&json!({ "record": held, "reason": "pending litigation" }))
+        )
+        .status,
+        200
+    );
+    let unknown = vault_core::ids::RecordId::new().to_string();
+    let mut ids = live.clone();
+    ids.push(held.clone());
+    ids.push(unknown.clone());
+
+    let answers = dispose_concurrently(&srv, &officer, &ids);
+    // Each refused request keeps its own answer, as if it had been alone.
+    answers[6].problem(409, "legal_hold");
+    answers[7].problem(404, "not_found");
+    // The others share one batch and one certificate covering all of them.
+    let mut certificates = std::collections::BTreeSet::new();
+    for a in &answers[..6] {
+        assert_eq!(a.status, 200, "{a:?}");
+        let o = a.json();
+        assert_eq!(o["records"], 6, "one shared batch: {o}");
+        certificates.insert(
+            o["certificate_id"]
+                .as_str()
+                .expect("certificate")
+                .to_owned(),
+        );
+    }
+    assert_eq!(certificates.len(), 1, "one certificate: {certificates:?}");
+    let cert = certificates.pop_first().expect("certificate");
+    let doc = srv
+        .call(
+            "GET",
+            &format!("/v1/certificates/{cert}/file"),
+            Some(&officer),
+            None,
+        )
+        .json();
+    let text = doc.to_string();
+    for id in &live {
+        assert!(text.contains(id.as_str()), "the certificate names {id}");
+        srv.call("GET", &format!("/v1/records/{id}"), Some(&clerk), None)
+            .problem(410, "disposed");
+    }
+    assert!(
+        !text.contains(held.as_str()),
+        "the held record is not on it"
+    );
+    // The held record is untouched.
+    assert_eq!(
+        srv.call("GET", &format!("/v1/records/{held}"), Some(&clerk), None)
+            .status,
+        200
+    );
+    // Every request is in the audit trail under its own request ID, with
+    // its final outcome.
+    let auditor = srv.token("auditor");
+    let events = srv
+        .call("GET", "/v1/audit/events", Some(&auditor), None)
+        .json();
+    let events = events.as_array().expect("events");
+    for a in &answers {
+        let mine: Vec<&Value> = events
+            .iter()
+            .filter(|e| e["request_id"] == a.request_id.as_str())
+            .collect();
+        assert!(!mine.is_empty(), "request {} audited", a.request_id);
+        assert!(
+            mine.iter()
+                .all(|e| e["source"] == "127.0.0.1" && e["actor"].is_string())
+        );
+        let last = mine.last().expect("event");
+        let ok = last["outcome"] == "success";
+        assert_eq!(ok, a.status == 200, "final outcome of {a:?}: {last}");
+    }
+    drop(srv);
+
+    // Control: with no window, the same concurrent requests are separate batches.
+    let srv = start(&["--logins-per-minute", "10000", "--disposal-window-ms", "0"]);
+    let clerk = srv.token("clerk");
+    let officer = srv.token("officer");
+    let ids: Vec<String> = ["Gil", "Hob", "Ida"]
+        .iter()
+        .map(|g| {
+            let a = srv.call(
+                "POST",
+                "/v1/records",
+                Some(&clerk),
+                Some(&json!({ "collection": CUSTOMERS, "data": customer(g) })),
+            );
+            a.json()["record_id"].as_str().expect("id").to_owned()
+        })
+        .collect();
+    let answers = dispose_concurrently(&srv, &officer, &ids);
+    let certificates: std::collections::BTreeSet<String> = answers
+        .iter()
+        .map(|a| {
+            assert_eq!(a.status, 200, "{a:?}");
+            assert_eq!(a.json()["records"], 1);
+            a.json()["certificate_id"]
+                .as_str()
+                .expect("certificate")
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(
+        certificates.len(),
+        3,
+        "one batch per request without a window"
+    );
+}
 
 /// Replaces what legitimately differs between two runs (IDs, times, audit
 /// counts, durations) so that the rest can be compared exactly.
