@@ -5,10 +5,11 @@
 //! purge, verification, certificate) per record. Here a one-record disposal
 //! first passes the checks a one-record batch would make, for itself alone
 //! (a dry run: unknown, disposed, held or out-of-scope records are refused
-//! with their own answer), then waits up to the window for other one-record
-//! disposals by the same user with the same certificate parties; the group
-//! is disposed of as one batch, under one certificate, and every request is
-//! answered with that batch's outcome. Only requests of one user are grouped,
+//! with their own answer), then waits at least the window for other
+//! one-record disposals by the same user with the same certificate parties,
+//! and longer while an earlier group's batch is still running (group
+//! commit); the group is disposed of as one batch, under one certificate,
+//! and every request is answered with that batch's outcome. Only requests of one user are grouped,
 //! so a batch never carries anyone else's authority or records.
 
 use std::collections::HashMap;
@@ -32,7 +33,12 @@ type Member = (RecordId, oneshot::Sender<Answer>);
 
 /// Requests waiting for their group's batch.
 #[derive(Default)]
-pub(crate) struct OpenGroups(Mutex<HashMap<GroupKey, Vec<Member>>>);
+pub(crate) struct OpenGroups {
+    open: Mutex<HashMap<GroupKey, Vec<Member>>>,
+    /// Held by the group whose batch is running: the next group closes only
+    /// when it gets its turn.
+    turn: tokio::sync::Mutex<()>,
+}
 
 impl std::fmt::Debug for OpenGroups {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -82,7 +88,7 @@ impl App {
 
         let key = (user, format!("{parties:?}"));
         let joined = {
-            let mut open = self.groups.0.lock().unwrap_or_else(|p| p.into_inner());
+            let mut open = self.groups.open.lock().unwrap_or_else(|p| p.into_inner());
             match open.get_mut(&key) {
                 Some(members) if members.len() < self.limits.disposal_batch_max => {
                     let (tx, rx) = oneshot::channel();
@@ -112,9 +118,12 @@ impl App {
                 let rc = rc.clone();
                 tokio::spawn(async move {
                     tokio::time::sleep(app.limits.disposal_window).await;
+                    // Group commit: while an earlier batch still runs, the
+                    // group stays open and keeps gathering requests.
+                    let _turn = app.groups.turn.lock().await;
                     let members = app
                         .groups
-                        .0
+                        .open
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
                         .remove(&key)
