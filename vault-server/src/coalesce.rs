@@ -9,8 +9,9 @@
 //! one-record disposals by the same user with the same certificate parties,
 //! and longer while an earlier group's batch is still running (group
 //! commit); the group is disposed of as one batch, under one certificate,
-//! and every request is answered with that batch's outcome. Only requests of one user are grouped,
-//! so a batch never carries anyone else's authority or records.
+//! and every request is answered with that batch's outcome. Only requests
+//! of one user are grouped, so a batch never carries anyone else's
+//! authority or records.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

@@ -2,13 +2,15 @@
 //!
 //! A thin front end over the same [`vault_core::Vault`] facade as the CLI:
 //! every handler authenticates a bearer token, calls one facade method on a
-//! blocking thread and answers with the same JSON document `pivault --json`
+//! vault thread ([`pool`]; long operations on their own blocking lane) and
+//! answers with the same JSON document `pivault --json`
 //! prints for that command ([`vault_core::views`]). Authorisation, validation
 //! and auditing stay in vault-core; this crate adds what only a network
 //! service needs: TLS, request IDs, problem+json errors (RFC 9457), body
 //! limits, timeouts, per-address rate limits in front of the account
 //! lock-out, bounded concurrency for Argon2 and RocksDB work, and an audit
-//! trace of every request (the operation's own event, or `http.request`).
+//! trace of every request (the operation's own event, or `http.request`),
+//! and one-record disposals arriving together grouped into one batch.
 #![forbid(unsafe_code)]
 
 mod coalesce;
