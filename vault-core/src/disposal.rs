@@ -1249,20 +1249,13 @@ impl Vault {
             by: s.user.to_string(),
             created_ms: self.now(),
         };
-        self.store.put(
+        self.write_audited(
+            s,
             store::CF_HOLDS,
             &key,
-            &serde_json::to_vec(&row).expect("serialisable"),
-        )?;
-        self.audit(
-            Some(s.user),
-            &s.ctx,
-            "hold.add",
-            vec![target],
-            Ok(()),
-            Some(reason),
-        )?;
-        Ok(())
+            Some(&serde_json::to_vec(&row).expect("serialisable")),
+            ("hold.add", vec![target], Some(reason)),
+        )
     }
 
     /// Lifts a legal hold.
@@ -1285,16 +1278,13 @@ impl Vault {
         if self.store.get(store::CF_HOLDS, &key)?.is_none() {
             return Err(Error::NotFound("hold"));
         }
-        self.store.delete(store::CF_HOLDS, &key)?;
-        self.audit(
-            Some(s.user),
-            &s.ctx,
-            "hold.remove",
-            vec![target],
-            Ok(()),
+        self.write_audited(
+            s,
+            store::CF_HOLDS,
+            &key,
             None,
-        )?;
-        Ok(())
+            ("hold.remove", vec![target], None),
+        )
     }
 
     /// Lists legal holds.
@@ -1334,20 +1324,17 @@ impl Vault {
         if policy.days == 0 {
             return Err(Error::invalid("retention must be at least one day"));
         }
-        self.store.put(
+        self.write_audited(
+            s,
             store::CF_RETENTION,
             c.as_str().as_bytes(),
-            &serde_json::to_vec(&policy).expect("serialisable"),
-        )?;
-        self.audit(
-            Some(s.user),
-            &s.ctx,
-            "retention.set",
-            vec![format!("collection:{c}"), format!("days:{}", policy.days)],
-            Ok(()),
-            None,
-        )?;
-        Ok(())
+            Some(&serde_json::to_vec(&policy).expect("serialisable")),
+            (
+                "retention.set",
+                vec![format!("collection:{c}"), format!("days:{}", policy.days)],
+                None,
+            ),
+        )
     }
 
     /// Every retention policy.
@@ -1379,27 +1366,31 @@ impl Vault {
             if let Some(k) = &scope.public_key {
                 certificate::parse_public_key(k)?;
             }
-            let id: UserId = row.id.parse()?;
-            self.store.put(
-                store::CF_CONTRACTORS,
-                id.as_bytes(),
-                &serde_json::to_vec(&scope).expect("serialisable"),
-            )?;
-            Ok(id)
+            row.id.parse::<UserId>()
         })();
-        let targets = r
-            .as_ref()
-            .map(|id| vec![id.to_string()])
-            .unwrap_or_default();
-        self.audit(
-            Some(s.user),
-            &s.ctx,
-            "contractor.assign",
-            targets,
-            r.as_ref().map(|_| ()),
-            None,
+        let id = match r {
+            Ok(id) => id,
+            Err(e) => {
+                // A refused assignment is audited with its reason code.
+                self.audit(
+                    Some(s.user),
+                    &s.ctx,
+                    "contractor.assign",
+                    vec![],
+                    Err(&e),
+                    None,
+                )?;
+                return Err(e);
+            }
+        };
+        self.write_audited(
+            s,
+            store::CF_CONTRACTORS,
+            id.as_bytes(),
+            Some(&serde_json::to_vec(&scope).expect("serialisable")),
+            ("contractor.assign", vec![id.to_string()], None),
         )?;
-        r
+        Ok(id)
     }
 
     pub(crate) fn authorize_any(&self, s: &Session, perms: &[Permission]) -> Result<()> {

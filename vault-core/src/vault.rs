@@ -632,6 +632,33 @@ impl Vault {
         Ok(())
     }
 
+    /// Writes (`Some`) or deletes (`None`) one row, then audits the change;
+    /// if the event cannot be written the row goes back to what it was, so
+    /// no change stands without its audit event (fail closed).
+    pub(crate) fn write_audited(
+        &self,
+        s: &Session,
+        cf: &str,
+        key: &[u8],
+        value: Option<&[u8]>,
+        event: (&str, Vec<String>, Option<&str>),
+    ) -> Result<()> {
+        let before = self.store.get(cf, key)?;
+        match value {
+            Some(v) => self.store.put(cf, key, v)?,
+            None => self.store.delete(cf, key)?,
+        }
+        let (action, targets, reason) = event;
+        if let Err(e) = self.audit(Some(s.user), &s.ctx, action, targets, Ok(()), reason) {
+            let _ = match &before {
+                Some(b) => self.store.put(cf, key, b),
+                None => self.store.delete(cf, key),
+            };
+            return Err(e);
+        }
+        Ok(())
+    }
+
     /// Waits for an audit checkpoint being written in the background, so
     /// that the trail's files can be read whole (verification).
     pub(crate) fn settle_audit(&self) {
@@ -1764,17 +1791,13 @@ impl Vault {
     /// Records that the annual security review took place (REQ-WISP-09).
     pub fn record_security_review(&self, s: &Session) -> Result<()> {
         self.authorize(s, Some(Permission::RecordReview))?;
-        self.store
-            .put(store::CF_META, META_LAST_REVIEW, &self.now().to_be_bytes())?;
-        self.audit(
-            Some(s.user),
-            &s.ctx,
-            "security.review",
-            vec![],
-            Ok(()),
-            None,
-        )?;
-        Ok(())
+        self.write_audited(
+            s,
+            store::CF_META,
+            META_LAST_REVIEW,
+            Some(&self.now().to_be_bytes()),
+            ("security.review", vec![], None),
+        )
     }
 
     /// The live security configuration, for `doctor`.

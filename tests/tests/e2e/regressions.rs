@@ -273,3 +273,80 @@ fn cached_user_rows_and_schemas_see_every_change_at_once() {
         "suppliers"
     );
 }
+
+#[test]
+fn holds_retention_contractor_and_review_are_undone_when_their_audit_event_cannot_be_written() {
+    use vault_core::vault::{ContractorScope, RetentionPolicy};
+    let tmp = tempfile::tempdir().unwrap();
+    let f = fast_vault(&tmp.path().join("v"));
+    let v = &f.vault;
+    let id = v
+        .put_record(&f.clerk, CUSTOMERS, SubjectId::new(), &jane())
+        .unwrap();
+    let policy = |days| RetentionPolicy {
+        days,
+        from_updated: false,
+    };
+    // A hold and a policy that exist before the failures.
+    let held = v
+        .put_record(&f.clerk, CUSTOMERS, SubjectId::new(), &jane())
+        .unwrap();
+    v.add_hold(&f.officer, Some(held), None, "pending litigation")
+        .unwrap();
+    v.set_retention(&f.officer, CUSTOMERS, policy(30)).unwrap();
+
+    v.set_audit_failure(true);
+    audit_unavailable(v.add_hold(&f.officer, Some(id), None, "pending litigation"));
+    audit_unavailable(v.remove_hold(&f.officer, Some(held), None));
+    audit_unavailable(v.set_retention(&f.officer, CUSTOMERS, policy(7)));
+    audit_unavailable(v.assign_contractor(
+        &f.admin,
+        "contractor",
+        ContractorScope {
+            collections: vec![CUSTOMERS.into()],
+            ..ContractorScope::default()
+        },
+    ));
+    audit_unavailable(v.record_security_review(&f.officer));
+    v.set_audit_failure(false);
+
+    // Nothing of the five changes stands.
+    let holds = v.holds(&f.officer).unwrap();
+    assert_eq!(holds.len(), 1, "only the earlier hold: {holds:?}");
+    assert_eq!(holds[0].target, held.to_string());
+    assert_eq!(v.retention(&f.officer).unwrap()[CUSTOMERS].days, 30);
+    assert!(
+        v.list_records(&f.contractor, &RecordFilter::default())
+            .unwrap()
+            .is_empty(),
+        "the contractor has no scope"
+    );
+    assert_eq!(v.security_status().unwrap().last_review_ms, None);
+
+    // Audited, each change stands.
+    v.add_hold(&f.officer, Some(id), None, "pending litigation")
+        .unwrap();
+    v.remove_hold(&f.officer, Some(held), None).unwrap();
+    v.set_retention(&f.officer, CUSTOMERS, policy(7)).unwrap();
+    v.assign_contractor(
+        &f.admin,
+        "contractor",
+        ContractorScope {
+            collections: vec![CUSTOMERS.into()],
+            ..ContractorScope::default()
+        },
+    )
+    .unwrap();
+    v.record_security_review(&f.officer).unwrap();
+    let holds = v.holds(&f.officer).unwrap();
+    assert_eq!(holds.len(), 1);
+    assert_eq!(holds[0].target, id.to_string());
+    assert_eq!(v.retention(&f.officer).unwrap()[CUSTOMERS].days, 7);
+    assert_eq!(
+        v.list_records(&f.contractor, &RecordFilter::default())
+            .unwrap()
+            .len(),
+        2
+    );
+    assert!(v.security_status().unwrap().last_review_ms.is_some());
+}
