@@ -20,25 +20,8 @@ BIN_DIR=${BIN_DIR:-${CARGO_TARGET_DIR:-target}/debug}
   echo "build first: cargo build --workspace --all-targets (looked in $BIN_DIR)" >&2; exit 2; }
 command -v curl >/dev/null || { echo "needs curl" >&2; exit 2; }
 
-WORK=$(mktemp -d)
-SERVER_PID=""
-cleanup() { [ -n "$SERVER_PID" ] && kill "$SERVER_PID" 2>/dev/null || true; rm -rf "$WORK"; }
-trap cleanup EXIT
-
-printf 'disposal-bench-vault-passphrase-4Rk!' > "$WORK/pass"
-printf 'Quartz-Heron-Lamp-71x' > "$WORK/admin.pw"
-printf 'Basalt-Wren-Kettle-38y' > "$WORK/officer.pw"
-printf 'Cobalt-Finch-Anvil-52z' > "$WORK/clerk.pw"
-chmod 600 "$WORK"/*
-export PIVAULT_PASSPHRASE_FILE="$WORK/pass" PIVAULT_DIR="$WORK/vault"
-P="$BIN_DIR/pivault"
-PIVAULT_PASSWORD_FILE="$WORK/admin.pw" "$P" init --admin admin >/dev/null
-PIVAULT_PASSWORD_FILE="$WORK/admin.pw" PIVAULT_NEW_PASSWORD_FILE="$WORK/officer.pw" \
-  "$P" --user admin user add officer --role officer >/dev/null
-PIVAULT_PASSWORD_FILE="$WORK/admin.pw" PIVAULT_NEW_PASSWORD_FILE="$WORK/clerk.pw" \
-  "$P" --user admin user add clerk --role clerk >/dev/null
-PIVAULT_PASSWORD_FILE="$WORK/admin.pw" \
-  "$P" --user admin collection create customers --schema examples/customers.schema.json >/dev/null
+. scripts/server-fixture.sh
+vault_fixture officer clerk
 
 # Records for every run, imported in one go (synthetic, never real people).
 TOTAL=0
@@ -54,19 +37,8 @@ PIVAULT_PASSWORD_FILE="$WORK/officer.pw" "$P" --user officer --json record list 
 echo "# pivault-server disposals, $(date -u +%FT%TZ), $(nproc) cores, binaries from $BIN_DIR, N=$N one-record requests, $CONC concurrent clients"
 OFFSET=0
 for W in $WINDOWS; do
-  "$BIN_DIR/pivault-server" --bind 127.0.0.1:0 --self-signed \
-    --tls-cert "$WORK/server.crt" --tls-key "$WORK/server.key" \
-    --disposal-window-ms "$W" --requests-per-second 1000000 2> "$WORK/server.log" &
-  SERVER_PID=$!
-  URL=""
-  for _ in $(seq 1 600); do
-    URL=$(sed -nE 's/.*listening on (https:[^ ]+).*/\1/p' "$WORK/server.log")
-    [ -n "$URL" ] && break; sleep 0.1
-  done
-  [ -n "$URL" ] || { cat "$WORK/server.log" >&2; exit 1; }
-  TOKEN=$(curl -sk -X POST "$URL/v1/sessions" -H 'content-type: application/json' \
-    --data-binary @<(printf '{"username":"officer","password":"%s"}' "$(cat "$WORK/officer.pw")") \
-    | sed -E 's/.*"token":"([^"]+)".*/\1/')
+  start_server --disposal-window-ms "$W" --requests-per-second 1000000
+  TOKEN=$(login officer)
   printf 'Authorization: Bearer %s\n' "$TOKEN" > "$WORK/auth"
   chmod 600 "$WORK/auth"
   sed -n "$((OFFSET + 1)),$((OFFSET + N))p" "$WORK/ids" > "$WORK/batch"
@@ -74,7 +46,7 @@ for W in $WINDOWS; do
   export URL WORK
   START=$(date +%s.%N)
   xargs -P "$CONC" -I{} sh -c \
-    'curl -sk -o "$WORK/out.{}" -w "%{http_code}\n" -H @"$WORK/auth" -H "content-type: application/json" \
+    'curl -s --cacert "$WORK/server.crt" -o "$WORK/out.{}" -w "%{http_code}\n" -H @"$WORK/auth" -H "content-type: application/json" \
        -X POST "$URL/v1/disposals" --data "{\"scope\":\"record\",\"record\":\"{}\"}"' \
     < "$WORK/batch" > "$WORK/codes"
   END=$(date +%s.%N)
@@ -84,5 +56,5 @@ for W in $WINDOWS; do
   awk -v w="$W" -v n="$N" -v ok="$OK" -v c="$CERTS" -v s="$START" -v e="$END" \
     'BEGIN { printf "window %3s ms: %d/%d disposed in %.2f s = %.1f disposals/s, %d batches (certificates)\n", w, ok, n, e - s, n / (e - s), c }'
   [ "$OK" -eq "$N" ] || { echo "some disposals failed:"; sort "$WORK/codes" | uniq -c; exit 1; }
-  kill "$SERVER_PID"; wait "$SERVER_PID" || true; SERVER_PID=""
+  stop_server
 done

@@ -29,47 +29,14 @@ fi
 [ -x "$BIN_DIR/pivault" ] && [ -x "$BIN_DIR/pivault-server" ] || {
   echo "build first: cargo build --workspace --all-targets (looked in $BIN_DIR)" >&2; exit 2; }
 
-WORK=$(mktemp -d)
-SERVER_PID=""
-cleanup() { [ -n "$SERVER_PID" ] && kill "$SERVER_PID" 2>/dev/null || true; rm -rf "$WORK"; }
-trap cleanup EXIT
-
-# Secrets in files, never on command lines.
-printf 'load-bench-vault-passphrase-9Tq!' > "$WORK/pass"
-printf 'Quartz-Heron-Lamp-71x' > "$WORK/admin.pw"
-printf 'Basalt-Wren-Kettle-38y' > "$WORK/officer.pw"
-printf 'Cobalt-Finch-Anvil-52z' > "$WORK/clerk.pw"
-chmod 600 "$WORK"/*
-export PIVAULT_PASSPHRASE_FILE="$WORK/pass" PIVAULT_DIR="$WORK/vault"
-P="$BIN_DIR/pivault"
-
-PIVAULT_PASSWORD_FILE="$WORK/admin.pw" "$P" init --admin admin >/dev/null
-PIVAULT_PASSWORD_FILE="$WORK/admin.pw" PIVAULT_NEW_PASSWORD_FILE="$WORK/officer.pw" \
-  "$P" --user admin user add officer --role officer >/dev/null
-PIVAULT_PASSWORD_FILE="$WORK/admin.pw" PIVAULT_NEW_PASSWORD_FILE="$WORK/clerk.pw" \
-  "$P" --user admin user add clerk --role clerk >/dev/null
-PIVAULT_PASSWORD_FILE="$WORK/admin.pw" \
-  "$P" --user admin collection create customers --schema examples/customers.schema.json >/dev/null
+. scripts/server-fixture.sh
+vault_fixture officer clerk
 printf '{"given_name":"Ada","family_name":"Quimby","ssn":"123-45-6789","card":"4111111111111111"}' > "$WORK/rec.json"
 ID=$(PIVAULT_PASSWORD_FILE="$WORK/clerk.pw" "$P" --user clerk --json record put customers --data "$WORK/rec.json" \
   | sed -E 's/.*"record_id":"([^"]+)".*/\1/')
 
-start_server() {
-  "$BIN_DIR/pivault-server" --bind 127.0.0.1:0 --self-signed \
-    --tls-cert "$WORK/server.crt" --tls-key "$WORK/server.key" "$@" 2> "$WORK/server.log" &
-  SERVER_PID=$!
-  for _ in $(seq 1 600); do
-    URL=$(sed -nE 's/.*listening on (https:[^ ]+).*/\1/p' "$WORK/server.log")
-    [ -n "$URL" ] && break; sleep 0.1
-  done
-  [ -n "$URL" ] || { cat "$WORK/server.log" >&2; exit 1; }
-}
-stop_server() { kill "$SERVER_PID"; wait "$SERVER_PID" || true; SERVER_PID=""; }
-
 start_server --logins-per-minute 1000000 --requests-per-second 10000000
-TOKEN=$(curl -sk -X POST "$URL/v1/sessions" -H 'content-type: application/json' \
-  --data-binary @<(printf '{"username":"clerk","password":"%s"}' "$(cat "$WORK/clerk.pw")") \
-  | sed -E 's/.*"token":"([^"]+)".*/\1/')
+TOKEN=$(login clerk)
 [ "${#TOKEN}" -gt 10 ] || { echo "login failed" >&2; exit 1; }
 
 echo "# pivault-server load, $(date -u +%FT%TZ), $(nproc) cores, binaries from $BIN_DIR, wrk -t$THREADS -d$DURATION"
@@ -81,10 +48,10 @@ summary() { # label, wrk output file
   printf '%-44s %10s req/s   p50 %8s   p99 %8s\n' "$1" "$rps" "$p50" "$p99"
 }
 for C in 16 64; do
-  wrk -t"$THREADS" -c"$C" -d"$DURATION" --latency "$URL/healthz" > "$WORK/h$C.txt"
+  wrk -t"$THREADS" -c"$C" -d"$DURATION" --latency "$URL_IP/healthz" > "$WORK/h$C.txt"
   summary "GET /healthz (TLS), $C connections" "$WORK/h$C.txt"
   wrk -t"$THREADS" -c"$C" -d"$DURATION" --latency -H "Authorization: Bearer $TOKEN" \
-    "$URL/v1/records/$ID" > "$WORK/r$C.txt"
+    "$URL_IP/v1/records/$ID" > "$WORK/r$C.txt"
   grep -q "Non-2xx" "$WORK/r$C.txt" && { echo "non-2xx answers:"; grep "Non-2xx" "$WORK/r$C.txt"; }
   summary "GET /v1/records/{id} masked, $C connections" "$WORK/r$C.txt"
   awk -v a="$(awk '/Requests\/sec/ {print $2}' "$WORK/r$C.txt")" \
@@ -98,10 +65,10 @@ wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
 wrk.body = '{"username":"nobody-at-all","password":"not-the-password-123"}'
 LUA
-wrk -t1 -c16 -d"$DURATION" -s "$WORK/flood.lua" "$URL/v1/sessions" > "$WORK/flood.txt" &
+wrk -t1 -c16 -d"$DURATION" -s "$WORK/flood.lua" "$URL_IP/v1/sessions" > "$WORK/flood.txt" &
 FLOOD=$!
 sleep 1
-wrk -t1 -c16 -d"$DURATION" --latency -H "Authorization: Bearer $TOKEN" "$URL/v1/records/$ID" > "$WORK/rf.txt"
+wrk -t1 -c16 -d"$DURATION" --latency -H "Authorization: Bearer $TOKEN" "$URL_IP/v1/records/$ID" > "$WORK/rf.txt"
 wait "$FLOOD" || true
 summary "reads during a wrong-password flood, 16 conn" "$WORK/rf.txt"
 summary "  the flood itself (POST /v1/sessions)" "$WORK/flood.txt"

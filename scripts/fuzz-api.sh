@@ -24,43 +24,17 @@ if [ ! -x "$VENV/bin/st" ]; then
 fi
 [ -x "$BIN_DIR/pivault-server" ] || { echo "build first: cargo build --workspace --all-targets" >&2; exit 2; }
 
-WORK=$(mktemp -d)
-SERVER_PID=""
-cleanup() { [ -n "$SERVER_PID" ] && kill "$SERVER_PID" 2>/dev/null || true; rm -rf "$WORK"; }
-trap cleanup EXIT
-
-printf 'fuzz-vault-passphrase-7Rw#' > "$WORK/pass"
-for u in admin officer clerk auditor contractor; do printf 'Fuzz-%s-Granite-Otter-64' "$(printf %s "$u" | rev)" > "$WORK/$u.pw"; done
-chmod 600 "$WORK"/*
-export PIVAULT_PASSPHRASE_FILE="$WORK/pass" PIVAULT_DIR="$WORK/vault"
-P="$BIN_DIR/pivault"
-PIVAULT_PASSWORD_FILE="$WORK/admin.pw" "$P" init --admin admin --insecure-fast-kdf >/dev/null
-for u in officer clerk auditor contractor; do
-  PIVAULT_PASSWORD_FILE="$WORK/admin.pw" PIVAULT_NEW_PASSWORD_FILE="$WORK/$u.pw" \
-    "$P" --user admin user add "$u" --role "$u" >/dev/null
-done
-PIVAULT_PASSWORD_FILE="$WORK/admin.pw" \
-  "$P" --user admin collection create customers --schema examples/customers.schema.json >/dev/null
+. scripts/server-fixture.sh
+INIT_FLAGS=--insecure-fast-kdf vault_fixture officer clerk auditor contractor
 PIVAULT_PASSWORD_FILE="$WORK/clerk.pw" \
   "$P" --user clerk record import customers examples/customers.jsonl >/dev/null
 
-"$BIN_DIR/pivault-server" --bind 127.0.0.1:0 --self-signed --tls-cert "$WORK/server.crt" \
-  --tls-key "$WORK/server.key" --logins-per-minute 1000000 --requests-per-second 1000000 \
-  2> "$WORK/server.log" &
-SERVER_PID=$!
-URL=""
-for _ in $(seq 1 600); do
-  URL=$(sed -nE 's/.*listening on https:\/\/127\.0\.0\.1(:[0-9]+).*/https:\/\/localhost\1/p' "$WORK/server.log")
-  [ -n "$URL" ] && break; sleep 0.1
-done
-[ -n "$URL" ] || { cat "$WORK/server.log" >&2; exit 1; }
+start_server --logins-per-minute 1000000 --requests-per-second 1000000
 
 status=0
 cd "$WORK"   # schemathesis keeps its cache in the working directory
 for u in clerk officer admin auditor contractor; do
-  TOKEN=$(curl -s --cacert "$WORK/server.crt" -X POST "$URL/v1/sessions" -H 'content-type: application/json' \
-    --data-binary @<(printf '{"username":"%s","password":"%s"}' "$u" "$(cat "$WORK/$u.pw")") \
-    | sed -E 's/.*"token":"([^"]+)".*/\1/')
+  TOKEN=$(login "$u")
   echo "== fuzzing as $u"
   # Logging out would end the run's token; it is fuzzed without a token instead.
   "$VENV/bin/st" run "$URL/v1/openapi.json" --tls-verify "$WORK/server.crt" \
