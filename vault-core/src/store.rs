@@ -322,7 +322,9 @@ impl Store {
         Ok(())
     }
 
-    /// Applies puts (`Some(value)`) and deletes (`None`) atomically, synced.
+    /// Applies puts (`Some(value)`) and deletes (`None`) atomically, synced;
+    /// like `put` and `delete`, marks the caches of every touched column
+    /// family stale (a restore writes schemas this way).
     pub fn write_ops(&self, ops: &[WriteOp<'_>]) -> Result<()> {
         let mut batch = WriteBatch::default();
         for (cf, k, v) in ops {
@@ -333,7 +335,11 @@ impl Store {
         }
         let mut w = self.wo();
         w.set_sync(true);
-        self.db.write_opt(batch, &w)?;
+        let r = self.db.write_opt(batch, &w);
+        for (cf, _, _) in ops {
+            self.changed(cf);
+        }
+        r?;
         Ok(())
     }
 
