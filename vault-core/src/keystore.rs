@@ -313,31 +313,9 @@ impl Keystore {
         Ok(out)
     }
 
-    /// Generates, wraps and stores a new DEK for one record version.
-    pub fn new_dek(
-        &self,
-        root: &SecretKey,
-        epoch: u64,
-        subject: SubjectId,
-        record: RecordId,
-        version: u32,
-    ) -> Result<SecretKey> {
-        let mut nonce = [0u8; 12];
-        crypto::fill_random(&mut nonce);
-        self.store_dek(
-            root,
-            epoch,
-            subject,
-            record,
-            version,
-            SecretKey::generate(),
-            nonce,
-        )
-    }
-
     /// Wraps (with a fresh random `nonce`) and stores `dek`, a new key from
     /// the OS CSPRNG, as the DEK of one record version.
-    #[allow(clippy::too_many_arguments)] // new_dek's inputs plus the key and nonce drawn by the caller
+    #[allow(clippy::too_many_arguments)] // the version's identity plus the key and nonce drawn by the caller
     pub(crate) fn store_dek(
         &self,
         root: &SecretKey,
