@@ -32,7 +32,7 @@ pub enum BackupCmd {
     Restore {
         /// The backup file.
         file: PathBuf,
-        /// Do not ask for confirmation (records created after the backup are removed).
+        /// Do not ask for confirmation (a restore brings back missing or unreadable records; it never removes one).
         #[arg(long)]
         yes: bool,
     },
@@ -116,7 +116,7 @@ pub fn cmd_backup(out: &Out, vault: &Vault, s: &Session, c: &BackupCmd) -> anyho
         BackupCmd::Restore { file, yes } => {
             confirm(
                 *yes,
-                "Restore the record data from this backup? Records created after it are removed.",
+                "Restore missing or unreadable records from this backup? Live records are kept as they are.",
             )?;
             let r = vault.restore_backup(s, file)?;
             out.data(
@@ -124,13 +124,14 @@ pub fn cmd_backup(out: &Out, vault: &Vault, s: &Session, c: &BackupCmd) -> anyho
                     "backup_id": r.backup_id.map(|b| b.to_string()),
                     "restored": r.restored,
                     "disposed_skipped": r.disposed_skipped,
-                    "removed": r.removed,
+                    "kept": r.kept,
+                    "repaired": r.repaired,
                     "collections_restored": r.collections_restored,
                 }),
                 || {
                     format!(
-                        "restored {} record(s); {} disposed record(s) kept disposed; {} record(s) newer than the backup removed",
-                        r.restored, r.disposed_skipped, r.removed
+                        "restored {} missing record(s); repaired {} unreadable record(s); kept {} live record(s) as they are; {} disposed record(s) kept disposed",
+                        r.restored, r.repaired, r.kept, r.disposed_skipped
                     )
                 },
             )?;

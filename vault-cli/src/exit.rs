@@ -15,7 +15,7 @@
 //! | 10 | wrong vault passphrase |
 //! | 11 | storage or file-system error |
 //! | 12 | `doctor` found an unsafe setting |
-//! | 13 | refused by policy (no security officer; already exists; legal hold) |
+//! | 13 | refused by policy (no security officer; already exists; legal hold; record in an unfinished disposal; rotation blocked by an unreadable key) |
 //! | 14 | disposal verification failed: no certificate issued |
 
 use vault_core::Error;
@@ -60,9 +60,13 @@ pub fn for_code(code: &str) -> u8 {
         "integrity" | "unsupported_format" => INTEGRITY,
         "vault_busy" | "rate_limited" | "timeout" | "unavailable" => BUSY,
         "wrong_passphrase" => PASSPHRASE,
-        "storage" | "io" | "audit_unavailable" => STORAGE,
+        "storage" | "io" | "audit_unavailable" | "import_incomplete" | "writes_fenced" => STORAGE,
         "unsafe_permissions" => UNSAFE_CONFIG,
-        "no_officer" | "already_exists" | "legal_hold" => POLICY,
+        "no_officer"
+        | "already_exists"
+        | "legal_hold"
+        | "disposal_in_progress"
+        | "rotation_blocked" => POLICY,
         "disposal_failed" => DISPOSAL_FAILED,
         _ => INTERNAL,
     }

@@ -76,6 +76,15 @@ struct Cli {
     command: Command,
 }
 
+/// `pivault maintenance …`.
+#[derive(Subcommand, Debug)]
+enum MaintenanceCmd {
+    /// Rotate every bucket holding an updated record's old key or an
+    /// orphaned key, ratchet the epoch and purge the keystore (officer).
+    /// pivault-server runs it daily; an open past the bound runs it too.
+    Run,
+}
+
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Create a new vault and its first admin (who chooses their own password).
@@ -119,6 +128,9 @@ enum Command {
     /// Backups of the record data (never the header); restore replays the disposal ledger.
     #[command(subcommand)]
     Backup(backup::BackupCmd),
+    /// The maintenance ratchet: destroy orphaned keys and old keys of updated records.
+    #[command(subcommand)]
+    Maintenance(MaintenanceCmd),
     /// Report the live security configuration; non-zero exit on any unsafe setting.
     Doctor,
     /// Record that the annual security review took place (officer).
@@ -716,6 +728,17 @@ fn run(cli: &Cli, out: &Out) -> anyhow::Result<u8> {
                 Command::Hold(c) => dispose::cmd_hold(out, &vault, &session, c)?,
                 Command::Contractor(c) => dispose::cmd_contractor(out, &vault, &session, c)?,
                 Command::Backup(c) => backup::cmd_backup(out, &vault, &session, c)?,
+                Command::Maintenance(MaintenanceCmd::Run) => {
+                    let r = vault.run_maintenance(&session)?;
+                    let v = vault_core::views::maintenance(&r);
+                    let text = output::maintenance_text(&v);
+                    out.data(v, || text)?;
+                    if r.epochs.is_some() && !r.verified {
+                        exit::DISPOSAL_FAILED
+                    } else {
+                        exit::OK
+                    }
+                }
                 Command::Review => {
                     vault.record_security_review(&session)?;
                     out.data(json!({ "reviewed": true }), || {

@@ -252,6 +252,27 @@ pub fn outcome_text(o: &Value) -> String {
     t
 }
 
+/// `maintenance run`.
+pub fn maintenance_text(v: &Value) -> String {
+    if v["epoch_after"].is_null() {
+        return "nothing to do: no bucket holds an updated record's old key, no key is orphaned"
+            .into();
+    }
+    format!(
+        "rotated {} bucket(s) ({} key(s) re-wrapped), destroyed {} orphaned key(s), epoch {} -> {}; purge {}",
+        text(&v["buckets_rotated"]),
+        text(&v["keys_rewrapped"]),
+        text(&v["orphan_keys_destroyed"]),
+        text(&v["epoch_before"]),
+        text(&v["epoch_after"]),
+        if v["verified"] == true {
+            "verified"
+        } else {
+            "NOT verified"
+        }
+    )
+}
+
 /// `disposal list`.
 pub fn disposals_text(ds: &Value) -> String {
     rows(ds)

@@ -788,6 +788,11 @@ fn command(cli: &Cli, out: &Out, r: &Remote) -> anyhow::Result<u8> {
             let v = r.post("/v1/review", json!({}))?;
             out.data(v, || "security review recorded".into())?;
         }
+        Command::Maintenance(crate::MaintenanceCmd::Run) => {
+            let v = r.post("/v1/maintenance", json!({}))?;
+            let text = crate::output::maintenance_text(&v);
+            out.data(v, || text)?;
+        }
         Command::Init(_)
         | Command::Doctor
         | Command::Backup(_)

@@ -127,8 +127,12 @@ pub struct RestoreReport {
     /// Records in the backup that the disposal ledger names: written as
     /// "disposed" tombstones, their keys never restored.
     pub disposed_skipped: u64,
-    /// Live records that were not in the backup (created after it) and were removed.
-    pub removed: u64,
+    /// Live records that read and were kept as they are (a restore never
+    /// removes or rolls back a live record).
+    pub kept: u64,
+    /// Live records that could not be read (key missing, tampered row) and
+    /// were replaced by their backed-up version.
+    pub repaired: u64,
     /// Collections the backup brought back.
     pub collections_restored: u64,
 }
@@ -608,10 +612,14 @@ impl Vault {
     /// Needs this vault's live header (K_b is reached only through the live
     /// root). The whole file is authenticated before anything changes. The
     /// disposal ledger is replayed: a disposed record comes back only as a
-    /// "disposed" tombstone, without its key. Records created after the
-    /// backup are removed (a restore is a return to the backup's point in
-    /// time); users, holds, policies, certificates, the ledger and the audit
-    /// trail stay as they are. Interrupted, it can be run again.
+    /// "disposed" tombstone, without its key. A restore merges: records
+    /// missing from the vault come back, records that cannot be read are
+    /// repaired from their backed-up version, and every live record that
+    /// reads stays as it is — none is removed or rolled back, so a restore
+    /// can never destroy a record (held or not) without a disposal's
+    /// permission, holds and certificate. Users, holds, policies,
+    /// certificates, the ledger and the audit trail stay as they are.
+    /// Interrupted, it can be run again.
     pub fn restore_backup(&self, s: &Session, file: &Path) -> Result<RestoreReport> {
         self.authorize_backup(s)?;
         let mut id_target = "backup:unknown".to_owned();
@@ -639,7 +647,8 @@ impl Vault {
                     id_target,
                     format!("restored:{}", rep.restored),
                     format!("disposed_skipped:{}", rep.disposed_skipped),
-                    format!("removed:{}", rep.removed),
+                    format!("kept:{}", rep.kept),
+                    format!("repaired:{}", rep.repaired),
                 ],
                 Err(_) => vec![id_target],
             },
@@ -650,6 +659,7 @@ impl Vault {
     }
 
     fn restore_inner(&self, id: BackupId, file: &Path) -> Result<RestoreReport> {
+        self.isolation.check_fence()?;
         let _batch = self.disposal_lock.lock().expect("disposal lock");
         let epoch = self.epoch.write().expect("epoch lock");
         let kb = self
@@ -689,32 +699,10 @@ impl Vault {
             backup_id: Some(id),
             ..RestoreReport::default()
         };
-        // Remove the live records (and their keys); tombstones of disposed records stay.
-        let mut ops: Vec<store::WriteOp<'_>> = Vec::new();
-        let mut dek_deletes = Vec::new();
-        self.store.for_each(store::CF_RECORDS, |k, v| {
-            let row = RecordRow::decode(v)?;
-            if row.state == RecordState::Live || skip_ledger {
-                let rid = RecordId::from_slice(k)?;
-                let mut sk = row.subject.as_bytes().to_vec();
-                sk.extend_from_slice(k);
-                let mut ck = store::collection_prefix(&row.collection);
-                ck.extend_from_slice(k);
-                ops.push((store::CF_RECORDS, k.to_vec(), None));
-                ops.push((store::CF_BY_SUBJECT, sk, None));
-                ops.push((store::CF_BY_COLLECTION, ck, None));
-                dek_deletes.push((row.subject, rid, row.version));
-                report.removed += 1;
-            }
-            Ok(())
-        })?;
-        for chunk in ops.chunks(30_000) {
-            self.store.write_ops(chunk)?;
-        }
-        for chunk in dek_deletes.chunks(10_000) {
-            self.keystore.delete_deks(chunk)?;
-        }
-        // Pass 2: apply.
+        // A restore merges: it brings back what is missing or unreadable and
+        // never removes a live record (removing is a disposal, with its
+        // holds, its permission and its certificate). A live record that
+        // reads is newer than or equal to its backed-up copy and stays.
         let mut ops: Vec<store::WriteOp<'_>> = Vec::new();
         let mut deks: Vec<(u32, RecordId, u32, SecretKey)> = Vec::new();
         let mut restored_versions: HashMap<RecordId, u32> = HashMap::new();
@@ -748,11 +736,34 @@ impl Vault {
                             row.envelope.clear();
                             ops.push((store::CF_RECORDS, k.to_vec(), Some(row.encode())));
                         }
-                    } else if live.is_none() {
-                        restored_versions.insert(rid, row.version);
-                        ops.push((store::CF_RECORDS, k.to_vec(), Some(v.to_vec())));
+                        return Ok(());
+                    }
+                    let unreadable = match &live {
+                        None => true,
+                        // Without the ledger replay (the negative control),
+                        // a tombstone is "repaired" too: that is the
+                        // resurrection the replay prevents.
+                        Some(l) if l.state != RecordState::Live => skip_ledger,
+                        Some(l) => self
+                            .decrypt_with(&epoch.root, epoch.number, rid, l)
+                            .is_err(),
+                    };
+                    if !unreadable || row.state != RecordState::Live {
+                        report.kept += 1;
+                        return Ok(());
+                    }
+                    if let Some(l) = &live {
+                        // Repair: the damaged live row and every key of it go;
+                        // the backed-up version and its key come back.
+                        for (v, _) in self.keystore.record_keys(l.subject, rid)? {
+                            self.keystore.delete_dek(l.subject, rid, v, true)?;
+                        }
+                        report.repaired += 1;
+                    } else {
                         report.restored += 1;
                     }
+                    restored_versions.insert(rid, row.version);
+                    ops.push((store::CF_RECORDS, k.to_vec(), Some(v.to_vec())));
                 }
                 TAG_BY_SUBJECT => ops.push((store::CF_BY_SUBJECT, k.to_vec(), Some(v.to_vec()))),
                 TAG_BY_COLLECTION => {
@@ -791,9 +802,8 @@ impl Vault {
                 Some(RecordRow {
                     state: RecordState::Disposed { .. },
                     subject,
-                    version,
                     ..
-                }) if self.keystore.wrapped_dek(subject, rid, version)?.is_some() => {
+                }) if !self.keystore.record_keys(subject, rid)?.is_empty() => {
                     return Err(Error::Integrity("restore (a disposed record has a key)"));
                 }
                 Some(RecordRow {

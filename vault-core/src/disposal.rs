@@ -9,7 +9,7 @@
 //!
 //! This is a child module of `vault` so it can reach the facade's fields.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -111,8 +111,32 @@ const STEPS: [&str; 8] = [
 pub(crate) struct BatchRecord {
     id: String,
     subject: String,
+    /// The live version when the batch started.
     version: u32,
     collection: String,
+    /// Every key version destroyed (all of the record's keys, found by
+    /// prefix under the bucket lock); empty in batches of older builds,
+    /// which destroyed `version` only.
+    #[serde(default)]
+    versions: Vec<u32>,
+}
+
+impl BatchRecord {
+    /// The key versions this batch destroys.
+    fn destroyed_versions(&self) -> Vec<u32> {
+        if self.versions.is_empty() {
+            vec![self.version]
+        } else {
+            self.versions.clone()
+        }
+    }
+}
+
+/// Step 1's work, handed to step 2 without releasing the bucket locks.
+struct Prepared<'a> {
+    guards: Vec<std::sync::RwLockWriteGuard<'a, ()>>,
+    rotation: crate::keystore::Rotation,
+    wrapped_before: Vec<Vec<u8>>,
 }
 
 /// The persisted state of a batch (IDs only; no key material, no personal information).
@@ -470,26 +494,60 @@ impl Vault {
     pub fn dispose(&self, s: &Session, req: &DisposalRequest) -> Result<DisposalOutcome> {
         self.authorize(s, Some(Permission::Dispose))?;
         let started = std::time::Instant::now();
-        let planned = (|| {
-            let contractor = self.contractor_filter(s)?;
-            let mut rows = self.resolve_scope(&req.scope)?;
-            let mut excluded = Vec::new();
-            if let Some(scope) = &contractor {
-                let (inside, outside): (Vec<_>, Vec<_>) = rows
-                    .into_iter()
-                    .partition(|(id, r)| Self::in_contractor_scope(scope, *id, r));
-                if !outside.is_empty() {
-                    return Err(Error::PermissionDenied(
-                        "dispose of records outside your assigned scope",
-                    ));
-                }
-                rows = inside;
-            }
+        let scope_target = match &req.scope {
+            DisposalScope::Record(id) => id.to_string(),
+            DisposalScope::Subject(sid) => sid.to_string(),
+            DisposalScope::Query { .. } => "scope:query".into(),
+            DisposalScope::PastRetention => "scope:retention".into(),
+            DisposalScope::Records(ids) => format!("scope:list:{}", ids.len()),
+        };
+        let refuse = |e: Error| -> Result<DisposalOutcome> {
+            self.audit(
+                Some(s.user),
+                &s.ctx,
+                "disposal.refused",
+                vec![scope_target.clone()],
+                Err(&e),
+                None,
+            )?;
+            Err(e)
+        };
+        let (rows, excluded, by_contractor) = match self.plan_disposal(s, &req.scope) {
+            Ok(p) => p,
+            Err(e) => return refuse(e),
+        };
+        if req.dry_run || rows.is_empty() {
+            return self.disposal_without_batch(s, req, &scope_target, &rows, &excluded);
+        }
+        // Step 1 runs under the batch lock and the touched buckets' exclusive
+        // locks: every record is read again (an update may have run since the
+        // plan), holds are checked again, and the rotation is planned, so a
+        // surviving key that cannot be unwrapped refuses the batch before
+        // anything is deleted. Then the synced intent, and the records enter
+        // the pending set: from here on no read, update or hold touches them.
+        let _batch_guard = self.disposal_lock.lock().expect("disposal lock");
+        self.at_step("planned");
+        let buckets: Vec<u32> = rows
+            .iter()
+            .map(|(_, r)| self.keystore.bucket_of(r.subject))
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let guards = self.isolation.exclusive(&buckets);
+        let locked = (|| {
+            self.isolation.check_fence()?;
             let mut kept = Vec::new();
-            for (id, row) in rows {
-                match self.hold_on(id, row.subject)? {
-                    Some(why) => excluded.push((id, why)),
-                    None => kept.push((id, row)),
+            let mut excluded = excluded.clone();
+            for (id, _) in &rows {
+                let Some(row) = self.store.record(*id)? else {
+                    continue;
+                };
+                if row.state != RecordState::Live {
+                    continue;
+                }
+                match self.hold_on(*id, row.subject)? {
+                    Some(why) => excluded.push((*id, why)),
+                    None => kept.push((*id, row)),
                 }
             }
             if matches!(req.scope, DisposalScope::Record(_))
@@ -498,67 +556,46 @@ impl Vault {
             {
                 return Err(Error::LegalHold);
             }
-            Ok((kept, excluded, contractor.is_some()))
+            let ids: HashSet<RecordId> = kept.iter().map(|(id, _)| *id).collect();
+            let epoch = self.epoch.read().expect("epoch lock");
+            let rotation =
+                self.keystore
+                    .plan_rotation(&epoch.root, epoch.number, &buckets, |r, _| ids.contains(&r))?;
+            drop(epoch);
+            Ok((kept, excluded, rotation))
         })();
-        let scope_target = match &req.scope {
-            DisposalScope::Record(id) => id.to_string(),
-            DisposalScope::Subject(sid) => sid.to_string(),
-            DisposalScope::Query { .. } => "scope:query".into(),
-            DisposalScope::PastRetention => "scope:retention".into(),
-            DisposalScope::Records(ids) => format!("scope:list:{}", ids.len()),
-        };
-        let (rows, excluded, by_contractor) = match planned {
-            Ok(p) => p,
+        let (rows, excluded, rotation) = match locked {
+            Ok(l) => l,
             Err(e) => {
-                self.audit(
-                    Some(s.user),
-                    &s.ctx,
-                    "disposal.refused",
-                    vec![scope_target],
-                    Err(&e),
-                    None,
-                )?;
-                return Err(e);
+                drop(guards);
+                return refuse(e);
             }
         };
-        let subjects: BTreeSet<SubjectId> = rows.iter().map(|(_, r)| r.subject).collect();
-        let mut outcome = DisposalOutcome {
-            disposal_id: None,
-            certificate_id: None,
-            records: rows.iter().map(|(id, _)| *id).collect(),
-            subjects: subjects.len() as u64,
-            excluded: excluded
-                .iter()
-                .map(|(id, why)| (*id, why.clone()))
-                .collect(),
-            epochs: None,
-            duration_ms: 0,
-        };
-        if req.dry_run || rows.is_empty() {
-            self.audit(
-                Some(s.user),
-                &s.ctx,
-                if req.dry_run {
-                    "disposal.plan"
-                } else {
-                    "disposal.empty"
-                },
-                vec![
-                    scope_target,
-                    format!("count:{}", rows.len()),
-                    format!("excluded:{}", excluded.len()),
-                ],
-                Ok(()),
-                None,
-            )?;
-            return Ok(outcome);
+        if rows.is_empty() {
+            drop(guards);
+            if let DisposalScope::Record(id) = &req.scope
+                && excluded.is_empty()
+            {
+                // Another batch disposed of it while this one waited.
+                return refuse(
+                    self.live_row(*id)
+                        .err()
+                        .unwrap_or(Error::NotFound("record")),
+                );
+            }
+            return self.disposal_without_batch(s, req, &scope_target, &rows, &excluded);
         }
-        // Step 1: the synced intent. From here a crash resumes the batch on open.
-        let _batch_guard = self.disposal_lock.lock().expect("disposal lock");
-        let buckets: BTreeSet<u32> = rows
-            .iter()
-            .map(|(_, r)| self.keystore.bucket_of(r.subject))
-            .collect();
+        // Every key version of every record, as found now under the locks.
+        let mut versions: BTreeMap<RecordId, Vec<u32>> = BTreeMap::new();
+        for (id, v) in &rotation.deleted {
+            versions.entry(*id).or_default().push(*v);
+        }
+        let mut wrapped_before = Vec::new();
+        for (id, row) in &rows {
+            for (_, w) in self.keystore.record_keys(row.subject, *id)? {
+                wrapped_before.push(w);
+            }
+        }
         let id = DisposalId::new();
         let p = &req.parties;
         let mut batch = BatchRow {
@@ -576,13 +613,14 @@ impl Vault {
                     subject: r.subject.to_string(),
                     version: r.version,
                     collection: r.collection.as_str().to_owned(),
+                    versions: versions.get(id).cloned().unwrap_or_default(),
                 })
                 .collect(),
             excluded: excluded
                 .iter()
                 .map(|(id, why)| (id.to_string(), why.clone()))
                 .collect(),
-            buckets: buckets.into_iter().collect(),
+            buckets,
             epoch_before: self.epoch(),
             epoch_after: None,
             rewrapped: 0,
@@ -601,6 +639,8 @@ impl Vault {
             backups: self.residual_backups()?,
         };
         self.put_batch(&batch, true)?;
+        self.isolation
+            .add_pending(rows.iter().map(|(id, r)| (*id, r.subject)));
         self.audit(
             Some(s.user),
             &s.ctx,
@@ -610,20 +650,106 @@ impl Vault {
             None,
         )?;
         self.at_step("intent");
-        let r = self.run_batch(&mut batch, &s.ctx);
+        let subjects: BTreeSet<SubjectId> = rows.iter().map(|(_, r)| r.subject).collect();
+        let mut outcome = DisposalOutcome {
+            disposal_id: None,
+            certificate_id: None,
+            records: rows.iter().map(|(id, _)| *id).collect(),
+            subjects: subjects.len() as u64,
+            excluded,
+            epochs: None,
+            duration_ms: 0,
+        };
+        let r = self.run_batch(
+            &mut batch,
+            Some(s.user),
+            &s.ctx,
+            Some(Prepared {
+                guards,
+                rotation,
+                wrapped_before,
+            }),
+        );
         outcome.duration_ms = started.elapsed().as_millis() as u64;
-        match r {
-            Ok(cert) => {
-                outcome.disposal_id = Some(id);
-                outcome.certificate_id = Some(cert);
-                outcome.epochs = Some((
-                    batch.epoch_before,
-                    batch.epoch_after.unwrap_or(batch.epoch_before),
+        let cert = r?;
+        outcome.disposal_id = Some(id);
+        outcome.certificate_id = Some(cert);
+        outcome.epochs = Some((
+            batch.epoch_before,
+            batch.epoch_after.unwrap_or(batch.epoch_before),
+        ));
+        Ok(outcome)
+    }
+
+    /// Plans a disposal without locks: the live records in scope, the held
+    /// ones excluded, a contractor confined to their scope.
+    #[allow(clippy::type_complexity)] // the plan's three parts, used once
+    fn plan_disposal(
+        &self,
+        s: &Session,
+        scope: &DisposalScope,
+    ) -> Result<(Vec<(RecordId, RecordRow)>, Vec<(RecordId, String)>, bool)> {
+        let contractor = self.contractor_filter(s)?;
+        let mut rows = self.resolve_scope(scope)?;
+        let mut excluded = Vec::new();
+        if let Some(sc) = &contractor {
+            if rows
+                .iter()
+                .any(|(id, r)| !Self::in_contractor_scope(sc, *id, r))
+            {
+                return Err(Error::PermissionDenied(
+                    "dispose of records outside your assigned scope",
                 ));
-                Ok(outcome)
             }
-            Err(e) => Err(e),
         }
+        let mut kept = Vec::new();
+        for (id, row) in rows.drain(..) {
+            match self.hold_on(id, row.subject)? {
+                Some(why) => excluded.push((id, why)),
+                None => kept.push((id, row)),
+            }
+        }
+        if matches!(scope, DisposalScope::Record(_)) && kept.is_empty() && !excluded.is_empty() {
+            return Err(Error::LegalHold);
+        }
+        Ok((kept, excluded, contractor.is_some()))
+    }
+
+    /// A dry run, or a scope with nothing left to dispose: audited, no batch.
+    fn disposal_without_batch(
+        &self,
+        s: &Session,
+        req: &DisposalRequest,
+        scope_target: &str,
+        rows: &[(RecordId, RecordRow)],
+        excluded: &[(RecordId, String)],
+    ) -> Result<DisposalOutcome> {
+        let subjects: BTreeSet<SubjectId> = rows.iter().map(|(_, r)| r.subject).collect();
+        self.audit(
+            Some(s.user),
+            &s.ctx,
+            if req.dry_run {
+                "disposal.plan"
+            } else {
+                "disposal.empty"
+            },
+            vec![
+                scope_target.to_owned(),
+                format!("count:{}", rows.len()),
+                format!("excluded:{}", excluded.len()),
+            ],
+            Ok(()),
+            None,
+        )?;
+        Ok(DisposalOutcome {
+            disposal_id: None,
+            certificate_id: None,
+            records: rows.iter().map(|(id, _)| *id).collect(),
+            subjects: subjects.len() as u64,
+            excluded: excluded.to_vec(),
+            epochs: None,
+            duration_ms: 0,
+        })
     }
 
     fn put_batch(&self, b: &BatchRow, sync: bool) -> Result<()> {
@@ -644,12 +770,21 @@ impl Vault {
     }
 
     /// Runs (or resumes) a batch from its recorded step to the certificate.
-    fn run_batch(&self, b: &mut BatchRow, ctx: &Context) -> Result<CertificateId> {
-        let operator: UserId = b.operator.parse()?;
-        let records: Vec<(RecordId, SubjectId, u32)> = b
+    /// `actor` is the user the step events are audited under: the one who
+    /// started or retried the batch, or the operator on resume at open.
+    /// `prepared` carries step 1's locks and rotation plan from `dispose`;
+    /// a resumed batch takes the locks and plans again.
+    fn run_batch(
+        &self,
+        b: &mut BatchRow,
+        actor: Option<UserId>,
+        ctx: &Context,
+        prepared: Option<Prepared<'_>>,
+    ) -> Result<CertificateId> {
+        let records: Vec<(RecordId, SubjectId)> = b
             .records
             .iter()
-            .map(|r| Ok((r.id.parse()?, r.subject.parse()?, r.version)))
+            .map(|r| Ok((r.id.parse()?, r.subject.parse()?)))
             .collect::<Result<_>>()?;
         let mut step = step_index(&b.step);
         let trace = std::env::var_os("PIVAULT_DISPOSAL_TRACE").is_some();
@@ -665,43 +800,87 @@ impl Vault {
             .purge_hold_snapshot
             .load(std::sync::atomic::Ordering::SeqCst)
             .then(|| self.keystore.snapshot());
-        // The wrapped DEK bytes that exist before the batch, for the byte scan
-        // of step 7. Held in memory only: writing them anywhere would make a copy.
+        // The wrapped DEK bytes of every version that exist before the batch,
+        // for the byte scan of step 7. Held in memory only: writing them
+        // anywhere would make a copy.
         let mut wrapped_before = Vec::new();
-        if step < step_index("keys_deleted") {
-            for (id, sub, v) in &records {
-                if let Some(w) = self.keystore.wrapped_dek(*sub, *id, *v)? {
-                    wrapped_before.push(w);
+        if step < step_index("buckets_rotated") {
+            // Steps 2 and 3 in one synced write, under the touched buckets'
+            // exclusive locks: every key of every record in the batch (all
+            // versions, by prefix) is deleted, and each touched bucket gets
+            // a new key with its surviving keys re-wrapped under it.
+            let p = match prepared {
+                Some(p) => p,
+                None => {
+                    let guards = self.isolation.exclusive(&b.buckets);
+                    let ids: HashSet<RecordId> = records.iter().map(|(id, _)| *id).collect();
+                    let mut wrapped = Vec::new();
+                    for (id, sub) in &records {
+                        for (_, w) in self.keystore.record_keys(*sub, *id)? {
+                            wrapped.push(w);
+                        }
+                    }
+                    let epoch = self.epoch.read().expect("epoch lock");
+                    let planned = self.keystore.plan_rotation(
+                        &epoch.root,
+                        epoch.number,
+                        &b.buckets,
+                        |r, _| ids.contains(&r),
+                    );
+                    drop(epoch);
+                    let rotation = match planned {
+                        Ok(r) => r,
+                        Err(e) => {
+                            // Nothing was deleted: the batch stays failed at
+                            // its step, visible and retryable.
+                            b.failed = Some(e.to_string());
+                            self.put_batch(b, true)?;
+                            self.audit(
+                                actor,
+                                ctx,
+                                "disposal.rotate",
+                                vec![b.id.clone()],
+                                Err(&e),
+                                None,
+                            )?;
+                            return Err(e);
+                        }
+                    };
+                    Prepared {
+                        guards,
+                        rotation,
+                        wrapped_before: wrapped,
+                    }
+                }
+            };
+            wrapped_before = p.wrapped_before;
+            let mut found: BTreeMap<String, BTreeSet<u32>> = BTreeMap::new();
+            for (id, v) in &p.rotation.deleted {
+                found.entry(id.to_string()).or_default().insert(*v);
+            }
+            for r in &mut b.records {
+                let mut all: BTreeSet<u32> = r.versions.iter().copied().collect();
+                all.extend(found.get(&r.id).into_iter().flatten());
+                if !all.is_empty() {
+                    r.versions = all.into_iter().collect();
                 }
             }
-            // Step 2: delete each record's wrapped DEK, one synced batch.
-            self.keystore.delete_deks(
-                &records
-                    .iter()
-                    .map(|(i, s, v)| (*s, *i, *v))
-                    .collect::<Vec<_>>(),
-            )?;
+            b.rewrapped = p.rotation.rewrapped;
+            self.keystore.commit_rotation(p.rotation)?;
+            // The rotation also destroyed every update's residue in these buckets.
+            self.clear_dirty(&b.buckets)?;
+            drop(p.guards);
             self.advance(b, "keys_deleted")?;
-            step = step_index("keys_deleted");
-            tr("keys_deleted");
-        }
-        if step < step_index("buckets_rotated") {
-            // Step 3: new keys for the touched buckets; survivors re-wrapped.
-            let epoch = self.epoch.read().expect("epoch lock");
-            b.rewrapped = self
-                .keystore
-                .rotate_buckets(&epoch.root, epoch.number, &b.buckets)?;
-            drop(epoch);
             self.advance(b, "buckets_rotated")?;
             step = step_index("buckets_rotated");
-            tr("buckets_rotated");
+            tr("keys_deleted+buckets_rotated");
         }
         if step < step_index("epoch_ratcheted") {
             // Step 4: epoch ratchet; the old root key is overwritten in the header.
             let after = self.ratchet()?;
             b.epoch_after = Some(after);
             self.audit(
-                Some(operator),
+                actor,
                 ctx,
                 "key.epoch",
                 vec![
@@ -730,7 +909,7 @@ impl Vault {
         }
         if step < step_index("ciphertexts_deleted") {
             // Step 6: the ciphertexts go; a tombstone row names the certificate.
-            for (id, _, _) in &records {
+            for (id, _) in &records {
                 if let Some(mut row) = self.store.record(*id)? {
                     row.state = RecordState::Disposed {
                         certificate: Some(b.certificate_id.clone()),
@@ -740,8 +919,11 @@ impl Vault {
                 }
             }
             self.store.flush_records()?;
+            // Tombstones now: a read or an update sees "disposed".
+            self.isolation
+                .remove_pending(records.iter().map(|(id, _)| *id));
             self.audit(
-                Some(operator),
+                actor,
                 ctx,
                 "custody.disposed",
                 vec![b.id.clone(), format!("count:{}", records.len())],
@@ -756,7 +938,7 @@ impl Vault {
             // Step 7: verify before any certificate.
             let mut problems = Vec::new();
             let epoch = self.epoch.read().expect("epoch lock");
-            for (id, sub, v) in &records {
+            for (r, (id, sub)) in b.records.iter().zip(&records) {
                 match self.store.record(*id)? {
                     Some(RecordRow {
                         state: RecordState::Disposed { .. },
@@ -764,16 +946,19 @@ impl Vault {
                     }) => {}
                     _ => problems.push(format!("record {id} does not read as disposed")),
                 }
-                if self.keystore.wrapped_dek(*sub, *id, *v)?.is_some()
-                    || self
-                        .keystore
+                // No key of any version: the whole `bucket | record` prefix is empty.
+                let left = self.keystore.record_keys(*sub, *id)?;
+                let reachable = r.destroyed_versions().iter().any(|v| {
+                    self.keystore
                         .dek(&epoch.root, epoch.number, *sub, *id, *v)
                         .ok()
                         .flatten()
                         .is_some()
-                {
+                });
+                if !left.is_empty() || reachable {
                     problems.push(format!(
-                        "a key path from the live header still reaches the key of record {id}"
+                        "a key of record {id} is still stored ({} version(s)) or reachable from the live header",
+                        left.len()
                     ));
                 }
             }
@@ -798,7 +983,7 @@ impl Vault {
                 tr(&format!("verify: key paths + byte scan of {scanned} files"));
                 b.scan_files = Some(scanned);
                 b.byte_scan = Some(format!(
-                    "{} pre-disposal wrapped key(s) searched in {scanned} keystore file(s) that can hold them (every WAL, manifest and other non-table file, every table file outside the live set, every live data-key table file covering a touched bucket): {} file(s) hold them",
+                    "{} pre-disposal wrapped key(s) (every version of every record) searched in {scanned} keystore file(s) that can hold them (every WAL, manifest and other non-table file, every table file outside the live set, every live data-key table file covering a touched bucket): {} file(s) hold them",
                     wrapped_before.len(),
                     hits.len()
                 ));
@@ -814,7 +999,7 @@ impl Vault {
                 self.put_batch(b, true)?;
                 let e = Error::DisposalFailed(msg);
                 self.audit(
-                    Some(operator),
+                    actor,
                     ctx,
                     "disposal.verify",
                     vec![b.id.clone()],
@@ -824,7 +1009,7 @@ impl Vault {
                 return Err(e);
             }
             self.audit(
-                Some(operator),
+                actor,
                 ctx,
                 "custody.verified",
                 vec![b.id.clone()],
@@ -855,7 +1040,7 @@ impl Vault {
                 .expect("serialisable"),
             )?;
             let seq = self.audit(
-                Some(operator),
+                actor,
                 ctx,
                 "disposal.complete",
                 vec![
@@ -991,7 +1176,7 @@ impl Vault {
                     "key_bits": 256,
                     "rng": "operating-system CSPRNG (getrandom)",
                     "key_hierarchy": "passphrase -Argon2id-> unlock key -> epoch root key -> bucket key -> per-record data key",
-                    "keys_destroyed": b.records.iter().map(|r| json!({ "record_id": r.id, "key_version": r.version })).collect::<Vec<_>>(),
+                    "keys_destroyed": b.records.iter().map(|r| json!({ "record_id": r.id, "key_version": r.version, "key_versions": r.destroyed_versions() })).collect::<Vec<_>>(),
                     "buckets_rotated": b.buckets.len(),
                     "surviving_keys_rewrapped": b.rewrapped,
                     "epoch_before": b.epoch_before,
@@ -1045,46 +1230,106 @@ impl Vault {
 
     /// Resumes every batch a crash interrupted (called on open).
     pub(crate) fn resume_disposals(&self) -> Result<()> {
+        let mut batches = Vec::new();
         for (_, v) in self.store.scan_prefix(store::CF_DISPOSALS, &[])? {
-            let mut b: BatchRow =
+            let b: BatchRow =
                 serde_json::from_slice(&v).map_err(|_| Error::Integrity("disposal batch"))?;
-            if b.step != "complete" && b.failed.is_none() {
-                let ctx = Context {
-                    channel: Channel::System,
-                    source: None,
-                    request_id: None,
-                };
-                self.audit(
-                    b.operator.parse().ok(),
-                    &ctx,
-                    "disposal.resume",
-                    vec![b.id.clone(), format!("step:{}", b.step)],
-                    Ok(()),
-                    None,
-                )?;
-                // A failed verification is recorded in the batch; opening goes on.
-                let _ = self.run_batch(&mut b, &ctx);
+            if b.step == "complete" {
+                continue;
             }
+            // Until its tombstones are written, an unfinished batch (failed
+            // ones included) keeps its records from reads, updates and holds.
+            if step_index(&b.step) < step_index("ciphertexts_deleted") {
+                let named = b
+                    .records
+                    .iter()
+                    .map(|r| Ok((r.id.parse()?, r.subject.parse()?)))
+                    .collect::<Result<Vec<(RecordId, SubjectId)>>>()?;
+                self.isolation.add_pending(named);
+            }
+            batches.push(b);
+        }
+        for mut b in batches.into_iter().filter(|b| b.failed.is_none()) {
+            let ctx = Context {
+                channel: Channel::System,
+                source: None,
+                request_id: None,
+            };
+            let operator = b.operator.parse().ok();
+            self.audit(
+                operator,
+                &ctx,
+                "disposal.resume",
+                vec![b.id.clone(), format!("step:{}", b.step)],
+                Ok(()),
+                None,
+            )?;
+            // A failure is recorded in the batch (or it stays at its step
+            // and resumes again); opening goes on.
+            let _ = self.run_batch(&mut b, operator, &ctx, None);
         }
         Ok(())
     }
 
-    /// Retries a failed batch (officer).
+    /// Retries an unfinished batch: a failed one, or one a storage error
+    /// stopped (officer, or the contractor whose scope covers every record
+    /// of the batch). Audited under the retrying user; a complete batch is
+    /// refused.
     pub fn retry_disposal(&self, s: &Session, id: DisposalId) -> Result<CertificateId> {
         self.authorize(s, Some(Permission::Dispose))?;
-        let bytes = self
-            .store
-            .get(store::CF_DISPOSALS, id.as_bytes())?
-            .ok_or(Error::NotFound("disposal"))?;
-        let mut b: BatchRow =
-            serde_json::from_slice(&bytes).map_err(|_| Error::Integrity("disposal batch"))?;
+        let _g = self.disposal_lock.lock().expect("disposal lock");
+        let r = (|| {
+            self.isolation.check_fence()?;
+            let bytes = self
+                .store
+                .get(store::CF_DISPOSALS, id.as_bytes())?
+                .ok_or(Error::NotFound("disposal"))?;
+            let b: BatchRow =
+                serde_json::from_slice(&bytes).map_err(|_| Error::Integrity("disposal batch"))?;
+            if b.step == "complete" {
+                return Err(Error::AlreadyExists("certificate of this batch"));
+            }
+            if let Some(scope) = self.contractor_filter(s)? {
+                let inside = b.records.iter().all(|r| {
+                    scope.collections.iter().any(|c| *c == r.collection)
+                        || scope.records.iter().any(|x| *x == r.id)
+                });
+                if !inside {
+                    return Err(Error::PermissionDenied(
+                        "retry a disposal outside your assigned scope",
+                    ));
+                }
+            }
+            Ok(b)
+        })();
+        let mut b = match r {
+            Ok(b) => b,
+            Err(e) => {
+                self.audit(
+                    Some(s.user),
+                    &s.ctx,
+                    "disposal.retry",
+                    vec![id.to_string()],
+                    Err(&e),
+                    None,
+                )?;
+                return Err(e);
+            }
+        };
+        self.audit(
+            Some(s.user),
+            &s.ctx,
+            "disposal.retry",
+            vec![id.to_string(), format!("step:{}", b.step)],
+            Ok(()),
+            None,
+        )?;
         b.failed = None;
         // Re-run the purge and the verification.
         if step_index(&b.step) >= step_index("keystore_purged") {
             b.step = "epoch_ratcheted".into();
         }
-        let _g = self.disposal_lock.lock().expect("disposal lock");
-        self.run_batch(&mut b, &s.ctx)
+        self.run_batch(&mut b, Some(s.user), &s.ctx, None)
     }
 
     /// Lists disposal batches, newest last.
@@ -1249,6 +1494,31 @@ impl Vault {
             by: s.user.to_string(),
             created_ms: self.now(),
         };
+        // Under the bucket's lock: a batch re-checks holds under the same
+        // lock, exclusive, so a hold either lands before and excludes the
+        // record, or finds the record in the batch and is refused.
+        let subject_of_hold = match (record, subject) {
+            (Some(r), _) => self.store.record(r)?.map(|row| row.subject),
+            (_, sub) => sub,
+        };
+        let _g = subject_of_hold.map(|sub| self.isolation.shared(self.keystore.bucket_of(sub)));
+        let pending = match (record, subject) {
+            (Some(r), _) => self.isolation.check_not_pending(r).is_err(),
+            (_, Some(sub)) => self.isolation.subject_pending(sub),
+            _ => false,
+        };
+        if pending {
+            let e = Error::DisposalInProgress;
+            self.audit(
+                Some(s.user),
+                &s.ctx,
+                "hold.add",
+                vec![target],
+                Err(&e),
+                None,
+            )?;
+            return Err(e);
+        }
         self.write_audited(
             s,
             store::CF_HOLDS,

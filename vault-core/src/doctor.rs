@@ -178,6 +178,47 @@ pub fn checks(vault: &Vault, now_ms: i64) -> Result<Vec<Check>> {
             "no security review recorded yet (`pivault review`)",
         ),
     });
+    let m = vault.maintenance_status()?;
+    out.push(if m.within_bound(now_ms) {
+        check(
+            "key-residue",
+            Level::Ok,
+            format!(
+                "{} bucket(s) hold old keys of updated records, rotated within {} h (oldest mark {}); no orphaned key",
+                m.dirty_buckets,
+                m.bound_hours,
+                m.oldest_dirty_ms
+                    .map(crate::clock::format_ms)
+                    .unwrap_or_else(|| "none".into())
+            ),
+        )
+    } else {
+        check(
+            "key-residue",
+            Level::Fail,
+            format!(
+                "{} orphaned key(s); {} bucket(s) marked by updates, oldest {} (bound {} h): run `pivault maintenance run`",
+                m.orphan_keys,
+                m.dirty_buckets,
+                m.oldest_dirty_ms
+                    .map(crate::clock::format_ms)
+                    .unwrap_or_else(|| "none".into()),
+                m.bound_hours
+            ),
+        )
+    });
+    out.push(if m.journal_entries == 0 {
+        check("write-journal", Level::Ok, "every stored change has its audit event")
+    } else {
+        check(
+            "write-journal",
+            Level::Warn,
+            format!(
+                "{} change(s) await their audit confirmation (in flight, or reconciled at the next open)",
+                m.journal_entries
+            ),
+        )
+    });
     out.push(check(
         "durability",
         Level::Ok,

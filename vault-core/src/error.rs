@@ -46,6 +46,30 @@ pub enum Error {
     WrongPassphrase,
     /// Stored data failed its integrity check (tampered or corrupt).
     Integrity(&'static str),
+    /// The record is named by a disposal batch that has not finished: it
+    /// can be neither read nor changed, and a hold on it comes too late.
+    DisposalInProgress,
+    /// A bucket rotation would fail because a surviving data key in a
+    /// touched bucket cannot be unwrapped; nothing was deleted. The message
+    /// names the record and key version (IDs only).
+    RotationBlocked(String),
+    /// An import stored some records and then failed: `stored` records, up
+    /// to data line `last_line`, are in the vault (each audited); the rest
+    /// is not. Re-running from the line after `last_line` adds no duplicate.
+    ImportIncomplete {
+        /// Records stored (and audited) before the failure.
+        stored: u64,
+        /// The line of the last stored record (0 if none).
+        last_line: u64,
+        /// Stable code of the failure.
+        cause_code: &'static str,
+        /// The failure's message (no personal information).
+        cause: String,
+    },
+    /// An undo after a failed audit write failed too: the vault refuses
+    /// every further change until it is reopened, when its write journal
+    /// reconciles the rows with the audit trail.
+    WritesFenced,
     /// Personal-information writes are refused while no active security officer exists (REQ-WISP-02).
     NoOfficer,
     /// Another process holds the vault open.
@@ -82,6 +106,10 @@ impl Error {
             Error::DisposalFailed(_) => "disposal_failed",
             Error::WrongPassphrase => "wrong_passphrase",
             Error::Integrity(_) => "integrity",
+            Error::DisposalInProgress => "disposal_in_progress",
+            Error::RotationBlocked(_) => "rotation_blocked",
+            Error::ImportIncomplete { .. } => "import_incomplete",
+            Error::WritesFenced => "writes_fenced",
             Error::NoOfficer => "no_officer",
             Error::VaultBusy => "vault_busy",
             Error::NotAVault(_) => "not_a_vault",
@@ -121,6 +149,20 @@ impl fmt::Display for Error {
             Error::DisposalFailed(m) => write!(f, "disposal verification failed, no certificate issued: {m}"),
             Error::WrongPassphrase => f.write_str("the vault passphrase or key file does not open this vault"),
             Error::Integrity(what) => write!(f, "integrity check failed: {what} is tampered or corrupt"),
+            Error::DisposalInProgress => f.write_str(
+                "the record is in a disposal batch that has not finished; see `pivault disposal list` (it resumes on the next open or with `pivault disposal retry`)",
+            ),
+            Error::RotationBlocked(m) => write!(
+                f,
+                "disposal refused before any key was deleted: {m}; that record is unreadable: dispose of it on its own first, or restore it from a backup"
+            ),
+            Error::ImportIncomplete { stored, last_line, cause, .. } => write!(
+                f,
+                "import stopped: {stored} record(s) up to line {last_line} were stored and audited, the rest was not ({cause}); resume from the line after {last_line} to add no duplicate"
+            ),
+            Error::WritesFenced => f.write_str(
+                "the vault refuses changes after a failed undo; close and reopen it (the write journal then reconciles every unaudited change)",
+            ),
             Error::NoOfficer => f.write_str(
                 "no active security officer: personal-information writes are refused until an admin designates one (role officer)",
             ),

@@ -74,13 +74,35 @@ pub struct OpenedHeader {
     /// The older epoch and its root key when both slots were valid: the
     /// ratchet to `epoch` did not finish and must be completed before serving.
     pub unfinished_from: Option<(u64, SecretKey)>,
+    /// The slot was written by an older build, whose AAD bound only the
+    /// vault ID: the caller ratchets at once so the new slot binds the
+    /// whole static part.
+    pub legacy_slot: bool,
 }
 
-fn root_aad(vault: VaultId, epoch: u64) -> Aad {
+/// The AAD of a root-key slot: the whole static part of the header (vault
+/// ID, KDF parameters, salt, bucket count, creation time) and the epoch, so
+/// an edited header fails to open instead of remapping buckets.
+fn root_aad(static_part: &[u8], epoch: u64) -> Aad {
+    Aad::new("root-v2")
+        .part(static_part)
+        .part(&epoch.to_be_bytes())
+}
+
+/// The AAD of slots written before the static part was bound (read only).
+fn legacy_root_aad(vault: VaultId, epoch: u64) -> Aad {
     Aad::new("root")
         .part(vault.as_bytes())
         .part(&epoch.to_be_bytes())
 }
+
+/// Upper bounds on the header's KDF parameters and bucket count: an edited
+/// header must not stall the open on an absurd Argon2 cost before the slot
+/// AAD can reveal the edit. Far above anything `init` writes.
+const MAX_M_KIB: u32 = 4 * 1024 * 1024;
+const MAX_T: u32 = 64;
+const MAX_P: u32 = 64;
+const MAX_BUCKETS: u32 = 1 << 20;
 
 fn encode_static(info: &HeaderInfo) -> Vec<u8> {
     let mut b = Vec::with_capacity(HEADER_LEN);
@@ -155,7 +177,7 @@ fn parse_info(b: &[u8]) -> Result<HeaderInfo> {
     if b.len() != HEADER_LEN || crypto::sha256(&b[..STATIC_LEN]) != b[STATIC_LEN..SLOTS_AT] {
         return Err(Error::Integrity("vault header"));
     }
-    Ok(HeaderInfo {
+    let info = HeaderInfo {
         vault_id: VaultId::from_slice(&b[12..28])?,
         kdf: KdfParams {
             m_kib: u32_at(b, 28),
@@ -165,13 +187,24 @@ fn parse_info(b: &[u8]) -> Result<HeaderInfo> {
         salt: b[40..56].try_into().expect("in bounds"),
         buckets: u32_at(b, 56),
         created_ms: i64::from_be_bytes(b[60..68].try_into().expect("in bounds")),
-    })
+    };
+    let k = info.kdf;
+    if !(8..=MAX_M_KIB).contains(&k.m_kib)
+        || !(1..=MAX_T).contains(&k.t)
+        || !(1..=MAX_P).contains(&k.p)
+        || !(1..=MAX_BUCKETS).contains(&info.buckets)
+    {
+        return Err(Error::Integrity(
+            "vault header (KDF parameters or bucket count out of range)",
+        ));
+    }
+    Ok(info)
 }
 
 /// Creates a new header file (which must not exist) holding `root` at epoch 0.
 pub fn create(path: &Path, info: &HeaderInfo, unlock: &SecretKey, root: &SecretKey) -> Result<()> {
     let mut bytes = encode_static(info);
-    let env = crypto::wrap_key(unlock, &root_aad(info.vault_id, 0), root);
+    let env = crypto::wrap_key(unlock, &root_aad(&bytes[..STATIC_LEN], 0), root);
     bytes.extend_from_slice(&encode_slot(0, &env));
     bytes.extend_from_slice(&[0u8; SLOT_LEN]);
     let mut f = crate::fsutil::create_private_file(path)?;
@@ -197,21 +230,33 @@ pub fn open(path: &Path, unlock: &SecretKey) -> Result<OpenedHeader> {
         return Err(Error::Integrity("vault header (no valid key slot)"));
     }
     slots.sort_by_key(|s| std::cmp::Reverse(s.epoch));
+    let legacy = std::cell::Cell::new(false);
     let unwrap = |s: &Slot| {
         crypto::unwrap_key(
             unlock,
-            &root_aad(info.vault_id, s.epoch),
+            &root_aad(&b[..STATIC_LEN], s.epoch),
             &s.envelope,
             "header slot",
         )
+        .or_else(|_| {
+            let k = crypto::unwrap_key(
+                unlock,
+                &legacy_root_aad(info.vault_id, s.epoch),
+                &s.envelope,
+                "header slot",
+            )?;
+            legacy.set(true);
+            Ok(k)
+        })
     };
-    // A slot whose checksum is valid but which the unlock key cannot open means
-    // the wrong passphrase (the checksum rules out corruption).
-    let root = unwrap(&slots[0]).map_err(|_| Error::WrongPassphrase)?;
+    // A slot whose checksum is valid but which the unlock key cannot open
+    // means the wrong passphrase, or a static part edited since the slot was
+    // written: both are refused the same way.
+    let root = unwrap(&slots[0]).map_err(|_: Error| Error::WrongPassphrase)?;
     let unfinished_from = match slots.get(1) {
         Some(older) => Some((
             older.epoch,
-            unwrap(older).map_err(|_| Error::WrongPassphrase)?,
+            unwrap(older).map_err(|_: Error| Error::WrongPassphrase)?,
         )),
         None => None,
     };
@@ -220,6 +265,7 @@ pub fn open(path: &Path, unlock: &SecretKey) -> Result<OpenedHeader> {
         epoch: slots[0].epoch,
         root,
         unfinished_from,
+        legacy_slot: legacy.get(),
     })
 }
 
@@ -234,7 +280,9 @@ pub fn write_slot(
     root: &SecretKey,
 ) -> Result<()> {
     let b = read_bytes(path)?;
-    parse_info(&b)?;
+    if parse_info(&b)?.vault_id != vault {
+        return Err(Error::Integrity("vault header (another vault)"));
+    }
     // Reuse a slot that holds neither a valid older epoch nor the new one:
     // prefer an invalid (zeroed) slot, else the one with the lower epoch.
     let slot_epoch = |i: usize| {
@@ -249,7 +297,7 @@ pub fn write_slot(
         (_, None) => 1,
         (Some((_, e0)), Some((_, e1))) => usize::from(e1 < e0),
     };
-    let env = crypto::wrap_key(unlock, &root_aad(vault, epoch), root);
+    let env = crypto::wrap_key(unlock, &root_aad(&b[..STATIC_LEN], epoch), root);
     write_at(
         path,
         SLOTS_AT + target * SLOT_LEN,
@@ -324,6 +372,57 @@ mod tests {
         // The old wrapped root is gone from the file.
         let bytes = std::fs::read(&p).unwrap();
         assert!(bytes[SLOTS_AT..SLOTS_AT + SLOT_LEN].iter().all(|&b| b == 0));
+    }
+
+    #[test]
+    fn an_edited_static_part_with_a_fixed_checksum_fails_to_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("header");
+        let (uk, r0) = (SecretKey::generate(), SecretKey::generate());
+        create(&p, &info(), &uk, &r0).unwrap();
+        let good = std::fs::read(&p).unwrap();
+        // Bucket count, salt, creation time and KDF cost: each edited with the
+        // static checksum recomputed, as an insider would.
+        for at in [59usize, 45, 67, 35] {
+            let mut t = good.clone();
+            t[at] ^= 0x01;
+            let sum = crypto::sha256(&t[..STATIC_LEN]);
+            t[STATIC_LEN..SLOTS_AT].copy_from_slice(&sum);
+            std::fs::write(&p, &t).unwrap();
+            assert!(
+                read_info(&p).is_ok(),
+                "the edit at {at} keeps a valid checksum"
+            );
+            assert!(open(&p, &uk).is_err(), "the edit at {at} opened");
+        }
+        // An absurd Argon2 cost is refused before any key derivation.
+        let mut t = good.clone();
+        t[28..32].copy_from_slice(&u32::MAX.to_be_bytes());
+        let sum = crypto::sha256(&t[..STATIC_LEN]);
+        t[STATIC_LEN..SLOTS_AT].copy_from_slice(&sum);
+        std::fs::write(&p, &t).unwrap();
+        assert!(matches!(read_info(&p), Err(Error::Integrity(_))));
+        std::fs::write(&p, &good).unwrap();
+        assert!(open(&p, &uk).is_ok());
+    }
+
+    #[test]
+    fn a_legacy_slot_opens_and_says_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("header");
+        let (uk, r0) = (SecretKey::generate(), SecretKey::generate());
+        let i = info();
+        create(&p, &i, &uk, &r0).unwrap();
+        // Rewrite slot 0 as an older build wrote it.
+        let mut b = std::fs::read(&p).unwrap();
+        let env = crypto::wrap_key(&uk, &legacy_root_aad(i.vault_id, 0), &r0);
+        b[SLOTS_AT..SLOTS_AT + SLOT_LEN].copy_from_slice(&encode_slot(0, &env));
+        std::fs::write(&p, &b).unwrap();
+        let h = open(&p, &uk).unwrap();
+        assert!(h.legacy_slot && h.root == r0);
+        write_slot(&p, i.vault_id, &uk, 1, &r0).unwrap();
+        erase_other_slots(&p, 1).unwrap();
+        assert!(!open(&p, &uk).unwrap().legacy_slot);
     }
 
     #[test]

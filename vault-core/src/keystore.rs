@@ -73,6 +73,26 @@ pub fn keystore_options() -> Options {
     o
 }
 
+/// A bucket rotation planned by [`Keystore::plan_rotation`], not yet written.
+pub(crate) struct Rotation {
+    batch: WriteBatch,
+    buckets: Vec<u32>,
+    /// Surviving data keys re-wrapped under the new bucket keys.
+    pub rewrapped: u64,
+    /// Data keys deleted, as (record, version).
+    pub deleted: Vec<(RecordId, u32)>,
+}
+
+impl std::fmt::Debug for Rotation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Rotation")
+            .field("buckets", &self.buckets.len())
+            .field("rewrapped", &self.rewrapped)
+            .field("deleted", &self.deleted.len())
+            .finish()
+    }
+}
+
 /// What the physical purge found; recorded in the certificate.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PurgeEvidence {
@@ -471,12 +491,50 @@ impl Keystore {
         Ok(())
     }
 
-    /// Bucket rotation (disposal step 3): for each bucket, a new bucket key,
-    /// and every surviving DEK of the bucket re-wrapped under it, all in one
-    /// synced batch. Returns how many DEKs were re-wrapped.
-    pub fn rotate_buckets(&self, root: &SecretKey, epoch: u64, buckets: &[u32]) -> Result<u64> {
+    /// Every stored key version of one record, with its wrapped bytes, in
+    /// version order: a prefix scan of `bucket | record`. A disposal destroys
+    /// all of them, not only the version its plan saw (an update, an
+    /// interrupted update or a failed undo can leave another).
+    pub fn record_keys(&self, subject: SubjectId, record: RecordId) -> Result<Vec<(u32, Vec<u8>)>> {
+        let b = self.bucket_of(subject);
+        let mut prefix = [0u8; 20];
+        prefix[..4].copy_from_slice(&b.to_be_bytes());
+        prefix[4..].copy_from_slice(record.as_bytes());
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf(
+            self.cf(CF_DEKS),
+            rocksdb::IteratorMode::From(&prefix, rocksdb::Direction::Forward),
+        ) {
+            let (k, v) = item?;
+            if k.len() != 24 || k[..20] != prefix {
+                break;
+            }
+            out.push((
+                u32::from_be_bytes(k[20..24].try_into().expect("4 bytes")),
+                v.to_vec(),
+            ));
+        }
+        Ok(out)
+    }
+
+    /// Plans a bucket rotation (disposal steps 2 and 3 as one write): for each
+    /// bucket, a new bucket key; every data key for which `destroy(record,
+    /// version)` holds is deleted, every other one is unwrapped under the old
+    /// bucket key and re-wrapped under the new one. Nothing is written: a key
+    /// that cannot be unwrapped is reported as [`Error::RotationBlocked`]
+    /// before any key is deleted. The caller holds the buckets' exclusive
+    /// locks from the plan through [`Keystore::commit_rotation`], so no key
+    /// is written in between.
+    pub(crate) fn plan_rotation(
+        &self,
+        root: &SecretKey,
+        epoch: u64,
+        buckets: &[u32],
+        destroy: impl Fn(RecordId, u32) -> bool,
+    ) -> Result<Rotation> {
         let mut batch = WriteBatch::default();
         let mut rewrapped = 0;
+        let mut deleted = Vec::new();
         for &b in buckets {
             let old = self.unwrap_bucket_key(root, epoch, b)?;
             let new = SecretKey::generate();
@@ -490,8 +548,17 @@ impl Keystore {
                 }
                 let record = RecordId::from_slice(&k[4..20])?;
                 let version = u32::from_be_bytes(k[20..24].try_into().expect("4 bytes"));
+                if destroy(record, version) {
+                    batch.delete_cf(self.cf(CF_DEKS), &k);
+                    deleted.push((record, version));
+                    continue;
+                }
                 let aad = dek_aad(self.vault, record, version);
-                let dek = crypto::unwrap_key(&old, &aad, &v, "data key")?;
+                let dek = crypto::unwrap_key(&old, &aad, &v, "data key").map_err(|_| {
+                    Error::RotationBlocked(format!(
+                        "the data key of record {record} version {version} (bucket {b}) cannot be unwrapped"
+                    ))
+                })?;
                 batch.put_cf(self.cf(CF_DEKS), &k, crypto::wrap_key(&new, &aad, &dek));
                 rewrapped += 1;
             }
@@ -501,12 +568,32 @@ impl Keystore {
                 crypto::wrap_key(root, &bucket_aad(self.vault, b, epoch), &new),
             );
         }
-        self.db.write_opt(batch, &self.wo(true))?;
+        Ok(Rotation {
+            batch,
+            buckets: buckets.to_vec(),
+            rewrapped,
+            deleted,
+        })
+    }
+
+    /// Writes a planned rotation in one synced batch and drops the rotated
+    /// buckets' cached keys.
+    pub(crate) fn commit_rotation(&self, r: Rotation) -> Result<()> {
+        self.db.write_opt(r.batch, &self.wo(true))?;
         let mut cache = self.cache.write().expect("cache lock");
-        for b in buckets {
+        for b in &r.buckets {
             cache.remove(b);
         }
-        Ok(rewrapped)
+        Ok(())
+    }
+
+    /// Bucket rotation with nothing destroyed: every data key of `buckets`
+    /// re-wrapped under a new bucket key. Returns how many were re-wrapped.
+    pub fn rotate_buckets(&self, root: &SecretKey, epoch: u64, buckets: &[u32]) -> Result<u64> {
+        let r = self.plan_rotation(root, epoch, buckets, |_, _| false)?;
+        let n = r.rewrapped;
+        self.commit_rotation(r)?;
+        Ok(n)
     }
 
     /// Physical purge (disposal step 5): flush every column family (a WAL
@@ -762,6 +849,18 @@ impl Keystore {
             self.cf(CF_DEKS),
             dek_key(self.bucket_of(subject), record, version),
         )?)
+    }
+
+    /// The raw wrapped DEK bytes of one record version in a known bucket.
+    pub(crate) fn wrapped_dek_in(
+        &self,
+        bucket: u32,
+        record: RecordId,
+        version: u32,
+    ) -> Result<Option<Vec<u8>>> {
+        Ok(self
+            .db
+            .get_cf(self.cf(CF_DEKS), dek_key(bucket, record, version))?)
     }
 
     // ----- backups (see vault/backup.rs) ------------------------------------

@@ -40,7 +40,12 @@ pub(crate) const CF_CONTRACTORS: &str = "contractors";
 /// The backups catalogue: backup ID -> metadata (IDs and times only; the
 /// backup keys themselves are in the keystore).
 pub(crate) const CF_BACKUPS: &str = "backups";
-const ALL_CFS: [&str; 15] = [
+/// The write journal: a record row written whose audit event is not yet
+/// known to be in the trail (record ID -> [`crate::vault::JournalEntry`]).
+/// Written in the same batch as the row, removed once the event is appended;
+/// reconciled with the audit trail on open.
+pub(crate) const CF_JOURNAL: &str = "journal";
+const ALL_CFS: [&str; 16] = [
     CF_RECORDS,
     CF_BY_SUBJECT,
     CF_BY_COLLECTION,
@@ -56,6 +61,7 @@ const ALL_CFS: [&str; 15] = [
     CF_RETENTION,
     CF_CONTRACTORS,
     CF_BACKUPS,
+    CF_JOURNAL,
 ];
 
 /// Lifecycle state of a stored record.
@@ -353,7 +359,25 @@ impl Store {
 
     /// Writes a record row and its index entries atomically.
     pub fn put_record(&self, id: RecordId, row: &RecordRow, new: bool) -> Result<()> {
+        self.put_record_with(id, row, new, &[])
+    }
+
+    /// Writes a record row, its index entries (`new`) and `extra` writes
+    /// (the journal entry, a dirty-bucket mark) in one atomic batch.
+    pub fn put_record_with(
+        &self,
+        id: RecordId,
+        row: &RecordRow,
+        new: bool,
+        extra: &[WriteOp<'_>],
+    ) -> Result<()> {
         let mut batch = WriteBatch::default();
+        for (cf, k, v) in extra {
+            match v {
+                Some(v) => batch.put_cf(self.cf(cf), k, v),
+                None => batch.delete_cf(self.cf(cf), k),
+            }
+        }
         batch.put_cf(self.cf(CF_RECORDS), id.as_bytes(), row.encode());
         if new {
             let mut sk = row.subject.as_bytes().to_vec();
@@ -367,10 +391,11 @@ impl Store {
         Ok(())
     }
 
-    /// Removes a record row and its index entries atomically (undoing a
-    /// creation whose audit event could not be written).
+    /// Removes a record row, its index entries and its journal entry
+    /// atomically (undoing a creation whose audit event could not be written).
     pub fn delete_new_record(&self, id: RecordId, row: &RecordRow) -> Result<()> {
         let mut batch = WriteBatch::default();
+        batch.delete_cf(self.cf(CF_JOURNAL), id.as_bytes());
         batch.delete_cf(self.cf(CF_RECORDS), id.as_bytes());
         let mut sk = row.subject.as_bytes().to_vec();
         sk.extend_from_slice(id.as_bytes());

@@ -5,7 +5,6 @@
 
 use std::collections::HashMap;
 use std::hash::Hash;
-use std::io::BufRead;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -34,6 +33,12 @@ mod backup;
 mod disposal;
 #[path = "http_audit.rs"]
 mod http_audit;
+#[path = "isolation.rs"]
+mod isolation;
+#[path = "maintenance.rs"]
+mod maintenance;
+#[path = "records.rs"]
+mod records;
 
 pub use crate::store::RecordState;
 use crate::store::{self, RecordRow, Store};
@@ -42,6 +47,7 @@ pub use disposal::{
     ContractorScope, DisposalOutcome, DisposalParties, DisposalRequest, DisposalScope,
     DisposalSummary, Hold, RetentionPolicy,
 };
+pub use maintenance::{JournalReport, MaintenanceReport, MaintenanceStatus};
 
 /// A test hook called with each disposal step name.
 pub type CrashHook = Box<dyn Fn(&str) + Send + Sync>;
@@ -337,8 +343,13 @@ pub struct Vault {
     active_officers: AtomicUsize,
     /// A real Argon2id hash verified for unknown usernames, so that their cost equals a wrong password's.
     dummy_phc: String,
-    /// One disposal batch at a time.
+    /// One disposal batch (or restore, backup, maintenance ratchet) at a time.
     disposal_lock: Mutex<()>,
+    /// Bucket locks, the pending set and the write fence (`isolation.rs`).
+    isolation: isolation::Isolation,
+    /// Buckets holding residue of updated records' old keys, with the time
+    /// each was first marked; rotated by the next maintenance ratchet.
+    dirty: Mutex<std::collections::BTreeMap<u32, i64>>,
     /// Test hook called at each disposal step (crash tests).
     crash_hook: Mutex<Option<CrashHook>>,
     /// Negative control for forensic tests: skip the keystore flush in the purge.
@@ -353,6 +364,8 @@ pub struct Vault {
     schema_cache: RwLock<GenCache<CollectionName, Schema>>,
     /// Test hook: every audit append fails (fail-closed tests).
     audit_fail: AtomicBool,
+    /// Test hook: every undo after a failed audit append fails too.
+    undo_fail: AtomicBool,
 }
 
 impl std::fmt::Debug for Vault {
@@ -508,7 +521,7 @@ impl Vault {
             access::hash_password(&SecretString::from("pivault-dummy-password-for-timing"))?;
         let vault = Vault {
             dir: dir.to_path_buf(),
-            info,
+            info: info.clone(),
             unlock,
             epoch: RwLock::new(Epoch {
                 number: opened.epoch,
@@ -523,6 +536,8 @@ impl Vault {
             active_officers: AtomicUsize::new(0),
             dummy_phc,
             disposal_lock: Mutex::new(()),
+            isolation: isolation::Isolation::new(info.buckets),
+            dirty: Mutex::new(std::collections::BTreeMap::new()),
             crash_hook: Mutex::new(None),
             purge_skip_flush: AtomicBool::new(false),
             restore_skip_ledger: AtomicBool::new(false),
@@ -530,10 +545,23 @@ impl Vault {
             user_cache: GenCache::new(),
             schema_cache: GenCache::new(),
             audit_fail: AtomicBool::new(false),
+            undo_fail: AtomicBool::new(false),
         };
+        if opened.legacy_slot {
+            // A slot of an older build binds only the vault ID: replace it
+            // with one that binds the whole static part of the header.
+            vault.ratchet()?;
+        }
         vault.recount_officers()?;
+        vault.load_dirty()?;
+        // Rows written without their audit event (a crash between the two)
+        // are rolled back; audited ones keep their change.
+        vault.reconcile_journal()?;
         // A disposal interrupted by a crash finishes before the vault serves.
         vault.resume_disposals()?;
+        // Keys no row needs (an interrupted update, a failed undo) are
+        // destroyed through the same rotation, ratchet and purge as a disposal.
+        vault.destroy_orphans_on_open()?;
         // Backups past their expiry lose their key before the vault serves.
         vault.expire_due_backups(&backup::system_context())?;
         Ok(vault)
@@ -623,10 +651,14 @@ impl Vault {
         s: &Session,
         action: &str,
         targets: Vec<String>,
-        undo: impl FnOnce(),
+        undo: impl FnOnce() -> Result<()>,
     ) -> Result<()> {
         if let Err(e) = self.audit(Some(s.user), &s.ctx, action, targets, Ok(()), None) {
-            undo();
+            // An undo that fails too would leave an unaudited change
+            // standing: the vault then refuses every change until reopened.
+            if self.undo_hook().and_then(|()| undo()).is_err() {
+                self.isolation.fence();
+            }
             return Err(e);
         }
         Ok(())
@@ -643,6 +675,7 @@ impl Vault {
         value: Option<&[u8]>,
         event: (&str, Vec<String>, Option<&str>),
     ) -> Result<()> {
+        self.isolation.check_fence()?;
         let before = self.store.get(cf, key)?;
         match value {
             Some(v) => self.store.put(cf, key, v)?,
@@ -650,10 +683,13 @@ impl Vault {
         }
         let (action, targets, reason) = event;
         if let Err(e) = self.audit(Some(s.user), &s.ctx, action, targets, Ok(()), reason) {
-            let _ = match &before {
+            let undone = self.undo_hook().and_then(|()| match &before {
                 Some(b) => self.store.put(cf, key, b),
                 None => self.store.delete(cf, key),
-            };
+            });
+            if undone.is_err() {
+                self.isolation.fence();
+            }
             return Err(e);
         }
         Ok(())
@@ -858,7 +894,13 @@ impl Vault {
             None,
         ) {
             // Fail closed: no unaudited login, and no unaudited row change.
-            let _ = self.put_user_row(&before);
+            if self
+                .undo_hook()
+                .and_then(|()| self.put_user_row(&before))
+                .is_err()
+            {
+                self.isolation.fence();
+            }
             return Err(e);
         }
         Ok(Session {
@@ -890,7 +932,7 @@ impl Vault {
             &serde_json::to_vec(&row).expect("serialisable"),
         )?;
         self.audit_or_undo(s, "auth.token.issue", vec![s.user.to_string()], || {
-            let _ = self.store.delete(store::CF_SESSIONS, &key);
+            self.store.delete(store::CF_SESSIONS, &key)
         })?;
         Ok(token)
     }
@@ -1022,11 +1064,10 @@ impl Vault {
                 let targets = vec![id.to_string(), format!("role:{role}")];
                 self.audit_or_undo(s, "user.create", targets, || {
                     let _g = self.users_lock.lock().expect("users lock");
-                    let _ = self
-                        .store
-                        .delete(store::CF_USERNAMES, name.as_str().as_bytes());
-                    let _ = self.store.delete(store::CF_USERS, id.as_bytes());
-                    let _ = self.recount_officers();
+                    self.store
+                        .delete(store::CF_USERNAMES, name.as_str().as_bytes())?;
+                    self.store.delete(store::CF_USERS, id.as_bytes())?;
+                    self.recount_officers()
                 })?;
                 Ok(id)
             }
@@ -1079,7 +1120,7 @@ impl Vault {
         let r = match r {
             Ok((id, before)) => self
                 .audit_or_undo(s, action, vec![id.to_string()], || {
-                    let _ = self.put_user_row(&before);
+                    self.put_user_row(&before)
                 })
                 .map(|()| id),
             Err(e) => {
@@ -1155,7 +1196,7 @@ impl Vault {
         match r {
             Ok((id, before)) => {
                 self.audit_or_undo(s, "user.password", vec![id.to_string()], || {
-                    let _ = self.put_user_row(&before);
+                    self.put_user_row(&before)
                 })
             }
             Err(e) => {
@@ -1195,9 +1236,8 @@ impl Vault {
             Ok(name) => {
                 let targets = vec![format!("collection:{name}")];
                 self.audit_or_undo(s, "collection.create", targets, || {
-                    let _ = self
-                        .store
-                        .delete(store::CF_COLLECTIONS, name.as_str().as_bytes());
+                    self.store
+                        .delete(store::CF_COLLECTIONS, name.as_str().as_bytes())
                 })?;
                 Ok(name)
             }
@@ -1280,452 +1320,6 @@ impl Vault {
             return Err(Error::NoOfficer);
         }
         Ok(())
-    }
-
-    /// Stores one validated body as a new record; no authorisation or audit here.
-    fn store_new_record(
-        &self,
-        s: &Session,
-        collection: &CollectionName,
-        subject: SubjectId,
-        body: &Map<String, Value>,
-    ) -> Result<RecordId> {
-        // Key and nonces from one draw of the OS CSPRNG.
-        let rnd = crypto::RecordRandomness::draw();
-        let id = RecordId::new();
-        let plain = Zeroizing::new(serde_json::to_vec(body).expect("serialisable"));
-        let epoch = self.epoch.read().expect("epoch lock");
-        // The DEK is written before the record, so a record never exists without its key.
-        let dek = self.keystore.store_dek(
-            &epoch.root,
-            epoch.number,
-            subject,
-            id,
-            1,
-            rnd.dek,
-            rnd.wrap_nonce,
-        )?;
-        let now = self.now();
-        let mut row = RecordRow {
-            format: store::ROW_V2,
-            collection: collection.clone(),
-            subject,
-            version: 1,
-            created_ms: now,
-            updated_ms: now,
-            created_by: s.user,
-            state: RecordState::Live,
-            envelope: Vec::new(),
-        };
-        row.envelope = crypto::seal_with_nonce(
-            &dek,
-            &record_aad(self.info.vault_id, id, &row),
-            &plain,
-            rnd.body_nonce,
-        );
-        self.store.put_record(id, &row, true)?;
-        Ok(id)
-    }
-
-    /// Creates a record (clerk). The body must match the collection schema.
-    pub fn put_record(
-        &self,
-        s: &Session,
-        collection: &str,
-        subject: SubjectId,
-        body: &Value,
-    ) -> Result<RecordId> {
-        self.authorize(s, Some(Permission::CreateRecord))?;
-        let r = (|| {
-            self.require_officer()?;
-            let collection = CollectionName::parse(collection)?;
-            let schema = self.schema(&collection)?;
-            let body = schema.validate(body)?;
-            self.store_new_record(s, &collection, subject, &body)
-        })();
-        match r {
-            Ok(id) => {
-                self.audit_record_create(s, id, subject)?;
-                Ok(id)
-            }
-            Err(e) => {
-                self.audit(
-                    Some(s.user),
-                    &s.ctx,
-                    "record.create",
-                    vec![subject.to_string()],
-                    Err(&e),
-                    None,
-                )?;
-                Err(e)
-            }
-        }
-    }
-
-    /// Audits a stored new record; if the audit fails, the record and its
-    /// key are removed again (fail closed: an unaudited record must not remain).
-    fn audit_record_create(&self, s: &Session, id: RecordId, subject: SubjectId) -> Result<()> {
-        self.audit_or_undo(
-            s,
-            "record.create",
-            vec![id.to_string(), subject.to_string()],
-            || {
-                if let Ok(Some(row)) = self.store.record(id) {
-                    let _ = self.store.delete_new_record(id, &row);
-                }
-                let _ = self.keystore.delete_dek(subject, id, 1, false);
-            },
-        )
-    }
-
-    fn live_row(&self, id: RecordId) -> Result<RecordRow> {
-        let row = self.store.record(id)?.ok_or(Error::NotFound("record"))?;
-        if let RecordState::Disposed { certificate } = &row.state {
-            return Err(Error::Disposed {
-                certificate: certificate.clone(),
-            });
-        }
-        Ok(row)
-    }
-
-    fn decrypt(&self, id: RecordId, row: &RecordRow) -> Result<Map<String, Value>> {
-        let epoch = self.epoch.read().expect("epoch lock");
-        let dek = self
-            .keystore
-            .dek(&epoch.root, epoch.number, row.subject, id, row.version)?
-            .ok_or(Error::Integrity("record key (missing)"))?;
-        let plain = crypto::open(
-            &dek,
-            &record_aad(self.info.vault_id, id, row),
-            &row.envelope,
-            "record",
-        )?;
-        match serde_json::from_slice(&plain) {
-            Ok(Value::Object(m)) => Ok(m),
-            _ => Err(Error::Integrity("record body")),
-        }
-    }
-
-    fn meta(id: RecordId, row: &RecordRow) -> RecordMeta {
-        RecordMeta {
-            id,
-            collection: row.collection.clone(),
-            subject: row.subject,
-            version: row.version,
-            created_ms: row.created_ms,
-            updated_ms: row.updated_ms,
-            state: row.state.clone(),
-        }
-    }
-
-    /// Reads a record, masked; `reveal` names sensitive fields to show in
-    /// full, which needs the reveal permission (officers, or clerks granted
-    /// it) and a reason. One read event, plus one reveal event per field.
-    pub fn get_record(
-        &self,
-        s: &Session,
-        id: RecordId,
-        reveal: &[&str],
-        reason: Option<&str>,
-    ) -> Result<RecordView> {
-        let user = self.authorize(s, Some(Permission::ReadRecord))?;
-        let r = (|| {
-            if !reveal.is_empty() {
-                let role = Role::parse(&user.role)?;
-                if !(role.permits(Permission::RevealField) || (role == Role::Clerk && user.reveal))
-                {
-                    return Err(Error::PermissionDenied(Permission::RevealField.verb()));
-                }
-                let reason = reason.map(str::trim).filter(|r| !r.is_empty());
-                let reason = reason
-                    .ok_or_else(|| Error::invalid("revealing a field needs a reason (--reason)"))?;
-                audit::check_reason(reason)?;
-            }
-            let row = self.live_row(id)?;
-            let schema = self.schema(&row.collection)?;
-            schema.check_reveal(reveal)?;
-            let body = self.decrypt(id, &row)?;
-            let classification = schema.classify(&body);
-            Ok(RecordView {
-                meta: Self::meta(id, &row),
-                fields: schema.mask_owned(body, reveal),
-                revealed: reveal.iter().map(|f| f.to_string()).collect(),
-                classification,
-            })
-        })();
-        let targets = vec![id.to_string()];
-        match &r {
-            Ok(view) => {
-                self.audit(Some(s.user), &s.ctx, "record.read", targets, Ok(()), None)?;
-                for f in &view.revealed {
-                    self.audit(
-                        Some(s.user),
-                        &s.ctx,
-                        "record.reveal",
-                        vec![id.to_string(), format!("field:{f}")],
-                        Ok(()),
-                        reason,
-                    )?;
-                }
-            }
-            Err(e) => {
-                let action = if reveal.is_empty() {
-                    "record.read"
-                } else {
-                    "record.reveal"
-                };
-                self.audit(Some(s.user), &s.ctx, action, targets, Err(e), None)?;
-            }
-        }
-        r
-    }
-
-    /// Replaces a record's body (clerk): a new version under a new DEK; the
-    /// old version's DEK is deleted. Returns the new version.
-    pub fn update_record(&self, s: &Session, id: RecordId, body: &Value) -> Result<u32> {
-        self.authorize(s, Some(Permission::UpdateRecord))?;
-        let r = (|| {
-            self.require_officer()?;
-            let mut row = self.live_row(id)?;
-            let before = row.clone();
-            let schema = self.schema(&row.collection)?;
-            let body = schema.validate(body)?;
-            let plain = Zeroizing::new(serde_json::to_vec(&body).expect("serialisable"));
-            let old = row.version;
-            let version = old
-                .checked_add(1)
-                .ok_or(Error::invalid("record version overflow"))?;
-            let epoch = self.epoch.read().expect("epoch lock");
-            let rnd = crypto::RecordRandomness::draw();
-            let dek = self.keystore.store_dek(
-                &epoch.root,
-                epoch.number,
-                row.subject,
-                id,
-                version,
-                rnd.dek,
-                rnd.wrap_nonce,
-            )?;
-            // The new version is sealed as a v2 row, its metadata bound.
-            row.format = store::ROW_V2;
-            row.version = version;
-            row.updated_ms = self.now();
-            row.envelope = crypto::seal_with_nonce(
-                &dek,
-                &record_aad(self.info.vault_id, id, &row),
-                &plain,
-                rnd.body_nonce,
-            );
-            if let Err(e) = self.store.put_record(id, &row, false) {
-                let _ = self.keystore.delete_dek(row.subject, id, version, false);
-                return Err(e);
-            }
-            Ok((version, before))
-        })();
-        match r {
-            Ok((version, before)) => {
-                // Fail closed: without its audit event the old version comes
-                // back and the new key goes.
-                self.audit_or_undo(s, "record.update", vec![id.to_string()], || {
-                    let _ = self.store.put_record(id, &before, false);
-                    let _ = self.keystore.delete_dek(before.subject, id, version, false);
-                })?;
-                // Only now, with the update audited, does the old version's key
-                // go; its wrapped bytes may linger in the keystore files until
-                // the bucket is next rotated (DESIGN §4.1).
-                self.keystore
-                    .delete_dek(before.subject, id, before.version, false)?;
-                Ok(version)
-            }
-            Err(e) => {
-                self.audit(
-                    Some(s.user),
-                    &s.ctx,
-                    "record.update",
-                    vec![id.to_string()],
-                    Err(&e),
-                    None,
-                )?;
-                Err(e)
-            }
-        }
-    }
-
-    /// Lists record metadata (no contents).
-    pub fn list_records(&self, s: &Session, filter: &RecordFilter) -> Result<Vec<RecordMeta>> {
-        self.authorize(s, Some(Permission::ListRecords))?;
-        let contractor = self.contractor_filter(s)?;
-        let ids = match (&filter.subject, &filter.collection) {
-            (Some(sub), _) => self.store.records_of_subject(*sub)?,
-            (None, Some(c)) => self.store.records_of_collection(c)?,
-            (None, None) => self.store.all_records()?,
-        };
-        let mut out = Vec::with_capacity(ids.len());
-        for id in ids {
-            if let Some(row) = self.store.record(id)? {
-                let visible = contractor
-                    .as_ref()
-                    .is_none_or(|sc| Self::in_contractor_scope(sc, id, &row));
-                if visible
-                    && filter
-                        .collection
-                        .as_ref()
-                        .is_none_or(|c| *c == row.collection)
-                {
-                    out.push(Self::meta(id, &row));
-                }
-            }
-        }
-        let mut targets = vec![format!("count:{}", out.len())];
-        if let Some(c) = &filter.collection {
-            targets.push(format!("collection:{c}"));
-        }
-        if let Some(sub) = &filter.subject {
-            targets.push(sub.to_string());
-        }
-        self.audit(Some(s.user), &s.ctx, "record.list", targets, Ok(()), None)?;
-        Ok(out)
-    }
-
-    /// Imports records from JSON Lines or CSV, streaming. Each row is a
-    /// record body plus a subject column (`subject_column`). With `check_only`
-    /// nothing is stored: the front end runs a check pass first so that an
-    /// import with a bad row stores nothing. `progress` is called with the
-    /// bytes consumed so far.
-    #[allow(clippy::too_many_arguments)] // one call, all of them are the import's inputs
-    pub fn import_records(
-        &self,
-        s: &Session,
-        collection: &str,
-        input: impl BufRead,
-        format: ImportFormat,
-        subject_column: &str,
-        check_only: bool,
-        progress: &mut dyn FnMut(u64),
-    ) -> Result<ImportReport> {
-        self.authorize(s, Some(Permission::CreateRecord))?;
-        let collection = CollectionName::parse(collection)?;
-        let schema = self.schema(&collection)?;
-        if !check_only {
-            self.require_officer()?;
-        }
-        let mut report = ImportReport::default();
-        let mut handle_row = |line: u64, row: Result<Map<String, Value>>| -> Result<()> {
-            let checked = row.and_then(|mut m| {
-                let subject = match m.remove(subject_column) {
-                    Some(Value::String(t)) => self.resolve_subject(&t)?,
-                    Some(Value::Number(n)) => self.resolve_subject(&n.to_string())?,
-                    _ => {
-                        return Err(Error::invalid(format!(
-                            "column {subject_column} (the subject) is missing or empty"
-                        )));
-                    }
-                };
-                Ok((subject, schema.validate(&Value::Object(m))?))
-            });
-            match checked {
-                Ok((subject, body)) => {
-                    report.valid += 1;
-                    if !check_only {
-                        let id = self.store_new_record(s, &collection, subject, &body)?;
-                        self.audit_record_create(s, id, subject)?;
-                        report.imported += 1;
-                        report.records.push(id);
-                    }
-                }
-                Err(e) => {
-                    report.rejected_count += 1;
-                    if report.rejected.len() < 1000 {
-                        report.rejected.push(ImportRejection {
-                            line,
-                            error: e.to_string(),
-                        });
-                    }
-                }
-            }
-            Ok(())
-        };
-        let counted = CountingReader {
-            inner: input,
-            count: 0,
-        };
-        let r: Result<()> = match format {
-            ImportFormat::JsonLines => {
-                let mut reader = counted;
-                let mut line = 0u64;
-                let mut buf = Zeroizing::new(String::new());
-                loop {
-                    buf.clear();
-                    let n = reader.read_line(&mut buf).map_err(Error::from)?;
-                    if n == 0 {
-                        break Ok(());
-                    }
-                    line += 1;
-                    if buf.trim().is_empty() {
-                        continue;
-                    }
-                    let row = match serde_json::from_str::<Value>(&buf) {
-                        Ok(Value::Object(m)) => Ok(m),
-                        Ok(_) => Err(Error::invalid("line is not a JSON object")),
-                        // serde_json's message quotes no input, only positions.
-                        Err(e) => Err(Error::invalid(format!(
-                            "malformed JSON at column {}",
-                            e.column()
-                        ))),
-                    };
-                    handle_row(line, row)?;
-                    progress(reader.count);
-                }
-            }
-            ImportFormat::Csv => {
-                let mut rdr = csv::ReaderBuilder::new()
-                    .flexible(false)
-                    .from_reader(counted);
-                let headers = rdr
-                    .headers()
-                    .map_err(|_| Error::invalid("CSV header row is unreadable"))?
-                    .clone();
-                let mut rec = csv::StringRecord::new();
-                let mut line = 1u64;
-                loop {
-                    line += 1;
-                    match rdr.read_record(&mut rec) {
-                        Ok(false) => break Ok(()),
-                        Ok(true) => {
-                            let mut m = Map::new();
-                            for (h, v) in headers.iter().zip(rec.iter()) {
-                                if !v.is_empty() {
-                                    m.insert(h.to_owned(), Value::String(v.to_owned()));
-                                }
-                            }
-                            handle_row(line, Ok(m))?;
-                        }
-                        Err(_) => handle_row(
-                            line,
-                            Err(Error::invalid(
-                                "CSV row is malformed (wrong number of fields or bad quoting)",
-                            )),
-                        )?,
-                    }
-                    progress(rdr.position().byte());
-                }
-            }
-        };
-        let targets = vec![
-            format!("collection:{collection}"),
-            format!("count:{}", report.imported),
-        ];
-        if !check_only {
-            self.audit(
-                Some(s.user),
-                &s.ctx,
-                "record.import",
-                targets,
-                r.as_ref().map(|_| ()),
-                None,
-            )?;
-        }
-        r.map(|_| report)
     }
 
     // ----- audit and reports ----------------------------------------------
@@ -1877,6 +1471,21 @@ impl Vault {
         self.audit_fail.store(fail, Ordering::SeqCst);
     }
 
+    /// Test hook for fence tests: while set, every undo after a failed
+    /// audit append fails as well, so the vault must fence itself.
+    #[doc(hidden)]
+    pub fn set_undo_failure(&self, fail: bool) {
+        self.undo_fail.store(fail, Ordering::SeqCst);
+    }
+
+    /// The undo-failure test hook, checked first by every undo.
+    pub(crate) fn undo_hook(&self) -> Result<()> {
+        if self.undo_fail.load(Ordering::SeqCst) {
+            return Err(Error::Storage("undo failure injected by a test".into()));
+        }
+        Ok(())
+    }
+
     /// Negative control for forensic tests: make the next purges skip the
     /// physical purge (flush and compaction), so residue must be detected.
     #[doc(hidden)]
@@ -1919,29 +1528,5 @@ impl Vault {
             .find(|u| u.username.as_str() == username)
             .ok_or(Error::NotFound("user"))?
             .state)
-    }
-}
-
-/// Counts bytes read, for progress bars on streaming imports.
-struct CountingReader<R> {
-    inner: R,
-    count: u64,
-}
-
-impl<R: BufRead> std::io::Read for CountingReader<R> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.count += n as u64;
-        Ok(n)
-    }
-}
-
-impl<R: BufRead> BufRead for CountingReader<R> {
-    fn fill_buf(&mut self) -> std::io::Result<&[u8]> {
-        self.inner.fill_buf()
-    }
-    fn consume(&mut self, amt: usize) {
-        self.count += amt as u64;
-        self.inner.consume(amt);
     }
 }

@@ -11,8 +11,8 @@ use crate::audit::{AuditEvent, UserActivity, VerifyReport};
 use crate::certificate::Certificate;
 use crate::clock::format_ms;
 use crate::vault::{
-    DisposalOutcome, DisposalSummary, Hold, ImportReport, RecordMeta, RecordState, RecordView,
-    RetentionPolicy,
+    DisposalOutcome, DisposalSummary, Hold, ImportReport, MaintenanceReport, RecordMeta,
+    RecordState, RecordView, RetentionPolicy,
 };
 
 /// `live` or `disposed`.
@@ -180,6 +180,18 @@ pub fn outcome(o: &DisposalOutcome, dry_run: bool) -> Value {
 pub fn disposal(d: &DisposalSummary) -> Value {
     json!({ "disposal_id": d.id.to_string(), "certificate_id": d.certificate_id.to_string(), "step": d.step,
             "failed": d.failed, "records": d.records, "created": format_ms(d.created_ms) })
+}
+
+/// A maintenance ratchet (`maintenance run`).
+pub fn maintenance(r: &MaintenanceReport) -> Value {
+    json!({
+        "buckets_rotated": r.buckets_rotated,
+        "keys_rewrapped": r.keys_rewrapped,
+        "orphan_keys_destroyed": r.orphan_keys_destroyed,
+        "epoch_before": r.epochs.map(|e| e.0),
+        "epoch_after": r.epochs.map(|e| e.1),
+        "verified": r.verified,
+    })
 }
 
 /// One legal hold (`hold list`).

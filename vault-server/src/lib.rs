@@ -143,6 +143,11 @@ impl App {
         self.draining.store(true, Ordering::SeqCst);
     }
 
+    /// Whether the server is shutting down.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst)
+    }
+
     /// The vault.
     pub fn vault(&self) -> &Arc<Vault> {
         &self.vault

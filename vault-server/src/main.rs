@@ -76,6 +76,10 @@ struct Args {
     /// Request timeout, seconds.
     #[arg(long, default_value_t = 30)]
     timeout_secs: u64,
+    /// Hours between maintenance ratchets (old keys of updated records and
+    /// orphaned keys destroyed by rotation, ratchet and purge); 0: off.
+    #[arg(long, default_value_t = 24, value_name = "HOURS")]
+    maintenance_hours: u64,
     /// Print the OpenAPI document and exit.
     #[arg(long)]
     print_openapi: bool,
@@ -212,6 +216,10 @@ fn run(args: Args) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
+    if args.maintenance_hours > 0 {
+        let every = Duration::from_secs(args.maintenance_hours * 3600);
+        rt.spawn(maintenance_timer(app.clone(), every));
+    }
     rt.block_on(serve(app.clone(), args.bind, tls))?;
     // Every request has finished; blocking work (a disposal step) too once
     // the runtime is gone. Then the vault is closed cleanly.
@@ -226,6 +234,33 @@ fn run(args: Args) -> anyhow::Result<()> {
     }
     eprintln!("pivault-server: stopped");
     Ok(())
+}
+
+/// Runs the maintenance ratchet every `every` (DESIGN §4.1), audited by the
+/// vault as a system action; a failure is reported and retried next time.
+async fn maintenance_timer(app: Arc<App>, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        if app.is_draining() {
+            return;
+        }
+        let vault = app.vault().clone();
+        match tokio::task::spawn_blocking(move || vault.run_scheduled_maintenance()).await {
+            Ok(Ok(r)) if r.epochs.is_some() => eprintln!(
+                "pivault-server: maintenance ratchet: {} bucket(s) rotated, {} orphaned key(s) destroyed, verified {}",
+                r.buckets_rotated, r.orphan_keys_destroyed, r.verified
+            ),
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => eprintln!(
+                "pivault-server: maintenance ratchet failed ({}): {e}",
+                e.code()
+            ),
+            Err(_) => eprintln!("pivault-server: maintenance ratchet panicked"),
+        }
+    }
 }
 
 async fn serve(

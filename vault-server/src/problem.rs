@@ -163,9 +163,16 @@ impl From<Error> for ApiError {
             Error::AccountLocked { .. } => StatusCode::LOCKED,
             Error::AccountDisabled | Error::PermissionDenied(_) => StatusCode::FORBIDDEN,
             Error::NotFound(_) | Error::NotAVault(_) => StatusCode::NOT_FOUND,
-            Error::AlreadyExists(_) | Error::LegalHold | Error::NoOfficer => StatusCode::CONFLICT,
+            Error::AlreadyExists(_)
+            | Error::LegalHold
+            | Error::NoOfficer
+            | Error::DisposalInProgress
+            | Error::RotationBlocked(_) => StatusCode::CONFLICT,
+            Error::ImportIncomplete { .. } => StatusCode::INTERNAL_SERVER_ERROR,
             Error::Disposed { .. } => StatusCode::GONE,
-            Error::VaultBusy | Error::AuditUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Error::VaultBusy | Error::AuditUnavailable(_) | Error::WritesFenced => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
         let mut out = ApiError::new(status, e.code(), e.to_string());

@@ -1320,6 +1320,17 @@ async fn review(State(app): State<Arc<App>>, rc: RequestContext, t: Bearer) -> R
     ok(json!({ "reviewed": true }))
 }
 
+/// The maintenance ratchet now (officer): old keys of updated records and
+/// orphaned keys destroyed by rotation, epoch ratchet and purge.
+#[utoipa::path(post, path = "/v1/maintenance", tag = "disposal", security(("bearer" = [])),
+    responses((status = 200, body = Object), (status = 403, body = Problem)))]
+async fn maintenance(State(app): State<Arc<App>>, rc: RequestContext, t: Bearer) -> Res {
+    let r = app
+        .as_user_long(&rc, t, |v, s| v.run_maintenance(s))
+        .await?;
+    ok(views::maintenance(&r))
+}
+
 // ----- health and the document ---------------------------------------------------------
 
 /// Liveness: the process answers.
@@ -1373,7 +1384,7 @@ impl Modify for BearerScheme {
           retry_disposal, show_retention, set_retention, retention_due, retention_run, list_holds, add_hold,
           remove_hold, show_certificate, certificate_file, certificate_html, validate_certificate,
           cosign_certificate, keys, assign_contractor, audit_events, audit_verify, audit_report, review,
-          healthz, readyz, openapi_doc),
+          maintenance, healthz, readyz, openapi_doc),
     components(schemas(Problem))
 )]
 struct ApiDoc;
@@ -1431,6 +1442,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/audit/verify", get(audit_verify))
         .route("/v1/audit/report", get(audit_report))
         .route("/v1/review", post(review))
+        .route("/v1/maintenance", post(maintenance))
         .layer(DefaultBodyLimit::max(body_limit))
         .merge(imports)
         .with_state(app)

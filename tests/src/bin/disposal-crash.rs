@@ -1,4 +1,10 @@
-//! `disposal-crash VAULT_DIR PASSFILE USER PASSWORD_FILE RECORD_ID STEP`
+//! `disposal-crash VAULT_DIR PASSFILE USER PASSWORD_FILE RECORD_ID STEP [WRITERS CLERK_PASSWORD_FILE]`
+//!
+//! With `WRITERS`, that many threads log in as `clerk` and put and update
+//! records in the `customers` collection while the batch runs, printing one
+//! line per operation on stdout: `try update ID FAMILY` before an update,
+//! `ok put ID SUBJECT FAMILY` / `ok update ID FAMILY` once acknowledged, so
+//! the test can check after the crash that nothing acknowledged was lost.
 //!
 //! A helper of the disposal crash test (tests/tests/e2e/disposal.rs): opens
 //! the vault with the library (default options), logs in, installs a crash
@@ -11,13 +17,13 @@
 use std::path::Path;
 use std::process::ExitCode;
 
-use vault_core::ids::RecordId;
+use vault_core::ids::{RecordId, SubjectId};
 use vault_core::secret::SecretString;
 use vault_core::vault::{
     Context, DisposalParties, DisposalRequest, DisposalScope, OpenOptions, Vault,
 };
 
-const USAGE: &str = "usage: disposal-crash VAULT_DIR PASSFILE USER PASSWORD_FILE RECORD_ID STEP";
+const USAGE: &str = "usage: disposal-crash VAULT_DIR PASSFILE USER PASSWORD_FILE RECORD_ID STEP [WRITERS CLERK_PASSWORD_FILE]";
 
 /// Exit code when the batch completed without the hook firing.
 const NOT_CRASHED: u8 = 3;
@@ -29,7 +35,7 @@ fn fail(what: &str, e: impl std::fmt::Display) -> ExitCode {
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
-    if args.len() != 7 {
+    if args.len() != 7 && args.len() != 9 {
         eprintln!("{USAGE}");
         return ExitCode::from(2);
     }
@@ -57,6 +63,31 @@ fn main() -> ExitCode {
         Err(e) => return fail("cannot log in", e),
     };
     drop(password);
+    let writers = if args.len() == 9 {
+        let n: usize = match args[7].parse() {
+            Ok(n) => n,
+            Err(e) => return fail("WRITERS is not a number", e),
+        };
+        let clerk_pw = match SecretString::from_file(Path::new(&args[8])) {
+            Ok(p) => p,
+            Err(e) => return fail("cannot read the clerk password file", e),
+        };
+        match vault.login("clerk", &clerk_pw, Context::cli()) {
+            Ok(s) => Some((n, s)),
+            Err(e) => return fail("cannot log in the clerk", e),
+        }
+    } else {
+        None
+    };
+    let vault = std::sync::Arc::new(vault);
+    if let Some((n, clerk)) = writers {
+        for w in 0..n {
+            let (vault, clerk) = (vault.clone(), clerk.clone());
+            std::thread::spawn(move || write_forever(&vault, &clerk, w as u64));
+        }
+        // Let the writers get going before the batch starts.
+        std::thread::sleep(std::time::Duration::from_millis(30));
+    }
 
     let target = step.clone();
     vault.set_crash_hook(Some(Box::new(move |s: &str| {
@@ -83,5 +114,38 @@ fn main() -> ExitCode {
             ExitCode::from(NOT_CRASHED)
         }
         Err(e) => fail("dispose failed", e),
+    }
+}
+
+/// A family name for counter `n` (letters only, as the schema wants).
+fn family(n: u64) -> String {
+    let a = |k: u64| char::from(b'a' + (k % 26) as u8);
+    format!("Writer{}{}{}{}", a(n / 17_576), a(n / 676), a(n / 26), a(n))
+}
+
+/// Puts a record, then updates it, over and over, printing each step.
+fn write_forever(vault: &Vault, clerk: &vault_core::vault::Session, w: u64) {
+    use std::io::Write;
+    let subjects: Vec<SubjectId> = (0..8).map(|_| SubjectId::new()).collect();
+    let mut n = w * 100_000;
+    let say = |line: String| {
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "{line}");
+        let _ = out.flush();
+    };
+    loop {
+        n += 1;
+        let subject = subjects[(n % 8) as usize];
+        let body = serde_json::json!({ "given_name": "Crash", "family_name": family(n) });
+        let Ok(id) = vault.put_record(clerk, "customers", subject, &body) else {
+            continue;
+        };
+        say(format!("ok put {id} {subject} {}", family(n)));
+        n += 1;
+        let body = serde_json::json!({ "given_name": "Crash", "family_name": family(n) });
+        say(format!("try update {id} {}", family(n)));
+        if vault.update_record(clerk, id, &body).is_ok() {
+            say(format!("ok update {id} {}", family(n)));
+        }
     }
 }

@@ -202,23 +202,22 @@ fn restore_replays_the_ledger_and_never_resurrects_disposed_records() {
 
     // Restore.
     let rep = fx.vault.restore_backup(&fx.admin, &file).expect("restore");
-    assert_eq!(rep.restored, 3, "{rep:?}");
+    // A restore merges: the three live records read and are kept as they
+    // are, nothing is restored or removed.
+    assert_eq!((rep.restored, rep.kept, rep.repaired), (0, 3, 0), "{rep:?}");
     assert_eq!(rep.disposed_skipped, 4, "{rep:?}");
-    assert_eq!(rep.removed, 4, "{rep:?}");
     let check = |fx: &Fixture| {
         assert_reads(fx, keep[0]);
         assert_reads(fx, keep[1]);
-        assert_reads(fx, keep[2]); // back to the backed-up version
+        // The update made after the backup stands.
+        assert_reads(fx, Stored { n: 33, ..keep[2] });
         assert_disposed(fx, lone, &cert_lone);
         for r in subject_recs {
             assert_disposed(fx, r, &cert_subject);
         }
         assert_disposed(fx, early, &cert_early);
-        // Created after the backup: a restore returns to the backup's point in time.
-        assert!(matches!(
-            fx.vault.get_record(&fx.officer, late.id, &[], None),
-            Err(Error::NotFound(_))
-        ));
+        // Created after the backup: never removed by a restore.
+        assert_reads(fx, late);
         // No key path from the live header reaches a disposed record's key.
         for (r, sub) in [(lone, s1), (subject_recs[0], s2), (subject_recs[1], s2)] {
             assert!(
@@ -321,8 +320,9 @@ fn restore_refuses_tampered_files_and_other_vaults() {
     assert_reads(&other, c);
     // Control: the untouched file restores into its own vault.
     let rep = fx.vault.restore_backup(&fx.admin, &file).unwrap();
-    assert_eq!((rep.restored, rep.removed), (1, 2));
+    assert_eq!((rep.restored, rep.kept), (0, 1), "{rep:?}");
     assert_reads(&fx, a);
+    assert_reads(&fx, b);
     other.vault.close().unwrap();
     fx.vault.close().unwrap();
 }

@@ -4,6 +4,7 @@
 mod backup;
 mod cli;
 mod common;
+mod concurrency;
 mod crash;
 mod disposal;
 mod forensic;

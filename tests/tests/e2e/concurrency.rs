@@ -1,0 +1,1135 @@
+//! Every promise under concurrent use (DESIGN §9 invariant 6, issue 9).
+//!
+//! Two kinds of test:
+//! - **Deterministic interleavings.** The disposal batch's step hook stops
+//!   the batch at a chosen step; another thread then updates, puts, imports
+//!   or reads, and the batch goes on. After it: every record the certificate
+//!   names reads as disposed, has no key of any version in the keystore and
+//!   none of its wrapped key bytes in any keystore file; every acknowledged
+//!   write reads back; the certificate lists every destroyed key version.
+//! - **A concurrent model test.** Eight threads (or more) run random
+//!   operations against one vault; after every round the vault is checked
+//!   against a model of what was acknowledged. The seed is printed and
+//!   replayable (`PIVAULT_MODEL_SEED`); `PIVAULT_MODEL_SECS` runs it longer.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::io::Cursor;
+use std::path::Path;
+use std::sync::mpsc;
+use std::sync::{Arc, Barrier, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use tempfile::TempDir;
+use vault_core::Error;
+use vault_core::access::Role;
+use vault_core::ids::{CertificateId, RecordId, SubjectId};
+use vault_core::vault::{
+    DisposalParties, DisposalRequest, DisposalScope, ImportFormat, RecordState, RetentionPolicy,
+    Session, Vault,
+};
+
+use crate::common::{self, CUSTOMERS, Fixture};
+
+fn temp() -> TempDir {
+    tempfile::Builder::new()
+        .prefix("pivault-concurrency-")
+        .tempdir()
+        .unwrap()
+}
+
+/// A synthetic SSN, valid for every `n`.
+fn ssn(n: u64) -> String {
+    let n = n % 400;
+    format!("{:03}-{:02}-{:04}", 130 + n, 21 + n % 70, 2000 + n)
+}
+
+/// A family name distinct for each `n < 17,576` (letters only).
+fn family(n: u64) -> String {
+    let a = |k: u64| char::from(b'a' + (k % 26) as u8);
+    format!("Conc{}{}{}", a(n / 676), a(n / 26), a(n))
+}
+
+fn body(n: u64) -> Value {
+    json!({ "given_name": "Model", "family_name": family(n), "ssn": ssn(n) })
+}
+
+fn request(scope: DisposalScope) -> DisposalRequest {
+    DisposalRequest {
+        scope,
+        parties: DisposalParties {
+            data_owner: "Example Retail LLC".into(),
+            ..DisposalParties::default()
+        },
+        dry_run: false,
+    }
+}
+
+/// The versions a certificate says it destroyed, by record.
+fn destroyed_versions(
+    vault: &Vault,
+    s: &Session,
+    cert: CertificateId,
+) -> BTreeMap<String, Vec<u64>> {
+    let c = vault.certificate(s, cert).unwrap();
+    let keys = c.body["sanitization"]["details"]["keys_destroyed"]
+        .as_array()
+        .expect("keys_destroyed")
+        .clone();
+    keys.iter()
+        .map(|k| {
+            (
+                k["record_id"].as_str().unwrap().to_owned(),
+                k["key_versions"]
+                    .as_array()
+                    .expect("key_versions")
+                    .iter()
+                    .map(|v| v.as_u64().unwrap())
+                    .collect(),
+            )
+        })
+        .collect()
+}
+
+/// Asserts a record is destroyed: reads as disposed, no key of any version
+/// stored, none of `wrapped` (bytes it ever had) in any keystore file.
+fn assert_destroyed(
+    fx: &Fixture,
+    id: RecordId,
+    subject: SubjectId,
+    wrapped: &[Vec<u8>],
+    why: &str,
+) {
+    match fx.vault.get_record(&fx.officer, id, &[], None) {
+        Err(Error::Disposed { .. }) => {}
+        other => panic!("{why}: record {id} should read as disposed, got {other:?}"),
+    }
+    let left = fx.vault.keystore().record_keys(subject, id).unwrap();
+    assert!(
+        left.is_empty(),
+        "{why}: record {id} keeps {} key(s)",
+        left.len()
+    );
+    if !wrapped.is_empty() {
+        let hits = fx.vault.keystore().files_containing(wrapped).unwrap();
+        assert!(
+            hits.is_empty(),
+            "{why}: wrapped key bytes of {id} in {hits:?}"
+        );
+    }
+}
+
+/// Every wrapped key version of a record, as stored now.
+fn wrapped_keys(fx: &Fixture, id: RecordId, subject: SubjectId) -> Vec<Vec<u8>> {
+    fx.vault
+        .keystore()
+        .record_keys(subject, id)
+        .unwrap()
+        .into_iter()
+        .map(|(_, w)| w)
+        .collect()
+}
+
+/// Installs a hook that stops the batch at `step` until the test says go.
+/// Returns (reached, go).
+fn stop_at(vault: &Vault, step: &'static str) -> (mpsc::Receiver<()>, mpsc::Sender<()>) {
+    let (reached_tx, reached_rx) = mpsc::channel::<()>();
+    let (go_tx, go_rx) = mpsc::channel::<()>();
+    let reached_tx = Mutex::new(reached_tx);
+    let go_rx = Mutex::new(go_rx);
+    vault.set_crash_hook(Some(Box::new(move |s: &str| {
+        if s == step {
+            let _ = reached_tx.lock().unwrap().send(());
+            let _ = go_rx.lock().unwrap().recv_timeout(Duration::from_secs(30));
+        }
+    })));
+    (reached_rx, go_tx)
+}
+
+/// Steps at which another operation is interleaved ("planned" is after the
+/// plan, before the batch's locks; the rest are the persisted steps).
+const STEPS: [&str; 8] = [
+    "planned",
+    "intent",
+    "keys_deleted",
+    "buckets_rotated",
+    "epoch_ratcheted",
+    "keystore_purged",
+    "ciphertexts_deleted",
+    "verified",
+];
+
+/// How long the stopped batch waits for the other thread: long enough for
+/// an unblocked operation to finish, so a missing lock shows as a race won.
+const RACE_WINDOW: Duration = Duration::from_millis(150);
+
+#[test]
+fn an_update_at_any_step_of_a_disposal_is_destroyed_or_refused() {
+    for step in STEPS {
+        let tmp = temp();
+        let fx = Arc::new(common::fast_vault(&tmp.path().join("vault")));
+        let subject = SubjectId::new();
+        let id = fx
+            .vault
+            .put_record(&fx.clerk, CUSTOMERS, subject, &body(1))
+            .unwrap();
+        let v1 = wrapped_keys(&fx, id, subject);
+        let (reached, go) = stop_at(&fx.vault, step);
+        let disposer = {
+            let fx = fx.clone();
+            std::thread::spawn(move || {
+                fx.vault
+                    .dispose(&fx.officer, &request(DisposalScope::Record(id)))
+            })
+        };
+        reached
+            .recv_timeout(Duration::from_secs(30))
+            .expect("step reached");
+        let updater = {
+            let fx = fx.clone();
+            std::thread::spawn(move || fx.vault.update_record(&fx.clerk, id, &body(2)))
+        };
+        std::thread::sleep(RACE_WINDOW);
+        // Whatever the update wrote before the batch went on is captured.
+        let mut wrapped = v1.clone();
+        wrapped.extend(wrapped_keys(&fx, id, subject));
+        go.send(()).unwrap();
+        let outcome = disposer.join().unwrap().expect("disposal");
+        let updated = updater.join().unwrap();
+        fx.vault.set_crash_hook(None);
+        let cert = outcome.certificate_id.expect("certificate");
+        let versions = destroyed_versions(&fx.vault, &fx.officer, cert);
+        match &updated {
+            // Linearised before the batch's re-read: version 2 is in the
+            // certificate and destroyed with version 1.
+            Ok(v) => assert!(
+                versions[&id.to_string()].contains(&u64::from(*v)),
+                "step {step}: the acknowledged version {v} is not in the certificate {versions:?}"
+            ),
+            Err(Error::DisposalInProgress | Error::Disposed { .. }) => {}
+            Err(e) => panic!("step {step}: unexpected update error {e:?}"),
+        }
+        assert_destroyed(&fx, id, subject, &wrapped, step);
+        assert!(fx.vault.audit_verify(&fx.auditor).unwrap().ok());
+    }
+}
+
+#[test]
+fn a_put_into_the_batch_bucket_at_any_step_is_never_lost() {
+    for step in STEPS {
+        let tmp = temp();
+        let fx = Arc::new(common::fast_vault(&tmp.path().join("vault")));
+        let subject = SubjectId::new();
+        let doomed = fx
+            .vault
+            .put_record(&fx.clerk, CUSTOMERS, subject, &body(1))
+            .unwrap();
+        let wrapped = wrapped_keys(&fx, doomed, subject);
+        // A neighbour in the same bucket, written before, and one written
+        // by another thread while the batch is stopped.
+        let before = fx
+            .vault
+            .put_record(&fx.clerk, CUSTOMERS, subject, &body(3))
+            .unwrap();
+        let (reached, go) = stop_at(&fx.vault, step);
+        let disposer = {
+            let fx = fx.clone();
+            std::thread::spawn(move || {
+                fx.vault
+                    .dispose(&fx.officer, &request(DisposalScope::Record(doomed)))
+            })
+        };
+        reached
+            .recv_timeout(Duration::from_secs(30))
+            .expect("step reached");
+        let writer = {
+            let fx = fx.clone();
+            std::thread::spawn(move || {
+                let other = SubjectId::new();
+                let same = fx.vault.put_record(&fx.clerk, CUSTOMERS, subject, &body(4));
+                let elsewhere = fx.vault.put_record(&fx.clerk, CUSTOMERS, other, &body(5));
+                (same, elsewhere)
+            })
+        };
+        std::thread::sleep(RACE_WINDOW);
+        go.send(()).unwrap();
+        disposer.join().unwrap().expect("disposal");
+        let (same, elsewhere) = writer.join().unwrap();
+        fx.vault.set_crash_hook(None);
+        for (id, n) in [(before, 3), (same.unwrap(), 4), (elsewhere.unwrap(), 5)] {
+            let view = fx
+                .vault
+                .get_record(&fx.clerk, id, &[], None)
+                .unwrap_or_else(|e| panic!("step {step}: acknowledged record {id} lost: {e}"));
+            assert_eq!(view.fields["family_name"], json!(family(n)), "step {step}");
+        }
+        assert_destroyed(&fx, doomed, subject, &wrapped, step);
+    }
+}
+
+#[test]
+fn an_import_during_a_subject_disposal_is_kept_whole() {
+    for step in [
+        "planned",
+        "intent",
+        "buckets_rotated",
+        "ciphertexts_deleted",
+    ] {
+        let tmp = temp();
+        let fx = Arc::new(common::fast_vault(&tmp.path().join("vault")));
+        let subject = SubjectId::new();
+        let ids: Vec<RecordId> = (0..5)
+            .map(|n| {
+                fx.vault
+                    .put_record(&fx.clerk, CUSTOMERS, subject, &body(n))
+                    .unwrap()
+            })
+            .collect();
+        let wrapped: Vec<Vec<u8>> = ids
+            .iter()
+            .flat_map(|id| wrapped_keys(&fx, *id, subject))
+            .collect();
+        let (reached, go) = stop_at(&fx.vault, step);
+        let disposer = {
+            let fx = fx.clone();
+            std::thread::spawn(move || {
+                fx.vault
+                    .dispose(&fx.officer, &request(DisposalScope::Subject(subject)))
+            })
+        };
+        reached
+            .recv_timeout(Duration::from_secs(30))
+            .expect("step reached");
+        let importer = {
+            let fx = fx.clone();
+            std::thread::spawn(move || {
+                let mut lines = String::new();
+                for n in 10..40u64 {
+                    let mut b = body(n);
+                    b["subject"] = json!(subject.to_string());
+                    lines.push_str(&b.to_string());
+                    lines.push('\n');
+                }
+                fx.vault.import_records(
+                    &fx.clerk,
+                    CUSTOMERS,
+                    Cursor::new(lines.into_bytes()),
+                    ImportFormat::JsonLines,
+                    "subject",
+                    false,
+                    &mut |_| {},
+                )
+            })
+        };
+        std::thread::sleep(RACE_WINDOW);
+        go.send(()).unwrap();
+        let outcome = disposer.join().unwrap().expect("disposal");
+        let report = importer.join().unwrap().expect("import");
+        fx.vault.set_crash_hook(None);
+        assert_eq!(report.imported, 30, "step {step}");
+        let named: BTreeSet<RecordId> = outcome.records.iter().copied().collect();
+        for id in &ids {
+            assert!(named.contains(id), "step {step}: {id} not in the batch");
+        }
+        // Each imported record is either named by the certificate and
+        // destroyed, or not named and readable: never lost, never half.
+        for id in &report.records {
+            if named.contains(id) {
+                assert_destroyed(&fx, *id, subject, &[], step);
+            } else {
+                fx.vault
+                    .get_record(&fx.clerk, *id, &[], None)
+                    .unwrap_or_else(|e| panic!("step {step}: imported {id} lost: {e}"));
+            }
+        }
+        for id in &ids {
+            assert_destroyed(&fx, *id, subject, &wrapped, step);
+        }
+    }
+}
+
+#[test]
+fn a_hold_placed_during_a_disposal_is_honoured_or_refused() {
+    for step in ["planned", "intent", "epoch_ratcheted"] {
+        let tmp = temp();
+        let fx = Arc::new(common::fast_vault(&tmp.path().join("vault")));
+        let subject = SubjectId::new();
+        let id = fx
+            .vault
+            .put_record(&fx.clerk, CUSTOMERS, subject, &body(1))
+            .unwrap();
+        let (reached, go) = stop_at(&fx.vault, step);
+        let disposer = {
+            let fx = fx.clone();
+            std::thread::spawn(move || {
+                fx.vault
+                    .dispose(&fx.officer, &request(DisposalScope::Subject(subject)))
+            })
+        };
+        reached
+            .recv_timeout(Duration::from_secs(30))
+            .expect("step reached");
+        let holder = {
+            let fx = fx.clone();
+            std::thread::spawn(move || {
+                fx.vault
+                    .add_hold(&fx.officer, Some(id), None, "litigation notice received")
+            })
+        };
+        std::thread::sleep(RACE_WINDOW);
+        go.send(()).unwrap();
+        let outcome = disposer.join().unwrap().expect("disposal");
+        let held = holder.join().unwrap();
+        fx.vault.set_crash_hook(None);
+        let disposed = outcome.records.contains(&id);
+        match held {
+            // The hold landed first: the record was excluded and reads.
+            Ok(()) if !disposed => {
+                fx.vault.get_record(&fx.clerk, id, &[], None).unwrap();
+            }
+            Ok(()) => {
+                panic!("step {step}: a hold was acknowledged on a record the batch destroyed")
+            }
+            Err(Error::DisposalInProgress) => assert!(disposed, "step {step}"),
+            Err(e) => panic!("step {step}: {e:?}"),
+        }
+    }
+}
+
+#[test]
+fn restore_never_removes_held_or_newer_records_and_needs_no_dispose_permission() {
+    let tmp = temp();
+    let fx = common::fast_vault(&tmp.path().join("vault"));
+    let subject = SubjectId::new();
+    let old = fx
+        .vault
+        .put_record(&fx.clerk, CUSTOMERS, subject, &body(1))
+        .unwrap();
+    let backup_dir = temp();
+    let file = backup_dir.path().join("b.pvb");
+    fx.vault.create_backup(&fx.admin, &file, 30).unwrap();
+    // After the backup: a new record under legal hold, another one, and an update.
+    let held = fx
+        .vault
+        .put_record(&fx.clerk, CUSTOMERS, subject, &body(2))
+        .unwrap();
+    fx.vault
+        .add_hold(&fx.officer, Some(held), None, "litigation notice received")
+        .unwrap();
+    let newer = fx
+        .vault
+        .put_record(&fx.clerk, CUSTOMERS, SubjectId::new(), &body(3))
+        .unwrap();
+    fx.vault.update_record(&fx.clerk, old, &body(4)).unwrap();
+    // The admin holds no Dispose permission; the restore destroys nothing.
+    let rep = fx.vault.restore_backup(&fx.admin, &file).unwrap();
+    assert_eq!((rep.restored, rep.kept, rep.repaired), (0, 1, 0), "{rep:?}");
+    for (id, n) in [(held, 2), (newer, 3), (old, 4)] {
+        let v = fx.vault.get_record(&fx.clerk, id, &[], None).unwrap();
+        assert_eq!(v.fields["family_name"], json!(family(n)));
+    }
+    // A record whose key is lost is repaired from the backup.
+    let sub_old = fx
+        .vault
+        .get_record(&fx.clerk, old, &[], None)
+        .unwrap()
+        .meta
+        .subject;
+    for (v, _) in fx.vault.keystore().record_keys(sub_old, old).unwrap() {
+        fx.vault
+            .keystore()
+            .delete_dek(sub_old, old, v, true)
+            .unwrap();
+    }
+    assert!(fx.vault.get_record(&fx.clerk, old, &[], None).is_err());
+    let rep = fx.vault.restore_backup(&fx.officer, &file).unwrap();
+    assert_eq!(rep.repaired, 1, "{rep:?}");
+    let v = fx.vault.get_record(&fx.clerk, old, &[], None).unwrap();
+    assert_eq!(v.fields["family_name"], json!(family(1)));
+    assert!(fx.vault.audit_verify(&fx.auditor).unwrap().ok());
+}
+
+#[test]
+fn retry_is_audited_under_the_retrier_scoped_for_contractors_and_refuses_complete_batches() {
+    let tmp = temp();
+    let fx = common::fast_vault(&tmp.path().join("vault"));
+    let id = fx
+        .vault
+        .put_record(&fx.clerk, CUSTOMERS, SubjectId::new(), &body(1))
+        .unwrap();
+    let out = fx
+        .vault
+        .dispose(&fx.officer, &request(DisposalScope::Record(id)))
+        .unwrap();
+    let batch = out.disposal_id.unwrap();
+    match fx.vault.retry_disposal(&fx.officer, batch) {
+        Err(Error::AlreadyExists(_)) => {}
+        other => panic!("retry of a complete batch: {other:?}"),
+    }
+    // A failed batch (the purge's negative control) retried by a contractor
+    // outside its scope is refused; by an officer it completes, audited
+    // under the officer.
+    let id2 = fx
+        .vault
+        .put_record(&fx.clerk, CUSTOMERS, SubjectId::new(), &body(2))
+        .unwrap();
+    fx.vault.set_purge_hold_snapshot(true);
+    let failed = fx
+        .vault
+        .dispose(&fx.officer, &request(DisposalScope::Record(id2)));
+    fx.vault.set_purge_hold_snapshot(false);
+    assert!(
+        matches!(failed, Err(Error::DisposalFailed(_))),
+        "{failed:?}"
+    );
+    let batch2 = fx
+        .vault
+        .disposals(&fx.officer)
+        .unwrap()
+        .into_iter()
+        .find(|d| d.failed.is_some())
+        .unwrap()
+        .id;
+    match fx.vault.retry_disposal(&fx.contractor, batch2) {
+        Err(Error::PermissionDenied(_)) => {}
+        other => panic!("contractor outside scope: {other:?}"),
+    }
+    fx.vault.retry_disposal(&fx.officer, batch2).unwrap();
+    let events = fx
+        .vault
+        .audit_events(
+            &fx.auditor,
+            &vault_core::audit::EventFilter {
+                action_prefix: Some("disposal.retry".into()),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    let actors: Vec<_> = events.iter().map(|e| (e.actor, e.outcome)).collect();
+    assert!(
+        actors.contains(&(Some(fx.officer.user()), vault_core::audit::Outcome::Success))
+            && actors.contains(&(
+                Some(fx.contractor.user()),
+                vault_core::audit::Outcome::Denied
+            )),
+        "{actors:?}"
+    );
+}
+
+#[test]
+fn a_failed_undo_fences_the_vault_until_reopen() {
+    let tmp = temp();
+    let fx = common::fast_vault(&tmp.path().join("vault"));
+    let id = fx
+        .vault
+        .put_record(&fx.clerk, CUSTOMERS, SubjectId::new(), &body(1))
+        .unwrap();
+    // The audit append fails and so does the undo (a test hook, as a full
+    // disk would): the journal entry of the failed undo stays for the next open.
+    fx.vault.set_audit_failure(true);
+    fx.vault.set_undo_failure(true);
+    let r = fx.vault.update_record(&fx.clerk, id, &body(2));
+    assert!(matches!(r, Err(Error::AuditUnavailable(_))), "{r:?}");
+    fx.vault.set_audit_failure(false);
+    fx.vault.set_undo_failure(false);
+    // Fenced: no change is accepted, reads still work.
+    let r = fx
+        .vault
+        .put_record(&fx.clerk, CUSTOMERS, SubjectId::new(), &body(3));
+    assert!(matches!(r, Err(Error::WritesFenced)), "{r:?}");
+    let r = fx.vault.update_record(&fx.clerk, id, &body(3));
+    assert!(matches!(r, Err(Error::WritesFenced)), "{r:?}");
+    // A creation in the same state: its row and key stay for now.
+    let fx = fx.reopen();
+    let v = fx.vault.get_record(&fx.clerk, id, &[], None).unwrap();
+    // Reopened, the journal rolled the unaudited update back.
+    assert_eq!(
+        (v.meta.version, v.fields["family_name"].clone()),
+        (1, json!(family(1)))
+    );
+    let subject = SubjectId::new();
+    fx.vault.set_audit_failure(true);
+    fx.vault.set_undo_failure(true);
+    let r = fx.vault.put_record(&fx.clerk, CUSTOMERS, subject, &body(6));
+    assert!(matches!(r, Err(Error::AuditUnavailable(_))), "{r:?}");
+    fx.vault.set_audit_failure(false);
+    fx.vault.set_undo_failure(false);
+    let stranded = fx
+        .vault
+        .list_records(
+            &fx.officer,
+            &vault_core::vault::RecordFilter {
+                subject: Some(subject),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    assert_eq!(stranded.len(), 1, "the unaudited row stays until reopen");
+    let stranded = stranded[0].id;
+    assert_eq!(fx.vault.maintenance_status().unwrap().journal_entries, 1);
+    let fx = fx.reopen();
+    // Rolled back: no row, no key, no journal entry; nothing else touched.
+    assert!(matches!(
+        fx.vault.get_record(&fx.officer, stranded, &[], None),
+        Err(Error::NotFound(_))
+    ));
+    assert!(
+        fx.vault
+            .keystore()
+            .record_keys(subject, stranded)
+            .unwrap()
+            .is_empty()
+    );
+    let st = fx.vault.maintenance_status().unwrap();
+    assert_eq!((st.journal_entries, st.orphan_keys), (0, 0), "{st:?}");
+    fx.vault.update_record(&fx.clerk, id, &body(5)).unwrap();
+    let events = fx
+        .vault
+        .audit_events(
+            &fx.auditor,
+            &vault_core::audit::EventFilter {
+                action_prefix: Some("journal.reconcile".into()),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    assert_eq!(events.len(), 2, "{events:?}");
+    assert!(fx.vault.audit_verify(&fx.auditor).unwrap().ok());
+}
+
+// ----- the concurrent model test -------------------------------------------
+
+/// xorshift64*: a small seeded generator, so a run can be replayed.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// What was acknowledged about one record.
+#[derive(Clone, Debug)]
+struct ModelRecord {
+    subject: SubjectId,
+    owner: usize,
+    /// The family name of the last acknowledged content.
+    family: String,
+    /// Wrapped key bytes seen after each acknowledged write.
+    wrapped: Vec<Vec<u8>>,
+    /// The certificate that named it, once one did.
+    disposed_by: Option<CertificateId>,
+}
+
+#[derive(Default)]
+struct Model {
+    records: HashMap<RecordId, ModelRecord>,
+    certificates: Vec<CertificateId>,
+}
+
+fn model_secs() -> u64 {
+    std::env::var("PIVAULT_MODEL_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(30)
+}
+
+fn model_seed() -> u64 {
+    std::env::var("PIVAULT_MODEL_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+                | 1
+        })
+}
+
+const THREADS: usize = 8;
+const OPS_PER_ROUND: usize = 12;
+const SUBJECTS: usize = 24;
+
+/// One thread's operation, chosen at random, checked against the model.
+#[allow(clippy::too_many_arguments)] // the harness's state, passed once per op
+fn model_op(
+    fx: &Fixture,
+    model: &Mutex<Model>,
+    subjects: &[SubjectId],
+    backup_dir: &Path,
+    me: usize,
+    rng: &mut Rng,
+    counter: &mut u64,
+    seed: u64,
+) {
+    let pick_own = |model: &Mutex<Model>, rng: &mut Rng| -> Option<RecordId> {
+        let m = model.lock().unwrap();
+        let own: Vec<RecordId> = m
+            .records
+            .iter()
+            .filter(|(_, r)| r.owner == me && r.disposed_by.is_none())
+            .map(|(id, _)| *id)
+            .collect();
+        (!own.is_empty()).then(|| own[rng.below(own.len() as u64) as usize])
+    };
+    let any_record = |model: &Mutex<Model>, rng: &mut Rng| -> Option<RecordId> {
+        let m = model.lock().unwrap();
+        let all: Vec<RecordId> = m.records.keys().copied().collect();
+        (!all.is_empty()).then(|| all[rng.below(all.len() as u64) as usize])
+    };
+    let record_disposal = |model: &Mutex<Model>, outcome: &vault_core::vault::DisposalOutcome| {
+        if let Some(cert) = outcome.certificate_id {
+            let mut m = model.lock().unwrap();
+            m.certificates.push(cert);
+            for id in &outcome.records {
+                if let Some(r) = m.records.get_mut(id) {
+                    r.disposed_by = Some(cert);
+                }
+            }
+        }
+    };
+    *counter += 1;
+    let n = (me as u64) * 2000 + *counter;
+    match rng.below(100) {
+        0..=29 => {
+            let subject = subjects[rng.below(subjects.len() as u64) as usize];
+            let id = fx
+                .vault
+                .put_record(&fx.clerk, CUSTOMERS, subject, &body(n))
+                .unwrap_or_else(|e| panic!("seed {seed}: put: {e}"));
+            let wrapped = wrapped_keys(fx, id, subject);
+            model.lock().unwrap().records.insert(
+                id,
+                ModelRecord {
+                    subject,
+                    owner: me,
+                    family: family(n),
+                    wrapped,
+                    disposed_by: None,
+                },
+            );
+        }
+        30..=49 => {
+            let Some(id) = pick_own(model, rng) else {
+                return;
+            };
+            match fx.vault.update_record(&fx.clerk, id, &body(n)) {
+                Ok(_) => {
+                    let mut m = model.lock().unwrap();
+                    let subject = m.records[&id].subject;
+                    let w = wrapped_keys(fx, id, subject);
+                    let r = m.records.get_mut(&id).unwrap();
+                    r.family = family(n);
+                    r.wrapped.extend(w);
+                }
+                Err(Error::DisposalInProgress | Error::Disposed { .. }) => {}
+                Err(e) => panic!("seed {seed}: update: {e}"),
+            }
+        }
+        50..=64 => {
+            // A read of one's own record: the last acknowledged content, or
+            // disposed / being disposed.
+            let Some(id) = pick_own(model, rng) else {
+                return;
+            };
+            match fx.vault.get_record(&fx.clerk, id, &[], None) {
+                Ok(v) => {
+                    let m = model.lock().unwrap();
+                    assert_eq!(
+                        v.fields["family_name"],
+                        json!(m.records[&id].family),
+                        "seed {seed}: read of {id}"
+                    );
+                }
+                Err(Error::DisposalInProgress | Error::Disposed { .. }) => {}
+                Err(e) => panic!("seed {seed}: read of own record {id}: {e}"),
+            }
+        }
+        65..=69 => {
+            fx.vault
+                .list_records(&fx.clerk, &Default::default())
+                .unwrap_or_else(|e| panic!("seed {seed}: list: {e}"));
+        }
+        70..=77 => {
+            let Some(id) = any_record(model, rng) else {
+                return;
+            };
+            match fx
+                .vault
+                .dispose(&fx.officer, &request(DisposalScope::Record(id)))
+            {
+                Ok(o) => record_disposal(model, &o),
+                Err(Error::Disposed { .. } | Error::LegalHold | Error::NotFound(_)) => {}
+                Err(e) => panic!("seed {seed}: dispose record: {e}"),
+            }
+        }
+        78..=82 => {
+            let subject = subjects[rng.below(subjects.len() as u64) as usize];
+            match fx
+                .vault
+                .dispose(&fx.officer, &request(DisposalScope::Subject(subject)))
+            {
+                Ok(o) => record_disposal(model, &o),
+                Err(e) => panic!("seed {seed}: dispose subject: {e}"),
+            }
+        }
+        83..=85 => {
+            match fx
+                .vault
+                .dispose(&fx.officer, &request(DisposalScope::PastRetention))
+            {
+                Ok(o) => record_disposal(model, &o),
+                Err(e) => panic!("seed {seed}: retention run: {e}"),
+            }
+        }
+        86..=91 => {
+            // Holds on the first two subjects come and go.
+            let subject = subjects[rng.below(2) as usize];
+            if rng.below(2) == 0 {
+                match fx.vault.add_hold(
+                    &fx.officer,
+                    None,
+                    Some(subject),
+                    "litigation notice received",
+                ) {
+                    Ok(()) | Err(Error::DisposalInProgress) => {}
+                    Err(e) => panic!("seed {seed}: hold add: {e}"),
+                }
+            } else {
+                match fx.vault.remove_hold(&fx.officer, None, Some(subject)) {
+                    Ok(()) | Err(Error::NotFound(_)) => {}
+                    Err(e) => panic!("seed {seed}: hold remove: {e}"),
+                }
+            }
+        }
+        92..=95 => {
+            let file = backup_dir.join(format!("b-{me}-{counter}.pvb"));
+            // Ten years: the model's clock jumps ten days a round.
+            fx.vault
+                .create_backup(&fx.admin, &file, 3650)
+                .unwrap_or_else(|e| panic!("seed {seed}: backup: {e}"));
+        }
+        _ => {
+            // Restore the newest backup file of this thread, if any.
+            let mut files: Vec<_> = std::fs::read_dir(backup_dir)
+                .unwrap()
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| {
+                    p.file_name()
+                        .is_some_and(|n| n.to_string_lossy().starts_with(&format!("b-{me}-")))
+                })
+                .collect();
+            files.sort();
+            if let Some(f) = files.last() {
+                fx.vault
+                    .restore_backup(&fx.admin, f)
+                    .unwrap_or_else(|e| panic!("seed {seed}: restore: {e}"));
+            }
+        }
+    }
+}
+
+/// The checks after a round, with no operation running.
+fn check_model(fx: &Fixture, model: &Mutex<Model>, seed: u64, round: u64) {
+    let m = model.lock().unwrap();
+    let mut destroyed_wrapped = Vec::new();
+    for (id, r) in &m.records {
+        match r.disposed_by {
+            Some(_) => {
+                match fx.vault.get_record(&fx.officer, *id, &[], None) {
+                    Err(Error::Disposed { .. }) => {}
+                    other => panic!(
+                        "seed {seed} round {round}: {id} named by a certificate reads {other:?}"
+                    ),
+                }
+                let left = fx.vault.keystore().record_keys(r.subject, *id).unwrap();
+                assert!(
+                    left.is_empty(),
+                    "seed {seed} round {round}: {id} keeps keys"
+                );
+                destroyed_wrapped.extend(r.wrapped.iter().cloned());
+            }
+            None => {
+                let v = fx
+                    .vault
+                    .get_record(&fx.officer, *id, &[], None)
+                    .unwrap_or_else(|e| {
+                        panic!("seed {seed} round {round}: acknowledged {id}: {e}")
+                    });
+                assert_eq!(
+                    v.fields["family_name"],
+                    json!(r.family),
+                    "seed {seed} round {round}: {id} content"
+                );
+                assert_eq!(v.meta.state, RecordState::Live);
+            }
+        }
+    }
+    let hits = fx
+        .vault
+        .keystore()
+        .files_containing(&destroyed_wrapped)
+        .unwrap();
+    assert!(
+        hits.is_empty(),
+        "seed {seed} round {round}: destroyed key bytes in {hits:?}"
+    );
+    for d in fx.vault.disposals(&fx.officer).unwrap() {
+        assert!(
+            d.step == "complete",
+            "seed {seed} round {round}: batch {} left at {} ({:?})",
+            d.id,
+            d.step,
+            d.failed
+        );
+    }
+    let report = fx.vault.audit_verify(&fx.auditor).unwrap();
+    assert!(report.ok(), "seed {seed} round {round}: {report:?}");
+}
+
+#[test]
+fn concurrent_model_every_acknowledged_write_and_certificate_holds() {
+    let seed = model_seed();
+    eprintln!(
+        "concurrent model: seed {seed} (replay with PIVAULT_MODEL_SEED={seed}), {} s",
+        model_secs()
+    );
+    let tmp = temp();
+    let fx = common::fast_vault(&tmp.path().join("vault"));
+    // Retention: 60 days on the collection; the clock jumps ten days a
+    // round, so records fall due six rounds after they were written.
+    fx.vault
+        .set_retention(
+            &fx.officer,
+            CUSTOMERS,
+            RetentionPolicy {
+                days: 60,
+                from_updated: false,
+            },
+        )
+        .unwrap();
+    let backup_dir = temp();
+    let subjects: Vec<SubjectId> = (0..SUBJECTS).map(|_| SubjectId::new()).collect();
+    let model = Mutex::new(Model::default());
+    let deadline = Instant::now() + Duration::from_secs(model_secs());
+    let mut round = 0u64;
+    let mut rng = Rng(seed);
+    while Instant::now() < deadline {
+        round += 1;
+        let barrier = Barrier::new(THREADS);
+        let seeds: Vec<u64> = (0..THREADS).map(|_| rng.next() | 1).collect();
+        std::thread::scope(|sc| {
+            for (me, s) in seeds.iter().enumerate() {
+                let (fx, model, subjects, barrier, backup_dir) =
+                    (&fx, &model, &subjects, &barrier, backup_dir.path());
+                let mut trng = Rng(*s);
+                sc.spawn(move || {
+                    barrier.wait();
+                    let mut counter = round * 100;
+                    for _ in 0..OPS_PER_ROUND {
+                        model_op(
+                            fx,
+                            model,
+                            subjects,
+                            backup_dir,
+                            me,
+                            &mut trng,
+                            &mut counter,
+                            seed,
+                        );
+                    }
+                });
+            }
+        });
+        check_model(&fx, &model, seed, round);
+        // Time passes between rounds: some records fall due for retention.
+        fx.clock.advance(10 * 86_400_000);
+    }
+    let m = model.lock().unwrap();
+    let disposed = m
+        .records
+        .values()
+        .filter(|r| r.disposed_by.is_some())
+        .count();
+    eprintln!(
+        "concurrent model: {round} rounds, {} records, {disposed} disposed, {} certificates",
+        m.records.len(),
+        m.certificates.len()
+    );
+    assert!(
+        round >= 2 && disposed > 0 && m.records.len() > disposed,
+        "the run exercised too little"
+    );
+    let _ = Role::Clerk;
+}
+
+// ----- crash injection with concurrent writers ---------------------------------
+
+/// Crash iterations of the concurrent crash test (`PIVAULT_CRASH_ITERATIONS`
+/// rounds over the steps; 1 by default: each step once).
+fn crash_rounds() -> usize {
+    std::env::var("PIVAULT_CRASH_ITERATIONS")
+        .ok()
+        .and_then(|s| s.parse::<usize>().ok())
+        .map(|n| n.div_ceil(12).max(1))
+        .unwrap_or(1)
+}
+
+fn crash_with_writers(step: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::ExitStatusExt;
+    use vault_core::secret::SecretString;
+    use vault_core::vault::OpenOptions;
+
+    let tmp = temp();
+    let dir = tmp.path().join("vault");
+    let fx = common::fast_vault(&dir);
+    let subject = SubjectId::new();
+    let target = fx
+        .vault
+        .put_record(&fx.clerk, CUSTOMERS, subject, &body(1))
+        .unwrap();
+    let wrapped = wrapped_keys(&fx, target, subject);
+    fx.vault.close().unwrap();
+    let secrets = tmp.path().join("secrets");
+    std::fs::create_dir(&secrets).unwrap();
+    std::fs::set_permissions(&secrets, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let write = |name: &str, text: &str| {
+        let p = secrets.join(name);
+        crate::cli::write_private(&p, text.as_bytes());
+        p
+    };
+    let pass = write("passphrase", common::PASSPHRASE);
+    let officer_pw = write("officer", common::USERS[1].2);
+    let clerk_pw = write("clerk", common::USERS[2].2);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_disposal-crash"))
+        .arg(&dir)
+        .arg(&pass)
+        .arg("officer")
+        .arg(&officer_pw)
+        .arg(target.to_string())
+        .arg(step)
+        .arg("4")
+        .arg(&clerk_pw)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run disposal-crash");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.signal(),
+        Some(6),
+        "step {step}: expected the hook's abort, got {:?}: {stderr}",
+        out.status
+    );
+    // What the writers were told, and what they tried.
+    let mut acked: HashMap<String, String> = HashMap::new();
+    let mut tried: HashMap<String, Vec<String>> = HashMap::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let w: Vec<&str> = line.split(' ').collect();
+        match w.as_slice() {
+            ["ok", "put", id, _subject, fam] => {
+                acked.insert(id.to_string(), fam.to_string());
+            }
+            ["try", "update", id, fam] => tried
+                .entry(id.to_string())
+                .or_default()
+                .push(fam.to_string()),
+            ["ok", "update", id, fam] => {
+                acked.insert(id.to_string(), fam.to_string());
+            }
+            _ => {} // a line torn by the abort
+        }
+    }
+    assert!(!acked.is_empty(), "step {step}: the writers wrote nothing");
+
+    let vault = Vault::open(
+        &dir,
+        &SecretString::from(common::PASSPHRASE),
+        OpenOptions::default(),
+    )
+    .unwrap_or_else(|e| panic!("step {step}: the vault does not reopen: {e}"));
+    let officer = common::login(&vault, "officer");
+    let auditor = common::login(&vault, "auditor");
+    // Every batch completed or resumed to completion.
+    for d in vault.disposals(&officer).unwrap() {
+        assert_eq!(d.step, "complete", "step {step}: {d:?}");
+    }
+    match vault.get_record(&officer, target, &[], None) {
+        Err(Error::Disposed {
+            certificate: Some(_),
+        }) => {}
+        other => panic!("step {step}: target reads {other:?}"),
+    }
+    assert!(
+        vault
+            .keystore()
+            .record_keys(subject, target)
+            .unwrap()
+            .is_empty()
+    );
+    let hits = vault.keystore().files_containing(&wrapped).unwrap();
+    assert!(hits.is_empty(), "step {step}: target key bytes in {hits:?}");
+    // Nothing acknowledged was lost: the last acknowledged content, or an
+    // update that was tried after it (it may have landed before the crash).
+    for (id, fam) in &acked {
+        let rid: RecordId = id.parse().unwrap();
+        let v = vault
+            .get_record(&officer, rid, &[], None)
+            .unwrap_or_else(|e| panic!("step {step}: acknowledged {id} lost: {e}"));
+        let got = v.fields["family_name"].as_str().unwrap().to_owned();
+        let later = tried.get(id).is_some_and(|t| t.contains(&got));
+        assert!(
+            &got == fam || later,
+            "step {step}: {id} reads {got}, acknowledged {fam}"
+        );
+    }
+    // Every stored record has its audit event.
+    let events = vault
+        .audit_events(
+            &auditor,
+            &vault_core::audit::EventFilter {
+                action_prefix: Some("record.create".into()),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    let created: BTreeSet<String> = events
+        .iter()
+        .filter(|e| e.outcome == vault_core::audit::Outcome::Success)
+        .filter_map(|e| e.targets.first().cloned())
+        .collect();
+    for m in vault.list_records(&officer, &Default::default()).unwrap() {
+        assert!(
+            created.contains(&m.id.to_string()),
+            "step {step}: record {} stored without its record.create event",
+            m.id
+        );
+    }
+    assert!(vault.audit_verify(&auditor).unwrap().ok(), "step {step}");
+    vault.close().unwrap();
+}
+
+#[test]
+fn crash_at_every_disposal_step_with_concurrent_writers_loses_nothing() {
+    let steps = [
+        "intent",
+        "keys_deleted",
+        "buckets_rotated",
+        "epoch_ratcheted",
+        "keystore_purged",
+        "ciphertexts_deleted",
+        "verified",
+        "complete",
+    ];
+    for _ in 0..crash_rounds() {
+        for step in steps {
+            crash_with_writers(step);
+        }
+    }
+}

@@ -1,0 +1,687 @@
+//! Record operations: create, read, update, list and import.
+//!
+//! Each one holds its subject's bucket lock shared (see `isolation.rs`), so
+//! it is isolated from a disposal batch's rotation of that bucket, and each
+//! write is journaled: the row and a journal entry go in one atomic batch,
+//! the audit event follows, and the entry is removed. A crash between the
+//! row and its event leaves the entry, which the next open reconciles with
+//! the audit trail (`maintenance.rs`): the change stays if its event is in
+//! the trail, and is rolled back if not. No record stands without its event.
+//!
+//! This is a child module of `vault`.
+
+use std::io::BufRead;
+
+use serde_json::{Map, Value};
+use zeroize::Zeroizing;
+
+use super::{
+    ImportFormat, ImportRejection, ImportReport, RecordFilter, RecordMeta, RecordView, Session,
+    Vault, record_aad,
+};
+use crate::access::{Permission, Role};
+use crate::audit;
+use crate::crypto;
+use crate::error::{Error, Result};
+use crate::ids::{CollectionName, RecordId, SubjectId};
+use crate::secret::SecretKey;
+use crate::store::{self, RecordRow, RecordState};
+
+/// Journal entry kinds.
+const JOURNAL_CREATE: u8 = 1;
+const JOURNAL_UPDATE: u8 = 2;
+
+/// A row written whose audit event is not yet known to be in the trail.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct JournalEntry {
+    /// [`JOURNAL_CREATE`] or [`JOURNAL_UPDATE`].
+    pub kind: u8,
+    /// When the row was written (the event is at or after it).
+    pub time_ms: i64,
+    /// The version written.
+    pub version: u32,
+    /// The row before an update (ciphertext and metadata, as stored), to put back.
+    pub old_row: Vec<u8>,
+}
+
+impl JournalEntry {
+    /// `kind | time_ms | version | old row`.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut b = Vec::with_capacity(13 + self.old_row.len());
+        b.push(self.kind);
+        b.extend_from_slice(&self.time_ms.to_be_bytes());
+        b.extend_from_slice(&self.version.to_be_bytes());
+        b.extend_from_slice(&self.old_row);
+        b
+    }
+
+    pub fn decode(b: &[u8]) -> Result<JournalEntry> {
+        let bad = || Error::Integrity("write journal");
+        if b.len() < 13 || !(b[0] == JOURNAL_CREATE || b[0] == JOURNAL_UPDATE) {
+            return Err(bad());
+        }
+        Ok(JournalEntry {
+            kind: b[0],
+            time_ms: i64::from_be_bytes(b[1..9].try_into().map_err(|_| bad())?),
+            version: u32::from_be_bytes(b[9..13].try_into().map_err(|_| bad())?),
+            old_row: b[13..].to_vec(),
+        })
+    }
+
+    pub fn is_update(&self) -> bool {
+        self.kind == JOURNAL_UPDATE
+    }
+}
+
+/// Counts bytes read, for progress bars on streaming imports.
+struct CountingReader<R> {
+    inner: R,
+    count: u64,
+}
+
+impl<R: BufRead> std::io::Read for CountingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.count += n as u64;
+        Ok(n)
+    }
+}
+
+impl<R: BufRead> BufRead for CountingReader<R> {
+    fn fill_buf(&mut self) -> std::io::Result<&[u8]> {
+        self.inner.fill_buf()
+    }
+    fn consume(&mut self, amt: usize) {
+        self.count += amt as u64;
+        self.inner.consume(amt);
+    }
+}
+
+impl Vault {
+    /// Stores one validated body as a new record, with its journal entry;
+    /// no authorisation or audit here. The caller holds the subject's
+    /// bucket lock shared.
+    fn store_new_record(
+        &self,
+        s: &Session,
+        collection: &CollectionName,
+        subject: SubjectId,
+        body: &Map<String, Value>,
+    ) -> Result<RecordId> {
+        self.isolation.check_fence()?;
+        // Key and nonces from one draw of the OS CSPRNG.
+        let rnd = crypto::RecordRandomness::draw();
+        let id = RecordId::new();
+        let plain = Zeroizing::new(serde_json::to_vec(body).expect("serialisable"));
+        let epoch = self.epoch.read().expect("epoch lock");
+        // The DEK is written before the record, so a record never exists
+        // without its key (a DEK without a row is an orphan, destroyed by
+        // the next maintenance ratchet).
+        let dek = self.keystore.store_dek(
+            &epoch.root,
+            epoch.number,
+            subject,
+            id,
+            1,
+            rnd.dek,
+            rnd.wrap_nonce,
+        )?;
+        let now = self.now();
+        let mut row = RecordRow {
+            format: store::ROW_V2,
+            collection: collection.clone(),
+            subject,
+            version: 1,
+            created_ms: now,
+            updated_ms: now,
+            created_by: s.user,
+            state: RecordState::Live,
+            envelope: Vec::new(),
+        };
+        row.envelope = crypto::seal_with_nonce(
+            &dek,
+            &record_aad(self.info.vault_id, id, &row),
+            &plain,
+            rnd.body_nonce,
+        );
+        let journal = JournalEntry {
+            kind: JOURNAL_CREATE,
+            time_ms: now,
+            version: 1,
+            old_row: Vec::new(),
+        };
+        self.store.put_record_with(
+            id,
+            &row,
+            true,
+            &[(
+                store::CF_JOURNAL,
+                id.as_bytes().to_vec(),
+                Some(journal.encode()),
+            )],
+        )?;
+        Ok(id)
+    }
+
+    /// Creates a record (clerk). The body must match the collection schema.
+    pub fn put_record(
+        &self,
+        s: &Session,
+        collection: &str,
+        subject: SubjectId,
+        body: &Value,
+    ) -> Result<RecordId> {
+        self.authorize(s, Some(Permission::CreateRecord))?;
+        let r = (|| {
+            self.require_officer()?;
+            let collection = CollectionName::parse(collection)?;
+            let schema = self.schema(&collection)?;
+            let body = schema.validate(body)?;
+            let guard = self.isolation.shared(self.keystore.bucket_of(subject));
+            let id = self.store_new_record(s, &collection, subject, &body)?;
+            Ok((id, guard))
+        })();
+        match r {
+            Ok((id, _guard)) => {
+                self.audit_record_create(s, id, subject)?;
+                Ok(id)
+            }
+            Err(e) => {
+                self.audit(
+                    Some(s.user),
+                    &s.ctx,
+                    "record.create",
+                    vec![subject.to_string()],
+                    Err(&e),
+                    None,
+                )?;
+                Err(e)
+            }
+        }
+    }
+
+    /// Audits a stored new record and clears its journal entry; if the
+    /// audit fails, the record and its key are removed again (fail closed:
+    /// an unaudited record must not remain), and if that removal fails too
+    /// the vault is fenced until reopened (the journal then removes it).
+    fn audit_record_create(&self, s: &Session, id: RecordId, subject: SubjectId) -> Result<()> {
+        if let Err(e) = self.audit(
+            Some(s.user),
+            &s.ctx,
+            "record.create",
+            vec![id.to_string(), subject.to_string()],
+            Ok(()),
+            None,
+        ) {
+            let undone = (|| {
+                self.undo_hook()?;
+                if let Some(row) = self.store.record(id)? {
+                    self.store.delete_new_record(id, &row)?;
+                }
+                self.keystore.delete_dek(subject, id, 1, false)?;
+                self.mark_dirty(self.keystore.bucket_of(subject))
+            })();
+            if undone.is_err() {
+                self.isolation.fence();
+            }
+            return Err(e);
+        }
+        // The event is in the trail: the entry has done its job. A failed
+        // delete only leaves an entry that the next open finds audited.
+        let _ = self.store.delete(store::CF_JOURNAL, id.as_bytes());
+        Ok(())
+    }
+
+    pub(crate) fn live_row(&self, id: RecordId) -> Result<RecordRow> {
+        let row = self.store.record(id)?.ok_or(Error::NotFound("record"))?;
+        if let RecordState::Disposed { certificate } = &row.state {
+            return Err(Error::Disposed {
+                certificate: certificate.clone(),
+            });
+        }
+        Ok(row)
+    }
+
+    /// Decrypts a row's body under the given epoch root (callers that hold
+    /// the epoch lock already pass theirs).
+    pub(crate) fn decrypt_with(
+        &self,
+        root: &SecretKey,
+        epoch: u64,
+        id: RecordId,
+        row: &RecordRow,
+    ) -> Result<Map<String, Value>> {
+        let dek = self
+            .keystore
+            .dek(root, epoch, row.subject, id, row.version)?
+            .ok_or(Error::Integrity("record key (missing)"))?;
+        let plain = crypto::open(
+            &dek,
+            &record_aad(self.info.vault_id, id, row),
+            &row.envelope,
+            "record",
+        )?;
+        match serde_json::from_slice(&plain) {
+            Ok(Value::Object(m)) => Ok(m),
+            _ => Err(Error::Integrity("record body")),
+        }
+    }
+
+    fn decrypt(&self, id: RecordId, row: &RecordRow) -> Result<Map<String, Value>> {
+        let epoch = self.epoch.read().expect("epoch lock");
+        self.decrypt_with(&epoch.root, epoch.number, id, row)
+    }
+
+    /// A live record's row and body, read under its bucket lock. An update
+    /// running beside the read may replace the row and delete the key the
+    /// read found; the read then sees a newer version and reads again.
+    fn read_live(&self, id: RecordId) -> Result<(RecordRow, Map<String, Value>)> {
+        let mut attempts = 0;
+        loop {
+            let row = self.live_row(id)?;
+            let _g = self.isolation.shared(self.keystore.bucket_of(row.subject));
+            self.isolation.check_not_pending(id)?;
+            match self.decrypt(id, &row) {
+                Err(e @ Error::Integrity(_)) if attempts < 3 => {
+                    if self.live_row(id)?.version == row.version {
+                        return Err(e);
+                    }
+                    attempts += 1;
+                }
+                r => return r.map(|body| (row, body)),
+            }
+        }
+    }
+
+    pub(crate) fn meta(id: RecordId, row: &RecordRow) -> RecordMeta {
+        RecordMeta {
+            id,
+            collection: row.collection.clone(),
+            subject: row.subject,
+            version: row.version,
+            created_ms: row.created_ms,
+            updated_ms: row.updated_ms,
+            state: row.state.clone(),
+        }
+    }
+
+    /// Reads a record, masked; `reveal` names sensitive fields to show in
+    /// full, which needs the reveal permission (officers, or clerks granted
+    /// it) and a reason. One read event, plus one reveal event per field.
+    pub fn get_record(
+        &self,
+        s: &Session,
+        id: RecordId,
+        reveal: &[&str],
+        reason: Option<&str>,
+    ) -> Result<RecordView> {
+        let user = self.authorize(s, Some(Permission::ReadRecord))?;
+        let r = (|| {
+            if !reveal.is_empty() {
+                let role = Role::parse(&user.role)?;
+                if !(role.permits(Permission::RevealField) || (role == Role::Clerk && user.reveal))
+                {
+                    return Err(Error::PermissionDenied(Permission::RevealField.verb()));
+                }
+                let reason = reason.map(str::trim).filter(|r| !r.is_empty());
+                let reason = reason
+                    .ok_or_else(|| Error::invalid("revealing a field needs a reason (--reason)"))?;
+                audit::check_reason(reason)?;
+            }
+            let (row, body) = self.read_live(id)?;
+            let schema = self.schema(&row.collection)?;
+            schema.check_reveal(reveal)?;
+            let classification = schema.classify(&body);
+            Ok(RecordView {
+                meta: Self::meta(id, &row),
+                fields: schema.mask_owned(body, reveal),
+                revealed: reveal.iter().map(|f| f.to_string()).collect(),
+                classification,
+            })
+        })();
+        let targets = vec![id.to_string()];
+        match &r {
+            Ok(view) => {
+                self.audit(Some(s.user), &s.ctx, "record.read", targets, Ok(()), None)?;
+                for f in &view.revealed {
+                    self.audit(
+                        Some(s.user),
+                        &s.ctx,
+                        "record.reveal",
+                        vec![id.to_string(), format!("field:{f}")],
+                        Ok(()),
+                        reason,
+                    )?;
+                }
+            }
+            Err(e) => {
+                let action = if reveal.is_empty() {
+                    "record.read"
+                } else {
+                    "record.reveal"
+                };
+                self.audit(Some(s.user), &s.ctx, action, targets, Err(e), None)?;
+            }
+        }
+        r
+    }
+
+    /// Replaces a record's body (clerk): a new version under a new DEK; the
+    /// old version's DEK is deleted once the update is audited. Returns the
+    /// new version. Refused with [`Error::DisposalInProgress`] while a
+    /// disposal batch names the record.
+    pub fn update_record(&self, s: &Session, id: RecordId, body: &Value) -> Result<u32> {
+        self.authorize(s, Some(Permission::UpdateRecord))?;
+        let r = (|| {
+            self.isolation.check_fence()?;
+            self.require_officer()?;
+            let subject = self.live_row(id)?.subject;
+            let bucket = self.keystore.bucket_of(subject);
+            let bucket_guard = self.isolation.shared(bucket);
+            let record_guard = self.isolation.record(id);
+            self.isolation.check_not_pending(id)?;
+            // Read again under the locks: this is the version being replaced.
+            let mut row = self.live_row(id)?;
+            let before = row.clone();
+            let schema = self.schema(&row.collection)?;
+            let body = schema.validate(body)?;
+            let plain = Zeroizing::new(serde_json::to_vec(&body).expect("serialisable"));
+            let version = row
+                .version
+                .checked_add(1)
+                .ok_or(Error::invalid("record version overflow"))?;
+            let epoch = self.epoch.read().expect("epoch lock");
+            let rnd = crypto::RecordRandomness::draw();
+            let dek = self.keystore.store_dek(
+                &epoch.root,
+                epoch.number,
+                row.subject,
+                id,
+                version,
+                rnd.dek,
+                rnd.wrap_nonce,
+            )?;
+            // The new version is sealed as a v2 row, its metadata bound.
+            row.format = store::ROW_V2;
+            row.version = version;
+            row.updated_ms = self.now();
+            row.envelope = crypto::seal_with_nonce(
+                &dek,
+                &record_aad(self.info.vault_id, id, &row),
+                &plain,
+                rnd.body_nonce,
+            );
+            let journal = JournalEntry {
+                kind: JOURNAL_UPDATE,
+                time_ms: row.updated_ms,
+                version,
+                old_row: before.encode(),
+            };
+            // The old key will linger as residue in the keystore files: the
+            // bucket is marked for the next maintenance rotation in the same
+            // batch as the row.
+            let mut extra = vec![(
+                store::CF_JOURNAL,
+                id.as_bytes().to_vec(),
+                Some(journal.encode()),
+            )];
+            extra.extend(self.dirty_mark_op(bucket));
+            if let Err(e) = self.store.put_record_with(id, &row, false, &extra) {
+                let _ = self.keystore.delete_dek(row.subject, id, version, false);
+                return Err(e);
+            }
+            self.note_dirty(bucket);
+            drop(epoch);
+            Ok((version, before, bucket_guard, record_guard))
+        })();
+        match r {
+            Ok((version, before, _bucket_guard, _record_guard)) => {
+                // Fail closed: without its audit event the old version comes
+                // back and the new key goes.
+                if let Err(e) = self.audit(
+                    Some(s.user),
+                    &s.ctx,
+                    "record.update",
+                    vec![id.to_string(), format!("version:{version}")],
+                    Ok(()),
+                    None,
+                ) {
+                    let undone = (|| {
+                        self.undo_hook()?;
+                        self.store.put_record_with(
+                            id,
+                            &before,
+                            false,
+                            &[(store::CF_JOURNAL, id.as_bytes().to_vec(), None)],
+                        )?;
+                        self.keystore.delete_dek(before.subject, id, version, false)
+                    })();
+                    if undone.is_err() {
+                        self.isolation.fence();
+                    }
+                    return Err(e);
+                }
+                // Only now, with the update audited, does the old version's key
+                // go; its wrapped bytes may linger in the keystore files until
+                // the bucket is next rotated (DESIGN §4.1). Should the delete
+                // fail, the journal entry stays and the next open finishes it.
+                if self
+                    .keystore
+                    .delete_dek(before.subject, id, before.version, false)
+                    .is_ok()
+                {
+                    let _ = self.store.delete(store::CF_JOURNAL, id.as_bytes());
+                }
+                Ok(version)
+            }
+            Err(e) => {
+                self.audit(
+                    Some(s.user),
+                    &s.ctx,
+                    "record.update",
+                    vec![id.to_string()],
+                    Err(&e),
+                    None,
+                )?;
+                Err(e)
+            }
+        }
+    }
+
+    /// Lists record metadata (no contents).
+    pub fn list_records(&self, s: &Session, filter: &RecordFilter) -> Result<Vec<RecordMeta>> {
+        self.authorize(s, Some(Permission::ListRecords))?;
+        let contractor = self.contractor_filter(s)?;
+        let ids = match (&filter.subject, &filter.collection) {
+            (Some(sub), _) => self.store.records_of_subject(*sub)?,
+            (None, Some(c)) => self.store.records_of_collection(c)?,
+            (None, None) => self.store.all_records()?,
+        };
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            if let Some(row) = self.store.record(id)? {
+                let visible = contractor
+                    .as_ref()
+                    .is_none_or(|sc| Self::in_contractor_scope(sc, id, &row));
+                if visible
+                    && filter
+                        .collection
+                        .as_ref()
+                        .is_none_or(|c| *c == row.collection)
+                {
+                    out.push(Self::meta(id, &row));
+                }
+            }
+        }
+        let mut targets = vec![format!("count:{}", out.len())];
+        if let Some(c) = &filter.collection {
+            targets.push(format!("collection:{c}"));
+        }
+        if let Some(sub) = &filter.subject {
+            targets.push(sub.to_string());
+        }
+        self.audit(Some(s.user), &s.ctx, "record.list", targets, Ok(()), None)?;
+        Ok(out)
+    }
+
+    /// Imports records from JSON Lines or CSV, streaming. Each row is a
+    /// record body plus a subject column (`subject_column`). With `check_only`
+    /// nothing is stored: the front end runs a check pass first so that an
+    /// import with a bad row stores nothing. `progress` is called with the
+    /// bytes consumed so far. Each record is stored and audited as a `put`
+    /// is (its bucket lock, its journal entry); a storage or audit failure
+    /// after some records were stored returns [`Error::ImportIncomplete`]
+    /// naming how many and the last stored line, so a re-run can resume.
+    #[allow(clippy::too_many_arguments)] // one call, all of them are the import's inputs
+    pub fn import_records(
+        &self,
+        s: &Session,
+        collection: &str,
+        input: impl BufRead,
+        format: ImportFormat,
+        subject_column: &str,
+        check_only: bool,
+        progress: &mut dyn FnMut(u64),
+    ) -> Result<ImportReport> {
+        self.authorize(s, Some(Permission::CreateRecord))?;
+        let collection = CollectionName::parse(collection)?;
+        let schema = self.schema(&collection)?;
+        if !check_only {
+            self.require_officer()?;
+        }
+        let mut report = ImportReport::default();
+        let mut last_stored_line = 0u64;
+        let mut handle_row = |line: u64, row: Result<Map<String, Value>>| -> Result<()> {
+            let checked = row.and_then(|mut m| {
+                let subject = match m.remove(subject_column) {
+                    Some(Value::String(t)) => self.resolve_subject(&t)?,
+                    Some(Value::Number(n)) => self.resolve_subject(&n.to_string())?,
+                    _ => {
+                        return Err(Error::invalid(format!(
+                            "column {subject_column} (the subject) is missing or empty"
+                        )));
+                    }
+                };
+                Ok((subject, schema.validate(&Value::Object(m))?))
+            });
+            match checked {
+                Ok((subject, body)) => {
+                    report.valid += 1;
+                    if !check_only {
+                        let _g = self.isolation.shared(self.keystore.bucket_of(subject));
+                        let id = self.store_new_record(s, &collection, subject, &body)?;
+                        self.audit_record_create(s, id, subject)?;
+                        report.imported += 1;
+                        report.records.push(id);
+                        last_stored_line = line;
+                    }
+                }
+                Err(e) => {
+                    report.rejected_count += 1;
+                    if report.rejected.len() < 1000 {
+                        report.rejected.push(ImportRejection {
+                            line,
+                            error: e.to_string(),
+                        });
+                    }
+                }
+            }
+            Ok(())
+        };
+        let counted = CountingReader {
+            inner: input,
+            count: 0,
+        };
+        let r: Result<()> = match format {
+            ImportFormat::JsonLines => {
+                let mut reader = counted;
+                let mut line = 0u64;
+                let mut buf = Zeroizing::new(String::new());
+                loop {
+                    buf.clear();
+                    let n = reader.read_line(&mut buf).map_err(Error::from)?;
+                    if n == 0 {
+                        break Ok(());
+                    }
+                    line += 1;
+                    if buf.trim().is_empty() {
+                        continue;
+                    }
+                    let row = match serde_json::from_str::<Value>(&buf) {
+                        Ok(Value::Object(m)) => Ok(m),
+                        Ok(_) => Err(Error::invalid("line is not a JSON object")),
+                        // serde_json's message quotes no input, only positions.
+                        Err(e) => Err(Error::invalid(format!(
+                            "malformed JSON at column {}",
+                            e.column()
+                        ))),
+                    };
+                    if let Err(e) = handle_row(line, row) {
+                        break Err(e);
+                    }
+                    progress(reader.count);
+                }
+            }
+            ImportFormat::Csv => {
+                let mut rdr = csv::ReaderBuilder::new()
+                    .flexible(false)
+                    .from_reader(counted);
+                let headers = rdr
+                    .headers()
+                    .map_err(|_| Error::invalid("CSV header row is unreadable"))?
+                    .clone();
+                let mut rec = csv::StringRecord::new();
+                let mut line = 1u64;
+                loop {
+                    line += 1;
+                    let r = match rdr.read_record(&mut rec) {
+                        Ok(false) => break Ok(()),
+                        Ok(true) => {
+                            let mut m = Map::new();
+                            for (h, v) in headers.iter().zip(rec.iter()) {
+                                if !v.is_empty() {
+                                    m.insert(h.to_owned(), Value::String(v.to_owned()));
+                                }
+                            }
+                            handle_row(line, Ok(m))
+                        }
+                        Err(_) => handle_row(
+                            line,
+                            Err(Error::invalid(
+                                "CSV row is malformed (wrong number of fields or bad quoting)",
+                            )),
+                        ),
+                    };
+                    if let Err(e) = r {
+                        break Err(e);
+                    }
+                    progress(rdr.position().byte());
+                }
+            }
+        };
+        let targets = vec![
+            format!("collection:{collection}"),
+            format!("count:{}", report.imported),
+        ];
+        if !check_only {
+            self.audit(
+                Some(s.user),
+                &s.ctx,
+                "record.import",
+                targets,
+                r.as_ref().map(|_| ()),
+                None,
+            )?;
+        }
+        match r {
+            Ok(()) => Ok(report),
+            Err(e) if report.imported > 0 => Err(Error::ImportIncomplete {
+                stored: report.imported,
+                last_line: last_stored_line,
+                cause_code: e.code(),
+                cause: e.to_string(),
+            }),
+            Err(e) => Err(e),
+        }
+    }
+}
