@@ -1,7 +1,7 @@
 //! `pivault backup create|list|restore|expire`: glue over the vault's
 //! backup operations (vault-core/src/backup.rs holds the format and keys).
 
-use std::io::{BufRead, IsTerminal, Write};
+use std::io::{BufRead, IsTerminal};
 use std::path::PathBuf;
 
 use anyhow::bail;
@@ -53,8 +53,7 @@ fn confirm(yes: bool, question: &str) -> anyhow::Result<()> {
     if !(std::io::stdin().is_terminal() && std::io::stderr().is_terminal()) {
         bail!("pass --yes to confirm (no terminal to ask)");
     }
-    eprint!("{question} Type 'yes' to continue: ");
-    std::io::stderr().flush()?;
+    crate::output::stderr_prompt(&format!("{question} Type 'yes' to continue: "));
     let mut line = String::new();
     std::io::stdin().lock().read_line(&mut line)?;
     if line.trim() != "yes" {
@@ -101,7 +100,7 @@ pub fn cmd_backup(out: &Out, vault: &Vault, s: &Session, c: &BackupCmd) -> anyho
                     b.records,
                     format_ms(b.expires_ms)
                 )
-            })?;
+            });
         }
         BackupCmd::List => {
             let list = vault.backups(s)?;
@@ -111,7 +110,7 @@ pub fn cmd_backup(out: &Out, vault: &Vault, s: &Session, c: &BackupCmd) -> anyho
                 } else {
                     list.iter().map(info_text).collect::<Vec<_>>().join("\n")
                 }
-            })?;
+            });
         }
         BackupCmd::Restore { file, yes } => {
             confirm(
@@ -134,7 +133,7 @@ pub fn cmd_backup(out: &Out, vault: &Vault, s: &Session, c: &BackupCmd) -> anyho
                         r.restored, r.repaired, r.kept, r.disposed_skipped
                     )
                 },
-            )?;
+            );
         }
         BackupCmd::Expire { id, yes } => {
             let id: BackupId = id.parse()?;
@@ -142,7 +141,7 @@ pub fn cmd_backup(out: &Out, vault: &Vault, s: &Session, c: &BackupCmd) -> anyho
             let b = vault.expire_backup(s, id)?;
             out.data(info_json(&b), || {
                 format!("backup {} destroyed (its key no longer exists)", b.id)
-            })?;
+            });
         }
     }
     Ok(exit::OK)

@@ -1,7 +1,7 @@
 //! Disposal, certificates, retention, holds and contractors: the commands
 //! of certified destruction. Glue only: every step runs in vault-core.
 
-use std::io::{BufRead, IsTerminal, Write};
+use std::io::{BufRead, IsTerminal};
 use std::path::Path;
 
 use anyhow::{Context as _, bail};
@@ -28,8 +28,9 @@ pub(crate) fn confirm(opts: &DisposeOpts, what: &str) -> anyhow::Result<()> {
     if !(std::io::stdin().is_terminal() && std::io::stderr().is_terminal()) {
         bail!("disposal is irreversible: pass --yes to confirm (no terminal to ask)");
     }
-    eprint!("Destroy {what}? This cannot be undone. Type 'yes' to continue: ");
-    std::io::stderr().flush()?;
+    output::stderr_prompt(&format!(
+        "Destroy {what}? This cannot be undone. Type 'yes' to continue: "
+    ));
     let mut line = String::new();
     std::io::stdin().lock().read_line(&mut line)?;
     if line.trim() != "yes" {
@@ -66,11 +67,90 @@ fn run_disposal(
     what: &str,
 ) -> anyhow::Result<u8> {
     confirm(opts, what)?;
-    let o = vault.dispose(s, &request(scope, opts))?;
+    let started_ms = jiff::Timestamp::now().as_millisecond();
+    let o = vault
+        .dispose(s, &request(scope, opts))
+        .map_err(|e| match e {
+            e if opts.dry_run || is_refusal(e.code()) => anyhow::Error::from(e),
+            e => with_resume_hint(vault, s, started_ms, e),
+        })?;
     let v = outcome_json(&o, opts.dry_run);
-    out.data(v.clone(), || output::outcome_text(&v))?;
+    out.data(v.clone(), || output::outcome_text(&v));
     Ok(exit::OK)
 }
+
+/// Errors that refuse a disposal before its batch is recorded: nothing was
+/// started, so there is nothing to resume.
+pub(crate) fn is_refusal(code: &str) -> bool {
+    matches!(
+        code,
+        "invalid_input"
+            | "auth_failed"
+            | "account_locked"
+            | "account_disabled"
+            | "session_invalid"
+            | "permission_denied"
+            | "not_found"
+            | "disposed"
+            | "legal_hold"
+            | "no_officer"
+            | "disposal_in_progress"
+            | "rotation_blocked"
+            | "rate_limited"
+            | "too_large"
+    )
+}
+
+/// A disposal that failed after its batch may have been recorded: the
+/// batch is not lost (it resumes on the next open, or is retried), and the
+/// person at the terminal must be told so and where its certificate will
+/// be. Names the batch when this run's can be found.
+fn with_resume_hint(
+    vault: &Vault,
+    s: &Session,
+    started_ms: i64,
+    e: vault_core::Error,
+) -> anyhow::Error {
+    // The vault is ours alone (one process holds it), so an unfinished
+    // batch created since this command started is this command's.
+    let batch = vault.disposals(s).ok().and_then(|list| {
+        list.into_iter()
+            .rev()
+            .find(|d| d.created_ms >= started_ms && d.step != "complete")
+    });
+    let mut fields = serde_json::Map::new();
+    let advice = match batch {
+        Some(d) => {
+            fields.insert("disposal_id".into(), json!(d.id.to_string()));
+            fields.insert("certificate_id".into(), json!(d.certificate_id.to_string()));
+            fields.insert("step".into(), json!(d.step));
+            let next = if d.failed.is_some() {
+                format!(
+                    "disposal {} is recorded as failed at step {} (no certificate issued); once the cause is fixed, finish it with `pivault disposal retry {}`",
+                    d.id, d.step, d.id
+                )
+            } else {
+                format!(
+                    "disposal {} stopped at step {}; it resumes the next time the vault is opened (any pivault command), or run `pivault disposal retry {}`",
+                    d.id, d.step, d.id
+                )
+            };
+            format!(
+                "{next}. `pivault disposal list` shows its state; its certificate, once issued, is `pivault certificate show {}`",
+                d.certificate_id
+            )
+        }
+        None => GENERIC_RESUME_ADVICE.into(),
+    };
+    anyhow::Error::from(e).context(output::Hint {
+        message: None,
+        advice,
+        fields,
+    })
+}
+
+/// What to do after a disposal failed when its batch cannot be named.
+pub(crate) const GENERIC_RESUME_ADVICE: &str = "if the disposal batch had started, it is not lost: an interrupted batch resumes the next time the vault is opened, a failed one with `pivault disposal retry ID`. `pivault disposal list` shows every batch with its state and certificate ID; `pivault certificate show CERT` shows a certificate once issued";
 
 /// The record IDs of a `dispose from` file ('-' for stdin): one a line;
 /// blank lines and `#` comments skipped. Errors name the line, not its text.
@@ -146,7 +226,7 @@ pub fn cmd_disposal(out: &Out, vault: &Vault, s: &Session, c: &DisposalCmd) -> a
         DisposalCmd::List => {
             let list = vault.disposals(s)?;
             let v = Value::Array(list.iter().map(vault_core::views::disposal).collect());
-            out.data(v.clone(), || output::disposals_text(&v))?;
+            out.data(v.clone(), || output::disposals_text(&v));
             Ok(exit::OK)
         }
         DisposalCmd::Retry { id } => {
@@ -155,19 +235,19 @@ pub fn cmd_disposal(out: &Out, vault: &Vault, s: &Session, c: &DisposalCmd) -> a
             out.data(
                 json!({ "disposal_id": id.to_string(), "certificate_id": cert.to_string() }),
                 || format!("disposal {id} completed; certificate {cert}"),
-            )?;
+            );
             Ok(exit::OK)
         }
     }
 }
 
-pub(crate) fn write_out(path: Option<&Path>, text: &str) -> anyhow::Result<()> {
+/// Writes a file, or stdout (whose failure [`Out`] reports at exit).
+pub(crate) fn write_out(out: &Out, path: Option<&Path>, text: &str) -> anyhow::Result<()> {
     match path {
         Some(p) => std::fs::write(p, text).with_context(|| format!("cannot write {}", p.display())),
         None => {
-            let mut o = std::io::stdout().lock();
-            o.write_all(text.as_bytes())?;
-            Ok(o.flush()?)
+            out.raw(text.as_bytes());
+            Ok(())
         }
     }
 }
@@ -213,7 +293,7 @@ pub fn cmd_verify(out: &Out, file: &Path, key: &Path) -> anyhow::Result<u8> {
                 )
             }
         },
-    )?;
+    );
     Ok(if r.ok() { exit::OK } else { exit::INTEGRITY })
 }
 
@@ -239,17 +319,17 @@ pub fn cmd_payload(out: &Out, file: &Path, msg_out: &Path, sig_out: &Path) -> an
             msg_out.display(),
             sig_out.display()
         )
-    })?;
+    });
     Ok(exit::OK)
 }
 
 pub fn cmd_render_file(out: &Out, file: &Path, dest: Option<&Path>) -> anyhow::Result<u8> {
     let cert = read_cert(file)?;
-    write_out(dest, &certificate::render_html(&cert))?;
+    write_out(out, dest, &certificate::render_html(&cert))?;
     if let Some(d) = dest {
         out.data(json!({ "html": d.display().to_string() }), || {
             format!("wrote {}", d.display())
-        })?;
+        });
     }
     Ok(exit::OK)
 }
@@ -264,7 +344,7 @@ pub fn cmd_keygen(out: &Out, path: &Path) -> anyhow::Result<u8> {
             path.display(),
             pub_path.display()
         )
-    })?;
+    });
     Ok(exit::OK)
 }
 
@@ -293,7 +373,7 @@ pub fn cmd_keys_export(out: &Out, vault: &Vault, dir: &Path) -> anyhow::Result<u
                 fp(vault.audit_public_key())
             )
         },
-    )?;
+    );
     Ok(exit::OK)
 }
 
@@ -309,16 +389,16 @@ pub fn cmd_certificate(
             let v = vault_core::views::certificate(&cert);
             out.data(v.clone(), || {
                 serde_json::to_string_pretty(&v).unwrap_or_default()
-            })?;
+            });
         }
         CertificateCmd::Export { id, out: dest } => {
             let cert = vault.certificate(s, id.parse()?)?;
-            write_out(dest.as_deref(), &cert.to_file_json())?;
+            write_out(out, dest.as_deref(), &cert.to_file_json())?;
         }
         CertificateCmd::Render { cert, out: dest } => {
             let id: CertificateId = cert.parse()?;
             let cert = vault.certificate(s, id)?;
-            write_out(dest.as_deref(), &certificate::render_html(&cert))?;
+            write_out(out, dest.as_deref(), &certificate::render_html(&cert))?;
         }
         CertificateCmd::Validate { id, title } => {
             let id: CertificateId = id.parse()?;
@@ -326,7 +406,7 @@ pub fn cmd_certificate(
             out.data(
                 json!({ "certificate_id": id.to_string(), "status": "validated" }),
                 || format!("certificate {id} validated"),
-            )?;
+            );
         }
         CertificateCmd::Cosign { id, key_file } => {
             let id: CertificateId = id.parse()?;
@@ -337,7 +417,7 @@ pub fn cmd_certificate(
             out.data(
                 json!({ "certificate_id": id.to_string(), "cosigned": true }),
                 || format!("certificate {id} co-signed"),
-            )?;
+            );
         }
         CertificateCmd::Verify { .. } | CertificateCmd::Payload { .. } => {
             unreachable!("handled without a vault")
@@ -378,7 +458,7 @@ pub fn cmd_retention(
                         }
                     )
                 },
-            )?;
+            );
         }
         RetentionCmd::Show => {
             let p = vault.retention(s)?;
@@ -391,12 +471,12 @@ pub fn cmd_retention(
                 .map(output::retention_line)
                 .collect::<Vec<_>>()
                 .join("\n");
-            out.data(Value::Array(rows), || text)?;
+            out.data(Value::Array(rows), || text);
         }
         RetentionCmd::Due => {
             let o = vault.retention_due(s)?;
             let v = outcome_json(&o, true);
-            out.data(v.clone(), || output::outcome_text(&v))?;
+            out.data(v.clone(), || output::outcome_text(&v));
         }
         RetentionCmd::Run { opts } => {
             return run_disposal(
@@ -430,17 +510,17 @@ pub fn cmd_hold(out: &Out, vault: &Vault, s: &Session, c: &HoldCmd) -> anyhow::R
         } => {
             let (r, sub) = target(record, subject)?;
             vault.add_hold(s, r, sub, reason)?;
-            out.data(json!({ "held": true }), || "legal hold placed".into())?;
+            out.data(json!({ "held": true }), || "legal hold placed".into());
         }
         HoldCmd::Remove { record, subject } => {
             let (r, sub) = target(record, subject)?;
             vault.remove_hold(s, r, sub)?;
-            out.data(json!({ "held": false }), || "legal hold lifted".into())?;
+            out.data(json!({ "held": false }), || "legal hold lifted".into());
         }
         HoldCmd::List => {
             let hs = vault.holds(s)?;
             let v = Value::Array(hs.iter().map(vault_core::views::hold).collect());
-            out.data(v.clone(), || output::holds_text(&v))?;
+            out.data(v.clone(), || output::holds_text(&v));
         }
     }
     Ok(exit::OK)
@@ -480,7 +560,7 @@ pub fn cmd_contractor(
             )?;
             out.data(json!({ "user_id": id.to_string(), "collections": collection, "records": record.len() }), || {
                 format!("{name} may dispose in {} collection(s) and {} listed record(s)", collection.len(), record.len())
-            })?;
+            });
         }
         ContractorCmd::Keygen { .. } => unreachable!("handled without a vault"),
     }

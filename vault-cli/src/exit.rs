@@ -17,6 +17,12 @@
 //! | 12 | `doctor` found an unsafe setting |
 //! | 13 | refused by policy (no security officer; already exists; legal hold; record in an unfinished disposal; rotation blocked by an unreadable key) |
 //! | 14 | disposal verification failed: no certificate issued |
+//! | 15 | completed, but the vault could not be closed cleanly: the output is valid, do not retry |
+//! | 16 | completed, but the output could not be written: stderr names the result, do not retry |
+//!
+//! 15 and 16 exist so that the exit status never contradicts the output: a
+//! command whose work is done and audited never exits as a failure a script
+//! would retry (creating a duplicate record or import).
 
 use vault_core::Error;
 
@@ -35,6 +41,12 @@ pub const STORAGE: u8 = 11;
 pub const UNSAFE_CONFIG: u8 = 12;
 pub const POLICY: u8 = 13;
 pub const DISPOSAL_FAILED: u8 = 14;
+/// The command's work is done and its output printed, but closing the vault
+/// (the signed audit checkpoint) failed.
+pub const CLOSE_FAILED: u8 = 15;
+/// The command's work is done, but stdout could not be written; stderr
+/// names what it did.
+pub const OUTPUT_FAILED: u8 = 16;
 
 /// Maps an error to its exit code and stable error code. A server's
 /// answer carries the same stable codes, so it maps the same way.

@@ -13,7 +13,7 @@ mod output;
 mod remote;
 
 use std::fs::File;
-use std::io::{BufReader, IsTerminal, Read};
+use std::io::{BufRead, BufReader, IsTerminal, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -479,6 +479,11 @@ enum RecordCmd {
         /// Column naming the subject (UUID or customer reference).
         #[arg(long, default_value = "subject")]
         subject_column: String,
+        /// Start after line N of the file, numbered as in the import's
+        /// messages (a CSV header is line 1 and is always read): resumes an
+        /// import that stopped after line N without storing duplicates.
+        #[arg(long, value_name = "N", default_value_t = 0)]
+        skip_lines: u64,
     },
     /// Read a record, masked unless fields are revealed with a reason.
     Get {
@@ -561,13 +566,24 @@ fn main() -> ExitCode {
             } else {
                 exit::OK
             };
-            let _ = e.print();
+            // `--help` and `--version` go to stdout; a failed write of
+            // them is an output failure like any other.
+            let printed = e.print();
+            if code == exit::OK
+                && let Err(err) = printed
+                && err.kind() != std::io::ErrorKind::BrokenPipe
+            {
+                output::stderr_line(&format!(
+                    "pivault: the output could not be written to stdout ({err})"
+                ));
+                return ExitCode::from(exit::OUTPUT_FAILED);
+            }
             return ExitCode::from(code);
         }
     };
     let out = Out::new(cli.json);
     match run(&cli, &out) {
-        Ok(code) => ExitCode::from(code),
+        Ok(code) => ExitCode::from(finish(&out, code)),
         Err(e) => {
             if output::is_broken_pipe(&e) {
                 return ExitCode::from(exit::OK);
@@ -576,6 +592,53 @@ fn main() -> ExitCode {
             out.error(&kind, &e);
             ExitCode::from(code)
         }
+    }
+}
+
+/// The exit code of a command that ran to its end: if its result could not
+/// be written to stdout, stderr names what it did and the exit code is 16
+/// (unless the command already reports a finding of its own, like 8 for a
+/// failed `audit verify`). A closed pipe is not a failure (like ripgrep).
+fn finish(out: &Out, code: u8) -> u8 {
+    let Some(failure) = out.take_output_failure() else {
+        return code;
+    };
+    if failure.is_broken_pipe() {
+        return exit::OK;
+    }
+    out.output_failed(&failure);
+    if code == exit::OK || code == exit::CLOSE_FAILED {
+        exit::OUTPUT_FAILED
+    } else {
+        code
+    }
+}
+
+/// The exit code once the vault is closed. The command's work is done,
+/// audited and printed by then, so a failed close (the signed audit
+/// checkpoint) must not look like a failed command that a script would
+/// retry: it is a warning and exit 15.
+fn after_close(out: &Out, code: u8, closed: vault_core::Result<()>) -> u8 {
+    let Err(e) = closed else {
+        return code;
+    };
+    let cause = match &e {
+        vault_core::Error::AuditUnavailable(m) => m.clone(),
+        other => other.to_string(),
+    };
+    out.warn(
+        "close_failed",
+        &format!(
+            "the command completed and its output is valid: do not retry it. \
+             The vault could not be closed cleanly ({cause}): the newest audit events \
+             are not covered by a signed checkpoint until the next clean close \
+             (`pivault audit verify` checks the trail)"
+        ),
+    );
+    if code == exit::OK {
+        exit::CLOSE_FAILED
+    } else {
+        code
     }
 }
 
@@ -677,12 +740,10 @@ fn parse_time(s: &str) -> anyhow::Result<i64> {
 fn run(cli: &Cli, out: &Out) -> anyhow::Result<u8> {
     match &cli.command {
         Command::Completions { shell } => {
-            clap_complete::generate(
-                *shell,
-                &mut Cli::command(),
-                "pivault",
-                &mut std::io::stdout(),
-            );
+            // Into a buffer first: clap_complete panics on a write error.
+            let mut script = Vec::new();
+            clap_complete::generate(*shell, &mut Cli::command(), "pivault", &mut script);
+            out.raw(&script);
             Ok(exit::OK)
         }
         Command::Init(a) => cmd_init(cli, out, a),
@@ -709,7 +770,7 @@ fn run(cli: &Cli, out: &Out) -> anyhow::Result<u8> {
             let vault = open_vault(cli)?;
             if let Command::Subject(SubjectCmd::Id { reference }) = cmd {
                 let id = vault.resolve_subject(reference)?;
-                out.data(json!({ "subject": id.to_string() }), || format!("{id}"))?;
+                out.data(json!({ "subject": id.to_string() }), || format!("{id}"));
                 return Ok(exit::OK);
             }
             let session = login(cli, &vault)?;
@@ -732,7 +793,7 @@ fn run(cli: &Cli, out: &Out) -> anyhow::Result<u8> {
                     let r = vault.run_maintenance(&session)?;
                     let v = vault_core::views::maintenance(&r);
                     let text = output::maintenance_text(&v);
-                    out.data(v, || text)?;
+                    out.data(v, || text);
                     if r.epochs.is_some() && !r.verified {
                         exit::DISPOSAL_FAILED
                     } else {
@@ -743,7 +804,7 @@ fn run(cli: &Cli, out: &Out) -> anyhow::Result<u8> {
                     vault.record_security_review(&session)?;
                     out.data(json!({ "reviewed": true }), || {
                         "security review recorded".into()
-                    })?;
+                    });
                     exit::OK
                 }
                 Command::Init(_)
@@ -753,8 +814,7 @@ fn run(cli: &Cli, out: &Out) -> anyhow::Result<u8> {
                 | Command::Logout
                 | Command::Subject(_) => unreachable!(),
             };
-            vault.close()?;
-            Ok(code)
+            Ok(after_close(out, code, vault.close()))
         }
     }
 }
@@ -789,7 +849,7 @@ fn cmd_init(cli: &Cli, out: &Out, a: &InitArgs) -> anyhow::Result<u8> {
         open_opts(cli),
     )?;
     let id = vault.id();
-    vault.close()?;
+    let closed = vault.close();
     out.data(
         json!({ "vault_id": id.to_string(), "dir": dir.display().to_string(), "admin": admin.as_str() }),
         || {
@@ -798,8 +858,8 @@ fn cmd_init(cli: &Cli, out: &Out, a: &InitArgs) -> anyhow::Result<u8> {
                 dir = dir.display()
             )
         },
-    )?;
-    Ok(exit::OK)
+    );
+    Ok(after_close(out, exit::OK, closed))
 }
 
 fn cmd_user(cli: &Cli, out: &Out, vault: &Vault, s: &Session, c: &UserCmd) -> anyhow::Result<u8> {
@@ -820,33 +880,33 @@ fn cmd_user(cli: &Cli, out: &Out, vault: &Vault, s: &Session, c: &UserCmd) -> an
             out.data(
                 json!({ "user_id": id.to_string(), "username": name, "role": role.as_str() }),
                 || format!("added {role} {name} ({id})"),
-            )?;
+            );
         }
         UserCmd::List => {
             let users = vault.list_users(s)?;
             let v = Value::Array(users.iter().map(vault_core::views::user).collect());
-            out.data(v.clone(), || output::users_table(&v))?;
+            out.data(v.clone(), || output::users_table(&v));
         }
         UserCmd::Disable { name } => {
             let id = vault.disable_user(s, name)?;
             out.data(
                 json!({ "user_id": id.to_string(), "state": "disabled" }),
                 || format!("disabled {name}; their sessions and tokens are revoked"),
-            )?;
+            );
         }
         UserCmd::Enable { name } => {
             let id = vault.enable_user(s, name)?;
             out.data(
                 json!({ "user_id": id.to_string(), "state": "active" }),
                 || format!("enabled {name}"),
-            )?;
+            );
         }
         UserCmd::Unlock { name } => {
             let id = vault.unlock_user(s, name)?;
             out.data(
                 json!({ "user_id": id.to_string(), "locked": false }),
                 || format!("unlocked {name}"),
-            )?;
+            );
         }
         UserCmd::Role { name, role } => {
             let role = Role::parse(role)?;
@@ -854,7 +914,7 @@ fn cmd_user(cli: &Cli, out: &Out, vault: &Vault, s: &Session, c: &UserCmd) -> an
             out.data(
                 json!({ "user_id": id.to_string(), "role": role.as_str() }),
                 || format!("{name} is now {role}"),
-            )?;
+            );
         }
         UserCmd::Passwd {
             name,
@@ -873,7 +933,7 @@ fn cmd_user(cli: &Cli, out: &Out, vault: &Vault, s: &Session, c: &UserCmd) -> an
             out.data(
                 json!({ "username": name, "password_changed": true }),
                 || format!("password of {name} changed"),
-            )?;
+            );
         }
     }
     Ok(exit::OK)
@@ -894,7 +954,7 @@ fn cmd_collection(out: &Out, vault: &Vault, s: &Session, c: &CollectionCmd) -> a
                         parsed.fields.len()
                     )
                 },
-            )?;
+            );
         }
         CollectionCmd::List => {
             let cs = vault.collections(s)?;
@@ -903,7 +963,7 @@ fn cmd_collection(out: &Out, vault: &Vault, s: &Session, c: &CollectionCmd) -> a
                     .map(|(n, sc)| json!({ "collection": n.as_str(), "purpose": sc.purpose, "fields": sc.fields.len() }))
                     .collect(),
             );
-            out.data(v.clone(), || output::collections_text(&v))?;
+            out.data(v.clone(), || output::collections_text(&v));
         }
         CollectionCmd::Show { name } => {
             let cs = vault.collections(s)?;
@@ -914,7 +974,7 @@ fn cmd_collection(out: &Out, vault: &Vault, s: &Session, c: &CollectionCmd) -> a
             let v: Value = serde_json::from_str(&sc.to_json())?;
             out.data(v.clone(), || {
                 serde_json::to_string_pretty(&v).unwrap_or_default()
-            })?;
+            });
         }
     }
     Ok(exit::OK)
@@ -936,20 +996,28 @@ fn cmd_record(out: &Out, vault: &Vault, s: &Session, c: &RecordCmd) -> anyhow::R
             out.data(
                 json!({ "record_id": id.to_string(), "subject": subject.to_string() }),
                 || id.to_string(),
-            )?;
+            );
         }
         RecordCmd::Import {
             collection,
             file,
             format,
             subject_column,
-        } => return cmd_import(out, vault, s, collection, file, *format, subject_column),
+            skip_lines,
+        } => {
+            let input = ImportSource {
+                file,
+                format: import_format(file, *format),
+                skip_lines: *skip_lines,
+            };
+            return cmd_import(out, vault, s, collection, &input, subject_column);
+        }
         RecordCmd::Get { id, reveal, reason } => {
             let id: RecordId = id.parse()?;
             let fields: Vec<&str> = reveal.iter().map(String::as_str).collect();
             let view = vault.get_record(s, id, &fields, reason.as_deref())?;
             let v = vault_core::views::record(&view);
-            out.data(v.clone(), || output::record_text(&v))?;
+            out.data(v.clone(), || output::record_text(&v));
         }
         RecordCmd::Update { id, data } => {
             let id: RecordId = id.parse()?;
@@ -958,7 +1026,7 @@ fn cmd_record(out: &Out, vault: &Vault, s: &Session, c: &RecordCmd) -> anyhow::R
             out.data(
                 json!({ "record_id": id.to_string(), "version": version }),
                 || format!("updated {id} to version {version}"),
-            )?;
+            );
         }
         RecordCmd::List {
             collection,
@@ -976,22 +1044,15 @@ fn cmd_record(out: &Out, vault: &Vault, s: &Session, c: &RecordCmd) -> anyhow::R
             };
             let metas = vault.list_records(s, &filter)?;
             let v = Value::Array(metas.iter().map(vault_core::views::meta).collect());
-            out.data(v.clone(), || output::metas_table(&v))?;
+            out.data(v.clone(), || output::metas_table(&v));
         }
     }
     Ok(exit::OK)
 }
 
-fn cmd_import(
-    out: &Out,
-    vault: &Vault,
-    s: &Session,
-    collection: &str,
-    file: &Path,
-    format: Option<FormatArg>,
-    subject_column: &str,
-) -> anyhow::Result<u8> {
-    let format = match format {
+/// The format of an import file: as given, else from its extension.
+fn import_format(file: &Path, format: Option<FormatArg>) -> ImportFormat {
+    match format {
         Some(FormatArg::Csv) => ImportFormat::Csv,
         Some(FormatArg::Jsonl) => ImportFormat::JsonLines,
         None if file
@@ -1001,45 +1062,199 @@ fn cmd_import(
             ImportFormat::Csv
         }
         None => ImportFormat::JsonLines,
-    };
-    let open = || -> anyhow::Result<(BufReader<File>, u64)> {
-        let f = File::open(file).with_context(|| format!("cannot open {}", file.display()))?;
+    }
+}
+
+/// An import file and where in it to start.
+pub(crate) struct ImportSource<'a> {
+    pub file: &'a Path,
+    pub format: ImportFormat,
+    /// `--skip-lines`: rows on lines up to this one are left out.
+    pub skip_lines: u64,
+}
+
+/// An import file opened after its skipped lines.
+pub(crate) struct ImportInput {
+    pub reader: Box<dyn BufRead>,
+    /// Bytes the importer will read (for the progress bar).
+    pub len: u64,
+    /// Added to the importer's line numbers to give the file's: it counts
+    /// from the first line it is given.
+    pub line_offset: u64,
+}
+
+impl ImportSource<'_> {
+    /// Opens the file positioned after `skip_lines` lines, numbered as the
+    /// importer numbers them: every line of JSON Lines; for CSV the header
+    /// is line 1 (always kept, so the columns are known) and each record
+    /// one line, even one with a quoted line break. Skipped bytes are never
+    /// copied (they hold personal information).
+    pub(crate) fn open(&self) -> anyhow::Result<ImportInput> {
+        let open = || {
+            File::open(self.file).with_context(|| format!("cannot open {}", self.file.display()))
+        };
+        let f = open()?;
         let len = f.metadata()?.len();
-        Ok((BufReader::with_capacity(1 << 16, f), len))
+        match self.format {
+            ImportFormat::JsonLines => {
+                let mut reader = BufReader::with_capacity(1 << 16, f);
+                let skipped = skip_lines(&mut reader, self.skip_lines)?;
+                Ok(ImportInput {
+                    reader: Box::new(reader),
+                    len: len.saturating_sub(skipped),
+                    line_offset: self.skip_lines,
+                })
+            }
+            ImportFormat::Csv if self.skip_lines <= 1 => Ok(ImportInput {
+                reader: Box::new(BufReader::with_capacity(1 << 16, f)),
+                len,
+                line_offset: 0,
+            }),
+            ImportFormat::Csv => {
+                // Same record boundaries as the importer's CSV reader; flexible,
+                // so a short row is skipped like any other.
+                let mut csv = csv::ReaderBuilder::new()
+                    .flexible(true)
+                    .from_reader(BufReader::with_capacity(1 << 16, f));
+                csv.byte_headers().map_err(|_| {
+                    vault_core::Error::InvalidInput("CSV header row is unreadable".into())
+                })?;
+                let header_end = csv.position().byte();
+                let mut record = csv::ByteRecord::new();
+                let mut line = 1;
+                while line < self.skip_lines
+                    && csv
+                        .read_byte_record(&mut record)
+                        .context("cannot read the CSV file")?
+                {
+                    line += 1;
+                }
+                let resume_at = csv.position().byte();
+                drop(record);
+                drop(csv);
+                let mut header = Vec::new();
+                open()?
+                    .take(header_end)
+                    .read_to_end(&mut header)
+                    .context("cannot read the CSV header")?;
+                let mut rest = open()?;
+                rest.seek(SeekFrom::Start(resume_at))?;
+                Ok(ImportInput {
+                    reader: Box::new(BufReader::with_capacity(
+                        1 << 16,
+                        std::io::Cursor::new(header).chain(rest),
+                    )),
+                    len: header_end + len.saturating_sub(resume_at),
+                    line_offset: self.skip_lines - 1,
+                })
+            }
+        }
+    }
+}
+
+/// Skips `n` lines without copying them; returns the bytes skipped.
+fn skip_lines(r: &mut impl BufRead, n: u64) -> std::io::Result<u64> {
+    let (mut left, mut bytes) = (n, 0u64);
+    while left > 0 {
+        let buf = r.fill_buf()?;
+        if buf.is_empty() {
+            break;
+        }
+        let used = match buf.iter().position(|&b| b == b'\n') {
+            Some(i) => {
+                left -= 1;
+                i + 1
+            }
+            None => buf.len(),
+        };
+        r.consume(used);
+        bytes += used as u64;
+    }
+    Ok(bytes)
+}
+
+/// Shifts the line numbers of an import's errors by `offset` (the lines
+/// skipped with `--skip-lines`), so they name lines of the file.
+pub(crate) fn shift_lines(report: &mut vault_core::vault::ImportReport, offset: u64) {
+    for r in &mut report.rejected {
+        r.line += offset;
+    }
+}
+
+/// An import that stored rows and then failed (`import_incomplete`): how
+/// many rows are in, up to which line of the file, and the `--skip-lines`
+/// that imports the rest without duplicates.
+pub(crate) fn import_incomplete(e: vault_core::Error, line_offset: u64) -> anyhow::Error {
+    let vault_core::Error::ImportIncomplete {
+        stored,
+        last_line,
+        cause,
+        ..
+    } = &e
+    else {
+        return e.into();
     };
-    // Pass 1 checks every row and stores nothing; pass 2 stores. Both stream.
-    let (reader, len) = open()?;
-    let bar = out.progress(len, "checking");
+    let line = last_line + line_offset;
+    let mut fields = serde_json::Map::new();
+    fields.insert("stored".into(), json!(stored));
+    fields.insert("last_line".into(), json!(line));
+    fields.insert("skip_lines".into(), json!(line));
+    let message = format!("imported {stored} records up to line {line}, then failed: {cause}");
+    anyhow::Error::from(e).context(output::Hint {
+        message: Some(message),
+        advice: format!(
+            "re-run with --skip-lines {line} (or import only the rest of the file) to resume without duplicates"
+        ),
+        fields,
+    })
+}
+
+
+fn cmd_import(
+    out: &Out,
+    vault: &Vault,
+    s: &Session,
+    collection: &str,
+    source: &ImportSource<'_>,
+    subject_column: &str,
+) -> anyhow::Result<u8> {
+    // Pass 1 checks every row and stores nothing; pass 2 stores. Both stream,
+    // and both start after the skipped lines.
+    let input = source.open()?;
+    let bar = out.progress(input.len, "checking");
     let check = vault.import_records(
         s,
         collection,
-        reader,
-        format,
+        input.reader,
+        source.format,
         subject_column,
         true,
         &mut |n| bar.set_position(n),
-    )?;
+    );
     bar.finish_and_clear();
+    let mut check = check?;
     if check.rejected_count > 0 {
+        shift_lines(&mut check, input.line_offset);
         let v = vault_core::views::import_refused(&check);
-        out.data(v.clone(), || output::import_refused_text(&v))?;
+        out.data(v.clone(), || output::import_refused_text(&v));
         return Ok(exit::INVALID_INPUT);
     }
-    let (reader, len) = open()?;
-    let bar = out.progress(len, "importing");
+    let input = source.open()?;
+    let bar = out.progress(input.len, "importing");
     let report = vault.import_records(
         s,
         collection,
-        reader,
-        format,
+        input.reader,
+        source.format,
         subject_column,
         false,
         &mut |n| bar.set_position(n),
-    )?;
+    );
     bar.finish_and_clear();
+    let report = report.map_err(|e| import_incomplete(e, input.line_offset))?;
     out.data(vault_core::views::import_done(&report), || {
         format!("imported {} records into {collection}", report.imported)
-    })?;
+    });
     Ok(exit::OK)
 }
 
@@ -1076,12 +1291,12 @@ fn cmd_audit(out: &Out, vault: &Vault, s: &Session, c: &AuditCmd) -> anyhow::Res
                 events.drain(..events.len().saturating_sub(*n));
             }
             let v = Value::Array(events.iter().map(vault_core::views::event).collect());
-            out.data(v.clone(), || output::events_text(&v))?;
+            out.data(v.clone(), || output::events_text(&v));
         }
         AuditCmd::Verify => {
             let r = vault.audit_verify(s)?;
             let v = vault_core::views::verify(&r);
-            out.data(v.clone(), || output::verify_text(&v))?;
+            out.data(v.clone(), || output::verify_text(&v));
             if !r.ok() {
                 return Ok(exit::INTEGRITY);
             }
@@ -1112,7 +1327,7 @@ fn cmd_audit(out: &Out, vault: &Vault, s: &Session, c: &AuditCmd) -> anyhow::Res
                 .map(|a| vault_core::views::activity(a, &name_of(a.user)))
                 .collect();
             let v = json!({ "from": from, "to": to, "users": rows });
-            out.data(v.clone(), || output::activity_text(&v))?;
+            out.data(v.clone(), || output::activity_text(&v));
         }
     }
     Ok(exit::OK)
@@ -1135,19 +1350,18 @@ fn cmd_doctor(cli: &Cli, out: &Out) -> anyhow::Result<u8> {
         .iter()
         .map(|c| json!({ "check": c.name, "level": c.level.as_str(), "detail": c.detail }))
         .collect();
-    if let Some(v) = vault {
-        v.close()?;
-    }
+    let closed = vault.map_or(Ok(()), Vault::close);
     out.data(json!({ "ok": unsafe_count == 0, "checks": rows }), || {
         checks
             .iter()
             .map(|c| format!("{:<5} {:<22} {}", c.level.as_str(), c.name, c.detail))
             .collect::<Vec<_>>()
             .join("\n")
-    })?;
-    Ok(if unsafe_count == 0 {
+    });
+    let code = if unsafe_count == 0 {
         exit::OK
     } else {
         exit::UNSAFE_CONFIG
-    })
+    };
+    Ok(after_close(out, code, closed))
 }

@@ -2,42 +2,194 @@
 //! `--json` (schemas in the README); errors go to stderr, as
 //! `{"error":{"code":..,"message":..}}` with `--json`.
 
+use std::cell::RefCell;
 use std::io::{IsTerminal, Write};
 
 use indicatif::{ProgressBar, ProgressStyle};
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
 
 pub struct Out {
     json: bool,
+    /// The first stdout write that failed, and the non-personal part of the
+    /// document it was writing (see [`receipt`]). Kept rather than returned:
+    /// by the time a command prints, its work is done and audited, so a
+    /// full disk or a closed terminal must not turn it into a failure that a
+    /// script retries (exit 16 instead, with the receipt on stderr).
+    stdout_failed: RefCell<Option<OutputFailure>>,
+}
+
+/// A result that could not be written to stdout.
+#[derive(Debug)]
+pub struct OutputFailure {
+    pub error: std::io::Error,
+    /// IDs, counts and states of what the command did; never field values.
+    pub receipt: Map<String, Value>,
+}
+
+impl OutputFailure {
+    /// A closed pipe (`pivault … | head`): the reader left on purpose.
+    pub fn is_broken_pipe(&self) -> bool {
+        self.error.kind() == std::io::ErrorKind::BrokenPipe
+    }
+}
+
+/// Advice attached to an error as its outermost context: what already
+/// happened and what to run next. Rendered after the error on stderr, and
+/// as extra members of the `--json` error object.
+#[derive(Debug)]
+pub struct Hint {
+    /// Replaces the error's own message (which then only classifies it).
+    pub message: Option<String>,
+    /// What to do next.
+    pub advice: String,
+    /// Extra members of the JSON error object (IDs and counts only).
+    pub fields: Map<String, Value>,
+}
+
+impl std::fmt::Display for Hint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.advice)
+    }
+}
+
+/// Writes one line on stderr. Never panics (unlike `eprintln!`): a full or
+/// closed stderr must not turn a completed command into exit 101.
+pub fn stderr_line(text: &str) {
+    let mut e = std::io::stderr().lock();
+    let _ = writeln!(e, "{text}");
+}
+
+/// Writes a prompt on stderr, without a newline. Never panics.
+pub fn stderr_prompt(text: &str) {
+    let mut e = std::io::stderr().lock();
+    let _ = e.write_all(text.as_bytes()).and_then(|()| e.flush());
 }
 
 impl Out {
     pub fn new(json: bool) -> Self {
-        Out { json }
+        Out {
+            json,
+            stdout_failed: RefCell::new(None),
+        }
     }
 
-    /// Prints the result: JSON, or the human rendering.
-    pub fn data(&self, v: Value, human: impl FnOnce() -> String) -> std::io::Result<()> {
-        let mut o = std::io::stdout().lock();
-        if self.json {
-            serde_json::to_writer(&mut o, &v)?;
-            writeln!(o)
+    /// Prints the result: JSON, or the human rendering. A write error is
+    /// kept for [`Out::take_output_failure`], not returned; once stdout has
+    /// failed nothing more is written to it.
+    pub fn data(&self, v: Value, human: impl FnOnce() -> String) {
+        if self.stdout_failed.borrow().is_some() {
+            return;
+        }
+        let res = if self.json {
+            let mut text = v.to_string();
+            text.push('\n');
+            write_stdout(text.as_bytes())
         } else {
             let text = human();
             if text.is_empty() {
                 Ok(())
             } else {
-                writeln!(o, "{text}")
+                write_stdout(format!("{text}\n").as_bytes())
+            }
+        };
+        if let Err(error) = res {
+            *self.stdout_failed.borrow_mut() = Some(OutputFailure {
+                error,
+                receipt: receipt(&v),
+            });
+        }
+    }
+
+    /// Writes text as it is (a certificate file, an HTML page, shell
+    /// completions), with the same failure handling as [`Out::data`].
+    pub fn raw(&self, text: &[u8]) {
+        if self.stdout_failed.borrow().is_some() {
+            return;
+        }
+        if let Err(error) = write_stdout(text) {
+            *self.stdout_failed.borrow_mut() = Some(OutputFailure {
+                error,
+                receipt: Map::new(),
+            });
+        }
+    }
+
+    /// The stdout failure of this run, if any.
+    pub fn take_output_failure(&self) -> Option<OutputFailure> {
+        self.stdout_failed.borrow_mut().take()
+    }
+
+    pub fn error(&self, code: &str, e: &anyhow::Error) {
+        let hint = e.downcast_ref::<Hint>();
+        // With a hint as the outermost context, the message is the cause
+        // below it; the advice follows.
+        let msg = match hint {
+            Some(Hint {
+                message: Some(m), ..
+            }) => m.clone(),
+            Some(_) => e
+                .chain()
+                .skip(1)
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(": "),
+            None => format!("{e:#}"),
+        };
+        if self.json {
+            let mut obj = Map::new();
+            obj.insert("code".into(), json!(code));
+            obj.insert("message".into(), json!(msg));
+            if let Some(h) = hint {
+                obj.insert("hint".into(), json!(h.advice));
+                for (k, v) in &h.fields {
+                    obj.insert(k.clone(), v.clone());
+                }
+            }
+            stderr_line(&json!({ "error": obj }).to_string());
+        } else {
+            stderr_line(&format!("pivault: {msg}"));
+            if let Some(h) = hint {
+                stderr_line(&format!("pivault: {}", h.advice));
             }
         }
     }
 
-    pub fn error(&self, code: &str, e: &anyhow::Error) {
-        let msg = format!("{e:#}");
+    /// A warning after a completed command: on stderr, one line (with
+    /// `--json`, `{"warning":{"code":..,"message":..}}`).
+    pub fn warn(&self, code: &str, msg: &str) {
         if self.json {
-            eprintln!("{}", json!({ "error": { "code": code, "message": msg } }));
+            stderr_line(&json!({ "warning": { "code": code, "message": msg } }).to_string());
         } else {
-            eprintln!("pivault: {msg}");
+            stderr_line(&format!("pivault: warning: {msg}"));
+        }
+    }
+
+    /// Reports a result that could not be written to stdout, naming what
+    /// the command did so that nothing has to be guessed or retried.
+    pub fn output_failed(&self, f: &OutputFailure) {
+        let what = if f.receipt.is_empty() {
+            String::new()
+        } else {
+            format!(
+                " Its result: {}.",
+                f.receipt
+                    .iter()
+                    .map(|(k, v)| format!("{k}={}", text(v)))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            )
+        };
+        let msg = format!(
+            "the command completed, but its output could not be written to stdout ({}).{what} Do not run it again to see the output: what it did is done",
+            f.error
+        );
+        if self.json {
+            stderr_line(
+                &json!({ "error": { "code": "output_failed", "message": msg, "completed": true, "result": f.receipt } })
+                    .to_string(),
+            );
+        } else {
+            stderr_line(&format!("pivault: {msg}"));
         }
     }
 
@@ -55,6 +207,59 @@ impl Out {
         b.set_message(what.to_owned());
         b
     }
+}
+
+/// Writes and flushes stdout, so that a full disk is seen here and not at
+/// exit (where Rust ignores the error).
+fn write_stdout(bytes: &[u8]) -> std::io::Result<()> {
+    let mut o = std::io::stdout().lock();
+    o.write_all(bytes).and_then(|()| o.flush())
+}
+
+/// The members of a command's document that may be repeated on stderr when
+/// stdout fails: IDs, counts and states, which are never personal
+/// information. Anything else (record fields, reasons, schemas) is left out.
+fn receipt(v: &Value) -> Map<String, Value> {
+    const KEYS: &[&str] = &[
+        "imported",
+        "version",
+        "state",
+        "status",
+        "role",
+        "collection",
+        "subject",
+        "username",
+        "held",
+        "reviewed",
+        "cosigned",
+        "password_changed",
+        "locked",
+        "records",
+        "restored",
+        "removed",
+        "disposed_skipped",
+        "days",
+        "from_updated",
+        "logged_in",
+        "logged_out",
+    ];
+    let mut r = Map::new();
+    let Some(obj) = v.as_object() else {
+        return r;
+    };
+    for (k, val) in obj {
+        let keep = match val {
+            Value::String(_) | Value::Number(_) | Value::Bool(_) => {
+                k.ends_with("_id") || KEYS.contains(&k.as_str())
+            }
+            Value::Array(a) => k == "record_ids" && a.iter().all(Value::is_string),
+            _ => false,
+        };
+        if keep {
+            r.insert(k.clone(), val.clone());
+        }
+    }
+    r
 }
 
 pub fn is_broken_pipe(e: &anyhow::Error) -> bool {

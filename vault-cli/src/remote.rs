@@ -7,7 +7,7 @@
 //! (mode 0600); without one, a command logs in with your password and logs
 //! out when done, like a local command.
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -19,12 +19,12 @@ use vault_core::certificate::{self, Certificate};
 use vault_core::ed25519_dalek as ed25519_key;
 use vault_core::ids::{CertificateId, DisposalId, RecordId};
 use vault_core::secret::SecretString;
+use vault_core::vault::ImportFormat;
 
 use crate::output::{self, Out};
 use crate::{
     AuditCmd, CertificateCmd, Cli, CollectionCmd, Command, ContractorCmd, DisposalCmd, DisposeCmd,
-    DisposeOpts, FormatArg, HoldCmd, KeysCmd, RecordCmd, RetentionCmd, SubjectCmd, UserCmd,
-    dispose, exit,
+    DisposeOpts, HoldCmd, KeysCmd, RecordCmd, RetentionCmd, SubjectCmd, UserCmd, dispose, exit,
 };
 
 /// An error answered by the server: its stable code and message.
@@ -291,7 +291,7 @@ pub fn run(cli: &Cli, out: &Out, server: &str) -> anyhow::Result<u8> {
                         path.display()
                     )
                 },
-            )?;
+            );
             return Ok(exit::OK);
         }
         Command::Logout => {
@@ -302,7 +302,7 @@ pub fn run(cli: &Cli, out: &Out, server: &str) -> anyhow::Result<u8> {
                 let _ = r.call("DELETE", "/v1/sessions/current", None);
             }
             let _ = std::fs::remove_file(&path);
-            out.data(json!({ "logged_out": u }), || format!("logged out {u}"))?;
+            out.data(json!({ "logged_out": u }), || format!("logged out {u}"));
             return Ok(exit::OK);
         }
         Command::Init(_) | Command::Doctor | Command::Backup(_) => {
@@ -336,8 +336,26 @@ fn resolve(r: &Remote, reference: &str) -> anyhow::Result<String> {
 
 fn dispose(r: &Remote, out: &Out, scope: Value, o: &DisposeOpts, what: &str) -> anyhow::Result<u8> {
     dispose::confirm(o, what)?;
-    let v = r.post("/v1/disposals", merge(scope, parties(o)))?;
-    out.data(v.clone(), || output::outcome_text(&v))?;
+    let v = r
+        .post("/v1/disposals", merge(scope, parties(o)))
+        .map_err(|e| {
+            // The server may have recorded the batch before failing; say how
+            // it continues (the server's answer does not name it).
+            let refused = e
+                .downcast_ref::<RemoteError>()
+                .is_some_and(|re| dispose::is_refusal(&re.code));
+            let started = !o.dry_run && !refused;
+            if started {
+                e.context(output::Hint {
+                    message: None,
+                    advice: dispose::GENERIC_RESUME_ADVICE.into(),
+                    fields: serde_json::Map::new(),
+                })
+            } else {
+                e
+            }
+        })?;
+    out.data(v.clone(), || output::outcome_text(&v));
     Ok(exit::OK)
 }
 
@@ -360,25 +378,25 @@ fn command(cli: &Cli, out: &Out, r: &Remote) -> anyhow::Result<u8> {
                     v["role"].as_str().unwrap_or_default().to_owned(),
                     v["user_id"].as_str().unwrap_or_default().to_owned(),
                 );
-                out.data(v, || format!("added {role} {name} ({id})"))?;
+                out.data(v, || format!("added {role} {name} ({id})"));
             }
             UserCmd::List => {
                 let v = r.get("/v1/users")?;
-                out.data(v.clone(), || output::users_table(&v))?;
+                out.data(v.clone(), || output::users_table(&v));
             }
             UserCmd::Disable { name } => {
                 let v = r.post(&format!("/v1/users/{}/disable", url_part(name)), json!({}))?;
                 out.data(v, || {
                     format!("disabled {name}; their sessions and tokens are revoked")
-                })?;
+                });
             }
             UserCmd::Enable { name } => {
                 let v = r.post(&format!("/v1/users/{}/enable", url_part(name)), json!({}))?;
-                out.data(v, || format!("enabled {name}"))?;
+                out.data(v, || format!("enabled {name}"));
             }
             UserCmd::Unlock { name } => {
                 let v = r.post(&format!("/v1/users/{}/unlock", url_part(name)), json!({}))?;
-                out.data(v, || format!("unlocked {name}"))?;
+                out.data(v, || format!("unlocked {name}"));
             }
             UserCmd::Role { name, role } => {
                 let v = r.call(
@@ -387,7 +405,7 @@ fn command(cli: &Cli, out: &Out, r: &Remote) -> anyhow::Result<u8> {
                     Some(json!({ "role": role })),
                 )?;
                 let role = v["role"].as_str().unwrap_or_default().to_owned();
-                out.data(v, || format!("{name} is now {role}"))?;
+                out.data(v, || format!("{name} is now {role}"));
             }
             UserCmd::Passwd {
                 name,
@@ -407,7 +425,7 @@ fn command(cli: &Cli, out: &Out, r: &Remote) -> anyhow::Result<u8> {
                     &format!("/v1/users/{}/password", url_part(&name)),
                     Some(json!({ "password": pw.expose() })),
                 )?;
-                out.data(v, || format!("password of {name} changed"))?;
+                out.data(v, || format!("password of {name} changed"));
             }
         },
         Command::Collection(c) => match c {
@@ -426,17 +444,17 @@ fn command(cli: &Cli, out: &Out, r: &Remote) -> anyhow::Result<u8> {
                     v["collection"].as_str().unwrap_or_default().to_owned(),
                     v["fields"].clone(),
                 );
-                out.data(v, || format!("created collection {n} with {f} fields"))?;
+                out.data(v, || format!("created collection {n} with {f} fields"));
             }
             CollectionCmd::List => {
                 let v = r.get("/v1/collections")?;
-                out.data(v.clone(), || output::collections_text(&v))?;
+                out.data(v.clone(), || output::collections_text(&v));
             }
             CollectionCmd::Show { name } => {
                 let v = r.get(&format!("/v1/collections/{}", url_part(name)))?;
                 out.data(v.clone(), || {
                     serde_json::to_string_pretty(&v).unwrap_or_default()
-                })?;
+                });
             }
         },
         Command::Record(c) => {
@@ -452,23 +470,28 @@ fn command(cli: &Cli, out: &Out, r: &Remote) -> anyhow::Result<u8> {
                         json!({ "collection": collection, "subject": subject, "data": body }),
                     )?;
                     let id = v["record_id"].as_str().unwrap_or_default().to_owned();
-                    out.data(v, || id)?;
+                    out.data(v, || id);
                 }
                 RecordCmd::Import {
                     collection,
                     file,
                     format,
                     subject_column,
+                    skip_lines,
                 } => {
-                    let csv = match format {
-                        Some(FormatArg::Csv) => true,
-                        Some(FormatArg::Jsonl) => false,
-                        None => file
-                            .extension()
-                            .is_some_and(|e| e.eq_ignore_ascii_case("csv")),
+                    let source = crate::ImportSource {
+                        file,
+                        format: crate::import_format(file, *format),
+                        skip_lines: *skip_lines,
                     };
-                    let body = std::fs::read(file)
-                        .with_context(|| format!("cannot open {}", file.display()))?;
+                    let csv = matches!(source.format, ImportFormat::Csv);
+                    // The server imports what it is sent: the skipped lines stay here.
+                    let input = source.open()?;
+                    let mut body = Vec::new();
+                    let mut reader = input.reader;
+                    reader
+                        .read_to_end(&mut body)
+                        .with_context(|| format!("cannot read {}", file.display()))?;
                     let path = format!(
                         "/v1/collections/{}/import{}",
                         url_part(collection),
@@ -483,15 +506,22 @@ fn command(cli: &Cli, out: &Out, r: &Remote) -> anyhow::Result<u8> {
                         "application/x-ndjson"
                     };
                     let (status, text) = r.text("POST", &path, Some((body, ct)))?;
-                    let v: Value = serde_json::from_str(&text)
+                    let mut v: Value = serde_json::from_str(&text)
                         .map_err(|_| anyhow!("the server's answer is not JSON"))?;
                     if status == 422 {
                         // The check pass refused rows: nothing stored, as locally.
-                        out.data(v.clone(), || output::import_refused_text(&v))?;
+                        if let Some(errors) = v["errors"].as_array_mut() {
+                            for e in errors {
+                                if let Some(l) = e["line"].as_u64() {
+                                    e["line"] = json!(l + input.line_offset);
+                                }
+                            }
+                        }
+                        out.data(v.clone(), || output::import_refused_text(&v));
                         return Ok(exit::INVALID_INPUT);
                     }
                     let n = v["imported"].clone();
-                    out.data(v, || format!("imported {n} records into {collection}"))?;
+                    out.data(v, || format!("imported {n} records into {collection}"));
                 }
                 RecordCmd::Get { id, reveal, reason } => {
                     let id: RecordId = id.parse()?;
@@ -500,7 +530,7 @@ fn command(cli: &Cli, out: &Out, r: &Remote) -> anyhow::Result<u8> {
                     } else {
                         r.post(&format!("/v1/records/{id}/reveal"), json!({ "fields": reveal, "reason": reason.clone().unwrap_or_default() }))?
                     };
-                    out.data(v.clone(), || output::record_text(&v))?;
+                    out.data(v.clone(), || output::record_text(&v));
                 }
                 RecordCmd::Update { id, data } => {
                     let id: RecordId = id.parse()?;
@@ -511,7 +541,7 @@ fn command(cli: &Cli, out: &Out, r: &Remote) -> anyhow::Result<u8> {
                         Some(json!({ "data": body })),
                     )?;
                     let ver = v["version"].clone();
-                    out.data(v, || format!("updated {id} to version {ver}"))?;
+                    out.data(v, || format!("updated {id} to version {ver}"));
                 }
                 RecordCmd::List {
                     collection,
@@ -522,13 +552,13 @@ fn command(cli: &Cli, out: &Out, r: &Remote) -> anyhow::Result<u8> {
                         "/v1/records{}",
                         query(&[("collection", collection.clone()), ("subject", subject)])
                     ))?;
-                    out.data(v.clone(), || output::metas_table(&v))?;
+                    out.data(v.clone(), || output::metas_table(&v));
                 }
             }
         }
         Command::Subject(SubjectCmd::Id { reference }) => {
             let id = resolve(r, reference)?;
-            out.data(json!({ "subject": id }), || id.clone())?;
+            out.data(json!({ "subject": id }), || id.clone());
         }
         Command::Audit(c) => match c {
             AuditCmd::Log {
@@ -548,11 +578,11 @@ fn command(cli: &Cli, out: &Out, r: &Remote) -> anyhow::Result<u8> {
                         ("limit", limit.map(|n| n.to_string()))
                     ])
                 ))?;
-                out.data(v.clone(), || output::events_text(&v))?;
+                out.data(v.clone(), || output::events_text(&v));
             }
             AuditCmd::Verify => {
                 let v = r.get("/v1/audit/verify")?;
-                out.data(v.clone(), || output::verify_text(&v))?;
+                out.data(v.clone(), || output::verify_text(&v));
                 if v["ok"] != Value::Bool(true) {
                     return Ok(exit::INTEGRITY);
                 }
@@ -562,7 +592,7 @@ fn command(cli: &Cli, out: &Out, r: &Remote) -> anyhow::Result<u8> {
                     "/v1/audit/report{}",
                     query(&[("since", since.clone()), ("until", until.clone())])
                 ))?;
-                out.data(v.clone(), || output::activity_text(&v))?;
+                out.data(v.clone(), || output::activity_text(&v));
             }
         },
         Command::Dispose(c) => match c {
@@ -616,13 +646,13 @@ fn command(cli: &Cli, out: &Out, r: &Remote) -> anyhow::Result<u8> {
         Command::Disposal(c) => match c {
             DisposalCmd::List => {
                 let v = r.get("/v1/disposals")?;
-                out.data(v.clone(), || output::disposals_text(&v))?;
+                out.data(v.clone(), || output::disposals_text(&v));
             }
             DisposalCmd::Retry { id } => {
                 let id: DisposalId = id.parse()?;
                 let v = r.post(&format!("/v1/disposals/{id}/retry"), json!({}))?;
                 let cert = v["certificate_id"].as_str().unwrap_or_default().to_owned();
-                out.data(v, || format!("disposal {id} completed; certificate {cert}"))?;
+                out.data(v, || format!("disposal {id} completed; certificate {cert}"));
             }
         },
         Command::Certificate(c) => match c {
@@ -631,17 +661,17 @@ fn command(cli: &Cli, out: &Out, r: &Remote) -> anyhow::Result<u8> {
                 let v = r.get(&format!("/v1/certificates/{id}"))?;
                 out.data(v.clone(), || {
                     serde_json::to_string_pretty(&v).unwrap_or_default()
-                })?;
+                });
             }
             CertificateCmd::Export { id, out: dest } => {
                 let id: CertificateId = id.parse()?;
                 let (_, text) = r.text("GET", &format!("/v1/certificates/{id}/file"), None)?;
-                dispose::write_out(dest.as_deref(), &text)?;
+                dispose::write_out(out, dest.as_deref(), &text)?;
             }
             CertificateCmd::Render { cert, out: dest } => {
                 let id: CertificateId = cert.parse()?;
                 let (_, text) = r.text("GET", &format!("/v1/certificates/{id}/html"), None)?;
-                dispose::write_out(dest.as_deref(), &text)?;
+                dispose::write_out(out, dest.as_deref(), &text)?;
             }
             CertificateCmd::Validate { id, title } => {
                 let id: CertificateId = id.parse()?;
@@ -649,7 +679,7 @@ fn command(cli: &Cli, out: &Out, r: &Remote) -> anyhow::Result<u8> {
                     &format!("/v1/certificates/{id}/validate"),
                     json!({ "title": title }),
                 )?;
-                out.data(v, || format!("certificate {id} validated"))?;
+                out.data(v, || format!("certificate {id} validated"));
             }
             CertificateCmd::Cosign { id, key_file } => {
                 let id: CertificateId = id.parse()?;
@@ -661,7 +691,7 @@ fn command(cli: &Cli, out: &Out, r: &Remote) -> anyhow::Result<u8> {
                     &format!("/v1/certificates/{id}/cosign"),
                     json!({ "signature": hex::encode(sig) }),
                 )?;
-                out.data(v, || format!("certificate {id} co-signed"))?;
+                out.data(v, || format!("certificate {id} co-signed"));
             }
             CertificateCmd::Verify { .. } | CertificateCmd::Payload { .. } => {
                 unreachable!("offline")
@@ -685,7 +715,7 @@ fn command(cli: &Cli, out: &Out, r: &Remote) -> anyhow::Result<u8> {
                 json!({ "certificate_key": cert.display().to_string(), "certificate_fingerprint": cf,
                         "audit_key": audit.display().to_string(), "audit_fingerprint": af }),
                 || format!("certificate key: {} ({cf})\naudit key:       {} ({af})", cert.display(), audit.display()),
-            )?;
+            );
         }
         Command::Retention(c) => match c {
             RetentionCmd::Set {
@@ -707,7 +737,7 @@ fn command(cli: &Cli, out: &Out, r: &Remote) -> anyhow::Result<u8> {
                             "creation"
                         }
                     )
-                })?;
+                });
             }
             RetentionCmd::Show => {
                 let v = r.get("/v1/retention")?;
@@ -720,16 +750,16 @@ fn command(cli: &Cli, out: &Out, r: &Remote) -> anyhow::Result<u8> {
                             .join("\n")
                     })
                     .unwrap_or_default();
-                out.data(v, || text)?;
+                out.data(v, || text);
             }
             RetentionCmd::Due => {
                 let v = r.get("/v1/retention/due")?;
-                out.data(v.clone(), || output::outcome_text(&v))?;
+                out.data(v.clone(), || output::outcome_text(&v));
             }
             RetentionCmd::Run { opts } => {
                 dispose::confirm(opts, "every record past retention")?;
                 let v = r.post("/v1/retention/run", parties(opts))?;
-                out.data(v.clone(), || output::outcome_text(&v))?;
+                out.data(v.clone(), || output::outcome_text(&v));
             }
         },
         Command::Hold(c) => match c {
@@ -742,18 +772,18 @@ fn command(cli: &Cli, out: &Out, r: &Remote) -> anyhow::Result<u8> {
                     "/v1/holds",
                     json!({ "record": record, "subject": subject, "reason": reason }),
                 )?;
-                out.data(v, || "legal hold placed".into())?;
+                out.data(v, || "legal hold placed".into());
             }
             HoldCmd::Remove { record, subject } => {
                 let v = r.post(
                     "/v1/holds/remove",
                     json!({ "record": record, "subject": subject }),
                 )?;
-                out.data(v, || "legal hold lifted".into())?;
+                out.data(v, || "legal hold lifted".into());
             }
             HoldCmd::List => {
                 let v = r.get("/v1/holds")?;
-                out.data(v.clone(), || output::holds_text(&v))?;
+                out.data(v.clone(), || output::holds_text(&v));
             }
         },
         Command::Contractor(ContractorCmd::Assign {
@@ -782,16 +812,16 @@ fn command(cli: &Cli, out: &Out, r: &Remote) -> anyhow::Result<u8> {
                     collection.len(),
                     record.len()
                 )
-            })?;
+            });
         }
         Command::Review => {
             let v = r.post("/v1/review", json!({}))?;
-            out.data(v, || "security review recorded".into())?;
+            out.data(v, || "security review recorded".into());
         }
         Command::Maintenance(crate::MaintenanceCmd::Run) => {
             let v = r.post("/v1/maintenance", json!({}))?;
             let text = crate::output::maintenance_text(&v);
-            out.data(v, || text)?;
+            out.data(v, || text);
         }
         Command::Init(_)
         | Command::Doctor

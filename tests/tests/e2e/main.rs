@@ -3,6 +3,7 @@
 
 mod backup;
 mod cli;
+mod cli_output;
 mod common;
 mod concurrency;
 mod crash;
