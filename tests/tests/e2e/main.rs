@@ -12,3 +12,4 @@ mod library;
 mod purge_controls;
 mod regressions;
 mod server;
+mod server_concurrency;
