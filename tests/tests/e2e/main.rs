@@ -7,6 +7,7 @@ mod common;
 mod concurrency;
 mod crash;
 mod disposal;
+mod fault_injection;
 mod forensic;
 mod library;
 mod purge_controls;
