@@ -25,7 +25,7 @@ use crate::cli::{self, CliVault, Run};
 use crate::common::{self, CUSTOMERS, PASSPHRASE, USERS};
 
 /// A running `pivault-server` child and a client that trusts its certificate.
-struct Server {
+pub(crate) struct Server {
     child: Child,
     base: String,
     agent: ureq::Agent,
@@ -37,16 +37,16 @@ struct Server {
 
 /// One HTTP answer.
 #[derive(Debug)]
-struct Answer {
-    status: u16,
+pub(crate) struct Answer {
+    pub(crate) status: u16,
     content_type: String,
     request_id: String,
     cache_control: String,
-    text: String,
+    pub(crate) text: String,
 }
 
 impl Answer {
-    fn json(&self) -> Value {
+    pub(crate) fn json(&self) -> Value {
         serde_json::from_str(&self.text).unwrap_or(Value::Null)
     }
     /// Asserts a problem+json answer with this status and code.
@@ -78,7 +78,7 @@ fn pivault_bin() -> PathBuf {
 }
 
 /// A fixture vault (one user per role, `customers`) closed and served.
-fn start(extra: &[&str]) -> Server {
+pub(crate) fn start(extra: &[&str]) -> Server {
     let dir = tempfile::tempdir().expect("tempdir");
     let vault_dir = dir.path().join("vault");
     let fx = common::fast_vault(&vault_dir);
@@ -161,7 +161,13 @@ fn agent_trusting(pem: &[u8]) -> ureq::Agent {
 }
 
 impl Server {
-    fn call(&self, method: &str, path: &str, token: Option<&str>, body: Option<&Value>) -> Answer {
+    pub(crate) fn call(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&Value>,
+    ) -> Answer {
         let raw = body.map(|b| (b.to_string().into_bytes(), "application/json"));
         self.raw(
             method,
@@ -171,7 +177,7 @@ impl Server {
         )
     }
 
-    fn raw(
+    pub(crate) fn raw(
         &self,
         method: &str,
         path: &str,
@@ -238,7 +244,7 @@ impl Server {
         )
     }
 
-    fn token(&self, user: &str) -> String {
+    pub(crate) fn token(&self, user: &str) -> String {
         let (_, _, pw) = USERS.iter().find(|(u, _, _)| *u == user).expect("user");
         let a = self.login(user, pw);
         assert_eq!(a.status, 201, "login of {user}: {a:?}");
@@ -246,7 +252,7 @@ impl Server {
     }
 
     /// SIGTERM, then wait: a graceful stop exits 0.
-    fn stop(mut self) -> (std::process::ExitStatus, PathBuf, TempDir) {
+    pub(crate) fn stop(mut self) -> (std::process::ExitStatus, PathBuf, TempDir) {
         let pid = self.child.id().to_string();
         Command::new("kill")
             .args(["-TERM", &pid])
