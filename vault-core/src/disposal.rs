@@ -692,15 +692,14 @@ impl Vault {
         let contractor = self.contractor_filter(s)?;
         let mut rows = self.resolve_scope(scope)?;
         let mut excluded = Vec::new();
-        if let Some(sc) = &contractor {
-            if rows
+        if let Some(sc) = &contractor
+            && rows
                 .iter()
                 .any(|(id, r)| !Self::in_contractor_scope(sc, *id, r))
-            {
-                return Err(Error::PermissionDenied(
-                    "dispose of records outside your assigned scope",
-                ));
-            }
+        {
+            return Err(Error::PermissionDenied(
+                "dispose of records outside your assigned scope",
+            ));
         }
         let mut kept = Vec::new();
         for (id, row) in rows.drain(..) {
@@ -1291,8 +1290,8 @@ impl Vault {
             }
             if let Some(scope) = self.contractor_filter(s)? {
                 let inside = b.records.iter().all(|r| {
-                    scope.collections.iter().any(|c| *c == r.collection)
-                        || scope.records.iter().any(|x| *x == r.id)
+                    scope.collections.contains(&r.collection)
+                        || scope.records.contains(&r.id)
                 });
                 if !inside {
                     return Err(Error::PermissionDenied(
