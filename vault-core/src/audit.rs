@@ -1211,8 +1211,8 @@ pub fn verify_anchored(dir: &Path, key: &VerifyingKey, anchors: &Anchors) -> Res
                 Some(_) => {
                     ok = false;
                     findings.push(Finding::none(format!(
-                        "{CHECKPOINTS_FILE} rewritten: its checkpoint at seq {} differs from the one the records \
-                         database holds",
+                        "{CHECKPOINTS_FILE} deleted or rewritten: its checkpoint at seq {} differs from the one the \
+                         records database holds",
                         st.seq
                     )));
                 }
@@ -1950,6 +1950,146 @@ mod tests {
 
     fn check(dir: &Path) -> VerifyReport {
         verify(dir, &signer().verifying_key()).unwrap()
+    }
+
+    #[test]
+    fn version_1_checkpoints_still_verify_and_version_2_chains_after_them() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("audit");
+        let mut log = AuditLog::open(&dir, signer(), false).unwrap();
+        fill(&mut log, 10);
+        let (head, t) = (log.head_hash(), 1_700_000_000_000);
+        drop(log);
+        // A checkpoint line as an older build wrote it.
+        let sig = signer().sign(&checkpoint_message(10, &head, t)).to_bytes();
+        let v1 = encode_checkpoint(&Checkpoint {
+            seq: 10,
+            head,
+            time_ms: t,
+            sig,
+            prev: None,
+            hash: [0; 32],
+        })
+        .unwrap();
+        write_lines(&dir.join(CHECKPOINTS_FILE), std::slice::from_ref(&v1));
+        let r = check(&dir);
+        assert!(r.ok(), "{r:?}");
+        let mut log = AuditLog::open(&dir, signer(), false).unwrap();
+        fill(&mut log, 5);
+        log.checkpoint(t + 1).unwrap();
+        let signed = log.last_signed().unwrap().clone();
+        drop(log);
+        let cps = lines_of(&dir.join(CHECKPOINTS_FILE));
+        assert_eq!(cps.len(), 2);
+        assert!(cps[1].starts_with(br#"{"v":2,"#));
+        let expected_prev = format!("\"prev\":\"{}\"", hex::encode(checkpoint_hash(&v1)));
+        assert!(String::from_utf8_lossy(&cps[1]).contains(&expected_prev));
+        assert_eq!(SignedHead::from_line(&cps[1]).unwrap(), signed);
+        assert!(signed.signature_ok(&signer().verifying_key()));
+        let r = check(&dir);
+        assert!(r.ok(), "{r:?}");
+        assert_eq!(r.checkpoints, 2);
+
+        // An unchained line after a chained one is a downgrade.
+        let mut l = cps.clone();
+        let sig = signer()
+            .sign(&checkpoint_message(15, &signed.head, t))
+            .to_bytes();
+        l[1] = encode_checkpoint(&Checkpoint {
+            seq: 15,
+            head: signed.head,
+            time_ms: t,
+            sig,
+            prev: None,
+            hash: [0; 32],
+        })
+        .unwrap();
+        l.push(cps[1].clone());
+        write_lines(&dir.join(CHECKPOINTS_FILE), &l[..]);
+        let r = check(&dir);
+        assert!(r.problem.unwrap().contains("out of order"));
+        write_lines(&dir.join(CHECKPOINTS_FILE), &[cps[1].clone()]);
+        let r = check(&dir);
+        assert!(
+            r.problem.unwrap().contains("does not chain"),
+            "v2 line without its predecessor"
+        );
+    }
+
+    #[test]
+    fn more_than_512_events_without_a_checkpoint_is_a_finding() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("audit");
+        let mut log = AuditLog::open(&dir, signer(), false).unwrap();
+        fill(&mut log, 600);
+        drop(log);
+        assert!(check(&dir).ok());
+        let cp = dir.join(CHECKPOINTS_FILE);
+        let cps = lines_of(&cp);
+        assert_eq!(cps.len(), 2); // 256, 512
+        fs::remove_file(&cp).unwrap();
+        let r = check(&dir);
+        assert_eq!(r.first_bad_seq, Some(513), "{r:?}");
+        assert!(
+            r.problem
+                .unwrap()
+                .contains("no signed checkpoint covers seq 1 to 600")
+        );
+        // Only the first: 512 events then a checkpoint is allowed; 88 after it too.
+        write_lines(&cp, &cps[1..]);
+        let r = check(&dir);
+        assert!(r.problem.as_deref().unwrap().contains("does not chain"), "{r:?}");
+    }
+
+    #[test]
+    fn the_records_database_checkpoint_names_a_truncation_or_a_deleted_checkpoint_log() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("audit");
+        let mut log = AuditLog::open(&dir, signer(), false).unwrap();
+        fill(&mut log, 20);
+        log.checkpoint(5).unwrap();
+        let stored = log.last_signed().cloned();
+        drop(log);
+        let anchors = Anchors {
+            stored: stored.clone(),
+            heads: vec![NamedHead {
+                what: "certificate c1".into(),
+                seq: 12,
+                head: {
+                    let evs = AuditLog::open(&dir, signer(), false)
+                        .unwrap()
+                        .events(&EventFilter::default())
+                        .unwrap();
+                    evs[11].hash
+                },
+            }],
+            problems: vec![],
+        };
+        let key = signer().verifying_key();
+        let r = verify_anchored(&dir, &key, &anchors).unwrap();
+        assert!(r.ok(), "{r:?}");
+        assert_eq!((r.anchored_seq, r.heads_confirmed), (20, 1));
+
+        let cp = dir.join(CHECKPOINTS_FILE);
+        let cps = fs::read(&cp).unwrap();
+        fs::remove_file(&cp).unwrap();
+        let r = verify_anchored(&dir, &key, &anchors).unwrap();
+        assert!(
+            r.problem.unwrap().contains(
+                "checkpoints.log deleted or truncated: the records database holds a checkpoint at seq 20"
+            )
+        );
+        let path = seg1(&dir);
+        let l = lines_of(&path);
+        write_lines(&path, &l[..10]);
+        let r = verify_anchored(&dir, &key, &anchors).unwrap();
+        assert_eq!(r.first_bad_seq, Some(11));
+        let p = r.problem.unwrap();
+        assert!(p.contains("segment truncated: the trail ends at seq 10 but the records database holds a checkpoint at seq 20"), "{p}");
+        assert!(p.contains("certificate c1 names the head at seq 12"), "{p}");
+        write_lines(&path, &l);
+        fs::write(&cp, cps).unwrap();
+        assert!(verify_anchored(&dir, &key, &anchors).unwrap().ok());
     }
 
     #[test]
