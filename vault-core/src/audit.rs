@@ -33,10 +33,20 @@
 //!   JSON `{"seq":…,"head":"<64 hex>","time_ms":…,"sig":"<128 hex>"}`, where
 //!   `sig` is an Ed25519 signature over
 //!   `"pivault-audit-checkpoint-v1" || seq (u64 big-endian) || head (32 bytes) || time_ms (i64 big-endian)`.
-//!   A checkpoint is written every [`CHECKPOINT_EVERY`] events and on demand
-//!   ([`AuditLog::checkpoint`], e.g. at clean close); checkpoint seqs strictly
-//!   increase. All hex is lowercase and every line is in the canonical form
-//!   above, so any changed byte is detected.
+//!   That is version 1, still read. This build writes version 2,
+//!   `{"v":2,"seq":…,"head":"<64 hex>","prev":"<64 hex>","time_ms":…,"sig":"<128 hex>"}`,
+//!   signed over `"pivault-audit-checkpoint-v2" || seq || head || time_ms || prev`,
+//!   where `prev` is the hash of the previous checkpoint line (32 zero bytes
+//!   for the first) and a line's hash is
+//!   `SHA-256("pivault-audit-checkpoint-hash-v1" || line without its newline)`:
+//!   the checkpoints form a chain of their own, so none can be removed or
+//!   replaced unseen. A version 2 line may follow version 1 lines, never the
+//!   reverse. A checkpoint is written every [`CHECKPOINT_EVERY`] events and on
+//!   demand ([`AuditLog::checkpoint`], e.g. at clean close and at open after an
+//!   unclean stop); checkpoint seqs strictly increase, and at most
+//!   [`MAX_UNCHECKPOINTED`] events may go without one. All hex is lowercase
+//!   and every line is in the canonical form above, so any changed byte is
+//!   detected.
 //!
 //! # What verification proves
 //!
@@ -47,6 +57,12 @@
 //! and the report can then only say "after the last checkpoint that still
 //! matches"; events after the last checkpoint can be cut off without trace.
 //! That is why checkpoints are frequent and one is written at clean close.
+//!
+//! The files alone cannot show that `checkpoints.log` was deleted along with
+//! a truncation or a re-chained edit. [`verify_anchored`] therefore also
+//! cross-checks copies kept elsewhere ([`Anchors`]: the latest checkpoint in
+//! the records database, the heads named by certificates and by time-stamped
+//! exports); ARCHITECTURE.md, "Audit trail", lists what each detects.
 //!
 //! # Crash behaviour
 //!
@@ -2038,7 +2054,10 @@ mod tests {
         // Only the first: 512 events then a checkpoint is allowed; 88 after it too.
         write_lines(&cp, &cps[1..]);
         let r = check(&dir);
-        assert!(r.problem.as_deref().unwrap().contains("does not chain"), "{r:?}");
+        assert!(
+            r.problem.as_deref().unwrap().contains("does not chain"),
+            "{r:?}"
+        );
     }
 
     #[test]

@@ -504,3 +504,77 @@ fn chained_checkpoints_and_the_records_database_copy_advance_together() {
     write_lines(&path, &l);
     assert_detected(&dir, &clock, &["does not chain to the one before it"]);
 }
+
+#[test]
+fn the_cli_exports_a_head_stores_its_response_and_names_a_truncation() {
+    use crate::cli::{CliVault, EXIT_INVALID_INPUT, EXIT_UNSAFE_CONFIG};
+    let tmp = tempfile::tempdir().unwrap();
+    let tsa = Tsa::new(&tmp.path().join("tsa"));
+    let v = CliVault::standard();
+    let head = v.input.join("head.json");
+    let r = v.run(
+        Some("officer"),
+        &["--json", "audit", "anchor", "--out", head.to_str().unwrap()],
+    );
+    r.ok();
+    let out = r.json();
+    assert_eq!(out["head"], head.display().to_string());
+    let head_json = fs::read(&head).unwrap();
+    let doc: serde_json::Value = serde_json::from_slice(&head_json).unwrap();
+    assert_eq!(doc["seq"], out["seq"]);
+    for field in [
+        "vault_id",
+        "head_hash",
+        "checkpoint_hash",
+        "time",
+        "signature",
+        "audit_public_key",
+    ] {
+        assert!(doc[field].is_string(), "{field} in {doc}");
+    }
+    let tsq = fs::read(head.with_extension("tsq")).unwrap();
+    let tsr = tsa.reply(&tsq);
+    assert!(tsa.openssl_verifies(&head_json, &tsr));
+    let tsr_path = v.input.join("head.tsr");
+    fs::write(&tsr_path, &tsr).unwrap();
+    let r = v.run(
+        Some("officer"),
+        &[
+            "--json",
+            "audit",
+            "anchor",
+            "--response",
+            tsr_path.to_str().unwrap(),
+        ],
+    );
+    r.ok();
+    assert_eq!(r.json()["seq"], out["seq"]);
+    v.assert_audit_ok();
+
+    // A response for a different head is refused.
+    let other = tsa.reply(&timestamp::request(&[1u8; 32], 5));
+    let other_path = v.input.join("other.tsr");
+    fs::write(&other_path, &other).unwrap();
+    let r = v.run(
+        Some("officer"),
+        &[
+            "audit",
+            "anchor",
+            "--response",
+            other_path.to_str().unwrap(),
+        ],
+    );
+    r.code(EXIT_INVALID_INPUT);
+
+    // Truncation plus a deleted checkpoints.log: exit 8 and doctor fails.
+    let seg = segments(&v.dir).pop().unwrap();
+    let l = lines(&seg);
+    write_lines(&seg, &l[..5]);
+    fs::remove_file(audit_dir(&v.dir).join("checkpoints.log")).unwrap();
+    let r = v.run(Some("auditor"), &["audit", "verify"]);
+    r.code(8);
+    assert!(r.stdout.contains("segment truncated"), "{}", r.stdout);
+    let r = v.run(None, &["doctor"]);
+    r.code(EXIT_UNSAFE_CONFIG);
+    assert!(r.stdout.contains("segment truncated"), "{}", r.stdout);
+}

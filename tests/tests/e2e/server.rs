@@ -1088,6 +1088,7 @@ fn normalize(v: &Value) -> Value {
                         | "events"
                         | "checkpoints"
                         | "last_checkpoint_seq"
+                        | "anchored_seq"
                         | "seq"
                         | "from"
                         | "to" => json!(0),
