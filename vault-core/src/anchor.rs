@@ -220,7 +220,7 @@ impl Vault {
             self.sync_anchor(&log);
             log.last_signed()
                 .cloned()
-                .ok_or(Error::invalid("the audit trail is empty"))?
+                .ok_or_else(|| Error::invalid("the audit trail is empty"))?
         };
         let doc = json!({
             "format": ANCHOR_FORMAT,

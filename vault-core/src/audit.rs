@@ -2021,7 +2021,7 @@ mod tests {
         })
         .unwrap();
         l.push(cps[1].clone());
-        write_lines(&dir.join(CHECKPOINTS_FILE), &l[..]);
+        write_lines(&dir.join(CHECKPOINTS_FILE), &l);
         let r = check(&dir);
         assert!(r.problem.unwrap().contains("out of order"));
         write_lines(&dir.join(CHECKPOINTS_FILE), &[cps[1].clone()]);

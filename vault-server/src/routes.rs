@@ -1282,7 +1282,7 @@ async fn audit_anchor(State(app): State<Arc<App>>, rc: RequestContext, t: Bearer
 /// Store an RFC 3161 time-stamp response (DER, hex in `tsr_hex`) for a
 /// head exported by `/v1/audit/anchor`; `audit verify` re-checks it.
 #[utoipa::path(post, path = "/v1/audit/timestamp", tag = "audit", security(("bearer" = [])),
-    responses((status = 200, body = Object), (status = 400, body = Problem), (status = 403, body = Problem)))]
+    responses((status = 200, body = Object), (status = 403, body = Problem), (status = 422, body = Problem)))]
 async fn audit_timestamp(
     State(app): State<Arc<App>>,
     rc: RequestContext,

@@ -271,7 +271,7 @@ fn forge_checkpoints(path: &Path, key: &SigningKey) {
             let sig = key.sign(&msg);
             let out = format!(
                 r#"{{"v":2,"seq":{seq},"head":"{}","prev":"{}","time_ms":{time_ms},"sig":"{}"}}"#,
-                hex::encode(&head),
+                hex::encode(head),
                 hex::encode(prev),
                 hex::encode(sig.to_bytes())
             );
@@ -536,7 +536,7 @@ fn the_cli_exports_a_head_stores_its_response_and_names_a_truncation() {
     let tsr = tsa.reply(&tsq);
     assert!(tsa.openssl_verifies(&head_json, &tsr));
     let tsr_path = v.input.join("head.tsr");
-    fs::write(&tsr_path, &tsr).unwrap();
+    fs::write(&tsr_path, tsr).unwrap();
     let r = v.run(
         Some("officer"),
         &[
@@ -554,7 +554,7 @@ fn the_cli_exports_a_head_stores_its_response_and_names_a_truncation() {
     // A response for a different head is refused.
     let other = tsa.reply(&timestamp::request(&[1u8; 32], 5));
     let other_path = v.input.join("other.tsr");
-    fs::write(&other_path, &other).unwrap();
+    fs::write(&other_path, other).unwrap();
     let r = v.run(
         Some("officer"),
         &[
