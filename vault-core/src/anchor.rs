@@ -38,13 +38,20 @@ pub(crate) struct AnchorState {
 
 impl AnchorState {
     /// Reads the database's checkpoint and checks it is still in the files.
+    /// An unreadable value freezes it too (and `audit verify` names it): the
+    /// vault still opens, so that the problem can be looked at.
     pub(crate) fn load(store: &store::Store, audit_dir: &std::path::Path) -> Result<AnchorState> {
-        Ok(match stored_checkpoint(store)? {
-            None => AnchorState::default(),
-            Some(st) => AnchorState {
+        Ok(match stored_checkpoint(store) {
+            Ok(None) => AnchorState::default(),
+            Ok(Some(st)) => AnchorState {
                 frozen: !audit::has_checkpoint(audit_dir, st.seq, &st.checkpoint_hash),
                 stored_seq: st.seq,
             },
+            Err(Error::Integrity(_)) => AnchorState {
+                frozen: true,
+                stored_seq: u64::MAX,
+            },
+            Err(e) => return Err(e),
         })
     }
 }
@@ -129,10 +136,14 @@ impl Vault {
 
     /// Everything outside the audit directory the trail must agree with.
     fn anchors(&self) -> Result<Anchors> {
-        let mut anchors = Anchors {
-            stored: stored_checkpoint(&self.store)?,
-            ..Anchors::default()
-        };
+        let mut anchors = Anchors::default();
+        match stored_checkpoint(&self.store) {
+            Ok(stored) => anchors.stored = stored,
+            Err(Error::Integrity(_)) => anchors
+                .problems
+                .push("the audit checkpoint the records database holds cannot be read".into()),
+            Err(e) => return Err(e),
+        }
         self.store.for_each(store::CF_CERTIFICATES, |key, value| {
             let id = String::from_utf8_lossy(key).into_owned();
             let head = std::str::from_utf8(value)
