@@ -546,6 +546,19 @@ enum AuditCmd {
     },
     /// Verify the hash chain and signed checkpoints; names the first bad sequence number.
     Verify,
+    /// Sign the current head and export it for an outside witness: the head
+    /// (JSON) and an RFC 3161 time-stamp request over its SHA-256 (DER, the
+    /// same name with `.tsq`); or, with --response, store the TSA's answer.
+    Anchor {
+        /// Where to write the head (default `audit-head-<seq>.json`); the
+        /// request goes next to it with the extension `.tsq`.
+        #[arg(long, conflicts_with = "response")]
+        out: Option<PathBuf>,
+        /// A time-stamp response (`.tsr`, DER) for a head exported before:
+        /// checked and stored in the vault, re-checked by `audit verify`.
+        #[arg(long)]
+        response: Option<PathBuf>,
+    },
     /// Per-user activity report (reads, reveals, exports, denials, lock-outs).
     Report {
         /// From this time (RFC 3339 or YYYY-MM-DD); default 30 days ago.
@@ -1258,6 +1271,15 @@ fn cmd_import(
     Ok(exit::OK)
 }
 
+/// Where `audit anchor` writes the head and its time-stamp request.
+pub(crate) fn anchor_paths(out: Option<&Path>, seq: u64) -> (PathBuf, PathBuf) {
+    let head = out
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from(format!("audit-head-{seq}.json")));
+    let tsq = head.with_extension("tsq");
+    (head, tsq)
+}
+
 fn cmd_audit(out: &Out, vault: &Vault, s: &Session, c: &AuditCmd) -> anyhow::Result<u8> {
     match c {
         AuditCmd::Log {
@@ -1299,6 +1321,45 @@ fn cmd_audit(out: &Out, vault: &Vault, s: &Session, c: &AuditCmd) -> anyhow::Res
             out.data(v.clone(), || output::verify_text(&v));
             if !r.ok() {
                 return Ok(exit::INTEGRITY);
+            }
+        }
+        AuditCmd::Anchor {
+            out: path,
+            response,
+        } => {
+            if let Some(p) = response {
+                let tsr =
+                    std::fs::read(p).with_context(|| format!("cannot read {}", p.display()))?;
+                let t = vault.audit_timestamp(s, &tsr)?;
+                let v = json!({
+                    "seq": t.seq, "status": t.info.status, "gen_time": t.info.gen_time,
+                    "serial": t.info.serial,
+                });
+                out.data(v, || {
+                    format!(
+                        "time-stamp response stored for the head at seq {} (TSA time {})",
+                        t.seq, t.info.gen_time
+                    )
+                })?;
+            } else {
+                let a = vault.audit_anchor(s)?;
+                let (head, tsq) = anchor_paths(path.as_deref(), a.seq);
+                std::fs::write(&head, &a.head_json)
+                    .with_context(|| format!("cannot write {}", head.display()))?;
+                std::fs::write(&tsq, &a.request)
+                    .with_context(|| format!("cannot write {}", tsq.display()))?;
+                let v = json!({
+                    "seq": a.seq, "head": head.display().to_string(),
+                    "request": tsq.display().to_string(),
+                });
+                out.data(v, || {
+                    format!(
+                        "signed head at seq {} written to {}; time-stamp request to {}",
+                        a.seq,
+                        head.display(),
+                        tsq.display()
+                    )
+                })?;
             }
         }
         AuditCmd::Report { since, until } => {

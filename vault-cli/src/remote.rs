@@ -587,6 +587,37 @@ fn command(cli: &Cli, out: &Out, r: &Remote) -> anyhow::Result<u8> {
                     return Ok(exit::INTEGRITY);
                 }
             }
+            AuditCmd::Anchor {
+                out: path,
+                response,
+            } => {
+                if let Some(p) = response {
+                    let tsr = std::fs::read(p)?;
+                    let v = r.post(
+                        "/v1/audit/timestamp",
+                        json!({ "tsr_hex": hex::encode(tsr) }),
+                    )?;
+                    out.data(v.clone(), || {
+                        format!(
+                            "time-stamp response stored for the head at seq {}",
+                            v["seq"]
+                        )
+                    })?;
+                } else {
+                    let v = r.post("/v1/audit/anchor", json!({}))?;
+                    let seq = v["seq"].as_u64().unwrap_or(0);
+                    let (head, tsq) = crate::anchor_paths(path.as_deref(), seq);
+                    std::fs::write(&head, v["head"].as_str().unwrap_or_default())?;
+                    std::fs::write(
+                        &tsq,
+                        hex::decode(v["request_hex"].as_str().unwrap_or_default())?,
+                    )?;
+                    out.data(
+                        json!({ "seq": seq, "head": head.display().to_string(), "request": tsq.display().to_string() }),
+                        || format!("signed head at seq {seq} written to {}; time-stamp request to {}", head.display(), tsq.display()),
+                    )?;
+                }
+            }
             AuditCmd::Report { since, until } => {
                 let v = r.get(&format!(
                     "/v1/audit/report{}",

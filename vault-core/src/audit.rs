@@ -33,10 +33,20 @@
 //!   JSON `{"seq":…,"head":"<64 hex>","time_ms":…,"sig":"<128 hex>"}`, where
 //!   `sig` is an Ed25519 signature over
 //!   `"pivault-audit-checkpoint-v1" || seq (u64 big-endian) || head (32 bytes) || time_ms (i64 big-endian)`.
-//!   A checkpoint is written every [`CHECKPOINT_EVERY`] events and on demand
-//!   ([`AuditLog::checkpoint`], e.g. at clean close); checkpoint seqs strictly
-//!   increase. All hex is lowercase and every line is in the canonical form
-//!   above, so any changed byte is detected.
+//!   That is version 1, still read. This build writes version 2,
+//!   `{"v":2,"seq":…,"head":"<64 hex>","prev":"<64 hex>","time_ms":…,"sig":"<128 hex>"}`,
+//!   signed over `"pivault-audit-checkpoint-v2" || seq || head || time_ms || prev`,
+//!   where `prev` is the hash of the previous checkpoint line (32 zero bytes
+//!   for the first) and a line's hash is
+//!   `SHA-256("pivault-audit-checkpoint-hash-v1" || line without its newline)`:
+//!   the checkpoints form a chain of their own, so none can be removed or
+//!   replaced unseen. A version 2 line may follow version 1 lines, never the
+//!   reverse. A checkpoint is written every [`CHECKPOINT_EVERY`] events and on
+//!   demand ([`AuditLog::checkpoint`], e.g. at clean close and at open after an
+//!   unclean stop); checkpoint seqs strictly increase, and at most
+//!   [`MAX_UNCHECKPOINTED`] events may go without one. All hex is lowercase
+//!   and every line is in the canonical form above, so any changed byte is
+//!   detected.
 //!
 //! # What verification proves
 //!
@@ -47,6 +57,12 @@
 //! and the report can then only say "after the last checkpoint that still
 //! matches"; events after the last checkpoint can be cut off without trace.
 //! That is why checkpoints are frequent and one is written at clean close.
+//!
+//! The files alone cannot show that `checkpoints.log` was deleted along with
+//! a truncation or a re-chained edit. [`verify_anchored`] therefore also
+//! cross-checks copies kept elsewhere ([`Anchors`]: the latest checkpoint in
+//! the records database, the heads named by certificates and by time-stamped
+//! exports); ARCHITECTURE.md, "Audit trail", lists what each detects.
 //!
 //! # Crash behaviour
 //!
@@ -97,8 +113,20 @@ const CHAIN_DOMAIN: &[u8] = b"pivault-audit-v1";
 /// Domain separation for checkpoint signatures, so an audit signature can
 /// never be replayed as a certificate signature or vice versa.
 const CHECKPOINT_DOMAIN: &[u8] = b"pivault-audit-checkpoint-v1";
+/// Domain separation for chained (version 2) checkpoint signatures, which
+/// also sign the previous checkpoint's hash.
+const CHECKPOINT_DOMAIN_V2: &[u8] = b"pivault-audit-checkpoint-v2";
+/// Domain separation for the hash of a checkpoint line (what the next
+/// checkpoint chains to and what the records database keeps).
+const CHECKPOINT_HASH_DOMAIN: &[u8] = b"pivault-audit-checkpoint-hash-v1";
 /// File name of the checkpoint log inside the audit directory.
-const CHECKPOINTS_FILE: &str = "checkpoints.log";
+pub const CHECKPOINTS_FILE: &str = "checkpoints.log";
+
+/// At most this many events may follow a checkpoint (or the start of the
+/// trail) before the next one: the automatic interval plus one more for the
+/// background write (a checkpoint in flight when the process dies). More
+/// events without a checkpoint mean one was removed.
+pub const MAX_UNCHECKPOINTED: u64 = 2 * CHECKPOINT_EVERY;
 /// Length of " " + 64 hex digits at the end of an event line.
 const HASH_SUFFIX_LEN: usize = 65;
 
@@ -313,8 +341,77 @@ pub struct VerifyReport {
     pub last_checkpoint_seq: u64,
     /// The first sequence number that is bad, missing or unvouched for, when known.
     pub first_bad_seq: Option<u64>,
-    /// What is wrong, for a human; `None` when the trail verified.
+    /// What is wrong, for a human; `None` when the trail verified. Several
+    /// problems are joined with "; ", the earliest first.
     pub problem: Option<String>,
+    /// Seq of the checkpoint held in the records database that the files
+    /// confirmed (0 if none was held).
+    pub anchored_seq: u64,
+    /// Heads named outside the audit directory (certificates, time-stamped
+    /// heads) that the chain confirmed.
+    pub heads_confirmed: u64,
+}
+
+/// A signed checkpoint as exported and as kept in the records database: the
+/// exact checkpoint line, so anyone can re-check its signature and hash.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignedHead {
+    /// The event seq the checkpoint covers.
+    pub seq: u64,
+    /// The chain hash at `seq`.
+    pub head: [u8; 32],
+    /// The hash of the checkpoint line (what the next checkpoint chains to).
+    pub checkpoint_hash: [u8; 32],
+    /// When it was signed, unix ms.
+    pub time_ms: i64,
+    /// The Ed25519 signature.
+    pub sig: [u8; 64],
+    /// The checkpoint line, without its newline.
+    pub line: String,
+}
+
+impl SignedHead {
+    /// Parses a checkpoint line (canonical form, version 1 or 2).
+    pub fn from_line(line: &[u8]) -> Option<SignedHead> {
+        let cp = parse_checkpoint_line(line)?;
+        Some(SignedHead {
+            seq: cp.seq,
+            head: cp.head,
+            checkpoint_hash: cp.hash,
+            time_ms: cp.time_ms,
+            sig: cp.sig,
+            line: String::from_utf8(line.to_vec()).ok()?,
+        })
+    }
+
+    /// True when the line's signature verifies with `key`.
+    pub fn signature_ok(&self, key: &VerifyingKey) -> bool {
+        parse_checkpoint_line(self.line.as_bytes()).is_some_and(|cp| cp.signature_ok(key))
+    }
+}
+
+/// What is kept outside the audit directory and must agree with it
+/// (see ARCHITECTURE.md, "Audit trail").
+#[derive(Debug, Clone, Default)]
+pub struct Anchors {
+    /// The latest checkpoint written to the records database.
+    pub stored: Option<SignedHead>,
+    /// Heads named elsewhere: certificates of destruction, time-stamped heads.
+    pub heads: Vec<NamedHead>,
+    /// Problems found with the anchors themselves (an unreadable certificate,
+    /// a time-stamp response that does not match its head).
+    pub problems: Vec<String>,
+}
+
+/// A head (seq, chain hash) that something outside the trail vouches for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NamedHead {
+    /// What names it, for the report, e.g. `certificate <id>` (no personal information).
+    pub what: String,
+    /// The seq.
+    pub seq: u64,
+    /// The chain hash claimed at that seq.
+    pub head: [u8; 32],
 }
 
 impl VerifyReport {
@@ -467,6 +564,9 @@ pub struct AuditLog {
     /// The automatic checkpoint being written in the background, if any.
     background: Option<BackgroundCheckpoint>,
     last_checkpoint_seq: u64,
+    /// The last checkpoint known to be durable in `checkpoints.log` (read at
+    /// open, then each one written); the next checkpoint chains to its hash.
+    last_signed: Option<SignedHead>,
     /// An automatic checkpoint that failed; retried before the next append.
     checkpoint_pending: Option<i64>,
     /// A failed write could not be undone: refuse everything until reopened
@@ -516,7 +616,7 @@ impl CheckpointWriter {
 
 /// An automatic checkpoint being written by a background thread.
 struct BackgroundCheckpoint {
-    seq: u64,
+    signed: SignedHead,
     time_ms: i64,
     handle: JoinHandle<(Result<()>, bool)>,
 }
@@ -592,10 +692,10 @@ impl AuditLog {
                 .map_err(|e| unavailable("cannot repair a torn checkpoint line", e))?;
             cp_bytes.truncate(keep);
         }
-        let last_checkpoint_seq = match last_line(&cp_bytes) {
+        let last_signed = match last_line(&cp_bytes) {
             Some(line) => {
                 let cp =
-                    parse_checkpoint_line(line).ok_or(Error::Integrity("audit checkpoints"))?;
+                    SignedHead::from_line(line).ok_or(Error::Integrity("audit checkpoints"))?;
                 if cp.seq > head_seq {
                     return Err(Error::Integrity(
                         "audit trail (truncated before last checkpoint)",
@@ -606,10 +706,11 @@ impl AuditLog {
                         "audit trail (last event does not match the last checkpoint)",
                     ));
                 }
-                cp.seq
+                Some(cp)
             }
-            None => 0,
+            None => None,
         };
+        let last_checkpoint_seq = last_signed.as_ref().map_or(0, |c| c.seq);
         if created || !cp_existed {
             sync_dir(dir).map_err(|e| unavailable("cannot sync the audit directory", e))?;
         }
@@ -630,6 +731,7 @@ impl AuditLog {
             })),
             background: None,
             last_checkpoint_seq,
+            last_signed,
             checkpoint_pending: None,
             poisoned: false,
             line_buf: Vec::with_capacity(512),
@@ -700,8 +802,8 @@ impl AuditLog {
         if self.poisoned {
             return;
         }
-        let (seq, line) = match self.checkpoint_line(time_ms) {
-            Ok(l) => (self.head_seq, l),
+        let (signed, line) = match self.checkpoint_line(time_ms) {
+            Ok(l) => l,
             Err(_) => {
                 self.checkpoint_pending = Some(time_ms);
                 return;
@@ -724,7 +826,7 @@ impl AuditLog {
         match started {
             Ok(handle) => {
                 self.background = Some(BackgroundCheckpoint {
-                    seq,
+                    signed,
                     time_ms,
                     handle,
                 })
@@ -745,7 +847,8 @@ impl AuditLog {
         };
         match bg.handle.join() {
             Ok((Ok(()), _)) => {
-                self.last_checkpoint_seq = self.last_checkpoint_seq.max(bg.seq);
+                self.last_checkpoint_seq = self.last_checkpoint_seq.max(bg.signed.seq);
+                self.last_signed = Some(bg.signed);
                 if self.last_checkpoint_seq == self.head_seq {
                     self.checkpoint_pending = None;
                 }
@@ -764,19 +867,39 @@ impl AuditLog {
         self.settle();
     }
 
-    /// The signed checkpoint line for the current head.
-    fn checkpoint_line(&self, time_ms: i64) -> Result<Vec<u8>> {
-        let sig = self
-            .signer
-            .sign(&checkpoint_message(self.head_seq, &self.head_hash, time_ms));
+    /// The signed checkpoint of the current head, chained to the last
+    /// durable checkpoint (the caller has settled any in flight), and its
+    /// line with the newline.
+    fn checkpoint_line(&self, time_ms: i64) -> Result<(SignedHead, Vec<u8>)> {
+        let prev = self
+            .last_signed
+            .as_ref()
+            .map_or([0u8; 32], |c| c.checkpoint_hash);
+        let sig = self.signer.sign(&checkpoint_message_v2(
+            self.head_seq,
+            &self.head_hash,
+            time_ms,
+            &prev,
+        ));
         let mut line = encode_checkpoint(&Checkpoint {
             seq: self.head_seq,
             head: self.head_hash,
             time_ms,
             sig: sig.to_bytes(),
+            prev: Some(prev),
+            hash: [0; 32],
         })?;
+        let signed = SignedHead::from_line(&line)
+            .ok_or_else(|| Error::AuditUnavailable("cannot encode a checkpoint".into()))?;
         line.push(b'\n');
-        Ok(line)
+        Ok((signed, line))
+    }
+
+    /// The last checkpoint known to be durable (from the files at open, then
+    /// each one written), without waiting for one in flight: what the vault
+    /// copies into the records database.
+    pub fn last_signed(&self) -> Option<&SignedHead> {
+        self.last_signed.as_ref()
     }
 
     /// Signs a checkpoint (seq, head hash, time) now, e.g. at clean close, so
@@ -907,7 +1030,7 @@ impl AuditLog {
             self.checkpoint_pending = None;
             return Ok(());
         }
-        let line = self.checkpoint_line(time_ms)?;
+        let (signed, line) = self.checkpoint_line(time_ms)?;
         let (res, poisoned) = match self.checkpoints.lock() {
             Ok(mut w) => w.write(&self.segment, &line),
             Err(_) => (
@@ -920,6 +1043,7 @@ impl AuditLog {
         self.poisoned |= poisoned;
         res?;
         self.last_checkpoint_seq = self.head_seq;
+        self.last_signed = Some(signed);
         self.checkpoint_pending = None;
         Ok(())
     }
@@ -940,10 +1064,22 @@ impl Drop for AuditLog {
 
 /// Verifies a whole audit directory with only the public key (no vault
 /// needed): every event's sequence and chain hash, every checkpoint's
-/// signature and head, and that the trail reaches the last checkpoint.
-/// Reports the first bad sequence number; never panics on arbitrary bytes.
-/// `Err` only when the directory or a file cannot be read at all.
+/// signature, head and link to the one before, that no more than
+/// [`MAX_UNCHECKPOINTED`] events go without a checkpoint, and that the trail
+/// reaches the last checkpoint. Reports the first bad sequence number; never
+/// panics on arbitrary bytes. `Err` only when the directory or a file cannot
+/// be read at all. [`verify_anchored`] also checks what is kept outside.
 pub fn verify(dir: &Path, key: &VerifyingKey) -> Result<VerifyReport> {
+    verify_anchored(dir, key, &Anchors::default())
+}
+
+/// [`verify`], and cross-checks the anchors kept outside the audit
+/// directory: the checkpoint the records database holds must be in
+/// `checkpoints.log` with the same hash and the chain must have its head,
+/// and every named head (certificates, time-stamped heads) must be the
+/// chain's hash at its seq. Someone who truncates a segment, or edits and
+/// re-chains events, and deletes `checkpoints.log` is caught here.
+pub fn verify_anchored(dir: &Path, key: &VerifyingKey, anchors: &Anchors) -> Result<VerifyReport> {
     if !dir.is_dir() {
         return Err(Error::NotFound("audit directory"));
     }
@@ -955,10 +1091,22 @@ pub fn verify(dir: &Path, key: &VerifyingKey) -> Result<VerifyReport> {
     };
     let (checkpoints, cp_finding) = read_checkpoints(&cp_bytes, key);
 
+    // The chain hashes the anchors ask about, filled in by the walk.
+    let mut wanted: BTreeMap<u64, Option<[u8; 32]>> = BTreeMap::new();
+    if let Some(st) = &anchors.stored {
+        wanted.insert(st.seq, None);
+    }
+    for h in &anchors.heads {
+        wanted.insert(h.seq, None);
+    }
+
     let mut report = VerifyReport::default();
     let mut findings: Vec<Finding> = Vec::new();
     let mut prev = [0u8; 32];
     let mut next_cp = 0usize;
+    // Seqs of the checkpoints that verified, in order, with their line hashes.
+    let mut verified_cps: Vec<(u64, [u8; 32])> = Vec::new();
+    let mut walk_complete = true;
     'walk: for (_, path) in &segments {
         let bytes = fs::read(path)?;
         let name = path
@@ -972,6 +1120,7 @@ pub fn verify(dir: &Path, key: &VerifyingKey) -> Result<VerifyReport> {
                     expected,
                     format!("{name}: the last line is incomplete (a write was cut short or the file was altered)"),
                 ));
+                walk_complete = false;
                 break 'walk;
             }
             match check_line(line, expected, &prev) {
@@ -981,10 +1130,14 @@ pub fn verify(dir: &Path, key: &VerifyingKey) -> Result<VerifyReport> {
                         expected,
                         format!("event {expected} ({name}): {why}"),
                     ));
+                    walk_complete = false;
                     break 'walk;
                 }
             }
             report.events = expected;
+            if let Some(slot) = wanted.get_mut(&expected) {
+                *slot = Some(prev);
+            }
             if let Some(cp) = checkpoints.get(next_cp)
                 && cp.seq == expected
             {
@@ -992,6 +1145,7 @@ pub fn verify(dir: &Path, key: &VerifyingKey) -> Result<VerifyReport> {
                 if cp.head == prev {
                     report.checkpoints += 1;
                     report.last_checkpoint_seq = cp.seq;
+                    verified_cps.push((cp.seq, cp.hash));
                 } else {
                     let good = report.last_checkpoint_seq;
                     findings.push(Finding::at(
@@ -1002,6 +1156,7 @@ pub fn verify(dir: &Path, key: &VerifyingKey) -> Result<VerifyReport> {
                             cp.seq
                         ),
                     ));
+                    walk_complete = false;
                     break 'walk;
                 }
             }
@@ -1019,13 +1174,107 @@ pub fn verify(dir: &Path, key: &VerifyingKey) -> Result<VerifyReport> {
         ));
     }
     findings.extend(cp_finding);
-    // The earliest problem wins; on a tie the chain's own finding (pushed first) does.
-    if let Some(f) = findings
-        .into_iter()
-        .min_by_key(|f| f.seq.unwrap_or(u64::MAX))
+
+    // Mandatory checkpoints: no long run of events without one.
+    let mut from = 0u64;
+    for to in verified_cps
+        .iter()
+        .map(|(s, _)| *s)
+        .chain(std::iter::once(report.events))
     {
-        report.first_bad_seq = f.seq;
-        report.problem = Some(f.problem);
+        if to > from + MAX_UNCHECKPOINTED {
+            findings.push(Finding::at(
+                from + MAX_UNCHECKPOINTED + 1,
+                format!(
+                    "no signed checkpoint covers seq {} to {to} ({} events; at most {MAX_UNCHECKPOINTED} may go \
+                     without one): {CHECKPOINTS_FILE} was deleted or truncated, or checkpoints were removed",
+                    from + 1,
+                    to - from
+                ),
+            ));
+            break;
+        }
+        from = to;
+    }
+
+    let end = report.events;
+    if let Some(st) = &anchors.stored {
+        if !st.signature_ok(key) {
+            findings.push(Finding::none(format!(
+                "the checkpoint the records database holds at seq {} does not verify with the audit key",
+                st.seq
+            )));
+        } else if walk_complete && end < st.seq {
+            findings.push(Finding::at(
+                end + 1,
+                format!(
+                    "segment truncated: the trail ends at seq {end} but the records database holds a checkpoint at seq {}",
+                    st.seq
+                ),
+            ));
+        } else if let Some(Some(h)) = wanted.get(&st.seq) {
+            let mut ok = true;
+            if *h != st.head {
+                ok = false;
+                findings.push(Finding::none(format!(
+                    "events altered and the hashes recomputed: the chain's hash at seq {} differs from the checkpoint \
+                     the records database holds",
+                    st.seq
+                )));
+            }
+            match checkpoints.iter().find(|c| c.seq == st.seq) {
+                Some(c) if c.hash == st.checkpoint_hash => {}
+                Some(_) => {
+                    ok = false;
+                    findings.push(Finding::none(format!(
+                        "{CHECKPOINTS_FILE} deleted or rewritten: its checkpoint at seq {} differs from the one the \
+                         records database holds",
+                        st.seq
+                    )));
+                }
+                None => {
+                    ok = false;
+                    findings.push(Finding::none(format!(
+                        "{CHECKPOINTS_FILE} deleted or truncated: the records database holds a checkpoint at seq {}",
+                        st.seq
+                    )));
+                }
+            }
+            if ok && verified_cps.iter().any(|(s, _)| *s == st.seq) {
+                report.anchored_seq = st.seq;
+            }
+        }
+    }
+    for h in &anchors.heads {
+        match wanted.get(&h.seq) {
+            Some(Some(hash)) if *hash == h.head => report.heads_confirmed += 1,
+            Some(Some(_)) => findings.push(Finding::none(format!(
+                "{} names a head at seq {} that the chain does not have: events up to seq {} were altered",
+                h.what, h.seq, h.seq
+            ))),
+            _ if walk_complete => findings.push(Finding::at(
+                end + 1,
+                format!(
+                    "segment truncated: the trail ends at seq {end} but {} names the head at seq {}",
+                    h.what, h.seq
+                ),
+            )),
+            _ => {}
+        }
+    }
+    findings.extend(anchors.problems.iter().cloned().map(Finding::none));
+
+    // The earliest problem first; on a tie the chain's own finding (pushed first).
+    findings.sort_by_key(|f| f.seq.unwrap_or(u64::MAX));
+    report.first_bad_seq = findings.iter().find_map(|f| f.seq);
+    if !findings.is_empty() {
+        report.problem = Some(
+            findings
+                .into_iter()
+                .map(|f| f.problem)
+                .collect::<Vec<_>>()
+                .join("; "),
+        );
     }
     Ok(report)
 }
@@ -1042,6 +1291,11 @@ impl Finding {
             seq: Some(seq),
             problem,
         }
+    }
+
+    /// A problem with no one sequence number to blame.
+    fn none(problem: String) -> Finding {
+        Finding { seq: None, problem }
     }
 }
 
@@ -1063,12 +1317,26 @@ struct EventLine {
     request_id: Option<String>,
 }
 
-/// The stored form of a checkpoint.
+/// The stored form of a version 1 checkpoint (still read).
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct CheckpointLine {
     seq: u64,
     head: String,
+    time_ms: i64,
+    sig: String,
+}
+
+/// The stored form of a version 2 checkpoint: also the hash of the previous
+/// checkpoint line (zeros for the first), under the signature, so no
+/// checkpoint can be removed or replaced without breaking the next one.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CheckpointLineV2 {
+    v: u8,
+    seq: u64,
+    head: String,
+    prev: String,
     time_ms: i64,
     sig: String,
 }
@@ -1079,6 +1347,21 @@ struct Checkpoint {
     head: [u8; 32],
     time_ms: i64,
     sig: [u8; 64],
+    /// The previous checkpoint's hash (version 2); `None` for version 1.
+    prev: Option<[u8; 32]>,
+    /// The hash of this line.
+    hash: [u8; 32],
+}
+
+impl Checkpoint {
+    fn signature_ok(&self, key: &VerifyingKey) -> bool {
+        let msg = match &self.prev {
+            Some(prev) => checkpoint_message_v2(self.seq, &self.head, self.time_ms, prev),
+            None => checkpoint_message(self.seq, &self.head, self.time_ms),
+        };
+        key.verify_strict(&msg, &Signature::from_bytes(&self.sig))
+            .is_ok()
+    }
 }
 
 /// [`EventLine`] borrowing from a [`NewEvent`], so encoding copies nothing
@@ -1169,31 +1452,92 @@ fn checkpoint_message(seq: u64, head: &[u8; 32], time_ms: i64) -> Vec<u8> {
     m
 }
 
-fn encode_checkpoint(cp: &Checkpoint) -> Result<Vec<u8>> {
-    let line = CheckpointLine {
-        seq: cp.seq,
-        head: hex::encode(cp.head),
-        time_ms: cp.time_ms,
-        sig: hex::encode(cp.sig),
-    };
-    serde_json::to_vec(&line)
-        .map_err(|e| Error::AuditUnavailable(format!("cannot encode a checkpoint: {e}")))
+/// The signed bytes of a version 2 checkpoint: version 1's fields, then the
+/// previous checkpoint's hash.
+fn checkpoint_message_v2(seq: u64, head: &[u8; 32], time_ms: i64, prev: &[u8; 32]) -> Vec<u8> {
+    let mut m = Vec::with_capacity(CHECKPOINT_DOMAIN_V2.len() + 8 + 32 + 8 + 32);
+    m.extend_from_slice(CHECKPOINT_DOMAIN_V2);
+    m.extend_from_slice(&seq.to_be_bytes());
+    m.extend_from_slice(head);
+    m.extend_from_slice(&time_ms.to_be_bytes());
+    m.extend_from_slice(prev);
+    m
 }
 
-/// Parses one checkpoint line (without its newline). Only the canonical
-/// encoding is accepted, so no byte can change without changing a value.
-fn parse_checkpoint_line(line: &[u8]) -> Option<Checkpoint> {
-    let l: CheckpointLine = serde_json::from_slice(line).ok()?;
-    let cp = Checkpoint {
-        seq: l.seq,
-        head: decode_hex_lower::<32>(l.head.as_bytes())?,
-        time_ms: l.time_ms,
-        sig: decode_hex_lower::<64>(l.sig.as_bytes())?,
+/// `SHA-256("pivault-audit-checkpoint-hash-v1" || line)`, the line without its newline.
+fn checkpoint_hash(line: &[u8]) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(CHECKPOINT_HASH_DOMAIN);
+    h.update(line);
+    h.finalize().into()
+}
+
+/// Encodes a checkpoint: version 2 when it has a previous hash, else version 1.
+fn encode_checkpoint(cp: &Checkpoint) -> Result<Vec<u8>> {
+    let r = match &cp.prev {
+        Some(prev) => serde_json::to_vec(&CheckpointLineV2 {
+            v: 2,
+            seq: cp.seq,
+            head: hex::encode(cp.head),
+            prev: hex::encode(prev),
+            time_ms: cp.time_ms,
+            sig: hex::encode(cp.sig),
+        }),
+        None => serde_json::to_vec(&CheckpointLine {
+            seq: cp.seq,
+            head: hex::encode(cp.head),
+            time_ms: cp.time_ms,
+            sig: hex::encode(cp.sig),
+        }),
     };
-    if cp.seq == 0 || serde_json::to_vec(&l).ok()?.as_slice() != line {
-        return None;
-    }
-    Some(cp)
+    r.map_err(|e| Error::AuditUnavailable(format!("cannot encode a checkpoint: {e}")))
+}
+
+/// Parses one checkpoint line (without its newline), version 1 or 2. Only
+/// the canonical encoding is accepted, so no byte can change without
+/// changing a value.
+fn parse_checkpoint_line(line: &[u8]) -> Option<Checkpoint> {
+    let cp = if line.starts_with(b"{\"v\":") {
+        let l: CheckpointLineV2 = serde_json::from_slice(line).ok()?;
+        if l.v != 2 || serde_json::to_vec(&l).ok()?.as_slice() != line {
+            return None;
+        }
+        Checkpoint {
+            seq: l.seq,
+            head: decode_hex_lower::<32>(l.head.as_bytes())?,
+            time_ms: l.time_ms,
+            sig: decode_hex_lower::<64>(l.sig.as_bytes())?,
+            prev: Some(decode_hex_lower::<32>(l.prev.as_bytes())?),
+            hash: checkpoint_hash(line),
+        }
+    } else {
+        let l: CheckpointLine = serde_json::from_slice(line).ok()?;
+        if serde_json::to_vec(&l).ok()?.as_slice() != line {
+            return None;
+        }
+        Checkpoint {
+            seq: l.seq,
+            head: decode_hex_lower::<32>(l.head.as_bytes())?,
+            time_ms: l.time_ms,
+            sig: decode_hex_lower::<64>(l.sig.as_bytes())?,
+            prev: None,
+            hash: checkpoint_hash(line),
+        }
+    };
+    (cp.seq != 0).then_some(cp)
+}
+
+/// True when `checkpoints.log` in `dir` has a line at `seq` whose hash is
+/// `hash` (signatures not checked): whether the checkpoint the records
+/// database holds is still part of the files, so the database copy may
+/// advance. An unreadable file counts as not found.
+pub fn has_checkpoint(dir: &Path, seq: u64, hash: &[u8; 32]) -> bool {
+    let Ok(bytes) = fs::read(dir.join(CHECKPOINTS_FILE)) else {
+        return false;
+    };
+    Lines::new(&bytes).any(|(line, complete)| {
+        complete && parse_checkpoint_line(line).is_some_and(|cp| cp.seq == seq && cp.hash == *hash)
+    })
 }
 
 /// Parses and checks every checkpoint, stopping at the first bad one.
@@ -1209,11 +1553,7 @@ fn read_checkpoints(bytes: &[u8], key: &VerifyingKey) -> (Vec<Checkpoint>, Optio
             let problem = format!("{CHECKPOINTS_FILE} line {line_no} is not a valid checkpoint");
             return (out, Some(Finding { seq: None, problem }));
         };
-        let msg = checkpoint_message(cp.seq, &cp.head, cp.time_ms);
-        if key
-            .verify_strict(&msg, &Signature::from_bytes(&cp.sig))
-            .is_err()
-        {
+        if !cp.signature_ok(key) {
             let problem = format!(
                 "the checkpoint at seq {} ({CHECKPOINTS_FILE} line {line_no}): the signature does not verify with this key",
                 cp.seq
@@ -1223,6 +1563,22 @@ fn read_checkpoints(bytes: &[u8], key: &VerifyingKey) -> (Vec<Checkpoint>, Optio
         if out.last().is_some_and(|p| cp.seq <= p.seq) {
             let problem = format!(
                 "the checkpoint at seq {} ({CHECKPOINTS_FILE} line {line_no}) is out of order",
+                cp.seq
+            );
+            return (out, Some(Finding::at(cp.seq, problem)));
+        }
+        // Chained checkpoints: each signs its predecessor's hash, and once
+        // the chain has begun no unchained (version 1) line may follow.
+        let prev_hash = out.last().map_or([0u8; 32], |p| p.hash);
+        let chained = out.last().is_some_and(|p| p.prev.is_some());
+        let broken = match &cp.prev {
+            Some(p) => *p != prev_hash,
+            None => chained,
+        };
+        if broken {
+            let problem = format!(
+                "the checkpoint at seq {} ({CHECKPOINTS_FILE} line {line_no}) does not chain to the one before it: \
+                 a checkpoint was removed, inserted or replaced",
                 cp.seq
             );
             return (out, Some(Finding::at(cp.seq, problem)));
@@ -1610,6 +1966,149 @@ mod tests {
 
     fn check(dir: &Path) -> VerifyReport {
         verify(dir, &signer().verifying_key()).unwrap()
+    }
+
+    #[test]
+    fn version_1_checkpoints_still_verify_and_version_2_chains_after_them() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("audit");
+        let mut log = AuditLog::open(&dir, signer(), false).unwrap();
+        fill(&mut log, 10);
+        let (head, t) = (log.head_hash(), 1_700_000_000_000);
+        drop(log);
+        // A checkpoint line as an older build wrote it.
+        let sig = signer().sign(&checkpoint_message(10, &head, t)).to_bytes();
+        let v1 = encode_checkpoint(&Checkpoint {
+            seq: 10,
+            head,
+            time_ms: t,
+            sig,
+            prev: None,
+            hash: [0; 32],
+        })
+        .unwrap();
+        write_lines(&dir.join(CHECKPOINTS_FILE), std::slice::from_ref(&v1));
+        let r = check(&dir);
+        assert!(r.ok(), "{r:?}");
+        let mut log = AuditLog::open(&dir, signer(), false).unwrap();
+        fill(&mut log, 5);
+        log.checkpoint(t + 1).unwrap();
+        let signed = log.last_signed().unwrap().clone();
+        drop(log);
+        let cps = lines_of(&dir.join(CHECKPOINTS_FILE));
+        assert_eq!(cps.len(), 2);
+        assert!(cps[1].starts_with(br#"{"v":2,"#));
+        let expected_prev = format!("\"prev\":\"{}\"", hex::encode(checkpoint_hash(&v1)));
+        assert!(String::from_utf8_lossy(&cps[1]).contains(&expected_prev));
+        assert_eq!(SignedHead::from_line(&cps[1]).unwrap(), signed);
+        assert!(signed.signature_ok(&signer().verifying_key()));
+        let r = check(&dir);
+        assert!(r.ok(), "{r:?}");
+        assert_eq!(r.checkpoints, 2);
+
+        // An unchained line after a chained one is a downgrade.
+        let mut l = cps.clone();
+        let sig = signer()
+            .sign(&checkpoint_message(15, &signed.head, t))
+            .to_bytes();
+        l[1] = encode_checkpoint(&Checkpoint {
+            seq: 15,
+            head: signed.head,
+            time_ms: t,
+            sig,
+            prev: None,
+            hash: [0; 32],
+        })
+        .unwrap();
+        l.push(cps[1].clone());
+        write_lines(&dir.join(CHECKPOINTS_FILE), &l);
+        let r = check(&dir);
+        assert!(r.problem.unwrap().contains("out of order"));
+        write_lines(&dir.join(CHECKPOINTS_FILE), &[cps[1].clone()]);
+        let r = check(&dir);
+        assert!(
+            r.problem.unwrap().contains("does not chain"),
+            "v2 line without its predecessor"
+        );
+    }
+
+    #[test]
+    fn more_than_512_events_without_a_checkpoint_is_a_finding() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("audit");
+        let mut log = AuditLog::open(&dir, signer(), false).unwrap();
+        fill(&mut log, 600);
+        drop(log);
+        assert!(check(&dir).ok());
+        let cp = dir.join(CHECKPOINTS_FILE);
+        let cps = lines_of(&cp);
+        assert_eq!(cps.len(), 2); // 256, 512
+        fs::remove_file(&cp).unwrap();
+        let r = check(&dir);
+        assert_eq!(r.first_bad_seq, Some(513), "{r:?}");
+        assert!(
+            r.problem
+                .unwrap()
+                .contains("no signed checkpoint covers seq 1 to 600")
+        );
+        // Only the first: 512 events then a checkpoint is allowed; 88 after it too.
+        write_lines(&cp, &cps[1..]);
+        let r = check(&dir);
+        assert!(
+            r.problem.as_deref().unwrap().contains("does not chain"),
+            "{r:?}"
+        );
+    }
+
+    #[test]
+    fn the_records_database_checkpoint_names_a_truncation_or_a_deleted_checkpoint_log() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("audit");
+        let mut log = AuditLog::open(&dir, signer(), false).unwrap();
+        fill(&mut log, 20);
+        log.checkpoint(5).unwrap();
+        let stored = log.last_signed().cloned();
+        drop(log);
+        let anchors = Anchors {
+            stored: stored.clone(),
+            heads: vec![NamedHead {
+                what: "certificate c1".into(),
+                seq: 12,
+                head: {
+                    let evs = AuditLog::open(&dir, signer(), false)
+                        .unwrap()
+                        .events(&EventFilter::default())
+                        .unwrap();
+                    evs[11].hash
+                },
+            }],
+            problems: vec![],
+        };
+        let key = signer().verifying_key();
+        let r = verify_anchored(&dir, &key, &anchors).unwrap();
+        assert!(r.ok(), "{r:?}");
+        assert_eq!((r.anchored_seq, r.heads_confirmed), (20, 1));
+
+        let cp = dir.join(CHECKPOINTS_FILE);
+        let cps = fs::read(&cp).unwrap();
+        fs::remove_file(&cp).unwrap();
+        let r = verify_anchored(&dir, &key, &anchors).unwrap();
+        assert!(
+            r.problem.unwrap().contains(
+                "checkpoints.log deleted or truncated: the records database holds a checkpoint at seq 20"
+            )
+        );
+        let path = seg1(&dir);
+        let l = lines_of(&path);
+        write_lines(&path, &l[..10]);
+        let r = verify_anchored(&dir, &key, &anchors).unwrap();
+        assert_eq!(r.first_bad_seq, Some(11));
+        let p = r.problem.unwrap();
+        assert!(p.contains("segment truncated: the trail ends at seq 10 but the records database holds a checkpoint at seq 20"), "{p}");
+        assert!(p.contains("certificate c1 names the head at seq 12"), "{p}");
+        write_lines(&path, &l);
+        fs::write(&cp, cps).unwrap();
+        assert!(verify_anchored(&dir, &key, &anchors).unwrap().ok());
     }
 
     #[test]

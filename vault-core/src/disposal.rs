@@ -1053,6 +1053,7 @@ impl Vault {
             let (cp_seq, head) = {
                 let mut log = self.audit.lock().expect("audit lock");
                 log.checkpoint(self.now())?;
+                self.sync_anchor(&log);
                 (log.head_seq(), log.head_hash())
             };
             debug_assert!(cp_seq >= seq);

@@ -139,13 +139,15 @@ pub fn checks(vault: &Vault, now_ms: i64) -> Result<Vec<Check>> {
             .collect::<Vec<_>>()
             .join(" "),
     ));
-    vault.settle_audit();
-    let report = crate::audit::verify(&vault.dir().join("audit"), &vault.audit_public_key())?;
+    let report = vault.verify_trail()?;
     out.push(if report.ok() {
         check(
             "audit-trail",
             Level::Ok,
-            format!("{} events, chain and checkpoints verified", report.events),
+            format!(
+                "{} events, chain and checkpoints verified, records-database checkpoint at seq {}, {} outside heads confirmed",
+                report.events, report.anchored_seq, report.heads_confirmed
+            ),
         )
     } else {
         check(

@@ -23,6 +23,7 @@ pub mod keystore;
 pub mod schema;
 pub mod secret;
 mod store;
+pub mod timestamp;
 pub mod vault;
 pub mod views;
 

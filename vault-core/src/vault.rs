@@ -27,6 +27,8 @@ use crate::ids::{CollectionName, RecordId, SubjectId, UserId, Username, VaultId}
 use crate::keystore::Keystore;
 use crate::schema::{Classification, Schema};
 use crate::secret::{SecretKey, SecretString};
+#[path = "anchor.rs"]
+mod anchor;
 #[path = "backup.rs"]
 mod backup;
 #[path = "disposal.rs"]
@@ -42,6 +44,7 @@ mod records;
 
 pub use crate::store::RecordState;
 use crate::store::{self, RecordRow, Store};
+pub use anchor::{AnchorExport, StoredTimestamp};
 pub use backup::{BackupInfo, DEFAULT_BACKUP_DAYS, RestoreReport};
 pub use disposal::{
     ContractorScope, DisposalOutcome, DisposalParties, DisposalRequest, DisposalScope,
@@ -335,6 +338,8 @@ pub struct Vault {
     store: Store,
     keystore: Keystore,
     audit: Mutex<AuditLog>,
+    /// The copy of the latest checkpoint in the records database (`anchor.rs`).
+    anchor: Mutex<anchor::AnchorState>,
     signing: Signing,
     opts: OpenOptions,
     /// Serialises login bookkeeping (failure counters) and user changes.
@@ -516,7 +521,15 @@ impl Vault {
         }
         let env = std::fs::read(&l.signing)?;
         let signing = Signing::open(&unlock, info.vault_id, &env)?;
-        let audit = AuditLog::open(&l.audit, signing.audit.clone(), opts.sync)?;
+        let mut audit = AuditLog::open(&l.audit, signing.audit.clone(), opts.sync)?;
+        let anchor_state = anchor::AnchorState::load(&store, &l.audit)?;
+        if audit.head_seq() > audit.last_checkpoint_seq() {
+            // Events after the last checkpoint (the process ended without a
+            // clean close): cover them now, so that crash after crash never
+            // leaves more than MAX_UNCHECKPOINTED events without one. A
+            // failure here is retried by the next append, which fails closed.
+            let _ = audit.checkpoint(opts.clock.now_ms());
+        }
         let dummy_phc =
             access::hash_password(&SecretString::from("pivault-dummy-password-for-timing"))?;
         let vault = Vault {
@@ -530,6 +543,7 @@ impl Vault {
             store,
             keystore,
             audit: Mutex::new(audit),
+            anchor: Mutex::new(anchor_state),
             signing,
             opts,
             users_lock: Mutex::new(()),
@@ -551,6 +565,9 @@ impl Vault {
             // A slot of an older build binds only the vault ID: replace it
             // with one that binds the whole static part of the header.
             vault.ratchet()?;
+        }
+        if let Ok(log) = vault.audit.lock() {
+            vault.sync_anchor(&log);
         }
         vault.recount_officers()?;
         vault.load_dirty()?;
@@ -637,10 +654,13 @@ impl Vault {
                 "audit failure injected by a test".into(),
             ));
         }
-        self.audit
+        let mut log = self
+            .audit
             .lock()
-            .map_err(|_| Error::AuditUnavailable("audit lock poisoned".into()))?
-            .append(ev)
+            .map_err(|_| Error::AuditUnavailable("audit lock poisoned".into()))?;
+        let seq = log.append(ev)?;
+        self.sync_anchor(&log);
+        Ok(seq)
     }
 
     /// Audits a change that has been written and, if the audit write fails,
@@ -706,10 +726,13 @@ impl Vault {
     /// Closes the vault cleanly: signs a final audit checkpoint.
     pub fn close(self) -> Result<()> {
         let now = self.now();
-        self.audit
+        let mut log = self
+            .audit
             .lock()
-            .map_err(|_| Error::AuditUnavailable("audit lock poisoned".into()))?
-            .checkpoint(now)
+            .map_err(|_| Error::AuditUnavailable("audit lock poisoned".into()))?;
+        log.checkpoint(now)?;
+        self.sync_anchor(&log);
+        Ok(())
     }
 
     // ----- users and sessions -------------------------------------------
@@ -1342,8 +1365,7 @@ impl Vault {
     /// Verifies the whole audit trail (officer, auditor).
     pub fn audit_verify(&self, s: &Session) -> Result<VerifyReport> {
         self.authorize(s, Some(Permission::ReadAudit))?;
-        self.settle_audit();
-        let report = audit::verify(&Layout::of(&self.dir).audit, &self.audit_public_key())?;
+        let report = self.verify_trail()?;
         let outcome = if report.ok() {
             Ok(())
         } else {

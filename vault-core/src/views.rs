@@ -134,6 +134,7 @@ pub fn verify(r: &VerifyReport) -> Value {
     json!({
         "ok": r.ok(), "events": r.events, "checkpoints": r.checkpoints,
         "last_checkpoint_seq": r.last_checkpoint_seq, "first_bad_seq": r.first_bad_seq, "problem": r.problem,
+        "anchored_seq": r.anchored_seq, "heads_confirmed": r.heads_confirmed,
     })
 }
 

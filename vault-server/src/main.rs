@@ -80,6 +80,10 @@ struct Args {
     /// orphaned keys destroyed by rotation, ratchet and purge); 0: off.
     #[arg(long, default_value_t = 24, value_name = "HOURS")]
     maintenance_hours: u64,
+    /// Seconds between time-based audit checkpoints (signed, and copied
+    /// into the records database) when events were appended; 0: off.
+    #[arg(long, default_value_t = 300, value_name = "SECS")]
+    checkpoint_secs: u64,
     /// Print the OpenAPI document and exit.
     #[arg(long)]
     print_openapi: bool,
@@ -220,6 +224,10 @@ fn run(args: Args) -> anyhow::Result<()> {
         let every = Duration::from_secs(args.maintenance_hours * 3600);
         rt.spawn(maintenance_timer(app.clone(), every));
     }
+    if args.checkpoint_secs > 0 {
+        let every = Duration::from_secs(args.checkpoint_secs);
+        rt.spawn(checkpoint_timer(app.clone(), every));
+    }
     rt.block_on(serve(app.clone(), args.bind, tls))?;
     // Every request has finished; blocking work (a disposal step) too once
     // the runtime is gone. Then the vault is closed cleanly.
@@ -259,6 +267,30 @@ async fn maintenance_timer(app: Arc<App>, every: Duration) {
                 e.code()
             ),
             Err(_) => eprintln!("pivault-server: maintenance ratchet panicked"),
+        }
+    }
+}
+
+/// Signs an audit checkpoint every `every` when events were appended since
+/// the last one, so a quiet vault's latest events are covered (and anchored
+/// in the records database) without waiting for 256 more or a clean stop.
+async fn checkpoint_timer(app: Arc<App>, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        if app.is_draining() {
+            return;
+        }
+        let vault = app.vault().clone();
+        match tokio::task::spawn_blocking(move || vault.checkpoint_now()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => eprintln!(
+                "pivault-server: audit checkpoint failed ({}): {e}",
+                e.code()
+            ),
+            Err(_) => eprintln!("pivault-server: audit checkpoint panicked"),
         }
     }
 }

@@ -1269,6 +1269,43 @@ async fn audit_verify(State(app): State<Arc<App>>, rc: RequestContext, t: Bearer
     ok(views::verify(&r))
 }
 
+/// Sign the current audit head and export it for an outside witness: the
+/// head (JSON text, the exact bytes stamped) and an RFC 3161 time-stamp
+/// request over its SHA-256 (DER, hex).
+#[utoipa::path(post, path = "/v1/audit/anchor", tag = "audit", security(("bearer" = [])),
+    responses((status = 200, body = Object), (status = 403, body = Problem)))]
+async fn audit_anchor(State(app): State<Arc<App>>, rc: RequestContext, t: Bearer) -> Res {
+    let a = app.as_user_long(&rc, t, |v, s| v.audit_anchor(s)).await?;
+    ok(json!({ "seq": a.seq, "head": a.head_json, "request_hex": hex::encode(a.request) }))
+}
+
+/// Store an RFC 3161 time-stamp response (DER, hex in `tsr_hex`) for a
+/// head exported by `/v1/audit/anchor`; `audit verify` re-checks it.
+#[utoipa::path(post, path = "/v1/audit/timestamp", tag = "audit", security(("bearer" = [])),
+    responses((status = 200, body = Object), (status = 403, body = Problem), (status = 422, body = Problem)))]
+async fn audit_timestamp(
+    State(app): State<Arc<App>>,
+    rc: RequestContext,
+    t: Bearer,
+    Body(req): Body<TimestampReq>,
+) -> Res {
+    let tsr = hex::decode(&req.tsr_hex).map_err(|_| ApiError::invalid("tsr_hex: not hex"))?;
+    let r = app
+        .as_user_long(&rc, t, move |v, s| v.audit_timestamp(s, &tsr))
+        .await?;
+    ok(json!({
+        "seq": r.seq, "status": r.info.status, "gen_time": r.info.gen_time, "serial": r.info.serial,
+    }))
+}
+
+/// Body of `POST /v1/audit/timestamp`.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+struct TimestampReq {
+    /// The time-stamp response, DER, hex.
+    tsr_hex: String,
+}
+
 /// Per-user activity report.
 #[utoipa::path(get, path = "/v1/audit/report", tag = "audit", security(("bearer" = [])), params(ReportQuery),
     responses((status = 200, body = Object), (status = 403, body = Problem)))]
@@ -1383,7 +1420,7 @@ impl Modify for BearerScheme {
           get_record, reveal_record, update_record, import, resolve_subject, dispose, list_disposals,
           retry_disposal, show_retention, set_retention, retention_due, retention_run, list_holds, add_hold,
           remove_hold, show_certificate, certificate_file, certificate_html, validate_certificate,
-          cosign_certificate, keys, assign_contractor, audit_events, audit_verify, audit_report, review,
+          cosign_certificate, keys, assign_contractor, audit_events, audit_verify, audit_anchor, audit_timestamp, audit_report, review,
           maintenance, healthz, readyz, openapi_doc),
     components(schemas(Problem))
 )]
@@ -1440,6 +1477,8 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/contractors/{name}", put(assign_contractor))
         .route("/v1/audit/events", get(audit_events))
         .route("/v1/audit/verify", get(audit_verify))
+        .route("/v1/audit/anchor", post(audit_anchor))
+        .route("/v1/audit/timestamp", post(audit_timestamp))
         .route("/v1/audit/report", get(audit_report))
         .route("/v1/review", post(review))
         .route("/v1/maintenance", post(maintenance))

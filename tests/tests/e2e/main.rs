@@ -1,6 +1,7 @@
 //! The one integration-test binary of pivault: real RocksDB databases in
 //! temp dirs, the real `pivault` binary, real child processes killed.
 
+mod audit_anchor;
 mod backup;
 mod cli;
 mod cli_output;

@@ -1094,6 +1094,7 @@ fn normalize(v: &Value) -> Value {
                         | "events"
                         | "checkpoints"
                         | "last_checkpoint_seq"
+                        | "anchored_seq"
                         | "seq"
                         | "from"
                         | "to" => json!(0),
@@ -1390,4 +1391,50 @@ fn the_same_cli_scenario_runs_locally_and_through_the_server() {
     for (_, _, pw) in cli::USERS {
         assert!(!t.contains(pw), "a password was printed");
     }
+}
+
+// ----- issue 10: the audit trail anchored outside its directory ----------------------
+
+/// `POST /v1/audit/anchor` exports the signed head and a time-stamp request;
+/// `POST /v1/audit/timestamp` refuses what is no response for an exported
+/// head (422; the openssl round trip is in `audit_anchor.rs`); and
+/// `--checkpoint-secs` signs a checkpoint of a quiet server's latest events.
+#[test]
+fn audit_anchor_over_http_and_the_time_based_checkpoint() {
+    let srv = start(&["--checkpoint-secs", "1"]);
+    let officer = srv.token("officer");
+    let clerk = srv.token("clerk");
+    let a = srv.call("POST", "/v1/audit/anchor", Some(&officer), None);
+    assert_eq!(a.status, 200, "{a:?}");
+    let v = a.json();
+    let head: Value = serde_json::from_str(v["head"].as_str().unwrap()).unwrap();
+    assert_eq!(head["seq"], v["seq"]);
+    let request = hex::decode(v["request_hex"].as_str().unwrap()).unwrap();
+    assert_eq!(request[0], 0x30, "a DER TimeStampReq");
+    srv.call("POST", "/v1/audit/anchor", Some(&clerk), None)
+        .problem(403, "permission_denied");
+    let not_for_us = vault_core::timestamp::request(&[3u8; 32], 1);
+    srv.call(
+        "POST",
+        "/v1/audit/timestamp",
+        Some(&officer),
+        Some(&serde_json::json!({ "tsr_hex": hex::encode(not_for_us) })),
+    )
+    .problem(422, "invalid_input");
+
+    // Events after the anchor, then quiet: the timer covers them.
+    srv.call("GET", "/v1/whoami", Some(&officer), None);
+    let cp = srv.vault_dir.join("audit").join("checkpoints.log");
+    let count = || std::fs::read_to_string(&cp).unwrap().lines().count();
+    let before = count();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while count() == before {
+        assert!(Instant::now() < deadline, "no time-based checkpoint");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let r = srv.call("GET", "/v1/audit/verify", Some(&officer), None);
+    assert_eq!(r.json()["ok"], true, "{}", r.text);
+    assert!(r.json()["anchored_seq"].as_u64().unwrap() > v["seq"].as_u64().unwrap());
+    let (status, _, _keep) = srv.stop();
+    assert!(status.success());
 }
