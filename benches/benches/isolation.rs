@@ -28,9 +28,7 @@ use std::time::{Duration, Instant};
 
 use vault_core::ids::{RecordId, SubjectId};
 use vault_core::secret::SecretString;
-use vault_core::vault::{
-    Context, DisposalParties, DisposalRequest, DisposalScope, Session, Vault,
-};
+use vault_core::vault::{Context, DisposalParties, DisposalRequest, DisposalScope, Session, Vault};
 
 fn env_or(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -159,7 +157,12 @@ fn main() {
         t.elapsed().as_secs_f64()
     );
     // Every other record goes into the batch: it touches every bucket.
-    let doomed: Vec<RecordId> = ids.iter().step_by(2).take(batch as usize).copied().collect();
+    let doomed: Vec<RecordId> = ids
+        .iter()
+        .step_by(2)
+        .take(batch as usize)
+        .copied()
+        .collect();
     let readable: Arc<Vec<RecordId>> = Arc::new(
         ids.iter()
             .enumerate()

@@ -1222,7 +1222,6 @@ pub(crate) fn import_incomplete(e: vault_core::Error, line_offset: u64) -> anyho
     })
 }
 
-
 fn cmd_import(
     out: &Out,
     vault: &Vault,
@@ -1340,7 +1339,7 @@ fn cmd_audit(out: &Out, vault: &Vault, s: &Session, c: &AuditCmd) -> anyhow::Res
                         "time-stamp response stored for the head at seq {} (TSA time {})",
                         t.seq, t.info.gen_time
                     )
-                })?;
+                });
             } else {
                 let a = vault.audit_anchor(s)?;
                 let (head, tsq) = anchor_paths(path.as_deref(), a.seq);
@@ -1359,7 +1358,7 @@ fn cmd_audit(out: &Out, vault: &Vault, s: &Session, c: &AuditCmd) -> anyhow::Res
                         head.display(),
                         tsq.display()
                     )
-                })?;
+                });
             }
         }
         AuditCmd::Report { since, until } => {

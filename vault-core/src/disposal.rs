@@ -1291,8 +1291,7 @@ impl Vault {
             }
             if let Some(scope) = self.contractor_filter(s)? {
                 let inside = b.records.iter().all(|r| {
-                    scope.collections.contains(&r.collection)
-                        || scope.records.contains(&r.id)
+                    scope.collections.contains(&r.collection) || scope.records.contains(&r.id)
                 });
                 if !inside {
                     return Err(Error::PermissionDenied(
