@@ -663,7 +663,11 @@ impl Vault {
             format!("collection:{collection}"),
             format!("count:{}", report.imported),
         ];
-        if !check_only {
+        // The summary event is written whatever happened; its failure must
+        // not hide the rows already stored (each has its own event).
+        let summary = if check_only {
+            Ok(0)
+        } else {
             self.audit(
                 Some(s.user),
                 &s.ctx,
@@ -671,17 +675,20 @@ impl Vault {
                 targets,
                 r.as_ref().map(|_| ()),
                 None,
-            )?;
-        }
-        match r {
-            Ok(()) => Ok(report),
-            Err(e) if report.imported > 0 => Err(Error::ImportIncomplete {
+            )
+        };
+        let failure = match (r, summary) {
+            (Ok(()), Ok(_)) => return Ok(report),
+            (Err(e), _) | (Ok(()), Err(e)) => e,
+        };
+        if report.imported > 0 {
+            return Err(Error::ImportIncomplete {
                 stored: report.imported,
                 last_line: last_stored_line,
-                cause_code: e.code(),
-                cause: e.to_string(),
-            }),
-            Err(e) => Err(e),
+                cause_code: failure.code(),
+                cause: failure.to_string(),
+            });
         }
+        Err(failure)
     }
 }
