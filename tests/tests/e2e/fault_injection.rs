@@ -516,10 +516,13 @@ fn check_run(
                     bad.push(format!("exit 0 but {n} of 2 rows stored"));
                 }
                 // A stopped import must say how many rows it stored.
-                let told = error_message
-                    .split_once("import stopped: ")
-                    .and_then(|(_, rest)| rest.split(' ').next())
-                    .and_then(|k| k.parse::<u64>().ok());
+                // The CLI's `stored` field, or the engine's own wording.
+                let told = error["error"]["stored"].as_u64().or_else(|| {
+                    error_message
+                        .split_once("import stopped: ")
+                        .and_then(|(_, rest)| rest.split(' ').next())
+                        .and_then(|k| k.parse::<u64>().ok())
+                });
                 if said_failed && n > 0 && (error_code != "import_incomplete" || told != Some(n)) {
                     bad.push(format!(
                         "exit {} ({error_code}), nothing printed, but {n} row(s) were stored and the error does not say so: a retry duplicates them",
