@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what a fresh Debian machine with a Rust toolchain lacks to build
-# pivault: clang and libclang for RocksDB's bindings (bindgen), and a C++
-# compiler for RocksDB itself. Idempotent; quiet when all is there.
+# and test pivault: clang and libclang for RocksDB's bindings (bindgen), a
+# C++ compiler for RocksDB itself, strace and openssl for the tests.
+# Idempotent; quiet when all is there.
 set -euo pipefail
 
 need=()
@@ -9,6 +10,10 @@ command -v clang >/dev/null 2>&1 || need+=(clang)
 ldconfig -p 2>/dev/null | grep -q 'libclang\(-[0-9.]*\)\?\.so' || need+=(libclang-dev)
 command -v g++ >/dev/null 2>&1 || need+=(g++)
 command -v make >/dev/null 2>&1 || need+=(make)
+# Tests: fault injection on the vault's files (strace), a throw-away RFC 3161
+# time-stamp authority for the audit-anchor tests (openssl).
+command -v strace >/dev/null 2>&1 || need+=(strace)
+command -v openssl >/dev/null 2>&1 || need+=(openssl)
 
 if [ ${#need[@]} -gt 0 ]; then
   echo "setup: installing ${need[*]}" >&2

@@ -24,7 +24,9 @@ const EXIT_OUTPUT_FAILED: i32 = 16;
 /// What Rust exits with when `main` panics.
 const EXIT_PANIC: i32 = 101;
 
-/// Whether `strace` can run here (installed, and ptrace permitted).
+/// Whether `strace` can run here (installed, and ptrace permitted). It must:
+/// `scripts/setup.sh` installs it, and a test that cannot inject its fault
+/// fails rather than passing unseen.
 fn strace_works() -> bool {
     let ok = Command::new("strace")
         .args(["-qq", "-o", "/dev/null", "true"])
@@ -32,9 +34,10 @@ fn strace_works() -> bool {
         .stderr(Stdio::null())
         .status()
         .is_ok_and(|s| s.success());
-    if !ok {
-        eprintln!("skipped: strace is not available to inject faults");
-    }
+    assert!(
+        ok,
+        "strace cannot run here: install it (scripts/setup.sh) and allow ptrace"
+    );
     ok
 }
 
