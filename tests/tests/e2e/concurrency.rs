@@ -629,6 +629,9 @@ struct ModelRecord {
 #[derive(Default)]
 struct Model {
     records: HashMap<RecordId, ModelRecord>,
+    /// Every record a certificate named, even one whose creator has not
+    /// entered it yet (its put and a disposal of its subject can cross).
+    named: HashMap<RecordId, CertificateId>,
     certificates: Vec<CertificateId>,
 }
 
@@ -688,6 +691,7 @@ fn model_op(
             let mut m = model.lock().unwrap();
             m.certificates.push(cert);
             for id in &outcome.records {
+                m.named.insert(*id, cert);
                 if let Some(r) = m.records.get_mut(id) {
                     r.disposed_by = Some(cert);
                 }
@@ -704,14 +708,16 @@ fn model_op(
                 .put_record(&fx.clerk, CUSTOMERS, subject, &body(n))
                 .unwrap_or_else(|e| panic!("seed {seed}: put: {e}"));
             let wrapped = wrapped_keys(fx, id, subject);
-            model.lock().unwrap().records.insert(
+            let mut m = model.lock().unwrap();
+            let disposed_by = m.named.get(&id).copied();
+            m.records.insert(
                 id,
                 ModelRecord {
                     subject,
                     owner: me,
                     family: family(n),
                     wrapped,
-                    disposed_by: None,
+                    disposed_by,
                 },
             );
         }

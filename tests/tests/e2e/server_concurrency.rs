@@ -120,6 +120,10 @@ struct ModelRecord {
 #[derive(Default)]
 struct Model {
     records: HashMap<String, ModelRecord>,
+    /// Every record a certificate named, even one whose creator has not
+    /// entered it in the model yet (its put answer and a disposal of its
+    /// subject can cross).
+    named: HashMap<String, String>,
     certificates: BTreeSet<String>,
     /// Answers seen, by operation and status (for the summary).
     answers: BTreeMap<String, u64>,
@@ -222,6 +226,7 @@ impl Client<'_> {
         let mut m = self.model.lock().unwrap();
         m.certificates.insert(cert.to_owned());
         for id in &ids {
+            m.named.insert(id.clone(), cert.to_owned());
             if let Some(r) = m.records.get_mut(id) {
                 match &r.disposed_by {
                     Some(c) if c != cert => panic!(
@@ -251,13 +256,15 @@ impl Client<'_> {
             .as_str()
             .expect("record_id")
             .to_owned();
-        self.model.lock().unwrap().records.insert(
+        let mut m = self.model.lock().unwrap();
+        let disposed_by = m.named.get(&id).cloned();
+        m.records.insert(
             id,
             ModelRecord {
                 subject,
                 owner: self.me,
                 family: family(n),
-                disposed_by: None,
+                disposed_by,
             },
         );
     }
@@ -418,13 +425,14 @@ impl Client<'_> {
         assert_eq!(got, want, "seed {}: imported rows read back", self.seed);
         let mut m = self.model.lock().unwrap();
         for (id, f) in ids.into_iter().zip(read) {
+            let disposed_by = m.named.get(&id).cloned();
             m.records.insert(
                 id,
                 ModelRecord {
                     subject: subject.clone(),
                     owner: self.me,
                     family: f,
-                    disposed_by: None,
+                    disposed_by,
                 },
             );
         }
