@@ -341,6 +341,18 @@ impl CliVault {
         let mut c = self.user_command(Some("admin"), &args);
         c.env("PIVAULT_NEW_PASSWORD_FILE", self.password_file(name));
         let r = self.exec(c, &args.join(" "));
+        if role == "officer" && r.code == 13 {
+            // A second officer waits for the first officer's approval
+            // (two-person rule): exit 13, the request ID on stderr.
+            let i = r
+                .stderr
+                .find("req_")
+                .unwrap_or_else(|| panic!("no request ID: {}", r.stderr));
+            let id = &r.stderr[i..i + 36];
+            let a = ["--json", "user", "approve", id];
+            self.run(Some("officer"), &a).ok();
+            return;
+        }
         r.ok();
         let v = r.json();
         assert_eq!(v["username"], name, "{v}");

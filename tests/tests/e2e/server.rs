@@ -669,14 +669,15 @@ fn lockout_disable_and_expiry_over_http() {
     let srv = start(&["--logins-per-minute", "10000", "--token-ttl-secs", "2"]);
     let admin = srv.token("admin");
     let clerk = srv.token("clerk");
-    // Five wrong passwords lock the account (the fifth answers "locked");
-    // then the right one is refused too.
-    for i in 0..4 {
+    // Five wrong passwords lock the account; every wrong password answers
+    // 401, locked or not (an outsider cannot tell a locked account from an
+    // unknown user); only the right one learns "locked".
+    for i in 0..5 {
         srv.login("auditor", &format!("wrong-password-attempt-{i}"))
             .problem(401, "auth_failed");
     }
-    srv.login("auditor", "wrong-password-attempt-4")
-        .problem(423, "account_locked");
+    srv.login("auditor", "wrong-password-attempt-5")
+        .problem(401, "auth_failed");
     let locked = srv.login("auditor", USERS[3].2);
     locked.problem(423, "account_locked");
     let officer = srv.token("officer");
