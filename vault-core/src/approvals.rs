@@ -290,6 +290,8 @@ impl Vault {
                     let mut row = self.user_row(uid)?.ok_or(Error::NotFound("user"))?;
                     let before = row.clone();
                     if req.kind == RequestKind::Role.as_str() {
+                        // The last active admin does not leave its role this way either.
+                        self.check_last_of_role(&row, false, Some(Role::parse(&req.role)?))?;
                         row.role = req.role.clone();
                     } else {
                         row.password_phc = req.password_phc.clone().unwrap_or_default();

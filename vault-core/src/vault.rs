@@ -1274,6 +1274,7 @@ impl Vault {
             if let Some(row) = self.user_by_name(&name)?
                 && row.id != me
                 && row.role != Role::Officer.as_str()
+                && self.check_last_of_role(&row, false, Some(role)).is_ok()
             {
                 let req = approvals::PendingRow::role(&row, role, s.user, self.now());
                 return Err(self.create_request(s, req));
