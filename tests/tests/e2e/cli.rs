@@ -1084,3 +1084,28 @@ fn doctor_names_world_readable_header() {
     r.code(EXIT_UNSAFE_CONFIG);
     assert!(r.stdout.contains("header-permissions"), "{}", r.stdout);
 }
+
+/// Issue 10: `user passwd` on yourself checks the current password (from
+/// PIVAULT_PASSWORD_FILE); an admin's officer grant waits for approval (13).
+#[test]
+fn cli_own_passwd_and_pending_officer_grant() {
+    let v = CliVault::standard();
+    let new = "Cli-Fresh-Pintail-Pass-48";
+    let nf = v.input_file("new-pw", &format!("{new}\n"));
+    let args = ["--json", "user", "passwd"];
+    let mut c = v.user_command(Some("clerk"), &args);
+    c.env("PIVAULT_NEW_PASSWORD_FILE", &nf);
+    v.exec(c, "user passwd").ok();
+    write_private(&v.password_file("clerk"), format!("{new}\n").as_bytes());
+    v.run(Some("clerk"), &["--json", "collection", "list"]).ok();
+
+    let r = v.run(
+        Some("admin"),
+        &["--json", "user", "role", "clerk", "officer"],
+    );
+    r.code(13);
+    assert!(r.stderr.contains("approval_required"), "{}", r.stderr);
+    let list = v.run(Some("officer"), &["--json", "user", "requests"]);
+    list.ok();
+    assert_eq!(list.json().as_array().map(Vec::len), Some(1));
+}
