@@ -15,7 +15,7 @@
 //! | 10 | wrong vault passphrase |
 //! | 11 | storage or file-system error |
 //! | 12 | `doctor` found an unsafe setting |
-//! | 13 | refused by policy (no security officer; already exists; legal hold; record in an unfinished disposal; rotation blocked by an unreadable key) |
+//! | 13 | refused by policy (no security officer; pending a second officer's approval (`approval_required`); already exists; legal hold; record in an unfinished disposal; rotation blocked by an unreadable key) |
 //! | 14 | disposal verification failed: no certificate issued |
 //! | 15 | completed, but the vault could not be closed cleanly: the output is valid, do not retry |
 //! | 16 | completed, but the output could not be written: stderr names the result, do not retry |
@@ -75,6 +75,7 @@ pub fn for_code(code: &str) -> u8 {
         "storage" | "io" | "audit_unavailable" | "import_incomplete" | "writes_fenced" => STORAGE,
         "unsafe_permissions" => UNSAFE_CONFIG,
         "no_officer"
+        | "approval_required"
         | "already_exists"
         | "legal_hold"
         | "disposal_in_progress"

@@ -419,13 +419,27 @@ enum UserCmd {
         /// New role.
         role: String,
     },
-    /// Change a password (your own, or anyone's as admin).
+    /// Change a password: your own (the current one is asked again, or read
+    /// from --password-file), or anyone else's as admin (an officer's waits
+    /// for a second officer's approval).
     Passwd {
         /// Username (default: yourself).
         name: Option<String>,
         /// File holding the new password.
         #[arg(long, env = "PIVAULT_NEW_PASSWORD_FILE", value_name = "FILE")]
         new_password_file: Option<PathBuf>,
+    },
+    /// List pending two-person requests (officer grant, reveal grant, officer password reset).
+    Requests,
+    /// Approve a pending request (an officer other than the requester).
+    Approve {
+        /// Request ID (req_…).
+        id: String,
+    },
+    /// Reject a pending request (an officer, or the requester).
+    Reject {
+        /// Request ID (req_…).
+        id: String,
     },
 }
 
@@ -942,11 +956,54 @@ fn cmd_user(cli: &Cli, out: &Out, vault: &Vault, s: &Session, c: &UserCmd) -> an
                 "password",
                 "PIVAULT_NEW_PASSWORD_FILE",
             )?;
-            vault.set_password(s, &name, &pw)?;
+            if Some(&name) == cli.user.as_ref() {
+                let current = secret(
+                    cli.password_file.as_deref(),
+                    "Current password: ",
+                    "current password",
+                    "PIVAULT_PASSWORD_FILE",
+                )?;
+                vault.change_own_password(s, &current, &pw)?;
+            } else {
+                vault.set_password(s, &name, &pw)?;
+            }
             out.data(
                 json!({ "username": name, "password_changed": true }),
                 || format!("password of {name} changed"),
             );
+        }
+        UserCmd::Requests => {
+            let reqs = vault.pending_requests(s)?;
+            let v = Value::Array(reqs.iter().map(vault_core::views::pending).collect());
+            out.data(v, || {
+                reqs.iter()
+                    .map(|r| {
+                        format!(
+                            "{}  {}  {} {}{}  by {}  expires {}",
+                            r.id,
+                            r.kind.as_str(),
+                            r.username.as_str(),
+                            r.role,
+                            if r.reveal { " +reveal" } else { "" },
+                            r.requester,
+                            vault_core::clock::format_ms(r.expires_ms)
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            });
+        }
+        UserCmd::Approve { id } => {
+            vault.approve_request(s, id)?;
+            out.data(json!({ "request": id, "approved": true }), || {
+                format!("approved and applied {id}")
+            });
+        }
+        UserCmd::Reject { id } => {
+            vault.reject_request(s, id)?;
+            out.data(json!({ "request": id, "rejected": true }), || {
+                format!("rejected {id}")
+            });
         }
     }
     Ok(exit::OK)

@@ -420,12 +420,39 @@ fn command(cli: &Cli, out: &Out, r: &Remote) -> anyhow::Result<u8> {
                     "password",
                     "PIVAULT_NEW_PASSWORD_FILE",
                 )?;
+                let mut body = json!({ "password": pw.expose() });
+                if Some(&name) == cli.user.as_ref() {
+                    let current = crate::secret(
+                        cli.password_file.as_deref(),
+                        "Current password: ",
+                        "current password",
+                        "PIVAULT_PASSWORD_FILE",
+                    )?;
+                    body["current_password"] = json!(current.expose());
+                }
                 let v = r.call(
                     "PUT",
                     &format!("/v1/users/{}/password", url_part(&name)),
-                    Some(json!({ "password": pw.expose() })),
+                    Some(body),
                 )?;
                 out.data(v, || format!("password of {name} changed"));
+            }
+            UserCmd::Requests => {
+                let v = r.get("/v1/approvals")?;
+                out.data(v.clone(), || {
+                    serde_json::to_string_pretty(&v).unwrap_or_default()
+                });
+            }
+            UserCmd::Approve { id } => {
+                let v = r.post(
+                    &format!("/v1/approvals/{}/approve", url_part(id)),
+                    json!({}),
+                )?;
+                out.data(v, || format!("approved and applied {id}"));
+            }
+            UserCmd::Reject { id } => {
+                let v = r.post(&format!("/v1/approvals/{}/reject", url_part(id)), json!({}))?;
+                out.data(v, || format!("rejected {id}"));
             }
         },
         Command::Collection(c) => match c {

@@ -72,6 +72,12 @@ pub enum Error {
     WritesFenced,
     /// Personal-information writes are refused while no active security officer exists (REQ-WISP-02).
     NoOfficer,
+    /// The change waits for a second security officer's approval (two-person
+    /// rule); nothing changed yet. `request` is the pending request's ID.
+    ApprovalRequired {
+        /// Pending request ID, for `approve_request` / `reject_request`.
+        request: String,
+    },
     /// Another process holds the vault open.
     VaultBusy,
     /// The directory is not a vault, or a vault exists where one was to be created.
@@ -111,6 +117,7 @@ impl Error {
             Error::ImportIncomplete { .. } => "import_incomplete",
             Error::WritesFenced => "writes_fenced",
             Error::NoOfficer => "no_officer",
+            Error::ApprovalRequired { .. } => "approval_required",
             Error::VaultBusy => "vault_busy",
             Error::NotAVault(_) => "not_a_vault",
             Error::UnsafePermissions(_) => "unsafe_permissions",
@@ -165,6 +172,10 @@ impl fmt::Display for Error {
             ),
             Error::NoOfficer => f.write_str(
                 "no active security officer: personal-information writes are refused until an admin designates one (role officer)",
+            ),
+            Error::ApprovalRequired { request } => write!(
+                f,
+                "pending approval (request {request}): a security officer other than you must approve it within 24 h (pivault user approve {request})"
             ),
             Error::VaultBusy => f.write_str(
                 "the vault is held open by another process (a running pivault-server? use --server)",

@@ -29,6 +29,8 @@ use crate::schema::{Classification, Schema};
 use crate::secret::{SecretKey, SecretString};
 #[path = "anchor.rs"]
 mod anchor;
+#[path = "approvals.rs"]
+mod approvals;
 #[path = "backup.rs"]
 mod backup;
 #[path = "disposal.rs"]
@@ -45,6 +47,7 @@ mod records;
 pub use crate::store::RecordState;
 use crate::store::{self, RecordRow, Store};
 pub use anchor::{AnchorExport, StoredTimestamp};
+pub use approvals::{APPROVAL_TTL_MS, PendingRequest, RequestKind};
 pub use backup::{BackupInfo, DEFAULT_BACKUP_DAYS, RestoreReport};
 pub use disposal::{
     ContractorScope, DisposalOutcome, DisposalParties, DisposalRequest, DisposalScope,
@@ -838,8 +841,11 @@ impl Vault {
             return Err(Error::AuthFailed);
         };
         let id: UserId = row.id.parse()?;
+        // The password is checked first, at the same cost, locked or not:
+        // only the right password learns that the account is locked, so a
+        // wrong guess cannot tell a locked account from an unknown user.
+        let ok = access::verify_password(password, &row.password_phc);
         if let Some(until) = row.locked_until_ms.filter(|&t| t > now) {
-            let _ = access::verify_password(password, &self.dummy_phc);
             let e = Error::AccountLocked { until_ms: until };
             self.audit(
                 Some(id),
@@ -849,9 +855,8 @@ impl Vault {
                 Err(&e),
                 None,
             )?;
-            return Err(e);
+            return Err(if ok { e } else { Error::AuthFailed });
         }
-        let ok = access::verify_password(password, &row.password_phc);
         let _g = self.users_lock.lock().expect("users lock");
         row = self.user_row(id)?.ok_or(Error::AuthFailed)?;
         if !ok {
@@ -873,8 +878,9 @@ impl Vault {
                 Err(&Error::AuthFailed),
                 None,
             )?;
-            if let Some(until) = locked {
-                let e = Error::AccountLocked { until_ms: until };
+            if locked.is_some() {
+                // The failure that locks the account answers like any other
+                // wrong password (uniform 401).
                 self.audit(
                     Some(id),
                     &ctx,
@@ -883,7 +889,6 @@ impl Vault {
                     Ok(()),
                     None,
                 )?;
-                return Err(e);
             }
             return Err(Error::AuthFailed);
         }
@@ -1082,6 +1087,36 @@ impl Vault {
     ) -> Result<UserId> {
         self.authorize(s, Some(Permission::ManageUsers))?;
         let name = Username::parse(username)?;
+        let officer_grant =
+            role == Role::Officer && self.active_officers.load(Ordering::SeqCst) > 0;
+        if officer_grant || reveal {
+            // Two-person rule: the new officer or reveal grant waits for a
+            // second officer; only the Argon2id hash of the password is kept.
+            let r = access::check_password_policy(password, &name).and_then(|()| {
+                if self.user_by_name(&name)?.is_some() {
+                    return Err(Error::AlreadyExists("username"));
+                }
+                access::hash_password(password)
+            });
+            match r {
+                Ok(phc) => {
+                    let req =
+                        approvals::PendingRow::create(&name, role, reveal, phc, s.user, self.now());
+                    return Err(self.create_request(s, req));
+                }
+                Err(e) => {
+                    self.audit(
+                        Some(s.user),
+                        &s.ctx,
+                        "user.create",
+                        vec![format!("role:{role}")],
+                        Err(&e),
+                        None,
+                    )?;
+                    return Err(e);
+                }
+            }
+        }
         match self.insert_user(&name, password, role, reveal) {
             Ok(id) => {
                 let targets = vec![id.to_string(), format!("role:{role}")];
@@ -1155,13 +1190,52 @@ impl Vault {
         r
     }
 
-    /// Disables a user (REQ-WISP-07): every session and token of theirs dies at once.
+    /// Refuses a change that would leave the vault without an active admin
+    /// or an active officer (`row` is the target before the change;
+    /// `disable` or the new role says what happens to it).
+    fn check_last_of_role(
+        &self,
+        row: &UserRow,
+        disable: bool,
+        new_role: Option<Role>,
+    ) -> Result<()> {
+        if row.disabled {
+            return Ok(());
+        }
+        for (role, what) in [
+            (Role::Admin, "disable or demote the last active admin"),
+            (
+                Role::Officer,
+                "disable or demote the last active security officer",
+            ),
+        ] {
+            let leaves =
+                row.role == role.as_str() && (disable || new_role.is_some_and(|r| r != role));
+            if !leaves {
+                continue;
+            }
+            let others = self
+                .all_user_rows()?
+                .iter()
+                .filter(|u| !u.disabled && u.role == role.as_str() && u.id != row.id)
+                .count();
+            if others == 0 {
+                return Err(Error::PermissionDenied(what));
+            }
+        }
+        Ok(())
+    }
+
+    /// Disables a user (REQ-WISP-07): every session and token of theirs dies
+    /// at once. The last active admin and the last active officer cannot be
+    /// disabled.
     pub fn disable_user(&self, s: &Session, username: &str) -> Result<UserId> {
         let me = s.user.to_string();
         self.change_user(s, username, "user.disable", |row| {
             if row.id == me {
                 return Err(Error::invalid("you cannot disable your own account"));
             }
+            self.check_last_of_role(row, true, None)?;
             row.disabled = true;
             row.generation += 1;
             Ok(())
@@ -1188,27 +1262,110 @@ impl Vault {
         })
     }
 
-    /// Changes a user's role (admin).
+    /// Changes a user's role (admin). No one changes their own role; the
+    /// last active admin and officer cannot be demoted. Granting the officer
+    /// role needs a second officer's approval ([`Error::ApprovalRequired`])
+    /// unless the vault has no active officer yet (bootstrap).
     pub fn set_role(&self, s: &Session, username: &str, role: Role) -> Result<UserId> {
+        let me = s.user.to_string();
+        if role == Role::Officer && self.active_officers.load(Ordering::SeqCst) > 0 {
+            self.authorize(s, Some(Permission::ManageUsers))?;
+            let name = Username::parse(username)?;
+            if let Some(row) = self.user_by_name(&name)?
+                && row.id != me
+                && row.role != Role::Officer.as_str()
+                && self.check_last_of_role(&row, false, Some(role)).is_ok()
+            {
+                let req = approvals::PendingRow::role(&row, role, s.user, self.now());
+                return Err(self.create_request(s, req));
+            }
+        }
         self.change_user(s, username, &format!("user.role.{role}"), |row| {
+            if row.id == me {
+                return Err(Error::PermissionDenied("change your own role"));
+            }
+            self.check_last_of_role(row, false, Some(role))?;
             row.role = role.as_str().to_owned();
             row.generation += 1;
             Ok(())
         })
     }
 
-    /// Sets a password: your own (with your current one checked by login
-    /// already) or, for an admin, anyone's. Existing sessions of that user end.
+    /// Sets another user's password (admin reset). Existing sessions of
+    /// that user end. Resetting an officer's password needs a second
+    /// officer's approval ([`Error::ApprovalRequired`]). Your own password
+    /// changes only with [`Vault::change_own_password`], which checks the
+    /// current one.
     pub fn set_password(&self, s: &Session, username: &str, new: &SecretString) -> Result<()> {
         let me = self.authorize(s, None)?;
         let name = Username::parse(username)?;
-        if me.username != name.as_str() {
-            self.authorize(s, Some(Permission::ManageUsers))?;
+        if me.username == name.as_str() {
+            let e = Error::invalid(
+                "changing your own password needs your current one (pivault user passwd, or current_password over HTTP)",
+            );
+            self.audit(Some(s.user), &s.ctx, "user.password", vec![], Err(&e), None)?;
+            return Err(e);
         }
-        access::check_password_policy(new, &name)?;
+        self.authorize(s, Some(Permission::ManageUsers))?;
+        if let Err(e) = access::check_password_policy(new, &name) {
+            self.audit(Some(s.user), &s.ctx, "user.password", vec![], Err(&e), None)?;
+            return Err(e);
+        }
+        if let Some(row) = self.user_by_name(&name)?
+            && row.role == Role::Officer.as_str()
+        {
+            let phc = access::hash_password(new)?;
+            let req = approvals::PendingRow::password(&row, phc, s.user, self.now());
+            return Err(self.create_request(s, req));
+        }
+        self.write_password(s, &name, new)
+    }
+
+    /// Changes your own password: the current one is verified first (a
+    /// wrong one counts as a failed login toward the lock-out). Your other
+    /// sessions end; this one ends too (log in again).
+    pub fn change_own_password(
+        &self,
+        s: &Session,
+        current: &SecretString,
+        new: &SecretString,
+    ) -> Result<()> {
+        let me = self.authorize(s, None)?;
+        let name = Username::parse(&me.username)?;
+        let row = self.user_row(s.user)?.ok_or(Error::SessionInvalid)?;
+        if !access::verify_password(current, &row.password_phc) {
+            let _g = self.users_lock.lock().expect("users lock");
+            if let Some(mut row) = self.user_row(s.user)? {
+                row.failures += 1;
+                if row.failures >= self.opts.lockout.max_failures {
+                    row.locked_until_ms =
+                        Some(self.now() + access::lock_duration(&self.opts.lockout, row.lockouts));
+                    row.lockouts += 1;
+                    row.failures = 0;
+                }
+                self.put_user_row(&row)?;
+            }
+            self.audit(
+                Some(s.user),
+                &s.ctx,
+                "user.password",
+                vec![s.user.to_string()],
+                Err(&Error::AuthFailed),
+                None,
+            )?;
+            return Err(Error::AuthFailed);
+        }
+        if let Err(e) = access::check_password_policy(new, &name) {
+            self.audit(Some(s.user), &s.ctx, "user.password", vec![], Err(&e), None)?;
+            return Err(e);
+        }
+        self.write_password(s, &name, new)
+    }
+
+    fn write_password(&self, s: &Session, name: &Username, new: &SecretString) -> Result<()> {
         let _g = self.users_lock.lock().expect("users lock");
         let r = (|| {
-            let mut row = self.user_by_name(&name)?.ok_or(Error::NotFound("user"))?;
+            let mut row = self.user_by_name(name)?.ok_or(Error::NotFound("user"))?;
             let before = row.clone();
             row.password_phc = access::hash_password(new)?;
             row.generation += 1;

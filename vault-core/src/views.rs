@@ -11,8 +11,8 @@ use crate::audit::{AuditEvent, UserActivity, VerifyReport};
 use crate::certificate::Certificate;
 use crate::clock::format_ms;
 use crate::vault::{
-    DisposalOutcome, DisposalSummary, Hold, ImportReport, MaintenanceReport, RecordMeta,
-    RecordState, RecordView, RetentionPolicy,
+    DisposalOutcome, DisposalSummary, Hold, ImportReport, MaintenanceReport, PendingRequest,
+    RecordMeta, RecordState, RecordView, RetentionPolicy,
 };
 
 /// `live` or `disposed`.
@@ -30,6 +30,16 @@ pub fn user(u: &UserInfo) -> Value {
         "state": match u.state { UserState::Active => "active", UserState::Disabled => "disabled" },
         "reveal": u.reveal_grant, "created": format_ms(u.created_ms),
         "last_login": u.last_login_ms.map(format_ms), "locked_until": u.locked_until_ms.map(format_ms),
+    })
+}
+
+/// One pending two-person request (`user requests`): IDs, names, times.
+pub fn pending(r: &PendingRequest) -> Value {
+    json!({
+        "request": r.id, "kind": r.kind.as_str(), "username": r.username.as_str(),
+        "user_id": r.user.map(|u| u.to_string()), "role": r.role.as_str(), "reveal": r.reveal,
+        "requester": r.requester.to_string(), "created": format_ms(r.created_ms),
+        "expires": format_ms(r.expires_ms),
     })
 }
 

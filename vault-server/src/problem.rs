@@ -166,6 +166,7 @@ impl From<Error> for ApiError {
             Error::AlreadyExists(_)
             | Error::LegalHold
             | Error::NoOfficer
+            | Error::ApprovalRequired { .. }
             | Error::DisposalInProgress
             | Error::RotationBlocked(_) => StatusCode::CONFLICT,
             Error::ImportIncomplete { .. } => StatusCode::INTERNAL_SERVER_ERROR,

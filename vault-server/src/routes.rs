@@ -149,6 +149,9 @@ pub struct RoleReq {
 pub struct PasswordReq {
     /// The new password.
     pub password: String,
+    /// Your current password: required to change your own (not for an admin's reset of another user).
+    #[serde(default)]
+    pub current_password: Option<String>,
 }
 
 /// A new collection.
@@ -578,10 +581,59 @@ async fn set_password(
     Body(req): Body<PasswordReq>,
 ) -> Res {
     let pw = SecretString::new(req.password);
+    let current = req.current_password.map(SecretString::new);
     let n2 = name.clone();
-    app.as_user_long(&rc, t, move |v, s| v.set_password(s, &n2, &pw))
-        .await?;
+    app.as_user_long(&rc, t, move |v, s| match current {
+        // Your own password: the current one is verified by the vault.
+        Some(cur) if v.whoami(s)?.username.as_str() == n2 => v.change_own_password(s, &cur, &pw),
+        Some(_) => Err(vault_core::Error::InvalidInput(
+            "current_password is only for changing your own password".into(),
+        )),
+        None => v.set_password(s, &n2, &pw),
+    })
+    .await?;
     ok(json!({ "username": name, "password_changed": true }))
+}
+
+/// Pending two-person requests (admin, officer, auditor).
+#[utoipa::path(get, path = "/v1/approvals", tag = "users", security(("bearer" = [])),
+    responses((status = 200, body = Object), (status = 403, body = Problem)))]
+async fn list_approvals(State(app): State<Arc<App>>, rc: RequestContext, t: Bearer) -> Res {
+    let rs = app.as_user(&rc, t, |v, s| v.pending_requests(s)).await?;
+    ok(Value::Array(rs.iter().map(views::pending).collect()))
+}
+
+/// Approve and apply a pending request (an officer other than the requester).
+#[utoipa::path(post, path = "/v1/approvals/{id}/approve", tag = "users", security(("bearer" = [])),
+    params(("id" = String, Path, description = "request ID")),
+    responses((status = 200, body = Object), (status = 403, body = Problem), (status = 404, body = Problem),
+              (status = 422, body = Problem)))]
+async fn approve_request(
+    State(app): State<Arc<App>>,
+    rc: RequestContext,
+    t: Bearer,
+    Path(id): Path<String>,
+) -> Res {
+    let i2 = id.clone();
+    app.as_user(&rc, t, move |v, s| v.approve_request(s, &i2))
+        .await?;
+    ok(json!({ "request": id, "approved": true }))
+}
+
+/// Reject a pending request (an officer, or the requester).
+#[utoipa::path(post, path = "/v1/approvals/{id}/reject", tag = "users", security(("bearer" = [])),
+    params(("id" = String, Path, description = "request ID")),
+    responses((status = 200, body = Object), (status = 403, body = Problem), (status = 404, body = Problem)))]
+async fn reject_request(
+    State(app): State<Arc<App>>,
+    rc: RequestContext,
+    t: Bearer,
+    Path(id): Path<String>,
+) -> Res {
+    let i2 = id.clone();
+    app.as_user(&rc, t, move |v, s| v.reject_request(s, &i2))
+        .await?;
+    ok(json!({ "request": id, "rejected": true }))
 }
 
 // ----- collections ---------------------------------------------------------------
@@ -1416,7 +1468,7 @@ impl Modify for BearerScheme {
     info(title = "pivault API", description = "Encrypted personal-information records: store, read (masked), dispose of provably. Errors are RFC 9457 problem documents whose `code` matches the CLI's."),
     modifiers(&BearerScheme),
     paths(login, logout, whoami, list_users, add_user, disable_user, enable_user, unlock_user, set_role,
-          set_password, list_collections, create_collection, show_collection, put_record, list_records,
+          set_password, list_approvals, approve_request, reject_request, list_collections, create_collection, show_collection, put_record, list_records,
           get_record, reveal_record, update_record, import, resolve_subject, dispose, list_disposals,
           retry_disposal, show_retention, set_retention, retention_due, retention_run, list_holds, add_hold,
           remove_hold, show_certificate, certificate_file, certificate_html, validate_certificate,
@@ -1451,6 +1503,9 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/users/{name}/unlock", post(unlock_user))
         .route("/v1/users/{name}/role", put(set_role))
         .route("/v1/users/{name}/password", put(set_password))
+        .route("/v1/approvals", get(list_approvals))
+        .route("/v1/approvals/{id}/approve", post(approve_request))
+        .route("/v1/approvals/{id}/reject", post(reject_request))
         .route(
             "/v1/collections",
             get(list_collections).post(create_collection),

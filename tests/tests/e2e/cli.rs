@@ -341,6 +341,18 @@ impl CliVault {
         let mut c = self.user_command(Some("admin"), &args);
         c.env("PIVAULT_NEW_PASSWORD_FILE", self.password_file(name));
         let r = self.exec(c, &args.join(" "));
+        if role == "officer" && r.code == 13 {
+            // A second officer waits for the first officer's approval
+            // (two-person rule): exit 13, the request ID on stderr.
+            let i = r
+                .stderr
+                .find("req_")
+                .unwrap_or_else(|| panic!("no request ID: {}", r.stderr));
+            let id = &r.stderr[i..i + 36];
+            let a = ["--json", "user", "approve", id];
+            self.run(Some("officer"), &a).ok();
+            return;
+        }
         r.ok();
         let v = r.json();
         assert_eq!(v["username"], name, "{v}");
@@ -1071,4 +1083,29 @@ fn doctor_names_world_readable_header() {
     let r = v.exec(c, "doctor (no passphrase)");
     r.code(EXIT_UNSAFE_CONFIG);
     assert!(r.stdout.contains("header-permissions"), "{}", r.stdout);
+}
+
+/// Issue 10: `user passwd` on yourself checks the current password (from
+/// PIVAULT_PASSWORD_FILE); an admin's officer grant waits for approval (13).
+#[test]
+fn cli_own_passwd_and_pending_officer_grant() {
+    let v = CliVault::standard();
+    let new = "Cli-Fresh-Pintail-Pass-48";
+    let nf = v.input_file("new-pw", &format!("{new}\n"));
+    let args = ["--json", "user", "passwd"];
+    let mut c = v.user_command(Some("clerk"), &args);
+    c.env("PIVAULT_NEW_PASSWORD_FILE", &nf);
+    v.exec(c, "user passwd").ok();
+    write_private(&v.password_file("clerk"), format!("{new}\n").as_bytes());
+    v.run(Some("clerk"), &["--json", "collection", "list"]).ok();
+
+    let r = v.run(
+        Some("admin"),
+        &["--json", "user", "role", "clerk", "officer"],
+    );
+    r.code(13);
+    assert!(r.stderr.contains("approval_required"), "{}", r.stderr);
+    let list = v.run(Some("officer"), &["--json", "user", "requests"]);
+    list.ok();
+    assert_eq!(list.json().as_array().map(Vec::len), Some(1));
 }

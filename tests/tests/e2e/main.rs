@@ -11,6 +11,7 @@ mod crash;
 mod disposal;
 mod fault_injection;
 mod forensic;
+mod insiders;
 mod library;
 mod purge_controls;
 mod regressions;

@@ -669,14 +669,15 @@ fn lockout_disable_and_expiry_over_http() {
     let srv = start(&["--logins-per-minute", "10000", "--token-ttl-secs", "2"]);
     let admin = srv.token("admin");
     let clerk = srv.token("clerk");
-    // Five wrong passwords lock the account (the fifth answers "locked");
-    // then the right one is refused too.
-    for i in 0..4 {
+    // Five wrong passwords lock the account; every wrong password answers
+    // 401, locked or not (an outsider cannot tell a locked account from an
+    // unknown user); only the right one learns "locked".
+    for i in 0..5 {
         srv.login("auditor", &format!("wrong-password-attempt-{i}"))
             .problem(401, "auth_failed");
     }
-    srv.login("auditor", "wrong-password-attempt-4")
-        .problem(423, "account_locked");
+    srv.login("auditor", "wrong-password-attempt-5")
+        .problem(401, "auth_failed");
     let locked = srv.login("auditor", USERS[3].2);
     locked.problem(423, "account_locked");
     let officer = srv.token("officer");
@@ -1437,4 +1438,78 @@ fn audit_anchor_over_http_and_the_time_based_checkpoint() {
     assert!(r.json()["anchored_seq"].as_u64().unwrap() > v["seq"].as_u64().unwrap());
     let (status, _, _keep) = srv.stop();
     assert!(status.success());
+}
+
+// ----- issue 10: own password with the current one, two-person rule over HTTP ------
+
+#[test]
+fn own_password_needs_the_current_one_and_approvals_over_http() {
+    let srv = start(&["--logins-per-minute", "10000"]);
+    let clerk = srv.token("clerk");
+    let admin = srv.token("admin");
+    let new = "Http-Fresh-Bittern-Pass-62";
+    // Your own password: without the current one, refused; a wrong one, 401.
+    srv.call(
+        "PUT",
+        "/v1/users/clerk/password",
+        Some(&clerk),
+        Some(&json!({ "password": new })),
+    )
+    .problem(422, "invalid_input");
+    srv.call(
+        "PUT",
+        "/v1/users/clerk/password",
+        Some(&clerk),
+        Some(&json!({ "password": new, "current_password": "Not-The-Current-One-7" })),
+    )
+    .problem(401, "auth_failed");
+    assert_eq!(
+        srv.call(
+            "PUT",
+            "/v1/users/clerk/password",
+            Some(&clerk),
+            Some(&json!({ "password": new, "current_password": USERS[2].2 })),
+        )
+        .status,
+        200
+    );
+    assert_eq!(srv.login("clerk", new).status, 201);
+    // An admin's reset of the officer's password waits for a second officer.
+    let p = srv
+        .call(
+            "PUT",
+            "/v1/users/officer/password",
+            Some(&admin),
+            Some(&json!({ "password": "Http-Reset-Gannet-Pass-35" })),
+        )
+        .problem(409, "approval_required");
+    let detail = p["detail"].as_str().unwrap_or_default().to_owned();
+    let officer = srv.token("officer");
+    let list = srv
+        .call("GET", "/v1/approvals", Some(&officer), None)
+        .json();
+    let reqs = list.as_array().expect("requests");
+    assert_eq!(reqs.len(), 1, "{list}");
+    let id = reqs[0]["request"].as_str().expect("request id").to_owned();
+    assert!(detail.contains(&id), "{detail}");
+    assert_eq!(reqs[0]["kind"], "password_reset");
+    // The requesting admin cannot approve.
+    srv.call(
+        "POST",
+        &format!("/v1/approvals/{id}/approve"),
+        Some(&admin),
+        None,
+    )
+    .problem(403, "permission_denied");
+    assert_eq!(
+        srv.call(
+            "POST",
+            &format!("/v1/approvals/{id}/reject"),
+            Some(&officer),
+            None
+        )
+        .status,
+        200
+    );
+    assert_eq!(srv.login("officer", USERS[1].2).status, 201);
 }

@@ -1,0 +1,383 @@
+//! Issue 10, insiders and stolen credentials: no one changes their own
+//! role; the last active admin and officer stay; the two-person rule for
+//! the officer role, the reveal grant and an officer's password reset; your
+//! own password changes only with the current one; a wrong password on a
+//! locked account answers like any wrong password.
+
+use vault_core::Error;
+use vault_core::access::{Role, UserState};
+use vault_core::audit::{AuditEvent, EventFilter, Outcome};
+use vault_core::clock::Clock;
+use vault_core::secret::SecretString;
+use vault_core::vault::{APPROVAL_TTL_MS, Context, RequestKind, Session, Vault};
+
+use crate::common::{self, Fixture, fast_vault, password_of};
+
+const OFFICER2_PW: &str = "Sec0nd-Officer-Walrus-88";
+
+fn secret(s: &str) -> SecretString {
+    SecretString::from(s)
+}
+
+fn events(f: &Fixture, action: &str) -> Vec<AuditEvent> {
+    f.vault
+        .audit_events(&f.auditor, &EventFilter::default())
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.action == action)
+        .collect()
+}
+
+fn role_of(f: &Fixture, name: &str) -> (Role, UserState) {
+    role_as(f, &f.auditor, name)
+}
+
+fn role_as(f: &Fixture, s: &Session, name: &str) -> (Role, UserState) {
+    let u = f
+        .vault
+        .list_users(s)
+        .unwrap()
+        .into_iter()
+        .find(|u| u.username.as_str() == name)
+        .unwrap_or_else(|| panic!("{name} not found"));
+    (u.role, u.state)
+}
+
+fn pending(r: Result<impl std::fmt::Debug, Error>) -> String {
+    match r {
+        Err(Error::ApprovalRequired { request }) => request,
+        other => panic!("expected a pending approval, got {other:?}"),
+    }
+}
+
+/// Adds `officer2` (approved by the fixture officer) and logs them in.
+fn second_officer(f: &Fixture) -> Session {
+    let v = &f.vault;
+    let req = pending(v.add_user(
+        &f.admin,
+        "officer2",
+        &secret(OFFICER2_PW),
+        Role::Officer,
+        false,
+    ));
+    v.approve_request(&f.officer, &req).unwrap();
+    v.login("officer2", &secret(OFFICER2_PW), Context::cli())
+        .unwrap()
+}
+
+#[test]
+fn no_one_changes_their_own_role() {
+    let tmp = tempfile::tempdir().unwrap();
+    let f = fast_vault(&tmp.path().join("v"));
+    let v = &f.vault;
+    // A second admin, so that "last admin" is not what stops it.
+    v.add_user(
+        &f.admin,
+        "admin2",
+        &secret("Sec0nd-Admin-Heron-51"),
+        Role::Admin,
+        false,
+    )
+    .unwrap();
+    for role in [Role::Officer, Role::Clerk, Role::Auditor] {
+        let r = v.set_role(&f.admin, "admin", role);
+        assert!(
+            matches!(r, Err(Error::PermissionDenied(_))),
+            "{role}: {r:?}"
+        );
+    }
+    assert_eq!(role_of(&f, "admin").0, Role::Admin);
+    // No request was made on the way (self-promotion is not approvable).
+    assert!(v.pending_requests(&f.officer).unwrap().is_empty());
+    let denied = events(&f, "user.role.officer");
+    assert_eq!(denied.len(), 1, "{denied:?}");
+    assert_eq!(denied[0].outcome, Outcome::Denied);
+    assert_eq!(denied[0].actor, Some(f.admin.user()));
+    // Someone else may change it.
+    let admin2 = v
+        .login("admin2", &secret("Sec0nd-Admin-Heron-51"), Context::cli())
+        .unwrap();
+    v.set_role(&admin2, "admin", Role::Auditor).unwrap();
+    assert_eq!(role_as(&f, &admin2, "admin").0, Role::Auditor);
+}
+
+#[test]
+fn the_last_active_admin_and_officer_cannot_be_disabled_or_demoted() {
+    let tmp = tempfile::tempdir().unwrap();
+    let f = fast_vault(&tmp.path().join("v"));
+    let v = &f.vault;
+    // The only officer.
+    let r = v.disable_user(&f.admin, "officer");
+    assert!(matches!(r, Err(Error::PermissionDenied(_))), "{r:?}");
+    for role in [Role::Clerk, Role::Admin] {
+        let r = v.set_role(&f.admin, "officer", role);
+        assert!(
+            matches!(r, Err(Error::PermissionDenied(_))),
+            "{role}: {r:?}"
+        );
+    }
+    assert_eq!(role_of(&f, "officer"), (Role::Officer, UserState::Active));
+    assert!(v.has_active_officer());
+    let denied: Vec<_> = events(&f, "user.disable")
+        .into_iter()
+        .filter(|e| e.outcome == Outcome::Denied)
+        .collect();
+    assert_eq!(denied.len(), 1, "audited as denied: {denied:?}");
+
+    // With a second officer, one of them may go; then the other is the last.
+    let _o2 = second_officer(&f);
+    v.disable_user(&f.admin, "officer").unwrap();
+    let r = v.disable_user(&f.admin, "officer2");
+    assert!(matches!(r, Err(Error::PermissionDenied(_))), "{r:?}");
+    let r = v.set_role(&f.admin, "officer2", Role::Clerk);
+    assert!(matches!(r, Err(Error::PermissionDenied(_))), "{r:?}");
+    assert_eq!(role_of(&f, "officer2"), (Role::Officer, UserState::Active));
+    // A disabled officer does not count as the other one.
+    v.enable_user(&f.admin, "officer").unwrap();
+    v.set_role(&f.admin, "officer2", Role::Clerk).unwrap();
+    let r = v.set_role(&f.admin, "officer", Role::Clerk);
+    assert!(matches!(r, Err(Error::PermissionDenied(_))), "{r:?}");
+
+    // Admins: with two, one may demote or disable the other; the one left
+    // is then the last, and cannot leave its role (nor disable itself).
+    let pw = secret("Sec0nd-Admin-Heron-51");
+    v.add_user(&f.admin, "admin2", &pw, Role::Admin, false)
+        .unwrap();
+    let admin2 = v.login("admin2", &pw, Context::cli()).unwrap();
+    v.disable_user(&admin2, "admin").unwrap();
+    assert!(matches!(
+        v.set_role(&admin2, "admin2", Role::Clerk),
+        Err(Error::PermissionDenied(_))
+    ));
+    assert!(v.disable_user(&admin2, "admin2").is_err());
+    assert_eq!(role_of(&f, "admin2"), (Role::Admin, UserState::Active));
+}
+
+#[test]
+fn officer_grant_needs_a_second_officers_approval() {
+    let tmp = tempfile::tempdir().unwrap();
+    let f = fast_vault(&tmp.path().join("v"));
+    let v = &f.vault;
+    let req = pending(v.set_role(&f.admin, "clerk", Role::Officer));
+    // Nothing changed yet.
+    assert_eq!(role_of(&f, "clerk").0, Role::Clerk);
+    let list = v.pending_requests(&f.admin).unwrap();
+    assert_eq!(list.len(), 1);
+    assert_eq!(list[0].id, req);
+    assert_eq!(list[0].kind, RequestKind::Role);
+    assert_eq!(list[0].role, Role::Officer);
+    assert_eq!(list[0].requester, f.admin.user());
+    assert_eq!(list[0].expires_ms - list[0].created_ms, APPROVAL_TTL_MS);
+    // The requester cannot approve their own request; nor can a non-officer.
+    for s in [&f.admin, &f.clerk, &f.auditor] {
+        let r = v.approve_request(s, &req);
+        assert!(matches!(r, Err(Error::PermissionDenied(_))), "{r:?}");
+    }
+    assert_eq!(role_of(&f, "clerk").0, Role::Clerk);
+    // A different active officer approves: applied.
+    v.approve_request(&f.officer, &req).unwrap();
+    assert_eq!(role_of(&f, "clerk").0, Role::Officer);
+    assert!(v.pending_requests(&f.admin).unwrap().is_empty());
+    // The clerk's old session ends with the role change.
+    assert!(v.whoami(&f.clerk).is_err());
+    assert!(matches!(
+        v.approve_request(&f.officer, &req),
+        Err(Error::NotFound(_))
+    ));
+    // Audited: the request and its approval, by whom.
+    let r = events(&f, "approval.request");
+    assert_eq!(r.len(), 1);
+    assert_eq!(r[0].actor, Some(f.admin.user()));
+    assert!(r[0].targets.contains(&format!("request:{req}")));
+    let a: Vec<_> = events(&f, "approval.approve");
+    let ok: Vec<_> = a.iter().filter(|e| e.outcome == Outcome::Success).collect();
+    assert_eq!(ok.len(), 1);
+    assert_eq!(ok[0].actor, Some(f.officer.user()));
+    assert!(a.iter().filter(|e| e.outcome == Outcome::Denied).count() >= 3);
+}
+
+#[test]
+fn officer_password_reset_needs_approval_and_rejects_are_audited() {
+    let tmp = tempfile::tempdir().unwrap();
+    let f = fast_vault(&tmp.path().join("v"));
+    let v = &f.vault;
+    let o2 = second_officer(&f);
+    // An admin's reset of an officer's password waits; the requesting
+    // admin cannot approve it.
+    let req = pending(v.set_password(&f.admin, "officer", &secret("Reset-Bramble-Hollow-64")));
+    assert!(matches!(
+        v.approve_request(&f.admin, &req),
+        Err(Error::PermissionDenied(_))
+    ));
+    // The old password still works until approval; the new one is nowhere in clear.
+    v.login("officer", &password_of("officer"), Context::cli())
+        .unwrap();
+    assert!(common::files_containing(&f.dir, b"Reset-Bramble-Hollow-64").is_empty());
+    v.reject_request(&o2, &req).unwrap();
+    assert!(v.pending_requests(&o2).unwrap().is_empty());
+    v.login("officer", &password_of("officer"), Context::cli())
+        .unwrap();
+    let rej = events(&f, "approval.reject");
+    assert_eq!(rej.len(), 1);
+    assert_eq!(rej[0].actor, Some(o2.user()));
+
+    // Approved by the second officer: applied.
+    let req = pending(v.set_password(&f.admin, "officer", &secret("Reset-Bramble-Hollow-64")));
+    v.approve_request(&o2, &req).unwrap();
+    assert!(matches!(
+        v.login("officer", &password_of("officer"), Context::cli()),
+        Err(Error::AuthFailed)
+    ));
+    v.login(
+        "officer",
+        &secret("Reset-Bramble-Hollow-64"),
+        Context::cli(),
+    )
+    .unwrap();
+}
+
+#[test]
+fn reveal_grant_and_new_officer_wait_for_approval() {
+    let tmp = tempfile::tempdir().unwrap();
+    let f = fast_vault(&tmp.path().join("v"));
+    let v = &f.vault;
+    let pw = secret("Reveal-Clerk-Osprey-73");
+    let req = pending(v.add_user(&f.admin, "rclerk", &pw, Role::Clerk, true));
+    assert!(matches!(
+        v.login("rclerk", &pw, Context::cli()),
+        Err(Error::AuthFailed)
+    ));
+    assert!(common::files_containing(&f.dir, b"Reveal-Clerk-Osprey-73").is_empty());
+    v.approve_request(&f.officer, &req).unwrap();
+    v.login("rclerk", &pw, Context::cli()).unwrap();
+    let u = v
+        .list_users(&f.admin)
+        .unwrap()
+        .into_iter()
+        .find(|u| u.username.as_str() == "rclerk")
+        .unwrap();
+    assert!(u.reveal_grant);
+    // A plain clerk needs no approval.
+    v.add_user(
+        &f.admin,
+        "pclerk",
+        &secret("Plain-Clerk-Otter-19"),
+        Role::Clerk,
+        false,
+    )
+    .unwrap();
+}
+
+#[test]
+fn bootstrap_first_officer_needs_no_approval() {
+    let tmp = tempfile::tempdir().unwrap();
+    let clock = std::sync::Arc::new(vault_core::clock::ManualClock::new(common::T0));
+    let (a, _, apw) = common::USERS[0];
+    let v: Vault = common::create_vault(&tmp.path().join("v"), &clock, a, apw);
+    let admin = common::login(&v, a);
+    assert!(!v.has_active_officer());
+    v.add_user(
+        &admin,
+        "first",
+        &secret("Primary-Puffin-Tern-27"),
+        Role::Officer,
+        false,
+    )
+    .unwrap();
+    assert!(v.has_active_officer());
+    // The next one waits.
+    pending(v.add_user(
+        &admin,
+        "second",
+        &secret("Backup-Lynx-Marten-36"),
+        Role::Officer,
+        false,
+    ));
+}
+
+#[test]
+fn an_expired_request_cannot_be_approved() {
+    let tmp = tempfile::tempdir().unwrap();
+    let f = fast_vault(&tmp.path().join("v"));
+    let v = &f.vault;
+    let req = pending(v.set_role(&f.admin, "auditor", Role::Officer));
+    f.clock.advance(APPROVAL_TTL_MS);
+    let r = v.approve_request(&f.officer, &req);
+    assert!(matches!(r, Err(Error::InvalidInput(_))), "{r:?}");
+    assert_eq!(role_of(&f, "auditor").0, Role::Auditor);
+    assert!(v.pending_requests(&f.admin).unwrap().is_empty());
+    let failed: Vec<_> = events(&f, "approval.approve");
+    assert_eq!(failed.len(), 1);
+    assert_ne!(failed[0].outcome, Outcome::Success);
+    v.reject_request(&f.officer, &req).unwrap();
+}
+
+#[test]
+fn wrong_password_on_a_locked_account_is_a_plain_auth_failure() {
+    let tmp = tempfile::tempdir().unwrap();
+    let f = fast_vault(&tmp.path().join("v"));
+    let v = &f.vault;
+    let wrong = secret("Not-The-Clerk-Password-9");
+    for i in 0..5 {
+        let r = v.login("clerk", &wrong, Context::cli());
+        assert!(matches!(r, Err(Error::AuthFailed)), "failure {i}: {r:?}");
+    }
+    // Locked now: a wrong password still gets AuthFailed, as an unknown user does.
+    for _ in 0..3 {
+        let r = v.login("clerk", &wrong, Context::cli());
+        assert!(matches!(r, Err(Error::AuthFailed)), "{r:?}");
+    }
+    let r = v.login("no-such-user", &wrong, Context::cli());
+    assert!(matches!(r, Err(Error::AuthFailed)), "{r:?}");
+    // Only the right password learns the lock.
+    let r = v.login("clerk", &password_of("clerk"), Context::cli());
+    assert!(matches!(r, Err(Error::AccountLocked { .. })), "{r:?}");
+    // The attempts on the locked account stay audited as denied.
+    let denied = events(&f, "auth.login")
+        .into_iter()
+        .filter(|e| e.outcome == Outcome::Denied && e.code.as_deref() == Some("account_locked"))
+        .count();
+    assert_eq!(denied, 4);
+    assert_eq!(events(&f, "auth.lockout").len(), 1);
+}
+
+#[test]
+fn changing_your_own_password_needs_the_current_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let f = fast_vault(&tmp.path().join("v"));
+    let v = &f.vault;
+    let new = secret("Brand-New-Fennel-Pass-41");
+    // The admin-reset path refuses your own account.
+    let r = v.set_password(&f.clerk, "clerk", &new);
+    assert!(matches!(r, Err(Error::InvalidInput(_))), "{r:?}");
+    let r = v.set_password(&f.admin, "admin", &new);
+    assert!(matches!(r, Err(Error::InvalidInput(_))), "{r:?}");
+    // A wrong current password fails and changes nothing.
+    let r = v.change_own_password(&f.clerk, &secret("Wrong-Current-Pass-00"), &new);
+    assert!(matches!(r, Err(Error::AuthFailed)), "{r:?}");
+    v.login("clerk", &password_of("clerk"), Context::cli())
+        .unwrap();
+    assert!(matches!(
+        v.login("clerk", &new, Context::cli()),
+        Err(Error::AuthFailed)
+    ));
+    let failed: Vec<_> = events(&f, "user.password")
+        .into_iter()
+        .filter(|e| e.code.as_deref() == Some("auth_failed"))
+        .collect();
+    assert_eq!(failed.len(), 1);
+    // The right one works; the new password logs in, the old no longer.
+    v.change_own_password(&f.clerk, &password_of("clerk"), &new)
+        .unwrap();
+    v.login("clerk", &new, Context::cli()).unwrap();
+    assert!(matches!(
+        v.login("clerk", &password_of("clerk"), Context::cli()),
+        Err(Error::AuthFailed)
+    ));
+    // An admin still resets someone else's (non-officer) password directly.
+    v.set_password(&f.admin, "auditor", &secret("Reset-Plover-Pass-23"))
+        .unwrap();
+    v.login("auditor", &secret("Reset-Plover-Pass-23"), Context::cli())
+        .unwrap();
+    let _ = f.clock.now_ms();
+}
