@@ -244,9 +244,16 @@ fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Runs the maintenance ratchet every `every` (DESIGN §4.1), audited by the
-/// vault as a system action; a failure is reported and retried next time.
-async fn maintenance_timer(app: Arc<App>, every: Duration) {
+/// Runs `job` on the vault every `every` (on the blocking pool, so RocksDB
+/// and fsyncs never hold an async thread) until the server drains; a failure
+/// is reported on stderr and the job runs again at the next tick.
+async fn every_interval<T: Send + 'static>(
+    app: Arc<App>,
+    every: Duration,
+    what: &'static str,
+    job: fn(&vault_core::vault::Vault) -> vault_core::Result<T>,
+    report: fn(&T) -> Option<String>,
+) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.tick().await;
@@ -256,43 +263,49 @@ async fn maintenance_timer(app: Arc<App>, every: Duration) {
             return;
         }
         let vault = app.vault().clone();
-        match tokio::task::spawn_blocking(move || vault.run_scheduled_maintenance()).await {
-            Ok(Ok(r)) if r.epochs.is_some() => eprintln!(
-                "pivault-server: maintenance ratchet: {} bucket(s) rotated, {} orphaned key(s) destroyed, verified {}",
-                r.buckets_rotated, r.orphan_keys_destroyed, r.verified
-            ),
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => eprintln!(
-                "pivault-server: maintenance ratchet failed ({}): {e}",
-                e.code()
-            ),
-            Err(_) => eprintln!("pivault-server: maintenance ratchet panicked"),
+        match tokio::task::spawn_blocking(move || job(&vault)).await {
+            Ok(Ok(r)) => {
+                if let Some(line) = report(&r) {
+                    eprintln!("pivault-server: {what}: {line}");
+                }
+            }
+            Ok(Err(e)) => eprintln!("pivault-server: {what} failed ({}): {e}", e.code()),
+            Err(_) => eprintln!("pivault-server: {what} panicked"),
         }
     }
 }
 
-/// Signs an audit checkpoint every `every` when events were appended since
-/// the last one, so a quiet vault's latest events are covered (and anchored
-/// in the records database) without waiting for 256 more or a clean stop.
+/// The maintenance ratchet (DESIGN §4.1), audited by the vault as a system action.
+async fn maintenance_timer(app: Arc<App>, every: Duration) {
+    every_interval(
+        app,
+        every,
+        "maintenance ratchet",
+        |v| v.run_scheduled_maintenance(),
+        |r| {
+            r.epochs.is_some().then(|| {
+                format!(
+                    "{} bucket(s) rotated, {} orphaned key(s) destroyed, verified {}",
+                    r.buckets_rotated, r.orphan_keys_destroyed, r.verified
+                )
+            })
+        },
+    )
+    .await
+}
+
+/// Signs an audit checkpoint when events were appended since the last one,
+/// so a quiet vault's latest events are covered (and anchored in the records
+/// database) without waiting for 256 more or a clean stop.
 async fn checkpoint_timer(app: Arc<App>, every: Duration) {
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    tick.tick().await;
-    loop {
-        tick.tick().await;
-        if app.is_draining() {
-            return;
-        }
-        let vault = app.vault().clone();
-        match tokio::task::spawn_blocking(move || vault.checkpoint_now()).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => eprintln!(
-                "pivault-server: audit checkpoint failed ({}): {e}",
-                e.code()
-            ),
-            Err(_) => eprintln!("pivault-server: audit checkpoint panicked"),
-        }
-    }
+    every_interval(
+        app,
+        every,
+        "audit checkpoint",
+        |v| v.checkpoint_now(),
+        |_| None,
+    )
+    .await
 }
 
 async fn serve(

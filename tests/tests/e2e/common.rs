@@ -225,3 +225,36 @@ pub fn files_containing(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
         })
         .collect()
 }
+
+/// The seed of a randomised test: `PIVAULT_MODEL_SEED`, or the clock. Tests
+/// print it so a failing run can be replayed.
+pub fn model_seed() -> u64 {
+    std::env::var("PIVAULT_MODEL_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+                | 1
+        })
+}
+
+/// xorshift64*: a small seeded generator, so a run can be replayed.
+pub struct Rng(pub u64);
+
+impl Rng {
+    /// The next 64 random bits.
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    /// A number in `0..n`.
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}

@@ -599,20 +599,6 @@ fn a_failed_undo_fences_the_vault_until_reopen() {
 
 // ----- the concurrent model test -------------------------------------------
 
-/// xorshift64*: a small seeded generator, so a run can be replayed.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
 /// What was acknowledged about one record.
 #[derive(Clone, Debug)]
 struct ModelRecord {
@@ -642,19 +628,6 @@ fn model_secs() -> u64 {
         .unwrap_or(30)
 }
 
-fn model_seed() -> u64 {
-    std::env::var("PIVAULT_MODEL_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-                | 1
-        })
-}
-
 const THREADS: usize = 8;
 const OPS_PER_ROUND: usize = 12;
 const SUBJECTS: usize = 24;
@@ -667,11 +640,11 @@ fn model_op(
     subjects: &[SubjectId],
     backup_dir: &Path,
     me: usize,
-    rng: &mut Rng,
+    rng: &mut common::Rng,
     counter: &mut u64,
     seed: u64,
 ) {
-    let pick_own = |model: &Mutex<Model>, rng: &mut Rng| -> Option<RecordId> {
+    let pick_own = |model: &Mutex<Model>, rng: &mut common::Rng| -> Option<RecordId> {
         let m = model.lock().unwrap();
         let own: Vec<RecordId> = m
             .records
@@ -681,7 +654,7 @@ fn model_op(
             .collect();
         (!own.is_empty()).then(|| own[rng.below(own.len() as u64) as usize])
     };
-    let any_record = |model: &Mutex<Model>, rng: &mut Rng| -> Option<RecordId> {
+    let any_record = |model: &Mutex<Model>, rng: &mut common::Rng| -> Option<RecordId> {
         let m = model.lock().unwrap();
         let all: Vec<RecordId> = m.records.keys().copied().collect();
         (!all.is_empty()).then(|| all[rng.below(all.len() as u64) as usize])
@@ -901,7 +874,7 @@ fn check_model(fx: &Fixture, model: &Mutex<Model>, seed: u64, round: u64) {
 
 #[test]
 fn concurrent_model_every_acknowledged_write_and_certificate_holds() {
-    let seed = model_seed();
+    let seed = common::model_seed();
     eprintln!(
         "concurrent model: seed {seed} (replay with PIVAULT_MODEL_SEED={seed}), {} s",
         model_secs()
@@ -925,7 +898,7 @@ fn concurrent_model_every_acknowledged_write_and_certificate_holds() {
     let model = Mutex::new(Model::default());
     let deadline = Instant::now() + Duration::from_secs(model_secs());
     let mut round = 0u64;
-    let mut rng = Rng(seed);
+    let mut rng = common::Rng(seed);
     while Instant::now() < deadline {
         round += 1;
         let barrier = Barrier::new(THREADS);
@@ -934,7 +907,7 @@ fn concurrent_model_every_acknowledged_write_and_certificate_holds() {
             for (me, s) in seeds.iter().enumerate() {
                 let (fx, model, subjects, barrier, backup_dir) =
                     (&fx, &model, &subjects, &barrier, backup_dir.path());
-                let mut trng = Rng(*s);
+                let mut trng = common::Rng(*s);
                 sc.spawn(move || {
                     barrier.wait();
                     let mut counter = round * 100;

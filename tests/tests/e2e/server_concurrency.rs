@@ -58,33 +58,6 @@ fn model_threads() -> usize {
         .max(8)
 }
 
-fn model_seed() -> u64 {
-    std::env::var("PIVAULT_MODEL_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-                | 1
-        })
-}
-
-/// xorshift64*: a small seeded generator, so a run can be replayed.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
 /// A synthetic SSN, valid for every `n`.
 fn ssn(n: u64) -> String {
     let n = n % 400;
@@ -184,7 +157,7 @@ impl Client<'_> {
         )
     }
 
-    fn pick_own(&mut self, rng: &mut Rng) -> Option<String> {
+    fn pick_own(&mut self, rng: &mut common::Rng) -> Option<String> {
         let m = self.model.lock().unwrap();
         let mut own: Vec<&String> = m
             .records
@@ -196,7 +169,7 @@ impl Client<'_> {
         (!own.is_empty()).then(|| own[rng.below(own.len() as u64) as usize].clone())
     }
 
-    fn pick_any(&mut self, rng: &mut Rng) -> Option<String> {
+    fn pick_any(&mut self, rng: &mut common::Rng) -> Option<String> {
         let m = self.model.lock().unwrap();
         let mut all: Vec<&String> = m.records.keys().collect();
         all.sort();
@@ -239,7 +212,7 @@ impl Client<'_> {
         }
     }
 
-    fn put(&mut self, rng: &mut Rng, n: u64) {
+    fn put(&mut self, rng: &mut common::Rng, n: u64) {
         let subject = self.subjects[rng.below(self.subjects.len() as u64) as usize].clone();
         let collection = if rng.below(4) == 0 { VISITS } else { CUSTOMERS };
         let a = self.call(
@@ -269,7 +242,7 @@ impl Client<'_> {
         );
     }
 
-    fn update(&mut self, rng: &mut Rng, n: u64) {
+    fn update(&mut self, rng: &mut common::Rng, n: u64) {
         let Some(id) = self.pick_own(rng) else {
             return;
         };
@@ -295,7 +268,7 @@ impl Client<'_> {
         }
     }
 
-    fn get_own(&mut self, rng: &mut Rng) {
+    fn get_own(&mut self, rng: &mut common::Rng) {
         let Some(id) = self.pick_own(rng) else {
             return;
         };
@@ -322,7 +295,7 @@ impl Client<'_> {
         }
     }
 
-    fn get_any(&mut self, rng: &mut Rng) {
+    fn get_any(&mut self, rng: &mut common::Rng) {
         let Some(id) = self.pick_any(rng) else {
             return;
         };
@@ -447,7 +420,7 @@ impl Client<'_> {
         }
     }
 
-    fn op(&mut self, rng: &mut Rng) {
+    fn op(&mut self, rng: &mut common::Rng) {
         self.counter += 1;
         let n = (self.me as u64) * 1_000_000 + self.counter;
         let racing: &[(u16, &str)] = &[(409, "disposal_in_progress")];
@@ -635,7 +608,7 @@ fn check_round(srv: &Server, model: &Mutex<Model>, officers: &[String], seed: u6
 
 #[test]
 fn server_concurrent_model_every_acknowledged_write_and_certificate_holds() {
-    let seed = model_seed();
+    let seed = common::model_seed();
     let secs = model_secs();
     let threads = model_threads();
     eprintln!(
@@ -679,7 +652,7 @@ fn server_concurrent_model_every_acknowledged_write_and_certificate_holds() {
         .collect();
     let model = Mutex::new(Model::default());
     let deadline = Instant::now() + Duration::from_secs(secs);
-    let mut rng = Rng(seed);
+    let mut rng = common::Rng(seed);
     let mut counters = vec![0u64; threads];
     let mut round = 0u64;
     while Instant::now() < deadline {
@@ -702,7 +675,7 @@ fn server_concurrent_model_every_acknowledged_write_and_certificate_holds() {
                         counter: counters[me],
                     };
                     let barrier = &barrier;
-                    let mut trng = Rng(*s);
+                    let mut trng = common::Rng(*s);
                     sc.spawn(move || {
                         barrier.wait();
                         for _ in 0..OPS_PER_ROUND {
