@@ -163,6 +163,38 @@ const STEPS: [&str; 8] = [
 /// an unblocked operation to finish, so a missing lock shows as a race won.
 const RACE_WINDOW: Duration = Duration::from_millis(150);
 
+/// Runs a disposal of `scope` that stops at `step`; while it is stopped,
+/// `other` runs on another thread for [`RACE_WINDOW`] and then `during` runs
+/// (the batch still stopped), and the batch goes on. Returns the batch's
+/// outcome and what `other` returned.
+fn race<T: Send + 'static>(
+    fx: &Arc<Fixture>,
+    step: &'static str,
+    scope: DisposalScope,
+    other: impl FnOnce(&Fixture) -> T + Send + 'static,
+    during: impl FnOnce(),
+) -> (vault_core::vault::DisposalOutcome, T) {
+    let (reached, go) = stop_at(&fx.vault, step);
+    let disposer = {
+        let fx = fx.clone();
+        std::thread::spawn(move || fx.vault.dispose(&fx.officer, &request(scope)))
+    };
+    reached
+        .recv_timeout(Duration::from_secs(30))
+        .expect("step reached");
+    let racer = {
+        let fx = fx.clone();
+        std::thread::spawn(move || other(&fx))
+    };
+    std::thread::sleep(RACE_WINDOW);
+    during();
+    go.send(()).unwrap();
+    let outcome = disposer.join().unwrap().expect("disposal");
+    let r = racer.join().unwrap();
+    fx.vault.set_crash_hook(None);
+    (outcome, r)
+}
+
 #[test]
 fn an_update_at_any_step_of_a_disposal_is_destroyed_or_refused() {
     for step in STEPS {
@@ -173,30 +205,16 @@ fn an_update_at_any_step_of_a_disposal_is_destroyed_or_refused() {
             .vault
             .put_record(&fx.clerk, CUSTOMERS, subject, &body(1))
             .unwrap();
-        let v1 = wrapped_keys(&fx, id, subject);
-        let (reached, go) = stop_at(&fx.vault, step);
-        let disposer = {
-            let fx = fx.clone();
-            std::thread::spawn(move || {
-                fx.vault
-                    .dispose(&fx.officer, &request(DisposalScope::Record(id)))
-            })
-        };
-        reached
-            .recv_timeout(Duration::from_secs(30))
-            .expect("step reached");
-        let updater = {
-            let fx = fx.clone();
-            std::thread::spawn(move || fx.vault.update_record(&fx.clerk, id, &body(2)))
-        };
-        std::thread::sleep(RACE_WINDOW);
-        // Whatever the update wrote before the batch went on is captured.
-        let mut wrapped = v1.clone();
-        wrapped.extend(wrapped_keys(&fx, id, subject));
-        go.send(()).unwrap();
-        let outcome = disposer.join().unwrap().expect("disposal");
-        let updated = updater.join().unwrap();
-        fx.vault.set_crash_hook(None);
+        // Every key version the record has, before the batch goes on
+        // (whatever the update wrote included).
+        let mut wrapped = wrapped_keys(&fx, id, subject);
+        let (outcome, updated) = race(
+            &fx,
+            step,
+            DisposalScope::Record(id),
+            move |fx| fx.vault.update_record(&fx.clerk, id, &body(2)),
+            || wrapped.extend(wrapped_keys(&fx, id, subject)),
+        );
         let cert = outcome.certificate_id.expect("certificate");
         let versions = destroyed_versions(&fx.vault, &fx.officer, cert);
         match &updated {
@@ -231,31 +249,18 @@ fn a_put_into_the_batch_bucket_at_any_step_is_never_lost() {
             .vault
             .put_record(&fx.clerk, CUSTOMERS, subject, &body(3))
             .unwrap();
-        let (reached, go) = stop_at(&fx.vault, step);
-        let disposer = {
-            let fx = fx.clone();
-            std::thread::spawn(move || {
-                fx.vault
-                    .dispose(&fx.officer, &request(DisposalScope::Record(doomed)))
-            })
-        };
-        reached
-            .recv_timeout(Duration::from_secs(30))
-            .expect("step reached");
-        let writer = {
-            let fx = fx.clone();
-            std::thread::spawn(move || {
+        let (_, (same, elsewhere)) = race(
+            &fx,
+            step,
+            DisposalScope::Record(doomed),
+            move |fx| {
                 let other = SubjectId::new();
                 let same = fx.vault.put_record(&fx.clerk, CUSTOMERS, subject, &body(4));
                 let elsewhere = fx.vault.put_record(&fx.clerk, CUSTOMERS, other, &body(5));
                 (same, elsewhere)
-            })
-        };
-        std::thread::sleep(RACE_WINDOW);
-        go.send(()).unwrap();
-        disposer.join().unwrap().expect("disposal");
-        let (same, elsewhere) = writer.join().unwrap();
-        fx.vault.set_crash_hook(None);
+            },
+            || {},
+        );
         for (id, n) in [(before, 3), (same.unwrap(), 4), (elsewhere.unwrap(), 5)] {
             let view = fx
                 .vault
@@ -289,20 +294,11 @@ fn an_import_during_a_subject_disposal_is_kept_whole() {
             .iter()
             .flat_map(|id| wrapped_keys(&fx, *id, subject))
             .collect();
-        let (reached, go) = stop_at(&fx.vault, step);
-        let disposer = {
-            let fx = fx.clone();
-            std::thread::spawn(move || {
-                fx.vault
-                    .dispose(&fx.officer, &request(DisposalScope::Subject(subject)))
-            })
-        };
-        reached
-            .recv_timeout(Duration::from_secs(30))
-            .expect("step reached");
-        let importer = {
-            let fx = fx.clone();
-            std::thread::spawn(move || {
+        let (outcome, report) = race(
+            &fx,
+            step,
+            DisposalScope::Subject(subject),
+            move |fx| {
                 let mut lines = String::new();
                 for n in 10..40u64 {
                     let mut b = body(n);
@@ -319,13 +315,10 @@ fn an_import_during_a_subject_disposal_is_kept_whole() {
                     false,
                     &mut |_| {},
                 )
-            })
-        };
-        std::thread::sleep(RACE_WINDOW);
-        go.send(()).unwrap();
-        let outcome = disposer.join().unwrap().expect("disposal");
-        let report = importer.join().unwrap().expect("import");
-        fx.vault.set_crash_hook(None);
+            },
+            || {},
+        );
+        let report = report.expect("import");
         assert_eq!(report.imported, 30, "step {step}");
         let named: BTreeSet<RecordId> = outcome.records.iter().copied().collect();
         for id in &ids {
@@ -358,29 +351,16 @@ fn a_hold_placed_during_a_disposal_is_honoured_or_refused() {
             .vault
             .put_record(&fx.clerk, CUSTOMERS, subject, &body(1))
             .unwrap();
-        let (reached, go) = stop_at(&fx.vault, step);
-        let disposer = {
-            let fx = fx.clone();
-            std::thread::spawn(move || {
-                fx.vault
-                    .dispose(&fx.officer, &request(DisposalScope::Subject(subject)))
-            })
-        };
-        reached
-            .recv_timeout(Duration::from_secs(30))
-            .expect("step reached");
-        let holder = {
-            let fx = fx.clone();
-            std::thread::spawn(move || {
+        let (outcome, held) = race(
+            &fx,
+            step,
+            DisposalScope::Subject(subject),
+            move |fx| {
                 fx.vault
                     .add_hold(&fx.officer, Some(id), None, "litigation notice received")
-            })
-        };
-        std::thread::sleep(RACE_WINDOW);
-        go.send(()).unwrap();
-        let outcome = disposer.join().unwrap().expect("disposal");
-        let held = holder.join().unwrap();
-        fx.vault.set_crash_hook(None);
+            },
+            || {},
+        );
         let disposed = outcome.records.contains(&id);
         match held {
             // The hold landed first: the record was excluded and reads.
