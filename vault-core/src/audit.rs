@@ -468,6 +468,7 @@ impl UserActivity {
 /// could be a fragment of an SSN, card or account number, and the audit trail
 /// must hold no personal information (REQ-MON-02).
 pub fn check_reason(reason: &str) -> Result<()> {
+    check_text("reason", reason, REASON_MAX_CHARS)?;
     if reason.chars().count() > REASON_MAX_CHARS {
         return Err(Error::InvalidInput(format!(
             "reason must be at most {REASON_MAX_CHARS} characters"
@@ -486,6 +487,36 @@ pub fn check_reason(reason: &str) -> Result<()> {
         } else {
             run = 0;
         }
+    }
+    Ok(())
+}
+
+/// Whether `c` is a control character or a bidirectional formatting
+/// character: either can make a signed certificate or an audit line read
+/// differently from what it holds (a right-to-left override, a hidden line
+/// break).
+fn is_deceptive(c: char) -> bool {
+    c.is_control()
+        || matches!(
+            c,
+            '\u{061C}' | '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}'
+        )
+}
+
+/// Checks free text that goes into the audit trail or a signed certificate
+/// kept for years (reasons, titles, party names, contract references): at
+/// most `max` characters, no control and no bidirectional formatting
+/// characters. The error names the field, never the value.
+pub fn check_text(field: &str, text: &str, max: usize) -> Result<()> {
+    if text.chars().count() > max {
+        return Err(Error::InvalidInput(format!(
+            "{field} must be at most {max} characters"
+        )));
+    }
+    if text.chars().any(is_deceptive) {
+        return Err(Error::InvalidInput(format!(
+            "{field} must not contain control or bidirectional formatting characters"
+        )));
     }
     Ok(())
 }
@@ -1849,6 +1880,23 @@ fn sync_dir(dir: &Path) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn free_text_refuses_control_and_bidi_characters_and_names_no_value() {
+        for bad in [
+            "a\u{202E}b",
+            "a\nb",
+            "a\u{2066}b",
+            "a\u{200F}b",
+            "a\u{0007}b",
+        ] {
+            let e = check_text("title", bad, 200).unwrap_err().to_string();
+            assert!(e.contains("title") && !e.contains(bad), "{e}");
+        }
+        assert!(check_text("title", "Records Manager, Ünïcode ok", 200).is_ok());
+        assert!(check_text("title", &"x".repeat(201), 200).is_err());
+        assert!(check_reason("annual review \u{202E}").is_err());
+    }
     use std::str::FromStr;
 
     #[test]

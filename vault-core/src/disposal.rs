@@ -316,6 +316,31 @@ fn not_covered(backups: &[ResidualBackup]) -> Vec<String> {
     v
 }
 
+/// Longest party name, title, address or contract reference on a certificate.
+const PARTY_MAX_CHARS: usize = 200;
+
+/// The parties named on a certificate are free text signed and kept for
+/// years: bounded, with no control or bidirectional formatting characters.
+fn check_parties(p: &DisposalParties) -> Result<()> {
+    let fields = [
+        ("data owner", Some(&p.data_owner)),
+        ("data owner address", p.data_owner_address.as_ref()),
+        ("operator title", p.operator_title.as_ref()),
+        ("operator organisation", p.operator_organisation.as_ref()),
+        (
+            "contractor organisation",
+            p.contractor_organisation.as_ref(),
+        ),
+        ("contract reference", p.contract_reference.as_ref()),
+    ];
+    for (name, value) in fields {
+        if let Some(v) = value {
+            crate::audit::check_text(name, v, PARTY_MAX_CHARS)?;
+        }
+    }
+    Ok(())
+}
+
 fn hold_key(kind: u8, id: &[u8; 16]) -> [u8; 17] {
     let mut k = [0u8; 17];
     k[0] = kind;
@@ -512,6 +537,9 @@ impl Vault {
             )?;
             Err(e)
         };
+        if let Err(e) = check_parties(&req.parties) {
+            return refuse(e);
+        }
         let (rows, excluded, by_contractor) = match self.plan_disposal(s, &req.scope) {
             Ok(p) => p,
             Err(e) => return refuse(e),
@@ -1384,6 +1412,9 @@ impl Vault {
     ) -> Result<Certificate> {
         let me = self.authorize(s, Some(Permission::RecordReview))?;
         let r = (|| {
+            if let Some(t) = title {
+                crate::audit::check_text("title", t, PARTY_MAX_CHARS)?;
+            }
             let bytes = self
                 .store
                 .get(store::CF_CERTIFICATES, id.as_bytes())?

@@ -381,3 +381,76 @@ fn changing_your_own_password_needs_the_current_one() {
         .unwrap();
     let _ = f.clock.now_ms();
 }
+
+/// Free text that goes into signed certificates and the audit trail (party
+/// names, titles, reasons) is bounded and carries no control or
+/// bidirectional formatting character: a right-to-left override could make
+/// a certificate kept for years read differently from what was signed.
+#[test]
+fn control_and_bidi_characters_never_reach_a_certificate_or_the_trail() {
+    use vault_core::ids::SubjectId;
+    use vault_core::vault::{DisposalParties, DisposalRequest, DisposalScope};
+    let tmp = tempfile::tempdir().unwrap();
+    let fx = common::fast_vault(&tmp.path().join("vault"));
+    let id = fx
+        .vault
+        .put_record(
+            &fx.clerk,
+            common::CUSTOMERS,
+            SubjectId::new(),
+            &serde_json::json!({ "given_name": "Text", "family_name": "Checks" }),
+        )
+        .unwrap();
+    let dispose = |owner: &str, reference: Option<&str>| {
+        fx.vault.dispose(
+            &fx.officer,
+            &DisposalRequest {
+                scope: DisposalScope::Record(id),
+                parties: DisposalParties {
+                    data_owner: owner.into(),
+                    contract_reference: reference.map(str::to_owned),
+                    ..DisposalParties::default()
+                },
+                dry_run: false,
+            },
+        )
+    };
+    for (owner, reference) in [
+        ("Example Retail \u{202E}CLL", None),
+        ("Example Retail LLC", Some("PO 77\nVOID")),
+        ("Example\u{2066} Retail", None),
+    ] {
+        match dispose(owner, reference) {
+            Err(vault_core::Error::InvalidInput(m)) => {
+                assert!(!m.contains("Retail") && !m.contains("VOID"), "{m}")
+            }
+            other => panic!("{owner:?} / {reference:?}: {other:?}"),
+        }
+    }
+    let long = "x".repeat(201);
+    assert!(matches!(
+        dispose(&long, None),
+        Err(vault_core::Error::InvalidInput(_))
+    ));
+    for reason in ["audit \u{202E}review", "line\nbreak"] {
+        assert!(matches!(
+            fx.vault
+                .get_record(&fx.officer, id, &["family_name"], Some(reason)),
+            Err(vault_core::Error::InvalidInput(_)) | Err(vault_core::Error::PermissionDenied(_))
+        ));
+        assert!(matches!(
+            fx.vault.add_hold(&fx.officer, Some(id), None, reason),
+            Err(vault_core::Error::InvalidInput(_))
+        ));
+    }
+    // Control: plain text disposes and the certificate carries it as given.
+    let out = dispose("Example Retail LLC", Some("PO 77")).unwrap();
+    let c = fx
+        .vault
+        .certificate(&fx.officer, out.certificate_id.unwrap())
+        .unwrap();
+    assert_eq!(
+        c.body["parties"]["data_owner"]["name"],
+        "Example Retail LLC"
+    );
+}
