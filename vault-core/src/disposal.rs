@@ -618,12 +618,7 @@ impl Vault {
         for (id, v) in &rotation.deleted {
             versions.entry(*id).or_default().push(*v);
         }
-        let mut wrapped_before = Vec::new();
-        for (id, row) in &rows {
-            for (_, w) in self.keystore.record_keys(row.subject, *id)? {
-                wrapped_before.push(w);
-            }
-        }
+        let wrapped_before = rotation.deleted_wrapped.clone();
         let id = DisposalId::new();
         let p = &req.parties;
         let mut batch = BatchRow {
@@ -841,12 +836,6 @@ impl Vault {
                 None => {
                     let guards = self.isolation.exclusive(&b.buckets);
                     let ids: HashSet<RecordId> = records.iter().map(|(id, _)| *id).collect();
-                    let mut wrapped = Vec::new();
-                    for (id, sub) in &records {
-                        for (_, w) in self.keystore.record_keys(*sub, *id)? {
-                            wrapped.push(w);
-                        }
-                    }
                     let epoch = self.epoch.read().expect("epoch lock");
                     let planned = self.keystore.plan_rotation(
                         &epoch.root,
@@ -875,8 +864,8 @@ impl Vault {
                     };
                     Prepared {
                         guards,
+                        wrapped_before: rotation.deleted_wrapped.clone(),
                         rotation,
-                        wrapped_before: wrapped,
                     }
                 }
             };

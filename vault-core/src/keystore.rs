@@ -81,6 +81,9 @@ pub(crate) struct Rotation {
     pub rewrapped: u64,
     /// Data keys deleted, as (record, version).
     pub deleted: Vec<(RecordId, u32)>,
+    /// The wrapped bytes of the deleted keys, as stored: what the
+    /// verification byte scan must no longer find (held in memory only).
+    pub deleted_wrapped: Vec<Vec<u8>>,
 }
 
 impl std::fmt::Debug for Rotation {
@@ -535,6 +538,7 @@ impl Keystore {
         let mut batch = WriteBatch::default();
         let mut rewrapped = 0;
         let mut deleted = Vec::new();
+        let mut deleted_wrapped = Vec::new();
         for &b in buckets {
             let old = self.unwrap_bucket_key(root, epoch, b)?;
             let new = SecretKey::generate();
@@ -551,6 +555,7 @@ impl Keystore {
                 if destroy(record, version) {
                     batch.delete_cf(self.cf(CF_DEKS), &k);
                     deleted.push((record, version));
+                    deleted_wrapped.push(v.to_vec());
                     continue;
                 }
                 let aad = dek_aad(self.vault, record, version);
@@ -573,6 +578,7 @@ impl Keystore {
             buckets: buckets.to_vec(),
             rewrapped,
             deleted,
+            deleted_wrapped,
         })
     }
 
@@ -849,18 +855,6 @@ impl Keystore {
             self.cf(CF_DEKS),
             dek_key(self.bucket_of(subject), record, version),
         )?)
-    }
-
-    /// The raw wrapped DEK bytes of one record version in a known bucket.
-    pub(crate) fn wrapped_dek_in(
-        &self,
-        bucket: u32,
-        record: RecordId,
-        version: u32,
-    ) -> Result<Option<Vec<u8>>> {
-        Ok(self
-            .db
-            .get_cf(self.cf(CF_DEKS), dek_key(bucket, record, version))?)
     }
 
     // ----- backups (see vault/backup.rs) ------------------------------------

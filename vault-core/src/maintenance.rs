@@ -159,17 +159,24 @@ impl Vault {
 
     /// Clears the marks of freshly rotated buckets (under their exclusive locks).
     pub(crate) fn clear_dirty(&self, buckets: &[u32]) -> Result<()> {
-        let ops: Vec<WriteOp<'_>> = buckets
-            .iter()
-            .filter(|b| self.dirty_map().contains_key(b))
-            .map(|b| (store::CF_META, dirty_key(*b), None))
-            .collect();
-        if ops.is_empty() {
+        let marked: Vec<u32> = {
+            let m = self.dirty_map();
+            buckets
+                .iter()
+                .copied()
+                .filter(|b| m.contains_key(b))
+                .collect()
+        };
+        if marked.is_empty() {
             return Ok(());
         }
+        let ops: Vec<WriteOp<'_>> = marked
+            .iter()
+            .map(|b| (store::CF_META, dirty_key(*b), None))
+            .collect();
         self.store.write_ops(&ops)?;
         let mut m = self.dirty_map();
-        for b in buckets {
+        for b in &marked {
             m.remove(b);
         }
         Ok(())
@@ -348,7 +355,6 @@ impl Vault {
             // each candidate again.
             let mut orphans: HashSet<(RecordId, u32)> = HashSet::new();
             let mut rows: HashMap<RecordId, Option<RecordRow>> = HashMap::new();
-            let mut wrapped = Vec::new();
             for (_, id, v) in &candidates {
                 if !rows.contains_key(id) {
                     rows.insert(*id, self.store.record(*id)?);
@@ -364,13 +370,7 @@ impl Vault {
                         orphans.contains(&(r, v))
                     })?;
             drop(epoch);
-            for (b, id, v) in &candidates {
-                if orphans.contains(&(*id, *v))
-                    && let Some(w) = self.keystore.wrapped_dek_in(*b, *id, *v)?
-                {
-                    wrapped.push(w);
-                }
-            }
+            let wrapped = rotation.deleted_wrapped.clone();
             report.keys_rewrapped = rotation.rewrapped;
             report.orphan_keys_destroyed = rotation.deleted.len() as u64;
             report.buckets_rotated = buckets.len() as u64;
