@@ -1092,3 +1092,38 @@ fn crash_at_every_disposal_step_with_concurrent_writers_loses_nothing() {
         }
     }
 }
+
+#[test]
+fn the_maintenance_ratchet_destroys_an_updated_records_old_key() {
+    let tmp = temp();
+    let fx = common::fast_vault(&tmp.path().join("vault"));
+    let subject = SubjectId::new();
+    let id = fx
+        .vault
+        .put_record(&fx.clerk, CUSTOMERS, subject, &body(1))
+        .unwrap();
+    let old = wrapped_keys(&fx, id, subject);
+    fx.vault.update_record(&fx.clerk, id, &body(2)).unwrap();
+    let st = fx.vault.maintenance_status().unwrap();
+    assert_eq!((st.dirty_buckets, st.orphan_keys), (1, 0), "{st:?}");
+    // Nothing to do for a clerk: the ratchet is an officer's.
+    assert!(matches!(
+        fx.vault.run_maintenance(&fx.clerk),
+        Err(Error::PermissionDenied(_))
+    ));
+    let r = fx.vault.run_maintenance(&fx.officer).unwrap();
+    assert!(
+        r.epochs.is_some() && r.verified && r.buckets_rotated == 1,
+        "{r:?}"
+    );
+    let hits = fx.vault.keystore().files_containing(&old).unwrap();
+    assert!(
+        hits.is_empty(),
+        "the old version's wrapped key survives in {hits:?}"
+    );
+    assert_eq!(fx.vault.maintenance_status().unwrap().dirty_buckets, 0);
+    let v = fx.vault.get_record(&fx.clerk, id, &[], None).unwrap();
+    assert_eq!(v.fields["family_name"], json!(family(2)));
+    // A second run finds nothing to do.
+    assert_eq!(fx.vault.run_maintenance(&fx.officer).unwrap().epochs, None);
+}
