@@ -9,6 +9,7 @@
 mod backup;
 mod dispose;
 mod exit;
+mod local;
 mod output;
 mod remote;
 
@@ -36,7 +37,16 @@ use crate::output::Out;
 /// pivault — a vault for personal-information records: encrypted at rest,
 /// access-controlled, audited, and destroyed provably.
 #[derive(Parser, Debug)]
-#[command(name = "pivault", version, propagate_version = true)]
+#[command(
+    name = "pivault",
+    version,
+    propagate_version = true,
+    after_help = "Staff: commands go to pivault-server through its local socket \
+(PIVAULT_SOCKET, default /run/pivault/pivault.sock) with your own username and password; \
+`pivault login` keeps a token so that later commands need no password.\n\
+Custodian: init, backup and doctor, and any command given PIVAULT_PASSPHRASE_FILE, \
+open the vault directory directly with the vault passphrase."
+)]
 struct Cli {
     /// Vault directory.
     #[arg(long, global = true, env = "PIVAULT_DIR", value_name = "DIR")]
@@ -44,7 +54,9 @@ struct Cli {
     /// Your username.
     #[arg(long, global = true, env = "PIVAULT_USER", value_name = "NAME")]
     user: Option<String>,
-    /// File holding the vault passphrase (or a key file). Never give a secret as a flag.
+    /// File holding the vault passphrase (or a key file): the custodian's,
+    /// to open the vault directory directly. Staff leave it unset and go
+    /// through pivault-server's socket. Never give a secret as a flag.
     #[arg(
         long,
         global = true,
@@ -69,6 +81,16 @@ struct Cli {
     /// Talk to a running pivault-server (https://HOST:PORT) instead of opening --vault.
     #[arg(long, global = true, env = "PIVAULT_SERVER", value_name = "URL")]
     server: Option<String>,
+    /// pivault-server's local socket, which every command uses unless
+    /// --server or a passphrase file is given.
+    #[arg(
+        long,
+        global = true,
+        env = "PIVAULT_SOCKET",
+        value_name = "PATH",
+        default_value = vault_core::DEFAULT_SOCKET
+    )]
+    socket: PathBuf,
     /// CA certificate (PEM) to trust for --server, e.g. a self-signed server's certificate.
     #[arg(long, global = true, env = "PIVAULT_CA_CERT", value_name = "FILE")]
     ca_cert: Option<PathBuf>,
@@ -135,9 +157,9 @@ enum Command {
     Doctor,
     /// Record that the annual security review took place (officer).
     Review,
-    /// Log in to --server and keep the token in a file only you can read (mode 0600).
+    /// Log in to pivault-server (its socket, or --server) and keep the token in a file only you can read (mode 0600).
     Login,
-    /// Revoke the --server token and delete its file.
+    /// Revoke the login token and delete its file.
     Logout,
     /// Print shell completions.
     Completions {
@@ -669,6 +691,18 @@ fn after_close(out: &Out, code: u8, closed: vault_core::Result<()>) -> u8 {
     }
 }
 
+/// Whether a command opens the vault directory itself (the custodian's
+/// way, with the passphrase) rather than going through the server's
+/// socket (everyone else's). Creating, backing up and checking the vault
+/// work on its files, so they are always direct.
+fn opens_directly(cli: &Cli, cmd: &Command) -> bool {
+    match cmd {
+        Command::Init(_) | Command::Doctor | Command::Backup(_) => true,
+        Command::Login | Command::Logout => false,
+        _ => cli.passphrase_file.is_some(),
+    }
+}
+
 fn vault_dir(cli: &Cli) -> anyhow::Result<&Path> {
     cli.vault
         .as_deref()
@@ -683,8 +717,8 @@ fn secret(
     env: &str,
 ) -> anyhow::Result<SecretString> {
     if let Some(f) = file {
-        let s = SecretString::from_file(f)
-            .with_context(|| format!("cannot read the {what} file {}", f.display()))?;
+        let s = SecretString::from_private_file(f)
+            .with_context(|| format!("cannot use the {what} file {}", f.display()))?;
         if s.expose().is_empty() {
             bail!("the {what} file {} is empty", f.display());
         }
@@ -789,9 +823,13 @@ fn run(cli: &Cli, out: &Out) -> anyhow::Result<u8> {
             dispose::cmd_render_file(out, Path::new(cert), o.as_deref())
         }
         Command::Contractor(ContractorCmd::Keygen { out: o }) => dispose::cmd_keygen(out, o),
-        _ if cli.server.is_some() => remote::run(cli, out, cli.server.as_deref().expect("checked")),
-        Command::Login | Command::Logout => {
-            bail!("login and logout are for a server: give --server URL (or set PIVAULT_SERVER)")
+        _ if cli.server.is_some() => remote::run(
+            cli,
+            out,
+            &remote::Endpoint::Url(cli.server.clone().expect("checked")),
+        ),
+        cmd if !opens_directly(cli, cmd) => {
+            remote::run(cli, out, &remote::Endpoint::Socket(cli.socket.clone()))
         }
         cmd => {
             let vault = open_vault(cli)?;
@@ -1453,7 +1491,9 @@ fn cmd_audit(out: &Out, vault: &Vault, s: &Session, c: &AuditCmd) -> anyhow::Res
 fn cmd_doctor(cli: &Cli, out: &Out) -> anyhow::Result<u8> {
     let dir = vault_dir(cli)?;
     // Permission checks come first: an unsafe header keeps the vault shut.
+    let passphrase_file = doctor::passphrase_file_check(cli.passphrase_file.as_deref());
     let mut checks = doctor::file_checks(dir);
+    checks.push(passphrase_file.clone());
     let vault = if checks.iter().any(|c| c.level == Level::Fail) {
         None
     } else {
@@ -1461,6 +1501,7 @@ fn cmd_doctor(cli: &Cli, out: &Out) -> anyhow::Result<u8> {
     };
     if let Some(v) = &vault {
         checks = doctor::checks(v, jiff::Timestamp::now().as_millisecond())?;
+        checks.insert(2, passphrase_file);
     }
     let unsafe_count = checks.iter().filter(|c| c.level == Level::Fail).count();
     let rows: Vec<Value> = checks

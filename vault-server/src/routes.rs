@@ -420,7 +420,7 @@ impl<T> std::fmt::Debug for Body<T> {
               (status = 401, body = Problem), (status = 423, description = "account locked", body = Problem),
               (status = 429, body = Problem)))]
 async fn login(State(app): State<Arc<App>>, rc: RequestContext, Body(req): Body<LoginReq>) -> Res {
-    if let Err(wait) = app.login_buckets.take(rc.source) {
+    if let Err(wait) = app.login_buckets.take(rc.peer) {
         return Err(ApiError::rate_limited(wait));
     }
     let (s, token, ttl_ms) = app
