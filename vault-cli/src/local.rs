@@ -167,13 +167,23 @@ mod tests {
     fn reads_length_chunked_and_close_delimited_answers() {
         let by_length = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 7\r\n\r\n{\"a\":1}extra";
         let (st, ct, body) = read_response(&by_length[..]).unwrap();
-        assert_eq!((st, ct.as_str(), body.as_str()), (200, "application/json", "{\"a\":1}"));
+        assert_eq!(
+            (st, ct.as_str(), body.as_str()),
+            (200, "application/json", "{\"a\":1}")
+        );
         let chunked = b"HTTP/1.1 404 Not Found\r\nContent-Type: application/problem+json\r\nTransfer-Encoding: chunked\r\n\r\n4\r\n{\"a\"\r\n3;x=y\r\n:1}\r\n0\r\n\r\n";
         let (st, ct, body) = read_response(&chunked[..]).unwrap();
-        assert_eq!((st, ct.as_str(), body.as_str()), (404, "application/problem+json", "{\"a\":1}"));
+        assert_eq!(
+            (st, ct.as_str(), body.as_str()),
+            (404, "application/problem+json", "{\"a\":1}")
+        );
         let to_end = b"HTTP/1.0 200 OK\r\n\r\nhello";
         assert_eq!(read_response(&to_end[..]).unwrap().2, "hello");
-        for broken in [&b"garbage\r\n\r\n"[..], b"HTTP/1.1 200 OK\r\ncontent-length: 9\r\n\r\nshort", b"HTTP/1.1 200 OK\r\n"] {
+        for broken in [
+            &b"garbage\r\n\r\n"[..],
+            b"HTTP/1.1 200 OK\r\ncontent-length: 9\r\n\r\nshort",
+            b"HTTP/1.1 200 OK\r\n",
+        ] {
             assert!(read_response(broken).is_err());
         }
     }

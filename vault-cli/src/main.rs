@@ -533,12 +533,35 @@ enum RecordCmd {
         reason: Option<String>,
     },
     /// Replace a record's body (a new version under a new key).
+    /// Change some fields; the others are kept (a new version, new key).
     Update {
         /// Record ID.
         id: String,
-        /// JSON file with the new body ('-' for stdin).
+        /// JSON file of fields to set, null to remove ('-' for stdin): a
+        /// JSON merge patch (RFC 7396).
+        #[arg(long, value_name = "FILE")]
+        data: Option<PathBuf>,
+        /// Set FIELD from stdin or a no-echo prompt: `--set phone=-`. Values
+        /// are never flags (they would stay in the process list and shell
+        /// history); with several, stdin holds one value per line, in order.
+        #[arg(long, value_name = "FIELD=-")]
+        set: Vec<String>,
+        /// Remove FIELD.
+        #[arg(long, value_name = "FIELD")]
+        unset: Vec<String>,
+    },
+    /// Replace the whole record with a new body (fields not given are removed).
+    Replace {
+        /// Record ID.
+        id: String,
+        /// JSON file with the complete new body ('-' for stdin).
         #[arg(long)]
         data: PathBuf,
+    },
+    /// List a record's versions: when, by whom, which fields changed (names only).
+    History {
+        /// Record ID.
+        id: String,
     },
     /// List record metadata.
     List {
@@ -792,6 +815,60 @@ fn read_json(path: &Path) -> anyhow::Result<Value> {
             e.column()
         )))
     })
+}
+
+/// The merge patch of `record update`: the `--data` file's fields, then
+/// each `--set FIELD=-` (read from stdin, one value per line, or a no-echo
+/// prompt on a terminal) and each `--unset FIELD` (null).
+fn record_patch(data: Option<&Path>, set: &[String], unset: &[String]) -> anyhow::Result<Value> {
+    let mut patch = match data {
+        Some(f) => read_json(f)?,
+        None => json!({}),
+    };
+    let Some(obj) = patch.as_object_mut() else {
+        bail!(vault_core::Error::InvalidInput(
+            "the --data file must hold a JSON object of fields".into()
+        ));
+    };
+    let terminal = std::io::stdin().is_terminal();
+    let mut stdin = std::io::stdin().lock();
+    for item in set {
+        let Some((field, source)) = item.split_once('=') else {
+            bail!(vault_core::Error::InvalidInput(
+                "--set takes FIELD=- (the value then comes from stdin or a prompt)".into()
+            ));
+        };
+        if source != "-" {
+            bail!(vault_core::Error::InvalidInput(format!(
+                "--set {field}=…: values are never given as flags (the process list and shell \
+                 history keep them); use --set {field}=- and give the value on stdin or at the prompt"
+            )));
+        }
+        if data == Some(Path::new("-")) {
+            bail!("--data - and --set FIELD=- both want stdin: use a file for --data");
+        }
+        let value = if terminal {
+            SecretString::new(rpassword::prompt_password(format!("{field}: "))?)
+        } else {
+            let mut line = zeroize::Zeroizing::new(String::new());
+            if stdin.read_line(&mut line)? == 0 {
+                bail!(vault_core::Error::InvalidInput(format!(
+                    "no value for {field} on stdin (one line per --set FIELD=-)"
+                )));
+            }
+            SecretString::new(line.trim_end_matches(['\n', '\r']).to_owned())
+        };
+        obj.insert(field.to_owned(), Value::String(value.expose().to_owned()));
+    }
+    for field in unset {
+        obj.insert(field.clone(), Value::Null);
+    }
+    if obj.is_empty() {
+        bail!(vault_core::Error::InvalidInput(
+            "nothing to change: give --set FIELD=-, --unset FIELD or --data FILE".into()
+        ));
+    }
+    Ok(patch)
 }
 
 fn parse_time(s: &str) -> anyhow::Result<i64> {
@@ -1127,14 +1204,34 @@ fn cmd_record(out: &Out, vault: &Vault, s: &Session, c: &RecordCmd) -> anyhow::R
             let v = vault_core::views::record(&view);
             out.data(v.clone(), || output::record_text(&v));
         }
-        RecordCmd::Update { id, data } => {
+        RecordCmd::Update {
+            id,
+            data,
+            set,
+            unset,
+        } => {
+            let id: RecordId = id.parse()?;
+            let patch = record_patch(data.as_deref(), set, unset)?;
+            let version = vault.patch_record(s, id, &patch)?;
+            out.data(
+                json!({ "record_id": id.to_string(), "version": version }),
+                || format!("updated {id} to version {version}"),
+            );
+        }
+        RecordCmd::Replace { id, data } => {
             let id: RecordId = id.parse()?;
             let body = read_json(data)?;
             let version = vault.update_record(s, id, &body)?;
             out.data(
                 json!({ "record_id": id.to_string(), "version": version }),
-                || format!("updated {id} to version {version}"),
+                || format!("replaced {id}: version {version}"),
             );
+        }
+        RecordCmd::History { id } => {
+            let id: RecordId = id.parse()?;
+            let h = vault.record_history(s, id)?;
+            let v = vault_core::views::record_history(id, &h);
+            out.data(v.clone(), || output::history_text(&v));
         }
         RecordCmd::List {
             collection,

@@ -208,10 +208,10 @@ fn https_call(
             r.call()
         }
         _ => {
-            let mut r = if method == "PUT" {
-                agent.put(url)
-            } else {
-                agent.post(url)
+            let mut r = match method {
+                "PUT" => agent.put(url),
+                "PATCH" => agent.patch(url),
+                _ => agent.post(url),
             };
             if let Some(a) = auth {
                 r = r.header("Authorization", a.expose());
@@ -410,7 +410,10 @@ pub fn run(cli: &Cli, out: &Out, endpoint: &Endpoint) -> anyhow::Result<u8> {
     let u = user()?;
     let stored = match token_file(server, u) {
         Ok(p) if p.exists() => Some(SecretString::from_private_file(&p).with_context(|| {
-            format!("cannot use the login token {} (run `pivault login` again)", p.display())
+            format!(
+                "cannot use the login token {} (run `pivault login` again)",
+                p.display()
+            )
         })?),
         _ => None,
     }
@@ -657,7 +660,19 @@ fn command(cli: &Cli, out: &Out, r: &Remote) -> anyhow::Result<u8> {
                     };
                     out.data(v.clone(), || output::record_text(&v));
                 }
-                RecordCmd::Update { id, data } => {
+                RecordCmd::Update {
+                    id,
+                    data,
+                    set,
+                    unset,
+                } => {
+                    let id: RecordId = id.parse()?;
+                    let patch = crate::record_patch(data.as_deref(), set, unset)?;
+                    let v = r.call("PATCH", &format!("/v1/records/{id}"), Some(patch))?;
+                    let ver = v["version"].clone();
+                    out.data(v, || format!("updated {id} to version {ver}"));
+                }
+                RecordCmd::Replace { id, data } => {
                     let id: RecordId = id.parse()?;
                     let body = crate::read_json(data)?;
                     let v = r.call(
@@ -666,7 +681,12 @@ fn command(cli: &Cli, out: &Out, r: &Remote) -> anyhow::Result<u8> {
                         Some(json!({ "data": body })),
                     )?;
                     let ver = v["version"].clone();
-                    out.data(v, || format!("updated {id} to version {ver}"));
+                    out.data(v, || format!("replaced {id}: version {ver}"));
+                }
+                RecordCmd::History { id } => {
+                    let id: RecordId = id.parse()?;
+                    let v = r.get(&format!("/v1/records/{id}/history"))?;
+                    out.data(v.clone(), || output::history_text(&v));
                 }
                 RecordCmd::List {
                     collection,

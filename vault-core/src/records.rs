@@ -371,6 +371,92 @@ impl Vault {
     /// new version. Refused with [`Error::DisposalInProgress`] while a
     /// disposal batch names the record.
     pub fn update_record(&self, s: &Session, id: RecordId, body: &Value) -> Result<u32> {
+        self.edit_record(s, id, Edit::Replace(body))
+    }
+
+    /// Changes some fields of a record (clerk): `patch` is a JSON merge
+    /// patch (RFC 7396) over the current body — a field set to a value is
+    /// replaced, a field set to `null` is removed, fields not named are
+    /// kept — so a clerk who sees the record masked can correct a phone
+    /// number without knowing (or erasing) the SSN. The patch is applied
+    /// to the version current under the record lock, so two edits of
+    /// different fields racing each other both survive. A new version under
+    /// a new key, like [`Vault::update_record`].
+    pub fn patch_record(&self, s: &Session, id: RecordId, patch: &Value) -> Result<u32> {
+        if !patch.is_object() {
+            return Err(Error::invalid(
+                "a record patch is a JSON object of fields (null removes a field)",
+            ));
+        }
+        self.edit_record(s, id, Edit::Patch(patch))
+    }
+
+    /// The versions of a record, oldest first: when, by whom and which
+    /// fields each one changed (names only, from the audit trail's
+    /// `record.create`/`record.update` events). Needs the read permission;
+    /// audited as `record.history`.
+    pub fn record_history(&self, s: &Session, id: RecordId) -> Result<Vec<RecordVersion>> {
+        self.authorize(s, Some(Permission::ReadRecord))?;
+        let r = (|| {
+            let row = self.store.record(id)?.ok_or(Error::NotFound("record"))?;
+            let events = self
+                .audit
+                .lock()
+                .expect("audit lock")
+                .events(&audit::EventFilter {
+                    action_prefix: Some("record.".into()),
+                    from_ms: Some(row.created_ms),
+                    ..audit::EventFilter::default()
+                })?;
+            let target = id.to_string();
+            let mut out: Vec<RecordVersion> = Vec::new();
+            for ev in events.iter().filter(|e| {
+                e.outcome == audit::Outcome::Success && e.targets.first() == Some(&target)
+            }) {
+                let version = match ev.action.as_str() {
+                    "record.create" => 1,
+                    "record.update" => match ev
+                        .targets
+                        .iter()
+                        .find_map(|t| t.strip_prefix("version:")?.parse().ok())
+                    {
+                        Some(v) => v,
+                        None => continue,
+                    },
+                    _ => continue,
+                };
+                let actor_name = match ev.actor {
+                    Some(a) => self.user_row(a)?.map(|u| u.username),
+                    None => None,
+                };
+                out.push(RecordVersion {
+                    version,
+                    time_ms: ev.time_ms,
+                    actor: ev.actor,
+                    actor_name,
+                    fields: ev
+                        .targets
+                        .iter()
+                        .filter_map(|t| t.strip_prefix("field:").map(str::to_owned))
+                        .collect(),
+                });
+            }
+            Ok(out)
+        })();
+        self.audit(
+            Some(s.user),
+            &s.ctx,
+            "record.history",
+            vec![id.to_string()],
+            r.as_ref().map(|_| ()),
+            None,
+        )?;
+        r
+    }
+
+    /// [`Vault::update_record`] and [`Vault::patch_record`]: the new body is
+    /// computed from the version read under the locks.
+    fn edit_record(&self, s: &Session, id: RecordId, edit: Edit<'_>) -> Result<u32> {
         self.authorize(s, Some(Permission::UpdateRecord))?;
         let r = (|| {
             self.isolation.check_fence()?;
@@ -384,7 +470,17 @@ impl Vault {
             let mut row = self.live_row(id)?;
             let before = row.clone();
             let schema = self.schema(&row.collection)?;
-            let body = schema.validate(body)?;
+            let current = self.decrypt(id, &row)?;
+            let body = match edit {
+                Edit::Replace(body) => schema.validate(body)?,
+                Edit::Patch(patch) => {
+                    let mut merged = Value::Object(current.clone());
+                    merge_patch(&mut merged, patch);
+                    schema.validate(&merged)?
+                }
+            };
+            let changed = changed_fields(&current, &body);
+            drop(current);
             let plain = Zeroizing::new(serde_json::to_vec(&body).expect("serialisable"));
             let version = row
                 .version
@@ -432,20 +528,18 @@ impl Vault {
             }
             self.note_dirty(bucket);
             drop(epoch);
-            Ok((version, before, bucket_guard, record_guard))
+            Ok((version, before, changed, bucket_guard, record_guard))
         })();
         match r {
-            Ok((version, before, _bucket_guard, _record_guard)) => {
+            Ok((version, before, changed, _bucket_guard, _record_guard)) => {
                 // Fail closed: without its audit event the old version comes
-                // back and the new key goes.
-                if let Err(e) = self.audit(
-                    Some(s.user),
-                    &s.ctx,
-                    "record.update",
-                    vec![id.to_string(), format!("version:{version}")],
-                    Ok(()),
-                    None,
-                ) {
+                // back and the new key goes. The event names the changed
+                // fields (names only) for the record's history.
+                let mut targets = vec![id.to_string(), format!("version:{version}")];
+                targets.extend(changed.iter().map(|f| format!("field:{f}")));
+                if let Err(e) =
+                    self.audit(Some(s.user), &s.ctx, "record.update", targets, Ok(()), None)
+                {
                     let undone = (|| {
                         self.undo_hook()?;
                         self.store.put_record_with(
@@ -690,5 +784,113 @@ impl Vault {
             });
         }
         Err(failure)
+    }
+}
+
+/// How [`Vault::edit_record`] makes the new body.
+#[derive(Clone, Copy, Debug)]
+enum Edit<'a> {
+    /// The whole body, replaced.
+    Replace(&'a Value),
+    /// A JSON merge patch over the current body.
+    Patch(&'a Value),
+}
+
+/// One version of a record, from [`Vault::record_history`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RecordVersion {
+    /// The version number (1 = created).
+    pub version: u32,
+    /// When it was written (unix ms).
+    pub time_ms: i64,
+    /// Who wrote it.
+    pub actor: Option<crate::ids::UserId>,
+    /// Their username.
+    pub actor_name: Option<String>,
+    /// The fields it changed (names only; empty for version 1).
+    pub fields: Vec<String>,
+}
+
+/// RFC 7396 JSON merge patch: objects merge key by key, `null` removes a
+/// key, anything else replaces.
+fn merge_patch(target: &mut Value, patch: &Value) {
+    let Value::Object(p) = patch else {
+        *target = patch.clone();
+        return;
+    };
+    if !target.is_object() {
+        *target = Value::Object(Map::new());
+    }
+    let t = target.as_object_mut().expect("made an object");
+    for (k, v) in p {
+        if v.is_null() {
+            t.remove(k);
+        } else {
+            merge_patch(t.entry(k.clone()).or_insert(Value::Null), v);
+        }
+    }
+}
+
+/// The names of the fields that differ between two bodies, sorted.
+fn changed_fields(old: &Map<String, Value>, new: &Map<String, Value>) -> Vec<String> {
+    let mut names: Vec<String> = old
+        .keys()
+        .chain(new.keys())
+        .filter(|k| old.get(*k) != new.get(*k))
+        .cloned()
+        .collect();
+    names.sort();
+    names.dedup();
+    names
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn merge_patch_follows_rfc_7396() {
+        // The examples of RFC 7396 appendix A that apply to objects.
+        let cases = [
+            (json!({"a":"b"}), json!({"a":"c"}), json!({"a":"c"})),
+            (json!({"a":"b"}), json!({"b":"c"}), json!({"a":"b","b":"c"})),
+            (json!({"a":"b"}), json!({"a":null}), json!({})),
+            (
+                json!({"a":"b","b":"c"}),
+                json!({"a":null}),
+                json!({"b":"c"}),
+            ),
+            (json!({"a":["b"]}), json!({"a":"c"}), json!({"a":"c"})),
+            (
+                json!({"a":{"b":"c"}}),
+                json!({"a":{"b":"d","c":null}}),
+                json!({"a":{"b":"d"}}),
+            ),
+            (
+                json!({"a":"foo"}),
+                json!({"a":{"b":"c"}}),
+                json!({"a":{"b":"c"}}),
+            ),
+            (
+                json!({}),
+                json!({"a":{"bb":{"ccc":null}}}),
+                json!({"a":{"bb":{}}}),
+            ),
+        ];
+        for (mut target, patch, want) in cases {
+            merge_patch(&mut target, &patch);
+            assert_eq!(target, want, "patch {patch}");
+        }
+    }
+
+    #[test]
+    fn changed_fields_names_added_removed_and_changed() {
+        let old = json!({"a":1,"b":2,"c":3});
+        let new = json!({"a":1,"b":5,"d":4});
+        assert_eq!(
+            changed_fields(old.as_object().unwrap(), new.as_object().unwrap()),
+            vec!["b", "c", "d"]
+        );
     }
 }

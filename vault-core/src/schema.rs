@@ -993,11 +993,23 @@ fn norm_licence(field: &str, v: &Value, kind: &str) -> Result<Value> {
     let expected = || {
         bad(
             field,
-            &format!("expected a {kind} as {{\"state\", \"number\"}} or \"ST:NUMBER\""),
+            &format!(
+                "expected a {kind} as {{\"state\", \"number\"}}, \"ST:NUMBER\" or \"ST NUMBER\""
+            ),
         )
     };
     let (state, number) = match v {
-        Value::String(s) => s.split_once(':').ok_or_else(expected)?,
+        // "MA S12345678" is how a revealed licence prints: input takes it back.
+        Value::String(s) => s
+            .split_once(':')
+            .or_else(|| {
+                let t = s.trim_start();
+                let state = t.get(..2)?;
+                (state.bytes().all(|b| b.is_ascii_alphabetic())
+                    && t[2..].starts_with(char::is_whitespace))
+                .then(|| (state, &t[2..]))
+            })
+            .ok_or_else(expected)?,
         Value::Object(m) => {
             for k in m.keys() {
                 if is_never_stored_name(k) {
@@ -1378,6 +1390,9 @@ mod tests {
                         dl("MA", "S12345678"),
                     ),
                     (s("MA:S12345678"), dl("MA", "S12345678")),
+                    (s("MA S12345678"), dl("MA", "S12345678")),
+                    (s(" ny  123-456-789"), dl("NY", "123456789")),
+                    (s("MAS12345678"), None),
                     (s("MA:SA1234567"), dl("MA", "SA1234567")),
                     (s("ny: 123-456-789"), dl("NY", "123456789")),
                     (s("CA:A1234567"), dl("CA", "A1234567")),
@@ -2032,5 +2047,32 @@ mod tests {
             .unwrap();
         assert_eq!(out.len(), 1);
         assert_eq!(out["ssn"], "123456789");
+    }
+
+    /// A revealed value, copied back into an edit, is accepted and means
+    /// the same value (issue 11: a licence printed `MA S12345678` used to be
+    /// refused as input).
+    #[test]
+    fn every_revealed_value_is_accepted_back_as_input() {
+        let samples = [
+            (FieldType::GivenName, s("Ada")),
+            (FieldType::Ssn, s("123456789")),
+            (FieldType::CardNumber, s("4111111111111111")),
+            (FieldType::CardNumber, s("378282246310005")),
+            (FieldType::DriversLicense, s("MA:S12345678")),
+            (FieldType::StateId, s("NY:123456789")),
+            (FieldType::AccountNumber, s("0012345678")),
+            (FieldType::Email, s("ada@example.com")),
+            (FieldType::Phone, s("617-555-0100")),
+            (FieldType::Date, s("1979-03-14")),
+        ];
+        for (ty, input) in samples {
+            let stored = ty.normalise("f", &input).unwrap();
+            let shown = ty.display_value(&stored);
+            let again = ty
+                .normalise("f", &shown)
+                .unwrap_or_else(|e| panic!("{ty:?}: displayed value refused as input: {e}"));
+            assert_eq!(again, stored, "{ty:?}");
+        }
     }
 }

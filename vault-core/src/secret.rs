@@ -143,7 +143,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("passphrase");
         std::fs::write(&f, "correct horse battery staple\n").unwrap();
-        for (mode, ok) in [(0o600, true), (0o400, true), (0o640, false), (0o604, false), (0o620, false)] {
+        for (mode, ok) in [
+            (0o600, true),
+            (0o400, true),
+            (0o640, false),
+            (0o604, false),
+            (0o620, false),
+        ] {
             std::fs::set_permissions(&f, std::fs::Permissions::from_mode(mode)).unwrap();
             let r = SecretString::from_private_file(&f);
             assert_eq!(r.is_ok(), ok, "mode {mode:o}");
@@ -177,4 +183,3 @@ mod tests {
         );
     }
 }
-

@@ -99,7 +99,10 @@ fn a_clerk_without_the_passphrase_works_through_the_socket_and_is_audited_by_os_
         extra.extend(["--socket-group", g.as_str()]);
     }
     let srv = server::start(&extra);
-    let mode = std::fs::metadata(&socket).expect("socket created").permissions().mode();
+    let mode = std::fs::metadata(&socket)
+        .expect("socket created")
+        .permissions()
+        .mode();
     assert_eq!(mode & 0o777, 0o660, "default socket mode");
 
     let home = clerk_dir(clerk);
@@ -121,7 +124,10 @@ fn a_clerk_without_the_passphrase_works_through_the_socket_and_is_audited_by_os_
             home,
             &socket,
             clerk,
-            &[("PIVAULT_PASSPHRASE_FILE", &pass), ("PIVAULT_DIR", &srv.vault_dir)],
+            &[
+                ("PIVAULT_PASSPHRASE_FILE", &pass),
+                ("PIVAULT_DIR", &srv.vault_dir),
+            ],
             &["record", "list"],
         );
         assert_ne!(r.code, 0, "{r:?}");
@@ -129,14 +135,47 @@ fn a_clerk_without_the_passphrase_works_through_the_socket_and_is_audited_by_os_
     }
 
     // Store, read, update: no passphrase, no TLS set-up.
-    let put = as_clerk(home, &socket, clerk, &[], &["--json", "record", "put", CUSTOMERS, "--data", rec.to_str().unwrap()]);
+    let put = as_clerk(
+        home,
+        &socket,
+        clerk,
+        &[],
+        &[
+            "--json",
+            "record",
+            "put",
+            CUSTOMERS,
+            "--data",
+            rec.to_str().unwrap(),
+        ],
+    );
     put.ok();
-    let id = put.json()["record_id"].as_str().expect("record_id").to_owned();
+    let id = put.json()["record_id"]
+        .as_str()
+        .expect("record_id")
+        .to_owned();
     let get = as_clerk(home, &socket, clerk, &[], &["--json", "record", "get", &id]);
     get.ok();
     assert_eq!(get.json()["fields"]["given_name"], "Ada", "{}", get.stdout);
-    assert!(!get.stdout.contains("123-45-6789"), "a clerk sees the SSN masked");
-    as_clerk(home, &socket, clerk, &[], &["--json", "record", "update", &id, "--data", rec2.to_str().unwrap()]).ok();
+    assert!(
+        !get.stdout.contains("123-45-6789"),
+        "a clerk sees the SSN masked"
+    );
+    as_clerk(
+        home,
+        &socket,
+        clerk,
+        &[],
+        &[
+            "--json",
+            "record",
+            "update",
+            &id,
+            "--data",
+            rec2.to_str().unwrap(),
+        ],
+    )
+    .ok();
     // A login token (0600, the clerk's) makes later commands password-free.
     as_clerk(home, &socket, clerk, &[], &["login"]).ok();
     let get = as_clerk(
@@ -151,12 +190,21 @@ fn a_clerk_without_the_passphrase_works_through_the_socket_and_is_audited_by_os_
 
     // The audit trail names the OS user (from the kernel) and the vault user.
     let token = srv.token("auditor");
-    let a = srv.call("GET", "/v1/audit/events?action=record.create", Some(&token), None);
+    let a = srv.call(
+        "GET",
+        "/v1/audit/events?action=record.create",
+        Some(&token),
+        None,
+    );
     assert_eq!(a.status, 200, "{a:?}");
     let events: Vec<Value> = a.json().as_array().cloned().unwrap_or_default();
     let put_event = events
         .iter()
-        .find(|e| e["targets"].as_array().is_some_and(|t| t.iter().any(|x| x == id.as_str())))
+        .find(|e| {
+            e["targets"]
+                .as_array()
+                .is_some_and(|t| t.iter().any(|x| x == id.as_str()))
+        })
         .unwrap_or_else(|| panic!("no record.create event for {id}: {events:?}"));
     assert_eq!(put_event["channel"], "local", "{put_event}");
     let uid = clerk.map_or_else(
@@ -167,11 +215,16 @@ fn a_clerk_without_the_passphrase_works_through_the_socket_and_is_audited_by_os_
         |(u, _)| u,
     );
     let source = put_event["source"].as_str().unwrap_or_default();
-    assert!(source.starts_with(&format!("uid={uid}")), "OS user in {put_event}");
+    assert!(
+        source.starts_with(&format!("uid={uid}")),
+        "OS user in {put_event}"
+    );
     if clerk.is_some() {
         assert!(source.contains("(nobody)"), "OS user name in {put_event}");
     }
-    let clerk_id = srv.call("GET", "/v1/users", Some(&srv.token("admin")), None).json()
+    let clerk_id = srv
+        .call("GET", "/v1/users", Some(&srv.token("admin")), None)
+        .json()
         .as_array()
         .unwrap()
         .iter()
@@ -191,7 +244,13 @@ fn a_clerk_without_the_passphrase_works_through_the_socket_and_is_audited_by_os_
     std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o660)).unwrap();
 
     // No server at all: exit 17 and the way forward, for staff and custodian.
-    let r = as_clerk(home, &run_dir.path().join("absent.sock"), clerk, &[], &["record", "get", &id]);
+    let r = as_clerk(
+        home,
+        &run_dir.path().join("absent.sock"),
+        clerk,
+        &[],
+        &["record", "get", &id],
+    );
     r.code(17);
     assert!(r.stderr.contains("not running"), "{}", r.stderr);
     assert!(r.stderr.contains("PIVAULT_PASSPHRASE_FILE"), "{}", r.stderr);

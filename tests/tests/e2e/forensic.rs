@@ -13,8 +13,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use crate::cli::{
-    CUSTOMERS, CliVault, EXIT_PASSPHRASE, copy_tree, dir_size, examples, files_under,
-    find_any,
+    CUSTOMERS, CliVault, EXIT_PASSPHRASE, copy_tree, dir_size, examples, files_under, find_any,
 };
 
 // ----- synthetic personal information ----------------------------------------

@@ -10,6 +10,7 @@ mod concurrency;
 mod crash;
 mod custody;
 mod disposal;
+mod edits;
 mod fault_injection;
 mod forensic;
 mod insiders;

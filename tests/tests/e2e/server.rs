@@ -97,7 +97,9 @@ fn start_on(dir: TempDir, vault_dir: PathBuf, passphrase: &str, extra: &[&str]) 
         Some(i) => PathBuf::from(extra[i + 1]),
         None => dir.path().join("pivault.sock"),
     };
-    let own_socket = !extra.iter().any(|a| *a == "--socket" || *a == "--no-socket");
+    let own_socket = !extra
+        .iter()
+        .any(|a| *a == "--socket" || *a == "--no-socket");
     let mut child = Command::new(server_bin())
         .arg("--vault")
         .arg(&vault_dir)
