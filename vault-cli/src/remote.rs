@@ -89,6 +89,9 @@ impl Endpoint {
 pub struct Remote {
     transport: Transport,
     token: Option<SecretString>,
+    /// Calls answered without a problem so far (a command that failed on
+    /// its first call changed nothing and may be run again).
+    answered: std::cell::Cell<u32>,
 }
 
 impl Remote {
@@ -98,6 +101,7 @@ impl Remote {
                 return Ok(Remote {
                     transport: Transport::Local(p.clone()),
                     token: None,
+                    answered: Default::default(),
                 });
             }
             Endpoint::Url(u) => u,
@@ -124,6 +128,7 @@ impl Remote {
         Ok(Remote {
             transport: Transport::Https { agent, base },
             token: None,
+            answered: Default::default(),
         })
     }
 
@@ -166,6 +171,7 @@ impl Remote {
             }
             .into());
         }
+        self.answered.set(self.answered.get() + 1);
         Ok((status, text))
     }
 
@@ -418,12 +424,38 @@ pub fn run(cli: &Cli, out: &Out, endpoint: &Endpoint) -> anyhow::Result<u8> {
         _ => None,
     }
     .filter(|t| !t.expose().is_empty());
-    let ephemeral = stored.is_none();
+    let mut ephemeral = stored.is_none();
     r.token = Some(match stored {
         Some(t) => t,
         None => login(&r, u)?,
     });
-    let result = command(cli, out, &r);
+    let mut result = command(cli, out, &r);
+    let stale = |res: &anyhow::Result<u8>| {
+        res.as_ref()
+            .err()
+            .and_then(|e| e.downcast_ref::<RemoteError>())
+            .is_some_and(|e| e.code == "session_invalid")
+    };
+    if !ephemeral && stale(&result) {
+        if cli.password_file.is_some() && r.answered.get() == 0 {
+            // The kept token expired or was revoked, and the first call
+            // said so before doing anything: a script with a password file
+            // logs in afresh and runs the command once more.
+            r.token = Some(login(&r, u)?);
+            ephemeral = true;
+            result = command(cli, out, &r);
+        } else {
+            result = result.map_err(|e| {
+                e.context(output::Hint {
+                    message: None,
+                    advice:
+                        "your login token has expired or was revoked: run `pivault login` again"
+                            .into(),
+                    fields: serde_json::Map::new(),
+                })
+            });
+        }
+    }
     if ephemeral {
         let _ = r.call("DELETE", "/v1/sessions/current", None);
     }

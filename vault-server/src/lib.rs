@@ -69,6 +69,10 @@ pub struct Limits {
     pub disposal_window: Duration,
     /// Most records in one shared batch.
     pub disposal_batch_max: usize,
+    /// One line per request on stderr (request ID, user ID, method, route
+    /// template, status, milliseconds, client): never a concrete path,
+    /// query or body, so never personal information.
+    pub access_log: bool,
 }
 
 impl Default for Limits {
@@ -89,6 +93,7 @@ impl Default for Limits {
             token_ttl: Duration::from_secs(8 * 3600),
             disposal_window: Duration::from_millis(20),
             disposal_batch_max: 10_000,
+            access_log: true,
         }
     }
 }
@@ -381,6 +386,8 @@ pub struct RequestFacts {
     pub request_id: String,
     /// The client: address, or local OS user.
     pub peer: Peer,
+    /// [`Peer::source`], worked out once per request.
+    pub source: String,
     /// HTTP method.
     pub method: String,
     /// Route template, e.g. `/v1/records/{id}` (never the concrete path).
@@ -400,7 +407,7 @@ impl RequestContext {
     fn context(&self) -> Context {
         Context {
             channel: self.peer.channel(),
-            source: Some(self.peer.source()),
+            source: Some(self.source.clone()),
             request_id: Some(self.request_id.clone()),
         }
     }
@@ -487,6 +494,7 @@ async fn frame(
     mut req: Request,
     next: Next,
 ) -> Response {
+    let started = Instant::now();
     let request_id = uuid::Uuid::now_v7().to_string();
     let route = req
         .extensions()
@@ -496,6 +504,7 @@ async fn frame(
     let rc = RequestContext(Arc::new(RequestFacts {
         request_id: request_id.clone(),
         peer,
+        source: peer.source(),
         method: req.method().as_str().to_owned(),
         route,
         actor: OnceLock::new(),
@@ -576,6 +585,19 @@ async fn frame(
     );
     h.entry(header::CACHE_CONTROL)
         .or_insert(HeaderValue::from_static("no-store"));
+    if app.limits.access_log && !health {
+        eprintln!(
+            "pivault-server: access {} user={} {} {} {} {}ms {} {}",
+            rc.request_id,
+            rc.actor.get().map_or("-".to_owned(), |u| u.to_string()),
+            rc.method,
+            rc.route,
+            resp.status().as_u16(),
+            started.elapsed().as_millis(),
+            rc.peer.channel().as_str(),
+            rc.source,
+        );
+    }
     resp
 }
 

@@ -109,6 +109,10 @@ struct Args {
     /// Owner of the socket (name or number); the server's own user by default.
     #[arg(long, value_name = "USER")]
     socket_owner: Option<String>,
+    /// No access log (one stderr line per request: request ID, user ID,
+    /// route template, status, time, client; never paths, queries or bodies).
+    #[arg(long)]
+    no_access_log: bool,
     /// Print the OpenAPI document and exit.
     #[arg(long)]
     print_openapi: bool,
@@ -252,6 +256,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         requests_per_second: args.requests_per_second,
         token_ttl: Duration::from_secs(args.token_ttl_secs.max(1)),
         disposal_window: Duration::from_millis(args.disposal_window_ms),
+        access_log: !args.no_access_log,
         ..defaults
     };
     let app = App::new(vault, limits).context("cannot start the vault worker threads")?;

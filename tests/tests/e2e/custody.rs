@@ -70,7 +70,11 @@ fn as_clerk(
         .args(args)
         .stdin(Stdio::null());
     for (k, v) in env {
-        c.env(k, v);
+        if v.as_os_str().is_empty() {
+            c.env_remove(k);
+        } else {
+            c.env(k, v);
+        }
     }
     if let Some((uid, gid)) = clerk {
         c.uid(uid).gid(gid);
@@ -187,6 +191,24 @@ fn a_clerk_without_the_passphrase_works_through_the_socket_and_is_audited_by_os_
     );
     get.ok();
     assert_eq!(get.json()["fields"]["given_name"], "Adah", "{}", get.stdout);
+    // A stale token (expired, revoked): with a password file the command
+    // logs in afresh and runs once more; without one, it says what to do.
+    clerk_file(home, "token", "not-a-valid-token", clerk);
+    as_clerk(home, &socket, clerk, &[], &["--json", "record", "get", &id]).ok();
+    let r = as_clerk(
+        home,
+        &socket,
+        clerk,
+        &[("PIVAULT_PASSWORD_FILE", Path::new(""))],
+        &["--json", "record", "get", &id],
+    );
+    r.code(4);
+    assert!(
+        r.stderr.contains("run `pivault login` again"),
+        "{}",
+        r.stderr
+    );
+    as_clerk(home, &socket, clerk, &[], &["login"]).ok();
 
     // The audit trail names the OS user (from the kernel) and the vault user.
     let token = srv.token("auditor");
@@ -232,6 +254,22 @@ fn a_clerk_without_the_passphrase_works_through_the_socket_and_is_audited_by_os_
         .map(|u| u["user_id"].clone())
         .expect("clerk listed");
     assert_eq!(put_event["actor"], clerk_id, "vault user in {put_event}");
+
+    // The server's access log: one line per request, route templates and
+    // IDs only, the OS user of socket clients; no record ID, no value.
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let log = srv.stderr_lines();
+    let access: Vec<&String> = log.iter().filter(|l| l.contains(" access ")).collect();
+    assert!(
+        access.iter().any(|l| l.contains("GET /v1/records/{id} 200")
+            && l.contains(&format!("local uid={uid}"))
+            && l.contains(&format!("user={}", clerk_id.as_str().unwrap()))),
+        "{access:#?}"
+    );
+    assert!(
+        log.iter().all(|l| !l.contains(&id) && !l.contains("Ada")),
+        "{log:#?}"
+    );
 
     // Take the socket away from the clerk: the same command fails clearly
     // (exit 17, nothing done) and says what to do.

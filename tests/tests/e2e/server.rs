@@ -265,6 +265,11 @@ impl Server {
         a.json()["token"].as_str().expect("token").to_owned()
     }
 
+    /// The server's stderr lines printed since the last call.
+    pub(crate) fn stderr_lines(&self) -> Vec<String> {
+        self.stderr.lock().expect("stderr").try_iter().collect()
+    }
+
     /// SIGTERM, then wait: a graceful stop exits 0.
     pub(crate) fn stop(mut self) -> (std::process::ExitStatus, PathBuf, TempDir) {
         let pid = self.child.id().to_string();
