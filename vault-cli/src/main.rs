@@ -520,6 +520,17 @@ enum RecordCmd {
         /// import that stopped after line N without storing duplicates.
         #[arg(long, value_name = "N", default_value_t = 0)]
         skip_lines: u64,
+        /// Map CSV column headers to fields: 'SSN=ssn,Date of Birth=born'
+        /// (headers match regardless of case and spacing; 'Notes=' drops a
+        /// column). Repeatable. Unmapped headers are taken as field names.
+        #[arg(long, value_name = "HEADER=FIELD,...")]
+        map: Vec<String>,
+        /// A mapping file: one HEADER=FIELD per line, '#' comments.
+        #[arg(long, value_name = "FILE")]
+        map_file: Option<PathBuf>,
+        /// Validate every row and report; store nothing.
+        #[arg(long)]
+        check: bool,
     },
     /// Read a record, masked unless fields are revealed with a reason.
     Get {
@@ -532,7 +543,6 @@ enum RecordCmd {
         #[arg(long)]
         reason: Option<String>,
     },
-    /// Replace a record's body (a new version under a new key).
     /// Change some fields; the others are kept (a new version, new key).
     Update {
         /// Record ID.
@@ -1189,13 +1199,26 @@ fn cmd_record(out: &Out, vault: &Vault, s: &Session, c: &RecordCmd) -> anyhow::R
             format,
             subject_column,
             skip_lines,
+            map,
+            map_file,
+            check,
         } => {
             let input = ImportSource {
                 file,
                 format: import_format(file, *format),
                 skip_lines: *skip_lines,
             };
-            return cmd_import(out, vault, s, collection, &input, subject_column);
+            let (columns, _) = import_columns(map, map_file.as_deref())?;
+            return cmd_import(
+                out,
+                vault,
+                s,
+                collection,
+                &input,
+                subject_column,
+                &columns,
+                *check,
+            );
         }
         RecordCmd::Get { id, reveal, reason } => {
             let id: RecordId = id.parse()?;
@@ -1414,6 +1437,29 @@ pub(crate) fn import_incomplete(e: vault_core::Error, line_offset: u64) -> anyho
     })
 }
 
+/// `--map` and `--map-file` as one mapping, and as the one-line form the
+/// server takes (`map=` query parameter).
+pub(crate) fn import_columns(
+    map: &[String],
+    map_file: Option<&Path>,
+) -> anyhow::Result<(vault_core::vault::ImportColumns, String)> {
+    let mut spec: Vec<String> = Vec::new();
+    if let Some(f) = map_file {
+        let text = std::fs::read_to_string(f)
+            .with_context(|| format!("cannot read the mapping file {}", f.display()))?;
+        spec.extend(
+            text.lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                .map(str::to_owned),
+        );
+    }
+    spec.extend(map.iter().cloned());
+    let joined = spec.join(",");
+    Ok((vault_core::vault::ImportColumns::parse(&joined)?, joined))
+}
+
+#[allow(clippy::too_many_arguments)]
 fn cmd_import(
     out: &Out,
     vault: &Vault,
@@ -1421,17 +1467,20 @@ fn cmd_import(
     collection: &str,
     source: &ImportSource<'_>,
     subject_column: &str,
+    columns: &vault_core::vault::ImportColumns,
+    check_only: bool,
 ) -> anyhow::Result<u8> {
     // Pass 1 checks every row and stores nothing; pass 2 stores. Both stream,
     // and both start after the skipped lines.
     let input = source.open()?;
     let bar = out.progress(input.len, "checking");
-    let check = vault.import_records(
+    let check = vault.import_mapped(
         s,
         collection,
         input.reader,
         source.format,
         subject_column,
+        columns,
         true,
         &mut |n| bar.set_position(n),
     );
@@ -1443,14 +1492,21 @@ fn cmd_import(
         out.data(v.clone(), || output::import_refused_text(&v));
         return Ok(exit::INVALID_INPUT);
     }
+    if check_only {
+        out.data(vault_core::views::import_checked(&check), || {
+            format!("checked {} rows: all valid; nothing stored", check.valid)
+        });
+        return Ok(exit::OK);
+    }
     let input = source.open()?;
     let bar = out.progress(input.len, "importing");
-    let report = vault.import_records(
+    let report = vault.import_mapped(
         s,
         collection,
         input.reader,
         source.format,
         subject_column,
+        columns,
         false,
         &mut |n| bar.set_position(n),
     );

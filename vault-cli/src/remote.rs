@@ -638,7 +638,12 @@ fn command(cli: &Cli, out: &Out, r: &Remote) -> anyhow::Result<u8> {
                     format,
                     subject_column,
                     skip_lines,
+                    map,
+                    map_file,
+                    check,
                 } => {
+                    // Checked here first, so a bad mapping fails before upload.
+                    let (_, map_spec) = crate::import_columns(map, map_file.as_deref())?;
                     let source = crate::ImportSource {
                         file,
                         format: crate::import_format(file, *format),
@@ -657,7 +662,9 @@ fn command(cli: &Cli, out: &Out, r: &Remote) -> anyhow::Result<u8> {
                         url_part(collection),
                         query(&[
                             ("format", Some(if csv { "csv" } else { "jsonl" }.to_owned())),
-                            ("subject_column", Some(subject_column.clone()))
+                            ("subject_column", Some(subject_column.clone())),
+                            ("map", (!map_spec.is_empty()).then_some(map_spec)),
+                            ("check", check.then(|| "true".to_owned())),
                         ])
                     );
                     let ct = if csv {
@@ -680,8 +687,13 @@ fn command(cli: &Cli, out: &Out, r: &Remote) -> anyhow::Result<u8> {
                         out.data(v.clone(), || output::import_refused_text(&v));
                         return Ok(exit::INVALID_INPUT);
                     }
-                    let n = v["imported"].clone();
-                    out.data(v, || format!("imported {n} records into {collection}"));
+                    if *check {
+                        let n = v["valid"].clone();
+                        out.data(v, || format!("checked {n} rows: all valid; nothing stored"));
+                    } else {
+                        let n = v["imported"].clone();
+                        out.data(v, || format!("imported {n} records into {collection}"));
+                    }
                 }
                 RecordCmd::Get { id, reveal, reason } => {
                     let id: RecordId = id.parse()?;

@@ -637,6 +637,33 @@ impl Vault {
         check_only: bool,
         progress: &mut dyn FnMut(u64),
     ) -> Result<ImportReport> {
+        self.import_mapped(
+            s,
+            collection,
+            input,
+            format,
+            subject_column,
+            &ImportColumns::default(),
+            check_only,
+            progress,
+        )
+    }
+
+    /// [`Vault::import_records`] with a spreadsheet's column headers mapped
+    /// to fields ([`ImportColumns`]); a bad value is reported with its line
+    /// and its column's header, never the value.
+    #[allow(clippy::too_many_arguments)]
+    pub fn import_mapped(
+        &self,
+        s: &Session,
+        collection: &str,
+        input: impl BufRead,
+        format: ImportFormat,
+        subject_column: &str,
+        columns: &ImportColumns,
+        check_only: bool,
+        progress: &mut dyn FnMut(u64),
+    ) -> Result<ImportReport> {
         self.authorize(s, Some(Permission::CreateRecord))?;
         let collection = CollectionName::parse(collection)?;
         let schema = self.schema(&collection)?;
@@ -645,6 +672,7 @@ impl Vault {
         }
         let mut report = ImportReport::default();
         let mut last_stored_line = 0u64;
+        let column_names = std::cell::RefCell::new(Vec::new());
         let mut handle_row = |line: u64, row: Result<Map<String, Value>>| -> Result<()> {
             let checked = row.and_then(|mut m| {
                 let subject = match m.remove(subject_column) {
@@ -675,7 +703,7 @@ impl Vault {
                     if report.rejected.len() < 1000 {
                         report.rejected.push(ImportRejection {
                             line,
-                            error: e.to_string(),
+                            error: name_column(&column_names.borrow(), e.to_string()),
                         });
                     }
                 }
@@ -724,6 +752,8 @@ impl Vault {
                     .headers()
                     .map_err(|_| Error::invalid("CSV header row is unreadable"))?
                     .clone();
+                let (plan, names) = columns.plan(&headers, &schema, subject_column)?;
+                *column_names.borrow_mut() = names;
                 let mut rec = csv::StringRecord::new();
                 let mut line = 1u64;
                 loop {
@@ -732,9 +762,10 @@ impl Vault {
                         Ok(false) => break Ok(()),
                         Ok(true) => {
                             let mut m = Map::new();
-                            for (h, v) in headers.iter().zip(rec.iter()) {
-                                if !v.is_empty() {
-                                    m.insert(h.to_owned(), Value::String(v.to_owned()));
+                            for (target, v) in plan.iter().zip(rec.iter()) {
+                                let v = v.trim();
+                                if let (Some(field), false) = (target, v.is_empty()) {
+                                    m.insert(field.clone(), Value::String(v.to_owned()));
                                 }
                             }
                             handle_row(line, Ok(m))
@@ -785,6 +816,137 @@ impl Vault {
         }
         Err(failure)
     }
+}
+
+/// How a spreadsheet's columns become fields: `Header=field` pairs (a
+/// header matched case- and space-insensitively; `Header=` drops the
+/// column). A header not mapped is taken as a field name after lowering
+/// its case and turning spaces and hyphens into `_` (`Given Name` →
+/// `given_name`). A byte-order mark before the first header is dropped.
+#[derive(Clone, Debug, Default)]
+pub struct ImportColumns {
+    /// (normalised header, field or `None` to drop).
+    map: Vec<(String, Option<String>)>,
+}
+
+/// What [`ImportColumns::plan`] makes of a header row: the field of each
+/// column (`None`: dropped) and, for errors, the header of each field whose
+/// column is named otherwise.
+type ColumnPlan = (Vec<Option<String>>, Vec<(String, String)>);
+
+impl ImportColumns {
+    /// Parses `Header=field` pairs separated by commas or newlines (a
+    /// mapping file: one per line, `#` starts a comment).
+    pub fn parse(spec: &str) -> Result<ImportColumns> {
+        let mut map = Vec::new();
+        for item in spec.split(['\n', ',']) {
+            let item = item.trim().trim_end_matches('\r');
+            if item.is_empty() || item.starts_with('#') {
+                continue;
+            }
+            let (h, f) = item.split_once('=').ok_or_else(|| {
+                Error::invalid("a column mapping is Header=field (Header= drops the column)")
+            })?;
+            let f = f.trim();
+            if !f.is_empty() && !f.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_') {
+                return Err(Error::invalid(
+                    "a mapped field name is lower-case letters, digits and _",
+                ));
+            }
+            map.push((norm_header(h), (!f.is_empty()).then(|| f.to_owned())));
+        }
+        Ok(ImportColumns { map })
+    }
+
+    /// Adds the pairs of `other` (later ones win).
+    pub fn extend(&mut self, other: ImportColumns) {
+        self.map.extend(other.map);
+    }
+
+    /// The field of each column, in order, and the headers to name in errors.
+    fn plan(
+        &self,
+        headers: &csv::StringRecord,
+        schema: &crate::schema::Schema,
+        subject_column: &str,
+    ) -> Result<ColumnPlan> {
+        let mut plan = Vec::new();
+        let mut named = Vec::new();
+        for (i, raw) in headers.iter().enumerate() {
+            let raw = if i == 0 { raw.trim_start_matches('\u{feff}') } else { raw };
+            let key = norm_header(raw);
+            let target = match self.map.iter().rev().find(|(h, _)| *h == key) {
+                Some((_, f)) => f.clone(),
+                None if raw.trim() == subject_column || key == norm_header(subject_column) => {
+                    Some(subject_column.to_owned())
+                }
+                None => Some(key.clone()),
+            };
+            if let Some(f) = &target
+                && f != subject_column
+                && schema.field(f).is_none()
+            {
+                return Err(Error::invalid(format!(
+                    "column {} (header {}) is not a field of this collection: map it with \
+                     --map 'HEADER=field' or drop it with --map 'HEADER='",
+                    i + 1,
+                    header_label(raw)
+                )));
+            }
+            if let Some(f) = &target
+                && raw.trim() != f
+            {
+                named.push((f.clone(), header_label(raw)));
+            }
+            plan.push(target);
+        }
+        let mut seen = std::collections::HashSet::new();
+        if let Some(dup) = plan.iter().flatten().find(|f| !seen.insert(*f)) {
+            return Err(Error::invalid(format!(
+                "two columns map to the field {dup}"
+            )));
+        }
+        Ok((plan, named))
+    }
+}
+
+/// Rewrites `field X: …` as `column "Header" (field X): …` when the
+/// column's header is not the field's name.
+fn name_column(named: &[(String, String)], msg: String) -> String {
+    for (field, header) in named {
+        let pat = format!("field {field}:");
+        if msg.contains(&pat) {
+            return msg.replacen(&pat, &format!("column {header} (field {field}):"), 1);
+        }
+    }
+    msg
+}
+
+/// A header as matched: trimmed, lower case, runs of spaces and hyphens as `_`.
+fn norm_header(h: &str) -> String {
+    let mut out = String::new();
+    for w in h.trim().split(|c: char| c.is_whitespace() || c == '-' || c == '_') {
+        if w.is_empty() {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push('_');
+        }
+        out.push_str(&w.to_lowercase());
+    }
+    out
+}
+
+/// A header quoted in a message: printable, at most 64 characters.
+fn header_label(h: &str) -> String {
+    let clean: String = h
+        .trim()
+        .trim_start_matches('\u{feff}')
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(64)
+        .collect();
+    format!("{clean:?}")
 }
 
 /// How [`Vault::edit_record`] makes the new body.

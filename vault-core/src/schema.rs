@@ -971,8 +971,9 @@ fn norm_ssn(field: &str, v: &Value) -> Result<Value> {
     let b = s.as_bytes();
     let digits: String = match b.len() {
         9 if b.iter().all(u8::is_ascii_digit) => s.to_string(),
-        11 if b[3] == b'-'
-            && b[6] == b'-'
+        // 123-45-6789, or 123 45 6789 as spreadsheets often hold it.
+        11 if (b[3] == b'-' || b[3] == b' ')
+            && b[6] == b[3]
             && b.iter()
                 .enumerate()
                 .all(|(i, c)| i == 3 || i == 6 || c.is_ascii_digit()) =>
@@ -1135,7 +1136,31 @@ fn norm_phone(field: &str, v: &Value) -> Result<Value> {
 
 fn norm_date(field: &str, v: &Value) -> Result<Value> {
     let s = expect_str(field, v)?.trim();
-    let invalid = || bad(field, "not a valid date (expected YYYY-MM-DD)");
+    let invalid = || bad(field, "not a valid date (expected YYYY-MM-DD or MM/DD/YYYY)");
+    // US spreadsheets write 03/14/1979 or 3/14/1979; a two-digit year is
+    // refused (1979 or 2079 cannot be told apart).
+    if s.contains('/') {
+        let parts: Vec<&str> = s.split('/').collect();
+        let [m, d, y] = parts[..] else {
+            return Err(invalid());
+        };
+        let ok = |p: &str, lens: &[usize]| {
+            lens.contains(&p.len()) && p.bytes().all(|c| c.is_ascii_digit())
+        };
+        if !(ok(m, &[1, 2]) && ok(d, &[1, 2]) && ok(y, &[4])) {
+            return Err(invalid());
+        }
+        let (year, month, day): (i16, i8, i8) = (
+            y.parse().map_err(|_| invalid())?,
+            m.parse().map_err(|_| invalid())?,
+            d.parse().map_err(|_| invalid())?,
+        );
+        if year < 1 {
+            return Err(invalid());
+        }
+        let date = jiff::civil::Date::new(year, month, day).map_err(|_| invalid())?;
+        return Ok(Value::String(date.to_string()));
+    }
     let b = s.as_bytes();
     let shape = b.len() == 10
         && b[4] == b'-'
@@ -1363,7 +1388,9 @@ mod tests {
                 (s("123-45-0000"), None),
                 (s("12-345-6789"), None),
                 (s("123-456-789"), None),
-                (s("123 45 6789"), None),
+                (s("123 45 6789"), ok("123456789")),
+                (s("123-45 6789"), None),
+                (s("123  45 6789"), None),
                 (s("1234567890"), None),
                 (s("12345678"), None),
                 (s("abc-de-fghi"), None),
@@ -1555,6 +1582,12 @@ mod tests {
                 (s("1980-00-10"), None),
                 (s("1980-1-31"), None),
                 (s("31/01/1980"), None),
+                (s("03/14/1979"), ok("1979-03-14")),
+                (s(" 3/4/1979 "), ok("1979-03-04")),
+                (s("03/14/79"), None),
+                (s("02/30/2020"), None),
+                (s("03/14/1979/1"), None),
+                (s("03-14-1979"), None),
                 (s("0000-01-01"), None),
                 (s("1980-01-31T00:00"), None),
                 (s("+1980-01-3"), None),
@@ -1674,7 +1707,7 @@ mod tests {
             (FieldType::Ssn, s("987-65-4321")),
             (FieldType::Ssn, s("123-00-4567")),
             (FieldType::Ssn, s("123-45-0000")),
-            (FieldType::Ssn, s("123 45 6789")),
+            (FieldType::Ssn, s("123 45-6789")),
             (FieldType::Ssn, s("12345678")),
             (FieldType::Ssn, json!(123456789)),
             (FieldType::DriversLicense, s("MA:X87654321")),

@@ -178,6 +178,11 @@ pub fn import_refused(check: &ImportReport) -> Value {
     })
 }
 
+/// A check pass that found every row valid (`record import --check`).
+pub fn import_checked(r: &ImportReport) -> Value {
+    json!({ "checked": true, "imported": 0, "valid": r.valid, "rejected": 0 })
+}
+
 /// A completed import.
 pub fn import_done(r: &ImportReport) -> Value {
     json!({ "imported": r.imported, "valid": r.valid, "rejected": 0 })

@@ -224,6 +224,11 @@ pub struct ImportQuery {
     pub format: Option<String>,
     /// Column naming each row's subject (default `subject`).
     pub subject_column: Option<String>,
+    /// CSV headers to fields: `Header=field,Other Header=other` (`Header=`
+    /// drops a column).
+    pub map: Option<String>,
+    /// Validate every row and store nothing.
+    pub check: Option<bool>,
 }
 
 /// What to dispose of, and who is named on the certificate.
@@ -869,24 +874,46 @@ async fn import(
         Some(_) => return Err(ApiError::invalid("format must be jsonl or csv")),
     };
     let column = q.subject_column.unwrap_or_else(|| "subject".into());
+    let columns = vault_core::vault::ImportColumns::parse(q.map.as_deref().unwrap_or(""))?;
+    let check_only = q.check.unwrap_or(false);
     let rc2 = rc.clone();
     let (check, done) = app
         .as_user_long(&rc, t, move |v, s| {
-            let check =
-                v.import_records(s, &name, &body[..], format, &column, true, &mut |_| {})?;
+            let check = v.import_mapped(
+                s,
+                &name,
+                &body[..],
+                format,
+                &column,
+                &columns,
+                true,
+                &mut |_| {},
+            )?;
             if check.rejected_count > 0 {
                 // Nothing stored: the request is audited as the 422 it is.
                 rc2.audit(v, Some(&ApiError::import_refused()))
                     .map_err(|_| vault_core::Error::AuditUnavailable("request audit".into()))?;
                 return Ok((check, None));
             }
-            let done =
-                v.import_records(s, &name, &body[..], format, &column, false, &mut |_| {})?;
+            if check_only {
+                return Ok((check, None));
+            }
+            let done = v.import_mapped(
+                s,
+                &name,
+                &body[..],
+                format,
+                &column,
+                &columns,
+                false,
+                &mut |_| {},
+            )?;
             Ok((check, Some(done)))
         })
         .await?;
     match done {
         Some(r) => ok(views::import_done(&r)),
+        None if check.rejected_count == 0 => ok(views::import_checked(&check)),
         None => {
             // The report of the refused rows (line numbers and reasons, no values).
             let mut r = (

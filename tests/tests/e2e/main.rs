@@ -19,3 +19,4 @@ mod purge_controls;
 mod regressions;
 mod server;
 mod server_concurrency;
+mod spreadsheet;
