@@ -848,7 +848,11 @@ impl ImportColumns {
                 Error::invalid("a column mapping is Header=field (Header= drops the column)")
             })?;
             let f = f.trim();
-            if !f.is_empty() && !f.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_') {
+            if !f.is_empty()
+                && !f
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+            {
                 return Err(Error::invalid(
                     "a mapped field name is lower-case letters, digits and _",
                 ));
@@ -873,7 +877,11 @@ impl ImportColumns {
         let mut plan = Vec::new();
         let mut named = Vec::new();
         for (i, raw) in headers.iter().enumerate() {
-            let raw = if i == 0 { raw.trim_start_matches('\u{feff}') } else { raw };
+            let raw = if i == 0 {
+                raw.trim_start_matches('\u{feff}')
+            } else {
+                raw
+            };
             let key = norm_header(raw);
             let target = match self.map.iter().rev().find(|(h, _)| *h == key) {
                 Some((_, f)) => f.clone(),
@@ -925,7 +933,10 @@ fn name_column(named: &[(String, String)], msg: String) -> String {
 /// A header as matched: trimmed, lower case, runs of spaces and hyphens as `_`.
 fn norm_header(h: &str) -> String {
     let mut out = String::new();
-    for w in h.trim().split(|c: char| c.is_whitespace() || c == '-' || c == '_') {
+    for w in h
+        .trim()
+        .split(|c: char| c.is_whitespace() || c == '-' || c == '_')
+    {
         if w.is_empty() {
             continue;
         }

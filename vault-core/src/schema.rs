@@ -1136,7 +1136,12 @@ fn norm_phone(field: &str, v: &Value) -> Result<Value> {
 
 fn norm_date(field: &str, v: &Value) -> Result<Value> {
     let s = expect_str(field, v)?.trim();
-    let invalid = || bad(field, "not a valid date (expected YYYY-MM-DD or MM/DD/YYYY)");
+    let invalid = || {
+        bad(
+            field,
+            "not a valid date (expected YYYY-MM-DD or MM/DD/YYYY)",
+        )
+    };
     // US spreadsheets write 03/14/1979 or 3/14/1979; a two-digit year is
     // refused (1979 or 2079 cannot be told apart).
     if s.contains('/') {

@@ -30,7 +30,10 @@ fn a_spreadsheet_export_imports_with_a_mapping_file() {
     let (csv, map) = (csv.to_str().unwrap(), map.to_str().unwrap());
 
     // Without the mapping, the first unknown header is named, by position.
-    let r = v.run(Some("clerk"), &["--json", "record", "import", "customers", csv]);
+    let r = v.run(
+        Some("clerk"),
+        &["--json", "record", "import", "customers", csv],
+    );
     r.code(EXIT_INVALID_INPUT);
     assert!(r.stderr.contains("column 1"), "{}", r.stderr);
     assert!(r.stderr.contains("Customer No"), "{}", r.stderr);
@@ -38,7 +41,16 @@ fn a_spreadsheet_export_imports_with_a_mapping_file() {
     // --check validates everything and stores nothing.
     let r = v.run(
         Some("clerk"),
-        &["--json", "record", "import", "customers", csv, "--map-file", map, "--check"],
+        &[
+            "--json",
+            "record",
+            "import",
+            "customers",
+            csv,
+            "--map-file",
+            map,
+            "--check",
+        ],
     );
     r.code(EXIT_OK);
     assert_eq!(r.json()["valid"], 3, "{}", r.stdout);
@@ -47,7 +59,15 @@ fn a_spreadsheet_export_imports_with_a_mapping_file() {
 
     let r = v.run(
         Some("clerk"),
-        &["--json", "record", "import", "customers", csv, "--map-file", map],
+        &[
+            "--json",
+            "record",
+            "import",
+            "customers",
+            csv,
+            "--map-file",
+            map,
+        ],
     );
     r.code(EXIT_OK);
     assert_eq!(r.json()["imported"], 3, "{}", r.stdout);
@@ -62,7 +82,15 @@ fn a_spreadsheet_export_imports_with_a_mapping_file() {
     let got = v.run(
         Some("officer"),
         &[
-            "--json", "record", "get", &id, "--reveal", "ssn", "--reveal", "card", "--reason",
+            "--json",
+            "record",
+            "get",
+            &id,
+            "--reveal",
+            "ssn",
+            "--reveal",
+            "card",
+            "--reason",
             "import check",
         ],
     );
@@ -102,14 +130,28 @@ fn a_bad_value_is_named_by_line_and_column_never_by_value() {
     let errors = r.json()["errors"].as_array().cloned().unwrap_or_default();
     let summary: Vec<(u64, String)> = errors
         .iter()
-        .map(|e| (e["line"].as_u64().unwrap(), e["error"].as_str().unwrap().to_owned()))
+        .map(|e| {
+            (
+                e["line"].as_u64().unwrap(),
+                e["error"].as_str().unwrap().to_owned(),
+            )
+        })
         .collect();
     assert_eq!(summary.len(), 2, "{}", r.stdout);
     assert_eq!(summary[0].0, 3, "{summary:?}");
-    assert!(summary[0].1.contains("\"Social Security\"") && summary[0].1.contains("ssn"), "{summary:?}");
+    assert!(
+        summary[0].1.contains("\"Social Security\"") && summary[0].1.contains("ssn"),
+        "{summary:?}"
+    );
     assert_eq!(summary[1].0, 4, "{summary:?}");
-    assert!(summary[1].1.contains("\"Date of Birth\"") && summary[1].1.contains("born"), "{summary:?}");
+    assert!(
+        summary[1].1.contains("\"Date of Birth\"") && summary[1].1.contains("born"),
+        "{summary:?}"
+    );
     let all = r.all_output();
-    assert!(!all.contains("000-12-3456") && !all.contains("31/12/1999"), "{all}");
+    assert!(
+        !all.contains("000-12-3456") && !all.contains("31/12/1999"),
+        "{all}"
+    );
     assert_eq!(v.record_ids().len(), before, "nothing stored");
 }
