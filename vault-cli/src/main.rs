@@ -157,6 +157,8 @@ enum Command {
     Doctor,
     /// Record that the annual security review took place (officer).
     Review,
+    /// Who you are to the vault: username, role, reveal grant, last login.
+    Whoami,
     /// Log in to pivault-server (its socket, or --server) and keep the token in a file only you can read (mode 0600).
     Login,
     /// Revoke the login token and delete its file.
@@ -951,6 +953,11 @@ fn run(cli: &Cli, out: &Out) -> anyhow::Result<u8> {
                     } else {
                         exit::OK
                     }
+                }
+                Command::Whoami => {
+                    let v = vault_core::views::user(&vault.whoami(&session)?);
+                    out.data(v.clone(), || output::whoami_text(&v));
+                    exit::OK
                 }
                 Command::Review => {
                     vault.record_security_review(&session)?;

@@ -592,3 +592,19 @@ pub fn history_text(v: &Value) -> String {
     }
     lines.join("\n")
 }
+
+/// `whoami`: one line.
+pub fn whoami_text(v: &Value) -> String {
+    format!(
+        "{} ({}{}), user ID {}, last login {}",
+        v["username"].as_str().unwrap_or("?"),
+        v["role"].as_str().unwrap_or("?"),
+        if v["reveal"] == true {
+            ", may reveal"
+        } else {
+            ""
+        },
+        v["user_id"].as_str().unwrap_or("?"),
+        v["last_login"].as_str().unwrap_or("never"),
+    )
+}

@@ -494,6 +494,10 @@ fn dispose(r: &Remote, out: &Out, scope: Value, o: &DisposeOpts, what: &str) -> 
 
 fn command(cli: &Cli, out: &Out, r: &Remote) -> anyhow::Result<u8> {
     match &cli.command {
+        Command::Whoami => {
+            let v = r.get("/v1/whoami")?;
+            out.data(v.clone(), || output::whoami_text(&v));
+        }
         Command::User(c) => match c {
             UserCmd::Add {
                 name,

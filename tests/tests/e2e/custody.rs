@@ -182,6 +182,10 @@ fn a_clerk_without_the_passphrase_works_through_the_socket_and_is_audited_by_os_
     .ok();
     // A login token (0600, the clerk's) makes later commands password-free.
     as_clerk(home, &socket, clerk, &[], &["login"]).ok();
+    let who = as_clerk(home, &socket, clerk, &[], &["--json", "whoami"]);
+    who.ok();
+    assert_eq!(who.json()["username"], "clerk", "{}", who.stdout);
+    assert_eq!(who.json()["role"], "clerk", "{}", who.stdout);
     let get = as_clerk(
         home,
         &socket,
