@@ -493,7 +493,9 @@ impl Certificate {
     /// verifies). Refused unless this is a draft with a null validator, so
     /// that [`draft_form`] of the result is exactly this body.
     pub fn validated(&self, validator: Value, vault_key: &SigningKey) -> Result<Certificate> {
-        if self.status() != Some("draft") || !at(&self.body, "validator").is_some_and(Value::is_null) {
+        if self.status() != Some("draft")
+            || !at(&self.body, "validator").is_some_and(Value::is_null)
+        {
             return Err(Error::AlreadyExists("validation"));
         }
         if !validator.is_object() {
@@ -931,7 +933,10 @@ pub fn check_fields(body: &Value) -> Vec<String> {
     // certificate may not claim more than the vault did.
     let holding = at(body, "target.backups.copies")
         .and_then(Value::as_array)
-        .is_some_and(|c| c.iter().any(|b| b.get("holds_records") == Some(&Value::Bool(true))));
+        .is_some_and(|c| {
+            c.iter()
+                .any(|b| b.get("holds_records") == Some(&Value::Bool(true)))
+        });
     if holding {
         rule(
             "outcome_statement",
@@ -1045,7 +1050,9 @@ pub fn verify(cert: &Certificate, vault_key: &VerifyingKey) -> VerifyReport {
         let problem = if !known_role || !first_of_role {
             Some("unknown or repeated role")
         } else if declared.is_none() && bound {
-            Some("the certificate declares no key for this role: the co-signing key is not a registered one")
+            Some(
+                "the certificate declares no key for this role: the co-signing key is not a registered one",
+            )
         } else if declared.is_some_and(|d| d != s.key_fingerprint) {
             Some("the co-signing key differs from the key the certificate declares for this role")
         } else if !signed {
@@ -1071,7 +1078,9 @@ pub fn verify(cert: &Certificate, vault_key: &VerifyingKey) -> VerifyReport {
         if let Some(declared) = str_at(&cert.body, path)
             && !cert.signatures.iter().any(|s| s.role == *role)
         {
-            notes.push(format!("{role}: declared in the certificate but not signed yet"));
+            notes.push(format!(
+                "{role}: declared in the certificate but not signed yet"
+            ));
             cosignatures.push(((*role).to_owned(), declared.to_owned(), false));
         }
     }
@@ -2017,7 +2026,10 @@ mod tests {
         assert!(done.signatures[1].covers_draft);
         let r = verify(&done, &vault.verifying_key());
         assert!(r.ok(), "{r:?}");
-        assert!(r.cosignature_notes[0].contains("made on the draft"), "{r:?}");
+        assert!(
+            r.cosignature_notes[0].contains("made on the draft"),
+            "{r:?}"
+        );
         // Through the file form too.
         let parsed = Certificate::parse(&done.to_file_json()).unwrap();
         assert_eq!(parsed, done);
@@ -2040,13 +2052,26 @@ mod tests {
     #[test]
     fn a_backup_holding_the_records_makes_the_outcome_pending() {
         let mut body = example_body();
-        body["target"]["backups"]["copies"] = json!([{ "backup_id": "b", "expiry": "2026-04-01T00:00:00Z", "holds_records": true }]);
+        body["target"]["backups"]["copies"] =
+            json!([{ "backup_id": "b", "expiry": "2026-04-01T00:00:00Z", "holds_records": true }]);
         body["target"]["classification"]["after"] = json!("no personal information recoverable");
         let problems = check_fields(&body);
-        assert!(problems.iter().any(|p| p.starts_with("outcome_statement (")), "{problems:?}");
-        assert!(problems.iter().any(|p| p.starts_with("target.classification.after (")), "{problems:?}");
-        body["target"]["classification"]["after"] = json!(format!("{PENDING_PHRASE} until 2026-04-01T00:00:00Z"));
-        body["outcome_statement"] = json!(format!("{OUTCOME_STATEMENT} Disposal is {PENDING_PHRASE}."));
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.starts_with("outcome_statement (")),
+            "{problems:?}"
+        );
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.starts_with("target.classification.after (")),
+            "{problems:?}"
+        );
+        body["target"]["classification"]["after"] =
+            json!(format!("{PENDING_PHRASE} until 2026-04-01T00:00:00Z"));
+        body["outcome_statement"] =
+            json!(format!("{OUTCOME_STATEMENT} Disposal is {PENDING_PHRASE}."));
         assert!(check_fields(&body).is_empty(), "{:?}", check_fields(&body));
         body["target"]["backups"]["copies"][0]["holds_records"] = json!(false);
         body["outcome_statement"] = json!(OUTCOME_STATEMENT);

@@ -194,7 +194,11 @@ impl ResidualBackup {
 /// The backups still holding the batch's records, and when the last of them
 /// is crypto-erased: the certificate's outcome is pending until then.
 fn pending_until(backups: &[ResidualBackup]) -> Option<i64> {
-    backups.iter().filter(|b| b.holds()).map(|b| b.expires_ms).max()
+    backups
+        .iter()
+        .filter(|b| b.holds())
+        .map(|b| b.expires_ms)
+        .max()
 }
 
 /// `outcome_statement`: c. 93I's phrase for what the vault destroyed, and,

@@ -27,8 +27,7 @@ const LAST_RUN_KEY: &[u8] = b"setting:retention-schedule:last-run";
 pub const MAX_SCHEDULE_HOURS: u32 = 24 * 366;
 
 /// The title the certificate of a scheduled run gives its operator.
-const SCHEDULED_OPERATOR_TITLE: &str =
-    "retention schedule owner (the disposal was run by pivault-server on the schedule this user set)";
+const SCHEDULED_OPERATOR_TITLE: &str = "retention schedule owner (the disposal was run by pivault-server on the schedule this user set)";
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 struct ScheduleRow {
@@ -167,9 +166,7 @@ impl Vault {
         let targets = match &r {
             Ok(o) => vec![
                 format!("records:{}", o.records.len()),
-                o.certificate_id
-                    .map(|c| c.to_string())
-                    .unwrap_or_default(),
+                o.certificate_id.map(|c| c.to_string()).unwrap_or_default(),
             ],
             Err(_) => vec![],
         };

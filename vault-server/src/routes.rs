@@ -1037,7 +1037,11 @@ async fn set_retention(
 /// The retention schedule the server runs (off by default).
 #[utoipa::path(get, path = "/v1/retention-schedule", tag = "retention", security(("bearer" = [])),
     responses((status = 200, body = Object), (status = 401, body = Problem)))]
-async fn show_retention_schedule(State(app): State<Arc<App>>, rc: RequestContext, t: Bearer) -> Res {
+async fn show_retention_schedule(
+    State(app): State<Arc<App>>,
+    rc: RequestContext,
+    t: Bearer,
+) -> Res {
     let r = app.as_user(&rc, t, |v, s| v.retention_schedule(s)).await?;
     ok(views::retention_schedule(r.as_ref()))
 }
