@@ -1412,6 +1412,7 @@ const TOP_LEVEL_SECTIONS: &[&str] = &[
     "target",
     "sanitization",
     "outcome_statement",
+    "outcome",
     "audit",
 ];
 
@@ -1489,8 +1490,9 @@ pub fn render_html(cert: &Certificate) -> String {
     section(&mut out, "6. Sanitization", get("sanitization"), "");
     let _ = writeln!(
         out,
-        "<section><h2>7. Outcome</h2><p class=\"statement\">{}</p></section>",
-        render_value(get("outcome_statement").unwrap_or(&Value::Null))
+        "<section><h2>7. Outcome</h2><p class=\"statement\">{}</p>{}</section>",
+        render_value(get("outcome_statement").unwrap_or(&Value::Null)),
+        get("outcome").map(render_value).unwrap_or_default()
     );
 
     // 8. Integrity: audit checkpoint and signatures.
@@ -1502,7 +1504,12 @@ pub fn render_html(cert: &Certificate) -> String {
             sigs,
             "<tr><th>{}</th><td><span class=\"mono\">{}</span><br>public key: <span class=\"mono\">{}</span>\
              <br>signature: <span class=\"mono\">{}</span></td></tr>",
-            esc(&s.role),
+            esc(&s.role)
+                + if s.covers_draft {
+                    " (made on the draft, before validation)"
+                } else {
+                    ""
+                },
             esc(&s.key_fingerprint),
             esc(&s.public_key),
             esc(&s.signature)

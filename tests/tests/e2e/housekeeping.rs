@@ -172,6 +172,11 @@ fn scheduled_retention_runs_only_once_an_admin_turns_it_on() {
         serde_json::from_slice::<Value>(&out.stdout).unwrap()
     };
     assert_eq!(cli(&["--json", "retention", "schedule"])["enabled"], false);
+    let on = cli(&["--json", "retention", "schedule", "--every-hours", "12"]);
+    assert_eq!(on["every_hours"], 12, "{on}");
+    assert_eq!(on["set_by"], admin_id.to_string(), "{on}");
+    let off = cli(&["--json", "retention", "schedule", "--off"]);
+    assert_eq!(off["enabled"], false, "{off}");
 
     let srv = server::start_on(
         tmp,
