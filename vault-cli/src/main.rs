@@ -332,6 +332,16 @@ enum RetentionCmd {
     Show,
     /// List records past retention (and held exclusions).
     Due,
+    /// Show or set the schedule on which `pivault-server` disposes of
+    /// everything past retention (admin or officer; off by default).
+    Schedule {
+        /// Run every N hours (the first run at the server's next check).
+        #[arg(long, value_name = "N", conflicts_with = "off")]
+        every_hours: Option<u32>,
+        /// Turn the schedule off.
+        #[arg(long)]
+        off: bool,
+    },
     /// Dispose of everything past retention, in one batch per run.
     Run {
         #[command(flatten)]

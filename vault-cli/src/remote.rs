@@ -976,6 +976,18 @@ fn command(cli: &Cli, out: &Out, r: &Remote) -> anyhow::Result<u8> {
                     .unwrap_or_default();
                 out.data(v, || text);
             }
+            RetentionCmd::Schedule { every_hours, off } => {
+                let v = if *off || every_hours.is_some() {
+                    r.call(
+                        "PUT",
+                        "/v1/retention-schedule",
+                        Some(json!({ "every_hours": every_hours })),
+                    )?
+                } else {
+                    r.get("/v1/retention-schedule")?
+                };
+                out.data(v.clone(), || output::retention_schedule_text(&v));
+            }
             RetentionCmd::Due => {
                 let v = r.get("/v1/retention/due")?;
                 out.data(v.clone(), || output::outcome_text(&v));

@@ -113,6 +113,12 @@ struct Args {
     /// route template, status, time, client; never paths, queries or bodies).
     #[arg(long)]
     no_access_log: bool,
+    /// Seconds between the server's housekeeping checks: expire due backups,
+    /// remove expired sessions and tokens, and run retention when the
+    /// schedule an admin set in the vault (`pivault retention schedule`) is
+    /// due; 0 turns the checks off. Each job is audited as a system action.
+    #[arg(long, default_value_t = 60, value_name = "SECS")]
+    housekeeping_secs: u64,
     /// Print the OpenAPI document and exit.
     #[arg(long)]
     print_openapi: bool,
@@ -272,6 +278,12 @@ fn run(args: Args) -> anyhow::Result<()> {
     if args.checkpoint_secs > 0 {
         let every = Duration::from_secs(args.checkpoint_secs);
         rt.spawn(checkpoint_timer(app.clone(), every));
+    }
+    if args.housekeeping_secs > 0 {
+        let every = Duration::from_secs(args.housekeeping_secs);
+        rt.spawn(backup_expiry_timer(app.clone(), every));
+        rt.spawn(session_sweep_timer(app.clone(), every));
+        rt.spawn(retention_schedule_timer(app.clone(), every));
     }
     let socket = (!args.no_socket).then(|| SocketSpec {
         path: args.socket.clone(),
@@ -447,6 +459,49 @@ async fn bind_socket(spec: &SocketSpec) -> anyhow::Result<tokio::net::UnixListen
         return Err(e);
     }
     Ok(listener)
+}
+
+/// Destroys the keys of backups past their expiry (the copies are then
+/// crypto-erased), without waiting for the next open or `backup list`.
+async fn backup_expiry_timer(app: Arc<App>, every: Duration) {
+    every_interval(
+        app,
+        every,
+        "backup expiry",
+        |v| v.run_backup_expiry(),
+        |n| (*n > 0).then(|| format!("{n} backup(s) expired")),
+    )
+    .await
+}
+
+/// Deletes the rows of sessions and tokens that can no longer be used.
+async fn session_sweep_timer(app: Arc<App>, every: Duration) {
+    every_interval(
+        app,
+        every,
+        "session sweep",
+        |v| v.sweep_sessions(),
+        |n| (*n > 0).then(|| format!("{n} expired session(s) removed")),
+    )
+    .await
+}
+
+/// Runs retention when the schedule stored in the vault is on and due; the
+/// schedule is the admin's setting, not a flag of the server.
+async fn retention_schedule_timer(app: Arc<App>, every: Duration) {
+    every_interval(
+        app,
+        every,
+        "scheduled retention",
+        |v| v.run_scheduled_retention(),
+        |o| {
+            o.as_ref().map(|o| match o.certificate_id {
+                Some(c) => format!("{} record(s) disposed, certificate {c}", o.records.len()),
+                None => "nothing past retention".to_owned(),
+            })
+        },
+    )
+    .await
 }
 
 async fn serve(
