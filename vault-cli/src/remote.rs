@@ -238,8 +238,19 @@ fn https_call(
             | ureq::Error::Rustls(_) => true,
             ureq::Error::Io(io) => io.kind() == std::io::ErrorKind::ConnectionRefused,
             _ => false,
+        } || {
+            // A TLS handshake failure (ureq reports rustls's as I/O) comes
+            // before the request.
+            let t = e.to_string();
+            t.contains("invalid peer certificate") || t.contains("not valid for name")
         };
-        if before_sending {
+        if before_sending && e.to_string().contains("not valid for name") {
+            anyhow!(Unreachable(format!(
+                "the server's certificate does not name the host in --server ({e}): use a name \
+                 it was issued for, or give the server a certificate that covers this one \
+                 (pivault-server --self-signed --tls-name HOST, or one from your CA)"
+            )))
+        } else if before_sending {
             anyhow!(Unreachable(format!("cannot reach the server: {e}")))
         } else {
             anyhow!(vault_core::Error::Io(format!(
