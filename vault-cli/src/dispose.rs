@@ -579,6 +579,16 @@ pub fn cmd_contractor(
                 format!("{name} may dispose in {} collection(s) and {} listed record(s)", collection.len(), record.len())
             });
         }
+        ContractorCmd::List => {
+            let v = vault_core::views::contractors(&vault.list_contractors(s)?);
+            out.data(v.clone(), || output::contractors_text(&v));
+        }
+        ContractorCmd::Revoke { name } => {
+            let id = vault.revoke_contractor(s, name)?;
+            out.data(json!({ "user_id": id.to_string(), "revoked": name }), || {
+                format!("{name} may no longer list or dispose of anything; their key co-signs nothing new")
+            });
+        }
         ContractorCmd::Keygen { .. } => unreachable!("handled without a vault"),
     }
     Ok(exit::OK)

@@ -392,6 +392,13 @@ enum ContractorCmd {
         #[arg(long)]
         public_key: Option<PathBuf>,
     },
+    /// List contractors: scope and registered key fingerprint (admin, officer, auditor).
+    List,
+    /// Take a contractor's scope and key away (admin); `user disable` ends the account.
+    Revoke {
+        /// The contractor's username.
+        name: String,
+    },
     /// Generate an Ed25519 key pair for co-signing (the private key file stays with the contractor).
     Keygen {
         /// Private key output file (created 0600); the public key goes to FILE.pub.pem.

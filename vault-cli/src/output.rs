@@ -627,3 +627,33 @@ pub fn whoami_text(v: &Value) -> String {
         v["last_login"].as_str().unwrap_or("never"),
     )
 }
+
+/// `contractor list`: one line per contractor.
+pub fn contractors_text(v: &Value) -> String {
+    let rows: Vec<String> = v
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|c| {
+            let cols: Vec<&str> = c["collections"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+                .collect();
+            format!(
+                "{:<16} {:<8} key {:<20} collections [{}], {} record(s)",
+                c["username"].as_str().unwrap_or("?"),
+                c["state"].as_str().unwrap_or("?"),
+                c["key_fingerprint"].as_str().unwrap_or("none"),
+                cols.join(", "),
+                c["records"]
+            )
+        })
+        .collect();
+    if rows.is_empty() {
+        "no contractors".to_owned()
+    } else {
+        rows.join("\n")
+    }
+}

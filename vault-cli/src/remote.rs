@@ -1033,6 +1033,20 @@ fn command(cli: &Cli, out: &Out, r: &Remote) -> anyhow::Result<u8> {
                 out.data(v.clone(), || output::holds_text(&v));
             }
         },
+        Command::Contractor(ContractorCmd::List) => {
+            let v = r.get("/v1/contractors")?;
+            out.data(v.clone(), || output::contractors_text(&v));
+        }
+        Command::Contractor(ContractorCmd::Revoke { name }) => {
+            let v = r.call(
+                "DELETE",
+                &format!("/v1/contractors/{}", url_part(name)),
+                None,
+            )?;
+            out.data(v, || {
+                format!("{name} may no longer list or dispose of anything; their key co-signs nothing new")
+            });
+        }
         Command::Contractor(ContractorCmd::Assign {
             name,
             collection,

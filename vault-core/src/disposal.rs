@@ -304,6 +304,23 @@ pub struct ContractorScope {
     pub public_key: Option<String>,
 }
 
+/// A contractor as listed by `contractor list`.
+#[derive(Clone, Debug)]
+pub struct ContractorInfo {
+    /// Their user ID.
+    pub user_id: UserId,
+    /// Their username.
+    pub username: String,
+    /// Whether their account is disabled.
+    pub disabled: bool,
+    /// The fingerprint of their registered key, if any.
+    pub key_fingerprint: Option<String>,
+    /// Collections in scope.
+    pub collections: Vec<String>,
+    /// Individual records in scope (a count: IDs only on request).
+    pub records: usize,
+}
+
 /// A batch as listed by `disposal list`.
 #[derive(Clone, Debug)]
 pub struct DisposalSummary {
@@ -1785,6 +1802,79 @@ impl Vault {
             id.as_bytes(),
             Some(&serde_json::to_vec(&scope).expect("serialisable")),
             ("contractor.assign", vec![id.to_string()], None),
+        )?;
+        Ok(id)
+    }
+
+    /// Every contractor with their scope and the fingerprint of their
+    /// registered key (admin, officer or auditor: who may dispose of what
+    /// is part of overseeing service providers, 201 CMR 17.03(2)(f)).
+    pub fn list_contractors(&self, s: &Session) -> Result<Vec<ContractorInfo>> {
+        self.authorize_any(s, &[Permission::ManageUsers, Permission::ReadAudit])?;
+        let mut out = Vec::new();
+        let mut rows = self.all_user_rows()?;
+        rows.sort_by(|a, b| a.username.cmp(&b.username));
+        for u in &rows {
+            if u.role != Role::Contractor.as_str() {
+                continue;
+            }
+            let id: UserId = u.id.parse()?;
+            let scope = self.contractor_scope(id)?;
+            out.push(ContractorInfo {
+                user_id: id,
+                username: u.username.clone(),
+                disabled: u.disabled,
+                key_fingerprint: self.contractor_key_fingerprint(id)?,
+                collections: scope.collections,
+                records: scope.records.len(),
+            });
+        }
+        self.audit(
+            Some(s.user),
+            &s.ctx,
+            "contractor.list",
+            vec![],
+            Ok(()),
+            None,
+        )?;
+        Ok(out)
+    }
+
+    /// Takes a contractor's scope and registered key away (admin): from
+    /// now on they may list and dispose of nothing, and their key can
+    /// co-sign no new certificate. Certificates they co-signed stay valid
+    /// (the key is named in each). Their account stays; `user disable`
+    /// ends it.
+    pub fn revoke_contractor(&self, s: &Session, username: &str) -> Result<UserId> {
+        self.authorize(s, Some(Permission::ManageUsers))?;
+        let r = (|| {
+            let name = crate::ids::Username::parse(username)?;
+            let row = self.user_by_name(&name)?.ok_or(Error::NotFound("user"))?;
+            if Role::parse(&row.role)? != Role::Contractor {
+                return Err(Error::invalid("the user is not a contractor"));
+            }
+            row.id.parse::<UserId>()
+        })();
+        let id = match r {
+            Ok(id) => id,
+            Err(e) => {
+                self.audit(
+                    Some(s.user),
+                    &s.ctx,
+                    "contractor.revoke",
+                    vec![],
+                    Err(&e),
+                    None,
+                )?;
+                return Err(e);
+            }
+        };
+        self.write_audited(
+            s,
+            store::CF_CONTRACTORS,
+            id.as_bytes(),
+            None,
+            ("contractor.revoke", vec![id.to_string()], None),
         )?;
         Ok(id)
     }

@@ -142,6 +142,22 @@ pub fn record_history(id: crate::ids::RecordId, versions: &[crate::vault::Record
     })
 }
 
+/// Contractors (`contractor list`).
+pub fn contractors(list: &[crate::vault::ContractorInfo]) -> Value {
+    Value::Array(
+        list.iter()
+            .map(|c| {
+                json!({
+                    "user_id": c.user_id.to_string(), "username": c.username,
+                    "state": if c.disabled { "disabled" } else { "active" },
+                    "key_fingerprint": c.key_fingerprint, "collections": c.collections,
+                    "records": c.records,
+                })
+            })
+            .collect(),
+    )
+}
+
 /// One audit event (`audit log`).
 pub fn event(e: &AuditEvent) -> Value {
     json!({

@@ -1347,6 +1347,31 @@ async fn keys(State(app): State<Arc<App>>) -> Res {
     }))
 }
 
+/// Contractors: scope and registered key fingerprint (admin, officer, auditor).
+#[utoipa::path(get, path = "/v1/contractors", tag = "disposal", security(("bearer" = [])),
+    responses((status = 200, body = Object), (status = 403, body = Problem)))]
+async fn list_contractors(State(app): State<Arc<App>>, rc: RequestContext, t: Bearer) -> Res {
+    let list = app.as_user(&rc, t, |v, s| v.list_contractors(s)).await?;
+    ok(views::contractors(&list))
+}
+
+/// Take a contractor's scope and registered key away (admin).
+#[utoipa::path(delete, path = "/v1/contractors/{name}", tag = "disposal",
+    security(("bearer" = [])), params(("name" = String, Path, description = "contractor's username")),
+    responses((status = 200, body = Object), (status = 403, body = Problem), (status = 404, body = Problem)))]
+async fn revoke_contractor(
+    State(app): State<Arc<App>>,
+    rc: RequestContext,
+    t: Bearer,
+    Path(name): Path<String>,
+) -> Res {
+    let n = name.clone();
+    let id = app
+        .as_user(&rc, t, move |v, s| v.revoke_contractor(s, &n))
+        .await?;
+    ok(json!({ "user_id": id.to_string(), "revoked": name }))
+}
+
 /// Assign a contractor's scope and register their key (admin).
 #[utoipa::path(put, path = "/v1/contractors/{name}", request_body = ContractorReq, tag = "disposal",
     security(("bearer" = [])), params(("name" = String, Path, description = "contractor's username")),
@@ -1584,7 +1609,7 @@ impl Modify for BearerScheme {
           get_record, reveal_record, update_record, patch_record, record_history, import, resolve_subject, dispose, list_disposals,
           retry_disposal, show_retention, set_retention, show_retention_schedule, set_retention_schedule, retention_due, retention_run, list_holds, add_hold,
           remove_hold, show_certificate, certificate_file, certificate_html, validate_certificate,
-          cosign_certificate, keys, assign_contractor, audit_events, audit_verify, audit_anchor, audit_timestamp, audit_report, review,
+          cosign_certificate, keys, list_contractors, assign_contractor, revoke_contractor, audit_events, audit_verify, audit_anchor, audit_timestamp, audit_report, review,
           maintenance, healthz, readyz, openapi_doc),
     components(schemas(Problem))
 )]
@@ -1649,7 +1674,11 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/certificates/{id}/validate", post(validate_certificate))
         .route("/v1/certificates/{id}/cosign", post(cosign_certificate))
         .route("/v1/keys", get(keys))
-        .route("/v1/contractors/{name}", put(assign_contractor))
+        .route("/v1/contractors", get(list_contractors))
+        .route(
+            "/v1/contractors/{name}",
+            put(assign_contractor).delete(revoke_contractor),
+        )
         .route("/v1/audit/events", get(audit_events))
         .route("/v1/audit/verify", get(audit_verify))
         .route("/v1/audit/anchor", post(audit_anchor))

@@ -499,3 +499,76 @@ fn a_disposal_while_a_backup_holds_the_records_is_pending_expiry_of_residual_cop
         "{copies}"
     );
 }
+
+/// `contractor list` names each contractor's scope and key fingerprint;
+/// `contractor revoke` takes both away at once: the next disposal by that
+/// contractor is refused and nothing else changes (issue 11).
+#[test]
+fn a_revoked_contractor_disposes_of_nothing_and_the_list_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let fx = common::fast_vault(&dir.path().join("vault"));
+    let key = contractor_key(21);
+    register(&fx, "contractor", &key);
+    let listed = fx.vault.list_contractors(&fx.officer).unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].username, "contractor");
+    assert_eq!(listed[0].collections, vec![CUSTOMERS.to_owned()]);
+    assert_eq!(
+        listed[0].key_fingerprint.as_deref(),
+        Some(vault_core::crypto::fingerprint(key.verifying_key().as_bytes()).as_str())
+    );
+    // In scope, the contractor disposes of a record.
+    dispose_one(&fx, &fx.contractor, 1);
+    // A clerk may not see the list; only an admin revokes.
+    assert!(fx.vault.list_contractors(&fx.clerk).is_err());
+    assert!(
+        fx.vault
+            .revoke_contractor(&fx.officer, "contractor")
+            .is_err()
+    );
+    assert!(fx.vault.revoke_contractor(&fx.admin, "clerk").is_err());
+    fx.vault.revoke_contractor(&fx.admin, "contractor").unwrap();
+    let listed = fx.vault.list_contractors(&fx.admin).unwrap();
+    assert_eq!(listed[0].key_fingerprint, None);
+    assert!(listed[0].collections.is_empty());
+    let id = fx
+        .vault
+        .put_record(&fx.clerk, CUSTOMERS, SubjectId::new(), &customer(2))
+        .unwrap();
+    let refused = fx.vault.dispose(
+        &fx.contractor,
+        &DisposalRequest {
+            scope: DisposalScope::Record(id),
+            parties: DisposalParties {
+                data_owner: "Example Retail LLC".into(),
+                ..DisposalParties::default()
+            },
+            dry_run: false,
+        },
+    );
+    assert!(
+        refused.is_err(),
+        "a revoked contractor disposed: {refused:?}"
+    );
+    assert!(
+        fx.vault.get_record(&fx.officer, id, &[], None).is_ok(),
+        "the record stays"
+    );
+    let events = fx
+        .vault
+        .audit_events(
+            &fx.auditor,
+            &vault_core::audit::EventFilter {
+                action_prefix: Some("contractor.revoke".into()),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    assert_eq!(
+        events
+            .iter()
+            .filter(|e| e.outcome == vault_core::audit::Outcome::Success)
+            .count(),
+        1
+    );
+}
