@@ -394,6 +394,10 @@ pub fn cmd_certificate(
     c: &CertificateCmd,
 ) -> anyhow::Result<u8> {
     match c {
+        CertificateCmd::List { draft } => {
+            let v = vault_core::views::certificates(&vault.list_certificates(s, *draft)?);
+            out.data(v.clone(), || output::certificates_text(&v));
+        }
         CertificateCmd::Show { id } => {
             let cert = vault.certificate(s, id.parse()?)?;
             let v = vault_core::views::certificate(&cert);

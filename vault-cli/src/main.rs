@@ -247,6 +247,12 @@ enum DisposalCmd {
 
 #[derive(Subcommand, Debug)]
 enum CertificateCmd {
+    /// List stored certificates (ID, status, issued, operator, records, co-signers).
+    List {
+        /// Only drafts waiting for validation.
+        #[arg(long)]
+        draft: bool,
+    },
     /// Show a certificate stored in the vault.
     Show {
         /// Certificate ID.

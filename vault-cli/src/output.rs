@@ -657,3 +657,38 @@ pub fn contractors_text(v: &Value) -> String {
         rows.join("\n")
     }
 }
+
+/// `certificate list`: one line per certificate.
+pub fn certificates_text(v: &Value) -> String {
+    let rows: Vec<String> = v
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|c| {
+            let cos: Vec<&str> = c["cosigned_by"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+                .collect();
+            format!(
+                "{}  {:<9}  {}  {:>6} record(s)  operator {}{}",
+                c["certificate_id"].as_str().unwrap_or("?"),
+                c["status"].as_str().unwrap_or("?"),
+                c["issued_at"].as_str().unwrap_or("?"),
+                c["record_count"],
+                c["operator"].as_str().unwrap_or("-"),
+                if cos.is_empty() {
+                    String::new()
+                } else {
+                    format!(", co-signed by {}", cos.join(", "))
+                }
+            )
+        })
+        .collect();
+    if rows.is_empty() {
+        "no certificates".to_owned()
+    } else {
+        rows.join("\n")
+    }
+}

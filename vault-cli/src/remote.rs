@@ -891,6 +891,13 @@ fn command(cli: &Cli, out: &Out, r: &Remote) -> anyhow::Result<u8> {
             }
         },
         Command::Certificate(c) => match c {
+            CertificateCmd::List { draft } => {
+                let v = r.get(&format!(
+                    "/v1/certificates{}",
+                    query(&[("draft", draft.then(|| "true".to_owned()))])
+                ))?;
+                out.data(v.clone(), || output::certificates_text(&v));
+            }
             CertificateCmd::Show { id } => {
                 let id: CertificateId = id.parse()?;
                 let v = r.get(&format!("/v1/certificates/{id}"))?;

@@ -304,6 +304,25 @@ pub struct ContractorScope {
     pub public_key: Option<String>,
 }
 
+/// A certificate as listed by `certificate list`.
+#[derive(Clone, Debug)]
+pub struct CertificateSummary {
+    /// Certificate ID.
+    pub id: String,
+    /// `draft` or `validated`.
+    pub status: String,
+    /// When it was issued (RFC 3339).
+    pub issued_at: String,
+    /// The operator's name, as on the certificate.
+    pub operator: Option<String>,
+    /// The operator's user ID (a validator must be someone else).
+    pub operator_user_id: Option<String>,
+    /// Records destroyed.
+    pub record_count: u64,
+    /// Roles that co-signed (besides the vault).
+    pub cosigned_by: Vec<String>,
+}
+
 /// A contractor as listed by `contractor list`.
 #[derive(Clone, Debug)]
 pub struct ContractorInfo {
@@ -1507,6 +1526,59 @@ impl Vault {
             None,
         )?;
         Ok(cert)
+    }
+
+    /// Every stored certificate, newest last, optionally only the drafts
+    /// still waiting for validation (officer, auditor, admin, contractor:
+    /// the same readers as [`Vault::certificate`]). IDs, status, times,
+    /// counts and names of the parties only.
+    pub fn list_certificates(
+        &self,
+        s: &Session,
+        drafts_only: bool,
+    ) -> Result<Vec<CertificateSummary>> {
+        self.authorize(s, None)?;
+        let mut out = Vec::new();
+        self.store.for_each(store::CF_CERTIFICATES, |_, value| {
+            let cert = Certificate::parse(
+                std::str::from_utf8(value).map_err(|_| Error::Integrity("certificate"))?,
+            )?;
+            let b = &cert.body;
+            let text = |v: &Value| v.as_str().map(str::to_owned);
+            let status = cert.status().unwrap_or("unknown").to_owned();
+            if drafts_only && status != "draft" {
+                return Ok(());
+            }
+            out.push(CertificateSummary {
+                id: cert.id().unwrap_or_default().to_owned(),
+                status,
+                issued_at: text(&b["issued_at"]).unwrap_or_default(),
+                operator: text(&b["operator"]["name"]),
+                operator_user_id: text(&b["operator"]["user_id"]),
+                record_count: b["target"]["record_count"].as_u64().unwrap_or(0),
+                cosigned_by: cert
+                    .signatures
+                    .iter()
+                    .filter(|g| g.role != "vault")
+                    .map(|g| g.role.clone())
+                    .collect(),
+            });
+            Ok(())
+        })?;
+        out.sort_by(|a, b| a.issued_at.cmp(&b.issued_at));
+        self.audit(
+            Some(s.user),
+            &s.ctx,
+            "certificate.list",
+            vec![if drafts_only {
+                "status:draft".into()
+            } else {
+                "status:any".into()
+            }],
+            Ok(()),
+            None,
+        )?;
+        Ok(out)
     }
 
     /// Validates a draft certificate (REQ-CE-06): an officer other than the

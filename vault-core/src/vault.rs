@@ -52,8 +52,8 @@ pub use anchor::{AnchorExport, StoredTimestamp};
 pub use approvals::{APPROVAL_TTL_MS, PendingRequest, RequestKind};
 pub use backup::{BackupInfo, DEFAULT_BACKUP_DAYS, RestoreReport};
 pub use disposal::{
-    ContractorInfo, ContractorScope, DisposalOutcome, DisposalParties, DisposalRequest,
-    DisposalScope, DisposalSummary, Hold, RetentionPolicy,
+    CertificateSummary, ContractorInfo, ContractorScope, DisposalOutcome, DisposalParties,
+    DisposalRequest, DisposalScope, DisposalSummary, Hold, RetentionPolicy,
 };
 pub use housekeeping::{MAX_SCHEDULE_HOURS, RetentionSchedule};
 pub use maintenance::{JournalReport, MaintenanceReport, MaintenanceStatus};

@@ -142,6 +142,21 @@ pub fn record_history(id: crate::ids::RecordId, versions: &[crate::vault::Record
     })
 }
 
+/// Certificates (`certificate list`).
+pub fn certificates(list: &[crate::vault::CertificateSummary]) -> Value {
+    Value::Array(
+        list.iter()
+            .map(|c| {
+                json!({
+                    "certificate_id": c.id, "status": c.status, "issued_at": c.issued_at,
+                    "operator": c.operator, "operator_user_id": c.operator_user_id,
+                    "record_count": c.record_count, "cosigned_by": c.cosigned_by,
+                })
+            })
+            .collect(),
+    )
+}
+
 /// Contractors (`contractor list`).
 pub fn contractors(list: &[crate::vault::ContractorInfo]) -> Value {
     Value::Array(

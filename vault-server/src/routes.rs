@@ -1226,6 +1226,30 @@ async fn remove_hold(
 
 // ----- certificates and keys -----------------------------------------------------------
 
+/// Which certificates to list.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct CertificateQuery {
+    /// Only drafts waiting for validation.
+    pub draft: Option<bool>,
+}
+
+/// Stored certificates: ID, status, issued, operator, records, co-signers.
+#[utoipa::path(get, path = "/v1/certificates", tag = "certificates", security(("bearer" = [])),
+    params(CertificateQuery), responses((status = 200, body = Object), (status = 403, body = Problem)))]
+async fn list_certificates(
+    State(app): State<Arc<App>>,
+    rc: RequestContext,
+    t: Bearer,
+    Query(q): Query<CertificateQuery>,
+) -> Res {
+    let drafts = q.draft.unwrap_or(false);
+    let list = app
+        .as_user_long(&rc, t, move |v, s| v.list_certificates(s, drafts))
+        .await?;
+    ok(views::certificates(&list))
+}
+
 /// A certificate: the signed body and its signers.
 #[utoipa::path(get, path = "/v1/certificates/{id}", tag = "certificates", security(("bearer" = [])),
     params(("id" = String, Path, description = "certificate ID")),
@@ -1608,7 +1632,7 @@ impl Modify for BearerScheme {
           set_password, list_approvals, approve_request, reject_request, list_collections, create_collection, show_collection, put_record, list_records,
           get_record, reveal_record, update_record, patch_record, record_history, import, resolve_subject, dispose, list_disposals,
           retry_disposal, show_retention, set_retention, show_retention_schedule, set_retention_schedule, retention_due, retention_run, list_holds, add_hold,
-          remove_hold, show_certificate, certificate_file, certificate_html, validate_certificate,
+          remove_hold, list_certificates, show_certificate, certificate_file, certificate_html, validate_certificate,
           cosign_certificate, keys, list_contractors, assign_contractor, revoke_contractor, audit_events, audit_verify, audit_anchor, audit_timestamp, audit_report, review,
           maintenance, healthz, readyz, openapi_doc),
     components(schemas(Problem))
@@ -1668,6 +1692,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/retention/{collection}", put(set_retention))
         .route("/v1/holds", get(list_holds).post(add_hold))
         .route("/v1/holds/remove", post(remove_hold))
+        .route("/v1/certificates", get(list_certificates))
         .route("/v1/certificates/{id}", get(show_certificate))
         .route("/v1/certificates/{id}/file", get(certificate_file))
         .route("/v1/certificates/{id}/html", get(certificate_html))

@@ -331,11 +331,25 @@ fn validation_keeps_the_cosignatures_made_on_the_draft() {
             &vault_core::cosign::sign(&draft, &key).unwrap(),
         )
         .unwrap();
+    // `certificate list --draft` shows what waits for a validator.
+    let drafts = fx.vault.list_certificates(&fx.officer, true).unwrap();
+    assert_eq!(drafts.len(), 1);
+    assert_eq!(drafts[0].id, first.to_string());
+    assert_eq!(drafts[0].cosigned_by, vec!["contractor".to_owned()]);
+    assert_eq!(drafts[0].record_count, 1);
     let validated = fx
         .vault
         .validate_certificate(&fx.officer, first, Some("Security Officer"))
         .unwrap();
     assert_eq!(validated.status(), Some("validated"));
+    assert!(
+        fx.vault
+            .list_certificates(&fx.auditor, true)
+            .unwrap()
+            .is_empty()
+    );
+    let all = fx.vault.list_certificates(&fx.auditor, false).unwrap();
+    assert_eq!((all.len(), all[0].status.as_str()), (1, "validated"));
     let cs = validated
         .signature("contractor")
         .expect("the contractor's co-signature survives validation");
