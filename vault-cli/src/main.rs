@@ -293,7 +293,7 @@ enum CertificateCmd {
         #[arg(long)]
         sig_out: PathBuf,
     },
-    /// Validate a draft certificate (an officer other than the operator).
+    /// Validate a draft certificate (an officer or auditor other than the operator).
     Validate {
         /// Certificate ID.
         id: String,

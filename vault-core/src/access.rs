@@ -55,11 +55,15 @@ pub enum Permission {
     Dispose,
     /// Record the date of the last security review.
     RecordReview,
+    /// Validate another user's disposal certificate (NIST SP 800-88's
+    /// second person): officers and auditors, so that a business with one
+    /// officer still gets validated certificates.
+    ValidateCertificate,
 }
 
 impl Permission {
     /// Every permission, for the role × operation matrix.
-    pub const ALL: [Permission; 11] = [
+    pub const ALL: [Permission; 12] = [
         Permission::ManageUsers,
         Permission::ManageCollections,
         Permission::CreateRecord,
@@ -71,6 +75,7 @@ impl Permission {
         Permission::Reports,
         Permission::Dispose,
         Permission::RecordReview,
+        Permission::ValidateCertificate,
     ];
 
     /// What the permission allows, for error messages ("your role may not …").
@@ -87,6 +92,7 @@ impl Permission {
             Permission::Reports => "run activity reports",
             Permission::Dispose => "dispose of records",
             Permission::RecordReview => "record a security review",
+            Permission::ValidateCertificate => "validate disposal certificates",
         }
     }
 }
@@ -115,12 +121,13 @@ impl Role {
                     | P::Reports
                     | P::Dispose
                     | P::RecordReview
+                    | P::ValidateCertificate
             ),
             Role::Clerk => matches!(
                 p,
                 P::CreateRecord | P::ReadRecord | P::UpdateRecord | P::ListRecords
             ),
-            Role::Auditor => matches!(p, P::ReadAudit | P::Reports),
+            Role::Auditor => matches!(p, P::ReadAudit | P::Reports | P::ValidateCertificate),
             Role::Contractor => matches!(p, P::ListRecords | P::Dispose),
         }
     }

@@ -1589,7 +1589,11 @@ impl Vault {
         id: CertificateId,
         title: Option<&str>,
     ) -> Result<Certificate> {
-        let me = self.authorize(s, Some(Permission::RecordReview))?;
+        let me = self.authorize(s, Some(Permission::ValidateCertificate))?;
+        let default_title = match Role::parse(&me.role)? {
+            Role::Auditor => "auditor",
+            _ => "security officer",
+        };
         let r = (|| {
             if let Some(t) = title {
                 crate::audit::check_text("title", t, PARTY_MAX_CHARS)?;
@@ -1610,7 +1614,7 @@ impl Vault {
             // the draft form of the validated body; certificate.rs).
             let signed = cert.validated(
                 json!({
-                    "name": me.username, "title": title.unwrap_or("security officer"), "user_id": s.user.to_string(),
+                    "name": me.username, "title": title.unwrap_or(default_title), "user_id": s.user.to_string(),
                     "time": format_ms(self.now()),
                     "attestation": certificate::ATTESTATION,
                 }),

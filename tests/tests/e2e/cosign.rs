@@ -586,3 +586,76 @@ fn a_revoked_contractor_disposes_of_nothing_and_the_list_says_so() {
         1
     );
 }
+
+/// One officer plus one auditor (issue 11): the auditor validates the
+/// officer's certificate, and the contractor's earlier co-signature is still
+/// there and verifies; the operator may not validate their own, and an
+/// admin's attempt is a plain permission error.
+#[test]
+fn an_auditor_validates_the_only_officers_certificate_and_cosignatures_survive() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fx = common::fast_vault(&tmp.path().join("vault"));
+    let key = contractor_key(33);
+    register(&fx, "contractor", &key);
+    // The officer disposes (operator); the contractor co-signs the draft.
+    let id = fx
+        .vault
+        .put_record(&fx.clerk, CUSTOMERS, SubjectId::new(), &customer(7))
+        .unwrap();
+    let o = fx
+        .vault
+        .dispose(
+            &fx.officer,
+            &DisposalRequest {
+                scope: DisposalScope::Record(id),
+                parties: DisposalParties {
+                    data_owner: "Example Retail LLC".into(),
+                    ..DisposalParties::default()
+                },
+                dry_run: false,
+            },
+        )
+        .unwrap();
+    let cert_id = o.certificate_id.unwrap();
+    assert!(
+        fx.vault
+            .validate_certificate(&fx.officer, cert_id, None)
+            .is_err(),
+        "the operator may not validate their own"
+    );
+    assert!(matches!(
+        fx.vault.validate_certificate(&fx.admin, cert_id, None),
+        Err(vault_core::Error::PermissionDenied(_))
+    ));
+    let validated = fx
+        .vault
+        .validate_certificate(&fx.auditor, cert_id, None)
+        .unwrap();
+    assert_eq!(validated.status(), Some("validated"));
+    assert_eq!(validated.body["validator"]["title"], "auditor");
+    let r = certificate::verify(&validated, &fx.vault.certificate_public_key());
+    assert!(r.ok(), "{r:?}");
+
+    // A contractor's batch: co-signed by the contractor, validated by the
+    // auditor; the co-signature is still there and verifies.
+    let (_, second) = dispose_one(&fx, &fx.contractor, 8);
+    let draft = fx.vault.certificate(&fx.auditor, second).unwrap();
+    fx.vault
+        .cosign_certificate(
+            &fx.contractor,
+            second,
+            &vault_core::cosign::sign(&draft, &key).unwrap(),
+        )
+        .unwrap();
+    let validated = fx
+        .vault
+        .validate_certificate(&fx.auditor, second, None)
+        .unwrap();
+    assert!(validated.signature("contractor").is_some());
+    let r = certificate::verify(&validated, &fx.vault.certificate_public_key());
+    assert!(r.ok(), "{r:?}");
+    assert!(
+        r.cosignatures.iter().any(|c| c.0 == "contractor" && c.2),
+        "{r:?}"
+    );
+}
