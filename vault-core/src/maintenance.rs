@@ -99,7 +99,7 @@ impl MaintenanceStatus {
     }
 }
 
-fn system_ctx() -> Context {
+pub(super) fn system_ctx() -> Context {
     Context {
         channel: Channel::System,
         source: None,
