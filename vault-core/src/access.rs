@@ -347,9 +347,8 @@ pub const MIN_PASSWORD_CHARS: usize = 12;
 pub fn is_breached(password: &SecretString) -> bool {
     let lower = crate::breached::normalise(password.expose());
     let stem = lower.trim_end_matches(|c: char| c.is_ascii_digit() || c.is_ascii_punctuation());
-    let listed = |w: &str| {
-        !w.is_empty() && (crate::breached::contains(w) || LOCAL_BLOCKLIST.contains(&w))
-    };
+    let listed =
+        |w: &str| !w.is_empty() && (crate::breached::contains(w) || LOCAL_BLOCKLIST.contains(&w));
     listed(&lower) || listed(stem)
 }
 
@@ -382,11 +381,7 @@ pub fn check_password_policy(password: &SecretString, username: &Username) -> Re
         MIN_PASSWORD_CHARS,
         "is a common or breached password (it is on the breached-password list)",
     )?;
-    if password
-        .expose()
-        .to_lowercase()
-        .contains(username.as_str())
-    {
+    if password.expose().to_lowercase().contains(username.as_str()) {
         return Err(Error::WeakPassword("must not contain the username"));
     }
     Ok(())

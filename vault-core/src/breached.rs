@@ -74,7 +74,12 @@ mod tests {
         for line in LIST.lines() {
             assert!(contains(line));
         }
-        for absent in ["", "zzzzzzzzzzzzzzzzzzzzzzzz-not-a-password", "\u{10ffff}", "!"] {
+        for absent in [
+            "",
+            "zzzzzzzzzzzzzzzzzzzzzzzz-not-a-password",
+            "\u{10ffff}",
+            "!",
+        ] {
             // "!" sorts before every letter and digit; it may or may not be
             // listed, but must never panic.
             let _ = contains(absent);
@@ -85,7 +90,14 @@ mod tests {
 
     #[test]
     fn well_known_breached_passwords_are_listed() {
-        for p in ["123456", "password", "iloveyou", "trustno1", "1qaz2wsx3edc", "qwerty"] {
+        for p in [
+            "123456",
+            "password",
+            "iloveyou",
+            "trustno1",
+            "1qaz2wsx3edc",
+            "qwerty",
+        ] {
             assert!(contains(p), "{p} missing");
         }
         assert!(contains(&normalise("  PassWord ")));

@@ -275,14 +275,9 @@ impl Vault {
                     id.to_string(),
                     format!("os-user:{}", ctx.source.as_deref().unwrap_or("unknown")),
                 ];
-                if let Err(e) = self.audit(
-                    None,
-                    ctx,
-                    "user.unlock.break_glass",
-                    targets,
-                    Ok(()),
-                    None,
-                ) {
+                if let Err(e) =
+                    self.audit(None, ctx, "user.unlock.break_glass", targets, Ok(()), None)
+                {
                     // Fail closed: no unaudited unlock.
                     let _g = self.users_lock.lock().expect("users lock");
                     if self

@@ -8,6 +8,7 @@ mod cli_output;
 mod common;
 mod concurrency;
 mod crash;
+mod custodian;
 mod disposal;
 mod fault_injection;
 mod forensic;
