@@ -673,8 +673,6 @@ fn role_endpoint_matrix_reveal_and_bad_input_over_tls() {
 #[test]
 fn lockout_disable_and_expiry_over_http() {
     let srv = start(&["--logins-per-minute", "10000", "--token-ttl-secs", "2"]);
-    let admin = srv.token("admin");
-    let clerk = srv.token("clerk");
     // Per-source throttling before the per-account lock: from one address,
     // the first three wrong passwords answer 401; the next attempt, right
     // or wrong, is refused with 429 and Retry-After before any password is
@@ -722,6 +720,9 @@ fn lockout_disable_and_expiry_over_http() {
         !evs.iter().any(|e| e["action"] == "auth.lockout"),
         "one address cannot lock the account"
     );
+    // Tokens live 2 s here: taken after the waits above.
+    let admin = srv.token("admin");
+    let clerk = srv.token("clerk");
     // An admin's unlock still answers (nothing to lift).
     assert_eq!(
         srv.call("POST", "/v1/users/auditor/unlock", Some(&admin), None)
