@@ -487,6 +487,60 @@ mod tests {
     }
 
     #[test]
+    fn breached_passwords_and_passphrases_are_refused_without_echo() {
+        let u = Username::parse("alice").unwrap();
+        // On the list: exact, in another case, padded, or with a suffix.
+        for bad in [
+            "1qaz2wsx3edc",
+            "QAZWSXEDCRFV",
+            " manchesterunited ",
+            "Starwars1234!",
+        ] {
+            let e = check_password_policy(&bad.into(), &u).unwrap_err();
+            assert!(matches!(e, Error::WeakPassword(_)), "{bad}: {e:?}");
+            assert!(
+                !e.to_string()
+                    .to_lowercase()
+                    .contains(bad.trim().to_lowercase().as_str())
+            );
+            let e = check_passphrase_policy(&bad.into()).unwrap_err();
+            assert!(e.to_string().contains("vault passphrase"), "{e}");
+        }
+        assert!(check_passphrase_policy(&"Custodian-Heliotrope-48".into()).is_ok());
+        assert!(matches!(
+            check_passphrase_policy(&"Short-pass1".into()),
+            Err(Error::WeakPassword(
+                "the vault passphrase must be at least 12 characters"
+            ))
+        ));
+    }
+
+    #[test]
+    fn a_source_gets_free_failures_then_a_doubling_wait_then_forgets() {
+        let p = LockoutPolicy::default();
+        let mut s = SourceRow::default();
+        for t in 0..3 {
+            assert_eq!(s.throttled_until(&p, t), None);
+            s = s.fail(&p, t);
+        }
+        // After the third failure (at 2): wait 1 s, then 2 s, 4 s …
+        assert_eq!(s.throttled_until(&p, 2), Some(1002));
+        assert_eq!(s.throttled_until(&p, 1002), None);
+        s = s.fail(&p, 1002);
+        assert_eq!(s.throttled_until(&p, 1002), Some(3002));
+        for _ in 0..30 {
+            s = s.fail(&p, 3002);
+        }
+        assert_eq!(
+            s.throttled_until(&p, 3002),
+            Some(3002 + p.source_max_backoff_ms)
+        );
+        // An hour without a failure: a fresh start.
+        assert_eq!(s.throttled_until(&p, 3002 + p.source_forget_ms), None);
+        assert_eq!(s.fail(&p, 3002 + p.source_forget_ms).failures, 1);
+    }
+
+    #[test]
     fn hashes_are_argon2id_and_verify() {
         let h = hash_password(&"a long enough passphrase".into()).unwrap();
         assert!(h.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"), "{h}");

@@ -384,6 +384,30 @@ mod tests {
     }
 
     #[test]
+    fn a_slot_under_another_unlock_key_is_an_interrupted_passphrase_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("header");
+        let (old_uk, new_uk, r0) = (
+            SecretKey::generate(),
+            SecretKey::generate(),
+            SecretKey::generate(),
+        );
+        let i = info();
+        create(&p, &i, &old_uk, &r0).unwrap();
+        // The commit of a passphrase change: the same root, the new key, e+1.
+        write_slot(&p, i.vault_id, &new_uk, 1, &r0).unwrap();
+        // The old key no longer opens (the newest slot is not its).
+        assert!(matches!(open(&p, &old_uk), Err(Error::WrongPassphrase)));
+        let h = open(&p, &new_uk).unwrap();
+        assert_eq!((h.epoch, h.rekey_from), (1, Some(0)));
+        assert!(h.root == r0 && h.unfinished_from.is_none());
+        erase_other_slots(&p, 1).unwrap();
+        let h = open(&p, &new_uk).unwrap();
+        assert!(h.rekey_from.is_none() && h.unfinished_from.is_none());
+        assert!(matches!(open(&p, &old_uk), Err(Error::WrongPassphrase)));
+    }
+
+    #[test]
     fn an_edited_static_part_with_a_fixed_checksum_fails_to_open() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("header");
