@@ -742,3 +742,37 @@ fn breached_passwords_are_refused_for_users_and_the_vault() {
         "{why}"
     );
 }
+
+/// A backup taken before a passphrase change still restores after it: its
+/// key is carried across the ratchet (re-wrapped, not lost), and the records
+/// it holds read with the new passphrase.
+#[test]
+fn a_backup_taken_before_a_passphrase_change_restores_after_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("v");
+    let f = fast_vault(&dir);
+    let id = f
+        .vault
+        .put_record(&f.clerk, CUSTOMERS, SubjectId::new(), &body(5))
+        .unwrap();
+    let file = tmp.path().join("before.pvb");
+    f.vault.create_backup(&f.admin, &file, 30).unwrap();
+    f.vault
+        .change_passphrase(
+            &secret(PASSPHRASE),
+            &secret(NEW_PASSPHRASE),
+            &custodian_context(None),
+        )
+        .unwrap();
+    let clock = f.clock.clone();
+    f.vault.close().unwrap();
+    let v = open(&dir, NEW_PASSPHRASE, &clock).unwrap();
+    let admin = common::login(&v, "admin");
+    let r = v.restore_backup(&admin, &file).unwrap();
+    assert_eq!((r.kept, r.repaired), (1, 0), "{r:?}");
+    let clerk = common::login(&v, "clerk");
+    assert_eq!(
+        v.get_record(&clerk, id, &[], None).unwrap().fields["given_name"],
+        NAMES[5]
+    );
+}
