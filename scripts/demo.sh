@@ -3,7 +3,10 @@
 # create a vault, add staff, define a collection, import and store customer
 # records, read one masked and revealed, destroy one provably (crypto-shredding)
 # and verify its certificate offline, verify the audit trail, run doctor.
-# Secrets are passed as files (mode 0600), never as flags.
+# Secrets are passed as files (mode 0600), never as flags. The custodian
+# holds the vault passphrase and starts pivault-server; staff (admin,
+# officer, clerk) work through the server's local socket with their own
+# passwords and never see the passphrase.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
@@ -20,12 +23,26 @@ umask 077
 head -c 24 /dev/urandom | base64 > "$SECRETS/passphrase"
 for u in admin officer clerk; do head -c 18 /dev/urandom | base64 > "$SECRETS/$u"; done
 
-export PIVAULT_DIR="$VAULT" PIVAULT_PASSPHRASE_FILE="$SECRETS/passphrase"
+export PIVAULT_DIR="$VAULT" PIVAULT_SOCKET="$SECRETS/pivault.sock"
+# The custodian's own commands open the vault directory with the passphrase.
+custodian() { PIVAULT_PASSPHRASE_FILE="$SECRETS/passphrase" "$PIVAULT" "$@"; }
+# Staff: their username and password, through the socket; no passphrase.
 as() { local who=$1; shift; PIVAULT_USER=$who PIVAULT_PASSWORD_FILE="$SECRETS/$who" "$PIVAULT" "$@"; }
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+SERVER_PID=""
+stop_server() { [ -z "$SERVER_PID" ] || { kill "$SERVER_PID"; wait "$SERVER_PID" || true; SERVER_PID=""; }; }
+trap stop_server EXIT
 
-step "create the vault and its first admin"
-PIVAULT_PASSWORD_FILE="$SECRETS/admin" "$PIVAULT" init --admin admin
+step "the custodian creates the vault and its first admin"
+PIVAULT_PASSWORD_FILE="$SECRETS/admin" custodian init --admin admin
+
+step "the custodian unseals it once in pivault-server (local socket for staff)"
+PIVAULT_PASSPHRASE_FILE="$SECRETS/passphrase" "${PIVAULT%/pivault}/pivault-server" \
+  --bind 127.0.0.1:0 --socket "$PIVAULT_SOCKET" --checkpoint-secs 0 2> "$SECRETS/server.log" &
+SERVER_PID=$!
+for _ in $(seq 1 300); do [ -S "$PIVAULT_SOCKET" ] && break; sleep 0.1; done
+[ -S "$PIVAULT_SOCKET" ] || { cat "$SECRETS/server.log"; exit 1; }
+grep "listening" "$SECRETS/server.log"
 
 step "add a security officer and a clerk"
 PIVAULT_NEW_PASSWORD_FILE="$SECRETS/officer" as admin user add officer --role officer
@@ -66,9 +83,12 @@ env -u PIVAULT_DIR "$PIVAULT" certificate verify "$SECRETS/certificate.json" --k
 step "the audit trail: last events, then verification"
 as officer audit log --limit 8
 as officer audit verify
+as officer audit log --limit 3 --action record.create --json | grep -o '"source":"uid=[^"]*"' | sed -n 1p | sed 's/^/the audit trail names the OS user: /'
 as officer review
-step "doctor"
-"$PIVAULT" doctor || true
+
+step "the custodian stops the server (staff sessions end) and runs doctor"
+stop_server
+custodian doctor || true
 
 step "nothing readable on disk"
 if grep -rqa "219-09-9998\|219099998\|5500000000000004" "$VAULT"; then echo "PLAINTEXT FOUND"; exit 1; else echo "no SSN or card number found in any file under $VAULT"; fi
@@ -76,7 +96,9 @@ if grep -rqa "219-09-9998\|219099998\|5500000000000004" "$VAULT"; then echo "PLA
 cat <<MSG
 
 Done. The vault is in $VAULT; its random demo secrets (passphrase, passwords) are
-in $SECRETS. Try: PIVAULT_USER=officer PIVAULT_PASSWORD_FILE=$SECRETS/officer $PIVAULT audit report
+in $SECRETS. Staff commands go through pivault-server: start it as above
+(PIVAULT_PASSPHRASE_FILE=$SECRETS/passphrase pivault-server --socket $SECRETS/pivault.sock),
+then try: PIVAULT_SOCKET=$SECRETS/pivault.sock PIVAULT_USER=officer PIVAULT_PASSWORD_FILE=$SECRETS/officer $PIVAULT audit report
 The certificate of destruction is $SECRETS/certificate.json ($PIVAULT certificate render FILE for print).
 Next: README.md (commands, schema format, exit codes),
 ARCHITECTURE.md (how the keys and the audit trail work), and

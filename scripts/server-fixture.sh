@@ -41,7 +41,8 @@ vault_fixture() {
 # (https://127.0.0.1:PORT, for clients that do not verify, like wrk).
 start_server() {
   "$BIN_DIR/pivault-server" --bind 127.0.0.1:0 --self-signed \
-    --tls-cert "$WORK/server.crt" --tls-key "$WORK/server.key" "$@" 2> "$WORK/server.log" &
+    --tls-cert "$WORK/server.crt" --tls-key "$WORK/server.key" \
+    --socket "$WORK/pivault.sock" "$@" 2> "$WORK/server.log" &
   SERVER_PID=$!
   URL=""
   for _ in $(seq 1 600); do

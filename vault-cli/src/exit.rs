@@ -19,6 +19,7 @@
 //! | 14 | disposal verification failed: no certificate issued |
 //! | 15 | completed, but the vault could not be closed cleanly: the output is valid, do not retry |
 //! | 16 | completed, but the output could not be written: stderr names the result, do not retry |
+//! | 17 | pivault-server unreachable: not running, socket permission denied, or the TLS connection failed (nothing was done) |
 //!
 //! 15 and 16 exist so that the exit status never contradicts the output: a
 //! command whose work is done and audited never exits as a failure a script
@@ -47,6 +48,8 @@ pub const CLOSE_FAILED: u8 = 15;
 /// The command's work is done, but stdout could not be written; stderr
 /// names what it did.
 pub const OUTPUT_FAILED: u8 = 16;
+/// The server could not be reached, so nothing was done: safe to retry.
+pub const UNREACHABLE: u8 = 17;
 
 /// Maps an error to its exit code and stable error code. A server's
 /// answer carries the same stable codes, so it maps the same way.
@@ -56,6 +59,9 @@ pub fn classify(e: &anyhow::Error) -> (u8, String) {
     }
     if let Some(r) = e.downcast_ref::<crate::remote::RemoteError>() {
         return (for_code(&r.code), r.code.clone());
+    }
+    if e.downcast_ref::<crate::remote::Unreachable>().is_some() {
+        return (UNREACHABLE, "unreachable".to_owned());
     }
     // Our own messages (missing --vault, unreadable secret file...) are usage-level.
     (USAGE, "usage".to_owned())

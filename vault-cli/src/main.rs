@@ -9,6 +9,7 @@
 mod backup;
 mod dispose;
 mod exit;
+mod local;
 mod output;
 mod remote;
 
@@ -36,7 +37,16 @@ use crate::output::Out;
 /// pivault — a vault for personal-information records: encrypted at rest,
 /// access-controlled, audited, and destroyed provably.
 #[derive(Parser, Debug)]
-#[command(name = "pivault", version, propagate_version = true)]
+#[command(
+    name = "pivault",
+    version,
+    propagate_version = true,
+    after_help = "Staff: commands go to pivault-server through its local socket \
+(PIVAULT_SOCKET, default /run/pivault/pivault.sock) with your own username and password; \
+`pivault login` keeps a token so that later commands need no password.\n\
+Custodian: init, backup and doctor, and any command given PIVAULT_PASSPHRASE_FILE, \
+open the vault directory directly with the vault passphrase."
+)]
 struct Cli {
     /// Vault directory.
     #[arg(long, global = true, env = "PIVAULT_DIR", value_name = "DIR")]
@@ -44,7 +54,9 @@ struct Cli {
     /// Your username.
     #[arg(long, global = true, env = "PIVAULT_USER", value_name = "NAME")]
     user: Option<String>,
-    /// File holding the vault passphrase (or a key file). Never give a secret as a flag.
+    /// File holding the vault passphrase (or a key file): the custodian's,
+    /// to open the vault directory directly. Staff leave it unset and go
+    /// through pivault-server's socket. Never give a secret as a flag.
     #[arg(
         long,
         global = true,
@@ -69,6 +81,16 @@ struct Cli {
     /// Talk to a running pivault-server (https://HOST:PORT) instead of opening --vault.
     #[arg(long, global = true, env = "PIVAULT_SERVER", value_name = "URL")]
     server: Option<String>,
+    /// pivault-server's local socket, which every command uses unless
+    /// --server or a passphrase file is given.
+    #[arg(
+        long,
+        global = true,
+        env = "PIVAULT_SOCKET",
+        value_name = "PATH",
+        default_value = vault_core::DEFAULT_SOCKET
+    )]
+    socket: PathBuf,
     /// CA certificate (PEM) to trust for --server, e.g. a self-signed server's certificate.
     #[arg(long, global = true, env = "PIVAULT_CA_CERT", value_name = "FILE")]
     ca_cert: Option<PathBuf>,
@@ -152,9 +174,9 @@ enum Command {
     Doctor,
     /// Record that the annual security review took place (officer).
     Review,
-    /// Log in to --server and keep the token in a file only you can read (mode 0600).
+    /// Log in to pivault-server (its socket, or --server) and keep the token in a file only you can read (mode 0600).
     Login,
-    /// Revoke the --server token and delete its file.
+    /// Revoke the login token and delete its file.
     Logout,
     /// Print shell completions.
     Completions {
@@ -520,6 +542,17 @@ enum RecordCmd {
         /// import that stopped after line N without storing duplicates.
         #[arg(long, value_name = "N", default_value_t = 0)]
         skip_lines: u64,
+        /// Map CSV column headers to fields: 'SSN=ssn,Date of Birth=born'
+        /// (headers match regardless of case and spacing; 'Notes=' drops a
+        /// column). Repeatable. Unmapped headers are taken as field names.
+        #[arg(long, value_name = "HEADER=FIELD,...")]
+        map: Vec<String>,
+        /// A mapping file: one HEADER=FIELD per line, '#' comments.
+        #[arg(long, value_name = "FILE")]
+        map_file: Option<PathBuf>,
+        /// Validate every row and report; store nothing.
+        #[arg(long)]
+        check: bool,
     },
     /// Read a record, masked unless fields are revealed with a reason.
     Get {
@@ -532,13 +565,35 @@ enum RecordCmd {
         #[arg(long)]
         reason: Option<String>,
     },
-    /// Replace a record's body (a new version under a new key).
+    /// Change some fields; the others are kept (a new version, new key).
     Update {
         /// Record ID.
         id: String,
-        /// JSON file with the new body ('-' for stdin).
+        /// JSON file of fields to set, null to remove ('-' for stdin): a
+        /// JSON merge patch (RFC 7396).
+        #[arg(long, value_name = "FILE")]
+        data: Option<PathBuf>,
+        /// Set FIELD from stdin or a no-echo prompt: `--set phone=-`. Values
+        /// are never flags (they would stay in the process list and shell
+        /// history); with several, stdin holds one value per line, in order.
+        #[arg(long, value_name = "FIELD=-")]
+        set: Vec<String>,
+        /// Remove FIELD.
+        #[arg(long, value_name = "FIELD")]
+        unset: Vec<String>,
+    },
+    /// Replace the whole record with a new body (fields not given are removed).
+    Replace {
+        /// Record ID.
+        id: String,
+        /// JSON file with the complete new body ('-' for stdin).
         #[arg(long)]
         data: PathBuf,
+    },
+    /// List a record's versions: when, by whom, which fields changed (names only).
+    History {
+        /// Record ID.
+        id: String,
     },
     /// List record metadata.
     List {
@@ -691,6 +746,18 @@ fn after_close(out: &Out, code: u8, closed: vault_core::Result<()>) -> u8 {
     }
 }
 
+/// Whether a command opens the vault directory itself (the custodian's
+/// way, with the passphrase) rather than going through the server's
+/// socket (everyone else's). Creating, backing up and checking the vault
+/// work on its files, so they are always direct.
+fn opens_directly(cli: &Cli, cmd: &Command) -> bool {
+    match cmd {
+        Command::Init(_) | Command::Doctor | Command::Backup(_) => true,
+        Command::Login | Command::Logout => false,
+        _ => cli.passphrase_file.is_some(),
+    }
+}
+
 fn vault_dir(cli: &Cli) -> anyhow::Result<&Path> {
     cli.vault
         .as_deref()
@@ -705,8 +772,8 @@ fn secret(
     env: &str,
 ) -> anyhow::Result<SecretString> {
     if let Some(f) = file {
-        let s = SecretString::from_file(f)
-            .with_context(|| format!("cannot read the {what} file {}", f.display()))?;
+        let s = SecretString::from_private_file(f)
+            .with_context(|| format!("cannot use the {what} file {}", f.display()))?;
         if s.expose().is_empty() {
             bail!("the {what} file {} is empty", f.display());
         }
@@ -782,6 +849,60 @@ fn read_json(path: &Path) -> anyhow::Result<Value> {
     })
 }
 
+/// The merge patch of `record update`: the `--data` file's fields, then
+/// each `--set FIELD=-` (read from stdin, one value per line, or a no-echo
+/// prompt on a terminal) and each `--unset FIELD` (null).
+fn record_patch(data: Option<&Path>, set: &[String], unset: &[String]) -> anyhow::Result<Value> {
+    let mut patch = match data {
+        Some(f) => read_json(f)?,
+        None => json!({}),
+    };
+    let Some(obj) = patch.as_object_mut() else {
+        bail!(vault_core::Error::InvalidInput(
+            "the --data file must hold a JSON object of fields".into()
+        ));
+    };
+    let terminal = std::io::stdin().is_terminal();
+    let mut stdin = std::io::stdin().lock();
+    for item in set {
+        let Some((field, source)) = item.split_once('=') else {
+            bail!(vault_core::Error::InvalidInput(
+                "--set takes FIELD=- (the value then comes from stdin or a prompt)".into()
+            ));
+        };
+        if source != "-" {
+            bail!(vault_core::Error::InvalidInput(format!(
+                "--set {field}=…: values are never given as flags (the process list and shell \
+                 history keep them); use --set {field}=- and give the value on stdin or at the prompt"
+            )));
+        }
+        if data == Some(Path::new("-")) {
+            bail!("--data - and --set FIELD=- both want stdin: use a file for --data");
+        }
+        let value = if terminal {
+            SecretString::new(rpassword::prompt_password(format!("{field}: "))?)
+        } else {
+            let mut line = zeroize::Zeroizing::new(String::new());
+            if stdin.read_line(&mut line)? == 0 {
+                bail!(vault_core::Error::InvalidInput(format!(
+                    "no value for {field} on stdin (one line per --set FIELD=-)"
+                )));
+            }
+            SecretString::new(line.trim_end_matches(['\n', '\r']).to_owned())
+        };
+        obj.insert(field.to_owned(), Value::String(value.expose().to_owned()));
+    }
+    for field in unset {
+        obj.insert(field.clone(), Value::Null);
+    }
+    if obj.is_empty() {
+        bail!(vault_core::Error::InvalidInput(
+            "nothing to change: give --set FIELD=-, --unset FIELD or --data FILE".into()
+        ));
+    }
+    Ok(patch)
+}
+
 fn parse_time(s: &str) -> anyhow::Result<i64> {
     Ok(vault_core::clock::parse_time(s)?)
 }
@@ -811,6 +932,8 @@ fn run(cli: &Cli, out: &Out) -> anyhow::Result<u8> {
             dispose::cmd_render_file(out, Path::new(cert), o.as_deref())
         }
         Command::Contractor(ContractorCmd::Keygen { out: o }) => dispose::cmd_keygen(out, o),
+        // The custodian's own commands open the vault directory with the
+        // passphrase, whatever the server settings (they refuse --server).
         Command::Passphrase(PassphraseCmd::Change {
             new_passphrase_file,
         }) => cmd_passphrase_change(cli, out, new_passphrase_file.as_deref()),
@@ -818,9 +941,13 @@ fn run(cli: &Cli, out: &Out) -> anyhow::Result<u8> {
             name,
             break_glass: true,
         }) => cmd_break_glass(cli, out, name),
-        _ if cli.server.is_some() => remote::run(cli, out, cli.server.as_deref().expect("checked")),
-        Command::Login | Command::Logout => {
-            bail!("login and logout are for a server: give --server URL (or set PIVAULT_SERVER)")
+        _ if cli.server.is_some() => remote::run(
+            cli,
+            out,
+            &remote::Endpoint::Url(cli.server.clone().expect("checked")),
+        ),
+        cmd if !opens_directly(cli, cmd) => {
+            remote::run(cli, out, &remote::Endpoint::Socket(cli.socket.clone()))
         }
         cmd => {
             let vault = open_vault(cli)?;
@@ -1178,13 +1305,26 @@ fn cmd_record(out: &Out, vault: &Vault, s: &Session, c: &RecordCmd) -> anyhow::R
             format,
             subject_column,
             skip_lines,
+            map,
+            map_file,
+            check,
         } => {
             let input = ImportSource {
                 file,
                 format: import_format(file, *format),
                 skip_lines: *skip_lines,
             };
-            return cmd_import(out, vault, s, collection, &input, subject_column);
+            let (columns, _) = import_columns(map, map_file.as_deref())?;
+            return cmd_import(
+                out,
+                vault,
+                s,
+                collection,
+                &input,
+                subject_column,
+                &columns,
+                *check,
+            );
         }
         RecordCmd::Get { id, reveal, reason } => {
             let id: RecordId = id.parse()?;
@@ -1193,14 +1333,34 @@ fn cmd_record(out: &Out, vault: &Vault, s: &Session, c: &RecordCmd) -> anyhow::R
             let v = vault_core::views::record(&view);
             out.data(v.clone(), || output::record_text(&v));
         }
-        RecordCmd::Update { id, data } => {
+        RecordCmd::Update {
+            id,
+            data,
+            set,
+            unset,
+        } => {
+            let id: RecordId = id.parse()?;
+            let patch = record_patch(data.as_deref(), set, unset)?;
+            let version = vault.patch_record(s, id, &patch)?;
+            out.data(
+                json!({ "record_id": id.to_string(), "version": version }),
+                || format!("updated {id} to version {version}"),
+            );
+        }
+        RecordCmd::Replace { id, data } => {
             let id: RecordId = id.parse()?;
             let body = read_json(data)?;
             let version = vault.update_record(s, id, &body)?;
             out.data(
                 json!({ "record_id": id.to_string(), "version": version }),
-                || format!("updated {id} to version {version}"),
+                || format!("replaced {id}: version {version}"),
             );
+        }
+        RecordCmd::History { id } => {
+            let id: RecordId = id.parse()?;
+            let h = vault.record_history(s, id)?;
+            let v = vault_core::views::record_history(id, &h);
+            out.data(v.clone(), || output::history_text(&v));
         }
         RecordCmd::List {
             collection,
@@ -1383,6 +1543,29 @@ pub(crate) fn import_incomplete(e: vault_core::Error, line_offset: u64) -> anyho
     })
 }
 
+/// `--map` and `--map-file` as one mapping, and as the one-line form the
+/// server takes (`map=` query parameter).
+pub(crate) fn import_columns(
+    map: &[String],
+    map_file: Option<&Path>,
+) -> anyhow::Result<(vault_core::vault::ImportColumns, String)> {
+    let mut spec: Vec<String> = Vec::new();
+    if let Some(f) = map_file {
+        let text = std::fs::read_to_string(f)
+            .with_context(|| format!("cannot read the mapping file {}", f.display()))?;
+        spec.extend(
+            text.lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                .map(str::to_owned),
+        );
+    }
+    spec.extend(map.iter().cloned());
+    let joined = spec.join(",");
+    Ok((vault_core::vault::ImportColumns::parse(&joined)?, joined))
+}
+
+#[allow(clippy::too_many_arguments)]
 fn cmd_import(
     out: &Out,
     vault: &Vault,
@@ -1390,17 +1573,20 @@ fn cmd_import(
     collection: &str,
     source: &ImportSource<'_>,
     subject_column: &str,
+    columns: &vault_core::vault::ImportColumns,
+    check_only: bool,
 ) -> anyhow::Result<u8> {
     // Pass 1 checks every row and stores nothing; pass 2 stores. Both stream,
     // and both start after the skipped lines.
     let input = source.open()?;
     let bar = out.progress(input.len, "checking");
-    let check = vault.import_records(
+    let check = vault.import_mapped(
         s,
         collection,
         input.reader,
         source.format,
         subject_column,
+        columns,
         true,
         &mut |n| bar.set_position(n),
     );
@@ -1412,14 +1598,21 @@ fn cmd_import(
         out.data(v.clone(), || output::import_refused_text(&v));
         return Ok(exit::INVALID_INPUT);
     }
+    if check_only {
+        out.data(vault_core::views::import_checked(&check), || {
+            format!("checked {} rows: all valid; nothing stored", check.valid)
+        });
+        return Ok(exit::OK);
+    }
     let input = source.open()?;
     let bar = out.progress(input.len, "importing");
-    let report = vault.import_records(
+    let report = vault.import_mapped(
         s,
         collection,
         input.reader,
         source.format,
         subject_column,
+        columns,
         false,
         &mut |n| bar.set_position(n),
     );
@@ -1557,7 +1750,9 @@ fn cmd_audit(out: &Out, vault: &Vault, s: &Session, c: &AuditCmd) -> anyhow::Res
 fn cmd_doctor(cli: &Cli, out: &Out) -> anyhow::Result<u8> {
     let dir = vault_dir(cli)?;
     // Permission checks come first: an unsafe header keeps the vault shut.
+    let passphrase_file = doctor::passphrase_file_check(cli.passphrase_file.as_deref());
     let mut checks = doctor::file_checks(dir);
+    checks.push(passphrase_file.clone());
     let vault = if checks.iter().any(|c| c.level == Level::Fail) {
         None
     } else {
@@ -1565,6 +1760,7 @@ fn cmd_doctor(cli: &Cli, out: &Out) -> anyhow::Result<u8> {
     };
     if let Some(v) = &vault {
         checks = doctor::checks(v, jiff::Timestamp::now().as_millisecond())?;
+        checks.insert(2, passphrase_file);
     }
     let unsafe_count = checks.iter().filter(|c| c.level == Level::Fail).count();
     let rows: Vec<Value> = checks

@@ -564,3 +564,31 @@ pub fn import_refused_text(v: &Value) -> String {
     }
     t
 }
+
+/// `record history`: one line per version.
+pub fn history_text(v: &Value) -> String {
+    let mut lines = vec![format!(
+        "{:>7}  {:<24}  {:<16}  fields changed",
+        "version", "time", "by"
+    )];
+    for ver in v["versions"].as_array().into_iter().flatten() {
+        let fields: Vec<&str> = ver["fields_changed"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
+        lines.push(format!(
+            "{:>7}  {:<24}  {:<16}  {}",
+            ver["version"],
+            ver["time"].as_str().unwrap_or(""),
+            ver["username"].as_str().unwrap_or("-"),
+            if ver["version"] == 1 {
+                "(created)".to_owned()
+            } else {
+                fields.join(", ")
+            }
+        ));
+    }
+    lines.join("\n")
+}

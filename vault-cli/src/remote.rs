@@ -1,5 +1,6 @@
-//! `pivault --server URL`: the same commands against a running
-//! `pivault-server`. Each command becomes one or two HTTPS calls whose
+//! `pivault` through a running `pivault-server`: over its local Unix-domain
+//! socket (staff on the vault's machine, the default) or `--server URL`
+//! (HTTPS). Each command becomes one or two HTTP calls whose
 //! answers are the documents `--json` prints locally, rendered by the same
 //! functions ([`crate::output`]), so output and exit codes match.
 //!
@@ -44,15 +45,67 @@ impl std::fmt::Display for RemoteError {
 
 impl std::error::Error for RemoteError {}
 
+/// The server could not be reached (no request was answered).
+#[derive(Debug)]
+pub struct Unreachable(pub String);
+
+impl std::fmt::Display for Unreachable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Unreachable {}
+
+/// How requests reach the server.
+enum Transport {
+    /// HTTPS (or plain HTTP to loopback) with ureq.
+    Https { agent: ureq::Agent, base: String },
+    /// Plain HTTP/1.1 over the server's local Unix-domain socket: no TLS to
+    /// set up, and the server learns the caller's OS user from the kernel.
+    Local(PathBuf),
+}
+
+/// Where a command goes: `--server URL`, or the local socket.
+#[derive(Debug, Clone)]
+pub enum Endpoint {
+    /// `--server URL`.
+    Url(String),
+    /// The server's Unix-domain socket.
+    Socket(PathBuf),
+}
+
+impl Endpoint {
+    /// The name the login token is kept under.
+    fn token_key(&self) -> String {
+        match self {
+            Endpoint::Url(u) => u.clone(),
+            Endpoint::Socket(p) => format!("unix://{}", p.display()),
+        }
+    }
+}
+
 /// A connection to a server.
 pub struct Remote {
-    agent: ureq::Agent,
-    base: String,
+    transport: Transport,
     token: Option<SecretString>,
+    /// Calls answered without a problem so far (a command that failed on
+    /// its first call changed nothing and may be run again).
+    answered: std::cell::Cell<u32>,
 }
 
 impl Remote {
-    fn new(url: &str, ca_cert: Option<&Path>) -> anyhow::Result<Remote> {
+    fn new(endpoint: &Endpoint, ca_cert: Option<&Path>) -> anyhow::Result<Remote> {
+        let url = match endpoint {
+            Endpoint::Socket(p) => {
+                return Ok(Remote {
+                    transport: Transport::Local(p.clone()),
+                    token: None,
+                    answered: Default::default(),
+                });
+            }
+            Endpoint::Url(u) => u,
+        };
         use ureq::tls::{Certificate as Pem, RootCerts, TlsConfig};
         let base = url.trim_end_matches('/').to_owned();
         if !(base.starts_with("https://") || is_loopback_http(&base)) {
@@ -73,9 +126,9 @@ impl Remote {
             .build()
             .into();
         Ok(Remote {
-            agent,
-            base,
+            transport: Transport::Https { agent, base },
             token: None,
+            answered: Default::default(),
         })
     }
 
@@ -86,55 +139,27 @@ impl Remote {
         path: &str,
         body: Option<(Vec<u8>, &str)>,
     ) -> anyhow::Result<(u16, String)> {
-        let url = format!("{}{path}", self.base);
         let auth = self
             .token
             .as_ref()
-            .map(|t| format!("Bearer {}", t.expose()));
-        let resp = match method {
-            "GET" | "DELETE" => {
-                let mut r = if method == "GET" {
-                    self.agent.get(&url)
-                } else {
-                    self.agent.delete(&url)
-                };
-                if let Some(a) = &auth {
-                    r = r.header("Authorization", a);
-                }
-                r.call()
+            .map(|t| SecretString::new(format!("Bearer {}", t.expose())));
+        let (status, content_type, text) = match &self.transport {
+            Transport::Https { agent, base } => {
+                https_call(agent, &format!("{base}{path}"), method, auth.as_ref(), body)?
             }
-            _ => {
-                let mut r = if method == "PUT" {
-                    self.agent.put(&url)
-                } else {
-                    self.agent.post(&url)
-                };
-                if let Some(a) = &auth {
-                    r = r.header("Authorization", a);
-                }
-                match body {
-                    Some((b, ct)) => r.header("Content-Type", ct).send(&b[..]),
-                    None => r.send_empty(),
-                }
+            Transport::Local(socket) => {
+                use crate::local::{Failure, call, explain};
+                call(socket, method, path, auth.as_ref(), body).map_err(|f| match f {
+                    Failure::Connect(e) => anyhow!(Unreachable(explain(socket, &e))),
+                    Failure::Exchange(e) => anyhow!(vault_core::Error::Io(format!(
+                        "the connection to pivault-server on {} broke off ({e}): \
+                         the command may have been carried out; check before retrying",
+                        socket.display()
+                    ))),
+                })?
             }
         };
-        let mut resp = resp.map_err(|e| {
-            anyhow!(vault_core::Error::Io(format!(
-                "cannot reach the server: {e}"
-            )))
-        })?;
-        let status = resp.status().as_u16();
-        let problem = resp
-            .headers()
-            .get("content-type")
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.starts_with("application/problem+json"));
-        let text = resp
-            .body_mut()
-            .with_config()
-            .limit(256 << 20)
-            .read_to_string()
-            .map_err(|e| anyhow!(vault_core::Error::Io(format!("reading the answer: {e}"))))?;
+        let problem = content_type.starts_with("application/problem+json");
         if problem || (status >= 400 && status != 422) {
             let p: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
             return Err(RemoteError {
@@ -146,6 +171,7 @@ impl Remote {
             }
             .into());
         }
+        self.answered.set(self.answered.get() + 1);
         Ok((status, text))
     }
 
@@ -165,6 +191,77 @@ impl Remote {
     fn post(&self, path: &str, body: Value) -> anyhow::Result<Value> {
         self.call("POST", path, Some(body))
     }
+}
+
+/// One HTTPS call with ureq: status, content type and body.
+fn https_call(
+    agent: &ureq::Agent,
+    url: &str,
+    method: &str,
+    auth: Option<&SecretString>,
+    body: Option<(Vec<u8>, &str)>,
+) -> anyhow::Result<(u16, String, String)> {
+    let resp = match method {
+        "GET" | "DELETE" => {
+            let mut r = if method == "GET" {
+                agent.get(url)
+            } else {
+                agent.delete(url)
+            };
+            if let Some(a) = auth {
+                r = r.header("Authorization", a.expose());
+            }
+            r.call()
+        }
+        _ => {
+            let mut r = match method {
+                "PUT" => agent.put(url),
+                "PATCH" => agent.patch(url),
+                _ => agent.post(url),
+            };
+            if let Some(a) = auth {
+                r = r.header("Authorization", a.expose());
+            }
+            match body {
+                Some((b, ct)) => r.header("Content-Type", ct).send(&b[..]),
+                None => r.send_empty(),
+            }
+        }
+    };
+    let mut resp = resp.map_err(|e| {
+        // Failures before any request was sent are "unreachable" (exit 17,
+        // nothing done); a broken exchange may have been carried out.
+        let before_sending = match &e {
+            ureq::Error::HostNotFound
+            | ureq::Error::ConnectionFailed
+            | ureq::Error::Tls(_)
+            | ureq::Error::Rustls(_) => true,
+            ureq::Error::Io(io) => io.kind() == std::io::ErrorKind::ConnectionRefused,
+            _ => false,
+        };
+        if before_sending {
+            anyhow!(Unreachable(format!("cannot reach the server: {e}")))
+        } else {
+            anyhow!(vault_core::Error::Io(format!(
+                "the exchange with the server broke off ({e}): \
+                 the command may have been carried out; check before retrying"
+            )))
+        }
+    })?;
+    let status = resp.status().as_u16();
+    let content_type = resp
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    let text = resp
+        .body_mut()
+        .with_config()
+        .limit(256 << 20)
+        .read_to_string()
+        .map_err(|e| anyhow!(vault_core::Error::Io(format!("reading the answer: {e}"))))?;
+    Ok((status, content_type, text))
 }
 
 fn is_loopback_http(url: &str) -> bool {
@@ -239,8 +336,9 @@ fn merge(mut a: Value, b: Value) -> Value {
 }
 
 /// Runs a command against the server.
-pub fn run(cli: &Cli, out: &Out, server: &str) -> anyhow::Result<u8> {
-    let mut r = Remote::new(server, cli.ca_cert.as_deref())?;
+pub fn run(cli: &Cli, out: &Out, endpoint: &Endpoint) -> anyhow::Result<u8> {
+    let mut r = Remote::new(endpoint, cli.ca_cert.as_deref())?;
+    let server = &endpoint.token_key();
     let user = || {
         cli.user
             .as_deref()
@@ -297,7 +395,7 @@ pub fn run(cli: &Cli, out: &Out, server: &str) -> anyhow::Result<u8> {
         Command::Logout => {
             let u = user()?;
             let path = token_file(server, u)?;
-            if let Ok(t) = SecretString::from_file(&path) {
+            if let Ok(t) = SecretString::from_private_file(&path) {
                 r.token = Some(t);
                 let _ = r.call("DELETE", "/v1/sessions/current", None);
             }
@@ -308,21 +406,56 @@ pub fn run(cli: &Cli, out: &Out, server: &str) -> anyhow::Result<u8> {
         Command::Init(_) | Command::Doctor | Command::Backup(_) => {
             // They read or write files beside the vault (a backup file never
             // travels over the network).
-            bail!("this command runs on the vault's own machine, not through --server")
+            bail!(
+                "this command is the custodian's: it opens the vault directory directly \
+                 (with PIVAULT_PASSPHRASE_FILE), not through a server"
+            )
         }
         _ => {}
     }
     let u = user()?;
-    let stored = token_file(server, u)
-        .ok()
-        .and_then(|p| SecretString::from_file(&p).ok())
-        .filter(|t| !t.expose().is_empty());
-    let ephemeral = stored.is_none();
+    let stored = match token_file(server, u) {
+        Ok(p) if p.exists() => Some(SecretString::from_private_file(&p).with_context(|| {
+            format!(
+                "cannot use the login token {} (run `pivault login` again)",
+                p.display()
+            )
+        })?),
+        _ => None,
+    }
+    .filter(|t| !t.expose().is_empty());
+    let mut ephemeral = stored.is_none();
     r.token = Some(match stored {
         Some(t) => t,
         None => login(&r, u)?,
     });
-    let result = command(cli, out, &r);
+    let mut result = command(cli, out, &r);
+    let stale = |res: &anyhow::Result<u8>| {
+        res.as_ref()
+            .err()
+            .and_then(|e| e.downcast_ref::<RemoteError>())
+            .is_some_and(|e| e.code == "session_invalid")
+    };
+    if !ephemeral && stale(&result) {
+        if cli.password_file.is_some() && r.answered.get() == 0 {
+            // The kept token expired or was revoked, and the first call
+            // said so before doing anything: a script with a password file
+            // logs in afresh and runs the command once more.
+            r.token = Some(login(&r, u)?);
+            ephemeral = true;
+            result = command(cli, out, &r);
+        } else {
+            result = result.map_err(|e| {
+                e.context(output::Hint {
+                    message: None,
+                    advice:
+                        "your login token has expired or was revoked: run `pivault login` again"
+                            .into(),
+                    fields: serde_json::Map::new(),
+                })
+            });
+        }
+    }
     if ephemeral {
         let _ = r.call("DELETE", "/v1/sessions/current", None);
     }
@@ -505,7 +638,12 @@ fn command(cli: &Cli, out: &Out, r: &Remote) -> anyhow::Result<u8> {
                     format,
                     subject_column,
                     skip_lines,
+                    map,
+                    map_file,
+                    check,
                 } => {
+                    // Checked here first, so a bad mapping fails before upload.
+                    let (_, map_spec) = crate::import_columns(map, map_file.as_deref())?;
                     let source = crate::ImportSource {
                         file,
                         format: crate::import_format(file, *format),
@@ -524,7 +662,9 @@ fn command(cli: &Cli, out: &Out, r: &Remote) -> anyhow::Result<u8> {
                         url_part(collection),
                         query(&[
                             ("format", Some(if csv { "csv" } else { "jsonl" }.to_owned())),
-                            ("subject_column", Some(subject_column.clone()))
+                            ("subject_column", Some(subject_column.clone())),
+                            ("map", (!map_spec.is_empty()).then_some(map_spec)),
+                            ("check", check.then(|| "true".to_owned())),
                         ])
                     );
                     let ct = if csv {
@@ -547,8 +687,13 @@ fn command(cli: &Cli, out: &Out, r: &Remote) -> anyhow::Result<u8> {
                         out.data(v.clone(), || output::import_refused_text(&v));
                         return Ok(exit::INVALID_INPUT);
                     }
-                    let n = v["imported"].clone();
-                    out.data(v, || format!("imported {n} records into {collection}"));
+                    if *check {
+                        let n = v["valid"].clone();
+                        out.data(v, || format!("checked {n} rows: all valid; nothing stored"));
+                    } else {
+                        let n = v["imported"].clone();
+                        out.data(v, || format!("imported {n} records into {collection}"));
+                    }
                 }
                 RecordCmd::Get { id, reveal, reason } => {
                     let id: RecordId = id.parse()?;
@@ -559,7 +704,19 @@ fn command(cli: &Cli, out: &Out, r: &Remote) -> anyhow::Result<u8> {
                     };
                     out.data(v.clone(), || output::record_text(&v));
                 }
-                RecordCmd::Update { id, data } => {
+                RecordCmd::Update {
+                    id,
+                    data,
+                    set,
+                    unset,
+                } => {
+                    let id: RecordId = id.parse()?;
+                    let patch = crate::record_patch(data.as_deref(), set, unset)?;
+                    let v = r.call("PATCH", &format!("/v1/records/{id}"), Some(patch))?;
+                    let ver = v["version"].clone();
+                    out.data(v, || format!("updated {id} to version {ver}"));
+                }
+                RecordCmd::Replace { id, data } => {
                     let id: RecordId = id.parse()?;
                     let body = crate::read_json(data)?;
                     let v = r.call(
@@ -568,7 +725,12 @@ fn command(cli: &Cli, out: &Out, r: &Remote) -> anyhow::Result<u8> {
                         Some(json!({ "data": body })),
                     )?;
                     let ver = v["version"].clone();
-                    out.data(v, || format!("updated {id} to version {ver}"));
+                    out.data(v, || format!("replaced {id}: version {ver}"));
+                }
+                RecordCmd::History { id } => {
+                    let id: RecordId = id.parse()?;
+                    let v = r.get(&format!("/v1/records/{id}/history"))?;
+                    out.data(v.clone(), || output::history_text(&v));
                 }
                 RecordCmd::List {
                     collection,

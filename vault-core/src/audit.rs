@@ -137,8 +137,11 @@ const HASH_SUFFIX_LEN: usize = 65;
 pub enum Channel {
     /// The `pivault` command line.
     Cli,
-    /// The `pivault-server` HTTP API.
+    /// The `pivault-server` HTTP API over TCP (TLS, or plain on loopback).
     Http,
+    /// The `pivault-server` API over its local Unix-domain socket: the
+    /// source is the peer's kernel-reported OS user and process.
+    Local,
     /// The engine itself (no front end).
     System,
 }
@@ -149,6 +152,7 @@ impl Channel {
         match self {
             Channel::Cli => "cli",
             Channel::Http => "http",
+            Channel::Local => "local",
             Channel::System => "system",
         }
     }
@@ -158,6 +162,7 @@ impl Channel {
         match s {
             "cli" => Some(Channel::Cli),
             "http" => Some(Channel::Http),
+            "local" => Some(Channel::Local),
             "system" => Some(Channel::System),
             _ => None,
         }
@@ -2752,7 +2757,7 @@ mod tests {
 
     #[test]
     fn channel_and_outcome_names_round_trip() {
-        for c in [Channel::Cli, Channel::Http, Channel::System] {
+        for c in [Channel::Cli, Channel::Http, Channel::Local, Channel::System] {
             assert_eq!(Channel::parse(c.as_str()), Some(c));
         }
         for o in [Outcome::Success, Outcome::Denied, Outcome::Failed] {

@@ -67,6 +67,24 @@ pub fn file_checks(dir: &Path) -> Vec<Check> {
     out
 }
 
+/// The custodian's passphrase (or key) file must be readable by its owner
+/// alone: anyone else who can read it holds every key of the vault. A
+/// passphrase typed at a prompt leaves no file to check.
+pub fn passphrase_file_check(file: Option<&Path>) -> Check {
+    const NAME: &str = "passphrase-file";
+    match file {
+        None => check(NAME, Level::Ok, "no passphrase file (typed at a prompt)"),
+        Some(f) => match crate::secret::check_private_file(f) {
+            Ok(()) => check(
+                NAME,
+                Level::Ok,
+                format!("{} is readable by its owner only", f.display()),
+            ),
+            Err(e) => check(NAME, Level::Fail, format!("{}: {e}", f.display())),
+        },
+    }
+}
+
 /// Every check on an open vault, at time `now_ms`.
 pub fn checks(vault: &Vault, now_ms: i64) -> Result<Vec<Check>> {
     let st = vault.security_status()?;

@@ -28,6 +28,11 @@ pub mod timestamp;
 pub mod vault;
 pub mod views;
 
+/// Where `pivault-server` creates its local Unix-domain socket, and where
+/// `pivault` looks for it, unless `PIVAULT_SOCKET` (or `--socket`) says
+/// otherwise.
+pub const DEFAULT_SOCKET: &str = "/run/pivault/pivault.sock";
+
 /// Re-exported so front ends can name public keys without depending on it.
 pub use ed25519_dalek;
 pub use error::{Error, Result};

@@ -371,6 +371,92 @@ impl Vault {
     /// new version. Refused with [`Error::DisposalInProgress`] while a
     /// disposal batch names the record.
     pub fn update_record(&self, s: &Session, id: RecordId, body: &Value) -> Result<u32> {
+        self.edit_record(s, id, Edit::Replace(body))
+    }
+
+    /// Changes some fields of a record (clerk): `patch` is a JSON merge
+    /// patch (RFC 7396) over the current body — a field set to a value is
+    /// replaced, a field set to `null` is removed, fields not named are
+    /// kept — so a clerk who sees the record masked can correct a phone
+    /// number without knowing (or erasing) the SSN. The patch is applied
+    /// to the version current under the record lock, so two edits of
+    /// different fields racing each other both survive. A new version under
+    /// a new key, like [`Vault::update_record`].
+    pub fn patch_record(&self, s: &Session, id: RecordId, patch: &Value) -> Result<u32> {
+        if !patch.is_object() {
+            return Err(Error::invalid(
+                "a record patch is a JSON object of fields (null removes a field)",
+            ));
+        }
+        self.edit_record(s, id, Edit::Patch(patch))
+    }
+
+    /// The versions of a record, oldest first: when, by whom and which
+    /// fields each one changed (names only, from the audit trail's
+    /// `record.create`/`record.update` events). Needs the read permission;
+    /// audited as `record.history`.
+    pub fn record_history(&self, s: &Session, id: RecordId) -> Result<Vec<RecordVersion>> {
+        self.authorize(s, Some(Permission::ReadRecord))?;
+        let r = (|| {
+            let row = self.store.record(id)?.ok_or(Error::NotFound("record"))?;
+            let events = self
+                .audit
+                .lock()
+                .expect("audit lock")
+                .events(&audit::EventFilter {
+                    action_prefix: Some("record.".into()),
+                    from_ms: Some(row.created_ms),
+                    ..audit::EventFilter::default()
+                })?;
+            let target = id.to_string();
+            let mut out: Vec<RecordVersion> = Vec::new();
+            for ev in events.iter().filter(|e| {
+                e.outcome == audit::Outcome::Success && e.targets.first() == Some(&target)
+            }) {
+                let version = match ev.action.as_str() {
+                    "record.create" => 1,
+                    "record.update" => match ev
+                        .targets
+                        .iter()
+                        .find_map(|t| t.strip_prefix("version:")?.parse().ok())
+                    {
+                        Some(v) => v,
+                        None => continue,
+                    },
+                    _ => continue,
+                };
+                let actor_name = match ev.actor {
+                    Some(a) => self.user_row(a)?.map(|u| u.username),
+                    None => None,
+                };
+                out.push(RecordVersion {
+                    version,
+                    time_ms: ev.time_ms,
+                    actor: ev.actor,
+                    actor_name,
+                    fields: ev
+                        .targets
+                        .iter()
+                        .filter_map(|t| t.strip_prefix("field:").map(str::to_owned))
+                        .collect(),
+                });
+            }
+            Ok(out)
+        })();
+        self.audit(
+            Some(s.user),
+            &s.ctx,
+            "record.history",
+            vec![id.to_string()],
+            r.as_ref().map(|_| ()),
+            None,
+        )?;
+        r
+    }
+
+    /// [`Vault::update_record`] and [`Vault::patch_record`]: the new body is
+    /// computed from the version read under the locks.
+    fn edit_record(&self, s: &Session, id: RecordId, edit: Edit<'_>) -> Result<u32> {
         self.authorize(s, Some(Permission::UpdateRecord))?;
         let r = (|| {
             self.isolation.check_fence()?;
@@ -384,7 +470,17 @@ impl Vault {
             let mut row = self.live_row(id)?;
             let before = row.clone();
             let schema = self.schema(&row.collection)?;
-            let body = schema.validate(body)?;
+            let current = self.decrypt(id, &row)?;
+            let body = match edit {
+                Edit::Replace(body) => schema.validate(body)?,
+                Edit::Patch(patch) => {
+                    let mut merged = Value::Object(current.clone());
+                    merge_patch(&mut merged, patch);
+                    schema.validate(&merged)?
+                }
+            };
+            let changed = changed_fields(&current, &body);
+            drop(current);
             let plain = Zeroizing::new(serde_json::to_vec(&body).expect("serialisable"));
             let version = row
                 .version
@@ -432,20 +528,18 @@ impl Vault {
             }
             self.note_dirty(bucket);
             drop(epoch);
-            Ok((version, before, bucket_guard, record_guard))
+            Ok((version, before, changed, bucket_guard, record_guard))
         })();
         match r {
-            Ok((version, before, _bucket_guard, _record_guard)) => {
+            Ok((version, before, changed, _bucket_guard, _record_guard)) => {
                 // Fail closed: without its audit event the old version comes
-                // back and the new key goes.
-                if let Err(e) = self.audit(
-                    Some(s.user),
-                    &s.ctx,
-                    "record.update",
-                    vec![id.to_string(), format!("version:{version}")],
-                    Ok(()),
-                    None,
-                ) {
+                // back and the new key goes. The event names the changed
+                // fields (names only) for the record's history.
+                let mut targets = vec![id.to_string(), format!("version:{version}")];
+                targets.extend(changed.iter().map(|f| format!("field:{f}")));
+                if let Err(e) =
+                    self.audit(Some(s.user), &s.ctx, "record.update", targets, Ok(()), None)
+                {
                     let undone = (|| {
                         self.undo_hook()?;
                         self.store.put_record_with(
@@ -543,6 +637,33 @@ impl Vault {
         check_only: bool,
         progress: &mut dyn FnMut(u64),
     ) -> Result<ImportReport> {
+        self.import_mapped(
+            s,
+            collection,
+            input,
+            format,
+            subject_column,
+            &ImportColumns::default(),
+            check_only,
+            progress,
+        )
+    }
+
+    /// [`Vault::import_records`] with a spreadsheet's column headers mapped
+    /// to fields ([`ImportColumns`]); a bad value is reported with its line
+    /// and its column's header, never the value.
+    #[allow(clippy::too_many_arguments)]
+    pub fn import_mapped(
+        &self,
+        s: &Session,
+        collection: &str,
+        input: impl BufRead,
+        format: ImportFormat,
+        subject_column: &str,
+        columns: &ImportColumns,
+        check_only: bool,
+        progress: &mut dyn FnMut(u64),
+    ) -> Result<ImportReport> {
         self.authorize(s, Some(Permission::CreateRecord))?;
         let collection = CollectionName::parse(collection)?;
         let schema = self.schema(&collection)?;
@@ -551,6 +672,7 @@ impl Vault {
         }
         let mut report = ImportReport::default();
         let mut last_stored_line = 0u64;
+        let column_names = std::cell::RefCell::new(Vec::new());
         let mut handle_row = |line: u64, row: Result<Map<String, Value>>| -> Result<()> {
             let checked = row.and_then(|mut m| {
                 let subject = match m.remove(subject_column) {
@@ -581,7 +703,7 @@ impl Vault {
                     if report.rejected.len() < 1000 {
                         report.rejected.push(ImportRejection {
                             line,
-                            error: e.to_string(),
+                            error: name_column(&column_names.borrow(), e.to_string()),
                         });
                     }
                 }
@@ -630,6 +752,8 @@ impl Vault {
                     .headers()
                     .map_err(|_| Error::invalid("CSV header row is unreadable"))?
                     .clone();
+                let (plan, names) = columns.plan(&headers, &schema, subject_column)?;
+                *column_names.borrow_mut() = names;
                 let mut rec = csv::StringRecord::new();
                 let mut line = 1u64;
                 loop {
@@ -638,9 +762,10 @@ impl Vault {
                         Ok(false) => break Ok(()),
                         Ok(true) => {
                             let mut m = Map::new();
-                            for (h, v) in headers.iter().zip(rec.iter()) {
-                                if !v.is_empty() {
-                                    m.insert(h.to_owned(), Value::String(v.to_owned()));
+                            for (target, v) in plan.iter().zip(rec.iter()) {
+                                let v = v.trim();
+                                if let (Some(field), false) = (target, v.is_empty()) {
+                                    m.insert(field.clone(), Value::String(v.to_owned()));
                                 }
                             }
                             handle_row(line, Ok(m))
@@ -690,5 +815,255 @@ impl Vault {
             });
         }
         Err(failure)
+    }
+}
+
+/// How a spreadsheet's columns become fields: `Header=field` pairs (a
+/// header matched case- and space-insensitively; `Header=` drops the
+/// column). A header not mapped is taken as a field name after lowering
+/// its case and turning spaces and hyphens into `_` (`Given Name` →
+/// `given_name`). A byte-order mark before the first header is dropped.
+#[derive(Clone, Debug, Default)]
+pub struct ImportColumns {
+    /// (normalised header, field or `None` to drop).
+    map: Vec<(String, Option<String>)>,
+}
+
+/// What [`ImportColumns::plan`] makes of a header row: the field of each
+/// column (`None`: dropped) and, for errors, the header of each field whose
+/// column is named otherwise.
+type ColumnPlan = (Vec<Option<String>>, Vec<(String, String)>);
+
+impl ImportColumns {
+    /// Parses `Header=field` pairs separated by commas or newlines (a
+    /// mapping file: one per line, `#` starts a comment).
+    pub fn parse(spec: &str) -> Result<ImportColumns> {
+        let mut map = Vec::new();
+        for item in spec.split(['\n', ',']) {
+            let item = item.trim().trim_end_matches('\r');
+            if item.is_empty() || item.starts_with('#') {
+                continue;
+            }
+            let (h, f) = item.split_once('=').ok_or_else(|| {
+                Error::invalid("a column mapping is Header=field (Header= drops the column)")
+            })?;
+            let f = f.trim();
+            if !f.is_empty()
+                && !f
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+            {
+                return Err(Error::invalid(
+                    "a mapped field name is lower-case letters, digits and _",
+                ));
+            }
+            map.push((norm_header(h), (!f.is_empty()).then(|| f.to_owned())));
+        }
+        Ok(ImportColumns { map })
+    }
+
+    /// Adds the pairs of `other` (later ones win).
+    pub fn extend(&mut self, other: ImportColumns) {
+        self.map.extend(other.map);
+    }
+
+    /// The field of each column, in order, and the headers to name in errors.
+    fn plan(
+        &self,
+        headers: &csv::StringRecord,
+        schema: &crate::schema::Schema,
+        subject_column: &str,
+    ) -> Result<ColumnPlan> {
+        let mut plan = Vec::new();
+        let mut named = Vec::new();
+        for (i, raw) in headers.iter().enumerate() {
+            let raw = if i == 0 {
+                raw.trim_start_matches('\u{feff}')
+            } else {
+                raw
+            };
+            let key = norm_header(raw);
+            let target = match self.map.iter().rev().find(|(h, _)| *h == key) {
+                Some((_, f)) => f.clone(),
+                None if raw.trim() == subject_column || key == norm_header(subject_column) => {
+                    Some(subject_column.to_owned())
+                }
+                None => Some(key.clone()),
+            };
+            if let Some(f) = &target
+                && f != subject_column
+                && schema.field(f).is_none()
+            {
+                return Err(Error::invalid(format!(
+                    "column {} (header {}) is not a field of this collection: map it with \
+                     --map 'HEADER=field' or drop it with --map 'HEADER='",
+                    i + 1,
+                    header_label(raw)
+                )));
+            }
+            if let Some(f) = &target
+                && raw.trim() != f
+            {
+                named.push((f.clone(), header_label(raw)));
+            }
+            plan.push(target);
+        }
+        let mut seen = std::collections::HashSet::new();
+        if let Some(dup) = plan.iter().flatten().find(|f| !seen.insert(*f)) {
+            return Err(Error::invalid(format!(
+                "two columns map to the field {dup}"
+            )));
+        }
+        Ok((plan, named))
+    }
+}
+
+/// Rewrites `field X: …` as `column "Header" (field X): …` when the
+/// column's header is not the field's name.
+fn name_column(named: &[(String, String)], msg: String) -> String {
+    for (field, header) in named {
+        let pat = format!("field {field}:");
+        if msg.contains(&pat) {
+            return msg.replacen(&pat, &format!("column {header} (field {field}):"), 1);
+        }
+    }
+    msg
+}
+
+/// A header as matched: trimmed, lower case, runs of spaces and hyphens as `_`.
+fn norm_header(h: &str) -> String {
+    let mut out = String::new();
+    for w in h
+        .trim()
+        .split(|c: char| c.is_whitespace() || c == '-' || c == '_')
+    {
+        if w.is_empty() {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push('_');
+        }
+        out.push_str(&w.to_lowercase());
+    }
+    out
+}
+
+/// A header quoted in a message: printable, at most 64 characters.
+fn header_label(h: &str) -> String {
+    let clean: String = h
+        .trim()
+        .trim_start_matches('\u{feff}')
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(64)
+        .collect();
+    format!("{clean:?}")
+}
+
+/// How [`Vault::edit_record`] makes the new body.
+#[derive(Clone, Copy, Debug)]
+enum Edit<'a> {
+    /// The whole body, replaced.
+    Replace(&'a Value),
+    /// A JSON merge patch over the current body.
+    Patch(&'a Value),
+}
+
+/// One version of a record, from [`Vault::record_history`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RecordVersion {
+    /// The version number (1 = created).
+    pub version: u32,
+    /// When it was written (unix ms).
+    pub time_ms: i64,
+    /// Who wrote it.
+    pub actor: Option<crate::ids::UserId>,
+    /// Their username.
+    pub actor_name: Option<String>,
+    /// The fields it changed (names only; empty for version 1).
+    pub fields: Vec<String>,
+}
+
+/// RFC 7396 JSON merge patch: objects merge key by key, `null` removes a
+/// key, anything else replaces.
+fn merge_patch(target: &mut Value, patch: &Value) {
+    let Value::Object(p) = patch else {
+        *target = patch.clone();
+        return;
+    };
+    if !target.is_object() {
+        *target = Value::Object(Map::new());
+    }
+    let t = target.as_object_mut().expect("made an object");
+    for (k, v) in p {
+        if v.is_null() {
+            t.remove(k);
+        } else {
+            merge_patch(t.entry(k.clone()).or_insert(Value::Null), v);
+        }
+    }
+}
+
+/// The names of the fields that differ between two bodies, sorted.
+fn changed_fields(old: &Map<String, Value>, new: &Map<String, Value>) -> Vec<String> {
+    let mut names: Vec<String> = old
+        .keys()
+        .chain(new.keys())
+        .filter(|k| old.get(*k) != new.get(*k))
+        .cloned()
+        .collect();
+    names.sort();
+    names.dedup();
+    names
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn merge_patch_follows_rfc_7396() {
+        // The examples of RFC 7396 appendix A that apply to objects.
+        let cases = [
+            (json!({"a":"b"}), json!({"a":"c"}), json!({"a":"c"})),
+            (json!({"a":"b"}), json!({"b":"c"}), json!({"a":"b","b":"c"})),
+            (json!({"a":"b"}), json!({"a":null}), json!({})),
+            (
+                json!({"a":"b","b":"c"}),
+                json!({"a":null}),
+                json!({"b":"c"}),
+            ),
+            (json!({"a":["b"]}), json!({"a":"c"}), json!({"a":"c"})),
+            (
+                json!({"a":{"b":"c"}}),
+                json!({"a":{"b":"d","c":null}}),
+                json!({"a":{"b":"d"}}),
+            ),
+            (
+                json!({"a":"foo"}),
+                json!({"a":{"b":"c"}}),
+                json!({"a":{"b":"c"}}),
+            ),
+            (
+                json!({}),
+                json!({"a":{"bb":{"ccc":null}}}),
+                json!({"a":{"bb":{}}}),
+            ),
+        ];
+        for (mut target, patch, want) in cases {
+            merge_patch(&mut target, &patch);
+            assert_eq!(target, want, "patch {patch}");
+        }
+    }
+
+    #[test]
+    fn changed_fields_names_added_removed_and_changed() {
+        let old = json!({"a":1,"b":2,"c":3});
+        let new = json!({"a":1,"b":5,"d":4});
+        assert_eq!(
+            changed_fields(old.as_object().unwrap(), new.as_object().unwrap()),
+            vec!["b", "c", "d"]
+        );
     }
 }

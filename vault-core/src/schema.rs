@@ -971,8 +971,9 @@ fn norm_ssn(field: &str, v: &Value) -> Result<Value> {
     let b = s.as_bytes();
     let digits: String = match b.len() {
         9 if b.iter().all(u8::is_ascii_digit) => s.to_string(),
-        11 if b[3] == b'-'
-            && b[6] == b'-'
+        // 123-45-6789, or 123 45 6789 as spreadsheets often hold it.
+        11 if (b[3] == b'-' || b[3] == b' ')
+            && b[6] == b[3]
             && b.iter()
                 .enumerate()
                 .all(|(i, c)| i == 3 || i == 6 || c.is_ascii_digit()) =>
@@ -993,11 +994,23 @@ fn norm_licence(field: &str, v: &Value, kind: &str) -> Result<Value> {
     let expected = || {
         bad(
             field,
-            &format!("expected a {kind} as {{\"state\", \"number\"}} or \"ST:NUMBER\""),
+            &format!(
+                "expected a {kind} as {{\"state\", \"number\"}}, \"ST:NUMBER\" or \"ST NUMBER\""
+            ),
         )
     };
     let (state, number) = match v {
-        Value::String(s) => s.split_once(':').ok_or_else(expected)?,
+        // "MA S12345678" is how a revealed licence prints: input takes it back.
+        Value::String(s) => s
+            .split_once(':')
+            .or_else(|| {
+                let t = s.trim_start();
+                let state = t.get(..2)?;
+                (state.bytes().all(|b| b.is_ascii_alphabetic())
+                    && t[2..].starts_with(char::is_whitespace))
+                .then(|| (state, &t[2..]))
+            })
+            .ok_or_else(expected)?,
         Value::Object(m) => {
             for k in m.keys() {
                 if is_never_stored_name(k) {
@@ -1123,7 +1136,36 @@ fn norm_phone(field: &str, v: &Value) -> Result<Value> {
 
 fn norm_date(field: &str, v: &Value) -> Result<Value> {
     let s = expect_str(field, v)?.trim();
-    let invalid = || bad(field, "not a valid date (expected YYYY-MM-DD)");
+    let invalid = || {
+        bad(
+            field,
+            "not a valid date (expected YYYY-MM-DD or MM/DD/YYYY)",
+        )
+    };
+    // US spreadsheets write 03/14/1979 or 3/14/1979; a two-digit year is
+    // refused (1979 or 2079 cannot be told apart).
+    if s.contains('/') {
+        let parts: Vec<&str> = s.split('/').collect();
+        let [m, d, y] = parts[..] else {
+            return Err(invalid());
+        };
+        let ok = |p: &str, lens: &[usize]| {
+            lens.contains(&p.len()) && p.bytes().all(|c| c.is_ascii_digit())
+        };
+        if !(ok(m, &[1, 2]) && ok(d, &[1, 2]) && ok(y, &[4])) {
+            return Err(invalid());
+        }
+        let (year, month, day): (i16, i8, i8) = (
+            y.parse().map_err(|_| invalid())?,
+            m.parse().map_err(|_| invalid())?,
+            d.parse().map_err(|_| invalid())?,
+        );
+        if year < 1 {
+            return Err(invalid());
+        }
+        let date = jiff::civil::Date::new(year, month, day).map_err(|_| invalid())?;
+        return Ok(Value::String(date.to_string()));
+    }
     let b = s.as_bytes();
     let shape = b.len() == 10
         && b[4] == b'-'
@@ -1351,7 +1393,9 @@ mod tests {
                 (s("123-45-0000"), None),
                 (s("12-345-6789"), None),
                 (s("123-456-789"), None),
-                (s("123 45 6789"), None),
+                (s("123 45 6789"), ok("123456789")),
+                (s("123-45 6789"), None),
+                (s("123  45 6789"), None),
                 (s("1234567890"), None),
                 (s("12345678"), None),
                 (s("abc-de-fghi"), None),
@@ -1378,6 +1422,9 @@ mod tests {
                         dl("MA", "S12345678"),
                     ),
                     (s("MA:S12345678"), dl("MA", "S12345678")),
+                    (s("MA S12345678"), dl("MA", "S12345678")),
+                    (s(" ny  123-456-789"), dl("NY", "123456789")),
+                    (s("MAS12345678"), None),
                     (s("MA:SA1234567"), dl("MA", "SA1234567")),
                     (s("ny: 123-456-789"), dl("NY", "123456789")),
                     (s("CA:A1234567"), dl("CA", "A1234567")),
@@ -1540,6 +1587,12 @@ mod tests {
                 (s("1980-00-10"), None),
                 (s("1980-1-31"), None),
                 (s("31/01/1980"), None),
+                (s("03/14/1979"), ok("1979-03-14")),
+                (s(" 3/4/1979 "), ok("1979-03-04")),
+                (s("03/14/79"), None),
+                (s("02/30/2020"), None),
+                (s("03/14/1979/1"), None),
+                (s("03-14-1979"), None),
                 (s("0000-01-01"), None),
                 (s("1980-01-31T00:00"), None),
                 (s("+1980-01-3"), None),
@@ -1659,7 +1712,7 @@ mod tests {
             (FieldType::Ssn, s("987-65-4321")),
             (FieldType::Ssn, s("123-00-4567")),
             (FieldType::Ssn, s("123-45-0000")),
-            (FieldType::Ssn, s("123 45 6789")),
+            (FieldType::Ssn, s("123 45-6789")),
             (FieldType::Ssn, s("12345678")),
             (FieldType::Ssn, json!(123456789)),
             (FieldType::DriversLicense, s("MA:X87654321")),
@@ -2032,5 +2085,32 @@ mod tests {
             .unwrap();
         assert_eq!(out.len(), 1);
         assert_eq!(out["ssn"], "123456789");
+    }
+
+    /// A revealed value, copied back into an edit, is accepted and means
+    /// the same value (issue 11: a licence printed `MA S12345678` used to be
+    /// refused as input).
+    #[test]
+    fn every_revealed_value_is_accepted_back_as_input() {
+        let samples = [
+            (FieldType::GivenName, s("Ada")),
+            (FieldType::Ssn, s("123456789")),
+            (FieldType::CardNumber, s("4111111111111111")),
+            (FieldType::CardNumber, s("378282246310005")),
+            (FieldType::DriversLicense, s("MA:S12345678")),
+            (FieldType::StateId, s("NY:123456789")),
+            (FieldType::AccountNumber, s("0012345678")),
+            (FieldType::Email, s("ada@example.com")),
+            (FieldType::Phone, s("617-555-0100")),
+            (FieldType::Date, s("1979-03-14")),
+        ];
+        for (ty, input) in samples {
+            let stored = ty.normalise("f", &input).unwrap();
+            let shown = ty.display_value(&stored);
+            let again = ty
+                .normalise("f", &shown)
+                .unwrap_or_else(|e| panic!("{ty:?}: displayed value refused as input: {e}"));
+            assert_eq!(again, stored, "{ty:?}");
+        }
     }
 }

@@ -57,6 +57,7 @@ pub use disposal::{
     DisposalSummary, Hold, RetentionPolicy,
 };
 pub use maintenance::{JournalReport, MaintenanceReport, MaintenanceStatus};
+pub use records::{ImportColumns, RecordVersion};
 
 /// A test hook called with each disposal step name.
 pub type CrashHook = Box<dyn Fn(&str) + Send + Sync>;

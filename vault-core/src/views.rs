@@ -130,6 +130,18 @@ impl<'a> From<&'a RecordView> for RecordDoc<'a> {
     }
 }
 
+/// A record's versions (`record history`): names of changed fields only.
+pub fn record_history(id: crate::ids::RecordId, versions: &[crate::vault::RecordVersion]) -> Value {
+    json!({
+        "record_id": id.to_string(),
+        "versions": versions.iter().map(|v| json!({
+            "version": v.version, "time": format_ms(v.time_ms),
+            "actor": v.actor.map(|a| a.to_string()), "username": v.actor_name,
+            "fields_changed": v.fields,
+        })).collect::<Vec<_>>(),
+    })
+}
+
 /// One audit event (`audit log`).
 pub fn event(e: &AuditEvent) -> Value {
     json!({
@@ -164,6 +176,11 @@ pub fn import_refused(check: &ImportReport) -> Value {
         "imported": 0, "valid": check.valid, "rejected": check.rejected_count,
         "errors": check.rejected.iter().map(|x| json!({ "line": x.line, "error": x.error })).collect::<Vec<_>>(),
     })
+}
+
+/// A check pass that found every row valid (`record import --check`).
+pub fn import_checked(r: &ImportReport) -> Value {
+    json!({ "checked": true, "imported": 0, "valid": r.valid, "rejected": 0 })
 }
 
 /// A completed import.

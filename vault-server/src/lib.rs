@@ -69,6 +69,10 @@ pub struct Limits {
     pub disposal_window: Duration,
     /// Most records in one shared batch.
     pub disposal_batch_max: usize,
+    /// One line per request on stderr (request ID, user ID, method, route
+    /// template, status, milliseconds, client): never a concrete path,
+    /// query or body, so never personal information.
+    pub access_log: bool,
 }
 
 impl Default for Limits {
@@ -89,6 +93,7 @@ impl Default for Limits {
             token_ttl: Duration::from_secs(8 * 3600),
             disposal_window: Duration::from_millis(20),
             disposal_batch_max: 10_000,
+            access_log: true,
         }
     }
 }
@@ -269,6 +274,101 @@ where
     }
 }
 
+/// Who is at the other end of a connection: a TCP client address, or a
+/// local process on the server's Unix-domain socket, identified by the
+/// credentials the kernel reports for it (`SO_PEERCRED`), which the client
+/// cannot forge. Rate limits and login throttling are kept per peer: per
+/// address over TCP, per OS user on the socket.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Peer {
+    /// A TCP client.
+    Tcp(IpAddr),
+    /// A local process on the Unix-domain socket.
+    Local {
+        /// Its OS user ID.
+        uid: u32,
+        /// Its OS group ID.
+        gid: u32,
+        /// Its process ID, when the kernel tells.
+        pid: Option<i32>,
+    },
+}
+
+impl Peer {
+    /// The audit channel of requests from this peer.
+    pub fn channel(&self) -> Channel {
+        match self {
+            Peer::Tcp(_) => Channel::Http,
+            Peer::Local { .. } => Channel::Local,
+        }
+    }
+
+    /// The audit trail's `source`: the address, or `uid=1001(carol) pid=42`
+    /// without spaces (`uid=1001(carol),pid=42`), so that an event names the
+    /// OS user beside the vault user.
+    pub fn source(&self) -> String {
+        match self {
+            Peer::Tcp(ip) => ip.to_string(),
+            Peer::Local { uid, pid, .. } => {
+                let name = os_user_name(*uid)
+                    .map(|n| format!("({n})"))
+                    .unwrap_or_default();
+                match pid {
+                    Some(p) => format!("uid={uid}{name},pid={p}"),
+                    None => format!("uid={uid}{name}"),
+                }
+            }
+        }
+    }
+}
+
+impl axum::extract::connect_info::Connected<SocketAddr> for Peer {
+    fn connect_info(addr: SocketAddr) -> Peer {
+        Peer::Tcp(addr.ip())
+    }
+}
+
+impl
+    axum::extract::connect_info::Connected<
+        axum::serve::IncomingStream<'_, tokio::net::UnixListener>,
+    > for Peer
+{
+    fn connect_info(stream: axum::serve::IncomingStream<'_, tokio::net::UnixListener>) -> Peer {
+        match stream.io().peer_cred() {
+            Ok(c) => Peer::Local {
+                uid: c.uid(),
+                gid: c.gid(),
+                pid: c.pid(),
+            },
+            // Never the case on Linux; an unknown peer is nobody's.
+            Err(_) => Peer::Local {
+                uid: u32::MAX,
+                gid: u32::MAX,
+                pid: None,
+            },
+        }
+    }
+}
+
+/// The login name of an OS user from `/etc/passwd` (names only: printable
+/// ASCII without spaces or parentheses, at most 32 characters, so that the
+/// audit source stays a token).
+pub fn os_user_name(uid: u32) -> Option<String> {
+    let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
+    passwd.lines().find_map(|l| {
+        let mut f = l.split(':');
+        let name = f.next()?;
+        let id = f.nth(1)?.parse::<u32>().ok()?;
+        (id == uid
+            && !name.is_empty()
+            && name.len() <= 32
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_graphic() && !matches!(b, b'(' | b')' | b',')))
+        .then(|| name.to_owned())
+    })
+}
+
 /// A bearer token from the `Authorization` header (Debug redacted by SecretString).
 #[derive(Debug)]
 pub struct Bearer(pub SecretString);
@@ -284,8 +384,10 @@ pub struct RequestContext(Arc<RequestFacts>);
 pub struct RequestFacts {
     /// Request ID (also in the `x-request-id` response header).
     pub request_id: String,
-    /// Client address.
-    pub source: IpAddr,
+    /// The client: address, or local OS user.
+    pub peer: Peer,
+    /// [`Peer::source`], worked out once per request.
+    pub source: String,
     /// HTTP method.
     pub method: String,
     /// Route template, e.g. `/v1/records/{id}` (never the concrete path).
@@ -304,8 +406,8 @@ impl std::ops::Deref for RequestContext {
 impl RequestContext {
     fn context(&self) -> Context {
         Context {
-            channel: Channel::Http,
-            source: Some(self.source.to_string()),
+            channel: self.peer.channel(),
+            source: Some(self.source.clone()),
             request_id: Some(self.request_id.clone()),
         }
     }
@@ -347,7 +449,7 @@ impl RequestContext {
 struct RateLimiter {
     rate: f64,
     burst: f64,
-    buckets: Mutex<HashMap<IpAddr, (f64, Instant)>>,
+    buckets: Mutex<HashMap<Peer, (f64, Instant)>>,
 }
 
 impl RateLimiter {
@@ -359,8 +461,8 @@ impl RateLimiter {
         }
     }
 
-    /// Takes a token for `ip`; `Err(seconds)` to wait when there is none.
-    fn take(&self, ip: IpAddr) -> Result<(), u64> {
+    /// Takes a token for `peer`; `Err(seconds)` to wait when there is none.
+    fn take(&self, peer: Peer) -> Result<(), u64> {
         let now = Instant::now();
         let mut b = self.buckets.lock().expect("rate limiter lock");
         if b.len() > 100_000 {
@@ -368,7 +470,7 @@ impl RateLimiter {
             let (rate, burst) = (self.rate, self.burst);
             b.retain(|_, (t, at)| *t + now.duration_since(*at).as_secs_f64() * rate < burst);
         }
-        let (tokens, at) = b.entry(ip).or_insert((self.burst, now));
+        let (tokens, at) = b.entry(peer).or_insert((self.burst, now));
         *tokens = (*tokens + now.duration_since(*at).as_secs_f64() * self.rate).min(self.burst);
         *at = now;
         if *tokens >= 1.0 {
@@ -388,10 +490,11 @@ const DRAIN_BYTES: usize = 8 << 20;
 /// and the audit event for requests that no handler audited.
 async fn frame(
     State(app): State<Arc<App>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
     mut req: Request,
     next: Next,
 ) -> Response {
+    let started = Instant::now();
     let request_id = uuid::Uuid::now_v7().to_string();
     let route = req
         .extensions()
@@ -400,7 +503,8 @@ async fn frame(
         .unwrap_or_else(|| "(unmatched)".to_owned());
     let rc = RequestContext(Arc::new(RequestFacts {
         request_id: request_id.clone(),
-        source: peer.ip(),
+        peer,
+        source: peer.source(),
         method: req.method().as_str().to_owned(),
         route,
         actor: OnceLock::new(),
@@ -414,7 +518,7 @@ async fn frame(
         app.limits.body_bytes
     };
 
-    let mut resp = if let (false, Err(wait)) = (health, app.request_buckets.take(rc.source)) {
+    let mut resp = if let (false, Err(wait)) = (health, app.request_buckets.take(rc.peer)) {
         ApiError::rate_limited(wait).into_response()
     } else {
         let work = async {
@@ -481,6 +585,19 @@ async fn frame(
     );
     h.entry(header::CACHE_CONTROL)
         .or_insert(HeaderValue::from_static("no-store"));
+    if app.limits.access_log && !health {
+        eprintln!(
+            "pivault-server: access {} user={} {} {} {} {}ms {} {}",
+            rc.request_id,
+            rc.actor.get().map_or("-".to_owned(), |u| u.to_string()),
+            rc.method,
+            rc.route,
+            resp.status().as_u16(),
+            started.elapsed().as_millis(),
+            rc.peer.channel().as_str(),
+            rc.source,
+        );
+    }
     resp
 }
 

@@ -84,9 +84,51 @@ struct Args {
     /// into the records database) when events were appended; 0: off.
     #[arg(long, default_value_t = 300, value_name = "SECS")]
     checkpoint_secs: u64,
+    /// The local Unix-domain socket staff's `pivault` talks to (plain HTTP;
+    /// the kernel tells the server which OS user connects). Created at
+    /// start, removed at stop.
+    #[arg(
+        long,
+        env = "PIVAULT_SOCKET",
+        value_name = "PATH",
+        default_value = DEFAULT_SOCKET,
+        conflicts_with = "no_socket"
+    )]
+    socket: PathBuf,
+    /// Do not create the local socket (TCP only).
+    #[arg(long)]
+    no_socket: bool,
+    /// Permissions of the socket, octal: who may connect (0660: the owner
+    /// and the group; 0666: every local user).
+    #[arg(long, default_value = "0660", value_name = "MODE", value_parser = parse_mode)]
+    socket_mode: u32,
+    /// Group of the socket (name or number), e.g. the group of the staff
+    /// who may use the vault.
+    #[arg(long, value_name = "GROUP")]
+    socket_group: Option<String>,
+    /// Owner of the socket (name or number); the server's own user by default.
+    #[arg(long, value_name = "USER")]
+    socket_owner: Option<String>,
+    /// No access log (one stderr line per request: request ID, user ID,
+    /// route template, status, time, client; never paths, queries or bodies).
+    #[arg(long)]
+    no_access_log: bool,
     /// Print the OpenAPI document and exit.
     #[arg(long)]
     print_openapi: bool,
+}
+
+/// Where the server creates its socket and `pivault` looks for it by
+/// default (a systemd unit gives the service `RuntimeDirectory=pivault`).
+const DEFAULT_SOCKET: &str = vault_core::DEFAULT_SOCKET;
+
+fn parse_mode(s: &str) -> Result<u32, String> {
+    let m = u32::from_str_radix(s.trim_start_matches("0o"), 8)
+        .map_err(|_| format!("{s} is not an octal mode like 0660"))?;
+    if m & !0o777 != 0 {
+        return Err(format!("{s} is not a permission mode (0000 to 0777)"));
+    }
+    Ok(m)
 }
 
 fn main() -> ExitCode {
@@ -106,8 +148,8 @@ fn main() -> ExitCode {
 
 fn passphrase(file: Option<&Path>) -> anyhow::Result<SecretString> {
     if let Some(f) = file {
-        let s = SecretString::from_file(f)
-            .with_context(|| format!("cannot read the passphrase file {}", f.display()))?;
+        let s = SecretString::from_private_file(f)
+            .with_context(|| format!("cannot use the passphrase file {}", f.display()))?;
         if s.expose().is_empty() {
             bail!("the passphrase file {} is empty", f.display());
         }
@@ -161,6 +203,8 @@ fn tls_config(cert: &Path, key: &Path) -> anyhow::Result<rustls::ServerConfig> {
     if certs.is_empty() {
         bail!("{} holds no certificate", cert.display());
     }
+    vault_core::secret::check_private_file(key)
+        .with_context(|| format!("cannot use the TLS key {}", key.display()))?;
     let key = PrivateKeyDer::from_pem_file(key)
         .with_context(|| format!("cannot read a PEM private key from {}", key.display()))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -212,6 +256,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         requests_per_second: args.requests_per_second,
         token_ttl: Duration::from_secs(args.token_ttl_secs.max(1)),
         disposal_window: Duration::from_millis(args.disposal_window_ms),
+        access_log: !args.no_access_log,
         ..defaults
     };
     let app = App::new(vault, limits).context("cannot start the vault worker threads")?;
@@ -228,7 +273,13 @@ fn run(args: Args) -> anyhow::Result<()> {
         let every = Duration::from_secs(args.checkpoint_secs);
         rt.spawn(checkpoint_timer(app.clone(), every));
     }
-    rt.block_on(serve(app.clone(), args.bind, tls))?;
+    let socket = (!args.no_socket).then(|| SocketSpec {
+        path: args.socket.clone(),
+        mode: args.socket_mode,
+        owner: args.socket_owner.clone(),
+        group: args.socket_group.clone(),
+    });
+    rt.block_on(serve(app.clone(), args.bind, tls, socket))?;
     // Every request has finished; blocking work (a disposal step) too once
     // the runtime is gone. Then the vault is closed cleanly.
     drop(rt);
@@ -308,21 +359,135 @@ async fn checkpoint_timer(app: Arc<App>, every: Duration) {
     .await
 }
 
+/// The local socket to create.
+#[derive(Debug)]
+struct SocketSpec {
+    path: PathBuf,
+    mode: u32,
+    owner: Option<String>,
+    group: Option<String>,
+}
+
+/// A user or group given by name (looked up in `file`, `/etc/passwd` or
+/// `/etc/group`) or by number.
+fn os_id(file: &str, what: &str, name: &str) -> anyhow::Result<u32> {
+    if let Ok(n) = name.parse::<u32>() {
+        return Ok(n);
+    }
+    let table = std::fs::read_to_string(file).with_context(|| format!("cannot read {file}"))?;
+    table
+        .lines()
+        .find_map(|l| {
+            let mut f = l.split(':');
+            (f.next() == Some(name))
+                .then(|| f.nth(1).and_then(|id| id.parse().ok()))
+                .flatten()
+        })
+        .ok_or_else(|| anyhow::anyhow!("no {what} named {name:?} in {file}"))
+}
+
+/// Creates the socket: refuses to take over one a running server answers
+/// on, removes a stale one, then sets owner, group and mode. Connecting
+/// needs write permission on the socket, which the umask's mode (0755 under
+/// the usual 022) grants no one but the server's user until the mode is
+/// set; the server accepts nothing before that.
+async fn bind_socket(spec: &SocketSpec) -> anyhow::Result<tokio::net::UnixListener> {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    let path = &spec.path;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
+        && !dir.exists()
+    {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("cannot create the socket directory {}", dir.display()))?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))?;
+    }
+    if let Ok(m) = std::fs::symlink_metadata(path) {
+        if !m.file_type().is_socket() {
+            bail!(
+                "{} exists and is not a socket: refusing to replace it",
+                path.display()
+            );
+        }
+        if tokio::net::UnixStream::connect(path).await.is_ok() {
+            bail!(
+                "another pivault-server is listening on {}: stop it first",
+                path.display()
+            );
+        }
+        std::fs::remove_file(path)
+            .with_context(|| format!("cannot remove the stale socket {}", path.display()))?;
+    }
+    let listener = tokio::net::UnixListener::bind(path).with_context(|| {
+        format!(
+            "cannot create the socket {} (give --socket PATH, or --no-socket)",
+            path.display()
+        )
+    })?;
+    let uid = spec
+        .owner
+        .as_deref()
+        .map(|o| os_id("/etc/passwd", "user", o))
+        .transpose()?;
+    let gid = spec
+        .group
+        .as_deref()
+        .map(|g| os_id("/etc/group", "group", g))
+        .transpose()?;
+    let setup = || -> anyhow::Result<()> {
+        if uid.is_some() || gid.is_some() {
+            std::os::unix::fs::chown(path, uid, gid)
+                .with_context(|| format!("cannot change the owner of {}", path.display()))?;
+        }
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(spec.mode))
+            .with_context(|| format!("cannot set the mode of {}", path.display()))?;
+        Ok(())
+    };
+    if let Err(e) = setup() {
+        let _ = std::fs::remove_file(path);
+        return Err(e);
+    }
+    Ok(listener)
+}
+
 async fn serve(
     app: Arc<App>,
     bind: SocketAddr,
     tls: Option<rustls::ServerConfig>,
+    socket: Option<SocketSpec>,
 ) -> anyhow::Result<()> {
+    use vault_server::Peer;
     let handle = axum_server::Handle::new();
     let h2 = handle.clone();
     let app2 = app.clone();
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         shutdown_signal().await;
         eprintln!("pivault-server: shutting down; finishing requests in flight");
         app2.drain();
+        let _ = stop_tx.send(true);
         h2.graceful_shutdown(Some(Duration::from_secs(60)));
     });
-    let svc = vault_server::app(app).into_make_service_with_connect_info::<SocketAddr>();
+    let local_server = match &socket {
+        Some(spec) => {
+            let listener = bind_socket(spec).await?;
+            let svc = vault_server::app(app.clone()).into_make_service_with_connect_info::<Peer>();
+            let mut stop = stop_rx.clone();
+            eprintln!(
+                "pivault-server: listening on unix:{} (mode {:04o})",
+                spec.path.display(),
+                spec.mode
+            );
+            Some(tokio::spawn(async move {
+                axum::serve(listener, svc)
+                    .with_graceful_shutdown(async move {
+                        let _ = stop.wait_for(|s| *s).await;
+                    })
+                    .await
+            }))
+        }
+        None => None,
+    };
+    let svc = vault_server::app(app).into_make_service_with_connect_info::<Peer>();
     let listener =
         std::net::TcpListener::bind(bind).with_context(|| format!("cannot listen on {bind}"))?;
     listener.set_nonblocking(true)?;
@@ -344,6 +509,11 @@ async fn serve(
                 .serve(svc)
                 .await?
         }
+    }
+    if let (Some(task), Some(spec)) = (local_server, &socket) {
+        // Requests in flight on the socket finish too (bounded like TCP's).
+        let _ = tokio::time::timeout(Duration::from_secs(60), task).await;
+        let _ = std::fs::remove_file(&spec.path);
     }
     Ok(())
 }

@@ -76,6 +76,7 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
             .is_some_and(|v| {
                 let v = v.split(';').next().unwrap_or("").trim();
                 v.eq_ignore_ascii_case("application/json")
+                    || v.eq_ignore_ascii_case("application/merge-patch+json")
             });
         // The body is read (within the limit) before any rejection, so that
         // the connection stays usable for the client's next request.
@@ -223,6 +224,11 @@ pub struct ImportQuery {
     pub format: Option<String>,
     /// Column naming each row's subject (default `subject`).
     pub subject_column: Option<String>,
+    /// CSV headers to fields: `Header=field,Other Header=other` (`Header=`
+    /// drops a column).
+    pub map: Option<String>,
+    /// Validate every row and store nothing.
+    pub check: Option<bool>,
 }
 
 /// What to dispose of, and who is named on the certificate.
@@ -420,7 +426,7 @@ impl<T> std::fmt::Debug for Body<T> {
               (status = 401, body = Problem), (status = 423, description = "account locked", body = Problem),
               (status = 429, body = Problem)))]
 async fn login(State(app): State<Arc<App>>, rc: RequestContext, Body(req): Body<LoginReq>) -> Res {
-    if let Err(wait) = app.login_buckets.take(rc.source) {
+    if let Err(wait) = app.login_buckets.take(rc.peer) {
         return Err(ApiError::rate_limited(wait));
     }
     let (s, token, ttl_ms) = app
@@ -804,6 +810,50 @@ async fn update_record(
     ok(json!({ "record_id": id.to_string(), "version": version }))
 }
 
+/// Change some fields of a record: the body is a JSON merge patch (RFC
+/// 7396) over the current fields — a field set to a value is replaced, a
+/// field set to `null` is removed, fields not named are kept. A new version
+/// under a new key.
+#[utoipa::path(patch, path = "/v1/records/{id}", tag = "records",
+    request_body(content = Object, content_type = "application/merge-patch+json", description = "fields to set; null removes"),
+    security(("bearer" = [])), params(("id" = String, Path, description = "record ID")),
+    responses((status = 200, body = Object), (status = 403, body = Problem), (status = 409, body = Problem),
+              (status = 410, body = Problem), (status = 422, body = Problem)))]
+async fn patch_record(
+    State(app): State<Arc<App>>,
+    rc: RequestContext,
+    t: Bearer,
+    Path(id): Path<String>,
+    Body(patch): Body<Value>,
+) -> Res {
+    let id: RecordId = parse(&id, "record")?;
+    let version = app
+        .as_user(&rc, t, move |v, s| v.patch_record(s, id, &patch))
+        .await?;
+    ok(json!({ "record_id": id.to_string(), "version": version }))
+}
+
+/// The versions of a record: when, by whom, which fields changed (names
+/// only, never values).
+#[utoipa::path(get, path = "/v1/records/{id}/history", tag = "records",
+    security(("bearer" = [])), params(("id" = String, Path, description = "record ID")),
+    responses((status = 200, body = Object), (status = 403, body = Problem), (status = 404, body = Problem)))]
+async fn record_history(
+    State(app): State<Arc<App>>,
+    rc: RequestContext,
+    t: Bearer,
+    Path(id): Path<String>,
+) -> Res {
+    let id: RecordId = parse(&id, "record")?;
+    let doc = app
+        .as_user_long(&rc, t, move |v, s| {
+            let h = v.record_history(s, id)?;
+            Ok(views::record_history(id, &h))
+        })
+        .await?;
+    ok(doc)
+}
+
 /// Import records (JSON Lines or CSV body). A first pass checks every row;
 /// a bad row stores nothing and is answered 422 with line numbers.
 #[utoipa::path(post, path = "/v1/collections/{name}/import", tag = "records", security(("bearer" = [])),
@@ -824,24 +874,46 @@ async fn import(
         Some(_) => return Err(ApiError::invalid("format must be jsonl or csv")),
     };
     let column = q.subject_column.unwrap_or_else(|| "subject".into());
+    let columns = vault_core::vault::ImportColumns::parse(q.map.as_deref().unwrap_or(""))?;
+    let check_only = q.check.unwrap_or(false);
     let rc2 = rc.clone();
     let (check, done) = app
         .as_user_long(&rc, t, move |v, s| {
-            let check =
-                v.import_records(s, &name, &body[..], format, &column, true, &mut |_| {})?;
+            let check = v.import_mapped(
+                s,
+                &name,
+                &body[..],
+                format,
+                &column,
+                &columns,
+                true,
+                &mut |_| {},
+            )?;
             if check.rejected_count > 0 {
                 // Nothing stored: the request is audited as the 422 it is.
                 rc2.audit(v, Some(&ApiError::import_refused()))
                     .map_err(|_| vault_core::Error::AuditUnavailable("request audit".into()))?;
                 return Ok((check, None));
             }
-            let done =
-                v.import_records(s, &name, &body[..], format, &column, false, &mut |_| {})?;
+            if check_only {
+                return Ok((check, None));
+            }
+            let done = v.import_mapped(
+                s,
+                &name,
+                &body[..],
+                format,
+                &column,
+                &columns,
+                false,
+                &mut |_| {},
+            )?;
             Ok((check, Some(done)))
         })
         .await?;
     match done {
         Some(r) => ok(views::import_done(&r)),
+        None if check.rejected_count == 0 => ok(views::import_checked(&check)),
         None => {
             // The report of the refused rows (line numbers and reasons, no values).
             let mut r = (
@@ -1469,7 +1541,7 @@ impl Modify for BearerScheme {
     modifiers(&BearerScheme),
     paths(login, logout, whoami, list_users, add_user, disable_user, enable_user, unlock_user, set_role,
           set_password, list_approvals, approve_request, reject_request, list_collections, create_collection, show_collection, put_record, list_records,
-          get_record, reveal_record, update_record, import, resolve_subject, dispose, list_disposals,
+          get_record, reveal_record, update_record, patch_record, record_history, import, resolve_subject, dispose, list_disposals,
           retry_disposal, show_retention, set_retention, retention_due, retention_run, list_holds, add_hold,
           remove_hold, show_certificate, certificate_file, certificate_html, validate_certificate,
           cosign_certificate, keys, assign_contractor, audit_events, audit_verify, audit_anchor, audit_timestamp, audit_report, review,
@@ -1512,7 +1584,11 @@ pub fn router(app: Arc<App>) -> Router {
         )
         .route("/v1/collections/{name}", get(show_collection))
         .route("/v1/records", get(list_records).post(put_record))
-        .route("/v1/records/{id}", get(get_record).put(update_record))
+        .route(
+            "/v1/records/{id}",
+            get(get_record).put(update_record).patch(patch_record),
+        )
+        .route("/v1/records/{id}/history", get(record_history))
         .route("/v1/records/{id}/reveal", post(reveal_record))
         .route("/v1/subjects/resolve", post(resolve_subject))
         .route("/v1/disposals", get(list_disposals).post(dispose))

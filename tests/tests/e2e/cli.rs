@@ -382,10 +382,14 @@ impl CliVault {
             "PIVAULT_PASSWORD_FILE",
             "PIVAULT_NEW_PASSWORD_FILE",
             "PIVAULT_SYNC",
+            "PIVAULT_SERVER",
+            "PIVAULT_TOKEN_FILE",
         ] {
             c.env_remove(var);
         }
-        c.env("PIVAULT_DIR", &self.dir)
+        // Never the machine's own server: a socket path where none runs.
+        c.env("PIVAULT_SOCKET", self.secrets.join("no-server.sock"))
+            .env("PIVAULT_DIR", &self.dir)
             .env("PIVAULT_PASSPHRASE_FILE", &self.passphrase_file)
             .args(args)
             .stdin(Stdio::null());
@@ -882,13 +886,45 @@ fn full_scenario_and_exit_codes() {
     assert_eq!(r.error_code(), "invalid_input");
     assert!(!r.all_output().contains("078-05-1120"), "{}", r.stderr);
 
-    // No passphrase file and no terminal: 2 (secrets are never prompted for without a TTY).
+    // No passphrase file: a staff command goes to pivault-server's socket;
+    // with no server there, 17 (nothing done) and what to do.
     let mut c = v.user_command(Some("clerk"), &["--json", "record", "list"]);
+    c.env_remove("PIVAULT_PASSPHRASE_FILE")
+        .env("PIVAULT_SOCKET", v.secrets.join("no-server.sock"));
+    let r = v.exec(c, "--json record list (no passphrase file, no server)");
+    r.code(17);
+    assert_eq!(r.error_code(), "unreachable");
+    assert!(r.stderr.contains("not running"), "{}", r.stderr);
+    assert!(r.stderr.contains("PIVAULT_PASSPHRASE_FILE"), "{}", r.stderr);
+    // A custodian's command without a passphrase file and no terminal: 2
+    // (secrets are never prompted for without a TTY).
+    let mut c = v.user_command(Some("admin"), &["--json", "doctor"]);
     c.env_remove("PIVAULT_PASSPHRASE_FILE");
-    let r = v.exec(c, "--json record list (no passphrase file)");
+    let r = v.exec(c, "--json doctor (no passphrase file)");
     r.code(EXIT_USAGE);
     assert_eq!(r.error_code(), "usage");
     assert!(r.stderr.contains("PIVAULT_PASSPHRASE_FILE"), "{}", r.stderr);
+    // A passphrase file others can read is refused (2), and doctor says so.
+    let open_pass = v.secrets.join("open-passphrase");
+    fs::write(&open_pass, PASSPHRASE).unwrap();
+    fs::set_permissions(&open_pass, fs::Permissions::from_mode(0o644)).unwrap();
+    let mut c = v.user_command(Some("clerk"), &["--json", "record", "list"]);
+    c.env("PIVAULT_PASSPHRASE_FILE", &open_pass);
+    let r = v.exec(c, "--json record list (passphrase file mode 0644)");
+    r.code(EXIT_USAGE);
+    assert!(r.stderr.contains("chmod 600"), "{}", r.stderr);
+    let mut c = v.user_command(None, &["--json", "doctor"]);
+    c.env("PIVAULT_PASSPHRASE_FILE", &open_pass);
+    let r = v.exec(c, "--json doctor (passphrase file mode 0644)");
+    r.code(EXIT_UNSAFE_CONFIG);
+    let checks = r.json()["checks"].as_array().cloned().unwrap_or_default();
+    assert!(
+        checks
+            .iter()
+            .any(|c| c["check"] == "passphrase-file" && c["level"] == "FAIL"),
+        "{}",
+        r.stdout
+    );
     // A passphrase file that does not exist: also 2.
     let mut c = v.user_command(Some("clerk"), &["--json", "record", "list"]);
     c.env("PIVAULT_PASSPHRASE_FILE", v.secrets.join("no-such-file"));

@@ -30,7 +30,7 @@ pub(crate) struct Server {
     base: String,
     agent: ureq::Agent,
     dir: Option<TempDir>,
-    vault_dir: PathBuf,
+    pub(crate) vault_dir: PathBuf,
     cert: PathBuf,
     stderr: std::sync::Mutex<std::sync::mpsc::Receiver<String>>,
 }
@@ -92,6 +92,15 @@ fn start_on(dir: TempDir, vault_dir: PathBuf, passphrase: &str, extra: &[&str]) 
     cli::write_private(&pass, passphrase.as_bytes());
     let cert = dir.path().join("server.crt");
     let key = dir.path().join("server.key");
+    // Each server its own socket (never the shared default), unless the
+    // test chose one.
+    let socket = match extra.iter().position(|a| *a == "--socket") {
+        Some(i) => PathBuf::from(extra[i + 1]),
+        None => dir.path().join("pivault.sock"),
+    };
+    let own_socket = !extra
+        .iter()
+        .any(|a| *a == "--socket" || *a == "--no-socket");
     let mut child = Command::new(server_bin())
         .arg("--vault")
         .arg(&vault_dir)
@@ -99,6 +108,11 @@ fn start_on(dir: TempDir, vault_dir: PathBuf, passphrase: &str, extra: &[&str]) 
         .arg(&cert)
         .arg("--tls-key")
         .arg(&key)
+        .args(if own_socket {
+            vec!["--socket".as_ref(), socket.as_os_str()]
+        } else {
+            vec![]
+        })
         .args(extra)
         .env("PIVAULT_PASSPHRASE_FILE", &pass)
         .stdin(Stdio::null())
@@ -120,8 +134,8 @@ fn start_on(dir: TempDir, vault_dir: PathBuf, passphrase: &str, extra: &[&str]) 
         let line = rx
             .recv_timeout(deadline.saturating_duration_since(Instant::now()))
             .expect("the server prints its address");
-        if let Some(rest) = line.split("listening on ").nth(1) {
-            break rest.trim().to_owned();
+        if let Some(rest) = line.split("listening on https://").nth(1) {
+            break format!("https://{}", rest.trim());
         }
     };
     assert!(
@@ -255,6 +269,11 @@ impl Server {
         let a = self.login(user, pw);
         assert_eq!(a.status, 201, "login of {user}: {a:?}");
         a.json()["token"].as_str().expect("token").to_owned()
+    }
+
+    /// The server's stderr lines printed since the last call.
+    pub(crate) fn stderr_lines(&self) -> Vec<String> {
+        self.stderr.lock().expect("stderr").try_iter().collect()
     }
 
     /// SIGTERM, then wait: a graceful stop exits 0.
