@@ -412,10 +412,19 @@ pub fn check_passphrase_policy(passphrase: &SecretString) -> Result<()> {
 /// A short, stable tag of a login source (channel and address): the key of
 /// its throttle row and its entry in an account's `failure_sources`. A hash,
 /// so neither holds the address itself.
+///
+/// Only the part of `Context.source` before its first comma names the
+/// source: the server's socket writes `uid=1001(carol),pid=42`, and the
+/// process ID is audit detail — were it part of the key, every new process
+/// of one OS user would be a fresh source, escaping the throttle and
+/// counting as another source toward an account's lock-out.
 pub(crate) fn source_tag(channel: &str, source: Option<&str>) -> [u8; 16] {
+    let source = source
+        .map(|s| s.split(',').next().unwrap_or(s))
+        .unwrap_or("local");
     let mut key = channel.as_bytes().to_vec();
     key.push(0);
-    key.extend_from_slice(source.unwrap_or("local").as_bytes());
+    key.extend_from_slice(source.as_bytes());
     crate::crypto::sha256(&key)[..16]
         .try_into()
         .expect("16 bytes")
@@ -538,6 +547,19 @@ mod tests {
         // An hour without a failure: a fresh start.
         assert_eq!(s.throttled_until(&p, 3002 + p.source_forget_ms), None);
         assert_eq!(s.fail(&p, 3002 + p.source_forget_ms).failures, 1);
+    }
+
+    #[test]
+    fn a_local_peer_is_one_source_whatever_its_process() {
+        let a = source_tag("local", Some("uid=1001(carol),pid=42"));
+        assert_eq!(a, source_tag("local", Some("uid=1001(carol),pid=43")));
+        assert_eq!(a, source_tag("local", Some("uid=1001(carol)")));
+        assert_ne!(a, source_tag("local", Some("uid=1002(dave),pid=42")));
+        assert_ne!(a, source_tag("http", Some("uid=1001(carol)")));
+        assert_ne!(
+            source_tag("http", Some("192.0.2.1")),
+            source_tag("http", Some("192.0.2.2"))
+        );
     }
 
     #[test]

@@ -776,3 +776,71 @@ fn a_backup_taken_before_a_passphrase_change_restores_after_it() {
         NAMES[5]
     );
 }
+
+/// Over the server's Unix-domain socket a source is the peer's OS user,
+/// whatever its process: a new `pivault` process per guess (a new pid each
+/// time) is still one source, so it is throttled and cannot lock the
+/// account; the owner, from another source (here HTTPS), logs in at once.
+#[test]
+fn socket_guesses_from_one_os_user_are_one_source_whatever_the_process() {
+    let run_dir = tempfile::tempdir().unwrap();
+    let socket = run_dir.path().join("pivault.sock");
+    let srv = crate::server::start(&[
+        "--logins-per-minute",
+        "10000",
+        "--socket",
+        socket.to_str().unwrap(),
+    ]);
+    let home = tempfile::tempdir().unwrap();
+    let wrong = home.path().join("wrong");
+    cli::write_private(&wrong, b"Not-The-Clerk-Pass-Sock-1");
+    let guess = || {
+        let mut c = std::process::Command::new(cli::pivault_bin());
+        for (k, _) in std::env::vars() {
+            if k.starts_with("PIVAULT_") {
+                c.env_remove(k);
+            }
+        }
+        let out = c
+            .env("HOME", home.path())
+            .env("PIVAULT_USER", "clerk")
+            .env("PIVAULT_PASSWORD_FILE", &wrong)
+            .env("PIVAULT_SOCKET", &socket)
+            .env("PIVAULT_TOKEN_FILE", home.path().join("token"))
+            .args(["--json", "record", "list"])
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let mut codes = Vec::new();
+    for _ in 0..12 {
+        codes.push(guess());
+    }
+    assert!(
+        codes[..3]
+            .iter()
+            .all(|(c, e)| *c == 4 && e.contains("auth_failed")),
+        "{codes:?}"
+    );
+    let throttled = codes
+        .iter()
+        .filter(|(c, e)| *c == 9 && e.contains("login_throttled"))
+        .count();
+    assert!(throttled >= 5, "{codes:?}");
+    // Not locked: the owner logs in from another source.
+    let _ = srv.token("clerk");
+    let officer = srv.token("officer");
+    let ev = srv
+        .call(
+            "GET",
+            "/v1/audit/events?action=auth.lockout",
+            Some(&officer),
+            None,
+        )
+        .json();
+    assert_eq!(ev.as_array().map(Vec::len), Some(0), "{ev}");
+}
