@@ -272,9 +272,18 @@ pub fn cmd_verify(out: &Out, file: &Path, key: &Path) -> anyhow::Result<u8> {
         .collect();
     out.data(
         json!({ "ok": r.ok(), "certificate_id": cert.id(), "status": r.status, "vault_signature_ok": r.vault_signature_ok,
-                "cosignatures": cos, "fields_ok": r.fields_ok, "missing_fields": r.missing_fields }),
+                "cosignatures": cos, "cosignature_notes": r.cosignature_notes, "legacy": r.legacy,
+                "fields_ok": r.fields_ok, "missing_fields": r.missing_fields }),
         || {
-            if r.ok() {
+            let mut notes: String = r
+                .cosignature_notes
+                .iter()
+                .map(|n| format!("\n  co-signature {n}"))
+                .collect();
+            if r.legacy {
+                notes.push_str("\n  legacy certificate (pivault-certificate/1): co-signatures are not bound to registered keys");
+            }
+            let verdict = if r.ok() {
                 format!(
                     "certificate {} VALID ({}): vault signature OK{}",
                     cert.id().unwrap_or("?"),
@@ -291,7 +300,8 @@ pub fn cmd_verify(out: &Out, file: &Path, key: &Path) -> anyhow::Result<u8> {
                     if r.cosignatures.iter().all(|c| c.2) { "ok" } else { "BAD" },
                     r.missing_fields
                 )
-            }
+            };
+            verdict + &notes
         },
     );
     Ok(if r.ok() { exit::OK } else { exit::INTEGRITY })
@@ -472,6 +482,13 @@ pub fn cmd_retention(
                 .collect::<Vec<_>>()
                 .join("\n");
             out.data(Value::Array(rows), || text);
+        }
+        RetentionCmd::Schedule { every_hours, off } => {
+            if *off || every_hours.is_some() {
+                vault.set_retention_schedule(s, *every_hours)?;
+            }
+            let v = vault_core::views::retention_schedule(vault.retention_schedule(s)?.as_ref());
+            out.data(v.clone(), || output::retention_schedule_text(&v));
         }
         RetentionCmd::Due => {
             let o = vault.retention_due(s)?;

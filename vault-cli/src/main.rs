@@ -174,6 +174,8 @@ enum Command {
     Doctor,
     /// Record that the annual security review took place (officer).
     Review,
+    /// Who you are to the vault: username, role, reveal grant, last login.
+    Whoami,
     /// Log in to pivault-server (its socket, or --server) and keep the token in a file only you can read (mode 0600).
     Login,
     /// Revoke the login token and delete its file.
@@ -347,6 +349,16 @@ enum RetentionCmd {
     Show,
     /// List records past retention (and held exclusions).
     Due,
+    /// Show or set the schedule on which `pivault-server` disposes of
+    /// everything past retention (admin or officer; off by default).
+    Schedule {
+        /// Run every N hours (the first run at the server's next check).
+        #[arg(long, value_name = "N", conflicts_with = "off")]
+        every_hours: Option<u32>,
+        /// Turn the schedule off.
+        #[arg(long)]
+        off: bool,
+    },
     /// Dispose of everything past retention, in one batch per run.
     Run {
         #[command(flatten)]
@@ -982,6 +994,11 @@ fn run(cli: &Cli, out: &Out) -> anyhow::Result<u8> {
                     } else {
                         exit::OK
                     }
+                }
+                Command::Whoami => {
+                    let v = vault_core::views::user(&vault.whoami(&session)?);
+                    out.data(v.clone(), || output::whoami_text(&v));
+                    exit::OK
                 }
                 Command::Review => {
                     vault.record_security_review(&session)?;

@@ -518,6 +518,25 @@ pub fn holds_text(hs: &Value) -> String {
 }
 
 /// `retention show` (and one line of `retention set`).
+/// The retention schedule of `views::retention_schedule`.
+pub fn retention_schedule_text(v: &Value) -> String {
+    if v["enabled"] == Value::Bool(true) {
+        format!(
+            "scheduled retention: every {} hour(s), set by {} at {}; last run {}",
+            text(&v["every_hours"]),
+            text(&v["set_by"]),
+            text(&v["set_at"]),
+            if v["last_run_at"].is_null() {
+                "not yet (at the server's next check)".to_owned()
+            } else {
+                text(&v["last_run_at"])
+            }
+        )
+    } else {
+        "scheduled retention: off".to_owned()
+    }
+}
+
 pub fn retention_line(p: &Value) -> String {
     format!(
         "{}\t{} days from {}",
@@ -591,4 +610,20 @@ pub fn history_text(v: &Value) -> String {
         ));
     }
     lines.join("\n")
+}
+
+/// `whoami`: one line.
+pub fn whoami_text(v: &Value) -> String {
+    format!(
+        "{} ({}{}), user ID {}, last login {}",
+        v["username"].as_str().unwrap_or("?"),
+        v["role"].as_str().unwrap_or("?"),
+        if v["reveal"] == true {
+            ", may reveal"
+        } else {
+            ""
+        },
+        v["user_id"].as_str().unwrap_or("?"),
+        v["last_login"].as_str().unwrap_or("never"),
+    )
 }

@@ -238,8 +238,19 @@ fn https_call(
             | ureq::Error::Rustls(_) => true,
             ureq::Error::Io(io) => io.kind() == std::io::ErrorKind::ConnectionRefused,
             _ => false,
+        } || {
+            // A TLS handshake failure (ureq reports rustls's as I/O) comes
+            // before the request.
+            let t = e.to_string();
+            t.contains("invalid peer certificate") || t.contains("not valid for name")
         };
-        if before_sending {
+        if before_sending && e.to_string().contains("not valid for name") {
+            anyhow!(Unreachable(format!(
+                "the server's certificate does not name the host in --server ({e}): use a name \
+                 it was issued for, or give the server a certificate that covers this one \
+                 (pivault-server --self-signed --tls-name HOST, or one from your CA)"
+            )))
+        } else if before_sending {
             anyhow!(Unreachable(format!("cannot reach the server: {e}")))
         } else {
             anyhow!(vault_core::Error::Io(format!(
@@ -494,6 +505,10 @@ fn dispose(r: &Remote, out: &Out, scope: Value, o: &DisposeOpts, what: &str) -> 
 
 fn command(cli: &Cli, out: &Out, r: &Remote) -> anyhow::Result<u8> {
     match &cli.command {
+        Command::Whoami => {
+            let v = r.get("/v1/whoami")?;
+            out.data(v.clone(), || output::whoami_text(&v));
+        }
         Command::User(c) => match c {
             UserCmd::Add {
                 name,
@@ -971,6 +986,18 @@ fn command(cli: &Cli, out: &Out, r: &Remote) -> anyhow::Result<u8> {
                     })
                     .unwrap_or_default();
                 out.data(v, || text);
+            }
+            RetentionCmd::Schedule { every_hours, off } => {
+                let v = if *off || every_hours.is_some() {
+                    r.call(
+                        "PUT",
+                        "/v1/retention-schedule",
+                        Some(json!({ "every_hours": every_hours })),
+                    )?
+                } else {
+                    r.get("/v1/retention-schedule")?
+                };
+                out.data(v.clone(), || output::retention_schedule_text(&v));
             }
             RetentionCmd::Due => {
                 let v = r.get("/v1/retention/due")?;

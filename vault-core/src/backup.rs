@@ -338,6 +338,7 @@ impl Vault {
                 created_ms: r.created_ms,
                 expires_ms: r.expires_ms,
                 location: r.location,
+                holds_records: None,
             })
             .collect())
     }
@@ -526,11 +527,13 @@ impl Vault {
     /// Destroys the key of every backup past its expiry, and any backup key
     /// without a catalogue row (a crash between the two writes of a
     /// creation). Called on open, before listing and before a restore.
-    pub(crate) fn expire_due_backups(&self, ctx: &Context) -> Result<()> {
+    pub(crate) fn expire_due_backups(&self, ctx: &Context) -> Result<u64> {
         let now = self.now();
+        let mut expired = 0;
         for row in self.backup_rows()? {
             if row.state == "active" && row.expires_ms <= now {
                 self.destroy_backup_key(row, None, ctx)?;
+                expired += 1;
             }
         }
         // Under the batch lock: a creation writes its key and its row under it.
@@ -545,7 +548,7 @@ impl Vault {
                 self.keystore.delete_backup_key(&id)?;
             }
         }
-        Ok(())
+        Ok(expired)
     }
 
     /// Deletes K_b, ratchets the epoch (every older wrapping of K_b becomes

@@ -41,7 +41,8 @@
 //!                                           // "operator" or "validator", each at most once
 //!       "key_fingerprint": "SHA256:<32 hex>", // "SHA256:" + hex(SHA-256(public key)[..16])
 //!       "public_key": "<64 lowercase hex>",   // the raw 32-byte Ed25519 public key
-//!       "signature": "<128 lowercase hex>" }  // the raw 64-byte signature over `message`
+//!       "signature": "<128 lowercase hex>", // the raw 64-byte signature over `message`
+//!       "covers": "draft" }                   // optional, co-signatures only: see below
 //!   ]
 //! }
 //! ```
@@ -53,6 +54,24 @@
 //! above and, where the body names a co-signer's key fingerprint
 //! (`parties.contractor.key_fingerprint`, `operator.key_fingerprint`,
 //! `validator.key_fingerprint`), [`verify`] requires that co-signature.
+//!
+//! # Co-signatures bound to declared keys (`pivault-certificate/2`)
+//!
+//! From schema version 2 a co-signature counts only for a role whose key
+//! fingerprint the signed body declares, and only with that key: a
+//! co-signature in a role the body declares no key for, or by a key whose
+//! fingerprint differs, fails [`verify`]. The vault declares the batch
+//! contractor's registered key; it declares no operator or validator key
+//! (those attest through the vault's signature over their names and user IDs).
+//! Version 1 certificates (issued before) still verify; [`VerifyReport::legacy`]
+//! says that their co-signatures are not bound to registered keys.
+//!
+//! Validation (status "draft" → "validated", `validator` filled in) changes
+//! the body, so the vault signs it again. A co-signature made on the draft is
+//! kept, marked `"covers": "draft"`: it verifies over the message of the
+//! *draft form* of the body ([`draft_form`]: `status` set back to "draft" and
+//! `validator` to null, nothing else changed), which validation is built to
+//! invert exactly ([`Certificate::validated`]).
 //!
 //! # Verifying without pivault
 //!
@@ -85,7 +104,16 @@ use crate::crypto::{fingerprint, sha256};
 use crate::error::{Error, Result};
 
 /// The `schema_version` of certificates this module writes and accepts.
-pub const SCHEMA_VERSION: &str = "pivault-certificate/1";
+pub const SCHEMA_VERSION: &str = "pivault-certificate/2";
+
+/// The schema version of certificates issued before co-signatures were bound
+/// to declared keys; still accepted, and reported as legacy by [`verify`].
+pub const LEGACY_SCHEMA_VERSION: &str = "pivault-certificate/1";
+
+/// What `outcome_statement` (and `target.classification.after`) must say
+/// while a backup still holds the disposed records: the copies are
+/// crypto-erased only when the backup's key is destroyed at its expiry.
+pub const PENDING_PHRASE: &str = "pending expiry of residual copies";
 
 /// Domain separation prefixed to the canonical body before signing, so that a
 /// certificate signature can never be replayed as another kind of signature.
@@ -293,6 +321,9 @@ pub struct CertSignature {
     pub public_key: String,
     /// The 64-byte Ed25519 signature, lowercase hex.
     pub signature: String,
+    /// The co-signature was made on the draft, before validation: it covers
+    /// the message of [`draft_form`] of the body (member `"covers": "draft"`).
+    pub covers_draft: bool,
 }
 
 impl CertSignature {
@@ -302,6 +333,7 @@ impl CertSignature {
             key_fingerprint: fingerprint(key.as_bytes()),
             public_key: hex::encode(key.as_bytes()),
             signature: hex::encode(signature.to_bytes()),
+            covers_draft: false,
         }
     }
 
@@ -328,12 +360,16 @@ impl CertSignature {
     }
 
     fn to_json(&self) -> Value {
-        json!({
+        let mut v = json!({
             "role": self.role,
             "key_fingerprint": self.key_fingerprint,
             "public_key": self.public_key,
             "signature": self.signature,
-        })
+        });
+        if self.covers_draft {
+            v["covers"] = json!("draft");
+        }
+        v
     }
 }
 
@@ -439,14 +475,48 @@ impl Certificate {
                 "co-signature public key is weak (small order)",
             ));
         }
-        if let Some(declared) = declared_fingerprint(&self.body, role)
-            && declared != fingerprint(key.as_bytes())
-        {
-            return Err(Error::invalid(
+        match declared_fingerprint(&self.body, role) {
+            Some(declared) if declared != fingerprint(key.as_bytes()) => Err(Error::invalid(
                 "co-signing key does not match the key fingerprint the certificate names for this role",
-            ));
+            )),
+            None if binds_cosigners(&self.body) => Err(Error::invalid(
+                "the certificate names no key for this role, so no co-signature in it can count \
+                 (only a key registered before the disposal and declared in the certificate may co-sign)",
+            )),
+            _ => Ok(()),
         }
-        Ok(())
+    }
+
+    /// The validated certificate: `status` "validated", `validator` set,
+    /// signed again by the vault, with every co-signature made on the draft
+    /// kept (marked as covering the draft form, under which it still
+    /// verifies). Refused unless this is a draft with a null validator, so
+    /// that [`draft_form`] of the result is exactly this body.
+    pub fn validated(&self, validator: Value, vault_key: &SigningKey) -> Result<Certificate> {
+        if self.status() != Some("draft")
+            || !at(&self.body, "validator").is_some_and(Value::is_null)
+        {
+            return Err(Error::AlreadyExists("validation"));
+        }
+        if !validator.is_object() {
+            return Err(Error::invalid("the validator must be an object"));
+        }
+        let msg = self.message()?;
+        let mut body = self.body.clone();
+        body["status"] = json!("validated");
+        body["validator"] = validator;
+        let mut out = Certificate::sign(body, vault_key)?;
+        debug_assert_eq!(draft_form(&out.body).as_ref(), Some(&self.body));
+        for s in self.signatures.iter().filter(|s| s.role != ROLE_VAULT) {
+            if s.covers_draft || !s.valid_over(&msg) {
+                return Err(Error::Integrity("certificate co-signature"));
+            }
+            out.signatures.push(CertSignature {
+                covers_draft: true,
+                ..s.clone()
+            });
+        }
+        Ok(out)
     }
 
     /// The bytes every signature covers ([`signed_message`] of the body).
@@ -537,12 +607,18 @@ fn parse_signature(raw: Value) -> std::result::Result<CertSignature, &'static st
         Some(Value::String(s)) => Ok(s),
         _ => Err("a signature lacks one of role, key_fingerprint, public_key, signature (strings)"),
     };
-    let sig = CertSignature {
+    let mut sig = CertSignature {
         role: take("role")?,
         key_fingerprint: take("key_fingerprint")?,
         public_key: take("public_key")?,
         signature: take("signature")?,
+        covers_draft: false,
     };
+    match m.remove("covers") {
+        None => {}
+        Some(Value::String(c)) if c == "draft" && sig.role != ROLE_VAULT => sig.covers_draft = true,
+        Some(_) => return Err("a signature's \"covers\" is not \"draft\" on a co-signature"),
+    }
     if !m.is_empty() {
         return Err("a signature has an unknown member");
     }
@@ -586,6 +662,27 @@ fn declared_fingerprint<'a>(body: &'a Value, role: &str) -> Option<&'a str> {
         .find(|(r, _)| *r == role)
         .and_then(|(_, path)| at(body, path))
         .and_then(Value::as_str)
+}
+
+/// Whether the body binds co-signatures to declared keys (schema version 2
+/// on): a co-signature in a role with no declared key does not count.
+pub fn binds_cosigners(body: &Value) -> bool {
+    str_at(body, "schema_version") != Some(LEGACY_SCHEMA_VERSION)
+}
+
+/// The body as it was before validation: `status` "draft" and `validator`
+/// null, nothing else changed. `None` unless the body is validated. A
+/// co-signature marked `"covers": "draft"` is checked over this body's
+/// message; validation ([`Certificate::validated`]) changes only these two
+/// members, so the draft form of a validated certificate is its draft.
+pub fn draft_form(body: &Value) -> Option<Value> {
+    if str_at(body, "status") != Some("validated") {
+        return None;
+    }
+    let mut draft = body.clone();
+    draft["status"] = json!("draft");
+    draft["validator"] = Value::Null;
+    Some(draft)
 }
 
 // ---------------------------------------------------------------------------
@@ -798,8 +895,9 @@ pub fn check_fields(body: &Value) -> Vec<String> {
     let value_is = |path: &str, want: &str| str_at(body, path).is_none_or(|s| s == want);
     rule(
         "schema_version",
-        value_is("schema_version", SCHEMA_VERSION),
-        "must be \"pivault-certificate/1\"",
+        value_is("schema_version", SCHEMA_VERSION)
+            || value_is("schema_version", LEGACY_SCHEMA_VERSION),
+        "must be \"pivault-certificate/2\" (or /1 for certificates issued before co-signatures were bound)",
     );
     rule(
         "status",
@@ -831,6 +929,26 @@ pub fn check_fields(body: &Value) -> Vec<String> {
         str_at(body, "outcome_statement").is_none_or(|s| s.contains(OUTCOME_PHRASE)),
         "must state that the information cannot practicably be read or reconstructed",
     );
+    // A backup still holding the records makes the outcome pending: the
+    // certificate may not claim more than the vault did.
+    let holding = at(body, "target.backups.copies")
+        .and_then(Value::as_array)
+        .is_some_and(|c| {
+            c.iter()
+                .any(|b| b.get("holds_records") == Some(&Value::Bool(true)))
+        });
+    if holding {
+        rule(
+            "outcome_statement",
+            str_at(body, "outcome_statement").is_some_and(|s| s.contains(PENDING_PHRASE)),
+            "must say \"pending expiry of residual copies\" while a backup holds the records",
+        );
+        rule(
+            "target.classification.after",
+            str_at(body, "target.classification.after").is_none_or(|s| s.contains(PENDING_PHRASE)),
+            "must say \"pending expiry of residual copies\" while a backup holds the records",
+        );
+    }
     let epochs = (
         at(body, "sanitization.details.epoch_before").and_then(Value::as_u64),
         at(body, "sanitization.details.epoch_after").and_then(Value::as_u64),
@@ -881,6 +999,13 @@ pub struct VerifyReport {
     pub status: String,
     /// Fingerprint of the key the certificate was checked against.
     pub vault_key_fingerprint: String,
+    /// A `pivault-certificate/1` body: its co-signatures are checked but are
+    /// not bound to registered keys unless the body names one.
+    pub legacy: bool,
+    /// Why each failing co-signature fails, and how each passing one was
+    /// checked when that is worth saying (e.g. made on the draft), as
+    /// `"<role>: <reason>"`; never a value from outside the certificate.
+    pub cosignature_notes: Vec<String>,
 }
 
 impl VerifyReport {
@@ -906,22 +1031,56 @@ pub fn verify(cert: &Certificate, vault_key: &VerifyingKey) -> VerifyReport {
     let vault_signature_ok = matches!(vault_sigs.as_slice(), [s]
         if !vault_key.is_weak() && s.public_key == hex::encode(vault_key.as_bytes()) && valid(s));
 
+    let draft_msg = draft_form(&cert.body).and_then(|d| signed_message(&d).ok());
+    let bound = binds_cosigners(&cert.body);
     let mut cosignatures = Vec::new();
+    let mut notes = Vec::new();
     for (i, s) in cert.signatures.iter().enumerate() {
         if s.role == ROLE_VAULT {
             continue;
         }
         let known_role = COSIGNER_ROLES.contains(&s.role.as_str());
         let first_of_role = cert.signatures.iter().position(|o| o.role == s.role) == Some(i);
-        let matches_declared =
-            declared_fingerprint(&cert.body, &s.role).is_none_or(|d| d == s.key_fingerprint);
-        let ok = known_role && first_of_role && matches_declared && valid(s);
-        cosignatures.push((s.role.clone(), s.key_fingerprint.clone(), ok));
+        let declared = declared_fingerprint(&cert.body, &s.role);
+        let signed = if s.covers_draft {
+            draft_msg.as_deref().is_some_and(|m| s.valid_over(m))
+        } else {
+            valid(s)
+        };
+        let problem = if !known_role || !first_of_role {
+            Some("unknown or repeated role")
+        } else if declared.is_none() && bound {
+            Some(
+                "the certificate declares no key for this role: the co-signing key is not a registered one",
+            )
+        } else if declared.is_some_and(|d| d != s.key_fingerprint) {
+            Some("the co-signing key differs from the key the certificate declares for this role")
+        } else if !signed {
+            Some(if s.covers_draft && draft_msg.is_none() {
+                "marked as made on the draft, but the certificate is not validated"
+            } else {
+                "the signature does not verify"
+            })
+        } else {
+            None
+        };
+        match problem {
+            Some(why) => notes.push(format!("{}: {why}", s.role)),
+            None if s.covers_draft => notes.push(format!(
+                "{}: made on the draft, before validation (verified over the draft form of the body)",
+                s.role
+            )),
+            None => {}
+        }
+        cosignatures.push((s.role.clone(), s.key_fingerprint.clone(), problem.is_none()));
     }
     for (role, path) in DECLARED_COSIGNERS {
         if let Some(declared) = str_at(&cert.body, path)
             && !cert.signatures.iter().any(|s| s.role == *role)
         {
+            notes.push(format!(
+                "{role}: declared in the certificate but not signed yet"
+            ));
             cosignatures.push(((*role).to_owned(), declared.to_owned(), false));
         }
     }
@@ -937,6 +1096,8 @@ pub fn verify(cert: &Certificate, vault_key: &VerifyingKey) -> VerifyReport {
         missing_fields,
         status: str_at(&cert.body, "status").unwrap_or_default().to_owned(),
         vault_key_fingerprint: vault_fp,
+        legacy: !bound,
+        cosignature_notes: notes,
     }
 }
 
@@ -1251,6 +1412,7 @@ const TOP_LEVEL_SECTIONS: &[&str] = &[
     "target",
     "sanitization",
     "outcome_statement",
+    "outcome",
     "audit",
 ];
 
@@ -1328,8 +1490,9 @@ pub fn render_html(cert: &Certificate) -> String {
     section(&mut out, "6. Sanitization", get("sanitization"), "");
     let _ = writeln!(
         out,
-        "<section><h2>7. Outcome</h2><p class=\"statement\">{}</p></section>",
-        render_value(get("outcome_statement").unwrap_or(&Value::Null))
+        "<section><h2>7. Outcome</h2><p class=\"statement\">{}</p>{}</section>",
+        render_value(get("outcome_statement").unwrap_or(&Value::Null)),
+        get("outcome").map(render_value).unwrap_or_default()
     );
 
     // 8. Integrity: audit checkpoint and signatures.
@@ -1341,7 +1504,12 @@ pub fn render_html(cert: &Certificate) -> String {
             sigs,
             "<tr><th>{}</th><td><span class=\"mono\">{}</span><br>public key: <span class=\"mono\">{}</span>\
              <br>signature: <span class=\"mono\">{}</span></td></tr>",
-            esc(&s.role),
+            esc(&s.role)
+                + if s.covers_draft {
+                    " (made on the draft, before validation)"
+                } else {
+                    ""
+                },
             esc(&s.key_fingerprint),
             esc(&s.public_key),
             esc(&s.signature)
@@ -1789,12 +1957,30 @@ mod tests {
             cert.add_detached("validator", &key(12).verifying_key(), &sig)
                 .is_err()
         );
-        cert.add_detached("validator", &validator.verifying_key(), &sig)
-            .unwrap();
+        // A validator co-signature with a key the body never declared (a
+        // fresh key the vault never saw): refused when added...
+        let e = cert
+            .add_detached("validator", &validator.verifying_key(), &sig)
+            .unwrap_err();
+        assert!(e.to_string().contains("names no key for this role"), "{e}");
+        // ...and failing verification when slipped into the file.
+        let mut forged = cert.clone();
+        forged.signatures.push(CertSignature::new(
+            "validator",
+            &validator.verifying_key(),
+            &Signature::from_bytes(&sig),
+        ));
+        let r = verify(&forged, &vault.verifying_key());
+        assert!(r.vault_signature_ok && !r.ok(), "{r:?}");
+        assert!(
+            r.cosignature_notes
+                .iter()
+                .any(|n| n.starts_with("validator: the certificate declares no key")),
+            "{r:?}"
+        );
         let r = verify(&cert, &vault.verifying_key());
         assert!(r.ok(), "{r:?}");
-        assert_eq!(r.cosignatures.len(), 2);
-        assert!(r.cosignatures.iter().all(|c| c.2));
+        assert!(!r.legacy);
 
         let parsed = Certificate::parse(&cert.to_file_json()).unwrap();
         assert_eq!(parsed, cert);
@@ -1813,6 +1999,90 @@ mod tests {
         let mut dropped = cert.clone();
         dropped.signatures.retain(|s| s.role != "contractor");
         assert!(!verify(&dropped, &vault.verifying_key()).ok());
+    }
+
+    #[test]
+    fn legacy_certificates_verify_and_say_so() {
+        let (vault, validator) = (key(7), key(10));
+        let mut body = example_body();
+        body["schema_version"] = json!(LEGACY_SCHEMA_VERSION);
+        let mut cert = Certificate::sign(body, &vault).unwrap();
+        let sig = validator.sign(&cert.message().unwrap()).to_bytes();
+        cert.add_detached("validator", &validator.verifying_key(), &sig)
+            .unwrap();
+        let r = verify(&cert, &vault.verifying_key());
+        assert!(r.ok() && r.legacy, "{r:?}");
+        // The same body as version 2 does not take the unbound co-signature.
+        let v2 = Certificate::sign(example_body(), &vault).unwrap();
+        assert!(!verify(&v2, &vault.verifying_key()).legacy);
+    }
+
+    #[test]
+    fn validation_keeps_a_draft_cosignature() {
+        let (vault, contractor) = (key(7), key(9));
+        let mut body = contractor_body(&contractor);
+        body["status"] = json!("draft");
+        body["validator"] = Value::Null;
+        let mut draft = Certificate::sign(body, &vault).unwrap();
+        draft.cosign("contractor", &contractor).unwrap();
+        assert!(verify(&draft, &vault.verifying_key()).ok());
+        let validator = example_body()["validator"].clone();
+        let done = draft.validated(validator.clone(), &vault).unwrap();
+        assert_eq!(done.status(), Some("validated"));
+        assert_eq!(done.signatures.len(), 2);
+        assert!(done.signatures[1].covers_draft);
+        let r = verify(&done, &vault.verifying_key());
+        assert!(r.ok(), "{r:?}");
+        assert!(
+            r.cosignature_notes[0].contains("made on the draft"),
+            "{r:?}"
+        );
+        // Through the file form too.
+        let parsed = Certificate::parse(&done.to_file_json()).unwrap();
+        assert_eq!(parsed, done);
+        assert!(verify(&parsed, &vault.verifying_key()).ok());
+        // The mark does not let a draft signature pass on another body.
+        let mut other = done.clone();
+        other.body["target"]["record_count"] = json!(4);
+        assert!(!verify(&other, &vault.verifying_key()).cosignatures[0].2);
+        // Unmarked, the draft co-signature does not verify over the validated body.
+        let mut unmarked = done.clone();
+        unmarked.signatures[1].covers_draft = false;
+        assert!(!verify(&unmarked, &vault.verifying_key()).ok());
+        // A validated certificate is not validated again.
+        assert!(done.validated(validator, &vault).is_err());
+        // After validation the contractor co-signature is still one per role.
+        let mut again = done.clone();
+        assert!(again.cosign("contractor", &contractor).is_err());
+    }
+
+    #[test]
+    fn a_backup_holding_the_records_makes_the_outcome_pending() {
+        let mut body = example_body();
+        body["target"]["backups"]["copies"] =
+            json!([{ "backup_id": "b", "expiry": "2026-04-01T00:00:00Z", "holds_records": true }]);
+        body["target"]["classification"]["after"] = json!("no personal information recoverable");
+        let problems = check_fields(&body);
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.starts_with("outcome_statement (")),
+            "{problems:?}"
+        );
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.starts_with("target.classification.after (")),
+            "{problems:?}"
+        );
+        body["target"]["classification"]["after"] =
+            json!(format!("{PENDING_PHRASE} until 2026-04-01T00:00:00Z"));
+        body["outcome_statement"] =
+            json!(format!("{OUTCOME_STATEMENT} Disposal is {PENDING_PHRASE}."));
+        assert!(check_fields(&body).is_empty(), "{:?}", check_fields(&body));
+        body["target"]["backups"]["copies"][0]["holds_records"] = json!(false);
+        body["outcome_statement"] = json!(OUTCOME_STATEMENT);
+        assert!(check_fields(&body).is_empty());
     }
 
     // ---- tamper tests --------------------------------------------------
@@ -2104,8 +2374,8 @@ mod tests {
             ),
             (
                 "schema_version",
-                json!("pivault-certificate/2"),
-                "schema_version (must be \"pivault-certificate/1\")",
+                json!("pivault-certificate/3"),
+                "schema_version (must be \"pivault-certificate/2\" (or /1 for certificates issued before co-signatures were bound))",
             ),
             (
                 "sanitization.details.epoch_after",

@@ -163,6 +163,11 @@ pub(crate) struct BatchRow {
     /// Backups holding copies when the batch started (residual copies).
     #[serde(default)]
     backups: Vec<ResidualBackup>,
+    /// The fingerprint of the batch contractor's registered key when the
+    /// batch started: the certificate declares it, and only that key may
+    /// co-sign as the contractor.
+    #[serde(default)]
+    contractor_key_fingerprint: Option<String>,
 }
 
 /// A backup that existed when a batch started: a residual copy the
@@ -173,6 +178,50 @@ pub(crate) struct ResidualBackup {
     pub(crate) created_ms: i64,
     pub(crate) expires_ms: i64,
     pub(crate) location: String,
+    /// Whether the backup may hold a record of the batch (it was taken at
+    /// or after the earliest creation among them). `None` in batches of
+    /// older builds: counted as holding them.
+    #[serde(default)]
+    pub(crate) holds_records: Option<bool>,
+}
+
+impl ResidualBackup {
+    fn holds(&self) -> bool {
+        self.holds_records != Some(false)
+    }
+}
+
+/// The backups still holding the batch's records, and when the last of them
+/// is crypto-erased: the certificate's outcome is pending until then.
+fn pending_until(backups: &[ResidualBackup]) -> Option<i64> {
+    backups
+        .iter()
+        .filter(|b| b.holds())
+        .map(|b| b.expires_ms)
+        .max()
+}
+
+/// `outcome_statement`: c. 93I's phrase for what the vault destroyed, and,
+/// while backups hold the records, that the disposal is pending their
+/// expiry, naming each.
+fn outcome_statement(backups: &[ResidualBackup]) -> String {
+    let Some(until) = pending_until(backups) else {
+        return certificate::OUTCOME_STATEMENT.to_owned();
+    };
+    let copies: Vec<String> = backups
+        .iter()
+        .filter(|b| b.holds())
+        .map(|b| format!("backup {} (expires {})", b.id, format_ms(b.expires_ms)))
+        .collect();
+    format!(
+        "The personal information in the records covered by this certificate was erased from the vault \
+         by cryptographic erase so that it cannot practicably be read or reconstructed from the vault \
+         (M.G.L. c. 93I, section 2(b)). Disposal is {}: {} still hold the records' ciphertexts and keys \
+         under their own backup keys until those keys are destroyed at expiry; the last expires {}.",
+        certificate::PENDING_PHRASE,
+        copies.join(", "),
+        format_ms(until)
+    )
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -289,6 +338,7 @@ fn backups_json(backups: &[ResidualBackup]) -> Value {
             "created": format_ms(b.created_ms),
             "expiry": format_ms(b.expires_ms),
             "location": b.location,
+            "holds_records": b.holds(),
         })).collect::<Vec<_>>(),
         "where": backups.iter().map(|b| b.location.clone()).collect::<Vec<_>>(),
         "expiry": backups.iter().map(|b| b.expires_ms).max().map(format_ms),
@@ -306,7 +356,7 @@ fn not_covered(backups: &[ResidualBackup]) -> Vec<String> {
             .to_owned(),
         "exports and import source files handed out or kept outside the vault".to_owned(),
     ];
-    for b in backups {
+    for b in backups.iter().filter(|b| b.holds()) {
         v.push(format!(
             "vault backup {} (residual copy until its backup key is destroyed at {})",
             b.id,
@@ -373,6 +423,17 @@ impl Vault {
             .map(|b| serde_json::from_slice(&b).map_err(|_| Error::Integrity("contractor scope")))
             .transpose()?
             .unwrap_or_default())
+    }
+
+    /// The fingerprint of a contractor's registered public key, if any.
+    fn contractor_key_fingerprint(&self, user: UserId) -> Result<Option<String>> {
+        match self.contractor_scope(user)?.public_key {
+            Some(k) => {
+                let key = certificate::parse_public_key(&k)?;
+                Ok(Some(crate::crypto::fingerprint(key.as_bytes())))
+            }
+            None => Ok(None),
+        }
     }
 
     /// Whether a contractor's scope covers a record.
@@ -518,6 +579,18 @@ impl Vault {
     /// their assigned scope. Returns once the certificate is issued.
     pub fn dispose(&self, s: &Session, req: &DisposalRequest) -> Result<DisposalOutcome> {
         self.authorize(s, Some(Permission::Dispose))?;
+        self.dispose_authorized(s, req)
+    }
+
+    /// [`Vault::dispose`] once the authority is established: by the
+    /// `Dispose` permission, or (scheduled retention, maintenance.rs) by the
+    /// retention schedule an admin or officer set, under whose user ID the
+    /// batch runs.
+    pub(crate) fn dispose_authorized(
+        &self,
+        s: &Session,
+        req: &DisposalRequest,
+    ) -> Result<DisposalOutcome> {
         let started = std::time::Instant::now();
         let scope_target = match &req.scope {
             DisposalScope::Record(id) => id.to_string(),
@@ -659,7 +732,20 @@ impl Vault {
                 contract_reference: p.contract_reference.clone(),
             },
             channel: s.ctx.channel.as_str().to_owned(),
-            backups: self.residual_backups()?,
+            backups: {
+                // A backup taken before every record of the batch existed holds none of them.
+                let earliest = rows.iter().map(|(_, r)| r.created_ms).min();
+                let mut b = self.residual_backups()?;
+                for r in &mut b {
+                    r.holds_records = Some(earliest.is_none_or(|e| r.created_ms >= e));
+                }
+                b
+            },
+            contractor_key_fingerprint: if by_contractor {
+                self.contractor_key_fingerprint(s.user)?
+            } else {
+                None
+            },
         };
         self.put_batch(&batch, true)?;
         self.isolation
@@ -1137,8 +1223,12 @@ impl Vault {
         let contractor = match &b.contractor {
             Some(c) => {
                 let (name, _) = self.user_display(c)?;
-                json!({ "user_id": c, "name": name, "organisation": b.parties.contractor_organisation,
-                        "contract_reference": b.parties.contract_reference.clone().unwrap_or_else(|| "(none stated)".into()) })
+                let mut v = json!({ "user_id": c, "name": name, "organisation": b.parties.contractor_organisation,
+                        "contract_reference": b.parties.contract_reference.clone().unwrap_or_else(|| "(none stated)".into()) });
+                if let Some(fp) = &b.contractor_key_fingerprint {
+                    v["key_fingerprint"] = json!(fp);
+                }
+                v
             }
             None => match &b.parties.contractor_organisation {
                 Some(org) => json!({ "name": org, "organisation": org,
@@ -1181,7 +1271,10 @@ impl Vault {
                 "classification": {
                     "before": if any_pi { "MA personal information (M.G.L. c. 93H §1)" } else { "confidential" },
                     "elements": elements.iter().collect::<Vec<_>>(),
-                    "after": "no personal information recoverable",
+                    "after": match pending_until(&b.backups) {
+                        Some(until) => format!("{} (until {}): no personal information recoverable from the vault", certificate::PENDING_PHRASE, format_ms(until)),
+                        None => "no personal information recoverable".to_owned(),
+                    },
                 },
                 "backups": backups_json(&b.backups),
             },
@@ -1213,7 +1306,15 @@ impl Vault {
                 "not_covered": not_covered(&b.backups),
                 "exclusions": b.excluded.iter().map(|(id, why)| json!({ "record_id": id, "reason": why })).collect::<Vec<_>>(),
             },
-            "outcome_statement": certificate::OUTCOME_STATEMENT,
+            "outcome_statement": outcome_statement(&b.backups),
+            "outcome": match pending_until(&b.backups) {
+                Some(until) => json!({
+                    "state": certificate::PENDING_PHRASE,
+                    "complete_at": format_ms(until),
+                    "residual_copies": b.backups.iter().filter(|r| r.holds()).map(|r| json!({ "backup_id": r.id, "expiry": format_ms(r.expires_ms) })).collect::<Vec<_>>(),
+                }),
+                None => json!({ "state": "complete", "residual_copies": [] }),
+            },
             "audit": { "checkpoint_seq": checkpoint_seq, "head_hash": hex::encode(head) },
         }))
     }
@@ -1411,22 +1512,21 @@ impl Vault {
             let cert = Certificate::parse(
                 std::str::from_utf8(&bytes).map_err(|_| Error::Integrity("certificate"))?,
             )?;
-            let mut body = cert.body.clone();
-            if body["operator"]["user_id"].as_str() == Some(&s.user.to_string()) {
+            if cert.body["operator"]["user_id"].as_str() == Some(&s.user.to_string()) {
                 return Err(Error::invalid(
                     "the validator must be a different user from the operator (NIST SP 800-88 App. G)",
                 ));
             }
-            if body["status"] == "validated" {
-                return Err(Error::AlreadyExists("validation"));
-            }
-            body["status"] = json!("validated");
-            body["validator"] = json!({
-                "name": me.username, "title": title.unwrap_or("security officer"), "user_id": s.user.to_string(),
-                "time": format_ms(self.now()),
-                "attestation": certificate::ATTESTATION,
-            });
-            let signed = Certificate::sign(body, &self.signing.certificate)?;
+            // Co-signatures made on the draft are kept (they verify over
+            // the draft form of the validated body; certificate.rs).
+            let signed = cert.validated(
+                json!({
+                    "name": me.username, "title": title.unwrap_or("security officer"), "user_id": s.user.to_string(),
+                    "time": format_ms(self.now()),
+                    "attestation": certificate::ATTESTATION,
+                }),
+                &self.signing.certificate,
+            )?;
             self.store.put(
                 store::CF_CERTIFICATES,
                 id.as_bytes(),
@@ -1468,6 +1568,13 @@ impl Vault {
             let mut cert = Certificate::parse(
                 std::str::from_utf8(&bytes).map_err(|_| Error::Integrity("certificate"))?,
             )?;
+            // Only the contractor who carried out the batch co-signs its
+            // certificate (another contractor's key proves nothing about it).
+            if cert.body["parties"]["contractor"]["user_id"].as_str() != Some(&s.user.to_string()) {
+                return Err(Error::PermissionDenied(
+                    "co-sign a certificate of a disposal another user carried out",
+                ));
+            }
             cert.add_detached("contractor", &key, signature)?;
             self.store.put(
                 store::CF_CERTIFICATES,

@@ -37,6 +37,8 @@ mod backup;
 mod custodian;
 #[path = "disposal.rs"]
 mod disposal;
+#[path = "housekeeping.rs"]
+mod housekeeping;
 #[path = "http_audit.rs"]
 mod http_audit;
 #[path = "isolation.rs"]
@@ -56,6 +58,7 @@ pub use disposal::{
     ContractorScope, DisposalOutcome, DisposalParties, DisposalRequest, DisposalScope,
     DisposalSummary, Hold, RetentionPolicy,
 };
+pub use housekeeping::{MAX_SCHEDULE_HOURS, RetentionSchedule};
 pub use maintenance::{JournalReport, MaintenanceReport, MaintenanceStatus};
 pub use records::{ImportColumns, RecordVersion};
 

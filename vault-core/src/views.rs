@@ -232,6 +232,19 @@ pub fn retention(collection: &str, p: &RetentionPolicy) -> Value {
     json!({ "collection": collection, "days": p.days, "from_updated": p.from_updated })
 }
 
+/// The retention schedule (`retention schedule`, `/v1/retention-schedule`):
+/// `every_hours` null when off.
+pub fn retention_schedule(r: Option<&crate::vault::RetentionSchedule>) -> Value {
+    match r {
+        Some(r) => json!({
+            "enabled": true, "every_hours": r.every_hours, "set_by": r.set_by.to_string(),
+            "set_at": crate::clock::format_ms(r.set_ms),
+            "last_run_at": r.last_run_ms.map(crate::clock::format_ms),
+        }),
+        None => json!({ "enabled": false, "every_hours": null }),
+    }
+}
+
 /// A certificate as shown (`certificate show`): the signed body and who signed it.
 pub fn certificate(c: &Certificate) -> Value {
     json!({ "certificate": c.body, "signatures": c.signatures.iter().map(|g| json!({"role": g.role, "key_fingerprint": g.key_fingerprint})).collect::<Vec<_>>() })

@@ -40,11 +40,16 @@ struct Args {
     /// TLS private key, PEM.
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
-    /// Create a self-signed certificate for localhost at --tls-cert/--tls-key
-    /// if they do not exist (first runs on loopback; give clients the
-    /// certificate with `pivault --ca-cert`).
+    /// Create a self-signed certificate at --tls-cert/--tls-key if they do
+    /// not exist, for localhost, 127.0.0.1, ::1 and every --tls-name (give
+    /// clients the certificate with `pivault --ca-cert`).
     #[arg(long, requires = "tls_cert")]
     self_signed: bool,
+    /// A host name or IP address the self-signed certificate also covers
+    /// (repeatable), so that clients on other machines can reach the
+    /// server by that name: `--tls-name vault.shop.lan --tls-name 192.168.1.20`.
+    #[arg(long, value_name = "NAME", requires = "self_signed")]
+    tls_name: Vec<String>,
     /// File holding the vault passphrase (or key file).
     #[arg(long, env = "PIVAULT_PASSPHRASE_FILE", value_name = "FILE")]
     passphrase_file: Option<PathBuf>,
@@ -113,6 +118,12 @@ struct Args {
     /// route template, status, time, client; never paths, queries or bodies).
     #[arg(long)]
     no_access_log: bool,
+    /// Seconds between the server's housekeeping checks: expire due backups,
+    /// remove expired sessions and tokens, and run retention when the
+    /// schedule an admin set in the vault (`pivault retention schedule`) is
+    /// due; 0 turns the checks off. Each job is audited as a system action.
+    #[arg(long, default_value_t = 60, value_name = "SECS")]
+    housekeeping_secs: u64,
     /// Print the OpenAPI document and exit.
     #[arg(long)]
     print_openapi: bool,
@@ -163,17 +174,33 @@ fn passphrase(file: Option<&Path>) -> anyhow::Result<SecretString> {
     bail!("no vault passphrase: set PIVAULT_PASSPHRASE_FILE or run in a terminal")
 }
 
-/// Writes a self-signed certificate for localhost/127.0.0.1/::1 (key 0600).
-fn self_signed(cert: &Path, key: &Path) -> anyhow::Result<()> {
+/// Writes a self-signed certificate for localhost/127.0.0.1/::1 and
+/// `names` (key 0600).
+fn self_signed(cert: &Path, key: &Path, names: &[String]) -> anyhow::Result<()> {
     if cert.exists() && key.exists() {
         return Ok(());
     }
-    let ck = rcgen::generate_simple_self_signed(vec![
+    let mut sans = vec![
         "localhost".to_owned(),
         "127.0.0.1".to_owned(),
         "::1".to_owned(),
-    ])
-    .context("cannot generate a self-signed certificate")?;
+    ];
+    for n in names {
+        let ok = n.parse::<std::net::IpAddr>().is_ok()
+            || (!n.is_empty()
+                && n.len() <= 253
+                && n.split('.').all(|l| {
+                    !l.is_empty()
+                        && l.len() <= 63
+                        && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                }));
+        if !ok {
+            bail!("--tls-name {n:?} is not a host name or an IP address");
+        }
+        sans.push(n.to_ascii_lowercase());
+    }
+    let ck = rcgen::generate_simple_self_signed(sans)
+        .context("cannot generate a self-signed certificate")?;
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let mut f = std::fs::OpenOptions::new()
@@ -223,7 +250,7 @@ fn run(args: Args) -> anyhow::Result<()> {
     let tls = match (&args.tls_cert, &args.tls_key) {
         (Some(c), Some(k)) => {
             if args.self_signed {
-                self_signed(c, k)?;
+                self_signed(c, k, &args.tls_name)?;
             }
             Some(tls_config(c, k)?)
         }
@@ -272,6 +299,12 @@ fn run(args: Args) -> anyhow::Result<()> {
     if args.checkpoint_secs > 0 {
         let every = Duration::from_secs(args.checkpoint_secs);
         rt.spawn(checkpoint_timer(app.clone(), every));
+    }
+    if args.housekeeping_secs > 0 {
+        let every = Duration::from_secs(args.housekeeping_secs);
+        rt.spawn(backup_expiry_timer(app.clone(), every));
+        rt.spawn(session_sweep_timer(app.clone(), every));
+        rt.spawn(retention_schedule_timer(app.clone(), every));
     }
     let socket = (!args.no_socket).then(|| SocketSpec {
         path: args.socket.clone(),
@@ -447,6 +480,49 @@ async fn bind_socket(spec: &SocketSpec) -> anyhow::Result<tokio::net::UnixListen
         return Err(e);
     }
     Ok(listener)
+}
+
+/// Destroys the keys of backups past their expiry (the copies are then
+/// crypto-erased), without waiting for the next open or `backup list`.
+async fn backup_expiry_timer(app: Arc<App>, every: Duration) {
+    every_interval(
+        app,
+        every,
+        "backup expiry",
+        |v| v.run_backup_expiry(),
+        |n| (*n > 0).then(|| format!("{n} backup(s) expired")),
+    )
+    .await
+}
+
+/// Deletes the rows of sessions and tokens that can no longer be used.
+async fn session_sweep_timer(app: Arc<App>, every: Duration) {
+    every_interval(
+        app,
+        every,
+        "session sweep",
+        |v| v.sweep_sessions(),
+        |n| (*n > 0).then(|| format!("{n} expired session(s) removed")),
+    )
+    .await
+}
+
+/// Runs retention when the schedule stored in the vault is on and due; the
+/// schedule is the admin's setting, not a flag of the server.
+async fn retention_schedule_timer(app: Arc<App>, every: Duration) {
+    every_interval(
+        app,
+        every,
+        "scheduled retention",
+        |v| v.run_scheduled_retention(),
+        |o| {
+            o.as_ref().map(|o| match o.certificate_id {
+                Some(c) => format!("{} record(s) disposed, certificate {c}", o.records.len()),
+                None => "nothing past retention".to_owned(),
+            })
+        },
+    )
+    .await
 }
 
 async fn serve(

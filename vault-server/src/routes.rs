@@ -286,6 +286,15 @@ impl Parties {
     }
 }
 
+/// The retention schedule: dispose of everything past retention every N
+/// hours, run by the server; `null` turns it off.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionScheduleReq {
+    /// Hours between runs (1..=8784), or null for off.
+    pub every_hours: Option<u32>,
+}
+
 /// A retention run.
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -1097,6 +1106,37 @@ async fn set_retention(
     ok(views::retention(&collection, &p))
 }
 
+/// The retention schedule the server runs (off by default).
+#[utoipa::path(get, path = "/v1/retention-schedule", tag = "retention", security(("bearer" = [])),
+    responses((status = 200, body = Object), (status = 401, body = Problem)))]
+async fn show_retention_schedule(
+    State(app): State<Arc<App>>,
+    rc: RequestContext,
+    t: Bearer,
+) -> Res {
+    let r = app.as_user(&rc, t, |v, s| v.retention_schedule(s)).await?;
+    ok(views::retention_schedule(r.as_ref()))
+}
+
+/// Set (or, with `every_hours: null`, turn off) the retention schedule (admin, officer).
+#[utoipa::path(put, path = "/v1/retention-schedule", request_body = RetentionScheduleReq, tag = "retention",
+    security(("bearer" = [])), responses((status = 200, body = Object), (status = 403, body = Problem)))]
+async fn set_retention_schedule(
+    State(app): State<Arc<App>>,
+    rc: RequestContext,
+    t: Bearer,
+    Body(req): Body<RetentionScheduleReq>,
+) -> Res {
+    let every = req.every_hours;
+    let r = app
+        .as_user(&rc, t, move |v, s| {
+            v.set_retention_schedule(s, every)?;
+            v.retention_schedule(s)
+        })
+        .await?;
+    ok(views::retention_schedule(r.as_ref()))
+}
+
 /// What is past retention (a dry run).
 #[utoipa::path(get, path = "/v1/retention/due", tag = "retention", security(("bearer" = [])),
     responses((status = 200, body = Object), (status = 403, body = Problem)))]
@@ -1542,7 +1582,7 @@ impl Modify for BearerScheme {
     paths(login, logout, whoami, list_users, add_user, disable_user, enable_user, unlock_user, set_role,
           set_password, list_approvals, approve_request, reject_request, list_collections, create_collection, show_collection, put_record, list_records,
           get_record, reveal_record, update_record, patch_record, record_history, import, resolve_subject, dispose, list_disposals,
-          retry_disposal, show_retention, set_retention, retention_due, retention_run, list_holds, add_hold,
+          retry_disposal, show_retention, set_retention, show_retention_schedule, set_retention_schedule, retention_due, retention_run, list_holds, add_hold,
           remove_hold, show_certificate, certificate_file, certificate_html, validate_certificate,
           cosign_certificate, keys, assign_contractor, audit_events, audit_verify, audit_anchor, audit_timestamp, audit_report, review,
           maintenance, healthz, readyz, openapi_doc),
@@ -1595,6 +1635,10 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/disposals/{id}/retry", post(retry_disposal))
         .route("/v1/retention", get(show_retention))
         .route("/v1/retention/due", get(retention_due))
+        .route(
+            "/v1/retention-schedule",
+            get(show_retention_schedule).put(set_retention_schedule),
+        )
         .route("/v1/retention/run", post(retention_run))
         .route("/v1/retention/{collection}", put(set_retention))
         .route("/v1/holds", get(list_holds).post(add_hold))

@@ -182,6 +182,10 @@ fn a_clerk_without_the_passphrase_works_through_the_socket_and_is_audited_by_os_
     .ok();
     // A login token (0600, the clerk's) makes later commands password-free.
     as_clerk(home, &socket, clerk, &[], &["login"]).ok();
+    let who = as_clerk(home, &socket, clerk, &[], &["--json", "whoami"]);
+    who.ok();
+    assert_eq!(who.json()["username"], "clerk", "{}", who.stdout);
+    assert_eq!(who.json()["role"], "clerk", "{}", who.stdout);
     let get = as_clerk(
         home,
         &socket,
@@ -346,4 +350,90 @@ fn a_second_server_does_not_take_over_a_live_socket_and_a_stale_one_is_replaced(
     let again = server::start(&["--socket", s]);
     assert_eq!(again.call("GET", "/healthz", None, None).status, 200);
     assert!(std::os::unix::net::UnixStream::connect(&socket).is_ok());
+}
+
+/// `--self-signed --tls-name` covers other names, so staff on another
+/// machine can use HTTPS; a client using a name the certificate does not
+/// cover is told so (exit 17), not "storage error".
+#[test]
+fn a_self_signed_certificate_covers_the_names_given_and_a_mismatch_is_named() {
+    use std::io::BufRead;
+    let start = |names: &[&str]| {
+        let dir = tempfile::tempdir().unwrap();
+        let vault_dir = dir.path().join("vault");
+        crate::common::fast_vault(&vault_dir).vault.close().unwrap();
+        let pass = dir.path().join("passphrase");
+        cli::write_private(&pass, crate::common::PASSPHRASE.as_bytes());
+        let cert = dir.path().join("server.crt");
+        let mut c = Command::new(cli::pivault_bin().with_file_name("pivault-server"));
+        c.arg("--vault")
+            .arg(&vault_dir)
+            .args([
+                "--bind",
+                "127.0.0.2:0",
+                "--no-socket",
+                "--self-signed",
+                "--tls-cert",
+            ])
+            .arg(&cert)
+            .arg("--tls-key")
+            .arg(dir.path().join("server.key"))
+            .env("PIVAULT_PASSPHRASE_FILE", &pass)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for n in names {
+            c.args(["--tls-name", n]);
+        }
+        let mut child = c.spawn().unwrap();
+        let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+        let url = loop {
+            let l = lines
+                .next()
+                .expect("the server prints its address")
+                .unwrap();
+            if let Some(rest) = l.split("listening on ").nth(1) {
+                break rest.trim().to_owned();
+            }
+        };
+        std::thread::spawn(move || for _ in lines {});
+        (child, dir, url, cert)
+    };
+    let whoami = |dir: &Path, url: &str, cert: &Path| {
+        let pw = dir.join("clerk.pw");
+        let (_, _, clerk_pw) = USERS.iter().find(|(u, _, _)| *u == "clerk").unwrap();
+        cli::write_private(&pw, clerk_pw.as_bytes());
+        let mut c = Command::new(cli::pivault_bin());
+        for (k, _) in std::env::vars() {
+            if k.starts_with("PIVAULT_") {
+                c.env_remove(k);
+            }
+        }
+        let out = c
+            .args(["--json", "--user", "clerk", "--server", url, "--ca-cert"])
+            .arg(cert)
+            .arg("whoami")
+            .env("PIVAULT_PASSWORD_FILE", &pw)
+            .env("PIVAULT_TOKEN_FILE", dir.join("token"))
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    // Covered: the address is one of the --tls-name values.
+    let (mut child, dir, url, cert) = start(&["127.0.0.2", "vault.shop.test"]);
+    assert!(url.starts_with("https://127.0.0.2:"), "{url}");
+    let (code, err) = whoami(dir.path(), &url, &cert);
+    assert_eq!(code, Some(0), "{err}");
+    let _ = child.kill();
+    // Not covered: only localhost names, reached as 127.0.0.2.
+    let (mut child, dir, url, cert) = start(&[]);
+    let (code, err) = whoami(dir.path(), &url, &cert);
+    assert_eq!(code, Some(17), "{err}");
+    assert!(err.contains("does not name the host"), "{err}");
+    assert!(err.contains("--tls-name"), "{err}");
+    let _ = child.kill();
 }

@@ -87,7 +87,12 @@ pub(crate) fn start(extra: &[&str]) -> Server {
     start_on(dir, vault_dir, PASSPHRASE, extra)
 }
 
-fn start_on(dir: TempDir, vault_dir: PathBuf, passphrase: &str, extra: &[&str]) -> Server {
+pub(crate) fn start_on(
+    dir: TempDir,
+    vault_dir: PathBuf,
+    passphrase: &str,
+    extra: &[&str],
+) -> Server {
     let pass = dir.path().join("passphrase");
     cli::write_private(&pass, passphrase.as_bytes());
     let cert = dir.path().join("server.crt");
@@ -274,6 +279,26 @@ impl Server {
     /// The server's stderr lines printed since the last call.
     pub(crate) fn stderr_lines(&self) -> Vec<String> {
         self.stderr.lock().expect("stderr").try_iter().collect()
+    }
+
+    /// Waits until the server has printed, on stderr, a line containing
+    /// each of `needles` (timer jobs report there); returns those lines.
+    pub(crate) fn wait_stderr(&self, needles: &[&str], timeout: Duration) -> Vec<String> {
+        let deadline = Instant::now() + timeout;
+        let rx = self.stderr.lock().expect("stderr");
+        let mut found: Vec<Option<String>> = vec![None; needles.len()];
+        while found.iter().any(Option::is_none) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let Ok(line) = rx.recv_timeout(left) else {
+                panic!("the server did not print all of {needles:?} within {timeout:?}: {found:?}");
+            };
+            for (i, n) in needles.iter().enumerate() {
+                if found[i].is_none() && line.contains(n) {
+                    found[i] = Some(line.clone());
+                }
+            }
+        }
+        found.into_iter().flatten().collect()
     }
 
     /// SIGTERM, then wait: a graceful stop exits 0.
