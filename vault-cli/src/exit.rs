@@ -11,7 +11,7 @@
 //! | 6 | not found |
 //! | 7 | record disposed of |
 //! | 8 | integrity failure (tampered data, audit trail verification failed) |
-//! | 9 | vault busy (held by another process) |
+//! | 9 | vault busy (held by another process), rate limited, or failed logins from this source throttled (`login_throttled`): retry later |
 //! | 10 | wrong vault passphrase |
 //! | 11 | storage or file-system error |
 //! | 12 | `doctor` found an unsafe setting |
@@ -76,7 +76,7 @@ pub fn for_code(code: &str) -> u8 {
         "not_found" | "not_a_vault" => NOT_FOUND,
         "disposed" => DISPOSED,
         "integrity" | "unsupported_format" => INTEGRITY,
-        "vault_busy" | "rate_limited" | "timeout" | "unavailable" => BUSY,
+        "vault_busy" | "rate_limited" | "login_throttled" | "timeout" | "unavailable" => BUSY,
         "wrong_passphrase" => PASSPHRASE,
         "storage" | "io" | "audit_unavailable" | "import_incomplete" | "writes_fenced" => STORAGE,
         "unsafe_permissions" => UNSAFE_CONFIG,

@@ -98,6 +98,20 @@ struct Cli {
     command: Command,
 }
 
+/// `pivault passphrase …` (custodian: opens the vault directory with the passphrase).
+#[derive(Subcommand, Debug)]
+enum PassphraseCmd {
+    /// Change the vault passphrase: the current one from
+    /// PIVAULT_PASSPHRASE_FILE (or a prompt), the new one from
+    /// --new-passphrase-file (or a prompt, twice). Re-wraps the keys and
+    /// ratchets the epoch: the old passphrase opens nothing afterwards.
+    Change {
+        /// File holding the new passphrase (never given as a flag value).
+        #[arg(long, env = "PIVAULT_NEW_PASSPHRASE_FILE", value_name = "FILE")]
+        new_passphrase_file: Option<PathBuf>,
+    },
+}
+
 /// `pivault maintenance …`.
 #[derive(Subcommand, Debug)]
 enum MaintenanceCmd {
@@ -153,6 +167,9 @@ enum Command {
     /// The maintenance ratchet: destroy orphaned keys and old keys of updated records.
     #[command(subcommand)]
     Maintenance(MaintenanceCmd),
+    /// The vault passphrase (custodian).
+    #[command(subcommand)]
+    Passphrase(PassphraseCmd),
     /// Report the live security configuration; non-zero exit on any unsafe setting.
     Doctor,
     /// Record that the annual security review took place (officer).
@@ -454,10 +471,15 @@ enum UserCmd {
         /// Username.
         name: String,
     },
-    /// Lift a lock-out.
+    /// Lift a lock-out (admin). With --break-glass, the custodian does it
+    /// with the vault passphrase alone, no admin login (audited with your OS user).
     Unlock {
         /// Username.
         name: String,
+        /// Custodian break-glass: open the vault directory with the
+        /// passphrase (PIVAULT_PASSPHRASE_FILE) and unlock without logging in.
+        #[arg(long)]
+        break_glass: bool,
     },
     /// Change a user's role.
     Role {
@@ -935,6 +957,15 @@ fn run(cli: &Cli, out: &Out) -> anyhow::Result<u8> {
             dispose::cmd_render_file(out, Path::new(cert), o.as_deref())
         }
         Command::Contractor(ContractorCmd::Keygen { out: o }) => dispose::cmd_keygen(out, o),
+        // The custodian's own commands open the vault directory with the
+        // passphrase, whatever the server settings (they refuse --server).
+        Command::Passphrase(PassphraseCmd::Change {
+            new_passphrase_file,
+        }) => cmd_passphrase_change(cli, out, new_passphrase_file.as_deref()),
+        Command::User(UserCmd::Unlock {
+            name,
+            break_glass: true,
+        }) => cmd_break_glass(cli, out, name),
         _ if cli.server.is_some() => remote::run(
             cli,
             out,
@@ -990,6 +1021,7 @@ fn run(cli: &Cli, out: &Out) -> anyhow::Result<u8> {
                     exit::OK
                 }
                 Command::Init(_)
+                | Command::Passphrase(_)
                 | Command::Doctor
                 | Command::Completions { .. }
                 | Command::Login
@@ -999,6 +1031,80 @@ fn run(cli: &Cli, out: &Out) -> anyhow::Result<u8> {
             Ok(after_close(out, code, vault.close()))
         }
     }
+}
+
+/// The OS user running this command, for the custodian's audit events:
+/// the owner of `/proc/self` (the process's effective uid), read without
+/// `unsafe`; `None` where there is no `/proc`.
+fn os_uid() -> Option<u32> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self").ok().map(|m| m.uid())
+}
+
+/// Custodian commands open the vault directory with the passphrase; a
+/// server never offers them.
+fn custodian_only(cli: &Cli, what: &str) -> anyhow::Result<()> {
+    if cli.server.is_some() {
+        bail!(
+            "{what} is the custodian's: it opens the vault directory with the passphrase (--vault and PIVAULT_PASSPHRASE_FILE), not through --server"
+        );
+    }
+    Ok(())
+}
+
+fn cmd_passphrase_change(cli: &Cli, out: &Out, new_file: Option<&Path>) -> anyhow::Result<u8> {
+    custodian_only(cli, "passphrase change")?;
+    let dir = vault_dir(cli)?;
+    let current = secret(
+        cli.passphrase_file.as_deref(),
+        "Current vault passphrase: ",
+        "vault passphrase",
+        "PIVAULT_PASSPHRASE_FILE",
+    )?;
+    // Open first: a wrong current passphrase fails before the new one is asked for.
+    let vault = Vault::open(dir, &current, open_opts(cli))?;
+    let new = new_secret(new_file, "vault passphrase", "PIVAULT_NEW_PASSPHRASE_FILE")?;
+    let ctx = vault_core::vault::custodian_context(os_uid());
+    let r = vault.change_passphrase(&current, &new, &ctx)?;
+    drop((current, new));
+    out.data(
+        json!({
+            "passphrase_changed": true,
+            "epoch_before": r.epochs.0,
+            "epoch_after": r.epochs.1,
+            "buckets_rotated": r.buckets_rotated,
+            "keys_rewrapped": r.keys_rewrapped,
+            "verified": r.verified,
+        }),
+        || {
+            format!(
+                "vault passphrase changed: keys re-wrapped, {} bucket keys replaced ({} data keys re-wrapped), epoch {} -> {}{}.\nThe old passphrase opens nothing from now on: update the passphrase file of pivault-server and of every custodian script.",
+                r.buckets_rotated,
+                r.keys_rewrapped,
+                r.epochs.0,
+                r.epochs.1,
+                if r.verified { "" } else { "; WARNING: the keystore purge checks did not pass (run `pivault doctor`)" }
+            )
+        },
+    );
+    let code = if r.verified {
+        exit::OK
+    } else {
+        exit::DISPOSAL_FAILED
+    };
+    Ok(after_close(out, code, vault.close()))
+}
+
+fn cmd_break_glass(cli: &Cli, out: &Out, name: &str) -> anyhow::Result<u8> {
+    custodian_only(cli, "break-glass unlock")?;
+    let vault = open_vault(cli)?;
+    let ctx = vault_core::vault::custodian_context(os_uid());
+    let id = vault.break_glass_unlock(name, &ctx)?;
+    out.data(
+        json!({ "user_id": id.to_string(), "locked": false, "break_glass": true }),
+        || format!("unlocked {name} (break-glass by the custodian, audited)"),
+    );
+    Ok(after_close(out, exit::OK, vault.close()))
 }
 
 fn cmd_init(cli: &Cli, out: &Out, a: &InitArgs) -> anyhow::Result<u8> {
@@ -1083,7 +1189,7 @@ fn cmd_user(cli: &Cli, out: &Out, vault: &Vault, s: &Session, c: &UserCmd) -> an
                 || format!("enabled {name}"),
             );
         }
-        UserCmd::Unlock { name } => {
+        UserCmd::Unlock { name, .. } => {
             let id = vault.unlock_user(s, name)?;
             out.data(
                 json!({ "user_id": id.to_string(), "locked": false }),

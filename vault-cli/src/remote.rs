@@ -542,7 +542,7 @@ fn command(cli: &Cli, out: &Out, r: &Remote) -> anyhow::Result<u8> {
                 let v = r.post(&format!("/v1/users/{}/enable", url_part(name)), json!({}))?;
                 out.data(v, || format!("enabled {name}"));
             }
-            UserCmd::Unlock { name } => {
+            UserCmd::Unlock { name, .. } => {
                 let v = r.post(&format!("/v1/users/{}/unlock", url_part(name)), json!({}))?;
                 out.data(v, || format!("unlocked {name}"));
             }
@@ -1094,6 +1094,7 @@ fn command(cli: &Cli, out: &Out, r: &Remote) -> anyhow::Result<u8> {
         Command::Init(_)
         | Command::Doctor
         | Command::Backup(_)
+        | Command::Passphrase(_)
         | Command::Login
         | Command::Logout
         | Command::Completions { .. }

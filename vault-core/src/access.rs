@@ -169,15 +169,34 @@ pub enum UserState {
     Disabled,
 }
 
-/// Lock-out policy (REQ-AUTH-05).
+/// Lock-out policy (REQ-AUTH-05), with the per-source throttle in front of it.
+///
+/// Failed logins are first throttled per *source* (the client address over
+/// HTTP, the peer over a local socket, the command line itself): a source
+/// gets [`LockoutPolicy::source_free_failures`] free failures, then must wait
+/// a doubling backoff before each further attempt, and an attempt made while
+/// it waits is refused ([`crate::Error::LoginThrottled`]) without checking
+/// the password and without counting against the account. An account locks
+/// only after failures from [`LockoutPolicy::max_failures`] *distinct*
+/// sources since its last successful login, so one hostile source, however
+/// patient, can slow its own guessing but cannot lock the owner out.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LockoutPolicy {
-    /// Consecutive failures that lock the account.
+    /// Failures from this many distinct sources (since the last successful
+    /// login) lock the account.
     pub max_failures: u32,
     /// First lock-out duration; doubles on each repeat.
     pub base_lock_ms: i64,
     /// Upper bound of the doubling.
     pub max_lock_ms: i64,
+    /// Failed logins a source may make before its backoff starts.
+    pub source_free_failures: u32,
+    /// The first backoff of a source past its free failures; doubles with each further failure.
+    pub source_base_backoff_ms: i64,
+    /// Upper bound of a source's backoff.
+    pub source_max_backoff_ms: i64,
+    /// A source with no failure for this long starts afresh.
+    pub source_forget_ms: i64,
 }
 
 impl Default for LockoutPolicy {
@@ -186,6 +205,54 @@ impl Default for LockoutPolicy {
             max_failures: 5,
             base_lock_ms: 15 * 60 * 1000,
             max_lock_ms: 24 * 60 * 60 * 1000,
+            source_free_failures: 3,
+            source_base_backoff_ms: 1000,
+            source_max_backoff_ms: 15 * 60 * 1000,
+            source_forget_ms: 60 * 60 * 1000,
+        }
+    }
+}
+
+/// A source's failed-login state, kept in the records database so that
+/// neither a restart of the server nor a new command-line process resets it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct SourceRow {
+    /// Failed logins since the source last started afresh.
+    pub failures: u32,
+    /// Time of the last failure, unix ms.
+    pub last_failure_ms: i64,
+}
+
+impl SourceRow {
+    /// The failures that still count at `now` (all of them are forgotten
+    /// after [`LockoutPolicy::source_forget_ms`] without a failure).
+    pub fn current(self, policy: &LockoutPolicy, now_ms: i64) -> SourceRow {
+        if now_ms - self.last_failure_ms >= policy.source_forget_ms {
+            SourceRow::default()
+        } else {
+            self
+        }
+    }
+
+    /// Until when (unix ms) the source must wait before its next attempt,
+    /// if it must: after the free failures, 1×, 2×, 4×… the base backoff
+    /// from its last failure, bounded.
+    pub fn throttled_until(self, policy: &LockoutPolicy, now_ms: i64) -> Option<i64> {
+        let s = self.current(policy, now_ms);
+        let past = s.failures.checked_sub(policy.source_free_failures)?;
+        let wait = policy
+            .source_base_backoff_ms
+            .saturating_mul(1i64 << past.min(30))
+            .min(policy.source_max_backoff_ms);
+        Some(s.last_failure_ms + wait).filter(|&t| t > now_ms)
+    }
+
+    /// The state after one more failure at `now`.
+    pub fn fail(self, policy: &LockoutPolicy, now_ms: i64) -> SourceRow {
+        let s = self.current(policy, now_ms);
+        SourceRow {
+            failures: s.failures.saturating_add(1),
+            last_failure_ms: now_ms,
         }
     }
 }
@@ -206,6 +273,11 @@ pub(crate) struct UserRow {
     pub locked_until_ms: Option<i64>,
     /// Bumped on disable or password change: sessions of older generations die.
     pub generation: u32,
+    /// The sources (short hashes, see [`source_tag`]) whose failures count
+    /// in `failures` since the last successful login: each source counts
+    /// once, so one source alone never locks the account.
+    #[serde(default)]
+    pub failure_sources: Vec<String>,
 }
 
 /// What callers may see of a user.
@@ -254,84 +326,115 @@ fn password_hasher() -> argon2::Argon2<'static> {
     argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params)
 }
 
-/// A short list of the most common and breached passwords, checked
-/// case-insensitively and with trailing digits and symbols stripped.
-const COMMON_PASSWORDS: &[&str] = &[
-    "password",
-    "passw0rd",
-    "123456789012",
-    "qwertyuiopas",
-    "administrator",
-    "letmein",
-    "welcome",
-    "changeme",
-    "iloveyou",
-    "trustno1",
-    "football",
-    "baseball",
-    "sunshine",
-    "princess",
-    "dragon",
-    "monkey",
-    "master",
-    "superman",
-    "qwerty",
-    "abc123",
-    "admin",
-    "default",
-    "secret",
-    "login",
+/// Local additions to the breached-password list ([`crate::breached`]):
+/// words anyone would try first against this product and this state.
+/// Checked the same way as the list.
+const LOCAL_BLOCKLIST: &[&str] = &[
     "pivault",
     "vault",
-    "summer",
-    "winter",
-    "spring",
-    "autumn",
-    "starwars",
-    "whatever",
-    "freedom",
-    "shadow",
-    "michael",
-    "jennifer",
-    "p@ssw0rd",
-    "p@ssword",
-    "qwertyuiop",
-    "1q2w3e4r5t6y",
-    "zaq12wsx",
-    "password1",
-    "welcome1",
-    "letmein1",
-    "correcthorsebatterystaple",
     "masskey",
-    "boston",
     "massachusetts",
     "redsox",
     "patriots",
+    "correcthorsebatterystaple",
+    "123456789012",
+    "qwertyuiopas",
+    "1q2w3e4r5t6y",
 ];
 
-/// Checks a new password against the policy (REQ-AUTH-02): at least 12
-/// characters, at most 1024, not a common or breached password, not the username.
-pub fn check_password_policy(password: &SecretString, username: &Username) -> Result<()> {
-    let p = password.expose();
-    let n = p.chars().count();
-    if n < 12 {
+/// Shortest vault passphrase accepted (at init and at a change).
+pub const MIN_PASSPHRASE_CHARS: usize = 12;
+/// Shortest user password accepted.
+pub const MIN_PASSWORD_CHARS: usize = 12;
+
+/// Whether a password or passphrase is on the breached-password list:
+/// compared after normalisation (surrounding white space trimmed, lower
+/// case), and again with trailing digits and punctuation stripped, so
+/// `Sunshine2024!` is caught by `sunshine`.
+pub fn is_breached(password: &SecretString) -> bool {
+    let lower = crate::breached::normalise(password.expose());
+    let stem = lower.trim_end_matches(|c: char| c.is_ascii_digit() || c.is_ascii_punctuation());
+    let listed =
+        |w: &str| !w.is_empty() && (crate::breached::contains(w) || LOCAL_BLOCKLIST.contains(&w));
+    listed(&lower) || listed(stem)
+}
+
+/// The checks shared by passwords and the vault passphrase: length,
+/// breached list, variety. Errors name the rule, never the value. Both
+/// minimums are 12 (the message says so); `min` keeps them apart in code.
+fn check_secret_policy(p: &SecretString, min: usize, breached: &'static str) -> Result<()> {
+    let s = p.expose();
+    let n = s.chars().count();
+    if n < min {
         return Err(Error::WeakPassword("must be at least 12 characters"));
     }
     if n > 1024 {
         return Err(Error::WeakPassword("must be at most 1024 characters"));
     }
-    let lower = p.to_lowercase();
-    let stem = lower.trim_end_matches(|c: char| c.is_ascii_digit() || c.is_ascii_punctuation());
-    if COMMON_PASSWORDS.iter().any(|c| *c == lower || *c == stem) {
-        return Err(Error::WeakPassword("is a common or breached password"));
+    if is_breached(p) {
+        return Err(Error::WeakPassword(breached));
     }
-    if lower.contains(username.as_str()) {
-        return Err(Error::WeakPassword("must not contain the username"));
-    }
-    if p.chars().collect::<std::collections::HashSet<_>>().len() < 4 {
+    if s.chars().collect::<std::collections::HashSet<_>>().len() < 4 {
         return Err(Error::WeakPassword("uses too few distinct characters"));
     }
     Ok(())
+}
+
+/// Checks a new password against the policy (REQ-AUTH-02): at least 12
+/// characters, at most 1024, not on the breached-password list, not the username.
+pub fn check_password_policy(password: &SecretString, username: &Username) -> Result<()> {
+    check_secret_policy(
+        password,
+        MIN_PASSWORD_CHARS,
+        "is a common or breached password (it is on the breached-password list)",
+    )?;
+    if password.expose().to_lowercase().contains(username.as_str()) {
+        return Err(Error::WeakPassword("must not contain the username"));
+    }
+    Ok(())
+}
+
+/// Checks a new vault passphrase (init and change): the same rules as a
+/// password, with its own messages.
+pub fn check_passphrase_policy(passphrase: &SecretString) -> Result<()> {
+    check_secret_policy(
+        passphrase,
+        MIN_PASSPHRASE_CHARS,
+        "the vault passphrase is a common or breached password (it is on the breached-password list)",
+    )
+    .map_err(|e| match e {
+        Error::WeakPassword("must be at least 12 characters") => {
+            Error::WeakPassword("the vault passphrase must be at least 12 characters")
+        }
+        Error::WeakPassword("must be at most 1024 characters") => {
+            Error::WeakPassword("the vault passphrase must be at most 1024 characters")
+        }
+        Error::WeakPassword("uses too few distinct characters") => {
+            Error::WeakPassword("the vault passphrase uses too few distinct characters")
+        }
+        other => other,
+    })
+}
+
+/// A short, stable tag of a login source (channel and address): the key of
+/// its throttle row and its entry in an account's `failure_sources`. A hash,
+/// so neither holds the address itself.
+///
+/// Only the part of `Context.source` before its first comma names the
+/// source: the server's socket writes `uid=1001(carol),pid=42`, and the
+/// process ID is audit detail — were it part of the key, every new process
+/// of one OS user would be a fresh source, escaping the throttle and
+/// counting as another source toward an account's lock-out.
+pub(crate) fn source_tag(channel: &str, source: Option<&str>) -> [u8; 16] {
+    let source = source
+        .map(|s| s.split(',').next().unwrap_or(s))
+        .unwrap_or("local");
+    let mut key = channel.as_bytes().to_vec();
+    key.push(0);
+    key.extend_from_slice(source.as_bytes());
+    crate::crypto::sha256(&key)[..16]
+        .try_into()
+        .expect("16 bytes")
 }
 
 /// Hashes a password to an Argon2id PHC string.
@@ -397,6 +500,73 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(!e.contains("Password123"));
+    }
+
+    #[test]
+    fn breached_passwords_and_passphrases_are_refused_without_echo() {
+        let u = Username::parse("alice").unwrap();
+        // On the list: exact, in another case, padded, or with a suffix.
+        for bad in [
+            "1qaz2wsx3edc",
+            "QAZWSXEDCRFV",
+            " manchesterunited ",
+            "Starwars1234!",
+        ] {
+            let e = check_password_policy(&bad.into(), &u).unwrap_err();
+            assert!(matches!(e, Error::WeakPassword(_)), "{bad}: {e:?}");
+            assert!(
+                !e.to_string()
+                    .to_lowercase()
+                    .contains(bad.trim().to_lowercase().as_str())
+            );
+            let e = check_passphrase_policy(&bad.into()).unwrap_err();
+            assert!(e.to_string().contains("vault passphrase"), "{e}");
+        }
+        assert!(check_passphrase_policy(&"Custodian-Heliotrope-48".into()).is_ok());
+        assert!(matches!(
+            check_passphrase_policy(&"Short-pass1".into()),
+            Err(Error::WeakPassword(
+                "the vault passphrase must be at least 12 characters"
+            ))
+        ));
+    }
+
+    #[test]
+    fn a_source_gets_free_failures_then_a_doubling_wait_then_forgets() {
+        let p = LockoutPolicy::default();
+        let mut s = SourceRow::default();
+        for t in 0..3 {
+            assert_eq!(s.throttled_until(&p, t), None);
+            s = s.fail(&p, t);
+        }
+        // After the third failure (at 2): wait 1 s, then 2 s, 4 s …
+        assert_eq!(s.throttled_until(&p, 2), Some(1002));
+        assert_eq!(s.throttled_until(&p, 1002), None);
+        s = s.fail(&p, 1002);
+        assert_eq!(s.throttled_until(&p, 1002), Some(3002));
+        for _ in 0..30 {
+            s = s.fail(&p, 3002);
+        }
+        assert_eq!(
+            s.throttled_until(&p, 3002),
+            Some(3002 + p.source_max_backoff_ms)
+        );
+        // An hour without a failure: a fresh start.
+        assert_eq!(s.throttled_until(&p, 3002 + p.source_forget_ms), None);
+        assert_eq!(s.fail(&p, 3002 + p.source_forget_ms).failures, 1);
+    }
+
+    #[test]
+    fn a_local_peer_is_one_source_whatever_its_process() {
+        let a = source_tag("local", Some("uid=1001(carol),pid=42"));
+        assert_eq!(a, source_tag("local", Some("uid=1001(carol),pid=43")));
+        assert_eq!(a, source_tag("local", Some("uid=1001(carol)")));
+        assert_ne!(a, source_tag("local", Some("uid=1002(dave),pid=42")));
+        assert_ne!(a, source_tag("http", Some("uid=1001(carol)")));
+        assert_ne!(
+            source_tag("http", Some("192.0.2.1")),
+            source_tag("http", Some("192.0.2.2"))
+        );
     }
 
     #[test]

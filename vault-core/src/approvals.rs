@@ -319,6 +319,7 @@ impl Vault {
                         lockouts: 0,
                         locked_until_ms: None,
                         generation: 0,
+                        failure_sources: Vec::new(),
                     };
                     self.put_user_row(&row)?;
                     self.store.put(

@@ -446,7 +446,7 @@ impl Vault {
         *self.crash_hook.lock().expect("hook lock") = hook;
     }
 
-    fn at_step(&self, step: &str) {
+    pub(super) fn at_step(&self, step: &str) {
         if let Some(h) = self.crash_hook.lock().expect("hook lock").as_ref() {
             h(step);
         }

@@ -22,6 +22,13 @@ pub enum Error {
         /// Unix milliseconds at which the lock ends.
         until_ms: i64,
     },
+    /// Too many failed logins from this source (client address, socket
+    /// peer, command line): wait before the next attempt. Checked before the
+    /// password, whatever the username, and never counted against an account.
+    LoginThrottled {
+        /// Unix milliseconds at which the source may try again.
+        retry_at_ms: i64,
+    },
     /// The account is disabled.
     AccountDisabled,
     /// The session or token is unknown, expired or revoked.
@@ -102,6 +109,7 @@ impl Error {
             Error::WeakPassword(_) => "weak_password",
             Error::AuthFailed => "auth_failed",
             Error::AccountLocked { .. } => "account_locked",
+            Error::LoginThrottled { .. } => "login_throttled",
             Error::AccountDisabled => "account_disabled",
             Error::SessionInvalid => "session_invalid",
             Error::PermissionDenied(_) => "permission_denied",
@@ -144,6 +152,12 @@ impl fmt::Display for Error {
                     .map(|t| t.to_string())
                     .unwrap_or_else(|_| "later".into());
                 write!(f, "account locked after repeated failed logins until {until}; an admin can unlock it")
+            }
+            Error::LoginThrottled { retry_at_ms } => {
+                let at = jiff::Timestamp::from_millisecond(*retry_at_ms)
+                    .map(|t| t.to_string())
+                    .unwrap_or_else(|_| "later".into());
+                write!(f, "too many failed logins from your address or terminal: try again after {at}")
             }
             Error::AccountDisabled => f.write_str("account disabled"),
             Error::SessionInvalid => f.write_str("session or token is invalid, expired or revoked"),

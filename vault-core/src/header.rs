@@ -74,6 +74,12 @@ pub struct OpenedHeader {
     /// The older epoch and its root key when both slots were valid: the
     /// ratchet to `epoch` did not finish and must be completed before serving.
     pub unfinished_from: Option<(u64, SecretKey)>,
+    /// The older slot's epoch when that slot is valid but this unlock key
+    /// cannot open it while the newer one opens: a passphrase change
+    /// committed and was interrupted. Its newer slot holds the same root
+    /// (`custodian.rs`), so the caller re-wraps the bucket keys from
+    /// (this epoch, `root`) and erases the older slot.
+    pub rekey_from: Option<u64>,
     /// The slot was written by an older build, whose AAD bound only the
     /// vault ID: the caller ratchets at once so the new slot binds the
     /// whole static part.
@@ -253,18 +259,21 @@ pub fn open(path: &Path, unlock: &SecretKey) -> Result<OpenedHeader> {
     // means the wrong passphrase, or a static part edited since the slot was
     // written: both are refused the same way.
     let root = unwrap(&slots[0]).map_err(|_: Error| Error::WrongPassphrase)?;
-    let unfinished_from = match slots.get(1) {
-        Some(older) => Some((
-            older.epoch,
-            unwrap(older).map_err(|_: Error| Error::WrongPassphrase)?,
-        )),
-        None => None,
+    // Both slots valid: an interrupted ratchet (both under this key), or
+    // an interrupted passphrase change (the older one under the old key).
+    let (unfinished_from, rekey_from) = match slots.get(1) {
+        Some(older) => match unwrap(older) {
+            Ok(k) => (Some((older.epoch, k)), None),
+            Err(_) => (None, Some(older.epoch)),
+        },
+        None => (None, None),
     };
     Ok(OpenedHeader {
         info,
         epoch: slots[0].epoch,
         root,
         unfinished_from,
+        rekey_from,
         legacy_slot: legacy.get(),
     })
 }
@@ -372,6 +381,30 @@ mod tests {
         // The old wrapped root is gone from the file.
         let bytes = std::fs::read(&p).unwrap();
         assert!(bytes[SLOTS_AT..SLOTS_AT + SLOT_LEN].iter().all(|&b| b == 0));
+    }
+
+    #[test]
+    fn a_slot_under_another_unlock_key_is_an_interrupted_passphrase_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("header");
+        let (old_uk, new_uk, r0) = (
+            SecretKey::generate(),
+            SecretKey::generate(),
+            SecretKey::generate(),
+        );
+        let i = info();
+        create(&p, &i, &old_uk, &r0).unwrap();
+        // The commit of a passphrase change: the same root, the new key, e+1.
+        write_slot(&p, i.vault_id, &new_uk, 1, &r0).unwrap();
+        // The old key no longer opens (the newest slot is not its).
+        assert!(matches!(open(&p, &old_uk), Err(Error::WrongPassphrase)));
+        let h = open(&p, &new_uk).unwrap();
+        assert_eq!((h.epoch, h.rekey_from), (1, Some(0)));
+        assert!(h.root == r0 && h.unfinished_from.is_none());
+        erase_other_slots(&p, 1).unwrap();
+        let h = open(&p, &new_uk).unwrap();
+        assert!(h.rekey_from.is_none() && h.unfinished_from.is_none());
+        assert!(matches!(open(&p, &old_uk), Err(Error::WrongPassphrase)));
     }
 
     #[test]

@@ -10,6 +10,7 @@
 
 pub mod access;
 pub mod audit;
+pub mod breached;
 pub mod certificate;
 pub mod clock;
 pub mod cosign;

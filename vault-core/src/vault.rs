@@ -33,6 +33,8 @@ mod anchor;
 mod approvals;
 #[path = "backup.rs"]
 mod backup;
+#[path = "custodian.rs"]
+mod custodian;
 #[path = "disposal.rs"]
 mod disposal;
 #[path = "housekeeping.rs"]
@@ -51,6 +53,7 @@ use crate::store::{self, RecordRow, Store};
 pub use anchor::{AnchorExport, StoredTimestamp};
 pub use approvals::{APPROVAL_TTL_MS, PendingRequest, RequestKind};
 pub use backup::{BackupInfo, DEFAULT_BACKUP_DAYS, RestoreReport};
+pub use custodian::{PassphraseChange, custodian_context};
 pub use disposal::{
     CertificateSummary, ContractorInfo, ContractorScope, DisposalOutcome, DisposalParties,
     DisposalRequest, DisposalScope, DisposalSummary, Hold, RetentionPolicy,
@@ -340,7 +343,8 @@ struct Epoch {
 pub struct Vault {
     dir: PathBuf,
     info: HeaderInfo,
-    unlock: SecretKey,
+    /// The unlock key (RAM only); replaced by a passphrase change.
+    unlock: RwLock<SecretKey>,
     epoch: RwLock<Epoch>,
     store: Store,
     keystore: Keystore,
@@ -408,6 +412,38 @@ impl Layout {
             signing: dir.join("signing"),
         }
     }
+
+    /// The signing keys under a new unlock key while a passphrase change
+    /// runs (`custodian.rs`): renamed over `signing` once the change commits.
+    fn signing_pending(&self) -> PathBuf {
+        self.signing.with_file_name("signing.new")
+    }
+}
+
+/// Opens the signing keys with `unlock`: from `signing`, or, when a
+/// passphrase change committed but had not yet renamed it, from
+/// `signing.new` (which is then renamed). A `signing.new` that the
+/// current key does not need is a change that never committed: removed.
+fn load_signing(l: &Layout, unlock: &SecretKey, vault: VaultId) -> Result<Signing> {
+    let pending = l.signing_pending();
+    match Signing::open(unlock, vault, &std::fs::read(&l.signing)?) {
+        Ok(s) => {
+            if pending.exists() {
+                std::fs::remove_file(&pending)?;
+                fsutil::sync_dir(l.signing.parent().expect("in the vault"))?;
+            }
+            Ok(s)
+        }
+        Err(e) => {
+            let Ok(env) = std::fs::read(&pending) else {
+                return Err(e);
+            };
+            let s = Signing::open(unlock, vault, &env)?;
+            std::fs::rename(&pending, &l.signing)?;
+            fsutil::sync_dir(l.signing.parent().expect("in the vault"))?;
+            Ok(s)
+        }
+    }
 }
 
 /// The associated data of a record body's envelope. Row format v2 binds,
@@ -437,6 +473,13 @@ fn record_aad(vault: VaultId, id: RecordId, row: &RecordRow) -> Aad {
         .part(row.created_by.as_bytes())
 }
 
+/// Meta key of a login source's throttle row (the source only as a hash).
+fn source_key(tag: &[u8; 16]) -> Vec<u8> {
+    let mut k = b"login-source:".to_vec();
+    k.extend_from_slice(tag);
+    k
+}
+
 fn token_hash(token: &str) -> [u8; 32] {
     crypto::sha256(token.as_bytes())
 }
@@ -449,11 +492,7 @@ impl Vault {
         init: InitOptions,
         opts: OpenOptions,
     ) -> Result<Vault> {
-        if passphrase.expose().chars().count() < 12 {
-            return Err(Error::WeakPassword(
-                "the vault passphrase must be at least 12 characters",
-            ));
-        }
+        access::check_passphrase_policy(passphrase)?;
         if !(1..=1 << 20).contains(&init.buckets) {
             return Err(Error::invalid("bucket count must be between 1 and 1048576"));
         }
@@ -526,8 +565,13 @@ impl Vault {
             keystore.rewrap_buckets((*old_epoch, old_root), (opened.epoch, &opened.root))?;
             header::erase_other_slots(&l.header, opened.epoch)?;
         }
-        let env = std::fs::read(&l.signing)?;
-        let signing = Signing::open(&unlock, info.vault_id, &env)?;
+        if let Some(old_epoch) = opened.rekey_from {
+            // A passphrase change committed (its slot holds the same root
+            // under the new key) and was interrupted: finish its re-wrap.
+            keystore.rewrap_buckets((old_epoch, &opened.root), (opened.epoch, &opened.root))?;
+            header::erase_other_slots(&l.header, opened.epoch)?;
+        }
+        let signing = load_signing(&l, &unlock, info.vault_id)?;
         let mut audit = AuditLog::open(&l.audit, signing.audit.clone(), opts.sync)?;
         let anchor_state = anchor::AnchorState::load(&store, &l.audit)?;
         if audit.head_seq() > audit.last_checkpoint_seq() {
@@ -542,7 +586,7 @@ impl Vault {
         let vault = Vault {
             dir: dir.to_path_buf(),
             info: info.clone(),
-            unlock,
+            unlock: RwLock::new(unlock),
             epoch: RwLock::new(Epoch {
                 number: opened.epoch,
                 root: opened.root,
@@ -588,6 +632,9 @@ impl Vault {
         vault.destroy_orphans_on_open()?;
         // Backups past their expiry lose their key before the vault serves.
         vault.expire_due_backups(&backup::system_context())?;
+        // A passphrase change interrupted after its mark: fresh bucket keys,
+        // a new root and a purge before the vault serves.
+        vault.resume_rekey()?;
         Ok(vault)
     }
 
@@ -635,7 +682,10 @@ impl Vault {
             Ok(()) => (Outcome::Success, None),
             Err(e @ Error::PermissionDenied(_)) => (Outcome::Denied, Some(e.code().to_owned())),
             Err(
-                e @ (Error::AccountLocked { .. } | Error::AccountDisabled | Error::SessionInvalid),
+                e @ (Error::AccountLocked { .. }
+                | Error::LoginThrottled { .. }
+                | Error::AccountDisabled
+                | Error::SessionInvalid),
             ) => (Outcome::Denied, Some(e.code().to_owned())),
             Err(e) => (Outcome::Failed, Some(e.code().to_owned())),
         };
@@ -814,6 +864,7 @@ impl Vault {
             lockouts: 0,
             locked_until_ms: None,
             generation: 0,
+            failure_sources: Vec::new(),
         };
         self.put_user_row(&row)?;
         self.store
@@ -823,7 +874,11 @@ impl Vault {
     }
 
     /// Authenticates a user (REQ-AUTH-05). Unknown users and wrong passwords
-    /// cost the same and give the same error; repeated failures lock the account.
+    /// cost the same and give the same error. Failures are throttled per
+    /// source first (see [`LockoutPolicy`]): a throttled source is refused
+    /// with [`Error::LoginThrottled`] before its password is checked, and its
+    /// attempt counts against no account; failures that pass count once per
+    /// source toward the account's lock-out.
     pub fn login(&self, username: &str, password: &SecretString, ctx: Context) -> Result<Session> {
         let now = self.now();
         let name = Username::parse(username).ok();
@@ -831,9 +886,25 @@ impl Vault {
             Some(n) => self.user_by_name(n)?,
             None => None,
         };
+        let tag = access::source_tag(ctx.channel.as_str(), ctx.source.as_deref());
+        // 1. The source's throttle, before the password and whatever the
+        // username: the answer is the same for every account, known or not.
+        if let Some(until) = self
+            .source_row(&tag)?
+            .throttled_until(&self.opts.lockout, now)
+        {
+            let e = Error::LoginThrottled { retry_at_ms: until };
+            let targets = row.iter().map(|r| r.id.clone()).collect();
+            self.audit(None, &ctx, "auth.login", targets, Err(&e), None)?;
+            return Err(e);
+        }
         let Some(mut row) = row else {
             // Equal cost for unknown users: verify against a real hash.
             let _ = access::verify_password(password, &self.dummy_phc);
+            {
+                let _g = self.users_lock.lock().expect("users lock");
+                self.note_source_failure(&tag, now)?;
+            }
             self.audit(
                 None,
                 &ctx,
@@ -850,6 +921,10 @@ impl Vault {
         // wrong guess cannot tell a locked account from an unknown user.
         let ok = access::verify_password(password, &row.password_phc);
         if let Some(until) = row.locked_until_ms.filter(|&t| t > now) {
+            if !ok {
+                let _g = self.users_lock.lock().expect("users lock");
+                self.note_source_failure(&tag, now)?;
+            }
             let e = Error::AccountLocked { until_ms: until };
             self.audit(
                 Some(id),
@@ -864,15 +939,8 @@ impl Vault {
         let _g = self.users_lock.lock().expect("users lock");
         row = self.user_row(id)?.ok_or(Error::AuthFailed)?;
         if !ok {
-            row.failures += 1;
-            let mut locked = None;
-            if row.failures >= self.opts.lockout.max_failures {
-                let until = now + access::lock_duration(&self.opts.lockout, row.lockouts);
-                row.lockouts += 1;
-                row.failures = 0;
-                row.locked_until_ms = Some(until);
-                locked = Some(until);
-            }
+            self.note_source_failure(&tag, now)?;
+            let locked = self.count_account_failure(&mut row, &tag, now);
             self.put_user_row(&row)?;
             self.audit(
                 Some(id),
@@ -914,6 +982,7 @@ impl Vault {
         // lock. Only an admin's unlock resets that (REQ-AUTH-05).
         let before = row.clone();
         row.failures = 0;
+        row.failure_sources.clear();
         row.locked_until_ms = None;
         row.last_login_ms = Some(now);
         self.put_user_row(&row)?;
@@ -940,6 +1009,47 @@ impl Vault {
             generation: row.generation,
             ctx,
         })
+    }
+
+    /// The throttle state of a login source (`tag` from [`access::source_tag`]).
+    fn source_row(&self, tag: &[u8; 16]) -> Result<access::SourceRow> {
+        Ok(self
+            .store
+            .get(store::CF_META, &source_key(tag))?
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default())
+    }
+
+    /// Records one failed login from a source (caller holds `users_lock`).
+    fn note_source_failure(&self, tag: &[u8; 16], now: i64) -> Result<()> {
+        let next = self.source_row(tag)?.fail(&self.opts.lockout, now);
+        self.store.put(
+            store::CF_META,
+            &source_key(tag),
+            &serde_json::to_vec(&next).expect("serialisable"),
+        )
+    }
+
+    /// Counts a failure that passed the source throttle against an
+    /// account: once per source since the last successful login, so only
+    /// failures from `max_failures` distinct sources lock it. Returns the
+    /// end of the lock when this failure locks the account.
+    fn count_account_failure(&self, row: &mut UserRow, tag: &[u8; 16], now: i64) -> Option<i64> {
+        let short = hex::encode(&tag[..8]);
+        if row.failure_sources.contains(&short) {
+            return None;
+        }
+        row.failure_sources.push(short);
+        row.failures += 1;
+        if row.failures < self.opts.lockout.max_failures {
+            return None;
+        }
+        let until = now + access::lock_duration(&self.opts.lockout, row.lockouts);
+        row.lockouts += 1;
+        row.failures = 0;
+        row.failure_sources.clear();
+        row.locked_until_ms = Some(until);
+        Some(until)
     }
 
     /// Issues an API token for a session: 256 random bits, shown once,
@@ -1260,6 +1370,7 @@ impl Vault {
             // An admin's unlock is a fresh start: the lock, the failure count
             // and the doubling of repeated lock-outs all reset (REQ-AUTH-05).
             row.failures = 0;
+            row.failure_sources.clear();
             row.lockouts = 0;
             row.locked_until_ms = None;
             Ok(())
@@ -1338,15 +1449,14 @@ impl Vault {
         let name = Username::parse(&me.username)?;
         let row = self.user_row(s.user)?.ok_or(Error::SessionInvalid)?;
         if !access::verify_password(current, &row.password_phc) {
+            // Like a failed login: it counts for the source, and once per
+            // source toward the account's lock-out.
             let _g = self.users_lock.lock().expect("users lock");
+            let now = self.now();
+            let tag = access::source_tag(s.ctx.channel.as_str(), s.ctx.source.as_deref());
+            self.note_source_failure(&tag, now)?;
             if let Some(mut row) = self.user_row(s.user)? {
-                row.failures += 1;
-                if row.failures >= self.opts.lockout.max_failures {
-                    row.locked_until_ms =
-                        Some(self.now() + access::lock_duration(&self.opts.lockout, row.lockouts));
-                    row.lockouts += 1;
-                    row.failures = 0;
-                }
+                self.count_account_failure(&mut row, &tag, now);
                 self.put_user_row(&row)?;
             }
             self.audit(
@@ -1637,7 +1747,9 @@ impl Vault {
         let root = SecretKey::generate();
         let path = Layout::of(&self.dir).header;
         // 1. New slot first (fsync): a crash from here on finishes on open.
-        header::write_slot(&path, self.info.vault_id, &self.unlock, next, &root)?;
+        let unlock = self.unlock.read().expect("unlock lock");
+        header::write_slot(&path, self.info.vault_id, &unlock, next, &root)?;
+        drop(unlock);
         // 2. Re-wrap every bucket key (one synced batch).
         self.keystore
             .rewrap_buckets((epoch.number, &epoch.root), (next, &root))?;

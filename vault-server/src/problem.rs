@@ -161,6 +161,7 @@ impl From<Error> for ApiError {
             Error::InvalidInput(_) | Error::WeakPassword(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Error::AuthFailed | Error::SessionInvalid => StatusCode::UNAUTHORIZED,
             Error::AccountLocked { .. } => StatusCode::LOCKED,
+            Error::LoginThrottled { .. } => StatusCode::TOO_MANY_REQUESTS,
             Error::AccountDisabled | Error::PermissionDenied(_) => StatusCode::FORBIDDEN,
             Error::NotFound(_) | Error::NotAVault(_) => StatusCode::NOT_FOUND,
             Error::AlreadyExists(_)
@@ -179,10 +180,11 @@ impl From<Error> for ApiError {
         let mut out = ApiError::new(status, e.code(), e.to_string());
         match &e {
             Error::Disposed { certificate } => out.certificate = certificate.clone(),
-            Error::AccountLocked { until_ms } => {
+            Error::AccountLocked { until_ms: at } | Error::LoginThrottled { retry_at_ms: at } => {
                 let now = jiff::Timestamp::now().as_millisecond();
+                // Rounded up: a client that waits exactly this long is let in.
                 out.retry_after =
-                    Some(u64::try_from((until_ms - now).max(1000) / 1000).unwrap_or(1));
+                    Some(u64::try_from(((at - now).max(1000) + 999) / 1000).unwrap_or(1));
             }
             _ => {}
         }

@@ -40,6 +40,23 @@ pub fn password_of(username: &str) -> SecretString {
     SecretString::from(*p)
 }
 
+/// A command-line login context from a source no other call used (as if
+/// from another terminal or address), so that a test's failed logins count
+/// once each toward an account's lock-out (which needs failures from
+/// distinct sources) and never trip the per-source throttle.
+pub fn fresh_source() -> Context {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    Context {
+        channel: vault_core::audit::Channel::Cli,
+        source: Some(format!(
+            "test-source-{}",
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        )),
+        request_id: None,
+    }
+}
+
 /// Open options with the given manual clock and the default lock-out policy.
 pub fn open_options(clock: &Arc<ManualClock>) -> OpenOptions {
     OpenOptions {

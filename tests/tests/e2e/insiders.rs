@@ -11,7 +11,7 @@ use vault_core::clock::Clock;
 use vault_core::secret::SecretString;
 use vault_core::vault::{APPROVAL_TTL_MS, Context, RequestKind, Session, Vault};
 
-use crate::common::{self, Fixture, fast_vault, password_of};
+use crate::common::{self, Fixture, fast_vault, fresh_source, password_of};
 
 const OFFICER2_PW: &str = "Sec0nd-Officer-Walrus-88";
 
@@ -319,18 +319,18 @@ fn wrong_password_on_a_locked_account_is_a_plain_auth_failure() {
     let v = &f.vault;
     let wrong = secret("Not-The-Clerk-Password-9");
     for i in 0..5 {
-        let r = v.login("clerk", &wrong, Context::cli());
+        let r = v.login("clerk", &wrong, fresh_source());
         assert!(matches!(r, Err(Error::AuthFailed)), "failure {i}: {r:?}");
     }
     // Locked now: a wrong password still gets AuthFailed, as an unknown user does.
     for _ in 0..3 {
-        let r = v.login("clerk", &wrong, Context::cli());
+        let r = v.login("clerk", &wrong, fresh_source());
         assert!(matches!(r, Err(Error::AuthFailed)), "{r:?}");
     }
-    let r = v.login("no-such-user", &wrong, Context::cli());
+    let r = v.login("no-such-user", &wrong, fresh_source());
     assert!(matches!(r, Err(Error::AuthFailed)), "{r:?}");
     // Only the right password learns the lock.
-    let r = v.login("clerk", &password_of("clerk"), Context::cli());
+    let r = v.login("clerk", &password_of("clerk"), fresh_source());
     assert!(matches!(r, Err(Error::AccountLocked { .. })), "{r:?}");
     // The attempts on the locked account stay audited as denied.
     let denied = events(&f, "auth.login")
@@ -355,10 +355,10 @@ fn changing_your_own_password_needs_the_current_one() {
     // A wrong current password fails and changes nothing.
     let r = v.change_own_password(&f.clerk, &secret("Wrong-Current-Pass-00"), &new);
     assert!(matches!(r, Err(Error::AuthFailed)), "{r:?}");
-    v.login("clerk", &password_of("clerk"), Context::cli())
+    v.login("clerk", &password_of("clerk"), fresh_source())
         .unwrap();
     assert!(matches!(
-        v.login("clerk", &new, Context::cli()),
+        v.login("clerk", &new, fresh_source()),
         Err(Error::AuthFailed)
     ));
     let failed: Vec<_> = events(&f, "user.password")
@@ -369,15 +369,15 @@ fn changing_your_own_password_needs_the_current_one() {
     // The right one works; the new password logs in, the old no longer.
     v.change_own_password(&f.clerk, &password_of("clerk"), &new)
         .unwrap();
-    v.login("clerk", &new, Context::cli()).unwrap();
+    v.login("clerk", &new, fresh_source()).unwrap();
     assert!(matches!(
-        v.login("clerk", &password_of("clerk"), Context::cli()),
+        v.login("clerk", &password_of("clerk"), fresh_source()),
         Err(Error::AuthFailed)
     ));
     // An admin still resets someone else's (non-officer) password directly.
     v.set_password(&f.admin, "auditor", &secret("Reset-Plover-Pass-23"))
         .unwrap();
-    v.login("auditor", &secret("Reset-Plover-Pass-23"), Context::cli())
+    v.login("auditor", &secret("Reset-Plover-Pass-23"), fresh_source())
         .unwrap();
     let _ = f.clock.now_ms();
 }

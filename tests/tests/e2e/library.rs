@@ -21,7 +21,7 @@ use vault_core::schema::{Classification, FieldSpec, FieldType, Schema};
 use vault_core::secret::SecretString;
 use vault_core::vault::{Context, RecordFilter, Session, Vault};
 
-use crate::common::{self, CUSTOMERS, Fixture, T0, fast_vault, password_of};
+use crate::common::{self, CUSTOMERS, Fixture, T0, fast_vault, fresh_source, password_of};
 
 const MINUTE: i64 = 60 * 1000;
 const REASON: &str = "identity verification requested by the customer";
@@ -403,8 +403,12 @@ fn req_acl_02_default_credential_sweep_fails_for_every_pair() {
     for u in SWEEP_USERS {
         for p in SWEEP_PASSWORDS {
             attempts += 1;
+            // One source, as a real sweep: past its first failures the
+            // source is throttled and its guesses are not even checked.
             match f.vault.login(u, &secret(p), Context::cli()) {
-                Err(Error::AuthFailed | Error::AccountLocked { .. }) => {}
+                Err(
+                    Error::AuthFailed | Error::AccountLocked { .. } | Error::LoginThrottled { .. },
+                ) => {}
                 Ok(_) => panic!("default credential pair {u:?}/{p:?} logged in"),
                 Err(e) => panic!("{u:?}/{p:?}: unexpected error {e:?}"),
             }
@@ -610,19 +614,19 @@ fn req_auth_05_lockout_after_five_failures_audit_and_expiry() {
 
     for i in 1..=4 {
         f.clock.advance(1000);
-        let r = v.login("clerk", &wrong, Context::cli());
+        let r = v.login("clerk", &wrong, fresh_source());
         assert!(matches!(r, Err(Error::AuthFailed)), "failure {i}: {r:?}");
     }
     f.clock.advance(1000);
     let t5 = now(&f);
     // The 5th failure locks, but answers like any wrong password (uniform 401).
-    let r = v.login("clerk", &wrong, Context::cli());
+    let r = v.login("clerk", &wrong, fresh_source());
     assert!(matches!(r, Err(Error::AuthFailed)), "5th failure: {r:?}");
     let until = t5 + 15 * MINUTE;
     // The 6th attempt, with the correct password, is refused and learns the lock.
     f.clock.advance(1000);
     let t6 = now(&f);
-    let r = v.login("clerk", &password_of("clerk"), Context::cli());
+    let r = v.login("clerk", &password_of("clerk"), fresh_source());
     assert!(
         matches!(r, Err(Error::AccountLocked { until_ms }) if until_ms == until),
         "5th failure must lock: {r:?}"
@@ -676,12 +680,12 @@ fn req_auth_05_lockout_after_five_failures_audit_and_expiry() {
     // Still locked 1 ms before the end; a correct login succeeds 1 ms after.
     f.clock.set(t5 + 15 * MINUTE - 1);
     assert!(matches!(
-        v.login("clerk", &password_of("clerk"), Context::cli()),
+        v.login("clerk", &password_of("clerk"), fresh_source()),
         Err(Error::AccountLocked { .. })
     ));
     f.clock.set(t5 + 15 * MINUTE + 1);
     let s = v
-        .login("clerk", &password_of("clerk"), Context::cli())
+        .login("clerk", &password_of("clerk"), fresh_source())
         .unwrap();
     assert_eq!(s.user(), clerk);
 }
@@ -695,14 +699,14 @@ fn req_auth_05_repeat_lockout_doubles_admin_unlock_and_uniform_errors() {
     let lock = |user: &str| -> i64 {
         for _ in 0..4 {
             assert!(matches!(
-                v.login(user, &wrong, Context::cli()),
+                v.login(user, &wrong, fresh_source()),
                 Err(Error::AuthFailed)
             ));
         }
         // The locking failure answers AuthFailed like the others; the lock
         // shows in the user list.
         assert!(matches!(
-            v.login(user, &wrong, Context::cli()),
+            v.login(user, &wrong, fresh_source()),
             Err(Error::AuthFailed)
         ));
         v.list_users(&f.admin)
@@ -724,11 +728,11 @@ fn req_auth_05_repeat_lockout_doubles_admin_unlock_and_uniform_errors() {
     assert_eq!(until2 - t2, 30 * MINUTE, "second lock-out doubles");
     f.clock.set(until2 - 1);
     assert!(matches!(
-        v.login("auditor", &password_of("auditor"), Context::cli()),
+        v.login("auditor", &password_of("auditor"), fresh_source()),
         Err(Error::AccountLocked { .. })
     ));
     f.clock.set(until2 + 1);
-    v.login("auditor", &password_of("auditor"), Context::cli())
+    v.login("auditor", &password_of("auditor"), fresh_source())
         .unwrap();
 
     // An admin can lift a lock-out at once; other roles cannot.
@@ -738,13 +742,13 @@ fn req_auth_05_repeat_lockout_doubles_admin_unlock_and_uniform_errors() {
         Err(Error::PermissionDenied(_))
     ));
     assert!(matches!(
-        v.login("contractor", &password_of("contractor"), Context::cli()),
+        v.login("contractor", &password_of("contractor"), fresh_source()),
         Err(Error::AccountLocked { .. })
     ));
     let before = last_seq(v, &f.auditor);
     let id = v.unlock_user(&f.admin, "contractor").unwrap();
     assert_eq!(id, f.contractor.user());
-    v.login("contractor", &password_of("contractor"), Context::cli())
+    v.login("contractor", &password_of("contractor"), fresh_source())
         .unwrap();
     let ev = trail(v, &f.auditor, since(before));
     assert!(ev.iter().any(|e| e.action == "user.unlock"
@@ -754,12 +758,12 @@ fn req_auth_05_repeat_lockout_doubles_admin_unlock_and_uniform_errors() {
 
     // Unknown user and wrong password: the same error, variant and message.
     let unknown = v
-        .login("nobody-by-this-name", &wrong, Context::cli())
+        .login("nobody-by-this-name", &wrong, fresh_source())
         .unwrap_err();
     let invalid_name = v
-        .login("not a valid name!", &wrong, Context::cli())
+        .login("not a valid name!", &wrong, fresh_source())
         .unwrap_err();
-    let bad_password = v.login("officer", &wrong, Context::cli()).unwrap_err();
+    let bad_password = v.login("officer", &wrong, fresh_source()).unwrap_err();
     for e in [&unknown, &invalid_name, &bad_password] {
         assert!(matches!(e, Error::AuthFailed), "{e:?}");
         assert_eq!(e.to_string(), bad_password.to_string());
@@ -1062,12 +1066,12 @@ fn req_wisp_06_activity_report_matches_seeded_fixture() {
     let wrong = secret("Not-The-Auditor-Pass-3");
     for _ in 0..4 {
         assert!(matches!(
-            v.login("auditor", &wrong, Context::cli()),
+            v.login("auditor", &wrong, fresh_source()),
             Err(Error::AuthFailed)
         ));
     }
     assert!(matches!(
-        v.login("auditor", &wrong, Context::cli()),
+        v.login("auditor", &wrong, fresh_source()),
         Err(Error::AuthFailed)
     ));
     // (The 5th failure locks: the report below counts the lock-out.)

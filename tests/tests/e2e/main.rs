@@ -9,6 +9,7 @@ mod common;
 mod concurrency;
 mod cosign;
 mod crash;
+mod custodian;
 mod custody;
 mod disposal;
 mod edits;

@@ -10,9 +10,11 @@ use vault_core::access::Role;
 use vault_core::clock::Clock;
 use vault_core::ids::SubjectId;
 use vault_core::secret::SecretString;
-use vault_core::vault::{Context, ImportFormat, RecordFilter};
+use vault_core::vault::{ImportFormat, RecordFilter};
 
-use crate::common::{CUSTOMERS, USERS, customers_schema, fast_vault, login, password_of};
+use crate::common::{
+    CUSTOMERS, USERS, customers_schema, fast_vault, fresh_source, login, password_of,
+};
 
 const MINUTE: i64 = 60 * 1000;
 
@@ -126,14 +128,14 @@ fn login_success_keeps_the_lockout_doubling_and_admin_unlock_resets_it() {
     let lock = || -> i64 {
         for _ in 0..4 {
             assert!(matches!(
-                v.login("auditor", &wrong, Context::cli()),
+                v.login("auditor", &wrong, fresh_source()),
                 Err(Error::AuthFailed)
             ));
         }
         // The locking failure answers AuthFailed (uniform 401); the lock
         // shows in the user list.
         assert!(matches!(
-            v.login("auditor", &wrong, Context::cli()),
+            v.login("auditor", &wrong, fresh_source()),
             Err(Error::AuthFailed)
         ));
         let until = v
@@ -149,32 +151,32 @@ fn login_success_keeps_the_lockout_doubling_and_admin_unlock_resets_it() {
     assert_eq!(lock(), 15 * MINUTE);
     f.clock.advance(15 * MINUTE + 1);
     // The owner logs in successfully in between: the next lock-out still doubles.
-    v.login("auditor", &password_of("auditor"), Context::cli())
+    v.login("auditor", &password_of("auditor"), fresh_source())
         .unwrap();
     assert_eq!(lock(), 30 * MINUTE, "a successful login reset the doubling");
     // Four failures, then a success, then four more: not five consecutive.
     f.clock.advance(30 * MINUTE + 1);
     for _ in 0..4 {
-        assert!(v.login("auditor", &wrong, Context::cli()).is_err());
+        assert!(v.login("auditor", &wrong, fresh_source()).is_err());
     }
-    v.login("auditor", &password_of("auditor"), Context::cli())
+    v.login("auditor", &password_of("auditor"), fresh_source())
         .unwrap();
     for _ in 0..4 {
         assert!(matches!(
-            v.login("auditor", &wrong, Context::cli()),
+            v.login("auditor", &wrong, fresh_source()),
             Err(Error::AuthFailed)
         ));
     }
-    v.login("auditor", &password_of("auditor"), Context::cli())
+    v.login("auditor", &password_of("auditor"), fresh_source())
         .unwrap();
 
     // An admin's unlock resets the lock, the failure count and the doubling.
     assert_eq!(lock(), 60 * MINUTE);
     for _ in 0..3 {
-        assert!(v.login("auditor", &wrong, Context::cli()).is_err());
+        assert!(v.login("auditor", &wrong, fresh_source()).is_err());
     }
     v.unlock_user(&f.admin, "auditor").unwrap();
-    v.login("auditor", &password_of("auditor"), Context::cli())
+    v.login("auditor", &password_of("auditor"), fresh_source())
         .unwrap();
     assert_eq!(
         lock(),
@@ -184,12 +186,12 @@ fn login_success_keeps_the_lockout_doubling_and_admin_unlock_resets_it() {
     v.unlock_user(&f.admin, "auditor").unwrap();
     // Failures before the unlock do not count towards the next lock-out.
     for _ in 0..3 {
-        assert!(v.login("auditor", &wrong, Context::cli()).is_err());
+        assert!(v.login("auditor", &wrong, fresh_source()).is_err());
     }
     v.unlock_user(&f.admin, "auditor").unwrap();
     for _ in 0..4 {
         assert!(matches!(
-            v.login("auditor", &wrong, Context::cli()),
+            v.login("auditor", &wrong, fresh_source()),
             Err(Error::AuthFailed)
         ));
     }
