@@ -591,12 +591,7 @@ pub fn history_text(v: &Value) -> String {
         "version", "time", "by"
     )];
     for ver in v["versions"].as_array().into_iter().flatten() {
-        let fields: Vec<&str> = ver["fields_changed"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(Value::as_str)
-            .collect();
+        let fields = strs(&ver["fields_changed"]);
         lines.push(format!(
             "{:>7}  {:<24}  {:<16}  {}",
             ver["version"],
@@ -635,12 +630,7 @@ pub fn contractors_text(v: &Value) -> String {
         .into_iter()
         .flatten()
         .map(|c| {
-            let cols: Vec<&str> = c["collections"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(Value::as_str)
-                .collect();
+            let cols = strs(&c["collections"]);
             format!(
                 "{:<16} {:<8} key {:<20} collections [{}], {} record(s)",
                 c["username"].as_str().unwrap_or("?"),
@@ -665,12 +655,7 @@ pub fn certificates_text(v: &Value) -> String {
         .into_iter()
         .flatten()
         .map(|c| {
-            let cos: Vec<&str> = c["cosigned_by"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(Value::as_str)
-                .collect();
+            let cos = strs(&c["cosigned_by"]);
             format!(
                 "{}  {:<9}  {}  {:>6} record(s)  operator {}{}",
                 c["certificate_id"].as_str().unwrap_or("?"),
@@ -691,4 +676,13 @@ pub fn certificates_text(v: &Value) -> String {
     } else {
         rows.join("\n")
     }
+}
+
+/// The strings of a JSON array (nothing for anything else).
+fn strs(v: &Value) -> Vec<&str> {
+    v.as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect()
 }

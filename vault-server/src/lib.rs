@@ -303,9 +303,9 @@ impl Peer {
         }
     }
 
-    /// The audit trail's `source`: the address, or `uid=1001(carol) pid=42`
-    /// without spaces (`uid=1001(carol),pid=42`), so that an event names the
-    /// OS user beside the vault user.
+    /// The audit trail's `source`: the address, or `uid=1001(carol),pid=42`
+    /// (a token without spaces), so that an event names the OS user beside
+    /// the vault user.
     pub fn source(&self) -> String {
         match self {
             Peer::Tcp(ip) => ip.to_string(),

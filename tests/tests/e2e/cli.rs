@@ -197,6 +197,16 @@ pub(crate) struct Run {
 }
 
 impl Run {
+    /// The run of a finished child process.
+    pub(crate) fn from_output(what: impl Into<String>, out: &std::process::Output) -> Run {
+        Run {
+            what: what.into(),
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
     /// Asserts the exit code, showing the output otherwise.
     #[track_caller]
     pub(crate) fn code(&self, expected: i32) -> &Self {
@@ -421,12 +431,7 @@ impl CliVault {
         let mut t = self.transcript.borrow_mut();
         t.extend_from_slice(&out.stdout);
         t.extend_from_slice(&out.stderr);
-        Run {
-            what: what.to_owned(),
-            code: out.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        }
+        Run::from_output(what, &out)
     }
 
     /// Everything every run printed so far.

@@ -80,12 +80,7 @@ fn as_clerk(
         c.uid(uid).gid(gid);
     }
     let out = c.output().expect("run pivault as the clerk");
-    Run {
-        what: args.join(" "),
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+    Run::from_output(args.join(" "), &out)
 }
 
 #[test]

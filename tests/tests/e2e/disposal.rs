@@ -736,12 +736,7 @@ fn offline(args: &[&str]) -> Run {
         .stderr(Stdio::piped())
         .output()
         .expect("run pivault");
-    Run {
-        what: args.join(" "),
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+    Run::from_output(args.join(" "), &out)
 }
 
 /// `record list --json` as `user`, filtered: the record IDs.

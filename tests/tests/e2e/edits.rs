@@ -26,12 +26,7 @@ fn run_with_stdin(v: &CliVault, user: &str, args: &[&str], stdin: &str) -> Run {
         .write_all(stdin.as_bytes())
         .unwrap();
     let out = child.wait_with_output().unwrap();
-    Run {
-        what: args.join(" "),
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+    Run::from_output(args.join(" "), &out)
 }
 
 #[test]
