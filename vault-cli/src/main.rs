@@ -481,6 +481,18 @@ enum UserCmd {
         #[arg(long)]
         break_glass: bool,
     },
+    /// Give a clerk the reveal grant (waits for a second officer's
+    /// approval, exit 13) or take it away (at once). Admin or officer.
+    Reveal {
+        /// Username (a clerk).
+        name: String,
+        /// Give the grant.
+        #[arg(long, conflicts_with = "revoke", required_unless_present = "revoke")]
+        grant: bool,
+        /// Take the grant away.
+        #[arg(long)]
+        revoke: bool,
+    },
     /// Change a user's role.
     Role {
         /// Username.
@@ -1187,6 +1199,13 @@ fn cmd_user(cli: &Cli, out: &Out, vault: &Vault, s: &Session, c: &UserCmd) -> an
             out.data(
                 json!({ "user_id": id.to_string(), "state": "active" }),
                 || format!("enabled {name}"),
+            );
+        }
+        UserCmd::Reveal { name, grant, .. } => {
+            let id = vault.set_reveal_grant(s, name, *grant)?;
+            out.data(
+                json!({ "user_id": id.to_string(), "reveal": *grant }),
+                || format!("{name} may no longer reveal sensitive fields"),
             );
         }
         UserCmd::Unlock { name, .. } => {

@@ -542,6 +542,16 @@ fn command(cli: &Cli, out: &Out, r: &Remote) -> anyhow::Result<u8> {
                 let v = r.post(&format!("/v1/users/{}/enable", url_part(name)), json!({}))?;
                 out.data(v, || format!("enabled {name}"));
             }
+            UserCmd::Reveal { name, grant, .. } => {
+                let v = r.call(
+                    "PUT",
+                    &format!("/v1/users/{}/reveal", url_part(name)),
+                    Some(json!({ "grant": grant })),
+                )?;
+                out.data(v, || {
+                    format!("{name} may no longer reveal sensitive fields")
+                });
+            }
             UserCmd::Unlock { name, .. } => {
                 let v = r.post(&format!("/v1/users/{}/unlock", url_part(name)), json!({}))?;
                 out.data(v, || format!("unlocked {name}"));

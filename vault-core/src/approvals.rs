@@ -36,6 +36,8 @@ pub enum RequestKind {
     CreateUser,
     /// Reset an officer's password.
     PasswordReset,
+    /// Give an existing clerk the reveal grant.
+    RevealGrant,
 }
 
 impl RequestKind {
@@ -45,6 +47,7 @@ impl RequestKind {
             RequestKind::Role => "role",
             RequestKind::CreateUser => "create_user",
             RequestKind::PasswordReset => "password_reset",
+            RequestKind::RevealGrant => "reveal_grant",
         }
     }
 
@@ -53,6 +56,7 @@ impl RequestKind {
             "role" => Ok(RequestKind::Role),
             "create_user" => Ok(RequestKind::CreateUser),
             "password_reset" => Ok(RequestKind::PasswordReset),
+            "reveal_grant" => Ok(RequestKind::RevealGrant),
             _ => Err(Error::Integrity("pending request")),
         }
     }
@@ -138,6 +142,21 @@ impl PendingRow {
             reveal,
             password_phc: Some(phc),
             ..Self::base(RequestKind::CreateUser, name.as_str(), role, requester, now)
+        }
+    }
+
+    pub(crate) fn reveal_grant(row: &UserRow, requester: UserId, now: i64) -> Self {
+        let role = Role::parse(&row.role).unwrap_or(Role::Clerk);
+        PendingRow {
+            user: Some(row.id.clone()),
+            reveal: true,
+            ..Self::base(
+                RequestKind::RevealGrant,
+                &row.username,
+                role,
+                requester,
+                now,
+            )
         }
     }
 
@@ -285,16 +304,28 @@ impl Vault {
         let _g = self.users_lock.lock().expect("users lock");
         let applied = (|| -> Result<Box<dyn FnOnce() -> Result<()> + '_>> {
             match RequestKind::parse(&req.kind)? {
-                RequestKind::Role | RequestKind::PasswordReset => {
+                kind @ (RequestKind::Role
+                | RequestKind::PasswordReset
+                | RequestKind::RevealGrant) => {
                     let uid: UserId = req.user.as_deref().unwrap_or_default().parse()?;
                     let mut row = self.user_row(uid)?.ok_or(Error::NotFound("user"))?;
                     let before = row.clone();
-                    if req.kind == RequestKind::Role.as_str() {
-                        // The last active admin does not leave its role this way either.
-                        self.check_last_of_role(&row, false, Some(Role::parse(&req.role)?))?;
-                        row.role = req.role.clone();
-                    } else {
-                        row.password_phc = req.password_phc.clone().unwrap_or_default();
+                    match kind {
+                        RequestKind::Role => {
+                            // The last active admin does not leave its role this way either.
+                            self.check_last_of_role(&row, false, Some(Role::parse(&req.role)?))?;
+                            row.role = req.role.clone();
+                        }
+                        RequestKind::RevealGrant => {
+                            // Granted to the clerk it was asked for, still a clerk.
+                            if row.role != Role::Clerk.as_str() {
+                                return Err(Error::invalid(
+                                    "the user is no longer a clerk; ask again",
+                                ));
+                            }
+                            row.reveal = true;
+                        }
+                        _ => row.password_phc = req.password_phc.clone().unwrap_or_default(),
                     }
                     row.generation += 1;
                     self.put_user_row(&row)?;

@@ -1271,6 +1271,55 @@ impl Vault {
         Ok(users)
     }
 
+    /// Gives a clerk the reveal grant or takes it away (admin or officer).
+    /// Taking it away is immediate: the clerk's next reveal is refused.
+    /// Giving it waits for an active officer other than the requester
+    /// ([`Error::ApprovalRequired`], the two-person rule of issue 10).
+    /// Officers reveal by their role and have no grant to change.
+    pub fn set_reveal_grant(&self, s: &Session, username: &str, grant: bool) -> Result<UserId> {
+        self.authorize_any(s, &[Permission::ManageUsers, Permission::RecordReview])?;
+        let action = if grant {
+            "user.reveal.grant"
+        } else {
+            "user.reveal.revoke"
+        };
+        let name = Username::parse(username)?;
+        let checked = (|| {
+            let row = self.user_by_name(&name)?.ok_or(Error::NotFound("user"))?;
+            if row.role != Role::Clerk.as_str() {
+                return Err(Error::invalid(
+                    "only a clerk has a reveal grant (officers reveal by their role)",
+                ));
+            }
+            if row.reveal == grant {
+                return Err(Error::invalid(if grant {
+                    "the clerk already has the reveal grant"
+                } else {
+                    "the clerk has no reveal grant"
+                }));
+            }
+            Ok(row)
+        })();
+        let row = match checked {
+            Ok(row) => row,
+            Err(e) => {
+                self.audit(Some(s.user), &s.ctx, action, vec![], Err(&e), None)?;
+                return Err(e);
+            }
+        };
+        if grant {
+            let req = approvals::PendingRow::reveal_grant(&row, s.user, self.now());
+            return Err(self.create_request(s, req));
+        }
+        // Revoking: the session check reads the row (and its generation)
+        // on every operation, so it takes effect at the next request.
+        self.change_user_as(s, username, action, |r| {
+            r.reveal = false;
+            r.generation += 1;
+            Ok(())
+        })
+    }
+
     fn change_user(
         &self,
         s: &Session,
@@ -1279,6 +1328,17 @@ impl Vault {
         f: impl FnOnce(&mut UserRow) -> Result<()>,
     ) -> Result<UserId> {
         self.authorize(s, Some(Permission::ManageUsers))?;
+        self.change_user_as(s, username, action, f)
+    }
+
+    /// [`Vault::change_user`] for a caller already authorised.
+    fn change_user_as(
+        &self,
+        s: &Session,
+        username: &str,
+        action: &str,
+        f: impl FnOnce(&mut UserRow) -> Result<()>,
+    ) -> Result<UserId> {
         let name = Username::parse(username)?;
         let _g = self.users_lock.lock().expect("users lock");
         let r = (|| {

@@ -136,6 +136,14 @@ pub struct NewUser {
     pub reveal: bool,
 }
 
+/// A reveal grant given or taken away.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RevealGrantReq {
+    /// `true` gives the grant (waits for a second officer), `false` takes it away.
+    pub grant: bool,
+}
+
 /// A role change.
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -582,6 +590,26 @@ async fn set_role(
         .as_user(&rc, t, move |v, s| v.set_role(s, &name, role))
         .await?;
     ok(json!({ "user_id": id.to_string(), "role": role.as_str() }))
+}
+
+/// Give a clerk the reveal grant (409 `approval_required` until a second
+/// officer approves) or take it away (at once). Admin or officer.
+#[utoipa::path(put, path = "/v1/users/{name}/reveal", request_body = RevealGrantReq, tag = "users",
+    security(("bearer" = [])), params(("name" = String, Path, description = "username")),
+    responses((status = 200, body = Object), (status = 403, body = Problem), (status = 409, body = Problem),
+              (status = 422, body = Problem)))]
+async fn set_reveal_grant(
+    State(app): State<Arc<App>>,
+    rc: RequestContext,
+    t: Bearer,
+    Path(name): Path<String>,
+    Body(req): Body<RevealGrantReq>,
+) -> Res {
+    let grant = req.grant;
+    let id = app
+        .as_user(&rc, t, move |v, s| v.set_reveal_grant(s, &name, grant))
+        .await?;
+    ok(json!({ "user_id": id.to_string(), "reveal": grant }))
 }
 
 /// Change a password (your own, or anyone's as admin).
@@ -1628,7 +1656,7 @@ impl Modify for BearerScheme {
 #[openapi(
     info(title = "pivault API", description = "Encrypted personal-information records: store, read (masked), dispose of provably. Errors are RFC 9457 problem documents whose `code` matches the CLI's."),
     modifiers(&BearerScheme),
-    paths(login, logout, whoami, list_users, add_user, disable_user, enable_user, unlock_user, set_role,
+    paths(login, logout, whoami, list_users, add_user, disable_user, enable_user, unlock_user, set_role, set_reveal_grant,
           set_password, list_approvals, approve_request, reject_request, list_collections, create_collection, show_collection, put_record, list_records,
           get_record, reveal_record, update_record, patch_record, record_history, import, resolve_subject, dispose, list_disposals,
           retry_disposal, show_retention, set_retention, show_retention_schedule, set_retention_schedule, retention_due, retention_run, list_holds, add_hold,
@@ -1663,6 +1691,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/users/{name}/enable", post(enable_user))
         .route("/v1/users/{name}/unlock", post(unlock_user))
         .route("/v1/users/{name}/role", put(set_role))
+        .route("/v1/users/{name}/reveal", put(set_reveal_grant))
         .route("/v1/users/{name}/password", put(set_password))
         .route("/v1/approvals", get(list_approvals))
         .route("/v1/approvals/{id}/approve", post(approve_request))

@@ -454,3 +454,66 @@ fn control_and_bidi_characters_never_reach_a_certificate_or_the_trail() {
         "Example Retail LLC"
     );
 }
+
+/// The reveal grant of an existing clerk (issue 11): given only once a
+/// second officer approves, taken away at once, and only clerks have one.
+#[test]
+fn an_existing_clerks_reveal_grant_waits_for_a_second_officer_and_revoking_is_immediate() {
+    let tmp = tempfile::tempdir().unwrap();
+    let f = fast_vault(&tmp.path().join("v"));
+    let v = &f.vault;
+    let record = v
+        .put_record(
+            &f.clerk,
+            common::CUSTOMERS,
+            vault_core::ids::SubjectId::new(),
+            &serde_json::json!({ "given_name": "Ada", "family_name": "Quimby", "ssn": "219-09-9998" }),
+        )
+        .unwrap();
+    let reveal = |s: &Session| v.get_record(s, record, &["ssn"], Some("identity check"));
+    assert!(matches!(reveal(&f.clerk), Err(Error::PermissionDenied(_))));
+    // The admin asks; the grant waits. The requester cannot approve it.
+    let req = pending(v.set_reveal_grant(&f.admin, "clerk", true));
+    assert!(matches!(reveal(&f.clerk), Err(Error::PermissionDenied(_))));
+    let listed = v.pending_requests(&f.officer).unwrap();
+    assert!(
+        listed
+            .iter()
+            .any(|p| p.id == req && p.kind == RequestKind::RevealGrant)
+    );
+    // An officer asking cannot approve their own request either.
+    let officer2 = second_officer(&f);
+    let own = pending(v.set_reveal_grant(&officer2, "clerk", true));
+    assert!(matches!(
+        v.approve_request(&officer2, &own),
+        Err(Error::PermissionDenied(_))
+    ));
+    v.reject_request(&officer2, &own).unwrap();
+    v.approve_request(&f.officer, &req).unwrap();
+    let clerk = v
+        .login("clerk", &password_of("clerk"), Context::cli())
+        .unwrap();
+    assert_eq!(reveal(&clerk).unwrap().fields["ssn"], "219-09-9998");
+    // Taking it away needs no approval and holds at the next request.
+    v.set_reveal_grant(&officer2, "clerk", false).unwrap();
+    let clerk = v
+        .login("clerk", &password_of("clerk"), Context::cli())
+        .unwrap();
+    assert!(matches!(reveal(&clerk), Err(Error::PermissionDenied(_))));
+    // Not for officers, not for a clerk's own request, audited both ways.
+    assert!(matches!(
+        v.set_reveal_grant(&f.admin, "officer", true),
+        Err(Error::InvalidInput(_))
+    ));
+    assert!(matches!(
+        v.set_reveal_grant(&clerk, "clerk", true),
+        Err(Error::PermissionDenied(_))
+    ));
+    assert_eq!(
+        events(&f, "user.reveal.revoke")
+            .iter()
+            .filter(|e| e.outcome == Outcome::Success)
+            .count(),
+        1
+    );
+}
