@@ -534,6 +534,16 @@ enum CollectionCmd {
         #[arg(long)]
         schema: PathBuf,
     },
+    /// Change a collection's schema without losing records: add optional
+    /// fields, retire fields ("retired": true; records keep them until their
+    /// next update), change purposes (admin).
+    Update {
+        /// Collection name.
+        name: String,
+        /// The new schema file (JSON).
+        #[arg(long)]
+        schema: PathBuf,
+    },
     /// List collections.
     List,
     /// Show a collection's schema.
@@ -1291,6 +1301,16 @@ fn cmd_user(cli: &Cli, out: &Out, vault: &Vault, s: &Session, c: &UserCmd) -> an
 
 fn cmd_collection(out: &Out, vault: &Vault, s: &Session, c: &CollectionCmd) -> anyhow::Result<u8> {
     match c {
+        CollectionCmd::Update { name, schema } => {
+            let text = std::fs::read_to_string(schema)
+                .with_context(|| format!("cannot read {}", schema.display()))?;
+            let parsed = Schema::from_json(&text)?;
+            vault.update_collection(s, name, &parsed)?;
+            out.data(
+                json!({ "collection": name, "fields": parsed.fields.len(), "retired": parsed.retired }),
+                || format!("updated collection {name}: {} fields, {} retired", parsed.fields.len(), parsed.retired.len()),
+            );
+        }
         CollectionCmd::Create { name, schema } => {
             let text = std::fs::read_to_string(schema)
                 .with_context(|| format!("cannot read {}", schema.display()))?;

@@ -614,6 +614,29 @@ fn command(cli: &Cli, out: &Out, r: &Remote) -> anyhow::Result<u8> {
             }
         },
         Command::Collection(c) => match c {
+            CollectionCmd::Update { name, schema } => {
+                let text = std::fs::read_to_string(schema)
+                    .with_context(|| format!("cannot read {}", schema.display()))?;
+                let schema: Value = serde_json::from_str(&text).map_err(|e| {
+                    vault_core::Error::InvalidInput(format!(
+                        "malformed schema JSON at line {} column {}",
+                        e.line(),
+                        e.column()
+                    ))
+                })?;
+                let v = r.call(
+                    "PUT",
+                    &format!("/v1/collections/{}", url_part(name)),
+                    Some(json!({ "schema": schema })),
+                )?;
+                let (f, n) = (
+                    v["fields"].clone(),
+                    v["retired"].as_array().map_or(0, Vec::len),
+                );
+                out.data(v, || {
+                    format!("updated collection {name}: {f} fields, {n} retired")
+                });
+            }
             CollectionCmd::Create { name, schema } => {
                 let text = std::fs::read_to_string(schema)
                     .with_context(|| format!("cannot read {}", schema.display()))?;

@@ -474,7 +474,10 @@ impl Vault {
             let body = match edit {
                 Edit::Replace(body) => schema.validate(body)?,
                 Edit::Patch(patch) => {
-                    let mut merged = Value::Object(current.clone());
+                    // A retired field goes at the record's next update.
+                    let mut kept = current.clone();
+                    kept.retain(|k, _| !schema.is_retired(k));
+                    let mut merged = Value::Object(kept);
                     merge_patch(&mut merged, patch);
                     schema.validate(&merged)?
                 }

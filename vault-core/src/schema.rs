@@ -306,6 +306,10 @@ pub struct Schema {
     /// Residence assumed for records that carry none (a 2-letter code such as
     /// `"MA"`). `None` means [`DEFAULT_RESIDENCE`], the conservative choice.
     pub default_residence: Option<String>,
+    /// Fields retired from use: still declared (records written before keep
+    /// them, masked and typed as before, until their next update or their
+    /// disposal), but no new value is accepted.
+    pub retired: Vec<String>,
 }
 
 /// The REQ-DEF-03 classification of one record body.
@@ -342,6 +346,8 @@ struct FieldFile {
     required: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     purpose: Option<String>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    retired: bool,
 }
 
 impl Schema {
@@ -427,7 +433,51 @@ impl Schema {
             purpose,
             fields: out,
             default_residence,
+            retired: Vec::new(),
         })
+    }
+
+    /// Whether `field` is retired (see [`Schema::retired`]).
+    pub fn is_retired(&self, field: &str) -> bool {
+        self.retired.iter().any(|r| r == field)
+    }
+
+    /// Checks that `next` may replace this schema without losing or
+    /// invalidating a stored record: every field stays declared with its
+    /// type (a field no longer wanted is retired, not removed), a new field
+    /// is optional, and no optional field becomes required. Purposes,
+    /// residence and retirement may change.
+    pub fn check_evolution(&self, next: &Schema) -> Result<()> {
+        for old in &self.fields {
+            let Some(new) = next.field(&old.name) else {
+                return Err(Error::invalid(format!(
+                    "field {} would disappear while records may hold it: mark it \"retired\": true instead",
+                    old.name
+                )));
+            };
+            if new.ty != old.ty {
+                return Err(Error::invalid(format!(
+                    "field {}: its type cannot change (stored values are {}); add a new field instead",
+                    old.name,
+                    old.ty.as_str()
+                )));
+            }
+            if new.required && !old.required {
+                return Err(Error::invalid(format!(
+                    "field {}: cannot become required (records without it exist)",
+                    old.name
+                )));
+            }
+        }
+        for new in &next.fields {
+            if self.field(&new.name).is_none() && new.required {
+                return Err(Error::invalid(format!(
+                    "field {}: a new field must be optional (existing records lack it)",
+                    new.name
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// Parses the schema file format (JSON):
@@ -460,6 +510,7 @@ impl Schema {
         let file: SchemaFile =
             serde_json::from_str(s).map_err(|e| Error::invalid(format!("schema file: {e}")))?;
         let mut fields = Vec::with_capacity(file.fields.len());
+        let mut retired = Vec::new();
         for f in file.fields {
             // Refuse never-stored names before anything else looks at them.
             if is_never_stored_name(&f.name) {
@@ -475,6 +526,15 @@ impl Schema {
                 )),
                 other => other,
             })?;
+            if f.retired {
+                if f.required {
+                    return Err(Error::invalid(format!(
+                        "field {}: a retired field cannot be required",
+                        f.name
+                    )));
+                }
+                retired.push(f.name.clone());
+            }
             fields.push(FieldSpec {
                 name: f.name,
                 ty,
@@ -482,7 +542,9 @@ impl Schema {
                 purpose: f.purpose,
             });
         }
-        Schema::new(file.purpose, fields, file.residence)
+        let mut schema = Schema::new(file.purpose, fields, file.residence)?;
+        schema.retired = retired;
+        Ok(schema)
     }
 
     /// Writes the schema file format of [`Schema::from_json`] (pretty JSON,
@@ -499,6 +561,7 @@ impl Schema {
                     ty: f.ty.as_str().to_string(),
                     required: f.required,
                     purpose: f.purpose.clone(),
+                    retired: self.is_retired(&f.name),
                 })
                 .collect(),
         };
@@ -535,6 +598,11 @@ impl Schema {
                 return Err(Error::invalid(format!(
                     "{} is not declared in collection schema",
                     field_label(key)
+                )));
+            }
+            if self.is_retired(key) && !obj[key].is_null() {
+                return Err(Error::invalid(format!(
+                    "field {key} is retired: no new value is accepted"
                 )));
             }
         }

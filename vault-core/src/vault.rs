@@ -1562,6 +1562,50 @@ impl Vault {
 
     // ----- collections ----------------------------------------------------
 
+    /// Changes a collection's schema without losing or invalidating a
+    /// stored record ([`Schema::check_evolution`]): new optional fields,
+    /// retired fields (records keep them until their next update or their
+    /// disposal; no new value is accepted), purposes and residence. Admin.
+    pub fn update_collection(&self, s: &Session, name: &str, next: &Schema) -> Result<()> {
+        self.authorize(s, Some(Permission::ManageCollections))?;
+        let r = (|| {
+            let name = CollectionName::parse(name)?;
+            let current = self.schema(&name)?;
+            current.check_evolution(next)?;
+            let before = current.to_json();
+            self.store.put(
+                store::CF_COLLECTIONS,
+                name.as_str().as_bytes(),
+                next.to_json().as_bytes(),
+            )?;
+            Ok((name, before))
+        })();
+        match r {
+            Ok((name, before)) => {
+                let mut targets = vec![format!("collection:{name}")];
+                targets.extend(next.retired.iter().map(|f| format!("retired:{f}")));
+                self.audit_or_undo(s, "collection.update", targets, || {
+                    self.store.put(
+                        store::CF_COLLECTIONS,
+                        name.as_str().as_bytes(),
+                        before.as_bytes(),
+                    )
+                })
+            }
+            Err(e) => {
+                self.audit(
+                    Some(s.user),
+                    &s.ctx,
+                    "collection.update",
+                    vec![],
+                    Err(&e),
+                    None,
+                )?;
+                Err(e)
+            }
+        }
+    }
+
     /// Creates a collection with its schema (admin).
     pub fn create_collection(
         &self,

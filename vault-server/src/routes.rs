@@ -714,6 +714,36 @@ async fn create_collection(
     created(json!({ "collection": name.as_str(), "fields": fields }))
 }
 
+/// A schema change.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SchemaUpdate {
+    /// The new schema (the schema file format).
+    #[schema(value_type = Object)]
+    pub schema: Value,
+}
+
+/// Change a collection's schema without losing records: new optional
+/// fields, retired fields, purposes (admin).
+#[utoipa::path(put, path = "/v1/collections/{name}", request_body = SchemaUpdate, tag = "collections",
+    security(("bearer" = [])), params(("name" = String, Path, description = "collection")),
+    responses((status = 200, body = Object), (status = 403, body = Problem), (status = 404, body = Problem),
+              (status = 422, body = Problem)))]
+async fn update_collection(
+    State(app): State<Arc<App>>,
+    rc: RequestContext,
+    t: Bearer,
+    Path(name): Path<String>,
+    Body(req): Body<SchemaUpdate>,
+) -> Res {
+    let schema = Schema::from_json(&req.schema.to_string()).map_err(ApiError::from)?;
+    let (fields, retired) = (schema.fields.len(), schema.retired.clone());
+    let n = name.clone();
+    app.as_user(&rc, t, move |v, s| v.update_collection(s, &n, &schema))
+        .await?;
+    ok(json!({ "collection": name, "fields": fields, "retired": retired }))
+}
+
 /// A collection's schema.
 #[utoipa::path(get, path = "/v1/collections/{name}", tag = "collections", security(("bearer" = [])),
     params(("name" = String, Path, description = "collection")),
@@ -1657,7 +1687,7 @@ impl Modify for BearerScheme {
     info(title = "pivault API", description = "Encrypted personal-information records: store, read (masked), dispose of provably. Errors are RFC 9457 problem documents whose `code` matches the CLI's."),
     modifiers(&BearerScheme),
     paths(login, logout, whoami, list_users, add_user, disable_user, enable_user, unlock_user, set_role, set_reveal_grant,
-          set_password, list_approvals, approve_request, reject_request, list_collections, create_collection, show_collection, put_record, list_records,
+          set_password, list_approvals, approve_request, reject_request, list_collections, create_collection, update_collection, show_collection, put_record, list_records,
           get_record, reveal_record, update_record, patch_record, record_history, import, resolve_subject, dispose, list_disposals,
           retry_disposal, show_retention, set_retention, show_retention_schedule, set_retention_schedule, retention_due, retention_run, list_holds, add_hold,
           remove_hold, list_certificates, show_certificate, certificate_file, certificate_html, validate_certificate,
@@ -1700,7 +1730,10 @@ pub fn router(app: Arc<App>) -> Router {
             "/v1/collections",
             get(list_collections).post(create_collection),
         )
-        .route("/v1/collections/{name}", get(show_collection))
+        .route(
+            "/v1/collections/{name}",
+            get(show_collection).put(update_collection),
+        )
         .route("/v1/records", get(list_records).post(put_record))
         .route(
             "/v1/records/{id}",

@@ -257,3 +257,116 @@ fn racing_edits_of_different_fields_both_survive() {
     assert_eq!(history.len(), 1 + 2 * ROUNDS);
     assert!(history[1..].iter().all(|h| h.fields.len() == 1));
 }
+
+/// A schema changes without losing records (issue 11): a new optional
+/// field, a retired one that stored records keep until their next update;
+/// removing a field, changing its type or adding a required one is refused.
+#[test]
+fn a_schema_gains_and_retires_fields_without_losing_records() {
+    use vault_core::schema::Schema;
+    let dir = tempfile::tempdir().unwrap();
+    let fx = common::fast_vault(&dir.path().join("vault"));
+    let v = &fx.vault;
+    let old = v
+        .put_record(
+            &fx.clerk,
+            CUSTOMERS,
+            vault_core::ids::SubjectId::new(),
+            &json!({ "given_name": "Ada", "family_name": "Quimby", "ssn": "219-09-9998",
+                     "card_number": "4111 1111 1111 1111" }),
+        )
+        .unwrap();
+    let mut file: serde_json::Value =
+        serde_json::from_str(&common::customers_schema().to_json()).unwrap();
+    let with = |f: &dyn Fn(&mut serde_json::Value)| {
+        let mut x = file.clone();
+        f(&mut x);
+        Schema::from_json(&x.to_string())
+    };
+    // Refused: a field dropped, a type changed, a new required field.
+    let dropped = with(&|x| {
+        x["fields"]
+            .as_array_mut()
+            .unwrap()
+            .retain(|f| f["name"] != "card_number")
+    })
+    .unwrap();
+    let e = v
+        .update_collection(&fx.admin, CUSTOMERS, &dropped)
+        .unwrap_err();
+    assert!(e.to_string().contains("retired"), "{e}");
+    let retyped = with(&|x| {
+        for f in x["fields"].as_array_mut().unwrap() {
+            if f["name"] == "card_number" {
+                f["type"] = json!("account_number");
+            }
+        }
+    })
+    .unwrap();
+    assert!(v.update_collection(&fx.admin, CUSTOMERS, &retyped).is_err());
+    let required = with(&|x| {
+        x["fields"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({"name": "email", "type": "email", "required": true}))
+    })
+    .unwrap();
+    assert!(
+        v.update_collection(&fx.admin, CUSTOMERS, &required)
+            .is_err()
+    );
+    assert!(
+        v.update_collection(&fx.clerk, CUSTOMERS, &required)
+            .is_err()
+    );
+
+    // Accepted: retire card_number, add an optional email.
+    for f in file["fields"].as_array_mut().unwrap() {
+        if f["name"] == "card_number" {
+            f["retired"] = json!(true);
+        }
+    }
+    file["fields"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"name": "email", "type": "email"}));
+    let next = Schema::from_json(&file.to_string()).unwrap();
+    v.update_collection(&fx.admin, CUSTOMERS, &next).unwrap();
+
+    // The stored record still holds its card number (masked as before).
+    let view = v.get_record(&fx.clerk, old, &[], None).unwrap();
+    assert_eq!(view.fields["card_number"], "**** **** **** 1111");
+    // No new value for a retired field; the new field works.
+    let e = v
+        .put_record(
+            &fx.clerk,
+            CUSTOMERS,
+            vault_core::ids::SubjectId::new(),
+            &json!({ "given_name": "Bea", "family_name": "Ames", "card_number": "4111 1111 1111 1111" }),
+        )
+        .unwrap_err();
+    assert!(e.to_string().contains("retired"), "{e}");
+    assert!(!e.to_string().contains("4111"), "{e}");
+    v.put_record(
+        &fx.clerk,
+        CUSTOMERS,
+        vault_core::ids::SubjectId::new(),
+        &json!({ "given_name": "Bea", "family_name": "Ames", "email": "bea@example.com" }),
+    )
+    .unwrap();
+    // At its next update the old record drops the retired field and keeps the rest.
+    v.patch_record(&fx.clerk, old, &json!({ "email": "ada@example.com" }))
+        .unwrap();
+    let view = v
+        .get_record(&fx.officer, old, &["ssn"], Some("schema check"))
+        .unwrap();
+    assert!(
+        view.fields.get("card_number").is_none(),
+        "{:?}",
+        view.fields
+    );
+    assert_eq!(view.fields["ssn"], "219-09-9998");
+    assert_eq!(view.fields["email"], "ada@example.com");
+    let history = v.record_history(&fx.clerk, old).unwrap();
+    assert_eq!(history[1].fields, vec!["card_number", "email"]);
+}
