@@ -615,15 +615,7 @@ fn command(cli: &Cli, out: &Out, r: &Remote) -> anyhow::Result<u8> {
         },
         Command::Collection(c) => match c {
             CollectionCmd::Update { name, schema } => {
-                let text = std::fs::read_to_string(schema)
-                    .with_context(|| format!("cannot read {}", schema.display()))?;
-                let schema: Value = serde_json::from_str(&text).map_err(|e| {
-                    vault_core::Error::InvalidInput(format!(
-                        "malformed schema JSON at line {} column {}",
-                        e.line(),
-                        e.column()
-                    ))
-                })?;
+                let schema = crate::read_json(schema)?;
                 let v = r.call(
                     "PUT",
                     &format!("/v1/collections/{}", url_part(name)),
@@ -638,15 +630,7 @@ fn command(cli: &Cli, out: &Out, r: &Remote) -> anyhow::Result<u8> {
                 });
             }
             CollectionCmd::Create { name, schema } => {
-                let text = std::fs::read_to_string(schema)
-                    .with_context(|| format!("cannot read {}", schema.display()))?;
-                let schema: Value = serde_json::from_str(&text).map_err(|e| {
-                    vault_core::Error::InvalidInput(format!(
-                        "malformed schema JSON at line {} column {}",
-                        e.line(),
-                        e.column()
-                    ))
-                })?;
+                let schema = crate::read_json(schema)?;
                 let v = r.post("/v1/collections", json!({ "name": name, "schema": schema }))?;
                 let (n, f) = (
                     v["collection"].as_str().unwrap_or_default().to_owned(),

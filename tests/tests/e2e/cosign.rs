@@ -592,26 +592,8 @@ fn an_auditor_validates_the_only_officers_certificate_and_cosignatures_survive()
     let fx = common::fast_vault(&tmp.path().join("vault"));
     let key = contractor_key(33);
     register(&fx, "contractor", &key);
-    // The officer disposes (operator); the contractor co-signs the draft.
-    let id = fx
-        .vault
-        .put_record(&fx.clerk, CUSTOMERS, SubjectId::new(), &customer(7))
-        .unwrap();
-    let o = fx
-        .vault
-        .dispose(
-            &fx.officer,
-            &DisposalRequest {
-                scope: DisposalScope::Record(id),
-                parties: DisposalParties {
-                    data_owner: "Example Retail LLC".into(),
-                    ..DisposalParties::default()
-                },
-                dry_run: false,
-            },
-        )
-        .unwrap();
-    let cert_id = o.certificate_id.unwrap();
+    // The officer disposes (the operator).
+    let (_, cert_id) = dispose_one(&fx, &fx.officer, 7);
     assert!(
         fx.vault
             .validate_certificate(&fx.officer, cert_id, None)
