@@ -57,8 +57,14 @@ fn exchange(
     } else if method != "GET" && method != "DELETE" {
         head.push_str("Content-Length: 0\r\n");
     }
-    // The bearer token goes into its own buffer, wiped after the write.
-    let mut request = zeroize::Zeroizing::new(head.into_bytes());
+    // The bearer token goes into its own buffer, wiped after the write;
+    // sized up front so that no reallocation leaves a copy behind.
+    let size = head.len()
+        + auth.map_or(0, |a| a.expose().len() + 17)
+        + 2
+        + body.as_ref().map_or(0, |(b, _)| b.len());
+    let mut request = zeroize::Zeroizing::new(Vec::with_capacity(size));
+    request.extend_from_slice(head.as_bytes());
     if let Some(a) = auth {
         request.extend_from_slice(b"Authorization: ");
         request.extend_from_slice(a.expose().as_bytes());
