@@ -46,16 +46,36 @@ fn clerk_file(dir: &Path, name: &str, text: &str, clerk: Option<(u32, u32)>) -> 
     p
 }
 
+/// The `pivault` binary where the clerk's OS user can run it: the build
+/// directory may sit under a home only its owner enters (`/root`), so the
+/// binary is linked (or copied) into a directory everyone may enter, which
+/// is removed when the returned guard drops.
+fn clerk_binary(clerk: Option<(u32, u32)>) -> (Option<tempfile::TempDir>, PathBuf) {
+    if clerk.is_none() {
+        return (None, cli::pivault_bin());
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let to = dir.path().join("pivault");
+    let from = cli::pivault_bin();
+    if std::fs::hard_link(&from, &to).is_err() {
+        std::fs::copy(&from, &to).expect("copy pivault for the clerk");
+    }
+    std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o755)).unwrap();
+    (Some(dir), to)
+}
+
 /// `pivault ARGS` as the clerk: their OS user, their password file, the
 /// socket, and no passphrase anywhere in the environment.
 fn as_clerk(
+    bin: &Path,
     home: &Path,
     socket: &Path,
     clerk: Option<(u32, u32)>,
     env: &[(&str, &Path)],
     args: &[&str],
 ) -> Run {
-    let mut c = Command::new(cli::pivault_bin());
+    let mut c = Command::new(bin);
     for (k, _) in std::env::vars() {
         if k.starts_with("PIVAULT_") {
             c.env_remove(k);
@@ -86,6 +106,7 @@ fn as_clerk(
 #[test]
 fn a_clerk_without_the_passphrase_works_through_the_socket_and_is_audited_by_os_user() {
     let clerk = clerk_uid();
+    let (_bin_dir, bin) = clerk_binary(clerk);
     // The socket lives in a directory the clerk may enter; its group is the
     // clerk's group, mode 0660: the clerk connects as a group member.
     let run_dir = tempfile::tempdir().expect("tempdir");
@@ -120,6 +141,7 @@ fn a_clerk_without_the_passphrase_works_through_the_socket_and_is_audited_by_os_
     let pass = srv.vault_dir.parent().unwrap().join("passphrase");
     if clerk.is_some() {
         let r = as_clerk(
+            &bin,
             home,
             &socket,
             clerk,
@@ -135,6 +157,7 @@ fn a_clerk_without_the_passphrase_works_through_the_socket_and_is_audited_by_os_
 
     // Store, read, update: no passphrase, no TLS set-up.
     let put = as_clerk(
+        &bin,
         home,
         &socket,
         clerk,
@@ -153,7 +176,14 @@ fn a_clerk_without_the_passphrase_works_through_the_socket_and_is_audited_by_os_
         .as_str()
         .expect("record_id")
         .to_owned();
-    let get = as_clerk(home, &socket, clerk, &[], &["--json", "record", "get", &id]);
+    let get = as_clerk(
+        &bin,
+        home,
+        &socket,
+        clerk,
+        &[],
+        &["--json", "record", "get", &id],
+    );
     get.ok();
     assert_eq!(get.json()["fields"]["given_name"], "Ada", "{}", get.stdout);
     assert!(
@@ -161,6 +191,7 @@ fn a_clerk_without_the_passphrase_works_through_the_socket_and_is_audited_by_os_
         "a clerk sees the SSN masked"
     );
     as_clerk(
+        &bin,
         home,
         &socket,
         clerk,
@@ -176,12 +207,13 @@ fn a_clerk_without_the_passphrase_works_through_the_socket_and_is_audited_by_os_
     )
     .ok();
     // A login token (0600, the clerk's) makes later commands password-free.
-    as_clerk(home, &socket, clerk, &[], &["login"]).ok();
-    let who = as_clerk(home, &socket, clerk, &[], &["--json", "whoami"]);
+    as_clerk(&bin, home, &socket, clerk, &[], &["login"]).ok();
+    let who = as_clerk(&bin, home, &socket, clerk, &[], &["--json", "whoami"]);
     who.ok();
     assert_eq!(who.json()["username"], "clerk", "{}", who.stdout);
     assert_eq!(who.json()["role"], "clerk", "{}", who.stdout);
     let get = as_clerk(
+        &bin,
         home,
         &socket,
         clerk,
@@ -193,8 +225,17 @@ fn a_clerk_without_the_passphrase_works_through_the_socket_and_is_audited_by_os_
     // A stale token (expired, revoked): with a password file the command
     // logs in afresh and runs once more; without one, it says what to do.
     clerk_file(home, "token", "not-a-valid-token", clerk);
-    as_clerk(home, &socket, clerk, &[], &["--json", "record", "get", &id]).ok();
+    as_clerk(
+        &bin,
+        home,
+        &socket,
+        clerk,
+        &[],
+        &["--json", "record", "get", &id],
+    )
+    .ok();
     let r = as_clerk(
+        &bin,
         home,
         &socket,
         clerk,
@@ -207,7 +248,7 @@ fn a_clerk_without_the_passphrase_works_through_the_socket_and_is_audited_by_os_
         "{}",
         r.stderr
     );
-    as_clerk(home, &socket, clerk, &[], &["login"]).ok();
+    as_clerk(&bin, home, &socket, clerk, &[], &["login"]).ok();
 
     // The audit trail names the OS user (from the kernel) and the vault user.
     let token = srv.token("auditor");
@@ -274,7 +315,14 @@ fn a_clerk_without_the_passphrase_works_through_the_socket_and_is_audited_by_os_
     // (exit 17, nothing done) and says what to do.
     let closed_mode = if clerk.is_some() { 0o600 } else { 0o000 };
     std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(closed_mode)).unwrap();
-    let r = as_clerk(home, &socket, clerk, &[], &["--json", "record", "get", &id]);
+    let r = as_clerk(
+        &bin,
+        home,
+        &socket,
+        clerk,
+        &[],
+        &["--json", "record", "get", &id],
+    );
     r.code(17);
     assert!(r.stderr.contains("permission denied"), "{}", r.stderr);
     assert!(r.stderr.contains("group"), "{}", r.stderr);
@@ -282,6 +330,7 @@ fn a_clerk_without_the_passphrase_works_through_the_socket_and_is_audited_by_os_
 
     // No server at all: exit 17 and the way forward, for staff and custodian.
     let r = as_clerk(
+        &bin,
         home,
         &run_dir.path().join("absent.sock"),
         clerk,
