@@ -8,14 +8,14 @@ use std::sync::atomic::Ordering;
 use super::*;
 
 impl Vault {
-    pub(crate) fn user_row(&self, id: UserId) -> Result<Option<UserRow>> {
+    pub(super) fn user_row(&self, id: UserId) -> Result<Option<UserRow>> {
         self.store
             .get(store::CF_USERS, id.as_bytes())?
             .map(|b| serde_json::from_slice(&b).map_err(|_| Error::Integrity("user row")))
             .transpose()
     }
 
-    pub(crate) fn put_user_row(&self, row: &UserRow) -> Result<()> {
+    pub(super) fn put_user_row(&self, row: &UserRow) -> Result<()> {
         let id: UserId = row.id.parse()?;
         self.store.put(
             store::CF_USERS,
@@ -24,7 +24,7 @@ impl Vault {
         )
     }
 
-    pub(crate) fn user_by_name(&self, name: &Username) -> Result<Option<UserRow>> {
+    pub(super) fn user_by_name(&self, name: &Username) -> Result<Option<UserRow>> {
         match self
             .store
             .get(store::CF_USERNAMES, name.as_str().as_bytes())?
@@ -34,7 +34,7 @@ impl Vault {
         }
     }
 
-    pub(crate) fn recount_officers(&self) -> Result<()> {
+    pub(super) fn recount_officers(&self) -> Result<()> {
         let n = self
             .all_user_rows()?
             .iter()
@@ -44,7 +44,7 @@ impl Vault {
         Ok(())
     }
 
-    pub(crate) fn all_user_rows(&self) -> Result<Vec<UserRow>> {
+    pub(super) fn all_user_rows(&self) -> Result<Vec<UserRow>> {
         self.store
             .scan_prefix(store::CF_USERS, &[])?
             .into_iter()
@@ -52,7 +52,7 @@ impl Vault {
             .collect()
     }
 
-    pub(crate) fn insert_user(
+    pub(super) fn insert_user(
         &self,
         name: &Username,
         password: &SecretString,
@@ -226,7 +226,7 @@ impl Vault {
     }
 
     /// The throttle state of a login source (`tag` from [`access::source_tag`]).
-    pub(crate) fn source_row(&self, tag: &[u8; 16]) -> Result<access::SourceRow> {
+    pub(super) fn source_row(&self, tag: &[u8; 16]) -> Result<access::SourceRow> {
         Ok(self
             .store
             .get(store::CF_META, &source_key(tag))?
@@ -235,7 +235,7 @@ impl Vault {
     }
 
     /// Records one failed login from a source (caller holds `users_lock`).
-    pub(crate) fn note_source_failure(&self, tag: &[u8; 16], now: i64) -> Result<()> {
+    pub(super) fn note_source_failure(&self, tag: &[u8; 16], now: i64) -> Result<()> {
         let next = self.source_row(tag)?.fail(&self.opts.lockout, now);
         self.store.put(
             store::CF_META,
@@ -248,7 +248,7 @@ impl Vault {
     /// account: once per source since the last successful login, so only
     /// failures from `max_failures` distinct sources lock it. Returns the
     /// end of the lock when this failure locks the account.
-    pub(crate) fn count_account_failure(
+    pub(super) fn count_account_failure(
         &self,
         row: &mut UserRow,
         tag: &[u8; 16],
@@ -353,7 +353,7 @@ impl Vault {
     /// The user row for `authorize`: from the cache while no user row has
     /// been written since it was read, else from the store. The cached copy
     /// carries no password hash.
-    pub(crate) fn session_user(&self, id: UserId) -> Result<Option<Arc<UserRow>>> {
+    pub(super) fn session_user(&self, id: UserId) -> Result<Option<Arc<UserRow>>> {
         let generation = self.store.users_generation();
         if let Some(row) = GenCache::get(&self.user_cache, generation, &id) {
             return Ok(Some(row));
@@ -373,7 +373,7 @@ impl Vault {
     /// The user row comes from an in-memory cache that any write to a user
     /// row invalidates (see [`GenCache`]), so disabling a user or changing
     /// their role or password still stops their sessions at the next call.
-    pub(crate) fn authorize(&self, s: &Session, perm: Option<Permission>) -> Result<Arc<UserRow>> {
+    pub(super) fn authorize(&self, s: &Session, perm: Option<Permission>) -> Result<Arc<UserRow>> {
         let row = self.session_user(s.user)?.ok_or(Error::SessionInvalid)?;
         if row.disabled || row.generation != s.generation {
             self.audit(
@@ -539,7 +539,7 @@ impl Vault {
         })
     }
 
-    pub(crate) fn change_user(
+    pub(super) fn change_user(
         &self,
         s: &Session,
         username: &str,
@@ -551,7 +551,7 @@ impl Vault {
     }
 
     /// [`Vault::change_user`] for a caller already authorised.
-    pub(crate) fn change_user_as(
+    pub(super) fn change_user_as(
         &self,
         s: &Session,
         username: &str,
@@ -586,7 +586,7 @@ impl Vault {
     /// Refuses a change that would leave the vault without an active admin
     /// or an active officer (`row` is the target before the change;
     /// `disable` or the new role says what happens to it).
-    pub(crate) fn check_last_of_role(
+    pub(super) fn check_last_of_role(
         &self,
         row: &UserRow,
         disable: bool,
@@ -755,7 +755,7 @@ impl Vault {
         self.write_password(s, &name, new)
     }
 
-    pub(crate) fn write_password(
+    pub(super) fn write_password(
         &self,
         s: &Session,
         name: &Username,

@@ -352,8 +352,24 @@ impl
 
 /// The login name of an OS user from `/etc/passwd` (names only: printable
 /// ASCII without spaces or parentheses, at most 32 characters, so that the
-/// audit source stays a token).
+/// audit source stays a token). Looked up once per uid and kept for the
+/// server's life: every request on the socket names its OS user, and
+/// reading `/etc/passwd` for each would put file I/O on the request path.
 pub fn os_user_name(uid: u32) -> Option<String> {
+    static NAMES: OnceLock<Mutex<HashMap<u32, Option<String>>>> = OnceLock::new();
+    let names = NAMES.get_or_init(Default::default);
+    if let Some(n) = names.lock().expect("names lock").get(&uid) {
+        return n.clone();
+    }
+    let found = read_os_user_name(uid);
+    names
+        .lock()
+        .expect("names lock")
+        .insert(uid, found.clone());
+    found
+}
+
+fn read_os_user_name(uid: u32) -> Option<String> {
     let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
     passwd.lines().find_map(|l| {
         let mut f = l.split(':');
