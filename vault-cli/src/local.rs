@@ -35,8 +35,37 @@ pub fn call(
     auth: Option<&SecretString>,
     body: Option<(Vec<u8>, &str)>,
 ) -> Result<(u16, String, String), Failure> {
+    check_socket_dir(socket).map_err(Failure::Connect)?;
     let stream = UnixStream::connect(socket).map_err(Failure::Connect)?;
     exchange(stream, method, path, auth, body).map_err(Failure::Exchange)
+}
+
+/// The client sends its password or token to whatever answers on the
+/// socket path, so the path must be one only the server's side can create:
+/// a directory that group or others may write (`/tmp`, even with its sticky
+/// bit) would let any local user put a fake server there first and collect
+/// staff passwords. Like ssh's `StrictModes`, such a socket is refused.
+fn check_socket_dir(socket: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = match socket.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let mode = std::fs::metadata(dir)?.permissions().mode();
+    if mode & 0o022 != 0 {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            format!(
+                "the socket's directory {} is writable by other users (mode {:04o}), so anyone \
+                 could put a fake server there to collect passwords: refusing to connect. The \
+                 custodian should use a directory only the service account can write, such as \
+                 /run/pivault",
+                dir.display(),
+                mode & 0o7777
+            ),
+        ));
+    }
+    Ok(())
 }
 
 fn exchange(
@@ -157,6 +186,7 @@ pub fn explain(socket: &Path, e: &std::io::Error) -> String {
              (ask the vault's custodian to start it, or set PIVAULT_SOCKET to its socket). \
              Only the custodian opens the vault directory directly, with PIVAULT_PASSPHRASE_FILE"
         ),
+        PermissionDenied if e.get_ref().is_some() => e.to_string(),
         PermissionDenied => format!(
             "you may not connect to {s} (permission denied): \
              ask the vault's custodian to add you to the socket's group"

@@ -362,10 +362,7 @@ pub fn os_user_name(uid: u32) -> Option<String> {
         return n.clone();
     }
     let found = read_os_user_name(uid);
-    names
-        .lock()
-        .expect("names lock")
-        .insert(uid, found.clone());
+    names.lock().expect("names lock").insert(uid, found.clone());
     found
 }
 

@@ -328,6 +328,21 @@ fn a_clerk_without_the_passphrase_works_through_the_socket_and_is_audited_by_os_
     assert!(r.stderr.contains("group"), "{}", r.stderr);
     std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o660)).unwrap();
 
+    // A socket in a directory others may write (where anyone could have put
+    // a fake server) is refused before the password is sent.
+    let open_dir = tempfile::tempdir().expect("tempdir");
+    std::fs::set_permissions(open_dir.path(), std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let r = as_clerk(
+        &bin,
+        home,
+        &open_dir.path().join("pivault.sock"),
+        clerk,
+        &[],
+        &["record", "get", &id],
+    );
+    r.code(17);
+    assert!(r.stderr.contains("writable by other users"), "{}", r.stderr);
+
     // No server at all: exit 17 and the way forward, for staff and custodian.
     let r = as_clerk(
         &bin,
