@@ -351,6 +351,7 @@ impl Vault {
                         locked_until_ms: None,
                         generation: 0,
                         failure_sources: Vec::new(),
+                        service: false,
                     };
                     self.put_user_row(&row)?;
                     self.store.put(
