@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use serde_json::json;
 use vault_core::access::Role;
 use vault_core::audit::EventFilter;
+use vault_core::clock::Clock;
 use vault_core::ids::SubjectId;
 use vault_core::secret::SecretString;
 use vault_core::vault::{Context, OpenOptions, RetentionPolicy, Vault};
@@ -336,4 +337,25 @@ fn no_call_with_the_old_token_succeeds_once_rotation_has_returned() {
     assert!(actions.contains(&"service.rotate"), "{actions:?}");
     let dump = format!("{evs:?}");
     assert!(!dump.contains(new.expose()) && !dump.contains(old.expose()));
+
+    // `doctor` lists it and its last use, and warns once it has been
+    // idle for 90 days (a credential no script needs any more).
+    let service_check = |vault: &Vault| {
+        vault_core::doctor::checks(vault, fx.clock.now_ms())
+            .unwrap()
+            .into_iter()
+            .find(|c| c.name == "service-accounts")
+            .expect("a service-accounts check")
+    };
+    let c = service_check(&vault);
+    assert_eq!(c.level, vault_core::doctor::Level::Ok, "{}", c.detail);
+    assert!(
+        c.detail.contains("nightly (retention-runner, last used 20"),
+        "{}",
+        c.detail
+    );
+    fx.clock.advance(91 * 86_400_000);
+    let c = service_check(&vault);
+    assert_eq!(c.level, vault_core::doctor::Level::Warn, "{}", c.detail);
+    assert!(c.detail.contains("unused for 90 days"), "{}", c.detail);
 }
