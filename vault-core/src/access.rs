@@ -323,6 +323,11 @@ pub(crate) struct UserRow {
     /// only long-lived tokens; never subject to the password lock-out.
     #[serde(default)]
     pub service: bool,
+    /// A service account's: who was shown its current token (at creation
+    /// or the last rotation). If that person is later disabled, the token
+    /// left with them: `doctor` says to rotate it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_issued_to: Option<String>,
 }
 
 /// What callers may see of a user.

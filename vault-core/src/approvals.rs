@@ -352,6 +352,7 @@ impl Vault {
                         generation: 0,
                         failure_sources: Vec::new(),
                         service: false,
+                        token_issued_to: None,
                     };
                     self.put_user_row(&row)?;
                     self.store.put(

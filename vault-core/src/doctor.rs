@@ -274,6 +274,11 @@ fn service_check(vault: &Vault) -> Result<Check> {
         ));
     }
     let mut idle = 0;
+    let orphaned: Vec<&str> = active
+        .iter()
+        .filter(|a| a.issuer_disabled)
+        .map(|a| a.username.as_str())
+        .collect();
     let list: Vec<String> = active
         .iter()
         .map(|a| {
@@ -291,7 +296,18 @@ fn service_check(vault: &Vault) -> Result<Check> {
         })
         .collect();
     let detail = format!("{} active: {}", active.len(), list.join(", "));
-    Ok(if idle > 0 {
+    Ok(if !orphaned.is_empty() {
+        // 17.03(2)(e): a terminated employee's access ends; a token they
+        // were shown is access they may still hold.
+        check(
+            "service-accounts",
+            Level::Fail,
+            format!(
+                "{detail}; the token of {} was issued to a user now disabled: rotate it (pivault service rotate NAME)",
+                orphaned.join(", ")
+            ),
+        )
+    } else if idle > 0 {
         check(
             "service-accounts",
             Level::Warn,

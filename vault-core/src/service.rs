@@ -37,6 +37,10 @@ pub struct ServiceAccount {
     pub last_used_ms: Option<i64>,
     /// Whether it has a token that can still be used.
     pub has_token: bool,
+    /// Who was shown its current token (creation or last rotation).
+    pub token_issued_to: Option<UserId>,
+    /// That person is disabled now (left the business): rotate the token.
+    pub issuer_disabled: bool,
 }
 
 /// The token bucket of one service token.
@@ -87,6 +91,7 @@ impl Vault {
                 generation: 0,
                 failure_sources: Vec::new(),
                 service: true,
+                token_issued_to: Some(s.user.to_string()),
             };
             self.put_user_row(&row)?;
             self.store
@@ -142,6 +147,7 @@ impl Vault {
             let before = row.clone();
             let old = self.service_token_keys(&row.id)?;
             row.generation += 1;
+            row.token_issued_to = Some(s.user.to_string());
             self.put_user_row(&row)?;
             let (token, key) = self.store_service_token(row.id.parse()?, row.generation)?;
             Ok((before, old, token, key))
@@ -217,8 +223,10 @@ impl Vault {
             .into_iter()
             .filter_map(|(_, v)| serde_json::from_slice(&v).ok())
             .collect();
+        let users = self.all_user_rows()?;
+        let disabled = |id: &str| users.iter().any(|u| u.id == id && u.disabled);
         let mut out = Vec::new();
-        for row in self.all_user_rows()?.into_iter().filter(|r| r.service) {
+        for row in users.iter().filter(|r| r.service) {
             let mine = || {
                 sessions
                     .iter()
@@ -238,6 +246,8 @@ impl Vault {
                     .filter(|&t| t > 0)
                     .max(),
                 has_token: !row.disabled && mine().iter().any(|t| t.generation == row.generation),
+                token_issued_to: row.token_issued_to.as_deref().map(str::parse).transpose()?,
+                issuer_disabled: row.token_issued_to.as_deref().is_some_and(disabled),
             });
         }
         out.sort_by(|a, b| a.username.as_str().cmp(b.username.as_str()));

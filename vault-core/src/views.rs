@@ -41,6 +41,8 @@ pub fn service_account(a: &crate::vault::ServiceAccount) -> Value {
         "state": match a.state { UserState::Active => "active", UserState::Disabled => "revoked" },
         "created": format_ms(a.created_ms), "last_used": a.last_used_ms.map(format_ms),
         "has_token": a.has_token,
+        "token_issued_to": a.token_issued_to.map(|u| u.to_string()),
+        "issuer_disabled": a.issuer_disabled,
     })
 }
 

@@ -358,4 +358,27 @@ fn no_call_with_the_old_token_succeeds_once_rotation_has_returned() {
     let c = service_check(&vault);
     assert_eq!(c.level, vault_core::doctor::Level::Warn, "{}", c.detail);
     assert!(c.detail.contains("unused for 90 days"), "{}", c.detail);
+
+    // A terminated employee: the token left with the officer who was
+    // shown it. `doctor` fails until someone else rotates it.
+    let pw = SecretString::from("Second-officer-Quartz-88");
+    let request = match vault.add_user(&fx.admin, "officer2", &pw, Role::Officer, false) {
+        Err(vault_core::Error::ApprovalRequired { request }) => request,
+        other => panic!("a second officer waits for approval: {other:?}"),
+    };
+    vault.approve_request(&fx.officer, &request).unwrap();
+    let second = vault.login("officer2", &pw, Context::cli()).unwrap();
+    vault.rotate_service_token(&second, "nightly").unwrap();
+    vault.disable_user(&fx.admin, "officer2").unwrap();
+    let c = service_check(&vault);
+    assert_eq!(c.level, vault_core::doctor::Level::Fail, "{}", c.detail);
+    assert!(
+        c.detail
+            .contains("nightly was issued to a user now disabled"),
+        "{}",
+        c.detail
+    );
+    vault.rotate_service_token(&fx.officer, "nightly").unwrap();
+    let c = service_check(&vault);
+    assert_ne!(c.level, vault_core::doctor::Level::Fail, "{}", c.detail);
 }
