@@ -354,6 +354,27 @@ pub struct UserInfo {
 }
 
 impl UserRow {
+    /// A fresh, active account: no logins, no failures, generation 0.
+    pub fn new(id: UserId, username: &str, role: &str, password_phc: String, now_ms: i64) -> Self {
+        UserRow {
+            id: id.to_string(),
+            username: username.to_owned(),
+            role: role.to_owned(),
+            disabled: false,
+            reveal: false,
+            password_phc,
+            created_ms: now_ms,
+            last_login_ms: None,
+            failures: 0,
+            lockouts: 0,
+            locked_until_ms: None,
+            generation: 0,
+            failure_sources: Vec::new(),
+            service: false,
+            token_issued_to: None,
+        }
+    }
+
     pub fn info(&self, now_ms: i64) -> Result<UserInfo> {
         Ok(UserInfo {
             id: self.id.parse()?,

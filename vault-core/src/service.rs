@@ -76,22 +76,11 @@ impl Vault {
                 return Err(Error::AlreadyExists("username"));
             }
             let id = UserId::new();
+            // No password hash: nothing verifies against an empty PHC.
             let row = UserRow {
-                id: id.to_string(),
-                username: name.as_str().to_owned(),
-                role: role.as_str().to_owned(),
-                disabled: false,
-                reveal: false,
-                password_phc: String::new(),
-                created_ms: self.now(),
-                last_login_ms: None,
-                failures: 0,
-                lockouts: 0,
-                locked_until_ms: None,
-                generation: 0,
-                failure_sources: Vec::new(),
                 service: true,
                 token_issued_to: Some(s.user.to_string()),
+                ..UserRow::new(id, name.as_str(), role.as_str(), String::new(), self.now())
             };
             self.put_user_row(&row)?;
             self.store

@@ -66,21 +66,14 @@ impl Vault {
         }
         let id = UserId::new();
         let row = UserRow {
-            id: id.to_string(),
-            username: name.as_str().to_owned(),
-            role: role.as_str().to_owned(),
-            disabled: false,
             reveal,
-            password_phc: access::hash_password(password)?,
-            created_ms: self.now(),
-            last_login_ms: None,
-            failures: 0,
-            lockouts: 0,
-            locked_until_ms: None,
-            generation: 0,
-            failure_sources: Vec::new(),
-            service: false,
-            token_issued_to: None,
+            ..UserRow::new(
+                id,
+                name.as_str(),
+                role.as_str(),
+                access::hash_password(password)?,
+                self.now(),
+            )
         };
         self.put_user_row(&row)?;
         self.store

@@ -43,8 +43,11 @@ fn login_remembers_server_user_and_ca_and_later_commands_need_none() {
     let home = home_dir.path();
     let secrets = tempfile::tempdir().unwrap();
     let cert = srv.cert.to_str().unwrap().to_owned();
+    for user in ["clerk", "officer", "auditor"] {
+        password_file(secrets.path(), user);
+    }
     let login = |user: &str, profile: Option<&str>| {
-        let pw = password_file(secrets.path(), user);
+        let pw = secrets.path().join(format!("{user}.pw"));
         let mut args = vec![
             "--json",
             "--server",
@@ -114,29 +117,10 @@ fn login_remembers_server_user_and_ca_and_later_commands_need_none() {
     assert!(r.stderr.contains("no profile nope"), "{}", r.stderr);
 
     // Concurrent logins into different profiles: every one survives.
-    password_file(secrets.path(), "auditor");
-    let login_again = |profile: String| {
-        let pw = secrets.path().join("auditor.pw");
-        let args = [
-            "--json",
-            "--server",
-            srv.base.as_str(),
-            "--ca-cert",
-            cert.as_str(),
-            "--user",
-            "auditor",
-            "--password-file",
-            pw.to_str().unwrap(),
-            "--profile",
-            profile.as_str(),
-            "login",
-        ];
-        run(home, &args).ok();
-    };
     std::thread::scope(|s| {
         for n in 0..4 {
-            let login_again = &login_again;
-            s.spawn(move || login_again(format!("p{n}")));
+            let login = &login;
+            s.spawn(move || login("auditor", Some(&format!("p{n}"))));
         }
     });
     let list = run(home, &["--json", "profile", "list"]).json();
