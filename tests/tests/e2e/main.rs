@@ -22,4 +22,5 @@ mod purge_controls;
 mod regressions;
 mod server;
 mod server_concurrency;
+mod server_hostile;
 mod spreadsheet;
