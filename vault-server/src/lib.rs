@@ -87,6 +87,10 @@ pub struct Limits {
     /// keep-alive connection may sit idle between requests; also bounds
     /// the TLS handshake.
     pub header_timeout: Duration,
+    /// Free bytes the vault's file system must keep: below, the server
+    /// refuses new work with 503 `disk_low` and `/readyz` answers 503,
+    /// before an audit append can fail (0: no guard).
+    pub min_free_bytes: u64,
 }
 
 impl Default for Limits {
@@ -111,6 +115,7 @@ impl Default for Limits {
             body_budget: 256 << 20,
             max_connections: 1024,
             header_timeout: Duration::from_secs(10),
+            min_free_bytes: 64 << 20,
         }
     }
 }
@@ -129,6 +134,7 @@ pub struct App {
     body_budget: Arc<Semaphore>,
     refusals: Refusals,
     draining: AtomicBool,
+    disk_low: AtomicBool,
 }
 
 impl std::fmt::Debug for App {
@@ -165,6 +171,7 @@ impl App {
             )),
             refusals: Refusals::default(),
             draining: AtomicBool::new(false),
+            disk_low: AtomicBool::new(false),
             vault,
             limits,
         }))
@@ -173,6 +180,35 @@ impl App {
     /// Marks the server as shutting down: `/readyz` answers 503.
     pub fn drain(&self) {
         self.draining.store(true, Ordering::SeqCst);
+    }
+
+    /// Checks the free space of the vault's file system against
+    /// [`Limits::min_free_bytes`] (run every few seconds, and at start):
+    /// below it the server refuses new work until space is freed. Returns
+    /// whether the disk is low. A failed check (unknown free space) counts
+    /// as enough, so that an odd file system never stops the server.
+    pub fn check_disk(&self) -> bool {
+        let min = self.limits.min_free_bytes;
+        let low = min > 0
+            && rustix::fs::statvfs(self.vault.dir())
+                .is_ok_and(|st| st.f_bavail.saturating_mul(st.f_frsize) < min);
+        let was = self.disk_low.swap(low, Ordering::SeqCst);
+        if low != was {
+            eprintln!(
+                "pivault-server: {}",
+                if low {
+                    "the vault's disk is nearly full: refusing new work (503 disk_low) until space is freed"
+                } else {
+                    "the vault's disk has room again: serving"
+                }
+            );
+        }
+        low
+    }
+
+    /// Whether the last disk check found too little free space.
+    pub fn is_disk_low(&self) -> bool {
+        self.disk_low.load(Ordering::SeqCst)
     }
 
     /// The server's limits.
@@ -694,6 +730,11 @@ async fn frame(
     let (mut resp, close) =
         if let (false, Err(wait)) = (health, app.request_buckets.take(SourceKey::from(peer))) {
             (ApiError::rate_limited(wait).into_response(), has_body)
+        } else if !health && app.is_disk_low() {
+            // Before anything could write: answered (and counted in
+            // memory) while the disk is nearly full, so that the audit
+            // trail never runs out of room under the vault's feet.
+            (ApiError::disk_low().into_response(), has_body)
         } else if rc.route == "(unmatched)" {
             (
                 ApiError::from_status(StatusCode::NOT_FOUND).into_response(),
@@ -764,7 +805,7 @@ async fn frame(
     let code = resp.extensions().get::<problem::Code>().map(|c| c.0);
     if !health && !rc.audited.load(Ordering::SeqCst) {
         let status = resp.status().as_u16();
-        if rc.actor.get().is_none() && is_aggregated_refusal(status) {
+        if rc.actor.get().is_none() && (is_aggregated_refusal(status) || code == Some("disk_low")) {
             // Unauthenticated refusals are counted, per source and minute,
             // and audited as one `http.refused` event each minute: a flood
             // cannot fill the disk with one event per request.

@@ -94,6 +94,11 @@ struct Args {
     /// idle between requests.
     #[arg(long, default_value_t = 10, value_name = "SECS")]
     header_timeout_secs: u64,
+    /// Free space the vault's file system must keep, MiB: below it the
+    /// server refuses new work (503 disk_low) and /readyz answers not
+    /// ready, before an audit write could fail; 0 turns the guard off.
+    #[arg(long, default_value_t = 64, value_name = "MIB")]
+    min_free_mib: u64,
     /// Hours between maintenance ratchets (old keys of updated records and
     /// orphaned keys destroyed by rotation, ratchet and purge); 0: off.
     #[arg(long, default_value_t = 24, value_name = "HOURS")]
@@ -300,6 +305,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         body_budget: args.body_budget_mib.saturating_mul(1 << 20),
         max_connections: args.max_connections.max(1),
         header_timeout: Duration::from_secs(args.header_timeout_secs.max(1)),
+        min_free_bytes: args.min_free_mib.saturating_mul(1 << 20),
         ..defaults
     };
     let app = App::new(vault, limits).context("cannot start the vault worker threads")?;
@@ -317,6 +323,8 @@ fn run(args: Args) -> anyhow::Result<()> {
         rt.spawn(checkpoint_timer(app.clone(), every));
     }
     rt.spawn(refusal_flush_timer(app.clone()));
+    app.check_disk();
+    rt.spawn(disk_guard_timer(app.clone()));
     if args.housekeeping_secs > 0 {
         let every = Duration::from_secs(args.housekeeping_secs);
         rt.spawn(backup_expiry_timer(app.clone(), every));
@@ -359,6 +367,20 @@ async fn refusal_flush_timer(app: Arc<App>) {
         }
         let a = app.clone();
         let _ = tokio::task::spawn_blocking(move || a.flush_refusals(false)).await;
+    }
+}
+
+/// Checks the vault's free disk space every 2 seconds.
+async fn disk_guard_timer(app: Arc<App>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(2));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if app.is_draining() {
+            return;
+        }
+        let a = app.clone();
+        let _ = tokio::task::spawn_blocking(move || a.check_disk()).await;
     }
 }
 

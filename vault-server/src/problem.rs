@@ -85,6 +85,17 @@ impl ApiError {
         self.server.get_or_insert_with(Default::default).request_id = Some(id.to_owned());
     }
 
+    /// The vault's disk is nearly full: no new work until space is freed.
+    pub fn disk_low() -> Self {
+        let mut e = Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "disk_low",
+            "the vault's disk is nearly full; the server takes no new work until space is freed",
+        );
+        e.retry_after = Some(60);
+        e
+    }
+
     /// A body over the route's limit.
     pub fn too_large() -> Self {
         Self::from_status(StatusCode::PAYLOAD_TOO_LARGE)

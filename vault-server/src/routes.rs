@@ -1650,6 +1650,9 @@ async fn readyz(State(app): State<Arc<App>>) -> Res {
     if app.draining.load(std::sync::atomic::Ordering::SeqCst) {
         return Err(ApiError::unavailable());
     }
+    if app.is_disk_low() {
+        return Err(ApiError::disk_low());
+    }
     ok(json!({ "status": "ready" }))
 }
 

@@ -42,7 +42,7 @@ pub(crate) struct Answer {
     content_type: String,
     request_id: String,
     cache_control: String,
-    retry_after: String,
+    pub(crate) retry_after: String,
     pub(crate) text: String,
 }
 
@@ -104,6 +104,11 @@ pub(crate) fn start_plain(extra: &[&str]) -> Server {
     let vault_dir = dir.path().join("vault");
     let fx = common::fast_vault(&vault_dir);
     fx.vault.close().expect("close fixture vault");
+    start_with(dir, vault_dir, PASSPHRASE, extra, false)
+}
+
+/// Like [`start_on`], plain HTTP on loopback.
+pub(crate) fn start_plain_on(dir: TempDir, vault_dir: PathBuf, extra: &[&str]) -> Server {
     start_with(dir, vault_dir, PASSPHRASE, extra, false)
 }
 

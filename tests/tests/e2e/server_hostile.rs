@@ -441,3 +441,116 @@ fn readyz_tells_nothing_but_readiness() {
     assert_eq!(a.status, 200, "{a:?}");
     assert_eq!(a.json(), serde_json::json!({ "status": "ready" }), "{a:?}");
 }
+
+/// A tmpfs mounted for a test, unmounted when dropped.
+struct SmallVolume(std::path::PathBuf);
+
+impl Drop for SmallVolume {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+/// Free bytes on the file system holding `p` (`df`).
+fn free_bytes(p: &Path) -> u64 {
+    let out = std::process::Command::new("df")
+        .args(["-B1", "--output=avail"])
+        .arg(p)
+        .output()
+        .expect("df");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .nth(1)
+        .and_then(|l| l.trim().parse().ok())
+        .expect("df output")
+}
+
+/// Polls `/readyz` until it answers `status` (the guard checks every 2 s).
+fn wait_ready(srv: &server::Server, status: u16) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let a = srv.call("GET", "/readyz", None, None);
+        if a.status == status {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "/readyz still answers {a:?}, waiting for {status}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// A vault on a 40 MB volume: it is created and served there (RocksDB's
+/// preallocations fit), and when the volume is nearly full the server
+/// refuses new work with 503 `disk_low` and `/readyz` says not ready,
+/// before an audit append could fail; freeing space brings it back.
+/// Needs root to mount a tmpfs; skipped, saying so, where that is refused.
+#[test]
+fn a_nearly_full_disk_stops_new_work_before_the_audit_trail_fails() {
+    let mount_dir = tempfile::tempdir().expect("tempdir");
+    let mnt = mount_dir.path().join("small");
+    std::fs::create_dir(&mnt).expect("mount point");
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=40m", "tmpfs"])
+        .arg(&mnt)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !mounted {
+        eprintln!(
+            "SKIPPED a_nearly_full_disk_stops_new_work_before_the_audit_trail_fails: \
+             cannot mount a tmpfs here (needs root)"
+        );
+        return;
+    }
+    let _volume = SmallVolume(mnt.clone());
+    let vault_dir = mnt.join("vault");
+    let fx = common::fast_vault(&vault_dir);
+    fx.vault.close().expect("close fixture vault");
+    let srv = server::start_plain_on(
+        tempfile::tempdir().expect("tempdir"),
+        vault_dir,
+        &["--no-access-log", "--min-free-mib", "8"],
+    );
+    wait_ready(&srv, 200);
+    let clerk = srv.token("clerk");
+    let body = serde_json::json!({ "collection": common::CUSTOMERS, "data": {
+        "given_name": "Ada", "family_name": "Quimby", "ssn": "123-45-6789" } });
+    let put = srv.call("POST", "/v1/records", Some(&clerk), Some(&body));
+    assert_eq!(put.status, 201, "{put:?}");
+    let id = put.json()["record_id"].as_str().expect("id").to_owned();
+    eprintln!(
+        "small volume: {} MiB free with the vault open",
+        free_bytes(&mnt) >> 20
+    );
+
+    // Fill the volume to 4 MiB free: under the 8 MiB guard.
+    let filler = mnt.join("filler");
+    {
+        let mut f = std::fs::File::create(&filler).expect("filler");
+        let chunk = vec![0u8; 1 << 20];
+        while free_bytes(&mnt) > 4 << 20 {
+            f.write_all(&chunk).expect("fill");
+            f.sync_all().expect("sync");
+        }
+    }
+    wait_ready(&srv, 503);
+    let ready = srv.call("GET", "/readyz", None, None);
+    assert_eq!(ready.json()["code"], "disk_low", "{ready:?}");
+    let a = srv.call("GET", &format!("/v1/records/{id}"), Some(&clerk), None);
+    assert_eq!(a.status, 503, "{a:?}");
+    assert_eq!(a.json()["code"], "disk_low", "{a:?}");
+    assert!(!a.retry_after.is_empty(), "Retry-After: {a:?}");
+
+    // Space freed: the server serves again.
+    std::fs::remove_file(&filler).expect("remove filler");
+    wait_ready(&srv, 200);
+    let a = srv.call("GET", &format!("/v1/records/{id}"), Some(&clerk), None);
+    assert_eq!(a.status, 200, "{a:?}");
+    let (status, _, _tmp) = srv.stop();
+    assert!(status.success(), "graceful stop: {status:?}");
+}
