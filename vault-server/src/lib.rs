@@ -91,6 +91,11 @@ pub struct Limits {
     /// refuses new work with 503 `disk_low` and `/readyz` answers 503,
     /// before an audit append can fail (0: no guard).
     pub min_free_bytes: u64,
+    /// Refused bearer tokens per source per minute (burst: half of it):
+    /// past it, requests from that source carrying a token are answered
+    /// 429 without a look-up. Each refused token is one audit event, so
+    /// this bounds what a stream of made-up tokens writes.
+    pub bad_tokens_per_minute: u32,
 }
 
 impl Default for Limits {
@@ -116,6 +121,7 @@ impl Default for Limits {
             max_connections: 1024,
             header_timeout: Duration::from_secs(10),
             min_free_bytes: 64 << 20,
+            bad_tokens_per_minute: 60,
         }
     }
 }
@@ -131,6 +137,7 @@ pub struct App {
     logins: Semaphore,
     login_buckets: RateLimiter,
     request_buckets: RateLimiter,
+    bad_token_buckets: RateLimiter,
     body_budget: Arc<Semaphore>,
     refusals: Refusals,
     draining: AtomicBool,
@@ -161,6 +168,10 @@ impl App {
             request_buckets: RateLimiter::new(
                 f64::from(limits.requests_per_second.max(1)),
                 f64::from(limits.requests_per_second.max(1)),
+            ),
+            bad_token_buckets: RateLimiter::new(
+                f64::from(limits.bad_tokens_per_minute.max(1)) / 60.0,
+                f64::from((limits.bad_tokens_per_minute / 2).max(1)),
             ),
             body_budget: Arc::new(Semaphore::new(
                 limits
@@ -726,6 +737,7 @@ async fn frame(
     let has_body =
         declared.is_some_and(|n| n > 0) || req.headers().contains_key(header::TRANSFER_ENCODING);
     let token = bearer_token(req.headers()).map(|t| SecretString::new(t.to_owned()));
+    let had_token = token.is_some();
 
     let (mut resp, close) =
         if let (false, Err(wait)) = (health, app.request_buckets.take(SourceKey::from(peer))) {
@@ -740,6 +752,14 @@ async fn frame(
                 ApiError::from_status(StatusCode::NOT_FOUND).into_response(),
                 has_body,
             )
+        } else if let (false, true, Err(wait)) = (
+            public,
+            had_token,
+            app.bad_token_buckets.peek(SourceKey::from(peer)),
+        ) {
+            // This source has sent too many refused tokens of late: no
+            // look-up (and no `auth.token` event) until its bucket refills.
+            (ApiError::rate_limited(wait).into_response(), has_body)
         } else if !public && token.is_none() {
             (ApiError::unauthenticated().into_response(), has_body)
         } else {
@@ -803,6 +823,11 @@ async fn frame(
         resp = public.into_response();
     }
     let code = resp.extensions().get::<problem::Code>().map(|c| c.0);
+    if had_token && !public && resp.status() == StatusCode::UNAUTHORIZED && rc.actor.get().is_none()
+    {
+        // A refused token (audited as `auth.token`): charge its source.
+        let _ = app.bad_token_buckets.take(SourceKey::from(peer));
+    }
     if !health && !rc.audited.load(Ordering::SeqCst) {
         let status = resp.status().as_u16();
         if rc.actor.get().is_none() && (is_aggregated_refusal(status) || code == Some("disk_low")) {

@@ -110,6 +110,22 @@ impl RateLimiter {
         r
     }
 
+    /// Whether `key` has a token left, without taking it.
+    pub(crate) fn peek(&self, key: SourceKey) -> Result<(), u64> {
+        let now = Instant::now();
+        let shard = &self.shards[(self.hasher.hash_one(key) as usize) % SHARDS];
+        let s = shard.lock().expect("rate limiter lock");
+        let Some((tokens, at)) = s.current.get(&key).or_else(|| s.previous.get(&key)) else {
+            return Ok(());
+        };
+        let tokens = (tokens + now.duration_since(*at).as_secs_f64() * self.rate).min(self.burst);
+        if tokens >= 1.0 {
+            Ok(())
+        } else {
+            Err(((1.0 - tokens) / self.rate).ceil().max(1.0) as u64)
+        }
+    }
+
     #[cfg(test)]
     fn buckets(&self) -> usize {
         self.shards

@@ -99,6 +99,11 @@ struct Args {
     /// ready, before an audit write could fail; 0 turns the guard off.
     #[arg(long, default_value_t = 64, value_name = "MIB")]
     min_free_mib: u64,
+    /// Refused bearer tokens per client address per minute; past it the
+    /// address's requests with a token get 429 until it slows down (each
+    /// refused token is an audit event).
+    #[arg(long, default_value_t = 60, value_name = "N")]
+    bad_tokens_per_minute: u32,
     /// Hours between maintenance ratchets (old keys of updated records and
     /// orphaned keys destroyed by rotation, ratchet and purge); 0: off.
     #[arg(long, default_value_t = 24, value_name = "HOURS")]
@@ -306,6 +311,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         max_connections: args.max_connections.max(1),
         header_timeout: Duration::from_secs(args.header_timeout_secs.max(1)),
         min_free_bytes: args.min_free_mib.saturating_mul(1 << 20),
+        bad_tokens_per_minute: args.bad_tokens_per_minute,
         ..defaults
     };
     let app = App::new(vault, limits).context("cannot start the vault worker threads")?;

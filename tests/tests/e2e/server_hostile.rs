@@ -156,6 +156,16 @@ fn unauthenticated_uploads_are_refused_before_their_body_is_read() {
 /// Sends `count` unauthenticated requests on one keep-alive connection,
 /// pipelined in batches; returns the answers by status.
 fn flood(addr: &str, count: u64, worker: u64) -> std::collections::BTreeMap<u16, u64> {
+    flood_with(addr, count, worker, "")
+}
+
+/// [`flood`] with `extra` header lines (each ending in CRLF) on every request.
+fn flood_with(
+    addr: &str,
+    count: u64,
+    worker: u64,
+    extra: &str,
+) -> std::collections::BTreeMap<u16, u64> {
     let mut seen = std::collections::BTreeMap::new();
     let mut sent = 0;
     let mut conn: Option<(TcpStream, BufReader<TcpStream>)> = None;
@@ -176,7 +186,9 @@ fn flood(addr: &str, count: u64, worker: u64) -> std::collections::BTreeMap<u16,
             } else {
                 "/v1/whoami"
             };
-            out.push_str(&format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n"));
+            out.push_str(&format!(
+                "GET {path} HTTP/1.1\r\nHost: localhost\r\n{extra}\r\n"
+            ));
         }
         w.write_all(out.as_bytes()).expect("send batch");
         let mut closed = false;
@@ -553,4 +565,70 @@ fn a_nearly_full_disk_stops_new_work_before_the_audit_trail_fails() {
     assert_eq!(a.status, 200, "{a:?}");
     let (status, _, _tmp) = srv.stop();
     assert!(status.success(), "graceful stop: {status:?}");
+}
+
+/// A stream of made-up bearer tokens: each refused token is one
+/// `auth.token` event (never two), and past `--bad-tokens-per-minute`
+/// (burst half of it) the source's token-carrying requests get 429 without
+/// a look-up, counted in the aggregated `http.refused` events; so the
+/// stream cannot fill the disk either.
+#[test]
+fn a_stream_of_made_up_tokens_is_throttled() {
+    let srv = server::start_plain(&["--no-access-log", "--bad-tokens-per-minute", "60"]);
+    let addr = srv.addr();
+    let started = Instant::now();
+    let seen = flood_with(
+        &addr,
+        2000,
+        1,
+        "Authorization: Bearer pvt_made_up_078051120\r\n",
+    );
+    let secs = started.elapsed().as_secs_f64();
+    let (status, vault_dir, _tmp) = srv.stop();
+    assert!(status.success());
+    let refused = seen.get(&401).copied().unwrap_or(0);
+    let limited = seen.get(&429).copied().unwrap_or(0);
+    eprintln!("made-up tokens: 2000 requests in {secs:.1} s: {seen:?}");
+    assert_eq!(
+        refused + limited + seen.get(&404).copied().unwrap_or(0),
+        2000,
+        "{seen:?}"
+    );
+    // Burst 30, then one a second.
+    assert!(
+        refused >= 30 && (refused as f64) <= 31.0 + secs,
+        "{refused} tokens looked up in {secs:.1} s"
+    );
+
+    let vault = Vault::open(
+        &vault_dir,
+        &SecretString::from(PASSPHRASE),
+        OpenOptions::default(),
+    )
+    .expect("reopen");
+    let auditor = common::login(&vault, "auditor");
+    let evs = vault
+        .audit_events(&auditor, &EventFilter::default())
+        .expect("audit events");
+    let token_events = evs.iter().filter(|e| e.action == "auth.token").count() as u64;
+    assert_eq!(
+        token_events, refused,
+        "one auth.token event per refused token"
+    );
+    assert!(
+        !evs.iter().any(|e| e.action == "http.request"),
+        "no second event for a refused token"
+    );
+    let counted: u64 = evs
+        .iter()
+        .filter(|e| e.action == "http.refused")
+        .filter_map(|e| {
+            e.targets
+                .iter()
+                .find_map(|t| t.strip_prefix("429="))
+                .and_then(|n| n.parse::<u64>().ok())
+        })
+        .sum();
+    assert_eq!(counted, limited, "the 429s are counted");
+    vault.close().expect("close");
 }
