@@ -96,4 +96,4 @@ for FLOOD_KIND in unauthenticated wrong-password; do
 done
 stop_server
 AUDIT_BYTES=$(du -sb "$PIVAULT_DIR/audit" 2>/dev/null | awk '{print $1}')
-echo "audit trail after the run: ${AUDIT_BYTES:-?} bytes (refused requests are one event per source and minute)"
+echo "audit trail after the run: ${AUDIT_BYTES:-?} bytes (every authenticated read and login attempt is one event; requests refused before authentication one per source and minute)"
