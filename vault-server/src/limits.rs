@@ -180,11 +180,7 @@ impl Refusals {
         };
         let c = m.entry((key, minute)).or_insert_with(|| RefusalCount {
             channel: rc.peer.channel(),
-            source: if key == SourceKey::Overflow {
-                "(other sources)".to_owned()
-            } else {
-                rc.source.clone()
-            },
+            source: refusal_source(key, &rc.source),
             count: 0,
             first_ms: now_ms,
             last_ms: now_ms,
@@ -228,6 +224,21 @@ impl Refusals {
             })?;
         }
         Ok(())
+    }
+}
+
+/// The `source` of an aggregated event: what was counted, not the first
+/// request's own address: an IPv6 /64 as `prefix::/64`, a local OS user
+/// without a process ID (its processes are counted together).
+fn refusal_source(key: SourceKey, first: &str) -> String {
+    match key {
+        SourceKey::V4(_) => first.to_owned(),
+        SourceKey::V6Prefix(p) => format!("{}/64", std::net::Ipv6Addr::from(u128::from(p) << 64)),
+        SourceKey::Local(uid) => match crate::os_user_name(uid) {
+            Some(n) => format!("uid={uid}({n})"),
+            None => format!("uid={uid}"),
+        },
+        SourceKey::Overflow => "(other sources)".to_owned(),
     }
 }
 
@@ -336,6 +347,22 @@ mod tests {
         assert!(l.take(a("2001:db8:1:2:abcd::1")).is_err(), "same /64");
         assert_eq!(l.take(a("2001:db8:1:3::1")), Ok(()), "another /64");
         assert_eq!(a("::ffff:192.0.2.1"), a("192.0.2.1"));
+    }
+
+    /// Aggregated events name what they count.
+    #[test]
+    fn refusal_sources_name_the_counted_unit() {
+        let k = SourceKey::from(Peer::Tcp("2001:db8:1:2:abcd::1".parse().unwrap()));
+        assert_eq!(
+            refusal_source(k, "2001:db8:1:2:abcd::1"),
+            "2001:db8:1:2::/64"
+        );
+        assert_eq!(refusal_source(SourceKey::V4(1), "0.0.0.1"), "0.0.0.1");
+        assert_eq!(
+            refusal_source(SourceKey::Local(4_000_000), "uid=4000000,pid=7"),
+            "uid=4000000"
+        );
+        assert_eq!(refusal_source(SourceKey::Overflow, "x"), "(other sources)");
     }
 
     /// A million distinct sources: the limiter's size stays bounded (no
