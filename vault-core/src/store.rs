@@ -211,6 +211,10 @@ pub(crate) fn collection_prefix(c: &CollectionName) -> Vec<u8> {
     k
 }
 
+/// All memtables of the records database together (and so the WAL's
+/// preallocation): see [`Store::open`].
+const RECORDS_MEMTABLE_BUDGET: usize = 8 * 1024 * 1024;
+
 impl Store {
     pub fn open(path: &Path, sync: bool) -> Result<Store> {
         let mut opts = Options::default();
@@ -219,6 +223,14 @@ impl Store {
         opts.set_compression_type(rocksdb::DBCompressionType::None);
         opts.set_recycle_log_file_num(0);
         opts.set_keep_log_file_num(4);
+        // RocksDB fallocates each WAL at 1.1 × the largest memtable (64 MiB
+        // by default, so ~70 MiB a WAL) and 4 MiB for each MANIFEST; on ext4
+        // a failed fallocate keeps the blocks it grabbed, so `pivault init`
+        // failed on a 40 MB volume with 30 MB free (issue 13). A budget of
+        // 8 MiB for all memtables together caps the WAL preallocation at
+        // 8 MiB and flushes a small business's writes often enough.
+        opts.set_db_write_buffer_size(RECORDS_MEMTABLE_BUDGET);
+        opts.set_manifest_preallocation_size(crate::keystore::SMALL_MANIFEST_PREALLOCATION);
         let cfs = ALL_CFS.map(|n| {
             let mut o = Options::default();
             o.set_compression_type(rocksdb::DBCompressionType::None);
