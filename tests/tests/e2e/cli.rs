@@ -198,13 +198,23 @@ pub(crate) struct Run {
 
 impl Run {
     /// The run of a finished child process.
+    /// With `--json`, a document on stdout is checked against its schema
+    /// whether or not the test reads it (issue 11: every `--json` output of
+    /// every scenario). Output that is not a JSON object (an HTML page,
+    /// completions, nothing) is left to the test.
     pub(crate) fn from_output(what: impl Into<String>, out: &std::process::Output) -> Run {
-        Run {
+        let run = Run {
             what: what.into(),
             code: out.status.code().unwrap_or(-1),
             stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
             stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        };
+        if run.what.split_whitespace().any(|a| a == "--json")
+            && run.stdout.trim_start().starts_with('{')
+        {
+            run.json();
         }
+        run
     }
 
     /// Asserts the exit code, showing the output otherwise.

@@ -258,14 +258,23 @@ impl Server {
             h("cache-control"),
             h("retry-after"),
         );
-        Answer {
+        let a = Answer {
             status: resp.status().as_u16(),
             content_type,
             request_id,
             cache_control,
             retry_after,
             text: resp.body_mut().read_to_string().unwrap_or_default(),
+        };
+        // Every JSON answer of every scenario, read by the test or not, is
+        // checked against its schema (problem documents are not JSON here:
+        // application/problem+json).
+        if a.content_type.starts_with("application/json") {
+            let v: Value = serde_json::from_str(&a.text)
+                .unwrap_or_else(|e| panic!("{method} {path}: the JSON answer is not JSON ({e})"));
+            crate::documents::check_any(&v, &format!("{method} {path} {}", a.status));
         }
+        a
     }
 
     fn login(&self, user: &str, password: &str) -> Answer {
