@@ -225,3 +225,153 @@ fn quoted_codes(src: &str) -> Vec<String> {
         .map(String::from)
         .collect()
 }
+
+/// The commands whose documents no other scenario prints, each run once
+/// with `--json` (and checked against its schema as every run is), so that
+/// every document the CLI writes is checked by some test; and the server's
+/// answers that no other scenario reads. `disposal-retry` needs a batch
+/// that failed part-way (exercised only through the library).
+#[test]
+fn a_tour_of_the_commands_prints_every_document_as_documented() {
+    use crate::cli::{CliVault, examples};
+    let v = CliVault::standard();
+    crate::cli::write_private(&v.password_file("tourer"), b"Tour-Contractor-Ibis-0515\n");
+    v.add_user("tourer", "contractor");
+    let mut seen = BTreeSet::new();
+    let mut run = |user: &str, args: &[&str]| -> Value {
+        let r = v.run(Some(user), args);
+        r.ok();
+        let d = r.json();
+        seen.insert(d["document"].as_str().unwrap_or_default().to_owned());
+        d
+    };
+    v.import(&examples().join("customers.jsonl")).ok();
+    let ids = v.record_ids();
+    assert!(ids.len() >= 2, "{ids:?}");
+    run("admin", &["--json", "collection", "show", "customers"]);
+    run("officer", &["--json", "review"]);
+    run("officer", &["--json", "maintenance", "run"]);
+    run(
+        "admin",
+        &["--json", "retention", "set", "customers", "--days", "3650"],
+    );
+    run("officer", &["--json", "retention", "show"]);
+    run(
+        "officer",
+        &[
+            "--json", "hold", "add", "--record", &ids[0], "--reason", "a claim",
+        ],
+    );
+    run("officer", &["--json", "hold", "list"]);
+    run(
+        "officer",
+        &["--json", "hold", "remove", "--record", &ids[0]],
+    );
+    let out = run(
+        "officer",
+        &[
+            "--json",
+            "dispose",
+            "record",
+            &ids[1],
+            "--yes",
+            "--data-owner",
+            "Tour Hardware LLC",
+        ],
+    );
+    let cert = out["certificate_id"]
+        .as_str()
+        .expect("certificate")
+        .to_owned();
+    run("officer", &["--json", "certificate", "list"]);
+    let file = v.input.join("certificate.json");
+    v.run(
+        Some("officer"),
+        &[
+            "certificate",
+            "export",
+            &cert,
+            "--out",
+            file.to_str().unwrap(),
+        ],
+    )
+    .ok();
+    let html = v.input.join("certificate.html");
+    run(
+        "officer",
+        &[
+            "--json",
+            "certificate",
+            "render",
+            file.to_str().unwrap(),
+            "--out",
+            html.to_str().unwrap(),
+        ],
+    );
+    let (msg, sig) = (v.input.join("message.bin"), v.input.join("signature.bin"));
+    run(
+        "officer",
+        &[
+            "--json",
+            "certificate",
+            "payload",
+            file.to_str().unwrap(),
+            "--out",
+            msg.to_str().unwrap(),
+            "--sig-out",
+            sig.to_str().unwrap(),
+        ],
+    );
+    run(
+        "admin",
+        &[
+            "--json",
+            "contractor",
+            "assign",
+            "tourer",
+            "--collection",
+            "customers",
+        ],
+    );
+    run("admin", &["--json", "contractor", "list"]);
+    run("admin", &["--json", "contractor", "revoke", "tourer"]);
+    // Last: the clerk's password changes.
+    let args = ["--json", "user", "passwd", "clerk"];
+    let mut c = v.user_command(Some("admin"), &args);
+    c.env(
+        "PIVAULT_NEW_PASSWORD_FILE",
+        v.input_file("new-pw", "Tour-Granite-Pelican-7731\n"),
+    );
+    let r = v.exec(c, &args.join(" "));
+    r.ok();
+    seen.insert(r.json()["document"].as_str().unwrap_or_default().to_owned());
+    for name in [
+        "collection-schema",
+        "review",
+        "maintenance-report",
+        "retention-policy",
+        "retention-list",
+        "hold-change",
+        "hold-list",
+        "disposal-outcome",
+        "certificate-list",
+        "certificate-html",
+        "certificate-payload",
+        "contractor-assignment",
+        "contractor-list",
+        "contractor-revocation",
+        "password-change",
+    ] {
+        assert!(seen.contains(name), "{name} not printed: {seen:?}");
+    }
+
+    // The server's answers no other scenario reads (each checked as every
+    // answer is).
+    let srv = crate::server::start(&[]);
+    assert_eq!(srv.call("GET", "/v1/keys", None, None).status, 200);
+    assert_eq!(srv.call("GET", "/v1/openapi.json", None, None).status, 200);
+    let token = srv.token("auditor");
+    let a = srv.call("DELETE", "/v1/sessions/current", Some(&token), None);
+    assert_eq!(a.status, 200, "{a:?}");
+    assert_eq!(a.json()["document"], "session-end");
+}
