@@ -86,6 +86,14 @@ as officer audit verify
 as officer audit log --limit 3 --action record.create --json | grep -o '"source":"uid=[^"]*"' | sed -n 1p | sed 's/^/the audit trail names the OS user: /'
 as officer review
 
+step "the nightly retention script: its own token, no password, no access to records"
+as officer retention set customers --days 2555
+as officer service add nightly-retention --token-file "$SECRETS/nightly.token"
+nightly() { PIVAULT_SERVICE_TOKEN_FILE="$SECRETS/nightly.token" "$PIVAULT" "$@"; }
+nightly retention due
+nightly record list || echo "(refused, exit $?)"
+as officer service list
+
 step "the custodian stops the server (staff sessions end) and runs doctor"
 stop_server
 custodian doctor || true

@@ -11,7 +11,9 @@ mod dispose;
 mod exit;
 mod local;
 mod output;
+mod profile;
 mod remote;
+mod service;
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, IsTerminal, Read, Seek, SeekFrom};
@@ -72,6 +74,15 @@ struct Cli {
         value_name = "FILE"
     )]
     password_file: Option<PathBuf>,
+    /// File holding a service account's token (`pivault service add`): a
+    /// script's credential instead of a user and password.
+    #[arg(
+        long,
+        global = true,
+        env = "PIVAULT_SERVICE_TOKEN_FILE",
+        value_name = "FILE"
+    )]
+    service_token_file: Option<PathBuf>,
     /// Machine-readable output (see the README for the schema of each command).
     #[arg(long, global = true)]
     json: bool,
@@ -82,15 +93,13 @@ struct Cli {
     #[arg(long, global = true, env = "PIVAULT_SERVER", value_name = "URL")]
     server: Option<String>,
     /// pivault-server's local socket, which every command uses unless
-    /// --server or a passphrase file is given.
-    #[arg(
-        long,
-        global = true,
-        env = "PIVAULT_SOCKET",
-        value_name = "PATH",
-        default_value = vault_core::DEFAULT_SOCKET
-    )]
-    socket: PathBuf,
+    /// --server or a passphrase file is given [default: /run/pivault/pivault.sock].
+    #[arg(long, global = true, env = "PIVAULT_SOCKET", value_name = "PATH")]
+    socket: Option<PathBuf>,
+    /// The profile (remembered by `pivault login`) whose server, socket,
+    /// user and CA certificate fill in what flags and variables leave unset.
+    #[arg(long, global = true, env = "PIVAULT_PROFILE", value_name = "NAME")]
+    profile: Option<String>,
     /// CA certificate (PEM) to trust for --server, e.g. a self-signed server's certificate.
     #[arg(long, global = true, env = "PIVAULT_CA_CERT", value_name = "FILE")]
     ca_cert: Option<PathBuf>,
@@ -109,6 +118,23 @@ enum PassphraseCmd {
         /// File holding the new passphrase (never given as a flag value).
         #[arg(long, env = "PIVAULT_NEW_PASSPHRASE_FILE", value_name = "FILE")]
         new_passphrase_file: Option<PathBuf>,
+    },
+}
+
+/// `pivault profile …`.
+#[derive(Subcommand, Debug)]
+enum ProfileCmd {
+    /// List the profiles; the current one is marked.
+    List,
+    /// Make a profile the current one.
+    Use {
+        /// Profile name.
+        name: String,
+    },
+    /// Forget a profile.
+    Remove {
+        /// Profile name.
+        name: String,
     },
 }
 
@@ -161,6 +187,9 @@ enum Command {
     /// Disposal contractors: scope and signing keys.
     #[command(subcommand)]
     Contractor(ContractorCmd),
+    /// Service accounts: a script's own token (retention runner).
+    #[command(subcommand)]
+    Service(service::ServiceCmd),
     /// Backups of the record data (never the header); restore replays the disposal ledger.
     #[command(subcommand)]
     Backup(backup::BackupCmd),
@@ -176,8 +205,12 @@ enum Command {
     Review,
     /// Who you are to the vault: username, role, reveal grant, last login.
     Whoami,
-    /// Log in to pivault-server (its socket, or --server) and keep the token in a file only you can read (mode 0600).
+    /// Log in to pivault-server (its socket, or --server) and keep the token in a file only you can read (mode 0600);
+    /// the server, user and CA certificate are remembered in your profile.
     Login,
+    /// Profiles remembered by `pivault login`: list, switch, forget.
+    #[command(subcommand)]
+    Profile(ProfileCmd),
     /// Revoke the login token and delete its file.
     Logout,
     /// Print shell completions.
@@ -356,7 +389,7 @@ enum RetentionCmd {
     /// List records past retention (and held exclusions).
     Due,
     /// Show or set the schedule on which `pivault-server` disposes of
-    /// everything past retention (admin or officer; off by default).
+    /// everything past retention (officer; off by default).
     Schedule {
         /// Run every N hours (the first run at the server's next check).
         #[arg(long, value_name = "N", conflicts_with = "off")]
@@ -709,7 +742,7 @@ enum AuditCmd {
 }
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let mut cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {
             let code = if e.use_stderr() {
@@ -733,6 +766,11 @@ fn main() -> ExitCode {
         }
     };
     let out = Out::new(cli.json);
+    if let Err(e) = apply_profile(&mut cli) {
+        let (code, kind) = exit::classify(&e);
+        out.error(&kind, &e);
+        return ExitCode::from(code);
+    }
     match run(&cli, &out) {
         Ok(code) => ExitCode::from(finish(&out, code)),
         Err(e) => {
@@ -744,6 +782,81 @@ fn main() -> ExitCode {
             ExitCode::from(code)
         }
     }
+}
+
+/// Fills in the server, socket, user and CA certificate that neither a
+/// flag nor a variable gave, from the profile. Staff commands only: the
+/// custodian's (a passphrase file, or init, doctor, backup, passphrase)
+/// open the vault directory and must never be redirected to a server.
+fn apply_profile(cli: &mut Cli) -> anyhow::Result<()> {
+    let custodian = cli.passphrase_file.is_some()
+        || matches!(
+            cli.command,
+            Command::Init(_)
+                | Command::Doctor
+                | Command::Backup(_)
+                | Command::Passphrase(_)
+                | Command::Completions { .. }
+                | Command::Profile(_)
+        );
+    let creating = matches!(cli.command, Command::Login);
+    if !custodian && let Some((_, p)) = profile::load(cli.profile.as_deref(), creating)? {
+        // A flag for the server or the socket chooses the endpoint; the
+        // profile's endpoint fills in only when neither was given.
+        if cli.server.is_none() && cli.socket.is_none() {
+            cli.server = p.server;
+            cli.socket = p.socket;
+        }
+        if cli.user.is_none() && cli.service_token_file.is_none() {
+            cli.user = p.user;
+        }
+        if cli.ca_cert.is_none() {
+            cli.ca_cert = p.ca_cert;
+        }
+    }
+    if cli.socket.is_none() {
+        cli.socket = Some(PathBuf::from(vault_core::DEFAULT_SOCKET));
+    }
+    Ok(())
+}
+
+/// `pivault profile …`: the file only, no vault and no server.
+fn cmd_profile(out: &Out, c: &ProfileCmd) -> anyhow::Result<u8> {
+    match c {
+        ProfileCmd::List => {
+            let (list, current) = profile::list()?;
+            let v: Vec<Value> = list
+                .iter()
+                .map(|(name, p)| {
+                    json!({
+                        "name": name, "current": *name == current, "server": p.server,
+                        "socket": p.socket.as_ref().map(|s| s.display().to_string()),
+                        "user": p.user,
+                        "ca_cert": p.ca_cert.as_ref().map(|s| s.display().to_string()),
+                    })
+                })
+                .collect();
+            let v = Value::Array(v);
+            out.data("profile-list", v.clone(), || output::profiles_text(&v));
+        }
+        ProfileCmd::Use { name } => {
+            let path = profile::use_profile(name)?;
+            out.data(
+                "profile-change",
+                json!({ "current": name, "config_file": path.display().to_string() }),
+                || format!("profile {name} is now current"),
+            );
+        }
+        ProfileCmd::Remove { name } => {
+            let path = profile::remove(name)?;
+            out.data(
+                "profile-change",
+                json!({ "removed": name, "config_file": path.display().to_string() }),
+                || format!("profile {name} forgotten"),
+            );
+        }
+    }
+    Ok(exit::OK)
 }
 
 /// The exit code of a command that ran to its end: if its result could not
@@ -801,6 +914,8 @@ fn opens_directly(cli: &Cli, cmd: &Command) -> bool {
     match cmd {
         Command::Init(_) | Command::Doctor | Command::Backup(_) => true,
         Command::Login | Command::Logout => false,
+        // A script's service token is only ever checked by the server.
+        _ if cli.service_token_file.is_some() => false,
         _ => cli.passphrase_file.is_some(),
     }
 }
@@ -964,6 +1079,7 @@ fn run(cli: &Cli, out: &Out) -> anyhow::Result<u8> {
             Ok(exit::OK)
         }
         Command::Init(a) => cmd_init(cli, out, a),
+        Command::Profile(c) => cmd_profile(out, c),
         Command::Doctor => cmd_doctor(cli, out),
         Command::Certificate(CertificateCmd::Verify { file, key }) => {
             dispose::cmd_verify(out, file, key)
@@ -994,7 +1110,11 @@ fn run(cli: &Cli, out: &Out) -> anyhow::Result<u8> {
             &remote::Endpoint::Url(cli.server.clone().expect("checked")),
         ),
         cmd if !opens_directly(cli, cmd) => {
-            remote::run(cli, out, &remote::Endpoint::Socket(cli.socket.clone()))
+            let socket = cli
+                .socket
+                .clone()
+                .unwrap_or_else(|| vault_core::DEFAULT_SOCKET.into());
+            remote::run(cli, out, &remote::Endpoint::Socket(socket))
         }
         cmd => {
             let vault = open_vault(cli)?;
@@ -1020,6 +1140,7 @@ fn run(cli: &Cli, out: &Out) -> anyhow::Result<u8> {
                 Command::Retention(c) => dispose::cmd_retention(out, &vault, &session, c)?,
                 Command::Hold(c) => dispose::cmd_hold(out, &vault, &session, c)?,
                 Command::Contractor(c) => dispose::cmd_contractor(out, &vault, &session, c)?,
+                Command::Service(c) => service::cmd_local(out, &vault, &session, c)?,
                 Command::Backup(c) => backup::cmd_backup(out, &vault, &session, c)?,
                 Command::Maintenance(MaintenanceCmd::Run) => {
                     let r = vault.run_maintenance(&session)?;
@@ -1050,6 +1171,7 @@ fn run(cli: &Cli, out: &Out) -> anyhow::Result<u8> {
                 | Command::Completions { .. }
                 | Command::Login
                 | Command::Logout
+                | Command::Profile(_)
                 | Command::Subject(_) => unreachable!(),
             };
             Ok(after_close(out, code, vault.close()))

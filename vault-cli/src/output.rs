@@ -631,6 +631,45 @@ pub fn whoami_text(v: &Value) -> String {
 }
 
 /// `contractor list`: one line per contractor.
+pub fn profiles_text(v: &Value) -> String {
+    let mut s = String::new();
+    for p in rows(v) {
+        let place = p["server"]
+            .as_str()
+            .or(p["socket"].as_str())
+            .unwrap_or("the local socket");
+        s.push_str(&format!(
+            "{} {:<16} {} at {}\n",
+            if p["current"] == true { "*" } else { " " },
+            text(&p["name"]),
+            p["user"].as_str().unwrap_or("(no user)"),
+            place,
+        ));
+    }
+    if s.is_empty() {
+        s.push_str("no profiles: `pivault login` remembers one\n");
+    }
+    s
+}
+
+pub fn services_text(v: &Value) -> String {
+    let mut s = String::new();
+    for a in rows(v) {
+        s.push_str(&format!(
+            "{:<24} {:<18} {:<8} created {}  last used {}\n",
+            text(&a["username"]),
+            text(&a["role"]),
+            text(&a["state"]),
+            text(&a["created"]),
+            a["last_used"].as_str().unwrap_or("never"),
+        ));
+    }
+    if s.is_empty() {
+        s.push_str("no service accounts\n");
+    }
+    s
+}
+
 pub fn contractors_text(v: &Value) -> String {
     let rows: Vec<String> = rows(v)
         .iter()

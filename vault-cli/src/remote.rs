@@ -175,7 +175,12 @@ impl Remote {
         Ok((status, text))
     }
 
-    fn call(&self, method: &str, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
+    pub(crate) fn call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+    ) -> anyhow::Result<Value> {
         let (_, text) = self.text(
             method,
             path,
@@ -184,11 +189,11 @@ impl Remote {
         serde_json::from_str(&text).map_err(|_| anyhow!("the server's answer is not JSON"))
     }
 
-    fn get(&self, path: &str) -> anyhow::Result<Value> {
+    pub(crate) fn get(&self, path: &str) -> anyhow::Result<Value> {
         self.call("GET", path, None)
     }
 
-    fn post(&self, path: &str, body: Value) -> anyhow::Result<Value> {
+    pub(crate) fn post(&self, path: &str, body: Value) -> anyhow::Result<Value> {
         self.call("POST", path, Some(body))
     }
 }
@@ -309,7 +314,7 @@ fn token_file(server: &str, user: &str) -> anyhow::Result<PathBuf> {
     Ok(base.join("pivault").join(format!("token-{user}@{host}")))
 }
 
-fn url_part(s: &str) -> String {
+pub(crate) fn url_part(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
             b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
@@ -376,6 +381,9 @@ pub fn run(cli: &Cli, out: &Out, endpoint: &Endpoint) -> anyhow::Result<u8> {
                 .to_owned(),
         ))
     };
+    if let Some(file) = &cli.service_token_file {
+        return run_as_service(cli, out, r, file);
+    }
     match &cli.command {
         Command::Login => {
             let u = user()?;
@@ -392,12 +400,36 @@ pub fn run(cli: &Cli, out: &Out, endpoint: &Endpoint) -> anyhow::Result<u8> {
                 .open(&path)
                 .with_context(|| format!("cannot create {}", path.display()))?;
             f.write_all(token.expose().as_bytes())?;
+            // Remembered, so that later commands need no PIVAULT_USER,
+            // PIVAULT_SERVER or PIVAULT_CA_CERT.
+            let (server_url, socket) = match endpoint {
+                Endpoint::Url(url) => (Some(url.clone()), None),
+                Endpoint::Socket(p) => (
+                    None,
+                    (p.as_path() != Path::new(vault_core::DEFAULT_SOCKET))
+                        .then(|| std::path::absolute(p))
+                        .transpose()?,
+                ),
+            };
+            let remembered = crate::profile::Profile {
+                server: server_url,
+                socket,
+                user: Some(u.to_owned()),
+                ca_cert: cli
+                    .ca_cert
+                    .as_deref()
+                    .map(std::path::absolute)
+                    .transpose()?,
+            };
+            let (profile, config) = crate::profile::remember(cli.profile.as_deref(), &remembered)
+                .context("logged in, but the profile could not be saved")?;
             out.data(
                 "login",
-                json!({ "logged_in": u, "token_file": path.display().to_string() }),
+                json!({ "logged_in": u, "token_file": path.display().to_string(),
+                        "profile": profile, "config_file": config.display().to_string() }),
                 || {
                     format!(
-                        "logged in as {u}; token kept in {} (mode 0600)",
+                        "logged in as {u}; token kept in {} (mode 0600); profile {profile} remembers where and as whom",
                         path.display()
                     )
                 },
@@ -476,6 +508,39 @@ pub fn run(cli: &Cli, out: &Out, endpoint: &Endpoint) -> anyhow::Result<u8> {
     result
 }
 
+/// Runs a command with a service account's token (PIVAULT_SERVICE_TOKEN_FILE):
+/// no user, no password, no login; a revoked or rotated token is exit 4
+/// with advice, never a retry with some other credential.
+fn run_as_service(cli: &Cli, out: &Out, mut r: Remote, file: &Path) -> anyhow::Result<u8> {
+    if matches!(cli.command, Command::Login | Command::Logout) {
+        bail!(
+            "a service account does not log in: its token file (PIVAULT_SERVICE_TOKEN_FILE) is its credential"
+        );
+    }
+    let token = SecretString::from_private_file(file)
+        .with_context(|| format!("cannot use the service token file {}", file.display()))?;
+    if token.expose().is_empty() {
+        bail!("the service token file {} is empty", file.display());
+    }
+    r.token = Some(token);
+    command(cli, out, &r).map_err(|e| {
+        let revoked = e
+            .downcast_ref::<RemoteError>()
+            .is_some_and(|e| e.code == "session_invalid");
+        if revoked {
+            e.context(output::Hint {
+                message: None,
+                advice: "the service token was revoked or rotated: an officer can issue a new one \
+                         with `pivault service rotate NAME --token-file FILE`"
+                    .into(),
+                fields: serde_json::Map::new(),
+            })
+        } else {
+            e
+        }
+    })
+}
+
 fn resolve(r: &Remote, reference: &str) -> anyhow::Result<String> {
     let v = r.post("/v1/subjects/resolve", json!({ "reference": reference }))?;
     Ok(v["subject"].as_str().unwrap_or_default().to_owned())
@@ -508,6 +573,7 @@ fn dispose(r: &Remote, out: &Out, scope: Value, o: &DisposeOpts, what: &str) -> 
 
 fn command(cli: &Cli, out: &Out, r: &Remote) -> anyhow::Result<u8> {
     match &cli.command {
+        Command::Service(c) => return crate::service::cmd_remote(out, r, c),
         Command::Whoami => {
             let v = r.get("/v1/whoami")?;
             out.data("user", v.clone(), || output::whoami_text(&v));
@@ -1143,6 +1209,7 @@ fn command(cli: &Cli, out: &Out, r: &Remote) -> anyhow::Result<u8> {
         | Command::Passphrase(_)
         | Command::Login
         | Command::Logout
+        | Command::Profile(_)
         | Command::Completions { .. }
         | Command::Contractor(ContractorCmd::Keygen { .. }) => unreachable!("handled before"),
     }

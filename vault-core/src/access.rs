@@ -27,6 +27,10 @@ pub enum Role {
     Auditor,
     /// Disposal contractor: record IDs and metadata in scope; never contents.
     Contractor,
+    /// A service account's role for the nightly retention script: list what
+    /// is past retention, dispose of it, read certificates; never record
+    /// contents, never any other disposal. Only service accounts hold it.
+    RetentionRunner,
 }
 
 /// Everything a user can ask the vault to do.
@@ -59,11 +63,14 @@ pub enum Permission {
     /// second person): officers and auditors, so that a business with one
     /// officer still gets validated certificates.
     ValidateCertificate,
+    /// Dispose of what is past retention, and nothing else (the retention
+    /// run of a script): the narrow part of `Dispose` a service may hold.
+    RunRetention,
 }
 
 impl Permission {
     /// Every permission, for the role × operation matrix.
-    pub const ALL: [Permission; 12] = [
+    pub const ALL: [Permission; 13] = [
         Permission::ManageUsers,
         Permission::ManageCollections,
         Permission::CreateRecord,
@@ -76,6 +83,7 @@ impl Permission {
         Permission::Dispose,
         Permission::RecordReview,
         Permission::ValidateCertificate,
+        Permission::RunRetention,
     ];
 
     /// What the permission allows, for error messages ("your role may not …").
@@ -93,19 +101,46 @@ impl Permission {
             Permission::Dispose => "dispose of records",
             Permission::RecordReview => "record a security review",
             Permission::ValidateCertificate => "validate disposal certificates",
+            Permission::RunRetention => "dispose of records past retention",
         }
     }
 }
 
 impl Role {
     /// Every role.
-    pub const ALL: [Role; 5] = [
+    pub const ALL: [Role; 6] = [
+        Role::Admin,
+        Role::Officer,
+        Role::Clerk,
+        Role::Auditor,
+        Role::Contractor,
+        Role::RetentionRunner,
+    ];
+
+    /// The roles of people (who log in with a password).
+    pub const PEOPLE: [Role; 5] = [
         Role::Admin,
         Role::Officer,
         Role::Clerk,
         Role::Auditor,
         Role::Contractor,
     ];
+
+    /// A role only service accounts hold (and service accounts hold no other).
+    pub fn is_service(&self) -> bool {
+        matches!(self, Role::RetentionRunner)
+    }
+
+    /// Whether a holder of `self` may create a service account of role
+    /// `service`: only when `self` already holds every permission of it,
+    /// so a service account never gives its creator a power they lack
+    /// (an admin, who may not dispose, cannot mint a token that may).
+    pub fn may_delegate(&self, service: Role) -> bool {
+        service.is_service()
+            && Permission::ALL
+                .iter()
+                .all(|&p| !service.permits(p) || self.permits(p))
+    }
 
     /// The policy table. Anything not listed is denied.
     pub fn permits(&self, p: Permission) -> bool {
@@ -122,6 +157,7 @@ impl Role {
                     | P::Dispose
                     | P::RecordReview
                     | P::ValidateCertificate
+                    | P::RunRetention
             ),
             Role::Clerk => matches!(
                 p,
@@ -129,6 +165,7 @@ impl Role {
             ),
             Role::Auditor => matches!(p, P::ReadAudit | P::Reports | P::ValidateCertificate),
             Role::Contractor => matches!(p, P::ListRecords | P::Dispose),
+            Role::RetentionRunner => matches!(p, P::RunRetention),
         }
     }
 
@@ -140,6 +177,7 @@ impl Role {
             Role::Clerk => "clerk",
             Role::Auditor => "auditor",
             Role::Contractor => "contractor",
+            Role::RetentionRunner => "retention-runner",
         }
     }
 
@@ -149,7 +187,10 @@ impl Role {
             .into_iter()
             .find(|r| r.as_str() == s)
             .ok_or_else(|| {
-                Error::invalid("role must be one of admin, officer, clerk, auditor, contractor")
+                Error::invalid(
+                    "role must be one of admin, officer, clerk, auditor, contractor \
+                     (retention-runner: service accounts only)",
+                )
             })
     }
 }
@@ -278,6 +319,15 @@ pub(crate) struct UserRow {
     /// once, so one source alone never locks the account.
     #[serde(default)]
     pub failure_sources: Vec<String>,
+    /// A service account (a script's credential): no password, no login,
+    /// only long-lived tokens; never subject to the password lock-out.
+    #[serde(default)]
+    pub service: bool,
+    /// A service account's: who was shown its current token (at creation
+    /// or the last rotation). If that person is later disabled, the token
+    /// left with them: `doctor` says to rotate it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_issued_to: Option<String>,
 }
 
 /// What callers may see of a user.
@@ -299,9 +349,32 @@ pub struct UserInfo {
     pub last_login_ms: Option<i64>,
     /// Locked until (unix ms), if locked now.
     pub locked_until_ms: Option<i64>,
+    /// A service account (token only, no password), not a person.
+    pub service: bool,
 }
 
 impl UserRow {
+    /// A fresh, active account: no logins, no failures, generation 0.
+    pub fn new(id: UserId, username: &str, role: &str, password_phc: String, now_ms: i64) -> Self {
+        UserRow {
+            id: id.to_string(),
+            username: username.to_owned(),
+            role: role.to_owned(),
+            disabled: false,
+            reveal: false,
+            password_phc,
+            created_ms: now_ms,
+            last_login_ms: None,
+            failures: 0,
+            lockouts: 0,
+            locked_until_ms: None,
+            generation: 0,
+            failure_sources: Vec::new(),
+            service: false,
+            token_issued_to: None,
+        }
+    }
+
     pub fn info(&self, now_ms: i64) -> Result<UserInfo> {
         Ok(UserInfo {
             id: self.id.parse()?,
@@ -316,6 +389,7 @@ impl UserRow {
             created_ms: self.created_ms,
             last_login_ms: self.last_login_ms,
             locked_until_ms: self.locked_until_ms.filter(|&t| t > now_ms),
+            service: self.service,
         })
     }
 }
@@ -470,6 +544,18 @@ pub(crate) struct SessionRow {
     pub created_ms: i64,
     pub expires_ms: i64,
     pub last_seen_ms: i64,
+    /// A service account's token: no expiry and no idle timeout; it lives
+    /// until it is rotated or the account is revoked.
+    #[serde(default)]
+    pub service: bool,
+}
+
+impl SessionRow {
+    /// Whether the token is still within its lifetime (the user's state
+    /// and generation are checked apart).
+    pub fn alive(&self, now_ms: i64, idle_ms: i64) -> bool {
+        self.service || (now_ms < self.expires_ms && now_ms - self.last_seen_ms < idle_ms)
+    }
 }
 
 #[cfg(test)]

@@ -338,19 +338,14 @@ impl Vault {
                     }
                     let uid = UserId::new();
                     let row = UserRow {
-                        id: uid.to_string(),
-                        username: req.username.clone(),
-                        role: req.role.clone(),
-                        disabled: false,
                         reveal: req.reveal,
-                        password_phc: req.password_phc.clone().unwrap_or_default(),
-                        created_ms: self.now(),
-                        last_login_ms: None,
-                        failures: 0,
-                        lockouts: 0,
-                        locked_until_ms: None,
-                        generation: 0,
-                        failure_sources: Vec::new(),
+                        ..UserRow::new(
+                            uid,
+                            &req.username,
+                            &req.role,
+                            req.password_phc.clone().unwrap_or_default(),
+                            self.now(),
+                        )
                     };
                     self.put_user_row(&row)?;
                     self.store.put(

@@ -613,14 +613,21 @@ impl Vault {
     /// Runs a disposal batch (REQ-DISP-01). Held records are excluded (and
     /// a single held record is refused); a contractor may dispose only in
     /// their assigned scope. Returns once the certificate is issued.
+    /// What is past retention may also be disposed of with the narrower
+    /// `RunRetention` (a retention-runner service account); any other
+    /// scope needs `Dispose`.
     pub fn dispose(&self, s: &Session, req: &DisposalRequest) -> Result<DisposalOutcome> {
-        self.authorize(s, Some(Permission::Dispose))?;
+        if matches!(req.scope, DisposalScope::PastRetention) {
+            self.authorize_any(s, &[Permission::Dispose, Permission::RunRetention])?;
+        } else {
+            self.authorize(s, Some(Permission::Dispose))?;
+        }
         self.dispose_authorized(s, req)
     }
 
     /// [`Vault::dispose`] once the authority is established: by the
     /// `Dispose` permission, or (scheduled retention, maintenance.rs) by the
-    /// retention schedule an admin or officer set, under whose user ID the
+    /// retention schedule an officer set, under whose user ID the
     /// batch runs.
     pub(crate) fn dispose_authorized(
         &self,
@@ -1487,7 +1494,14 @@ impl Vault {
 
     /// Lists disposal batches, newest last.
     pub fn disposals(&self, s: &Session) -> Result<Vec<DisposalSummary>> {
-        self.authorize_any(s, &[Permission::Dispose, Permission::ReadAudit])?;
+        self.authorize_any(
+            s,
+            &[
+                Permission::Dispose,
+                Permission::RunRetention,
+                Permission::ReadAudit,
+            ],
+        )?;
         let mut out = Vec::new();
         for (_, v) in self.store.scan_prefix(store::CF_DISPOSALS, &[])? {
             let b: BatchRow =
@@ -1797,7 +1811,11 @@ impl Vault {
             .collect()
     }
 
-    /// Sets a collection's retention policy (admin or officer).
+    /// Sets a collection's retention policy. An officer may set any; an
+    /// admin may only lengthen an existing one: a new or shorter policy
+    /// makes records due for disposal (which the nightly retention runner
+    /// then carries out), and an admin may not dispose (the insider rule
+    /// of [`Role::may_delegate`]: no indirect route to a power one lacks).
     pub fn set_retention(
         &self,
         s: &Session,
@@ -1812,6 +1830,25 @@ impl Vault {
         self.schema(&c)?;
         if policy.days == 0 {
             return Err(Error::invalid("retention must be at least one day"));
+        }
+        let role = Role::parse(&self.authorize(s, None)?.role)?;
+        let current = self.retention_policies()?.remove(c.as_str());
+        let brings_due_sooner = current.is_none_or(|p| {
+            policy.days < p.days || (policy.from_updated != p.from_updated && !policy.from_updated)
+        });
+        if brings_due_sooner && !role.permits(Permission::RunRetention) {
+            let e = Error::PermissionDenied(
+                "set a new or shorter retention policy (an officer must: it makes records due for disposal)",
+            );
+            self.audit(
+                Some(s.user),
+                &s.ctx,
+                "retention.set",
+                vec![format!("collection:{c}"), format!("days:{}", policy.days)],
+                Err(&e),
+                None,
+            )?;
+            return Err(e);
         }
         self.write_audited(
             s,

@@ -148,6 +148,7 @@ pub fn checks(vault: &Vault, now_ms: i64) -> Result<Vec<Check>> {
             "no active security officer: personal-information writes are refused",
         )
     });
+    out.push(service_check(vault)?);
     out.push(check(
         "roles",
         Level::Ok,
@@ -250,4 +251,69 @@ pub fn checks(vault: &Vault, now_ms: i64) -> Result<Vec<Check>> {
     ));
     out.push(check("tls", Level::Ok, "no network listener in the CLI"));
     Ok(out)
+}
+
+/// An active service account unused this long is a credential no script
+/// needs any more: `doctor` warns so that it is revoked (17.04 (1)).
+pub const SERVICE_IDLE_WARN_MS: i64 = 90 * 86_400_000;
+
+/// The service accounts and their last use; a warning for an active one
+/// idle past [`SERVICE_IDLE_WARN_MS`].
+fn service_check(vault: &Vault) -> Result<Check> {
+    let now = vault.now_ms();
+    let accounts = vault.service_accounts()?;
+    let active: Vec<_> = accounts
+        .iter()
+        .filter(|a| a.state == crate::access::UserState::Active)
+        .collect();
+    if active.is_empty() {
+        return Ok(check(
+            "service-accounts",
+            Level::Ok,
+            format!("none active ({} revoked)", accounts.len()),
+        ));
+    }
+    let mut idle = 0;
+    let orphaned: Vec<&str> = active
+        .iter()
+        .filter(|a| a.issuer_disabled)
+        .map(|a| a.username.as_str())
+        .collect();
+    let list: Vec<String> = active
+        .iter()
+        .map(|a| {
+            let since = a.last_used_ms.unwrap_or(a.created_ms);
+            if now - since > SERVICE_IDLE_WARN_MS {
+                idle += 1;
+            }
+            format!(
+                "{} ({}, last used {})",
+                a.username.as_str(),
+                a.role,
+                a.last_used_ms
+                    .map_or_else(|| "never".to_owned(), crate::clock::format_ms)
+            )
+        })
+        .collect();
+    let detail = format!("{} active: {}", active.len(), list.join(", "));
+    Ok(if !orphaned.is_empty() {
+        // 17.03(2)(e): a terminated employee's access ends; a token they
+        // were shown is access they may still hold.
+        check(
+            "service-accounts",
+            Level::Fail,
+            format!(
+                "{detail}; the token of {} was issued to a user now disabled: rotate it (pivault service rotate NAME)",
+                orphaned.join(", ")
+            ),
+        )
+    } else if idle > 0 {
+        check(
+            "service-accounts",
+            Level::Warn,
+            format!("{detail}; {idle} unused for 90 days: revoke what no script needs"),
+        )
+    } else {
+        check("service-accounts", Level::Ok, detail)
+    })
 }

@@ -29,6 +29,11 @@ pub enum Error {
         /// Unix milliseconds at which the source may try again.
         retry_at_ms: i64,
     },
+    /// A service account's token made more calls than its rate allows.
+    RateLimited {
+        /// Unix milliseconds at which the next call is allowed.
+        retry_at_ms: i64,
+    },
     /// The account is disabled.
     AccountDisabled,
     /// The session or token is unknown, expired or revoked.
@@ -110,6 +115,7 @@ impl Error {
             Error::AuthFailed => "auth_failed",
             Error::AccountLocked { .. } => "account_locked",
             Error::LoginThrottled { .. } => "login_throttled",
+            Error::RateLimited { .. } => "rate_limited",
             Error::AccountDisabled => "account_disabled",
             Error::SessionInvalid => "session_invalid",
             Error::PermissionDenied(_) => "permission_denied",
@@ -158,6 +164,12 @@ impl fmt::Display for Error {
                     .map(|t| t.to_string())
                     .unwrap_or_else(|_| "later".into());
                 write!(f, "too many failed logins from your address or terminal: try again after {at}")
+            }
+            Error::RateLimited { retry_at_ms } => {
+                let at = jiff::Timestamp::from_millisecond(*retry_at_ms)
+                    .map(|t| t.to_string())
+                    .unwrap_or_else(|_| "later".into());
+                write!(f, "this service token made more calls than its rate allows: try again after {at}")
             }
             Error::AccountDisabled => f.write_str("account disabled"),
             Error::SessionInvalid => f.write_str("session or token is invalid, expired or revoked"),

@@ -1,6 +1,6 @@
 //! The server's own upkeep (issue 10): expire due backups, remove expired
-//! sessions and tokens, and run due retention on the schedule an admin or an
-//! officer sets in the vault (off by default). Each job is a system action
+//! sessions and tokens, and run due retention on the schedule an officer
+//! sets in the vault (off by default). Each job is a system action
 //! in the audit trail; `pivault-server` runs them on its timers.
 //!
 //! This is a child module of `vault` so it can reach the facade's fields.
@@ -66,13 +66,12 @@ impl Vault {
     }
 
     /// Sets (or, with `None`, turns off) the schedule on which the server
-    /// disposes of everything past retention (admin or officer, like the
-    /// retention policies themselves). Off by default. Audited.
+    /// disposes of everything past retention: officers (who hold
+    /// `RunRetention`), since the batches run under their name; an admin,
+    /// who may not dispose, may not schedule disposals either. Off by
+    /// default. Audited.
     pub fn set_retention_schedule(&self, s: &Session, every_hours: Option<u32>) -> Result<()> {
-        self.authorize_any(
-            s,
-            &[Permission::ManageCollections, Permission::RecordReview],
-        )?;
+        self.authorize(s, Some(Permission::RunRetention))?;
         if let Some(h) = every_hours
             && !(1..=MAX_SCHEDULE_HOURS).contains(&h)
         {
@@ -146,9 +145,7 @@ impl Vault {
             };
             self.authorize(&s, None)?;
             let role = Role::parse(&urow.role)?;
-            if !role.permits(Permission::ManageCollections)
-                && !role.permits(Permission::RecordReview)
-            {
+            if !role.permits(Permission::RunRetention) {
                 return Err(Error::PermissionDenied("run a retention schedule"));
             }
             self.dispose_authorized(
@@ -193,8 +190,7 @@ impl Vault {
             let usable = serde_json::from_slice::<SessionRow>(&value)
                 .ok()
                 .is_some_and(|row| {
-                    let alive =
-                        now < row.expires_ms && now - row.last_seen_ms < super::SESSION_IDLE_MS;
+                    let alive = row.alive(now, super::SESSION_IDLE_MS);
                     alive
                         && row
                             .user

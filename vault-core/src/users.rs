@@ -66,19 +66,14 @@ impl Vault {
         }
         let id = UserId::new();
         let row = UserRow {
-            id: id.to_string(),
-            username: name.as_str().to_owned(),
-            role: role.as_str().to_owned(),
-            disabled: false,
             reveal,
-            password_phc: access::hash_password(password)?,
-            created_ms: self.now(),
-            last_login_ms: None,
-            failures: 0,
-            lockouts: 0,
-            locked_until_ms: None,
-            generation: 0,
-            failure_sources: Vec::new(),
+            ..UserRow::new(
+                id,
+                name.as_str(),
+                role.as_str(),
+                access::hash_password(password)?,
+                self.now(),
+            )
         };
         self.put_user_row(&row)?;
         self.store
@@ -96,8 +91,9 @@ impl Vault {
     pub fn login(&self, username: &str, password: &SecretString, ctx: Context) -> Result<Session> {
         let now = self.now();
         let name = Username::parse(username).ok();
+        // A service account has no password: to a login it is an unknown user.
         let row = match &name {
-            Some(n) => self.user_by_name(n)?,
+            Some(n) => self.user_by_name(n)?.filter(|r| !r.service),
             None => None,
         };
         let tag = access::source_tag(ctx.channel.as_str(), ctx.source.as_deref());
@@ -285,6 +281,7 @@ impl Vault {
             created_ms: now,
             expires_ms: now + ttl_ms,
             last_seen_ms: now,
+            service: false,
         };
         let key = token_hash(token.expose());
         self.store.put(
@@ -319,7 +316,7 @@ impl Vault {
         let mut row: SessionRow =
             serde_json::from_slice(&bytes).map_err(|_| Error::Integrity("session row"))?;
         let user: UserId = row.user.parse()?;
-        let alive = now < row.expires_ms && now - row.last_seen_ms < SESSION_IDLE_MS;
+        let alive = row.alive(now, SESSION_IDLE_MS);
         // The cached row (no password hash): every user write invalidates it.
         let current = self
             .session_user(user)?
@@ -327,6 +324,9 @@ impl Vault {
         if !alive || !current {
             self.store.delete(store::CF_SESSIONS, &key)?;
             return deny(self, Some(user));
+        }
+        if row.service {
+            self.take_service_call(&key, user, &ctx, now)?;
         }
         // The idle clock needs minute precision, not a write per request.
         if now - row.last_seen_ms >= SESSION_TOUCH_MS {
@@ -420,6 +420,13 @@ impl Vault {
     ) -> Result<UserId> {
         self.authorize(s, Some(Permission::ManageUsers))?;
         let name = Username::parse(username)?;
+        if role.is_service() {
+            let e = Error::invalid(
+                "retention-runner is a service account's role: use `pivault service add`",
+            );
+            self.audit(Some(s.user), &s.ctx, "user.create", vec![], Err(&e), None)?;
+            return Err(e);
+        }
         let officer_grant =
             role == Role::Officer && self.active_officers.load(Ordering::SeqCst) > 0;
         if officer_grant || reveal {
@@ -667,6 +674,7 @@ impl Vault {
             let name = Username::parse(username)?;
             if let Some(row) = self.user_by_name(&name)?
                 && row.id != me
+                && !row.service
                 && row.role != Role::Officer.as_str()
                 && self.check_last_of_role(&row, false, Some(role)).is_ok()
             {
@@ -677,6 +685,12 @@ impl Vault {
         self.change_user(s, username, &format!("user.role.{role}"), |row| {
             if row.id == me {
                 return Err(Error::PermissionDenied("change your own role"));
+            }
+            if row.service || role.is_service() {
+                return Err(Error::invalid(
+                    "service accounts and people do not trade roles: \
+                     add a service account with `pivault service add`",
+                ));
             }
             self.check_last_of_role(row, false, Some(role))?;
             row.role = role.as_str().to_owned();
@@ -725,6 +739,11 @@ impl Vault {
         new: &SecretString,
     ) -> Result<()> {
         let me = self.authorize(s, None)?;
+        if me.service {
+            let e = Error::invalid(NO_SERVICE_PASSWORD);
+            self.audit(Some(s.user), &s.ctx, "user.password", vec![], Err(&e), None)?;
+            return Err(e);
+        }
         let name = Username::parse(&me.username)?;
         let row = self.user_row(s.user)?.ok_or(Error::SessionInvalid)?;
         if !access::verify_password(current, &row.password_phc) {
@@ -764,6 +783,9 @@ impl Vault {
         let _g = self.users_lock.lock().expect("users lock");
         let r = (|| {
             let mut row = self.user_by_name(name)?.ok_or(Error::NotFound("user"))?;
+            if row.service {
+                return Err(Error::invalid(NO_SERVICE_PASSWORD));
+            }
             let before = row.clone();
             row.password_phc = access::hash_password(new)?;
             row.generation += 1;
@@ -784,3 +806,7 @@ impl Vault {
         }
     }
 }
+
+/// The answer to a password change for a service account.
+const NO_SERVICE_PASSWORD: &str =
+    "a service account has no password: rotate its token with `pivault service rotate`";

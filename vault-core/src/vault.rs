@@ -47,6 +47,8 @@ mod isolation;
 mod maintenance;
 #[path = "records.rs"]
 mod records;
+#[path = "service.rs"]
+mod service;
 #[path = "users.rs"]
 mod users;
 
@@ -63,6 +65,7 @@ pub use disposal::{
 pub use housekeeping::{MAX_SCHEDULE_HOURS, RetentionSchedule};
 pub use maintenance::{JournalReport, MaintenanceReport, MaintenanceStatus};
 pub use records::{ImportColumns, RecordVersion};
+pub use service::ServiceAccount;
 
 /// A test hook called with each disposal step name.
 pub type CrashHook = Box<dyn Fn(&str) + Send + Sync>;
@@ -98,7 +101,15 @@ pub struct OpenOptions {
     pub clock: Arc<dyn Clock>,
     /// Lock-out policy.
     pub lockout: LockoutPolicy,
+    /// Calls a service account's token may make per minute (a token
+    /// bucket of this size, refilled at this rate), so a runaway script
+    /// cannot crowd out the staff.
+    pub service_calls_per_minute: u32,
 }
+
+/// The default of [`OpenOptions::service_calls_per_minute`]: ample for a
+/// nightly retention run, a few calls, and its certificates.
+pub const DEFAULT_SERVICE_CALLS_PER_MINUTE: u32 = 120;
 
 impl Default for OpenOptions {
     fn default() -> Self {
@@ -106,6 +117,7 @@ impl Default for OpenOptions {
             sync: false,
             clock: Arc::new(SystemClock),
             lockout: LockoutPolicy::default(),
+            service_calls_per_minute: DEFAULT_SERVICE_CALLS_PER_MINUTE,
         }
     }
 }
@@ -384,6 +396,8 @@ pub struct Vault {
     audit_fail: AtomicBool,
     /// Test hook: every undo after a failed audit append fails too.
     undo_fail: AtomicBool,
+    /// The rate limit of each service token in use (`service.rs`).
+    service_calls: Mutex<std::collections::HashMap<[u8; 32], service::CallBucket>>,
 }
 
 impl std::fmt::Debug for Vault {
@@ -613,6 +627,7 @@ impl Vault {
             schema_cache: GenCache::new(),
             audit_fail: AtomicBool::new(false),
             undo_fail: AtomicBool::new(false),
+            service_calls: Mutex::new(std::collections::HashMap::new()),
         };
         if opened.legacy_slot {
             // A slot of an older build binds only the vault ID: replace it

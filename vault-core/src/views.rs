@@ -60,6 +60,8 @@ pub const DOCUMENTS: &[&str] = &[
     "maintenance-report",
     "passphrase-change",
     "password-change",
+    "profile-change",
+    "profile-list",
     "public-keys",
     "record",
     "record-history",
@@ -72,6 +74,9 @@ pub const DOCUMENTS: &[&str] = &[
     "retention-policy",
     "retention-schedule",
     "review",
+    "service-list",
+    "service-revocation",
+    "service-token",
     "session",
     "session-end",
     "subject",
@@ -137,7 +142,25 @@ pub fn user(u: &UserInfo) -> Value {
         "state": match u.state { UserState::Active => "active", UserState::Disabled => "disabled" },
         "reveal": u.reveal_grant, "created": format_ms(u.created_ms),
         "last_login": u.last_login_ms.map(format_ms), "locked_until": u.locked_until_ms.map(format_ms),
+        "kind": if u.service { "service" } else { "person" },
     })
+}
+
+/// One service account (`service list`): never its token.
+pub fn service_account(a: &crate::vault::ServiceAccount) -> Value {
+    json!({
+        "user_id": a.id.to_string(), "username": a.username.as_str(), "role": a.role.as_str(),
+        "state": match a.state { UserState::Active => "active", UserState::Disabled => "revoked" },
+        "created": format_ms(a.created_ms), "last_used": a.last_used_ms.map(format_ms),
+        "has_token": a.has_token,
+        "token_issued_to": a.token_issued_to.map(|u| u.to_string()),
+        "issuer_disabled": a.issuer_disabled,
+    })
+}
+
+/// A service account's new token (`service add`, `service rotate`): shown this once.
+pub fn service_token(id: crate::ids::UserId, name: &str, role: &str, token: &str) -> Value {
+    json!({ "user_id": id.to_string(), "username": name, "role": role, "token": token })
 }
 
 /// One pending two-person request (`user requests`): IDs, names, times.

@@ -10,6 +10,26 @@ use serde_json::{Map, Value, json};
 /// Every schema file, by name, as checked in.
 const SCHEMA_FILES: &[(&str, &str)] = &[
     (
+        "service-token",
+        include_str!("../../schemas/service-token.json"),
+    ),
+    (
+        "service-revocation",
+        include_str!("../../schemas/service-revocation.json"),
+    ),
+    (
+        "service-list",
+        include_str!("../../schemas/service-list.json"),
+    ),
+    (
+        "profile-list",
+        include_str!("../../schemas/profile-list.json"),
+    ),
+    (
+        "profile-change",
+        include_str!("../../schemas/profile-change.json"),
+    ),
+    (
         "audit-anchor",
         include_str!("../../schemas/audit-anchor.json"),
     ),
@@ -206,6 +226,10 @@ const SCHEMA_FILES: &[(&str, &str)] = &[
 /// The document each operation (utoipa's operation ID, the handler's name)
 /// answers with. `certificate_html` answers HTML and is not listed.
 const OPERATION_DOCUMENTS: &[(&str, &str)] = &[
+    ("add_service", "service-token"),
+    ("list_services", "service-list"),
+    ("rotate_service", "service-token"),
+    ("revoke_service", "service-revocation"),
     ("login", "session"),
     ("logout", "session-end"),
     ("whoami", "user"),

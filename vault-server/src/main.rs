@@ -65,6 +65,10 @@ struct Args {
     /// Requests per client address per second.
     #[arg(long, default_value_t = 20_000)]
     requests_per_second: u32,
+    /// Calls each service account's token may make per minute (a runaway
+    /// script must not crowd out the staff).
+    #[arg(long, default_value_t = vault_core::vault::DEFAULT_SERVICE_CALLS_PER_MINUTE)]
+    service_calls_per_minute: u32,
     /// Concurrent password checks (Argon2id).
     #[arg(long, default_value_t = 1)]
     login_concurrency: usize,
@@ -268,6 +272,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         &pass,
         OpenOptions {
             sync: args.sync,
+            service_calls_per_minute: args.service_calls_per_minute.max(1),
             ..OpenOptions::default()
         },
     )?;

@@ -161,7 +161,9 @@ impl From<Error> for ApiError {
             Error::InvalidInput(_) | Error::WeakPassword(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Error::AuthFailed | Error::SessionInvalid => StatusCode::UNAUTHORIZED,
             Error::AccountLocked { .. } => StatusCode::LOCKED,
-            Error::LoginThrottled { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Error::LoginThrottled { .. } | Error::RateLimited { .. } => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             Error::AccountDisabled | Error::PermissionDenied(_) => StatusCode::FORBIDDEN,
             Error::NotFound(_) | Error::NotAVault(_) => StatusCode::NOT_FOUND,
             Error::AlreadyExists(_)
@@ -180,7 +182,9 @@ impl From<Error> for ApiError {
         let mut out = ApiError::new(status, e.code(), e.to_string());
         match &e {
             Error::Disposed { certificate } => out.certificate = certificate.clone(),
-            Error::AccountLocked { until_ms: at } | Error::LoginThrottled { retry_at_ms: at } => {
+            Error::AccountLocked { until_ms: at }
+            | Error::LoginThrottled { retry_at_ms: at }
+            | Error::RateLimited { retry_at_ms: at } => {
                 let now = jiff::Timestamp::now().as_millisecond();
                 // Rounded up: a client that waits exactly this long is let in.
                 out.retry_after =

@@ -139,6 +139,21 @@ pub struct NewUser {
     pub reveal: bool,
 }
 
+/// A new service account.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewService {
+    /// Its unique name.
+    pub username: String,
+    /// Its role: retention-runner (the default).
+    #[serde(default = "retention_runner")]
+    pub role: String,
+}
+
+fn retention_runner() -> String {
+    Role::RetentionRunner.as_str().to_owned()
+}
+
 /// A reveal grant given or taken away.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -515,6 +530,90 @@ async fn add_user(
     created(
         "user-added",
         json!({ "user_id": id.to_string(), "username": name, "role": role.as_str() }),
+    )
+}
+
+/// Add a service account (a script's credential); its token is in the
+/// answer, shown this once (officer: the caller must hold every permission
+/// of the service's role).
+#[utoipa::path(post, path = "/v1/services", request_body = NewService, tag = "services", security(("bearer" = [])),
+    responses((status = 201, body = Object), (status = 403, body = Problem), (status = 409, body = Problem),
+              (status = 422, body = Problem)))]
+async fn add_service(
+    State(app): State<Arc<App>>,
+    rc: RequestContext,
+    t: Bearer,
+    Body(req): Body<NewService>,
+) -> Res {
+    let role = Role::parse(&req.role).map_err(ApiError::from)?;
+    let name = req.username;
+    let n2 = name.clone();
+    let (id, token) = app
+        .as_user(&rc, t, move |v, s| v.add_service_account(s, &n2, role))
+        .await?;
+    created(
+        "service-token",
+        views::service_token(id, &name, role.as_str(), token.expose()),
+    )
+}
+
+/// List service accounts and their last use (admin, officer, auditor).
+#[utoipa::path(get, path = "/v1/services", tag = "services", security(("bearer" = [])),
+    responses((status = 200, body = Object), (status = 403, body = Problem)))]
+async fn list_services(State(app): State<Arc<App>>, rc: RequestContext, t: Bearer) -> Res {
+    let list = app
+        .as_user(&rc, t, |v, s| v.list_service_accounts(s))
+        .await?;
+    ok(
+        "service-list",
+        Value::Array(list.iter().map(views::service_account).collect()),
+    )
+}
+
+/// Replace a service account's token: the old one fails its next call.
+#[utoipa::path(post, path = "/v1/services/{name}/rotate", tag = "services", security(("bearer" = [])),
+    params(("name" = String, Path, description = "service account name")),
+    responses((status = 200, body = Object), (status = 403, body = Problem), (status = 404, body = Problem)))]
+async fn rotate_service(
+    State(app): State<Arc<App>>,
+    rc: RequestContext,
+    t: Bearer,
+    Path(name): Path<String>,
+) -> Res {
+    let n2 = name.clone();
+    let (token, list) = app
+        .as_user(&rc, t, move |v, s| {
+            let token = v.rotate_service_token(s, &n2)?;
+            Ok((token, v.service_accounts()?))
+        })
+        .await?;
+    let a = list
+        .iter()
+        .find(|a| a.username.as_str() == name)
+        .ok_or_else(|| ApiError::from(vault_core::Error::NotFound("service account")))?;
+    ok(
+        "service-token",
+        views::service_token(a.id, &name, a.role.as_str(), token.expose()),
+    )
+}
+
+/// Revoke a service account: its token fails the next call.
+#[utoipa::path(delete, path = "/v1/services/{name}", tag = "services", security(("bearer" = [])),
+    params(("name" = String, Path, description = "service account name")),
+    responses((status = 200, body = Object), (status = 403, body = Problem), (status = 404, body = Problem)))]
+async fn revoke_service(
+    State(app): State<Arc<App>>,
+    rc: RequestContext,
+    t: Bearer,
+    Path(name): Path<String>,
+) -> Res {
+    let n2 = name.clone();
+    let id = app
+        .as_user(&rc, t, move |v, s| v.revoke_service_account(s, &n2))
+        .await?;
+    ok(
+        "service-revocation",
+        json!({ "user_id": id.to_string(), "username": name, "state": "revoked" }),
     )
 }
 
@@ -1784,7 +1883,7 @@ impl Modify for BearerScheme {
 #[openapi(
     info(title = "pivault API", description = "Encrypted personal-information records: store, read (masked), dispose of provably. Errors are RFC 9457 problem documents whose `code` matches the CLI's."),
     modifiers(&BearerScheme),
-    paths(login, logout, whoami, list_users, add_user, disable_user, enable_user, unlock_user, set_role, set_reveal_grant,
+    paths(login, logout, whoami, list_users, add_user, add_service, list_services, rotate_service, revoke_service, disable_user, enable_user, unlock_user, set_role, set_reveal_grant,
           set_password, list_approvals, approve_request, reject_request, list_collections, create_collection, update_collection, show_collection, put_record, list_records,
           get_record, reveal_record, update_record, patch_record, record_history, import, resolve_subject, dispose, list_disposals,
           retry_disposal, show_retention, set_retention, show_retention_schedule, set_retention_schedule, retention_due, retention_run, list_holds, add_hold,
@@ -1821,6 +1920,9 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/users/{name}/role", put(set_role))
         .route("/v1/users/{name}/reveal", put(set_reveal_grant))
         .route("/v1/users/{name}/password", put(set_password))
+        .route("/v1/services", get(list_services).post(add_service))
+        .route("/v1/services/{name}/rotate", post(rotate_service))
+        .route("/v1/services/{name}", axum::routing::delete(revoke_service))
         .route("/v1/approvals", get(list_approvals))
         .route("/v1/approvals/{id}/approve", post(approve_request))
         .route("/v1/approvals/{id}/reject", post(reject_request))

@@ -407,11 +407,16 @@ impl CliVault {
             "PIVAULT_SYNC",
             "PIVAULT_SERVER",
             "PIVAULT_TOKEN_FILE",
+            "PIVAULT_SERVICE_TOKEN_FILE",
+            "PIVAULT_PROFILE",
+            "PIVAULT_CA_CERT",
         ] {
             c.env_remove(var);
         }
-        // Never the machine's own server: a socket path where none runs.
+        // Never the machine's own server: a socket path where none runs;
+        // never the machine's own profiles either.
         c.env("PIVAULT_SOCKET", self.secrets.join("no-server.sock"))
+            .env("PIVAULT_CONFIG", self.secrets.join("config.toml"))
             .env("PIVAULT_DIR", &self.dir)
             .env("PIVAULT_PASSPHRASE_FILE", &self.passphrase_file)
             .args(args)

@@ -122,7 +122,7 @@ fn the_server_expires_due_backups_and_removes_expired_sessions() {
 }
 
 #[test]
-fn scheduled_retention_runs_only_once_an_admin_turns_it_on() {
+fn scheduled_retention_runs_only_once_an_officer_turns_it_on() {
     let tmp = tempfile::tempdir().unwrap();
     let vault_dir = tmp.path().join("vault");
     let fx = common::fast_vault(&vault_dir);
@@ -142,23 +142,46 @@ fn scheduled_retention_runs_only_once_an_admin_turns_it_on() {
             },
         )
         .unwrap();
-    // Off by default; a clerk cannot turn it on.
+    // Off by default; a clerk cannot turn it on, nor can an admin (who may
+    // not dispose, so may not schedule disposals), nor shorten the policy.
     assert_eq!(fx.vault.retention_schedule(&fx.admin).unwrap(), None);
     assert!(fx.vault.set_retention_schedule(&fx.clerk, Some(1)).is_err());
-    assert!(fx.vault.set_retention_schedule(&fx.admin, Some(0)).is_err());
-    let admin_id = fx.admin.user();
+    assert!(matches!(
+        fx.vault.set_retention_schedule(&fx.admin, Some(1)),
+        Err(vault_core::Error::PermissionDenied(_))
+    ));
+    assert!(
+        fx.vault
+            .set_retention_schedule(&fx.officer, Some(0))
+            .is_err()
+    );
+    let shorter = |days| RetentionPolicy {
+        days,
+        from_updated: false,
+    };
+    assert!(matches!(
+        fx.vault.set_retention(&fx.admin, CUSTOMERS, shorter(1)),
+        Err(vault_core::Error::PermissionDenied(_))
+    ));
+    fx.vault
+        .set_retention(&fx.admin, CUSTOMERS, shorter(3650))
+        .expect("an admin may lengthen");
+    fx.vault
+        .set_retention(&fx.officer, CUSTOMERS, shorter(30))
+        .unwrap();
+    let officer_id = fx.officer.user();
     fx.vault.close().unwrap();
 
     // CLI (custodian, on the directory): shows it off.
     let pass = tmp.path().join("pp");
     crate::cli::write_private(&pass, PASSPHRASE.as_bytes());
     let pw = tmp.path().join("admin-pw");
-    crate::cli::write_private(&pw, common::USERS[0].2.as_bytes());
+    crate::cli::write_private(&pw, common::USERS[1].2.as_bytes());
     let cli = |args: &[&str]| {
         let out = std::process::Command::new(crate::cli::pivault_bin())
             .env("PIVAULT_DIR", &vault_dir)
             .env("PIVAULT_PASSPHRASE_FILE", &pass)
-            .env("PIVAULT_USER", "admin")
+            .env("PIVAULT_USER", "officer")
             .env("PIVAULT_PASSWORD_FILE", &pw)
             .args(args)
             .stdin(std::process::Stdio::null())
@@ -176,7 +199,7 @@ fn scheduled_retention_runs_only_once_an_admin_turns_it_on() {
     assert_eq!(cli(&["--json", "retention", "schedule"])["enabled"], false);
     let on = cli(&["--json", "retention", "schedule", "--every-hours", "12"]);
     assert_eq!(on["every_hours"], 12, "{on}");
-    assert_eq!(on["set_by"], admin_id.to_string(), "{on}");
+    assert_eq!(on["set_by"], officer_id.to_string(), "{on}");
     let off = cli(&["--json", "retention", "schedule", "--off"]);
     assert_eq!(off["enabled"], false, "{off}");
 
@@ -213,6 +236,13 @@ fn scheduled_retention_runs_only_once_an_admin_turns_it_on() {
         Some(&admin),
         Some(&json!({ "every_hours": 24 })),
     );
+    assert_eq!(a.status, 403, "an admin may not schedule disposals: {a:?}");
+    let a = srv.call(
+        "PUT",
+        "/v1/retention-schedule",
+        Some(&officer),
+        Some(&json!({ "every_hours": 24 })),
+    );
     assert_eq!(a.status, 200, "{a:?}");
     assert_eq!(a.json()["every_hours"], 24);
     let lines = srv.wait_stderr(&["scheduled retention"], Duration::from_secs(60));
@@ -234,7 +264,7 @@ fn scheduled_retention_runs_only_once_an_admin_turns_it_on() {
     );
     assert_eq!(file.status, 200, "{file:?}");
     let cert = Certificate::parse(&file.text).unwrap();
-    assert_eq!(cert.body["operator"]["user_id"], admin_id.to_string());
+    assert_eq!(cert.body["operator"]["user_id"], officer_id.to_string());
     assert_eq!(cert.body["target"]["record_count"], 3);
     let s = srv
         .call("GET", "/v1/retention-schedule", Some(&officer), None)
@@ -244,7 +274,7 @@ fn scheduled_retention_runs_only_once_an_admin_turns_it_on() {
     let a = srv.call(
         "PUT",
         "/v1/retention-schedule",
-        Some(&admin),
+        Some(&officer),
         Some(&json!({ "every_hours": null })),
     );
     assert_eq!(a.json()["enabled"], false, "{a:?}");

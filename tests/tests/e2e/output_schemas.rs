@@ -252,7 +252,7 @@ fn a_tour_of_the_commands_prints_every_document_as_documented() {
     run("officer", &["--json", "review"]);
     run("officer", &["--json", "maintenance", "run"]);
     run(
-        "admin",
+        "officer",
         &["--json", "retention", "set", "customers", "--days", "3650"],
     );
     run("officer", &["--json", "retention", "show"]);

@@ -27,11 +27,11 @@ use crate::common::{self, CUSTOMERS, PASSPHRASE, USERS};
 /// A running `pivault-server` child and a client that trusts its certificate.
 pub(crate) struct Server {
     child: Child,
-    base: String,
+    pub(crate) base: String,
     agent: ureq::Agent,
     dir: Option<TempDir>,
     pub(crate) vault_dir: PathBuf,
-    cert: PathBuf,
+    pub(crate) cert: PathBuf,
     stderr: std::sync::Mutex<std::sync::mpsc::Receiver<String>>,
 }
 

@@ -642,7 +642,7 @@ fn server_concurrent_model_every_acknowledged_write_and_certificate_holds() {
     let a = srv.call(
         "PUT",
         &format!("/v1/retention/{VISITS}"),
-        Some(&admin),
+        Some(&srv.token("officer")),
         Some(&json!({ "days": 1 })),
     );
     assert_eq!(a.status, 200, "seed {seed}: {a:?}");
