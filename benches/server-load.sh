@@ -6,9 +6,11 @@
 #   1. /healthz over TLS: the ceiling of this server on this machine;
 #   2. authenticated masked record reads (GET /v1/records/{id}, bearer token),
 #      at 16 and 64 concurrent connections: requests/s, p50, p99;
-#   3. the same reads while a second wrk floods POST /v1/sessions with wrong
-#      passwords (with the per-address login limit raised so that every
-#      attempt reaches Argon2id: the worst case for starvation).
+#   3. masked reads alone (16 connections), then while a second wrk floods
+#      the server without a token (401s) and then with wrong-password logins
+#      (the per-address login limit raised so that every attempt reaches
+#      Argon2id: the worst case for starvation), reported as ratios of
+#      reads/s and p99 against the alone baseline of the same run.
 #
 # Usage:  benches/server-load.sh            (DURATION=10s by default)
 #         DURATION=30s BIN_DIR=target/release benches/server-load.sh
@@ -59,17 +61,39 @@ for C in 16 64; do
       'BEGIN { printf "  ratio reads / healthz at %s connections: %.2f\n", "'"$C"'", a / b }'
 done
 
-# Login flood from a second process while reads are measured.
+# Issue 13: masked reads alone, then under an unauthenticated flood (GET
+# without a token: 401s, counted per source and minute in the audit trail)
+# and under a wrong-password login flood, from a second wrk process; each
+# reported as a ratio against the alone baseline of this same run.
 cat > "$WORK/flood.lua" <<'LUA'
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
 wrk.body = '{"username":"nobody-at-all","password":"not-the-password-123"}'
 LUA
-wrk -t1 -c16 -d"$DURATION" -s "$WORK/flood.lua" "$URL_IP/v1/sessions" > "$WORK/flood.txt" &
-FLOOD=$!
-sleep 1
-wrk -t1 -c16 -d"$DURATION" --latency -H "Authorization: Bearer $TOKEN" "$URL_IP/v1/records/$ID" > "$WORK/rf.txt"
-wait "$FLOOD" || true
-summary "reads during a wrong-password flood, 16 conn" "$WORK/rf.txt"
-summary "  the flood itself (POST /v1/sessions)" "$WORK/flood.txt"
+rps_of() { awk '/Requests\/sec/ {print $2}' "$1"; }
+# p99 in milliseconds (wrk prints us, ms or s).
+p99_ms() { awk '$1=="99%" { v=$2; if (v ~ /us$/) { sub(/us$/,"",v); v/=1000 } else if (v ~ /ms$/) { sub(/ms$/,"",v) } else if (v ~ /s$/) { sub(/s$/,"",v); v*=1000 } print v }' "$1"; }
+reads() { wrk -t1 -c16 -d"$DURATION" --latency -H "Authorization: Bearer $TOKEN" "$URL_IP/v1/records/$ID" > "$1"; }
+ratio() { # label, file, baseline file
+  awk -v r="$(rps_of "$2")" -v b="$(rps_of "$3")" -v p="$(p99_ms "$2")" -v q="$(p99_ms "$3")" -v l="$1" \
+    'BEGIN { printf "  %-42s reads/s %.2f x alone, p99 %.2f x alone\n", l, r / b, p / q }'
+}
+reads "$WORK/alone.txt"
+summary "reads alone, 16 conn" "$WORK/alone.txt"
+for FLOOD_KIND in unauthenticated wrong-password; do
+  if [ "$FLOOD_KIND" = unauthenticated ]; then
+    wrk -t1 -c64 -d"$DURATION" "$URL_IP/v1/records/$ID" > "$WORK/flood-$FLOOD_KIND.txt" &
+  else
+    wrk -t1 -c16 -d"$DURATION" -s "$WORK/flood.lua" "$URL_IP/v1/sessions" > "$WORK/flood-$FLOOD_KIND.txt" &
+  fi
+  FLOOD=$!
+  sleep 1
+  reads "$WORK/under-$FLOOD_KIND.txt"
+  wait "$FLOOD" || true
+  summary "reads during a $FLOOD_KIND flood, 16 conn" "$WORK/under-$FLOOD_KIND.txt"
+  summary "  the flood itself" "$WORK/flood-$FLOOD_KIND.txt"
+  ratio "under the $FLOOD_KIND flood:" "$WORK/under-$FLOOD_KIND.txt" "$WORK/alone.txt"
+done
 stop_server
+AUDIT_BYTES=$(du -sb "$PIVAULT_DIR/audit" 2>/dev/null | awk '{print $1}')
+echo "audit trail after the run: ${AUDIT_BYTES:-?} bytes (every authenticated read and login attempt is one event; requests refused before authentication one per source and minute)"

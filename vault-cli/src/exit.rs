@@ -11,9 +11,9 @@
 //! | 6 | not found |
 //! | 7 | record disposed of |
 //! | 8 | integrity failure (tampered data, audit trail verification failed) |
-//! | 9 | vault busy (held by another process), rate limited, or failed logins from this source throttled (`login_throttled`): retry later |
+//! | 9 | vault busy (held by another process), rate limited, the server overloaded (`overloaded`), or failed logins from this source throttled (`login_throttled`): retry later |
 //! | 10 | wrong vault passphrase |
-//! | 11 | storage or file-system error |
+//! | 11 | storage or file-system error, or the server's disk nearly full (`disk_low`) |
 //! | 12 | `doctor` found an unsafe setting |
 //! | 13 | refused by policy (no security officer; pending a second officer's approval (`approval_required`); already exists; legal hold; record in an unfinished disposal; rotation blocked by an unreadable key) |
 //! | 14 | disposal verification failed: no certificate issued |
@@ -76,9 +76,11 @@ pub fn for_code(code: &str) -> u8 {
         "not_found" | "not_a_vault" => NOT_FOUND,
         "disposed" => DISPOSED,
         "integrity" | "unsupported_format" => INTEGRITY,
-        "vault_busy" | "rate_limited" | "login_throttled" | "timeout" | "unavailable" => BUSY,
+        "vault_busy" | "rate_limited" | "login_throttled" | "timeout" | "unavailable"
+        | "overloaded" => BUSY,
         "wrong_passphrase" => PASSPHRASE,
-        "storage" | "io" | "audit_unavailable" | "import_incomplete" | "writes_fenced" => STORAGE,
+        "storage" | "io" | "audit_unavailable" | "import_incomplete" | "writes_fenced"
+        | "disk_low" => STORAGE,
         "unsafe_permissions" => UNSAFE_CONFIG,
         "no_officer"
         | "approval_required"

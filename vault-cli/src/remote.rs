@@ -108,8 +108,10 @@ impl Remote {
         };
         use ureq::tls::{Certificate as Pem, RootCerts, TlsConfig};
         let base = url.trim_end_matches('/').to_owned();
-        if !(base.starts_with("https://") || is_loopback_http(&base)) {
-            bail!("--server must be an https:// URL (plain http only to 127.0.0.1 or localhost)");
+        if let Err(why) = check_server_url(&base) {
+            bail!(
+                "--server must be an https:// URL (plain http only to 127.0.0.1 or localhost): {why}"
+            );
         }
         let mut tls = TlsConfig::builder();
         if let Some(ca) = ca_cert {
@@ -280,13 +282,69 @@ fn https_call(
     Ok((status, content_type, text))
 }
 
-fn is_loopback_http(url: &str) -> bool {
-    ["http://127.0.0.1", "http://localhost", "http://[::1]"]
-        .iter()
-        .any(|p| {
-            url.starts_with(p)
-                && matches!(url.as_bytes().get(p.len()), None | Some(b':') | Some(b'/'))
-        })
+/// Checks a `--server` URL by parsing its authority rather than matching a
+/// prefix: `http://127.0.0.1:1@otherhost` starts like a loopback URL but
+/// sends the request (and the password) in clear to `otherhost`, with
+/// `127.0.0.1:1` as user information. So: scheme `https` or `http`, no user
+/// information, a host name or IP literal and an optional numeric port; and
+/// plain `http` only when the host is loopback (`localhost`, `127.0.0.0/8`,
+/// `[::1]`). The error names what is wrong, never the URL (it could hold a
+/// password).
+fn check_server_url(url: &str) -> Result<(), &'static str> {
+    let (scheme, rest) = url.split_once("://").ok_or("no scheme")?;
+    let https = match scheme.to_ascii_lowercase().as_str() {
+        "https" => true,
+        "http" => false,
+        _ => return Err("the scheme must be https"),
+    };
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let authority = &rest[..end];
+    if authority.contains('@') {
+        return Err("user information (user:password@) is not allowed in the URL");
+    }
+    if authority.contains('%') || authority.contains('\\') {
+        return Err("the host is malformed");
+    }
+    let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+        let (h, after) = v6.split_once(']').ok_or("the host is malformed")?;
+        h.parse::<std::net::Ipv6Addr>()
+            .map_err(|_| "the host is malformed")?;
+        let port = if after.is_empty() {
+            None
+        } else {
+            Some(after.strip_prefix(':').ok_or("the host is malformed")?)
+        };
+        (h, port)
+    } else {
+        match authority.split_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (authority, None),
+        }
+    };
+    if let Some(p) = port
+        && (p.is_empty() || p.len() > 5 || p.parse::<u16>().is_err())
+    {
+        return Err("the port is not a number");
+    }
+    let host_ok = host.parse::<std::net::IpAddr>().is_ok()
+        || (!host.is_empty()
+            && host.len() <= 253
+            && host.split('.').all(|l| {
+                !l.is_empty()
+                    && l.len() <= 63
+                    && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            }));
+    if !host_ok {
+        return Err("the host is malformed");
+    }
+    let loopback = host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    if !https && !loopback {
+        return Err("plain http is allowed only to a loopback host");
+    }
+    Ok(())
 }
 
 /// Where the token of `user` on `server` is kept.
@@ -1214,4 +1272,46 @@ fn command(cli: &Cli, out: &Out, r: &Remote) -> anyhow::Result<u8> {
         | Command::Contractor(ContractorCmd::Keygen { .. }) => unreachable!("handled before"),
     }
     Ok(exit::OK)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_server_url;
+
+    /// Issue 13: a URL that starts like loopback but whose host is another
+    /// machine (user information before `@`) is refused, and plain HTTP is
+    /// allowed only to a loopback host.
+    #[test]
+    fn server_urls_are_parsed_not_prefix_matched() {
+        for ok in [
+            "https://vault.shop.lan",
+            "https://vault.shop.lan:8443",
+            "https://192.168.1.20:8443/",
+            "https://[2001:db8::1]:8443",
+            "http://127.0.0.1:8443",
+            "http://127.0.0.2",
+            "http://localhost:8443/",
+            "http://[::1]:8443",
+            "HTTP://LOCALHOST",
+        ] {
+            assert_eq!(check_server_url(ok), Ok(()), "{ok}");
+        }
+        for bad in [
+            "http://127.0.0.1:1@otherhost",
+            "http://127.0.0.1@otherhost:8443",
+            "https://user:pw@vault.shop.lan",
+            "http://localhost.evil.example",
+            "http://127.0.0.1.evil.example",
+            "http://otherhost",
+            "http://[::1]x",
+            "http://127.0.0.1:99999",
+            "http://127.0.0.1:",
+            "ftp://127.0.0.1",
+            "127.0.0.1:8443",
+            "http://[::1",
+            "https://",
+        ] {
+            assert!(check_server_url(bad).is_err(), "{bad} must be refused");
+        }
+    }
 }

@@ -5,7 +5,7 @@
 //! requests that never reached one (bad token, malformed body, unknown
 //! route, rate limited), so that every request leaves a trace.
 
-use crate::audit::{NewEvent, Outcome};
+use crate::audit::{Channel, NewEvent, Outcome};
 use crate::error::Result;
 use crate::ids::UserId;
 
@@ -41,6 +41,56 @@ impl Vault {
             code: code.map(str::to_owned),
             reason: None,
             request_id: ctx.request_id.clone(),
+        })
+        .map(|_| ())
+    }
+}
+
+/// Unauthenticated requests refused from one source within one minute,
+/// audited as one event (see [`Vault::audit_http_refused`]).
+#[derive(Debug)]
+pub struct RefusedRequests<'a> {
+    /// The front end they came through.
+    pub channel: Channel,
+    /// The client: address (or `(other sources)` past the server's table).
+    pub source: &'a str,
+    /// How many requests.
+    pub count: u64,
+    /// When the first arrived, unix milliseconds.
+    pub first_ms: i64,
+    /// When the last arrived.
+    pub last_ms: i64,
+    /// Answers by HTTP status.
+    pub statuses: &'a [(u16, u64)],
+    /// `METHOD:route-template` of the requests (never a concrete path).
+    pub routes: &'a [String],
+}
+
+impl Vault {
+    /// Appends one `http.refused` event for requests refused before anyone
+    /// authenticated (no or a malformed token, unknown route, rate limit),
+    /// aggregated by the server per source and minute so that a flood of
+    /// them cannot fill the disk. Targets: `count=N`, `first=` and `last=`
+    /// (RFC 3339), `<status>=N` per answer, then the route templates.
+    pub fn audit_http_refused(&self, r: &RefusedRequests<'_>) -> Result<()> {
+        let mut targets = vec![
+            format!("count={}", r.count),
+            format!("first={}", crate::clock::format_ms(r.first_ms)),
+            format!("last={}", crate::clock::format_ms(r.last_ms)),
+        ];
+        targets.extend(r.statuses.iter().map(|(s, n)| format!("{s}={n}")));
+        targets.extend(r.routes.iter().cloned());
+        self.append_event(NewEvent {
+            time_ms: self.now(),
+            actor: None,
+            channel: r.channel,
+            source: Some(r.source.to_owned()),
+            action: "http.refused".to_owned(),
+            targets,
+            outcome: Outcome::Denied,
+            code: None,
+            reason: None,
+            request_id: None,
         })
         .map(|_| ())
     }

@@ -63,6 +63,7 @@ pub use disposal::{
     DisposalRequest, DisposalScope, DisposalSummary, Hold, RetentionPolicy,
 };
 pub use housekeeping::{MAX_SCHEDULE_HOURS, RetentionSchedule};
+pub use http_audit::RefusedRequests;
 pub use maintenance::{JournalReport, MaintenanceReport, MaintenanceStatus};
 pub use records::{ImportColumns, RecordVersion};
 pub use service::ServiceAccount;

@@ -15,19 +15,21 @@
 
 mod coalesce;
 pub mod documents;
+pub mod limits;
 pub mod pool;
 pub mod problem;
 pub mod routes;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::{ConnectInfo, MatchedPath, Request, State};
-use axum::http::{HeaderValue, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use tokio::sync::Semaphore;
@@ -37,6 +39,8 @@ use vault_core::ids::UserId;
 use vault_core::secret::SecretString;
 use vault_core::vault::{Context, Session};
 
+pub use limits::{ConnectionLimit, SourceKey};
+use limits::{RateLimiter, Refusals};
 pub use problem::ApiError;
 
 /// Limits and policies of a running server (flags of `pivault-server`).
@@ -74,6 +78,25 @@ pub struct Limits {
     /// template, status, milliseconds, client): never a concrete path,
     /// query or body, so never personal information.
     pub access_log: bool,
+    /// Request body bytes held in memory at once, over all requests: a
+    /// request whose body would pass it is answered 503 with Retry-After
+    /// (at least the import limit, so that one import always fits).
+    pub body_budget: usize,
+    /// Open TCP connections at once; more are closed at accept.
+    pub max_connections: usize,
+    /// Time a client has to send a request's headers, and the longest a
+    /// keep-alive connection may sit idle between requests; also bounds
+    /// the TLS handshake.
+    pub header_timeout: Duration,
+    /// Free bytes the vault's file system must keep: below, the server
+    /// refuses new work with 503 `disk_low` and `/readyz` answers 503,
+    /// before an audit append can fail (0: no guard).
+    pub min_free_bytes: u64,
+    /// Refused bearer tokens per source per minute (burst: half of it):
+    /// past it, requests from that source carrying a token are answered
+    /// 429 without a look-up. Each refused token is one audit event, so
+    /// this bounds what a stream of made-up tokens writes.
+    pub bad_tokens_per_minute: u32,
 }
 
 impl Default for Limits {
@@ -95,6 +118,11 @@ impl Default for Limits {
             disposal_window: Duration::from_millis(20),
             disposal_batch_max: 10_000,
             access_log: true,
+            body_budget: 256 << 20,
+            max_connections: 1024,
+            header_timeout: Duration::from_secs(10),
+            min_free_bytes: 64 << 20,
+            bad_tokens_per_minute: 60,
         }
     }
 }
@@ -110,7 +138,11 @@ pub struct App {
     logins: Semaphore,
     login_buckets: RateLimiter,
     request_buckets: RateLimiter,
+    bad_token_buckets: RateLimiter,
+    body_budget: Arc<Semaphore>,
+    refusals: Refusals,
     draining: AtomicBool,
+    disk_low: AtomicBool,
 }
 
 impl std::fmt::Debug for App {
@@ -138,7 +170,20 @@ impl App {
                 f64::from(limits.requests_per_second.max(1)),
                 f64::from(limits.requests_per_second.max(1)),
             ),
+            bad_token_buckets: RateLimiter::new(
+                f64::from(limits.bad_tokens_per_minute.max(1)) / 60.0,
+                f64::from((limits.bad_tokens_per_minute / 2).max(1)),
+            ),
+            body_budget: Arc::new(Semaphore::new(
+                limits
+                    .body_budget
+                    .max(limits.import_bytes)
+                    .max(limits.body_bytes)
+                    .min(Semaphore::MAX_PERMITS),
+            )),
+            refusals: Refusals::default(),
             draining: AtomicBool::new(false),
+            disk_low: AtomicBool::new(false),
             vault,
             limits,
         }))
@@ -149,9 +194,88 @@ impl App {
         self.draining.store(true, Ordering::SeqCst);
     }
 
+    /// Checks the free space of the vault's file system against
+    /// [`Limits::min_free_bytes`] (run every few seconds, and at start):
+    /// below it the server refuses new work until space is freed. Returns
+    /// whether the disk is low. A failed check (unknown free space) counts
+    /// as enough, so that an odd file system never stops the server.
+    pub fn check_disk(&self) -> bool {
+        let min = self.limits.min_free_bytes;
+        let low = min > 0
+            && rustix::fs::statvfs(self.vault.dir())
+                .is_ok_and(|st| st.f_bavail.saturating_mul(st.f_frsize) < min);
+        let was = self.disk_low.swap(low, Ordering::SeqCst);
+        if low != was {
+            eprintln!(
+                "pivault-server: {}",
+                if low {
+                    "the vault's disk is nearly full: refusing new work (503 disk_low) until space is freed"
+                } else {
+                    "the vault's disk has room again: serving"
+                }
+            );
+        }
+        low
+    }
+
+    /// Whether the last disk check found too little free space.
+    pub fn is_disk_low(&self) -> bool {
+        self.disk_low.load(Ordering::SeqCst)
+    }
+
+    /// The server's limits.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
     /// Whether the server is shutting down.
     pub fn is_draining(&self) -> bool {
         self.draining.load(Ordering::SeqCst)
+    }
+
+    /// Writes the aggregated events of refused unauthenticated requests
+    /// (one per source and minute): those of minutes that have ended, or
+    /// all of them (`all`, at shutdown). Blocking (audit appends); a failed
+    /// write is reported on stderr, the counts are then lost.
+    pub fn flush_refusals(&self, all: bool) {
+        if let Err(e) = self.refusals.flush(&self.vault, all) {
+            eprintln!(
+                "pivault-server: could not audit refused requests ({}): {e}",
+                e.code()
+            );
+        }
+    }
+
+    /// Checks a request's bearer token before its body is read (so that an
+    /// unauthenticated upload is never buffered): on a vault thread, like
+    /// every token check. A refused token has been audited (`auth.token`,
+    /// one event), and the request is then marked audited.
+    async fn check_token(&self, rc: &RequestContext, token: SecretString) -> Result<(), ApiError> {
+        let _permit = self
+            .work
+            .acquire()
+            .await
+            .map_err(|_| ApiError::unavailable())?;
+        let vault = self.vault.clone();
+        let rc = rc.clone();
+        self.workers
+            .run(move || {
+                let before = vault_core::audit::appended_on_this_thread();
+                match vault.session_from_token(&token, rc.context()) {
+                    Ok(s) => {
+                        let _ = rc.actor.set(s.user());
+                        Ok(())
+                    }
+                    Err(e) => {
+                        if vault_core::audit::appended_on_this_thread() > before {
+                            rc.audited.store(true, Ordering::SeqCst);
+                        }
+                        Err(ApiError::from(e))
+                    }
+                }
+            })
+            .await
+            .map_err(|_| ApiError::internal())?
     }
 
     /// The vault.
@@ -227,6 +351,7 @@ impl App {
         let rc = rc.clone();
         let ttl_ms = i64::try_from(self.limits.token_ttl.as_millis()).unwrap_or(i64::MAX);
         tokio::task::spawn_blocking(move || {
+            let before = vault_core::audit::appended_on_this_thread();
             let r = vault
                 .login(&username, &password, rc.context())
                 .and_then(|s| {
@@ -235,6 +360,11 @@ impl App {
                     Ok((s, t, ttl_ms))
                 })
                 .map_err(ApiError::from);
+            // The login's own event (`auth.login`, success or failure) is
+            // the request's trace: one event per authentication outcome.
+            if vault_core::audit::appended_on_this_thread() > before {
+                rc.audited.store(true, Ordering::SeqCst);
+            }
             rc.audit(&vault, r.as_ref().err())?;
             r
         })
@@ -257,13 +387,21 @@ where
     move || {
         let ctx = rc.context();
         let before = vault_core::audit::appended_on_this_thread();
-        let r = vault
-            .session_from_token(&token.0, ctx)
-            .and_then(|s| {
+        let r = match vault.session_from_token(&token.0, ctx) {
+            Ok(s) => {
                 let _ = rc.actor.set(s.user());
                 op(&vault, &s)
-            })
-            .map_err(ApiError::from);
+            }
+            Err(e) => {
+                // A refused token was audited (`auth.token`): that event
+                // is the request's only one.
+                if vault_core::audit::appended_on_this_thread() > before {
+                    rc.audited.store(true, Ordering::SeqCst);
+                }
+                Err(e)
+            }
+        }
+        .map_err(ApiError::from);
         // A successful operation that wrote its own event (with the user,
         // address, request ID and outcome) has audited the request; anything
         // else gets the request's own event.
@@ -458,54 +596,113 @@ impl RequestContext {
     }
 }
 
-/// A token bucket per client address.
-#[derive(Debug)]
-struct RateLimiter {
-    rate: f64,
-    burst: f64,
-    buckets: Mutex<HashMap<Peer, (f64, Instant)>>,
+/// The bearer token of an `Authorization` header, if well formed.
+pub(crate) fn bearer_token(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .filter(|t| !t.is_empty() && t.len() <= 256)
 }
 
-impl RateLimiter {
-    fn new(rate: f64, burst: f64) -> Self {
-        RateLimiter {
-            rate,
-            burst,
-            buckets: Mutex::new(HashMap::new()),
-        }
-    }
-
-    /// Takes a token for `peer`; `Err(seconds)` to wait when there is none.
-    fn take(&self, peer: Peer) -> Result<(), u64> {
-        let now = Instant::now();
-        let mut b = self.buckets.lock().expect("rate limiter lock");
-        if b.len() > 100_000 {
-            // Bound memory under address churn: drop buckets that are full again.
-            let (rate, burst) = (self.rate, self.burst);
-            b.retain(|_, (t, at)| *t + now.duration_since(*at).as_secs_f64() * rate < burst);
-        }
-        let (tokens, at) = b.entry(peer).or_insert((self.burst, now));
-        *tokens = (*tokens + now.duration_since(*at).as_secs_f64() * self.rate).min(self.burst);
-        *at = now;
-        if *tokens >= 1.0 {
-            *tokens -= 1.0;
-            Ok(())
-        } else {
-            Err(((1.0 - *tokens) / self.rate).ceil().max(1.0) as u64)
-        }
-    }
+/// Routes answered without a bearer token.
+fn is_public(method: &str, route: &str) -> bool {
+    matches!(
+        route,
+        "/healthz" | "/readyz" | "/v1/openapi.json" | "/v1/keys"
+    ) || (method == "POST" && route == "/v1/sessions")
 }
 
-/// How far past its limit a body is still read before answering 413.
+/// Answers that refuse an unauthenticated request; aggregated in the audit
+/// trail instead of one event each.
+fn is_aggregated_refusal(status: u16) -> bool {
+    matches!(status, 401 | 404 | 405 | 429)
+}
+
+/// How far past its limit the body of an authenticated request is read
+/// (and dropped, never kept) so that its client hears 413 rather than a
+/// reset connection. Unauthenticated bodies are never drained.
 const DRAIN_BYTES: usize = 8 << 20;
+
+/// Reads a request body into memory, within `limit` bytes and within the
+/// server-wide budget of body bytes in flight: a declared length is
+/// reserved whole before anything is read, a chunked body chunk by chunk.
+/// The permit holds the bytes' share of the budget until the response is
+/// made. A body over the limit is read on, and dropped, up to `drain`
+/// bytes past it, then answered 413.
+async fn read_body(
+    budget: &Arc<Semaphore>,
+    mut body: axum::body::Body,
+    limit: usize,
+    declared: Option<usize>,
+    drain: usize,
+) -> Result<(axum::body::Bytes, Option<tokio::sync::OwnedSemaphorePermit>), ApiError> {
+    use axum::body::HttpBody;
+    let mut permit: Option<tokio::sync::OwnedSemaphorePermit> = None;
+    let mut take = |n: usize| -> Result<(), ApiError> {
+        if n == 0 {
+            return Ok(());
+        }
+        let n = u32::try_from(n).map_err(|_| ApiError::too_large())?;
+        let p = budget
+            .clone()
+            .try_acquire_many_owned(n)
+            .map_err(|_| ApiError::overloaded())?;
+        match &mut permit {
+            Some(q) => q.merge(p),
+            None => permit = Some(p),
+        }
+        Ok(())
+    };
+    let mut over = declared.is_some_and(|n| n > limit);
+    if drain == 0 && over {
+        return Err(ApiError::too_large());
+    }
+    if let Some(n) = declared.filter(|_| !over) {
+        take(n)?;
+    }
+    let mut buf = Vec::with_capacity(declared.filter(|_| !over).unwrap_or(0));
+    let mut seen = 0usize;
+    while let Some(frame) = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await {
+        let frame = frame.map_err(|_| ApiError::from_status(StatusCode::BAD_REQUEST))?;
+        if let Ok(data) = frame.into_data() {
+            seen = seen.saturating_add(data.len());
+            if over || buf.len() + data.len() > limit {
+                over = true;
+                buf = Vec::new();
+                if seen > limit.saturating_add(drain) {
+                    break;
+                }
+                continue;
+            }
+            if declared.is_none() {
+                take(data.len())?;
+            }
+            buf.extend_from_slice(&data);
+        }
+    }
+    if over {
+        return Err(ApiError::too_large());
+    }
+    Ok((axum::body::Bytes::from(buf), permit))
+}
 
 /// The outermost layer: request ID, rate limit, timeout, problem+json for
 /// every error (including the router's own 404/405/413), security headers,
 /// and the audit event for requests that no handler audited.
+///
+/// Nothing of a body is read before the request is known to be wanted:
+/// rate-limited, unknown-route and token-less requests are answered at
+/// once, and a request with a body to an authenticated route has its token
+/// checked first. Such a refusal closes the connection (`Connection:
+/// close`) instead of draining the body, so a hostile upload costs the
+/// server neither memory nor the time to read it. Accepted bodies count
+/// against [`Limits::body_budget`].
 async fn frame(
     State(app): State<Arc<App>>,
     ConnectInfo(peer): ConnectInfo<Peer>,
-    mut req: Request,
+    req: Request,
     next: Next,
 ) -> Response {
     let started = Instant::now();
@@ -524,39 +721,82 @@ async fn frame(
         actor: OnceLock::new(),
         audited: AtomicBool::new(false),
     }));
+    let mut req = req;
     req.extensions_mut().insert(rc.clone());
     let health = rc.route == "/healthz" || rc.route == "/readyz";
+    let public = is_public(&rc.method, &rc.route);
     let limit = if rc.route.ends_with("/import") {
         app.limits.import_bytes
     } else {
         app.limits.body_bytes
     };
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let has_body =
+        declared.is_some_and(|n| n > 0) || req.headers().contains_key(header::TRANSFER_ENCODING);
+    let token = bearer_token(req.headers()).map(|t| SecretString::new(t.to_owned()));
+    let had_token = token.is_some();
 
-    let mut resp = if let (false, Err(wait)) = (health, app.request_buckets.take(rc.peer)) {
-        ApiError::rate_limited(wait).into_response()
-    } else {
-        let work = async {
-            // Read the whole body first (within the limit), whatever the
-            // answer will be: a rejected request then leaves the connection
-            // clean for the client's next request.
-            // A body somewhat over the limit is still read (and dropped) so
-            // that the client hears 413 instead of a reset connection.
-            let (parts, body) = req.into_parts();
-            match axum::body::to_bytes(body, limit.saturating_add(DRAIN_BYTES)).await {
-                Ok(bytes) if bytes.len() <= limit => {
-                    next.run(Request::from_parts(parts, axum::body::Body::from(bytes)))
-                        .await
+    let (mut resp, close) =
+        if let (false, Err(wait)) = (health, app.request_buckets.take(SourceKey::from(peer))) {
+            (ApiError::rate_limited(wait).into_response(), has_body)
+        } else if !health && app.is_disk_low() {
+            // Before anything could write: answered (and counted in
+            // memory) while the disk is nearly full, so that the audit
+            // trail never runs out of room under the vault's feet.
+            (ApiError::disk_low().into_response(), has_body)
+        } else if rc.route == "(unmatched)" {
+            (
+                ApiError::from_status(StatusCode::NOT_FOUND).into_response(),
+                has_body,
+            )
+        } else if let (false, true, Err(wait)) = (
+            public,
+            had_token,
+            app.bad_token_buckets.peek(SourceKey::from(peer)),
+        ) {
+            // This source has sent too many refused tokens of late: no
+            // look-up (and no `auth.token` event) until its bucket refills.
+            (ApiError::rate_limited(wait).into_response(), has_body)
+        } else if !public && token.is_none() {
+            (ApiError::unauthenticated().into_response(), has_body)
+        } else {
+            let work = async {
+                if has_body
+                    && !public
+                    && let Some(t) = token
+                    && let Err(e) = app.check_token(&rc, t).await
+                {
+                    return (e.into_response(), true);
                 }
-                _ => {
-                    ApiError::from_status(axum::http::StatusCode::PAYLOAD_TOO_LARGE).into_response()
+                // Only a client that proved who it is may make the server
+                // read past the limit (and only to answer it 413 cleanly).
+                let drain = if rc.actor.get().is_some() {
+                    DRAIN_BYTES
+                } else {
+                    0
+                };
+                let declared = declared.map(|n| usize::try_from(n).unwrap_or(usize::MAX));
+                let (parts, body) = req.into_parts();
+                match read_body(&app.body_budget, body, limit, declared, drain).await {
+                    Ok((bytes, permit)) => {
+                        let r = next
+                            .run(Request::from_parts(parts, axum::body::Body::from(bytes)))
+                            .await;
+                        drop(permit);
+                        (r, false)
+                    }
+                    Err(e) => (e.into_response(), true),
                 }
+            };
+            match tokio::time::timeout(app.limits.request_timeout, work).await {
+                Ok(r) => r,
+                Err(_) => (ApiError::timeout().into_response(), true),
             }
         };
-        match tokio::time::timeout(app.limits.request_timeout, work).await {
-            Ok(r) => r,
-            Err(_) => ApiError::timeout().into_response(),
-        }
-    };
 
     let status = resp.status();
     let is_problem = resp
@@ -569,20 +809,49 @@ async fn frame(
         // bodies (which may quote input) by a problem document.
         resp = ApiError::from_status(status).into_response();
     }
+    if let Some(problem::Internal(detail, public)) =
+        resp.extensions_mut().remove::<problem::Internal>()
+    {
+        // The client gets the stable code and the request ID, the operator
+        // the message (a storage error can name files and quote the
+        // database's own text).
+        eprintln!(
+            "pivault-server: internal error in request {}: {detail}",
+            rc.request_id
+        );
+        let mut public = *public;
+        public.set_request_id(&rc.request_id);
+        resp = public.into_response();
+    }
     let code = resp.extensions().get::<problem::Code>().map(|c| c.0);
+    if had_token && !public && resp.status() == StatusCode::UNAUTHORIZED && rc.actor.get().is_none()
+    {
+        // A refused token (audited as `auth.token`): charge its source.
+        let _ = app.bad_token_buckets.take(SourceKey::from(peer));
+    }
     if !health && !rc.audited.load(Ordering::SeqCst) {
-        let vault = app.vault.clone();
-        let rc2 = rc.clone();
         let status = resp.status().as_u16();
-        let audit = app
-            .workers
-            .run(move || rc2.audit_status(&vault, status, code))
-            .await;
-        if !matches!(audit, Ok(Ok(()))) {
-            resp = ApiError::from(vault_core::Error::AuditUnavailable(
-                "the request could not be audited".into(),
-            ))
-            .into_response();
+        if rc.actor.get().is_none() && (is_aggregated_refusal(status) || code == Some("disk_low")) {
+            // Unauthenticated refusals are counted, per source and minute,
+            // and audited as one `http.refused` event each minute: a flood
+            // cannot fill the disk with one event per request.
+            rc.audited.store(true, Ordering::SeqCst);
+            app.refusals
+                .record(SourceKey::from(rc.peer), &rc, status, jiff_now_ms());
+        } else {
+            let vault = app.vault.clone();
+            let rc2 = rc.clone();
+            let audit = app
+                .workers
+                .run(move || rc2.audit_status(&vault, status, code))
+                .await;
+            if !matches!(audit, Ok(Ok(()))) {
+                resp = ApiError::from(vault_core::Error::AuditUnavailable(
+                    "the request could not be audited".into(),
+                ))
+                .into_response();
+                resp.extensions_mut().remove::<problem::Internal>();
+            }
         }
     }
     let h = resp.headers_mut();
@@ -599,6 +868,11 @@ async fn frame(
     );
     h.entry(header::CACHE_CONTROL)
         .or_insert(HeaderValue::from_static("no-store"));
+    if close {
+        // The body was not (fully) read: the connection cannot carry
+        // another request, and hyper closes it after this answer.
+        h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
     if app.limits.access_log && !health {
         eprintln!(
             "pivault-server: access {} user={} {} {} {} {}ms {} {}",
@@ -613,6 +887,11 @@ async fn frame(
         );
     }
     resp
+}
+
+/// Wall-clock unix milliseconds (for the refusal counts' first and last times).
+fn jiff_now_ms() -> i64 {
+    jiff::Timestamp::now().as_millisecond()
 }
 
 /// The whole application: the API routes inside the framing middleware.
@@ -636,6 +915,28 @@ pub fn openapi_json() -> String {
 
 #[cfg(test)]
 mod tests {
+    /// The framing middleware's list of routes answered without a token
+    /// (it refuses a token-less request to any other before reading its
+    /// body) is exactly the OpenAPI document's operations without a
+    /// security requirement.
+    #[test]
+    fn public_routes_match_the_openapi_document() {
+        let doc: serde_json::Value = serde_json::from_str(&super::openapi_json()).expect("JSON");
+        let mut checked = 0;
+        for (path, ops) in doc["paths"].as_object().expect("paths") {
+            for (method, op) in ops.as_object().expect("operations") {
+                let public = op.get("security").is_none();
+                assert_eq!(
+                    super::is_public(&method.to_ascii_uppercase(), path),
+                    public,
+                    "{method} {path}"
+                );
+                checked += 1;
+            }
+        }
+        assert!(checked > 50, "{checked} operations");
+    }
+
     /// The checked-in `openapi.json` is the document the code generates.
     /// Regenerate with `cargo run --bin pivault-server -- --print-openapi >
     /// vault-server/openapi.json` (or `PIVAULT_UPDATE_OPENAPI=1 cargo test`).

@@ -85,6 +85,29 @@ struct Args {
     /// Request timeout, seconds.
     #[arg(long, default_value_t = 30)]
     timeout_secs: u64,
+    /// Request body bytes held in memory at once over all requests, MiB;
+    /// past it a request is answered 503 with Retry-After (never less than
+    /// one import, 64 MiB).
+    #[arg(long, default_value_t = 256, value_name = "MIB")]
+    body_budget_mib: usize,
+    /// Open TCP connections at once; more are closed at accept.
+    #[arg(long, default_value_t = 1024, value_name = "N")]
+    max_connections: usize,
+    /// Seconds a client has to finish the TLS handshake and then to send a
+    /// request's headers; also the longest a keep-alive connection may sit
+    /// idle between requests.
+    #[arg(long, default_value_t = 10, value_name = "SECS")]
+    header_timeout_secs: u64,
+    /// Free space the vault's file system must keep, MiB: below it the
+    /// server refuses new work (503 disk_low) and /readyz answers not
+    /// ready, before an audit write could fail; 0 turns the guard off.
+    #[arg(long, default_value_t = 64, value_name = "MIB")]
+    min_free_mib: u64,
+    /// Refused bearer tokens per client address per minute; past it the
+    /// address's requests with a token get 429 until it slows down (each
+    /// refused token is an audit event).
+    #[arg(long, default_value_t = 60, value_name = "N")]
+    bad_tokens_per_minute: u32,
     /// Hours between maintenance ratchets (old keys of updated records and
     /// orphaned keys destroyed by rotation, ratchet and purge); 0: off.
     #[arg(long, default_value_t = 24, value_name = "HOURS")]
@@ -289,6 +312,11 @@ fn run(args: Args) -> anyhow::Result<()> {
         token_ttl: Duration::from_secs(args.token_ttl_secs.max(1)),
         disposal_window: Duration::from_millis(args.disposal_window_ms),
         access_log: !args.no_access_log,
+        body_budget: args.body_budget_mib.saturating_mul(1 << 20),
+        max_connections: args.max_connections.max(1),
+        header_timeout: Duration::from_secs(args.header_timeout_secs.max(1)),
+        min_free_bytes: args.min_free_mib.saturating_mul(1 << 20),
+        bad_tokens_per_minute: args.bad_tokens_per_minute,
         ..defaults
     };
     let app = App::new(vault, limits).context("cannot start the vault worker threads")?;
@@ -305,6 +333,9 @@ fn run(args: Args) -> anyhow::Result<()> {
         let every = Duration::from_secs(args.checkpoint_secs);
         rt.spawn(checkpoint_timer(app.clone(), every));
     }
+    rt.spawn(refusal_flush_timer(app.clone()));
+    app.check_disk();
+    rt.spawn(disk_guard_timer(app.clone()));
     if args.housekeeping_secs > 0 {
         let every = Duration::from_secs(args.housekeeping_secs);
         rt.spawn(backup_expiry_timer(app.clone(), every));
@@ -319,8 +350,10 @@ fn run(args: Args) -> anyhow::Result<()> {
     });
     rt.block_on(serve(app.clone(), args.bind, tls, socket))?;
     // Every request has finished; blocking work (a disposal step) too once
-    // the runtime is gone. Then the vault is closed cleanly.
+    // the runtime is gone. Then the refusals still counted are audited and
+    // the vault is closed cleanly.
     drop(rt);
+    app.flush_refusals(true);
     let vault = Arc::try_unwrap(app)
         .ok()
         .map(|a| a.into_vault())
@@ -331,6 +364,35 @@ fn run(args: Args) -> anyhow::Result<()> {
     }
     eprintln!("pivault-server: stopped");
     Ok(())
+}
+
+/// Audits the refusal counts of each minute once it has ended (a few
+/// seconds late at most), so that a flood shows in the trail while it lasts.
+async fn refusal_flush_timer(app: Arc<App>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if app.is_draining() {
+            return;
+        }
+        let a = app.clone();
+        let _ = tokio::task::spawn_blocking(move || a.flush_refusals(false)).await;
+    }
+}
+
+/// Checks the vault's free disk space every 2 seconds.
+async fn disk_guard_timer(app: Arc<App>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(2));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if app.is_draining() {
+            return;
+        }
+        let a = app.clone();
+        let _ = tokio::task::spawn_blocking(move || a.check_disk()).await;
+    }
 }
 
 /// Runs `job` on the vault every `every` (on the blocking pool, so RocksDB
@@ -568,6 +630,7 @@ async fn serve(
         }
         None => None,
     };
+    let limits = app.limits().clone();
     let svc = vault_server::app(app).into_make_service_with_connect_info::<Peer>();
     let listener =
         std::net::TcpListener::bind(bind).with_context(|| format!("cannot listen on {bind}"))?;
@@ -576,20 +639,27 @@ async fn serve(
     let scheme = if tls.is_some() { "https" } else { "http" };
     // The line tests and scripts wait for (the port may be 0 = chosen by the OS).
     eprintln!("pivault-server: listening on {scheme}://{local}");
+    // At most `max_connections` open at once (closed at accept past it),
+    // before TLS; the handshake and every request's headers within
+    // `header_timeout`, which also ends idle keep-alive connections
+    // (hyper's header-read timer runs while it waits for the next request).
+    let cap = vault_server::ConnectionLimit::new(limits.max_connections);
+    let mut server = axum_server::from_tcp(listener)?.http1_only();
+    server
+        .http_builder()
+        .http1()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(limits.header_timeout)
+        .keep_alive(true);
     match tls {
         Some(cfg) => {
             let cfg = axum_server::tls_rustls::RustlsConfig::from_config(Arc::new(cfg));
-            axum_server::from_tcp_rustls(listener, cfg)?
-                .handle(handle)
-                .serve(svc)
-                .await?
+            let acceptor = axum_server::tls_rustls::RustlsAcceptor::new(cfg)
+                .handshake_timeout(limits.header_timeout)
+                .acceptor(cap);
+            server.acceptor(acceptor).handle(handle).serve(svc).await?
         }
-        None => {
-            axum_server::from_tcp(listener)?
-                .handle(handle)
-                .serve(svc)
-                .await?
-        }
+        None => server.acceptor(cap).handle(handle).serve(svc).await?,
     }
     if let (Some(task), Some(spec)) = (local_server, &socket) {
         // Requests in flight on the socket finish too (bounded like TCP's).

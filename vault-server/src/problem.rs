@@ -14,6 +14,12 @@ use vault_core::Error;
 #[derive(Clone, Copy, Debug)]
 pub struct Code(pub &'static str);
 
+/// A server-side error's own message (which can quote RocksDB or name
+/// files) and the problem the client gets instead; the framing middleware
+/// logs the first under the request ID and answers the second with that ID.
+#[derive(Clone, Debug)]
+pub struct Internal(pub String, pub Box<ApiError>);
+
 /// An API error: status, stable code, and a message free of personal information.
 #[derive(Clone, Debug)]
 pub struct ApiError {
@@ -27,6 +33,17 @@ pub struct ApiError {
     pub retry_after: Option<u64>,
     /// The certificate of a disposed record (410).
     pub certificate: Option<String>,
+    /// Server errors only (boxed: most errors carry neither).
+    server: Option<Box<ServerSide>>,
+}
+
+/// What a server error carries besides the public problem.
+#[derive(Clone, Debug, Default)]
+struct ServerSide {
+    /// The request's ID (the operator finds the cause under it in the log).
+    request_id: Option<String>,
+    /// The error's own message, for the server's log only.
+    internal: Option<String>,
 }
 
 /// RFC 9457 problem document.
@@ -46,6 +63,9 @@ pub struct Problem {
     /// The certificate of a disposed record.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub certificate: Option<String>,
+    /// On server errors: the request ID to quote to the operator.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
 }
 
 impl ApiError {
@@ -56,7 +76,40 @@ impl ApiError {
             detail: detail.into(),
             retry_after: None,
             certificate: None,
+            server: None,
         }
+    }
+
+    /// Names the request on a server error's problem.
+    pub fn set_request_id(&mut self, id: &str) {
+        self.server.get_or_insert_with(Default::default).request_id = Some(id.to_owned());
+    }
+
+    /// The vault's disk is nearly full: no new work until space is freed.
+    pub fn disk_low() -> Self {
+        let mut e = Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "disk_low",
+            "the vault's disk is nearly full; the server takes no new work until space is freed",
+        );
+        e.retry_after = Some(60);
+        e
+    }
+
+    /// A body over the route's limit.
+    pub fn too_large() -> Self {
+        Self::from_status(StatusCode::PAYLOAD_TOO_LARGE)
+    }
+
+    /// The server-wide budget of request body bytes in memory is spent.
+    pub fn overloaded() -> Self {
+        let mut e = Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "overloaded",
+            "the server is holding too many request bodies; retry shortly",
+        );
+        e.retry_after = Some(1);
+        e
     }
 
     /// A body that is not valid JSON or does not match the request type.
@@ -180,6 +233,23 @@ impl From<Error> for ApiError {
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
         let mut out = ApiError::new(status, e.code(), e.to_string());
+        if status == StatusCode::INTERNAL_SERVER_ERROR || matches!(e, Error::AuditUnavailable(_)) {
+            // Storage, I/O and integrity messages can quote RocksDB and
+            // name paths: the client gets the code and a fixed text.
+            out.server = Some(Box::new(ServerSide {
+                request_id: None,
+                internal: Some(std::mem::take(&mut out.detail)),
+            }));
+            out.detail = match &e {
+                Error::ImportIncomplete {
+                    stored, last_line, ..
+                } => format!(
+                    "import stopped: {stored} record(s) up to line {last_line} were stored and audited, the rest was not; resume from the line after {last_line} to add no duplicate (the server's log has the cause under this request ID)"
+                ),
+                Error::AuditUnavailable(_) => "the audit trail cannot be written: the vault refuses work until it can (the server's log has the cause under this request ID)".to_owned(),
+                _ => "internal error: the server's log has the cause under this request ID".to_owned(),
+            };
+        }
         match &e {
             Error::Disposed { certificate } => out.certificate = certificate.clone(),
             Error::AccountLocked { until_ms: at }
@@ -203,9 +273,10 @@ impl IntoResponse for ApiError {
             type_: format!("urn:pivault:problem:{}", self.code),
             title,
             status: self.status.as_u16(),
-            detail: self.detail,
+            detail: self.detail.clone(),
             code: self.code.to_owned(),
-            certificate: self.certificate,
+            certificate: self.certificate.clone(),
+            request_id: self.server.as_ref().and_then(|s| s.request_id.clone()),
         };
         let mut resp = (
             self.status,
@@ -226,6 +297,47 @@ impl IntoResponse for ApiError {
             h.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         resp.extensions_mut().insert(Code(self.code));
+        if let Some(detail) = self.server.as_ref().and_then(|s| s.internal.clone()) {
+            let mut public = self;
+            public.server = None;
+            resp.extensions_mut()
+                .insert(Internal(detail, Box::new(public)));
+        }
         resp
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 13: a server error's problem carries the stable code and no
+    /// internal message (RocksDB text, paths); the message is kept for the
+    /// server's log, and the framing middleware adds the request ID.
+    #[test]
+    fn server_errors_echo_no_internal_message() {
+        for e in [
+            Error::Storage(
+                "IO error: No space left on device: /srv/vault/records/000123.log".into(),
+            ),
+            Error::Io("cannot open /srv/vault/audit/seg-00000001.log".into()),
+            Error::AuditUnavailable("write /srv/vault/audit/seg-00000001.log: ENOSPC".into()),
+        ] {
+            let code = e.code();
+            let api = ApiError::from(e);
+            assert!(api.status.is_server_error());
+            assert!(!api.detail.contains("/srv"), "{}", api.detail);
+            assert!(!api.detail.contains("IO error"), "{}", api.detail);
+            let resp = api.into_response();
+            let Some(Internal(log, public)) = resp.extensions().get::<Internal>().cloned() else {
+                panic!("the internal message is kept for the log");
+            };
+            assert!(log.contains("/srv/vault"));
+            assert_eq!(public.code, code);
+            let mut public = *public;
+            public.set_request_id("0190-test");
+            let resp = public.into_response();
+            assert!(resp.extensions().get::<Internal>().is_none());
+        }
     }
 }

@@ -38,14 +38,7 @@ impl<S: Send + Sync> FromRequestParts<S> for Bearer {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
-        let v = parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim)
-            .filter(|t| !t.is_empty() && t.len() <= 256)
-            .ok_or_else(ApiError::unauthenticated)?;
+        let v = crate::bearer_token(&parts.headers).ok_or_else(ApiError::unauthenticated)?;
         Ok(Bearer(SecretString::new(v.to_owned())))
     }
 }
@@ -461,7 +454,7 @@ impl<T> std::fmt::Debug for Body<T> {
               (status = 401, body = Problem), (status = 423, description = "account locked", body = Problem),
               (status = 429, body = Problem)))]
 async fn login(State(app): State<Arc<App>>, rc: RequestContext, Body(req): Body<LoginReq>) -> Res {
-    if let Err(wait) = app.login_buckets.take(rc.peer) {
+    if let Err(wait) = app.login_buckets.take(crate::SourceKey::from(rc.peer)) {
         return Err(ApiError::rate_limited(wait));
     }
     let (s, token, ttl_ms) = app
@@ -1844,16 +1837,19 @@ async fn healthz() -> Res {
 }
 
 /// Readiness: the vault is open and the server is not draining.
+///
+/// Says ready or not and nothing else: the vault's ID and key epoch are nobody's
+/// business before they log in.
 #[utoipa::path(get, path = "/readyz", tag = "health",
     responses((status = 200, body = Object), (status = 503, body = Problem)))]
 async fn readyz(State(app): State<Arc<App>>) -> Res {
     if app.draining.load(std::sync::atomic::Ordering::SeqCst) {
         return Err(ApiError::unavailable());
     }
-    ok(
-        "health",
-        json!({ "status": "ready", "vault_id": app.vault().id().to_string(), "epoch": app.vault().epoch() }),
-    )
+    if app.is_disk_low() {
+        return Err(ApiError::disk_low());
+    }
+    ok("health", json!({ "status": "ready" }))
 }
 
 /// This document.

@@ -25,5 +25,6 @@ mod purge_controls;
 mod regressions;
 mod server;
 mod server_concurrency;
+mod server_hostile;
 mod service;
 mod spreadsheet;
