@@ -92,7 +92,7 @@ pub fn cmd_backup(out: &Out, vault: &Vault, s: &Session, c: &BackupCmd) -> anyho
     match c {
         BackupCmd::Create { out: file, days } => {
             let b = vault.create_backup(s, file, *days)?;
-            out.data(info_json(&b), || {
+            out.data("backup", info_json(&b), || {
                 format!(
                     "backup {} written to {} ({} record(s)); its key is destroyed at {}",
                     b.id,
@@ -104,13 +104,17 @@ pub fn cmd_backup(out: &Out, vault: &Vault, s: &Session, c: &BackupCmd) -> anyho
         }
         BackupCmd::List => {
             let list = vault.backups(s)?;
-            out.data(Value::Array(list.iter().map(info_json).collect()), || {
-                if list.is_empty() {
-                    "no backups".into()
-                } else {
-                    list.iter().map(info_text).collect::<Vec<_>>().join("\n")
-                }
-            });
+            out.data(
+                "backup-list",
+                Value::Array(list.iter().map(info_json).collect()),
+                || {
+                    if list.is_empty() {
+                        "no backups".into()
+                    } else {
+                        list.iter().map(info_text).collect::<Vec<_>>().join("\n")
+                    }
+                },
+            );
         }
         BackupCmd::Restore { file, yes } => {
             confirm(
@@ -118,7 +122,7 @@ pub fn cmd_backup(out: &Out, vault: &Vault, s: &Session, c: &BackupCmd) -> anyho
                 "Restore missing or unreadable records from this backup? Live records are kept as they are.",
             )?;
             let r = vault.restore_backup(s, file)?;
-            out.data(
+            out.data("backup-restore", 
                 json!({
                     "backup_id": r.backup_id.map(|b| b.to_string()),
                     "restored": r.restored,
@@ -139,7 +143,7 @@ pub fn cmd_backup(out: &Out, vault: &Vault, s: &Session, c: &BackupCmd) -> anyho
             let id: BackupId = id.parse()?;
             confirm(*yes, &format!("Destroy the key of backup {id}?"))?;
             let b = vault.expire_backup(s, id)?;
-            out.data(info_json(&b), || {
+            out.data("backup", info_json(&b), || {
                 format!("backup {} destroyed (its key no longer exists)", b.id)
             });
         }

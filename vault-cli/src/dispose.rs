@@ -75,7 +75,7 @@ fn run_disposal(
             e => with_resume_hint(vault, s, started_ms, e),
         })?;
     let v = outcome_json(&o, opts.dry_run);
-    out.data(v.clone(), || output::outcome_text(&v));
+    out.data("disposal-outcome", v.clone(), || output::outcome_text(&v));
     Ok(exit::OK)
 }
 
@@ -226,13 +226,14 @@ pub fn cmd_disposal(out: &Out, vault: &Vault, s: &Session, c: &DisposalCmd) -> a
         DisposalCmd::List => {
             let list = vault.disposals(s)?;
             let v = Value::Array(list.iter().map(vault_core::views::disposal).collect());
-            out.data(v.clone(), || output::disposals_text(&v));
+            out.data("disposal-list", v.clone(), || output::disposals_text(&v));
             Ok(exit::OK)
         }
         DisposalCmd::Retry { id } => {
             let id: DisposalId = id.parse()?;
             let cert = vault.retry_disposal(s, id)?;
             out.data(
+                "disposal-retry",
                 json!({ "disposal_id": id.to_string(), "certificate_id": cert.to_string() }),
                 || format!("disposal {id} completed; certificate {cert}"),
             );
@@ -270,7 +271,7 @@ pub fn cmd_verify(out: &Out, file: &Path, key: &Path) -> anyhow::Result<u8> {
         .iter()
         .map(|(role, fp, ok)| json!({ "role": role, "key_fingerprint": fp, "ok": ok }))
         .collect();
-    out.data(
+    out.data("certificate-verification", 
         json!({ "ok": r.ok(), "certificate_id": cert.id(), "status": r.status, "vault_signature_ok": r.vault_signature_ok,
                 "cosignatures": cos, "cosignature_notes": r.cosignature_notes, "legacy": r.legacy,
                 "fields_ok": r.fields_ok, "missing_fields": r.missing_fields }),
@@ -321,7 +322,7 @@ pub fn cmd_payload(out: &Out, file: &Path, msg_out: &Path, sig_out: &Path) -> an
         .map_err(|_| vault_core::Error::Integrity("certificate signature"))?;
     std::fs::write(msg_out, &msg)?;
     std::fs::write(sig_out, &sig)?;
-    out.data(json!({ "message": msg_out.display().to_string(), "signature": sig_out.display().to_string() }), || {
+    out.data("certificate-payload", json!({ "message": msg_out.display().to_string(), "signature": sig_out.display().to_string() }), || {
         format!(
             "wrote {} and {}; verify with:\n  openssl pkeyutl -verify -pubin -inkey certificate.pem -rawin -in {} -sigfile {}",
             msg_out.display(),
@@ -337,9 +338,11 @@ pub fn cmd_render_file(out: &Out, file: &Path, dest: Option<&Path>) -> anyhow::R
     let cert = read_cert(file)?;
     write_out(out, dest, &certificate::render_html(&cert))?;
     if let Some(d) = dest {
-        out.data(json!({ "html": d.display().to_string() }), || {
-            format!("wrote {}", d.display())
-        });
+        out.data(
+            "certificate-html",
+            json!({ "html": d.display().to_string() }),
+            || format!("wrote {}", d.display()),
+        );
     }
     Ok(exit::OK)
 }
@@ -348,7 +351,7 @@ pub fn cmd_keygen(out: &Out, path: &Path) -> anyhow::Result<u8> {
     let pem = vault_core::cosign::generate(path)?;
     let pub_path = path.with_extension("pub.pem");
     std::fs::write(&pub_path, &pem)?;
-    out.data(json!({ "private_key": path.display().to_string(), "public_key": pub_path.display().to_string() }), || {
+    out.data("cosign-keypair", json!({ "private_key": path.display().to_string(), "public_key": pub_path.display().to_string() }), || {
         format!(
             "private key in {} (keep it; mode 0600), public key in {} (give it to the vault admin)",
             path.display(),
@@ -371,7 +374,7 @@ pub fn cmd_keys_export(out: &Out, vault: &Vault, dir: &Path) -> anyhow::Result<u
         certificate::public_key_pem(&vault.audit_public_key()),
     )?;
     let fp = |k: ed25519_key::VerifyingKey| vault_core::crypto::fingerprint(k.as_bytes());
-    out.data(
+    out.data("keys-export", 
         json!({ "certificate_key": cert.display().to_string(), "certificate_fingerprint": fp(vault.certificate_public_key()),
                 "audit_key": audit.display().to_string(), "audit_fingerprint": fp(vault.audit_public_key()) }),
         || {
@@ -396,12 +399,14 @@ pub fn cmd_certificate(
     match c {
         CertificateCmd::List { draft } => {
             let v = vault_core::views::certificates(&vault.list_certificates(s, *draft)?);
-            out.data(v.clone(), || output::certificates_text(&v));
+            out.data("certificate-list", v.clone(), || {
+                output::certificates_text(&v)
+            });
         }
         CertificateCmd::Show { id } => {
             let cert = vault.certificate(s, id.parse()?)?;
             let v = vault_core::views::certificate(&cert);
-            out.data(v.clone(), || {
+            out.data("certificate", v.clone(), || {
                 serde_json::to_string_pretty(&v).unwrap_or_default()
             });
         }
@@ -418,6 +423,7 @@ pub fn cmd_certificate(
             let id: CertificateId = id.parse()?;
             vault.validate_certificate(s, id, title.as_deref())?;
             out.data(
+                "certificate-change",
                 json!({ "certificate_id": id.to_string(), "status": "validated" }),
                 || format!("certificate {id} validated"),
             );
@@ -429,6 +435,7 @@ pub fn cmd_certificate(
             let sig = vault_core::cosign::sign(&cert, &key)?;
             vault.cosign_certificate(s, id, &sig)?;
             out.data(
+                "certificate-change",
                 json!({ "certificate_id": id.to_string(), "cosigned": true }),
                 || format!("certificate {id} co-signed"),
             );
@@ -461,6 +468,7 @@ pub fn cmd_retention(
                 },
             )?;
             out.data(
+                "retention-policy",
                 json!({ "collection": collection, "days": days, "from_updated": from_updated }),
                 || {
                     format!(
@@ -485,19 +493,21 @@ pub fn cmd_retention(
                 .map(output::retention_line)
                 .collect::<Vec<_>>()
                 .join("\n");
-            out.data(Value::Array(rows), || text);
+            out.data("retention-list", Value::Array(rows), || text);
         }
         RetentionCmd::Schedule { every_hours, off } => {
             if *off || every_hours.is_some() {
                 vault.set_retention_schedule(s, *every_hours)?;
             }
             let v = vault_core::views::retention_schedule(vault.retention_schedule(s)?.as_ref());
-            out.data(v.clone(), || output::retention_schedule_text(&v));
+            out.data("retention-schedule", v.clone(), || {
+                output::retention_schedule_text(&v)
+            });
         }
         RetentionCmd::Due => {
             let o = vault.retention_due(s)?;
             let v = outcome_json(&o, true);
-            out.data(v.clone(), || output::outcome_text(&v));
+            out.data("disposal-outcome", v.clone(), || output::outcome_text(&v));
         }
         RetentionCmd::Run { opts } => {
             return run_disposal(
@@ -531,17 +541,21 @@ pub fn cmd_hold(out: &Out, vault: &Vault, s: &Session, c: &HoldCmd) -> anyhow::R
         } => {
             let (r, sub) = target(record, subject)?;
             vault.add_hold(s, r, sub, reason)?;
-            out.data(json!({ "held": true }), || "legal hold placed".into());
+            out.data("hold-change", json!({ "held": true }), || {
+                "legal hold placed".into()
+            });
         }
         HoldCmd::Remove { record, subject } => {
             let (r, sub) = target(record, subject)?;
             vault.remove_hold(s, r, sub)?;
-            out.data(json!({ "held": false }), || "legal hold lifted".into());
+            out.data("hold-change", json!({ "held": false }), || {
+                "legal hold lifted".into()
+            });
         }
         HoldCmd::List => {
             let hs = vault.holds(s)?;
             let v = Value::Array(hs.iter().map(vault_core::views::hold).collect());
-            out.data(v.clone(), || output::holds_text(&v));
+            out.data("hold-list", v.clone(), || output::holds_text(&v));
         }
     }
     Ok(exit::OK)
@@ -579,17 +593,19 @@ pub fn cmd_contractor(
                     public_key,
                 },
             )?;
-            out.data(json!({ "user_id": id.to_string(), "collections": collection, "records": record.len() }), || {
+            out.data("contractor-assignment", json!({ "user_id": id.to_string(), "collections": collection, "records": record.len() }), || {
                 format!("{name} may dispose in {} collection(s) and {} listed record(s)", collection.len(), record.len())
             });
         }
         ContractorCmd::List => {
             let v = vault_core::views::contractors(&vault.list_contractors(s)?);
-            out.data(v.clone(), || output::contractors_text(&v));
+            out.data("contractor-list", v.clone(), || {
+                output::contractors_text(&v)
+            });
         }
         ContractorCmd::Revoke { name } => {
             let id = vault.revoke_contractor(s, name)?;
-            out.data(json!({ "user_id": id.to_string(), "revoked": name }), || {
+            out.data("contractor-revocation", json!({ "user_id": id.to_string(), "revoked": name }), || {
                 format!("{name} may no longer list or dispose of anything; their key co-signs nothing new")
             });
         }

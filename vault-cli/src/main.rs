@@ -837,11 +837,12 @@ fn cmd_profile(out: &Out, c: &ProfileCmd) -> anyhow::Result<u8> {
                 })
                 .collect();
             let v = Value::Array(v);
-            out.data(v.clone(), || output::profiles_text(&v));
+            out.data("profile-list", v.clone(), || output::profiles_text(&v));
         }
         ProfileCmd::Use { name } => {
             let path = profile::use_profile(name)?;
             out.data(
+                "profile-change",
                 json!({ "current": name, "config_file": path.display().to_string() }),
                 || format!("profile {name} is now current"),
             );
@@ -849,6 +850,7 @@ fn cmd_profile(out: &Out, c: &ProfileCmd) -> anyhow::Result<u8> {
         ProfileCmd::Remove { name } => {
             let path = profile::remove(name)?;
             out.data(
+                "profile-change",
                 json!({ "removed": name, "config_file": path.display().to_string() }),
                 || format!("profile {name} forgotten"),
             );
@@ -1118,7 +1120,9 @@ fn run(cli: &Cli, out: &Out) -> anyhow::Result<u8> {
             let vault = open_vault(cli)?;
             if let Command::Subject(SubjectCmd::Id { reference }) = cmd {
                 let id = vault.resolve_subject(reference)?;
-                out.data(json!({ "subject": id.to_string() }), || format!("{id}"));
+                out.data("subject", json!({ "subject": id.to_string() }), || {
+                    format!("{id}")
+                });
                 return Ok(exit::OK);
             }
             let session = login(cli, &vault)?;
@@ -1142,7 +1146,7 @@ fn run(cli: &Cli, out: &Out) -> anyhow::Result<u8> {
                     let r = vault.run_maintenance(&session)?;
                     let v = vault_core::views::maintenance(&r);
                     let text = output::maintenance_text(&v);
-                    out.data(v, || text);
+                    out.data("maintenance-report", v, || text);
                     if r.epochs.is_some() && !r.verified {
                         exit::DISPOSAL_FAILED
                     } else {
@@ -1151,12 +1155,12 @@ fn run(cli: &Cli, out: &Out) -> anyhow::Result<u8> {
                 }
                 Command::Whoami => {
                     let v = vault_core::views::user(&vault.whoami(&session)?);
-                    out.data(v.clone(), || output::whoami_text(&v));
+                    out.data("user", v.clone(), || output::whoami_text(&v));
                     exit::OK
                 }
                 Command::Review => {
                     vault.record_security_review(&session)?;
-                    out.data(json!({ "reviewed": true }), || {
+                    out.data("review", json!({ "reviewed": true }), || {
                         "security review recorded".into()
                     });
                     exit::OK
@@ -1209,7 +1213,7 @@ fn cmd_passphrase_change(cli: &Cli, out: &Out, new_file: Option<&Path>) -> anyho
     let ctx = vault_core::vault::custodian_context(os_uid());
     let r = vault.change_passphrase(&current, &new, &ctx)?;
     drop((current, new));
-    out.data(
+    out.data("passphrase-change", 
         json!({
             "passphrase_changed": true,
             "epoch_before": r.epochs.0,
@@ -1243,6 +1247,7 @@ fn cmd_break_glass(cli: &Cli, out: &Out, name: &str) -> anyhow::Result<u8> {
     let ctx = vault_core::vault::custodian_context(os_uid());
     let id = vault.break_glass_unlock(name, &ctx)?;
     out.data(
+        "user-change",
         json!({ "user_id": id.to_string(), "locked": false, "break_glass": true }),
         || format!("unlocked {name} (break-glass by the custodian, audited)"),
     );
@@ -1280,7 +1285,7 @@ fn cmd_init(cli: &Cli, out: &Out, a: &InitArgs) -> anyhow::Result<u8> {
     )?;
     let id = vault.id();
     let closed = vault.close();
-    out.data(
+    out.data("vault-created", 
         json!({ "vault_id": id.to_string(), "dir": dir.display().to_string(), "admin": admin.as_str() }),
         || {
             format!(
@@ -1308,6 +1313,7 @@ fn cmd_user(cli: &Cli, out: &Out, vault: &Vault, s: &Session, c: &UserCmd) -> an
             )?;
             let id = vault.add_user(s, name, &pw, role, *reveal)?;
             out.data(
+                "user-added",
                 json!({ "user_id": id.to_string(), "username": name, "role": role.as_str() }),
                 || format!("added {role} {name} ({id})"),
             );
@@ -1315,11 +1321,12 @@ fn cmd_user(cli: &Cli, out: &Out, vault: &Vault, s: &Session, c: &UserCmd) -> an
         UserCmd::List => {
             let users = vault.list_users(s)?;
             let v = Value::Array(users.iter().map(vault_core::views::user).collect());
-            out.data(v.clone(), || output::users_table(&v));
+            out.data("user-list", v.clone(), || output::users_table(&v));
         }
         UserCmd::Disable { name } => {
             let id = vault.disable_user(s, name)?;
             out.data(
+                "user-change",
                 json!({ "user_id": id.to_string(), "state": "disabled" }),
                 || format!("disabled {name}; their sessions and tokens are revoked"),
             );
@@ -1327,6 +1334,7 @@ fn cmd_user(cli: &Cli, out: &Out, vault: &Vault, s: &Session, c: &UserCmd) -> an
         UserCmd::Enable { name } => {
             let id = vault.enable_user(s, name)?;
             out.data(
+                "user-change",
                 json!({ "user_id": id.to_string(), "state": "active" }),
                 || format!("enabled {name}"),
             );
@@ -1334,6 +1342,7 @@ fn cmd_user(cli: &Cli, out: &Out, vault: &Vault, s: &Session, c: &UserCmd) -> an
         UserCmd::Reveal { name, grant, .. } => {
             let id = vault.set_reveal_grant(s, name, *grant)?;
             out.data(
+                "user-change",
                 json!({ "user_id": id.to_string(), "reveal": *grant }),
                 || format!("{name} may no longer reveal sensitive fields"),
             );
@@ -1341,6 +1350,7 @@ fn cmd_user(cli: &Cli, out: &Out, vault: &Vault, s: &Session, c: &UserCmd) -> an
         UserCmd::Unlock { name, .. } => {
             let id = vault.unlock_user(s, name)?;
             out.data(
+                "user-change",
                 json!({ "user_id": id.to_string(), "locked": false }),
                 || format!("unlocked {name}"),
             );
@@ -1349,6 +1359,7 @@ fn cmd_user(cli: &Cli, out: &Out, vault: &Vault, s: &Session, c: &UserCmd) -> an
             let role = Role::parse(role)?;
             let id = vault.set_role(s, name, role)?;
             out.data(
+                "user-change",
                 json!({ "user_id": id.to_string(), "role": role.as_str() }),
                 || format!("{name} is now {role}"),
             );
@@ -1378,6 +1389,7 @@ fn cmd_user(cli: &Cli, out: &Out, vault: &Vault, s: &Session, c: &UserCmd) -> an
                 vault.set_password(s, &name, &pw)?;
             }
             out.data(
+                "password-change",
                 json!({ "username": name, "password_changed": true }),
                 || format!("password of {name} changed"),
             );
@@ -1385,7 +1397,7 @@ fn cmd_user(cli: &Cli, out: &Out, vault: &Vault, s: &Session, c: &UserCmd) -> an
         UserCmd::Requests => {
             let reqs = vault.pending_requests(s)?;
             let v = Value::Array(reqs.iter().map(vault_core::views::pending).collect());
-            out.data(v, || {
+            out.data("request-list", v, || {
                 reqs.iter()
                     .map(|r| {
                         format!(
@@ -1405,15 +1417,19 @@ fn cmd_user(cli: &Cli, out: &Out, vault: &Vault, s: &Session, c: &UserCmd) -> an
         }
         UserCmd::Approve { id } => {
             vault.approve_request(s, id)?;
-            out.data(json!({ "request": id, "approved": true }), || {
-                format!("approved and applied {id}")
-            });
+            out.data(
+                "request-decision",
+                json!({ "request": id, "approved": true }),
+                || format!("approved and applied {id}"),
+            );
         }
         UserCmd::Reject { id } => {
             vault.reject_request(s, id)?;
-            out.data(json!({ "request": id, "rejected": true }), || {
-                format!("rejected {id}")
-            });
+            out.data(
+                "request-decision",
+                json!({ "request": id, "rejected": true }),
+                || format!("rejected {id}"),
+            );
         }
     }
     Ok(exit::OK)
@@ -1426,7 +1442,7 @@ fn cmd_collection(out: &Out, vault: &Vault, s: &Session, c: &CollectionCmd) -> a
                 .with_context(|| format!("cannot read {}", schema.display()))?;
             let parsed = Schema::from_json(&text)?;
             vault.update_collection(s, name, &parsed)?;
-            out.data(
+            out.data("collection-change", 
                 json!({ "collection": name, "fields": parsed.fields.len(), "retired": parsed.retired }),
                 || format!("updated collection {name}: {} fields, {} retired", parsed.fields.len(), parsed.retired.len()),
             );
@@ -1437,6 +1453,7 @@ fn cmd_collection(out: &Out, vault: &Vault, s: &Session, c: &CollectionCmd) -> a
             let parsed = Schema::from_json(&text)?;
             let name = vault.create_collection(s, name, &parsed)?;
             out.data(
+                "collection-change",
                 json!({ "collection": name.as_str(), "fields": parsed.fields.len() }),
                 || {
                     format!(
@@ -1453,7 +1470,9 @@ fn cmd_collection(out: &Out, vault: &Vault, s: &Session, c: &CollectionCmd) -> a
                     .map(|(n, sc)| json!({ "collection": n.as_str(), "purpose": sc.purpose, "fields": sc.fields.len() }))
                     .collect(),
             );
-            out.data(v.clone(), || output::collections_text(&v));
+            out.data("collection-list", v.clone(), || {
+                output::collections_text(&v)
+            });
         }
         CollectionCmd::Show { name } => {
             let cs = vault.collections(s)?;
@@ -1462,7 +1481,7 @@ fn cmd_collection(out: &Out, vault: &Vault, s: &Session, c: &CollectionCmd) -> a
                 .find(|(n, _)| n.as_str() == name)
                 .ok_or(vault_core::Error::NotFound("collection"))?;
             let v: Value = serde_json::from_str(&sc.to_json())?;
-            out.data(v.clone(), || {
+            out.data("collection-schema", v.clone(), || {
                 serde_json::to_string_pretty(&v).unwrap_or_default()
             });
         }
@@ -1484,6 +1503,7 @@ fn cmd_record(out: &Out, vault: &Vault, s: &Session, c: &RecordCmd) -> anyhow::R
             };
             let id = vault.put_record(s, collection, subject, &body)?;
             out.data(
+                "record-stored",
                 json!({ "record_id": id.to_string(), "subject": subject.to_string() }),
                 || id.to_string(),
             );
@@ -1520,7 +1540,7 @@ fn cmd_record(out: &Out, vault: &Vault, s: &Session, c: &RecordCmd) -> anyhow::R
             let fields: Vec<&str> = reveal.iter().map(String::as_str).collect();
             let view = vault.get_record(s, id, &fields, reason.as_deref())?;
             let v = vault_core::views::record(&view);
-            out.data(v.clone(), || output::record_text(&v));
+            out.data("record", v.clone(), || output::record_text(&v));
         }
         RecordCmd::Update {
             id,
@@ -1532,7 +1552,8 @@ fn cmd_record(out: &Out, vault: &Vault, s: &Session, c: &RecordCmd) -> anyhow::R
             let patch = record_patch(data.as_deref(), set, unset)?;
             let version = vault.patch_record(s, id, &patch)?;
             out.data(
-                json!({ "record_id": id.to_string(), "version": version }),
+                "record-version",
+                json!({ "record_id": id.to_string(), "record_version": version }),
                 || format!("updated {id} to version {version}"),
             );
         }
@@ -1541,7 +1562,8 @@ fn cmd_record(out: &Out, vault: &Vault, s: &Session, c: &RecordCmd) -> anyhow::R
             let body = read_json(data)?;
             let version = vault.update_record(s, id, &body)?;
             out.data(
-                json!({ "record_id": id.to_string(), "version": version }),
+                "record-version",
+                json!({ "record_id": id.to_string(), "record_version": version }),
                 || format!("replaced {id}: version {version}"),
             );
         }
@@ -1549,7 +1571,7 @@ fn cmd_record(out: &Out, vault: &Vault, s: &Session, c: &RecordCmd) -> anyhow::R
             let id: RecordId = id.parse()?;
             let h = vault.record_history(s, id)?;
             let v = vault_core::views::record_history(id, &h);
-            out.data(v.clone(), || output::history_text(&v));
+            out.data("record-history", v.clone(), || output::history_text(&v));
         }
         RecordCmd::List {
             collection,
@@ -1567,7 +1589,7 @@ fn cmd_record(out: &Out, vault: &Vault, s: &Session, c: &RecordCmd) -> anyhow::R
             };
             let metas = vault.list_records(s, &filter)?;
             let v = Value::Array(metas.iter().map(vault_core::views::meta).collect());
-            out.data(v.clone(), || output::metas_table(&v));
+            out.data("record-list", v.clone(), || output::metas_table(&v));
         }
     }
     Ok(exit::OK)
@@ -1784,13 +1806,17 @@ fn cmd_import(
     if check.rejected_count > 0 {
         shift_lines(&mut check, input.line_offset);
         let v = vault_core::views::import_refused(&check);
-        out.data(v.clone(), || output::import_refused_text(&v));
+        out.data("import-report", v.clone(), || {
+            output::import_refused_text(&v)
+        });
         return Ok(exit::INVALID_INPUT);
     }
     if check_only {
-        out.data(vault_core::views::import_checked(&check), || {
-            format!("checked {} rows: all valid; nothing stored", check.valid)
-        });
+        out.data(
+            "import-report",
+            vault_core::views::import_checked(&check),
+            || format!("checked {} rows: all valid; nothing stored", check.valid),
+        );
         return Ok(exit::OK);
     }
     let input = source.open()?;
@@ -1807,9 +1833,11 @@ fn cmd_import(
     );
     bar.finish_and_clear();
     let report = report.map_err(|e| import_incomplete(e, input.line_offset))?;
-    out.data(vault_core::views::import_done(&report), || {
-        format!("imported {} records into {collection}", report.imported)
-    });
+    out.data(
+        "import-report",
+        vault_core::views::import_done(&report),
+        || format!("imported {} records into {collection}", report.imported),
+    );
     Ok(exit::OK)
 }
 
@@ -1855,12 +1883,12 @@ fn cmd_audit(out: &Out, vault: &Vault, s: &Session, c: &AuditCmd) -> anyhow::Res
                 events.drain(..events.len().saturating_sub(*n));
             }
             let v = Value::Array(events.iter().map(vault_core::views::event).collect());
-            out.data(v.clone(), || output::events_text(&v));
+            out.data("audit-log", v.clone(), || output::events_text(&v));
         }
         AuditCmd::Verify => {
             let r = vault.audit_verify(s)?;
             let v = vault_core::views::verify(&r);
-            out.data(v.clone(), || output::verify_text(&v));
+            out.data("audit-verify", v.clone(), || output::verify_text(&v));
             if !r.ok() {
                 return Ok(exit::INTEGRITY);
             }
@@ -1877,7 +1905,7 @@ fn cmd_audit(out: &Out, vault: &Vault, s: &Session, c: &AuditCmd) -> anyhow::Res
                     "seq": t.seq, "status": t.info.status, "gen_time": t.info.gen_time,
                     "serial": t.info.serial,
                 });
-                out.data(v, || {
+                out.data("audit-timestamp", v, || {
                     format!(
                         "time-stamp response stored for the head at seq {} (TSA time {})",
                         t.seq, t.info.gen_time
@@ -1894,7 +1922,7 @@ fn cmd_audit(out: &Out, vault: &Vault, s: &Session, c: &AuditCmd) -> anyhow::Res
                     "seq": a.seq, "head": head.display().to_string(),
                     "request": tsq.display().to_string(),
                 });
-                out.data(v, || {
+                out.data("audit-anchor", v, || {
                     format!(
                         "signed head at seq {} written to {}; time-stamp request to {}",
                         a.seq,
@@ -1930,7 +1958,7 @@ fn cmd_audit(out: &Out, vault: &Vault, s: &Session, c: &AuditCmd) -> anyhow::Res
                 .map(|a| vault_core::views::activity(a, &name_of(a.user)))
                 .collect();
             let v = json!({ "from": from, "to": to, "users": rows });
-            out.data(v.clone(), || output::activity_text(&v));
+            out.data("audit-report", v.clone(), || output::activity_text(&v));
         }
     }
     Ok(exit::OK)
@@ -1957,13 +1985,17 @@ fn cmd_doctor(cli: &Cli, out: &Out) -> anyhow::Result<u8> {
         .map(|c| json!({ "check": c.name, "level": c.level.as_str(), "detail": c.detail }))
         .collect();
     let closed = vault.map_or(Ok(()), Vault::close);
-    out.data(json!({ "ok": unsafe_count == 0, "checks": rows }), || {
-        checks
-            .iter()
-            .map(|c| format!("{:<5} {:<22} {}", c.level.as_str(), c.name, c.detail))
-            .collect::<Vec<_>>()
-            .join("\n")
-    });
+    out.data(
+        "doctor-report",
+        json!({ "ok": unsafe_count == 0, "checks": rows }),
+        || {
+            checks
+                .iter()
+                .map(|c| format!("{:<5} {:<22} {}", c.level.as_str(), c.name, c.detail))
+                .collect::<Vec<_>>()
+                .join("\n")
+        },
+    );
     let code = if unsafe_count == 0 {
         exit::OK
     } else {

@@ -1,6 +1,8 @@
-//! Human and JSON output. Every command prints one JSON value on stdout with
-//! `--json` (schemas in the README); errors go to stderr, as
-//! `{"error":{"code":..,"message":..}}` with `--json`.
+//! Human and JSON output. Every command prints one JSON document on stdout
+//! with `--json`, named by [`vault_core::views::document`] and described by
+//! `schemas/<document>.json` (README, "Output documents"); errors go to
+//! stderr, as `{"error":{"code":..,"message":..}}` with `--json`
+//! (`schemas/error.json`).
 
 use std::cell::RefCell;
 use std::io::{IsTerminal, Write};
@@ -76,10 +78,14 @@ impl Out {
     /// Prints the result: JSON, or the human rendering. A write error is
     /// kept for [`Out::take_output_failure`], not returned; once stdout has
     /// failed nothing more is written to it.
-    pub fn data(&self, v: Value, human: impl FnOnce() -> String) {
+    /// `document` names the JSON document (`schemas/<document>.json`); the
+    /// naming is [`vault_core::views::document`]'s, so a local command and
+    /// the server's answer relayed by `--server` print the same document.
+    pub fn data(&self, document: &str, v: Value, human: impl FnOnce() -> String) {
         if self.stdout_failed.borrow().is_some() {
             return;
         }
+        let v = vault_core::views::document(document, v);
         let res = if self.json {
             let mut text = v.to_string();
             text.push('\n');
@@ -222,7 +228,7 @@ fn write_stdout(bytes: &[u8]) -> std::io::Result<()> {
 fn receipt(v: &Value) -> Map<String, Value> {
     const KEYS: &[&str] = &[
         "imported",
-        "version",
+        "record_version",
         "state",
         "status",
         "role",
@@ -277,8 +283,9 @@ fn text(v: &Value) -> String {
     }
 }
 
+/// The items of a list document (`{"document", "version", "items"}`).
 fn rows(v: &Value) -> &[Value] {
-    v.as_array().map(Vec::as_slice).unwrap_or(&[])
+    vault_core::views::items(v)
 }
 
 // The human renderings below take the `--json` document of their command,
@@ -664,10 +671,8 @@ pub fn services_text(v: &Value) -> String {
 }
 
 pub fn contractors_text(v: &Value) -> String {
-    let rows: Vec<String> = v
-        .as_array()
-        .into_iter()
-        .flatten()
+    let rows: Vec<String> = rows(v)
+        .iter()
         .map(|c| {
             let cols = strs(&c["collections"]);
             format!(
@@ -689,10 +694,8 @@ pub fn contractors_text(v: &Value) -> String {
 
 /// `certificate list`: one line per certificate.
 pub fn certificates_text(v: &Value) -> String {
-    let rows: Vec<String> = v
-        .as_array()
-        .into_iter()
-        .flatten()
+    let rows: Vec<String> = rows(v)
+        .iter()
         .map(|c| {
             let cos = strs(&c["cosigned_by"]);
             format!(

@@ -482,6 +482,7 @@ pub fn run(cli: &Cli, out: &Out, endpoint: &Endpoint) -> anyhow::Result<u8> {
             let (profile, config) = crate::profile::remember(cli.profile.as_deref(), &remembered)
                 .context("logged in, but the profile could not be saved")?;
             out.data(
+                "login",
                 json!({ "logged_in": u, "token_file": path.display().to_string(),
                         "profile": profile, "config_file": config.display().to_string() }),
                 || {
@@ -501,7 +502,9 @@ pub fn run(cli: &Cli, out: &Out, endpoint: &Endpoint) -> anyhow::Result<u8> {
                 let _ = r.call("DELETE", "/v1/sessions/current", None);
             }
             let _ = std::fs::remove_file(&path);
-            out.data(json!({ "logged_out": u }), || format!("logged out {u}"));
+            out.data("logout", json!({ "logged_out": u }), || {
+                format!("logged out {u}")
+            });
             return Ok(exit::OK);
         }
         Command::Init(_) | Command::Doctor | Command::Backup(_) => {
@@ -622,7 +625,7 @@ fn dispose(r: &Remote, out: &Out, scope: Value, o: &DisposeOpts, what: &str) -> 
                 e
             }
         })?;
-    out.data(v.clone(), || output::outcome_text(&v));
+    out.data("disposal-outcome", v.clone(), || output::outcome_text(&v));
     Ok(exit::OK)
 }
 
@@ -631,7 +634,7 @@ fn command(cli: &Cli, out: &Out, r: &Remote) -> anyhow::Result<u8> {
         Command::Service(c) => return crate::service::cmd_remote(out, r, c),
         Command::Whoami => {
             let v = r.get("/v1/whoami")?;
-            out.data(v.clone(), || output::whoami_text(&v));
+            out.data("user", v.clone(), || output::whoami_text(&v));
         }
         Command::User(c) => match c {
             UserCmd::Add {
@@ -650,21 +653,21 @@ fn command(cli: &Cli, out: &Out, r: &Remote) -> anyhow::Result<u8> {
                     v["role"].as_str().unwrap_or_default().to_owned(),
                     v["user_id"].as_str().unwrap_or_default().to_owned(),
                 );
-                out.data(v, || format!("added {role} {name} ({id})"));
+                out.data("user-added", v, || format!("added {role} {name} ({id})"));
             }
             UserCmd::List => {
                 let v = r.get("/v1/users")?;
-                out.data(v.clone(), || output::users_table(&v));
+                out.data("user-list", v.clone(), || output::users_table(&v));
             }
             UserCmd::Disable { name } => {
                 let v = r.post(&format!("/v1/users/{}/disable", url_part(name)), json!({}))?;
-                out.data(v, || {
+                out.data("user-change", v, || {
                     format!("disabled {name}; their sessions and tokens are revoked")
                 });
             }
             UserCmd::Enable { name } => {
                 let v = r.post(&format!("/v1/users/{}/enable", url_part(name)), json!({}))?;
-                out.data(v, || format!("enabled {name}"));
+                out.data("user-change", v, || format!("enabled {name}"));
             }
             UserCmd::Reveal { name, grant, .. } => {
                 let v = r.call(
@@ -672,13 +675,13 @@ fn command(cli: &Cli, out: &Out, r: &Remote) -> anyhow::Result<u8> {
                     &format!("/v1/users/{}/reveal", url_part(name)),
                     Some(json!({ "grant": grant })),
                 )?;
-                out.data(v, || {
+                out.data("user-change", v, || {
                     format!("{name} may no longer reveal sensitive fields")
                 });
             }
             UserCmd::Unlock { name, .. } => {
                 let v = r.post(&format!("/v1/users/{}/unlock", url_part(name)), json!({}))?;
-                out.data(v, || format!("unlocked {name}"));
+                out.data("user-change", v, || format!("unlocked {name}"));
             }
             UserCmd::Role { name, role } => {
                 let v = r.call(
@@ -687,7 +690,7 @@ fn command(cli: &Cli, out: &Out, r: &Remote) -> anyhow::Result<u8> {
                     Some(json!({ "role": role })),
                 )?;
                 let role = v["role"].as_str().unwrap_or_default().to_owned();
-                out.data(v, || format!("{name} is now {role}"));
+                out.data("user-change", v, || format!("{name} is now {role}"));
             }
             UserCmd::Passwd {
                 name,
@@ -717,11 +720,13 @@ fn command(cli: &Cli, out: &Out, r: &Remote) -> anyhow::Result<u8> {
                     &format!("/v1/users/{}/password", url_part(&name)),
                     Some(body),
                 )?;
-                out.data(v, || format!("password of {name} changed"));
+                out.data("password-change", v, || {
+                    format!("password of {name} changed")
+                });
             }
             UserCmd::Requests => {
                 let v = r.get("/v1/approvals")?;
-                out.data(v.clone(), || {
+                out.data("request-list", v.clone(), || {
                     serde_json::to_string_pretty(&v).unwrap_or_default()
                 });
             }
@@ -730,11 +735,13 @@ fn command(cli: &Cli, out: &Out, r: &Remote) -> anyhow::Result<u8> {
                     &format!("/v1/approvals/{}/approve", url_part(id)),
                     json!({}),
                 )?;
-                out.data(v, || format!("approved and applied {id}"));
+                out.data("request-decision", v, || {
+                    format!("approved and applied {id}")
+                });
             }
             UserCmd::Reject { id } => {
                 let v = r.post(&format!("/v1/approvals/{}/reject", url_part(id)), json!({}))?;
-                out.data(v, || format!("rejected {id}"));
+                out.data("request-decision", v, || format!("rejected {id}"));
             }
         },
         Command::Collection(c) => match c {
@@ -749,7 +756,7 @@ fn command(cli: &Cli, out: &Out, r: &Remote) -> anyhow::Result<u8> {
                     v["fields"].clone(),
                     v["retired"].as_array().map_or(0, Vec::len),
                 );
-                out.data(v, || {
+                out.data("collection-change", v, || {
                     format!("updated collection {name}: {f} fields, {n} retired")
                 });
             }
@@ -760,15 +767,19 @@ fn command(cli: &Cli, out: &Out, r: &Remote) -> anyhow::Result<u8> {
                     v["collection"].as_str().unwrap_or_default().to_owned(),
                     v["fields"].clone(),
                 );
-                out.data(v, || format!("created collection {n} with {f} fields"));
+                out.data("collection-change", v, || {
+                    format!("created collection {n} with {f} fields")
+                });
             }
             CollectionCmd::List => {
                 let v = r.get("/v1/collections")?;
-                out.data(v.clone(), || output::collections_text(&v));
+                out.data("collection-list", v.clone(), || {
+                    output::collections_text(&v)
+                });
             }
             CollectionCmd::Show { name } => {
                 let v = r.get(&format!("/v1/collections/{}", url_part(name)))?;
-                out.data(v.clone(), || {
+                out.data("collection-schema", v.clone(), || {
                     serde_json::to_string_pretty(&v).unwrap_or_default()
                 });
             }
@@ -786,7 +797,7 @@ fn command(cli: &Cli, out: &Out, r: &Remote) -> anyhow::Result<u8> {
                         json!({ "collection": collection, "subject": subject, "data": body }),
                     )?;
                     let id = v["record_id"].as_str().unwrap_or_default().to_owned();
-                    out.data(v, || id);
+                    out.data("record-stored", v, || id);
                 }
                 RecordCmd::Import {
                     collection,
@@ -840,15 +851,21 @@ fn command(cli: &Cli, out: &Out, r: &Remote) -> anyhow::Result<u8> {
                                 }
                             }
                         }
-                        out.data(v.clone(), || output::import_refused_text(&v));
+                        out.data("import-report", v.clone(), || {
+                            output::import_refused_text(&v)
+                        });
                         return Ok(exit::INVALID_INPUT);
                     }
                     if *check {
                         let n = v["valid"].clone();
-                        out.data(v, || format!("checked {n} rows: all valid; nothing stored"));
+                        out.data("import-report", v, || {
+                            format!("checked {n} rows: all valid; nothing stored")
+                        });
                     } else {
                         let n = v["imported"].clone();
-                        out.data(v, || format!("imported {n} records into {collection}"));
+                        out.data("import-report", v, || {
+                            format!("imported {n} records into {collection}")
+                        });
                     }
                 }
                 RecordCmd::Get { id, reveal, reason } => {
@@ -858,7 +875,7 @@ fn command(cli: &Cli, out: &Out, r: &Remote) -> anyhow::Result<u8> {
                     } else {
                         r.post(&format!("/v1/records/{id}/reveal"), json!({ "fields": reveal, "reason": reason.clone().unwrap_or_default() }))?
                     };
-                    out.data(v.clone(), || output::record_text(&v));
+                    out.data("record", v.clone(), || output::record_text(&v));
                 }
                 RecordCmd::Update {
                     id,
@@ -869,8 +886,10 @@ fn command(cli: &Cli, out: &Out, r: &Remote) -> anyhow::Result<u8> {
                     let id: RecordId = id.parse()?;
                     let patch = crate::record_patch(data.as_deref(), set, unset)?;
                     let v = r.call("PATCH", &format!("/v1/records/{id}"), Some(patch))?;
-                    let ver = v["version"].clone();
-                    out.data(v, || format!("updated {id} to version {ver}"));
+                    let ver = v["record_version"].clone();
+                    out.data("record-version", v, || {
+                        format!("updated {id} to version {ver}")
+                    });
                 }
                 RecordCmd::Replace { id, data } => {
                     let id: RecordId = id.parse()?;
@@ -880,13 +899,15 @@ fn command(cli: &Cli, out: &Out, r: &Remote) -> anyhow::Result<u8> {
                         &format!("/v1/records/{id}"),
                         Some(json!({ "data": body })),
                     )?;
-                    let ver = v["version"].clone();
-                    out.data(v, || format!("replaced {id}: version {ver}"));
+                    let ver = v["record_version"].clone();
+                    out.data("record-version", v, || {
+                        format!("replaced {id}: version {ver}")
+                    });
                 }
                 RecordCmd::History { id } => {
                     let id: RecordId = id.parse()?;
                     let v = r.get(&format!("/v1/records/{id}/history"))?;
-                    out.data(v.clone(), || output::history_text(&v));
+                    out.data("record-history", v.clone(), || output::history_text(&v));
                 }
                 RecordCmd::List {
                     collection,
@@ -897,13 +918,13 @@ fn command(cli: &Cli, out: &Out, r: &Remote) -> anyhow::Result<u8> {
                         "/v1/records{}",
                         query(&[("collection", collection.clone()), ("subject", subject)])
                     ))?;
-                    out.data(v.clone(), || output::metas_table(&v));
+                    out.data("record-list", v.clone(), || output::metas_table(&v));
                 }
             }
         }
         Command::Subject(SubjectCmd::Id { reference }) => {
             let id = resolve(r, reference)?;
-            out.data(json!({ "subject": id }), || id.clone());
+            out.data("subject", json!({ "subject": id }), || id.clone());
         }
         Command::Audit(c) => match c {
             AuditCmd::Log {
@@ -923,11 +944,11 @@ fn command(cli: &Cli, out: &Out, r: &Remote) -> anyhow::Result<u8> {
                         ("limit", limit.map(|n| n.to_string()))
                     ])
                 ))?;
-                out.data(v.clone(), || output::events_text(&v));
+                out.data("audit-log", v.clone(), || output::events_text(&v));
             }
             AuditCmd::Verify => {
                 let v = r.get("/v1/audit/verify")?;
-                out.data(v.clone(), || output::verify_text(&v));
+                out.data("audit-verify", v.clone(), || output::verify_text(&v));
                 if v["ok"] != Value::Bool(true) {
                     return Ok(exit::INTEGRITY);
                 }
@@ -942,7 +963,7 @@ fn command(cli: &Cli, out: &Out, r: &Remote) -> anyhow::Result<u8> {
                         "/v1/audit/timestamp",
                         json!({ "tsr_hex": hex::encode(tsr) }),
                     )?;
-                    out.data(v.clone(), || {
+                    out.data("audit-timestamp", v.clone(), || {
                         format!(
                             "time-stamp response stored for the head at seq {}",
                             v["seq"]
@@ -957,7 +978,7 @@ fn command(cli: &Cli, out: &Out, r: &Remote) -> anyhow::Result<u8> {
                         &tsq,
                         hex::decode(v["request_hex"].as_str().unwrap_or_default())?,
                     )?;
-                    out.data(
+                    out.data("audit-anchor", 
                         json!({ "seq": seq, "head": head.display().to_string(), "request": tsq.display().to_string() }),
                         || format!("signed head at seq {seq} written to {}; time-stamp request to {}", head.display(), tsq.display()),
                     );
@@ -968,7 +989,7 @@ fn command(cli: &Cli, out: &Out, r: &Remote) -> anyhow::Result<u8> {
                     "/v1/audit/report{}",
                     query(&[("since", since.clone()), ("until", until.clone())])
                 ))?;
-                out.data(v.clone(), || output::activity_text(&v));
+                out.data("audit-report", v.clone(), || output::activity_text(&v));
             }
         },
         Command::Dispose(c) => match c {
@@ -1022,13 +1043,15 @@ fn command(cli: &Cli, out: &Out, r: &Remote) -> anyhow::Result<u8> {
         Command::Disposal(c) => match c {
             DisposalCmd::List => {
                 let v = r.get("/v1/disposals")?;
-                out.data(v.clone(), || output::disposals_text(&v));
+                out.data("disposal-list", v.clone(), || output::disposals_text(&v));
             }
             DisposalCmd::Retry { id } => {
                 let id: DisposalId = id.parse()?;
                 let v = r.post(&format!("/v1/disposals/{id}/retry"), json!({}))?;
                 let cert = v["certificate_id"].as_str().unwrap_or_default().to_owned();
-                out.data(v, || format!("disposal {id} completed; certificate {cert}"));
+                out.data("disposal-retry", v, || {
+                    format!("disposal {id} completed; certificate {cert}")
+                });
             }
         },
         Command::Certificate(c) => match c {
@@ -1037,12 +1060,14 @@ fn command(cli: &Cli, out: &Out, r: &Remote) -> anyhow::Result<u8> {
                     "/v1/certificates{}",
                     query(&[("draft", draft.then(|| "true".to_owned()))])
                 ))?;
-                out.data(v.clone(), || output::certificates_text(&v));
+                out.data("certificate-list", v.clone(), || {
+                    output::certificates_text(&v)
+                });
             }
             CertificateCmd::Show { id } => {
                 let id: CertificateId = id.parse()?;
                 let v = r.get(&format!("/v1/certificates/{id}"))?;
-                out.data(v.clone(), || {
+                out.data("certificate", v.clone(), || {
                     serde_json::to_string_pretty(&v).unwrap_or_default()
                 });
             }
@@ -1062,7 +1087,9 @@ fn command(cli: &Cli, out: &Out, r: &Remote) -> anyhow::Result<u8> {
                     &format!("/v1/certificates/{id}/validate"),
                     json!({ "title": title }),
                 )?;
-                out.data(v, || format!("certificate {id} validated"));
+                out.data("certificate-change", v, || {
+                    format!("certificate {id} validated")
+                });
             }
             CertificateCmd::Cosign { id, key_file } => {
                 let id: CertificateId = id.parse()?;
@@ -1074,7 +1101,9 @@ fn command(cli: &Cli, out: &Out, r: &Remote) -> anyhow::Result<u8> {
                     &format!("/v1/certificates/{id}/cosign"),
                     json!({ "signature": hex::encode(sig) }),
                 )?;
-                out.data(v, || format!("certificate {id} co-signed"));
+                out.data("certificate-change", v, || {
+                    format!("certificate {id} co-signed")
+                });
             }
             CertificateCmd::Verify { .. } | CertificateCmd::Payload { .. } => {
                 unreachable!("offline")
@@ -1094,7 +1123,7 @@ fn command(cli: &Cli, out: &Out, r: &Remote) -> anyhow::Result<u8> {
                 Ok(vault_core::crypto::fingerprint(key.as_bytes()))
             };
             let (cf, af) = (fp(&cert)?, fp(&audit)?);
-            out.data(
+            out.data("keys-export", 
                 json!({ "certificate_key": cert.display().to_string(), "certificate_fingerprint": cf,
                         "audit_key": audit.display().to_string(), "audit_fingerprint": af }),
                 || format!("certificate key: {} ({cf})\naudit key:       {} ({af})", cert.display(), audit.display()),
@@ -1111,7 +1140,7 @@ fn command(cli: &Cli, out: &Out, r: &Remote) -> anyhow::Result<u8> {
                     &format!("/v1/retention/{}", url_part(collection)),
                     Some(json!({ "days": days, "from_updated": from_updated })),
                 )?;
-                out.data(v, || {
+                out.data("retention-policy", v, || {
                     format!(
                         "{collection}: keep {days} days from {}",
                         if *from_updated {
@@ -1124,16 +1153,12 @@ fn command(cli: &Cli, out: &Out, r: &Remote) -> anyhow::Result<u8> {
             }
             RetentionCmd::Show => {
                 let v = r.get("/v1/retention")?;
-                let text = v
-                    .as_array()
-                    .map(|a| {
-                        a.iter()
-                            .map(output::retention_line)
-                            .collect::<Vec<_>>()
-                            .join("\n")
-                    })
-                    .unwrap_or_default();
-                out.data(v, || text);
+                let text = vault_core::views::items(&v)
+                    .iter()
+                    .map(output::retention_line)
+                    .collect::<Vec<_>>()
+                    .join("\n");
+                out.data("retention-list", v, || text);
             }
             RetentionCmd::Schedule { every_hours, off } => {
                 let v = if *off || every_hours.is_some() {
@@ -1145,16 +1170,18 @@ fn command(cli: &Cli, out: &Out, r: &Remote) -> anyhow::Result<u8> {
                 } else {
                     r.get("/v1/retention-schedule")?
                 };
-                out.data(v.clone(), || output::retention_schedule_text(&v));
+                out.data("retention-schedule", v.clone(), || {
+                    output::retention_schedule_text(&v)
+                });
             }
             RetentionCmd::Due => {
                 let v = r.get("/v1/retention/due")?;
-                out.data(v.clone(), || output::outcome_text(&v));
+                out.data("disposal-outcome", v.clone(), || output::outcome_text(&v));
             }
             RetentionCmd::Run { opts } => {
                 dispose::confirm(opts, "every record past retention")?;
                 let v = r.post("/v1/retention/run", parties(opts))?;
-                out.data(v.clone(), || output::outcome_text(&v));
+                out.data("disposal-outcome", v.clone(), || output::outcome_text(&v));
             }
         },
         Command::Hold(c) => match c {
@@ -1167,23 +1194,25 @@ fn command(cli: &Cli, out: &Out, r: &Remote) -> anyhow::Result<u8> {
                     "/v1/holds",
                     json!({ "record": record, "subject": subject, "reason": reason }),
                 )?;
-                out.data(v, || "legal hold placed".into());
+                out.data("hold-change", v, || "legal hold placed".into());
             }
             HoldCmd::Remove { record, subject } => {
                 let v = r.post(
                     "/v1/holds/remove",
                     json!({ "record": record, "subject": subject }),
                 )?;
-                out.data(v, || "legal hold lifted".into());
+                out.data("hold-change", v, || "legal hold lifted".into());
             }
             HoldCmd::List => {
                 let v = r.get("/v1/holds")?;
-                out.data(v.clone(), || output::holds_text(&v));
+                out.data("hold-list", v.clone(), || output::holds_text(&v));
             }
         },
         Command::Contractor(ContractorCmd::List) => {
             let v = r.get("/v1/contractors")?;
-            out.data(v.clone(), || output::contractors_text(&v));
+            out.data("contractor-list", v.clone(), || {
+                output::contractors_text(&v)
+            });
         }
         Command::Contractor(ContractorCmd::Revoke { name }) => {
             let v = r.call(
@@ -1191,7 +1220,7 @@ fn command(cli: &Cli, out: &Out, r: &Remote) -> anyhow::Result<u8> {
                 &format!("/v1/contractors/{}", url_part(name)),
                 None,
             )?;
-            out.data(v, || {
+            out.data("contractor-revocation", v, || {
                 format!("{name} may no longer list or dispose of anything; their key co-signs nothing new")
             });
         }
@@ -1215,7 +1244,7 @@ fn command(cli: &Cli, out: &Out, r: &Remote) -> anyhow::Result<u8> {
                     json!({ "collections": collection, "records": record, "public_key_pem": pem }),
                 ),
             )?;
-            out.data(v, || {
+            out.data("contractor-assignment", v, || {
                 format!(
                     "{name} may dispose in {} collection(s) and {} listed record(s)",
                     collection.len(),
@@ -1225,12 +1254,12 @@ fn command(cli: &Cli, out: &Out, r: &Remote) -> anyhow::Result<u8> {
         }
         Command::Review => {
             let v = r.post("/v1/review", json!({}))?;
-            out.data(v, || "security review recorded".into());
+            out.data("review", v, || "security review recorded".into());
         }
         Command::Maintenance(crate::MaintenanceCmd::Run) => {
             let v = r.post("/v1/maintenance", json!({}))?;
             let text = crate::output::maintenance_text(&v);
-            out.data(v, || text);
+            out.data("maintenance-report", v, || text);
         }
         Command::Init(_)
         | Command::Doctor

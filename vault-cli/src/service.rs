@@ -67,7 +67,7 @@ pub fn cmd_local(out: &Out, vault: &Vault, s: &Session, c: &ServiceCmd) -> anyho
         ServiceCmd::List => {
             let list = vault.list_service_accounts(s)?;
             let v = Value::Array(list.iter().map(views::service_account).collect());
-            out.data(v.clone(), || output::services_text(&v));
+            out.data("service-list", v.clone(), || output::services_text(&v));
             Ok(exit::OK)
         }
         ServiceCmd::Rotate { name, token_file } => {
@@ -83,7 +83,7 @@ pub fn cmd_local(out: &Out, vault: &Vault, s: &Session, c: &ServiceCmd) -> anyho
         ServiceCmd::Revoke { name } => {
             let id = vault.revoke_service_account(s, name)?;
             let v = json!({ "user_id": id.to_string(), "username": name, "state": "revoked" });
-            out.data(v, || {
+            out.data("service-revocation", v, || {
                 format!("revoked {name}: its token fails from the next call")
             });
             Ok(exit::OK)
@@ -104,7 +104,7 @@ pub fn cmd_remote(out: &Out, r: &Remote, c: &ServiceCmd) -> anyhow::Result<u8> {
         }
         ServiceCmd::List => {
             let v = r.get("/v1/services")?;
-            out.data(v.clone(), || output::services_text(&v));
+            out.data("service-list", v.clone(), || output::services_text(&v));
             Ok(exit::OK)
         }
         ServiceCmd::Rotate { name, token_file } => {
@@ -116,7 +116,7 @@ pub fn cmd_remote(out: &Out, r: &Remote, c: &ServiceCmd) -> anyhow::Result<u8> {
         }
         ServiceCmd::Revoke { name } => {
             let v = r.call("DELETE", &format!("/v1/services/{}", url_part(name)), None)?;
-            out.data(v, || {
+            out.data("service-revocation", v, || {
                 format!("revoked {name}: its token fails from the next call")
             });
             Ok(exit::OK)
@@ -140,7 +140,7 @@ fn deliver(out: &Out, mut v: Value, file: Option<&Path>, verb: &str) -> anyhow::
             })?;
             v["token"] = Value::Null;
             v["token_file"] = json!(path.display().to_string());
-            out.data(v, || {
+            out.data("service-token", v, || {
                 format!(
                     "{verb} service account {name} ({role}); its token is in {} (mode 0600)",
                     path.display()
@@ -152,7 +152,7 @@ fn deliver(out: &Out, mut v: Value, file: Option<&Path>, verb: &str) -> anyhow::
                 "{verb} service account {name} ({role}); its token, shown this once:\n{}",
                 token.as_str()
             );
-            out.data(v, || text);
+            out.data("service-token", v, || text);
         }
     }
     Ok(exit::OK)

@@ -15,6 +15,118 @@ use crate::vault::{
     RecordMeta, RecordState, RecordView, RetentionPolicy,
 };
 
+/// The `version` of every document this build writes. Adding a member
+/// keeps it; renaming or removing one, or changing what a member means,
+/// bumps it (README, "Output documents").
+pub const DOCUMENT_VERSION: u32 = 1;
+
+/// Every document name `pivault --json` and the HTTP API write, each
+/// described by `schemas/<name>.json` (README, "Output documents"). A test
+/// keeps this list, the schema files and the README in step.
+pub const DOCUMENTS: &[&str] = &[
+    "audit-anchor",
+    "audit-head",
+    "audit-log",
+    "audit-report",
+    "audit-timestamp",
+    "audit-verify",
+    "backup",
+    "backup-list",
+    "backup-restore",
+    "certificate",
+    "certificate-change",
+    "certificate-html",
+    "certificate-list",
+    "certificate-payload",
+    "certificate-verification",
+    "collection-change",
+    "collection-list",
+    "collection-schema",
+    "contractor-assignment",
+    "contractor-list",
+    "contractor-revocation",
+    "cosign-keypair",
+    "disposal-list",
+    "disposal-outcome",
+    "disposal-retry",
+    "doctor-report",
+    "health",
+    "hold-change",
+    "hold-list",
+    "import-report",
+    "keys-export",
+    "login",
+    "logout",
+    "maintenance-report",
+    "passphrase-change",
+    "password-change",
+    "profile-change",
+    "profile-list",
+    "public-keys",
+    "record",
+    "record-history",
+    "record-list",
+    "record-stored",
+    "record-version",
+    "request-decision",
+    "request-list",
+    "retention-list",
+    "retention-policy",
+    "retention-schedule",
+    "review",
+    "service-list",
+    "service-revocation",
+    "service-token",
+    "session",
+    "session-end",
+    "subject",
+    "user",
+    "user-added",
+    "user-change",
+    "user-list",
+    "vault-created",
+];
+
+/// Names a top-level answer: the one place where `pivault --json` and the
+/// HTTP API give a document its `document` name and `version`, so that a
+/// script can check what it reads against `schemas/<name>.json`. An array
+/// becomes `{"document", "version", "items": [...]}` (a list, as
+/// kubectl's); an object gains the two members. An object that already
+/// names itself (a server's answer relayed by `pivault --server`, or a
+/// record view) is kept as it is.
+pub fn document(name: &str, body: Value) -> Value {
+    match body {
+        Value::Object(mut m) => {
+            if !m.contains_key("document") {
+                debug_assert!(
+                    !m.contains_key("version"),
+                    "document {name}: a member named `version` would be overwritten"
+                );
+                m.insert("document".into(), json!(name));
+                m.insert("version".into(), json!(DOCUMENT_VERSION));
+            }
+            Value::Object(m)
+        }
+        Value::Array(items) => {
+            json!({ "document": name, "version": DOCUMENT_VERSION, "items": items })
+        }
+        other => json!({ "document": name, "version": DOCUMENT_VERSION, "value": other }),
+    }
+}
+
+/// The items of a list document (or of a bare array).
+pub fn items(doc: &Value) -> &[Value] {
+    match doc {
+        Value::Array(a) => a,
+        Value::Object(m) => m
+            .get("items")
+            .and_then(Value::as_array)
+            .map(Vec::as_slice)
+            .unwrap_or(&[]),
+        _ => &[],
+    }
+}
+
 /// `live` or `disposed`.
 pub fn state_str(s: &RecordState) -> &'static str {
     match s {
@@ -78,9 +190,11 @@ pub fn record(v: &RecordView) -> Value {
 #[derive(serde::Serialize)]
 pub struct RecordDoc<'a> {
     classification: ClassificationDoc,
+    document: &'static str,
     fields: &'a serde_json::Map<String, Value>,
     record: MetaDoc<'a>,
     revealed: &'a [String],
+    version: u32,
 }
 
 /// Field values stay out of Debug output, masked or not.
@@ -141,9 +255,11 @@ impl<'a> From<&'a RecordView> for RecordDoc<'a> {
                     .map(|t| t.as_str())
                     .collect(),
             },
+            document: "record",
             fields: &v.fields,
             record: MetaDoc::from(&v.meta),
             revealed: &v.revealed,
+            version: DOCUMENT_VERSION,
         }
     }
 }
@@ -305,6 +421,30 @@ mod tests {
     use crate::ids::{CollectionName, RecordId, SubjectId};
     use crate::schema::{Classification, FieldType};
 
+    /// A list becomes `{"document","version","items"}`; an object gains the
+    /// two members; an object already named (a relayed answer) is kept.
+    #[test]
+    fn documents_are_named_once() {
+        let list = document("user-list", json!([{ "username": "alice" }]));
+        assert_eq!(
+            list,
+            json!({ "document": "user-list", "version": DOCUMENT_VERSION, "items": [{ "username": "alice" }] })
+        );
+        assert_eq!(items(&list).len(), 1);
+        let one = document("review", json!({ "reviewed": true }));
+        assert_eq!(
+            one,
+            json!({ "document": "review", "version": DOCUMENT_VERSION, "reviewed": true })
+        );
+        assert_eq!(document("other-name", one.clone()), one);
+        for name in DOCUMENTS {
+            assert!(
+                name.chars().all(|c| c.is_ascii_lowercase() || c == '-'),
+                "document name {name}"
+            );
+        }
+    }
+
     /// The server's direct serialisation gives the same bytes as the
     /// `Value` document (keys sorted), for a live and for a disposed record.
     #[test]
@@ -356,6 +496,8 @@ mod tests {
                     "ma_personal_information": true,
                     "sensitive_elements": ["ssn", "card_number"],
                 },
+                "document": "record",
+                "version": DOCUMENT_VERSION,
             });
             let direct = serde_json::to_string(&RecordDoc::from(&v)).unwrap();
             assert_eq!(direct, serde_json::to_string(&expected).unwrap());

@@ -14,6 +14,7 @@
 #![forbid(unsafe_code)]
 
 mod coalesce;
+pub mod documents;
 pub mod limits;
 pub mod pool;
 pub mod problem;
@@ -902,10 +903,12 @@ pub fn app(state: Arc<App>) -> Router {
 pub const OPENAPI_FILE: &str = "openapi.json";
 
 /// The OpenAPI 3.1 document, pretty-printed with a final newline.
+/// The answers' schemas are the files in `schemas/`, placed by
+/// [`documents::describe_answers`].
 pub fn openapi_json() -> String {
-    let mut s = routes::openapi()
-        .to_pretty_json()
-        .expect("the OpenAPI document serialises");
+    let mut doc = serde_json::to_value(routes::openapi()).expect("the OpenAPI document serialises");
+    documents::describe_answers(&mut doc);
+    let mut s = serde_json::to_string_pretty(&doc).expect("a Value serialises");
     s.push('\n');
     s
 }

@@ -94,12 +94,15 @@ fn parse_time(s: &str) -> Result<i64, ApiError> {
     Ok(vault_core::clock::parse_time(s)?)
 }
 
-fn ok(v: Value) -> Res {
-    Ok(Json(v).into_response())
+/// A 200 answer: the document named `document` (`schemas/<document>.json`),
+/// named by [`views::document`] as `pivault --json` names it.
+fn ok(document: &str, v: Value) -> Res {
+    Ok(Json(views::document(document, v)).into_response())
 }
 
-fn created(v: Value) -> Res {
-    Ok((StatusCode::CREATED, Json(v)).into_response())
+/// A 201 answer, named as [`ok`] names it.
+fn created(document: &str, v: Value) -> Res {
+    Ok((StatusCode::CREATED, Json(views::document(document, v))).into_response())
 }
 
 // ----- request bodies --------------------------------------------------------
@@ -458,10 +461,13 @@ async fn login(State(app): State<Arc<App>>, rc: RequestContext, Body(req): Body<
         .login(&rc, req.username, SecretString::new(req.password))
         .await?;
     let expires = jiff::Timestamp::now().as_millisecond() + ttl_ms;
-    created(json!({
-        "token": token.expose(), "user_id": s.user().to_string(),
-        "expires": vault_core::clock::format_ms(expires),
-    }))
+    created(
+        "session",
+        json!({
+            "token": token.expose(), "user_id": s.user().to_string(),
+            "expires": vault_core::clock::format_ms(expires),
+        }),
+    )
 }
 
 /// Log out: revokes the token.
@@ -471,7 +477,7 @@ async fn logout(State(app): State<Arc<App>>, rc: RequestContext, t: Bearer) -> R
     let token = SecretString::new(t.0.expose().to_owned());
     app.as_user(&rc, t, move |v, _| v.revoke_token(&token))
         .await?;
-    ok(json!({ "logged_out": true }))
+    ok("session-end", json!({ "logged_out": true }))
 }
 
 /// The authenticated user.
@@ -479,7 +485,7 @@ async fn logout(State(app): State<Arc<App>>, rc: RequestContext, t: Bearer) -> R
     responses((status = 200, body = Object), (status = 401, body = Problem)))]
 async fn whoami(State(app): State<Arc<App>>, rc: RequestContext, t: Bearer) -> Res {
     let u = app.as_user(&rc, t, |v, s| v.whoami(s)).await?;
-    ok(views::user(&u))
+    ok("user", views::user(&u))
 }
 
 // ----- users -------------------------------------------------------------------
@@ -489,7 +495,10 @@ async fn whoami(State(app): State<Arc<App>>, rc: RequestContext, t: Bearer) -> R
     responses((status = 200, body = Object), (status = 403, body = Problem)))]
 async fn list_users(State(app): State<Arc<App>>, rc: RequestContext, t: Bearer) -> Res {
     let us = app.as_user(&rc, t, |v, s| v.list_users(s)).await?;
-    ok(Value::Array(us.iter().map(views::user).collect()))
+    ok(
+        "user-list",
+        Value::Array(us.iter().map(views::user).collect()),
+    )
 }
 
 /// Add a user (admin).
@@ -511,7 +520,10 @@ async fn add_user(
             v.add_user(s, &n2, &pw, role, req.reveal)
         })
         .await?;
-    created(json!({ "user_id": id.to_string(), "username": name, "role": role.as_str() }))
+    created(
+        "user-added",
+        json!({ "user_id": id.to_string(), "username": name, "role": role.as_str() }),
+    )
 }
 
 /// Add a service account (a script's credential); its token is in the
@@ -532,12 +544,10 @@ async fn add_service(
     let (id, token) = app
         .as_user(&rc, t, move |v, s| v.add_service_account(s, &n2, role))
         .await?;
-    created(views::service_token(
-        id,
-        &name,
-        role.as_str(),
-        token.expose(),
-    ))
+    created(
+        "service-token",
+        views::service_token(id, &name, role.as_str(), token.expose()),
+    )
 }
 
 /// List service accounts and their last use (admin, officer, auditor).
@@ -547,9 +557,10 @@ async fn list_services(State(app): State<Arc<App>>, rc: RequestContext, t: Beare
     let list = app
         .as_user(&rc, t, |v, s| v.list_service_accounts(s))
         .await?;
-    ok(Value::Array(
-        list.iter().map(views::service_account).collect(),
-    ))
+    ok(
+        "service-list",
+        Value::Array(list.iter().map(views::service_account).collect()),
+    )
 }
 
 /// Replace a service account's token: the old one fails its next call.
@@ -573,12 +584,10 @@ async fn rotate_service(
         .iter()
         .find(|a| a.username.as_str() == name)
         .ok_or_else(|| ApiError::from(vault_core::Error::NotFound("service account")))?;
-    ok(views::service_token(
-        a.id,
-        &name,
-        a.role.as_str(),
-        token.expose(),
-    ))
+    ok(
+        "service-token",
+        views::service_token(a.id, &name, a.role.as_str(), token.expose()),
+    )
 }
 
 /// Revoke a service account: its token fails the next call.
@@ -595,7 +604,10 @@ async fn revoke_service(
     let id = app
         .as_user(&rc, t, move |v, s| v.revoke_service_account(s, &n2))
         .await?;
-    ok(json!({ "user_id": id.to_string(), "username": name, "state": "revoked" }))
+    ok(
+        "service-revocation",
+        json!({ "user_id": id.to_string(), "username": name, "state": "revoked" }),
+    )
 }
 
 /// What an admin can do to a user by name.
@@ -620,11 +632,14 @@ async fn user_action(
             UserAction::Unlock => v.unlock_user(s, &name),
         })
         .await?;
-    ok(match a {
-        UserAction::Disable => json!({ "user_id": id.to_string(), "state": "disabled" }),
-        UserAction::Enable => json!({ "user_id": id.to_string(), "state": "active" }),
-        UserAction::Unlock => json!({ "user_id": id.to_string(), "locked": false }),
-    })
+    ok(
+        "user-change",
+        match a {
+            UserAction::Disable => json!({ "user_id": id.to_string(), "state": "disabled" }),
+            UserAction::Enable => json!({ "user_id": id.to_string(), "state": "active" }),
+            UserAction::Unlock => json!({ "user_id": id.to_string(), "locked": false }),
+        },
+    )
 }
 
 /// Disable a user (admin): their sessions and tokens stop at once (REQ-WISP-07).
@@ -681,7 +696,10 @@ async fn set_role(
     let id = app
         .as_user(&rc, t, move |v, s| v.set_role(s, &name, role))
         .await?;
-    ok(json!({ "user_id": id.to_string(), "role": role.as_str() }))
+    ok(
+        "user-change",
+        json!({ "user_id": id.to_string(), "role": role.as_str() }),
+    )
 }
 
 /// Give a clerk the reveal grant (409 `approval_required` until a second
@@ -701,7 +719,10 @@ async fn set_reveal_grant(
     let id = app
         .as_user(&rc, t, move |v, s| v.set_reveal_grant(s, &name, grant))
         .await?;
-    ok(json!({ "user_id": id.to_string(), "reveal": grant }))
+    ok(
+        "user-change",
+        json!({ "user_id": id.to_string(), "reveal": grant }),
+    )
 }
 
 /// Change a password (your own, or anyone's as admin).
@@ -727,7 +748,10 @@ async fn set_password(
         None => v.set_password(s, &n2, &pw),
     })
     .await?;
-    ok(json!({ "username": name, "password_changed": true }))
+    ok(
+        "password-change",
+        json!({ "username": name, "password_changed": true }),
+    )
 }
 
 /// Pending two-person requests (admin, officer, auditor).
@@ -735,7 +759,10 @@ async fn set_password(
     responses((status = 200, body = Object), (status = 403, body = Problem)))]
 async fn list_approvals(State(app): State<Arc<App>>, rc: RequestContext, t: Bearer) -> Res {
     let rs = app.as_user(&rc, t, |v, s| v.pending_requests(s)).await?;
-    ok(Value::Array(rs.iter().map(views::pending).collect()))
+    ok(
+        "request-list",
+        Value::Array(rs.iter().map(views::pending).collect()),
+    )
 }
 
 /// Approve and apply a pending request (an officer other than the requester).
@@ -752,7 +779,10 @@ async fn approve_request(
     let i2 = id.clone();
     app.as_user(&rc, t, move |v, s| v.approve_request(s, &i2))
         .await?;
-    ok(json!({ "request": id, "approved": true }))
+    ok(
+        "request-decision",
+        json!({ "request": id, "approved": true }),
+    )
 }
 
 /// Reject a pending request (an officer, or the requester).
@@ -768,7 +798,10 @@ async fn reject_request(
     let i2 = id.clone();
     app.as_user(&rc, t, move |v, s| v.reject_request(s, &i2))
         .await?;
-    ok(json!({ "request": id, "rejected": true }))
+    ok(
+        "request-decision",
+        json!({ "request": id, "rejected": true }),
+    )
 }
 
 // ----- collections ---------------------------------------------------------------
@@ -778,7 +811,7 @@ async fn reject_request(
     responses((status = 200, body = Object), (status = 401, body = Problem)))]
 async fn list_collections(State(app): State<Arc<App>>, rc: RequestContext, t: Bearer) -> Res {
     let cs = app.as_user(&rc, t, |v, s| v.collections(s)).await?;
-    ok(Value::Array(
+    ok("collection-list", Value::Array(
         cs.iter()
             .map(|(n, sc)| json!({ "collection": n.as_str(), "purpose": sc.purpose, "fields": sc.fields.len() }))
             .collect(),
@@ -803,7 +836,10 @@ async fn create_collection(
             v.create_collection(s, &req.name, &schema)
         })
         .await?;
-    created(json!({ "collection": name.as_str(), "fields": fields }))
+    created(
+        "collection-change",
+        json!({ "collection": name.as_str(), "fields": fields }),
+    )
 }
 
 /// A schema change.
@@ -833,7 +869,10 @@ async fn update_collection(
     let n = name.clone();
     app.as_user(&rc, t, move |v, s| v.update_collection(s, &n, &schema))
         .await?;
-    ok(json!({ "collection": name, "fields": fields, "retired": retired }))
+    ok(
+        "collection-change",
+        json!({ "collection": name, "fields": fields, "retired": retired }),
+    )
 }
 
 /// A collection's schema.
@@ -855,7 +894,10 @@ async fn show_collection(
                 .ok_or(vault_core::Error::NotFound("collection"))
         })
         .await?;
-    ok(serde_json::from_str(&text).map_err(|_| ApiError::internal())?)
+    ok(
+        "collection-schema",
+        serde_json::from_str(&text).map_err(|_| ApiError::internal())?,
+    )
 }
 
 // ----- records -------------------------------------------------------------------
@@ -881,7 +923,10 @@ async fn put_record(
             ))
         })
         .await?;
-    created(json!({ "record_id": id.to_string(), "subject": subject.to_string() }))
+    created(
+        "record-stored",
+        json!({ "record_id": id.to_string(), "subject": subject.to_string() }),
+    )
 }
 
 /// List record metadata (no contents).
@@ -909,7 +954,10 @@ async fn list_records(
     let ms = app
         .as_user_long(&rc, t, move |v, s| v.list_records(s, &filter))
         .await?;
-    ok(Value::Array(ms.iter().map(views::meta).collect()))
+    ok(
+        "record-list",
+        Value::Array(ms.iter().map(views::meta).collect()),
+    )
 }
 
 /// Read a record, masked.
@@ -966,7 +1014,10 @@ async fn update_record(
     let version = app
         .as_user(&rc, t, move |v, s| v.update_record(s, id, &req.data))
         .await?;
-    ok(json!({ "record_id": id.to_string(), "version": version }))
+    ok(
+        "record-version",
+        json!({ "record_id": id.to_string(), "record_version": version }),
+    )
 }
 
 /// Change some fields of a record: the body is a JSON merge patch (RFC
@@ -989,7 +1040,10 @@ async fn patch_record(
     let version = app
         .as_user(&rc, t, move |v, s| v.patch_record(s, id, &patch))
         .await?;
-    ok(json!({ "record_id": id.to_string(), "version": version }))
+    ok(
+        "record-version",
+        json!({ "record_id": id.to_string(), "record_version": version }),
+    )
 }
 
 /// The versions of a record: when, by whom, which fields changed (names
@@ -1010,7 +1064,7 @@ async fn record_history(
             Ok(views::record_history(id, &h))
         })
         .await?;
-    ok(doc)
+    ok("record-history", doc)
 }
 
 /// Import records (JSON Lines or CSV body). A first pass checks every row;
@@ -1071,13 +1125,16 @@ async fn import(
         })
         .await?;
     match done {
-        Some(r) => ok(views::import_done(&r)),
-        None if check.rejected_count == 0 => ok(views::import_checked(&check)),
+        Some(r) => ok("import-report", views::import_done(&r)),
+        None if check.rejected_count == 0 => ok("import-report", views::import_checked(&check)),
         None => {
             // The report of the refused rows (line numbers and reasons, no values).
             let mut r = (
                 StatusCode::UNPROCESSABLE_ENTITY,
-                Json(views::import_refused(&check)),
+                Json(views::document(
+                    "import-report",
+                    views::import_refused(&check),
+                )),
             )
                 .into_response();
             r.extensions_mut()
@@ -1102,7 +1159,7 @@ async fn resolve_subject(
             v.resolve_subject(&req.reference)
         })
         .await?;
-    ok(json!({ "subject": id.to_string() }))
+    ok("subject", json!({ "subject": id.to_string() }))
 }
 
 // ----- disposal ------------------------------------------------------------------
@@ -1154,7 +1211,10 @@ async fn dispose(
         dry_run,
         app.limits.disposal_window.is_zero(),
     ) {
-        return ok(app.dispose_record_grouped(&rc, t, id, parties).await?);
+        return ok(
+            "disposal-outcome",
+            app.dispose_record_grouped(&rc, t, id, parties).await?,
+        );
     }
     let v = app
         .as_user_long(&rc, t, move |v, s| {
@@ -1194,7 +1254,7 @@ async fn dispose(
             }
         })
         .await?;
-    ok(v)
+    ok("disposal-outcome", v)
 }
 
 /// List disposal batches and their state.
@@ -1202,7 +1262,10 @@ async fn dispose(
     responses((status = 200, body = Object), (status = 403, body = Problem)))]
 async fn list_disposals(State(app): State<Arc<App>>, rc: RequestContext, t: Bearer) -> Res {
     let ds = app.as_user(&rc, t, |v, s| v.disposals(s)).await?;
-    ok(Value::Array(ds.iter().map(views::disposal).collect()))
+    ok(
+        "disposal-list",
+        Value::Array(ds.iter().map(views::disposal).collect()),
+    )
 }
 
 /// Retry a failed batch.
@@ -1219,7 +1282,10 @@ async fn retry_disposal(
     let cert = app
         .as_user_long(&rc, t, move |v, s| v.retry_disposal(s, id))
         .await?;
-    ok(json!({ "disposal_id": id.to_string(), "certificate_id": cert.to_string() }))
+    ok(
+        "disposal-retry",
+        json!({ "disposal_id": id.to_string(), "certificate_id": cert.to_string() }),
+    )
 }
 
 // ----- retention and holds -----------------------------------------------------------
@@ -1229,9 +1295,10 @@ async fn retry_disposal(
     responses((status = 200, body = Object), (status = 403, body = Problem)))]
 async fn show_retention(State(app): State<Arc<App>>, rc: RequestContext, t: Bearer) -> Res {
     let p = app.as_user(&rc, t, |v, s| v.retention(s)).await?;
-    ok(Value::Array(
-        p.iter().map(|(c, p)| views::retention(c, p)).collect(),
-    ))
+    ok(
+        "retention-list",
+        Value::Array(p.iter().map(|(c, p)| views::retention(c, p)).collect()),
+    )
 }
 
 /// Set a collection's retention policy (admin, officer).
@@ -1253,7 +1320,7 @@ async fn set_retention(
     let p2 = p.clone();
     app.as_user(&rc, t, move |v, s| v.set_retention(s, &c2, p2))
         .await?;
-    ok(views::retention(&collection, &p))
+    ok("retention-policy", views::retention(&collection, &p))
 }
 
 /// The retention schedule the server runs (off by default).
@@ -1265,7 +1332,7 @@ async fn show_retention_schedule(
     t: Bearer,
 ) -> Res {
     let r = app.as_user(&rc, t, |v, s| v.retention_schedule(s)).await?;
-    ok(views::retention_schedule(r.as_ref()))
+    ok("retention-schedule", views::retention_schedule(r.as_ref()))
 }
 
 /// Set (or, with `every_hours: null`, turn off) the retention schedule (admin, officer).
@@ -1284,7 +1351,7 @@ async fn set_retention_schedule(
             v.retention_schedule(s)
         })
         .await?;
-    ok(views::retention_schedule(r.as_ref()))
+    ok("retention-schedule", views::retention_schedule(r.as_ref()))
 }
 
 /// What is past retention (a dry run).
@@ -1292,7 +1359,7 @@ async fn set_retention_schedule(
     responses((status = 200, body = Object), (status = 403, body = Problem)))]
 async fn retention_due(State(app): State<Arc<App>>, rc: RequestContext, t: Bearer) -> Res {
     let o = app.as_user(&rc, t, |v, s| v.retention_due(s)).await?;
-    ok(views::outcome(&o, true))
+    ok("disposal-outcome", views::outcome(&o, true))
 }
 
 /// Dispose of everything past retention.
@@ -1318,7 +1385,7 @@ async fn retention_run(
             )
         })
         .await?;
-    ok(views::outcome(&o, dry_run))
+    ok("disposal-outcome", views::outcome(&o, dry_run))
 }
 
 /// Legal holds.
@@ -1326,7 +1393,10 @@ async fn retention_run(
     responses((status = 200, body = Object), (status = 403, body = Problem)))]
 async fn list_holds(State(app): State<Arc<App>>, rc: RequestContext, t: Bearer) -> Res {
     let hs = app.as_user(&rc, t, |v, s| v.holds(s)).await?;
-    ok(Value::Array(hs.iter().map(views::hold).collect()))
+    ok(
+        "hold-list",
+        Value::Array(hs.iter().map(views::hold).collect()),
+    )
 }
 
 fn hold_target(
@@ -1354,7 +1424,7 @@ async fn add_hold(
         v.add_hold(s, r, sub, req.reason.as_deref().unwrap_or(""))
     })
     .await?;
-    ok(json!({ "held": true }))
+    ok("hold-change", json!({ "held": true }))
 }
 
 /// Lift a legal hold (admin, officer).
@@ -1371,7 +1441,7 @@ async fn remove_hold(
         v.remove_hold(s, r, sub)
     })
     .await?;
-    ok(json!({ "held": false }))
+    ok("hold-change", json!({ "held": false }))
 }
 
 // ----- certificates and keys -----------------------------------------------------------
@@ -1397,7 +1467,7 @@ async fn list_certificates(
     let list = app
         .as_user_long(&rc, t, move |v, s| v.list_certificates(s, drafts))
         .await?;
-    ok(views::certificates(&list))
+    ok("certificate-list", views::certificates(&list))
 }
 
 /// A certificate: the signed body and its signers.
@@ -1414,7 +1484,7 @@ async fn show_certificate(
     let c = app
         .as_user(&rc, t, move |v, s| v.certificate(s, id))
         .await?;
-    ok(views::certificate(&c))
+    ok("certificate", views::certificate(&c))
 }
 
 /// Download the signed certificate file (verify it offline with `pivault certificate verify`).
@@ -1483,7 +1553,10 @@ async fn validate_certificate(
         v.validate_certificate(s, id, req.title.as_deref())
     })
     .await?;
-    ok(json!({ "certificate_id": id.to_string(), "status": "validated" }))
+    ok(
+        "certificate-change",
+        json!({ "certificate_id": id.to_string(), "status": "validated" }),
+    )
 }
 
 /// Add the contractor's co-signature (made offline with their key).
@@ -1504,7 +1577,10 @@ async fn cosign_certificate(
         .ok_or_else(|| ApiError::invalid("signature must be 64 bytes, hex"))?;
     app.as_user(&rc, t, move |v, s| v.cosign_certificate(s, id, &sig))
         .await?;
-    ok(json!({ "certificate_id": id.to_string(), "cosigned": true }))
+    ok(
+        "certificate-change",
+        json!({ "certificate_id": id.to_string(), "cosigned": true }),
+    )
 }
 
 /// The vault's public keys (certificate and audit), PEM, with fingerprints.
@@ -1515,10 +1591,13 @@ async fn keys(State(app): State<Arc<App>>) -> Res {
     let (c, a) = (v.certificate_public_key(), v.audit_public_key());
     let fp =
         |k: &vault_core::ed25519_dalek::VerifyingKey| vault_core::crypto::fingerprint(k.as_bytes());
-    ok(json!({
-        "certificate_key": certificate::public_key_pem(&c), "certificate_fingerprint": fp(&c),
-        "audit_key": certificate::public_key_pem(&a), "audit_fingerprint": fp(&a),
-    }))
+    ok(
+        "public-keys",
+        json!({
+            "certificate_key": certificate::public_key_pem(&c), "certificate_fingerprint": fp(&c),
+            "audit_key": certificate::public_key_pem(&a), "audit_fingerprint": fp(&a),
+        }),
+    )
 }
 
 /// Contractors: scope and registered key fingerprint (admin, officer, auditor).
@@ -1526,7 +1605,7 @@ async fn keys(State(app): State<Arc<App>>) -> Res {
     responses((status = 200, body = Object), (status = 403, body = Problem)))]
 async fn list_contractors(State(app): State<Arc<App>>, rc: RequestContext, t: Bearer) -> Res {
     let list = app.as_user(&rc, t, |v, s| v.list_contractors(s)).await?;
-    ok(views::contractors(&list))
+    ok("contractor-list", views::contractors(&list))
 }
 
 /// Take a contractor's scope and registered key away (admin).
@@ -1543,7 +1622,10 @@ async fn revoke_contractor(
     let id = app
         .as_user(&rc, t, move |v, s| v.revoke_contractor(s, &n))
         .await?;
-    ok(json!({ "user_id": id.to_string(), "revoked": name }))
+    ok(
+        "contractor-revocation",
+        json!({ "user_id": id.to_string(), "revoked": name }),
+    )
 }
 
 /// Assign a contractor's scope and register their key (admin).
@@ -1577,7 +1659,10 @@ async fn assign_contractor(
             )
         })
         .await?;
-    ok(json!({ "user_id": id.to_string(), "collections": collections, "records": n }))
+    ok(
+        "contractor-assignment",
+        json!({ "user_id": id.to_string(), "collections": collections, "records": n }),
+    )
 }
 
 // ----- audit -------------------------------------------------------------------------
@@ -1621,7 +1706,10 @@ async fn audit_events(
             Ok(evs)
         })
         .await?;
-    ok(Value::Array(evs.iter().map(views::event).collect()))
+    ok(
+        "audit-log",
+        Value::Array(evs.iter().map(views::event).collect()),
+    )
 }
 
 /// Verify the audit trail's hash chain and signed checkpoints.
@@ -1629,7 +1717,7 @@ async fn audit_events(
     responses((status = 200, body = Object), (status = 403, body = Problem)))]
 async fn audit_verify(State(app): State<Arc<App>>, rc: RequestContext, t: Bearer) -> Res {
     let r = app.as_user_long(&rc, t, |v, s| v.audit_verify(s)).await?;
-    ok(views::verify(&r))
+    ok("audit-verify", views::verify(&r))
 }
 
 /// Sign the current audit head and export it for an outside witness: the
@@ -1639,7 +1727,10 @@ async fn audit_verify(State(app): State<Arc<App>>, rc: RequestContext, t: Bearer
     responses((status = 200, body = Object), (status = 403, body = Problem)))]
 async fn audit_anchor(State(app): State<Arc<App>>, rc: RequestContext, t: Bearer) -> Res {
     let a = app.as_user_long(&rc, t, |v, s| v.audit_anchor(s)).await?;
-    ok(json!({ "seq": a.seq, "head": a.head_json, "request_hex": hex::encode(a.request) }))
+    ok(
+        "audit-head",
+        json!({ "seq": a.seq, "head": a.head_json, "request_hex": hex::encode(a.request) }),
+    )
 }
 
 /// Store an RFC 3161 time-stamp response (DER, hex in `tsr_hex`) for a
@@ -1656,9 +1747,12 @@ async fn audit_timestamp(
     let r = app
         .as_user_long(&rc, t, move |v, s| v.audit_timestamp(s, &tsr))
         .await?;
-    ok(json!({
-        "seq": r.seq, "status": r.info.status, "gen_time": r.info.gen_time, "serial": r.info.serial,
-    }))
+    ok(
+        "audit-timestamp",
+        json!({
+            "seq": r.seq, "status": r.info.status, "gen_time": r.info.gen_time, "serial": r.info.serial,
+        }),
+    )
 }
 
 /// Body of `POST /v1/audit/timestamp`.
@@ -1708,7 +1802,10 @@ async fn audit_report(
             views::activity(a, &name)
         })
         .collect();
-    ok(json!({ "from": from, "to": to, "users": rows }))
+    ok(
+        "audit-report",
+        json!({ "from": from, "to": to, "users": rows }),
+    )
 }
 
 /// Record that the annual security review took place (officer).
@@ -1717,7 +1814,7 @@ async fn audit_report(
 async fn review(State(app): State<Arc<App>>, rc: RequestContext, t: Bearer) -> Res {
     app.as_user_long(&rc, t, |v, s| v.record_security_review(s))
         .await?;
-    ok(json!({ "reviewed": true }))
+    ok("review", json!({ "reviewed": true }))
 }
 
 /// The maintenance ratchet now (officer): old keys of updated records and
@@ -1728,7 +1825,7 @@ async fn maintenance(State(app): State<Arc<App>>, rc: RequestContext, t: Bearer)
     let r = app
         .as_user_long(&rc, t, |v, s| v.run_maintenance(s))
         .await?;
-    ok(views::maintenance(&r))
+    ok("maintenance-report", views::maintenance(&r))
 }
 
 // ----- health and the document ---------------------------------------------------------
@@ -1736,7 +1833,7 @@ async fn maintenance(State(app): State<Arc<App>>, rc: RequestContext, t: Bearer)
 /// Liveness: the process answers.
 #[utoipa::path(get, path = "/healthz", tag = "health", responses((status = 200, body = Object)))]
 async fn healthz() -> Res {
-    ok(json!({ "status": "ok" }))
+    ok("health", json!({ "status": "ok" }))
 }
 
 /// Readiness: the vault is open and the server is not draining.
@@ -1752,7 +1849,7 @@ async fn readyz(State(app): State<Arc<App>>) -> Res {
     if app.is_disk_low() {
         return Err(ApiError::disk_low());
     }
-    ok(json!({ "status": "ready" }))
+    ok("health", json!({ "status": "ready" }))
 }
 
 /// This document.

@@ -495,8 +495,8 @@ fn cli_backup_create_restore_list_with_disposal_in_between() {
     let r = v.run(Some("admin"), &["--json", "backup", "list"]);
     r.ok();
     let list = r.json();
-    assert_eq!(list[0]["backup_id"], bid, "{list}");
-    assert_eq!(list[0]["state"], "active", "{list}");
+    assert_eq!(list["items"][0]["backup_id"], bid, "{list}");
+    assert_eq!(list["items"][0]["state"], "active", "{list}");
     let r = v.run(
         Some("admin"),
         &["--json", "backup", "expire", &bid, "--yes"],

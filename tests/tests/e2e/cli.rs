@@ -198,13 +198,23 @@ pub(crate) struct Run {
 
 impl Run {
     /// The run of a finished child process.
+    /// With `--json`, a document on stdout is checked against its schema
+    /// whether or not the test reads it (issue 11: every `--json` output of
+    /// every scenario). Output that is not a JSON object (an HTML page,
+    /// completions, nothing) is left to the test.
     pub(crate) fn from_output(what: impl Into<String>, out: &std::process::Output) -> Run {
-        Run {
+        let run = Run {
             what: what.into(),
             code: out.status.code().unwrap_or(-1),
             stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
             stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        };
+        if run.what.split_whitespace().any(|a| a == "--json")
+            && run.stdout.trim_start().starts_with('{')
+        {
+            run.json();
         }
+        run
     }
 
     /// Asserts the exit code, showing the output otherwise.
@@ -227,12 +237,14 @@ impl Run {
     /// Stdout parsed as one JSON value.
     #[track_caller]
     pub(crate) fn json(&self) -> Value {
-        serde_json::from_str(self.stdout.trim()).unwrap_or_else(|e| {
+        let v = serde_json::from_str(self.stdout.trim()).unwrap_or_else(|e| {
             panic!(
                 "`pivault {}`: stdout is not JSON ({e}):\n{}",
                 self.what, self.stdout
             )
-        })
+        });
+        crate::documents::check_any(&v, &format!("`pivault {}`", self.what));
+        v
     }
 
     /// The `--json` error on stderr: `{"error":{"code":..,"message":..}}`;
@@ -245,6 +257,7 @@ impl Run {
                 self.what, self.stderr
             )
         });
+        crate::documents::check_as("error", &v, &format!("`pivault {}` stderr", self.what));
         let code = v["error"]["code"]
             .as_str()
             .unwrap_or_else(|| panic!("`pivault {}`: no error.code in {v}", self.what));
@@ -462,7 +475,7 @@ impl CliVault {
     pub(crate) fn record_ids(&self) -> Vec<String> {
         let r = self.run(Some("clerk"), &["--json", "record", "list"]);
         r.ok();
-        r.json()
+        r.json()["items"]
             .as_array()
             .unwrap_or_else(|| panic!("record list is not an array: {}", r.stdout))
             .iter()
@@ -525,7 +538,7 @@ fn scenario() -> (CliVault, String) {
     let r = v.run(Some("clerk"), &["--json", "record", "list"]);
     r.ok();
     let list = r.json();
-    let rows = list.as_array().expect("array");
+    let rows = list["items"].as_array().expect("array");
     assert_eq!(rows.len(), 4, "{list}");
     let mine = rows
         .iter()
@@ -636,7 +649,7 @@ fn scenario() -> (CliVault, String) {
     );
     r.ok();
     let u = r.json();
-    assert_eq!(u["version"], 2, "{u}");
+    assert_eq!(u["record_version"], 2, "{u}");
     assert_eq!(u["record_id"], id.as_str(), "{u}");
     let r = v.run(Some("clerk"), &["--json", "record", "get", &id]);
     r.ok();
@@ -662,7 +675,7 @@ fn full_scenario_and_exit_codes() {
     let r = v.run(Some("auditor"), &["--json", "audit", "log"]);
     r.ok();
     let log = r.json();
-    let events = log.as_array().expect("audit log is an array");
+    let events = log["items"].as_array().expect("audit log is an array");
     let actions: Vec<&str> = events.iter().filter_map(|e| e["action"].as_str()).collect();
     for a in [
         "vault.init",
@@ -713,7 +726,7 @@ fn full_scenario_and_exit_codes() {
         ],
     );
     r.ok();
-    assert_eq!(r.json().as_array().unwrap().len(), 3);
+    assert_eq!(r.json()["items"].as_array().unwrap().len(), 3);
 
     // audit report --json: one row per user with counters.
     let r = v.run(Some("officer"), &["--json", "audit", "report"]);
@@ -1153,5 +1166,5 @@ fn cli_own_passwd_and_pending_officer_grant() {
     assert!(r.stderr.contains("approval_required"), "{}", r.stderr);
     let list = v.run(Some("officer"), &["--json", "user", "requests"]);
     list.ok();
-    assert_eq!(list.json().as_array().map(Vec::len), Some(1));
+    assert_eq!(list.json()["items"].as_array().map(Vec::len), Some(1));
 }

@@ -426,7 +426,7 @@ fn a_disposal_that_fails_part_way_says_how_it_continues() {
 fn assert_complete(v: &CliVault, n: usize) -> Vec<Value> {
     let r = v.run(Some("officer"), &["--json", "disposal", "list"]);
     r.ok();
-    let batches = r.json().as_array().expect("array").clone();
+    let batches = r.json()["items"].as_array().expect("array").clone();
     assert_eq!(batches.len(), n, "{}", r.stdout);
     assert!(
         batches.iter().all(|b| b["step"] == "complete"),
@@ -470,7 +470,7 @@ fn import_skip_lines_resumes_after_a_line() {
             .map(|s| {
                 let r = v.run(Some("clerk"), &["--json", "record", "list", "--subject", s]);
                 r.ok();
-                r.json().as_array().unwrap().len()
+                r.json()["items"].as_array().unwrap().len()
             })
             .collect()
     };

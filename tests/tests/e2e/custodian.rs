@@ -413,7 +413,7 @@ fn passphrase_change_through_the_real_binary() {
     );
     r.ok();
     let log = r.json();
-    let evs = log.as_array().expect("events");
+    let evs = log["items"].as_array().expect("events");
     assert_eq!(evs.len(), 2, "{log}");
     assert!(
         evs.iter().any(|e| e["outcome"] == "success"
@@ -523,7 +523,8 @@ fn break_glass_through_the_real_binary_needs_no_login() {
         .map(|m| std::os::unix::fs::MetadataExt::uid(&m))
         .unwrap();
     assert!(
-        log.as_array()
+        log["items"]
+            .as_array()
             .unwrap()
             .iter()
             .any(|e| e["source"] == format!("uid:{uid}")),
@@ -842,5 +843,5 @@ fn socket_guesses_from_one_os_user_are_one_source_whatever_the_process() {
             None,
         )
         .json();
-    assert_eq!(ev.as_array().map(Vec::len), Some(0), "{ev}");
+    assert_eq!(ev["items"].as_array().map(Vec::len), Some(0), "{ev}");
 }

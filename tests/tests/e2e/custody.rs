@@ -259,7 +259,7 @@ fn a_clerk_without_the_passphrase_works_through_the_socket_and_is_audited_by_os_
         None,
     );
     assert_eq!(a.status, 200, "{a:?}");
-    let events: Vec<Value> = a.json().as_array().cloned().unwrap_or_default();
+    let events: Vec<Value> = a.json()["items"].as_array().cloned().unwrap_or_default();
     let put_event = events
         .iter()
         .find(|e| {
@@ -286,7 +286,7 @@ fn a_clerk_without_the_passphrase_works_through_the_socket_and_is_audited_by_os_
     }
     let clerk_id = srv
         .call("GET", "/v1/users", Some(&srv.token("admin")), None)
-        .json()
+        .json()["items"]
         .as_array()
         .unwrap()
         .iter()

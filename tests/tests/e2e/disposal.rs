@@ -745,7 +745,7 @@ fn list_ids(v: &CliVault, user: &str, filter: &[&str]) -> Vec<String> {
     args.extend_from_slice(filter);
     let r = v.run(Some(user), &args);
     r.ok();
-    r.json()
+    r.json()["items"]
         .as_array()
         .unwrap_or_else(|| panic!("not an array: {}", r.stdout))
         .iter()
@@ -949,7 +949,7 @@ fn cli_subject_disposal_leaves_no_pi_and_disposed_reads_answer_with_certificate(
         &["--json", "record", "list", "--subject", "C-1002"],
     );
     r.ok();
-    for m in r.json().as_array().unwrap() {
+    for m in r.json()["items"].as_array().unwrap() {
         assert_eq!(m["state"], "disposed", "{m}");
         assert_eq!(m["certificate"], cert.as_str(), "{m}");
     }
@@ -1649,7 +1649,7 @@ fn contractor_disposes_in_scope_only_and_cosigns() {
     r.ok();
     let denied = r.json();
     assert!(
-        denied
+        denied["items"]
             .as_array()
             .unwrap()
             .iter()
@@ -1709,12 +1709,16 @@ fn contractor_disposes_in_scope_only_and_cosigns() {
     r.ok();
     let refused = r.json();
     assert!(
-        refused.as_array().unwrap().iter().any(|e| e["targets"]
+        refused["items"]
             .as_array()
             .unwrap()
             .iter()
-            .any(|t| t == staff_ids[0].as_str())
-            && e["outcome"] != "success"),
+            .any(|e| e["targets"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|t| t == staff_ids[0].as_str())
+                && e["outcome"] != "success"),
         "the refused out-of-scope disposal is not audited: {refused}"
     );
     let r = v.run(Some("clerk"), &["--json", "record", "get", &staff_ids[0]]);
@@ -1726,8 +1730,7 @@ fn contractor_disposes_in_scope_only_and_cosigns() {
         &["--json", "audit", "log", "--action", "custody."],
     );
     r.ok();
-    let custody: Vec<String> = r
-        .json()
+    let custody: Vec<String> = r.json()["items"]
         .as_array()
         .unwrap()
         .iter()

@@ -61,7 +61,7 @@ fn a_clerk_fixes_a_phone_number_on_a_masked_record_and_the_ssn_stays() {
         "617-555-0199\n",
     );
     r.ok();
-    assert_eq!(r.json()["version"], 2, "{}", r.stdout);
+    assert_eq!(r.json()["record_version"], 2, "{}", r.stdout);
     // The officer's reveal proves the SSN survived; the phone changed.
     let got = v.run(
         Some("officer"),

@@ -414,7 +414,7 @@ fn check_run(
     let printed: Option<Value> = serde_json::from_str(run.stdout.trim()).ok();
     let result_printed = printed.as_ref().is_some_and(|p| match op {
         Op::Put => p["record_id"].is_string(),
-        Op::Update => p["version"].is_u64(),
+        Op::Update => p["record_version"].is_u64(),
         Op::Import => p["imported"].is_u64(),
     });
     if run.code == 0 && !result_printed {

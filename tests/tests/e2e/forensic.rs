@@ -705,5 +705,5 @@ fn copied_vault_is_ciphertext_only() {
     c.env("PIVAULT_DIR", &copy);
     let r = v.exec(c, "--json record list (copy, right passphrase)");
     r.ok();
-    assert_eq!(r.json().as_array().unwrap().len(), 4);
+    assert_eq!(r.json()["items"].as_array().unwrap().len(), 4);
 }

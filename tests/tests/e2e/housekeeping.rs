@@ -192,7 +192,9 @@ fn scheduled_retention_runs_only_once_an_officer_turns_it_on() {
             "{}",
             String::from_utf8_lossy(&out.stderr)
         );
-        serde_json::from_slice::<Value>(&out.stdout).unwrap()
+        let v = serde_json::from_slice::<Value>(&out.stdout).unwrap();
+        crate::documents::check(&v, "pivault retention schedule");
+        v
     };
     assert_eq!(cli(&["--json", "retention", "schedule"])["enabled"], false);
     let on = cli(&["--json", "retention", "schedule", "--every-hours", "12"]);
@@ -213,7 +215,7 @@ fn scheduled_retention_runs_only_once_an_officer_turns_it_on() {
     let list = srv
         .call("GET", "/v1/disposals", Some(&officer), None)
         .json();
-    assert_eq!(list.as_array().map(Vec::len), Some(0), "{list}");
+    assert_eq!(list["items"].as_array().map(Vec::len), Some(0), "{list}");
     let due = srv
         .call("GET", "/v1/retention/due", Some(&officer), None)
         .json();
@@ -251,7 +253,7 @@ fn scheduled_retention_runs_only_once_an_officer_turns_it_on() {
     let list = srv
         .call("GET", "/v1/disposals", Some(&officer), None)
         .json();
-    let batches = list.as_array().unwrap();
+    let batches = list["items"].as_array().unwrap();
     assert_eq!(batches.len(), 1, "{list}");
     let cert_id = batches[0]["certificate_id"].as_str().unwrap().to_owned();
     let file = srv.call(

@@ -96,8 +96,7 @@ fn login_remembers_server_user_and_ca_and_later_commands_need_none() {
     assert_eq!(me.json()["username"], "officer", "{}", me.stderr);
     let list = run(home, &["--json", "profile", "list"]);
     list.ok();
-    let names: Vec<(String, bool)> = list
-        .json()
+    let names: Vec<(String, bool)> = list.json()["items"]
         .as_array()
         .unwrap()
         .iter()
@@ -124,7 +123,7 @@ fn login_remembers_server_user_and_ca_and_later_commands_need_none() {
         }
     });
     let list = run(home, &["--json", "profile", "list"]).json();
-    assert_eq!(list.as_array().unwrap().len(), 6, "{list}");
+    assert_eq!(list["items"].as_array().unwrap().len(), 6, "{list}");
     // A storm of concurrent rewrites (no server in the way to space them
     // out): 24 more profiles, removed by 24 processes at once. A lost
     // update would bring one back.
@@ -134,8 +133,7 @@ fn login_remembers_server_user_and_ca_and_later_commands_need_none() {
     }
     std::fs::write(&config, text).unwrap();
     assert_eq!(
-        run(home, &["--json", "profile", "list"])
-            .json()
+        run(home, &["--json", "profile", "list"]).json()["items"]
             .as_array()
             .unwrap()
             .len(),
@@ -151,7 +149,7 @@ fn login_remembers_server_user_and_ca_and_later_commands_need_none() {
         }
     });
     let list = run(home, &["--json", "profile", "list"]).json();
-    assert_eq!(list.as_array().unwrap().len(), 6, "{list}");
+    assert_eq!(list["items"].as_array().unwrap().len(), 6, "{list}");
 
     // Insider: a profile file others may write is refused, whatever it says.
     let mut text = std::fs::read_to_string(&config).unwrap();

@@ -47,9 +47,17 @@ pub(crate) struct Answer {
 }
 
 impl Answer {
+    /// The body as JSON (`Null` if it is not JSON). A JSON answer that is
+    /// not a problem document is checked against its schema.
+    #[track_caller]
     pub(crate) fn json(&self) -> Value {
-        serde_json::from_str(&self.text).unwrap_or(Value::Null)
+        let v = serde_json::from_str(&self.text).unwrap_or(Value::Null);
+        if self.content_type.starts_with("application/json") && !v.is_null() {
+            crate::documents::check_any(&v, &format!("HTTP {} answer", self.status));
+        }
+        v
     }
+
     /// Asserts a problem+json answer with this status and code.
     fn problem(&self, status: u16, code: &str) -> Value {
         assert_eq!(self.status, status, "status of {self:?}");
@@ -318,14 +326,23 @@ impl Server {
             h("cache-control"),
             h("retry-after"),
         );
-        Answer {
+        let a = Answer {
             status: resp.status().as_u16(),
             content_type,
             request_id,
             cache_control,
             retry_after,
             text: resp.body_mut().read_to_string().unwrap_or_default(),
+        };
+        // Every JSON answer of every scenario, read by the test or not, is
+        // checked against its schema (problem documents are not JSON here:
+        // application/problem+json).
+        if a.content_type.starts_with("application/json") {
+            let v: Value = serde_json::from_str(&a.text)
+                .unwrap_or_else(|e| panic!("{method} {path}: the JSON answer is not JSON ({e})"));
+            crate::documents::check_any(&v, &format!("{method} {path} {}", a.status));
         }
+        a
     }
 
     fn login(&self, user: &str, password: &str) -> Answer {
@@ -695,7 +712,8 @@ fn role_endpoint_matrix_reveal_and_bad_input_over_tls() {
                 None,
             )
             .json();
-        evs.as_array()
+        evs["items"]
+            .as_array()
             .expect("events")
             .iter()
             .any(|e| e["request_id"] == a.request_id.as_str() && e["targets"][1] == status)
@@ -717,7 +735,7 @@ fn role_endpoint_matrix_reveal_and_bad_input_over_tls() {
     );
     assert_eq!(events.status, 200);
     let events = events.json();
-    let evs = events.as_array().expect("events");
+    let evs = events["items"].as_array().expect("events");
     let auth_events = srv
         .call(
             "GET",
@@ -739,7 +757,7 @@ fn role_endpoint_matrix_reveal_and_bad_input_over_tls() {
             continue;
         }
         if i == 9 {
-            let ev = auth_events
+            let ev = auth_events["items"]
                 .as_array()
                 .expect("events")
                 .iter()
@@ -765,7 +783,7 @@ fn role_endpoint_matrix_reveal_and_bad_input_over_tls() {
     let all = srv
         .call("GET", "/v1/audit/events", Some(tok("auditor")), None)
         .json();
-    let all = all.as_array().expect("events");
+    let all = all["items"].as_array().expect("events");
     let ev = all
         .iter()
         .find(|e| e["request_id"] == rev.request_id.as_str() && e["action"] == "record.reveal")
@@ -849,7 +867,7 @@ fn lockout_disable_and_expiry_over_http() {
     let ev = srv
         .call("GET", "/v1/audit/events?action=auth.", Some(&officer), None)
         .json();
-    let evs = ev.as_array().expect("events");
+    let evs = ev["items"].as_array().expect("events");
     let count = |code: &str| {
         evs.iter()
             .filter(|e| e["action"] == "auth.login" && e["code"] == code && e["channel"] == "http")
@@ -977,7 +995,7 @@ fn contractor_disposes_in_scope_and_the_certificate_verifies_offline() {
     let listed = srv
         .call("GET", "/v1/records", Some(&contractor), None)
         .json();
-    let ids: Vec<&str> = listed
+    let ids: Vec<&str> = listed["items"]
         .as_array()
         .expect("list")
         .iter()
@@ -1198,7 +1216,7 @@ fn one_record_disposals_arriving_together_share_one_batch() {
     let events = srv
         .call("GET", "/v1/audit/events", Some(&auditor), None)
         .json();
-    let events = events.as_array().expect("events");
+    let events = events["items"].as_array().expect("events");
     for a in &answers {
         let mine: Vec<&Value> = events
             .iter()
@@ -1471,7 +1489,11 @@ fn scenario(
         .map(|(name, user, args)| {
             let r = run(user, &args);
             let out = if args[0] == "--json" {
-                normalize(&serde_json::from_str(r.stdout.trim()).unwrap_or(Value::Null)).to_string()
+                let v = serde_json::from_str(r.stdout.trim()).unwrap_or(Value::Null);
+                if r.code == 0 {
+                    crate::documents::check_any(&v, &format!("step {name:?}"));
+                }
+                normalize(&v).to_string()
             } else {
                 normalize_text(&r.stdout)
             };
@@ -1659,7 +1681,7 @@ fn own_password_needs_the_current_one_and_approvals_over_http() {
     let list = srv
         .call("GET", "/v1/approvals", Some(&officer), None)
         .json();
-    let reqs = list.as_array().expect("requests");
+    let reqs = list["items"].as_array().expect("requests");
     assert_eq!(reqs.len(), 1, "{list}");
     let id = reqs[0]["request"].as_str().expect("request id").to_owned();
     assert!(detail.contains(&id), "{detail}");

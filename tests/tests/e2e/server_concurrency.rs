@@ -320,7 +320,7 @@ impl Client<'_> {
 
     fn list(&mut self) {
         let a = self.call("list", "GET", "/v1/records", &self.clerk, None);
-        if a.status != 200 || !a.json().is_array() {
+        if a.status != 200 || !a.json()["items"].is_array() {
             self.unexpected("list", "", &a);
         }
     }
@@ -359,8 +359,7 @@ impl Client<'_> {
             &self.clerk,
             None,
         );
-        let ids: Vec<String> = listed
-            .json()
+        let ids: Vec<String> = listed.json()["items"]
             .as_array()
             .unwrap_or_else(|| self.unexpected("import list", &subject, &listed))
             .iter()
@@ -591,7 +590,7 @@ fn check_round(srv: &Server, model: &Mutex<Model>, officers: &[String], seed: u6
     });
     let ds = srv.call("GET", "/v1/disposals", Some(&officers[0]), None);
     assert_eq!(ds.status, 200, "seed {seed} round {round}: {}", ds.text);
-    for d in ds.json().as_array().expect("disposal list") {
+    for d in ds.json()["items"].as_array().expect("disposal list") {
         assert_eq!(
             d["step"], "complete",
             "seed {seed} round {round}: batch left unfinished: {d}"

@@ -451,7 +451,11 @@ fn readyz_tells_nothing_but_readiness() {
     let srv = server::start_plain(&["--no-access-log"]);
     let a = srv.call("GET", "/readyz", None, None);
     assert_eq!(a.status, 200, "{a:?}");
-    assert_eq!(a.json(), serde_json::json!({ "status": "ready" }), "{a:?}");
+    assert_eq!(
+        a.json(),
+        serde_json::json!({ "document": "health", "status": "ready", "version": 1 }),
+        "{a:?}"
+    );
 }
 
 /// A tmpfs mounted for a test, unmounted when dropped.

@@ -188,7 +188,7 @@ fn a_retention_runner_token_runs_retention_from_a_script_and_nothing_else() {
     // The officer sees it and its last use; an admin may list it too.
     let list = as_staff("officer", &["--json", "service", "list"]);
     list.ok();
-    let entry = list.json()[0].clone();
+    let entry = list.json()["items"][0].clone();
     assert_eq!(entry["username"], "nightly", "{}", list.stdout);
     assert!(entry["last_used"].is_string(), "{entry}");
     assert_eq!(entry["has_token"], true);
@@ -220,7 +220,7 @@ fn a_retention_runner_token_runs_retention_from_a_script_and_nothing_else() {
             None,
         )
         .json();
-    let limited = events
+    let limited = events["items"]
         .as_array()
         .unwrap()
         .iter()
@@ -234,7 +234,12 @@ fn a_retention_runner_token_runs_retention_from_a_script_and_nothing_else() {
     r.code(EXIT_AUTH);
     assert!(r.stderr.contains("revoked or rotated"), "{}", r.stderr);
     let list = as_staff("admin", &["--json", "service", "list"]);
-    assert_eq!(list.json()[0]["state"], "revoked", "{}", list.stdout);
+    assert_eq!(
+        list.json()["items"][0]["state"],
+        "revoked",
+        "{}",
+        list.stdout
+    );
     let (status, _, _keep) = srv.stop();
     assert!(status.success());
 }

@@ -78,7 +78,10 @@ fn a_spreadsheet_export_imports_with_a_mapping_file() {
         &["--json", "record", "list", "--subject", "C-2001"],
     );
     list.ok();
-    let id = list.json()[0]["record_id"].as_str().unwrap().to_owned();
+    let id = list.json()["items"][0]["record_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let got = v.run(
         Some("officer"),
         &[
