@@ -333,9 +333,13 @@ fn run(args: Args) -> anyhow::Result<()> {
         let every = Duration::from_secs(args.checkpoint_secs);
         rt.spawn(checkpoint_timer(app.clone(), every));
     }
-    rt.spawn(refusal_flush_timer(app.clone()));
+    rt.spawn(repeat_blocking(app.clone(), Duration::from_secs(5), |a| {
+        a.flush_refusals(false)
+    }));
     app.check_disk();
-    rt.spawn(disk_guard_timer(app.clone()));
+    rt.spawn(repeat_blocking(app.clone(), Duration::from_secs(2), |a| {
+        a.check_disk();
+    }));
     if args.housekeeping_secs > 0 {
         let every = Duration::from_secs(args.housekeeping_secs);
         rt.spawn(backup_expiry_timer(app.clone(), every));
@@ -366,10 +370,12 @@ fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Audits the refusal counts of each minute once it has ended (a few
-/// seconds late at most), so that a flood shows in the trail while it lasts.
-async fn refusal_flush_timer(app: Arc<App>) {
-    let mut tick = tokio::time::interval(Duration::from_secs(5));
+/// Runs `job` on a blocking thread every `period` until the server drains:
+/// the refusal counts of each minute audited once it has ended (a few
+/// seconds late at most, so a flood shows in the trail while it lasts),
+/// and the disk-space guard.
+async fn repeat_blocking(app: Arc<App>, period: Duration, job: fn(&App)) {
+    let mut tick = tokio::time::interval(period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
@@ -377,21 +383,7 @@ async fn refusal_flush_timer(app: Arc<App>) {
             return;
         }
         let a = app.clone();
-        let _ = tokio::task::spawn_blocking(move || a.flush_refusals(false)).await;
-    }
-}
-
-/// Checks the vault's free disk space every 2 seconds.
-async fn disk_guard_timer(app: Arc<App>) {
-    let mut tick = tokio::time::interval(Duration::from_secs(2));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        if app.is_draining() {
-            return;
-        }
-        let a = app.clone();
-        let _ = tokio::task::spawn_blocking(move || a.check_disk()).await;
+        let _ = tokio::task::spawn_blocking(move || job(&a)).await;
     }
 }
 
