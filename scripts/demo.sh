@@ -24,6 +24,8 @@ head -c 24 /dev/urandom | base64 > "$SECRETS/passphrase"
 for u in admin officer clerk; do head -c 18 /dev/urandom | base64 > "$SECRETS/$u"; done
 
 export PIVAULT_DIR="$VAULT" PIVAULT_SOCKET="$SECRETS/pivault.sock"
+# Login tokens and profiles of the demo's staff stay with the demo's secrets.
+export XDG_CONFIG_HOME="$SECRETS/config"
 # The custodian's own commands open the vault directory with the passphrase.
 custodian() { PIVAULT_PASSPHRASE_FILE="$SECRETS/passphrase" "$PIVAULT" "$@"; }
 # Staff: their username and password, through the socket; no passphrase.
@@ -44,9 +46,12 @@ for _ in $(seq 1 300); do [ -S "$PIVAULT_SOCKET" ] && break; sleep 0.1; done
 [ -S "$PIVAULT_SOCKET" ] || { cat "$SECRETS/server.log"; exit 1; }
 grep "listening" "$SECRETS/server.log"
 
-step "add a security officer and a clerk"
+step "add a security officer and a clerk; each logs in once (a token, not a password per command)"
+as admin login
 PIVAULT_NEW_PASSWORD_FILE="$SECRETS/officer" as admin user add officer --role officer
 PIVAULT_NEW_PASSWORD_FILE="$SECRETS/clerk" as admin user add clerk --role clerk
+as officer login
+as clerk login
 as admin user list
 
 step "define what we store about customers (examples/customers.schema.json)"
