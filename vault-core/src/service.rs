@@ -312,26 +312,16 @@ impl Vault {
         user: UserId,
         generation: u32,
     ) -> Result<(SecretString, [u8; 32])> {
-        let mut raw = Zeroizing::new([0u8; 32]);
-        crypto::fill_random(raw.as_mut());
-        let token = SecretString::new(format!("{TOKEN_PREFIX}{}", hex::encode(raw.as_ref())));
-        let now = self.now();
         let row = SessionRow {
             user: user.to_string(),
             generation,
-            created_ms: now,
+            created_ms: self.now(),
             expires_ms: i64::MAX,
             // Never used yet; the first call writes it (to the minute).
             last_seen_ms: 0,
             service: true,
         };
-        let key = token_hash(token.expose());
-        self.store.put(
-            store::CF_SESSIONS,
-            &key,
-            &serde_json::to_vec(&row).expect("serialisable"),
-        )?;
-        Ok((token, key))
+        self.store_token(TOKEN_PREFIX, &row)
     }
 
     /// The row keys of a service account's stored tokens.

@@ -271,9 +271,6 @@ impl Vault {
     /// stored only as its SHA-256.
     pub fn issue_token(&self, s: &Session, ttl_ms: i64) -> Result<SecretString> {
         self.authorize(s, None)?;
-        let mut raw = Zeroizing::new([0u8; 32]);
-        crypto::fill_random(raw.as_mut());
-        let token = SecretString::new(format!("pvt_{}", hex::encode(raw.as_ref())));
         let now = self.now();
         let row = SessionRow {
             user: s.user.to_string(),
@@ -283,16 +280,31 @@ impl Vault {
             last_seen_ms: now,
             service: false,
         };
-        let key = token_hash(token.expose());
-        self.store.put(
-            store::CF_SESSIONS,
-            &key,
-            &serde_json::to_vec(&row).expect("serialisable"),
-        )?;
+        let (token, key) = self.store_token("pvt_", &row)?;
         self.audit_or_undo(s, "auth.token.issue", vec![s.user.to_string()], || {
             self.store.delete(store::CF_SESSIONS, &key)
         })?;
         Ok(token)
+    }
+
+    /// Mints a token (`prefix` and 256 random bits, shown once) and stores
+    /// `row` under its SHA-256, the only form in which a token is kept.
+    /// Returns the token and its row key.
+    pub(super) fn store_token(
+        &self,
+        prefix: &str,
+        row: &SessionRow,
+    ) -> Result<(SecretString, [u8; 32])> {
+        let mut raw = Zeroizing::new([0u8; 32]);
+        crypto::fill_random(raw.as_mut());
+        let token = SecretString::new(format!("{prefix}{}", hex::encode(raw.as_ref())));
+        let key = token_hash(token.expose());
+        self.store.put(
+            store::CF_SESSIONS,
+            &key,
+            &serde_json::to_vec(row).expect("serialisable"),
+        )?;
+        Ok((token, key))
     }
 
     /// Resumes a session from a token; expired, idle, revoked or disabled → `SessionInvalid`.
