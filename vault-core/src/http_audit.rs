@@ -64,6 +64,9 @@ pub struct RefusedRequests<'a> {
     pub statuses: &'a [(u16, u64)],
     /// `METHOD:route-template` of the requests (never a concrete path).
     pub routes: &'a [String],
+    /// Connections from the source closed at accept, before TLS or any
+    /// request, while it was shut out for refusals (not in `count`).
+    pub closed_at_accept: u64,
 }
 
 impl Vault {
@@ -79,6 +82,9 @@ impl Vault {
             format!("last={}", crate::clock::format_ms(r.last_ms)),
         ];
         targets.extend(r.statuses.iter().map(|(s, n)| format!("{s}={n}")));
+        if r.closed_at_accept > 0 {
+            targets.push(format!("closed_at_accept={}", r.closed_at_accept));
+        }
         targets.extend(r.routes.iter().cloned());
         self.append_event(NewEvent {
             time_ms: self.now(),

@@ -39,7 +39,7 @@ use vault_core::ids::UserId;
 use vault_core::secret::SecretString;
 use vault_core::vault::{Context, Session};
 
-pub use limits::{ConnectionLimit, SourceKey};
+pub use limits::{ConnectionLimit, LocalConnections, SourceKey};
 use limits::{RateLimiter, Refusals};
 pub use problem::ApiError;
 
@@ -97,6 +97,15 @@ pub struct Limits {
     /// 429 without a look-up. Each refused token is one audit event, so
     /// this bounds what a stream of made-up tokens writes.
     pub bad_tokens_per_minute: u32,
+    /// Requests per source per minute that may be refused before anyone
+    /// authenticated (401, 404, 405, 429), burst half of it; past it the
+    /// source is shut out: its requests without a token are answered 429
+    /// with `Connection: close`, and its new connections are closed at
+    /// accept until the budget refills (0: never shut out). Authenticated
+    /// requests are never charged.
+    pub refusals_per_minute: u32,
+    /// Open connections per source (IPv4 address, IPv6 /64, local OS user).
+    pub max_connections_per_source: usize,
 }
 
 impl Default for Limits {
@@ -123,6 +132,8 @@ impl Default for Limits {
             header_timeout: Duration::from_secs(10),
             min_free_bytes: 64 << 20,
             bad_tokens_per_minute: 60,
+            refusals_per_minute: 600,
+            max_connections_per_source: 256,
         }
     }
 }
@@ -139,8 +150,9 @@ pub struct App {
     login_buckets: RateLimiter,
     request_buckets: RateLimiter,
     bad_token_buckets: RateLimiter,
+    refusal_buckets: Option<Arc<RateLimiter>>,
     body_budget: Arc<Semaphore>,
-    refusals: Refusals,
+    refusals: Arc<Refusals>,
     draining: AtomicBool,
     disk_low: AtomicBool,
 }
@@ -181,12 +193,38 @@ impl App {
                     .max(limits.body_bytes)
                     .min(Semaphore::MAX_PERMITS),
             )),
-            refusals: Refusals::default(),
+            refusal_buckets: (limits.refusals_per_minute > 0).then(|| {
+                Arc::new(RateLimiter::new(
+                    f64::from(limits.refusals_per_minute) / 60.0,
+                    f64::from((limits.refusals_per_minute / 2).max(1)),
+                ))
+            }),
+            refusals: Arc::default(),
             draining: AtomicBool::new(false),
             disk_low: AtomicBool::new(false),
             vault,
             limits,
         }))
+    }
+
+    /// What a new connection must pass at accept (caps, and the shutting
+    /// out of sources past their refusals): TCP, and with
+    /// [`ConnectionLimit::local`] the socket.
+    pub fn connection_limit(&self) -> ConnectionLimit {
+        ConnectionLimit::new(
+            self.limits.max_connections,
+            self.limits.max_connections_per_source,
+            self.refusal_buckets.clone(),
+            self.refusals.clone(),
+        )
+    }
+
+    /// `Err(seconds to wait)` when `key` has used up its budget of
+    /// refused requests.
+    fn shut_out(&self, key: SourceKey) -> Result<(), u64> {
+        self.refusal_buckets
+            .as_ref()
+            .map_or(Ok(()), |l| l.peek(key))
     }
 
     /// Marks the server as shutting down: `/readyz` answers 503.
@@ -473,19 +511,24 @@ impl
     > for Peer
 {
     fn connect_info(stream: axum::serve::IncomingStream<'_, tokio::net::UnixListener>) -> Peer {
-        match stream.io().peer_cred() {
-            Ok(c) => Peer::Local {
-                uid: c.uid(),
-                gid: c.gid(),
-                pid: c.pid(),
-            },
-            // Never the case on Linux; an unknown peer is nobody's.
-            Err(_) => Peer::Local {
-                uid: u32::MAX,
-                gid: u32::MAX,
-                pid: None,
-            },
-        }
+        local_peer(stream.io())
+    }
+}
+
+/// Who is on the other end of a socket connection, from the kernel.
+pub(crate) fn local_peer(stream: &tokio::net::UnixStream) -> Peer {
+    match stream.peer_cred() {
+        Ok(c) => Peer::Local {
+            uid: c.uid(),
+            gid: c.gid(),
+            pid: c.pid(),
+        },
+        // Never the case on Linux; an unknown peer is nobody's.
+        Err(_) => Peer::Local {
+            uid: u32::MAX,
+            gid: u32::MAX,
+            pid: None,
+        },
     }
 }
 
@@ -748,6 +791,12 @@ async fn frame(
             // memory) while the disk is nearly full, so that the audit
             // trail never runs out of room under the vault's feet.
             (ApiError::disk_low().into_response(), has_body)
+        } else if let (false, true, Err(wait)) =
+            (health, token.is_none(), app.shut_out(SourceKey::from(peer)))
+        {
+            // A source past its refusals: answered at once and the
+            // connection closed; its reconnections are closed at accept.
+            (ApiError::rate_limited(wait).into_response(), true)
         } else if rc.route == "(unmatched)" {
             (
                 ApiError::from_status(StatusCode::NOT_FOUND).into_response(),
@@ -824,6 +873,17 @@ async fn frame(
         resp = public.into_response();
     }
     let code = resp.extensions().get::<problem::Code>().map(|c| c.0);
+    let mut close = close;
+    if !health
+        && rc.actor.get().is_none()
+        && is_aggregated_refusal(resp.status().as_u16())
+        && let Some(l) = &app.refusal_buckets
+        && (l.take(SourceKey::from(peer)).is_err() || l.peek(SourceKey::from(peer)).is_err())
+    {
+        // The source has used up its refusals (with this one, or before):
+        // shut it out (see `Limits::refusals_per_minute`).
+        close = true;
+    }
     if had_token && !public && resp.status() == StatusCode::UNAUTHORIZED && rc.actor.get().is_none()
     {
         // A refused token (audited as `auth.token`): charge its source.

@@ -149,6 +149,7 @@ struct RefusalCount {
     channel: Channel,
     source: String,
     count: u64,
+    closed_at_accept: u64,
     first_ms: i64,
     last_ms: i64,
     statuses: BTreeMap<u16, u64>,
@@ -169,8 +170,16 @@ pub(crate) struct Refusals {
 }
 
 impl Refusals {
-    /// Counts one refused request at `now_ms`.
-    pub(crate) fn record(&self, key: SourceKey, rc: &RequestContext, status: u16, now_ms: i64) {
+    /// The count of `key` in the minute of `now_ms`, created on first use
+    /// (past [`MAX_REFUSAL_SOURCES`] sources, the shared `Overflow` one).
+    fn with_count(
+        &self,
+        key: SourceKey,
+        peer: Peer,
+        source: &str,
+        now_ms: i64,
+        f: impl FnOnce(&mut RefusalCount),
+    ) {
         let minute = now_ms.div_euclid(60_000);
         let mut m = self.counts.lock().expect("refusals lock");
         let key = if m.len() >= MAX_REFUSAL_SOURCES && !m.contains_key(&(key, minute)) {
@@ -179,21 +188,37 @@ impl Refusals {
             key
         };
         let c = m.entry((key, minute)).or_insert_with(|| RefusalCount {
-            channel: rc.peer.channel(),
-            source: refusal_source(key, &rc.source),
+            channel: peer.channel(),
+            source: refusal_source(key, source),
             count: 0,
+            closed_at_accept: 0,
             first_ms: now_ms,
             last_ms: now_ms,
             statuses: BTreeMap::new(),
             routes: BTreeSet::new(),
         });
-        c.count += 1;
         c.last_ms = c.last_ms.max(now_ms);
-        *c.statuses.entry(status).or_insert(0) += 1;
-        let route = format!("{}:{}", rc.method, rc.route);
-        if c.routes.len() < MAX_ROUTES || c.routes.contains(&route) {
-            c.routes.insert(route);
-        }
+        f(c);
+    }
+
+    /// Counts one refused request at `now_ms`.
+    pub(crate) fn record(&self, key: SourceKey, rc: &RequestContext, status: u16, now_ms: i64) {
+        self.with_count(key, rc.peer, &rc.source, now_ms, |c| {
+            c.count += 1;
+            *c.statuses.entry(status).or_insert(0) += 1;
+            let route = format!("{}:{}", rc.method, rc.route);
+            if c.routes.len() < MAX_ROUTES || c.routes.contains(&route) {
+                c.routes.insert(route);
+            }
+        });
+    }
+
+    /// Counts one connection closed at accept (the source shut out, or
+    /// over its connection cap) at `now_ms`.
+    pub(crate) fn record_closed(&self, key: SourceKey, peer: Peer, now_ms: i64) {
+        self.with_count(key, peer, &peer.source(), now_ms, |c| {
+            c.closed_at_accept += 1;
+        });
     }
 
     /// Audits the counts of ended minutes (all of them with `all`).
@@ -221,6 +246,7 @@ impl Refusals {
                 last_ms: c.last_ms,
                 statuses: &statuses,
                 routes: &routes,
+                closed_at_accept: c.closed_at_accept,
             })?;
         }
         Ok(())
@@ -242,22 +268,84 @@ fn refusal_source(key: SourceKey, first: &str) -> String {
     }
 }
 
-/// Caps the open TCP connections (an axum-server acceptor, in front of
-/// TLS): past the cap a new connection is closed at once rather than held
-/// open unserved, so a crowd of idle or slow clients cannot exhaust file
-/// descriptors and memory. Each accepted stream holds a slot until it is
-/// dropped.
+/// What a connection must pass at accept, before TLS or any request is
+/// read, so that turning it away costs the server almost nothing:
+/// - the cap on open connections (closed past it rather than held open
+///   unserved, so a crowd of idle or slow clients cannot exhaust file
+///   descriptors and memory);
+/// - a cap per source (IPv4 address, IPv6 /64, local OS user), so that
+///   one client cannot take every slot;
+/// - a source that has used up its budget of refused requests (see
+///   [`crate::Limits::refusals_per_minute`]) is shut out until the budget
+///   refills: a flood then costs the server an accept and a close per
+///   attempt, instead of a TLS handshake and an answer per request.
+///
+/// Connections turned away are counted in the aggregated `http.refused`
+/// events (`closed_at_accept`). Each accepted stream holds its slots until
+/// it is dropped.
 #[derive(Clone, Debug)]
 pub struct ConnectionLimit {
     slots: Arc<Semaphore>,
+    per_source: usize,
+    open: Arc<Mutex<HashMap<SourceKey, usize>>>,
+    shut_out: Option<Arc<RateLimiter>>,
+    refusals: Arc<Refusals>,
 }
 
 impl ConnectionLimit {
-    /// At most `max` connections at once.
-    pub fn new(max: usize) -> Self {
+    pub(crate) fn new(
+        max: usize,
+        per_source: usize,
+        shut_out: Option<Arc<RateLimiter>>,
+        refusals: Arc<Refusals>,
+    ) -> Self {
         ConnectionLimit {
             slots: Arc::new(Semaphore::new(max.clamp(1, Semaphore::MAX_PERMITS))),
+            per_source: per_source.max(1),
+            open: Arc::default(),
+            shut_out,
+            refusals,
         }
+    }
+
+    /// Admits a connection from `peer`, or says why not.
+    fn admit(&self, peer: Peer) -> Result<Slots, &'static str> {
+        let key = SourceKey::from(peer);
+        let refuse = |why| {
+            self.refusals
+                .record_closed(key, peer, jiff::Timestamp::now().as_millisecond());
+            Err(why)
+        };
+        if self.shut_out.as_ref().is_some_and(|l| l.peek(key).is_err()) {
+            return refuse("source shut out for refused requests");
+        }
+        let Ok(slot) = self.slots.clone().try_acquire_owned() else {
+            // Past the global cap: not the source's fault; still counted.
+            return refuse("connection limit reached");
+        };
+        {
+            let mut open = self.open.lock().expect("connections lock");
+            let n = open.entry(key).or_insert(0);
+            if *n >= self.per_source {
+                drop(open);
+                return refuse("per-source connection limit reached");
+            }
+            *n += 1;
+        }
+        Ok(Slots {
+            _slot: slot,
+            key,
+            open: self.open.clone(),
+        })
+    }
+
+    /// The same limits for the local socket (no shutting out: its clients
+    /// are local OS users, named in the trail and capped per user).
+    pub fn local(&self) -> LocalConnections {
+        LocalConnections(ConnectionLimit {
+            shut_out: None,
+            ..self.clone()
+        })
     }
 }
 
@@ -267,29 +355,110 @@ impl<S> axum_server::accept::Accept<tokio::net::TcpStream, S> for ConnectionLimi
     type Future = std::future::Ready<io::Result<(Self::Stream, S)>>;
 
     fn accept(&self, stream: tokio::net::TcpStream, service: S) -> Self::Future {
-        std::future::ready(match self.slots.clone().try_acquire_owned() {
+        let admitted = match stream.peer_addr() {
+            Ok(a) => self.admit(Peer::Tcp(a.ip())),
+            Err(_) => Err("peer address unknown"),
+        };
+        std::future::ready(match admitted {
             // Small answers (problems, masked reads) go out at once rather
             // than waiting on Nagle's algorithm for the client's ACK.
-            Ok(slot) => stream.set_nodelay(true).map(|()| {
+            Ok(slots) => stream.set_nodelay(true).map(|()| {
                 (
                     Counted {
                         inner: stream,
-                        _slot: slot,
+                        _slots: slots,
                     },
                     service,
                 )
             }),
             // The stream is dropped: the client sees the connection closed.
-            Err(_) => Err(io::Error::other("connection limit reached")),
+            Err(why) => Err(io::Error::other(why)),
         })
     }
 }
 
-/// A stream holding one of [`ConnectionLimit`]'s slots.
+/// [`ConnectionLimit`] for the Unix-domain socket: the same caps, keyed on
+/// the connecting OS user (from the kernel), and the peer's credentials
+/// handed to the application as its `ConnectInfo`.
+#[derive(Clone, Debug)]
+pub struct LocalConnections(ConnectionLimit);
+
+impl<S> axum_server::accept::Accept<tokio::net::UnixStream, S> for LocalConnections {
+    type Stream = Counted<tokio::net::UnixStream>;
+    type Service = WithPeer<S>;
+    type Future = std::future::Ready<io::Result<(Self::Stream, Self::Service)>>;
+
+    fn accept(&self, stream: tokio::net::UnixStream, service: S) -> Self::Future {
+        let peer = crate::local_peer(&stream);
+        std::future::ready(match self.0.admit(peer) {
+            Ok(slots) => Ok((
+                Counted {
+                    inner: stream,
+                    _slots: slots,
+                },
+                WithPeer {
+                    inner: service,
+                    peer,
+                },
+            )),
+            Err(why) => Err(io::Error::other(why)),
+        })
+    }
+}
+
+/// A connection's service that hands every request its peer (as the
+/// `ConnectInfo` the framing middleware reads).
+#[derive(Clone, Debug)]
+pub struct WithPeer<S> {
+    inner: S,
+    peer: Peer,
+}
+
+impl<S, B> tower_service::Service<axum::http::Request<B>> for WithPeer<S>
+where
+    S: tower_service::Service<axum::http::Request<B>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: axum::http::Request<B>) -> Self::Future {
+        req.extensions_mut()
+            .insert(axum::extract::ConnectInfo(self.peer));
+        self.inner.call(req)
+    }
+}
+
+/// The slots an accepted connection holds: one of the global cap, one of
+/// its source's.
+#[derive(Debug)]
+struct Slots {
+    _slot: OwnedSemaphorePermit,
+    key: SourceKey,
+    open: Arc<Mutex<HashMap<SourceKey, usize>>>,
+}
+
+impl Drop for Slots {
+    fn drop(&mut self) {
+        let mut open = self.open.lock().expect("connections lock");
+        if let Some(n) = open.get_mut(&self.key) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.key);
+            }
+        }
+    }
+}
+
+/// A stream holding its [`ConnectionLimit`] slots.
 #[derive(Debug)]
 pub struct Counted<T> {
     inner: T,
-    _slot: OwnedSemaphorePermit,
+    _slots: Slots,
 }
 
 impl<T: AsyncRead + Unpin> AsyncRead for Counted<T> {

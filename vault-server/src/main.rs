@@ -108,6 +108,17 @@ struct Args {
     /// refused token is an audit event).
     #[arg(long, default_value_t = 60, value_name = "N")]
     bad_tokens_per_minute: u32,
+    /// Requests per client address per minute that may be refused before
+    /// anyone authenticated (401, 404, 405, 429); past it the address is
+    /// shut out (429 and the connection closed; new connections closed at
+    /// accept, before TLS) until it slows down; 0: never. Authenticated
+    /// requests never count. Raise it behind a proxy that shares one address.
+    #[arg(long, default_value_t = 600, value_name = "N")]
+    refusals_per_minute: u32,
+    /// Open connections per client address (IPv6: per /64; socket: per OS
+    /// user); more are closed at accept.
+    #[arg(long, default_value_t = 256, value_name = "N")]
+    max_connections_per_source: usize,
     /// Hours between maintenance ratchets (old keys of updated records and
     /// orphaned keys destroyed by rotation, ratchet and purge); 0: off.
     #[arg(long, default_value_t = 24, value_name = "HOURS")]
@@ -317,6 +328,8 @@ fn run(args: Args) -> anyhow::Result<()> {
         header_timeout: Duration::from_secs(args.header_timeout_secs.max(1)),
         min_free_bytes: args.min_free_mib.saturating_mul(1 << 20),
         bad_tokens_per_minute: args.bad_tokens_per_minute,
+        refusals_per_minute: args.refusals_per_minute,
+        max_connections_per_source: args.max_connections_per_source.max(1),
         ..defaults
     };
     let app = App::new(vault, limits).context("cannot start the vault worker threads")?;
@@ -602,27 +615,39 @@ async fn serve(
         let _ = stop_tx.send(true);
         h2.graceful_shutdown(Some(Duration::from_secs(60)));
     });
+    let limits = app.limits().clone();
+    let cap = app.connection_limit();
+    let local_handle = axum_server::Handle::new();
     let local_server = match &socket {
         Some(spec) => {
-            let listener = bind_socket(spec).await?;
-            let svc = vault_server::app(app.clone()).into_make_service_with_connect_info::<Peer>();
+            let listener = bind_socket(spec).await?.into_std()?;
+            // The socket gets the same caps and timeouts as TCP (a local
+            // client cannot hold connections open unserved either); the
+            // kernel's peer credentials become each request's `Peer`.
+            let mut server = axum_server::from_unix(listener)?.http1_only();
+            server
+                .http_builder()
+                .http1()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(limits.header_timeout)
+                .keep_alive(true);
+            let svc = vault_server::app(app.clone()).into_make_service();
+            let server = server.acceptor(cap.local()).handle(local_handle.clone());
             let mut stop = stop_rx.clone();
+            let h = local_handle.clone();
+            tokio::spawn(async move {
+                let _ = stop.wait_for(|s| *s).await;
+                h.graceful_shutdown(Some(Duration::from_secs(60)));
+            });
             eprintln!(
                 "pivault-server: listening on unix:{} (mode {:04o})",
                 spec.path.display(),
                 spec.mode
             );
-            Some(tokio::spawn(async move {
-                axum::serve(listener, svc)
-                    .with_graceful_shutdown(async move {
-                        let _ = stop.wait_for(|s| *s).await;
-                    })
-                    .await
-            }))
+            Some(tokio::spawn(async move { server.serve(svc).await }))
         }
         None => None,
     };
-    let limits = app.limits().clone();
     let svc = vault_server::app(app).into_make_service_with_connect_info::<Peer>();
     let listener =
         std::net::TcpListener::bind(bind).with_context(|| format!("cannot listen on {bind}"))?;
@@ -631,11 +656,11 @@ async fn serve(
     let scheme = if tls.is_some() { "https" } else { "http" };
     // The line tests and scripts wait for (the port may be 0 = chosen by the OS).
     eprintln!("pivault-server: listening on {scheme}://{local}");
-    // At most `max_connections` open at once (closed at accept past it),
-    // before TLS; the handshake and every request's headers within
+    // At most `max_connections` open at once, and `max_connections_per_source`
+    // per source, closed at accept past them, before TLS; so are sources
+    // shut out for refusals. The handshake and every request's headers within
     // `header_timeout`, which also ends idle keep-alive connections
     // (hyper's header-read timer runs while it waits for the next request).
-    let cap = vault_server::ConnectionLimit::new(limits.max_connections);
     let mut server = axum_server::from_tcp(listener)?.http1_only();
     server
         .http_builder()

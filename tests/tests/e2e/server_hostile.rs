@@ -9,6 +9,9 @@
 //!   kilobytes to the trail, and the events still say who, when, how many.
 //! * Slow clients are disconnected by the header-read timeout, and reads
 //!   keep working while many of them are connected.
+//! * A source that floods the server with refused requests is shut out at
+//!   accept (before any request is read), while other clients keep reading;
+//!   connections are capped per source, on TCP and on the local socket.
 //!
 //! Knobs (defaults prove the point on 2 cores in seconds):
 //! `PIVAULT_HOSTILE_UPLOADS` (32 concurrent uploads),
@@ -227,7 +230,15 @@ fn an_unauthenticated_flood_is_audited_in_aggregate() {
     let total = knob("PIVAULT_HOSTILE_REQUESTS", 100_000);
     let threads = 4;
     // A low per-address rate, so that part of the flood is answered 429.
-    let srv = server::start_plain(&["--no-access-log", "--requests-per-second", "2000"]);
+    // Shutting out (`--refusals-per-minute`) off: this test counts what
+    // the aggregation sees of a flood answered in full.
+    let srv = server::start_plain(&[
+        "--no-access-log",
+        "--requests-per-second",
+        "2000",
+        "--refusals-per-minute",
+        "0",
+    ]);
     let addr = srv.addr();
     let before = audit_bytes(&srv.vault_dir);
     let t0 = jiff::Timestamp::now().as_millisecond();
@@ -625,7 +636,13 @@ fn nearly_full_disk(mnt: &Path) {
 /// stream cannot fill the disk either.
 #[test]
 fn a_stream_of_made_up_tokens_is_throttled() {
-    let srv = server::start_plain(&["--no-access-log", "--bad-tokens-per-minute", "60"]);
+    let srv = server::start_plain(&[
+        "--no-access-log",
+        "--bad-tokens-per-minute",
+        "60",
+        "--refusals-per-minute",
+        "0",
+    ]);
     let addr = srv.addr();
     let started = Instant::now();
     let seen = flood_with(
@@ -682,4 +699,237 @@ fn a_stream_of_made_up_tokens_is_throttled() {
         .sum();
     assert_eq!(counted, limited, "the 429s are counted");
     vault.close().expect("close");
+}
+
+/// A TCP connection to `addr` from the local address `from`: another
+/// loopback address stands for another client.
+fn connect_from(from: &str, addr: &str) -> std::io::Result<TcpStream> {
+    let to: std::net::SocketAddr = addr.parse().expect("server address");
+    let local: std::net::SocketAddr = format!("{from}:0").parse().expect("client address");
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+    s.bind(&local.into())?;
+    s.connect(&to.into())?;
+    Ok(s.into())
+}
+
+/// What a flooding client saw.
+#[derive(Debug, Default)]
+struct FloodSeen {
+    /// Answers by status.
+    answers: std::collections::BTreeMap<u16, u64>,
+    /// Connections closed before their first answer (at accept).
+    closed_before_answer: u64,
+}
+
+/// Floods `addr` from `from` for `secs` with token-less requests, one at a
+/// time on a keep-alive connection, reconnecting whenever the server closes.
+fn flood_from(from: &str, addr: &str, secs: f64) -> FloodSeen {
+    let mut seen = FloodSeen::default();
+    let until = Instant::now() + Duration::from_secs_f64(secs);
+    while Instant::now() < until {
+        let Ok(s) = connect_from(from, addr) else {
+            continue;
+        };
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let mut w = s.try_clone().expect("clone");
+        let mut r = BufReader::new(s);
+        let mut answered = false;
+        loop {
+            let sent = w
+                .write_all(b"GET /v1/whoami HTTP/1.1\r\nHost: localhost\r\n\r\n")
+                .is_ok();
+            match read_response(&mut r).filter(|_| sent) {
+                Some((status, headers)) => {
+                    answered = true;
+                    *seen.answers.entry(status).or_insert(0) += 1;
+                    let close = headers
+                        .iter()
+                        .any(|(k, v)| k == "connection" && v.eq_ignore_ascii_case("close"));
+                    if close || Instant::now() >= until {
+                        break;
+                    }
+                }
+                None => {
+                    if !answered {
+                        seen.closed_before_answer += 1;
+                    }
+                    break;
+                }
+            }
+        }
+    }
+    seen
+}
+
+/// A source flooding the server with token-less requests uses up its
+/// `--refusals-per-minute` and is shut out: its requests are answered 429
+/// with the connection closed, and its new connections are closed at
+/// accept, before any request is read. Meanwhile a clerk on another
+/// address keeps reading, and the aggregated `http.refused` events count
+/// both the answered refusals and the connections closed at accept.
+#[test]
+fn a_flooding_source_is_shut_out_at_accept_while_others_keep_reading() {
+    let secs = 3.0;
+    // 120 a minute: a burst of 60, then 2 a second.
+    let srv = server::start_plain(&["--no-access-log", "--refusals-per-minute", "120"]);
+    let addr = srv.addr();
+    let clerk = srv.token("clerk");
+    let (flood, reads) = std::thread::scope(|s| {
+        let f = s.spawn(|| flood_from("127.0.0.2", &addr, secs));
+        let mut reads = std::collections::BTreeMap::new();
+        let until = Instant::now() + Duration::from_secs_f64(secs);
+        while Instant::now() < until {
+            let a = srv.raw("GET", "/v1/whoami", Some(&clerk), None);
+            *reads.entry(a.status).or_insert(0u64) += 1;
+        }
+        (f.join().expect("flood"), reads)
+    });
+    eprintln!("flood from 127.0.0.2: {flood:?}; clerk's reads from 127.0.0.1: {reads:?}");
+    assert_eq!(
+        reads.keys().copied().collect::<Vec<_>>(),
+        vec![200],
+        "{reads:?}"
+    );
+    assert!(reads[&200] >= 20, "the clerk kept reading: {reads:?}");
+    let answered: u64 = flood.answers.values().sum();
+    // The burst (60) and the refill (2 a second), with a second of slack.
+    let bound = 60 + (2.0 * (secs + 1.0)) as u64;
+    assert!(
+        answered <= bound,
+        "a shut-out source got {answered} answers (at most {bound}): {flood:?}"
+    );
+    assert!(
+        flood.closed_before_answer >= 100,
+        "the flood's connections were closed at accept: {flood:?}"
+    );
+
+    let (status, vault_dir, _tmp) = srv.stop();
+    assert!(status.success(), "graceful stop: {status:?}");
+    let vault = Vault::open(
+        &vault_dir,
+        &SecretString::from(PASSPHRASE),
+        OpenOptions::default(),
+    )
+    .expect("reopen");
+    let auditor = common::login(&vault, "auditor");
+    let evs = vault
+        .audit_events(
+            &auditor,
+            &EventFilter {
+                action_prefix: Some("http.refused".into()),
+                ..EventFilter::default()
+            },
+        )
+        .expect("audit events");
+    let sum = |k: &str| -> u64 {
+        evs.iter()
+            .filter(|e| e.source.as_deref() == Some("127.0.0.2"))
+            .flat_map(|e| e.targets.iter())
+            .filter_map(|t| t.strip_prefix(&format!("{k}=")))
+            .filter_map(|n| n.parse::<u64>().ok())
+            .sum()
+    };
+    assert_eq!(sum("count"), answered, "answered refusals audited: {evs:?}");
+    assert_eq!(
+        sum("closed_at_accept"),
+        flood.closed_before_answer,
+        "connections closed at accept audited: {evs:?}"
+    );
+    assert!(
+        evs.iter().all(|e| e.source.as_deref() != Some("127.0.0.1")),
+        "the clerk's address was never refused: {evs:?}"
+    );
+    vault.close().expect("close");
+}
+
+/// Whether the server closes `s` (end of file or reset) before its read
+/// timeout; a timeout means the connection was kept open.
+fn closed_within(s: &mut impl Read) -> bool {
+    let mut b = [0u8; 64];
+    match s.read(&mut b) {
+        Ok(n) => n == 0,
+        Err(e) => !matches!(
+            e.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        ),
+    }
+}
+
+/// Past `--max-connections-per-source`, a source's new connections are
+/// closed at accept, while other sources still connect; on the local
+/// socket the cap counts per OS user, and slow clients there are cut off
+/// by the header timeout as on TCP.
+#[test]
+fn connections_are_capped_per_source_on_tcp_and_on_the_socket() {
+    let srv = server::start_plain(&[
+        "--no-access-log",
+        "--max-connections-per-source",
+        "4",
+        "--header-timeout-secs",
+        "2",
+    ]);
+    let addr = srv.addr();
+    let held: Vec<TcpStream> = (0..4)
+        .map(|_| connect_from("127.0.0.3", &addr).expect("connect"))
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let fifth = connect_from("127.0.0.3", &addr).expect("connect");
+    fifth
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    assert!(
+        closed_within(&mut &fifth),
+        "the fifth connection from one source is closed at accept"
+    );
+    assert!(
+        held.iter().all(|s| !closed_by_server(s)),
+        "the four within the cap stay open"
+    );
+    let other = srv.raw("GET", "/healthz", None, None);
+    assert_eq!(other.status, 200, "another source still connects");
+    drop(held);
+    std::thread::sleep(Duration::from_millis(300));
+    let again = connect_from("127.0.0.3", &addr).expect("connect");
+    let mut w = again.try_clone().unwrap();
+    w.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .unwrap();
+    again
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let answer = read_response(&mut BufReader::new(again)).map(|(s, _)| s);
+    assert_eq!(answer, Some(200), "a freed slot is usable again");
+
+    // The local socket: the same cap, per OS user.
+    let sock = srv
+        .vault_dir
+        .parent()
+        .expect("run dir")
+        .join("pivault.sock");
+    let local: Vec<std::os::unix::net::UnixStream> = (0..4)
+        .map(|_| std::os::unix::net::UnixStream::connect(&sock).expect("socket"))
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let fifth = std::os::unix::net::UnixStream::connect(&sock).expect("socket");
+    fifth
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    assert!(
+        closed_within(&mut &fifth),
+        "the fifth socket connection of one OS user is closed at accept"
+    );
+    drop(local);
+    // A slow client on the socket: one header byte, then silence.
+    std::thread::sleep(Duration::from_millis(300));
+    let mut slow = std::os::unix::net::UnixStream::connect(&sock).expect("socket");
+    slow.write_all(b"G").unwrap();
+    slow.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let started = Instant::now();
+    let mut rest = Vec::new();
+    let _ = slow.read_to_end(&mut rest);
+    let waited = started.elapsed();
+    assert!(
+        waited < Duration::from_secs(6),
+        "a slow socket client is cut off by the 2 s header timeout (waited {waited:?})"
+    );
 }
