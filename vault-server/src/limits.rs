@@ -110,6 +110,30 @@ impl RateLimiter {
         r
     }
 
+    /// Admits `key` for free while its bucket is full (a source that was
+    /// never, or not lately, refused); otherwise takes a token like
+    /// [`RateLimiter::take`]. At accept, this keeps a shut-out source to
+    /// one new connection per token as its bucket refills, however many
+    /// connections it has waiting, instead of letting all of them through
+    /// (into TLS handshakes) the moment one token is back.
+    pub(crate) fn admit(&self, key: SourceKey) -> Result<(), u64> {
+        let now = Instant::now();
+        let shard = &self.shards[(self.hasher.hash_one(key) as usize) % SHARDS];
+        {
+            let s = shard.lock().expect("rate limiter lock");
+            let full = match s.current.get(&key).or_else(|| s.previous.get(&key)) {
+                None => true,
+                Some((tokens, at)) => {
+                    tokens + now.duration_since(*at).as_secs_f64() * self.rate >= self.burst
+                }
+            };
+            if full {
+                return Ok(());
+            }
+        }
+        self.take(key)
+    }
+
     /// Whether `key` has a token left, without taking it.
     pub(crate) fn peek(&self, key: SourceKey) -> Result<(), u64> {
         let now = Instant::now();
@@ -316,7 +340,7 @@ impl ConnectionLimit {
                 .record_closed(key, peer, jiff::Timestamp::now().as_millisecond());
             Err(why)
         };
-        if self.shut_out.as_ref().is_some_and(|l| l.peek(key).is_err()) {
+        if self.shut_out.as_ref().is_some_and(|l| l.admit(key).is_err()) {
             return refuse("source shut out for refused requests");
         }
         let Ok(slot) = self.slots.clone().try_acquire_owned() else {
@@ -516,6 +540,23 @@ mod tests {
         assert!(l.take(a("2001:db8:1:2:abcd::1")).is_err(), "same /64");
         assert_eq!(l.take(a("2001:db8:1:3::1")), Ok(()), "another /64");
         assert_eq!(a("::ffff:192.0.2.1"), a("192.0.2.1"));
+    }
+
+    /// At accept, a source that was never refused passes for free; once
+    /// refused, each admitted connection costs a token, so a shut-out
+    /// source gets one connection per refilled token, not all its waiting
+    /// ones at once.
+    #[test]
+    fn connections_cost_a_token_once_a_source_was_refused() {
+        let l = RateLimiter::new(0.001, 2.0);
+        let k = SourceKey::V4(7);
+        for _ in 0..10 {
+            assert_eq!(l.admit(k), Ok(()), "a full bucket admits for free");
+        }
+        assert_eq!(l.take(k), Ok(()), "one refusal");
+        assert_eq!(l.admit(k), Ok(()), "pays the last token");
+        assert!(l.admit(k).is_err(), "then shut out");
+        assert_eq!(l.admit(SourceKey::V4(8)), Ok(()), "others are not");
     }
 
     /// Aggregated events name what they count.
