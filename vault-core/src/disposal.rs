@@ -1992,7 +1992,10 @@ impl Vault {
         Ok(id)
     }
 
-    pub(crate) fn authorize_any(&self, s: &Session, perms: &[Permission]) -> Result<()> {
+    /// Checks that the session's user holds at least one of `perms`;
+    /// a refusal is audited (`access.denied`). Front ends call it before
+    /// reading a large request body; the operation itself checks again.
+    pub fn authorize_any(&self, s: &Session, perms: &[Permission]) -> Result<()> {
         let row = self.authorize(s, None)?;
         let role = Role::parse(&row.role)?;
         if perms.iter().any(|p| role.permits(*p)) {

@@ -288,7 +288,12 @@ impl App {
     /// unauthenticated upload is never buffered): on a vault thread, like
     /// every token check. A refused token has been audited (`auth.token`,
     /// one event), and the request is then marked audited.
-    async fn check_token(&self, rc: &RequestContext, token: SecretString) -> Result<(), ApiError> {
+    async fn check_token(
+        &self,
+        rc: &RequestContext,
+        token: SecretString,
+        needs: &'static [vault_core::access::Permission],
+    ) -> Result<(), ApiError> {
         let _permit = self
             .work
             .acquire()
@@ -299,11 +304,15 @@ impl App {
         self.workers
             .run(move || {
                 let before = vault_core::audit::appended_on_this_thread();
-                match vault.session_from_token(&token, rc.context()) {
-                    Ok(s) => {
-                        let _ = rc.actor.set(s.user());
+                match vault.session_from_token(&token, rc.context()).and_then(|s| {
+                    let _ = rc.actor.set(s.user());
+                    if needs.is_empty() {
                         Ok(())
+                    } else {
+                        vault.authorize_any(&s, needs)
                     }
+                }) {
+                    Ok(()) => Ok(()),
                     Err(e) => {
                         if vault_core::audit::appended_on_this_thread() > before {
                             rc.audited.store(true, Ordering::SeqCst);
@@ -657,6 +666,19 @@ fn is_public(method: &str, route: &str) -> bool {
     ) || (method == "POST" && route == "/v1/sessions")
 }
 
+/// The permissions (any one of them) a route with a large body always
+/// needs, checked with the token before the body is read, so that a user
+/// whose role may not import cannot make the server read (and hold, within
+/// the body budget) 64 MiB to refuse it. Only routes whose operation
+/// checks exactly this in the core are listed; the core checks again.
+fn body_permissions(method: &str, route: &str) -> &'static [vault_core::access::Permission] {
+    use vault_core::access::Permission as P;
+    match (method, route) {
+        ("POST", "/v1/collections/{name}/import") | ("POST", "/v1/records") => &[P::CreateRecord],
+        _ => &[],
+    }
+}
+
 /// Answers that refuse an unauthenticated request; aggregated in the audit
 /// trail instead of one event each.
 fn is_aggregated_refusal(status: u16) -> bool {
@@ -817,7 +839,9 @@ async fn frame(
                 if has_body
                     && !public
                     && let Some(t) = token
-                    && let Err(e) = app.check_token(&rc, t).await
+                    && let Err(e) = app
+                        .check_token(&rc, t, body_permissions(&rc.method, &rc.route))
+                        .await
                 {
                     return (e.into_response(), true);
                 }

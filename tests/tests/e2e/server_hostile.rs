@@ -90,12 +90,18 @@ fn read_response(r: &mut BufReader<TcpStream>) -> Option<(u16, Vec<(String, Stri
 /// streamed from a 64 KiB buffer (never allocated whole). The status the
 /// server answered, or `None` if it closed the connection without one.
 fn upload(addr: &str, bytes: u64) -> Option<u16> {
+    upload_as(addr, bytes, None)
+}
+
+/// [`upload`] with a bearer token.
+fn upload_as(addr: &str, bytes: u64, token: Option<&str>) -> Option<u16> {
     let mut s = TcpStream::connect(addr).expect("connect");
     s.set_write_timeout(Some(Duration::from_secs(60))).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
     let head = format!(
         "POST /v1/collections/customers/import HTTP/1.1\r\nHost: localhost\r\n\
-         Content-Type: text/plain\r\nContent-Length: {bytes}\r\n\r\n"
+         Content-Type: text/plain\r\n{auth}Content-Length: {bytes}\r\n\r\n"
     );
     s.write_all(head.as_bytes()).expect("request head");
     let chunk = vec![b'x'; 64 << 10];
@@ -154,6 +160,57 @@ fn unauthenticated_uploads_are_refused_before_their_body_is_read() {
         Some((row.as_bytes(), "text/plain")),
     );
     assert_eq!(a.status, 200, "authenticated import after the flood: {a:?}");
+}
+
+/// A signed-in user whose role may not import (an auditor) is refused
+/// before the body is read: concurrent 60 MB uploads are all answered 403
+/// (or the connection closed), none takes a share of the body budget (no
+/// 503 `overloaded`), and the server's peak RSS stays far below the
+/// budget. Before the check, each body was read within the 256 MiB budget
+/// and only then refused by the import itself.
+#[test]
+fn uploads_by_a_role_that_may_not_import_are_refused_before_their_body_is_read() {
+    let uploads = knob("PIVAULT_HOSTILE_UPLOADS", 32);
+    let mb = knob("PIVAULT_HOSTILE_UPLOAD_MB", 60);
+    let srv = server::start_plain(&["--no-access-log"]);
+    let addr = srv.addr();
+    let pid = srv.pid();
+    let auditor = srv.token("auditor");
+    let answers: Vec<Option<u16>> = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..uploads)
+            .map(|_| s.spawn(|| upload_as(&addr, mb << 20, Some(&auditor))))
+            .collect();
+        hs.into_iter().map(|h| h.join().expect("upload")).collect()
+    });
+    let peak_mib = vm_hwm_kib(pid) / 1024;
+    eprintln!(
+        "auditor uploads: {uploads} x {mb} MB: answers {answers:?}, server peak RSS {peak_mib} MiB"
+    );
+    assert!(
+        answers.iter().all(|a| matches!(a, None | Some(403))),
+        "refused for the role, never read into the budget: {answers:?}"
+    );
+    assert!(
+        answers.iter().any(|a| *a == Some(403)),
+        "the refusal is answered: {answers:?}"
+    );
+    assert!(
+        peak_mib < 150,
+        "server peak RSS {peak_mib} MiB after {uploads} refused {mb} MB uploads"
+    );
+    // The refusal is audited as a denial of the auditor, once per request.
+    let ev = srv.call("GET", "/v1/audit/events?action=access.denied", Some(&auditor), None);
+    let n = ev.json()["items"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .filter(|e| e["targets"].to_string().contains("CreateRecord"))
+        .count();
+    let answered = answers.iter().filter(|a| a.is_some()).count();
+    assert!(
+        n >= answered && n <= uploads as usize,
+        "{n} access.denied events for {answered} answered uploads"
+    );
 }
 
 /// Sends `count` unauthenticated requests on one keep-alive connection,
