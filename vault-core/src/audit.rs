@@ -1025,7 +1025,8 @@ impl AuditLog {
                     self.poisoned = true;
                 }
                 Err(Error::AuditUnavailable(format!(
-                    "cannot write the audit segment: {e}"
+                    "cannot write the audit segment: {}",
+                    Error::io_at(&segment_path(&self.dir, self.segment_no), e)
                 )))
             }
         }
@@ -1044,7 +1045,10 @@ impl AuditLog {
             .and_then(|_| sync_dir(&self.dir))
             .and_then(|()| open_append(&path, false))
             .map_err(|e| {
-                Error::AuditUnavailable(format!("cannot start a new audit segment: {e}"))
+                Error::AuditUnavailable(format!(
+                    "cannot start a new audit segment: {}",
+                    Error::io_at(&path, e)
+                ))
             })?;
         self.segment = file;
         self.segment_no = next;

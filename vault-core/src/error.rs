@@ -222,19 +222,173 @@ impl std::error::Error for Error {}
 
 impl From<rocksdb::Error> for Error {
     fn from(e: rocksdb::Error) -> Self {
-        // RocksDB reports a held LOCK file as an IO error mentioning "lock".
-        let msg = e.into_string();
-        if msg.contains("LOCK") || msg.contains("lock hold") {
-            Error::VaultBusy
-        } else {
-            Error::Storage(msg)
+        storage_error(&e.into_string())
+    }
+}
+
+/// The error for a message of the storage engine.
+fn storage_error(msg: &str) -> Error {
+    {
+        let msg = vault_relative(msg);
+        let lower = msg.to_ascii_lowercase();
+        // Only a lock another process holds is "busy": a LOCK file the
+        // vault may not open (permissions, a read-only file system) is
+        // that, and says so.
+        let locked = lower.contains("lock hold")
+            || (lower.contains("lock") && lower.contains("resource temporarily unavailable"));
+        if locked {
+            return Error::VaultBusy;
         }
+        Error::Storage(with_cause(&msg))
     }
 }
 
 impl From<std::io::Error> for Error {
     fn from(e: std::io::Error) -> Self {
-        Error::Io(e.to_string())
+        Error::Io(with_cause(&e.to_string()))
+    }
+}
+
+impl Error {
+    /// A file-system error on `path`, named relative to the vault (never
+    /// an absolute path, which would tell a client how the host is laid out)
+    /// with its cause in words an operator acts on.
+    pub fn io_at(path: &std::path::Path, e: std::io::Error) -> Error {
+        let name = vault_relative(&path.display().to_string());
+        Error::Io(with_cause(&format!("{name}: {e}")))
+    }
+}
+
+/// The cause of a storage or file-system failure, from the OS's or the
+/// storage engine's message: what an operator has to fix.
+fn cause_of(msg: &str) -> Option<&'static str> {
+    let m = msg.to_ascii_lowercase();
+    [
+        ("no space left", "the disk is full"),
+        ("disk quota exceeded", "the disk quota is used up"),
+        ("read-only file system", "the file system is read-only"),
+        ("permission denied", "permission denied"),
+        ("operation not permitted", "permission denied"),
+        ("corruption", "the data is corrupted"),
+        ("checksum mismatch", "the data is corrupted"),
+        ("too many open files", "too many open files"),
+        ("input/output error", "the disk reported an i/o error"),
+        ("no such file", "a file is missing"),
+    ]
+    .iter()
+    .find(|(needle, _)| m.contains(needle))
+    .map(|(_, cause)| *cause)
+}
+
+/// `cause: message`, when the cause is known.
+fn with_cause(msg: &str) -> String {
+    match cause_of(msg) {
+        Some(c) => format!("{c}: {msg}"),
+        None => msg.to_owned(),
+    }
+}
+
+/// The parts of a vault directory an error can be about.
+const VAULT_PARTS: [&str; 8] = [
+    "records", "keystore", "audit", "header", "backups", "spool", "anchors", "LOCK",
+];
+
+/// Rewrites every absolute path in `msg` relative to the vault: from its
+/// last component that is a part of a vault (`records/000012.log`,
+/// `keystore/LOCK`, `audit/seg-00000001.log`), else its file name only.
+pub(crate) fn vault_relative(msg: &str) -> String {
+    let mut out = String::with_capacity(msg.len());
+    let mut rest = msg;
+    while let Some(i) = rest.find('/') {
+        // A path starts at a '/' that begins a word.
+        let starts_word = i == 0 || {
+            let b = rest.as_bytes()[i - 1];
+            b == b' ' || b == b':' || b == b'(' || b == b'\'' || b == b'"'
+        };
+        if !starts_word {
+            out.push_str(&rest[..=i]);
+            rest = &rest[i + 1..];
+            continue;
+        }
+        out.push_str(&rest[..i]);
+        let tail = &rest[i..];
+        let end = tail
+            .find(|c: char| c.is_whitespace() || c == ':' || c == '\'' || c == '"' || c == ')')
+            .unwrap_or(tail.len());
+        let path = &tail[..end];
+        let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
+        let from = parts
+            .iter()
+            .rposition(|p| VAULT_PARTS.iter().any(|v| p.starts_with(v)) && *p != "LOCK")
+            .or_else(|| parts.len().checked_sub(1));
+        match from {
+            Some(f) => out.push_str(&parts[f..].join("/")),
+            None => out.push('/'),
+        }
+        rest = &tail[end..];
+    }
+    out.push_str(rest);
+    out
+}
+
+#[cfg(test)]
+mod storage_error_tests {
+    use super::*;
+
+    /// Messages as RocksDB and the OS write them: the cause is named, the
+    /// path is relative to the vault, and only a lock held by another
+    /// process is `VaultBusy`.
+    #[test]
+    fn storage_errors_name_the_file_and_the_cause() {
+        let busy =
+            "IO error: While lock file: /srv/v/records/LOCK: Resource temporarily unavailable";
+        assert!(matches!(
+            storage_error(&rocksdb_error(busy)),
+            Error::VaultBusy
+        ));
+        let held = "IO error: lock hold by current process, acquire time 1 acquiring thread 2: /srv/v/keystore/LOCK: No locks available";
+        assert!(matches!(
+            storage_error(&rocksdb_error(held)),
+            Error::VaultBusy
+        ));
+        let denied = "IO error: While open a file for lock: /srv/v/records/LOCK: Permission denied";
+        let e = storage_error(&rocksdb_error(denied)).to_string();
+        assert_eq!(
+            e,
+            "storage error: permission denied: IO error: While open a file for lock: records/LOCK: Permission denied"
+        );
+        let full = "IO error: No space left on device: While appending to file: /tmp/.tmpAb/vault/records/000012.log: No space left on device";
+        let e = storage_error(&rocksdb_error(full)).to_string();
+        assert!(e.starts_with("storage error: the disk is full: "), "{e}");
+        assert!(
+            e.contains("records/000012.log") && !e.contains("/tmp"),
+            "{e}"
+        );
+        let corrupt = "Corruption: block checksum mismatch: stored = 1, computed = 2 in /x/vault/keystore/000007.sst offset 0 size 10";
+        let e = storage_error(&rocksdb_error(corrupt)).to_string();
+        assert!(
+            e.contains("the data is corrupted")
+                && e.contains("keystore/000007.sst")
+                && !e.contains("/x/"),
+            "{e}"
+        );
+        let io = Error::io_at(
+            std::path::Path::new("/home/o/vault/audit/seg-00000001.log"),
+            std::io::Error::from_raw_os_error(28),
+        )
+        .to_string();
+        assert!(
+            io.starts_with("i/o error: the disk is full: audit/seg-00000001.log: "),
+            "{io}"
+        );
+        assert_eq!(vault_relative("/etc/passwd: gone"), "passwd: gone");
+        assert_eq!(vault_relative("a/b and 3/4"), "a/b and 3/4");
+    }
+
+    /// RocksDB's errors have no public constructor: the conversion's
+    /// body, from the message.
+    fn rocksdb_error(msg: &str) -> String {
+        msg.to_owned()
     }
 }
 

@@ -15,7 +15,7 @@ pub fn create_private_dir(path: &Path) -> Result<()> {
     b.recursive(true);
     #[cfg(unix)]
     b.mode(0o700);
-    b.create(path)?;
+    b.create(path).map_err(|e| Error::io_at(path, e))?;
     Ok(())
 }
 
@@ -27,21 +27,25 @@ pub fn create_private_file(path: &Path) -> Result<File> {
     o.mode(0o600);
     o.open(path).map_err(|e| match e.kind() {
         std::io::ErrorKind::AlreadyExists => Error::AlreadyExists("file"),
-        _ => e.into(),
+        _ => Error::io_at(path, e),
     })
 }
 
 /// Fsyncs a directory so that a created or renamed entry survives power loss.
 pub fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir)?.sync_all()?;
-    Ok(())
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| Error::io_at(dir, e))
 }
 
 /// Refuses a file or directory that group or others can read (DESIGN §3).
 pub fn check_private(path: &Path) -> Result<()> {
     #[cfg(unix)]
     {
-        let mode = std::fs::metadata(path)?.permissions().mode();
+        let mode = std::fs::metadata(path)
+            .map_err(|e| Error::io_at(path, e))?
+            .permissions()
+            .mode();
         if mode & 0o077 != 0 {
             return Err(Error::UnsafePermissions(path.display().to_string()));
         }

@@ -214,8 +214,9 @@ pub fn create(path: &Path, info: &HeaderInfo, unlock: &SecretKey, root: &SecretK
     bytes.extend_from_slice(&encode_slot(0, &env));
     bytes.extend_from_slice(&[0u8; SLOT_LEN]);
     let mut f = crate::fsutil::create_private_file(path)?;
-    f.write_all(&bytes)?;
-    f.sync_all()?;
+    f.write_all(&bytes)
+        .and_then(|()| f.sync_all())
+        .map_err(|e| Error::io_at(path, e))?;
     crate::fsutil::sync_dir(path.parent().expect("header has a parent"))?;
     Ok(())
 }
@@ -328,11 +329,13 @@ pub fn erase_other_slots(path: &Path, keep_epoch: u64) -> Result<()> {
 }
 
 fn write_at(path: &Path, at: usize, bytes: &[u8]) -> Result<()> {
-    let mut f = OpenOptions::new().write(true).open(path)?;
-    f.seek(SeekFrom::Start(at as u64))?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    Ok(())
+    let write = || -> std::io::Result<()> {
+        let mut f = OpenOptions::new().write(true).open(path)?;
+        f.seek(SeekFrom::Start(at as u64))?;
+        f.write_all(bytes)?;
+        f.sync_all()
+    };
+    write().map_err(|e| Error::io_at(path, e))
 }
 
 #[cfg(test)]

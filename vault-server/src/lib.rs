@@ -304,14 +304,16 @@ impl App {
         self.workers
             .run(move || {
                 let before = vault_core::audit::appended_on_this_thread();
-                match vault.session_from_token(&token, rc.context()).and_then(|s| {
-                    let _ = rc.actor.set(s.user());
-                    if needs.is_empty() {
-                        Ok(())
-                    } else {
-                        vault.authorize_any(&s, needs)
-                    }
-                }) {
+                match vault
+                    .session_from_token(&token, rc.context())
+                    .and_then(|s| {
+                        let _ = rc.actor.set(s.user());
+                        if needs.is_empty() {
+                            Ok(())
+                        } else {
+                            vault.authorize_any(&s, needs)
+                        }
+                    }) {
                     Ok(()) => Ok(()),
                     Err(e) => {
                         if vault_core::audit::appended_on_this_thread() > before {

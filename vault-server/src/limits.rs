@@ -340,7 +340,11 @@ impl ConnectionLimit {
                 .record_closed(key, peer, jiff::Timestamp::now().as_millisecond());
             Err(why)
         };
-        if self.shut_out.as_ref().is_some_and(|l| l.admit(key).is_err()) {
+        if self
+            .shut_out
+            .as_ref()
+            .is_some_and(|l| l.admit(key).is_err())
+        {
             return refuse("source shut out for refused requests");
         }
         let Ok(slot) = self.slots.clone().try_acquire_owned() else {

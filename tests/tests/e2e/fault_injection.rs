@@ -437,6 +437,22 @@ fn check_run(
     );
     // A failure exit with no result printed says the write did not happen.
     let said_failed = run.code != 0 && !result_printed && !COMPLETED_BUT.contains(&run.code);
+    // Issue 13: a storage failure names the file (relative to the vault,
+    // never an absolute path) and, for a full disk, says so.
+    if said_failed && matches!(error_code, "storage" | "io" | "audit_unavailable") {
+        if error_message.contains("/tmp/") || error_message.contains("/root/") {
+            bad.push(format!("the error shows an absolute path: {error_message}"));
+        }
+        if !["records/", "keystore/", "audit/"]
+            .iter()
+            .any(|p| error_message.contains(p))
+        {
+            bad.push(format!("the error names no vault file: {error_message}"));
+        }
+        if run.stderr.contains("No space left") && !error_message.contains("the disk is full") {
+            bad.push(format!("a full disk is not called one: {error_message}"));
+        }
+    }
     let landed = match op {
         Op::Put => match records_of(r, reference) {
             Ok(rows) => {
@@ -757,4 +773,43 @@ fn faults_in_every_vault_file_never_leave_an_unaudited_record_or_a_lying_exit_st
         injected >= 24,
         "too few faults injected ({injected}): is strace matching the vault files?"
     );
+}
+
+/// A `LOCK` file the vault may not open (made immutable with `chattr +i`,
+/// which stops root too) is reported as what it is: the file, relative to
+/// the vault, and "permission denied"; not "held open by another process"
+/// (what the CLI said before issue 13), and no absolute path. Once the
+/// file is writable again the same command works.
+#[test]
+fn a_lock_file_the_vault_may_not_open_is_named_with_its_cause() {
+    let v = crate::cli::CliVault::empty();
+    v.init();
+    let lock = v.dir.join("records").join("LOCK");
+    let chattr = |flag: &str| {
+        Command::new("chattr")
+            .arg(flag)
+            .arg(&lock)
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if !chattr("+i") {
+        eprintln!("skipped: `chattr +i` is not available on this file system");
+        return;
+    }
+    let r = v.run(Some("admin"), &["--json", "user", "list"]);
+    assert!(chattr("-i"), "chattr -i");
+    assert_ne!(r.code, 0, "{r:?}");
+    let err: Value = serde_json::from_str(r.stderr.trim()).expect("--json error");
+    let msg = err["error"]["message"].as_str().unwrap_or("");
+    assert_eq!(err["error"]["code"], "storage", "{err}");
+    assert!(
+        msg.contains("records/LOCK") && msg.contains("permission denied"),
+        "names the file and the cause: {msg}"
+    );
+    assert!(!msg.contains("held open"), "not called busy: {msg}");
+    assert!(
+        !msg.contains(v.dir.to_str().expect("utf-8 path")),
+        "no absolute path: {msg}"
+    );
+    v.run(Some("admin"), &["--json", "user", "list"]).ok();
 }

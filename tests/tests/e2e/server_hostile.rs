@@ -199,7 +199,12 @@ fn uploads_by_a_role_that_may_not_import_are_refused_before_their_body_is_read()
         "server peak RSS {peak_mib} MiB after {uploads} refused {mb} MB uploads"
     );
     // The refusal is audited as a denial of the auditor, once per request.
-    let ev = srv.call("GET", "/v1/audit/events?action=access.denied", Some(&auditor), None);
+    let ev = srv.call(
+        "GET",
+        "/v1/audit/events?action=access.denied",
+        Some(&auditor),
+        None,
+    );
     let n = ev.json()["items"]
         .as_array()
         .expect("events")
