@@ -576,6 +576,9 @@ impl Vault {
         let store = Store::open(&l.records, opts.sync)?;
         let unlock = crypto::derive_unlock_key(passphrase, &info.salt, info.kdf)?;
         let opened = header::open(&l.header, &unlock)?;
+        // Import spools a killed process left (ciphertext whose key died
+        // with it): this process holds the lock, so none is in use.
+        crate::spool::remove_leftovers(dir)?;
         let keystore = Keystore::open(&l.keystore, info.vault_id, info.buckets, opts.sync)?;
         if let Some((old_epoch, old_root)) = &opened.unfinished_from {
             // A ratchet was interrupted after the new slot was written: finish it.

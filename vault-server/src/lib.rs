@@ -256,6 +256,17 @@ impl App {
         low
     }
 
+    /// Whether the vault's file system can take `bytes` more and still
+    /// keep [`Limits::min_free_bytes`] free (an unknown free space counts
+    /// as enough, like [`App::check_disk`]).
+    pub fn has_room_for(&self, bytes: u64) -> bool {
+        let min = self.limits.min_free_bytes;
+        min == 0
+            || rustix::fs::statvfs(self.vault.dir()).map_or(true, |st| {
+                st.f_bavail.saturating_mul(st.f_frsize) >= min.saturating_add(bytes)
+            })
+    }
+
     /// Whether the last disk check found too little free space.
     pub fn is_disk_low(&self) -> bool {
         self.disk_low.load(Ordering::SeqCst)
@@ -792,7 +803,8 @@ async fn frame(
     req.extensions_mut().insert(rc.clone());
     let health = rc.route == "/healthz" || rc.route == "/readyz";
     let public = is_public(&rc.method, &rc.route);
-    let limit = if rc.route.ends_with("/import") {
+    let import = rc.route.ends_with("/import");
+    let limit = if import {
         app.limits.import_bytes
     } else {
         app.limits.body_bytes
@@ -855,6 +867,16 @@ async fn frame(
                     0
                 };
                 let declared = declared.map(|n| usize::try_from(n).unwrap_or(usize::MAX));
+                if import {
+                    // Streamed by the handler into an encrypted spool, never
+                    // held whole (`routes::import`).
+                    if declared.is_some_and(|n| n > limit) {
+                        return (ApiError::too_large().into_response(), true);
+                    }
+                    let r = next.run(req).await;
+                    let unread = r.status().is_client_error() || r.status().is_server_error();
+                    return (r, unread);
+                }
                 let (parts, body) = req.into_parts();
                 match read_body(&app.body_budget, body, limit, declared, drain).await {
                     Ok((bytes, permit)) => {

@@ -1067,6 +1067,42 @@ async fn record_history(
     ok("record-history", doc)
 }
 
+/// Streams an import body into an encrypted spool on the vault's disk
+/// (`vault_core::spool`): memory stays at one segment per upload, however
+/// large or many the uploads, and the import still checks every row
+/// before storing any. Past the import limit: 413; when the disk could not
+/// take another segment and keep the disk guard's reserve: 503 `disk_low`.
+async fn spool_import(
+    app: &App,
+    mut body: axum::body::Body,
+) -> Result<vault_core::spool::SpooledBody, ApiError> {
+    use axum::body::HttpBody;
+    let limit = app.limits().import_bytes as u64;
+    use tokio::task::block_in_place as blocking;
+    let mut spool = blocking(|| vault_core::spool::Spool::create(app.vault().dir()))?;
+    let mut checked_to = 0u64;
+    while let Some(frame) =
+        std::future::poll_fn(|cx| std::pin::Pin::new(&mut body).poll_frame(cx)).await
+    {
+        let frame = frame.map_err(|_| ApiError::from_status(StatusCode::BAD_REQUEST))?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        if spool.len() + data.len() as u64 > limit {
+            return Err(ApiError::too_large());
+        }
+        if spool.len() + data.len() as u64 > checked_to {
+            // Room for the next MiB, above the disk guard's reserve.
+            if !app.has_room_for(1 << 20) {
+                return Err(ApiError::disk_low());
+            }
+            checked_to = spool.len() + (1 << 20);
+        }
+        blocking(|| spool.write(&data))?;
+    }
+    Ok(blocking(|| spool.finish())?)
+}
+
 /// Import records (JSON Lines or CSV body). A first pass checks every row;
 /// a bad row stores nothing and is answered 422 with line numbers.
 #[utoipa::path(post, path = "/v1/collections/{name}/import", tag = "records", security(("bearer" = [])),
@@ -1079,7 +1115,7 @@ async fn import(
     t: Bearer,
     Path(name): Path<String>,
     Query(q): Query<ImportQuery>,
-    body: axum::body::Bytes,
+    body: axum::body::Body,
 ) -> Res {
     let format = match q.format.as_deref() {
         None | Some("jsonl") => ImportFormat::JsonLines,
@@ -1089,13 +1125,14 @@ async fn import(
     let column = q.subject_column.unwrap_or_else(|| "subject".into());
     let columns = vault_core::vault::ImportColumns::parse(q.map.as_deref().unwrap_or(""))?;
     let check_only = q.check.unwrap_or(false);
+    let body = spool_import(&app, body).await?;
     let rc2 = rc.clone();
     let (check, done) = app
         .as_user_long(&rc, t, move |v, s| {
             let check = v.import_mapped(
                 s,
                 &name,
-                &body[..],
+                body.reader()?,
                 format,
                 &column,
                 &columns,
@@ -1114,7 +1151,7 @@ async fn import(
             let done = v.import_mapped(
                 s,
                 &name,
-                &body[..],
+                body.reader()?,
                 format,
                 &column,
                 &columns,
