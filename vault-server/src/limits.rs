@@ -301,8 +301,10 @@ fn refusal_source(key: SourceKey, first: &str) -> String {
 ///   one client cannot take every slot;
 /// - a source that has used up its budget of refused requests (see
 ///   [`crate::Limits::refusals_per_minute`]) is shut out until the budget
-///   refills: a flood then costs the server an accept and a close per
-///   attempt, instead of a TLS handshake and an answer per request.
+///   refills: its connections are held unread (a small tarpit) and closed,
+///   so a flood costs the server an accept and a sleeping task per attempt
+///   instead of a TLS handshake and an answer per request, and its
+///   generator waits instead of reconnecting in a loop.
 ///
 /// Connections turned away are counted in the aggregated `http.refused`
 /// events (`closed_at_accept`). Each accepted stream holds its slots until
@@ -313,8 +315,13 @@ pub struct ConnectionLimit {
     per_source: usize,
     open: Arc<Mutex<HashMap<SourceKey, usize>>>,
     shut_out: Option<Arc<RateLimiter>>,
+    /// Connections of shut-out sources held before they are closed.
+    tarpit: Arc<Semaphore>,
     refusals: Arc<Refusals>,
 }
+
+/// Connections of shut-out sources held at once, over all sources.
+const TARPIT: usize = 256;
 
 impl ConnectionLimit {
     pub(crate) fn new(
@@ -328,35 +335,33 @@ impl ConnectionLimit {
             per_source: per_source.max(1),
             open: Arc::default(),
             shut_out,
+            tarpit: Arc::new(Semaphore::new(TARPIT)),
             refusals,
         }
     }
 
-    /// Admits a connection from `peer`, or says why not.
-    fn admit(&self, peer: Peer) -> Result<Slots, &'static str> {
+    /// Admits a connection from `peer`, or says why not (with the seconds
+    /// a shut-out source has to wait).
+    fn admit(&self, peer: Peer) -> Result<Slots, (&'static str, Option<u64>)> {
         let key = SourceKey::from(peer);
-        let refuse = |why| {
+        let refuse = |why, wait| {
             self.refusals
                 .record_closed(key, peer, jiff::Timestamp::now().as_millisecond());
-            Err(why)
+            Err((why, wait))
         };
-        if self
-            .shut_out
-            .as_ref()
-            .is_some_and(|l| l.admit(key).is_err())
-        {
-            return refuse("source shut out for refused requests");
+        if let Some(Err(wait)) = self.shut_out.as_ref().map(|l| l.admit(key)) {
+            return refuse("source shut out for refused requests", Some(wait));
         }
         let Ok(slot) = self.slots.clone().try_acquire_owned() else {
             // Past the global cap: not the source's fault; still counted.
-            return refuse("connection limit reached");
+            return refuse("connection limit reached", None);
         };
         {
             let mut open = self.open.lock().expect("connections lock");
             let n = open.entry(key).or_insert(0);
             if *n >= self.per_source {
                 drop(open);
-                return refuse("per-source connection limit reached");
+                return refuse("per-source connection limit reached", None);
             }
             *n += 1;
         }
@@ -377,17 +382,32 @@ impl ConnectionLimit {
     }
 }
 
-impl<S> axum_server::accept::Accept<tokio::net::TcpStream, S> for ConnectionLimit {
+impl<S: Send + 'static> axum_server::accept::Accept<tokio::net::TcpStream, S> for ConnectionLimit {
     type Stream = Counted<tokio::net::TcpStream>;
     type Service = S;
-    type Future = std::future::Ready<io::Result<(Self::Stream, S)>>;
+    type Future = Pin<Box<dyn std::future::Future<Output = io::Result<(Self::Stream, S)>> + Send>>;
 
     fn accept(&self, stream: tokio::net::TcpStream, service: S) -> Self::Future {
         let admitted = match stream.peer_addr() {
             Ok(a) => self.admit(Peer::Tcp(a.ip())),
-            Err(_) => Err("peer address unknown"),
+            Err(_) => Err(("peer address unknown", None)),
         };
-        std::future::ready(match admitted {
+        if let Err((why, Some(wait))) = &admitted
+            && let Ok(pit) = self.tarpit.clone().try_acquire_owned()
+        {
+            // A shut-out source's connection is held, unread and without
+            // TLS, until its budget could refill (1 to 10 s), then closed:
+            // a flood's generator waits instead of reconnecting in a loop.
+            // Held connections take no slot of the connection caps, only
+            // one of the tarpit's few; past those, closed at once.
+            let (why, wait) = (*why, (*wait).clamp(1, 10));
+            return Box::pin(async move {
+                tokio::time::sleep(std::time::Duration::from_secs(wait)).await;
+                drop((stream, pit));
+                Err(io::Error::other(why))
+            });
+        }
+        Box::pin(std::future::ready(match admitted {
             // Small answers (problems, masked reads) go out at once rather
             // than waiting on Nagle's algorithm for the client's ACK.
             Ok(slots) => stream.set_nodelay(true).map(|()| {
@@ -400,8 +420,8 @@ impl<S> axum_server::accept::Accept<tokio::net::TcpStream, S> for ConnectionLimi
                 )
             }),
             // The stream is dropped: the client sees the connection closed.
-            Err(why) => Err(io::Error::other(why)),
-        })
+            Err((why, _)) => Err(io::Error::other(why)),
+        }))
     }
 }
 
@@ -429,7 +449,7 @@ impl<S> axum_server::accept::Accept<tokio::net::UnixStream, S> for LocalConnecti
                     peer,
                 },
             )),
-            Err(why) => Err(io::Error::other(why)),
+            Err((why, _)) => Err(io::Error::other(why)),
         })
     }
 }
