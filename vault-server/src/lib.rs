@@ -100,9 +100,9 @@ pub struct Limits {
     /// Requests per source per minute that may be refused before anyone
     /// authenticated (401, 404, 405, 429), burst half of it; past it the
     /// source is shut out: its requests without a token are answered 429
-    /// with `Connection: close`, and its new connections are closed at
-    /// accept until the budget refills (0: never shut out). Authenticated
-    /// requests are never charged.
+    /// with `Connection: close`, and its new connections are held unread
+    /// at accept and closed until the budget refills (0: never shut out).
+    /// Authenticated requests are never charged.
     pub refusals_per_minute: u32,
     /// Open connections per source (IPv4 address, IPv6 /64, local OS user).
     pub max_connections_per_source: usize,
@@ -831,7 +831,7 @@ async fn frame(
             (health, token.is_none(), app.shut_out(SourceKey::from(peer)))
         {
             // A source past its refusals: answered at once and the
-            // connection closed; its reconnections are closed at accept.
+            // connection closed; its reconnections are turned away at accept.
             (ApiError::rate_limited(wait).into_response(), true)
         } else if rc.route == "(unmatched)" {
             (

@@ -110,8 +110,8 @@ struct Args {
     bad_tokens_per_minute: u32,
     /// Requests per client address per minute that may be refused before
     /// anyone authenticated (401, 404, 405, 429); past it the address is
-    /// shut out (429 and the connection closed; new connections closed at
-    /// accept, before TLS) until it slows down; 0: never. Authenticated
+    /// shut out (429 and the connection closed; new connections held unread
+    /// at accept, before TLS, then closed) until it slows down; 0: never. Authenticated
     /// requests never count. Raise it behind a proxy that shares one address.
     #[arg(long, default_value_t = 600, value_name = "N")]
     refusals_per_minute: u32,
