@@ -331,6 +331,9 @@ pub(crate) fn vault_relative(msg: &str) -> String {
     out
 }
 
+/// Result alias used throughout vault-core.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
 #[cfg(test)]
 mod storage_error_tests {
     use super::*;
@@ -391,6 +394,3 @@ mod storage_error_tests {
         msg.to_owned()
     }
 }
-
-/// Result alias used throughout vault-core.
-pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -625,12 +625,7 @@ async fn serve(
             // client cannot hold connections open unserved either); the
             // kernel's peer credentials become each request's `Peer`.
             let mut server = axum_server::from_unix(listener)?.http1_only();
-            server
-                .http_builder()
-                .http1()
-                .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(limits.header_timeout)
-                .keep_alive(true);
+            http1_timeouts(server.http_builder(), limits.header_timeout);
             let svc = vault_server::app(app.clone()).into_make_service();
             let server = server.acceptor(cap.local()).handle(local_handle.clone());
             let mut stop = stop_rx.clone();
@@ -662,12 +657,7 @@ async fn serve(
     // `header_timeout`, which also ends idle keep-alive connections
     // (hyper's header-read timer runs while it waits for the next request).
     let mut server = axum_server::from_tcp(listener)?.http1_only();
-    server
-        .http_builder()
-        .http1()
-        .timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(limits.header_timeout)
-        .keep_alive(true);
+    http1_timeouts(server.http_builder(), limits.header_timeout);
     match tls {
         Some(cfg) => {
             let cfg = axum_server::tls_rustls::RustlsConfig::from_config(Arc::new(cfg));
@@ -684,6 +674,19 @@ async fn serve(
         let _ = std::fs::remove_file(&spec.path);
     }
     Ok(())
+}
+
+/// HTTP/1.1 with keep-alive, and hyper's header-read timeout on a Tokio
+/// timer: a client must send each request's headers within `header`, and
+/// an idle keep-alive connection is closed after it.
+fn http1_timeouts(
+    b: &mut hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>,
+    header: Duration,
+) {
+    b.http1()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(header)
+        .keep_alive(true);
 }
 
 async fn shutdown_signal() {

@@ -97,17 +97,29 @@ fn upload(addr: &str, bytes: u64) -> Option<u16> {
 
 /// [`upload`] with a bearer token.
 fn upload_as(addr: &str, bytes: u64, token: Option<&str>) -> Option<u16> {
+    post_import(addr, token, "", bytes, &vec![b'x'; 64 << 10])
+}
+
+/// POSTs a body of `total` bytes to the import route (`query` appended),
+/// streamed as repeats of `chunk` (never allocated whole); the status the
+/// server answered, or `None` if it closed the connection without one.
+fn post_import(
+    addr: &str,
+    token: Option<&str>,
+    query: &str,
+    total: u64,
+    chunk: &[u8],
+) -> Option<u16> {
     let mut s = TcpStream::connect(addr).expect("connect");
     s.set_write_timeout(Some(Duration::from_secs(60))).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(300))).unwrap();
     let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
     let head = format!(
-        "POST /v1/collections/customers/import HTTP/1.1\r\nHost: localhost\r\n\
-         Content-Type: text/plain\r\n{auth}Content-Length: {bytes}\r\n\r\n"
+        "POST /v1/collections/customers/import{query} HTTP/1.1\r\nHost: localhost\r\n\
+         Content-Type: text/plain\r\n{auth}Content-Length: {total}\r\n\r\n"
     );
     s.write_all(head.as_bytes()).expect("request head");
-    let chunk = vec![b'x'; 64 << 10];
-    let mut left = bytes;
+    let mut left = total;
     while left > 0 {
         let n = left.min(chunk.len() as u64) as usize;
         if s.write_all(&chunk[..n]).is_err() {
@@ -193,7 +205,7 @@ fn uploads_by_a_role_that_may_not_import_are_refused_before_their_body_is_read()
         "refused for the role, never read into the budget: {answers:?}"
     );
     assert!(
-        answers.iter().any(|a| *a == Some(403)),
+        answers.contains(&Some(403)),
         "the refusal is answered: {answers:?}"
     );
     assert!(
@@ -285,6 +297,35 @@ fn flood_with(
     seen
 }
 
+/// Opens a stopped server's vault; the auditor's session and the events
+/// whose action starts with `prefix`.
+fn reopen_with_events(
+    vault_dir: &Path,
+    prefix: &str,
+) -> (
+    Vault,
+    vault_core::vault::Session,
+    Vec<vault_core::audit::AuditEvent>,
+) {
+    let vault = Vault::open(
+        vault_dir,
+        &SecretString::from(PASSPHRASE),
+        OpenOptions::default(),
+    )
+    .expect("reopen");
+    let auditor = common::login(&vault, "auditor");
+    let evs = vault
+        .audit_events(
+            &auditor,
+            &EventFilter {
+                action_prefix: Some(prefix.into()),
+                ..EventFilter::default()
+            },
+        )
+        .expect("audit events");
+    (vault, auditor, evs)
+}
+
 /// 100,000 unauthenticated or rate-limited requests add a few kilobytes to
 /// the audit trail (one aggregated `http.refused` event per source and
 /// minute), not one ~330-byte event each; the events still tell who, when
@@ -344,22 +385,7 @@ fn an_unauthenticated_flood_is_audited_in_aggregate() {
         "{sent} refused requests grew the audit trail by {grown} bytes"
     );
 
-    let vault = Vault::open(
-        &vault_dir,
-        &SecretString::from(PASSPHRASE),
-        OpenOptions::default(),
-    )
-    .expect("reopen");
-    let auditor = common::login(&vault, "auditor");
-    let evs = vault
-        .audit_events(
-            &auditor,
-            &EventFilter {
-                action_prefix: Some("http.".into()),
-                ..EventFilter::default()
-            },
-        )
-        .expect("audit events");
+    let (vault, auditor, evs) = reopen_with_events(&vault_dir, "http.");
     assert!(
         evs.iter().all(|e| e.action == "http.refused"),
         "no per-request events: {:?}",
@@ -897,22 +923,7 @@ fn a_flooding_source_is_shut_out_at_accept_while_others_keep_reading() {
 
     let (status, vault_dir, _tmp) = srv.stop();
     assert!(status.success(), "graceful stop: {status:?}");
-    let vault = Vault::open(
-        &vault_dir,
-        &SecretString::from(PASSPHRASE),
-        OpenOptions::default(),
-    )
-    .expect("reopen");
-    let auditor = common::login(&vault, "auditor");
-    let evs = vault
-        .audit_events(
-            &auditor,
-            &EventFilter {
-                action_prefix: Some("http.refused".into()),
-                ..EventFilter::default()
-            },
-        )
-        .expect("audit events");
+    let (vault, _auditor, evs) = reopen_with_events(&vault_dir, "http.refused");
     let sum = |k: &str| -> u64 {
         evs.iter()
             .filter(|e| e.source.as_deref() == Some("127.0.0.2"))
@@ -1030,26 +1041,8 @@ fn connections_are_capped_per_source_on_tcp_and_on_the_socket() {
 /// the import route with `query`, as `token`; the answer's status.
 fn upload_rows(addr: &str, token: &str, query: &str, bytes: u64, row: &[u8]) -> Option<u16> {
     let rows = (bytes / row.len() as u64).max(1);
-    let total = rows * row.len() as u64;
-    let mut s = TcpStream::connect(addr).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(300))).unwrap();
-    let head = format!(
-        "POST /v1/collections/customers/import{query} HTTP/1.1\r\nHost: localhost\r\n\
-         Content-Type: application/x-ndjson\r\nAuthorization: Bearer {token}\r\n\
-         Content-Length: {total}\r\n\r\n"
-    );
-    s.write_all(head.as_bytes()).expect("request head");
     let chunk: Vec<u8> = row.repeat(((64 << 10) / row.len()).max(1));
-    let per_chunk = (chunk.len() / row.len()) as u64;
-    let mut left = rows;
-    while left > 0 {
-        let n = left.min(per_chunk);
-        if s.write_all(&chunk[..n as usize * row.len()]).is_err() {
-            break;
-        }
-        left -= n;
-    }
-    read_response(&mut BufReader::new(s)).map(|(status, _)| status)
+    post_import(addr, Some(token), query, rows * row.len() as u64, &chunk)
 }
 
 /// Imports are streamed through an encrypted spool on the vault's disk,
