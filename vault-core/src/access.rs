@@ -31,6 +31,10 @@ pub enum Role {
     /// is past retention, dispose of it, read certificates; never record
     /// contents, never any other disposal. Only service accounts hold it.
     RetentionRunner,
+    /// A service account's role for a log shipper: read and export the
+    /// audit trail, nothing else (no record, no user list, no disposal).
+    /// Only service accounts hold it.
+    AuditExporter,
 }
 
 /// Everything a user can ask the vault to do.
@@ -108,13 +112,14 @@ impl Permission {
 
 impl Role {
     /// Every role.
-    pub const ALL: [Role; 6] = [
+    pub const ALL: [Role; 7] = [
         Role::Admin,
         Role::Officer,
         Role::Clerk,
         Role::Auditor,
         Role::Contractor,
         Role::RetentionRunner,
+        Role::AuditExporter,
     ];
 
     /// The roles of people (who log in with a password).
@@ -128,7 +133,7 @@ impl Role {
 
     /// A role only service accounts hold (and service accounts hold no other).
     pub fn is_service(&self) -> bool {
-        matches!(self, Role::RetentionRunner)
+        matches!(self, Role::RetentionRunner | Role::AuditExporter)
     }
 
     /// Whether a holder of `self` may create a service account of role
@@ -166,6 +171,7 @@ impl Role {
             Role::Auditor => matches!(p, P::ReadAudit | P::Reports | P::ValidateCertificate),
             Role::Contractor => matches!(p, P::ListRecords | P::Dispose),
             Role::RetentionRunner => matches!(p, P::RunRetention),
+            Role::AuditExporter => matches!(p, P::ReadAudit),
         }
     }
 
@@ -178,6 +184,7 @@ impl Role {
             Role::Auditor => "auditor",
             Role::Contractor => "contractor",
             Role::RetentionRunner => "retention-runner",
+            Role::AuditExporter => "audit-exporter",
         }
     }
 
@@ -189,7 +196,7 @@ impl Role {
             .ok_or_else(|| {
                 Error::invalid(
                     "role must be one of admin, officer, clerk, auditor, contractor \
-                     (retention-runner: service accounts only)",
+                     (retention-runner, audit-exporter: service accounts only)",
                 )
             })
     }

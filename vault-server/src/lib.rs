@@ -19,6 +19,7 @@ pub mod limits;
 pub mod pool;
 pub mod problem;
 pub mod routes;
+pub mod syslog;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -143,6 +144,8 @@ pub struct App {
     refusals: Refusals,
     draining: AtomicBool,
     disk_low: AtomicBool,
+    /// The syslog stream of the audit trail, when `--syslog` is given.
+    stream: std::sync::OnceLock<Arc<syslog::Stream>>,
 }
 
 impl std::fmt::Debug for App {
@@ -184,9 +187,23 @@ impl App {
             refusals: Refusals::default(),
             draining: AtomicBool::new(false),
             disk_low: AtomicBool::new(false),
+            stream: std::sync::OnceLock::new(),
             vault,
             limits,
         }))
+    }
+
+    /// Starts streaming the audit trail to a syslog collector (once).
+    pub fn start_stream(&self, cfg: syslog::StreamConfig) -> anyhow::Result<()> {
+        let stream = syslog::Stream::start(&self.vault, cfg)?;
+        self.stream
+            .set(stream)
+            .map_err(|_| anyhow::anyhow!("the audit stream is already running"))
+    }
+
+    /// The audit stream, when one runs.
+    pub fn stream(&self) -> Option<&Arc<syslog::Stream>> {
+        self.stream.get()
     }
 
     /// Marks the server as shutting down: `/readyz` answers 503.
