@@ -70,11 +70,15 @@ pub enum Permission {
     /// Dispose of what is past retention, and nothing else (the retention
     /// run of a script): the narrow part of `Dispose` a service may hold.
     RunRetention,
+    /// Export the audit trail to a log system and see the state of the
+    /// server's stream: the narrow part of `ReadAudit` a log shipper holds
+    /// (no user list, no anchors, no reports).
+    ExportAudit,
 }
 
 impl Permission {
     /// Every permission, for the role × operation matrix.
-    pub const ALL: [Permission; 13] = [
+    pub const ALL: [Permission; 14] = [
         Permission::ManageUsers,
         Permission::ManageCollections,
         Permission::CreateRecord,
@@ -88,6 +92,7 @@ impl Permission {
         Permission::RecordReview,
         Permission::ValidateCertificate,
         Permission::RunRetention,
+        Permission::ExportAudit,
     ];
 
     /// What the permission allows, for error messages ("your role may not …").
@@ -106,6 +111,7 @@ impl Permission {
             Permission::RecordReview => "record a security review",
             Permission::ValidateCertificate => "validate disposal certificates",
             Permission::RunRetention => "dispose of records past retention",
+            Permission::ExportAudit => "export the audit trail",
         }
     }
 }
@@ -163,15 +169,19 @@ impl Role {
                     | P::RecordReview
                     | P::ValidateCertificate
                     | P::RunRetention
+                    | P::ExportAudit
             ),
             Role::Clerk => matches!(
                 p,
                 P::CreateRecord | P::ReadRecord | P::UpdateRecord | P::ListRecords
             ),
-            Role::Auditor => matches!(p, P::ReadAudit | P::Reports | P::ValidateCertificate),
+            Role::Auditor => matches!(
+                p,
+                P::ReadAudit | P::Reports | P::ValidateCertificate | P::ExportAudit
+            ),
             Role::Contractor => matches!(p, P::ListRecords | P::Dispose),
             Role::RetentionRunner => matches!(p, P::RunRetention),
-            Role::AuditExporter => matches!(p, P::ReadAudit),
+            Role::AuditExporter => matches!(p, P::ExportAudit),
         }
     }
 

@@ -17,13 +17,13 @@ pub struct ExportStart {
 
 impl Vault {
     /// Exports a span of the audit trail for a log system (officer,
-    /// auditor, an `audit-exporter` service): from the last signed
+    /// auditor, an `audit-exporter` service: `ExportAudit`): from the last signed
     /// checkpoint before the requested start (so the file opens with a
     /// signature and may hold a few earlier events) up to a checkpoint
     /// signed now, which covers this export's own `audit.export` event.
     /// The export is audited before anything is read (fail closed).
     pub fn audit_export(&self, s: &Session, start: ExportStart) -> Result<ExportBundle> {
-        self.authorize(s, Some(Permission::ReadAudit))?;
+        self.authorize(s, Some(Permission::ExportAudit))?;
         let mut targets = Vec::new();
         if let Some(t) = start.since_ms {
             targets.push(format!("since:{t}"));
@@ -79,10 +79,10 @@ impl Vault {
         })
     }
 
-    /// Whether `s` may see the state of the audit stream (whoever may read
-    /// the audit trail).
+    /// Whether `s` may see the state of the audit stream (whoever may
+    /// export the audit trail).
     pub fn audit_stream_allowed(&self, s: &Session) -> Result<()> {
-        self.authorize(s, Some(Permission::ReadAudit)).map(|_| ())
+        self.authorize(s, Some(Permission::ExportAudit)).map(|_| ())
     }
 
     /// Tells `sink` of every audit event appended from now on (the server's
