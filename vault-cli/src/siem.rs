@@ -115,7 +115,9 @@ pub fn verify_file(out: &Out, file: &Path, key: &Path) -> anyhow::Result<u8> {
         None => format!("ok: {}", r.proves()),
         Some(p) => format!(
             "FAILED{}: {p}",
-            r.first_bad_seq.map(|s| format!(" at seq {s}")).unwrap_or_default()
+            r.first_bad_seq
+                .map(|s| format!(" at seq {s}"))
+                .unwrap_or_default()
         ),
     });
     Ok(if r.ok() { exit::OK } else { exit::INTEGRITY })

@@ -1046,7 +1046,9 @@ impl AuditLog {
         };
         Lines::new(&bytes)
             .filter(|(_, complete)| *complete)
-            .map(|(line, _)| SignedHead::from_line(line).ok_or(Error::Integrity("audit checkpoints")))
+            .map(|(line, _)| {
+                SignedHead::from_line(line).ok_or(Error::Integrity("audit checkpoints"))
+            })
             .collect()
     }
 

@@ -63,7 +63,11 @@ pub fn stream_check(dir: &Path) -> Option<Check> {
     const NAME: &str = "audit-stream";
     let bytes = std::fs::read(dir.join(STREAM_STATE_FILE)).ok()?;
     let Ok(v) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
-        return Some(check(NAME, Level::Fail, format!("{STREAM_STATE_FILE} is unreadable")));
+        return Some(check(
+            NAME,
+            Level::Fail,
+            format!("{STREAM_STATE_FILE} is unreadable"),
+        ));
     };
     let s = |k: &str| v.get(k).and_then(|x| x.as_str()).unwrap_or("?").to_owned();
     let n = |k: &str| v.get(k).and_then(serde_json::Value::as_u64).unwrap_or(0);
@@ -71,17 +75,29 @@ pub fn stream_check(dir: &Path) -> Option<Check> {
         (0, _) => String::new(),
         (g, Some(last)) => format!(
             "; {g} gap(s) reported, the last seq {} to {} (recover them with `audit export --since`)",
-            last.get("first_missing_seq").and_then(serde_json::Value::as_u64).unwrap_or(0),
-            last.get("last_missing_seq").and_then(serde_json::Value::as_u64).unwrap_or(0)
+            last.get("first_missing_seq")
+                .and_then(serde_json::Value::as_u64)
+                .unwrap_or(0),
+            last.get("last_missing_seq")
+                .and_then(serde_json::Value::as_u64)
+                .unwrap_or(0)
         ),
         (g, None) => format!("; {g} gap(s) reported"),
     };
     Some(if s("state") == "up" {
-        let level = if n("gaps_reported") > 0 { Level::Warn } else { Level::Ok };
+        let level = if n("gaps_reported") > 0 {
+            Level::Warn
+        } else {
+            Level::Ok
+        };
         check(
             NAME,
             level,
-            format!("streaming to {}, last seq sent {}{gaps}", s("target"), n("last_sent_seq")),
+            format!(
+                "streaming to {}, last seq sent {}{gaps}",
+                s("target"),
+                n("last_sent_seq")
+            ),
         )
     } else {
         check(

@@ -217,17 +217,23 @@ fn parse_event_json(s: &str) -> std::result::Result<(AuditEvent, [u8; 32]), Stri
     let d: EventDoc =
         serde_json::from_str(s).map_err(|_| "not an audit event in the published schema")?;
     if d.schema != EVENT_SCHEMA {
-        return Err(format!("unknown event schema (this build reads {EVENT_SCHEMA})"));
+        return Err(format!(
+            "unknown event schema (this build reads {EVENT_SCHEMA})"
+        ));
     }
     let hex32 = |h: &str| -> std::result::Result<[u8; 32], String> {
         let v = hex::decode(h).map_err(|_| "a hash is not hex")?;
-        v.try_into().map_err(|_| "a hash is not 32 bytes".to_owned())
+        v.try_into()
+            .map_err(|_| "a hash is not 32 bytes".to_owned())
     };
     let ev = AuditEvent {
         seq: d.seq,
         time_ms: d.time_ms,
         actor: match &d.actor {
-            Some(a) => Some(a.parse::<UserId>().map_err(|_| "the actor is not a user ID")?),
+            Some(a) => Some(
+                a.parse::<UserId>()
+                    .map_err(|_| "the actor is not a user ID")?,
+            ),
             None => None,
         },
         channel: Channel::parse(&d.channel).ok_or("unknown channel")?,
@@ -467,15 +473,23 @@ fn parse_line(line: &str) -> std::result::Result<Item, String> {
     if let Some(rest) = line.strip_prefix("CEF:0|") {
         let ext = rest.splitn(7, '|').nth(6).ok_or("not a CEF line")?;
         let fields = cef_extension(ext);
-        let get = |k: &str| fields.iter().find(|(key, _)| key == k).map(|(_, v)| v.clone());
-        let item = if rest.starts_with("pivault|pivault|1|audit.checkpoint|") && get("msg").is_some() {
+        let get = |k: &str| {
+            fields
+                .iter()
+                .find(|(key, _)| key == k)
+                .map(|(_, v)| v.clone())
+        };
+        let item = if rest.starts_with("pivault|pivault|1|audit.checkpoint|")
+            && get("msg").is_some()
+        {
             let msg = get("msg").unwrap_or_default();
             Item::Checkpoint(SignedHead::from_line(msg.as_bytes()).ok_or("not a valid checkpoint")?)
         } else {
             let need = |k: &str| get(k).ok_or_else(|| format!("the CEF extension lacks {k}"));
             let hex32 = |h: String| -> std::result::Result<[u8; 32], String> {
                 let v = hex::decode(h).map_err(|_| "a hash is not hex")?;
-                v.try_into().map_err(|_| "a hash is not 32 bytes".to_owned())
+                v.try_into()
+                    .map_err(|_| "a hash is not 32 bytes".to_owned())
             };
             let ev = AuditEvent {
                 seq: need("cn1")?.parse().map_err(|_| "seq is not a number")?,
@@ -487,7 +501,8 @@ fn parse_line(line: &str) -> std::result::Result<Item, String> {
                 channel: Channel::parse(&need("cs3")?).ok_or("unknown channel")?,
                 source: get("cs5"),
                 action: need("act")?,
-                targets: serde_json::from_str(&need("cs4")?).map_err(|_| "targets are not a JSON array")?,
+                targets: serde_json::from_str(&need("cs4")?)
+                    .map_err(|_| "targets are not a JSON array")?,
                 outcome: Outcome::parse(&need("outcome")?).ok_or("unknown outcome")?,
                 code: get("cs6"),
                 reason: get("reason"),
@@ -587,7 +602,12 @@ impl FileReport {
         format!(
             "events {}..{} are unbroken and unaltered from the signed checkpoint before seq {} to the signed \
              checkpoint at seq {}; nothing is proven about events before seq {} or after seq {}",
-            self.from_seq, self.to_seq, self.from_seq, self.last_checkpoint_seq, self.from_seq, self.to_seq
+            self.from_seq,
+            self.to_seq,
+            self.from_seq,
+            self.last_checkpoint_seq,
+            self.from_seq,
+            self.to_seq
         )
     }
 
@@ -607,7 +627,10 @@ pub fn verify_file(text: &str, key: &VerifyingKey) -> FileReport {
     let mut last_cp: Option<SignedHead> = None;
     let mut saw_event = false;
     if !text.is_empty() && !text.ends_with('\n') {
-        r.fail(None, "the file does not end with a complete line (cut short)".into());
+        r.fail(
+            None,
+            "the file does not end with a complete line (cut short)".into(),
+        );
         return r;
     }
     for (i, line) in text.lines().enumerate() {
@@ -617,7 +640,10 @@ pub fn verify_file(text: &str, key: &VerifyingKey) -> FileReport {
             Ok(item) => item,
             Err(why) => {
                 let seq = at.map(|_| expected);
-                r.fail(seq, format!("line {line_no} (seq {expected} expected): {why}"));
+                r.fail(
+                    seq,
+                    format!("line {line_no} (seq {expected} expected): {why}"),
+                );
                 return r;
             }
         };
@@ -701,7 +727,11 @@ pub fn verify_file(text: &str, key: &VerifyingKey) -> FileReport {
                     };
                     r.fail(
                         Some(s + 1),
-                        format!("line {line_no}: found seq {} where {} was expected: {what}", ev.seq, s + 1),
+                        format!(
+                            "line {line_no}: found seq {} where {} was expected: {what}",
+                            ev.seq,
+                            s + 1
+                        ),
                     );
                     return r;
                 }
@@ -718,7 +748,10 @@ pub fn verify_file(text: &str, key: &VerifyingKey) -> FileReport {
                 let body = match audit::event_body(&ev) {
                     Ok(b) => b,
                     Err(_) => {
-                        r.fail(Some(ev.seq), format!("line {line_no}: event {} cannot be encoded", ev.seq));
+                        r.fail(
+                            Some(ev.seq),
+                            format!("line {line_no}: event {} cannot be encoded", ev.seq),
+                        );
                         return r;
                     }
                 };
@@ -775,7 +808,13 @@ mod tests {
         let key = SigningKey::from_bytes(&[7u8; 32]);
         let mut log = AuditLog::open(dir.path(), key.clone(), false).unwrap();
         for i in 0..n {
-            let mut ev = NewEvent::new(1_700_000_000_000 + i as i64, Some(UserId::new()), Channel::Http, "record.read", Outcome::Success);
+            let mut ev = NewEvent::new(
+                1_700_000_000_000 + i as i64,
+                Some(UserId::new()),
+                Channel::Http,
+                "record.read",
+                Outcome::Success,
+            );
             ev.targets = vec!["rec_1=2\\x|y".into(), "b".into()];
             ev.source = Some("127.0.0.1".into());
             ev.reason = Some("audit = review \\ weekly".into());
@@ -796,7 +835,15 @@ mod tests {
             .map(|e| (e.clone(), log.hash_at(e.seq - 1).unwrap()))
             .collect();
         let checkpoints = heads.into_iter().filter(|h| h.seq > 3).collect();
-        (dir, ExportBundle { opening, events, checkpoints }, key.verifying_key())
+        (
+            dir,
+            ExportBundle {
+                opening,
+                events,
+                checkpoints,
+            },
+            key.verifying_key(),
+        )
     }
 
     #[test]
@@ -832,13 +879,26 @@ mod tests {
                 }
                 let mut t = bytes.to_vec();
                 t[i] ^= 0x01;
-                let Ok(t) = String::from_utf8(t) else { continue };
-                assert!(!verify_file(&t, &key).ok(), "{f:?}: byte {i} changed and still verified");
+                let Ok(t) = String::from_utf8(t) else {
+                    continue;
+                };
+                assert!(
+                    !verify_file(&t, &key).ok(),
+                    "{f:?}: byte {i} changed and still verified"
+                );
             }
             let lines: Vec<&str> = text.lines().collect();
             for skip in 0..lines.len() {
-                let t: String = lines.iter().enumerate().filter(|(i, _)| *i != skip).map(|(_, l)| format!("{l}\n")).collect();
-                assert!(!verify_file(&t, &key).ok(), "{f:?}: line {skip} removed and still verified");
+                let t: String = lines
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| *i != skip)
+                    .map(|(_, l)| format!("{l}\n"))
+                    .collect();
+                assert!(
+                    !verify_file(&t, &key).ok(),
+                    "{f:?}: line {skip} removed and still verified"
+                );
             }
             let mut swapped = lines.clone();
             swapped.swap(1, 2);

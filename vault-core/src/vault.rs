@@ -29,10 +29,10 @@ use crate::schema::{Classification, Schema};
 use crate::secret::{SecretKey, SecretString};
 #[path = "anchor.rs"]
 mod anchor;
-#[path = "audit_export.rs"]
-mod audit_export;
 #[path = "approvals.rs"]
 mod approvals;
+#[path = "audit_export.rs"]
+mod audit_export;
 #[path = "backup.rs"]
 mod backup;
 #[path = "custodian.rs"]
@@ -57,8 +57,8 @@ mod users;
 pub use crate::store::RecordState;
 use crate::store::{self, RecordRow, Store};
 pub use anchor::{AnchorExport, StoredTimestamp};
-pub use audit_export::ExportStart;
 pub use approvals::{APPROVAL_TTL_MS, PendingRequest, RequestKind};
+pub use audit_export::ExportStart;
 pub use backup::{BackupInfo, DEFAULT_BACKUP_DAYS, RestoreReport};
 pub use custodian::{PassphraseChange, custodian_context};
 pub use disposal::{

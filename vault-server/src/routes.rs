@@ -1763,7 +1763,8 @@ async fn audit_export(
 #[utoipa::path(get, path = "/v1/audit/stream", tag = "audit", security(("bearer" = [])),
     responses((status = 200, body = Object), (status = 403, body = Problem)))]
 async fn audit_stream(State(app): State<Arc<App>>, rc: RequestContext, t: Bearer) -> Res {
-    app.as_user(&rc, t, |v, s| v.audit_stream_allowed(s)).await?;
+    app.as_user(&rc, t, |v, s| v.audit_stream_allowed(s))
+        .await?;
     let v = match app.stream() {
         Some(st) => st.status(),
         None => json!({ "configured": false }),

@@ -12,7 +12,8 @@
 //! (100 ms doubling to 10 s); before each write the sender checks that the
 //! collector has not closed the connection, and after a reconnect it sends
 //! again the events written in the 2 s before the failure was noticed
-//! (TCP accepts writes a dead peer never reads): delivery is at least
+//! (TCP accepts writes a dead peer never reads; the socket's send buffer
+//! is kept small, 64 KiB, for the same reason): delivery is at least
 //! once, a collector may see a seq twice and the hash shows it is the same
 //! event. A collector that stops reading fills the socket buffer; writes
 //! time out after 10 s and count as a failed connection.
@@ -50,6 +51,10 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 const REPLAY_WINDOW: Duration = Duration::from_secs(2);
 /// At most this many recently written events are kept for replay.
 const REPLAY_MAX: usize = 1024;
+/// The socket's send buffer: small, so that what a dead or stalled
+/// collector has not taken sits in the stream's own bounded, accounted
+/// queue rather than in megabytes of kernel buffer.
+const SEND_BUFFER: usize = 64 * 1024;
 
 /// Where to send.
 #[derive(Clone, Debug)]
@@ -129,6 +134,7 @@ impl Target {
         let tcp = TcpStream::connect_timeout(&sock, Duration::from_secs(5))?;
         tcp.set_write_timeout(Some(WRITE_TIMEOUT))?;
         tcp.set_nodelay(true)?;
+        socket2::SockRef::from(&tcp).set_send_buffer_size(SEND_BUFFER)?;
         match self {
             Target::Tcp(_) => Ok(Conn::Tcp(tcp)),
             Target::Tls { name, config, .. } => {
@@ -441,7 +447,9 @@ fn sender(shared: Arc<Shared>, target: Target) {
     loop {
         // Wait for work (or stop).
         let next = {
-            let Ok(mut q) = shared.queue.lock() else { return };
+            let Ok(mut q) = shared.queue.lock() else {
+                return;
+            };
             while q.items.is_empty() && !q.stop {
                 let (g, _) = shared
                     .wake
@@ -482,7 +490,10 @@ fn sender(shared: Arc<Shared>, target: Target) {
                     conn = Some(c);
                     backoff = BASE_BACKOFF;
                     if let Ok(mut st) = shared.status.lock() {
-                        if st.down_since_ms.is_some() || st.reconnects > 0 || st.last_error.is_some() {
+                        if st.down_since_ms.is_some()
+                            || st.reconnects > 0
+                            || st.last_error.is_some()
+                        {
                             st.reconnects += 1;
                         }
                         st.connected = true;
@@ -515,7 +526,12 @@ fn sender(shared: Arc<Shared>, target: Target) {
         }
         frames.push((
             Some(event.seq),
-            frame(&siem::event_line(Format::Syslog, &event, &prev, &shared.hostname)),
+            frame(&siem::event_line(
+                Format::Syslog,
+                &event,
+                &prev,
+                &shared.hostname,
+            )),
         ));
         let mut failed = None;
         for (seq, f) in &frames {
