@@ -98,8 +98,53 @@ impl Drop for Collector {
     }
 }
 
+/// A syslog collector over TLS (RFC 5425) with a fresh self-signed
+/// certificate for `localhost`; returns it and the certificate's PEM.
+fn tls_collector(tx: Sender<String>) -> (Collector, String) {
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let pem = ck.cert.pem();
+    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(ck.signing_key.serialize_der().into());
+    let config = Arc::new(
+        rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![ck.cert.der().clone()], key)
+        .unwrap(),
+    );
+    let listener = TcpListener::bind(("127.0.0.1", 0)).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    listener.set_nonblocking(true).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let s2 = stop.clone();
+    let thread = std::thread::spawn(move || {
+        while !s2.load(Ordering::SeqCst) {
+            match listener.accept() {
+                Ok((conn, _)) => {
+                    conn.set_nonblocking(false).unwrap();
+                    conn.set_read_timeout(Some(Duration::from_millis(50)))
+                        .unwrap();
+                    let tls = rustls::ServerConnection::new(config.clone()).unwrap();
+                    read_frames(rustls::StreamOwned::new(tls, conn), &tx, &s2);
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(10)),
+            }
+        }
+    });
+    (
+        Collector {
+            port,
+            stop,
+            thread: Some(thread),
+        },
+        pem,
+    )
+}
+
 /// Reads `LEN SP MSG` frames until the peer closes or the collector stops.
-fn read_frames(mut conn: TcpStream, tx: &Sender<String>, stop: &AtomicBool) {
+fn read_frames(mut conn: impl Read, tx: &Sender<String>, stop: &AtomicBool) {
     let mut buf: Vec<u8> = Vec::new();
     let mut chunk = [0u8; 65536];
     while !stop.load(Ordering::SeqCst) {
@@ -561,6 +606,7 @@ fn a_collector_that_never_reads_does_not_block_the_vault() {
         let at = Instant::now();
         assert_eq!(srv.call("GET", "/v1/whoami", Some(&t), None).status, 200);
         slowest = slowest.max(at.elapsed());
+        assert!(slowest < Duration::from_secs(2), "call {i} waited for the collector: {slowest:?}");
         if i % 500 == 499 {
             let st = stream_status(&srv, &exporter);
             max_queued = max_queued.max(st["queued"].as_u64().unwrap());
@@ -802,4 +848,63 @@ fn an_audit_exporter_token_exports_over_http_and_reads_nothing_else() {
         403
     );
     let _ = key;
+}
+
+#[test]
+fn the_stream_goes_over_tls_to_a_collector_whose_ca_is_given_and_not_to_another() {
+    let (tmp, vault_dir, exporter, _) = vault_with_exporter();
+    let (tx, rx) = channel();
+    let (c, pem) = tls_collector(tx);
+    let ca = tmp.path().join("collector-ca.pem");
+    std::fs::write(&ca, &pem).unwrap();
+    let url = format!("tls://localhost:{}", c.port);
+    let args = [
+        "--syslog",
+        url.as_str(),
+        "--syslog-ca",
+        ca.to_str().unwrap(),
+        "--syslog-hostname",
+        "vault-e2e",
+    ];
+    let srv = server::start_on(tmp, vault_dir, PASSPHRASE, &args);
+    let t = srv.token("auditor");
+    for _ in 0..10 {
+        assert_eq!(srv.call("GET", "/v1/whoami", Some(&t), None).status, 200);
+    }
+    let msgs = drain(&rx, Duration::from_millis(1500), Duration::from_secs(30));
+    let events = check_events(&msgs);
+    assert!(events.len() >= 10, "events over TLS: {}", events.len());
+    let seqs: Vec<u64> = events.keys().copied().collect();
+    assert_eq!(seqs, (seqs[0]..=seqs[seqs.len() - 1]).collect::<Vec<_>>());
+    let (_, vault_dir, tmp) = srv.stop();
+
+    // The same collector, but the server is given another CA: nothing is
+    // sent, and the stream says why.
+    let other = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let wrong = tmp.path().join("other-ca.pem");
+    std::fs::write(&wrong, other.cert.pem()).unwrap();
+    let args = [
+        "--syslog",
+        url.as_str(),
+        "--syslog-ca",
+        wrong.to_str().unwrap(),
+        "--syslog-hostname",
+        "vault-e2e",
+    ];
+    let srv = server::start_on(tmp, vault_dir, PASSPHRASE, &args);
+    let t = srv.token("auditor");
+    assert_eq!(srv.call("GET", "/v1/whoami", Some(&t), None).status, 200);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let st = loop {
+        let st = stream_status(&srv, &exporter);
+        if st["state"] == "down" && !st["last_error"].is_null() {
+            break st;
+        }
+        assert!(Instant::now() < deadline, "{st}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(st["last_error"].as_str().unwrap().contains("certificate"), "{st}");
+    assert!(rx.recv_timeout(Duration::from_millis(500)).is_err(), "nothing reaches a collector the CA does not vouch for");
+    drop(srv);
+    c.kill();
 }
