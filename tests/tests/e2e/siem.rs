@@ -606,7 +606,10 @@ fn a_collector_that_never_reads_does_not_block_the_vault() {
         let at = Instant::now();
         assert_eq!(srv.call("GET", "/v1/whoami", Some(&t), None).status, 200);
         slowest = slowest.max(at.elapsed());
-        assert!(slowest < Duration::from_secs(2), "call {i} waited for the collector: {slowest:?}");
+        assert!(
+            slowest < Duration::from_secs(2),
+            "call {i} waited for the collector: {slowest:?}"
+        );
         if i % 500 == 499 {
             let st = stream_status(&srv, &exporter);
             max_queued = max_queued.max(st["queued"].as_u64().unwrap());
@@ -903,8 +906,74 @@ fn the_stream_goes_over_tls_to_a_collector_whose_ca_is_given_and_not_to_another(
         assert!(Instant::now() < deadline, "{st}");
         std::thread::sleep(Duration::from_millis(100));
     };
-    assert!(st["last_error"].as_str().unwrap().contains("certificate"), "{st}");
-    assert!(rx.recv_timeout(Duration::from_millis(500)).is_err(), "nothing reaches a collector the CA does not vouch for");
+    assert!(
+        st["last_error"].as_str().unwrap().contains("certificate"),
+        "{st}"
+    );
+    assert!(
+        rx.recv_timeout(Duration::from_millis(500)).is_err(),
+        "nothing reaches a collector the CA does not vouch for"
+    );
+    drop(srv);
+    c.kill();
+}
+
+#[test]
+fn a_restarted_server_first_sends_what_it_had_not_sent() {
+    let (tmp, vault_dir, exporter, _) = vault_with_exporter();
+    let (tx, rx) = channel();
+    let c = Collector::start(0, true, tx);
+    let url = format!("tcp://127.0.0.1:{}", c.port);
+    let args = ["--syslog", url.as_str(), "--syslog-hostname", "vault-e2e"];
+    let srv = server::start_on(tmp, vault_dir, PASSPHRASE, &args);
+    let t = srv.token("auditor");
+    for _ in 0..5 {
+        srv.call("GET", "/v1/whoami", Some(&t), None);
+    }
+    let first = check_events(&drain(
+        &rx,
+        Duration::from_millis(1500),
+        Duration::from_secs(30),
+    ));
+    let (_, vault_dir, tmp) = srv.stop();
+    let last_sent = *first.keys().last().unwrap();
+
+    // While the server is down the custodian works on the vault directly:
+    // those events are in the trail, not in any queue.
+    let clock = Arc::new(vault_core::clock::ManualClock::new(common::T0 + 86_400_000));
+    let v = common::open_vault(&vault_dir, &clock);
+    let auditor = common::login(&v, "auditor");
+    for _ in 0..7 {
+        v.audit_events(&auditor, &Default::default()).unwrap();
+    }
+    v.close().unwrap();
+    let head = *trail_hashes(&vault_dir).keys().last().unwrap();
+    assert!(head > last_sent + 7);
+
+    let srv = server::start_on(tmp, vault_dir, PASSPHRASE, &args);
+    let st = stream_status(&srv, &exporter);
+    assert!(
+        st["resumed_after_seq"].as_u64().unwrap() >= last_sent,
+        "{st}"
+    );
+    let second = drain(&rx, Duration::from_millis(1500), Duration::from_secs(30));
+    assert!(
+        second
+            .iter()
+            .all(|m| m.body["schema"] != "pivault-audit-gap/1"),
+        "no gap: the backlog fits the queue"
+    );
+    let later = check_events(&second);
+    let all: Vec<u64> = first.keys().chain(later.keys()).copied().collect();
+    let mut sorted = all.clone();
+    sorted.sort_unstable();
+    sorted.dedup();
+    assert_eq!(
+        sorted,
+        (first.keys().next().copied().unwrap()..=*later.keys().last().unwrap()).collect::<Vec<_>>(),
+        "the events appended while the server was down arrive after a restart"
+    );
+    assert!(later.contains_key(&head), "up to the head at restart");
     drop(srv);
     c.kill();
 }
