@@ -589,6 +589,11 @@ pub fn appended_on_this_thread() -> u64 {
 pub trait AuditSink: Send + Sync {
     /// `event` was appended; `prev` is the chain hash before it.
     fn appended(&self, event: AuditEvent, prev: [u8; 32]);
+
+    /// A signed checkpoint became durable. It covers events already passed
+    /// to [`AuditSink::appended`] (a background one may arrive after later
+    /// events).
+    fn checkpointed(&self, _head: &SignedHead) {}
 }
 
 /// The open, append-only audit trail of one vault.
@@ -901,6 +906,9 @@ impl AuditLog {
         match bg.handle.join() {
             Ok((Ok(()), _)) => {
                 self.last_checkpoint_seq = self.last_checkpoint_seq.max(bg.signed.seq);
+                if let Some(sink) = &self.sink {
+                    sink.checkpointed(&bg.signed);
+                }
                 self.last_signed = Some(bg.signed);
                 if self.last_checkpoint_seq == self.head_seq {
                     self.checkpoint_pending = None;
@@ -1133,6 +1141,9 @@ impl AuditLog {
         self.poisoned |= poisoned;
         res?;
         self.last_checkpoint_seq = self.head_seq;
+        if let Some(sink) = &self.sink {
+            sink.checkpointed(&signed);
+        }
         self.last_signed = Some(signed);
         self.checkpoint_pending = None;
         Ok(())

@@ -96,32 +96,48 @@ impl Vault {
 }
 
 impl Vault {
-    /// Events `after + 1 ..= upto` with the chain hash before each: the
-    /// backlog the server's stream sends at start (what it had not sent
-    /// when it last stopped). The system's own forwarding of its trail, not
-    /// a person reading it, so not audited as `audit.read`.
-    pub fn audit_backlog(&self, after: u64, upto: u64) -> Result<Vec<(AuditEvent, [u8; 32])>> {
-        if upto <= after {
-            return Ok(Vec::new());
-        }
+    /// What the server's stream sends first at start: the last signed
+    /// checkpoint at or before `after` (the last seq a previous run sent,
+    /// or the head), every event after it up to `upto` with the chain hash
+    /// before each, and the checkpoints among them — so that what a
+    /// collector keeps opens with a signature, like an export. The
+    /// system's own forwarding of its trail, not a person reading it, so
+    /// not audited as `audit.read`.
+    pub fn audit_backlog(&self, after: u64, upto: u64) -> Result<ExportBundle> {
         let log = self
             .audit
             .lock()
             .map_err(|_| Error::AuditUnavailable("audit lock poisoned".into()))?;
-        let mut prev = log.hash_at(after)?;
-        let events = log.events(&EventFilter {
-            from_seq: Some(after + 1),
-            to_seq: Some(upto),
-            ..EventFilter::default()
-        })?;
+        let heads = log.signed_heads()?;
+        let opening = heads.iter().rev().find(|h| h.seq <= after).cloned();
+        let from = opening.as_ref().map_or(0, |h| h.seq);
+        let events = if upto > from {
+            log.events(&EventFilter {
+                from_seq: Some(from + 1),
+                to_seq: Some(upto),
+                ..EventFilter::default()
+            })?
+        } else {
+            Vec::new()
+        };
         drop(log);
-        Ok(events
+        let mut prev = opening.as_ref().map_or([0u8; 32], |h| h.head);
+        let events = events
             .into_iter()
             .map(|e| {
                 let p = prev;
                 prev = e.hash;
                 (e, p)
             })
-            .collect())
+            .collect();
+        let checkpoints = heads
+            .into_iter()
+            .filter(|h| h.seq > from && h.seq <= upto)
+            .collect();
+        Ok(ExportBundle {
+            opening,
+            events,
+            checkpoints,
+        })
     }
 }

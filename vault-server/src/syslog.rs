@@ -35,7 +35,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use serde_json::{Value, json};
-use vault_core::audit::{AuditEvent, AuditSink};
+use vault_core::audit::{AuditEvent, AuditSink, SignedHead};
 use vault_core::siem::{self, Format};
 
 /// Name of the stream's state file inside the vault directory.
@@ -195,9 +195,27 @@ impl Conn {
     }
 }
 
+/// One message to send: an event (with the chain hash before it) or a
+/// signed checkpoint, so that what a collector keeps can be verified like
+/// an export (`audit verify --file`).
+#[derive(Clone, Debug)]
+enum Item {
+    Event(AuditEvent, [u8; 32]),
+    Checkpoint(SignedHead),
+}
+
+impl Item {
+    fn seq(&self) -> u64 {
+        match self {
+            Item::Event(e, _) => e.seq,
+            Item::Checkpoint(c) => c.seq,
+        }
+    }
+}
+
 /// What is waiting to be sent.
 struct Queue {
-    items: VecDeque<(AuditEvent, [u8; 32])>,
+    items: VecDeque<Item>,
     cap: usize,
     /// Events dropped because the queue was full (all time).
     dropped: u64,
@@ -252,13 +270,35 @@ impl AuditSink for Sink {
         let Ok(mut q) = self.0.queue.lock() else {
             return;
         };
-        if q.items.len() >= q.cap {
-            q.items.pop_front();
-            q.dropped += 1;
-        }
-        q.items.push_back((event, prev));
+        q.push(Item::Event(event, prev));
         drop(q);
         self.0.wake.notify_one();
+    }
+
+    fn checkpointed(&self, head: &SignedHead) {
+        let Ok(mut q) = self.0.queue.lock() else {
+            return;
+        };
+        q.push(Item::Checkpoint(head.clone()));
+        drop(q);
+        self.0.wake.notify_one();
+    }
+}
+
+impl Queue {
+    /// Appends, dropping the oldest item when full (a dropped event becomes
+    /// part of a gap report).
+    fn push(&mut self, item: Item) {
+        if self.items.len() >= self.cap {
+            self.drop_oldest();
+        }
+        self.items.push_back(item);
+    }
+
+    fn drop_oldest(&mut self) {
+        if let Some(Item::Event(..)) = self.items.pop_front() {
+            self.dropped += 1;
+        }
     }
 }
 
@@ -299,30 +339,45 @@ impl Stream {
         let head = vault.set_audit_sink(Some(Arc::new(Sink(shared.clone()))));
         let resume = resume_point(&state_path, &cfg.url).filter(|s| *s <= head);
         let after = resume.unwrap_or(head);
-        if after < head {
-            let from = after.max(head.saturating_sub(cfg.queue.max(1) as u64));
-            let backlog = vault.audit_backlog(from, head)?;
-            let mut q = shared.queue.lock().expect("stream queue");
-            for item in backlog.into_iter().rev() {
-                q.items.push_front(item);
+        // From the last signed checkpoint at or before `after`: the
+        // collector's copy opens with a signature (a few events may come
+        // twice). What the sink queued meanwhile follows, without repeats.
+        let backlog = vault.audit_backlog(after, head)?;
+        let opened = backlog.opening.as_ref().map_or(0, |h| h.seq);
+        let last_cp = backlog.checkpoints.last().map_or(opened, |c| c.seq);
+        let mut items: Vec<Item> = backlog.opening.into_iter().map(Item::Checkpoint).collect();
+        let mut cps = backlog.checkpoints.into_iter().peekable();
+        for (e, p) in backlog.events {
+            let seq = e.seq;
+            items.push(Item::Event(e, p));
+            while let Some(c) = cps.next_if(|c| c.seq <= seq) {
+                items.push(Item::Checkpoint(c));
             }
-            while q.items.len() > q.cap {
-                q.items.pop_front();
-                q.dropped += 1;
+        }
+        {
+            let mut q = shared.queue.lock().expect("stream queue");
+            let meanwhile: Vec<Item> = q.items.drain(..).collect();
+            let newer = meanwhile.into_iter().filter(|i| match i {
+                Item::Event(e, _) => e.seq > head,
+                Item::Checkpoint(c) => c.seq > last_cp,
+            });
+            for i in items.into_iter().chain(newer) {
+                q.push(i);
             }
         }
         {
             let mut st = shared.status.lock().expect("stream status");
-            st.last_sent_seq = after;
-            st.resumed_after = after;
+            st.last_sent_seq = opened;
+            st.resumed_after = opened;
         }
         eprintln!(
-            "pivault-server: audit stream to {}: resuming after seq {after} ({}; the trail's head is seq {head})",
+            "pivault-server: audit stream to {}: resuming after seq {opened}, the signed checkpoint at or before \
+             seq {after} ({}; the trail's head is seq {head})",
             cfg.url,
             if resume.is_some() {
                 "the last seq sent before the last stop"
             } else {
-                "no earlier stream to this target: new events only"
+                "no earlier stream to this target"
             }
         );
         shared.save();
@@ -442,7 +497,7 @@ fn sender(shared: Arc<Shared>, target: Target) {
     let mut conn: Option<Conn> = None;
     let mut backoff = BASE_BACKOFF;
     // Recently written events, replayed after a reconnect.
-    let mut recent: VecDeque<(Instant, AuditEvent, [u8; 32])> = VecDeque::new();
+    let mut recent: VecDeque<(Instant, Item)> = VecDeque::new();
     let mut last_save = Instant::now();
     loop {
         // Wait for work (or stop).
@@ -469,7 +524,7 @@ fn sender(shared: Arc<Shared>, target: Target) {
             shared.save();
             last_save = Instant::now();
         }
-        let Some((event, prev)) = next else {
+        let Some(item) = next else {
             // Idle: notice a collector that went away, so the status says so.
             if conn.as_mut().is_some_and(|c| !c.alive()) {
                 conn = None;
@@ -517,39 +572,49 @@ fn sender(shared: Arc<Shared>, target: Target) {
         let Some(c) = conn.as_mut() else { continue };
         let last_sent = shared.status.lock().map_or(0, |s| s.last_sent_seq);
         let mut frames = Vec::new();
-        if event.seq > last_sent + 1 {
-            let (first, last) = (last_sent + 1, event.seq - 1);
-            frames.push((
-                None,
-                frame(&siem::gap_syslog(first, last, now_ms(), &shared.hostname)),
-            ));
-        }
-        frames.push((
-            Some(event.seq),
-            frame(&siem::event_line(
-                Format::Syslog,
-                &event,
-                &prev,
-                &shared.hostname,
+        let seq = item.seq();
+        match &item {
+            Item::Event(event, prev) => {
+                if seq > last_sent + 1 {
+                    let (first, last) = (last_sent + 1, seq - 1);
+                    frames.push((
+                        None,
+                        frame(&siem::gap_syslog(first, last, now_ms(), &shared.hostname)),
+                    ));
+                }
+                frames.push((
+                    Some(seq),
+                    frame(&siem::event_line(
+                        Format::Syslog,
+                        event,
+                        prev,
+                        &shared.hostname,
+                    )),
+                ));
+            }
+            // A checkpoint moves no seq (`Some(0)` leaves the last sent as it is).
+            Item::Checkpoint(c) => frames.push((
+                Some(0),
+                frame(&siem::checkpoint_line(Format::Syslog, c, &shared.hostname)),
             )),
-        ));
+        }
         let mut failed = None;
-        for (seq, f) in &frames {
+        for (sent, f) in &frames {
             if let Err(e) = c.send(f) {
                 failed = Some(e);
                 break;
             }
             let mut st = shared.status.lock().expect("stream status");
-            match seq {
+            match sent {
                 Some(s) => st.last_sent_seq = (*s).max(st.last_sent_seq),
                 None => {
                     st.gaps_reported += 1;
-                    st.last_gap = Some((last_sent + 1, event.seq - 1));
+                    st.last_gap = Some((last_sent + 1, seq - 1));
                     eprintln!(
                         "pivault-server: audit stream to {}: reported a gap: seq {} to {} were dropped",
                         shared.url,
                         last_sent + 1,
-                        event.seq - 1
+                        seq - 1
                     );
                 }
             }
@@ -557,11 +622,11 @@ fn sender(shared: Arc<Shared>, target: Target) {
         match failed {
             None => {
                 if let Ok(mut q) = shared.queue.lock()
-                    && q.items.front().is_some_and(|(e, _)| e.seq == event.seq)
+                    && q.items.front().is_some_and(|i| same(i, &item))
                 {
                     q.items.pop_front();
                 }
-                recent.push_back((Instant::now(), event, prev));
+                recent.push_back((Instant::now(), item));
                 while recent.len() > REPLAY_MAX {
                     recent.pop_front();
                 }
@@ -575,31 +640,40 @@ fn sender(shared: Arc<Shared>, target: Target) {
     }
 }
 
-/// After a lost connection: the events written in the last
-/// [`REPLAY_WINDOW`] go back to the front of the queue (the collector may
-/// never have read them), and the last sent seq moves back with them.
-fn requeue_recent(shared: &Shared, recent: &mut VecDeque<(Instant, AuditEvent, [u8; 32])>) {
+/// Whether two items are the same message (the queue's front is the one
+/// just sent unless something was dropped meanwhile).
+fn same(a: &Item, b: &Item) -> bool {
+    match (a, b) {
+        (Item::Event(x, _), Item::Event(y, _)) => x.seq == y.seq,
+        (Item::Checkpoint(x), Item::Checkpoint(y)) => x.seq == y.seq,
+        _ => false,
+    }
+}
+
+/// After a lost connection: what was written in the last
+/// [`REPLAY_WINDOW`] goes back to the front of the queue (the collector may
+/// never have read it; nothing in the queue was sent yet), and the last
+/// sent seq moves back with it.
+fn requeue_recent(shared: &Shared, recent: &mut VecDeque<(Instant, Item)>) {
     let cutoff = Instant::now().checked_sub(REPLAY_WINDOW);
-    let replay: Vec<_> = recent
+    let replay: Vec<Item> = recent
         .drain(..)
-        .filter(|(t, _, _)| cutoff.is_none_or(|c| *t >= c))
+        .filter(|(t, _)| cutoff.is_none_or(|c| *t >= c))
+        .map(|(_, i)| i)
         .collect();
-    let Some(first) = replay.first().map(|(_, e, _)| e.seq) else {
-        return;
-    };
+    let first = replay.iter().find_map(|i| match i {
+        Item::Event(e, _) => Some(e.seq),
+        Item::Checkpoint(_) => None,
+    });
     if let Ok(mut q) = shared.queue.lock() {
-        let front = q.items.front().map(|(e, _)| e.seq);
-        for (_, e, p) in replay.into_iter().rev() {
-            if front.is_none_or(|f| e.seq < f) {
-                q.items.push_front((e, p));
-            }
+        for i in replay.into_iter().rev() {
+            q.items.push_front(i);
         }
         while q.items.len() > q.cap {
-            q.items.pop_front();
-            q.dropped += 1;
+            q.drop_oldest();
         }
     }
-    if let Ok(mut st) = shared.status.lock() {
+    if let (Some(first), Ok(mut st)) = (first, shared.status.lock()) {
         st.last_sent_seq = st.last_sent_seq.min(first - 1);
     }
 }

@@ -429,8 +429,13 @@ fn every_event_reaches_the_collector_in_order_and_a_restarted_collector_sees_a_g
         "at least the 100 requests: {}",
         seqs.len()
     );
+    assert_eq!(
+        first[0].msgid, "audit.checkpoint",
+        "the stream opens with a signed checkpoint"
+    );
     let order: Vec<u64> = first
         .iter()
+        .filter(|m| m.body["schema"] == "pivault-audit-event/1")
         .filter_map(|m| m.body["seq"].as_u64())
         .collect();
     assert_eq!(
@@ -974,6 +979,62 @@ fn a_restarted_server_first_sends_what_it_had_not_sent() {
         "the events appended while the server was down arrive after a restart"
     );
     assert!(later.contains_key(&head), "up to the head at restart");
+    drop(srv);
+    c.kill();
+}
+
+#[test]
+fn what_the_collector_keeps_verifies_like_an_export() {
+    let (tmp, vault_dir, _, pem) = vault_with_exporter();
+    let (tx, rx) = channel();
+    let c = Collector::start(0, true, tx);
+    let url = format!("tcp://127.0.0.1:{}", c.port);
+    let args = [
+        "--syslog",
+        url.as_str(),
+        "--syslog-hostname",
+        "vault-e2e",
+        "--checkpoint-secs",
+        "1",
+    ];
+    let srv = server::start_on(tmp, vault_dir, PASSPHRASE, &args);
+    let t = srv.token("auditor");
+    for _ in 0..20 {
+        assert_eq!(srv.call("GET", "/v1/whoami", Some(&t), None).status, 200);
+    }
+    // Quiet for a while: the server's timer signs a checkpoint of the head.
+    std::thread::sleep(Duration::from_millis(2500));
+    let msgs = drain(&rx, Duration::from_millis(1500), Duration::from_secs(30));
+    assert_eq!(msgs[0].msgid, "audit.checkpoint", "opens with a signature");
+    let last_event = *check_events(&msgs).keys().last().unwrap();
+    let text: String = msgs.iter().map(|m| format!("{}\n", m.raw)).collect();
+    let key = vault_core::certificate::parse_public_key(&pem).unwrap();
+    let r = vault_core::siem::verify_file(&text, &key);
+    assert!(r.ok(), "{r:?}");
+    assert_eq!(r.to_seq, last_event);
+    assert_eq!(r.last_checkpoint_seq, last_event, "{r:?}");
+    assert!(r.checkpoints >= 1, "{r:?}");
+    // One event altered in the collector's copy: found, and named.
+    let i = msgs
+        .iter()
+        .rposition(|m| m.raw.contains("\"outcome\":\"success\""))
+        .unwrap();
+    let seq = msgs[i].body["seq"].as_u64().unwrap();
+    let text: String = msgs
+        .iter()
+        .enumerate()
+        .map(|(j, m)| {
+            let line = if j == i {
+                m.raw
+                    .replace("\"outcome\":\"success\"", "\"outcome\":\"denied\"")
+            } else {
+                m.raw.clone()
+            };
+            format!("{line}\n")
+        })
+        .collect();
+    let r = vault_core::siem::verify_file(&text, &key);
+    assert_eq!(r.first_bad_seq, Some(seq), "{r:?}");
     drop(srv);
     c.kill();
 }
