@@ -784,7 +784,7 @@ pub fn verify_file(text: &str, key: &VerifyingKey) -> FileReport {
         r.fail(None, "the file holds no event".into());
     } else if r.last_checkpoint_seq != r.to_seq {
         r.fail(
-            Some(r.last_checkpoint_seq + 1),
+            Some(r.last_checkpoint_seq.max(r.from_seq - 1) + 1),
             format!(
                 "no signed checkpoint covers seq {} to {}: the file was cut short, or its last checkpoint removed",
                 r.last_checkpoint_seq.max(r.from_seq - 1) + 1,
