@@ -459,7 +459,14 @@ fn every_event_reaches_the_collector_in_order_and_a_restarted_collector_sees_a_g
             200
         );
     }
-    let down = stream_status(&srv, &exporter);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let down = loop {
+        let st = stream_status(&srv, &exporter);
+        if st["state"] == "down" || Instant::now() > deadline {
+            break st;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
     assert_eq!(down["state"], "down", "{down}");
     assert!(
         down["queued"].as_u64().unwrap() <= 16,
@@ -611,8 +618,10 @@ fn a_collector_that_never_reads_does_not_block_the_vault() {
         let at = Instant::now();
         assert_eq!(srv.call("GET", "/v1/whoami", Some(&t), None).status, 200);
         slowest = slowest.max(at.elapsed());
+        // A call stuck behind the collector would wait for the 10 s write
+        // timeout; 5 s leaves room for a loaded machine.
         assert!(
-            slowest < Duration::from_secs(2),
+            slowest < Duration::from_secs(5),
             "call {i} waited for the collector: {slowest:?}"
         );
         if i % 500 == 499 {
@@ -624,10 +633,6 @@ fn a_collector_that_never_reads_does_not_block_the_vault() {
     let st = stream_status(&srv, &exporter);
     eprintln!(
         "never-reading collector: {CALLS} calls in {took:?}, slowest {slowest:?}, max queued {max_queued}, status {st}"
-    );
-    assert!(
-        slowest < Duration::from_secs(2),
-        "a call waited for the collector: {slowest:?}"
     );
     assert!(
         max_queued <= 100 && st["queued"].as_u64().unwrap() <= 100,
@@ -885,6 +890,8 @@ fn the_stream_goes_over_tls_to_a_collector_whose_ca_is_given_and_not_to_another(
     let seqs: Vec<u64> = events.keys().copied().collect();
     assert_eq!(seqs, (seqs[0]..=seqs[seqs.len() - 1]).collect::<Vec<_>>());
     let (_, vault_dir, tmp) = srv.stop();
+    std::thread::sleep(Duration::from_millis(300));
+    while rx.try_recv().is_ok() {}
 
     // The same collector, but the server is given another CA: nothing is
     // sent, and the stream says why.
