@@ -14,6 +14,7 @@ mod output;
 mod profile;
 mod remote;
 mod service;
+mod siem;
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, IsTerminal, Read, Seek, SeekFrom};
@@ -715,8 +716,37 @@ enum AuditCmd {
         #[arg(long)]
         limit: Option<usize>,
     },
-    /// Verify the hash chain and signed checkpoints; names the first bad sequence number.
-    Verify,
+    /// Verify the hash chain and signed checkpoints; names the first bad
+    /// sequence number. With --file: an exported file, offline, with the
+    /// vault's audit public key only (no vault, no login).
+    Verify {
+        /// An `audit export` file (jsonl, syslog or cef).
+        #[arg(long, requires = "key")]
+        file: Option<PathBuf>,
+        /// The vault's audit public key (audit.pem from `keys export`, or hex).
+        #[arg(long, requires = "file")]
+        key: Option<PathBuf>,
+    },
+    /// Export the audit trail for a log system, keeping each event's seq
+    /// and chain hashes: from the signed checkpoint before --since (or
+    /// --from-seq; default the whole trail) to a checkpoint signed now.
+    /// `audit verify --file` checks the file offline.
+    Export {
+        /// From the first event at or after this time (RFC 3339 or YYYY-MM-DD).
+        #[arg(long)]
+        since: Option<String>,
+        /// From this seq.
+        #[arg(long)]
+        from_seq: Option<u64>,
+        /// jsonl (schemas/audit-event.json per line), syslog (RFC 5424) or cef.
+        #[arg(long, default_value = "jsonl")]
+        format: String,
+        /// The file to write.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// The state of the server's syslog stream of the audit trail.
+    Stream,
     /// Sign the current head and export it for an outside witness: the head
     /// (JSON) and an RFC 3161 time-stamp request over its SHA-256 (DER, the
     /// same name with `.tsq`); or, with --response, store the TSA's answer.
@@ -1084,6 +1114,10 @@ fn run(cli: &Cli, out: &Out) -> anyhow::Result<u8> {
         Command::Certificate(CertificateCmd::Verify { file, key }) => {
             dispose::cmd_verify(out, file, key)
         }
+        Command::Audit(AuditCmd::Verify {
+            file: Some(file),
+            key: Some(key),
+        }) => siem::verify_file(out, file, key),
         Command::Certificate(CertificateCmd::Payload {
             file,
             out: o,
@@ -1852,6 +1886,19 @@ pub(crate) fn anchor_paths(out: Option<&Path>, seq: u64) -> (PathBuf, PathBuf) {
 
 fn cmd_audit(out: &Out, vault: &Vault, s: &Session, c: &AuditCmd) -> anyhow::Result<u8> {
     match c {
+        AuditCmd::Export {
+            since,
+            from_seq,
+            format,
+            out: path,
+        } => {
+            let start = vault_core::vault::ExportStart {
+                since_ms: since.as_deref().map(parse_time).transpose()?,
+                from_seq: *from_seq,
+            };
+            return siem::export_local(out, vault, s, start, format, path);
+        }
+        AuditCmd::Stream => return siem::stream_local(out),
         AuditCmd::Log {
             actor,
             since,
@@ -1885,7 +1932,7 @@ fn cmd_audit(out: &Out, vault: &Vault, s: &Session, c: &AuditCmd) -> anyhow::Res
             let v = Value::Array(events.iter().map(vault_core::views::event).collect());
             out.data("audit-log", v.clone(), || output::events_text(&v));
         }
-        AuditCmd::Verify => {
+        AuditCmd::Verify { .. } => {
             let r = vault.audit_verify(s)?;
             let v = vault_core::views::verify(&r);
             out.data("audit-verify", v.clone(), || output::verify_text(&v));

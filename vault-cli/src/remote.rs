@@ -946,7 +946,23 @@ fn command(cli: &Cli, out: &Out, r: &Remote) -> anyhow::Result<u8> {
                 ))?;
                 out.data("audit-log", v.clone(), || output::events_text(&v));
             }
-            AuditCmd::Verify => {
+            AuditCmd::Export {
+                since,
+                from_seq,
+                format,
+                out: path,
+            } => {
+                return crate::siem::export_remote(
+                    out,
+                    r,
+                    since.as_deref(),
+                    *from_seq,
+                    format,
+                    path,
+                );
+            }
+            AuditCmd::Stream => return crate::siem::stream_remote(out, r),
+            AuditCmd::Verify { .. } => {
                 let v = r.get("/v1/audit/verify")?;
                 out.data("audit-verify", v.clone(), || output::verify_text(&v));
                 if v["ok"] != Value::Bool(true) {

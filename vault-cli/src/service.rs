@@ -27,7 +27,8 @@ pub enum ServiceCmd {
     Add {
         /// Its name (e.g. nightly-retention).
         name: String,
-        /// Its role.
+        /// Its role: retention-runner (the nightly retention script) or
+        /// audit-exporter (a log shipper: reads and exports the audit trail only).
         #[arg(long, default_value = "retention-runner")]
         role: String,
         /// Write the token to this file (created with mode 0600) instead of stdout.

@@ -31,6 +31,10 @@ pub enum Role {
     /// is past retention, dispose of it, read certificates; never record
     /// contents, never any other disposal. Only service accounts hold it.
     RetentionRunner,
+    /// A service account's role for a log shipper: read and export the
+    /// audit trail, nothing else (no record, no user list, no disposal).
+    /// Only service accounts hold it.
+    AuditExporter,
 }
 
 /// Everything a user can ask the vault to do.
@@ -66,11 +70,15 @@ pub enum Permission {
     /// Dispose of what is past retention, and nothing else (the retention
     /// run of a script): the narrow part of `Dispose` a service may hold.
     RunRetention,
+    /// Export the audit trail to a log system and see the state of the
+    /// server's stream: the narrow part of `ReadAudit` a log shipper holds
+    /// (no user list, no anchors, no reports).
+    ExportAudit,
 }
 
 impl Permission {
     /// Every permission, for the role × operation matrix.
-    pub const ALL: [Permission; 13] = [
+    pub const ALL: [Permission; 14] = [
         Permission::ManageUsers,
         Permission::ManageCollections,
         Permission::CreateRecord,
@@ -84,6 +92,7 @@ impl Permission {
         Permission::RecordReview,
         Permission::ValidateCertificate,
         Permission::RunRetention,
+        Permission::ExportAudit,
     ];
 
     /// What the permission allows, for error messages ("your role may not …").
@@ -102,19 +111,21 @@ impl Permission {
             Permission::RecordReview => "record a security review",
             Permission::ValidateCertificate => "validate disposal certificates",
             Permission::RunRetention => "dispose of records past retention",
+            Permission::ExportAudit => "export the audit trail",
         }
     }
 }
 
 impl Role {
     /// Every role.
-    pub const ALL: [Role; 6] = [
+    pub const ALL: [Role; 7] = [
         Role::Admin,
         Role::Officer,
         Role::Clerk,
         Role::Auditor,
         Role::Contractor,
         Role::RetentionRunner,
+        Role::AuditExporter,
     ];
 
     /// The roles of people (who log in with a password).
@@ -128,7 +139,7 @@ impl Role {
 
     /// A role only service accounts hold (and service accounts hold no other).
     pub fn is_service(&self) -> bool {
-        matches!(self, Role::RetentionRunner)
+        matches!(self, Role::RetentionRunner | Role::AuditExporter)
     }
 
     /// Whether a holder of `self` may create a service account of role
@@ -158,14 +169,19 @@ impl Role {
                     | P::RecordReview
                     | P::ValidateCertificate
                     | P::RunRetention
+                    | P::ExportAudit
             ),
             Role::Clerk => matches!(
                 p,
                 P::CreateRecord | P::ReadRecord | P::UpdateRecord | P::ListRecords
             ),
-            Role::Auditor => matches!(p, P::ReadAudit | P::Reports | P::ValidateCertificate),
+            Role::Auditor => matches!(
+                p,
+                P::ReadAudit | P::Reports | P::ValidateCertificate | P::ExportAudit
+            ),
             Role::Contractor => matches!(p, P::ListRecords | P::Dispose),
             Role::RetentionRunner => matches!(p, P::RunRetention),
+            Role::AuditExporter => matches!(p, P::ExportAudit),
         }
     }
 
@@ -178,6 +194,7 @@ impl Role {
             Role::Auditor => "auditor",
             Role::Contractor => "contractor",
             Role::RetentionRunner => "retention-runner",
+            Role::AuditExporter => "audit-exporter",
         }
     }
 
@@ -189,7 +206,7 @@ impl Role {
             .ok_or_else(|| {
                 Error::invalid(
                     "role must be one of admin, officer, clerk, auditor, contractor \
-                     (retention-runner: service accounts only)",
+                     (retention-runner, audit-exporter: service accounts only)",
                 )
             })
     }

@@ -582,6 +582,20 @@ pub fn appended_on_this_thread() -> u64 {
     APPENDED_HERE.with(|n| n.get())
 }
 
+/// Receives each event just after it is appended (the server's syslog
+/// stream). Called with the audit lock held, so events arrive in sequence
+/// order; an implementation must return at once (queue the event, never do
+/// I/O) because every audited operation waits for it.
+pub trait AuditSink: Send + Sync {
+    /// `event` was appended; `prev` is the chain hash before it.
+    fn appended(&self, event: AuditEvent, prev: [u8; 32]);
+
+    /// A signed checkpoint became durable. It covers events already passed
+    /// to [`AuditSink::appended`] (a background one may arrive after later
+    /// events).
+    fn checkpointed(&self, _head: &SignedHead) {}
+}
+
 /// The open, append-only audit trail of one vault.
 pub struct AuditLog {
     dir: PathBuf,
@@ -610,6 +624,8 @@ pub struct AuditLog {
     poisoned: bool,
     /// Reused for encoding each line (event metadata only, no secrets).
     line_buf: Vec<u8>,
+    /// Told of every event appended (the server's syslog stream).
+    sink: Option<Arc<dyn AuditSink>>,
 }
 
 /// `checkpoints.log` opened for append, and its length in complete lines.
@@ -771,6 +787,7 @@ impl AuditLog {
             checkpoint_pending: None,
             poisoned: false,
             line_buf: Vec::with_capacity(512),
+            sink: None,
         })
     }
 
@@ -819,12 +836,17 @@ impl AuditLog {
             };
         self.line_buf = line;
         written?;
+        let prev = self.head_hash;
         self.head_seq = seq;
         self.head_hash = hash;
+        let time_ms = ev.time_ms;
+        if let Some(sink) = &self.sink {
+            sink.appended(appended_event(seq, ev, hash), prev);
+        }
         APPENDED_HERE.with(|n| n.set(n.get() + 1));
 
         if seq.is_multiple_of(CHECKPOINT_EVERY) {
-            self.start_checkpoint(ev.time_ms);
+            self.start_checkpoint(time_ms);
         }
         Ok(seq)
     }
@@ -884,6 +906,9 @@ impl AuditLog {
         match bg.handle.join() {
             Ok((Ok(()), _)) => {
                 self.last_checkpoint_seq = self.last_checkpoint_seq.max(bg.signed.seq);
+                if let Some(sink) = &self.sink {
+                    sink.checkpointed(&bg.signed);
+                }
                 self.last_signed = Some(bg.signed);
                 if self.last_checkpoint_seq == self.head_seq {
                     self.checkpoint_pending = None;
@@ -998,6 +1023,43 @@ impl AuditLog {
         Ok(out)
     }
 
+    /// Tells `sink` of every event appended from now on (replacing any
+    /// earlier one).
+    pub fn set_sink(&mut self, sink: Option<Arc<dyn AuditSink>>) {
+        self.sink = sink;
+    }
+
+    /// The chain hash after event `seq` (zeros for 0), read from the files.
+    pub fn hash_at(&self, seq: u64) -> Result<[u8; 32]> {
+        if seq == 0 {
+            return Ok([0u8; 32]);
+        }
+        let ev = self.events(&EventFilter {
+            from_seq: Some(seq),
+            to_seq: Some(seq),
+            ..EventFilter::default()
+        })?;
+        ev.first()
+            .map(|e| e.hash)
+            .ok_or(Error::NotFound("audit event"))
+    }
+
+    /// Every checkpoint in `checkpoints.log`, in order (signatures not
+    /// checked here: an export carries them and its verifier checks them).
+    pub fn signed_heads(&self) -> Result<Vec<SignedHead>> {
+        let bytes = match fs::read(self.dir.join(CHECKPOINTS_FILE)) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(e.into()),
+        };
+        Lines::new(&bytes)
+            .filter(|(_, complete)| *complete)
+            .map(|(line, _)| {
+                SignedHead::from_line(line).ok_or(Error::Integrity("audit checkpoints"))
+            })
+            .collect()
+    }
+
     /// The public half of the audit signing key, for [`verify`].
     pub fn verifying_key(&self) -> VerifyingKey {
         self.signer.verifying_key()
@@ -1083,6 +1145,9 @@ impl AuditLog {
         self.poisoned |= poisoned;
         res?;
         self.last_checkpoint_seq = self.head_seq;
+        if let Some(sink) = &self.sink {
+            sink.checkpointed(&signed);
+        }
         self.last_signed = Some(signed);
         self.checkpoint_pending = None;
         Ok(())
@@ -1445,6 +1510,53 @@ fn encode_event_into(seq: u64, ev: &NewEvent, out: &mut Vec<u8>) -> Result<()> {
     out.clear();
     serde_json::to_writer(&mut *out, &line)
         .map_err(|e| Error::AuditUnavailable(format!("cannot encode an audit event: {e}")))
+}
+
+/// The stored event as a subscriber sees it.
+fn appended_event(seq: u64, ev: NewEvent, hash: [u8; 32]) -> AuditEvent {
+    AuditEvent {
+        seq,
+        time_ms: ev.time_ms,
+        actor: ev.actor,
+        channel: ev.channel,
+        source: ev.source,
+        action: ev.action,
+        targets: ev.targets,
+        outcome: ev.outcome,
+        code: ev.code,
+        reason: ev.reason,
+        request_id: ev.request_id,
+        hash,
+    }
+}
+
+/// The exact JSON bytes the chain hashes for `ev` (its line without the
+/// hash): what an exported event's fields must re-encode to.
+pub fn event_body(ev: &AuditEvent) -> Result<Vec<u8>> {
+    let mut out = Vec::with_capacity(256);
+    encode_event_into(
+        ev.seq,
+        &NewEvent {
+            time_ms: ev.time_ms,
+            actor: ev.actor,
+            channel: ev.channel,
+            source: ev.source.clone(),
+            action: ev.action.clone(),
+            targets: ev.targets.clone(),
+            outcome: ev.outcome,
+            code: ev.code.clone(),
+            reason: ev.reason.clone(),
+            request_id: ev.request_id.clone(),
+        },
+        &mut out,
+    )?;
+    Ok(out)
+}
+
+/// `SHA-256("pivault-audit-v1" || prev || body)`: the chain hash of an
+/// event whose stored JSON is `body`, for verifiers outside this module.
+pub fn chain_link(prev: &[u8; 32], body: &[u8]) -> [u8; 32] {
+    chain_hash(prev, body)
 }
 
 fn decode_event(body: &[u8], hash: [u8; 32]) -> std::result::Result<AuditEvent, &'static str> {

@@ -52,6 +52,70 @@ fn check(name: &'static str, level: Level, detail: impl Into<String>) -> Check {
 /// A year and a day, the review interval of 201 CMR 17.03(2)(i).
 pub const REVIEW_INTERVAL_MS: i64 = 366 * 86_400_000;
 
+/// The state file of the server's syslog stream of the audit trail, in the
+/// vault directory (written by `pivault-server --syslog`).
+pub const STREAM_STATE_FILE: &str = "audit-stream.json";
+
+/// The server's audit stream, from its state file, when it has one: a
+/// stream that could not reach its collector fails (events are not reaching
+/// the log system), one that had to report a gap warns.
+pub fn stream_check(dir: &Path) -> Option<Check> {
+    const NAME: &str = "audit-stream";
+    let bytes = std::fs::read(dir.join(STREAM_STATE_FILE)).ok()?;
+    let Ok(v) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
+        return Some(check(
+            NAME,
+            Level::Fail,
+            format!("{STREAM_STATE_FILE} is unreadable"),
+        ));
+    };
+    let s = |k: &str| v.get(k).and_then(|x| x.as_str()).unwrap_or("?").to_owned();
+    let n = |k: &str| v.get(k).and_then(serde_json::Value::as_u64).unwrap_or(0);
+    let gaps = match (n("gaps_reported"), v.get("last_gap")) {
+        (0, _) => String::new(),
+        (g, Some(last)) => format!(
+            "; {g} gap(s) reported, the last seq {} to {} (recover them with `audit export --since`)",
+            last.get("first_missing_seq")
+                .and_then(serde_json::Value::as_u64)
+                .unwrap_or(0),
+            last.get("last_missing_seq")
+                .and_then(serde_json::Value::as_u64)
+                .unwrap_or(0)
+        ),
+        (g, None) => format!("; {g} gap(s) reported"),
+    };
+    Some(if s("state") == "up" {
+        let level = if n("gaps_reported") > 0 {
+            Level::Warn
+        } else {
+            Level::Ok
+        };
+        check(
+            NAME,
+            level,
+            format!(
+                "streaming to {}, last seq sent {}{gaps}",
+                s("target"),
+                n("last_sent_seq")
+            ),
+        )
+    } else {
+        check(
+            NAME,
+            Level::Fail,
+            format!(
+                "the audit stream to {} is failing since {} ({}); last seq sent {}, {} queued, {} dropped{gaps}",
+                s("target"),
+                s("down_since"),
+                s("last_error"),
+                n("last_sent_seq"),
+                n("queued"),
+                n("dropped")
+            ),
+        )
+    })
+}
+
 /// Checks that need no passphrase: file and directory permissions.
 pub fn file_checks(dir: &Path) -> Vec<Check> {
     let mut out = Vec::new();
@@ -250,6 +314,7 @@ pub fn checks(vault: &Vault, now_ms: i64) -> Result<Vec<Check>> {
         },
     ));
     out.push(check("tls", Level::Ok, "no network listener in the CLI"));
+    out.extend(stream_check(vault.dir()));
     Ok(out)
 }
 

@@ -23,6 +23,7 @@ pub mod ids;
 pub mod keystore;
 pub mod schema;
 pub mod secret;
+pub mod siem;
 pub mod spool;
 mod store;
 pub mod timestamp;

@@ -67,7 +67,7 @@ impl Vault {
             let name = Username::parse(username)?;
             if !role.is_service() {
                 return Err(Error::invalid(
-                    "a service account's role must be retention-runner",
+                    "a service account's role must be retention-runner or audit-exporter",
                 ));
             }
             self.check_delegation(&me, role)?;

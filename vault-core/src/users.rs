@@ -434,7 +434,7 @@ impl Vault {
         let name = Username::parse(username)?;
         if role.is_service() {
             let e = Error::invalid(
-                "retention-runner is a service account's role: use `pivault service add`",
+                "retention-runner and audit-exporter are service accounts' roles: use `pivault service add`",
             );
             self.audit(Some(s.user), &s.ctx, "user.create", vec![], Err(&e), None)?;
             return Err(e);

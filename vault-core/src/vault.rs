@@ -31,6 +31,8 @@ use crate::secret::{SecretKey, SecretString};
 mod anchor;
 #[path = "approvals.rs"]
 mod approvals;
+#[path = "audit_export.rs"]
+mod audit_export;
 #[path = "backup.rs"]
 mod backup;
 #[path = "custodian.rs"]
@@ -56,6 +58,7 @@ pub use crate::store::RecordState;
 use crate::store::{self, RecordRow, Store};
 pub use anchor::{AnchorExport, StoredTimestamp};
 pub use approvals::{APPROVAL_TTL_MS, PendingRequest, RequestKind};
+pub use audit_export::ExportStart;
 pub use backup::{BackupInfo, DEFAULT_BACKUP_DAYS, RestoreReport};
 pub use custodian::{PassphraseChange, custodian_context};
 pub use disposal::{

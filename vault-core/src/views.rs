@@ -25,9 +25,13 @@ pub const DOCUMENT_VERSION: u32 = 1;
 /// keeps this list, the schema files and the README in step.
 pub const DOCUMENTS: &[&str] = &[
     "audit-anchor",
+    "audit-export",
+    "audit-export-file",
+    "audit-file-verify",
     "audit-head",
     "audit-log",
     "audit-report",
+    "audit-stream",
     "audit-timestamp",
     "audit-verify",
     "backup",

@@ -10,6 +10,26 @@ use serde_json::{Map, Value, json};
 /// Every schema file, by name, as checked in.
 const SCHEMA_FILES: &[(&str, &str)] = &[
     (
+        "audit-event",
+        include_str!("../../schemas/audit-event.json"),
+    ),
+    (
+        "audit-export",
+        include_str!("../../schemas/audit-export.json"),
+    ),
+    (
+        "audit-export-file",
+        include_str!("../../schemas/audit-export-file.json"),
+    ),
+    (
+        "audit-file-verify",
+        include_str!("../../schemas/audit-file-verify.json"),
+    ),
+    (
+        "audit-stream",
+        include_str!("../../schemas/audit-stream.json"),
+    ),
+    (
         "service-token",
         include_str!("../../schemas/service-token.json"),
     ),
@@ -280,6 +300,8 @@ const OPERATION_DOCUMENTS: &[(&str, &str)] = &[
     ("revoke_contractor", "contractor-revocation"),
     ("audit_events", "audit-log"),
     ("audit_verify", "audit-verify"),
+    ("audit_export", "audit-export"),
+    ("audit_stream", "audit-stream"),
     ("audit_anchor", "audit-head"),
     ("audit_timestamp", "audit-timestamp"),
     ("audit_report", "audit-report"),

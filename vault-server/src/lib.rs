@@ -19,6 +19,7 @@ pub mod limits;
 pub mod pool;
 pub mod problem;
 pub mod routes;
+pub mod syslog;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -155,6 +156,8 @@ pub struct App {
     refusals: Arc<Refusals>,
     draining: AtomicBool,
     disk_low: AtomicBool,
+    /// The syslog stream of the audit trail, when `--syslog` is given.
+    stream: std::sync::OnceLock<Arc<syslog::Stream>>,
 }
 
 impl std::fmt::Debug for App {
@@ -202,6 +205,7 @@ impl App {
             refusals: Arc::default(),
             draining: AtomicBool::new(false),
             disk_low: AtomicBool::new(false),
+            stream: std::sync::OnceLock::new(),
             vault,
             limits,
         }))
@@ -225,6 +229,19 @@ impl App {
         self.refusal_buckets
             .as_ref()
             .map_or(Ok(()), |l| l.peek(key))
+    }
+
+    /// Starts streaming the audit trail to a syslog collector (once).
+    pub fn start_stream(&self, cfg: syslog::StreamConfig) -> anyhow::Result<()> {
+        let stream = syslog::Stream::start(&self.vault, cfg)?;
+        self.stream
+            .set(stream)
+            .map_err(|_| anyhow::anyhow!("the audit stream is already running"))
+    }
+
+    /// The audit stream, when one runs.
+    pub fn stream(&self) -> Option<&Arc<syslog::Stream>> {
+        self.stream.get()
     }
 
     /// Marks the server as shutting down: `/readyz` answers 503.

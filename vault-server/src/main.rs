@@ -162,6 +162,22 @@ struct Args {
     /// due; 0 turns the checks off. Each job is audited as a system action.
     #[arg(long, default_value_t = 60, value_name = "SECS")]
     housekeeping_secs: u64,
+    /// Stream every audit event to a syslog collector as RFC 5424 messages
+    /// (octet-counted frames, RFC 5425): `tcp://HOST:PORT` or
+    /// `tls://HOST:PORT`. The vault never waits for it: a bounded queue,
+    /// reconnects with back-off, a gap report for what was dropped.
+    #[arg(long, value_name = "URL")]
+    syslog: Option<String>,
+    /// The CA certificate (PEM) that signs the collector's TLS certificate.
+    #[arg(long, value_name = "FILE", requires = "syslog")]
+    syslog_ca: Option<PathBuf>,
+    /// Events the stream holds while the collector is away; past it the
+    /// oldest are dropped and reported as a gap.
+    #[arg(long, default_value_t = 10_000, value_name = "N", requires = "syslog")]
+    syslog_queue: usize,
+    /// HOSTNAME of the syslog messages (default: this machine's name).
+    #[arg(long, value_name = "NAME", requires = "syslog")]
+    syslog_hostname: Option<String>,
     /// Print the OpenAPI document and exit.
     #[arg(long)]
     print_openapi: bool,
@@ -333,6 +349,19 @@ fn run(args: Args) -> anyhow::Result<()> {
         ..defaults
     };
     let app = App::new(vault, limits).context("cannot start the vault worker threads")?;
+    if let Some(url) = &args.syslog {
+        app.start_stream(vault_server::syslog::StreamConfig {
+            url: url.clone(),
+            ca: args.syslog_ca.clone(),
+            queue: args.syslog_queue,
+            hostname: args
+                .syslog_hostname
+                .clone()
+                .unwrap_or_else(vault_core::siem::default_hostname),
+            vault_dir: dir.clone(),
+        })
+        .context("cannot start the audit stream")?;
+    }
 
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -371,6 +400,11 @@ fn run(args: Args) -> anyhow::Result<()> {
     // the vault is closed cleanly.
     drop(rt);
     app.flush_refusals(true);
+    if let Some(stream) = app.stream() {
+        // The events still queued get a few seconds to leave; what is left
+        // is sent at the next start (the state file keeps the last seq sent).
+        stream.stop(Duration::from_secs(5));
+    }
     let vault = Arc::try_unwrap(app)
         .ok()
         .map(|a| a.into_vault())

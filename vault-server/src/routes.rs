@@ -138,7 +138,7 @@ pub struct NewUser {
 pub struct NewService {
     /// Its unique name.
     pub username: String,
-    /// Its role: retention-runner (the default).
+    /// Its role: retention-runner (the default) or audit-exporter.
     #[serde(default = "retention_runner")]
     pub role: String,
 }
@@ -392,6 +392,18 @@ pub struct AuditQuery {
     pub action: Option<String>,
     /// The latest N events.
     pub limit: Option<usize>,
+}
+
+/// What `GET /v1/audit/export` exports.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct ExportQuery {
+    /// From the first event at or after this time (RFC 3339 or YYYY-MM-DD).
+    pub since: Option<String>,
+    /// From this seq.
+    pub from_seq: Option<u64>,
+    /// jsonl (the default), syslog or cef.
+    pub format: Option<String>,
 }
 
 /// Report window.
@@ -1749,6 +1761,54 @@ async fn audit_events(
     )
 }
 
+/// Export a span of the audit trail for a log system, rendered as JSON
+/// lines, RFC 5424 syslog or CEF (`text`), from the signed checkpoint
+/// before `since`/`from_seq` to a checkpoint signed now; the file verifies
+/// offline with `pivault audit verify --file`.
+#[utoipa::path(get, path = "/v1/audit/export", tag = "audit", security(("bearer" = [])), params(ExportQuery),
+    responses((status = 200, body = Object), (status = 403, body = Problem)))]
+async fn audit_export(
+    State(app): State<Arc<App>>,
+    rc: RequestContext,
+    t: Bearer,
+    Query(q): Query<ExportQuery>,
+) -> Res {
+    let since_ms = q.since.as_deref().map(parse_time).transpose()?;
+    let format = vault_core::siem::Format::parse(q.format.as_deref().unwrap_or("jsonl"))?;
+    let start = vault_core::vault::ExportStart {
+        since_ms,
+        from_seq: q.from_seq,
+    };
+    let b = app
+        .as_user_long(&rc, t, move |v, s| v.audit_export(s, start))
+        .await?;
+    let text = b.render(format, &vault_core::siem::default_hostname());
+    ok(
+        "audit-export",
+        json!({
+            "format": format.as_str(),
+            "from_seq": b.from_seq(),
+            "to_seq": b.to_seq(),
+            "events": b.events.len(),
+            "checkpoint_seq": b.checkpoints.last().map_or(0, |c| c.seq),
+            "text": text,
+        }),
+    )
+}
+
+/// The state of the server's syslog stream of the audit trail.
+#[utoipa::path(get, path = "/v1/audit/stream", tag = "audit", security(("bearer" = [])),
+    responses((status = 200, body = Object), (status = 403, body = Problem)))]
+async fn audit_stream(State(app): State<Arc<App>>, rc: RequestContext, t: Bearer) -> Res {
+    app.as_user(&rc, t, |v, s| v.audit_stream_allowed(s))
+        .await?;
+    let v = match app.stream() {
+        Some(st) => st.status(),
+        None => json!({ "configured": false }),
+    };
+    ok("audit-stream", v)
+}
+
 /// Verify the audit trail's hash chain and signed checkpoints.
 #[utoipa::path(get, path = "/v1/audit/verify", tag = "audit", security(("bearer" = [])),
     responses((status = 200, body = Object), (status = 403, body = Problem)))]
@@ -1921,7 +1981,7 @@ impl Modify for BearerScheme {
           get_record, reveal_record, update_record, patch_record, record_history, import, resolve_subject, dispose, list_disposals,
           retry_disposal, show_retention, set_retention, show_retention_schedule, set_retention_schedule, retention_due, retention_run, list_holds, add_hold,
           remove_hold, list_certificates, show_certificate, certificate_file, certificate_html, validate_certificate,
-          cosign_certificate, keys, list_contractors, assign_contractor, revoke_contractor, audit_events, audit_verify, audit_anchor, audit_timestamp, audit_report, review,
+          cosign_certificate, keys, list_contractors, assign_contractor, revoke_contractor, audit_events, audit_export, audit_stream, audit_verify, audit_anchor, audit_timestamp, audit_report, review,
           maintenance, healthz, readyz, openapi_doc),
     components(schemas(Problem))
 )]
@@ -2001,6 +2061,8 @@ pub fn router(app: Arc<App>) -> Router {
         )
         .route("/v1/audit/events", get(audit_events))
         .route("/v1/audit/verify", get(audit_verify))
+        .route("/v1/audit/export", get(audit_export))
+        .route("/v1/audit/stream", get(audit_stream))
         .route("/v1/audit/anchor", post(audit_anchor))
         .route("/v1/audit/timestamp", post(audit_timestamp))
         .route("/v1/audit/report", get(audit_report))

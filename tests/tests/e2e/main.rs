@@ -27,4 +27,5 @@ mod server;
 mod server_concurrency;
 mod server_hostile;
 mod service;
+mod siem;
 mod spreadsheet;

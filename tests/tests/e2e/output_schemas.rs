@@ -12,9 +12,16 @@ use serde_json::Value;
 use crate::documents::{compiler, schema_files, schema_id};
 
 /// Schema files that are not a document named by `views::DOCUMENTS`: the
-/// shared definitions, the `--json` error object on stderr, and the two
-/// documents that keep a format of their own.
-const OTHER_SCHEMAS: [&str; 4] = ["defs", "error", "certificate-file", "openapi-document"];
+/// shared definitions, the `--json` error object on stderr, the two
+/// documents that keep a format of their own, and the audit event as
+/// exported and streamed to a log system (`vault_core::siem`).
+const OTHER_SCHEMAS: [&str; 5] = [
+    "defs",
+    "error",
+    "certificate-file",
+    "openapi-document",
+    "audit-event",
+];
 
 fn workspace() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
