@@ -66,11 +66,17 @@ pub enum Permission {
     /// Dispose of what is past retention, and nothing else (the retention
     /// run of a script): the narrow part of `Dispose` a service may hold.
     RunRetention,
+    /// Look records up by a searchable field's value (`record find`): the
+    /// answer is masked as `record get` is; never a reveal.
+    FindRecords,
+    /// Rebuild a collection's blind indexes (`collection reindex`): every
+    /// record decrypted in memory, nothing shown.
+    ReindexSearch,
 }
 
 impl Permission {
     /// Every permission, for the role × operation matrix.
-    pub const ALL: [Permission; 13] = [
+    pub const ALL: [Permission; 15] = [
         Permission::ManageUsers,
         Permission::ManageCollections,
         Permission::CreateRecord,
@@ -84,6 +90,8 @@ impl Permission {
         Permission::RecordReview,
         Permission::ValidateCertificate,
         Permission::RunRetention,
+        Permission::FindRecords,
+        Permission::ReindexSearch,
     ];
 
     /// What the permission allows, for error messages ("your role may not …").
@@ -102,6 +110,8 @@ impl Permission {
             Permission::RecordReview => "record a security review",
             Permission::ValidateCertificate => "validate disposal certificates",
             Permission::RunRetention => "dispose of records past retention",
+            Permission::FindRecords => "search records",
+            Permission::ReindexSearch => "rebuild search indexes",
         }
     }
 }
@@ -158,10 +168,16 @@ impl Role {
                     | P::RecordReview
                     | P::ValidateCertificate
                     | P::RunRetention
+                    | P::FindRecords
+                    | P::ReindexSearch
             ),
             Role::Clerk => matches!(
                 p,
-                P::CreateRecord | P::ReadRecord | P::UpdateRecord | P::ListRecords
+                P::CreateRecord
+                    | P::ReadRecord
+                    | P::UpdateRecord
+                    | P::ListRecords
+                    | P::FindRecords
             ),
             Role::Auditor => matches!(p, P::ReadAudit | P::Reports | P::ValidateCertificate),
             Role::Contractor => matches!(p, P::ListRecords | P::Dispose),
