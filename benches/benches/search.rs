@@ -72,7 +72,11 @@ fn main() {
     let fx = common::fixture(&tmp.path().join("vault"));
     let vault = &fx.vault;
     let admin = vault
-        .login(common::ADMIN.0, &SecretString::from(common::ADMIN.1), Context::cli())
+        .login(
+            common::ADMIN.0,
+            &SecretString::from(common::ADMIN.1),
+            Context::cli(),
+        )
         .expect("admin login");
     let schema = Schema::from_json(
         r#"{"purpose": "benchmark counter (synthetic data)", "fields": [
@@ -94,7 +98,9 @@ fn main() {
             {"name": "notes", "type": "text"}]}"#,
     )
     .expect("schema");
-    vault.create_collection(&admin, "plain", &plain).expect("collection");
+    vault
+        .create_collection(&admin, "plain", &plain)
+        .expect("collection");
     let _ = FieldType::Ssn;
     let clerk = &fx.clerk;
     let t = Instant::now();
@@ -164,11 +170,20 @@ fn main() {
     }
     let ((f50, f99), (g50, g99)) = (quantiles(tf), quantiles(tg));
     let ((p50, p99), (s50, s99)) = (quantiles(tp), quantiles(ts));
-    println!("search at N = {n} records (16-bit beacons; ~{:.1} false candidates per SSN lookup)", n as f64 / 65536.0);
+    println!(
+        "search at N = {n} records (16-bit beacons; ~{:.1} false candidates per SSN lookup)",
+        n as f64 / 65536.0
+    );
     println!("  find_ssn       p50 {f50:>8.1} us  p99 {f99:>8.1} us");
-    println!("  get_by_id      p50 {g50:>8.1} us  p99 {g99:>8.1} us   find/get p50 ratio {:.2}", f50 / g50);
+    println!(
+        "  get_by_id      p50 {g50:>8.1} us  p99 {g99:>8.1} us   find/get p50 ratio {:.2}",
+        f50 / g50
+    );
     println!("  put_plain      p50 {p50:>8.1} us  p99 {p99:>8.1} us");
-    println!("  put_searchable p50 {s50:>8.1} us  p99 {s99:>8.1} us   searchable/plain p50 ratio {:.2}", s50 / p50);
+    println!(
+        "  put_searchable p50 {s50:>8.1} us  p99 {s99:>8.1} us   searchable/plain p50 ratio {:.2}",
+        s50 / p50
+    );
 
     let mut c = Criterion::default()
         .sample_size(30)

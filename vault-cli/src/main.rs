@@ -1707,7 +1707,9 @@ fn cmd_record(out: &Out, vault: &Vault, s: &Session, c: &RecordCmd) -> anyhow::R
                     (Some(t), _) => vault_core::vault::FindTarget::Type(
                         vault_core::schema::FieldType::parse(t)?,
                     ),
-                    (None, f) => vault_core::vault::FindTarget::Field(f.clone().unwrap_or_default()),
+                    (None, f) => {
+                        vault_core::vault::FindTarget::Field(f.clone().unwrap_or_default())
+                    }
                 },
                 value: a.value,
                 mode: if a.prefix {

@@ -339,7 +339,11 @@ pub fn find_text(v: &Value) -> String {
         records.len(),
         text(&v["collection"]),
         text(&v["match"]),
-        rows(&v["fields"]).iter().map(text).collect::<Vec<_>>().join(", ")
+        rows(&v["fields"])
+            .iter()
+            .map(text)
+            .collect::<Vec<_>>()
+            .join(", ")
     );
     for r in records {
         t.push_str(&record_text(r));

@@ -173,11 +173,7 @@ impl Role {
             ),
             Role::Clerk => matches!(
                 p,
-                P::CreateRecord
-                    | P::ReadRecord
-                    | P::UpdateRecord
-                    | P::ListRecords
-                    | P::FindRecords
+                P::CreateRecord | P::ReadRecord | P::UpdateRecord | P::ListRecords | P::FindRecords
             ),
             Role::Auditor => matches!(p, P::ReadAudit | P::Reports | P::ValidateCertificate),
             Role::Contractor => matches!(p, P::ListRecords | P::Dispose),

@@ -318,7 +318,10 @@ mod tests {
 
     #[test]
     fn names_fold_case_accents_and_punctuation() {
-        assert_eq!(name_words("  José  García-Márquez "), ["jose", "garcia", "marquez"]);
+        assert_eq!(
+            name_words("  José  García-Márquez "),
+            ["jose", "garcia", "marquez"]
+        );
         assert_eq!(name_words("O'Brien"), ["obrien"]);
         assert_eq!(name_words("ŁUKASZ"), ["lukasz"]);
         // Decomposed accents (e + combining acute) fold like composed ones.
@@ -330,10 +333,20 @@ mod tests {
     fn identifiers_have_one_term_whatever_their_formatting() {
         let t = |ty, v: Value| value_term(ty, &v);
         assert_eq!(t(FieldType::Ssn, json!("123456789")).unwrap(), "123456789");
-        assert_eq!(t(FieldType::Phone, json!("+16175550100")), t(FieldType::Phone, json!("6175550100")));
-        assert_eq!(t(FieldType::Email, json!("Ann@example.com")), t(FieldType::Email, json!("ann@example.com")));
         assert_eq!(
-            t(FieldType::DriversLicense, json!({"state": "MA", "number": "S12345678"})).unwrap(),
+            t(FieldType::Phone, json!("+16175550100")),
+            t(FieldType::Phone, json!("6175550100"))
+        );
+        assert_eq!(
+            t(FieldType::Email, json!("Ann@example.com")),
+            t(FieldType::Email, json!("ann@example.com"))
+        );
+        assert_eq!(
+            t(
+                FieldType::DriversLicense,
+                json!({"state": "MA", "number": "S12345678"})
+            )
+            .unwrap(),
             "MA:S12345678"
         );
         assert_eq!(t(FieldType::Text, json!("x")), None);
@@ -346,9 +359,15 @@ mod tests {
         for p in ["gar", "garc", "garci", "garcia"] {
             assert!(t.contains(&(Kind::Prefix, p.into())), "{p}");
         }
-        assert!(!t.iter().any(|(k, w)| *k == Kind::Prefix && w.chars().count() < MIN_PREFIX_CHARS));
+        assert!(
+            !t.iter()
+                .any(|(k, w)| *k == Kind::Prefix && w.chars().count() < MIN_PREFIX_CHARS)
+        );
         // A word shorter than the minimum prefix has only its whole-word term.
-        assert_eq!(terms(FieldType::GivenName, &json!("Al")), vec![(Kind::Name, "al".into())]);
+        assert_eq!(
+            terms(FieldType::GivenName, &json!("Al")),
+            vec![(Kind::Name, "al".into())]
+        );
     }
 
     #[test]
@@ -358,8 +377,14 @@ mod tests {
         let v = a.beacon(Kind::Value, "123456789");
         assert_eq!(v, s.field_key("c", "ssn").beacon(Kind::Value, "123456789"));
         // 16-bit beacons collide by design; over 64 terms at least one differs.
-        assert!((0..64).any(|i| a.beacon(Kind::Value, &i.to_string()) != b.beacon(Kind::Value, &i.to_string())));
-        assert!((0..64).any(|i| a.beacon(Kind::Value, &i.to_string()) != a.beacon(Kind::Name, &i.to_string())));
+        assert!((0..64).any(
+            |i| a.beacon(Kind::Value, &i.to_string()) != b.beacon(Kind::Value, &i.to_string())
+        ));
+        assert!(
+            (0..64)
+                .any(|i| a.beacon(Kind::Value, &i.to_string())
+                    != a.beacon(Kind::Name, &i.to_string()))
+        );
     }
 
     #[test]

@@ -1231,8 +1231,9 @@ impl Vault {
                         "not repeated: the batch resumed after its beacon rows were deleted and purged".into()
                     });
                 } else {
-                    let (hits, scanned) =
-                        self.store.files_holding_beacons(&beacon_ranges, &beacon_tags)?;
+                    let (hits, scanned) = self
+                        .store
+                        .files_holding_beacons(&beacon_ranges, &beacon_tags)?;
                     bp.byte_scan = Some(format!(
                         "{} beacon row tag(s) searched in {scanned} records-database file(s) that can hold them (every WAL, manifest and other non-table file, every table file outside the live set, every live beacon table file meeting a deleted range): {} file(s) hold them",
                         beacon_tags.len(),

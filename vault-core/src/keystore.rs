@@ -522,8 +522,13 @@ impl Keystore {
         // The beacon secret too: it must outlive every ratchet (beacons
         // written under it stay valid), so it is never derived from a root.
         if let Some(wrapped) = self.db.get_cf(self.cf(CF_BUCKETS), BEACON_SECRET)?
-            && crypto::unwrap_key(to.1, &beacon_aad(self.vault, to.0), &wrapped, "beacon secret")
-                .is_err()
+            && crypto::unwrap_key(
+                to.1,
+                &beacon_aad(self.vault, to.0),
+                &wrapped,
+                "beacon secret",
+            )
+            .is_err()
         {
             let key = crypto::unwrap_key(
                 from.1,

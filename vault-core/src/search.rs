@@ -251,8 +251,7 @@ impl Vault {
                     first.name
                 )));
             }
-            if q.mode == Match::Prefix
-                && words.iter().any(|w| w.chars().count() < MIN_PREFIX_CHARS)
+            if q.mode == Match::Prefix && words.iter().any(|w| w.chars().count() < MIN_PREFIX_CHARS)
             {
                 return Err(Error::invalid(format!(
                     "a name prefix needs at least {MIN_PREFIX_CHARS} letters in each word"
@@ -264,8 +263,9 @@ impl Vault {
                 .ty
                 .normalise(&first.name, &Value::String(q.value.expose().to_owned()))?;
             Term::Value(
-                beacon::value_term(first.ty, &v)
-                    .ok_or_else(|| Error::invalid(format!("field {}: not searchable", first.name)))?,
+                beacon::value_term(first.ty, &v).ok_or_else(|| {
+                    Error::invalid(format!("field {}: not searchable", first.name))
+                })?,
             )
         };
         // Index lookups: one beacon per field.
@@ -290,8 +290,12 @@ impl Vault {
         let mut candidates = BTreeSet::new();
         for spec in &fields {
             let fk = self.beacons.field_key(collection.as_str(), &spec.name);
-            let prefix =
-                beacon::forward_prefix(collection.as_str(), &spec.name, kind, fk.beacon(kind, &lookup));
+            let prefix = beacon::forward_prefix(
+                collection.as_str(),
+                &spec.name,
+                kind,
+                fk.beacon(kind, &lookup),
+            );
             let left = MAX_CANDIDATES.saturating_sub(candidates.len());
             let values = self
                 .store

@@ -485,12 +485,8 @@ impl Store {
         sorted.dedup();
         let whole = ranges.is_none() || sorted.len() > 64;
         if whole {
-            self.db.compact_range_cf_opt(
-                self.cf(CF_BEACONS),
-                None::<&[u8]>,
-                None::<&[u8]>,
-                &co,
-            );
+            self.db
+                .compact_range_cf_opt(self.cf(CF_BEACONS), None::<&[u8]>, None::<&[u8]>, &co);
         } else {
             for r in &sorted {
                 self.db

@@ -1058,7 +1058,10 @@ async fn reindex_collection(
     let indexed = app
         .as_user_long(&rc, t, move |v, s| v.reindex_collection(s, &n))
         .await?;
-    ok("collection-reindex", views::collection_reindex(&name, indexed))
+    ok(
+        "collection-reindex",
+        views::collection_reindex(&name, indexed),
+    )
 }
 
 /// Read a record with some fields revealed, stating why (audited).
