@@ -1,7 +1,8 @@
 //! Blind indexes ("beacons") for `record find` (issue 12).
 //!
 //! A field marked `searchable` in its collection's schema gets, for each
-//! record, a **beacon**: the first [`BEACON_BITS`] bits of HMAC-SHA-256 of
+//! record, a **beacon**: the first 20 bits ([`IDENTIFIER_BEACON_BITS`]; 16 for
+//! names, [`NAME_BEACON_BITS`]) of HMAC-SHA-256 of
 //! the field's search term (its value normalised further: digits only,
 //! case and accents folded), under a key derived for that collection and
 //! field from the vault's beacon secret. The secret lives in the keystore,
@@ -10,7 +11,7 @@
 //! reads the index rows under it: an index seek, not a scan of the records.
 //!
 //! Beacons are truncated so that distinct values collide on purpose: with
-//! 16 bits every beacon stands for about 2^14 possible SSNs even for
+//! 20 bits every beacon stands for about 2^10 possible SSNs even for
 //! someone holding the key, and two records sharing a beacon do not share a
 //! value with any certainty. The price is false positives, which `find`
 //! removes by decrypting each candidate and comparing its normalised value,
@@ -19,7 +20,7 @@
 //! Rows (records database, column family `beacons`):
 //!
 //! ```text
-//! forward  'f' | collection | 0 | field | 0 | kind | beacon(2) | row(16)  ->  record(16) | tag(16)
+//! forward  'f' | collection | 0 | field | 0 | kind | beacon(3) | row(16)  ->  record(16) | tag(16)
 //! reverse  'r' | record(16)                                              ->  tag(16) | (u16 len | forward key)*
 //! ```
 //!
@@ -35,10 +36,15 @@ use crate::ids::RecordId;
 use crate::schema::{self, FieldType};
 use crate::secret::SecretKey;
 
-/// Bits kept of each beacon (the chosen truncation, see the module doc).
-pub const BEACON_BITS: u32 = 16;
-/// Bytes of a stored beacon.
-pub(crate) const BEACON_LEN: usize = 2;
+/// Bits kept of an identifier's beacon (SSN, licence, state ID, email,
+/// phone): about one colliding row per lookup at 10^6 records, and still
+/// 2^10 SSNs per beacon for someone holding the key.
+pub const IDENTIFIER_BEACON_BITS: u32 = 20;
+/// Bits kept of a name word's or name prefix's beacon: names are few and
+/// their true hits many, so more collisions cost little and hide more.
+pub const NAME_BEACON_BITS: u32 = 16;
+/// Bytes of a stored beacon (the bits past the kind's length are zero).
+pub(crate) const BEACON_LEN: usize = 3;
 /// Shortest name prefix a search accepts (letters after folding).
 pub const MIN_PREFIX_CHARS: usize = 3;
 /// Longest prefix indexed: a longer prefix query uses this many letters
@@ -248,7 +254,11 @@ impl FieldKey {
         data.push(kind.byte());
         data.extend_from_slice(term.as_bytes());
         let m = crypto::mac(&self.0, "pivault-beacon-v1", &data);
-        [m[0], m[1]]
+        match kind {
+            // 20 bits: the third byte's high nibble.
+            Kind::Value => [m[0], m[1], m[2] & 0xf0],
+            Kind::Name | Kind::Prefix => [m[0], m[1], 0],
+        }
     }
 }
 
@@ -376,7 +386,7 @@ mod tests {
         let (a, b) = (s.field_key("c", "ssn"), s.field_key("c", "ssn2"));
         let v = a.beacon(Kind::Value, "123456789");
         assert_eq!(v, s.field_key("c", "ssn").beacon(Kind::Value, "123456789"));
-        // 16-bit beacons collide by design; over 64 terms at least one differs.
+        // Short beacons collide by design; over 64 terms at least one differs.
         assert!((0..64).any(
             |i| a.beacon(Kind::Value, &i.to_string()) != b.beacon(Kind::Value, &i.to_string())
         ));

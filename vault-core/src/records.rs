@@ -158,10 +158,7 @@ impl Vault {
             id.as_bytes().to_vec(),
             Some(journal.encode()),
         )];
-        extra.extend(
-            self.index_change(id, collection, Some(&*schema), Some(body))?
-                .ops,
-        );
+        extra.extend(self.index_new(id, collection, &schema, body)?.ops);
         self.store.put_record_with(id, &row, true, &extra)?;
         Ok(id)
     }

@@ -94,9 +94,37 @@ impl Vault {
         schema: Option<&Schema>,
         body: Option<&Map<String, Value>>,
     ) -> Result<IndexChange> {
+        self.index_rows(id, collection, schema, body, true)
+    }
+
+    /// [`Vault::index_change`] of a record just created: it has no rows
+    /// yet, so none are looked up.
+    pub(crate) fn index_new(
+        &self,
+        id: RecordId,
+        collection: &CollectionName,
+        schema: &Schema,
+        body: &Map<String, Value>,
+    ) -> Result<IndexChange> {
+        self.index_rows(id, collection, Some(schema), Some(body), false)
+    }
+
+    fn index_rows(
+        &self,
+        id: RecordId,
+        collection: &CollectionName,
+        schema: Option<&Schema>,
+        body: Option<&Map<String, Value>>,
+        existing: bool,
+    ) -> Result<IndexChange> {
         let mut ch = IndexChange::default();
         let rk = beacon::reverse_key(id);
-        if let Some(old) = self.store.get(CF_BEACONS, &rk)? {
+        let old = if existing {
+            self.store.get(CF_BEACONS, &rk)?
+        } else {
+            None
+        };
+        if let Some(old) = old {
             let (tag, keys) =
                 beacon::decode_reverse(&old).ok_or(Error::Integrity("beacon index row"))?;
             ch.deleted_tags.push(tag);
@@ -116,7 +144,7 @@ impl Vault {
         let (Some(schema), Some(body)) = (schema, body) else {
             return Ok(ch);
         };
-        let mut keys = Vec::new();
+        let mut prefixes = Vec::new();
         for spec in &schema.fields {
             if !schema.is_searchable(&spec.name) {
                 continue;
@@ -126,29 +154,35 @@ impl Vault {
             };
             let fk = self.beacons.field_key(collection.as_str(), &spec.name);
             for (kind, term) in beacon::terms(spec.ty, v) {
-                let mut k = beacon::forward_prefix(
+                prefixes.push(beacon::forward_prefix(
                     collection.as_str(),
                     &spec.name,
                     kind,
                     fk.beacon(kind, &term),
-                );
-                // A random row ID (keys must be unique and carry no record
-                // ID) and a random tag (the value's residue marker).
-                let mut rnd = [0u8; 2 * beacon::TAG_LEN];
-                crypto::fill_random(&mut rnd);
-                k.extend_from_slice(&rnd[..beacon::TAG_LEN]);
-                let mut val = id.as_bytes().to_vec();
-                val.extend_from_slice(&rnd[beacon::TAG_LEN..]);
-                ch.ops.push((CF_BEACONS, k.clone(), Some(val)));
-                keys.push(k);
+                ));
             }
         }
-        if !keys.is_empty() {
-            let mut tag = [0u8; beacon::TAG_LEN];
-            crypto::fill_random(&mut tag);
-            ch.ops
-                .push((CF_BEACONS, rk, Some(beacon::encode_reverse(&tag, &keys))));
+        if prefixes.is_empty() {
+            return Ok(ch);
         }
+        // Per row a random row ID (keys must be unique and carry no record
+        // ID) and a random tag (the value's residue marker), and the reverse
+        // row's tag: one draw from the OS CSPRNG.
+        const T: usize = beacon::TAG_LEN;
+        let mut rnd = vec![0u8; (2 * prefixes.len() + 1) * T];
+        crypto::fill_random(&mut rnd);
+        let mut keys = Vec::with_capacity(prefixes.len());
+        for (i, mut k) in prefixes.into_iter().enumerate() {
+            let r = &rnd[2 * i * T..2 * (i + 1) * T];
+            k.extend_from_slice(&r[..T]);
+            let mut val = id.as_bytes().to_vec();
+            val.extend_from_slice(&r[T..]);
+            ch.ops.push((CF_BEACONS, k.clone(), Some(val)));
+            keys.push(k);
+        }
+        let tag = &rnd[rnd.len() - T..];
+        ch.ops
+            .push((CF_BEACONS, rk, Some(beacon::encode_reverse(tag, &keys))));
         Ok(ch)
     }
 

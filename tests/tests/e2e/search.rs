@@ -319,9 +319,10 @@ fn find_by_each_searchable_type_finds_exactly_the_fixture_records() {
     let _ = p.jose_subject;
 }
 
-/// Beacons are 16 bits: among 2,000 stored SSNs, 400 other SSNs meet
-/// about 12 colliding index rows (2,000 × 400 / 65,536), each decrypted and
-/// dropped. No absent SSN may be reported found.
+/// Name beacons are 16 bits: among 2,000 stored records (each name in its
+/// given and family name), 400 absent names meet about 24 colliding index
+/// rows (2 × 2,000 × 400 / 65,536), each decrypted and dropped; 400 absent
+/// SSNs (20-bit beacons) about one. Nothing absent may be reported found.
 #[test]
 fn colliding_beacons_are_filtered_after_decryption() {
     let tmp = tempfile::tempdir().unwrap();
@@ -334,6 +335,15 @@ fn colliding_beacons_are_filtered_after_decryption() {
             1 + n % 9000
         )
     };
+    // A name of letters only, distinct per n.
+    let name = |mut n: u32| {
+        let mut s = String::from("Q");
+        for _ in 0..4 {
+            s.push(char::from(b'a' + (n % 26) as u8));
+            n /= 26;
+        }
+        s
+    };
     let mut ids = HashMap::new();
     for n in 0..2000u32 {
         let id = f
@@ -342,10 +352,34 @@ fn colliding_beacons_are_filtered_after_decryption() {
                 &f.clerk,
                 COUNTER,
                 SubjectId::new(),
-                &json!({"given_name": "Pat", "family_name": "Lee", "ssn": ssn(n)}),
+                &json!({"given_name": name(n), "family_name": name(n), "ssn": ssn(n)}),
             )
             .unwrap();
         ids.insert(n, id);
+    }
+    for n in 2000..2400u32 {
+        let hits = find(
+            &f.vault,
+            &f.clerk,
+            ty(FieldType::FamilyName),
+            &name(n),
+            Match::Exact,
+        )
+        .unwrap();
+        assert!(hits.is_empty(), "absent name #{n} reported found: {hits:?}");
+    }
+    for n in (0..2000u32).step_by(97) {
+        assert_eq!(
+            find(
+                &f.vault,
+                &f.clerk,
+                ty(FieldType::GivenName),
+                &name(n),
+                Match::Exact
+            )
+            .unwrap(),
+            vec![ids[&n]]
+        );
     }
     for n in 2000..2400u32 {
         let hits = find(
