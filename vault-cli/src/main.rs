@@ -585,6 +585,13 @@ enum CollectionCmd {
         /// Collection name.
         name: String,
     },
+    /// Rebuild a collection's search indexes from its records (officer):
+    /// for records stored before a field became searchable, before this
+    /// build, or restored from a backup.
+    Reindex {
+        /// Collection name.
+        name: String,
+    },
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -670,6 +677,37 @@ enum RecordCmd {
         /// JSON file with the complete new body ('-' for stdin).
         #[arg(long)]
         data: PathBuf,
+    },
+    /// Find records by a searchable field's value: `--ssn -` reads the SSN
+    /// from stdin or a no-echo prompt (values are never flags). Masked
+    /// results, at most 20; audited with the field and the number of hits.
+    Find {
+        /// Collection.
+        collection: String,
+        /// Search the SSN fields ('-': the value from stdin or a prompt).
+        #[arg(long, value_name = "-")]
+        ssn: Option<String>,
+        /// Search the driver's licence fields, value as "MA S12345678".
+        #[arg(long, visible_alias = "license", value_name = "-")]
+        licence: Option<String>,
+        /// Search the state ID fields, value as "MA 123456789".
+        #[arg(long, value_name = "-")]
+        state_id: Option<String>,
+        /// Search the email fields.
+        #[arg(long, value_name = "-")]
+        email: Option<String>,
+        /// Search the phone fields.
+        #[arg(long, value_name = "-")]
+        phone: Option<String>,
+        /// Search the name fields (given, family, full): whole words.
+        #[arg(long, value_name = "-")]
+        name: Option<String>,
+        /// Search one searchable field by its name: `--field ssn2=-`.
+        #[arg(long, value_name = "FIELD=-")]
+        field: Option<String>,
+        /// Names only: match words beginning with the value (3+ letters).
+        #[arg(long)]
+        prefix: bool,
     },
     /// List a record's versions: when, by whom, which fields changed (names only).
     History {
@@ -1095,6 +1133,82 @@ fn record_patch(data: Option<&Path>, set: &[String], unset: &[String]) -> anyhow
     Ok(patch)
 }
 
+/// What `record find` looks for: (`type` or `field` for the request, the
+/// label for the prompt, the value read from stdin or a no-echo prompt).
+pub(crate) struct FindArgs {
+    pub ty: Option<&'static str>,
+    pub field: Option<String>,
+    pub value: SecretString,
+    pub prefix: bool,
+}
+
+#[allow(clippy::too_many_arguments)] // one per search flag
+pub(crate) fn find_args(
+    ssn: &Option<String>,
+    licence: &Option<String>,
+    state_id: &Option<String>,
+    email: &Option<String>,
+    phone: &Option<String>,
+    name: &Option<String>,
+    field: &Option<String>,
+    prefix: bool,
+) -> anyhow::Result<FindArgs> {
+    let flags = [
+        ("ssn", ssn),
+        ("drivers_license", licence),
+        ("state_id", state_id),
+        ("email", email),
+        ("phone", phone),
+        ("given_name", name),
+    ];
+    let mut given: Vec<(Option<&'static str>, Option<String>, &str)> = flags
+        .iter()
+        .filter_map(|(ty, v)| v.as_deref().map(|v| (Some(*ty), None, v)))
+        .collect();
+    if let Some(f) = field {
+        let Some((f, source)) = f.split_once('=') else {
+            bail!(vault_core::Error::InvalidInput(
+                "--field takes FIELD=- (the value then comes from stdin or a prompt)".into()
+            ));
+        };
+        given.push((None, Some(f.to_owned()), source));
+    }
+    let [(ty, field, source)] = given.as_slice() else {
+        bail!(vault_core::Error::InvalidInput(
+            "give one of --ssn, --licence, --state-id, --email, --phone, --name, --field".into()
+        ));
+    };
+    if *source != "-" {
+        bail!(vault_core::Error::InvalidInput(
+            "search values are never given as flags (the process list and shell history keep \
+             them): give '-' and the value on stdin or at the prompt"
+                .into()
+        ));
+    }
+    let label = field.clone().unwrap_or_else(|| match *ty {
+        Some("given_name") => "name".into(),
+        Some(t) => t.into(),
+        None => String::new(),
+    });
+    let value = if std::io::stdin().is_terminal() {
+        SecretString::new(rpassword::prompt_password(format!("{label}: "))?)
+    } else {
+        let mut line = zeroize::Zeroizing::new(String::new());
+        if std::io::stdin().lock().read_line(&mut line)? == 0 {
+            bail!(vault_core::Error::InvalidInput(format!(
+                "no value for {label} on stdin"
+            )));
+        }
+        SecretString::new(line.trim_end_matches(['\n', '\r']).to_owned())
+    };
+    Ok(FindArgs {
+        ty: *ty,
+        field: field.clone(),
+        value,
+        prefix,
+    })
+}
+
 fn parse_time(s: &str) -> anyhow::Result<i64> {
     Ok(vault_core::clock::parse_time(s)?)
 }
@@ -1508,6 +1622,14 @@ fn cmd_collection(out: &Out, vault: &Vault, s: &Session, c: &CollectionCmd) -> a
                 output::collections_text(&v)
             });
         }
+        CollectionCmd::Reindex { name } => {
+            let n = vault.reindex_collection(s, name)?;
+            out.data(
+                "collection-reindex",
+                vault_core::views::collection_reindex(name, n),
+                || format!("reindexed {n} records of {name}"),
+            );
+        }
         CollectionCmd::Show { name } => {
             let cs = vault.collections(s)?;
             let (_, sc) = cs
@@ -1600,6 +1722,39 @@ fn cmd_record(out: &Out, vault: &Vault, s: &Session, c: &RecordCmd) -> anyhow::R
                 json!({ "record_id": id.to_string(), "record_version": version }),
                 || format!("replaced {id}: version {version}"),
             );
+        }
+        RecordCmd::Find {
+            collection,
+            ssn,
+            licence,
+            state_id,
+            email,
+            phone,
+            name,
+            field,
+            prefix,
+        } => {
+            let a = find_args(ssn, licence, state_id, email, phone, name, field, *prefix)?;
+            let q = vault_core::vault::FindQuery {
+                collection: collection.clone(),
+                target: match (&a.ty, &a.field) {
+                    (Some(t), _) => vault_core::vault::FindTarget::Type(
+                        vault_core::schema::FieldType::parse(t)?,
+                    ),
+                    (None, f) => {
+                        vault_core::vault::FindTarget::Field(f.clone().unwrap_or_default())
+                    }
+                },
+                value: a.value,
+                mode: if a.prefix {
+                    vault_core::beacon::Match::Prefix
+                } else {
+                    vault_core::beacon::Match::Exact
+                },
+            };
+            let r = vault.find_records(s, &q)?;
+            let v = vault_core::views::record_find(collection, &r);
+            out.data("record-find", v.clone(), || output::find_text(&v));
         }
         RecordCmd::History { id } => {
             let id: RecordId = id.parse()?;

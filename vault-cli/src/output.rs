@@ -331,6 +331,27 @@ pub fn metas_table(ms: &Value) -> String {
 }
 
 /// `record get`.
+/// `record find`: how many matched, then each record as `record get` shows it.
+pub fn find_text(v: &Value) -> String {
+    let records = rows(&v["records"]);
+    let mut t = format!(
+        "{} record(s) in {} match ({} on {})\n",
+        records.len(),
+        text(&v["collection"]),
+        text(&v["match"]),
+        rows(&v["fields"])
+            .iter()
+            .map(text)
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    for r in records {
+        t.push_str(&record_text(r));
+        t.push('\n');
+    }
+    t.trim_end().to_owned()
+}
+
 pub fn record_text(v: &Value) -> String {
     let meta = &v["record"];
     let mut t = format!(

@@ -777,6 +777,16 @@ fn command(cli: &Cli, out: &Out, r: &Remote) -> anyhow::Result<u8> {
                     output::collections_text(&v)
                 });
             }
+            CollectionCmd::Reindex { name } => {
+                let v = r.post(
+                    &format!("/v1/collections/{}/reindex", url_part(name)),
+                    json!({}),
+                )?;
+                let n = v["indexed"].clone();
+                out.data("collection-reindex", v, || {
+                    format!("reindexed {n} records of {name}")
+                });
+            }
             CollectionCmd::Show { name } => {
                 let v = r.get(&format!("/v1/collections/{}", url_part(name)))?;
                 out.data("collection-schema", v.clone(), || {
@@ -903,6 +913,34 @@ fn command(cli: &Cli, out: &Out, r: &Remote) -> anyhow::Result<u8> {
                     out.data("record-version", v, || {
                         format!("replaced {id}: version {ver}")
                     });
+                }
+                RecordCmd::Find {
+                    collection,
+                    ssn,
+                    licence,
+                    state_id,
+                    email,
+                    phone,
+                    name,
+                    field,
+                    prefix,
+                } => {
+                    let a = crate::find_args(
+                        ssn, licence, state_id, email, phone, name, field, *prefix,
+                    )?;
+                    let mut body = json!({
+                        "value": a.value.expose(),
+                        "match": if a.prefix { "prefix" } else { "exact" },
+                    });
+                    match (a.ty, a.field) {
+                        (Some(t), _) => body["type"] = json!(t),
+                        (None, f) => body["field"] = json!(f),
+                    }
+                    let v = r.post(
+                        &format!("/v1/collections/{}/find", url_part(collection)),
+                        body,
+                    )?;
+                    out.data("record-find", v.clone(), || output::find_text(&v));
                 }
                 RecordCmd::History { id } => {
                     let id: RecordId = id.parse()?;

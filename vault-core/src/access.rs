@@ -74,11 +74,17 @@ pub enum Permission {
     /// server's stream: the narrow part of `ReadAudit` a log shipper holds
     /// (no user list, no anchors, no reports).
     ExportAudit,
+    /// Look records up by a searchable field's value (`record find`): the
+    /// answer is masked as `record get` is; never a reveal.
+    FindRecords,
+    /// Rebuild a collection's blind indexes (`collection reindex`): every
+    /// record decrypted in memory, nothing shown.
+    ReindexSearch,
 }
 
 impl Permission {
     /// Every permission, for the role × operation matrix.
-    pub const ALL: [Permission; 14] = [
+    pub const ALL: [Permission; 16] = [
         Permission::ManageUsers,
         Permission::ManageCollections,
         Permission::CreateRecord,
@@ -93,6 +99,8 @@ impl Permission {
         Permission::ValidateCertificate,
         Permission::RunRetention,
         Permission::ExportAudit,
+        Permission::FindRecords,
+        Permission::ReindexSearch,
     ];
 
     /// What the permission allows, for error messages ("your role may not …").
@@ -112,6 +120,8 @@ impl Permission {
             Permission::ValidateCertificate => "validate disposal certificates",
             Permission::RunRetention => "dispose of records past retention",
             Permission::ExportAudit => "export the audit trail",
+            Permission::FindRecords => "search records",
+            Permission::ReindexSearch => "rebuild search indexes",
         }
     }
 }
@@ -170,10 +180,12 @@ impl Role {
                     | P::ValidateCertificate
                     | P::RunRetention
                     | P::ExportAudit
+                    | P::FindRecords
+                    | P::ReindexSearch
             ),
             Role::Clerk => matches!(
                 p,
-                P::CreateRecord | P::ReadRecord | P::UpdateRecord | P::ListRecords
+                P::CreateRecord | P::ReadRecord | P::UpdateRecord | P::ListRecords | P::FindRecords
             ),
             Role::Auditor => matches!(
                 p,

@@ -168,6 +168,27 @@ pub(crate) struct BatchRow {
     /// co-sign as the contractor.
     #[serde(default)]
     contractor_key_fingerprint: Option<String>,
+    /// The purge of the batch's search beacons (issue 12); `None` in
+    /// batches of older builds.
+    #[serde(default)]
+    beacons: Option<BeaconRow>,
+}
+
+/// What step 6 deleted from the blind indexes and what their purge found.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub(crate) struct BeaconRow {
+    /// Forward beacon rows deleted.
+    deleted: u64,
+    /// Records whose reverse row (their list of beacons) was deleted.
+    records: u64,
+    whole_family: bool,
+    ranges: u64,
+    snapshots: u64,
+    tombstones: u64,
+    residue: Vec<String>,
+    wal_files: u64,
+    duration_ms: u64,
+    byte_scan: Option<String>,
 }
 
 /// A backup that existed when a batch started: a residual copy the
@@ -189,6 +210,37 @@ impl ResidualBackup {
     fn holds(&self) -> bool {
         self.holds_records != Some(false)
     }
+}
+
+/// The certificate's account of the batch's search beacons (issue 12).
+fn search_index_json(b: Option<&BeaconRow>) -> Value {
+    let Some(b) = b else {
+        return json!({ "beacons_deleted": 0, "note": "batch of a build without search indexes" });
+    };
+    if b.deleted == 0 && !b.whole_family && b.ranges == 0 {
+        return json!({
+            "beacons_deleted": 0,
+            "records_with_beacons": b.records,
+            "purge": "none needed: the records had no beacon rows",
+            "byte_scan": b.byte_scan,
+        });
+    }
+    json!({
+        "beacons_deleted": b.deleted,
+        "records_with_beacons": b.records,
+        "flushed": "all column families of the records database",
+        "compaction": if b.whole_family {
+            "bottommost forced over the whole beacon column family".to_owned()
+        } else {
+            format!("bottommost forced over the {} key range(s) of the deleted beacons", b.ranges)
+        },
+        "snapshots": b.snapshots,
+        "tombstones": b.tombstones,
+        "residue_files": b.residue,
+        "wal_files": b.wal_files,
+        "duration_ms": b.duration_ms,
+        "byte_scan": b.byte_scan,
+    })
 }
 
 /// The backups still holding the batch's records, and when the last of them
@@ -789,6 +841,7 @@ impl Vault {
             } else {
                 None
             },
+            beacons: None,
         };
         self.put_batch(&batch, true)?;
         self.isolation
@@ -1052,18 +1105,54 @@ impl Vault {
             step = step_index("keystore_purged");
             tr("keystore_purged");
         }
+        // The deleted beacons' tags (random markers written only in the
+        // rows' values) and key ranges, for the purge and the byte scan.
+        let mut beacon_tags: Vec<Vec<u8>> = Vec::new();
+        let mut beacon_ranges: Vec<Vec<u8>> = Vec::new();
         if step < step_index("ciphertexts_deleted") {
             // Step 6: the ciphertexts go; a tombstone row names the certificate.
+            // Their beacons go in the same batch as each tombstone.
+            let mut beacons = BeaconRow::default();
             for (id, _) in &records {
                 if let Some(mut row) = self.store.record(*id)? {
+                    let index = self.index_change(*id, &row.collection, None, None)?;
+                    beacons.deleted += index.deleted;
+                    beacons.records += u64::from(!index.ops.is_empty());
+                    beacon_tags.extend(index.deleted_tags);
+                    beacon_ranges.extend(index.deleted_ranges);
                     row.state = RecordState::Disposed {
                         certificate: Some(b.certificate_id.clone()),
                     };
                     row.envelope.clear();
-                    self.store.put_record(*id, &row, false)?;
+                    self.store.put_record_with(*id, &row, false, &index.ops)?;
                 }
             }
             self.store.flush_records()?;
+            // The beacon rows' copies in WALs and table files: every column
+            // family flushed, the deleted ranges compacted (a batch resumed
+            // after its rows went no longer knows them: the whole family).
+            let resumed = wrapped_before.is_empty();
+            if resumed && let Some(old) = &b.beacons {
+                // Counted by the run that deleted them.
+                beacons.deleted += old.deleted;
+                beacons.records += old.records;
+            }
+            // A batch that deleted no beacon row (no searchable field) has
+            // nothing to purge; a resumed one purges the whole family.
+            let ev = if resumed || !beacon_ranges.is_empty() {
+                self.store
+                    .purge_beacons((!resumed).then_some(&beacon_ranges[..]))?
+            } else {
+                crate::store::BeaconPurge::default()
+            };
+            beacons.whole_family = ev.whole_family;
+            beacons.ranges = ev.ranges;
+            beacons.snapshots = ev.snapshots;
+            beacons.tombstones = ev.tombstones;
+            beacons.residue = ev.residue_files;
+            beacons.wal_files = ev.wal_files;
+            beacons.duration_ms = ev.duration_ms;
+            b.beacons = Some(beacons);
             // Tombstones now: a read or an update sees "disposed".
             self.isolation
                 .remove_pending(records.iter().map(|(id, _)| *id));
@@ -1118,6 +1207,44 @@ impl Vault {
                         "keystore purge incomplete: snapshots={} live_versions={} tombstones={} residue={:?}",
                         p.snapshots, p.live_versions, p.tombstones, p.residue
                     ));
+            }
+            for (id, _) in &records {
+                if self
+                    .store
+                    .get(store::CF_BEACONS, &crate::beacon::reverse_key(*id))?
+                    .is_some()
+                {
+                    problems.push(format!("record {id} still has search beacons"));
+                }
+            }
+            if let Some(bp) = &mut b.beacons {
+                if !bp.residue.is_empty() {
+                    problems.push(format!(
+                        "search index purge incomplete: residue={:?}",
+                        bp.residue
+                    ));
+                }
+                if beacon_tags.is_empty() {
+                    bp.byte_scan = Some(if bp.deleted == 0 && !bp.whole_family {
+                        "no beacon rows: nothing to scan for".into()
+                    } else {
+                        "not repeated: the batch resumed after its beacon rows were deleted and purged".into()
+                    });
+                } else {
+                    let (hits, scanned) = self
+                        .store
+                        .files_holding_beacons(&beacon_ranges, &beacon_tags)?;
+                    bp.byte_scan = Some(format!(
+                        "{} beacon row tag(s) searched in {scanned} records-database file(s) that can hold them (every WAL, manifest and other non-table file, every table file outside the live set, every live beacon table file meeting a deleted range): {} file(s) hold them",
+                        beacon_tags.len(),
+                        hits.len()
+                    ));
+                    if !hits.is_empty() {
+                        problems.push(format!(
+                            "deleted search beacons found in records-database files {hits:?}"
+                        ));
+                    }
+                }
             }
             if wrapped_before.is_empty() {
                 b.byte_scan = Some("not repeated: the batch resumed after its keys were deleted; key-path and purge checks apply".into());
@@ -1340,6 +1467,7 @@ impl Vault {
                         "residue_files": purge.residue, "live_sst_files": purge.live_sst_files, "wal_files": purge.wal_files,
                         "duration_ms": purge.duration_ms,
                     },
+                    "search_index": search_index_json(b.beacons.as_ref()),
                 },
                 "verification": {
                     "method": "every record reads as disposed; no key path from the live header reaches its data key; keystore purge checks; byte scan of every keystore file for the pre-disposal wrapped keys",

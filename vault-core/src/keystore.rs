@@ -243,6 +243,17 @@ fn bucket_aad(vault: VaultId, bucket: u32, epoch: u64) -> Aad {
         .part(&epoch.to_be_bytes())
 }
 
+/// The beacon secret's name in the bucket-key column family (bucket keys are
+/// 4-byte numbers, so it cannot clash): compacted by every purge and
+/// re-wrapped by every ratchet with the bucket keys.
+const BEACON_SECRET: &[u8] = b"beacon-secret";
+
+fn beacon_aad(vault: VaultId, epoch: u64) -> Aad {
+    Aad::new("beacon-secret")
+        .part(vault.as_bytes())
+        .part(&epoch.to_be_bytes())
+}
+
 fn dek_aad(vault: VaultId, record: RecordId, version: u32) -> Aad {
     Aad::new("dek")
         .part(vault.as_bytes())
@@ -313,6 +324,28 @@ impl Keystore {
         }
         self.db.write_opt(batch, &self.wo(true))?;
         Ok(())
+    }
+
+    /// The vault's beacon secret (blind indexes, `beacon.rs`), created on
+    /// first use (a vault of an older build gets one at its first open of
+    /// this build) and written synced before anything is indexed under it.
+    pub(crate) fn beacon_secret(&self, root: &SecretKey, epoch: u64) -> Result<SecretKey> {
+        if let Some(wrapped) = self.db.get_cf(self.cf(CF_BUCKETS), BEACON_SECRET)? {
+            return crypto::unwrap_key(
+                root,
+                &beacon_aad(self.vault, epoch),
+                &wrapped,
+                "beacon secret",
+            );
+        }
+        let key = SecretKey::generate();
+        self.db.put_cf_opt(
+            self.cf(CF_BUCKETS),
+            BEACON_SECRET,
+            crypto::wrap_key(root, &beacon_aad(self.vault, epoch), &key),
+            &self.wo(true),
+        )?;
+        Ok(key)
     }
 
     /// Reads bucket `b`'s key from the keystore and unwraps it with the
@@ -484,6 +517,29 @@ impl Keystore {
                 self.cf(CF_BACKUPS),
                 id,
                 crypto::wrap_key(to.1, &backup_aad(self.vault, &id, to.0), &key),
+            );
+        }
+        // The beacon secret too: it must outlive every ratchet (beacons
+        // written under it stay valid), so it is never derived from a root.
+        if let Some(wrapped) = self.db.get_cf(self.cf(CF_BUCKETS), BEACON_SECRET)?
+            && crypto::unwrap_key(
+                to.1,
+                &beacon_aad(self.vault, to.0),
+                &wrapped,
+                "beacon secret",
+            )
+            .is_err()
+        {
+            let key = crypto::unwrap_key(
+                from.1,
+                &beacon_aad(self.vault, from.0),
+                &wrapped,
+                "beacon secret",
+            )?;
+            batch.put_cf(
+                self.cf(CF_BUCKETS),
+                BEACON_SECRET,
+                crypto::wrap_key(to.1, &beacon_aad(self.vault, to.0), &key),
             );
         }
         self.db.write_opt(batch, &self.wo(true))?;

@@ -10,6 +10,7 @@
 
 pub mod access;
 pub mod audit;
+pub mod beacon;
 pub mod breached;
 pub mod certificate;
 pub mod clock;

@@ -240,19 +240,17 @@ impl Vault {
                 report.kept += 1;
             } else if e.is_update() {
                 let old = RecordRow::decode(&e.old_row)?;
-                self.store.put_record_with(
-                    id,
-                    &old,
-                    false,
-                    &[(store::CF_JOURNAL, id.as_bytes().to_vec(), None)],
-                )?;
+                let mut ops = vec![(store::CF_JOURNAL, id.as_bytes().to_vec(), None)];
+                ops.extend(self.restored_index(id, &old)?);
+                self.store.put_record_with(id, &old, false, &ops)?;
                 self.keystore.delete_dek(old.subject, id, e.version, true)?;
                 self.mark_dirty(self.keystore.bucket_of(old.subject))?;
                 report.rolled_back += 1;
             } else {
                 match &row {
                     Some(row) => {
-                        self.store.delete_new_record(id, row)?;
+                        let index = self.index_change(id, &row.collection, None, None)?;
+                        self.store.delete_new_record(id, row, &index.ops)?;
                         for (v, _) in self.keystore.record_keys(row.subject, id)? {
                             self.keystore.delete_dek(row.subject, id, v, true)?;
                         }

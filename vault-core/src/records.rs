@@ -150,16 +150,16 @@ impl Vault {
             version: 1,
             old_row: Vec::new(),
         };
-        self.store.put_record_with(
-            id,
-            &row,
-            true,
-            &[(
-                store::CF_JOURNAL,
-                id.as_bytes().to_vec(),
-                Some(journal.encode()),
-            )],
-        )?;
+        // Beacons of the searchable fields in the same batch as the row: a
+        // record is never stored without them, nor they without it.
+        let schema = self.schema(collection)?;
+        let mut extra = vec![(
+            store::CF_JOURNAL,
+            id.as_bytes().to_vec(),
+            Some(journal.encode()),
+        )];
+        extra.extend(self.index_new(id, collection, &schema, body)?.ops);
+        self.store.put_record_with(id, &row, true, &extra)?;
         Ok(id)
     }
 
@@ -216,7 +216,8 @@ impl Vault {
             let undone = (|| {
                 self.undo_hook()?;
                 if let Some(row) = self.store.record(id)? {
-                    self.store.delete_new_record(id, &row)?;
+                    let index = self.index_change(id, &row.collection, None, None)?;
+                    self.store.delete_new_record(id, &row, &index.ops)?;
                 }
                 self.keystore.delete_dek(subject, id, 1, false)?;
                 self.mark_dirty(self.keystore.bucket_of(subject))
@@ -267,7 +268,7 @@ impl Vault {
         }
     }
 
-    fn decrypt(&self, id: RecordId, row: &RecordRow) -> Result<Map<String, Value>> {
+    pub(crate) fn decrypt(&self, id: RecordId, row: &RecordRow) -> Result<Map<String, Value>> {
         let epoch = self.epoch.read().expect("epoch lock");
         self.decrypt_with(&epoch.root, epoch.number, id, row)
     }
@@ -275,7 +276,7 @@ impl Vault {
     /// A live record's row and body, read under its bucket lock. An update
     /// running beside the read may replace the row and delete the key the
     /// read found; the read then sees a newer version and reads again.
-    fn read_live(&self, id: RecordId) -> Result<(RecordRow, Map<String, Value>)> {
+    pub(crate) fn read_live(&self, id: RecordId) -> Result<(RecordRow, Map<String, Value>)> {
         let mut attempts = 0;
         loop {
             let row = self.live_row(id)?;
@@ -525,6 +526,12 @@ impl Vault {
                 Some(journal.encode()),
             )];
             extra.extend(self.dirty_mark_op(bucket));
+            // The old version's beacons go and the new one's come in the
+            // same batch (the record lock serialises this record's writes).
+            extra.extend(
+                self.index_change(id, &row.collection, Some(&*schema), Some(&body))?
+                    .ops,
+            );
             if let Err(e) = self.store.put_record_with(id, &row, false, &extra) {
                 let _ = self.keystore.delete_dek(row.subject, id, version, false);
                 return Err(e);
@@ -545,12 +552,11 @@ impl Vault {
                 {
                     let undone = (|| {
                         self.undo_hook()?;
-                        self.store.put_record_with(
-                            id,
-                            &before,
-                            false,
-                            &[(store::CF_JOURNAL, id.as_bytes().to_vec(), None)],
-                        )?;
+                        // The old version's key is still stored: its beacons
+                        // are computed again from its body.
+                        let mut ops = vec![(store::CF_JOURNAL, id.as_bytes().to_vec(), None)];
+                        ops.extend(self.restored_index(id, &before)?);
+                        self.store.put_record_with(id, &before, false, &ops)?;
                         self.keystore.delete_dek(before.subject, id, version, false)
                     })();
                     if undone.is_err() {

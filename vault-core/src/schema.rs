@@ -167,6 +167,24 @@ impl FieldType {
         Ok(ty)
     }
 
+    /// Whether a field of this type may be marked `searchable` (it has a
+    /// beacon normalisation in `beacon.rs`): the values a clerk is asked
+    /// for at a counter. Card and account numbers, addresses, dates, free
+    /// text and biometrics are not.
+    pub fn is_searchable(&self) -> bool {
+        matches!(
+            self,
+            FieldType::GivenName
+                | FieldType::FamilyName
+                | FieldType::FullName
+                | FieldType::Ssn
+                | FieldType::DriversLicense
+                | FieldType::StateId
+                | FieldType::Email
+                | FieldType::Phone
+        )
+    }
+
     /// Whether the type is one of the elements that make a name into personal
     /// information (93H §1, 93I §1): these are masked by default and their
     /// reveals are audited.
@@ -310,6 +328,10 @@ pub struct Schema {
     /// them, masked and typed as before, until their next update or their
     /// disposal), but no new value is accepted.
     pub retired: Vec<String>,
+    /// Fields with a blind index (`"searchable": true`): `record find` looks
+    /// their values up by keyed, truncated beacons (`beacon.rs`). Only the
+    /// types of [`FieldType::is_searchable`].
+    pub searchable: Vec<String>,
 }
 
 /// The REQ-DEF-03 classification of one record body.
@@ -348,6 +370,8 @@ struct FieldFile {
     purpose: Option<String>,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     retired: bool,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    searchable: bool,
 }
 
 impl Schema {
@@ -434,7 +458,30 @@ impl Schema {
             fields: out,
             default_residence,
             retired: Vec::new(),
+            searchable: Vec::new(),
         })
+    }
+
+    /// Whether `field` has a blind index (see [`Schema::searchable`]).
+    pub fn is_searchable(&self, field: &str) -> bool {
+        self.searchable.iter().any(|r| r == field)
+    }
+
+    /// Marks fields searchable, refusing a type that has no beacon.
+    pub fn set_searchable(&mut self, fields: Vec<String>) -> Result<()> {
+        for f in &fields {
+            let spec = self
+                .field(f)
+                .ok_or_else(|| Error::invalid(format!("field {f}: not declared")))?;
+            if !spec.ty.is_searchable() {
+                return Err(Error::invalid(format!(
+                    "field {f}: type {} cannot be searchable (only names, SSN, driver's licence, state ID, email, phone)",
+                    spec.ty.as_str()
+                )));
+            }
+        }
+        self.searchable = fields;
+        Ok(())
     }
 
     /// Whether `field` is retired (see [`Schema::retired`]).
@@ -511,6 +558,7 @@ impl Schema {
             serde_json::from_str(s).map_err(|e| Error::invalid(format!("schema file: {e}")))?;
         let mut fields = Vec::with_capacity(file.fields.len());
         let mut retired = Vec::new();
+        let mut searchable = Vec::new();
         for f in file.fields {
             // Refuse never-stored names before anything else looks at them.
             if is_never_stored_name(&f.name) {
@@ -535,6 +583,9 @@ impl Schema {
                 }
                 retired.push(f.name.clone());
             }
+            if f.searchable {
+                searchable.push(f.name.clone());
+            }
             fields.push(FieldSpec {
                 name: f.name,
                 ty,
@@ -544,6 +595,7 @@ impl Schema {
         }
         let mut schema = Schema::new(file.purpose, fields, file.residence)?;
         schema.retired = retired;
+        schema.set_searchable(searchable)?;
         Ok(schema)
     }
 
@@ -562,6 +614,7 @@ impl Schema {
                     required: f.required,
                     purpose: f.purpose.clone(),
                     retired: self.is_retired(&f.name),
+                    searchable: self.is_searchable(&f.name),
                 })
                 .collect(),
         };
@@ -827,7 +880,7 @@ fn is_valid_field_name(name: &str) -> bool {
 /// A key as it may appear in an error: only when it looks like a field name
 /// and holds no run of four digits, so a value pasted as a key is never
 /// echoed.
-fn shown_name(name: &str) -> Option<String> {
+pub(crate) fn shown_name(name: &str) -> Option<String> {
     let mut run = 0;
     for c in name.chars() {
         run = if c.is_ascii_digit() { run + 1 } else { 0 };
@@ -916,7 +969,7 @@ fn tail4(s: &str) -> String {
 }
 
 /// Issuing state (if a valid code) and number of a stored licence value.
-fn licence_parts(v: &Value) -> (Option<String>, String) {
+pub(crate) fn licence_parts(v: &Value) -> (Option<String>, String) {
     let (state, number) = match v {
         Value::Object(m) => (
             m.get("state").and_then(Value::as_str).unwrap_or(""),

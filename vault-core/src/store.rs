@@ -45,7 +45,11 @@ pub(crate) const CF_BACKUPS: &str = "backups";
 /// Written in the same batch as the row, removed once the event is appended;
 /// reconciled with the audit trail on open.
 pub(crate) const CF_JOURNAL: &str = "journal";
-const ALL_CFS: [&str; 16] = [
+/// Blind indexes of searchable fields (`beacon.rs`): forward rows keyed by
+/// beacon, one reverse row per record. Derived from personal information:
+/// a disposal deletes a record's rows and purges this column family.
+pub(crate) const CF_BEACONS: &str = "beacons";
+const ALL_CFS: [&str; 17] = [
     CF_RECORDS,
     CF_BY_SUBJECT,
     CF_BY_COLLECTION,
@@ -62,6 +66,7 @@ const ALL_CFS: [&str; 16] = [
     CF_CONTRACTORS,
     CF_BACKUPS,
     CF_JOURNAL,
+    CF_BEACONS,
 ];
 
 /// Lifecycle state of a stored record.
@@ -234,6 +239,16 @@ impl Store {
         let cfs = ALL_CFS.map(|n| {
             let mut o = Options::default();
             o.set_compression_type(rocksdb::DBCompressionType::None);
+            if n == CF_BEACONS {
+                // Shaped like the keystore's (see `keystore_options`): a
+                // disposal's purge compacts the ranges of the beacons it
+                // deleted, and small files and a small base level bound what
+                // that rewrites and what the byte scan reads.
+                o.set_level_compaction_dynamic_level_bytes(true);
+                o.set_max_bytes_for_level_base(1024 * 1024);
+                o.set_target_file_size_base(256 * 1024);
+                o.set_target_file_size_multiplier(1);
+            }
             ColumnFamilyDescriptor::new(n, o)
         });
         let db = DB::open_cf_descriptors(&opts, path, cfs)?;
@@ -369,11 +384,6 @@ impl Store {
             .transpose()
     }
 
-    /// Writes a record row and its index entries atomically.
-    pub fn put_record(&self, id: RecordId, row: &RecordRow, new: bool) -> Result<()> {
-        self.put_record_with(id, row, new, &[])
-    }
-
     /// Writes a record row, its index entries (`new`) and `extra` writes
     /// (the journal entry, a dirty-bucket mark) in one atomic batch.
     pub fn put_record_with(
@@ -404,9 +414,21 @@ impl Store {
     }
 
     /// Removes a record row, its index entries and its journal entry
-    /// atomically (undoing a creation whose audit event could not be written).
-    pub fn delete_new_record(&self, id: RecordId, row: &RecordRow) -> Result<()> {
+    /// atomically (undoing a creation whose audit event could not be written),
+    /// with `extra` writes (its beacon rows).
+    pub fn delete_new_record(
+        &self,
+        id: RecordId,
+        row: &RecordRow,
+        extra: &[WriteOp<'_>],
+    ) -> Result<()> {
         let mut batch = WriteBatch::default();
+        for (cf, k, v) in extra {
+            match v {
+                Some(v) => batch.put_cf(self.cf(cf), k, v),
+                None => batch.delete_cf(self.cf(cf), k),
+            }
+        }
         batch.delete_cf(self.cf(CF_JOURNAL), id.as_bytes());
         batch.delete_cf(self.cf(CF_RECORDS), id.as_bytes());
         let mut sk = row.subject.as_bytes().to_vec();
@@ -417,6 +439,153 @@ impl Store {
         batch.delete_cf(self.cf(CF_BY_COLLECTION), ck);
         self.db.write_opt(batch, &self.wo())?;
         Ok(())
+    }
+
+    /// Values of the rows whose key starts with `prefix`, at most `limit`
+    /// (`None` past it): a beacon lookup reads only its own rows.
+    pub fn values_under(
+        &self,
+        cf: &str,
+        prefix: &[u8],
+        limit: usize,
+    ) -> Result<Option<Vec<Vec<u8>>>> {
+        let mut out = Vec::new();
+        for item in self
+            .db
+            .iterator_cf(self.cf(cf), IteratorMode::From(prefix, Direction::Forward))
+        {
+            let (k, v) = item?;
+            if !k.starts_with(prefix) {
+                break;
+            }
+            if out.len() == limit {
+                return Ok(None);
+            }
+            out.push(v.to_vec());
+        }
+        Ok(Some(out))
+    }
+
+    /// Physical purge of the beacon column family after a disposal deleted
+    /// rows under `ranges` (key prefixes): every column family flushed (a
+    /// WAL is released only when all that share it have flushed), each range
+    /// compacted to the bottommost level (the whole column family past 64
+    /// ranges, or when `ranges` is `None`: a resumed batch no longer knows
+    /// them), then polled until no obsolete table file or WAL remains.
+    pub fn purge_beacons(&self, ranges: Option<&[Vec<u8>]>) -> Result<BeaconPurge> {
+        let start = std::time::Instant::now();
+        let cfs: Vec<&rocksdb::ColumnFamily> = ALL_CFS.iter().map(|n| self.cf(n)).collect();
+        let mut fo = rocksdb::FlushOptions::default();
+        fo.set_wait(true);
+        self.db.flush_cfs_opt(&cfs, &fo)?;
+        let mut co = rocksdb::CompactOptions::default();
+        co.set_bottommost_level_compaction(rocksdb::BottommostLevelCompaction::ForceOptimized);
+        let mut sorted = ranges.unwrap_or_default().to_vec();
+        sorted.sort();
+        sorted.dedup();
+        let whole = ranges.is_none() || sorted.len() > 64;
+        if whole {
+            self.db
+                .compact_range_cf_opt(self.cf(CF_BEACONS), None::<&[u8]>, None::<&[u8]>, &co);
+        } else {
+            for r in &sorted {
+                self.db
+                    .compact_range_cf_opt(self.cf(CF_BEACONS), Some(r), Some(range_end(r)), &co);
+            }
+        }
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let mut pause = std::time::Duration::from_millis(1);
+        let mut ev = self.beacon_purge_checks(&sorted, whole)?;
+        while !ev.residue_files.is_empty() && std::time::Instant::now() < deadline {
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(std::time::Duration::from_millis(20));
+            ev = self.beacon_purge_checks(&sorted, whole)?;
+        }
+        ev.ranges = sorted.len() as u64;
+        ev.whole_family = whole;
+        ev.duration_ms = start.elapsed().as_millis() as u64;
+        Ok(ev)
+    }
+
+    fn beacon_purge_checks(&self, ranges: &[Vec<u8>], whole: bool) -> Result<BeaconPurge> {
+        use rocksdb::properties as P;
+        let live = self.db.live_files()?;
+        let live_names: std::collections::HashSet<String> = live
+            .iter()
+            .map(|f| f.name.trim_start_matches('/').to_owned())
+            .collect();
+        let min_log = self
+            .db
+            .property_int_value(P::MIN_LOG_NUMBER_TO_KEEP)?
+            .unwrap_or(0);
+        let mut residue = Vec::new();
+        let mut wal_files = 0;
+        for e in std::fs::read_dir(self.db.path())? {
+            let n = e?.file_name().to_string_lossy().into_owned();
+            if n.ends_with(".sst") && !live_names.contains(&n) {
+                residue.push(n);
+            } else if let Some(num) = n.strip_suffix(".log").and_then(|x| x.parse::<u64>().ok()) {
+                wal_files += 1;
+                if num < min_log {
+                    residue.push(n);
+                }
+            }
+        }
+        let tombstones = live
+            .iter()
+            .filter(|f| f.column_family_name == CF_BEACONS && (whole || covers_any(f, ranges)))
+            .map(|f| f.num_deletions)
+            .sum();
+        Ok(BeaconPurge {
+            snapshots: self
+                .db
+                .property_int_value(P::NUM_SNAPSHOTS)?
+                .unwrap_or(u64::MAX),
+            tombstones,
+            residue_files: residue,
+            wal_files,
+            ranges: 0,
+            whole_family: false,
+            duration_ms: 0,
+        })
+    }
+
+    /// The files of the records directory that can hold a beacon row under
+    /// `ranges` (every non-table file, every table file outside the live
+    /// set, every live beacon table file whose key range meets a range) that
+    /// contain any of `needles`, and how many files were read. The needles
+    /// are the deleted rows' tags, which are only ever written in values.
+    pub fn files_holding_beacons(
+        &self,
+        ranges: &[Vec<u8>],
+        needles: &[Vec<u8>],
+    ) -> Result<(Vec<String>, u64)> {
+        let live = self.db.live_files()?;
+        let skip: std::collections::HashSet<String> = live
+            .iter()
+            .filter(|f| f.column_family_name != CF_BEACONS || !covers_any(f, ranges))
+            .map(|f| f.name.trim_start_matches('/').to_owned())
+            .collect();
+        let mut hits = Vec::new();
+        let mut read = 0;
+        for e in std::fs::read_dir(self.db.path())? {
+            let e = e?;
+            let name = e.file_name().to_string_lossy().into_owned();
+            if skip.contains(&name) || e.path().is_dir() {
+                continue;
+            }
+            let bytes = match std::fs::read(e.path()) {
+                Ok(b) => b,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e.into()),
+            };
+            read += 1;
+            if crate::keystore::contains_any(&bytes, needles) {
+                hits.push(name);
+            }
+        }
+        hits.sort();
+        Ok((hits, read))
     }
 
     pub fn records_of_subject(&self, s: SubjectId) -> Result<Vec<RecordId>> {
@@ -440,6 +609,43 @@ impl Store {
             .map(|(k, _)| RecordId::from_slice(&k))
             .collect()
     }
+}
+
+/// What the purge of the beacon column family found (certificate evidence).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BeaconPurge {
+    /// Open snapshots of the records database.
+    pub snapshots: u64,
+    /// Deletion markers left in live beacon table files meeting the ranges
+    /// (keys only, never a tag or a record ID; reported, not a failure).
+    pub tombstones: u64,
+    /// Obsolete table files and WALs still on disk (must be none).
+    pub residue_files: Vec<String>,
+    /// WAL files present.
+    pub wal_files: u64,
+    /// Key ranges compacted.
+    pub ranges: u64,
+    /// Whether the whole column family was compacted instead.
+    pub whole_family: bool,
+    /// Time the purge took.
+    pub duration_ms: u64,
+}
+
+/// The last key under a beacon prefix: the prefix and a row ID of 0xff bytes.
+fn range_end(prefix: &[u8]) -> Vec<u8> {
+    let mut e = prefix.to_vec();
+    e.extend_from_slice(&[0xff; 20]);
+    e
+}
+
+/// Whether a live table file's key range meets any of `ranges` (prefixes).
+fn covers_any(f: &rocksdb::LiveFile, ranges: &[Vec<u8>]) -> bool {
+    let (Some(lo), Some(hi)) = (&f.start_key, &f.end_key) else {
+        return true;
+    };
+    ranges
+        .iter()
+        .any(|r| lo.as_slice() <= range_end(r).as_slice() && hi.as_slice() >= r.as_slice())
 }
 
 #[cfg(test)]

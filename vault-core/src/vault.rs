@@ -49,6 +49,8 @@ mod isolation;
 mod maintenance;
 #[path = "records.rs"]
 mod records;
+#[path = "search.rs"]
+mod search;
 #[path = "service.rs"]
 mod service;
 #[path = "users.rs"]
@@ -69,6 +71,7 @@ pub use housekeeping::{MAX_SCHEDULE_HOURS, RetentionSchedule};
 pub use http_audit::RefusedRequests;
 pub use maintenance::{JournalReport, MaintenanceReport, MaintenanceStatus};
 pub use records::{ImportColumns, RecordVersion};
+pub use search::{FindQuery, FindResult, FindTarget};
 pub use service::ServiceAccount;
 
 /// A test hook called with each disposal step name.
@@ -402,6 +405,8 @@ pub struct Vault {
     undo_fail: AtomicBool,
     /// The rate limit of each service token in use (`service.rs`).
     service_calls: Mutex<std::collections::HashMap<[u8; 32], service::CallBucket>>,
+    /// The beacon secret of the blind indexes (`beacon.rs`, `search.rs`).
+    beacons: crate::beacon::BeaconSecret,
 }
 
 impl std::fmt::Debug for Vault {
@@ -594,6 +599,8 @@ impl Vault {
             keystore.rewrap_buckets((old_epoch, &opened.root), (opened.epoch, &opened.root))?;
             header::erase_other_slots(&l.header, opened.epoch)?;
         }
+        let beacons =
+            crate::beacon::BeaconSecret::new(keystore.beacon_secret(&opened.root, opened.epoch)?);
         let signing = load_signing(&l, &unlock, info.vault_id)?;
         let mut audit = AuditLog::open(&l.audit, signing.audit.clone(), opts.sync)?;
         let anchor_state = anchor::AnchorState::load(&store, &l.audit)?;
@@ -635,6 +642,7 @@ impl Vault {
             audit_fail: AtomicBool::new(false),
             undo_fail: AtomicBool::new(false),
             service_calls: Mutex::new(std::collections::HashMap::new()),
+            beacons,
         };
         if opened.legacy_slot {
             // A slot of an older build binds only the vault ID: replace it

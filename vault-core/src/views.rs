@@ -45,6 +45,7 @@ pub const DOCUMENTS: &[&str] = &[
     "certificate-verification",
     "collection-change",
     "collection-list",
+    "collection-reindex",
     "collection-schema",
     "contractor-assignment",
     "contractor-list",
@@ -68,6 +69,7 @@ pub const DOCUMENTS: &[&str] = &[
     "profile-list",
     "public-keys",
     "record",
+    "record-find",
     "record-history",
     "record-list",
     "record-stored",
@@ -266,6 +268,23 @@ impl<'a> From<&'a RecordView> for RecordDoc<'a> {
             version: DOCUMENT_VERSION,
         }
     }
+}
+
+/// A find's answer (`record find`): the fields searched, the match mode and
+/// the matching records, each masked as `record get` shows it.
+pub fn record_find(collection: &str, r: &crate::vault::FindResult) -> Value {
+    json!({
+        "collection": collection,
+        "fields": r.fields,
+        "match": r.mode.as_str(),
+        "count": r.records.len(),
+        "records": r.records.iter().map(record).collect::<Vec<_>>(),
+    })
+}
+
+/// A collection's blind indexes rebuilt (`collection reindex`).
+pub fn collection_reindex(collection: &str, indexed: u64) -> Value {
+    json!({ "collection": collection, "indexed": indexed })
 }
 
 /// A record's versions (`record history`): names of changed fields only.

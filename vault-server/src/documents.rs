@@ -188,6 +188,14 @@ const SCHEMA_FILES: &[(&str, &str)] = &[
     ),
     ("record", include_str!("../../schemas/record.json")),
     (
+        "record-find",
+        include_str!("../../schemas/record-find.json"),
+    ),
+    (
+        "collection-reindex",
+        include_str!("../../schemas/collection-reindex.json"),
+    ),
+    (
         "record-history",
         include_str!("../../schemas/record-history.json"),
     ),
@@ -272,6 +280,8 @@ const OPERATION_DOCUMENTS: &[(&str, &str)] = &[
     ("list_records", "record-list"),
     ("get_record", "record"),
     ("reveal_record", "record"),
+    ("find_records", "record-find"),
+    ("reindex_collection", "collection-reindex"),
     ("update_record", "record-version"),
     ("patch_record", "record-version"),
     ("record_history", "record-history"),

@@ -217,6 +217,25 @@ pub struct RevealReq {
     pub reason: String,
 }
 
+/// A search of one collection by a searchable field's value. The value is
+/// in the body, never in the URL (URLs are logged by proxies).
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FindReq {
+    /// A field type: every searchable field of that type is searched
+    /// (`ssn`, `drivers_license`, `state_id`, `email`, `phone`; a name type
+    /// such as `family_name` searches every searchable name field).
+    #[serde(rename = "type")]
+    pub ty: Option<String>,
+    /// One searchable field by name (instead of `type`).
+    pub field: Option<String>,
+    /// The value, in any formatting the field's type accepts.
+    pub value: String,
+    /// `exact` (default) or `prefix` (names only, 3 letters or more).
+    #[serde(rename = "match")]
+    pub mode: Option<String>,
+}
+
 /// A customer reference to map to its subject ID.
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -437,6 +456,7 @@ opaque_debug!(
     NewRecord,
     UpdateRecord,
     RevealReq,
+    FindReq,
     SubjectReq,
     RecordQuery,
     ImportQuery,
@@ -988,6 +1008,72 @@ async fn get_record(
         .as_user(&rc, t, move |v, s| v.get_record(s, id, &[], None))
         .await?;
     Ok(Json(views::RecordDoc::from(&r)).into_response())
+}
+
+/// Find records by a searchable field's value (clerk, officer): masked
+/// records, at most 20 (a broader search is refused); audited with the
+/// fields searched and the number of hits, never the value.
+#[utoipa::path(post, path = "/v1/collections/{name}/find", request_body = FindReq, tag = "records",
+    security(("bearer" = [])), params(("name" = String, Path, description = "collection")),
+    responses((status = 200, body = Object), (status = 403, body = Problem), (status = 404, body = Problem),
+              (status = 422, body = Problem)))]
+async fn find_records(
+    State(app): State<Arc<App>>,
+    rc: RequestContext,
+    t: Bearer,
+    Path(name): Path<String>,
+    Body(req): Body<FindReq>,
+) -> Res {
+    let target = match (&req.ty, &req.field) {
+        (Some(ty), None) => vault_core::vault::FindTarget::Type(
+            vault_core::schema::FieldType::parse(ty).map_err(ApiError::from)?,
+        ),
+        (None, Some(f)) => vault_core::vault::FindTarget::Field(f.clone()),
+        _ => {
+            return Err(ApiError::from(vault_core::Error::InvalidInput(
+                "give either `type` or `field`".into(),
+            )));
+        }
+    };
+    let mode = match req.mode.as_deref() {
+        None | Some("exact") => vault_core::beacon::Match::Exact,
+        Some("prefix") => vault_core::beacon::Match::Prefix,
+        Some(_) => {
+            return Err(ApiError::from(vault_core::Error::InvalidInput(
+                "`match` is exact or prefix".into(),
+            )));
+        }
+    };
+    let q = vault_core::vault::FindQuery {
+        collection: name.clone(),
+        target,
+        value: SecretString::new(req.value),
+        mode,
+    };
+    let r = app
+        .as_user(&rc, t, move |v, s| v.find_records(s, &q))
+        .await?;
+    ok("record-find", views::record_find(&name, &r))
+}
+
+/// Rebuild a collection's search indexes from its records (officer).
+#[utoipa::path(post, path = "/v1/collections/{name}/reindex", tag = "collections",
+    security(("bearer" = [])), params(("name" = String, Path, description = "collection")),
+    responses((status = 200, body = Object), (status = 403, body = Problem), (status = 404, body = Problem)))]
+async fn reindex_collection(
+    State(app): State<Arc<App>>,
+    rc: RequestContext,
+    t: Bearer,
+    Path(name): Path<String>,
+) -> Res {
+    let n = name.clone();
+    let indexed = app
+        .as_user_long(&rc, t, move |v, s| v.reindex_collection(s, &n))
+        .await?;
+    ok(
+        "collection-reindex",
+        views::collection_reindex(&name, indexed),
+    )
 }
 
 /// Read a record with some fields revealed, stating why (audited).
@@ -1978,7 +2064,7 @@ impl Modify for BearerScheme {
     modifiers(&BearerScheme),
     paths(login, logout, whoami, list_users, add_user, add_service, list_services, rotate_service, revoke_service, disable_user, enable_user, unlock_user, set_role, set_reveal_grant,
           set_password, list_approvals, approve_request, reject_request, list_collections, create_collection, update_collection, show_collection, put_record, list_records,
-          get_record, reveal_record, update_record, patch_record, record_history, import, resolve_subject, dispose, list_disposals,
+          get_record, reveal_record, find_records, reindex_collection, update_record, patch_record, record_history, import, resolve_subject, dispose, list_disposals,
           retry_disposal, show_retention, set_retention, show_retention_schedule, set_retention_schedule, retention_due, retention_run, list_holds, add_hold,
           remove_hold, list_certificates, show_certificate, certificate_file, certificate_html, validate_certificate,
           cosign_certificate, keys, list_contractors, assign_contractor, revoke_contractor, audit_events, audit_export, audit_stream, audit_verify, audit_anchor, audit_timestamp, audit_report, review,
@@ -2034,6 +2120,8 @@ pub fn router(app: Arc<App>) -> Router {
         )
         .route("/v1/records/{id}/history", get(record_history))
         .route("/v1/records/{id}/reveal", post(reveal_record))
+        .route("/v1/collections/{name}/find", post(find_records))
+        .route("/v1/collections/{name}/reindex", post(reindex_collection))
         .route("/v1/subjects/resolve", post(resolve_subject))
         .route("/v1/disposals", get(list_disposals).post(dispose))
         .route("/v1/disposals/{id}/retry", post(retry_disposal))

@@ -23,6 +23,7 @@ mod output_schemas;
 mod profiles;
 mod purge_controls;
 mod regressions;
+mod search;
 mod server;
 mod server_concurrency;
 mod server_hostile;
