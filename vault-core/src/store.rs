@@ -49,6 +49,16 @@ pub(crate) const CF_JOURNAL: &str = "journal";
 /// beacon, one reverse row per record. Derived from personal information:
 /// a disposal deletes a record's rows and purges this column family.
 pub(crate) const CF_BEACONS: &str = "beacons";
+/// Column families whose rows carry a MAC under a key derived from the
+/// vault's secrets (`Store::row_tag`): who may sign in, and as whom. Without
+/// it, someone with the files but not the passphrase could plant a session
+/// row under a token they chose (a login as any user) or rewrite a role.
+const SEALED_CFS: [&str; 3] = [CF_USERS, CF_USERNAMES, CF_SESSIONS];
+/// Bytes of a row MAC.
+const ROW_TAG_LEN: usize = 32;
+/// The error of a row whose MAC fails.
+const TAMPERED_ROW: &str =
+    "a user or session row of the records database fails its MAC (written without the vault's key)";
 const ALL_CFS: [&str; 17] = [
     CF_RECORDS,
     CF_BY_SUBJECT,
@@ -200,6 +210,9 @@ pub(crate) struct Store {
     users_gen: AtomicU64,
     /// The same for the collections (schemas) column family.
     collections_gen: AtomicU64,
+    /// The key of the MACs on the rows of [`SEALED_CFS`], set once the
+    /// vault is unlocked ([`Store::set_row_key`]).
+    row_key: std::sync::OnceLock<crate::secret::SecretKey>,
 }
 
 impl std::fmt::Debug for Store {
@@ -257,6 +270,7 @@ impl Store {
             sync,
             users_gen: AtomicU64::new(0),
             collections_gen: AtomicU64::new(0),
+            row_key: std::sync::OnceLock::new(),
         })
     }
 
@@ -294,11 +308,90 @@ impl Store {
         w
     }
 
+    /// Sets the key of the row MACs (derived from a secret only the
+    /// passphrase opens); before it, sealed rows can be neither read nor
+    /// written.
+    pub fn set_row_key(&self, key: crate::secret::SecretKey) {
+        let _ = self.row_key.set(key);
+    }
+
+    /// The MAC of one row of a sealed column family: bound to the column
+    /// family, the key and the value, so a row can be neither forged nor
+    /// moved to another key (a session row planted under a chosen token's
+    /// hash, a user row copied over another user's ID).
+    fn row_tag(&self, cf: &str, key: &[u8], value: &[u8]) -> Result<[u8; ROW_TAG_LEN]> {
+        let k = self
+            .row_key
+            .get()
+            .ok_or(Error::Integrity("row key not set"))?;
+        let data = crate::crypto::Aad::new(cf).part(key).part(value);
+        Ok(crate::crypto::mac(k, "pivault-row-v1", data.as_bytes()))
+    }
+
+    /// `value` as stored: with its MAC appended in a sealed column family.
+    fn seal_row<'v>(
+        &self,
+        cf: &str,
+        key: &[u8],
+        value: &'v [u8],
+    ) -> Result<std::borrow::Cow<'v, [u8]>> {
+        if !SEALED_CFS.contains(&cf) {
+            return Ok(std::borrow::Cow::Borrowed(value));
+        }
+        let mut v = value.to_vec();
+        v.extend_from_slice(&self.row_tag(cf, key, value)?);
+        Ok(std::borrow::Cow::Owned(v))
+    }
+
+    /// A stored value without its MAC, checked (in constant time); a row
+    /// whose MAC fails was written by someone without the key.
+    fn open_row(&self, cf: &str, key: &[u8], mut stored: Vec<u8>) -> Result<Vec<u8>> {
+        if !SEALED_CFS.contains(&cf) {
+            return Ok(stored);
+        }
+        use subtle::ConstantTimeEq;
+        let n = stored
+            .len()
+            .checked_sub(ROW_TAG_LEN)
+            .ok_or(Error::Integrity(TAMPERED_ROW))?;
+        let want = self.row_tag(cf, key, &stored[..n])?;
+        if !bool::from(want.ct_eq(&stored[n..])) {
+            return Err(Error::Integrity(TAMPERED_ROW));
+        }
+        stored.truncate(n);
+        Ok(stored)
+    }
+
+    /// Seals every row of the sealed column families written without a
+    /// MAC (a vault from before row MACs), in one synced batch.
+    pub fn seal_legacy_rows(&self) -> Result<usize> {
+        let mut batch = WriteBatch::default();
+        let mut n = 0;
+        for cf in SEALED_CFS {
+            for item in self.db.iterator_cf(self.cf(cf), IteratorMode::Start) {
+                let (k, v) = item?;
+                batch.put_cf(self.cf(cf), &k, self.seal_row(cf, &k, &v)?);
+                n += 1;
+            }
+        }
+        let mut w = self.wo();
+        w.set_sync(true);
+        self.db.write_opt(batch, &w)?;
+        for cf in SEALED_CFS {
+            self.changed(cf);
+        }
+        Ok(n)
+    }
+
     pub fn get(&self, cf: &str, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        Ok(self.db.get_cf(self.cf(cf), key)?)
+        self.db
+            .get_cf(self.cf(cf), key)?
+            .map(|v| self.open_row(cf, key, v))
+            .transpose()
     }
 
     pub fn put(&self, cf: &str, key: &[u8], value: &[u8]) -> Result<()> {
+        let value = self.seal_row(cf, key, value)?;
         let r = self.db.put_cf_opt(self.cf(cf), key, value, &self.wo());
         self.changed(cf);
         r?;
@@ -309,6 +402,7 @@ impl Store {
     pub fn put_synced(&self, cf: &str, key: &[u8], value: &[u8], sync: bool) -> Result<()> {
         let mut w = self.wo();
         w.set_sync(self.sync || sync);
+        let value = self.seal_row(cf, key, value)?;
         let r = self.db.put_cf_opt(self.cf(cf), key, value, &w);
         self.changed(cf);
         r?;
@@ -341,7 +435,8 @@ impl Store {
             if !k.starts_with(prefix) {
                 break;
             }
-            out.push((k.to_vec(), v.to_vec()));
+            let v = self.open_row(cf, &k, v.to_vec())?;
+            out.push((k.to_vec(), v));
         }
         Ok(out)
     }
@@ -350,7 +445,11 @@ impl Store {
     pub fn for_each(&self, cf: &str, mut f: impl FnMut(&[u8], &[u8]) -> Result<()>) -> Result<()> {
         for item in self.db.iterator_cf(self.cf(cf), IteratorMode::Start) {
             let (k, v) = item?;
-            f(&k, &v)?;
+            if SEALED_CFS.contains(&cf) {
+                f(&k, &self.open_row(cf, &k, v.to_vec())?)?;
+            } else {
+                f(&k, &v)?;
+            }
         }
         Ok(())
     }
@@ -362,7 +461,7 @@ impl Store {
         let mut batch = WriteBatch::default();
         for (cf, k, v) in ops {
             match v {
-                Some(v) => batch.put_cf(self.cf(cf), k, v),
+                Some(v) => batch.put_cf(self.cf(cf), k, self.seal_row(cf, k, v)?),
                 None => batch.delete_cf(self.cf(cf), k),
             }
         }

@@ -267,6 +267,8 @@ pub struct SecurityStatus {
 }
 
 const META_LAST_REVIEW: &[u8] = b"last_review_ms";
+/// Set once the user and session rows carry MACs (`seal_rows_once`).
+const META_ROWS_SEALED: &[u8] = b"rows_sealed_v1";
 /// Plaintext of the `signing` file: audit key | certificate key | subject-reference key.
 const SIGNING_LEN: usize = 96;
 
@@ -602,6 +604,11 @@ impl Vault {
         let beacons =
             crate::beacon::BeaconSecret::new(keystore.beacon_secret(&opened.root, opened.epoch)?);
         let signing = load_signing(&l, &unlock, info.vault_id)?;
+        store.set_row_key(SecretKey::from_bytes(crypto::mac(
+            &signing.subject,
+            "pivault-row-key-v1",
+            info.vault_id.as_bytes(),
+        )));
         let mut audit = AuditLog::open(&l.audit, signing.audit.clone(), opts.sync)?;
         let anchor_state = anchor::AnchorState::load(&store, &l.audit)?;
         if audit.head_seq() > audit.last_checkpoint_seq() {
@@ -652,6 +659,7 @@ impl Vault {
         if let Ok(log) = vault.audit.lock() {
             vault.sync_anchor(&log);
         }
+        vault.seal_rows_once()?;
         vault.recount_officers()?;
         vault.load_dirty()?;
         // Rows written without their audit event (a crash between the two)
@@ -668,6 +676,43 @@ impl Vault {
         // a new root and a purge before the vault serves.
         vault.resume_rekey()?;
         Ok(vault)
+    }
+
+    /// Row MACs start once per vault: the first open by a build with them
+    /// seals the rows already there (none in a new vault), marks the
+    /// records database and audits `vault.rows_sealed`. A later open that
+    /// finds the mark gone refuses: sealing again would bless whatever
+    /// someone with the files planted meanwhile, and the audit event
+    /// (hash-chained, anchored) cannot be removed unseen.
+    fn seal_rows_once(&self) -> Result<()> {
+        if self.store.get(store::CF_META, META_ROWS_SEALED)?.is_some() {
+            return Ok(());
+        }
+        let sealed_before = self
+            .audit
+            .lock()
+            .map_err(|_| Error::AuditUnavailable("audit lock poisoned".into()))?
+            .events(&EventFilter {
+                action_prefix: Some("vault.rows_sealed".into()),
+                ..EventFilter::default()
+            })?;
+        if !sealed_before.is_empty() {
+            return Err(Error::Integrity(
+                "the records database lost its row-seal mark: its user or session rows may have been changed by someone without the vault's key",
+            ));
+        }
+        let n = self.store.seal_legacy_rows()?;
+        self.store
+            .put_synced(store::CF_META, META_ROWS_SEALED, b"1", true)?;
+        self.audit(
+            None,
+            &Context::cli(),
+            "vault.rows_sealed",
+            vec![format!("rows:{n}")],
+            Ok(()),
+            None,
+        )
+        .map(|_| ())
     }
 
     /// The vault's ID.

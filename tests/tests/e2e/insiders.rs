@@ -517,3 +517,95 @@ fn an_existing_clerks_reveal_grant_waits_for_a_second_officer_and_revoking_is_im
         1
     );
 }
+
+/// Someone with the vault's files but not its passphrase edits the records
+/// database while the vault is closed (RocksDB opened directly):
+/// - a copy of the admin's session row under the SHA-256 of a token they
+///   chose (before row MACs: a login as the admin, no password needed): the
+///   vault opens, the planted token signs nobody in, the genuine one works;
+/// - the clerk's user row rewritten to say `admin`: the vault refuses to
+///   open (it reads every user row at open), naming the cause;
+/// - with the row put back, the row-seal mark deleted (so that a reopen
+///   would seal whatever was planted): the vault refuses to open.
+#[test]
+fn rows_planted_or_rewritten_in_the_records_database_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = fast_vault(&dir.path().join("vault"));
+    let token = f.vault.issue_token(&f.admin, 3_600_000).expect("token");
+    let (vault_dir, clock) = (f.dir.clone(), f.clock.clone());
+    let (admin_id, clerk_id) = (f.admin.user(), f.clerk.user());
+    f.vault.close().expect("close");
+
+    let with_db = |edit: &dyn Fn(&rocksdb::DB)| {
+        let path = vault_dir.join("records");
+        let cfs = rocksdb::DB::list_cf(&rocksdb::Options::default(), &path).expect("cfs");
+        let db = rocksdb::DB::open_cf(&rocksdb::Options::default(), &path, cfs).expect("open db");
+        edit(&db);
+        db.flush().expect("flush");
+    };
+    let open = || {
+        Vault::open(
+            &vault_dir,
+            &secret(common::PASSPHRASE),
+            common::open_options(&clock),
+        )
+    };
+    let chosen = "pv_chosen-by-the-insider-0123456789";
+    with_db(&|db| {
+        use sha2::Digest as _;
+        let sessions = db.cf_handle("sessions").expect("sessions");
+        let own = sha2::Sha256::digest(token.expose().as_bytes());
+        let row = db
+            .get_cf(&sessions, own)
+            .unwrap()
+            .expect("the admin's session row");
+        let planted = sha2::Sha256::digest(chosen.as_bytes());
+        db.put_cf(&sessions, planted, row).unwrap();
+    });
+    let vault = open().expect("opens with a planted session row");
+    let planted = vault.session_from_token(&secret(chosen), fresh_source());
+    assert!(
+        matches!(planted, Err(Error::Integrity(_))),
+        "a session row planted under a chosen token signs someone in: {:?}",
+        planted.map(|s| s.user())
+    );
+    let genuine = vault
+        .session_from_token(&token, fresh_source())
+        .expect("the genuine token still works");
+    assert_eq!(genuine.user(), admin_id);
+    vault.close().expect("close");
+
+    let original = std::cell::RefCell::new(Vec::new());
+    with_db(&|db| {
+        let users = db.cf_handle("users").expect("users");
+        let row = db
+            .get_cf(&users, clerk_id.as_bytes())
+            .unwrap()
+            .expect("clerk row");
+        let text = String::from_utf8_lossy(&row).replace("\"clerk\"", "\"admin\"");
+        assert_ne!(text.as_bytes(), &row[..], "the role is in the row");
+        db.put_cf(&users, clerk_id.as_bytes(), text.as_bytes())
+            .unwrap();
+        *original.borrow_mut() = row;
+    });
+    let rewritten = open();
+    assert!(
+        matches!(&rewritten, Err(Error::Integrity(m)) if m.contains("user or session row")),
+        "a rewritten user row is refused, not obeyed: {:?}",
+        rewritten.as_ref().err()
+    );
+
+    with_db(&|db| {
+        let users = db.cf_handle("users").expect("users");
+        db.put_cf(&users, clerk_id.as_bytes(), &*original.borrow())
+            .unwrap();
+        let meta = db.cf_handle("meta").expect("meta");
+        db.delete_cf(&meta, b"rows_sealed_v1").unwrap();
+    });
+    let unmarked = open();
+    assert!(
+        matches!(&unmarked, Err(Error::Integrity(m)) if m.contains("row-seal mark")),
+        "a vault whose row-seal mark was removed does not open: {:?}",
+        unmarked.as_ref().err()
+    );
+}
