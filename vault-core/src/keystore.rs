@@ -766,28 +766,7 @@ impl Keystore {
 
     fn purge_checks(&self, buckets: &[u32]) -> Result<PurgeEvidence> {
         use rocksdb::properties as P;
-        let live = self.db.live_files()?;
-        let live_names: std::collections::HashSet<String> = live
-            .iter()
-            .map(|f| f.name.trim_start_matches('/').to_owned())
-            .collect();
-        let min_log = self
-            .db
-            .property_int_value(P::MIN_LOG_NUMBER_TO_KEEP)?
-            .unwrap_or(0);
-        let mut residue = Vec::new();
-        let mut wal_files = 0;
-        for e in std::fs::read_dir(self.db.path())? {
-            let n = e?.file_name().to_string_lossy().into_owned();
-            if n.ends_with(".sst") && !live_names.contains(&n) {
-                residue.push(n);
-            } else if let Some(num) = n.strip_suffix(".log").and_then(|x| x.parse::<u64>().ok()) {
-                wal_files += 1;
-                if num < min_log {
-                    residue.push(n);
-                }
-            }
-        }
+        let (live, residue, wal_files) = crate::store::obsolete_files(&self.db)?;
         let in_touched = |f: &rocksdb::LiveFile| {
             let (Some(lo), Some(hi)) = (&f.start_key, &f.end_key) else {
                 return true;

@@ -59,6 +59,35 @@ const ROW_TAG_LEN: usize = 32;
 /// The error of a row whose MAC fails.
 const TAMPERED_ROW: &str =
     "a user or session row of the records database fails its MAC (written without the vault's key)";
+/// The live table files of a database, the files in its directory no
+/// live version needs (table files outside the live set, write-ahead logs
+/// below the oldest one still needed), and how many write-ahead logs there
+/// are: what a purge waits to see deleted, and calls residue otherwise.
+pub(crate) fn obsolete_files(db: &DB) -> Result<(Vec<rocksdb::LiveFile>, Vec<String>, u64)> {
+    let live = db.live_files()?;
+    let live_names: std::collections::HashSet<String> = live
+        .iter()
+        .map(|f| f.name.trim_start_matches('/').to_owned())
+        .collect();
+    let min_log = db
+        .property_int_value(rocksdb::properties::MIN_LOG_NUMBER_TO_KEEP)?
+        .unwrap_or(0);
+    let mut residue = Vec::new();
+    let mut wal_files = 0;
+    for e in std::fs::read_dir(db.path()).map_err(|e| Error::io_at(db.path(), e))? {
+        let n = e?.file_name().to_string_lossy().into_owned();
+        if n.ends_with(".sst") && !live_names.contains(&n) {
+            residue.push(n);
+        } else if let Some(num) = n.strip_suffix(".log").and_then(|x| x.parse::<u64>().ok()) {
+            wal_files += 1;
+            if num < min_log {
+                residue.push(n);
+            }
+        }
+    }
+    Ok((live, residue, wal_files))
+}
+
 const ALL_CFS: [&str; 17] = [
     CF_RECORDS,
     CF_BY_SUBJECT,
@@ -608,28 +637,7 @@ impl Store {
 
     fn beacon_purge_checks(&self, ranges: &[Vec<u8>], whole: bool) -> Result<BeaconPurge> {
         use rocksdb::properties as P;
-        let live = self.db.live_files()?;
-        let live_names: std::collections::HashSet<String> = live
-            .iter()
-            .map(|f| f.name.trim_start_matches('/').to_owned())
-            .collect();
-        let min_log = self
-            .db
-            .property_int_value(P::MIN_LOG_NUMBER_TO_KEEP)?
-            .unwrap_or(0);
-        let mut residue = Vec::new();
-        let mut wal_files = 0;
-        for e in std::fs::read_dir(self.db.path())? {
-            let n = e?.file_name().to_string_lossy().into_owned();
-            if n.ends_with(".sst") && !live_names.contains(&n) {
-                residue.push(n);
-            } else if let Some(num) = n.strip_suffix(".log").and_then(|x| x.parse::<u64>().ok()) {
-                wal_files += 1;
-                if num < min_log {
-                    residue.push(n);
-                }
-            }
-        }
+        let (live, residue, wal_files) = crate::store::obsolete_files(&self.db)?;
         let tombstones = live
             .iter()
             .filter(|f| f.column_family_name == CF_BEACONS && (whole || covers_any(f, ranges)))
