@@ -59,15 +59,7 @@ impl Vault {
             ..EventFilter::default()
         })?;
         drop(log);
-        let mut prev = opening.as_ref().map_or([0u8; 32], |h| h.head);
-        let events = events
-            .into_iter()
-            .map(|e| {
-                let p = prev;
-                prev = e.hash;
-                (e, p)
-            })
-            .collect();
+        let events = chained(opening.as_ref().map_or([0u8; 32], |h| h.head), events);
         let checkpoints = heads
             .into_iter()
             .filter(|h| h.seq >= from && h.seq <= end)
@@ -121,15 +113,7 @@ impl Vault {
             Vec::new()
         };
         drop(log);
-        let mut prev = opening.as_ref().map_or([0u8; 32], |h| h.head);
-        let events = events
-            .into_iter()
-            .map(|e| {
-                let p = prev;
-                prev = e.hash;
-                (e, p)
-            })
-            .collect();
+        let events = chained(opening.as_ref().map_or([0u8; 32], |h| h.head), events);
         let checkpoints = heads
             .into_iter()
             .filter(|h| h.seq > from && h.seq <= upto)
@@ -140,4 +124,17 @@ impl Vault {
             checkpoints,
         })
     }
+}
+
+/// Each event with the chain hash before it, starting from `prev` (the
+/// opening checkpoint's head, or zeros from seq 1).
+fn chained(mut prev: [u8; 32], events: Vec<AuditEvent>) -> Vec<(AuditEvent, [u8; 32])> {
+    events
+        .into_iter()
+        .map(|e| {
+            let p = prev;
+            prev = e.hash;
+            (e, p)
+        })
+        .collect()
 }
