@@ -46,11 +46,25 @@ for _ in $(seq 1 300); do [ -S "$PIVAULT_SOCKET" ] && break; sleep 0.1; done
 [ -S "$PIVAULT_SOCKET" ] || { cat "$SECRETS/server.log"; exit 1; }
 grep "listening" "$SECRETS/server.log"
 
+# Two-factor sign-in is required of admins, officers and contractors: a
+# password-only login may only enrol. oathtool (Debian's package) plays the
+# staff member's authenticator app here; the code goes through a file, never
+# a flag.
+enrol() {
+  local who=$1 secret
+  as "$who" login
+  secret=$(as "$who" --json two-factor enrol | sed -E 's/.*"secret":"([A-Z2-7]+)".*/\1/')
+  oathtool --totp -b "$secret" > "$SECRETS/$who.code"
+  PIVAULT_CODE_FILE="$SECRETS/$who.code" as "$who" two-factor confirm
+}
+
+step "the admin signs in and enrols a second factor (a login that may only enrol, until then)"
+enrol admin
+
 step "add a security officer and a clerk; each logs in once (a token, not a password per command)"
-as admin login
 PIVAULT_NEW_PASSWORD_FILE="$SECRETS/officer" as admin user add officer --role officer
 PIVAULT_NEW_PASSWORD_FILE="$SECRETS/clerk" as admin user add clerk --role clerk
-as officer login
+enrol officer
 as clerk login
 as admin user list
 

@@ -14,6 +14,9 @@ command -v make >/dev/null 2>&1 || need+=(make)
 # time-stamp authority for the audit-anchor tests (openssl).
 command -v strace >/dev/null 2>&1 || need+=(strace)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
+# The demo's and the tests' authenticator app for two-factor sign-in (an
+# independent RFC 6238 implementation): oathtool.
+command -v oathtool >/dev/null 2>&1 || need+=(oathtool)
 
 if [ ${#need[@]} -gt 0 ]; then
   echo "setup: installing ${need[*]}" >&2

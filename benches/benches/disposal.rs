@@ -67,6 +67,7 @@ fn setup(dir: &std::path::Path) -> Bench {
         buckets: DEFAULT_BUCKETS,
         admin: Username::parse(common::ADMIN.0).unwrap(),
         admin_password: SecretString::from(common::ADMIN.1),
+        two_factor: vault_core::access::TwoFactorPolicy::none(),
     };
     let opts = OpenOptions {
         clock: clock.clone(),

@@ -6,7 +6,7 @@
 //! | 1 | internal or unexpected error |
 //! | 2 | usage error (bad arguments) |
 //! | 3 | invalid input (bad field, bad file, weak password, bad ID) |
-//! | 4 | authentication failed, account locked or disabled, session invalid |
+//! | 4 | authentication failed, account locked or disabled, session invalid, a second factor needed, wrong or replayed, or not yet enrolled |
 //! | 5 | permission denied by role |
 //! | 6 | not found |
 //! | 7 | record disposed of |
@@ -71,7 +71,13 @@ pub fn classify(e: &anyhow::Error) -> (u8, String) {
 pub fn for_code(code: &str) -> u8 {
     match code {
         "invalid_input" | "weak_password" | "too_large" => INVALID_INPUT,
-        "auth_failed" | "account_locked" | "account_disabled" | "session_invalid" => AUTH,
+        "auth_failed"
+        | "account_locked"
+        | "account_disabled"
+        | "session_invalid"
+        | "second_factor_required"
+        | "second_factor_failed"
+        | "two_factor_enrolment_required" => AUTH,
         "permission_denied" => DENIED,
         "not_found" | "not_a_vault" => NOT_FOUND,
         "disposed" => DISPOSED,

@@ -15,6 +15,7 @@ mod profile;
 mod remote;
 mod service;
 mod siem;
+mod two_factor;
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, IsTerminal, Read, Seek, SeekFrom};
@@ -75,6 +76,11 @@ struct Cli {
         value_name = "FILE"
     )]
     password_file: Option<PathBuf>,
+    /// File holding the second factor's code for this sign-in (6 digits from
+    /// the authenticator app, or a recovery code), or `-` for one line of
+    /// stdin. Without it, the code is prompted for when the account needs one.
+    #[arg(long, global = true, env = "PIVAULT_CODE_FILE", value_name = "FILE")]
+    code_file: Option<PathBuf>,
     /// File holding a service account's token (`pivault service add`): a
     /// script's credential instead of a user and password.
     #[arg(
@@ -191,6 +197,10 @@ enum Command {
     /// Service accounts: a script's own token (retention runner).
     #[command(subcommand)]
     Service(service::ServiceCmd),
+    /// Two-factor sign-in: enrol your authenticator app, confirm it, and
+    /// which roles must use one.
+    #[command(subcommand, name = "two-factor")]
+    TwoFactor(two_factor::TwoFactorCmd),
     /// Backups of the record data (never the header); restore replays the disposal ledger.
     #[command(subcommand)]
     Backup(backup::BackupCmd),
@@ -475,6 +485,11 @@ struct InitArgs {
     /// Cheap Argon2id parameters for tests and demos. `doctor` reports such a vault as unsafe.
     #[arg(long)]
     insecure_fast_kdf: bool,
+    /// Roles that must sign in with a second factor (comma-separated, or
+    /// `none`, which `doctor` reports). Their users' first sign-in may only
+    /// enrol one (`pivault two-factor enrol`).
+    #[arg(long, value_name = "ROLES", default_value = "admin,officer,contractor")]
+    two_factor: String,
 }
 
 #[derive(Subcommand, Debug)]
@@ -502,6 +517,12 @@ enum UserCmd {
     },
     /// Re-enable a disabled user.
     Enable {
+        /// Username.
+        name: String,
+    },
+    /// Remove a user's second factor (admin; not your own): a lost phone.
+    /// They enrol again at their next sign-in.
+    ResetTwoFactor {
         /// Username.
         name: String,
     },
@@ -1057,7 +1078,7 @@ fn login(cli: &Cli, vault: &Vault) -> anyhow::Result<Session> {
         "password",
         "PIVAULT_PASSWORD_FILE",
     )?;
-    Ok(vault.login(user, &pw, Context::cli())?)
+    two_factor::login(vault, user, &pw, cli.code_file.as_deref(), Context::cli())
 }
 
 fn read_json(path: &Path) -> anyhow::Result<Value> {
@@ -1289,6 +1310,9 @@ fn run(cli: &Cli, out: &Out) -> anyhow::Result<u8> {
                 Command::Hold(c) => dispose::cmd_hold(out, &vault, &session, c)?,
                 Command::Contractor(c) => dispose::cmd_contractor(out, &vault, &session, c)?,
                 Command::Service(c) => service::cmd_local(out, &vault, &session, c)?,
+                Command::TwoFactor(c) => {
+                    two_factor::cmd_local(out, &vault, &session, cli.code_file.as_deref(), c)?
+                }
                 Command::Backup(c) => backup::cmd_backup(out, &vault, &session, c)?,
                 Command::Maintenance(MaintenanceCmd::Run) => {
                     let r = vault.run_maintenance(&session)?;
@@ -1428,6 +1452,7 @@ fn cmd_init(cli: &Cli, out: &Out, a: &InitArgs) -> anyhow::Result<u8> {
             buckets: a.buckets,
             admin: admin.clone(),
             admin_password: pw,
+            two_factor: vault_core::access::TwoFactorPolicy::parse(&a.two_factor)?,
         },
         open_opts(cli),
     )?;
@@ -1493,6 +1518,18 @@ fn cmd_user(cli: &Cli, out: &Out, vault: &Vault, s: &Session, c: &UserCmd) -> an
                 "user-change",
                 json!({ "user_id": id.to_string(), "reveal": *grant }),
                 || format!("{name} may no longer reveal sensitive fields"),
+            );
+        }
+        UserCmd::ResetTwoFactor { name } => {
+            let id = vault.reset_two_factor(s, name)?;
+            out.data(
+                "user-change",
+                json!({ "user_id": id.to_string(), "two_factor": "none" }),
+                || {
+                    format!(
+                        "removed {name}'s second factor; they enrol again at their next sign-in"
+                    )
+                },
             );
         }
         UserCmd::Unlock { name, .. } => {

@@ -92,6 +92,8 @@ pub struct Remote {
     /// Calls answered without a problem so far (a command that failed on
     /// its first call changed nothing and may be run again).
     answered: std::cell::Cell<u32>,
+    /// Where the login token in use is kept (`pivault login`), if it is.
+    kept_token: Option<PathBuf>,
 }
 
 impl Remote {
@@ -102,6 +104,7 @@ impl Remote {
                     transport: Transport::Local(p.clone()),
                     token: None,
                     answered: Default::default(),
+                    kept_token: None,
                 });
             }
             Endpoint::Url(u) => u,
@@ -131,6 +134,7 @@ impl Remote {
             transport: Transport::Https { agent, base },
             token: None,
             answered: Default::default(),
+            kept_token: None,
         })
     }
 
@@ -409,6 +413,23 @@ fn merge(mut a: Value, b: Value) -> Value {
     a
 }
 
+/// Keeps a login token in `path`, created afresh with mode 0600 (an
+/// older file, whatever its mode, is replaced, never reused).
+pub(crate) fn keep_token(path: &Path, token: &SecretString) -> anyhow::Result<()> {
+    if let Some(d) = path.parent() {
+        std::fs::create_dir_all(d)?;
+    }
+    let _ = std::fs::remove_file(path);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    f.write_all(token.expose().as_bytes())?;
+    Ok(())
+}
+
 /// Runs a command against the server.
 pub fn run(cli: &Cli, out: &Out, endpoint: &Endpoint) -> anyhow::Result<u8> {
     let mut r = Remote::new(endpoint, cli.ca_cert.as_deref())?;
@@ -426,38 +447,43 @@ pub fn run(cli: &Cli, out: &Out, endpoint: &Endpoint) -> anyhow::Result<u8> {
             "PIVAULT_PASSWORD_FILE",
         )
     };
-    let login = |r: &Remote, u: &str| -> anyhow::Result<SecretString> {
+    let code_file = cli.code_file.as_deref();
+    // Signs in: with the code from --code-file when given, else asking for
+    // one only when the server says the account needs it. Returns the token
+    // and whether it may only enrol a second factor.
+    let sign_in = |r: &Remote, u: &str| -> anyhow::Result<(SecretString, bool)> {
         let pw = password(u)?;
-        let v = r.post(
-            "/v1/sessions",
-            json!({ "username": u, "password": pw.expose() }),
-        )?;
-        Ok(SecretString::new(
+        let given = crate::two_factor::code_from_file(code_file)?;
+        let body = |code: Option<&SecretString>| json!({ "username": u, "password": pw.expose(), "code": code.map(|c| c.expose()) });
+        let v = match r.post("/v1/sessions", body(given.as_ref())) {
+            Err(e)
+                if given.is_none()
+                    && e.downcast_ref::<RemoteError>()
+                        .is_some_and(|e| e.code == "second_factor_required") =>
+            {
+                let code = crate::two_factor::prompt_code(None)?;
+                r.post("/v1/sessions", body(Some(&code)))?
+            }
+            other => other?,
+        };
+        let token = SecretString::new(
             v["token"]
                 .as_str()
                 .ok_or_else(|| anyhow!("no token in the answer"))?
                 .to_owned(),
-        ))
+        );
+        Ok((token, v["enrol_only"] == true))
     };
+    let login = |r: &Remote, u: &str| -> anyhow::Result<SecretString> { Ok(sign_in(r, u)?.0) };
     if let Some(file) = &cli.service_token_file {
         return run_as_service(cli, out, r, file);
     }
     match &cli.command {
         Command::Login => {
             let u = user()?;
-            let token = login(&r, u)?;
+            let (token, enrol_only) = sign_in(&r, u)?;
             let path = token_file(server, u)?;
-            if let Some(d) = path.parent() {
-                std::fs::create_dir_all(d)?;
-            }
-            let _ = std::fs::remove_file(&path);
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&path)
-                .with_context(|| format!("cannot create {}", path.display()))?;
-            f.write_all(token.expose().as_bytes())?;
+            keep_token(&path, &token)?;
             // Remembered, so that later commands need no PIVAULT_USER,
             // PIVAULT_SERVER or PIVAULT_CA_CERT.
             let (server_url, socket) = match endpoint {
@@ -484,12 +510,21 @@ pub fn run(cli: &Cli, out: &Out, endpoint: &Endpoint) -> anyhow::Result<u8> {
             out.data(
                 "login",
                 json!({ "logged_in": u, "token_file": path.display().to_string(),
-                        "profile": profile, "config_file": config.display().to_string() }),
+                        "profile": profile, "config_file": config.display().to_string(),
+                        "enrol_only": enrol_only }),
                 || {
-                    format!(
+                    let mut t = format!(
                         "logged in as {u}; token kept in {} (mode 0600); profile {profile} remembers where and as whom",
                         path.display()
-                    )
+                    );
+                    if enrol_only {
+                        t.push_str(
+                            "\nyour role requires two-factor sign-in and you have not enrolled: \
+                             this login may only enrol, for 10 minutes. Run `pivault two-factor enrol`, \
+                             then `pivault two-factor confirm`",
+                        );
+                    }
+                    t
                 },
             );
             return Ok(exit::OK);
@@ -529,6 +564,9 @@ pub fn run(cli: &Cli, out: &Out, endpoint: &Endpoint) -> anyhow::Result<u8> {
     }
     .filter(|t| !t.expose().is_empty());
     let mut ephemeral = stored.is_none();
+    if !ephemeral {
+        r.kept_token = token_file(server, u).ok();
+    }
     r.token = Some(match stored {
         Some(t) => t,
         None => login(&r, u)?,
@@ -632,6 +670,15 @@ fn dispose(r: &Remote, out: &Out, scope: Value, o: &DisposeOpts, what: &str) -> 
 fn command(cli: &Cli, out: &Out, r: &Remote) -> anyhow::Result<u8> {
     match &cli.command {
         Command::Service(c) => return crate::service::cmd_remote(out, r, c),
+        Command::TwoFactor(c) => {
+            return crate::two_factor::cmd_remote(
+                out,
+                r,
+                cli.code_file.as_deref(),
+                r.kept_token.as_deref(),
+                c,
+            );
+        }
         Command::Whoami => {
             let v = r.get("/v1/whoami")?;
             out.data("user", v.clone(), || output::whoami_text(&v));
@@ -682,6 +729,18 @@ fn command(cli: &Cli, out: &Out, r: &Remote) -> anyhow::Result<u8> {
             UserCmd::Unlock { name, .. } => {
                 let v = r.post(&format!("/v1/users/{}/unlock", url_part(name)), json!({}))?;
                 out.data("user-change", v, || format!("unlocked {name}"));
+            }
+            UserCmd::ResetTwoFactor { name } => {
+                let v = r.call(
+                    "DELETE",
+                    &format!("/v1/users/{}/two-factor", url_part(name)),
+                    None,
+                )?;
+                out.data("user-change", v, || {
+                    format!(
+                        "removed {name}'s second factor; they enrol again at their next sign-in"
+                    )
+                });
             }
             UserCmd::Role { name, role } => {
                 let v = r.call(

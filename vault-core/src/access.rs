@@ -357,6 +357,109 @@ pub(crate) struct UserRow {
     /// left with them: `doctor` says to rotate it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token_issued_to: Option<String>,
+    /// The second factor (REQ-AUTH-07), once enrolment began.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub totp: Option<TotpRow>,
+}
+
+/// A user's TOTP second factor. The secret is sealed under a key only the
+/// vault passphrase opens, so a copy of the records database signs no one
+/// in; recovery codes are kept as keyed MACs, each removed once used.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) struct TotpRow {
+    /// The secret (AES-256-GCM envelope, hex), bound to the user's ID.
+    pub sealed: String,
+    /// Confirmed with a code from the app. Until then the factor signs no
+    /// one in and can be replaced by a new enrolment.
+    pub confirmed: bool,
+    /// When enrolment began (unix ms); when confirmed, `confirmed_ms`.
+    pub started_ms: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub confirmed_ms: Option<i64>,
+    /// The last time step a code was accepted for: that code and every
+    /// earlier one are replays.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_step: Option<u64>,
+    /// MACs (hex) of the recovery codes not yet used.
+    #[serde(default)]
+    pub recovery: Vec<String>,
+}
+
+/// A user's two-factor state, as callers see it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TwoFactorState {
+    /// No second factor.
+    None,
+    /// Enrolment begun, not confirmed with a code.
+    Pending,
+    /// Signs in with a password and a code.
+    Enrolled,
+}
+
+impl TwoFactorState {
+    /// Stable name in documents.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TwoFactorState::None => "none",
+            TwoFactorState::Pending => "pending",
+            TwoFactorState::Enrolled => "enrolled",
+        }
+    }
+}
+
+/// Which roles must sign in with a second factor (REQ-AUTH-07).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TwoFactorPolicy {
+    /// Roles whose users cannot sign in without a second factor.
+    pub required: std::collections::BTreeSet<Role>,
+}
+
+impl Default for TwoFactorPolicy {
+    /// Required for the roles that change who may do what, read revealed
+    /// values, or destroy records: admin, officer and contractor.
+    fn default() -> Self {
+        TwoFactorPolicy {
+            required: [Role::Admin, Role::Officer, Role::Contractor].into(),
+        }
+    }
+}
+
+impl TwoFactorPolicy {
+    /// No role required (an explicit choice; `doctor` reports it).
+    pub fn none() -> Self {
+        TwoFactorPolicy {
+            required: Default::default(),
+        }
+    }
+
+    /// Whether users of `role` must sign in with a second factor.
+    pub fn requires(&self, role: Role) -> bool {
+        self.required.contains(&role)
+    }
+
+    /// Parses a comma-separated role list, or `none`.
+    pub fn parse(list: &str) -> Result<Self> {
+        let list = list.trim();
+        if list.eq_ignore_ascii_case("none") {
+            return Ok(Self::none());
+        }
+        let mut required = std::collections::BTreeSet::new();
+        for r in list.split(',').map(str::trim).filter(|r| !r.is_empty()) {
+            let role = Role::parse(r)?;
+            if matches!(role, Role::RetentionRunner | Role::AuditExporter) {
+                return Err(Error::invalid(
+                    "service roles sign in with tokens, not passwords: a second factor cannot be required of them",
+                ));
+            }
+            required.insert(role);
+        }
+        Ok(TwoFactorPolicy { required })
+    }
+
+    /// The role names, in order.
+    pub fn roles(&self) -> Vec<&'static str> {
+        self.required.iter().map(|r| r.as_str()).collect()
+    }
 }
 
 /// What callers may see of a user.
@@ -380,6 +483,8 @@ pub struct UserInfo {
     pub locked_until_ms: Option<i64>,
     /// A service account (token only, no password), not a person.
     pub service: bool,
+    /// The second factor's state.
+    pub two_factor: TwoFactorState,
 }
 
 impl UserRow {
@@ -401,6 +506,16 @@ impl UserRow {
             failure_sources: Vec::new(),
             service: false,
             token_issued_to: None,
+            totp: None,
+        }
+    }
+
+    /// The user's two-factor state.
+    pub fn two_factor(&self) -> TwoFactorState {
+        match &self.totp {
+            None => TwoFactorState::None,
+            Some(t) if t.confirmed => TwoFactorState::Enrolled,
+            Some(_) => TwoFactorState::Pending,
         }
     }
 
@@ -419,6 +534,7 @@ impl UserRow {
             last_login_ms: self.last_login_ms,
             locked_until_ms: self.locked_until_ms.filter(|&t| t > now_ms),
             service: self.service,
+            two_factor: self.two_factor(),
         })
     }
 }
@@ -577,6 +693,11 @@ pub(crate) struct SessionRow {
     /// until it is rotated or the account is revoked.
     #[serde(default)]
     pub service: bool,
+    /// Signed in with the password only, by a user whose role requires a
+    /// second factor they have not enrolled: the session may enrol and do
+    /// nothing else.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub enrol_only: bool,
 }
 
 impl SessionRow {

@@ -212,6 +212,7 @@ pub fn checks(vault: &Vault, now_ms: i64) -> Result<Vec<Check>> {
             "no active security officer: personal-information writes are refused",
         )
     });
+    out.extend(two_factor_checks(vault)?);
     out.push(service_check(vault)?);
     out.push(check(
         "roles",
@@ -324,6 +325,67 @@ pub const SERVICE_IDLE_WARN_MS: i64 = 90 * 86_400_000;
 
 /// The service accounts and their last use; a warning for an active one
 /// idle past [`SERVICE_IDLE_WARN_MS`].
+/// The two-factor policy against the default (REQ-AUTH-07), and the
+/// people it covers who have not enrolled: they can sign in only to enrol,
+/// so until they do, the vault has staff who cannot work and, if the policy
+/// was only just raised, sessions that were opened without a code.
+fn two_factor_checks(vault: &Vault) -> Result<Vec<Check>> {
+    let policy = vault.two_factor_policy()?;
+    let default = crate::access::TwoFactorPolicy::default();
+    let uncovered: Vec<&str> = default
+        .required
+        .iter()
+        .filter(|r| !policy.requires(**r))
+        .map(|r| r.as_str())
+        .collect();
+    let required = if policy.required.is_empty() {
+        "no role".to_owned()
+    } else {
+        policy.roles().join(", ")
+    };
+    let mut out = vec![if uncovered.is_empty() {
+        check(
+            "two-factor-policy",
+            Level::Ok,
+            format!(
+                "required for {required}; service accounts sign in by token without one (see service-accounts)"
+            ),
+        )
+    } else {
+        check(
+            "two-factor-policy",
+            Level::Warn,
+            format!(
+                "required for {required}, not for {}: set `pivault policy two-factor --require admin,officer,contractor` (201 CMR 17.04(1), FTC Safeguards Rule)",
+                uncovered.join(", ")
+            ),
+        )
+    }];
+    let lacking = vault.users_lacking_two_factor()?;
+    out.push(if lacking.is_empty() {
+        check(
+            "two-factor-enrolment",
+            Level::Ok,
+            "every active user whose role requires a second factor has one",
+        )
+    } else {
+        check(
+            "two-factor-enrolment",
+            Level::Warn,
+            format!(
+                "{} user(s) must enrol at their next sign-in (`pivault two-factor enrol`): {}",
+                lacking.len(),
+                lacking
+                    .iter()
+                    .map(|(u, r)| format!("{u} ({r})"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        )
+    });
+    Ok(out)
+}
+
 fn service_check(vault: &Vault) -> Result<Check> {
     let now = vault.now_ms();
     let accounts = vault.service_accounts()?;

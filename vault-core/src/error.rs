@@ -34,6 +34,16 @@ pub enum Error {
         /// Unix milliseconds at which the next call is allowed.
         retry_at_ms: i64,
     },
+    /// The password was right and the account signs in with a second
+    /// factor: ask for the code (REQ-AUTH-07).
+    SecondFactorRequired,
+    /// The second factor's code was wrong, outside its time window, or
+    /// already used (a replay); counted toward the lock-out like a wrong
+    /// password.
+    SecondFactorFailed,
+    /// The user's role requires two-factor sign-in and they have not
+    /// enrolled: the session may enrol and nothing else.
+    EnrolmentRequired,
     /// The account is disabled.
     AccountDisabled,
     /// The session or token is unknown, expired or revoked.
@@ -116,6 +126,9 @@ impl Error {
             Error::AccountLocked { .. } => "account_locked",
             Error::LoginThrottled { .. } => "login_throttled",
             Error::RateLimited { .. } => "rate_limited",
+            Error::SecondFactorRequired => "second_factor_required",
+            Error::SecondFactorFailed => "second_factor_failed",
+            Error::EnrolmentRequired => "two_factor_enrolment_required",
             Error::AccountDisabled => "account_disabled",
             Error::SessionInvalid => "session_invalid",
             Error::PermissionDenied(_) => "permission_denied",
@@ -171,6 +184,15 @@ impl fmt::Display for Error {
                     .unwrap_or_else(|_| "later".into());
                 write!(f, "this service token made more calls than its rate allows: try again after {at}")
             }
+            Error::SecondFactorRequired => f.write_str(
+                "this account signs in with a second factor: give the 6-digit code from its authenticator app, or one of its recovery codes",
+            ),
+            Error::SecondFactorFailed => f.write_str(
+                "the second factor's code is wrong, expired or already used: wait for the app's next code and try again (failures count toward the lock-out)",
+            ),
+            Error::EnrolmentRequired => f.write_str(
+                "your role requires two-factor sign-in and you have not enrolled: enrol first (`pivault two-factor enrol`); nothing else is allowed until then",
+            ),
             Error::AccountDisabled => f.write_str("account disabled"),
             Error::SessionInvalid => f.write_str("session or token is invalid, expired or revoked"),
             Error::PermissionDenied(action) => write!(f, "permission denied: your role may not {action}"),

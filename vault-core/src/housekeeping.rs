@@ -142,6 +142,7 @@ impl Vault {
                 user,
                 generation: urow.generation,
                 ctx: ctx.clone(),
+                enrol_only: false,
             };
             self.authorize(&s, None)?;
             let role = Role::parse(&urow.role)?;

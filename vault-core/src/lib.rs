@@ -28,6 +28,7 @@ pub mod siem;
 pub mod spool;
 mod store;
 pub mod timestamp;
+pub mod totp;
 pub mod vault;
 pub mod views;
 

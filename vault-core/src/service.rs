@@ -320,6 +320,7 @@ impl Vault {
             // Never used yet; the first call writes it (to the minute).
             last_seen_ms: 0,
             service: true,
+            enrol_only: false,
         };
         self.store_token(TOKEN_PREFIX, &row)
     }

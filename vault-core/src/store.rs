@@ -54,6 +54,15 @@ pub(crate) const CF_BEACONS: &str = "beacons";
 /// it, someone with the files but not the passphrase could plant a session
 /// row under a token they chose (a login as any user) or rewrite a role.
 const SEALED_CFS: [&str; 3] = [CF_USERS, CF_USERNAMES, CF_SESSIONS];
+/// Keys of the meta column family whose rows are sealed like those of
+/// [`SEALED_CFS`]: settings an insider with the files would lower to get
+/// in (the two-factor policy).
+pub(crate) const SEALED_META_PREFIX: &[u8] = b"sealed/";
+
+/// Whether a row carries a MAC.
+fn sealed(cf: &str, key: &[u8]) -> bool {
+    SEALED_CFS.contains(&cf) || (cf == CF_META && key.starts_with(SEALED_META_PREFIX))
+}
 /// Bytes of a row MAC.
 const ROW_TAG_LEN: usize = 32;
 /// The error of a row whose MAC fails.
@@ -364,7 +373,7 @@ impl Store {
         key: &[u8],
         value: &'v [u8],
     ) -> Result<std::borrow::Cow<'v, [u8]>> {
-        if !SEALED_CFS.contains(&cf) {
+        if !sealed(cf, key) {
             return Ok(std::borrow::Cow::Borrowed(value));
         }
         let mut v = value.to_vec();
@@ -375,7 +384,7 @@ impl Store {
     /// A stored value without its MAC, checked (in constant time); a row
     /// whose MAC fails was written by someone without the key.
     fn open_row(&self, cf: &str, key: &[u8], mut stored: Vec<u8>) -> Result<Vec<u8>> {
-        if !SEALED_CFS.contains(&cf) {
+        if !sealed(cf, key) {
             return Ok(stored);
         }
         use subtle::ConstantTimeEq;
@@ -474,7 +483,7 @@ impl Store {
     pub fn for_each(&self, cf: &str, mut f: impl FnMut(&[u8], &[u8]) -> Result<()>) -> Result<()> {
         for item in self.db.iterator_cf(self.cf(cf), IteratorMode::Start) {
             let (k, v) = item?;
-            if SEALED_CFS.contains(&cf) {
+            if sealed(cf, &k) {
                 f(&k, &self.open_row(cf, &k, v.to_vec())?)?;
             } else {
                 f(&k, &v)?;

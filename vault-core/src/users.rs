@@ -89,6 +89,25 @@ impl Vault {
     /// attempt counts against no account; failures that pass count once per
     /// source toward the account's lock-out.
     pub fn login(&self, username: &str, password: &SecretString, ctx: Context) -> Result<Session> {
+        self.login_with_code(username, password, None, ctx)
+    }
+
+    /// [`Vault::login`] with the second factor (REQ-AUTH-07): a 6-digit
+    /// TOTP code or a recovery code. An account with a confirmed factor
+    /// needs one ([`Error::SecondFactorRequired`] without it); a wrong or
+    /// replayed code counts toward the lock-out like a wrong password. A
+    /// user whose role requires a factor they have not enrolled gets a
+    /// session that may only enrol ([`Session::enrol_only`]).
+    ///
+    /// The code is checked and its time step recorded under the users
+    /// lock, so of two logins racing with one code exactly one succeeds.
+    pub fn login_with_code(
+        &self,
+        username: &str,
+        password: &SecretString,
+        code: Option<&SecretString>,
+        ctx: Context,
+    ) -> Result<Session> {
         let now = self.now();
         let name = Username::parse(username).ok();
         // A service account has no password: to a login it is an unknown user.
@@ -186,24 +205,58 @@ impl Vault {
             )?;
             return Err(e);
         }
+        let before = row.clone();
+        // The second factor, after the password and the account's state:
+        // only someone who knows the password learns that a code is due.
+        let mut targets = vec![id.to_string()];
+        let mut enrol_only = false;
+        if row.totp.as_ref().is_some_and(|t| t.confirmed) {
+            let Some(code) = code else {
+                let e = Error::SecondFactorRequired;
+                self.audit(Some(id), &ctx, "auth.login", targets, Err(&e), None)?;
+                return Err(e);
+            };
+            match self.check_second_factor(&mut row, code, now)? {
+                two_factor::Checked::Code => targets.push("factor:totp".into()),
+                two_factor::Checked::Recovery { left } => {
+                    targets.push("factor:recovery".into());
+                    targets.push(format!("recovery_codes_left:{left}"));
+                }
+                refused => {
+                    let mut row = before;
+                    self.note_source_failure(&tag, now)?;
+                    let locked = self.count_account_failure(&mut row, &tag, now);
+                    self.put_user_row(&row)?;
+                    let e = Error::SecondFactorFailed;
+                    targets.push(refused.target().into());
+                    self.audit(Some(id), &ctx, "auth.login", targets, Err(&e), None)?;
+                    if locked.is_some() {
+                        self.audit(
+                            Some(id),
+                            &ctx,
+                            "auth.lockout",
+                            vec![id.to_string()],
+                            Ok(()),
+                            None,
+                        )?;
+                    }
+                    return Err(e);
+                }
+            }
+        } else if self.two_factor_policy()?.requires(Role::parse(&row.role)?) {
+            enrol_only = true;
+            targets.push("two_factor:enrolment_required".into());
+        }
         // A success ends the run of consecutive failures, but not the
         // doubling of repeated lock-outs: otherwise an attacker who times
         // guesses around the owner's logins would always face the shortest
         // lock. Only an admin's unlock resets that (REQ-AUTH-05).
-        let before = row.clone();
         row.failures = 0;
         row.failure_sources.clear();
         row.locked_until_ms = None;
         row.last_login_ms = Some(now);
         self.put_user_row(&row)?;
-        if let Err(e) = self.audit(
-            Some(id),
-            &ctx,
-            "auth.login",
-            vec![id.to_string()],
-            Ok(()),
-            None,
-        ) {
+        if let Err(e) = self.audit(Some(id), &ctx, "auth.login", targets, Ok(()), None) {
             // Fail closed: no unaudited login, and no unaudited row change.
             if self
                 .undo_hook()
@@ -218,6 +271,7 @@ impl Vault {
             user: id,
             generation: row.generation,
             ctx,
+            enrol_only,
         })
     }
 
@@ -270,8 +324,14 @@ impl Vault {
     /// Issues an API token for a session: 256 random bits, shown once,
     /// stored only as its SHA-256.
     pub fn issue_token(&self, s: &Session, ttl_ms: i64) -> Result<SecretString> {
-        self.authorize(s, None)?;
+        self.authorize_own(s)?;
         let now = self.now();
+        // A session that may only enrol lives long enough to enrol.
+        let ttl_ms = if s.enrol_only {
+            ttl_ms.min(two_factor::ENROL_ONLY_TTL_MS)
+        } else {
+            ttl_ms
+        };
         let row = SessionRow {
             user: s.user.to_string(),
             generation: s.generation,
@@ -279,6 +339,7 @@ impl Vault {
             expires_ms: now + ttl_ms,
             last_seen_ms: now,
             service: false,
+            enrol_only: s.enrol_only,
         };
         let (token, key) = self.store_token("pvt_", &row)?;
         self.audit_or_undo(s, "auth.token.issue", vec![s.user.to_string()], || {
@@ -353,6 +414,7 @@ impl Vault {
             user,
             generation: row.generation,
             ctx,
+            enrol_only: row.enrol_only,
         })
     }
 
@@ -386,17 +448,21 @@ impl Vault {
     /// row invalidates (see [`GenCache`]), so disabling a user or changing
     /// their role or password still stops their sessions at the next call.
     pub(super) fn authorize(&self, s: &Session, perm: Option<Permission>) -> Result<Arc<UserRow>> {
-        let row = self.session_user(s.user)?.ok_or(Error::SessionInvalid)?;
-        if row.disabled || row.generation != s.generation {
+        let row = self.authorize_own(s)?;
+        if s.enrol_only {
+            let e = Error::EnrolmentRequired;
             self.audit(
                 Some(s.user),
                 &s.ctx,
-                "auth.session",
-                vec![s.user.to_string()],
-                Err(&Error::SessionInvalid),
+                "access.denied",
+                vec![format!(
+                    "permission:{}",
+                    perm.map_or("Any".into(), |p| format!("{p:?}"))
+                )],
+                Err(&e),
                 None,
             )?;
-            return Err(Error::SessionInvalid);
+            return Err(e);
         }
         if let Some(p) = perm {
             let role = Role::parse(&row.role)?;
@@ -416,9 +482,28 @@ impl Vault {
         Ok(row)
     }
 
-    /// The session's own user.
+    /// Checks that the session's user is still active and the session
+    /// current, and nothing else: what a session that may only enrol a
+    /// second factor needs (its own identity, its token, the enrolment).
+    pub(super) fn authorize_own(&self, s: &Session) -> Result<Arc<UserRow>> {
+        let row = self.session_user(s.user)?.ok_or(Error::SessionInvalid)?;
+        if row.disabled || row.generation != s.generation {
+            self.audit(
+                Some(s.user),
+                &s.ctx,
+                "auth.session",
+                vec![s.user.to_string()],
+                Err(&Error::SessionInvalid),
+                None,
+            )?;
+            return Err(Error::SessionInvalid);
+        }
+        Ok(row)
+    }
+
+    /// The session's own user (also for a session that may only enrol).
     pub fn whoami(&self, s: &Session) -> Result<UserInfo> {
-        self.authorize(s, None)?.info(self.now())
+        self.authorize_own(s)?.info(self.now())
     }
 
     /// Adds a user (admin). `reveal` grants a clerk the reveal of sensitive fields.
@@ -650,6 +735,10 @@ impl Vault {
             self.check_last_of_role(row, true, None)?;
             row.disabled = true;
             row.generation += 1;
+            // Their second factor goes with them (REQ-AUTH-07): enabled
+            // again, they enrol afresh, and a phone that left with them
+            // signs no one in.
+            row.totp = None;
             Ok(())
         })
     }

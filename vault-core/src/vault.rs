@@ -53,6 +53,8 @@ mod records;
 mod search;
 #[path = "service.rs"]
 mod service;
+#[path = "two_factor.rs"]
+mod two_factor;
 #[path = "users.rs"]
 mod users;
 
@@ -73,6 +75,7 @@ pub use maintenance::{JournalReport, MaintenanceReport, MaintenanceStatus};
 pub use records::{ImportColumns, RecordVersion};
 pub use search::{FindQuery, FindResult, FindTarget};
 pub use service::ServiceAccount;
+pub use two_factor::{ENROL_ONLY_TTL_MS, TotpConfirmed, TotpEnrolment};
 
 /// A test hook called with each disposal step name.
 pub type CrashHook = Box<dyn Fn(&str) + Send + Sync>;
@@ -97,6 +100,9 @@ pub struct InitOptions {
     pub admin: Username,
     /// The first admin's password, chosen by the operator (no default exists).
     pub admin_password: SecretString,
+    /// Roles that must sign in with a second factor; the default requires
+    /// it of admin, officer and contractor (REQ-AUTH-07).
+    pub two_factor: access::TwoFactorPolicy,
 }
 
 /// Settings for opening a vault.
@@ -158,12 +164,20 @@ pub struct Session {
     user: UserId,
     generation: u32,
     ctx: Context,
+    /// Password only, and the role requires a second factor not yet
+    /// enrolled: enrolment is the one thing the session may do.
+    enrol_only: bool,
 }
 
 impl Session {
     /// The acting user.
     pub fn user(&self) -> UserId {
         self.user
+    }
+    /// Whether the session may only enrol a second factor (the user's role
+    /// requires one and they signed in with the password alone).
+    pub fn enrol_only(&self) -> bool {
+        self.enrol_only
     }
     /// The request context.
     pub fn context(&self) -> &Context {
@@ -557,6 +571,7 @@ impl Vault {
 
         let vault = Vault::open(dir, passphrase, opts)?;
         let id = vault.insert_user(&init.admin, &init.admin_password, Role::Admin, false)?;
+        vault.store_two_factor_policy(&init.two_factor)?;
         vault.audit(
             None,
             &Context::cli(),
@@ -762,6 +777,8 @@ impl Vault {
                 e @ (Error::AccountLocked { .. }
                 | Error::LoginThrottled { .. }
                 | Error::AccountDisabled
+                | Error::SecondFactorRequired
+                | Error::EnrolmentRequired
                 | Error::SessionInvalid),
             ) => (Outcome::Denied, Some(e.code().to_owned())),
             Err(e) => (Outcome::Failed, Some(e.code().to_owned())),

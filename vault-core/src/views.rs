@@ -86,6 +86,9 @@ pub const DOCUMENTS: &[&str] = &[
     "session",
     "session-end",
     "subject",
+    "two-factor-confirmed",
+    "two-factor-enrolment",
+    "two-factor-policy",
     "user",
     "user-added",
     "user-change",
@@ -149,7 +152,13 @@ pub fn user(u: &UserInfo) -> Value {
         "reveal": u.reveal_grant, "created": format_ms(u.created_ms),
         "last_login": u.last_login_ms.map(format_ms), "locked_until": u.locked_until_ms.map(format_ms),
         "kind": if u.service { "service" } else { "person" },
+        "two_factor": u.two_factor.as_str(),
     })
+}
+
+/// The two-factor policy: which roles must sign in with a second factor.
+pub fn two_factor_policy(p: &crate::access::TwoFactorPolicy) -> Value {
+    json!({ "required": p.roles() })
 }
 
 /// One service account (`service list`): never its token.

@@ -238,6 +238,18 @@ const SCHEMA_FILES: &[(&str, &str)] = &[
         include_str!("../../schemas/session-end.json"),
     ),
     ("subject", include_str!("../../schemas/subject.json")),
+    (
+        "two-factor-confirmed",
+        include_str!("../../schemas/two-factor-confirmed.json"),
+    ),
+    (
+        "two-factor-enrolment",
+        include_str!("../../schemas/two-factor-enrolment.json"),
+    ),
+    (
+        "two-factor-policy",
+        include_str!("../../schemas/two-factor-policy.json"),
+    ),
     ("user", include_str!("../../schemas/user.json")),
     ("user-added", include_str!("../../schemas/user-added.json")),
     (
@@ -261,6 +273,11 @@ const OPERATION_DOCUMENTS: &[(&str, &str)] = &[
     ("login", "session"),
     ("logout", "session-end"),
     ("whoami", "user"),
+    ("begin_enrolment", "two-factor-enrolment"),
+    ("confirm_enrolment", "two-factor-confirmed"),
+    ("reset_two_factor", "user-change"),
+    ("show_two_factor_policy", "two-factor-policy"),
+    ("set_two_factor_policy", "two-factor-policy"),
     ("list_users", "user-list"),
     ("add_user", "user-added"),
     ("disable_user", "user-change"),

@@ -418,6 +418,7 @@ impl App {
         rc: &RequestContext,
         username: String,
         password: SecretString,
+        code: Option<SecretString>,
     ) -> Result<(Session, SecretString, i64), ApiError> {
         let _permit = self
             .logins
@@ -430,9 +431,15 @@ impl App {
         tokio::task::spawn_blocking(move || {
             let before = vault_core::audit::appended_on_this_thread();
             let r = vault
-                .login(&username, &password, rc.context())
+                .login_with_code(&username, &password, code.as_ref(), rc.context())
                 .and_then(|s| {
                     let _ = rc.actor.set(s.user());
+                    // A session that may only enrol gets a short token.
+                    let ttl_ms = if s.enrol_only() {
+                        ttl_ms.min(vault_core::vault::ENROL_ONLY_TTL_MS)
+                    } else {
+                        ttl_ms
+                    };
                     let t = vault.issue_token(&s, ttl_ms)?;
                     Ok((s, t, ttl_ms))
                 })

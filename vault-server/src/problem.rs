@@ -212,7 +212,11 @@ impl From<Error> for ApiError {
     fn from(e: Error) -> Self {
         let status = match &e {
             Error::InvalidInput(_) | Error::WeakPassword(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            Error::AuthFailed | Error::SessionInvalid => StatusCode::UNAUTHORIZED,
+            Error::AuthFailed
+            | Error::SessionInvalid
+            | Error::SecondFactorRequired
+            | Error::SecondFactorFailed => StatusCode::UNAUTHORIZED,
+            Error::EnrolmentRequired => StatusCode::FORBIDDEN,
             Error::AccountLocked { .. } => StatusCode::LOCKED,
             Error::LoginThrottled { .. } | Error::RateLimited { .. } => {
                 StatusCode::TOO_MANY_REQUESTS

@@ -115,6 +115,26 @@ pub struct LoginReq {
     pub username: String,
     /// Password (sent once; never logged).
     pub password: String,
+    /// The second factor, when the account has one: the 6-digit code of
+    /// its authenticator app, or a recovery code (never logged).
+    #[serde(default)]
+    pub code: Option<String>,
+}
+
+/// A code from the authenticator app (confirms an enrolment).
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CodeReq {
+    /// The 6-digit code the app shows now.
+    pub code: String,
+}
+
+/// Which roles must sign in with a second factor.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TwoFactorPolicyReq {
+    /// Role names (admin, officer, clerk, auditor, contractor); empty for none.
+    pub required: Vec<String>,
 }
 
 /// A new user.
@@ -449,6 +469,8 @@ macro_rules! opaque_debug {
 
 opaque_debug!(
     LoginReq,
+    CodeReq,
+    TwoFactorPolicyReq,
     NewUser,
     RoleReq,
     PasswordReq,
@@ -490,7 +512,12 @@ async fn login(State(app): State<Arc<App>>, rc: RequestContext, Body(req): Body<
         return Err(ApiError::rate_limited(wait));
     }
     let (s, token, ttl_ms) = app
-        .login(&rc, req.username, SecretString::new(req.password))
+        .login(
+            &rc,
+            req.username,
+            SecretString::new(req.password),
+            req.code.map(SecretString::new),
+        )
         .await?;
     let expires = jiff::Timestamp::now().as_millisecond() + ttl_ms;
     created(
@@ -498,8 +525,109 @@ async fn login(State(app): State<Arc<App>>, rc: RequestContext, Body(req): Body<
         json!({
             "token": token.expose(), "user_id": s.user().to_string(),
             "expires": vault_core::clock::format_ms(expires),
+            "enrol_only": s.enrol_only(),
         }),
     )
+}
+
+// ----- two-factor sign-in -----------------------------------------------------
+
+/// Start enrolling your second factor: a new TOTP secret, shown once, for
+/// your authenticator app. Allowed to a session that may only enrol.
+#[utoipa::path(post, path = "/v1/two-factor/enrolment", tag = "sessions", security(("bearer" = [])),
+    responses((status = 200, body = Object), (status = 401, body = Problem), (status = 409, body = Problem)))]
+async fn begin_enrolment(State(app): State<Arc<App>>, rc: RequestContext, t: Bearer) -> Res {
+    let e = app
+        .as_user(&rc, t, |v, s| v.begin_two_factor_enrolment(s))
+        .await?;
+    ok(
+        "two-factor-enrolment",
+        json!({ "secret": e.secret_base32.expose(), "otpauth_uri": e.uri.expose(),
+                "period_s": vault_core::totp::PERIOD_S, "digits": vault_core::totp::DIGITS }),
+    )
+}
+
+/// Confirm the enrolment with a code from the app. Returns a new token with
+/// everything your role grants (the token that confirmed is revoked) and
+/// the recovery codes, shown once.
+#[utoipa::path(post, path = "/v1/two-factor/enrolment/confirm", request_body = CodeReq, tag = "sessions",
+    security(("bearer" = [])),
+    responses((status = 200, body = Object), (status = 401, body = Problem), (status = 404, body = Problem),
+              (status = 423, body = Problem)))]
+async fn confirm_enrolment(
+    State(app): State<Arc<App>>,
+    rc: RequestContext,
+    t: Bearer,
+    Body(req): Body<CodeReq>,
+) -> Res {
+    let ttl_ms = i64::try_from(app.limits.token_ttl.as_millis()).unwrap_or(i64::MAX);
+    let old = SecretString::new(t.0.expose().to_owned());
+    let code = SecretString::new(req.code);
+    let (token, codes) = app
+        .as_user(&rc, t, move |v, s| {
+            let c = v.confirm_two_factor_enrolment(s, &code)?;
+            let token = v.issue_token(&c.session, ttl_ms)?;
+            v.revoke_token(&old)?;
+            Ok((token, c.recovery_codes))
+        })
+        .await?;
+    let expires = jiff::Timestamp::now().as_millisecond() + ttl_ms;
+    ok(
+        "two-factor-confirmed",
+        json!({ "token": token.expose(), "expires": vault_core::clock::format_ms(expires),
+                "recovery_codes": codes.iter().map(|c| c.expose()).collect::<Vec<_>>() }),
+    )
+}
+
+/// Remove a user's second factor (admin; not your own): a lost phone.
+#[utoipa::path(delete, path = "/v1/users/{name}/two-factor", tag = "users", security(("bearer" = [])),
+    params(("name" = String, Path, description = "username")),
+    responses((status = 200, body = Object), (status = 403, body = Problem), (status = 404, body = Problem)))]
+async fn reset_two_factor(
+    State(app): State<Arc<App>>,
+    rc: RequestContext,
+    t: Bearer,
+    Path(name): Path<String>,
+) -> Res {
+    let id = app
+        .as_user(&rc, t, move |v, s| v.reset_two_factor(s, &name))
+        .await?;
+    ok(
+        "user-change",
+        json!({ "user_id": id.to_string(), "two_factor": "none" }),
+    )
+}
+
+/// Which roles must sign in with a second factor.
+#[utoipa::path(get, path = "/v1/policy/two-factor", tag = "users", security(("bearer" = [])),
+    responses((status = 200, body = Object), (status = 401, body = Problem)))]
+async fn show_two_factor_policy(State(app): State<Arc<App>>, rc: RequestContext, t: Bearer) -> Res {
+    let p = app
+        .as_user(&rc, t, |v, s| v.get_two_factor_policy(s))
+        .await?;
+    ok("two-factor-policy", views::two_factor_policy(&p))
+}
+
+/// Set which roles must sign in with a second factor (admin).
+#[utoipa::path(put, path = "/v1/policy/two-factor", request_body = TwoFactorPolicyReq, tag = "users",
+    security(("bearer" = [])),
+    responses((status = 200, body = Object), (status = 403, body = Problem), (status = 422, body = Problem)))]
+async fn set_two_factor_policy(
+    State(app): State<Arc<App>>,
+    rc: RequestContext,
+    t: Bearer,
+    Body(req): Body<TwoFactorPolicyReq>,
+) -> Res {
+    let p = vault_core::access::TwoFactorPolicy::parse(&if req.required.is_empty() {
+        "none".to_owned()
+    } else {
+        req.required.join(",")
+    })
+    .map_err(ApiError::from)?;
+    let p2 = p.clone();
+    app.as_user(&rc, t, move |v, s| v.set_two_factor_policy(s, &p2))
+        .await?;
+    ok("two-factor-policy", views::two_factor_policy(&p))
 }
 
 /// Log out: revokes the token.
@@ -2062,7 +2190,7 @@ impl Modify for BearerScheme {
 #[openapi(
     info(title = "pivault API", description = "Encrypted personal-information records: store, read (masked), dispose of provably. Errors are RFC 9457 problem documents whose `code` matches the CLI's."),
     modifiers(&BearerScheme),
-    paths(login, logout, whoami, list_users, add_user, add_service, list_services, rotate_service, revoke_service, disable_user, enable_user, unlock_user, set_role, set_reveal_grant,
+    paths(login, logout, whoami, begin_enrolment, confirm_enrolment, reset_two_factor, show_two_factor_policy, set_two_factor_policy, list_users, add_user, add_service, list_services, rotate_service, revoke_service, disable_user, enable_user, unlock_user, set_role, set_reveal_grant,
           set_password, list_approvals, approve_request, reject_request, list_collections, create_collection, update_collection, show_collection, put_record, list_records,
           get_record, reveal_record, find_records, reindex_collection, update_record, patch_record, record_history, import, resolve_subject, dispose, list_disposals,
           retry_disposal, show_retention, set_retention, show_retention_schedule, set_retention_schedule, retention_due, retention_run, list_holds, add_hold,
@@ -2092,6 +2220,16 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/sessions", post(login))
         .route("/v1/sessions/current", axum::routing::delete(logout))
         .route("/v1/whoami", get(whoami))
+        .route("/v1/two-factor/enrolment", post(begin_enrolment))
+        .route("/v1/two-factor/enrolment/confirm", post(confirm_enrolment))
+        .route(
+            "/v1/users/{name}/two-factor",
+            axum::routing::delete(reset_two_factor),
+        )
+        .route(
+            "/v1/policy/two-factor",
+            get(show_two_factor_policy).put(set_two_factor_policy),
+        )
         .route("/v1/users", get(list_users).post(add_user))
         .route("/v1/users/{name}/disable", post(disable_user))
         .route("/v1/users/{name}/enable", post(enable_user))

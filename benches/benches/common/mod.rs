@@ -60,6 +60,8 @@ pub fn fixture(dir: &Path) -> Fixture {
         buckets: DEFAULT_BUCKETS,
         admin: Username::parse(ADMIN.0).expect("username"),
         admin_password: SecretString::from(ADMIN.1),
+        // The benchmarks' staff sign in with passwords only.
+        two_factor: vault_core::access::TwoFactorPolicy::none(),
     };
     let vault = Vault::create(
         dir,

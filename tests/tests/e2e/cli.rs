@@ -318,11 +318,21 @@ impl CliVault {
         }
     }
 
-    /// `init --insecure-fast-kdf --admin admin`; returns the vault ID.
+    /// `init --insecure-fast-kdf --admin admin --two-factor none`; returns
+    /// the vault ID. The staff of these tests sign in with passwords only;
+    /// two_factor.rs drives the default (a second factor required of
+    /// admins, officers and contractors) through the real binary.
     pub(crate) fn init(&self) -> String {
-        let mut c = self.command(&["--json", "init", "--admin", "admin", "--insecure-fast-kdf"]);
+        self.init_with(&["--two-factor", "none"])
+    }
+
+    /// `init --insecure-fast-kdf --admin admin` with more arguments.
+    pub(crate) fn init_with(&self, more: &[&str]) -> String {
+        let mut args = vec!["--json", "init", "--admin", "admin", "--insecure-fast-kdf"];
+        args.extend_from_slice(more);
+        let mut c = self.command(&args);
         c.env("PIVAULT_PASSWORD_FILE", self.password_file("admin"));
-        let r = self.exec(c, "--json init --admin admin --insecure-fast-kdf");
+        let r = self.exec(c, &args.join(" "));
         r.ok();
         let v = r.json();
         let id = v["vault_id"]
@@ -410,6 +420,7 @@ impl CliVault {
             "PIVAULT_SERVICE_TOKEN_FILE",
             "PIVAULT_PROFILE",
             "PIVAULT_CA_CERT",
+            "PIVAULT_CODE_FILE",
         ] {
             c.env_remove(var);
         }

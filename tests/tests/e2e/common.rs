@@ -160,6 +160,10 @@ pub fn create_vault(
         buckets: BUCKETS,
         admin: Username::parse(admin).expect("admin name"),
         admin_password: SecretString::from(admin_password),
+        // The fixture's staff sign in with passwords only, so that every
+        // other test drives its subject, not a code; two_factor.rs tests
+        // the default (required for admin, officer and contractor).
+        two_factor: vault_core::access::TwoFactorPolicy::none(),
     };
     Vault::create(
         dir,

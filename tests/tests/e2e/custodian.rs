@@ -732,6 +732,7 @@ fn breached_passwords_are_refused_for_users_and_the_vault() {
             buckets: BUCKETS,
             admin: vault_core::ids::Username::parse("admin").unwrap(),
             admin_password: password_of("admin"),
+            two_factor: vault_core::access::TwoFactorPolicy::none(),
         },
         common::open_options(&clock),
     );

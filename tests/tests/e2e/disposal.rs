@@ -187,6 +187,7 @@ fn small_vault(dir: &Path) -> Fixture {
         buckets: SMALL_BUCKETS,
         admin: Username::parse(admin_name).expect("admin name"),
         admin_password: SecretString::from(admin_pw),
+        two_factor: vault_core::access::TwoFactorPolicy::none(),
     };
     let vault = Vault::create(
         dir,

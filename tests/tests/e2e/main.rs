@@ -30,3 +30,4 @@ mod server_hostile;
 mod service;
 mod siem;
 mod spreadsheet;
+mod two_factor;
