@@ -54,6 +54,8 @@ enrol() {
   local who=$1 secret
   as "$who" login
   secret=$(as "$who" --json two-factor enrol | sed -E 's/.*"secret":"([A-Z2-7]+)".*/\1/')
+  # Kept with the demo's other secrets, so the demo's staff can sign in again.
+  printf '%s\n' "$secret" > "$SECRETS/$who.totp"
   oathtool --totp -b "$secret" > "$SECRETS/$who.code"
   PIVAULT_CODE_FILE="$SECRETS/$who.code" as "$who" two-factor confirm
 }
@@ -125,7 +127,9 @@ cat <<MSG
 Done. The vault is in $VAULT; its random demo secrets (passphrase, passwords) are
 in $SECRETS. Staff commands go through pivault-server: start it as above
 (PIVAULT_PASSPHRASE_FILE=$SECRETS/passphrase pivault-server --socket $SECRETS/pivault.sock),
-then try: PIVAULT_SOCKET=$SECRETS/pivault.sock PIVAULT_USER=officer PIVAULT_PASSWORD_FILE=$SECRETS/officer $PIVAULT audit report
+then try (the officer's authenticator app is oathtool on $SECRETS/officer.totp):
+  oathtool --totp -b "\$(cat $SECRETS/officer.totp)" | PIVAULT_SOCKET=$SECRETS/pivault.sock PIVAULT_USER=officer \\
+    PIVAULT_PASSWORD_FILE=$SECRETS/officer $PIVAULT --code-file - audit report
 The certificate of destruction is $SECRETS/certificate.json ($PIVAULT certificate render FILE for print).
 Next: README.md (commands, schema format, exit codes),
 ARCHITECTURE.md (how the keys and the audit trail work), and

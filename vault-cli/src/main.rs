@@ -1444,6 +1444,7 @@ fn cmd_init(cli: &Cli, out: &Out, a: &InitArgs) -> anyhow::Result<u8> {
     } else {
         KdfParams::VAULT_DEFAULT
     };
+    let two_factor = vault_core::access::TwoFactorPolicy::parse(&a.two_factor)?;
     let vault = Vault::create(
         dir,
         &pass,
@@ -1452,7 +1453,7 @@ fn cmd_init(cli: &Cli, out: &Out, a: &InitArgs) -> anyhow::Result<u8> {
             buckets: a.buckets,
             admin: admin.clone(),
             admin_password: pw,
-            two_factor: vault_core::access::TwoFactorPolicy::parse(&a.two_factor)?,
+            two_factor: two_factor.clone(),
         },
         open_opts(cli),
     )?;
@@ -1461,8 +1462,16 @@ fn cmd_init(cli: &Cli, out: &Out, a: &InitArgs) -> anyhow::Result<u8> {
     out.data("vault-created", 
         json!({ "vault_id": id.to_string(), "dir": dir.display().to_string(), "admin": admin.as_str() }),
         || {
+            let enrol = if two_factor.requires(vault_core::access::Role::Admin) {
+                format!(
+                    "\n  0. enrol {admin}'s second factor (required of admins; the first sign-in may only enrol):\n       pivault --vault {dir} --user {admin} two-factor enrol, then two-factor confirm",
+                    dir = dir.display()
+                )
+            } else {
+                String::new()
+            };
             format!(
-                "created vault {id} in {dir}\n\nNext steps:\n  1. add a security officer (records are refused until one exists):\n       pivault --vault {dir} --user {admin} user add NAME --role officer\n  2. add staff:    pivault --vault {dir} --user {admin} user add NAME --role clerk\n  3. define what you store:\n       pivault --vault {dir} --user {admin} collection create customers --schema schema.json\n  4. check the set-up:  pivault --vault {dir} doctor",
+                "created vault {id} in {dir}\n\nNext steps:{enrol}\n  1. add a security officer (records are refused until one exists):\n       pivault --vault {dir} --user {admin} user add NAME --role officer\n  2. add staff:    pivault --vault {dir} --user {admin} user add NAME --role clerk\n  3. define what you store:\n       pivault --vault {dir} --user {admin} collection create customers --schema schema.json\n  4. check the set-up:  pivault --vault {dir} doctor",
                 dir = dir.display()
             )
         },
