@@ -17,6 +17,9 @@ command -v openssl >/dev/null 2>&1 || need+=(openssl)
 # The demo's and the tests' authenticator app for two-factor sign-in (an
 # independent RFC 6238 implementation): oathtool.
 command -v oathtool >/dev/null 2>&1 || need+=(oathtool)
+# The web page's browser tests: headless Chromium under chromedriver.
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
 
 if [ ${#need[@]} -gt 0 ]; then
   echo "setup: installing ${need[*]}" >&2

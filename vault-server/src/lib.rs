@@ -20,6 +20,7 @@ pub mod pool;
 pub mod problem;
 pub mod routes;
 pub mod syslog;
+pub mod web;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -701,6 +702,8 @@ fn is_public(method: &str, route: &str) -> bool {
         route,
         "/healthz" | "/readyz" | "/v1/openapi.json" | "/v1/keys"
     ) || (method == "POST" && route == "/v1/sessions")
+        // The web page reads its own session cookie (`web.rs`).
+        || web::is_web(route)
 }
 
 /// The permissions (any one of them) a route with a large body always
@@ -961,7 +964,8 @@ async fn frame(
         // A refused token (audited as `auth.token`): charge its source.
         let _ = app.bad_token_buckets.take(SourceKey::from(peer));
     }
-    if !health && !rc.audited.load(Ordering::SeqCst) {
+    let quiet = health || web::is_quiet(&rc.method, &rc.route);
+    if !quiet && !rc.audited.load(Ordering::SeqCst) {
         let status = resp.status().as_u16();
         if rc.actor.get().is_none() && (is_aggregated_refusal(status) || code == Some("disk_low")) {
             // Unauthenticated refusals are counted, per source and minute,

@@ -2296,5 +2296,6 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/maintenance", post(maintenance))
         .layer(DefaultBodyLimit::max(body_limit))
         .merge(imports)
+        .merge(crate::web::router())
         .with_state(app)
 }

@@ -31,3 +31,4 @@ mod service;
 mod siem;
 mod spreadsheet;
 mod two_factor;
+mod web;

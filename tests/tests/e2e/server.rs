@@ -273,6 +273,65 @@ impl Server {
         )
     }
 
+    /// One request with the given headers, no redirect followed: (status,
+    /// response headers with lower-case names, body).
+    pub(crate) fn raw_with(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<(&[u8], &str)>,
+    ) -> (u16, Vec<(String, String)>, String) {
+        let url = format!("{}{}", self.base, path);
+        let resp = if method == "GET" {
+            let mut r = self.agent.get(&url).config().max_redirects(0).build();
+            for (k, v) in headers {
+                r = r.header(*k, *v);
+            }
+            r.call()
+        } else {
+            let mut r = self.agent.post(&url).config().max_redirects(0).build();
+            for (k, v) in headers {
+                r = r.header(*k, *v);
+            }
+            match body {
+                Some((bytes, ct)) => r.header("Content-Type", ct).send(bytes),
+                None => r.send_empty(),
+            }
+        };
+        let mut resp = resp.expect("HTTP exchange");
+        let hs = resp
+            .headers()
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.as_str().to_ascii_lowercase(),
+                    v.to_str().unwrap_or("").to_owned(),
+                )
+            })
+            .collect();
+        let text = resp.body_mut().read_to_string().unwrap_or_default();
+        (resp.status().as_u16(), hs, text)
+    }
+
+    /// The response headers of a GET (no redirect followed).
+    pub(crate) fn raw_headers(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+    ) -> std::collections::HashMap<String, String> {
+        let auth = token.map(|t| format!("Bearer {t}"));
+        let mut h: Vec<(&str, &str)> = Vec::new();
+        if let Some(a) = &auth {
+            h.push(("Authorization", a));
+        }
+        self.raw_with(method, path, &h, None)
+            .1
+            .into_iter()
+            .collect()
+    }
+
     pub(crate) fn raw(
         &self,
         method: &str,

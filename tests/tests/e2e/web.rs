@@ -1,0 +1,449 @@
+//! The web page in a real browser: Debian's headless Chromium driven over
+//! the W3C WebDriver protocol by chromedriver (both installed by
+//! `scripts/setup.sh`), against the real server over TLS. The WebDriver
+//! client is the few calls these tests need, over `ureq`. Screenshots go to
+//! `target/ui-screenshots/` (or `PIVAULT_SCREENSHOTS`), which CI keeps.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use vault_core::totp;
+
+use crate::common::{PASSPHRASE, password_of};
+use crate::server::{self, Server};
+
+const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
+
+/// A headless Chromium under chromedriver, one WebDriver session.
+struct Browser {
+    driver: Child,
+    base: String,
+    session: String,
+    agent: ureq::Agent,
+    _profile: tempfile::TempDir,
+}
+
+impl Browser {
+    fn start() -> Browser {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let driver = Command::new("chromedriver")
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("chromedriver (scripts/setup.sh installs chromium-driver)");
+        let base = format!("http://127.0.0.1:{port}");
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(60)))
+            .build()
+            .into();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while agent.get(format!("{base}/status")).call().is_err() {
+            assert!(Instant::now() < deadline, "chromedriver did not start");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let profile = tempfile::tempdir().unwrap();
+        let caps = json!({ "capabilities": { "alwaysMatch": {
+            "browserName": "chrome",
+            "acceptInsecureCerts": true,
+            "goog:chromeOptions": {
+                "binary": "/usr/bin/chromium",
+                "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                         "--disable-background-networking", "--disable-component-update",
+                         "--disable-sync", "--no-first-run", "--window-size=1000,1200",
+                         format!("--user-data-dir={}", profile.path().display())]
+            }
+        }}});
+        let mut b = Browser {
+            driver,
+            base,
+            session: String::new(),
+            agent,
+            _profile: profile,
+        };
+        let v = b.post("/session", caps);
+        b.session = v["sessionId"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no WebDriver session: {v}"))
+            .to_owned();
+        b
+    }
+
+    fn post(&self, path: &str, body: Value) -> Value {
+        let mut r = self
+            .agent
+            .post(format!("{}{path}", self.base))
+            .send_json(body)
+            .expect("WebDriver call");
+        let v: Value = r.body_mut().read_json().expect("WebDriver JSON");
+        v["value"].clone()
+    }
+
+    fn get(&self, path: &str) -> Value {
+        let mut r = self
+            .agent
+            .get(format!("{}{path}", self.base))
+            .call()
+            .expect("WebDriver call");
+        let v: Value = r.body_mut().read_json().expect("WebDriver JSON");
+        v["value"].clone()
+    }
+
+    fn s(&self, path: &str) -> String {
+        format!("/session/{}{path}", self.session)
+    }
+
+    fn goto(&self, url: &str) {
+        self.post(&self.s("/url"), json!({ "url": url }));
+    }
+
+    fn find(&self, css: &str) -> String {
+        let v = self.post(
+            &self.s("/element"),
+            json!({ "using": "css selector", "value": css }),
+        );
+        v[ELEMENT]
+            .as_str()
+            .unwrap_or_else(|| panic!("no element {css} on {}: {v}", self.url()))
+            .to_owned()
+    }
+
+    fn type_into(&self, css: &str, text: &str) {
+        let e = self.find(css);
+        self.post(
+            &self.s(&format!("/element/{e}/value")),
+            json!({ "text": text }),
+        );
+    }
+
+    /// Clicks a submit button and waits for the answer's page (the click
+    /// may return before the browser has the new page).
+    fn submit(&self, css: &str) {
+        let before = self.source();
+        self.click(css);
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while self.source() == before {
+            assert!(
+                Instant::now() < deadline,
+                "no new page after clicking {css}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn clear(&self, css: &str) {
+        let e = self.find(css);
+        self.post(&self.s(&format!("/element/{e}/clear")), json!({}));
+    }
+
+    fn click(&self, css: &str) {
+        let e = self.find(css);
+        self.post(&self.s(&format!("/element/{e}/click")), json!({}));
+    }
+
+    fn text(&self, css: &str) -> String {
+        let e = self.find(css);
+        self.get(&self.s(&format!("/element/{e}/text")))
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    }
+
+    fn title(&self) -> String {
+        self.get(&self.s("/title")).as_str().unwrap().to_owned()
+    }
+
+    fn url(&self) -> String {
+        self.get(&self.s("/url")).as_str().unwrap_or("").to_owned()
+    }
+
+    fn source(&self) -> String {
+        self.get(&self.s("/source")).as_str().unwrap().to_owned()
+    }
+
+    /// Writes a PNG of the page to the screenshots folder.
+    fn screenshot(&self, name: &str) {
+        use std::io::Write as _;
+        let b64 = self.get(&self.s("/screenshot"));
+        let bytes = base64_decode(b64.as_str().unwrap());
+        let dir = std::env::var_os("PIVAULT_SCREENSHOTS")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| {
+                PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/ui-screenshots")
+            });
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut f = std::fs::File::create(dir.join(format!("{name}.png"))).unwrap();
+        f.write_all(&bytes).unwrap();
+        assert!(bytes.starts_with(b"\x89PNG"), "a PNG screenshot");
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let _ = self
+            .agent
+            .delete(format!("{}/session/{}", self.base, self.session))
+            .call();
+        let _ = self.driver.kill();
+        let _ = self.driver.wait();
+    }
+}
+
+fn base64_decode(s: &str) -> Vec<u8> {
+    const A: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let (mut bits, mut n, mut out) = (0u32, 0u32, Vec::new());
+    for c in s.bytes().filter(|c| *c != b'=' && !c.is_ascii_whitespace()) {
+        bits = (bits << 6) | A.iter().position(|&a| a == c).expect("base64") as u32;
+        n += 6;
+        if n >= 8 {
+            out.push((bits >> (n - 8)) as u8);
+            n -= 8;
+        }
+    }
+    out
+}
+
+fn base32_decode(s: &str) -> Vec<u8> {
+    const A: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
+    let (mut bits, mut n, mut out) = (0u64, 0u32, Vec::new());
+    for c in s.trim().bytes() {
+        bits = (bits << 5) | A.iter().position(|&a| a == c).expect("base32") as u64;
+        n += 5;
+        if n >= 8 {
+            out.push((bits >> (n - 8)) as u8);
+            n -= 8;
+        }
+    }
+    out
+}
+
+/// The server over a vault with the search tests' `counter` collection.
+fn counter_server() -> Server {
+    let dir = tempfile::tempdir().unwrap();
+    let vault_dir = dir.path().join("vault");
+    let f = crate::search::counter_vault(&vault_dir);
+    f.vault.close().unwrap();
+    server::start_on(dir, vault_dir, PASSPHRASE, &[])
+}
+
+const SSN: &str = "219-09-9999";
+
+#[test]
+fn a_clerk_enrols_finds_a_customer_masked_and_a_visitor_verifies_a_certificate() {
+    let srv = counter_server();
+    let admin = srv.token("admin");
+    let clerk = srv.token("clerk");
+    let officer = srv.token("officer");
+    // Clerks must use a second factor here; a stored customer to find.
+    let a = srv.call(
+        "PUT",
+        "/v1/policy/two-factor",
+        Some(&admin),
+        Some(&json!({ "required": ["admin", "officer", "contractor", "clerk"] })),
+    );
+    assert_eq!(a.status, 200, "{a:?}");
+    let a = srv.call(
+        "POST",
+        "/v1/records",
+        Some(&clerk),
+        Some(&json!({ "collection": "counter", "data": {
+            "given_name": "Wilhelmina", "family_name": "Ostrowski", "ssn": SSN } })),
+    );
+    assert_eq!(a.status, 201, "{a:?}");
+    let record = a.json()["record_id"].as_str().unwrap().to_owned();
+
+    let b = Browser::start();
+    let home = format!("{}/ui/", srv.base);
+    b.goto(&home);
+    assert_eq!(b.title(), "Sign in · pivault");
+    b.screenshot("sign-in");
+    b.type_into("#username", "clerk");
+    b.type_into("#password", password_of("clerk").expose());
+    b.submit("button[type=submit]");
+    // The role requires a second factor: the only page is the enrolment.
+    assert!(b.url().ends_with("/ui/two-factor"), "{}", b.url());
+    b.screenshot("two-factor-enrolment");
+    assert!(
+        b.source().contains("data:image/svg+xml;base64,"),
+        "the QR code is on the page"
+    );
+    let secret = base32_decode(&b.text("code.secret"));
+    assert_eq!(secret.len(), 20);
+    let code = totp::code_at(
+        &secret,
+        totp::step_at(jiff::Timestamp::now().as_millisecond()),
+    );
+    b.type_into("#code", &code);
+    b.submit("main button[type=submit]");
+    let page = b.source();
+    assert!(page.contains("Two-factor sign-in is set up"), "{page}");
+    assert_eq!(page.matches("<li><code>").count(), 10, "ten recovery codes");
+    b.screenshot("two-factor-recovery-codes");
+
+    // Find the customer by SSN typed without dashes: masked, never revealed.
+    b.goto(&format!("{}/ui/find", srv.base));
+    assert_eq!(b.title(), "Find a customer · pivault");
+    b.clear("#collection");
+    b.type_into("#collection", "counter");
+    b.type_into("#value", &SSN.replace('-', ""));
+    b.submit("main button[type=submit]");
+    let page = b.source();
+    assert!(page.contains(&record), "the record is found: {page}");
+    assert!(page.contains("***-**-9999"), "masked: {page}");
+    assert!(
+        !page.contains(SSN) && !page.contains("219099999"),
+        "an SSN on the page"
+    );
+    // No more than the API's masked answer to the same find shows.
+    let api = srv.call(
+        "POST",
+        "/v1/collections/counter/find",
+        Some(&officer),
+        Some(&json!({ "type": "ssn", "value": SSN })),
+    );
+    assert_eq!(api.status, 200, "{api:?}");
+    for (field, value) in api.json()["records"][0]["fields"].as_object().unwrap() {
+        let shown = format!(
+            "<dt>{field}</dt><dd>{}</dd>",
+            value.as_str().unwrap_or_default()
+        );
+        assert!(page.contains(&shown), "{shown} not on the page");
+    }
+    // Nothing personal in the URL or the title (the search was a POST).
+    assert!(b.url().ends_with("/ui/find"), "{}", b.url());
+    assert_eq!(b.title(), "Find a customer · pivault");
+    b.screenshot("find-masked");
+
+    // The admin disables the clerk: the open page fails its next click.
+    let a = srv.call("POST", "/v1/users/clerk/disable", Some(&admin), None);
+    assert_eq!(a.status, 200, "{a:?}");
+    b.goto(&format!("{}/ui/find", srv.base));
+    assert_eq!(
+        b.title(),
+        "Sign in · pivault",
+        "a disabled user's page stays open"
+    );
+
+    // A visitor who is signed in nowhere verifies a certificate.
+    let a = srv.call(
+        "POST",
+        "/v1/disposals",
+        Some(&officer),
+        Some(&json!({ "scope": "record", "record": record, "data_owner": "Counter Shop" })),
+    );
+    assert_eq!(a.status, 200, "{a:?}");
+    let cert_id = a.json()["certificate_id"].as_str().unwrap().to_owned();
+    let file = srv.call(
+        "GET",
+        &format!("/v1/certificates/{cert_id}/file"),
+        Some(&officer),
+        None,
+    );
+    assert_eq!(file.status, 200);
+    let key = srv.call("GET", "/v1/keys", None, None).json()["certificate_key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let check = |text: &str| {
+        b.goto(&format!("{}/ui/verify", srv.base));
+        b.type_into("#certificate", text);
+        b.type_into("#key", &key);
+        b.submit("main button[type=submit]");
+        b.source()
+    };
+    let page = check(&file.text);
+    assert!(page.contains("VALID: certificate"), "{page}");
+    assert!(page.contains(&cert_id));
+    b.screenshot("verify-valid");
+    // One changed byte in the signed body: rejected.
+    let tampered = file.text.replacen("Counter Shop", "Counter Shoq", 1);
+    assert_ne!(tampered, file.text, "the data owner is in the certificate");
+    let page = check(&tampered);
+    assert!(page.contains("INVALID"), "{page}");
+    assert!(!page.contains("VALID: certificate"));
+    b.screenshot("verify-tampered");
+}
+
+#[test]
+fn pages_carry_the_policy_and_cross_site_or_tokenless_posts_are_refused() {
+    let srv = server::start(&[]);
+    // Every page, signed in or not, carries the headers.
+    for path in ["/ui/", "/ui/verify", "/ui/find", "/ui/two-factor"] {
+        let a = srv.call("GET", path, None, None);
+        assert!(a.status == 200 || a.status == 303, "{path}: {a:?}");
+        let h = srv.raw_headers("GET", path, None);
+        let csp = h
+            .get("content-security-policy")
+            .cloned()
+            .unwrap_or_default();
+        assert!(csp.contains("default-src 'none'"), "{path}: CSP {csp:?}");
+        assert!(csp.contains("frame-ancestors 'none'"), "{path}: {csp}");
+        assert!(!csp.contains("unsafe-inline"), "{path}: {csp}");
+        assert_eq!(
+            h.get("cache-control").map(String::as_str),
+            Some("no-store"),
+            "{path}"
+        );
+        assert_eq!(
+            h.get("x-frame-options").map(String::as_str),
+            Some("DENY"),
+            "{path}"
+        );
+    }
+    // A sign-in posted by another site's page is refused before the
+    // password is looked at (no audit event of a login, no cookie).
+    let form = format!("username=clerk&password={}", password_of("clerk").expose());
+    let a = srv.raw_with(
+        "POST",
+        "/ui/sign-in",
+        &[
+            ("origin", "https://evil.example"),
+            ("sec-fetch-site", "cross-site"),
+        ],
+        Some((form.as_bytes(), "application/x-www-form-urlencoded")),
+    );
+    assert_eq!(a.0, 403, "a cross-site sign-in was accepted");
+    assert!(!a.1.iter().any(|(k, _)| k == "set-cookie"));
+    // The same form from the page itself signs in and sets the cookie.
+    let a = srv.raw_with(
+        "POST",
+        "/ui/sign-in",
+        &[("sec-fetch-site", "same-origin")],
+        Some((form.as_bytes(), "application/x-www-form-urlencoded")),
+    );
+    assert_eq!(a.0, 303);
+    let cookie =
+        a.1.iter()
+            .find(|(k, _)| k == "set-cookie")
+            .map(|(_, v)| v.clone())
+            .expect("a session cookie");
+    for attr in [
+        "__Host-pivault=",
+        "Secure",
+        "HttpOnly",
+        "SameSite=Strict",
+        "Path=/",
+    ] {
+        assert!(cookie.contains(attr), "cookie without {attr}: {cookie}");
+    }
+    let pair = cookie.split(';').next().unwrap().to_owned();
+    // A same-site POST with the cookie but without the session's CSRF
+    // token changes nothing.
+    let a = srv.raw_with(
+        "POST",
+        "/ui/find",
+        &[("sec-fetch-site", "same-origin"), ("cookie", &pair)],
+        Some((
+            b"csrf=00&collection=customers&type=ssn&value=123456789",
+            "application/x-www-form-urlencoded",
+        )),
+    );
+    assert_eq!(a.0, 403, "a form without the CSRF token was accepted");
+}
