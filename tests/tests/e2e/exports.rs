@@ -666,3 +666,84 @@ fn an_export_racing_the_subjects_disposal_never_hides_a_copy() {
         assert_eq!(starts, ends, "round {round}");
     }
 }
+
+/// A sink that, once the header and the first record are written, tells
+/// the test and waits for its go-ahead (a slow disk, a slow network).
+struct Pauses {
+    written: Vec<u8>,
+    paused: Option<std::sync::mpsc::Sender<()>>,
+    go: std::sync::mpsc::Receiver<()>,
+}
+
+impl Write for Pauses {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.written.extend_from_slice(buf);
+        if self.written.iter().filter(|&&b| b == b'\n').count() >= 2
+            && let Some(tx) = self.paused.take()
+        {
+            tx.send(()).unwrap();
+            self.go.recv().unwrap();
+        }
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Deterministic interleaving: an export has written one record of a
+/// subject when the subject is disposed of. The export then fails cleanly
+/// at the next record, and the certificate lists it as a copy (it was in
+/// progress when the certificate was issued) with every record it could
+/// have written.
+#[test]
+fn an_export_paused_by_its_subjects_disposal_fails_and_is_listed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fx = Arc::new(common::fast_vault(&tmp.path().join("vault")));
+    let s = SubjectId::new();
+    store(&fx, s, 0, 5);
+    let (paused_tx, paused_rx) = std::sync::mpsc::channel();
+    let (go_tx, go_rx) = std::sync::mpsc::channel();
+    let exporter = {
+        let fx = fx.clone();
+        std::thread::spawn(move || {
+            let mut sink = Pauses {
+                written: Vec::new(),
+                paused: Some(paused_tx),
+                go: go_rx,
+            };
+            let r = fx.vault.export_records(
+                &fx.officer,
+                &plaintext(ExportScope::Subject(s), "slow export"),
+                &mut sink,
+            );
+            (r, exported_ids(&sink.written))
+        })
+    };
+    paused_rx.recv().unwrap();
+    let body = dispose_subject(&fx, s);
+    go_tx.send(()).unwrap();
+    let (r, ids) = exporter.join().unwrap();
+    assert_eq!(ids.len(), 1, "one record was written before the disposal");
+    let e = r.unwrap_err();
+    assert_eq!(e.code(), "disposed", "{e:?}");
+    let copies = body["target"]["copies_outside_vault"].as_array().unwrap();
+    assert_eq!(copies.len(), 1, "{copies:?}");
+    assert!(
+        copies[0]["state"]
+            .as_str()
+            .unwrap()
+            .starts_with("in progress"),
+        "{copies:?}"
+    );
+    assert_eq!(copies[0]["records_of_this_batch"], 5);
+    let events = export_events(&fx.vault, &fx.officer);
+    let end = events.last().unwrap();
+    assert_eq!(end.action, "records.exported");
+    assert_eq!(end.outcome, Outcome::Failed);
+    assert!(
+        end.targets.contains(&"count:1".to_string()),
+        "{:?}",
+        end.targets
+    );
+}
