@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what a fresh Debian machine with a Rust toolchain lacks to build
 # and test pivault: clang and libclang for RocksDB's bindings (bindgen), a
-# C++ compiler for RocksDB itself, strace and openssl for the tests.
+# C++ compiler for RocksDB itself, strace, openssl and age for the tests.
 # Idempotent; quiet when all is there.
 set -euo pipefail
 
@@ -14,6 +14,10 @@ command -v make >/dev/null 2>&1 || need+=(make)
 # time-stamp authority for the audit-anchor tests (openssl).
 command -v strace >/dev/null 2>&1 || need+=(strace)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
+# The export tests open pivault's encrypted exports with the real `age` tool
+# (and `script`, util-linux, for its passphrase prompt).
+command -v age >/dev/null 2>&1 || need+=(age)
+command -v script >/dev/null 2>&1 || need+=(bsdutils)
 
 if [ ${#need[@]} -gt 0 ]; then
   echo "setup: installing ${need[*]}" >&2
