@@ -310,7 +310,7 @@ impl<W: Write> Armor<W> {
         if self.armor {
             let rest = std::mem::take(&mut self.pending);
             let mut text = b64(&rest);
-            while text.len() % 4 != 0 {
+            while !text.len().is_multiple_of(4) {
                 text.push('=');
             }
             self.emit(&text)?;

@@ -139,7 +139,7 @@ fn parse_recipients(keys: &[String]) -> Result<Vec<agefile::Recipient>> {
 }
 
 fn io_err(e: std::io::Error) -> Error {
-    Error::invalid(&format!("cannot write the export: {e}"))
+    Error::invalid(format!("cannot write the export: {e}"))
 }
 
 impl Vault {
@@ -282,7 +282,7 @@ impl Vault {
             &s.ctx,
             "records.exported",
             targets(exported.len()),
-            r.as_ref().map(|_| ()).map_err(|e| e),
+            r.as_ref().map(|_| ()),
             Some(reason),
         )?;
         r.map(|()| ExportOutcome {
