@@ -747,3 +747,90 @@ fn an_export_paused_by_its_subjects_disposal_fails_and_is_listed() {
         end.targets
     );
 }
+
+/// Through `pivault-server`: an officer's export answers age ASCII armor
+/// that `age -d` opens with the recipient's key; a clerk gets 403; the
+/// certificate of the subject's disposal lists the export, its VC form
+/// verifies offline and a record's inclusion proof comes over HTTP too.
+#[test]
+fn an_export_through_the_server_opens_with_the_age_tool() {
+    let srv = crate::server::start(&["--logins-per-minute", "10000"]);
+    let clerk = srv.token("clerk");
+    let officer = srv.token("officer");
+    let a = srv.call(
+        "POST",
+        "/v1/records",
+        Some(&clerk),
+        Some(&json!({ "collection": CUSTOMERS, "subject": "C-77",
+                      "data": { "given_name": "Ada", "family_name": "Lovelace", "ssn": "078-05-1120" } })),
+    );
+    assert_eq!(a.status, 201, "{a:?}");
+    let record = a.json()["record_id"].as_str().unwrap().to_owned();
+    let keys = tempfile::tempdir().unwrap();
+    let (key, recipient) = age_keygen(keys.path(), "k.txt");
+    let req = json!({ "subject": "C-77", "to": [recipient], "reason": "customer access request" });
+    let denied = srv.call("POST", "/v1/exports", Some(&clerk), Some(&req));
+    assert_eq!(denied.status, 403, "{denied:?}");
+    let a = srv.call("POST", "/v1/exports", Some(&officer), Some(&req));
+    assert_eq!(a.status, 200, "{a:?}");
+    let doc = a.json();
+    assert_eq!(doc["records"], 1);
+    let data = doc["data"].as_str().unwrap();
+    assert!(data.starts_with("-----BEGIN AGE ENCRYPTED FILE-----\n"));
+    assert!(!data.contains("Lovelace") && !a.text.contains("078-05-1120"));
+    let file = keys.path().join("export.age");
+    std::fs::write(&file, data).unwrap();
+    let dec = age(
+        &["-d", "-i", key.to_str().unwrap(), file.to_str().unwrap()],
+        None,
+    );
+    assert!(dec.status.success(), "age -d: {dec:?}");
+    assert!(String::from_utf8_lossy(&dec.stdout).contains("\"family_name\":\"Lovelace\""));
+
+    let d = srv.call(
+        "POST",
+        "/v1/disposals",
+        Some(&officer),
+        Some(&json!({ "scope": "subject", "subject": "C-77", "data_owner": "Example Retail LLC" })),
+    );
+    assert_eq!(d.status, 200, "{d:?}");
+    let cert = d.json()["certificate_id"].as_str().unwrap().to_owned();
+    let file = srv.call(
+        "GET",
+        &format!("/v1/certificates/{cert}/file"),
+        Some(&officer),
+        None,
+    );
+    let body: Value = serde_json::from_str(&file.text).unwrap();
+    let copies = &body["certificate"]["target"]["copies_outside_vault"];
+    assert_eq!(copies[0]["export_id"], doc["export_id"], "{copies}");
+    let vc = srv.call(
+        "GET",
+        &format!("/v1/certificates/{cert}/vc"),
+        Some(&officer),
+        None,
+    );
+    assert_eq!(vc.status, 200, "{vc:?}");
+    let vc_doc: Value = serde_json::from_str(&vc.text).unwrap();
+    crate::documents::check_any(&vc_doc, "GET /v1/certificates/{id}/vc");
+    let keys_doc = srv.call("GET", "/v1/keys", Some(&officer), None).json();
+    let pem = keys_doc["certificate_key"].as_str().unwrap();
+    let key = certificate::parse_public_key(pem).unwrap();
+    let report = certificate::verify_credential(&vc.text, &key).unwrap();
+    assert!(report.ok(), "{report:?}");
+    let p = srv.call(
+        "GET",
+        &format!("/v1/certificates/{cert}/proof/{record}"),
+        Some(&officer),
+        None,
+    );
+    assert_eq!(p.status, 200, "{p:?}");
+    assert_eq!(p.json()["record_id"], record.as_str());
+    let missing = srv.call(
+        "GET",
+        &format!("/v1/certificates/{cert}/proof/{}", RecordId::new()),
+        Some(&officer),
+        None,
+    );
+    assert_eq!(missing.status, 404, "{missing:?}");
+}
