@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what a fresh Debian machine with a Rust toolchain lacks to build
 # and test pivault: clang and libclang for RocksDB's bindings (bindgen), a
-# C++ compiler for RocksDB itself, strace and openssl for the tests.
+# C++ compiler for RocksDB itself, strace, openssl and age for the tests.
 # Idempotent; quiet when all is there.
 set -euo pipefail
 
@@ -20,6 +20,10 @@ command -v oathtool >/dev/null 2>&1 || need+=(oathtool)
 # The web page's browser tests: headless Chromium under chromedriver.
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
 command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
+# The export tests open pivault's encrypted exports with the real `age` tool
+# (and `script`, util-linux, for its passphrase prompt).
+command -v age >/dev/null 2>&1 || need+=(age)
+command -v script >/dev/null 2>&1 || need+=(bsdutils)
 
 if [ ${#need[@]} -gt 0 ]; then
   echo "setup: installing ${need[*]}" >&2

@@ -17,8 +17,8 @@ use vault_core::vault::{
 
 use crate::output::{self, Out};
 use crate::{
-    CertificateCmd, ContractorCmd, DisposalCmd, DisposeCmd, DisposeOpts, HoldCmd, RetentionCmd,
-    exit, parse_time,
+    CertFormat, CertificateCmd, ContractorCmd, DisposalCmd, DisposeCmd, DisposeOpts, HoldCmd,
+    RetentionCmd, exit, parse_time,
 };
 
 pub(crate) fn confirm(opts: &DisposeOpts, what: &str) -> anyhow::Result<()> {
@@ -50,6 +50,7 @@ fn request(scope: DisposalScope, opts: &DisposeOpts) -> DisposalRequest {
             operator_organisation: None,
             contractor_organisation: opts.contractor_org.clone(),
             contract_reference: opts.contract_ref.clone(),
+            contractor_certification: opts.contractor_cert.clone(),
         },
     }
 }
@@ -253,6 +254,20 @@ pub(crate) fn write_out(out: &Out, path: Option<&Path>, text: &str) -> anyhow::R
     }
 }
 
+/// Writes a `certificate-proof` document to a file, or prints it
+/// (`--json` or not: the proof is only useful as JSON).
+pub(crate) fn write_proof(out: &Out, dest: Option<&Path>, v: &Value) -> anyhow::Result<()> {
+    let doc = vault_core::views::document("certificate-proof", v.clone());
+    let text = serde_json::to_string_pretty(&doc)?;
+    match dest {
+        Some(_) => write_out(out, dest, &format!("{text}\n")),
+        None => {
+            out.data("certificate-proof", v.clone(), || text);
+            Ok(())
+        }
+    }
+}
+
 fn read_cert(file: &Path) -> anyhow::Result<Certificate> {
     let text =
         std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
@@ -260,22 +275,90 @@ fn read_cert(file: &Path) -> anyhow::Result<Certificate> {
 }
 
 /// Offline verification: no vault, only the certificate and the public key.
-pub fn cmd_verify(out: &Out, file: &Path, key: &Path) -> anyhow::Result<u8> {
-    let cert = read_cert(file)?;
+/// Reads a record proof file (`certificate prove`).
+fn read_proof(file: &Path) -> anyhow::Result<certificate::RecordProof> {
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let v: Value = serde_json::from_str(&text)
+        .map_err(|_| vault_core::Error::InvalidInput("the proof file is not JSON".into()))?;
+    Ok(certificate::RecordProof::from_json(&v)?)
+}
+
+pub fn cmd_verify(
+    out: &Out,
+    file: &Path,
+    key: &Path,
+    record: Option<(&str, &Path)>,
+) -> anyhow::Result<u8> {
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
     let key_text =
         std::fs::read_to_string(key).with_context(|| format!("cannot read {}", key.display()))?;
     let key = certificate::parse_public_key(&key_text)?;
+    // The VC form (certificate export --format vc): its eddsa-jcs-2022
+    // proof, then the certificate it carries, as a certificate file.
+    let credential = match serde_json::from_str::<Value>(&text) {
+        Ok(v) if certificate::is_credential(&v) => {
+            let c = certificate::verify_credential(&text, &key)?;
+            let inner = json!({ "certificate": v["credentialSubject"]["certificate"],
+                                "signatures": v["credentialSubject"]["signatures"] });
+            Some((c, inner.to_string()))
+        }
+        _ => None,
+    };
+    let cert = match &credential {
+        Some((_, inner)) => Certificate::parse(inner)?,
+        None => Certificate::parse(&text)?,
+    };
     let r = certificate::verify(&cert, &key);
+    // The record's inclusion counts only under a valid signature.
+    let included = match record {
+        Some((id, proof)) => {
+            let id: RecordId = id.parse()?;
+            let proof = read_proof(proof)?;
+            Some((
+                id,
+                certificate::verify_record_proof(&cert.body, id.as_bytes(), &proof),
+            ))
+        }
+        None => None,
+    };
+    let ok = r.ok()
+        && included.is_none_or(|(_, inc)| inc)
+        && credential
+            .as_ref()
+            .is_none_or(|(c, _)| c.proof_ok && c.key_matches);
     let cos: Vec<Value> = r
         .cosignatures
         .iter()
         .map(|(role, fp, ok)| json!({ "role": role, "key_fingerprint": fp, "ok": ok }))
         .collect();
-    out.data("certificate-verification", 
-        json!({ "ok": r.ok(), "certificate_id": cert.id(), "status": r.status, "vault_signature_ok": r.vault_signature_ok,
+    let mut doc = json!({ "ok": ok, "certificate_id": cert.id(), "status": r.status, "vault_signature_ok": r.vault_signature_ok,
                 "cosignatures": cos, "cosignature_notes": r.cosignature_notes, "legacy": r.legacy,
-                "fields_ok": r.fields_ok, "missing_fields": r.missing_fields }),
+                "fields_ok": r.fields_ok, "missing_fields": r.missing_fields });
+    if let Some((id, inc)) = included {
+        doc["record"] = json!({ "record_id": id.to_string(), "included": inc });
+    }
+    if let Some((c, _)) = &credential {
+        doc["credential"] = json!({ "cryptosuite": certificate::VC_CRYPTOSUITE,
+                                    "proof_ok": c.proof_ok, "key_matches": c.key_matches });
+    }
+    out.data("certificate-verification", doc,
         || {
+            let record_line = match included {
+                Some((id, true)) => format!("\n  record {id} is in the batch (inclusion proof OK)"),
+                Some((id, false)) => format!("\n  record {id}: inclusion proof FAILS (not in this batch, or a proof for another certificate)"),
+                None => String::new(),
+            };
+            let record_line = match &credential {
+                Some((c, _)) => format!(
+                    "\n  verifiable credential: {} proof {}{}",
+                    certificate::VC_CRYPTOSUITE,
+                    if c.proof_ok { "OK" } else { "BAD" },
+                    if c.key_matches { "" } else { " (not by this vault's key)" }
+                ) + &record_line,
+                None => record_line,
+            };
             let mut notes: String = r
                 .cosignature_notes
                 .iter()
@@ -302,10 +385,10 @@ pub fn cmd_verify(out: &Out, file: &Path, key: &Path) -> anyhow::Result<u8> {
                     r.missing_fields
                 )
             };
-            verdict + &notes
+            verdict + &notes + &record_line
         },
     );
-    Ok(if r.ok() { exit::OK } else { exit::INTEGRITY })
+    Ok(if ok { exit::OK } else { exit::INTEGRITY })
 }
 
 pub fn cmd_payload(out: &Out, file: &Path, msg_out: &Path, sig_out: &Path) -> anyhow::Result<u8> {
@@ -410,14 +493,32 @@ pub fn cmd_certificate(
                 serde_json::to_string_pretty(&v).unwrap_or_default()
             });
         }
-        CertificateCmd::Export { id, out: dest } => {
-            let cert = vault.certificate(s, id.parse()?)?;
-            write_out(out, dest.as_deref(), &cert.to_file_json())?;
+        CertificateCmd::Export {
+            id,
+            out: dest,
+            format,
+        } => {
+            let text = match format {
+                CertFormat::Json => vault.certificate(s, id.parse()?)?.to_file_json(),
+                CertFormat::Vc => {
+                    let vc = vault.certificate_credential(s, id.parse()?)?;
+                    format!("{}\n", serde_json::to_string_pretty(&vc)?)
+                }
+            };
+            write_out(out, dest.as_deref(), &text)?;
         }
         CertificateCmd::Render { cert, out: dest } => {
             let id: CertificateId = cert.parse()?;
             let cert = vault.certificate(s, id)?;
             write_out(out, dest.as_deref(), &certificate::render_html(&cert))?;
+        }
+        CertificateCmd::Prove {
+            id,
+            record,
+            out: dest,
+        } => {
+            let p = vault.certificate_proof(s, id.parse()?, record.parse()?)?;
+            write_proof(out, dest.as_deref(), &p.to_json())?;
         }
         CertificateCmd::Validate { id, title } => {
             let id: CertificateId = id.parse()?;

@@ -9,6 +9,7 @@
 mod backup;
 mod dispose;
 mod exit;
+mod export;
 mod local;
 mod output;
 mod profile;
@@ -29,11 +30,11 @@ use vault_core::access::Role;
 use vault_core::audit::EventFilter;
 use vault_core::crypto::KdfParams;
 use vault_core::doctor::{self, Level};
-use vault_core::ids::{RecordId, Username};
+use vault_core::ids::{CollectionName, RecordId, Username};
 use vault_core::schema::Schema;
 use vault_core::secret::SecretString;
 use vault_core::vault::{
-    Context, ImportFormat, InitOptions, OpenOptions, RecordFilter, Session, Vault,
+    Context, ExportScope, ImportFormat, InitOptions, OpenOptions, RecordFilter, Session, Vault,
 };
 
 use crate::output::Out;
@@ -254,6 +255,10 @@ struct DisposeOpts {
     /// The contract reference, if a contractor acts.
     #[arg(long)]
     contract_ref: Option<String>,
+    /// The contractor's certification, if any: scheme and certificate
+    /// number, e.g. "NAID AAA 12345" (named on the certificate).
+    #[arg(long)]
+    contractor_cert: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -319,21 +324,44 @@ enum CertificateCmd {
         /// Certificate ID.
         id: String,
     },
-    /// Write a certificate file (JSON) for handing over.
+    /// Write a certificate file (JSON) for handing over; `--format vc`
+    /// writes it as a W3C Verifiable Credential (Data Integrity proof,
+    /// eddsa-jcs-2022) that generic verifiers check.
     Export {
         /// Certificate ID.
         id: String,
         /// Output file (default stdout).
         #[arg(long)]
         out: Option<PathBuf>,
+        /// `json`: the pivault-certificate file; `vc`: the Verifiable Credential.
+        #[arg(long, value_enum, default_value = "json")]
+        format: CertFormat,
     },
-    /// Verify a certificate file offline, with the vault's public key only.
+    /// Verify a certificate file offline, with the vault's public key only;
+    /// with --record and --proof, also that the record was in its batch.
     Verify {
         /// Certificate file.
         file: PathBuf,
         /// The vault's certificate public key (PEM from `keys export`, or hex).
         #[arg(long)]
         key: PathBuf,
+        /// A record ID to check against the certificate's commitment.
+        #[arg(long, requires = "proof")]
+        record: Option<String>,
+        /// The proof file from `certificate prove`.
+        #[arg(long, requires = "record")]
+        proof: Option<PathBuf>,
+    },
+    /// Print the proof that a record was among a certificate's disposed
+    /// records (its Merkle path to the certificate's record commitment).
+    Prove {
+        /// Certificate ID.
+        id: String,
+        /// Record ID.
+        record: String,
+        /// Output file (default stdout).
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
     /// Render a certificate file (or a stored certificate ID) as a printable HTML page.
     Render {
@@ -370,6 +398,15 @@ enum CertificateCmd {
         #[arg(long)]
         key_file: PathBuf,
     },
+}
+
+/// The forms of `certificate export`.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum CertFormat {
+    /// The pivault-certificate file.
+    Json,
+    /// A W3C Verifiable Credential with an eddsa-jcs-2022 proof.
+    Vc,
 }
 
 #[derive(Subcommand, Debug)]
@@ -613,6 +650,14 @@ enum CollectionCmd {
         /// Collection name.
         name: String,
     },
+    /// Export every record of a collection, encrypted with age to a
+    /// recipient's key or a passphrase (officer).
+    Export {
+        /// Collection name.
+        name: String,
+        #[command(flatten)]
+        opts: export::ExportOpts,
+    },
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -752,6 +797,14 @@ enum SubjectCmd {
     Id {
         /// Customer reference or UUID.
         reference: String,
+    },
+    /// Export every record of one data subject (an access request),
+    /// encrypted with age to a recipient's key or a passphrase (officer).
+    Export {
+        /// Customer reference or UUID.
+        reference: String,
+        #[command(flatten)]
+        opts: export::ExportOpts,
     },
 }
 
@@ -1246,9 +1299,12 @@ fn run(cli: &Cli, out: &Out) -> anyhow::Result<u8> {
         Command::Init(a) => cmd_init(cli, out, a),
         Command::Profile(c) => cmd_profile(out, c),
         Command::Doctor => cmd_doctor(cli, out),
-        Command::Certificate(CertificateCmd::Verify { file, key }) => {
-            dispose::cmd_verify(out, file, key)
-        }
+        Command::Certificate(CertificateCmd::Verify {
+            file,
+            key,
+            record,
+            proof,
+        }) => dispose::cmd_verify(out, file, key, record.as_deref().zip(proof.as_deref())),
         Command::Audit(AuditCmd::Verify {
             file: Some(file),
             key: Some(key),
@@ -1296,6 +1352,17 @@ fn run(cli: &Cli, out: &Out) -> anyhow::Result<u8> {
             }
             let session = login(cli, &vault)?;
             let code = match cmd {
+                Command::Subject(SubjectCmd::Export { reference, opts }) => {
+                    let sid = vault.resolve_subject(reference)?;
+                    export::run_local(out, &vault, &session, ExportScope::Subject(sid), opts)?
+                }
+                Command::Collection(CollectionCmd::Export { name, opts }) => export::run_local(
+                    out,
+                    &vault,
+                    &session,
+                    ExportScope::Collection(CollectionName::parse(name)?),
+                    opts,
+                )?,
                 Command::User(c) => cmd_user(cli, out, &vault, &session, c)?,
                 Command::Collection(c) => cmd_collection(out, &vault, &session, c)?,
                 Command::Record(c) => cmd_record(out, &vault, &session, c)?,
@@ -1668,6 +1735,7 @@ fn cmd_collection(out: &Out, vault: &Vault, s: &Session, c: &CollectionCmd) -> a
                 output::collections_text(&v)
             });
         }
+        CollectionCmd::Export { .. } => unreachable!("run with the vault open (export::run_local)"),
         CollectionCmd::Reindex { name } => {
             let n = vault.reindex_collection(s, name)?;
             out.data(

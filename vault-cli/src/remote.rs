@@ -24,8 +24,9 @@ use vault_core::vault::ImportFormat;
 
 use crate::output::{self, Out};
 use crate::{
-    AuditCmd, CertificateCmd, Cli, CollectionCmd, Command, ContractorCmd, DisposalCmd, DisposeCmd,
-    DisposeOpts, HoldCmd, KeysCmd, RecordCmd, RetentionCmd, SubjectCmd, UserCmd, dispose, exit,
+    AuditCmd, CertFormat, CertificateCmd, Cli, CollectionCmd, Command, ContractorCmd, DisposalCmd,
+    DisposeCmd, DisposeOpts, HoldCmd, KeysCmd, RecordCmd, RetentionCmd, SubjectCmd, UserCmd,
+    dispose, exit,
 };
 
 /// An error answered by the server: its stable code and message.
@@ -402,7 +403,7 @@ fn query(pairs: &[(&str, Option<String>)]) -> String {
 fn parties(o: &DisposeOpts) -> Value {
     json!({
         "dry_run": o.dry_run, "data_owner": o.data_owner, "data_owner_address": o.data_owner_address,
-        "title": o.title, "contractor_org": o.contractor_org, "contract_ref": o.contract_ref,
+        "title": o.title, "contractor_org": o.contractor_org, "contract_ref": o.contract_ref, "contractor_cert": o.contractor_cert,
     })
 }
 
@@ -836,6 +837,9 @@ fn command(cli: &Cli, out: &Out, r: &Remote) -> anyhow::Result<u8> {
                     output::collections_text(&v)
                 });
             }
+            CollectionCmd::Export { name, opts } => {
+                crate::export::run_remote(out, r, json!({ "collection": name }), opts)?;
+            }
             CollectionCmd::Reindex { name } => {
                 let v = r.post(
                     &format!("/v1/collections/{}/reindex", url_part(name)),
@@ -1023,6 +1027,9 @@ fn command(cli: &Cli, out: &Out, r: &Remote) -> anyhow::Result<u8> {
             let id = resolve(r, reference)?;
             out.data("subject", json!({ "subject": id }), || id.clone());
         }
+        Command::Subject(SubjectCmd::Export { reference, opts }) => {
+            crate::export::run_remote(out, r, json!({ "subject": reference }), opts)?;
+        }
         Command::Audit(c) => match c {
             AuditCmd::Log {
                 actor,
@@ -1184,15 +1191,37 @@ fn command(cli: &Cli, out: &Out, r: &Remote) -> anyhow::Result<u8> {
                     serde_json::to_string_pretty(&v).unwrap_or_default()
                 });
             }
-            CertificateCmd::Export { id, out: dest } => {
+            CertificateCmd::Export {
+                id,
+                out: dest,
+                format,
+            } => {
                 let id: CertificateId = id.parse()?;
-                let (_, text) = r.text("GET", &format!("/v1/certificates/{id}/file"), None)?;
+                let path = match format {
+                    CertFormat::Json => format!("/v1/certificates/{id}/file"),
+                    CertFormat::Vc => format!("/v1/certificates/{id}/vc"),
+                };
+                let (_, text) = r.text("GET", &path, None)?;
                 dispose::write_out(out, dest.as_deref(), &text)?;
             }
             CertificateCmd::Render { cert, out: dest } => {
                 let id: CertificateId = cert.parse()?;
                 let (_, text) = r.text("GET", &format!("/v1/certificates/{id}/html"), None)?;
                 dispose::write_out(out, dest.as_deref(), &text)?;
+            }
+            CertificateCmd::Prove {
+                id,
+                record,
+                out: dest,
+            } => {
+                let id: CertificateId = id.parse()?;
+                let record: RecordId = record.parse()?;
+                let mut v = r.get(&format!("/v1/certificates/{id}/proof/{record}"))?;
+                if let Some(m) = v.as_object_mut() {
+                    m.remove("document");
+                    m.remove("version");
+                }
+                dispose::write_proof(out, dest.as_deref(), &v)?;
             }
             CertificateCmd::Validate { id, title } => {
                 let id: CertificateId = id.parse()?;

@@ -80,11 +80,18 @@ pub enum Permission {
     /// Rebuild a collection's blind indexes (`collection reindex`): every
     /// record decrypted in memory, nothing shown.
     ReindexSearch,
+    /// Export a subject's or a collection's records, every field in full,
+    /// encrypted to a recipient (`subject export`, `collection export`;
+    /// REQ-WISP-05), with a reason.
+    ExportRecords,
+    /// Export records without encryption (`--plaintext`): on top of
+    /// `ExportRecords`, with a reason; later certificates list the copy.
+    ExportPlaintext,
 }
 
 impl Permission {
     /// Every permission, for the role × operation matrix.
-    pub const ALL: [Permission; 16] = [
+    pub const ALL: [Permission; 18] = [
         Permission::ManageUsers,
         Permission::ManageCollections,
         Permission::CreateRecord,
@@ -101,6 +108,8 @@ impl Permission {
         Permission::ExportAudit,
         Permission::FindRecords,
         Permission::ReindexSearch,
+        Permission::ExportRecords,
+        Permission::ExportPlaintext,
     ];
 
     /// What the permission allows, for error messages ("your role may not …").
@@ -122,6 +131,8 @@ impl Permission {
             Permission::ExportAudit => "export the audit trail",
             Permission::FindRecords => "search records",
             Permission::ReindexSearch => "rebuild search indexes",
+            Permission::ExportRecords => "export records",
+            Permission::ExportPlaintext => "export records without encryption",
         }
     }
 }
@@ -182,6 +193,8 @@ impl Role {
                     | P::ExportAudit
                     | P::FindRecords
                     | P::ReindexSearch
+                    | P::ExportRecords
+                    | P::ExportPlaintext
             ),
             Role::Clerk => matches!(
                 p,

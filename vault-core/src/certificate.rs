@@ -122,8 +122,25 @@ pub const SIGNING_DOMAIN: &[u8] = b"pivault-certificate-v1\0";
 /// The value of `target.commitment.algorithm` (see the module documentation).
 pub const MERKLE_ALGORITHM: &str = "pivault-merkle-sha256/1";
 
-/// The operator's and the validator's attestation (NIST SP 800-88 App. G).
+/// The operator's and the validator's attestation (the wording of NIST SP
+/// 800-88 Rev. 1 App. G, which forms still copy; kept by Rev. 2 practice).
 pub const ATTESTATION: &str = "I attest that the information provided on this statement is accurate to the best of my knowledge.";
+
+/// The sanitization standard certificates cite (`sanitization.standards`):
+/// NIST SP 800-88 Rev. 1 was withdrawn on 2025-09-26 and superseded by Rev. 2.
+pub const METHOD_STANDARD: &str =
+    "NIST SP 800-88 Rev. 2 (September 2025), Purge: Cryptographic Erase";
+
+/// The technique vocabulary (IEEE 2883-2022 "Standard for Sanitizing
+/// Storage": Clear / Purge / Destruct; cryptographic erase is a Purge technique).
+pub const TECHNIQUE_VOCABULARY: &str = "IEEE 2883-2022: Purge / Cryptographic Erase";
+
+/// The standard whose sanitization record `sanitization.record` fills in.
+pub const RECORD_STANDARD: &str = "ISO/IEC 27040:2024 sanitization record (clause 10; with the documentation fields of NIST SP 800-88 Rev. 2 section 4.6)";
+
+/// What pivault sanitizes, and what it does not, in the standards' words.
+pub const SCOPE_STATEMENT: &str = "Method per IEEE 2883-2022 Purge (cryptographic erase) of logical records in the vault datastore; \
+     media-level sanitization was not performed (the storage media keep their other contents).";
 
 /// The phrase of M.G.L. c. 93I §2(b) that `outcome_statement` must contain.
 pub const OUTCOME_PHRASE: &str = "cannot practicably be read or reconstructed";
@@ -1451,11 +1468,21 @@ pub fn render_html(cert: &Certificate) -> String {
     } else {
         "status draft"
     };
+    // Certificates issued before the standards fields cite SP 800-88 only.
+    let standard = str_at(&cert.body, "sanitization.standards.method")
+        .map(|m| {
+            format!(
+                "{m}; {}",
+                str_at(&cert.body, "sanitization.standards.technique_vocabulary").unwrap_or("")
+            )
+        })
+        .unwrap_or_else(|| "NIST SP 800-88 (Purge: Cryptographic Erase)".into());
     let _ = write!(
         out,
         "<h1>Certificate of Destruction</h1>\n<p class=\"sub\">Cryptographic erase of personal information &mdash; \
-         NIST SP 800-88 (Purge: Cryptographic Erase), M.G.L. c. 93I &sect;2</p>\n\
+         {}, M.G.L. c. 93I &sect;2</p>\n\
          <p>Status: <span class=\"{status_class}\">{}</span></p>\n",
+        esc(&standard),
         esc(&status.to_uppercase())
     );
     if status != "validated" {
@@ -1702,6 +1729,296 @@ pub fn verify_inclusion(root: &[u8; 32], id: &[u8; 16], proof: &InclusionProof) 
             }
         });
     top == *root
+}
+
+// ---------------------------------------------------------------------------
+// W3C Verifiable Credential form (Data Integrity, eddsa-jcs-2022)
+// ---------------------------------------------------------------------------
+
+/// The VC Data Model 2.0 base context.
+pub const VC_CONTEXT: &str = "https://www.w3.org/ns/credentials/v2";
+
+/// The Data Integrity cryptosuite of the VC form (W3C vc-di-eddsa, 2025).
+pub const VC_CRYPTOSUITE: &str = "eddsa-jcs-2022";
+
+/// Multicodec prefix of an Ed25519 public key (`ed25519-pub`, 0xed varint).
+const ED25519_MULTICODEC: [u8; 2] = [0xed, 0x01];
+
+const BASE58_ALPHABET: &[u8; 58] = b"123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz";
+
+/// Base58 (Bitcoin alphabet), as multibase `z` uses it.
+fn base58_encode(data: &[u8]) -> String {
+    let zeros = data.iter().take_while(|&&b| b == 0).count();
+    // Little-endian base-58 digits of the number.
+    let mut digits: Vec<u8> = Vec::with_capacity(data.len() * 138 / 100 + 1);
+    for &byte in &data[zeros..] {
+        let mut carry = u32::from(byte);
+        for d in digits.iter_mut() {
+            carry += u32::from(*d) << 8;
+            *d = (carry % 58) as u8;
+            carry /= 58;
+        }
+        while carry > 0 {
+            digits.push((carry % 58) as u8);
+            carry /= 58;
+        }
+    }
+    let mut out = String::with_capacity(zeros + digits.len());
+    out.extend(std::iter::repeat_n('1', zeros));
+    out.extend(
+        digits
+            .iter()
+            .rev()
+            .map(|&d| BASE58_ALPHABET[d as usize] as char),
+    );
+    out
+}
+
+fn base58_decode(text: &str) -> Option<Vec<u8>> {
+    let zeros = text.bytes().take_while(|&c| c == b'1').count();
+    let mut bytes: Vec<u8> = Vec::new(); // little-endian
+    for c in text.bytes().skip(zeros) {
+        let mut carry = BASE58_ALPHABET.iter().position(|&a| a == c)? as u32;
+        for b in bytes.iter_mut() {
+            carry += u32::from(*b) * 58;
+            *b = (carry & 0xff) as u8;
+            carry >>= 8;
+        }
+        while carry > 0 {
+            bytes.push((carry & 0xff) as u8);
+            carry >>= 8;
+        }
+    }
+    let mut out = vec![0u8; zeros];
+    out.extend(bytes.iter().rev());
+    Some(out)
+}
+
+/// The `did:key` of an Ed25519 public key: `did:key:z` + base58btc(0xed01 || key).
+pub fn did_key(k: &VerifyingKey) -> String {
+    let mut b = ED25519_MULTICODEC.to_vec();
+    b.extend_from_slice(k.as_bytes());
+    format!("did:key:z{}", base58_encode(&b))
+}
+
+/// The Ed25519 key a `did:key` (or a verification method `did:key:…#…`) names.
+pub fn key_of_did(did: &str) -> Option<VerifyingKey> {
+    let did = did.split('#').next()?;
+    let b = base58_decode(did.strip_prefix("did:key:z")?)?;
+    let key: [u8; 32] = b.strip_prefix(&ED25519_MULTICODEC[..])?.try_into().ok()?;
+    VerifyingKey::from_bytes(&key).ok()
+}
+
+/// The bytes an eddsa-jcs-2022 proof signs: SHA-256(JCS(proof config)) ||
+/// SHA-256(JCS(document)), where the proof config is the proof without
+/// `proofValue`, with the document's `@context`, and the document is the
+/// credential without `proof`.
+fn vc_hash_data(doc: &Value, proof: &Value) -> Result<Vec<u8>> {
+    let mut config = proof.clone();
+    let obj = config
+        .as_object_mut()
+        .ok_or_else(|| Error::invalid("the proof is not an object"))?;
+    obj.remove("proofValue");
+    if let Some(ctx) = doc.get("@context") {
+        obj.insert("@context".into(), ctx.clone());
+    }
+    let mut unsecured = doc.clone();
+    if let Some(m) = unsecured.as_object_mut() {
+        m.remove("proof");
+    }
+    let mut data = sha256(canonical_json(&config)?.as_bytes()).to_vec();
+    data.extend_from_slice(&sha256(canonical_json(&unsecured)?.as_bytes()));
+    Ok(data)
+}
+
+/// The certificate as a W3C Verifiable Credential (VC Data Model 2.0)
+/// secured with a Data Integrity proof, cryptosuite `eddsa-jcs-2022`,
+/// signed by the vault's certificate key (issuer: its `did:key`), so a
+/// generic verifier checks it without pivault. The credential subject
+/// carries the certificate body and its signatures unchanged, so the
+/// `pivault-certificate` form inside still verifies on its own.
+pub fn verifiable_credential(cert: &Certificate, key: &SigningKey, created: &str) -> Result<Value> {
+    let did = did_key(&key.verifying_key());
+    let id = cert
+        .id()
+        .ok_or(Error::Integrity("certificate without an ID"))?;
+    let file: Value = serde_json::from_str(&cert.to_file_json())
+        .map_err(|_| Error::Integrity("certificate file"))?;
+    let mut subject = json!({
+        "type": "CertificateOfDestruction",
+        "certificate": file["certificate"],
+        "signatures": file["signatures"],
+    });
+    if let Some(d) = str_at(&cert.body, "disposal_id") {
+        subject["id"] = json!(format!("urn:uuid:{d}"));
+    }
+    let mut vc = json!({
+        "@context": [VC_CONTEXT],
+        "id": format!("urn:uuid:{id}"),
+        "type": ["VerifiableCredential", "CertificateOfDestructionCredential"],
+        "name": "Certificate of destruction",
+        "issuer": did,
+        "validFrom": str_at(&cert.body, "issued_at").unwrap_or(created),
+        "credentialSubject": subject,
+    });
+    let did_fragment = did.trim_start_matches("did:key:");
+    let mut proof = json!({
+        "type": "DataIntegrityProof",
+        "cryptosuite": VC_CRYPTOSUITE,
+        "created": created,
+        "verificationMethod": format!("{did}#{did_fragment}"),
+        "proofPurpose": "assertionMethod",
+    });
+    let sig = key.sign(&vc_hash_data(&vc, &proof)?);
+    proof["proofValue"] = json!(format!("z{}", base58_encode(&sig.to_bytes())));
+    vc["proof"] = proof;
+    Ok(vc)
+}
+
+/// What [`verify_credential`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CredentialReport {
+    /// The eddsa-jcs-2022 proof verifies under the key its verification method names.
+    pub proof_ok: bool,
+    /// That key is the expected vault key.
+    pub key_matches: bool,
+    /// The certificate inside, verified as [`verify`] does.
+    pub certificate: VerifyReport,
+}
+
+impl CredentialReport {
+    /// Both the credential's proof and the certificate inside verify, with the vault's key.
+    pub fn ok(&self) -> bool {
+        self.proof_ok && self.key_matches && self.certificate.ok()
+    }
+}
+
+/// Whether `text` is the VC form (a JSON object with a `proof`).
+pub fn is_credential(v: &Value) -> bool {
+    v.get("proof").is_some() && v.get("credentialSubject").is_some()
+}
+
+/// Verifies the VC form with the vault's public key: the eddsa-jcs-2022
+/// proof (its verification method must be the vault key's `did:key`) and
+/// the certificate inside. The parsing is as strict as [`Certificate::parse`]'s.
+pub fn verify_credential(text: &str, vault_key: &VerifyingKey) -> Result<CredentialReport> {
+    let vc = parse_strict_json(text)?;
+    let bad = || Error::invalid("not a pivault certificate credential");
+    let proof = vc.get("proof").ok_or_else(bad)?;
+    let str_of = |k: &str| proof.get(k).and_then(Value::as_str);
+    let method_key = str_of("verificationMethod").and_then(key_of_did);
+    let proof_ok = str_of("type") == Some("DataIntegrityProof")
+        && str_of("cryptosuite") == Some(VC_CRYPTOSUITE)
+        && str_of("proofPurpose") == Some("assertionMethod")
+        && vc.get("issuer").and_then(Value::as_str)
+            == str_of("verificationMethod").and_then(|m| m.split('#').next())
+        && match (
+            method_key,
+            str_of("proofValue")
+                .and_then(|p| p.strip_prefix('z'))
+                .and_then(base58_decode)
+                .and_then(|b| <[u8; 64]>::try_from(b).ok()),
+        ) {
+            (Some(k), Some(sig)) => vc_hash_data(&vc, proof)
+                .map(|data| k.verify_strict(&data, &Signature::from_bytes(&sig)).is_ok())
+                .unwrap_or(false),
+            _ => false,
+        };
+    let key_matches = method_key.is_some_and(|k| k == *vault_key);
+    let subject = vc.get("credentialSubject").ok_or_else(bad)?;
+    let inner = json!({
+        "certificate": subject.get("certificate").ok_or_else(bad)?,
+        "signatures": subject.get("signatures").ok_or_else(bad)?,
+    });
+    let cert = Certificate::parse(&inner.to_string())?;
+    Ok(CredentialReport {
+        proof_ok,
+        key_matches,
+        certificate: verify(&cert, vault_key),
+    })
+}
+
+/// The `proof_format` of a [`RecordProof`] file.
+pub const RECORD_PROOF_FORMAT: &str = "pivault-record-proof/1";
+
+/// A certificate's `target.commitment.record_root`, if well formed.
+pub fn record_root(body: &Value) -> Option<[u8; 32]> {
+    if str_at(body, "target.commitment.algorithm") != Some(MERKLE_ALGORITHM) {
+        return None;
+    }
+    str_at(body, "target.commitment.record_root").and_then(strict_hex::<32>)
+}
+
+/// The proof that one record is among a certificate's disposed records
+/// (`pivault certificate prove`): the record ID, the root it is proven
+/// against and the Merkle path. It names no one and holds no secret.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordProof {
+    /// The certificate the proof is for.
+    pub certificate_id: String,
+    /// The record (16 bytes of its UUID).
+    pub record_id: [u8; 16],
+    /// The root the path leads to (the certificate's record root).
+    pub record_root: [u8; 32],
+    /// The path.
+    pub proof: InclusionProof,
+}
+
+impl RecordProof {
+    /// The `certificate-proof` document.
+    pub fn to_json(&self) -> Value {
+        let mut v = self.proof.to_json();
+        v["proof_format"] = json!(RECORD_PROOF_FORMAT);
+        v["certificate_id"] = json!(self.certificate_id);
+        v["record_id"] = json!(uuid_text(&self.record_id));
+        v["algorithm"] = json!(MERKLE_ALGORITHM);
+        v["record_root"] = json!(hex::encode(self.record_root));
+        v
+    }
+
+    /// Reads the form of [`RecordProof::to_json`].
+    pub fn from_json(v: &Value) -> Result<RecordProof> {
+        let bad = || Error::invalid("not a pivault record proof (pivault certificate prove)");
+        if v.get("proof_format").and_then(Value::as_str) != Some(RECORD_PROOF_FORMAT)
+            || v.get("algorithm").and_then(Value::as_str) != Some(MERKLE_ALGORITHM)
+        {
+            return Err(bad());
+        }
+        let record_id = v
+            .get("record_id")
+            .and_then(Value::as_str)
+            .and_then(|t| uuid::Uuid::parse_str(t).ok())
+            .ok_or_else(bad)?;
+        Ok(RecordProof {
+            certificate_id: v
+                .get("certificate_id")
+                .and_then(Value::as_str)
+                .ok_or_else(bad)?
+                .to_owned(),
+            record_id: *record_id.as_bytes(),
+            record_root: v
+                .get("record_root")
+                .and_then(Value::as_str)
+                .and_then(strict_hex::<32>)
+                .ok_or_else(bad)?,
+            proof: InclusionProof::from_json(v)?,
+        })
+    }
+}
+
+/// Whether `proof` shows `record` among the records the certificate body
+/// `body` commits to: the proof must be for this certificate and this
+/// record, against this body's record root, and its path must lead there.
+/// Check the certificate's signature ([`verify`]) as well: a proof against
+/// an unsigned body proves nothing.
+pub fn verify_record_proof(body: &Value, record: &[u8; 16], proof: &RecordProof) -> bool {
+    let Some(root) = record_root(body) else {
+        return false;
+    };
+    str_at(body, "certificate_id") == Some(proof.certificate_id.as_str())
+        && proof.record_id == *record
+        && proof.record_root == root
+        && verify_inclusion(&root, record, &proof.proof)
 }
 
 // ---------------------------------------------------------------------------

@@ -63,6 +63,10 @@ pub struct DisposalParties {
     pub contractor_organisation: Option<String>,
     /// The contract reference, when a contractor acts.
     pub contract_reference: Option<String>,
+    /// The contractor's certification, when one is given: scheme and
+    /// certificate number, e.g. "NAID AAA certificate 12345, endorsement
+    /// for electronic media" (REQUIREMENTS §C; anchors 2026-12 §4.1).
+    pub contractor_certification: Option<String>,
 }
 
 /// A disposal request.
@@ -284,6 +288,9 @@ pub(crate) struct PartiesRow {
     operator_organisation: Option<String>,
     contractor_organisation: Option<String>,
     contract_reference: Option<String>,
+    /// Absent in batches of older builds.
+    #[serde(default)]
+    contractor_certification: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -470,6 +477,10 @@ fn check_parties(p: &DisposalParties) -> Result<()> {
             p.contractor_organisation.as_ref(),
         ),
         ("contract reference", p.contract_reference.as_ref()),
+        (
+            "contractor certification",
+            p.contractor_certification.as_ref(),
+        ),
     ];
     for (name, value) in fields {
         if let Some(v) = value {
@@ -712,6 +723,14 @@ impl Vault {
             Ok(p) => p,
             Err(e) => return refuse(e),
         };
+        if req.parties.contractor_certification.is_some()
+            && !by_contractor
+            && req.parties.contractor_organisation.is_none()
+        {
+            return refuse(Error::invalid(
+                "a contractor certification needs the contractor: --contractor-org, or the contractor runs the disposal",
+            ));
+        }
         if req.dry_run || rows.is_empty() {
             return self.disposal_without_batch(s, req, &scope_target, &rows, &excluded);
         }
@@ -825,6 +844,7 @@ impl Vault {
                 operator_organisation: p.operator_organisation.clone(),
                 contractor_organisation: p.contractor_organisation.clone(),
                 contract_reference: p.contract_reference.clone(),
+                contractor_certification: p.contractor_certification.clone(),
             },
             channel: s.ctx.channel.as_str().to_owned(),
             backups: {
@@ -1406,7 +1426,28 @@ impl Vault {
                 None => Value::Null,
             },
         };
+        let mut contractor = contractor;
+        if let (Some(c), Some(cert)) = (
+            contractor.as_object_mut(),
+            &b.parties.contractor_certification,
+        ) {
+            c.insert("certification".into(), json!(cert));
+        }
         let attestation = certificate::ATTESTATION;
+        // Exports made before this batch that hold its records (export.rs).
+        let record_ids: Vec<RecordId> = b
+            .records
+            .iter()
+            .map(|r| r.id.parse())
+            .collect::<Result<_>>()?;
+        let copies = self.exports_holding(&record_ids)?;
+        let mut not_covered = not_covered(&b.backups);
+        if !copies.is_empty() {
+            not_covered.push(format!(
+                "{} export(s) made before this disposal hold copies of records of this batch outside the vault (target.copies_outside_vault)",
+                copies.len()
+            ));
+        }
         Ok(json!({
             "certificate_id": b.certificate_id,
             "schema_version": certificate::SCHEMA_VERSION,
@@ -1447,6 +1488,7 @@ impl Vault {
                     },
                 },
                 "backups": backups_json(&b.backups),
+                "copies_outside_vault": copies,
             },
             "sanitization": {
                 "method": "Purge",
@@ -1474,7 +1516,30 @@ impl Vault {
                     "byte_scan": b.byte_scan,
                     "result": "PASS",
                 },
-                "not_covered": not_covered(&b.backups),
+                "standards": {
+                    "method": certificate::METHOD_STANDARD,
+                    "technique_vocabulary": certificate::TECHNIQUE_VOCABULARY,
+                    "record": certificate::RECORD_STANDARD,
+                    "superseded": "NIST SP 800-88 Rev. 1 (withdrawn 2025-09-26); its App. G field names are kept in this certificate for forms that copy them",
+                    "scope_statement": certificate::SCOPE_STATEMENT,
+                },
+                "key_zeroization": "each record's data keys deleted from the keystore; every touched bucket key replaced and its surviving keys re-wrapped; the epoch root key overwritten in the vault header (ratchet); keystore flushed and compacted so no file keeps the old key bytes; verified by key-path checks and a byte scan",
+                "record": {
+                    "media_type": "logical records (AES-256-GCM ciphertexts and their wrapped keys) in the vault's RocksDB datastore",
+                    "media_source": format!("pivault vault {}", self.info.vault_id),
+                    "manufacturer_model_serial": "not applicable: logical sanitization, no device sanitized",
+                    "pre_sanitization_categorization": if any_pi { "MA personal information (M.G.L. c. 93H §1)" } else { "confidential" },
+                    "method": "Purge",
+                    "technique": "Cryptographic Erase",
+                    "tool": format!("pivault {}", env!("CARGO_PKG_VERSION")),
+                    "verification": "full verification of every record in the batch (see verification)",
+                    "post_sanitization_categorization": "no personal information recoverable from the vault",
+                    "post_sanitization_destination": "retained in place: each record a tombstone row naming this certificate, without ciphertext or key",
+                    "performed_by": "see operator",
+                    "validated_by": "see validator (a different person)",
+                    "contractor": "see parties.contractor",
+                },
+                "not_covered": not_covered,
                 "exclusions": b.excluded.iter().map(|(id, why)| json!({ "record_id": id, "reason": why })).collect::<Vec<_>>(),
             },
             "outcome_statement": outcome_statement(&b.backups),
@@ -1668,6 +1733,79 @@ impl Vault {
             None,
         )?;
         Ok(cert)
+    }
+
+    /// A stored certificate as a W3C Verifiable Credential with an
+    /// eddsa-jcs-2022 proof by the vault's certificate key
+    /// ([`certificate::verifiable_credential`]); the same readers as
+    /// [`Vault::certificate`].
+    pub fn certificate_credential(&self, s: &Session, id: CertificateId) -> Result<Value> {
+        let cert = self.certificate(s, id)?;
+        certificate::verifiable_credential(&cert, &self.signing.certificate, &format_ms(self.now()))
+    }
+
+    /// The proof that `record` is one of the records a certificate's batch
+    /// disposed of (REQ-DISP-03): the Merkle path from the record's leaf to
+    /// the certificate's `target.commitment.record_root`, checked offline by
+    /// [`certificate::verify_record_proof`]. The same readers as
+    /// [`Vault::certificate`]; a record the batch did not dispose of has no
+    /// proof ([`Error::NotFound`]). Audited with the IDs only.
+    pub fn certificate_proof(
+        &self,
+        s: &Session,
+        id: CertificateId,
+        record: RecordId,
+    ) -> Result<certificate::RecordProof> {
+        self.authorize(s, None)?;
+        let r = (|| {
+            let bytes = self
+                .store
+                .get(store::CF_CERTIFICATES, id.as_bytes())?
+                .ok_or(Error::NotFound("certificate"))?;
+            let cert = Certificate::parse(
+                std::str::from_utf8(&bytes).map_err(|_| Error::Integrity("certificate"))?,
+            )?;
+            let cert_id = id.to_string();
+            let mut batch = None;
+            for (_, v) in self.store.scan_prefix(store::CF_DISPOSALS, &[])? {
+                let b: BatchRow =
+                    serde_json::from_slice(&v).map_err(|_| Error::Integrity("disposal batch"))?;
+                if b.certificate_id == cert_id {
+                    batch = Some(b);
+                    break;
+                }
+            }
+            let b = batch.ok_or(Error::Integrity("certificate without its disposal batch"))?;
+            let ids: Vec<[u8; 16]> = b
+                .records
+                .iter()
+                .map(|r| r.id.parse::<RecordId>().map(|i| *i.as_bytes()))
+                .collect::<Result<_>>()?;
+            let root = certificate::record_root(&cert.body)
+                .ok_or(Error::Integrity("certificate record commitment"))?;
+            if certificate::merkle_root(&ids) != root {
+                return Err(Error::Integrity(
+                    "disposal batch does not match its certificate's commitment",
+                ));
+            }
+            let proof = certificate::merkle_proof(&ids, record.as_bytes())
+                .ok_or(Error::NotFound("record in this certificate's batch"))?;
+            Ok(certificate::RecordProof {
+                certificate_id: cert_id,
+                record_id: *record.as_bytes(),
+                record_root: root,
+                proof,
+            })
+        })();
+        self.audit(
+            Some(s.user),
+            &s.ctx,
+            "certificate.prove",
+            vec![id.to_string(), record.to_string()],
+            r.as_ref().map(|_| ()),
+            None,
+        )?;
+        r
     }
 
     /// Every stored certificate, newest last, optionally only the drafts

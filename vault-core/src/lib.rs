@@ -9,6 +9,7 @@
 #![forbid(unsafe_code)]
 
 pub mod access;
+pub mod agefile;
 pub mod audit;
 pub mod beacon;
 pub mod breached;

@@ -49,6 +49,10 @@ pub(crate) const CF_JOURNAL: &str = "journal";
 /// beacon, one reverse row per record. Derived from personal information:
 /// a disposal deletes a record's rows and purges this column family.
 pub(crate) const CF_BEACONS: &str = "beacons";
+/// Exports of records out of the vault (export.rs): one row per export
+/// (`x` + export ID) and one index row per exported record (`r` + record
+/// ID + export ID), read by a disposal's certificate.
+pub(crate) const CF_EXPORTS: &str = "exports";
 /// Column families whose rows carry a MAC under a key derived from the
 /// vault's secrets (`Store::row_tag`): who may sign in, and as whom. Without
 /// it, someone with the files but not the passphrase could plant a session
@@ -97,7 +101,7 @@ pub(crate) fn obsolete_files(db: &DB) -> Result<(Vec<rocksdb::LiveFile>, Vec<Str
     Ok((live, residue, wal_files))
 }
 
-const ALL_CFS: [&str; 17] = [
+const ALL_CFS: [&str; 18] = [
     CF_RECORDS,
     CF_BY_SUBJECT,
     CF_BY_COLLECTION,
@@ -115,6 +119,7 @@ const ALL_CFS: [&str; 17] = [
     CF_BACKUPS,
     CF_JOURNAL,
     CF_BEACONS,
+    CF_EXPORTS,
 ];
 
 /// Lifecycle state of a stored record.

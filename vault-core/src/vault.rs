@@ -39,6 +39,8 @@ mod backup;
 mod custodian;
 #[path = "disposal.rs"]
 mod disposal;
+#[path = "export.rs"]
+mod export;
 #[path = "housekeeping.rs"]
 mod housekeeping;
 #[path = "http_audit.rs"]
@@ -69,6 +71,7 @@ pub use disposal::{
     CertificateSummary, ContractorInfo, ContractorScope, DisposalOutcome, DisposalParties,
     DisposalRequest, DisposalScope, DisposalSummary, Hold, RetentionPolicy,
 };
+pub use export::{EXPORT_FORMAT, ExportOutcome, ExportRecipient, ExportRequest, ExportScope};
 pub use housekeeping::{MAX_SCHEDULE_HOURS, RetentionSchedule};
 pub use http_audit::RefusedRequests;
 pub use maintenance::{JournalReport, MaintenanceReport, MaintenanceStatus};

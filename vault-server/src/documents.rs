@@ -93,6 +93,18 @@ const SCHEMA_FILES: &[(&str, &str)] = &[
         include_str!("../../schemas/certificate-html.json"),
     ),
     (
+        "certificate-credential",
+        include_str!("../../schemas/certificate-credential.json"),
+    ),
+    (
+        "certificate-proof",
+        include_str!("../../schemas/certificate-proof.json"),
+    ),
+    (
+        "record-export",
+        include_str!("../../schemas/record-export.json"),
+    ),
+    (
         "certificate-list",
         include_str!("../../schemas/certificate-list.json"),
     ),
@@ -304,6 +316,7 @@ const OPERATION_DOCUMENTS: &[(&str, &str)] = &[
     ("record_history", "record-history"),
     ("import", "import-report"),
     ("resolve_subject", "subject"),
+    ("export_records", "record-export"),
     ("dispose", "disposal-outcome"),
     ("list_disposals", "disposal-list"),
     ("retry_disposal", "disposal-retry"),
@@ -319,6 +332,8 @@ const OPERATION_DOCUMENTS: &[(&str, &str)] = &[
     ("list_certificates", "certificate-list"),
     ("show_certificate", "certificate"),
     ("certificate_file", "certificate-file"),
+    ("certificate_proof", "certificate-proof"),
+    ("certificate_vc", "certificate-credential"),
     ("validate_certificate", "certificate-change"),
     ("cosign_certificate", "certificate-change"),
     ("keys", "public-keys"),

@@ -22,8 +22,8 @@ use vault_core::ids::{CertificateId, CollectionName, DisposalId, RecordId, Subje
 use vault_core::schema::Schema;
 use vault_core::secret::SecretString;
 use vault_core::vault::{
-    ContractorScope, DisposalParties, DisposalRequest, DisposalScope, ImportFormat, RecordFilter,
-    RetentionPolicy,
+    ContractorScope, DisposalParties, DisposalRequest, DisposalScope, ExportRecipient,
+    ExportRequest, ExportScope, ImportFormat, RecordFilter, RetentionPolicy,
 };
 use vault_core::views;
 
@@ -264,6 +264,43 @@ pub struct SubjectReq {
     pub reference: String,
 }
 
+/// An export of records (REQ-WISP-05): exactly one of `subject` and
+/// `collection`; exactly one of `to`, `passphrase` and `plaintext`.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExportReq {
+    /// A data subject: customer reference or subject UUID.
+    pub subject: Option<String>,
+    /// A collection.
+    pub collection: Option<String>,
+    /// age X25519 recipients (`age1…`).
+    #[serde(default)]
+    pub to: Vec<String>,
+    /// A passphrase to encrypt with (age scrypt).
+    pub passphrase: Option<String>,
+    /// No encryption (needs the export-plaintext permission).
+    #[serde(default)]
+    pub plaintext: bool,
+    /// Why (audited).
+    pub reason: String,
+}
+
+impl std::fmt::Debug for ExportReq {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The passphrase is a secret: never in a log.
+        f.debug_struct("ExportReq")
+            .field("subject", &self.subject.as_ref().map(|_| "<reference>"))
+            .field("collection", &self.collection)
+            .field("to", &self.to)
+            .field(
+                "passphrase",
+                &self.passphrase.as_ref().map(|_| "<redacted>"),
+            )
+            .field("plaintext", &self.plaintext)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Record list filter.
 #[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
@@ -329,6 +366,8 @@ pub struct Parties {
     pub contractor_org: Option<String>,
     /// The contract reference.
     pub contract_ref: Option<String>,
+    /// The contractor's certification (scheme and number, e.g. NAID AAA).
+    pub contractor_cert: Option<String>,
 }
 
 impl Parties {
@@ -340,6 +379,7 @@ impl Parties {
             operator_organisation: None,
             contractor_organisation: self.contractor_org,
             contract_reference: self.contract_ref,
+            contractor_certification: self.contractor_cert,
         }
     }
 }
@@ -1425,6 +1465,61 @@ async fn resolve_subject(
     ok("subject", json!({ "subject": id.to_string() }))
 }
 
+/// Export a subject's or a collection's records, encrypted with age (ASCII
+/// armor, in `data`) to a recipient's key or a passphrase, or in clear
+/// with the export-plaintext permission; audited with count and reason.
+#[utoipa::path(post, path = "/v1/exports", request_body = ExportReq, tag = "records",
+    security(("bearer" = [])), responses((status = 200, body = Object), (status = 403, body = Problem),
+    (status = 404, body = Problem), (status = 422, body = Problem)))]
+async fn export_records(
+    State(app): State<Arc<App>>,
+    rc: RequestContext,
+    t: Bearer,
+    Body(req): Body<ExportReq>,
+) -> Res {
+    let recipient = match (!req.to.is_empty(), req.passphrase, req.plaintext) {
+        (true, None, false) => ExportRecipient::Keys(req.to),
+        (false, Some(p), false) => ExportRecipient::Passphrase(SecretString::new(p)),
+        (false, None, true) => ExportRecipient::Plaintext,
+        _ => {
+            return Err(ApiError::invalid(
+                "give exactly one of to, passphrase and plaintext",
+            ));
+        }
+    };
+    let (subject, collection) = (req.subject, req.collection);
+    if subject.is_some() == collection.is_some() {
+        return Err(ApiError::invalid(
+            "give exactly one of subject and collection",
+        ));
+    }
+    let collection = collection.map(|c| CollectionName::parse(&c)).transpose()?;
+    let reason = req.reason;
+    let (outcome, data) = app
+        .as_user_long(&rc, t, move |v, s| {
+            let scope = match (subject, collection) {
+                (Some(r), _) => ExportScope::Subject(v.resolve_subject(&r)?),
+                (_, Some(c)) => ExportScope::Collection(c),
+                _ => unreachable!("checked above"),
+            };
+            let req = ExportRequest {
+                scope,
+                recipient,
+                reason,
+                armor: true,
+            };
+            let mut data = Vec::new();
+            let o = v.export_records(s, &req, &mut data)?;
+            Ok((o, data))
+        })
+        .await?;
+    ok(
+        "record-export",
+        json!({ "export_id": outcome.export_id, "records": outcome.records, "subjects": outcome.subjects,
+                "encryption": outcome.encryption, "data": String::from_utf8_lossy(&data) }),
+    )
+}
+
 // ----- disposal ------------------------------------------------------------------
 
 /// Dispose of records provably (crypto-shredding); issues a certificate.
@@ -1774,6 +1869,52 @@ async fn certificate_file(
     {
         h.insert(header::CONTENT_DISPOSITION, v);
     }
+    Ok(r)
+}
+
+/// The proof that a record was among a certificate's disposed records
+/// (checked offline with `pivault certificate verify --record --proof`).
+#[utoipa::path(get, path = "/v1/certificates/{id}/proof/{record}", tag = "certificates", security(("bearer" = [])),
+    params(("id" = String, Path, description = "certificate ID"), ("record" = String, Path, description = "record ID")),
+    responses((status = 200, body = Object), (status = 404, body = Problem)))]
+async fn certificate_proof(
+    State(app): State<Arc<App>>,
+    rc: RequestContext,
+    t: Bearer,
+    Path((id, record)): Path<(String, String)>,
+) -> Res {
+    let id: CertificateId = parse(&id, "certificate")?;
+    let record: RecordId = parse(&record, "record")?;
+    let p = app
+        .as_user(&rc, t, move |v, s| v.certificate_proof(s, id, record))
+        .await?;
+    ok("certificate-proof", p.to_json())
+}
+
+/// The certificate as a W3C Verifiable Credential (Data Integrity proof,
+/// cryptosuite eddsa-jcs-2022, issuer the vault key's did:key).
+#[utoipa::path(get, path = "/v1/certificates/{id}/vc", tag = "certificates", security(("bearer" = [])),
+    params(("id" = String, Path, description = "certificate ID")),
+    responses((status = 200, description = "the credential", body = Object), (status = 404, body = Problem)))]
+async fn certificate_vc(
+    State(app): State<Arc<App>>,
+    rc: RequestContext,
+    t: Bearer,
+    Path(id): Path<String>,
+) -> Res {
+    let id: CertificateId = parse(&id, "certificate")?;
+    let vc = app
+        .as_user(&rc, t, move |v, s| v.certificate_credential(s, id))
+        .await?;
+    let mut r = format!(
+        "{}\n",
+        serde_json::to_string_pretty(&vc).unwrap_or_default()
+    )
+    .into_response();
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/vc+ld+json"),
+    );
     Ok(r)
 }
 
@@ -2192,9 +2333,9 @@ impl Modify for BearerScheme {
     modifiers(&BearerScheme),
     paths(login, logout, whoami, begin_enrolment, confirm_enrolment, reset_two_factor, show_two_factor_policy, set_two_factor_policy, list_users, add_user, add_service, list_services, rotate_service, revoke_service, disable_user, enable_user, unlock_user, set_role, set_reveal_grant,
           set_password, list_approvals, approve_request, reject_request, list_collections, create_collection, update_collection, show_collection, put_record, list_records,
-          get_record, reveal_record, find_records, reindex_collection, update_record, patch_record, record_history, import, resolve_subject, dispose, list_disposals,
+          get_record, reveal_record, find_records, reindex_collection, update_record, patch_record, record_history, import, resolve_subject, export_records, dispose, list_disposals,
           retry_disposal, show_retention, set_retention, show_retention_schedule, set_retention_schedule, retention_due, retention_run, list_holds, add_hold,
-          remove_hold, list_certificates, show_certificate, certificate_file, certificate_html, validate_certificate,
+          remove_hold, list_certificates, show_certificate, certificate_file, certificate_vc, certificate_proof, certificate_html, validate_certificate,
           cosign_certificate, keys, list_contractors, assign_contractor, revoke_contractor, audit_events, audit_export, audit_stream, audit_verify, audit_anchor, audit_timestamp, audit_report, review,
           maintenance, healthz, readyz, openapi_doc),
     components(schemas(Problem))
@@ -2273,9 +2414,15 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/retention/{collection}", put(set_retention))
         .route("/v1/holds", get(list_holds).post(add_hold))
         .route("/v1/holds/remove", post(remove_hold))
+        .route("/v1/exports", post(export_records))
         .route("/v1/certificates", get(list_certificates))
         .route("/v1/certificates/{id}", get(show_certificate))
         .route("/v1/certificates/{id}/file", get(certificate_file))
+        .route(
+            "/v1/certificates/{id}/proof/{record}",
+            get(certificate_proof),
+        )
+        .route("/v1/certificates/{id}/vc", get(certificate_vc))
         .route("/v1/certificates/{id}/html", get(certificate_html))
         .route("/v1/certificates/{id}/validate", post(validate_certificate))
         .route("/v1/certificates/{id}/cosign", post(cosign_certificate))

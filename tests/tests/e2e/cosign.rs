@@ -71,6 +71,7 @@ fn dispose_one(
                     data_owner: "Example Retail LLC".into(),
                     contractor_organisation: Some("Shred and Sons".into()),
                     contract_reference: Some("PO-77-A".into()),
+                    contractor_certification: None,
                     ..DisposalParties::default()
                 },
                 dry_run: false,

@@ -130,6 +130,8 @@ pub(crate) fn check_any(doc: &Value, what: &str) {
     let has = |k: &str| doc.get(k).is_some();
     if !has("document") && has("certificate") && has("signatures") {
         check_as("certificate-file", doc, what);
+    } else if !has("document") && has("proof") && has("credentialSubject") {
+        check_as("certificate-credential", doc, what);
     } else if !has("document") && has("openapi") {
         check_as("openapi-document", doc, what);
     } else {

@@ -336,6 +336,7 @@ fn a_contractor_outside_the_batch_cannot_cosign_over_http() {
                 parties: DisposalParties {
                     data_owner: "Example Retail LLC".into(),
                     contract_reference: Some("PO-1".into()),
+                    contractor_certification: None,
                     ..DisposalParties::default()
                 },
                 dry_run: false,

@@ -409,6 +409,7 @@ fn control_and_bidi_characters_never_reach_a_certificate_or_the_trail() {
                 parties: DisposalParties {
                     data_owner: owner.into(),
                     contract_reference: reference.map(str::to_owned),
+                    contractor_certification: None,
                     ..DisposalParties::default()
                 },
                 dry_run: false,

@@ -3,6 +3,7 @@
 
 mod audit_anchor;
 mod backup;
+mod certificate_standards;
 mod cli;
 mod cli_output;
 mod common;
@@ -14,6 +15,7 @@ mod custody;
 mod disposal;
 mod documents;
 mod edits;
+mod exports;
 mod fault_injection;
 mod forensic;
 mod housekeeping;

@@ -15,10 +15,11 @@ use crate::documents::{compiler, schema_files, schema_id};
 /// shared definitions, the `--json` error object on stderr, the two
 /// documents that keep a format of their own, and the audit event as
 /// exported and streamed to a log system (`vault_core::siem`).
-const OTHER_SCHEMAS: [&str; 5] = [
+const OTHER_SCHEMAS: [&str; 6] = [
     "defs",
     "error",
     "certificate-file",
+    "certificate-credential",
     "openapi-document",
     "audit-event",
 ];
