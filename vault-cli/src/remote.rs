@@ -1315,6 +1315,14 @@ fn command(cli: &Cli, out: &Out, r: &Remote) -> anyhow::Result<u8> {
             let text = crate::output::maintenance_text(&v);
             out.data("maintenance-report", v, || text);
         }
+        Command::Incident(_) | Command::Wisp(_) => {
+            return Err(vault_core::Error::InvalidInput(
+                "pivault-server does not offer the incident register and the WISP pack yet: \
+                 run the command as the custodian (PIVAULT_PASSPHRASE_FILE) on the vault's host"
+                    .into(),
+            )
+            .into());
+        }
         Command::Init(_)
         | Command::Doctor
         | Command::Backup(_)

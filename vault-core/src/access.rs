@@ -80,11 +80,16 @@ pub enum Permission {
     /// Rebuild a collection's blind indexes (`collection reindex`): every
     /// record decrypted in memory, nothing shown.
     ReindexSearch,
+    /// The incident register (201 CMR 17.03(2)(j)): scope an incident from
+    /// the audit trail, open it, record responsive actions and the
+    /// post-incident review, draft the breach notice. Officers only: the
+    /// scope classifies the records it names (residence, element types).
+    Incidents,
 }
 
 impl Permission {
     /// Every permission, for the role × operation matrix.
-    pub const ALL: [Permission; 16] = [
+    pub const ALL: [Permission; 17] = [
         Permission::ManageUsers,
         Permission::ManageCollections,
         Permission::CreateRecord,
@@ -101,6 +106,7 @@ impl Permission {
         Permission::ExportAudit,
         Permission::FindRecords,
         Permission::ReindexSearch,
+        Permission::Incidents,
     ];
 
     /// What the permission allows, for error messages ("your role may not …").
@@ -122,6 +128,7 @@ impl Permission {
             Permission::ExportAudit => "export the audit trail",
             Permission::FindRecords => "search records",
             Permission::ReindexSearch => "rebuild search indexes",
+            Permission::Incidents => "scope and document security incidents",
         }
     }
 }
@@ -182,6 +189,7 @@ impl Role {
                     | P::ExportAudit
                     | P::FindRecords
                     | P::ReindexSearch
+                    | P::Incidents
             ),
             Role::Clerk => matches!(
                 p,

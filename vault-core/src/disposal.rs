@@ -524,6 +524,36 @@ impl Vault {
         }
     }
 
+    /// Active contractors and their evidence for the WISP pack (no
+    /// permission check, no audit event: the caller has both):
+    /// `(username, collections in scope, records in scope, key fingerprint)`.
+    pub(crate) fn contractor_evidence(
+        &self,
+    ) -> Result<Vec<(String, Vec<String>, usize, Option<String>)>> {
+        let mut rows = self.all_user_rows()?;
+        rows.sort_by(|a, b| a.username.cmp(&b.username));
+        let mut out = Vec::new();
+        for u in rows
+            .iter()
+            .filter(|u| !u.disabled && u.role == Role::Contractor.as_str())
+        {
+            let id: UserId = u.id.parse()?;
+            let scope = self.contractor_scope(id)?;
+            out.push((
+                u.username.clone(),
+                scope.collections,
+                scope.records.len(),
+                self.contractor_key_fingerprint(id)?,
+            ));
+        }
+        Ok(out)
+    }
+
+    /// Every retention policy, for the WISP pack (no permission check).
+    pub(crate) fn retention_evidence(&self) -> Result<BTreeMap<String, RetentionPolicy>> {
+        self.retention_policies()
+    }
+
     /// Whether a contractor's scope covers a record.
     pub(crate) fn in_contractor_scope(
         scope: &ContractorScope,

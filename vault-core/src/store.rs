@@ -49,16 +49,21 @@ pub(crate) const CF_JOURNAL: &str = "journal";
 /// beacon, one reverse row per record. Derived from personal information:
 /// a disposal deletes a record's rows and purges this column family.
 pub(crate) const CF_BEACONS: &str = "beacons";
+/// The incident register (`incident.rs`): incident ID -> the incident
+/// (IDs, times, counts and the officer's own words; no personal information).
+pub(crate) const CF_INCIDENTS: &str = "incidents";
 /// Column families whose rows carry a MAC under a key derived from the
 /// vault's secrets (`Store::row_tag`): who may sign in, and as whom. Without
 /// it, someone with the files but not the passphrase could plant a session
 /// row under a token they chose (a login as any user) or rewrite a role.
-const SEALED_CFS: [&str; 3] = [CF_USERS, CF_USERNAMES, CF_SESSIONS];
+/// The incident register is sealed too, so that a row rewritten outside
+/// the vault (an incident made smaller) fails to read.
+const SEALED_CFS: [&str; 4] = [CF_USERS, CF_USERNAMES, CF_SESSIONS, CF_INCIDENTS];
 /// Bytes of a row MAC.
 const ROW_TAG_LEN: usize = 32;
 /// The error of a row whose MAC fails.
 const TAMPERED_ROW: &str =
-    "a user or session row of the records database fails its MAC (written without the vault's key)";
+    "a user or session row (or an incident row) of the records database fails its MAC (written without the vault's key)";
 /// The live table files of a database, the files in its directory no
 /// live version needs (table files outside the live set, write-ahead logs
 /// below the oldest one still needed), and how many write-ahead logs there
@@ -88,7 +93,7 @@ pub(crate) fn obsolete_files(db: &DB) -> Result<(Vec<rocksdb::LiveFile>, Vec<Str
     Ok((live, residue, wal_files))
 }
 
-const ALL_CFS: [&str; 17] = [
+const ALL_CFS: [&str; 18] = [
     CF_RECORDS,
     CF_BY_SUBJECT,
     CF_BY_COLLECTION,
@@ -106,6 +111,7 @@ const ALL_CFS: [&str; 17] = [
     CF_BACKUPS,
     CF_JOURNAL,
     CF_BEACONS,
+    CF_INCIDENTS,
 ];
 
 /// Lifecycle state of a stored record.

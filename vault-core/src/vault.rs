@@ -43,6 +43,8 @@ mod disposal;
 mod housekeeping;
 #[path = "http_audit.rs"]
 mod http_audit;
+#[path = "incident.rs"]
+mod incident;
 #[path = "isolation.rs"]
 mod isolation;
 #[path = "maintenance.rs"]
@@ -55,6 +57,8 @@ mod search;
 mod service;
 #[path = "users.rs"]
 mod users;
+#[path = "wisp.rs"]
+mod wisp;
 
 pub use crate::store::RecordState;
 use crate::store::{self, RecordRow, Store};
@@ -69,6 +73,12 @@ pub use disposal::{
 };
 pub use housekeeping::{MAX_SCHEDULE_HOURS, RetentionSchedule};
 pub use http_audit::RefusedRequests;
+pub use incident::{
+    FTC_NOTICE_THRESHOLD, INCIDENT_TEXT_MAX, Incident, IncidentAction, IncidentReview,
+    IncidentScope, REVIEW_DUE_MS, ScopeSummary, Selector, SelectorInput, TouchedRecord,
+    check_incident_text,
+};
+pub use wisp::{WispLine, WispPack, WispStatus};
 pub use maintenance::{JournalReport, MaintenanceReport, MaintenanceStatus};
 pub use records::{ImportColumns, RecordVersion};
 pub use search::{FindQuery, FindResult, FindTarget};
@@ -405,6 +415,11 @@ pub struct Vault {
     audit_fail: AtomicBool,
     /// Test hook: every undo after a failed audit append fails too.
     undo_fail: AtomicBool,
+    /// Negative control for WISP tests: `user disable` leaves the user's
+    /// session rows in place (they cannot sign in, but a live row stays).
+    disable_keeps_sessions: AtomicBool,
+    /// Serialises changes to the incident register (append-only rows).
+    incident_lock: Mutex<()>,
     /// The rate limit of each service token in use (`service.rs`).
     service_calls: Mutex<std::collections::HashMap<[u8; 32], service::CallBucket>>,
     /// The beacon secret of the blind indexes (`beacon.rs`, `search.rs`).
@@ -648,6 +663,8 @@ impl Vault {
             schema_cache: GenCache::new(),
             audit_fail: AtomicBool::new(false),
             undo_fail: AtomicBool::new(false),
+            disable_keeps_sessions: AtomicBool::new(false),
+            incident_lock: Mutex::new(()),
             service_calls: Mutex::new(std::collections::HashMap::new()),
             beacons,
         };
@@ -1184,6 +1201,14 @@ impl Vault {
     #[doc(hidden)]
     pub fn set_undo_failure(&self, fail: bool) {
         self.undo_fail.store(fail, Ordering::SeqCst);
+    }
+
+    /// Negative control for WISP tests: while set, `user disable` leaves the
+    /// user's session rows in the store (each still refused at use), so a
+    /// terminated employee's live session row exists for the checks to find.
+    #[doc(hidden)]
+    pub fn set_disable_keeps_sessions(&self, keep: bool) {
+        self.disable_keeps_sessions.store(keep, Ordering::SeqCst);
     }
 
     /// The undo-failure test hook, checked first by every undo.
