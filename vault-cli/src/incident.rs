@@ -117,7 +117,12 @@ fn now_ms() -> i64 {
 
 fn window(a: &ScopeArgs) -> anyhow::Result<(SelectorInput, i64, i64)> {
     let since = time(&a.since)?;
-    let until = a.until.as_deref().map(time).transpose()?.unwrap_or(now_ms() + 1);
+    let until = a
+        .until
+        .as_deref()
+        .map(time)
+        .transpose()?
+        .unwrap_or(now_ms() + 1);
     Ok((
         SelectorInput {
             actor: a.actor.clone(),
@@ -314,7 +319,12 @@ fn notice_text(v: &Value) -> String {
 /// `pivault wisp` on an open vault. Exit 0 whatever the pack says: it is
 /// a report (use `doctor` for a gate).
 pub fn cmd_wisp(out: &Out, vault: &Vault, s: &Session, a: &WispArgs) -> anyhow::Result<u8> {
-    let until = a.until.as_deref().map(time).transpose()?.unwrap_or(now_ms() + 1);
+    let until = a
+        .until
+        .as_deref()
+        .map(time)
+        .transpose()?
+        .unwrap_or(now_ms() + 1);
     let since = a
         .since
         .as_deref()

@@ -364,7 +364,9 @@ impl Vault {
                 }
                 "export" => {
                     for t in &ev.targets {
-                        let Ok(u) = t.parse::<RecordId>() else { continue };
+                        let Ok(u) = t.parse::<RecordId>() else {
+                            continue;
+                        };
                         if self.store.record(u)?.is_some() {
                             ids.push(u);
                         } else {
@@ -737,7 +739,11 @@ impl Vault {
     /// The figures of the breach notice (officer): the incident and its
     /// scope run again now ("affected at the time of notification", 93H
     /// §3(b)). Audited as `incident.notice`.
-    pub fn incident_notice(&self, s: &Session, id: IncidentId) -> Result<(Incident, IncidentScope)> {
+    pub fn incident_notice(
+        &self,
+        s: &Session,
+        id: IncidentId,
+    ) -> Result<(Incident, IncidentScope)> {
         self.authorize(s, Some(Permission::Incidents))?;
         let r = self.incident_row(id).and_then(|inc| {
             let sc = self.compute_scope(&inc.selector, inc.since_ms, inc.until_ms)?;
@@ -784,7 +790,11 @@ impl Vault {
             let Ok(iid) = id.parse::<IncidentId>() else {
                 continue;
             };
-            if self.store.get(store::CF_INCIDENTS, iid.as_bytes())?.is_none() {
+            if self
+                .store
+                .get(store::CF_INCIDENTS, iid.as_bytes())?
+                .is_none()
+            {
                 missing.push(id.clone());
             }
         }

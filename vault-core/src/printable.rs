@@ -10,7 +10,8 @@ use serde_json::Value;
 
 use crate::certificate::{CSS, esc, render_value};
 
-const EXTRA_CSS: &str = ".met{color:#075e00}.missing{color:#b00000;font-weight:700}.attention{color:#8a5a00}\n";
+const EXTRA_CSS: &str =
+    ".met{color:#075e00}.missing{color:#b00000;font-weight:700}.attention{color:#8a5a00}\n";
 
 fn head(out: &mut String, title: &str) {
     let _ = write!(
@@ -57,7 +58,11 @@ pub fn notice_html(doc: &Value) -> String {
         "Of them, with personal information (93H \u{a7}1)",
         doc.get("ma_residents_with_personal_information"),
     );
-    row(&mut out, "Data subjects affected (all)", doc.get("subjects_affected"));
+    row(
+        &mut out,
+        "Data subjects affected (all)",
+        doc.get("subjects_affected"),
+    );
     row(&mut out, "Records affected", doc.get("records_affected"));
     row(
         &mut out,
@@ -66,7 +71,9 @@ pub fn notice_html(doc: &Value) -> String {
     );
     row(&mut out, "How the records were accessed", doc.get("access"));
     out.push_str("</table></section>\n<section><h2>2. Steps taken or planned</h2>");
-    out.push_str(&render_value(doc.get("steps_taken").unwrap_or(&Value::Null)));
+    out.push_str(&render_value(
+        doc.get("steps_taken").unwrap_or(&Value::Null),
+    ));
     out.push_str("<table>");
     row(
         &mut out,
@@ -87,7 +94,9 @@ pub fn notice_html(doc: &Value) -> String {
         doc.get("ftc_safeguards_notice").unwrap_or(&Value::Null),
     ));
     out.push_str("</section>\n<section><h2>5. To be completed by the business</h2>");
-    out.push_str(&render_value(doc.get("to_complete").unwrap_or(&Value::Null)));
+    out.push_str(&render_value(
+        doc.get("to_complete").unwrap_or(&Value::Null),
+    ));
     let _ = write!(
         out,
         "<p class=\"note\">Affected residents: {}</p></section>\n\

@@ -78,11 +78,11 @@ pub use incident::{
     IncidentScope, REVIEW_DUE_MS, ScopeSummary, Selector, SelectorInput, TouchedRecord,
     check_incident_text,
 };
-pub use wisp::{WispLine, WispPack, WispStatus};
 pub use maintenance::{JournalReport, MaintenanceReport, MaintenanceStatus};
 pub use records::{ImportColumns, RecordVersion};
 pub use search::{FindQuery, FindResult, FindTarget};
 pub use service::ServiceAccount;
+pub use wisp::{WispLine, WispPack, WispStatus};
 
 /// A test hook called with each disposal step name.
 pub type CrashHook = Box<dyn Fn(&str) + Send + Sync>;

@@ -87,7 +87,10 @@ impl WispPack {
 }
 
 /// The status of a line from its checks: `(name, a warning means missing)`.
-fn status_of(found: &[Check], rules: &[(&'static str, bool)]) -> (WispStatus, Vec<&'static str>, String) {
+fn status_of(
+    found: &[Check],
+    rules: &[(&'static str, bool)],
+) -> (WispStatus, Vec<&'static str>, String) {
     let mut status = WispStatus::Met;
     let mut names = Vec::new();
     let mut details = Vec::new();
@@ -243,8 +246,8 @@ impl Vault {
                 .map_or(i64::MIN, i64::from_be_bytes);
             if t >= from_ms && t < to_ms {
                 batches += 1;
-                let row: Value = serde_json::from_slice(&v)
-                    .map_err(|_| Error::Integrity("disposal ledger"))?;
+                let row: Value =
+                    serde_json::from_slice(&v).map_err(|_| Error::Integrity("disposal ledger"))?;
                 disposed += row["records"].as_array().map_or(0, |a| a.len() as u64);
             }
         }
@@ -392,7 +395,7 @@ impl Vault {
         line(
             "17.04(1)",
             "Secure user authentication: unique IDs, passwords, blocking after failed attempts",
-            &[("lockout", true), ("unlock-kdf", true)],
+            &[("lockout", true)],
             None,
             json!({
                 "lockout": {
