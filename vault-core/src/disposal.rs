@@ -524,12 +524,9 @@ impl Vault {
         }
     }
 
-    /// Active contractors and their evidence for the WISP pack (no
-    /// permission check, no audit event: the caller has both):
-    /// `(username, collections in scope, records in scope, key fingerprint)`.
-    pub(crate) fn contractor_evidence(
-        &self,
-    ) -> Result<Vec<(String, Vec<String>, usize, Option<String>)>> {
+    /// Active contractors, for the WISP pack and `doctor` (no permission
+    /// check, no audit event: the caller has both).
+    pub(crate) fn contractor_evidence(&self) -> Result<Vec<ContractorInfo>> {
         let mut rows = self.all_user_rows()?;
         rows.sort_by(|a, b| a.username.cmp(&b.username));
         let mut out = Vec::new();
@@ -539,12 +536,14 @@ impl Vault {
         {
             let id: UserId = u.id.parse()?;
             let scope = self.contractor_scope(id)?;
-            out.push((
-                u.username.clone(),
-                scope.collections,
-                scope.records.len(),
-                self.contractor_key_fingerprint(id)?,
-            ));
+            out.push(ContractorInfo {
+                user_id: id,
+                username: u.username.clone(),
+                disabled: u.disabled,
+                key_fingerprint: self.contractor_key_fingerprint(id)?,
+                collections: scope.collections,
+                records: scope.records.len(),
+            });
         }
         Ok(out)
     }

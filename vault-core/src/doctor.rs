@@ -410,8 +410,8 @@ fn wisp_checks(vault: &Vault, now_ms: i64) -> Result<Vec<Check>> {
     let contractors = vault.contractor_evidence()?;
     let keyless: Vec<&str> = contractors
         .iter()
-        .filter(|c| c.3.is_none())
-        .map(|c| c.0.as_str())
+        .filter(|c| c.key_fingerprint.is_none())
+        .map(|c| c.username.as_str())
         .collect();
     out.push(if keyless.is_empty() {
         check(

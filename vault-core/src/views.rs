@@ -443,98 +443,6 @@ pub fn certificate(c: &Certificate) -> Value {
     json!({ "certificate": c.body, "signatures": c.signatures.iter().map(|g| json!({"role": g.role, "key_fingerprint": g.key_fingerprint})).collect::<Vec<_>>() })
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::ids::{CollectionName, RecordId, SubjectId};
-    use crate::schema::{Classification, FieldType};
-
-    /// A list becomes `{"document","version","items"}`; an object gains the
-    /// two members; an object already named (a relayed answer) is kept.
-    #[test]
-    fn documents_are_named_once() {
-        let list = document("user-list", json!([{ "username": "alice" }]));
-        assert_eq!(
-            list,
-            json!({ "document": "user-list", "version": DOCUMENT_VERSION, "items": [{ "username": "alice" }] })
-        );
-        assert_eq!(items(&list).len(), 1);
-        let one = document("review", json!({ "reviewed": true }));
-        assert_eq!(
-            one,
-            json!({ "document": "review", "version": DOCUMENT_VERSION, "reviewed": true })
-        );
-        assert_eq!(document("other-name", one.clone()), one);
-        for name in DOCUMENTS {
-            assert!(
-                name.chars().all(|c| c.is_ascii_lowercase() || c == '-'),
-                "document name {name}"
-            );
-        }
-    }
-
-    /// The server's direct serialisation gives the same bytes as the
-    /// `Value` document (keys sorted), for a live and for a disposed record.
-    #[test]
-    fn record_doc_matches_the_value_document() {
-        let mut fields = serde_json::Map::new();
-        fields.insert("ssn".into(), json!("***-**-6789"));
-        fields.insert("given_name".into(), json!("A***"));
-        for state in [
-            RecordState::Live,
-            RecordState::Disposed {
-                certificate: Some("cert-1".into()),
-            },
-            RecordState::Disposed { certificate: None },
-        ] {
-            let v = RecordView {
-                meta: RecordMeta {
-                    id: RecordId::new(),
-                    collection: CollectionName::parse("customers").unwrap(),
-                    subject: SubjectId::new(),
-                    version: 3,
-                    created_ms: 1_700_000_000_000,
-                    updated_ms: 1_700_000_100_000,
-                    state,
-                },
-                fields: fields.clone(),
-                revealed: vec!["ssn".into()],
-                classification: Classification {
-                    ma_personal_information: true,
-                    sensitive_elements: vec![FieldType::Ssn, FieldType::CardNumber],
-                    ..Classification::default()
-                },
-            };
-            // The document as it was built before `RecordDoc`, key by key.
-            let m = &v.meta;
-            let certificate = match &m.state {
-                RecordState::Disposed { certificate } => certificate.clone(),
-                RecordState::Live => None,
-            };
-            let expected = json!({
-                "record": {
-                    "record_id": m.id.to_string(), "collection": m.collection.as_str(),
-                    "subject": m.subject.to_string(), "version": m.version,
-                    "created": format_ms(m.created_ms), "updated": format_ms(m.updated_ms),
-                    "state": state_str(&m.state), "certificate": certificate,
-                },
-                "fields": Value::Object(v.fields.clone()),
-                "revealed": v.revealed,
-                "classification": {
-                    "ma_personal_information": true,
-                    "sensitive_elements": ["ssn", "card_number"],
-                },
-                "document": "record",
-                "version": DOCUMENT_VERSION,
-            });
-            let direct = serde_json::to_string(&RecordDoc::from(&v)).unwrap();
-            assert_eq!(direct, serde_json::to_string(&expected).unwrap());
-            assert_eq!(record(&v), expected);
-            assert_eq!(meta(&v.meta), expected["record"]);
-        }
-    }
-}
-
 // ----- incidents and the WISP pack (incident.rs, wisp.rs) ---------------------
 
 fn selector(sel: &crate::vault::Selector) -> Value {
@@ -701,4 +609,96 @@ pub fn wisp_pack(p: &crate::vault::WispPack) -> Value {
             "evidence": l.evidence,
         })).collect::<Vec<_>>(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ids::{CollectionName, RecordId, SubjectId};
+    use crate::schema::{Classification, FieldType};
+
+    /// A list becomes `{"document","version","items"}`; an object gains the
+    /// two members; an object already named (a relayed answer) is kept.
+    #[test]
+    fn documents_are_named_once() {
+        let list = document("user-list", json!([{ "username": "alice" }]));
+        assert_eq!(
+            list,
+            json!({ "document": "user-list", "version": DOCUMENT_VERSION, "items": [{ "username": "alice" }] })
+        );
+        assert_eq!(items(&list).len(), 1);
+        let one = document("review", json!({ "reviewed": true }));
+        assert_eq!(
+            one,
+            json!({ "document": "review", "version": DOCUMENT_VERSION, "reviewed": true })
+        );
+        assert_eq!(document("other-name", one.clone()), one);
+        for name in DOCUMENTS {
+            assert!(
+                name.chars().all(|c| c.is_ascii_lowercase() || c == '-'),
+                "document name {name}"
+            );
+        }
+    }
+
+    /// The server's direct serialisation gives the same bytes as the
+    /// `Value` document (keys sorted), for a live and for a disposed record.
+    #[test]
+    fn record_doc_matches_the_value_document() {
+        let mut fields = serde_json::Map::new();
+        fields.insert("ssn".into(), json!("***-**-6789"));
+        fields.insert("given_name".into(), json!("A***"));
+        for state in [
+            RecordState::Live,
+            RecordState::Disposed {
+                certificate: Some("cert-1".into()),
+            },
+            RecordState::Disposed { certificate: None },
+        ] {
+            let v = RecordView {
+                meta: RecordMeta {
+                    id: RecordId::new(),
+                    collection: CollectionName::parse("customers").unwrap(),
+                    subject: SubjectId::new(),
+                    version: 3,
+                    created_ms: 1_700_000_000_000,
+                    updated_ms: 1_700_000_100_000,
+                    state,
+                },
+                fields: fields.clone(),
+                revealed: vec!["ssn".into()],
+                classification: Classification {
+                    ma_personal_information: true,
+                    sensitive_elements: vec![FieldType::Ssn, FieldType::CardNumber],
+                    ..Classification::default()
+                },
+            };
+            // The document as it was built before `RecordDoc`, key by key.
+            let m = &v.meta;
+            let certificate = match &m.state {
+                RecordState::Disposed { certificate } => certificate.clone(),
+                RecordState::Live => None,
+            };
+            let expected = json!({
+                "record": {
+                    "record_id": m.id.to_string(), "collection": m.collection.as_str(),
+                    "subject": m.subject.to_string(), "version": m.version,
+                    "created": format_ms(m.created_ms), "updated": format_ms(m.updated_ms),
+                    "state": state_str(&m.state), "certificate": certificate,
+                },
+                "fields": Value::Object(v.fields.clone()),
+                "revealed": v.revealed,
+                "classification": {
+                    "ma_personal_information": true,
+                    "sensitive_elements": ["ssn", "card_number"],
+                },
+                "document": "record",
+                "version": DOCUMENT_VERSION,
+            });
+            let direct = serde_json::to_string(&RecordDoc::from(&v)).unwrap();
+            assert_eq!(direct, serde_json::to_string(&expected).unwrap());
+            assert_eq!(record(&v), expected);
+            assert_eq!(meta(&v.meta), expected["record"]);
+        }
+    }
 }

@@ -314,8 +314,11 @@ impl Vault {
         let contractors: Vec<Value> = self
             .contractor_evidence()?
             .into_iter()
-            .map(|(name, cols, records, key)| {
-                json!({ "username": name, "collections": cols, "records": records, "key_fingerprint": key })
+            .map(|c| {
+                json!({
+                    "username": c.username, "collections": c.collections,
+                    "records": c.records, "key_fingerprint": c.key_fingerprint,
+                })
             })
             .collect();
         let services: Vec<Value> = self

@@ -508,10 +508,10 @@ fn an_incident_row_rewritten_or_deleted_outside_the_vault_is_detected() {
         );
         db.flush().unwrap();
     };
-    // Make the incident smaller: 5 records become 1.
+    // Make the incident look harmless.
     with_db(&|db, cf| {
         let row = db.get_cf(cf, id.as_bytes()).unwrap().expect("row");
-        let text = String::from_utf8_lossy(&row).replace("\"records\":5", "\"records\":1");
+        let text = String::from_utf8_lossy(&row).replace("unusual reads", "routine check");
         assert_ne!(text.as_bytes(), &row[..], "the count is in the row");
         db.put_cf(cf, id.as_bytes(), text.as_bytes()).unwrap();
     });
