@@ -340,7 +340,13 @@ pub fn cmd_wisp(out: &Out, vault: &Vault, s: &Session, a: &WispArgs) -> anyhow::
         write_page(path, &vault_core::printable::wisp_html(&v))?;
         v["html"] = json!(path.display().to_string());
     }
-    out.data("wisp-pack", v.clone(), || {
+    let text = wisp_text(&v);
+    out.data("wisp-pack", v, || text);
+    Ok(exit::OK)
+}
+
+fn wisp_text(v: &Value) -> String {
+    {
         let mut t = format!(
             "WISP evidence pack: {} met, {} missing, {} need attention",
             v["summary"]["met"], v["summary"]["missing"], v["summary"]["attention"]
@@ -358,6 +364,110 @@ pub fn cmd_wisp(out: &Out, vault: &Vault, s: &Session, a: &WispArgs) -> anyhow::
             t.push_str(&format!("\nprintable page written to {p}"));
         }
         t
-    });
+    }
+}
+
+fn scope_query(a: &ScopeArgs) -> String {
+    crate::remote::query(&[
+        ("actor", a.actor.clone()),
+        ("token", a.token.clone()),
+        ("source", a.source.clone()),
+        ("since", Some(a.since.clone())),
+        ("until", a.until.clone()),
+    ])
+}
+
+fn incident_path(i: &str) -> anyhow::Result<String> {
+    Ok(format!("/v1/incidents/{}", id(i)?))
+}
+
+/// `pivault incident …` through pivault-server (`--server` or the socket).
+pub fn cmd_remote(out: &Out, r: &crate::remote::Remote, c: &IncidentCmd) -> anyhow::Result<u8> {
+    match c {
+        IncidentCmd::Scope(a) => {
+            let v = r.get(&format!("/v1/incidents/scope{}", scope_query(a)))?;
+            out.data("incident-scope", v.clone(), || scope_text(&v));
+        }
+        IncidentCmd::Open {
+            scope,
+            nature,
+            credit_monitoring,
+        } => {
+            let v = r.post(
+                "/v1/incidents",
+                json!({
+                    "actor": scope.actor, "token": scope.token, "source": scope.source,
+                    "since": scope.since, "until": scope.until,
+                    "nature": nature, "credit_monitoring": credit_monitoring,
+                }),
+            )?;
+            out.data("incident", v.clone(), || incident_text(&v));
+        }
+        IncidentCmd::Action {
+            id: i,
+            text,
+            credit_monitoring,
+        } => {
+            let v = r.post(
+                &format!("{}/actions", incident_path(i)?),
+                json!({ "text": text, "credit_monitoring": credit_monitoring }),
+            )?;
+            out.data("incident", v.clone(), || incident_text(&v));
+        }
+        IncidentCmd::Review {
+            id: i,
+            notes,
+            wisp_changes,
+        } => {
+            let v = r.post(
+                &format!("{}/review", incident_path(i)?),
+                json!({ "notes": notes, "wisp_changes": wisp_changes }),
+            )?;
+            out.data("incident", v.clone(), || incident_text(&v));
+        }
+        IncidentCmd::List => {
+            let v = r.get("/v1/incidents")?;
+            let text = vault_core::views::items(&v)
+                .iter()
+                .map(|x| {
+                    format!(
+                        "{}  {:<8}  opened {}",
+                        x["incident_id"].as_str().unwrap_or(""),
+                        x["status"].as_str().unwrap_or(""),
+                        x["opened_at"].as_str().unwrap_or("")
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join("\n");
+            out.data("incident-list", v, || text);
+        }
+        IncidentCmd::Show { id: i } => {
+            let v = r.get(&incident_path(i)?)?;
+            out.data("incident", v.clone(), || incident_text(&v));
+        }
+        IncidentCmd::Notice { id: i, html } => {
+            let mut v = r.get(&format!("{}/notice", incident_path(i)?))?;
+            if let Some(path) = html {
+                write_page(path, &vault_core::printable::notice_html(&v))?;
+                v["html"] = json!(path.display().to_string());
+            }
+            out.data("incident-notice", v.clone(), || notice_text(&v));
+        }
+    }
+    Ok(exit::OK)
+}
+
+/// `pivault wisp` through pivault-server.
+pub fn wisp_remote(out: &Out, r: &crate::remote::Remote, a: &WispArgs) -> anyhow::Result<u8> {
+    let mut v = r.get(&format!(
+        "/v1/wisp{}",
+        crate::remote::query(&[("since", a.since.clone()), ("until", a.until.clone())])
+    ))?;
+    if let Some(path) = &a.html {
+        write_page(path, &vault_core::printable::wisp_html(&v))?;
+        v["html"] = json!(path.display().to_string());
+    }
+    let text = wisp_text(&v);
+    out.data("wisp-pack", v, || text);
     Ok(exit::OK)
 }

@@ -383,7 +383,7 @@ pub(crate) fn url_part(s: &str) -> String {
         .collect()
 }
 
-fn query(pairs: &[(&str, Option<String>)]) -> String {
+pub(crate) fn query(pairs: &[(&str, Option<String>)]) -> String {
     let q: Vec<String> = pairs
         .iter()
         .filter_map(|(k, v)| v.as_ref().map(|v| format!("{k}={}", url_part(v))))
@@ -1315,13 +1315,11 @@ fn command(cli: &Cli, out: &Out, r: &Remote) -> anyhow::Result<u8> {
             let text = crate::output::maintenance_text(&v);
             out.data("maintenance-report", v, || text);
         }
-        Command::Incident(_) | Command::Wisp(_) => {
-            return Err(vault_core::Error::InvalidInput(
-                "pivault-server does not offer the incident register and the WISP pack yet: \
-                 run the command as the custodian (PIVAULT_PASSPHRASE_FILE) on the vault's host"
-                    .into(),
-            )
-            .into());
+        Command::Incident(c) => {
+            crate::incident::cmd_remote(out, &r, c)?;
+        }
+        Command::Wisp(a) => {
+            crate::incident::wisp_remote(out, &r, a)?;
         }
         Command::Init(_)
         | Command::Doctor

@@ -393,15 +393,15 @@ fn wisp_checks(vault: &Vault, now_ms: i64) -> Result<Vec<Check>> {
         check(
             "terminated-sessions",
             Level::Ok,
-            "no disabled user holds a session row",
+            "no session row is bound to a disabled user's current generation",
         )
     } else {
         check(
             "terminated-sessions",
             Level::Warn,
             format!(
-                "{} disabled user(s) still hold a live session row: {} (refused at use; \
-                 the server's session sweep removes them)",
+                "{} disabled user(s) hold a session row still bound to the account: {} (refused by the \
+                 disabled flag alone; the disable did not retire their sessions)",
                 live.len(),
                 live.join(", ")
             ),

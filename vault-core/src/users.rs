@@ -643,47 +643,42 @@ impl Vault {
     /// disabled.
     pub fn disable_user(&self, s: &Session, username: &str) -> Result<UserId> {
         let me = s.user.to_string();
-        let id = self.change_user(s, username, "user.disable", |row| {
+        self.change_user(s, username, "user.disable", |row| {
             if row.id == me {
                 return Err(Error::invalid("you cannot disable your own account"));
             }
             self.check_last_of_role(row, true, None)?;
             row.disabled = true;
-            row.generation += 1;
-            Ok(())
-        })?;
-        // The new generation already refuses every token of theirs; the
-        // rows go too, so no live session row of a terminated employee
-        // stays for the WISP pack to find (17.03(2)(e)).
-        if !self.disable_keeps_sessions.load(Ordering::SeqCst) {
-            let who = id.to_string();
-            for (key, value) in self.store.scan_prefix(store::CF_SESSIONS, &[])? {
-                if serde_json::from_slice::<SessionRow>(&value).is_ok_and(|r| r.user == who) {
-                    self.store.delete(store::CF_SESSIONS, &key)?;
-                }
+            if !self.disable_keeps_generation.load(Ordering::SeqCst) {
+                row.generation += 1;
             }
-        }
-        Ok(id)
+            Ok(())
+        })
     }
 
-    /// Disabled users (terminated employees) who still have a session row
-    /// within its lifetime, by username: each such row is refused at use,
-    /// but `user disable` removes them, so one that stays means the
-    /// account was disabled without it (17.03(2)(e)).
+    /// Disabled users (terminated employees) with a session row within its
+    /// lifetime that is still bound to the account's current generation,
+    /// by username. Such a row is refused at use by the disabled flag
+    /// alone: `user disable` also moves the generation on, so that a row of
+    /// the old one is dead whatever the flag says; one bound to the current
+    /// generation means that second barrier is missing (17.03(2)(e)).
+    /// (The rows themselves stay until the sweep, so that a terminated
+    /// employee's later attempt with a token is audited under their name.)
     pub fn disabled_users_with_sessions(&self) -> Result<Vec<String>> {
         let now = self.now();
-        let disabled: HashMap<String, String> = self
+        let disabled: HashMap<String, (String, u32)> = self
             .all_user_rows()?
             .into_iter()
             .filter(|u| u.disabled)
-            .map(|u| (u.id, u.username))
+            .map(|u| (u.id, (u.username, u.generation)))
             .collect();
         let mut out = std::collections::BTreeSet::new();
         for (_, value) in self.store.scan_prefix(store::CF_SESSIONS, &[])? {
             let row: SessionRow =
                 serde_json::from_slice(&value).map_err(|_| Error::Integrity("session row"))?;
             if row.alive(now, SESSION_IDLE_MS)
-                && let Some(name) = disabled.get(&row.user)
+                && let Some((name, generation)) = disabled.get(&row.user)
+                && row.generation == *generation
             {
                 out.insert(name.clone());
             }

@@ -416,8 +416,8 @@ pub struct Vault {
     /// Test hook: every undo after a failed audit append fails too.
     undo_fail: AtomicBool,
     /// Negative control for WISP tests: `user disable` leaves the user's
-    /// session rows in place (they cannot sign in, but a live row stays).
-    disable_keeps_sessions: AtomicBool,
+    /// generation as it was (their sessions are refused by the flag alone).
+    disable_keeps_generation: AtomicBool,
     /// Serialises changes to the incident register (append-only rows).
     incident_lock: Mutex<()>,
     /// The rate limit of each service token in use (`service.rs`).
@@ -663,7 +663,7 @@ impl Vault {
             schema_cache: GenCache::new(),
             audit_fail: AtomicBool::new(false),
             undo_fail: AtomicBool::new(false),
-            disable_keeps_sessions: AtomicBool::new(false),
+            disable_keeps_generation: AtomicBool::new(false),
             incident_lock: Mutex::new(()),
             service_calls: Mutex::new(std::collections::HashMap::new()),
             beacons,
@@ -1203,12 +1203,12 @@ impl Vault {
         self.undo_fail.store(fail, Ordering::SeqCst);
     }
 
-    /// Negative control for WISP tests: while set, `user disable` leaves the
-    /// user's session rows in the store (each still refused at use), so a
-    /// terminated employee's live session row exists for the checks to find.
+    /// Negative control for WISP tests: while set, `user disable` does not
+    /// move the user's generation on, so their session rows stay bound to
+    /// the account (refused by the disabled flag alone) for the checks to find.
     #[doc(hidden)]
-    pub fn set_disable_keeps_sessions(&self, keep: bool) {
-        self.disable_keeps_sessions.store(keep, Ordering::SeqCst);
+    pub fn set_disable_keeps_generation(&self, keep: bool) {
+        self.disable_keeps_generation.store(keep, Ordering::SeqCst);
     }
 
     /// The undo-failure test hook, checked first by every undo.

@@ -732,3 +732,97 @@ fn the_cli_opens_reviews_and_drafts_the_notice() {
     }
     v.assert_audit_ok();
 }
+
+/// Over HTTP: the officer scopes, opens, documents and drafts the notice;
+/// the clerk is refused (403) and the auditor reads the register and the
+/// WISP pack; every answer checked against its schema.
+#[test]
+fn the_server_offers_the_register_the_notice_and_the_wisp_pack() {
+    let srv = crate::server::start(&[]);
+    let officer = srv.token("officer");
+    let clerk = srv.token("clerk");
+    let auditor = srv.token("auditor");
+    let put = srv.call(
+        "POST",
+        "/v1/records",
+        Some(&clerk),
+        Some(
+            &json!({"collection": common::CUSTOMERS, "subject": "C-http",
+            "data": {"given_name": "Ada", "family_name": "Lovelace", "ssn": "078-05-1120"}}),
+        ),
+    );
+    assert_eq!(put.status, 201, "{put:?}");
+    let id = put.json()["record_id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        srv.call("GET", &format!("/v1/records/{id}"), Some(&officer), None)
+            .status,
+        200
+    );
+    let scope = "/v1/incidents/scope?actor=officer&since=2000-01-01";
+    assert_eq!(srv.call("GET", scope, Some(&clerk), None).status, 403);
+    let sc = srv.call("GET", scope, Some(&officer), None);
+    assert_eq!(sc.status, 200, "{sc:?}");
+    let sc = sc.json();
+    assert_eq!(sc["record_count"], 1);
+    assert_eq!(sc["ma_resident_count"], 1);
+    assert_eq!(sc["element_types"], json!(["ssn"]));
+    let body = json!({"actor": "officer", "since": "2000-01-01", "nature": "a test over HTTP"});
+    assert_eq!(
+        srv.call("POST", "/v1/incidents", Some(&clerk), Some(&body))
+            .status,
+        403
+    );
+    let opened = srv.call("POST", "/v1/incidents", Some(&officer), Some(&body));
+    assert_eq!(opened.status, 201, "{opened:?}");
+    let inc = opened.json()["incident_id"].as_str().unwrap().to_owned();
+    let bad = srv.call(
+        "POST",
+        &format!("/v1/incidents/{inc}/actions"),
+        Some(&officer),
+        Some(&json!({"text": "customer 078-05-1120 called"})),
+    );
+    assert_eq!(bad.status, 422, "{bad:?}");
+    let act = srv.call(
+        "POST",
+        &format!("/v1/incidents/{inc}/actions"),
+        Some(&officer),
+        Some(&json!({"text": "token revoked", "credit_monitoring": true})),
+    );
+    assert_eq!(act.status, 200, "{act:?}");
+    assert_eq!(act.json()["credit_monitoring"], true);
+    let rev = json!({"notes": "reviewed", "wisp_changes": "none"});
+    let path = format!("/v1/incidents/{inc}/review");
+    assert_eq!(
+        srv.call("POST", &path, Some(&officer), Some(&rev)).status,
+        200
+    );
+    assert_eq!(
+        srv.call("POST", &path, Some(&officer), Some(&rev)).status,
+        409
+    );
+    let notice = srv.call(
+        "GET",
+        &format!("/v1/incidents/{inc}/notice"),
+        Some(&officer),
+        None,
+    );
+    assert_eq!(notice.status, 200, "{notice:?}");
+    let n = notice.json();
+    assert_eq!(n["ma_residents_affected"], 1);
+    assert_eq!(n["credit_monitoring"]["required"], true);
+    for v in FIXTURE_VALUES {
+        assert!(!notice.text.contains(v), "{v}");
+    }
+    let list = srv.call("GET", "/v1/incidents", Some(&auditor), None);
+    assert_eq!(list.status, 200);
+    assert_eq!(list.json()["items"][0]["status"], "reviewed");
+    assert_eq!(
+        srv.call("GET", &format!("/v1/incidents/{inc}"), Some(&clerk), None)
+            .status,
+        403
+    );
+    assert_eq!(srv.call("GET", "/v1/wisp", Some(&clerk), None).status, 403);
+    let w = srv.call("GET", "/v1/wisp", Some(&auditor), None);
+    assert_eq!(w.status, 200, "{w:?}");
+    assert_eq!(w.json()["document"], "wisp-pack");
+}

@@ -114,12 +114,13 @@ fn a_healthy_vault_meets_what_it_can_prove_and_the_document_validates() {
 #[test]
 fn each_injected_gap_turns_its_line_to_missing() {
     let dir = tempfile::tempdir().unwrap();
-    // A disabled user with a live session row (the negative control keeps
-    // the row that `user disable` removes).
+    // A disabled user with a live session row: the negative control makes
+    // `user disable` leave the generation, so the token's row stays bound
+    // to the account (refused by the disabled flag alone).
     {
         let fx = healthy(&dir.path().join("sessions"));
         fx.vault.issue_token(&fx.clerk, 3_600_000).expect("token");
-        fx.vault.set_disable_keeps_sessions(true);
+        fx.vault.set_disable_keeps_generation(true);
         fx.vault.disable_user(&fx.admin, "clerk").expect("disable");
         let p = pack(&fx);
         assert_eq!(status(&p, "17.03(2)(e)"), WispStatus::Missing);
@@ -132,12 +133,15 @@ fn each_injected_gap_turns_its_line_to_missing() {
         // The sweep removes the row: met again.
         fx.vault.sweep_sessions().unwrap();
         assert_eq!(status(&pack(&fx), "17.03(2)(e)"), WispStatus::Met);
-        // Without the control, disabling removes the rows at once.
-        fx.vault.set_disable_keeps_sessions(false);
+        // Without the control, the disable retires the token at once (its
+        // row stays until the sweep, bound to an old generation).
+        fx.vault.set_disable_keeps_generation(false);
         fx.vault.issue_token(&fx.auditor, 3_600_000).expect("token");
+        let before = fx.vault.stored_sessions().unwrap();
         fx.vault
             .disable_user(&fx.admin, "auditor")
             .expect("disable");
+        assert_eq!(fx.vault.stored_sessions().unwrap(), before, "the row stays");
         assert_eq!(status(&pack(&fx), "17.03(2)(e)"), WispStatus::Met);
     }
     // A contractor without a key.
