@@ -1316,10 +1316,10 @@ fn command(cli: &Cli, out: &Out, r: &Remote) -> anyhow::Result<u8> {
             out.data("maintenance-report", v, || text);
         }
         Command::Incident(c) => {
-            crate::incident::cmd_remote(out, &r, c)?;
+            crate::incident::cmd_remote(out, r, c)?;
         }
         Command::Wisp(a) => {
-            crate::incident::wisp_remote(out, &r, a)?;
+            crate::incident::wisp_remote(out, r, a)?;
         }
         Command::Init(_)
         | Command::Doctor
