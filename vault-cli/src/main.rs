@@ -10,6 +10,7 @@ mod backup;
 mod dispose;
 mod exit;
 mod export;
+mod incident;
 mod local;
 mod output;
 mod profile;
@@ -215,6 +216,13 @@ enum Command {
     Doctor,
     /// Record that the annual security review took place (officer).
     Review,
+    /// The incident register: scope, open, actions, post-incident review,
+    /// breach notice (201 CMR 17.03(2)(j); M.G.L. c. 93H §3).
+    #[command(subcommand)]
+    Incident(incident::IncidentCmd),
+    /// The WISP evidence pack: each element of 201 CMR 17.03(2) and 17.04
+    /// with its live evidence, met / missing / attention (officer, auditor).
+    Wisp(incident::WispArgs),
     /// Who you are to the vault: username, role, reveal grant, last login.
     Whoami,
     /// Log in to pivault-server (its socket, or --server) and keep the token in a file only you can read (mode 0600);
@@ -1397,6 +1405,8 @@ fn run(cli: &Cli, out: &Out) -> anyhow::Result<u8> {
                     out.data("user", v.clone(), || output::whoami_text(&v));
                     exit::OK
                 }
+                Command::Incident(c) => incident::cmd_incident(out, &vault, &session, c)?,
+                Command::Wisp(a) => incident::cmd_wisp(out, &vault, &session, a)?,
                 Command::Review => {
                     vault.record_security_review(&session)?;
                     out.data("review", json!({ "reviewed": true }), || {

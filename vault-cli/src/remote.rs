@@ -388,7 +388,7 @@ pub(crate) fn url_part(s: &str) -> String {
         .collect()
 }
 
-fn query(pairs: &[(&str, Option<String>)]) -> String {
+pub(crate) fn query(pairs: &[(&str, Option<String>)]) -> String {
     let q: Vec<String> = pairs
         .iter()
         .filter_map(|(k, v)| v.as_ref().map(|v| format!("{k}={}", url_part(v))))
@@ -1402,6 +1402,12 @@ fn command(cli: &Cli, out: &Out, r: &Remote) -> anyhow::Result<u8> {
             let v = r.post("/v1/maintenance", json!({}))?;
             let text = crate::output::maintenance_text(&v);
             out.data("maintenance-report", v, || text);
+        }
+        Command::Incident(c) => {
+            crate::incident::cmd_remote(out, r, c)?;
+        }
+        Command::Wisp(a) => {
+            crate::incident::wisp_remote(out, r, a)?;
         }
         Command::Init(_)
         | Command::Doctor

@@ -87,11 +87,16 @@ pub enum Permission {
     /// Export records without encryption (`--plaintext`): on top of
     /// `ExportRecords`, with a reason; later certificates list the copy.
     ExportPlaintext,
+    /// The incident register (201 CMR 17.03(2)(j)): scope an incident from
+    /// the audit trail, open it, record responsive actions and the
+    /// post-incident review, draft the breach notice. Officers only: the
+    /// scope classifies the records it names (residence, element types).
+    Incidents,
 }
 
 impl Permission {
     /// Every permission, for the role × operation matrix.
-    pub const ALL: [Permission; 18] = [
+    pub const ALL: [Permission; 19] = [
         Permission::ManageUsers,
         Permission::ManageCollections,
         Permission::CreateRecord,
@@ -110,6 +115,7 @@ impl Permission {
         Permission::ReindexSearch,
         Permission::ExportRecords,
         Permission::ExportPlaintext,
+        Permission::Incidents,
     ];
 
     /// What the permission allows, for error messages ("your role may not …").
@@ -133,6 +139,7 @@ impl Permission {
             Permission::ReindexSearch => "rebuild search indexes",
             Permission::ExportRecords => "export records",
             Permission::ExportPlaintext => "export records without encryption",
+            Permission::Incidents => "scope and document security incidents",
         }
     }
 }
@@ -195,6 +202,7 @@ impl Role {
                     | P::ReindexSearch
                     | P::ExportRecords
                     | P::ExportPlaintext
+                    | P::Incidents
             ),
             Role::Clerk => matches!(
                 p,

@@ -1350,7 +1350,7 @@ fn base64_decode(text: &str) -> Option<Vec<u8>> {
 // HTML rendering
 // ---------------------------------------------------------------------------
 
-fn esc(s: &str) -> String {
+pub(crate) fn esc(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
         match c {
@@ -1375,7 +1375,7 @@ fn label(key: &str) -> String {
     }
 }
 
-fn render_value(v: &Value) -> String {
+pub(crate) fn render_value(v: &Value) -> String {
     match v {
         Value::Null => "<em>none</em>".into(),
         Value::Bool(b) => (if *b { "yes" } else { "no" }).into(),
@@ -1433,7 +1433,7 @@ const TOP_LEVEL_SECTIONS: &[&str] = &[
     "audit",
 ];
 
-const CSS: &str = "\
+pub(crate) const CSS: &str = "\
 body{font-family:Georgia,'Times New Roman',serif;color:#000;background:#fff;max-width:52rem;margin:2rem auto;padding:0 1rem;line-height:1.35}
 h1{font-size:1.6rem;margin:0 0 .2rem}h2{font-size:1.1rem;border-bottom:2px solid #000;margin:1.4rem 0 .5rem;break-after:avoid}
 .sub{margin:0 0 1rem;color:#333}section{break-inside:avoid}

@@ -535,6 +535,35 @@ impl Vault {
         }
     }
 
+    /// Active contractors, for the WISP pack and `doctor` (no permission
+    /// check, no audit event: the caller has both).
+    pub(crate) fn contractor_evidence(&self) -> Result<Vec<ContractorInfo>> {
+        let mut rows = self.all_user_rows()?;
+        rows.sort_by(|a, b| a.username.cmp(&b.username));
+        let mut out = Vec::new();
+        for u in rows
+            .iter()
+            .filter(|u| !u.disabled && u.role == Role::Contractor.as_str())
+        {
+            let id: UserId = u.id.parse()?;
+            let scope = self.contractor_scope(id)?;
+            out.push(ContractorInfo {
+                user_id: id,
+                username: u.username.clone(),
+                disabled: u.disabled,
+                key_fingerprint: self.contractor_key_fingerprint(id)?,
+                collections: scope.collections,
+                records: scope.records.len(),
+            });
+        }
+        Ok(out)
+    }
+
+    /// Every retention policy, for the WISP pack (no permission check).
+    pub(crate) fn retention_evidence(&self) -> Result<BTreeMap<String, RetentionPolicy>> {
+        self.retention_policies()
+    }
+
     /// Whether a contractor's scope covers a record.
     pub(crate) fn in_contractor_scope(
         scope: &ContractorScope,

@@ -214,6 +214,7 @@ pub fn checks(vault: &Vault, now_ms: i64) -> Result<Vec<Check>> {
     });
     out.extend(two_factor_checks(vault)?);
     out.push(service_check(vault)?);
+    out.extend(wisp_checks(vault, now_ms)?);
     out.push(check(
         "roles",
         Level::Ok,
@@ -443,4 +444,88 @@ fn service_check(vault: &Vault) -> Result<Check> {
     } else {
         check("service-accounts", Level::Ok, detail)
     })
+}
+
+/// The checks behind the WISP pack's lines on terminated employees,
+/// service providers and incidents (201 CMR 17.03(2)(e), (f), (j)).
+fn wisp_checks(vault: &Vault, now_ms: i64) -> Result<Vec<Check>> {
+    let mut out = Vec::new();
+    let live = vault.disabled_users_with_sessions()?;
+    out.push(if live.is_empty() {
+        check(
+            "terminated-sessions",
+            Level::Ok,
+            "no session row is bound to a disabled user's current generation",
+        )
+    } else {
+        check(
+            "terminated-sessions",
+            Level::Warn,
+            format!(
+                "{} disabled user(s) hold a session row still bound to the account: {} (refused by the \
+                 disabled flag alone; the disable did not retire their sessions)",
+                live.len(),
+                live.join(", ")
+            ),
+        )
+    });
+    let contractors = vault.contractor_evidence()?;
+    let keyless: Vec<&str> = contractors
+        .iter()
+        .filter(|c| c.key_fingerprint.is_none())
+        .map(|c| c.username.as_str())
+        .collect();
+    out.push(if keyless.is_empty() {
+        check(
+            "contractor-keys",
+            Level::Ok,
+            format!("{} active contractor(s), each with a registered key", contractors.len()),
+        )
+    } else {
+        check(
+            "contractor-keys",
+            Level::Warn,
+            format!(
+                "contractor(s) without a registered key, who cannot co-sign what they dispose of: {} \
+                 (pivault contractor assign NAME --public-key FILE)",
+                keyless.join(", ")
+            ),
+        )
+    });
+    let missing = vault.incidents_missing()?;
+    let incidents = vault.incident_rows()?;
+    let overdue = incidents
+        .iter()
+        .filter(|i| i.review.is_none() && now_ms - i.opened_ms > crate::vault::REVIEW_DUE_MS)
+        .count();
+    out.push(if !missing.is_empty() {
+        check(
+            "incident-register",
+            Level::Fail,
+            format!(
+                "{} incident(s) opened in the audit trail are missing from the register: {}",
+                missing.len(),
+                missing.join(", ")
+            ),
+        )
+    } else if overdue > 0 {
+        check(
+            "incident-register",
+            Level::Warn,
+            format!(
+                "{overdue} incident(s) open over 30 days without the post-incident review (201 CMR 17.03(2)(j))"
+            ),
+        )
+    } else {
+        check(
+            "incident-register",
+            Level::Ok,
+            format!(
+                "{} incident(s), {} reviewed",
+                incidents.len(),
+                incidents.iter().filter(|i| i.review.is_some()).count()
+            ),
+        )
+    });
+    Ok(out)
 }

@@ -348,6 +348,17 @@ impl Vault {
     /// The exports holding any of `records` (their rows), for a disposal's
     /// certificate: a started export counts with its plan, an ended one
     /// with what it wrote.
+    /// One export's ledger row, by its ID as the audit trail names it.
+    pub(crate) fn export_row(&self, export_id: &str) -> Result<Option<ExportRow>> {
+        let Ok(id) = export_id.parse::<uuid::Uuid>() else {
+            return Ok(None);
+        };
+        self.store
+            .get(store::CF_EXPORTS, &row_key(&id))?
+            .map(|b| serde_json::from_slice(&b).map_err(|_| Error::Integrity("export ledger row")))
+            .transpose()
+    }
+
     pub(crate) fn exports_holding(&self, records: &[RecordId]) -> Result<Vec<Value>> {
         let batch: BTreeSet<String> = records.iter().map(|r| r.to_string()).collect();
         let mut ids = BTreeSet::new();

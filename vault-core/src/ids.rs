@@ -97,6 +97,10 @@ typed_id!(
     /// A backup of the vault's record data (never its header).
     BackupId, "backup"
 );
+typed_id!(
+    /// An incident in the register (201 CMR 17.03(2)(j)).
+    IncidentId, "incident"
+);
 
 impl SubjectId {
     /// A subject ID derived from a business's own customer reference with a

@@ -23,6 +23,7 @@ mod fsutil;
 pub mod header;
 pub mod ids;
 pub mod keystore;
+pub mod printable;
 pub mod schema;
 pub mod secret;
 pub mod siem;

@@ -53,11 +53,16 @@ pub(crate) const CF_BEACONS: &str = "beacons";
 /// (`x` + export ID) and one index row per exported record (`r` + record
 /// ID + export ID), read by a disposal's certificate.
 pub(crate) const CF_EXPORTS: &str = "exports";
+/// The incident register (`incident.rs`): incident ID -> the incident
+/// (IDs, times, counts and the officer's own words; no personal information).
+pub(crate) const CF_INCIDENTS: &str = "incidents";
 /// Column families whose rows carry a MAC under a key derived from the
 /// vault's secrets (`Store::row_tag`): who may sign in, and as whom. Without
 /// it, someone with the files but not the passphrase could plant a session
 /// row under a token they chose (a login as any user) or rewrite a role.
-const SEALED_CFS: [&str; 3] = [CF_USERS, CF_USERNAMES, CF_SESSIONS];
+/// The incident register is sealed too, so that a row rewritten outside
+/// the vault (an incident made smaller) fails to read.
+const SEALED_CFS: [&str; 4] = [CF_USERS, CF_USERNAMES, CF_SESSIONS, CF_INCIDENTS];
 /// Keys of the meta column family whose rows are sealed like those of
 /// [`SEALED_CFS`]: settings an insider with the files would lower to get
 /// in (the two-factor policy).
@@ -70,8 +75,7 @@ fn sealed(cf: &str, key: &[u8]) -> bool {
 /// Bytes of a row MAC.
 const ROW_TAG_LEN: usize = 32;
 /// The error of a row whose MAC fails.
-const TAMPERED_ROW: &str =
-    "a user or session row of the records database fails its MAC (written without the vault's key)";
+const TAMPERED_ROW: &str = "a user, session or incident row (or a sealed setting) of the records database fails its MAC (written without the vault's key)";
 /// The live table files of a database, the files in its directory no
 /// live version needs (table files outside the live set, write-ahead logs
 /// below the oldest one still needed), and how many write-ahead logs there
@@ -101,7 +105,7 @@ pub(crate) fn obsolete_files(db: &DB) -> Result<(Vec<rocksdb::LiveFile>, Vec<Str
     Ok((live, residue, wal_files))
 }
 
-const ALL_CFS: [&str; 18] = [
+const ALL_CFS: [&str; 19] = [
     CF_RECORDS,
     CF_BY_SUBJECT,
     CF_BY_COLLECTION,
@@ -120,6 +124,7 @@ const ALL_CFS: [&str; 18] = [
     CF_JOURNAL,
     CF_BEACONS,
     CF_EXPORTS,
+    CF_INCIDENTS,
 ];
 
 /// Lifecycle state of a stored record.

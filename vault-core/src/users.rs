@@ -734,13 +734,45 @@ impl Vault {
             }
             self.check_last_of_role(row, true, None)?;
             row.disabled = true;
-            row.generation += 1;
+            if !self.disable_keeps_generation.load(Ordering::SeqCst) {
+                row.generation += 1;
+            }
             // Their second factor goes with them (REQ-AUTH-07): enabled
             // again, they enrol afresh, and a phone that left with them
             // signs no one in.
             row.totp = None;
             Ok(())
         })
+    }
+
+    /// Disabled users (terminated employees) with a session row within its
+    /// lifetime that is still bound to the account's current generation,
+    /// by username. Such a row is refused at use by the disabled flag
+    /// alone: `user disable` also moves the generation on, so that a row of
+    /// the old one is dead whatever the flag says; one bound to the current
+    /// generation means that second barrier is missing (17.03(2)(e)).
+    /// (The rows themselves stay until the sweep, so that a terminated
+    /// employee's later attempt with a token is audited under their name.)
+    pub fn disabled_users_with_sessions(&self) -> Result<Vec<String>> {
+        let now = self.now();
+        let disabled: HashMap<String, (String, u32)> = self
+            .all_user_rows()?
+            .into_iter()
+            .filter(|u| u.disabled)
+            .map(|u| (u.id, (u.username, u.generation)))
+            .collect();
+        let mut out = std::collections::BTreeSet::new();
+        for (_, value) in self.store.scan_prefix(store::CF_SESSIONS, &[])? {
+            let row: SessionRow =
+                serde_json::from_slice(&value).map_err(|_| Error::Integrity("session row"))?;
+            if row.alive(now, SESSION_IDLE_MS)
+                && let Some((name, generation)) = disabled.get(&row.user)
+                && row.generation == *generation
+            {
+                out.insert(name.clone());
+            }
+        }
+        Ok(out.into_iter().collect())
     }
 
     /// Re-enables a disabled user.

@@ -45,6 +45,8 @@ mod export;
 mod housekeeping;
 #[path = "http_audit.rs"]
 mod http_audit;
+#[path = "incident.rs"]
+mod incident;
 #[path = "isolation.rs"]
 mod isolation;
 #[path = "maintenance.rs"]
@@ -59,6 +61,8 @@ mod service;
 mod two_factor;
 #[path = "users.rs"]
 mod users;
+#[path = "wisp.rs"]
+mod wisp;
 
 pub use crate::store::RecordState;
 use crate::store::{self, RecordRow, Store};
@@ -74,11 +78,17 @@ pub use disposal::{
 pub use export::{EXPORT_FORMAT, ExportOutcome, ExportRecipient, ExportRequest, ExportScope};
 pub use housekeeping::{MAX_SCHEDULE_HOURS, RetentionSchedule};
 pub use http_audit::RefusedRequests;
+pub use incident::{
+    FTC_NOTICE_THRESHOLD, INCIDENT_TEXT_MAX, Incident, IncidentAction, IncidentReview,
+    IncidentScope, REVIEW_DUE_MS, ScopeSummary, Selector, SelectorInput, TouchedRecord,
+    check_incident_text,
+};
 pub use maintenance::{JournalReport, MaintenanceReport, MaintenanceStatus};
 pub use records::{ImportColumns, RecordVersion};
 pub use search::{FindQuery, FindResult, FindTarget};
 pub use service::ServiceAccount;
 pub use two_factor::{ENROL_ONLY_TTL_MS, TotpConfirmed, TotpEnrolment};
+pub use wisp::{WispLine, WispPack, WispStatus};
 
 /// A test hook called with each disposal step name.
 pub type CrashHook = Box<dyn Fn(&str) + Send + Sync>;
@@ -422,6 +432,11 @@ pub struct Vault {
     audit_fail: AtomicBool,
     /// Test hook: every undo after a failed audit append fails too.
     undo_fail: AtomicBool,
+    /// Negative control for WISP tests: `user disable` leaves the user's
+    /// generation as it was (their sessions are refused by the flag alone).
+    disable_keeps_generation: AtomicBool,
+    /// Serialises changes to the incident register (append-only rows).
+    incident_lock: Mutex<()>,
     /// The rate limit of each service token in use (`service.rs`).
     service_calls: Mutex<std::collections::HashMap<[u8; 32], service::CallBucket>>,
     /// The beacon secret of the blind indexes (`beacon.rs`, `search.rs`).
@@ -666,6 +681,8 @@ impl Vault {
             schema_cache: GenCache::new(),
             audit_fail: AtomicBool::new(false),
             undo_fail: AtomicBool::new(false),
+            disable_keeps_generation: AtomicBool::new(false),
+            incident_lock: Mutex::new(()),
             service_calls: Mutex::new(std::collections::HashMap::new()),
             beacons,
         };
@@ -1204,6 +1221,14 @@ impl Vault {
     #[doc(hidden)]
     pub fn set_undo_failure(&self, fail: bool) {
         self.undo_fail.store(fail, Ordering::SeqCst);
+    }
+
+    /// Negative control for WISP tests: while set, `user disable` does not
+    /// move the user's generation on, so their session rows stay bound to
+    /// the account (refused by the disabled flag alone) for the checks to find.
+    #[doc(hidden)]
+    pub fn set_disable_keeps_generation(&self, keep: bool) {
+        self.disable_keeps_generation.store(keep, Ordering::SeqCst);
     }
 
     /// The undo-failure test hook, checked first by every undo.

@@ -60,6 +60,10 @@ pub const DOCUMENTS: &[&str] = &[
     "hold-change",
     "hold-list",
     "import-report",
+    "incident",
+    "incident-list",
+    "incident-notice",
+    "incident-scope",
     "keys-export",
     "login",
     "logout",
@@ -96,6 +100,7 @@ pub const DOCUMENTS: &[&str] = &[
     "user-change",
     "user-list",
     "vault-created",
+    "wisp-pack",
 ];
 
 /// Names a top-level answer: the one place where `pivault --json` and the
@@ -447,6 +452,174 @@ pub fn retention_schedule(r: Option<&crate::vault::RetentionSchedule>) -> Value 
 /// A certificate as shown (`certificate show`): the signed body and who signed it.
 pub fn certificate(c: &Certificate) -> Value {
     json!({ "certificate": c.body, "signatures": c.signatures.iter().map(|g| json!({"role": g.role, "key_fingerprint": g.key_fingerprint})).collect::<Vec<_>>() })
+}
+
+// ----- incidents and the WISP pack (incident.rs, wisp.rs) ---------------------
+
+fn selector(sel: &crate::vault::Selector) -> Value {
+    json!({ "kind": sel.kind, "value": sel.value })
+}
+
+/// `incident scope`: the records and subjects touched, how, the element
+/// types and the Massachusetts residents (IDs and counts only).
+pub fn incident_scope(sc: &crate::vault::IncidentScope) -> Value {
+    json!({
+        "selector": selector(&sc.selector),
+        "since": format_ms(sc.since_ms),
+        "until": format_ms(sc.until_ms),
+        "through_seq": sc.through_seq,
+        "events": sc.events,
+        "denied": sc.denied,
+        "by_kind": sc.by_kind,
+        "record_count": sc.records.len(),
+        "subject_count": sc.subjects.len(),
+        "ma_resident_count": sc.ma_resident_subjects.len(),
+        "ma_personal_information_count": sc.ma_personal_information_subjects,
+        "element_types": sc.element_types,
+        "revealed_types": sc.revealed_types,
+        "subjects": sc.subjects.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        "ma_resident_subjects": sc.ma_resident_subjects.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        "records": sc.records.iter().map(|r| json!({
+            "record_id": r.record.to_string(),
+            "subject": r.subject.to_string(),
+            "collection": r.collection,
+            "how": r.how,
+            "events": r.events,
+            "elements": r.elements,
+            "revealed": r.revealed,
+            "ma_resident": r.ma_resident,
+            "ma_personal_information": r.ma_personal_information,
+            "basis": r.basis,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+/// One incident of the register.
+pub fn incident(i: &crate::vault::Incident) -> Value {
+    json!({
+        "incident_id": i.id,
+        "status": i.status(),
+        "opened_at": format_ms(i.opened_ms),
+        "opened_by": i.opened_by,
+        "nature": i.nature,
+        "selector": selector(&i.selector),
+        "since": format_ms(i.since_ms),
+        "until": format_ms(i.until_ms),
+        "credit_monitoring": i.credit_monitoring,
+        "scope": i.scope.as_ref().map(|s| json!({
+            "at": format_ms(s.at_ms),
+            "through_seq": s.through_seq,
+            "record_count": s.records,
+            "subject_count": s.subjects,
+            "ma_resident_count": s.ma_residents,
+            "element_types": s.element_types,
+        })),
+        "actions": i.actions.iter().map(|a| json!({
+            "at": format_ms(a.time_ms), "by": a.by, "text": a.text,
+        })).collect::<Vec<_>>(),
+        "review": i.review.as_ref().map(|r| json!({
+            "at": format_ms(r.time_ms), "by": r.by, "notes": r.notes, "wisp_changes": r.wisp_changes,
+        })),
+    })
+}
+
+/// A sensitive element type as the notice names it.
+fn element_label(t: &str) -> &'static str {
+    match t {
+        "ssn" => "Social Security number",
+        "drivers_license" => "driver's license number",
+        "state_id" => "state-issued identification card number",
+        "account_number" => "financial account number",
+        "card_number" => "credit or debit card number",
+        "biometric" => "biometric indicator",
+        _ => "other data",
+    }
+}
+
+/// The notice to the Attorney General and OCABR (M.G.L. c. 93H §3(b)),
+/// drafted from the incident and its scope run at `now_ms`. Counts,
+/// element types, dates and the officer's own words: no personal
+/// information, and no subject list (see `affected_subjects`).
+pub fn incident_notice(
+    i: &crate::vault::Incident,
+    sc: &crate::vault::IncidentScope,
+    now_ms: i64,
+) -> Value {
+    let ssn = sc.element_types.iter().any(|t| t == "ssn");
+    let consumers = sc.subjects.len();
+    let ftc = consumers >= crate::vault::FTC_NOTICE_THRESHOLD;
+    let mut types: Vec<&str> = sc.element_types.iter().map(|t| element_label(t)).collect();
+    types.dedup();
+    json!({
+        "incident_id": i.id,
+        "prepared_at": format_ms(now_ms),
+        "law": "M.G.L. c. 93H \u{a7}3(b); 201 CMR 17.03(2)(j)",
+        "addressees": [
+            "Office of the Attorney General of Massachusetts",
+            "Office of Consumer Affairs and Business Regulation",
+        ],
+        "nature": i.nature,
+        "period": { "since": format_ms(i.since_ms), "until": format_ms(i.until_ms) },
+        "ma_residents_affected": sc.ma_resident_subjects.len(),
+        "ma_residents_with_personal_information": sc.ma_personal_information_subjects,
+        "subjects_affected": consumers,
+        "records_affected": sc.records.len(),
+        "personal_information_types": types,
+        "element_types": sc.element_types,
+        "access": sc.by_kind,
+        "steps_taken": i.actions.iter().map(|a| json!({
+            "at": format_ms(a.time_ms), "text": a.text,
+        })).collect::<Vec<_>>(),
+        "post_incident_review": i.review.as_ref().map(|r| json!({
+            "at": format_ms(r.time_ms), "wisp_changes": r.wisp_changes,
+        })),
+        "maintains_wisp": true,
+        "credit_monitoring": {
+            "required": ssn,
+            "offered": i.credit_monitoring,
+            "minimum_months": 18,
+            "basis": "M.G.L. c. 93H \u{a7}3A: a breach including a Social Security number",
+            "attention": ssn && !i.credit_monitoring,
+        },
+        "ftc_safeguards_notice": {
+            "required": ftc,
+            "consumers": consumers,
+            "threshold": crate::vault::FTC_NOTICE_THRESHOLD,
+            "basis": "16 CFR 314.4(j): notice to the FTC within 30 days of discovery when 500 or more consumers are involved",
+        },
+        "affected_subjects": "not included: the notice carries counts only. The subject IDs are in `pivault incident scope --json`; \
+            the residents' own notices need their contact details, which leave the vault only as an encrypted export",
+        "to_complete": [
+            "name and address of the business that experienced the breach",
+            "name and title of the person reporting, and their relationship to the business",
+            "type of business reporting",
+            "the person responsible for the breach, if known",
+        ],
+        "through_seq": sc.through_seq,
+    })
+}
+
+/// The WISP evidence pack.
+pub fn wisp_pack(p: &crate::vault::WispPack) -> Value {
+    use crate::vault::WispStatus;
+    json!({
+        "vault_id": p.vault_id.to_string(),
+        "generated_at": format_ms(p.generated_ms),
+        "period": { "since": format_ms(p.from_ms), "until": format_ms(p.to_ms) },
+        "summary": {
+            "met": p.count(WispStatus::Met),
+            "missing": p.count(WispStatus::Missing),
+            "attention": p.count(WispStatus::Attention),
+        },
+        "elements": p.lines.iter().map(|l| json!({
+            "element": l.element,
+            "title": l.title,
+            "status": l.status.as_str(),
+            "checks": l.checks,
+            "finding": l.finding,
+            "evidence": l.evidence,
+        })).collect::<Vec<_>>(),
+    })
 }
 
 #[cfg(test)]

@@ -2260,6 +2260,257 @@ async fn audit_report(
     )
 }
 
+// ----- incidents and the WISP pack (issue 15) --------------------------------
+
+/// Whom an incident is about (exactly one) and the window.
+#[derive(Debug, Deserialize, ToSchema, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct IncidentScopeReq {
+    /// A user's name or ID.
+    pub actor: Option<String>,
+    /// A service account's name or ID (its tokens' events).
+    pub token: Option<String>,
+    /// A client address as the audit trail records it.
+    pub source: Option<String>,
+    /// Window start (RFC 3339 or YYYY-MM-DD, inclusive).
+    pub since: String,
+    /// Window end (exclusive; default now).
+    pub until: Option<String>,
+}
+
+/// Opening an incident.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct IncidentOpenReq {
+    /// A user's name or ID.
+    pub actor: Option<String>,
+    /// A service account's name or ID.
+    pub token: Option<String>,
+    /// A client address.
+    pub source: Option<String>,
+    /// Window start.
+    pub since: String,
+    /// Window end (default now).
+    pub until: Option<String>,
+    /// The nature of the breach (no personal information).
+    pub nature: String,
+    /// Free credit monitoring is offered (M.G.L. c. 93H §3A).
+    #[serde(default)]
+    pub credit_monitoring: bool,
+}
+
+/// A responsive action.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct IncidentActionReq {
+    /// What was done or is planned.
+    pub text: String,
+    /// Free credit monitoring is now offered.
+    #[serde(default)]
+    pub credit_monitoring: bool,
+}
+
+/// The post-incident review.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct IncidentReviewReq {
+    /// The review of events and actions taken.
+    pub notes: String,
+    /// Changes to business practices or the WISP (`none` if none).
+    pub wisp_changes: String,
+}
+
+/// The period of the WISP pack.
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct WispQuery {
+    /// Period start (default a year before `until`).
+    pub since: Option<String>,
+    /// Period end (exclusive; default now).
+    pub until: Option<String>,
+}
+
+fn incident_window(
+    actor: Option<String>,
+    token: Option<String>,
+    source: Option<String>,
+    since: &str,
+    until: Option<&str>,
+) -> Result<(vault_core::vault::SelectorInput, i64, i64), ApiError> {
+    let since = parse_time(since)?;
+    let until = until
+        .map(parse_time)
+        .transpose()?
+        .unwrap_or(jiff::Timestamp::now().as_millisecond() + 1);
+    Ok((
+        vault_core::vault::SelectorInput {
+            actor,
+            token,
+            source,
+        },
+        since,
+        until,
+    ))
+}
+
+fn incident_id(id: &str) -> Result<vault_core::ids::IncidentId, ApiError> {
+    Ok(id.parse::<vault_core::ids::IncidentId>()?)
+}
+
+/// Incident scope: what one user, service account or address touched in a window (officer).
+#[utoipa::path(get, path = "/v1/incidents/scope", tag = "incidents", security(("bearer" = [])), params(IncidentScopeReq),
+    responses((status = 200, body = Object), (status = 403, body = Problem), (status = 422, body = Problem)))]
+async fn incident_scope(
+    State(app): State<Arc<App>>,
+    rc: RequestContext,
+    t: Bearer,
+    Query(q): Query<IncidentScopeReq>,
+) -> Res {
+    let (sel, since, until) =
+        incident_window(q.actor, q.token, q.source, &q.since, q.until.as_deref())?;
+    let sc = app
+        .as_user_long(&rc, t, move |v, s| v.incident_scope(s, &sel, since, until))
+        .await?;
+    ok("incident-scope", views::incident_scope(&sc))
+}
+
+/// Open an incident; its scope is kept with it (officer).
+#[utoipa::path(post, path = "/v1/incidents", request_body = IncidentOpenReq, tag = "incidents", security(("bearer" = [])),
+    responses((status = 201, body = Object), (status = 403, body = Problem), (status = 422, body = Problem)))]
+async fn open_incident(
+    State(app): State<Arc<App>>,
+    rc: RequestContext,
+    t: Bearer,
+    Body(req): Body<IncidentOpenReq>,
+) -> Res {
+    let (sel, since, until) = incident_window(
+        req.actor,
+        req.token,
+        req.source,
+        &req.since,
+        req.until.as_deref(),
+    )?;
+    let (nature, cm) = (req.nature, req.credit_monitoring);
+    let inc = app
+        .as_user_long(&rc, t, move |v, s| {
+            v.open_incident(s, &sel, since, until, &nature, cm)
+        })
+        .await?;
+    created("incident", views::incident(&inc))
+}
+
+/// The incident register (officer, auditor).
+#[utoipa::path(get, path = "/v1/incidents", tag = "incidents", security(("bearer" = [])),
+    responses((status = 200, body = Object), (status = 403, body = Problem)))]
+async fn list_incidents(State(app): State<Arc<App>>, rc: RequestContext, t: Bearer) -> Res {
+    let list = app.as_user(&rc, t, |v, s| v.incidents(s)).await?;
+    ok(
+        "incident-list",
+        Value::Array(list.iter().map(views::incident).collect()),
+    )
+}
+
+/// One incident (officer, auditor).
+#[utoipa::path(get, path = "/v1/incidents/{id}", tag = "incidents", security(("bearer" = [])),
+    params(("id" = String, Path, description = "Incident ID")),
+    responses((status = 200, body = Object), (status = 403, body = Problem), (status = 404, body = Problem)))]
+async fn show_incident(
+    State(app): State<Arc<App>>,
+    rc: RequestContext,
+    t: Bearer,
+    Path(id): Path<String>,
+) -> Res {
+    let id = incident_id(&id)?;
+    let inc = app.as_user(&rc, t, move |v, s| v.incident(s, id)).await?;
+    ok("incident", views::incident(&inc))
+}
+
+/// Record a responsive action (officer).
+#[utoipa::path(post, path = "/v1/incidents/{id}/actions", request_body = IncidentActionReq, tag = "incidents", security(("bearer" = [])),
+    params(("id" = String, Path, description = "Incident ID")),
+    responses((status = 200, body = Object), (status = 403, body = Problem), (status = 404, body = Problem), (status = 422, body = Problem)))]
+async fn incident_action(
+    State(app): State<Arc<App>>,
+    rc: RequestContext,
+    t: Bearer,
+    Path(id): Path<String>,
+    Body(req): Body<IncidentActionReq>,
+) -> Res {
+    let id = incident_id(&id)?;
+    let inc = app
+        .as_user(&rc, t, move |v, s| {
+            v.incident_action(s, id, &req.text, req.credit_monitoring)
+        })
+        .await?;
+    ok("incident", views::incident(&inc))
+}
+
+/// Record the post-incident review, once (officer).
+#[utoipa::path(post, path = "/v1/incidents/{id}/review", request_body = IncidentReviewReq, tag = "incidents", security(("bearer" = [])),
+    params(("id" = String, Path, description = "Incident ID")),
+    responses((status = 200, body = Object), (status = 403, body = Problem), (status = 404, body = Problem), (status = 409, body = Problem)))]
+async fn review_incident(
+    State(app): State<Arc<App>>,
+    rc: RequestContext,
+    t: Bearer,
+    Path(id): Path<String>,
+    Body(req): Body<IncidentReviewReq>,
+) -> Res {
+    let id = incident_id(&id)?;
+    let inc = app
+        .as_user(&rc, t, move |v, s| {
+            v.review_incident(s, id, &req.notes, &req.wisp_changes)
+        })
+        .await?;
+    ok("incident", views::incident(&inc))
+}
+
+/// The breach notice's figures, with the scope run now (officer).
+#[utoipa::path(get, path = "/v1/incidents/{id}/notice", tag = "incidents", security(("bearer" = [])),
+    params(("id" = String, Path, description = "Incident ID")),
+    responses((status = 200, body = Object), (status = 403, body = Problem), (status = 404, body = Problem)))]
+async fn incident_notice(
+    State(app): State<Arc<App>>,
+    rc: RequestContext,
+    t: Bearer,
+    Path(id): Path<String>,
+) -> Res {
+    let id = incident_id(&id)?;
+    let (inc, sc, now) = app
+        .as_user_long(&rc, t, move |v, s| {
+            let (inc, sc) = v.incident_notice(s, id)?;
+            Ok((inc, sc, v.now_ms()))
+        })
+        .await?;
+    ok("incident-notice", views::incident_notice(&inc, &sc, now))
+}
+
+/// The WISP evidence pack (officer, auditor).
+#[utoipa::path(get, path = "/v1/wisp", tag = "incidents", security(("bearer" = [])), params(WispQuery),
+    responses((status = 200, body = Object), (status = 403, body = Problem)))]
+async fn wisp(
+    State(app): State<Arc<App>>,
+    rc: RequestContext,
+    t: Bearer,
+    Query(q): Query<WispQuery>,
+) -> Res {
+    let until = q
+        .until
+        .as_deref()
+        .map(parse_time)
+        .transpose()?
+        .unwrap_or(jiff::Timestamp::now().as_millisecond() + 1);
+    let since = q
+        .since
+        .as_deref()
+        .map(parse_time)
+        .transpose()?
+        .unwrap_or(until - 365 * 86_400_000);
+    let pack = app
+        .as_user_long(&rc, t, move |v, s| v.wisp_pack(s, since, until))
+        .await?;
+    ok("wisp-pack", views::wisp_pack(&pack))
+}
+
 /// Record that the annual security review took place (officer).
 #[utoipa::path(post, path = "/v1/review", tag = "audit", security(("bearer" = [])),
     responses((status = 200, body = Object), (status = 403, body = Problem)))]
@@ -2337,6 +2588,7 @@ impl Modify for BearerScheme {
           retry_disposal, show_retention, set_retention, show_retention_schedule, set_retention_schedule, retention_due, retention_run, list_holds, add_hold,
           remove_hold, list_certificates, show_certificate, certificate_file, certificate_vc, certificate_proof, certificate_html, validate_certificate,
           cosign_certificate, keys, list_contractors, assign_contractor, revoke_contractor, audit_events, audit_export, audit_stream, audit_verify, audit_anchor, audit_timestamp, audit_report, review,
+          incident_scope, open_incident, list_incidents, show_incident, incident_action, review_incident, incident_notice, wisp,
           maintenance, healthz, readyz, openapi_doc),
     components(schemas(Problem))
 )]
@@ -2440,6 +2692,13 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/audit/timestamp", post(audit_timestamp))
         .route("/v1/audit/report", get(audit_report))
         .route("/v1/review", post(review))
+        .route("/v1/incidents", get(list_incidents).post(open_incident))
+        .route("/v1/incidents/scope", get(incident_scope))
+        .route("/v1/incidents/{id}", get(show_incident))
+        .route("/v1/incidents/{id}/actions", post(incident_action))
+        .route("/v1/incidents/{id}/review", post(review_incident))
+        .route("/v1/incidents/{id}/notice", get(incident_notice))
+        .route("/v1/wisp", get(wisp))
         .route("/v1/maintenance", post(maintenance))
         .layer(DefaultBodyLimit::max(body_limit))
         .merge(imports)

@@ -834,3 +834,51 @@ fn an_export_through_the_server_opens_with_the_age_tool() {
     );
     assert_eq!(missing.status, 404, "{missing:?}");
 }
+
+/// An incident scoped to the officer who exported finds every exported
+/// record, counted as an export (the export events carry the export's ID;
+/// the records come from the ledger).
+#[test]
+fn an_incident_scope_counts_the_records_an_export_wrote() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fx = common::fast_vault(&tmp.path().join("vault"));
+    let (a, b) = (SubjectId::new(), SubjectId::new());
+    let a_ids = store(&fx, a, 0, 3);
+    store(&fx, b, 10, 2);
+    let since = vault_core::clock::Clock::now_ms(&*fx.clock);
+    let mut sink = Vec::new();
+    fx.vault
+        .export_records(
+            &fx.officer,
+            &plaintext(ExportScope::Subject(a), "a customer's access request"),
+            &mut sink,
+        )
+        .unwrap();
+    fx.clock.advance(1000);
+    let until = vault_core::clock::Clock::now_ms(&*fx.clock) + 1;
+    let sc = fx
+        .vault
+        .incident_scope(
+            &fx.officer,
+            &vault_core::vault::SelectorInput {
+                actor: Some("officer".into()),
+                token: None,
+                source: None,
+            },
+            since,
+            until,
+        )
+        .expect("scope");
+    let mut touched: Vec<String> = sc.records.iter().map(|r| r.record.to_string()).collect();
+    touched.sort();
+    let mut want: Vec<String> = a_ids.iter().map(|r| r.to_string()).collect();
+    want.sort();
+    assert_eq!(touched, want, "the exported records, and only them");
+    assert!(
+        sc.records
+            .iter()
+            .all(|r| r.how.iter().any(|h| h == "export")),
+        "each counted as an export"
+    );
+    assert_eq!(sc.subjects.len(), 1);
+}
