@@ -82,6 +82,15 @@ pub enum IncidentCmd {
         /// Incident ID.
         id: String,
     },
+    /// Export every record of the incident's affected data subjects (the
+    /// list a business needs to notify them), encrypted with age like
+    /// `subject export` (officer; audited with count and reason).
+    Export {
+        /// Incident ID.
+        id: String,
+        #[command(flatten)]
+        opts: crate::export::ExportOpts,
+    },
     /// Draft the notice to the Attorney General and OCABR from the incident
     /// and its scope run now (officer).
     Notice {
@@ -277,6 +286,15 @@ pub fn cmd_incident(out: &Out, vault: &Vault, s: &Session, c: &IncidentCmd) -> a
             let v = views::incident(&vault.incident(s, id(i)?)?);
             out.data("incident", v.clone(), || incident_text(&v));
         }
+        IncidentCmd::Export { id: i, opts } => {
+            return crate::export::run_local(
+                out,
+                vault,
+                s,
+                vault_core::vault::ExportScope::Incident(id(i)?),
+                opts,
+            );
+        }
         IncidentCmd::Notice { id: i, html } => {
             let (inc, sc) = vault.incident_notice(s, id(i)?)?;
             let mut v = views::incident_notice(&inc, &sc, vault.now_ms());
@@ -444,6 +462,9 @@ pub fn cmd_remote(out: &Out, r: &crate::remote::Remote, c: &IncidentCmd) -> anyh
         IncidentCmd::Show { id: i } => {
             let v = r.get(&incident_path(i)?)?;
             out.data("incident", v.clone(), || incident_text(&v));
+        }
+        IncidentCmd::Export { id: i, opts } => {
+            crate::export::run_remote(out, r, json!({ "incident": i }), opts)?;
         }
         IncidentCmd::Notice { id: i, html } => {
             let mut v = r.get(&format!("{}/notice", incident_path(i)?))?;

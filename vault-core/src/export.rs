@@ -51,6 +51,11 @@ pub enum ExportScope {
     Subject(SubjectId),
     /// Every live record of one collection.
     Collection(CollectionName),
+    /// Every live record of the data subjects an incident touched, scoped
+    /// again now: the affected-subject list a business needs to notify
+    /// people (93H §3), only ever encrypted or audited like any export.
+    /// Needs `Incidents` too.
+    Incident(crate::ids::IncidentId),
 }
 
 /// Who can read an export.
@@ -159,6 +164,7 @@ impl Vault {
         let scope_target = match &req.scope {
             ExportScope::Subject(sid) => sid.to_string(),
             ExportScope::Collection(c) => format!("collection:{c}"),
+            ExportScope::Incident(i) => format!("incident:{i}"),
         };
         let reason = req.reason.trim();
         let refuse = |e: Error| -> Result<ExportOutcome> {
@@ -200,6 +206,19 @@ impl Vault {
                     return refuse(Error::NotFound("collection"));
                 }
                 self.store.records_of_collection(c)?
+            }
+            ExportScope::Incident(i) => {
+                self.authorize(s, Some(Permission::Incidents))?;
+                match self.incident_subjects(*i) {
+                    Ok(subjects) => {
+                        let mut ids = Vec::new();
+                        for subject in subjects {
+                            ids.extend(self.store.records_of_subject(subject)?);
+                        }
+                        ids
+                    }
+                    Err(e) => return refuse(e),
+                }
             }
         };
         let mut planned = Vec::new();
@@ -309,6 +328,7 @@ impl Vault {
         let scope = match &req.scope {
             ExportScope::Subject(sid) => json!({ "kind": "subject", "subject": sid.to_string() }),
             ExportScope::Collection(c) => json!({ "kind": "collection", "collection": c.as_str() }),
+            ExportScope::Incident(i) => json!({ "kind": "incident", "incident": i.to_string() }),
         };
         let header = json!({
             "format": EXPORT_FORMAT, "export_id": row.export_id, "created_at": format_ms(row.created_ms),

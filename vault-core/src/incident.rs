@@ -534,6 +534,15 @@ impl Vault {
         r
     }
 
+    /// The data subjects an incident's scope touches, scoped again now
+    /// (for the encrypted export of the affected-subject list).
+    pub(crate) fn incident_subjects(&self, id: IncidentId) -> Result<Vec<SubjectId>> {
+        let inc = self.incident_row(id)?;
+        Ok(self
+            .compute_scope(&inc.selector, inc.since_ms, inc.until_ms)?
+            .subjects)
+    }
+
     fn incident_row(&self, id: IncidentId) -> Result<Incident> {
         let bytes = self
             .store

@@ -75,7 +75,7 @@ fn sealed(cf: &str, key: &[u8]) -> bool {
 /// Bytes of a row MAC.
 const ROW_TAG_LEN: usize = 32;
 /// The error of a row whose MAC fails.
-const TAMPERED_ROW: &str = "a user, session or incident row (or a sealed setting) of the records database fails its MAC (written without the vault's key)";
+const TAMPERED_ROW: &str = "a user or session row, an incident row or a sealed setting of the records database fails its MAC (written without the vault's key)";
 /// The live table files of a database, the files in its directory no
 /// live version needs (table files outside the live set, write-ahead logs
 /// below the oldest one still needed), and how many write-ahead logs there

@@ -273,6 +273,8 @@ pub struct ExportReq {
     pub subject: Option<String>,
     /// A collection.
     pub collection: Option<String>,
+    /// An incident: every record of its affected data subjects.
+    pub incident: Option<String>,
     /// age X25519 recipients (`age1…`).
     #[serde(default)]
     pub to: Vec<String>,
@@ -291,6 +293,7 @@ impl std::fmt::Debug for ExportReq {
         f.debug_struct("ExportReq")
             .field("subject", &self.subject.as_ref().map(|_| "<reference>"))
             .field("collection", &self.collection)
+            .field("incident", &self.incident)
             .field("to", &self.to)
             .field(
                 "passphrase",
@@ -1487,19 +1490,27 @@ async fn export_records(
             ));
         }
     };
-    let (subject, collection) = (req.subject, req.collection);
-    if subject.is_some() == collection.is_some() {
+    let (subject, collection, incident) = (req.subject, req.collection, req.incident);
+    if [subject.is_some(), collection.is_some(), incident.is_some()]
+        .iter()
+        .filter(|x| **x)
+        .count()
+        != 1
+    {
         return Err(ApiError::invalid(
-            "give exactly one of subject and collection",
+            "give exactly one of subject, collection and incident",
         ));
     }
     let collection = collection.map(|c| CollectionName::parse(&c)).transpose()?;
+    let incident: Option<vault_core::ids::IncidentId> =
+        incident.map(|i| parse(&i, "incident")).transpose()?;
     let reason = req.reason;
     let (outcome, data) = app
         .as_user_long(&rc, t, move |v, s| {
-            let scope = match (subject, collection) {
-                (Some(r), _) => ExportScope::Subject(v.resolve_subject(&r)?),
-                (_, Some(c)) => ExportScope::Collection(c),
+            let scope = match (subject, collection, incident) {
+                (Some(r), _, _) => ExportScope::Subject(v.resolve_subject(&r)?),
+                (_, Some(c), _) => ExportScope::Collection(c),
+                (_, _, Some(i)) => ExportScope::Incident(i),
                 _ => unreachable!("checked above"),
             };
             let req = ExportRequest {

@@ -882,3 +882,85 @@ fn an_incident_scope_counts_the_records_an_export_wrote() {
     );
     assert_eq!(sc.subjects.len(), 1);
 }
+
+/// The affected-subject list of an incident is an encrypted export (issue
+/// 15): every record of the subjects the incident's scope touched, and no
+/// other, opened by the real `age` tool with the recipient's key; only an
+/// officer (who holds `Incidents` and `ExportRecords`) may take it.
+#[test]
+fn an_incident_export_holds_the_affected_subjects_records_encrypted() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fx = common::fast_vault(&tmp.path().join("vault"));
+    let (a, b, c) = (SubjectId::new(), SubjectId::new(), SubjectId::new());
+    let a_ids = store(&fx, a, 0, 2);
+    let b_ids = store(&fx, b, 10, 1);
+    store(&fx, c, 20, 1);
+    // The window starts after the clerk stored the records.
+    fx.clock.advance(1000);
+    let since = vault_core::clock::Clock::now_ms(&*fx.clock);
+    // The clerk reads a's first record and b's: a and b are affected.
+    for id in [a_ids[0], b_ids[0]] {
+        fx.vault.get_record(&fx.clerk, id, &[], None).unwrap();
+    }
+    fx.clock.advance(1000);
+    let until = vault_core::clock::Clock::now_ms(&*fx.clock);
+    let inc = fx
+        .vault
+        .open_incident(
+            &fx.officer,
+            &vault_core::vault::SelectorInput {
+                actor: Some("clerk".into()),
+                token: None,
+                source: None,
+            },
+            since,
+            until,
+            "a clerk's laptop was stolen while signed in",
+            false,
+        )
+        .expect("open incident");
+    let id: vault_core::ids::IncidentId = inc.id.parse().unwrap();
+    let (key, recipient) = age_keygen(tmp.path(), "notify.key");
+    let req = |who: &str| ExportRequest {
+        scope: ExportScope::Incident(id),
+        recipient: ExportRecipient::Keys(vec![recipient.clone()]),
+        reason: format!("notification letters ({who})"),
+        armor: false,
+    };
+    for s in [&fx.clerk, &fx.admin, &fx.auditor, &fx.contractor] {
+        let mut sink = Vec::new();
+        let e = fx
+            .vault
+            .export_records(s, &req("refused"), &mut sink)
+            .unwrap_err();
+        assert!(matches!(e, Error::PermissionDenied(_)), "{e:?}");
+        assert!(sink.is_empty());
+    }
+    let mut sink = Vec::new();
+    let o = fx
+        .vault
+        .export_records(&fx.officer, &req("officer"), &mut sink)
+        .expect("incident export");
+    assert_eq!((o.records, o.subjects), (3, 2));
+    // Not readable as it stands; `age -d` with the key opens it.
+    assert!(!String::from_utf8_lossy(&sink).contains("Export"));
+    let enc = tmp.path().join("notify.age");
+    std::fs::write(&enc, &sink).unwrap();
+    let out = age(
+        &["-d", "-i", key.to_str().unwrap(), enc.to_str().unwrap()],
+        None,
+    );
+    assert!(out.status.success(), "age -d: {out:?}");
+    let mut ids = exported_ids(&out.stdout);
+    ids.sort();
+    let mut want: Vec<String> = a_ids.iter().chain(&b_ids).map(|r| r.to_string()).collect();
+    want.sort();
+    assert_eq!(ids, want, "the affected subjects' records, and only them");
+    let events = export_events(&fx.vault, &fx.officer);
+    assert!(
+        events.iter().any(|e| e.outcome == Outcome::Success
+            && e.targets.iter().any(|t| t == &format!("incident:{id}"))
+            && e.targets.iter().any(|t| t == "count:3")),
+        "audited with the incident and the count"
+    );
+}
