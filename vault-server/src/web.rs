@@ -247,6 +247,27 @@ async fn signed_in(app: &Arc<App>, rc: &RequestContext, headers: &HeaderMap) -> 
     })
 }
 
+/// The prologue of every signed-in form: refused when sent from another
+/// site or without the session's CSRF token; the sign-in page when the
+/// session is gone (expired, revoked, its user disabled).
+async fn form_session(
+    app: &Arc<App>,
+    rc: &RequestContext,
+    headers: &HeaderMap,
+    csrf: &str,
+) -> Result<Signed, Response> {
+    if cross_site(headers) {
+        return Err(refused_cross_site());
+    }
+    let Some(who) = signed_in(app, rc, headers).await else {
+        return Err(see_other("/ui/", None));
+    };
+    if !csrf_ok(&who, csrf) {
+        return Err(refused_cross_site());
+    }
+    Ok(who)
+}
+
 /// The token of a state-changing form, checked against the session in
 /// constant time.
 fn csrf_ok(who: &Signed, sent: &str) -> bool {
@@ -499,15 +520,10 @@ async fn enrol_confirm(
     headers: HeaderMap,
     Form(f): Form<CodeForm>,
 ) -> Response {
-    if cross_site(&headers) {
-        return refused_cross_site();
-    }
-    let Some(who) = signed_in(&app, &rc, &headers).await else {
-        return see_other("/ui/", None);
+    let who = match form_session(&app, &rc, &headers, &f.csrf).await {
+        Ok(who) => who,
+        Err(refused) => return refused,
     };
-    if !csrf_ok(&who, &f.csrf) {
-        return refused_cross_site();
-    }
     let ttl_ms = i64::try_from(app.limits.token_ttl.as_millis()).unwrap_or(i64::MAX);
     let old = SecretString::new(who.token.expose().to_owned());
     let code = SecretString::new(f.code.trim().to_owned());
@@ -627,15 +643,10 @@ async fn find(
     headers: HeaderMap,
     Form(f): Form<FindForm>,
 ) -> Response {
-    if cross_site(&headers) {
-        return refused_cross_site();
-    }
-    let Some(who) = signed_in(&app, &rc, &headers).await else {
-        return see_other("/ui/", None);
+    let who = match form_session(&app, &rc, &headers, &f.csrf).await {
+        Ok(who) => who,
+        Err(refused) => return refused,
     };
-    if !csrf_ok(&who, &f.csrf) {
-        return refused_cross_site();
-    }
     let ty = match vault_core::schema::FieldType::parse(&f.ty) {
         Ok(t) => t,
         Err(e) => {
