@@ -230,7 +230,10 @@ impl Vault {
         let r = {
             let _g = self.users_lock.lock().expect("users lock");
             (|| {
-                let mut row = self.user_row(s.user)?.ok_or(Error::SessionInvalid)?;
+                let mut row = self
+                    .user_row(s.user)?
+                    .filter(|r| !r.disabled && r.generation == s.generation)
+                    .ok_or(Error::SessionInvalid)?;
                 if row.two_factor() == TwoFactorState::Enrolled {
                     return Err(Error::AlreadyExists(
                         "second factor (an admin resets it with `pivault user reset-two-factor`)",
@@ -290,7 +293,12 @@ impl Vault {
             .map(|_| totp::new_recovery_code())
             .collect();
         let _g = self.users_lock.lock().expect("users lock");
-        let mut row = self.user_row(s.user)?.ok_or(Error::SessionInvalid)?;
+        // Re-read under the lock: a disable or a reset that won the race
+        // leaves nothing to confirm (a disabled user keeps no factor).
+        let mut row = self
+            .user_row(s.user)?
+            .filter(|r| !r.disabled && r.generation == s.generation)
+            .ok_or(Error::SessionInvalid)?;
         let before = row.clone();
         let verdict = match &row.totp {
             Some(t) if !t.confirmed => {

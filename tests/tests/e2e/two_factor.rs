@@ -489,6 +489,14 @@ fn an_admin_resets_a_lost_factor_and_a_disabled_user_loses_theirs() {
         .login("contractor", &password_of("contractor"), Context::cli())
         .expect("password login");
     assert!(again.enrol_only());
+    // A disable between the start and the confirmation of an enrolment
+    // leaves the disabled user with no factor.
+    let e = vault.begin_two_factor_enrolment(&again).unwrap();
+    let secret = secret_of_uri(e.uri.expose());
+    vault.disable_user(&admin, "contractor").expect("disable");
+    let late = vault.confirm_two_factor_enrolment(&again, &code_now(&secret, &clock));
+    assert!(matches!(late, Err(Error::SessionInvalid)), "{late:?}");
+    assert_eq!(state("contractor"), "none");
 }
 
 #[test]
