@@ -215,12 +215,32 @@ fn parse_msg(raw: &str) -> Msg {
 
 /// Collects messages until none has arrived for `quiet`.
 fn drain(rx: &Receiver<String>, quiet: Duration, max: Duration) -> Vec<Msg> {
+    drain_at_least(rx, 0, quiet, max)
+}
+
+/// Like [`drain`], but a quiet spell ends it only once `events` audit
+/// events have arrived: on a loaded machine (the whole suite on two cores)
+/// the stream may pause longer than `quiet` before the last of them.
+fn drain_at_least(
+    rx: &Receiver<String>,
+    events: usize,
+    quiet: Duration,
+    max: Duration,
+) -> Vec<Msg> {
     let deadline = Instant::now() + max;
-    let mut out = Vec::new();
+    let mut out: Vec<Msg> = Vec::new();
     while Instant::now() < deadline {
         match rx.recv_timeout(quiet) {
             Ok(m) => out.push(parse_msg(&m)),
-            Err(_) => break,
+            Err(_) => {
+                let seen = out
+                    .iter()
+                    .filter(|m| m.body["schema"] == "pivault-audit-event/1")
+                    .count();
+                if seen >= events {
+                    break;
+                }
+            }
         }
     }
     out
@@ -416,7 +436,12 @@ fn every_event_reaches_the_collector_in_order_and_a_restarted_collector_sees_a_g
             });
         }
     });
-    let first = drain(&rx, Duration::from_millis(1500), Duration::from_secs(30));
+    let first = drain_at_least(
+        &rx,
+        100,
+        Duration::from_millis(1500),
+        Duration::from_secs(30),
+    );
     let events = check_events(&first);
     let seqs: Vec<u64> = events.keys().copied().collect();
     assert_eq!(
