@@ -52,6 +52,7 @@ pub fn router() -> Router<Arc<App>> {
         .route("/ui/sign-out", axum::routing::post(sign_out))
         .route("/ui/two-factor", get(enrol_page).post(enrol_confirm))
         .route("/ui/find", get(find_page).post(find))
+        .route("/ui/reveal", axum::routing::post(reveal))
         .route("/ui/verify", get(verify_page).post(verify))
 }
 
@@ -686,8 +687,13 @@ async fn find(
                             format!("<dt>{}</dt><dd>{}</dd>", esc(k), esc(&v))
                         })
                         .collect();
+                    let reveal = if who.may(Permission::RevealField) {
+                        reveal_form(&who, &rec.meta.id.to_string(), rec.fields.keys())
+                    } else {
+                        String::new()
+                    };
                     format!(
-                        "<li><p>Record <code>{}</code></p><dl>{fields}</dl></li>",
+                        "<li><p>Record <code>{}</code></p><dl>{fields}</dl>{reveal}</li>",
                         esc(&rec.meta.id.to_string())
                     )
                 })
@@ -705,6 +711,83 @@ async fn find(
             Some(&who),
             &find_form(&who, &f.collection, Some(&e.detail)),
         ),
+    }
+}
+
+/// The reveal of one field with a stated reason (officers; clerks with the
+/// reveal grant are refused or allowed by the core, as over the API).
+fn reveal_form<'a>(who: &Signed, record: &str, fields: impl Iterator<Item = &'a String>) -> String {
+    let options: String = fields
+        .map(|f| format!("<option value=\"{0}\">{0}</option>", esc(f)))
+        .collect();
+    let r = esc(record);
+    format!(
+        "<form method=\"post\" action=\"/ui/reveal\" autocomplete=\"off\">\
+         <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\"><input type=\"hidden\" name=\"record\" value=\"{r}\">\
+         <label for=\"field-{r}\">Reveal a field</label><select id=\"field-{r}\" name=\"field\">{options}</select>\
+         <label for=\"reason-{r}\">Reason (audited; no numbers of 4 or more digits)</label>\
+         <input id=\"reason-{r}\" name=\"reason\" required>\
+         <button type=\"submit\">Reveal</button></form>",
+        csrf = esc(&who.csrf),
+    )
+}
+
+#[derive(Deserialize)]
+struct RevealForm {
+    #[serde(default)]
+    csrf: String,
+    record: String,
+    field: String,
+    reason: String,
+}
+
+/// Shows one field of one record in full, once: the page is `no-store`,
+/// its URL and title name no value, and the reveal is audited with its
+/// reason by the core (`record.reveal`).
+async fn reveal(
+    State(app): State<Arc<App>>,
+    rc: RequestContext,
+    headers: HeaderMap,
+    Form(f): Form<RevealForm>,
+) -> Response {
+    let who = match form_session(&app, &rc, &headers, &f.csrf).await {
+        Ok(who) => who,
+        Err(refused) => return refused,
+    };
+    let Ok(id) = f.record.parse::<vault_core::ids::RecordId>() else {
+        return page(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "Reveal a field",
+            Some(&who),
+            "<p role=\"alert\" class=\"error\">That is not a record ID. Find the customer again.</p>",
+        );
+    };
+    let (field, reason) = (f.field.clone(), f.reason);
+    let t = SecretString::new(who.token.expose().to_owned());
+    match app
+        .as_user(&rc, Bearer(t), move |v, s| {
+            v.get_record(s, id, &[field.as_str()], Some(&reason))
+        })
+        .await
+    {
+        Ok(r) => {
+            let value = r
+                .fields
+                .get(&f.field)
+                .map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_owned))
+                .unwrap_or_default();
+            let body = format!(
+                "<p role=\"status\">Revealed for your stated reason; this is in the audit trail. \
+                 The value is not kept by this page: leave it when done.</p>\
+                 <dl><dt>Record</dt><dd><code>{}</code></dd><dt>{}</dt><dd class=\"revealed\">{}</dd></dl>\
+                 <p><a href=\"/ui/find\">Find another customer</a></p>",
+                esc(&f.record),
+                esc(&f.field),
+                esc(&value)
+            );
+            page(StatusCode::OK, "Reveal a field", Some(&who), &body)
+        }
+        Err(e) => error_page(&who, &e),
     }
 }
 

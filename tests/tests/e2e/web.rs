@@ -447,3 +447,71 @@ fn pages_carry_the_policy_and_cross_site_or_tokenless_posts_are_refused() {
     );
     assert_eq!(a.0, 403, "a form without the CSRF token was accepted");
 }
+
+#[test]
+fn an_officer_reveals_one_field_with_a_reason_and_the_trail_shows_it_a_clerk_cannot() {
+    let srv = counter_server();
+    let clerk = srv.token("clerk");
+    let a = srv.call(
+        "POST",
+        "/v1/records",
+        Some(&clerk),
+        Some(&json!({ "collection": "counter", "data": {
+            "given_name": "Bartholomew", "family_name": "Quayle", "ssn": SSN } })),
+    );
+    assert_eq!(a.status, 201, "{a:?}");
+    let b = Browser::start();
+    let sign_in = |user: &str| {
+        b.goto(&format!("{}/ui/", srv.base));
+        b.type_into("#username", user);
+        b.type_into("#password", password_of(user).expose());
+        b.submit("button[type=submit]");
+        assert_eq!(b.title(), "Home · pivault", "{user} signed in");
+    };
+    let find = || {
+        b.goto(&format!("{}/ui/find", srv.base));
+        b.clear("#collection");
+        b.type_into("#collection", "counter");
+        b.type_into("#value", SSN);
+        b.submit("main form[action='/ui/find'] button[type=submit]");
+        b.source()
+    };
+    sign_in("officer");
+    let page = find();
+    assert!(page.contains("1 record(s) found"), "{page}");
+    assert!(!page.contains(SSN), "a find never reveals");
+    b.click("option[value=ssn]");
+    b.type_into(
+        "input[name=reason]",
+        "customer asked us to confirm identity",
+    );
+    b.submit("form[action='/ui/reveal'] button[type=submit]");
+    assert_eq!(b.text("dd.revealed"), SSN, "the SSN revealed in full");
+    assert!(b.url().ends_with("/ui/reveal"), "{}", b.url());
+    assert_eq!(b.title(), "Reveal a field · pivault");
+    b.screenshot("reveal-officer");
+    // The trail names the officer's reveal and the reason, never the value.
+    let auditor = srv.token("auditor");
+    let a = srv.call(
+        "GET",
+        "/v1/audit/events?action=record.reveal",
+        Some(&auditor),
+        None,
+    );
+    assert_eq!(a.status, 200, "{a:?}");
+    let log = a.json();
+    let events = log["items"].as_array().expect("events");
+    assert!(
+        events
+            .iter()
+            .any(|e| e["reason"] == "customer asked us to confirm identity"),
+        "{log}"
+    );
+    assert!(!a.text.contains(SSN) && !a.text.contains("219099999"));
+    // A clerk without the reveal grant gets no reveal form.
+    b.submit("nav button[type=submit]");
+    sign_in("clerk");
+    let page = find();
+    assert!(page.contains("1 record(s) found"), "{page}");
+    assert!(!page.contains("/ui/reveal"), "a clerk was offered a reveal");
+}
