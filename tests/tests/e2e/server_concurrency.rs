@@ -151,8 +151,15 @@ impl Client<'_> {
 
     /// Fails the test: an answer the model does not allow.
     fn unexpected(&self, op: &str, what: &str, a: &Answer) -> ! {
+        // A server error's cause is in the server's log, under the request ID.
+        let log: Vec<String> = self
+            .srv
+            .stderr_lines()
+            .into_iter()
+            .filter(|l| l.contains("internal error"))
+            .collect();
         panic!(
-            "seed {}: thread {}: {op} {what}: unexpected answer {} {}",
+            "seed {}: thread {}: {op} {what}: unexpected answer {} {}; server log: {log:?}",
             self.seed, self.me, a.status, a.text
         )
     }
