@@ -753,6 +753,18 @@ impl Keystore {
         while !evidence.clean() && std::time::Instant::now() < deadline {
             std::thread::sleep(pause);
             pause = (pause * 2).min(std::time::Duration::from_millis(20));
+            if !evidence.residue_files.is_empty() && polls >= 8 {
+                // RocksDB deletes obsolete files when a background job ends.
+                // A file whose last version a concurrent read released after
+                // the compaction ended waits for the next job, which may be
+                // far off. A balanced disable/enable pair makes RocksDB scan
+                // for obsolete files at once (EnableFileDeletions' full scan
+                // when its counter returns to zero); files a snapshot or a
+                // live WAL still needs are not obsolete and stay, so the
+                // checks below still see them.
+                self.db.disable_file_deletions()?;
+                self.db.enable_file_deletions()?;
+            }
             evidence = self.purge_checks(buckets)?;
             polls += 1;
         }
