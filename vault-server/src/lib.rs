@@ -412,6 +412,27 @@ impl App {
             .map_err(|_| ApiError::internal())?
     }
 
+    /// Confirms the token's pending two-factor enrolment with `code`, issues
+    /// a full token in its place and revokes the enrolling one: the API's
+    /// and the web page's confirmation alike. Returns the new token, the
+    /// recovery codes and the token's life (ms).
+    async fn confirm_enrolment(
+        &self,
+        rc: &RequestContext,
+        token: Bearer,
+        code: SecretString,
+    ) -> Result<(SecretString, Vec<SecretString>, i64), ApiError> {
+        let ttl_ms = i64::try_from(self.limits.token_ttl.as_millis()).unwrap_or(i64::MAX);
+        let old = SecretString::new(token.0.expose().to_owned());
+        self.as_user(rc, token, move |v, s| {
+            let c = v.confirm_two_factor_enrolment(s, &code)?;
+            let token = v.issue_token(&c.session, ttl_ms)?;
+            v.revoke_token(&old)?;
+            Ok((token, c.recovery_codes, ttl_ms))
+        })
+        .await
+    }
+
     /// Like [`App::as_user`] for the one unauthenticated operation that does
     /// Argon2 work: logging in. Bounded by the (small) login semaphore.
     async fn login(

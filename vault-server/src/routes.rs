@@ -603,16 +603,8 @@ async fn confirm_enrolment(
     t: Bearer,
     Body(req): Body<CodeReq>,
 ) -> Res {
-    let ttl_ms = i64::try_from(app.limits.token_ttl.as_millis()).unwrap_or(i64::MAX);
-    let old = SecretString::new(t.0.expose().to_owned());
-    let code = SecretString::new(req.code);
-    let (token, codes) = app
-        .as_user(&rc, t, move |v, s| {
-            let c = v.confirm_two_factor_enrolment(s, &code)?;
-            let token = v.issue_token(&c.session, ttl_ms)?;
-            v.revoke_token(&old)?;
-            Ok((token, c.recovery_codes))
-        })
+    let (token, codes, ttl_ms) = app
+        .confirm_enrolment(&rc, t, SecretString::new(req.code))
         .await?;
     let expires = jiff::Timestamp::now().as_millisecond() + ttl_ms;
     ok(

@@ -225,6 +225,11 @@ struct Signed {
 }
 
 impl Signed {
+    /// The session's token, for a vault call on the visitor's behalf.
+    fn bearer(&self) -> Bearer {
+        Bearer(SecretString::new(self.token.expose().to_owned()))
+    }
+
     fn may(&self, p: Permission) -> bool {
         !self.enrol_only && self.role.permits(p)
     }
@@ -477,9 +482,8 @@ async fn enrol_page(
             "<p>Your second factor is set up. If you lost the phone, an admin resets it.</p>",
         );
     }
-    let t = SecretString::new(who.token.expose().to_owned());
     let e = match app
-        .as_user(&rc, Bearer(t), |v, s| v.begin_two_factor_enrolment(s))
+        .as_user(&rc, who.bearer(), |v, s| v.begin_two_factor_enrolment(s))
         .await
     {
         Ok(e) => e,
@@ -525,20 +529,15 @@ async fn enrol_confirm(
         Ok(who) => who,
         Err(refused) => return refused,
     };
-    let ttl_ms = i64::try_from(app.limits.token_ttl.as_millis()).unwrap_or(i64::MAX);
-    let old = SecretString::new(who.token.expose().to_owned());
-    let code = SecretString::new(f.code.trim().to_owned());
-    let t = SecretString::new(who.token.expose().to_owned());
     let r = app
-        .as_user(&rc, Bearer(t), move |v, s| {
-            let c = v.confirm_two_factor_enrolment(s, &code)?;
-            let token = v.issue_token(&c.session, ttl_ms)?;
-            v.revoke_token(&old)?;
-            Ok((token, c.recovery_codes))
-        })
+        .confirm_enrolment(
+            &rc,
+            who.bearer(),
+            SecretString::new(f.code.trim().to_owned()),
+        )
         .await;
     match r {
-        Ok((token, codes)) => {
+        Ok((token, codes, ttl_ms)) => {
             let list: String = codes
                 .iter()
                 .map(|c| format!("<li><code>{}</code></li>", esc(c.expose())))
@@ -669,9 +668,8 @@ async fn find(
             vault_core::beacon::Match::Exact
         },
     };
-    let t = SecretString::new(who.token.expose().to_owned());
     match app
-        .as_user(&rc, Bearer(t), move |v, s| v.find_records(s, &q))
+        .as_user(&rc, who.bearer(), move |v, s| v.find_records(s, &q))
         .await
     {
         Ok(r) => {
@@ -763,9 +761,8 @@ async fn reveal(
         );
     };
     let (field, reason) = (f.field.clone(), f.reason);
-    let t = SecretString::new(who.token.expose().to_owned());
     match app
-        .as_user(&rc, Bearer(t), move |v, s| {
+        .as_user(&rc, who.bearer(), move |v, s| {
             v.get_record(s, id, &[field.as_str()], Some(&reason))
         })
         .await
