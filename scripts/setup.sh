@@ -24,6 +24,13 @@ command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
 # (and `script`, util-linux, for its passphrase prompt).
 command -v age >/dev/null 2>&1 || need+=(age)
 command -v script >/dev/null 2>&1 || need+=(bsdutils)
+# The keystore-cluster tests (issue 16): PostgreSQL 15 under Patroni, with
+# etcd as Patroni's store; scripts/cluster.sh starts them on loopback.
+[ -x /usr/lib/postgresql/15/bin/postgres ] || need+=(postgresql-15)
+command -v patroni >/dev/null 2>&1 || need+=(patroni)
+command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
+command -v etcdctl >/dev/null 2>&1 || need+=(etcd-client)
+command -v psql >/dev/null 2>&1 || need+=(postgresql-client-15)
 
 if [ ${#need[@]} -gt 0 ]; then
   echo "setup: installing ${need[*]}" >&2

@@ -1,11 +1,19 @@
 #!/usr/bin/env bash
 # The whole test suite on a fresh machine: set-up, then every test of the
 # workspace (unit, property, end-to-end CLI, forensic and crash tests).
-# Knobs: PIVAULT_CRASH_ITERATIONS (default 12) for the kill-and-reopen loop.
+# Knobs: PIVAULT_CRASH_ITERATIONS (default 12) for the kill-and-reopen loop;
+# PIVAULT_CLUSTER_DIR / PIVAULT_CLUSTER_PORT for scripts/cluster.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
 # One selection everywhere (--workspace --all-targets): any other selection resolves
 # different build-dependency features and recompiles RocksDB from scratch.
 cargo build --workspace --all-targets
+# The keystore-cluster tests (tests/tests/e2e/cluster.rs) run against 3
+# PostgreSQL members under Patroni on loopback, started here and stopped
+# on exit (about 10 s and 0.3 GB).
+./scripts/cluster.sh start >/dev/null
+trap './scripts/cluster.sh stop' EXIT
+# shellcheck disable=SC1090
+source "$(./scripts/cluster.sh env)"
 cargo test --workspace --no-fail-fast "$@"

@@ -303,6 +303,12 @@ pub(crate) struct PurgeRow {
     wal_files: u64,
     compacted_buckets: u64,
     duration_ms: u64,
+    /// The keystore engine purged; absent in batches of older builds (RocksDB).
+    #[serde(default)]
+    engine: Option<String>,
+    /// Each member of a cluster keystore, as the purge left it.
+    #[serde(default)]
+    members: Vec<crate::keystore::MemberEvidence>,
 }
 
 impl From<&PurgeEvidence> for PurgeRow {
@@ -316,7 +322,29 @@ impl From<&PurgeEvidence> for PurgeRow {
             wal_files: e.wal_files,
             compacted_buckets: e.compacted_buckets,
             duration_ms: e.duration_ms,
+            engine: Some(e.engine.to_owned()),
+            members: e.members.clone(),
         }
+    }
+}
+
+/// The certificate's account of the keystore purge, in the words of the
+/// engine that did it.
+fn keystore_purge_json(p: &PurgeRow) -> Value {
+    match p.engine.as_deref() {
+        Some("postgresql") => json!({
+            "engine": "postgresql",
+            "steps": "old snapshots, standby feedback, replication slots and prepared transactions checked on the primary; VACUUM FULL of the touched data-key partitions and of the bucket and backup key tables; pg_switch_wal + CHECKPOINT on the primary and CHECKPOINT on each standby after replay, until no WAL segment from before the purge remains on any member",
+            "snapshots": p.snapshots, "residue_files": p.residue,
+            "members": p.members.iter().map(|m| json!({ "member": m.name, "role": m.role, "verified": m.verified, "detail": m.detail })).collect::<Vec<_>>(),
+            "duration_ms": p.duration_ms,
+        }),
+        _ => json!({
+            "flushed": "all column families", "compaction": "bottommost forced over touched ranges and bucket keys",
+            "snapshots": p.snapshots, "live_versions": p.live_versions, "tombstones": p.tombstones,
+            "residue_files": p.residue, "live_sst_files": p.live_sst_files, "wal_files": p.wal_files,
+            "duration_ms": p.duration_ms,
+        }),
     }
 }
 
@@ -1052,7 +1080,8 @@ impl Vault {
         let _held_snapshot = self
             .purge_hold_snapshot
             .load(std::sync::atomic::Ordering::SeqCst)
-            .then(|| self.keystore.snapshot());
+            .then(|| self.keystore.snapshot())
+            .transpose()?;
         // The wrapped DEK bytes of every version that exist before the batch,
         // for the byte scan of step 7. Held in memory only: writing them
         // anywhere would make a copy.
@@ -1250,10 +1279,17 @@ impl Vault {
                 && !(p.snapshots == 0
                     && p.live_versions == 1
                     && p.tombstones == 0
-                    && p.residue.is_empty())
+                    && p.residue.is_empty()
+                    && p.members.iter().all(|m| m.verified))
             {
+                let unverified: Vec<&str> = p
+                    .members
+                    .iter()
+                    .filter(|m| !m.verified)
+                    .map(|m| m.name.as_str())
+                    .collect();
                 problems.push(format!(
-                        "keystore purge incomplete: snapshots={} live_versions={} tombstones={} residue={:?}",
+                        "keystore purge incomplete: snapshots={} live_versions={} tombstones={} residue={:?} members_not_verified={unverified:?}",
                         p.snapshots, p.live_versions, p.tombstones, p.residue
                     ));
             }
@@ -1438,6 +1474,8 @@ impl Vault {
             wal_files: 0,
             compacted_buckets: 0,
             duration_ms: 0,
+            engine: None,
+            members: Vec::new(),
         });
         let contractor = match &b.contractor {
             Some(c) => {
@@ -1532,12 +1570,7 @@ impl Vault {
                     "surviving_keys_rewrapped": b.rewrapped,
                     "epoch_before": b.epoch_before,
                     "epoch_after": b.epoch_after,
-                    "keystore_purge": {
-                        "flushed": "all column families", "compaction": "bottommost forced over touched ranges and bucket keys",
-                        "snapshots": purge.snapshots, "live_versions": purge.live_versions, "tombstones": purge.tombstones,
-                        "residue_files": purge.residue, "live_sst_files": purge.live_sst_files, "wal_files": purge.wal_files,
-                        "duration_ms": purge.duration_ms,
-                    },
+                    "keystore_purge": keystore_purge_json(&purge),
                     "search_index": search_index_json(b.beacons.as_ref()),
                 },
                 "verification": {

@@ -1,32 +1,32 @@
-//! The keystore: a second, small RocksDB instance holding only wrapped keys
-//! (DESIGN §3, §4.1). Bucket keys are wrapped by the epoch root key; one data
-//! key (DEK) per record version is wrapped by its subject's bucket key.
-//!
-//! Its options are the ones the disposal purge depends on (DESIGN §4.2): no
-//! WAL recycling, no WAL archive, no compression, small SST files. Key names
-//! are bucket numbers and record IDs only — never personal information,
-//! because a deleted key's name lingers in the MANIFEST until reopen.
+//! The keystore: wrapped keys only (DESIGN §3, §4.1). Bucket keys are
+//! wrapped by the epoch root key; one data key (DEK) per record version is
+//! wrapped by its subject's bucket key. Where the wrapped keys live is an
+//! [`engine::KeyEngine`]: a small RocksDB instance beside the records
+//! ([`rocks`], the default) or a PostgreSQL cluster ([`postgres`]). This
+//! module does the wrapping and naming; an engine sees only ciphertext and IDs.
+
+mod engine;
+pub mod postgres;
+mod rocks;
 
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::RwLock;
 
-use rocksdb::{ColumnFamilyDescriptor, DB, Options, WriteBatch, WriteOptions};
+pub(crate) use engine::{KeyEngine, KeyOp, Table};
+pub use postgres::PurgeControl;
+pub use rocks::keystore_options;
+pub(crate) use rocks::SMALL_MANIFEST_PREALLOCATION;
 
 use crate::crypto::{self, Aad};
 use crate::error::{Error, Result};
 use crate::ids::{RecordId, SubjectId, VaultId};
 use crate::secret::SecretKey;
 
-const CF_BUCKETS: &str = "buckets";
-const CF_DEKS: &str = "deks";
-/// Per-backup keys K_b (wrapped by the epoch root), keyed by backup ID.
-const CF_BACKUPS: &str = "backups";
-
 /// Storage of wrapped keys, with an in-memory cache of unwrapped bucket keys
 /// (RAM only, zeroized on drop, cleared at every epoch ratchet).
 pub struct Keystore {
-    db: DB,
+    engine: Box<dyn KeyEngine>,
     vault: VaultId,
     buckets: u32,
     sync: bool,
@@ -41,52 +41,9 @@ impl std::fmt::Debug for Keystore {
     }
 }
 
-/// The options every keystore is opened with; see the module doc for why.
-pub fn keystore_options() -> Options {
-    let mut o = Options::default();
-    o.create_if_missing(true);
-    o.create_missing_column_families(true);
-    o.set_recycle_log_file_num(0);
-    o.set_wal_ttl_seconds(0);
-    o.set_wal_size_limit_mb(0);
-    o.set_compression_type(rocksdb::DBCompressionType::None);
-    // The purge compacts the touched bucket ranges down to the last level.
-    // A compaction rewrites whole files, and a flushed memtable is one L0
-    // file spanning every bucket written since the last flush, which RocksDB
-    // merges with every overlapping file of the level below it. So: small
-    // memtables (the L0 file is bounded), a small base level (what that L0
-    // file is merged with is bounded, ~1 MiB, whatever the vault size: with
-    // dynamic level sizing the levels below grow ×10 each) and small table
-    // files (below the base level a touched range is one or two files per
-    // level, and the verification scan reads only those). The work per purge
-    // is then bounded by these sizes and the number of levels (logarithmic),
-    // not by the number of keys in the vault.
-    o.set_write_buffer_size(2 * 1024 * 1024);
-    o.set_level_compaction_dynamic_level_bytes(true);
-    o.set_max_bytes_for_level_base(1024 * 1024);
-    o.set_target_file_size_base(256 * 1024);
-    o.set_target_file_size_multiplier(1);
-    // The info LOG is scanned by every verification (it is not a table
-    // file): bounded, not growing with every purge.
-    o.set_max_log_file_size(256 * 1024);
-    o.set_keep_log_file_num(2);
-    // RocksDB fallocates 4 MiB for each MANIFEST by default, and on ext4 a
-    // failed fallocate keeps what it grabbed: a small volume filled up
-    // before anything was written (issue 13).
-    o.set_manifest_preallocation_size(SMALL_MANIFEST_PREALLOCATION);
-    // The WAL is fallocated at 1.1 × the largest memtable of any column
-    // family, capped by the total budget: 4 MiB, not ~70 MiB (measured on
-    // a 40 MB ext4 volume: 23 MiB grabbed by a failed fallocate).
-    o.set_db_write_buffer_size(4 * 1024 * 1024);
-    o
-}
-
-/// The MANIFEST preallocation of both databases (RocksDB's default is 4 MiB).
-pub(crate) const SMALL_MANIFEST_PREALLOCATION: usize = 256 * 1024;
-
 /// A bucket rotation planned by [`Keystore::plan_rotation`], not yet written.
 pub(crate) struct Rotation {
-    batch: WriteBatch,
+    batch: Vec<KeyOp>,
     buckets: Vec<u32>,
     /// Surviving data keys re-wrapped under the new bucket keys.
     pub rewrapped: u64,
@@ -126,6 +83,24 @@ pub struct PurgeEvidence {
     pub compacted_buckets: u64,
     /// Time the purge took.
     pub duration_ms: u64,
+    /// The engine purged (`rocksdb`, `postgresql`).
+    pub engine: &'static str,
+    /// Each database member the purge reached and verified (a cluster
+    /// engine; empty for the embedded one, whose one directory is it).
+    pub members: Vec<MemberEvidence>,
+}
+
+/// One member of a cluster keystore, as the purge left it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct MemberEvidence {
+    /// `host:port`.
+    pub name: String,
+    /// `primary` or `standby`, or `unreachable`.
+    pub role: String,
+    /// Whether every purge step ran on it and its checks passed.
+    pub verified: bool,
+    /// What was checked, or why it was not (no key bytes, no personal information).
+    pub detail: String,
 }
 
 impl PurgeEvidence {
@@ -135,6 +110,7 @@ impl PurgeEvidence {
             && self.live_versions_deks == 1
             && self.tombstones_in_touched_ranges == 0
             && self.residue_files.is_empty()
+            && self.members.iter().all(|m| m.verified)
     }
 }
 
@@ -277,19 +253,56 @@ fn dek_key(bucket: u32, record: RecordId, version: u32) -> [u8; 24] {
 }
 
 impl Keystore {
-    /// Opens (or creates) the keystore at `path`.
+    /// Opens (or creates) the embedded keystore at `path`.
     pub fn open(path: &Path, vault: VaultId, buckets: u32, sync: bool) -> Result<Keystore> {
-        let opts = keystore_options();
-        let cfs = [CF_BUCKETS, CF_DEKS, CF_BACKUPS]
-            .map(|n| ColumnFamilyDescriptor::new(n, keystore_options()));
-        let db = DB::open_cf_descriptors(&opts, path, cfs)?;
-        Ok(Keystore {
-            db,
+        Ok(Keystore::with_engine(
+            Box::new(rocks::RocksKeys::open(path, sync)?),
+            vault,
+            buckets,
+            sync,
+        ))
+    }
+
+    /// A keystore on `engine`.
+    pub(crate) fn with_engine(
+        engine: Box<dyn KeyEngine>,
+        vault: VaultId,
+        buckets: u32,
+        sync: bool,
+    ) -> Keystore {
+        Keystore {
+            engine,
             vault,
             buckets,
             sync,
             cache: RwLock::new(HashMap::new()),
-        })
+        }
+    }
+
+    /// A keystore on the PostgreSQL cluster `cfg` names.
+    pub fn on_cluster(
+        cfg: postgres::PgConfig,
+        vault: VaultId,
+        buckets: u32,
+        sync: bool,
+    ) -> Result<Keystore> {
+        Ok(Keystore::with_engine(
+            Box::new(postgres::PgKeys::open(cfg, vault, buckets)?),
+            vault,
+            buckets,
+            sync,
+        ))
+    }
+
+    /// Sets the purge's negative control (tests; the embedded engine knows
+    /// only [`PurgeControl::SkipPhysical`], set through the purge's flag).
+    pub fn set_purge_control(&self, c: PurgeControl) {
+        self.engine.set_control(c);
+    }
+
+    /// The engine's name (`rocksdb`, `postgresql`).
+    pub fn engine_kind(&self) -> &'static str {
+        self.engine.kind()
     }
 
     /// The bucket a subject's keys live in: `H(subject) mod B`, so all keys
@@ -299,38 +312,30 @@ impl Keystore {
         u32::from_be_bytes([h[0], h[1], h[2], h[3]]) % self.buckets
     }
 
-    fn wo(&self, force_sync: bool) -> WriteOptions {
-        let mut w = WriteOptions::default();
-        w.set_sync(self.sync || force_sync);
-        w
-    }
-
-    fn cf(&self, name: &str) -> &rocksdb::ColumnFamily {
-        self.db
-            .cf_handle(name)
-            .expect("keystore column family exists")
+    fn write(&self, ops: Vec<KeyOp>, force_sync: bool) -> Result<()> {
+        self.engine.write(ops, self.sync || force_sync)
     }
 
     /// Creates every bucket key for a new vault, wrapped under the epoch-0 root.
     pub fn init_buckets(&self, root: &SecretKey, epoch: u64) -> Result<()> {
-        let mut batch = WriteBatch::default();
-        for b in 0..self.buckets {
-            let wrapped = crypto::wrap_key(
-                root,
-                &bucket_aad(self.vault, b, epoch),
-                &SecretKey::generate(),
-            );
-            batch.put_cf(self.cf(CF_BUCKETS), b.to_be_bytes(), wrapped);
-        }
-        self.db.write_opt(batch, &self.wo(true))?;
-        Ok(())
+        let ops = (0..self.buckets)
+            .map(|b| {
+                let wrapped = crypto::wrap_key(
+                    root,
+                    &bucket_aad(self.vault, b, epoch),
+                    &SecretKey::generate(),
+                );
+                KeyOp::Put(Table::Buckets, b.to_be_bytes().to_vec(), wrapped)
+            })
+            .collect();
+        self.write(ops, true)
     }
 
     /// The vault's beacon secret (blind indexes, `beacon.rs`), created on
     /// first use (a vault of an older build gets one at its first open of
     /// this build) and written synced before anything is indexed under it.
     pub(crate) fn beacon_secret(&self, root: &SecretKey, epoch: u64) -> Result<SecretKey> {
-        if let Some(wrapped) = self.db.get_cf(self.cf(CF_BUCKETS), BEACON_SECRET)? {
+        if let Some(wrapped) = self.engine.get(Table::Buckets, BEACON_SECRET)? {
             return crypto::unwrap_key(
                 root,
                 &beacon_aad(self.vault, epoch),
@@ -339,11 +344,13 @@ impl Keystore {
             );
         }
         let key = SecretKey::generate();
-        self.db.put_cf_opt(
-            self.cf(CF_BUCKETS),
-            BEACON_SECRET,
-            crypto::wrap_key(root, &beacon_aad(self.vault, epoch), &key),
-            &self.wo(true),
+        self.write(
+            vec![KeyOp::Put(
+                Table::Buckets,
+                BEACON_SECRET.to_vec(),
+                crypto::wrap_key(root, &beacon_aad(self.vault, epoch), &key),
+            )],
+            true,
         )?;
         Ok(key)
     }
@@ -352,8 +359,8 @@ impl Keystore {
     /// epoch root (no cache).
     fn unwrap_bucket_key(&self, root: &SecretKey, epoch: u64, b: u32) -> Result<SecretKey> {
         let wrapped = self
-            .db
-            .get_cf(self.cf(CF_BUCKETS), b.to_be_bytes())?
+            .engine
+            .get(Table::Buckets, &b.to_be_bytes())?
             .ok_or(Error::Integrity("keystore (bucket key missing)"))?;
         crypto::unwrap_key(
             root,
@@ -402,11 +409,13 @@ impl Keystore {
                 nonce,
             )
         })?;
-        self.db.put_cf_opt(
-            self.cf(CF_DEKS),
-            dek_key(b, record, version),
-            wrapped,
-            &self.wo(false),
+        self.write(
+            vec![KeyOp::Put(
+                Table::Deks,
+                dek_key(b, record, version).to_vec(),
+                wrapped,
+            )],
+            false,
         )?;
         Ok(dek)
     }
@@ -422,8 +431,8 @@ impl Keystore {
     ) -> Result<Option<SecretKey>> {
         let b = self.bucket_of(subject);
         let Some(wrapped) = self
-            .db
-            .get_pinned_cf(self.cf(CF_DEKS), dek_key(b, record, version))?
+            .engine
+            .get(Table::Deks, &dek_key(b, record, version))?
         else {
             return Ok(None);
         };
@@ -448,23 +457,24 @@ impl Keystore {
         sync: bool,
     ) -> Result<()> {
         let b = self.bucket_of(subject);
-        self.db.delete_cf_opt(
-            self.cf(CF_DEKS),
-            dek_key(b, record, version),
-            &self.wo(sync),
-        )?;
-        Ok(())
+        self.write(
+            vec![KeyOp::Delete(
+                Table::Deks,
+                dek_key(b, record, version).to_vec(),
+            )],
+            sync,
+        )
     }
 
     /// Re-wraps every bucket key from `from` (epoch, root) to `to` (epoch,
     /// root) in one synced batch. Bucket keys already under `to` are left as
     /// they are, so an interrupted ratchet can be finished by running it again.
     pub fn rewrap_buckets(&self, from: (u64, &SecretKey), to: (u64, &SecretKey)) -> Result<()> {
-        let mut batch = WriteBatch::default();
+        let mut ops = Vec::new();
         for b in 0..self.buckets {
             let wrapped = self
-                .db
-                .get_cf(self.cf(CF_BUCKETS), b.to_be_bytes())?
+                .engine
+                .get(Table::Buckets, &b.to_be_bytes())?
                 .ok_or(Error::Integrity("keystore (bucket key missing)"))?;
             if crypto::unwrap_key(
                 to.1,
@@ -482,18 +492,19 @@ impl Keystore {
                 &wrapped,
                 "bucket key",
             )?;
-            batch.put_cf(
-                self.cf(CF_BUCKETS),
-                b.to_be_bytes(),
+            ops.push(KeyOp::Put(
+                Table::Buckets,
+                b.to_be_bytes().to_vec(),
                 crypto::wrap_key(to.1, &bucket_aad(self.vault, b, to.0), &key),
-            );
+            ));
         }
         // Per-backup keys are carried across the ratchet the same way.
-        for item in self
-            .db
-            .iterator_cf(self.cf(CF_BACKUPS), rocksdb::IteratorMode::Start)
-        {
-            let (k, wrapped) = item?;
+        let mut backups = Vec::new();
+        self.engine.scan(Table::Backups, &[], &mut |k, v| {
+            backups.push((k.to_vec(), v.to_vec()));
+            Ok(true)
+        })?;
+        for (k, wrapped) in backups {
             let id: [u8; 16] = k[..]
                 .try_into()
                 .map_err(|_| Error::Integrity("keystore (backup key name)"))?;
@@ -513,15 +524,15 @@ impl Keystore {
                 &wrapped,
                 "backup key",
             )?;
-            batch.put_cf(
-                self.cf(CF_BACKUPS),
-                id,
+            ops.push(KeyOp::Put(
+                Table::Backups,
+                id.to_vec(),
                 crypto::wrap_key(to.1, &backup_aad(self.vault, &id, to.0), &key),
-            );
+            ));
         }
         // The beacon secret too: it must outlive every ratchet (beacons
         // written under it stay valid), so it is never derived from a root.
-        if let Some(wrapped) = self.db.get_cf(self.cf(CF_BUCKETS), BEACON_SECRET)?
+        if let Some(wrapped) = self.engine.get(Table::Buckets, BEACON_SECRET)?
             && crypto::unwrap_key(
                 to.1,
                 &beacon_aad(self.vault, to.0),
@@ -536,13 +547,13 @@ impl Keystore {
                 &wrapped,
                 "beacon secret",
             )?;
-            batch.put_cf(
-                self.cf(CF_BUCKETS),
-                BEACON_SECRET,
+            ops.push(KeyOp::Put(
+                Table::Buckets,
+                BEACON_SECRET.to_vec(),
                 crypto::wrap_key(to.1, &beacon_aad(self.vault, to.0), &key),
-            );
+            ));
         }
-        self.db.write_opt(batch, &self.wo(true))?;
+        self.write(ops, true)?;
         self.cache.write().expect("cache lock").clear();
         Ok(())
     }
@@ -550,15 +561,16 @@ impl Keystore {
     /// Deletes the wrapped DEKs of many record versions in one synced batch
     /// (disposal step 2).
     pub fn delete_deks(&self, keys: &[(SubjectId, RecordId, u32)]) -> Result<()> {
-        let mut batch = WriteBatch::default();
-        for (subject, record, version) in keys {
-            batch.delete_cf(
-                self.cf(CF_DEKS),
-                dek_key(self.bucket_of(*subject), *record, *version),
-            );
-        }
-        self.db.write_opt(batch, &self.wo(true))?;
-        Ok(())
+        let ops = keys
+            .iter()
+            .map(|(subject, record, version)| {
+                KeyOp::Delete(
+                    Table::Deks,
+                    dek_key(self.bucket_of(*subject), *record, *version).to_vec(),
+                )
+            })
+            .collect();
+        self.write(ops, true)
     }
 
     /// Every stored key version of one record, with its wrapped bytes, in
@@ -571,19 +583,15 @@ impl Keystore {
         prefix[..4].copy_from_slice(&b.to_be_bytes());
         prefix[4..].copy_from_slice(record.as_bytes());
         let mut out = Vec::new();
-        for item in self.db.iterator_cf(
-            self.cf(CF_DEKS),
-            rocksdb::IteratorMode::From(&prefix, rocksdb::Direction::Forward),
-        ) {
-            let (k, v) = item?;
-            if k.len() != 24 || k[..20] != prefix {
-                break;
+        self.engine.scan(Table::Deks, &prefix, &mut |k, v| {
+            if k.len() == 24 {
+                out.push((
+                    u32::from_be_bytes(k[20..24].try_into().expect("4 bytes")),
+                    v.to_vec(),
+                ));
             }
-            out.push((
-                u32::from_be_bytes(k[20..24].try_into().expect("4 bytes")),
-                v.to_vec(),
-            ));
-        }
+            Ok(true)
+        })?;
         Ok(out)
     }
 
@@ -602,27 +610,28 @@ impl Keystore {
         buckets: &[u32],
         destroy: impl Fn(RecordId, u32) -> bool,
     ) -> Result<Rotation> {
-        let mut batch = WriteBatch::default();
+        let mut batch = Vec::new();
         let mut rewrapped = 0;
         let mut deleted = Vec::new();
         let mut deleted_wrapped = Vec::new();
         for &b in buckets {
             let old = self.unwrap_bucket_key(root, epoch, b)?;
             let new = SecretKey::generate();
-            for item in self.db.iterator_cf(
-                self.cf(CF_DEKS),
-                rocksdb::IteratorMode::From(&b.to_be_bytes(), rocksdb::Direction::Forward),
-            ) {
-                let (k, v) = item?;
-                if k.len() != 24 || k[..4] != b.to_be_bytes() {
-                    break;
+            let mut rows = Vec::new();
+            self.engine.scan(Table::Deks, &b.to_be_bytes(), &mut |k, v| {
+                rows.push((k.to_vec(), v.to_vec()));
+                Ok(true)
+            })?;
+            for (k, v) in rows {
+                if k.len() != 24 {
+                    return Err(Error::Integrity("data key name"));
                 }
                 let record = RecordId::from_slice(&k[4..20])?;
                 let version = u32::from_be_bytes(k[20..24].try_into().expect("4 bytes"));
                 if destroy(record, version) {
-                    batch.delete_cf(self.cf(CF_DEKS), &k);
+                    batch.push(KeyOp::Delete(Table::Deks, k));
                     deleted.push((record, version));
-                    deleted_wrapped.push(v.to_vec());
+                    deleted_wrapped.push(v);
                     continue;
                 }
                 let aad = dek_aad(self.vault, record, version);
@@ -631,14 +640,14 @@ impl Keystore {
                         "the data key of record {record} version {version} (bucket {b}) cannot be unwrapped"
                     ))
                 })?;
-                batch.put_cf(self.cf(CF_DEKS), &k, crypto::wrap_key(&new, &aad, &dek));
+                batch.push(KeyOp::Put(Table::Deks, k, crypto::wrap_key(&new, &aad, &dek)));
                 rewrapped += 1;
             }
-            batch.put_cf(
-                self.cf(CF_BUCKETS),
-                b.to_be_bytes(),
+            batch.push(KeyOp::Put(
+                Table::Buckets,
+                b.to_be_bytes().to_vec(),
                 crypto::wrap_key(root, &bucket_aad(self.vault, b, epoch), &new),
-            );
+            ));
         }
         Ok(Rotation {
             batch,
@@ -652,7 +661,7 @@ impl Keystore {
     /// Writes a planned rotation in one synced batch and drops the rotated
     /// buckets' cached keys.
     pub(crate) fn commit_rotation(&self, r: Rotation) -> Result<()> {
-        self.db.write_opt(r.batch, &self.wo(true))?;
+        self.write(r.batch, true)?;
         let mut cache = self.cache.write().expect("cache lock");
         for b in &r.buckets {
             cache.remove(b);
@@ -669,240 +678,38 @@ impl Keystore {
         Ok(n)
     }
 
-    /// Physical purge (disposal step 5): flush every column family (a WAL
-    /// is released only when all column families sharing it have flushed),
-    /// force a bottommost compaction of the touched DEK ranges and of the
-    /// whole bucket-key column family (every bucket key was re-wrapped by
-    /// the ratchet), then check that nothing outside the live set remains.
-    /// `compact_range` reports nothing and obsolete files are deleted on a
-    /// background thread, so the checks are polled briefly.
+    /// Physical purge (disposal step 5) by the engine: no old copy of a
+    /// deleted or re-wrapped key of `buckets`, or of any bucket or backup
+    /// key, left where the engine keeps bytes (see each engine).
     pub fn purge(&self, buckets: &[u32], skip_physical: bool) -> Result<PurgeEvidence> {
-        let start = std::time::Instant::now();
-        let cfs = [
-            self.cf("default"),
-            self.cf(CF_BUCKETS),
-            self.cf(CF_DEKS),
-            self.cf(CF_BACKUPS),
-        ];
-        // `compact_range` flushes the memtable it covers by itself, so the
-        // negative control skips flush and compaction together.
-        let trace = std::env::var_os("PIVAULT_DISPOSAL_TRACE").is_some();
-        let mut lap = std::time::Instant::now();
-        let mut tr = |what: &str| {
-            if trace {
-                eprintln!(
-                    "    purge {what}: {:.1} ms",
-                    lap.elapsed().as_secs_f64() * 1e3
-                );
-            }
-            lap = std::time::Instant::now();
-        };
-        if !skip_physical {
-            let mut fo = rocksdb::FlushOptions::default();
-            fo.set_wait(true);
-            self.db.flush_cfs_opt(&cfs, &fo)?;
-            tr("flush");
-            let mut co = rocksdb::CompactOptions::default();
-            // ForceOptimized: the bottommost level is compacted over the range,
-            // except the files this same compaction just wrote into it (an
-            // output of a compaction into the last level keeps no tombstone
-            // and no older version when no snapshot is open, which the checks
-            // below verify); Force would rewrite those files a second time.
-            co.set_bottommost_level_compaction(rocksdb::BottommostLevelCompaction::ForceOptimized);
-            co.set_exclusive_manual_compaction(true);
-            // Touched buckets merged into runs of consecutive numbers: one
-            // manual compaction per run, not per bucket (a 10,000-record batch
-            // touches most buckets, and each compaction rewrites whole files).
-            let mut sorted = buckets.to_vec();
-            sorted.sort_unstable();
-            sorted.dedup();
-            let mut runs: Vec<(u32, u32)> = Vec::new();
-            for b in sorted {
-                match runs.last_mut() {
-                    Some((_, hi)) if u64::from(*hi) + 1 == u64::from(b) => *hi = b,
-                    _ => runs.push((b, b)),
-                }
-            }
-            for (lo, hi) in runs {
-                let end = (hi as u64 + 1).to_be_bytes();
-                // Range [lo, hi+1) over the 4-byte bucket prefix; the end key is the
-                // 4 low bytes of hi+1, or unbounded for the last bucket.
-                let end = (hi != u32::MAX).then(|| end[4..].to_vec());
-                self.db
-                    .compact_range_cf_opt(self.cf(CF_DEKS), Some(lo.to_be_bytes()), end, &co);
-            }
-            tr("compact deks");
-            self.db
-                .compact_range_cf_opt(self.cf(CF_BUCKETS), None::<&[u8]>, None::<&[u8]>, &co);
-            // Backup keys: a handful of rows, re-wrapped by every ratchet.
-            self.db
-                .compact_range_cf_opt(self.cf(CF_BACKUPS), None::<&[u8]>, None::<&[u8]>, &co);
-            tr("compact buckets+backups");
-        }
-        let mut evidence = self.purge_checks(buckets)?;
-        // 10 s, not 3: on a loaded 2-core machine (the whole test suite, or a
-        // nearly full disk) the deletion lagged past 3 s twice in a day, and
-        // the batch then failed verification with obsolete files as residue.
-        // Failing was safe (no certificate), but spurious; the wait ends as
-        // soon as the checks are clean.
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        let mut polls = 0;
-        // Obsolete files are deleted by a background thread right after the
-        // compaction returns: poll from 1 ms, doubling up to 20 ms.
-        let mut pause = std::time::Duration::from_millis(1);
-        while !evidence.clean() && std::time::Instant::now() < deadline {
-            std::thread::sleep(pause);
-            pause = (pause * 2).min(std::time::Duration::from_millis(20));
-            if !evidence.residue_files.is_empty() && polls >= 8 {
-                // RocksDB deletes obsolete files when a background job ends.
-                // A file whose last version a concurrent read released after
-                // the compaction ended waits for the next job, which may be
-                // far off. A balanced disable/enable pair makes RocksDB scan
-                // for obsolete files at once (EnableFileDeletions' full scan
-                // when its counter returns to zero); files a snapshot or a
-                // live WAL still needs are not obsolete and stay, so the
-                // checks below still see them.
-                self.db.disable_file_deletions()?;
-                self.db.enable_file_deletions()?;
-            }
-            evidence = self.purge_checks(buckets)?;
-            polls += 1;
-        }
-        tr(&format!(
-            "checks ({polls} polls, {} live sst)",
-            evidence.live_sst_files
-        ));
-        evidence.duration_ms = start.elapsed().as_millis() as u64;
-        Ok(evidence)
+        self.engine.purge(buckets, skip_physical)
     }
 
-    fn purge_checks(&self, buckets: &[u32]) -> Result<PurgeEvidence> {
-        use rocksdb::properties as P;
-        let (live, residue, wal_files) = crate::store::obsolete_files(&self.db)?;
-        let in_touched = |f: &rocksdb::LiveFile| {
-            let (Some(lo), Some(hi)) = (&f.start_key, &f.end_key) else {
-                return true;
-            };
-            buckets.iter().any(|b| {
-                let p = b.to_be_bytes();
-                lo.get(..4).is_none_or(|x| x <= &p[..]) && hi.get(..4).is_none_or(|x| x >= &p[..])
-            })
-        };
-        let tombstones = live
-            .iter()
-            .filter(|f| f.column_family_name == CF_DEKS && in_touched(f))
-            .map(|f| f.num_deletions)
-            .sum();
-        Ok(PurgeEvidence {
-            snapshots: self
-                .db
-                .property_int_value(P::NUM_SNAPSHOTS)?
-                .unwrap_or(u64::MAX),
-            live_versions_deks: self
-                .db
-                .property_int_value_cf(self.cf(CF_DEKS), P::NUM_LIVE_VERSIONS)?
-                .unwrap_or(u64::MAX),
-            tombstones_in_touched_ranges: tombstones,
-            residue_files: residue,
-            live_sst_files: live.len() as u64,
-            wal_files,
-            compacted_buckets: buckets.len() as u64,
-            duration_ms: 0,
-        })
-    }
-
-    /// Every file of the keystore directory that contains any of `needles`
-    /// (the wrapped DEK bytes that existed before a disposal).
+    /// Every place of the keystore (every file, on every member of a
+    /// cluster) that contains any of `needles`.
     pub fn files_containing(&self, needles: &[Vec<u8>]) -> Result<Vec<String>> {
-        scan_dir(self.db.path(), needles)
+        self.engine.files_containing(needles)
     }
 
-    /// The files of the keystore directory that can hold a wrapped DEK of
-    /// one of `buckets`, for the verification byte scan: every file that is
-    /// not a table file (WALs, MANIFEST, logs, options, temporaries), every
-    /// table file outside the live set, and every live table file of the DEK
-    /// column family whose key range covers a touched bucket. A wrapped DEK
-    /// is only ever written as the value of its own key `bucket | record |
-    /// version` in that column family, so the live table files left out
-    /// (other column families, other key ranges) cannot hold it. This keeps
-    /// the scan proportional to the touched buckets, not to the vault.
-    pub fn files_for_buckets(&self, buckets: &[u32]) -> Result<Vec<std::path::PathBuf>> {
-        let live = self.db.live_files()?;
-        let mut skip = std::collections::HashSet::new();
-        for f in &live {
-            let covers = f.column_family_name == CF_DEKS
-                && match (&f.start_key, &f.end_key) {
-                    (Some(lo), Some(hi)) => buckets.iter().any(|b| {
-                        let p = b.to_be_bytes();
-                        lo.get(..4).is_none_or(|x| x <= &p[..])
-                            && hi.get(..4).is_none_or(|x| x >= &p[..])
-                    }),
-                    _ => true,
-                };
-            if !covers {
-                skip.insert(f.name.trim_start_matches('/').to_owned());
-            }
-        }
-        let mut out = Vec::new();
-        let mut stack = vec![self.db.path().to_path_buf()];
-        while let Some(d) = stack.pop() {
-            for e in std::fs::read_dir(&d)? {
-                let e = e?;
-                let p = e.path();
-                if p.is_dir() {
-                    stack.push(p);
-                } else if !skip.contains(&*e.file_name().to_string_lossy()) {
-                    out.push(p);
-                }
-            }
-        }
-        out.sort();
-        Ok(out)
-    }
-
-    /// The files among [`Keystore::files_for_buckets`] that contain any of
-    /// `needles`, and how many files were scanned.
+    /// The places that can hold a wrapped DEK of one of `buckets` that
+    /// contain any of `needles`, and how many places were scanned: the
+    /// verification byte scan of disposal step 7 (each engine says which).
     pub fn files_containing_for_buckets(
         &self,
         buckets: &[u32],
         needles: &[Vec<u8>],
     ) -> Result<(Vec<String>, u64)> {
-        let files = self.files_for_buckets(buckets)?;
-        if std::env::var_os("PIVAULT_DISPOSAL_TRACE").is_some() {
-            for p in &files {
-                let len = std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
-                eprintln!("      scan {} {len}", p.display());
-            }
-        }
-        let mut hits = Vec::new();
-        for p in &files {
-            let bytes = match std::fs::read(p) {
-                Ok(b) => b,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(e.into()),
-            };
-            if contains_any(&bytes, needles) {
-                hits.push(
-                    p.strip_prefix(self.db.path())
-                        .unwrap_or(p)
-                        .display()
-                        .to_string(),
-                );
-            }
-        }
-        Ok((hits, files.len() as u64))
+        let s = self.engine.scan_for(buckets, needles)?;
+        Ok((s.hits, s.scanned))
     }
 
     /// Number of wrapped DEKs stored (for `doctor` and tests).
     pub fn dek_count(&self) -> Result<u64> {
         let mut n = 0;
-        for item in self
-            .db
-            .iterator_cf(self.cf(CF_DEKS), rocksdb::IteratorMode::Start)
-        {
-            item?;
+        self.engine.scan(Table::Deks, &[], &mut |_, _| {
             n += 1;
-        }
+            Ok(true)
+        })?;
         Ok(n)
     }
 
@@ -914,10 +721,10 @@ impl Keystore {
         record: RecordId,
         version: u32,
     ) -> Result<Option<Vec<u8>>> {
-        Ok(self.db.get_cf(
-            self.cf(CF_DEKS),
-            dek_key(self.bucket_of(subject), record, version),
-        )?)
+        self.engine.get(
+            Table::Deks,
+            &dek_key(self.bucket_of(subject), record, version),
+        )
     }
 
     // ----- backups (see vault/backup.rs) ------------------------------------
@@ -930,13 +737,14 @@ impl Keystore {
         id: &[u8; 16],
         key: &SecretKey,
     ) -> Result<()> {
-        self.db.put_cf_opt(
-            self.cf(CF_BACKUPS),
-            id,
-            crypto::wrap_key(root, &backup_aad(self.vault, id, epoch), key),
-            &self.wo(true),
-        )?;
-        Ok(())
+        self.write(
+            vec![KeyOp::Put(
+                Table::Backups,
+                id.to_vec(),
+                crypto::wrap_key(root, &backup_aad(self.vault, id, epoch), key),
+            )],
+            true,
+        )
     }
 
     /// A backup's key K_b, or `None` once it was destroyed.
@@ -946,7 +754,7 @@ impl Keystore {
         epoch: u64,
         id: &[u8; 16],
     ) -> Result<Option<SecretKey>> {
-        let Some(wrapped) = self.db.get_cf(self.cf(CF_BACKUPS), id)? else {
+        let Some(wrapped) = self.engine.get(Table::Backups, id)? else {
             return Ok(None);
         };
         crypto::unwrap_key(
@@ -960,31 +768,25 @@ impl Keystore {
 
     /// The raw wrapped bytes of a backup key (for the destruction byte scan).
     pub fn wrapped_backup_key(&self, id: &[u8; 16]) -> Result<Option<Vec<u8>>> {
-        Ok(self.db.get_cf(self.cf(CF_BACKUPS), id)?)
+        self.engine.get(Table::Backups, id)
     }
 
     /// Deletes a backup key (synced); the ratchet and purge that follow make
     /// every older copy of it useless and then absent.
     pub(crate) fn delete_backup_key(&self, id: &[u8; 16]) -> Result<()> {
-        self.db
-            .delete_cf_opt(self.cf(CF_BACKUPS), id, &self.wo(true))?;
-        Ok(())
+        self.write(vec![KeyOp::Delete(Table::Backups, id.to_vec())], true)
     }
 
     /// IDs of every stored backup key.
     pub(crate) fn backup_key_ids(&self) -> Result<Vec<[u8; 16]>> {
         let mut out = Vec::new();
-        for item in self
-            .db
-            .iterator_cf(self.cf(CF_BACKUPS), rocksdb::IteratorMode::Start)
-        {
-            let (k, _) = item?;
+        self.engine.scan(Table::Backups, &[], &mut |k, _| {
             out.push(
-                k[..]
-                    .try_into()
+                k.try_into()
                     .map_err(|_| Error::Integrity("keystore (backup key name)"))?,
             );
-        }
+            Ok(true)
+        })?;
         Ok(out)
     }
 
@@ -1006,14 +808,10 @@ impl Keystore {
         &self,
         mut f: impl FnMut(&[u8], &[u8]) -> Result<()>,
     ) -> Result<()> {
-        for item in self
-            .db
-            .iterator_cf(self.cf(CF_DEKS), rocksdb::IteratorMode::Start)
-        {
-            let (k, v) = item?;
-            f(&k, &v)?;
-        }
-        Ok(())
+        self.engine.scan(Table::Deks, &[], &mut |k, v| {
+            f(k, v)?;
+            Ok(true)
+        })
     }
 
     /// Splits a DEK key name into (bucket, record, version).
@@ -1052,7 +850,7 @@ impl Keystore {
         epoch: u64,
         items: &[(u32, RecordId, u32, SecretKey)],
     ) -> Result<()> {
-        let mut batch = WriteBatch::default();
+        let mut ops = Vec::new();
         for (b, record, version, dek) in items {
             if *b >= self.buckets {
                 return Err(Error::Integrity("backup (bucket out of range)"));
@@ -1060,16 +858,19 @@ impl Keystore {
             let wrapped = self.with_bucket_key(root, epoch, *b, |bk| {
                 crypto::wrap_key(bk, &dek_aad(self.vault, *record, *version), dek)
             })?;
-            batch.put_cf(self.cf(CF_DEKS), dek_key(*b, *record, *version), wrapped);
+            ops.push(KeyOp::Put(
+                Table::Deks,
+                dek_key(*b, *record, *version).to_vec(),
+                wrapped,
+            ));
         }
-        self.db.write_opt(batch, &self.wo(true))?;
-        Ok(())
+        self.write(ops, true)
     }
 
-    /// A RocksDB snapshot of the keystore (the negative control of the purge:
+    /// A snapshot of the keystore (the negative control of the purge:
     /// while it is held, old versions stay pinned and the purge must fail).
-    pub(crate) fn snapshot(&self) -> rocksdb::Snapshot<'_> {
-        self.db.snapshot()
+    pub(crate) fn snapshot(&self) -> Result<Box<dyn engine::Held + '_>> {
+        self.engine.hold_snapshot()
     }
 
     /// Number of key buckets.

@@ -543,6 +543,15 @@ fn token_hash(token: &str) -> [u8; 32] {
     crypto::sha256(token.as_bytes())
 }
 
+/// Opens the vault's keystore: on the cluster its `keystore.json` names,
+/// or the embedded one in `keystore/`.
+fn open_keystore(dir: &Path, l: &Layout, info: &HeaderInfo, sync: bool) -> Result<Keystore> {
+    match crate::keystore::postgres::PgConfig::read(dir)? {
+        Some(cfg) => Keystore::on_cluster(cfg, info.vault_id, info.buckets, sync),
+        None => Keystore::open(&l.keystore, info.vault_id, info.buckets, sync),
+    }
+}
+
 impl Vault {
     /// Creates a new vault in `dir` (absent or empty) with its first admin.
     pub fn create(
@@ -551,7 +560,23 @@ impl Vault {
         init: InitOptions,
         opts: OpenOptions,
     ) -> Result<Vault> {
+        Vault::create_with_keystore(dir, passphrase, init, opts, None)
+    }
+
+    /// Creates a new vault whose keystore is on a PostgreSQL cluster
+    /// (`keystore`), or embedded (`None`). The cluster's location is kept
+    /// in `keystore.json` beside the header; it holds no secret.
+    pub fn create_with_keystore(
+        dir: &Path,
+        passphrase: &SecretString,
+        init: InitOptions,
+        opts: OpenOptions,
+        keystore: Option<crate::keystore::postgres::PgConfig>,
+    ) -> Result<Vault> {
         access::check_passphrase_policy(passphrase)?;
+        if let Some(k) = &keystore {
+            k.validate()?;
+        }
         if !(1..=1 << 20).contains(&init.buckets) {
             return Err(Error::invalid("bucket count must be between 1 and 1048576"));
         }
@@ -578,8 +603,16 @@ impl Vault {
         };
         let unlock = crypto::derive_unlock_key(passphrase, &salt, init.kdf)?;
         let root = SecretKey::generate();
+        if let Some(k) = &keystore {
+            let mut f = fsutil::create_private_file(
+                &dir.join(crate::keystore::postgres::PgConfig::FILE),
+            )?;
+            let json = serde_json::to_vec_pretty(k).map_err(|e| Error::Io(e.to_string()))?;
+            std::io::Write::write_all(&mut f, &json)?;
+            f.sync_all()?;
+        }
         // Keystore first: a header only ever points at a complete keystore.
-        Keystore::open(&l.keystore, info.vault_id, info.buckets, true)?.init_buckets(&root, 0)?;
+        open_keystore(dir, &l, &info, true)?.init_buckets(&root, 0)?;
         let signing = Signing::generate();
         let mut f = fsutil::create_private_file(&l.signing)?;
         std::io::Write::write_all(&mut f, &signing.seal(&unlock, info.vault_id))?;
@@ -622,7 +655,7 @@ impl Vault {
         // Import spools a killed process left (ciphertext whose key died
         // with it): this process holds the lock, so none is in use.
         crate::spool::remove_leftovers(dir)?;
-        let keystore = Keystore::open(&l.keystore, info.vault_id, info.buckets, opts.sync)?;
+        let keystore = open_keystore(dir, &l, &info, opts.sync)?;
         if let Some((old_epoch, old_root)) = &opened.unfinished_from {
             // A ratchet was interrupted after the new slot was written: finish it.
             keystore.rewrap_buckets((*old_epoch, old_root), (opened.epoch, &opened.root))?;
@@ -1244,6 +1277,13 @@ impl Vault {
     #[doc(hidden)]
     pub fn set_purge_skip_flush(&self, skip: bool) {
         self.purge_skip_flush.store(skip, Ordering::SeqCst);
+    }
+
+    /// Negative controls of a cluster keystore's purge (tests): plain
+    /// `VACUUM`, or no WAL rounds, for the next purges.
+    #[doc(hidden)]
+    pub fn set_purge_control(&self, c: crate::keystore::PurgeControl) {
+        self.keystore.set_purge_control(c);
     }
 
     /// Negative control for forensic tests: the next disposal batches hold a

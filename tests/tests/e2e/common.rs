@@ -8,6 +8,7 @@ use vault_core::access::Role;
 use vault_core::clock::ManualClock;
 use vault_core::crypto::KdfParams;
 use vault_core::ids::Username;
+use vault_core::keystore::postgres::PgConfig;
 use vault_core::schema::{FieldSpec, FieldType, Schema};
 use vault_core::secret::SecretString;
 use vault_core::vault::{Context, InitOptions, OpenOptions, Session, Vault};
@@ -155,6 +156,17 @@ pub fn create_vault(
     admin: &str,
     admin_password: &str,
 ) -> Vault {
+    create_vault_on(dir, clock, admin, admin_password, None)
+}
+
+/// [`create_vault`] with its keystore on a cluster (`Some`) or embedded.
+pub fn create_vault_on(
+    dir: &Path,
+    clock: &Arc<ManualClock>,
+    admin: &str,
+    admin_password: &str,
+    keystore: Option<PgConfig>,
+) -> Vault {
     let init = InitOptions {
         kdf: KdfParams::INSECURE_FAST,
         buckets: BUCKETS,
@@ -165,11 +177,12 @@ pub fn create_vault(
         // the default (required for admin, officer and contractor).
         two_factor: vault_core::access::TwoFactorPolicy::none(),
     };
-    Vault::create(
+    Vault::create_with_keystore(
         dir,
         &SecretString::from(PASSPHRASE),
         init,
         open_options(clock),
+        keystore,
     )
     .expect("create vault")
 }
@@ -189,9 +202,14 @@ pub fn login(vault: &Vault, username: &str) -> Session {
 /// A vault in `dir` with the five [`USERS`] (one per role), all logged in,
 /// and the [`CUSTOMERS`] collection; the clock starts at [`T0`].
 pub fn fast_vault(dir: &Path) -> Fixture {
+    fast_vault_on(dir, None)
+}
+
+/// [`fast_vault`] with its keystore on a cluster (`Some`) or embedded.
+pub fn fast_vault_on(dir: &Path, keystore: Option<PgConfig>) -> Fixture {
     let clock = Arc::new(ManualClock::new(T0));
     let (admin_name, _, admin_pw) = USERS[0];
-    let vault = create_vault(dir, &clock, admin_name, admin_pw);
+    let vault = create_vault_on(dir, &clock, admin_name, admin_pw, keystore);
     let admin = login(&vault, admin_name);
     for (name, role, pw) in &USERS[1..] {
         vault

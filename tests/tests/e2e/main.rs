@@ -5,6 +5,7 @@ mod audit_anchor;
 mod backup;
 mod certificate_standards;
 mod cli;
+mod cluster;
 mod cli_output;
 mod common;
 mod concurrency;

@@ -1,0 +1,384 @@
+//! The keystore on a PostgreSQL/Patroni cluster (issue 16): three members
+//! on loopback started by `scripts/cluster.sh` (`scripts/test.sh` starts
+//! it and exports `PIVAULT_PG_*`). A disposal must leave no byte of a
+//! destroyed key on any member: checked by the vault's own SQL scan and,
+//! independently, by reading every file of every member's data directory.
+//! Each negative control (a held snapshot, plain VACUUM, no WAL rounds)
+//! must make that scan find the key and block the certificate.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use serde_json::{Value, json};
+use vault_core::Error;
+use vault_core::ids::{RecordId, SubjectId};
+use vault_core::keystore::PurgeControl;
+use vault_core::keystore::postgres::PgConfig;
+use vault_core::vault::{DisposalOutcome, DisposalParties, DisposalRequest, DisposalScope};
+
+use crate::common::{self, Fixture};
+
+/// The cluster `scripts/cluster.sh` started, from its environment.
+struct Cluster {
+    members: Vec<String>,
+    password_file: PathBuf,
+    data_dirs: Vec<PathBuf>,
+}
+
+/// The cluster's tests run one at a time: a snapshot held by one test
+/// (the negative control) rightly blocks every other vault's purge in the
+/// same database, and WAL rounds of one purge would clean up after another
+/// test's skipped ones.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn cluster() -> Cluster {
+    let var = |n: &str| {
+        std::env::var(n).unwrap_or_else(|_| {
+            panic!(
+                "{n} is not set: the keystore cluster is not running. Start it with \
+                 `scripts/cluster.sh start` and `source` the env file it prints \
+                 (scripts/test.sh does both)"
+            )
+        })
+    };
+    Cluster {
+        members: var("PIVAULT_PG_MEMBERS")
+            .split(',')
+            .map(str::to_owned)
+            .collect(),
+        password_file: var("PIVAULT_PG_PASSWORD_FILE").into(),
+        data_dirs: var("PIVAULT_PG_DATA_DIRS")
+            .split(':')
+            .map(PathBuf::from)
+            .collect(),
+    }
+}
+
+impl Cluster {
+    fn config(&self) -> PgConfig {
+        PgConfig {
+            engine: "postgresql".into(),
+            members: self.members.clone(),
+            database: "pivault_keys".into(),
+            user: "pivault".into(),
+            password_file: self.password_file.clone(),
+        }
+    }
+
+    /// Every file of every member's data directory holding any needle,
+    /// read directly (the test runs where the members' files are).
+    fn files_holding(&self, needles: &[Vec<u8>]) -> Vec<PathBuf> {
+        let mut hits = Vec::new();
+        for d in &self.data_dirs {
+            for f in common::files_under(d) {
+                let Ok(bytes) = std::fs::read(&f) else {
+                    continue; // removed by a checkpoint during the walk
+                };
+                if vault_core::keystore::contains_any(&bytes, needles) {
+                    hits.push(f);
+                }
+            }
+        }
+        hits
+    }
+}
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn vault_on_cluster(dir: &Path, c: &Cluster) -> Fixture {
+    common::fast_vault_on(dir, Some(c.config()))
+}
+
+fn body(n: u32) -> Value {
+    json!({ "given_name": "Keystore", "family_name": "Cluster", "ssn": format!("123-45-{:04}", 1000 + n) })
+}
+
+fn request(scope: DisposalScope) -> DisposalRequest {
+    DisposalRequest {
+        scope,
+        parties: DisposalParties::default(),
+        dry_run: false,
+    }
+}
+
+fn certificate_id(o: DisposalOutcome) -> vault_core::ids::CertificateId {
+    o.certificate_id.expect("a completed disposal issues a certificate")
+}
+
+/// Puts one record per subject; returns (subject, record, wrapped key).
+fn put_records(fx: &Fixture, n: u32) -> Vec<(SubjectId, RecordId, Vec<u8>)> {
+    (0..n)
+        .map(|i| {
+            let s = SubjectId::new();
+            let id = fx
+                .vault
+                .put_record(&fx.clerk, common::CUSTOMERS, s, &body(i))
+                .unwrap();
+            let w = fx.vault.keystore().wrapped_dek(s, id, 1).unwrap().unwrap();
+            (s, id, w)
+        })
+        .collect()
+}
+
+#[test]
+fn a_disposal_on_the_cluster_leaves_no_key_byte_on_any_member_and_its_certificate_names_them() {
+    let _one = serial();
+    let c = cluster();
+    let tmp = tempfile::tempdir().unwrap();
+    let fx = vault_on_cluster(&tmp.path().join("vault"), &c);
+    assert_eq!(fx.vault.keystore().engine_kind(), "postgresql");
+    let recs = put_records(&fx, 6);
+    let (s0, r0, w0) = recs[0].clone();
+    // An update: the record's first key version must go too.
+    fx.vault
+        .update_record(&fx.clerk, r0, &body(99))
+        .unwrap();
+    let w0v2 = fx.vault.keystore().wrapped_dek(s0, r0, 2).unwrap().unwrap();
+    let needles = vec![w0.clone(), w0v2.clone()];
+    // Before: the key bytes are on the members (the scan can see them).
+    assert!(
+        !fx.vault.keystore().files_containing(&needles).unwrap().is_empty(),
+        "the SQL scan must find the live key before the disposal"
+    );
+
+    let cert = certificate_id(
+        fx.vault
+            .dispose(&fx.officer, &request(DisposalScope::Subject(s0)))
+            .unwrap(),
+    );
+    let doc = fx.vault.certificate(&fx.auditor, cert).unwrap();
+    let purge = doc.body["sanitization"]["details"]["keystore_purge"].clone();
+    assert_eq!(purge["engine"], "postgresql", "{purge}");
+    let members = purge["members"].as_array().expect("members");
+    assert_eq!(members.len(), 3, "{purge}");
+    assert!(members.iter().all(|m| m["verified"] == true), "{purge}");
+    let roles: Vec<&str> = members.iter().map(|m| m["role"].as_str().unwrap()).collect();
+    assert_eq!(roles.iter().filter(|r| **r == "primary").count(), 1, "{roles:?}");
+    assert_eq!(roles.iter().filter(|r| **r == "standby").count(), 2, "{roles:?}");
+
+    // After: no member's file holds either version, by the vault's scan
+    // and by reading the data directories ourselves.
+    assert_eq!(
+        fx.vault.keystore().files_containing(&needles).unwrap(),
+        Vec::<String>::new()
+    );
+    assert_eq!(c.files_holding(&needles), Vec::<PathBuf>::new());
+    // The other subjects' records are untouched.
+    for (_, id, _) in &recs[1..] {
+        fx.vault.get_record(&fx.clerk, *id, &[], None).unwrap();
+    }
+    assert!(matches!(
+        fx.vault.get_record(&fx.clerk, r0, &[], None),
+        Err(Error::Disposed { .. })
+    ));
+    fx.vault.close().unwrap();
+}
+
+/// Runs one disposal under a negative control: it must fail with
+/// `expect` in its message, the scan from outside must find the key, and
+/// no certificate may exist; the retry without the control certifies.
+fn negative_control(control: Option<PurgeControl>, hold: bool, expect: &[&str], scan_finds: bool) {
+    let _one = serial();
+    let c = cluster();
+    let tmp = tempfile::tempdir().unwrap();
+    let fx = vault_on_cluster(&tmp.path().join("vault"), &c);
+    // Three records of other subjects in one bucket, then the doomed one
+    // in the same bucket: after the rotation re-wraps the three, a plain
+    // VACUUM packs their new versions over the space of their old ones
+    // (the oldest rows of the page) and leaves the doomed row, written
+    // after them, where it was: the page keeps its bytes. (A partition
+    // holding only the doomed row would be truncated away by VACUUM.)
+    let doomed = SubjectId::new();
+    let bucket = fx.vault.keystore().bucket_of(doomed);
+    let mut recs = Vec::new();
+    while recs.len() < 3 {
+        let s = SubjectId::new();
+        if fx.vault.keystore().bucket_of(s) == bucket {
+            let id = fx
+                .vault
+                .put_record(&fx.clerk, common::CUSTOMERS, s, &body(recs.len() as u32))
+                .unwrap();
+            recs.push(id);
+        }
+    }
+    let id = fx
+        .vault
+        .put_record(&fx.clerk, common::CUSTOMERS, doomed, &body(7))
+        .unwrap();
+    let w = fx.vault.keystore().wrapped_dek(doomed, id, 1).unwrap().unwrap();
+    if let Some(ctl) = control {
+        fx.vault.set_purge_control(ctl);
+    }
+    fx.vault.set_purge_hold_snapshot(hold);
+    match fx
+        .vault
+        .dispose(&fx.officer, &request(DisposalScope::Record(id)))
+    {
+        Err(Error::DisposalFailed(msg)) => {
+            for e in expect {
+                assert!(msg.contains(e), "{control:?}/hold={hold}: {e:?} not in {msg}");
+            }
+            // The WAL control: the bytes are in a WAL segment, where the
+            // scan finds them unless the record crosses an 8 KiB WAL page
+            // boundary (a page header splits it; seen once in about ten
+            // runs). The segment check, which does not depend on that,
+            // names every member.
+            if scan_finds {
+                assert!(
+                    msg.contains("pre-disposal wrapped key bytes found in keystore files"),
+                    "{control:?}/hold={hold}: the batch's own scan must find the key: {msg}"
+                );
+            }
+            for m in &c.members {
+                assert!(
+                    msg.contains(m.as_str()),
+                    "{control:?}/hold={hold}: member {m} must be named: {msg}"
+                );
+            }
+        }
+        other => panic!("{control:?}/hold={hold}: the disposal must fail: {other:?}"),
+    }
+    let batches = fx.vault.disposals(&fx.officer).unwrap();
+    assert_eq!(batches.len(), 1);
+    assert!(batches[0].failed.is_some());
+    assert!(matches!(
+        fx.vault.certificate(&fx.auditor, batches[0].certificate_id),
+        Err(Error::NotFound(_))
+    ));
+    if !hold && scan_finds {
+        // Nothing holds the bytes but the skipped step: they are still
+        // on the members' disks, where anyone with the files finds them.
+        assert!(
+            !c.files_holding(std::slice::from_ref(&w)).is_empty(),
+            "{control:?}: the key's bytes must still be on a member"
+        );
+    }
+    // The control lifted, the same batch purges, verifies and certifies.
+    fx.vault.set_purge_control(PurgeControl::Full);
+    fx.vault.set_purge_hold_snapshot(false);
+    let cert = fx.vault.retry_disposal(&fx.officer, batches[0].id).unwrap();
+    fx.vault.certificate(&fx.auditor, cert).unwrap();
+    assert_eq!(
+        c.files_holding(std::slice::from_ref(&w)),
+        Vec::<PathBuf>::new()
+    );
+    for r in recs {
+        fx.vault.get_record(&fx.clerk, r, &[], None).unwrap();
+    }
+    fx.vault.close().unwrap();
+}
+
+#[test]
+fn a_held_repeatable_read_snapshot_on_the_primary_blocks_the_certificate() {
+    negative_control(None, true, &["snapshots=1", "open snapshot of backend"], true);
+}
+
+#[test]
+fn plain_vacuum_instead_of_vacuum_full_blocks_the_certificate() {
+    negative_control(Some(PurgeControl::PlainVacuum), false, &["not rewritten"], true);
+}
+
+#[test]
+fn skipping_the_wal_rounds_blocks_the_certificate() {
+    negative_control(
+        Some(PurgeControl::SkipWalRounds),
+        false,
+        &["pg_wal/", "members_not_verified"],
+        false,
+    );
+}
+
+#[test]
+fn writes_racing_disposals_on_the_cluster_lose_nothing_and_every_certificate_holds() {
+    let _one = serial();
+    let c = cluster();
+    let tmp = tempfile::tempdir().unwrap();
+    let fx = Arc::new(vault_on_cluster(&tmp.path().join("vault"), &c));
+    let doomed = put_records(&fx, 4);
+    let stop = Arc::new(AtomicBool::new(false));
+    // Two clerks write and update other subjects' records while the
+    // officer disposes of four subjects one by one (the same buckets are
+    // likely touched by both: 8 buckets in the test vaults).
+    let writers: Vec<_> = (0..2)
+        .map(|t| {
+            let fx = fx.clone();
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut acked = Vec::new();
+                let mut n = 0u32;
+                while !stop.load(Ordering::SeqCst) || n < 5 {
+                    let s = SubjectId::new();
+                    let id = fx
+                        .vault
+                        .put_record(&fx.clerk, common::CUSTOMERS, s, &body(1000 * t + n))
+                        .unwrap();
+                    fx.vault
+                        .update_record(&fx.clerk, id, &body(2000 * t + n))
+                        .unwrap();
+                    acked.push((id, body(2000 * t + n)));
+                    n += 1;
+                }
+                acked
+            })
+        })
+        .collect();
+    let mut needles = Vec::new();
+    for (s, _, w) in &doomed {
+        needles.push(w.clone());
+        certificate_id(
+            fx.vault
+                .dispose(&fx.officer, &request(DisposalScope::Subject(*s)))
+                .unwrap(),
+        );
+    }
+    stop.store(true, Ordering::SeqCst);
+    let mut written = 0;
+    for w in writers {
+        for (id, want) in w.join().unwrap() {
+            let got = fx.vault.get_record(&fx.clerk, id, &[], None).unwrap();
+            // Masked, but the last four digits tell the versions apart.
+            let ssn = want["ssn"].as_str().unwrap();
+            let shown = got.fields["ssn"].as_str().unwrap();
+            assert!(shown.ends_with(&ssn[7..]), "an acknowledged update was lost: {shown} vs {ssn}");
+            written += 1;
+        }
+    }
+    assert!(written >= 10, "{written}");
+    assert_eq!(c.files_holding(&needles), Vec::<PathBuf>::new());
+    Arc::try_unwrap(fx).unwrap().vault.close().unwrap();
+}
+
+#[test]
+fn two_vaults_on_one_cluster_dispose_independently() {
+    let _one = serial();
+    let c = cluster();
+    let tmp = tempfile::tempdir().unwrap();
+    let a = vault_on_cluster(&tmp.path().join("a"), &c);
+    let b = vault_on_cluster(&tmp.path().join("b"), &c);
+    let ra = put_records(&a, 2);
+    let rb = put_records(&b, 2);
+    // Same subject IDs cannot collide, but the same bucket numbers do: a
+    // disposal in A must not touch B's keys in the same bucket.
+    certificate_id(
+        a.vault
+            .dispose(&a.officer, &request(DisposalScope::Subject(ra[0].0)))
+            .unwrap(),
+    );
+    for (s, id, w) in &rb {
+        assert_eq!(
+            b.vault.keystore().wrapped_dek(*s, *id, 1).unwrap().as_ref(),
+            Some(w)
+        );
+        b.vault.get_record(&b.clerk, *id, &[], None).unwrap();
+    }
+    // B's key store does not hold A's keys, nor A's B's (one schema each).
+    assert_eq!(b.vault.keystore().wrapped_dek(ra[1].0, ra[1].1, 1).unwrap(), None);
+    assert_eq!(a.vault.keystore().wrapped_dek(rb[0].0, rb[0].1, 1).unwrap(), None);
+    // A record of A is not readable through B by its ID.
+    assert!(b.vault.get_record(&b.clerk, ra[1].1, &[], None).is_err());
+    a.vault.close().unwrap();
+    b.vault.close().unwrap();
+}

@@ -1,0 +1,106 @@
+//! The keystore's storage seam: what the key hierarchy needs from the
+//! place its wrapped keys live. Three tables of opaque rows (bucket keys,
+//! data keys, backup keys), atomic batches, prefix scans in key order, and
+//! the two things crypto-shredding depends on: a purge that leaves no old
+//! copy of a deleted row anywhere the engine keeps bytes, with evidence, and
+//! a byte scan of everything the engine keeps. The wrapping, unwrapping and
+//! naming of keys stay in [`super::Keystore`]: an engine only ever sees
+//! ciphertext and IDs.
+//!
+//! Engines: [`super::rocks::RocksKeys`] (the embedded default, one
+//! directory beside the records) and [`super::postgres::PgKeys`] (a
+//! PostgreSQL cluster, every member purged and scanned).
+
+use crate::error::Result;
+
+use super::PurgeEvidence;
+
+/// The keystore's tables.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum Table {
+    /// Bucket keys (4-byte bucket number) and the beacon secret.
+    Buckets,
+    /// Data keys: `bucket | record | version` (24 bytes).
+    Deks,
+    /// Per-backup keys K_b, by 16-byte backup ID.
+    Backups,
+}
+
+impl Table {
+    pub(crate) const ALL: [Table; 3] = [Table::Buckets, Table::Deks, Table::Backups];
+
+    /// The table's name in every engine (a RocksDB column family, a
+    /// PostgreSQL table).
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Table::Buckets => "buckets",
+            Table::Deks => "deks",
+            Table::Backups => "backups",
+        }
+    }
+}
+
+/// One write of an atomic batch.
+#[derive(Clone)]
+pub(crate) enum KeyOp {
+    Put(Table, Vec<u8>, Vec<u8>),
+    Delete(Table, Vec<u8>),
+}
+
+impl std::fmt::Debug for KeyOp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Names are IDs; values are wrapped keys, never printed.
+        match self {
+            KeyOp::Put(t, k, _) => write!(f, "Put({t:?}, {})", hex::encode(k)),
+            KeyOp::Delete(t, k) => write!(f, "Delete({t:?}, {})", hex::encode(k)),
+        }
+    }
+}
+
+/// Something a negative control holds across a purge (an open snapshot or
+/// transaction); dropping it releases it.
+pub(crate) trait Held {}
+impl<T> Held for T {}
+
+/// Result of a byte scan: the places holding a needle, and how many places
+/// (files) were read.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct ByteScan {
+    pub hits: Vec<String>,
+    pub scanned: u64,
+}
+
+/// Where the keystore's rows live. Every method is safe to call from many
+/// threads; the caller ([`super::Keystore`] under the vault's bucket locks)
+/// orders conflicting writes.
+pub(crate) trait KeyEngine: Send + Sync + std::fmt::Debug {
+    /// One row.
+    fn get(&self, t: Table, key: &[u8]) -> Result<Option<Vec<u8>>>;
+    /// All of `ops` or none; durable on return when `sync`.
+    fn write(&self, ops: Vec<KeyOp>, sync: bool) -> Result<()>;
+    /// Rows of `t` whose key starts with `prefix`, in key order, until `f`
+    /// returns `false`.
+    fn scan(
+        &self,
+        t: Table,
+        prefix: &[u8],
+        f: &mut dyn FnMut(&[u8], &[u8]) -> Result<bool>,
+    ) -> Result<()>;
+    /// Disposal step 5: no copy of a deleted or overwritten row of the
+    /// touched `buckets` (and of any bucket or backup key row) left
+    /// anywhere the engine keeps bytes. `skip_physical` is the negative
+    /// control that leaves them.
+    fn purge(&self, buckets: &[u32], skip_physical: bool) -> Result<PurgeEvidence>;
+    /// Every place the engine keeps bytes that can hold a data key of
+    /// `buckets`, searched for `needles`.
+    fn scan_for(&self, buckets: &[u32], needles: &[Vec<u8>]) -> Result<ByteScan>;
+    /// Every place the engine keeps bytes, searched for `needles`.
+    fn files_containing(&self, needles: &[Vec<u8>]) -> Result<Vec<String>>;
+    /// A snapshot that keeps old row versions readable while held (the
+    /// purge's negative control).
+    fn hold_snapshot(&self) -> Result<Box<dyn Held + '_>>;
+    /// The engine's name in certificates and `doctor`.
+    fn kind(&self) -> &'static str;
+    /// Sets a negative control of the purge (tests).
+    fn set_control(&self, _c: super::PurgeControl) {}
+}

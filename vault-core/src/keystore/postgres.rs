@@ -1,0 +1,801 @@
+//! The keystore on a PostgreSQL cluster (issue 16): one primary and its
+//! streaming standbys, run by Patroni, configured as
+//! `scripts/cluster.sh` does (`archive_mode=off`, `wal_recycle=off`,
+//! `wal_keep_size=16MB`, terse logs that never carry a parameter).
+//!
+//! Each vault has its own schema `pv_<vault id>` with three tables; the
+//! data-key table is range-partitioned by bucket, so a disposal's purge
+//! rewrites (`VACUUM FULL`) only the partitions it touched, whatever the
+//! size of the vault.
+//!
+//! A deleted row's bytes survive in PostgreSQL in four places, and the
+//! purge ([`PgKeys::purge`]) deals with each on every member:
+//! - the heap page (a dead tuple; plain `VACUUM` leaves its bytes):
+//!   `VACUUM FULL` writes a new file, and the old one is unlinked at the
+//!   next checkpoint (restartpoint on a standby);
+//! - a snapshot older than the delete (a long transaction, a standby's
+//!   `hot_standby_feedback`, a replication slot's `xmin`, a prepared
+//!   transaction) makes `VACUUM FULL` keep the tuple: checked first, on
+//!   every member, and waited out for a bounded time;
+//! - the WAL: segments holding the delete are unlinked (never recycled)
+//!   once a checkpoint no longer needs them: rounds of `pg_switch_wal();
+//!   CHECKPOINT` on the primary and, once each standby has replayed them,
+//!   `CHECKPOINT` on it, until no segment at or before the purge's remains
+//!   on any member;
+//! - the standbys: all of the above reaches them through replication and
+//!   their own restartpoints, and each is checked on its own.
+//!
+//! The verification scan ([`PgKeys::scan_for`]) asks every member, over
+//! SQL, to search every file of its data directory for the pre-disposal
+//! wrapped keys: `pivault_verify.scan`, a `SECURITY DEFINER` function the
+//! cluster's superuser installs (`scripts/keystore-cluster.sql`), which
+//! answers a file name and a yes/no, never a byte, so the vault's role
+//! never holds the right to read the server's files. A member that cannot
+//! be reached is never skipped: it makes the purge unclean and the scan
+//! report it, so the batch waits and no certificate is issued.
+//!
+//! The client is the blocking `postgres` crate without TLS: members must be
+//! on loopback (the set-up this builds and tests); [`PgConfig::validate`]
+//! refuses another host rather than send keys in clear.
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use postgres::{Client, NoTls};
+use serde::{Deserialize, Serialize};
+
+use super::engine::{ByteScan, Held, KeyEngine, KeyOp, Table};
+use super::{MemberEvidence, PurgeEvidence};
+use crate::error::{Error, Result};
+use crate::ids::VaultId;
+use crate::secret::SecretString;
+
+/// Which negative control, if any, the purge runs (tests only; the
+/// default is the full purge).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum PurgeControl {
+    /// Every step.
+    #[default]
+    Full,
+    /// No physical step at all (the engine-independent control).
+    SkipPhysical,
+    /// Plain `VACUUM` instead of `VACUUM FULL`: dead tuples keep their bytes.
+    PlainVacuum,
+    /// No WAL switch-and-checkpoint rounds: the segments keep the bytes.
+    SkipWalRounds,
+}
+
+/// Where a vault's keystore cluster is: written as `keystore.json` in the
+/// vault directory. It holds no secret: the password is read from
+/// `password_file` (mode 0600, like every secret file of the vault).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PgConfig {
+    /// `"postgresql"`.
+    pub engine: String,
+    /// Every member of the cluster, `host:port` (the primary is found among them).
+    pub members: Vec<String>,
+    /// The database holding every vault's keystore schema.
+    pub database: String,
+    /// The vault's login role.
+    pub user: String,
+    /// File holding that role's password.
+    pub password_file: PathBuf,
+}
+
+impl PgConfig {
+    /// The file name of the configuration in a vault directory.
+    pub const FILE: &'static str = "keystore.json";
+
+    /// Reads `dir/keystore.json`, if the vault has one.
+    pub fn read(dir: &Path) -> Result<Option<PgConfig>> {
+        let p = dir.join(Self::FILE);
+        let bytes = match std::fs::read(&p) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let c: PgConfig = serde_json::from_slice(&bytes)
+            .map_err(|e| Error::InvalidInput(format!("{}: {e}", p.display())))?;
+        c.validate()?;
+        Ok(Some(c))
+    }
+
+    /// Refuses what this engine cannot do safely.
+    pub fn validate(&self) -> Result<()> {
+        if self.engine != "postgresql" {
+            return Err(Error::InvalidInput(format!(
+                "keystore engine {:?}: only \"postgresql\" is known",
+                self.engine
+            )));
+        }
+        if self.members.is_empty() {
+            return Err(Error::InvalidInput("keystore cluster: no members".into()));
+        }
+        for m in &self.members {
+            let (host, port) = split_member(m)?;
+            if !(host == "127.0.0.1" || host == "::1" || host == "localhost") {
+                return Err(Error::InvalidInput(format!(
+                    "keystore cluster member {m}: only loopback members are supported (TLS to the cluster is not built; keys would cross the network in clear)"
+                )));
+            }
+            let _ = port;
+        }
+        let ident = |s: &str| {
+            !s.is_empty()
+                && s.len() <= 63
+                && s.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        };
+        if !ident(&self.database) || !ident(&self.user) {
+            return Err(Error::InvalidInput(
+                "keystore cluster: database and user must be lower-case identifiers".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    fn password(&self) -> Result<SecretString> {
+        SecretString::from_private_file(&self.password_file).map_err(|e| {
+            Error::InvalidInput(format!(
+                "keystore cluster password file {}: {e}",
+                self.password_file.display()
+            ))
+        })
+    }
+}
+
+fn split_member(m: &str) -> Result<(&str, u16)> {
+    let (h, p) = m
+        .rsplit_once(':')
+        .ok_or_else(|| Error::InvalidInput(format!("keystore cluster member {m:?}: want host:port")))?;
+    let port = p
+        .parse()
+        .map_err(|_| Error::InvalidInput(format!("keystore cluster member {m:?}: bad port")))?;
+    Ok((h.trim_start_matches('[').trim_end_matches(']'), port))
+}
+
+fn pg(e: postgres::Error) -> Error {
+    // The server's message and code only: its `detail` can quote a row
+    // ("Failing row contains ..."), and a row here is a wrapped key.
+    match e.as_db_error() {
+        Some(d) => Error::Storage(format!(
+            "keystore cluster: {} ({})",
+            d.message(),
+            d.code().code()
+        )),
+        None => Error::Storage(format!("keystore cluster: {e}")),
+    }
+}
+
+/// How many range partitions a vault's data-key table has.
+const PARTITIONS: u32 = 16;
+
+/// How long the purge waits for an old snapshot to end before reporting it.
+const SNAPSHOT_PATIENCE: Duration = Duration::from_secs(10);
+/// How long it waits for a standby to replay the primary's checkpoint.
+const REPLAY_PATIENCE: Duration = Duration::from_secs(20);
+/// Switch-and-checkpoint rounds at most (2 are needed with `wal_keep_size=16MB`).
+const WAL_ROUNDS: usize = 5;
+
+/// The PostgreSQL keystore of one vault.
+pub struct PgKeys {
+    cfg: PgConfig,
+    password: SecretString,
+    schema: String,
+    buckets: u32,
+    /// Idle connections to the primary.
+    pool: Mutex<Vec<Client>>,
+    control: Mutex<PurgeControl>,
+}
+
+impl std::fmt::Debug for PgKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgKeys")
+            .field("members", &self.cfg.members)
+            .field("schema", &self.schema)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PgKeys {
+    /// Connects to the cluster's primary and creates the vault's schema if
+    /// it is not there.
+    pub(crate) fn open(cfg: PgConfig, vault: VaultId, buckets: u32) -> Result<PgKeys> {
+        cfg.validate()?;
+        let password = cfg.password()?;
+        let keys = PgKeys {
+            schema: format!("pv_{}", hex::encode(vault.as_bytes())),
+            cfg,
+            password,
+            buckets,
+            pool: Mutex::new(Vec::new()),
+            control: Mutex::new(PurgeControl::Full),
+        };
+        keys.with_primary(|c| keys.create_schema(c))?;
+        Ok(keys)
+    }
+
+    /// Sets the purge's negative control (tests).
+    pub(crate) fn set_control(&self, c: PurgeControl) {
+        *self.control.lock().expect("control lock") = c;
+    }
+
+    fn connect(&self, member: &str) -> Result<Client> {
+        let (host, port) = split_member(member)?;
+        let mut c = postgres::Config::new();
+        c.host(host)
+            .port(port)
+            .user(&self.cfg.user)
+            .password(self.password.expose().as_bytes())
+            .dbname(&self.cfg.database)
+            .application_name("pivault")
+            .connect_timeout(Duration::from_secs(3));
+        c.connect(NoTls).map_err(pg)
+    }
+
+    /// A connection to whichever member is the primary now.
+    fn primary(&self) -> Result<Client> {
+        if let Some(c) = self.pool.lock().expect("pool lock").pop() {
+            return Ok(c);
+        }
+        let mut last = None;
+        for m in &self.cfg.members {
+            match self.connect(m) {
+                Ok(mut c) => match c.query_one("SELECT pg_is_in_recovery()", &[]) {
+                    Ok(r) if !r.get::<_, bool>(0) => return Ok(c),
+                    Ok(_) => {}
+                    Err(e) => last = Some(pg(e)),
+                },
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| {
+            Error::Storage("keystore cluster: no member is the primary".into())
+        }))
+    }
+
+    /// Runs `f` on a primary connection. A connection that broke (a
+    /// failover) is dropped and `f` retried once on the new primary: every
+    /// write here is idempotent (upserts and deletes of whole rows).
+    fn with_primary<T>(&self, f: impl Fn(&mut Client) -> Result<T>) -> Result<T> {
+        let mut attempt = 0;
+        loop {
+            let mut c = self.primary()?;
+            match f(&mut c) {
+                Ok(v) => {
+                    if !c.is_closed() {
+                        self.pool.lock().expect("pool lock").push(c);
+                    }
+                    return Ok(v);
+                }
+                Err(e) if attempt == 0 && (c.is_closed() || is_read_only(&e)) => {
+                    attempt += 1;
+                    self.pool.lock().expect("pool lock").clear();
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    fn create_schema(&self, c: &mut Client) -> Result<()> {
+        let s = &self.schema;
+        let mut sql = format!(
+            "CREATE SCHEMA IF NOT EXISTS {s};
+             CREATE TABLE IF NOT EXISTS {s}.buckets (k bytea PRIMARY KEY, v bytea NOT NULL);
+             CREATE TABLE IF NOT EXISTS {s}.backups (k bytea PRIMARY KEY, v bytea NOT NULL);
+             CREATE TABLE IF NOT EXISTS {s}.deks (bucket integer NOT NULL, k bytea NOT NULL, v bytea NOT NULL,
+                 PRIMARY KEY (bucket, k)) PARTITION BY RANGE (bucket);"
+        );
+        for p in 0..self.partitions() {
+            let (lo, hi) = self.partition_range(p);
+            sql.push_str(&format!(
+                "CREATE TABLE IF NOT EXISTS {s}.deks_{p} PARTITION OF {s}.deks FOR VALUES FROM ({lo}) TO ({hi});"
+            ));
+        }
+        c.batch_execute(&sql).map_err(pg)
+    }
+
+    fn partitions(&self) -> u32 {
+        PARTITIONS.min(self.buckets.max(1))
+    }
+
+    /// Buckets `[lo, hi)` of partition `p`.
+    fn partition_range(&self, p: u32) -> (u64, u64) {
+        let n = u64::from(self.partitions());
+        let b = u64::from(self.buckets);
+        (u64::from(p) * b / n, (u64::from(p) + 1) * b / n)
+    }
+
+    fn partition_of(&self, bucket: u32) -> u32 {
+        (0..self.partitions())
+            .find(|&p| {
+                let (lo, hi) = self.partition_range(p);
+                (lo..hi).contains(&u64::from(bucket))
+            })
+            .unwrap_or(0)
+    }
+
+    fn table(&self, t: Table) -> String {
+        format!("{}.{}", self.schema, t.name())
+    }
+
+    /// Every member, each with a connection or why there is none.
+    fn members(&self) -> Vec<(String, Result<Client>)> {
+        self.cfg
+            .members
+            .iter()
+            .map(|m| (m.clone(), self.connect(m)))
+            .collect()
+    }
+
+    /// The relations a purge rewrites: the touched data-key partitions and
+    /// both small tables (every bucket key is re-wrapped by the ratchet).
+    fn purge_relations(&self, buckets: &[u32]) -> Vec<String> {
+        let mut parts: Vec<u32> = buckets.iter().map(|&b| self.partition_of(b)).collect();
+        parts.sort_unstable();
+        parts.dedup();
+        let mut out: Vec<String> = parts
+            .into_iter()
+            .map(|p| format!("{}.deks_{p}", self.schema))
+            .collect();
+        out.push(self.table(Table::Buckets));
+        out.push(self.table(Table::Backups));
+        out
+    }
+
+    fn purge_pg(&self, buckets: &[u32]) -> Result<PurgeEvidence> {
+        let start = Instant::now();
+        let control = *self.control.lock().expect("control lock");
+        let relations = self.purge_relations(buckets);
+        let mut primary = self.primary()?;
+        // Anything that could still see a row deleted before now.
+        let horizon: String = primary
+            .query_one("SELECT (txid_current() % 4294967296)::text", &[])
+            .map_err(pg)?
+            .get(0);
+        let mut blockers = blockers(&mut primary, &horizon)?;
+        let deadline = Instant::now() + SNAPSHOT_PATIENCE;
+        while !blockers.is_empty() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+            blockers = self::blockers(&mut primary, &horizon)?;
+        }
+        let mut residue = Vec::new();
+        let mut before = Vec::new();
+        for r in &relations {
+            let path: String = primary
+                .query_one("SELECT pg_relation_filepath($1::text::regclass)", &[r])
+                .map_err(pg)?
+                .get(0);
+            before.push(path);
+        }
+        if control != PurgeControl::SkipPhysical {
+            primary
+                .batch_execute("SET lock_timeout = '5s'")
+                .map_err(pg)?;
+            for r in &relations {
+                let verb = if control == PurgeControl::PlainVacuum {
+                    "VACUUM"
+                } else {
+                    "VACUUM FULL"
+                };
+                // A reader holding a lock on the partition makes it wait;
+                // a timed-out attempt is retried.
+                let mut tries = 0;
+                loop {
+                    match primary.batch_execute(&format!("{verb} {r}")) {
+                        Ok(()) => break,
+                        Err(e)
+                            if e.code() == Some(&postgres::error::SqlState::LOCK_NOT_AVAILABLE) =>
+                        {
+                            tries += 1;
+                            if tries == 3 {
+                                // Reported below as not rewritten: the batch
+                                // fails cleanly and a retry purges.
+                                break;
+                            }
+                        }
+                        Err(e) => return Err(pg(e)),
+                    }
+                }
+            }
+        }
+        for (r, old) in relations.iter().zip(&before) {
+            let now: String = primary
+                .query_one("SELECT pg_relation_filepath($1::text::regclass)", &[r])
+                .map_err(pg)?
+                .get(0);
+            if &now == old {
+                residue.push(format!(
+                    "{r}: not rewritten (still {old}; a session may hold a lock on it)"
+                ));
+            }
+        }
+        // The segment holding the purge's last write: every segment at or
+        // before it must go from every member.
+        let purge_segment: String = primary
+            .query_one("SELECT pg_walfile_name(pg_current_wal_lsn())", &[])
+            .map_err(pg)?
+            .get(0);
+        let mut members = self.members();
+        let rounds = if matches!(
+            control,
+            PurgeControl::SkipWalRounds | PurgeControl::SkipPhysical
+        ) {
+            0
+        } else {
+            WAL_ROUNDS
+        };
+        let mut old_segments = Vec::new();
+        for round in 0..=rounds {
+            old_segments.clear();
+            if round > 0 {
+                primary
+                    .batch_execute("SELECT pg_switch_wal(); CHECKPOINT")
+                    .map_err(pg)?;
+                let lsn: String = primary
+                    .query_one("SELECT pg_current_wal_lsn()::text", &[])
+                    .map_err(pg)?
+                    .get(0);
+                for (_, c) in members.iter_mut() {
+                    let Ok(c) = c else { continue };
+                    if in_recovery(c)? {
+                        wait_replay(c, &lsn)?;
+                        c.batch_execute("CHECKPOINT").map_err(pg)?;
+                    }
+                }
+            }
+            for (name, c) in members.iter_mut() {
+                let Ok(c) = c else { continue };
+                for seg in segments_at_or_before(c, &purge_segment)? {
+                    old_segments.push(format!("{name}: pg_wal/{seg}"));
+                }
+            }
+            if old_segments.is_empty() && round > 0 {
+                break;
+            }
+        }
+        residue.extend(old_segments.iter().cloned());
+        let mut evidence_members = Vec::new();
+        for (name, c) in members.iter_mut() {
+            let m = match c {
+                Err(e) => MemberEvidence {
+                    name: name.clone(),
+                    role: "unreachable".into(),
+                    verified: false,
+                    detail: format!("not verified: {e}"),
+                },
+                Ok(c) => {
+                    let role = if in_recovery(c)? { "standby" } else { "primary" };
+                    let mut gone = true;
+                    for p in &before {
+                        let exists: bool = c
+                            .query_one("SELECT pivault_verify.file_exists($1)", &[p])
+                            .map_err(pg)?
+                            .get(0);
+                        if exists {
+                            gone = false;
+                            residue.push(format!("{name}: {p} (a relation file from before the purge)"));
+                        }
+                    }
+                    let wal_clean = !old_segments.iter().any(|s| s.starts_with(&format!("{name}:")));
+                    let replay = if role == "standby" {
+                        let lag: String = c
+                            .query_one(
+                                "SELECT coalesce(pg_last_wal_replay_lsn()::text, 'none')",
+                                &[],
+                            )
+                            .map_err(pg)?
+                            .get(0);
+                        format!(", replayed to {lag}")
+                    } else {
+                        String::new()
+                    };
+                    MemberEvidence {
+                        name: name.clone(),
+                        role: role.into(),
+                        verified: gone && wal_clean,
+                        detail: format!(
+                            "{} relation file(s) from before the purge {}; WAL segments at or before {purge_segment} {}{replay}",
+                            before.len(),
+                            if gone { "gone" } else { "still present" },
+                            if wal_clean { "gone" } else { "still present" },
+                        ),
+                    }
+                }
+            };
+            evidence_members.push(m);
+        }
+        let blockers_left = blockers.len() as u64;
+        residue.extend(blockers);
+        self.pool.lock().expect("pool lock").push(primary);
+        Ok(PurgeEvidence {
+            snapshots: blockers_left,
+            live_versions_deks: 1,
+            tombstones_in_touched_ranges: 0,
+            residue_files: residue,
+            live_sst_files: 0,
+            wal_files: 0,
+            compacted_buckets: buckets.len() as u64,
+            duration_ms: start.elapsed().as_millis() as u64,
+            engine: "postgresql",
+            members: evidence_members,
+        })
+    }
+
+    /// Every member's files, through `pivault_verify.scan`.
+    fn scan_members(&self, needles: &[Vec<u8>]) -> Result<ByteScan> {
+        let mut out = ByteScan::default();
+        if needles.is_empty() {
+            return Ok(out);
+        }
+        for (name, c) in self.members() {
+            let mut c = match c {
+                Ok(c) => c,
+                Err(_) => {
+                    out.hits
+                        .push(format!("{name}: unreachable, its files were not scanned"));
+                    continue;
+                }
+            };
+            let rows = c
+                .query(
+                    "SELECT path, hit FROM pivault_verify.scan($1::bytea[])",
+                    &[&needles],
+                )
+                .map_err(pg)?;
+            for r in rows {
+                out.scanned += 1;
+                if r.get::<_, bool>(1) {
+                    out.hits.push(format!("{name}: {}", r.get::<_, String>(0)));
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn is_read_only(e: &Error) -> bool {
+    // After a failover a pooled connection may reach the old primary, now
+    // a standby.
+    matches!(e, Error::Storage(m) if m.contains("read-only transaction"))
+}
+
+fn in_recovery(c: &mut Client) -> Result<bool> {
+    Ok(c.query_one("SELECT pg_is_in_recovery()", &[])
+        .map_err(pg)?
+        .get(0))
+}
+
+/// Waits until a standby has replayed the primary's WAL up to `lsn`.
+fn wait_replay(c: &mut Client, lsn: &str) -> Result<()> {
+    let deadline = Instant::now() + REPLAY_PATIENCE;
+    loop {
+        let done: bool = c
+            .query_one(
+                "SELECT coalesce(pg_last_wal_replay_lsn() >= $1::text::pg_lsn, false)",
+                &[&lsn],
+            )
+            .map_err(pg)?
+            .get(0);
+        if done {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(Error::Storage(format!(
+                "keystore cluster: a standby has not replayed {lsn} after {}s",
+                REPLAY_PATIENCE.as_secs()
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// WAL segments on this member at or before `segment` (compared without
+/// the timeline, which a failover changes).
+fn segments_at_or_before(c: &mut Client, segment: &str) -> Result<Vec<String>> {
+    let rows = c
+        .query(
+            "SELECT name FROM pg_ls_waldir() WHERE name ~ '^[0-9A-F]{24}$' AND substr(name, 9) <= substr($1, 9) ORDER BY name",
+            &[&segment],
+        )
+        .map_err(pg)?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+/// What on the primary could keep a row deleted before `horizon` (an xid)
+/// from being removed: a session's snapshot, a standby's feedback, a
+/// replication slot, a prepared transaction.
+fn blockers(c: &mut Client, horizon: &str) -> Result<Vec<String>> {
+    let rows = c
+        .query(
+            "SELECT 'open snapshot of backend ' || pid::text || ' (' || coalesce(application_name, '') || ')'
+               FROM pg_stat_activity
+              WHERE backend_xmin IS NOT NULL AND pid <> pg_backend_pid()
+                AND age(backend_xmin) >= age($1::text::xid)
+             UNION ALL
+             SELECT 'standby feedback from ' || coalesce(client_addr::text, 'local') || ':' || coalesce(client_port::text, '')
+               FROM pg_stat_replication
+              WHERE backend_xmin IS NOT NULL AND age(backend_xmin) >= age($1::text::xid)
+             UNION ALL
+             SELECT 'replication slot ' || slot_name || ' holds xmin'
+               FROM pg_replication_slots
+              WHERE (xmin IS NOT NULL AND age(xmin) >= age($1::text::xid))
+                 OR (catalog_xmin IS NOT NULL AND slot_type = 'logical')
+             UNION ALL
+             SELECT 'prepared transaction ' || gid FROM pg_prepared_xacts",
+            &[&horizon],
+        )
+        .map_err(pg)?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+/// The negative control's snapshot: a REPEATABLE READ transaction on its
+/// own connection that has read the data keys, held until dropped.
+struct HeldSnapshot(#[allow(dead_code)] Client);
+
+impl KeyEngine for PgKeys {
+    fn get(&self, t: Table, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        let sql = match t {
+            Table::Deks => format!(
+                "SELECT v FROM {} WHERE bucket = $2 AND k = $1",
+                self.table(t)
+            ),
+            _ => format!("SELECT v FROM {} WHERE k = $1 AND $2::int IS NOT NULL", self.table(t)),
+        };
+        let bucket = bucket_of_key(t, key);
+        self.with_primary(|c| {
+            Ok(c.query_opt(&sql, &[&key, &bucket])
+                .map_err(pg)?
+                .map(|r| r.get(0)))
+        })
+    }
+
+    fn write(&self, ops: Vec<KeyOp>, _sync: bool) -> Result<()> {
+        if ops.is_empty() {
+            return Ok(());
+        }
+        // The last write of each row wins, as in a RocksDB batch.
+        let mut last: std::collections::BTreeMap<(u8, Vec<u8>), Option<Vec<u8>>> =
+            std::collections::BTreeMap::new();
+        for op in ops {
+            match op {
+                KeyOp::Put(t, k, v) => last.insert((t as u8, k), Some(v)),
+                KeyOp::Delete(t, k) => last.insert((t as u8, k), None),
+            };
+        }
+        let tables = Table::ALL;
+        // Every commit is synchronous (`synchronous_commit=on`, and with
+        // Patroni's synchronous mode a standby has it too): `sync` is always true here.
+        self.with_primary(|c| {
+            let mut tx = c.transaction().map_err(pg)?;
+            for t in tables {
+                let mut put_k: Vec<&[u8]> = Vec::new();
+                let mut put_v: Vec<&[u8]> = Vec::new();
+                let mut put_b: Vec<i32> = Vec::new();
+                let mut del_k: Vec<&[u8]> = Vec::new();
+                let mut del_b: Vec<i32> = Vec::new();
+                for ((tt, k), v) in &last {
+                    if *tt != t as u8 {
+                        continue;
+                    }
+                    let b = bucket_of_key(t, k);
+                    match v {
+                        Some(v) => {
+                            put_k.push(k);
+                            put_v.push(v);
+                            put_b.push(b);
+                        }
+                        None => {
+                            del_k.push(k);
+                            del_b.push(b);
+                        }
+                    }
+                }
+                let name = self.table(t);
+                if !del_k.is_empty() {
+                    let sql = if t == Table::Deks {
+                        format!("DELETE FROM {name} d USING unnest($1::int[], $2::bytea[]) AS x(b, k) WHERE d.bucket = x.b AND d.k = x.k")
+                    } else {
+                        format!("DELETE FROM {name} WHERE k = ANY($2::bytea[]) AND $1::int[] IS NOT NULL")
+                    };
+                    tx.execute(&sql, &[&del_b, &del_k]).map_err(pg)?;
+                }
+                if !put_k.is_empty() {
+                    let sql = if t == Table::Deks {
+                        format!("INSERT INTO {name} (bucket, k, v) SELECT * FROM unnest($1::int[], $2::bytea[], $3::bytea[]) ON CONFLICT (bucket, k) DO UPDATE SET v = EXCLUDED.v")
+                    } else {
+                        format!("INSERT INTO {name} (k, v) SELECT k, v FROM unnest($2::bytea[], $3::bytea[]) AS x(k, v) WHERE $1::int[] IS NOT NULL ON CONFLICT (k) DO UPDATE SET v = EXCLUDED.v")
+                    };
+                    tx.execute(&sql, &[&put_b, &put_k, &put_v]).map_err(pg)?;
+                }
+            }
+            tx.commit().map_err(pg)
+        })
+    }
+
+    fn scan(
+        &self,
+        t: Table,
+        prefix: &[u8],
+        f: &mut dyn FnMut(&[u8], &[u8]) -> Result<bool>,
+    ) -> Result<()> {
+        // Read in pages of key order, so a vault-wide scan never holds
+        // every row in memory.
+        let mut after: Option<Vec<u8>> = None;
+        let bucket = (t == Table::Deks && prefix.len() >= 4).then(|| bucket_of_key(t, prefix));
+        let sql = format!(
+            "SELECT k, v FROM {} WHERE k >= $1 AND substr(k, 1, length($1)) = $1 AND ($2::bytea IS NULL OR k > $2) AND ($3::int IS NULL OR {}) ORDER BY k LIMIT 1000",
+            self.table(t),
+            if t == Table::Deks { "bucket = $3" } else { "true" }
+        );
+        loop {
+            let rows = self.with_primary(|c| {
+                c.query(&sql, &[&prefix, &after, &bucket]).map_err(pg)
+            })?;
+            let n = rows.len();
+            for r in &rows {
+                let k: &[u8] = r.get(0);
+                let v: &[u8] = r.get(1);
+                if !f(k, v)? {
+                    return Ok(());
+                }
+            }
+            if n < 1000 {
+                return Ok(());
+            }
+            after = rows.last().map(|r| r.get::<_, Vec<u8>>(0));
+        }
+    }
+
+    fn purge(&self, buckets: &[u32], skip_physical: bool) -> Result<PurgeEvidence> {
+        if skip_physical {
+            self.set_control(PurgeControl::SkipPhysical);
+        }
+        let out = self.purge_pg(buckets);
+        if skip_physical {
+            self.set_control(PurgeControl::Full);
+        }
+        out
+    }
+
+    fn scan_for(&self, _buckets: &[u32], needles: &[Vec<u8>]) -> Result<ByteScan> {
+        // Every file of every member: a cluster keystore is small, and the
+        // function cannot tell a partition's files from another's cheaply.
+        self.scan_members(needles)
+    }
+
+    fn files_containing(&self, needles: &[Vec<u8>]) -> Result<Vec<String>> {
+        Ok(self.scan_members(needles)?.hits)
+    }
+
+    fn hold_snapshot(&self) -> Result<Box<dyn Held + '_>> {
+        let mut c = self.primary()?;
+        // The snapshot is taken at the first statement and holds back
+        // what VACUUM may remove in the whole database; it takes no lock
+        // on the keystore's tables (which would only make VACUUM FULL wait).
+        c.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT 1")
+            .map_err(pg)?;
+        Ok(Box::new(HeldSnapshot(c)))
+    }
+
+    fn kind(&self) -> &'static str {
+        "postgresql"
+    }
+
+    fn set_control(&self, c: PurgeControl) {
+        PgKeys::set_control(self, c);
+    }
+}
+
+/// The bucket column of a data-key row (its name's first 4 bytes); 0 in
+/// the other tables, which have no such column.
+fn bucket_of_key(t: Table, k: &[u8]) -> i32 {
+    if t == Table::Deks && k.len() >= 4 {
+        u32::from_be_bytes(k[..4].try_into().expect("4 bytes")) as i32
+    } else {
+        0
+    }
+}
