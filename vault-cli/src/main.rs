@@ -535,6 +535,11 @@ struct InitArgs {
     /// enrol one (`pivault two-factor enrol`).
     #[arg(long, value_name = "ROLES", default_value = "admin,officer,contractor")]
     two_factor: String,
+    /// Keep the vault's keys on a PostgreSQL cluster instead of beside the
+    /// records: FILE is the cluster's `keystore.json` (members, database,
+    /// user, password file; no secret in it). See README "Running on PostgreSQL".
+    #[arg(long, value_name = "FILE")]
+    keystore_cluster: Option<PathBuf>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -1522,7 +1527,18 @@ fn cmd_init(cli: &Cli, out: &Out, a: &InitArgs) -> anyhow::Result<u8> {
         KdfParams::VAULT_DEFAULT
     };
     let two_factor = vault_core::access::TwoFactorPolicy::parse(&a.two_factor)?;
-    let vault = Vault::create(
+    let keystore = match &a.keystore_cluster {
+        Some(f) => {
+            let bytes = std::fs::read(f)
+                .with_context(|| format!("reading the keystore cluster file {}", f.display()))?;
+            Some(
+                serde_json::from_slice::<vault_core::keystore::postgres::PgConfig>(&bytes)
+                    .with_context(|| format!("{}: not a keystore cluster file", f.display()))?,
+            )
+        }
+        None => None,
+    };
+    let vault = Vault::create_with_keystore(
         dir,
         &pass,
         InitOptions {
@@ -1533,6 +1549,7 @@ fn cmd_init(cli: &Cli, out: &Out, a: &InitArgs) -> anyhow::Result<u8> {
             two_factor: two_factor.clone(),
         },
         open_opts(cli),
+        keystore,
     )?;
     let id = vault.id();
     let closed = vault.close();

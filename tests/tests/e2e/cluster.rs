@@ -382,3 +382,102 @@ fn two_vaults_on_one_cluster_dispose_independently() {
     a.vault.close().unwrap();
     b.vault.close().unwrap();
 }
+
+/// The first object field named `key` anywhere in `v`.
+fn find(v: &Value, key: &str) -> Option<Value> {
+    match v {
+        Value::Object(m) => m
+            .get(key)
+            .cloned()
+            .or_else(|| m.values().find_map(|x| find(x, key))),
+        Value::Array(a) => a.iter().find_map(|x| find(x, key)),
+        _ => None,
+    }
+}
+
+#[test]
+fn the_server_on_a_cluster_keystore_serves_racing_clerks_and_disposals_and_certifies_every_member() {
+    let _one = serial();
+    let c = cluster();
+    let dir = tempfile::tempdir().unwrap();
+    let vault_dir = dir.path().join("vault");
+    let fx = vault_on_cluster(&vault_dir, &c);
+    fx.vault.close().unwrap();
+    // The real server: its disposals run on tokio's blocking threads, where
+    // the blocking PostgreSQL client must not start its runtime.
+    let srv = crate::server::start_on(
+        dir,
+        vault_dir,
+        common::PASSPHRASE,
+        &["--logins-per-minute", "10000"],
+    );
+    let clerk = srv.token("clerk");
+    let officer = srv.token("officer");
+    let put = |n: u32| -> String {
+        let a = srv.call(
+            "POST",
+            "/v1/records",
+            Some(&clerk),
+            Some(&json!({ "collection": common::CUSTOMERS, "data": body(n) })),
+        );
+        assert_eq!(a.status, 201, "{a:?}");
+        a.json()["record_id"].as_str().expect("id").to_owned()
+    };
+    let doomed: Vec<String> = (0..3).map(put).collect();
+    // Two clerks' writes race three one-record disposals.
+    let (kept, certs) = std::thread::scope(|s| {
+        let writers: Vec<_> = (0..2)
+            .map(|t| s.spawn(move || (0..6).map(|n| put(100 * (t + 1) + n)).collect::<Vec<_>>()))
+            .collect();
+        let disposals: Vec<_> = doomed
+            .iter()
+            .map(|id| {
+                let officer = &officer;
+                let srv = &srv;
+                s.spawn(move || {
+                    let d = srv.call(
+                        "POST",
+                        "/v1/disposals",
+                        Some(officer),
+                        Some(&json!({ "scope": "record", "record": id, "data_owner": "Quimby Hardware" })),
+                    );
+                    assert_eq!(d.status, 200, "{d:?}");
+                    d.json()["certificate_id"].as_str().expect("certificate").to_owned()
+                })
+            })
+            .collect();
+        (
+            writers
+                .into_iter()
+                .flat_map(|w| w.join().unwrap())
+                .collect::<Vec<_>>(),
+            disposals
+                .into_iter()
+                .map(|d| d.join().unwrap())
+                .collect::<Vec<_>>(),
+        )
+    });
+    for id in &kept {
+        let a = srv.call("GET", &format!("/v1/records/{id}"), Some(&clerk), None);
+        assert_eq!(a.status, 200, "an acknowledged write is unreadable: {a:?}");
+    }
+    for id in &doomed {
+        let a = srv.call("GET", &format!("/v1/records/{id}"), Some(&clerk), None);
+        assert_eq!(a.status, 410, "{a:?}");
+    }
+    for cert in certs {
+        let file = srv.call(
+            "GET",
+            &format!("/v1/certificates/{cert}/file"),
+            Some(&officer),
+            None,
+        );
+        assert_eq!(file.status, 200, "{file:?}");
+        let v: Value = serde_json::from_str(&file.text).unwrap();
+        let purge = find(&v, "keystore_purge").expect("keystore_purge");
+        assert_eq!(purge["engine"], "postgresql", "{purge}");
+        let members = purge["members"].as_array().expect("members");
+        assert_eq!(members.len(), 3, "{purge}");
+        assert!(members.iter().all(|m| m["verified"] == true), "{purge}");
+    }
+}

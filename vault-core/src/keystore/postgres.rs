@@ -633,11 +633,119 @@ fn blockers(c: &mut Client, horizon: &str) -> Result<Vec<String>> {
 }
 
 /// The negative control's snapshot: a REPEATABLE READ transaction on its
-/// own connection that has read the data keys, held until dropped.
-struct HeldSnapshot(#[allow(dead_code)] Client);
+/// own connection, held until dropped.
+struct HeldSnapshot(Option<Client>);
+
+impl Drop for HeldSnapshot {
+    fn drop(&mut self) {
+        // Closing a client runs its runtime too.
+        if let Some(c) = self.0.take() {
+            off_runtime(move || drop(c));
+        }
+    }
+}
+
+impl Drop for PgKeys {
+    fn drop(&mut self) {
+        let pool = std::mem::take(&mut *self.pool.lock().unwrap_or_else(|e| e.into_inner()));
+        off_runtime(move || drop(pool));
+    }
+}
+
+/// Runs `f` where the blocking client may run: the client drives its own
+/// tokio runtime and panics inside another one, which is where the
+/// server's blocking jobs run (`spawn_blocking` threads are inside the
+/// server's runtime). There it runs on a short-lived thread of its own.
+fn off_runtime<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+    if tokio::runtime::Handle::try_current().is_ok() {
+        std::thread::scope(|s| s.spawn(f).join().expect("keystore cluster thread"))
+    } else {
+        f()
+    }
+}
 
 impl KeyEngine for PgKeys {
     fn get(&self, t: Table, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        off_runtime(|| self.get_row(t, key))
+    }
+
+    fn write(&self, ops: Vec<KeyOp>, sync: bool) -> Result<()> {
+        off_runtime(|| self.write_rows(ops, sync))
+    }
+
+    fn scan(
+        &self,
+        t: Table,
+        prefix: &[u8],
+        f: &mut dyn FnMut(&[u8], &[u8]) -> Result<bool>,
+    ) -> Result<()> {
+        // Pages are fetched off the runtime; `f` runs on the caller's thread.
+        let mut after: Option<Vec<u8>> = None;
+        loop {
+            let rows = off_runtime(|| self.scan_page(t, prefix, after.as_deref()))?;
+            let n = rows.len();
+            for (k, v) in &rows {
+                if !f(k, v)? {
+                    return Ok(());
+                }
+            }
+            if n < SCAN_PAGE {
+                return Ok(());
+            }
+            after = rows.last().map(|(k, _)| k.clone());
+        }
+    }
+
+    fn purge(&self, buckets: &[u32], skip_physical: bool) -> Result<PurgeEvidence> {
+        off_runtime(|| {
+            if skip_physical {
+                self.set_control(PurgeControl::SkipPhysical);
+            }
+            let out = self.purge_pg(buckets);
+            if skip_physical {
+                self.set_control(PurgeControl::Full);
+            }
+            out
+        })
+    }
+
+    fn scan_for(&self, _buckets: &[u32], needles: &[Vec<u8>]) -> Result<ByteScan> {
+        // Every file of every member: a cluster keystore is small, and the
+        // function cannot tell a partition's files from another's cheaply.
+        off_runtime(|| self.scan_members(needles))
+    }
+
+    fn files_containing(&self, needles: &[Vec<u8>]) -> Result<Vec<String>> {
+        off_runtime(|| Ok(self.scan_members(needles)?.hits))
+    }
+
+    fn hold_snapshot(&self) -> Result<Box<dyn Held + '_>> {
+        off_runtime(|| {
+            let mut c = self.primary()?;
+            // The snapshot is taken at the first statement and holds back
+            // what VACUUM may remove in the whole database; it takes no lock
+            // on the keystore's tables (which would only make VACUUM FULL wait).
+            c.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT 1")
+                .map_err(pg)?;
+            Ok(HeldSnapshot(Some(c)))
+        })
+        .map(|h| Box::new(h) as Box<dyn Held + '_>)
+    }
+
+    fn kind(&self) -> &'static str {
+        "postgresql"
+    }
+
+    fn set_control(&self, c: PurgeControl) {
+        PgKeys::set_control(self, c);
+    }
+}
+
+/// Rows per page of a scan.
+const SCAN_PAGE: usize = 1000;
+
+impl PgKeys {
+    fn get_row(&self, t: Table, key: &[u8]) -> Result<Option<Vec<u8>>> {
         let sql = match t {
             Table::Deks => format!(
                 "SELECT v FROM {} WHERE bucket = $2 AND k = $1",
@@ -653,7 +761,7 @@ impl KeyEngine for PgKeys {
         })
     }
 
-    fn write(&self, ops: Vec<KeyOp>, _sync: bool) -> Result<()> {
+    fn write_rows(&self, ops: Vec<KeyOp>, _sync: bool) -> Result<()> {
         if ops.is_empty() {
             return Ok(());
         }
@@ -716,77 +824,25 @@ impl KeyEngine for PgKeys {
         })
     }
 
-    fn scan(
+    fn scan_page(
         &self,
         t: Table,
         prefix: &[u8],
-        f: &mut dyn FnMut(&[u8], &[u8]) -> Result<bool>,
-    ) -> Result<()> {
-        // Read in pages of key order, so a vault-wide scan never holds
-        // every row in memory.
-        let mut after: Option<Vec<u8>> = None;
+        after: Option<&[u8]>,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
         let bucket = (t == Table::Deks && prefix.len() >= 4).then(|| bucket_of_key(t, prefix));
         let sql = format!(
-            "SELECT k, v FROM {} WHERE k >= $1 AND substr(k, 1, length($1)) = $1 AND ($2::bytea IS NULL OR k > $2) AND ($3::int IS NULL OR {}) ORDER BY k LIMIT 1000",
+            "SELECT k, v FROM {} WHERE k >= $1 AND substr(k, 1, length($1)) = $1 AND ($2::bytea IS NULL OR k > $2) AND ($3::int IS NULL OR {}) ORDER BY k LIMIT {SCAN_PAGE}",
             self.table(t),
             if t == Table::Deks { "bucket = $3" } else { "true" }
         );
-        loop {
-            let rows = self.with_primary(|c| {
-                c.query(&sql, &[&prefix, &after, &bucket]).map_err(pg)
-            })?;
-            let n = rows.len();
-            for r in &rows {
-                let k: &[u8] = r.get(0);
-                let v: &[u8] = r.get(1);
-                if !f(k, v)? {
-                    return Ok(());
-                }
-            }
-            if n < 1000 {
-                return Ok(());
-            }
-            after = rows.last().map(|r| r.get::<_, Vec<u8>>(0));
-        }
-    }
-
-    fn purge(&self, buckets: &[u32], skip_physical: bool) -> Result<PurgeEvidence> {
-        if skip_physical {
-            self.set_control(PurgeControl::SkipPhysical);
-        }
-        let out = self.purge_pg(buckets);
-        if skip_physical {
-            self.set_control(PurgeControl::Full);
-        }
-        out
-    }
-
-    fn scan_for(&self, _buckets: &[u32], needles: &[Vec<u8>]) -> Result<ByteScan> {
-        // Every file of every member: a cluster keystore is small, and the
-        // function cannot tell a partition's files from another's cheaply.
-        self.scan_members(needles)
-    }
-
-    fn files_containing(&self, needles: &[Vec<u8>]) -> Result<Vec<String>> {
-        Ok(self.scan_members(needles)?.hits)
-    }
-
-    fn hold_snapshot(&self) -> Result<Box<dyn Held + '_>> {
-        let mut c = self.primary()?;
-        // The snapshot is taken at the first statement and holds back
-        // what VACUUM may remove in the whole database; it takes no lock
-        // on the keystore's tables (which would only make VACUUM FULL wait).
-        c.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT 1")
-            .map_err(pg)?;
-        Ok(Box::new(HeldSnapshot(c)))
-    }
-
-    fn kind(&self) -> &'static str {
-        "postgresql"
-    }
-
-    fn set_control(&self, c: PurgeControl) {
-        PgKeys::set_control(self, c);
+        self.with_primary(|c| {
+            Ok(c.query(&sql, &[&prefix, &after, &bucket])
+                .map_err(pg)?
+                .iter()
+                .map(|r| (r.get(0), r.get(1)))
+                .collect())
+        })
     }
 }
 
