@@ -188,9 +188,58 @@ EOF
   echo "$ENVFILE"
 }
 
+# One member down (its Patroni and PostgreSQL killed, as a host that dies)
+# and back (Patroni rejoins it as a standby, rewinding it if it was the
+# primary). For the tests of a member that cannot be verified and of a
+# failover.
+member_stop() {
+  local i=$1
+  pkill -KILL -f "$DIR/patroni$i\.yml( |$)" 2>/dev/null || true
+  pkill -KILL -f "$DIR/pg$i( |$)" 2>/dev/null || true
+  for _ in $(seq 1 50); do
+    pgrep -f "$DIR/(patroni$i\.yml|pg$i)( |$)" >/dev/null 2>&1 || return 0
+    sleep 0.1
+  done
+}
+
+member_start() {
+  local i=$1
+  local pg=$((BASE + 30 + i)) log="$DIR/patroni$i.log"
+  local from
+  from=$(( $(stat -c %s "$log" 2>/dev/null || echo 0) + 1 ))
+  pgrep -f "$DIR/patroni$i\.yml( |$)" >/dev/null 2>&1 ||
+    { as_pg patroni "$DIR/patroni$i.yml" >> "$log" 2>&1 & }
+  # A member that was down across a purge finds the WAL it needs removed
+  # (that is the point of the purge): it cannot catch up by streaming, so
+  # it is re-cloned from the primary. Its old data directory, which may
+  # still hold destroyed keys, is wiped by that: until then the vault
+  # cannot verify it and certifies nothing.
+  # An old primary that cannot rewind onto the new timeline (its WAL
+  # purged too) stays stuck before a consistent state: re-cloned as well
+  # when it is not streaming after 20 s.
+  local su recloned=0 n=0
+  su=$(cat "$DIR/superuser.password")
+  for n in $(seq 1 300); do
+    if [ "$(PGPASSWORD=$su psql -h 127.0.0.1 -p "$pg" -U postgres -tAc \
+        "SELECT status FROM pg_stat_wal_receiver" 2>/dev/null || true)" = "streaming" ]; then
+      return 0
+    fi
+    if [ $recloned -eq 0 ] && { tail -c "+$from" "$log" | grep -q "has already been removed" || [ "$n" -ge 100 ]; }; then
+      recloned=1
+      echo "pivault: re-cloning pg$i (the WAL it needs was purged)" >> "$log"
+      as_pg patronictl -c "$DIR/patroni$i.yml" reinit pivault-keys "pg$i" --force --wait >> "$log" 2>&1 || true
+    fi
+    sleep 0.2
+  done
+  echo "cluster: pg$i is not streaming after 60 s; see $log" >&2
+  return 1
+}
+
 case "${1:-}" in
   start) start ;;
   stop) stop ;;
   env) echo "$ENVFILE" ;;
-  *) echo "usage: $0 start|stop|env" >&2; exit 2 ;;
+  member-stop) member_stop "$2" ;;
+  member-start) member_start "$2" ;;
+  *) echo "usage: $0 start|stop|env|member-stop N|member-start N" >&2; exit 2 ;;
 esac

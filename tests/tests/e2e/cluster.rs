@@ -481,3 +481,173 @@ fn the_server_on_a_cluster_keystore_serves_racing_clerks_and_disposals_and_certi
         assert!(members.iter().all(|m| m["verified"] == true), "{purge}");
     }
 }
+
+/// `scripts/cluster.sh` with `args` (a member down or back).
+fn cluster_script(args: &[&str]) {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/cluster.sh");
+    let st = std::process::Command::new(script)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .status()
+        .expect("scripts/cluster.sh");
+    assert!(st.success(), "cluster.sh {args:?}");
+}
+
+/// One SQL answer from member `m` as the superuser, or `None` if it is down.
+fn psql(m: &str, sql: &str) -> Option<String> {
+    let (host, port) = m.rsplit_once(':').unwrap();
+    let pw = std::fs::read_to_string(
+        std::env::var("PIVAULT_PG_SUPERUSER_PASSWORD_FILE").expect("superuser password file"),
+    )
+    .unwrap();
+    let out = std::process::Command::new("psql")
+        .args(["-h", host, "-p", port, "-U", "postgres", "-d", "postgres", "-tAc", sql])
+        .env("PGPASSWORD", pw.trim())
+        .env("PGCONNECT_TIMEOUT", "2")
+        .output()
+        .expect("psql");
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+/// The index (1-based, as cluster.sh counts) of the primary.
+fn primary_index(c: &Cluster) -> usize {
+    c.members
+        .iter()
+        .position(|m| psql(m, "SELECT pg_is_in_recovery()").as_deref() == Some("f"))
+        .expect("a primary")
+        + 1
+}
+
+/// Waits until a primary streams to both standbys again.
+fn wait_healthy(c: &Cluster) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
+    loop {
+        let ok = c.members.iter().any(|m| {
+            psql(
+                m,
+                "SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'",
+            )
+            .as_deref()
+                == Some("2")
+        });
+        if ok {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the cluster did not heal within 90 s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+}
+
+#[test]
+fn a_standby_that_is_down_makes_the_batch_wait_and_it_completes_once_the_member_is_back() {
+    let _one = serial();
+    let c = cluster();
+    let tmp = tempfile::tempdir().unwrap();
+    let fx = vault_on_cluster(&tmp.path().join("vault"), &c);
+    let recs = put_records(&fx, 3);
+    let (_, id, w) = recs[0].clone();
+    let p = primary_index(&c);
+    let standby = if p == 3 { 2 } else { 3 };
+    let down = c.members[standby - 1].clone();
+    cluster_script(&["member-stop", &standby.to_string()]);
+    let outcome = fx
+        .vault
+        .dispose(&fx.officer, &request(DisposalScope::Record(id)));
+    // Back before any assertion, so a failure here leaves a whole cluster.
+    cluster_script(&["member-start", &standby.to_string()]);
+    match outcome {
+        Err(Error::DisposalFailed(msg)) => {
+            assert!(msg.contains("members_not_verified"), "{msg}");
+            assert!(msg.contains(&down), "the member down must be named: {msg}");
+            assert!(
+                msg.contains(&format!("{down}: unreachable, its files were not scanned")),
+                "{msg}"
+            );
+        }
+        other => panic!("a member down must fail the batch: {other:?}"),
+    }
+    let batches = fx.vault.disposals(&fx.officer).unwrap();
+    assert!(batches[0].failed.is_some());
+    assert!(matches!(
+        fx.vault.certificate(&fx.auditor, batches[0].certificate_id),
+        Err(Error::NotFound(_))
+    ));
+    wait_healthy(&c);
+    let cert = fx.vault.retry_disposal(&fx.officer, batches[0].id).unwrap();
+    let doc = fx.vault.certificate(&fx.auditor, cert).unwrap();
+    let purge = &doc.body["sanitization"]["details"]["keystore_purge"];
+    let members = purge["members"].as_array().unwrap();
+    assert!(
+        members.iter().any(|m| m["member"] == down.as_str() && m["verified"] == true),
+        "{purge}"
+    );
+    assert_eq!(
+        c.files_holding(std::slice::from_ref(&w)),
+        Vec::<PathBuf>::new()
+    );
+    fx.vault.close().unwrap();
+}
+
+#[test]
+fn the_primary_killed_in_the_middle_of_a_disposal_fails_over_and_the_batch_completes_on_the_new_one()
+ {
+    let _one = serial();
+    let c = cluster();
+    let tmp = tempfile::tempdir().unwrap();
+    let fx = vault_on_cluster(&tmp.path().join("vault"), &c);
+    let recs = put_records(&fx, 8);
+    let (_, id, w) = recs[0].clone();
+    let old = primary_index(&c);
+    // The keys are deleted and the buckets rotated (acknowledged by the
+    // old primary and its synchronous standby); then the primary dies.
+    let killed = Arc::new(AtomicBool::new(false));
+    {
+        let killed = killed.clone();
+        fx.vault.set_crash_hook(Some(Box::new(move |step| {
+            if step == "epoch_ratcheted" && !killed.swap(true, Ordering::SeqCst) {
+                cluster_script(&["member-stop", &old.to_string()]);
+            }
+        })));
+    }
+    let outcome = fx
+        .vault
+        .dispose(&fx.officer, &request(DisposalScope::Record(id)));
+    fx.vault.set_crash_hook(None);
+    assert!(killed.load(Ordering::SeqCst), "the hook ran");
+    cluster_script(&["member-start", &old.to_string()]);
+    // The purge waited for the new primary and ran there; the old one,
+    // down, could not be verified: no certificate yet.
+    let new = primary_index(&c);
+    assert_ne!(new, old, "a standby was promoted");
+    let cert = match outcome {
+        Ok(o) => panic!("the dead member cannot have been verified: {o:?}"),
+        Err(Error::DisposalFailed(msg)) => {
+            assert!(msg.contains(&c.members[old - 1]), "{msg}");
+            wait_healthy(&c);
+            let batch = fx.vault.disposals(&fx.officer).unwrap()[0].id;
+            fx.vault.retry_disposal(&fx.officer, batch).unwrap()
+        }
+        Err(e) => panic!("the batch must wait for the member, not error: {e:?}"),
+    };
+    let doc = fx.vault.certificate(&fx.auditor, cert).unwrap();
+    let purge = &doc.body["sanitization"]["details"]["keystore_purge"];
+    let members = purge["members"].as_array().unwrap();
+    assert_eq!(members.len(), 3, "{purge}");
+    assert!(members.iter().all(|m| m["verified"] == true), "{purge}");
+    // Nothing acknowledged before the failover is lost; the old primary,
+    // rejoined as a standby, holds no byte of the destroyed key.
+    for (_, r, _) in &recs[1..] {
+        fx.vault.get_record(&fx.clerk, *r, &[], None).unwrap();
+    }
+    assert_eq!(
+        c.files_holding(std::slice::from_ref(&w)),
+        Vec::<PathBuf>::new()
+    );
+    fx.vault.close().unwrap();
+}

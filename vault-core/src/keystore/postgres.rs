@@ -176,6 +176,8 @@ const PARTITIONS: u32 = 16;
 const SNAPSHOT_PATIENCE: Duration = Duration::from_secs(10);
 /// How long it waits for a standby to replay the primary's checkpoint.
 const REPLAY_PATIENCE: Duration = Duration::from_secs(20);
+/// How long an operation waits for a primary during a failover.
+const PRIMARY_PATIENCE: Duration = Duration::from_secs(40);
 /// Switch-and-checkpoint rounds at most (2 are needed with `wal_keep_size=16MB`).
 const WAL_ROUNDS: usize = 5;
 
@@ -235,25 +237,36 @@ impl PgKeys {
         c.connect(NoTls).map_err(pg)
     }
 
-    /// A connection to whichever member is the primary now.
+    /// A connection to whichever member is the primary now. During a
+    /// failover no member is (Patroni promotes a standby within its TTL,
+    /// about 10 s here): waited for, up to [`PRIMARY_PATIENCE`].
     fn primary(&self) -> Result<Client> {
         if let Some(c) = self.pool.lock().expect("pool lock").pop() {
             return Ok(c);
         }
-        let mut last = None;
-        for m in &self.cfg.members {
-            match self.connect(m) {
-                Ok(mut c) => match c.query_one("SELECT pg_is_in_recovery()", &[]) {
-                    Ok(r) if !r.get::<_, bool>(0) => return Ok(c),
-                    Ok(_) => {}
-                    Err(e) => last = Some(pg(e)),
-                },
-                Err(e) => last = Some(e),
+        let deadline = Instant::now() + PRIMARY_PATIENCE;
+        loop {
+            let mut last = None;
+            for m in &self.cfg.members {
+                match self.connect(m) {
+                    Ok(mut c) => match c.query_one("SELECT pg_is_in_recovery()", &[]) {
+                        Ok(r) if !r.get::<_, bool>(0) => return Ok(c),
+                        Ok(_) => {}
+                        Err(e) => last = Some(pg(e)),
+                    },
+                    Err(e) => last = Some(e),
+                }
             }
+            if Instant::now() >= deadline {
+                return Err(last.unwrap_or_else(|| {
+                    Error::Storage(format!(
+                        "keystore cluster: no member has been the primary for {}s",
+                        PRIMARY_PATIENCE.as_secs()
+                    ))
+                }));
+            }
+            std::thread::sleep(Duration::from_millis(250));
         }
-        Err(last.unwrap_or_else(|| {
-            Error::Storage("keystore cluster: no member is the primary".into())
-        }))
     }
 
     /// Runs `f` on a primary connection. A connection that broke (a
@@ -350,6 +363,9 @@ impl PgKeys {
         let start = Instant::now();
         let control = *self.control.lock().expect("control lock");
         let relations = self.purge_relations(buckets);
+        // A fresh connection: a pooled one may reach a primary that died
+        // (the purge is where a failover in the middle of a batch lands).
+        self.pool.lock().expect("pool lock").clear();
         let mut primary = self.primary()?;
         // Anything that could still see a row deleted before now.
         let horizon: String = primary
