@@ -15,8 +15,8 @@ use std::sync::RwLock;
 
 pub(crate) use engine::{KeyEngine, KeyOp, Table};
 pub use postgres::PurgeControl;
-pub use rocks::keystore_options;
 pub(crate) use rocks::SMALL_MANIFEST_PREALLOCATION;
+pub use rocks::keystore_options;
 
 use crate::crypto::{self, Aad};
 use crate::error::{Error, Result};
@@ -300,6 +300,12 @@ impl Keystore {
         self.engine.set_control(c);
     }
 
+    /// The engine's settings the purge depends on, for `doctor`:
+    /// (check name, safe, what was found).
+    pub fn engine_checks(&self) -> Result<Vec<(&'static str, bool, String)>> {
+        self.engine.doctor()
+    }
+
     /// The engine's name (`rocksdb`, `postgresql`).
     pub fn engine_kind(&self) -> &'static str {
         self.engine.kind()
@@ -430,10 +436,7 @@ impl Keystore {
         version: u32,
     ) -> Result<Option<SecretKey>> {
         let b = self.bucket_of(subject);
-        let Some(wrapped) = self
-            .engine
-            .get(Table::Deks, &dek_key(b, record, version))?
-        else {
+        let Some(wrapped) = self.engine.get(Table::Deks, &dek_key(b, record, version))? else {
             return Ok(None);
         };
         self.with_bucket_key(root, epoch, b, |bk| {
@@ -618,10 +621,11 @@ impl Keystore {
             let old = self.unwrap_bucket_key(root, epoch, b)?;
             let new = SecretKey::generate();
             let mut rows = Vec::new();
-            self.engine.scan(Table::Deks, &b.to_be_bytes(), &mut |k, v| {
-                rows.push((k.to_vec(), v.to_vec()));
-                Ok(true)
-            })?;
+            self.engine
+                .scan(Table::Deks, &b.to_be_bytes(), &mut |k, v| {
+                    rows.push((k.to_vec(), v.to_vec()));
+                    Ok(true)
+                })?;
             for (k, v) in rows {
                 if k.len() != 24 {
                     return Err(Error::Integrity("data key name"));
@@ -640,7 +644,11 @@ impl Keystore {
                         "the data key of record {record} version {version} (bucket {b}) cannot be unwrapped"
                     ))
                 })?;
-                batch.push(KeyOp::Put(Table::Deks, k, crypto::wrap_key(&new, &aad, &dek)));
+                batch.push(KeyOp::Put(
+                    Table::Deks,
+                    k,
+                    crypto::wrap_key(&new, &aad, &dek),
+                ));
                 rewrapped += 1;
             }
             batch.push(KeyOp::Put(

@@ -604,9 +604,8 @@ impl Vault {
         let unlock = crypto::derive_unlock_key(passphrase, &salt, init.kdf)?;
         let root = SecretKey::generate();
         if let Some(k) = &keystore {
-            let mut f = fsutil::create_private_file(
-                &dir.join(crate::keystore::postgres::PgConfig::FILE),
-            )?;
+            let mut f =
+                fsutil::create_private_file(&dir.join(crate::keystore::postgres::PgConfig::FILE))?;
             let json = serde_json::to_vec_pretty(k).map_err(|e| Error::Io(e.to_string()))?;
             std::io::Write::write_all(&mut f, &json)?;
             f.sync_all()?;

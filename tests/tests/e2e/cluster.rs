@@ -105,7 +105,8 @@ fn request(scope: DisposalScope) -> DisposalRequest {
 }
 
 fn certificate_id(o: DisposalOutcome) -> vault_core::ids::CertificateId {
-    o.certificate_id.expect("a completed disposal issues a certificate")
+    o.certificate_id
+        .expect("a completed disposal issues a certificate")
 }
 
 /// Puts one record per subject; returns (subject, record, wrapped key).
@@ -133,14 +134,16 @@ fn a_disposal_on_the_cluster_leaves_no_key_byte_on_any_member_and_its_certificat
     let recs = put_records(&fx, 6);
     let (s0, r0, w0) = recs[0].clone();
     // An update: the record's first key version must go too.
-    fx.vault
-        .update_record(&fx.clerk, r0, &body(99))
-        .unwrap();
+    fx.vault.update_record(&fx.clerk, r0, &body(99)).unwrap();
     let w0v2 = fx.vault.keystore().wrapped_dek(s0, r0, 2).unwrap().unwrap();
     let needles = vec![w0.clone(), w0v2.clone()];
     // Before: the key bytes are on the members (the scan can see them).
     assert!(
-        !fx.vault.keystore().files_containing(&needles).unwrap().is_empty(),
+        !fx.vault
+            .keystore()
+            .files_containing(&needles)
+            .unwrap()
+            .is_empty(),
         "the SQL scan must find the live key before the disposal"
     );
 
@@ -155,9 +158,20 @@ fn a_disposal_on_the_cluster_leaves_no_key_byte_on_any_member_and_its_certificat
     let members = purge["members"].as_array().expect("members");
     assert_eq!(members.len(), 3, "{purge}");
     assert!(members.iter().all(|m| m["verified"] == true), "{purge}");
-    let roles: Vec<&str> = members.iter().map(|m| m["role"].as_str().unwrap()).collect();
-    assert_eq!(roles.iter().filter(|r| **r == "primary").count(), 1, "{roles:?}");
-    assert_eq!(roles.iter().filter(|r| **r == "standby").count(), 2, "{roles:?}");
+    let roles: Vec<&str> = members
+        .iter()
+        .map(|m| m["role"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        roles.iter().filter(|r| **r == "primary").count(),
+        1,
+        "{roles:?}"
+    );
+    assert_eq!(
+        roles.iter().filter(|r| **r == "standby").count(),
+        2,
+        "{roles:?}"
+    );
 
     // After: no member's file holds either version, by the vault's scan
     // and by reading the data directories ourselves.
@@ -208,7 +222,12 @@ fn negative_control(control: Option<PurgeControl>, hold: bool, expect: &[&str], 
         .vault
         .put_record(&fx.clerk, common::CUSTOMERS, doomed, &body(7))
         .unwrap();
-    let w = fx.vault.keystore().wrapped_dek(doomed, id, 1).unwrap().unwrap();
+    let w = fx
+        .vault
+        .keystore()
+        .wrapped_dek(doomed, id, 1)
+        .unwrap()
+        .unwrap();
     if let Some(ctl) = control {
         fx.vault.set_purge_control(ctl);
     }
@@ -219,7 +238,10 @@ fn negative_control(control: Option<PurgeControl>, hold: bool, expect: &[&str], 
     {
         Err(Error::DisposalFailed(msg)) => {
             for e in expect {
-                assert!(msg.contains(e), "{control:?}/hold={hold}: {e:?} not in {msg}");
+                assert!(
+                    msg.contains(e),
+                    "{control:?}/hold={hold}: {e:?} not in {msg}"
+                );
             }
             // The WAL control: the bytes are in a WAL segment, where the
             // scan finds them unless the record crosses an 8 KiB WAL page
@@ -273,12 +295,22 @@ fn negative_control(control: Option<PurgeControl>, hold: bool, expect: &[&str], 
 
 #[test]
 fn a_held_repeatable_read_snapshot_on_the_primary_blocks_the_certificate() {
-    negative_control(None, true, &["snapshots=1", "open snapshot of backend"], true);
+    negative_control(
+        None,
+        true,
+        &["snapshots=1", "open snapshot of backend"],
+        true,
+    );
 }
 
 #[test]
 fn plain_vacuum_instead_of_vacuum_full_blocks_the_certificate() {
-    negative_control(Some(PurgeControl::PlainVacuum), false, &["not rewritten"], true);
+    negative_control(
+        Some(PurgeControl::PlainVacuum),
+        false,
+        &["not rewritten"],
+        true,
+    );
 }
 
 #[test]
@@ -342,7 +374,10 @@ fn writes_racing_disposals_on_the_cluster_lose_nothing_and_every_certificate_hol
             // Masked, but the last four digits tell the versions apart.
             let ssn = want["ssn"].as_str().unwrap();
             let shown = got.fields["ssn"].as_str().unwrap();
-            assert!(shown.ends_with(&ssn[7..]), "an acknowledged update was lost: {shown} vs {ssn}");
+            assert!(
+                shown.ends_with(&ssn[7..]),
+                "an acknowledged update was lost: {shown} vs {ssn}"
+            );
             written += 1;
         }
     }
@@ -375,8 +410,14 @@ fn two_vaults_on_one_cluster_dispose_independently() {
         b.vault.get_record(&b.clerk, *id, &[], None).unwrap();
     }
     // B's key store does not hold A's keys, nor A's B's (one schema each).
-    assert_eq!(b.vault.keystore().wrapped_dek(ra[1].0, ra[1].1, 1).unwrap(), None);
-    assert_eq!(a.vault.keystore().wrapped_dek(rb[0].0, rb[0].1, 1).unwrap(), None);
+    assert_eq!(
+        b.vault.keystore().wrapped_dek(ra[1].0, ra[1].1, 1).unwrap(),
+        None
+    );
+    assert_eq!(
+        a.vault.keystore().wrapped_dek(rb[0].0, rb[0].1, 1).unwrap(),
+        None
+    );
     // A record of A is not readable through B by its ID.
     assert!(b.vault.get_record(&b.clerk, ra[1].1, &[], None).is_err());
     a.vault.close().unwrap();
@@ -396,7 +437,8 @@ fn find(v: &Value, key: &str) -> Option<Value> {
 }
 
 #[test]
-fn the_server_on_a_cluster_keystore_serves_racing_clerks_and_disposals_and_certifies_every_member() {
+fn the_server_on_a_cluster_keystore_serves_racing_clerks_and_disposals_and_certifies_every_member()
+{
     let _one = serial();
     let c = cluster();
     let dir = tempfile::tempdir().unwrap();
@@ -502,7 +544,9 @@ fn psql(m: &str, sql: &str) -> Option<String> {
     )
     .unwrap();
     let out = std::process::Command::new("psql")
-        .args(["-h", host, "-p", port, "-U", "postgres", "-d", "postgres", "-tAc", sql])
+        .args([
+            "-h", host, "-p", port, "-U", "postgres", "-d", "postgres", "-tAc", sql,
+        ])
         .env("PGPASSWORD", pw.trim())
         .env("PGCONNECT_TIMEOUT", "2")
         .output()
@@ -555,7 +599,27 @@ fn a_standby_that_is_down_makes_the_batch_wait_and_it_completes_once_the_member_
     let p = primary_index(&c);
     let standby = if p == 3 { 2 } else { 3 };
     let down = c.members[standby - 1].clone();
+    let doctor = |fx: &Fixture, name: &str| {
+        vault_core::doctor::checks(&fx.vault, common::T0)
+            .unwrap()
+            .into_iter()
+            .find(|ch| ch.name == name)
+            .unwrap_or_else(|| panic!("doctor has no {name} check"))
+    };
+    let members = doctor(&fx, "keystore-cluster-members");
+    assert_eq!(members.level, vault_core::doctor::Level::Ok, "{members:?}");
+    assert_eq!(
+        doctor(&fx, "keystore-cluster-settings").level,
+        vault_core::doctor::Level::Ok
+    );
     cluster_script(&["member-stop", &standby.to_string()]);
+    let members = doctor(&fx, "keystore-cluster-members");
+    assert_eq!(
+        members.level,
+        vault_core::doctor::Level::Fail,
+        "{members:?}"
+    );
+    assert!(members.detail.contains(&down), "{members:?}");
     let outcome = fx
         .vault
         .dispose(&fx.officer, &request(DisposalScope::Record(id)));
@@ -584,7 +648,9 @@ fn a_standby_that_is_down_makes_the_batch_wait_and_it_completes_once_the_member_
     let purge = &doc.body["sanitization"]["details"]["keystore_purge"];
     let members = purge["members"].as_array().unwrap();
     assert!(
-        members.iter().any(|m| m["member"] == down.as_str() && m["verified"] == true),
+        members
+            .iter()
+            .any(|m| m["member"] == down.as_str() && m["verified"] == true),
         "{purge}"
     );
     assert_eq!(
@@ -648,6 +714,48 @@ fn the_primary_killed_in_the_middle_of_a_disposal_fails_over_and_the_batch_compl
     assert_eq!(
         c.files_holding(std::slice::from_ref(&w)),
         Vec::<PathBuf>::new()
+    );
+    fx.vault.close().unwrap();
+}
+
+#[test]
+fn doctor_fails_a_member_whose_settings_would_keep_destroyed_keys() {
+    let _one = serial();
+    let c = cluster();
+    let tmp = tempfile::tempdir().unwrap();
+    let fx = vault_on_cluster(&tmp.path().join("vault"), &c);
+    let settings = || {
+        vault_core::doctor::checks(&fx.vault, common::T0)
+            .unwrap()
+            .into_iter()
+            .find(|ch| ch.name == "keystore-cluster-settings")
+            .expect("keystore-cluster-settings check")
+    };
+    assert_eq!(
+        settings().level,
+        vault_core::doctor::Level::Ok,
+        "{:?}",
+        settings()
+    );
+    // An operator turns WAL recycling back on on one standby (ALTER SYSTEM
+    // outlives Patroni's own configuration): recycled segments keep old
+    // bytes, and doctor must say so, naming the member.
+    let standby = c
+        .members
+        .iter()
+        .find(|m| psql(m, "SELECT pg_is_in_recovery()").as_deref() == Some("t"))
+        .expect("a standby")
+        .clone();
+    psql(&standby, "ALTER SYSTEM SET wal_recycle = on").expect("alter system");
+    psql(&standby, "SELECT pg_reload_conf()").expect("reload");
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let found = settings();
+    psql(&standby, "ALTER SYSTEM RESET wal_recycle").expect("reset");
+    psql(&standby, "SELECT pg_reload_conf()").expect("reload");
+    assert_eq!(found.level, vault_core::doctor::Level::Fail, "{found:?}");
+    assert!(
+        found.detail.contains(&format!("{standby}: wal_recycle=on")),
+        "{found:?}"
     );
     fx.vault.close().unwrap();
 }

@@ -103,4 +103,9 @@ pub(crate) trait KeyEngine: Send + Sync + std::fmt::Debug {
     fn kind(&self) -> &'static str;
     /// Sets a negative control of the purge (tests).
     fn set_control(&self, _c: super::PurgeControl) {}
+    /// The engine's own settings that the purge depends on, for `doctor`:
+    /// (check name, safe, what was found).
+    fn doctor(&self) -> Result<Vec<(&'static str, bool, String)>> {
+        Ok(Vec::new())
+    }
 }

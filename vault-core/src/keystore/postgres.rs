@@ -147,9 +147,9 @@ impl PgConfig {
 }
 
 fn split_member(m: &str) -> Result<(&str, u16)> {
-    let (h, p) = m
-        .rsplit_once(':')
-        .ok_or_else(|| Error::InvalidInput(format!("keystore cluster member {m:?}: want host:port")))?;
+    let (h, p) = m.rsplit_once(':').ok_or_else(|| {
+        Error::InvalidInput(format!("keystore cluster member {m:?}: want host:port"))
+    })?;
     let port = p
         .parse()
         .map_err(|_| Error::InvalidInput(format!("keystore cluster member {m:?}: bad port")))?;
@@ -484,7 +484,11 @@ impl PgKeys {
                     detail: format!("not verified: {e}"),
                 },
                 Ok(c) => {
-                    let role = if in_recovery(c)? { "standby" } else { "primary" };
+                    let role = if in_recovery(c)? {
+                        "standby"
+                    } else {
+                        "primary"
+                    };
                     let mut gone = true;
                     for p in &before {
                         let exists: bool = c
@@ -493,10 +497,14 @@ impl PgKeys {
                             .get(0);
                         if exists {
                             gone = false;
-                            residue.push(format!("{name}: {p} (a relation file from before the purge)"));
+                            residue.push(format!(
+                                "{name}: {p} (a relation file from before the purge)"
+                            ));
                         }
                     }
-                    let wal_clean = !old_segments.iter().any(|s| s.starts_with(&format!("{name}:")));
+                    let wal_clean = !old_segments
+                        .iter()
+                        .any(|s| s.starts_with(&format!("{name}:")));
                     let replay = if role == "standby" {
                         let lag: String = c
                             .query_one(
@@ -755,6 +763,128 @@ impl KeyEngine for PgKeys {
     fn set_control(&self, c: PurgeControl) {
         PgKeys::set_control(self, c);
     }
+
+    fn doctor(&self) -> Result<Vec<(&'static str, bool, String)>> {
+        off_runtime(|| self.doctor_checks())
+    }
+}
+
+/// The settings of every member a purge depends on, with the value it needs.
+const MEMBER_SETTINGS: [(&str, &str, &str); 6] = [
+    (
+        "archive_mode",
+        "off",
+        "an archived WAL segment is a copy the purge cannot reach",
+    ),
+    (
+        "wal_recycle",
+        "off",
+        "a recycled segment keeps its old bytes until overwritten",
+    ),
+    (
+        "hot_standby_feedback",
+        "off",
+        "a standby's snapshot would hold deleted rows on the primary",
+    ),
+    (
+        "log_parameter_max_length",
+        "0",
+        "statement logs would carry the scan's needles",
+    ),
+    (
+        "log_parameter_max_length_on_error",
+        "0",
+        "error logs would carry the scan's needles",
+    ),
+    ("log_statement", "none", "statement logs would carry rows"),
+];
+
+impl PgKeys {
+    fn doctor_checks(&self) -> Result<Vec<(&'static str, bool, String)>> {
+        let mut out = Vec::new();
+        let mut reachable = Vec::new();
+        let mut down = Vec::new();
+        let mut bad = Vec::new();
+        let mut primary_standbys = None;
+        for (name, c) in self.members() {
+            let Ok(mut c) = c else {
+                down.push(name);
+                continue;
+            };
+            for (setting, want, why) in MEMBER_SETTINGS {
+                let got: String = c
+                    .query_one("SELECT current_setting($1)", &[&setting])
+                    .map_err(pg)?
+                    .get(0);
+                if got != want {
+                    bad.push(format!("{name}: {setting}={got} (needs {want}: {why})"));
+                }
+            }
+            let logical: i64 = c
+                .query_one(
+                    "SELECT (SELECT count(*) FROM pg_replication_slots WHERE slot_type = 'logical') + (SELECT count(*) FROM pg_publication)",
+                    &[],
+                )
+                .map_err(pg)?
+                .get(0);
+            if logical > 0 {
+                bad.push(format!(
+                    "{name}: {logical} logical replication slot(s) or publication(s): a copy of every change leaves the cluster"
+                ));
+            }
+            if !in_recovery(&mut c)? {
+                let n: i64 = c
+                    .query_one(
+                        "SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'",
+                        &[],
+                    )
+                    .map_err(pg)?
+                    .get(0);
+                primary_standbys = Some((name.clone(), n));
+            }
+            reachable.push(name);
+        }
+        out.push((
+            "keystore-cluster-settings",
+            bad.is_empty(),
+            if bad.is_empty() {
+                format!(
+                    "every reachable member: {}; no logical slots or publications",
+                    MEMBER_SETTINGS
+                        .iter()
+                        .map(|(s, v, _)| format!("{s}={v}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            } else {
+                bad.join("; ")
+            },
+        ));
+        let want = self.cfg.members.len() as i64 - 1;
+        let members_ok =
+            down.is_empty() && primary_standbys.as_ref().is_some_and(|(_, n)| *n == want);
+        out.push((
+            "keystore-cluster-members",
+            members_ok,
+            match (&primary_standbys, down.is_empty()) {
+                (Some((p, n)), true) => format!(
+                    "{} member(s) reachable; primary {p} streams to {n} of {want} standby(s){}",
+                    reachable.len(),
+                    if *n == want {
+                        ""
+                    } else {
+                        ": a disposal now cannot be verified on every member and waits"
+                    }
+                ),
+                (_, false) => format!(
+                    "unreachable: {}: a disposal now cannot be verified on every member and waits",
+                    down.join(", ")
+                ),
+                (None, true) => "no member is the primary".into(),
+            },
+        ));
+        Ok(out)
+    }
 }
 
 /// Rows per page of a scan.
@@ -767,7 +897,10 @@ impl PgKeys {
                 "SELECT v FROM {} WHERE bucket = $2 AND k = $1",
                 self.table(t)
             ),
-            _ => format!("SELECT v FROM {} WHERE k = $1 AND $2::int IS NOT NULL", self.table(t)),
+            _ => format!(
+                "SELECT v FROM {} WHERE k = $1 AND $2::int IS NOT NULL",
+                self.table(t)
+            ),
         };
         let bucket = bucket_of_key(t, key);
         self.with_primary(|c| {
@@ -850,7 +983,11 @@ impl PgKeys {
         let sql = format!(
             "SELECT k, v FROM {} WHERE k >= $1 AND substr(k, 1, length($1)) = $1 AND ($2::bytea IS NULL OR k > $2) AND ($3::int IS NULL OR {}) ORDER BY k LIMIT {SCAN_PAGE}",
             self.table(t),
-            if t == Table::Deks { "bucket = $3" } else { "true" }
+            if t == Table::Deks {
+                "bucket = $3"
+            } else {
+                "true"
+            }
         );
         self.with_primary(|c| {
             Ok(c.query(&sql, &[&prefix, &after, &bucket])

@@ -306,7 +306,6 @@ impl RocksKeys {
         }
         Ok((hits, files.len() as u64))
     }
-
 }
 
 impl KeyEngine for RocksKeys {
