@@ -24,6 +24,8 @@ command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
 # (and `script`, util-linux, for its passphrase prompt).
 command -v age >/dev/null 2>&1 || need+=(age)
 command -v script >/dev/null 2>&1 || need+=(bsdutils)
+# The certificate PDF tests open the PDF with poppler (pdfinfo, pdftotext, pdfdetach).
+command -v pdfdetach >/dev/null 2>&1 || need+=(poppler-utils)
 
 if [ ${#need[@]} -gt 0 ]; then
   echo "setup: installing ${need[*]}" >&2
