@@ -285,6 +285,9 @@ fn the_cli_renders_a_pdf_whose_attached_certificate_verifies() {
             .as_array()
             .unwrap();
         assert_eq!(records.len(), 199);
+        // People by name on page 1; their user IDs only in the appendix.
+        let uid = cert["certificate"]["operator"]["user_id"].as_str().unwrap();
+        assert!(!o.page1.contains(uid) && o.rest.contains(uid), "{uid}");
         for r in records {
             let rid = r["record_id"].as_str().unwrap();
             assert!(!o.page1.contains(rid));

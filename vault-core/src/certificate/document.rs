@@ -440,11 +440,10 @@ pub fn document(cert: &Certificate, check: Check<'_>) -> Document {
     let doc_name = format!("certificate-{id}");
     summary.push(Block::Heading("How to check this certificate".into()));
     summary.push(Block::Para(format!(
-        "This page is a rendering and proves nothing by itself. The proof is the signed JSON file, \
-         attached inside the PDF form of this document as {doc_name}.json (also from \
-         pivault certificate export). Save the attachment from your PDF reader, or with \
-         poppler's pdfdetach, and check it offline with the vault's certificate key, whose \
-         fingerprint must be {} (compare it with your contract):",
+        "This page is a rendering, not the proof. The proof is the signed JSON file attached \
+         inside the PDF form of this document ({doc_name}.json; also pivault certificate export). \
+         Save it from your PDF reader or with pdfdetach, and check it offline with the vault's \
+         certificate key, whose fingerprint must be {} (as in your contract):",
         or_dash(s(b, "vault.key_fingerprint"))
     )));
     summary.push(Block::Code(format!("pdfdetach -saveall {doc_name}.pdf")));

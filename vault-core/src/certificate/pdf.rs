@@ -22,11 +22,11 @@ use crate::crypto::sha256;
 const PAGE_W: f32 = 612.0; // US Letter
 const PAGE_H: f32 = 792.0;
 const MARGIN: f32 = 50.0;
-const TOP: f32 = PAGE_H - MARGIN;
-const BOTTOM: f32 = 62.0;
+const TOP: f32 = PAGE_H - 42.0;
+const BOTTOM: f32 = 56.0;
 const CONTENT_W: f32 = PAGE_W - 2.0 * MARGIN;
 const BODY: f32 = 8.5;
-const LEAD: f32 = 10.4;
+const LEAD: f32 = 10.0;
 const LABEL_W: f32 = 128.0;
 const FIELD_W: f32 = 215.0;
 
@@ -229,7 +229,7 @@ impl Pages {
 
     fn heading(&mut self, t: &str) {
         self.need(16.0 + 3.0 * LEAD);
-        self.y -= 13.0;
+        self.y -= 11.0;
         self.text(Font::Bold, 10.5, MARGIN, self.y, &win_ansi(t));
         self.rule(self.y - 2.5, 0.8);
         self.y -= 2.5 + LEAD;
@@ -253,7 +253,7 @@ impl Pages {
                 }
                 self.y -= LEAD;
             }
-            self.y -= 1.5;
+            self.y -= 1.0;
         }
     }
 
@@ -361,9 +361,9 @@ impl Pages {
     }
 }
 
-/// Lays the document out; returns the page content streams and how many
-/// pages the summary took.
-fn layout(doc: &Document) -> (Vec<String>, usize) {
+/// Lays the document out; returns the page content streams, how many
+/// pages the summary took and the points left free below it.
+fn layout(doc: &Document) -> (Vec<String>, usize, f32) {
     let mut p = Pages::new();
     p.y -= 14.0;
     p.text(Font::Bold, 17.0, MARGIN, p.y, b"Certificate of Destruction");
@@ -380,6 +380,7 @@ fn layout(doc: &Document) -> (Vec<String>, usize) {
     p.verdict(doc);
     p.blocks(&doc.summary);
     let summary_pages = p.done.len() + 1;
+    let room = p.y - BOTTOM;
     p.new_page();
     p.blocks(&doc.appendix);
     p.new_page();
@@ -412,7 +413,7 @@ fn layout(doc: &Document) -> (Vec<String>, usize) {
             );
         }
     }
-    (pages, summary_pages)
+    (pages, summary_pages, room)
 }
 
 /// `2026-03-02T15:04:05Z` as a PDF date `D:20260302150405Z`, if it is one.
@@ -428,7 +429,7 @@ fn pdf_date(rfc3339: &str) -> Option<String> {
 /// The PDF: the document's pages with `file` (the certificate file's bytes)
 /// attached; `issued_at` dates the file.
 pub(crate) fn write(doc: &Document, file: &[u8], issued_at: &str) -> Vec<u8> {
-    let (pages, _) = layout(doc);
+    let (pages, ..) = layout(doc);
     let name = pdf_string(doc.attachment_name().as_bytes());
     let dates = pdf_date(issued_at)
         .map(|d| {
@@ -547,9 +548,11 @@ pub(crate) fn write(doc: &Document, file: &[u8], issued_at: &str) -> Vec<u8> {
     out
 }
 
+/// How many pages the summary takes, and the points left free on its last.
 #[cfg(test)]
-pub(crate) fn summary_pages(doc: &Document) -> usize {
-    layout(doc).1
+pub(crate) fn summary_pages(doc: &Document) -> (usize, f32) {
+    let (_, pages, room) = layout(doc);
+    (pages, room)
 }
 
 #[cfg(test)]
