@@ -31,6 +31,8 @@ command -v patroni >/dev/null 2>&1 || need+=(patroni)
 command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
 command -v etcdctl >/dev/null 2>&1 || need+=(etcd-client)
 command -v psql >/dev/null 2>&1 || need+=(postgresql-client-15)
+# The certificate PDF tests open the PDF with poppler (pdfinfo, pdftotext, pdfdetach).
+command -v pdfdetach >/dev/null 2>&1 || need+=(poppler-utils)
 
 if [ ${#need[@]} -gt 0 ]; then
   echo "setup: installing ${need[*]}" >&2

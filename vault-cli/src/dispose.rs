@@ -417,15 +417,69 @@ pub fn cmd_payload(out: &Out, file: &Path, msg_out: &Path, sig_out: &Path) -> an
     Ok(exit::OK)
 }
 
-pub fn cmd_render_file(out: &Out, file: &Path, dest: Option<&Path>) -> anyhow::Result<u8> {
+pub fn cmd_render_file(
+    out: &Out,
+    file: &Path,
+    dest: Option<&Path>,
+    pdf: bool,
+    key: Option<&Path>,
+) -> anyhow::Result<u8> {
     let cert = read_cert(file)?;
-    write_out(out, dest, &certificate::render_html(&cert))?;
-    if let Some(d) = dest {
-        out.data(
-            "certificate-html",
-            json!({ "html": d.display().to_string() }),
-            || format!("wrote {}", d.display()),
-        );
+    let key = match key {
+        Some(k) => {
+            let text = std::fs::read_to_string(k)
+                .with_context(|| format!("cannot read {}", k.display()))?;
+            Some(certificate::parse_public_key(&text)?)
+        }
+        None => None,
+    };
+    let check = match &key {
+        Some(k) => certificate::Check::Pinned(k),
+        None => certificate::Check::Carried,
+    };
+    write_rendering(out, dest, &cert, check, pdf)
+}
+
+/// Writes the certificate document (HTML, or PDF with the file attached) to
+/// `dest` or stdout; with `dest`, prints a `certificate-html` or
+/// `certificate-pdf` document naming the file and the verification verdict.
+pub(crate) fn write_rendering(
+    out: &Out,
+    dest: Option<&Path>,
+    cert: &Certificate,
+    check: certificate::Check<'_>,
+    pdf: bool,
+) -> anyhow::Result<u8> {
+    if !pdf {
+        write_out(out, dest, &certificate::render_html(cert, check))?;
+        if let Some(d) = dest {
+            out.data(
+                "certificate-html",
+                json!({ "html": d.display().to_string() }),
+                || format!("wrote {}", d.display()),
+            );
+        }
+        return Ok(exit::OK);
+    }
+    let verified = certificate::document(cert, check).verified();
+    let bytes = certificate::render_pdf(cert, check);
+    match dest {
+        Some(d) => {
+            std::fs::write(d, &bytes).with_context(|| format!("cannot write {}", d.display()))?;
+            out.data(
+                "certificate-pdf",
+                json!({ "pdf": d.display().to_string(), "bytes": bytes.len(), "verified": verified }),
+                || {
+                    format!(
+                        "wrote {} ({} bytes; the certificate {})",
+                        d.display(),
+                        bytes.len(),
+                        if verified { "verified" } else { "FAILED verification: the PDF says so" }
+                    )
+                },
+            );
+        }
+        None => out.raw(&bytes),
     }
     Ok(exit::OK)
 }
@@ -507,10 +561,22 @@ pub fn cmd_certificate(
             };
             write_out(out, dest.as_deref(), &text)?;
         }
-        CertificateCmd::Render { cert, out: dest } => {
+        CertificateCmd::Render {
+            cert,
+            out: dest,
+            pdf,
+            key: _,
+        } => {
             let id: CertificateId = cert.parse()?;
             let cert = vault.certificate(s, id)?;
-            write_out(out, dest.as_deref(), &certificate::render_html(&cert))?;
+            let key = vault.certificate_public_key();
+            write_rendering(
+                out,
+                dest.as_deref(),
+                &cert,
+                certificate::Check::Issuer(&key),
+                *pdf,
+            )?;
         }
         CertificateCmd::Prove {
             id,

@@ -371,13 +371,24 @@ enum CertificateCmd {
         #[arg(long)]
         out: Option<PathBuf>,
     },
-    /// Render a certificate file (or a stored certificate ID) as a printable HTML page.
+    /// Render a certificate file (or a stored certificate ID) as the document
+    /// a business files: a printable HTML page, or with --pdf a PDF with the
+    /// signed certificate file attached inside it. The certificate is verified
+    /// first and the page says the result (FAILED when it does not verify).
     Render {
         /// Certificate file or ID.
         cert: String,
         /// Output file (default stdout).
         #[arg(long)]
         out: Option<PathBuf>,
+        /// Write a PDF (no browser needed) instead of HTML.
+        #[arg(long)]
+        pdf: bool,
+        /// For a certificate file: the vault's certificate public key to verify
+        /// it against (default: the key the file carries; the page then says
+        /// to compare its fingerprint with the contract's).
+        #[arg(long)]
+        key: Option<PathBuf>,
     },
     /// Write the exact signed bytes of a certificate (for `openssl pkeyutl -verify`).
     Payload {
@@ -1327,10 +1338,13 @@ fn run(cli: &Cli, out: &Out) -> anyhow::Result<u8> {
             out: o,
             sig_out,
         }) => dispose::cmd_payload(out, file, o, sig_out),
-        Command::Certificate(CertificateCmd::Render { cert, out: o })
-            if Path::new(cert).exists() =>
-        {
-            dispose::cmd_render_file(out, Path::new(cert), o.as_deref())
+        Command::Certificate(CertificateCmd::Render {
+            cert,
+            out: o,
+            pdf,
+            key,
+        }) if Path::new(cert).exists() => {
+            dispose::cmd_render_file(out, Path::new(cert), o.as_deref(), *pdf, key.as_deref())
         }
         Command::Contractor(ContractorCmd::Keygen { out: o }) => dispose::cmd_keygen(out, o),
         // The custodian's own commands open the vault directory with the

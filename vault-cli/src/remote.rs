@@ -1204,10 +1204,38 @@ fn command(cli: &Cli, out: &Out, r: &Remote) -> anyhow::Result<u8> {
                 let (_, text) = r.text("GET", &path, None)?;
                 dispose::write_out(out, dest.as_deref(), &text)?;
             }
-            CertificateCmd::Render { cert, out: dest } => {
+            CertificateCmd::Render {
+                cert,
+                out: dest,
+                pdf: false,
+                ..
+            } => {
                 let id: CertificateId = cert.parse()?;
                 let (_, text) = r.text("GET", &format!("/v1/certificates/{id}/html"), None)?;
                 dispose::write_out(out, dest.as_deref(), &text)?;
+            }
+            CertificateCmd::Render {
+                cert,
+                out: dest,
+                pdf: true,
+                ..
+            } => {
+                // The same bytes as GET /v1/certificates/{id}/pdf (the
+                // rendering is deterministic), over the text transport.
+                let id: CertificateId = cert.parse()?;
+                let (_, text) = r.text("GET", &format!("/v1/certificates/{id}/file"), None)?;
+                let cert = vault_core::certificate::Certificate::parse(&text)?;
+                let keys = r.get("/v1/keys")?;
+                let key = vault_core::certificate::parse_public_key(
+                    keys["certificate_key"].as_str().unwrap_or_default(),
+                )?;
+                dispose::write_rendering(
+                    out,
+                    dest.as_deref(),
+                    &cert,
+                    vault_core::certificate::Check::Issuer(&key),
+                    true,
+                )?;
             }
             CertificateCmd::Prove {
                 id,

@@ -103,6 +103,11 @@ use serde_json::{Map, Value, json};
 use crate::crypto::{fingerprint, sha256};
 use crate::error::{Error, Result};
 
+mod document;
+mod pdf;
+
+pub use document::{Check, Document, document};
+
 /// The `schema_version` of certificates this module writes and accepts.
 pub const SCHEMA_VERSION: &str = "pivault-certificate/2";
 
@@ -1408,31 +1413,6 @@ pub(crate) fn render_value(v: &Value) -> String {
     }
 }
 
-/// A section whose rows are the members of `v` (or `v` itself if not an object).
-fn section(out: &mut String, title: &str, v: Option<&Value>, extra: &str) {
-    let _ = write!(out, "<section><h2>{}</h2>", esc(title));
-    out.push_str(&render_value(v.unwrap_or(&Value::Null)));
-    out.push_str(extra);
-    out.push_str("</section>\n");
-}
-
-const TOP_LEVEL_SECTIONS: &[&str] = &[
-    "certificate_id",
-    "schema_version",
-    "issued_at",
-    "status",
-    "vault",
-    "tool",
-    "parties",
-    "operator",
-    "validator",
-    "target",
-    "sanitization",
-    "outcome_statement",
-    "outcome",
-    "audit",
-];
-
 pub(crate) const CSS: &str = "\
 body{font-family:Georgia,'Times New Roman',serif;color:#000;background:#fff;max-width:52rem;margin:2rem auto;padding:0 1rem;line-height:1.35}
 h1{font-size:1.6rem;margin:0 0 .2rem}h2{font-size:1.1rem;border-bottom:2px solid #000;margin:1.4rem 0 .5rem;break-after:avoid}
@@ -1446,147 +1426,26 @@ code,.mono{font-family:'DejaVu Sans Mono',Consolas,monospace;font-size:.85em;wor
 @media print{body{margin:0;max-width:none}a{color:#000;text-decoration:none}}
 ";
 
-/// A printable, self-contained HTML page of the certificate: every section
-/// of REQUIREMENTS §C, the signatures with their fingerprints and how to
-/// verify the JSON file offline. Every value from the certificate is
-/// HTML-escaped. The page is a rendering, not a proof: it says so.
-pub fn render_html(cert: &Certificate) -> String {
-    let body = &cert.body;
-    let get = |k: &str| body.get(k);
-    let status = cert.status().unwrap_or("unknown");
-    let id = cert.id().unwrap_or("(no certificate ID)");
-    let mut out = String::with_capacity(16 * 1024);
-    let _ = write!(
-        out,
-        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n\
-         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n\
-         <title>Certificate of Destruction {}</title>\n<style>\n{CSS}</style>\n</head>\n<body>\n",
-        esc(id)
-    );
-    let status_class = if status == "validated" {
-        "status"
-    } else {
-        "status draft"
-    };
-    // Certificates issued before the standards fields cite SP 800-88 only.
-    let standard = str_at(&cert.body, "sanitization.standards.method")
-        .map(|m| {
-            format!(
-                "{m}; {}",
-                str_at(&cert.body, "sanitization.standards.technique_vocabulary").unwrap_or("")
-            )
-        })
-        .unwrap_or_else(|| "NIST SP 800-88 (Purge: Cryptographic Erase)".into());
-    let _ = write!(
-        out,
-        "<h1>Certificate of Destruction</h1>\n<p class=\"sub\">Cryptographic erase of personal information &mdash; \
-         {}, M.G.L. c. 93I &sect;2</p>\n\
-         <p>Status: <span class=\"{status_class}\">{}</span></p>\n",
-        esc(&standard),
-        esc(&status.to_uppercase())
-    );
-    if status != "validated" {
-        out.push_str(
-            "<p class=\"note\"><strong>This certificate has not been validated by a second person.</strong></p>\n",
-        );
-    }
+/// The certificate as the printable page a business files: page 1 the
+/// verdict (checked here with `check`), who, what, when, how, the
+/// signatures and how to check them; the per-record list and the storage
+/// details in an appendix on the following pages ([`document`]). Self-
+/// contained (no script, no external resource); every value HTML-escaped.
+/// The page is a rendering, not a proof: it says so.
+pub fn render_html(cert: &Certificate, check: Check<'_>) -> String {
+    document::html(&document(cert, check))
+}
 
-    // 1. Certificate header.
-    let mut header = Map::new();
-    for k in ["certificate_id", "schema_version", "issued_at", "status"] {
-        header.insert(k.into(), get(k).cloned().unwrap_or(Value::Null));
-    }
-    header.insert("vault".into(), get("vault").cloned().unwrap_or(Value::Null));
-    header.insert("tool".into(), get("tool").cloned().unwrap_or(Value::Null));
-    section(&mut out, "1. Certificate", Some(&Value::Object(header)), "");
-    section(&mut out, "2. Parties", get("parties"), "");
-    let ink = "<p class=\"note\">Signature (ink, optional):</p><div class=\"sig\"></div>";
-    section(
-        &mut out,
-        "3. Person performing the disposal (operator)",
-        get("operator"),
-        ink,
-    );
-    section(
-        &mut out,
-        "4. Validation (a different person)",
-        get("validator"),
-        ink,
-    );
-    section(&mut out, "5. Target", get("target"), "");
-    section(&mut out, "6. Sanitization", get("sanitization"), "");
-    let _ = writeln!(
-        out,
-        "<section><h2>7. Outcome</h2><p class=\"statement\">{}</p>{}</section>",
-        render_value(get("outcome_statement").unwrap_or(&Value::Null)),
-        get("outcome").map(render_value).unwrap_or_default()
-    );
-
-    // 8. Integrity: audit checkpoint and signatures.
-    let mut sigs = String::from(
-        "<h3>Signatures</h3><table><tr><th>Role</th><td><strong>Key fingerprint / public key / signature</strong></td></tr>",
-    );
-    for s in &cert.signatures {
-        let _ = write!(
-            sigs,
-            "<tr><th>{}</th><td><span class=\"mono\">{}</span><br>public key: <span class=\"mono\">{}</span>\
-             <br>signature: <span class=\"mono\">{}</span></td></tr>",
-            esc(&s.role)
-                + if s.covers_draft {
-                    " (made on the draft, before validation)"
-                } else {
-                    ""
-                },
-            esc(&s.key_fingerprint),
-            esc(&s.public_key),
-            esc(&s.signature)
-        );
-    }
-    sigs.push_str("</table>");
-    section(
-        &mut out,
-        "8. Integrity (audit trail checkpoint)",
-        get("audit"),
-        &sigs,
-    );
-
-    // Anything else in the signed body, so that nothing signed is hidden.
-    if let Some(m) = body.as_object() {
-        let others: Map<String, Value> = m
-            .iter()
-            .filter(|(k, _)| !TOP_LEVEL_SECTIONS.contains(&k.as_str()))
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        if !others.is_empty() {
-            section(
-                &mut out,
-                "Other signed fields",
-                Some(&Value::Object(others)),
-                "",
-            );
-        }
-    }
-
-    let vault_fp = str_at(body, "vault.key_fingerprint").unwrap_or("(missing)");
-    let _ = write!(
-        out,
-        "<section><h2>How to verify this certificate offline</h2><div class=\"note\">\
-         <p>This page is a rendering of the signed JSON file and proves nothing by itself. Verify the JSON file \
-         with the vault's certificate public key, whose fingerprint must be <code>{}</code> \
-         (compare it with the fingerprint in your contract).</p><ol>\
-         <li>With pivault: <code>pivault certificate verify CERT.json --key vault-certificate-key.pem</code></li>\
-         <li>Without pivault: compute the RFC 8785 canonical JSON of the <code>certificate</code> member, \
-         prefix it with the 23 bytes <code>pivault-certificate-v1</code> followed by one zero byte, and save \
-         that as <code>msg.bin</code>; hex-decode the vault signature into <code>sig.bin</code> \
-         (<code>xxd -r -p</code>); then run \
-         <code>openssl pkeyutl -verify -pubin -inkey key.pem -rawin -in msg.bin -sigfile sig.bin</code>.</li>\
-         <li>Check that every co-signature verifies the same way and that the key fingerprints match the parties.</li>\
-         <li>A record or data-subject ID can be shown to be covered with a Merkle inclusion proof against \
-         <code>target.commitment</code> ({}).</li></ol></div></section>\n</body>\n</html>\n",
-        esc(vault_fp),
-        esc(MERKLE_ALGORITHM)
-    );
-    out
+/// The same document as a PDF ([`pdf`]), with the certificate file
+/// ([`Certificate::to_file_json`]) attached inside it as
+/// `certificate-<id>.json`, so that the one file carries its own proof.
+pub fn render_pdf(cert: &Certificate, check: Check<'_>) -> Vec<u8> {
+    let doc = document(cert, check);
+    pdf::write(
+        &doc,
+        cert.to_file_json().as_bytes(),
+        str_at(&cert.body, "issued_at").unwrap_or_default(),
+    )
 }
 
 // ---------------------------------------------------------------------------
@@ -2218,7 +2077,7 @@ mod tests {
         let r = verify(&cert, &k.verifying_key());
         assert!(r.ok(), "{r:?}");
         assert_eq!(r.status, "draft");
-        assert!(render_html(&cert).contains("DRAFT"));
+        assert!(render_html(&cert, Check::Carried).contains("VERIFIED DRAFT"));
     }
 
     fn contractor_body(contractor: &SigningKey) -> Value {
@@ -2968,7 +2827,7 @@ mod tests {
         body["custom_note"] = json!("<img src=x onerror=alert(1)>");
         let mut cert = Certificate::sign(body, &k).unwrap();
         cert.cosign("contractor", &key(9)).unwrap();
-        let html = render_html(&cert);
+        let html = render_html(&cert, Check::Issuer(&k.verifying_key()));
         assert!(!html.contains("<script"), "unescaped script");
         assert!(!html.contains("<img"), "unescaped img");
         assert!(
@@ -2980,23 +2839,24 @@ mod tests {
                 && html.ends_with("</html>\n")
         );
         for needle in [
-            "1. Certificate",
-            "2. Parties",
-            "operator",
-            "4. Validation",
-            "5. Target",
-            "6. Sanitization",
-            "7. Outcome",
-            "8. Integrity",
-            "Other signed fields",
-            "How to verify",
+            "VERIFIED - signatures valid; validated by a second person",
+            "<h2>Who</h2>",
+            "<h2>What</h2>",
+            "<h2>When</h2>",
+            "<h2>How</h2>",
+            "<h2>Signatures</h2>",
+            "How to check this certificate",
+            "pivault certificate verify certificate-",
+            "Appendix A. Records destroyed",
+            "Appendix E. Storage, purge and every other signed field",
+            "custom_note",
             "openssl pkeyutl -verify",
             "cannot practicably be read or reconstructed",
             "Shred-It-Right Inc.",
             "CT-2026-0042",
-            "Cryptographic Erase",
+            "Cryptographic erase",
             "PASS",
-            "VALIDATED",
+            "page-break-before:always",
             cert.id().unwrap(),
         ] {
             assert!(html.contains(needle), "missing {needle:?}");
@@ -3005,8 +2865,165 @@ mod tests {
             assert!(html.contains(&s.key_fingerprint) && html.contains(&s.signature));
         }
         assert!(
-            !html.contains("http://") && !html.contains("https://"),
+            !html.contains("http://") && !html.contains("https://") && !html.contains("<script"),
             "self-contained"
         );
+    }
+
+    /// A body like a real disposal's with `n` records (key versions,
+    /// organisation spelled as the vault spells it, a backup holding copies).
+    fn big_body(n: u8) -> Value {
+        let mut body = contractor_body(&key(9));
+        let ids: Vec<[u8; 16]> = (0..n).map(|i| example_id(i.wrapping_add(0x40))).collect();
+        body["target"]["record_count"] = json!(ids.len());
+        body["target"]["subject_count"] = json!(ids.len());
+        body["target"]["commitment"]["record_root"] = json!(hex::encode(merkle_root(&ids)));
+        body["sanitization"]["details"]["keys_destroyed"] = ids
+            .iter()
+            .enumerate()
+            .map(|(i, id)| json!({ "record_id": format!("{}-{i:03}", uuid_text(id)), "key_version": 2, "key_versions": [1, 2] }))
+            .collect();
+        body["parties"]["contractor"]["organisation"] =
+            json!("Shred-It-Right Incorporated, Electronic Media Division");
+        body["parties"]["contractor"]["certification"] =
+            json!("NAID AAA certificate 12345, endorsement for electronic media");
+        body["parties"]["contractor"]["user_id"] = json!(uuid_text(&example_id(0x33)));
+        body["sanitization"]["standards"] = json!({
+            "method": METHOD_STANDARD, "technique_vocabulary": TECHNIQUE_VOCABULARY,
+            "scope_statement": SCOPE_STATEMENT, "record": RECORD_STANDARD,
+        });
+        body["target"]["backups"]["copies"] = json!([{ "backup_id": "b1", "holds_records": true }]);
+        body["outcome"] = json!({ "state": PENDING_PHRASE, "complete_at": "2026-04-01T00:00:00Z" });
+        body["outcome_statement"] =
+            json!(format!("{OUTCOME_STATEMENT} Disposal is {PENDING_PHRASE}."));
+        body["target"]["classification"]["after"] =
+            json!(format!("{PENDING_PHRASE} until 2026-04-01T00:00:00Z"));
+        body
+    }
+
+    fn summary_and_appendix(html: &str) -> (&str, &str) {
+        let split = html
+            .find("<section class=\"appendix\">")
+            .expect("an appendix");
+        html.split_at(split)
+    }
+
+    /// Issue 14: a 199-record certificate's summary is one page, before the
+    /// appendix, with no per-record row and no user ID; people by name.
+    #[test]
+    fn a_199_record_certificate_summary_fits_page_one_and_names_people() {
+        let k = key(7);
+        let mut cert = Certificate::sign(big_body(199), &k).unwrap();
+        cert.cosign("contractor", &key(9)).unwrap();
+        let doc = document(&cert, Check::Issuer(&k.verifying_key()));
+        assert!(doc.verified());
+        // One page, with room to spare for a longer name or address.
+        let (pages, room) = pdf::summary_pages(&doc);
+        assert_eq!(pages, 1, "the summary must fit page 1");
+        assert!(room >= 40.0, "only {room} points free below the summary");
+        let html = render_html(&cert, Check::Issuer(&k.verifying_key()));
+        let (summary, appendix) = summary_and_appendix(&html);
+        let first = cert.body["sanitization"]["details"]["keys_destroyed"][0]["record_id"]
+            .as_str()
+            .unwrap();
+        assert!(!summary.contains(first) && appendix.contains(first));
+        assert_eq!(appendix.matches("<tr><td class=\"mono\">").count(), 199 + 1); // + 1 exclusion
+        for uid in [
+            "operator.user_id",
+            "validator.user_id",
+            "parties.contractor.user_id",
+            "vault.id",
+        ] {
+            let v = str_at(&cert.body, uid).unwrap();
+            assert!(!summary.contains(v), "{uid} on page 1");
+            assert!(appendix.contains(v), "{uid} not in the appendix");
+        }
+        for name in [
+            "Alex Operator, Records Manager, Example Retail LLC",
+            "Sam Validator, Information Security Officer, Example Retail LLC",
+            "Shred-It-Right Inc., Shred-It-Right Incorporated, Electronic Media Division; contract CT-2026-0042; certification: NAID AAA",
+            "Example Retail LLC, 1 Example Street",
+            "<td>199</td>",
+            "name, ssn, card_number",
+            "pending expiry of residual copies; complete at 2026-04-01T00:00:00Z",
+            "1 backup(s) hold encrypted copies",
+        ] {
+            assert!(summary.contains(name), "summary lacks {name:?}");
+        }
+        // The verdict comes before everything else on the page.
+        let verdict = summary.find("VERIFIED").unwrap();
+        assert!(verdict < summary.find("<h2>Who</h2>").unwrap());
+    }
+
+    /// A changed byte in the body: every rendering says FAILED, never a clean page.
+    #[test]
+    fn a_changed_certificate_renders_as_failed() {
+        let k = key(7);
+        let mut cert = Certificate::sign(example_body(), &k).unwrap();
+        cert.body["target"]["record_count"] = json!(4);
+        for check in [
+            Check::Carried,
+            Check::Issuer(&k.verifying_key()),
+            Check::Pinned(&k.verifying_key()),
+        ] {
+            let doc = document(&cert, check);
+            assert!(!doc.verified());
+            let html = render_html(&cert, check);
+            assert!(html.contains("FAILED VERIFICATION") && !html.contains(">VERIFIED"));
+            assert!(html.contains("The vault signature does not verify"));
+            let pdf = render_pdf(&cert, check);
+            assert!(String::from_utf8_lossy(&pdf).contains("FAILED VERIFICATION"));
+        }
+        // A genuine certificate checked against another key fails too.
+        let good = Certificate::sign(example_body(), &k).unwrap();
+        assert!(!document(&good, Check::Pinned(&key(8).verifying_key())).verified());
+        assert!(document(&good, Check::Carried).verified());
+    }
+
+    /// The PDF's structure: header, every xref offset pointing at its
+    /// object, the trailer, and the certificate file attached byte for byte.
+    #[test]
+    fn pdf_has_a_correct_xref_and_attaches_the_file() {
+        let k = key(7);
+        let mut body = big_body(60);
+        body["operator"]["name"] = json!("Zo\u{eb} (O'Brien) \\ \u{4e2d}\u{6587} \u{2014} ) Tj ET");
+        let mut cert = Certificate::sign(body, &k).unwrap();
+        cert.cosign("contractor", &key(9)).unwrap();
+        let pdf = render_pdf(&cert, Check::Issuer(&k.verifying_key()));
+        assert_eq!(
+            pdf,
+            render_pdf(&cert, Check::Issuer(&k.verifying_key())),
+            "deterministic"
+        );
+        assert!(pdf.starts_with(b"%PDF-1.7\n") && pdf.ends_with(b"%%EOF\n"));
+        let text = String::from_utf8_lossy(&pdf);
+        let startxref: usize = text
+            .rsplit("startxref\n")
+            .next()
+            .and_then(|t| t.lines().next())
+            .and_then(|n| n.parse().ok())
+            .unwrap();
+        assert!(pdf[startxref..].starts_with(b"xref\n0 "));
+        let table = String::from_utf8_lossy(&pdf[startxref..]).into_owned();
+        let count: usize = table.lines().nth(1).unwrap()[2..].parse().unwrap();
+        for (n, line) in table.lines().skip(3).take(count - 1).enumerate() {
+            assert_eq!(line.len(), 19, "entry {line:?}");
+            let off: usize = line[..10].parse().unwrap();
+            assert!(
+                pdf[off..].starts_with(format!("{} 0 obj\n", n + 1).as_bytes()),
+                "object {} not at {off}",
+                n + 1
+            );
+        }
+        let file = cert.to_file_json();
+        assert!(text.contains(&format!(
+            "/Subtype /application#2Fjson /Params << /Size {} ",
+            file.len()
+        )));
+        assert!(text.contains(&format!("stream\n{file}\nendstream")));
+        assert!(text.contains("/AFRelationship /Source") && text.contains("/EmbeddedFiles"));
+        // The hostile name is escaped: no unbalanced parenthesis ends a string.
+        assert!(text.contains("Zo\\353 \\(O'Brien\\) \\\\ ?? \\227 \\) Tj ET"));
+        assert!(pdf.len() < 200_000, "{} bytes", pdf.len());
     }
 }

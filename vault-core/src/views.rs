@@ -42,6 +42,7 @@ pub const DOCUMENTS: &[&str] = &[
     "certificate-html",
     "certificate-list",
     "certificate-payload",
+    "certificate-pdf",
     "certificate-proof",
     "certificate-verification",
     "collection-change",

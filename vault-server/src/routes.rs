@@ -1936,11 +1936,52 @@ async fn certificate_html(
     let c = app
         .as_user(&rc, t, move |v, s| v.certificate(s, id))
         .await?;
-    let mut r = certificate::render_html(&c).into_response();
+    let key = app.vault().certificate_public_key();
+    let mut r = certificate::render_html(&c, certificate::Check::Issuer(&key)).into_response();
     r.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/html; charset=utf-8"),
     );
+    Ok(r)
+}
+
+/// The certificate as the PDF document a business files: the one-page
+/// summary (the verdict, checked by this vault, first), the appendix, and
+/// the signed certificate file attached inside (`certificate-{id}.json`;
+/// `pdfdetach -saveall`, then `pivault certificate verify`).
+#[utoipa::path(get, path = "/v1/certificates/{id}/pdf", tag = "certificates", security(("bearer" = [])),
+    params(("id" = String, Path, description = "certificate ID")),
+    responses((status = 200, description = "PDF document with the certificate file attached", body = String,
+               content_type = "application/pdf"),
+              (status = 404, body = Problem)))]
+async fn certificate_pdf(
+    State(app): State<Arc<App>>,
+    rc: RequestContext,
+    t: Bearer,
+    Path(id): Path<String>,
+) -> Res {
+    let id: CertificateId = parse(&id, "certificate")?;
+    // Rendered on the blocking pool with the read (a large batch's appendix
+    // is a few hundred kilobytes of layout).
+    let pdf = app
+        .as_user(&rc, t, move |v, s| {
+            let c = v.certificate(s, id)?;
+            Ok(certificate::render_pdf(
+                &c,
+                certificate::Check::Issuer(&v.certificate_public_key()),
+            ))
+        })
+        .await?;
+    let mut r = pdf.into_response();
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/pdf"),
+    );
+    if let Ok(v) = HeaderValue::from_str(&format!("attachment; filename=\"certificate-{id}.pdf\""))
+    {
+        h.insert(header::CONTENT_DISPOSITION, v);
+    }
     Ok(r)
 }
 
@@ -2589,7 +2630,7 @@ impl Modify for BearerScheme {
           set_password, list_approvals, approve_request, reject_request, list_collections, create_collection, update_collection, show_collection, put_record, list_records,
           get_record, reveal_record, find_records, reindex_collection, update_record, patch_record, record_history, import, resolve_subject, export_records, dispose, list_disposals,
           retry_disposal, show_retention, set_retention, show_retention_schedule, set_retention_schedule, retention_due, retention_run, list_holds, add_hold,
-          remove_hold, list_certificates, show_certificate, certificate_file, certificate_vc, certificate_proof, certificate_html, validate_certificate,
+          remove_hold, list_certificates, show_certificate, certificate_file, certificate_vc, certificate_proof, certificate_html, certificate_pdf, validate_certificate,
           cosign_certificate, keys, list_contractors, assign_contractor, revoke_contractor, audit_events, audit_export, audit_stream, audit_verify, audit_anchor, audit_timestamp, audit_report, review,
           incident_scope, open_incident, list_incidents, show_incident, incident_action, review_incident, incident_notice, wisp,
           maintenance, healthz, readyz, openapi_doc),
@@ -2679,6 +2720,7 @@ pub fn router(app: Arc<App>) -> Router {
         )
         .route("/v1/certificates/{id}/vc", get(certificate_vc))
         .route("/v1/certificates/{id}/html", get(certificate_html))
+        .route("/v1/certificates/{id}/pdf", get(certificate_pdf))
         .route("/v1/certificates/{id}/validate", post(validate_certificate))
         .route("/v1/certificates/{id}/cosign", post(cosign_certificate))
         .route("/v1/keys", get(keys))

@@ -54,6 +54,7 @@ pub fn router() -> Router<Arc<App>> {
         .route("/ui/find", get(find_page).post(find))
         .route("/ui/reveal", axum::routing::post(reveal))
         .route("/ui/verify", get(verify_page).post(verify))
+        .route("/ui/certificates/{id}/pdf", get(certificate_pdf))
 }
 
 /// Whether a route is one of the web page's (answered without a bearer
@@ -821,6 +822,18 @@ struct VerifyForm {
     key: String,
 }
 
+/// The link to a verified certificate's PDF (only for a well-formed ID).
+fn pdf_link(id: Option<&str>) -> String {
+    match id.and_then(|i| i.parse::<vault_core::ids::CertificateId>().ok()) {
+        Some(id) => format!(
+            "<p class=\"hint\">Signed in to the vault that issued it? \
+             <a href=\"/ui/certificates/{id}/pdf\">Download it as a PDF</a> \
+             (the one-page summary, with the signed file attached inside).</p>"
+        ),
+        None => String::new(),
+    }
+}
+
 async fn verify(headers: HeaderMap, Form(f): Form<VerifyForm>) -> Response {
     if cross_site(&headers) {
         return refused_cross_site();
@@ -833,7 +846,7 @@ async fn verify(headers: HeaderMap, Form(f): Form<VerifyForm>) -> Response {
         Ok((r, c)) if r.ok() => (
             StatusCode::OK,
             format!(
-                "<p role=\"status\" class=\"valid\">VALID: certificate <code>{}</code> ({}), signed by the vault key {}.{}</p>",
+                "<p role=\"status\" class=\"valid\">VALID: certificate <code>{}</code> ({}), signed by the vault key {}.{}</p>{}",
                 esc(c.id().unwrap_or("?")),
                 esc(&r.status),
                 esc(&r.vault_key_fingerprint),
@@ -844,7 +857,8 @@ async fn verify(headers: HeaderMap, Form(f): Form<VerifyForm>) -> Response {
                         esc(role),
                         esc(fp)
                     ))
-                    .collect::<String>()
+                    .collect::<String>(),
+                pdf_link(c.id())
             ),
         ),
         Ok((r, _)) => (
@@ -881,4 +895,52 @@ async fn verify(headers: HeaderMap, Form(f): Form<VerifyForm>) -> Response {
         None,
         &format!("{verdict}{}", verify_form(None)),
     )
+}
+
+/// A certificate as the PDF document a business files (the API's
+/// `GET /v1/certificates/{id}/pdf`, the same bytes), downloaded by a
+/// signed-in visitor: what a contractor hands over.
+async fn certificate_pdf(
+    State(app): State<Arc<App>>,
+    rc: RequestContext,
+    headers: HeaderMap,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> Response {
+    let Some(who) = signed_in(&app, &rc, &headers).await else {
+        return see_other("/ui/", None);
+    };
+    if who.enrol_only {
+        return see_other("/ui/two-factor", None);
+    }
+    let Ok(id) = id.parse::<vault_core::ids::CertificateId>() else {
+        return error_page(&who, &ApiError::invalid("certificate is not a valid ID"));
+    };
+    let pdf = app
+        .as_user(&rc, who.bearer(), move |v, s| {
+            let c = v.certificate(s, id)?;
+            let key = v.certificate_public_key();
+            Ok(vault_core::certificate::render_pdf(
+                &c,
+                vault_core::certificate::Check::Issuer(&key),
+            ))
+        })
+        .await;
+    match pdf {
+        Ok(pdf) => {
+            let mut r = pdf.into_response();
+            let h = r.headers_mut();
+            secure_headers(h);
+            h.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/pdf"),
+            );
+            if let Ok(v) =
+                HeaderValue::from_str(&format!("attachment; filename=\"certificate-{id}.pdf\""))
+            {
+                h.insert(header::CONTENT_DISPOSITION, v);
+            }
+            r
+        }
+        Err(e) => error_page(&who, &e),
+    }
 }

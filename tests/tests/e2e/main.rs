@@ -3,6 +3,7 @@
 
 mod audit_anchor;
 mod backup;
+mod certificate_pdf;
 mod certificate_standards;
 mod cli;
 mod cli_output;

@@ -404,6 +404,48 @@ impl Server {
         a
     }
 
+    /// A GET whose answer is bytes (a PDF): status, content type, content
+    /// disposition and the body.
+    pub(crate) fn get_bytes(
+        &self,
+        path: &str,
+        token: Option<&str>,
+    ) -> (u16, String, String, Vec<u8>) {
+        let auth = token.map(|t| format!("Bearer {t}"));
+        match &auth {
+            Some(a) => self.get_bytes_with(path, &[("Authorization", a)]),
+            None => self.get_bytes_with(path, &[]),
+        }
+    }
+
+    /// [`Self::get_bytes`] with the given headers, no redirect followed.
+    pub(crate) fn get_bytes_with(
+        &self,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> (u16, String, String, Vec<u8>) {
+        let mut r = self
+            .agent
+            .get(format!("{}{}", self.base, path))
+            .config()
+            .max_redirects(0)
+            .build();
+        for (k, v) in headers {
+            r = r.header(*k, *v);
+        }
+        let mut resp = r.call().expect("HTTP exchange");
+        let h = |n: &str| {
+            resp.headers()
+                .get(n)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_owned()
+        };
+        let (ct, cd) = (h("content-type"), h("content-disposition"));
+        let body = resp.body_mut().read_to_vec().expect("body");
+        (resp.status().as_u16(), ct, cd, body)
+    }
+
     fn login(&self, user: &str, password: &str) -> Answer {
         self.call(
             "POST",
