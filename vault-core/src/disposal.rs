@@ -1339,8 +1339,13 @@ impl Vault {
                     .files_containing_for_buckets(&b.buckets, &wrapped_before)?;
                 tr(&format!("verify: key paths + byte scan of {scanned} files"));
                 b.scan_files = Some(scanned);
+                let places = if self.keystore.engine_kind() == "postgresql" {
+                    "every file of every keystore cluster member's data directory (tables, WAL, logs, control files), read by each member"
+                } else {
+                    "every WAL, manifest and other non-table file, every table file outside the live set, every live data-key table file covering a touched bucket"
+                };
                 b.byte_scan = Some(format!(
-                    "{} pre-disposal wrapped key(s) (every version of every record) searched in {scanned} keystore file(s) that can hold them (every WAL, manifest and other non-table file, every table file outside the live set, every live data-key table file covering a touched bucket): {} file(s) hold them",
+                    "{} pre-disposal wrapped key(s) (every version of every record) searched in {scanned} keystore file(s) that can hold them ({places}): {} file(s) hold them",
                     wrapped_before.len(),
                     hits.len()
                 ));
@@ -1509,6 +1514,14 @@ impl Vault {
             .collect::<Result<_>>()?;
         let copies = self.exports_holding(&record_ids)?;
         let mut not_covered = not_covered(&b.backups);
+        let on_cluster = purge.engine.as_deref() == Some("postgresql");
+        if on_cluster {
+            not_covered.extend([
+                "copies of the keystore cluster made outside pivault: base backups (pg_basebackup), disk or volume snapshots, WAL archives (doctor checks that no member archives WAL and that no logical slot or publication exists; copies made by other means cannot be seen)".to_owned(),
+                "the memory of each keystore member (shared buffers, the operating system's page cache, swap)".to_owned(),
+                "keystore members other than those listed in sanitization.details.keystore_purge.members (a member added after the purge, or one removed without its data directory being wiped)".to_owned(),
+            ]);
+        }
         if !copies.is_empty() {
             not_covered.push(format!(
                 "{} export(s) made before this disposal hold copies of records of this batch outside the vault (target.copies_outside_vault)",
@@ -1585,9 +1598,17 @@ impl Vault {
                     "superseded": "NIST SP 800-88 Rev. 1 (withdrawn 2025-09-26); its App. G field names are kept in this certificate for forms that copy them",
                     "scope_statement": certificate::SCOPE_STATEMENT,
                 },
-                "key_zeroization": "each record's data keys deleted from the keystore; every touched bucket key replaced and its surviving keys re-wrapped; the epoch root key overwritten in the vault header (ratchet); keystore flushed and compacted so no file keeps the old key bytes; verified by key-path checks and a byte scan",
+                "key_zeroization": if on_cluster {
+                    "each record's data keys deleted from the keystore; every touched bucket key replaced and its surviving keys re-wrapped; the epoch root key overwritten in the vault header (ratchet); the keystore cluster's touched tables rewritten (VACUUM FULL) and its WAL from before the purge removed on every member; verified by key-path checks and a byte scan of every file of every member"
+                } else {
+                    "each record's data keys deleted from the keystore; every touched bucket key replaced and its surviving keys re-wrapped; the epoch root key overwritten in the vault header (ratchet); keystore flushed and compacted so no file keeps the old key bytes; verified by key-path checks and a byte scan"
+                },
                 "record": {
-                    "media_type": "logical records (AES-256-GCM ciphertexts and their wrapped keys) in the vault's RocksDB datastore",
+                    "media_type": if on_cluster {
+                        "logical records (AES-256-GCM ciphertexts in the vault's RocksDB datastore, their wrapped keys in a PostgreSQL keystore cluster)"
+                    } else {
+                        "logical records (AES-256-GCM ciphertexts and their wrapped keys) in the vault's RocksDB datastore"
+                    },
                     "media_source": format!("pivault vault {}", self.info.vault_id),
                     "manufacturer_model_serial": "not applicable: logical sanitization, no device sanitized",
                     "pre_sanitization_categorization": if any_pi { "MA personal information (M.G.L. c. 93H §1)" } else { "confidential" },
