@@ -55,6 +55,11 @@ pub fn schema() -> Schema {
 
 /// Creates the vault in `dir` (which must not exist or be empty).
 pub fn fixture(dir: &Path) -> Fixture {
+    fixture_on(dir, None)
+}
+
+/// [`fixture`] with its keystore on a PostgreSQL cluster (`Some`).
+pub fn fixture_on(dir: &Path, keystore: Option<vault_core::keystore::postgres::PgConfig>) -> Fixture {
     let init = InitOptions {
         kdf: KdfParams::INSECURE_FAST,
         buckets: DEFAULT_BUCKETS,
@@ -63,11 +68,12 @@ pub fn fixture(dir: &Path) -> Fixture {
         // The benchmarks' staff sign in with passwords only.
         two_factor: vault_core::access::TwoFactorPolicy::none(),
     };
-    let vault = Vault::create(
+    let vault = Vault::create_with_keystore(
         dir,
         &SecretString::from(PASSPHRASE),
         init,
         OpenOptions::default(),
+        keystore,
     )
     .expect("create vault");
     let admin = vault

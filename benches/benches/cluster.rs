@@ -1,0 +1,243 @@
+//! The keystore on a PostgreSQL/Patroni cluster (issue 16), against raw
+//! PostgreSQL with the same client in the same run, and against the
+//! embedded engine (plain `main`: a cluster set-up per run, few repetitions).
+//!
+//! Needs the cluster `scripts/cluster.sh start` brings up, and its
+//! environment (`source "$(scripts/cluster.sh env)"`).
+//!
+//! * `put` / `get`: `Vault::put_record` / `get_record` (masked) of ~200-byte
+//!   bodies, one at a time, on a cluster-keystore vault and on an embedded
+//!   one; the raw baseline is one `INSERT` (autocommit, a 24-byte key and a
+//!   61-byte value, what a vault put writes to the keystore) and one
+//!   `SELECT` by key, through the same `postgres` client, in a scratch table
+//!   of the keystore database. `PIVAULT_BENCH_CLUSTER_OPS` (default 500).
+//! * one-record disposal on the cluster vault at each size in
+//!   `PIVAULT_BENCH_CLUSTER_SIZES` (records; default `2000`): median and
+//!   max of `PIVAULT_BENCH_CLUSTER_REPS` (default 5), end to end (purge on
+//!   every member, scan of every member's files, certificate).
+//!
+//! Run: `cargo bench --workspace --no-run --profile dev`, then the binary
+//! `target/debug/deps/cluster-*` with `--bench` (dependencies are built at
+//! opt-level 3 in the dev profile).
+
+#[allow(dead_code)]
+mod common;
+
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use vault_core::ids::SubjectId;
+use vault_core::keystore::postgres::PgConfig;
+use vault_core::secret::SecretString;
+use vault_core::vault::{Context, DisposalParties, DisposalRequest, DisposalScope};
+
+fn env_u64(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.replace('_', "").parse().ok())
+        .unwrap_or(default)
+}
+
+fn config() -> PgConfig {
+    let var = |n: &str| {
+        std::env::var(n).unwrap_or_else(|_| {
+            panic!("{n} is not set: run scripts/cluster.sh start and source its env file")
+        })
+    };
+    PgConfig {
+        engine: "postgresql".into(),
+        members: var("PIVAULT_PG_MEMBERS")
+            .split(',')
+            .map(str::to_owned)
+            .collect(),
+        database: "pivault_keys".into(),
+        user: "pivault".into(),
+        password_file: var("PIVAULT_PG_PASSWORD_FILE").into(),
+    }
+}
+
+fn body(i: u64) -> Value {
+    Value::Object(common::body_with_padding(i, 0))
+}
+
+fn per_s(n: u64, d: Duration) -> f64 {
+    n as f64 / d.as_secs_f64()
+}
+
+/// Raw PostgreSQL: autocommit INSERTs then SELECTs of keystore-shaped rows.
+fn raw(cfg: &PgConfig, n: u64) -> (f64, f64) {
+    let password = std::fs::read_to_string(&cfg.password_file).expect("password file");
+    let mut primary = None;
+    for m in &cfg.members {
+        let (host, port) = m.rsplit_once(':').expect("host:port");
+        let mut c = postgres::Config::new()
+            .host(host)
+            .port(port.parse().expect("port"))
+            .user(&cfg.user)
+            .password(password.trim())
+            .dbname(&cfg.database)
+            .connect(postgres::NoTls)
+            .expect("connect");
+        let standby: bool = c
+            .query_one("SELECT pg_is_in_recovery()", &[])
+            .expect("role")
+            .get(0);
+        if !standby {
+            primary = Some(c);
+            break;
+        }
+    }
+    let mut c = primary.expect("a primary");
+    c.batch_execute(
+        "CREATE SCHEMA IF NOT EXISTS pivault_bench;
+         DROP TABLE IF EXISTS pivault_bench.raw;
+         CREATE TABLE pivault_bench.raw (k bytea PRIMARY KEY, v bytea NOT NULL);",
+    )
+    .expect("scratch table");
+    let keys: Vec<Vec<u8>> = (0..n)
+        .map(|i| {
+            let mut k = vec![0u8; 24];
+            k[..8].copy_from_slice(&i.to_be_bytes());
+            k[8..24].copy_from_slice(uuid::Uuid::now_v7().as_bytes());
+            k
+        })
+        .collect();
+    let value = vec![0x5au8; 61];
+    let t = Instant::now();
+    for k in &keys {
+        c.execute(
+            "INSERT INTO pivault_bench.raw (k, v) VALUES ($1, $2)",
+            &[k, &value],
+        )
+        .expect("insert");
+    }
+    let put = per_s(n, t.elapsed());
+    let t = Instant::now();
+    for k in &keys {
+        let r = c
+            .query_one("SELECT v FROM pivault_bench.raw WHERE k = $1", &[k])
+            .expect("select");
+        std::hint::black_box(r.get::<_, Vec<u8>>(0));
+    }
+    let get = per_s(n, t.elapsed());
+    c.batch_execute("DROP SCHEMA pivault_bench CASCADE")
+        .expect("drop scratch");
+    (put, get)
+}
+
+/// Puts then gets `n` records through the vault; returns (put/s, get/s).
+fn vault_path(fx: &common::Fixture, n: u64) -> (f64, f64) {
+    let t = Instant::now();
+    let ids: Vec<_> = (0..n)
+        .map(|i| {
+            fx.vault
+                .put_record(&fx.clerk, common::COLLECTION, SubjectId::new(), &body(i))
+                .expect("put")
+        })
+        .collect();
+    let put = per_s(n, t.elapsed());
+    let t = Instant::now();
+    for id in &ids {
+        std::hint::black_box(
+            fx.vault
+                .get_record(&fx.clerk, *id, &[], None)
+                .expect("get"),
+        );
+    }
+    (put, per_s(n, t.elapsed()))
+}
+
+fn main() {
+    if !std::env::args().any(|a| a == "--bench") {
+        return; // `cargo test --benches` runs bench binaries without --bench.
+    }
+    let cfg = config();
+    let n = env_u64("PIVAULT_BENCH_CLUSTER_OPS", 500);
+    let reps = env_u64("PIVAULT_BENCH_CLUSTER_REPS", 5);
+    let sizes: Vec<u64> = std::env::var("PIVAULT_BENCH_CLUSTER_SIZES")
+        .unwrap_or_else(|_| "2000".into())
+        .split(',')
+        .filter_map(|v| v.trim().replace('_', "").parse().ok())
+        .collect();
+
+    let (raw_put, raw_get) = raw(&cfg, n);
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let cluster = common::fixture_on(&tmp.path().join("cluster"), Some(cfg.clone()));
+    let (c_put, c_get) = vault_path(&cluster, n);
+    let embedded = common::fixture(&tmp.path().join("embedded"));
+    let (e_put, e_get) = vault_path(&embedded, n);
+    drop(embedded);
+    println!("## keystore on a 3-member Patroni cluster: {n} operations each, one at a time");
+    println!("| op | raw PostgreSQL /s | vault, cluster keystore /s | ratio | vault, embedded /s | cluster / embedded |");
+    println!("|---|---|---|---|---|---|");
+    println!(
+        "| put | {raw_put:.0} | {c_put:.0} | {:.2} | {e_put:.0} | {:.2} |",
+        c_put / raw_put,
+        c_put / e_put
+    );
+    println!(
+        "| get | {raw_get:.0} | {c_get:.0} | {:.2} | {e_get:.0} | {:.2} |",
+        c_get / raw_get,
+        c_get / e_get
+    );
+
+    // One-record disposals at growing vault sizes.
+    let officer = cluster
+        .vault
+        .login(
+            common::OFFICER.0,
+            &SecretString::from(common::OFFICER.1),
+            Context::cli(),
+        )
+        .expect("officer login");
+    let mut have = n;
+    println!();
+    println!("## one-record disposal on the cluster keystore ({reps} each)");
+    println!("| records in the vault | median ms | max ms |");
+    println!("|---|---|---|");
+    for size in sizes {
+        while have < size {
+            cluster
+                .vault
+                .put_record(
+                    &cluster.clerk,
+                    common::COLLECTION,
+                    SubjectId::new(),
+                    &body(have),
+                )
+                .expect("fill");
+            have += 1;
+        }
+        let mut times = Vec::new();
+        for _ in 0..reps {
+            let id = cluster
+                .vault
+                .put_record(
+                    &cluster.clerk,
+                    common::COLLECTION,
+                    SubjectId::new(),
+                    &body(have),
+                )
+                .expect("put");
+            let t = Instant::now();
+            cluster
+                .vault
+                .dispose(
+                    &officer,
+                    &DisposalRequest {
+                        scope: DisposalScope::Record(id),
+                        parties: DisposalParties::default(),
+                        dry_run: false,
+                    },
+                )
+                .expect("dispose");
+            times.push(t.elapsed());
+        }
+        times.sort();
+        println!(
+            "| {size} | {:.0} | {:.0} |",
+            times[times.len() / 2].as_secs_f64() * 1e3,
+            times[times.len() - 1].as_secs_f64() * 1e3
+        );
+    }
+}
