@@ -33,37 +33,18 @@ struct Cluster {
 static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn cluster() -> Cluster {
-    let var = |n: &str| {
-        std::env::var(n).unwrap_or_else(|_| {
-            panic!(
-                "{n} is not set: the keystore cluster is not running. Start it with \
-                 `scripts/cluster.sh start` and `source` the env file it prints \
-                 (scripts/test.sh does both)"
-            )
-        })
-    };
+    let cfg = common::cluster_keystore();
+    let dirs = std::env::var("PIVAULT_PG_DATA_DIRS").expect("PIVAULT_PG_DATA_DIRS");
     Cluster {
-        members: var("PIVAULT_PG_MEMBERS")
-            .split(',')
-            .map(str::to_owned)
-            .collect(),
-        password_file: var("PIVAULT_PG_PASSWORD_FILE").into(),
-        data_dirs: var("PIVAULT_PG_DATA_DIRS")
-            .split(':')
-            .map(PathBuf::from)
-            .collect(),
+        members: cfg.members,
+        password_file: cfg.password_file,
+        data_dirs: dirs.split(':').map(PathBuf::from).collect(),
     }
 }
 
 impl Cluster {
     fn config(&self) -> PgConfig {
-        PgConfig {
-            engine: "postgresql".into(),
-            members: self.members.clone(),
-            database: "pivault_keys".into(),
-            user: "pivault".into(),
-            password_file: self.password_file.clone(),
-        }
+        common::cluster_keystore()
     }
 
     /// Every file of every member's data directory holding any needle,

@@ -156,7 +156,39 @@ pub fn create_vault(
     admin: &str,
     admin_password: &str,
 ) -> Vault {
-    create_vault_on(dir, clock, admin, admin_password, None)
+    create_vault_on(dir, clock, admin, admin_password, conformance_keystore())
+}
+
+/// The keystore the fixtures use: embedded, or with
+/// `PIVAULT_TEST_KEYSTORE=cluster` the PostgreSQL cluster of
+/// `scripts/cluster.sh` (`PIVAULT_PG_*`), so that the same tests run
+/// against both engines (`scripts/test.sh` runs the storage modules twice).
+pub fn conformance_keystore() -> Option<PgConfig> {
+    (std::env::var("PIVAULT_TEST_KEYSTORE").as_deref() == Ok("cluster")).then(cluster_keystore)
+}
+
+/// The keystore on the cluster `scripts/cluster.sh` started, from its
+/// environment (`PIVAULT_PG_*`; `scripts/test.sh` starts it and sets them).
+pub fn cluster_keystore() -> PgConfig {
+    let var = |n: &str| {
+        std::env::var(n).unwrap_or_else(|_| {
+            panic!(
+                "{n} is not set: the keystore cluster is not running. Start it with \
+                 `scripts/cluster.sh start` and `source` the env file it prints \
+                 (scripts/test.sh does both)"
+            )
+        })
+    };
+    PgConfig {
+        engine: "postgresql".into(),
+        members: var("PIVAULT_PG_MEMBERS")
+            .split(',')
+            .map(str::to_owned)
+            .collect(),
+        database: "pivault_keys".into(),
+        user: "pivault".into(),
+        password_file: var("PIVAULT_PG_PASSWORD_FILE").into(),
+    }
 }
 
 /// [`create_vault`] with its keystore on a cluster (`Some`) or embedded.
@@ -202,7 +234,7 @@ pub fn login(vault: &Vault, username: &str) -> Session {
 /// A vault in `dir` with the five [`USERS`] (one per role), all logged in,
 /// and the [`CUSTOMERS`] collection; the clock starts at [`T0`].
 pub fn fast_vault(dir: &Path) -> Fixture {
-    fast_vault_on(dir, None)
+    fast_vault_on(dir, conformance_keystore())
 }
 
 /// [`fast_vault`] with its keystore on a cluster (`Some`) or embedded.
