@@ -345,6 +345,9 @@ pub struct FieldError {
     pub message: String,
 }
 
+/// The problems [`Schema::check`] found, each with its declared field.
+type Problems = Vec<(Option<String>, Error)>;
+
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Check {
     /// A whole record body: required fields must be there.
@@ -681,7 +684,7 @@ impl Schema {
         Self::messages(self.check(patch, Check::Patch, false).1)
     }
 
-    fn messages(errors: Vec<(Option<String>, Error)>) -> Vec<FieldError> {
+    fn messages(errors: Problems) -> Vec<FieldError> {
         errors
             .into_iter()
             .map(|(field, e)| FieldError {
@@ -696,12 +699,7 @@ impl Schema {
 
     /// The checks of [`Schema::validate`]: the normalised body and the
     /// problems found (only the first when `first_only`).
-    fn check(
-        &self,
-        body: &Value,
-        mode: Check,
-        first_only: bool,
-    ) -> (Map<String, Value>, Vec<(Option<String>, Error)>) {
+    fn check(&self, body: &Value, mode: Check, first_only: bool) -> (Map<String, Value>, Problems) {
         let mut errors = Vec::new();
         let mut out = Map::new();
         let Some(obj) = body.as_object() else {
@@ -2347,7 +2345,8 @@ mod tests {
             assert!(!e.message.contains("987") && !e.message.contains("not-an-address"));
         }
         // An undeclared key and a never-stored name belong to no field.
-        let errors = schema.field_errors(&json!({ "given": "Ann", "ssn": "219-09-9999", "cvv": "123", "x": "1" }));
+        let errors = schema
+            .field_errors(&json!({ "given": "Ann", "ssn": "219-09-9999", "cvv": "123", "x": "1" }));
         assert_eq!(errors.len(), 2, "{errors:?}");
         assert!(errors.iter().all(|e| e.field.is_none()));
         // A good body has none, and validate agrees.
@@ -2359,7 +2358,11 @@ mod tests {
     #[test]
     fn patch_errors_check_only_the_named_fields() {
         let schema = form_schema();
-        assert!(schema.patch_errors(&json!({ "email": "ann@example.com" })).is_empty());
+        assert!(
+            schema
+                .patch_errors(&json!({ "email": "ann@example.com" }))
+                .is_empty()
+        );
         let errors = schema.patch_errors(&json!({ "email": "nope", "given": null }));
         let fields: Vec<Option<&str>> = errors.iter().map(|e| e.field.as_deref()).collect();
         assert_eq!(fields, vec![Some("given"), Some("email")]);

@@ -128,8 +128,16 @@ fn add_form(who: &Signed, typed: &Typed<'_>, error: Option<(&str, &str)>) -> Str
         rn = note("role"),
         rb = bad("role"),
         pn = note("password"),
-        pd = if field == "password" { " e-password" } else { "" },
-        pi = if field == "password" { " aria-invalid=\"true\"" } else { "" },
+        pd = if field == "password" {
+            " e-password"
+        } else {
+            ""
+        },
+        pi = if field == "password" {
+            " aria-invalid=\"true\""
+        } else {
+            ""
+        },
         rv = if typed.reveal { " checked" } else { "" },
     )
 }
@@ -148,7 +156,11 @@ async fn render(
             status,
             "Users",
             Some(who),
-            &format!("{top}{}{}", add_form(who, typed, error), user_list(who, &users)),
+            &format!(
+                "{top}{}{}",
+                add_form(who, typed, error),
+                user_list(who, &users)
+            ),
         ),
         Err(e) => error_page(who, &e),
     }
@@ -207,7 +219,16 @@ async fn add_user(
         Ok(r) if ROLES.contains(&r.as_str()) => r,
         _ => {
             let e = ("role", "Choose one of the roles in the list.");
-            return render(&app, &rc, &who, StatusCode::UNPROCESSABLE_ENTITY, "", &typed, Some(e)).await;
+            return render(
+                &app,
+                &rc,
+                &who,
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "",
+                &typed,
+                Some(e),
+            )
+            .await;
         }
     };
     let (name, pw, reveal) = (
@@ -235,8 +256,21 @@ async fn add_user(
             render(&app, &rc, &who, StatusCode::CREATED, &top, &fresh, None).await
         }
         Err(e) => {
-            let field = if e.code == "weak_password" { "password" } else { "username" };
-            render(&app, &rc, &who, e.status, "", &typed, Some((field, &e.detail))).await
+            let field = if e.code == "weak_password" {
+                "password"
+            } else {
+                "username"
+            };
+            render(
+                &app,
+                &rc,
+                &who,
+                e.status,
+                "",
+                &typed,
+                Some((field, &e.detail)),
+            )
+            .await
         }
     }
 }

@@ -87,7 +87,10 @@ async fn trail(
             );
         }
     };
-    let (actor, action) = (q.actor.trim().to_ascii_lowercase(), q.action.trim().to_owned());
+    let (actor, action) = (
+        q.actor.trim().to_ascii_lowercase(),
+        q.action.trim().to_owned(),
+    );
     let r = app
         .as_user_long(&rc, who.bearer(), move |v, s| {
             let users = v.list_users(s)?;
@@ -190,11 +193,7 @@ async fn trail(
     )
 }
 
-async fn verify(
-    State(app): State<Arc<App>>,
-    rc: RequestContext,
-    headers: HeaderMap,
-) -> Response {
+async fn verify(State(app): State<Arc<App>>, rc: RequestContext, headers: HeaderMap) -> Response {
     let Some(who) = signed_in(&app, &rc, &headers).await else {
         return see_other("/ui/", None);
     };
@@ -214,7 +213,8 @@ async fn verify(
             } else {
                 format!(
                     "<p role=\"alert\" class=\"error\">BROKEN at event {}: {}. Keep the vault as it is and report it to the security officer.</p>",
-                    r.first_bad_seq.map_or_else(|| "?".into(), |s| s.to_string()),
+                    r.first_bad_seq
+                        .map_or_else(|| "?".into(), |s| s.to_string()),
                     esc(r.problem.as_deref().unwrap_or("see pivault audit verify"))
                 )
             };

@@ -248,7 +248,6 @@ async fn reveal(
     }
 }
 
-
 // ----- add and correct a record --------------------------------------------------
 
 /// How a field of this type is typed into a form: the `inputmode` and a
@@ -341,7 +340,7 @@ fn record_form(
     general: Option<&str>,
     kind: &FormKind<'_>,
 ) -> String {
-    let mut top: Vec<String> = general.map(|g| esc(g)).into_iter().collect();
+    let mut top: Vec<String> = general.map(esc).into_iter().collect();
     top.extend(
         errors
             .iter()
@@ -384,10 +383,9 @@ fn record_form(
             .and_then(Value::as_str)
             .unwrap_or("");
         let now = match kind {
-            FormKind::Correct(_, current) => current.get(&spec.name).map(|v| {
-                v.as_str()
-                    .map_or_else(|| v.to_string(), str::to_owned)
-            }),
+            FormKind::Correct(_, current) => current
+                .get(&spec.name)
+                .map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_owned)),
             FormKind::New => None,
         };
         let required = spec.required && matches!(kind, FormKind::New);
@@ -397,7 +395,12 @@ fn record_form(
             described.push(format!("h-{n}"));
             let now = now
                 .as_deref()
-                .map(|v| format!(" Now: <span class=\"now\">{}</span>; leave empty to keep it.", esc(v)))
+                .map(|v| {
+                    format!(
+                        " Now: <span class=\"now\">{}</span>; leave empty to keep it.",
+                        esc(v)
+                    )
+                })
                 .unwrap_or_default();
             notes.push_str(&format!(
                 "<p class=\"hint\" id=\"h-{n}\">{}{now}</p>",
@@ -428,7 +431,11 @@ fn record_form(
             FormKind::Correct(_, current) if !spec.required && current.contains_key(&spec.name) => {
                 format!(
                     "<label class=\"check\"><input type=\"checkbox\" name=\"remove\" value=\"{n}\"{c}> Remove the {label}</label>",
-                    c = if form.remove.contains(&spec.name) { " checked" } else { "" },
+                    c = if form.remove.contains(&spec.name) {
+                        " checked"
+                    } else {
+                        ""
+                    },
                     label = esc(&label_of(&spec.name)),
                 )
             }
@@ -754,7 +761,9 @@ async fn correct(
                 &schema,
                 &form,
                 &[],
-                Some("Nothing was typed, so nothing changed. Type the new value of each field to correct."),
+                Some(
+                    "Nothing was typed, so nothing changed. Type the new value of each field to correct.",
+                ),
                 &FormKind::Correct(&id, &now),
             ),
         );

@@ -38,13 +38,48 @@ mod officer;
 /// The pages a role is offered, in the order of the menu: the permission
 /// that opens each (the core decides again on every call).
 const MENU: [(Permission, &str, &str, &str); 7] = [
-    (Permission::FindRecords, "/ui/find", "Find a customer", "by SSN, licence, e-mail, phone or name (shown masked)"),
-    (Permission::CreateRecord, "/ui/records/new", "Add a record", "through a form made from the collection's schema"),
-    (Permission::RecordReview, "/ui/holds", "Legal holds", "place and release holds on records and customers"),
-    (Permission::Dispose, "/ui/disposals", "Dispose", "preview, confirm, and get the certificate"),
-    (Permission::ReadAudit, "/ui/audit", "Audit trail", "with filters, and the trail's verification"),
-    (Permission::ManageUsers, "/ui/users", "Users", "add, disable, enable and unlock users"),
-    (Permission::ManageUsers, "/ui/holds", "Legal holds", "place and release holds on records and customers"),
+    (
+        Permission::FindRecords,
+        "/ui/find",
+        "Find a customer",
+        "by SSN, licence, e-mail, phone or name (shown masked)",
+    ),
+    (
+        Permission::CreateRecord,
+        "/ui/records/new",
+        "Add a record",
+        "through a form made from the collection's schema",
+    ),
+    (
+        Permission::RecordReview,
+        "/ui/holds",
+        "Legal holds",
+        "place and release holds on records and customers",
+    ),
+    (
+        Permission::Dispose,
+        "/ui/disposals",
+        "Dispose",
+        "preview, confirm, and get the certificate",
+    ),
+    (
+        Permission::ReadAudit,
+        "/ui/audit",
+        "Audit trail",
+        "with filters, and the trail's verification",
+    ),
+    (
+        Permission::ManageUsers,
+        "/ui/users",
+        "Users",
+        "add, disable, enable and unlock users",
+    ),
+    (
+        Permission::ManageUsers,
+        "/ui/holds",
+        "Legal holds",
+        "place and release holds on records and customers",
+    ),
 ];
 
 /// The menu entries a visitor's role may open, each page once.

@@ -13,8 +13,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde::Deserialize;
 use vault_core::clock::format_ms;
-use vault_core::vault::{DisposalOutcome, DisposalParties, DisposalRequest, DisposalScope};
 use vault_core::ids::{CertificateId, CollectionName, RecordId};
+use vault_core::vault::{DisposalOutcome, DisposalParties, DisposalRequest, DisposalScope};
 
 use super::{Signed, error_page, esc, form_session, page, secure_headers, see_other, signed_in};
 use crate::problem::ApiError;
@@ -52,7 +52,9 @@ async fn holds_list(app: &Arc<App>, rc: &RequestContext, who: &Signed) -> Result
             )
         })
         .collect();
-    Ok(format!("<h2>Holds in force</h2><ul class=\"cards\">{items}</ul>"))
+    Ok(format!(
+        "<h2>Holds in force</h2><ul class=\"cards\">{items}</ul>"
+    ))
 }
 
 fn place_form(who: &Signed) -> String {
@@ -153,7 +155,11 @@ async fn hold_change(
             StatusCode::OK,
             format!(
                 "<p role=\"status\">Hold {}.</p>",
-                if f.action == "place" { "placed" } else { "released" }
+                if f.action == "place" {
+                    "placed"
+                } else {
+                    "released"
+                }
             ),
         ),
         Err(e) => (
@@ -308,7 +314,13 @@ fn exclusions(o: &DisposalOutcome) -> String {
     let items: String = o
         .excluded
         .iter()
-        .map(|(id, why)| format!("<li><code>{}</code>: {}</li>", esc(&id.to_string()), esc(why)))
+        .map(|(id, why)| {
+            format!(
+                "<li><code>{}</code>: {}</li>",
+                esc(&id.to_string()),
+                esc(why)
+            )
+        })
         .collect();
     format!("<h2>Left out</h2><ul>{items}</ul>")
 }
@@ -366,7 +378,8 @@ async fn disposal_step(
     );
     if !confirm {
         let next = if o.records.is_empty() {
-            "<p role=\"status\">Nothing in this scope can be disposed of: nothing would change.</p>".to_owned()
+            "<p role=\"status\">Nothing in this scope can be disposed of: nothing would change.</p>"
+                .to_owned()
         } else {
             format!(
                 "<form method=\"post\" action=\"/ui/disposals\">{hidden}<input type=\"hidden\" name=\"step\" value=\"confirm\">\
