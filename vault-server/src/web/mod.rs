@@ -1,4 +1,4 @@
-//! The web page (issue 14, first part): server-rendered HTML on the API's
+//! The web page (issue 14): server-rendered HTML on the API's
 //! origin, doing through the same `Vault` calls (and so the same role
 //! checks and audit events) what the CLI does. No script at all, no
 //! resource from elsewhere; every page carries a strict
@@ -13,8 +13,10 @@
 //!   titles name the page only.
 //!
 //! Pages: sign in (password, then the second factor's code when the
-//! account has one), two-factor enrolment with its QR code, find a
-//! customer (masked), and, for anyone, verify a certificate.
+//! account has one), two-factor enrolment with its QR code, and, for
+//! anyone, verify a certificate (here); the clerk's find, reveal, add and
+//! correct (`clerk`); the admin's users (`admin`); the officer's holds and
+//! disposals (`officer`); the trail and its verification (`auditor`).
 
 use std::sync::Arc;
 
