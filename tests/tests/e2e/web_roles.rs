@@ -251,6 +251,27 @@ fn an_admin_adds_disables_and_unlocks_users_and_a_disabled_users_open_page_fails
     // Enabled again, she signs in; the auditor, unlocked, too.
     a.press("Enable dora");
     assert_eq!(login("dora", pw).status, 201);
+    // A role change from the page is the core's `set_role`.
+    a.click("#role-dora option[value=auditor]");
+    a.press("Change the role of dora");
+    assert!(
+        a.text("[role=status]").contains("dora is now auditor"),
+        "{}",
+        a.source()
+    );
+    a.check("users-role-changed", &[]);
+    let admin = srv.token("admin");
+    let users = srv.call("GET", "/v1/users", Some(&admin), None).json();
+    assert!(
+        users["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|u| u["username"] == "dora" && u["role"] == "auditor"),
+        "{users}"
+    );
+    a.click("#role-dora option[value=clerk]");
+    a.press("Change the role of dora");
     a.press("Unlock auditor");
     assert!(
         a.text("[role=status]").contains("unlocked"),
@@ -366,6 +387,27 @@ fn an_officer_reveals_reads_the_trail_holds_a_record_and_disposes_with_a_preview
     assert!(b.source().contains(&held));
     b.check("holds-placed", &["Bartholomew", SSN, OTHER_SSN]);
 
+    // The retention policies and what is due.
+    let officer = srv.token("officer");
+    let a = srv.call(
+        "PUT",
+        "/v1/retention/counter",
+        Some(&officer),
+        Some(&json!({ "days": 30 })),
+    );
+    assert_eq!(a.status, 200, "{a:?}");
+    b.goto(&format!("{}/ui/retention", srv.base));
+    let page = b.source();
+    assert!(
+        page.contains("<strong>counter</strong>: kept 30 day(s) from its creation"),
+        "{page}"
+    );
+    assert!(
+        page.contains("Nothing is past its retention period now."),
+        "{page}"
+    );
+    b.check("retention", &pi);
+
     // The hold blocks disposing of that record.
     let dispose = |scope: &str, target: &str| {
         b.goto(&format!("{}/ui/disposals", srv.base));
@@ -400,7 +442,6 @@ fn an_officer_reveals_reads_the_trail_holds_a_record_and_disposes_with_a_preview
     );
     b.check("disposal-preview", &pi);
     // Nothing changed yet.
-    let officer = srv.token("officer");
     let still = srv.call("GET", &format!("/v1/records/{other}"), Some(&officer), None);
     assert_eq!(still.status, 200, "a preview disposed: {still:?}");
     // Confirmed: the certificate.
@@ -503,6 +544,8 @@ fn every_page_for_every_role_carries_the_policy_and_no_personal_information() {
         "/ui/audit?action=record.",
         "/ui/audit/verify",
         "/ui/users",
+        "/ui/scope",
+        "/ui/retention",
     ];
     // Who may open what: the core refuses the rest (403). Pages that only
     // show a form (or read what any user may: schemas, holds) answer all;
@@ -511,6 +554,8 @@ fn every_page_for_every_role_carries_the_policy_and_no_personal_information() {
         match page.split('?').next().unwrap() {
             "/ui/audit" | "/ui/audit/verify" => matches!(user, "officer" | "auditor"),
             "/ui/users" => matches!(user, "admin" | "officer" | "auditor"),
+            "/ui/scope" => user != "auditor",
+            "/ui/retention" => matches!(user, "officer" | "contractor"),
             p if p.ends_with("/correct") => matches!(user, "clerk" | "officer"),
             _ => true,
         }
@@ -649,4 +694,110 @@ fn every_page_for_every_role_carries_the_policy_and_no_personal_information() {
         Some(1),
         "{listed}"
     );
+}
+
+#[test]
+fn a_contractor_sees_only_the_scope_cannot_open_a_record_and_disposes_in_scope() {
+    let srv = counter_server();
+    let clerk = srv.token("clerk");
+    let admin = srv.token("admin");
+    let mut ids = Vec::new();
+    for (given, family, ssn) in [
+        ("Bartholomew", "Quayle", SSN),
+        ("Philippa", "Dunmore", OTHER_SSN),
+    ] {
+        let a = srv.call(
+            "POST",
+            "/v1/records",
+            Some(&clerk),
+            Some(&json!({ "collection": "counter", "data": {
+                "given_name": given, "family_name": family, "ssn": ssn } })),
+        );
+        assert_eq!(a.status, 201, "{a:?}");
+        ids.push(a.json()["record_id"].as_str().unwrap().to_owned());
+    }
+    let (mine, theirs) = (ids[0].clone(), ids[1].clone());
+    let a = srv.call(
+        "PUT",
+        "/v1/contractors/contractor",
+        Some(&admin),
+        Some(&json!({ "records": [mine] })),
+    );
+    assert_eq!(a.status, 200, "{a:?}");
+    let pi = [
+        "Bartholomew",
+        "Quayle",
+        "Philippa",
+        "Dunmore",
+        SSN,
+        OTHER_SSN,
+        "219099999",
+        "078051120",
+    ];
+    let b = Browser::start();
+    sign_in(&b, &srv, "contractor");
+    assert!(
+        !b.source().contains("/ui/find"),
+        "a contractor is offered the find page"
+    );
+    b.goto(&format!("{}/ui/scope", srv.base));
+    assert_eq!(b.title(), "Your scope · pivault");
+    let page = b.source();
+    assert!(
+        page.contains(&mine) && !page.contains(&theirs),
+        "the scope: {page}"
+    );
+    assert!(page.contains("1 record(s)"), "{page}");
+    for p in pi {
+        assert!(!page.contains(p), "personal information on the scope page");
+    }
+    b.check("contractor-scope", &pi);
+    // The record itself stays closed, in scope or not.
+    b.goto(&format!("{}/ui/records/{mine}/correct", srv.base));
+    assert_eq!(b.title(), "Not done · pivault");
+    assert!(!b.source().contains("Quayle"));
+    // Out of scope: refused by the core. In scope: previewed, confirmed.
+    let dispose = |target: &str| {
+        b.goto(&format!("{}/ui/disposals", srv.base));
+        b.click("#scope option[value=record]");
+        b.type_into("#target", target);
+        b.type_into("#data_owner", "Counter Shop");
+        b.submit("main button[type=submit]");
+    };
+    dispose(&theirs);
+    assert!(
+        b.text("[role=alert]").contains("Not done"),
+        "{}",
+        b.source()
+    );
+    assert!(!b.has("input[name=confirm]"));
+    b.check("contractor-out-of-scope", &pi);
+    dispose(&mine);
+    assert_eq!(b.text("#count-records"), "1", "{}", b.source());
+    b.click("input[name=confirm]");
+    b.submit("main button[type=submit]");
+    assert_eq!(b.title(), "Disposal done · pivault", "{}", b.source());
+    let cert = b.text("#certificate-id");
+    b.check("contractor-disposal-done", &pi);
+    let officer = srv.token("officer");
+    let r = srv.call(
+        "GET",
+        &format!("/v1/records/{theirs}"),
+        Some(&officer),
+        None,
+    );
+    assert_eq!(
+        r.status, 200,
+        "an out-of-scope record was disposed of: {r:?}"
+    );
+    let r = srv.call("GET", &format!("/v1/records/{mine}"), Some(&officer), None);
+    assert_eq!(r.status, 410, "{r:?}");
+    // The scope page now links the record's certificate, which downloads.
+    b.goto(&format!("{}/ui/scope", srv.base));
+    let link = format!("/ui/disposals/certificate/{cert}");
+    assert!(b.has(&format!("a[href='{link}']")), "{}", b.source());
+    b.check("contractor-scope-after", &pi);
+    let (status, _, file) = srv.raw_with("GET", &link, &[("cookie", &b.session_cookie())], None);
+    assert_eq!(status, 200, "{file}");
+    assert!(file.contains(&cert));
 }

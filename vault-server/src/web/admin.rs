@@ -1,6 +1,6 @@
 //! The admin's pages: the users (role, state, lock-out, second factor),
-//! adding one with a role and an initial password, disabling, enabling and
-//! unlocking. Each action is the API's `Vault` call; a disabled user's open
+//! adding one with a role and an initial password, disabling, enabling,
+//! unlocking and changing a role. Each action is the API's `Vault` call; a disabled user's open
 //! pages fail their next request (the core revokes their sessions).
 
 use std::sync::Arc;
@@ -61,6 +61,22 @@ fn user_list(who: &Signed, users: &[UserInfo]) -> String {
             if u.locked_until_ms.is_some() {
                 actions.push(action("unlock", "Unlock"));
             }
+            let roles: String = ROLES
+                .iter()
+                .map(|r| {
+                    let sel = if *r == u.role.as_str() { " selected" } else { "" };
+                    format!("<option value=\"{r}\"{sel}>{r}</option>")
+                })
+                .collect();
+            actions.push(format!(
+                "<form method=\"post\" action=\"/ui/users/action\" class=\"role\">\
+                 <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
+                 <input type=\"hidden\" name=\"username\" value=\"{name}\">\
+                 <input type=\"hidden\" name=\"action\" value=\"role\">\
+                 <label for=\"role-{name}\">Role of {name}</label><select id=\"role-{name}\" name=\"role\">{roles}</select>\
+                 <button type=\"submit\" class=\"secondary\">Change the role of {name}</button></form>",
+                csrf = esc(&who.csrf),
+            ));
             format!(
                 "<li><h3>{name}</h3><dl><dt>Role</dt><dd>{role}{reveal}</dd><dt>State</dt><dd>{state}</dd>\
                  <dt>Two-factor</dt><dd>{tf}</dd><dt>Last sign-in</dt><dd>{last}</dd></dl><div class=\"actions\">{actions}</div></li>",
@@ -281,6 +297,8 @@ struct ActionForm {
     csrf: String,
     username: String,
     action: String,
+    #[serde(default)]
+    role: String,
 }
 
 /// Disables, enables or unlocks a user (`Vault::disable_user`, ...).
@@ -295,14 +313,15 @@ async fn user_action(
         Err(refused) => return refused,
     };
     let name = f.username.clone();
-    let act = f.action.clone();
+    let (act, role) = (f.action.clone(), f.role.clone());
     let r = app
         .as_user(&rc, who.bearer(), move |v, s| match act.as_str() {
             "disable" => v.disable_user(s, &name),
             "enable" => v.enable_user(s, &name),
             "unlock" => v.unlock_user(s, &name),
+            "role" => v.set_role(s, &name, Role::parse(&role)?),
             _ => Err(vault_core::Error::InvalidInput(
-                "the action is disable, enable or unlock".into(),
+                "the action is disable, enable, unlock or role".into(),
             )),
         })
         .await;
@@ -312,9 +331,14 @@ async fn user_action(
     };
     match r {
         Ok(_) => {
+            let role_done;
             let done = match f.action.as_str() {
                 "disable" => "disabled: their open sessions end at their next request",
                 "enable" => "enabled again",
+                "role" => {
+                    role_done = format!("is now {}", esc(&f.role));
+                    role_done.as_str()
+                }
                 _ => "unlocked",
             };
             let top = format!(

@@ -35,11 +35,12 @@ use crate::{App, Bearer, RequestContext};
 mod admin;
 mod auditor;
 mod clerk;
+mod contractor;
 mod officer;
 
 /// The pages a role is offered, in the order of the menu: the permission
 /// that opens each (the core decides again on every call).
-const MENU: [(Permission, &str, &str, &str); 7] = [
+const MENU: [(Permission, &str, &str, &str); 9] = [
     (
         Permission::FindRecords,
         "/ui/find",
@@ -59,10 +60,22 @@ const MENU: [(Permission, &str, &str, &str); 7] = [
         "place and release holds on records and customers",
     ),
     (
+        Permission::RecordReview,
+        "/ui/retention",
+        "Retention",
+        "the policies and what is past retention now",
+    ),
+    (
         Permission::Dispose,
         "/ui/disposals",
         "Dispose",
         "preview, confirm, and get the certificate",
+    ),
+    (
+        Permission::ListRecords,
+        "/ui/scope",
+        "Records",
+        "IDs, counts and dates, never contents (a contractor's: the assigned scope)",
     ),
     (
         Permission::ReadAudit,
@@ -74,7 +87,7 @@ const MENU: [(Permission, &str, &str, &str); 7] = [
         Permission::ManageUsers,
         "/ui/users",
         "Users",
-        "add, disable, enable and unlock users",
+        "add users, change roles, disable, enable, unlock",
     ),
     (
         Permission::ManageUsers,
@@ -121,6 +134,7 @@ pub fn router() -> Router<Arc<App>> {
         .merge(admin::router())
         .merge(officer::router())
         .merge(auditor::router())
+        .merge(contractor::router())
 }
 
 /// Whether a route is one of the web page's (answered without a bearer

@@ -23,6 +23,7 @@ use crate::{App, RequestContext};
 pub(super) fn router() -> Router<Arc<App>> {
     Router::new()
         .route("/ui/holds", get(holds_page).post(hold_change))
+        .route("/ui/retention", get(retention_page))
         .route("/ui/disposals", get(disposal_page).post(disposal_step))
         .route("/ui/disposals/certificate/{id}", get(certificate_file))
 }
@@ -171,6 +172,71 @@ async fn hold_change(
         ),
     };
     holds_render(&app, &rc, &who, status, &top).await
+}
+
+// ----- retention -------------------------------------------------------------------
+
+/// The retention policies and what is due now (`Vault::retention`,
+/// `Vault::retention_due`: a dry run of the past-retention scope, holds
+/// reported as left out), with the way to dispose of it.
+async fn retention_page(
+    State(app): State<Arc<App>>,
+    rc: RequestContext,
+    headers: HeaderMap,
+) -> Response {
+    let Some(who) = signed_in(&app, &rc, &headers).await else {
+        return see_other("/ui/", None);
+    };
+    if who.enrol_only {
+        return see_other("/ui/two-factor", None);
+    }
+    let r = app
+        .as_user_long(&rc, who.bearer(), |v, s| {
+            Ok((v.retention(s)?, v.retention_due(s)?))
+        })
+        .await;
+    let (policies, due) = match r {
+        Ok(x) => x,
+        Err(e) => return error_page(&who, &e),
+    };
+    let list: String = if policies.is_empty() {
+        "<li>No collection has a retention policy: nothing ever falls due. Set one with <code>pivault retention set</code>.</li>".into()
+    } else {
+        policies
+            .iter()
+            .map(|(c, p)| {
+                format!(
+                    "<li><strong>{}</strong>: kept {} day(s) from its {}</li>",
+                    esc(c),
+                    p.days,
+                    if p.from_updated {
+                        "last update"
+                    } else {
+                        "creation"
+                    }
+                )
+            })
+            .collect()
+    };
+    let next = if due.records.is_empty() {
+        "<p role=\"status\">Nothing is past its retention period now.</p>".to_owned()
+    } else {
+        format!(
+            "<p role=\"status\">{} record(s) of {} customer(s) are past retention; {} held.</p><p><a href=\"/ui/disposals\">Dispose of them</a>: choose \"what is past its retention period\", preview, confirm.</p>",
+            due.records.len(),
+            due.subjects,
+            due.excluded.len()
+        )
+    };
+    page(
+        StatusCode::OK,
+        "Retention",
+        Some(&who),
+        &format!(
+            "<h2>Policies</h2><ul>{list}</ul><h2>Due now</h2>{next}{}",
+            exclusions(&due)
+        ),
+    )
 }
 
 // ----- disposals ------------------------------------------------------------------
