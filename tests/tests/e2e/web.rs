@@ -260,6 +260,10 @@ impl Browser {
             .unwrap_or_else(|| panic!("{name}: axe did not run: {v}"));
         let found: Vec<Value> =
             serde_json::from_str(text).unwrap_or_else(|_| panic!("{name}: {text}"));
+        // Moderate and minor findings are reported, not failed on.
+        for v in &found {
+            eprintln!("axe {name}: {} {} ({})", v["impact"], v["id"], v["help"]);
+        }
         let bad: Vec<&Value> = found
             .iter()
             .filter(|v| matches!(v["impact"].as_str(), Some("serious" | "critical")))
