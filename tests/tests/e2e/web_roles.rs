@@ -364,6 +364,14 @@ fn an_officer_reveals_reads_the_trail_holds_a_record_and_disposes_with_a_preview
     b.check("audit-trail-filtered", &pi);
     b.goto(&format!("{}/ui/audit?action=record.create", srv.base));
     assert!(b.source().contains("2 event(s) match"), "{}", b.source());
+    b.goto(&format!("{}/ui/audit/report", srv.base));
+    let page = b.source();
+    assert!(page.contains("<h2 class=\"user\">officer</h2>"), "{page}");
+    assert!(
+        page.contains("<dt>Reveals</dt><dd>1</dd>"),
+        "the officer's reveal counted: {page}"
+    );
+    b.check("audit-report", &pi);
     b.goto(&format!("{}/ui/audit/verify", srv.base));
     assert!(
         b.text("[role=status]").starts_with("INTACT"),
@@ -543,6 +551,7 @@ fn every_page_for_every_role_carries_the_policy_and_no_personal_information() {
         "/ui/audit",
         "/ui/audit?action=record.",
         "/ui/audit/verify",
+        "/ui/audit/report",
         "/ui/users",
         "/ui/scope",
         "/ui/retention",
@@ -552,7 +561,9 @@ fn every_page_for_every_role_carries_the_policy_and_no_personal_information() {
     // the form's action is refused by the core.
     let allowed = |user: &str, page: &str| -> bool {
         match page.split('?').next().unwrap() {
-            "/ui/audit" | "/ui/audit/verify" => matches!(user, "officer" | "auditor"),
+            "/ui/audit" | "/ui/audit/verify" | "/ui/audit/report" => {
+                matches!(user, "officer" | "auditor")
+            }
             "/ui/users" => matches!(user, "admin" | "officer" | "auditor"),
             "/ui/scope" => user != "auditor",
             "/ui/retention" => matches!(user, "officer" | "contractor"),

@@ -1,6 +1,6 @@
 //! The auditor's pages (and the officer's): the audit trail with filters
-//! (who, what, when) and the trail's verification. Both are the API's
-//! `Vault` calls, audited as `audit.read` and `audit.verify` by the core.
+//! (who, what, when), the trail's verification and the activity report.
+//! Each is the API's `Vault` call, audited by the core.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -21,6 +21,7 @@ pub(super) fn router() -> Router<Arc<App>> {
     Router::new()
         .route("/ui/audit", get(trail))
         .route("/ui/audit/verify", get(verify))
+        .route("/ui/audit/report", get(report))
 }
 
 /// The most events one page shows (the latest that match).
@@ -48,7 +49,7 @@ fn filter_form(q: &TrailQuery) -> String {
          <label for=\"since\">From (YYYY-MM-DD or RFC 3339)</label><input id=\"since\" name=\"since\" value=\"{}\">\
          <label for=\"until\">Until, not included</label><input id=\"until\" name=\"until\" value=\"{}\">\
          <button type=\"submit\">Show</button></form>\
-         <p><a href=\"/ui/audit/verify\">Verify the whole trail</a></p>",
+         <p><a href=\"/ui/audit/verify\">Verify the whole trail</a> · <a href=\"/ui/audit/report\">Activity report</a></p>",
         esc(&q.actor),
         esc(&q.action),
         esc(&q.since),
@@ -227,4 +228,106 @@ async fn verify(State(app): State<Arc<App>>, rc: RequestContext, headers: Header
         }
         Err(e) => error_page(&who, &e),
     }
+}
+
+#[derive(Default, Deserialize)]
+struct ReportQuery {
+    #[serde(default)]
+    since: String,
+    #[serde(default)]
+    until: String,
+}
+
+/// Per-user activity over a period (`Vault::activity_report`, as
+/// `GET /v1/audit/report`): the last 30 days unless dates are given.
+async fn report(
+    State(app): State<Arc<App>>,
+    rc: RequestContext,
+    headers: HeaderMap,
+    Query(q): Query<ReportQuery>,
+) -> Response {
+    let Some(who) = signed_in(&app, &rc, &headers).await else {
+        return see_other("/ui/", None);
+    };
+    if who.enrol_only {
+        return see_other("/ui/two-factor", None);
+    }
+    let form = format!(
+        "<form method=\"get\" action=\"/ui/audit/report\" class=\"filters\">\
+         <label for=\"since\">From (YYYY-MM-DD; empty: 30 days ago)</label><input id=\"since\" name=\"since\" value=\"{}\">\
+         <label for=\"until\">Until, not included (empty: now)</label><input id=\"until\" name=\"until\" value=\"{}\">\
+         <button type=\"submit\">Show</button></form>",
+        esc(&q.since),
+        esc(&q.until)
+    );
+    let now = jiff::Timestamp::now().as_millisecond();
+    let time = |s: &str, default: i64| {
+        let s = s.trim();
+        if s.is_empty() {
+            Ok(default)
+        } else {
+            parse_time(s)
+        }
+    };
+    let (from, to) = match (
+        time(&q.since, now - 30 * 86_400_000),
+        time(&q.until, now + 1),
+    ) {
+        (Ok(a), Ok(b)) => (a, b),
+        (Err(e), _) | (_, Err(e)) => {
+            return page(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "Activity report",
+                Some(&who),
+                &format!(
+                    "<p role=\"alert\" class=\"error\">{}: write a date as YYYY-MM-DD.</p>{form}",
+                    esc(&e.to_string())
+                ),
+            );
+        }
+    };
+    let r = app
+        .as_user_long(&rc, who.bearer(), move |v, s| {
+            let users = v.list_users(s).unwrap_or_default();
+            Ok((users, v.activity_report(s, from, to)?))
+        })
+        .await;
+    let (users, rows) = match r {
+        Ok(x) => x,
+        Err(e) => return error_page(&who, &e),
+    };
+    let items: String = rows
+        .iter()
+        .map(|a| {
+            let name = users
+                .iter()
+                .find(|u| u.id == a.user)
+                .map_or_else(|| a.user.to_string(), |u| u.username.as_str().to_owned());
+            format!(
+                "<li><h2 class=\"user\">{}</h2><dl><dt>Reads</dt><dd>{}</dd><dt>Reveals</dt><dd>{}</dd>\
+                 <dt>Exports</dt><dd>{}</dd><dt>Writes</dt><dd>{}</dd><dt>Refused</dt><dd>{}</dd>\
+                 <dt>Sign-ins</dt><dd>{}</dd><dt>Failed sign-ins</dt><dd>{}</dd><dt>Lock-outs</dt><dd>{}</dd></dl></li>",
+                esc(&name),
+                a.reads,
+                a.reveals,
+                a.exports,
+                a.writes,
+                a.denials,
+                a.logins,
+                a.failed_logins,
+                a.lockouts
+            )
+        })
+        .collect();
+    page(
+        StatusCode::OK,
+        "Activity report",
+        Some(&who),
+        &format!(
+            "{form}<p role=\"status\">From {} until {}: {} user(s) active.</p><ul class=\"cards\">{items}</ul>",
+            esc(&format_ms(from)),
+            esc(&format_ms(to)),
+            rows.len()
+        ),
+    )
 }
