@@ -20,6 +20,8 @@ command -v oathtool >/dev/null 2>&1 || need+=(oathtool)
 # The web page's browser tests: headless Chromium under chromedriver.
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
 command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
+# ... and axe-core, run in that browser on every page, from the npm registry.
+command -v npm >/dev/null 2>&1 || need+=(npm)
 # The export tests open pivault's encrypted exports with the real `age` tool
 # (and `script`, util-linux, for its passphrase prompt).
 command -v age >/dev/null 2>&1 || need+=(age)
@@ -40,6 +42,17 @@ if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+
+# axe-core for the web page's accessibility check, pinned, into the
+# git-ignored target/axe (the browser tests read
+# target/axe/node_modules/axe-core/axe.min.js, or $PIVAULT_AXE).
+AXE_VERSION=4.14.1
+root="$(cd "$(dirname "$0")/.." && pwd)"
+axe="$root/target/axe/node_modules/axe-core"
+if ! grep -qs "\"version\": \"$AXE_VERSION\"" "$axe/package.json"; then
+  echo "setup: installing axe-core $AXE_VERSION into target/axe" >&2
+  npm install --prefix "$root/target/axe" --no-audit --no-fund --silent "axe-core@$AXE_VERSION"
 fi
 
 command -v cargo >/dev/null 2>&1 || { echo "setup: cargo not found; install a Rust toolchain (rustup) first" >&2; exit 1; }

@@ -334,6 +334,28 @@ pub struct Schema {
     pub searchable: Vec<String>,
 }
 
+/// One problem of a record body or patch ([`Schema::field_errors`]): the
+/// declared field it belongs to, if any, and the validation message (which
+/// names the field, never the value).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FieldError {
+    /// The declared field, or `None` for the body as a whole.
+    pub field: Option<String>,
+    /// What is wrong, as [`Schema::validate`] says it.
+    pub message: String,
+}
+
+/// The problems [`Schema::check`] found, each with its declared field.
+type Problems = Vec<(Option<String>, Error)>;
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Check {
+    /// A whole record body: required fields must be there.
+    Record,
+    /// A merge patch: only the named fields are checked.
+    Patch,
+}
+
 /// The REQ-DEF-03 classification of one record body.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Classification {
@@ -637,42 +659,105 @@ impl Schema {
     /// only when it looks like a field name (so that a value pasted as a key
     /// is not echoed back).
     pub fn validate(&self, body: &Value) -> Result<Map<String, Value>> {
-        let obj = body
-            .as_object()
-            .ok_or_else(|| Error::invalid("record body must be a JSON object"))?;
+        let (out, mut errors) = self.check(body, Check::Record, true);
+        if errors.is_empty() {
+            Ok(out)
+        } else {
+            Err(errors.swap_remove(0).1)
+        }
+    }
+
+    /// Every problem [`Schema::validate`] would find in a record body, not
+    /// only the first, each with the declared field it belongs to (`None`
+    /// for a problem of the body as a whole or of an undeclared key): what
+    /// a form shows beside each field, so that one submission tells the
+    /// user everything to fix. The messages are `validate`'s own (the first
+    /// one is the error `validate` returns) and never contain a value.
+    pub fn field_errors(&self, body: &Value) -> Vec<FieldError> {
+        Self::messages(self.check(body, Check::Record, false).1)
+    }
+
+    /// Like [`Schema::field_errors`] for a merge patch of some fields (a
+    /// correction): only the fields it names are checked, a `null` removes
+    /// the field (refused when the field is required).
+    pub fn patch_errors(&self, patch: &Value) -> Vec<FieldError> {
+        Self::messages(self.check(patch, Check::Patch, false).1)
+    }
+
+    fn messages(errors: Problems) -> Vec<FieldError> {
+        errors
+            .into_iter()
+            .map(|(field, e)| FieldError {
+                field,
+                message: match e {
+                    Error::InvalidInput(m) => m,
+                    e => e.to_string(),
+                },
+            })
+            .collect()
+    }
+
+    /// The checks of [`Schema::validate`]: the normalised body and the
+    /// problems found (only the first when `first_only`).
+    fn check(&self, body: &Value, mode: Check, first_only: bool) -> (Map<String, Value>, Problems) {
+        let mut errors = Vec::new();
+        let mut out = Map::new();
+        let Some(obj) = body.as_object() else {
+            let e = Error::invalid(match mode {
+                Check::Record => "record body must be a JSON object",
+                Check::Patch => "a record patch is a JSON object of fields (null removes a field)",
+            });
+            return (out, vec![(None, e)]);
+        };
         for key in obj.keys() {
-            if is_never_stored_name(key) {
-                return Err(Error::invalid(format!(
+            let e = if is_never_stored_name(key) {
+                Error::invalid(format!(
                     "{}: card security codes, PINs and passwords are never stored",
                     field_label(key)
-                )));
-            }
-            if self.field(key).is_none() {
-                return Err(Error::invalid(format!(
+                ))
+            } else if self.field(key).is_none() {
+                Error::invalid(format!(
                     "{} is not declared in collection schema",
                     field_label(key)
-                )));
-            }
-            if self.is_retired(key) && !obj[key].is_null() {
-                return Err(Error::invalid(format!(
-                    "field {key} is retired: no new value is accepted"
-                )));
+                ))
+            } else if self.is_retired(key) && !obj[key].is_null() {
+                Error::invalid(format!("field {key} is retired: no new value is accepted"))
+            } else {
+                continue;
+            };
+            let field = self.field(key).map(|f| f.name.clone());
+            errors.push((field, e));
+            if first_only {
+                return (out, errors);
             }
         }
-        let mut out = Map::new();
         for spec in &self.fields {
+            let present = obj.contains_key(&spec.name);
             match obj.get(&spec.name) {
                 None | Some(Value::Null) => {
-                    if spec.required {
-                        return Err(Error::invalid(format!("field {} is required", spec.name)));
+                    if spec.required && (mode == Check::Record || present) {
+                        errors.push((
+                            Some(spec.name.clone()),
+                            Error::invalid(format!("field {} is required", spec.name)),
+                        ));
                     }
                 }
-                Some(v) => {
-                    out.insert(spec.name.clone(), spec.ty.normalise(&spec.name, v)?);
-                }
+                Some(v) => match spec.ty.normalise(&spec.name, v) {
+                    Ok(n) => {
+                        out.insert(spec.name.clone(), n);
+                    }
+                    Err(e) => {
+                        if !errors.iter().any(|(f, _)| f.as_deref() == Some(&spec.name)) {
+                            errors.push((Some(spec.name.clone()), e));
+                        }
+                    }
+                },
+            }
+            if first_only && !errors.is_empty() {
+                return (out, errors);
             }
         }
-        Ok(out)
+        (out, errors)
     }
 
     /// The names of the sensitive fields, in declaration order.
@@ -2233,5 +2318,54 @@ mod tests {
                 .unwrap_or_else(|e| panic!("{ty:?}: displayed value refused as input: {e}"));
             assert_eq!(again, stored, "{ty:?}");
         }
+    }
+
+    fn form_schema() -> Schema {
+        Schema::from_json(
+            r#"{"purpose": "p", "fields": [
+                {"name": "given", "type": "given_name", "required": true},
+                {"name": "ssn", "type": "ssn", "required": true},
+                {"name": "email", "type": "email"},
+                {"name": "born", "type": "date"}
+            ]}"#,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn field_errors_name_every_bad_field_and_the_first_is_validates_own() {
+        let schema = form_schema();
+        let body = json!({ "ssn": "987-65-432", "email": "not-an-address", "born": "1979-03-14" });
+        let errors = schema.field_errors(&body);
+        let fields: Vec<Option<&str>> = errors.iter().map(|e| e.field.as_deref()).collect();
+        assert_eq!(fields, vec![Some("given"), Some("ssn"), Some("email")]);
+        let first = schema.validate(&body).unwrap_err().to_string();
+        assert_eq!(first, format!("invalid input: {}", errors[0].message));
+        for e in &errors {
+            assert!(!e.message.contains("987") && !e.message.contains("not-an-address"));
+        }
+        // An undeclared key and a never-stored name belong to no field.
+        let errors = schema
+            .field_errors(&json!({ "given": "Ann", "ssn": "219-09-9999", "cvv": "123", "x": "1" }));
+        assert_eq!(errors.len(), 2, "{errors:?}");
+        assert!(errors.iter().all(|e| e.field.is_none()));
+        // A good body has none, and validate agrees.
+        let good = json!({ "given": "Ann", "ssn": "219-09-9999" });
+        assert!(schema.field_errors(&good).is_empty());
+        assert!(schema.validate(&good).is_ok());
+    }
+
+    #[test]
+    fn patch_errors_check_only_the_named_fields() {
+        let schema = form_schema();
+        assert!(
+            schema
+                .patch_errors(&json!({ "email": "ann@example.com" }))
+                .is_empty()
+        );
+        let errors = schema.patch_errors(&json!({ "email": "nope", "given": null }));
+        let fields: Vec<Option<&str>> = errors.iter().map(|e| e.field.as_deref()).collect();
+        assert_eq!(fields, vec![Some("given"), Some("email")]);
+        assert_eq!(schema.patch_errors(&json!([1])).len(), 1);
     }
 }

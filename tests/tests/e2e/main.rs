@@ -37,4 +37,5 @@ mod siem;
 mod spreadsheet;
 mod two_factor;
 mod web;
+mod web_roles;
 mod wisp;

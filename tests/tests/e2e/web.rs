@@ -17,7 +17,7 @@ use crate::server::{self, Server};
 const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
 
 /// A headless Chromium under chromedriver, one WebDriver session.
-struct Browser {
+pub(crate) struct Browser {
     driver: Child,
     base: String,
     session: String,
@@ -26,7 +26,7 @@ struct Browser {
 }
 
 impl Browser {
-    fn start() -> Browser {
+    pub(crate) fn start() -> Browser {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -76,7 +76,7 @@ impl Browser {
         b
     }
 
-    fn post(&self, path: &str, body: Value) -> Value {
+    pub(crate) fn post(&self, path: &str, body: Value) -> Value {
         let mut r = self
             .agent
             .post(format!("{}{path}", self.base))
@@ -86,7 +86,7 @@ impl Browser {
         v["value"].clone()
     }
 
-    fn get(&self, path: &str) -> Value {
+    pub(crate) fn get(&self, path: &str) -> Value {
         let mut r = self
             .agent
             .get(format!("{}{path}", self.base))
@@ -96,15 +96,15 @@ impl Browser {
         v["value"].clone()
     }
 
-    fn s(&self, path: &str) -> String {
+    pub(crate) fn s(&self, path: &str) -> String {
         format!("/session/{}{path}", self.session)
     }
 
-    fn goto(&self, url: &str) {
+    pub(crate) fn goto(&self, url: &str) {
         self.post(&self.s("/url"), json!({ "url": url }));
     }
 
-    fn find(&self, css: &str) -> String {
+    pub(crate) fn find(&self, css: &str) -> String {
         let v = self.post(
             &self.s("/element"),
             json!({ "using": "css selector", "value": css }),
@@ -115,7 +115,7 @@ impl Browser {
             .to_owned()
     }
 
-    fn type_into(&self, css: &str, text: &str) {
+    pub(crate) fn type_into(&self, css: &str, text: &str) {
         let e = self.find(css);
         self.post(
             &self.s(&format!("/element/{e}/value")),
@@ -125,7 +125,7 @@ impl Browser {
 
     /// Clicks a submit button and waits for the answer's page (the click
     /// may return before the browser has the new page).
-    fn submit(&self, css: &str) {
+    pub(crate) fn submit(&self, css: &str) {
         let before = self.source();
         self.click(css);
         let deadline = Instant::now() + Duration::from_secs(15);
@@ -138,17 +138,17 @@ impl Browser {
         }
     }
 
-    fn clear(&self, css: &str) {
+    pub(crate) fn clear(&self, css: &str) {
         let e = self.find(css);
         self.post(&self.s(&format!("/element/{e}/clear")), json!({}));
     }
 
-    fn click(&self, css: &str) {
+    pub(crate) fn click(&self, css: &str) {
         let e = self.find(css);
         self.post(&self.s(&format!("/element/{e}/click")), json!({}));
     }
 
-    fn text(&self, css: &str) -> String {
+    pub(crate) fn text(&self, css: &str) -> String {
         let e = self.find(css);
         self.get(&self.s(&format!("/element/{e}/text")))
             .as_str()
@@ -156,20 +156,20 @@ impl Browser {
             .to_owned()
     }
 
-    fn title(&self) -> String {
+    pub(crate) fn title(&self) -> String {
         self.get(&self.s("/title")).as_str().unwrap().to_owned()
     }
 
-    fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         self.get(&self.s("/url")).as_str().unwrap_or("").to_owned()
     }
 
-    fn source(&self) -> String {
+    pub(crate) fn source(&self) -> String {
         self.get(&self.s("/source")).as_str().unwrap().to_owned()
     }
 
     /// Writes a PNG of the page to the screenshots folder.
-    fn screenshot(&self, name: &str) {
+    pub(crate) fn screenshot(&self, name: &str) {
         use std::io::Write as _;
         let b64 = self.get(&self.s("/screenshot"));
         let bytes = base64_decode(b64.as_str().unwrap());
@@ -183,6 +183,137 @@ impl Browser {
         f.write_all(&bytes).unwrap();
         assert!(bytes.starts_with(b"\x89PNG"), "a PNG screenshot");
     }
+
+    /// Finds an element by XPath (a button by its text).
+    pub(crate) fn find_xpath(&self, xpath: &str) -> String {
+        let v = self.post(
+            &self.s("/element"),
+            json!({ "using": "xpath", "value": xpath }),
+        );
+        v[ELEMENT]
+            .as_str()
+            .unwrap_or_else(|| panic!("no element {xpath} on {}: {v}", self.url()))
+            .to_owned()
+    }
+
+    /// Clicks the button with this text and waits for the answer's page.
+    pub(crate) fn press(&self, label: &str) {
+        let before = self.source();
+        let e = self.find_xpath(&format!("//button[normalize-space()='{label}']"));
+        self.post(&self.s(&format!("/element/{e}/click")), json!({}));
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while self.source() == before {
+            assert!(
+                Instant::now() < deadline,
+                "no new page after pressing {label}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// An element's current value (what a user typed or the page filled in).
+    pub(crate) fn value(&self, css: &str) -> String {
+        let e = self.find(css);
+        self.get(&self.s(&format!("/element/{e}/property/value")))
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    }
+
+    /// Whether an element matching `css` is on the page.
+    pub(crate) fn has(&self, css: &str) -> bool {
+        let v = self.post(
+            &self.s("/elements"),
+            json!({ "using": "css selector", "value": css }),
+        );
+        v.as_array().is_some_and(|a| !a.is_empty())
+    }
+
+    /// The session cookie's `name=value` (HttpOnly cookies are visible to
+    /// WebDriver, not to the page).
+    pub(crate) fn session_cookie(&self) -> String {
+        let v = self.get(&self.s("/cookie/__Host-pivault"));
+        format!(
+            "__Host-pivault={}",
+            v["value"].as_str().expect("session cookie")
+        )
+    }
+
+    /// Runs axe-core (installed by `scripts/setup.sh` into `target/axe`) in
+    /// the page through WebDriver and fails on any serious or critical
+    /// violation, naming each rule and the elements it found.
+    pub(crate) fn axe(&self, name: &str) {
+        let source = axe_source();
+        let script = format!(
+            "{source}\n;const done = arguments[arguments.length - 1];\
+             axe.run(document, {{ resultTypes: ['violations'] }})\
+             .then(r => done(JSON.stringify(r.violations.map(v => ({{ id: v.id, impact: v.impact, help: v.help,\
+                nodes: v.nodes.slice(0, 5).map(n => n.target.join(' ')) }})))))\
+             .catch(e => done('axe failed: ' + e));"
+        );
+        let v = self.post(
+            &self.s("/execute/async"),
+            json!({ "script": script, "args": [] }),
+        );
+        let text = v
+            .as_str()
+            .unwrap_or_else(|| panic!("{name}: axe did not run: {v}"));
+        let found: Vec<Value> =
+            serde_json::from_str(text).unwrap_or_else(|_| panic!("{name}: {text}"));
+        // Moderate and minor findings are reported, not failed on.
+        for v in &found {
+            eprintln!("axe {name}: {} {} ({})", v["impact"], v["id"], v["help"]);
+        }
+        let bad: Vec<&Value> = found
+            .iter()
+            .filter(|v| matches!(v["impact"].as_str(), Some("serious" | "critical")))
+            .collect();
+        assert!(
+            bad.is_empty(),
+            "{name} ({}): serious or critical accessibility violations: {}",
+            self.url(),
+            serde_json::to_string_pretty(&bad).unwrap()
+        );
+        AXE_PAGES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Every page a journey visits: a screenshot, the axe-core check, and
+    /// no fixture personal information in its URL or title (what the
+    /// browser's history keeps).
+    pub(crate) fn check(&self, name: &str, personal: &[&str]) {
+        self.screenshot(name);
+        self.axe(name);
+        // Readable at 200 % zoom: at half the width, nothing needs a
+        // sideways scroll.
+        self.post(
+            &self.s("/window/rect"),
+            json!({ "width": 500, "height": 1200 }),
+        );
+        let fits = self.post(
+            &self.s("/execute/sync"),
+            json!({ "script": "return document.documentElement.scrollWidth <= document.documentElement.clientWidth;", "args": [] }),
+        );
+        self.post(
+            &self.s("/window/rect"),
+            json!({ "width": 1000, "height": 1200 }),
+        );
+        assert_eq!(
+            fits,
+            json!(true),
+            "{name}: the page is wider than a 200 % zoomed window"
+        );
+        let (url, title) = (self.url(), self.title());
+        for p in personal {
+            assert!(
+                !url.contains(p),
+                "{name}: personal information in the URL {url}"
+            );
+            assert!(
+                !title.contains(p),
+                "{name}: personal information in the title {title}"
+            );
+        }
+    }
 }
 
 impl Drop for Browser {
@@ -194,6 +325,27 @@ impl Drop for Browser {
         let _ = self.driver.kill();
         let _ = self.driver.wait();
     }
+}
+
+/// Pages checked by axe-core in this run (the report counts them).
+pub(crate) static AXE_PAGES: std::sync::atomic::AtomicUsize =
+    std::sync::atomic::AtomicUsize::new(0);
+
+/// axe-core's script, from `target/axe` (or `PIVAULT_AXE`): installed from
+/// the npm registry by `scripts/setup.sh`.
+fn axe_source() -> &'static str {
+    static SRC: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    SRC.get_or_init(|| {
+        let path = std::env::var_os("PIVAULT_AXE")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| {
+                PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                    .join("../target/axe/node_modules/axe-core/axe.min.js")
+            });
+        std::fs::read_to_string(&path).unwrap_or_else(|e| {
+            panic!("axe-core at {} ({e}): run scripts/setup.sh", path.display())
+        })
+    })
 }
 
 fn base64_decode(s: &str) -> Vec<u8> {
@@ -210,7 +362,7 @@ fn base64_decode(s: &str) -> Vec<u8> {
     out
 }
 
-fn base32_decode(s: &str) -> Vec<u8> {
+pub(crate) fn base32_decode(s: &str) -> Vec<u8> {
     const A: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
     let (mut bits, mut n, mut out) = (0u64, 0u32, Vec::new());
     for c in s.trim().bytes() {
@@ -225,7 +377,7 @@ fn base32_decode(s: &str) -> Vec<u8> {
 }
 
 /// The server over a vault with the search tests' `counter` collection.
-fn counter_server() -> Server {
+pub(crate) fn counter_server() -> Server {
     let dir = tempfile::tempdir().unwrap();
     let vault_dir = dir.path().join("vault");
     let f = crate::search::counter_vault(&vault_dir);
@@ -233,7 +385,10 @@ fn counter_server() -> Server {
     server::start_on(dir, vault_dir, PASSPHRASE, &[])
 }
 
-const SSN: &str = "219-09-9999";
+pub(crate) const SSN: &str = "219-09-9999";
+
+/// The first journey's customer, as typed or stored.
+const PI_WILHELMINA: [&str; 4] = ["Wilhelmina", "Ostrowski", SSN, "219099999"];
 
 #[test]
 fn a_clerk_enrols_finds_a_customer_masked_and_a_visitor_verifies_a_certificate() {
@@ -263,13 +418,13 @@ fn a_clerk_enrols_finds_a_customer_masked_and_a_visitor_verifies_a_certificate()
     let home = format!("{}/ui/", srv.base);
     b.goto(&home);
     assert_eq!(b.title(), "Sign in · pivault");
-    b.screenshot("sign-in");
+    b.check("sign-in", &PI_WILHELMINA);
     b.type_into("#username", "clerk");
     b.type_into("#password", password_of("clerk").expose());
     b.submit("button[type=submit]");
     // The role requires a second factor: the only page is the enrolment.
     assert!(b.url().ends_with("/ui/two-factor"), "{}", b.url());
-    b.screenshot("two-factor-enrolment");
+    b.check("two-factor-enrolment", &PI_WILHELMINA);
     assert!(
         b.source().contains("data:image/svg+xml;base64,"),
         "the QR code is on the page"
@@ -285,7 +440,7 @@ fn a_clerk_enrols_finds_a_customer_masked_and_a_visitor_verifies_a_certificate()
     let page = b.source();
     assert!(page.contains("Two-factor sign-in is set up"), "{page}");
     assert_eq!(page.matches("<li><code>").count(), 10, "ten recovery codes");
-    b.screenshot("two-factor-recovery-codes");
+    b.check("two-factor-recovery-codes", &PI_WILHELMINA);
 
     // Find the customer by SSN typed without dashes: masked, never revealed.
     b.goto(&format!("{}/ui/find", srv.base));
@@ -319,7 +474,7 @@ fn a_clerk_enrols_finds_a_customer_masked_and_a_visitor_verifies_a_certificate()
     // Nothing personal in the URL or the title (the search was a POST).
     assert!(b.url().ends_with("/ui/find"), "{}", b.url());
     assert_eq!(b.title(), "Find a customer · pivault");
-    b.screenshot("find-masked");
+    b.check("find-masked", &PI_WILHELMINA);
 
     // The admin disables the clerk: the open page fails its next click.
     let a = srv.call("POST", "/v1/users/clerk/disable", Some(&admin), None);
@@ -361,14 +516,14 @@ fn a_clerk_enrols_finds_a_customer_masked_and_a_visitor_verifies_a_certificate()
     let page = check(&file.text);
     assert!(page.contains("VALID: certificate"), "{page}");
     assert!(page.contains(&cert_id));
-    b.screenshot("verify-valid");
+    b.check("verify-valid", &PI_WILHELMINA);
     // One changed byte in the signed body: rejected.
     let tampered = file.text.replacen("Counter Shop", "Counter Shoq", 1);
     assert_ne!(tampered, file.text, "the data owner is in the certificate");
     let page = check(&tampered);
     assert!(page.contains("INVALID"), "{page}");
     assert!(!page.contains("VALID: certificate"));
-    b.screenshot("verify-tampered");
+    b.check("verify-tampered", &PI_WILHELMINA);
 }
 
 #[test]
@@ -489,7 +644,10 @@ fn an_officer_reveals_one_field_with_a_reason_and_the_trail_shows_it_a_clerk_can
     assert_eq!(b.text("dd.revealed"), SSN, "the SSN revealed in full");
     assert!(b.url().ends_with("/ui/reveal"), "{}", b.url());
     assert_eq!(b.title(), "Reveal a field · pivault");
-    b.screenshot("reveal-officer");
+    b.check(
+        "reveal-officer",
+        &["Bartholomew", "Quayle", SSN, "219099999"],
+    );
     // The trail names the officer's reveal and the reason, never the value.
     let auditor = srv.token("auditor");
     let a = srv.call(

@@ -1,4 +1,4 @@
-//! The web page (issue 14, first part): server-rendered HTML on the API's
+//! The web page (issue 14): server-rendered HTML on the API's
 //! origin, doing through the same `Vault` calls (and so the same role
 //! checks and audit events) what the CLI does. No script at all, no
 //! resource from elsewhere; every page carries a strict
@@ -13,8 +13,10 @@
 //!   titles name the page only.
 //!
 //! Pages: sign in (password, then the second factor's code when the
-//! account has one), two-factor enrolment with its QR code, find a
-//! customer (masked), and, for anyone, verify a certificate.
+//! account has one), two-factor enrolment with its QR code, and, for
+//! anyone, verify a certificate (here); the clerk's find, reveal, add and
+//! correct (`clerk`); the admin's users (`admin`); the officer's holds and
+//! disposals (`officer`); the trail and its verification (`auditor`).
 
 use std::sync::Arc;
 
@@ -29,6 +31,82 @@ use vault_core::secret::SecretString;
 
 use crate::problem::{self, ApiError};
 use crate::{App, Bearer, RequestContext};
+
+mod admin;
+mod auditor;
+mod clerk;
+mod contractor;
+mod officer;
+
+/// The pages a role is offered, in the order of the menu: the permission
+/// that opens each (the core decides again on every call).
+const MENU: [(Permission, &str, &str, &str); 9] = [
+    (
+        Permission::FindRecords,
+        "/ui/find",
+        "Find a customer",
+        "by SSN, licence, e-mail, phone or name (shown masked)",
+    ),
+    (
+        Permission::CreateRecord,
+        "/ui/records/new",
+        "Add a record",
+        "through a form made from the collection's schema",
+    ),
+    (
+        Permission::RecordReview,
+        "/ui/holds",
+        "Legal holds",
+        "place and release holds on records and customers",
+    ),
+    (
+        Permission::RecordReview,
+        "/ui/retention",
+        "Retention",
+        "the policies and what is past retention now",
+    ),
+    (
+        Permission::Dispose,
+        "/ui/disposals",
+        "Dispose",
+        "preview, confirm, and get the certificate",
+    ),
+    (
+        Permission::ListRecords,
+        "/ui/scope",
+        "Records",
+        "IDs, counts and dates, never contents (a contractor's: the assigned scope)",
+    ),
+    (
+        Permission::ReadAudit,
+        "/ui/audit",
+        "Audit trail",
+        "with filters, and the trail's verification",
+    ),
+    (
+        Permission::ManageUsers,
+        "/ui/users",
+        "Users",
+        "add users, change roles, disable, enable, unlock",
+    ),
+    (
+        Permission::ManageUsers,
+        "/ui/holds",
+        "Legal holds",
+        "place and release holds on records and customers",
+    ),
+];
+
+/// The menu entries a visitor's role may open, each page once.
+fn menu(who: &Signed) -> Vec<(&'static str, &'static str, &'static str)> {
+    let mut out: Vec<(&str, &str, &str)> = Vec::new();
+    for (p, href, label, what) in MENU {
+        if who.may(p) && !out.iter().any(|(h, _, _)| *h == href) {
+            out.push((href, label, what));
+        }
+    }
+    out
+}
 
 /// The session cookie. `__Host-` makes the browser refuse it unless it is
 /// `Secure`, has path `/` and no domain: no other host or path can set it.
@@ -51,10 +129,13 @@ pub fn router() -> Router<Arc<App>> {
         .route("/ui/sign-in", axum::routing::post(sign_in))
         .route("/ui/sign-out", axum::routing::post(sign_out))
         .route("/ui/two-factor", get(enrol_page).post(enrol_confirm))
-        .route("/ui/find", get(find_page).post(find))
-        .route("/ui/reveal", axum::routing::post(reveal))
         .route("/ui/verify", get(verify_page).post(verify))
         .route("/ui/certificates/{id}/pdf", get(certificate_pdf))
+        .merge(clerk::router())
+        .merge(admin::router())
+        .merge(officer::router())
+        .merge(auditor::router())
+        .merge(contractor::router())
 }
 
 /// Whether a route is one of the web page's (answered without a bearer
@@ -134,14 +215,13 @@ fn cross_site(headers: &HeaderMap) -> bool {
 fn page(status: StatusCode, title: &str, who: Option<&Signed>, body: &str) -> Response {
     let nav = match who {
         Some(w) => format!(
-            "<nav aria-label=\"main\"><a href=\"/ui/\">Home</a>{find}<a href=\"/ui/verify\">Verify a certificate</a>\
+            "<nav aria-label=\"main\"><a href=\"/ui/\">Home</a>{links}<a href=\"/ui/verify\">Verify a certificate</a>\
              <form method=\"post\" action=\"/ui/sign-out\" class=\"inline\"><input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
              <button type=\"submit\">Sign out {user}</button></form></nav>",
-            find = if w.may(Permission::FindRecords) {
-                "<a href=\"/ui/find\">Find a customer</a>"
-            } else {
-                ""
-            },
+            links = menu(w)
+                .iter()
+                .map(|(href, label, _)| format!("<a href=\"{href}\">{label}</a>"))
+                .collect::<String>(),
             csrf = esc(&w.csrf),
             user = esc(&w.username),
         ),
@@ -326,8 +406,8 @@ async fn home(State(app): State<Arc<App>>, rc: RequestContext, headers: HeaderMa
         return see_other("/ui/two-factor", None);
     }
     let mut items = Vec::new();
-    if who.may(Permission::FindRecords) {
-        items.push("<li><a href=\"/ui/find\">Find a customer</a> by SSN, licence, e-mail, phone or name (shown masked)</li>".to_owned());
+    for (href, label, what) in menu(&who) {
+        items.push(format!("<li><a href=\"{href}\">{label}</a> {what}</li>"));
     }
     items.push("<li><a href=\"/ui/verify\">Verify a certificate of destruction</a></li>".into());
     if who.two_factor == "none" {
@@ -335,7 +415,7 @@ async fn home(State(app): State<Arc<App>>, rc: RequestContext, headers: HeaderMa
     }
     let body = format!(
         "<p>Signed in as <strong>{}</strong> ({}). Two-factor sign-in: {}.</p><ul>{}</ul>\
-         <p class=\"hint\">Everything else your role allows is in the <code>pivault</code> command for now.</p>",
+         <p class=\"hint\">What is not here yet is in the <code>pivault</code> command.</p>",
         esc(&who.username),
         esc(who.role.as_str()),
         esc(who.two_factor),
@@ -578,215 +658,6 @@ fn error_page(who: &Signed, e: &ApiError) -> Response {
         Some(who),
         &format!("<p role=\"alert\" class=\"error\">{}</p>", esc(&e.detail)),
     )
-}
-
-fn find_form(who: &Signed, collection: &str, message: Option<&str>) -> String {
-    let alert = message
-        .map(|m| format!("<p role=\"alert\" class=\"error\">{}</p>", esc(m)))
-        .unwrap_or_default();
-    let option = |v: &str, label: &str| format!("<option value=\"{v}\">{label}</option>");
-    format!(
-        "{alert}<form method=\"post\" action=\"/ui/find\" autocomplete=\"off\">\
-         <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
-         <label for=\"collection\">Collection</label><input id=\"collection\" name=\"collection\" value=\"{coll}\" required>\
-         <label for=\"type\">Find by</label><select id=\"type\" name=\"type\">{opts}</select>\
-         <label for=\"value\">Value</label><input id=\"value\" name=\"value\" type=\"password\" required>\
-         <p class=\"hint\">Typed hidden, as it may be a full SSN. Any formatting: dashes, spaces, case.</p>\
-         <label class=\"check\"><input type=\"checkbox\" name=\"prefix\" value=\"1\"> Names starting with (3 letters or more)</label>\
-         <button type=\"submit\">Find</button></form>",
-        csrf = esc(&who.csrf),
-        coll = esc(collection),
-        opts = [
-            option("ssn", "SSN"),
-            option("drivers_license", "Driver's licence"),
-            option("email", "E-mail"),
-            option("phone", "Phone"),
-            option("name", "Name"),
-        ]
-        .join(""),
-    )
-}
-
-async fn find_page(
-    State(app): State<Arc<App>>,
-    rc: RequestContext,
-    headers: HeaderMap,
-) -> Response {
-    let Some(who) = signed_in(&app, &rc, &headers).await else {
-        return see_other("/ui/", None);
-    };
-    if who.enrol_only {
-        return see_other("/ui/two-factor", None);
-    }
-    page(
-        StatusCode::OK,
-        "Find a customer",
-        Some(&who),
-        &find_form(&who, "customers", None),
-    )
-}
-
-#[derive(Deserialize)]
-struct FindForm {
-    #[serde(default)]
-    csrf: String,
-    collection: String,
-    #[serde(rename = "type")]
-    ty: String,
-    value: String,
-    #[serde(default)]
-    prefix: Option<String>,
-}
-
-async fn find(
-    State(app): State<Arc<App>>,
-    rc: RequestContext,
-    headers: HeaderMap,
-    Form(f): Form<FindForm>,
-) -> Response {
-    let who = match form_session(&app, &rc, &headers, &f.csrf).await {
-        Ok(who) => who,
-        Err(refused) => return refused,
-    };
-    let ty = match vault_core::schema::FieldType::parse(&f.ty) {
-        Ok(t) => t,
-        Err(e) => {
-            return page(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "Find a customer",
-                Some(&who),
-                &find_form(&who, &f.collection, Some(&e.to_string())),
-            );
-        }
-    };
-    let q = vault_core::vault::FindQuery {
-        collection: f.collection.clone(),
-        target: vault_core::vault::FindTarget::Type(ty),
-        value: SecretString::new(f.value),
-        mode: if f.prefix.is_some() {
-            vault_core::beacon::Match::Prefix
-        } else {
-            vault_core::beacon::Match::Exact
-        },
-    };
-    match app
-        .as_user(&rc, who.bearer(), move |v, s| v.find_records(s, &q))
-        .await
-    {
-        Ok(r) => {
-            let rows: String = r
-                .records
-                .iter()
-                .map(|rec| {
-                    let fields: String = rec
-                        .fields
-                        .iter()
-                        .map(|(k, v)| {
-                            let v = v.as_str().map_or_else(|| v.to_string(), str::to_owned);
-                            format!("<dt>{}</dt><dd>{}</dd>", esc(k), esc(&v))
-                        })
-                        .collect();
-                    let reveal = if who.may(Permission::RevealField) {
-                        reveal_form(&who, &rec.meta.id.to_string(), rec.fields.keys())
-                    } else {
-                        String::new()
-                    };
-                    format!(
-                        "<li><p>Record <code>{}</code></p><dl>{fields}</dl>{reveal}</li>",
-                        esc(&rec.meta.id.to_string())
-                    )
-                })
-                .collect();
-            let body = format!(
-                "<p role=\"status\">{} record(s) found, shown masked.</p><ul class=\"records\">{rows}</ul>{}",
-                r.records.len(),
-                find_form(&who, &f.collection, None)
-            );
-            page(StatusCode::OK, "Find a customer", Some(&who), &body)
-        }
-        Err(e) => page(
-            e.status,
-            "Find a customer",
-            Some(&who),
-            &find_form(&who, &f.collection, Some(&e.detail)),
-        ),
-    }
-}
-
-/// The reveal of one field with a stated reason (officers; clerks with the
-/// reveal grant are refused or allowed by the core, as over the API).
-fn reveal_form<'a>(who: &Signed, record: &str, fields: impl Iterator<Item = &'a String>) -> String {
-    let options: String = fields
-        .map(|f| format!("<option value=\"{0}\">{0}</option>", esc(f)))
-        .collect();
-    let r = esc(record);
-    format!(
-        "<form method=\"post\" action=\"/ui/reveal\" autocomplete=\"off\">\
-         <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\"><input type=\"hidden\" name=\"record\" value=\"{r}\">\
-         <label for=\"field-{r}\">Reveal a field</label><select id=\"field-{r}\" name=\"field\">{options}</select>\
-         <label for=\"reason-{r}\">Reason (audited; no numbers of 4 or more digits)</label>\
-         <input id=\"reason-{r}\" name=\"reason\" required>\
-         <button type=\"submit\">Reveal</button></form>",
-        csrf = esc(&who.csrf),
-    )
-}
-
-#[derive(Deserialize)]
-struct RevealForm {
-    #[serde(default)]
-    csrf: String,
-    record: String,
-    field: String,
-    reason: String,
-}
-
-/// Shows one field of one record in full, once: the page is `no-store`,
-/// its URL and title name no value, and the reveal is audited with its
-/// reason by the core (`record.reveal`).
-async fn reveal(
-    State(app): State<Arc<App>>,
-    rc: RequestContext,
-    headers: HeaderMap,
-    Form(f): Form<RevealForm>,
-) -> Response {
-    let who = match form_session(&app, &rc, &headers, &f.csrf).await {
-        Ok(who) => who,
-        Err(refused) => return refused,
-    };
-    let Ok(id) = f.record.parse::<vault_core::ids::RecordId>() else {
-        return page(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "Reveal a field",
-            Some(&who),
-            "<p role=\"alert\" class=\"error\">That is not a record ID. Find the customer again.</p>",
-        );
-    };
-    let (field, reason) = (f.field.clone(), f.reason);
-    match app
-        .as_user(&rc, who.bearer(), move |v, s| {
-            v.get_record(s, id, &[field.as_str()], Some(&reason))
-        })
-        .await
-    {
-        Ok(r) => {
-            let value = r
-                .fields
-                .get(&f.field)
-                .map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_owned))
-                .unwrap_or_default();
-            let body = format!(
-                "<p role=\"status\">Revealed for your stated reason; this is in the audit trail. \
-                 The value is not kept by this page: leave it when done.</p>\
-                 <dl><dt>Record</dt><dd><code>{}</code></dd><dt>{}</dt><dd class=\"revealed\">{}</dd></dl>\
-                 <p><a href=\"/ui/find\">Find another customer</a></p>",
-                esc(&f.record),
-                esc(&f.field),
-                esc(&value)
-            );
-            page(StatusCode::OK, "Reveal a field", Some(&who), &body)
-        }
-        Err(e) => error_page(&who, &e),
-    }
 }
 
 fn verify_form(message: Option<&str>) -> String {
