@@ -138,11 +138,7 @@ fn vault_path(fx: &common::Fixture, n: u64) -> (f64, f64) {
     let put = per_s(n, t.elapsed());
     let t = Instant::now();
     for id in &ids {
-        std::hint::black_box(
-            fx.vault
-                .get_record(&fx.clerk, *id, &[], None)
-                .expect("get"),
-        );
+        std::hint::black_box(fx.vault.get_record(&fx.clerk, *id, &[], None).expect("get"));
     }
     (put, per_s(n, t.elapsed()))
 }
@@ -168,7 +164,9 @@ fn main() {
     let (e_put, e_get) = vault_path(&embedded, n);
     drop(embedded);
     println!("## keystore on a 3-member Patroni cluster: {n} operations each, one at a time");
-    println!("| op | raw PostgreSQL /s | vault, cluster keystore /s | ratio | vault, embedded /s | cluster / embedded |");
+    println!(
+        "| op | raw PostgreSQL /s | vault, cluster keystore /s | ratio | vault, embedded /s | cluster / embedded |"
+    );
     println!("|---|---|---|---|---|---|");
     println!(
         "| put | {raw_put:.0} | {c_put:.0} | {:.2} | {e_put:.0} | {:.2} |",

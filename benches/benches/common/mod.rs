@@ -59,7 +59,10 @@ pub fn fixture(dir: &Path) -> Fixture {
 }
 
 /// [`fixture`] with its keystore on a PostgreSQL cluster (`Some`).
-pub fn fixture_on(dir: &Path, keystore: Option<vault_core::keystore::postgres::PgConfig>) -> Fixture {
+pub fn fixture_on(
+    dir: &Path,
+    keystore: Option<vault_core::keystore::postgres::PgConfig>,
+) -> Fixture {
     let init = InitOptions {
         kdf: KdfParams::INSECURE_FAST,
         buckets: DEFAULT_BUCKETS,

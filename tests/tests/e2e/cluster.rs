@@ -22,7 +22,6 @@ use crate::common::{self, Fixture};
 /// The cluster `scripts/cluster.sh` started, from its environment.
 struct Cluster {
     members: Vec<String>,
-    password_file: PathBuf,
     data_dirs: Vec<PathBuf>,
 }
 
@@ -37,7 +36,6 @@ fn cluster() -> Cluster {
     let dirs = std::env::var("PIVAULT_PG_DATA_DIRS").expect("PIVAULT_PG_DATA_DIRS");
     Cluster {
         members: cfg.members,
-        password_file: cfg.password_file,
         data_dirs: dirs.split(':').map(PathBuf::from).collect(),
     }
 }

@@ -70,6 +70,9 @@ pub(crate) struct ByteScan {
     pub scanned: u64,
 }
 
+/// A scan's visitor: called with each (key, value) in key order; `false` stops.
+pub(crate) type Visit<'a> = dyn FnMut(&[u8], &[u8]) -> Result<bool> + 'a;
+
 /// Where the keystore's rows live. Every method is safe to call from many
 /// threads; the caller ([`super::Keystore`] under the vault's bucket locks)
 /// orders conflicting writes.
@@ -80,12 +83,7 @@ pub(crate) trait KeyEngine: Send + Sync + std::fmt::Debug {
     fn write(&self, ops: Vec<KeyOp>, sync: bool) -> Result<()>;
     /// Rows of `t` whose key starts with `prefix`, in key order, until `f`
     /// returns `false`.
-    fn scan(
-        &self,
-        t: Table,
-        prefix: &[u8],
-        f: &mut dyn FnMut(&[u8], &[u8]) -> Result<bool>,
-    ) -> Result<()>;
+    fn scan(&self, t: Table, prefix: &[u8], f: &mut Visit<'_>) -> Result<()>;
     /// Disposal step 5: no copy of a deleted or overwritten row of the
     /// touched `buckets` (and of any bucket or backup key row) left
     /// anywhere the engine keeps bytes. `skip_physical` is the negative

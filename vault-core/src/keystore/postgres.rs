@@ -45,7 +45,7 @@ use std::time::{Duration, Instant};
 use postgres::{Client, NoTls};
 use serde::{Deserialize, Serialize};
 
-use super::engine::{ByteScan, Held, KeyEngine, KeyOp, Table};
+use super::engine::{ByteScan, Held, KeyEngine, KeyOp, Table, Visit};
 use super::{MemberEvidence, PurgeEvidence};
 use crate::error::{Error, Result};
 use crate::ids::VaultId;
@@ -697,12 +697,7 @@ impl KeyEngine for PgKeys {
         off_runtime(|| self.write_rows(ops, sync))
     }
 
-    fn scan(
-        &self,
-        t: Table,
-        prefix: &[u8],
-        f: &mut dyn FnMut(&[u8], &[u8]) -> Result<bool>,
-    ) -> Result<()> {
+    fn scan(&self, t: Table, prefix: &[u8], f: &mut Visit<'_>) -> Result<()> {
         // Pages are fetched off the runtime; `f` runs on the caller's thread.
         let mut after: Option<Vec<u8>> = None;
         loop {

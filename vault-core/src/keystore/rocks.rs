@@ -9,7 +9,7 @@ use std::path::Path;
 
 use rocksdb::{ColumnFamilyDescriptor, DB, Options, WriteBatch, WriteOptions};
 
-use super::engine::{ByteScan, Held, KeyEngine, KeyOp, Table};
+use super::engine::{ByteScan, Held, KeyEngine, KeyOp, Table, Visit};
 use super::{PurgeEvidence, contains_any, scan_dir};
 use crate::error::Result;
 
@@ -327,12 +327,7 @@ impl KeyEngine for RocksKeys {
         Ok(())
     }
 
-    fn scan(
-        &self,
-        t: Table,
-        prefix: &[u8],
-        f: &mut dyn FnMut(&[u8], &[u8]) -> Result<bool>,
-    ) -> Result<()> {
+    fn scan(&self, t: Table, prefix: &[u8], f: &mut Visit<'_>) -> Result<()> {
         for item in self.db.iterator_cf(
             self.cf(t.name()),
             rocksdb::IteratorMode::From(prefix, rocksdb::Direction::Forward),
