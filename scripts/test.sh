@@ -17,3 +17,15 @@ trap './scripts/cluster.sh stop' EXIT
 # shellcheck disable=SC1090
 source "$(./scripts/cluster.sh env)"
 cargo test --workspace --no-fail-fast "$@"
+# Conformance (issue 16): the storage tests again, every fixture vault's
+# keystore on the cluster instead of embedded. One at a time: a snapshot
+# one test holds on purpose blocks every vault's purge in the database.
+# Not repeated: the custodian and library modules (sign-in and access rules
+# more than storage; two of their tests copy a vault directory and open
+# both copies, which on the cluster share one keystore, see ARCHITECTURE).
+# PIVAULT_CONFORMANCE=0 skips it.
+if [ "${PIVAULT_CONFORMANCE:-1}" != 0 ] && [ $# -eq 0 ]; then
+  e2e=$(ls -t target/debug/deps/e2e-* | grep -v '\.d$' | head -1)
+  PIVAULT_TEST_KEYSTORE=cluster "$e2e" --test-threads 1 \
+    disposal:: concurrency:: backup:: forensic:: purge_controls:: crash::
+fi
