@@ -417,6 +417,9 @@ impl PgKeys {
                     }
                 }
             }
+            // The connection goes back to the pool: other work waits for
+            // locks as usual.
+            primary.batch_execute("RESET lock_timeout").map_err(pg)?;
         }
         for (r, old) in relations.iter().zip(&before) {
             let now: String = primary
