@@ -33,6 +33,10 @@ command -v patroni >/dev/null 2>&1 || need+=(patroni)
 command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
 command -v etcdctl >/dev/null 2>&1 || need+=(etcd-client)
 command -v psql >/dev/null 2>&1 || need+=(postgresql-client-15)
+# cluster.sh finds its members' processes by their command lines, and runs
+# them as `postgres` when started as root.
+command -v pkill >/dev/null 2>&1 || need+=(procps)
+command -v runuser >/dev/null 2>&1 || need+=(util-linux)
 # The certificate PDF tests open the PDF with poppler (pdfinfo, pdftotext, pdfdetach).
 command -v pdfdetach >/dev/null 2>&1 || need+=(poppler-utils)
 
