@@ -54,6 +54,7 @@ start() {
   head -c 24 /dev/urandom | base64 | tr -d '/+=' > "$DIR/superuser.password"
   head -c 24 /dev/urandom | base64 | tr -d '/+=' > "$DIR/replication.password"
   head -c 24 /dev/urandom | base64 | tr -d '/+=' > "$DIR/pivault.password"
+  head -c 24 /dev/urandom | base64 | tr -d '/+=' > "$DIR/provider.password"
   umask 022
   local su rep
   su=$(cat "$DIR/superuser.password")
@@ -173,12 +174,14 @@ EOF
     [ "$r" = "f" ] && primary=$((BASE + 30 + i))
   done
   PGPASSWORD=$su psql -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$primary" -U postgres -d postgres \
-    -v pw="$(cat "$DIR/pivault.password")" -f "$ROOT/scripts/keystore-cluster.sql" >/dev/null
-  # The password file is the vault's (read by whoever runs pivault).
-  chown "$(id -u):$(id -g)" "$DIR/pivault.password"
+    -v pw="$(cat "$DIR/pivault.password")" -v provider_pw="$(cat "$DIR/provider.password")" \
+    -f "$ROOT/scripts/keystore-cluster.sql" >/dev/null
+  # The password files are the vaults' and the provider's (read by whoever runs pivault).
+  chown "$(id -u):$(id -g)" "$DIR/pivault.password" "$DIR/provider.password"
   cat > "$ENVFILE" <<EOF
 export PIVAULT_PG_MEMBERS=127.0.0.1:$((BASE + 31)),127.0.0.1:$((BASE + 32)),127.0.0.1:$((BASE + 33))
 export PIVAULT_PG_PASSWORD_FILE=$DIR/pivault.password
+export PIVAULT_PG_PROVIDER_PASSWORD_FILE=$DIR/provider.password
 export PIVAULT_PG_SUPERUSER_PASSWORD_FILE=$DIR/superuser.password
 export PIVAULT_PG_DATA_DIRS=$DIR/pg1:$DIR/pg2:$DIR/pg3
 export PIVAULT_PG_PATRONI=127.0.0.1:$((BASE + 21)),127.0.0.1:$((BASE + 22)),127.0.0.1:$((BASE + 23))

@@ -1,26 +1,83 @@
 -- Set-up of a keystore cluster, run once by its superuser on the primary
--- (scripts/cluster.sh does; `psql -v pw=PASSWORD -f keystore-cluster.sql`).
--- Everything here replicates to the standbys.
+-- (scripts/cluster.sh does; `psql -v pw=PASSWORD -v provider_pw=PASSWORD
+-- -f keystore-cluster.sql`). Everything here replicates to the standbys.
 --
--- The vault's role `pivault` owns its keystore database (so it can
--- VACUUM FULL its own tables) and may checkpoint, switch WAL and read
--- server statistics; it may NOT read the server's files. The byte scan of
--- disposal verification runs in `pivault_verify.scan`, a SECURITY DEFINER
--- function owned by the superuser that answers a file name and whether it
--- holds a needle, never a byte of any file.
+-- Roles:
+-- - `pivault_vaults` (no login): what a vault's purge needs, and nothing
+--   more: checkpoint, switch WAL, read server statistics, create its own
+--   schema in `pivault_keys`, call the verification scan. It may NOT read
+--   the server's files: the byte scan of disposal verification runs in
+--   `pivault_verify.scan`, a SECURITY DEFINER function owned by the
+--   superuser that answers a file name and whether it holds a needle,
+--   never a byte of any file.
+-- - one login role per vault, `pvr_<random>`, a member of `pivault_vaults`,
+--   made by `pivault vault create`: it owns its vault's schema, the only
+--   role that can read, change or drop it.
+-- - `pivault_provider`: the provider's operator. Not CREATEROLE (which in
+--   PostgreSQL can grant itself any role, a vault's too): it may only call
+--   `pivault_provision.create_vault_role`, which makes a `pvr_` role in
+--   `pivault_vaults` and nothing else, and read the catalog. It is granted
+--   no vault's schema.
+-- - `pivault`: one role shared by vaults made with `pivault init
+--   --keystore-cluster` (a single business, or the tests); `doctor` warns
+--   when it reaches another vault's keystore.
 
-CREATE ROLE pivault LOGIN PASSWORD :'pw';
+CREATE ROLE pivault_vaults NOLOGIN;
+GRANT pg_checkpoint TO pivault_vaults;
+GRANT pg_monitor TO pivault_vaults;
+CREATE ROLE pivault LOGIN PASSWORD :'pw' IN ROLE pivault_vaults;
+CREATE ROLE pivault_provider LOGIN PASSWORD :'provider_pw';
 CREATE DATABASE pivault_keys OWNER pivault;
-GRANT pg_checkpoint TO pivault;
-GRANT pg_monitor TO pivault;
+REVOKE ALL ON DATABASE pivault_keys FROM PUBLIC;
+GRANT CONNECT, CREATE ON DATABASE pivault_keys TO pivault_vaults;
+GRANT CONNECT ON DATABASE pivault_keys TO pivault_provider;
 
 \connect pivault_keys
 -- Function privileges are per database: granted where the vault connects.
-GRANT EXECUTE ON FUNCTION pg_switch_wal() TO pivault;
+GRANT EXECUTE ON FUNCTION pg_switch_wal() TO pivault_vaults;
 REVOKE CREATE ON SCHEMA public FROM PUBLIC;
 CREATE SCHEMA pivault_verify;
 REVOKE ALL ON SCHEMA pivault_verify FROM PUBLIC;
-GRANT USAGE ON SCHEMA pivault_verify TO pivault;
+GRANT USAGE ON SCHEMA pivault_verify TO pivault_vaults;
+
+-- The provider's one power: a new vault's login role, named `pvr_` and 20
+-- hex digits, in `pivault_vaults`, with a SCRAM-SHA-256 verifier made by
+-- the client (the password never reaches the server).
+CREATE SCHEMA pivault_provision;
+REVOKE ALL ON SCHEMA pivault_provision FROM PUBLIC;
+GRANT USAGE ON SCHEMA pivault_provision TO pivault_provider;
+CREATE FUNCTION pivault_provision.create_vault_role(role text, verifier text) RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+  IF role !~ '^pvr_[0-9a-f]{20}$' THEN
+    RAISE EXCEPTION 'not a vault role name';
+  END IF;
+  IF verifier !~ '^SCRAM-SHA-256\$[0-9]+:[A-Za-z0-9+/=]+\$[A-Za-z0-9+/=]+:[A-Za-z0-9+/=]+$' THEN
+    RAISE EXCEPTION 'not a SCRAM-SHA-256 verifier';
+  END IF;
+  EXECUTE format('CREATE ROLE %I LOGIN PASSWORD %L IN ROLE pivault_vaults', role, verifier);
+END
+$$;
+REVOKE ALL ON FUNCTION pivault_provision.create_vault_role(text, text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION pivault_provision.create_vault_role(text, text) TO pivault_provider;
+
+-- Undoes a creation that failed: only a `pvr_` role that owns nothing (a
+-- role that owns a keystore cannot be dropped).
+CREATE FUNCTION pivault_provision.drop_vault_role(role text) RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+  IF role !~ '^pvr_[0-9a-f]{20}$' THEN
+    RAISE EXCEPTION 'not a vault role name';
+  END IF;
+  EXECUTE format('DROP ROLE IF EXISTS %I', role);
+END
+$$;
+REVOKE ALL ON FUNCTION pivault_provision.drop_vault_role(text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION pivault_provision.drop_vault_role(text) TO pivault_provider;
 
 -- Every regular file under the data directory, and whether it contains any
 -- of `needles`. Files that vanish during the walk (a checkpoint removing a
@@ -66,7 +123,7 @@ BEGIN
 END
 $$;
 REVOKE ALL ON FUNCTION pivault_verify.scan(bytea[]) FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION pivault_verify.scan(bytea[]) TO pivault;
+GRANT EXECUTE ON FUNCTION pivault_verify.scan(bytea[]) TO pivault_vaults;
 
 -- Whether a file (a relation's old file after VACUUM FULL) is still there.
 CREATE FUNCTION pivault_verify.file_exists(p text) RETURNS boolean
@@ -74,4 +131,4 @@ LANGUAGE sql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$ SELECT (pg_stat_file(p, true)).size IS NOT NULL $$;
 REVOKE ALL ON FUNCTION pivault_verify.file_exists(text) FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION pivault_verify.file_exists(text) TO pivault;
+GRANT EXECUTE ON FUNCTION pivault_verify.file_exists(text) TO pivault_vaults;

@@ -10,6 +10,7 @@ mod backup;
 mod dispose;
 mod exit;
 mod export;
+mod hosting;
 mod incident;
 mod local;
 mod output;
@@ -160,6 +161,11 @@ enum MaintenanceCmd {
 enum Command {
     /// Create a new vault and its first admin (who chooses their own password).
     Init(InitArgs),
+    /// A service provider's vaults on one keystore cluster: create one with
+    /// a database role of its own, list them (the operator's commands; no
+    /// key or record is ever shown).
+    #[command(subcommand)]
+    Vault(hosting::VaultCmd),
     /// Manage users (admin).
     #[command(subcommand)]
     User(UserCmd),
@@ -531,7 +537,7 @@ enum ContractorCmd {
 }
 
 #[derive(Args, Debug)]
-struct InitArgs {
+pub(crate) struct InitArgs {
     /// Username of the first admin.
     #[arg(long)]
     admin: String,
@@ -550,7 +556,7 @@ struct InitArgs {
     /// records: FILE is the cluster's `keystore.json` (members, database,
     /// user, password file; no secret in it). See README "Running on PostgreSQL".
     #[arg(long, value_name = "FILE")]
-    keystore_cluster: Option<PathBuf>,
+    pub(crate) keystore_cluster: Option<PathBuf>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -959,6 +965,7 @@ fn apply_profile(cli: &mut Cli) -> anyhow::Result<()> {
         || matches!(
             cli.command,
             Command::Init(_)
+                | Command::Vault(_)
                 | Command::Doctor
                 | Command::Backup(_)
                 | Command::Passphrase(_)
@@ -1078,7 +1085,7 @@ fn after_close(out: &Out, code: u8, closed: vault_core::Result<()>) -> u8 {
 /// work on its files, so they are always direct.
 fn opens_directly(cli: &Cli, cmd: &Command) -> bool {
     match cmd {
-        Command::Init(_) | Command::Doctor | Command::Backup(_) => true,
+        Command::Init(_) | Command::Vault(_) | Command::Doctor | Command::Backup(_) => true,
         Command::Login | Command::Logout => false,
         // A script's service token is only ever checked by the server.
         _ if cli.service_token_file.is_some() => false,
@@ -1320,7 +1327,8 @@ fn run(cli: &Cli, out: &Out) -> anyhow::Result<u8> {
             out.raw(&script);
             Ok(exit::OK)
         }
-        Command::Init(a) => cmd_init(cli, out, a),
+        Command::Init(a) => cmd_init(cli, out, a, None),
+        Command::Vault(c) => hosting::cmd_vault(cli, out, c),
         Command::Profile(c) => cmd_profile(out, c),
         Command::Doctor => cmd_doctor(cli, out),
         Command::Certificate(CertificateCmd::Verify {
@@ -1434,6 +1442,7 @@ fn run(cli: &Cli, out: &Out) -> anyhow::Result<u8> {
                     exit::OK
                 }
                 Command::Init(_)
+                | Command::Vault(_)
                 | Command::Passphrase(_)
                 | Command::Doctor
                 | Command::Completions { .. }
@@ -1522,7 +1531,13 @@ fn cmd_break_glass(cli: &Cli, out: &Out, name: &str) -> anyhow::Result<u8> {
     Ok(after_close(out, exit::OK, vault.close()))
 }
 
-fn cmd_init(cli: &Cli, out: &Out, a: &InitArgs) -> anyhow::Result<u8> {
+/// `init`, and `vault create` (with the provider's cluster file).
+pub(crate) fn cmd_init(
+    cli: &Cli,
+    out: &Out,
+    a: &InitArgs,
+    provider: Option<&vault_core::keystore::postgres::PgConfig>,
+) -> anyhow::Result<u8> {
     let dir = vault_dir(cli)?;
     let admin = Username::parse(&a.admin)?;
     let pass = new_secret(
@@ -1542,29 +1557,20 @@ fn cmd_init(cli: &Cli, out: &Out, a: &InitArgs) -> anyhow::Result<u8> {
     };
     let two_factor = vault_core::access::TwoFactorPolicy::parse(&a.two_factor)?;
     let keystore = match &a.keystore_cluster {
-        Some(f) => {
-            let bytes = std::fs::read(f)
-                .with_context(|| format!("reading the keystore cluster file {}", f.display()))?;
-            Some(
-                serde_json::from_slice::<vault_core::keystore::postgres::PgConfig>(&bytes)
-                    .with_context(|| format!("{}: not a keystore cluster file", f.display()))?,
-            )
-        }
+        Some(f) => Some(hosting::read_cluster_file(f)?),
         None => None,
     };
-    let vault = Vault::create_with_keystore(
-        dir,
-        &pass,
-        InitOptions {
-            kdf,
-            buckets: a.buckets,
-            admin: admin.clone(),
-            admin_password: pw,
-            two_factor: two_factor.clone(),
-        },
-        open_opts(cli),
-        keystore,
-    )?;
+    let init = InitOptions {
+        kdf,
+        buckets: a.buckets,
+        admin: admin.clone(),
+        admin_password: pw,
+        two_factor: two_factor.clone(),
+    };
+    let vault = match provider {
+        Some(p) => Vault::create_hosted(dir, &pass, init, open_opts(cli), p)?,
+        None => Vault::create_with_keystore(dir, &pass, init, open_opts(cli), keystore)?,
+    };
     let id = vault.id();
     let closed = vault.close();
     out.data("vault-created", 

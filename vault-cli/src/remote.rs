@@ -543,7 +543,7 @@ pub fn run(cli: &Cli, out: &Out, endpoint: &Endpoint) -> anyhow::Result<u8> {
             });
             return Ok(exit::OK);
         }
-        Command::Init(_) | Command::Doctor | Command::Backup(_) => {
+        Command::Init(_) | Command::Vault(_) | Command::Doctor | Command::Backup(_) => {
             // They read or write files beside the vault (a backup file never
             // travels over the network).
             bail!(
@@ -1438,6 +1438,7 @@ fn command(cli: &Cli, out: &Out, r: &Remote) -> anyhow::Result<u8> {
             crate::incident::wisp_remote(out, r, a)?;
         }
         Command::Init(_)
+        | Command::Vault(_)
         | Command::Doctor
         | Command::Backup(_)
         | Command::Passphrase(_)

@@ -155,12 +155,8 @@ pub fn checks(vault: &Vault, now_ms: i64) -> Result<Vec<Check>> {
     let mut out = file_checks(vault.dir());
     // A keystore on a cluster: the settings its purge depends on, and
     // whether every member can be verified now.
-    for (name, ok, detail) in vault.keystore().engine_checks()? {
-        out.push(check(
-            name,
-            if ok { Level::Ok } else { Level::Fail },
-            detail,
-        ));
+    for (name, level, detail) in vault.keystore().engine_checks()? {
+        out.push(check(name, level, detail));
     }
     out.push(check(
         "encryption",

@@ -7,6 +7,7 @@
 
 mod engine;
 pub mod postgres;
+pub mod provider;
 mod rocks;
 
 use std::collections::HashMap;
@@ -302,7 +303,7 @@ impl Keystore {
 
     /// The engine's settings the purge depends on, for `doctor`:
     /// (check name, safe, what was found).
-    pub fn engine_checks(&self) -> Result<Vec<(&'static str, bool, String)>> {
+    pub fn engine_checks(&self) -> Result<Vec<(&'static str, crate::doctor::Level, String)>> {
         self.engine.doctor()
     }
 

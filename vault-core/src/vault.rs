@@ -573,6 +573,60 @@ impl Vault {
         opts: OpenOptions,
         keystore: Option<crate::keystore::postgres::PgConfig>,
     ) -> Result<Vault> {
+        Self::create_in(dir, passphrase, init, opts, keystore, &[])
+    }
+
+    /// Creates a vault on a service provider's keystore cluster with a
+    /// database role of its own (`pivault vault create`): `provider` is the
+    /// provider's `keystore.json`, whose role may create roles and reaches
+    /// no vault's keys. The new role's password is written beside the
+    /// vault (`keystore.password`, mode 0600); a creation that fails takes
+    /// its role off the cluster again.
+    pub fn create_hosted(
+        dir: &Path,
+        passphrase: &SecretString,
+        init: InitOptions,
+        opts: OpenOptions,
+        provider: &crate::keystore::postgres::PgConfig,
+    ) -> Result<Vault> {
+        use crate::keystore::provider;
+        // Everything that can be refused is refused before the cluster is touched.
+        access::check_passphrase_policy(passphrase)?;
+        access::check_password_policy(&init.admin_password, &init.admin)?;
+        provider.validate()?;
+        if dir.exists() && std::fs::read_dir(dir)?.next().is_some() {
+            return Err(Error::NotAVault(format!(
+                "{} exists and is not empty; choose a new directory",
+                dir.display()
+            )));
+        }
+        fsutil::create_private_dir(dir)?;
+        let role = provider::provision(provider, dir)?;
+        match Self::create_in(
+            dir,
+            passphrase,
+            init,
+            opts,
+            Some(role.cfg.clone()),
+            &[provider::PASSWORD_FILE],
+        ) {
+            Ok(v) => Ok(v),
+            Err(e) => {
+                provider::withdraw(provider, &role);
+                Err(e)
+            }
+        }
+    }
+
+    /// Creation proper; `present` names the files a caller put in `dir` first.
+    fn create_in(
+        dir: &Path,
+        passphrase: &SecretString,
+        init: InitOptions,
+        opts: OpenOptions,
+        keystore: Option<crate::keystore::postgres::PgConfig>,
+        present: &[&str],
+    ) -> Result<Vault> {
         access::check_passphrase_policy(passphrase)?;
         if let Some(k) = &keystore {
             k.validate()?;
@@ -581,7 +635,10 @@ impl Vault {
             return Err(Error::invalid("bucket count must be between 1 and 1048576"));
         }
         access::check_password_policy(&init.admin_password, &init.admin)?;
-        if dir.exists() && std::fs::read_dir(dir)?.next().is_some() {
+        if dir.exists()
+            && std::fs::read_dir(dir)?
+                .any(|e| e.map_or(true, |e| !present.iter().any(|p| e.file_name() == *p)))
+        {
             return Err(Error::NotAVault(format!(
                 "{} exists and is not empty; choose a new directory",
                 dir.display()

@@ -101,6 +101,7 @@ pub const DOCUMENTS: &[&str] = &[
     "user-change",
     "user-list",
     "vault-created",
+    "vault-list",
     "wisp-pack",
 ];
 

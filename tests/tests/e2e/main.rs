@@ -8,6 +8,7 @@ mod certificate_standards;
 mod cli;
 mod cli_output;
 mod cluster;
+mod cluster_hosting;
 mod common;
 mod concurrency;
 mod cosign;

@@ -103,7 +103,7 @@ pub(crate) trait KeyEngine: Send + Sync + std::fmt::Debug {
     fn set_control(&self, _c: super::PurgeControl) {}
     /// The engine's own settings that the purge depends on, for `doctor`:
     /// (check name, safe, what was found).
-    fn doctor(&self) -> Result<Vec<(&'static str, bool, String)>> {
+    fn doctor(&self) -> Result<Vec<(&'static str, crate::doctor::Level, String)>> {
         Ok(Vec::new())
     }
 }

@@ -47,6 +47,7 @@ use serde::{Deserialize, Serialize};
 
 use super::engine::{ByteScan, Held, KeyEngine, KeyOp, Table, Visit};
 use super::{MemberEvidence, PurgeEvidence};
+use crate::doctor::Level;
 use crate::error::{Error, Result};
 use crate::ids::VaultId;
 use crate::secret::SecretString;
@@ -136,7 +137,7 @@ impl PgConfig {
         Ok(())
     }
 
-    fn password(&self) -> Result<SecretString> {
+    pub(crate) fn password(&self) -> Result<SecretString> {
         SecretString::from_private_file(&self.password_file).map_err(|e| {
             Error::InvalidInput(format!(
                 "keystore cluster password file {}: {e}",
@@ -156,7 +157,57 @@ fn split_member(m: &str) -> Result<(&str, u16)> {
     Ok((h.trim_start_matches('[').trim_end_matches(']'), port))
 }
 
-fn pg(e: postgres::Error) -> Error {
+/// A connection to one member as `cfg`'s role.
+pub(super) fn connect_as(cfg: &PgConfig, password: &SecretString, member: &str) -> Result<Client> {
+    let (host, port) = split_member(member)?;
+    let mut c = postgres::Config::new();
+    c.host(host)
+        .port(port)
+        .user(&cfg.user)
+        .password(password.expose().as_bytes())
+        .dbname(&cfg.database)
+        .application_name("pivault")
+        .connect_timeout(Duration::from_secs(3));
+    c.connect(NoTls).map_err(pg)
+}
+
+/// A connection to whichever member is the primary now. During a failover
+/// no member is (Patroni promotes a standby within its TTL, about 10 s
+/// here): waited for, up to [`PRIMARY_PATIENCE`].
+pub(super) fn primary_of(cfg: &PgConfig, password: &SecretString) -> Result<Client> {
+    let deadline = Instant::now() + PRIMARY_PATIENCE;
+    loop {
+        let mut last = None;
+        for m in &cfg.members {
+            match connect_as(cfg, password, m) {
+                Ok(mut c) => match c.query_one("SELECT pg_is_in_recovery()", &[]) {
+                    Ok(r) if !r.get::<_, bool>(0) => return Ok(c),
+                    Ok(_) => {}
+                    Err(e) => last = Some(pg(e)),
+                },
+                // A refused login will not change by waiting.
+                Err(e) if is_auth_failure(&e) => return Err(e),
+                Err(e) => last = Some(e),
+            }
+        }
+        if Instant::now() >= deadline {
+            return Err(last.unwrap_or_else(|| {
+                Error::Storage(format!(
+                    "keystore cluster: no member has been the primary for {}s",
+                    PRIMARY_PATIENCE.as_secs()
+                ))
+            }));
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+/// A login the server refused (a wrong password, an unknown or removed role).
+fn is_auth_failure(e: &Error) -> bool {
+    matches!(e, Error::Storage(m) if m.contains("(28P01)") || m.contains("(28000)"))
+}
+
+pub(super) fn pg(e: postgres::Error) -> Error {
     // The server's message and code only: its `detail` can quote a row
     // ("Failing row contains ..."), and a row here is a wrapped key.
     match e.as_db_error() {
@@ -225,48 +276,16 @@ impl PgKeys {
     }
 
     fn connect(&self, member: &str) -> Result<Client> {
-        let (host, port) = split_member(member)?;
-        let mut c = postgres::Config::new();
-        c.host(host)
-            .port(port)
-            .user(&self.cfg.user)
-            .password(self.password.expose().as_bytes())
-            .dbname(&self.cfg.database)
-            .application_name("pivault")
-            .connect_timeout(Duration::from_secs(3));
-        c.connect(NoTls).map_err(pg)
+        connect_as(&self.cfg, &self.password, member)
     }
 
-    /// A connection to whichever member is the primary now. During a
-    /// failover no member is (Patroni promotes a standby within its TTL,
-    /// about 10 s here): waited for, up to [`PRIMARY_PATIENCE`].
+    /// A connection to whichever member is the primary now (an idle one
+    /// from the pool first).
     fn primary(&self) -> Result<Client> {
         if let Some(c) = self.pool.lock().expect("pool lock").pop() {
             return Ok(c);
         }
-        let deadline = Instant::now() + PRIMARY_PATIENCE;
-        loop {
-            let mut last = None;
-            for m in &self.cfg.members {
-                match self.connect(m) {
-                    Ok(mut c) => match c.query_one("SELECT pg_is_in_recovery()", &[]) {
-                        Ok(r) if !r.get::<_, bool>(0) => return Ok(c),
-                        Ok(_) => {}
-                        Err(e) => last = Some(pg(e)),
-                    },
-                    Err(e) => last = Some(e),
-                }
-            }
-            if Instant::now() >= deadline {
-                return Err(last.unwrap_or_else(|| {
-                    Error::Storage(format!(
-                        "keystore cluster: no member has been the primary for {}s",
-                        PRIMARY_PATIENCE.as_secs()
-                    ))
-                }));
-            }
-            std::thread::sleep(Duration::from_millis(250));
-        }
+        primary_of(&self.cfg, &self.password)
     }
 
     /// Runs `f` on a primary connection. A connection that broke (a
@@ -762,7 +781,7 @@ impl KeyEngine for PgKeys {
         PgKeys::set_control(self, c);
     }
 
-    fn doctor(&self) -> Result<Vec<(&'static str, bool, String)>> {
+    fn doctor(&self) -> Result<Vec<(&'static str, crate::doctor::Level, String)>> {
         off_runtime(|| self.doctor_checks())
     }
 }
@@ -798,7 +817,7 @@ const MEMBER_SETTINGS: [(&str, &str, &str); 6] = [
 ];
 
 impl PgKeys {
-    fn doctor_checks(&self) -> Result<Vec<(&'static str, bool, String)>> {
+    fn doctor_checks(&self) -> Result<Vec<(&'static str, crate::doctor::Level, String)>> {
         let mut out = Vec::new();
         let mut reachable = Vec::new();
         let mut down = Vec::new();
@@ -842,9 +861,10 @@ impl PgKeys {
             }
             reachable.push(name);
         }
+        let ok_or_fail = |ok: bool| if ok { Level::Ok } else { Level::Fail };
         out.push((
             "keystore-cluster-settings",
-            bad.is_empty(),
+            ok_or_fail(bad.is_empty()),
             if bad.is_empty() {
                 format!(
                     "every reachable member: {}; no logical slots or publications",
@@ -863,7 +883,7 @@ impl PgKeys {
             down.is_empty() && primary_standbys.as_ref().is_some_and(|(_, n)| *n == want);
         out.push((
             "keystore-cluster-members",
-            members_ok,
+            ok_or_fail(members_ok),
             match (&primary_standbys, down.is_empty()) {
                 (Some((p, n)), true) => format!(
                     "{} member(s) reachable; primary {p} streams to {n} of {want} standby(s){}",
@@ -879,6 +899,23 @@ impl PgKeys {
                     down.join(", ")
                 ),
                 (None, true) => "no member is the primary".into(),
+            },
+        ));
+        // One role per vault (`pivault vault create`): a role shared with
+        // other vaults reads their wrapped keys and can delete them. Not
+        // unsafe for this vault's records (the keys are wrapped), so a warning.
+        let others = self.with_primary(|c| super::provider::reachable_others(c, &self.schema))?;
+        out.push((
+            "keystore-cluster-isolation",
+            if others.is_empty() { Level::Ok } else { Level::Warn },
+            if others.is_empty() {
+                format!("the vault's role {} reaches no other vault's keystore", self.cfg.user)
+            } else {
+                format!(
+                    "the vault's role {} also reaches {} other vault keystore(s): give each vault its own role (pivault vault create)",
+                    self.cfg.user,
+                    others.len()
+                )
             },
         ));
         Ok(out)

@@ -1,0 +1,326 @@
+//! A service provider's cluster (issue 16): `pivault vault create` gives
+//! every vault a database role of its own; the provider's operator lists
+//! them and reaches no vault's keys; one vault's credentials reach no other
+//! vault's keystore by any SQL a stolen credential could send. Run with
+//! the cluster `scripts/cluster.sh` starts (see cluster.rs).
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde_json::Value;
+use vault_core::keystore::postgres::PgConfig;
+use vault_core::keystore::provider;
+
+use crate::cli::{pivault_bin, write_private};
+use crate::common;
+
+/// The provider's `keystore.json`: the cluster, the operator's role.
+fn provider_file(dir: &Path) -> (PathBuf, PgConfig) {
+    let shared = common::cluster_keystore();
+    let cfg = PgConfig {
+        user: "pivault_provider".into(),
+        password_file: std::env::var("PIVAULT_PG_PROVIDER_PASSWORD_FILE")
+            .expect("PIVAULT_PG_PROVIDER_PASSWORD_FILE (scripts/cluster.sh)")
+            .into(),
+        ..shared
+    };
+    let f = dir.join("provider.json");
+    std::fs::write(&f, serde_json::to_vec_pretty(&cfg).unwrap()).unwrap();
+    (f, cfg)
+}
+
+struct Operator {
+    work: PathBuf,
+    provider: PathBuf,
+}
+
+impl Operator {
+    fn run(&self, vault: &Path, args: &[&str]) -> std::process::Output {
+        Command::new(pivault_bin())
+            .arg("--vault")
+            .arg(vault)
+            .args(args)
+            .env("PIVAULT_PASSPHRASE_FILE", self.work.join("pass"))
+            .env("PIVAULT_PASSWORD_FILE", self.work.join("admin.pw"))
+            .env_remove("PIVAULT_DIR")
+            .output()
+            .unwrap()
+    }
+
+    fn create(&self, vault: &Path) -> std::process::Output {
+        self.run(
+            vault,
+            &[
+                "--json",
+                "vault",
+                "create",
+                "--provider",
+                self.provider.to_str().unwrap(),
+                "--admin",
+                "owner",
+                "--insecure-fast-kdf",
+                "--two-factor",
+                "none",
+            ],
+        )
+    }
+
+    fn list(&self) -> Value {
+        let o = self.run(
+            &self.work.join("none"),
+            &[
+                "--json",
+                "vault",
+                "list",
+                "--provider",
+                self.provider.to_str().unwrap(),
+            ],
+        );
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+        crate::documents::check(&v, "vault list");
+        v
+    }
+}
+
+fn vault_roles(c: &mut postgres::Client) -> BTreeSet<String> {
+    c.query(
+        "SELECT rolname FROM pg_roles WHERE rolname LIKE 'pvr\\_%'",
+        &[],
+    )
+    .unwrap()
+    .iter()
+    .map(|r| r.get(0))
+    .collect()
+}
+
+/// What the statement got back: `Ok` or the server's SQLSTATE.
+fn try_sql(c: &mut postgres::Client, sql: &str) -> Result<(), String> {
+    c.batch_execute(sql).map_err(|e| {
+        e.as_db_error()
+            .map(|d| d.code().code().to_owned())
+            .unwrap_or_else(|| e.to_string())
+    })
+}
+
+/// A table's file number, from the catalog (no privilege on it needed).
+fn relfilenode(c: &mut postgres::Client, schema: &str, table: &str) -> i64 {
+    c.query_one(
+        "SELECT c.relfilenode::text::bigint FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+          WHERE n.nspname = $1 AND c.relname = $2",
+        &[&schema, &table],
+    )
+    .unwrap()
+    .get(0)
+}
+
+fn doctor_level(op: &Operator, vault: &Path, check: &str) -> String {
+    let o = op.run(vault, &["--json", "doctor"]);
+    let v: Value = serde_json::from_slice(&o.stdout)
+        .unwrap_or_else(|_| panic!("doctor: {}", String::from_utf8_lossy(&o.stderr)));
+    let found = v["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["check"] == check)
+        .unwrap_or_else(|| panic!("no {check} in {v}"));
+    format!("{}: {}", found["level"].as_str().unwrap(), found["detail"])
+}
+
+#[test]
+fn cluster_vaults_created_together_each_get_a_role_no_other_credential_reaches() {
+    let _one = crate::cluster::serial();
+    let tmp = tempfile::tempdir().unwrap();
+    let work = tmp.path().to_path_buf();
+    write_private(&work.join("pass"), b"hosted-vault-passphrase-71Kq!");
+    write_private(&work.join("admin.pw"), b"Hosted-Larch-Marten-Quill-38");
+    let (provider, provider_cfg) = provider_file(&work);
+    let op = Operator { work, provider };
+    let mut as_provider = provider::connect_primary(&provider_cfg).unwrap();
+    let roles_before = vault_roles(&mut as_provider);
+
+    // Four vaults created at once, and a fifth creation racing the first
+    // into the same directory: exactly one of those two wins, and the loser
+    // leaves no role behind.
+    let dirs: Vec<PathBuf> = (0..4).map(|i| tmp.path().join(format!("v{i}"))).collect();
+    let outs: Vec<std::process::Output> = std::thread::scope(|s| {
+        let mut hs: Vec<_> = dirs.iter().map(|d| s.spawn(|| op.create(d))).collect();
+        hs.push(s.spawn(|| op.create(&dirs[0])));
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let ok: Vec<Value> = outs
+        .iter()
+        .filter(|o| o.status.success())
+        .map(|o| serde_json::from_slice(&o.stdout).unwrap())
+        .collect();
+    assert_eq!(
+        ok.len(),
+        4,
+        "four vaults, one lost race: {:?}",
+        outs.iter()
+            .map(|o| String::from_utf8_lossy(&o.stderr).into_owned())
+            .collect::<Vec<_>>()
+    );
+    for v in &ok {
+        crate::documents::check(v, "vault create");
+    }
+    let roles_after = vault_roles(&mut as_provider);
+    let new_roles: BTreeSet<_> = roles_after.difference(&roles_before).cloned().collect();
+    assert_eq!(
+        new_roles.len(),
+        4,
+        "one role per vault, none orphaned: {new_roles:?}"
+    );
+
+    // Each vault's keystore.json names its own role; the password is beside
+    // it, private, and works for that role only.
+    let cfgs: Vec<PgConfig> = dirs
+        .iter()
+        .map(|d| serde_json::from_slice(&std::fs::read(d.join("keystore.json")).unwrap()).unwrap())
+        .collect();
+    let users: BTreeSet<_> = cfgs.iter().map(|c| c.user.clone()).collect();
+    assert_eq!(users, new_roles);
+    for c in &cfgs {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&c.password_file)
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o077, 0, "{} is private", c.password_file.display());
+    }
+
+    // Each directory's vault ID, as its creation printed it.
+    let ids: Vec<String> = dirs
+        .iter()
+        .map(|d| {
+            ok.iter()
+                .find(|v| v["dir"] == d.display().to_string())
+                .and_then(|v| v["vault_id"].as_str())
+                .unwrap_or_else(|| panic!("no vault created in {}", d.display()))
+                .to_owned()
+        })
+        .collect();
+
+    // The operator's list: every vault, its own role, never shared; no key.
+    let listed = op.list();
+    for (id, cfg) in ids.iter().zip(&cfgs) {
+        let item = listed["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|i| i["vault_id"] == id.as_str())
+            .unwrap_or_else(|| panic!("{id} not listed: {listed}"));
+        assert_eq!(item["role"], cfg.user.as_str(), "{item}");
+        assert_eq!(item["shared_role"], false, "{item}");
+        assert!(item["keystore_bytes"].as_i64().unwrap() > 0, "{item}");
+    }
+
+    // Vault 0's stolen credentials against vault 1's keystore.
+    let schema = |id: &str| format!("pv_{}", id.replace('-', ""));
+    let (s0, s1) = (schema(&ids[0]), schema(&ids[1]));
+    let (cfg0, cfg1) = (cfgs[0].clone(), cfgs[1].clone());
+    let mut v0 = provider::connect_primary(&cfg0).unwrap();
+    let own: i64 = v0
+        .query_one(&format!("SELECT count(*) FROM {s0}.buckets"), &[])
+        .unwrap()
+        .get(0);
+    assert!(own > 0, "a vault reads its own wrapped bucket keys");
+    let file_before = relfilenode(&mut v0, &s1, "buckets");
+    let denied = "42501";
+    for attack in [
+        format!("SELECT * FROM {s1}.buckets"),
+        format!("SELECT * FROM {s1}.deks"),
+        format!("DELETE FROM {s1}.deks"),
+        format!("DROP SCHEMA {s1} CASCADE"),
+        format!("ALTER TABLE {s1}.buckets OWNER TO CURRENT_USER"),
+        format!("GRANT {} TO CURRENT_USER", cfg1.user),
+        format!("SET ROLE {}", cfg1.user),
+        format!("ALTER ROLE {} PASSWORD 'taken-over'", cfg1.user),
+        "CREATE ROLE pvr_00000000000000000000 LOGIN".to_owned(),
+        "SELECT pivault_provision.create_vault_role('pvr_00000000000000000001', 'x')".to_owned(),
+        "SELECT pg_read_binary_file('global/pg_control')".to_owned(),
+    ] {
+        assert_eq!(
+            try_sql(&mut v0, &attack),
+            Err(denied.to_owned()),
+            "{attack}"
+        );
+    }
+    // VACUUM FULL of another's table is skipped with a warning: its file stays.
+    let _ = try_sql(&mut v0, &format!("VACUUM FULL {s1}.buckets"));
+    assert_eq!(relfilenode(&mut v0, &s1, "buckets"), file_before);
+    assert_eq!(
+        provider::reachable_from(&cfg0, ids[0].parse().unwrap()).unwrap(),
+        Vec::<String>::new()
+    );
+
+    // The operator's credentials: no vault's keys, no vault's role.
+    for attack in [
+        format!("SELECT * FROM {s0}.buckets"),
+        format!("GRANT {} TO CURRENT_USER", cfg0.user),
+        format!("ALTER ROLE {} PASSWORD 'taken-over'", cfg0.user),
+        format!("SET ROLE {}", cfg0.user),
+        "CREATE ROLE pvr_00000000000000000002 LOGIN".to_owned(),
+        "GRANT pivault_vaults TO CURRENT_USER".to_owned(),
+    ] {
+        assert_eq!(
+            try_sql(&mut as_provider, &attack),
+            Err(denied.to_owned()),
+            "{attack}"
+        );
+    }
+    // Its one function makes only a `pvr_` role with a SCRAM verifier, and
+    // drops none that owns a keystore.
+    for (attack, why) in [
+        (
+            "SELECT pivault_provision.create_vault_role('pivault_vaults', 'SCRAM-SHA-256$4096:c2FsdA==$a2V5:a2V5')",
+            "a name that is not a vault role's",
+        ),
+        (
+            "SELECT pivault_provision.create_vault_role('pvr_00000000000000000003', 'plain-password')",
+            "a password, not a verifier",
+        ),
+    ] {
+        assert!(try_sql(&mut as_provider, attack).is_err(), "{why}");
+    }
+    assert!(
+        try_sql(
+            &mut as_provider,
+            &format!("SELECT pivault_provision.drop_vault_role('{}')", cfg0.user)
+        )
+        .is_err(),
+        "a role owning a keystore is not dropped"
+    );
+    assert!(vault_roles(&mut as_provider).contains(&cfg0.user));
+
+    // doctor: a vault with its own role passes isolation; one on the shared
+    // role (`pivault init --keystore-cluster`) beside another is warned.
+    let level = doctor_level(&op, &dirs[0], "keystore-cluster-isolation");
+    assert!(level.starts_with("ok:"), "{level}");
+    let shared_a = common::fast_vault_on(
+        &tmp.path().join("shared-a"),
+        Some(common::cluster_keystore()),
+    );
+    let shared_b = common::fast_vault_on(
+        &tmp.path().join("shared-b"),
+        Some(common::cluster_keystore()),
+    );
+    let level = vault_core::doctor::checks(&shared_a.vault, common::T0)
+        .unwrap()
+        .into_iter()
+        .find(|c| c.name == "keystore-cluster-isolation")
+        .expect("the isolation check");
+    assert_eq!(level.level, vault_core::doctor::Level::Warn, "{level:?}");
+    shared_a.vault.close().unwrap();
+    shared_b.vault.close().unwrap();
+    let listed = op.list();
+    assert!(
+        listed["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|i| i["role"] == "pivault" && i["shared_role"] == true),
+        "{listed}"
+    );
+}
