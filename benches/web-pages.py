@@ -31,6 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -44,9 +45,15 @@ GIVEN = ["Ada", "Brendan", "Chiara", "Dmitri", "Esther", "Farid", "Greta", "Hiro
          "Ines", "Jonas", "Kalinda", "Luis", "Maren", "Nkechi", "Oskar", "Priya"]
 FAMILY = ["Quimby", "Ramsey", "Sorensen", "Tanaka", "Umber", "Valdez", "Whitlock",
           "Xiong", "Yilmaz", "Zabala", "Abernathy", "Castellano", "Dunleavy"]
-# One customer in RARE_EVERY has this family name: the "many results" search.
+# 15 customers share this family name: the "many results" search (the vault
+# answers at most 20 matches and asks for a narrower search beyond).
 RARE = "Brightwater"
-RARE_EVERY = 700
+RARE_EVERY = max(1, N // 15)
+
+
+def ssn(i):
+    """A valid, distinct SSN for customer i (area 101-600, group and serial never 0)."""
+    return "%03d-%02d-%04d" % (101 + (i // 9999) % 500, 1 + (i // 9999 // 500) % 99, 1 + i % 9999)
 
 
 def say(*a):
@@ -88,7 +95,7 @@ class Fixture:
         env.update(extra or {})
         r = subprocess.run([P, "--user", user, *args], env=env, capture_output=True, text=True)
         if r.returncode != 0:
-            raise SystemExit("pivault %s: exit %d: %s" % (" ".join(args), r.returncode, r.stderr[-2000:]))
+            raise SystemExit("pivault %s: exit %d: %s %s" % (" ".join(args), r.returncode, r.stdout[-1000:], r.stderr[-2000:]))
         return r.stdout
 
     def create(self, n):
@@ -97,18 +104,24 @@ class Fixture:
         for u in ["clerk", "officer"]:
             self.cli("admin", "user", "add", u, "--role", u,
                      extra={"PIVAULT_NEW_PASSWORD_FILE": os.path.join(self.work, u + ".pw")})
+        # The example schema, with blind indexes on the fields a clerk searches by.
+        schema = json.load(open(os.path.join(ROOT, "examples/customers.schema.json")))
+        for f in schema["fields"]:
+            if f["name"] in ("given_name", "family_name", "ssn", "email"):
+                f["searchable"] = True
+        with open(os.path.join(self.work, "customers.schema.json"), "w") as f:
+            json.dump(schema, f)
         self.cli("admin", "collection", "create", "customers", "--schema",
-                 os.path.join(ROOT, "examples/customers.schema.json"))
+                 os.path.join(self.work, "customers.schema.json"))
         rng = random.Random(7)
         path = os.path.join(self.work, "customers.jsonl")
         with open(path, "w") as f:
             for i in range(n):
-                area = 100 + (i // 10000) % 800
                 f.write(json.dumps({
                     "subject": "bench-%07d" % i,
                     "given_name": rng.choice(GIVEN),
                     "family_name": RARE if i % RARE_EVERY == 0 else rng.choice(FAMILY),
-                    "ssn": "%03d-%02d-%04d" % (area, 1 + i // 10000 % 99, i % 10000),
+                    "ssn": ssn(i),
                     "email": "customer%d@example.com" % i,
                 }) + "\n")
         t = time.monotonic()
@@ -117,7 +130,7 @@ class Fixture:
         os.remove(path)
         # The customer searched for below: record 4242's SSN.
         i = 4242 % n
-        self.ssn = "%03d-%02d-%04d" % (100 + (i // 10000) % 800, 1 + i // 10000 % 99, i % 10000)
+        self.ssn = ssn(i)
         self.subject = "bench-%07d" % i
 
     def start(self):
@@ -168,15 +181,18 @@ class Browser:
                 "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
                 "--no-first-run", "--window-size=1000,1200",
-                "--user-data-dir=" + os.path.join(work, "profile")]}}}}
+                "--user-data-dir=" + tempfile.mkdtemp(dir=work)]}}}}
         self.session = self.call("POST", "/session", caps)["sessionId"]
 
     def call(self, method, path, body=None):
         data = json.dumps(body).encode() if body is not None else None
         req = urllib.request.Request(self.base + path, data=data, method=method,
                                      headers={"content-type": "application/json"})
-        with urllib.request.urlopen(req, timeout=600) as r:
-            return json.loads(r.read())["value"]
+        try:
+            with urllib.request.urlopen(req, timeout=600) as r:
+                return json.loads(r.read())["value"]
+        except urllib.error.HTTPError as e:
+            raise RuntimeError("WebDriver %s %s: %s" % (method, path, e.read()[:300]))
 
     def s(self, path):
         return "/session/%s%s" % (self.session, path)
@@ -193,6 +209,19 @@ class Browser:
     def click(self, css):
         self.call("POST", self.s("/element/%s/click" % self.find(css)), {})
 
+    def submit(self, css):
+        """Clicks a form's button and waits for the new page's load event
+        (a click can return before a slow POST's page arrives)."""
+        self.run("window.__pivault_old_page = true;")
+        self.click(css)
+        deadline = time.monotonic() + 600
+        while not self.run("""return window.__pivault_old_page === undefined
+                   && document.readyState === 'complete'
+                   && performance.getEntriesByType('navigation')[0].loadEventEnd > 0;"""):
+            if time.monotonic() > deadline:
+                raise RuntimeError("no new page after clicking " + css)
+            time.sleep(0.02)
+
     def run(self, script):
         return self.call("POST", self.s("/execute/sync"), {"script": script, "args": []})
 
@@ -208,7 +237,10 @@ class Browser:
                      html: n.decodedBodySize,
                      sub: res.reduce((a, r) => a + r.decodedBodySize, 0),
                      subs: res.map(r => r.name.replace(location.origin, '')),
-                     title: document.title };""")
+                     title: document.title,
+                     alert: (document.querySelector('[role=alert]') || {}).textContent || '',
+                     status: Array.from(document.querySelectorAll('[role=status], dl dd[id^=count]'))
+                                  .map(e => (e.id ? e.id + '=' : '') + e.textContent).join(' | ') };""")
 
     def quit(self):
         try:
@@ -229,7 +261,7 @@ def sign_in(b, fx, user):
     b.goto(fx.url + "/ui/")
     b.type_into("#username", user)
     b.type_into("#password", fx.passwords[user])
-    b.click("button[type=submit]")
+    b.submit("button[type=submit]")
     assert b.title() == "Home · pivault", "%s did not sign in: %s" % (user, b.title())
 
 
@@ -239,7 +271,9 @@ def measure(label, rounds, step, expect_title):
     for _ in range(rounds):
         t = step()
         if t["title"] != expect_title:
-            raise SystemExit("%s: landed on %r, not %r" % (label, t["title"], expect_title))
+            raise SystemExit("%s: landed on %r, not %r: %s" % (label, t["title"], expect_title, t["alert"]))
+        if t["alert"]:
+            raise SystemExit("%s: the page says %r" % (label, t["alert"]))
         samples.append(t)
     return label, samples
 
@@ -280,7 +314,7 @@ def main():
             b.goto(fx.url + "/ui/find")
             b.click("option[value=ssn]")
             b.type_into("#value", fx.ssn)
-            b.click("main form button[type=submit]")
+            b.submit("main form button[type=submit]")
             return b.timing()
         results.append(measure("customer page (find by SSN, 1 record)", ROUNDS, customer_page,
                                "Find a customer · pivault"))
@@ -289,7 +323,7 @@ def main():
             b.goto(fx.url + "/ui/find")
             b.click("option[value=name]")
             b.type_into("#value", RARE)
-            b.click("main form button[type=submit]")
+            b.submit("main form button[type=submit]")
             return b.timing()
         results.append(measure("customer page (find by name, ~%d records)" % len(range(0, N, RARE_EVERY)),
                                ROUNDS, customer_page_many, "Find a customer · pivault"))
@@ -305,7 +339,7 @@ def main():
                 b.click("option[value=%s]" % scope)
                 b.type_into("#target", target)
                 b.type_into("#data_owner", "Bench Hardware LLC")
-                b.click("main form button[type=submit]")
+                b.submit("main form button[type=submit]")
                 return b.timing()
             return step
         results.append(measure("disposal preview (one customer)", ROUNDS,
@@ -328,6 +362,8 @@ def main():
             print("%-50s %8.1fms %8.1fms %8.1fms %8.1fms %7.1fKB %7.1fKB %8.2f %8.2f" % (
                 label, median(s, "ttfb"), p95(s, "ttfb"), median(s, "load"), p95(s, "load"),
                 html / 1000, total / 1000, median(s, "ttfb") / base_ttfb, median(s, "load") / base_load))
+        for label, s in results:
+            print("  %s: %s" % (label, s[-1]["status"] or "(no status line)"))
         print("(× = the page's median over the sign-in page's median, same run; total = HTML + every "
               "sub-resource (the style sheet, %d bytes; QR images are inline), decoded; sub-resources the "
               "browser loaded: %s)" % (css, sorted({r for _, s in results for x in s for r in x["subs"]})))

@@ -590,7 +590,9 @@ impl Vault {
         provider: &crate::keystore::postgres::PgConfig,
     ) -> Result<Vault> {
         use crate::keystore::provider;
-        // Everything that can be refused is refused before the cluster is touched.
+        // The passphrase, the password and the provider file are refused
+        // before the cluster is touched (the rest by `create_in`, after
+        // which `withdraw` takes the role off again).
         access::check_passphrase_policy(passphrase)?;
         access::check_password_policy(&init.admin_password, &init.admin)?;
         provider.validate()?;

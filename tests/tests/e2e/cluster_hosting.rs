@@ -173,6 +173,33 @@ fn cluster_vaults_created_together_each_get_a_role_no_other_credential_reaches()
         "one role per vault, none orphaned: {new_roles:?}"
     );
 
+    // A creation refused after its role was made (a bucket count out of
+    // range is checked with the rest of `init`) takes the role off again
+    // and leaves no password file.
+    let refused = tmp.path().join("refused");
+    let o = op.run(
+        &refused,
+        &[
+            "--json",
+            "vault",
+            "create",
+            "--provider",
+            op.provider.to_str().unwrap(),
+            "--admin",
+            "owner",
+            "--insecure-fast-kdf",
+            "--buckets",
+            "0",
+        ],
+    );
+    assert!(!o.status.success());
+    assert_eq!(
+        vault_roles(&mut as_provider),
+        roles_after,
+        "the refused creation's role was withdrawn"
+    );
+    assert!(!refused.join(provider::PASSWORD_FILE).exists());
+
     // Each vault's keystore.json names its own role; the password is beside
     // it, private, and works for that role only.
     let cfgs: Vec<PgConfig> = dirs

@@ -178,6 +178,7 @@ pub(super) fn primary_of(cfg: &PgConfig, password: &SecretString) -> Result<Clie
     let deadline = Instant::now() + PRIMARY_PATIENCE;
     loop {
         let mut last = None;
+        let mut refused = 0;
         for m in &cfg.members {
             match connect_as(cfg, password, m) {
                 Ok(mut c) => match c.query_one("SELECT pg_is_in_recovery()", &[]) {
@@ -185,10 +186,19 @@ pub(super) fn primary_of(cfg: &PgConfig, password: &SecretString) -> Result<Clie
                     Ok(_) => {}
                     Err(e) => last = Some(pg(e)),
                 },
-                // A refused login will not change by waiting.
-                Err(e) if is_auth_failure(&e) => return Err(e),
-                Err(e) => last = Some(e),
+                Err(e) => {
+                    // A standby may not have replayed a role made a moment
+                    // ago; a login every member refuses will not change by
+                    // waiting.
+                    refused += usize::from(is_auth_failure(&e));
+                    last = Some(e);
+                }
             }
+        }
+        if refused == cfg.members.len()
+            && let Some(e) = last
+        {
+            return Err(e);
         }
         if Instant::now() >= deadline {
             return Err(last.unwrap_or_else(|| {
