@@ -616,11 +616,22 @@ impl Vault {
     }
 
     fn hold_on(&self, id: RecordId, subject: SubjectId) -> Result<Option<String>> {
+        self.hold_in(id, subject, |key| self.store.get(store::CF_HOLDS, key))
+    }
+
+    /// The hold on a record or its subject, looked up with `get`: point reads
+    /// of the store, or a map of every hold read once ([`Self::all_holds`]).
+    fn hold_in(
+        &self,
+        id: RecordId,
+        subject: SubjectId,
+        get: impl Fn(&[u8]) -> Result<Option<Vec<u8>>>,
+    ) -> Result<Option<String>> {
         for key in [
             hold_key(b'r', id.as_bytes()),
             hold_key(b's', subject.as_bytes()),
         ] {
-            if let Some(b) = self.store.get(store::CF_HOLDS, &key)? {
+            if let Some(b) = get(&key)? {
                 let h: HoldRow =
                     serde_json::from_slice(&b).map_err(|_| Error::Integrity("hold"))?;
                 let what = if key[0] == b'r' { "record" } else { "subject" };
@@ -628,6 +639,17 @@ impl Vault {
             }
         }
         Ok(None)
+    }
+
+    /// Every hold, read in one scan: a plan over many records checks them
+    /// in memory instead of two point reads per record (holds are few; the
+    /// batch checks every record's holds again under its locks).
+    fn all_holds(&self) -> Result<std::collections::HashMap<Vec<u8>, Vec<u8>>> {
+        Ok(self
+            .store
+            .scan_prefix(store::CF_HOLDS, &[])?
+            .into_iter()
+            .collect())
     }
 
     fn retention_policies(&self) -> Result<BTreeMap<String, RetentionPolicy>> {
@@ -984,8 +1006,9 @@ impl Vault {
             ));
         }
         let mut kept = Vec::new();
+        let holds = self.all_holds()?;
         for (id, row) in rows.drain(..) {
-            match self.hold_on(id, row.subject)? {
+            match self.hold_in(id, row.subject, |k| Ok(holds.get(k).cloned()))? {
                 Some(why) => excluded.push((id, why)),
                 None => kept.push((id, row)),
             }
