@@ -14,7 +14,8 @@
 //! * one-record disposal on the cluster vault at each size in
 //!   `PIVAULT_BENCH_CLUSTER_SIZES` (records; default `2000`): median and
 //!   max of `PIVAULT_BENCH_CLUSTER_REPS` (default 5), end to end (purge on
-//!   every member, scan of every member's files, certificate).
+//!   every member, scan of every member's files, certificate). The vault is
+//!   filled by `PIVAULT_BENCH_CLUSTER_FILL_THREADS` writers (default 4).
 //!
 //! Run: `cargo bench --workspace --no-run --profile dev`, then the binary
 //! `target/debug/deps/cluster-*` with `--bench` (dependencies are built at
@@ -150,6 +151,7 @@ fn main() {
     let cfg = config();
     let n = env_u64("PIVAULT_BENCH_CLUSTER_OPS", 500);
     let reps = env_u64("PIVAULT_BENCH_CLUSTER_REPS", 5);
+    let fill_threads = env_u64("PIVAULT_BENCH_CLUSTER_FILL_THREADS", 4);
     let sizes: Vec<u64> = std::env::var("PIVAULT_BENCH_CLUSTER_SIZES")
         .unwrap_or_else(|_| "2000".into())
         .split(',')
@@ -194,17 +196,38 @@ fn main() {
     println!("| records in the vault | median ms | max ms |");
     println!("|---|---|---|");
     for size in sizes {
-        while have < size {
-            cluster
-                .vault
-                .put_record(
-                    &cluster.clerk,
-                    common::COLLECTION,
-                    SubjectId::new(),
-                    &body(have),
-                )
-                .expect("fill");
-            have += 1;
+        // Filled by several writers at once (one put commits at a time per
+        // writer; the cluster groups their commits).
+        if have < size {
+            let t = Instant::now();
+            let next = std::sync::atomic::AtomicU64::new(have);
+            std::thread::scope(|sc| {
+                for _ in 0..fill_threads {
+                    sc.spawn(|| {
+                        loop {
+                            let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            if i >= size {
+                                break;
+                            }
+                            cluster
+                                .vault
+                                .put_record(
+                                    &cluster.clerk,
+                                    common::COLLECTION,
+                                    SubjectId::new(),
+                                    &body(i),
+                                )
+                                .expect("fill");
+                        }
+                    });
+                }
+            });
+            eprintln!(
+                "filled {} records in {:.0} s ({fill_threads} writers)",
+                size - have,
+                t.elapsed().as_secs_f64()
+            );
+            have = size;
         }
         let mut times = Vec::new();
         for _ in 0..reps {
