@@ -200,6 +200,36 @@ fn cluster_vaults_created_together_each_get_a_role_no_other_credential_reaches()
     );
     assert!(!refused.join(provider::PASSWORD_FILE).exists());
 
+    // A provider file with a wrong password: refused by the cluster, no
+    // role made, the directory left empty, so the creation can be run again
+    // there with the right file.
+    write_private(&op.work.join("wrong.pw"), b"not-the-provider-password");
+    let wrong = PgConfig {
+        password_file: op.work.join("wrong.pw"),
+        ..provider_cfg.clone()
+    };
+    let wrong_file = op.work.join("wrong-provider.json");
+    std::fs::write(&wrong_file, serde_json::to_vec(&wrong).unwrap()).unwrap();
+    let retried = tmp.path().join("retried");
+    let o = Operator {
+        work: op.work.clone(),
+        provider: wrong_file,
+    }
+    .create(&retried);
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("password authentication failed"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert_eq!(vault_roles(&mut as_provider), roles_after);
+    assert_eq!(
+        std::fs::read_dir(&retried).map(|d| d.count()).unwrap_or(0),
+        0
+    );
+    let o = op.create(&retried);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+
     // Each vault's keystore.json names its own role; the password is beside
     // it, private, and works for that role only.
     let cfgs: Vec<PgConfig> = dirs

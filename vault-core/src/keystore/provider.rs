@@ -55,13 +55,19 @@ pub(crate) fn provision(provider: &PgConfig, dir: &Path) -> Result<Provisioned> 
         std::io::Write::write_all(&mut f, password.expose().as_bytes())?;
         f.sync_all()?;
     }
-    let mut c = primary_of(provider, &provider_pw)?;
     // Parameters: the server's logs never carry them (log_parameter_max_length=0).
-    c.execute(
-        "SELECT pivault_provision.create_vault_role($1, $2)",
-        &[&role, &verifier],
-    )
-    .map_err(pg)?;
+    let made = primary_of(provider, &provider_pw).and_then(|mut c| {
+        c.execute(
+            "SELECT pivault_provision.create_vault_role($1, $2)",
+            &[&role, &verifier],
+        )
+        .map_err(pg)
+    });
+    if let Err(e) = made {
+        // No role: the directory is left as empty as it was found.
+        let _ = std::fs::remove_file(&path);
+        return Err(e);
+    }
     Ok(Provisioned {
         cfg: PgConfig {
             engine: "postgresql".into(),
