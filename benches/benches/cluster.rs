@@ -16,6 +16,10 @@
 //!   max of `PIVAULT_BENCH_CLUSTER_REPS` (default 5), end to end (purge on
 //!   every member, scan of every member's files, certificate). The vault is
 //!   filled by `PIVAULT_BENCH_CLUSTER_FILL_THREADS` writers (default 4).
+//! * many vaults: the same puts and gets spread round-robin over V vaults
+//!   open in one process, for each V in `PIVAULT_BENCH_CLUSTER_VAULTS`
+//!   (default `1,10`), against V = 1 in the same run, with the number of
+//!   connections the vaults hold on the primary.
 //!
 //! Run: `cargo bench --workspace --no-run --profile dev`, then the binary
 //! `target/debug/deps/cluster-*` with `--bench` (dependencies are built at
@@ -261,4 +265,100 @@ fn main() {
             times[times.len() - 1].as_secs_f64() * 1e3
         );
     }
+
+    // Many vaults in one process on one cluster: puts and gets spread
+    // round-robin over V vaults, against V = 1 in the same run.
+    let counts: Vec<u64> = std::env::var("PIVAULT_BENCH_CLUSTER_VAULTS")
+        .unwrap_or_else(|_| "1,10".into())
+        .split(',')
+        .filter_map(|v| v.trim().replace('_', "").parse().ok())
+        .collect();
+    drop(cluster);
+    println!();
+    println!("## {n} puts then {n} gets spread over V vaults on the cluster (one process)");
+    println!(
+        "| vaults | put /s | get /s | put vs 1 vault | get vs 1 vault | keystore connections |"
+    );
+    println!("|---|---|---|---|---|---|");
+    let mut one = None;
+    for v in counts {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let t = Instant::now();
+        let made: Result<Vec<common::Fixture>, String> = (0..v)
+            .map(|i| {
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    common::fixture_on(&dir.path().join(format!("v{i}")), Some(cfg.clone()))
+                }))
+                .map_err(|e| {
+                    e.downcast_ref::<String>()
+                        .cloned()
+                        .unwrap_or_else(|| "vault creation failed".into())
+                })
+            })
+            .collect();
+        let vaults = match made {
+            Ok(f) => f,
+            Err(e) => {
+                println!(
+                    "| {v} | — | — | — | — | creating the vaults failed: {} |",
+                    e.lines().next().unwrap_or("")
+                );
+                continue;
+            }
+        };
+        eprintln!("{v} vaults created in {:.1} s", t.elapsed().as_secs_f64());
+        let t = Instant::now();
+        let ids: Vec<_> = (0..n)
+            .map(|i| {
+                let fx = &vaults[(i % v) as usize];
+                (
+                    fx,
+                    fx.vault
+                        .put_record(&fx.clerk, common::COLLECTION, SubjectId::new(), &body(i))
+                        .expect("put"),
+                )
+            })
+            .collect();
+        let put = per_s(n, t.elapsed());
+        let t = Instant::now();
+        for (fx, id) in &ids {
+            std::hint::black_box(fx.vault.get_record(&fx.clerk, *id, &[], None).expect("get"));
+        }
+        let get = per_s(n, t.elapsed());
+        let conns = backends(&cfg);
+        let (p1, g1) = *one.get_or_insert((put, get));
+        println!(
+            "| {v} | {put:.0} | {get:.0} | {:.2} | {:.2} | {conns} |",
+            put / p1,
+            get / g1
+        );
+    }
+}
+
+/// Connections of the vaults' role to the primary now.
+fn backends(cfg: &PgConfig) -> i64 {
+    let password = std::fs::read_to_string(&cfg.password_file).expect("password file");
+    for m in &cfg.members {
+        let (host, port) = m.rsplit_once(':').expect("host:port");
+        let Ok(mut c) = postgres::Config::new()
+            .host(host)
+            .port(port.parse().expect("port"))
+            .user(&cfg.user)
+            .password(password.trim())
+            .dbname(&cfg.database)
+            .connect(postgres::NoTls)
+        else {
+            continue;
+        };
+        let r = c
+            .query_one(
+                "SELECT pg_is_in_recovery(), (SELECT count(*) FROM pg_stat_activity WHERE usename = current_user) - 1",
+                &[],
+            )
+            .expect("count");
+        if !r.get::<_, bool>(0) {
+            return r.get(1);
+        }
+    }
+    -1
 }
