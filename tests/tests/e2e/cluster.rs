@@ -170,6 +170,50 @@ fn a_disposal_on_the_cluster_leaves_no_key_byte_on_any_member_and_its_certificat
     fx.vault.close().unwrap();
 }
 
+/// ANALYZE (which autovacuum runs on its own once a table has grown)
+/// samples column values into `pg_statistic` as histogram bounds: for the
+/// data-key table those would be wrapped keys, in a catalog file no purge
+/// rewrites, and the verification scan would then refuse every later
+/// certificate of a sampled key. The vault's tables keep no statistics of
+/// the wrapped keys, so after an ANALYZE a disposal still certifies and no
+/// file holds the key.
+#[test]
+fn statistics_gathered_by_analyze_never_copy_a_wrapped_key_and_a_disposal_still_certifies() {
+    let _one = serial();
+    let c = cluster();
+    let tmp = tempfile::tempdir().unwrap();
+    let fx = vault_on_cluster(&tmp.path().join("vault"), &c);
+    // Fewer rows than the default statistics target: every value would be
+    // a histogram bound.
+    let recs = put_records(&fx, 20);
+    let schema = format!("pv_{}", hex::encode(fx.vault.id().as_bytes()));
+    let primary = &c.members[primary_index(&c) - 1];
+    psql_in(
+        primary,
+        "pivault_keys",
+        &format!("ANALYZE {schema}.deks, {schema}.buckets, {schema}.backups"),
+    )
+    .expect("analyze");
+    let sampled = psql_in(
+        primary,
+        "pivault_keys",
+        &format!(
+            "SELECT count(*) FROM pg_stats WHERE schemaname = '{schema}' AND attname = 'v'
+               AND (histogram_bounds IS NOT NULL OR most_common_vals IS NOT NULL)"
+        ),
+    )
+    .expect("pg_stats");
+    assert_eq!(sampled, "0", "statistics of the wrapped keys were gathered");
+    let (s0, _, w0) = recs[7].clone();
+    certificate_id(
+        fx.vault
+            .dispose(&fx.officer, &request(DisposalScope::Subject(s0)))
+            .expect("the disposal certifies after an ANALYZE"),
+    );
+    assert_eq!(c.files_holding(&[w0]), Vec::<PathBuf>::new());
+    fx.vault.close().unwrap();
+}
+
 /// Runs one disposal under a negative control: it must fail with
 /// `expect` in its message, the scan from outside must find the key, and
 /// no certificate may exist; the retry without the control certifies.
@@ -517,6 +561,11 @@ fn cluster_script(args: &[&str]) {
 
 /// One SQL answer from member `m` as the superuser, or `None` if it is down.
 fn psql(m: &str, sql: &str) -> Option<String> {
+    psql_in(m, "postgres", sql)
+}
+
+/// [`psql`] in database `db`.
+fn psql_in(m: &str, db: &str, sql: &str) -> Option<String> {
     let (host, port) = m.rsplit_once(':').unwrap();
     let pw = std::fs::read_to_string(
         std::env::var("PIVAULT_PG_SUPERUSER_PASSWORD_FILE").expect("superuser password file"),
@@ -524,7 +573,7 @@ fn psql(m: &str, sql: &str) -> Option<String> {
     .unwrap();
     let out = std::process::Command::new("psql")
         .args([
-            "-h", host, "-p", port, "-U", "postgres", "-d", "postgres", "-tAc", sql,
+            "-h", host, "-p", port, "-U", "postgres", "-d", db, "-tAc", sql,
         ])
         .env("PGPASSWORD", pw.trim())
         .env("PGCONNECT_TIMEOUT", "2")

@@ -337,6 +337,16 @@ impl PgKeys {
                 "CREATE TABLE IF NOT EXISTS {s}.deks_{p} PARTITION OF {s}.deks FOR VALUES FROM ({lo}) TO ({hi});"
             ));
         }
+        // No planner statistics of the wrapped keys: ANALYZE (autovacuum
+        // runs it) copies sampled values into `pg_statistic` as histogram
+        // bounds, a catalog table the purge does not rewrite, where a
+        // destroyed key would outlive its disposal. Also run on every open,
+        // for a schema made before this.
+        sql.push_str(&format!(
+            "ALTER TABLE {s}.buckets ALTER COLUMN v SET STATISTICS 0;
+             ALTER TABLE {s}.backups ALTER COLUMN v SET STATISTICS 0;
+             ALTER TABLE {s}.deks ALTER COLUMN v SET STATISTICS 0;"
+        ));
         c.batch_execute(&sql).map_err(pg)
     }
 
