@@ -134,10 +134,10 @@ impl ImportPreviews {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    /// Forgets what is older than [`PREVIEW_TTL_MS`], whatever its step (a
+    /// confirmation cut off by the request timeout never finishes its own).
     fn expire(map: &mut HashMap<String, Entry>, now_ms: i64) {
-        map.retain(|_, e| {
-            matches!(e.step, Step::Storing) || now_ms - e.created_ms < PREVIEW_TTL_MS
-        });
+        map.retain(|_, e| now_ms - e.created_ms < PREVIEW_TTL_MS);
     }
 
     /// Keeps an upload for its owner; returns its new random ID. The
@@ -1099,6 +1099,15 @@ mod tests {
         assert!(matches!(store.take(&id3, &mine, 3_001), Taken::Upload(_)));
         store.finish(&id3, None);
         assert!(matches!(store.take(&id3, &mine, 3_002), Taken::Gone));
+        // A confirmation that never finished (cut off) is forgotten too.
+        let id4 = store.insert(mine, upload("w"), 4_000);
+        assert!(matches!(store.take(&id4, &mine, 4_001), Taken::Upload(_)));
+        assert!(matches!(store.take(&id4, &mine, 4_002), Taken::Storing));
+        assert!(matches!(
+            store.take(&id4, &mine, 4_000 + PREVIEW_TTL_MS),
+            Taken::Gone
+        ));
+        assert!(store.lock().is_empty(), "expired entries are dropped");
     }
 
     #[test]
