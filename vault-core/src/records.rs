@@ -683,17 +683,33 @@ impl Vault {
         let mut last_stored_line = 0u64;
         let column_names = std::cell::RefCell::new(Vec::new());
         let mut handle_row = |line: u64, row: Result<Map<String, Value>>| -> Result<()> {
-            let checked = row.and_then(|mut m| {
+            // An error with the field it is about (`None`: the row as a whole).
+            let checked = row.map_err(|e| (None, e)).and_then(|mut m| {
+                let in_subject = |e| (Some(subject_column.to_owned()), e);
                 let subject = match m.remove(subject_column) {
-                    Some(Value::String(t)) => self.resolve_subject(&t)?,
-                    Some(Value::Number(n)) => self.resolve_subject(&n.to_string())?,
+                    Some(Value::String(t)) => self.resolve_subject(&t).map_err(in_subject)?,
+                    Some(Value::Number(n)) => {
+                        self.resolve_subject(&n.to_string()).map_err(in_subject)?
+                    }
                     _ => {
-                        return Err(Error::invalid(format!(
+                        return Err(in_subject(Error::invalid(format!(
                             "column {subject_column} (the subject) is missing or empty"
-                        )));
+                        ))));
                     }
                 };
-                Ok((subject, schema.validate(&Value::Object(m))?))
+                let body = Value::Object(m);
+                match schema.validate(&body) {
+                    Ok(b) => Ok((subject, b)),
+                    // `field_errors` lists `validate`'s own error first.
+                    Err(e) => Err((
+                        schema
+                            .field_errors(&body)
+                            .into_iter()
+                            .next()
+                            .and_then(|f| f.field),
+                        e,
+                    )),
+                }
             });
             match checked {
                 Ok((subject, body)) => {
@@ -707,11 +723,12 @@ impl Vault {
                         last_stored_line = line;
                     }
                 }
-                Err(e) => {
+                Err((field, e)) => {
                     report.rejected_count += 1;
                     if report.rejected.len() < 1000 {
                         report.rejected.push(ImportRejection {
                             line,
+                            field,
                             error: name_column(&column_names.borrow(), e.to_string()),
                         });
                     }

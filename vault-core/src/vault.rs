@@ -253,6 +253,9 @@ pub enum ImportFormat {
 pub struct ImportRejection {
     /// 1-based line (JSON Lines) or data-row number plus one for the header (CSV).
     pub line: u64,
+    /// The declared field (or the subject column) the error is about, when
+    /// it is about one: what a form shows beside the message.
+    pub field: Option<String>,
     /// The error.
     pub error: String,
 }

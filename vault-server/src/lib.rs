@@ -159,6 +159,9 @@ pub struct App {
     disk_low: AtomicBool,
     /// The syslog stream of the audit trail, when `--syslog` is given.
     stream: std::sync::OnceLock<Arc<syslog::Stream>>,
+    /// Uploaded import files between their preview and its confirmation
+    /// (the web page's `/ui/import`), in memory only.
+    import_previews: web::ImportPreviews,
 }
 
 impl std::fmt::Debug for App {
@@ -207,6 +210,7 @@ impl App {
             draining: AtomicBool::new(false),
             disk_low: AtomicBool::new(false),
             stream: std::sync::OnceLock::new(),
+            import_previews: web::ImportPreviews::default(),
             vault,
             limits,
         }))

@@ -79,7 +79,8 @@ struct Args {
     /// share its batch and certificate, milliseconds (0: no sharing).
     #[arg(long, default_value_t = 20, value_name = "MS")]
     disposal_window_ms: u64,
-    /// Largest JSON request body, bytes.
+    /// Largest JSON request body, and the largest file the web page's
+    /// import takes (held in memory until confirmed), bytes.
     #[arg(long, default_value_t = 1 << 20)]
     max_body: usize,
     /// Request timeout, seconds.

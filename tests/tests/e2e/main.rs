@@ -38,5 +38,6 @@ mod siem;
 mod spreadsheet;
 mod two_factor;
 mod web;
+mod web_import;
 mod web_roles;
 mod wisp;

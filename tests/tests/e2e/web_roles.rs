@@ -13,7 +13,7 @@ use crate::common::{PASSPHRASE, password_of};
 use crate::server::{self, Server};
 use crate::web::{Browser, SSN, counter_server};
 
-fn sign_in(b: &Browser, srv: &Server, user: &str) {
+pub(crate) fn sign_in(b: &Browser, srv: &Server, user: &str) {
     b.goto(&format!("{}/ui/", srv.base));
     b.type_into("#username", user);
     b.type_into("#password", password_of(user).expose());
@@ -494,7 +494,7 @@ fn an_officer_reveals_reads_the_trail_holds_a_record_and_disposes_with_a_preview
 }
 
 /// Signs in over plain HTTP (same-origin form post) and returns the cookie.
-fn cookie_of(srv: &Server, user: &str) -> String {
+pub(crate) fn cookie_of(srv: &Server, user: &str) -> String {
     let form = format!("username={user}&password={}", password_of(user).expose());
     let a = srv.raw_with(
         "POST",
@@ -555,6 +555,8 @@ fn every_page_for_every_role_carries_the_policy_and_no_personal_information() {
         "/ui/users",
         "/ui/scope",
         "/ui/retention",
+        "/ui/import",
+        "/ui/collections",
     ];
     // Who may open what: the core refuses the rest (403). Pages that only
     // show a form (or read what any user may: schemas, holds) answer all;
@@ -567,6 +569,8 @@ fn every_page_for_every_role_carries_the_policy_and_no_personal_information() {
             "/ui/users" => matches!(user, "admin" | "officer" | "auditor"),
             "/ui/scope" => user != "auditor",
             "/ui/retention" => matches!(user, "officer" | "contractor"),
+            "/ui/import" => user == "clerk",
+            "/ui/collections" => user == "admin",
             p if p.ends_with("/correct") => matches!(user, "clerk" | "officer"),
             _ => true,
         }
@@ -632,7 +636,7 @@ fn every_page_for_every_role_carries_the_policy_and_no_personal_information() {
     let admin = cookie_of(&srv, "admin");
     let officer = cookie_of(&srv, "officer");
     let clerk_cookie = cookie_of(&srv, "clerk");
-    let posts: [(&str, &str, String); 5] = [
+    let posts: [(&str, &str, String); 9] = [
         (
             &admin,
             "/ui/users",
@@ -657,6 +661,26 @@ fn every_page_for_every_role_carries_the_policy_and_no_personal_information() {
             &clerk_cookie,
             "/ui/records/new",
             "collection=counter&f.given_name=Eve&f.family_name=Evil".into(),
+        ),
+        (
+            &clerk_cookie,
+            "/ui/import",
+            "collection=counter&format=csv&file=subject,given_name".into(),
+        ),
+        (
+            &clerk_cookie,
+            "/ui/import/confirm",
+            format!("preview={}", "0".repeat(32)),
+        ),
+        (
+            &admin,
+            "/ui/collections",
+            "action=create&name=evil&schema={\"purpose\":\"x\",\"fields\":[]}".into(),
+        ),
+        (
+            &officer,
+            "/ui/retention",
+            "collection=counter&days=1&from=created".into(),
         ),
     ];
     for (cookie, path, form) in &posts {
@@ -690,6 +714,16 @@ fn every_page_for_every_role_carries_the_policy_and_no_personal_information() {
     let officer_t = srv.token("officer");
     let holds = srv.call("GET", "/v1/holds", Some(&officer_t), None).json();
     assert_eq!(holds["items"].as_array().map(Vec::len), Some(0), "{holds}");
+    let retention = srv
+        .call("GET", "/v1/retention", Some(&officer_t), None)
+        .json();
+    assert_eq!(
+        retention["items"].as_array().map(Vec::len),
+        Some(0),
+        "{retention}"
+    );
+    let collections = srv.call("GET", "/v1/collections", Some(&admin_t), None);
+    assert!(!collections.text.contains("evil"), "{collections:?}");
     let r = srv.call(
         "GET",
         &format!("/v1/records/{record}"),

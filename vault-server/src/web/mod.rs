@@ -15,8 +15,10 @@
 //! Pages: sign in (password, then the second factor's code when the
 //! account has one), two-factor enrolment with its QR code, and, for
 //! anyone, verify a certificate (here); the clerk's find, reveal, add and
-//! correct (`clerk`); the admin's users (`admin`); the officer's holds and
-//! disposals (`officer`); the trail and its verification (`auditor`).
+//! correct (`clerk`); the import of a file with its preview (`import`);
+//! the admin's users (`admin`) and collections (`collections`); the
+//! officer's holds, retention and disposals (`officer`); the trail and its
+//! verification (`auditor`).
 
 use std::sync::Arc;
 
@@ -35,12 +37,16 @@ use crate::{App, Bearer, RequestContext};
 mod admin;
 mod auditor;
 mod clerk;
+mod collections;
 mod contractor;
+mod import;
 mod officer;
+
+pub(crate) use import::ImportPreviews;
 
 /// The pages a role is offered, in the order of the menu: the permission
 /// that opens each (the core decides again on every call).
-const MENU: [(Permission, &str, &str, &str); 9] = [
+const MENU: [(Permission, &str, &str, &str); 11] = [
     (
         Permission::FindRecords,
         "/ui/find",
@@ -52,6 +58,12 @@ const MENU: [(Permission, &str, &str, &str); 9] = [
         "/ui/records/new",
         "Add a record",
         "through a form made from the collection's schema",
+    ),
+    (
+        Permission::CreateRecord,
+        "/ui/import",
+        "Import records",
+        "a CSV or JSON Lines file, previewed line by line before anything is stored",
     ),
     (
         Permission::RecordReview,
@@ -88,6 +100,12 @@ const MENU: [(Permission, &str, &str, &str); 9] = [
         "/ui/users",
         "Users",
         "add users, change roles, disable, enable, unlock",
+    ),
+    (
+        Permission::ManageCollections,
+        "/ui/collections",
+        "Collections",
+        "their fields; create one from a schema, change one",
     ),
     (
         Permission::ManageUsers,
@@ -136,6 +154,8 @@ pub fn router() -> Router<Arc<App>> {
         .merge(officer::router())
         .merge(auditor::router())
         .merge(contractor::router())
+        .merge(import::router())
+        .merge(collections::router())
 }
 
 /// Whether a route is one of the web page's (answered without a bearer
@@ -297,6 +317,8 @@ fn refused_cross_site() -> Response {
 
 /// The signed-in visitor.
 struct Signed {
+    /// The user's ID (what a server-side preview is bound to, with the token).
+    id: vault_core::ids::UserId,
     token: SecretString,
     csrf: String,
     username: String,
@@ -325,6 +347,7 @@ async fn signed_in(app: &Arc<App>, rc: &RequestContext, headers: &HeaderMap) -> 
         .await
         .ok()?;
     Some(Signed {
+        id: me.id,
         csrf: csrf_token(&token),
         token,
         username: me.username.as_str().to_owned(),

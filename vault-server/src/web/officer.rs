@@ -1,6 +1,8 @@
-//! The officer's pages: legal holds (place, release) and disposals — the
-//! scope, a dry-run preview with the record and customer counts and the
-//! exclusions (held records), a confirmation, then the certificate. Every
+//! The officer's pages: legal holds (place, release), retention (the
+//! policies, setting one per collection, and what is due now) and
+//! disposals — the scope, a dry-run preview with the record and customer
+//! counts and the exclusions (held records), a confirmation, then the
+//! certificate. Every
 //! step is the API's `Vault` call: the hold rules, the contractor's scope
 //! and the audit events are the core's.
 
@@ -14,7 +16,9 @@ use axum::routing::get;
 use serde::Deserialize;
 use vault_core::clock::format_ms;
 use vault_core::ids::{CertificateId, CollectionName, RecordId};
-use vault_core::vault::{DisposalOutcome, DisposalParties, DisposalRequest, DisposalScope};
+use vault_core::vault::{
+    DisposalOutcome, DisposalParties, DisposalRequest, DisposalScope, RetentionPolicy,
+};
 
 use super::{Signed, error_page, esc, form_session, page, secure_headers, see_other, signed_in};
 use crate::problem::ApiError;
@@ -23,7 +27,7 @@ use crate::{App, RequestContext};
 pub(super) fn router() -> Router<Arc<App>> {
     Router::new()
         .route("/ui/holds", get(holds_page).post(hold_change))
-        .route("/ui/retention", get(retention_page))
+        .route("/ui/retention", get(retention_page).post(set_retention))
         .route("/ui/disposals", get(disposal_page).post(disposal_step))
         .route("/ui/disposals/certificate/{id}", get(certificate_file))
 }
@@ -176,9 +180,150 @@ async fn hold_change(
 
 // ----- retention -------------------------------------------------------------------
 
+/// What a retention form sent, kept when it comes back with a message.
+#[derive(Default, Deserialize)]
+struct RetentionForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    collection: String,
+    #[serde(default)]
+    days: String,
+    #[serde(default)]
+    from: String,
+}
+
+/// One collection's policy form: the current policy filled in (or what was
+/// typed, with the core's message beside the days).
+fn retention_form(
+    who: &Signed,
+    collection: &str,
+    current: Option<&RetentionPolicy>,
+    typed: Option<(&RetentionForm, &str)>,
+) -> String {
+    let c = esc(collection);
+    let days = match (typed, current) {
+        (Some((t, _)), _) => t.days.clone(),
+        (None, Some(p)) => p.days.to_string(),
+        (None, None) => String::new(),
+    };
+    let from_updated = match (typed, current) {
+        (Some((t, _)), _) => t.from == "updated",
+        (None, Some(p)) => p.from_updated,
+        (None, None) => false,
+    };
+    let (note, aria) = match typed {
+        Some((_, m)) => (
+            format!("<p class=\"field-error\" id=\"e-days-{c}\">{}</p>", esc(m)),
+            format!(" aria-describedby=\"h-days-{c} e-days-{c}\" aria-invalid=\"true\""),
+        ),
+        None => (String::new(), format!(" aria-describedby=\"h-days-{c}\"")),
+    };
+    let opt = |v: &str, label: &str, sel: bool| {
+        format!(
+            "<option value=\"{v}\"{}>{label}</option>",
+            if sel { " selected" } else { "" }
+        )
+    };
+    format!(
+        "<form method=\"post\" action=\"/ui/retention\" class=\"retention\" autocomplete=\"off\" novalidate>\
+         <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\"><input type=\"hidden\" name=\"collection\" value=\"{c}\">\
+         <label for=\"days-{c}\">Keep records of {c} for (days)</label>\
+         <p class=\"hint\" id=\"h-days-{c}\">At least 1; e.g. 2555 for seven years.</p>{note}\
+         <input id=\"days-{c}\" name=\"days\" inputmode=\"numeric\" value=\"{days}\"{aria}>\
+         <label for=\"from-{c}\">Counted from each record's</label>\
+         <select id=\"from-{c}\" name=\"from\">{opts}</select>\
+         <button type=\"submit\">Set the policy of {c}</button></form>",
+        csrf = esc(&who.csrf),
+        days = esc(&days),
+        opts = [
+            opt("created", "creation", !from_updated),
+            opt("updated", "last update", from_updated),
+        ]
+        .join(""),
+    )
+}
+
 /// The retention policies and what is due now (`Vault::retention`,
 /// `Vault::retention_due`: a dry run of the past-retention scope, holds
-/// reported as left out), with the way to dispose of it.
+/// reported as left out), a form per collection to set its policy, and
+/// the way to dispose of what is due.
+async fn retention_render(
+    app: &Arc<App>,
+    rc: &RequestContext,
+    who: &Signed,
+    status: StatusCode,
+    top: &str,
+    typed: Option<(&RetentionForm, &str)>,
+) -> Response {
+    let r = app
+        .as_user_long(rc, who.bearer(), |v, s| {
+            let names: Vec<String> = v
+                .collections(s)?
+                .into_iter()
+                .map(|(n, _)| n.as_str().to_owned())
+                .collect();
+            Ok((v.retention(s)?, v.retention_due(s)?, names))
+        })
+        .await;
+    let (policies, due, names) = match r {
+        Ok(x) => x,
+        Err(e) => return error_page(who, &e),
+    };
+    let cards: String = names
+        .iter()
+        .map(|c| {
+            let p = policies.get(c);
+            let now = match p {
+                Some(p) => format!(
+                    "<p id=\"policy-{}\"><strong>{}</strong>: kept {} day(s) from its {}</p>",
+                    esc(c),
+                    esc(c),
+                    p.days,
+                    if p.from_updated {
+                        "last update"
+                    } else {
+                        "creation"
+                    }
+                ),
+                None => format!(
+                    "<p id=\"policy-{0}\"><strong>{0}</strong>: no policy; its records never fall due.</p>",
+                    esc(c)
+                ),
+            };
+            let mine = typed.filter(|(t, _)| t.collection == *c);
+            format!("<li>{now}{}</li>", retention_form(who, c, p, mine))
+        })
+        .collect();
+    let list = if names.is_empty() {
+        "<p>There is no collection yet.</p>".to_owned()
+    } else {
+        format!("<ul class=\"cards\">{cards}</ul>")
+    };
+    let next = if due.records.is_empty() {
+        "<p role=\"status\" id=\"due\">Nothing is past its retention period now.</p>".to_owned()
+    } else {
+        format!(
+            "<p role=\"status\" id=\"due\">{} record(s) of {} customer(s) are past retention; {} held.</p><p><a href=\"/ui/disposals\">Dispose of them</a>: choose \"what is past its retention period\", preview, confirm.</p>",
+            due.records.len(),
+            due.subjects,
+            due.excluded.len()
+        )
+    };
+    page(
+        status,
+        "Retention",
+        Some(who),
+        &format!(
+            "{top}<h2>Policies</h2>{list}\
+             <p class=\"hint\">A new or shorter policy makes records due sooner: only an officer may set one. \
+             Setting a policy disposes of nothing: what is due is disposed of from the disposal page (or by the retention schedule).</p>\
+             <h2>Due now</h2>{next}{}",
+            exclusions(&due)
+        ),
+    )
+}
+
 async fn retention_page(
     State(app): State<Arc<App>>,
     rc: RequestContext,
@@ -190,53 +335,69 @@ async fn retention_page(
     if who.enrol_only {
         return see_other("/ui/two-factor", None);
     }
-    let r = app
-        .as_user_long(&rc, who.bearer(), |v, s| {
-            Ok((v.retention(s)?, v.retention_due(s)?))
-        })
-        .await;
-    let (policies, due) = match r {
-        Ok(x) => x,
-        Err(e) => return error_page(&who, &e),
+    retention_render(&app, &rc, &who, StatusCode::OK, "", None).await
+}
+
+/// Sets a collection's policy (`Vault::set_retention`, as `pivault
+/// retention set`: the core checks the role, refuses a new or shorter
+/// policy to whoever may not make records due, and audits).
+async fn set_retention(
+    State(app): State<Arc<App>>,
+    rc: RequestContext,
+    headers: HeaderMap,
+    Form(f): Form<RetentionForm>,
+) -> Response {
+    let who = match form_session(&app, &rc, &headers, &f.csrf).await {
+        Ok(who) => who,
+        Err(refused) => return refused,
     };
-    let list: String = if policies.is_empty() {
-        "<li>No collection has a retention policy: nothing ever falls due. Set one with <code>pivault retention set</code>.</li>".into()
-    } else {
-        policies
-            .iter()
-            .map(|(c, p)| {
-                format!(
-                    "<li><strong>{}</strong>: kept {} day(s) from its {}</li>",
-                    esc(c),
-                    p.days,
-                    if p.from_updated {
-                        "last update"
-                    } else {
-                        "creation"
-                    }
-                )
-            })
-            .collect()
-    };
-    let next = if due.records.is_empty() {
-        "<p role=\"status\">Nothing is past its retention period now.</p>".to_owned()
-    } else {
-        format!(
-            "<p role=\"status\">{} record(s) of {} customer(s) are past retention; {} held.</p><p><a href=\"/ui/disposals\">Dispose of them</a>: choose \"what is past its retention period\", preview, confirm.</p>",
-            due.records.len(),
-            due.subjects,
-            due.excluded.len()
+    let Ok(days) = f.days.trim().parse::<u32>() else {
+        let m = "Type the number of days as digits, at least 1.";
+        return retention_render(
+            &app,
+            &rc,
+            &who,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            &format!(
+                "<p role=\"alert\" class=\"error\">The policy of {} was not set: {m}</p>",
+                esc(&f.collection)
+            ),
+            Some((&f, m)),
         )
+        .await;
     };
-    page(
-        StatusCode::OK,
-        "Retention",
-        Some(&who),
-        &format!(
-            "<h2>Policies</h2><ul>{list}</ul><h2>Due now</h2>{next}{}",
-            exclusions(&due)
-        ),
-    )
+    let policy = RetentionPolicy {
+        days,
+        from_updated: f.from == "updated",
+    };
+    let (coll, p2) = (f.collection.clone(), policy.clone());
+    let r = app
+        .as_user(&rc, who.bearer(), move |v, s| v.set_retention(s, &coll, p2))
+        .await;
+    match r {
+        Ok(()) => {
+            let top = format!(
+                "<p role=\"status\">The policy of <strong>{}</strong> is set: records are kept {} day(s) from their {}.</p>",
+                esc(&f.collection),
+                policy.days,
+                if policy.from_updated {
+                    "last update"
+                } else {
+                    "creation"
+                }
+            );
+            retention_render(&app, &rc, &who, StatusCode::OK, &top, None).await
+        }
+        Err(e) => {
+            let m = format!("{} Change the days, or ask an officer.", e.detail);
+            let top = format!(
+                "<p role=\"alert\" class=\"error\">The policy of {} was not set: {}</p>",
+                esc(&f.collection),
+                esc(&m)
+            );
+            retention_render(&app, &rc, &who, e.status, &top, Some((&f, &m))).await
+        }
+    }
 }
 
 // ----- disposals ------------------------------------------------------------------
