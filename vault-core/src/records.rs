@@ -974,8 +974,13 @@ fn norm_header(h: &str) -> String {
     out
 }
 
-/// A header quoted in a message: printable, at most 64 characters.
+/// A header quoted in a message: printable, at most 64 characters. A
+/// "header" with four or more digits is not quoted: in a file without a
+/// header row it is the first record's SSN, card, phone or licence number.
 fn header_label(h: &str) -> String {
+    if h.chars().filter(char::is_ascii_digit).count() >= 4 {
+        return "(not shown: it looks like a value; does the file start with a header row?)".into();
+    }
     let clean: String = h
         .trim()
         .trim_start_matches('\u{feff}')
@@ -1047,6 +1052,31 @@ fn changed_fields(old: &Map<String, Value>, new: &Map<String, Value>) -> Vec<Str
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn a_headerless_files_first_numbers_are_not_quoted_as_a_header() {
+        let schema = crate::schema::Schema::from_json(
+            r#"{"purpose": "test", "fields": [{"name": "given_name", "type": "given_name", "required": true},
+                           {"name": "ssn", "type": "ssn"}]}"#,
+        )
+        .unwrap();
+        let plan = |line: &str| {
+            let headers = csv::StringRecord::from(line.split(',').collect::<Vec<_>>());
+            ImportColumns::default()
+                .plan(&headers, &schema, "subject")
+                .map(|_| ())
+                .unwrap_err()
+                .to_string()
+        };
+        // A real header that is not a field is named, so it can be mapped.
+        assert!(plan("subject,given_name,Social Security").contains("\"Social Security\""));
+        // A first record's SSN or card number is not.
+        for value in ["219-09-9999", "4111 1111 1111 1111", "(617) 555-0199"] {
+            let m = plan(&format!("subject,given_name,{value}"));
+            assert!(!m.contains(value), "{m}");
+            assert!(m.contains("column 3") && m.contains("header row"), "{m}");
+        }
+    }
 
     #[test]
     fn merge_patch_follows_rfc_7396() {
