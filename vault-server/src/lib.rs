@@ -159,6 +159,8 @@ pub struct App {
     disk_low: AtomicBool,
     /// The syslog stream of the audit trail, when `--syslog` is given.
     stream: std::sync::OnceLock<Arc<syslog::Stream>>,
+    /// The web page's disposals running past their request (`web/progress.rs`).
+    web_jobs: web::Jobs,
 }
 
 impl std::fmt::Debug for App {
@@ -207,6 +209,7 @@ impl App {
             draining: AtomicBool::new(false),
             disk_low: AtomicBool::new(false),
             stream: std::sync::OnceLock::new(),
+            web_jobs: web::Jobs::default(),
             vault,
             limits,
         }))

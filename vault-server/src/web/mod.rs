@@ -34,13 +34,19 @@ use crate::{App, Bearer, RequestContext};
 
 mod admin;
 mod auditor;
+mod certificates;
 mod clerk;
 mod contractor;
+mod cosign;
 mod officer;
+mod progress;
+mod status;
+
+pub use progress::Jobs;
 
 /// The pages a role is offered, in the order of the menu: the permission
 /// that opens each (the core decides again on every call).
-const MENU: [(Permission, &str, &str, &str); 9] = [
+const MENU: [(Permission, &str, &str, &str); 13] = [
     (
         Permission::FindRecords,
         "/ui/find",
@@ -72,6 +78,18 @@ const MENU: [(Permission, &str, &str, &str); 9] = [
         "preview, confirm, and get the certificate",
     ),
     (
+        Permission::ValidateCertificate,
+        "/ui/certificates",
+        "Certificates",
+        "validate drafts (a second person), download PDFs",
+    ),
+    (
+        Permission::Dispose,
+        COSIGN,
+        "Co-sign",
+        "sign the certificates of your disposals with your own key, offline",
+    ),
+    (
         Permission::ListRecords,
         "/ui/scope",
         "Records",
@@ -82,6 +100,18 @@ const MENU: [(Permission, &str, &str, &str); 9] = [
         "/ui/audit",
         "Audit trail",
         "with filters, and the trail's verification",
+    ),
+    (
+        Permission::Reports,
+        "/ui/status",
+        "Security status",
+        "doctor's checks, failures first",
+    ),
+    (
+        Permission::Reports,
+        "/ui/review",
+        "Annual review",
+        "when the security program was last reviewed, and record this year's",
     ),
     (
         Permission::ManageUsers,
@@ -97,10 +127,17 @@ const MENU: [(Permission, &str, &str, &str); 9] = [
     ),
 ];
 
+/// Co-signing is the contractor's (the core accepts a co-signature only
+/// from the batch's contractor): offered to contractors only.
+const COSIGN: &str = "/ui/cosign";
+
 /// The menu entries a visitor's role may open, each page once.
 fn menu(who: &Signed) -> Vec<(&'static str, &'static str, &'static str)> {
     let mut out: Vec<(&str, &str, &str)> = Vec::new();
     for (p, href, label, what) in MENU {
+        if href == COSIGN && who.role != Role::Contractor {
+            continue;
+        }
         if who.may(p) && !out.iter().any(|(h, _, _)| *h == href) {
             out.push((href, label, what));
         }
@@ -136,6 +173,10 @@ pub fn router() -> Router<Arc<App>> {
         .merge(officer::router())
         .merge(auditor::router())
         .merge(contractor::router())
+        .merge(status::router())
+        .merge(certificates::router())
+        .merge(cosign::router())
+        .merge(progress::router())
 }
 
 /// Whether a route is one of the web page's (answered without a bearer
@@ -298,6 +339,7 @@ fn refused_cross_site() -> Response {
 /// The signed-in visitor.
 struct Signed {
     token: SecretString,
+    user_id: vault_core::ids::UserId,
     csrf: String,
     username: String,
     role: Role,
@@ -327,6 +369,7 @@ async fn signed_in(app: &Arc<App>, rc: &RequestContext, headers: &HeaderMap) -> 
     Some(Signed {
         csrf: csrf_token(&token),
         token,
+        user_id: me.id,
         username: me.username.as_str().to_owned(),
         role: me.role,
         enrol_only,
