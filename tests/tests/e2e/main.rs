@@ -37,5 +37,6 @@ mod siem;
 mod spreadsheet;
 mod two_factor;
 mod web;
+mod web_officer;
 mod web_roles;
 mod wisp;

@@ -13,7 +13,7 @@ use crate::common::{PASSPHRASE, password_of};
 use crate::server::{self, Server};
 use crate::web::{Browser, SSN, counter_server};
 
-fn sign_in(b: &Browser, srv: &Server, user: &str) {
+pub(crate) fn sign_in(b: &Browser, srv: &Server, user: &str) {
     b.goto(&format!("{}/ui/", srv.base));
     b.type_into("#username", user);
     b.type_into("#password", password_of(user).expose());
@@ -455,6 +455,7 @@ fn an_officer_reveals_reads_the_trail_holds_a_record_and_disposes_with_a_preview
     // Confirmed: the certificate.
     b.click("input[name=confirm]");
     b.submit("main button[type=submit]");
+    crate::web_officer::until_ended(&b, &srv, "disposal-running", &pi);
     assert_eq!(b.title(), "Disposal done · pivault", "{}", b.source());
     let cert = b.text("#certificate-id");
     b.check("disposal-done", &pi);
@@ -494,7 +495,7 @@ fn an_officer_reveals_reads_the_trail_holds_a_record_and_disposes_with_a_preview
 }
 
 /// Signs in over plain HTTP (same-origin form post) and returns the cookie.
-fn cookie_of(srv: &Server, user: &str) -> String {
+pub(crate) fn cookie_of(srv: &Server, user: &str) -> String {
     let form = format!("username={user}&password={}", password_of(user).expose());
     let a = srv.raw_with(
         "POST",
@@ -555,6 +556,10 @@ fn every_page_for_every_role_carries_the_policy_and_no_personal_information() {
         "/ui/users",
         "/ui/scope",
         "/ui/retention",
+        "/ui/status",
+        "/ui/review",
+        "/ui/certificates",
+        "/ui/cosign",
     ];
     // Who may open what: the core refuses the rest (403). Pages that only
     // show a form (or read what any user may: schemas, holds) answer all;
@@ -567,6 +572,11 @@ fn every_page_for_every_role_carries_the_policy_and_no_personal_information() {
             "/ui/users" => matches!(user, "admin" | "officer" | "auditor"),
             "/ui/scope" => user != "auditor",
             "/ui/retention" => matches!(user, "officer" | "contractor"),
+            // doctor's checks: whoever may build the WISP pack (Reports).
+            "/ui/status" | "/ui/review" => matches!(user, "officer" | "auditor"),
+            "/ui/certificates" => matches!(user, "officer" | "auditor"),
+            // Their own batches (`Vault::disposals`: Dispose or ReadAudit).
+            "/ui/cosign" => matches!(user, "officer" | "auditor" | "contractor"),
             p if p.ends_with("/correct") => matches!(user, "clerk" | "officer"),
             _ => true,
         }
@@ -632,7 +642,7 @@ fn every_page_for_every_role_carries_the_policy_and_no_personal_information() {
     let admin = cookie_of(&srv, "admin");
     let officer = cookie_of(&srv, "officer");
     let clerk_cookie = cookie_of(&srv, "clerk");
-    let posts: [(&str, &str, String); 5] = [
+    let posts: [(&str, &str, String); 7] = [
         (
             &admin,
             "/ui/users",
@@ -657,6 +667,12 @@ fn every_page_for_every_role_carries_the_policy_and_no_personal_information() {
             &clerk_cookie,
             "/ui/records/new",
             "collection=counter&f.given_name=Eve&f.family_name=Evil".into(),
+        ),
+        (&officer, "/ui/review", "confirm=1".into()),
+        (
+            &officer,
+            "/ui/certificates",
+            "id=00000000-0000-0000-0000-000000000000&title=x".into(),
         ),
     ];
     for (cookie, path, form) in &posts {
@@ -688,6 +704,19 @@ fn every_page_for_every_role_carries_the_policy_and_no_personal_information() {
             .any(|u| u["username"] == "officer" && u["state"] == "active")
     );
     let officer_t = srv.token("officer");
+    let reviews = srv
+        .call(
+            "GET",
+            "/v1/audit/events?action=security.review",
+            Some(&officer_t),
+            None,
+        )
+        .json();
+    assert_eq!(
+        reviews["items"].as_array().map(Vec::len),
+        Some(0),
+        "a review recorded by a refused form: {reviews}"
+    );
     let holds = srv.call("GET", "/v1/holds", Some(&officer_t), None).json();
     assert_eq!(holds["items"].as_array().map(Vec::len), Some(0), "{holds}");
     let r = srv.call(
@@ -787,9 +816,10 @@ fn a_contractor_sees_only_the_scope_cannot_open_a_record_and_disposes_in_scope()
     assert_eq!(b.text("#count-records"), "1", "{}", b.source());
     b.click("input[name=confirm]");
     b.submit("main button[type=submit]");
+    crate::web_officer::until_ended(&b, &srv, "contractor-disposal-running-one", &pi);
     assert_eq!(b.title(), "Disposal done · pivault", "{}", b.source());
     let cert = b.text("#certificate-id");
-    b.check("contractor-disposal-done", &pi);
+    b.check("contractor-disposal-done-one", &pi);
     let officer = srv.token("officer");
     let r = srv.call(
         "GET",
