@@ -417,6 +417,42 @@ pub fn cmd_payload(out: &Out, file: &Path, msg_out: &Path, sig_out: &Path) -> an
     Ok(exit::OK)
 }
 
+/// The most a payload file may hold (a certificate's message is a few KiB).
+const MAX_PAYLOAD_BYTES: u64 = 4 << 20;
+
+/// `certificate sign-payload`: the contractor's co-signature made on their
+/// own machine. Says on stderr which certificate it signs; the signature
+/// (hex) is the only thing on stdout, or in `--out`.
+pub fn cmd_sign_payload(
+    out: &Out,
+    file: &Path,
+    key_file: &Path,
+    dest: Option<&Path>,
+) -> anyhow::Result<u8> {
+    let len = std::fs::metadata(file)
+        .with_context(|| format!("cannot read {}", file.display()))?
+        .len();
+    if len > MAX_PAYLOAD_BYTES {
+        bail!(vault_core::Error::InvalidInput(
+            "not a pivault certificate payload (too large)".into()
+        ));
+    }
+    let payload = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let key = vault_core::cosign::load(key_file)?;
+    let (sig, body) = vault_core::cosign::sign_payload(&payload, &key)?;
+    let text = |v: &Value| v.as_str().unwrap_or("?").to_owned();
+    output::stderr_line(&format!(
+        "signed certificate {} ({}, {} record(s), data owner {}) with the key {}",
+        text(&body["certificate_id"]),
+        text(&body["status"]),
+        body["target"]["record_count"].as_u64().unwrap_or(0),
+        text(&body["parties"]["data_owner"]["name"]),
+        vault_core::crypto::fingerprint(key.verifying_key().as_bytes())
+    ));
+    write_out(out, dest, &format!("{}\n", hex::encode(sig)))?;
+    Ok(exit::OK)
+}
+
 pub fn cmd_render_file(
     out: &Out,
     file: &Path,
@@ -607,7 +643,9 @@ pub fn cmd_certificate(
                 || format!("certificate {id} co-signed"),
             );
         }
-        CertificateCmd::Verify { .. } | CertificateCmd::Payload { .. } => {
+        CertificateCmd::Verify { .. }
+        | CertificateCmd::Payload { .. }
+        | CertificateCmd::SignPayload { .. } => {
             unreachable!("handled without a vault")
         }
     }

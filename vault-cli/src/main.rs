@@ -407,6 +407,20 @@ enum CertificateCmd {
         #[arg(long)]
         sig_out: PathBuf,
     },
+    /// Sign a certificate's payload offline with your contractor key (the
+    /// co-sign download of the web page, or `certificate payload --out`):
+    /// prints the signature in hex, to paste into the page. No vault, no
+    /// server: the key never leaves this machine.
+    SignPayload {
+        /// The payload file.
+        file: PathBuf,
+        /// Your Ed25519 private key file (from `contractor keygen`).
+        #[arg(long)]
+        key_file: PathBuf,
+        /// Write the signature (hex) to this file instead of printing it.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Validate a draft certificate (an officer or auditor other than the operator).
     Validate {
         /// Certificate ID.
@@ -1346,6 +1360,11 @@ fn run(cli: &Cli, out: &Out) -> anyhow::Result<u8> {
             out: o,
             sig_out,
         }) => dispose::cmd_payload(out, file, o, sig_out),
+        Command::Certificate(CertificateCmd::SignPayload {
+            file,
+            key_file,
+            out: o,
+        }) => dispose::cmd_sign_payload(out, file, key_file, o.as_deref()),
         Command::Certificate(CertificateCmd::Render {
             cert,
             out: o,

@@ -1275,7 +1275,9 @@ fn command(cli: &Cli, out: &Out, r: &Remote) -> anyhow::Result<u8> {
                     format!("certificate {id} co-signed")
                 });
             }
-            CertificateCmd::Verify { .. } | CertificateCmd::Payload { .. } => {
+            CertificateCmd::Verify { .. }
+            | CertificateCmd::Payload { .. }
+            | CertificateCmd::SignPayload { .. } => {
                 unreachable!("offline")
             }
         },

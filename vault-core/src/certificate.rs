@@ -328,6 +328,26 @@ pub fn signed_message(body: &Value) -> Result<Vec<u8>> {
     Ok(msg)
 }
 
+/// The certificate body a [`signed_message`] carries, when `msg` is
+/// exactly one: [`SIGNING_DOMAIN`], then the canonical JSON of an object
+/// (parsed strictly and written back byte for byte). What a contractor's
+/// offline signer checks before signing bytes handed to it, so that the
+/// key signs a certificate and nothing else.
+pub fn body_of_message(msg: &[u8]) -> Result<Value> {
+    let bad = || {
+        Error::invalid(
+            "not a pivault certificate payload (pivault certificate payload, or the web page's download)",
+        )
+    };
+    let rest = msg.strip_prefix(SIGNING_DOMAIN).ok_or_else(bad)?;
+    let text = std::str::from_utf8(rest).map_err(|_| bad())?;
+    let body = parse_strict_json(text).map_err(|_| bad())?;
+    if !body.is_object() || canonical_json(&body)? != text {
+        return Err(bad());
+    }
+    Ok(body)
+}
+
 // ---------------------------------------------------------------------------
 // Certificate and signatures
 // ---------------------------------------------------------------------------
@@ -1895,6 +1915,44 @@ mod tests {
 
     fn jcs(v: Value) -> String {
         canonical_json(&v).unwrap()
+    }
+
+    // ---- payloads signed offline ---------------------------------------
+
+    #[test]
+    fn a_payload_is_exactly_a_certificate_message_or_refused() {
+        let body = json!({"certificate_id": "c1", "status": "draft", "n": 3});
+        let msg = signed_message(&body).unwrap();
+        assert_eq!(body_of_message(&msg).unwrap(), body);
+        let (sig, signed) = crate::cosign::sign_payload(&msg, &key(7)).unwrap();
+        assert_eq!(signed, body);
+        assert!(
+            key(7)
+                .verifying_key()
+                .verify_strict(&msg, &Signature::from_bytes(&sig))
+                .is_ok()
+        );
+        // Anything else: no domain, a space, another order, not an object.
+        let mut spaced = SIGNING_DOMAIN.to_vec();
+        spaced.extend_from_slice(br#"{"certificate_id": "c1","n":3,"status":"draft"}"#);
+        let mut unsorted = SIGNING_DOMAIN.to_vec();
+        unsorted.extend_from_slice(br#"{"status":"draft","certificate_id":"c1","n":3}"#);
+        let mut array = SIGNING_DOMAIN.to_vec();
+        array.extend_from_slice(b"[1]");
+        for bad in [
+            &msg[SIGNING_DOMAIN.len()..],
+            &spaced,
+            &unsorted,
+            &array,
+            b"".as_slice(),
+        ] {
+            assert!(
+                body_of_message(bad).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+            assert!(crate::cosign::sign_payload(bad, &key(7)).is_err());
+        }
     }
 
     // ---- canonical JSON ------------------------------------------------

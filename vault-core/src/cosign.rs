@@ -43,3 +43,13 @@ pub fn sign(cert: &certificate::Certificate, key: &SigningKey) -> Result<[u8; 64
     let msg = certificate::signed_message(&cert.body)?;
     Ok(key.sign(&msg).to_bytes())
 }
+
+/// Signs a payload file made for co-signing (`pivault certificate
+/// payload`, or the web page's download) on the contractor's own machine:
+/// the key never meets the vault. Refuses bytes that are not exactly a
+/// certificate's signed message ([`certificate::body_of_message`]), and
+/// returns the body signed so that the signer can say what it was.
+pub fn sign_payload(payload: &[u8], key: &SigningKey) -> Result<([u8; 64], serde_json::Value)> {
+    let body = certificate::body_of_message(payload)?;
+    Ok((key.sign(payload).to_bytes(), body))
+}

@@ -99,8 +99,9 @@ pub struct DisposalOutcome {
     pub duration_ms: u64,
 }
 
-/// Steps of a batch, in order; stored with the intent so a crash resumes.
-const STEPS: [&str; 8] = [
+/// Steps of a batch, in order; stored with the intent so a crash resumes
+/// (and shown by a progress page: [`DisposalSummary::step`] is one of them).
+pub const STEPS: [&str; 8] = [
     "intent",
     "keys_deleted",
     "buckets_rotated",
@@ -442,6 +443,8 @@ pub struct DisposalSummary {
     pub records: u64,
     /// Start time, unix ms.
     pub created_ms: i64,
+    /// Who ran it (a progress page finds its own batch by it).
+    pub operator: UserId,
 }
 
 /// `target.backups` of a certificate: the vault's backups that existed at
@@ -1812,6 +1815,7 @@ impl Vault {
                 failed: b.failed,
                 records: b.records.len() as u64,
                 created_ms: b.created_ms,
+                operator: b.operator.parse()?,
             });
         }
         out.sort_by_key(|d| d.created_ms);
@@ -1965,6 +1969,15 @@ impl Vault {
             None,
         )?;
         Ok(out)
+    }
+
+    /// The drafts waiting for validation, for those who may validate
+    /// (officers, auditors): [`Vault::list_certificates`] of drafts behind
+    /// the `ValidateCertificate` permission, so that a validation page is
+    /// refused by the core to a role that could not use it.
+    pub fn certificates_to_validate(&self, s: &Session) -> Result<Vec<CertificateSummary>> {
+        self.authorize(s, Some(Permission::ValidateCertificate))?;
+        self.list_certificates(s, true)
     }
 
     /// Validates a draft certificate (REQ-CE-06): an officer other than the

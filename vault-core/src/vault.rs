@@ -74,6 +74,7 @@ pub use custodian::{PassphraseChange, custodian_context};
 pub use disposal::{
     CertificateSummary, ContractorInfo, ContractorScope, DisposalOutcome, DisposalParties,
     DisposalRequest, DisposalScope, DisposalSummary, Hold, RetentionPolicy,
+    STEPS as DISPOSAL_STEPS,
 };
 pub use export::{EXPORT_FORMAT, ExportOutcome, ExportRecipient, ExportRequest, ExportScope};
 pub use housekeeping::{MAX_SCHEDULE_HOURS, RetentionSchedule};
@@ -88,7 +89,7 @@ pub use records::{ImportColumns, RecordVersion};
 pub use search::{FindQuery, FindResult, FindTarget};
 pub use service::ServiceAccount;
 pub use two_factor::{ENROL_ONLY_TTL_MS, TotpConfirmed, TotpEnrolment};
-pub use wisp::{WispLine, WispPack, WispStatus};
+pub use wisp::{SecurityChecks, WispLine, WispPack, WispStatus};
 
 /// A test hook called with each disposal step name.
 pub type CrashHook = Box<dyn Fn(&str) + Send + Sync>;

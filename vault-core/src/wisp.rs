@@ -115,7 +115,68 @@ fn status_of(
     (status, names, details.join("; "))
 }
 
+/// `doctor`'s checks as a signed-in user sees them (the status page):
+/// the same run of [`doctor::checks`] the custodian's `pivault doctor`
+/// makes, with the time of the last security review beside it.
+#[derive(Clone, Debug)]
+pub struct SecurityChecks {
+    /// When the checks ran, unix ms.
+    pub at_ms: i64,
+    /// Every check, in `doctor`'s order.
+    pub checks: Vec<Check>,
+    /// The last recorded security review (REQ-WISP-09), unix ms.
+    pub last_review_ms: Option<i64>,
+}
+
+impl SecurityChecks {
+    /// Checks at this level.
+    pub fn count(&self, level: Level) -> usize {
+        self.checks.iter().filter(|c| c.level == level).count()
+    }
+
+    /// Whether the annual review is due: never recorded, or older than
+    /// [`doctor::REVIEW_INTERVAL_MS`] (201 CMR 17.03(2)(i)).
+    pub fn review_overdue(&self) -> bool {
+        self.last_review_ms
+            .is_none_or(|t| self.at_ms - t > doctor::REVIEW_INTERVAL_MS)
+    }
+}
+
 impl Vault {
+    /// `doctor`'s checks for a signed-in user: those who may build the
+    /// WISP pack (`Reports`: officers, auditors), which rests on the same
+    /// checks. Names, levels and findings only: usernames of staff, counts
+    /// and times, never a record's contents. Audited as `doctor.run` with
+    /// the counts.
+    pub fn security_checks(&self, s: &Session) -> Result<SecurityChecks> {
+        self.authorize(s, Some(Permission::Reports))?;
+        let r = (|| {
+            let at_ms = self.now();
+            Ok(SecurityChecks {
+                at_ms,
+                checks: doctor::checks(self, at_ms)?,
+                last_review_ms: self.security_status()?.last_review_ms,
+            })
+        })();
+        let targets = match &r {
+            Ok(c) => vec![
+                format!("ok:{}", c.count(Level::Ok)),
+                format!("warn:{}", c.count(Level::Warn)),
+                format!("fail:{}", c.count(Level::Fail)),
+            ],
+            Err(_) => vec![],
+        };
+        self.audit(
+            Some(s.user),
+            &s.ctx,
+            "doctor.run",
+            targets,
+            r.as_ref().map(|_| ()),
+            None,
+        )?;
+        r
+    }
+
     /// The WISP evidence pack for `[from_ms, to_ms)` (officer, auditor).
     /// Audited as `wisp.pack` with its counts.
     pub fn wisp_pack(&self, s: &Session, from_ms: i64, to_ms: i64) -> Result<WispPack> {

@@ -162,6 +162,8 @@ pub struct App {
     /// Uploaded import files between their preview and its confirmation
     /// (the web page's `/ui/import`), in memory only.
     import_previews: web::ImportPreviews,
+    /// The web page's disposals running past their request (`web/progress.rs`).
+    web_jobs: web::Jobs,
 }
 
 impl std::fmt::Debug for App {
@@ -211,6 +213,7 @@ impl App {
             disk_low: AtomicBool::new(false),
             stream: std::sync::OnceLock::new(),
             import_previews: web::ImportPreviews::default(),
+            web_jobs: web::Jobs::default(),
             vault,
             limits,
         }))

@@ -39,5 +39,6 @@ mod spreadsheet;
 mod two_factor;
 mod web;
 mod web_import;
+mod web_officer;
 mod web_roles;
 mod wisp;

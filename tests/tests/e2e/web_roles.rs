@@ -455,6 +455,7 @@ fn an_officer_reveals_reads_the_trail_holds_a_record_and_disposes_with_a_preview
     // Confirmed: the certificate.
     b.click("input[name=confirm]");
     b.submit("main button[type=submit]");
+    crate::web_officer::until_ended(&b, &srv, "disposal-running", &pi);
     assert_eq!(b.title(), "Disposal done · pivault", "{}", b.source());
     let cert = b.text("#certificate-id");
     b.check("disposal-done", &pi);
@@ -557,6 +558,10 @@ fn every_page_for_every_role_carries_the_policy_and_no_personal_information() {
         "/ui/retention",
         "/ui/import",
         "/ui/collections",
+        "/ui/status",
+        "/ui/review",
+        "/ui/certificates",
+        "/ui/cosign",
     ];
     // Who may open what: the core refuses the rest (403). Pages that only
     // show a form (or read what any user may: schemas, holds) answer all;
@@ -571,6 +576,11 @@ fn every_page_for_every_role_carries_the_policy_and_no_personal_information() {
             "/ui/retention" => matches!(user, "officer" | "contractor"),
             "/ui/import" => user == "clerk",
             "/ui/collections" => user == "admin",
+            // doctor's checks: whoever may build the WISP pack (Reports).
+            "/ui/status" | "/ui/review" => matches!(user, "officer" | "auditor"),
+            "/ui/certificates" => matches!(user, "officer" | "auditor"),
+            // Their own batches (`Vault::disposals`: Dispose or ReadAudit).
+            "/ui/cosign" => matches!(user, "officer" | "auditor" | "contractor"),
             p if p.ends_with("/correct") => matches!(user, "clerk" | "officer"),
             _ => true,
         }
@@ -636,7 +646,7 @@ fn every_page_for_every_role_carries_the_policy_and_no_personal_information() {
     let admin = cookie_of(&srv, "admin");
     let officer = cookie_of(&srv, "officer");
     let clerk_cookie = cookie_of(&srv, "clerk");
-    let posts: [(&str, &str, String); 9] = [
+    let posts: [(&str, &str, String); 11] = [
         (
             &admin,
             "/ui/users",
@@ -682,6 +692,12 @@ fn every_page_for_every_role_carries_the_policy_and_no_personal_information() {
             "/ui/retention",
             "collection=counter&days=1&from=created".into(),
         ),
+        (&officer, "/ui/review", "confirm=1".into()),
+        (
+            &officer,
+            "/ui/certificates",
+            "id=00000000-0000-0000-0000-000000000000&title=x".into(),
+        ),
     ];
     for (cookie, path, form) in &posts {
         for headers in [
@@ -712,6 +728,19 @@ fn every_page_for_every_role_carries_the_policy_and_no_personal_information() {
             .any(|u| u["username"] == "officer" && u["state"] == "active")
     );
     let officer_t = srv.token("officer");
+    let reviews = srv
+        .call(
+            "GET",
+            "/v1/audit/events?action=security.review",
+            Some(&officer_t),
+            None,
+        )
+        .json();
+    assert_eq!(
+        reviews["items"].as_array().map(Vec::len),
+        Some(0),
+        "a review recorded by a refused form: {reviews}"
+    );
     let holds = srv.call("GET", "/v1/holds", Some(&officer_t), None).json();
     assert_eq!(holds["items"].as_array().map(Vec::len), Some(0), "{holds}");
     let retention = srv
@@ -821,9 +850,10 @@ fn a_contractor_sees_only_the_scope_cannot_open_a_record_and_disposes_in_scope()
     assert_eq!(b.text("#count-records"), "1", "{}", b.source());
     b.click("input[name=confirm]");
     b.submit("main button[type=submit]");
+    crate::web_officer::until_ended(&b, &srv, "contractor-disposal-running-one", &pi);
     assert_eq!(b.title(), "Disposal done · pivault", "{}", b.source());
     let cert = b.text("#certificate-id");
-    b.check("contractor-disposal-done", &pi);
+    b.check("contractor-disposal-done-one", &pi);
     let officer = srv.token("officer");
     let r = srv.call(
         "GET",

@@ -36,17 +36,23 @@ use crate::{App, Bearer, RequestContext};
 
 mod admin;
 mod auditor;
+mod certificates;
 mod clerk;
 mod collections;
 mod contractor;
 mod import;
+mod cosign;
 mod officer;
+mod progress;
+mod status;
+
+pub use progress::Jobs;
 
 pub(crate) use import::ImportPreviews;
 
 /// The pages a role is offered, in the order of the menu: the permission
 /// that opens each (the core decides again on every call).
-const MENU: [(Permission, &str, &str, &str); 11] = [
+const MENU: [(Permission, &str, &str, &str); 15] = [
     (
         Permission::FindRecords,
         "/ui/find",
@@ -84,6 +90,18 @@ const MENU: [(Permission, &str, &str, &str); 11] = [
         "preview, confirm, and get the certificate",
     ),
     (
+        Permission::ValidateCertificate,
+        "/ui/certificates",
+        "Certificates",
+        "validate drafts (a second person), download PDFs",
+    ),
+    (
+        Permission::Dispose,
+        COSIGN,
+        "Co-sign",
+        "sign the certificates of your disposals with your own key, offline",
+    ),
+    (
         Permission::ListRecords,
         "/ui/scope",
         "Records",
@@ -94,6 +112,18 @@ const MENU: [(Permission, &str, &str, &str); 11] = [
         "/ui/audit",
         "Audit trail",
         "with filters, and the trail's verification",
+    ),
+    (
+        Permission::Reports,
+        "/ui/status",
+        "Security status",
+        "doctor's checks, failures first",
+    ),
+    (
+        Permission::Reports,
+        "/ui/review",
+        "Annual review",
+        "when the security program was last reviewed, and record this year's",
     ),
     (
         Permission::ManageUsers,
@@ -115,10 +145,17 @@ const MENU: [(Permission, &str, &str, &str); 11] = [
     ),
 ];
 
+/// Co-signing is the contractor's (the core accepts a co-signature only
+/// from the batch's contractor): offered to contractors only.
+const COSIGN: &str = "/ui/cosign";
+
 /// The menu entries a visitor's role may open, each page once.
 fn menu(who: &Signed) -> Vec<(&'static str, &'static str, &'static str)> {
     let mut out: Vec<(&str, &str, &str)> = Vec::new();
     for (p, href, label, what) in MENU {
+        if href == COSIGN && who.role != Role::Contractor {
+            continue;
+        }
         if who.may(p) && !out.iter().any(|(h, _, _)| *h == href) {
             out.push((href, label, what));
         }
@@ -156,6 +193,10 @@ pub fn router() -> Router<Arc<App>> {
         .merge(contractor::router())
         .merge(import::router())
         .merge(collections::router())
+        .merge(status::router())
+        .merge(certificates::router())
+        .merge(cosign::router())
+        .merge(progress::router())
 }
 
 /// Whether a route is one of the web page's (answered without a bearer
@@ -320,6 +361,7 @@ struct Signed {
     /// The user's ID (what a server-side preview is bound to, with the token).
     id: vault_core::ids::UserId,
     token: SecretString,
+    user_id: vault_core::ids::UserId,
     csrf: String,
     username: String,
     role: Role,
@@ -350,6 +392,7 @@ async fn signed_in(app: &Arc<App>, rc: &RequestContext, headers: &HeaderMap) -> 
         id: me.id,
         csrf: csrf_token(&token),
         token,
+        user_id: me.id,
         username: me.username.as_str().to_owned(),
         role: me.role,
         enrol_only,

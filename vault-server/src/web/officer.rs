@@ -1,8 +1,8 @@
 //! The officer's pages: legal holds (place, release), retention (the
 //! policies, setting one per collection, and what is due now) and
 //! disposals — the scope, a dry-run preview with the record and customer
-//! counts and the exclusions (held records), a confirmation, then the
-//! certificate. Every
+//! counts and the exclusions (held records), a confirmation that starts the
+//! batch and its progress page (`progress.rs`), then the certificate. Every
 //! step is the API's `Vault` call: the hold rules, the contractor's scope
 //! and the audit events are the core's.
 
@@ -534,7 +534,7 @@ async fn disposal_page(
     )
 }
 
-fn exclusions(o: &DisposalOutcome) -> String {
+pub(super) fn exclusions(o: &DisposalOutcome) -> String {
     if o.excluded.is_empty() {
         return String::new();
     }
@@ -553,7 +553,8 @@ fn exclusions(o: &DisposalOutcome) -> String {
 }
 
 /// One step of a disposal: `preview` (a dry run: counts and exclusions,
-/// then the confirmation form) or `confirm` (the disposal itself, then the
+/// then the confirmation form) or `confirm` (the disposal itself, started
+/// as a job and followed on its progress page, which ends with the
 /// certificate). Both are `Vault::dispose`, as over the API.
 async fn disposal_step(
     State(app): State<Arc<App>>,
@@ -578,10 +579,19 @@ async fn disposal_step(
             ),
         );
     }
+    if confirm {
+        // The batch may run for long: on a job of its own, followed on
+        // its progress page (`progress.rs`), never inside this request.
+        let f2 = f.clone();
+        return super::progress::start(&app, &rc, &who, move |v, s| {
+            let req = f2.request(v, false)?;
+            v.dispose(s, &req)
+        });
+    }
     let f2 = f.clone();
     let r = app
         .as_user_long(&rc, who.bearer(), move |v, s| {
-            let req = f2.request(v, !confirm)?;
+            let req = f2.request(v, true)?;
             v.dispose(s, &req)
         })
         .await;
@@ -603,59 +613,27 @@ async fn disposal_step(
         o.subjects,
         o.excluded.len()
     );
-    if !confirm {
-        let next = if o.records.is_empty() {
-            "<p role=\"status\">Nothing in this scope can be disposed of: nothing would change.</p>"
-                .to_owned()
-        } else {
-            format!(
-                "<form method=\"post\" action=\"/ui/disposals\">{hidden}<input type=\"hidden\" name=\"step\" value=\"confirm\">\
-                 <label class=\"check\"><input type=\"checkbox\" name=\"confirm\" value=\"1\" required> \
-                 Destroy these {n} record(s) for good: their keys are deleted and they can never be read again.</label>\
-                 <button type=\"submit\" class=\"danger\">Dispose of {n} record(s)</button></form>",
-                hidden = f.hidden(&who),
-                n = o.records.len()
-            )
-        };
-        return page(
-            StatusCode::OK,
-            "Dispose: preview",
-            Some(&who),
-            &format!(
-                "<p role=\"status\">Preview only: nothing has changed yet.</p>{counts}{}{next}\
-                 <p><a href=\"/ui/disposals\">Change the scope</a></p>",
-                exclusions(&o)
-            ),
-        );
-    }
-    let Some(cert) = o.certificate_id else {
-        return page(
-            StatusCode::OK,
-            "Dispose",
-            Some(&who),
-            &format!(
-                "<p role=\"status\">Nothing was in scope, so nothing was disposed of and no certificate was issued.</p>{counts}"
-            ),
-        );
+    let next = if o.records.is_empty() {
+        "<p role=\"status\">Nothing in this scope can be disposed of: nothing would change.</p>"
+            .to_owned()
+    } else {
+        format!(
+            "<form method=\"post\" action=\"/ui/disposals\">{hidden}<input type=\"hidden\" name=\"step\" value=\"confirm\">\
+             <label class=\"check\"><input type=\"checkbox\" name=\"confirm\" value=\"1\" required> \
+             Destroy these {n} record(s) for good: their keys are deleted and they can never be read again.</label>\
+             <button type=\"submit\" class=\"danger\">Dispose of {n} record(s)</button></form>",
+            hidden = f.hidden(&who),
+            n = o.records.len()
+        )
     };
-    let cert = cert.to_string();
     page(
         StatusCode::OK,
-        "Disposal done",
+        "Dispose: preview",
         Some(&who),
         &format!(
-            "<p role=\"status\">Done: the keys are destroyed, the ciphertexts deleted and the destruction verified; the certificate is signed.</p>\
-             {counts}{excl}<dl><dt>Disposal</dt><dd><code>{disposal}</code></dd><dt>Certificate</dt><dd><code id=\"certificate-id\">{cert}</code></dd>\
-             <dt>Epoch</dt><dd>{epochs}</dd></dl>\
-             <ul><li><a href=\"/ui/disposals/certificate/{cert}\" download>Download the certificate (signed JSON)</a></li>\
-             <li><a href=\"/ui/verify\">Verify a certificate</a></li><li><a href=\"/ui/disposals\">Another disposal</a></li></ul>",
-            excl = exclusions(&o),
-            disposal = o.disposal_id.map(|d| d.to_string()).unwrap_or_default(),
-            cert = esc(&cert),
-            epochs = o
-                .epochs
-                .map(|(a, b)| format!("{a} → {b}"))
-                .unwrap_or_default(),
+            "<p role=\"status\">Preview only: nothing has changed yet.</p>{counts}{}{next}\
+             <p><a href=\"/ui/disposals\">Change the scope</a></p>",
+            exclusions(&o)
         ),
     )
 }
