@@ -670,15 +670,15 @@ impl Vault {
     /// Resolves a scope to live records, in ID order.
     fn resolve_scope(&self, scope: &DisposalScope) -> Result<Vec<(RecordId, RecordRow)>> {
         let live = |ids: Vec<RecordId>| -> Result<Vec<(RecordId, RecordRow)>> {
-            let mut out = Vec::new();
-            for id in ids {
-                if let Some(row) = self.store.record(id)?
-                    && row.state == RecordState::Live
-                {
-                    out.push((id, row));
-                }
-            }
-            Ok(out)
+            let rows = self.store.records(&ids)?;
+            Ok(ids
+                .into_iter()
+                .zip(rows)
+                .filter_map(|(id, row)| {
+                    row.filter(|r| r.state == RecordState::Live)
+                        .map(|r| (id, r))
+                })
+                .collect())
         };
         let mut rows = match scope {
             DisposalScope::Record(id) => {
