@@ -15,7 +15,7 @@ use vault_core::access::{Role, UserInfo, UserState};
 use vault_core::clock::format_ms;
 use vault_core::secret::SecretString;
 
-use super::{Signed, error_page, esc, form_session, page, see_other, signed_in};
+use super::{Signed, error_page, esc, form_session, page, visitor};
 use crate::{App, RequestContext};
 
 pub(super) fn router() -> Router<Arc<App>> {
@@ -187,12 +187,10 @@ async fn users_page(
     rc: RequestContext,
     headers: HeaderMap,
 ) -> Response {
-    let Some(who) = signed_in(&app, &rc, &headers).await else {
-        return see_other("/ui/", None);
+    let who = match visitor(&app, &rc, &headers).await {
+        Ok(who) => who,
+        Err(elsewhere) => return elsewhere,
     };
-    if who.enrol_only {
-        return see_other("/ui/two-factor", None);
-    }
     let typed = Typed {
         role: "clerk",
         ..Typed::default()

@@ -14,7 +14,7 @@ use serde::Deserialize;
 use vault_core::audit::EventFilter;
 use vault_core::clock::{format_ms, parse_time};
 
-use super::{error_page, esc, page, see_other, signed_in};
+use super::{error_page, esc, page, visitor};
 use crate::{App, RequestContext};
 
 pub(super) fn router() -> Router<Arc<App>> {
@@ -63,12 +63,10 @@ async fn trail(
     headers: HeaderMap,
     Query(q): Query<TrailQuery>,
 ) -> Response {
-    let Some(who) = signed_in(&app, &rc, &headers).await else {
-        return see_other("/ui/", None);
+    let who = match visitor(&app, &rc, &headers).await {
+        Ok(who) => who,
+        Err(elsewhere) => return elsewhere,
     };
-    if who.enrol_only {
-        return see_other("/ui/two-factor", None);
-    }
     let time = |s: &str| {
         let s = s.trim();
         (!s.is_empty()).then(|| parse_time(s)).transpose()
@@ -195,12 +193,10 @@ async fn trail(
 }
 
 async fn verify(State(app): State<Arc<App>>, rc: RequestContext, headers: HeaderMap) -> Response {
-    let Some(who) = signed_in(&app, &rc, &headers).await else {
-        return see_other("/ui/", None);
+    let who = match visitor(&app, &rc, &headers).await {
+        Ok(who) => who,
+        Err(elsewhere) => return elsewhere,
     };
-    if who.enrol_only {
-        return see_other("/ui/two-factor", None);
-    }
     match app
         .as_user_long(&rc, who.bearer(), |v, s| v.audit_verify(s))
         .await
@@ -246,12 +242,10 @@ async fn report(
     headers: HeaderMap,
     Query(q): Query<ReportQuery>,
 ) -> Response {
-    let Some(who) = signed_in(&app, &rc, &headers).await else {
-        return see_other("/ui/", None);
+    let who = match visitor(&app, &rc, &headers).await {
+        Ok(who) => who,
+        Err(elsewhere) => return elsewhere,
     };
-    if who.enrol_only {
-        return see_other("/ui/two-factor", None);
-    }
     let form = format!(
         "<form method=\"get\" action=\"/ui/audit/report\" class=\"filters\">\
          <label for=\"since\">From (YYYY-MM-DD; empty: 30 days ago)</label><input id=\"since\" name=\"since\" value=\"{}\">\

@@ -16,7 +16,7 @@ use serde::Deserialize;
 use vault_core::ids::CertificateId;
 use vault_core::vault::CertificateSummary;
 
-use super::{Signed, error_page, esc, form_session, page, see_other, signed_in};
+use super::{Signed, error_page, esc, form_session, page, visitor};
 use crate::problem::ApiError;
 use crate::{App, RequestContext};
 
@@ -131,12 +131,10 @@ async fn render(
 }
 
 async fn list(State(app): State<Arc<App>>, rc: RequestContext, headers: HeaderMap) -> Response {
-    let Some(who) = signed_in(&app, &rc, &headers).await else {
-        return see_other("/ui/", None);
+    let who = match visitor(&app, &rc, &headers).await {
+        Ok(who) => who,
+        Err(elsewhere) => return elsewhere,
     };
-    if who.enrol_only {
-        return see_other("/ui/two-factor", None);
-    }
     render(&app, &rc, &who, StatusCode::OK, "").await
 }
 

@@ -18,7 +18,7 @@ use vault_core::ids::{RecordId, SubjectId};
 use vault_core::schema::{FieldError, FieldType, Schema};
 use vault_core::secret::SecretString;
 
-use super::{Signed, error_page, esc, form_session, page, see_other, signed_in};
+use super::{Signed, error_page, esc, form_session, page, visitor};
 use crate::problem::ApiError;
 use crate::{App, RequestContext};
 
@@ -62,12 +62,10 @@ async fn find_page(
     rc: RequestContext,
     headers: HeaderMap,
 ) -> Response {
-    let Some(who) = signed_in(&app, &rc, &headers).await else {
-        return see_other("/ui/", None);
+    let who = match visitor(&app, &rc, &headers).await {
+        Ok(who) => who,
+        Err(elsewhere) => return elsewhere,
     };
-    if who.enrol_only {
-        return see_other("/ui/two-factor", None);
-    }
     page(
         StatusCode::OK,
         "Find a customer",
@@ -553,12 +551,10 @@ async fn new_page(
     headers: HeaderMap,
     Query(q): Query<NewQuery>,
 ) -> Response {
-    let Some(who) = signed_in(&app, &rc, &headers).await else {
-        return see_other("/ui/", None);
+    let who = match visitor(&app, &rc, &headers).await {
+        Ok(who) => who,
+        Err(elsewhere) => return elsewhere,
     };
-    if who.enrol_only {
-        return see_other("/ui/two-factor", None);
-    }
     let all = match schemas(&app, &rc, &who).await {
         Ok(a) => a,
         Err(e) => return error_page(&who, &e),
@@ -689,12 +685,10 @@ async fn correct_page(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Response {
-    let Some(who) = signed_in(&app, &rc, &headers).await else {
-        return see_other("/ui/", None);
+    let who = match visitor(&app, &rc, &headers).await {
+        Ok(who) => who,
+        Err(elsewhere) => return elsewhere,
     };
-    if who.enrol_only {
-        return see_other("/ui/two-factor", None);
-    }
     let Ok(rid) = id.parse::<RecordId>() else {
         return not_a_record(&who);
     };

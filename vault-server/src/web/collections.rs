@@ -17,7 +17,7 @@ use serde::Deserialize;
 use vault_core::access::Permission;
 use vault_core::schema::Schema;
 
-use super::{Signed, error_page, esc, form_session, page, see_other, signed_in};
+use super::{Signed, error_page, esc, form_session, page, visitor};
 use crate::problem::ApiError;
 use crate::{App, RequestContext};
 
@@ -221,12 +221,10 @@ async fn collections_page(
     rc: RequestContext,
     headers: HeaderMap,
 ) -> Response {
-    let Some(who) = signed_in(&app, &rc, &headers).await else {
-        return see_other("/ui/", None);
+    let who = match visitor(&app, &rc, &headers).await {
+        Ok(who) => who,
+        Err(elsewhere) => return elsewhere,
     };
-    if who.enrol_only {
-        return see_other("/ui/two-factor", None);
-    }
     match collections(&app, &rc, &who).await {
         Ok(all) => page(
             StatusCode::OK,

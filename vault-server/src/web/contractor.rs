@@ -14,7 +14,7 @@ use vault_core::access::Role;
 use vault_core::clock::format_ms;
 use vault_core::vault::{RecordFilter, RecordState};
 
-use super::{error_page, esc, page, see_other, signed_in};
+use super::{error_page, esc, page, visitor};
 use crate::{App, RequestContext};
 
 pub(super) fn router() -> Router<Arc<App>> {
@@ -25,12 +25,10 @@ pub(super) fn router() -> Router<Arc<App>> {
 const SHOWN: usize = 200;
 
 async fn scope(State(app): State<Arc<App>>, rc: RequestContext, headers: HeaderMap) -> Response {
-    let Some(who) = signed_in(&app, &rc, &headers).await else {
-        return see_other("/ui/", None);
+    let who = match visitor(&app, &rc, &headers).await {
+        Ok(who) => who,
+        Err(elsewhere) => return elsewhere,
     };
-    if who.enrol_only {
-        return see_other("/ui/two-factor", None);
-    }
     let metas = match app
         .as_user_long(&rc, who.bearer(), |v, s| {
             v.list_records(s, &RecordFilter::default())

@@ -19,7 +19,7 @@ use serde::Deserialize;
 use vault_core::certificate::Certificate;
 use vault_core::ids::CertificateId;
 
-use super::{Signed, error_page, esc, form_session, page, secure_headers, see_other, signed_in};
+use super::{Signed, error_page, esc, form_session, page, secure_headers, visitor};
 use crate::problem::ApiError;
 use crate::{App, RequestContext};
 
@@ -61,12 +61,10 @@ async fn mine(
 }
 
 async fn list(State(app): State<Arc<App>>, rc: RequestContext, headers: HeaderMap) -> Response {
-    let Some(who) = signed_in(&app, &rc, &headers).await else {
-        return see_other("/ui/", None);
+    let who = match visitor(&app, &rc, &headers).await {
+        Ok(who) => who,
+        Err(elsewhere) => return elsewhere,
     };
-    if who.enrol_only {
-        return see_other("/ui/two-factor", None);
-    }
     let certs = match mine(&app, &rc, &who).await {
         Ok(c) => c,
         Err(e) => return error_page(&who, &e),
@@ -195,12 +193,10 @@ async fn one(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Response {
-    let Some(who) = signed_in(&app, &rc, &headers).await else {
-        return see_other("/ui/", None);
+    let who = match visitor(&app, &rc, &headers).await {
+        Ok(who) => who,
+        Err(elsewhere) => return elsewhere,
     };
-    if who.enrol_only {
-        return see_other("/ui/two-factor", None);
-    }
     let Ok(id) = id.parse::<CertificateId>() else {
         return not_an_id(&who);
     };
@@ -222,12 +218,10 @@ async fn payload(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Response {
-    let Some(who) = signed_in(&app, &rc, &headers).await else {
-        return see_other("/ui/", None);
+    let who = match visitor(&app, &rc, &headers).await {
+        Ok(who) => who,
+        Err(elsewhere) => return elsewhere,
     };
-    if who.enrol_only {
-        return see_other("/ui/two-factor", None);
-    }
     let Ok(id) = id.parse::<CertificateId>() else {
         return not_an_id(&who);
     };

@@ -29,8 +29,7 @@ use vault_core::vault::{ImportColumns, ImportFormat, ImportReport};
 use zeroize::Zeroizing;
 
 use super::{
-    Signed, cross_site, csrf_ok, error_page, esc, form_session, page, refused_cross_site,
-    see_other, signed_in,
+    Signed, cross_site, csrf_ok, error_page, esc, form_session, page, refused_cross_site, visitor,
 };
 use crate::problem::ApiError;
 use crate::{App, RequestContext};
@@ -507,12 +506,10 @@ async fn import_page(
     rc: RequestContext,
     headers: HeaderMap,
 ) -> Response {
-    let Some(who) = signed_in(&app, &rc, &headers).await else {
-        return see_other("/ui/", None);
+    let who = match visitor(&app, &rc, &headers).await {
+        Ok(who) => who,
+        Err(elsewhere) => return elsewhere,
     };
-    if who.enrol_only {
-        return see_other("/ui/two-factor", None);
-    }
     match import_collections(&app, &rc, &who).await {
         Ok(all) => page(
             StatusCode::OK,
@@ -631,12 +628,10 @@ async fn preview(
     if cross_site(&headers) {
         return refused_cross_site();
     }
-    let Some(who) = signed_in(&app, &rc, &headers).await else {
-        return see_other("/ui/", None);
+    let who = match visitor(&app, &rc, &headers).await {
+        Ok(who) => who,
+        Err(elsewhere) => return elsewhere,
     };
-    if who.enrol_only {
-        return see_other("/ui/two-factor", None);
-    }
     // The core decides who may import before the file is read (as the
     // API's framing does for its import route).
     let all = match import_collections(&app, &rc, &who).await {

@@ -381,6 +381,23 @@ impl Signed {
 }
 
 /// The visitor's session, if their cookie holds a live one.
+/// The signed-in visitor of a page, or the answer that sends them where
+/// they must go first: the sign-in page without a session, the enrolment
+/// page with a session that may only enrol a second factor.
+async fn visitor(
+    app: &Arc<App>,
+    rc: &RequestContext,
+    headers: &HeaderMap,
+) -> Result<Signed, Response> {
+    let Some(who) = signed_in(app, rc, headers).await else {
+        return Err(see_other("/ui/", None));
+    };
+    if who.enrol_only {
+        return Err(see_other("/ui/two-factor", None));
+    }
+    Ok(who)
+}
+
 async fn signed_in(app: &Arc<App>, rc: &RequestContext, headers: &HeaderMap) -> Option<Signed> {
     let token = session_token(headers)?;
     let t2 = SecretString::new(token.expose().to_owned());
@@ -843,12 +860,10 @@ async fn certificate_pdf(
     headers: HeaderMap,
     axum::extract::Path(id): axum::extract::Path<String>,
 ) -> Response {
-    let Some(who) = signed_in(&app, &rc, &headers).await else {
-        return see_other("/ui/", None);
+    let who = match visitor(&app, &rc, &headers).await {
+        Ok(who) => who,
+        Err(elsewhere) => return elsewhere,
     };
-    if who.enrol_only {
-        return see_other("/ui/two-factor", None);
-    }
     let Ok(id) = id.parse::<vault_core::ids::CertificateId>() else {
         return error_page(&who, &ApiError::invalid("certificate is not a valid ID"));
     };

@@ -20,7 +20,9 @@ use vault_core::vault::{
     DisposalOutcome, DisposalParties, DisposalRequest, DisposalScope, RetentionPolicy,
 };
 
-use super::{Signed, error_page, esc, form_session, page, secure_headers, see_other, signed_in};
+use super::{
+    Signed, error_page, esc, form_session, page, secure_headers, see_other, signed_in, visitor,
+};
 use crate::problem::ApiError;
 use crate::{App, RequestContext};
 
@@ -101,12 +103,10 @@ async fn holds_page(
     rc: RequestContext,
     headers: HeaderMap,
 ) -> Response {
-    let Some(who) = signed_in(&app, &rc, &headers).await else {
-        return see_other("/ui/", None);
+    let who = match visitor(&app, &rc, &headers).await {
+        Ok(who) => who,
+        Err(elsewhere) => return elsewhere,
     };
-    if who.enrol_only {
-        return see_other("/ui/two-factor", None);
-    }
     holds_render(&app, &rc, &who, StatusCode::OK, "").await
 }
 
@@ -329,12 +329,10 @@ async fn retention_page(
     rc: RequestContext,
     headers: HeaderMap,
 ) -> Response {
-    let Some(who) = signed_in(&app, &rc, &headers).await else {
-        return see_other("/ui/", None);
+    let who = match visitor(&app, &rc, &headers).await {
+        Ok(who) => who,
+        Err(elsewhere) => return elsewhere,
     };
-    if who.enrol_only {
-        return see_other("/ui/two-factor", None);
-    }
     retention_render(&app, &rc, &who, StatusCode::OK, "", None).await
 }
 
@@ -516,12 +514,10 @@ async fn disposal_page(
     rc: RequestContext,
     headers: HeaderMap,
 ) -> Response {
-    let Some(who) = signed_in(&app, &rc, &headers).await else {
-        return see_other("/ui/", None);
+    let who = match visitor(&app, &rc, &headers).await {
+        Ok(who) => who,
+        Err(elsewhere) => return elsewhere,
     };
-    if who.enrol_only {
-        return see_other("/ui/two-factor", None);
-    }
     let f = DisposalForm {
         scope: "record".into(),
         ..DisposalForm::default()

@@ -30,7 +30,7 @@ use vault_core::clock::format_ms;
 use vault_core::ids::UserId;
 use vault_core::vault::{DISPOSAL_STEPS, DisposalOutcome};
 
-use super::{Signed, esc, page, see_other, signed_in};
+use super::{Signed, esc, page, see_other, visitor};
 use crate::problem::ApiError;
 use crate::{App, RequestContext};
 
@@ -233,12 +233,10 @@ async fn progress(
     Path(id): Path<String>,
     Query(q): Query<ProgressQuery>,
 ) -> Response {
-    let Some(who) = signed_in(&app, &rc, &headers).await else {
-        return see_other("/ui/", None);
+    let who = match visitor(&app, &rc, &headers).await {
+        Ok(who) => who,
+        Err(elsewhere) => return elsewhere,
     };
-    if who.enrol_only {
-        return see_other("/ui/two-factor", None);
-    }
     let Some(job) = app.web_jobs.get(&id, who.user_id) else {
         // The same answer for another user's job and for none at all.
         return page(

@@ -19,7 +19,7 @@ use vault_core::clock::format_ms;
 use vault_core::doctor::{Check, Level, REVIEW_INTERVAL_MS};
 use vault_core::vault::SecurityChecks;
 
-use super::{Signed, error_page, esc, form_session, page, see_other, signed_in};
+use super::{Signed, error_page, esc, form_session, page, visitor};
 use crate::{App, RequestContext};
 
 pub(super) fn router() -> Router<Arc<App>> {
@@ -81,12 +81,10 @@ async fn checks(
 /// `doctor` as a page: failures first, then warnings, then the rest, each
 /// in `doctor`'s order.
 async fn status(State(app): State<Arc<App>>, rc: RequestContext, headers: HeaderMap) -> Response {
-    let Some(who) = signed_in(&app, &rc, &headers).await else {
-        return see_other("/ui/", None);
+    let who = match visitor(&app, &rc, &headers).await {
+        Ok(who) => who,
+        Err(elsewhere) => return elsewhere,
     };
-    if who.enrol_only {
-        return see_other("/ui/two-factor", None);
-    }
     let c = match checks(&app, &rc, &who).await {
         Ok(c) => c,
         Err(refused) => return refused,
@@ -154,12 +152,10 @@ async fn review_page(
     rc: RequestContext,
     headers: HeaderMap,
 ) -> Response {
-    let Some(who) = signed_in(&app, &rc, &headers).await else {
-        return see_other("/ui/", None);
+    let who = match visitor(&app, &rc, &headers).await {
+        Ok(who) => who,
+        Err(elsewhere) => return elsewhere,
     };
-    if who.enrol_only {
-        return see_other("/ui/two-factor", None);
-    }
     match checks(&app, &rc, &who).await {
         Ok(c) => page(
             StatusCode::OK,
