@@ -582,8 +582,9 @@ impl Vault {
 
     /// Creates a vault on a service provider's keystore cluster with a
     /// database role of its own (`pivault vault create`): `provider` is the
-    /// provider's `keystore.json`, whose role may create roles and reaches
-    /// no vault's keys. The new role's password is written beside the
+    /// provider's `keystore.json`, whose role may only have the cluster make
+    /// a vault's role (`pivault_provision.create_vault_role`) and reaches no
+    /// vault's keys. The new role's password is written beside the
     /// vault (`keystore.password`, mode 0600); a creation that fails takes
     /// its role off the cluster again.
     pub fn create_hosted(

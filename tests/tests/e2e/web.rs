@@ -510,7 +510,7 @@ fn a_clerk_enrols_finds_a_customer_masked_and_a_visitor_verifies_a_certificate()
         b.goto(&format!("{}/ui/verify", srv.base));
         b.type_into("#certificate", text);
         b.type_into("#key", &key);
-        b.submit("main button[type=submit]");
+        b.submit("#verify-paste button[type=submit]");
         b.source()
     };
     let page = check(&file.text);
@@ -524,6 +524,44 @@ fn a_clerk_enrols_finds_a_customer_masked_and_a_visitor_verifies_a_certificate()
     assert!(page.contains("INVALID"), "{page}");
     assert!(!page.contains("VALID: certificate"));
     b.check("verify-tampered", &PI_WILHELMINA);
+    // The same two checks with the files uploaded, as a contractor's
+    // customer would: the certificate file and the vault's key file.
+    let files = tempfile::tempdir().unwrap();
+    let upload = |name: &str, text: &str| {
+        let cert = files.path().join(name);
+        std::fs::write(&cert, text).unwrap();
+        let pem = files.path().join("certificate.pem");
+        std::fs::write(&pem, &key).unwrap();
+        b.goto(&format!("{}/ui/verify", srv.base));
+        b.type_into("#certificate_file", cert.to_str().unwrap());
+        b.type_into("#key_file", pem.to_str().unwrap());
+        b.submit("#verify-upload button[type=submit]");
+        b.source()
+    };
+    let page = upload("certificate.json", &file.text);
+    assert!(page.contains("VALID: certificate"), "{page}");
+    assert!(page.contains(&cert_id));
+    b.check("verify-upload-valid", &PI_WILHELMINA);
+    let page = upload("tampered.json", &tampered);
+    assert!(page.contains("INVALID"), "{page}");
+    assert!(!page.contains("VALID: certificate"));
+    // Nothing chosen (a browser enforces `required`; a script need not).
+    let (status, _, html) = srv.raw_with(
+        "POST",
+        "/ui/verify/upload",
+        &[("sec-fetch-site", "same-origin")],
+        Some((b"--x--\r\n".as_slice(), "multipart/form-data; boundary=x")),
+    );
+    assert_eq!(status, 422, "{html}");
+    assert!(html.contains("Choose both files"), "{html}");
+    // And from another site: refused before anything is read.
+    let (status, _, _) = srv.raw_with(
+        "POST",
+        "/ui/verify/upload",
+        &[("sec-fetch-site", "cross-site")],
+        Some((b"--x--\r\n".as_slice(), "multipart/form-data; boundary=x")),
+    );
+    assert_eq!(status, 403);
 }
 
 #[test]

@@ -485,7 +485,7 @@ fn an_officer_reveals_reads_the_trail_holds_a_record_and_disposes_with_a_preview
     b.goto(&format!("{}/ui/verify", srv.base));
     b.type_into("#certificate", &file);
     b.type_into("#key", &key);
-    b.submit("main button[type=submit]");
+    b.submit("#verify-paste button[type=submit]");
     assert!(b.source().contains("VALID: certificate"), "{}", b.source());
     // Released, the hold is gone from the list.
     b.goto(&format!("{}/ui/holds", srv.base));

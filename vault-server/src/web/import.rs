@@ -221,14 +221,14 @@ fn now_ms() -> i64 {
 // ----- multipart/form-data (RFC 7578), as browsers send a file upload -------
 
 /// One part of a `multipart/form-data` body.
-struct Part<'a> {
-    name: String,
+pub(super) struct Part<'a> {
+    pub(super) name: String,
     filename: Option<String>,
-    data: &'a [u8],
+    pub(super) data: &'a [u8],
 }
 
 /// The boundary of a `multipart/form-data` content type.
-fn boundary(content_type: &str) -> Option<String> {
+pub(super) fn boundary(content_type: &str) -> Option<String> {
     let mut items = content_type.split(';');
     if !items
         .next()?
@@ -253,7 +253,7 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
 }
 
 /// The parts of a `multipart/form-data` body; `None` when it is not one.
-fn parts<'a>(body: &'a [u8], boundary: &str) -> Option<Vec<Part<'a>>> {
+pub(super) fn parts<'a>(body: &'a [u8], boundary: &str) -> Option<Vec<Part<'a>>> {
     let delimiter = format!("--{boundary}");
     let next_delimiter = format!("\r\n--{boundary}");
     let start = find(body, delimiter.as_bytes())?;

@@ -185,6 +185,7 @@ pub fn router() -> Router<Arc<App>> {
         .route("/ui/sign-out", axum::routing::post(sign_out))
         .route("/ui/two-factor", get(enrol_page).post(enrol_confirm))
         .route("/ui/verify", get(verify_page).post(verify))
+        .route("/ui/verify/upload", axum::routing::post(verify_upload))
         .route("/ui/certificates/{id}/pdf", get(certificate_pdf))
         .merge(clerk::router())
         .merge(admin::router())
@@ -210,7 +211,8 @@ pub fn is_web(route: &str) -> bool {
 pub fn is_quiet(method: &str, route: &str) -> bool {
     matches!(
         (method, route),
-        ("GET", "/" | "/favicon.ico" | "/ui/style.css" | "/ui/verify") | ("POST", "/ui/verify")
+        ("GET", "/" | "/favicon.ico" | "/ui/style.css" | "/ui/verify")
+            | ("POST", "/ui/verify" | "/ui/verify/upload")
     )
 }
 
@@ -746,7 +748,14 @@ fn error_page(who: &Signed, e: &ApiError) -> Response {
 fn verify_form(message: Option<&str>) -> String {
     let alert = message.unwrap_or_default();
     format!(
-        "{alert}<form method=\"post\" action=\"/ui/verify\">\
+        "{alert}<form id=\"verify-upload\" method=\"post\" action=\"/ui/verify/upload\" enctype=\"multipart/form-data\">\
+         <label for=\"certificate_file\">Certificate file (<code>.json</code>)</label>\
+         <input id=\"certificate_file\" name=\"certificate_file\" type=\"file\" accept=\".json,application/json\" required>\
+         <label for=\"key_file\">The vault's public key file (<code>certificate.pem</code>)</label>\
+         <input id=\"key_file\" name=\"key_file\" type=\"file\" accept=\".pem\" required>\
+         <button type=\"submit\">Verify the files</button></form>\
+         <p>Or paste their text:</p>\
+         <form id=\"verify-paste\" method=\"post\" action=\"/ui/verify\">\
          <label for=\"certificate\">Certificate (the JSON file's text)</label>\
          <textarea id=\"certificate\" name=\"certificate\" rows=\"8\" required></textarea>\
          <label for=\"key\">The vault's public key (<code>certificate.pem</code>)</label>\
@@ -792,8 +801,47 @@ async fn verify(headers: HeaderMap, Form(f): Form<VerifyForm>) -> Response {
     if cross_site(&headers) {
         return refused_cross_site();
     }
-    let report = vault_core::certificate::Certificate::parse(&f.certificate).and_then(|c| {
-        let key = vault_core::certificate::parse_public_key(&f.key)?;
+    verdict_page(&f.certificate, &f.key)
+}
+
+/// The same check of two uploaded files (`multipart/form-data`): the
+/// certificate's JSON file and the vault's `certificate.pem`. Read in
+/// memory, checked, and dropped: nothing is stored.
+async fn verify_upload(headers: HeaderMap, body: axum::body::Bytes) -> Response {
+    if cross_site(&headers) {
+        return refused_cross_site();
+    }
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    let parts = import::boundary(content_type).and_then(|b| import::parts(&body, &b));
+    let file = |name: &str| {
+        parts
+            .as_ref()?
+            .iter()
+            .find(|p| p.name == name)
+            .and_then(|p| std::str::from_utf8(p.data).ok())
+            .filter(|t| !t.trim().is_empty())
+    };
+    match (file("certificate_file"), file("key_file")) {
+        (Some(certificate), Some(key)) => verdict_page(certificate, key),
+        _ => page(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "Verify a certificate",
+            None,
+            &verify_form(Some(
+                "<p role=\"alert\" class=\"error\">Choose both files: the certificate (<code>.json</code>) \
+                 and the vault's public key (<code>certificate.pem</code>); or paste their text below.</p>",
+            )),
+        ),
+    }
+}
+
+/// The verdict on a certificate's text and a vault key's text, above the form.
+fn verdict_page(certificate: &str, key: &str) -> Response {
+    let report = vault_core::certificate::Certificate::parse(certificate).and_then(|c| {
+        let key = vault_core::certificate::parse_public_key(key)?;
         Ok((vault_core::certificate::verify(&c, &key), c))
     });
     let (status, verdict) = match report {
