@@ -472,6 +472,14 @@ fn upload_form(
     )
 }
 
+/// What to do with a file over the page's size.
+fn too_large(cap: usize) -> String {
+    format!(
+        "The file is larger than this page takes ({}). Split it into smaller files, or import it with pivault record import, which takes any size.",
+        size_text(cap)
+    )
+}
+
 fn size_text(bytes: usize) -> String {
     if bytes >= 1 << 20 && bytes.is_multiple_of(1 << 20) {
         format!("{} MiB", bytes >> 20)
@@ -651,10 +659,7 @@ async fn preview(
     let body = match read_upload(body, cap + 64 * 1024, app.limits().import_bytes).await {
         Ok(b) => b,
         Err(Unread::TooLarge) => {
-            let m = format!(
-                "The file is larger than this page takes ({}). Split it into smaller files, or import it with pivault record import, which takes any size.",
-                size_text(cap)
-            );
+            let m = too_large(cap);
             return form_again(
                 &app,
                 &who,
@@ -728,10 +733,7 @@ async fn preview(
         );
     };
     if file.data.len() > cap {
-        let m = format!(
-            "The file is larger than this page takes ({}). Split it into smaller files, or import it with pivault record import, which takes any size.",
-            size_text(cap)
-        );
+        let m = too_large(cap);
         return form_again(
             &app,
             &who,
