@@ -5,8 +5,14 @@
 //! bounded in-memory queue by the trail's [`AuditSink`] hook (a short lock,
 //! no I/O, under the audit lock so the queue is in seq order); one thread
 //! renders and sends. When the queue is full the oldest unsent event is
-//! dropped; when the sender next moves past a hole in the seqs it first
-//! sends a gap report (`audit.gap`, first and last missing seq), so a
+//! dropped from memory, not from the stream: when the sender next moves
+//! past a hole in the seqs it reads the missing events (and the signed
+//! checkpoints among them) back from the vault's own trail, in chunks of
+//! [`CATCH_UP_CHUNK`], and sends them first. So a collector that is slow,
+//! down for a while or restarted still gets every event, in order, while
+//! the memory the stream holds stays bounded. Only when the trail cannot
+//! be read (the vault is closing, a storage error) does the sender send a
+//! gap report instead (`audit.gap`, first and last missing seq), so a
 //! collector sees a gap, never silence, and `audit export --since` fills it
 //! from the vault. A lost connection is retried with exponential back-off
 //! (100 ms doubling to 10 s); before each write the sender checks that the
@@ -51,6 +57,9 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 const REPLAY_WINDOW: Duration = Duration::from_secs(2);
 /// At most this many recently written events are kept for replay.
 const REPLAY_MAX: usize = 1024;
+/// Most events read back from the trail at once to fill a hole (the audit
+/// lock is held while they are read).
+const CATCH_UP_CHUNK: u64 = 512;
 /// The socket's send buffer: small, so that what a dead or stalled
 /// collector has not taken sits in the stream's own bounded, accounted
 /// queue rather than in megabytes of kernel buffer.
@@ -231,6 +240,8 @@ struct Status {
     /// Seq the stream started after (the trail's head at start, or the
     /// state file's last sent seq).
     resumed_after: u64,
+    /// Events dropped from the queue and sent from the trail instead.
+    caught_up: u64,
     gaps_reported: u64,
     /// The last gap reported: first and last missing seq.
     last_gap: Option<(u64, u64)>,
@@ -382,9 +393,16 @@ impl Stream {
         );
         shared.save();
         let s2 = shared.clone();
+        // Weak: the server closes the vault after it stopped the stream,
+        // and needs the last reference to do so.
+        let trail = Arc::downgrade(vault);
+        let catch_up = move |after: u64, upto: u64| match trail.upgrade() {
+            Some(v) => from_trail(&v, after, upto),
+            None => bail!("the vault is closed"),
+        };
         let thread = std::thread::Builder::new()
             .name("pivault-syslog".into())
-            .spawn(move || sender(s2, target))?;
+            .spawn(move || sender(s2, target, catch_up))?;
         Ok(Arc::new(Stream {
             shared,
             thread: Mutex::new(Some(thread)),
@@ -437,6 +455,7 @@ impl Shared {
             "queued": queued,
             "queue_capacity": cap,
             "dropped": dropped,
+            "caught_up_from_trail": st.caught_up,
             "gaps_reported": st.gaps_reported,
             "last_gap": st.last_gap.map(|(a, b)| json!({ "first_missing_seq": a, "last_missing_seq": b })),
             "reconnects": st.reconnects,
@@ -491,9 +510,52 @@ fn frame(msg: &str) -> Vec<u8> {
     f
 }
 
+/// The events after seq `after` up to `upto` from the vault's trail, each
+/// with its chain hash, and the signed checkpoints among them, in the order
+/// the trail wrote them.
+fn from_trail(vault: &vault_core::Vault, after: u64, upto: u64) -> anyhow::Result<Vec<Item>> {
+    let backlog = vault.audit_backlog(after, upto)?;
+    let mut cps = backlog
+        .checkpoints
+        .into_iter()
+        .filter(|c| c.seq > after)
+        .peekable();
+    let mut items = Vec::new();
+    for (e, p) in backlog.events.into_iter().filter(|(e, _)| e.seq > after) {
+        let seq = e.seq;
+        items.push(Item::Event(e, p));
+        while let Some(c) = cps.next_if(|c| c.seq <= seq) {
+            items.push(Item::Checkpoint(c));
+        }
+    }
+    if items
+        .iter()
+        .filter(|i| matches!(i, Item::Event(..)))
+        .count() as u64
+        != upto - after
+    {
+        bail!("the trail does not hold seq {} to {upto}", after + 1);
+    }
+    Ok(items)
+}
+
+/// The frame of one item (with the hostname of the stream).
+fn render(item: &Item, hostname: &str) -> Vec<u8> {
+    match item {
+        Item::Event(event, prev) => frame(&siem::event_line(Format::Syslog, event, prev, hostname)),
+        Item::Checkpoint(c) => frame(&siem::checkpoint_line(Format::Syslog, c, hostname)),
+    }
+}
+
 /// The sender thread: connect (with back-off), then send queued events in
-/// order, a gap report before any hole.
-fn sender(shared: Arc<Shared>, target: Target) {
+/// order; a hole left by events dropped from the queue is first filled
+/// from the trail (`catch_up(after, upto)`), or, when that fails, reported
+/// as a gap.
+fn sender(
+    shared: Arc<Shared>,
+    target: Target,
+    catch_up: impl Fn(u64, u64) -> anyhow::Result<Vec<Item>>,
+) {
     let mut conn: Option<Conn> = None;
     let mut backoff = BASE_BACKOFF;
     // Recently written events, replayed after a reconnect.
@@ -571,33 +633,59 @@ fn sender(shared: Arc<Shared>, target: Target) {
         }
         let Some(c) = conn.as_mut() else { continue };
         let last_sent = shared.status.lock().map_or(0, |s| s.last_sent_seq);
-        let mut frames = Vec::new();
         let seq = item.seq();
-        match &item {
-            Item::Event(event, prev) => {
-                if seq > last_sent + 1 {
-                    let (first, last) = (last_sent + 1, seq - 1);
-                    frames.push((
-                        None,
-                        frame(&siem::gap_syslog(first, last, now_ms(), &shared.hostname)),
-                    ));
+        // The last seq that must be out before this item: a checkpoint
+        // follows the event of its own seq.
+        let before = match &item {
+            Item::Event(..) => seq.saturating_sub(1),
+            Item::Checkpoint(_) => seq,
+        };
+        let mut gap = None;
+        if before > last_sent {
+            let upto = before.min(last_sent + CATCH_UP_CHUNK);
+            match catch_up(last_sent, upto) {
+                Ok(items) => {
+                    // The checkpoint about to be sent from the queue is not
+                    // sent twice.
+                    let items = items
+                        .into_iter()
+                        .filter(|i| !(matches!(i, Item::Checkpoint(_)) && same(i, &item)));
+                    if let Err(e) = send_caught_up(c, &shared, &mut recent, items) {
+                        conn = None;
+                        shared.set_down(format!("send failed: {e}"));
+                        requeue_recent(&shared, &mut recent);
+                    }
+                    // The next round sends the item itself (or the next chunk).
+                    continue;
                 }
-                frames.push((
-                    Some(seq),
-                    frame(&siem::event_line(
-                        Format::Syslog,
-                        event,
-                        prev,
-                        &shared.hostname,
-                    )),
-                ));
+                Err(e) => {
+                    eprintln!(
+                        "pivault-server: audit stream to {}: cannot read seq {} to {before} back from the trail: {e:#}",
+                        shared.url,
+                        last_sent + 1
+                    );
+                    if matches!(item, Item::Event(..)) {
+                        gap = Some((last_sent + 1, before));
+                    }
+                }
             }
-            // A checkpoint moves no seq (`Some(0)` leaves the last sent as it is).
-            Item::Checkpoint(c) => frames.push((
-                Some(0),
-                frame(&siem::checkpoint_line(Format::Syslog, c, &shared.hostname)),
-            )),
         }
+        let mut frames = Vec::new();
+        if let Some((first, last)) = gap {
+            frames.push((
+                None,
+                frame(&siem::gap_syslog(first, last, now_ms(), &shared.hostname)),
+            ));
+        }
+        frames.push((
+            // A checkpoint moves no seq (`Some(0)` leaves the last sent as it is).
+            Some(if matches!(item, Item::Event(..)) {
+                seq
+            } else {
+                0
+            }),
+            render(&item, &shared.hostname),
+        ));
         let mut failed = None;
         for (sent, f) in &frames {
             if let Err(e) = c.send(f) {
@@ -638,6 +726,28 @@ fn sender(shared: Arc<Shared>, target: Target) {
             }
         }
     }
+}
+
+/// Sends items read back from the trail, moving the last sent seq and
+/// keeping them for replay like queued ones.
+fn send_caught_up(
+    c: &mut Conn,
+    shared: &Shared,
+    recent: &mut VecDeque<(Instant, Item)>,
+    items: impl Iterator<Item = Item>,
+) -> std::io::Result<()> {
+    for item in items {
+        c.send(&render(&item, &shared.hostname))?;
+        if let (Item::Event(e, _), Ok(mut st)) = (&item, shared.status.lock()) {
+            st.last_sent_seq = st.last_sent_seq.max(e.seq);
+            st.caught_up += 1;
+        }
+        recent.push_back((Instant::now(), item));
+        while recent.len() > REPLAY_MAX {
+            recent.pop_front();
+        }
+    }
+    Ok(())
 }
 
 /// Whether two items are the same message (the queue's front is the one
@@ -681,6 +791,113 @@ fn requeue_recent(shared: &Shared, recent: &mut VecDeque<(Instant, Item)>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use std::io::BufRead;
+    use vault_core::audit::{Channel, Outcome};
+
+    fn event(seq: u64) -> Item {
+        let e = AuditEvent {
+            seq,
+            time_ms: 1_764_000_000_000,
+            actor: None,
+            channel: Channel::Http,
+            source: None,
+            action: "auth.whoami".into(),
+            targets: Vec::new(),
+            outcome: Outcome::Success,
+            code: None,
+            reason: None,
+            request_id: None,
+            hash: [seq as u8; 32],
+        };
+        Item::Event(e, [seq as u8 - 1; 32])
+    }
+
+    /// Runs the sender against a listener on loopback with seq 1 and 5
+    /// queued (2 to 4 dropped), and returns the MSGIDs and seqs it wrote,
+    /// and its status.
+    fn send_with_hole(
+        catch_up: impl Fn(u64, u64) -> anyhow::Result<Vec<Item>> + Send + 'static,
+    ) -> (Vec<String>, Value) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("tcp://{}", listener.local_addr().unwrap());
+        let state_path = std::env::temp_dir().join(format!(
+            "pivault-syslog-test-{}-{}.json",
+            std::process::id(),
+            url.rsplit(':').next().unwrap()
+        ));
+        let shared = Arc::new(Shared {
+            queue: Mutex::new(Queue {
+                items: VecDeque::from([event(1), event(5)]),
+                cap: 2,
+                dropped: 3,
+                stop: false,
+            }),
+            wake: Condvar::new(),
+            status: Mutex::new(Status::default()),
+            url: url.clone(),
+            hostname: "test".into(),
+            state_path: state_path.clone(),
+        });
+        let s2 = shared.clone();
+        let target = Target::parse(&url, None).unwrap();
+        let thread = std::thread::spawn(move || sender(s2, target, catch_up));
+        let (conn, _) = listener.accept().unwrap();
+        conn.set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let mut r = std::io::BufReader::new(conn);
+        let mut seen = Vec::new();
+        while !seen.iter().any(|m: &String| m.ends_with(" 5")) {
+            let mut len = Vec::new();
+            r.read_until(b' ', &mut len).unwrap();
+            let n: usize = std::str::from_utf8(&len).unwrap().trim().parse().unwrap();
+            let mut msg = vec![0; n];
+            r.read_exact(&mut msg).unwrap();
+            let msg = String::from_utf8(msg).unwrap();
+            let msgid = msg.split(' ').nth(5).unwrap().to_owned();
+            let seq = msg
+                .split_once("seq=\"")
+                .and_then(|(_, rest)| rest.split('"').next())
+                .unwrap_or("-")
+                .to_owned();
+            seen.push(format!("{msgid} {seq}"));
+        }
+        shared.queue.lock().unwrap().stop = true;
+        shared.wake.notify_all();
+        thread.join().unwrap();
+        let st = shared.status_json(0, 2, 3);
+        let _ = std::fs::remove_file(&state_path);
+        (seen, st)
+    }
+
+    #[test]
+    fn events_dropped_from_the_queue_are_sent_from_the_trail_in_order() {
+        let (seen, st) = send_with_hole(|after, upto| Ok((after + 1..=upto).map(event).collect()));
+        assert_eq!(
+            seen,
+            [
+                "auth.whoami 1",
+                "auth.whoami 2",
+                "auth.whoami 3",
+                "auth.whoami 4",
+                "auth.whoami 5"
+            ]
+        );
+        assert_eq!(st["caught_up_from_trail"], 3, "{st}");
+        assert_eq!(st["gaps_reported"], 0, "{st}");
+    }
+
+    #[test]
+    fn a_hole_the_trail_cannot_fill_is_reported_as_a_gap() {
+        let (seen, st) = send_with_hole(|_, _| bail!("the vault is closed"));
+        assert_eq!(seen, ["auth.whoami 1", "audit.gap -", "auth.whoami 5"]);
+        assert_eq!(st["gaps_reported"], 1, "{st}");
+        assert_eq!(
+            st["last_gap"],
+            json!({ "first_missing_seq": 2, "last_missing_seq": 4 }),
+            "{st}"
+        );
+    }
 
     #[test]
     fn frames_are_octet_counted() {
