@@ -57,7 +57,10 @@ BEGIN
   IF verifier !~ '^SCRAM-SHA-256\$[0-9]+:[A-Za-z0-9+/=]+\$[A-Za-z0-9+/=]+:[A-Za-z0-9+/=]+$' THEN
     RAISE EXCEPTION 'not a SCRAM-SHA-256 verifier';
   END IF;
-  EXECUTE format('CREATE ROLE %I LOGIN PASSWORD %L IN ROLE pivault_vaults', role, verifier);
+  -- CONNECTION LIMIT: vault_core::keystore::postgres::ROLE_CONNECTION_LIMIT
+  -- (a vault works with 8, a purge adds one per member): a stolen
+  -- credential cannot take the connections every other vault needs.
+  EXECUTE format('CREATE ROLE %I LOGIN CONNECTION LIMIT 16 PASSWORD %L IN ROLE pivault_vaults', role, verifier);
 END
 $$;
 REVOKE ALL ON FUNCTION pivault_provision.create_vault_role(text, text) FROM PUBLIC;

@@ -629,6 +629,18 @@ enum UserCmd {
         #[arg(long)]
         revoke: bool,
     },
+    /// Set or clear a person's full name, which certificates print for the
+    /// operator, validator and contractor (admin).
+    Name {
+        /// Username.
+        name: String,
+        /// The full name, e.g. "Maria Santos".
+        #[arg(required_unless_present = "clear", conflicts_with = "clear")]
+        full_name: Option<String>,
+        /// Remove the full name (certificates print the username).
+        #[arg(long)]
+        clear: bool,
+    },
     /// Change a user's role.
     Role {
         /// Username.
@@ -1680,6 +1692,19 @@ fn cmd_user(cli: &Cli, out: &Out, vault: &Vault, s: &Session, c: &UserCmd) -> an
                 "user-change",
                 json!({ "user_id": id.to_string(), "locked": false }),
                 || format!("unlocked {name}"),
+            );
+        }
+        UserCmd::Name {
+            name, full_name, ..
+        } => {
+            let id = vault.set_full_name(s, name, full_name.as_deref())?;
+            out.data(
+                "user-change",
+                json!({ "user_id": id.to_string(), "full_name": full_name.as_deref().map(str::trim) }),
+                || match full_name {
+                    Some(n) => format!("{name}'s full name is now {}", n.trim()),
+                    None => format!("{name} has no full name: certificates print the username"),
+                },
             );
         }
         UserCmd::Role { name, role } => {

@@ -743,6 +743,20 @@ fn command(cli: &Cli, out: &Out, r: &Remote) -> anyhow::Result<u8> {
                     )
                 });
             }
+            UserCmd::Name {
+                name, full_name, ..
+            } => {
+                let v = r.call(
+                    "PUT",
+                    &format!("/v1/users/{}/full-name", url_part(name)),
+                    Some(json!({ "full_name": full_name })),
+                )?;
+                let shown = v["full_name"].as_str().map(str::to_owned);
+                out.data("user-change", v, || match shown {
+                    Some(n) => format!("{name}'s full name is now {n}"),
+                    None => format!("{name} has no full name: certificates print the username"),
+                });
+            }
             UserCmd::Role { name, role } => {
                 let v = r.call(
                     "PUT",

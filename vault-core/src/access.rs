@@ -381,6 +381,10 @@ pub(crate) struct UserRow {
     /// The second factor (REQ-AUTH-07), once enrolment began.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub totp: Option<TotpRow>,
+    /// The person's full name, as a certificate names its operator and
+    /// validator (NIST SP 800-88 App. G asks for names, not logins).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub full_name: Option<String>,
 }
 
 /// A user's TOTP second factor. The secret is sealed under a key only the
@@ -506,6 +510,8 @@ pub struct UserInfo {
     pub service: bool,
     /// The second factor's state.
     pub two_factor: TwoFactorState,
+    /// The person's full name, if set.
+    pub full_name: Option<String>,
 }
 
 impl UserRow {
@@ -528,7 +534,15 @@ impl UserRow {
             service: false,
             token_issued_to: None,
             totp: None,
+            full_name: None,
         }
+    }
+
+    /// How a certificate names the user: the full name, else the username.
+    pub fn display_name(&self) -> String {
+        self.full_name
+            .clone()
+            .unwrap_or_else(|| self.username.clone())
     }
 
     /// The user's two-factor state.
@@ -556,8 +570,24 @@ impl UserRow {
             locked_until_ms: self.locked_until_ms.filter(|&t| t > now_ms),
             service: self.service,
             two_factor: self.two_factor(),
+            full_name: self.full_name.clone(),
         })
     }
+}
+
+/// Longest full name a person may give (as long as a certificate's other
+/// party fields may be).
+pub const FULL_NAME_MAX_CHARS: usize = 200;
+
+/// Whether `name` (trimmed) may be a person's full name: not empty, at
+/// most [`FULL_NAME_MAX_CHARS`], no control or bidirectional characters.
+pub fn check_full_name(name: &str) -> Result<()> {
+    if name.trim().is_empty() {
+        return Err(Error::invalid(
+            "the full name is empty (to clear it, give none)",
+        ));
+    }
+    crate::audit::check_text("full name", name.trim(), FULL_NAME_MAX_CHARS)
 }
 
 /// Users' password hashing parameters: OWASP minimum (m=19 MiB, t=2, p=1).

@@ -1462,7 +1462,7 @@ impl Vault {
     fn user_display(&self, id: &str) -> Result<(String, String)> {
         let uid: UserId = id.parse()?;
         let row = self.user_row(uid)?.ok_or(Error::NotFound("user"))?;
-        Ok((row.username, row.role))
+        Ok((row.display_name(), row.role))
     }
 
     fn certificate_body(
@@ -2013,7 +2013,7 @@ impl Vault {
             // the draft form of the validated body; certificate.rs).
             let signed = cert.validated(
                 json!({
-                    "name": me.username, "title": title.unwrap_or(default_title), "user_id": s.user.to_string(),
+                    "name": me.display_name(), "title": title.unwrap_or(default_title), "user_id": s.user.to_string(),
                     "time": format_ms(self.now()),
                     "attestation": certificate::ATTESTATION,
                 }),

@@ -594,6 +594,35 @@ impl Vault {
         Ok(users)
     }
 
+    /// Sets or clears a person's full name (admin): certificates name their
+    /// operator, validator and contractor by it instead of by their login.
+    /// Only an admin names people, as only an admin makes accounts: a
+    /// person who could name themselves could sign a certificate in a
+    /// colleague's name. Audited as `user.name` with the user's ID; the
+    /// name itself stays out of the trail, like everything a person types.
+    pub fn set_full_name(
+        &self,
+        s: &Session,
+        username: &str,
+        full_name: Option<&str>,
+    ) -> Result<UserId> {
+        self.authorize(s, Some(Permission::ManageUsers))?;
+        let name = full_name.map(str::trim);
+        if let Err(e) = name.map_or(Ok(()), access::check_full_name) {
+            self.audit(Some(s.user), &s.ctx, "user.name", vec![], Err(&e), None)?;
+            return Err(e);
+        }
+        self.change_user_as(s, username, "user.name", |r| {
+            if r.service {
+                return Err(Error::invalid(
+                    "a service account is not a person and has no full name",
+                ));
+            }
+            r.full_name = name.map(str::to_owned);
+            Ok(())
+        })
+    }
+
     /// Gives a clerk the reveal grant or takes it away (admin or officer).
     /// Taking it away is immediate: the clerk's next reveal is refused.
     /// Giving it waits for an active officer other than the requester

@@ -162,6 +162,7 @@ pub fn user(u: &UserInfo) -> Value {
         "last_login": u.last_login_ms.map(format_ms), "locked_until": u.locked_until_ms.map(format_ms),
         "kind": if u.service { "service" } else { "person" },
         "two_factor": u.two_factor.as_str(),
+        "full_name": u.full_name,
     })
 }
 

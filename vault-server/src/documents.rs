@@ -311,6 +311,7 @@ const OPERATION_DOCUMENTS: &[(&str, &str)] = &[
     ("unlock_user", "user-change"),
     ("set_role", "user-change"),
     ("set_reveal_grant", "user-change"),
+    ("set_full_name", "user-change"),
     ("set_password", "password-change"),
     ("list_approvals", "request-list"),
     ("approve_request", "request-decision"),

@@ -175,6 +175,14 @@ pub struct RevealGrantReq {
     pub grant: bool,
 }
 
+/// A person's full name set or cleared.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FullNameReq {
+    /// The full name certificates print; `null` clears it (the username is printed).
+    pub full_name: Option<String>,
+}
+
 /// A role change.
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -917,6 +925,32 @@ async fn set_reveal_grant(
     ok(
         "user-change",
         json!({ "user_id": id.to_string(), "reveal": grant }),
+    )
+}
+
+/// Set or clear a person's full name, printed on the certificates they
+/// sign (admin).
+#[utoipa::path(put, path = "/v1/users/{name}/full-name", request_body = FullNameReq, tag = "users",
+    security(("bearer" = [])), params(("name" = String, Path, description = "username")),
+    responses((status = 200, body = Object), (status = 403, body = Problem), (status = 404, body = Problem),
+              (status = 422, body = Problem)))]
+async fn set_full_name(
+    State(app): State<Arc<App>>,
+    rc: RequestContext,
+    t: Bearer,
+    Path(name): Path<String>,
+    Body(req): Body<FullNameReq>,
+) -> Res {
+    let full = req.full_name;
+    let shown = full.as_deref().map(|n| n.trim().to_owned());
+    let id = app
+        .as_user(&rc, t, move |v, s| {
+            v.set_full_name(s, &name, full.as_deref())
+        })
+        .await?;
+    ok(
+        "user-change",
+        json!({ "user_id": id.to_string(), "full_name": shown }),
     )
 }
 
@@ -2626,7 +2660,7 @@ impl Modify for BearerScheme {
 #[openapi(
     info(title = "pivault API", description = "Encrypted personal-information records: store, read (masked), dispose of provably. Errors are RFC 9457 problem documents whose `code` matches the CLI's."),
     modifiers(&BearerScheme),
-    paths(login, logout, whoami, begin_enrolment, confirm_enrolment, reset_two_factor, show_two_factor_policy, set_two_factor_policy, list_users, add_user, add_service, list_services, rotate_service, revoke_service, disable_user, enable_user, unlock_user, set_role, set_reveal_grant,
+    paths(login, logout, whoami, begin_enrolment, confirm_enrolment, reset_two_factor, show_two_factor_policy, set_two_factor_policy, list_users, add_user, add_service, list_services, rotate_service, revoke_service, disable_user, enable_user, unlock_user, set_role, set_reveal_grant, set_full_name,
           set_password, list_approvals, approve_request, reject_request, list_collections, create_collection, update_collection, show_collection, put_record, list_records,
           get_record, reveal_record, find_records, reindex_collection, update_record, patch_record, record_history, import, resolve_subject, export_records, dispose, list_disposals,
           retry_disposal, show_retention, set_retention, show_retention_schedule, set_retention_schedule, retention_due, retention_run, list_holds, add_hold,
@@ -2673,6 +2707,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/users/{name}/unlock", post(unlock_user))
         .route("/v1/users/{name}/role", put(set_role))
         .route("/v1/users/{name}/reveal", put(set_reveal_grant))
+        .route("/v1/users/{name}/full-name", put(set_full_name))
         .route("/v1/users/{name}/password", put(set_password))
         .route("/v1/services", get(list_services).post(add_service))
         .route("/v1/services/{name}/rotate", post(rotate_service))

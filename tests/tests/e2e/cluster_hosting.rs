@@ -297,6 +297,7 @@ fn cluster_vaults_created_together_each_get_a_role_no_other_credential_reaches()
         "CREATE ROLE pvr_00000000000000000000 LOGIN".to_owned(),
         "SELECT pivault_provision.create_vault_role('pvr_00000000000000000001', 'x')".to_owned(),
         "SELECT pg_read_binary_file('global/pg_control')".to_owned(),
+        format!("ALTER ROLE {} CONNECTION LIMIT -1", cfg0.user),
     ] {
         assert_eq!(
             try_sql(&mut v0, &attack),
@@ -311,6 +312,55 @@ fn cluster_vaults_created_together_each_get_a_role_no_other_credential_reaches()
         provider::reachable_from(&cfg0, ids[0].parse().unwrap()).unwrap(),
         Vec::<String>::new()
     );
+
+    // Nor can they take the cluster's connections: the role's limit
+    // refuses the 17th on the primary (SQLSTATE 53300), while vault 1
+    // still connects and reads its keys.
+    let port: i32 = v0
+        .query_one("SELECT inet_server_port()", &[])
+        .unwrap()
+        .get(0);
+    let pw = std::fs::read_to_string(&cfg0.password_file).unwrap();
+    let connect = || {
+        postgres::Config::new()
+            .host("127.0.0.1")
+            .port(port as u16)
+            .user(&cfg0.user)
+            .password(pw.trim())
+            .dbname(&cfg0.database)
+            .connect(postgres::NoTls)
+    };
+    let mut hoard = vec![];
+    let refused = loop {
+        match connect() {
+            Ok(c) => hoard.push(c),
+            Err(e) => break e,
+        }
+        assert!(
+            hoard.len() <= 64,
+            "a stolen credential opened 64 connections"
+        );
+    };
+    assert_eq!(
+        refused.as_db_error().map(|d| d.code().code()),
+        Some("53300"),
+        "{refused}"
+    );
+    // With the one the test holds (a backend of a client that just left
+    // may still count for a moment).
+    let limit = vault_core::keystore::postgres::ROLE_CONNECTION_LIMIT;
+    assert!(
+        (limit - 3..=limit).contains(&(hoard.len() + 1)),
+        "{} connections held at the refusal, the limit is {limit}",
+        hoard.len() + 1
+    );
+    let mut v1 = provider::connect_primary(&cfg1).unwrap();
+    let theirs: i64 = v1
+        .query_one(&format!("SELECT count(*) FROM {s1}.buckets"), &[])
+        .unwrap()
+        .get(0);
+    assert!(theirs > 0, "vault 1 works beside the hoard");
+    drop(hoard);
 
     // The operator's credentials: no vault's keys, no vault's role.
     for attack in [

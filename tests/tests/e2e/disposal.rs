@@ -1575,6 +1575,163 @@ fn certificates_verify_offline_and_any_change_fails() {
     assert_ne!(r.code, 0, "validated twice: {}", r.stdout);
 }
 
+/// Certificates name people by the full name an admin gave them (the
+/// operator and the validator), with their user IDs; only an admin names
+/// people (an officer naming themselves could sign in a colleague's name),
+/// a deceptive name is refused and changes nothing, and no name reaches
+/// the audit trail.
+#[test]
+fn certificates_name_people_by_the_full_name_an_admin_gave_them() {
+    let v = CliVault::standard();
+    add_cli_user(&v, "officer2", "officer", OFFICER2_PASSWORD);
+    let name = |who: &str, user: &str, full: &str| {
+        v.run(Some(who), &["--json", "user", "name", user, full])
+    };
+    // The hostile insider: an officer names themselves, a clerk renames the officer.
+    for (who, user) in [
+        ("officer", "officer"),
+        ("clerk", "officer"),
+        ("officer", "officer2"),
+    ] {
+        let r = name(who, user, "Grace Hopper");
+        assert_eq!(
+            r.code, EXIT_DENIED,
+            "{who} named {user}: {}{}",
+            r.stdout, r.stderr
+        );
+    }
+    name("admin", "officer", "Maria Santos").ok();
+    let r = name("admin", "officer2", "  Dev Patel ");
+    r.ok();
+    assert_eq!(r.json()["full_name"], "Dev Patel", "{}", r.stdout);
+    // A name that would print reversed on the certificate is refused; the
+    // one given before stays.
+    let r = name("admin", "officer2", "Dev \u{202e}letaP");
+    assert_eq!(r.code, EXIT_INVALID_INPUT, "{}{}", r.stdout, r.stderr);
+    let r = v.run(Some("admin"), &["--json", "user", "list"]);
+    r.ok();
+    let users = r.json();
+    let full = |u: &str| -> Value {
+        users["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|i| i["username"] == u)
+            .map(|i| i["full_name"].clone())
+            .unwrap_or_else(|| panic!("{u} not listed: {users}"))
+    };
+    assert_eq!(full("officer"), "Maria Santos");
+    assert_eq!(full("officer2"), "Dev Patel");
+    assert_eq!(full("clerk"), Value::Null);
+    let id_of = |u: &str| {
+        users["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|i| i["username"] == u)
+            .map(|i| i["user_id"].clone())
+            .unwrap()
+    };
+
+    create_small_collection(&v, "leads");
+    let leads = [
+        json!({"subject": "L-1", "given_name": GIVEN[0], "family_name": FAMILY[0], "ssn": ssn(650)}),
+    ];
+    assert_eq!(import_lines(&v, "leads", "leads.jsonl", &leads), 1);
+    let r = v.run(
+        Some("officer"),
+        &[
+            "--json",
+            "dispose",
+            "query",
+            "--collection",
+            "leads",
+            "--before",
+            "2999-01-01",
+            "--yes",
+            "--data-owner",
+            "Example Retail LLC",
+        ],
+    );
+    r.ok();
+    let cert_id = r.json()["certificate_id"].as_str().unwrap().to_owned();
+    v.run(
+        Some("officer2"),
+        &["--json", "certificate", "validate", &cert_id],
+    )
+    .ok();
+    let file = v.input.join("named.json");
+    v.run(
+        Some("auditor"),
+        &[
+            "certificate",
+            "export",
+            &cert_id,
+            "--out",
+            file.to_str().unwrap(),
+        ],
+    )
+    .ok();
+    let cert = Certificate::parse(&fs::read_to_string(&file).unwrap()).unwrap();
+    assert_eq!(
+        cert.body["operator"]["name"], "Maria Santos",
+        "{}",
+        cert.body
+    );
+    assert_eq!(cert.body["operator"]["user_id"], id_of("officer"));
+    assert_eq!(cert.body["validator"]["name"], "Dev Patel", "{}", cert.body);
+    assert_eq!(cert.body["validator"]["user_id"], id_of("officer2"));
+    assert!(certificate::check_fields(&cert.body).is_empty());
+    // The printable certificate names them too.
+    let r = v.run(Some("auditor"), &["certificate", "render", &cert_id]);
+    r.ok();
+    assert!(r.stdout.contains("Maria Santos") && r.stdout.contains("Dev Patel"));
+
+    // Cleared: the username again; the issued certificate keeps its names.
+    v.run(
+        Some("admin"),
+        &["--json", "user", "name", "officer", "--clear"],
+    )
+    .ok();
+    let r = v.run(Some("officer"), &["--json", "whoami"]);
+    r.ok();
+    assert_eq!(r.json()["full_name"], Value::Null, "{}", r.stdout);
+    let r = v.run(
+        Some("auditor"),
+        &["--json", "certificate", "show", &cert_id],
+    );
+    r.ok();
+    assert!(r.stdout.contains("Maria Santos"), "{}", r.stdout);
+
+    // The trail: each naming audited with the user's ID, never the name.
+    let r = v.run(
+        Some("auditor"),
+        &["--json", "audit", "log", "--action", "user.name"],
+    );
+    r.ok();
+    let log = r.json();
+    let events = log["items"].as_array().unwrap();
+    let outcomes: Vec<&str> = events
+        .iter()
+        .map(|e| e["outcome"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        outcomes.iter().filter(|o| **o == "success").count(),
+        3,
+        "{log}"
+    );
+    assert_eq!(
+        outcomes.iter().filter(|o| **o != "success").count(),
+        1,
+        "{log}"
+    );
+    let r = v.run(Some("auditor"), &["--json", "audit", "log"]);
+    r.ok();
+    for n in ["Maria", "Santos", "Patel", "Grace Hopper"] {
+        assert!(!r.stdout.contains(n), "the trail holds {n:?}");
+    }
+}
+
 // =====================================================================================
 // 6. REQ-DISP-02: the contractor
 // =====================================================================================

@@ -610,9 +610,21 @@ fn a_contractor_disposes_through_the_progress_page_cosigns_offline_and_downloads
     ]);
     assert_ne!(refused.code, 0, "signed something that is no certificate");
     assert!(refused.stdout.is_empty());
-    b.clear("#signature");
-    b.type_into("#signature", sig);
-    b.press("Add my co-signature");
+    // Sent as a file: a forged one refused, then the real one as the 64
+    // raw bytes `openssl pkeyutl -sign` would write.
+    let forged_file = work.path().join("forged.sig");
+    std::fs::write(&forged_file, forged).unwrap();
+    b.type_into("#signature_file", forged_file.to_str().unwrap());
+    b.press("Add my co-signature from the file");
+    assert!(
+        b.text("#outcome").contains("does not verify"),
+        "{}",
+        b.source()
+    );
+    let sig_file = work.path().join(format!("certificate-{cert}.sig"));
+    std::fs::write(&sig_file, hex::decode(sig).unwrap()).unwrap();
+    b.type_into("#signature_file", sig_file.to_str().unwrap());
+    b.press("Add my co-signature from the file");
     assert!(b.text("#outcome").contains("added"), "{}", b.source());
     assert!(b.has("#cosigned"));
     b.check("cosign-done", &PI);

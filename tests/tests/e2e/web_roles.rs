@@ -205,11 +205,16 @@ fn an_admin_adds_disables_and_unlocks_users_and_a_disabled_users_open_page_fails
     a.check("users-add-refused", &[]);
     let pw = "Thistle-Harbour-Lantern-61";
     a.type_into("#new-password", pw);
+    a.type_into("#new-full-name", "Dora Maar");
     a.submit("main form[action='/ui/users'] button[type=submit]");
     let page = a.source();
     assert!(
         page.contains("User <strong>dora</strong> added as clerk"),
         "{page}"
+    );
+    assert!(
+        page.contains("Dora Maar"),
+        "the full name is listed: {page}"
     );
     a.check("users-added", &[]);
     let login = |user: &str, pw: &str| {
@@ -270,6 +275,44 @@ fn an_admin_adds_disables_and_unlocks_users_and_a_disabled_users_open_page_fails
             .any(|u| u["username"] == "dora" && u["role"] == "auditor"),
         "{users}"
     );
+    // The full name certificates print: set from the page, the API's
+    // `set_full_name`; an officer's token may not name anyone.
+    a.clear("#full-dora");
+    a.type_into("#full-dora", "Dora Markovitch");
+    a.press("Set the full name of dora");
+    assert!(
+        a.text("[role=status]")
+            .contains("dora is now named Dora Markovitch"),
+        "{}",
+        a.source()
+    );
+    let named = |who: &str| {
+        srv.call("GET", "/v1/users", Some(who), None).json()["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|u| u["username"] == "dora")
+            .map(|u| u["full_name"].clone())
+            .unwrap()
+    };
+    assert_eq!(named(&admin), "Dora Markovitch");
+    let officer = srv.token("officer");
+    let body = json!({ "full_name": "Someone Else" });
+    let r = srv.call(
+        "PUT",
+        "/v1/users/dora/full-name",
+        Some(&officer),
+        Some(&body),
+    );
+    assert_eq!(r.status, 403, "{r:?}");
+    let r = srv.call(
+        "PUT",
+        "/v1/users/dora/full-name",
+        Some(&admin),
+        Some(&json!({ "full_name": null })),
+    );
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(named(&admin), Value::Null);
     a.click("#role-dora option[value=clerk]");
     a.press("Change the role of dora");
     a.press("Unlock auditor");

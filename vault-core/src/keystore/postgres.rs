@@ -242,14 +242,56 @@ const PRIMARY_PATIENCE: Duration = Duration::from_secs(40);
 /// Switch-and-checkpoint rounds at most (2 are needed with `wal_keep_size=16MB`).
 const WAL_ROUNDS: usize = 5;
 
+/// Connections to the primary one vault uses at once for its reads and
+/// writes; more callers wait for one to come free. A hosted vault's role
+/// may hold [`ROLE_CONNECTION_LIMIT`] on each member
+/// (`scripts/keystore-cluster.sql`), which leaves room beyond these for a
+/// purge's connection to every member and doctor's checks; so a busy vault
+/// waits on itself instead of being refused, and a stolen credential
+/// cannot take the connections every other vault on the cluster needs.
+pub const WORKING_CONNECTIONS: usize = 8;
+
+/// The `CONNECTION LIMIT` of a hosted vault's role on each member (set by
+/// `pivault_provision.create_vault_role`).
+pub const ROLE_CONNECTION_LIMIT: usize = 16;
+
+/// Bounds the connections in use at once to [`WORKING_CONNECTIONS`].
+#[derive(Default)]
+struct Gate {
+    busy: Mutex<usize>,
+    freed: std::sync::Condvar,
+}
+
+/// One of the [`Gate`]'s places, given back on drop.
+struct Place<'a>(&'a Gate);
+
+impl Gate {
+    fn enter(&self) -> Place<'_> {
+        let mut busy = self.busy.lock().expect("gate lock");
+        while *busy >= WORKING_CONNECTIONS {
+            busy = self.freed.wait(busy).expect("gate lock");
+        }
+        *busy += 1;
+        Place(self)
+    }
+}
+
+impl Drop for Place<'_> {
+    fn drop(&mut self) {
+        *self.0.busy.lock().expect("gate lock") -= 1;
+        self.0.freed.notify_one();
+    }
+}
+
 /// The PostgreSQL keystore of one vault.
 pub struct PgKeys {
     cfg: PgConfig,
     password: SecretString,
     schema: String,
     buckets: u32,
-    /// Idle connections to the primary.
+    /// Idle connections to the primary (at most [`WORKING_CONNECTIONS`]).
     pool: Mutex<Vec<Client>>,
+    gate: Gate,
     control: Mutex<PurgeControl>,
 }
 
@@ -274,6 +316,7 @@ impl PgKeys {
             password,
             buckets,
             pool: Mutex::new(Vec::new()),
+            gate: Gate::default(),
             control: Mutex::new(PurgeControl::Full),
         };
         keys.with_primary(|c| keys.create_schema(c))?;
@@ -302,14 +345,13 @@ impl PgKeys {
     /// failover) is dropped and `f` retried once on the new primary: every
     /// write here is idempotent (upserts and deletes of whole rows).
     fn with_primary<T>(&self, f: impl Fn(&mut Client) -> Result<T>) -> Result<T> {
+        let _place = self.gate.enter();
         let mut attempt = 0;
         loop {
             let mut c = self.primary()?;
             match f(&mut c) {
                 Ok(v) => {
-                    if !c.is_closed() {
-                        self.pool.lock().expect("pool lock").push(c);
-                    }
+                    self.give_back(c);
                     return Ok(v);
                 }
                 Err(e) if attempt == 0 && (c.is_closed() || is_read_only(&e)) => {
@@ -319,6 +361,15 @@ impl PgKeys {
                 }
                 Err(e) => return Err(e),
             }
+        }
+    }
+
+    /// Puts a working connection back in the pool, unless it broke or the
+    /// pool is full.
+    fn give_back(&self, c: Client) {
+        let mut pool = self.pool.lock().expect("pool lock");
+        if !c.is_closed() && pool.len() < WORKING_CONNECTIONS {
+            pool.push(c);
         }
     }
 
@@ -576,7 +627,7 @@ impl PgKeys {
         }
         let blockers_left = blockers.len() as u64;
         residue.extend(blockers);
-        self.pool.lock().expect("pool lock").push(primary);
+        self.give_back(primary);
         Ok(PurgeEvidence {
             snapshots: blockers_left,
             live_versions_deks: 1,
@@ -1061,5 +1112,39 @@ fn bucket_of_key(t: Table, k: &[u8]) -> i32 {
         u32::from_be_bytes(k[..4].try_into().expect("4 bytes")) as i32
     } else {
         0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// Many callers at once: never more than [`WORKING_CONNECTIONS`] inside,
+    /// every caller gets in, and the places all come back.
+    #[test]
+    fn the_gate_lets_at_most_the_working_connections_in_at_once() {
+        let gate = Gate::default();
+        let (inside, most) = (AtomicUsize::new(0), AtomicUsize::new(0));
+        let done = AtomicUsize::new(0);
+        std::thread::scope(|s| {
+            for _ in 0..4 * WORKING_CONNECTIONS {
+                s.spawn(|| {
+                    for _ in 0..20 {
+                        let _place = gate.enter();
+                        let now = inside.fetch_add(1, Ordering::SeqCst) + 1;
+                        most.fetch_max(now, Ordering::SeqCst);
+                        std::thread::sleep(Duration::from_micros(200));
+                        inside.fetch_sub(1, Ordering::SeqCst);
+                    }
+                    done.fetch_add(1, Ordering::SeqCst);
+                });
+            }
+        });
+        assert_eq!(done.load(Ordering::SeqCst), 4 * WORKING_CONNECTIONS);
+        let most = most.load(Ordering::SeqCst);
+        assert!(most <= WORKING_CONNECTIONS, "{most} inside at once");
+        assert!(most > 1, "the callers never overlapped: {most}");
+        assert_eq!(*gate.busy.lock().unwrap(), 0);
     }
 }

@@ -1,6 +1,7 @@
-//! The admin's pages: the users (role, state, lock-out, second factor),
-//! adding one with a role and an initial password, disabling, enabling,
-//! unlocking and changing a role. Each action is the API's `Vault` call; a disabled user's open
+//! The admin's pages: the users (full name, role, state, lock-out, second
+//! factor), adding one with a role and an initial password, disabling,
+//! enabling, unlocking, changing a role and setting the full name that
+//! certificates print. Each action is the API's `Vault` call; a disabled user's open
 //! pages fail their next request (the core revokes their sessions).
 
 use std::sync::Arc;
@@ -32,6 +33,7 @@ const ROLES: [&str; 5] = ["clerk", "officer", "auditor", "contractor", "admin"];
 #[derive(Default)]
 struct Typed<'a> {
     username: &'a str,
+    full_name: &'a str,
     role: &'a str,
     reveal: bool,
 }
@@ -77,9 +79,22 @@ fn user_list(who: &Signed, users: &[UserInfo]) -> String {
                  <button type=\"submit\" class=\"secondary\">Change the role of {name}</button></form>",
                 csrf = esc(&who.csrf),
             ));
+            let full = u.full_name.as_deref().unwrap_or("");
+            actions.push(format!(
+                "<form method=\"post\" action=\"/ui/users/action\" class=\"role\">\
+                 <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
+                 <input type=\"hidden\" name=\"username\" value=\"{name}\">\
+                 <input type=\"hidden\" name=\"action\" value=\"name\">\
+                 <label for=\"full-{name}\">Full name of {name}</label>\
+                 <input id=\"full-{name}\" name=\"full_name\" autocomplete=\"off\" value=\"{full}\">\
+                 <button type=\"submit\" class=\"secondary\">Set the full name of {name}</button></form>",
+                csrf = esc(&who.csrf),
+                full = esc(full),
+            ));
             format!(
-                "<li><h3>{name}</h3><dl><dt>Role</dt><dd>{role}{reveal}</dd><dt>State</dt><dd>{state}</dd>\
+                "<li><h3>{name}</h3><dl><dt>Full name</dt><dd>{shown}</dd><dt>Role</dt><dd>{role}{reveal}</dd><dt>State</dt><dd>{state}</dd>\
                  <dt>Two-factor</dt><dd>{tf}</dd><dt>Last sign-in</dt><dd>{last}</dd></dl><div class=\"actions\">{actions}</div></li>",
+                shown = if full.is_empty() { "(not set: certificates print the username)".to_owned() } else { esc(full) },
                 role = esc(u.role.as_str()),
                 reveal = if u.reveal_grant && u.role == Role::Clerk { " (may reveal)" } else { "" },
                 state = match (disabled, u.locked_until_ms) {
@@ -131,6 +146,9 @@ fn add_form(who: &Signed, typed: &Typed<'_>, error: Option<(&str, &str)>) -> Str
          <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
          <label for=\"new-username\">Username</label>{un}\
          <input id=\"new-username\" name=\"username\" autocomplete=\"off\" spellcheck=\"false\" value=\"{user}\"{ub}>\
+         <label for=\"new-full-name\">Full name</label>\
+         <p class=\"hint\" id=\"h-new-full-name\">Optional. Certificates the user signs print it instead of the username. For a user who waits for a second officer&#39;s approval, set it in the list below once they are approved.</p>{fn_}\
+         <input id=\"new-full-name\" name=\"full_name\" autocomplete=\"off\" aria-describedby=\"h-new-full-name\" value=\"{full}\"{fb}>\
          <label for=\"new-role\">Role</label>{rn}<select id=\"new-role\" name=\"role\"{rb}>{roles}</select>\
          <label for=\"new-password\">Initial password</label>\
          <p class=\"hint\" id=\"h-new-password\">At least 12 characters, not a common one. Give it to the user in person; they sign in with it.</p>{pn}\
@@ -141,6 +159,9 @@ fn add_form(who: &Signed, typed: &Typed<'_>, error: Option<(&str, &str)>) -> Str
         un = note("username"),
         ub = bad("username"),
         user = esc(typed.username),
+        fn_ = note("full_name"),
+        fb = bad("full_name"),
+        full = esc(typed.full_name),
         rn = note("role"),
         rb = bad("role"),
         pn = note("password"),
@@ -210,6 +231,8 @@ struct AddForm {
     password: String,
     #[serde(default)]
     reveal: Option<String>,
+    #[serde(default)]
+    full_name: String,
 }
 
 /// Adds a user through `Vault::add_user` (the admin's permission, the
@@ -226,6 +249,7 @@ async fn add_user(
     };
     let typed = Typed {
         username: f.username.trim(),
+        full_name: f.full_name.trim(),
         role: &f.role,
         reveal: f.reveal.is_some(),
     };
@@ -250,9 +274,28 @@ async fn add_user(
         SecretString::new(f.password.clone()),
         typed.reveal,
     );
+    let full = Some(typed.full_name.to_owned()).filter(|n| !n.is_empty());
+    if let Some(n) = &full
+        && let Err(e) = vault_core::access::check_full_name(n)
+    {
+        return render(
+            &app,
+            &rc,
+            &who,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "",
+            &typed,
+            Some(("full_name", &e.to_string())),
+        )
+        .await;
+    }
     let r = app
         .as_user_long(&rc, who.bearer(), move |v, s| {
-            v.add_user(s, &name, &pw, role, reveal)
+            let id = v.add_user(s, &name, &pw, role, reveal)?;
+            if let Some(n) = &full {
+                v.set_full_name(s, &name, Some(n))?;
+            }
+            Ok(id)
         })
         .await;
     match r {
@@ -297,6 +340,8 @@ struct ActionForm {
     action: String,
     #[serde(default)]
     role: String,
+    #[serde(default)]
+    full_name: String,
 }
 
 /// Disables, enables or unlocks a user (`Vault::disable_user`, ...).
@@ -312,14 +357,16 @@ async fn user_action(
     };
     let name = f.username.clone();
     let (act, role) = (f.action.clone(), f.role.clone());
+    let full = Some(f.full_name.trim().to_owned()).filter(|n| !n.is_empty());
     let r = app
         .as_user(&rc, who.bearer(), move |v, s| match act.as_str() {
             "disable" => v.disable_user(s, &name),
             "enable" => v.enable_user(s, &name),
             "unlock" => v.unlock_user(s, &name),
             "role" => v.set_role(s, &name, Role::parse(&role)?),
+            "name" => v.set_full_name(s, &name, full.as_deref()),
             _ => Err(vault_core::Error::InvalidInput(
-                "the action is disable, enable, unlock or role".into(),
+                "the action is disable, enable, unlock, role or name".into(),
             )),
         })
         .await;
@@ -335,6 +382,13 @@ async fn user_action(
                 "enable" => "enabled again",
                 "role" => {
                     role_done = format!("is now {}", esc(&f.role));
+                    role_done.as_str()
+                }
+                "name" if f.full_name.trim().is_empty() => {
+                    "has no full name now: certificates print the username"
+                }
+                "name" => {
+                    role_done = format!("is now named {}", esc(f.full_name.trim()));
                     role_done.as_str()
                 }
                 _ => "unlocked",

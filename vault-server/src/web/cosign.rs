@@ -4,9 +4,11 @@
 //! batches), the page offers the exact bytes to sign (the certificate's
 //! signed message, as `pivault certificate payload` writes it) as a
 //! download, the command that signs them on the contractor's machine
-//! (`pivault certificate sign-payload`), and a form for the signature,
-//! which `Vault::cosign_certificate` checks against the key registered for
-//! the contractor (as `POST /v1/certificates/{id}/cosign`). Then the PDF.
+//! (`pivault certificate sign-payload`), and two forms for the signature
+//! (pasted, or its file uploaded: the text `sign-payload` prints, or the
+//! 64 raw bytes `openssl pkeyutl -sign` writes), which
+//! `Vault::cosign_certificate` checks against the key registered for the
+//! contractor (as `POST /v1/certificates/{id}/cosign`). Then the PDF.
 
 use std::sync::Arc;
 
@@ -27,6 +29,7 @@ pub(super) fn router() -> Router<Arc<App>> {
     Router::new()
         .route("/ui/cosign", get(list))
         .route("/ui/cosign/{id}", get(one).post(upload))
+        .route("/ui/cosign/{id}/file", axum::routing::post(upload_file))
         .route("/ui/cosign/{id}/payload", get(payload))
 }
 
@@ -182,7 +185,14 @@ fn cosign_body(
          <label for=\"signature\">Signature (hexadecimal, or base64)</label>\
          <textarea id=\"signature\" name=\"signature\" rows=\"3\" spellcheck=\"false\" aria-describedby=\"h-signature\"></textarea>\
          <p class=\"hint\" id=\"h-signature\">The vault checks it against the key registered for you before it adds it.</p>\
-         <button type=\"submit\">Add my co-signature</button></form>{files}",
+         <button type=\"submit\">Add my co-signature</button></form>\
+         <form id=\"signature-upload\" method=\"post\" action=\"/ui/cosign/{id}/file\" enctype=\"multipart/form-data\">\
+         <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
+         <label for=\"signature_file\">Or the signature's file</label>\
+         <input id=\"signature_file\" name=\"signature_file\" type=\"file\" aria-describedby=\"h-signature-file\">\
+         <p class=\"hint\" id=\"h-signature-file\">What <code>sign-payload</code> printed, saved to a file, or the 64 bytes \
+         <code>openssl pkeyutl -sign</code> writes.</p>\
+         <button type=\"submit\">Add my co-signature from the file</button></form>{files}",
         csrf = esc(&who.csrf),
     )
 }
@@ -270,6 +280,15 @@ struct SignatureForm {
     signature: String,
 }
 
+/// A signature's file: 64 raw bytes (`openssl pkeyutl -sign`), or text as
+/// pasted (a text signature is never 64 bytes long: 128 hex digits, 88
+/// base64 characters).
+fn signature_of_file(data: &[u8]) -> Option<[u8; 64]> {
+    <[u8; 64]>::try_from(data)
+        .ok()
+        .or_else(|| parse_signature(std::str::from_utf8(data).ok()?))
+}
+
 /// Adds the pasted co-signature (`Vault::cosign_certificate`, which checks
 /// it over the certificate with the contractor's registered key).
 async fn upload(
@@ -283,18 +302,59 @@ async fn upload(
         Ok(who) => who,
         Err(refused) => return refused,
     };
-    let Ok(id) = id.parse::<CertificateId>() else {
-        return not_an_id(&who);
+    add_signature(&app, &rc, &who, id, parse_signature(&f.signature)).await
+}
+
+/// Adds the co-signature from an uploaded file (`multipart/form-data`,
+/// the session's CSRF token as a field), as [`upload`] does a pasted one.
+async fn upload_file(
+    State(app): State<Arc<App>>,
+    rc: RequestContext,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: axum::body::Bytes,
+) -> Response {
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    let parts = super::import::boundary(content_type)
+        .and_then(|b| super::import::parts(&body, &b))
+        .unwrap_or_default();
+    let field = |name: &str| parts.iter().find(|p| p.name == name).map(|p| p.data);
+    let csrf = field("csrf")
+        .and_then(|d| std::str::from_utf8(d).ok())
+        .unwrap_or_default();
+    let who = match form_session(&app, &rc, &headers, csrf).await {
+        Ok(who) => who,
+        Err(refused) => return refused,
     };
-    let (status, top) = match parse_signature(&f.signature) {
+    let sig = field("signature_file").and_then(signature_of_file);
+    add_signature(&app, &rc, &who, id, sig).await
+}
+
+/// Checks and adds a co-signature, then shows the certificate's page with
+/// the outcome on top.
+async fn add_signature(
+    app: &Arc<App>,
+    rc: &RequestContext,
+    who: &Signed,
+    id: String,
+    sig: Option<[u8; 64]>,
+) -> Response {
+    let Ok(id) = id.parse::<CertificateId>() else {
+        return not_an_id(who);
+    };
+    let (status, top) = match sig {
         None => (
             StatusCode::UNPROCESSABLE_ENTITY,
             "<p role=\"alert\" class=\"error\">Not added: a signature is 128 hexadecimal digits (what \
-             <code>pivault certificate sign-payload</code> prints) or 64 bytes in base64. Paste it again.</p>"
+             <code>pivault certificate sign-payload</code> prints), 64 bytes in base64, or a file of 64 raw \
+             bytes. Paste it or choose the file again.</p>"
                 .to_owned(),
         ),
         Some(sig) => match app
-            .as_user(&rc, who.bearer(), move |v, s| {
+            .as_user(rc, who.bearer(), move |v, s| {
                 v.cosign_certificate(s, id, &sig).map(|_| ())
             })
             .await
@@ -313,20 +373,33 @@ async fn upload(
             ),
         },
     };
-    match own_certificate(&app, &rc, &who, id).await {
+    match own_certificate(app, rc, who, id).await {
         Ok((cert, ours)) => page(
             status,
             "Co-sign a certificate",
-            Some(&who),
-            &cosign_body(&who, id, &cert, ours, &top),
+            Some(who),
+            &cosign_body(who, id, &cert, ours, &top),
         ),
-        Err(e) => error_page(&who, &e),
+        Err(e) => error_page(who, &e),
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::parse_signature;
+    use super::{parse_signature, signature_of_file};
+
+    #[test]
+    fn a_signature_file_is_raw_bytes_or_text() {
+        let sig = [0xa5u8; 64];
+        assert_eq!(signature_of_file(&sig), Some(sig));
+        let text = format!("{}\n", hex::encode(sig));
+        assert_eq!(signature_of_file(text.as_bytes()), Some(sig));
+        // 64 bytes are taken raw, even printable ones.
+        let printable = [b'a'; 64];
+        assert_eq!(signature_of_file(&printable), Some(printable));
+        assert_eq!(signature_of_file(&sig[..63]), None);
+        assert_eq!(signature_of_file(b""), None);
+    }
 
     #[test]
     fn a_signature_is_pasted_as_hex_or_base64() {
