@@ -96,6 +96,7 @@ pub(crate) fn is_refusal(code: &str) -> bool {
             | "legal_hold"
             | "no_officer"
             | "disposal_in_progress"
+            | "preview_stale"
             | "rotation_blocked"
             | "rate_limited"
             | "too_large"

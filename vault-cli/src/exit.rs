@@ -93,6 +93,7 @@ pub fn for_code(code: &str) -> u8 {
         | "already_exists"
         | "legal_hold"
         | "disposal_in_progress"
+        | "preview_stale"
         | "rotation_blocked" => POLICY,
         "disposal_failed" => DISPOSAL_FAILED,
         _ => INTERNAL,

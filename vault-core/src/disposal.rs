@@ -69,6 +69,22 @@ pub struct DisposalParties {
     pub contractor_certification: Option<String>,
 }
 
+/// The fingerprint of the records a disposal destroys (SHA-256 over the
+/// sorted record IDs, hex): what a preview showed, for
+/// [`Vault::dispose_as_previewed`]. Not a secret: a check that the
+/// confirmation destroys what was previewed.
+pub fn plan_fingerprint(records: &mut dyn Iterator<Item = RecordId>) -> String {
+    use sha2::Digest;
+    let mut ids: Vec<[u8; 16]> = records.map(|r| *r.as_bytes()).collect();
+    ids.sort_unstable();
+    let mut h = sha2::Sha256::new();
+    h.update(b"pivault-disposal-plan/1");
+    for id in &ids {
+        h.update(id);
+    }
+    hex::encode(h.finalize())
+}
+
 /// A disposal request.
 #[derive(Clone, Debug)]
 pub struct DisposalRequest {
@@ -767,7 +783,30 @@ impl Vault {
         } else {
             self.authorize(s, Some(Permission::Dispose))?;
         }
-        self.dispose_authorized(s, req)
+        self.dispose_authorized(s, req, None)
+    }
+
+    /// [`Vault::dispose`] of what a preview showed: refused with
+    /// [`Error::PreviewStale`], before anything is deleted, unless the
+    /// records it would destroy, as found under the batch lock, are exactly
+    /// those whose [`plan_fingerprint`] is `previewed` (a dry run's
+    /// records). A record added to the scope since the preview (a scope
+    /// "up to now" grows), held or disposed of (by another tab confirming
+    /// the same preview) makes the confirmation refuse instead of destroying
+    /// what nobody previewed.
+    pub fn dispose_as_previewed(
+        &self,
+        s: &Session,
+        req: &DisposalRequest,
+        previewed: &str,
+    ) -> Result<DisposalOutcome> {
+        if req.dry_run {
+            return Err(Error::invalid(
+                "a preview is confirmed by a disposal, not a dry run",
+            ));
+        }
+        self.authorize(s, Some(Permission::Dispose))?;
+        self.dispose_authorized(s, req, Some(previewed))
     }
 
     /// [`Vault::dispose`] once the authority is established: by the
@@ -778,6 +817,7 @@ impl Vault {
         &self,
         s: &Session,
         req: &DisposalRequest,
+        previewed: Option<&str>,
     ) -> Result<DisposalOutcome> {
         let started = std::time::Instant::now();
         let scope_target = match &req.scope {
@@ -812,6 +852,12 @@ impl Vault {
             return refuse(Error::invalid(
                 "a contractor certification needs the contractor: --contractor-org, or the contractor runs the disposal",
             ));
+        }
+        let stale = |ids: &mut dyn Iterator<Item = RecordId>| {
+            previewed.is_some_and(|p| p != plan_fingerprint(ids))
+        };
+        if stale(&mut rows.iter().map(|(id, _)| *id)) {
+            return refuse(Error::PreviewStale);
         }
         if req.dry_run || rows.is_empty() {
             return self.disposal_without_batch(s, req, &scope_target, &rows, &excluded);
@@ -852,6 +898,9 @@ impl Vault {
                 && !excluded.is_empty()
             {
                 return Err(Error::LegalHold);
+            }
+            if stale(&mut kept.iter().map(|(id, _)| *id)) {
+                return Err(Error::PreviewStale);
             }
             let ids: HashSet<RecordId> = kept.iter().map(|(id, _)| *id).collect();
             let epoch = self.epoch.read().expect("epoch lock");

@@ -71,6 +71,10 @@ pub enum Error {
     /// The record is named by a disposal batch that has not finished: it
     /// can be neither read nor changed, and a hold on it comes too late.
     DisposalInProgress,
+    /// A disposal confirmed from a preview would destroy other records than
+    /// the preview showed (one was added to the scope, held or disposed
+    /// since): nothing was done.
+    PreviewStale,
     /// A bucket rotation would fail because a surviving data key in a
     /// touched bucket cannot be unwrapped; nothing was deleted. The message
     /// names the record and key version (IDs only).
@@ -140,6 +144,7 @@ impl Error {
             Error::WrongPassphrase => "wrong_passphrase",
             Error::Integrity(_) => "integrity",
             Error::DisposalInProgress => "disposal_in_progress",
+            Error::PreviewStale => "preview_stale",
             Error::RotationBlocked(_) => "rotation_blocked",
             Error::ImportIncomplete { .. } => "import_incomplete",
             Error::WritesFenced => "writes_fenced",
@@ -204,6 +209,9 @@ impl fmt::Display for Error {
             Error::DisposalFailed(m) => write!(f, "disposal verification failed, no certificate issued: {m}"),
             Error::WrongPassphrase => f.write_str("the vault passphrase or key file does not open this vault"),
             Error::Integrity(what) => write!(f, "integrity check failed: {what} is tampered or corrupt"),
+            Error::PreviewStale => f.write_str(
+                "the records in scope changed since the preview (one was added, held or disposed of): nothing was disposed; preview again",
+            ),
             Error::DisposalInProgress => f.write_str(
                 "the record is in a disposal batch that has not finished; see `pivault disposal list` (it resumes on the next open or with `pivault disposal retry`)",
             ),

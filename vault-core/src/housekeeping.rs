@@ -159,6 +159,7 @@ impl Vault {
                     },
                     dry_run: false,
                 },
+                None,
             )
         })();
         let targets = match &r {

@@ -74,7 +74,7 @@ pub use custodian::{PassphraseChange, custodian_context};
 pub use disposal::{
     CertificateSummary, ContractorInfo, ContractorScope, DisposalOutcome, DisposalParties,
     DisposalRequest, DisposalScope, DisposalSummary, Hold, RetentionPolicy,
-    STEPS as DISPOSAL_STEPS,
+    STEPS as DISPOSAL_STEPS, plan_fingerprint,
 };
 pub use export::{EXPORT_FORMAT, ExportOutcome, ExportRecipient, ExportRequest, ExportScope};
 pub use housekeeping::{MAX_SCHEDULE_HOURS, RetentionSchedule};

@@ -228,6 +228,7 @@ impl From<Error> for ApiError {
             | Error::NoOfficer
             | Error::ApprovalRequired { .. }
             | Error::DisposalInProgress
+            | Error::PreviewStale
             | Error::RotationBlocked(_) => StatusCode::CONFLICT,
             Error::ImportIncomplete { .. } => StatusCode::INTERNAL_SERVER_ERROR,
             Error::Disposed { .. } => StatusCode::GONE,

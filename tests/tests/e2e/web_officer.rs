@@ -683,3 +683,185 @@ fn a_contractor_disposes_through_the_progress_page_cosigns_offline_and_downloads
     );
     assert_eq!(status, 403);
 }
+
+/// The `Location` of a 303, or the page's title.
+fn where_to(srv: &Server, cookie: &str, form: &str) -> Result<String, (u16, String)> {
+    let (status, headers, html) = srv.raw_with(
+        "POST",
+        "/ui/disposals",
+        &[("cookie", cookie), ("sec-fetch-site", "same-origin")],
+        Some((form.as_bytes(), "application/x-www-form-urlencoded")),
+    );
+    headers
+        .iter()
+        .find(|(k, _)| k == "location")
+        .filter(|_| status == 303)
+        .map(|(_, v)| v.clone())
+        .ok_or((status, html))
+}
+
+/// Follows a disposal job's page until it ends: its title and page.
+fn job_end(srv: &Server, cookie: &str, path: &str) -> (String, String) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        // A job that ended "not done" answers with its error's status.
+        let (_, _, html) = srv.raw_with("GET", path, &[("cookie", cookie)], None);
+        let title = html
+            .split("<title>")
+            .nth(1)
+            .and_then(|t| t.split("</title>").next())
+            .unwrap_or_default()
+            .to_owned();
+        if title.starts_with("Disposal done") || title.starts_with("Disposal not done") {
+            return (title, html);
+        }
+        assert!(title.starts_with("Disposal"), "{path}: {html}");
+        assert!(Instant::now() < deadline, "{path} did not end");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The previewed plan's fingerprint, from the preview page's confirm form.
+fn plan_of(html: &str) -> String {
+    html.split("name=\"plan\" value=\"")
+        .nth(1)
+        .and_then(|s| s.split('"').next())
+        .unwrap_or_else(|| panic!("no plan in the preview: {html}"))
+        .to_owned()
+}
+
+/// A confirmed disposal destroys what its preview showed, never more, and
+/// once: a record a clerk adds to the scope after the preview makes the
+/// confirmation end "not done" with nothing destroyed; two officers (and a
+/// second tab of one of them) confirming previews of the same records at
+/// once give one disposal and one certificate, the others told their
+/// preview is stale or their own job still runs.
+#[test]
+fn a_confirmed_disposal_destroys_what_its_preview_showed_once_even_from_racing_tabs() {
+    let (srv, ids) = server_with(4);
+    let officer_t = srv.token("officer");
+    let clerk_t = srv.token("clerk");
+    let officer2 = {
+        let form = format!("username={OFFICER2}&password={OFFICER2_PASSWORD}");
+        let (status, headers, _) = srv.raw_with(
+            "POST",
+            "/ui/sign-in",
+            &[("sec-fetch-site", "same-origin")],
+            Some((form.as_bytes(), "application/x-www-form-urlencoded")),
+        );
+        assert_eq!(status, 303);
+        headers
+            .iter()
+            .find(|(k, _)| k == "set-cookie")
+            .map(|(_, v)| v.split(';').next().unwrap().to_owned())
+            .expect("a session cookie")
+    };
+    let cookies = [cookie_of(&srv, "officer"), officer2];
+    let scope = "scope=collection&target=counter&before=&data_owner=Counter+Shop";
+    let preview = |cookie: &str| {
+        let form = format!("csrf={}&step=preview&{scope}", csrf_of(cookie));
+        let (status, html) = post_form(&srv, cookie, "/ui/disposals", &form);
+        assert_eq!(status, 200, "{html}");
+        html
+    };
+    let confirm_form = |cookie: &str, plan: &str| {
+        format!(
+            "csrf={}&step=confirm&confirm=1&plan={plan}&{scope}",
+            csrf_of(cookie)
+        )
+    };
+    let live = || {
+        ids.iter()
+            .filter(|id| {
+                srv.call("GET", &format!("/v1/records/{id}"), Some(&officer_t), None)
+                    .status
+                    == 200
+            })
+            .count()
+    };
+
+    // The scope grows after the preview: refused, nothing destroyed.
+    let html = preview(&cookies[0]);
+    assert!(html.contains("id=\"count-records\">4<"), "{html}");
+    let plan = plan_of(&html);
+    let added = srv.call(
+        "POST",
+        "/v1/records",
+        Some(&clerk_t),
+        Some(&json!({ "collection": "counter", "data": { "given_name": "Late", "family_name": "Arrival" } })),
+    );
+    assert_eq!(added.status, 201, "{added:?}");
+    let late = added.json()["record_id"].as_str().unwrap().to_owned();
+    let job = where_to(&srv, &cookies[0], &confirm_form(&cookies[0], &plan)).expect("a job");
+    let (title, page) = job_end(&srv, &cookies[0], &job);
+    assert!(title.starts_with("Disposal not done"), "{title}: {page}");
+    assert!(page.contains("changed since the preview"), "{page}");
+    assert_eq!(live(), 4, "a record was destroyed from a stale preview");
+    let late_read = srv.call(
+        "GET",
+        &format!("/v1/records/{late}"),
+        Some(&officer_t),
+        None,
+    );
+    assert_eq!(late_read.status, 200, "{late_read:?}");
+    // A confirmation without a preview's fingerprint is refused the same way.
+    let job = where_to(&srv, &cookies[0], &confirm_form(&cookies[0], "")).expect("a job");
+    assert!(
+        job_end(&srv, &cookies[0], &job)
+            .1
+            .contains("changed since the preview")
+    );
+    assert_eq!(live(), 4);
+
+    // Both officers preview the five records, then three confirmations race.
+    let plans: Vec<String> = cookies.iter().map(|c| plan_of(&preview(c))).collect();
+    assert_eq!(plans[0], plans[1], "one scope, one plan");
+    let racers = [&cookies[0], &cookies[1], &cookies[0]];
+    let barrier = std::sync::Barrier::new(racers.len());
+    let ends: Vec<Result<(String, String), (u16, String)>> = std::thread::scope(|sc| {
+        let hs: Vec<_> = racers
+            .iter()
+            .zip([&plans[0], &plans[1], &plans[0]])
+            .map(|(cookie, plan)| {
+                let (barrier, srv) = (&barrier, &srv);
+                let form = confirm_form(cookie, plan);
+                sc.spawn(move || {
+                    barrier.wait();
+                    where_to(srv, cookie, &form).map(|job| job_end(srv, cookie, &job))
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let done = ends
+        .iter()
+        .filter(|e| matches!(e, Ok((t, _)) if t.starts_with("Disposal done")))
+        .count();
+    assert_eq!(done, 1, "{ends:?}");
+    for e in &ends {
+        match e {
+            Ok((t, _)) if t.starts_with("Disposal done") => {}
+            Ok((_, page)) => assert!(page.contains("changed since the preview"), "{page}"),
+            Err((status, page)) => {
+                assert_eq!(*status, 409, "{page}");
+                assert!(page.contains("still running"), "{page}");
+            }
+        }
+    }
+    assert_eq!(live(), 0, "the previewed records are destroyed");
+    let late_read = srv.call(
+        "GET",
+        &format!("/v1/records/{late}"),
+        Some(&officer_t),
+        None,
+    );
+    assert_eq!(late_read.status, 410, "{late_read:?}");
+    let certs = srv
+        .call("GET", "/v1/certificates", Some(&officer_t), None)
+        .json();
+    assert_eq!(
+        certs["items"].as_array().map(Vec::len),
+        Some(1),
+        "one disposal, one certificate: {certs}"
+    );
+}

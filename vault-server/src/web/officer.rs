@@ -418,6 +418,10 @@ struct DisposalForm {
     data_owner: String,
     #[serde(default)]
     confirm: Option<String>,
+    /// The preview's fingerprint (`vault_core::vault::plan_fingerprint`):
+    /// the confirmation destroys exactly what the preview showed.
+    #[serde(default)]
+    plan: String,
 }
 
 impl DisposalForm {
@@ -581,7 +585,7 @@ async fn disposal_step(
         let f2 = f.clone();
         return super::progress::start(&app, &rc, &who, move |v, s| {
             let req = f2.request(v, false)?;
-            v.dispose(s, &req)
+            v.dispose_as_previewed(s, &req, &f2.plan)
         });
     }
     let f2 = f.clone();
@@ -615,10 +619,12 @@ async fn disposal_step(
     } else {
         format!(
             "<form method=\"post\" action=\"/ui/disposals\">{hidden}<input type=\"hidden\" name=\"step\" value=\"confirm\">\
+             <input type=\"hidden\" name=\"plan\" value=\"{plan}\">\
              <label class=\"check\"><input type=\"checkbox\" name=\"confirm\" value=\"1\" required> \
              Destroy these {n} record(s) for good: their keys are deleted and they can never be read again.</label>\
              <button type=\"submit\" class=\"danger\">Dispose of {n} record(s)</button></form>",
             hidden = f.hidden(&who),
+            plan = vault_core::vault::plan_fingerprint(&mut o.records.iter().copied()),
             n = o.records.len()
         )
     };
