@@ -69,12 +69,15 @@ fn run_disposal(
 ) -> anyhow::Result<u8> {
     confirm(opts, what)?;
     let started_ms = jiff::Timestamp::now().as_millisecond();
-    let o = vault
-        .dispose(s, &request(scope, opts))
-        .map_err(|e| match e {
-            e if opts.dry_run || is_refusal(e.code()) => anyhow::Error::from(e),
-            e => with_resume_hint(vault, s, started_ms, e),
-        })?;
+    let req = request(scope, opts);
+    let o = match &opts.plan {
+        Some(plan) => vault.dispose_as_previewed(s, &req, plan),
+        None => vault.dispose(s, &req),
+    }
+    .map_err(|e| match e {
+        e if opts.dry_run || is_refusal(e.code()) => anyhow::Error::from(e),
+        e => with_resume_hint(vault, s, started_ms, e),
+    })?;
     let v = outcome_json(&o, opts.dry_run);
     out.data("disposal-outcome", v.clone(), || output::outcome_text(&v));
     Ok(exit::OK)

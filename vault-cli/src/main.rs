@@ -251,9 +251,15 @@ struct DisposeOpts {
     /// Do not ask for confirmation.
     #[arg(long)]
     yes: bool,
-    /// Show what would be disposed and excluded; change nothing.
+    /// Show what would be disposed and excluded; change nothing. Its
+    /// output's `plan` can be given to --plan.
     #[arg(long)]
     dry_run: bool,
+    /// Dispose only if the records are exactly those of the dry run that
+    /// printed this plan: refused (exit 13, preview_stale), with nothing
+    /// destroyed, when one was added, held or disposed of since.
+    #[arg(long, value_name = "PLAN", conflicts_with = "dry_run")]
+    plan: Option<String>,
     /// The data owner named on the certificate (your business).
     #[arg(long, env = "PIVAULT_DATA_OWNER", default_value = "")]
     data_owner: String,

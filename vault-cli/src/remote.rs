@@ -646,7 +646,10 @@ fn resolve(r: &Remote, reference: &str) -> anyhow::Result<String> {
 fn dispose(r: &Remote, out: &Out, scope: Value, o: &DisposeOpts, what: &str) -> anyhow::Result<u8> {
     dispose::confirm(o, what)?;
     let v = r
-        .post("/v1/disposals", merge(scope, parties(o)))
+        .post(
+            "/v1/disposals",
+            merge(merge(scope, parties(o)), json!({ "plan": o.plan })),
+        )
         .map_err(|e| {
             // The server may have recorded the batch before failing; say how
             // it continues (the server's answer does not name it).
@@ -1365,6 +1368,11 @@ fn command(cli: &Cli, out: &Out, r: &Remote) -> anyhow::Result<u8> {
                 out.data("disposal-outcome", v.clone(), || output::outcome_text(&v));
             }
             RetentionCmd::Run { opts } => {
+                if opts.plan.is_some() {
+                    anyhow::bail!(
+                        "--plan is not taken by `retention run` over the server: use `dispose query` with the plan"
+                    );
+                }
                 dispose::confirm(opts, "every record past retention")?;
                 let v = r.post("/v1/retention/run", parties(opts))?;
                 out.data("disposal-outcome", v.clone(), || output::outcome_text(&v));

@@ -359,6 +359,9 @@ pub struct DisposeReq {
     /// Plan only.
     #[serde(default)]
     pub dry_run: bool,
+    /// A dry run's `plan`: dispose only if the records are exactly those
+    /// (409 `preview_stale` when one was added, held or disposed of since).
+    pub plan: Option<String>,
     #[serde(flatten)]
     pub parties: Parties,
 }
@@ -1600,11 +1603,13 @@ async fn dispose(
         .map(CollectionName::parse)
         .transpose()
         .map_err(ApiError::from)?;
-    if let (Some(id), "record", false, false) = (
+    let plan = req.plan.clone();
+    if let (Some(id), "record", false, false, None) = (
         record,
         scope_kind.as_str(),
         dry_run,
         app.limits.disposal_window.is_zero(),
+        &plan,
     ) {
         return ok(
             "disposal-outcome",
@@ -1614,14 +1619,15 @@ async fn dispose(
     let v = app
         .as_user_long(&rc, t, move |v, s| {
             let one = |scope| {
-                v.dispose(
-                    s,
-                    &DisposalRequest {
-                        scope,
-                        parties: parties.clone(),
-                        dry_run,
-                    },
-                )
+                let req = DisposalRequest {
+                    scope,
+                    parties: parties.clone(),
+                    dry_run,
+                };
+                match &plan {
+                    Some(p) => v.dispose_as_previewed(s, &req, p),
+                    None => v.dispose(s, &req),
+                }
                 .map(|o| views::outcome(&o, dry_run))
             };
             match scope_kind.as_str() {

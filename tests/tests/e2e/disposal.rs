@@ -1732,6 +1732,76 @@ fn certificates_name_people_by_the_full_name_an_admin_gave_them() {
     }
 }
 
+/// A script's dry run, then its disposal with the dry run's `plan`: the
+/// disposal destroys exactly what the dry run listed, or nothing. A record
+/// imported in between (the scope "before 2999" grows) makes it refuse
+/// with exit 13 `preview_stale`, every record still there; a new dry run's
+/// plan disposes of all three.
+#[test]
+fn a_dry_runs_plan_makes_the_disposal_destroy_exactly_what_it_listed() {
+    const EXIT_POLICY: i32 = 13;
+    let v = CliVault::standard();
+    create_small_collection(&v, "leads");
+    let lead = |n: usize| json!({"subject": format!("L-{n}"), "given_name": GIVEN[n], "family_name": FAMILY[n], "ssn": ssn(660 + n as u64)});
+    assert_eq!(import_lines(&v, "leads", "a.jsonl", &[lead(0), lead(1)]), 2);
+    let scope = [
+        "--json",
+        "dispose",
+        "query",
+        "--collection",
+        "leads",
+        "--before",
+        "2999-01-01",
+    ];
+    let dry = |v: &CliVault| {
+        let mut args = scope.to_vec();
+        args.push("--dry-run");
+        let r = v.run(Some("officer"), &args);
+        r.ok();
+        let out = r.json();
+        (
+            out["records"].as_u64().unwrap(),
+            out["plan"].as_str().unwrap().to_owned(),
+        )
+    };
+    let dispose = |v: &CliVault, plan: &str| {
+        let mut args = scope.to_vec();
+        args.extend([
+            "--yes",
+            "--data-owner",
+            "Example Retail LLC",
+            "--plan",
+            plan,
+        ]);
+        v.run(Some("officer"), &args)
+    };
+    let (n, plan) = dry(&v);
+    assert_eq!(n, 2);
+    assert_eq!(import_lines(&v, "leads", "b.jsonl", &[lead(2)]), 1);
+    let r = dispose(&v, &plan);
+    assert_eq!(r.code, EXIT_POLICY, "{}{}", r.stdout, r.stderr);
+    assert!(
+        r.stderr.contains("preview_stale") || r.stderr.contains("changed since the preview"),
+        "{}",
+        r.stderr
+    );
+    // A made-up plan is stale too.
+    assert_eq!(dispose(&v, &"0".repeat(64)).code, EXIT_POLICY);
+    let (n, fresh) = dry(&v);
+    assert_eq!(n, 3, "destroyed from a stale plan");
+    assert_ne!(fresh, plan);
+    let r = dispose(&v, &fresh);
+    r.ok();
+    let out = r.json();
+    assert_eq!(out["records"], 3, "{out}");
+    assert_eq!(
+        out["plan"],
+        fresh.as_str(),
+        "it destroyed what the dry run listed"
+    );
+    assert_eq!(dry(&v).0, 0, "no live lead left");
+}
+
 // =====================================================================================
 // 6. REQ-DISP-02: the contractor
 // =====================================================================================

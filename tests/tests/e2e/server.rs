@@ -1389,6 +1389,8 @@ fn normalize(v: &Value) -> Value {
                         | "seq"
                         | "from"
                         | "to" => json!(0),
+                        // A fingerprint of record IDs, which differ.
+                        "plan" if v.is_string() => json!("<plan>"),
                         _ => normalize(v),
                     };
                     (k.clone(), v)
