@@ -66,7 +66,7 @@ fn post_form(srv: &Server, path: &str, cookie: &str, form: &str) -> (u16, String
 }
 
 /// Signs in over plain HTTP with a password and returns the cookie.
-fn cookie_with(srv: &Server, user: &str, password: &str) -> String {
+pub(crate) fn cookie_with(srv: &Server, user: &str, password: &str) -> String {
     let form = format!("username={user}&password={password}");
     let a = srv.raw_with(
         "POST",

@@ -741,21 +741,7 @@ fn a_confirmed_disposal_destroys_what_its_preview_showed_once_even_from_racing_t
     let (srv, ids) = server_with(4);
     let officer_t = srv.token("officer");
     let clerk_t = srv.token("clerk");
-    let officer2 = {
-        let form = format!("username={OFFICER2}&password={OFFICER2_PASSWORD}");
-        let (status, headers, _) = srv.raw_with(
-            "POST",
-            "/ui/sign-in",
-            &[("sec-fetch-site", "same-origin")],
-            Some((form.as_bytes(), "application/x-www-form-urlencoded")),
-        );
-        assert_eq!(status, 303);
-        headers
-            .iter()
-            .find(|(k, _)| k == "set-cookie")
-            .map(|(_, v)| v.split(';').next().unwrap().to_owned())
-            .expect("a session cookie")
-    };
+    let officer2 = crate::web_import::cookie_with(&srv, OFFICER2, OFFICER2_PASSWORD);
     let cookies = [cookie_of(&srv, "officer"), officer2];
     let scope = "scope=collection&target=counter&before=&data_owner=Counter+Shop";
     let preview = |cookie: &str| {

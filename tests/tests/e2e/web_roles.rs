@@ -539,18 +539,7 @@ fn an_officer_reveals_reads_the_trail_holds_a_record_and_disposes_with_a_preview
 
 /// Signs in over plain HTTP (same-origin form post) and returns the cookie.
 pub(crate) fn cookie_of(srv: &Server, user: &str) -> String {
-    let form = format!("username={user}&password={}", password_of(user).expose());
-    let a = srv.raw_with(
-        "POST",
-        "/ui/sign-in",
-        &[("sec-fetch-site", "same-origin")],
-        Some((form.as_bytes(), "application/x-www-form-urlencoded")),
-    );
-    assert_eq!(a.0, 303, "{user}: {a:?}");
-    a.1.iter()
-        .find(|(k, _)| k == "set-cookie")
-        .map(|(_, v)| v.split(';').next().unwrap().to_owned())
-        .expect("a session cookie")
+    crate::web_import::cookie_with(srv, user, password_of(user).expose())
 }
 
 #[test]

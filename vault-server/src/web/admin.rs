@@ -253,10 +253,19 @@ async fn add_user(
         role: &f.role,
         reveal: f.reveal.is_some(),
     };
-    let role = match Role::parse(&f.role) {
-        Ok(r) if ROLES.contains(&r.as_str()) => r,
-        _ => {
-            let e = ("role", "Choose one of the roles in the list.");
+    // Checked before the user is made, so that a refused name adds no one.
+    let full = Some(typed.full_name.to_owned()).filter(|n| !n.is_empty());
+    let checked = match Role::parse(&f.role) {
+        Ok(r) if ROLES.contains(&r.as_str()) => full
+            .as_deref()
+            .map_or(Ok(()), vault_core::access::check_full_name)
+            .map(|()| r)
+            .map_err(|e| ("full_name", e.to_string())),
+        _ => Err(("role", "Choose one of the roles in the list.".to_owned())),
+    };
+    let role = match checked {
+        Ok(r) => r,
+        Err((field, message)) => {
             return render(
                 &app,
                 &rc,
@@ -264,7 +273,7 @@ async fn add_user(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "",
                 &typed,
-                Some(e),
+                Some((field, &message)),
             )
             .await;
         }
@@ -274,21 +283,6 @@ async fn add_user(
         SecretString::new(f.password.clone()),
         typed.reveal,
     );
-    let full = Some(typed.full_name.to_owned()).filter(|n| !n.is_empty());
-    if let Some(n) = &full
-        && let Err(e) = vault_core::access::check_full_name(n)
-    {
-        return render(
-            &app,
-            &rc,
-            &who,
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "",
-            &typed,
-            Some(("full_name", &e.to_string())),
-        )
-        .await;
-    }
     let r = app
         .as_user_long(&rc, who.bearer(), move |v, s| {
             let id = v.add_user(s, &name, &pw, role, reveal)?;
