@@ -21,22 +21,44 @@ use crate::{
     RetentionCmd, exit, parse_time,
 };
 
-pub(crate) fn confirm(opts: &DisposeOpts, what: &str) -> anyhow::Result<()> {
+/// Asks the person at a terminal before an irreversible disposal, showing
+/// what it would destroy (a dry run's counts: records, subjects,
+/// Massachusetts residents, held records left out), and returns the plan
+/// the disposal must match. What was shown is what is destroyed, or nothing
+/// (`preview_stale`, exit 13), even when a clerk adds a record in scope
+/// while the question waits. `--yes` skips the question (scripts pin what
+/// they destroy with `--plan`); without a terminal and without `--yes`
+/// nothing is destroyed.
+pub(crate) fn confirm(
+    opts: &DisposeOpts,
+    what: &str,
+    preview: impl FnOnce() -> anyhow::Result<Value>,
+) -> anyhow::Result<Option<String>> {
     if opts.yes || opts.dry_run {
-        return Ok(());
+        return Ok(opts.plan.clone());
     }
     if !(std::io::stdin().is_terminal() && std::io::stderr().is_terminal()) {
         bail!("disposal is irreversible: pass --yes to confirm (no terminal to ask)");
     }
+    let p = preview()?;
+    let count = |k: &str| p[k].as_u64().unwrap_or(0);
+    let held = p["excluded"].as_array().map_or(0, Vec::len);
     output::stderr_prompt(&format!(
-        "Destroy {what}? This cannot be undone. Type 'yes' to continue: "
+        "Destroy {what}: {} record(s) of {} subject(s), {} of them Massachusetts resident(s); {held} held record(s) left out.\n\
+         This cannot be undone. Type 'yes' to continue: ",
+        count("records"),
+        count("subjects"),
+        count("ma_residents"),
     ));
     let mut line = String::new();
     std::io::stdin().lock().read_line(&mut line)?;
     if line.trim() != "yes" {
         bail!("not confirmed; nothing was disposed");
     }
-    Ok(())
+    Ok(opts
+        .plan
+        .clone()
+        .or_else(|| p["plan"].as_str().map(str::to_owned)))
 }
 
 fn request(scope: DisposalScope, opts: &DisposeOpts) -> DisposalRequest {
@@ -67,10 +89,16 @@ fn run_disposal(
     opts: &DisposeOpts,
     what: &str,
 ) -> anyhow::Result<u8> {
-    confirm(opts, what)?;
-    let started_ms = jiff::Timestamp::now().as_millisecond();
     let req = request(scope, opts);
-    let o = match &opts.plan {
+    let plan = confirm(opts, what, || {
+        let dry = DisposalRequest {
+            dry_run: true,
+            ..req.clone()
+        };
+        Ok(outcome_json(&vault.dispose(s, &dry)?, true))
+    })?;
+    let started_ms = jiff::Timestamp::now().as_millisecond();
+    let o = match &plan {
         Some(plan) => vault.dispose_as_previewed(s, &req, plan),
         None => vault.dispose(s, &req),
     }

@@ -465,12 +465,16 @@ pub fn activity_text(report: &Value) -> String {
 /// A disposal's outcome, its dry run, or `retention due`.
 pub fn outcome_text(o: &Value) -> String {
     let records = rows(&o["record_ids"]).len();
-    let subjects = text(&o["subjects"]);
+    let subjects = format!(
+        "{} subject(s) ({} Massachusetts resident(s))",
+        text(&o["subjects"]),
+        text(&o["ma_residents"])
+    );
     let mut t = if o["dry_run"] == Value::Bool(true) {
-        format!("would dispose of {records} record(s) of {subjects} subject(s)")
+        format!("would dispose of {records} record(s) of {subjects}")
     } else if let Some(c) = o["certificate_id"].as_str() {
         format!(
-            "disposed of {records} record(s) of {subjects} subject(s); certificate {c}\n(draft until an officer other than you runs `pivault certificate validate {c}`)"
+            "disposed of {records} record(s) of {subjects}; certificate {c}\n(draft until an officer other than you runs `pivault certificate validate {c}`)"
         )
     } else {
         "nothing to dispose of".to_owned()

@@ -644,11 +644,16 @@ fn resolve(r: &Remote, reference: &str) -> anyhow::Result<String> {
 }
 
 fn dispose(r: &Remote, out: &Out, scope: Value, o: &DisposeOpts, what: &str) -> anyhow::Result<u8> {
-    dispose::confirm(o, what)?;
+    let plan = dispose::confirm(o, what, || {
+        r.post(
+            "/v1/disposals",
+            merge(merge(scope.clone(), parties(o)), json!({ "dry_run": true })),
+        )
+    })?;
     let v = r
         .post(
             "/v1/disposals",
-            merge(merge(scope, parties(o)), json!({ "plan": o.plan })),
+            merge(merge(scope, parties(o)), json!({ "plan": plan })),
         )
         .map_err(|e| {
             // The server may have recorded the batch before failing; say how
@@ -1368,13 +1373,13 @@ fn command(cli: &Cli, out: &Out, r: &Remote) -> anyhow::Result<u8> {
                 out.data("disposal-outcome", v.clone(), || output::outcome_text(&v));
             }
             RetentionCmd::Run { opts } => {
-                if opts.plan.is_some() {
-                    anyhow::bail!(
-                        "--plan is not taken by `retention run` over the server: use `dispose query` with the plan"
-                    );
-                }
-                dispose::confirm(opts, "every record past retention")?;
-                let v = r.post("/v1/retention/run", parties(opts))?;
+                let plan = dispose::confirm(opts, "every record past retention", || {
+                    r.get("/v1/retention/due")
+                })?;
+                let v = r.post(
+                    "/v1/retention/run",
+                    merge(parties(opts), json!({ "plan": plan })),
+                )?;
                 out.data("disposal-outcome", v.clone(), || output::outcome_text(&v));
             }
         },

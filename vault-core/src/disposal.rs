@@ -107,6 +107,9 @@ pub struct DisposalOutcome {
     pub records: Vec<RecordId>,
     /// Distinct subjects among them.
     pub subjects: u64,
+    /// Distinct subjects among them who are Massachusetts residents, read
+    /// from the records themselves (see `Vault::ma_resident`).
+    pub ma_residents: u64,
     /// Records in scope but excluded, with the reason (legal hold).
     pub excluded: Vec<(RecordId, String)>,
     /// Epochs before and after.
@@ -140,6 +143,25 @@ pub(crate) struct BatchRecord {
     /// which destroyed `version` only.
     #[serde(default)]
     versions: Vec<u32>,
+    /// Whether the record's subject lived in Massachusetts, read from the
+    /// record while it could still be decrypted; `None` in batches of
+    /// older builds (their certificates carry no resident count).
+    #[serde(default)]
+    ma_resident: Option<bool>,
+}
+
+impl BatchRow {
+    /// Distinct subjects of the batch who are Massachusetts residents;
+    /// `None` when a record of an older build carries no residence.
+    fn ma_resident_count(&self) -> Option<u64> {
+        let mut ma = BTreeSet::new();
+        for r in &self.records {
+            if r.ma_resident? {
+                ma.insert(r.subject.as_str());
+            }
+        }
+        Some(ma.len() as u64)
+    }
 }
 
 impl BatchRecord {
@@ -955,6 +977,7 @@ impl Vault {
                     version: r.version,
                     collection: r.collection.as_str().to_owned(),
                     versions: versions.get(id).cloned().unwrap_or_default(),
+                    ma_resident: Some(self.ma_resident(*id, r)),
                 })
                 .collect(),
             excluded: excluded
@@ -1012,6 +1035,7 @@ impl Vault {
             certificate_id: None,
             records: rows.iter().map(|(id, _)| *id).collect(),
             subjects: subjects.len() as u64,
+            ma_residents: batch.ma_resident_count().unwrap_or(0),
             excluded,
             epochs: None,
             duration_ms: 0,
@@ -1097,11 +1121,17 @@ impl Vault {
             Ok(()),
             None,
         )?;
+        let ma: BTreeSet<SubjectId> = rows
+            .iter()
+            .filter(|(id, r)| self.ma_resident(*id, r))
+            .map(|(_, r)| r.subject)
+            .collect();
         Ok(DisposalOutcome {
             disposal_id: None,
             certificate_id: None,
             records: rows.iter().map(|(id, _)| *id).collect(),
             subjects: subjects.len() as u64,
+            ma_residents: ma.len() as u64,
             excluded: excluded.to_vec(),
             epochs: None,
             duration_ms: 0,
@@ -1508,6 +1538,27 @@ impl Vault {
         Ok(cert_id)
     }
 
+    /// Whether a record's data subject lives in Massachusetts, read from the
+    /// record itself while it can still be decrypted (its residence-state
+    /// field or address, else the collection's default residence), so the
+    /// certificate can count the residents: after the disposal nothing can.
+    /// A record that cannot be read (being replaced, or damaged) counts by
+    /// its collection's default; one without a collection counts as a
+    /// resident, as the incident report counts it.
+    fn ma_resident(&self, id: RecordId, row: &RecordRow) -> bool {
+        let Ok(schema) = self.schema(&row.collection) else {
+            return true;
+        };
+        match self.decrypt(id, row) {
+            Ok(body) => schema.classify(&body).ma_resident,
+            Err(_) => schema
+                .default_residence
+                .as_deref()
+                .map_or(crate::schema::DEFAULT_RESIDENCE, str::trim)
+                .eq_ignore_ascii_case("MA"),
+        }
+    }
+
     fn user_display(&self, id: &str) -> Result<(String, String)> {
         let uid: UserId = id.parse()?;
         let row = self.user_row(uid)?.ok_or(Error::NotFound("user"))?;
@@ -1629,6 +1680,7 @@ impl Vault {
                 "collections": collections.iter().collect::<Vec<_>>(),
                 "record_count": b.records.len(),
                 "subject_count": subjects.len(),
+                "ma_resident_count": b.ma_resident_count(),
                 "commitment": {
                     "algorithm": certificate::MERKLE_ALGORITHM,
                     "record_root": hex::encode(certificate::merkle_root(&ids)),

@@ -404,6 +404,7 @@ pub fn outcome(o: &DisposalOutcome, dry_run: bool) -> Value {
         "records": o.records.len(),
         "record_ids": o.records.iter().map(|r| r.to_string()).collect::<Vec<_>>(),
         "subjects": o.subjects,
+        "ma_residents": o.ma_residents,
         "plan": crate::vault::plan_fingerprint(&mut o.records.iter().copied()),
         "excluded": o.excluded.iter().map(|(id, why)| json!({ "record_id": id.to_string(), "reason": why })).collect::<Vec<_>>(),
         "epoch_before": o.epochs.map(|e| e.0),

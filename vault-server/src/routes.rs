@@ -414,6 +414,9 @@ pub struct RetentionRunReq {
     /// Plan only.
     #[serde(default)]
     pub dry_run: bool,
+    /// A dry run's (or `retention/due`'s) `plan`: dispose only if the
+    /// records past retention are exactly those (409 `preview_stale`).
+    pub plan: Option<String>,
     #[serde(flatten)]
     pub parties: Parties,
 }
@@ -1773,17 +1776,19 @@ async fn retention_run(
     Body(req): Body<RetentionRunReq>,
 ) -> Res {
     let dry_run = req.dry_run;
+    let plan = req.plan;
     let parties = req.parties.into_core();
     let o = app
         .as_user_long(&rc, t, move |v, s| {
-            v.dispose(
-                s,
-                &DisposalRequest {
-                    scope: DisposalScope::PastRetention,
-                    parties,
-                    dry_run,
-                },
-            )
+            let req = DisposalRequest {
+                scope: DisposalScope::PastRetention,
+                parties,
+                dry_run,
+            };
+            match &plan {
+                Some(p) => v.dispose_as_previewed(s, &req, p),
+                None => v.dispose(s, &req),
+            }
         })
         .await?;
     ok("disposal-outcome", views::outcome(&o, dry_run))

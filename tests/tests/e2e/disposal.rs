@@ -2252,3 +2252,331 @@ fn retention_due_and_legal_hold_exclusions() {
     ));
     close(fx);
 }
+
+// =====================================================================================
+// 5c. Massachusetts residents counted from the records; the interactive prompt
+// =====================================================================================
+
+/// `members`: names, an SSN and the residence state of each record.
+fn members_schema_json() -> &'static str {
+    r#"{"purpose": "loyalty members", "fields": [
+        {"name": "given_name", "type": "given_name", "required": true, "purpose": "identify"},
+        {"name": "family_name", "type": "family_name", "required": true, "purpose": "identify"},
+        {"name": "ssn", "type": "ssn", "required": false, "purpose": "tax reporting"},
+        {"name": "state", "type": "residence_state", "required": false, "purpose": "notices"}]}"#
+}
+
+/// The certificate counts the Massachusetts residents among the subjects it
+/// destroyed, read from each record (not from the schema's default) under
+/// the batch's locks, so a correction racing the disposal is counted as
+/// the version that was destroyed: the count is that of the last correction
+/// that succeeded.
+#[test]
+fn certificates_count_the_massachusetts_residents_of_the_records_they_destroyed() {
+    let tmp = temp();
+    let fx = small_vault(&tmp.path().join("v"));
+    let v = &fx.vault;
+    let schema = vault_core::schema::Schema::from_json(members_schema_json()).expect("schema");
+    v.create_collection(&fx.admin, "members", &schema)
+        .expect("collection");
+    let member = |n: usize, state: Option<&str>| {
+        let mut b =
+            json!({"given_name": GIVEN[n], "family_name": FAMILY[n], "ssn": ssn(700 + n as u64)});
+        if let Some(s) = state {
+            b["state"] = json!(s);
+        }
+        b
+    };
+    let subj = |n: usize| v.resolve_subject(&format!("M-{n}")).expect("subject");
+    // 0: MA (lower case), 1: NH, 2: no state (the default: MA), 3: NY with
+    // two records, 4: the one whose state a clerk keeps changing.
+    let mut ids = vec![
+        v.put_record(&fx.clerk, "members", subj(0), &member(0, Some("ma")))
+            .unwrap(),
+        v.put_record(&fx.clerk, "members", subj(1), &member(1, Some("NH")))
+            .unwrap(),
+        v.put_record(&fx.clerk, "members", subj(2), &member(2, None))
+            .unwrap(),
+        v.put_record(&fx.clerk, "members", subj(3), &member(3, Some("NY")))
+            .unwrap(),
+        v.put_record(&fx.clerk, "members", subj(3), &member(3, Some("NY")))
+            .unwrap(),
+    ];
+    let flipper = v
+        .put_record(&fx.clerk, "members", subj(4), &member(4, Some("NH")))
+        .unwrap();
+    ids.push(flipper);
+    let scope = || DisposalScope::Records(ids.clone());
+    let dry = v
+        .dispose(
+            &fx.officer,
+            &DisposalRequest {
+                dry_run: true,
+                ..request(scope())
+            },
+        )
+        .expect("dry run");
+    assert_eq!(
+        (dry.records.len(), dry.subjects, dry.ma_residents),
+        (6, 5, 2)
+    );
+
+    // A clerk flips subject 4 between MA and NH while the disposal runs.
+    let last_ok = std::sync::Mutex::new(Some("NH"));
+    let outcome = std::thread::scope(|t| {
+        let flips = t.spawn(|| {
+            for i in 0.. {
+                let state = if i % 2 == 0 { "MA" } else { "NH" };
+                match v.update_record(&fx.clerk, flipper, &member(4, Some(state))) {
+                    Ok(_) => *last_ok.lock().unwrap() = Some(state),
+                    Err(e) if e.code() == "disposed" => break,
+                    Err(e) if e.code() == "disposal_in_progress" => {
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                    Err(e) => panic!("correction: {e}"),
+                }
+                if i > 100_000 {
+                    panic!("the disposal never ran");
+                }
+            }
+        });
+        std::thread::sleep(Duration::from_millis(20));
+        let o = v.dispose(&fx.officer, &request(scope())).expect("dispose");
+        flips.join().expect("flipper");
+        o
+    });
+    let flipped_ma = *last_ok.lock().unwrap() == Some("MA");
+    let expected = 2 + u64::from(flipped_ma);
+    assert_eq!(
+        outcome.ma_residents,
+        expected,
+        "the count is the destroyed version's residence (last correction {:?})",
+        last_ok.lock().unwrap()
+    );
+    let cert = v
+        .certificate(&fx.officer, outcome.certificate_id.expect("certificate"))
+        .expect("certificate");
+    assert_eq!(cert.body["target"]["ma_resident_count"], json!(expected));
+    assert_eq!(cert.body["target"]["subject_count"], json!(5));
+    let html = certificate::render_html(&cert, certificate::Check::Carried);
+    assert!(
+        html.contains("Massachusetts residents") && html.contains(&format!(">{expected}<")),
+        "the one-page summary shows the count"
+    );
+}
+
+/// A command run on a pseudo-terminal (util-linux `script`, essential on
+/// Debian), so the CLI asks its questions as it does a person at a desk.
+struct OnTerminal {
+    child: std::process::Child,
+    stdin: std::process::ChildStdin,
+    out: Arc<std::sync::Mutex<Vec<u8>>>,
+}
+
+impl OnTerminal {
+    fn start(c: &Command) -> OnTerminal {
+        let quote =
+            |s: &std::ffi::OsStr| format!("'{}'", s.to_string_lossy().replace('\'', r"'\''"));
+        let line: Vec<String> = std::iter::once(c.get_program())
+            .chain(c.get_args())
+            .map(quote)
+            .collect();
+        let mut t = Command::new("script");
+        t.args(["-q", "-e", "-c", &line.join(" "), "/dev/null"])
+            .env("SHELL", "/bin/sh")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        for (k, v) in c.get_envs() {
+            match v {
+                Some(v) => t.env(k, v),
+                None => t.env_remove(k),
+            };
+        }
+        let mut child = t.spawn().expect("script (util-linux) runs");
+        let stdin = child.stdin.take().expect("stdin");
+        let mut stdout = child.stdout.take().expect("stdout");
+        let out = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = out.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = std::io::Read::read(&mut stdout, &mut buf) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock().unwrap().extend_from_slice(&buf[..n]);
+            }
+        });
+        OnTerminal { child, stdin, out }
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.out.lock().unwrap()).replace("\r\n", "\n")
+    }
+
+    /// Waits for the question; returns the terminal's text so far.
+    fn question(&self) -> String {
+        let until = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < until {
+            let t = self.text();
+            if t.contains("Type 'yes'") {
+                return t;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("no question on the terminal:\n{}", self.text());
+    }
+
+    /// Types `answer` and waits for the command to end: (exit code, text).
+    fn answer(mut self, answer: &str) -> (i32, String) {
+        std::io::Write::write_all(&mut self.stdin, format!("{answer}\n").as_bytes()).expect("type");
+        let status = self.child.wait().expect("wait");
+        std::thread::sleep(Duration::from_millis(100));
+        (status.code().unwrap_or(-1), self.text())
+    }
+}
+
+/// A person at a terminal is asked before a disposal with what it would
+/// destroy (records, subjects, Massachusetts residents, held records), and
+/// what they said yes to is what is destroyed: a record a clerk adds on the
+/// server while the question waits makes the disposal refuse (exit 13)
+/// rather than destroy a record nobody was shown.
+#[test]
+fn the_disposal_question_shows_its_counts_and_destroys_only_what_it_showed() {
+    const EXIT_POLICY: i32 = 13;
+    let v = CliVault::standard();
+    let schema = v.input_file("members.schema.json", members_schema_json());
+    v.run(
+        Some("admin"),
+        &[
+            "--json",
+            "collection",
+            "create",
+            "members",
+            "--schema",
+            schema.to_str().unwrap(),
+        ],
+    )
+    .ok();
+    let member = |n: usize, state: Option<&str>| {
+        let mut b = json!({"subject": format!("M-{n}"), "given_name": GIVEN[n], "family_name": FAMILY[n], "ssn": ssn(720 + n as u64)});
+        if let Some(s) = state {
+            b["state"] = json!(s);
+        }
+        b
+    };
+    assert_eq!(
+        import_lines(
+            &v,
+            "members",
+            "a.jsonl",
+            &[
+                member(0, Some("MA")),
+                member(1, Some("NH")),
+                member(2, None)
+            ]
+        ),
+        3
+    );
+    let scope = [
+        "dispose",
+        "query",
+        "--collection",
+        "members",
+        "--before",
+        "2999-01-01",
+        "--data-owner",
+        "Example Retail LLC",
+    ];
+
+    // Locally: the question names the counts; "no" destroys nothing.
+    let mut c = v.user_command(Some("officer"), &scope);
+    c.stdin(Stdio::inherit());
+    let t = OnTerminal::start(&c);
+    let q = t.question();
+    assert!(
+        q.contains("3 record(s) of 3 subject(s), 2 of them Massachusetts resident(s); 0 held record(s) left out"),
+        "{q}"
+    );
+    let (code, text) = t.answer("no");
+    assert_ne!(code, 0, "{text}");
+    assert!(text.contains("not confirmed"), "{text}");
+    let mut dry = scope.to_vec();
+    dry.extend(["--json", "--dry-run"]);
+    assert_eq!(
+        v.run(Some("officer"), &dry).json()["records"],
+        3,
+        "nothing destroyed"
+    );
+
+    // Through the server: a record added while the question waits.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let copy = dir.path().join("vault");
+    cli::copy_tree(&v.dir, &copy);
+    let srv = crate::server::start_on(dir, copy, cli::PASSPHRASE, &[]);
+    let home = tempfile::tempdir().expect("home");
+    let remote = |user: &str, args: &[&str]| {
+        let mut c = v.user_command(Some(user), args);
+        c.env_remove("PIVAULT_DIR")
+            .env_remove("PIVAULT_PASSPHRASE_FILE")
+            .env("PIVAULT_SERVER", &srv.base)
+            .env("PIVAULT_CA_CERT", &srv.cert)
+            .env("HOME", home.path());
+        c
+    };
+    for u in ["officer", "clerk"] {
+        v.exec(remote(u, &["--json", "login"]), "login").ok();
+    }
+    let mut on_terminal = scope.to_vec();
+    on_terminal.insert(0, "--json");
+    let mut c = remote("officer", &on_terminal);
+    c.stdin(Stdio::inherit());
+    let t = OnTerminal::start(&c);
+    let q = t.question();
+    assert!(q.contains("3 record(s) of 3 subject(s), 2 of them"), "{q}");
+    let f = v.input_file("b.jsonl", &format!("{}\n", member(3, Some("MA"))));
+    let added = v.exec(
+        remote(
+            "clerk",
+            &["--json", "record", "import", "members", f.to_str().unwrap()],
+        ),
+        "import",
+    );
+    added.ok();
+    let (code, text) = t.answer("yes");
+    assert_eq!(code, EXIT_POLICY, "{text}");
+    assert!(text.contains("preview_stale"), "{text}");
+    let mut dry_remote = on_terminal.clone();
+    dry_remote.push("--dry-run");
+    let d = v.exec(remote("officer", &dry_remote), "dry run");
+    assert_eq!(
+        d.json()["records"],
+        4,
+        "nothing destroyed after the refusal"
+    );
+
+    // Asked again, the question shows the fourth record; yes destroys all four.
+    let t = OnTerminal::start(&c);
+    let q = t.question();
+    assert!(
+        q.contains("4 record(s) of 4 subject(s), 3 of them Massachusetts resident(s)"),
+        "{q}"
+    );
+    let (code, text) = t.answer("yes");
+    assert_eq!(code, 0, "{text}");
+    let json_start = text.find("{\"").expect("the outcome");
+    let outcome: Value = serde_json::Deserializer::from_str(&text[json_start..])
+        .into_iter()
+        .next()
+        .expect("one document")
+        .expect("JSON");
+    assert_eq!(
+        (&outcome["records"], &outcome["ma_residents"]),
+        (&json!(4), &json!(3)),
+        "{outcome}"
+    );
+    assert_eq!(
+        v.exec(remote("officer", &dry_remote), "dry run").json()["records"],
+        0
+    );
+}

@@ -608,9 +608,11 @@ async fn disposal_step(
     };
     let counts = format!(
         "<dl><dt>Records</dt><dd id=\"count-records\">{}</dd><dt>Customers</dt><dd id=\"count-subjects\">{}</dd>\
+         <dt>Massachusetts residents among them</dt><dd id=\"count-ma-residents\">{}</dd>\
          <dt>Left out (held)</dt><dd id=\"count-excluded\">{}</dd></dl>",
         o.records.len(),
         o.subjects,
+        o.ma_residents,
         o.excluded.len()
     );
     let next = if o.records.is_empty() {

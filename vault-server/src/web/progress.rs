@@ -338,9 +338,11 @@ async fn progress(
 fn done(who: &Signed, o: &DisposalOutcome, started: &str) -> Response {
     let counts = format!(
         "<dl><dt>Records</dt><dd id=\"count-records\">{}</dd><dt>Customers</dt><dd id=\"count-subjects\">{}</dd>\
+         <dt>Massachusetts residents among them</dt><dd id=\"count-ma-residents\">{}</dd>\
          <dt>Left out (held)</dt><dd id=\"count-excluded\">{}</dd>{started}</dl>",
         o.records.len(),
         o.subjects,
+        o.ma_residents,
         o.excluded.len()
     );
     let Some(cert) = o.certificate_id else {
@@ -391,6 +393,7 @@ mod tests {
             certificate_id: None,
             records: vec![],
             subjects: 0,
+            ma_residents: 0,
             excluded: vec![],
             epochs: None,
             duration_ms: 0,
