@@ -591,6 +591,10 @@ enum UserCmd {
         /// Let a clerk reveal sensitive fields (with a reason, audited).
         #[arg(long)]
         reveal: bool,
+        /// The person's full name, printed on the certificates they sign
+        /// (kept with a pending officer until approved).
+        #[arg(long, value_name = "NAME")]
+        full_name: Option<String>,
         /// File holding the new user's password.
         #[arg(long, env = "PIVAULT_NEW_PASSWORD_FILE", value_name = "FILE")]
         new_password_file: Option<PathBuf>,
@@ -1636,6 +1640,7 @@ fn cmd_user(cli: &Cli, out: &Out, vault: &Vault, s: &Session, c: &UserCmd) -> an
             name,
             role,
             reveal,
+            full_name,
             new_password_file,
         } => {
             let role = Role::parse(role)?;
@@ -1644,7 +1649,7 @@ fn cmd_user(cli: &Cli, out: &Out, vault: &Vault, s: &Session, c: &UserCmd) -> an
                 &format!("password for {name}"),
                 "PIVAULT_NEW_PASSWORD_FILE",
             )?;
-            let id = vault.add_user(s, name, &pw, role, *reveal)?;
+            let id = vault.add_person(s, name, &pw, role, *reveal, full_name.as_deref())?;
             out.data(
                 "user-added",
                 json!({ "user_id": id.to_string(), "username": name, "role": role.as_str() }),

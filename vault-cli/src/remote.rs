@@ -697,6 +697,7 @@ fn command(cli: &Cli, out: &Out, r: &Remote) -> anyhow::Result<u8> {
                 name,
                 role,
                 reveal,
+                full_name,
                 new_password_file,
             } => {
                 let pw = crate::new_secret(
@@ -704,7 +705,7 @@ fn command(cli: &Cli, out: &Out, r: &Remote) -> anyhow::Result<u8> {
                     &format!("password for {name}"),
                     "PIVAULT_NEW_PASSWORD_FILE",
                 )?;
-                let v = r.post("/v1/users", json!({ "username": name, "role": role, "password": pw.expose(), "reveal": reveal }))?;
+                let v = r.post("/v1/users", json!({ "username": name, "role": role, "password": pw.expose(), "reveal": reveal, "full_name": full_name }))?;
                 let (role, id) = (
                     v["role"].as_str().unwrap_or_default().to_owned(),
                     v["user_id"].as_str().unwrap_or_default().to_owned(),

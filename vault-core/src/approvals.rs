@@ -71,6 +71,9 @@ pub struct PendingRequest {
     pub kind: RequestKind,
     /// The user it concerns (to be created, for [`RequestKind::CreateUser`]).
     pub username: Username,
+    /// The full name the new user gets (create), so the approver sees whom
+    /// certificates will name.
+    pub full_name: Option<String>,
     /// Existing user's ID (none for a user still to be created).
     pub user: Option<UserId>,
     /// The role granted or created.
@@ -95,6 +98,9 @@ pub(crate) struct PendingRow {
     reveal: bool,
     /// Argon2id PHC of the new password (create, reset); never the password.
     password_phc: Option<String>,
+    /// The new user's full name (create), given by the admin who asked.
+    #[serde(default)]
+    full_name: Option<String>,
     requester: String,
     created_ms: i64,
     expires_ms: i64,
@@ -116,6 +122,7 @@ impl PendingRow {
             role: role.as_str().to_owned(),
             reveal: false,
             password_phc: None,
+            full_name: None,
             requester: requester.to_string(),
             created_ms: now,
             expires_ms: now + APPROVAL_TTL_MS,
@@ -135,12 +142,14 @@ impl PendingRow {
         role: Role,
         reveal: bool,
         phc: String,
+        full_name: Option<&str>,
         requester: UserId,
         now: i64,
     ) -> Self {
         PendingRow {
             reveal,
             password_phc: Some(phc),
+            full_name: full_name.map(str::to_owned),
             ..Self::base(RequestKind::CreateUser, name.as_str(), role, requester, now)
         }
     }
@@ -198,6 +207,7 @@ impl PendingRow {
             id: self.id.clone(),
             kind: RequestKind::parse(&self.kind)?,
             username: Username::parse(&self.username)?,
+            full_name: self.full_name.clone(),
             user: self.user.as_deref().map(str::parse).transpose()?,
             role: Role::parse(&self.role)?,
             reveal: self.reveal,
@@ -339,6 +349,7 @@ impl Vault {
                     let uid = UserId::new();
                     let row = UserRow {
                         reveal: req.reveal,
+                        full_name: req.full_name.clone(),
                         ..UserRow::new(
                             uid,
                             &req.username,

@@ -58,6 +58,7 @@ impl Vault {
         password: &SecretString,
         role: Role,
         reveal: bool,
+        full_name: Option<&str>,
     ) -> Result<UserId> {
         access::check_password_policy(password, name)?;
         let _g = self.users_lock.lock().expect("users lock");
@@ -67,6 +68,7 @@ impl Vault {
         let id = UserId::new();
         let row = UserRow {
             reveal,
+            full_name: full_name.map(str::to_owned),
             ..UserRow::new(
                 id,
                 name.as_str(),
@@ -515,7 +517,28 @@ impl Vault {
         role: Role,
         reveal: bool,
     ) -> Result<UserId> {
+        self.add_person(s, username, password, role, reveal, None)
+    }
+
+    /// [`Vault::add_user`] with the person's full name, which certificates
+    /// print (see [`Vault::set_full_name`]). The name is checked first, so a
+    /// refused name adds no one; a new officer waiting for approval keeps it
+    /// in the pending request and gets it when approved.
+    pub fn add_person(
+        &self,
+        s: &Session,
+        username: &str,
+        password: &SecretString,
+        role: Role,
+        reveal: bool,
+        full_name: Option<&str>,
+    ) -> Result<UserId> {
         self.authorize(s, Some(Permission::ManageUsers))?;
+        let full_name = full_name.map(str::trim).filter(|n| !n.is_empty());
+        if let Err(e) = full_name.map_or(Ok(()), access::check_full_name) {
+            self.audit(Some(s.user), &s.ctx, "user.create", vec![], Err(&e), None)?;
+            return Err(e);
+        }
         let name = Username::parse(username)?;
         if role.is_service() {
             let e = Error::invalid(
@@ -537,8 +560,15 @@ impl Vault {
             });
             match r {
                 Ok(phc) => {
-                    let req =
-                        approvals::PendingRow::create(&name, role, reveal, phc, s.user, self.now());
+                    let req = approvals::PendingRow::create(
+                        &name,
+                        role,
+                        reveal,
+                        phc,
+                        full_name,
+                        s.user,
+                        self.now(),
+                    );
                     return Err(self.create_request(s, req));
                 }
                 Err(e) => {
@@ -554,7 +584,7 @@ impl Vault {
                 }
             }
         }
-        match self.insert_user(&name, password, role, reveal) {
+        match self.insert_user(&name, password, role, reveal, full_name) {
             Ok(id) => {
                 let targets = vec![id.to_string(), format!("role:{role}")];
                 self.audit_or_undo(s, "user.create", targets, || {

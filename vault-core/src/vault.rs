@@ -684,7 +684,7 @@ impl Vault {
         drop((root, signing));
 
         let vault = Vault::open(dir, passphrase, opts)?;
-        let id = vault.insert_user(&init.admin, &init.admin_password, Role::Admin, false)?;
+        let id = vault.insert_user(&init.admin, &init.admin_password, Role::Admin, false, None)?;
         vault.store_two_factor_policy(&init.two_factor)?;
         vault.audit(
             None,

@@ -191,7 +191,7 @@ pub fn service_token(id: crate::ids::UserId, name: &str, role: &str, token: &str
 /// One pending two-person request (`user requests`): IDs, names, times.
 pub fn pending(r: &PendingRequest) -> Value {
     json!({
-        "request": r.id, "kind": r.kind.as_str(), "username": r.username.as_str(),
+        "request": r.id, "kind": r.kind.as_str(), "username": r.username.as_str(), "full_name": r.full_name,
         "user_id": r.user.map(|u| u.to_string()), "role": r.role.as_str(), "reveal": r.reveal,
         "requester": r.requester.to_string(), "created": format_ms(r.created_ms),
         "expires": format_ms(r.expires_ms),

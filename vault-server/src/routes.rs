@@ -150,6 +150,10 @@ pub struct NewUser {
     /// Grant a clerk the reveal of sensitive fields.
     #[serde(default)]
     pub reveal: bool,
+    /// The person's full name, printed on the certificates they sign (a new
+    /// officer waiting for approval keeps it until approved).
+    #[serde(default)]
+    pub full_name: Option<String>,
 }
 
 /// A new service account.
@@ -726,7 +730,7 @@ async fn add_user(
     let n2 = name.clone();
     let id = app
         .as_user_long(&rc, t, move |v, s| {
-            v.add_user(s, &n2, &pw, role, req.reveal)
+            v.add_person(s, &n2, &pw, role, req.reveal, req.full_name.as_deref())
         })
         .await?;
     created(

@@ -370,7 +370,13 @@ impl CliVault {
 
     /// `user add NAME --role ROLE` as admin, the password from the secrets dir.
     pub(crate) fn add_user(&self, name: &str, role: &str) {
-        let args = ["--json", "user", "add", name, "--role", role];
+        self.add_user_with(name, role, &[]);
+    }
+
+    /// [`Self::add_user`] with more arguments (`--full-name NAME`).
+    pub(crate) fn add_user_with(&self, name: &str, role: &str, more: &[&str]) {
+        let mut args = vec!["--json", "user", "add", name, "--role", role];
+        args.extend(more);
         let mut c = self.user_command(Some("admin"), &args);
         c.env("PIVAULT_NEW_PASSWORD_FILE", self.password_file(name));
         let r = self.exec(c, &args.join(" "));

@@ -1584,6 +1584,13 @@ fn certificates_verify_offline_and_any_change_fails() {
 fn certificates_name_people_by_the_full_name_an_admin_gave_them() {
     let v = CliVault::standard();
     add_cli_user(&v, "officer2", "officer", OFFICER2_PASSWORD);
+    // Named when added: a new officer keeps the name through the second
+    // officer's approval.
+    cli::write_private(
+        &v.password_file("officer3"),
+        b"Ledger-Willow-Cascade-0008\n",
+    );
+    v.add_user_with("officer3", "officer", &["--full-name", " Ines Duarte "]);
     let name = |who: &str, user: &str, full: &str| {
         v.run(Some(who), &["--json", "user", "name", user, full])
     };
@@ -1622,6 +1629,7 @@ fn certificates_name_people_by_the_full_name_an_admin_gave_them() {
     };
     assert_eq!(full("officer"), "Maria Santos");
     assert_eq!(full("officer2"), "Dev Patel");
+    assert_eq!(full("officer3"), "Ines Duarte");
     assert_eq!(full("clerk"), Value::Null);
     let id_of = |u: &str| {
         users["items"]

@@ -313,6 +313,54 @@ fn an_admin_adds_disables_and_unlocks_users_and_a_disabled_users_open_page_fails
     );
     assert_eq!(r.status, 200, "{r:?}");
     assert_eq!(named(&admin), Value::Null);
+    // A new officer waits for a second officer's approval (the two-person
+    // rule) and keeps the full name typed with them: the approver sees it,
+    // and the approved officer has it.
+    a.type_into("#new-username", "olga");
+    a.click("#new-role option[value=officer]");
+    a.type_into("#new-password", "Quarry-Meadow-Falcon-83");
+    a.type_into("#new-full-name", "Olga Petrova");
+    a.submit("main form[action='/ui/users'] button[type=submit]");
+    assert!(
+        a.text("#pending")
+            .contains("olga waits for a second officer's approval"),
+        "{}",
+        a.source()
+    );
+    a.check("users-pending", &[]);
+    let requests = srv
+        .call("GET", "/v1/approvals", Some(&officer), None)
+        .json();
+    let request = requests["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["username"] == "olga")
+        .unwrap_or_else(|| panic!("no request for olga: {requests}"))
+        .clone();
+    assert_eq!(request["full_name"], "Olga Petrova", "{request}");
+    let r = srv.call(
+        "POST",
+        &format!(
+            "/v1/approvals/{}/approve",
+            request["request"].as_str().unwrap()
+        ),
+        Some(&officer),
+        Some(&json!({})),
+    );
+    assert_eq!(r.status, 200, "{r:?}");
+    let olga = srv.call("GET", "/v1/users", Some(&admin), None).json()["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["username"] == "olga")
+        .cloned()
+        .expect("olga, approved");
+    assert_eq!(
+        (&olga["role"], &olga["full_name"]),
+        (&json!("officer"), &json!("Olga Petrova")),
+        "{olga}"
+    );
     a.click("#role-dora option[value=clerk]");
     a.press("Change the role of dora");
     a.press("Unlock auditor");

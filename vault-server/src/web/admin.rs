@@ -147,7 +147,7 @@ fn add_form(who: &Signed, typed: &Typed<'_>, error: Option<(&str, &str)>) -> Str
          <label for=\"new-username\">Username</label>{un}\
          <input id=\"new-username\" name=\"username\" autocomplete=\"off\" spellcheck=\"false\" value=\"{user}\"{ub}>\
          <label for=\"new-full-name\">Full name</label>\
-         <p class=\"hint\" id=\"h-new-full-name\">Optional. Certificates the user signs print it instead of the username. For a user who waits for a second officer&#39;s approval, set it in the list below once they are approved.</p>{fn_}\
+         <p class=\"hint\" id=\"h-new-full-name\">Optional. Certificates the user signs print it instead of the username. A new officer who waits for a second officer&#39;s approval gets it when approved.</p>{fn_}\
          <input id=\"new-full-name\" name=\"full_name\" autocomplete=\"off\" aria-describedby=\"h-new-full-name\" value=\"{full}\"{fb}>\
          <label for=\"new-role\">Role</label>{rn}<select id=\"new-role\" name=\"role\"{rb}>{roles}</select>\
          <label for=\"new-password\">Initial password</label>\
@@ -285,11 +285,7 @@ async fn add_user(
     );
     let r = app
         .as_user_long(&rc, who.bearer(), move |v, s| {
-            let id = v.add_user(s, &name, &pw, role, reveal)?;
-            if let Some(n) = &full {
-                v.set_full_name(s, &name, Some(n))?;
-            }
-            Ok(id)
+            v.add_person(s, &name, &pw, role, reveal, full.as_deref())
         })
         .await;
     match r {
@@ -305,6 +301,20 @@ async fn add_user(
                 ..Typed::default()
             };
             render(&app, &rc, &who, StatusCode::CREATED, &top, &fresh, None).await
+        }
+        Err(e) if e.code == "approval_required" => {
+            // Not a mistake in the form: the two-person rule holds the new
+            // user (and their full name) until a second officer approves.
+            let top = format!(
+                "<p role=\"status\" id=\"pending\">User <strong>{}</strong> waits for a second officer&#39;s approval: {}.</p>",
+                esc(typed.username),
+                esc(&e.detail)
+            );
+            let fresh = Typed {
+                role: "clerk",
+                ..Typed::default()
+            };
+            render(&app, &rc, &who, StatusCode::ACCEPTED, &top, &fresh, None).await
         }
         Err(e) => {
             let field = if e.code == "weak_password" {
