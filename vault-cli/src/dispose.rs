@@ -43,12 +43,15 @@ pub(crate) fn confirm(
     let p = preview()?;
     let count = |k: &str| p[k].as_u64().unwrap_or(0);
     let held = p["excluded"].as_array().map_or(0, Vec::len);
+    let residents = match p["ma_residents"].as_u64() {
+        Some(n) => format!("{n} of them Massachusetts resident(s)"),
+        None => "Massachusetts residents counted by the disposal".to_owned(),
+    };
     output::stderr_prompt(&format!(
-        "Destroy {what}: {} record(s) of {} subject(s), {} of them Massachusetts resident(s); {held} held record(s) left out.\n\
+        "Destroy {what}: {} record(s) of {} subject(s), {residents}; {held} held record(s) left out.\n\
          This cannot be undone. Type 'yes' to continue: ",
         count("records"),
         count("subjects"),
-        count("ma_residents"),
     ));
     let mut line = String::new();
     std::io::stdin().lock().read_line(&mut line)?;

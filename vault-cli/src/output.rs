@@ -465,11 +465,13 @@ pub fn activity_text(report: &Value) -> String {
 /// A disposal's outcome, its dry run, or `retention due`.
 pub fn outcome_text(o: &Value) -> String {
     let records = rows(&o["record_ids"]).len();
-    let subjects = format!(
-        "{} subject(s) ({} Massachusetts resident(s))",
-        text(&o["subjects"]),
-        text(&o["ma_residents"])
-    );
+    let subjects = match o["ma_residents"].as_u64() {
+        Some(n) => format!(
+            "{} subject(s) ({n} Massachusetts resident(s))",
+            text(&o["subjects"])
+        ),
+        None => format!("{} subject(s)", text(&o["subjects"])),
+    };
     let mut t = if o["dry_run"] == Value::Bool(true) {
         format!("would dispose of {records} record(s) of {subjects}")
     } else if let Some(c) = o["certificate_id"].as_str() {

@@ -108,8 +108,10 @@ pub struct DisposalOutcome {
     /// Distinct subjects among them.
     pub subjects: u64,
     /// Distinct subjects among them who are Massachusetts residents, read
-    /// from the records themselves (see `Vault::ma_resident`).
-    pub ma_residents: u64,
+    /// from the records themselves (see `Vault::ma_resident`). A dry run
+    /// over more than [`PREVIEW_RESIDENCE_MAX`] records leaves it `None`
+    /// (counted by the disposal, under its locks, for the certificate).
+    pub ma_residents: Option<u64>,
     /// Records in scope but excluded, with the reason (legal hold).
     pub excluded: Vec<(RecordId, String)>,
     /// Epochs before and after.
@@ -117,6 +119,12 @@ pub struct DisposalOutcome {
     /// Time the batch took, ms.
     pub duration_ms: u64,
 }
+
+/// The most records a dry run reads to count Massachusetts residents: each
+/// is decrypted, so a preview of a whole large collection would be slow
+/// (the page budget is 200 ms at 10^5 records). The disposal counts them
+/// all, whatever their number, for its certificate.
+pub const PREVIEW_RESIDENCE_MAX: usize = 2_000;
 
 /// Steps of a batch, in order; stored with the intent so a crash resumes
 /// (and shown by a progress page: [`DisposalSummary::step`] is one of them).
@@ -1035,7 +1043,7 @@ impl Vault {
             certificate_id: None,
             records: rows.iter().map(|(id, _)| *id).collect(),
             subjects: subjects.len() as u64,
-            ma_residents: batch.ma_resident_count().unwrap_or(0),
+            ma_residents: batch.ma_resident_count(),
             excluded,
             epochs: None,
             duration_ms: 0,
@@ -1121,17 +1129,19 @@ impl Vault {
             Ok(()),
             None,
         )?;
-        let ma: BTreeSet<SubjectId> = rows
-            .iter()
-            .filter(|(id, r)| self.ma_resident(*id, r))
-            .map(|(_, r)| r.subject)
-            .collect();
+        let ma_residents = (rows.len() <= PREVIEW_RESIDENCE_MAX).then(|| {
+            rows.iter()
+                .filter(|(id, r)| self.ma_resident(*id, r))
+                .map(|(_, r)| r.subject)
+                .collect::<BTreeSet<_>>()
+                .len() as u64
+        });
         Ok(DisposalOutcome {
             disposal_id: None,
             certificate_id: None,
             records: rows.iter().map(|(id, _)| *id).collect(),
             subjects: subjects.len() as u64,
-            ma_residents: ma.len() as u64,
+            ma_residents,
             excluded: excluded.to_vec(),
             epochs: None,
             duration_ms: 0,

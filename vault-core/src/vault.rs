@@ -73,7 +73,7 @@ pub use backup::{BackupInfo, DEFAULT_BACKUP_DAYS, RestoreReport};
 pub use custodian::{PassphraseChange, custodian_context};
 pub use disposal::{
     CertificateSummary, ContractorInfo, ContractorScope, DisposalOutcome, DisposalParties,
-    DisposalRequest, DisposalScope, DisposalSummary, Hold, RetentionPolicy,
+    DisposalRequest, DisposalScope, DisposalSummary, Hold, PREVIEW_RESIDENCE_MAX, RetentionPolicy,
     STEPS as DISPOSAL_STEPS, plan_fingerprint,
 };
 pub use export::{EXPORT_FORMAT, ExportOutcome, ExportRecipient, ExportRequest, ExportScope};

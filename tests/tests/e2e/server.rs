@@ -487,6 +487,15 @@ impl Server {
         found.into_iter().flatten().collect()
     }
 
+    /// SIGKILL, as a power cut or the OOM killer would: no graceful stop.
+    /// The vault directory and its temp dir are kept for a restart.
+    pub(crate) fn kill(mut self) -> (PathBuf, TempDir) {
+        self.child.kill().expect("kill");
+        self.child.wait().expect("wait");
+        let dir = self.dir.take().expect("temp dir");
+        (self.vault_dir.clone(), dir)
+    }
+
     /// SIGTERM, then wait: a graceful stop exits 0.
     pub(crate) fn stop(mut self) -> (std::process::ExitStatus, PathBuf, TempDir) {
         let pid = self.child.id().to_string();

@@ -516,6 +516,14 @@ fn a_contractor_disposes_through_the_progress_page_cosigns_offline_and_downloads
     assert_eq!(b.text("#count-records"), SCOPE.to_string());
     let cert = b.text("#certificate-id");
     b.check("contractor-disposal-done", &PI);
+    // The batch's own page, built from what the vault keeps, says the same.
+    b.click("#batch-page");
+    assert_eq!(b.title(), "Disposal done · pivault", "{}", b.source());
+    assert!(b.url().contains("/ui/disposals/batch/"), "{}", b.url());
+    assert_eq!(b.text("#count-records"), SCOPE.to_string());
+    assert_eq!(b.text("#certificate-id"), cert);
+    b.check("contractor-disposal-batch", &PI);
+    b.goto(&format!("{}{job_path}", srv.base));
     let officer_t = srv.token("officer");
     let r = srv.call(
         "GET",
@@ -849,5 +857,105 @@ fn a_confirmed_disposal_destroys_what_its_preview_showed_once_even_from_racing_t
         certs["items"].as_array().map(Vec::len),
         Some(1),
         "one disposal, one certificate: {certs}"
+    );
+}
+
+/// A disposal started from the page outlives the server: killed (SIGKILL)
+/// while the batch runs, the server is started again, the vault resumes
+/// the batch, and the batch's own page, which the job's page linked to,
+/// shows it done with its certificate; the forgotten job's address lists
+/// the batch. Another officer cannot open the batch's page.
+#[test]
+fn a_disposal_page_survives_a_restart_of_the_server_killed_mid_batch() {
+    let (srv, ids) = server_with(600);
+    let cookie = cookie_of(&srv, "officer");
+    let scope = "scope=collection&target=counter&before=&data_owner=Counter+Shop";
+    let form = format!("csrf={}&step=preview&{scope}", csrf_of(&cookie));
+    let (status, html) = post_form(&srv, &cookie, "/ui/disposals", &form);
+    assert_eq!(status, 200, "{html}");
+    let plan = plan_of(&html);
+    let confirm = format!(
+        "csrf={}&step=confirm&confirm=1&plan={plan}&{scope}",
+        csrf_of(&cookie)
+    );
+    let job = where_to(&srv, &cookie, &confirm).expect("a job");
+    // Wait for the job's page to link the batch's own page, then kill.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let (batch_page, running) = loop {
+        let (_, _, html) = srv.raw_with("GET", &job, &[("cookie", &cookie)], None);
+        if let Some(rest) = html.split("id=\"batch-page\" href=\"").nth(1) {
+            break (
+                rest.split('"').next().unwrap().to_owned(),
+                html.contains("Disposal in progress"),
+            );
+        }
+        assert!(
+            !html.contains("<title>Disposal done") && !html.contains("<title>Disposal not done"),
+            "the job ended before its batch was seen: {html}"
+        );
+        assert!(Instant::now() < deadline, "no batch: {html}");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(running, "the batch page is linked while the batch runs");
+    let (vault_dir, dir) = srv.kill();
+    let srv = server::start_on(
+        dir,
+        vault_dir,
+        PASSPHRASE,
+        &["--logins-per-minute", "1000", "--refusals-per-minute", "0"],
+    );
+    // Whether the kill landed mid-batch (it does here: the vault resumes
+    // the batch at the step "keystore_purged"); the pages below must hold
+    // either way, so a batch that won the race only weakens this run.
+    let auditor = srv.token("auditor");
+    let resumed = srv.call(
+        "GET",
+        "/v1/audit/events?action=disposal.resume",
+        Some(&auditor),
+        None,
+    );
+    assert_eq!(resumed.status, 200, "{resumed:?}");
+    if resumed.json()["items"].as_array().is_none_or(Vec::is_empty) {
+        eprintln!("note: the batch ended before the kill; no resume this run");
+    }
+    // The session survives (the vault keeps it); the job does not.
+    let (status, _, html) = srv.raw_with("GET", &job, &[("cookie", &cookie)], None);
+    assert_eq!(status, 404, "{html}");
+    assert!(
+        html.contains(&format!("href=\"{batch_page}\"")),
+        "the forgotten job lists its batch: {html}"
+    );
+    let (title, page) = job_end(&srv, &cookie, &batch_page);
+    assert!(title.starts_with("Disposal done"), "{title}: {page}");
+    assert!(
+        page.contains(&format!("id=\"count-records\">{}<", ids.len())),
+        "{page}"
+    );
+    let cert = page
+        .split("id=\"certificate-id\">")
+        .nth(1)
+        .and_then(|s| s.split('<').next())
+        .expect("certificate")
+        .to_owned();
+    let officer_t = srv.token("officer");
+    let c = srv.call(
+        "GET",
+        &format!("/v1/certificates/{cert}"),
+        Some(&officer_t),
+        None,
+    );
+    assert_eq!(c.status, 200, "{c:?}");
+    assert_eq!(c.json()["certificate"]["target"]["record_count"], ids.len());
+    for id in ids.iter().step_by(97) {
+        let r = srv.call("GET", &format!("/v1/records/{id}"), Some(&officer_t), None);
+        assert_eq!(r.status, 410, "{id}: {r:?}");
+    }
+    // Another officer's session: the answer of a batch that never was.
+    let other = crate::web_import::cookie_with(&srv, OFFICER2, OFFICER2_PASSWORD);
+    let (status, _, html) = srv.raw_with("GET", &batch_page, &[("cookie", &other)], None);
+    assert_eq!(status, 404, "{html}");
+    assert!(
+        !html.contains(&cert),
+        "another officer sees the certificate: {html}"
     );
 }

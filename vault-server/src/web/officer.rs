@@ -612,7 +612,7 @@ async fn disposal_step(
          <dt>Left out (held)</dt><dd id=\"count-excluded\">{}</dd></dl>",
         o.records.len(),
         o.subjects,
-        o.ma_residents,
+        residents(&o),
         o.excluded.len()
     );
     let next = if o.records.is_empty() {
@@ -681,5 +681,16 @@ async fn certificate_file(
             r
         }
         Err(e) => error_page(&who, &e),
+    }
+}
+
+/// The Massachusetts residents of an outcome, or why a preview has no count.
+pub(super) fn residents(o: &DisposalOutcome) -> String {
+    match o.ma_residents {
+        Some(n) => n.to_string(),
+        None => format!(
+            "counted by the disposal for its certificate (a preview reads them for up to {} records)",
+            vault_core::vault::PREVIEW_RESIDENCE_MAX
+        ),
     }
 }

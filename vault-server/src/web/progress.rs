@@ -14,6 +14,12 @@
 //! - The page shows only IDs, counts, times and the batch's step (from
 //!   `Vault::disposals`, the batch row the core writes at each step): no
 //!   personal information.
+//! - A job lives in server memory, but its batch lives in the vault: once
+//!   the batch is recorded, the job's page links to the batch's own page,
+//!   `/ui/disposals/batch/{disposal}`, which is built from the batch row
+//!   and the certificate alone and so survives a restart of the server
+//!   (the core resumes the batch when the vault is opened again). A job
+//!   page the server no longer knows lists the person's recent batches.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -27,8 +33,8 @@ use axum::routing::get;
 use serde::Deserialize;
 use vault_core::access::Role;
 use vault_core::clock::format_ms;
-use vault_core::ids::UserId;
-use vault_core::vault::{DISPOSAL_STEPS, DisposalOutcome};
+use vault_core::ids::{DisposalId, RecordId, UserId};
+use vault_core::vault::{DISPOSAL_STEPS, DisposalOutcome, DisposalSummary};
 
 use super::{Signed, esc, page, see_other, visitor};
 use crate::problem::ApiError;
@@ -44,7 +50,9 @@ pub(crate) const KEEP: Duration = Duration::from_secs(3600);
 const REFRESH_S: u32 = 2;
 
 pub(super) fn router() -> Router<Arc<App>> {
-    Router::new().route("/ui/disposals/progress/{job}", get(progress))
+    Router::new()
+        .route("/ui/disposals/progress/{job}", get(progress))
+        .route("/ui/disposals/batch/{disposal}", get(batch))
 }
 
 /// Where a job stands.
@@ -238,14 +246,46 @@ async fn progress(
         Err(elsewhere) => return elsewhere,
     };
     let Some(job) = app.web_jobs.get(&id, who.user_id) else {
-        // The same answer for another user's job and for none at all.
+        // The same answer for another user's job and for none at all; the
+        // person's own batches of the last day, which the vault keeps.
+        let me = who.user_id;
+        let since = jiff::Timestamp::now().as_millisecond() - 86_400_000;
+        let mine = app
+            .as_user(&rc, who.bearer(), move |v, s| {
+                Ok(v.disposals(s)?
+                    .into_iter()
+                    .filter(|d| d.operator == me && d.created_ms >= since)
+                    .collect::<Vec<_>>())
+            })
+            .await
+            .unwrap_or_default();
+        let list = if mine.is_empty() {
+            String::new()
+        } else {
+            let items: String = mine
+                .iter()
+                .rev()
+                .map(|d| {
+                    format!(
+                        "<li><a href=\"/ui/disposals/batch/{0}\">Disposal {0}</a>: {1} record(s), started {2}, {3}</li>",
+                        esc(&d.id.to_string()),
+                        d.records,
+                        esc(&format_ms(d.created_ms)),
+                        if d.failed.is_some() { "failed" } else if d.step == "complete" { "done" } else { "running" }
+                    )
+                })
+                .collect();
+            format!("<h2>Your disposals of the last day</h2><ul id=\"recent\">{items}</ul>")
+        };
         return page(
             StatusCode::NOT_FOUND,
             "Disposal progress",
             Some(&who),
-            "<p role=\"alert\" class=\"error\">There is no disposal of yours with this address: \
-             it was started by someone else, or ended over an hour ago. \
-             Its certificate, if it has one, is on the <a href=\"/ui/scope\">records page</a>.</p>",
+            &format!(
+                "<p role=\"alert\" class=\"error\">There is no disposal of yours with this address: \
+                 it was started by someone else, ended over an hour ago, or the server was restarted since. \
+                 A disposal whose batch had started goes on (the vault resumes it) and has its own page below.</p>{list}"
+            ),
         );
     };
     let href = format!("/ui/disposals/progress/{}", esc(&id));
@@ -276,8 +316,9 @@ async fn progress(
                         .position(|s| *s == b.step)
                         .map_or(1, |i| i + 1);
                     format!(
-                        "<dt>Batch</dt><dd><code>{}</code></dd><dt>Records</dt><dd>{}</dd>\
-                         <dt>Step</dt><dd id=\"step\">{n} of {}: {}</dd>",
+                        "<dt>Batch</dt><dd><a id=\"batch-page\" href=\"/ui/disposals/batch/{0}\"><code>{0}</code></a> \
+                         (its own page, kept by the vault: it survives a restart of the server)</dd><dt>Records</dt><dd>{1}</dd>\
+                         <dt>Step</dt><dd id=\"step\">{n} of {2}: {3}</dd>",
                         esc(&b.id.to_string()),
                         b.records,
                         DISPOSAL_STEPS.len(),
@@ -342,7 +383,7 @@ fn done(who: &Signed, o: &DisposalOutcome, started: &str) -> Response {
          <dt>Left out (held)</dt><dd id=\"count-excluded\">{}</dd>{started}</dl>",
         o.records.len(),
         o.subjects,
-        o.ma_residents,
+        super::officer::residents(o),
         o.excluded.len()
     );
     let Some(cert) = o.certificate_id else {
@@ -372,7 +413,8 @@ fn done(who: &Signed, o: &DisposalOutcome, started: &str) -> Response {
              <dt>Epoch</dt><dd>{epochs}</dd></dl>\
              <ul>{cosign}<li><a href=\"/ui/certificates/{cert}/pdf\" download>Download the certificate as a PDF</a></li>\
              <li><a href=\"/ui/disposals/certificate/{cert}\" download>Download the certificate (signed JSON)</a></li>\
-             <li><a href=\"/ui/verify\">Verify a certificate</a></li><li><a href=\"/ui/disposals\">Another disposal</a></li></ul>",
+             <li><a href=\"/ui/verify\">Verify a certificate</a></li><li><a href=\"/ui/disposals\">Another disposal</a></li>\
+             <li><a id=\"batch-page\" href=\"/ui/disposals/batch/{disposal}\">This disposal&#39;s own page</a> (kept by the vault: bookmark it)</li></ul>",
             excl = super::officer::exclusions(o),
             disposal = o.disposal_id.map(|d| d.to_string()).unwrap_or_default(),
             epochs = o
@@ -381,6 +423,124 @@ fn done(who: &Signed, o: &DisposalOutcome, started: &str) -> Response {
                 .unwrap_or_default(),
         ),
     )
+}
+
+/// A batch's own page, built from what the vault keeps (the batch row,
+/// then the certificate): it works after a restart of the server, when the
+/// job that started the batch is forgotten. Only the person who ran the
+/// batch sees it; anyone else gets the answer of a batch that never was.
+async fn batch(
+    State(app): State<Arc<App>>,
+    rc: RequestContext,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    let who = match visitor(&app, &rc, &headers).await {
+        Ok(who) => who,
+        Err(elsewhere) => return elsewhere,
+    };
+    let me = who.user_id;
+    let found = match id.parse::<DisposalId>() {
+        Ok(did) => app
+            .as_user(&rc, who.bearer(), move |v, s| {
+                let Some(d) = v
+                    .disposals(s)?
+                    .into_iter()
+                    .find(|d| d.id == did && d.operator == me)
+                else {
+                    return Ok(None);
+                };
+                let cert = if d.step == "complete" {
+                    Some(v.certificate(s, d.certificate_id)?)
+                } else {
+                    None
+                };
+                Ok(Some((d, cert)))
+            })
+            .await
+            .ok()
+            .flatten(),
+        Err(_) => None,
+    };
+    let Some((d, cert)) = found else {
+        return page(
+            StatusCode::NOT_FOUND,
+            "Disposal",
+            Some(&who),
+            "<p role=\"alert\" class=\"error\">There is no disposal of yours with this address.</p>",
+        );
+    };
+    let href = format!("/ui/disposals/batch/{}", esc(&d.id.to_string()));
+    let started = format!("<dt>Started</dt><dd>{}</dd>", esc(&format_ms(d.created_ms)));
+    if let Some(c) = cert {
+        return done(&who, &outcome_of(&d, &c.body), &started);
+    }
+    if let Some(why) = &d.failed {
+        return page(
+            StatusCode::OK,
+            "Disposal not done",
+            Some(&who),
+            &format!(
+                "<p role=\"alert\" class=\"error\" id=\"state\">The batch failed at the step \"{}\": {}</p><dl>{started}</dl>\
+                 <p>No certificate was issued. Once the cause is fixed, an officer finishes it with <code>pivault disposal retry {}</code>.</p>",
+                esc(step_label(&d.step)),
+                esc(why),
+                esc(&d.id.to_string())
+            ),
+        );
+    }
+    let n = DISPOSAL_STEPS
+        .iter()
+        .position(|s| *s == d.step)
+        .map_or(1, |i| i + 1);
+    let mut r = page(
+        StatusCode::OK,
+        "Disposal in progress",
+        Some(&who),
+        &format!(
+            "<p role=\"status\" id=\"state\">Running. The disposal goes on whether this page is open or not, and after a restart of the server.</p>\
+             <p class=\"hint\">This page reloads itself every {REFRESH_S} seconds. <a href=\"{href}\">Check now</a></p>\
+             <dl>{started}<dt>Records</dt><dd>{}</dd><dt>Step</dt><dd id=\"step\">{n} of {}: {}</dd></dl>",
+            d.records,
+            DISPOSAL_STEPS.len(),
+            esc(step_label(&d.step))
+        ),
+    );
+    r.headers_mut().insert(
+        axum::http::header::HeaderName::from_static("refresh"),
+        HeaderValue::from(REFRESH_S),
+    );
+    r
+}
+
+/// The outcome of a completed batch, read back from its certificate (the
+/// counts it signs), for the page of a batch whose job is forgotten.
+fn outcome_of(d: &DisposalSummary, body: &serde_json::Value) -> DisposalOutcome {
+    let ids = |v: &serde_json::Value| -> Option<RecordId> { v["record_id"].as_str()?.parse().ok() };
+    let list = |path: &str| {
+        body.pointer(path)
+            .and_then(serde_json::Value::as_array)
+            .cloned()
+            .unwrap_or_default()
+    };
+    let count = |path: &str| body.pointer(path).and_then(serde_json::Value::as_u64);
+    DisposalOutcome {
+        disposal_id: Some(d.id),
+        certificate_id: Some(d.certificate_id),
+        records: list("/sanitization/details/keys_destroyed")
+            .iter()
+            .filter_map(ids)
+            .collect(),
+        subjects: count("/target/subject_count").unwrap_or(0),
+        ma_residents: count("/target/ma_resident_count"),
+        excluded: list("/sanitization/exclusions")
+            .iter()
+            .filter_map(|e| Some((ids(e)?, e["reason"].as_str()?.to_owned())))
+            .collect(),
+        epochs: count("/sanitization/details/epoch_before")
+            .zip(count("/sanitization/details/epoch_after")),
+        duration_ms: 0,
+    }
 }
 
 #[cfg(test)]
@@ -393,7 +553,7 @@ mod tests {
             certificate_id: None,
             records: vec![],
             subjects: 0,
-            ma_residents: 0,
+            ma_residents: None,
             excluded: vec![],
             epochs: None,
             duration_ms: 0,
