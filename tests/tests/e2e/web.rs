@@ -15,6 +15,10 @@ use crate::common::{PASSPHRASE, password_of};
 use crate::server::{self, Server};
 
 const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
+/// WebDriver key codes.
+pub(crate) const KEY_TAB: &str = "\u{e004}";
+pub(crate) const KEY_ENTER: &str = "\u{e007}";
+pub(crate) const KEY_CONTROL: &str = "\u{e009}";
 
 /// A headless Chromium under chromedriver, one WebDriver session.
 pub(crate) struct Browser {
@@ -136,6 +140,68 @@ impl Browser {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// Presses keys on whatever has the focus (WebDriver actions, no
+    /// element targeted): what a person at a keyboard does. Each char is a
+    /// key; `KEY_*` are the WebDriver codes of Tab, Enter and so on.
+    pub(crate) fn keys(&self, keys: &str) {
+        let actions: Vec<Value> = keys
+            .chars()
+            .flat_map(|c| {
+                [
+                    json!({ "type": "keyDown", "value": c.to_string() }),
+                    json!({ "type": "keyUp", "value": c.to_string() }),
+                ]
+            })
+            .collect();
+        self.post(
+            &self.s("/actions"),
+            json!({ "actions": [{ "type": "key", "id": "keyboard", "actions": actions }] }),
+        );
+    }
+
+    /// Presses Tab until the focused element matches `css` (at most 80
+    /// times), and checks the focus is visible there (WCAG 2.4.7).
+    pub(crate) fn tab_to(&self, css: &str) {
+        for _ in 0..80 {
+            let focused = self.post(
+                &self.s("/execute/sync"),
+                json!({ "script": "const e = document.activeElement; \
+                    return e && e.matches(arguments[0]) ? getComputedStyle(e).outlineStyle : null;",
+                        "args": [css] }),
+            );
+            if let Some(outline) = focused.as_str() {
+                assert_ne!(outline, "none", "{css} has the focus but shows no outline");
+                return;
+            }
+            self.keys(KEY_TAB);
+        }
+        panic!("Tab never reaches {css} on {}", self.url());
+    }
+
+    /// Presses Enter on the focused element and waits for the new page.
+    pub(crate) fn enter(&self) {
+        let before = self.source();
+        self.keys(KEY_ENTER);
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while self.source() == before {
+            assert!(Instant::now() < deadline, "no new page after Enter");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Selects the focused field's text and types over it (Ctrl+A).
+    pub(crate) fn type_over(&self, text: &str) {
+        self.post(
+            &self.s("/actions"),
+            json!({ "actions": [{ "type": "key", "id": "keyboard", "actions": [
+                { "type": "keyDown", "value": KEY_CONTROL },
+                { "type": "keyDown", "value": "a" },
+                { "type": "keyUp", "value": "a" },
+                { "type": "keyUp", "value": KEY_CONTROL }] }] }),
+        );
+        self.keys(text);
     }
 
     pub(crate) fn clear(&self, css: &str) {

@@ -27,6 +27,68 @@ const FAMILY: &str = "Ostrowski";
 const EMAIL: &str = "w.ostrowski@example.com";
 const PI: [&str; 6] = [GIVEN, FAMILY, SSN, "219099999", EMAIL, "ostrowski"];
 
+/// The counter journey with the keyboard alone: no click, no element
+/// targeted, only Tab, typing and Enter on whatever has the focus, whose
+/// outline is visible at every stop. A clerk signs in, opens the find page
+/// from the menu, finds a customer by SSN (masked), follows the record's
+/// link, corrects the e-mail and signs out.
+#[test]
+fn a_clerk_finds_and_corrects_a_customer_with_the_keyboard_alone() {
+    let srv = counter_server();
+    let clerk = srv.token("clerk");
+    let a = srv.call(
+        "POST",
+        "/v1/records",
+        Some(&clerk),
+        Some(&json!({ "collection": "counter", "data": {
+            "given_name": GIVEN, "family_name": FAMILY, "ssn": SSN, "email": EMAIL } })),
+    );
+    assert_eq!(a.status, 201, "{a:?}");
+    let record = a.json()["record_id"].as_str().unwrap().to_owned();
+
+    let b = Browser::start();
+    b.goto(&format!("{}/ui/", srv.base));
+    b.tab_to("#username");
+    b.keys("clerk");
+    b.tab_to("#password");
+    b.keys(password_of("clerk").expose());
+    b.enter();
+    assert_eq!(b.title(), "Home · pivault", "{}", b.source());
+    b.tab_to("nav a[href='/ui/find']");
+    b.enter();
+    assert_eq!(b.title(), "Find a customer · pivault");
+    b.tab_to("#collection");
+    b.type_over("counter");
+    b.tab_to("#value");
+    b.keys(&SSN.replace('-', " "));
+    b.enter();
+    let page = b.source();
+    assert!(page.contains(&record), "found: {page}");
+    assert!(
+        page.contains("***-**-9999") && !page.contains(SSN),
+        "masked"
+    );
+    b.tab_to(&format!("main a[href='/ui/records/{record}/correct']"));
+    b.enter();
+    assert_eq!(b.title(), "Correct a record · pivault");
+    b.tab_to("#f-email");
+    b.type_over("wil@example.org");
+    b.enter();
+    assert_eq!(b.title(), "Record corrected · pivault", "{}", b.source());
+    b.check("keyboard-corrected", &PI);
+    let officer = srv.token("officer");
+    let r = srv.call(
+        "GET",
+        &format!("/v1/records/{record}"),
+        Some(&officer),
+        None,
+    );
+    assert_eq!(r.json()["fields"]["email"], "wil@example.org", "{r:?}");
+    b.tab_to("nav button[type=submit]");
+    b.enter();
+    assert_eq!(b.title(), "Sign in · pivault", "{}", b.source());
+}
+
 #[test]
 fn a_clerk_adds_a_record_from_the_schema_form_finds_it_masked_and_corrects_it() {
     let srv = counter_server();
