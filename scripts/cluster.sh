@@ -80,6 +80,20 @@ start() {
     ETCDCTL_API=3 etcdctl --endpoints "127.0.0.1:$((BASE + 1))" endpoint health >/dev/null 2>&1 && break
     sleep 0.1
   done
+  # TLS: a CA of this cluster's own, and a certificate per member naming
+  # the address clients connect to (verify-full in pivault).
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 3650 \
+    -subj "/CN=pivault keystore cluster CA" -keyout "$DIR/ca.key" -out "$DIR/ca.crt" 2>/dev/null
+  for i in 1 2 3; do
+    openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+      -subj "/CN=pg$i" -keyout "$DIR/server$i.key" -out "$DIR/server$i.csr" 2>/dev/null
+    printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n' \
+      > "$DIR/server$i.ext"
+    openssl x509 -req -in "$DIR/server$i.csr" -CA "$DIR/ca.crt" -CAkey "$DIR/ca.key" \
+      -CAcreateserial -days 3650 -extfile "$DIR/server$i.ext" -out "$DIR/server$i.crt" 2>/dev/null
+    chmod 0600 "$DIR/server$i.key"
+  done
+  rm -f "$DIR/ca.key"
   for i in 1 2 3; do
     local pg=$((BASE + 30 + i)) rest=$((BASE + 20 + i))
     mkdir -p "$DIR/sock$i"
@@ -123,11 +137,16 @@ bootstrap:
     - encoding: UTF8
     - auth-host: scram-sha-256
     - auth-local: trust
+postgresql:
+  # The whole pg_hba.conf (Patroni writes it from this list; bootstrap's
+  # pg_hba would only be appended after initdb's own lines, which would
+  # match first): vault roles and the provider only over TLS.
   pg_hba:
     - local all all trust
     - host replication replicator 127.0.0.1/32 scram-sha-256
+    - hostnossl all +pivault_vaults 127.0.0.1/32 reject
+    - hostnossl all pivault_provider 127.0.0.1/32 reject
     - host all all 127.0.0.1/32 scram-sha-256
-postgresql:
   listen: 127.0.0.1:$pg
   connect_address: 127.0.0.1:$pg
   data_dir: $DIR/pg$i
@@ -138,6 +157,10 @@ postgresql:
     replication: {username: replicator, password: "$rep"}
   parameters:
     unix_socket_directories: $DIR/sock$i
+    ssl: "on"
+    ssl_cert_file: $DIR/server$i.crt
+    ssl_key_file: $DIR/server$i.key
+    ssl_min_protocol_version: TLSv1.2
 tags: {nofailover: false, noloadbalance: false, clonefrom: false, nosync: false}
 EOF
   done
@@ -176,6 +199,18 @@ EOF
   PGPASSWORD=$su psql -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$primary" -U postgres -d postgres \
     -v pw="$(cat "$DIR/pivault.password")" -v provider_pw="$(cat "$DIR/provider.password")" \
     -f "$ROOT/scripts/keystore-cluster.sql" >/dev/null
+  # Ready only once every standby has replayed the roles just made (a
+  # standby that has not yet would refuse them a login).
+  local lsn
+  lsn=$(PGPASSWORD=$su psql -h 127.0.0.1 -p "$primary" -U postgres -tAc "SELECT pg_current_wal_lsn()")
+  for i in 1 2 3; do
+    [ "$((BASE + 30 + i))" = "$primary" ] && continue
+    for _ in $(seq 1 200); do
+      [ "$(PGPASSWORD=$su psql -h 127.0.0.1 -p $((BASE + 30 + i)) -U postgres -tAc \
+        "SELECT pg_last_wal_replay_lsn() >= '$lsn'::pg_lsn" 2>/dev/null || true)" = "t" ] && break
+      sleep 0.1
+    done
+  done
   # The password files are the vaults' and the provider's (read by whoever runs pivault).
   chown "$(id -u):$(id -g)" "$DIR/pivault.password" "$DIR/provider.password"
   cat > "$ENVFILE" <<EOF
@@ -186,6 +221,7 @@ export PIVAULT_PG_SUPERUSER_PASSWORD_FILE=$DIR/superuser.password
 export PIVAULT_PG_DATA_DIRS=$DIR/pg1:$DIR/pg2:$DIR/pg3
 export PIVAULT_PG_PATRONI=127.0.0.1:$((BASE + 21)),127.0.0.1:$((BASE + 22)),127.0.0.1:$((BASE + 23))
 export PIVAULT_PG_CLUSTER_DIR=$DIR
+export PIVAULT_PG_CA_FILE=$DIR/ca.crt
 EOF
   chmod 0644 "$ENVFILE"
   echo "$ENVFILE"

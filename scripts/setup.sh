@@ -33,6 +33,10 @@ command -v patroni >/dev/null 2>&1 || need+=(patroni)
 command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
 command -v etcdctl >/dev/null 2>&1 || need+=(etcd-client)
 command -v psql >/dev/null 2>&1 || need+=(postgresql-client-15)
+# The cluster's CA and member certificates (TLS to the keystore cluster).
+command -v openssl >/dev/null 2>&1 || need+=(openssl)
+# The disposal question's test runs the CLI on a pseudo-terminal (script).
+command -v script >/dev/null 2>&1 || need+=(bsdutils)
 # cluster.sh finds its members' processes by their command lines, and runs
 # them as `postgres` when started as root.
 command -v pkill >/dev/null 2>&1 || need+=(procps)

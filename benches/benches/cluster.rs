@@ -58,6 +58,7 @@ fn config() -> PgConfig {
         database: "pivault_keys".into(),
         user: "pivault".into(),
         password_file: var("PIVAULT_PG_PASSWORD_FILE").into(),
+        ca_file: std::env::var_os("PIVAULT_PG_CA_FILE").map(Into::into),
     }
 }
 
@@ -69,20 +70,13 @@ fn per_s(n: u64, d: Duration) -> f64 {
     n as f64 / d.as_secs_f64()
 }
 
-/// Raw PostgreSQL: autocommit INSERTs then SELECTs of keystore-shaped rows.
+/// Raw PostgreSQL: autocommit INSERTs then SELECTs of keystore-shaped rows,
+/// over a connection made as the engine makes its own (TLS when the
+/// cluster's CA is set, as `scripts/cluster.sh` sets it).
 fn raw(cfg: &PgConfig, n: u64) -> (f64, f64) {
-    let password = std::fs::read_to_string(&cfg.password_file).expect("password file");
     let mut primary = None;
     for m in &cfg.members {
-        let (host, port) = m.rsplit_once(':').expect("host:port");
-        let mut c = postgres::Config::new()
-            .host(host)
-            .port(port.parse().expect("port"))
-            .user(&cfg.user)
-            .password(password.trim())
-            .dbname(&cfg.database)
-            .connect(postgres::NoTls)
-            .expect("connect");
+        let mut c = vault_core::keystore::postgres::connect_member(cfg, m).expect("connect");
         let standby: bool = c
             .query_one("SELECT pg_is_in_recovery()", &[])
             .expect("role")
@@ -337,17 +331,8 @@ fn main() {
 
 /// Connections of the vaults' role to the primary now.
 fn backends(cfg: &PgConfig) -> i64 {
-    let password = std::fs::read_to_string(&cfg.password_file).expect("password file");
     for m in &cfg.members {
-        let (host, port) = m.rsplit_once(':').expect("host:port");
-        let Ok(mut c) = postgres::Config::new()
-            .host(host)
-            .port(port.parse().expect("port"))
-            .user(&cfg.user)
-            .password(password.trim())
-            .dbname(&cfg.database)
-            .connect(postgres::NoTls)
-        else {
+        let Ok(mut c) = vault_core::keystore::postgres::connect_member(cfg, m) else {
             continue;
         };
         let r = c

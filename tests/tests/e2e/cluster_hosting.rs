@@ -320,16 +320,8 @@ fn cluster_vaults_created_together_each_get_a_role_no_other_credential_reaches()
         .query_one("SELECT inet_server_port()", &[])
         .unwrap()
         .get(0);
-    let pw = std::fs::read_to_string(&cfg0.password_file).unwrap();
-    let connect = || {
-        postgres::Config::new()
-            .host("127.0.0.1")
-            .port(port as u16)
-            .user(&cfg0.user)
-            .password(pw.trim())
-            .dbname(&cfg0.database)
-            .connect(postgres::NoTls)
-    };
+    let connect =
+        || vault_core::keystore::postgres::connect_member(&cfg0, &format!("127.0.0.1:{port}"));
     let mut hoard = vec![];
     let refused = loop {
         match connect() {
@@ -341,11 +333,7 @@ fn cluster_vaults_created_together_each_get_a_role_no_other_credential_reaches()
             "a stolen credential opened 64 connections"
         );
     };
-    assert_eq!(
-        refused.as_db_error().map(|d| d.code().code()),
-        Some("53300"),
-        "{refused}"
-    );
+    assert!(refused.to_string().contains("(53300)"), "{refused}");
     // With the one the test holds (a backend of a client that just left
     // may still count for a moment).
     let limit = vault_core::keystore::postgres::ROLE_CONNECTION_LIMIT;
@@ -430,4 +418,103 @@ fn cluster_vaults_created_together_each_get_a_role_no_other_credential_reaches()
             .any(|i| i["role"] == "pivault" && i["shared_role"] == true),
         "{listed}"
     );
+}
+
+/// Keys never cross to the cluster in clear: every vault role's connection
+/// is TLS with the member's certificate verified. Without TLS the members
+/// refuse a vault's role (`pg_hba`); with a CA that did not sign the
+/// members' certificates pivault refuses the member before any password
+/// is sent; a member off this machine needs a CA in the configuration.
+#[test]
+fn the_keystore_cluster_is_reached_over_verified_tls_only() {
+    use vault_core::keystore::postgres::connect_member;
+    let cfg = common::cluster_keystore();
+    assert!(
+        cfg.ca_file.is_some(),
+        "scripts/cluster.sh sets PIVAULT_PG_CA_FILE"
+    );
+    for m in &cfg.members {
+        let mut c = connect_member(&cfg, m).expect("a TLS connection");
+        let r = c
+            .query_one(
+                "SELECT ssl, version FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+                &[],
+            )
+            .unwrap();
+        assert!(r.get::<_, bool>(0), "{m}: not TLS");
+        let version: String = r.get(1);
+        assert!(version.starts_with("TLSv1."), "{m}: {version}");
+    }
+    // In clear: refused by every member.
+    let clear = PgConfig {
+        ca_file: None,
+        ..cfg.clone()
+    };
+    for m in &cfg.members {
+        let Err(e) = connect_member(&clear, m) else {
+            panic!("{m}: a vault role connected in clear");
+        };
+        assert!(e.to_string().contains("(28000)"), "{m}: {e}");
+    }
+    // Another CA: the member's certificate is not trusted.
+    let tmp = tempfile::tempdir().unwrap();
+    let other = tmp.path().join("other-ca.crt");
+    let made = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=someone else's CA",
+            "-keyout",
+        ])
+        .arg(tmp.path().join("other-ca.key"))
+        .arg("-out")
+        .arg(&other)
+        .output()
+        .expect("openssl");
+    assert!(made.status.success(), "{made:?}");
+    let wrong_ca = PgConfig {
+        ca_file: Some(other),
+        ..cfg.clone()
+    };
+    let Err(e) = connect_member(&wrong_ca, &cfg.members[0]) else {
+        panic!("a member trusted through someone else's CA");
+    };
+    assert!(e.to_string().contains("UnknownIssuer"), "{e}");
+    // A file that holds no certificate is refused, not taken as no CA.
+    write_private(&tmp.path().join("empty.pem"), b"");
+    let empty = PgConfig {
+        ca_file: Some(tmp.path().join("empty.pem")),
+        ..cfg.clone()
+    };
+    let Err(e) = connect_member(&empty, &cfg.members[0]) else {
+        panic!("connected with a CA file holding no certificate");
+    };
+    assert!(e.to_string().contains("no certificate"), "{e}");
+    // Off this machine: only with a CA.
+    let far = PgConfig {
+        members: vec!["10.0.0.5:5432".into()],
+        ca_file: None,
+        ..cfg.clone()
+    };
+    assert!(
+        far.validate()
+            .unwrap_err()
+            .to_string()
+            .contains("needs TLS"),
+        "a remote member in clear"
+    );
+    PgConfig {
+        ca_file: cfg.ca_file.clone(),
+        ..far
+    }
+    .validate()
+    .expect("a remote member over TLS");
 }

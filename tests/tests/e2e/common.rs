@@ -188,6 +188,8 @@ pub fn cluster_keystore() -> PgConfig {
         database: "pivault_keys".into(),
         user: "pivault".into(),
         password_file: var("PIVAULT_PG_PASSWORD_FILE").into(),
+        // scripts/cluster.sh's CA: every vault connection is TLS.
+        ca_file: std::env::var_os("PIVAULT_PG_CA_FILE").map(Into::into),
     }
 }
 

@@ -34,9 +34,14 @@
 //! be reached is never skipped: it makes the purge unclean and the scan
 //! report it, so the batch waits and no certificate is issued.
 //!
-//! The client is the blocking `postgres` crate without TLS: members must be
-//! on loopback (the set-up this builds and tests); [`PgConfig::validate`]
-//! refuses another host rather than send keys in clear.
+//! The client is the blocking `postgres` crate. With `ca_file` in the
+//! configuration every connection is TLS (rustls, `tokio-postgres-rustls`)
+//! and each member's certificate is verified against that CA and its
+//! address (verify-full); without it, only loopback members are accepted:
+//! [`PgConfig::validate`] refuses another host rather than send keys in
+//! clear. `scripts/cluster.sh` makes a CA and a certificate per member and
+//! its `pg_hba` rejects every vault role's and the provider's connection
+//! that is not TLS, so the tests and the benchmark run over TLS.
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -44,6 +49,7 @@ use std::time::{Duration, Instant};
 
 use postgres::{Client, NoTls};
 use serde::{Deserialize, Serialize};
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::engine::{ByteScan, Held, KeyEngine, KeyOp, Table, Visit};
 use super::{MemberEvidence, PurgeEvidence};
@@ -83,6 +89,11 @@ pub struct PgConfig {
     pub user: String,
     /// File holding that role's password.
     pub password_file: PathBuf,
+    /// The CA (PEM) that signed every member's certificate. With it, every
+    /// connection is TLS and each member's certificate must name its host;
+    /// without it, members must be on loopback.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
 }
 
 impl PgConfig {
@@ -115,13 +126,13 @@ impl PgConfig {
             return Err(Error::InvalidInput("keystore cluster: no members".into()));
         }
         for m in &self.members {
-            let (host, port) = split_member(m)?;
-            if !(host == "127.0.0.1" || host == "::1" || host == "localhost") {
+            let (host, _port) = split_member(m)?;
+            let loopback = host == "127.0.0.1" || host == "::1" || host == "localhost";
+            if !loopback && self.ca_file.is_none() {
                 return Err(Error::InvalidInput(format!(
-                    "keystore cluster member {m}: only loopback members are supported (TLS to the cluster is not built; keys would cross the network in clear)"
+                    "keystore cluster member {m}: a member off this machine needs TLS: set ca_file to the CA that signed the members' certificates (keys never cross a network in clear)"
                 )));
             }
-            let _ = port;
         }
         let ident = |s: &str| {
             !s.is_empty()
@@ -157,7 +168,38 @@ fn split_member(m: &str) -> Result<(&str, u16)> {
     Ok((h.trim_start_matches('[').trim_end_matches(']'), port))
 }
 
-/// A connection to one member as `cfg`'s role.
+/// The TLS client configuration for `ca_file`: its certificates are the
+/// only roots; the member's certificate must name the host connected to.
+fn tls_to(ca_file: &Path) -> Result<MakeRustlsConnect> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let bad = |why: String| {
+        Error::InvalidInput(format!(
+            "keystore cluster CA file {}: {why}",
+            ca_file.display()
+        ))
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(ca_file).map_err(|e| bad(e.to_string()))? {
+        roots
+            .add(cert.map_err(|e| bad(e.to_string()))?)
+            .map_err(|e| bad(e.to_string()))?;
+    }
+    if roots.is_empty() {
+        return Err(bad("no certificate in it".into()));
+    }
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| bad(e.to_string()))?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    Ok(MakeRustlsConnect::new(config))
+}
+
+/// A connection to one member as `cfg`'s role: TLS, the member's
+/// certificate verified, when `cfg` names a CA.
 pub(super) fn connect_as(cfg: &PgConfig, password: &SecretString, member: &str) -> Result<Client> {
     let (host, port) = split_member(member)?;
     let mut c = postgres::Config::new();
@@ -168,7 +210,21 @@ pub(super) fn connect_as(cfg: &PgConfig, password: &SecretString, member: &str) 
         .dbname(&cfg.database)
         .application_name("pivault")
         .connect_timeout(Duration::from_secs(3));
-    c.connect(NoTls).map_err(pg)
+    match &cfg.ca_file {
+        Some(ca) => {
+            c.ssl_mode(postgres::config::SslMode::Require);
+            c.connect(tls_to(ca)?).map_err(pg)
+        }
+        None => c.connect(NoTls).map_err(pg),
+    }
+}
+
+/// A connection to `member` exactly as the engine makes it (TLS and its
+/// checks when `cfg` names a CA): for tools and tests that speak SQL to a
+/// member as a vault's role.
+pub fn connect_member(cfg: &PgConfig, member: &str) -> Result<Client> {
+    cfg.validate()?;
+    connect_as(cfg, &cfg.password()?, member)
 }
 
 /// A connection to whichever member is the primary now. During a failover
@@ -226,7 +282,17 @@ pub(super) fn pg(e: postgres::Error) -> Error {
             d.message(),
             d.code().code()
         )),
-        None => Error::Storage(format!("keystore cluster: {e}")),
+        None => {
+            // A TLS or connection failure says why only in its sources
+            // ("invalid peer certificate: UnknownIssuer").
+            let mut why = e.to_string();
+            let mut source = std::error::Error::source(&e);
+            while let Some(s) = source {
+                why.push_str(&format!(": {s}"));
+                source = s.source();
+            }
+            Error::Storage(format!("keystore cluster: {why}"))
+        }
     }
 }
 
@@ -894,11 +960,22 @@ impl PgKeys {
         let mut down = Vec::new();
         let mut bad = Vec::new();
         let mut primary_standbys = None;
+        let mut in_clear = Vec::new();
         for (name, c) in self.members() {
             let Ok(mut c) = c else {
                 down.push(name);
                 continue;
             };
+            let tls: bool = c
+                .query_one(
+                    "SELECT coalesce((SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()), false)",
+                    &[],
+                )
+                .map_err(pg)?
+                .get(0);
+            if !tls {
+                in_clear.push(name.clone());
+            }
             for (setting, want, why) in MEMBER_SETTINGS {
                 let got: String = c
                     .query_one("SELECT current_setting($1)", &[&setting])
@@ -970,6 +1047,20 @@ impl PgKeys {
                     down.join(", ")
                 ),
                 (None, true) => "no member is the primary".into(),
+            },
+        ));
+        // Keys in clear on loopback are only as private as this machine; a
+        // member elsewhere is refused in clear (`PgConfig::validate`).
+        out.push((
+            "keystore-cluster-tls",
+            if in_clear.is_empty() { Level::Ok } else { Level::Warn },
+            if in_clear.is_empty() {
+                "every reachable member: TLS, its certificate verified against ca_file".to_owned()
+            } else {
+                format!(
+                    "in clear to {} (loopback): set ca_file and ssl=on on the members, and reject vault roles without TLS in pg_hba.conf",
+                    in_clear.join(", ")
+                )
             },
         ));
         // One role per vault (`pivault vault create`): a role shared with

@@ -75,6 +75,7 @@ pub(crate) fn provision(provider: &PgConfig, dir: &Path) -> Result<Provisioned> 
             database: provider.database.clone(),
             user: role,
             password_file: path,
+            ca_file: provider.ca_file.clone(),
         },
     })
 }
