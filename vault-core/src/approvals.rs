@@ -251,6 +251,33 @@ impl Vault {
             .collect()
     }
 
+    /// Deletes every request past its approval window: none can be approved
+    /// any more, and a new user's request holds their password's hash and
+    /// full name. Audited (system, `approval.expire`) when it removed any;
+    /// the server runs it with its session sweep. Returns how many.
+    pub fn sweep_expired_requests(&self) -> Result<u64> {
+        let now = self.now();
+        let mut removed = 0u64;
+        for r in self.pending_rows()? {
+            if r.expires_ms <= now {
+                self.store
+                    .delete(store::CF_META, &[PREFIX, r.id.as_bytes()].concat())?;
+                removed += 1;
+            }
+        }
+        if removed > 0 {
+            self.audit(
+                None,
+                &super::maintenance::system_ctx(),
+                "approval.expire",
+                vec![format!("removed:{removed}")],
+                Ok(()),
+                None,
+            )?;
+        }
+        Ok(removed)
+    }
+
     /// Pending requests that can still be approved, oldest first (admins,
     /// officers, auditors).
     pub fn pending_requests(&self, s: &Session) -> Result<Vec<PendingRequest>> {

@@ -9,7 +9,7 @@
 //!
 //! This is a child module of `vault` so it can reach the facade's fields.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -156,9 +156,32 @@ pub(crate) struct BatchRecord {
     /// older builds (their certificates carry no resident count).
     #[serde(default)]
     ma_resident: Option<bool>,
+    /// The record could not be read, so `ma_resident` is its collection's
+    /// default; the certificate says how many.
+    #[serde(default)]
+    residence_by_default: bool,
+}
+
+/// A record's residence as [`Vault::residence`] found it, for the version
+/// it read.
+#[derive(Clone, Copy, Debug)]
+struct Residence {
+    version: u32,
+    ma: bool,
+    /// Read from the record (`false`: the collection's default).
+    read: bool,
 }
 
 impl BatchRow {
+    /// Records whose residence is their collection's default because they
+    /// could not be read when the batch started.
+    fn residence_by_default(&self) -> usize {
+        self.records
+            .iter()
+            .filter(|r| r.residence_by_default)
+            .count()
+    }
+
     /// Distinct subjects of the batch who are Massachusetts residents;
     /// `None` when a record of an older build carries no residence.
     fn ma_resident_count(&self) -> Option<u64> {
@@ -808,11 +831,7 @@ impl Vault {
     /// `RunRetention` (a retention-runner service account); any other
     /// scope needs `Dispose`.
     pub fn dispose(&self, s: &Session, req: &DisposalRequest) -> Result<DisposalOutcome> {
-        if matches!(req.scope, DisposalScope::PastRetention) {
-            self.authorize_any(s, &[Permission::Dispose, Permission::RunRetention])?;
-        } else {
-            self.authorize(s, Some(Permission::Dispose))?;
-        }
+        self.authorize_disposal(s, req)?;
         self.dispose_authorized(s, req, None)
     }
 
@@ -835,8 +854,19 @@ impl Vault {
                 "a preview is confirmed by a disposal, not a dry run",
             ));
         }
-        self.authorize(s, Some(Permission::Dispose))?;
+        self.authorize_disposal(s, req)?;
         self.dispose_authorized(s, req, Some(previewed))
+    }
+
+    /// Who may run a disposal of this scope: officers and contractors (in
+    /// their scope, checked by the plan), and a retention runner for what
+    /// is past retention.
+    fn authorize_disposal(&self, s: &Session, req: &DisposalRequest) -> Result<()> {
+        if matches!(req.scope, DisposalScope::PastRetention) {
+            self.authorize_any(s, &[Permission::Dispose, Permission::RunRetention])
+        } else {
+            self.authorize(s, Some(Permission::Dispose)).map(|_| ())
+        }
     }
 
     /// [`Vault::dispose`] once the authority is established: by the
@@ -892,6 +922,13 @@ impl Vault {
         if req.dry_run || rows.is_empty() {
             return self.disposal_without_batch(s, req, &scope_target, &rows, &excluded);
         }
+        // Each record's residence, read before the locks (decrypting every
+        // record under them would stall every clerk of every touched bucket);
+        // under the locks, a record whose version changed since is read again.
+        let residences: HashMap<RecordId, Residence> = rows
+            .iter()
+            .map(|(id, r)| (*id, self.residence(*id, r)))
+            .collect();
         // Step 1 runs under the batch lock and the touched buckets' exclusive
         // locks: every record is read again (an update may have run since the
         // plan), holds are checked again, and the rotation is planned, so a
@@ -979,13 +1016,20 @@ impl Vault {
             created_ms: self.now(),
             records: rows
                 .iter()
-                .map(|(id, r)| BatchRecord {
-                    id: id.to_string(),
-                    subject: r.subject.to_string(),
-                    version: r.version,
-                    collection: r.collection.as_str().to_owned(),
-                    versions: versions.get(id).cloned().unwrap_or_default(),
-                    ma_resident: Some(self.ma_resident(*id, r)),
+                .map(|(id, r)| {
+                    let res = match residences.get(id) {
+                        Some(p) if p.version == r.version && p.read => *p,
+                        _ => self.residence(*id, r),
+                    };
+                    BatchRecord {
+                        id: id.to_string(),
+                        subject: r.subject.to_string(),
+                        version: r.version,
+                        collection: r.collection.as_str().to_owned(),
+                        versions: versions.get(id).cloned().unwrap_or_default(),
+                        ma_resident: Some(res.ma),
+                        residence_by_default: !res.read,
+                    }
                 })
                 .collect(),
             excluded: excluded
@@ -1131,7 +1175,7 @@ impl Vault {
         )?;
         let ma_residents = (rows.len() <= PREVIEW_RESIDENCE_MAX).then(|| {
             rows.iter()
-                .filter(|(id, r)| self.ma_resident(*id, r))
+                .filter(|(id, r)| self.residence(*id, r).ma)
                 .map(|(_, r)| r.subject)
                 .collect::<BTreeSet<_>>()
                 .len() as u64
@@ -1552,20 +1596,40 @@ impl Vault {
     /// record itself while it can still be decrypted (its residence-state
     /// field or address, else the collection's default residence), so the
     /// certificate can count the residents: after the disposal nothing can.
-    /// A record that cannot be read (being replaced, or damaged) counts by
-    /// its collection's default; one without a collection counts as a
-    /// resident, as the incident report counts it.
-    fn ma_resident(&self, id: RecordId, row: &RecordRow) -> bool {
-        let Ok(schema) = self.schema(&row.collection) else {
-            return true;
-        };
-        match self.decrypt(id, row) {
-            Ok(body) => schema.classify(&body).ma_resident,
-            Err(_) => schema
-                .default_residence
-                .as_deref()
-                .map_or(crate::schema::DEFAULT_RESIDENCE, str::trim)
-                .eq_ignore_ascii_case("MA"),
+    /// A correction that replaced the row meanwhile is followed to the new
+    /// version (as `read_live` does); a record that still cannot be read
+    /// (damaged, or its keys already gone) counts by its collection's
+    /// default, and one without a collection as a resident (as the incident
+    /// report counts them), and says so (`read: false`).
+    fn residence(&self, id: RecordId, row: &RecordRow) -> Residence {
+        let schema = self.schema(&row.collection).ok();
+        let mut row = std::borrow::Cow::Borrowed(row);
+        for _ in 0..3 {
+            if let Some(s) = &schema
+                && let Ok(body) = self.decrypt(id, &row)
+            {
+                return Residence {
+                    version: row.version,
+                    ma: s.classify(&body).ma_resident,
+                    read: true,
+                };
+            }
+            match self.store.record(id) {
+                Ok(Some(now)) if now.version != row.version && now.state == RecordState::Live => {
+                    row = std::borrow::Cow::Owned(now);
+                }
+                _ => break,
+            }
+        }
+        Residence {
+            version: row.version,
+            ma: schema.as_ref().is_none_or(|s| {
+                s.default_residence
+                    .as_deref()
+                    .map_or(crate::schema::DEFAULT_RESIDENCE, str::trim)
+                    .eq_ignore_ascii_case("MA")
+            }),
+            read: false,
         }
     }
 
@@ -1691,6 +1755,11 @@ impl Vault {
                 "record_count": b.records.len(),
                 "subject_count": subjects.len(),
                 "ma_resident_count": b.ma_resident_count(),
+                "ma_resident_basis": match b.residence_by_default() {
+                    _ if b.ma_resident_count().is_none() => Value::Null,
+                    0 => json!("read from each record (residence-state field, else address, else the collection's default residence)"),
+                    n => json!(format!("read from each record; {n} record(s) could not be read and were counted by their collection's default residence")),
+                },
                 "commitment": {
                     "algorithm": certificate::MERKLE_ALGORITHM,
                     "record_root": hex::encode(certificate::merkle_root(&ids)),

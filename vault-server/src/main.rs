@@ -602,14 +602,18 @@ async fn backup_expiry_timer(app: Arc<App>, every: Duration) {
     .await
 }
 
-/// Deletes the rows of sessions and tokens that can no longer be used.
+/// Deletes the rows of sessions and tokens that can no longer be used, and
+/// the two-person requests that can no longer be approved.
 async fn session_sweep_timer(app: Arc<App>, every: Duration) {
     every_interval(
         app,
         every,
         "session sweep",
-        |v| v.sweep_sessions(),
-        |n| (*n > 0).then(|| format!("{n} expired session(s) removed")),
+        |v| Ok((v.sweep_sessions()?, v.sweep_expired_requests()?)),
+        |(n, r)| {
+            (*n > 0 || *r > 0)
+                .then(|| format!("{n} expired session(s) removed, {r} expired request(s) removed"))
+        },
     )
     .await
 }

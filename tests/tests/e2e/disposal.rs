@@ -2310,6 +2310,14 @@ fn certificates_count_the_massachusetts_residents_of_the_records_they_destroyed(
         v.put_record(&fx.clerk, "members", subj(3), &member(3, Some("NY")))
             .unwrap(),
     ];
+    // 5: two records that disagree (NH and MA): a resident, as the
+    // incident report counts a subject any of whose records says MA.
+    for state in ["NH", "MA"] {
+        ids.push(
+            v.put_record(&fx.clerk, "members", subj(5), &member(5, Some(state)))
+                .unwrap(),
+        );
+    }
     let flipper = v
         .put_record(&fx.clerk, "members", subj(4), &member(4, Some("NH")))
         .unwrap();
@@ -2326,7 +2334,7 @@ fn certificates_count_the_massachusetts_residents_of_the_records_they_destroyed(
         .expect("dry run");
     assert_eq!(
         (dry.records.len(), dry.subjects, dry.ma_residents),
-        (6, 5, Some(2))
+        (8, 6, Some(3))
     );
 
     // A clerk flips subject 4 between MA and NH while the disposal runs.
@@ -2354,7 +2362,7 @@ fn certificates_count_the_massachusetts_residents_of_the_records_they_destroyed(
         o
     });
     let flipped_ma = *last_ok.lock().unwrap() == Some("MA");
-    let expected = 2 + u64::from(flipped_ma);
+    let expected = 3 + u64::from(flipped_ma);
     assert_eq!(
         outcome.ma_residents,
         Some(expected),
@@ -2365,7 +2373,14 @@ fn certificates_count_the_massachusetts_residents_of_the_records_they_destroyed(
         .certificate(&fx.officer, outcome.certificate_id.expect("certificate"))
         .expect("certificate");
     assert_eq!(cert.body["target"]["ma_resident_count"], json!(expected));
-    assert_eq!(cert.body["target"]["subject_count"], json!(5));
+    assert_eq!(cert.body["target"]["subject_count"], json!(6));
+    assert!(
+        cert.body["target"]["ma_resident_basis"]
+            .as_str()
+            .is_some_and(|b| b.starts_with("read from each record (")),
+        "{}",
+        cert.body["target"]
+    );
     let html = certificate::render_html(&cert, certificate::Check::Carried);
     assert!(
         html.contains("Massachusetts residents") && html.contains(&format!(">{expected}<")),

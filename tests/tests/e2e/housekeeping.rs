@@ -367,3 +367,61 @@ fn a_contractor_outside_the_batch_cannot_cosign_over_http() {
     let (status, _, _keep) = srv.stop();
     assert!(status.success(), "{:?}", started.elapsed());
 }
+
+/// A two-person request no one approved in time is deleted by the sweep:
+/// none can be approved any more, and a new user's request holds their
+/// password's hash and full name. One still in its window stays.
+#[test]
+fn requests_past_their_approval_window_are_swept_with_what_they_held() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fx = common::fast_vault(&tmp.path().join("vault"));
+    let v = &fx.vault;
+    let ask = |name: &str| match v.add_person(
+        &fx.admin,
+        name,
+        &vault_core::secret::SecretString::from("Quarry-Meadow-Falcon-83"),
+        vault_core::access::Role::Officer,
+        false,
+        Some("Olga Petrova"),
+    ) {
+        Err(vault_core::Error::ApprovalRequired { request }) => request,
+        other => panic!("expected a pending approval: {other:?}"),
+    };
+    let old = ask("olga");
+    fx.clock
+        .advance(vault_core::vault::APPROVAL_TTL_MS - 60_000);
+    let fresh = ask("oskar");
+    fx.clock.advance(120_000);
+    assert_eq!(v.sweep_expired_requests().unwrap(), 1);
+    assert_eq!(
+        v.sweep_expired_requests().unwrap(),
+        0,
+        "nothing left to sweep"
+    );
+    // The expired one is gone (not merely refused as expired); the fresh
+    // one is approved, full name and all.
+    let gone = v.approve_request(&fx.officer, &old);
+    assert!(
+        matches!(gone, Err(vault_core::Error::NotFound(_))),
+        "{gone:?}"
+    );
+    v.approve_request(&fx.officer, &fresh).unwrap();
+    let users = v.list_users(&fx.admin).unwrap();
+    assert!(users.iter().all(|u| u.username.as_str() != "olga"));
+    let oskar = users
+        .iter()
+        .find(|u| u.username.as_str() == "oskar")
+        .expect("oskar approved");
+    assert_eq!(oskar.full_name.as_deref(), Some("Olga Petrova"));
+    let swept = v
+        .audit_events(
+            &fx.officer,
+            &EventFilter {
+                action_prefix: Some("approval.expire".into()),
+                ..EventFilter::default()
+            },
+        )
+        .unwrap();
+    assert_eq!(swept.len(), 1, "{swept:?}");
+    assert_eq!(swept[0].targets, vec!["removed:1".to_owned()]);
+}

@@ -88,7 +88,7 @@ fn a_retention_runner_token_runs_retention_from_a_script_and_nothing_else() {
         tmp,
         vault_dir,
         PASSPHRASE,
-        &["--service-calls-per-minute", "12"],
+        &["--service-calls-per-minute", "16"],
     );
     let socket = srv.vault_dir.parent().unwrap().join("pivault.sock");
     let staff = |user: &str| -> Vec<(&'static str, PathBuf)> {
@@ -152,7 +152,28 @@ fn a_retention_runner_token_runs_retention_from_a_script_and_nothing_else() {
     ] {
         run(home, &script, &args).code(EXIT_DENIED);
     }
-    let ran = run(home, &script, &["--json", "retention", "run", "--yes"]);
+    // The script pins what it destroys to what it was shown due: a made-up
+    // plan is refused (exit 13) and destroys nothing; the due list's plan
+    // disposes of exactly those records.
+    let plan = due.json()["plan"].as_str().expect("a plan").to_owned();
+    let stale = "0".repeat(64);
+    let refused = run(
+        home,
+        &script,
+        &["--json", "retention", "run", "--yes", "--plan", &stale],
+    );
+    refused.code(13);
+    assert!(
+        refused.stderr.contains("preview_stale"),
+        "{}",
+        refused.stderr
+    );
+    // (Nothing was destroyed: the run below still finds all three.)
+    let ran = run(
+        home,
+        &script,
+        &["--json", "retention", "run", "--yes", "--plan", &plan],
+    );
     ran.ok();
     let outcome = ran.json();
     assert_eq!(outcome["records"], 3, "{outcome}");
@@ -194,7 +215,7 @@ fn a_retention_runner_token_runs_retention_from_a_script_and_nothing_else() {
     assert_eq!(entry["has_token"], true);
     assert!(!list.stdout.contains("pvs_"), "no token in a listing");
 
-    // Per-token rate limit (12 a minute here): a runaway loop is refused
+    // Per-token rate limit (16 a minute here): a runaway loop is refused
     // with 429 and Retry-After, and writes one audit event, not one per call.
     let mut refused = 0;
     for _ in 0..30 {
@@ -208,7 +229,7 @@ fn a_retention_runner_token_runs_retention_from_a_script_and_nothing_else() {
             s => panic!("unexpected {s}: {a:?}"),
         }
     }
-    assert!(refused >= 18, "{refused} of 30 refused");
+    assert!(refused >= 14, "{refused} of 30 refused");
     let r = run(home, &script, &["--json", "whoami"]);
     r.code(EXIT_BUSY);
     assert!(r.stderr.contains("rate_limited"), "{}", r.stderr);

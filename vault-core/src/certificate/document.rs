@@ -282,7 +282,10 @@ pub fn document(cert: &Certificate, check: Check<'_>) -> Document {
         "target.classification.ma_residents",
     ] {
         if let Some(n) = s(b, path) {
-            what.push(("Massachusetts residents".into(), n));
+            let basis = s(b, "target.ma_resident_basis")
+                .and_then(|t| t.split_once("; ").map(|(_, rest)| format!(" ({rest})")))
+                .unwrap_or_default();
+            what.push(("Massachusetts residents".into(), format!("{n}{basis}")));
         }
     }
     let before = s(b, "target.classification.before").or_else(|| {

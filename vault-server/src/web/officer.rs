@@ -688,6 +688,10 @@ async fn certificate_file(
 pub(super) fn residents(o: &DisposalOutcome) -> String {
     match o.ma_residents {
         Some(n) => n.to_string(),
+        // A completed batch of an older version: its certificate has no count.
+        None if o.certificate_id.is_some() => {
+            "not counted (a certificate of an older version)".into()
+        }
         None => format!(
             "counted by the disposal for its certificate (a preview reads them for up to {} records)",
             vault_core::vault::PREVIEW_RESIDENCE_MAX

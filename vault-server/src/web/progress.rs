@@ -250,8 +250,14 @@ async fn progress(
         // person's own batches of the last day, which the vault keeps.
         let me = who.user_id;
         let since = jiff::Timestamp::now().as_millisecond() - 86_400_000;
+        // Only someone who may dispose has batches; asking for another's
+        // would be audited as a denial they never attempted.
+        let may_dispose = who.may(vault_core::access::Permission::Dispose);
         let mine = app
             .as_user(&rc, who.bearer(), move |v, s| {
+                if !may_dispose {
+                    return Ok(Vec::new());
+                }
                 Ok(v.disposals(s)?
                     .into_iter()
                     .filter(|d| d.operator == me && d.created_ms >= since)
@@ -441,6 +447,7 @@ async fn batch(
     };
     let me = who.user_id;
     let found = match id.parse::<DisposalId>() {
+        Ok(_) if !who.may(vault_core::access::Permission::Dispose) => None,
         Ok(did) => app
             .as_user(&rc, who.bearer(), move |v, s| {
                 let Some(d) = v
