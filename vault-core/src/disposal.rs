@@ -108,9 +108,9 @@ pub struct DisposalOutcome {
     /// Distinct subjects among them.
     pub subjects: u64,
     /// Distinct subjects among them who are Massachusetts residents, read
-    /// from the records themselves (see `Vault::ma_resident`). A dry run
+    /// from the records themselves (see `Vault::residence`). A dry run
     /// over more than [`PREVIEW_RESIDENCE_MAX`] records leaves it `None`
-    /// (counted by the disposal, under its locks, for the certificate).
+    /// (the disposal counts them all for its certificate).
     pub ma_residents: Option<u64>,
     /// Records in scope but excluded, with the reason (legal hold).
     pub excluded: Vec<(RecordId, String)>,
