@@ -316,21 +316,12 @@ async fn progress(
                 .ok()
                 .flatten();
             let step = match &batch {
-                Some(b) => {
-                    let n = DISPOSAL_STEPS
-                        .iter()
-                        .position(|s| *s == b.step)
-                        .map_or(1, |i| i + 1);
-                    format!(
-                        "<dt>Batch</dt><dd><a id=\"batch-page\" href=\"/ui/disposals/batch/{0}\"><code>{0}</code></a> \
-                         (its own page, kept by the vault: it survives a restart of the server)</dd><dt>Records</dt><dd>{1}</dd>\
-                         <dt>Step</dt><dd id=\"step\">{n} of {2}: {3}</dd>",
-                        esc(&b.id.to_string()),
-                        b.records,
-                        DISPOSAL_STEPS.len(),
-                        esc(step_label(&b.step))
-                    )
-                }
+                Some(b) => format!(
+                    "<dt>Batch</dt><dd><a id=\"batch-page\" href=\"/ui/disposals/batch/{0}\"><code>{0}</code></a> \
+                     (its own page, kept by the vault: it survives a restart of the server)</dd>{1}",
+                    esc(&b.id.to_string()),
+                    records_and_step(b)
+                ),
                 None => "<dt>Step</dt><dd id=\"step\">planning: checking the scope and the legal holds</dd>"
                     .into(),
             };
@@ -356,12 +347,7 @@ async fn progress(
                 ),
             );
             if auto {
-                // The `Refresh` header, which `<meta http-equiv>` stands in
-                // for: the same reload, with the reader's way to stop it.
-                r.headers_mut().insert(
-                    axum::http::header::HeaderName::from_static("refresh"),
-                    HeaderValue::from(REFRESH_S),
-                );
+                reloads_itself(&mut r);
             }
             r
         }
@@ -496,10 +482,6 @@ async fn batch(
             ),
         );
     }
-    let n = DISPOSAL_STEPS
-        .iter()
-        .position(|s| *s == d.step)
-        .map_or(1, |i| i + 1);
     let mut r = page(
         StatusCode::OK,
         "Disposal in progress",
@@ -507,17 +489,35 @@ async fn batch(
         &format!(
             "<p role=\"status\" id=\"state\">Running. The disposal goes on whether this page is open or not, and after a restart of the server.</p>\
              <p class=\"hint\">This page reloads itself every {REFRESH_S} seconds. <a href=\"{href}\">Check now</a></p>\
-             <dl>{started}<dt>Records</dt><dd>{}</dd><dt>Step</dt><dd id=\"step\">{n} of {}: {}</dd></dl>",
-            d.records,
-            DISPOSAL_STEPS.len(),
-            esc(step_label(&d.step))
+             <dl>{started}{}</dl>",
+            records_and_step(&d)
         ),
     );
+    reloads_itself(&mut r);
+    r
+}
+
+/// A running batch's size and step, as its job's page and its own page show them.
+fn records_and_step(b: &DisposalSummary) -> String {
+    let n = DISPOSAL_STEPS
+        .iter()
+        .position(|s| *s == b.step)
+        .map_or(1, |i| i + 1);
+    format!(
+        "<dt>Records</dt><dd>{}</dd><dt>Step</dt><dd id=\"step\">{n} of {}: {}</dd>",
+        b.records,
+        DISPOSAL_STEPS.len(),
+        esc(step_label(&b.step))
+    )
+}
+
+/// The `Refresh` header, which `<meta http-equiv>` stands in for: the page
+/// reloads itself with no script, and the reader has a link to stop it.
+fn reloads_itself(r: &mut Response) {
     r.headers_mut().insert(
         axum::http::header::HeaderName::from_static("refresh"),
         HeaderValue::from(REFRESH_S),
     );
-    r
 }
 
 /// The outcome of a completed batch, read back from its certificate (the
