@@ -58,9 +58,10 @@ BEGIN
     RAISE EXCEPTION 'not a SCRAM-SHA-256 verifier';
   END IF;
   -- CONNECTION LIMIT: vault_core::keystore::postgres::ROLE_CONNECTION_LIMIT
-  -- (a vault works with 8, a purge adds one per member): a stolen
+  -- (a vault works with 8 per store, keystore and records, plus the
+  -- records store's lock; a purge adds one per member): a stolen
   -- credential cannot take the connections every other vault needs.
-  EXECUTE format('CREATE ROLE %I LOGIN CONNECTION LIMIT 16 PASSWORD %L IN ROLE pivault_vaults', role, verifier);
+  EXECUTE format('CREATE ROLE %I LOGIN CONNECTION LIMIT 24 PASSWORD %L IN ROLE pivault_vaults', role, verifier);
 END
 $$;
 REVOKE ALL ON FUNCTION pivault_provision.create_vault_role(text, text) FROM PUBLIC;
@@ -135,3 +136,15 @@ SET search_path = pg_catalog, pg_temp
 AS $$ SELECT (pg_stat_file(p, true)).size IS NOT NULL $$;
 REVOKE ALL ON FUNCTION pivault_verify.file_exists(text) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION pivault_verify.file_exists(text) TO pivault_vaults;
+
+-- The records database (`pivault init --records-cluster`): each vault's
+-- records, users, sessions, disposal batches and certificates in a schema
+-- `pr_<vault id>` its role owns. A copy of `pivault_keys` as set up above
+-- (same schemas, functions and grants, no vault yet): the beacon purge
+-- after a disposal runs the same recipe and the same verification scan.
+-- On a records cluster of its own, this script is run there as well.
+\connect postgres
+CREATE DATABASE pivault_records TEMPLATE pivault_keys OWNER pivault;
+REVOKE ALL ON DATABASE pivault_records FROM PUBLIC;
+GRANT CONNECT, CREATE ON DATABASE pivault_records TO pivault_vaults;
+GRANT CONNECT ON DATABASE pivault_records TO pivault_provider;

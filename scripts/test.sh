@@ -18,7 +18,8 @@ trap './scripts/cluster.sh stop' EXIT
 source "$(./scripts/cluster.sh env)"
 cargo test --workspace --no-fail-fast "$@"
 # Conformance (issue 16): the storage tests again, every fixture vault's
-# keystore on the cluster instead of embedded. One at a time: a snapshot
+# keystore and records store on the cluster instead of embedded (library
+# fixtures and the CLI's `init` alike). One at a time: a snapshot
 # one test holds on purpose blocks every vault's purge in the database.
 # Not repeated: the custodian and library modules (sign-in and access rules
 # more than storage; two of their tests copy a vault directory and open
@@ -26,6 +27,6 @@ cargo test --workspace --no-fail-fast "$@"
 # PIVAULT_CONFORMANCE=0 skips it.
 if [ "${PIVAULT_CONFORMANCE:-1}" != 0 ] && [ $# -eq 0 ]; then
   e2e=$(ls -t target/debug/deps/e2e-* | grep -v '\.d$' | head -1)
-  PIVAULT_TEST_KEYSTORE=cluster "$e2e" --test-threads 1 \
+  PIVAULT_TEST_KEYSTORE=cluster PIVAULT_TEST_RECORDS=cluster "$e2e" --test-threads 1 \
     disposal:: concurrency:: backup:: forensic:: purge_controls:: crash::
 fi

@@ -163,6 +163,18 @@ fn main() {
     let embedded = common::fixture(&tmp.path().join("embedded"));
     let (e_put, e_get) = vault_path(&embedded, n);
     drop(embedded);
+    // Keys and records on the cluster (`--records-cluster`): the records
+    // database of the same cluster.
+    let both = common::fixture_on_clusters(
+        &tmp.path().join("both"),
+        Some(cfg.clone()),
+        Some(PgConfig {
+            database: "pivault_records".into(),
+            ..cfg.clone()
+        }),
+    );
+    let (b_put, b_get) = vault_path(&both, n);
+    drop(both);
     println!("## keystore on a 3-member Patroni cluster: {n} operations each, one at a time");
     println!(
         "| op | raw PostgreSQL /s | vault, cluster keystore /s | ratio | vault, embedded /s | cluster / embedded |"
@@ -177,6 +189,20 @@ fn main() {
         "| get | {raw_get:.0} | {c_get:.0} | {:.2} | {e_get:.0} | {:.2} |",
         c_get / raw_get,
         c_get / e_get
+    );
+    println!();
+    println!("## keystore and records on the cluster: {n} operations each, one at a time");
+    println!(
+        "| op | raw PostgreSQL /s | vault, keys + records on the cluster /s | ratio | cluster keystore only / s | vault, embedded /s |"
+    );
+    println!("|---|---|---|---|---|---|");
+    println!(
+        "| put | {raw_put:.0} | {b_put:.0} | {:.2} | {c_put:.0} | {e_put:.0} |",
+        b_put / raw_put
+    );
+    println!(
+        "| get | {raw_get:.0} | {b_get:.0} | {:.2} | {c_get:.0} | {e_get:.0} |",
+        b_get / raw_get
     );
 
     // One-record disposals at growing vault sizes.

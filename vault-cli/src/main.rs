@@ -577,6 +577,13 @@ pub(crate) struct InitArgs {
     /// user, password file; no secret in it). See README "Running on PostgreSQL".
     #[arg(long, value_name = "FILE")]
     pub(crate) keystore_cluster: Option<PathBuf>,
+    /// Keep the vault's records, users, sessions, disposal batches and
+    /// certificates on a PostgreSQL cluster instead of in the vault
+    /// directory: FILE has the shape of `keystore.json` and names the
+    /// records database (`pivault_records`). The audit trail and the
+    /// header stay in the vault directory.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) records_cluster: Option<PathBuf>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -1601,6 +1608,10 @@ pub(crate) fn cmd_init(
         Some(f) => Some(hosting::read_cluster_file(f)?),
         None => None,
     };
+    let records = match &a.records_cluster {
+        Some(f) => Some(hosting::read_cluster_file(f)?),
+        None => None,
+    };
     let init = InitOptions {
         kdf,
         buckets: a.buckets,
@@ -1609,8 +1620,8 @@ pub(crate) fn cmd_init(
         two_factor: two_factor.clone(),
     };
     let vault = match provider {
-        Some(p) => Vault::create_hosted(dir, &pass, init, open_opts(cli), p)?,
-        None => Vault::create_with_keystore(dir, &pass, init, open_opts(cli), keystore)?,
+        Some(p) => Vault::create_hosted(dir, &pass, init, open_opts(cli), p, records.as_ref())?,
+        None => Vault::create_on_clusters(dir, &pass, init, open_opts(cli), keystore, records)?,
     };
     let id = vault.id();
     let closed = vault.close();

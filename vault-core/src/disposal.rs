@@ -263,6 +263,10 @@ pub(crate) struct BeaconRow {
     wal_files: u64,
     duration_ms: u64,
     byte_scan: Option<String>,
+    /// The records cluster's members as the purge left them (none for the
+    /// embedded engine, or a batch of an older build).
+    #[serde(default)]
+    members: Vec<crate::keystore::MemberEvidence>,
 }
 
 /// A backup that existed when a batch started: a residual copy the
@@ -287,7 +291,7 @@ impl ResidualBackup {
 }
 
 /// The certificate's account of the batch's search beacons (issue 12).
-fn search_index_json(b: Option<&BeaconRow>) -> Value {
+fn search_index_json(b: Option<&BeaconRow>, records_engine: &str) -> Value {
     let Some(b) = b else {
         return json!({ "beacons_deleted": 0, "note": "batch of a build without search indexes" });
     };
@@ -296,6 +300,19 @@ fn search_index_json(b: Option<&BeaconRow>) -> Value {
             "beacons_deleted": 0,
             "records_with_beacons": b.records,
             "purge": "none needed: the records had no beacon rows",
+            "byte_scan": b.byte_scan,
+        });
+    }
+    if records_engine == "postgresql" {
+        return json!({
+            "beacons_deleted": b.deleted,
+            "records_with_beacons": b.records,
+            "engine": "postgresql",
+            "members": b.members.iter().map(|m| json!({ "member": m.name, "role": m.role, "verified": m.verified, "detail": m.detail })).collect::<Vec<_>>(),
+            "purge": "the vault's beacon table rewritten (VACUUM FULL) on the records cluster's primary; pg_switch_wal + CHECKPOINT on the primary and CHECKPOINT on each standby after replay until no WAL segment from before the purge remains; old files and segments checked on every member",
+            "snapshots": b.snapshots,
+            "residue_files": b.residue,
+            "duration_ms": b.duration_ms,
             "byte_scan": b.byte_scan,
         });
     }
@@ -1389,6 +1406,7 @@ impl Vault {
             beacons.residue = ev.residue_files;
             beacons.wal_files = ev.wal_files;
             beacons.duration_ms = ev.duration_ms;
+            beacons.members = ev.members;
             b.beacons = Some(beacons);
             // Tombstones now: a read or an update sees "disposed".
             self.isolation
@@ -1478,8 +1496,13 @@ impl Vault {
                     let (hits, scanned) = self
                         .store
                         .files_holding_beacons(&beacon_ranges, &beacon_tags)?;
+                    let places = if self.store.engine_kind() == "rocksdb" {
+                        "records-database file(s) that can hold them (every WAL, manifest and other non-table file, every table file outside the live set, every live beacon table file meeting a deleted range)"
+                    } else {
+                        "file(s) of the records cluster's members (every file of each member's data directory)"
+                    };
                     bp.byte_scan = Some(format!(
-                        "{} beacon row tag(s) searched in {scanned} records-database file(s) that can hold them (every WAL, manifest and other non-table file, every table file outside the live set, every live beacon table file meeting a deleted range): {} file(s) hold them",
+                        "{} beacon row tag(s) searched in {scanned} {places}: {} file(s) hold them",
                         beacon_tags.len(),
                         hits.len()
                     ));
@@ -1715,6 +1738,12 @@ impl Vault {
         let copies = self.exports_holding(&record_ids)?;
         let mut not_covered = not_covered(&b.backups);
         let on_cluster = purge.engine.as_deref() == Some("postgresql");
+        let records_engine = self.store.engine_kind();
+        if records_engine == "postgresql" {
+            not_covered.push(
+                "copies of the records cluster made outside pivault (base backups, disk snapshots, WAL archives): they hold the disposed records' ciphertexts, unreadable without the destroyed keys, and their search-index rows (keyed hashes of identifiers, which the vault's search secret could match against a guess)".to_owned(),
+            );
+        }
         if on_cluster {
             not_covered.extend([
                 "copies of the keystore cluster made outside pivault: base backups (pg_basebackup), disk or volume snapshots, WAL archives (doctor checks that no member archives WAL and that no logical slot or publication exists; copies made by other means cannot be seen)".to_owned(),
@@ -1790,7 +1819,7 @@ impl Vault {
                     "epoch_before": b.epoch_before,
                     "epoch_after": b.epoch_after,
                     "keystore_purge": keystore_purge_json(&purge),
-                    "search_index": search_index_json(b.beacons.as_ref()),
+                    "search_index": search_index_json(b.beacons.as_ref(), records_engine),
                 },
                 "verification": {
                     "method": "every record reads as disposed; no key path from the live header reaches its data key; keystore purge checks; byte scan of every keystore file for the pre-disposal wrapped keys",
@@ -1810,10 +1839,11 @@ impl Vault {
                     "each record's data keys deleted from the keystore; every touched bucket key replaced and its surviving keys re-wrapped; the epoch root key overwritten in the vault header (ratchet); keystore flushed and compacted so no file keeps the old key bytes; verified by key-path checks and a byte scan"
                 },
                 "record": {
-                    "media_type": if on_cluster {
-                        "logical records (AES-256-GCM ciphertexts in the vault's RocksDB datastore, their wrapped keys in a PostgreSQL keystore cluster)"
-                    } else {
-                        "logical records (AES-256-GCM ciphertexts and their wrapped keys) in the vault's RocksDB datastore"
+                    "media_type": match (records_engine == "postgresql", on_cluster) {
+                        (true, true) => "logical records (AES-256-GCM ciphertexts in a PostgreSQL records cluster, their wrapped keys in a PostgreSQL keystore cluster)",
+                        (true, false) => "logical records (AES-256-GCM ciphertexts in a PostgreSQL records cluster, their wrapped keys in the vault's RocksDB keystore)",
+                        (false, true) => "logical records (AES-256-GCM ciphertexts in the vault's RocksDB datastore, their wrapped keys in a PostgreSQL keystore cluster)",
+                        (false, false) => "logical records (AES-256-GCM ciphertexts and their wrapped keys) in the vault's RocksDB datastore",
                     },
                     "media_source": format!("pivault vault {}", self.info.vault_id),
                     "manufacturer_model_serial": "not applicable: logical sanitization, no device sanitized",

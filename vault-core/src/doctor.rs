@@ -158,6 +158,17 @@ pub fn checks(vault: &Vault, now_ms: i64) -> Result<Vec<Check>> {
     for (name, level, detail) in vault.keystore().engine_checks()? {
         out.push(check(name, level, detail));
     }
+    for (name, level, detail) in vault.records_engine_checks()? {
+        out.push(check(name, level, detail));
+    }
+    out.push(check(
+        "records-engine",
+        Level::Ok,
+        match vault.records_engine() {
+            "rocksdb" => "records, users and certificates in the vault directory (embedded RocksDB)",
+            _ => "records, users and certificates on the PostgreSQL records cluster (records.json); the audit trail and the header stay in the vault directory",
+        },
+    ));
     out.push(check(
         "encryption",
         Level::Ok,

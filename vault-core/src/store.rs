@@ -1,6 +1,7 @@
-//! The records database: RocksDB with one column family per kind of row.
-//! All RocksDB calls for records, users, sessions and metadata live here,
-//! behind a narrow interface, so another engine can be added later.
+//! The records database: one table per kind of row, on an engine behind
+//! the [`engine::RowEngine`] seam (RocksDB in the vault directory by
+//! default, or a PostgreSQL cluster). Row MACs, the record row's encoding
+//! and the subject and collection indexes live here, above the seam.
 //!
 //! Nothing stored here is plaintext personal information: record bodies are
 //! AES-256-GCM envelopes, everything else is IDs, names of collections and
@@ -9,12 +10,15 @@
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use rocksdb::{
-    ColumnFamilyDescriptor, DB, Direction, IteratorMode, Options, WriteBatch, WriteOptions,
-};
-
 use crate::error::{Error, Result};
 use crate::ids::{CollectionName, RecordId, SubjectId, UserId};
+
+pub(crate) mod engine;
+pub mod postgres;
+mod rocks;
+
+use engine::RowEngine;
+pub(crate) use rocks::obsolete_files;
 
 /// Column families of the records database.
 pub(crate) const CF_RECORDS: &str = "records";
@@ -76,36 +80,7 @@ fn sealed(cf: &str, key: &[u8]) -> bool {
 const ROW_TAG_LEN: usize = 32;
 /// The error of a row whose MAC fails.
 const TAMPERED_ROW: &str = "a user or session row, an incident row or a sealed setting of the records database fails its MAC (written without the vault's key)";
-/// The live table files of a database, the files in its directory no
-/// live version needs (table files outside the live set, write-ahead logs
-/// below the oldest one still needed), and how many write-ahead logs there
-/// are: what a purge waits to see deleted, and calls residue otherwise.
-pub(crate) fn obsolete_files(db: &DB) -> Result<(Vec<rocksdb::LiveFile>, Vec<String>, u64)> {
-    let live = db.live_files()?;
-    let live_names: std::collections::HashSet<String> = live
-        .iter()
-        .map(|f| f.name.trim_start_matches('/').to_owned())
-        .collect();
-    let min_log = db
-        .property_int_value(rocksdb::properties::MIN_LOG_NUMBER_TO_KEEP)?
-        .unwrap_or(0);
-    let mut residue = Vec::new();
-    let mut wal_files = 0;
-    for e in std::fs::read_dir(db.path()).map_err(|e| Error::io_at(db.path(), e))? {
-        let n = e?.file_name().to_string_lossy().into_owned();
-        if n.ends_with(".sst") && !live_names.contains(&n) {
-            residue.push(n);
-        } else if let Some(num) = n.strip_suffix(".log").and_then(|x| x.parse::<u64>().ok()) {
-            wal_files += 1;
-            if num < min_log {
-                residue.push(n);
-            }
-        }
-    }
-    Ok((live, residue, wal_files))
-}
-
-const ALL_CFS: [&str; 19] = [
+pub(crate) const ALL_CFS: [&str; 19] = [
     CF_RECORDS,
     CF_BY_SUBJECT,
     CF_BY_COLLECTION,
@@ -250,7 +225,7 @@ pub(crate) type WriteOp<'a> = (&'a str, Vec<u8>, Option<Vec<u8>>);
 
 /// The records database handle.
 pub(crate) struct Store {
-    db: DB,
+    engine: Box<dyn RowEngine>,
     sync: bool,
     /// Bumped after every write to the user column families, so that the
     /// facade's in-memory user cache can tell it is stale (one process owns
@@ -266,6 +241,7 @@ pub(crate) struct Store {
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Store")
+            .field("engine", &self.engine)
             .field("sync", &self.sync)
             .finish_non_exhaustive()
     }
@@ -277,49 +253,45 @@ pub(crate) fn collection_prefix(c: &CollectionName) -> Vec<u8> {
     k
 }
 
-/// All memtables of the records database together (and so the WAL's
-/// preallocation): see [`Store::open`].
-const RECORDS_MEMTABLE_BUDGET: usize = 8 * 1024 * 1024;
-
 impl Store {
+    /// The embedded records database at `path` (RocksDB's lock: a vault
+    /// held by another process is refused at once).
     pub fn open(path: &Path, sync: bool) -> Result<Store> {
-        let mut opts = Options::default();
-        opts.create_if_missing(true);
-        opts.create_missing_column_families(true);
-        opts.set_compression_type(rocksdb::DBCompressionType::None);
-        opts.set_recycle_log_file_num(0);
-        opts.set_keep_log_file_num(4);
-        // RocksDB fallocates each WAL at 1.1 × the largest memtable (64 MiB
-        // by default, so ~70 MiB a WAL) and 4 MiB for each MANIFEST; on ext4
-        // a failed fallocate keeps the blocks it grabbed, so `pivault init`
-        // failed on a 40 MB volume with 30 MB free (issue 13). A budget of
-        // 8 MiB for all memtables together caps the WAL preallocation at
-        // 8 MiB and flushes a small business's writes often enough.
-        opts.set_db_write_buffer_size(RECORDS_MEMTABLE_BUDGET);
-        opts.set_manifest_preallocation_size(crate::keystore::SMALL_MANIFEST_PREALLOCATION);
-        let cfs = ALL_CFS.map(|n| {
-            let mut o = Options::default();
-            o.set_compression_type(rocksdb::DBCompressionType::None);
-            if n == CF_BEACONS {
-                // Shaped like the keystore's (see `keystore_options`): a
-                // disposal's purge compacts the ranges of the beacons it
-                // deleted, and small files and a small base level bound what
-                // that rewrites and what the byte scan reads.
-                o.set_level_compaction_dynamic_level_bytes(true);
-                o.set_max_bytes_for_level_base(1024 * 1024);
-                o.set_target_file_size_base(256 * 1024);
-                o.set_target_file_size_multiplier(1);
-            }
-            ColumnFamilyDescriptor::new(n, o)
-        });
-        let db = DB::open_cf_descriptors(&opts, path, cfs)?;
-        Ok(Store {
-            db,
+        Ok(Store::on(Box::new(rocks::RocksRows::open(path)?), sync))
+    }
+
+    /// The records store on the PostgreSQL cluster `cfg` names (the vault
+    /// directory's `records.json`).
+    pub fn on_cluster(
+        cfg: crate::keystore::postgres::PgConfig,
+        vault: crate::ids::VaultId,
+        sync: bool,
+    ) -> Result<Store> {
+        Ok(Store::on(
+            Box::new(postgres::PgRows::open(cfg, vault)?),
+            sync,
+        ))
+    }
+
+    /// The records store on `engine`.
+    pub(crate) fn on(engine: Box<dyn RowEngine>, sync: bool) -> Store {
+        Store {
+            engine,
             sync,
             users_gen: AtomicU64::new(0),
             collections_gen: AtomicU64::new(0),
             row_key: std::sync::OnceLock::new(),
-        })
+        }
+    }
+
+    /// The engine's name (`rocksdb`, `postgresql`).
+    pub fn engine_kind(&self) -> &'static str {
+        self.engine.kind()
+    }
+
+    /// The engine's settings the beacon purge depends on, for `doctor`.
+    pub fn engine_checks(&self) -> Result<Vec<(&'static str, crate::doctor::Level, String)>> {
+        self.engine.doctor()
     }
 
     /// Marks the caches of `cf` stale. Called after the write (whether or not
@@ -344,16 +316,6 @@ impl Store {
     /// Generation of the collection schemas: changes after every schema write.
     pub fn collections_generation(&self) -> u64 {
         self.collections_gen.load(Ordering::SeqCst)
-    }
-
-    fn cf(&self, name: &str) -> &rocksdb::ColumnFamily {
-        self.db.cf_handle(name).expect("column family exists")
-    }
-
-    fn wo(&self) -> WriteOptions {
-        let mut w = WriteOptions::default();
-        w.set_sync(self.sync);
-        w
     }
 
     /// Sets the key of the row MACs (derived from a secret only the
@@ -413,141 +375,123 @@ impl Store {
     /// Seals every row of the sealed column families written without a
     /// MAC (a vault from before row MACs), in one synced batch.
     pub fn seal_legacy_rows(&self) -> Result<usize> {
-        let mut batch = WriteBatch::default();
-        let mut n = 0;
+        let mut ops: Vec<WriteOp<'_>> = Vec::new();
         for cf in SEALED_CFS {
-            for item in self.db.iterator_cf(self.cf(cf), IteratorMode::Start) {
-                let (k, v) = item?;
-                batch.put_cf(self.cf(cf), &k, self.seal_row(cf, &k, &v)?);
-                n += 1;
-            }
+            self.engine.scan(cf, &[], &mut |k, v| {
+                ops.push((cf, k.to_vec(), Some(self.seal_row(cf, k, v)?.into_owned())));
+                Ok(true)
+            })?;
         }
-        let mut w = self.wo();
-        w.set_sync(true);
-        self.db.write_opt(batch, &w)?;
+        let n = ops.len();
+        let r = self.engine.write(&ops, true);
         for cf in SEALED_CFS {
             self.changed(cf);
         }
+        r?;
         Ok(n)
     }
 
     pub fn get(&self, cf: &str, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        self.db
-            .get_cf(self.cf(cf), key)?
+        self.engine
+            .get(cf, key)?
             .map(|v| self.open_row(cf, key, v))
             .transpose()
     }
 
     pub fn put(&self, cf: &str, key: &[u8], value: &[u8]) -> Result<()> {
-        let value = self.seal_row(cf, key, value)?;
-        let r = self.db.put_cf_opt(self.cf(cf), key, value, &self.wo());
-        self.changed(cf);
-        r?;
-        Ok(())
+        self.put_synced(cf, key, value, false)
     }
 
     /// A put that is fsynced whatever the durability setting (disposal intents).
     pub fn put_synced(&self, cf: &str, key: &[u8], value: &[u8], sync: bool) -> Result<()> {
-        let mut w = self.wo();
-        w.set_sync(self.sync || sync);
-        let value = self.seal_row(cf, key, value)?;
-        let r = self.db.put_cf_opt(self.cf(cf), key, value, &w);
+        let value = self.seal_row(cf, key, value)?.into_owned();
+        let r = self
+            .engine
+            .write(&[(cf, key.to_vec(), Some(value))], self.sync || sync);
         self.changed(cf);
-        r?;
-        Ok(())
+        r
     }
 
-    /// Flushes the record column family so disposed ciphertexts leave the
-    /// memtable; their old SST copies are unreadable (keys destroyed) and go
-    /// at the next compaction.
+    /// Sets a negative control of the beacon purge (tests; cluster only).
+    pub fn set_purge_control(&self, c: crate::keystore::PurgeControl) {
+        self.engine.set_control(c);
+    }
+
+    /// Moves disposed ciphertexts out of the engine's memory buffers; their
+    /// old copies on disk are unreadable (keys destroyed).
     pub fn flush_records(&self) -> Result<()> {
-        self.db.flush_cf(self.cf(CF_RECORDS))?;
-        Ok(())
+        self.engine.flush_records()
     }
 
     pub fn delete(&self, cf: &str, key: &[u8]) -> Result<()> {
-        let r = self.db.delete_cf_opt(self.cf(cf), key, &self.wo());
+        let r = self.engine.write(&[(cf, key.to_vec(), None)], self.sync);
         self.changed(cf);
-        r?;
-        Ok(())
+        r
     }
 
     /// All (key, value) pairs of a column family whose key starts with `prefix`.
     pub fn scan_prefix(&self, cf: &str, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
         let mut out = Vec::new();
-        for item in self
-            .db
-            .iterator_cf(self.cf(cf), IteratorMode::From(prefix, Direction::Forward))
-        {
-            let (k, v) = item?;
-            if !k.starts_with(prefix) {
-                break;
-            }
-            let v = self.open_row(cf, &k, v.to_vec())?;
-            out.push((k.to_vec(), v));
-        }
+        self.engine.scan(cf, prefix, &mut |k, v| {
+            out.push((k.to_vec(), self.open_row(cf, k, v.to_vec())?));
+            Ok(true)
+        })?;
         Ok(out)
     }
 
     /// Calls `f` with every (key, value) pair of a column family, streaming.
     pub fn for_each(&self, cf: &str, mut f: impl FnMut(&[u8], &[u8]) -> Result<()>) -> Result<()> {
-        for item in self.db.iterator_cf(self.cf(cf), IteratorMode::Start) {
-            let (k, v) = item?;
-            if sealed(cf, &k) {
-                f(&k, &self.open_row(cf, &k, v.to_vec())?)?;
+        self.engine.scan(cf, &[], &mut |k, v| {
+            if sealed(cf, k) {
+                f(k, &self.open_row(cf, k, v.to_vec())?)?;
             } else {
-                f(&k, &v)?;
+                f(k, v)?;
             }
-        }
-        Ok(())
+            Ok(true)
+        })
+    }
+
+    /// `ops` with the rows of sealed column families sealed.
+    fn sealed_ops<'o>(&self, ops: &[WriteOp<'o>]) -> Result<Vec<WriteOp<'o>>> {
+        ops.iter()
+            .map(|(cf, k, v)| {
+                let v = match v {
+                    Some(v) => Some(self.seal_row(cf, k, v)?.into_owned()),
+                    None => None,
+                };
+                Ok((*cf, k.clone(), v))
+            })
+            .collect()
     }
 
     /// Applies puts (`Some(value)`) and deletes (`None`) atomically, synced;
     /// like `put` and `delete`, marks the caches of every touched column
     /// family stale (a restore writes schemas this way).
     pub fn write_ops(&self, ops: &[WriteOp<'_>]) -> Result<()> {
-        let mut batch = WriteBatch::default();
-        for (cf, k, v) in ops {
-            match v {
-                Some(v) => batch.put_cf(self.cf(cf), k, self.seal_row(cf, k, v)?),
-                None => batch.delete_cf(self.cf(cf), k),
-            }
-        }
-        let mut w = self.wo();
-        w.set_sync(true);
-        let r = self.db.write_opt(batch, &w);
+        let r = self
+            .sealed_ops(ops)
+            .and_then(|ops| self.engine.write(&ops, true));
         for (cf, _, _) in ops {
             self.changed(cf);
         }
-        r?;
-        Ok(())
+        r
     }
 
     pub fn record(&self, id: RecordId) -> Result<Option<RecordRow>> {
-        // Pinned: decoded straight from RocksDB's buffer, one copy fewer.
-        self.db
-            .get_pinned_cf(self.cf(CF_RECORDS), id.as_bytes())?
+        self.engine
+            .get(CF_RECORDS, id.as_bytes())?
             .map(|b| RecordRow::decode(&b))
             .transpose()
     }
 
-    /// The record rows of many IDs, in the order given: RocksDB's batched
-    /// MultiGet over the sorted keys, which reads each data block once for
-    /// all the keys in it (a disposal plan over a whole collection).
+    /// The record rows of many IDs, in the order given, read in batches.
     pub fn records(&self, ids: &[RecordId]) -> Result<Vec<Option<RecordRow>>> {
-        let mut order: Vec<usize> = (0..ids.len()).collect();
-        order.sort_unstable_by_key(|&i| ids[i]);
-        let mut out: Vec<Option<RecordRow>> = (0..ids.len()).map(|_| None).collect();
-        for chunk in order.chunks(4096) {
-            let keys: Vec<&[u8]> = chunk.iter().map(|&i| &ids[i].as_bytes()[..]).collect();
-            let got = self
-                .db
-                .batched_multi_get_cf(self.cf(CF_RECORDS), keys.iter(), true);
-            for (&i, r) in chunk.iter().zip(got) {
-                out[i] = r?.map(|b| RecordRow::decode(&b)).transpose()?;
-            }
-        }
-        Ok(out)
+        let keys: Vec<&[u8]> = ids.iter().map(|i| &i.as_bytes()[..]).collect();
+        self.engine
+            .multi_get(CF_RECORDS, &keys)?
+            .into_iter()
+            .map(|r| r.map(|b| RecordRow::decode(&b)).transpose())
+            .collect()
     }
 
     /// Writes a record row, its index entries (`new`) and `extra` writes
@@ -559,24 +503,17 @@ impl Store {
         new: bool,
         extra: &[WriteOp<'_>],
     ) -> Result<()> {
-        let mut batch = WriteBatch::default();
-        for (cf, k, v) in extra {
-            match v {
-                Some(v) => batch.put_cf(self.cf(cf), k, v),
-                None => batch.delete_cf(self.cf(cf), k),
-            }
-        }
-        batch.put_cf(self.cf(CF_RECORDS), id.as_bytes(), row.encode());
+        let mut ops = self.sealed_ops(extra)?;
+        ops.push((CF_RECORDS, id.as_bytes().to_vec(), Some(row.encode())));
         if new {
             let mut sk = row.subject.as_bytes().to_vec();
             sk.extend_from_slice(id.as_bytes());
-            batch.put_cf(self.cf(CF_BY_SUBJECT), sk, []);
+            ops.push((CF_BY_SUBJECT, sk, Some(Vec::new())));
             let mut ck = collection_prefix(&row.collection);
             ck.extend_from_slice(id.as_bytes());
-            batch.put_cf(self.cf(CF_BY_COLLECTION), ck, []);
+            ops.push((CF_BY_COLLECTION, ck, Some(Vec::new())));
         }
-        self.db.write_opt(batch, &self.wo())?;
-        Ok(())
+        self.engine.write(&ops, self.sync)
     }
 
     /// Removes a record row, its index entries and its journal entry
@@ -588,23 +525,16 @@ impl Store {
         row: &RecordRow,
         extra: &[WriteOp<'_>],
     ) -> Result<()> {
-        let mut batch = WriteBatch::default();
-        for (cf, k, v) in extra {
-            match v {
-                Some(v) => batch.put_cf(self.cf(cf), k, v),
-                None => batch.delete_cf(self.cf(cf), k),
-            }
-        }
-        batch.delete_cf(self.cf(CF_JOURNAL), id.as_bytes());
-        batch.delete_cf(self.cf(CF_RECORDS), id.as_bytes());
+        let mut ops = self.sealed_ops(extra)?;
+        ops.push((CF_JOURNAL, id.as_bytes().to_vec(), None));
+        ops.push((CF_RECORDS, id.as_bytes().to_vec(), None));
         let mut sk = row.subject.as_bytes().to_vec();
         sk.extend_from_slice(id.as_bytes());
-        batch.delete_cf(self.cf(CF_BY_SUBJECT), sk);
+        ops.push((CF_BY_SUBJECT, sk, None));
         let mut ck = collection_prefix(&row.collection);
         ck.extend_from_slice(id.as_bytes());
-        batch.delete_cf(self.cf(CF_BY_COLLECTION), ck);
-        self.db.write_opt(batch, &self.wo())?;
-        Ok(())
+        ops.push((CF_BY_COLLECTION, ck, None));
+        self.engine.write(&ops, self.sync)
     }
 
     /// Values of the rows whose key starts with `prefix`, at most `limit`
@@ -616,121 +546,33 @@ impl Store {
         limit: usize,
     ) -> Result<Option<Vec<Vec<u8>>>> {
         let mut out = Vec::new();
-        for item in self
-            .db
-            .iterator_cf(self.cf(cf), IteratorMode::From(prefix, Direction::Forward))
-        {
-            let (k, v) = item?;
-            if !k.starts_with(prefix) {
-                break;
-            }
+        let mut over = false;
+        self.engine.scan(cf, prefix, &mut |_, v| {
             if out.len() == limit {
-                return Ok(None);
+                over = true;
+                return Ok(false);
             }
             out.push(v.to_vec());
-        }
-        Ok(Some(out))
+            Ok(true)
+        })?;
+        Ok((!over).then_some(out))
     }
 
-    /// Physical purge of the beacon column family after a disposal deleted
-    /// rows under `ranges` (key prefixes): every column family flushed (a
-    /// WAL is released only when all that share it have flushed), each range
-    /// compacted to the bottommost level (the whole column family past 64
-    /// ranges, or when `ranges` is `None`: a resumed batch no longer knows
-    /// them), then polled until no obsolete table file or WAL remains.
+    /// Physical purge of the beacon rows a disposal deleted under `ranges`
+    /// (key prefixes; `None`: a resumed batch no longer knows them).
     pub fn purge_beacons(&self, ranges: Option<&[Vec<u8>]>) -> Result<BeaconPurge> {
-        let start = std::time::Instant::now();
-        let cfs: Vec<&rocksdb::ColumnFamily> = ALL_CFS.iter().map(|n| self.cf(n)).collect();
-        let mut fo = rocksdb::FlushOptions::default();
-        fo.set_wait(true);
-        self.db.flush_cfs_opt(&cfs, &fo)?;
-        let mut co = rocksdb::CompactOptions::default();
-        co.set_bottommost_level_compaction(rocksdb::BottommostLevelCompaction::ForceOptimized);
-        let mut sorted = ranges.unwrap_or_default().to_vec();
-        sorted.sort();
-        sorted.dedup();
-        let whole = ranges.is_none() || sorted.len() > 64;
-        if whole {
-            self.db
-                .compact_range_cf_opt(self.cf(CF_BEACONS), None::<&[u8]>, None::<&[u8]>, &co);
-        } else {
-            for r in &sorted {
-                self.db
-                    .compact_range_cf_opt(self.cf(CF_BEACONS), Some(r), Some(range_end(r)), &co);
-            }
-        }
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        let mut pause = std::time::Duration::from_millis(1);
-        let mut ev = self.beacon_purge_checks(&sorted, whole)?;
-        while !ev.residue_files.is_empty() && std::time::Instant::now() < deadline {
-            std::thread::sleep(pause);
-            pause = (pause * 2).min(std::time::Duration::from_millis(20));
-            ev = self.beacon_purge_checks(&sorted, whole)?;
-        }
-        ev.ranges = sorted.len() as u64;
-        ev.whole_family = whole;
-        ev.duration_ms = start.elapsed().as_millis() as u64;
-        Ok(ev)
+        self.engine.purge_beacons(ranges)
     }
 
-    fn beacon_purge_checks(&self, ranges: &[Vec<u8>], whole: bool) -> Result<BeaconPurge> {
-        use rocksdb::properties as P;
-        let (live, residue, wal_files) = crate::store::obsolete_files(&self.db)?;
-        let tombstones = live
-            .iter()
-            .filter(|f| f.column_family_name == CF_BEACONS && (whole || covers_any(f, ranges)))
-            .map(|f| f.num_deletions)
-            .sum();
-        Ok(BeaconPurge {
-            snapshots: self
-                .db
-                .property_int_value(P::NUM_SNAPSHOTS)?
-                .unwrap_or(u64::MAX),
-            tombstones,
-            residue_files: residue,
-            wal_files,
-            ranges: 0,
-            whole_family: false,
-            duration_ms: 0,
-        })
-    }
-
-    /// The files of the records directory that can hold a beacon row under
-    /// `ranges` (every non-table file, every table file outside the live
-    /// set, every live beacon table file whose key range meets a range) that
-    /// contain any of `needles`, and how many files were read. The needles
-    /// are the deleted rows' tags, which are only ever written in values.
+    /// The places that can hold a beacon row under `ranges` that contain
+    /// any of `needles`, and how many were read. The needles are the
+    /// deleted rows' tags, which are only ever written in values.
     pub fn files_holding_beacons(
         &self,
         ranges: &[Vec<u8>],
         needles: &[Vec<u8>],
     ) -> Result<(Vec<String>, u64)> {
-        let live = self.db.live_files()?;
-        let skip: std::collections::HashSet<String> = live
-            .iter()
-            .filter(|f| f.column_family_name != CF_BEACONS || !covers_any(f, ranges))
-            .map(|f| f.name.trim_start_matches('/').to_owned())
-            .collect();
-        let mut hits = Vec::new();
-        let mut read = 0;
-        for e in std::fs::read_dir(self.db.path())? {
-            let e = e?;
-            let name = e.file_name().to_string_lossy().into_owned();
-            if skip.contains(&name) || e.path().is_dir() {
-                continue;
-            }
-            let bytes = match std::fs::read(e.path()) {
-                Ok(b) => b,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(e.into()),
-            };
-            read += 1;
-            if crate::keystore::contains_any(&bytes, needles) {
-                hits.push(name);
-            }
-        }
-        hits.sort();
-        Ok((hits, read))
+        self.engine.files_holding_beacons(ranges, needles)
     }
 
     pub fn records_of_subject(&self, s: SubjectId) -> Result<Vec<RecordId>> {
@@ -774,23 +616,8 @@ pub struct BeaconPurge {
     pub whole_family: bool,
     /// Time the purge took.
     pub duration_ms: u64,
-}
-
-/// The last key under a beacon prefix: the prefix and a row ID of 0xff bytes.
-fn range_end(prefix: &[u8]) -> Vec<u8> {
-    let mut e = prefix.to_vec();
-    e.extend_from_slice(&[0xff; 20]);
-    e
-}
-
-/// Whether a live table file's key range meets any of `ranges` (prefixes).
-fn covers_any(f: &rocksdb::LiveFile, ranges: &[Vec<u8>]) -> bool {
-    let (Some(lo), Some(hi)) = (&f.start_key, &f.end_key) else {
-        return true;
-    };
-    ranges
-        .iter()
-        .any(|r| lo.as_slice() <= range_end(r).as_slice() && hi.as_slice() >= r.as_slice())
+    /// A cluster's members as the purge left them (empty when embedded).
+    pub members: Vec<crate::keystore::MemberEvidence>,
 }
 
 #[cfg(test)]

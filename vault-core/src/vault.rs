@@ -577,7 +577,23 @@ impl Vault {
         opts: OpenOptions,
         keystore: Option<crate::keystore::postgres::PgConfig>,
     ) -> Result<Vault> {
-        Self::create_in(dir, passphrase, init, opts, keystore, &[])
+        Self::create_in(dir, passphrase, init, opts, keystore, None, &[])
+    }
+
+    /// Creates a new vault whose keystore (`keystore`) and records store
+    /// (`records`: records, users, sessions, disposals, certificates, the
+    /// blind indexes) are each on a PostgreSQL cluster, or embedded
+    /// (`None`). The records cluster's location is kept in `records.json`
+    /// beside the header; it holds no secret.
+    pub fn create_on_clusters(
+        dir: &Path,
+        passphrase: &SecretString,
+        init: InitOptions,
+        opts: OpenOptions,
+        keystore: Option<crate::keystore::postgres::PgConfig>,
+        records: Option<crate::keystore::postgres::PgConfig>,
+    ) -> Result<Vault> {
+        Self::create_in(dir, passphrase, init, opts, keystore, records, &[])
     }
 
     /// Creates a vault on a service provider's keystore cluster with a
@@ -586,13 +602,17 @@ impl Vault {
     /// a vault's role (`pivault_provision.create_vault_role`) and reaches no
     /// vault's keys. The new role's password is written beside the
     /// vault (`keystore.password`, mode 0600); a creation that fails takes
-    /// its role off the cluster again.
+    /// its role off the cluster again. With `records` (a file of the
+    /// `records.json` shape naming the records database of the same
+    /// cluster), the vault's records go there too, in a schema its own role
+    /// makes and owns.
     pub fn create_hosted(
         dir: &Path,
         passphrase: &SecretString,
         init: InitOptions,
         opts: OpenOptions,
         provider: &crate::keystore::postgres::PgConfig,
+        records: Option<&crate::keystore::postgres::PgConfig>,
     ) -> Result<Vault> {
         use crate::keystore::provider;
         // The passphrase, the password and the provider file are refused
@@ -607,19 +627,35 @@ impl Vault {
                 dir.display()
             )));
         }
+        if let Some(r) = records {
+            r.validate()?;
+            // The vault's role is made on the provider's cluster: its
+            // records database must be there too.
+            if r.members != provider.members {
+                return Err(Error::invalid(
+                    "a hosted vault's records database must be on its keystore's cluster (the same members): its role is made there",
+                ));
+            }
+        }
         fsutil::create_private_dir(dir)?;
         let role = provider::provision(provider, dir)?;
+        let records = records.map(|r| crate::keystore::postgres::PgConfig {
+            user: role.cfg.user.clone(),
+            password_file: role.cfg.password_file.clone(),
+            ..r.clone()
+        });
         match Self::create_in(
             dir,
             passphrase,
             init,
             opts,
             Some(role.cfg.clone()),
+            records.clone(),
             &[provider::PASSWORD_FILE],
         ) {
             Ok(v) => Ok(v),
             Err(e) => {
-                provider::withdraw(provider, &role);
+                provider::withdraw(provider, &role, records.as_ref());
                 Err(e)
             }
         }
@@ -632,11 +668,12 @@ impl Vault {
         init: InitOptions,
         opts: OpenOptions,
         keystore: Option<crate::keystore::postgres::PgConfig>,
+        records: Option<crate::keystore::postgres::PgConfig>,
         present: &[&str],
     ) -> Result<Vault> {
         access::check_passphrase_policy(passphrase)?;
-        if let Some(k) = &keystore {
-            k.validate()?;
+        for c in keystore.iter().chain(&records) {
+            c.validate()?;
         }
         if !(1..=1 << 20).contains(&init.buckets) {
             return Err(Error::invalid("bucket count must be between 1 and 1048576"));
@@ -667,12 +704,16 @@ impl Vault {
         };
         let unlock = crypto::derive_unlock_key(passphrase, &salt, init.kdf)?;
         let root = SecretKey::generate();
-        if let Some(k) = &keystore {
-            let mut f =
-                fsutil::create_private_file(&dir.join(crate::keystore::postgres::PgConfig::FILE))?;
-            let json = serde_json::to_vec_pretty(k).map_err(|e| Error::Io(e.to_string()))?;
-            std::io::Write::write_all(&mut f, &json)?;
-            f.sync_all()?;
+        for (cfg, file) in [
+            (&keystore, crate::keystore::postgres::PgConfig::FILE),
+            (&records, crate::store::postgres::RECORDS_FILE),
+        ] {
+            if let Some(k) = cfg {
+                let mut f = fsutil::create_private_file(&dir.join(file))?;
+                let json = serde_json::to_vec_pretty(k).map_err(|e| Error::Io(e.to_string()))?;
+                std::io::Write::write_all(&mut f, &json)?;
+                f.sync_all()?;
+            }
         }
         // Keystore first: a header only ever points at a complete keystore.
         open_keystore(dir, &l, &info, true)?.init_buckets(&root, 0)?;
@@ -710,9 +751,13 @@ impl Vault {
         let l = Layout::of(dir);
         let info = header::read_info(&l.header)?;
         fsutil::check_private(dir)?;
-        // Take the RocksDB lock before the (slow) key derivation, so a vault
-        // held by a server is reported at once.
-        let store = Store::open(&l.records, opts.sync)?;
+        // Take the store's lock (RocksDB's, or the records cluster's
+        // advisory lock) before the (slow) key derivation, so a vault held
+        // by a server is reported at once.
+        let store = match crate::store::postgres::read_config(dir)? {
+            Some(cfg) => Store::on_cluster(cfg, info.vault_id, opts.sync)?,
+            None => Store::open(&l.records, opts.sync)?,
+        };
         let unlock = crypto::derive_unlock_key(passphrase, &info.salt, info.kdf)?;
         let opened = header::open(&l.header, &unlock)?;
         // Import spools a killed process left (ciphertext whose key died
@@ -1347,6 +1392,14 @@ impl Vault {
     #[doc(hidden)]
     pub fn set_purge_control(&self, c: crate::keystore::PurgeControl) {
         self.keystore.set_purge_control(c);
+        self.store.set_purge_control(c);
+    }
+
+    /// The same control for the records cluster's beacon purge only, the
+    /// keystore's purge left whole (tests).
+    #[doc(hidden)]
+    pub fn set_records_purge_control(&self, c: crate::keystore::PurgeControl) {
+        self.store.set_purge_control(c);
     }
 
     /// Negative control for forensic tests: the next disposal batches hold a
@@ -1364,6 +1417,19 @@ impl Vault {
     #[doc(hidden)]
     pub fn set_restore_skip_ledger(&self, skip: bool) {
         self.restore_skip_ledger.store(skip, Ordering::SeqCst);
+    }
+
+    /// Where the records store is: `rocksdb` (the vault directory) or
+    /// `postgresql` (the records cluster).
+    pub fn records_engine(&self) -> &'static str {
+        self.store.engine_kind()
+    }
+
+    /// The records engine's settings its purge depends on (`doctor`).
+    pub fn records_engine_checks(
+        &self,
+    ) -> Result<Vec<(&'static str, crate::doctor::Level, String)>> {
+        self.store.engine_checks()
     }
 
     /// Direct access to the keystore for forensic tests and benchmarks.

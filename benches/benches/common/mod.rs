@@ -63,6 +63,16 @@ pub fn fixture_on(
     dir: &Path,
     keystore: Option<vault_core::keystore::postgres::PgConfig>,
 ) -> Fixture {
+    fixture_on_clusters(dir, keystore, None)
+}
+
+/// [`fixture`] with its keystore and its records each on a PostgreSQL
+/// cluster (`Some`) or embedded.
+pub fn fixture_on_clusters(
+    dir: &Path,
+    keystore: Option<vault_core::keystore::postgres::PgConfig>,
+    records: Option<vault_core::keystore::postgres::PgConfig>,
+) -> Fixture {
     let init = InitOptions {
         kdf: KdfParams::INSECURE_FAST,
         buckets: DEFAULT_BUCKETS,
@@ -71,12 +81,13 @@ pub fn fixture_on(
         // The benchmarks' staff sign in with passwords only.
         two_factor: vault_core::access::TwoFactorPolicy::none(),
     };
-    let vault = Vault::create_with_keystore(
+    let vault = Vault::create_on_clusters(
         dir,
         &SecretString::from(PASSPHRASE),
         init,
         OpenOptions::default(),
         keystore,
+        records,
     )
     .expect("create vault");
     let admin = vault

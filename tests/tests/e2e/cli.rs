@@ -330,6 +330,31 @@ impl CliVault {
     pub(crate) fn init_with(&self, more: &[&str]) -> String {
         let mut args = vec!["--json", "init", "--admin", "admin", "--insecure-fast-kdf"];
         args.extend_from_slice(more);
+        // Conformance (scripts/test.sh): the same CLI tests with the
+        // keystore and the records on the cluster.
+        let mut files = Vec::new();
+        for (flag, cfg, name) in [
+            (
+                "--keystore-cluster",
+                super::common::conformance_keystore(),
+                "keystore.json",
+            ),
+            (
+                "--records-cluster",
+                super::common::conformance_records(),
+                "records.json",
+            ),
+        ] {
+            if let Some(cfg) = cfg.filter(|_| !more.contains(&flag)) {
+                let f = self.input.join(format!("conformance-{name}"));
+                fs::write(&f, serde_json::to_vec(&cfg).unwrap()).unwrap();
+                files.push((flag, f.to_str().unwrap().to_owned()));
+            }
+        }
+        for (flag, f) in &files {
+            args.push(flag);
+            args.push(f);
+        }
         let mut c = self.command(&args);
         c.env("PIVAULT_PASSWORD_FILE", self.password_file("admin"));
         let r = self.exec(c, &args.join(" "));

@@ -20,9 +20,9 @@ use vault_core::vault::{DisposalOutcome, DisposalParties, DisposalRequest, Dispo
 use crate::common::{self, Fixture};
 
 /// The cluster `scripts/cluster.sh` started, from its environment.
-struct Cluster {
-    members: Vec<String>,
-    data_dirs: Vec<PathBuf>,
+pub(crate) struct Cluster {
+    pub(crate) members: Vec<String>,
+    pub(crate) data_dirs: Vec<PathBuf>,
 }
 
 /// The cluster's tests run one at a time: a snapshot held by one test
@@ -31,7 +31,7 @@ struct Cluster {
 /// test's skipped ones.
 static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
-fn cluster() -> Cluster {
+pub(crate) fn cluster() -> Cluster {
     let cfg = common::cluster_keystore();
     let dirs = std::env::var("PIVAULT_PG_DATA_DIRS").expect("PIVAULT_PG_DATA_DIRS");
     Cluster {
@@ -47,7 +47,7 @@ impl Cluster {
 
     /// Every file of every member's data directory holding any needle,
     /// read directly (the test runs where the members' files are).
-    fn files_holding(&self, needles: &[Vec<u8>]) -> Vec<PathBuf> {
+    pub(crate) fn files_holding(&self, needles: &[Vec<u8>]) -> Vec<PathBuf> {
         let mut hits = Vec::new();
         for d in &self.data_dirs {
             for f in common::files_under(d) {
@@ -75,7 +75,7 @@ fn body(n: u32) -> Value {
     json!({ "given_name": "Keystore", "family_name": "Cluster", "ssn": format!("123-45-{:04}", 1000 + n) })
 }
 
-fn request(scope: DisposalScope) -> DisposalRequest {
+pub(crate) fn request(scope: DisposalScope) -> DisposalRequest {
     DisposalRequest {
         scope,
         parties: DisposalParties::default(),
@@ -548,7 +548,7 @@ fn the_server_on_a_cluster_keystore_serves_racing_clerks_and_disposals_and_certi
 }
 
 /// `scripts/cluster.sh` with `args` (a member down or back).
-fn cluster_script(args: &[&str]) {
+pub(crate) fn cluster_script(args: &[&str]) {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/cluster.sh");
     let st = std::process::Command::new(script)
         .args(args)
@@ -565,7 +565,7 @@ fn psql(m: &str, sql: &str) -> Option<String> {
 }
 
 /// [`psql`] in database `db`.
-fn psql_in(m: &str, db: &str, sql: &str) -> Option<String> {
+pub(crate) fn psql_in(m: &str, db: &str, sql: &str) -> Option<String> {
     let (host, port) = m.rsplit_once(':').unwrap();
     let pw = std::fs::read_to_string(
         std::env::var("PIVAULT_PG_SUPERUSER_PASSWORD_FILE").expect("superuser password file"),
@@ -585,7 +585,7 @@ fn psql_in(m: &str, db: &str, sql: &str) -> Option<String> {
 }
 
 /// The index (1-based, as cluster.sh counts) of the primary.
-fn primary_index(c: &Cluster) -> usize {
+pub(crate) fn primary_index(c: &Cluster) -> usize {
     c.members
         .iter()
         .position(|m| psql(m, "SELECT pg_is_in_recovery()").as_deref() == Some("f"))
@@ -594,7 +594,7 @@ fn primary_index(c: &Cluster) -> usize {
 }
 
 /// Waits until a primary streams to both standbys again.
-fn wait_healthy(c: &Cluster) {
+pub(crate) fn wait_healthy(c: &Cluster) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
     loop {
         let ok = c.members.iter().any(|m| {
@@ -697,43 +697,13 @@ fn the_primary_killed_in_the_middle_of_a_disposal_fails_over_and_the_batch_compl
     let fx = vault_on_cluster(&tmp.path().join("vault"), &c);
     let recs = put_records(&fx, 8);
     let (_, id, w) = recs[0].clone();
-    let old = primary_index(&c);
     // The keys are deleted and the buckets rotated (acknowledged by the
     // old primary and its synchronous standby); then the primary dies.
-    let killed = Arc::new(AtomicBool::new(false));
-    {
-        let killed = killed.clone();
-        fx.vault.set_crash_hook(Some(Box::new(move |step| {
-            if step == "epoch_ratcheted" && !killed.swap(true, Ordering::SeqCst) {
-                cluster_script(&["member-stop", &old.to_string()]);
-            }
-        })));
-    }
+    let failover = Failover::at_ratchet(&c, &fx);
     let outcome = fx
         .vault
         .dispose(&fx.officer, &request(DisposalScope::Record(id)));
-    fx.vault.set_crash_hook(None);
-    assert!(killed.load(Ordering::SeqCst), "the hook ran");
-    cluster_script(&["member-start", &old.to_string()]);
-    // The purge waited for the new primary and ran there; the old one,
-    // down, could not be verified: no certificate yet.
-    let new = primary_index(&c);
-    assert_ne!(new, old, "a standby was promoted");
-    let cert = match outcome {
-        Ok(o) => panic!("the dead member cannot have been verified: {o:?}"),
-        Err(Error::DisposalFailed(msg)) => {
-            assert!(msg.contains(&c.members[old - 1]), "{msg}");
-            wait_healthy(&c);
-            let batch = fx.vault.disposals(&fx.officer).unwrap()[0].id;
-            fx.vault.retry_disposal(&fx.officer, batch).unwrap()
-        }
-        Err(e) => panic!("the batch must wait for the member, not error: {e:?}"),
-    };
-    let doc = fx.vault.certificate(&fx.auditor, cert).unwrap();
-    let purge = &doc.body["sanitization"]["details"]["keystore_purge"];
-    let members = purge["members"].as_array().unwrap();
-    assert_eq!(members.len(), 3, "{purge}");
-    assert!(members.iter().all(|m| m["verified"] == true), "{purge}");
+    failover.finish(&c, &fx, outcome);
     // Nothing acknowledged before the failover is lost; the old primary,
     // rejoined as a standby, holds no byte of the destroyed key.
     for (_, r, _) in &recs[1..] {
@@ -744,6 +714,62 @@ fn the_primary_killed_in_the_middle_of_a_disposal_fails_over_and_the_batch_compl
         Vec::<PathBuf>::new()
     );
     fx.vault.close().unwrap();
+}
+
+/// The primary stopped when a disposal batch reaches `epoch_ratcheted` (its
+/// keys deleted and its buckets rotated, acknowledged by the primary and
+/// its synchronous standby): the choreography of the failover tests.
+pub(crate) struct Failover {
+    old: usize,
+    killed: Arc<AtomicBool>,
+}
+
+impl Failover {
+    /// Arms the crash hook of `fx`'s vault.
+    pub(crate) fn at_ratchet(c: &Cluster, fx: &Fixture) -> Failover {
+        let old = primary_index(c);
+        let killed = Arc::new(AtomicBool::new(false));
+        let k = killed.clone();
+        fx.vault.set_crash_hook(Some(Box::new(move |step| {
+            if step == "epoch_ratcheted" && !k.swap(true, Ordering::SeqCst) {
+                cluster_script(&["member-stop", &old.to_string()]);
+            }
+        })));
+        Failover { old, killed }
+    }
+
+    /// After the batch: the hook ran, the old primary is back and a
+    /// standby was promoted; the purge, which ran on the new primary, could
+    /// not verify the dead member, so the batch failed naming it and waits;
+    /// once every member is back, a retry certifies with all three
+    /// verified. Returns the certificate.
+    pub(crate) fn finish(
+        self,
+        c: &Cluster,
+        fx: &Fixture,
+        outcome: vault_core::Result<DisposalOutcome>,
+    ) -> vault_core::ids::CertificateId {
+        fx.vault.set_crash_hook(None);
+        assert!(self.killed.load(Ordering::SeqCst), "the hook ran");
+        cluster_script(&["member-start", &self.old.to_string()]);
+        assert_ne!(primary_index(c), self.old, "a standby was promoted");
+        let cert = match outcome {
+            Ok(o) => panic!("the dead member cannot have been verified: {o:?}"),
+            Err(Error::DisposalFailed(msg)) => {
+                assert!(msg.contains(&c.members[self.old - 1]), "{msg}");
+                wait_healthy(c);
+                let batch = fx.vault.disposals(&fx.officer).unwrap()[0].id;
+                fx.vault.retry_disposal(&fx.officer, batch).unwrap()
+            }
+            Err(e) => panic!("the batch must wait for the member, not error: {e:?}"),
+        };
+        let doc = fx.vault.certificate(&fx.auditor, cert).unwrap();
+        let purge = &doc.body["sanitization"]["details"]["keystore_purge"];
+        let members = purge["members"].as_array().unwrap();
+        assert_eq!(members.len(), 3, "{purge}");
+        assert!(members.iter().all(|m| m["verified"] == true), "{purge}");
+        cert
+    }
 }
 
 #[test]

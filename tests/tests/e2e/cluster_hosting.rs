@@ -518,3 +518,140 @@ fn the_keystore_cluster_is_reached_over_verified_tls_only() {
     .validate()
     .expect("a remote member over TLS");
 }
+
+/// `vault create --records-cluster`: each hosted vault's records go to the
+/// records database in a schema its own role makes and owns. Vault 0's
+/// credentials read their own records rows and none of vault 1's, by any
+/// of the statements a stolen credential would try; a records file on
+/// another cluster is refused before any role is made.
+#[test]
+fn hosted_vaults_keep_their_records_on_the_cluster_and_no_other_vaults_role_reaches_them() {
+    let _one = crate::cluster::serial();
+    let tmp = tempfile::tempdir().unwrap();
+    let work = tmp.path().to_path_buf();
+    write_private(&work.join("pass"), b"hosted-vault-passphrase-71Kq!");
+    write_private(&work.join("admin.pw"), b"Hosted-Larch-Marten-Quill-38");
+    let (provider, provider_cfg) = provider_file(&work);
+    let records_file = work.join("records.json");
+    std::fs::write(
+        &records_file,
+        serde_json::to_vec(&common::cluster_records()).unwrap(),
+    )
+    .unwrap();
+    let op = Operator { work, provider };
+    let create = |dir: &Path, records: &Path| {
+        op.run(
+            dir,
+            &[
+                "--json",
+                "vault",
+                "create",
+                "--provider",
+                op.provider.to_str().unwrap(),
+                "--records-cluster",
+                records.to_str().unwrap(),
+                "--admin",
+                "owner",
+                "--insecure-fast-kdf",
+                "--two-factor",
+                "none",
+            ],
+        )
+    };
+    let mut as_provider = provider::connect_primary(&provider_cfg).unwrap();
+    let roles_before = vault_roles(&mut as_provider);
+    // A records database on other members: refused, no role made.
+    let elsewhere = op.work.join("elsewhere.json");
+    std::fs::write(
+        &elsewhere,
+        serde_json::to_vec(&PgConfig {
+            members: vec!["127.0.0.1:1".into()],
+            ..common::cluster_records()
+        })
+        .unwrap(),
+    )
+    .unwrap();
+    let o = create(&tmp.path().join("elsewhere"), &elsewhere);
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("same members"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert_eq!(vault_roles(&mut as_provider), roles_before);
+
+    let dirs: Vec<PathBuf> = (0..2).map(|i| tmp.path().join(format!("h{i}"))).collect();
+    let ids: Vec<String> = dirs
+        .iter()
+        .map(|d| {
+            let o = create(d, &records_file);
+            assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+            let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+            v["vault_id"].as_str().unwrap().replace('-', "")
+        })
+        .collect();
+    // Each vault's records.json names its own role and the records database.
+    let cfgs: Vec<PgConfig> = dirs
+        .iter()
+        .map(|d| serde_json::from_slice(&std::fs::read(d.join("records.json")).unwrap()).unwrap())
+        .collect();
+    let keys0: PgConfig =
+        serde_json::from_slice(&std::fs::read(dirs[0].join("keystore.json")).unwrap()).unwrap();
+    assert_eq!(cfgs[0].user, keys0.user, "one role per vault for both");
+    assert_ne!(cfgs[0].user, cfgs[1].user);
+    assert_eq!(cfgs[0].database, "pivault_records");
+    // The doctor of a hosted vault names the records cluster.
+    assert!(
+        doctor_level(&op, &dirs[0], "records-engine").contains("records cluster"),
+        "{}",
+        doctor_level(&op, &dirs[0], "records-engine")
+    );
+
+    let (r0, r1) = (format!("pr_{}", ids[0]), format!("pr_{}", ids[1]));
+    let mut v0 = provider::connect_primary(&cfgs[0]).unwrap();
+    let own: i64 = v0
+        .query_one(&format!("SELECT count(*) FROM {r0}.rows"), &[])
+        .unwrap()
+        .get(0);
+    assert!(
+        own > 0,
+        "a vault reads its own records rows (the admin, the audit anchor)"
+    );
+    let denied = "42501";
+    let file_before = relfilenode(&mut v0, &r1, "beacons");
+    for attack in [
+        format!("SELECT * FROM {r1}.rows"),
+        format!("SELECT * FROM {r1}.beacons"),
+        format!("DELETE FROM {r1}.rows"),
+        format!("UPDATE {r1}.rows SET v = v"),
+        format!("INSERT INTO {r1}.rows VALUES (0, 'x', 'y')"),
+        format!("DROP SCHEMA {r1} CASCADE"),
+        format!("ALTER TABLE {r1}.rows OWNER TO CURRENT_USER"),
+        format!("SET ROLE {}", cfgs[1].user),
+    ] {
+        assert_eq!(
+            try_sql(&mut v0, &attack),
+            Err(denied.to_owned()),
+            "{attack}"
+        );
+    }
+    // VACUUM of a table one does not own is skipped with a warning, not
+    // refused: the table's file must not have changed.
+    let _ = try_sql(&mut v0, &format!("VACUUM FULL {r1}.beacons"));
+    assert_eq!(relfilenode(&mut v0, &r1, "beacons"), file_before);
+    // The provider's operator reads no vault's records.
+    let mut p = as_provider_in_records(&provider_cfg);
+    assert_eq!(
+        try_sql(&mut p, &format!("SELECT * FROM {r0}.rows")),
+        Err(denied.to_owned())
+    );
+}
+
+/// The provider's role, connected to the records database.
+fn as_provider_in_records(provider_cfg: &PgConfig) -> postgres::Client {
+    provider::connect_primary(&PgConfig {
+        database: "pivault_records".into(),
+        ..provider_cfg.clone()
+    })
+    .unwrap()
+}

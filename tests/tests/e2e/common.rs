@@ -167,6 +167,22 @@ pub fn conformance_keystore() -> Option<PgConfig> {
     (std::env::var("PIVAULT_TEST_KEYSTORE").as_deref() == Ok("cluster")).then(cluster_keystore)
 }
 
+/// The records store the fixtures use: embedded, or with
+/// `PIVAULT_TEST_RECORDS=cluster` the `pivault_records` database of the
+/// cluster of `scripts/cluster.sh` (`scripts/test.sh` runs the storage
+/// modules with both the keystore and the records there).
+pub fn conformance_records() -> Option<PgConfig> {
+    (std::env::var("PIVAULT_TEST_RECORDS").as_deref() == Ok("cluster")).then(cluster_records)
+}
+
+/// The records database on the cluster `scripts/cluster.sh` started.
+pub fn cluster_records() -> PgConfig {
+    PgConfig {
+        database: "pivault_records".into(),
+        ..cluster_keystore()
+    }
+}
+
 /// The keystore on the cluster `scripts/cluster.sh` started, from its
 /// environment (`PIVAULT_PG_*`; `scripts/test.sh` starts it and sets them).
 pub fn cluster_keystore() -> PgConfig {
@@ -201,6 +217,26 @@ pub fn create_vault_on(
     admin_password: &str,
     keystore: Option<PgConfig>,
 ) -> Vault {
+    create_vault_with(
+        dir,
+        clock,
+        admin,
+        admin_password,
+        keystore,
+        conformance_records(),
+    )
+}
+
+/// [`create_vault`] with its keystore and its records each on a cluster
+/// (`Some`) or embedded.
+pub fn create_vault_with(
+    dir: &Path,
+    clock: &Arc<ManualClock>,
+    admin: &str,
+    admin_password: &str,
+    keystore: Option<PgConfig>,
+    records: Option<PgConfig>,
+) -> Vault {
     let init = InitOptions {
         kdf: KdfParams::INSECURE_FAST,
         buckets: BUCKETS,
@@ -211,12 +247,13 @@ pub fn create_vault_on(
         // the default (required for admin, officer and contractor).
         two_factor: vault_core::access::TwoFactorPolicy::none(),
     };
-    Vault::create_with_keystore(
+    Vault::create_on_clusters(
         dir,
         &SecretString::from(PASSPHRASE),
         init,
         open_options(clock),
         keystore,
+        records,
     )
     .expect("create vault")
 }
@@ -241,9 +278,19 @@ pub fn fast_vault(dir: &Path) -> Fixture {
 
 /// [`fast_vault`] with its keystore on a cluster (`Some`) or embedded.
 pub fn fast_vault_on(dir: &Path, keystore: Option<PgConfig>) -> Fixture {
+    fast_vault_with(dir, keystore, conformance_records())
+}
+
+/// [`fast_vault`] with its keystore and its records each on a cluster
+/// (`Some`) or embedded.
+pub fn fast_vault_with(
+    dir: &Path,
+    keystore: Option<PgConfig>,
+    records: Option<PgConfig>,
+) -> Fixture {
     let clock = Arc::new(ManualClock::new(T0));
     let (admin_name, _, admin_pw) = USERS[0];
-    let vault = create_vault_on(dir, &clock, admin_name, admin_pw, keystore);
+    let vault = create_vault_with(dir, &clock, admin_name, admin_pw, keystore, records);
     let admin = login(&vault, admin_name);
     for (name, role, pw) in &USERS[1..] {
         vault

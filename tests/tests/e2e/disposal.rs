@@ -40,6 +40,7 @@ use vault_core::clock::ManualClock;
 use vault_core::crypto::KdfParams;
 use vault_core::ed25519_dalek as ed25519_dalek_key;
 use vault_core::ids::{CertificateId, RecordId, SubjectId, Username};
+use vault_core::keystore::postgres::PgConfig;
 use vault_core::keystore::{self, scan_dir};
 use vault_core::secret::SecretString;
 use vault_core::vault::{
@@ -180,6 +181,16 @@ fn request(scope: DisposalScope) -> DisposalRequest {
 /// that several subjects share a bucket and bucket rotation has survivors
 /// to re-wrap.
 fn small_vault(dir: &Path) -> Fixture {
+    small_vault_on(
+        dir,
+        common::conformance_keystore(),
+        common::conformance_records(),
+    )
+}
+
+/// [`small_vault`] with its keystore and records each on a cluster
+/// (`Some`) or embedded.
+fn small_vault_on(dir: &Path, keystore: Option<PgConfig>, records: Option<PgConfig>) -> Fixture {
     let clock = Arc::new(ManualClock::new(common::T0));
     let (admin_name, _, admin_pw) = common::USERS[0];
     let init = InitOptions {
@@ -189,11 +200,13 @@ fn small_vault(dir: &Path) -> Fixture {
         admin_password: SecretString::from(admin_pw),
         two_factor: vault_core::access::TwoFactorPolicy::none(),
     };
-    let vault = Vault::create(
+    let vault = Vault::create_on_clusters(
         dir,
         &SecretString::from(common::PASSPHRASE),
         init,
         common::open_options(&clock),
+        keystore,
+        records,
     )
     .expect("create vault");
     let admin = common::login(&vault, admin_name);
@@ -300,7 +313,10 @@ fn scan_settled(dir: &Path, needles: &[Vec<u8>], patience: Duration) -> Vec<Stri
 fn forensic_old_copy_with_live_header_cannot_read_disposed_record() {
     let tmp = temp();
     let live = tmp.path().join("vault");
-    let fx = small_vault(&live);
+    // Embedded on purpose: the attack is a copy of the vault directory,
+    // where the embedded keystore lives (a cluster keystore's copies are
+    // on its members: cluster.rs scans them).
+    let fx = small_vault_on(&live, None, None);
     let recs = store_records(&fx, 10, 5);
     assert_eq!(recs.len(), 50);
     let target = recs[17];

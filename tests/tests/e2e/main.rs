@@ -28,6 +28,7 @@ mod library;
 mod output_schemas;
 mod profiles;
 mod purge_controls;
+mod records_cluster;
 mod regressions;
 mod search;
 mod server;

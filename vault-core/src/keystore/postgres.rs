@@ -102,7 +102,13 @@ impl PgConfig {
 
     /// Reads `dir/keystore.json`, if the vault has one.
     pub fn read(dir: &Path) -> Result<Option<PgConfig>> {
-        let p = dir.join(Self::FILE);
+        Self::read_named(dir, Self::FILE)
+    }
+
+    /// Reads `dir/name` (a cluster file of this shape: `keystore.json`,
+    /// `records.json`), if the vault has one.
+    pub fn read_named(dir: &Path, name: &str) -> Result<Option<PgConfig>> {
+        let p = dir.join(name);
         let bytes = match std::fs::read(&p) {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -273,7 +279,7 @@ fn is_auth_failure(e: &Error) -> bool {
     matches!(e, Error::Storage(m) if m.contains("(28P01)") || m.contains("(28000)"))
 }
 
-pub(super) fn pg(e: postgres::Error) -> Error {
+pub(crate) fn pg(e: postgres::Error) -> Error {
     // The server's message and code only: its `detail` can quote a row
     // ("Failing row contains ..."), and a row here is a wrapped key.
     match e.as_db_error() {
@@ -309,17 +315,19 @@ const PRIMARY_PATIENCE: Duration = Duration::from_secs(40);
 const WAL_ROUNDS: usize = 5;
 
 /// Connections to the primary one vault uses at once for its reads and
-/// writes; more callers wait for one to come free. A hosted vault's role
-/// may hold [`ROLE_CONNECTION_LIMIT`] on each member
-/// (`scripts/keystore-cluster.sql`), which leaves room beyond these for a
-/// purge's connection to every member and doctor's checks; so a busy vault
+/// writes, per cluster store (its keystore's, and its records' when they
+/// are on the cluster too); more callers wait for one to come free. A
+/// hosted vault's role may hold [`ROLE_CONNECTION_LIMIT`] on each member
+/// (`scripts/keystore-cluster.sql`): both stores' working connections
+/// (16), the records store's lock (1) and a purge's connection to every
+/// member (3) fit under it with room for doctor's checks; so a busy vault
 /// waits on itself instead of being refused, and a stolen credential
 /// cannot take the connections every other vault on the cluster needs.
 pub const WORKING_CONNECTIONS: usize = 8;
 
 /// The `CONNECTION LIMIT` of a hosted vault's role on each member (set by
 /// `pivault_provision.create_vault_role`).
-pub const ROLE_CONNECTION_LIMIT: usize = 16;
+pub const ROLE_CONNECTION_LIMIT: usize = 24;
 
 /// Bounds the connections in use at once to [`WORKING_CONNECTIONS`].
 #[derive(Default)]
@@ -349,22 +357,40 @@ impl Drop for Place<'_> {
     }
 }
 
-/// The PostgreSQL keystore of one vault.
-pub struct PgKeys {
-    cfg: PgConfig,
+/// One vault's connections to a cluster (its keystore's or its records'):
+/// a bounded pool to the primary, connections to every member, and the
+/// purge recipe over a list of relations.
+pub(crate) struct Conns {
+    pub(crate) cfg: PgConfig,
     password: SecretString,
-    schema: String,
-    buckets: u32,
     /// Idle connections to the primary (at most [`WORKING_CONNECTIONS`]).
     pool: Mutex<Vec<Client>>,
     gate: Gate,
+}
+
+/// What the purge recipe found on the cluster.
+pub(crate) struct Purged {
+    /// Blockers still there after the wait (each also in `residue`).
+    pub snapshots: u64,
+    /// What is left that should not be: old relation files and WAL
+    /// segments per member, relations not rewritten, blockers.
+    pub residue: Vec<String>,
+    /// One entry per member.
+    pub members: Vec<MemberEvidence>,
+}
+
+/// The PostgreSQL keystore of one vault.
+pub struct PgKeys {
+    conns: Conns,
+    schema: String,
+    buckets: u32,
     control: Mutex<PurgeControl>,
 }
 
 impl std::fmt::Debug for PgKeys {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PgKeys")
-            .field("members", &self.cfg.members)
+            .field("members", &self.conns.cfg.members)
             .field("schema", &self.schema)
             .finish_non_exhaustive()
     }
@@ -374,69 +400,19 @@ impl PgKeys {
     /// Connects to the cluster's primary and creates the vault's schema if
     /// it is not there.
     pub(crate) fn open(cfg: PgConfig, vault: VaultId, buckets: u32) -> Result<PgKeys> {
-        cfg.validate()?;
-        let password = cfg.password()?;
         let keys = PgKeys {
             schema: format!("pv_{}", hex::encode(vault.as_bytes())),
-            cfg,
-            password,
+            conns: Conns::new(cfg)?,
             buckets,
-            pool: Mutex::new(Vec::new()),
-            gate: Gate::default(),
             control: Mutex::new(PurgeControl::Full),
         };
-        keys.with_primary(|c| keys.create_schema(c))?;
+        keys.conns.with_primary(|c| keys.create_schema(c))?;
         Ok(keys)
     }
 
     /// Sets the purge's negative control (tests).
     pub(crate) fn set_control(&self, c: PurgeControl) {
         *self.control.lock().expect("control lock") = c;
-    }
-
-    fn connect(&self, member: &str) -> Result<Client> {
-        connect_as(&self.cfg, &self.password, member)
-    }
-
-    /// A connection to whichever member is the primary now (an idle one
-    /// from the pool first).
-    fn primary(&self) -> Result<Client> {
-        if let Some(c) = self.pool.lock().expect("pool lock").pop() {
-            return Ok(c);
-        }
-        primary_of(&self.cfg, &self.password)
-    }
-
-    /// Runs `f` on a primary connection. A connection that broke (a
-    /// failover) is dropped and `f` retried once on the new primary: every
-    /// write here is idempotent (upserts and deletes of whole rows).
-    fn with_primary<T>(&self, f: impl Fn(&mut Client) -> Result<T>) -> Result<T> {
-        let _place = self.gate.enter();
-        let mut attempt = 0;
-        loop {
-            let mut c = self.primary()?;
-            match f(&mut c) {
-                Ok(v) => {
-                    self.give_back(c);
-                    return Ok(v);
-                }
-                Err(e) if attempt == 0 && (c.is_closed() || is_read_only(&e)) => {
-                    attempt += 1;
-                    self.pool.lock().expect("pool lock").clear();
-                    std::thread::sleep(Duration::from_millis(200));
-                }
-                Err(e) => return Err(e),
-            }
-        }
-    }
-
-    /// Puts a working connection back in the pool, unless it broke or the
-    /// pool is full.
-    fn give_back(&self, c: Client) {
-        let mut pool = self.pool.lock().expect("pool lock");
-        if !c.is_closed() && pool.len() < WORKING_CONNECTIONS {
-            pool.push(c);
-        }
     }
 
     fn create_schema(&self, c: &mut Client) -> Result<()> {
@@ -491,15 +467,6 @@ impl PgKeys {
         format!("{}.{}", self.schema, t.name())
     }
 
-    /// Every member, each with a connection or why there is none.
-    fn members(&self) -> Vec<(String, Result<Client>)> {
-        self.cfg
-            .members
-            .iter()
-            .map(|m| (m.clone(), self.connect(m)))
-            .collect()
-    }
-
     /// The relations a purge rewrites: the touched data-key partitions and
     /// both small tables (every bucket key is re-wrapped by the ratchet).
     fn purge_relations(&self, buckets: &[u32]) -> Vec<String> {
@@ -518,7 +485,178 @@ impl PgKeys {
     fn purge_pg(&self, buckets: &[u32]) -> Result<PurgeEvidence> {
         let start = Instant::now();
         let control = *self.control.lock().expect("control lock");
-        let relations = self.purge_relations(buckets);
+        let p = self.conns.purge(&self.purge_relations(buckets), control)?;
+        Ok(PurgeEvidence {
+            snapshots: p.snapshots,
+            live_versions_deks: 1,
+            tombstones_in_touched_ranges: 0,
+            residue_files: p.residue,
+            live_sst_files: 0,
+            wal_files: 0,
+            compacted_buckets: buckets.len() as u64,
+            duration_ms: start.elapsed().as_millis() as u64,
+            engine: "postgresql",
+            members: p.members,
+        })
+    }
+}
+
+fn is_read_only(e: &Error) -> bool {
+    // After a failover a pooled connection may reach the old primary, now
+    // a standby.
+    matches!(e, Error::Storage(m) if m.contains("read-only transaction"))
+}
+
+fn in_recovery(c: &mut Client) -> Result<bool> {
+    Ok(c.query_one("SELECT pg_is_in_recovery()", &[])
+        .map_err(pg)?
+        .get(0))
+}
+
+/// Waits until a standby has replayed the primary's WAL up to `lsn`.
+fn wait_replay(c: &mut Client, lsn: &str) -> Result<()> {
+    let deadline = Instant::now() + REPLAY_PATIENCE;
+    loop {
+        let done: bool = c
+            .query_one(
+                "SELECT coalesce(pg_last_wal_replay_lsn() >= $1::text::pg_lsn, false)",
+                &[&lsn],
+            )
+            .map_err(pg)?
+            .get(0);
+        if done {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(Error::Storage(format!(
+                "keystore cluster: a standby has not replayed {lsn} after {}s",
+                REPLAY_PATIENCE.as_secs()
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// WAL segments on this member at or before `segment` (compared without
+/// the timeline, which a failover changes).
+fn segments_at_or_before(c: &mut Client, segment: &str) -> Result<Vec<String>> {
+    let rows = c
+        .query(
+            "SELECT name FROM pg_ls_waldir() WHERE name ~ '^[0-9A-F]{24}$' AND substr(name, 9) <= substr($1, 9) ORDER BY name",
+            &[&segment],
+        )
+        .map_err(pg)?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+/// What on the primary could keep a row deleted before `horizon` (an xid)
+/// from being removed: a session's snapshot, a standby's feedback, a
+/// replication slot, a prepared transaction.
+fn blockers(c: &mut Client, horizon: &str) -> Result<Vec<String>> {
+    let rows = c
+        .query(
+            "SELECT 'open snapshot of backend ' || pid::text || ' (' || coalesce(application_name, '') || ')'
+               FROM pg_stat_activity
+              WHERE backend_xmin IS NOT NULL AND pid <> pg_backend_pid()
+                AND age(backend_xmin) >= age($1::text::xid)
+             UNION ALL
+             SELECT 'standby feedback from ' || coalesce(client_addr::text, 'local') || ':' || coalesce(client_port::text, '')
+               FROM pg_stat_replication
+              WHERE backend_xmin IS NOT NULL AND age(backend_xmin) >= age($1::text::xid)
+             UNION ALL
+             SELECT 'replication slot ' || slot_name || ' holds xmin'
+               FROM pg_replication_slots
+              WHERE (xmin IS NOT NULL AND age(xmin) >= age($1::text::xid))
+                 OR (catalog_xmin IS NOT NULL AND slot_type = 'logical')
+             UNION ALL
+             SELECT 'prepared transaction ' || gid FROM pg_prepared_xacts",
+            &[&horizon],
+        )
+        .map_err(pg)?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+/// The negative control's snapshot: a REPEATABLE READ transaction on its
+/// own connection, held until dropped.
+struct HeldSnapshot(Option<Client>);
+
+impl Drop for HeldSnapshot {
+    fn drop(&mut self) {
+        // Closing a client runs its runtime too.
+        if let Some(c) = self.0.take() {
+            off_runtime(move || drop(c));
+        }
+    }
+}
+
+impl Conns {
+    pub(crate) fn new(cfg: PgConfig) -> Result<Conns> {
+        cfg.validate()?;
+        let password = cfg.password()?;
+        Ok(Conns {
+            cfg,
+            password,
+            pool: Mutex::new(Vec::new()),
+            gate: Gate::default(),
+        })
+    }
+
+    fn connect(&self, member: &str) -> Result<Client> {
+        connect_as(&self.cfg, &self.password, member)
+    }
+
+    /// A connection to whichever member is the primary now (an idle one
+    /// from the pool first).
+    pub(crate) fn primary(&self) -> Result<Client> {
+        if let Some(c) = self.pool.lock().expect("pool lock").pop() {
+            return Ok(c);
+        }
+        primary_of(&self.cfg, &self.password)
+    }
+
+    /// Runs `f` on a primary connection. A connection that broke (a
+    /// failover) is dropped and `f` retried once on the new primary: every
+    /// write here is idempotent (upserts and deletes of whole rows).
+    pub(crate) fn with_primary<T>(&self, f: impl Fn(&mut Client) -> Result<T>) -> Result<T> {
+        let _place = self.gate.enter();
+        let mut attempt = 0;
+        loop {
+            let mut c = self.primary()?;
+            match f(&mut c) {
+                Ok(v) => {
+                    self.give_back(c);
+                    return Ok(v);
+                }
+                Err(e) if attempt == 0 && (c.is_closed() || is_read_only(&e)) => {
+                    attempt += 1;
+                    self.pool.lock().expect("pool lock").clear();
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Puts a working connection back in the pool, unless it broke or the
+    /// pool is full.
+    pub(crate) fn give_back(&self, c: Client) {
+        let mut pool = self.pool.lock().expect("pool lock");
+        if !c.is_closed() && pool.len() < WORKING_CONNECTIONS {
+            pool.push(c);
+        }
+    }
+
+    /// Every member, each with a connection or why there is none.
+    pub(crate) fn members(&self) -> Vec<(String, Result<Client>)> {
+        self.cfg
+            .members
+            .iter()
+            .map(|m| (m.clone(), self.connect(m)))
+            .collect()
+    }
+
+    /// The purge recipe (module doc) over `relations` on every member.
+    pub(crate) fn purge(&self, relations: &[String], control: PurgeControl) -> Result<Purged> {
         // A fresh connection: a pooled one may reach a primary that died
         // (the purge is where a failover in the middle of a batch lands).
         self.pool.lock().expect("pool lock").clear();
@@ -536,7 +674,7 @@ impl PgKeys {
         }
         let mut residue = Vec::new();
         let mut before = Vec::new();
-        for r in &relations {
+        for r in relations {
             let path: String = primary
                 .query_one("SELECT pg_relation_filepath($1::text::regclass)", &[r])
                 .map_err(pg)?
@@ -547,7 +685,7 @@ impl PgKeys {
             primary
                 .batch_execute("SET lock_timeout = '5s'")
                 .map_err(pg)?;
-            for r in &relations {
+            for r in relations {
                 let verb = if control == PurgeControl::PlainVacuum {
                     "VACUUM"
                 } else {
@@ -691,25 +829,18 @@ impl PgKeys {
             };
             evidence_members.push(m);
         }
-        let blockers_left = blockers.len() as u64;
+        let snapshots = blockers.len() as u64;
         residue.extend(blockers);
         self.give_back(primary);
-        Ok(PurgeEvidence {
-            snapshots: blockers_left,
-            live_versions_deks: 1,
-            tombstones_in_touched_ranges: 0,
-            residue_files: residue,
-            live_sst_files: 0,
-            wal_files: 0,
-            compacted_buckets: buckets.len() as u64,
-            duration_ms: start.elapsed().as_millis() as u64,
-            engine: "postgresql",
+        Ok(Purged {
+            snapshots,
+            residue,
             members: evidence_members,
         })
     }
 
     /// Every member's files, through `pivault_verify.scan`.
-    fn scan_members(&self, needles: &[Vec<u8>]) -> Result<ByteScan> {
+    pub(crate) fn scan_members(&self, needles: &[Vec<u8>]) -> Result<ByteScan> {
         let mut out = ByteScan::default();
         if needles.is_empty() {
             return Ok(out);
@@ -740,98 +871,34 @@ impl PgKeys {
     }
 }
 
-fn is_read_only(e: &Error) -> bool {
-    // After a failover a pooled connection may reach the old primary, now
-    // a standby.
-    matches!(e, Error::Storage(m) if m.contains("read-only transaction"))
-}
-
-fn in_recovery(c: &mut Client) -> Result<bool> {
-    Ok(c.query_one("SELECT pg_is_in_recovery()", &[])
-        .map_err(pg)?
-        .get(0))
-}
-
-/// Waits until a standby has replayed the primary's WAL up to `lsn`.
-fn wait_replay(c: &mut Client, lsn: &str) -> Result<()> {
-    let deadline = Instant::now() + REPLAY_PATIENCE;
-    loop {
-        let done: bool = c
-            .query_one(
-                "SELECT coalesce(pg_last_wal_replay_lsn() >= $1::text::pg_lsn, false)",
-                &[&lsn],
-            )
-            .map_err(pg)?
-            .get(0);
-        if done {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            return Err(Error::Storage(format!(
-                "keystore cluster: a standby has not replayed {lsn} after {}s",
-                REPLAY_PATIENCE.as_secs()
-            )));
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// WAL segments on this member at or before `segment` (compared without
-/// the timeline, which a failover changes).
-fn segments_at_or_before(c: &mut Client, segment: &str) -> Result<Vec<String>> {
-    let rows = c
-        .query(
-            "SELECT name FROM pg_ls_waldir() WHERE name ~ '^[0-9A-F]{24}$' AND substr(name, 9) <= substr($1, 9) ORDER BY name",
-            &[&segment],
-        )
-        .map_err(pg)?;
-    Ok(rows.iter().map(|r| r.get(0)).collect())
-}
-
-/// What on the primary could keep a row deleted before `horizon` (an xid)
-/// from being removed: a session's snapshot, a standby's feedback, a
-/// replication slot, a prepared transaction.
-fn blockers(c: &mut Client, horizon: &str) -> Result<Vec<String>> {
-    let rows = c
-        .query(
-            "SELECT 'open snapshot of backend ' || pid::text || ' (' || coalesce(application_name, '') || ')'
-               FROM pg_stat_activity
-              WHERE backend_xmin IS NOT NULL AND pid <> pg_backend_pid()
-                AND age(backend_xmin) >= age($1::text::xid)
-             UNION ALL
-             SELECT 'standby feedback from ' || coalesce(client_addr::text, 'local') || ':' || coalesce(client_port::text, '')
-               FROM pg_stat_replication
-              WHERE backend_xmin IS NOT NULL AND age(backend_xmin) >= age($1::text::xid)
-             UNION ALL
-             SELECT 'replication slot ' || slot_name || ' holds xmin'
-               FROM pg_replication_slots
-              WHERE (xmin IS NOT NULL AND age(xmin) >= age($1::text::xid))
-                 OR (catalog_xmin IS NOT NULL AND slot_type = 'logical')
-             UNION ALL
-             SELECT 'prepared transaction ' || gid FROM pg_prepared_xacts",
-            &[&horizon],
-        )
-        .map_err(pg)?;
-    Ok(rows.iter().map(|r| r.get(0)).collect())
-}
-
-/// The negative control's snapshot: a REPEATABLE READ transaction on its
-/// own connection, held until dropped.
-struct HeldSnapshot(Option<Client>);
-
-impl Drop for HeldSnapshot {
-    fn drop(&mut self) {
-        // Closing a client runs its runtime too.
-        if let Some(c) = self.0.take() {
-            off_runtime(move || drop(c));
-        }
-    }
-}
-
-impl Drop for PgKeys {
+impl Drop for Conns {
     fn drop(&mut self) {
         let pool = std::mem::take(&mut *self.pool.lock().unwrap_or_else(|e| e.into_inner()));
         off_runtime(move || drop(pool));
+    }
+}
+
+/// A scan in pages of `page` rows, each fetched (off the runtime) after
+/// the last key of the one before; `f` runs on the caller's thread, in key
+/// order, until it returns `false`.
+pub(crate) fn scan_pages(
+    page: usize,
+    fetch: impl Fn(Option<&[u8]>) -> Result<Vec<(Vec<u8>, Vec<u8>)>> + Sync,
+    f: &mut Visit<'_>,
+) -> Result<()> {
+    let mut after: Option<Vec<u8>> = None;
+    loop {
+        let rows = off_runtime(|| fetch(after.as_deref()))?;
+        let n = rows.len();
+        for (k, v) in &rows {
+            if !f(k, v)? {
+                return Ok(());
+            }
+        }
+        if n < page {
+            return Ok(());
+        }
+        after = rows.last().map(|(k, _)| k.clone());
     }
 }
 
@@ -839,7 +906,7 @@ impl Drop for PgKeys {
 /// tokio runtime and panics inside another one, which is where the
 /// server's blocking jobs run (`spawn_blocking` threads are inside the
 /// server's runtime). There it runs on a short-lived thread of its own.
-fn off_runtime<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+pub(crate) fn off_runtime<T: Send>(f: impl FnOnce() -> T + Send) -> T {
     if tokio::runtime::Handle::try_current().is_ok() {
         std::thread::scope(|s| s.spawn(f).join().expect("keystore cluster thread"))
     } else {
@@ -857,21 +924,7 @@ impl KeyEngine for PgKeys {
     }
 
     fn scan(&self, t: Table, prefix: &[u8], f: &mut Visit<'_>) -> Result<()> {
-        // Pages are fetched off the runtime; `f` runs on the caller's thread.
-        let mut after: Option<Vec<u8>> = None;
-        loop {
-            let rows = off_runtime(|| self.scan_page(t, prefix, after.as_deref()))?;
-            let n = rows.len();
-            for (k, v) in &rows {
-                if !f(k, v)? {
-                    return Ok(());
-                }
-            }
-            if n < SCAN_PAGE {
-                return Ok(());
-            }
-            after = rows.last().map(|(k, _)| k.clone());
-        }
+        scan_pages(SCAN_PAGE, |after| self.scan_page(t, prefix, after), f)
     }
 
     fn purge(&self, buckets: &[u32], skip_physical: bool) -> Result<PurgeEvidence> {
@@ -890,16 +943,16 @@ impl KeyEngine for PgKeys {
     fn scan_for(&self, _buckets: &[u32], needles: &[Vec<u8>]) -> Result<ByteScan> {
         // Every file of every member: a cluster keystore is small, and the
         // function cannot tell a partition's files from another's cheaply.
-        off_runtime(|| self.scan_members(needles))
+        off_runtime(|| self.conns.scan_members(needles))
     }
 
     fn files_containing(&self, needles: &[Vec<u8>]) -> Result<Vec<String>> {
-        off_runtime(|| Ok(self.scan_members(needles)?.hits))
+        off_runtime(|| Ok(self.conns.scan_members(needles)?.hits))
     }
 
     fn hold_snapshot(&self) -> Result<Box<dyn Held + '_>> {
         off_runtime(|| {
-            let mut c = self.primary()?;
+            let mut c = self.conns.primary()?;
             // The snapshot is taken at the first statement and holds back
             // what VACUUM may remove in the whole database; it takes no lock
             // on the keystore's tables (which would only make VACUUM FULL wait).
@@ -953,8 +1006,20 @@ const MEMBER_SETTINGS: [(&str, &str, &str); 6] = [
     ("log_statement", "none", "statement logs would carry rows"),
 ];
 
-impl PgKeys {
-    fn doctor_checks(&self) -> Result<Vec<(&'static str, crate::doctor::Level, String)>> {
+/// The names of the three member checks of one cluster store (`doctor`).
+pub(crate) struct CheckNames {
+    pub settings: &'static str,
+    pub members: &'static str,
+    pub tls: &'static str,
+}
+
+impl Conns {
+    /// Every member's settings the purge depends on, whether every member
+    /// is up and streaming, and whether each connection is TLS.
+    pub(crate) fn member_checks(
+        &self,
+        names: &CheckNames,
+    ) -> Result<Vec<(&'static str, crate::doctor::Level, String)>> {
         let mut out = Vec::new();
         let mut reachable = Vec::new();
         let mut down = Vec::new();
@@ -1011,7 +1076,7 @@ impl PgKeys {
         }
         let ok_or_fail = |ok: bool| if ok { Level::Ok } else { Level::Fail };
         out.push((
-            "keystore-cluster-settings",
+            names.settings,
             ok_or_fail(bad.is_empty()),
             if bad.is_empty() {
                 format!(
@@ -1030,7 +1095,7 @@ impl PgKeys {
         let members_ok =
             down.is_empty() && primary_standbys.as_ref().is_some_and(|(_, n)| *n == want);
         out.push((
-            "keystore-cluster-members",
+            names.members,
             ok_or_fail(members_ok),
             match (&primary_standbys, down.is_empty()) {
                 (Some((p, n)), true) => format!(
@@ -1052,7 +1117,7 @@ impl PgKeys {
         // Keys in clear on loopback are only as private as this machine; a
         // member elsewhere is refused in clear (`PgConfig::validate`).
         out.push((
-            "keystore-cluster-tls",
+            names.tls,
             if in_clear.is_empty() { Level::Ok } else { Level::Warn },
             if in_clear.is_empty() {
                 "every reachable member: TLS, its certificate verified against ca_file".to_owned()
@@ -1063,19 +1128,32 @@ impl PgKeys {
                 )
             },
         ));
+        Ok(out)
+    }
+}
+
+impl PgKeys {
+    fn doctor_checks(&self) -> Result<Vec<(&'static str, crate::doctor::Level, String)>> {
+        let mut out = self.conns.member_checks(&CheckNames {
+            settings: "keystore-cluster-settings",
+            members: "keystore-cluster-members",
+            tls: "keystore-cluster-tls",
+        })?;
         // One role per vault (`pivault vault create`): a role shared with
         // other vaults reads their wrapped keys and can delete them. Not
         // unsafe for this vault's records (the keys are wrapped), so a warning.
-        let others = self.with_primary(|c| super::provider::reachable_others(c, &self.schema))?;
+        let others = self
+            .conns
+            .with_primary(|c| super::provider::reachable_others(c, &self.schema))?;
         out.push((
             "keystore-cluster-isolation",
             if others.is_empty() { Level::Ok } else { Level::Warn },
             if others.is_empty() {
-                format!("the vault's role {} reaches no other vault's keystore", self.cfg.user)
+                format!("the vault's role {} reaches no other vault's keystore", self.conns.cfg.user)
             } else {
                 format!(
                     "the vault's role {} also reaches {} other vault keystore(s): give each vault its own role (pivault vault create)",
-                    self.cfg.user,
+                    self.conns.cfg.user,
                     others.len()
                 )
             },
@@ -1100,7 +1178,7 @@ impl PgKeys {
             ),
         };
         let bucket = bucket_of_key(t, key);
-        self.with_primary(|c| {
+        self.conns.with_primary(|c| {
             Ok(c.query_opt(&sql, &[&key, &bucket])
                 .map_err(pg)?
                 .map(|r| r.get(0)))
@@ -1123,7 +1201,7 @@ impl PgKeys {
         let tables = Table::ALL;
         // Every commit is synchronous (`synchronous_commit=on`, and with
         // Patroni's synchronous mode a standby has it too): `sync` is always true here.
-        self.with_primary(|c| {
+        self.conns.with_primary(|c| {
             let mut tx = c.transaction().map_err(pg)?;
             for t in tables {
                 let mut put_k: Vec<&[u8]> = Vec::new();
@@ -1186,7 +1264,7 @@ impl PgKeys {
                 "true"
             }
         );
-        self.with_primary(|c| {
+        self.conns.with_primary(|c| {
             Ok(c.query(&sql, &[&prefix, &after, &bucket])
                 .map_err(pg)?
                 .iter()

@@ -83,11 +83,15 @@ pub(crate) fn provision(provider: &PgConfig, dir: &Path) -> Result<Provisioned> 
 /// Undoes [`provision`] after a vault creation that failed: the role's
 /// objects (a half-made schema) and the role itself. Best effort; what is
 /// left shows in [`list`].
-pub(crate) fn withdraw(provider: &PgConfig, p: &Provisioned) {
-    if let Ok(pw) = p.cfg.password()
-        && let Ok(mut c) = primary_of(&p.cfg, &pw)
-    {
-        let _ = c.batch_execute("DROP OWNED BY CURRENT_USER");
+pub(crate) fn withdraw(provider: &PgConfig, p: &Provisioned, records: Option<&PgConfig>) {
+    // What the role made in each database it reached (its records schema
+    // too), then the role.
+    for cfg in std::iter::once(&p.cfg).chain(records) {
+        if let Ok(pw) = cfg.password()
+            && let Ok(mut c) = primary_of(cfg, &pw)
+        {
+            let _ = c.batch_execute("DROP OWNED BY CURRENT_USER");
+        }
     }
     if let Ok(pw) = provider.password()
         && let Ok(mut c) = primary_of(provider, &pw)

@@ -1,0 +1,398 @@
+//! The records store on the PostgreSQL cluster (issue 16): records, users,
+//! sessions, disposal batches and certificates in the `pivault_records`
+//! database, the keystore in `pivault_keys`, the vault directory left with
+//! the header, the signing file, the audit trail and the two cluster files.
+//! The blind indexes, derived from personal information, are purged from
+//! every member after a disposal and scanned for. Needs the cluster of
+//! `scripts/cluster.sh` (as `cluster.rs`), and runs one at a time with it.
+
+use std::path::{Path, PathBuf};
+
+use serde_json::json;
+use vault_core::Error;
+use vault_core::beacon::Match;
+use vault_core::ids::{RecordId, SubjectId};
+use vault_core::keystore::PurgeControl;
+use vault_core::vault::DisposalScope;
+use vault_core::vault::FindTarget;
+
+use crate::cluster::{cluster, psql_in, request, serial};
+use crate::common::{self, Fixture};
+use crate::search::{COUNTER, counter_schema, find};
+
+/// A fixture vault with its keystore and its records on the cluster, and
+/// the all-searchable [`COUNTER`] collection.
+fn vault_on_clusters(dir: &Path) -> Fixture {
+    let f = common::fast_vault_with(
+        dir,
+        Some(common::cluster_keystore()),
+        Some(common::cluster_records()),
+    );
+    f.vault
+        .create_collection(&f.admin, COUNTER, &counter_schema())
+        .expect("create counter");
+    f
+}
+
+fn ssn(n: u32) -> String {
+    format!("212-{:02}-{:04}", 10 + n % 80, 1000 + n)
+}
+
+/// A family name per number (names take letters only).
+fn family(n: u32) -> String {
+    let letter = |i: u32| char::from(b'a' + (i % 26) as u8);
+    format!(
+        "Recordholm-{}{}{}",
+        letter(n / 676),
+        letter(n / 26),
+        letter(n)
+    )
+}
+
+fn person(n: u32) -> serde_json::Value {
+    json!({"given_name": "Clusterina", "family_name": family(n), "ssn": ssn(n)})
+}
+
+/// One record per number, each of a new subject.
+fn put_people(fx: &Fixture, numbers: std::ops::Range<u32>) -> Vec<RecordId> {
+    numbers
+        .map(|n| {
+            fx.vault
+                .put_record(&fx.clerk, COUNTER, SubjectId::new(), &person(n))
+                .unwrap()
+        })
+        .collect()
+}
+
+/// The member that is the primary now.
+fn primary_member(c: &crate::cluster::Cluster) -> String {
+    c.members
+        .iter()
+        .find(|m| psql_in(m, "postgres", "SELECT pg_is_in_recovery()").as_deref() == Some("f"))
+        .expect("a primary")
+        .clone()
+}
+
+/// Every row of the vault's records schema as the superuser sees it on
+/// member `m`: the count of rows and of beacon rows.
+fn row_counts(m: &str, vault: &vault_core::vault::Vault) -> (u64, u64) {
+    let s = format!("pr_{}", hex::encode(vault.id().as_bytes()));
+    let n = |t: &str| {
+        psql_in(
+            m,
+            "pivault_records",
+            &format!("SELECT count(*) FROM {s}.{t}"),
+        )
+        .expect("member up")
+        .parse()
+        .unwrap()
+    };
+    (n("rows"), n("beacons"))
+}
+
+/// The blind-index tag of a record (the first bytes of its reverse row),
+/// read from the primary by the superuser.
+fn beacon_tag(m: &str, vault: &vault_core::vault::Vault, id: RecordId) -> Vec<u8> {
+    let s = format!("pr_{}", hex::encode(vault.id().as_bytes()));
+    let hex = psql_in(
+        m,
+        "pivault_records",
+        &format!(
+            "SELECT encode(substr(v, 1, 16), 'hex') FROM {s}.beacons WHERE k = '\\x72{}'::bytea",
+            hex::encode(id.as_bytes())
+        ),
+    )
+    .expect("member up");
+    hex::decode(hex.trim()).unwrap_or_else(|_| panic!("no reverse beacon row: {hex:?}"))
+}
+
+#[test]
+fn records_on_the_cluster_outlive_the_vault_machine_and_one_process_holds_the_vault() {
+    let _one = serial();
+    let c = cluster();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("vault");
+    let fx = vault_on_clusters(&dir);
+    assert_eq!(fx.vault.records_engine(), "postgresql");
+    let ids: Vec<(RecordId, u32)> = put_people(&fx, 0..20).into_iter().zip(0..).collect();
+    // The rows are on the primary and on both standbys (synchronous
+    // commit; a standby replays shortly after).
+    let primary = primary_member(&c);
+    let (rows, beacons) = row_counts(&primary, &fx.vault);
+    assert!(rows >= 20 + 5, "records and users on the cluster: {rows}");
+    assert!(beacons >= 20, "the blind indexes on the cluster: {beacons}");
+    // The vault directory holds no record: no table file at all under
+    // records/, and no SSN in any file of the directory.
+    let local: Vec<PathBuf> = common::files_under(&dir.join("records"));
+    assert_eq!(local, Vec::<PathBuf>::new(), "records/ must stay empty");
+    // One process holds the vault: a second opener is refused at once,
+    // whatever directory it opens the vault from.
+    let copy = tmp.path().join("other-machine");
+    std::fs::create_dir(&copy).unwrap();
+    for f in ["header", "signing", "keystore.json", "records.json"] {
+        std::fs::copy(dir.join(f), copy.join(f)).unwrap();
+    }
+    copy_dir(&dir.join("audit"), &copy.join("audit"));
+    std::fs::create_dir(copy.join("records")).unwrap();
+    std::fs::create_dir(copy.join("keystore")).unwrap();
+    for d in [
+        &copy,
+        &copy.join("audit"),
+        &copy.join("records"),
+        &copy.join("keystore"),
+    ] {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o700)).unwrap();
+    }
+    let busy = vault_core::vault::Vault::open(
+        &copy,
+        &vault_core::secret::SecretString::from(common::PASSPHRASE),
+        common::open_options(&fx.clock),
+    );
+    assert!(matches!(busy, Err(Error::VaultBusy)), "{:?}", busy.err());
+    let clock = fx.clock.clone();
+    fx.vault.close().unwrap();
+    // The machine is lost: its records directory gone. On another
+    // machine, the header, the signing file, the audit trail and the two
+    // cluster files open the vault with every record and its indexes.
+    std::fs::remove_dir_all(&dir).unwrap();
+    let v = common::open_vault(&copy, &clock);
+    let clerk = common::login(&v, "clerk");
+    for (id, n) in &ids {
+        let r = v.get_record(&clerk, *id, &[], None).unwrap();
+        assert_eq!(r.fields["family_name"], family(*n));
+    }
+    let hits = find(
+        &v,
+        &clerk,
+        FindTarget::Field("ssn".into()),
+        &ssn(7),
+        Match::Exact,
+    )
+    .unwrap();
+    assert_eq!(hits, vec![ids[7].0]);
+    // No member keeps an SSN in clear.
+    let plain: Vec<Vec<u8>> = (0..20).map(|n| ssn(n).into_bytes()).collect();
+    assert_eq!(c.files_holding(&plain), Vec::<PathBuf>::new());
+    // doctor holds the records cluster to the purge's settings, and says so
+    // for every member.
+    let checks = vault_core::doctor::checks(&v, common::T0).unwrap();
+    for name in [
+        "records-cluster-settings",
+        "records-cluster-members",
+        "records-cluster-tls",
+        "records-engine",
+    ] {
+        let ch = checks
+            .iter()
+            .find(|ch| ch.name == name)
+            .unwrap_or_else(|| panic!("no {name} check"));
+        assert_eq!(ch.level, vault_core::doctor::Level::Ok, "{ch:?}");
+    }
+    v.close().unwrap();
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let t = to.join(e.file_name());
+        if e.path().is_dir() {
+            copy_dir(&e.path(), &t);
+        } else {
+            std::fs::copy(e.path(), &t).unwrap();
+        }
+    }
+}
+
+/// A disposal deletes the record's blind-index rows and purges them from
+/// every member (`VACUUM FULL` of `beacons`, WAL rounds): the certificate
+/// holds only once no member's file keeps a deleted row's tag. The
+/// negative control, a plain `VACUUM` of the records cluster (the
+/// keystore's purge left whole), leaves the tag on the members, and the
+/// batch fails and waits; lifted, the same batch certifies.
+#[test]
+fn a_disposal_purges_the_blind_indexes_from_every_member_and_a_plain_vacuum_is_caught() {
+    let _one = serial();
+    let c = cluster();
+    let tmp = tempfile::tempdir().unwrap();
+    let fx = vault_on_clusters(&tmp.path().join("vault"));
+    let keep = put_people(&fx, 0..6);
+    let doomed = put_people(&fx, 40..41)[0];
+    let primary = primary_member(&c);
+    let tag = beacon_tag(&primary, &fx.vault, doomed);
+    assert!(
+        !c.files_holding(std::slice::from_ref(&tag)).is_empty(),
+        "the tag is on the members before the disposal"
+    );
+    fx.vault
+        .set_records_purge_control(PurgeControl::PlainVacuum);
+    match fx
+        .vault
+        .dispose(&fx.officer, &request(DisposalScope::Record(doomed)))
+    {
+        Err(Error::DisposalFailed(msg)) => {
+            assert!(msg.contains("beacons: not rewritten"), "{msg}");
+        }
+        other => panic!("a plain VACUUM must not certify: {other:?}"),
+    }
+    assert!(
+        !c.files_holding(std::slice::from_ref(&tag)).is_empty(),
+        "the control leaves the deleted tag on a member's disk"
+    );
+    let batch = fx.vault.disposals(&fx.officer).unwrap()[0].id;
+    fx.vault.set_records_purge_control(PurgeControl::Full);
+    let cert = fx.vault.retry_disposal(&fx.officer, batch).unwrap();
+    let doc = fx.vault.certificate(&fx.auditor, cert).unwrap();
+    // The certificate speaks of the engine that did the purge, and says
+    // what copies of the records cluster it cannot cover.
+    let index = &doc.body["sanitization"]["details"]["search_index"];
+    assert_eq!(index["engine"], "postgresql", "{index}");
+    // It names every member of the records cluster, each verified.
+    let members = index["members"].as_array().expect("members");
+    assert_eq!(members.len(), c.members.len(), "{index}");
+    assert!(members.iter().all(|m| m["verified"] == true), "{index}");
+    assert_eq!(index["residue_files"], json!([]), "{index}");
+    assert!(
+        doc.body["sanitization"]["record"]["media_type"]
+            .as_str()
+            .unwrap()
+            .contains("PostgreSQL records cluster"),
+        "{}",
+        doc.body["sanitization"]["record"]
+    );
+    assert!(
+        doc.body["sanitization"]["not_covered"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n
+                .as_str()
+                .unwrap()
+                .starts_with("copies of the records cluster")),
+        "{}",
+        doc.body["sanitization"]["not_covered"]
+    );
+    assert_eq!(
+        c.files_holding(std::slice::from_ref(&tag)),
+        Vec::<PathBuf>::new(),
+        "no member keeps the deleted tag"
+    );
+    // The others are still found by their indexes; the doomed one is not.
+    for (n, id) in keep.iter().enumerate() {
+        let hits = find(
+            &fx.vault,
+            &fx.clerk,
+            FindTarget::Field("ssn".into()),
+            &ssn(n as u32),
+            Match::Exact,
+        )
+        .unwrap();
+        assert_eq!(hits, vec![*id]);
+    }
+    let gone = find(
+        &fx.vault,
+        &fx.clerk,
+        FindTarget::Field("ssn".into()),
+        &ssn(40),
+        Match::Exact,
+    )
+    .unwrap();
+    assert!(gone.is_empty());
+    // A batch that runs through in one go scans every member's files for
+    // the tags it deleted, and says where it looked.
+    let next = put_people(&fx, 41..42)[0];
+    let tag = beacon_tag(&primary, &fx.vault, next);
+    let o = fx
+        .vault
+        .dispose(&fx.officer, &request(DisposalScope::Record(next)))
+        .unwrap();
+    let doc = fx
+        .vault
+        .certificate(&fx.auditor, o.certificate_id.unwrap())
+        .unwrap();
+    let scan = doc.body["sanitization"]["details"]["search_index"]["byte_scan"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        scan.contains("records cluster's members") && scan.ends_with(": 0 file(s) hold them"),
+        "{scan}"
+    );
+    assert_eq!(
+        c.files_holding(std::slice::from_ref(&tag)),
+        Vec::<PathBuf>::new()
+    );
+    fx.vault.close().unwrap();
+}
+
+/// The primary killed in the middle of a disposal batch, with a clerk
+/// writing all along: a standby is promoted, the batch waits for the dead
+/// member and then certifies with every member verified, and every record
+/// whose write was acknowledged (before, during and after the failover)
+/// reads back, from the records cluster, on the new primary.
+#[test]
+fn the_primary_killed_mid_disposal_with_records_on_the_cluster_loses_no_acknowledged_write() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let _one = serial();
+    let c = cluster();
+    let tmp = tempfile::tempdir().unwrap();
+    let fx = vault_on_clusters(&tmp.path().join("vault"));
+    let before = put_people(&fx, 0..8);
+    let doomed = before[0];
+    let failover = crate::cluster::Failover::at_ratchet(&c, &fx);
+    let stop = AtomicBool::new(false);
+    let (outcome, acked) = std::thread::scope(|s| {
+        let writer = s.spawn(|| {
+            let mut acked = Vec::new();
+            let mut n = 100;
+            while !stop.load(Ordering::SeqCst) {
+                n += 1;
+                // A write refused while no primary answers is not
+                // acknowledged; one that returns Ok must survive.
+                if let Ok(id) =
+                    fx.vault
+                        .put_record(&fx.clerk, COUNTER, SubjectId::new(), &person(n))
+                {
+                    acked.push((id, n));
+                }
+            }
+            acked
+        });
+        let outcome = fx
+            .vault
+            .dispose(&fx.officer, &request(DisposalScope::Record(doomed)));
+        stop.store(true, Ordering::SeqCst);
+        (outcome, writer.join().unwrap())
+    });
+    failover.finish(&c, &fx, outcome);
+    assert!(
+        !acked.is_empty(),
+        "the clerk's writes went on around the failover"
+    );
+    for id in &before[1..] {
+        fx.vault.get_record(&fx.clerk, *id, &[], None).unwrap();
+    }
+    for (id, n) in &acked {
+        let r = fx.vault.get_record(&fx.clerk, *id, &[], None).unwrap();
+        assert_eq!(r.fields["family_name"], family(*n));
+    }
+    assert!(matches!(
+        fx.vault.get_record(&fx.clerk, doomed, &[], None),
+        Err(Error::Disposed { .. })
+    ));
+    eprintln!("acknowledged writes around the failover: {}", acked.len());
+    // The vault's lock died with the old primary's connections; the next
+    // write took it again on the new one, so a second opener is refused.
+    let second = vault_core::vault::Vault::open(
+        &fx.dir,
+        &vault_core::secret::SecretString::from(common::PASSPHRASE),
+        common::open_options(&fx.clock),
+    );
+    assert!(
+        matches!(second, Err(Error::VaultBusy)),
+        "{:?}",
+        second.err()
+    );
+    fx.vault.close().unwrap();
+}

@@ -1,0 +1,56 @@
+//! The records store's storage seam: what [`super::Store`] needs from the
+//! place its rows live. Named tables (RocksDB column families, PostgreSQL
+//! rows keyed by table) of opaque rows, atomic batches, prefix scans in key
+//! order, batched reads, and for the one table derived from personal
+//! information (the blind indexes, `beacons`) a purge that leaves no old
+//! copy of a deleted row with evidence, and a byte scan. Record bodies are
+//! AES-256-GCM envelopes whose keys are in the keystore: they need no
+//! purge (crypto-shredding). Row MACs, record encoding and the indexes
+//! stay in [`super::Store`]: an engine sees bytes only.
+//!
+//! Engines: [`super::rocks::RocksRows`] (the embedded default, the vault
+//! directory's `records/`) and [`super::postgres::PgRows`] (a PostgreSQL
+//! cluster named by the vault's `records.json`).
+
+use crate::error::Result;
+
+use super::{BeaconPurge, WriteOp};
+
+/// A scan's visitor: called with each (key, value) in key order; `false` stops.
+pub(crate) type Visit<'a> = dyn FnMut(&[u8], &[u8]) -> Result<bool> + 'a;
+
+/// Where the records store's rows live. Every method is safe to call from
+/// many threads; the vault's locks order conflicting writes.
+pub(crate) trait RowEngine: Send + Sync + std::fmt::Debug {
+    /// One row.
+    fn get(&self, table: &str, key: &[u8]) -> Result<Option<Vec<u8>>>;
+    /// Many rows of one table, in the order of `keys`.
+    fn multi_get(&self, table: &str, keys: &[&[u8]]) -> Result<Vec<Option<Vec<u8>>>>;
+    /// All of `ops` or none; durable on return when `sync`.
+    fn write(&self, ops: &[WriteOp<'_>], sync: bool) -> Result<()>;
+    /// Rows of `table` whose key starts with `prefix`, in key order, until
+    /// `f` returns `false`.
+    fn scan(&self, table: &str, prefix: &[u8], f: &mut Visit<'_>) -> Result<()>;
+    /// Moves disposed record ciphertexts out of memory buffers (their keys
+    /// are destroyed; a no-op where rows are never buffered).
+    fn flush_records(&self) -> Result<()>;
+    /// No copy of a deleted beacon row under `ranges` (key prefixes; `None`:
+    /// anywhere in the table) left where the engine keeps bytes.
+    fn purge_beacons(&self, ranges: Option<&[Vec<u8>]>) -> Result<BeaconPurge>;
+    /// The places that can hold a beacon row under `ranges` that contain
+    /// any of `needles`, and how many places were read.
+    fn files_holding_beacons(
+        &self,
+        ranges: &[Vec<u8>],
+        needles: &[Vec<u8>],
+    ) -> Result<(Vec<String>, u64)>;
+    /// The engine's name (certificates, `doctor`).
+    fn kind(&self) -> &'static str;
+    /// Sets a negative control of the beacon purge (tests).
+    fn set_control(&self, _c: crate::keystore::PurgeControl) {}
+    /// The engine's own settings the beacon purge depends on, for
+    /// `doctor`: (check name, level, what was found).
+    fn doctor(&self) -> Result<Vec<(&'static str, crate::doctor::Level, String)>> {
+        Ok(Vec::new())
+    }
+}

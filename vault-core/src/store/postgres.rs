@@ -1,0 +1,411 @@
+//! The records store on a PostgreSQL cluster (issue 16): a vault's records,
+//! users, sessions, disposal batches, certificates and every other table of
+//! [`super::ALL_CFS`] in its own schema `pr_<vault id>` of the records
+//! database named by the vault's `records.json` (the same shape as
+//! `keystore.json`; in production a cluster of its own, larger than the
+//! keystore's and with backups and WAL archiving allowed, since nothing in
+//! it needs purging but the blind indexes).
+//!
+//! Two tables: `rows (t, k, v)` for every table but one, keyed by the
+//! table's number and the row's key, and `beacons (k, v)`, the blind
+//! indexes, derived from personal information and so purged after a
+//! disposal with the keystore's recipe ([`crate::keystore::postgres::Conns::purge`]):
+//! `VACUUM FULL` of `beacons`, WAL rounds on every member, and a byte scan
+//! of every member for the deleted rows' tags. Record bodies are
+//! AES-256-GCM envelopes whose data keys are in the keystore: destroying
+//! the key is the disposal, so `rows` is never purged.
+//!
+//! One process at a time opens a vault (as RocksDB's lock does for the
+//! embedded engine): the opener holds a session advisory lock on the
+//! vault's schema name for as long as the vault is open. Every write
+//! checks, in the same statement, that the holder's backend still holds it
+//! and writes nothing otherwise; after a failover closed the holder's
+//! connection, the lock is taken again on the new primary and the write
+//! retried (refused if another process took the vault meanwhile). The isolation locks and
+//! the audit chain's sequencing are still in that process.
+
+use std::sync::Mutex;
+
+use postgres::Client;
+
+use super::engine::{RowEngine, Visit};
+use super::{ALL_CFS, BeaconPurge, CF_BEACONS, WriteOp};
+use crate::error::{Error, Result};
+use crate::ids::VaultId;
+use crate::keystore::postgres::{
+    CheckNames, Conns, PgConfig, PurgeControl, off_runtime, pg, scan_pages,
+};
+
+/// Rows per page of a scan.
+const SCAN_PAGE: usize = 1000;
+
+/// How long an opener waits for the vault's lock before calling the vault
+/// busy (a killed holder's backend releases it within milliseconds).
+const LOCK_PATIENCE: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The file naming a vault's records cluster, beside the header.
+pub const RECORDS_FILE: &str = "records.json";
+
+/// Reads the vault directory's `records.json`, if there is one.
+pub fn read_config(dir: &std::path::Path) -> Result<Option<PgConfig>> {
+    PgConfig::read_named(dir, RECORDS_FILE)
+}
+
+/// One vault's records on the cluster.
+pub(crate) struct PgRows {
+    conns: Conns,
+    schema: String,
+    /// The connection holding the vault's advisory lock (one opener at a time).
+    holder: Mutex<Option<Client>>,
+    /// Its backend's process ID: every write checks, in its own statement,
+    /// that this backend still holds the lock.
+    holder_pid: std::sync::atomic::AtomicI32,
+    control: Mutex<PurgeControl>,
+}
+
+impl std::fmt::Debug for PgRows {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgRows")
+            .field("members", &self.conns.cfg.members)
+            .field("schema", &self.schema)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A table's number in `rows`.
+fn table_no(table: &str) -> i16 {
+    ALL_CFS
+        .iter()
+        .position(|t| *t == table)
+        .expect("a records table") as i16
+}
+
+/// The first key after every key starting with `prefix` (`None`: no bound).
+fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut e = prefix.to_vec();
+    while let Some(last) = e.pop() {
+        if last < 0xff {
+            e.push(last + 1);
+            return Some(e);
+        }
+    }
+    None
+}
+
+impl PgRows {
+    /// Connects, takes the vault's lock (refused while another process
+    /// holds the vault open) and creates the schema if it is not there.
+    pub(crate) fn open(cfg: PgConfig, vault: VaultId) -> Result<PgRows> {
+        off_runtime(|| {
+            let rows = PgRows {
+                schema: format!("pr_{}", hex::encode(vault.as_bytes())),
+                conns: Conns::new(cfg)?,
+                holder: Mutex::new(None),
+                holder_pid: std::sync::atomic::AtomicI32::new(0),
+                control: Mutex::new(PurgeControl::Full),
+            };
+            rows.take_lock(&mut rows.holder.lock().expect("holder lock"))?;
+            rows.conns.with_primary(|c| rows.create_schema(c))?;
+            Ok(rows)
+        })
+    }
+
+    /// Takes the vault's advisory lock on a new connection to the primary
+    /// (`VaultBusy` while another process holds it).
+    fn take_lock(&self, holder: &mut Option<Client>) -> Result<()> {
+        let mut c = self.conns.primary()?;
+        // A process that was just killed still holds the lock until its
+        // backend reads the closed socket and exits (milliseconds): a
+        // second's patience, then the holder is a live process.
+        let deadline = std::time::Instant::now() + LOCK_PATIENCE;
+        loop {
+            let got: bool = c
+                .query_one(
+                    "SELECT pg_try_advisory_lock(hashtextextended($1, 0))",
+                    &[&self.schema],
+                )
+                .map_err(pg)?
+                .get(0);
+            if got {
+                break;
+            }
+            if std::time::Instant::now() >= deadline {
+                return Err(Error::VaultBusy);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        let pid: i32 = c
+            .query_one("SELECT pg_backend_pid()", &[])
+            .map_err(pg)?
+            .get(0);
+        self.holder_pid
+            .store(pid, std::sync::atomic::Ordering::SeqCst);
+        *holder = Some(c);
+        Ok(())
+    }
+
+    /// After a write found the lock gone (a failover closed the holder's
+    /// connection, and with it the lock, which another process may then
+    /// take): the lock is taken again on the new primary, or `VaultBusy`
+    /// because another process holds the vault now.
+    fn retake_lock(&self) -> Result<()> {
+        let mut holder = self.holder.lock().expect("holder lock");
+        drop(holder.take());
+        self.take_lock(&mut holder)
+    }
+
+    fn create_schema(&self, c: &mut Client) -> Result<()> {
+        let s = &self.schema;
+        // No planner statistics of keys or values: ANALYZE would copy
+        // sampled beacon rows (derived from personal information) into
+        // `pg_statistic`, which no purge rewrites.
+        c.batch_execute(&format!(
+            "CREATE SCHEMA IF NOT EXISTS {s};
+             CREATE TABLE IF NOT EXISTS {s}.rows (t smallint NOT NULL, k bytea NOT NULL, v bytea NOT NULL,
+                 PRIMARY KEY (t, k));
+             CREATE TABLE IF NOT EXISTS {s}.beacons (k bytea PRIMARY KEY, v bytea NOT NULL);
+             ALTER TABLE {s}.rows ALTER COLUMN v SET STATISTICS 0;
+             ALTER TABLE {s}.beacons ALTER COLUMN k SET STATISTICS 0;
+             ALTER TABLE {s}.beacons ALTER COLUMN v SET STATISTICS 0;"
+        ))
+        .map_err(pg)
+    }
+
+    /// The relation holding `table`, and the condition selecting its rows
+    /// (with `$1` the table number).
+    fn relation(&self, table: &str) -> (String, &'static str) {
+        if table == CF_BEACONS {
+            (
+                format!("{}.beacons", self.schema),
+                "$1::smallint IS NOT NULL",
+            )
+        } else {
+            (format!("{}.rows", self.schema), "t = $1")
+        }
+    }
+
+    /// One statement (one round trip, one synchronous commit): the deletes
+    /// and upserts of both tables, applied only while this process's lock
+    /// holder still holds the vault's lock (`held`; `false` when a failover
+    /// closed it: nothing was written).
+    fn write_rows(&self, ops: &[WriteOp<'_>]) -> Result<bool> {
+        if ops.is_empty() {
+            return Ok(true);
+        }
+        // The last write of each row wins, as in a RocksDB batch: every row
+        // is then either deleted or upserted, never both, as one statement's
+        // data-modifying parts (on one snapshot) require.
+        let mut last: std::collections::BTreeMap<(i16, &[u8]), Option<&[u8]>> =
+            std::collections::BTreeMap::new();
+        for (t, k, v) in ops {
+            last.insert((table_no(t), k), v.as_deref());
+        }
+        let beacons = table_no(CF_BEACONS);
+        let (mut dt, mut dk, mut dbk) =
+            (Vec::<i16>::new(), Vec::<&[u8]>::new(), Vec::<&[u8]>::new());
+        let (mut pt, mut pk, mut pv) =
+            (Vec::<i16>::new(), Vec::<&[u8]>::new(), Vec::<&[u8]>::new());
+        let (mut pbk, mut pbv) = (Vec::<&[u8]>::new(), Vec::<&[u8]>::new());
+        for (&(t, k), v) in &last {
+            match (t == beacons, v) {
+                (false, None) => {
+                    dt.push(t);
+                    dk.push(k);
+                }
+                (true, None) => dbk.push(k),
+                (false, Some(v)) => {
+                    pt.push(t);
+                    pk.push(k);
+                    pv.push(*v);
+                }
+                (true, Some(v)) => {
+                    pbk.push(k);
+                    pbv.push(*v);
+                }
+            }
+        }
+        let s = &self.schema;
+        let sql = format!(
+            "WITH lk AS (SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND pid = $9 AND granted) AS held),
+              dr AS (DELETE FROM {s}.rows r USING unnest($1::smallint[], $2::bytea[]) AS x(t, k)
+                      WHERE r.t = x.t AND r.k = x.k AND (SELECT held FROM lk)),
+              db AS (DELETE FROM {s}.beacons WHERE k = ANY($3::bytea[]) AND (SELECT held FROM lk)),
+              ir AS (INSERT INTO {s}.rows (t, k, v) SELECT x.t, x.k, x.v FROM unnest($4::smallint[], $5::bytea[], $6::bytea[]) AS x(t, k, v)
+                      WHERE (SELECT held FROM lk) ON CONFLICT (t, k) DO UPDATE SET v = EXCLUDED.v),
+              ib AS (INSERT INTO {s}.beacons (k, v) SELECT x.k, x.v FROM unnest($7::bytea[], $8::bytea[]) AS x(k, v)
+                      WHERE (SELECT held FROM lk) ON CONFLICT (k) DO UPDATE SET v = EXCLUDED.v)
+             SELECT held FROM lk"
+        );
+        let pid = self.holder_pid.load(std::sync::atomic::Ordering::SeqCst);
+        // Every commit is synchronous (`synchronous_commit=on`; with
+        // Patroni's synchronous mode a standby has it too).
+        self.conns.with_primary(|c| {
+            Ok(
+                c.query_one(&sql, &[&dt, &dk, &dbk, &pt, &pk, &pv, &pbk, &pbv, &pid])
+                    .map_err(pg)?
+                    .get(0),
+            )
+        })
+    }
+
+    fn scan_page(
+        &self,
+        table: &str,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let (rel, cond) = self.relation(table);
+        // A range on the key (never a filter past it): the index scan ends
+        // at the prefix's end.
+        let sql = format!(
+            "SELECT k, v FROM {rel} WHERE {cond} AND k >= $2 AND ($3::bytea IS NULL OR k < $3) \
+             AND ($4::bytea IS NULL OR k > $4) ORDER BY k LIMIT {SCAN_PAGE}"
+        );
+        let end = prefix_end(prefix);
+        let t = table_no(table);
+        self.conns.with_primary(|c| {
+            Ok(c.query(&sql, &[&t, &prefix, &end, &after])
+                .map_err(pg)?
+                .iter()
+                .map(|r| (r.get(0), r.get(1)))
+                .collect())
+        })
+    }
+}
+
+impl Drop for PgRows {
+    fn drop(&mut self) {
+        // Closing the connection releases the vault's lock.
+        let holder = self.holder.lock().unwrap_or_else(|e| e.into_inner()).take();
+        off_runtime(move || drop(holder));
+    }
+}
+
+impl RowEngine for PgRows {
+    fn get(&self, table: &str, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        let (rel, cond) = self.relation(table);
+        let sql = format!("SELECT v FROM {rel} WHERE {cond} AND k = $2");
+        let t = table_no(table);
+        off_runtime(|| {
+            self.conns.with_primary(|c| {
+                Ok(c.query_opt(&sql, &[&t, &key])
+                    .map_err(pg)?
+                    .map(|r| r.get(0)))
+            })
+        })
+    }
+
+    fn multi_get(&self, table: &str, keys: &[&[u8]]) -> Result<Vec<Option<Vec<u8>>>> {
+        let (rel, cond) = self.relation(table);
+        let sql = format!("SELECT k, v FROM {rel} WHERE {cond} AND k = ANY($2::bytea[])");
+        let t = table_no(table);
+        let mut found: std::collections::HashMap<Vec<u8>, Vec<u8>> =
+            std::collections::HashMap::with_capacity(keys.len());
+        for chunk in keys.chunks(4096) {
+            let rows = off_runtime(|| {
+                self.conns
+                    .with_primary(|c| c.query(&sql, &[&t, &chunk]).map_err(pg))
+            })?;
+            for r in rows {
+                found.insert(r.get(0), r.get(1));
+            }
+        }
+        Ok(keys.iter().map(|k| found.get(*k).cloned()).collect())
+    }
+
+    fn write(&self, ops: &[WriteOp<'_>], _sync: bool) -> Result<()> {
+        off_runtime(|| {
+            if self.write_rows(ops)? {
+                return Ok(());
+            }
+            // The lock died with its connection (a failover): take it again
+            // on the new primary (or learn that another process has the
+            // vault now) and write once more.
+            self.retake_lock()?;
+            if self.write_rows(ops)? {
+                Ok(())
+            } else {
+                Err(Error::VaultBusy)
+            }
+        })
+    }
+
+    fn scan(&self, table: &str, prefix: &[u8], f: &mut Visit<'_>) -> Result<()> {
+        scan_pages(SCAN_PAGE, |after| self.scan_page(table, prefix, after), f)
+    }
+
+    fn flush_records(&self) -> Result<()> {
+        Ok(())
+    }
+
+    /// The keystore's purge recipe over the `beacons` table, on every
+    /// member; a member not verified is residue (the batch fails and waits).
+    fn purge_beacons(&self, ranges: Option<&[Vec<u8>]>) -> Result<BeaconPurge> {
+        let start = std::time::Instant::now();
+        let control = *self.control.lock().expect("control lock");
+        let rel = format!("{}.beacons", self.schema);
+        let p = off_runtime(|| self.conns.purge(&[rel], control))?;
+        let mut residue = p.residue;
+        for m in p.members.iter().filter(|m| !m.verified) {
+            residue.push(format!(
+                "{} ({}): not verified: {}",
+                m.name, m.role, m.detail
+            ));
+        }
+        Ok(BeaconPurge {
+            snapshots: p.snapshots,
+            tombstones: 0,
+            residue_files: residue,
+            wal_files: 0,
+            ranges: ranges.map_or(0, |r| r.len() as u64),
+            whole_family: true,
+            duration_ms: start.elapsed().as_millis() as u64,
+            members: p.members,
+        })
+    }
+
+    /// Every file of every member (`pivault_verify.scan`); a member that
+    /// cannot be reached is a hit.
+    fn files_holding_beacons(
+        &self,
+        _ranges: &[Vec<u8>],
+        needles: &[Vec<u8>],
+    ) -> Result<(Vec<String>, u64)> {
+        let scan = off_runtime(|| self.conns.scan_members(needles))?;
+        Ok((scan.hits, scan.scanned))
+    }
+
+    fn kind(&self) -> &'static str {
+        "postgresql"
+    }
+
+    fn set_control(&self, c: PurgeControl) {
+        *self.control.lock().expect("control lock") = c;
+    }
+
+    /// The keystore cluster's member checks, for the records cluster: its
+    /// beacon purge depends on the same settings (an archived WAL segment
+    /// or a logical slot keeps deleted search-index rows).
+    fn doctor(&self) -> Result<Vec<(&'static str, crate::doctor::Level, String)>> {
+        off_runtime(|| {
+            self.conns.member_checks(&CheckNames {
+                settings: "records-cluster-settings",
+                members: "records-cluster-members",
+                tls: "records-cluster-tls",
+            })
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_prefix_ends_at_the_next_key_that_does_not_start_with_it() {
+        assert_eq!(prefix_end(b"ab"), Some(b"ac".to_vec()));
+        assert_eq!(prefix_end(&[1, 0xff]), Some(vec![2]));
+        assert_eq!(prefix_end(&[0xff, 0xff]), None);
+        assert_eq!(prefix_end(&[]), None);
+    }
+}
