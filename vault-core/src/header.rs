@@ -6,7 +6,7 @@
 //! ```text
 //!   0  magic "PIVAULT1"            8
 //!   8  format version (1)          2
-//!  10  reserved (0)                2
+//!  10  placement flags             2   bit 0 keystore on a cluster, bit 1 records on a cluster
 //!  12  vault id                   16
 //!  28  Argon2id m_kib, t, p       12
 //!  40  salt                       16
@@ -38,6 +38,46 @@ const SLOT_LEN: usize = 8 + ENVELOPE_LEN + 32;
 /// Total size of a header file.
 pub const HEADER_LEN: usize = SLOTS_AT + 2 * SLOT_LEN;
 
+/// Where a vault keeps its keystore and its records (header bytes 10..12,
+/// reserved and zero before issue 16). Bound into every slot's AAD with the
+/// rest of the static part, so that deleting a cluster file (`keystore.json`,
+/// `records.json`) or adding one is refused at open instead of opening an
+/// empty embedded store in the cluster's place (or redirecting a vault).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Placement {
+    /// The keystore is on a PostgreSQL cluster (`keystore.json`).
+    pub keystore_on_cluster: bool,
+    /// The records are on a PostgreSQL cluster (`records.json`).
+    pub records_on_cluster: bool,
+}
+
+const PLACE_KEYSTORE: u16 = 1;
+const PLACE_RECORDS: u16 = 2;
+
+impl Placement {
+    fn bits(self) -> u16 {
+        (if self.keystore_on_cluster {
+            PLACE_KEYSTORE
+        } else {
+            0
+        }) | (if self.records_on_cluster {
+            PLACE_RECORDS
+        } else {
+            0
+        })
+    }
+
+    fn from_bits(bits: u16) -> Result<Placement> {
+        if bits & !(PLACE_KEYSTORE | PLACE_RECORDS) != 0 {
+            return Err(Error::UnsupportedFormat("header placement flags"));
+        }
+        Ok(Placement {
+            keystore_on_cluster: bits & PLACE_KEYSTORE != 0,
+            records_on_cluster: bits & PLACE_RECORDS != 0,
+        })
+    }
+}
+
 /// The static part of the header.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HeaderInfo {
@@ -51,6 +91,8 @@ pub struct HeaderInfo {
     pub buckets: u32,
     /// Creation time, unix ms.
     pub created_ms: i64,
+    /// Which stores are on a cluster.
+    pub placement: Placement,
 }
 
 /// One decoded, checksum-valid slot.
@@ -114,7 +156,7 @@ fn encode_static(info: &HeaderInfo) -> Vec<u8> {
     let mut b = Vec::with_capacity(HEADER_LEN);
     b.extend_from_slice(MAGIC);
     b.extend_from_slice(&FORMAT_VERSION.to_be_bytes());
-    b.extend_from_slice(&0u16.to_be_bytes());
+    b.extend_from_slice(&info.placement.bits().to_be_bytes());
     b.extend_from_slice(info.vault_id.as_bytes());
     b.extend_from_slice(&info.kdf.m_kib.to_be_bytes());
     b.extend_from_slice(&info.kdf.t.to_be_bytes());
@@ -193,6 +235,7 @@ fn parse_info(b: &[u8]) -> Result<HeaderInfo> {
         salt: b[40..56].try_into().expect("in bounds"),
         buckets: u32_at(b, 56),
         created_ms: i64::from_be_bytes(b[60..68].try_into().expect("in bounds")),
+        placement: Placement::from_bits(u16::from_be_bytes([b[10], b[11]]))?,
     };
     let k = info.kdf;
     if !(8..=MAX_M_KIB).contains(&k.m_kib)
@@ -260,6 +303,11 @@ pub fn open(path: &Path, unlock: &SecretKey) -> Result<OpenedHeader> {
     // means the wrong passphrase, or a static part edited since the slot was
     // written: both are refused the same way.
     let root = unwrap(&slots[0]).map_err(|_: Error| Error::WrongPassphrase)?;
+    if legacy.get() && info.placement != Placement::default() {
+        // Slots written before the placement existed do not bind it, and
+        // the builds that wrote them kept every store embedded.
+        return Err(Error::Integrity("vault header (placement on an old slot)"));
+    }
     // Both slots valid: an interrupted ratchet (both under this key), or
     // an interrupted passphrase change (the older one under the old key).
     let (unfinished_from, rekey_from) = match slots.get(1) {
@@ -349,6 +397,7 @@ mod tests {
             salt: [9; 16],
             buckets: 1024,
             created_ms: 1,
+            placement: Placement::default(),
         }
     }
 
@@ -417,9 +466,10 @@ mod tests {
         let (uk, r0) = (SecretKey::generate(), SecretKey::generate());
         create(&p, &info(), &uk, &r0).unwrap();
         let good = std::fs::read(&p).unwrap();
-        // Bucket count, salt, creation time and KDF cost: each edited with the
-        // static checksum recomputed, as an insider would.
-        for at in [59usize, 45, 67, 30] {
+        // Bucket count, salt, creation time, KDF cost and the placement (the
+        // keystore moved onto a cluster): each edited with the static
+        // checksum recomputed, as an insider would.
+        for at in [59usize, 45, 67, 30, 11] {
             let mut t = good.clone();
             t[at] ^= 0x01;
             let sum = crypto::sha256(&t[..STATIC_LEN]);
@@ -475,5 +525,54 @@ mod tests {
             // Never a panic, never the wrong key.
             assert!(open(&p, &uk).is_err(), "flip at {i} went unnoticed");
         }
+    }
+
+    #[test]
+    fn the_placement_round_trips_and_unknown_flags_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("header");
+        let (uk, r0) = (SecretKey::generate(), SecretKey::generate());
+        let mut i = info();
+        i.placement = Placement {
+            keystore_on_cluster: false,
+            records_on_cluster: true,
+        };
+        create(&p, &i, &uk, &r0).unwrap();
+        assert_eq!(read_info(&p).unwrap().placement, i.placement);
+        assert_eq!(open(&p, &uk).unwrap().info, i);
+        // A ratchet keeps it.
+        write_slot(&p, i.vault_id, &uk, 1, &r0).unwrap();
+        erase_other_slots(&p, 1).unwrap();
+        assert_eq!(open(&p, &uk).unwrap().info.placement, i.placement);
+        // A flag this build does not know is refused, not ignored.
+        let mut t = std::fs::read(&p).unwrap();
+        t[10] |= 0x80;
+        let sum = crypto::sha256(&t[..STATIC_LEN]);
+        t[STATIC_LEN..SLOTS_AT].copy_from_slice(&sum);
+        std::fs::write(&p, &t).unwrap();
+        assert!(matches!(read_info(&p), Err(Error::UnsupportedFormat(_))));
+    }
+
+    #[test]
+    fn a_placement_beside_a_legacy_slot_is_refused() {
+        // A legacy slot binds only the vault ID, so an insider could set
+        // the flags freely there: the builds that wrote such slots kept
+        // every store embedded, so any flag on one is an edit.
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("header");
+        let (uk, r0) = (SecretKey::generate(), SecretKey::generate());
+        let i = info();
+        create(&p, &i, &uk, &r0).unwrap();
+        let mut b = std::fs::read(&p).unwrap();
+        let env = crypto::wrap_key(&uk, &legacy_root_aad(i.vault_id, 0), &r0);
+        b[SLOTS_AT..SLOTS_AT + SLOT_LEN].copy_from_slice(&encode_slot(0, &env));
+        std::fs::write(&p, &b).unwrap();
+        assert!(open(&p, &uk).unwrap().legacy_slot);
+        b[11] |= PLACE_RECORDS as u8;
+        let sum = crypto::sha256(&b[..STATIC_LEN]);
+        b[STATIC_LEN..SLOTS_AT].copy_from_slice(&sum);
+        std::fs::write(&p, &b).unwrap();
+        assert!(read_info(&p).unwrap().placement.records_on_cluster);
+        assert!(matches!(open(&p, &uk), Err(Error::Integrity(_))));
     }
 }

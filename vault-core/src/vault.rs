@@ -550,9 +550,34 @@ fn token_hash(token: &str) -> [u8; 32] {
 /// Opens the vault's keystore: on the cluster its `keystore.json` names,
 /// or the embedded one in `keystore/`.
 fn open_keystore(dir: &Path, l: &Layout, info: &HeaderInfo, sync: bool) -> Result<Keystore> {
-    match crate::keystore::postgres::PgConfig::read(dir)? {
+    let cfg = crate::keystore::postgres::PgConfig::read(dir)?;
+    check_placement(
+        cfg.is_some(),
+        info.placement.keystore_on_cluster,
+        "the vault directory (keystore.json is missing where the header places the keystore on a cluster)",
+        "the vault directory (keystore.json is there where the header keeps the keystore embedded)",
+    )?;
+    match cfg {
         Some(cfg) => Keystore::on_cluster(cfg, info.vault_id, info.buckets, sync),
         None => Keystore::open(&l.keystore, info.vault_id, info.buckets, sync),
+    }
+}
+
+/// Refuses a vault directory whose cluster file (`keystore.json`,
+/// `records.json`) is there or not against what the header, bound into its
+/// slots' AAD, says: a deleted file would otherwise open an empty embedded
+/// store in the cluster's place (no users, no anchor of the audit trail,
+/// no certificates), and an added one would point the vault elsewhere.
+fn check_placement(
+    found: bool,
+    placed: bool,
+    missing: &'static str,
+    added: &'static str,
+) -> Result<()> {
+    match (placed, found) {
+        (true, false) => Err(Error::Integrity(missing)),
+        (false, true) => Err(Error::Integrity(added)),
+        _ => Ok(()),
     }
 }
 
@@ -701,6 +726,10 @@ impl Vault {
             salt,
             buckets: init.buckets,
             created_ms: opts.clock.now_ms(),
+            placement: header::Placement {
+                keystore_on_cluster: keystore.is_some(),
+                records_on_cluster: records.is_some(),
+            },
         };
         let unlock = crypto::derive_unlock_key(passphrase, &salt, init.kdf)?;
         let root = SecretKey::generate();
@@ -754,7 +783,14 @@ impl Vault {
         // Take the store's lock (RocksDB's, or the records cluster's
         // advisory lock) before the (slow) key derivation, so a vault held
         // by a server is reported at once.
-        let store = match crate::store::postgres::read_config(dir)? {
+        let records = crate::store::postgres::read_config(dir)?;
+        check_placement(
+            records.is_some(),
+            info.placement.records_on_cluster,
+            "the vault directory (records.json is missing where the header places the records on a cluster)",
+            "the vault directory (records.json is there where the header keeps the records embedded)",
+        )?;
+        let store = match records {
             Some(cfg) => Store::on_cluster(cfg, info.vault_id, opts.sync)?,
             None => Store::open(&l.records, opts.sync)?,
         };

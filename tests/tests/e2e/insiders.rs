@@ -610,3 +610,61 @@ fn rows_planted_or_rewritten_in_the_records_database_are_refused() {
         unmarked.as_ref().err()
     );
 }
+
+/// The header says where the keystore and the records are (its placement
+/// flags, bound into the root key's AAD): an insider who drops a
+/// `records.json` or a `keystore.json` into an embedded vault's directory,
+/// to point it at a database of their choosing, is refused at open, before
+/// any connection is tried; the file removed, the vault opens with its
+/// records. (Deleting a cluster vault's file: `records_cluster.rs`.)
+#[test]
+fn a_cluster_file_planted_beside_an_embedded_vault_is_refused_at_open() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("vault");
+    let f = common::fast_vault_with(&dir, None, None);
+    let jane =
+        serde_json::json!({"given_name": "Jane", "family_name": "Doe", "ssn": "123-45-6789"});
+    let id = f
+        .vault
+        .put_record(
+            &f.clerk,
+            common::CUSTOMERS,
+            vault_core::ids::SubjectId::new(),
+            &jane,
+        )
+        .unwrap();
+    let clock = f.clock.clone();
+    f.vault.close().unwrap();
+    // A well-formed cluster file, naming a port where nothing listens: an
+    // open that tried it would fail with a storage error, not this one.
+    let planted = serde_json::json!({
+        "engine": "postgresql",
+        "members": ["127.0.0.1:9"],
+        "database": "pivault_records",
+        "user": "insider",
+        "password_file": tmp.path().join("pw"),
+    });
+    for file in ["records.json", "keystore.json"] {
+        let p = dir.join(file);
+        std::fs::write(&p, serde_json::to_vec(&planted).unwrap()).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let opened = Vault::open(
+            &dir,
+            &SecretString::from(common::PASSPHRASE),
+            common::open_options(&clock),
+        );
+        match opened {
+            Err(Error::Integrity(what)) => {
+                assert!(what.contains(file), "{file}: {what}")
+            }
+            other => panic!("{file} planted: {:?}", other.map(|_| "opened")),
+        }
+        std::fs::remove_file(&p).unwrap();
+    }
+    let v = common::open_vault(&dir, &clock);
+    let clerk = common::login(&v, "clerk");
+    let r = v.get_record(&clerk, id, &[], None).unwrap();
+    assert_eq!(r.fields["family_name"], "Doe");
+    v.close().unwrap();
+}

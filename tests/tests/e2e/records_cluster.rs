@@ -190,6 +190,66 @@ fn records_on_the_cluster_outlive_the_vault_machine_and_one_process_holds_the_va
         assert_eq!(ch.level, vault_core::doctor::Level::Ok, "{ch:?}");
     }
     v.close().unwrap();
+    an_insider_cannot_unhook_the_clusters(&copy, &clock, &ids);
+}
+
+/// An insider with the vault directory but not the clusters deletes
+/// `records.json` (the vault would open an empty embedded store in the
+/// cluster's place: no users, no certificates, no anchor of the audit
+/// trail) or `keystore.json`: refused at open, naming the file. Clearing
+/// the header's placement flag as well (its checksum recomputed) fails the
+/// root key's AAD. Each file put back, the vault opens with every record.
+fn an_insider_cannot_unhook_the_clusters(
+    dir: &Path,
+    clock: &std::sync::Arc<vault_core::clock::ManualClock>,
+    ids: &[(RecordId, u32)],
+) {
+    use sha2::{Digest, Sha256};
+    let open = || {
+        vault_core::vault::Vault::open(
+            dir,
+            &vault_core::secret::SecretString::from(common::PASSPHRASE),
+            common::open_options(clock),
+        )
+    };
+    for file in ["records.json", "keystore.json"] {
+        let saved = std::fs::read(dir.join(file)).unwrap();
+        std::fs::remove_file(dir.join(file)).unwrap();
+        match open() {
+            Err(Error::Integrity(what)) => assert!(what.contains(file), "{file}: {what}"),
+            other => panic!("{file} deleted: {:?}", other.map(|_| "opened")),
+        }
+        if file == "records.json" {
+            assert_eq!(
+                common::files_under(&dir.join("records")),
+                Vec::<PathBuf>::new(),
+                "records.json deleted: nothing opened in the cluster's place"
+            );
+        }
+        // The header edited to match: bit 1 records, bit 0 keystore.
+        let header = std::fs::read(dir.join("header")).unwrap();
+        let mut edited = header.clone();
+        edited[11] &= if file == "records.json" { !2 } else { !1 };
+        let sum = Sha256::digest(&edited[..68]);
+        edited[68..100].copy_from_slice(&sum);
+        std::fs::write(dir.join("header"), &edited).unwrap();
+        let refused = open();
+        assert!(
+            refused.is_err(),
+            "{file} deleted and the header edited: opened"
+        );
+        std::fs::write(dir.join("header"), &header).unwrap();
+        std::fs::write(dir.join(file), &saved).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir.join(file), std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    let v = common::open_vault(dir, clock);
+    let clerk = common::login(&v, "clerk");
+    for (id, n) in ids {
+        let r = v.get_record(&clerk, *id, &[], None).unwrap();
+        assert_eq!(r.fields["family_name"], family(*n));
+    }
+    v.close().unwrap();
 }
 
 fn copy_dir(from: &Path, to: &Path) {
