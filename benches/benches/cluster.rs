@@ -9,8 +9,11 @@
 //!   bodies, one at a time, on a cluster-keystore vault and on an embedded
 //!   one; the raw baseline is one `INSERT` (autocommit, a 24-byte key and a
 //!   61-byte value, what a vault put writes to the keystore) and one
-//!   `SELECT` by key, through the same `postgres` client, in a scratch table
-//!   of the keystore database. `PIVAULT_BENCH_CLUSTER_OPS` (default 500).
+//!   `SELECT` by key, each prepared once, through the same `postgres`
+//!   client, in a scratch table of the keystore database; a vault with its
+//!   keys and its records on the cluster too. `PIVAULT_BENCH_CLUSTER_OPS`
+//!   (default 500) each, in rounds of 25 alternating between the paths;
+//!   the ratio is the median over the rounds.
 //! * one-record disposal on the cluster vault at each size in
 //!   `PIVAULT_BENCH_CLUSTER_SIZES` (records; default `2000`): median and
 //!   max of `PIVAULT_BENCH_CLUSTER_REPS` (default 5), end to end (purge on
@@ -70,76 +73,181 @@ fn per_s(n: u64, d: Duration) -> f64 {
     n as f64 / d.as_secs_f64()
 }
 
-/// Raw PostgreSQL: autocommit INSERTs then SELECTs of keystore-shaped rows,
-/// over a connection made as the engine makes its own (TLS when the
-/// cluster's CA is set, as `scripts/cluster.sh` sets it).
-fn raw(cfg: &PgConfig, n: u64) -> (f64, f64) {
-    let mut primary = None;
-    for m in &cfg.members {
-        let mut c = vault_core::keystore::postgres::connect_member(cfg, m).expect("connect");
-        let standby: bool = c
-            .query_one("SELECT pg_is_in_recovery()", &[])
-            .expect("role")
-            .get(0);
-        if !standby {
-            primary = Some(c);
-            break;
-        }
-    }
-    let mut c = primary.expect("a primary");
-    c.batch_execute(
-        "CREATE SCHEMA IF NOT EXISTS pivault_bench;
-         DROP TABLE IF EXISTS pivault_bench.raw;
-         CREATE TABLE pivault_bench.raw (k bytea PRIMARY KEY, v bytea NOT NULL);",
-    )
-    .expect("scratch table");
-    let keys: Vec<Vec<u8>> = (0..n)
-        .map(|i| {
-            let mut k = vec![0u8; 24];
-            k[..8].copy_from_slice(&i.to_be_bytes());
-            k[8..24].copy_from_slice(uuid::Uuid::now_v7().as_bytes());
-            k
-        })
-        .collect();
-    let value = vec![0x5au8; 61];
-    let t = Instant::now();
-    for k in &keys {
-        c.execute(
-            "INSERT INTO pivault_bench.raw (k, v) VALUES ($1, $2)",
-            &[k, &value],
-        )
-        .expect("insert");
-    }
-    let put = per_s(n, t.elapsed());
-    let t = Instant::now();
-    for k in &keys {
-        let r = c
-            .query_one("SELECT v FROM pivault_bench.raw WHERE k = $1", &[k])
-            .expect("select");
-        std::hint::black_box(r.get::<_, Vec<u8>>(0));
-    }
-    let get = per_s(n, t.elapsed());
-    c.batch_execute("DROP SCHEMA pivault_bench CASCADE")
-        .expect("drop scratch");
-    (put, get)
+/// One path measured: its `i`-th put, and later its `i`-th get.
+trait Measured {
+    fn put(&mut self, i: u64);
+    fn get(&mut self, i: u64);
 }
 
-/// Puts then gets `n` records through the vault; returns (put/s, get/s).
-fn vault_path(fx: &common::Fixture, n: u64) -> (f64, f64) {
-    let t = Instant::now();
-    let ids: Vec<_> = (0..n)
-        .map(|i| {
-            fx.vault
-                .put_record(&fx.clerk, common::COLLECTION, SubjectId::new(), &body(i))
-                .expect("put")
-        })
-        .collect();
-    let put = per_s(n, t.elapsed());
-    let t = Instant::now();
-    for id in &ids {
-        std::hint::black_box(fx.vault.get_record(&fx.clerk, *id, &[], None).expect("get"));
+/// Raw PostgreSQL: autocommit INSERTs and SELECTs by key of keystore-shaped
+/// rows, over a connection made as the engine makes its own (TLS when the
+/// cluster's CA is set, as `scripts/cluster.sh` sets it), each statement
+/// prepared once, as the engines prepare theirs once per connection: one
+/// round trip per operation on both sides.
+struct Raw {
+    c: postgres::Client,
+    insert: postgres::Statement,
+    select: postgres::Statement,
+    keys: Vec<Vec<u8>>,
+    value: Vec<u8>,
+}
+
+impl Raw {
+    fn new(cfg: &PgConfig, n: u64) -> Raw {
+        let mut primary = None;
+        for m in &cfg.members {
+            let mut c = vault_core::keystore::postgres::connect_member(cfg, m).expect("connect");
+            let standby: bool = c
+                .query_one("SELECT pg_is_in_recovery()", &[])
+                .expect("role")
+                .get(0);
+            if !standby {
+                primary = Some(c);
+                break;
+            }
+        }
+        let mut c = primary.expect("a primary");
+        c.batch_execute(
+            "CREATE SCHEMA IF NOT EXISTS pivault_bench;
+             DROP TABLE IF EXISTS pivault_bench.raw;
+             CREATE TABLE pivault_bench.raw (k bytea PRIMARY KEY, v bytea NOT NULL);",
+        )
+        .expect("scratch table");
+        let keys = (0..n)
+            .map(|i| {
+                let mut k = vec![0u8; 24];
+                k[..8].copy_from_slice(&i.to_be_bytes());
+                k[8..24].copy_from_slice(uuid::Uuid::now_v7().as_bytes());
+                k
+            })
+            .collect();
+        let insert = c
+            .prepare("INSERT INTO pivault_bench.raw (k, v) VALUES ($1, $2)")
+            .expect("prepare insert");
+        let select = c
+            .prepare("SELECT v FROM pivault_bench.raw WHERE k = $1")
+            .expect("prepare select");
+        Raw {
+            c,
+            insert,
+            select,
+            keys,
+            value: vec![0x5au8; 61],
+        }
     }
-    (put, per_s(n, t.elapsed()))
+}
+
+impl Drop for Raw {
+    fn drop(&mut self) {
+        let _ = self.c.batch_execute("DROP SCHEMA pivault_bench CASCADE");
+    }
+}
+
+impl Measured for Raw {
+    fn put(&mut self, i: u64) {
+        let k = &self.keys[i as usize];
+        self.c
+            .execute(&self.insert, &[k, &self.value])
+            .expect("insert");
+    }
+
+    fn get(&mut self, i: u64) {
+        let k = &self.keys[i as usize];
+        let r = self.c.query_one(&self.select, &[k]).expect("select");
+        std::hint::black_box(r.get::<_, Vec<u8>>(0));
+    }
+}
+
+/// `Vault::put_record` and `get_record` (masked) through a fixture vault.
+struct VaultPath<'a> {
+    fx: &'a common::Fixture,
+    ids: Vec<vault_core::ids::RecordId>,
+}
+
+impl Measured for VaultPath<'_> {
+    fn put(&mut self, i: u64) {
+        let id = self
+            .fx
+            .vault
+            .put_record(
+                &self.fx.clerk,
+                common::COLLECTION,
+                SubjectId::new(),
+                &body(i),
+            )
+            .expect("put");
+        self.ids.push(id);
+    }
+
+    fn get(&mut self, i: u64) {
+        let id = self.ids[i as usize];
+        std::hint::black_box(
+            self.fx
+                .vault
+                .get_record(&self.fx.clerk, id, &[], None)
+                .expect("get"),
+        );
+    }
+}
+
+/// Operations per path before the next path takes its turn.
+const ROUND: u64 = 25;
+
+/// What [`interleaved`] measured of one path.
+struct Rates {
+    put: f64,
+    get: f64,
+    /// Median over the rounds of the first path's time over this path's
+    /// (this path's rate as a fraction of the first's), for puts and gets.
+    put_ratio: f64,
+    get_ratio: f64,
+}
+
+/// Each path's rates: `n` puts, then `n` gets, taken in rounds of [`ROUND`]
+/// operations that alternate between the paths, so that a checkpoint, an
+/// autovacuum or a busy neighbour hits every path alike; the ratios are
+/// medians over the rounds, so that one slow round (a commit waiting on a
+/// standby's checkpoint) does not decide them. Measured one path after the
+/// other, the put ratio ranged 0.2–0.4 from run to run on this machine.
+fn interleaved(paths: &mut [&mut dyn Measured], n: u64) -> Vec<Rates> {
+    let mut rounds: [Vec<Vec<Duration>>; 2] = [vec![], vec![]];
+    for (op, per_round) in rounds.iter_mut().enumerate() {
+        let mut from = 0;
+        while from < n {
+            let to = (from + ROUND).min(n);
+            let mut spent = Vec::with_capacity(paths.len());
+            for p in paths.iter_mut() {
+                let t = Instant::now();
+                for i in from..to {
+                    if op == 0 {
+                        p.put(i);
+                    } else {
+                        p.get(i);
+                    }
+                }
+                spent.push(t.elapsed());
+            }
+            per_round.push(spent);
+            from = to;
+        }
+    }
+    let total = |op: usize, p: usize| per_s(n, rounds[op].iter().map(|r| r[p]).sum());
+    let median_ratio = |op: usize, p: usize| {
+        let mut r: Vec<f64> = rounds[op]
+            .iter()
+            .map(|r| r[0].as_secs_f64() / r[p].as_secs_f64())
+            .collect();
+        r.sort_by(f64::total_cmp);
+        r[r.len() / 2]
+    };
+    (0..paths.len())
+        .map(|p| Rates {
+            put: total(0, p),
+            get: total(1, p),
+            put_ratio: median_ratio(0, p),
+            get_ratio: median_ratio(1, p),
+        })
+        .collect()
 }
 
 fn main() {
@@ -156,13 +264,9 @@ fn main() {
         .filter_map(|v| v.trim().replace('_', "").parse().ok())
         .collect();
 
-    let (raw_put, raw_get) = raw(&cfg, n);
     let tmp = tempfile::tempdir().expect("tempdir");
     let cluster = common::fixture_on(&tmp.path().join("cluster"), Some(cfg.clone()));
-    let (c_put, c_get) = vault_path(&cluster, n);
     let embedded = common::fixture(&tmp.path().join("embedded"));
-    let (e_put, e_get) = vault_path(&embedded, n);
-    drop(embedded);
     // Keys and records on the cluster (`--records-cluster`): the records
     // database of the same cluster.
     let both = common::fixture_on_clusters(
@@ -173,36 +277,66 @@ fn main() {
             ..cfg.clone()
         }),
     );
-    let (b_put, b_get) = vault_path(&both, n);
+    let rates = {
+        let mut raw = Raw::new(&cfg, n);
+        let mut c = VaultPath {
+            fx: &cluster,
+            ids: Vec::new(),
+        };
+        let mut e = VaultPath {
+            fx: &embedded,
+            ids: Vec::new(),
+        };
+        let mut b = VaultPath {
+            fx: &both,
+            ids: Vec::new(),
+        };
+        interleaved(&mut [&mut raw, &mut c, &mut e, &mut b], n)
+    };
+    let [raw, c, e, b] = &rates[..] else {
+        unreachable!("four paths")
+    };
+    drop(embedded);
     drop(both);
-    println!("## keystore on a 3-member Patroni cluster: {n} operations each, one at a time");
+    println!(
+        "## keystore on a 3-member Patroni cluster: {n} operations each, one at a time, in rounds of {ROUND} alternating between the paths"
+    );
+    println!("(ratio: the median over the rounds of the vault's rate over raw PostgreSQL's)");
     println!(
         "| op | raw PostgreSQL /s | vault, cluster keystore /s | ratio | vault, embedded /s | cluster / embedded |"
     );
     println!("|---|---|---|---|---|---|");
     println!(
-        "| put | {raw_put:.0} | {c_put:.0} | {:.2} | {e_put:.0} | {:.2} |",
-        c_put / raw_put,
-        c_put / e_put
+        "| put | {:.0} | {:.0} | {:.2} | {:.0} | {:.3} |",
+        raw.put,
+        c.put,
+        c.put_ratio,
+        e.put,
+        c.put / e.put
     );
     println!(
-        "| get | {raw_get:.0} | {c_get:.0} | {:.2} | {e_get:.0} | {:.2} |",
-        c_get / raw_get,
-        c_get / e_get
+        "| get | {:.0} | {:.0} | {:.2} | {:.0} | {:.3} |",
+        raw.get,
+        c.get,
+        c.get_ratio,
+        e.get,
+        c.get / e.get
     );
     println!();
-    println!("## keystore and records on the cluster: {n} operations each, one at a time");
+    println!(
+        "## keystore and records on the cluster: {n} operations each, one at a time, same rounds"
+    );
     println!(
         "| op | raw PostgreSQL /s | vault, keys + records on the cluster /s | ratio | cluster keystore only / s | vault, embedded /s |"
     );
     println!("|---|---|---|---|---|---|");
     println!(
-        "| put | {raw_put:.0} | {b_put:.0} | {:.2} | {c_put:.0} | {e_put:.0} |",
-        b_put / raw_put
+        "| put | {:.0} | {:.0} | {:.2} | {:.0} | {:.0} |",
+        raw.put, b.put, b.put_ratio, c.put, e.put
     );
     println!(
-        "| get | {raw_get:.0} | {b_get:.0} | {:.2} | {c_get:.0} | {e_get:.0} |",
-        b_get / raw_get
+        "| get | {:.0} | {:.0} | {:.2} | {:.0} | {:.0} |",
+        raw.get, b.get, b.get_ratio, c.get, e.get
     );
 
     // One-record disposals at growing vault sizes.

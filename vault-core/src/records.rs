@@ -229,7 +229,7 @@ impl Vault {
         }
         // The event is in the trail: the entry has done its job. A failed
         // delete only leaves an entry that the next open finds audited.
-        let _ = self.store.delete(store::CF_JOURNAL, id.as_bytes());
+        let _ = self.store.delete_lazily(store::CF_JOURNAL, id.as_bytes());
         Ok(())
     }
 
@@ -573,7 +573,7 @@ impl Vault {
                     .delete_dek(before.subject, id, before.version, false)
                     .is_ok()
                 {
-                    let _ = self.store.delete(store::CF_JOURNAL, id.as_bytes());
+                    let _ = self.store.delete_lazily(store::CF_JOURNAL, id.as_bytes());
                 }
                 Ok(version)
             }

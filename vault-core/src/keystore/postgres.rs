@@ -47,7 +47,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use postgres::{Client, NoTls};
+use postgres::{Client, NoTls, Statement};
 use serde::{Deserialize, Serialize};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
@@ -364,8 +364,56 @@ pub(crate) struct Conns {
     pub(crate) cfg: PgConfig,
     password: SecretString,
     /// Idle connections to the primary (at most [`WORKING_CONNECTIONS`]).
-    pool: Mutex<Vec<Client>>,
+    pool: Mutex<Vec<Pooled>>,
     gate: Gate,
+}
+
+/// Statements kept prepared on one connection; past this the cache starts
+/// over (a vault's engines use about a dozen shapes).
+const PREPARED_PER_CONNECTION: usize = 64;
+
+/// A connection to the primary with the statements prepared on it. A
+/// statement is parsed once per connection, so a hot query (a record or a
+/// data key by its key, a write) is one round trip instead of two
+/// (prepare, then execute). Derefs to the client for everything else.
+pub(crate) struct Pooled {
+    pub(crate) client: Client,
+    prepared: std::collections::HashMap<String, Statement>,
+}
+
+impl Pooled {
+    fn new(client: Client) -> Pooled {
+        Pooled {
+            client,
+            prepared: std::collections::HashMap::new(),
+        }
+    }
+
+    /// `sql` prepared on this connection (once).
+    pub(crate) fn prepared(&mut self, sql: &str) -> Result<Statement> {
+        if let Some(st) = self.prepared.get(sql) {
+            return Ok(st.clone());
+        }
+        let st = self.client.prepare(sql).map_err(pg)?;
+        if self.prepared.len() >= PREPARED_PER_CONNECTION {
+            self.prepared.clear();
+        }
+        self.prepared.insert(sql.to_owned(), st.clone());
+        Ok(st)
+    }
+}
+
+impl std::ops::Deref for Pooled {
+    type Target = Client;
+    fn deref(&self) -> &Client {
+        &self.client
+    }
+}
+
+impl std::ops::DerefMut for Pooled {
+    fn deref_mut(&mut self) -> &mut Client {
+        &mut self.client
+    }
 }
 
 /// What the purge recipe found on the cluster.
@@ -607,17 +655,17 @@ impl Conns {
 
     /// A connection to whichever member is the primary now (an idle one
     /// from the pool first).
-    pub(crate) fn primary(&self) -> Result<Client> {
+    pub(crate) fn primary(&self) -> Result<Pooled> {
         if let Some(c) = self.pool.lock().expect("pool lock").pop() {
             return Ok(c);
         }
-        primary_of(&self.cfg, &self.password)
+        primary_of(&self.cfg, &self.password).map(Pooled::new)
     }
 
     /// Runs `f` on a primary connection. A connection that broke (a
     /// failover) is dropped and `f` retried once on the new primary: every
     /// write here is idempotent (upserts and deletes of whole rows).
-    pub(crate) fn with_primary<T>(&self, f: impl Fn(&mut Client) -> Result<T>) -> Result<T> {
+    pub(crate) fn with_primary<T>(&self, f: impl Fn(&mut Pooled) -> Result<T>) -> Result<T> {
         let _place = self.gate.enter();
         let mut attempt = 0;
         loop {
@@ -639,7 +687,7 @@ impl Conns {
 
     /// Puts a working connection back in the pool, unless it broke or the
     /// pool is full.
-    pub(crate) fn give_back(&self, c: Client) {
+    pub(crate) fn give_back(&self, c: Pooled) {
         let mut pool = self.pool.lock().expect("pool lock");
         if !c.is_closed() && pool.len() < WORKING_CONNECTIONS {
             pool.push(c);
@@ -958,7 +1006,7 @@ impl KeyEngine for PgKeys {
             // on the keystore's tables (which would only make VACUUM FULL wait).
             c.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT 1")
                 .map_err(pg)?;
-            Ok(HeldSnapshot(Some(c)))
+            Ok(HeldSnapshot(Some(c.client)))
         })
         .map(|h| Box::new(h) as Box<dyn Held + '_>)
     }
@@ -1179,7 +1227,8 @@ impl PgKeys {
         };
         let bucket = bucket_of_key(t, key);
         self.conns.with_primary(|c| {
-            Ok(c.query_opt(&sql, &[&key, &bucket])
+            let st = c.prepared(&sql)?;
+            Ok(c.query_opt(&st, &[&key, &bucket])
                 .map_err(pg)?
                 .map(|r| r.get(0)))
         })
@@ -1198,51 +1247,69 @@ impl PgKeys {
                 KeyOp::Delete(t, k) => last.insert((t as u8, k), None),
             };
         }
-        let tables = Table::ALL;
+        // Each table's deletes, then its upserts: one statement each.
+        let mut steps: Vec<WriteStep> = Vec::new();
+        for t in Table::ALL {
+            let (mut put_b, mut put_k, mut put_v) = (Vec::new(), Vec::new(), Vec::new());
+            let (mut del_b, mut del_k) = (Vec::new(), Vec::new());
+            for ((tt, k), v) in &last {
+                if *tt != t as u8 {
+                    continue;
+                }
+                let b = bucket_of_key(t, k);
+                match v {
+                    Some(v) => {
+                        put_b.push(b);
+                        put_k.push(k.clone());
+                        put_v.push(v.clone());
+                    }
+                    None => {
+                        del_b.push(b);
+                        del_k.push(k.clone());
+                    }
+                }
+            }
+            let name = self.table(t);
+            if !del_k.is_empty() {
+                let sql = if t == Table::Deks {
+                    format!(
+                        "DELETE FROM {name} d USING unnest($1::int[], $2::bytea[]) AS x(b, k) WHERE d.bucket = x.b AND d.k = x.k"
+                    )
+                } else {
+                    format!(
+                        "DELETE FROM {name} WHERE k = ANY($2::bytea[]) AND $1::int[] IS NOT NULL"
+                    )
+                };
+                steps.push((sql, del_b, del_k, None));
+            }
+            if !put_k.is_empty() {
+                let sql = if t == Table::Deks {
+                    format!(
+                        "INSERT INTO {name} (bucket, k, v) SELECT * FROM unnest($1::int[], $2::bytea[], $3::bytea[]) ON CONFLICT (bucket, k) DO UPDATE SET v = EXCLUDED.v"
+                    )
+                } else {
+                    format!(
+                        "INSERT INTO {name} (k, v) SELECT k, v FROM unnest($2::bytea[], $3::bytea[]) AS x(k, v) WHERE $1::int[] IS NOT NULL ON CONFLICT (k) DO UPDATE SET v = EXCLUDED.v"
+                    )
+                };
+                steps.push((sql, put_b, put_k, Some(put_v)));
+            }
+        }
         // Every commit is synchronous (`synchronous_commit=on`, and with
-        // Patroni's synchronous mode a standby has it too): `sync` is always true here.
+        // Patroni's synchronous mode a standby has it too): `sync` is always
+        // true here. One step (a record's new data key, the commonest
+        // write) is one statement in its own commit: one round trip.
         self.conns.with_primary(|c| {
+            let prepared = steps
+                .iter()
+                .map(|(sql, ..)| c.prepared(sql))
+                .collect::<Result<Vec<_>>>()?;
+            if let [one] = steps.as_slice() {
+                return run_step(&mut c.client, &prepared[0], one);
+            }
             let mut tx = c.transaction().map_err(pg)?;
-            for t in tables {
-                let mut put_k: Vec<&[u8]> = Vec::new();
-                let mut put_v: Vec<&[u8]> = Vec::new();
-                let mut put_b: Vec<i32> = Vec::new();
-                let mut del_k: Vec<&[u8]> = Vec::new();
-                let mut del_b: Vec<i32> = Vec::new();
-                for ((tt, k), v) in &last {
-                    if *tt != t as u8 {
-                        continue;
-                    }
-                    let b = bucket_of_key(t, k);
-                    match v {
-                        Some(v) => {
-                            put_k.push(k);
-                            put_v.push(v);
-                            put_b.push(b);
-                        }
-                        None => {
-                            del_k.push(k);
-                            del_b.push(b);
-                        }
-                    }
-                }
-                let name = self.table(t);
-                if !del_k.is_empty() {
-                    let sql = if t == Table::Deks {
-                        format!("DELETE FROM {name} d USING unnest($1::int[], $2::bytea[]) AS x(b, k) WHERE d.bucket = x.b AND d.k = x.k")
-                    } else {
-                        format!("DELETE FROM {name} WHERE k = ANY($2::bytea[]) AND $1::int[] IS NOT NULL")
-                    };
-                    tx.execute(&sql, &[&del_b, &del_k]).map_err(pg)?;
-                }
-                if !put_k.is_empty() {
-                    let sql = if t == Table::Deks {
-                        format!("INSERT INTO {name} (bucket, k, v) SELECT * FROM unnest($1::int[], $2::bytea[], $3::bytea[]) ON CONFLICT (bucket, k) DO UPDATE SET v = EXCLUDED.v")
-                    } else {
-                        format!("INSERT INTO {name} (k, v) SELECT k, v FROM unnest($2::bytea[], $3::bytea[]) AS x(k, v) WHERE $1::int[] IS NOT NULL ON CONFLICT (k) DO UPDATE SET v = EXCLUDED.v")
-                    };
-                    tx.execute(&sql, &[&put_b, &put_k, &put_v]).map_err(pg)?;
-                }
+            for (st, step) in prepared.iter().zip(&steps) {
+                run_step(&mut tx, st, step)?;
             }
             tx.commit().map_err(pg)
         })
@@ -1265,13 +1332,28 @@ impl PgKeys {
             }
         );
         self.conns.with_primary(|c| {
-            Ok(c.query(&sql, &[&prefix, &after, &bucket])
+            let st = c.prepared(&sql)?;
+            Ok(c.query(&st, &[&prefix, &after, &bucket])
                 .map_err(pg)?
                 .iter()
                 .map(|r| (r.get(0), r.get(1)))
                 .collect())
         })
     }
+}
+
+/// One statement of a keystore write: its SQL, and the buckets, keys and
+/// (for an upsert) values it takes.
+type WriteStep = (String, Vec<i32>, Vec<Vec<u8>>, Option<Vec<Vec<u8>>>);
+
+fn run_step<C: postgres::GenericClient>(c: &mut C, st: &Statement, step: &WriteStep) -> Result<()> {
+    let (_, b, k, v) = step;
+    match v {
+        Some(v) => c.execute(st, &[b, k, v]),
+        None => c.execute(st, &[b, k]),
+    }
+    .map(drop)
+    .map_err(pg)
 }
 
 /// The bucket column of a data-key row (its name's first 4 bytes); 0 in

@@ -28,6 +28,11 @@ pub(crate) trait RowEngine: Send + Sync + std::fmt::Debug {
     fn multi_get(&self, table: &str, keys: &[&[u8]]) -> Result<Vec<Option<Vec<u8>>>>;
     /// All of `ops` or none; durable on return when `sync`.
     fn write(&self, ops: &[WriteOp<'_>], sync: bool) -> Result<()>;
+    /// All of `ops` or none, not waited for on disk: only for rows whose
+    /// loss in a crash is harmless (`Store::delete_lazily`).
+    fn write_lazily(&self, ops: &[WriteOp<'_>]) -> Result<()> {
+        self.write(ops, false)
+    }
     /// Rows of `table` whose key starts with `prefix`, in key order, until
     /// `f` returns `false`.
     fn scan(&self, table: &str, prefix: &[u8], f: &mut Visit<'_>) -> Result<()>;

@@ -140,7 +140,7 @@ impl PgRows {
             .get(0);
         self.holder_pid
             .store(pid, std::sync::atomic::Ordering::SeqCst);
-        *holder = Some(c);
+        *holder = Some(c.client);
         Ok(())
     }
 
@@ -188,7 +188,7 @@ impl PgRows {
     /// and upserts of both tables, applied only while this process's lock
     /// holder still holds the vault's lock (`held`; `false` when a failover
     /// closed it: nothing was written).
-    fn write_rows(&self, ops: &[WriteOp<'_>]) -> Result<bool> {
+    fn write_rows(&self, ops: &[WriteOp<'_>], lazy: bool) -> Result<bool> {
         if ops.is_empty() {
             return Ok(true);
         }
@@ -227,6 +227,7 @@ impl PgRows {
         let s = &self.schema;
         let sql = format!(
             "WITH lk AS (SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND pid = $9 AND granted) AS held),
+              sc AS (SELECT set_config('synchronous_commit', coalesce($10::text, current_setting('synchronous_commit')), true) AS v),
               dr AS (DELETE FROM {s}.rows r USING unnest($1::smallint[], $2::bytea[]) AS x(t, k)
                       WHERE r.t = x.t AND r.k = x.k AND (SELECT held FROM lk)),
               db AS (DELETE FROM {s}.beacons WHERE k = ANY($3::bytea[]) AND (SELECT held FROM lk)),
@@ -234,17 +235,40 @@ impl PgRows {
                       WHERE (SELECT held FROM lk) ON CONFLICT (t, k) DO UPDATE SET v = EXCLUDED.v),
               ib AS (INSERT INTO {s}.beacons (k, v) SELECT x.k, x.v FROM unnest($7::bytea[], $8::bytea[]) AS x(k, v)
                       WHERE (SELECT held FROM lk) ON CONFLICT (k) DO UPDATE SET v = EXCLUDED.v)
-             SELECT held FROM lk"
+             SELECT held FROM lk, sc"
         );
         let pid = self.holder_pid.load(std::sync::atomic::Ordering::SeqCst);
-        // Every commit is synchronous (`synchronous_commit=on`; with
-        // Patroni's synchronous mode a standby has it too).
+        // A commit is synchronous (`synchronous_commit=on`; with Patroni's
+        // synchronous mode a standby has it too), except a lazy one
+        // (`Store::delete_lazily`), which does not wait for the WAL flush:
+        // later synchronous commits flush it with theirs, in order.
+        let lazy: Option<&str> = lazy.then_some("off");
         self.conns.with_primary(|c| {
-            Ok(
-                c.query_one(&sql, &[&dt, &dk, &dbk, &pt, &pk, &pv, &pbk, &pbv, &pid])
-                    .map_err(pg)?
-                    .get(0),
+            let st = c.prepared(&sql)?;
+            Ok(c.query_one(
+                &st,
+                &[&dt, &dk, &dbk, &pt, &pk, &pv, &pbk, &pbv, &pid, &lazy],
             )
+            .map_err(pg)?
+            .get(0))
+        })
+    }
+
+    /// [`Self::write_rows`], and after a failover closed the lock's
+    /// connection (and with it the lock, which another process may then
+    /// take): the lock taken again on the new primary and the write made
+    /// once more, or `VaultBusy` because another process has the vault now.
+    fn write_locked(&self, ops: &[WriteOp<'_>], lazy: bool) -> Result<()> {
+        off_runtime(|| {
+            if self.write_rows(ops, lazy)? {
+                return Ok(());
+            }
+            self.retake_lock()?;
+            if self.write_rows(ops, lazy)? {
+                Ok(())
+            } else {
+                Err(Error::VaultBusy)
+            }
         })
     }
 
@@ -264,7 +288,8 @@ impl PgRows {
         let end = prefix_end(prefix);
         let t = table_no(table);
         self.conns.with_primary(|c| {
-            Ok(c.query(&sql, &[&t, &prefix, &end, &after])
+            let st = c.prepared(&sql)?;
+            Ok(c.query(&st, &[&t, &prefix, &end, &after])
                 .map_err(pg)?
                 .iter()
                 .map(|r| (r.get(0), r.get(1)))
@@ -288,9 +313,8 @@ impl RowEngine for PgRows {
         let t = table_no(table);
         off_runtime(|| {
             self.conns.with_primary(|c| {
-                Ok(c.query_opt(&sql, &[&t, &key])
-                    .map_err(pg)?
-                    .map(|r| r.get(0)))
+                let st = c.prepared(&sql)?;
+                Ok(c.query_opt(&st, &[&t, &key]).map_err(pg)?.map(|r| r.get(0)))
             })
         })
     }
@@ -303,8 +327,10 @@ impl RowEngine for PgRows {
             std::collections::HashMap::with_capacity(keys.len());
         for chunk in keys.chunks(4096) {
             let rows = off_runtime(|| {
-                self.conns
-                    .with_primary(|c| c.query(&sql, &[&t, &chunk]).map_err(pg))
+                self.conns.with_primary(|c| {
+                    let st = c.prepared(&sql)?;
+                    c.query(&st, &[&t, &chunk]).map_err(pg)
+                })
             })?;
             for r in rows {
                 found.insert(r.get(0), r.get(1));
@@ -313,21 +339,15 @@ impl RowEngine for PgRows {
         Ok(keys.iter().map(|k| found.get(*k).cloned()).collect())
     }
 
+    /// Synchronous whatever `sync` says: the vault's `sync` option (off
+    /// in tests) is about the embedded engine's fsyncs, and an acknowledged
+    /// write on a cluster must survive a failover.
     fn write(&self, ops: &[WriteOp<'_>], _sync: bool) -> Result<()> {
-        off_runtime(|| {
-            if self.write_rows(ops)? {
-                return Ok(());
-            }
-            // The lock died with its connection (a failover): take it again
-            // on the new primary (or learn that another process has the
-            // vault now) and write once more.
-            self.retake_lock()?;
-            if self.write_rows(ops)? {
-                Ok(())
-            } else {
-                Err(Error::VaultBusy)
-            }
-        })
+        self.write_locked(ops, false)
+    }
+
+    fn write_lazily(&self, ops: &[WriteOp<'_>]) -> Result<()> {
+        self.write_locked(ops, true)
     }
 
     fn scan(&self, table: &str, prefix: &[u8], f: &mut Visit<'_>) -> Result<()> {
