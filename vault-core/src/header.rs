@@ -401,6 +401,25 @@ mod tests {
         }
     }
 
+    /// A header at `p` whose slot 0 is written as builds before the static
+    /// part was bound wrote it; returns its info and bytes.
+    fn legacy_header(p: &Path, uk: &SecretKey, r0: &SecretKey) -> (HeaderInfo, Vec<u8>) {
+        let i = info();
+        create(p, &i, uk, r0).unwrap();
+        let mut b = std::fs::read(p).unwrap();
+        let env = crypto::wrap_key(uk, &legacy_root_aad(i.vault_id, 0), r0);
+        b[SLOTS_AT..SLOTS_AT + SLOT_LEN].copy_from_slice(&encode_slot(0, &env));
+        std::fs::write(p, &b).unwrap();
+        (i, b)
+    }
+
+    /// Writes `b` with its static checksum recomputed, as an insider would.
+    fn write_with_checksum(p: &Path, b: &mut [u8]) {
+        let sum = crypto::sha256(&b[..STATIC_LEN]);
+        b[STATIC_LEN..SLOTS_AT].copy_from_slice(&sum);
+        std::fs::write(p, b).unwrap();
+    }
+
     #[test]
     fn create_open_ratchet_and_erase() {
         let dir = tempfile::tempdir().unwrap();
@@ -472,9 +491,7 @@ mod tests {
         for at in [59usize, 45, 67, 30, 11] {
             let mut t = good.clone();
             t[at] ^= 0x01;
-            let sum = crypto::sha256(&t[..STATIC_LEN]);
-            t[STATIC_LEN..SLOTS_AT].copy_from_slice(&sum);
-            std::fs::write(&p, &t).unwrap();
+            write_with_checksum(&p, &mut t);
             assert!(
                 read_info(&p).is_ok(),
                 "the edit at {at} keeps a valid checksum"
@@ -484,9 +501,7 @@ mod tests {
         // An absurd Argon2 cost is refused before any key derivation.
         let mut t = good.clone();
         t[28..32].copy_from_slice(&u32::MAX.to_be_bytes());
-        let sum = crypto::sha256(&t[..STATIC_LEN]);
-        t[STATIC_LEN..SLOTS_AT].copy_from_slice(&sum);
-        std::fs::write(&p, &t).unwrap();
+        write_with_checksum(&p, &mut t);
         assert!(matches!(read_info(&p), Err(Error::Integrity(_))));
         std::fs::write(&p, &good).unwrap();
         assert!(open(&p, &uk).is_ok());
@@ -497,13 +512,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("header");
         let (uk, r0) = (SecretKey::generate(), SecretKey::generate());
-        let i = info();
-        create(&p, &i, &uk, &r0).unwrap();
-        // Rewrite slot 0 as an older build wrote it.
-        let mut b = std::fs::read(&p).unwrap();
-        let env = crypto::wrap_key(&uk, &legacy_root_aad(i.vault_id, 0), &r0);
-        b[SLOTS_AT..SLOTS_AT + SLOT_LEN].copy_from_slice(&encode_slot(0, &env));
-        std::fs::write(&p, &b).unwrap();
+        let (i, _) = legacy_header(&p, &uk, &r0);
         let h = open(&p, &uk).unwrap();
         assert!(h.legacy_slot && h.root == r0);
         write_slot(&p, i.vault_id, &uk, 1, &r0).unwrap();
@@ -547,9 +556,7 @@ mod tests {
         // A flag this build does not know is refused, not ignored.
         let mut t = std::fs::read(&p).unwrap();
         t[10] |= 0x80;
-        let sum = crypto::sha256(&t[..STATIC_LEN]);
-        t[STATIC_LEN..SLOTS_AT].copy_from_slice(&sum);
-        std::fs::write(&p, &t).unwrap();
+        write_with_checksum(&p, &mut t);
         assert!(matches!(read_info(&p), Err(Error::UnsupportedFormat(_))));
     }
 
@@ -561,17 +568,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("header");
         let (uk, r0) = (SecretKey::generate(), SecretKey::generate());
-        let i = info();
-        create(&p, &i, &uk, &r0).unwrap();
-        let mut b = std::fs::read(&p).unwrap();
-        let env = crypto::wrap_key(&uk, &legacy_root_aad(i.vault_id, 0), &r0);
-        b[SLOTS_AT..SLOTS_AT + SLOT_LEN].copy_from_slice(&encode_slot(0, &env));
-        std::fs::write(&p, &b).unwrap();
+        let (_, mut b) = legacy_header(&p, &uk, &r0);
         assert!(open(&p, &uk).unwrap().legacy_slot);
         b[11] |= PLACE_RECORDS as u8;
-        let sum = crypto::sha256(&b[..STATIC_LEN]);
-        b[STATIC_LEN..SLOTS_AT].copy_from_slice(&sum);
-        std::fs::write(&p, &b).unwrap();
+        write_with_checksum(&p, &mut b);
         assert!(read_info(&p).unwrap().placement.records_on_cluster);
         assert!(matches!(open(&p, &uk), Err(Error::Integrity(_))));
     }
