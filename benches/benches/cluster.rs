@@ -22,7 +22,9 @@
 //! * many vaults: the same puts and gets spread round-robin over V vaults
 //!   open in one process, for each V in `PIVAULT_BENCH_CLUSTER_VAULTS`
 //!   (default `1,10`), against V = 1 in the same run, with the number of
-//!   connections the vaults hold on the primary.
+//!   connections the vaults hold on the primary, within the process's
+//!   budget `PIVAULT_BENCH_CLUSTER_CONNECTIONS` (default the library's, 40).
+//!   The vaults are made by `PIVAULT_BENCH_CLUSTER_FILL_THREADS` threads.
 //!
 //! Run: `cargo bench --workspace --no-run --profile dev`, then the binary
 //! `target/debug/deps/cluster-*` with `--bench` (dependencies are built at
@@ -421,72 +423,129 @@ fn main() {
     }
 
     // Many vaults in one process on one cluster: puts and gets spread
-    // round-robin over V vaults, against V = 1 in the same run.
+    // round-robin over V vaults, against V = 1 in the same run, within the
+    // process's connection budget.
     let counts: Vec<u64> = std::env::var("PIVAULT_BENCH_CLUSTER_VAULTS")
         .unwrap_or_else(|_| "1,10".into())
         .split(',')
         .filter_map(|v| v.trim().replace('_', "").parse().ok())
         .collect();
+    let budget = env_u64(
+        "PIVAULT_BENCH_CLUSTER_CONNECTIONS",
+        vault_core::keystore::postgres::DEFAULT_CLUSTER_CONNECTIONS as u64,
+    );
+    vault_core::keystore::postgres::set_cluster_connections(budget as usize);
+    let makers = env_u64("PIVAULT_BENCH_CLUSTER_FILL_THREADS", 4).max(1);
     drop(cluster);
     println!();
-    println!("## {n} puts then {n} gets spread over V vaults on the cluster (one process)");
     println!(
-        "| vaults | put /s | get /s | put vs 1 vault | get vs 1 vault | keystore connections |"
+        "## {n} puts then {n} gets spread round-robin over V vaults on the cluster (one process, \
+         a budget of {budget} connections to the primary)"
     );
-    println!("|---|---|---|---|---|---|");
+    println!(
+        "| vaults | created in | put /s | get /s | put vs 1 vault | get vs 1 vault | put, {HOT} busy of V, vs 1 vault | get, {HOT} busy of V, vs 1 vault | connections |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|");
     let mut one = None;
     for v in counts {
         let dir = tempfile::tempdir().expect("tempdir");
         let t = Instant::now();
-        let made: Result<Vec<common::Fixture>, String> = (0..v)
-            .map(|i| {
-                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    common::fixture_on(&dir.path().join(format!("v{i}")), Some(cfg.clone()))
-                }))
-                .map_err(|e| {
-                    e.downcast_ref::<String>()
-                        .cloned()
-                        .unwrap_or_else(|| "vault creation failed".into())
+        // Made by a few threads at once (each vault is a schema of 20-odd
+        // tables on the cluster and a RocksDB directory here).
+        let next = std::sync::atomic::AtomicU64::new(0);
+        let made: Result<Vec<(u64, common::Fixture)>, String> = std::thread::scope(|sc| {
+            let handles: Vec<_> = (0..makers.min(v))
+                .map(|_| {
+                    sc.spawn(|| {
+                        let mut mine = Vec::new();
+                        loop {
+                            let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            if i >= v {
+                                return Ok::<_, String>(mine);
+                            }
+                            let fx = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                                common::fixture_on(
+                                    &dir.path().join(format!("v{i}")),
+                                    Some(cfg.clone()),
+                                )
+                            }))
+                            .map_err(|e| {
+                                e.downcast_ref::<String>()
+                                    .cloned()
+                                    .unwrap_or_else(|| "vault creation failed".into())
+                            })?;
+                            mine.push((i, fx));
+                        }
+                    })
                 })
-            })
-            .collect();
-        let vaults = match made {
-            Ok(f) => f,
+                .collect();
+            let mut all = Vec::new();
+            for h in handles {
+                all.extend(h.join().expect("maker thread")?);
+            }
+            Ok(all)
+        });
+        let vaults: Vec<common::Fixture> = match made {
+            Ok(mut f) => {
+                f.sort_by_key(|(i, _)| *i);
+                f.into_iter().map(|(_, fx)| fx).collect()
+            }
             Err(e) => {
                 println!(
-                    "| {v} | — | — | — | — | creating the vaults failed: {} |",
+                    "| {v} | — | — | — | — | — | — | — | creating the vaults failed: {} |",
                     e.lines().next().unwrap_or("")
                 );
                 continue;
             }
         };
-        eprintln!("{v} vaults created in {:.1} s", t.elapsed().as_secs_f64());
-        let t = Instant::now();
-        let ids: Vec<_> = (0..n)
-            .map(|i| {
-                let fx = &vaults[(i % v) as usize];
-                (
-                    fx,
-                    fx.vault
-                        .put_record(&fx.clerk, common::COLLECTION, SubjectId::new(), &body(i))
-                        .expect("put"),
-                )
-            })
-            .collect();
-        let put = per_s(n, t.elapsed());
-        let t = Instant::now();
-        for (fx, id) in &ids {
-            std::hint::black_box(fx.vault.get_record(&fx.clerk, *id, &[], None).expect("get"));
-        }
-        let get = per_s(n, t.elapsed());
+        let created = t.elapsed().as_secs_f64();
+        eprintln!(
+            "{v} vaults created in {created:.1} s; {} files open in this process",
+            std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count())
+        );
+        // Every vault in turn (each switch likely needs a connection taken
+        // over from another vault once V passes the budget), then only the
+        // first HOT of them, the others open and idle.
+        let (put, get) = spread(&vaults, v, n);
         let conns = backends(&cfg);
+        let hot = HOT.min(v);
+        let (hot_put, hot_get) = spread(&vaults, hot, n);
         let (p1, g1) = *one.get_or_insert((put, get));
         println!(
-            "| {v} | {put:.0} | {get:.0} | {:.2} | {:.2} | {conns} |",
+            "| {v} | {created:.0} s | {put:.0} | {get:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {conns} |",
             put / p1,
-            get / g1
+            get / g1,
+            hot_put / p1,
+            hot_get / g1,
         );
+        drop(vaults);
     }
+}
+
+/// Vaults busy at once in the many-vaults benchmark's second pattern.
+const HOT: u64 = 20;
+
+/// `n` puts, then a get of each, spread round-robin over the first `v` of
+/// `vaults`: (puts /s, gets /s).
+fn spread(vaults: &[common::Fixture], v: u64, n: u64) -> (f64, f64) {
+    let t = Instant::now();
+    let ids: Vec<_> = (0..n)
+        .map(|i| {
+            let fx = &vaults[(i % v) as usize];
+            (
+                fx,
+                fx.vault
+                    .put_record(&fx.clerk, common::COLLECTION, SubjectId::new(), &body(i))
+                    .expect("put"),
+            )
+        })
+        .collect();
+    let put = per_s(n, t.elapsed());
+    let t = Instant::now();
+    for (fx, id) in &ids {
+        std::hint::black_box(fx.vault.get_record(&fx.clerk, *id, &[], None).expect("get"));
+    }
+    (put, per_s(n, t.elapsed()))
 }
 
 /// Connections of the vaults' role to the primary now.

@@ -91,6 +91,13 @@ struct Args {
     /// one import, 64 MiB).
     #[arg(long, default_value_t = 256, value_name = "MIB")]
     body_budget_mib: usize,
+    /// Connections to a cluster's primary this process holds at most, idle
+    /// or working, for the vault's keystore and records on that cluster
+    /// (the records store's lock and a purge's connection to every member
+    /// come on top). Keep the sum over the cluster's server processes under
+    /// the members' `max_connections`.
+    #[arg(long, default_value_t = vault_core::keystore::postgres::DEFAULT_CLUSTER_CONNECTIONS, value_name = "N")]
+    cluster_connections: usize,
     /// Open TCP connections at once; more are closed at accept.
     #[arg(long, default_value_t = 1024, value_name = "N")]
     max_connections: usize,
@@ -302,6 +309,7 @@ fn tls_config(cert: &Path, key: &Path) -> anyhow::Result<rustls::ServerConfig> {
 
 fn run(args: Args) -> anyhow::Result<()> {
     let dir = args.vault.clone().expect("required by clap");
+    vault_core::keystore::postgres::set_cluster_connections(args.cluster_connections);
     let tls = match (&args.tls_cert, &args.tls_key) {
         (Some(c), Some(k)) => {
             if args.self_signed {

@@ -447,6 +447,139 @@ fn two_vaults_on_one_cluster_dispose_independently() {
     b.vault.close().unwrap();
 }
 
+/// Restores the process's connection budget when a test that lowered it ends.
+struct BudgetReset;
+
+impl Drop for BudgetReset {
+    fn drop(&mut self) {
+        vault_core::keystore::postgres::set_cluster_connections(
+            vault_core::keystore::postgres::DEFAULT_CLUSTER_CONNECTIONS,
+        );
+    }
+}
+
+/// Working connections of the fixtures' role on the primary now: not the
+/// records stores' locks (outside the budget by design).
+fn working_backends(c: &Cluster) -> Option<usize> {
+    let m = &c.members[primary_index(c) - 1];
+    psql(
+        m,
+        "SELECT count(*) FROM pg_stat_activity WHERE usename = 'pivault' AND pid NOT IN \
+         (SELECT pid FROM pg_locks WHERE locktype = 'advisory')",
+    )?
+    .parse()
+    .ok()
+}
+
+#[test]
+fn many_vaults_in_one_process_share_a_budget_of_connections_and_lose_nothing() {
+    const VAULTS: usize = 24;
+    const BUDGET: usize = 10;
+    let _one = serial();
+    let c = Arc::new(cluster());
+    let _reset = BudgetReset;
+    vault_core::keystore::postgres::set_cluster_connections(BUDGET);
+    let tmp = tempfile::tempdir().unwrap();
+    let vaults: Arc<Vec<Fixture>> = Arc::new(
+        (0..VAULTS)
+            .map(|i| vault_on_cluster(&tmp.path().join(format!("v{i}")), &c))
+            .collect(),
+    );
+    let doomed = put_records(&vaults[0], 2);
+    let stop = Arc::new(AtomicBool::new(false));
+    // The primary's own count, sampled while 8 clerks write to every vault
+    // and an officer disposes in one of them.
+    let sampler = {
+        let (c, stop) = (c.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut most = 0;
+            while !stop.load(Ordering::SeqCst) {
+                most = most.max(working_backends(&c).unwrap_or(0));
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            most
+        })
+    };
+    let clerks: Vec<_> = (0..8)
+        .map(|t| {
+            let vaults = vaults.clone();
+            std::thread::spawn(move || {
+                let mut acked = Vec::new();
+                for n in 0..3 * VAULTS {
+                    let v = (t * 5 + n) % VAULTS;
+                    let fx = &vaults[v];
+                    let b = body((100 * t + n) as u32);
+                    let id = fx
+                        .vault
+                        .put_record(&fx.clerk, common::CUSTOMERS, SubjectId::new(), &b)
+                        .unwrap();
+                    acked.push((v, id, b));
+                }
+                acked
+            })
+        })
+        .collect();
+    let officer = {
+        let vaults = vaults.clone();
+        let doomed = doomed.clone();
+        std::thread::spawn(move || {
+            let fx = &vaults[0];
+            certificate_id(
+                fx.vault
+                    .dispose(&fx.officer, &request(DisposalScope::Subject(doomed[0].0)))
+                    .unwrap(),
+            )
+        })
+    };
+    let acked: Vec<_> = clerks.into_iter().flat_map(|t| t.join().unwrap()).collect();
+    officer.join().unwrap();
+    stop.store(true, Ordering::SeqCst);
+    let most = sampler.join().unwrap();
+    // Every acknowledged write reads back from its own vault, and from no
+    // other: the vaults took over each other's places, never their
+    // connections.
+    assert_eq!(acked.len(), 8 * 3 * VAULTS);
+    for (v, id, b) in &acked {
+        let got = vaults[*v]
+            .vault
+            .get_record(&vaults[*v].clerk, *id, &[], None)
+            .unwrap();
+        let ssn = b["ssn"].as_str().unwrap();
+        assert!(got.fields["ssn"].as_str().unwrap().ends_with(&ssn[7..]));
+        let other = &vaults[(*v + 1) % VAULTS];
+        assert!(
+            other
+                .vault
+                .get_record(&other.clerk, *id, &[], None)
+                .is_err()
+        );
+    }
+    assert!(
+        fx_gone(&vaults[0], &doomed[0]),
+        "the disposed record still reads"
+    );
+    // The budget held on the primary: without it each of the 24 vaults
+    // keeps up to 8 connections. A closed connection's backend takes a
+    // moment to leave pg_stat_activity, and a purge opens one per member
+    // outside the budget: a little slack for both.
+    assert!(
+        most <= BUDGET + 3,
+        "{most} working connections on the primary, budget {BUDGET}"
+    );
+    assert!(most > 0, "the sampler saw no connection at all");
+    for fx in Arc::try_unwrap(vaults).ok().unwrap() {
+        fx.vault.close().unwrap();
+    }
+}
+
+/// Whether a disposed record now answers as disposed.
+fn fx_gone(fx: &Fixture, (_, id, _): &(SubjectId, RecordId, Vec<u8>)) -> bool {
+    matches!(
+        fx.vault.get_record(&fx.clerk, *id, &[], None),
+        Err(Error::Disposed { .. })
+    )
+}
+
 /// The first object field named `key` anywhere in `v`.
 fn find(v: &Value, key: &str) -> Option<Value> {
     match v {

@@ -44,7 +44,7 @@
 //! that is not TLS, so the tests and the benchmark run over TLS.
 
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use postgres::{Client, NoTls, Statement};
@@ -57,6 +57,10 @@ use crate::doctor::Level;
 use crate::error::{Error, Result};
 use crate::ids::VaultId;
 use crate::secret::SecretString;
+
+mod budget;
+use budget::Budget;
+pub use budget::{DEFAULT_CLUSTER_CONNECTIONS, cluster_connections, set_cluster_connections};
 
 /// Which negative control, if any, the purge runs (tests only; the
 /// default is the full purge).
@@ -363,9 +367,12 @@ impl Drop for Place<'_> {
 pub(crate) struct Conns {
     pub(crate) cfg: PgConfig,
     password: SecretString,
-    /// Idle connections to the primary (at most [`WORKING_CONNECTIONS`]).
-    pool: Mutex<Vec<Pooled>>,
+    /// Idle connections to the primary (at most [`WORKING_CONNECTIONS`]),
+    /// the one idle longest first; other vaults' [`Budget`] may close it.
+    pool: Arc<Mutex<Vec<Pooled>>>,
     gate: Gate,
+    /// This process's connections to the cluster, shared with its other vaults.
+    budget: Arc<Budget>,
 }
 
 /// Statements kept prepared on one connection; past this the cache starts
@@ -379,13 +386,20 @@ const PREPARED_PER_CONNECTION: usize = 64;
 pub(crate) struct Pooled {
     pub(crate) client: Client,
     prepared: std::collections::HashMap<String, Statement>,
+    /// Its place in the process's budget: given back when the connection
+    /// is dropped or its client taken out of the pool's reach.
+    slot: Option<budget::Slot>,
+    /// When it was last given back to its pool.
+    idle_since: Instant,
 }
 
 impl Pooled {
-    fn new(client: Client) -> Pooled {
+    fn new(client: Client, slot: budget::Slot) -> Pooled {
         Pooled {
             client,
             prepared: std::collections::HashMap::new(),
+            slot: Some(slot),
+            idle_since: Instant::now(),
         }
     }
 
@@ -641,11 +655,14 @@ impl Conns {
     pub(crate) fn new(cfg: PgConfig) -> Result<Conns> {
         cfg.validate()?;
         let password = cfg.password()?;
+        let pool = Arc::new(Mutex::new(Vec::new()));
+        let budget = Budget::join(&cfg.members, &pool);
         Ok(Conns {
             cfg,
             password,
-            pool: Mutex::new(Vec::new()),
+            pool,
             gate: Gate::default(),
+            budget,
         })
     }
 
@@ -653,13 +670,14 @@ impl Conns {
         connect_as(&self.cfg, &self.password, member)
     }
 
-    /// A connection to whichever member is the primary now (an idle one
-    /// from the pool first).
+    /// A connection to whichever member is the primary now: an idle one
+    /// from the pool first, else a new one within the process's budget.
     pub(crate) fn primary(&self) -> Result<Pooled> {
         if let Some(c) = self.pool.lock().expect("pool lock").pop() {
             return Ok(c);
         }
-        primary_of(&self.cfg, &self.password).map(Pooled::new)
+        let slot = self.budget.admit()?;
+        primary_of(&self.cfg, &self.password).map(|c| Pooled::new(c, slot))
     }
 
     /// Runs `f` on a primary connection. A connection that broke (a
@@ -687,10 +705,13 @@ impl Conns {
 
     /// Puts a working connection back in the pool, unless it broke or the
     /// pool is full.
-    pub(crate) fn give_back(&self, c: Pooled) {
+    pub(crate) fn give_back(&self, mut c: Pooled) {
         let mut pool = self.pool.lock().expect("pool lock");
         if !c.is_closed() && pool.len() < WORKING_CONNECTIONS {
+            c.idle_since = Instant::now();
             pool.push(c);
+            drop(pool);
+            self.budget.idled();
         }
     }
 
