@@ -781,7 +781,7 @@ impl Vault {
         let info = header::read_info(&l.header)?;
         fsutil::check_private(dir)?;
         // Take the store's lock (RocksDB's, or the records cluster's
-        // advisory lock) before the (slow) key derivation, so a vault held
+        // holder lock) before the (slow) key derivation, so a vault held
         // by a server is reported at once.
         let records = crate::store::postgres::read_config(dir)?;
         check_placement(

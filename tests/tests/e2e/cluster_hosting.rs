@@ -639,6 +639,23 @@ fn hosted_vaults_keep_their_records_on_the_cluster_and_no_other_vaults_role_reac
     // refused: the table's file must not have changed.
     let _ = try_sql(&mut v0, &format!("VACUUM FULL {r1}.beacons"));
     assert_eq!(relfilenode(&mut v0, &r1, "beacons"), file_before);
+    // Nor can it keep vault 1 from opening by holding its lock first: the
+    // advisory lock the records store once used is anyone's to take in the
+    // database, the vault's own table is not. Held while vault 1 opens.
+    v0.query_one("SELECT pg_advisory_lock(hashtextextended($1, 0))", &[&r1])
+        .unwrap();
+    assert_eq!(
+        try_sql(
+            &mut v0,
+            &format!("BEGIN; LOCK TABLE {r1}.holder IN EXCLUSIVE MODE NOWAIT")
+        ),
+        Err(denied.to_owned())
+    );
+    try_sql(&mut v0, "ROLLBACK").unwrap();
+    assert!(
+        doctor_level(&op, &dirs[1], "records-engine").contains("records cluster"),
+        "vault 1 did not open while another vault's role held its old lock"
+    );
     // The provider's operator reads no vault's records.
     let mut p = as_provider_in_records(&provider_cfg);
     assert_eq!(

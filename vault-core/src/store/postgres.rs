@@ -16,12 +16,21 @@
 //! the key is the disposal, so `rows` is never purged.
 //!
 //! One process at a time opens a vault (as RocksDB's lock does for the
-//! embedded engine): the opener holds a session advisory lock on the
-//! vault's schema name for as long as the vault is open. Every write
-//! checks, in the same statement, that the holder's backend still holds it
-//! and writes nothing otherwise; after a failover closed the holder's
-//! connection, the lock is taken again on the new primary and the write
-//! retried (refused if another process took the vault meanwhile). The isolation locks and
+//! embedded engine): the opener holds an `EXCLUSIVE` lock on the vault's
+//! own table `holder`, in a transaction left open on a connection of its
+//! own, for as long as the vault is open. Only the vault's role may lock
+//! its tables, so another vault's role on the same database cannot take the
+//! lock first and keep the vault from opening, as it could with an advisory
+//! lock (any role may take any advisory lock in its database). The mode is
+//! below `ACCESS EXCLUSIVE`, which would be logged for the standbys and
+//! give the transaction an ID that holds back every purge's `VACUUM FULL`;
+//! idle, the transaction holds no snapshot either. Every write checks, in
+//! the same statement, that the holder's backend, named by its process ID
+//! *and* its start time (a process ID alone may be reused, on another
+//! member after a failover), still holds the lock, and writes nothing
+//! otherwise; after a failover closed the holder's connection, the lock is
+//! taken again on the new primary and the write retried (refused if
+//! another process took the vault meanwhile). The isolation locks and
 //! the audit chain's sequencing are still in that process.
 
 use std::sync::Mutex;
@@ -55,11 +64,11 @@ pub fn read_config(dir: &std::path::Path) -> Result<Option<PgConfig>> {
 pub(crate) struct PgRows {
     conns: Conns,
     schema: String,
-    /// The connection holding the vault's advisory lock (one opener at a time).
+    /// The connection holding the vault's lock (one opener at a time).
     holder: Mutex<Option<Client>>,
-    /// Its backend's process ID: every write checks, in its own statement,
-    /// that this backend still holds the lock.
-    holder_pid: std::sync::atomic::AtomicI32,
+    /// Its backend's process ID and start time: every write checks, in its
+    /// own statement, that this backend still holds the lock.
+    holder_backend: Mutex<(i32, String)>,
     control: Mutex<PurgeControl>,
 }
 
@@ -101,7 +110,7 @@ impl PgRows {
                 schema: format!("pr_{}", hex::encode(vault.as_bytes())),
                 conns: Conns::new(cfg)?,
                 holder: Mutex::new(None),
-                holder_pid: std::sync::atomic::AtomicI32::new(0),
+                holder_backend: Mutex::new((0, String::new())),
                 control: Mutex::new(PurgeControl::Full),
             };
             rows.take_lock(&mut rows.holder.lock().expect("holder lock"))?;
@@ -110,36 +119,42 @@ impl PgRows {
         })
     }
 
-    /// Takes the vault's advisory lock on a new connection to the primary
+    /// Takes the vault's lock on a new connection to the primary
     /// (`VaultBusy` while another process holds it).
     fn take_lock(&self, holder: &mut Option<Client>) -> Result<()> {
         let mut c = self.conns.primary()?;
+        let s = &self.schema;
+        c.batch_execute(&format!(
+            "CREATE SCHEMA IF NOT EXISTS {s}; CREATE TABLE IF NOT EXISTS {s}.holder ();"
+        ))
+        .map_err(pg)?;
+        let me = c
+            .query_one(
+                "SELECT pid, backend_start::text FROM pg_stat_get_activity(pg_backend_pid())",
+                &[],
+            )
+            .map_err(pg)?;
+        let (pid, start): (i32, String) = (me.get(0), me.get(1));
         // A process that was just killed still holds the lock until its
         // backend reads the closed socket and exits (milliseconds): a
         // second's patience, then the holder is a live process.
         let deadline = std::time::Instant::now() + LOCK_PATIENCE;
         loop {
-            let got: bool = c
-                .query_one(
-                    "SELECT pg_try_advisory_lock(hashtextextended($1, 0))",
-                    &[&self.schema],
-                )
-                .map_err(pg)?
-                .get(0);
-            if got {
-                break;
+            match c.batch_execute(&format!(
+                "BEGIN; LOCK TABLE {s}.holder IN EXCLUSIVE MODE NOWAIT"
+            )) {
+                Ok(()) => break,
+                Err(e) if e.code() == Some(&postgres::error::SqlState::LOCK_NOT_AVAILABLE) => {
+                    c.batch_execute("ROLLBACK").map_err(pg)?;
+                }
+                Err(e) => return Err(pg(e)),
             }
             if std::time::Instant::now() >= deadline {
                 return Err(Error::VaultBusy);
             }
             std::thread::sleep(std::time::Duration::from_millis(50));
         }
-        let pid: i32 = c
-            .query_one("SELECT pg_backend_pid()", &[])
-            .map_err(pg)?
-            .get(0);
-        self.holder_pid
-            .store(pid, std::sync::atomic::Ordering::SeqCst);
+        *self.holder_backend.lock().expect("holder backend") = (pid, start);
         *holder = Some(c.client);
         Ok(())
     }
@@ -226,7 +241,10 @@ impl PgRows {
         }
         let s = &self.schema;
         let sql = format!(
-            "WITH lk AS (SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND pid = $9 AND granted) AS held),
+            "WITH lk AS (SELECT EXISTS (SELECT 1 FROM pg_locks l, pg_stat_get_activity($9) a
+                      WHERE l.locktype = 'relation' AND l.pid = $9 AND l.granted AND l.mode = 'ExclusiveLock'
+                        AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+                        AND l.relation = '{s}.holder'::regclass AND a.backend_start::text = $11) AS held),
               sc AS (SELECT set_config('synchronous_commit', coalesce($10::text, current_setting('synchronous_commit')), true) AS v),
               dr AS (DELETE FROM {s}.rows r USING unnest($1::smallint[], $2::bytea[]) AS x(t, k)
                       WHERE r.t = x.t AND r.k = x.k AND (SELECT held FROM lk)),
@@ -237,7 +255,7 @@ impl PgRows {
                       WHERE (SELECT held FROM lk) ON CONFLICT (k) DO UPDATE SET v = EXCLUDED.v)
              SELECT held FROM lk, sc"
         );
-        let pid = self.holder_pid.load(std::sync::atomic::Ordering::SeqCst);
+        let (pid, start) = self.holder_backend.lock().expect("holder backend").clone();
         // A commit is synchronous (`synchronous_commit=on`; with Patroni's
         // synchronous mode a standby has it too), except a lazy one
         // (`Store::delete_lazily`), which does not wait for the WAL flush:
@@ -247,7 +265,9 @@ impl PgRows {
             let st = c.prepared(&sql)?;
             Ok(c.query_one(
                 &st,
-                &[&dt, &dk, &dbk, &pt, &pk, &pv, &pbk, &pbv, &pid, &lazy],
+                &[
+                    &dt, &dk, &dbk, &pt, &pk, &pv, &pbk, &pbv, &pid, &lazy, &start,
+                ],
             )
             .map_err(pg)?
             .get(0))
