@@ -459,13 +459,14 @@ impl Drop for BudgetReset {
 }
 
 /// Working connections of the fixtures' role on the primary now: not the
-/// records stores' locks (outside the budget by design).
+/// records stores' one-opener locks (outside the budget by design; each
+/// holds an `EXCLUSIVE` lock on its vault's `holder` table).
 fn working_backends(c: &Cluster) -> Option<usize> {
     let m = &c.members[primary_index(c) - 1];
     psql(
         m,
         "SELECT count(*) FROM pg_stat_activity WHERE usename = 'pivault' AND pid NOT IN \
-         (SELECT pid FROM pg_locks WHERE locktype = 'advisory')",
+         (SELECT pid FROM pg_locks WHERE locktype = 'relation' AND mode = 'ExclusiveLock' AND granted)",
     )?
     .parse()
     .ok()

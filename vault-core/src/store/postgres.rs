@@ -124,8 +124,12 @@ impl PgRows {
     fn take_lock(&self, holder: &mut Option<Client>) -> Result<()> {
         let mut c = self.conns.primary()?;
         let s = &self.schema;
+        // The lock lives in a transaction left idle: a cluster-wide
+        // `idle_in_transaction_session_timeout` must not end it (the fence
+        // would then refuse this process's writes until it retook the lock).
         c.batch_execute(&format!(
-            "CREATE SCHEMA IF NOT EXISTS {s}; CREATE TABLE IF NOT EXISTS {s}.holder ();"
+            "SET idle_in_transaction_session_timeout = 0;
+             CREATE SCHEMA IF NOT EXISTS {s}; CREATE TABLE IF NOT EXISTS {s}.holder ();"
         ))
         .map_err(pg)?;
         let me = c
