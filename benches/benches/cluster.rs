@@ -299,7 +299,6 @@ fn main() {
         unreachable!("four paths")
     };
     drop(embedded);
-    drop(both);
     println!(
         "## keystore on a 3-member Patroni cluster: {n} operations each, one at a time, in rounds of {ROUND} alternating between the paths"
     );
@@ -341,86 +340,34 @@ fn main() {
         raw.get, b.get, b.get_ratio, c.get, e.get
     );
 
-    // One-record disposals at growing vault sizes.
-    let officer = cluster
-        .vault
-        .login(
-            common::OFFICER.0,
-            &SecretString::from(common::OFFICER.1),
-            Context::cli(),
-        )
-        .expect("officer login");
-    let mut have = n;
+    // One-record disposals at growing vault sizes: the keystore-only vault,
+    // then the keys + records vault with two searchable fields (each record
+    // then has blind-index rows on the records cluster that its disposal
+    // purges from every member).
     println!();
     println!("## one-record disposal on the cluster keystore ({reps} each)");
-    println!("| records in the vault | median ms | max ms |");
-    println!("|---|---|---|");
-    for size in sizes {
-        // Filled by several writers at once (one put commits at a time per
-        // writer; the cluster groups their commits).
-        if have < size {
-            let t = Instant::now();
-            let next = std::sync::atomic::AtomicU64::new(have);
-            std::thread::scope(|sc| {
-                for _ in 0..fill_threads {
-                    sc.spawn(|| {
-                        loop {
-                            let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                            if i >= size {
-                                break;
-                            }
-                            cluster
-                                .vault
-                                .put_record(
-                                    &cluster.clerk,
-                                    common::COLLECTION,
-                                    SubjectId::new(),
-                                    &body(i),
-                                )
-                                .expect("fill");
-                        }
-                    });
-                }
-            });
-            eprintln!(
-                "filled {} records in {:.0} s ({fill_threads} writers)",
-                size - have,
-                t.elapsed().as_secs_f64()
-            );
-            have = size;
-        }
-        let mut times = Vec::new();
-        for _ in 0..reps {
-            let id = cluster
-                .vault
-                .put_record(
-                    &cluster.clerk,
-                    common::COLLECTION,
-                    SubjectId::new(),
-                    &body(have),
-                )
-                .expect("put");
-            let t = Instant::now();
-            cluster
-                .vault
-                .dispose(
-                    &officer,
-                    &DisposalRequest {
-                        scope: DisposalScope::Record(id),
-                        parties: DisposalParties::default(),
-                        dry_run: false,
-                    },
-                )
-                .expect("dispose");
-            times.push(t.elapsed());
-        }
-        times.sort();
-        println!(
-            "| {size} | {:.0} | {:.0} |",
-            times[times.len() / 2].as_secs_f64() * 1e3,
-            times[times.len() - 1].as_secs_f64() * 1e3
-        );
-    }
+    disposals(&cluster, common::COLLECTION, &sizes, reps, fill_threads, n);
+    let admin = both
+        .vault
+        .login(
+            common::ADMIN.0,
+            &SecretString::from(common::ADMIN.1),
+            Context::cli(),
+        )
+        .expect("admin login");
+    let mut searched = common::schema();
+    searched
+        .set_searchable(vec!["family_name".into(), "ssn".into()])
+        .expect("searchable fields");
+    both.vault
+        .create_collection(&admin, SEARCHED, &searched)
+        .expect("searchable collection");
+    println!();
+    println!(
+        "## one-record disposal, keys and records on the cluster, family name and SSN searchable ({reps} each)"
+    );
+    disposals(&both, SEARCHED, &sizes, reps, fill_threads, 0);
+    drop(both);
 
     // Many vaults in one process on one cluster: puts and gets spread
     // round-robin over V vaults, against V = 1 in the same run, within the
@@ -519,6 +466,85 @@ fn main() {
             hot_get / g1,
         );
         drop(vaults);
+    }
+}
+
+/// The keys + records vault's collection with searchable fields.
+const SEARCHED: &str = "searched_customers";
+
+/// Fills `fx`'s `collection` to each of `sizes` records (it holds `have`
+/// there now) and times `reps` one-record disposals at each.
+fn disposals(
+    fx: &common::Fixture,
+    collection: &str,
+    sizes: &[u64],
+    reps: u64,
+    fill_threads: u64,
+    mut have: u64,
+) {
+    let officer = fx
+        .vault
+        .login(
+            common::OFFICER.0,
+            &SecretString::from(common::OFFICER.1),
+            Context::cli(),
+        )
+        .expect("officer login");
+    println!("| records in the vault | median ms | max ms |");
+    println!("|---|---|---|");
+    for &size in sizes {
+        // Filled by several writers at once (one put commits at a time per
+        // writer; the cluster groups their commits).
+        if have < size {
+            let t = Instant::now();
+            let next = std::sync::atomic::AtomicU64::new(have);
+            std::thread::scope(|sc| {
+                for _ in 0..fill_threads {
+                    sc.spawn(|| {
+                        loop {
+                            let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            if i >= size {
+                                break;
+                            }
+                            fx.vault
+                                .put_record(&fx.clerk, collection, SubjectId::new(), &body(i))
+                                .expect("fill");
+                        }
+                    });
+                }
+            });
+            eprintln!(
+                "filled {} records in {:.0} s ({fill_threads} writers)",
+                size - have,
+                t.elapsed().as_secs_f64()
+            );
+            have = size;
+        }
+        let mut times = Vec::new();
+        for _ in 0..reps {
+            let id = fx
+                .vault
+                .put_record(&fx.clerk, collection, SubjectId::new(), &body(have))
+                .expect("put");
+            let t = Instant::now();
+            fx.vault
+                .dispose(
+                    &officer,
+                    &DisposalRequest {
+                        scope: DisposalScope::Record(id),
+                        parties: DisposalParties::default(),
+                        dry_run: false,
+                    },
+                )
+                .expect("dispose");
+            times.push(t.elapsed());
+        }
+        times.sort();
+        println!(
+            "| {size} | {:.0} | {:.0} |",
+            times[times.len() / 2].as_secs_f64() * 1e3,
+            times[times.len() - 1].as_secs_f64() * 1e3
+        );
     }
 }
 

@@ -1479,6 +1479,24 @@ impl Vault {
                     problems.push(format!("record {id} still has search beacons"));
                 }
             }
+            // The two byte scans read different stores (in production two
+            // clusters): run at once, the search index's on its own thread.
+            let (beacon_scan, key_scan) = std::thread::scope(|sc| {
+                let beacons = (b.beacons.is_some() && !beacon_tags.is_empty()).then(|| {
+                    sc.spawn(|| {
+                        self.store
+                            .files_holding_beacons(&beacon_ranges, &beacon_tags)
+                    })
+                });
+                let keys = (!wrapped_before.is_empty()).then(|| {
+                    self.keystore
+                        .files_containing_for_buckets(&b.buckets, &wrapped_before)
+                });
+                (
+                    beacons.map(|h| h.join().expect("the search index's scan thread")),
+                    keys,
+                )
+            });
             if let Some(bp) = &mut b.beacons {
                 if !bp.residue.is_empty() {
                     problems.push(format!(
@@ -1493,9 +1511,7 @@ impl Vault {
                         "not repeated: the batch resumed after its beacon rows were deleted and purged".into()
                     });
                 } else {
-                    let (hits, scanned) = self
-                        .store
-                        .files_holding_beacons(&beacon_ranges, &beacon_tags)?;
+                    let (hits, scanned) = beacon_scan.expect("scanned above with tags")?;
                     let places = if self.store.engine_kind() == "rocksdb" {
                         "records-database file(s) that can hold them (every WAL, manifest and other non-table file, every table file outside the live set, every live beacon table file meeting a deleted range)"
                     } else {
@@ -1516,9 +1532,7 @@ impl Vault {
             if wrapped_before.is_empty() {
                 b.byte_scan = Some("not repeated: the batch resumed after its keys were deleted; key-path and purge checks apply".into());
             } else {
-                let (hits, scanned) = self
-                    .keystore
-                    .files_containing_for_buckets(&b.buckets, &wrapped_before)?;
+                let (hits, scanned) = key_scan.expect("scanned above with keys")?;
                 tr(&format!("verify: key paths + byte scan of {scanned} files"));
                 b.scan_files = Some(scanned);
                 let places = if self.keystore.engine_kind() == "postgresql" {

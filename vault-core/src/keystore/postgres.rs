@@ -914,25 +914,45 @@ impl Conns {
         if needles.is_empty() {
             return Ok(out);
         }
-        for (name, c) in self.members() {
-            let mut c = match c {
-                Ok(c) => c,
-                Err(_) => {
-                    out.hits
-                        .push(format!("{name}: unreachable, its files were not scanned"));
-                    continue;
-                }
+        // Each member reads its own files, all at once (a thread each): on
+        // separate machines the scan takes the slowest member's time, not
+        // the sum of all. `None`: the member could not be reached.
+        type Found = Option<Vec<(String, bool)>>;
+        let found: Vec<Result<Found>> = std::thread::scope(|sc| {
+            let scans: Vec<_> = self
+                .cfg
+                .members
+                .iter()
+                .map(|m| {
+                    sc.spawn(move || -> Result<Found> {
+                        let Ok(mut c) = self.connect(m) else {
+                            return Ok(None);
+                        };
+                        let rows = c
+                            .query(
+                                "SELECT path, hit FROM pivault_verify.scan($1::bytea[])",
+                                &[&needles],
+                            )
+                            .map_err(pg)?;
+                        Ok(Some(rows.iter().map(|r| (r.get(0), r.get(1))).collect()))
+                    })
+                })
+                .collect();
+            scans
+                .into_iter()
+                .map(|h| h.join().expect("a member's scan thread"))
+                .collect()
+        });
+        for (name, member) in self.cfg.members.iter().zip(found) {
+            let Some(rows) = member? else {
+                out.hits
+                    .push(format!("{name}: unreachable, its files were not scanned"));
+                continue;
             };
-            let rows = c
-                .query(
-                    "SELECT path, hit FROM pivault_verify.scan($1::bytea[])",
-                    &[&needles],
-                )
-                .map_err(pg)?;
-            for r in rows {
+            for (path, hit) in rows {
                 out.scanned += 1;
-                if r.get::<_, bool>(1) {
-                    out.hits.push(format!("{name}: {}", r.get::<_, String>(0)));
+                if hit {
+                    out.hits.push(format!("{name}: {path}"));
                 }
             }
         }
