@@ -618,7 +618,7 @@ fn hosted_vaults_keep_their_records_on_the_cluster_and_no_other_vaults_role_reac
         "a vault reads its own records rows (the admin, the audit anchor)"
     );
     let denied = "42501";
-    let file_before = relfilenode(&mut v0, &r1, "beacons");
+    let file_before = relfilenode(&mut v0, &r1, "beacons_0");
     for attack in [
         format!("SELECT * FROM {r1}.rows"),
         format!("SELECT * FROM {r1}.beacons"),
@@ -637,8 +637,8 @@ fn hosted_vaults_keep_their_records_on_the_cluster_and_no_other_vaults_role_reac
     }
     // VACUUM of a table one does not own is skipped with a warning, not
     // refused: the table's file must not have changed.
-    let _ = try_sql(&mut v0, &format!("VACUUM FULL {r1}.beacons"));
-    assert_eq!(relfilenode(&mut v0, &r1, "beacons"), file_before);
+    let _ = try_sql(&mut v0, &format!("VACUUM FULL {r1}.beacons_0"));
+    assert_eq!(relfilenode(&mut v0, &r1, "beacons_0"), file_before);
     // Nor can it keep vault 1 from opening by holding its lock first: the
     // advisory lock the records store once used is anyone's to take in the
     // database, the vault's own table is not. Held while vault 1 opens.

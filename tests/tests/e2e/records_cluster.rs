@@ -278,7 +278,14 @@ fn a_disposal_purges_the_blind_indexes_from_every_member_and_a_plain_vacuum_is_c
     let tmp = tempfile::tempdir().unwrap();
     let fx = vault_on_clusters(&tmp.path().join("vault"));
     let keep = put_people(&fx, 0..6);
-    let doomed = put_people(&fx, 40..41)[0];
+    // The doomed record shares its partition of the search index with a
+    // kept one: a partition left empty by the disposal would be truncated
+    // by a plain VACUUM too, and the control would show nothing.
+    let partition = |id: RecordId| id.as_bytes()[15] % 16;
+    let (doomed, doomed_n) = (40..200)
+        .map(|n| (put_people(&fx, n..n + 1)[0], n))
+        .find(|(id, _)| keep.iter().any(|k| partition(*k) == partition(*id)))
+        .expect("a record in a kept record's partition");
     let primary = primary_member(&c);
     let tag = beacon_tag(&primary, &fx.vault, doomed);
     assert!(
@@ -292,7 +299,10 @@ fn a_disposal_purges_the_blind_indexes_from_every_member_and_a_plain_vacuum_is_c
         .dispose(&fx.officer, &request(DisposalScope::Record(doomed)))
     {
         Err(Error::DisposalFailed(msg)) => {
-            assert!(msg.contains("beacons: not rewritten"), "{msg}");
+            assert!(
+                msg.contains(".beacons_") && msg.contains(": not rewritten"),
+                "{msg}"
+            );
         }
         other => panic!("a plain VACUUM must not certify: {other:?}"),
     }
@@ -354,15 +364,16 @@ fn a_disposal_purges_the_blind_indexes_from_every_member_and_a_plain_vacuum_is_c
         &fx.vault,
         &fx.clerk,
         FindTarget::Field("ssn".into()),
-        &ssn(40),
+        &ssn(doomed_n),
         Match::Exact,
     )
     .unwrap();
     assert!(gone.is_empty());
     // A batch that runs through in one go scans every member's files for
     // the tags it deleted, and says where it looked.
-    let next = put_people(&fx, 41..42)[0];
+    let next = put_people(&fx, 200..201)[0];
     let tag = beacon_tag(&primary, &fx.vault, next);
+    let files_before = beacon_files(&primary, &fx.vault);
     let o = fx
         .vault
         .dispose(&fx.officer, &request(DisposalScope::Record(next)))
@@ -383,7 +394,96 @@ fn a_disposal_purges_the_blind_indexes_from_every_member_and_a_plain_vacuum_is_c
         c.files_holding(std::slice::from_ref(&tag)),
         Vec::<PathBuf>::new()
     );
+    // Only the record's own partition of the search index was rewritten:
+    // the other fifteen kept their files.
+    let files_after = beacon_files(&primary, &fx.vault);
+    assert_eq!(files_before.len(), 16, "{files_before:?}");
+    let rewritten: Vec<&String> = files_before
+        .iter()
+        .filter(|(rel, file)| files_after.get(*rel) != Some(file))
+        .map(|(rel, _)| rel)
+        .collect();
+    assert_eq!(
+        rewritten,
+        vec![&format!("beacons_{}", next.as_bytes()[15] % 16)],
+        "{files_before:?} -> {files_after:?}"
+    );
     fx.vault.close().unwrap();
+}
+
+/// A vault made before the search index was partitioned (one `beacons`
+/// table) is moved into the partitions when it next opens, and its records
+/// are still found; a disposal then rewrites one partition only.
+#[test]
+fn a_search_index_from_before_the_partitions_is_moved_into_them_at_open() {
+    let _one = serial();
+    let c = cluster();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("vault");
+    let fx = vault_on_clusters(&dir);
+    let people = put_people(&fx, 0..6);
+    let primary = primary_member(&c);
+    let s = format!("pr_{}", hex::encode(fx.vault.id().as_bytes()));
+    let clock = fx.clock.clone();
+    fx.vault.close().unwrap();
+    // The old layout, rows and all, as the superuser would find it.
+    psql_in(
+        &primary,
+        "pivault_records",
+        &format!(
+            "BEGIN;
+             CREATE TABLE {s}.beacons_old (k bytea PRIMARY KEY, v bytea NOT NULL);
+             INSERT INTO {s}.beacons_old SELECT k, v FROM {s}.beacons;
+             DROP TABLE {s}.beacons;
+             ALTER TABLE {s}.beacons_old RENAME TO beacons;
+             ALTER TABLE {s}.beacons OWNER TO pivault;
+             COMMIT;"
+        ),
+    )
+    .expect("member up");
+    let v = common::open_vault(&dir, &clock);
+    assert_eq!(beacon_files(&primary, &v).len(), 16);
+    let clerk = common::login(&v, "clerk");
+    for (n, id) in people.iter().enumerate() {
+        let hits = find(
+            &v,
+            &clerk,
+            FindTarget::Field("ssn".into()),
+            &ssn(n as u32),
+            Match::Exact,
+        )
+        .unwrap();
+        assert_eq!(hits, vec![*id], "record {n} found after the move");
+    }
+    let kind = psql_in(
+        &primary,
+        "pivault_records",
+        &format!("SELECT relkind FROM pg_class WHERE oid = '{s}.beacons'::regclass"),
+    )
+    .expect("member up");
+    assert_eq!(kind, "p", "the search index is partitioned now");
+    v.close().unwrap();
+}
+
+/// The file of each partition of a vault's search index on member `m`.
+fn beacon_files(
+    m: &str,
+    vault: &vault_core::vault::Vault,
+) -> std::collections::BTreeMap<String, String> {
+    let s = format!("pr_{}", hex::encode(vault.id().as_bytes()));
+    psql_in(
+        m,
+        "pivault_records",
+        &format!(
+            "SELECT string_agg(relname || '=' || relfilenode, ',') FROM pg_class
+              WHERE relnamespace = '{s}'::regnamespace AND relname ~ '^beacons_[0-9]+$'"
+        ),
+    )
+    .expect("member up")
+    .split(',')
+    .filter_map(|p| p.split_once('='))
+    .map(|(r, f)| (r.to_owned(), f.to_owned()))
+    .collect()
 }
 
 /// The primary killed in the middle of a disposal batch, with a clerk
