@@ -40,11 +40,11 @@ impl AnchorState {
     /// Reads the database's checkpoint and checks it is still in the files.
     /// An unreadable value freezes it too (and `audit verify` names it): the
     /// vault still opens, so that the problem can be looked at.
-    pub(crate) fn load(store: &store::Store, audit_dir: &std::path::Path) -> Result<AnchorState> {
+    pub(crate) fn load(store: &store::Store, log: &audit::AuditLog) -> Result<AnchorState> {
         Ok(match stored_checkpoint(store) {
             Ok(None) => AnchorState::default(),
             Ok(Some(st)) => AnchorState {
-                frozen: !audit::has_checkpoint(audit_dir, st.seq, &st.checkpoint_hash),
+                frozen: !log.has_checkpoint(st.seq, &st.checkpoint_hash),
                 stored_seq: st.seq,
             },
             Err(Error::Integrity(_)) => AnchorState {
@@ -204,16 +204,17 @@ impl Vault {
     /// Verifies the trail and its anchors, unaudited: `audit verify` and
     /// `doctor` both use it.
     pub(crate) fn verify_trail(&self) -> Result<VerifyReport> {
-        if let Ok(mut log) = self.audit.lock() {
+        let reader = {
+            let mut log = self
+                .audit
+                .lock()
+                .map_err(|_| Error::AuditUnavailable("audit lock poisoned".into()))?;
             log.wait_for_checkpoint();
             self.sync_anchor(&log);
-        }
+            log.reader()
+        };
         let anchors = self.anchors()?;
-        audit::verify_anchored(
-            &super::Layout::of(&self.dir).audit,
-            &self.audit_public_key(),
-            &anchors,
-        )
+        reader.verify_anchored(&self.audit_public_key(), &anchors)
     }
 
     /// Signs a checkpoint of the current head and exports it for an outside

@@ -95,7 +95,10 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
-use crate::ids::UserId;
+use crate::ids::{UserId, VaultId};
+use crate::keystore::postgres::PgConfig;
+
+mod cluster;
 
 /// A signed checkpoint is written automatically after every this many events.
 pub const CHECKPOINT_EVERY: u64 = 256;
@@ -598,21 +601,12 @@ pub trait AuditSink: Send + Sync {
 
 /// The open, append-only audit trail of one vault.
 pub struct AuditLog {
-    dir: PathBuf,
     signer: SigningKey,
     sync: bool,
-    /// The current (last) segment, opened for append.
-    segment: File,
-    segment_no: u64,
-    /// Bytes in the current segment that hold complete, acknowledged lines.
-    segment_len: u64,
-    segment_limit: u64,
+    /// Where the lines are kept.
+    place: Place,
     head_seq: u64,
     head_hash: [u8; 32],
-    /// The checkpoint log, shared with a background checkpoint in flight.
-    checkpoints: Arc<Mutex<CheckpointWriter>>,
-    /// The automatic checkpoint being written in the background, if any.
-    background: Option<BackgroundCheckpoint>,
     last_checkpoint_seq: u64,
     /// The last checkpoint known to be durable in `checkpoints.log` (read at
     /// open, then each one written); the next checkpoint chains to its hash.
@@ -626,6 +620,88 @@ pub struct AuditLog {
     line_buf: Vec<u8>,
     /// Told of every event appended (the server's syslog stream).
     sink: Option<Arc<dyn AuditSink>>,
+}
+
+/// Where a trail's lines are kept: the same lines either way.
+enum Place {
+    /// Segment files and `checkpoints.log` in `<vault>/audit`.
+    Files(Files),
+    /// Rows of the records cluster (a vault whose records are there).
+    Cluster(std::sync::Arc<cluster::ClusterTrail>),
+}
+
+/// A trail in files.
+struct Files {
+    dir: PathBuf,
+    /// The current (last) segment, opened for append.
+    segment: File,
+    segment_no: u64,
+    /// Bytes in the current segment that hold complete, acknowledged lines.
+    segment_len: u64,
+    segment_limit: u64,
+    /// The checkpoint log, shared with a background checkpoint in flight.
+    checkpoints: Arc<Mutex<CheckpointWriter>>,
+    /// The automatic checkpoint being written in the background, if any.
+    background: Option<BackgroundCheckpoint>,
+}
+
+/// A trail to read and verify without holding the log (which every
+/// audited call waits for).
+#[derive(Clone)]
+pub struct TrailReader(Reader);
+
+impl fmt::Debug for TrailReader {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.0 {
+            Reader::Dir(d) => write!(f, "TrailReader(files in {})", d.display()),
+            Reader::Cluster(_) => f.write_str("TrailReader(the records cluster)"),
+        }
+    }
+}
+
+#[derive(Clone)]
+enum Reader {
+    Dir(PathBuf),
+    Cluster(std::sync::Arc<cluster::ClusterTrail>),
+}
+
+impl TrailReader {
+    /// [`verify_anchored`] over this trail: in place for files; a trail on
+    /// the cluster is first written out in the files' format to a private
+    /// temporary directory, so one verifier checks both.
+    pub fn verify_anchored(&self, key: &VerifyingKey, anchors: &Anchors) -> Result<VerifyReport> {
+        match &self.0 {
+            Reader::Dir(dir) => verify_anchored(dir, key, anchors),
+            Reader::Cluster(c) => {
+                let tmp = tempfile::tempdir()?;
+                let dir = tmp.path().join("audit");
+                c.write_files(&dir)?;
+                verify_anchored(&dir, key, anchors)
+            }
+        }
+    }
+
+    /// Writes the trail into `dir` (which must not exist) in the files'
+    /// format, for a verifier that has only the public key.
+    pub fn write_files(&self, dir: &Path) -> Result<()> {
+        match &self.0 {
+            Reader::Dir(src) => {
+                create_private_dir(dir)?;
+                for entry in fs::read_dir(src)? {
+                    let entry = entry?;
+                    if entry.file_type()?.is_file() {
+                        let to = dir.join(entry.file_name());
+                        let mut out = create_private_file(&to)?;
+                        out.write_all(&fs::read(entry.path())?)?;
+                        out.sync_all()?;
+                    }
+                }
+                sync_dir(dir)?;
+                Ok(())
+            }
+            Reader::Cluster(c) => c.write_files(dir),
+        }
+    }
 }
 
 /// `checkpoints.log` opened for append, and its length in complete lines.
@@ -675,10 +751,13 @@ struct BackgroundCheckpoint {
 
 impl fmt::Debug for AuditLog {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let place = match &self.place {
+            Place::Files(f) => format!("files in {}", f.dir.display()),
+            Place::Cluster(_) => "the records cluster".to_owned(),
+        };
         f.debug_struct("AuditLog")
-            .field("dir", &self.dir)
+            .field("place", &place)
             .field("sync", &self.sync)
-            .field("segment_no", &self.segment_no)
             .field("head_seq", &self.head_seq)
             .field("last_checkpoint_seq", &self.last_checkpoint_seq)
             .field("poisoned", &self.poisoned)
@@ -768,20 +847,22 @@ impl AuditLog {
         }
 
         Ok(AuditLog {
-            dir: dir.to_path_buf(),
             signer,
             sync,
-            segment,
-            segment_no,
-            segment_len,
-            segment_limit: SEGMENT_MAX_BYTES,
+            place: Place::Files(Files {
+                dir: dir.to_path_buf(),
+                segment,
+                segment_no,
+                segment_len,
+                segment_limit: SEGMENT_MAX_BYTES,
+                checkpoints: Arc::new(Mutex::new(CheckpointWriter {
+                    file: checkpoint_file,
+                    len: cp_bytes.len() as u64,
+                })),
+                background: None,
+            }),
             head_seq,
             head_hash,
-            checkpoints: Arc::new(Mutex::new(CheckpointWriter {
-                file: checkpoint_file,
-                len: cp_bytes.len() as u64,
-            })),
-            background: None,
             last_checkpoint_seq,
             last_signed,
             checkpoint_pending: None,
@@ -789,6 +870,92 @@ impl AuditLog {
             line_buf: Vec::with_capacity(512),
             sink: None,
         })
+    }
+
+    /// Opens the trail of vault `vault` on the records cluster of `cfg`
+    /// (see `audit/cluster.rs`). A trail still in files at `dir` (a vault
+    /// from an earlier build) is moved onto the cluster first, whole and
+    /// in one transaction, and the directory renamed `audit.moved` as
+    /// evidence; a cluster trail that already has events is never mixed
+    /// with files.
+    pub fn open_on_cluster(
+        cfg: PgConfig,
+        vault: VaultId,
+        dir: &Path,
+        signer: SigningKey,
+        sync: bool,
+    ) -> Result<AuditLog> {
+        let trail = std::sync::Arc::new(cluster::ClusterTrail::open(cfg, vault)?);
+        let mut last = trail.last_event()?;
+        if dir.exists() {
+            if last.is_none() && !list_segments(dir)?.is_empty() {
+                move_to_cluster(dir, &trail)?;
+                last = trail.last_event()?;
+            }
+            let moved = dir.with_file_name("audit.moved");
+            if !moved.exists() {
+                fs::rename(dir, &moved)?;
+                if let Some(parent) = dir.parent() {
+                    sync_dir(parent)?;
+                }
+            }
+        }
+        let (head_seq, head_hash) = match &last {
+            Some((seq, line)) => {
+                let (s, h) = split_line(line).ok_or(Error::Integrity("audit trail"))?;
+                let ev = decode_event(s, h).map_err(|_| Error::Integrity("audit trail"))?;
+                if ev.seq != *seq {
+                    return Err(Error::Integrity("audit trail (a line under another seq)"));
+                }
+                (ev.seq, h)
+            }
+            None => (0, [0u8; 32]),
+        };
+        let last_signed = match trail.checkpoints()?.last() {
+            Some(line) => {
+                let cp = SignedHead::from_line(line).ok_or(Error::Integrity("audit checkpoints"))?;
+                if cp.seq > head_seq || (cp.seq == head_seq && cp.head != head_hash) {
+                    return Err(Error::Integrity(
+                        "audit trail (last event does not match the last checkpoint)",
+                    ));
+                }
+                Some(cp)
+            }
+            None => None,
+        };
+        Ok(AuditLog {
+            signer,
+            sync,
+            place: Place::Cluster(trail),
+            head_seq,
+            head_hash,
+            last_checkpoint_seq: last_signed.as_ref().map_or(0, |c| c.seq),
+            last_signed,
+            checkpoint_pending: None,
+            poisoned: false,
+            line_buf: Vec::with_capacity(512),
+            sink: None,
+        })
+    }
+
+    /// A handle to read and verify the trail without holding the log.
+    pub fn reader(&self) -> TrailReader {
+        TrailReader(match &self.place {
+            Place::Files(f) => Reader::Dir(f.dir.clone()),
+            Place::Cluster(c) => Reader::Cluster(std::sync::Arc::clone(c)),
+        })
+    }
+
+    /// True when the trail holds the checkpoint at `seq` whose line hash is
+    /// `hash`: whether the copy the records database keeps is still part
+    /// of the trail (see [`has_checkpoint`]).
+    pub fn has_checkpoint(&self, seq: u64, hash: &[u8; 32]) -> bool {
+        match &self.place {
+            Place::Files(f) => has_checkpoint(&f.dir, seq, hash),
+            Place::Cluster(_) => self
+                .signed_heads()
+                .is_ok_and(|hs| hs.iter().any(|h| h.seq == seq && h.checkpoint_hash == *hash)),
+        }
     }
 
     /// Appends one event; returns its seq (starting at 1).
@@ -802,10 +969,8 @@ impl AuditLog {
     /// fails closed if it still cannot be written.
     pub fn append(&mut self, ev: NewEvent) -> Result<u64> {
         validate(&ev)?;
-        if self
-            .background
-            .as_ref()
-            .is_some_and(|b| b.handle.is_finished())
+        if let Place::Files(f) = &self.place
+            && f.background.as_ref().is_some_and(|b| b.handle.is_finished())
         {
             self.settle();
         }
@@ -828,12 +993,25 @@ impl AuditLog {
         line.extend_from_slice(&hex_hash);
         line.push(b'\n');
 
-        let written =
-            if self.segment_len > 0 && self.segment_len + line.len() as u64 > self.segment_limit {
-                self.rotate().and_then(|()| self.write_line(&line))
-            } else {
-                self.write_line(&line)
-            };
+        let written = match &mut self.place {
+            Place::Files(f) => {
+                let r = if f.segment_len > 0 && f.segment_len + line.len() as u64 > f.segment_limit {
+                    f.rotate().and_then(|()| f.write_line(&line, self.sync))
+                } else {
+                    f.write_line(&line, self.sync)
+                };
+                match r {
+                    Ok(()) => Ok(()),
+                    Err((e, poisoned)) => {
+                        self.poisoned |= poisoned;
+                        Err(e)
+                    }
+                }
+            }
+            // Always a synchronous commit: the event is on the standbys
+            // before the operation it records is acknowledged.
+            Place::Cluster(c) => c.append(seq, &[&line[..line.len() - 1]]),
+        };
         self.line_buf = line;
         written?;
         let prev = self.head_hash;
@@ -867,8 +1045,15 @@ impl AuditLog {
                 return;
             }
         };
-        let started = self.segment.try_clone().and_then(|segment| {
-            let writer = Arc::clone(&self.checkpoints);
+        let Place::Files(files) = &mut self.place else {
+            // On the cluster: one more statement, written here.
+            if self.write_checkpoint(time_ms).is_err() {
+                self.checkpoint_pending = Some(time_ms);
+            }
+            return;
+        };
+        let started = files.segment.try_clone().and_then(|segment| {
+            let writer = Arc::clone(&files.checkpoints);
             std::thread::Builder::new()
                 .name("pivault-audit-checkpoint".into())
                 .spawn(move || match writer.lock() {
@@ -883,7 +1068,7 @@ impl AuditLog {
         });
         match started {
             Ok(handle) => {
-                self.background = Some(BackgroundCheckpoint {
+                files.background = Some(BackgroundCheckpoint {
                     signed,
                     time_ms,
                     handle,
@@ -900,7 +1085,10 @@ impl AuditLog {
     /// Waits for a background checkpoint, if one is in flight, and takes
     /// over its outcome.
     fn settle(&mut self) {
-        let Some(bg) = self.background.take() else {
+        let Place::Files(files) = &mut self.place else {
+            return;
+        };
+        let Some(bg) = files.background.take() else {
             return;
         };
         match bg.handle.join() {
@@ -1001,24 +1189,40 @@ impl AuditLog {
         if filter.limit == Some(0) {
             return Ok(out);
         }
-        for (_, path) in list_segments(&self.dir)? {
-            let bytes = fs::read(&path)?;
-            for (line, complete) in Lines::new(&bytes) {
-                if !complete {
-                    return Err(Error::Integrity("audit trail (incomplete line)"));
+        // Takes one line; true once no later line can match.
+        let mut take = |line: &[u8]| -> Result<bool> {
+            let (body, hash) = split_line(line).ok_or(Error::Integrity("audit trail"))?;
+            let ev = decode_event(body, hash).map_err(|_| Error::Integrity("audit trail"))?;
+            if filter.to_seq.is_some_and(|s| ev.seq > s) {
+                return Ok(true);
+            }
+            if filter.matches(&ev) {
+                out.push(ev);
+                if filter.limit.is_some_and(|n| out.len() >= n) {
+                    return Ok(true);
                 }
-                let (body, hash) = split_line(line).ok_or(Error::Integrity("audit trail"))?;
-                let ev = decode_event(body, hash).map_err(|_| Error::Integrity("audit trail"))?;
-                if filter.to_seq.is_some_and(|s| ev.seq > s) {
-                    return Ok(out);
-                }
-                if filter.matches(&ev) {
-                    out.push(ev);
-                    if filter.limit.is_some_and(|n| out.len() >= n) {
-                        return Ok(out);
+            }
+            Ok(false)
+        };
+        match &self.place {
+            Place::Files(f) => {
+                'segments: for (_, path) in list_segments(&f.dir)? {
+                    let bytes = fs::read(&path)?;
+                    for (line, complete) in Lines::new(&bytes) {
+                        if !complete {
+                            return Err(Error::Integrity("audit trail (incomplete line)"));
+                        }
+                        if take(line)? {
+                            break 'segments;
+                        }
                     }
                 }
             }
+            Place::Cluster(c) => c.each_event(
+                filter.from_seq.unwrap_or(1),
+                filter.to_seq.unwrap_or(u64::MAX >> 1),
+                |_, line| take(line),
+            )?,
         }
         Ok(out)
     }
@@ -1047,7 +1251,19 @@ impl AuditLog {
     /// Every checkpoint in `checkpoints.log`, in order (signatures not
     /// checked here: an export carries them and its verifier checks them).
     pub fn signed_heads(&self) -> Result<Vec<SignedHead>> {
-        let bytes = match fs::read(self.dir.join(CHECKPOINTS_FILE)) {
+        let dir = match &self.place {
+            Place::Files(f) => &f.dir,
+            Place::Cluster(c) => {
+                return c
+                    .checkpoints()?
+                    .iter()
+                    .map(|line| {
+                        SignedHead::from_line(line).ok_or(Error::Integrity("audit checkpoints"))
+                    })
+                    .collect();
+            }
+        };
+        let bytes = match fs::read(dir.join(CHECKPOINTS_FILE)) {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
             Err(e) => return Err(e.into()),
@@ -1065,57 +1281,19 @@ impl AuditLog {
         self.signer.verifying_key()
     }
 
-    /// Writes one complete line to the current segment, undoing a partial
-    /// write so the next line starts on a line boundary.
-    fn write_line(&mut self, line: &[u8]) -> Result<()> {
-        let res = self.segment.write_all(line).and_then(|()| {
-            if self.sync {
-                self.segment.sync_data()
-            } else {
-                Ok(())
-            }
-        });
-        match res {
-            Ok(()) => {
-                self.segment_len += line.len() as u64;
-                Ok(())
-            }
-            Err(e) => {
-                // After a failed fsync the page cache cannot be trusted either:
-                // refuse further writes until a reopen re-reads the file.
-                if self.segment.set_len(self.segment_len).is_err() || self.sync {
-                    self.poisoned = true;
-                }
-                Err(Error::AuditUnavailable(format!(
-                    "cannot write the audit segment: {}",
-                    Error::io_at(&segment_path(&self.dir, self.segment_no), e)
-                )))
-            }
+    #[cfg(test)]
+    fn set_segment_limit(&mut self, bytes: u64) {
+        if let Place::Files(f) = &mut self.place {
+            f.segment_limit = bytes;
         }
     }
 
-    /// Starts the next segment file.
-    fn rotate(&mut self) -> Result<()> {
-        let next = self.segment_no + 1;
-        let path = segment_path(&self.dir, next);
-        // The full segment is made durable first, so that a checkpoint
-        // written from the next one never covers events lost with this one.
-        let file = self
-            .segment
-            .sync_data()
-            .and_then(|()| create_private_file(&path))
-            .and_then(|_| sync_dir(&self.dir))
-            .and_then(|()| open_append(&path, false))
-            .map_err(|e| {
-                Error::AuditUnavailable(format!(
-                    "cannot start a new audit segment: {}",
-                    Error::io_at(&path, e)
-                ))
-            })?;
-        self.segment = file;
-        self.segment_no = next;
-        self.segment_len = 0;
-        Ok(())
+    #[cfg(test)]
+    fn files(&mut self) -> &mut Files {
+        match &mut self.place {
+            Place::Files(f) => f,
+            Place::Cluster(_) => panic!("a trail in files"),
+        }
     }
 
     /// Fsyncs the segment, then appends and fsyncs a signed checkpoint of the
@@ -1133,14 +1311,17 @@ impl AuditLog {
             return Ok(());
         }
         let (signed, line) = self.checkpoint_line(time_ms)?;
-        let (res, poisoned) = match self.checkpoints.lock() {
-            Ok(mut w) => w.write(&self.segment, &line),
-            Err(_) => (
-                Err(Error::AuditUnavailable(
-                    "audit checkpoint lock poisoned".into(),
-                )),
-                true,
-            ),
+        let (res, poisoned) = match &self.place {
+            Place::Files(f) => match f.checkpoints.lock() {
+                Ok(mut w) => w.write(&f.segment, &line),
+                Err(_) => (
+                    Err(Error::AuditUnavailable(
+                        "audit checkpoint lock poisoned".into(),
+                    )),
+                    true,
+                ),
+            },
+            Place::Cluster(c) => (c.add_checkpoint(signed.seq, &line[..line.len() - 1]), false),
         };
         self.poisoned |= poisoned;
         res?;
@@ -1152,11 +1333,96 @@ impl AuditLog {
         self.checkpoint_pending = None;
         Ok(())
     }
+}
 
-    #[cfg(test)]
-    fn set_segment_limit(&mut self, bytes: u64) {
-        self.segment_limit = bytes;
+impl Files {
+    /// Writes one complete line to the current segment, undoing a partial
+    /// write so the next line starts on a line boundary. On failure, also
+    /// whether the log must refuse further writes (the undo failed, or a
+    /// failed fsync left the page cache untrustworthy).
+    fn write_line(&mut self, line: &[u8], sync: bool) -> std::result::Result<(), (Error, bool)> {
+        let res = self.segment.write_all(line).and_then(|()| {
+            if sync {
+                self.segment.sync_data()
+            } else {
+                Ok(())
+            }
+        });
+        match res {
+            Ok(()) => {
+                self.segment_len += line.len() as u64;
+                Ok(())
+            }
+            Err(e) => {
+                let poisoned = self.segment.set_len(self.segment_len).is_err() || sync;
+                Err((
+                    Error::AuditUnavailable(format!(
+                        "cannot write the audit segment: {}",
+                        Error::io_at(&segment_path(&self.dir, self.segment_no), e)
+                    )),
+                    poisoned,
+                ))
+            }
+        }
     }
+
+    /// Starts the next segment file.
+    fn rotate(&mut self) -> std::result::Result<(), (Error, bool)> {
+        let next = self.segment_no + 1;
+        let path = segment_path(&self.dir, next);
+        // The full segment is made durable first, so that a checkpoint
+        // written from the next one never covers events lost with this one.
+        let file = self
+            .segment
+            .sync_data()
+            .and_then(|()| create_private_file(&path))
+            .and_then(|_| sync_dir(&self.dir))
+            .and_then(|()| open_append(&path, false))
+            .map_err(|e| {
+                let e = Error::AuditUnavailable(format!(
+                    "cannot start a new audit segment: {}",
+                    Error::io_at(&path, e)
+                ));
+                (e, false)
+            })?;
+        self.segment = file;
+        self.segment_no = next;
+        self.segment_len = 0;
+        Ok(())
+    }
+}
+
+/// Moves a trail kept in files at `dir` onto the cluster: every complete
+/// event line and every checkpoint, in one transaction (a torn last line
+/// was never acknowledged). The lines are the same bytes, so the chain,
+/// its checkpoints and every anchor naming a head still verify.
+fn move_to_cluster(dir: &Path, trail: &cluster::ClusterTrail) -> Result<()> {
+    let mut events = Vec::new();
+    for (_, path) in list_segments(dir)? {
+        let bytes = fs::read(&path)?;
+        events.extend(
+            Lines::new(&bytes)
+                .filter(|(_, complete)| *complete)
+                .map(|(line, _)| line.to_vec()),
+        );
+    }
+    let checkpoints = match fs::read(dir.join(CHECKPOINTS_FILE)) {
+        Ok(bytes) => Lines::new(&bytes)
+            .filter(|(_, complete)| *complete)
+            .map(|(line, _)| line.to_vec())
+            .collect(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => return Err(e.into()),
+    };
+    let mut seqs = Vec::with_capacity(checkpoints.len());
+    for line in &checkpoints {
+        seqs.push(
+            parse_checkpoint_line(line)
+                .ok_or(Error::Integrity("audit checkpoints"))?
+                .seq,
+        );
+    }
+    trail.import(&events, &seqs, &checkpoints)
 }
 
 impl Drop for AuditLog {
@@ -2632,7 +2898,7 @@ mod tests {
         let mut log = AuditLog::open(&dir, signer(), false).unwrap();
         let before = fs::read(seg1(&dir)).unwrap();
         // A read-only handle: every write fails.
-        log.segment = File::open(seg1(&dir)).unwrap();
+        log.files().segment = File::open(seg1(&dir)).unwrap();
         let e = log.append(read_event(4)).unwrap_err();
         assert!(matches!(e, Error::AuditUnavailable(_)), "{e}");
         assert_eq!(log.head_seq(), 3);

@@ -715,8 +715,12 @@ impl Vault {
         }
         fsutil::create_private_dir(dir)?;
         let l = Layout::of(dir);
-        for d in [&l.records, &l.keystore, &l.audit] {
+        for d in [&l.records, &l.keystore] {
             fsutil::create_private_dir(d)?;
+        }
+        if records.is_none() {
+            // With the records on a cluster, the trail is there too.
+            fsutil::create_private_dir(&l.audit)?;
         }
         let mut salt = [0u8; 16];
         crypto::fill_random(&mut salt);
@@ -790,8 +794,8 @@ impl Vault {
             "the vault directory (records.json is missing where the header places the records on a cluster)",
             "the vault directory (records.json is there where the header keeps the records embedded)",
         )?;
-        let store = match records {
-            Some(cfg) => Store::on_cluster(cfg, info.vault_id, opts.sync)?,
+        let store = match &records {
+            Some(cfg) => Store::on_cluster(cfg.clone(), info.vault_id, opts.sync)?,
             None => Store::open(&l.records, opts.sync)?,
         };
         let unlock = crypto::derive_unlock_key(passphrase, &info.salt, info.kdf)?;
@@ -819,8 +823,17 @@ impl Vault {
             "pivault-row-key-v1",
             info.vault_id.as_bytes(),
         )));
-        let mut audit = AuditLog::open(&l.audit, signing.audit.clone(), opts.sync)?;
-        let anchor_state = anchor::AnchorState::load(&store, &l.audit)?;
+        let mut audit = match records {
+            Some(cfg) => AuditLog::open_on_cluster(
+                cfg,
+                info.vault_id,
+                &l.audit,
+                signing.audit.clone(),
+                opts.sync,
+            )?,
+            None => AuditLog::open(&l.audit, signing.audit.clone(), opts.sync)?,
+        };
+        let anchor_state = anchor::AnchorState::load(&store, &audit)?;
         if audit.head_seq() > audit.last_checkpoint_seq() {
             // Events after the last checkpoint (the process ended without a
             // clean close): cover them now, so that crash after crash never

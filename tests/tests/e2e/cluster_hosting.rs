@@ -662,6 +662,88 @@ fn hosted_vaults_keep_their_records_on_the_cluster_and_no_other_vaults_role_reac
         try_sql(&mut p, &format!("SELECT * FROM {r0}.rows")),
         Err(denied.to_owned())
     );
+    the_audit_trails_are_append_only_to_every_vault_role(&mut v0, &mut p, &ids);
+}
+
+/// The hosted vaults' audit trails are on the records cluster. Vault 0's
+/// own role (what the vault host holds) cannot change, remove, reorder or
+/// fork its own trail, and cannot read or write vault 1's; the operator
+/// reaches neither. Each trail reads back the same after every attempt.
+fn the_audit_trails_are_append_only_to_every_vault_role(
+    v0: &mut postgres::Client,
+    operator: &mut postgres::Client,
+    ids: &[String],
+) {
+    let denied = "42501";
+    let stale = "40001";
+    let trail = |c: &mut postgres::Client, id: &str| -> Vec<(i64, Vec<u8>)> {
+        c.query(
+            "SELECT seq, line FROM pivault_audit.events($1::text::uuid, 1, 1000000)",
+            &[&id],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect()
+    };
+    let own = trail(v0, &ids[0]);
+    assert!(own.len() >= 3, "vault 0's trail is on the cluster: {}", own.len());
+    let (id0, id1) = (&ids[0], &ids[1]);
+    for (attack, code) in [
+        ("SELECT * FROM pivault_audit.events".to_owned(), denied),
+        ("DELETE FROM pivault_audit.events".to_owned(), denied),
+        ("UPDATE pivault_audit.events SET line = line".to_owned(), denied),
+        ("TRUNCATE pivault_audit.checkpoints".to_owned(), denied),
+        ("DROP TABLE pivault_audit.events".to_owned(), denied),
+        ("UPDATE pivault_audit.trails SET head = 0".to_owned(), denied),
+        (
+            format!("INSERT INTO pivault_audit.events VALUES ('{id0}', 999999, 'x')"),
+            denied,
+        ),
+        (
+            format!("SELECT pivault_audit.own_trail('{id0}')"),
+            denied,
+        ),
+        // Its own trail through the functions: event 1 rewritten, an
+        // event after a gap, a checkpoint naming a made-up head.
+        (
+            format!("SELECT pivault_audit.append('{id0}', 1, ARRAY['forged'::bytea])"),
+            stale,
+        ),
+        (
+            format!("SELECT pivault_audit.append('{id0}', 999999, ARRAY['forged'::bytea])"),
+            stale,
+        ),
+        (
+            format!(
+                "SELECT pivault_audit.add_checkpoint('{id0}', {},                  convert_to('{{\"seq\":{},\"head\":\"{}\"}}', 'UTF8'))",
+                own.len(),
+                own.len(),
+                "0".repeat(64)
+            ),
+            stale,
+        ),
+        // Vault 1's trail: not to read, not to write.
+        (
+            format!("SELECT * FROM pivault_audit.events('{id1}', 1, 10)"),
+            denied,
+        ),
+        (
+            format!("SELECT pivault_audit.append('{id1}', 1000, ARRAY['x'::bytea])"),
+            denied,
+        ),
+    ] {
+        assert_eq!(try_sql(v0, &attack), Err(code.to_owned()), "{attack}");
+    }
+    assert_eq!(
+        try_sql(
+            operator,
+            &format!("SELECT * FROM pivault_audit.events('{id0}', 1, 10)")
+        ),
+        Err(denied.to_owned()),
+        "the operator reads no trail"
+    );
+    assert_eq!(trail(v0, &ids[0]), own, "vault 0's trail unchanged");
 }
 
 /// The provider's role, connected to the records database.

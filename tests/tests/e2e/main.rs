@@ -2,6 +2,7 @@
 //! temp dirs, the real `pivault` binary, real child processes killed.
 
 mod audit_anchor;
+mod audit_cluster;
 mod backup;
 mod certificate_pdf;
 mod certificate_standards;

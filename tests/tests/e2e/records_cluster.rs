@@ -1,7 +1,8 @@
 //! The records store on the PostgreSQL cluster (issue 16): records, users,
 //! sessions, disposal batches and certificates in the `pivault_records`
-//! database, the keystore in `pivault_keys`, the vault directory left with
-//! the header, the signing file, the audit trail and the two cluster files.
+//! database with the audit trail (`audit_cluster.rs`), the keystore in
+//! `pivault_keys`, the vault directory left with the header, the signing
+//! file and the two cluster files.
 //! The blind indexes, derived from personal information, are purged from
 //! every member after a disposal and scanned for. Needs the cluster of
 //! `scripts/cluster.sh` (as `cluster.rs`), and runs one at a time with it.
@@ -125,6 +126,10 @@ fn records_on_the_cluster_outlive_the_vault_machine_and_one_process_holds_the_va
     // records/, and no SSN in any file of the directory.
     let local: Vec<PathBuf> = common::files_under(&dir.join("records"));
     assert_eq!(local, Vec::<PathBuf>::new(), "records/ must stay empty");
+    // Nor the audit trail: it is on the cluster with the records.
+    assert!(!dir.join("audit").exists(), "no audit directory on the vault machine");
+    let trail_before = fx.vault.audit_verify(&fx.officer).unwrap();
+    assert!(trail_before.ok(), "{trail_before:?}");
     // One process holds the vault: a second opener is refused at once,
     // whatever directory it opens the vault from.
     let copy = tmp.path().join("other-machine");
@@ -132,12 +137,10 @@ fn records_on_the_cluster_outlive_the_vault_machine_and_one_process_holds_the_va
     for f in ["header", "signing", "keystore.json", "records.json"] {
         std::fs::copy(dir.join(f), copy.join(f)).unwrap();
     }
-    copy_dir(&dir.join("audit"), &copy.join("audit"));
     std::fs::create_dir(copy.join("records")).unwrap();
     std::fs::create_dir(copy.join("keystore")).unwrap();
     for d in [
         &copy,
-        &copy.join("audit"),
         &copy.join("records"),
         &copy.join("keystore"),
     ] {
@@ -152,12 +155,29 @@ fn records_on_the_cluster_outlive_the_vault_machine_and_one_process_holds_the_va
     assert!(matches!(busy, Err(Error::VaultBusy)), "{:?}", busy.err());
     let clock = fx.clock.clone();
     fx.vault.close().unwrap();
-    // The machine is lost: its records directory gone. On another
-    // machine, the header, the signing file, the audit trail and the two
-    // cluster files open the vault with every record and its indexes.
+    // The machine is lost: its directory gone. On another machine, the
+    // header, the signing file and the two cluster files open the vault
+    // with every record, its indexes and its whole audit trail.
     std::fs::remove_dir_all(&dir).unwrap();
     let v = common::open_vault(&copy, &clock);
     let clerk = common::login(&v, "clerk");
+    let officer = common::login(&v, "officer");
+    let trail = v.audit_verify(&officer).unwrap();
+    assert!(trail.ok(), "{trail:?}");
+    assert!(
+        trail.events > trail_before.events && trail.checkpoints > trail_before.checkpoints,
+        "the trail went on from where it was: before {trail_before:?}, after {trail:?}"
+    );
+    let created = v
+        .audit_events(
+            &officer,
+            &vault_core::audit::EventFilter {
+                action_prefix: Some("record.create".into()),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    assert_eq!(created.len(), 20, "every record.create event survived the machine");
     for (id, n) in &ids {
         let r = v.get_record(&clerk, *id, &[], None).unwrap();
         assert_eq!(r.fields["family_name"], family(*n));
@@ -250,19 +270,6 @@ fn an_insider_cannot_unhook_the_clusters(
         assert_eq!(r.fields["family_name"], family(*n));
     }
     v.close().unwrap();
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        let t = to.join(e.file_name());
-        if e.path().is_dir() {
-            copy_dir(&e.path(), &t);
-        } else {
-            std::fs::copy(e.path(), &t).unwrap();
-        }
-    }
 }
 
 /// A disposal deletes the record's blind-index rows and purges them from

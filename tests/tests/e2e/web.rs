@@ -222,6 +222,18 @@ impl Browser {
             .to_owned()
     }
 
+    /// The element's text, or `None` when the page has none; for a page
+    /// that reloads itself, where the element may go between two calls.
+    pub(crate) fn try_text(&self, css: &str) -> Option<String> {
+        let v = self.post(
+            &self.s("/element"),
+            json!({ "using": "css selector", "value": css }),
+        );
+        let e = v[ELEMENT].as_str()?.to_owned();
+        let t = self.get(&self.s(&format!("/element/{e}/text")));
+        t.as_str().map(str::to_owned)
+    }
+
     pub(crate) fn title(&self) -> String {
         self.get(&self.s("/title")).as_str().unwrap().to_owned()
     }

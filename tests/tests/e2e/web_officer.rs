@@ -183,8 +183,14 @@ pub(crate) fn until_ended(b: &Browser, srv: &Server, name: &str, pi: &[&str]) ->
                 return f;
             }
             RUNNING if !f.saw_running => {
+                // The page may reload between the title and the element:
+                // look again on the next round.
+                let Some(elapsed) = b.try_text("#elapsed") else {
+                    std::thread::sleep(Duration::from_millis(100));
+                    continue;
+                };
                 f.saw_running = true;
-                first_elapsed = Some(b.text("#elapsed"));
+                first_elapsed = Some(elapsed);
                 // The check, in a second tab of the same session.
                 let mine = b.get(&b.s("/window"));
                 let tab = b.post(&b.s("/window/new"), json!({ "type": "tab" }));
@@ -216,7 +222,7 @@ pub(crate) fn until_ended(b: &Browser, srv: &Server, name: &str, pi: &[&str]) ->
                 );
             }
             RUNNING => {
-                if b.has("#elapsed") && Some(b.text("#elapsed")) != first_elapsed {
+                if b.try_text("#elapsed").is_some_and(|e| Some(e) != first_elapsed) {
                     f.reloaded_itself = true;
                 }
             }

@@ -1,0 +1,210 @@
+//! The audit trail of a vault whose records are on a cluster (issue 16):
+//! the same canonical lines as the files (see the parent module), kept as
+//! rows of the records database's `pivault_audit` schema, which
+//! `scripts/keystore-cluster.sql` makes append-only.
+//!
+//! Why rows, not files beside the header: a vault machine that is lost
+//! takes its files with it, and whoever holds that machine can rewrite
+//! files (then only the anchors show it). On the cluster the trail is
+//! replicated with the records, and the vault's database role may only
+//! call `pivault_audit.append`/`add_checkpoint` (next sequence number of
+//! its own trail, checked under the trail's row lock) and read its own
+//! trail back: no role but the cluster's superuser can change, remove or
+//! reorder a line, and a second process writing the same trail is refused
+//! a sequence number instead of forking the chain.
+
+use std::path::Path;
+
+use super::{CHECKPOINTS_FILE, SEGMENT_MAX_BYTES, create_private_file, segment_path, sync_dir};
+use crate::error::{Error, Result};
+use crate::ids::VaultId;
+use crate::keystore::postgres::{Conns, PgConfig, off_runtime};
+
+/// Events per page when a trail is read back.
+const READ_PAGE: u64 = 10_000;
+
+/// One vault's trail on the records cluster.
+pub(super) struct ClusterTrail {
+    conns: Conns,
+    /// The vault's ID as the functions take it (32 hex digits, a `uuid`).
+    vault: String,
+}
+
+/// A failure to reach or write the trail: the audited operation must not
+/// happen (fail closed), and the message names no row.
+fn unavailable(e: Error) -> Error {
+    Error::AuditUnavailable(format!("the audit trail on the records cluster: {e}"))
+}
+
+impl ClusterTrail {
+    /// Connects to the records cluster of `cfg` (a pool of its own, within
+    /// the process's budget of connections to that cluster).
+    pub(super) fn open(cfg: PgConfig, vault: VaultId) -> Result<ClusterTrail> {
+        Ok(ClusterTrail {
+            conns: Conns::new(cfg)?,
+            vault: hex::encode(vault.as_bytes()),
+        })
+    }
+
+    /// Appends `lines` (without newlines) as events `first`, `first + 1`,
+    /// ... in one transaction. Retried once on a new primary after a
+    /// failover: a line that did reach the trail passes as the same line.
+    pub(super) fn append(&self, first: u64, lines: &[&[u8]]) -> Result<()> {
+        let first = first as i64;
+        off_runtime(|| {
+            self.conns.with_primary(|c| {
+                let st = c.prepared("SELECT pivault_audit.append($1::text::uuid, $2, $3)")?;
+                c.query_one(&st, &[&self.vault, &first, &lines])
+                    .map_err(crate::keystore::postgres::pg)?;
+                Ok(())
+            })
+        })
+        .map_err(unavailable)
+    }
+
+    /// Adds `events` from seq 1 and the checkpoints `lines` at `seqs`, in
+    /// one transaction: a trail moved from files is there whole or not at
+    /// all.
+    pub(super) fn import(&self, events: &[Vec<u8>], seqs: &[u64], lines: &[Vec<u8>]) -> Result<()> {
+        off_runtime(|| {
+            self.conns.with_primary(|c| {
+                let mut tx = c.transaction().map_err(crate::keystore::postgres::pg)?;
+                tx.query_one(
+                    "SELECT pivault_audit.append($1::text::uuid, 1, $2)",
+                    &[&self.vault, &events],
+                )
+                .map_err(crate::keystore::postgres::pg)?;
+                for (seq, line) in seqs.iter().zip(lines) {
+                    tx.query_one(
+                        "SELECT pivault_audit.add_checkpoint($1::text::uuid, $2, $3)",
+                        &[&self.vault, &(*seq as i64), line],
+                    )
+                    .map_err(crate::keystore::postgres::pg)?;
+                }
+                tx.commit().map_err(crate::keystore::postgres::pg)
+            })
+        })
+        .map_err(unavailable)
+    }
+
+    /// Adds the checkpoint `line` (without its newline) at event `seq`.
+    pub(super) fn add_checkpoint(&self, seq: u64, line: &[u8]) -> Result<()> {
+        let seq = seq as i64;
+        off_runtime(|| {
+            self.conns.with_primary(|c| {
+                let st = c.prepared("SELECT pivault_audit.add_checkpoint($1::text::uuid, $2, $3)")?;
+                c.query_one(&st, &[&self.vault, &seq, &line])
+                    .map_err(crate::keystore::postgres::pg)?;
+                Ok(())
+            })
+        })
+        .map_err(unavailable)
+    }
+
+    /// Events `from` to `to` (inclusive), in order, one page of at most
+    /// [`READ_PAGE`] from `from`: the caller pages on.
+    fn page(&self, from: u64, to: u64) -> Result<Vec<(u64, Vec<u8>)>> {
+        let (from, to) = (from as i64, to.min(from.saturating_add(READ_PAGE - 1)) as i64);
+        off_runtime(|| {
+            self.conns.with_primary(|c| {
+                let st = c.prepared("SELECT seq, line FROM pivault_audit.events($1::text::uuid, $2, $3)")?;
+                let rows = c
+                    .query(&st, &[&self.vault, &from, &to])
+                    .map_err(crate::keystore::postgres::pg)?;
+                Ok(rows
+                    .iter()
+                    .map(|r| (r.get::<_, i64>(0) as u64, r.get::<_, Vec<u8>>(1)))
+                    .collect())
+            })
+        })
+        .map_err(unavailable)
+    }
+
+    /// Visits events `from` to `to` in order, a page at a time, until
+    /// `visit` says it has enough (returns true).
+    pub(super) fn each_event(
+        &self,
+        from: u64,
+        to: u64,
+        mut visit: impl FnMut(u64, &[u8]) -> Result<bool>,
+    ) -> Result<()> {
+        let mut next = from.max(1);
+        while next <= to {
+            let page = self.page(next, to)?;
+            let Some(&(last, _)) = page.last() else {
+                return Ok(());
+            };
+            for (seq, line) in &page {
+                if visit(*seq, line)? {
+                    return Ok(());
+                }
+            }
+            next = last + 1;
+        }
+        Ok(())
+    }
+
+    /// The last event (its seq and line), if any: where appending resumes.
+    pub(super) fn last_event(&self) -> Result<Option<(u64, Vec<u8>)>> {
+        off_runtime(|| {
+            self.conns.with_primary(|c| {
+                let st = c.prepared(
+                    "SELECT seq, line FROM pivault_audit.last_event($1::text::uuid)",
+                )?;
+                let row = c
+                    .query_opt(&st, &[&self.vault])
+                    .map_err(crate::keystore::postgres::pg)?;
+                Ok(row.map(|r| (r.get::<_, i64>(0) as u64, r.get::<_, Vec<u8>>(1))))
+            })
+        })
+        .map_err(unavailable)
+    }
+
+    /// Every checkpoint line, in order.
+    pub(super) fn checkpoints(&self) -> Result<Vec<Vec<u8>>> {
+        off_runtime(|| {
+            self.conns.with_primary(|c| {
+                let st = c.prepared("SELECT line FROM pivault_audit.checkpoints($1::text::uuid)")?;
+                let rows = c
+                    .query(&st, &[&self.vault])
+                    .map_err(crate::keystore::postgres::pg)?;
+                Ok(rows.iter().map(|r| r.get::<_, Vec<u8>>(0)).collect())
+            })
+        })
+        .map_err(unavailable)
+    }
+
+    /// Writes the trail into `dir` (new, private) in the files' format:
+    /// segments of at most [`SEGMENT_MAX_BYTES`] and `checkpoints.log`,
+    /// which `audit::verify` and any third party's verifier read.
+    pub(super) fn write_files(&self, dir: &Path) -> Result<()> {
+        use std::io::Write;
+        crate::fsutil::create_private_dir(dir)?;
+        let mut segment_no = 1;
+        let mut segment = std::io::BufWriter::new(create_private_file(&segment_path(dir, 1))?);
+        let mut segment_len = 0u64;
+        self.each_event(1, u64::MAX >> 1, |_, line| {
+            let len = line.len() as u64 + 1;
+            if segment_len > 0 && segment_len + len > SEGMENT_MAX_BYTES {
+                segment.flush()?;
+                segment_no += 1;
+                segment =
+                    std::io::BufWriter::new(create_private_file(&segment_path(dir, segment_no))?);
+                segment_len = 0;
+            }
+            segment.write_all(line)?;
+            segment.write_all(b"\n")?;
+            segment_len += len;
+            Ok(false)
+        })?;
+        segment.flush()?;
+        let mut cps = create_private_file(&dir.join(CHECKPOINTS_FILE))?;
+        for line in self.checkpoints()? {
+            cps.write_all(&line)?;
+            cps.write_all(b"\n")?;
+        }
+        cps.sync_all()?;
+        sync_dir(dir)?;
+        Ok(())
+    }
+}
