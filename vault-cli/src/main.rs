@@ -580,8 +580,8 @@ pub(crate) struct InitArgs {
     /// Keep the vault's records, users, sessions, disposal batches and
     /// certificates on a PostgreSQL cluster instead of in the vault
     /// directory: FILE has the shape of `keystore.json` and names the
-    /// records database (`pivault_records`). The audit trail and the
-    /// header stay in the vault directory.
+    /// records database (`pivault_records`). The audit trail goes there
+    /// too; the header stays in the vault directory.
     #[arg(long, value_name = "FILE")]
     pub(crate) records_cluster: Option<PathBuf>,
 }

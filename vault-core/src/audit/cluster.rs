@@ -145,7 +145,22 @@ impl ClusterTrail {
     }
 
     /// The last event (its seq and line), if any: where appending resumes.
+    /// A records database without the audit functions (set up by an
+    /// earlier build) is named as such, with the script that adds them.
     pub(super) fn last_event(&self) -> Result<Option<(u64, Vec<u8>)>> {
+        self.read_last_event().map_err(|e| match e {
+            Error::AuditUnavailable(m) if m.contains("(3F000)") || m.contains("(42883)") => {
+                Error::AuditUnavailable(
+                    "the records database has no audit trails (schema pivault_audit): \
+                     run scripts/records-audit.sql on it as the cluster's superuser"
+                        .into(),
+                )
+            }
+            e => e,
+        })
+    }
+
+    fn read_last_event(&self) -> Result<Option<(u64, Vec<u8>)>> {
         off_runtime(|| {
             self.conns.with_primary(|c| {
                 let st = c.prepared(
