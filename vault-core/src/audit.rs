@@ -885,7 +885,7 @@ impl AuditLog {
         signer: SigningKey,
         sync: bool,
     ) -> Result<AuditLog> {
-        let trail = std::sync::Arc::new(cluster::ClusterTrail::open(cfg, vault)?);
+        let trail = std::sync::Arc::new(cluster::ClusterTrail::open(cfg, vault, sync)?);
         let mut last = trail.last_event()?;
         if dir.exists() {
             if last.is_none() && !list_segments(dir)?.is_empty() {
@@ -1008,8 +1008,7 @@ impl AuditLog {
                     }
                 }
             }
-            // Always a synchronous commit: the event is on the standbys
-            // before the operation it records is acknowledged.
+            // A synchronous commit with `sync`, as a file line's fsync.
             Place::Cluster(c) => c.append(seq, &[&line[..line.len() - 1]]),
         };
         self.line_buf = line;

@@ -28,6 +28,13 @@ pub(super) struct ClusterTrail {
     conns: Conns,
     /// The vault's ID as the functions take it (32 hex digits, a `uuid`).
     vault: String,
+    /// `synchronous_commit` of an event's append: `on` with the vault's
+    /// `sync`; otherwise `off`, as a file line without its fsync: the event
+    /// outlives the vault's process, and a primary's crash within a
+    /// fraction of a second may lose it unless a later synchronous commit
+    /// (any record write, any checkpoint: the WAL is flushed in order)
+    /// came first.
+    commit: &'static str,
 }
 
 /// A failure to reach or write the trail: the audited operation must not
@@ -39,10 +46,11 @@ fn unavailable(e: Error) -> Error {
 impl ClusterTrail {
     /// Connects to the records cluster of `cfg` (a pool of its own, within
     /// the process's budget of connections to that cluster).
-    pub(super) fn open(cfg: PgConfig, vault: VaultId) -> Result<ClusterTrail> {
+    pub(super) fn open(cfg: PgConfig, vault: VaultId, sync: bool) -> Result<ClusterTrail> {
         Ok(ClusterTrail {
             conns: Conns::new(cfg)?,
             vault: hex::encode(vault.as_bytes()),
+            commit: if sync { "on" } else { "off" },
         })
     }
 
@@ -53,8 +61,11 @@ impl ClusterTrail {
         let first = first as i64;
         off_runtime(|| {
             self.conns.with_primary(|c| {
-                let st = c.prepared("SELECT pivault_audit.append($1::text::uuid, $2, $3)")?;
-                c.query_one(&st, &[&self.vault, &first, &lines])
+                let st = c.prepared(
+                    "WITH sc AS (SELECT set_config('synchronous_commit', $4::text, true))
+                     SELECT pivault_audit.append($1::text::uuid, $2, $3) FROM sc",
+                )?;
+                c.query_one(&st, &[&self.vault, &first, &lines, &self.commit])
                     .map_err(crate::keystore::postgres::pg)?;
                 Ok(())
             })
@@ -87,7 +98,9 @@ impl ClusterTrail {
         .map_err(unavailable)
     }
 
-    /// Adds the checkpoint `line` (without its newline) at event `seq`.
+    /// Adds the checkpoint `line` (without its newline) at event `seq`:
+    /// always a synchronous commit, which also makes every event before it
+    /// durable on the standbys.
     pub(super) fn add_checkpoint(&self, seq: u64, line: &[u8]) -> Result<()> {
         let seq = seq as i64;
         off_runtime(|| {
