@@ -913,7 +913,8 @@ impl AuditLog {
         };
         let last_signed = match trail.checkpoints()?.last() {
             Some(line) => {
-                let cp = SignedHead::from_line(line).ok_or(Error::Integrity("audit checkpoints"))?;
+                let cp =
+                    SignedHead::from_line(line).ok_or(Error::Integrity("audit checkpoints"))?;
                 if cp.seq > head_seq || (cp.seq == head_seq && cp.head != head_hash) {
                     return Err(Error::Integrity(
                         "audit trail (last event does not match the last checkpoint)",
@@ -952,9 +953,10 @@ impl AuditLog {
     pub fn has_checkpoint(&self, seq: u64, hash: &[u8; 32]) -> bool {
         match &self.place {
             Place::Files(f) => has_checkpoint(&f.dir, seq, hash),
-            Place::Cluster(_) => self
-                .signed_heads()
-                .is_ok_and(|hs| hs.iter().any(|h| h.seq == seq && h.checkpoint_hash == *hash)),
+            Place::Cluster(_) => self.signed_heads().is_ok_and(|hs| {
+                hs.iter()
+                    .any(|h| h.seq == seq && h.checkpoint_hash == *hash)
+            }),
         }
     }
 
@@ -970,7 +972,9 @@ impl AuditLog {
     pub fn append(&mut self, ev: NewEvent) -> Result<u64> {
         validate(&ev)?;
         if let Place::Files(f) = &self.place
-            && f.background.as_ref().is_some_and(|b| b.handle.is_finished())
+            && f.background
+                .as_ref()
+                .is_some_and(|b| b.handle.is_finished())
         {
             self.settle();
         }
@@ -995,7 +999,8 @@ impl AuditLog {
 
         let written = match &mut self.place {
             Place::Files(f) => {
-                let r = if f.segment_len > 0 && f.segment_len + line.len() as u64 > f.segment_limit {
+                let r = if f.segment_len > 0 && f.segment_len + line.len() as u64 > f.segment_limit
+                {
                     f.rotate().and_then(|()| f.write_line(&line, self.sync))
                 } else {
                     f.write_line(&line, self.sync)

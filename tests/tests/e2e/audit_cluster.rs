@@ -98,7 +98,11 @@ fn writers_racing_on_one_trail_on_the_cluster_cannot_fork_it_and_lose_no_acknowl
     });
     let mut log = open(&cfg, vault, &dir, &key);
     let events = log.events(&EventFilter::default()).unwrap();
-    assert_eq!(events.len(), WRITERS * EACH, "one event per acknowledgement");
+    assert_eq!(
+        events.len(),
+        WRITERS * EACH,
+        "one event per acknowledgement"
+    );
     for (i, ev) in events.iter().enumerate() {
         assert_eq!(ev.seq, i as u64 + 1);
     }
@@ -112,7 +116,10 @@ fn writers_racing_on_one_trail_on_the_cluster_cannot_fork_it_and_lose_no_acknowl
         );
     }
     let refused = refused.into_inner().unwrap();
-    assert!(refused > 0, "the writers never raced: no stale append refused");
+    assert!(
+        refused > 0,
+        "the writers never raced: no stale append refused"
+    );
     log.checkpoint(common::T0 + 10_000).unwrap();
     let report = log
         .reader()

@@ -687,23 +687,30 @@ fn the_audit_trails_are_append_only_to_every_vault_role(
         .collect()
     };
     let own = trail(v0, &ids[0]);
-    assert!(own.len() >= 3, "vault 0's trail is on the cluster: {}", own.len());
+    assert!(
+        own.len() >= 3,
+        "vault 0's trail is on the cluster: {}",
+        own.len()
+    );
     let (id0, id1) = (&ids[0], &ids[1]);
     for (attack, code) in [
         ("SELECT * FROM pivault_audit.events".to_owned(), denied),
         ("DELETE FROM pivault_audit.events".to_owned(), denied),
-        ("UPDATE pivault_audit.events SET line = line".to_owned(), denied),
+        (
+            "UPDATE pivault_audit.events SET line = line".to_owned(),
+            denied,
+        ),
         ("TRUNCATE pivault_audit.checkpoints".to_owned(), denied),
         ("DROP TABLE pivault_audit.events".to_owned(), denied),
-        ("UPDATE pivault_audit.trails SET head = 0".to_owned(), denied),
+        (
+            "UPDATE pivault_audit.trails SET head = 0".to_owned(),
+            denied,
+        ),
         (
             format!("INSERT INTO pivault_audit.events VALUES ('{id0}', 999999, 'x')"),
             denied,
         ),
-        (
-            format!("SELECT pivault_audit.own_trail('{id0}')"),
-            denied,
-        ),
+        (format!("SELECT pivault_audit.own_trail('{id0}')"), denied),
         // Its own trail through the functions: event 1 rewritten, an
         // event after a gap, a checkpoint naming a made-up head.
         (

@@ -566,7 +566,9 @@ fn killed_import_leaves_no_plaintext_and_a_usable_vault() {
     let on_cluster = std::env::var("PIVAULT_TEST_RECORDS").as_deref() == Ok("cluster");
     let trail_len = || {
         if on_cluster {
-            let vault = vault_core::header::read_info(&v.dir.join("header")).unwrap().vault_id;
+            let vault = vault_core::header::read_info(&v.dir.join("header"))
+                .unwrap()
+                .vault_id;
             let mut c =
                 vault_core::keystore::provider::connect_primary(&crate::common::cluster_records())
                     .unwrap();

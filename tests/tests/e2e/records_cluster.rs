@@ -127,7 +127,10 @@ fn records_on_the_cluster_outlive_the_vault_machine_and_one_process_holds_the_va
     let local: Vec<PathBuf> = common::files_under(&dir.join("records"));
     assert_eq!(local, Vec::<PathBuf>::new(), "records/ must stay empty");
     // Nor the audit trail: it is on the cluster with the records.
-    assert!(!dir.join("audit").exists(), "no audit directory on the vault machine");
+    assert!(
+        !dir.join("audit").exists(),
+        "no audit directory on the vault machine"
+    );
     let trail_before = fx.vault.audit_verify(&fx.officer).unwrap();
     assert!(trail_before.ok(), "{trail_before:?}");
     // One process holds the vault: a second opener is refused at once,
@@ -139,11 +142,7 @@ fn records_on_the_cluster_outlive_the_vault_machine_and_one_process_holds_the_va
     }
     std::fs::create_dir(copy.join("records")).unwrap();
     std::fs::create_dir(copy.join("keystore")).unwrap();
-    for d in [
-        &copy,
-        &copy.join("records"),
-        &copy.join("keystore"),
-    ] {
+    for d in [&copy, &copy.join("records"), &copy.join("keystore")] {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o700)).unwrap();
     }
@@ -177,7 +176,11 @@ fn records_on_the_cluster_outlive_the_vault_machine_and_one_process_holds_the_va
             },
         )
         .unwrap();
-    assert_eq!(created.len(), 20, "every record.create event survived the machine");
+    assert_eq!(
+        created.len(),
+        20,
+        "every record.create event survived the machine"
+    );
     for (id, n) in &ids {
         let r = v.get_record(&clerk, *id, &[], None).unwrap();
         assert_eq!(r.fields["family_name"], family(*n));

@@ -222,7 +222,9 @@ pub(crate) fn until_ended(b: &Browser, srv: &Server, name: &str, pi: &[&str]) ->
                 );
             }
             RUNNING => {
-                if b.try_text("#elapsed").is_some_and(|e| Some(e) != first_elapsed) {
+                if b.try_text("#elapsed")
+                    .is_some_and(|e| Some(e) != first_elapsed)
+                {
                     f.reloaded_itself = true;
                 }
             }

@@ -105,7 +105,8 @@ impl ClusterTrail {
         let seq = seq as i64;
         off_runtime(|| {
             self.conns.with_primary(|c| {
-                let st = c.prepared("SELECT pivault_audit.add_checkpoint($1::text::uuid, $2, $3)")?;
+                let st =
+                    c.prepared("SELECT pivault_audit.add_checkpoint($1::text::uuid, $2, $3)")?;
                 c.query_one(&st, &[&self.vault, &seq, &line])
                     .map_err(crate::keystore::postgres::pg)?;
                 Ok(())
@@ -117,10 +118,15 @@ impl ClusterTrail {
     /// Events `from` to `to` (inclusive), in order, one page of at most
     /// [`READ_PAGE`] from `from`: the caller pages on.
     fn page(&self, from: u64, to: u64) -> Result<Vec<(u64, Vec<u8>)>> {
-        let (from, to) = (from as i64, to.min(from.saturating_add(READ_PAGE - 1)) as i64);
+        let (from, to) = (
+            from as i64,
+            to.min(from.saturating_add(READ_PAGE - 1)) as i64,
+        );
         off_runtime(|| {
             self.conns.with_primary(|c| {
-                let st = c.prepared("SELECT seq, line FROM pivault_audit.events($1::text::uuid, $2, $3)")?;
+                let st = c.prepared(
+                    "SELECT seq, line FROM pivault_audit.events($1::text::uuid, $2, $3)",
+                )?;
                 let rows = c
                     .query(&st, &[&self.vault, &from, &to])
                     .map_err(crate::keystore::postgres::pg)?;
@@ -176,9 +182,8 @@ impl ClusterTrail {
     fn read_last_event(&self) -> Result<Option<(u64, Vec<u8>)>> {
         off_runtime(|| {
             self.conns.with_primary(|c| {
-                let st = c.prepared(
-                    "SELECT seq, line FROM pivault_audit.last_event($1::text::uuid)",
-                )?;
+                let st =
+                    c.prepared("SELECT seq, line FROM pivault_audit.last_event($1::text::uuid)")?;
                 let row = c
                     .query_opt(&st, &[&self.vault])
                     .map_err(crate::keystore::postgres::pg)?;
@@ -192,7 +197,8 @@ impl ClusterTrail {
     pub(super) fn checkpoints(&self) -> Result<Vec<Vec<u8>>> {
         off_runtime(|| {
             self.conns.with_primary(|c| {
-                let st = c.prepared("SELECT line FROM pivault_audit.checkpoints($1::text::uuid)")?;
+                let st =
+                    c.prepared("SELECT line FROM pivault_audit.checkpoints($1::text::uuid)")?;
                 let rows = c
                     .query(&st, &[&self.vault])
                     .map_err(crate::keystore::postgres::pg)?;
