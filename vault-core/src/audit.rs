@@ -625,7 +625,7 @@ pub struct AuditLog {
 /// Where a trail's lines are kept: the same lines either way.
 enum Place {
     /// Segment files and `checkpoints.log` in `<vault>/audit`.
-    Files(Files),
+    Files(Box<Files>),
     /// Rows of the records cluster (a vault whose records are there).
     Cluster(std::sync::Arc<cluster::ClusterTrail>),
 }
@@ -849,7 +849,7 @@ impl AuditLog {
         Ok(AuditLog {
             signer,
             sync,
-            place: Place::Files(Files {
+            place: Place::Files(Box::new(Files {
                 dir: dir.to_path_buf(),
                 segment,
                 segment_no,
@@ -860,7 +860,7 @@ impl AuditLog {
                     len: cp_bytes.len() as u64,
                 })),
                 background: None,
-            }),
+            })),
             head_seq,
             head_hash,
             last_checkpoint_seq,
