@@ -140,6 +140,20 @@ $$;
 REVOKE ALL ON FUNCTION pivault_audit.add_checkpoint(uuid, bigint, bytea) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION pivault_audit.add_checkpoint(uuid, bigint, bytea) TO pivault_vaults;
 
+-- Refuses a reader whose trail `v` is not (a trail not yet written has
+-- nothing to show).
+CREATE FUNCTION pivault_audit.may_read(v uuid) RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+  IF EXISTS (SELECT 1 FROM pivault_audit.trails t WHERE t.vault = v AND t.owner <> session_user) THEN
+    RAISE EXCEPTION 'the audit trail of another role''s vault' USING ERRCODE = '42501';
+  END IF;
+END
+$$;
+REVOKE ALL ON FUNCTION pivault_audit.may_read(uuid) FROM PUBLIC;
+
 -- The caller's own trail, read back: events `from_seq` to `to_seq`, and
 -- every checkpoint.
 CREATE FUNCTION pivault_audit.events(v uuid, from_seq bigint, to_seq bigint)
@@ -148,9 +162,7 @@ LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-  IF EXISTS (SELECT 1 FROM pivault_audit.trails t WHERE t.vault = v AND t.owner <> session_user) THEN
-    RAISE EXCEPTION 'the audit trail of another role''s vault' USING ERRCODE = '42501';
-  END IF;
+  PERFORM pivault_audit.may_read(v);
   RETURN QUERY SELECT e.seq, e.line FROM pivault_audit.events e
     WHERE e.vault = v AND e.seq BETWEEN from_seq AND to_seq ORDER BY e.seq;
 END
@@ -164,9 +176,7 @@ LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-  IF EXISTS (SELECT 1 FROM pivault_audit.trails t WHERE t.vault = v AND t.owner <> session_user) THEN
-    RAISE EXCEPTION 'the audit trail of another role''s vault' USING ERRCODE = '42501';
-  END IF;
+  PERFORM pivault_audit.may_read(v);
   RETURN QUERY SELECT c.seq, c.line FROM pivault_audit.checkpoints c
     WHERE c.vault = v ORDER BY c.seq;
 END
@@ -180,9 +190,7 @@ LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-  IF EXISTS (SELECT 1 FROM pivault_audit.trails t WHERE t.vault = v AND t.owner <> session_user) THEN
-    RAISE EXCEPTION 'the audit trail of another role''s vault' USING ERRCODE = '42501';
-  END IF;
+  PERFORM pivault_audit.may_read(v);
   RETURN QUERY SELECT e.seq, e.line FROM pivault_audit.events e
     WHERE e.vault = v ORDER BY e.seq DESC LIMIT 1;
 END

@@ -15,7 +15,7 @@ use vault_core::ids::VaultId;
 use vault_core::keystore::postgres::PgConfig;
 use vault_core::keystore::provider;
 
-use crate::cluster::serial;
+use crate::cluster::{cluster, psql_in, serial};
 use crate::common;
 
 /// Makes `vault`'s records schema as the fixtures' role, as a vault's
@@ -27,6 +27,15 @@ fn records_schema(cfg: &PgConfig, vault: VaultId) {
         hex::encode(vault.as_bytes())
     ))
     .unwrap();
+}
+
+/// A vault ID whose records schema the fixtures' role owns, its audit
+/// signing key, and a directory for its (absent) trail in files.
+fn new_trail() -> (PgConfig, VaultId, SigningKey, tempfile::TempDir) {
+    let cfg = common::cluster_records();
+    let vault = VaultId::new();
+    records_schema(&cfg, vault);
+    (cfg, vault, signing_key(), tempfile::tempdir().unwrap())
 }
 
 fn signing_key() -> SigningKey {
@@ -64,11 +73,7 @@ fn open(cfg: &PgConfig, vault: VaultId, dir: &Path, key: &SigningKey) -> AuditLo
 #[test]
 fn writers_racing_on_one_trail_on_the_cluster_cannot_fork_it_and_lose_no_acknowledged_event() {
     let _one = serial();
-    let cfg = common::cluster_records();
-    let vault = VaultId::new();
-    records_schema(&cfg, vault);
-    let key = signing_key();
-    let tmp = tempfile::tempdir().unwrap();
+    let (cfg, vault, key, tmp) = new_trail();
     let dir = tmp.path().join("audit");
     const WRITERS: usize = 4;
     const EACH: usize = 100;
@@ -139,11 +144,7 @@ fn writers_racing_on_one_trail_on_the_cluster_cannot_fork_it_and_lose_no_acknowl
 #[test]
 fn a_trail_in_files_moves_onto_the_cluster_whole_at_open() {
     let _one = serial();
-    let cfg = common::cluster_records();
-    let vault = VaultId::new();
-    records_schema(&cfg, vault);
-    let key = signing_key();
-    let tmp = tempfile::tempdir().unwrap();
+    let (cfg, vault, key, tmp) = new_trail();
     let dir = tmp.path().join("audit");
     let before = {
         let mut files = AuditLog::open(&dir, key.clone(), true).unwrap();
@@ -170,4 +171,46 @@ fn a_trail_in_files_moves_onto_the_cluster_whole_at_open() {
         .unwrap();
     assert!(report.ok(), "{report:?}");
     assert_eq!((report.events, report.checkpoints), (302, 3), "{report:?}");
+}
+
+/// A records database set up by a build before the trails were there (no
+/// `pivault_audit`): the vault's trail cannot be opened, and the refusal
+/// names the script that adds them, not a bare SQL error.
+#[test]
+fn a_records_database_without_the_audit_trails_is_refused_naming_the_script() {
+    let _one = serial();
+    let c = cluster();
+    let primary = c
+        .members
+        .iter()
+        .find(|m| psql_in(m, "postgres", "SELECT pg_is_in_recovery()").as_deref() == Some("f"))
+        .expect("a primary")
+        .clone();
+    /// Puts the schema back whatever happens to the test.
+    struct Back(String);
+    impl Drop for Back {
+        fn drop(&mut self) {
+            psql_in(
+                &self.0,
+                "pivault_records",
+                "ALTER SCHEMA pivault_audit_away RENAME TO pivault_audit",
+            )
+            .expect("the audit schema put back");
+        }
+    }
+    let (cfg, vault, key, tmp) = new_trail();
+    psql_in(
+        &primary,
+        "pivault_records",
+        "ALTER SCHEMA pivault_audit RENAME TO pivault_audit_away",
+    )
+    .expect("the audit schema moved away");
+    let _back = Back(primary);
+    let r = AuditLog::open_on_cluster(cfg, vault, &tmp.path().join("audit"), key, true);
+    match r {
+        Err(vault_core::Error::AuditUnavailable(m)) => {
+            assert!(m.contains("scripts/records-audit.sql"), "{m}")
+        }
+        other => panic!("{:?}", other.map(|_| ())),
+    }
 }
