@@ -37,7 +37,8 @@ pub(crate) struct AnchorState {
 }
 
 impl AnchorState {
-    /// Reads the database's checkpoint and checks it is still in the files.
+    /// Reads the database's checkpoint and checks it is still in the trail
+    /// (its files, or its rows on the records cluster).
     /// An unreadable value freezes it too (and `audit verify` names it): the
     /// vault still opens, so that the problem can be looked at.
     pub(crate) fn load(store: &store::Store, log: &audit::AuditLog) -> Result<AnchorState> {
