@@ -680,28 +680,6 @@ impl TrailReader {
             }
         }
     }
-
-    /// Writes the trail into `dir` (which must not exist) in the files'
-    /// format, for a verifier that has only the public key.
-    pub fn write_files(&self, dir: &Path) -> Result<()> {
-        match &self.0 {
-            Reader::Dir(src) => {
-                create_private_dir(dir)?;
-                for entry in fs::read_dir(src)? {
-                    let entry = entry?;
-                    if entry.file_type()?.is_file() {
-                        let to = dir.join(entry.file_name());
-                        let mut out = create_private_file(&to)?;
-                        out.write_all(&fs::read(entry.path())?)?;
-                        out.sync_all()?;
-                    }
-                }
-                sync_dir(dir)?;
-                Ok(())
-            }
-            Reader::Cluster(c) => c.write_files(dir),
-        }
-    }
 }
 
 /// `checkpoints.log` opened for append, and its length in complete lines.
@@ -902,12 +880,11 @@ impl AuditLog {
         }
         let (head_seq, head_hash) = match &last {
             Some((seq, line)) => {
-                let (s, h) = split_line(line).ok_or(Error::Integrity("audit trail"))?;
-                let ev = decode_event(s, h).map_err(|_| Error::Integrity("audit trail"))?;
-                if ev.seq != *seq {
+                let head = parse_head(line)?;
+                if head.0 != *seq {
                     return Err(Error::Integrity("audit trail (a line under another seq)"));
                 }
-                (ev.seq, h)
+                head
             }
             None => (0, [0u8; 32]),
         };

@@ -18,7 +18,7 @@ use std::path::Path;
 use super::{CHECKPOINTS_FILE, SEGMENT_MAX_BYTES, create_private_file, segment_path, sync_dir};
 use crate::error::{Error, Result};
 use crate::ids::VaultId;
-use crate::keystore::postgres::{Conns, PgConfig, off_runtime};
+use crate::keystore::postgres::{Conns, PgConfig, Pooled, off_runtime, pg};
 
 /// Events per page when a trail is read back.
 const READ_PAGE: u64 = 10_000;
@@ -44,6 +44,12 @@ fn unavailable(e: Error) -> Error {
 }
 
 impl ClusterTrail {
+    /// Runs `f` on a connection to the primary, off the server's async
+    /// runtime, retried once after a failover; any failure is the trail's.
+    fn on_primary<T: Send>(&self, f: impl Fn(&mut Pooled) -> Result<T> + Send) -> Result<T> {
+        off_runtime(|| self.conns.with_primary(f)).map_err(unavailable)
+    }
+
     /// Connects to the records cluster of `cfg` (a pool of its own, within
     /// the process's budget of connections to that cluster).
     pub(super) fn open(cfg: PgConfig, vault: VaultId, sync: bool) -> Result<ClusterTrail> {
@@ -59,43 +65,37 @@ impl ClusterTrail {
     /// failover: a line that did reach the trail passes as the same line.
     pub(super) fn append(&self, first: u64, lines: &[&[u8]]) -> Result<()> {
         let first = first as i64;
-        off_runtime(|| {
-            self.conns.with_primary(|c| {
-                let st = c.prepared(
-                    "WITH sc AS (SELECT set_config('synchronous_commit', $4::text, true))
-                     SELECT pivault_audit.append($1::text::uuid, $2, $3) FROM sc",
-                )?;
-                c.query_one(&st, &[&self.vault, &first, &lines, &self.commit])
-                    .map_err(crate::keystore::postgres::pg)?;
-                Ok(())
-            })
+        self.on_primary(|c| {
+            let st = c.prepared(
+                "WITH sc AS (SELECT set_config('synchronous_commit', $4::text, true))
+                 SELECT pivault_audit.append($1::text::uuid, $2, $3) FROM sc",
+            )?;
+            c.query_one(&st, &[&self.vault, &first, &lines, &self.commit])
+                .map_err(pg)?;
+            Ok(())
         })
-        .map_err(unavailable)
     }
 
     /// Adds `events` from seq 1 and the checkpoints `lines` at `seqs`, in
     /// one transaction: a trail moved from files is there whole or not at
     /// all.
     pub(super) fn import(&self, events: &[Vec<u8>], seqs: &[u64], lines: &[Vec<u8>]) -> Result<()> {
-        off_runtime(|| {
-            self.conns.with_primary(|c| {
-                let mut tx = c.transaction().map_err(crate::keystore::postgres::pg)?;
+        self.on_primary(|c| {
+            let mut tx = c.transaction().map_err(pg)?;
+            tx.query_one(
+                "SELECT pivault_audit.append($1::text::uuid, 1, $2)",
+                &[&self.vault, &events],
+            )
+            .map_err(pg)?;
+            for (seq, line) in seqs.iter().zip(lines) {
                 tx.query_one(
-                    "SELECT pivault_audit.append($1::text::uuid, 1, $2)",
-                    &[&self.vault, &events],
+                    "SELECT pivault_audit.add_checkpoint($1::text::uuid, $2, $3)",
+                    &[&self.vault, &(*seq as i64), line],
                 )
-                .map_err(crate::keystore::postgres::pg)?;
-                for (seq, line) in seqs.iter().zip(lines) {
-                    tx.query_one(
-                        "SELECT pivault_audit.add_checkpoint($1::text::uuid, $2, $3)",
-                        &[&self.vault, &(*seq as i64), line],
-                    )
-                    .map_err(crate::keystore::postgres::pg)?;
-                }
-                tx.commit().map_err(crate::keystore::postgres::pg)
-            })
+                .map_err(pg)?;
+            }
+            tx.commit().map_err(pg)
         })
-        .map_err(unavailable)
     }
 
     /// Adds the checkpoint `line` (without its newline) at event `seq`:
@@ -103,16 +103,11 @@ impl ClusterTrail {
     /// durable on the standbys.
     pub(super) fn add_checkpoint(&self, seq: u64, line: &[u8]) -> Result<()> {
         let seq = seq as i64;
-        off_runtime(|| {
-            self.conns.with_primary(|c| {
-                let st =
-                    c.prepared("SELECT pivault_audit.add_checkpoint($1::text::uuid, $2, $3)")?;
-                c.query_one(&st, &[&self.vault, &seq, &line])
-                    .map_err(crate::keystore::postgres::pg)?;
-                Ok(())
-            })
+        self.on_primary(|c| {
+            let st = c.prepared("SELECT pivault_audit.add_checkpoint($1::text::uuid, $2, $3)")?;
+            c.query_one(&st, &[&self.vault, &seq, &line]).map_err(pg)?;
+            Ok(())
         })
-        .map_err(unavailable)
     }
 
     /// Events `from` to `to` (inclusive), in order, one page of at most
@@ -122,21 +117,15 @@ impl ClusterTrail {
             from as i64,
             to.min(from.saturating_add(READ_PAGE - 1)) as i64,
         );
-        off_runtime(|| {
-            self.conns.with_primary(|c| {
-                let st = c.prepared(
-                    "SELECT seq, line FROM pivault_audit.events($1::text::uuid, $2, $3)",
-                )?;
-                let rows = c
-                    .query(&st, &[&self.vault, &from, &to])
-                    .map_err(crate::keystore::postgres::pg)?;
-                Ok(rows
-                    .iter()
-                    .map(|r| (r.get::<_, i64>(0) as u64, r.get::<_, Vec<u8>>(1)))
-                    .collect())
-            })
+        self.on_primary(|c| {
+            let st =
+                c.prepared("SELECT seq, line FROM pivault_audit.events($1::text::uuid, $2, $3)")?;
+            let rows = c.query(&st, &[&self.vault, &from, &to]).map_err(pg)?;
+            Ok(rows
+                .iter()
+                .map(|r| (r.get::<_, i64>(0) as u64, r.get::<_, Vec<u8>>(1)))
+                .collect())
         })
-        .map_err(unavailable)
     }
 
     /// Visits events `from` to `to` in order, a page at a time, until
@@ -180,32 +169,21 @@ impl ClusterTrail {
     }
 
     fn read_last_event(&self) -> Result<Option<(u64, Vec<u8>)>> {
-        off_runtime(|| {
-            self.conns.with_primary(|c| {
-                let st =
-                    c.prepared("SELECT seq, line FROM pivault_audit.last_event($1::text::uuid)")?;
-                let row = c
-                    .query_opt(&st, &[&self.vault])
-                    .map_err(crate::keystore::postgres::pg)?;
-                Ok(row.map(|r| (r.get::<_, i64>(0) as u64, r.get::<_, Vec<u8>>(1))))
-            })
+        self.on_primary(|c| {
+            let st =
+                c.prepared("SELECT seq, line FROM pivault_audit.last_event($1::text::uuid)")?;
+            let row = c.query_opt(&st, &[&self.vault]).map_err(pg)?;
+            Ok(row.map(|r| (r.get::<_, i64>(0) as u64, r.get::<_, Vec<u8>>(1))))
         })
-        .map_err(unavailable)
     }
 
     /// Every checkpoint line, in order.
     pub(super) fn checkpoints(&self) -> Result<Vec<Vec<u8>>> {
-        off_runtime(|| {
-            self.conns.with_primary(|c| {
-                let st =
-                    c.prepared("SELECT line FROM pivault_audit.checkpoints($1::text::uuid)")?;
-                let rows = c
-                    .query(&st, &[&self.vault])
-                    .map_err(crate::keystore::postgres::pg)?;
-                Ok(rows.iter().map(|r| r.get::<_, Vec<u8>>(0)).collect())
-            })
+        self.on_primary(|c| {
+            let st = c.prepared("SELECT line FROM pivault_audit.checkpoints($1::text::uuid)")?;
+            let rows = c.query(&st, &[&self.vault]).map_err(pg)?;
+            Ok(rows.iter().map(|r| r.get::<_, Vec<u8>>(0)).collect())
         })
-        .map_err(unavailable)
     }
 
     /// Writes the trail into `dir` (new, private) in the files' format:
