@@ -14,6 +14,7 @@
 //! a sequence number instead of forking the chain.
 
 use std::path::Path;
+use std::sync::Mutex;
 
 use super::{CHECKPOINTS_FILE, SEGMENT_MAX_BYTES, create_private_file, segment_path, sync_dir};
 use crate::error::{Error, Result};
@@ -35,7 +36,27 @@ pub(super) struct ClusterTrail {
     /// (any record write, any checkpoint: the WAL is flushed in order)
     /// came first.
     commit: &'static str,
+    /// The events appended with a lazy commit since the last synchronous
+    /// one (seq and line): what a failover or a primary's crash may have
+    /// lost. A refused append or checkpoint sends them again first (the
+    /// same bytes: those that survived pass as retries), so an event
+    /// acknowledged to the vault's process is lost only if that process
+    /// dies too, as a file line without its fsync is lost only with the
+    /// machine. At most [`super::CHECKPOINT_EVERY`] or so: a checkpoint's
+    /// synchronous commit makes them durable and empties the list.
+    unsure: Mutex<Unsure>,
 }
+
+/// Events (seq and line) not yet known to be on a standby.
+type Unsure = Vec<(u64, Vec<u8>)>;
+
+/// SQLSTATE 40001: the trail's functions refusing a sequence number.
+fn refused(e: &postgres::Error) -> bool {
+    e.code() == Some(&postgres::error::SqlState::T_R_SERIALIZATION_FAILURE)
+}
+
+const APPEND: &str = "WITH sc AS (SELECT set_config('synchronous_commit', $4::text, true))
+     SELECT pivault_audit.append($1::text::uuid, $2, $3) FROM sc";
 
 /// A failure to reach or write the trail: the audited operation must not
 /// happen (fail closed), and the message names no row.
@@ -57,23 +78,40 @@ impl ClusterTrail {
             conns: Conns::new(cfg)?,
             vault: hex::encode(vault.as_bytes()),
             commit: if sync { "on" } else { "off" },
+            unsure: Mutex::new(Vec::new()),
         })
     }
 
     /// Appends `lines` (without newlines) as events `first`, `first + 1`,
     /// ... in one transaction. Retried once on a new primary after a
     /// failover: a line that did reach the trail passes as the same line.
+    /// Refused (a gap: the new primary lost lazily committed events), it
+    /// is sent again after the events that may have been lost.
     pub(super) fn append(&self, first: u64, lines: &[&[u8]]) -> Result<()> {
-        let first = first as i64;
+        let mut unsure = self.unsure()?;
+        let again = again(&unsure, lines);
         self.on_primary(|c| {
-            let st = c.prepared(
-                "WITH sc AS (SELECT set_config('synchronous_commit', $4::text, true))
-                 SELECT pivault_audit.append($1::text::uuid, $2, $3) FROM sc",
-            )?;
-            c.query_one(&st, &[&self.vault, &first, &lines, &self.commit])
-                .map_err(pg)?;
-            Ok(())
-        })
+            let st = c.prepared(APPEND)?;
+            match c.query_one(&st, &[&self.vault, &(first as i64), &lines, &self.commit]) {
+                Err(e) if refused(&e) && again.is_some() => {
+                    let (from, all) = again.as_ref().expect("checked");
+                    c.query_one(&st, &[&self.vault, from, all, &self.commit])
+                        .map_err(pg)?;
+                    Ok(())
+                }
+                r => r.map(drop).map_err(pg),
+            }
+        })?;
+        if self.commit == "off" {
+            unsure.extend((first..).zip(lines.iter().map(|l| l.to_vec())));
+        }
+        Ok(())
+    }
+
+    fn unsure(&self) -> Result<std::sync::MutexGuard<'_, Unsure>> {
+        self.unsure
+            .lock()
+            .map_err(|_| Error::AuditUnavailable("the audit trail's lock is poisoned".into()))
     }
 
     /// Adds `events` from seq 1 and the checkpoints `lines` at `seqs`, in
@@ -100,14 +138,28 @@ impl ClusterTrail {
 
     /// Adds the checkpoint `line` (without its newline) at event `seq`:
     /// always a synchronous commit, which also makes every event before it
-    /// durable on the standbys.
+    /// durable on the standbys. Refused (its event lost with a primary),
+    /// the unsure events are sent again and the checkpoint once more.
     pub(super) fn add_checkpoint(&self, seq: u64, line: &[u8]) -> Result<()> {
+        let mut unsure = self.unsure()?;
+        let again = again(&unsure, &[]);
         let seq = seq as i64;
         self.on_primary(|c| {
             let st = c.prepared("SELECT pivault_audit.add_checkpoint($1::text::uuid, $2, $3)")?;
-            c.query_one(&st, &[&self.vault, &seq, &line]).map_err(pg)?;
-            Ok(())
-        })
+            match c.query_one(&st, &[&self.vault, &seq, &line]) {
+                Err(e) if refused(&e) && again.is_some() => {
+                    let (from, all) = again.as_ref().expect("checked");
+                    let append = c.prepared(APPEND)?;
+                    c.query_one(&append, &[&self.vault, from, all, &self.commit])
+                        .map_err(pg)?;
+                    c.query_one(&st, &[&self.vault, &seq, &line]).map_err(pg)?;
+                    Ok(())
+                }
+                r => r.map(drop).map_err(pg),
+            }
+        })?;
+        unsure.retain(|(s, _)| *s as i64 > seq);
+        Ok(())
     }
 
     /// Events `from` to `to` (inclusive), in order, one page of at most
@@ -219,4 +271,12 @@ impl ClusterTrail {
         sync_dir(dir)?;
         Ok(())
     }
+}
+
+/// The unsure events followed by `lines`, from the first unsure seq: what
+/// to send again after a refusal; `None` when nothing is unsure.
+fn again<'a>(unsure: &'a [(u64, Vec<u8>)], lines: &[&'a [u8]]) -> Option<(i64, Vec<&'a [u8]>)> {
+    let (from, _) = unsure.first()?;
+    let all = unsure.iter().map(|(_, l)| &l[..]).chain(lines.iter().copied());
+    Some((*from as i64, all.collect()))
 }
