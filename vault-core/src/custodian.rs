@@ -31,7 +31,7 @@
 
 use std::sync::atomic::Ordering;
 
-use super::{Context, Layout, Vault};
+use super::{Context, Vault};
 use crate::access;
 use crate::audit::Channel;
 use crate::crypto;
@@ -136,35 +136,32 @@ impl Vault {
     /// Steps 0–5: the signing keys and the current root under `new_uk`.
     fn rewrap_unlock(&self, new_uk: SecretKey) -> Result<()> {
         let _batch = self.disposal_lock.lock().expect("disposal lock");
-        let l = Layout::of(&self.dir);
         let mut epoch = self.epoch.write().expect("epoch lock");
         let e = epoch.number;
         // 0. The mark: an open after a crash from here on finishes step 6.
         self.store
             .put_synced(store::CF_META, META_REKEY, &e.to_be_bytes(), true)?;
-        // 1. The signing keys under the new key, beside the old file.
-        let pending = l.signing_pending();
-        let _ = std::fs::remove_file(&pending);
-        let mut f = crate::fsutil::create_private_file(&pending)?;
-        std::io::Write::write_all(&mut f, &self.signing.seal(&new_uk, self.info.vault_id))?;
-        f.sync_all()?;
-        drop(f);
-        crate::fsutil::sync_dir(&self.dir)?;
+        // 1. The signing keys under the new key, beside the old ones.
+        let place = self.header_place();
+        header::write_signing(
+            &place,
+            true,
+            &self.signing.seal(&new_uk, self.info.vault_id),
+        )?;
         self.at_step("passphrase.signing-written");
         // 2. Commit: the current root under the new key, as epoch e+1.
-        header::write_slot(&l.header, self.info.vault_id, &new_uk, e + 1, &epoch.root)?;
+        header::write_slot(&place, self.info.vault_id, &new_uk, e + 1, &epoch.root)?;
         self.at_step("passphrase.slot-written");
         let r = (|| {
             // 3. Bucket keys to epoch e+1 (same root).
             self.keystore
                 .rewrap_buckets((e, &epoch.root), (e + 1, &epoch.root))?;
             self.at_step("passphrase.buckets-rewrapped");
-            // 4. The new signing file replaces the old one.
-            std::fs::rename(&pending, &l.signing)?;
-            crate::fsutil::sync_dir(&self.dir)?;
+            // 4. The new signing keys replace the old ones.
+            header::commit_signing(&place)?;
             self.at_step("passphrase.signing-renamed");
             // 5. The old slot goes.
-            header::erase_other_slots(&l.header, e + 1)
+            header::erase_other_slots(&place, e + 1)
         })();
         if r.is_err() {
             // Committed but not finished: the keys in RAM no longer match

@@ -1262,6 +1262,8 @@ impl Vault {
         // for the byte scan of step 7. Held in memory only: writing them
         // anywhere would make a copy.
         let mut wrapped_before = Vec::new();
+        // The root-key slots as rows on a keystore cluster before step 4.
+        let mut old_slots: Vec<Vec<u8>> = Vec::new();
         if step < step_index("buckets_rotated") {
             // Steps 2 and 3 in one synced write, under the touched buckets'
             // exclusive locks: every key of every record in the batch (all
@@ -1328,7 +1330,10 @@ impl Vault {
             tr("keys_deleted+buckets_rotated");
         }
         if step < step_index("epoch_ratcheted") {
-            // Step 4: epoch ratchet; the old root key is overwritten in the header.
+            // Step 4: epoch ratchet; the old root key is overwritten in the
+            // header (deleted from the cluster's rows, then purged: its
+            // bytes join the byte scan's needles).
+            old_slots = crate::header::slot_rows(&self.header_place())?;
             let after = self.ratchet()?;
             b.epoch_after = Some(after);
             self.audit(
@@ -1489,8 +1494,10 @@ impl Vault {
                     })
                 });
                 let keys = (!wrapped_before.is_empty()).then(|| {
+                    let needles: Vec<Vec<u8>> =
+                        wrapped_before.iter().chain(&old_slots).cloned().collect();
                     self.keystore
-                        .files_containing_for_buckets(&b.buckets, &wrapped_before)
+                        .files_containing_for_buckets(&b.buckets, &needles)
                 });
                 (
                     beacons.map(|h| h.join().expect("the search index's scan thread")),
@@ -1540,9 +1547,14 @@ impl Vault {
                 } else {
                     "every WAL, manifest and other non-table file, every table file outside the live set, every live data-key table file covering a touched bucket"
                 };
+                let slots = if old_slots.is_empty() {
+                    ""
+                } else {
+                    ", and the root-key slot the ratchet deleted"
+                };
                 b.byte_scan = Some(format!(
-                    "{} pre-disposal wrapped key(s) (every version of every record) searched in {scanned} keystore file(s) that can hold them ({places}): {} file(s) hold them",
-                    wrapped_before.len(),
+                    "{} pre-disposal wrapped key(s) (every version of every record{slots}) searched in {scanned} keystore file(s) that can hold them ({places}): {} file(s) hold them",
+                    wrapped_before.len() + old_slots.len(),
                     hits.len()
                 ));
                 if !hits.is_empty() {

@@ -19,15 +19,78 @@
 //! Writing epoch e+1 goes to the slot not holding e, fsync; once the keystore
 //! is re-wrapped the old slot is overwritten with zeros in place, fsync. A
 //! zeroed slot fails its checksum and is ignored.
+//!
+//! With the keystore on a cluster ([`Place::Keystore`], issue 16) the file
+//! keeps only its static part (its slots are zeros) and the slots, with the
+//! vault's sealed signing keys, are rows of the keystore's `header` table:
+//! the vault directory then holds no wrapped root key and nothing to test a
+//! guessed passphrase against offline, a lost vault machine loses neither,
+//! and an old slot deleted by a ratchet is purged and byte-scanned on every
+//! member with the data keys of the disposal that ratcheted.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::crypto::{self, Aad, KdfParams};
 use crate::error::{Error, Result};
 use crate::ids::VaultId;
+use crate::keystore::Keystore;
 use crate::secret::SecretKey;
+
+/// Where a vault's root-key slots and sealed signing keys live.
+#[derive(Debug)]
+pub enum Place<'a> {
+    /// Embedded keystore: both slots in the header file, the signing keys
+    /// in the `signing` file beside it.
+    Files {
+        /// The header file.
+        header: PathBuf,
+        /// The sealed signing keys (`signing`; `signing.new` during a
+        /// passphrase change).
+        signing: PathBuf,
+    },
+    /// Keystore on a cluster: the static part in the header file (checked
+    /// against the cluster's copy), the rest as rows of `keys`.
+    Keystore {
+        /// The header file (static part, zeroed slots).
+        header: PathBuf,
+        /// The vault's keystore on its cluster.
+        keys: &'a Keystore,
+    },
+}
+
+impl<'a> Place<'a> {
+    /// The place `info`'s placement says, for the files of a vault
+    /// directory and its opened keystore.
+    pub fn of(header: &Path, signing: &Path, info: &HeaderInfo, keys: &'a Keystore) -> Place<'a> {
+        if info.placement.keystore_on_cluster {
+            Place::Keystore {
+                header: header.to_path_buf(),
+                keys,
+            }
+        } else {
+            Place::Files {
+                header: header.to_path_buf(),
+                signing: signing.to_path_buf(),
+            }
+        }
+    }
+
+    fn header(&self) -> &Path {
+        match self {
+            Place::Files { header, .. } | Place::Keystore { header, .. } => header,
+        }
+    }
+}
+
+/// The header table's rows: the static part, the two slots, the signing
+/// keys and, while a passphrase change runs, the signing keys under the
+/// new key.
+const ROW_STATIC: &str = "static";
+const ROW_SLOTS: [&str; 2] = ["slot0", "slot1"];
+const ROW_SIGNING: &str = "signing";
+const ROW_SIGNING_NEW: &str = "signing.new";
 
 const MAGIC: &[u8; 8] = b"PIVAULT1";
 const FORMAT_VERSION: u16 = 1;
@@ -250,12 +313,72 @@ fn parse_info(b: &[u8]) -> Result<HeaderInfo> {
     Ok(info)
 }
 
-/// Creates a new header file (which must not exist) holding `root` at epoch 0.
-pub fn create(path: &Path, info: &HeaderInfo, unlock: &SecretKey, root: &SecretKey) -> Result<()> {
+/// The whole header as one image: the file's, or the file's static part
+/// with the slots of the cluster (refused unless the cluster holds the same
+/// static part: a header of another vault, or one edited, does not open).
+fn read_image(place: &Place<'_>) -> Result<Vec<u8>> {
+    let mut b = read_bytes(place.header())?;
+    parse_info(&b)?;
+    let Place::Keystore { keys, .. } = place else {
+        return Ok(b);
+    };
+    if keys.header_row(ROW_STATIC)?.as_deref() != Some(&b[..SLOTS_AT]) {
+        return Err(Error::Integrity(
+            "vault header (the keystore cluster holds another header for this vault)",
+        ));
+    }
+    for (i, name) in ROW_SLOTS.iter().enumerate() {
+        let at = SLOTS_AT + i * SLOT_LEN;
+        match keys.header_row(name)? {
+            Some(row) if row.len() == SLOT_LEN => b[at..at + SLOT_LEN].copy_from_slice(&row),
+            Some(_) => return Err(Error::Integrity("vault header (a key slot on the cluster)")),
+            None => b[at..at + SLOT_LEN].fill(0),
+        }
+    }
+    Ok(b)
+}
+
+/// Writes slot `i` (`None`: erases it): in place in the file (fsync), or
+/// its row on the cluster (a synchronous commit; a deleted row is purged
+/// by the next purge of the keystore).
+fn write_slot_bytes(place: &Place<'_>, i: usize, slot: Option<&[u8; SLOT_LEN]>) -> Result<()> {
+    match place {
+        Place::Files { header, .. } => write_at(
+            header,
+            SLOTS_AT + i * SLOT_LEN,
+            slot.unwrap_or(&[0u8; SLOT_LEN]),
+        ),
+        Place::Keystore { keys, .. } => {
+            keys.write_header_rows(vec![(ROW_SLOTS[i], slot.map(|s| s.to_vec()))])
+        }
+    }
+}
+
+/// Creates a new header (whose file must not exist) holding `root` at
+/// epoch 0. On a cluster the rows come first: a header file only ever
+/// points at a complete header.
+pub fn create(
+    place: &Place<'_>,
+    info: &HeaderInfo,
+    unlock: &SecretKey,
+    root: &SecretKey,
+) -> Result<()> {
     let mut bytes = encode_static(info);
     let env = crypto::wrap_key(unlock, &root_aad(&bytes[..STATIC_LEN], 0), root);
-    bytes.extend_from_slice(&encode_slot(0, &env));
+    let slot = encode_slot(0, &env);
+    match place {
+        Place::Files { .. } => bytes.extend_from_slice(&slot),
+        Place::Keystore { keys, .. } => {
+            keys.write_header_rows(vec![
+                (ROW_STATIC, Some(bytes.clone())),
+                (ROW_SLOTS[0], Some(slot.to_vec())),
+                (ROW_SLOTS[1], None),
+            ])?;
+            bytes.extend_from_slice(&[0u8; SLOT_LEN]);
+        }
+    }
     bytes.extend_from_slice(&[0u8; SLOT_LEN]);
+    let path = place.header();
     let mut f = crate::fsutil::create_private_file(path)?;
     f.write_all(&bytes)
         .and_then(|()| f.sync_all())
@@ -265,8 +388,8 @@ pub fn create(path: &Path, info: &HeaderInfo, unlock: &SecretKey, root: &SecretK
 }
 
 /// Opens the header with the unlock key.
-pub fn open(path: &Path, unlock: &SecretKey) -> Result<OpenedHeader> {
-    let b = read_bytes(path)?;
+pub fn open(place: &Place<'_>, unlock: &SecretKey) -> Result<OpenedHeader> {
+    let b = read_image(place)?;
     let info = parse_info(&b)?;
     let mut slots: Vec<Slot> = (0..2)
         .filter_map(|i| {
@@ -331,13 +454,13 @@ pub fn open(path: &Path, unlock: &SecretKey) -> Result<OpenedHeader> {
 /// `epoch` into the slot not holding `keep_epoch`, and fsyncs. The old slot
 /// stays valid until [`erase_other_slots`] so a crash in between can finish.
 pub fn write_slot(
-    path: &Path,
+    place: &Place<'_>,
     vault: VaultId,
     unlock: &SecretKey,
     epoch: u64,
     root: &SecretKey,
 ) -> Result<()> {
-    let b = read_bytes(path)?;
+    let b = read_image(place)?;
     if parse_info(&b)?.vault_id != vault {
         return Err(Error::Integrity("vault header (another vault)"));
     }
@@ -356,24 +479,177 @@ pub fn write_slot(
         (Some((_, e0)), Some((_, e1))) => usize::from(e1 < e0),
     };
     let env = crypto::wrap_key(unlock, &root_aad(&b[..STATIC_LEN], epoch), root);
-    write_at(
-        path,
-        SLOTS_AT + target * SLOT_LEN,
-        &encode_slot(epoch, &env),
-    )
+    write_slot_bytes(place, target, Some(&encode_slot(epoch, &env)))
 }
 
-/// Step 2: overwrites in place every slot not holding `keep_epoch`, and fsyncs.
-pub fn erase_other_slots(path: &Path, keep_epoch: u64) -> Result<()> {
-    let b = read_bytes(path)?;
+/// Step 2: overwrites in place (or deletes) every slot not holding
+/// `keep_epoch`, durably.
+pub fn erase_other_slots(place: &Place<'_>, keep_epoch: u64) -> Result<()> {
+    let b = read_image(place)?;
     for i in 0..2 {
         let at = SLOTS_AT + i * SLOT_LEN;
         let keep = decode_slot(i, &b[at..at + SLOT_LEN]).is_some_and(|s| s.epoch == keep_epoch);
         if !keep && b[at..at + SLOT_LEN].iter().any(|&x| x != 0) {
-            write_at(path, at, &[0u8; SLOT_LEN])?;
+            write_slot_bytes(place, i, None)?;
         }
     }
     Ok(())
+}
+
+/// The slots held as rows on a cluster, as stored (none for a header
+/// file, whose slots are overwritten in place): before a ratchet, what its
+/// purge must then take off every member, for the disposal's byte scan.
+pub fn slot_rows(place: &Place<'_>) -> Result<Vec<Vec<u8>>> {
+    let Place::Keystore { keys, .. } = place else {
+        return Ok(Vec::new());
+    };
+    let mut out = Vec::new();
+    for name in ROW_SLOTS {
+        out.extend(keys.header_row(name)?);
+    }
+    Ok(out)
+}
+
+/// The sealed signing keys (`pending`: those under a passphrase change's
+/// new key), if there.
+pub fn read_signing(place: &Place<'_>, pending: bool) -> Result<Option<Vec<u8>>> {
+    match place {
+        Place::Files { signing, .. } => {
+            let path = signing_file(signing, pending);
+            match std::fs::read(&path) {
+                Ok(b) => Ok(Some(b)),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+                Err(e) => Err(Error::io_at(&path, e)),
+            }
+        }
+        Place::Keystore { keys, .. } => keys.header_row(signing_row(pending)),
+    }
+}
+
+/// Stores the sealed signing keys durably (`pending`: beside the current
+/// ones, until [`commit_signing`]).
+pub fn write_signing(place: &Place<'_>, pending: bool, sealed: &[u8]) -> Result<()> {
+    match place {
+        Place::Files { signing, .. } => {
+            let path = signing_file(signing, pending);
+            if pending {
+                let _ = std::fs::remove_file(&path);
+            }
+            let mut f = crate::fsutil::create_private_file(&path)?;
+            f.write_all(sealed)
+                .and_then(|()| f.sync_all())
+                .map_err(|e| Error::io_at(&path, e))?;
+            crate::fsutil::sync_dir(path.parent().expect("in the vault"))
+        }
+        Place::Keystore { keys, .. } => {
+            keys.write_header_rows(vec![(signing_row(pending), Some(sealed.to_vec()))])
+        }
+    }
+}
+
+/// The pending signing keys replace the current ones (a rename, or one
+/// commit of both rows).
+pub fn commit_signing(place: &Place<'_>) -> Result<()> {
+    match place {
+        Place::Files { signing, .. } => {
+            std::fs::rename(signing_file(signing, true), signing)?;
+            crate::fsutil::sync_dir(signing.parent().expect("in the vault"))
+        }
+        Place::Keystore { keys, .. } => {
+            let pending = keys
+                .header_row(ROW_SIGNING_NEW)?
+                .ok_or(Error::Integrity("vault signing keys (nothing pending)"))?;
+            keys.write_header_rows(vec![(ROW_SIGNING, Some(pending)), (ROW_SIGNING_NEW, None)])
+        }
+    }
+}
+
+/// Removes pending signing keys that are not needed (a passphrase change
+/// that never committed).
+pub fn discard_pending_signing(place: &Place<'_>) -> Result<()> {
+    match place {
+        Place::Files { signing, .. } => {
+            let path = signing_file(signing, true);
+            if path.exists() {
+                std::fs::remove_file(&path)?;
+                crate::fsutil::sync_dir(signing.parent().expect("in the vault"))?;
+            }
+            Ok(())
+        }
+        Place::Keystore { keys, .. } => keys.write_header_rows(vec![(ROW_SIGNING_NEW, None)]),
+    }
+}
+
+fn signing_file(signing: &Path, pending: bool) -> PathBuf {
+    if pending {
+        signing.with_file_name("signing.new")
+    } else {
+        signing.to_path_buf()
+    }
+}
+
+fn signing_row(pending: bool) -> &'static str {
+    if pending {
+        ROW_SIGNING_NEW
+    } else {
+        ROW_SIGNING
+    }
+}
+
+/// Moves the slots and the signing keys of a vault whose keystore is on a
+/// cluster from its files onto the cluster (a vault made by an earlier
+/// build, or an open interrupted mid-move), in one commit, the same bytes;
+/// then zeroes the file's slots and removes the signing files. Once the
+/// cluster holds the header, it alone counts: slots or signing files found
+/// in the directory later (planted, or left by a crash after the commit)
+/// are erased unread. Refuses a cluster holding another header for this
+/// vault, and a directory with no slots whose cluster holds none (the
+/// header's rows are not on this cluster).
+pub fn move_to_keystore(header: &Path, signing: &Path, keys: &Keystore) -> Result<bool> {
+    let local = read_bytes(header)?;
+    parse_info(&local)?;
+    let moved = match keys.header_row(ROW_STATIC)? {
+        Some(row) if row != local[..SLOTS_AT] => {
+            return Err(Error::Integrity(
+                "vault header (the keystore cluster holds another header for this vault)",
+            ));
+        }
+        Some(_) => false,
+        None => {
+            let mut rows = vec![(ROW_STATIC, Some(local[..SLOTS_AT].to_vec()))];
+            for (i, name) in ROW_SLOTS.iter().enumerate() {
+                let at = SLOTS_AT + i * SLOT_LEN;
+                let slot = &local[at..at + SLOT_LEN];
+                if slot.iter().any(|&x| x != 0) {
+                    rows.push((name, Some(slot.to_vec())));
+                }
+            }
+            if rows.len() == 1 {
+                return Err(Error::Integrity(
+                    "vault header (its key slots are not on the keystore cluster)",
+                ));
+            }
+            for pending in [false, true] {
+                let path = signing_file(signing, pending);
+                if let Ok(b) = std::fs::read(&path) {
+                    rows.push((signing_row(pending), Some(b)));
+                }
+            }
+            keys.write_header_rows(rows)?;
+            true
+        }
+    };
+    if local[SLOTS_AT..].iter().any(|&x| x != 0) {
+        write_at(header, SLOTS_AT, &[0u8; 2 * SLOT_LEN])?;
+    }
+    for pending in [false, true] {
+        let path = signing_file(signing, pending);
+        if path.exists() {
+            std::fs::remove_file(&path)?;
+            crate::fsutil::sync_dir(signing.parent().expect("in the vault"))?;
+        }
+    }
+    Ok(moved)
 }
 
 fn write_at(path: &Path, at: usize, bytes: &[u8]) -> Result<()> {
@@ -390,6 +666,13 @@ fn write_at(path: &Path, at: usize, bytes: &[u8]) -> Result<()> {
 mod tests {
     use super::*;
 
+    fn file(p: &Path) -> Place<'static> {
+        Place::Files {
+            header: p.to_path_buf(),
+            signing: p.with_file_name("signing"),
+        }
+    }
+
     fn info() -> HeaderInfo {
         HeaderInfo {
             vault_id: VaultId::new(),
@@ -405,7 +688,7 @@ mod tests {
     /// part was bound wrote it; returns its info and bytes.
     fn legacy_header(p: &Path, uk: &SecretKey, r0: &SecretKey) -> (HeaderInfo, Vec<u8>) {
         let i = info();
-        create(p, &i, uk, r0).unwrap();
+        create(&file(p), &i, uk, r0).unwrap();
         let mut b = std::fs::read(p).unwrap();
         let env = crypto::wrap_key(uk, &legacy_root_aad(i.vault_id, 0), r0);
         b[SLOTS_AT..SLOTS_AT + SLOT_LEN].copy_from_slice(&encode_slot(0, &env));
@@ -426,19 +709,19 @@ mod tests {
         let p = dir.path().join("header");
         let (uk, r0) = (SecretKey::generate(), SecretKey::generate());
         let i = info();
-        create(&p, &i, &uk, &r0).unwrap();
+        create(&file(&p), &i, &uk, &r0).unwrap();
         assert_eq!(std::fs::metadata(&p).unwrap().len() as usize, HEADER_LEN);
-        let h = open(&p, &uk).unwrap();
+        let h = open(&file(&p), &uk).unwrap();
         assert_eq!((h.epoch, h.info.clone()), (0, i.clone()));
         assert!(h.root == r0 && h.unfinished_from.is_none());
         assert!(matches!(
-            open(&p, &SecretKey::generate()),
+            open(&file(&p), &SecretKey::generate()),
             Err(Error::WrongPassphrase)
         ));
 
         let r1 = SecretKey::generate();
-        write_slot(&p, i.vault_id, &uk, 1, &r1).unwrap();
-        let h = open(&p, &uk).unwrap();
+        write_slot(&file(&p), i.vault_id, &uk, 1, &r1).unwrap();
+        let h = open(&file(&p), &uk).unwrap();
         assert_eq!(h.epoch, 1);
         assert!(
             h.root == r1
@@ -446,8 +729,8 @@ mod tests {
                     .as_ref()
                     .is_some_and(|(e, k)| *e == 0 && *k == r0)
         );
-        erase_other_slots(&p, 1).unwrap();
-        let h = open(&p, &uk).unwrap();
+        erase_other_slots(&file(&p), 1).unwrap();
+        let h = open(&file(&p), &uk).unwrap();
         assert!(h.unfinished_from.is_none() && h.root == r1);
         // The old wrapped root is gone from the file.
         let bytes = std::fs::read(&p).unwrap();
@@ -464,18 +747,24 @@ mod tests {
             SecretKey::generate(),
         );
         let i = info();
-        create(&p, &i, &old_uk, &r0).unwrap();
+        create(&file(&p), &i, &old_uk, &r0).unwrap();
         // The commit of a passphrase change: the same root, the new key, e+1.
-        write_slot(&p, i.vault_id, &new_uk, 1, &r0).unwrap();
+        write_slot(&file(&p), i.vault_id, &new_uk, 1, &r0).unwrap();
         // The old key no longer opens (the newest slot is not its).
-        assert!(matches!(open(&p, &old_uk), Err(Error::WrongPassphrase)));
-        let h = open(&p, &new_uk).unwrap();
+        assert!(matches!(
+            open(&file(&p), &old_uk),
+            Err(Error::WrongPassphrase)
+        ));
+        let h = open(&file(&p), &new_uk).unwrap();
         assert_eq!((h.epoch, h.rekey_from), (1, Some(0)));
         assert!(h.root == r0 && h.unfinished_from.is_none());
-        erase_other_slots(&p, 1).unwrap();
-        let h = open(&p, &new_uk).unwrap();
+        erase_other_slots(&file(&p), 1).unwrap();
+        let h = open(&file(&p), &new_uk).unwrap();
         assert!(h.rekey_from.is_none() && h.unfinished_from.is_none());
-        assert!(matches!(open(&p, &old_uk), Err(Error::WrongPassphrase)));
+        assert!(matches!(
+            open(&file(&p), &old_uk),
+            Err(Error::WrongPassphrase)
+        ));
     }
 
     #[test]
@@ -483,7 +772,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("header");
         let (uk, r0) = (SecretKey::generate(), SecretKey::generate());
-        create(&p, &info(), &uk, &r0).unwrap();
+        create(&file(&p), &info(), &uk, &r0).unwrap();
         let good = std::fs::read(&p).unwrap();
         // Bucket count, salt, creation time, KDF cost and the placement (the
         // keystore moved onto a cluster): each edited with the static
@@ -496,7 +785,7 @@ mod tests {
                 read_info(&p).is_ok(),
                 "the edit at {at} keeps a valid checksum"
             );
-            assert!(open(&p, &uk).is_err(), "the edit at {at} opened");
+            assert!(open(&file(&p), &uk).is_err(), "the edit at {at} opened");
         }
         // An absurd Argon2 cost is refused before any key derivation.
         let mut t = good.clone();
@@ -504,7 +793,7 @@ mod tests {
         write_with_checksum(&p, &mut t);
         assert!(matches!(read_info(&p), Err(Error::Integrity(_))));
         std::fs::write(&p, &good).unwrap();
-        assert!(open(&p, &uk).is_ok());
+        assert!(open(&file(&p), &uk).is_ok());
     }
 
     #[test]
@@ -513,11 +802,11 @@ mod tests {
         let p = dir.path().join("header");
         let (uk, r0) = (SecretKey::generate(), SecretKey::generate());
         let (i, _) = legacy_header(&p, &uk, &r0);
-        let h = open(&p, &uk).unwrap();
+        let h = open(&file(&p), &uk).unwrap();
         assert!(h.legacy_slot && h.root == r0);
-        write_slot(&p, i.vault_id, &uk, 1, &r0).unwrap();
-        erase_other_slots(&p, 1).unwrap();
-        assert!(!open(&p, &uk).unwrap().legacy_slot);
+        write_slot(&file(&p), i.vault_id, &uk, 1, &r0).unwrap();
+        erase_other_slots(&file(&p), 1).unwrap();
+        assert!(!open(&file(&p), &uk).unwrap().legacy_slot);
     }
 
     #[test]
@@ -525,14 +814,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("header");
         let (uk, r0) = (SecretKey::generate(), SecretKey::generate());
-        create(&p, &info(), &uk, &r0).unwrap();
+        create(&file(&p), &info(), &uk, &r0).unwrap();
         let good = std::fs::read(&p).unwrap();
         for i in 0..SLOTS_AT + SLOT_LEN {
             let mut t = good.clone();
             t[i] ^= 0x20;
             std::fs::write(&p, &t).unwrap();
             // Never a panic, never the wrong key.
-            assert!(open(&p, &uk).is_err(), "flip at {i} went unnoticed");
+            assert!(open(&file(&p), &uk).is_err(), "flip at {i} went unnoticed");
         }
     }
 
@@ -546,13 +835,13 @@ mod tests {
             keystore_on_cluster: false,
             records_on_cluster: true,
         };
-        create(&p, &i, &uk, &r0).unwrap();
+        create(&file(&p), &i, &uk, &r0).unwrap();
         assert_eq!(read_info(&p).unwrap().placement, i.placement);
-        assert_eq!(open(&p, &uk).unwrap().info, i);
+        assert_eq!(open(&file(&p), &uk).unwrap().info, i);
         // A ratchet keeps it.
-        write_slot(&p, i.vault_id, &uk, 1, &r0).unwrap();
-        erase_other_slots(&p, 1).unwrap();
-        assert_eq!(open(&p, &uk).unwrap().info.placement, i.placement);
+        write_slot(&file(&p), i.vault_id, &uk, 1, &r0).unwrap();
+        erase_other_slots(&file(&p), 1).unwrap();
+        assert_eq!(open(&file(&p), &uk).unwrap().info.placement, i.placement);
         // A flag this build does not know is refused, not ignored.
         let mut t = std::fs::read(&p).unwrap();
         t[10] |= 0x80;
@@ -569,10 +858,10 @@ mod tests {
         let p = dir.path().join("header");
         let (uk, r0) = (SecretKey::generate(), SecretKey::generate());
         let (_, mut b) = legacy_header(&p, &uk, &r0);
-        assert!(open(&p, &uk).unwrap().legacy_slot);
+        assert!(open(&file(&p), &uk).unwrap().legacy_slot);
         b[11] |= PLACE_RECORDS as u8;
         write_with_checksum(&p, &mut b);
         assert!(read_info(&p).unwrap().placement.records_on_cluster);
-        assert!(matches!(open(&p, &uk), Err(Error::Integrity(_))));
+        assert!(matches!(open(&file(&p), &uk), Err(Error::Integrity(_))));
     }
 }

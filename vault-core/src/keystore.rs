@@ -312,6 +312,24 @@ impl Keystore {
         self.engine.kind()
     }
 
+    /// One row of the header table (a cluster's keystore only; see
+    /// `header.rs`): a root-key slot or the sealed signing keys.
+    pub(crate) fn header_row(&self, name: &str) -> Result<Option<Vec<u8>>> {
+        self.engine.get(Table::Header, name.as_bytes())
+    }
+
+    /// Writes and deletes (`None`) header rows in one synchronous commit.
+    pub(crate) fn write_header_rows(&self, rows: Vec<(&str, Option<Vec<u8>>)>) -> Result<()> {
+        let ops = rows
+            .into_iter()
+            .map(|(name, v)| match v {
+                Some(v) => KeyOp::Put(Table::Header, name.as_bytes().to_vec(), v),
+                None => KeyOp::Delete(Table::Header, name.as_bytes().to_vec()),
+            })
+            .collect();
+        self.engine.write(ops, true)
+    }
+
     /// The bucket a subject's keys live in: `H(subject) mod B`, so all keys
     /// of one subject share one bucket and a subject disposal touches one.
     pub fn bucket_of(&self, subject: SubjectId) -> u32 {

@@ -475,35 +475,28 @@ impl Layout {
             signing: dir.join("signing"),
         }
     }
-
-    /// The signing keys under a new unlock key while a passphrase change
-    /// runs (`custodian.rs`): renamed over `signing` once the change commits.
-    fn signing_pending(&self) -> PathBuf {
-        self.signing.with_file_name("signing.new")
-    }
 }
 
-/// Opens the signing keys with `unlock`: from `signing`, or, when a
-/// passphrase change committed but had not yet renamed it, from
-/// `signing.new` (which is then renamed). A `signing.new` that the
-/// current key does not need is a change that never committed: removed.
-fn load_signing(l: &Layout, unlock: &SecretKey, vault: VaultId) -> Result<Signing> {
-    let pending = l.signing_pending();
-    match Signing::open(unlock, vault, &std::fs::read(&l.signing)?) {
+/// Opens the signing keys with `unlock`: the current ones, or, when a
+/// passphrase change committed but had not yet replaced them, the pending
+/// ones (which then replace them). Pending keys that the current key does
+/// not need are a change that never committed: removed.
+fn load_signing(place: &header::Place<'_>, unlock: &SecretKey, vault: VaultId) -> Result<Signing> {
+    let current = header::read_signing(place, false)?
+        .ok_or_else(|| Error::NotAVault("the vault's signing keys are missing".into()))?;
+    match Signing::open(unlock, vault, &current) {
         Ok(s) => {
-            if pending.exists() {
-                std::fs::remove_file(&pending)?;
-                fsutil::sync_dir(l.signing.parent().expect("in the vault"))?;
+            if header::read_signing(place, true)?.is_some() {
+                header::discard_pending_signing(place)?;
             }
             Ok(s)
         }
         Err(e) => {
-            let Ok(env) = std::fs::read(&pending) else {
+            let Some(env) = header::read_signing(place, true)? else {
                 return Err(e);
             };
             let s = Signing::open(unlock, vault, &env)?;
-            std::fs::rename(&pending, &l.signing)?;
-            fsutil::sync_dir(l.signing.parent().expect("in the vault"))?;
+            header::commit_signing(place)?;
             Ok(s)
         }
     }
@@ -749,13 +742,14 @@ impl Vault {
             }
         }
         // Keystore first: a header only ever points at a complete keystore.
-        open_keystore(dir, &l, &info, true)?.init_buckets(&root, 0)?;
+        let keys = open_keystore(dir, &l, &info, true)?;
+        keys.init_buckets(&root, 0)?;
         let signing = Signing::generate();
-        let mut f = fsutil::create_private_file(&l.signing)?;
-        std::io::Write::write_all(&mut f, &signing.seal(&unlock, info.vault_id))?;
-        f.sync_all()?;
-        header::create(&l.header, &info, &unlock, &root)?;
-        drop((root, signing));
+        let place = header::Place::of(&l.header, &l.signing, &info, &keys);
+        header::write_signing(&place, false, &signing.seal(&unlock, info.vault_id))?;
+        header::create(&place, &info, &unlock, &root)?;
+        drop(place);
+        drop((root, signing, keys));
 
         let vault = Vault::open(dir, passphrase, opts)?;
         let id = vault.insert_user(&init.admin, &init.admin_password, Role::Admin, false, None)?;
@@ -798,26 +792,33 @@ impl Vault {
             Some(cfg) => Store::on_cluster(cfg.clone(), info.vault_id, opts.sync)?,
             None => Store::open(&l.records, opts.sync)?,
         };
+        let keystore = open_keystore(dir, &l, &info, opts.sync)?;
+        if info.placement.keystore_on_cluster {
+            // The slots and signing keys of an earlier build's vault move
+            // onto the keystore cluster (once), and the directory keeps none.
+            header::move_to_keystore(&l.header, &l.signing, &keystore)?;
+        }
+        let place = header::Place::of(&l.header, &l.signing, &info, &keystore);
         let unlock = crypto::derive_unlock_key(passphrase, &info.salt, info.kdf)?;
-        let opened = header::open(&l.header, &unlock)?;
+        let opened = header::open(&place, &unlock)?;
         // Import spools a killed process left (ciphertext whose key died
         // with it): this process holds the lock, so none is in use.
         crate::spool::remove_leftovers(dir)?;
-        let keystore = open_keystore(dir, &l, &info, opts.sync)?;
         if let Some((old_epoch, old_root)) = &opened.unfinished_from {
             // A ratchet was interrupted after the new slot was written: finish it.
             keystore.rewrap_buckets((*old_epoch, old_root), (opened.epoch, &opened.root))?;
-            header::erase_other_slots(&l.header, opened.epoch)?;
+            header::erase_other_slots(&place, opened.epoch)?;
         }
         if let Some(old_epoch) = opened.rekey_from {
             // A passphrase change committed (its slot holds the same root
             // under the new key) and was interrupted: finish its re-wrap.
             keystore.rewrap_buckets((old_epoch, &opened.root), (opened.epoch, &opened.root))?;
-            header::erase_other_slots(&l.header, opened.epoch)?;
+            header::erase_other_slots(&place, opened.epoch)?;
         }
         let beacons =
             crate::beacon::BeaconSecret::new(keystore.beacon_secret(&opened.root, opened.epoch)?);
-        let signing = load_signing(&l, &unlock, info.vault_id)?;
+        let signing = load_signing(&place, &unlock, info.vault_id)?;
+        drop(place);
         store.set_row_key(SecretKey::from_bytes(crypto::mac(
             &signing.subject,
             "pivault-row-key-v1",
@@ -1381,20 +1382,27 @@ impl Vault {
         r
     }
 
+    /// Where this vault's root-key slots and signing keys live.
+    pub(crate) fn header_place(&self) -> header::Place<'_> {
+        let l = Layout::of(&self.dir);
+        header::Place::of(&l.header, &l.signing, &self.info, &self.keystore)
+    }
+
     pub(crate) fn ratchet(&self) -> Result<u64> {
         let mut epoch = self.epoch.write().expect("epoch lock");
         let next = epoch.number + 1;
         let root = SecretKey::generate();
-        let path = Layout::of(&self.dir).header;
-        // 1. New slot first (fsync): a crash from here on finishes on open.
+        let place = self.header_place();
+        // 1. New slot first (durable): a crash from here on finishes on open.
         let unlock = self.unlock.read().expect("unlock lock");
-        header::write_slot(&path, self.info.vault_id, &unlock, next, &root)?;
+        header::write_slot(&place, self.info.vault_id, &unlock, next, &root)?;
         drop(unlock);
         // 2. Re-wrap every bucket key (one synced batch).
         self.keystore
             .rewrap_buckets((epoch.number, &epoch.root), (next, &root))?;
-        // 3. Overwrite the old slot in place (fsync); the old root is then gone.
-        header::erase_other_slots(&path, next)?;
+        // 3. Overwrite (or delete) the old slot; the old root is then gone
+        // (on a cluster, from the files too once the keystore is purged).
+        header::erase_other_slots(&place, next)?;
         *epoch = Epoch { number: next, root };
         Ok(next)
     }

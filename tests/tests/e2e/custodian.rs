@@ -236,7 +236,14 @@ fn old_header_and_keystore_copy_with_the_old_passphrase_cannot_read_a_record_wri
     // The attacker's keys: the root from the old header with the old passphrase.
     let info = header::read_info(&old.join("header")).unwrap();
     let uk = crypto::derive_unlock_key(&secret(PASSPHRASE), &info.salt, info.kdf).unwrap();
-    let h = header::open(&old.join("header"), &uk).unwrap();
+    let h = header::open(
+        &header::Place::Files {
+            header: old.join("header"),
+            signing: old.join("signing"),
+        },
+        &uk,
+    )
+    .unwrap();
     // Graft the live wrapped keys into the old keystore copy, under the
     // names the old bucket key would open.
     {

@@ -22,6 +22,7 @@ mod edits;
 mod exports;
 mod fault_injection;
 mod forensic;
+mod header_cluster;
 mod housekeeping;
 mod incident;
 mod insiders;

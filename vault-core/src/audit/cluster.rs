@@ -277,6 +277,9 @@ impl ClusterTrail {
 /// to send again after a refusal; `None` when nothing is unsure.
 fn again<'a>(unsure: &'a [(u64, Vec<u8>)], lines: &[&'a [u8]]) -> Option<(i64, Vec<&'a [u8]>)> {
     let (from, _) = unsure.first()?;
-    let all = unsure.iter().map(|(_, l)| &l[..]).chain(lines.iter().copied());
+    let all = unsure
+        .iter()
+        .map(|(_, l)| &l[..])
+        .chain(lines.iter().copied());
     Some((*from as i64, all.collect()))
 }

@@ -24,10 +24,18 @@ pub(crate) enum Table {
     Deks,
     /// Per-backup keys K_b, by 16-byte backup ID.
     Backups,
+    /// The root-key header's slots and the sealed signing keys, by name
+    /// (`header.rs`). Only on a cluster: embedded, they are the files
+    /// beside the keystore.
+    Header,
 }
 
 impl Table {
+    /// The tables of every engine.
     pub(crate) const ALL: [Table; 3] = [Table::Buckets, Table::Deks, Table::Backups];
+    /// The tables of a cluster's keystore.
+    pub(crate) const ON_CLUSTER: [Table; 4] =
+        [Table::Buckets, Table::Deks, Table::Backups, Table::Header];
 
     /// The table's name in every engine (a RocksDB column family, a
     /// PostgreSQL table).
@@ -36,6 +44,7 @@ impl Table {
             Table::Buckets => "buckets",
             Table::Deks => "deks",
             Table::Backups => "backups",
+            Table::Header => "header",
         }
     }
 }

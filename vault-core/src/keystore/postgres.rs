@@ -483,6 +483,7 @@ impl PgKeys {
             "CREATE SCHEMA IF NOT EXISTS {s};
              CREATE TABLE IF NOT EXISTS {s}.buckets (k bytea PRIMARY KEY, v bytea NOT NULL);
              CREATE TABLE IF NOT EXISTS {s}.backups (k bytea PRIMARY KEY, v bytea NOT NULL);
+             CREATE TABLE IF NOT EXISTS {s}.header (k bytea PRIMARY KEY, v bytea NOT NULL);
              CREATE TABLE IF NOT EXISTS {s}.deks (bucket integer NOT NULL, k bytea NOT NULL, v bytea NOT NULL,
                  PRIMARY KEY (bucket, k)) PARTITION BY RANGE (bucket);"
         );
@@ -500,6 +501,7 @@ impl PgKeys {
         sql.push_str(&format!(
             "ALTER TABLE {s}.buckets ALTER COLUMN v SET STATISTICS 0;
              ALTER TABLE {s}.backups ALTER COLUMN v SET STATISTICS 0;
+             ALTER TABLE {s}.header ALTER COLUMN v SET STATISTICS 0;
              ALTER TABLE {s}.deks ALTER COLUMN v SET STATISTICS 0;"
         ));
         c.batch_execute(&sql).map_err(pg)
@@ -530,7 +532,8 @@ impl PgKeys {
     }
 
     /// The relations a purge rewrites: the touched data-key partitions and
-    /// both small tables (every bucket key is re-wrapped by the ratchet).
+    /// the three small tables (every bucket key is re-wrapped by the
+    /// ratchet, whose old root-key slot is deleted from `header`).
     fn purge_relations(&self, buckets: &[u32]) -> Vec<String> {
         let mut parts: Vec<u32> = buckets.iter().map(|&b| self.partition_of(b)).collect();
         parts.sort_unstable();
@@ -541,6 +544,7 @@ impl PgKeys {
             .collect();
         out.push(self.table(Table::Buckets));
         out.push(self.table(Table::Backups));
+        out.push(self.table(Table::Header));
         out
     }
 
@@ -1290,7 +1294,7 @@ impl PgKeys {
         }
         // Each table's deletes, then its upserts: one statement each.
         let mut steps: Vec<WriteStep> = Vec::new();
-        for t in Table::ALL {
+        for t in Table::ON_CLUSTER {
             let (mut put_b, mut put_k, mut put_v) = (Vec::new(), Vec::new(), Vec::new());
             let (mut del_b, mut del_k) = (Vec::new(), Vec::new());
             for ((tt, k), v) in &last {
