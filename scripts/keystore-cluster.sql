@@ -129,6 +129,10 @@ $$;
 REVOKE ALL ON FUNCTION pivault_verify.scan(bytea[]) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION pivault_verify.scan(bytea[]) TO pivault_vaults;
 
+-- The same scan narrowed to one vault's files (a separate file, so that a
+-- cluster set up by an earlier build can add it).
+\ir verify-scan-vault.sql
+
 -- Whether a file (a relation's old file after VACUUM FULL) is still there.
 CREATE FUNCTION pivault_verify.file_exists(p text) RETURNS boolean
 LANGUAGE sql SECURITY DEFINER

@@ -14,6 +14,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::RwLock;
 
+pub use engine::ByteScan;
 pub(crate) use engine::{KeyEngine, KeyOp, Table};
 pub use postgres::PurgeControl;
 pub(crate) use rocks::SMALL_MANIFEST_PREALLOCATION;
@@ -725,9 +726,8 @@ impl Keystore {
         &self,
         buckets: &[u32],
         needles: &[Vec<u8>],
-    ) -> Result<(Vec<String>, u64)> {
-        let s = self.engine.scan_for(buckets, needles)?;
-        Ok((s.hits, s.scanned))
+    ) -> Result<ByteScan> {
+        self.engine.scan_for(buckets, needles)
     }
 
     /// Number of wrapped DEKs stored (for `doctor` and tests).

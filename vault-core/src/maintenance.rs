@@ -383,9 +383,10 @@ impl Vault {
                 self.purge_skip_flush
                     .load(std::sync::atomic::Ordering::SeqCst),
             )?;
-            let (hits, _) = self
+            let hits = self
                 .keystore
-                .files_containing_for_buckets(&buckets, &wrapped)?;
+                .files_containing_for_buckets(&buckets, &wrapped)?
+                .hits;
             report.verified = ev.clean() && hits.is_empty();
             Ok(())
         })();

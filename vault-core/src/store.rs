@@ -582,7 +582,7 @@ impl Store {
         &self,
         ranges: &[Vec<u8>],
         needles: &[Vec<u8>],
-    ) -> Result<(Vec<String>, u64)> {
+    ) -> Result<crate::keystore::ByteScan> {
         self.engine.files_holding_beacons(ranges, needles)
     }
 

@@ -409,6 +409,105 @@ fn writes_racing_disposals_on_the_cluster_lose_nothing_and_every_certificate_hol
     Arc::try_unwrap(fx).unwrap().vault.close().unwrap();
 }
 
+/// A disposal's byte scan reads what a row of its vault can reach, not the
+/// files of other vaults' relations (`pivault_verify.scan_vault`): with
+/// many vaults on a cluster, each disposal read every vault's bytes. The
+/// skip holds only for schemas of *another* role (which cannot read this
+/// vault's rows): the same bytes in a schema of the vault's own role (an
+/// insider copying its rows under a made-up vault's name) are found. The
+/// whole scan (`files_containing`) still finds both, and the certificate
+/// says how many files it did not read.
+#[test]
+fn a_disposal_scan_skips_other_roles_vaults_files_but_not_its_own_roles() {
+    let _one = serial();
+    let c = cluster();
+    let tmp = tempfile::tempdir().unwrap();
+    let fx = vault_on_cluster(&tmp.path().join("vault"), &c);
+    let primary = c.members[primary_index(&c) - 1].clone();
+    let mut rnd = [0u8; 64];
+    vault_core::crypto::fill_random(&mut rnd);
+    let (other_bytes, own_bytes) = (rnd[..32].to_vec(), rnd[32..].to_vec());
+    let name = |b: &[u8]| format!("pv_{}", hex::encode(&b[..16]));
+    let (other, own) = (name(&other_bytes), name(&own_bytes));
+    /// Drops what the test planted, whatever happens to it.
+    struct Planted(String, String, String);
+    impl Drop for Planted {
+        fn drop(&mut self) {
+            let _ = psql_in(
+                &self.0,
+                "pivault_keys",
+                &format!(
+                    "DROP SCHEMA IF EXISTS {} CASCADE; DROP SCHEMA IF EXISTS {} CASCADE; DROP ROLE IF EXISTS pv_test_other",
+                    self.1, self.2
+                ),
+            );
+        }
+    }
+    let _planted = Planted(primary.clone(), other.clone(), own.clone());
+    psql_in(
+        &primary,
+        "pivault_keys",
+        &format!(
+            "CREATE ROLE pv_test_other NOLOGIN;
+             CREATE SCHEMA {other} AUTHORIZATION pv_test_other;
+             CREATE TABLE {other}.t (v bytea); ALTER TABLE {other}.t OWNER TO pv_test_other;
+             ALTER TABLE {other}.t ALTER COLUMN v SET STORAGE PLAIN;
+             INSERT INTO {other}.t VALUES ('\\x{}');
+             CREATE SCHEMA {own} AUTHORIZATION pivault;
+             CREATE TABLE {own}.t (v bytea); ALTER TABLE {own}.t OWNER TO pivault;
+             ALTER TABLE {own}.t ALTER COLUMN v SET STORAGE PLAIN;
+             INSERT INTO {own}.t VALUES ('\\x{}');
+             CHECKPOINT",
+            hex::encode(&other_bytes),
+            hex::encode(&own_bytes)
+        ),
+    )
+    .expect("planted");
+    wait_healthy(&c);
+    for m in &c.members {
+        psql(m, "CHECKPOINT");
+    }
+    // In a table file (not only the WAL), on a member.
+    let in_tables = |hits: &[String]| hits.iter().filter(|h| h.contains(": base/")).count();
+    let keys = fx.vault.keystore();
+    let full = keys
+        .files_containing(std::slice::from_ref(&other_bytes))
+        .unwrap();
+    assert!(
+        in_tables(&full) > 0,
+        "the whole scan sees the other role's table: {full:?}"
+    );
+    let narrowed = keys
+        .files_containing_for_buckets(&[], std::slice::from_ref(&other_bytes))
+        .unwrap();
+    assert_eq!(in_tables(&narrowed.hits), 0, "{narrowed:?}");
+    assert!(
+        narrowed.skipped >= 3,
+        "a file a member at least: {narrowed:?}"
+    );
+    let own_copy = keys
+        .files_containing_for_buckets(&[], std::slice::from_ref(&own_bytes))
+        .unwrap();
+    assert!(
+        in_tables(&own_copy.hits) > 0,
+        "a schema of the vault's own role is read: {own_copy:?}"
+    );
+
+    // The certificate names what was not read.
+    let recs = put_records(&fx, 2);
+    let cert = certificate_id(
+        fx.vault
+            .dispose(&fx.officer, &request(DisposalScope::Subject(recs[0].0)))
+            .unwrap(),
+    );
+    let doc = fx.vault.certificate(&fx.auditor, cert).unwrap();
+    let body = doc.body.to_string();
+    assert!(
+        body.contains("which no row of this vault reaches"),
+        "{body}"
+    );
+}
+
 #[test]
 fn two_vaults_on_one_cluster_dispose_independently() {
     let _one = serial();

@@ -71,12 +71,17 @@ impl std::fmt::Debug for KeyOp {
 pub(crate) trait Held {}
 impl<T> Held for T {}
 
-/// Result of a byte scan: the places holding a needle, and how many places
-/// (files) were read.
+/// Result of a byte scan: the places holding a needle, how many places
+/// (files) were read, and how many were deliberately not read (on a
+/// cluster: other databases' and other vaults' relation files).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub(crate) struct ByteScan {
+pub struct ByteScan {
+    /// The places holding a needle (on a cluster, `member: path`).
     pub hits: Vec<String>,
+    /// Places read.
     pub scanned: u64,
+    /// Places not read because no row of this vault can be there.
+    pub skipped: u64,
 }
 
 /// A scan's visitor: called with each (key, value) in key order; `false` stops.

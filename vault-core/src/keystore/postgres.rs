@@ -912,8 +912,16 @@ impl Conns {
         })
     }
 
-    /// Every member's files, through `pivault_verify.scan`.
-    pub(crate) fn scan_members(&self, needles: &[Vec<u8>]) -> Result<ByteScan> {
+    /// Every member's files, through `pivault_verify.scan`; with `vault`
+    /// (its schema), narrowed to what a row of that vault can reach
+    /// (`pivault_verify.scan_vault`: not other databases' nor other vaults'
+    /// relation files), or the whole scan on a cluster set up before that
+    /// function existed.
+    pub(crate) fn scan_members(
+        &self,
+        needles: &[Vec<u8>],
+        vault: Option<&str>,
+    ) -> Result<ByteScan> {
         let mut out = ByteScan::default();
         if needles.is_empty() {
             return Ok(out);
@@ -921,7 +929,7 @@ impl Conns {
         // Each member reads its own files, all at once (a thread each): on
         // separate machines the scan takes the slowest member's time, not
         // the sum of all. `None`: the member could not be reached.
-        type Found = Option<Vec<(String, bool)>>;
+        type Found = Option<Vec<(String, Option<bool>)>>;
         let found: Vec<Result<Found>> = std::thread::scope(|sc| {
             let scans: Vec<_> = self
                 .cfg
@@ -932,12 +940,29 @@ impl Conns {
                         let Ok(mut c) = self.connect(m) else {
                             return Ok(None);
                         };
-                        let rows = c
-                            .query(
+                        let narrowed = match vault {
+                            Some(v) => c.query(
+                                "SELECT path, hit FROM pivault_verify.scan_vault($1::bytea[], $2)",
+                                &[&needles, &v],
+                            ),
+                            None => c.query(
                                 "SELECT path, hit FROM pivault_verify.scan($1::bytea[])",
                                 &[&needles],
-                            )
-                            .map_err(pg)?;
+                            ),
+                        };
+                        let rows = match narrowed {
+                            Err(e)
+                                if e.code()
+                                    == Some(&postgres::error::SqlState::UNDEFINED_FUNCTION) =>
+                            {
+                                c.query(
+                                    "SELECT path, hit FROM pivault_verify.scan($1::bytea[])",
+                                    &[&needles],
+                                )
+                            }
+                            r => r,
+                        }
+                        .map_err(pg)?;
                         Ok(Some(rows.iter().map(|r| (r.get(0), r.get(1))).collect()))
                     })
                 })
@@ -954,9 +979,14 @@ impl Conns {
                 continue;
             };
             for (path, hit) in rows {
-                out.scanned += 1;
-                if hit {
-                    out.hits.push(format!("{name}: {path}"));
+                match hit {
+                    None => out.skipped += 1,
+                    Some(hit) => {
+                        out.scanned += 1;
+                        if hit {
+                            out.hits.push(format!("{name}: {path}"));
+                        }
+                    }
                 }
             }
         }
@@ -1034,13 +1064,14 @@ impl KeyEngine for PgKeys {
     }
 
     fn scan_for(&self, _buckets: &[u32], needles: &[Vec<u8>]) -> Result<ByteScan> {
-        // Every file of every member: a cluster keystore is small, and the
-        // function cannot tell a partition's files from another's cheaply.
-        off_runtime(|| self.conns.scan_members(needles))
+        // Every file of every member but other databases' and other
+        // vaults' relation files (one partition's files are not told from
+        // another's: a purge rewrites few, and the WAL holds them all).
+        off_runtime(|| self.conns.scan_members(needles, Some(&self.schema)))
     }
 
     fn files_containing(&self, needles: &[Vec<u8>]) -> Result<Vec<String>> {
-        off_runtime(|| Ok(self.conns.scan_members(needles)?.hits))
+        off_runtime(|| Ok(self.conns.scan_members(needles, None)?.hits))
     }
 
     fn hold_snapshot(&self) -> Result<Box<dyn Held + '_>> {

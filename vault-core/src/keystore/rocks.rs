@@ -346,7 +346,11 @@ impl KeyEngine for RocksKeys {
 
     fn scan_for(&self, buckets: &[u32], needles: &[Vec<u8>]) -> Result<ByteScan> {
         let (hits, scanned) = self.files_containing_for_buckets(buckets, needles)?;
-        Ok(ByteScan { hits, scanned })
+        Ok(ByteScan {
+            hits,
+            scanned,
+            skipped: 0,
+        })
     }
 
     fn files_containing(&self, needles: &[Vec<u8>]) -> Result<Vec<String>> {

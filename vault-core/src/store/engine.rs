@@ -43,12 +43,12 @@ pub(crate) trait RowEngine: Send + Sync + std::fmt::Debug {
     /// anywhere in the table) left where the engine keeps bytes.
     fn purge_beacons(&self, ranges: Option<&[Vec<u8>]>) -> Result<BeaconPurge>;
     /// The places that can hold a beacon row under `ranges` that contain
-    /// any of `needles`, and how many places were read.
+    /// any of `needles`, how many places were read and how many skipped.
     fn files_holding_beacons(
         &self,
         ranges: &[Vec<u8>],
         needles: &[Vec<u8>],
-    ) -> Result<(Vec<String>, u64)>;
+    ) -> Result<crate::keystore::ByteScan>;
     /// The engine's name (certificates, `doctor`).
     fn kind(&self) -> &'static str;
     /// Sets a negative control of the beacon purge (tests).

@@ -482,15 +482,15 @@ impl RowEngine for PgRows {
         })
     }
 
-    /// Every file of every member (`pivault_verify.scan`); a member that
-    /// cannot be reached is a hit.
+    /// Every file of every member but other databases' and other vaults'
+    /// relation files (`pivault_verify.scan_vault`); a member that cannot
+    /// be reached is a hit.
     fn files_holding_beacons(
         &self,
         _ranges: &[Vec<u8>],
         needles: &[Vec<u8>],
-    ) -> Result<(Vec<String>, u64)> {
-        let scan = off_runtime(|| self.conns.scan_members(needles))?;
-        Ok((scan.hits, scan.scanned))
+    ) -> Result<crate::keystore::ByteScan> {
+        off_runtime(|| self.conns.scan_members(needles, Some(&self.schema)))
     }
 
     fn kind(&self) -> &'static str {

@@ -220,7 +220,7 @@ impl RowEngine for RocksRows {
         &self,
         ranges: &[Vec<u8>],
         needles: &[Vec<u8>],
-    ) -> Result<(Vec<String>, u64)> {
+    ) -> Result<crate::keystore::ByteScan> {
         let live = self.db.live_files()?;
         let skip: std::collections::HashSet<String> = live
             .iter()
@@ -246,7 +246,11 @@ impl RowEngine for RocksRows {
             }
         }
         hits.sort();
-        Ok((hits, read))
+        Ok(crate::keystore::ByteScan {
+            hits,
+            scanned: read,
+            skipped: 0,
+        })
     }
 
     fn kind(&self) -> &'static str {

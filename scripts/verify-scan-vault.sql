@@ -1,0 +1,87 @@
+-- The verification scan narrowed to one vault (run by the superuser in
+-- `pivault_keys` by keystore-cluster.sql, before `pivault_records` is
+-- copied from it; on a cluster set up by an earlier build, run it in both
+-- databases: `psql -d pivault_keys -f scripts/verify-scan-vault.sql`, then
+-- `-d pivault_records`; until then the vault falls back to `scan`).
+--
+-- As `pivault_verify.scan`, but the files of other databases and of other
+-- vaults' relations (the schemas `pv_`/`pr_` and 32 hex digits owned by
+-- another role than the caller's, with their TOAST tables and TOAST
+-- indexes) are not read: a row of `vault` never reaches them (no other
+-- role can read it), and reading them made every vault's disposal pay for
+-- the bytes of every vault on the cluster. A schema of the caller's own
+-- role is read, whatever its name: a vault's role could copy its own rows
+-- there, and vaults sharing one role (`pivault`) are not told apart. Each is
+-- answered with `hit` NULL (another database: one row for its directory),
+-- so the caller counts and reports what it skipped. Everything else is
+-- read: this vault's relations, the catalogs, shared tables (the audit
+-- trails), the WAL, temporary files, logs, and any file no relation names
+-- (an old relation file the purge did not remove).
+CREATE FUNCTION pivault_verify.scan_vault(needles bytea[], vault text, OUT path text, OUT hit boolean)
+RETURNS SETOF record
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  here text := (SELECT oid::text FROM pg_database WHERE datname = current_database());
+  others jsonb;
+  todo text[] := ARRAY['.'];
+  d text;
+  e text;
+  p text;
+  st record;
+  content bytea;
+  n bytea;
+BEGIN
+  IF vault !~ '^p[vr]_[0-9a-f]{32}$' THEN
+    RAISE EXCEPTION 'not a vault schema name' USING ERRCODE = '22023';
+  END IF;
+  WITH rels AS (
+    SELECT c.oid, c.reltoastrelid FROM pg_class c
+      JOIN pg_namespace ns ON ns.oid = c.relnamespace
+     WHERE ns.nspname ~ '^p[vr]_[0-9a-f]{32}$' AND ns.nspname <> vault
+       AND ns.nspowner <> (SELECT r.oid FROM pg_roles r WHERE r.rolname = session_user)
+  ), toast AS (
+    SELECT reltoastrelid AS oid FROM rels WHERE reltoastrelid <> 0
+  ), every AS (
+    SELECT oid FROM rels
+    UNION ALL SELECT oid FROM toast
+    UNION ALL SELECT i.indexrelid FROM pg_index i JOIN toast t ON i.indrelid = t.oid
+  )
+  SELECT coalesce(jsonb_object_agg(f, true), '{}'::jsonb) INTO others
+    FROM (SELECT pg_relation_filepath(oid) AS f FROM every) x WHERE f IS NOT NULL;
+  WHILE coalesce(array_length(todo, 1), 0) > 0 LOOP
+    d := todo[1];
+    todo := todo[2:];
+    FOR e IN SELECT pg_ls_dir(d, true, false) LOOP
+      p := CASE WHEN d = '.' THEN e ELSE d || '/' || e END;
+      IF (d = 'base' AND e ~ '^[0-9]+$' AND e <> here)
+         OR others ? regexp_replace(p, '[._][^/]*$', '') THEN
+        path := p;
+        hit := NULL;
+        RETURN NEXT;
+        CONTINUE;
+      END IF;
+      SELECT * INTO st FROM pg_stat_file(p, true);
+      IF st.size IS NULL THEN CONTINUE; END IF;
+      IF st.isdir THEN
+        todo := todo || p;
+        CONTINUE;
+      END IF;
+      content := pg_read_binary_file(p, 0, st.size, true);
+      IF content IS NULL THEN CONTINUE; END IF;
+      path := p;
+      hit := false;
+      FOREACH n IN ARRAY needles LOOP
+        IF position(n IN content) > 0 THEN
+          hit := true;
+          EXIT;
+        END IF;
+      END LOOP;
+      RETURN NEXT;
+    END LOOP;
+  END LOOP;
+END
+$$;
+REVOKE ALL ON FUNCTION pivault_verify.scan_vault(bytea[], text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION pivault_verify.scan_vault(bytea[], text) TO pivault_vaults;
