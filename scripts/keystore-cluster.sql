@@ -83,55 +83,21 @@ $$;
 REVOKE ALL ON FUNCTION pivault_provision.drop_vault_role(text) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION pivault_provision.drop_vault_role(text) TO pivault_provider;
 
+-- The walk of the data directory that both scans share, and the scan
+-- narrowed to one vault's files (a separate file, so that a cluster set up
+-- by an earlier build can add them).
+\ir verify-scan-vault.sql
+
 -- Every regular file under the data directory, and whether it contains any
 -- of `needles`. Files that vanish during the walk (a checkpoint removing a
 -- WAL segment) are skipped; `postmaster.pid` and the like hold no row.
 CREATE FUNCTION pivault_verify.scan(needles bytea[], OUT path text, OUT hit boolean)
 RETURNS SETOF record
-LANGUAGE plpgsql SECURITY DEFINER
+LANGUAGE sql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-  todo text[] := ARRAY['.'];
-  d text;
-  e text;
-  p text;
-  st record;
-  content bytea;
-  n bytea;
-BEGIN
-  WHILE coalesce(array_length(todo, 1), 0) > 0 LOOP
-    d := todo[1];
-    todo := todo[2:];
-    FOR e IN SELECT pg_ls_dir(d, true, false) LOOP
-      p := CASE WHEN d = '.' THEN e ELSE d || '/' || e END;
-      SELECT * INTO st FROM pg_stat_file(p, true);
-      IF st.size IS NULL THEN CONTINUE; END IF;
-      IF st.isdir THEN
-        todo := todo || p;
-        CONTINUE;
-      END IF;
-      content := pg_read_binary_file(p, 0, st.size, true);
-      IF content IS NULL THEN CONTINUE; END IF;
-      path := p;
-      hit := false;
-      FOREACH n IN ARRAY needles LOOP
-        IF position(n IN content) > 0 THEN
-          hit := true;
-          EXIT;
-        END IF;
-      END LOOP;
-      RETURN NEXT;
-    END LOOP;
-  END LOOP;
-END
-$$;
+AS $$ SELECT * FROM pivault_verify.walk(needles, '{}'::jsonb, NULL) $$;
 REVOKE ALL ON FUNCTION pivault_verify.scan(bytea[]) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION pivault_verify.scan(bytea[]) TO pivault_vaults;
-
--- The same scan narrowed to one vault's files (a separate file, so that a
--- cluster set up by an earlier build can add it).
-\ir verify-scan-vault.sql
 
 -- Whether a file (a relation's old file after VACUUM FULL) is still there.
 CREATE FUNCTION pivault_verify.file_exists(p text) RETURNS boolean

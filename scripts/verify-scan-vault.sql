@@ -17,14 +17,18 @@
 -- read: this vault's relations, the catalogs, shared tables (the audit
 -- trails), the WAL, temporary files, logs, and any file no relation names
 -- (an old relation file the purge did not remove).
-CREATE FUNCTION pivault_verify.scan_vault(needles bytea[], vault text, OUT path text, OUT hit boolean)
+CREATE FUNCTION pivault_verify.walk(needles bytea[], others jsonb, here text,
+                                    OUT path text, OUT hit boolean)
 RETURNS SETOF record
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
+-- Every regular file under the data directory and whether it contains any
+-- of `needles`, but for the relation files named in `others` and, with
+-- `here`, the directories of databases other than `here` (answered with
+-- `hit` NULL, unread). Files that vanish during the walk (a checkpoint
+-- removing a WAL segment) are skipped.
 DECLARE
-  here text := (SELECT oid::text FROM pg_database WHERE datname = current_database());
-  others jsonb;
   todo text[] := ARRAY['.'];
   d text;
   e text;
@@ -33,29 +37,12 @@ DECLARE
   content bytea;
   n bytea;
 BEGIN
-  IF vault !~ '^p[vr]_[0-9a-f]{32}$' THEN
-    RAISE EXCEPTION 'not a vault schema name' USING ERRCODE = '22023';
-  END IF;
-  WITH rels AS (
-    SELECT c.oid, c.reltoastrelid FROM pg_class c
-      JOIN pg_namespace ns ON ns.oid = c.relnamespace
-     WHERE ns.nspname ~ '^p[vr]_[0-9a-f]{32}$' AND ns.nspname <> vault
-       AND ns.nspowner <> (SELECT r.oid FROM pg_roles r WHERE r.rolname = session_user)
-  ), toast AS (
-    SELECT reltoastrelid AS oid FROM rels WHERE reltoastrelid <> 0
-  ), every AS (
-    SELECT oid FROM rels
-    UNION ALL SELECT oid FROM toast
-    UNION ALL SELECT i.indexrelid FROM pg_index i JOIN toast t ON i.indrelid = t.oid
-  )
-  SELECT coalesce(jsonb_object_agg(f, true), '{}'::jsonb) INTO others
-    FROM (SELECT pg_relation_filepath(oid) AS f FROM every) x WHERE f IS NOT NULL;
   WHILE coalesce(array_length(todo, 1), 0) > 0 LOOP
     d := todo[1];
     todo := todo[2:];
     FOR e IN SELECT pg_ls_dir(d, true, false) LOOP
       p := CASE WHEN d = '.' THEN e ELSE d || '/' || e END;
-      IF (d = 'base' AND e ~ '^[0-9]+$' AND e <> here)
+      IF (here IS NOT NULL AND d = 'base' AND e ~ '^[0-9]+$' AND e <> here)
          OR others ? regexp_replace(p, '[._][^/]*$', '') THEN
         path := p;
         hit := NULL;
@@ -83,5 +70,43 @@ BEGIN
   END LOOP;
 END
 $$;
-REVOKE ALL ON FUNCTION pivault_verify.scan_vault(bytea[], text) FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION pivault_verify.scan_vault(bytea[], text) TO pivault_vaults;
+REVOKE ALL ON FUNCTION pivault_verify.walk(bytea[], jsonb, text) FROM PUBLIC;
+
+-- `tables` (NULL: all) narrows further, as the embedded engine's scan
+-- skips live table files of other column families: of the vault's own
+-- relations only those whose name starts with one of `tables` are read
+-- (`{beacons}` for the search index's tags, which no other table holds).
+CREATE FUNCTION pivault_verify.scan_vault(needles bytea[], vault text, tables text[],
+                                          OUT path text, OUT hit boolean)
+RETURNS SETOF record
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  others jsonb;
+BEGIN
+  IF vault !~ '^p[vr]_[0-9a-f]{32}$' THEN
+    RAISE EXCEPTION 'not a vault schema name' USING ERRCODE = '22023';
+  END IF;
+  WITH rels AS (
+    SELECT c.oid, c.reltoastrelid FROM pg_class c
+      JOIN pg_namespace ns ON ns.oid = c.relnamespace
+     WHERE (ns.nspname ~ '^p[vr]_[0-9a-f]{32}$' AND ns.nspname <> vault
+            AND ns.nspowner <> (SELECT r.oid FROM pg_roles r WHERE r.rolname = session_user))
+        OR (ns.nspname = vault AND tables IS NOT NULL
+            AND NOT EXISTS (SELECT 1 FROM unnest(tables) t WHERE starts_with(c.relname, t)))
+  ), toast AS (
+    SELECT reltoastrelid AS oid FROM rels WHERE reltoastrelid <> 0
+  ), every AS (
+    SELECT oid FROM rels
+    UNION ALL SELECT oid FROM toast
+    UNION ALL SELECT i.indexrelid FROM pg_index i JOIN toast t ON i.indrelid = t.oid
+  )
+  SELECT coalesce(jsonb_object_agg(f, true), '{}'::jsonb) INTO others
+    FROM (SELECT pg_relation_filepath(oid) AS f FROM every) x WHERE f IS NOT NULL;
+  RETURN QUERY SELECT * FROM pivault_verify.walk(needles, others,
+    (SELECT oid::text FROM pg_database WHERE datname = current_database()));
+END
+$$;
+REVOKE ALL ON FUNCTION pivault_verify.scan_vault(bytea[], text, text[]) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION pivault_verify.scan_vault(bytea[], text, text[]) TO pivault_vaults;

@@ -15,7 +15,7 @@ use vault_core::ids::VaultId;
 use vault_core::keystore::postgres::PgConfig;
 use vault_core::keystore::provider;
 
-use crate::cluster::{cluster, psql_in, serial};
+use crate::cluster::{cluster, primary_member, psql_in, serial};
 use crate::common;
 
 /// Makes `vault`'s records schema as the fixtures' role, as a vault's
@@ -173,23 +173,13 @@ fn a_trail_in_files_moves_onto_the_cluster_whole_at_open() {
     assert_eq!((report.events, report.checkpoints), (302, 3), "{report:?}");
 }
 
-/// The member that is the primary now.
-fn primary() -> String {
-    cluster()
-        .members
-        .iter()
-        .find(|m| psql_in(m, "postgres", "SELECT pg_is_in_recovery()").as_deref() == Some("f"))
-        .expect("a primary")
-        .clone()
-}
-
 /// What a new primary holds after the old one died with lazily committed
 /// events not yet on a standby: the trail of `vault` cut back to event
 /// `keep`. Done as the superuser, the only role that can.
 fn lose_events_after(vault: VaultId, keep: u64) {
     let v = hex::encode(vault.as_bytes());
     psql_in(
-        &primary(),
+        &primary_member(&cluster()),
         "pivault_records",
         &format!(
             "DELETE FROM pivault_audit.events WHERE vault = '{v}' AND seq > {keep};
@@ -268,7 +258,7 @@ fn events_a_failover_lost_are_sent_again_by_the_process_that_acknowledged_them()
 #[test]
 fn a_records_database_without_the_audit_trails_is_refused_naming_the_script() {
     let _one = serial();
-    let primary = primary();
+    let primary = primary_member(&cluster());
     /// Puts the schema back whatever happens to the test.
     struct Back(String);
     impl Drop for Back {

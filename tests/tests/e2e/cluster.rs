@@ -423,7 +423,7 @@ fn a_disposal_scan_skips_other_roles_vaults_files_but_not_its_own_roles() {
     let c = cluster();
     let tmp = tempfile::tempdir().unwrap();
     let fx = vault_on_cluster(&tmp.path().join("vault"), &c);
-    let primary = c.members[primary_index(&c) - 1].clone();
+    let primary = primary_member(&c);
     let mut rnd = [0u8; 64];
     vault_core::crypto::fill_random(&mut rnd);
     let (other_bytes, own_bytes) = (rnd[..32].to_vec(), rnd[32..].to_vec());
@@ -818,6 +818,11 @@ pub(crate) fn psql_in(m: &str, db: &str, sql: &str) -> Option<String> {
 }
 
 /// The index (1-based, as cluster.sh counts) of the primary.
+/// The member that is the primary now (`host:port`).
+pub(crate) fn primary_member(c: &Cluster) -> String {
+    c.members[primary_index(c) - 1].clone()
+}
+
 pub(crate) fn primary_index(c: &Cluster) -> usize {
     c.members
         .iter()

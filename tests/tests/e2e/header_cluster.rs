@@ -11,7 +11,7 @@ use vault_core::ids::SubjectId;
 use vault_core::secret::SecretString;
 use vault_core::vault::{DisposalScope, Vault, custodian_context};
 
-use crate::cluster::{cluster, psql_in, request, serial};
+use crate::cluster::{cluster, primary_member, psql_in, request, serial};
 use crate::common::{self, Fixture};
 
 /// Bytes of the header file before its slots.
@@ -20,15 +20,6 @@ const NEW_PASSPHRASE: &str = "Custodian-Rotated-Heliotrope-48!";
 
 fn body(n: u32) -> serde_json::Value {
     serde_json::json!({ "given_name": "Header", "family_name": "Cluster", "ssn": format!("123-45-{:04}", 2000 + n) })
-}
-
-fn primary() -> String {
-    cluster()
-        .members
-        .iter()
-        .find(|m| psql_in(m, "postgres", "SELECT pg_is_in_recovery()").as_deref() == Some("f"))
-        .expect("a primary")
-        .clone()
 }
 
 /// The vault's keystore schema.
@@ -40,7 +31,7 @@ fn schema(fx: &Fixture) -> String {
 /// reads them.
 fn rows(schema: &str) -> Vec<(String, Vec<u8>)> {
     let out = psql_in(
-        &primary(),
+        &primary_member(&cluster()),
         "pivault_keys",
         &format!(
             "SELECT convert_from(k, 'UTF8') || ':' || encode(v, 'hex') FROM {schema}.header ORDER BY k"
@@ -95,7 +86,7 @@ fn the_old_root_key_slot_leaves_every_member_with_the_disposal_that_ratchets() {
     let old_slot = row(&before, "slot0").unwrap().clone();
     let sealed = row(&before, "signing").unwrap().clone();
     // Positive control: the members' files hold the slot now.
-    psql_in(&primary(), "postgres", "CHECKPOINT").unwrap();
+    psql_in(&primary_member(&cluster()), "postgres", "CHECKPOINT").unwrap();
     assert!(
         !c.files_holding(std::slice::from_ref(&old_slot)).is_empty(),
         "the scan must see the live slot on the members"
@@ -195,7 +186,7 @@ fn a_header_in_files_moves_onto_the_keystore_cluster_and_the_file_no_longer_coun
         std::fs::set_permissions(f, std::fs::Permissions::from_mode(0o600)).unwrap();
     }
     psql_in(
-        &primary(),
+        &primary_member(&cluster()),
         "pivault_keys",
         &format!("DELETE FROM {s}.header"),
     )
@@ -241,7 +232,7 @@ fn a_header_in_files_moves_onto_the_keystore_cluster_and_the_file_no_longer_coun
 
     // The rows lost and no slot in the file: refused, nothing written.
     psql_in(
-        &primary(),
+        &primary_member(&cluster()),
         "pivault_keys",
         &format!("DELETE FROM {s}.header"),
     )

@@ -17,7 +17,7 @@ use vault_core::keystore::PurgeControl;
 use vault_core::vault::DisposalScope;
 use vault_core::vault::FindTarget;
 
-use crate::cluster::{cluster, psql_in, request, serial};
+use crate::cluster::{cluster, primary_member, psql_in, request, serial};
 use crate::common::{self, Fixture};
 use crate::search::{COUNTER, counter_schema, find};
 
@@ -66,14 +66,6 @@ fn put_people(fx: &Fixture, numbers: std::ops::Range<u32>) -> Vec<RecordId> {
 }
 
 /// The member that is the primary now.
-fn primary_member(c: &crate::cluster::Cluster) -> String {
-    c.members
-        .iter()
-        .find(|m| psql_in(m, "postgres", "SELECT pg_is_in_recovery()").as_deref() == Some("f"))
-        .expect("a primary")
-        .clone()
-}
-
 /// Every row of the vault's records schema as the superuser sees it on
 /// member `m`: the count of rows and of beacon rows.
 fn row_counts(m: &str, vault: &vault_core::vault::Vault) -> (u64, u64) {

@@ -913,14 +913,15 @@ impl Conns {
     }
 
     /// Every member's files, through `pivault_verify.scan`; with `vault`
-    /// (its schema), narrowed to what a row of that vault can reach
-    /// (`pivault_verify.scan_vault`: not other databases' nor other vaults'
-    /// relation files), or the whole scan on a cluster set up before that
-    /// function existed.
+    /// (its schema, and the name prefixes of its tables that can hold the
+    /// needles, `None` for all), narrowed to what a row of that vault can
+    /// reach (`pivault_verify.scan_vault`: not other databases' nor other
+    /// vaults' relation files, nor the vault's other tables), or the whole
+    /// scan on a cluster set up before that function existed.
     pub(crate) fn scan_members(
         &self,
         needles: &[Vec<u8>],
-        vault: Option<&str>,
+        vault: Option<(&str, Option<&[&str]>)>,
     ) -> Result<ByteScan> {
         let mut out = ByteScan::default();
         if needles.is_empty() {
@@ -941,9 +942,9 @@ impl Conns {
                             return Ok(None);
                         };
                         let narrowed = match vault {
-                            Some(v) => c.query(
-                                "SELECT path, hit FROM pivault_verify.scan_vault($1::bytea[], $2)",
-                                &[&needles, &v],
+                            Some((v, tables)) => c.query(
+                                "SELECT path, hit FROM pivault_verify.scan_vault($1::bytea[], $2, $3)",
+                                &[&needles, &v, &tables],
                             ),
                             None => c.query(
                                 "SELECT path, hit FROM pivault_verify.scan($1::bytea[])",
@@ -1067,7 +1068,7 @@ impl KeyEngine for PgKeys {
         // Every file of every member but other databases' and other
         // vaults' relation files (one partition's files are not told from
         // another's: a purge rewrites few, and the WAL holds them all).
-        off_runtime(|| self.conns.scan_members(needles, Some(&self.schema)))
+        off_runtime(|| self.conns.scan_members(needles, Some((&self.schema, None))))
     }
 
     fn files_containing(&self, needles: &[Vec<u8>]) -> Result<Vec<String>> {

@@ -483,14 +483,20 @@ impl RowEngine for PgRows {
     }
 
     /// Every file of every member but other databases' and other vaults'
-    /// relation files (`pivault_verify.scan_vault`); a member that cannot
-    /// be reached is a hit.
+    /// relation files and the vault's own tables other than the search
+    /// index's (`pivault_verify.scan_vault`): as the embedded engine skips
+    /// live table files of other column families, since a tag is only ever
+    /// written in a beacon row. A member that cannot be reached is a hit.
     fn files_holding_beacons(
         &self,
         _ranges: &[Vec<u8>],
         needles: &[Vec<u8>],
     ) -> Result<crate::keystore::ByteScan> {
-        off_runtime(|| self.conns.scan_members(needles, Some(&self.schema)))
+        let tables: &[&str] = &[CF_BEACONS];
+        off_runtime(|| {
+            self.conns
+                .scan_members(needles, Some((&self.schema, Some(tables))))
+        })
     }
 
     fn kind(&self) -> &'static str {
