@@ -73,9 +73,11 @@ $$;
 REVOKE ALL ON FUNCTION pivault_verify.walk(bytea[], jsonb, text) FROM PUBLIC;
 
 -- `tables` (NULL: all) narrows further, as the embedded engine's scan
--- skips live table files of other column families: of the vault's own
--- relations only those whose name starts with one of `tables` are read
--- (`{beacons}` for the search index's tags, which no other table holds).
+-- skips the live table files of other column families and of ranges that
+-- held no deleted row: of the vault's own relations only those named in
+-- `tables`, or named after one of them and `_` (its partitions, its
+-- indexes), are read (the search index's partitions that held the deleted
+-- tags, which no other table holds).
 CREATE FUNCTION pivault_verify.scan_vault(needles bytea[], vault text, tables text[],
                                           OUT path text, OUT hit boolean)
 RETURNS SETOF record
@@ -94,7 +96,8 @@ BEGIN
      WHERE (ns.nspname ~ '^p[vr]_[0-9a-f]{32}$' AND ns.nspname <> vault
             AND ns.nspowner <> (SELECT r.oid FROM pg_roles r WHERE r.rolname = session_user))
         OR (ns.nspname = vault AND tables IS NOT NULL
-            AND NOT EXISTS (SELECT 1 FROM unnest(tables) t WHERE starts_with(c.relname, t)))
+            AND NOT EXISTS (SELECT 1 FROM unnest(tables) t
+                            WHERE c.relname = t OR starts_with(c.relname, t || '_')))
   ), toast AS (
     SELECT reltoastrelid AS oid FROM rels WHERE reltoastrelid <> 0
   ), every AS (

@@ -1528,7 +1528,10 @@ impl Vault {
                     } else {
                         format!(
                             "file(s) of the records cluster's members (every file of each member's data directory{})",
-                            skipped_files(skipped)
+                            skipped_files(
+                                skipped,
+                                "of other vaults' relations and of this vault's tables other than its search index's (as the embedded engine skips other column families' live files)"
+                            )
                         )
                     };
                     bp.byte_scan = Some(format!(
@@ -1558,7 +1561,7 @@ impl Vault {
                 let places = if self.keystore.engine_kind() == "postgresql" {
                     format!(
                         "every file of every keystore cluster member's data directory (tables, WAL, logs, control files){}, read by each member",
-                        skipped_files(skipped)
+                        skipped_files(skipped, "of other vaults' relations")
                     )
                 } else {
                     "every WAL, manifest and other non-table file, every table file outside the live set, every live data-key table file covering a touched bucket".to_owned()
@@ -2651,15 +2654,13 @@ impl Vault {
     }
 }
 
-/// What a cluster's byte scan left unread, for a certificate: the files of
-/// other databases and of other vaults' relations, which no row of this
-/// vault reaches (`pivault_verify.scan_vault`; none on a cluster set up
-/// before it, whose scan reads every file).
-fn skipped_files(skipped: u64) -> String {
+/// What a cluster's byte scan left unread, for a certificate: the
+/// directories of other databases and the relation files `what` names,
+/// which the needles cannot reach (`pivault_verify.scan_vault`; none on a
+/// cluster set up before it, whose scan reads every file).
+fn skipped_files(skipped: u64, what: &str) -> String {
     if skipped == 0 {
         return String::new();
     }
-    format!(
-        " but the {skipped} file(s) and database directories of other databases and of other vaults' relations, which no row of this vault reaches"
-    )
+    format!(" but the {skipped} file(s) and directories of other databases and {what}, unread")
 }

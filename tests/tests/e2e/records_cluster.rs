@@ -312,6 +312,14 @@ fn a_disposal_purges_the_blind_indexes_from_every_member_and_a_plain_vacuum_is_c
                 msg.contains(".beacons_") && msg.contains(": not rewritten"),
                 "{msg}"
             );
+            // The byte scan, narrowed to the partitions that held the
+            // deleted rows, reads the one left unrewritten and finds the
+            // tag in its table file (not only in the WAL).
+            let found = msg
+                .split("deleted search beacons found in records-database files")
+                .nth(1)
+                .unwrap_or_else(|| panic!("the scan found no tag: {msg}"));
+            assert!(found.contains(": base/"), "{msg}");
         }
         other => panic!("a plain VACUUM must not certify: {other:?}"),
     }

@@ -484,18 +484,27 @@ impl RowEngine for PgRows {
 
     /// Every file of every member but other databases' and other vaults'
     /// relation files and the vault's own tables other than the search
-    /// index's (`pivault_verify.scan_vault`): as the embedded engine skips
-    /// live table files of other column families, since a tag is only ever
-    /// written in a beacon row. A member that cannot be reached is a hit.
+    /// index's partitions that held the deleted rows
+    /// (`pivault_verify.scan_vault`): as the embedded engine skips the live
+    /// table files of other column families and of other ranges, since a
+    /// tag is only ever written in a beacon row, and a record's beacon rows
+    /// are all in its partition. A member that cannot be reached is a hit.
     fn files_holding_beacons(
         &self,
-        _ranges: &[Vec<u8>],
+        ranges: &[Vec<u8>],
         needles: &[Vec<u8>],
     ) -> Result<crate::keystore::ByteScan> {
-        let tables: &[&str] = &[CF_BEACONS];
+        let mut tables: Vec<String> = beacon_partitions(Some(ranges))
+            .into_iter()
+            .map(|p| format!("{CF_BEACONS}_{p}"))
+            .collect();
+        if tables.is_empty() {
+            tables.push(CF_BEACONS.to_owned());
+        }
+        let tables: Vec<&str> = tables.iter().map(String::as_str).collect();
         off_runtime(|| {
             self.conns
-                .scan_members(needles, Some((&self.schema, Some(tables))))
+                .scan_members(needles, Some((&self.schema, Some(&tables))))
         })
     }
 
