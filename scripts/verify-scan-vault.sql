@@ -4,30 +4,17 @@
 -- databases: `psql -d pivault_keys -f scripts/verify-scan-vault.sql`, then
 -- `-d pivault_records`; until then the vault falls back to `scan`).
 --
--- As `pivault_verify.scan`, but the files of other databases and of other
--- vaults' relations (the schemas `pv_`/`pr_` and 32 hex digits owned by
--- another role than the caller's, with their TOAST tables and TOAST
--- indexes) are not read: a row of `vault` never reaches them (no other
--- role can read it), and reading them made every vault's disposal pay for
--- the bytes of every vault on the cluster. A schema of the caller's own
--- role is read, whatever its name: a vault's role could copy its own rows
--- there, and vaults sharing one role (`pivault`) are not told apart. Each is
--- answered with `hit` NULL (another database: one row for its directory),
--- so the caller counts and reports what it skipped. Everything else is
--- read: this vault's relations, the catalogs, shared tables (the audit
--- trails), the WAL, temporary files, logs, and any file no relation names
--- (an old relation file the purge did not remove).
+-- Every regular file under the data directory and whether it contains any
+-- of `needles`, but for the relation files named in `others` and, with
+-- `here`, the directories of databases other than `here` (answered with
+-- `hit` NULL, unread). Files that vanish during the walk (a checkpoint
+-- removing a WAL segment) are skipped.
 CREATE FUNCTION pivault_verify.walk(needles bytea[], others jsonb, here text,
                                     OUT path text, OUT hit boolean)
 RETURNS SETOF record
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
--- Every regular file under the data directory and whether it contains any
--- of `needles`, but for the relation files named in `others` and, with
--- `here`, the directories of databases other than `here` (answered with
--- `hit` NULL, unread). Files that vanish during the walk (a checkpoint
--- removing a WAL segment) are skipped.
 DECLARE
   todo text[] := ARRAY['.'];
   d text;
@@ -72,6 +59,20 @@ END
 $$;
 REVOKE ALL ON FUNCTION pivault_verify.walk(bytea[], jsonb, text) FROM PUBLIC;
 
+-- As `pivault_verify.scan`, but the files of other databases and of other
+-- vaults' relations (the schemas `pv_`/`pr_` and 32 hex digits owned by
+-- another role than the caller's, with their TOAST tables and TOAST
+-- indexes) are not read: a row of `vault` never reaches them (no other
+-- role can read it), and reading them made every vault's disposal pay for
+-- the bytes of every vault on the cluster. A schema of the caller's own
+-- role is read, whatever its name: a vault's role could copy its own rows
+-- there, and vaults sharing one role (`pivault`) are not told apart. Each is
+-- answered with `hit` NULL (another database: one row for its directory),
+-- so the caller counts and reports what it skipped. Everything else is
+-- read: this vault's relations, the catalogs, shared tables (the audit
+-- trails), the WAL, temporary files, logs, and any file no relation names
+-- (an old relation file the purge did not remove).
+--
 -- `tables` (NULL: all) narrows further, as the embedded engine's scan
 -- skips the live table files of other column families and of ranges that
 -- held no deleted row: of the vault's own relations only those named in
