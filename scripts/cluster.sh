@@ -256,17 +256,31 @@ member_start() {
   # An old primary that cannot rewind onto the new timeline (its WAL
   # purged too) stays stuck before a consistent state: re-cloned as well
   # when it is not streaming after 20 s.
-  local su recloned=0 n=0
+  local su recloned=0 n=0 next_reinit=0
   su=$(cat "$DIR/superuser.password")
   for n in $(seq 1 300); do
     if [ "$(PGPASSWORD=$su psql -h 127.0.0.1 -p "$pg" -U postgres -tAc \
         "SELECT status FROM pg_stat_wal_receiver" 2>/dev/null || true)" = "streaming" ]; then
       return 0
     fi
-    if [ $recloned -eq 0 ] && { tail -c "+$from" "$log" | grep -q "has already been removed" || [ "$n" -ge 100 ]; }; then
-      recloned=1
+    # Patroni exits at once when its REST port is taken: the cluster's
+    # ports lie in Linux's ephemeral range, so an outgoing connection may
+    # hold it for a while after the member went down ("Address already in
+    # use"). Start it again every 2 s until it stays up.
+    if [ $((n % 10)) -eq 0 ] && ! pgrep -f "$DIR/patroni$i\.yml( |$)" >/dev/null 2>&1; then
+      echo "pivault: patroni$i is not running; starting it again" >> "$log"
+      { as_pg patroni "$DIR/patroni$i.yml" >> "$log" 2>&1 & }
+    fi
+    # Re-cloned once Patroni runs (a re-clone of a member Patroni does not
+    # know fails: "No replica among provided members"), until one succeeds.
+    if [ $recloned -eq 0 ] && [ "$n" -ge "$next_reinit" ] &&
+        { tail -c "+$from" "$log" | grep -q "has already been removed" || [ "$n" -ge 100 ]; } &&
+        pgrep -f "$DIR/patroni$i\.yml( |$)" >/dev/null 2>&1; then
       echo "pivault: re-cloning pg$i (the WAL it needs was purged)" >> "$log"
-      as_pg patronictl -c "$DIR/patroni$i.yml" reinit pivault-keys "pg$i" --force --wait >> "$log" 2>&1 || true
+      if as_pg patronictl -c "$DIR/patroni$i.yml" reinit pivault-keys "pg$i" --force --wait >> "$log" 2>&1; then
+        recloned=1
+      fi
+      next_reinit=$((n + 25))
     fi
     sleep 0.2
   done
