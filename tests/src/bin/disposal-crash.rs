@@ -85,8 +85,15 @@ fn main() -> ExitCode {
             let (vault, clerk) = (vault.clone(), clerk.clone());
             std::thread::spawn(move || write_forever(&vault, &clerk, w as u64));
         }
-        // Let the writers get going before the batch starts.
-        std::thread::sleep(std::time::Duration::from_millis(30));
+        // Let the writers get going before the batch starts: until one
+        // write is acknowledged (a fixed pause was too short on a loaded
+        // machine with the stores on a cluster), at most 10 s.
+        let start = std::time::Instant::now();
+        while ACKED.load(std::sync::atomic::Ordering::SeqCst) == 0
+            && start.elapsed() < std::time::Duration::from_secs(10)
+        {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
     }
 
     let target = step.clone();
@@ -123,6 +130,9 @@ fn family(n: u64) -> String {
     format!("Writer{}{}{}{}", a(n / 17_576), a(n / 676), a(n / 26), a(n))
 }
 
+/// Writes acknowledged so far, by every writer.
+static ACKED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 /// Puts a record, then updates it, over and over, printing each step.
 fn write_forever(vault: &Vault, clerk: &vault_core::vault::Session, w: u64) {
     use std::io::Write;
@@ -141,6 +151,7 @@ fn write_forever(vault: &Vault, clerk: &vault_core::vault::Session, w: u64) {
             continue;
         };
         say(format!("ok put {id} {subject} {}", family(n)));
+        ACKED.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         n += 1;
         let body = serde_json::json!({ "given_name": "Crash", "family_name": family(n) });
         say(format!("try update {id} {}", family(n)));
