@@ -322,14 +322,15 @@ fn read_image(place: &Place<'_>) -> Result<Vec<u8>> {
     let Place::Keystore { keys, .. } = place else {
         return Ok(b);
     };
-    if keys.header_row(ROW_STATIC)?.as_deref() != Some(&b[..SLOTS_AT]) {
+    let mut rows = keys.header_rows()?;
+    if rows.get(ROW_STATIC).map(Vec::as_slice) != Some(&b[..SLOTS_AT]) {
         return Err(Error::Integrity(
             "vault header (the keystore cluster holds another header for this vault)",
         ));
     }
     for (i, name) in ROW_SLOTS.iter().enumerate() {
         let at = SLOTS_AT + i * SLOT_LEN;
-        match keys.header_row(name)? {
+        match rows.remove(*name) {
             Some(row) if row.len() == SLOT_LEN => b[at..at + SLOT_LEN].copy_from_slice(&row),
             Some(_) => return Err(Error::Integrity("vault header (a key slot on the cluster)")),
             None => b[at..at + SLOT_LEN].fill(0),
@@ -503,11 +504,8 @@ pub fn slot_rows(place: &Place<'_>) -> Result<Vec<Vec<u8>>> {
     let Place::Keystore { keys, .. } = place else {
         return Ok(Vec::new());
     };
-    let mut out = Vec::new();
-    for name in ROW_SLOTS {
-        out.extend(keys.header_row(name)?);
-    }
-    Ok(out)
+    let mut rows = keys.header_rows()?;
+    Ok(ROW_SLOTS.iter().filter_map(|n| rows.remove(*n)).collect())
 }
 
 /// The sealed signing keys (`pending`: those under a passphrase change's
@@ -605,16 +603,16 @@ fn signing_row(pending: bool) -> &'static str {
 /// are erased unread. Refuses a cluster holding another header for this
 /// vault, and a directory with no slots whose cluster holds none (the
 /// header's rows are not on this cluster).
-pub fn move_to_keystore(header: &Path, signing: &Path, keys: &Keystore) -> Result<bool> {
+pub fn move_to_keystore(header: &Path, signing: &Path, keys: &Keystore) -> Result<()> {
     let local = read_bytes(header)?;
     parse_info(&local)?;
-    let moved = match keys.header_row(ROW_STATIC)? {
+    match keys.header_row(ROW_STATIC)? {
         Some(row) if row != local[..SLOTS_AT] => {
             return Err(Error::Integrity(
                 "vault header (the keystore cluster holds another header for this vault)",
             ));
         }
-        Some(_) => false,
+        Some(_) => {}
         None => {
             let mut rows = vec![(ROW_STATIC, Some(local[..SLOTS_AT].to_vec()))];
             for (i, name) in ROW_SLOTS.iter().enumerate() {
@@ -636,9 +634,8 @@ pub fn move_to_keystore(header: &Path, signing: &Path, keys: &Keystore) -> Resul
                 }
             }
             keys.write_header_rows(rows)?;
-            true
         }
-    };
+    }
     if local[SLOTS_AT..].iter().any(|&x| x != 0) {
         write_at(header, SLOTS_AT, &[0u8; 2 * SLOT_LEN])?;
     }
@@ -649,7 +646,7 @@ pub fn move_to_keystore(header: &Path, signing: &Path, keys: &Keystore) -> Resul
             crate::fsutil::sync_dir(signing.parent().expect("in the vault"))?;
         }
     }
-    Ok(moved)
+    Ok(())
 }
 
 fn write_at(path: &Path, at: usize, bytes: &[u8]) -> Result<()> {

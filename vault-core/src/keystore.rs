@@ -319,6 +319,16 @@ impl Keystore {
         self.engine.get(Table::Header, name.as_bytes())
     }
 
+    /// Every row of the header table, by name, in one read.
+    pub(crate) fn header_rows(&self) -> Result<HashMap<String, Vec<u8>>> {
+        let mut rows = HashMap::new();
+        self.engine.scan(Table::Header, &[], &mut |k, v| {
+            rows.insert(String::from_utf8_lossy(k).into_owned(), v.to_vec());
+            Ok(true)
+        })?;
+        Ok(rows)
+    }
+
     /// Writes and deletes (`None`) header rows in one synchronous commit.
     pub(crate) fn write_header_rows(&self, rows: Vec<(&str, Option<Vec<u8>>)>) -> Result<()> {
         let ops = rows
