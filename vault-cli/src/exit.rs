@@ -82,8 +82,8 @@ pub fn for_code(code: &str) -> u8 {
         "not_found" | "not_a_vault" => NOT_FOUND,
         "disposed" => DISPOSED,
         "integrity" | "unsupported_format" => INTEGRITY,
-        "vault_busy" | "rate_limited" | "login_throttled" | "timeout" | "unavailable"
-        | "overloaded" => BUSY,
+        "vault_busy" | "taken_over" | "rate_limited" | "login_throttled" | "timeout"
+        | "unavailable" | "overloaded" => BUSY,
         "wrong_passphrase" => PASSPHRASE,
         "storage" | "io" | "audit_unavailable" | "import_incomplete" | "writes_fenced"
         | "disk_low" => STORAGE,

@@ -126,6 +126,7 @@ impl Vault {
     /// last one, and copies it into the records database: the server's
     /// time-based checkpoint, so a quiet vault's latest events are covered.
     pub fn checkpoint_now(&self) -> Result<()> {
+        self.store.check_lease()?;
         let mut log = self
             .audit
             .lock()
@@ -224,6 +225,7 @@ impl Vault {
     /// response can be stored with [`Vault::audit_timestamp`].
     pub fn audit_anchor(&self, s: &Session) -> Result<AnchorExport> {
         self.authorize(s, Some(Permission::ReadAudit))?;
+        self.store.check_lease()?;
         let head = {
             let mut log = self
                 .audit

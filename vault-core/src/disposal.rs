@@ -1640,6 +1640,7 @@ impl Vault {
                 Ok(()),
                 None,
             )?;
+            self.store.check_lease()?;
             let (cp_seq, head) = {
                 let mut log = self.audit.lock().expect("audit lock");
                 log.checkpoint(self.now())?;

@@ -106,6 +106,11 @@ pub enum Error {
     },
     /// Another process holds the vault open.
     VaultBusy,
+    /// Another process took the vault over after this process's lease on
+    /// it lapsed (it was stopped or cut off from the cluster for longer
+    /// than the lease): this process serves nothing more and must open the
+    /// vault again, as a standby.
+    TakenOver,
     /// The directory is not a vault, or a vault exists where one was to be created.
     NotAVault(String),
     /// A vault file or directory is readable by group or others.
@@ -151,6 +156,7 @@ impl Error {
             Error::NoOfficer => "no_officer",
             Error::ApprovalRequired { .. } => "approval_required",
             Error::VaultBusy => "vault_busy",
+            Error::TakenOver => "taken_over",
             Error::NotAVault(_) => "not_a_vault",
             Error::UnsafePermissions(_) => "unsafe_permissions",
             Error::UnsupportedFormat(_) => "unsupported_format",
@@ -235,6 +241,9 @@ impl fmt::Display for Error {
             ),
             Error::VaultBusy => f.write_str(
                 "the vault is held open by another process (a running pivault-server? use --server)",
+            ),
+            Error::TakenOver => f.write_str(
+                "another process took the vault over after this process's lease on it lapsed; this process serves nothing more (restart it: it stands by)",
             ),
             Error::NotAVault(m) => write!(f, "{m}"),
             Error::UnsafePermissions(p) => {

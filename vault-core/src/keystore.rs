@@ -313,6 +313,12 @@ impl Keystore {
         self.engine.kind()
     }
 
+    /// Another process took the vault over (on a cluster: this process's
+    /// lease lapsed and a standby opened the vault).
+    pub fn lease_lost(&self) -> bool {
+        self.engine.lease_lost()
+    }
+
     /// One row of the header table (a cluster's keystore only; see
     /// `header.rs`): a root-key slot or the sealed signing keys.
     pub(crate) fn header_row(&self, name: &str) -> Result<Option<Vec<u8>>> {

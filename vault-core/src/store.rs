@@ -289,6 +289,24 @@ impl Store {
         self.engine.kind()
     }
 
+    /// Another process took the vault over (on a cluster: this process's
+    /// lease lapsed and a standby opened the vault).
+    pub fn lease_lost(&self) -> bool {
+        self.engine.lease_lost()
+    }
+
+    /// `TakenOver` once another process took the vault over; on a cluster,
+    /// the lease renewed first when it may have lapsed.
+    pub(crate) fn check_lease(&self) -> Result<()> {
+        self.engine.check_lease()
+    }
+
+    /// `TakenOver` once another process took the vault over; on a cluster,
+    /// the lease renewed now, however recently it was.
+    pub(crate) fn confirm_lease(&self) -> Result<()> {
+        self.engine.confirm_lease()
+    }
+
     /// The engine's settings the beacon purge depends on, for `doctor`.
     pub fn engine_checks(&self) -> Result<Vec<(&'static str, crate::doctor::Level, String)>> {
         self.engine.doctor()

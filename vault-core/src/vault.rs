@@ -946,6 +946,15 @@ impl Vault {
         self.info.vault_id
     }
 
+    /// Whether another process took this vault over (its stores on a
+    /// cluster, this process's lease lapsed and a standby opened it): the
+    /// vault then refuses everything with [`Error::TakenOver`], and its
+    /// process should end and start again as a standby (`pivault-server`
+    /// exits with code 75).
+    pub fn lease_lost(&self) -> bool {
+        self.store.lease_lost() || self.keystore.lease_lost()
+    }
+
     /// The vault directory.
     pub fn dir(&self) -> &Path {
         &self.dir
@@ -1016,11 +1025,27 @@ impl Vault {
                 "audit failure injected by a test".into(),
             ));
         }
+        // A process whose lease lapsed appends nothing (a standby may have
+        // the vault, and its trail's head, by now).
+        self.store.check_lease()?;
         let mut log = self
             .audit
             .lock()
             .map_err(|_| Error::AuditUnavailable("audit lock poisoned".into()))?;
-        let seq = log.append(ev)?;
+        let seq = match log.append(ev) {
+            Ok(seq) => seq,
+            Err(e @ Error::AuditUnavailable(_)) => {
+                drop(log);
+                // Refused on the cluster (another writer's event holds the
+                // number) because another process took the vault over?
+                // Then that is the answer, and this process serves no more.
+                if let Err(Error::TakenOver) = self.store.confirm_lease() {
+                    return Err(Error::TakenOver);
+                }
+                return Err(e);
+            }
+            Err(e) => return Err(e),
+        };
         self.sync_anchor(&log);
         Ok(seq)
     }
@@ -1087,6 +1112,8 @@ impl Vault {
 
     /// Closes the vault cleanly: signs a final audit checkpoint.
     pub fn close(self) -> Result<()> {
+        // A process that lost the vault to a standby signs nothing more.
+        self.store.check_lease()?;
         let now = self.now();
         let mut log = self
             .audit

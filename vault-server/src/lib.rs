@@ -1009,12 +1009,20 @@ async fn frame(
                 .workers
                 .run(move || rc2.audit_status(&vault, status, code))
                 .await;
-            if !matches!(audit, Ok(Ok(()))) {
-                resp = ApiError::from(vault_core::Error::AuditUnavailable(
-                    "the request could not be audited".into(),
-                ))
-                .into_response();
-                resp.extensions_mut().remove::<problem::Internal>();
+            match audit {
+                Ok(Ok(())) => {}
+                // Another process holds the vault now: that, not the trail,
+                // is why nothing was served.
+                Ok(Err(vault_core::Error::TakenOver)) => {
+                    resp = ApiError::from(vault_core::Error::TakenOver).into_response();
+                }
+                _ => {
+                    resp = ApiError::from(vault_core::Error::AuditUnavailable(
+                        "the request could not be audited".into(),
+                    ))
+                    .into_response();
+                    resp.extensions_mut().remove::<problem::Internal>();
+                }
             }
         }
     }

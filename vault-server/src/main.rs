@@ -56,6 +56,14 @@ struct Args {
     /// fsync every write.
     #[arg(long, env = "PIVAULT_SYNC")]
     sync: bool,
+    /// While another server holds the vault (its stores on a cluster),
+    /// wait and take it over once that server stops or its lease lapses,
+    /// instead of failing with `vault_busy`. The standby does not listen
+    /// until it holds the vault, so a load balancer's health check sends
+    /// clients to the one that does. A server whose vault is taken over
+    /// exits with code 75; restarted, it stands by again.
+    #[arg(long, env = "PIVAULT_STANDBY")]
+    standby: bool,
     /// Bearer token lifetime, seconds.
     #[arg(long, default_value_t = 8 * 3600)]
     token_ttl_secs: u64,
@@ -212,12 +220,26 @@ fn main() -> ExitCode {
     }
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.is::<TakenOver>() => ExitCode::from(75),
         Err(e) => {
             eprintln!("pivault-server: {e:#}");
             ExitCode::from(2)
         }
     }
 }
+
+/// The vault was taken over by another process: exit code 75 (EX_TEMPFAIL),
+/// so a supervisor restarts this one, which then stands by.
+#[derive(Debug)]
+struct TakenOver;
+
+impl std::fmt::Display for TakenOver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("another process took the vault over")
+    }
+}
+
+impl std::error::Error for TakenOver {}
 
 fn passphrase(file: Option<&Path>) -> anyhow::Result<SecretString> {
     if let Some(f) = file {
@@ -326,15 +348,34 @@ fn run(args: Args) -> anyhow::Result<()> {
         );
     }
     let pass = passphrase(args.passphrase_file.as_deref())?;
-    let vault = Vault::open(
-        &dir,
-        &pass,
-        OpenOptions {
-            sync: args.sync,
-            service_calls_per_minute: args.service_calls_per_minute.max(1),
-            ..OpenOptions::default()
-        },
-    )?;
+    let mut standing_by = false;
+    let vault = loop {
+        let opened = Vault::open(
+            &dir,
+            &pass,
+            OpenOptions {
+                sync: args.sync,
+                service_calls_per_minute: args.service_calls_per_minute.max(1),
+                ..OpenOptions::default()
+            },
+        );
+        match opened {
+            Err(vault_core::Error::VaultBusy) if args.standby => {
+                if !standing_by {
+                    eprintln!(
+                        "pivault-server: standing by: another process holds the vault; taking it over once that process stops or its {}s lease lapses",
+                        vault_core::CLUSTER_LEASE.as_secs()
+                    );
+                    standing_by = true;
+                }
+                std::thread::sleep(Duration::from_secs(1));
+            }
+            r => break r?,
+        }
+    };
+    if standing_by {
+        eprintln!("pivault-server: took the vault over");
+    }
     drop(pass);
     let vault = Arc::new(vault);
     let defaults = Limits::default();
@@ -408,6 +449,11 @@ fn run(args: Args) -> anyhow::Result<()> {
     // the runtime is gone. Then the refusals still counted are audited and
     // the vault is closed cleanly.
     drop(rt);
+    if app.vault().lease_lost() {
+        // Nothing more is written: the trail and the refusal counts belong
+        // to the process that holds the vault now.
+        return Err(TakenOver.into());
+    }
     app.flush_refusals(true);
     if let Some(stream) = app.stream() {
         // The events still queued get a few seconds to leave; what is left
@@ -656,11 +702,21 @@ async fn serve(
     let app2 = app.clone();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
-        shutdown_signal().await;
-        eprintln!("pivault-server: shutting down; finishing requests in flight");
+        let grace = tokio::select! {
+            () = shutdown_signal() => {
+                eprintln!("pivault-server: shutting down; finishing requests in flight");
+                Duration::from_secs(60)
+            }
+            () = taken_over(&app2) => {
+                // Every request from now on is refused by the vault itself
+                // (`taken_over`); those in flight end with the same answer.
+                eprintln!("pivault-server: another process took the vault over; stopping (exit code 75)");
+                Duration::from_secs(5)
+            }
+        };
         app2.drain();
         let _ = stop_tx.send(true);
-        h2.graceful_shutdown(Some(Duration::from_secs(60)));
+        h2.graceful_shutdown(Some(grace));
     });
     let limits = app.limits().clone();
     let cap = app.connection_limit();
@@ -734,6 +790,18 @@ fn http1_timeouts(
         .timer(hyper_util::rt::TokioTimer::new())
         .header_read_timeout(header)
         .keep_alive(true);
+}
+
+/// Resolves once another process took the vault over (this process's
+/// lease on its cluster lapsed).
+async fn taken_over(app: &App) {
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        tick.tick().await;
+        if app.vault().lease_lost() {
+            return;
+        }
+    }
 }
 
 async fn shutdown_signal() {

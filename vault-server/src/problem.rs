@@ -232,9 +232,10 @@ impl From<Error> for ApiError {
             | Error::RotationBlocked(_) => StatusCode::CONFLICT,
             Error::ImportIncomplete { .. } => StatusCode::INTERNAL_SERVER_ERROR,
             Error::Disposed { .. } => StatusCode::GONE,
-            Error::VaultBusy | Error::AuditUnavailable(_) | Error::WritesFenced => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            Error::VaultBusy
+            | Error::TakenOver
+            | Error::AuditUnavailable(_)
+            | Error::WritesFenced => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
         let mut out = ApiError::new(status, e.code(), e.to_string());

@@ -36,6 +36,7 @@ mod search;
 mod server;
 mod server_concurrency;
 mod server_hostile;
+mod server_standby;
 mod service;
 mod siem;
 mod spreadsheet;

@@ -127,6 +127,111 @@ fn start_with(
     extra: &[&str],
     tls: bool,
 ) -> Server {
+    spawn_with(dir, vault_dir, passphrase, extra, tls).listening(Duration::from_secs(60))
+}
+
+/// A `pivault-server` started and not yet listening (a standby waits for
+/// its vault before it listens).
+pub(crate) struct Starting {
+    child: Option<Child>,
+    dir: Option<TempDir>,
+    vault_dir: PathBuf,
+    cert: PathBuf,
+    key: PathBuf,
+    tls: bool,
+    rx: std::sync::mpsc::Receiver<String>,
+    /// Lines already read from stderr.
+    seen: Vec<String>,
+}
+
+impl Starting {
+    /// Waits until the server printed a line containing `needle`.
+    pub(crate) fn wait_line(&mut self, needle: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = self.rx.recv_timeout(left).unwrap_or_else(|_| {
+                panic!(
+                    "the server printed no {needle:?} within {timeout:?}: {:?}",
+                    self.seen
+                )
+            });
+            self.seen.push(line.clone());
+            if line.contains(needle) {
+                return line;
+            }
+        }
+    }
+
+    /// Waits until the server listens, within `timeout`.
+    pub(crate) fn listening(mut self, timeout: Duration) -> Server {
+        let line = self.wait_line("listening on http", timeout);
+        let base = match (
+            line.split("listening on https://").nth(1),
+            line.split("listening on http://").nth(1),
+        ) {
+            (Some(rest), _) => format!("https://{}", rest.trim()),
+            (None, Some(rest)) => format!("http://{}", rest.trim()),
+            (None, None) => unreachable!("matched above"),
+        };
+        let (child, dir) = (self.child.take().expect("child"), self.dir.take());
+        let rx = std::mem::replace(&mut self.rx, std::sync::mpsc::channel().1);
+        if !self.tls {
+            assert!(base.starts_with("http://127.0.0.1:"), "loopback: {base}");
+            let agent = ureq::Agent::config_builder()
+                .http_status_as_error(false)
+                .timeout_global(Some(Duration::from_secs(120)))
+                .build()
+                .into();
+            return Server {
+                child,
+                base,
+                agent,
+                dir,
+                vault_dir: self.vault_dir.clone(),
+                cert: self.cert.clone(),
+                stderr: std::sync::Mutex::new(rx),
+            };
+        }
+        assert!(
+            base.starts_with("https://127.0.0.1:"),
+            "TLS on loopback: {base}"
+        );
+        let pem = std::fs::read(&self.cert).expect("self-signed certificate written");
+        let key_mode = std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(&self.key).expect("key").permissions(),
+        );
+        assert_eq!(key_mode & 0o077, 0, "the TLS key is private to its owner");
+        let agent = agent_trusting(&pem);
+        Server {
+            child,
+            base: base.replace("127.0.0.1", "localhost"),
+            agent,
+            dir,
+            vault_dir: self.vault_dir.clone(),
+            cert: self.cert.clone(),
+            stderr: std::sync::Mutex::new(rx),
+        }
+    }
+}
+
+impl Drop for Starting {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Starts `pivault-server` on `vault_dir` without waiting for it to listen.
+pub(crate) fn spawn_with(
+    dir: TempDir,
+    vault_dir: PathBuf,
+    passphrase: &str,
+    extra: &[&str],
+    tls: bool,
+) -> Starting {
     let pass = dir.path().join("passphrase");
     cli::write_private(&pass, passphrase.as_bytes());
     let cert = dir.path().join("server.crt");
@@ -176,53 +281,15 @@ fn start_with(
             }
         }
     });
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let base = loop {
-        let line = rx
-            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-            .expect("the server prints its address");
-        if let Some(rest) = line.split("listening on https://").nth(1) {
-            break format!("https://{}", rest.trim());
-        }
-        if let Some(rest) = line.split("listening on http://").nth(1) {
-            break format!("http://{}", rest.trim());
-        }
-    };
-    if !tls {
-        assert!(base.starts_with("http://127.0.0.1:"), "loopback: {base}");
-        let agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_global(Some(Duration::from_secs(120)))
-            .build()
-            .into();
-        return Server {
-            child,
-            base,
-            agent,
-            dir: Some(dir),
-            vault_dir,
-            cert,
-            stderr: std::sync::Mutex::new(rx),
-        };
-    }
-    assert!(
-        base.starts_with("https://127.0.0.1:"),
-        "TLS on loopback: {base}"
-    );
-    let pem = std::fs::read(&cert).expect("self-signed certificate written");
-    let key_mode = std::os::unix::fs::PermissionsExt::mode(
-        &std::fs::metadata(&key).expect("key").permissions(),
-    );
-    assert_eq!(key_mode & 0o077, 0, "the TLS key is private to its owner");
-    let agent = agent_trusting(&pem);
-    Server {
-        child,
-        base: base.replace("127.0.0.1", "localhost"),
-        agent,
+    Starting {
+        child: Some(child),
         dir: Some(dir),
         vault_dir,
         cert,
-        stderr: std::sync::Mutex::new(rx),
+        key,
+        tls,
+        rx,
+        seen: Vec::new(),
     }
 }
 
@@ -485,6 +552,28 @@ impl Server {
             }
         }
         found.into_iter().flatten().collect()
+    }
+
+    /// Waits, up to `timeout`, for the server to exit by itself: its status
+    /// and the stderr lines not read before.
+    pub(crate) fn wait_exit(
+        mut self,
+        timeout: Duration,
+    ) -> (Option<std::process::ExitStatus>, Vec<String>) {
+        let deadline = Instant::now() + timeout;
+        let status = loop {
+            if let Some(s) = self.child.try_wait().expect("wait") {
+                break Some(s);
+            }
+            if Instant::now() >= deadline {
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        // The reader thread ends with the pipe; give it a moment.
+        std::thread::sleep(Duration::from_millis(200));
+        let lines = self.stderr.lock().expect("stderr").try_iter().collect();
+        (status, lines)
     }
 
     /// SIGKILL, as a power cut or the OOM killer would: no graceful stop.

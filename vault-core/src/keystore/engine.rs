@@ -113,6 +113,11 @@ pub(crate) trait KeyEngine: Send + Sync + std::fmt::Debug {
     fn hold_snapshot(&self) -> Result<Box<dyn Held + '_>>;
     /// The engine's name in certificates and `doctor`.
     fn kind(&self) -> &'static str;
+    /// Another process took the vault over (it fenced this process's
+    /// writes out): nothing more is served.
+    fn lease_lost(&self) -> bool {
+        false
+    }
     /// Sets a negative control of the purge (tests).
     fn set_control(&self, _c: super::PurgeControl) {}
     /// The engine's own settings that the purge depends on, for `doctor`:

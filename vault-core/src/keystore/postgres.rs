@@ -447,6 +447,11 @@ pub struct PgKeys {
     schema: String,
     buckets: u32,
     control: Mutex<PurgeControl>,
+    /// The lease generation this process fenced the keystore at: every
+    /// write checks, in its own statement, that it is still the current one.
+    generation: i64,
+    /// A write found a newer generation: another process took the vault.
+    lost: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for PgKeys {
@@ -459,17 +464,51 @@ impl std::fmt::Debug for PgKeys {
 }
 
 impl PgKeys {
-    /// Connects to the cluster's primary and creates the vault's schema if
-    /// it is not there.
+    /// Connects to the cluster's primary, creates the vault's schema if
+    /// it is not there, and fences out every process that opened the vault
+    /// before this one ([`Self::fence`]).
     pub(crate) fn open(cfg: PgConfig, vault: VaultId, buckets: u32) -> Result<PgKeys> {
-        let keys = PgKeys {
+        let mut keys = PgKeys {
             schema: format!("pv_{}", hex::encode(vault.as_bytes())),
             conns: Conns::new(cfg)?,
             buckets,
             control: Mutex::new(PurgeControl::Full),
+            generation: 0,
+            lost: std::sync::atomic::AtomicBool::new(false),
         };
         keys.conns.with_primary(|c| keys.create_schema(c))?;
+        keys.generation = keys.conns.with_primary(|c| keys.fence(c))?;
         Ok(keys)
+    }
+
+    /// Takes the keystore for this process, which holds the vault's lock
+    /// (the records store's, taken first): the lease generation is bumped
+    /// once every write in flight has ended (a `SHARE` lock on the tables
+    /// waits for every write's `ROW EXCLUSIVE` one, and holds new ones off
+    /// until the bump commits). Every write checks the generation in its
+    /// own statement, so no write of a process that held the vault before
+    /// (stopped past its lease, then woken) lands after this.
+    fn fence(&self, c: &mut Client) -> Result<i64> {
+        let s = &self.schema;
+        let mut tx = c.transaction().map_err(pg)?;
+        tx.batch_execute(&format!(
+            "CREATE TABLE IF NOT EXISTS {s}.lease (one boolean PRIMARY KEY DEFAULT true CHECK (one),
+                 generation bigint NOT NULL);
+             INSERT INTO {s}.lease (generation) VALUES (0) ON CONFLICT DO NOTHING;
+             SET LOCAL lock_timeout = '{}ms';
+             LOCK TABLE {s}.buckets, {s}.backups, {s}.header, {s}.deks IN SHARE MODE;",
+            (crate::store::postgres::LEASE * 3).as_millis()
+        ))
+        .map_err(pg)?;
+        let g: i64 = tx
+            .query_one(
+                &format!("UPDATE {s}.lease SET generation = generation + 1 RETURNING generation"),
+                &[],
+            )
+            .map_err(pg)?
+            .get(0);
+        tx.commit().map_err(pg)?;
+        Ok(g)
     }
 
     /// Sets the purge's negative control (tests).
@@ -681,7 +720,16 @@ impl Conns {
             return Ok(c);
         }
         let slot = self.budget.admit()?;
-        primary_of(&self.cfg, &self.password).map(|c| Pooled::new(c, slot))
+        let mut c = primary_of(&self.cfg, &self.password)?;
+        // A transaction left open by a process that was stopped mid-write
+        // ends after the lease, so it cannot keep a standby that took the
+        // vault over from fencing the keystore (`PgKeys::fence`).
+        c.batch_execute(&format!(
+            "SET idle_in_transaction_session_timeout = {}",
+            crate::store::postgres::LEASE.as_millis()
+        ))
+        .map_err(pg)?;
+        Ok(Pooled::new(c, slot))
     }
 
     /// Runs `f` on a primary connection. A connection that broke (a
@@ -1081,11 +1129,18 @@ impl KeyEngine for PgKeys {
             // The snapshot is taken at the first statement and holds back
             // what VACUUM may remove in the whole database; it takes no lock
             // on the keystore's tables (which would only make VACUUM FULL wait).
-            c.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT 1")
-                .map_err(pg)?;
+            c.batch_execute(
+                "SET idle_in_transaction_session_timeout = 0;
+                 BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT 1",
+            )
+            .map_err(pg)?;
             Ok(HeldSnapshot(Some(c.client)))
         })
         .map(|h| Box::new(h) as Box<dyn Held + '_>)
+    }
+
+    fn lease_lost(&self) -> bool {
+        self.lost.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     fn kind(&self) -> &'static str {
@@ -1347,14 +1402,20 @@ impl PgKeys {
                 }
             }
             let name = self.table(t);
+            // Each statement writes only under this process's lease
+            // generation, and answers whether it was.
+            let lease = format!(
+                "WITH f AS (SELECT coalesce((SELECT generation = $4 FROM {}.lease), false) AS ok)",
+                self.schema
+            );
             if !del_k.is_empty() {
                 let sql = if t == Table::Deks {
                     format!(
-                        "DELETE FROM {name} d USING unnest($1::int[], $2::bytea[]) AS x(b, k) WHERE d.bucket = x.b AND d.k = x.k"
+                        "{lease}, w AS (DELETE FROM {name} d USING unnest($1::int[], $2::bytea[]) AS x(b, k) WHERE d.bucket = x.b AND d.k = x.k AND $3::bytea[] IS NOT NULL AND (SELECT ok FROM f)) SELECT ok FROM f"
                     )
                 } else {
                     format!(
-                        "DELETE FROM {name} WHERE k = ANY($2::bytea[]) AND $1::int[] IS NOT NULL"
+                        "{lease}, w AS (DELETE FROM {name} WHERE k = ANY($2::bytea[]) AND $1::int[] IS NOT NULL AND $3::bytea[] IS NOT NULL AND (SELECT ok FROM f)) SELECT ok FROM f"
                     )
                 };
                 steps.push((sql, del_b, del_k, None));
@@ -1362,34 +1423,51 @@ impl PgKeys {
             if !put_k.is_empty() {
                 let sql = if t == Table::Deks {
                     format!(
-                        "INSERT INTO {name} (bucket, k, v) SELECT * FROM unnest($1::int[], $2::bytea[], $3::bytea[]) ON CONFLICT (bucket, k) DO UPDATE SET v = EXCLUDED.v"
+                        "{lease}, w AS (INSERT INTO {name} (bucket, k, v) SELECT * FROM unnest($1::int[], $2::bytea[], $3::bytea[]) WHERE (SELECT ok FROM f) ON CONFLICT (bucket, k) DO UPDATE SET v = EXCLUDED.v) SELECT ok FROM f"
                     )
                 } else {
                     format!(
-                        "INSERT INTO {name} (k, v) SELECT k, v FROM unnest($2::bytea[], $3::bytea[]) AS x(k, v) WHERE $1::int[] IS NOT NULL ON CONFLICT (k) DO UPDATE SET v = EXCLUDED.v"
+                        "{lease}, w AS (INSERT INTO {name} (k, v) SELECT k, v FROM unnest($2::bytea[], $3::bytea[]) AS x(k, v) WHERE $1::int[] IS NOT NULL AND (SELECT ok FROM f) ON CONFLICT (k) DO UPDATE SET v = EXCLUDED.v) SELECT ok FROM f"
                     )
                 };
                 steps.push((sql, put_b, put_k, Some(put_v)));
             }
         }
+        if self.lost.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(Error::TakenOver);
+        }
         // Every commit is synchronous (`synchronous_commit=on`, and with
         // Patroni's synchronous mode a standby has it too): `sync` is always
         // true here. One step (a record's new data key, the commonest
         // write) is one statement in its own commit: one round trip.
-        self.conns.with_primary(|c| {
+        // Several are one transaction: once its first statement holds its
+        // table's lock, a fence waits for the commit, so either every step
+        // sees this process's generation or the first one already does not.
+        let generation = self.generation;
+        let held = self.conns.with_primary(|c| {
             let prepared = steps
                 .iter()
                 .map(|(sql, ..)| c.prepared(sql))
                 .collect::<Result<Vec<_>>>()?;
             if let [one] = steps.as_slice() {
-                return run_step(&mut c.client, &prepared[0], one);
+                return run_step(&mut c.client, &prepared[0], one, generation);
             }
             let mut tx = c.transaction().map_err(pg)?;
             for (st, step) in prepared.iter().zip(&steps) {
-                run_step(&mut tx, st, step)?;
+                if !run_step(&mut tx, st, step, generation)? {
+                    // Dropped uncommitted: rolled back.
+                    return Ok(false);
+                }
             }
-            tx.commit().map_err(pg)
-        })
+            tx.commit().map_err(pg)?;
+            Ok(true)
+        })?;
+        if held {
+            Ok(())
+        } else {
+            self.lost.store(true, std::sync::atomic::Ordering::SeqCst);
+            Err(Error::TakenOver)
+        }
     }
 
     fn scan_page(
@@ -1423,14 +1501,18 @@ impl PgKeys {
 /// (for an upsert) values it takes.
 type WriteStep = (String, Vec<i32>, Vec<Vec<u8>>, Option<Vec<Vec<u8>>>);
 
-fn run_step<C: postgres::GenericClient>(c: &mut C, st: &Statement, step: &WriteStep) -> Result<()> {
+/// Runs one step under `generation`: whether it was still the lease's.
+fn run_step<C: postgres::GenericClient>(
+    c: &mut C,
+    st: &Statement,
+    step: &WriteStep,
+    generation: i64,
+) -> Result<bool> {
     let (_, b, k, v) = step;
-    match v {
-        Some(v) => c.execute(st, &[b, k, v]),
-        None => c.execute(st, &[b, k]),
-    }
-    .map(drop)
-    .map_err(pg)
+    let v = v.as_ref().map_or_else(Vec::new, Clone::clone);
+    c.query_one(st, &[b, k, &v, &generation])
+        .map(|r| r.get(0))
+        .map_err(pg)
 }
 
 /// The bucket column of a data-key row (its name's first 4 bytes); 0 in

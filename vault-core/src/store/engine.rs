@@ -49,6 +49,21 @@ pub(crate) trait RowEngine: Send + Sync + std::fmt::Debug {
         ranges: &[Vec<u8>],
         needles: &[Vec<u8>],
     ) -> Result<crate::keystore::ByteScan>;
+    /// Another process took the vault over (a cluster's lease lapsed
+    /// here): nothing more is served.
+    fn lease_lost(&self) -> bool {
+        false
+    }
+    /// `TakenOver` once another process took the vault over (checked
+    /// before an audit event is appended).
+    fn check_lease(&self) -> Result<()> {
+        Ok(())
+    }
+    /// [`Self::check_lease`] with the lease renewed now (after a refusal
+    /// that another holder would explain).
+    fn confirm_lease(&self) -> Result<()> {
+        Ok(())
+    }
     /// The engine's name (certificates, `doctor`).
     fn kind(&self) -> &'static str;
     /// Sets a negative control of the beacon purge (tests).

@@ -31,10 +31,24 @@
 //! member after a failover), still holds the lock, and writes nothing
 //! otherwise; after a failover closed the holder's connection, the lock is
 //! taken again on the new primary and the write retried (refused if
-//! another process took the vault meanwhile). The isolation locks and
-//! the audit chain's sequencing are still in that process.
+//! another process took the vault meanwhile).
+//!
+//! The lock is a lease: the server ends the lock's idle session after
+//! [`LEASE`] without a statement, and a thread of the holder sends one
+//! every two seconds, so a holder that is stopped, hung or cut off from
+//! the cluster loses the vault to a standby (`pivault-server --standby`)
+//! within the lease, and a killed one at once. Every opener bumps the
+//! lease's generation (a row of `lease`); a holder that finds its lock gone
+//! takes it again only if the generation is still its own, and is
+//! otherwise [`Error::TakenOver`]: its caches, pending set and epoch may be
+//! stale, so it serves nothing more (reads renew the lease first when it
+//! may have lapsed). The keystore is fenced the same way
+//! (`PgKeys::fence`). The isolation locks stay in the one process that
+//! holds the vault.
 
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use postgres::Client;
 
@@ -51,7 +65,19 @@ const SCAN_PAGE: usize = 1000;
 
 /// How long an opener waits for the vault's lock before calling the vault
 /// busy (a killed holder's backend releases it within milliseconds).
-const LOCK_PATIENCE: std::time::Duration = std::time::Duration::from_secs(1);
+const LOCK_PATIENCE: Duration = Duration::from_secs(1);
+
+/// How long the vault's lock outlives a holder that stopped sending
+/// statements (stopped, hung, or cut off from the cluster): its session is
+/// ended after this long idle, which releases the lock to a standby.
+pub const LEASE: Duration = Duration::from_secs(10);
+
+/// How often the holder renews its lease.
+const RENEW_EVERY: Duration = Duration::from_secs(2);
+
+/// A read renews the lease first when it was last renewed longer ago than
+/// this (the process may have been stopped past the lease).
+const READ_FRESH: Duration = Duration::from_secs(5);
 
 /// The file naming a vault's records cluster, beside the header.
 pub const RECORDS_FILE: &str = "records.json";
@@ -63,6 +89,13 @@ pub fn read_config(dir: &std::path::Path) -> Result<Option<PgConfig>> {
 
 /// One vault's records on the cluster.
 pub(crate) struct PgRows {
+    holding: Arc<Holding>,
+    control: Mutex<PurgeControl>,
+}
+
+/// The connections of one vault's records and the lease on it (shared
+/// with the thread that renews the lease).
+pub(crate) struct Holding {
     conns: Conns,
     schema: String,
     /// The connection holding the vault's lock (one opener at a time).
@@ -70,7 +103,23 @@ pub(crate) struct PgRows {
     /// Its backend's process ID and start time: every write checks, in its
     /// own statement, that this backend still holds the lock.
     holder_backend: Mutex<(i32, String)>,
-    control: Mutex<PurgeControl>,
+    /// The vault's lease generation when this process took it (bumped by
+    /// every opener): a lock taken again after it lapsed is this process's
+    /// only if no other process took the vault meanwhile.
+    generation: Mutex<Option<i64>>,
+    /// When the holder's session last answered.
+    renewed: Mutex<Instant>,
+    /// Another process took the vault over: nothing more is served.
+    lost: AtomicBool,
+    /// Dropped: the renewing thread stops, and nothing takes the lock again.
+    closing: AtomicBool,
+}
+
+impl std::ops::Deref for PgRows {
+    type Target = Holding;
+    fn deref(&self) -> &Holding {
+        &self.holding
+    }
 }
 
 impl std::fmt::Debug for PgRows {
@@ -140,33 +189,52 @@ fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
 
 impl PgRows {
     /// Connects, takes the vault's lock (refused while another process
-    /// holds the vault open) and creates the schema if it is not there.
+    /// holds the vault open), creates the schema if it is not there, and
+    /// starts renewing the lease.
     pub(crate) fn open(cfg: PgConfig, vault: VaultId) -> Result<PgRows> {
         off_runtime(|| {
             let rows = PgRows {
-                schema: format!("pr_{}", hex::encode(vault.as_bytes())),
-                conns: Conns::new(cfg)?,
-                holder: Mutex::new(None),
-                holder_backend: Mutex::new((0, String::new())),
+                holding: Arc::new(Holding {
+                    schema: format!("pr_{}", hex::encode(vault.as_bytes())),
+                    conns: Conns::new(cfg)?,
+                    holder: Mutex::new(None),
+                    holder_backend: Mutex::new((0, String::new())),
+                    generation: Mutex::new(None),
+                    renewed: Mutex::new(Instant::now()),
+                    lost: AtomicBool::new(false),
+                    closing: AtomicBool::new(false),
+                }),
                 control: Mutex::new(PurgeControl::Full),
             };
             rows.take_lock(&mut rows.holder.lock().expect("holder lock"))?;
             rows.conns.with_primary(|c| rows.create_schema(c))?;
+            let weak = Arc::downgrade(&rows.holding);
+            std::thread::Builder::new()
+                .name("pivault-lease".into())
+                .spawn(move || Holding::keep_renewing(&weak))
+                .map_err(|e| Error::Io(format!("cannot start the lease thread: {e}")))?;
             Ok(rows)
         })
     }
+}
 
+impl Holding {
     /// Takes the vault's lock on a new connection to the primary
-    /// (`VaultBusy` while another process holds it).
+    /// (`VaultBusy` while another process holds it). The first time, the
+    /// lease's generation is bumped; after the lock lapsed, it must be the
+    /// one this process bumped, else another process held the vault
+    /// meanwhile and this one is `TakenOver`.
     fn take_lock(&self, holder: &mut Option<Client>) -> Result<()> {
         let mut c = self.conns.primary()?;
         let s = &self.schema;
-        // The lock lives in a transaction left idle: a cluster-wide
-        // `idle_in_transaction_session_timeout` must not end it (the fence
-        // would then refuse this process's writes until it retook the lock).
+        // The lock lives in a transaction left idle, which the server ends
+        // after LEASE without a statement: a process stopped, hung or cut
+        // off from the cluster that long loses the vault to a standby. The
+        // renewing thread sends a statement every RENEW_EVERY.
         c.batch_execute(&format!(
-            "SET idle_in_transaction_session_timeout = 0;
-             CREATE SCHEMA IF NOT EXISTS {s}; CREATE TABLE IF NOT EXISTS {s}.holder ();"
+            "SET idle_in_transaction_session_timeout = {};
+             CREATE SCHEMA IF NOT EXISTS {s}; CREATE TABLE IF NOT EXISTS {s}.holder ();",
+            LEASE.as_millis()
         ))
         .map_err(pg)?;
         let me = c
@@ -179,7 +247,7 @@ impl PgRows {
         // A process that was just killed still holds the lock until its
         // backend reads the closed socket and exits (milliseconds): a
         // second's patience, then the holder is a live process.
-        let deadline = std::time::Instant::now() + LOCK_PATIENCE;
+        let deadline = Instant::now() + LOCK_PATIENCE;
         loop {
             match c.batch_execute(&format!(
                 "BEGIN; LOCK TABLE {s}.holder IN EXCLUSIVE MODE NOWAIT"
@@ -190,26 +258,111 @@ impl PgRows {
                 }
                 Err(e) => return Err(pg(e)),
             }
-            if std::time::Instant::now() >= deadline {
+            if Instant::now() >= deadline {
                 return Err(Error::VaultBusy);
             }
-            std::thread::sleep(std::time::Duration::from_millis(50));
+            std::thread::sleep(Duration::from_millis(50));
         }
+        // Under the lock: the lease's generation (a row of its own, so the
+        // lock's transaction writes nothing and holds no transaction ID).
+        let mine = *self.generation.lock().expect("generation lock");
+        let now: i64 = self.conns.with_primary(|p| {
+            p.batch_execute(&format!(
+                "CREATE TABLE IF NOT EXISTS {s}.lease (one boolean PRIMARY KEY DEFAULT true CHECK (one),
+                     generation bigint NOT NULL);
+                 INSERT INTO {s}.lease (generation) VALUES (0) ON CONFLICT DO NOTHING;"
+            ))
+            .map_err(pg)?;
+            let sql = if mine.is_none() {
+                format!("UPDATE {s}.lease SET generation = generation + 1 RETURNING generation")
+            } else {
+                format!("SELECT generation FROM {s}.lease")
+            };
+            Ok(p.query_one(sql.as_str(), &[]).map_err(pg)?.get(0))
+        })?;
+        if mine.is_some_and(|g| g != now) {
+            // Another process held the vault since this one lost its lock:
+            // what this process knows (caches, the pending set, the epoch)
+            // may be stale, so it serves nothing more.
+            self.lost.store(true, Ordering::SeqCst);
+            return Err(Error::TakenOver);
+        }
+        *self.generation.lock().expect("generation lock") = Some(now);
         *self.holder_backend.lock().expect("holder backend") = (pid, start);
+        *self.renewed.lock().expect("renewed lock") = Instant::now();
         *holder = Some(c.client);
         Ok(())
     }
 
-    /// After a write found the lock gone (a failover closed the holder's
-    /// connection, and with it the lock, which another process may then
-    /// take): the lock is taken again on the new primary, or `VaultBusy`
-    /// because another process holds the vault now.
-    fn retake_lock(&self) -> Result<()> {
-        let mut holder = self.holder.lock().expect("holder lock");
+    /// After the lock was found gone (a failover closed the holder's
+    /// connection, or the lease lapsed): the lock is taken again on the
+    /// primary, or `TakenOver` because another process has had the vault
+    /// since.
+    fn retake_lock(&self, holder: &mut Option<Client>) -> Result<()> {
         drop(holder.take());
-        self.take_lock(&mut holder)
+        match self.take_lock(holder) {
+            Err(Error::VaultBusy) => {
+                self.lost.store(true, Ordering::SeqCst);
+                Err(Error::TakenOver)
+            }
+            r => r,
+        }
     }
 
+    /// Renews the lease: a statement on the holder's connection (which
+    /// resets the server's idle timer), or, when that connection is gone,
+    /// the lock taken again.
+    fn renew(&self) -> Result<()> {
+        if self.lost.load(Ordering::SeqCst) {
+            return Err(Error::TakenOver);
+        }
+        let mut holder = self.holder.lock().expect("holder lock");
+        if self.closing.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        let alive = holder
+            .as_mut()
+            .is_some_and(|c| c.simple_query("SELECT 1").is_ok());
+        if !alive {
+            self.retake_lock(&mut holder)?;
+        }
+        *self.renewed.lock().expect("renewed lock") = Instant::now();
+        Ok(())
+    }
+
+    /// The renewing thread: every RENEW_EVERY until the rows are dropped or
+    /// the vault taken over.
+    fn keep_renewing(weak: &std::sync::Weak<Holding>) {
+        loop {
+            std::thread::sleep(RENEW_EVERY);
+            let Some(h) = weak.upgrade() else { return };
+            if h.closing.load(Ordering::SeqCst) {
+                return;
+            }
+            // A failure (no primary during a failover) is tried again at
+            // the next tick; a takeover ends the thread.
+            if matches!(h.renew(), Err(Error::TakenOver)) {
+                return;
+            }
+        }
+    }
+
+    /// Refuses a read once the vault was taken over, or while the lease
+    /// may have lapsed (not renewed for READ_FRESH, as after this process
+    /// was stopped): this process's caches could then be stale, so the
+    /// lease is renewed first.
+    fn check_lease(&self) -> Result<()> {
+        if self.lost.load(Ordering::SeqCst) {
+            return Err(Error::TakenOver);
+        }
+        if self.renewed.lock().expect("renewed lock").elapsed() < READ_FRESH {
+            return Ok(());
+        }
+        self.renew()
+    }
+}
+
+impl PgRows {
     fn create_schema(&self, c: &mut Client) -> Result<()> {
         let s = &self.schema;
         // No planner statistics of keys or values: ANALYZE would copy
@@ -351,18 +504,23 @@ impl PgRows {
 
     /// [`Self::write_rows`], and after a failover closed the lock's
     /// connection (and with it the lock, which another process may then
-    /// take): the lock taken again on the new primary and the write made
-    /// once more, or `VaultBusy` because another process has the vault now.
+    /// take) or the lease lapsed: the lock taken again and the write made
+    /// once more, or `TakenOver` because another process has had the vault
+    /// since.
     fn write_locked(&self, ops: &[WriteOp<'_>], lazy: bool) -> Result<()> {
         off_runtime(|| {
+            if self.lost.load(Ordering::SeqCst) {
+                return Err(Error::TakenOver);
+            }
             if self.write_rows(ops, lazy)? {
                 return Ok(());
             }
-            self.retake_lock()?;
+            self.retake_lock(&mut self.holder.lock().expect("holder lock"))?;
             if self.write_rows(ops, lazy)? {
                 Ok(())
             } else {
-                Err(Error::VaultBusy)
+                self.lost.store(true, Ordering::SeqCst);
+                Err(Error::TakenOver)
             }
         })
     }
@@ -382,6 +540,7 @@ impl PgRows {
         );
         let end = prefix_end(prefix);
         let t = table_no(table);
+        self.check_lease()?;
         self.conns.with_primary(|c| {
             let st = c.prepared(&sql)?;
             Ok(c.query(&st, &[&t, &prefix, &end, &after])
@@ -396,6 +555,7 @@ impl PgRows {
 impl Drop for PgRows {
     fn drop(&mut self) {
         // Closing the connection releases the vault's lock.
+        self.closing.store(true, Ordering::SeqCst);
         let holder = self.holder.lock().unwrap_or_else(|e| e.into_inner()).take();
         off_runtime(move || drop(holder));
     }
@@ -407,6 +567,7 @@ impl RowEngine for PgRows {
         let sql = format!("SELECT v FROM {rel} WHERE {cond} AND k = $2");
         let t = table_no(table);
         off_runtime(|| {
+            self.check_lease()?;
             self.conns.with_primary(|c| {
                 let st = c.prepared(&sql)?;
                 Ok(c.query_opt(&st, &[&t, &key]).map_err(pg)?.map(|r| r.get(0)))
@@ -422,6 +583,7 @@ impl RowEngine for PgRows {
             std::collections::HashMap::with_capacity(keys.len());
         for chunk in keys.chunks(4096) {
             let rows = off_runtime(|| {
+                self.check_lease()?;
                 self.conns.with_primary(|c| {
                     let st = c.prepared(&sql)?;
                     c.query(&st, &[&t, &chunk]).map_err(pg)
@@ -506,6 +668,18 @@ impl RowEngine for PgRows {
             self.conns
                 .scan_members(needles, Some((&self.schema, Some(&tables))))
         })
+    }
+
+    fn lease_lost(&self) -> bool {
+        self.lost.load(Ordering::SeqCst)
+    }
+
+    fn check_lease(&self) -> Result<()> {
+        off_runtime(|| self.holding.check_lease())
+    }
+
+    fn confirm_lease(&self) -> Result<()> {
+        off_runtime(|| self.holding.renew())
     }
 
     fn kind(&self) -> &'static str {

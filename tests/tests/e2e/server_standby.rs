@@ -1,0 +1,464 @@
+//! Several `pivault-server` processes in front of one vault whose stores
+//! are on the cluster (issue 16, high availability): one holds the vault,
+//! the others stand by (`--standby`) and take it over when it is killed or
+//! when it stops answering for longer than its lease; the one that lost
+//! the vault serves nothing more, not even to a session it still has
+//! cached, and exits with code 75. Needs the cluster of `scripts/cluster.sh`
+//! (as `cluster.rs`), and runs one at a time with it.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::cluster::{cluster, serial};
+use crate::common::{self, CUSTOMERS, PASSPHRASE, USERS};
+use crate::server::{self, Server};
+
+/// One HTTP exchange that may fail at the transport (a server killed or
+/// stopped mid-request): the status and the JSON body, or why none came.
+fn send(
+    base: &str,
+    method: &str,
+    path: &str,
+    token: &str,
+    body: Option<&Value>,
+) -> Result<(u16, Value), String> {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(60)))
+        .build()
+        .into();
+    let url = format!("{base}{path}");
+    let auth = format!("Bearer {token}");
+    let resp = match body {
+        None if method == "GET" => agent.get(&url).header("Authorization", &auth).call(),
+        Some(b) => agent
+            .post(&url)
+            .header("Authorization", &auth)
+            .header("Content-Type", "application/json")
+            .send(b.to_string().as_bytes()),
+        None => agent.post(&url).header("Authorization", &auth).send_empty(),
+    };
+    let mut resp = resp.map_err(|e| e.to_string())?;
+    let status = resp.status().as_u16();
+    let text = resp.body_mut().read_to_string().unwrap_or_default();
+    Ok((status, serde_json::from_str(&text).unwrap_or(Value::Null)))
+}
+
+/// A family name per number (names take letters only).
+fn family(n: u32) -> String {
+    let letter = |i: u32| char::from(b'a' + (i % 26) as u8);
+    format!(
+        "Standbury-{}{}{}",
+        letter(n / 676),
+        letter(n / 26),
+        letter(n)
+    )
+}
+
+fn person(n: u32) -> Value {
+    json!({ "collection": CUSTOMERS,
+            "data": { "given_name": "Hannah", "family_name": family(n),
+                      "ssn": format!("212-{:02}-{:04}", 10 + (n / 9000) % 80, 1000 + n % 9000) } })
+}
+
+/// A second machine configured alike: a copy of the vault directory (the
+/// static header and the two cluster files).
+fn copy_machine(vault: &Path) -> (tempfile::TempDir, PathBuf) {
+    let machine = tempfile::tempdir().expect("tempdir");
+    let to = machine.path().join("vault");
+    let ok = Command::new("cp")
+        .arg("-a")
+        .arg(vault)
+        .arg(&to)
+        .status()
+        .expect("cp");
+    assert!(ok.success(), "copy the vault directory");
+    (machine, to)
+}
+
+fn signal(pid: u32, sig: &str) {
+    let ok = Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()
+        .expect("kill");
+    assert!(ok.success(), "kill {sig} {pid}");
+}
+
+fn login(base: &str, user: &str) -> String {
+    let (_, _, pw) = USERS.iter().find(|(u, _, _)| *u == user).expect("user");
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let mut r = agent
+        .post(&format!("{base}/v1/sessions"))
+        .header("Content-Type", "application/json")
+        .send(
+            json!({ "username": user, "password": pw })
+                .to_string()
+                .as_bytes(),
+        )
+        .expect("login exchange");
+    assert_eq!(r.status().as_u16(), 201, "login of {user}");
+    let v: Value = serde_json::from_str(&r.body_mut().read_to_string().unwrap()).unwrap();
+    v["token"].as_str().expect("token").to_owned()
+}
+
+/// Puts records through `base` from three threads until `stop`: the IDs
+/// and numbers of those acknowledged (201), and how many were not.
+fn write_until(
+    base: &str,
+    stop: &AtomicBool,
+    token: &str,
+    first: u32,
+) -> (Vec<(String, u32)>, usize) {
+    std::thread::scope(|s| {
+        let writers: Vec<_> = (0..3u32)
+            .map(|w| {
+                s.spawn(move || {
+                    let (mut acked, mut failed) = (Vec::new(), 0);
+                    let mut n = first + w * 100_000;
+                    while !stop.load(Ordering::SeqCst) {
+                        n += 1;
+                        match send(base, "POST", "/v1/records", token, Some(&person(n))) {
+                            Ok((201, v)) => {
+                                acked.push((v["record_id"].as_str().expect("id").to_owned(), n))
+                            }
+                            Ok(_) | Err(_) => {
+                                failed += 1;
+                                std::thread::sleep(Duration::from_millis(20));
+                            }
+                        }
+                    }
+                    (acked, failed)
+                })
+            })
+            .collect();
+        writers.into_iter().fold((Vec::new(), 0), |(mut a, f), h| {
+            let (acked, failed) = h.join().expect("writer");
+            a.extend(acked);
+            (a, f + failed)
+        })
+    })
+}
+
+/// Every acknowledged record reads back through `srv`, with its own data.
+fn all_read_back(srv: &Server, token: &str, acked: &[(String, u32)]) {
+    for (id, n) in acked {
+        let a = srv.call("GET", &format!("/v1/records/{id}"), Some(token), None);
+        assert_eq!(a.status, 200, "acknowledged record {id} reads back: {a:?}");
+        assert_eq!(
+            a.json()["fields"]["family_name"],
+            family(*n),
+            "record {id} has its own data"
+        );
+    }
+}
+
+/// How many live records the officer lists through `srv`.
+fn live_records(srv: &Server, officer: &str) -> usize {
+    let list = srv.call(
+        "GET",
+        &format!("/v1/records?collection={CUSTOMERS}"),
+        Some(officer),
+        None,
+    );
+    assert_eq!(list.status, 200, "{list:?}");
+    list.json()["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .filter(|m| m["state"] == "live")
+        .count()
+}
+
+#[test]
+fn a_standby_server_takes_over_a_killed_or_stopped_one_and_the_stopped_one_serves_nothing_after() {
+    let _one = serial();
+    let _c = cluster();
+    let machine_a = tempfile::tempdir().unwrap();
+    let vault_a = machine_a.path().join("vault");
+    let fx = common::fast_vault_with(
+        &vault_a,
+        Some(common::cluster_keystore()),
+        Some(common::cluster_records()),
+    );
+    fx.vault.close().expect("close the fixture vault");
+    let (machine_b, vault_b) = copy_machine(&vault_a);
+    let (machine_c, vault_c) = copy_machine(&vault_a);
+
+    // A holds the vault; B, started after it, stands by and does not listen.
+    let a = server::start_plain_on(machine_a, vault_a, &[]);
+    let mut b = server::spawn_with(machine_b, vault_b, PASSPHRASE, &["--standby"], false);
+    b.wait_line("standing by", Duration::from_secs(60));
+    let clerk = login(&a.base, "clerk");
+
+    // 1. A killed while three clerks write through it: B takes over, and
+    // every write A acknowledged reads back through B, with the session
+    // the clerk opened on A.
+    let stop = AtomicBool::new(false);
+    let (acked, _) = std::thread::scope(|s| {
+        let w = s.spawn(|| write_until(&a.base, &stop, &clerk, 0));
+        std::thread::sleep(Duration::from_millis(1500));
+        signal(a.pid(), "-KILL");
+        std::thread::sleep(Duration::from_millis(300));
+        stop.store(true, Ordering::SeqCst);
+        w.join().expect("writers")
+    });
+    assert!(
+        acked.len() >= 3,
+        "writes were acknowledged before the kill: {}",
+        acked.len()
+    );
+    let killed_at = Instant::now();
+    let b = b.listening(Duration::from_secs(60));
+    let takeover = killed_at.elapsed();
+    all_read_back(&b, &clerk, &acked);
+    let officer = b.token("officer");
+
+    // The new holder's keystore writes are its own: a disposal certifies.
+    let (doomed, _) = &acked[0];
+    let d = b.call(
+        "POST",
+        "/v1/disposals",
+        Some(&officer),
+        Some(&json!({ "scope": "record", "record": doomed, "data_owner": "Quimby Hardware" })),
+    );
+    assert_eq!(
+        d.status, 200,
+        "disposal through the server that took over: {d:?}"
+    );
+    assert!(d.json()["certificate_id"].is_string(), "certified: {d:?}");
+
+    // 2. B stopped (SIGSTOP: hung, or cut off from the cluster), with a
+    // write and a read of the clerk sent to it while it cannot answer. C,
+    // a standby, takes the vault over once B's lease lapses; the admin
+    // disables the clerk through C.
+    let mut c = server::spawn_with(machine_c, vault_c, PASSPHRASE, &["--standby"], false);
+    c.wait_line("standing by", Duration::from_secs(60));
+    let kept = acked[1].0.clone();
+    let live_before = live_records(&b, &officer);
+    signal(b.pid(), "-STOP");
+    let stopped_at = Instant::now();
+    let b_base = b.base.clone();
+    let (late_write, late_read, c, c_up) = std::thread::scope(|s| {
+        let w = s.spawn(|| {
+            send(
+                &b_base,
+                "POST",
+                "/v1/records",
+                &clerk,
+                Some(&person(999_999)),
+            )
+        });
+        let r = s.spawn(|| send(&b_base, "GET", &format!("/v1/records/{kept}"), &clerk, None));
+        let c = c.listening(Duration::from_secs(90));
+        let c_up = stopped_at.elapsed();
+        let admin = c.token("admin");
+        let off = c.call("POST", "/v1/users/clerk/disable", Some(&admin), None);
+        assert!(
+            off.status < 300,
+            "the admin disables the clerk through C: {off:?}"
+        );
+        // B wakes up: what it received meanwhile is answered now.
+        signal(b.pid(), "-CONT");
+        (w.join().unwrap(), r.join().unwrap(), c, c_up)
+    });
+    assert!(
+        c_up >= Duration::from_secs(8),
+        "C took over only after B's lease lapsed, not while B held it: {c_up:?}"
+    );
+    assert!(
+        c_up < vault_core::CLUSTER_LEASE + Duration::from_secs(20),
+        "C took over within the lease and its open: {c_up:?}"
+    );
+    let (status, lines) = b.wait_exit(Duration::from_secs(30));
+    for (what, r) in [("write", &late_write), ("read", &late_read)] {
+        // A connection closed as B stopped is no answer either: nothing
+        // was served.
+        if let Ok((status, body)) = r {
+            assert!(
+                *status == 503 && body["code"] == "taken_over",
+                "the {what} B received while stopped is refused as taken over, not served: {status} {body}; B said {:?}",
+                lines
+                    .iter()
+                    .filter(|l| !l.contains(" 200 "))
+                    .collect::<Vec<_>>()
+            );
+        }
+    }
+    assert_eq!(
+        status.and_then(|s| s.code()),
+        Some(75),
+        "the server that lost the vault exits 75: {:?}",
+        lines
+            .iter()
+            .filter(|l| !l.contains(" 200 "))
+            .collect::<Vec<_>>()
+    );
+    assert!(
+        lines.iter().any(|l| l.contains("took the vault over")),
+        "and says why"
+    );
+
+    // Nothing B received while stopped was written; C has every
+    // acknowledged record but the disposed one, and the trail verifies.
+    let officer = c.token("officer");
+    assert_eq!(
+        live_records(&c, &officer),
+        live_before,
+        "no write of the stopped server landed"
+    );
+    let auditor = c.token("auditor");
+    let v = c.call("GET", "/v1/audit/verify", Some(&auditor), None);
+    assert_eq!(
+        v.json()["ok"],
+        true,
+        "one unbroken trail across three servers: {}",
+        v.text
+    );
+    let refused = c.call("GET", &format!("/v1/records/{kept}"), Some(&clerk), None);
+    assert!(
+        refused.status == 401 || refused.status == 403,
+        "the disabled clerk's session is refused by C too: {refused:?}"
+    );
+    eprintln!(
+        "standby took over a killed server in {takeover:?}, a stopped one in {c_up:?} (lease {:?})",
+        vault_core::CLUSTER_LEASE
+    );
+    let (status, _, _keep) = c.stop();
+    assert!(status.success());
+}
+
+/// The superuser ends the session holding `vault`'s lock, as the server
+/// does when the holder sent nothing for the lease (stopped, hung, cut off).
+fn lapse_lease(c: &crate::cluster::Cluster, vault: &vault_core::Vault) {
+    let s = format!("pr_{}", hex::encode(vault.id().as_bytes()));
+    let ended = crate::cluster::psql_in(
+        &crate::cluster::primary_member(c),
+        "pivault_records",
+        &format!(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_locks
+              WHERE relation = '{s}.holder'::regclass AND mode = 'ExclusiveLock' AND granted"
+        ),
+    )
+    .expect("primary up");
+    assert_eq!(ended.trim(), "1", "one session held the vault's lock");
+}
+
+fn dek_rows(c: &crate::cluster::Cluster, vault: &vault_core::Vault) -> u64 {
+    let s = format!("pv_{}", hex::encode(vault.id().as_bytes()));
+    crate::cluster::psql_in(
+        &crate::cluster::primary_member(c),
+        "pivault_keys",
+        &format!("SELECT count(*) FROM {s}.deks"),
+    )
+    .expect("primary up")
+    .trim()
+    .parse()
+    .unwrap()
+}
+
+/// A holder whose lease lapsed while another process had the vault (which
+/// disposed of a record, rotating its bucket and ratcheting the epoch, and
+/// then closed) must not carry on once the lock is free again: its bucket
+/// keys and epoch are stale, so a data key it wrapped would be unreadable
+/// (an acknowledged write lost). Its keystore writes are fenced by the
+/// lease's generation, and it does not take the lock again.
+#[test]
+fn a_holder_whose_lease_lapsed_is_fenced_out_even_once_the_lock_is_free() {
+    use vault_core::Error;
+    use vault_core::ids::SubjectId;
+    use vault_core::secret::SecretString;
+    let _one = serial();
+    let c = cluster();
+    let machine = tempfile::tempdir().unwrap();
+    let dir = machine.path().join("vault");
+    let stale = common::fast_vault_with(
+        &dir,
+        Some(common::cluster_keystore()),
+        Some(common::cluster_records()),
+    );
+    let body = |n: u32| person(n)["data"].clone();
+    let ids: Vec<_> = (0..4)
+        .map(|n| {
+            stale
+                .vault
+                .put_record(&stale.clerk, CUSTOMERS, SubjectId::new(), &body(n))
+                .unwrap()
+        })
+        .collect();
+    let (_other_machine, other_dir) = copy_machine(&dir);
+
+    // The stale holder's lease lapses and a second process opens the
+    // vault (the stale one's renewing thread may win the lock back first:
+    // then the lease lapses again).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let second = loop {
+        lapse_lease(&c, &stale.vault);
+        match std::panic::catch_unwind(|| common::open_vault(&other_dir, &stale.clock)) {
+            Ok(v) => break v,
+            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(300)),
+            Err(e) => std::panic::resume_unwind(e),
+        }
+    };
+    let officer = common::login(&second, "officer");
+    second
+        .dispose(
+            &officer,
+            &crate::cluster::request(vault_core::vault::DisposalScope::Record(ids[0])),
+        )
+        .expect("the second process disposes");
+    assert!(second.epoch() > stale.vault.epoch(), "the epoch moved on");
+    drop(second);
+    let deks = dek_rows(&c, &stale.vault);
+
+    // The lock is free now. The stale process's put is refused at its
+    // first keystore write, and writes no data key.
+    let put = stale
+        .vault
+        .put_record(&stale.clerk, CUSTOMERS, SubjectId::new(), &body(10));
+    assert!(matches!(put, Err(Error::TakenOver)), "stale put: {put:?}");
+    assert_eq!(dek_rows(&c, &stale.vault), deks, "no data key written");
+    // A change of the records alone: the lock is not taken again.
+    let add = stale.vault.add_user(
+        &stale.admin,
+        "latecomer",
+        &SecretString::from("Late-Comer-Orchard-Basil-61"),
+        vault_core::access::Role::Clerk,
+        false,
+    );
+    assert!(
+        matches!(add, Err(Error::TakenOver)),
+        "stale user add: {add:?}"
+    );
+    assert!(matches!(
+        stale.vault.get_record(&stale.clerk, ids[1], &[], None),
+        Err(Error::TakenOver)
+    ));
+    assert!(stale.vault.lease_lost());
+    let clock = stale.clock.clone();
+    drop(stale);
+
+    // The vault, opened again, has every record but the disposed one and
+    // no trace of the stale process's attempts; its trail verifies.
+    let v = common::open_vault(&dir, &clock);
+    let clerk = common::login(&v, "clerk");
+    for id in &ids[1..] {
+        v.get_record(&clerk, *id, &[], None).unwrap();
+    }
+    let admin = common::login(&v, "admin");
+    assert!(
+        v.list_users(&admin)
+            .unwrap()
+            .iter()
+            .all(|u| u.username.to_string() != "latecomer"),
+        "the stale process added no user"
+    );
+    let auditor = common::login(&v, "auditor");
+    assert!(v.audit_verify(&auditor).unwrap().ok(), "the trail verifies");
+}
