@@ -850,6 +850,18 @@ impl AuditLog {
         })
     }
 
+    /// Appends and checkpoints on the cluster from now on only while
+    /// `fence`'s lock (the records store's, in the same database) is held
+    /// by this process; a no-op for a trail in files.
+    pub(crate) fn fence_with(
+        &self,
+        fence: Option<std::sync::Arc<dyn crate::store::postgres::Fence>>,
+    ) {
+        if let (Place::Cluster(c), Some(f)) = (&self.place, fence) {
+            c.fence_with(f);
+        }
+    }
+
     /// Opens the trail of vault `vault` on the records cluster of `cfg`
     /// (see `audit/cluster.rs`). A trail still in files at `dir` (a vault
     /// from an earlier build) is moved onto the cluster first, whole and

@@ -307,6 +307,11 @@ impl Store {
         self.engine.confirm_lease()
     }
 
+    /// On a cluster, what the audit trail there checks before it appends.
+    pub(crate) fn fence(&self) -> Option<std::sync::Arc<dyn postgres::Fence>> {
+        self.engine.fence()
+    }
+
     /// The engine's settings the beacon purge depends on, for `doctor`.
     pub fn engine_checks(&self) -> Result<Vec<(&'static str, crate::doctor::Level, String)>> {
         self.engine.doctor()

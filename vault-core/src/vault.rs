@@ -834,6 +834,7 @@ impl Vault {
             )?,
             None => AuditLog::open(&l.audit, signing.audit.clone(), opts.sync)?,
         };
+        audit.fence_with(store.fence());
         let anchor_state = anchor::AnchorState::load(&store, &audit)?;
         if audit.head_seq() > audit.last_checkpoint_seq() {
             // Events after the last checkpoint (the process ended without a

@@ -462,3 +462,55 @@ fn a_holder_whose_lease_lapsed_is_fenced_out_even_once_the_lock_is_free() {
     let auditor = common::login(&v, "auditor");
     assert!(v.audit_verify(&auditor).unwrap().ok(), "the trail verifies");
 }
+
+/// The trail's sequence on the cluster is shared by every process that
+/// ever holds the vault: a holder whose lease lapsed, still believing its
+/// lease fresh (it has not renewed yet), must not take the next number
+/// while the process that took the vault over has appended nothing since
+/// its open. It would leave the new holder's head stale, and every later
+/// event of the new holder refused. Its append is fenced by the vault's
+/// lock, in the same statement.
+#[test]
+fn an_audit_event_of_a_holder_whose_lease_lapsed_takes_no_number_from_the_new_holder() {
+    use vault_core::Error;
+    use vault_core::ids::SubjectId;
+    let _one = serial();
+    let c = cluster();
+    let machine = tempfile::tempdir().unwrap();
+    let dir = machine.path().join("vault");
+    let stale = common::fast_vault_with(
+        &dir,
+        Some(common::cluster_keystore()),
+        Some(common::cluster_records()),
+    );
+    let body = |n: u32| person(n)["data"].clone();
+    let id = stale
+        .vault
+        .put_record(&stale.clerk, CUSTOMERS, SubjectId::new(), &body(1))
+        .unwrap();
+    let (_other_machine, other_dir) = copy_machine(&dir);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let second = loop {
+        lapse_lease(&c, &stale.vault);
+        match std::panic::catch_unwind(|| common::open_vault(&other_dir, &stale.clock)) {
+            Ok(v) => break v,
+            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(300)),
+            Err(e) => std::panic::resume_unwind(e),
+        }
+    };
+    // A read is audited before it is answered: refused, and unanswered.
+    let read = stale.vault.get_record(&stale.clerk, id, &[], None);
+    assert!(
+        matches!(read, Err(Error::TakenOver)),
+        "stale read: {read:?}"
+    );
+    assert!(stale.vault.lease_lost());
+    // The new holder's trail goes on.
+    let clerk = common::login(&second, "clerk");
+    second.get_record(&clerk, id, &[], None).unwrap();
+    second
+        .put_record(&clerk, CUSTOMERS, SubjectId::new(), &body(2))
+        .expect("the new holder writes on");
+    let auditor = common::login(&second, "auditor");
+    assert!(second.audit_verify(&auditor).unwrap().ok());
+}

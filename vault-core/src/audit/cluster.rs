@@ -14,12 +14,13 @@
 //! a sequence number instead of forking the chain.
 
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use super::{CHECKPOINTS_FILE, SEGMENT_MAX_BYTES, create_private_file, segment_path, sync_dir};
 use crate::error::{Error, Result};
 use crate::ids::VaultId;
 use crate::keystore::postgres::{Conns, PgConfig, Pooled, off_runtime, pg};
+use crate::store::postgres::{Fence, held_by};
 
 /// Events per page when a trail is read back.
 const READ_PAGE: u64 = 10_000;
@@ -45,6 +46,11 @@ pub(super) struct ClusterTrail {
     /// machine. At most [`super::CHECKPOINT_EVERY`] or so: a checkpoint's
     /// synchronous commit makes them durable and empties the list.
     unsure: Mutex<Unsure>,
+    /// The vault's lock in the same database: with it, an append or a
+    /// checkpoint is written only while this process holds the vault (a
+    /// process whose lease lapsed cannot take a number from the process that
+    /// took the vault over).
+    fence: std::sync::OnceLock<Arc<dyn Fence>>,
 }
 
 /// Events (seq and line) not yet known to be on a standby.
@@ -55,8 +61,10 @@ fn refused(e: &postgres::Error) -> bool {
     e.code() == Some(&postgres::error::SqlState::T_R_SERIALIZATION_FAILURE)
 }
 
-const APPEND: &str = "WITH sc AS (SELECT set_config('synchronous_commit', $4::text, true))
-     SELECT pivault_audit.append($1::text::uuid, $2, $3) FROM sc";
+const APPEND: &str = "SELECT pivault_audit.append($1::text::uuid, $2, $3)
+     FROM (SELECT set_config('synchronous_commit', $4::text, true)) AS sc";
+
+const CHECKPOINT: &str = "SELECT pivault_audit.add_checkpoint($1::text::uuid, $2, $3)";
 
 /// A failure to reach or write the trail: the audited operation must not
 /// happen (fail closed), and the message names no row.
@@ -79,7 +87,58 @@ impl ClusterTrail {
             vault: hex::encode(vault.as_bytes()),
             commit: if sync { "on" } else { "off" },
             unsure: Mutex::new(Vec::new()),
+            fence: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Appends and checkpoints from now on only while `fence`'s lock is
+    /// held by this process.
+    pub(super) fn fence_with(&self, fence: Arc<dyn Fence>) {
+        let _ = self.fence.set(fence);
+    }
+
+    /// `sql` (whose answer is a row of the function's result) run only
+    /// while the vault's lock is held, with the holder's backend as
+    /// parameters `$n` and `$n + 1`: the row's first column says whether it
+    /// was.
+    fn fenced_sql(&self, sql: &str, n: usize) -> (String, i32, String) {
+        match self.fence.get() {
+            Some(f) => {
+                let (schema, pid, start) = f.holder();
+                let held = held_by(&schema, &format!("${n}::int"), &format!("${}::text", n + 1));
+                (
+                    format!(
+                        "WITH lk AS (SELECT {held} AS held) SELECT lk.held, CASE WHEN lk.held THEN ({sql})::text END FROM lk"
+                    ),
+                    pid,
+                    start,
+                )
+            }
+            None => (
+                format!(
+                    "SELECT true, ({sql})::text WHERE $1::text IS NOT NULL AND ${n}::int IS NOT NULL AND ${}::text IS NOT NULL",
+                    n + 1
+                ),
+                0,
+                String::new(),
+            ),
+        }
+    }
+
+    /// Runs `write` (which answers whether the lock was held); when it was
+    /// not, the lock is taken again (or this process was `TakenOver`) and
+    /// `write` runs once more.
+    fn fenced(&self, write: impl Fn() -> Result<bool>) -> Result<()> {
+        if write()? {
+            return Ok(());
+        }
+        if let Some(f) = self.fence.get() {
+            f.retake()?;
+            if write()? {
+                return Ok(());
+            }
+        }
+        Err(Error::TakenOver)
     }
 
     /// Appends `lines` (without newlines) as events `first`, `first + 1`,
@@ -90,17 +149,21 @@ impl ClusterTrail {
     pub(super) fn append(&self, first: u64, lines: &[&[u8]]) -> Result<()> {
         let mut unsure = self.unsure()?;
         let again = again(&unsure, lines);
-        self.on_primary(|c| {
-            let st = c.prepared(APPEND)?;
-            match c.query_one(&st, &[&self.vault, &(first as i64), &lines, &self.commit]) {
-                Err(e) if refused(&e) && again.is_some() => {
-                    let (from, all) = again.as_ref().expect("checked");
-                    c.query_one(&st, &[&self.vault, from, all, &self.commit])
-                        .map_err(pg)?;
-                    Ok(())
+        self.fenced(|| {
+            let (sql, pid, start) = self.fenced_sql(APPEND, 5);
+            self.on_primary(|c| {
+                let st = c.prepared(&sql)?;
+                let mut run = |from: &i64, all: &[&[u8]]| {
+                    c.query_one(&st, &[&self.vault, from, &all, &self.commit, &pid, &start])
+                };
+                match run(&(first as i64), lines) {
+                    Err(e) if refused(&e) && again.is_some() => {
+                        let (from, all) = again.as_ref().expect("checked");
+                        Ok(run(from, all).map_err(pg)?.get(0))
+                    }
+                    r => Ok(r.map_err(pg)?.get(0)),
                 }
-                r => r.map(drop).map_err(pg),
-            }
+            })
         })?;
         if self.commit == "off" {
             unsure.extend((first..).zip(lines.iter().map(|l| l.to_vec())));
@@ -144,19 +207,32 @@ impl ClusterTrail {
         let mut unsure = self.unsure()?;
         let again = again(&unsure, &[]);
         let seq = seq as i64;
-        self.on_primary(|c| {
-            let st = c.prepared("SELECT pivault_audit.add_checkpoint($1::text::uuid, $2, $3)")?;
-            match c.query_one(&st, &[&self.vault, &seq, &line]) {
-                Err(e) if refused(&e) && again.is_some() => {
-                    let (from, all) = again.as_ref().expect("checked");
-                    let append = c.prepared(APPEND)?;
-                    c.query_one(&append, &[&self.vault, from, all, &self.commit])
-                        .map_err(pg)?;
-                    c.query_one(&st, &[&self.vault, &seq, &line]).map_err(pg)?;
-                    Ok(())
+        self.fenced(|| {
+            let (add, pid, start) = self.fenced_sql(CHECKPOINT, 4);
+            let (append, ..) = self.fenced_sql(APPEND, 5);
+            self.on_primary(|c| {
+                let st = c.prepared(&add)?;
+                let add =
+                    |c: &mut Pooled| c.query_one(&st, &[&self.vault, &seq, &line, &pid, &start]);
+                match add(c) {
+                    Err(e) if refused(&e) && again.is_some() => {
+                        let (from, all) = again.as_ref().expect("checked");
+                        let append = c.prepared(&append)?;
+                        let held: bool = c
+                            .query_one(
+                                &append,
+                                &[&self.vault, from, all, &self.commit, &pid, &start],
+                            )
+                            .map_err(pg)?
+                            .get(0);
+                        if !held {
+                            return Ok(false);
+                        }
+                        Ok(add(c).map_err(pg)?.get(0))
+                    }
+                    r => Ok(r.map_err(pg)?.get(0)),
                 }
-                r => r.map(drop).map_err(pg),
-            }
+            })
         })?;
         unsure.retain(|(s, _)| *s as i64 > seq);
         Ok(())

@@ -64,6 +64,10 @@ pub(crate) trait RowEngine: Send + Sync + std::fmt::Debug {
     fn confirm_lease(&self) -> Result<()> {
         Ok(())
     }
+    /// On a cluster, what the audit trail there checks before it appends.
+    fn fence(&self) -> Option<std::sync::Arc<dyn super::postgres::Fence>> {
+        None
+    }
     /// The engine's name (certificates, `doctor`).
     fn kind(&self) -> &'static str;
     /// Sets a negative control of the beacon purge (tests).

@@ -218,6 +218,42 @@ impl PgRows {
     }
 }
 
+/// What the audit trail in the same database needs to append only while
+/// this process holds the vault: the schema holding the lock, the holder's
+/// backend (process ID, start time), and the lock taken again.
+pub(crate) trait Fence: Send + Sync {
+    /// (`pr_<vault id>`, process ID, start time) of the lock's backend.
+    fn holder(&self) -> (String, i32, String);
+    /// After an append found the lock gone: taken again, or `TakenOver`.
+    fn retake(&self) -> Result<()>;
+}
+
+impl Fence for Holding {
+    fn holder(&self) -> (String, i32, String) {
+        let (pid, start) = self.holder_backend.lock().expect("holder backend").clone();
+        (self.schema.clone(), pid, start)
+    }
+
+    fn retake(&self) -> Result<()> {
+        if self.lost.load(Ordering::SeqCst) {
+            return Err(Error::TakenOver);
+        }
+        self.retake_lock(&mut self.holder.lock().expect("holder lock"))
+    }
+}
+
+/// The statement's condition that the vault's lock is held by the backend
+/// `$pid` started at `$start` (parameters named by the caller), on table
+/// `schema.holder`.
+pub(crate) fn held_by(schema: &str, pid: &str, start: &str) -> String {
+    format!(
+        "EXISTS (SELECT 1 FROM pg_locks l, pg_stat_get_activity({pid}) a
+                  WHERE l.locktype = 'relation' AND l.pid = {pid} AND l.granted AND l.mode = 'ExclusiveLock'
+                    AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+                    AND l.relation = '{schema}.holder'::regclass AND a.backend_start::text = {start})"
+    )
+}
+
 impl Holding {
     /// Takes the vault's lock on a new connection to the primary
     /// (`VaultBusy` while another process holds it). The first time, the
@@ -469,10 +505,7 @@ impl PgRows {
         }
         let s = &self.schema;
         let sql = format!(
-            "WITH lk AS (SELECT EXISTS (SELECT 1 FROM pg_locks l, pg_stat_get_activity($9) a
-                      WHERE l.locktype = 'relation' AND l.pid = $9 AND l.granted AND l.mode = 'ExclusiveLock'
-                        AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
-                        AND l.relation = '{s}.holder'::regclass AND a.backend_start::text = $11) AS held),
+            "WITH lk AS (SELECT {} AS held),
               sc AS (SELECT set_config('synchronous_commit', coalesce($10::text, current_setting('synchronous_commit')), true) AS v),
               dr AS (DELETE FROM {s}.rows r USING unnest($1::smallint[], $2::bytea[]) AS x(t, k)
                       WHERE r.t = x.t AND r.k = x.k AND (SELECT held FROM lk)),
@@ -481,7 +514,8 @@ impl PgRows {
                       WHERE (SELECT held FROM lk) ON CONFLICT (t, k) DO UPDATE SET v = EXCLUDED.v),
               ib AS (INSERT INTO {s}.beacons (p, k, v) SELECT {BEACON_PARTITION_OF}, x.k, x.v FROM unnest($7::bytea[], $8::bytea[]) AS x(k, v)
                       WHERE (SELECT held FROM lk) ON CONFLICT (k, p) DO UPDATE SET v = EXCLUDED.v)
-             SELECT held FROM lk, sc"
+             SELECT held FROM lk, sc",
+            held_by(s, "$9", "$11")
         );
         let (pid, start) = self.holder_backend.lock().expect("holder backend").clone();
         // A commit is synchronous (`synchronous_commit=on`; with Patroni's
@@ -676,6 +710,10 @@ impl RowEngine for PgRows {
 
     fn check_lease(&self) -> Result<()> {
         off_runtime(|| self.holding.check_lease())
+    }
+
+    fn fence(&self) -> Option<Arc<dyn Fence>> {
+        Some(self.holding.clone())
     }
 
     fn confirm_lease(&self) -> Result<()> {
