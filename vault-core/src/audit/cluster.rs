@@ -104,8 +104,8 @@ impl ClusterTrail {
     fn fenced_sql(&self, sql: &str, n: usize) -> (String, i32, String) {
         match self.fence.get() {
             Some(f) => {
-                let (schema, pid, start) = f.holder();
-                let held = held_by(&schema, &format!("${n}::int"), &format!("${}::text", n + 1));
+                let (pid, start) = f.holder();
+                let held = held_by(&format!("${n}::int"), &format!("${}::text", n + 1));
                 (
                     format!(
                         "WITH lk AS (SELECT {held} AS held) SELECT lk.held, CASE WHEN lk.held THEN ({sql})::text END FROM lk"

@@ -219,39 +219,40 @@ impl PgRows {
 }
 
 /// What the audit trail in the same database needs to append only while
-/// this process holds the vault: the schema holding the lock, the holder's
-/// backend (process ID, start time), and the lock taken again.
+/// this process holds the vault: the holder's backend (process ID, and its
+/// start and its transaction's start, [`HOLDER_TIMES`]), and the lock taken
+/// again.
 pub(crate) trait Fence: Send + Sync {
-    /// (`pr_<vault id>`, process ID, start time) of the lock's backend.
-    fn holder(&self) -> (String, i32, String);
+    /// Process ID and [`HOLDER_TIMES`] of the lock's backend.
+    fn holder(&self) -> (i32, String);
     /// After an append found the lock gone: taken again, or `TakenOver`.
     fn retake(&self) -> Result<()>;
 }
 
 impl Fence for Holding {
-    fn holder(&self) -> (String, i32, String) {
-        let (pid, start) = self.holder_backend.lock().expect("holder backend").clone();
-        (self.schema.clone(), pid, start)
+    fn holder(&self) -> (i32, String) {
+        self.holder_backend.lock().expect("holder backend").clone()
     }
 
     fn retake(&self) -> Result<()> {
         if self.lost.load(Ordering::SeqCst) {
             return Err(Error::TakenOver);
         }
-        self.retake_lock(&mut self.holder.lock().expect("holder lock"))
+        // The blocking client must not run on an async runtime's thread.
+        off_runtime(|| self.retake_lock(&mut self.holder.lock().expect("holder lock")))
     }
 }
 
-/// The statement's condition that the vault's lock is held by the backend
-/// `$pid` started at `$start` (parameters named by the caller), on table
-/// `schema.holder`.
-pub(crate) fn held_by(schema: &str, pid: &str, start: &str) -> String {
-    format!(
-        "EXISTS (SELECT 1 FROM pg_locks l, pg_stat_get_activity({pid}) a
-                  WHERE l.locktype = 'relation' AND l.pid = {pid} AND l.granted AND l.mode = 'ExclusiveLock'
-                    AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
-                    AND l.relation = '{schema}.holder'::regclass AND a.backend_start::text = {start})"
-    )
+/// A backend's start time and its transaction's, from its status entry
+/// `a`: the lock's backend, in the transaction that took the lock.
+const HOLDER_TIMES: &str = "a.backend_start::text || ' ' || a.xact_start::text";
+
+/// The statement's condition that the vault's lock is still held: the
+/// backend `$pid` (a parameter the caller names) is still in the
+/// transaction that took it (`$times`, [`HOLDER_TIMES`]). A table lock is
+/// released only when its transaction ends.
+pub(crate) fn held_by(pid: &str, times: &str) -> String {
+    format!("EXISTS (SELECT 1 FROM pg_stat_get_activity({pid}) a WHERE {HOLDER_TIMES} = {times})")
 }
 
 impl Holding {
@@ -273,13 +274,6 @@ impl Holding {
             LEASE.as_millis()
         ))
         .map_err(pg)?;
-        let me = c
-            .query_one(
-                "SELECT pid, backend_start::text FROM pg_stat_get_activity(pg_backend_pid())",
-                &[],
-            )
-            .map_err(pg)?;
-        let (pid, start): (i32, String) = (me.get(0), me.get(1));
         // A process that was just killed still holds the lock until its
         // backend reads the closed socket and exits (milliseconds): a
         // second's patience, then the holder is a live process.
@@ -299,6 +293,28 @@ impl Holding {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+        // The lock's holder: this backend (its process ID and start time:
+        // an ID alone may be reused, by another member's backend after a
+        // failover) in this transaction (its start time), which holds the
+        // lock until it ends. A check of these is one backend's status
+        // entry, where a look into `pg_locks` gathers every lock of the
+        // server.
+        let me = c
+            .query_one(
+                &format!(
+                    "SELECT pid, {HOLDER_TIMES} FROM pg_stat_get_activity(pg_backend_pid()) a"
+                ),
+                &[],
+            )
+            .map_err(pg)?;
+        let pid: i32 = me.get(0);
+        // Without `track_activities` a backend's transaction start is not
+        // reported, and no write could prove the lock held.
+        let start: String = me.get::<_, Option<String>>(1).ok_or_else(|| {
+            Error::Storage(
+                "the records cluster does not report transaction starts (track_activities = off): the vault's lock cannot be checked; turn track_activities on".into(),
+            )
+        })?;
         // Under the lock: the lease's generation (a row of its own, so the
         // lock's transaction writes nothing and holds no transaction ID).
         let mine = *self.generation.lock().expect("generation lock");
@@ -515,7 +531,7 @@ impl PgRows {
               ib AS (INSERT INTO {s}.beacons (p, k, v) SELECT {BEACON_PARTITION_OF}, x.k, x.v FROM unnest($7::bytea[], $8::bytea[]) AS x(k, v)
                       WHERE (SELECT held FROM lk) ON CONFLICT (k, p) DO UPDATE SET v = EXCLUDED.v)
              SELECT held FROM lk, sc",
-            held_by(s, "$9", "$11")
+            held_by("$9", "$11")
         );
         let (pid, start) = self.holder_backend.lock().expect("holder backend").clone();
         // A commit is synchronous (`synchronous_commit=on`; with Patroni's
