@@ -220,7 +220,16 @@ fn main() -> ExitCode {
     }
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) if e.is::<TakenOver>() => ExitCode::from(75),
+        Err(e)
+            if e.is::<TakenOver>()
+                || matches!(
+                    e.downcast_ref::<vault_core::Error>(),
+                    Some(vault_core::Error::TakenOver)
+                ) =>
+        {
+            eprintln!("pivault-server: {e:#}");
+            ExitCode::from(75)
+        }
         Err(e) => {
             eprintln!("pivault-server: {e:#}");
             ExitCode::from(2)
@@ -449,16 +458,19 @@ fn run(args: Args) -> anyhow::Result<()> {
     // the runtime is gone. Then the refusals still counted are audited and
     // the vault is closed cleanly.
     drop(rt);
-    if app.vault().lease_lost() {
-        // Nothing more is written: the trail and the refusal counts belong
-        // to the process that holds the vault now.
-        return Err(TakenOver.into());
+    let taken_over = app.vault().lease_lost();
+    if !taken_over {
+        // Taken over, nothing more is written: the trail and the refusal
+        // counts belong to the process that holds the vault now.
+        app.flush_refusals(true);
     }
-    app.flush_refusals(true);
     if let Some(stream) = app.stream() {
         // The events still queued get a few seconds to leave; what is left
         // is sent at the next start (the state file keeps the last seq sent).
         stream.stop(Duration::from_secs(5));
+    }
+    if taken_over {
+        return Err(TakenOver.into());
     }
     let vault = Arc::try_unwrap(app)
         .ok()

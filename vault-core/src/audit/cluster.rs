@@ -98,45 +98,40 @@ impl ClusterTrail {
     }
 
     /// `sql` (whose answer is a row of the function's result) run only
-    /// while the vault's lock is held, with the holder's backend as
-    /// parameters `$n` and `$n + 1`: the row's first column says whether it
-    /// was.
-    fn fenced_sql(&self, sql: &str, n: usize) -> (String, i32, String) {
-        match self.fence.get() {
-            Some(f) => {
-                let (pid, start) = f.holder();
-                let held = held_by(&format!("${n}::int"), &format!("${}::text", n + 1));
-                (
-                    format!(
-                        "WITH lk AS (SELECT {held} AS held) SELECT lk.held, CASE WHEN lk.held THEN ({sql})::text END FROM lk"
-                    ),
-                    pid,
-                    start,
-                )
-            }
-            None => (
-                format!(
-                    "SELECT true, ({sql})::text WHERE $1::text IS NOT NULL AND ${n}::int IS NOT NULL AND ${}::text IS NOT NULL",
-                    n + 1
-                ),
-                0,
-                String::new(),
-            ),
+    /// while the vault's lock is held, by the backend given as parameters
+    /// `$n` and `$n + 1`: the row's first column says whether it was.
+    fn fenced_sql(&self, sql: &str, n: usize) -> String {
+        if self.fence.get().is_some() {
+            let held = held_by(&format!("${n}::int"), &format!("${}::text", n + 1));
+            format!(
+                "WITH lk AS (SELECT {held} AS held) SELECT lk.held, CASE WHEN lk.held THEN ({sql})::text END FROM lk"
+            )
+        } else {
+            format!(
+                "SELECT true, ({sql})::text WHERE $1::text IS NOT NULL AND ${n}::int IS NOT NULL AND ${}::text IS NOT NULL",
+                n + 1
+            )
         }
     }
 
-    /// Runs `write` (which answers whether the lock was held); when it was
-    /// not, the lock is taken again (or this process was `TakenOver`) and
-    /// `write` runs once more.
-    fn fenced(&self, write: impl Fn() -> Result<bool>) -> Result<()> {
-        if write()? {
+    /// Runs `write` under the lock's backend (which it answers whether
+    /// still held); when it was not, the lock is taken again (or this
+    /// process was `TakenOver`) and `write` runs once more.
+    fn fenced(&self, write: impl Fn(&(i32, String)) -> Result<bool>) -> Result<()> {
+        let Some(f) = self.fence.get() else {
+            return if write(&(0, String::new()))? {
+                Ok(())
+            } else {
+                Err(Error::TakenOver)
+            };
+        };
+        let seen = f.holder();
+        if write(&seen)? {
             return Ok(());
         }
-        if let Some(f) = self.fence.get() {
-            f.retake()?;
-            if write()? {
-                return Ok(());
-            }
+        f.retake(&seen)?;
+        if write(&f.holder())? {
+            return Ok(());
         }
         Err(Error::TakenOver)
     }
@@ -149,8 +144,8 @@ impl ClusterTrail {
     pub(super) fn append(&self, first: u64, lines: &[&[u8]]) -> Result<()> {
         let mut unsure = self.unsure()?;
         let again = again(&unsure, lines);
-        self.fenced(|| {
-            let (sql, pid, start) = self.fenced_sql(APPEND, 5);
+        self.fenced(|(pid, start)| {
+            let sql = self.fenced_sql(APPEND, 5);
             self.on_primary(|c| {
                 let st = c.prepared(&sql)?;
                 let mut run = |from: &i64, all: &[&[u8]]| {
@@ -207,9 +202,9 @@ impl ClusterTrail {
         let mut unsure = self.unsure()?;
         let again = again(&unsure, &[]);
         let seq = seq as i64;
-        self.fenced(|| {
-            let (add, pid, start) = self.fenced_sql(CHECKPOINT, 4);
-            let (append, ..) = self.fenced_sql(APPEND, 5);
+        self.fenced(|(pid, start)| {
+            let add = self.fenced_sql(CHECKPOINT, 4);
+            let append = self.fenced_sql(APPEND, 5);
             self.on_primary(|c| {
                 let st = c.prepared(&add)?;
                 let add =

@@ -219,7 +219,15 @@ pub(super) fn connect_as(cfg: &PgConfig, password: &SecretString, member: &str) 
         .password(password.expose().as_bytes())
         .dbname(&cfg.database)
         .application_name("pivault")
-        .connect_timeout(Duration::from_secs(3));
+        .connect_timeout(Duration::from_secs(3))
+        // A member that vanished without closing the connection (its host
+        // or the network died) is noticed within the lease, not after the
+        // kernel's quarter of an hour: the lease's renewal must fail in time.
+        .tcp_user_timeout(crate::store::postgres::LEASE)
+        .keepalives(true)
+        .keepalives_idle(Duration::from_secs(5))
+        .keepalives_interval(Duration::from_secs(2))
+        .keepalives_retries(3);
     match &cfg.ca_file {
         Some(ca) => {
             c.ssl_mode(postgres::config::SslMode::Require);
@@ -496,7 +504,7 @@ impl PgKeys {
                  generation bigint NOT NULL);
              INSERT INTO {s}.lease (generation) VALUES (0) ON CONFLICT DO NOTHING;
              SET LOCAL lock_timeout = '{}ms';
-             LOCK TABLE {s}.buckets, {s}.backups, {s}.header, {s}.deks IN SHARE MODE;",
+             LOCK TABLE {s}.buckets, {s}.deks, {s}.backups, {s}.header IN SHARE MODE;",
             (crate::store::postgres::LEASE * 3).as_millis()
         ))
         .map_err(pg)?;
@@ -724,12 +732,22 @@ impl Conns {
         // A transaction left open by a process that was stopped mid-write
         // ends after the lease, so it cannot keep a standby that took the
         // vault over from fencing the keystore (`PgKeys::fence`).
+        // The fence's argument needs READ COMMITTED: a write blocked by the
+        // fence's lock takes its snapshot after the wait, and sees the bump.
         c.batch_execute(&format!(
-            "SET idle_in_transaction_session_timeout = {}",
+            "SET idle_in_transaction_session_timeout = {};
+             SET default_transaction_isolation = 'read committed'",
             crate::store::postgres::LEASE.as_millis()
         ))
         .map_err(pg)?;
         Ok(Pooled::new(c, slot))
+    }
+
+    /// A new connection to the primary, never one from the pool (which
+    /// may all be dead after a failover), within the budget.
+    pub(crate) fn fresh_primary(&self) -> Result<Pooled> {
+        let slot = self.budget.admit()?;
+        Ok(Pooled::new(primary_of(&self.cfg, &self.password)?, slot))
     }
 
     /// Runs `f` on a primary connection. A connection that broke (a

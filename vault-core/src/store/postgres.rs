@@ -28,7 +28,8 @@
 //! idle, the transaction holds no snapshot either. Every write checks, in
 //! the same statement, that the holder's backend, named by its process ID
 //! *and* its start time (a process ID alone may be reused, on another
-//! member after a failover), still holds the lock, and writes nothing
+//! member after a failover), is still in the transaction that took the
+//! lock ([`held_by`]), and writes nothing
 //! otherwise; after a failover closed the holder's connection, the lock is
 //! taken again on the new primary and the write retried (refused if
 //! another process took the vault meanwhile).
@@ -100,8 +101,8 @@ pub(crate) struct Holding {
     schema: String,
     /// The connection holding the vault's lock (one opener at a time).
     holder: Mutex<Option<Client>>,
-    /// Its backend's process ID and start time: every write checks, in its
-    /// own statement, that this backend still holds the lock.
+    /// Its backend's process ID, and [`HOLDER_TIMES`]: every write checks,
+    /// in its own statement, that this backend still holds the lock.
     holder_backend: Mutex<(i32, String)>,
     /// The vault's lease generation when this process took it (bumped by
     /// every opener): a lock taken again after it lapsed is this process's
@@ -208,6 +209,8 @@ impl PgRows {
             };
             rows.take_lock(&mut rows.holder.lock().expect("holder lock"))?;
             rows.conns.with_primary(|c| rows.create_schema(c))?;
+            rows.conns
+                .with_primary(|c| rows.wait_for_writes_in_flight(c))?;
             let weak = Arc::downgrade(&rows.holding);
             std::thread::Builder::new()
                 .name("pivault-lease".into())
@@ -225,8 +228,9 @@ impl PgRows {
 pub(crate) trait Fence: Send + Sync {
     /// Process ID and [`HOLDER_TIMES`] of the lock's backend.
     fn holder(&self) -> (i32, String);
-    /// After an append found the lock gone: taken again, or `TakenOver`.
-    fn retake(&self) -> Result<()>;
+    /// After an append under `seen` found the lock gone: taken again
+    /// (unless another thread already did), or `TakenOver`.
+    fn retake(&self, seen: &(i32, String)) -> Result<()>;
 }
 
 impl Fence for Holding {
@@ -234,12 +238,9 @@ impl Fence for Holding {
         self.holder_backend.lock().expect("holder backend").clone()
     }
 
-    fn retake(&self) -> Result<()> {
-        if self.lost.load(Ordering::SeqCst) {
-            return Err(Error::TakenOver);
-        }
+    fn retake(&self, seen: &(i32, String)) -> Result<()> {
         // The blocking client must not run on an async runtime's thread.
-        off_runtime(|| self.retake_lock(&mut self.holder.lock().expect("holder lock")))
+        off_runtime(|| self.retake_unless_moved(seen))
     }
 }
 
@@ -262,7 +263,9 @@ impl Holding {
     /// one this process bumped, else another process held the vault
     /// meanwhile and this one is `TakenOver`.
     fn take_lock(&self, holder: &mut Option<Client>) -> Result<()> {
-        let mut c = self.conns.primary()?;
+        // A new connection: after a failover the pool's may all be dead,
+        // and trying each in turn would keep the vault unheld meanwhile.
+        let mut c = self.conns.fresh_primary()?;
         let s = &self.schema;
         // The lock lives in a transaction left idle, which the server ends
         // after LEASE without a statement: a process stopped, hung or cut
@@ -361,6 +364,22 @@ impl Holding {
         }
     }
 
+    /// After a statement under the lock's backend `seen` found the lock
+    /// gone: the lock taken again, unless another thread already did (the
+    /// backend is no longer `seen`: the statement is then only retried), or
+    /// `TakenOver`. Two writers failing at once after a failover must not
+    /// both take it, the second dropping the first's new lock.
+    fn retake_unless_moved(&self, seen: &(i32, String)) -> Result<()> {
+        if self.lost.load(Ordering::SeqCst) {
+            return Err(Error::TakenOver);
+        }
+        let mut holder = self.holder.lock().expect("holder lock");
+        if self.holder_backend.lock().expect("holder backend").clone() != *seen {
+            return Ok(());
+        }
+        self.retake_lock(&mut holder)
+    }
+
     /// Renews the lease: a statement on the holder's connection (which
     /// resets the server's idle timer), or, when that connection is gone,
     /// the lock taken again.
@@ -415,6 +434,22 @@ impl Holding {
 }
 
 impl PgRows {
+    /// Waits for the writes of an earlier holder still in flight (checked
+    /// at their statement's start, committing later, e.g. waiting for a
+    /// synchronous standby): a `SHARE` lock on both tables waits for every
+    /// write's `ROW EXCLUSIVE`. Any later write of that holder finds the
+    /// lock no longer its own; so this opener's reads (the journal's
+    /// reconciliation, the disposals it resumes) see all of them.
+    fn wait_for_writes_in_flight(&self, c: &mut Client) -> Result<()> {
+        let s = &self.schema;
+        c.batch_execute(&format!(
+            "BEGIN; SET LOCAL lock_timeout = '{}ms';
+             LOCK TABLE {s}.rows, {s}.beacons IN SHARE MODE; COMMIT;",
+            (LEASE * 3).as_millis()
+        ))
+        .map_err(pg)
+    }
+
     fn create_schema(&self, c: &mut Client) -> Result<()> {
         let s = &self.schema;
         // No planner statistics of keys or values: ANALYZE would copy
@@ -483,7 +518,7 @@ impl PgRows {
     /// and upserts of both tables, applied only while this process's lock
     /// holder still holds the vault's lock (`held`; `false` when a failover
     /// closed it: nothing was written).
-    fn write_rows(&self, ops: &[WriteOp<'_>], lazy: bool) -> Result<bool> {
+    fn write_rows(&self, ops: &[WriteOp<'_>], lazy: bool, holder: &(i32, String)) -> Result<bool> {
         if ops.is_empty() {
             return Ok(true);
         }
@@ -533,7 +568,7 @@ impl PgRows {
              SELECT held FROM lk, sc",
             held_by("$9", "$11")
         );
-        let (pid, start) = self.holder_backend.lock().expect("holder backend").clone();
+        let (pid, start) = holder;
         // A commit is synchronous (`synchronous_commit=on`; with Patroni's
         // synchronous mode a standby has it too), except a lazy one
         // (`Store::delete_lazily`), which does not wait for the WAL flush:
@@ -562,11 +597,12 @@ impl PgRows {
             if self.lost.load(Ordering::SeqCst) {
                 return Err(Error::TakenOver);
             }
-            if self.write_rows(ops, lazy)? {
+            let seen = self.holder();
+            if self.write_rows(ops, lazy, &seen)? {
                 return Ok(());
             }
-            self.retake_lock(&mut self.holder.lock().expect("holder lock"))?;
-            if self.write_rows(ops, lazy)? {
+            self.retake_unless_moved(&seen)?;
+            if self.write_rows(ops, lazy, &self.holder())? {
                 Ok(())
             } else {
                 self.lost.store(true, Ordering::SeqCst);
@@ -725,6 +761,13 @@ impl RowEngine for PgRows {
     }
 
     fn check_lease(&self) -> Result<()> {
+        // The common case (fresh) without a thread.
+        if self.lost.load(Ordering::SeqCst) {
+            return Err(Error::TakenOver);
+        }
+        if self.renewed.lock().expect("renewed lock").elapsed() < READ_FRESH {
+            return Ok(());
+        }
         off_runtime(|| self.holding.check_lease())
     }
 
