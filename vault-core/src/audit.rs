@@ -890,28 +890,42 @@ impl AuditLog {
                 }
             }
         }
-        let (head_seq, head_hash) = match &last {
-            Some((seq, line)) => {
-                let head = parse_head(line)?;
-                if head.0 != *seq {
-                    return Err(Error::Integrity("audit trail (a line under another seq)"));
+        // The head and the last checkpoint are read one after the other: a
+        // writer appending meanwhile (a process whose lease is lapsing, or
+        // the racing writers of the tests) may put a checkpoint past the
+        // head just read. Read again; a checkpoint past the trail that
+        // stays is the integrity failure.
+        let mut tries = 0;
+        let (head_seq, head_hash, last_signed) = loop {
+            let (head_seq, head_hash) = match &last {
+                Some((seq, line)) => {
+                    let head = parse_head(line)?;
+                    if head.0 != *seq {
+                        return Err(Error::Integrity("audit trail (a line under another seq)"));
+                    }
+                    head
                 }
-                head
-            }
-            None => (0, [0u8; 32]),
-        };
-        let last_signed = match trail.checkpoints()?.last() {
-            Some(line) => {
-                let cp =
-                    SignedHead::from_line(line).ok_or(Error::Integrity("audit checkpoints"))?;
-                if cp.seq > head_seq || (cp.seq == head_seq && cp.head != head_hash) {
-                    return Err(Error::Integrity(
-                        "audit trail (last event does not match the last checkpoint)",
-                    ));
+                None => (0, [0u8; 32]),
+            };
+            let last_signed = match trail.checkpoints()?.last() {
+                Some(line) => {
+                    let cp =
+                        SignedHead::from_line(line).ok_or(Error::Integrity("audit checkpoints"))?;
+                    if cp.seq > head_seq && tries < 5 {
+                        tries += 1;
+                        last = trail.last_event()?;
+                        continue;
+                    }
+                    if cp.seq > head_seq || (cp.seq == head_seq && cp.head != head_hash) {
+                        return Err(Error::Integrity(
+                            "audit trail (last event does not match the last checkpoint)",
+                        ));
+                    }
+                    Some(cp)
                 }
-                Some(cp)
-            }
-            None => None,
+                None => None,
+            };
+            break (head_seq, head_hash, last_signed);
         };
         Ok(AuditLog {
             signer,

@@ -182,11 +182,7 @@ fn a_standby_server_takes_over_a_killed_or_stopped_one_and_the_stopped_one_serve
     let _c = cluster();
     let machine_a = tempfile::tempdir().unwrap();
     let vault_a = machine_a.path().join("vault");
-    let fx = common::fast_vault_with(
-        &vault_a,
-        Some(common::cluster_keystore()),
-        Some(common::cluster_records()),
-    );
+    let fx = vault_on_clusters(&vault_a);
     fx.vault.close().expect("close the fixture vault");
     let (machine_b, vault_b) = copy_machine(&vault_a);
     let (machine_c, vault_c) = copy_machine(&vault_a);
@@ -334,6 +330,41 @@ fn a_standby_server_takes_over_a_killed_or_stopped_one_and_the_stopped_one_serve
     assert!(status.success());
 }
 
+/// A fixture vault with its keystore and its records on the cluster.
+fn vault_on_clusters(dir: &Path) -> common::Fixture {
+    common::fast_vault_with(
+        dir,
+        Some(common::cluster_keystore()),
+        Some(common::cluster_records()),
+    )
+}
+
+/// `stale`'s lease lapses and a second process opens the vault from
+/// `other_dir` (the stale one's renewing thread may win the lock back
+/// first: then the lease lapses again).
+fn take_over(
+    c: &crate::cluster::Cluster,
+    stale: &common::Fixture,
+    other_dir: &Path,
+) -> vault_core::Vault {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        lapse_lease(c, &stale.vault);
+        let opened = vault_core::Vault::open(
+            other_dir,
+            &vault_core::secret::SecretString::from(PASSPHRASE),
+            common::open_options(&stale.clock),
+        );
+        match opened {
+            Ok(v) => return v,
+            Err(vault_core::Error::VaultBusy) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(300));
+            }
+            Err(e) => panic!("the second process opens the vault: {e}"),
+        }
+    }
+}
+
 /// The superuser ends the session holding `vault`'s lock, as the server
 /// does when the holder sent nothing for the lease (stopped, hung, cut off).
 fn lapse_lease(c: &crate::cluster::Cluster, vault: &vault_core::Vault) {
@@ -378,11 +409,7 @@ fn a_holder_whose_lease_lapsed_is_fenced_out_even_once_the_lock_is_free() {
     let c = cluster();
     let machine = tempfile::tempdir().unwrap();
     let dir = machine.path().join("vault");
-    let stale = common::fast_vault_with(
-        &dir,
-        Some(common::cluster_keystore()),
-        Some(common::cluster_records()),
-    );
+    let stale = vault_on_clusters(&dir);
     let body = |n: u32| person(n)["data"].clone();
     let ids: Vec<_> = (0..4)
         .map(|n| {
@@ -394,18 +421,8 @@ fn a_holder_whose_lease_lapsed_is_fenced_out_even_once_the_lock_is_free() {
         .collect();
     let (_other_machine, other_dir) = copy_machine(&dir);
 
-    // The stale holder's lease lapses and a second process opens the
-    // vault (the stale one's renewing thread may win the lock back first:
-    // then the lease lapses again).
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let second = loop {
-        lapse_lease(&c, &stale.vault);
-        match std::panic::catch_unwind(|| common::open_vault(&other_dir, &stale.clock)) {
-            Ok(v) => break v,
-            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(300)),
-            Err(e) => std::panic::resume_unwind(e),
-        }
-    };
+    // The stale holder's lease lapses and a second process opens the vault.
+    let second = take_over(&c, &stale, &other_dir);
     let officer = common::login(&second, "officer");
     second
         .dispose(
@@ -478,26 +495,14 @@ fn an_audit_event_of_a_holder_whose_lease_lapsed_takes_no_number_from_the_new_ho
     let c = cluster();
     let machine = tempfile::tempdir().unwrap();
     let dir = machine.path().join("vault");
-    let stale = common::fast_vault_with(
-        &dir,
-        Some(common::cluster_keystore()),
-        Some(common::cluster_records()),
-    );
+    let stale = vault_on_clusters(&dir);
     let body = |n: u32| person(n)["data"].clone();
     let id = stale
         .vault
         .put_record(&stale.clerk, CUSTOMERS, SubjectId::new(), &body(1))
         .unwrap();
     let (_other_machine, other_dir) = copy_machine(&dir);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let second = loop {
-        lapse_lease(&c, &stale.vault);
-        match std::panic::catch_unwind(|| common::open_vault(&other_dir, &stale.clock)) {
-            Ok(v) => break v,
-            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(300)),
-            Err(e) => std::panic::resume_unwind(e),
-        }
-    };
+    let second = take_over(&c, &stale, &other_dir);
     // A read is audited before it is answered: refused, and unanswered.
     let read = stale.vault.get_record(&stale.clerk, id, &[], None);
     assert!(
@@ -528,11 +533,7 @@ fn a_lock_lost_under_concurrent_writers_is_taken_again_once_and_no_writer_is_tak
     let c = cluster();
     let machine = tempfile::tempdir().unwrap();
     let dir = machine.path().join("vault");
-    let fx = common::fast_vault_with(
-        &dir,
-        Some(common::cluster_keystore()),
-        Some(common::cluster_records()),
-    );
+    let fx = vault_on_clusters(&dir);
     let stop = AtomicBool::new(false);
     let (acked, refused) = std::thread::scope(|s| {
         let writers: Vec<_> = (0..4u32)
