@@ -339,6 +339,15 @@ fn vault_on_clusters(dir: &Path) -> common::Fixture {
     )
 }
 
+/// A machine with a fixture vault on the clusters: its directory, its
+/// vault's path and the vault.
+fn machine_with_vault() -> (tempfile::TempDir, PathBuf, common::Fixture) {
+    let machine = tempfile::tempdir().unwrap();
+    let dir = machine.path().join("vault");
+    let fx = vault_on_clusters(&dir);
+    (machine, dir, fx)
+}
+
 /// `stale`'s lease lapses and a second process opens the vault from
 /// `other_dir` (the stale one's renewing thread may win the lock back
 /// first: then the lease lapses again).
@@ -407,9 +416,7 @@ fn a_holder_whose_lease_lapsed_is_fenced_out_even_once_the_lock_is_free() {
     use vault_core::secret::SecretString;
     let _one = serial();
     let c = cluster();
-    let machine = tempfile::tempdir().unwrap();
-    let dir = machine.path().join("vault");
-    let stale = vault_on_clusters(&dir);
+    let (_machine, dir, stale) = machine_with_vault();
     let body = |n: u32| person(n)["data"].clone();
     let ids: Vec<_> = (0..4)
         .map(|n| {
@@ -493,9 +500,7 @@ fn an_audit_event_of_a_holder_whose_lease_lapsed_takes_no_number_from_the_new_ho
     use vault_core::ids::SubjectId;
     let _one = serial();
     let c = cluster();
-    let machine = tempfile::tempdir().unwrap();
-    let dir = machine.path().join("vault");
-    let stale = vault_on_clusters(&dir);
+    let (_machine, dir, stale) = machine_with_vault();
     let body = |n: u32| person(n)["data"].clone();
     let id = stale
         .vault

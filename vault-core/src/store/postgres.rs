@@ -429,7 +429,8 @@ impl Holding {
         if self.renewed.lock().expect("renewed lock").elapsed() < READ_FRESH {
             return Ok(());
         }
-        self.renew()
+        // The blocking client must not run on an async runtime's thread.
+        off_runtime(|| self.renew())
     }
 }
 
@@ -626,7 +627,7 @@ impl PgRows {
         );
         let end = prefix_end(prefix);
         let t = table_no(table);
-        self.check_lease()?;
+        self.holding.check_lease()?;
         self.conns.with_primary(|c| {
             let st = c.prepared(&sql)?;
             Ok(c.query(&st, &[&t, &prefix, &end, &after])
@@ -653,7 +654,7 @@ impl RowEngine for PgRows {
         let sql = format!("SELECT v FROM {rel} WHERE {cond} AND k = $2");
         let t = table_no(table);
         off_runtime(|| {
-            self.check_lease()?;
+            self.holding.check_lease()?;
             self.conns.with_primary(|c| {
                 let st = c.prepared(&sql)?;
                 Ok(c.query_opt(&st, &[&t, &key]).map_err(pg)?.map(|r| r.get(0)))
@@ -669,7 +670,7 @@ impl RowEngine for PgRows {
             std::collections::HashMap::with_capacity(keys.len());
         for chunk in keys.chunks(4096) {
             let rows = off_runtime(|| {
-                self.check_lease()?;
+                self.holding.check_lease()?;
                 self.conns.with_primary(|c| {
                     let st = c.prepared(&sql)?;
                     c.query(&st, &[&t, &chunk]).map_err(pg)
@@ -761,14 +762,7 @@ impl RowEngine for PgRows {
     }
 
     fn check_lease(&self) -> Result<()> {
-        // The common case (fresh) without a thread.
-        if self.lost.load(Ordering::SeqCst) {
-            return Err(Error::TakenOver);
-        }
-        if self.renewed.lock().expect("renewed lock").elapsed() < READ_FRESH {
-            return Ok(());
-        }
-        off_runtime(|| self.holding.check_lease())
+        self.holding.check_lease()
     }
 
     fn fence(&self) -> Option<Arc<dyn Fence>> {
