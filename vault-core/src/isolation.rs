@@ -2,7 +2,7 @@
 //! invariant 6), so a certificate can never name a destruction that an
 //! interleaved write undid, and no acknowledged write is lost to a rotation.
 //!
-//! Three mechanisms, each with one job:
+//! Four mechanisms, each with one job:
 //! - **bucket locks** (a reader-writer lock per bucket stripe): every record
 //!   read and write holds its subject's bucket lock shared; a disposal batch
 //!   holds the touched buckets' locks exclusively from re-reading its records
@@ -16,6 +16,9 @@
 //!   not destroy.
 //! - **record locks** (striped mutexes): two updates of one record are
 //!   serialised, so they cannot both write version v+1.
+//! - **the creating set**: new records whose key and row are being written
+//!   at once (records on a cluster); no reader finds them until both are
+//!   in, so none meets a row without its key.
 //!
 //! Lock order, everywhere: disposal lock → bucket locks (ascending) → record
 //! lock → epoch lock → audit lock. The epoch ratchet takes only the epoch
@@ -24,7 +27,7 @@
 //!
 //! This is a child module of `vault`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
@@ -41,7 +44,22 @@ pub(crate) struct Isolation {
     buckets: Vec<RwLock<()>>,
     records: Vec<Mutex<()>>,
     pending: Mutex<HashMap<RecordId, SubjectId>>,
+    /// Records whose key and row are being written at once (records on a
+    /// cluster): not found by any reader until both are in.
+    creating: Mutex<HashSet<RecordId>>,
     fenced: AtomicBool,
+}
+
+/// A record's "being created" mark, removed when dropped.
+pub(crate) struct Creating<'a> {
+    isolation: &'a Isolation,
+    id: RecordId,
+}
+
+impl Drop for Creating<'_> {
+    fn drop(&mut self) {
+        self.isolation.creating_set().remove(&self.id);
+    }
 }
 
 impl std::fmt::Debug for Isolation {
@@ -59,6 +77,7 @@ impl Isolation {
             buckets: (0..n).map(|_| RwLock::new(())).collect(),
             records: (0..RECORD_STRIPES).map(|_| Mutex::new(())).collect(),
             pending: Mutex::new(HashMap::new()),
+            creating: Mutex::new(HashSet::new()),
             fenced: AtomicBool::new(false),
         }
     }
@@ -104,6 +123,24 @@ impl Isolation {
             return Err(Error::DisposalInProgress);
         }
         Ok(())
+    }
+
+    fn creating_set(&self) -> MutexGuard<'_, HashSet<RecordId>> {
+        self.creating.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Marks record `id` as being created until the mark is dropped.
+    pub(crate) fn creating(&self, id: RecordId) -> Creating<'_> {
+        self.creating_set().insert(id);
+        Creating {
+            isolation: self,
+            id,
+        }
+    }
+
+    /// Whether record `id`'s key and row are still being written.
+    pub(crate) fn is_creating(&self, id: RecordId) -> bool {
+        self.creating_set().contains(&id)
     }
 
     /// Whether any record of `subject` is named by an unfinished batch.

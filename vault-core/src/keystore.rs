@@ -412,6 +412,26 @@ impl Keystore {
         )
     }
 
+    /// Unwraps every bucket key into the cache in one scan (on open): on a
+    /// cluster each bucket's first use would otherwise be a round trip of
+    /// its own, and subjects spread over all buckets. A key that does not
+    /// unwrap is left to its first use, which reports it.
+    pub(crate) fn warm_bucket_keys(&self, root: &SecretKey, epoch: u64) -> Result<()> {
+        let mut keys = HashMap::new();
+        self.engine.scan(Table::Buckets, &[], &mut |k, v| {
+            if let Ok(b) = <[u8; 4]>::try_from(k).map(u32::from_be_bytes)
+                && b < self.buckets
+                && let Ok(key) =
+                    crypto::unwrap_key(root, &bucket_aad(self.vault, b, epoch), v, "bucket key")
+            {
+                keys.insert(b, key);
+            }
+            Ok(true)
+        })?;
+        self.cache.write().expect("cache lock").extend(keys);
+        Ok(())
+    }
+
     /// The unwrapped key of bucket `b`, from the cache or the store.
     fn with_bucket_key<T>(
         &self,
@@ -439,9 +459,9 @@ impl Keystore {
         subject: SubjectId,
         record: RecordId,
         version: u32,
-        dek: SecretKey,
+        dek: &SecretKey,
         nonce: [u8; 12],
-    ) -> Result<SecretKey> {
+    ) -> Result<()> {
         let b = self.bucket_of(subject);
         let wrapped = self.with_bucket_key(root, epoch, b, |bk| {
             crypto::seal_with_nonce(
@@ -458,8 +478,7 @@ impl Keystore {
                 wrapped,
             )],
             false,
-        )?;
-        Ok(dek)
+        )
     }
 
     /// The DEK of one record version, or `None` if it was deleted.

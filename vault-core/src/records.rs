@@ -114,18 +114,7 @@ impl Vault {
         let id = RecordId::new();
         let plain = Zeroizing::new(serde_json::to_vec(body).expect("serialisable"));
         let epoch = self.epoch.read().expect("epoch lock");
-        // The DEK is written before the record, so a record never exists
-        // without its key (a DEK without a row is an orphan, destroyed by
-        // the next maintenance ratchet).
-        let dek = self.keystore.store_dek(
-            &epoch.root,
-            epoch.number,
-            subject,
-            id,
-            1,
-            rnd.dek,
-            rnd.wrap_nonce,
-        )?;
+        let dek = rnd.dek;
         let now = self.now();
         let mut row = RecordRow {
             format: store::ROW_V2,
@@ -159,8 +148,60 @@ impl Vault {
             Some(journal.encode()),
         )];
         extra.extend(self.index_new(id, collection, &schema, body)?.ops);
-        self.store.put_record_with(id, &row, true, &extra)?;
-        Ok(id)
+        let store_key = || {
+            self.keystore.store_dek(
+                &epoch.root,
+                epoch.number,
+                subject,
+                id,
+                1,
+                &dek,
+                rnd.wrap_nonce,
+            )
+        };
+        if !self.store.on_a_cluster() {
+            // The DEK is written before the record, so a record never
+            // exists without its key (a DEK without a row is an orphan,
+            // destroyed by the next maintenance ratchet).
+            store_key()?;
+            if let Err(e) = self.store.put_record_with(id, &row, true, &extra) {
+                let _ = self.keystore.delete_dek(subject, id, 1, false);
+                return Err(e);
+            }
+            return Ok(id);
+        }
+        // Records on a cluster: the key and the row are written at once,
+        // each a synchronous commit on its own cluster, so a put waits for
+        // one commit's round trip instead of two. Until both are in, the
+        // record is "being created": no reader finds it (`live_row`), so
+        // none meets a row whose key is not there yet; a crash in between
+        // leaves a row whose unaudited journal entry removes it on open.
+        let _creating = self.isolation.creating(id);
+        let (key, stored) = std::thread::scope(|sc| {
+            let key = sc.spawn(store_key);
+            let stored = self.store.put_record_with(id, &row, true, &extra);
+            (key.join().expect("record key writer"), stored)
+        });
+        match (key, stored) {
+            (Ok(()), Ok(())) => Ok(id),
+            (Ok(()), Err(e)) => {
+                let _ = self.keystore.delete_dek(subject, id, 1, false);
+                Err(e)
+            }
+            (Err(e), Ok(())) => {
+                // The row without its key must not stay: removed now, or
+                // (if that fails too) fenced until the next open's journal
+                // reconciliation removes it.
+                let undone = self
+                    .index_change(id, collection, None, None)
+                    .and_then(|index| self.store.delete_new_record(id, &row, &index.ops));
+                if undone.is_err() {
+                    self.isolation.fence();
+                }
+                Err(e)
+            }
+            (Err(e), Err(_)) => Err(e),
+        }
     }
 
     /// Creates a record (clerk). The body must match the collection schema.
@@ -234,6 +275,11 @@ impl Vault {
     }
 
     pub(crate) fn live_row(&self, id: RecordId) -> Result<RecordRow> {
+        // A record whose key and row are still being written is not there
+        // yet (its put has not returned).
+        if self.isolation.is_creating(id) {
+            return Err(Error::NotFound("record"));
+        }
         let row = self.store.record(id)?.ok_or(Error::NotFound("record"))?;
         if let RecordState::Disposed { certificate } = &row.state {
             return Err(Error::Disposed {
@@ -492,13 +538,14 @@ impl Vault {
                 .ok_or(Error::invalid("record version overflow"))?;
             let epoch = self.epoch.read().expect("epoch lock");
             let rnd = crypto::RecordRandomness::draw();
-            let dek = self.keystore.store_dek(
+            let dek = rnd.dek;
+            self.keystore.store_dek(
                 &epoch.root,
                 epoch.number,
                 row.subject,
                 id,
                 version,
-                rnd.dek,
+                &dek,
                 rnd.wrap_nonce,
             )?;
             // The new version is sealed as a v2 row, its metadata bound.
@@ -602,6 +649,9 @@ impl Vault {
         };
         let mut out = Vec::with_capacity(ids.len());
         for id in ids {
+            if self.isolation.is_creating(id) {
+                continue;
+            }
             if let Some(row) = self.store.record(id)? {
                 let visible = contractor
                     .as_ref()

@@ -289,6 +289,12 @@ impl Store {
         self.engine.kind()
     }
 
+    /// Whether the rows live on a database cluster (each write a network
+    /// round trip and a synchronous commit) rather than embedded.
+    pub(crate) fn on_a_cluster(&self) -> bool {
+        self.engine.kind() == "postgresql"
+    }
+
     /// Another process took the vault over (on a cluster: this process's
     /// lease lapsed and a standby opened the vault).
     pub fn lease_lost(&self) -> bool {

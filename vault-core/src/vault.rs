@@ -886,6 +886,10 @@ impl Vault {
         if let Ok(log) = vault.audit.lock() {
             vault.sync_anchor(&log);
         }
+        {
+            let epoch = vault.epoch.read().expect("epoch lock");
+            vault.keystore.warm_bucket_keys(&epoch.root, epoch.number)?;
+        }
         vault.seal_rows_once()?;
         vault.recount_officers()?;
         vault.load_dirty()?;

@@ -280,6 +280,191 @@ fn an_insider_cannot_unhook_the_clusters(
 /// negative control, a plain `VACUUM` of the records cluster (the
 /// keystore's purge left whole), leaves the tag on the members, and the
 /// batch fails and waits; lifted, the same batch certifies.
+/// The keystore schema of a vault, as the superuser names it.
+fn keys_schema(vault: &vault_core::vault::Vault) -> String {
+    format!("pv_{}", hex::encode(vault.id().as_bytes()))
+}
+
+/// Polls `f` every 20 ms for at most `secs` seconds.
+fn eventually(secs: u64, mut f: impl FnMut() -> bool) -> bool {
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    while std::time::Instant::now() < until {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    f()
+}
+
+/// With the records on a cluster a put writes the record's key and its
+/// row at once (one commit's wait instead of two). A reader running
+/// meanwhile must never meet the row without its key: the superuser holds
+/// the keystore's data-key table locked, so the row is in and the key is
+/// not, and searches, lists and reads of the subject see only what was
+/// there before, without an error. Once the key is in the put returns and
+/// the record is found.
+#[test]
+fn a_record_whose_key_is_not_yet_written_is_found_by_no_reader_until_its_put_returns() {
+    let _one = serial();
+    let c = cluster();
+    let tmp = tempfile::tempdir().unwrap();
+    let fx = vault_on_clusters(&tmp.path().join("vault"));
+    let subject = SubjectId::new();
+    let first = fx
+        .vault
+        .put_record(&fx.clerk, COUNTER, subject, &person(1))
+        .unwrap();
+    let primary = primary_member(&c);
+    let rows_before = row_counts(&primary, &fx.vault).0;
+    let deks = format!("{}.deks", keys_schema(&fx.vault));
+    let locker = {
+        let (m, deks) = (primary.clone(), deks.clone());
+        std::thread::spawn(move || {
+            psql_in(
+                &m,
+                "pivault_keys",
+                &format!("BEGIN; LOCK TABLE {deks} IN SHARE MODE; SELECT pg_sleep(3); COMMIT"),
+            )
+        })
+    };
+    assert!(
+        eventually(5, || psql_in(
+            &primary,
+            "pivault_keys",
+            &format!(
+                "SELECT count(*) FROM pg_locks WHERE relation = '{deks}'::regclass \
+                 AND mode = 'ShareLock' AND granted"
+            ),
+        )
+        .as_deref()
+            == Some("1")),
+        "the superuser holds the data-key table"
+    );
+    // The same family name as the first record, another SSN.
+    let body = json!({"given_name": "Clusterina", "family_name": family(1), "ssn": ssn(2)});
+    let putter = std::thread::scope(|sc| {
+        let putter = sc.spawn(|| fx.vault.put_record(&fx.clerk, COUNTER, subject, &body));
+        // The row (with its journal entry and index rows) is committed
+        // while its key waits for the lock.
+        assert!(
+            eventually(3, || row_counts(&primary, &fx.vault).0 >= rows_before + 4),
+            "the row is written beside its key, not after it"
+        );
+        let by_ssn = find(
+            &fx.vault,
+            &fx.clerk,
+            FindTarget::Field("ssn".into()),
+            &ssn(2),
+            Match::Exact,
+        )
+        .expect("a search while the key is held up");
+        assert_eq!(by_ssn, Vec::<RecordId>::new());
+        let by_name = find(
+            &fx.vault,
+            &fx.clerk,
+            FindTarget::Field("family_name".into()),
+            &family(1),
+            Match::Exact,
+        )
+        .expect("a search while the key is held up");
+        assert_eq!(by_name, vec![first]);
+        let listed = fx
+            .vault
+            .list_records(
+                &fx.clerk,
+                &vault_core::vault::RecordFilter {
+                    subject: Some(subject),
+                    collection: None,
+                },
+            )
+            .expect("a list while the key is held up");
+        assert_eq!(listed.iter().map(|m| m.id).collect::<Vec<_>>(), vec![first]);
+        assert!(!putter.is_finished(), "the put waits for its key");
+        putter.join().expect("putter")
+    });
+    assert!(locker.join().unwrap().is_some(), "the superuser's lock");
+    let second = putter.expect("the put, once its key is in");
+    let mut found = find(
+        &fx.vault,
+        &fx.clerk,
+        FindTarget::Field("family_name".into()),
+        &family(1),
+        Match::Exact,
+    )
+    .unwrap();
+    found.sort();
+    let mut both = vec![first, second];
+    both.sort();
+    assert_eq!(found, both);
+    let r = fx.vault.get_record(&fx.clerk, second, &[], None).unwrap();
+    assert_eq!(r.fields["family_name"], family(1));
+}
+
+/// The record's key refused by the keystore cluster (a trigger of the
+/// superuser's) while its row went in: the put fails, the row, its index
+/// rows and its journal entry go again, nothing is found, and the vault
+/// takes the next put once the keystore accepts keys again.
+#[test]
+fn a_put_whose_key_is_refused_leaves_no_row_behind() {
+    let _one = serial();
+    let c = cluster();
+    let tmp = tempfile::tempdir().unwrap();
+    let fx = vault_on_clusters(&tmp.path().join("vault"));
+    put_people(&fx, 0..2);
+    let primary = primary_member(&c);
+    let before = row_counts(&primary, &fx.vault);
+    let schema = keys_schema(&fx.vault);
+    psql_in(
+        &primary,
+        "pivault_keys",
+        &format!(
+            "CREATE FUNCTION {schema}.refuse() RETURNS trigger LANGUAGE plpgsql AS \
+             $$BEGIN RAISE EXCEPTION 'no keys today'; END$$; \
+             CREATE TRIGGER refuse BEFORE INSERT ON {schema}.deks \
+             FOR EACH ROW EXECUTE FUNCTION {schema}.refuse()"
+        ),
+    )
+    .expect("the superuser's trigger");
+    let refused = fx
+        .vault
+        .put_record(&fx.clerk, COUNTER, SubjectId::new(), &person(5));
+    assert!(refused.is_err(), "a put without its key: {refused:?}");
+    assert_eq!(
+        row_counts(&primary, &fx.vault),
+        before,
+        "the row, its index rows and its journal entry went again"
+    );
+    let hits = find(
+        &fx.vault,
+        &fx.clerk,
+        FindTarget::Field("ssn".into()),
+        &ssn(5),
+        Match::Exact,
+    )
+    .unwrap();
+    assert_eq!(hits, Vec::<RecordId>::new());
+    psql_in(
+        &primary,
+        "pivault_keys",
+        &format!("DROP TRIGGER refuse ON {schema}.deks; DROP FUNCTION {schema}.refuse()"),
+    )
+    .expect("the trigger dropped");
+    let id = fx
+        .vault
+        .put_record(&fx.clerk, COUNTER, SubjectId::new(), &person(5))
+        .expect("the vault takes puts again");
+    let hits = find(
+        &fx.vault,
+        &fx.clerk,
+        FindTarget::Field("ssn".into()),
+        &ssn(5),
+        Match::Exact,
+    )
+    .unwrap();
+    assert_eq!(hits, vec![id]);
+}
+
 #[test]
 fn a_disposal_purges_the_blind_indexes_from_every_member_and_a_plain_vacuum_is_caught() {
     let _one = serial();

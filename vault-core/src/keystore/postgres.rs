@@ -734,9 +734,13 @@ impl Conns {
         // vault over from fencing the keystore (`PgKeys::fence`).
         // The fence's argument needs READ COMMITTED: a write blocked by the
         // fence's lock takes its snapshot after the wait, and sees the bump.
+        // Statements are prepared once per connection and run with a
+        // generic plan: planning a write's statement again at every call
+        // (PostgreSQL's custom plans) cost 0.4 ms of its 0.55 (benches run 11).
         c.batch_execute(&format!(
             "SET idle_in_transaction_session_timeout = {};
-             SET default_transaction_isolation = 'read committed'",
+             SET default_transaction_isolation = 'read committed';
+             SET plan_cache_mode = force_generic_plan",
             crate::store::postgres::LEASE.as_millis()
         ))
         .map_err(pg)?;
