@@ -163,9 +163,36 @@ impl Starting {
         }
     }
 
+    /// Whether the server prints a line containing `needle` within
+    /// `timeout` (the line is kept: [`Starting::listening`] finds it).
+    pub(crate) fn printed(&mut self, needle: &str, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while let Ok(line) = self
+            .rx
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+        {
+            self.seen.push(line.clone());
+            if line.contains(needle) {
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Whether the process is still running.
+    pub(crate) fn running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
     /// Waits until the server listens, within `timeout`.
     pub(crate) fn listening(mut self, timeout: Duration) -> Server {
-        let line = self.wait_line("listening on http", timeout);
+        let needle = "listening on http";
+        let line = match self.seen.iter().find(|l| l.contains(needle)) {
+            Some(l) => l.clone(),
+            None => self.wait_line(needle, timeout),
+        };
         let base = match (
             line.split("listening on https://").nth(1),
             line.split("listening on http://").nth(1),

@@ -409,6 +409,92 @@ fn dek_rows(c: &crate::cluster::Cluster, vault: &vault_core::Vault) -> u64 {
 /// keys and epoch are stale, so a data key it wrapped would be unreadable
 /// (an acknowledged write lost). Its keystore writes are fenced by the
 /// lease's generation, and it does not take the lock again.
+/// Two standbys racing for a killed server: exactly one takes the vault and
+/// listens; the other keeps standing by, and its tries every second neither
+/// refuse nor fence a single write of the first; when the first is killed
+/// in turn, the other takes over. Every acknowledged write reads back
+/// through the last server, and the trail verifies across the three.
+#[test]
+fn two_standbys_racing_for_a_killed_server_one_takes_over_and_the_other_waits_its_turn() {
+    let _one = serial();
+    let _c = cluster();
+    let machine_a = tempfile::tempdir().unwrap();
+    let vault_a = machine_a.path().join("vault");
+    let fx = vault_on_clusters(&vault_a);
+    fx.vault.close().expect("close the fixture vault");
+    let (machine_b, vault_b) = copy_machine(&vault_a);
+    let (machine_c, vault_c) = copy_machine(&vault_a);
+    let a = server::start_plain_on(machine_a, vault_a, &[]);
+    let mut b = server::spawn_with(machine_b, vault_b, PASSPHRASE, &["--standby"], false);
+    let mut c = server::spawn_with(machine_c, vault_c, PASSPHRASE, &["--standby"], false);
+    b.wait_line("standing by", Duration::from_secs(60));
+    c.wait_line("standing by", Duration::from_secs(60));
+    let clerk = login(&a.base, "clerk");
+    let stop = AtomicBool::new(false);
+    let (mut acked, _) = std::thread::scope(|s| {
+        let w = s.spawn(|| write_until(&a.base, &stop, &clerk, 0));
+        std::thread::sleep(Duration::from_millis(1000));
+        signal(a.pid(), "-KILL");
+        stop.store(true, Ordering::SeqCst);
+        w.join().expect("writers")
+    });
+    assert!(
+        !acked.is_empty(),
+        "writes were acknowledged before the kill"
+    );
+
+    // The race: whichever listens first holds the vault.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let b_won = loop {
+        assert!(Instant::now() < deadline, "no standby took the vault over");
+        if b.printed("listening on http", Duration::from_millis(100)) {
+            break true;
+        }
+        if c.printed("listening on http", Duration::from_millis(100)) {
+            break false;
+        }
+    };
+    let (winner, mut loser) = if b_won { (b, c) } else { (c, b) };
+    let winner = winner.listening(Duration::from_secs(1));
+
+    // The loser keeps trying (every second) while three clerks write through
+    // the winner: not one write is refused, and the loser does not listen.
+    stop.store(false, Ordering::SeqCst);
+    let (more, failed) = std::thread::scope(|s| {
+        let w = s.spawn(|| write_until(&winner.base, &stop, &clerk, 1_000_000));
+        let listened = loser.printed("listening on http", Duration::from_secs(4));
+        stop.store(true, Ordering::SeqCst);
+        assert!(
+            !listened,
+            "the other standby listens while the first holds the vault"
+        );
+        w.join().expect("writers")
+    });
+    assert_eq!(
+        failed, 0,
+        "a write through the new holder refused while the other standby tried"
+    );
+    assert!(!more.is_empty(), "writes through the new holder");
+    assert!(loser.running(), "the other standby still stands by");
+    acked.extend(more);
+    all_read_back(&winner, &clerk, &acked);
+
+    // Its turn: the first is killed, the other takes over.
+    signal(winner.pid(), "-KILL");
+    let last = loser.listening(Duration::from_secs(60));
+    all_read_back(&last, &clerk, &acked);
+    let auditor = last.token("auditor");
+    let v = last.call("GET", "/v1/audit/verify", Some(&auditor), None);
+    assert_eq!(
+        v.json()["ok"],
+        true,
+        "one unbroken trail across three servers: {}",
+        v.text
+    );
+    let (status, _, _keep) = last.stop();
+    assert!(status.success());
+}
+
 #[test]
 fn a_holder_whose_lease_lapsed_is_fenced_out_even_once_the_lock_is_free() {
     use vault_core::Error;
