@@ -19,6 +19,9 @@
 //!   max of `PIVAULT_BENCH_CLUSTER_REPS` (default 5), end to end (purge on
 //!   every member, scan of every member's files, certificate). The vault is
 //!   filled by `PIVAULT_BENCH_CLUSTER_FILL_THREADS` writers (default 4).
+//!   The vault with its records on the cluster too (searchable fields) is
+//!   timed at `PIVAULT_BENCH_CLUSTER_RECORDS_SIZES` (default: the same
+//!   sizes; it fills about 4× slower, so a 10^6 run may leave it out).
 //! * many vaults: the same puts and gets spread round-robin over V vaults
 //!   open in one process, for each V in `PIVAULT_BENCH_CLUSTER_VAULTS`
 //!   (default `1,10`), against V = 1 in the same run, with the number of
@@ -366,7 +369,14 @@ fn main() {
     println!(
         "## one-record disposal, keys and records on the cluster, family name and SSN searchable ({reps} each)"
     );
-    disposals(&both, SEARCHED, &sizes, reps, fill_threads, 0);
+    let records_sizes: Vec<u64> = match std::env::var("PIVAULT_BENCH_CLUSTER_RECORDS_SIZES") {
+        Ok(v) => v
+            .split(',')
+            .filter_map(|v| v.trim().replace('_', "").parse().ok())
+            .collect(),
+        Err(_) => sizes.clone(),
+    };
+    disposals(&both, SEARCHED, &records_sizes, reps, fill_threads, 0);
     drop(both);
 
     // Many vaults in one process on one cluster: puts and gets spread
