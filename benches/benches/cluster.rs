@@ -28,6 +28,10 @@
 //!   connections the vaults hold on the primary, within the process's
 //!   budget `PIVAULT_BENCH_CLUSTER_CONNECTIONS` (default the library's, 40).
 //!   The vaults are made by `PIVAULT_BENCH_CLUSTER_FILL_THREADS` threads.
+//!   With `PIVAULT_BENCH_CLUSTER_PROCESSES` = P > 1, each V is spread over
+//!   P processes of this binary running at once (V/P vaults each; rates
+//!   summed), compared with the first V listed (e.g. `2,100,1000` with
+//!   P = 2: one vault per process first).
 //!
 //! Run: `cargo bench --workspace --no-run --profile dev`, then the binary
 //! `target/debug/deps/cluster-*` with `--bench` (dependencies are built at
@@ -260,6 +264,14 @@ fn main() {
         return; // `cargo test --benches` runs bench binaries without --bench.
     }
     let cfg = config();
+    if let Ok(v) = std::env::var("PIVAULT_BENCH_CLUSTER_WORKER") {
+        worker(
+            &cfg,
+            v.parse()
+                .expect("PIVAULT_BENCH_CLUSTER_WORKER: a number of vaults"),
+        );
+        return;
+    }
     let n = env_u64("PIVAULT_BENCH_CLUSTER_OPS", 500);
     let reps = env_u64("PIVAULT_BENCH_CLUSTER_REPS", 5);
     let fill_threads = env_u64("PIVAULT_BENCH_CLUSTER_FILL_THREADS", 4);
@@ -394,6 +406,11 @@ fn main() {
     vault_core::keystore::postgres::set_cluster_connections(budget as usize);
     let makers = env_u64("PIVAULT_BENCH_CLUSTER_FILL_THREADS", 4).max(1);
     drop(cluster);
+    let processes = env_u64("PIVAULT_BENCH_CLUSTER_PROCESSES", 1).max(1);
+    if processes > 1 {
+        many_processes(&counts, processes, n, budget);
+        return;
+    }
     println!();
     println!(
         "## {n} puts then {n} gets spread round-robin over V vaults on the cluster (one process, \
@@ -405,48 +422,9 @@ fn main() {
     println!("|---|---|---|---|---|---|---|---|---|");
     let mut one = None;
     for v in counts {
-        let dir = tempfile::tempdir().expect("tempdir");
         let t = Instant::now();
-        // Made by a few threads at once (each vault is a schema of 20-odd
-        // tables on the cluster and a RocksDB directory here).
-        let next = std::sync::atomic::AtomicU64::new(0);
-        let made: Result<Vec<(u64, common::Fixture)>, String> = std::thread::scope(|sc| {
-            let handles: Vec<_> = (0..makers.min(v))
-                .map(|_| {
-                    sc.spawn(|| {
-                        let mut mine = Vec::new();
-                        loop {
-                            let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                            if i >= v {
-                                return Ok::<_, String>(mine);
-                            }
-                            let fx = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                                common::fixture_on(
-                                    &dir.path().join(format!("v{i}")),
-                                    Some(cfg.clone()),
-                                )
-                            }))
-                            .map_err(|e| {
-                                e.downcast_ref::<String>()
-                                    .cloned()
-                                    .unwrap_or_else(|| "vault creation failed".into())
-                            })?;
-                            mine.push((i, fx));
-                        }
-                    })
-                })
-                .collect();
-            let mut all = Vec::new();
-            for h in handles {
-                all.extend(h.join().expect("maker thread")?);
-            }
-            Ok(all)
-        });
-        let vaults: Vec<common::Fixture> = match made {
-            Ok(mut f) => {
-                f.sort_by_key(|(i, _)| *i);
-                f.into_iter().map(|(_, fx)| fx).collect()
-            }
+        let (vaults, _dir) = match make_vaults(&cfg, v, makers) {
+            Ok(made) => made,
             Err(e) => {
                 println!(
                     "| {v} | — | — | — | — | — | — | — | creating the vaults failed: {} |",
@@ -476,6 +454,160 @@ fn main() {
             hot_get / g1,
         );
         drop(vaults);
+    }
+}
+
+/// `v` fixture vaults with their keystores on the cluster, made by
+/// `makers` threads at once (each vault is a schema of 20-odd tables on the
+/// cluster and a RocksDB directory here), in the returned directory.
+fn make_vaults(
+    cfg: &PgConfig,
+    v: u64,
+    makers: u64,
+) -> Result<(Vec<common::Fixture>, tempfile::TempDir), String> {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let next = std::sync::atomic::AtomicU64::new(0);
+    let made: Result<Vec<(u64, common::Fixture)>, String> = std::thread::scope(|sc| {
+        let handles: Vec<_> = (0..makers.min(v))
+            .map(|_| {
+                sc.spawn(|| {
+                    let mut mine = Vec::new();
+                    loop {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        if i >= v {
+                            return Ok::<_, String>(mine);
+                        }
+                        let fx = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                            common::fixture_on(&dir.path().join(format!("v{i}")), Some(cfg.clone()))
+                        }))
+                        .map_err(|e| {
+                            e.downcast_ref::<String>()
+                                .cloned()
+                                .unwrap_or_else(|| "vault creation failed".into())
+                        })?;
+                        mine.push((i, fx));
+                    }
+                })
+            })
+            .collect();
+        let mut all = Vec::new();
+        for h in handles {
+            all.extend(h.join().expect("maker thread")?);
+        }
+        Ok(all)
+    });
+    let mut made = made?;
+    made.sort_by_key(|(i, _)| *i);
+    Ok((made.into_iter().map(|(_, fx)| fx).collect(), dir))
+}
+
+/// One process of [`many_processes`]: makes its `v` vaults, says `READY`,
+/// waits for a line on stdin (every process then starts at once), runs
+/// both patterns of `spread` and says `RESULT` with the rates and the
+/// role's connections on the primary.
+fn worker(cfg: &PgConfig, v: u64) {
+    let n = env_u64("PIVAULT_BENCH_CLUSTER_OPS", 500);
+    let makers = env_u64("PIVAULT_BENCH_CLUSTER_FILL_THREADS", 4).max(1);
+    vault_core::keystore::postgres::set_cluster_connections(env_u64(
+        "PIVAULT_BENCH_CLUSTER_CONNECTIONS",
+        vault_core::keystore::postgres::DEFAULT_CLUSTER_CONNECTIONS as u64,
+    ) as usize);
+    let t = Instant::now();
+    let (vaults, _dir) = match make_vaults(cfg, v, makers) {
+        Ok(made) => made,
+        Err(e) => {
+            println!("FAILED {}", e.lines().next().unwrap_or(""));
+            return;
+        }
+    };
+    println!("READY {:.1}", t.elapsed().as_secs_f64());
+    let mut go = String::new();
+    std::io::stdin().read_line(&mut go).expect("go");
+    let (put, get) = spread(&vaults, v, n);
+    let (hot_put, hot_get) = spread(&vaults, HOT.min(v), n);
+    println!("RESULT {put} {get} {hot_put} {hot_get} {}", backends(cfg));
+    // Closed before their directory goes.
+    drop(vaults);
+}
+
+/// The many-vaults benchmark over `processes` processes at once (one
+/// process cannot hold 1,000 vaults here: its open files or, with the
+/// records on the cluster, its connections): each makes its share of V
+/// vaults and runs the same operations at the same moment; the rates are
+/// summed, and compared with the first row (its V the baseline, e.g. one
+/// vault per process) of the same run.
+fn many_processes(counts: &[u64], processes: u64, n: u64, budget: u64) {
+    use std::io::{BufRead, Write};
+    println!();
+    println!(
+        "## {n} puts then {n} gets in each of {processes} processes at once, spread round-robin over its share of V vaults (a budget of {budget} connections to the primary per process)"
+    );
+    println!(
+        "| vaults | per process | created in | put /s (sum) | get /s (sum) | put vs first row | get vs first row | put, {HOT} busy per process, vs first row | get, {HOT} busy, vs first row | connections |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|");
+    let exe = std::env::current_exe().expect("this benchmark's binary");
+    let mut first = None;
+    for &v in counts {
+        let share = (v / processes).max(1);
+        let t = Instant::now();
+        let mut children: Vec<_> = (0..processes)
+            .map(|_| {
+                let mut c = std::process::Command::new(&exe)
+                    .arg("--bench")
+                    .env("PIVAULT_BENCH_CLUSTER_WORKER", share.to_string())
+                    .stdin(std::process::Stdio::piped())
+                    .stdout(std::process::Stdio::piped())
+                    .spawn()
+                    .expect("a worker process");
+                let out = std::io::BufReader::new(c.stdout.take().expect("stdout"));
+                (c, out.lines())
+            })
+            .collect();
+        let mut failed = None;
+        for (_, lines) in &mut children {
+            let line = lines.next().and_then(|l| l.ok()).unwrap_or_default();
+            if !line.starts_with("READY") {
+                failed = Some(line);
+            }
+        }
+        if let Some(why) = failed {
+            println!("| {v} | {share} | — | — | — | — | — | — | — | a worker failed: {why} |");
+            for (c, _) in &mut children {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+            continue;
+        }
+        let created = t.elapsed().as_secs_f64();
+        for (c, _) in &mut children {
+            writeln!(c.stdin.as_mut().expect("stdin"), "go").expect("start a worker");
+        }
+        let mut sum = [0f64; 4];
+        let mut conns = 0i64;
+        for (c, lines) in &mut children {
+            let line = lines.next().and_then(|l| l.ok()).unwrap_or_default();
+            let f: Vec<f64> = line
+                .strip_prefix("RESULT ")
+                .unwrap_or_else(|| panic!("a worker's result: {line:?}"))
+                .split(' ')
+                .map(|x| x.parse().expect("a number"))
+                .collect();
+            for (s, x) in sum.iter_mut().zip(&f) {
+                *s += x;
+            }
+            conns = conns.max(f[4] as i64);
+            c.wait().expect("worker exit");
+        }
+        let [put, get, hot_put, hot_get] = sum;
+        let (p1, g1) = *first.get_or_insert((put, get));
+        println!(
+            "| {v} | {share} | {created:.0} s | {put:.0} | {get:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {conns} |",
+            put / p1,
+            get / g1,
+            hot_put / p1,
+            hot_get / g1,
+        );
     }
 }
 

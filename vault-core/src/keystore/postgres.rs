@@ -1499,18 +1499,32 @@ impl PgKeys {
         after: Option<&[u8]>,
     ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
         let bucket = (t == Table::Deks && prefix.len() >= 4).then(|| bucket_of_key(t, prefix));
+        // The start (the prefix, or past the page's last key), the prefix's
+        // end and the DEK's bucket each in the SQL only when there is one
+        // (no `$n IS NULL OR`): a generic plan (every pooled connection's)
+        // then bounds the index scan and prunes the DEK table's partitions
+        // as a custom plan does, instead of filtering every partition.
+        let end = crate::store::postgres::prefix_end(prefix);
+        let mut params: Vec<&(dyn postgres::types::ToSql + Sync)> = Vec::new();
+        let start = after.unwrap_or(prefix);
+        params.push(&start);
+        let mut conds = vec![format!("k {} $1", if after.is_some() { ">" } else { ">=" })];
+        if let Some(e) = &end {
+            params.push(e);
+            conds.push(format!("k < ${}", params.len()));
+        }
+        if let Some(b) = &bucket {
+            params.push(b);
+            conds.push(format!("bucket = ${}", params.len()));
+        }
         let sql = format!(
-            "SELECT k, v FROM {} WHERE k >= $1 AND substr(k, 1, length($1)) = $1 AND ($2::bytea IS NULL OR k > $2) AND ($3::int IS NULL OR {}) ORDER BY k LIMIT {SCAN_PAGE}",
+            "SELECT k, v FROM {} WHERE {} ORDER BY k LIMIT {SCAN_PAGE}",
             self.table(t),
-            if t == Table::Deks {
-                "bucket = $3"
-            } else {
-                "true"
-            }
+            conds.join(" AND ")
         );
         self.conns.with_primary(|c| {
             let st = c.prepared(&sql)?;
-            Ok(c.query(&st, &[&prefix, &after, &bucket])
+            Ok(c.query(&st, &params)
                 .map_err(pg)?
                 .iter()
                 .map(|r| (r.get(0), r.get(1)))

@@ -177,7 +177,7 @@ fn table_no(table: &str) -> i16 {
 }
 
 /// The first key after every key starting with `prefix` (`None`: no bound).
-fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
+pub(crate) fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
     let mut e = prefix.to_vec();
     while let Some(last) = e.pop() {
         if last < 0xff {
@@ -186,6 +186,17 @@ fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
         }
     }
     None
+}
+
+/// A page of a key range of `rel` (`$1` the table number in `cond`, `$2`
+/// the start: the prefix, or the page's last key, exclusive; `$3` the
+/// prefix's end, if it has one).
+fn scan_sql(rel: &str, cond: &str, after: bool, end: bool) -> String {
+    format!(
+        "SELECT k, v FROM {rel} WHERE {cond} AND k {} $2{} ORDER BY k LIMIT {SCAN_PAGE}",
+        if after { ">" } else { ">=" },
+        if end { " AND k < $3" } else { "" }
+    )
 }
 
 impl PgRows {
@@ -619,18 +630,23 @@ impl PgRows {
         after: Option<&[u8]>,
     ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
         let (rel, cond) = self.relation(table);
-        // A range on the key (never a filter past it): the index scan ends
-        // at the prefix's end.
-        let sql = format!(
-            "SELECT k, v FROM {rel} WHERE {cond} AND k >= $2 AND ($3::bytea IS NULL OR k < $3) \
-             AND ($4::bytea IS NULL OR k > $4) ORDER BY k LIMIT {SCAN_PAGE}"
-        );
+        // A range on the key (never a filter past it): the index scan
+        // starts past the last page and ends at the prefix's end. Each
+        // bound is in the SQL only when there is one (no `$n IS NULL OR`),
+        // so a generic plan (every pooled connection's) bounds the index
+        // scan too instead of filtering the rest of the table.
         let end = prefix_end(prefix);
+        let sql = scan_sql(&rel, cond, after.is_some(), end.is_some());
+        let start = after.unwrap_or(prefix);
         let t = table_no(table);
         self.holding.check_lease()?;
         self.conns.with_primary(|c| {
             let st = c.prepared(&sql)?;
-            Ok(c.query(&st, &[&t, &prefix, &end, &after])
+            let mut params: Vec<&(dyn postgres::types::ToSql + Sync)> = vec![&t, &start];
+            if let Some(e) = &end {
+                params.push(e);
+            }
+            Ok(c.query(&st, &params)
                 .map_err(pg)?
                 .iter()
                 .map(|r| (r.get(0), r.get(1)))
