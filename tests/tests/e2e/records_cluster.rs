@@ -285,6 +285,17 @@ fn keys_schema(vault: &vault_core::vault::Vault) -> String {
     format!("pv_{}", hex::encode(vault.id().as_bytes()))
 }
 
+/// The records whose field `field` is `value` exactly.
+fn found(fx: &Fixture, field: &str, value: &str) -> vault_core::Result<Vec<RecordId>> {
+    find(
+        &fx.vault,
+        &fx.clerk,
+        FindTarget::Field(field.into()),
+        value,
+        Match::Exact,
+    )
+}
+
 /// Polls `f` every 20 ms for at most `secs` seconds.
 fn eventually(secs: u64, mut f: impl FnMut() -> bool) -> bool {
     let until = std::time::Instant::now() + std::time::Duration::from_secs(secs);
@@ -351,23 +362,10 @@ fn a_record_whose_key_is_not_yet_written_is_found_by_no_reader_until_its_put_ret
             eventually(3, || row_counts(&primary, &fx.vault).0 >= rows_before + 4),
             "the row is written beside its key, not after it"
         );
-        let by_ssn = find(
-            &fx.vault,
-            &fx.clerk,
-            FindTarget::Field("ssn".into()),
-            &ssn(2),
-            Match::Exact,
-        )
-        .expect("a search while the key is held up");
+        let by_ssn = found(&fx, "ssn", &ssn(2)).expect("a search while the key is held up");
         assert_eq!(by_ssn, Vec::<RecordId>::new());
-        let by_name = find(
-            &fx.vault,
-            &fx.clerk,
-            FindTarget::Field("family_name".into()),
-            &family(1),
-            Match::Exact,
-        )
-        .expect("a search while the key is held up");
+        let by_name =
+            found(&fx, "family_name", &family(1)).expect("a search while the key is held up");
         assert_eq!(by_name, vec![first]);
         let listed = fx
             .vault
@@ -385,18 +383,11 @@ fn a_record_whose_key_is_not_yet_written_is_found_by_no_reader_until_its_put_ret
     });
     assert!(locker.join().unwrap().is_some(), "the superuser's lock");
     let second = putter.expect("the put, once its key is in");
-    let mut found = find(
-        &fx.vault,
-        &fx.clerk,
-        FindTarget::Field("family_name".into()),
-        &family(1),
-        Match::Exact,
-    )
-    .unwrap();
-    found.sort();
+    let mut hits = found(&fx, "family_name", &family(1)).unwrap();
+    hits.sort();
     let mut both = vec![first, second];
     both.sort();
-    assert_eq!(found, both);
+    assert_eq!(hits, both);
     let r = fx.vault.get_record(&fx.clerk, second, &[], None).unwrap();
     assert_eq!(r.fields["family_name"], family(1));
 }
@@ -435,14 +426,7 @@ fn a_put_whose_key_is_refused_leaves_no_row_behind() {
         before,
         "the row, its index rows and its journal entry went again"
     );
-    let hits = find(
-        &fx.vault,
-        &fx.clerk,
-        FindTarget::Field("ssn".into()),
-        &ssn(5),
-        Match::Exact,
-    )
-    .unwrap();
+    let hits = found(&fx, "ssn", &ssn(5)).unwrap();
     assert_eq!(hits, Vec::<RecordId>::new());
     psql_in(
         &primary,
@@ -454,14 +438,7 @@ fn a_put_whose_key_is_refused_leaves_no_row_behind() {
         .vault
         .put_record(&fx.clerk, COUNTER, SubjectId::new(), &person(5))
         .expect("the vault takes puts again");
-    let hits = find(
-        &fx.vault,
-        &fx.clerk,
-        FindTarget::Field("ssn".into()),
-        &ssn(5),
-        Match::Exact,
-    )
-    .unwrap();
+    let hits = found(&fx, "ssn", &ssn(5)).unwrap();
     assert_eq!(hits, vec![id]);
 }
 

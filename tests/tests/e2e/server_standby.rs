@@ -65,6 +65,23 @@ fn person(n: u32) -> Value {
                       "ssn": format!("212-{:02}-{:04}", 10 + (n / 9000) % 80, 1000 + n % 9000) } })
 }
 
+/// Three machines configured alike for one vault on the clusters (the
+/// vault made on the first, closed, its directory copied to the others).
+#[allow(clippy::type_complexity)] // three (machine, vault directory) pairs
+fn three_machines() -> (
+    (tempfile::TempDir, PathBuf),
+    (tempfile::TempDir, PathBuf),
+    (tempfile::TempDir, PathBuf),
+) {
+    let machine_a = tempfile::tempdir().unwrap();
+    let vault_a = machine_a.path().join("vault");
+    let fx = vault_on_clusters(&vault_a);
+    fx.vault.close().expect("close the fixture vault");
+    let b = copy_machine(&vault_a);
+    let c = copy_machine(&vault_a);
+    ((machine_a, vault_a), b, c)
+}
+
 /// A second machine configured alike: a copy of the vault directory (the
 /// static header and the two cluster files).
 fn copy_machine(vault: &Path) -> (tempfile::TempDir, PathBuf) {
@@ -180,12 +197,7 @@ fn live_records(srv: &Server, officer: &str) -> usize {
 fn a_standby_server_takes_over_a_killed_or_stopped_one_and_the_stopped_one_serves_nothing_after() {
     let _one = serial();
     let _c = cluster();
-    let machine_a = tempfile::tempdir().unwrap();
-    let vault_a = machine_a.path().join("vault");
-    let fx = vault_on_clusters(&vault_a);
-    fx.vault.close().expect("close the fixture vault");
-    let (machine_b, vault_b) = copy_machine(&vault_a);
-    let (machine_c, vault_c) = copy_machine(&vault_a);
+    let ((machine_a, vault_a), (machine_b, vault_b), (machine_c, vault_c)) = three_machines();
 
     // A holds the vault; B, started after it, stands by and does not listen.
     let a = server::start_plain_on(machine_a, vault_a, &[]);
@@ -418,12 +430,7 @@ fn dek_rows(c: &crate::cluster::Cluster, vault: &vault_core::Vault) -> u64 {
 fn two_standbys_racing_for_a_killed_server_one_takes_over_and_the_other_waits_its_turn() {
     let _one = serial();
     let _c = cluster();
-    let machine_a = tempfile::tempdir().unwrap();
-    let vault_a = machine_a.path().join("vault");
-    let fx = vault_on_clusters(&vault_a);
-    fx.vault.close().expect("close the fixture vault");
-    let (machine_b, vault_b) = copy_machine(&vault_a);
-    let (machine_c, vault_c) = copy_machine(&vault_a);
+    let ((machine_a, vault_a), (machine_b, vault_b), (machine_c, vault_c)) = three_machines();
     let a = server::start_plain_on(machine_a, vault_a, &[]);
     let mut b = server::spawn_with(machine_b, vault_b, PASSPHRASE, &["--standby"], false);
     let mut c = server::spawn_with(machine_c, vault_c, PASSPHRASE, &["--standby"], false);
