@@ -56,6 +56,15 @@ pub(crate) struct Creating<'a> {
     id: RecordId,
 }
 
+impl Creating<'_> {
+    /// Keeps the mark for the life of this process: the record's row may
+    /// be in without its key, and only the next open's journal
+    /// reconciliation can tell and roll it back.
+    pub(crate) fn keep(self) {
+        std::mem::forget(self);
+    }
+}
+
 impl Drop for Creating<'_> {
     fn drop(&mut self) {
         self.isolation.creating_set().remove(&self.id);

@@ -176,12 +176,16 @@ impl Vault {
         // record is "being created": no reader finds it (`live_row`), so
         // none meets a row whose key is not there yet; a crash in between
         // leaves a row whose unaudited journal entry removes it on open.
-        let _creating = self.isolation.creating(id);
+        let creating = self.isolation.creating(id);
         let (key, stored) = std::thread::scope(|sc| {
             let key = sc.spawn(store_key);
             let stored = self.store.put_record_with(id, &row, true, &extra);
             (key.join().expect("record key writer"), stored)
         });
+        let remove_row = || {
+            self.index_change(id, collection, None, None)
+                .and_then(|index| self.store.delete_new_record(id, &row, &index.ops))
+        };
         match (key, stored) {
             (Ok(()), Ok(())) => Ok(id),
             (Ok(()), Err(e)) => {
@@ -192,15 +196,22 @@ impl Vault {
                 // The row without its key must not stay: removed now, or
                 // (if that fails too) fenced until the next open's journal
                 // reconciliation removes it.
-                let undone = self
-                    .index_change(id, collection, None, None)
-                    .and_then(|index| self.store.delete_new_record(id, &row, &index.ops));
-                if undone.is_err() {
+                if remove_row().is_err() {
                     self.isolation.fence();
                 }
                 Err(e)
             }
-            (Err(e), Err(_)) => Err(e),
+            (Err(e), Err(_)) => {
+                // Both failed, most likely with nothing written; but a row
+                // whose commit was not acknowledged may be in. Removed if it
+                // can be; else the record stays "being created" (no reader
+                // finds it) until the next open's journal reconciliation
+                // rolls it back: no fence for what is most likely an outage.
+                if remove_row().is_err() {
+                    creating.keep();
+                }
+                Err(e)
+            }
         }
     }
 
