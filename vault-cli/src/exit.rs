@@ -83,7 +83,7 @@ pub fn for_code(code: &str) -> u8 {
         "disposed" => DISPOSED,
         "integrity" | "unsupported_format" => INTEGRITY,
         "vault_busy" | "taken_over" | "rate_limited" | "login_throttled" | "timeout"
-        | "unavailable" | "overloaded" => BUSY,
+        | "unavailable" | "overloaded" | "no_holder" | "holder_lost" => BUSY,
         "wrong_passphrase" => PASSPHRASE,
         "storage" | "io" | "audit_unavailable" | "import_incomplete" | "writes_fenced"
         | "disk_low" => STORAGE,

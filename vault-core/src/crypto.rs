@@ -242,6 +242,13 @@ pub fn fingerprint(public_key: &[u8]) -> String {
     format!("SHA256:{}", hex::encode(&sha256(public_key)[..16]))
 }
 
+/// A key derived from secret material of any length (a TLS private key):
+/// HMAC-SHA-256 of `label` under the material's SHA-256.
+pub fn derived_key(material: &[u8], label: &str) -> SecretKey {
+    let seed = SecretKey::from_bytes(sha256(material));
+    SecretKey::from_bytes(mac(&seed, label, b""))
+}
+
 /// Keyed MAC (HMAC-SHA-256), used for token hashes and subject references.
 pub fn mac(key: &SecretKey, label: &str, data: &[u8]) -> [u8; 32] {
     use hmac::{KeyInit as _, Mac};

@@ -42,6 +42,7 @@ pub const DEFAULT_SOCKET: &str = "/run/pivault/pivault.sock";
 /// Re-exported so front ends can name public keys without depending on it.
 pub use ed25519_dalek;
 pub use error::{Error, Result};
+pub use store::postgres::HolderLookup;
 /// How long a vault whose stores are on a cluster stays held by a process
 /// that stopped renewing its lease (a standby takes it over after that).
 pub use store::postgres::LEASE as CLUSTER_LEASE;

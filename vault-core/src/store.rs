@@ -301,6 +301,11 @@ impl Store {
         self.engine.lease_lost()
     }
 
+    /// Publishes where this process serves the vault, for standbys.
+    pub(crate) fn publish_holder(&self, address: Option<&str>) -> Result<()> {
+        self.engine.publish_holder(address)
+    }
+
     /// `TakenOver` once another process took the vault over; on a cluster,
     /// the lease renewed first when it may have lapsed.
     pub(crate) fn check_lease(&self) -> Result<()> {

@@ -960,6 +960,20 @@ impl Vault {
         self.store.lease_lost() || self.keystore.lease_lost()
     }
 
+    /// Whether the records are on a cluster (then other machines can hold
+    /// the vault, and standbys forward to the holder).
+    pub fn records_on_cluster(&self) -> bool {
+        self.store.on_a_cluster()
+    }
+
+    /// Publishes the address other `pivault-server` processes reach this
+    /// one at (`None`: withdrawn), so that standbys forward requests here;
+    /// with the records embedded there are no standbys and nothing is
+    /// written. `TakenOver` if another process holds the vault now.
+    pub fn publish_holder_address(&self, address: Option<&str>) -> Result<()> {
+        self.store.publish_holder(address)
+    }
+
     /// The vault directory.
     pub fn dir(&self) -> &Path {
         &self.dir

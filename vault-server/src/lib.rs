@@ -15,6 +15,7 @@
 
 mod coalesce;
 pub mod documents;
+pub mod forward;
 pub mod limits;
 pub mod pool;
 pub mod problem;
@@ -164,6 +165,9 @@ pub struct App {
     import_previews: web::ImportPreviews,
     /// The web page's disposals running past their request (`web/progress.rs`).
     web_jobs: web::Jobs,
+    /// The key under which standbys vouch for the client of a forwarded
+    /// request (set with TLS; [`forward::ForwardingKey`]).
+    forwarding: std::sync::OnceLock<forward::ForwardingKey>,
 }
 
 impl std::fmt::Debug for App {
@@ -214,6 +218,7 @@ impl App {
             stream: std::sync::OnceLock::new(),
             import_previews: web::ImportPreviews::default(),
             web_jobs: web::Jobs::default(),
+            forwarding: std::sync::OnceLock::new(),
             vault,
             limits,
         }))
@@ -237,6 +242,12 @@ impl App {
         self.refusal_buckets
             .as_ref()
             .map_or(Ok(()), |l| l.peek(key))
+    }
+
+    /// Trusts the client address that standbys name on a forwarded request
+    /// under `key` (once; servers with TLS).
+    pub fn trust_standbys(&self, key: forward::ForwardingKey) {
+        let _ = self.forwarding.set(key);
     }
 
     /// Starts streaming the audit trail to a syslog collector (once).
@@ -839,6 +850,15 @@ async fn frame(
     next: Next,
 ) -> Response {
     let started = Instant::now();
+    // A request a standby forwarded is the client's, when the standby
+    // vouches for it under the servers' shared key (else the headers are
+    // a client's own, and ignored).
+    let peer = match (peer, app.forwarding.get()) {
+        (Peer::Tcp(_), Some(k)) => k
+            .source(req.headers(), jiff::Timestamp::now().as_second())
+            .map_or(peer, Peer::Tcp),
+        _ => peer,
+    };
     let request_id = uuid::Uuid::now_v7().to_string();
     let route = req
         .extensions()

@@ -340,6 +340,12 @@ impl ConnectionLimit {
         }
     }
 
+    /// Caps without a budget of refusals: a standby's front door, which
+    /// refuses nothing itself (the holder answers every request).
+    pub fn standalone(max: usize, per_source: usize) -> Self {
+        Self::new(max, per_source, None, Arc::default())
+    }
+
     /// Admits a connection from `peer`, or says why not (with the seconds
     /// a shut-out source has to wait).
     fn admit(&self, peer: Peer) -> Result<Slots, (&'static str, Option<u64>)> {

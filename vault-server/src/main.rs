@@ -58,12 +58,20 @@ struct Args {
     sync: bool,
     /// While another server holds the vault (its stores on a cluster),
     /// wait and take it over once that server stops or its lease lapses,
-    /// instead of failing with `vault_busy`. The standby does not listen
-    /// until it holds the vault, so a load balancer's health check sends
-    /// clients to the one that does. A server whose vault is taken over
-    /// exits with code 75; restarted, it stands by again.
+    /// instead of failing with `vault_busy`. Meanwhile the standby listens
+    /// and forwards every request to the holder (at the address it
+    /// published, and only to a server presenting the same TLS
+    /// certificate), so a load balancer may send clients to any server. A
+    /// server whose vault is taken over exits with code 75; restarted, it
+    /// stands by again.
     #[arg(long, env = "PIVAULT_STANDBY")]
     standby: bool,
+    /// The address (HOST:PORT) other servers of this vault reach this one
+    /// at, published while it holds the vault so that standbys forward to
+    /// it. Default: the address it listens on, unless that is 0.0.0.0 or
+    /// [::] (then nothing is published and standbys answer 503).
+    #[arg(long, env = "PIVAULT_ADVERTISE", value_name = "HOST:PORT")]
+    advertise: Option<String>,
     /// Bearer token lifetime, seconds.
     #[arg(long, default_value_t = 8 * 3600)]
     token_ttl_secs: u64,
@@ -357,7 +365,38 @@ fn run(args: Args) -> anyhow::Result<()> {
         );
     }
     let pass = passphrase(args.passphrase_file.as_deref())?;
-    let mut standing_by = false;
+    // Bound once: a standby forwards on it while it waits, and the same
+    // socket serves once it holds the vault, so no client is refused at
+    // the switch (connections wait in its backlog).
+    // A standby on the holder's own machine and address (its records
+    // embedded) binds once it holds the vault, and forwards nothing.
+    // A standby forwards only over TLS (a standby without it, plain HTTP
+    // on loopback, could not tell the holder from any local listener) and
+    // only with the records on a cluster (where the holder publishes its
+    // address); otherwise it binds once it holds the vault, as before.
+    let lookup = match (&tls, args.standby) {
+        (Some(_), true) => vault_core::HolderLookup::for_vault(&dir)
+            .context("cannot reach the records cluster to find the holder")?,
+        _ => None,
+    };
+    let bind_now = !args.standby || lookup.is_some();
+    let early = match std::net::TcpListener::bind(args.bind) {
+        _ if !bind_now => None,
+        Ok(l) => {
+            // Shared with the standby's copy (one open file description).
+            l.set_nonblocking(true)?;
+            Some(l)
+        }
+        Err(e) => return Err(e).with_context(|| format!("cannot listen on {}", args.bind)),
+    };
+    let mut lookup = lookup;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let tls_files = args.tls_cert.as_deref().zip(args.tls_key.as_deref());
+    let mut standing_by: Option<Standby> = None;
+    let mut waited = false;
     let vault = loop {
         let opened = Vault::open(
             &dir,
@@ -370,21 +409,41 @@ fn run(args: Args) -> anyhow::Result<()> {
         );
         match opened {
             Err(vault_core::Error::VaultBusy) if args.standby => {
-                if !standing_by {
+                if !waited {
                     eprintln!(
                         "pivault-server: standing by: another process holds the vault; taking it over once that process stops or its {}s lease lapses",
                         vault_core::CLUSTER_LEASE.as_secs()
                     );
-                    standing_by = true;
+                    waited = true;
+                }
+                if let (None, Some(listener), Some(l)) = (&standing_by, &early, lookup.take()) {
+                    let s = Standby::start(&rt, listener, tls.clone(), tls_files, l, &args)?;
+                    eprintln!(
+                        "pivault-server: standing by on https://{}: forwarding requests to the holder",
+                        listener.local_addr()?
+                    );
+                    standing_by = Some(s);
                 }
                 std::thread::sleep(Duration::from_secs(1));
             }
             r => break r?,
         }
     };
-    if standing_by {
+    if let Some(s) = standing_by {
+        // Requests still being forwarded finish (the old holder answers
+        // them, or they fail); new connections wait for the vault's server.
+        s.stop();
+    }
+    if waited {
         eprintln!("pivault-server: took the vault over");
     }
+    let listener = match early {
+        Some(l) => l,
+        None => std::net::TcpListener::bind(args.bind)
+            .with_context(|| format!("cannot listen on {}", args.bind))?,
+    };
+    listener.set_nonblocking(true)?;
+    let local = listener.local_addr()?;
     drop(pass);
     let vault = Arc::new(vault);
     let defaults = Limits::default();
@@ -408,6 +467,12 @@ fn run(args: Args) -> anyhow::Result<()> {
         ..defaults
     };
     let app = App::new(vault, limits).context("cannot start the vault worker threads")?;
+    if let Some((_, key)) = tls_files {
+        app.trust_standbys(vault_server::forward::ForwardingKey::from_tls_key(
+            key,
+            app.vault().id(),
+        )?);
+    }
     if let Some(url) = &args.syslog {
         app.start_stream(vault_server::syslog::StreamConfig {
             url: url.clone(),
@@ -422,10 +487,6 @@ fn run(args: Args) -> anyhow::Result<()> {
         .context("cannot start the audit stream")?;
     }
 
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
     if args.maintenance_hours > 0 {
         let every = Duration::from_secs(args.maintenance_hours * 3600);
         rt.spawn(maintenance_timer(app.clone(), every));
@@ -453,7 +514,27 @@ fn run(args: Args) -> anyhow::Result<()> {
         owner: args.socket_owner.clone(),
         group: args.socket_group.clone(),
     });
-    rt.block_on(serve(app.clone(), args.bind, tls, socket))?;
+    // Standbys forward here once the address is published (a vault with
+    // its records embedded has no standbys, and nothing is written).
+    let advertise = args
+        .advertise
+        .clone()
+        .or_else(|| (!local.ip().is_unspecified()).then(|| local.to_string()));
+    if let Some(addr) = &advertise {
+        // A failure (the cluster failing over) leaves the standbys
+        // answering 503 until this server is restarted; it still serves.
+        if let Err(e) = app.vault().publish_holder_address(Some(addr)) {
+            eprintln!(
+                "pivault-server: cannot publish this server's address for the standbys ({}): {e}",
+                e.code()
+            );
+        }
+    } else if app.vault().records_on_cluster() {
+        eprintln!(
+            "pivault-server: listening on {local}, which standbys cannot reach: give --advertise HOST:PORT so that they forward here"
+        );
+    }
+    rt.block_on(serve(app.clone(), listener, tls, socket))?;
     // Every request has finished; blocking work (a disposal step) too once
     // the runtime is gone. Then the refusals still counted are audited and
     // the vault is closed cleanly.
@@ -463,6 +544,10 @@ fn run(args: Args) -> anyhow::Result<()> {
         // Taken over, nothing more is written: the trail and the refusal
         // counts belong to the process that holds the vault now.
         app.flush_refusals(true);
+        if advertise.is_some() {
+            // Standbys stop forwarding to a server that no longer listens.
+            let _ = app.vault().publish_holder_address(None);
+        }
     }
     if let Some(stream) = app.stream() {
         // The events still queued get a few seconds to leave; what is left
@@ -702,9 +787,97 @@ async fn retention_schedule_timer(app: Arc<App>, every: Duration) {
     .await
 }
 
+/// A standby's front door while it waits for the vault: every request
+/// forwarded to the holder (`vault_server::forward`), on a copy of the
+/// socket the vault's server will use; the holder's published address is
+/// read again every second.
+struct Standby {
+    handle: axum_server::Handle<SocketAddr>,
+    watching: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Standby {
+    fn start(
+        rt: &tokio::runtime::Runtime,
+        listener: &std::net::TcpListener,
+        tls: Option<rustls::ServerConfig>,
+        tls_files: Option<(&Path, &Path)>,
+        lookup: vault_core::HolderLookup,
+        args: &Args,
+    ) -> anyhow::Result<Standby> {
+        // The holder's own timeout, and time to reach it.
+        let answer_within = Duration::from_secs(args.timeout_secs.max(1) + 10);
+        let header_timeout = Duration::from_secs(args.header_timeout_secs.max(1));
+        let forwarder = Arc::new(vault_server::forward::Forwarder::new(
+            tls_files.context("a standby forwards only over TLS")?,
+            lookup.vault_id(),
+            answer_within,
+        )?);
+        // The address is read on a thread of its own, not between the
+        // (slow) tries to open the vault: a holder that died leaves its
+        // address behind, and the standby must stop using it at once.
+        let watching = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        // Read once before the first request is taken.
+        forwarder.set_holder(lookup.address().ok().flatten());
+        {
+            let (f, w) = (forwarder.clone(), watching.clone());
+            std::thread::Builder::new()
+                .name("pivault-holder-watch".into())
+                .spawn(move || {
+                        let mut failing = false;
+                    while w.load(std::sync::atomic::Ordering::SeqCst) {
+                        match lookup.address() {
+                            Ok(a) => {
+                                failing = false;
+                                f.set_holder(a);
+                            }
+                            // The cluster may be failing over: nowhere
+                            // to forward until it answers again.
+                            Err(e) => {
+                                if !failing {
+                                    eprintln!(
+                                        "pivault-server: cannot read the holder's address ({}): {e}",
+                                        e.code()
+                                    );
+                                    failing = true;
+                                }
+                                f.set_holder(None);
+                            }
+                        }
+                        std::thread::sleep(Duration::from_millis(500));
+                    }
+                })?;
+        }
+        let cap = vault_server::limits::ConnectionLimit::standalone(
+            args.max_connections.max(1),
+            args.max_connections_per_source.max(1),
+        );
+        let handle = axum_server::Handle::new();
+        let _guard = rt.enter();
+        let svc = vault_server::forward::router(forwarder)
+            .into_make_service_with_connect_info::<vault_server::Peer>();
+        let mut server = axum_server::from_tcp(listener.try_clone()?)?.http1_only();
+        http1_timeouts(server.http_builder(), header_timeout);
+        let server = server.handle(handle.clone());
+        let cfg = tls.context("a standby forwards only over TLS")?;
+        let cfg = axum_server::tls_rustls::RustlsConfig::from_config(Arc::new(cfg));
+        let acceptor = axum_server::tls_rustls::RustlsAcceptor::new(cfg)
+            .handshake_timeout(header_timeout)
+            .acceptor(cap);
+        rt.spawn(server.acceptor(acceptor).serve(svc));
+        Ok(Standby { handle, watching })
+    }
+
+    fn stop(self) {
+        self.watching
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+        self.handle.graceful_shutdown(Some(Duration::from_secs(5)));
+    }
+}
+
 async fn serve(
     app: Arc<App>,
-    bind: SocketAddr,
+    listener: std::net::TcpListener,
     tls: Option<rustls::ServerConfig>,
     socket: Option<SocketSpec>,
 ) -> anyhow::Result<()> {
@@ -759,9 +932,6 @@ async fn serve(
         None => None,
     };
     let svc = vault_server::app(app).into_make_service_with_connect_info::<Peer>();
-    let listener =
-        std::net::TcpListener::bind(bind).with_context(|| format!("cannot listen on {bind}"))?;
-    listener.set_nonblocking(true)?;
     let local = listener.local_addr()?;
     let scheme = if tls.is_some() { "https" } else { "http" };
     // The line tests and scripts wait for (the port may be 0 = chosen by the OS).

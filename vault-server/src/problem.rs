@@ -181,6 +181,31 @@ impl ApiError {
         )
     }
 
+    /// A standby with no holder to forward to: none has published its
+    /// address yet (a new holder is still opening the vault), it cannot be
+    /// reached, or it is not one of this vault's servers.
+    pub fn no_holder(why: &str) -> Self {
+        let mut e = Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no_holder",
+            format!(
+                "this server stands by and cannot reach the server holding the vault ({why}); retry shortly"
+            ),
+        );
+        e.retry_after = Some(1);
+        e
+    }
+
+    /// A standby forwarded a request and the holder stopped answering
+    /// before it answered: whether it was carried out is unknown.
+    pub fn holder_lost() -> Self {
+        Self::new(
+            StatusCode::BAD_GATEWAY,
+            "holder_lost",
+            "the server holding the vault stopped answering during the request; whether it was carried out is unknown",
+        )
+    }
+
     /// A bug or a panicked worker.
     pub fn internal() -> Self {
         Self::new(

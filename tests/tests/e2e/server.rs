@@ -179,11 +179,43 @@ impl Starting {
         false
     }
 
+    /// The lines printed so far (without waiting), for a failure's message.
+    pub(crate) fn printed_so_far(&mut self) -> Vec<String> {
+        while let Ok(line) = self.rx.try_recv() {
+            self.seen.push(line);
+        }
+        self.seen.clone()
+    }
+
     /// Whether the process is still running.
     pub(crate) fn running(&mut self) -> bool {
         self.child
             .as_mut()
             .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    /// Waits until a standby listens to forward requests to the holder,
+    /// within `timeout`: its base URL (`localhost` with TLS, which the
+    /// certificate names) and a client trusting its certificate.
+    pub(crate) fn standing_by(&mut self, timeout: Duration) -> (String, ureq::Agent) {
+        let line = self.wait_line("forwarding requests to the holder", timeout);
+        let addr = line
+            .split("standing by on ")
+            .nth(1)
+            .and_then(|r| r.split(": forwarding").next())
+            .expect("the standby's address")
+            .to_owned();
+        if !self.tls {
+            assert!(addr.starts_with("http://127.0.0.1:"), "loopback: {addr}");
+            let agent = ureq::Agent::config_builder()
+                .http_status_as_error(false)
+                .timeout_global(Some(Duration::from_secs(120)))
+                .build()
+                .into();
+            return (addr, agent);
+        }
+        let pem = std::fs::read(&self.cert).expect("certificate");
+        (addr.replace("127.0.0.1", "localhost"), agent_trusting(&pem))
     }
 
     /// Waits until the server listens, within `timeout`.
@@ -320,7 +352,7 @@ pub(crate) fn spawn_with(
     }
 }
 
-fn agent_trusting(pem: &[u8]) -> ureq::Agent {
+pub(crate) fn agent_trusting(pem: &[u8]) -> ureq::Agent {
     use ureq::tls::{Certificate, RootCerts, TlsConfig};
     let cert = Certificate::from_pem(pem)
         .expect("PEM certificate")

@@ -31,6 +31,18 @@ fn send(
         .timeout_global(Some(Duration::from_secs(60)))
         .build()
         .into();
+    send_with(&agent, base, method, path, token, body)
+}
+
+/// [`send`] with `agent` (one trusting the servers' certificate).
+fn send_with(
+    agent: &ureq::Agent,
+    base: &str,
+    method: &str,
+    path: &str,
+    token: &str,
+    body: Option<&Value>,
+) -> Result<(u16, Value), String> {
     let url = format!("{base}{path}");
     let auth = format!("Bearer {token}");
     let resp = match body {
@@ -133,6 +145,22 @@ fn write_until(
     token: &str,
     first: u32,
 ) -> (Vec<(String, u32)>, usize) {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(60)))
+        .build()
+        .into();
+    write_until_with(&agent, base, stop, token, first)
+}
+
+/// [`write_until`] with `agent`.
+fn write_until_with(
+    agent: &ureq::Agent,
+    base: &str,
+    stop: &AtomicBool,
+    token: &str,
+    first: u32,
+) -> (Vec<(String, u32)>, usize) {
     std::thread::scope(|s| {
         let writers: Vec<_> = (0..3u32)
             .map(|w| {
@@ -141,7 +169,8 @@ fn write_until(
                     let mut n = first + w * 100_000;
                     while !stop.load(Ordering::SeqCst) {
                         n += 1;
-                        match send(base, "POST", "/v1/records", token, Some(&person(n))) {
+                        match send_with(agent, base, "POST", "/v1/records", token, Some(&person(n)))
+                        {
                             Ok((201, v)) => {
                                 acked.push((v["record_id"].as_str().expect("id").to_owned(), n))
                             }
@@ -681,4 +710,292 @@ fn a_lock_lost_under_concurrent_writers_is_taken_again_once_and_no_writer_is_tak
         let r = fx.vault.get_record(&fx.clerk, *id, &[], None).unwrap();
         assert_eq!(r.fields["family_name"], family(*n));
     }
+}
+
+/// A client of a standby that is still standing by (not a [`Server`]: it
+/// holds no vault).
+struct Front {
+    base: String,
+    agent: ureq::Agent,
+}
+
+/// A standby's answer: the status, whether a standby relayed it (its `Via`
+/// header), and the JSON body.
+#[derive(Debug)]
+struct Relayed {
+    status: u16,
+    via: bool,
+    json: Value,
+}
+
+impl Front {
+    fn call(&self, method: &str, path: &str, token: Option<&str>, body: Option<&Value>) -> Relayed {
+        let url = format!("{}{path}", self.base);
+        let auth = token.map(|t| format!("Bearer {t}"));
+        let resp = if method == "GET" {
+            let mut r = self.agent.get(&url);
+            if let Some(a) = &auth {
+                r = r.header("Authorization", a);
+            }
+            r.call()
+        } else {
+            let mut r = self
+                .agent
+                .post(&url)
+                .header("Content-Type", "application/json");
+            if let Some(a) = &auth {
+                r = r.header("Authorization", a);
+            }
+            r.send(body.map(Value::to_string).unwrap_or_default().as_bytes())
+        };
+        let mut resp = resp.expect("an answer from the standby");
+        let via = resp
+            .headers()
+            .get("via")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.contains("pivault-standby"));
+        let text = resp.body_mut().read_to_string().unwrap_or_default();
+        Relayed {
+            status: resp.status().as_u16(),
+            via,
+            json: serde_json::from_str(&text).unwrap_or(Value::Null),
+        }
+    }
+}
+
+/// Sets the holder address published in `vault`'s lease row, as an insider
+/// with the records database could.
+fn plant_holder_address(c: &crate::cluster::Cluster, vault: &Path, address: &str) {
+    let id = vault_core::header::read_info(&vault.join("header"))
+        .expect("header")
+        .vault_id;
+    let s = format!("pr_{}", hex::encode(id.as_bytes()));
+    crate::cluster::psql_in(
+        &crate::cluster::primary_member(c),
+        "pivault_records",
+        &format!("UPDATE {s}.lease SET holder_address = '{address}'"),
+    )
+    .expect("the superuser rewrites the lease row");
+}
+
+/// Every server of a vault answers every request: a standby forwards it
+/// to the holder and relays the answer, so a client (or a load balancer)
+/// may use either, with one session. The address the holder publishes is
+/// only a hint: planted by an insider to point at another server, the
+/// standby sends nothing there (that server's certificate is not the
+/// vault's servers' one). A client's own forwarding headers are not
+/// believed by the holder. Once the holder stops, the standby serves the
+/// vault itself, on the same address.
+#[test]
+fn a_standby_forwards_every_request_to_the_holder_and_only_to_a_server_with_the_vaults_certificate()
+{
+    let _one = serial();
+    let c = cluster();
+    let ((machine_a, vault_a), (machine_b, vault_b), _) = three_machines();
+    // The servers of one vault share its certificate and key (clients
+    // trust one certificate, whichever server a load balancer picks).
+    let a = server::start_on(machine_a, vault_a.clone(), PASSPHRASE, &[]);
+    for f in ["server.crt", "server.key"] {
+        std::fs::copy(a.cert.with_file_name(f), machine_b.path().join(f)).expect("copy");
+    }
+    let mut b = server::spawn_with(machine_b, vault_b, PASSPHRASE, &["--standby"], true);
+    let (base, agent) = b.standing_by(Duration::from_secs(60));
+    let front = Front { base, agent };
+
+    // 1. The clerk signs in through the standby, writes there, and the
+    // holder serves the same session; a write through the holder reads
+    // back through the standby.
+    let (_, _, pw) = USERS.iter().find(|(u, _, _)| *u == "clerk").expect("clerk");
+    let login = front.call(
+        "POST",
+        "/v1/sessions",
+        None,
+        Some(&json!({ "username": "clerk", "password": pw })),
+    );
+    assert_eq!(login.status, 201, "login through the standby: {login:?}");
+    assert!(login.via, "relayed by the standby: {login:?}");
+    let clerk = login.json["token"].as_str().expect("token").to_owned();
+    let put = front.call("POST", "/v1/records", Some(&clerk), Some(&person(1)));
+    assert_eq!(put.status, 201, "a write through the standby: {put:?}");
+    let id1 = put.json["record_id"].as_str().expect("id").to_owned();
+    let got = a.call("GET", &format!("/v1/records/{id1}"), Some(&clerk), None);
+    assert_eq!(got.status, 200, "the holder serves it: {got:?}");
+    assert_eq!(got.json()["fields"]["family_name"], family(1));
+    let put = a.call("POST", "/v1/records", Some(&clerk), Some(&person(2)));
+    assert_eq!(put.status, 201, "{put:?}");
+    let id2 = put.json()["record_id"].as_str().expect("id").to_owned();
+    let got = front.call("GET", &format!("/v1/records/{id2}"), Some(&clerk), None);
+    assert_eq!(got.status, 200, "read through the standby: {got:?}");
+    assert!(got.via);
+    assert_eq!(got.json["fields"]["family_name"], family(2));
+
+    // 2. A client naming another address in the forwarding headers is
+    // not believed: the holder audits the connection's address.
+    let (status, headers, _) = a.raw_with(
+        "POST",
+        "/v1/sessions",
+        &[
+            ("pivault-forwarded-for", "203.0.113.77"),
+            (
+                "pivault-forwarded-at",
+                &jiff::Timestamp::now().as_second().to_string(),
+            ),
+            ("pivault-forwarded-mac", &"00".repeat(32)),
+        ],
+        Some((
+            json!({ "username": "clerk", "password": "not the password" })
+                .to_string()
+                .as_bytes(),
+            "application/json",
+        )),
+    );
+    assert_eq!(status, 401, "a wrong password");
+    let request_id = headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("x-request-id"))
+        .map(|(_, v)| v.clone())
+        .expect("request ID");
+    let auditor = a.token("auditor");
+    let events = a
+        .call("GET", "/v1/audit/events", Some(&auditor), None)
+        .json();
+    let ev = events["items"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .find(|e| e["request_id"] == request_id.as_str())
+        .cloned()
+        .expect("the refused login is audited");
+    assert_eq!(
+        ev["source"], "127.0.0.1",
+        "the client's own forwarding header is ignored: {ev}"
+    );
+
+    // 3. An insider points the standbys at another server (another
+    // vault's, with its own certificate): the standby refuses to forward,
+    // so the clerk's token never reaches it (that server would answer 401).
+    let rogue = server::start(&[]);
+    let rogue_addr = rogue.base.replace("https://localhost", "127.0.0.1");
+    let holder_addr = a.base.replace("https://localhost", "127.0.0.1");
+    plant_holder_address(&c, &vault_a, &rogue_addr);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let refused = loop {
+        let r = front.call("GET", &format!("/v1/records/{id1}"), Some(&clerk), None);
+        if r.status != 200 || Instant::now() > deadline {
+            break r;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(
+        (refused.status, refused.json["code"].as_str()),
+        (503, Some("no_holder")),
+        "nothing forwarded to a server without the vault's certificate: {refused:?}"
+    );
+    assert!(
+        refused.json["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("certificate")),
+        "and it says why: {refused:?}"
+    );
+    drop(rogue);
+    plant_holder_address(&c, &vault_a, &holder_addr);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = front.call("GET", &format!("/v1/records/{id1}"), Some(&clerk), None);
+        if r.status == 200 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "forwarding again: {r:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    // 4. The holder stops: the standby takes the vault over and serves it
+    // itself on the same address, to the same session.
+    let (status, _, _keep) = a.stop();
+    assert!(status.success());
+    b.wait_line("took the vault over", Duration::from_secs(60));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let served = loop {
+        let r = front.call("GET", &format!("/v1/records/{id1}"), Some(&clerk), None);
+        if r.status == 200 && !r.via {
+            break r;
+        }
+        assert!(Instant::now() < deadline, "the standby serves: {r:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(served.json["fields"]["family_name"], family(1));
+    let b = b.listening(Duration::from_secs(1));
+    assert_eq!(
+        b.base.replace("localhost", "127.0.0.1"),
+        front.base.replace("localhost", "127.0.0.1"),
+        "the same address"
+    );
+    let (status, _, _keep) = b.stop();
+    assert!(status.success());
+}
+
+/// Clerks writing through a standby while the holder is killed: each
+/// write the standby acknowledged (relayed from the holder, or its own
+/// once it took over) reads back; the others were answered 503 (no holder
+/// to reach), 502 (the holder died mid-request: outcome unknown), or not
+/// at all, never a false 201.
+#[test]
+fn writes_through_a_standby_while_the_holder_is_killed_lose_nothing_acknowledged() {
+    let _one = serial();
+    let _c = cluster();
+    let ((machine_a, vault_a), (machine_b, vault_b), _) = three_machines();
+    let a = server::start_on(machine_a, vault_a, PASSPHRASE, &[]);
+    for f in ["server.crt", "server.key"] {
+        std::fs::copy(a.cert.with_file_name(f), machine_b.path().join(f)).expect("copy");
+    }
+    let mut b = server::spawn_with(machine_b, vault_b, PASSPHRASE, &["--standby"], true);
+    let (base, agent) = b.standing_by(Duration::from_secs(60));
+    let front = Front {
+        base: base.clone(),
+        agent: agent.clone(),
+    };
+    let (_, _, pw) = USERS.iter().find(|(u, _, _)| *u == "clerk").expect("clerk");
+    let login = front.call(
+        "POST",
+        "/v1/sessions",
+        None,
+        Some(&json!({ "username": "clerk", "password": pw })),
+    );
+    assert_eq!(
+        login.status,
+        201,
+        "{login:?}; the standby said {:?}",
+        b.printed_so_far()
+    );
+    let clerk = login.json["token"].as_str().expect("token").to_owned();
+    let stop = AtomicBool::new(false);
+    let ((acked, failed), b) = std::thread::scope(|s| {
+        let w = s.spawn(|| write_until_with(&agent, &base, &stop, &clerk, 0));
+        std::thread::sleep(Duration::from_millis(1500));
+        signal(a.pid(), "-KILL");
+        b.wait_line("took the vault over", Duration::from_secs(60));
+        let b = b.listening(Duration::from_secs(10));
+        std::thread::sleep(Duration::from_millis(1500));
+        stop.store(true, Ordering::SeqCst);
+        (w.join().expect("writers"), b)
+    });
+    assert_eq!(
+        b.base, base,
+        "the standby serves on the address it forwarded on"
+    );
+    assert!(
+        acked.len() >= 6,
+        "writes acknowledged around the kill: {}",
+        acked.len()
+    );
+    all_read_back(&b, &clerk, &acked);
+    eprintln!(
+        "through the standby: {} writes acknowledged, {failed} refused or unanswered around the kill",
+        acked.len()
+    );
+    let auditor = b.token("auditor");
+    let v = b.call("GET", "/v1/audit/verify", Some(&auditor), None);
+    assert_eq!(v.json()["ok"], true, "one unbroken trail: {}", v.text);
+    let (status, _, _keep) = b.stop();
+    assert!(status.success());
 }

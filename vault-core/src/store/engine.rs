@@ -54,6 +54,11 @@ pub(crate) trait RowEngine: Send + Sync + std::fmt::Debug {
     fn lease_lost(&self) -> bool {
         false
     }
+    /// Publishes where this process serves the vault (`None`: nowhere),
+    /// for standbys to forward to; only a cluster has standbys.
+    fn publish_holder(&self, _address: Option<&str>) -> Result<()> {
+        Ok(())
+    }
     /// `TakenOver` once another process took the vault over (checked
     /// before an audit event is appended).
     fn check_lease(&self) -> Result<()> {

@@ -88,6 +88,66 @@ pub fn read_config(dir: &std::path::Path) -> Result<Option<PgConfig>> {
     PgConfig::read_named(dir, RECORDS_FILE)
 }
 
+/// Where the process holding a vault listens, as it published it (read by
+/// a standby, which forwards requests there; `pivault-server --standby`).
+/// An address read here is only a hint: the row is writable by the
+/// vault's role, so the standby trusts only a server that proves it holds
+/// the servers' shared TLS key.
+pub struct HolderLookup {
+    conns: Conns,
+    schema: String,
+    vault: VaultId,
+}
+
+impl std::fmt::Debug for HolderLookup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HolderLookup")
+            .field("schema", &self.schema)
+            .finish_non_exhaustive()
+    }
+}
+
+impl HolderLookup {
+    /// For the vault in `dir`; `None` when its records are embedded (only a
+    /// process on this machine can hold it, and nothing is forwarded).
+    pub fn for_vault(dir: &std::path::Path) -> Result<Option<HolderLookup>> {
+        let Some(cfg) = read_config(dir)? else {
+            return Ok(None);
+        };
+        let info = crate::header::read_info(&dir.join("header"))?;
+        Ok(Some(HolderLookup {
+            vault: info.vault_id,
+            schema: format!("pr_{}", hex::encode(info.vault_id.as_bytes())),
+            conns: off_runtime(|| Conns::new(cfg))?,
+        }))
+    }
+
+    /// The vault's ID.
+    pub fn vault_id(&self) -> VaultId {
+        self.vault
+    }
+
+    /// The address the current holder published, if it has (none while a
+    /// new holder is still opening the vault).
+    pub fn address(&self) -> Result<Option<String>> {
+        let sql = format!("SELECT holder_address FROM {}.lease", self.schema);
+        off_runtime(|| {
+            self.conns
+                .with_primary(|c| match c.query_opt(sql.as_str(), &[]) {
+                    Ok(row) => Ok(row.and_then(|r| r.get(0))),
+                    // A vault no holder of this build has opened yet.
+                    Err(e)
+                        if e.code() == Some(&postgres::error::SqlState::UNDEFINED_COLUMN)
+                            || e.code() == Some(&postgres::error::SqlState::UNDEFINED_TABLE) =>
+                    {
+                        Ok(None)
+                    }
+                    Err(e) => Err(pg(e)),
+                })
+        })
+    }
+}
+
 /// One vault's records on the cluster.
 pub(crate) struct PgRows {
     holding: Arc<Holding>,
@@ -335,12 +395,15 @@ impl Holding {
         let now: i64 = self.conns.with_primary(|p| {
             p.batch_execute(&format!(
                 "CREATE TABLE IF NOT EXISTS {s}.lease (one boolean PRIMARY KEY DEFAULT true CHECK (one),
-                     generation bigint NOT NULL);
+                     generation bigint NOT NULL, holder_address text);
+                 ALTER TABLE {s}.lease ADD COLUMN IF NOT EXISTS holder_address text;
                  INSERT INTO {s}.lease (generation) VALUES (0) ON CONFLICT DO NOTHING;"
             ))
             .map_err(pg)?;
+            // A new holder listens only once it has opened the vault: until
+            // it publishes its address, standbys have nowhere to forward.
             let sql = if mine.is_none() {
-                format!("UPDATE {s}.lease SET generation = generation + 1 RETURNING generation")
+                format!("UPDATE {s}.lease SET generation = generation + 1, holder_address = NULL RETURNING generation")
             } else {
                 format!("SELECT generation FROM {s}.lease")
             };
@@ -775,6 +838,30 @@ impl RowEngine for PgRows {
 
     fn lease_lost(&self) -> bool {
         self.lost.load(Ordering::SeqCst)
+    }
+
+    /// Written only while this process holds the lock and the generation
+    /// is its own (in the same statement), so a holder that lost the vault
+    /// cannot send the standbys back to itself.
+    fn publish_holder(&self, address: Option<&str>) -> Result<()> {
+        let s = &self.schema;
+        let sql = format!(
+            "UPDATE {s}.lease SET holder_address = $1 WHERE generation = $2 AND {}",
+            held_by("$3", "$4")
+        );
+        let generation = *self.generation.lock().expect("generation lock");
+        off_runtime(|| {
+            let (pid, start) = self.holder();
+            let n = self.conns.with_primary(|c| {
+                c.execute(sql.as_str(), &[&address, &generation, &pid, &start])
+                    .map_err(pg)
+            })?;
+            if n == 1 {
+                Ok(())
+            } else {
+                Err(Error::TakenOver)
+            }
+        })
     }
 
     fn check_lease(&self) -> Result<()> {
