@@ -365,16 +365,15 @@ fn run(args: Args) -> anyhow::Result<()> {
         );
     }
     let pass = passphrase(args.passphrase_file.as_deref())?;
-    // Bound once: a standby forwards on it while it waits, and the same
-    // socket serves once it holds the vault, so no client is refused at
-    // the switch (connections wait in its backlog).
-    // A standby on the holder's own machine and address (its records
-    // embedded) binds once it holds the vault, and forwards nothing.
-    // A standby forwards only over TLS (a standby without it, plain HTTP
-    // on loopback, could not tell the holder from any local listener) and
-    // only with the records on a cluster (where the holder publishes its
-    // address); otherwise it binds once it holds the vault, as before.
-    let lookup = match (&tls, args.standby) {
+    // The socket is bound once: a standby forwards on it while it waits,
+    // and the same socket serves once it holds the vault, so no client is
+    // refused at the switch (connections wait in its backlog). A standby
+    // forwards only over TLS (without it, plain HTTP on loopback, it could
+    // not tell the holder from any local listener) and only with the
+    // records on a cluster (where the holder publishes its address; with
+    // them embedded the holder is on this machine); otherwise it binds
+    // once it holds the vault.
+    let mut lookup = match (&tls, args.standby) {
         (Some(_), true) => vault_core::HolderLookup::for_vault(&dir)
             .context("cannot reach the records cluster to find the holder")?,
         _ => None,
@@ -389,7 +388,6 @@ fn run(args: Args) -> anyhow::Result<()> {
         }
         Err(e) => return Err(e).with_context(|| format!("cannot listen on {}", args.bind)),
     };
-    let mut lookup = lookup;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -787,10 +785,40 @@ async fn retention_schedule_timer(app: Arc<App>, every: Duration) {
     .await
 }
 
+/// Reads the holder's published address into `f` twice a second while
+/// `watching`. A failed read (the cluster failing over) leaves nowhere to
+/// forward until it answers again, and is reported once.
+fn watch_holder(
+    lookup: &vault_core::HolderLookup,
+    f: &vault_server::forward::Forwarder,
+    watching: &std::sync::atomic::AtomicBool,
+) {
+    let mut failing = false;
+    while watching.load(std::sync::atomic::Ordering::SeqCst) {
+        match lookup.address() {
+            Ok(a) => {
+                failing = false;
+                f.set_holder(a);
+            }
+            Err(e) => {
+                if !failing {
+                    eprintln!(
+                        "pivault-server: cannot read the holder's address ({}): {e}",
+                        e.code()
+                    );
+                    failing = true;
+                }
+                f.set_holder(None);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
 /// A standby's front door while it waits for the vault: every request
 /// forwarded to the holder (`vault_server::forward`), on a copy of the
 /// socket the vault's server will use; the holder's published address is
-/// read again every second.
+/// read again twice a second.
 struct Standby {
     handle: axum_server::Handle<SocketAddr>,
     watching: Arc<std::sync::atomic::AtomicBool>,
@@ -823,30 +851,7 @@ impl Standby {
             let (f, w) = (forwarder.clone(), watching.clone());
             std::thread::Builder::new()
                 .name("pivault-holder-watch".into())
-                .spawn(move || {
-                        let mut failing = false;
-                    while w.load(std::sync::atomic::Ordering::SeqCst) {
-                        match lookup.address() {
-                            Ok(a) => {
-                                failing = false;
-                                f.set_holder(a);
-                            }
-                            // The cluster may be failing over: nowhere
-                            // to forward until it answers again.
-                            Err(e) => {
-                                if !failing {
-                                    eprintln!(
-                                        "pivault-server: cannot read the holder's address ({}): {e}",
-                                        e.code()
-                                    );
-                                    failing = true;
-                                }
-                                f.set_holder(None);
-                            }
-                        }
-                        std::thread::sleep(Duration::from_millis(500));
-                    }
-                })?;
+                .spawn(move || watch_holder(&lookup, &f, &w))?;
         }
         let cap = vault_server::limits::ConnectionLimit::standalone(
             args.max_connections.max(1),

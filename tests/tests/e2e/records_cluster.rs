@@ -83,6 +83,32 @@ fn row_counts(m: &str, vault: &vault_core::vault::Vault) -> (u64, u64) {
     (n("rows"), n("beacons"))
 }
 
+/// The superuser makes `schema.table` refuse `what` (`INSERT`, `INSERT OR
+/// DELETE`) with a trigger, as a failing store would.
+fn refuse(m: &str, db: &str, schema: &str, table: &str, what: &str) {
+    psql_in(
+        m,
+        db,
+        &format!(
+            "CREATE FUNCTION {schema}.refuse() RETURNS trigger LANGUAGE plpgsql AS \
+             $$BEGIN RAISE EXCEPTION 'not today'; END$$; \
+             CREATE TRIGGER refuse BEFORE {what} ON {schema}.{table} \
+             FOR EACH ROW EXECUTE FUNCTION {schema}.refuse()"
+        ),
+    )
+    .expect("the superuser's trigger");
+}
+
+/// Drops [`refuse`]'s trigger.
+fn allow(m: &str, db: &str, schema: &str, table: &str) {
+    psql_in(
+        m,
+        db,
+        &format!("DROP TRIGGER refuse ON {schema}.{table}; DROP FUNCTION {schema}.refuse()"),
+    )
+    .expect("the trigger dropped");
+}
+
 /// The blind-index tag of a record (the first bytes of its reverse row),
 /// read from the primary by the superuser.
 fn beacon_tag(m: &str, vault: &vault_core::vault::Vault, id: RecordId) -> Vec<u8> {
@@ -406,17 +432,7 @@ fn a_put_whose_key_is_refused_leaves_no_row_behind() {
     let primary = primary_member(&c);
     let before = row_counts(&primary, &fx.vault);
     let schema = keys_schema(&fx.vault);
-    psql_in(
-        &primary,
-        "pivault_keys",
-        &format!(
-            "CREATE FUNCTION {schema}.refuse() RETURNS trigger LANGUAGE plpgsql AS \
-             $$BEGIN RAISE EXCEPTION 'no keys today'; END$$; \
-             CREATE TRIGGER refuse BEFORE INSERT ON {schema}.deks \
-             FOR EACH ROW EXECUTE FUNCTION {schema}.refuse()"
-        ),
-    )
-    .expect("the superuser's trigger");
+    refuse(&primary, "pivault_keys", &schema, "deks", "INSERT");
     let refused = fx
         .vault
         .put_record(&fx.clerk, COUNTER, SubjectId::new(), &person(5));
@@ -428,18 +444,57 @@ fn a_put_whose_key_is_refused_leaves_no_row_behind() {
     );
     let hits = found(&fx, "ssn", &ssn(5)).unwrap();
     assert_eq!(hits, Vec::<RecordId>::new());
-    psql_in(
-        &primary,
-        "pivault_keys",
-        &format!("DROP TRIGGER refuse ON {schema}.deks; DROP FUNCTION {schema}.refuse()"),
-    )
-    .expect("the trigger dropped");
+    allow(&primary, "pivault_keys", &schema, "deks");
     let id = fx
         .vault
         .put_record(&fx.clerk, COUNTER, SubjectId::new(), &person(5))
         .expect("the vault takes puts again");
     let hits = found(&fx, "ssn", &ssn(5)).unwrap();
     assert_eq!(hits, vec![id]);
+}
+
+/// A put whose key and row are both refused (most likely an outage of both
+/// clusters), and whose row's removal is refused too, fails and leaves
+/// nothing behind; and since that is most likely an outage, the vault is
+/// not fenced: once the stores answer again, the next put succeeds (a
+/// fence, as for a row left without its key, would refuse it until the
+/// vault is reopened).
+#[test]
+fn a_put_whose_key_and_row_are_both_refused_leaves_nothing_and_the_vault_writable() {
+    let _one = serial();
+    let c = cluster();
+    let tmp = tempfile::tempdir().unwrap();
+    let fx = vault_on_clusters(&tmp.path().join("vault"));
+    put_people(&fx, 0..2);
+    let primary = primary_member(&c);
+    let before = row_counts(&primary, &fx.vault);
+    let keys = keys_schema(&fx.vault);
+    let records = format!("pr_{}", hex::encode(fx.vault.id().as_bytes()));
+    refuse(&primary, "pivault_keys", &keys, "deks", "INSERT");
+    refuse(
+        &primary,
+        "pivault_records",
+        &records,
+        "rows",
+        "INSERT OR DELETE",
+    );
+    let refused = fx
+        .vault
+        .put_record(&fx.clerk, COUNTER, SubjectId::new(), &person(5));
+    assert!(refused.is_err(), "a put with neither write: {refused:?}");
+    allow(&primary, "pivault_keys", &keys, "deks");
+    allow(&primary, "pivault_records", &records, "rows");
+    assert_eq!(
+        row_counts(&primary, &fx.vault),
+        before,
+        "nothing of the refused put is in the records database"
+    );
+    assert_eq!(found(&fx, "ssn", &ssn(5)).unwrap(), Vec::<RecordId>::new());
+    let id = fx
+        .vault
+        .put_record(&fx.clerk, COUNTER, SubjectId::new(), &person(6))
+        .expect("not fenced: the vault takes puts again at once");
+    assert_eq!(found(&fx, "ssn", &ssn(6)).unwrap(), vec![id]);
 }
 
 #[test]

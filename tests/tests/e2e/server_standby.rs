@@ -729,6 +729,25 @@ struct Relayed {
 }
 
 impl Front {
+    /// Signs `user` in through the standby (relayed to the holder): the token.
+    fn login(&self, user: &str, standby: &mut server::Starting) -> String {
+        let (_, _, pw) = USERS.iter().find(|(u, _, _)| *u == user).expect("user");
+        let login = self.call(
+            "POST",
+            "/v1/sessions",
+            None,
+            Some(&json!({ "username": user, "password": pw })),
+        );
+        assert_eq!(
+            login.status,
+            201,
+            "login through the standby: {login:?}; the standby said {:?}",
+            standby.printed_so_far()
+        );
+        assert!(login.via, "relayed by the standby: {login:?}");
+        login.json["token"].as_str().expect("token").to_owned()
+    }
+
     fn call(&self, method: &str, path: &str, token: Option<&str>, body: Option<&Value>) -> Relayed {
         let url = format!("{}{path}", self.base);
         let auth = token.map(|t| format!("Bearer {t}"));
@@ -763,6 +782,22 @@ impl Front {
     }
 }
 
+/// A vault on the clusters held by a server over TLS (its directory
+/// returned) and a second server standing by with the same certificate
+/// and key (servers of one vault share them: clients trust one
+/// certificate, whichever server a load balancer picks), and a client of
+/// the standby.
+fn holder_and_standby() -> (Server, PathBuf, server::Starting, Front) {
+    let ((machine_a, vault_a), (machine_b, vault_b), _) = three_machines();
+    let a = server::start_on(machine_a, vault_a.clone(), PASSPHRASE, &[]);
+    for f in ["server.crt", "server.key"] {
+        std::fs::copy(a.cert.with_file_name(f), machine_b.path().join(f)).expect("copy");
+    }
+    let mut b = server::spawn_with(machine_b, vault_b, PASSPHRASE, &["--standby"], true);
+    let (base, agent) = b.standing_by(Duration::from_secs(60));
+    (a, vault_a, b, Front { base, agent })
+}
+
 /// Sets the holder address published in `vault`'s lease row, as an insider
 /// with the records database could.
 fn plant_holder_address(c: &crate::cluster::Cluster, vault: &Path, address: &str) {
@@ -791,30 +826,12 @@ fn a_standby_forwards_every_request_to_the_holder_and_only_to_a_server_with_the_
 {
     let _one = serial();
     let c = cluster();
-    let ((machine_a, vault_a), (machine_b, vault_b), _) = three_machines();
-    // The servers of one vault share its certificate and key (clients
-    // trust one certificate, whichever server a load balancer picks).
-    let a = server::start_on(machine_a, vault_a.clone(), PASSPHRASE, &[]);
-    for f in ["server.crt", "server.key"] {
-        std::fs::copy(a.cert.with_file_name(f), machine_b.path().join(f)).expect("copy");
-    }
-    let mut b = server::spawn_with(machine_b, vault_b, PASSPHRASE, &["--standby"], true);
-    let (base, agent) = b.standing_by(Duration::from_secs(60));
-    let front = Front { base, agent };
+    let (a, vault_a, mut b, front) = holder_and_standby();
 
     // 1. The clerk signs in through the standby, writes there, and the
     // holder serves the same session; a write through the holder reads
     // back through the standby.
-    let (_, _, pw) = USERS.iter().find(|(u, _, _)| *u == "clerk").expect("clerk");
-    let login = front.call(
-        "POST",
-        "/v1/sessions",
-        None,
-        Some(&json!({ "username": "clerk", "password": pw })),
-    );
-    assert_eq!(login.status, 201, "login through the standby: {login:?}");
-    assert!(login.via, "relayed by the standby: {login:?}");
-    let clerk = login.json["token"].as_str().expect("token").to_owned();
+    let clerk = front.login("clerk", &mut b);
     let put = front.call("POST", "/v1/records", Some(&clerk), Some(&person(1)));
     assert_eq!(put.status, 201, "a write through the standby: {put:?}");
     let id1 = put.json["record_id"].as_str().expect("id").to_owned();
@@ -943,31 +960,9 @@ fn a_standby_forwards_every_request_to_the_holder_and_only_to_a_server_with_the_
 fn writes_through_a_standby_while_the_holder_is_killed_lose_nothing_acknowledged() {
     let _one = serial();
     let _c = cluster();
-    let ((machine_a, vault_a), (machine_b, vault_b), _) = three_machines();
-    let a = server::start_on(machine_a, vault_a, PASSPHRASE, &[]);
-    for f in ["server.crt", "server.key"] {
-        std::fs::copy(a.cert.with_file_name(f), machine_b.path().join(f)).expect("copy");
-    }
-    let mut b = server::spawn_with(machine_b, vault_b, PASSPHRASE, &["--standby"], true);
-    let (base, agent) = b.standing_by(Duration::from_secs(60));
-    let front = Front {
-        base: base.clone(),
-        agent: agent.clone(),
-    };
-    let (_, _, pw) = USERS.iter().find(|(u, _, _)| *u == "clerk").expect("clerk");
-    let login = front.call(
-        "POST",
-        "/v1/sessions",
-        None,
-        Some(&json!({ "username": "clerk", "password": pw })),
-    );
-    assert_eq!(
-        login.status,
-        201,
-        "{login:?}; the standby said {:?}",
-        b.printed_so_far()
-    );
-    let clerk = login.json["token"].as_str().expect("token").to_owned();
+    let (a, _, mut b, front) = holder_and_standby();
+    let clerk = front.login("clerk", &mut b);
+    let (base, agent) = (front.base.clone(), front.agent.clone());
     let stop = AtomicBool::new(false);
     let ((acked, failed), b) = std::thread::scope(|s| {
         let w = s.spawn(|| write_until_with(&agent, &base, &stop, &clerk, 0));
