@@ -53,6 +53,9 @@ const CONNECT_PATIENCE: Duration = Duration::from_secs(3);
 const IDLE_REUSE: Duration = Duration::from_secs(2);
 /// Idle connections kept to the holder.
 const IDLE_KEPT: usize = 32;
+/// Connections open to the holder at most: well under its default cap of
+/// connections per address (256), which counts the standby as one client.
+const UPSTREAM_CONNECTIONS: usize = 128;
 
 /// The key the servers of one vault share to vouch for a forwarded
 /// client's address: derived from their shared TLS private key, which is
@@ -184,6 +187,9 @@ pub struct Forwarder {
     tls: Arc<rustls::ClientConfig>,
     key: ForwardingKey,
     idle: Mutex<Vec<Idle>>,
+    /// One permit per connection open to the holder ([`UPSTREAM_CONNECTIONS`]),
+    /// held until the connection closes.
+    upstream: Arc<tokio::sync::Semaphore>,
     /// How long the holder may take to answer.
     answer_within: Duration,
 }
@@ -228,6 +234,7 @@ impl Forwarder {
             tls: Arc::new(cfg),
             key: ForwardingKey::from_tls_key(key, vault)?,
             idle: Mutex::new(Vec::new()),
+            upstream: Arc::new(tokio::sync::Semaphore::new(UPSTREAM_CONNECTIONS)),
             answer_within,
         })
     }
@@ -243,10 +250,14 @@ impl Forwarder {
 
     /// A kept connection to `addr` ready for a request, if there is one.
     /// Connections still relaying an answer are kept for later; closed
-    /// ones, and ones idle past [`IDLE_REUSE`], are dropped.
+    /// ones, and ready ones idle past [`IDLE_REUSE`] (closed on dropping,
+    /// which frees their permit), are dropped.
     fn pooled(&self, addr: &str) -> Option<SendRequest<Body>> {
         let mut idle = self.idle.lock().expect("idle lock");
-        idle.retain(|i| !i.sender.is_closed() && i.since.elapsed() < IDLE_REUSE * 30);
+        idle.retain(|i| {
+            let stale = i.sender.is_ready() && i.since.elapsed() >= IDLE_REUSE;
+            !(i.sender.is_closed() || stale)
+        });
         let at = idle.iter().position(|i| {
             i.addr == addr && i.sender.is_ready() && i.since.elapsed() < IDLE_REUSE
         })?;
@@ -267,6 +278,10 @@ impl Forwarder {
     /// A new connection to the holder at `addr`, over TLS pinned to the
     /// shared certificate.
     async fn connect(&self, addr: &str) -> Result<SendRequest<Body>, String> {
+        let permit = tokio::time::timeout(CONNECT_PATIENCE, self.upstream.clone().acquire_owned())
+            .await
+            .map_err(|_| "too many requests are in flight to it".to_owned())?
+            .map_err(|_| "the standby is stopping".to_owned())?;
         let at: Vec<std::net::SocketAddr> = tokio::net::lookup_host(addr)
             .await
             .map_err(|_| "its published address does not resolve".to_owned())?
@@ -302,7 +317,7 @@ impl Forwarder {
                 "its TLS handshake failed".to_owned()
             }
         })?;
-        handshake(TokioIo::new(tls)).await
+        handshake(TokioIo::new(tls), permit).await
     }
 
     /// Sends `req` (from `client`) to the holder and relays its answer.
@@ -377,7 +392,11 @@ impl Forwarder {
     }
 }
 
-async fn handshake<T>(io: TokioIo<T>) -> Result<SendRequest<Body>, String>
+/// An HTTP/1.1 connection over `io`, which holds `permit` until it closes.
+async fn handshake<T>(
+    io: TokioIo<T>,
+    permit: tokio::sync::OwnedSemaphorePermit,
+) -> Result<SendRequest<Body>, String>
 where
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -386,6 +405,7 @@ where
         .map_err(|_| "its HTTP connection failed".to_owned())?;
     tokio::spawn(async move {
         let _ = conn.await;
+        drop(permit);
     });
     sender
         .ready()
