@@ -978,15 +978,32 @@ fn writes_through_a_standby_while_the_holder_is_killed_lose_nothing_acknowledged
     let clerk = front.login("clerk", &mut b);
     let (base, agent) = (front.base.clone(), front.agent.clone());
     let stop = AtomicBool::new(false);
-    let ((acked, failed), b) = std::thread::scope(|s| {
+    let ((acked, failed), b, unanswered) = std::thread::scope(|s| {
         let w = s.spawn(|| write_until_with(&agent, &base, &stop, &clerk, 0));
+        // What a client of the standby sees: the longest time without a
+        // `200` to `/healthz` (reported, not asserted: it is the standby's
+        // open after the kill).
+        let probe = s.spawn(|| {
+            let (mut last_ok, mut longest) = (Instant::now(), Duration::ZERO);
+            while !stop.load(Ordering::SeqCst) {
+                if front
+                    .try_call("GET", "/healthz", None, None)
+                    .is_ok_and(|r| r.status == 200)
+                {
+                    longest = longest.max(last_ok.elapsed());
+                    last_ok = Instant::now();
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            longest
+        });
         std::thread::sleep(Duration::from_millis(1500));
         signal(a.pid(), "-KILL");
         b.wait_line("took the vault over", Duration::from_secs(60));
         let b = b.listening(Duration::from_secs(10));
         std::thread::sleep(Duration::from_millis(1500));
         stop.store(true, Ordering::SeqCst);
-        (w.join().expect("writers"), b)
+        (w.join().expect("writers"), b, probe.join().expect("probe"))
     });
     assert_eq!(
         b.base, base,
@@ -999,7 +1016,7 @@ fn writes_through_a_standby_while_the_holder_is_killed_lose_nothing_acknowledged
     );
     all_read_back(&b, &clerk, &acked);
     eprintln!(
-        "through the standby: {} writes acknowledged, {failed} refused or unanswered around the kill",
+        "through the standby: {} writes acknowledged, {failed} refused or unanswered around the kill; no 200 for {unanswered:?} at most",
         acked.len()
     );
     let auditor = b.token("auditor");
