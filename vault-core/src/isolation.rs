@@ -45,8 +45,9 @@ pub(crate) struct Isolation {
     records: Vec<Mutex<()>>,
     pending: Mutex<HashMap<RecordId, SubjectId>>,
     /// Records whose key and row are being written at once (records on a
-    /// cluster): not found by any reader until both are in.
-    creating: Mutex<HashSet<RecordId>>,
+    /// cluster): not found by any reader until both are in. Every read
+    /// of a record looks here, so readers share the lock.
+    creating: RwLock<HashSet<RecordId>>,
     fenced: AtomicBool,
 }
 
@@ -67,7 +68,7 @@ impl Creating<'_> {
 
 impl Drop for Creating<'_> {
     fn drop(&mut self) {
-        self.isolation.creating_set().remove(&self.id);
+        self.isolation.creating_set_mut().remove(&self.id);
     }
 }
 
@@ -86,7 +87,7 @@ impl Isolation {
             buckets: (0..n).map(|_| RwLock::new(())).collect(),
             records: (0..RECORD_STRIPES).map(|_| Mutex::new(())).collect(),
             pending: Mutex::new(HashMap::new()),
-            creating: Mutex::new(HashSet::new()),
+            creating: RwLock::new(HashSet::new()),
             fenced: AtomicBool::new(false),
         }
     }
@@ -134,13 +135,13 @@ impl Isolation {
         Ok(())
     }
 
-    fn creating_set(&self) -> MutexGuard<'_, HashSet<RecordId>> {
-        self.creating.lock().unwrap_or_else(|e| e.into_inner())
+    fn creating_set_mut(&self) -> RwLockWriteGuard<'_, HashSet<RecordId>> {
+        self.creating.write().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Marks record `id` as being created until the mark is dropped.
     pub(crate) fn creating(&self, id: RecordId) -> Creating<'_> {
-        self.creating_set().insert(id);
+        self.creating_set_mut().insert(id);
         Creating {
             isolation: self,
             id,
@@ -149,7 +150,10 @@ impl Isolation {
 
     /// Whether record `id`'s key and row are still being written.
     pub(crate) fn is_creating(&self, id: RecordId) -> bool {
-        self.creating_set().contains(&id)
+        self.creating
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(&id)
     }
 
     /// Whether any record of `subject` is named by an unfinished batch.

@@ -966,6 +966,17 @@ impl Vault {
         self.store.on_a_cluster()
     }
 
+    /// Where a standby finds the address the holder of the vault in `dir`
+    /// published; `None` when its records are embedded (only a process on
+    /// this machine can hold it, and nothing is forwarded).
+    pub fn holder_lookup(dir: &Path) -> Result<Option<crate::HolderLookup>> {
+        let Some(cfg) = crate::store::postgres::read_config(dir)? else {
+            return Ok(None);
+        };
+        let info = header::read_info(&Layout::of(dir).header)?;
+        crate::HolderLookup::new(cfg, info.vault_id).map(Some)
+    }
+
     /// Publishes the address other `pivault-server` processes reach this
     /// one at (`None`: withdrawn), so that standbys forward requests here;
     /// with the records embedded there are no standbys and nothing is

@@ -374,7 +374,7 @@ fn run(args: Args) -> anyhow::Result<()> {
     // them embedded the holder is on this machine); otherwise it binds
     // once it holds the vault.
     let mut lookup = match (&tls, args.standby) {
-        (Some(_), true) => vault_core::HolderLookup::for_vault(&dir)
+        (Some(_), true) => Vault::holder_lookup(&dir)
             .context("cannot reach the records cluster to find the holder")?,
         _ => None,
     };

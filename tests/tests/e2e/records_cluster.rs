@@ -69,7 +69,7 @@ fn put_people(fx: &Fixture, numbers: std::ops::Range<u32>) -> Vec<RecordId> {
 /// Every row of the vault's records schema as the superuser sees it on
 /// member `m`: the count of rows and of beacon rows.
 fn row_counts(m: &str, vault: &vault_core::vault::Vault) -> (u64, u64) {
-    let s = format!("pr_{}", hex::encode(vault.id().as_bytes()));
+    let s = records_schema(vault);
     let n = |t: &str| {
         psql_in(
             m,
@@ -112,7 +112,7 @@ fn allow(m: &str, db: &str, schema: &str, table: &str) {
 /// The blind-index tag of a record (the first bytes of its reverse row),
 /// read from the primary by the superuser.
 fn beacon_tag(m: &str, vault: &vault_core::vault::Vault, id: RecordId) -> Vec<u8> {
-    let s = format!("pr_{}", hex::encode(vault.id().as_bytes()));
+    let s = records_schema(vault);
     let hex = psql_in(
         m,
         "pivault_records",
@@ -311,6 +311,11 @@ fn keys_schema(vault: &vault_core::vault::Vault) -> String {
     format!("pv_{}", hex::encode(vault.id().as_bytes()))
 }
 
+/// The vault's schema in the records database.
+fn records_schema(vault: &vault_core::vault::Vault) -> String {
+    format!("pr_{}", hex::encode(vault.id().as_bytes()))
+}
+
 /// The records whose field `field` is `value` exactly.
 fn found(fx: &Fixture, field: &str, value: &str) -> vault_core::Result<Vec<RecordId>> {
     find(
@@ -469,7 +474,7 @@ fn a_put_whose_key_and_row_are_both_refused_leaves_nothing_and_the_vault_writabl
     let primary = primary_member(&c);
     let before = row_counts(&primary, &fx.vault);
     let keys = keys_schema(&fx.vault);
-    let records = format!("pr_{}", hex::encode(fx.vault.id().as_bytes()));
+    let records = records_schema(&fx.vault);
     refuse(&primary, "pivault_keys", &keys, "deks", "INSERT");
     refuse(
         &primary,
@@ -657,7 +662,7 @@ fn a_search_index_from_before_the_partitions_is_moved_into_them_at_open() {
     let fx = vault_on_clusters(&dir);
     let people = put_people(&fx, 0..6);
     let primary = primary_member(&c);
-    let s = format!("pr_{}", hex::encode(fx.vault.id().as_bytes()));
+    let s = records_schema(&fx.vault);
     let clock = fx.clock.clone();
     fx.vault.close().unwrap();
     // The old layout, rows and all, as the superuser would find it.
@@ -704,7 +709,7 @@ fn beacon_files(
     m: &str,
     vault: &vault_core::vault::Vault,
 ) -> std::collections::BTreeMap<String, String> {
-    let s = format!("pr_{}", hex::encode(vault.id().as_bytes()));
+    let s = records_schema(vault);
     psql_in(
         m,
         "pivault_records",

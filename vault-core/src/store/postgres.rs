@@ -88,6 +88,11 @@ pub fn read_config(dir: &std::path::Path) -> Result<Option<PgConfig>> {
     PgConfig::read_named(dir, RECORDS_FILE)
 }
 
+/// The schema of `vault`'s records in the records database.
+fn records_schema(vault: VaultId) -> String {
+    format!("pr_{}", hex::encode(vault.as_bytes()))
+}
+
 /// Where the process holding a vault listens, as it published it (read by
 /// a standby, which forwards requests there; `pivault-server --standby`).
 /// An address read here is only a hint: the row is writable by the
@@ -108,18 +113,14 @@ impl std::fmt::Debug for HolderLookup {
 }
 
 impl HolderLookup {
-    /// For the vault in `dir`; `None` when its records are embedded (only a
-    /// process on this machine can hold it, and nothing is forwarded).
-    pub fn for_vault(dir: &std::path::Path) -> Result<Option<HolderLookup>> {
-        let Some(cfg) = read_config(dir)? else {
-            return Ok(None);
-        };
-        let info = crate::header::read_info(&dir.join("header"))?;
-        Ok(Some(HolderLookup {
-            vault: info.vault_id,
-            schema: format!("pr_{}", hex::encode(info.vault_id.as_bytes())),
+    /// For `vault`, whose records are on the cluster `cfg` names
+    /// ([`crate::Vault::holder_lookup`] reads both from a vault directory).
+    pub(crate) fn new(cfg: PgConfig, vault: VaultId) -> Result<HolderLookup> {
+        Ok(HolderLookup {
+            vault,
+            schema: records_schema(vault),
             conns: off_runtime(|| Conns::new(cfg))?,
-        }))
+        })
     }
 
     /// The vault's ID.
@@ -267,7 +268,7 @@ impl PgRows {
         off_runtime(|| {
             let rows = PgRows {
                 holding: Arc::new(Holding {
-                    schema: format!("pr_{}", hex::encode(vault.as_bytes())),
+                    schema: records_schema(vault),
                     conns: Conns::new(cfg)?,
                     holder: Mutex::new(None),
                     holder_backend: Mutex::new((0, String::new())),
