@@ -418,7 +418,20 @@ fn take_over(
 /// The superuser ends the session holding `vault`'s lock, as the server
 /// does when the holder sent nothing for the lease (stopped, hung, cut off).
 fn lapse_lease(c: &crate::cluster::Cluster, vault: &vault_core::Vault) {
-    let s = format!("pr_{}", hex::encode(vault.id().as_bytes()));
+    lapse_lease_of(c, &hex::encode(vault.id().as_bytes()));
+}
+
+/// The vault ID (hex) of the vault directory `vault`, from its header.
+fn id_of(vault: &Path) -> String {
+    let id = vault_core::header::read_info(&vault.join("header"))
+        .expect("header")
+        .vault_id;
+    hex::encode(id.as_bytes())
+}
+
+/// [`lapse_lease`] of the vault whose ID (hex) is `id`.
+fn lapse_lease_of(c: &crate::cluster::Cluster, id: &str) {
+    let s = format!("pr_{id}");
     let ended = crate::cluster::psql_in(
         &crate::cluster::primary_member(c),
         "pivault_records",
@@ -449,7 +462,8 @@ fn dek_rows(c: &crate::cluster::Cluster, vault: &vault_core::Vault) -> u64 {
 /// then closed) must not carry on once the lock is free again: its bucket
 /// keys and epoch are stale, so a data key it wrapped would be unreadable
 /// (an acknowledged write lost). Its keystore writes are fenced by the
-/// lease's generation, and it does not take the lock again.
+/// lease's generation, and it does not take the lock again. Nor can it
+/// publish its address for the standbys to forward to.
 /// Two standbys racing for a killed server: exactly one takes the vault and
 /// listens; the other keeps standing by, and its tries every second neither
 /// refuse nor fence a single write of the first; when the first is killed
@@ -552,6 +566,31 @@ fn a_holder_whose_lease_lapsed_is_fenced_out_even_once_the_lock_is_free() {
 
     // The stale holder's lease lapses and a second process opens the vault.
     let second = take_over(&c, &stale, &other_dir);
+    // The second publishes its address; the stale one cannot send the
+    // standbys back to itself, while the second holds the vault or after.
+    let second_id = second.id();
+    let published = || {
+        crate::cluster::psql_in(
+            &crate::cluster::primary_member(&c),
+            "pivault_records",
+            &format!(
+                "SELECT coalesce(holder_address, 'none') FROM pr_{}.lease",
+                hex::encode(second_id.as_bytes())
+            ),
+        )
+        .expect("primary up")
+        .trim()
+        .to_owned()
+    };
+    second
+        .publish_holder_address(Some("127.0.0.1:4001"))
+        .expect("the holder publishes its address");
+    let stale_publish = stale.vault.publish_holder_address(Some("127.0.0.1:4666"));
+    assert!(
+        matches!(stale_publish, Err(Error::TakenOver)),
+        "{stale_publish:?}"
+    );
+    assert_eq!(published(), "127.0.0.1:4001");
     let officer = common::login(&second, "officer");
     second
         .dispose(
@@ -562,6 +601,12 @@ fn a_holder_whose_lease_lapsed_is_fenced_out_even_once_the_lock_is_free() {
     assert!(second.epoch() > stale.vault.epoch(), "the epoch moved on");
     drop(second);
     let deks = dek_rows(&c, &stale.vault);
+    let stale_publish = stale.vault.publish_holder_address(Some("127.0.0.1:4666"));
+    assert!(
+        matches!(stale_publish, Err(Error::TakenOver)),
+        "with the lock free: {stale_publish:?}"
+    );
+    assert_ne!(published(), "127.0.0.1:4666", "no stale address published");
 
     // The lock is free now. The stale process's put is refused at its
     // first keystore write, and writes no data key.
@@ -607,6 +652,104 @@ fn a_holder_whose_lease_lapsed_is_fenced_out_even_once_the_lock_is_free() {
     );
     let auditor = common::login(&v, "auditor");
     assert!(v.audit_verify(&auditor).unwrap().ok(), "the trail verifies");
+}
+
+/// A holder stopped past its lease, after an insider with the vault's
+/// database role set both lease rows back by one, so that the next opener
+/// would be handed the stopped holder's own generation. The server that
+/// takes the vault over disposes of a record (the bucket rotated, the
+/// epoch ratcheted) and stops cleanly, freeing the lock. The stopped
+/// holder, woken, finds the lock free but not its generation (a generation
+/// never repeats: `NEXT_GENERATION`), so it serves nothing more and exits
+/// 75, instead of taking the lock again and writing data keys under its
+/// stale bucket keys as if nobody had had the vault in between.
+#[test]
+fn a_stopped_holder_stays_fenced_out_when_an_insider_sets_the_lease_back() {
+    let _one = serial();
+    let c = cluster();
+    let ((machine_a, vault_a), (machine_b, vault_b), _) = three_machines();
+    let id = id_of(&vault_a);
+    let a = server::start_plain_on(machine_a, vault_a, &[]);
+    let clerk = login(&a.base, "clerk");
+    let put = |base: &str, n: u32| send(base, "POST", "/v1/records", &clerk, Some(&person(n)));
+    let ids: Vec<String> = (0..3)
+        .map(|n| {
+            let (status, v) = put(&a.base, n).expect("put through A");
+            assert_eq!(status, 201, "{v}");
+            v["record_id"].as_str().expect("id").to_owned()
+        })
+        .collect();
+    let mut b = server::spawn_with(machine_b, vault_b, PASSPHRASE, &["--standby"], false);
+    b.wait_line("standing by", Duration::from_secs(60));
+
+    // The insider sets both generations back by one; A is stopped and its
+    // lease lapses; B takes the vault over.
+    let primary = crate::cluster::primary_member(&c);
+    for (db, schema) in [("pivault_records", "pr"), ("pivault_keys", "pv")] {
+        crate::cluster::psql_in(
+            &primary,
+            db,
+            &format!("UPDATE {schema}_{id}.lease SET generation = generation - 1"),
+        )
+        .expect("the insider rewrites the lease row");
+    }
+    signal(a.pid(), "-STOP");
+    lapse_lease_of(&c, &id);
+    let b = b.listening(Duration::from_secs(60));
+    let officer = b.token("officer");
+    let d = b.call(
+        "POST",
+        "/v1/disposals",
+        Some(&officer),
+        Some(&json!({ "scope": "record", "record": ids[0], "data_owner": "Quimby Hardware" })),
+    );
+    assert_eq!(d.status, 200, "B disposes: {d:?}");
+    let (stopped, machine_b_vault, machine_b) = b.stop();
+    assert!(stopped.success(), "B stops cleanly, freeing the lock");
+
+    // A wakes up with the lock free: a write sent to it is not served.
+    signal(a.pid(), "-CONT");
+    let late = put(&a.base, 10);
+    if let Ok((status, body)) = &late {
+        assert!(
+            *status == 503 && body["code"] == "taken_over",
+            "the woken holder refuses the write as taken over: {status} {body}"
+        );
+    }
+    let (status, lines) = a.wait_exit(Duration::from_secs(30));
+    assert_eq!(
+        status.and_then(|s| s.code()),
+        Some(75),
+        "the woken holder exits 75: {:?}",
+        lines
+            .iter()
+            .filter(|l| !l.contains(" 20"))
+            .collect::<Vec<_>>()
+    );
+
+    // The vault, opened again, has the two records not disposed of, no
+    // record of the woken holder, and its trail verifies.
+    let v = server::start_plain_on(machine_b, machine_b_vault, &[]);
+    let officer = v.token("officer");
+    assert_eq!(
+        live_records(&v, &officer),
+        2,
+        "nothing of A's after the wake"
+    );
+    for id in &ids[1..] {
+        let r = v.call("GET", &format!("/v1/records/{id}"), Some(&clerk), None);
+        assert_eq!(r.status, 200, "{r:?}");
+    }
+    let auditor = v.token("auditor");
+    let verify = v.call("GET", "/v1/audit/verify", Some(&auditor), None);
+    assert_eq!(
+        verify.json()["ok"],
+        true,
+        "the trail verifies: {}",
+        verify.text
+    );
+    let (status, _, _keep) = v.stop();
+    assert!(status.success());
 }
 
 /// The trail's sequence on the cluster is shared by every process that
@@ -814,10 +957,7 @@ fn holder_and_standby() -> (Server, PathBuf, server::Starting, Front) {
 /// Sets the holder address published in `vault`'s lease row, as an insider
 /// with the records database could.
 fn plant_holder_address(c: &crate::cluster::Cluster, vault: &Path, address: &str) {
-    let id = vault_core::header::read_info(&vault.join("header"))
-        .expect("header")
-        .vault_id;
-    let s = format!("pr_{}", hex::encode(id.as_bytes()));
+    let s = format!("pr_{}", id_of(vault));
     crate::cluster::psql_in(
         &crate::cluster::primary_member(c),
         "pivault_records",

@@ -315,6 +315,15 @@ pub(crate) fn pg(e: postgres::Error) -> Error {
 }
 
 /// How many range partitions a vault's data-key table has.
+/// A lease's next generation: past the last one and past the database's
+/// clock in microseconds, so it never repeats one a process may still hold
+/// (issue 16). A counter alone would: an insider with the vault's role who
+/// deletes the row, or sets it back, would hand the next opener a stale
+/// holder's generation, and that holder, woken, would carry on with its
+/// stale keys and epoch as if nobody had had the vault in between.
+pub(crate) const NEXT_GENERATION: &str =
+    "greatest(generation + 1, (extract(epoch FROM clock_timestamp()) * 1000000)::bigint)";
+
 const PARTITIONS: u32 = 16;
 
 /// How long the purge waits for an old snapshot to end before reporting it.
@@ -510,7 +519,9 @@ impl PgKeys {
         .map_err(pg)?;
         let g: i64 = tx
             .query_one(
-                &format!("UPDATE {s}.lease SET generation = generation + 1 RETURNING generation"),
+                &format!(
+                    "UPDATE {s}.lease SET generation = {NEXT_GENERATION} RETURNING generation"
+                ),
                 &[],
             )
             .map_err(pg)?

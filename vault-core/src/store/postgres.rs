@@ -58,7 +58,7 @@ use super::{ALL_CFS, BeaconPurge, CF_BEACONS, WriteOp};
 use crate::error::{Error, Result};
 use crate::ids::VaultId;
 use crate::keystore::postgres::{
-    CheckNames, Conns, PgConfig, PurgeControl, off_runtime, pg, scan_pages,
+    CheckNames, Conns, NEXT_GENERATION, PgConfig, PurgeControl, off_runtime, pg, scan_pages,
 };
 
 /// Rows per page of a scan.
@@ -404,7 +404,7 @@ impl Holding {
             // A new holder listens only once it has opened the vault: until
             // it publishes its address, standbys have nowhere to forward.
             let sql = if mine.is_none() {
-                format!("UPDATE {s}.lease SET generation = generation + 1, holder_address = NULL RETURNING generation")
+                format!("UPDATE {s}.lease SET generation = {NEXT_GENERATION}, holder_address = NULL RETURNING generation")
             } else {
                 format!("SELECT generation FROM {s}.lease")
             };
