@@ -518,15 +518,11 @@ fn run(args: Args) -> anyhow::Result<()> {
         .advertise
         .clone()
         .or_else(|| (!local.ip().is_unspecified()).then(|| local.to_string()));
-    if let Some(addr) = &advertise {
-        // A failure (the cluster failing over) leaves the standbys
-        // answering 503 until this server is restarted; it still serves.
-        if let Err(e) = app.vault().publish_holder_address(Some(addr)) {
-            eprintln!(
-                "pivault-server: cannot publish this server's address for the standbys ({}): {e}",
-                e.code()
-            );
-        }
+    if let Some(addr) = advertise
+        .clone()
+        .filter(|_| app.vault().records_on_cluster())
+    {
+        rt.spawn(keep_published(app.clone(), addr));
     } else if app.vault().records_on_cluster() {
         eprintln!(
             "pivault-server: listening on {local}, which standbys cannot reach: give --advertise HOST:PORT so that they forward here"
@@ -571,6 +567,46 @@ fn run(args: Args) -> anyhow::Result<()> {
 /// the refusal counts of each minute audited once it has ended (a few
 /// seconds late at most, so a flood shows in the trail while it lasts),
 /// and the disk-space guard.
+/// How often the holder checks its address in the lease row.
+const REPUBLISH_EVERY: Duration = Duration::from_secs(2);
+
+/// Keeps this server's address in the lease row for the standbys to
+/// forward to, until the server drains: written at once, then checked
+/// every [`REPUBLISH_EVERY`] and written again when it is missing or
+/// another (a failover lost the write, or an insider cleared or changed
+/// it; the standbys' certificate pin keeps them from a planted address
+/// meanwhile). A failure is reported once, and its end.
+async fn keep_published(app: Arc<App>, addr: String) {
+    let mut tick = tokio::time::interval(REPUBLISH_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut failing = false;
+    loop {
+        tick.tick().await;
+        if app.is_draining() {
+            return;
+        }
+        let (a, at) = (app.clone(), addr.clone());
+        let published =
+            tokio::task::spawn_blocking(move || a.vault().publish_holder_address(Some(&at))).await;
+        match published {
+            Ok(Ok(())) if failing => {
+                eprintln!(
+                    "pivault-server: this server's address is published for the standbys again"
+                );
+                failing = false;
+            }
+            Ok(Err(e)) if !failing => {
+                eprintln!(
+                    "pivault-server: cannot publish this server's address for the standbys ({}): {e}",
+                    e.code()
+                );
+                failing = true;
+            }
+            _ => {}
+        }
+    }
+}
+
 async fn repeat_blocking(app: Arc<App>, period: Duration, job: fn(&App)) {
     let mut tick = tokio::time::interval(period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

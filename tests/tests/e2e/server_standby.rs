@@ -966,12 +966,38 @@ fn plant_holder_address(c: &crate::cluster::Cluster, vault: &Path, address: &str
     .expect("the superuser rewrites the lease row");
 }
 
+/// The holder address published in `vault`'s lease row (`none` if none).
+fn published_address(c: &crate::cluster::Cluster, vault: &Path) -> String {
+    let s = format!("pr_{}", id_of(vault));
+    crate::cluster::psql_in(
+        &crate::cluster::primary_member(c),
+        "pivault_records",
+        &format!("SELECT coalesce(holder_address, 'none') FROM {s}.lease"),
+    )
+    .expect("primary up")
+    .trim()
+    .to_owned()
+}
+
+/// Clears the holder address published in `vault`'s lease row, as an
+/// insider with the records database could.
+fn clear_holder_address(c: &crate::cluster::Cluster, vault: &Path) {
+    let s = format!("pr_{}", id_of(vault));
+    crate::cluster::psql_in(
+        &crate::cluster::primary_member(c),
+        "pivault_records",
+        &format!("UPDATE {s}.lease SET holder_address = NULL"),
+    )
+    .expect("the superuser clears the lease row's address");
+}
+
 /// Every server of a vault answers every request: a standby forwards it
 /// to the holder and relays the answer, so a client (or a load balancer)
 /// may use either, with one session. The address the holder publishes is
 /// only a hint: planted by an insider to point at another server, the
 /// standby sends nothing there (that server's certificate is not the
-/// vault's servers' one). A client's own forwarding headers are not
+/// vault's servers' one), and the holder soon puts its own back, as it
+/// does when the address is cleared. A client's own forwarding headers are not
 /// believed by the holder. Once the holder stops, the standby serves the
 /// vault itself, on the same address.
 #[test]
@@ -1046,16 +1072,27 @@ fn a_standby_forwards_every_request_to_the_holder_and_only_to_a_server_with_the_
     // so the clerk's token never reaches it (that server would answer 401).
     let rogue = server::start(&[]);
     let rogue_addr = rogue.base.replace("https://localhost", "127.0.0.1");
-    let holder_addr = a.base.replace("https://localhost", "127.0.0.1");
-    plant_holder_address(&c, &vault_a, &rogue_addr);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let refused = loop {
-        let r = front.call("GET", &format!("/v1/records/{id1}"), Some(&clerk), None);
-        if r.status != 200 || Instant::now() > deadline {
-            break r;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    };
+    // The holder puts its own address back within 2 s: the insider keeps
+    // planting the rogue's until the standby has refused.
+    let planting = AtomicBool::new(true);
+    let refused = std::thread::scope(|s| {
+        s.spawn(|| {
+            while planting.load(Ordering::SeqCst) {
+                plant_holder_address(&c, &vault_a, &rogue_addr);
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let refused = loop {
+            let r = front.call("GET", &format!("/v1/records/{id1}"), Some(&clerk), None);
+            if r.status != 200 || Instant::now() > deadline {
+                break r;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        planting.store(false, Ordering::SeqCst);
+        refused
+    });
     assert_eq!(
         (refused.status, refused.json["code"].as_str()),
         (503, Some("no_holder")),
@@ -1068,16 +1105,39 @@ fn a_standby_forwards_every_request_to_the_holder_and_only_to_a_server_with_the_
         "and it says why: {refused:?}"
     );
     drop(rogue);
-    plant_holder_address(&c, &vault_a, &holder_addr);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let r = front.call("GET", &format!("/v1/records/{id1}"), Some(&clerk), None);
-        if r.status == 200 {
-            break;
+    // The insider stops: the holder's address is back, put there by the
+    // holder itself, and the standby forwards again. So it is after an
+    // insider cleared it (or a failover lost it).
+    let back = |what: &str| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let r = front.call("GET", &format!("/v1/records/{id1}"), Some(&clerk), None);
+            if r.status == 200 {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "forwarding again after {what}: {r:?}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
         }
-        assert!(Instant::now() < deadline, "forwarding again: {r:?}");
-        std::thread::sleep(Duration::from_millis(200));
+    };
+    back("the rogue address");
+    clear_holder_address(&c, &vault_a);
+    let cleared_at = Instant::now();
+    let holder_addr = a.base.replace("https://localhost", "127.0.0.1");
+    while published_address(&c, &vault_a) != holder_addr {
+        assert!(
+            cleared_at.elapsed() < Duration::from_secs(10),
+            "the holder publishes its address again"
+        );
+        std::thread::sleep(Duration::from_millis(100));
     }
+    eprintln!(
+        "the holder's address back {:?} after the insider cleared it",
+        cleared_at.elapsed()
+    );
+    back("the address cleared");
 
     // 4. The holder stops: the standby takes the vault over and serves it
     // itself on the same address, to the same session.

@@ -843,19 +843,25 @@ impl RowEngine for PgRows {
 
     /// Written only while this process holds the lock and the generation
     /// is its own (in the same statement), so a holder that lost the vault
-    /// cannot send the standbys back to itself.
+    /// cannot send the standbys back to itself. The row is written only
+    /// when it says otherwise: the server calls this every 2 s, to put
+    /// back an address a failover lost or an insider cleared or changed.
     fn publish_holder(&self, address: Option<&str>) -> Result<()> {
         let s = &self.schema;
+        let held = held_by("$3", "$4");
         let sql = format!(
-            "UPDATE {s}.lease SET holder_address = $1 WHERE generation = $2 AND {}",
-            held_by("$3", "$4")
+            "WITH up AS (UPDATE {s}.lease SET holder_address = $1
+                          WHERE generation = $2 AND {held} AND holder_address IS DISTINCT FROM $1)
+             SELECT count(*) FROM {s}.lease WHERE generation = $2 AND {held}"
         );
         let generation = *self.generation.lock().expect("generation lock");
         off_runtime(|| {
             let (pid, start) = self.holder();
-            let n = self.conns.with_primary(|c| {
-                c.execute(sql.as_str(), &[&address, &generation, &pid, &start])
-                    .map_err(pg)
+            let n: i64 = self.conns.with_primary(|c| {
+                let st = c.prepared(&sql)?;
+                Ok(c.query_one(&st, &[&address, &generation, &pid, &start])
+                    .map_err(pg)?
+                    .get(0))
             })?;
             if n == 1 {
                 Ok(())
