@@ -1053,3 +1053,67 @@ fn doctor_fails_a_member_whose_settings_would_keep_destroyed_keys() {
     );
     fx.vault.close().unwrap();
 }
+
+/// With the keystore on the cluster and the records embedded, two copies
+/// of one vault directory opened at once share the keystore, and only the
+/// lease's generation fences the first opener's key writes once the second
+/// has opened. An insider with the vault's role sets the keystore's lease
+/// back by one before the second opens, so that a counter would hand it
+/// the first opener's generation: the first opener's put is refused all
+/// the same, and writes no data key (`NEXT_GENERATION`).
+#[test]
+fn a_keystore_lease_set_back_by_an_insider_still_fences_the_first_opener() {
+    let _one = serial();
+    let c = cluster();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("vault");
+    let fx = common::fast_vault_with(&dir, Some(c.config()), None);
+    let clock = fx.clock.clone();
+    fx.vault.close().unwrap();
+    let copy = tmp.path().join("copy");
+    let ok = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(&dir)
+        .arg(&copy)
+        .status()
+        .expect("cp");
+    assert!(ok.success(), "copy the vault directory");
+
+    let first = common::open_vault(&dir, &clock);
+    let clerk = common::login(&first, "clerk");
+    first
+        .put_record(&clerk, common::CUSTOMERS, SubjectId::new(), &body(1))
+        .expect("the first opener writes");
+    let keys = format!("pv_{}", hex::encode(first.id().as_bytes()));
+    let primary = primary_member(&c);
+    let deks = || -> u64 {
+        psql_in(
+            &primary,
+            "pivault_keys",
+            &format!("SELECT count(*) FROM {keys}.deks"),
+        )
+        .expect("primary up")
+        .trim()
+        .parse()
+        .unwrap()
+    };
+    psql_in(
+        &primary,
+        "pivault_keys",
+        &format!("UPDATE {keys}.lease SET generation = generation - 1"),
+    )
+    .expect("the insider sets the lease back");
+
+    let second = common::open_vault(&copy, &clock);
+    let before = deks();
+    let put = first.put_record(&clerk, common::CUSTOMERS, SubjectId::new(), &body(2));
+    assert!(
+        matches!(put, Err(Error::TakenOver)),
+        "the first opener's put after the second opened: {put:?}"
+    );
+    assert_eq!(deks(), before, "no data key written by the first opener");
+    let clerk2 = common::login(&second, "clerk");
+    second
+        .put_record(&clerk2, common::CUSTOMERS, SubjectId::new(), &body(3))
+        .expect("the second opener writes");
+}

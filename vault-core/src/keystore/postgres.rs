@@ -314,16 +314,18 @@ pub(crate) fn pg(e: postgres::Error) -> Error {
     }
 }
 
-/// How many range partitions a vault's data-key table has.
 /// A lease's next generation: past the last one and past the database's
-/// clock in microseconds, so it never repeats one a process may still hold
-/// (issue 16). A counter alone would: an insider with the vault's role who
-/// deletes the row, or sets it back, would hand the next opener a stale
-/// holder's generation, and that holder, woken, would carry on with its
-/// stale keys and epoch as if nobody had had the vault in between.
+/// clock in microseconds (issue 16), so that neither a deleted row nor one
+/// set back hands the next opener a generation a stopped holder still
+/// keeps; with a counter, that holder, woken once the opener closed, would
+/// take the lock again and carry on with stale keys and epoch. An insider
+/// who writes a chosen value into the row (the vault's role may) can still
+/// fence holders out or make one current again: only lease rows the role
+/// cannot write, like the trail's, would close that.
 pub(crate) const NEXT_GENERATION: &str =
     "greatest(generation + 1, (extract(epoch FROM clock_timestamp()) * 1000000)::bigint)";
 
+/// How many range partitions a vault's data-key table has.
 const PARTITIONS: u32 = 16;
 
 /// How long the purge waits for an old snapshot to end before reporting it.
