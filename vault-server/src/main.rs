@@ -563,10 +563,6 @@ fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Runs `job` on a blocking thread every `period` until the server drains:
-/// the refusal counts of each minute audited once it has ended (a few
-/// seconds late at most, so a flood shows in the trail while it lasts),
-/// and the disk-space guard.
 /// How often the holder checks its address in the lease row.
 const REPUBLISH_EVERY: Duration = Duration::from_secs(2);
 
@@ -607,6 +603,10 @@ async fn keep_published(app: Arc<App>, addr: String) {
     }
 }
 
+/// Runs `job` on a blocking thread every `period` until the server drains:
+/// the refusal counts of each minute audited once it has ended (a few
+/// seconds late at most, so a flood shows in the trail while it lasts),
+/// and the disk-space guard.
 async fn repeat_blocking(app: Arc<App>, period: Duration, job: fn(&App)) {
     let mut tick = tokio::time::interval(period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -205,6 +205,16 @@ fn all_read_back(srv: &Server, token: &str, acked: &[(String, u32)]) {
     }
 }
 
+/// The trail verifies through `srv` (`what` says what that shows), and
+/// `srv` then stops cleanly.
+fn trail_verifies_then_stop(srv: Server, what: &str) {
+    let auditor = srv.token("auditor");
+    let v = srv.call("GET", "/v1/audit/verify", Some(&auditor), None);
+    assert_eq!(v.json()["ok"], true, "{what}: {}", v.text);
+    let (status, _, _keep) = srv.stop();
+    assert!(status.success(), "{what}: then a clean stop");
+}
+
 /// How many live records the officer lists through `srv`.
 fn live_records(srv: &Server, officer: &str) -> usize {
     let list = srv.call(
@@ -533,16 +543,7 @@ fn two_standbys_racing_for_a_killed_server_one_takes_over_and_the_other_waits_it
     signal(winner.pid(), "-KILL");
     let last = loser.listening(Duration::from_secs(60));
     all_read_back(&last, &clerk, &acked);
-    let auditor = last.token("auditor");
-    let v = last.call("GET", "/v1/audit/verify", Some(&auditor), None);
-    assert_eq!(
-        v.json()["ok"],
-        true,
-        "one unbroken trail across three servers: {}",
-        v.text
-    );
-    let (status, _, _keep) = last.stop();
-    assert!(status.success());
+    trail_verifies_then_stop(last, "one unbroken trail across three servers");
 }
 
 #[test]
@@ -740,16 +741,7 @@ fn a_stopped_holder_stays_fenced_out_when_an_insider_sets_the_lease_back() {
         let r = v.call("GET", &format!("/v1/records/{id}"), Some(&clerk), None);
         assert_eq!(r.status, 200, "{r:?}");
     }
-    let auditor = v.token("auditor");
-    let verify = v.call("GET", "/v1/audit/verify", Some(&auditor), None);
-    assert_eq!(
-        verify.json()["ok"],
-        true,
-        "the trail verifies: {}",
-        verify.text
-    );
-    let (status, _, _keep) = v.stop();
-    assert!(status.success());
+    trail_verifies_then_stop(v, "the trail verifies");
 }
 
 /// The trail's sequence on the cluster is shared by every process that
@@ -1219,9 +1211,5 @@ fn writes_through_a_standby_while_the_holder_is_killed_lose_nothing_acknowledged
         "through the standby: {} writes acknowledged, {failed} refused or unanswered around the kill; no 200 for {unanswered:?} at most",
         acked.len()
     );
-    let auditor = b.token("auditor");
-    let v = b.call("GET", "/v1/audit/verify", Some(&auditor), None);
-    assert_eq!(v.json()["ok"], true, "one unbroken trail: {}", v.text);
-    let (status, _, _keep) = b.stop();
-    assert!(status.success());
+    trail_verifies_then_stop(b, "one unbroken trail");
 }
