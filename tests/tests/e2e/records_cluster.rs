@@ -423,6 +423,29 @@ fn a_record_whose_key_is_not_yet_written_is_found_by_no_reader_until_its_put_ret
     assert_eq!(r.fields["family_name"], family(1));
 }
 
+/// A vault on the clusters ([`vault_on_clusters`]) with two people's
+/// records, the primary member, and the vault's row counts there.
+fn two_people_on_clusters(
+    dir: &Path,
+    c: &crate::cluster::Cluster,
+) -> (Fixture, String, (u64, u64)) {
+    let fx = vault_on_clusters(dir);
+    put_people(&fx, 0..2);
+    let primary = primary_member(c);
+    let before = row_counts(&primary, &fx.vault);
+    (fx, primary, before)
+}
+
+/// Person `n`'s record put (`why` the put must succeed) and found by its
+/// SSN, alone.
+fn put_and_find(fx: &Fixture, n: u32, why: &str) {
+    let id = fx
+        .vault
+        .put_record(&fx.clerk, COUNTER, SubjectId::new(), &person(n))
+        .expect(why);
+    assert_eq!(found(fx, "ssn", &ssn(n)).unwrap(), vec![id]);
+}
+
 /// The record's key refused by the keystore cluster (a trigger of the
 /// superuser's) while its row went in: the put fails, the row, its index
 /// rows and its journal entry go again, nothing is found, and the vault
@@ -432,10 +455,7 @@ fn a_put_whose_key_is_refused_leaves_no_row_behind() {
     let _one = serial();
     let c = cluster();
     let tmp = tempfile::tempdir().unwrap();
-    let fx = vault_on_clusters(&tmp.path().join("vault"));
-    put_people(&fx, 0..2);
-    let primary = primary_member(&c);
-    let before = row_counts(&primary, &fx.vault);
+    let (fx, primary, before) = two_people_on_clusters(&tmp.path().join("vault"), &c);
     let schema = keys_schema(&fx.vault);
     refuse(&primary, "pivault_keys", &schema, "deks", "INSERT");
     let refused = fx
@@ -450,12 +470,7 @@ fn a_put_whose_key_is_refused_leaves_no_row_behind() {
     let hits = found(&fx, "ssn", &ssn(5)).unwrap();
     assert_eq!(hits, Vec::<RecordId>::new());
     allow(&primary, "pivault_keys", &schema, "deks");
-    let id = fx
-        .vault
-        .put_record(&fx.clerk, COUNTER, SubjectId::new(), &person(5))
-        .expect("the vault takes puts again");
-    let hits = found(&fx, "ssn", &ssn(5)).unwrap();
-    assert_eq!(hits, vec![id]);
+    put_and_find(&fx, 5, "the vault takes puts again");
 }
 
 /// A put whose key and row are both refused (most likely an outage of both
@@ -469,10 +484,7 @@ fn a_put_whose_key_and_row_are_both_refused_leaves_nothing_and_the_vault_writabl
     let _one = serial();
     let c = cluster();
     let tmp = tempfile::tempdir().unwrap();
-    let fx = vault_on_clusters(&tmp.path().join("vault"));
-    put_people(&fx, 0..2);
-    let primary = primary_member(&c);
-    let before = row_counts(&primary, &fx.vault);
+    let (fx, primary, before) = two_people_on_clusters(&tmp.path().join("vault"), &c);
     let keys = keys_schema(&fx.vault);
     let records = records_schema(&fx.vault);
     refuse(&primary, "pivault_keys", &keys, "deks", "INSERT");
@@ -495,11 +507,7 @@ fn a_put_whose_key_and_row_are_both_refused_leaves_nothing_and_the_vault_writabl
         "nothing of the refused put is in the records database"
     );
     assert_eq!(found(&fx, "ssn", &ssn(5)).unwrap(), Vec::<RecordId>::new());
-    let id = fx
-        .vault
-        .put_record(&fx.clerk, COUNTER, SubjectId::new(), &person(6))
-        .expect("not fenced: the vault takes puts again at once");
-    assert_eq!(found(&fx, "ssn", &ssn(6)).unwrap(), vec![id]);
+    put_and_find(&fx, 6, "not fenced: the vault takes puts again at once");
 }
 
 #[test]

@@ -569,20 +569,8 @@ fn a_holder_whose_lease_lapsed_is_fenced_out_even_once_the_lock_is_free() {
     let second = take_over(&c, &stale, &other_dir);
     // The second publishes its address; the stale one cannot send the
     // standbys back to itself, while the second holds the vault or after.
-    let second_id = second.id();
-    let published = || {
-        crate::cluster::psql_in(
-            &crate::cluster::primary_member(&c),
-            "pivault_records",
-            &format!(
-                "SELECT coalesce(holder_address, 'none') FROM pr_{}.lease",
-                hex::encode(second_id.as_bytes())
-            ),
-        )
-        .expect("primary up")
-        .trim()
-        .to_owned()
-    };
+    let id = hex::encode(second.id().as_bytes());
+    let published = || published_address(&c, &id);
     second
         .publish_holder_address(Some("127.0.0.1:4001"))
         .expect("the holder publishes its address");
@@ -958,9 +946,10 @@ fn plant_holder_address(c: &crate::cluster::Cluster, vault: &Path, address: &str
     .expect("the superuser rewrites the lease row");
 }
 
-/// The holder address published in `vault`'s lease row (`none` if none).
-fn published_address(c: &crate::cluster::Cluster, vault: &Path) -> String {
-    let s = format!("pr_{}", id_of(vault));
+/// The holder address published in the lease row of the vault whose ID
+/// (hex) is `id` (`none` if none).
+fn published_address(c: &crate::cluster::Cluster, id: &str) -> String {
+    let s = format!("pr_{id}");
     crate::cluster::psql_in(
         &crate::cluster::primary_member(c),
         "pivault_records",
@@ -1118,7 +1107,8 @@ fn a_standby_forwards_every_request_to_the_holder_and_only_to_a_server_with_the_
     clear_holder_address(&c, &vault_a);
     let cleared_at = Instant::now();
     let holder_addr = a.base.replace("https://localhost", "127.0.0.1");
-    while published_address(&c, &vault_a) != holder_addr {
+    let id = id_of(&vault_a);
+    while published_address(&c, &id) != holder_addr {
         assert!(
             cleared_at.elapsed() < Duration::from_secs(10),
             "the holder publishes its address again"
