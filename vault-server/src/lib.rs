@@ -141,20 +141,61 @@ impl Default for Limits {
     }
 }
 
-/// Shared state of the server.
+/// What the vaults of one process share: the worker threads (each vault
+/// on a lane of its own, served in turn), and the bounds on long work,
+/// password checks (Argon2id's memory) and buffered request bodies, so that
+/// a process serving a thousand vaults (`pivault-server --hosting`) holds
+/// the threads and memory of one, not a thousand.
+pub struct Capacity {
+    workers: Arc<pool::WorkerPool>,
+    long: Semaphore,
+    logins: Semaphore,
+    body_budget: Arc<Semaphore>,
+}
+
+impl std::fmt::Debug for Capacity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Capacity")
+            .field("workers", &self.workers)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Capacity {
+    /// Starts the worker threads; sizes from `limits`.
+    pub fn new(limits: &Limits) -> std::io::Result<Arc<Capacity>> {
+        Ok(Arc::new(Capacity {
+            workers: Arc::new(pool::WorkerPool::new(
+                limits.vault_threads,
+                "pivault-vault",
+            )?),
+            long: Semaphore::new(limits.long_concurrency.max(1)),
+            logins: Semaphore::new(limits.login_concurrency.max(1)),
+            body_budget: Arc::new(Semaphore::new(
+                limits
+                    .body_budget
+                    .max(limits.import_bytes)
+                    .max(limits.body_bytes)
+                    .min(Semaphore::MAX_PERMITS),
+            )),
+        }))
+    }
+}
+
+/// Shared state of one vault's server.
 pub struct App {
     vault: Arc<Vault>,
     limits: Limits,
+    /// This vault's requests admitted at once (each vault its own bound).
     work: Semaphore,
-    workers: pool::WorkerPool,
-    long: Semaphore,
+    /// This vault's lane of the process's worker threads.
+    workers: pool::Lane,
+    capacity: Arc<Capacity>,
     groups: coalesce::OpenGroups,
-    logins: Semaphore,
     login_buckets: RateLimiter,
     request_buckets: RateLimiter,
     bad_token_buckets: RateLimiter,
     refusal_buckets: Option<Arc<RateLimiter>>,
-    body_budget: Arc<Semaphore>,
     refusals: Arc<Refusals>,
     draining: AtomicBool,
     disk_low: AtomicBool,
@@ -179,14 +220,20 @@ impl std::fmt::Debug for App {
 }
 
 impl App {
-    /// Wraps an open vault.
+    /// Wraps an open vault, with worker threads of its own.
     pub fn new(vault: Arc<Vault>, limits: Limits) -> std::io::Result<Arc<App>> {
-        Ok(Arc::new(App {
+        let capacity = Capacity::new(&limits)?;
+        Ok(App::sharing(vault, limits, capacity))
+    }
+
+    /// Wraps an open vault served beside others in this process, on
+    /// `capacity` shared with them.
+    pub fn sharing(vault: Arc<Vault>, limits: Limits, capacity: Arc<Capacity>) -> Arc<App> {
+        Arc::new(App {
             work: Semaphore::new(limits.vault_queue.max(1)),
-            workers: pool::WorkerPool::new(limits.vault_threads, "pivault-vault")?,
-            long: Semaphore::new(limits.long_concurrency.max(1)),
+            workers: capacity.workers.lane(),
+            capacity,
             groups: coalesce::OpenGroups::default(),
-            logins: Semaphore::new(limits.login_concurrency.max(1)),
             login_buckets: RateLimiter::new(
                 f64::from(limits.logins_per_minute.max(1)) / 60.0,
                 f64::from(limits.logins_per_minute.clamp(1, 10)),
@@ -199,13 +246,6 @@ impl App {
                 f64::from(limits.bad_tokens_per_minute.max(1)) / 60.0,
                 f64::from((limits.bad_tokens_per_minute / 2).max(1)),
             ),
-            body_budget: Arc::new(Semaphore::new(
-                limits
-                    .body_budget
-                    .max(limits.import_bytes)
-                    .max(limits.body_bytes)
-                    .min(Semaphore::MAX_PERMITS),
-            )),
             refusal_buckets: (limits.refusals_per_minute > 0).then(|| {
                 Arc::new(RateLimiter::new(
                     f64::from(limits.refusals_per_minute) / 60.0,
@@ -221,7 +261,7 @@ impl App {
             forwarding: std::sync::OnceLock::new(),
             vault,
             limits,
-        }))
+        })
     }
 
     /// What a new connection must pass at accept (caps, and the shutting
@@ -420,6 +460,7 @@ impl App {
         F: FnOnce(&Vault, &Session) -> vault_core::Result<T> + Send + 'static,
     {
         let _permit = self
+            .capacity
             .long
             .acquire()
             .await
@@ -461,6 +502,7 @@ impl App {
         code: Option<SecretString>,
     ) -> Result<(Session, SecretString, i64), ApiError> {
         let _permit = self
+            .capacity
             .logins
             .acquire()
             .await
@@ -953,7 +995,7 @@ async fn frame(
                     return (r, unread);
                 }
                 let (parts, body) = req.into_parts();
-                match read_body(&app.body_budget, body, limit, declared, drain).await {
+                match read_body(&app.capacity.body_budget, body, limit, declared, drain).await {
                     Ok((bytes, permit)) => {
                         let r = next
                             .run(Request::from_parts(parts, axum::body::Body::from(bytes)))

@@ -19,6 +19,8 @@ use vault_core::secret::SecretString;
 use vault_core::vault::OpenOptions;
 use vault_server::{App, Limits};
 
+mod hosting;
+
 /// pivault-server — the pivault HTTP API over TLS.
 #[derive(Parser, Debug)]
 #[command(name = "pivault-server", version)]
@@ -28,9 +30,22 @@ struct Args {
         long,
         env = "PIVAULT_DIR",
         value_name = "DIR",
-        required_unless_present = "print_openapi"
+        required_unless_present_any = ["print_openapi", "hosting"],
+        conflicts_with = "hosting"
     )]
     vault: Option<PathBuf>,
+    /// Serve many vaults from this one process (a service provider's
+    /// server): FILE lists each vault's directory, passphrase file and
+    /// address (see README, "Many vaults in one process"). The vaults share
+    /// the worker threads and the bounds on password checks, long work and
+    /// buffered bodies; the other limits apply to each vault. No local
+    /// socket, no standby, no syslog stream in this mode.
+    #[arg(
+        long,
+        value_name = "FILE",
+        conflicts_with_all = ["standby", "syslog", "passphrase_file", "advertise"]
+    )]
+    hosting: Option<PathBuf>,
     /// Address to listen on. Anything but loopback requires --tls-cert and --tls-key.
     #[arg(long, default_value = "127.0.0.1:8443")]
     bind: SocketAddr,
@@ -347,7 +362,6 @@ fn tls_config(cert: &Path, key: &Path) -> anyhow::Result<rustls::ServerConfig> {
 }
 
 fn run(args: Args) -> anyhow::Result<()> {
-    let dir = args.vault.clone().expect("required by clap");
     vault_core::keystore::postgres::set_cluster_connections(args.cluster_connections);
     let tls = match (&args.tls_cert, &args.tls_key) {
         (Some(c), Some(k)) => {
@@ -358,6 +372,10 @@ fn run(args: Args) -> anyhow::Result<()> {
         }
         _ => None,
     };
+    if let Some(file) = &args.hosting {
+        return hosting::run(&args, file, tls);
+    }
+    let dir = args.vault.clone().expect("required by clap");
     if tls.is_none() && !args.bind.ip().is_loopback() {
         bail!(
             "refusing to listen on {} without TLS: give --tls-cert and --tls-key (or bind 127.0.0.1)",
@@ -444,26 +462,7 @@ fn run(args: Args) -> anyhow::Result<()> {
     let local = listener.local_addr()?;
     drop(pass);
     let vault = Arc::new(vault);
-    let defaults = Limits::default();
-    let limits = Limits {
-        body_bytes: args.max_body,
-        vault_threads: args.vault_threads.unwrap_or(defaults.vault_threads).max(1),
-        request_timeout: Duration::from_secs(args.timeout_secs.max(1)),
-        login_concurrency: args.login_concurrency,
-        logins_per_minute: args.logins_per_minute,
-        requests_per_second: args.requests_per_second,
-        token_ttl: Duration::from_secs(args.token_ttl_secs.max(1)),
-        disposal_window: Duration::from_millis(args.disposal_window_ms),
-        access_log: !args.no_access_log,
-        body_budget: args.body_budget_mib.saturating_mul(1 << 20),
-        max_connections: args.max_connections.max(1),
-        header_timeout: Duration::from_secs(args.header_timeout_secs.max(1)),
-        min_free_bytes: args.min_free_mib.saturating_mul(1 << 20),
-        bad_tokens_per_minute: args.bad_tokens_per_minute,
-        refusals_per_minute: args.refusals_per_minute,
-        max_connections_per_source: args.max_connections_per_source.max(1),
-        ..defaults
-    };
+    let limits = limits_from(&args);
     let app = App::new(vault, limits).context("cannot start the vault worker threads")?;
     if let Some((_, key)) = tls_files {
         app.trust_standbys(vault_server::forward::ForwardingKey::from_tls_key(
@@ -485,27 +484,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         .context("cannot start the audit stream")?;
     }
 
-    if args.maintenance_hours > 0 {
-        let every = Duration::from_secs(args.maintenance_hours * 3600);
-        rt.spawn(maintenance_timer(app.clone(), every));
-    }
-    if args.checkpoint_secs > 0 {
-        let every = Duration::from_secs(args.checkpoint_secs);
-        rt.spawn(checkpoint_timer(app.clone(), every));
-    }
-    rt.spawn(repeat_blocking(app.clone(), Duration::from_secs(5), |a| {
-        a.flush_refusals(false)
-    }));
-    app.check_disk();
-    rt.spawn(repeat_blocking(app.clone(), Duration::from_secs(2), |a| {
-        a.check_disk();
-    }));
-    if args.housekeeping_secs > 0 {
-        let every = Duration::from_secs(args.housekeeping_secs);
-        rt.spawn(backup_expiry_timer(app.clone(), every));
-        rt.spawn(session_sweep_timer(app.clone(), every));
-        rt.spawn(retention_schedule_timer(app.clone(), every));
-    }
+    start_timers(&rt, &app, &args);
     let socket = (!args.no_socket).then(|| SocketSpec {
         path: args.socket.clone(),
         mode: args.socket_mode,
@@ -528,17 +507,28 @@ fn run(args: Args) -> anyhow::Result<()> {
             "pivault-server: listening on {local}, which standbys cannot reach: give --advertise HOST:PORT so that they forward here"
         );
     }
-    rt.block_on(serve(app.clone(), listener, tls, socket))?;
+    let stop = stop_on_signal(&rt);
+    rt.block_on(serve(app.clone(), listener, tls, socket, stop, false))?;
     // Every request has finished; blocking work (a disposal step) too once
     // the runtime is gone. Then the refusals still counted are audited and
     // the vault is closed cleanly.
     drop(rt);
+    finish(app, advertise.is_some())?;
+    eprintln!("pivault-server: stopped");
+    Ok(())
+}
+
+/// After its server stopped (and the runtime with its blocking work is
+/// gone): audits the refusals still counted, withdraws the published
+/// address, gives the audit stream a few seconds, and closes the vault
+/// cleanly. `Err(TakenOver)` when another process holds the vault now.
+fn finish(app: Arc<App>, advertised: bool) -> anyhow::Result<()> {
     let taken_over = app.vault().lease_lost();
     if !taken_over {
         // Taken over, nothing more is written: the trail and the refusal
         // counts belong to the process that holds the vault now.
         app.flush_refusals(true);
-        if advertise.is_some() {
+        if advertised {
             // Standbys stop forwarding to a server that no longer listens.
             let _ = app.vault().publish_holder_address(None);
         }
@@ -559,8 +549,57 @@ fn run(args: Args) -> anyhow::Result<()> {
         Some(v) => v.close()?,
         None => eprintln!("pivault-server: vault still referenced at exit; closed by drop"),
     }
-    eprintln!("pivault-server: stopped");
     Ok(())
+}
+
+/// The limits the flags set (each vault's own in `--hosting`).
+fn limits_from(args: &Args) -> Limits {
+    let defaults = Limits::default();
+    Limits {
+        body_bytes: args.max_body,
+        vault_threads: args.vault_threads.unwrap_or(defaults.vault_threads).max(1),
+        request_timeout: Duration::from_secs(args.timeout_secs.max(1)),
+        login_concurrency: args.login_concurrency,
+        logins_per_minute: args.logins_per_minute,
+        requests_per_second: args.requests_per_second,
+        token_ttl: Duration::from_secs(args.token_ttl_secs.max(1)),
+        disposal_window: Duration::from_millis(args.disposal_window_ms),
+        access_log: !args.no_access_log,
+        body_budget: args.body_budget_mib.saturating_mul(1 << 20),
+        max_connections: args.max_connections.max(1),
+        header_timeout: Duration::from_secs(args.header_timeout_secs.max(1)),
+        min_free_bytes: args.min_free_mib.saturating_mul(1 << 20),
+        bad_tokens_per_minute: args.bad_tokens_per_minute,
+        refusals_per_minute: args.refusals_per_minute,
+        max_connections_per_source: args.max_connections_per_source.max(1),
+        ..defaults
+    }
+}
+
+/// Starts the vault's timers on `rt`: maintenance, checkpoints, the
+/// refusal counts, the disk guard and housekeeping, each as its flag says.
+fn start_timers(rt: &tokio::runtime::Runtime, app: &Arc<App>, args: &Args) {
+    if args.maintenance_hours > 0 {
+        let every = Duration::from_secs(args.maintenance_hours * 3600);
+        rt.spawn(maintenance_timer(app.clone(), every));
+    }
+    if args.checkpoint_secs > 0 {
+        let every = Duration::from_secs(args.checkpoint_secs);
+        rt.spawn(checkpoint_timer(app.clone(), every));
+    }
+    rt.spawn(repeat_blocking(app.clone(), Duration::from_secs(5), |a| {
+        a.flush_refusals(false)
+    }));
+    app.check_disk();
+    rt.spawn(repeat_blocking(app.clone(), Duration::from_secs(2), |a| {
+        a.check_disk();
+    }));
+    if args.housekeeping_secs > 0 {
+        let every = Duration::from_secs(args.housekeeping_secs);
+        rt.spawn(backup_expiry_timer(app.clone(), every));
+        rt.spawn(session_sweep_timer(app.clone(), every));
+        rt.spawn(retention_schedule_timer(app.clone(), every));
+    }
 }
 
 /// How often the holder checks its address in the lease row.
@@ -916,11 +955,26 @@ impl Standby {
     }
 }
 
+/// A watch that turns true at SIGTERM or Ctrl-C: every vault's server stops.
+fn stop_on_signal(rt: &tokio::runtime::Runtime) -> tokio::sync::watch::Receiver<bool> {
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    rt.spawn(async move {
+        shutdown_signal().await;
+        eprintln!("pivault-server: shutting down; finishing requests in flight");
+        let _ = tx.send(true);
+    });
+    rx
+}
+
+/// Serves `app` on `listener` (and the socket) until `stop` turns true or
+/// another process takes the vault over.
 async fn serve(
     app: Arc<App>,
     listener: std::net::TcpListener,
     tls: Option<rustls::ServerConfig>,
     socket: Option<SocketSpec>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+    hosted: bool,
 ) -> anyhow::Result<()> {
     use vault_server::Peer;
     let handle = axum_server::Handle::new();
@@ -929,14 +983,14 @@ async fn serve(
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         let grace = tokio::select! {
-            () = shutdown_signal() => {
-                eprintln!("pivault-server: shutting down; finishing requests in flight");
-                Duration::from_secs(60)
-            }
+            _ = stop.wait_for(|s| *s) => Duration::from_secs(60),
             () = taken_over(&app2) => {
                 // Every request from now on is refused by the vault itself
                 // (`taken_over`); those in flight end with the same answer.
-                eprintln!("pivault-server: another process took the vault over; stopping (exit code 75)");
+                eprintln!(
+                    "pivault-server: another process took the vault {} over; stopping its server (exit code 75)",
+                    app2.vault().id()
+                );
                 Duration::from_secs(5)
             }
         };
@@ -972,11 +1026,17 @@ async fn serve(
         }
         None => None,
     };
+    // The line tests and scripts wait for (the port may be 0 = chosen by the
+    // OS); with many vaults, the vault's ID first.
+    let vault = if hosted {
+        format!("vault {} ", app.vault().id())
+    } else {
+        String::new()
+    };
     let svc = vault_server::app(app).into_make_service_with_connect_info::<Peer>();
     let local = listener.local_addr()?;
     let scheme = if tls.is_some() { "https" } else { "http" };
-    // The line tests and scripts wait for (the port may be 0 = chosen by the OS).
-    eprintln!("pivault-server: listening on {scheme}://{local}");
+    eprintln!("pivault-server: {vault}listening on {scheme}://{local}");
     // At most `max_connections` open at once, and `max_connections_per_source`
     // per source, closed at accept past them, before TLS; so are sources
     // shut out for refusals. The handshake and every request's headers within

@@ -10,19 +10,53 @@
 //! takes the next without sleeping, and a submitter wakes a worker only when
 //! one is idle. Long jobs (Argon2, disposal batches, imports, audit scans)
 //! stay on `spawn_blocking` so that they cannot hold these threads.
+//!
+//! A process serving many vaults (`pivault-server --hosting`) shares one
+//! pool between them, each vault on a [`Lane`] of its own: the workers take
+//! the lanes' jobs in turn, so a vault with a thousand requests queued
+//! delays another vault's next request by at most one job per lane ahead
+//! of it, not by the whole queue.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 
 type Job = Box<dyn FnOnce() + Send>;
 
+/// The jobs waiting, one FIFO per lane, and the lanes with jobs in the
+/// order they are served.
 #[derive(Default)]
 struct Queue {
-    jobs: VecDeque<Job>,
+    lanes: HashMap<u64, VecDeque<Job>>,
+    turn: VecDeque<u64>,
+    next_lane: u64,
     idle: usize,
     closed: bool,
+}
+
+impl Queue {
+    fn push(&mut self, lane: u64, job: Job) {
+        let jobs = self.lanes.entry(lane).or_default();
+        if jobs.is_empty() {
+            self.turn.push_back(lane);
+        }
+        jobs.push_back(job);
+    }
+
+    /// The next lane's oldest job; the lane goes to the back of the turn
+    /// while it has more.
+    fn pop(&mut self) -> Option<Job> {
+        let lane = self.turn.pop_front()?;
+        let jobs = self.lanes.get_mut(&lane)?;
+        let job = jobs.pop_front();
+        if jobs.is_empty() {
+            self.lanes.remove(&lane);
+        } else {
+            self.turn.push_back(lane);
+        }
+        job
+    }
 }
 
 struct Shared {
@@ -36,9 +70,24 @@ impl Shared {
         // recover the guard anyway rather than take the server down.
         self.queue.lock().unwrap_or_else(|p| p.into_inner())
     }
+
+    fn submit(&self, lane: u64, job: Job) -> Result<(), Lost> {
+        let mut q = self.lock();
+        if q.closed {
+            return Err(Lost);
+        }
+        q.push(lane, job);
+        let wake = q.idle > 0;
+        drop(q);
+        if wake {
+            self.ready.notify_one();
+        }
+        Ok(())
+    }
 }
 
-/// A fixed pool of worker threads fed by one FIFO queue.
+/// A fixed pool of worker threads fed by FIFO lanes taken in turn
+/// ([`WorkerPool::run`] uses lane 0).
 pub struct WorkerPool {
     shared: Arc<Shared>,
     threads: Mutex<Vec<JoinHandle<()>>>,
@@ -85,27 +134,59 @@ impl WorkerPool {
         T: Send + 'static,
         F: FnOnce() -> T + Send + 'static,
     {
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        self.submit(Box::new(move || {
+        run_on(&self.shared, 0, f).await
+    }
+
+    /// A new lane of this pool, for one vault's jobs; the pool lives as
+    /// long as its last lane.
+    pub fn lane(self: &Arc<Self>) -> Lane {
+        let id = {
+            let mut q = self.shared.lock();
+            q.next_lane += 1;
+            q.next_lane
+        };
+        Lane {
+            pool: self.clone(),
+            id,
+        }
+    }
+}
+
+/// One vault's queue in a shared [`WorkerPool`].
+#[derive(Debug)]
+pub struct Lane {
+    pool: Arc<WorkerPool>,
+    id: u64,
+}
+
+impl Lane {
+    /// Runs `f` on a worker, in this lane's turn, and waits
+    /// (asynchronously) for its result.
+    pub async fn run<T, F>(&self, f: F) -> Result<T, Lost>
+    where
+        T: Send + 'static,
+        F: FnOnce() -> T + Send + 'static,
+    {
+        run_on(&self.pool.shared, self.id, f).await
+    }
+}
+
+async fn run_on<T, F>(shared: &Shared, lane: u64, f: F) -> Result<T, Lost>
+where
+    T: Send + 'static,
+    F: FnOnce() -> T + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    shared.submit(
+        lane,
+        Box::new(move || {
             let _ = tx.send(f());
-        }))?;
-        rx.await.map_err(|_| Lost)
-    }
+        }),
+    )?;
+    rx.await.map_err(|_| Lost)
+}
 
-    fn submit(&self, job: Job) -> Result<(), Lost> {
-        let mut q = self.shared.lock();
-        if q.closed {
-            return Err(Lost);
-        }
-        q.jobs.push_back(job);
-        let wake = q.idle > 0;
-        drop(q);
-        if wake {
-            self.shared.ready.notify_one();
-        }
-        Ok(())
-    }
-
+impl WorkerPool {
     /// Runs every queued job, then stops and joins the workers.
     pub fn shutdown(&self) {
         self.shared.lock().closed = true;
@@ -128,7 +209,7 @@ fn work(shared: &Shared) {
         let job = {
             let mut q = shared.lock();
             loop {
-                if let Some(j) = q.jobs.pop_front() {
+                if let Some(j) = q.pop() {
                     break j;
                 }
                 if q.closed {
@@ -172,6 +253,47 @@ mod tests {
             sum += t.await.unwrap().unwrap();
         }
         assert_eq!(sum, (0..200u64).map(|i| i * 2).sum::<u64>());
+    }
+
+    /// A vault with many jobs queued delays another vault's job by one
+    /// turn, not by its whole queue.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn lanes_are_served_in_turn() {
+        let pool = Arc::new(WorkerPool::new(1, "test-pool").unwrap());
+        let (busy, flooding) = (pool.lane(), Arc::new(pool.lane()));
+        let quiet = pool.lane();
+        // The one worker is held until every job below is queued.
+        let (release, held) = std::sync::mpsc::channel::<()>();
+        let hold = tokio::spawn(async move { busy.run(move || held.recv().ok()).await });
+        while pool.shared.lock().idle > 0 || !pool.shared.lock().turn.is_empty() {
+            tokio::task::yield_now().await;
+        }
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let mut flood = Vec::new();
+        for i in 0..100u32 {
+            let (l, o) = (flooding.clone(), order.clone());
+            flood.push(tokio::spawn(async move {
+                l.run(move || o.lock().unwrap().push(i)).await
+            }));
+        }
+        while pool.shared.lock().lanes.values().map(VecDeque::len).sum::<usize>() < 100 {
+            tokio::task::yield_now().await;
+        }
+        let o = order.clone();
+        let quiet_job = tokio::spawn(async move { quiet.run(move || o.lock().unwrap().push(1000)).await });
+        while pool.shared.lock().lanes.values().map(VecDeque::len).sum::<usize>() < 101 {
+            tokio::task::yield_now().await;
+        }
+        release.send(()).unwrap();
+        hold.await.unwrap().unwrap();
+        quiet_job.await.unwrap().unwrap();
+        for f in flood {
+            f.await.unwrap().unwrap();
+        }
+        let order = order.lock().unwrap().clone();
+        assert_eq!(order.len(), 101);
+        let at = order.iter().position(|&j| j == 1000).unwrap();
+        assert!(at <= 1, "the quiet vault's job ran after {at} of the flood's: {order:?}");
     }
 
     #[tokio::test]

@@ -23,6 +23,7 @@ mod exports;
 mod fault_injection;
 mod forensic;
 mod header_cluster;
+mod hosting;
 mod housekeeping;
 mod incident;
 mod insiders;

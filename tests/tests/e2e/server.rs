@@ -26,7 +26,8 @@ use crate::common::{self, CUSTOMERS, PASSPHRASE, USERS};
 
 /// A running `pivault-server` child and a client that trusts its certificate.
 pub(crate) struct Server {
-    child: Child,
+    /// The process; `None` in a [`Server::view`] of another of its vaults.
+    child: Option<Child>,
     pub(crate) base: String,
     agent: ureq::Agent,
     dir: Option<TempDir>,
@@ -218,6 +219,29 @@ impl Starting {
         (addr.replace("127.0.0.1", "localhost"), agent_trusting(&pem))
     }
 
+    /// Waits until a `--hosting` server listens for `vaults` vaults, within
+    /// `timeout`: the server (at the first vault's address), each vault's
+    /// ID with its base URL in the order they listened, and the lines
+    /// printed until then.
+    pub(crate) fn hosting(
+        mut self,
+        vaults: usize,
+        timeout: Duration,
+    ) -> (Server, Vec<(String, String)>, Vec<String>) {
+        let mut bases = Vec::new();
+        while bases.len() < vaults {
+            let line = self.wait_line(" listening on https://", timeout);
+            let (id, addr) = line
+                .split("vault ")
+                .nth(1)
+                .and_then(|r| r.split_once(" listening on https://"))
+                .unwrap_or_else(|| panic!("a hosted vault's line: {line}"));
+            bases.push((id.to_owned(), format!("https://localhost{}", &addr.trim()["127.0.0.1".len()..])));
+        }
+        let seen = self.seen.clone();
+        (self.listening(timeout), bases, seen)
+    }
+
     /// Waits until the server listens, within `timeout`.
     pub(crate) fn listening(mut self, timeout: Duration) -> Server {
         let needle = "listening on http";
@@ -243,7 +267,7 @@ impl Starting {
                 .build()
                 .into();
             return Server {
-                child,
+                child: Some(child),
                 base,
                 agent,
                 dir,
@@ -263,7 +287,7 @@ impl Starting {
         assert_eq!(key_mode & 0o077, 0, "the TLS key is private to its owner");
         let agent = agent_trusting(&pem);
         Server {
-            child,
+            child: Some(child),
             base: base.replace("127.0.0.1", "localhost"),
             agent,
             dir,
@@ -304,7 +328,7 @@ pub(crate) fn spawn_with(
     let own_socket = !extra
         .iter()
         .any(|a| *a == "--socket" || *a == "--no-socket");
-    let mut child = Command::new(server_bin())
+    let child = Command::new(server_bin())
         .arg("--vault")
         .arg(&vault_dir)
         .args(["--bind", "127.0.0.1:0"])
@@ -331,6 +355,43 @@ pub(crate) fn spawn_with(
         .stderr(Stdio::piped())
         .spawn()
         .expect("start pivault-server");
+    reading_stderr(child, dir, vault_dir, cert, key, tls)
+}
+
+/// Starts `pivault-server --hosting FILE` (TLS, a self-signed certificate
+/// in `dir`) without waiting for it to listen; `vault_dir` is the hosting
+/// file's directory.
+pub(crate) fn spawn_hosting(dir: TempDir, hosting: &Path, extra: &[&str]) -> Starting {
+    let cert = dir.path().join("server.crt");
+    let key = dir.path().join("server.key");
+    let child = Command::new(server_bin())
+        .arg("--hosting")
+        .arg(hosting)
+        .arg("--self-signed")
+        .arg("--tls-cert")
+        .arg(&cert)
+        .arg("--tls-key")
+        .arg(&key)
+        .args(extra)
+        .env_remove("PIVAULT_PASSPHRASE_FILE")
+        .env_remove("PIVAULT_DIR")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start pivault-server --hosting");
+    let vault_dir = hosting.parent().expect("the hosting file's dir").to_owned();
+    reading_stderr(child, dir, vault_dir, cert, key, true)
+}
+
+fn reading_stderr(
+    mut child: Child,
+    dir: TempDir,
+    vault_dir: PathBuf,
+    cert: PathBuf,
+    key: PathBuf,
+    tls: bool,
+) -> Starting {
     let (tx, rx) = std::sync::mpsc::channel();
     let err = child.stderr.take().expect("stderr");
     std::thread::spawn(move || {
@@ -371,7 +432,28 @@ pub(crate) fn agent_trusting(pem: &[u8]) -> ureq::Agent {
 impl Server {
     /// The server's process ID.
     pub(crate) fn pid(&self) -> u32 {
-        self.child.id()
+        self.child
+            .as_ref()
+            .expect("a view of a vault has no process of its own")
+            .id()
+    }
+
+    fn process(&mut self) -> &mut Child {
+        self.child.as_mut().expect("a view of a vault has no process of its own")
+    }
+
+    /// The same process's vault served at `base` (`--hosting`), with the
+    /// same client; stopping or killing stays with `self`.
+    pub(crate) fn view(&self, base: &str) -> Server {
+        Server {
+            child: None,
+            base: base.replace("127.0.0.1", "localhost"),
+            agent: self.agent.clone(),
+            dir: None,
+            vault_dir: self.vault_dir.clone(),
+            cert: self.cert.clone(),
+            stderr: std::sync::Mutex::new(std::sync::mpsc::channel().1),
+        }
     }
 
     /// `host:port` of the server's TCP listener.
@@ -621,7 +703,7 @@ impl Server {
     ) -> (Option<std::process::ExitStatus>, Vec<String>) {
         let deadline = Instant::now() + timeout;
         let status = loop {
-            if let Some(s) = self.child.try_wait().expect("wait") {
+            if let Some(s) = self.process().try_wait().expect("wait") {
                 break Some(s);
             }
             if Instant::now() >= deadline {
@@ -638,22 +720,22 @@ impl Server {
     /// SIGKILL, as a power cut or the OOM killer would: no graceful stop.
     /// The vault directory and its temp dir are kept for a restart.
     pub(crate) fn kill(mut self) -> (PathBuf, TempDir) {
-        self.child.kill().expect("kill");
-        self.child.wait().expect("wait");
+        self.process().kill().expect("kill");
+        self.process().wait().expect("wait");
         let dir = self.dir.take().expect("temp dir");
         (self.vault_dir.clone(), dir)
     }
 
     /// SIGTERM, then wait: a graceful stop exits 0.
     pub(crate) fn stop(mut self) -> (std::process::ExitStatus, PathBuf, TempDir) {
-        let pid = self.child.id().to_string();
+        let pid = self.process().id().to_string();
         Command::new("kill")
             .args(["-TERM", &pid])
             .status()
             .expect("kill");
         let deadline = Instant::now() + Duration::from_secs(60);
         let status = loop {
-            if let Some(s) = self.child.try_wait().expect("wait") {
+            if let Some(s) = self.process().try_wait().expect("wait") {
                 break s;
             }
             assert!(
@@ -674,8 +756,10 @@ impl Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        if let Some(c) = &mut self.child {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
     }
 }
 
