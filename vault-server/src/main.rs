@@ -1027,9 +1027,9 @@ async fn serve(
         None => None,
     };
     // The line tests and scripts wait for (the port may be 0 = chosen by the
-    // OS); with many vaults, the vault's ID first.
+    // OS); with many vaults, the vault's ID and directory first.
     let vault = if hosted {
-        format!("vault {} ", app.vault().id())
+        format!("vault {} ({}) ", app.vault().id(), app.vault().dir().display())
     } else {
         String::new()
     };

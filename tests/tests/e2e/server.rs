@@ -235,6 +235,7 @@ impl Starting {
                 .split("vault ")
                 .nth(1)
                 .and_then(|r| r.split_once(" listening on https://"))
+                .and_then(|(named, addr)| Some((named.split_once(" (")?.0, addr)))
                 .unwrap_or_else(|| panic!("a hosted vault's line: {line}"));
             bases.push((id.to_owned(), format!("https://localhost{}", &addr.trim()["127.0.0.1".len()..])));
         }
