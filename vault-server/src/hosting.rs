@@ -13,12 +13,20 @@
 //! A vault that cannot be served (a wrong passphrase, a busy vault, an
 //! address taken) is reported by its directory and skipped, so one
 //! business's problem never keeps the others offline; the process fails
-//! only when no vault can be served.
+//! only when no vault can be served at start.
+//!
+//! SIGHUP reads the file again: a vault added is opened and served, one
+//! removed stops (its requests in flight finish) and is closed cleanly, one
+//! whose line changed is stopped and served anew; the others go on
+//! untouched, their clients' tokens and connections with them. A file that
+//! no longer reads is reported and changes nothing.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use serde::Deserialize;
@@ -38,7 +46,7 @@ struct Plan {
 
 /// One vault of the hosting file. Relative paths are taken from the
 /// hosting file's directory.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Hosted {
     /// The vault directory.
@@ -50,6 +58,9 @@ struct Hosted {
     /// The address its standbys elsewhere forward to (records on a cluster).
     #[serde(default)]
     advertise: Option<String>,
+    /// The directory's canonical path: which vault this is, across reloads.
+    #[serde(skip)]
+    key: PathBuf,
 }
 
 impl Plan {
@@ -74,12 +85,9 @@ impl Plan {
         for v in &mut plan.vaults {
             v.dir = base.join(&v.dir);
             v.passphrase_file = base.join(&v.passphrase_file);
-            let canonical = v.dir.canonicalize().unwrap_or_else(|_| v.dir.clone());
-            if !dirs.insert(canonical) {
-                bail!(
-                    "the hosting file names the vault {} twice",
-                    v.dir.display()
-                );
+            v.key = v.dir.canonicalize().unwrap_or_else(|_| v.dir.clone());
+            if !dirs.insert(v.key.clone()) {
+                bail!("the hosting file names the vault {} twice", v.dir.display());
             }
             if v.bind.port() != 0 && !binds.insert(v.bind) {
                 bail!("the hosting file gives the address {} twice", v.bind);
@@ -98,13 +106,20 @@ impl Plan {
 
 /// A vault opened and its listener bound, ready to serve.
 struct Ready {
+    entry: Hosted,
     vault: Vault,
     listener: std::net::TcpListener,
-    advertise: Option<String>,
+}
+
+/// How every hosted vault is opened (from the flags).
+#[derive(Clone, Copy)]
+struct OpenWith {
+    sync: bool,
+    service_calls_per_minute: u32,
 }
 
 /// Binds the vault's address, then opens it with its own passphrase.
-fn open_one(v: &Hosted, args: &Args) -> anyhow::Result<Ready> {
+fn open_one(v: &Hosted, how: OpenWith) -> anyhow::Result<Ready> {
     let listener = std::net::TcpListener::bind(v.bind)
         .with_context(|| format!("cannot listen on {}", v.bind))?;
     listener.set_nonblocking(true)?;
@@ -124,41 +139,37 @@ fn open_one(v: &Hosted, args: &Args) -> anyhow::Result<Ready> {
         &v.dir,
         &pass,
         OpenOptions {
-            sync: args.sync,
-            service_calls_per_minute: args.service_calls_per_minute.max(1),
+            sync: how.sync,
+            service_calls_per_minute: how.service_calls_per_minute.max(1),
             ..OpenOptions::default()
         },
     )
     .map_err(|e| anyhow::anyhow!("{} ({})", e, e.code()))?;
-    let local = listener.local_addr()?;
-    let advertise = v
-        .advertise
-        .clone()
-        .or_else(|| (!local.ip().is_unspecified()).then(|| local.to_string()));
     Ok(Ready {
+        entry: v.clone(),
         vault,
         listener,
-        advertise,
     })
 }
 
-/// Opens every vault of the plan, a few at a time (each open derives its
-/// key with Argon2id): the ones that opened, in the plan's order.
-fn open_all(plan: Plan, args: &Args) -> Vec<Ready> {
+/// Opens `vaults` a few at a time (each open derives its key with
+/// Argon2id): the ones that opened, in the given order; the others are
+/// reported by their directory.
+fn open_all(vaults: &[Hosted], how: OpenWith) -> Vec<Ready> {
     let threads = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(2)
-        .min(plan.vaults.len());
+        .min(vaults.len());
     let next = AtomicUsize::new(0);
     let slots: Vec<std::sync::Mutex<Option<Ready>>> =
-        plan.vaults.iter().map(|_| std::sync::Mutex::new(None)).collect();
+        vaults.iter().map(|_| std::sync::Mutex::new(None)).collect();
     std::thread::scope(|s| {
         for _ in 0..threads {
             s.spawn(|| {
                 loop {
                     let i = next.fetch_add(1, Ordering::SeqCst);
-                    let Some(v) = plan.vaults.get(i) else { return };
-                    match open_one(v, args) {
+                    let Some(v) = vaults.get(i) else { return };
+                    match open_one(v, how) {
                         Ok(r) => *slots[i].lock().unwrap_or_else(|p| p.into_inner()) = Some(r),
                         Err(e) => eprintln!(
                             "pivault-server: not serving the vault {}: {e:#}",
@@ -175,87 +186,259 @@ fn open_all(plan: Plan, args: &Args) -> Vec<Ready> {
         .collect()
 }
 
-/// Serves every vault of `file` until SIGTERM; each closed cleanly after.
+/// A vault being served.
+struct Running {
+    entry: Hosted,
+    app: Arc<App>,
+    /// Stops this vault's server alone.
+    stop: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    /// Tells [`Host::supervise`] which server ended by itself.
+    serial: u64,
+    advertised: bool,
+}
+
+/// The hosting process: what every vault's server is started with.
+struct Host<'a> {
+    args: &'a Args,
+    file: &'a Path,
+    tls: Option<rustls::ServerConfig>,
+    limits: vault_server::Limits,
+    capacity: Arc<Capacity>,
+    /// A server that ended by itself (taken over, failed) sends its serial.
+    ended: tokio::sync::mpsc::UnboundedSender<(PathBuf, u64)>,
+    serials: u64,
+}
+
+impl Host<'_> {
+    /// Opens and serves `vaults` (none of them served yet).
+    async fn start(&mut self, vaults: Vec<Hosted>, running: &mut HashMap<PathBuf, Running>) {
+        if vaults.is_empty() {
+            return;
+        }
+        let how = OpenWith {
+            sync: self.args.sync,
+            service_calls_per_minute: self.args.service_calls_per_minute,
+        };
+        let ready = tokio::task::spawn_blocking(move || open_all(&vaults, how))
+            .await
+            .unwrap_or_default();
+        let key_file = self.args.tls_key.as_deref().filter(|_| self.tls.is_some());
+        let rt = tokio::runtime::Handle::current();
+        for r in ready {
+            let app = App::sharing(
+                Arc::new(r.vault),
+                self.limits.clone(),
+                self.capacity.clone(),
+            );
+            if let Some(key) = key_file {
+                match vault_server::forward::ForwardingKey::from_tls_key(key, app.vault().id()) {
+                    Ok(k) => app.trust_standbys(k),
+                    Err(e) => eprintln!(
+                        "{} standbys' forwarded client addresses not trusted: {e:#}",
+                        app.log()
+                    ),
+                }
+            }
+            crate::start_timers(&rt, &app, self.args);
+            let local = r.listener.local_addr().ok();
+            let advertise = r.entry.advertise.clone().or_else(|| {
+                local
+                    .filter(|l| !l.ip().is_unspecified())
+                    .map(|l| l.to_string())
+            });
+            let advertised = match advertise {
+                Some(addr) if app.vault().records_on_cluster() => {
+                    rt.spawn(crate::keep_published(app.clone(), addr));
+                    true
+                }
+                _ => false,
+            };
+            self.serials += 1;
+            let (serial, key, ended) = (self.serials, r.entry.key.clone(), self.ended.clone());
+            let (stop, stopped) = tokio::sync::watch::channel(false);
+            let served = crate::serve(
+                app.clone(),
+                r.listener,
+                self.tls.clone(),
+                None,
+                stopped,
+                true,
+            );
+            let task = tokio::spawn(async move {
+                let r = served.await;
+                let _ = ended.send((key, serial));
+                r
+            });
+            running.insert(
+                r.entry.key.clone(),
+                Running {
+                    entry: r.entry,
+                    app,
+                    stop,
+                    task,
+                    serial,
+                    advertised,
+                },
+            );
+        }
+    }
+
+    /// Stops a vault's server (its requests in flight finish), waits until
+    /// nothing else holds the vault, and closes it cleanly.
+    async fn retire(&self, r: Running) -> anyhow::Result<()> {
+        let _ = r.stop.send(true);
+        let served = r.task.await;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while (Arc::strong_count(&r.app) > 1 || Arc::strong_count(r.app.vault()) > 1)
+            && Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let (app, advertised) = (r.app, r.advertised);
+        match served {
+            Ok(Ok(())) => tokio::task::spawn_blocking(move || crate::finish(app, advertised))
+                .await
+                .unwrap_or_else(|e| Err(anyhow::anyhow!("closing it failed: {e}"))),
+            Ok(Err(e)) => Err(e),
+            Err(e) => Err(anyhow::anyhow!("its server failed: {e}")),
+        }
+    }
+
+    /// Retires a vault and reports how it went; `Err` when it did not close
+    /// cleanly.
+    async fn retire_reported(&self, r: Running, why: &str) -> Result<(), ()> {
+        let log = r.app.log().to_owned();
+        match self.retire(r).await {
+            Ok(()) => {
+                eprintln!("{log} stopped and closed ({why})");
+                Ok(())
+            }
+            Err(e) => {
+                eprintln!("{log} {e:#}");
+                Err(())
+            }
+        }
+    }
+
+    /// SIGHUP: serves what the file says now (module doc).
+    async fn reload(&mut self, running: &mut HashMap<PathBuf, Running>) {
+        let plan = match Plan::read(self.file, self.tls.is_some()) {
+            Ok(p) => p,
+            Err(e) => {
+                eprintln!(
+                    "pivault-server: not reloading {}: {e:#}; serving as before",
+                    self.file.display()
+                );
+                return;
+            }
+        };
+        let wanted: HashMap<PathBuf, Hosted> = plan
+            .vaults
+            .iter()
+            .map(|v| (v.key.clone(), v.clone()))
+            .collect();
+        let gone: Vec<PathBuf> = running
+            .iter()
+            .filter(|(k, r)| wanted.get(*k) != Some(&r.entry))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in gone {
+            if let Some(r) = running.remove(&k) {
+                let why = if wanted.contains_key(&k) {
+                    "its line in the hosting file changed"
+                } else {
+                    "removed from the hosting file"
+                };
+                let _ = self.retire_reported(r, why).await;
+            }
+        }
+        let new: Vec<Hosted> = plan
+            .vaults
+            .into_iter()
+            .filter(|v| !running.contains_key(&v.key))
+            .collect();
+        let wanted = wanted.len();
+        self.start(new, running).await;
+        eprintln!(
+            "pivault-server: reloaded {}: serving {} of {wanted} vault(s)",
+            self.file.display(),
+            running.len()
+        );
+    }
+}
+
+/// Serves every vault of `file` until SIGTERM (SIGHUP reads it again);
+/// each closed cleanly after.
 pub(crate) fn run(
     args: &Args,
     file: &Path,
     tls: Option<rustls::ServerConfig>,
 ) -> anyhow::Result<()> {
     let plan = Plan::read(file, tls.is_some())?;
-    let wanted = plan.vaults.len();
-    let ready = open_all(plan, args);
-    if ready.is_empty() {
-        bail!("none of the {wanted} vault(s) of {} can be served", file.display());
-    }
-    eprintln!(
-        "pivault-server: serving {} of {wanted} vault(s) from {}",
-        ready.len(),
-        file.display()
-    );
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
     let limits = crate::limits_from(args);
     let capacity = Capacity::new(&limits).context("cannot start the vault worker threads")?;
-    let key_file = args.tls_key.as_deref().filter(|_| tls.is_some());
-    let mut served = Vec::new();
-    for r in ready {
-        let app = App::sharing(Arc::new(r.vault), limits.clone(), capacity.clone());
-        if let Some(key) = key_file {
-            app.trust_standbys(vault_server::forward::ForwardingKey::from_tls_key(
-                key,
-                app.vault().id(),
-            )?);
+    let (ended, mut ended_rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut host = Host {
+        args,
+        file,
+        tls,
+        limits,
+        capacity,
+        ended,
+        serials: 0,
+    };
+    rt.block_on(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut hup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
+        let mut running = HashMap::new();
+        let wanted = plan.vaults.len();
+        host.start(plan.vaults, &mut running).await;
+        if running.is_empty() {
+            bail!(
+                "none of the {wanted} vault(s) of {} can be served",
+                file.display()
+            );
         }
-        crate::start_timers(&rt, &app, args);
-        let advertised = match r.advertise {
-            Some(addr) if app.vault().records_on_cluster() => {
-                rt.spawn(crate::keep_published(app.clone(), addr));
-                true
+        eprintln!(
+            "pivault-server: serving {} of {wanted} vault(s) from {}",
+            running.len(),
+            file.display()
+        );
+        let term = crate::shutdown_signal();
+        tokio::pin!(term);
+        loop {
+            tokio::select! {
+                () = &mut term => break,
+                _ = hup.recv() => host.reload(&mut running).await,
+                Some((key, serial)) = ended_rx.recv() => {
+                    // A server that ended by itself: its vault was taken
+                    // over by another process, or the server failed.
+                    if running.get(&key).is_some_and(|r| r.serial == serial) {
+                        let r = running.remove(&key).expect("just found");
+                        let _ = host.retire_reported(r, "its server ended").await;
+                    }
+                }
             }
-            _ => false,
-        };
-        served.push((app, r.listener, advertised));
-    }
-    let stop = crate::stop_on_signal(&rt);
-    let results = rt.block_on(async {
-        let mut tasks = Vec::new();
-        for (app, listener, _) in &served {
-            let listener = listener.try_clone()?;
-            tasks.push(tokio::spawn(crate::serve(
-                app.clone(),
-                listener,
-                tls.clone(),
-                None,
-                stop.clone(),
-                true,
-            )));
         }
-        let mut results = Vec::new();
-        for t in tasks {
-            results.push(t.await);
+        eprintln!("pivault-server: shutting down; finishing requests in flight");
+        for r in running.values() {
+            let _ = r.stop.send(true);
         }
-        anyhow::Ok(results)
-    })?;
-    drop(rt);
-    let mut failed = 0;
-    for (((app, listener, advertised), ended), n) in served.into_iter().zip(results).zip(1..) {
-        drop(listener);
-        let id = app.vault().id();
-        let outcome = match ended {
-            Ok(Ok(())) => crate::finish(app, advertised),
-            Ok(Err(e)) => Err(e),
-            Err(e) => Err(anyhow::anyhow!("its server failed: {e}")),
-        };
-        if let Err(e) = outcome {
-            eprintln!("pivault-server: vault {id} (#{n}): {e:#}");
-            failed += 1;
+        let mut failed = 0;
+        for (_, r) in running.drain() {
+            if host.retire_reported(r, "shut down").await.is_err() {
+                failed += 1;
+            }
         }
-    }
-    if failed > 0 {
-        bail!("{failed} vault(s) did not stop cleanly");
-    }
-    eprintln!("pivault-server: stopped");
-    Ok(())
+        if failed > 0 {
+            bail!("{failed} vault(s) did not stop cleanly");
+        }
+        eprintln!("pivault-server: stopped");
+        Ok(())
+    })
 }

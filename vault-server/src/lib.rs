@@ -185,6 +185,9 @@ impl Capacity {
 /// Shared state of one vault's server.
 pub struct App {
     vault: Arc<Vault>,
+    /// What starts this vault's stderr lines: the vault's ID too when the
+    /// process serves many.
+    log: String,
     limits: Limits,
     /// This vault's requests admitted at once (each vault its own bound).
     work: Semaphore,
@@ -198,6 +201,8 @@ pub struct App {
     refusal_buckets: Option<Arc<RateLimiter>>,
     refusals: Arc<Refusals>,
     draining: AtomicBool,
+    /// Turns true with `draining`, for the timers to stop at once.
+    drained: tokio::sync::watch::Sender<bool>,
     disk_low: AtomicBool,
     /// The syslog stream of the audit trail, when `--syslog` is given.
     stream: std::sync::OnceLock<Arc<syslog::Stream>>,
@@ -223,13 +228,24 @@ impl App {
     /// Wraps an open vault, with worker threads of its own.
     pub fn new(vault: Arc<Vault>, limits: Limits) -> std::io::Result<Arc<App>> {
         let capacity = Capacity::new(&limits)?;
-        Ok(App::sharing(vault, limits, capacity))
+        Ok(App::build(
+            vault,
+            limits,
+            capacity,
+            "pivault-server:".to_owned(),
+        ))
     }
 
     /// Wraps an open vault served beside others in this process, on
-    /// `capacity` shared with them.
+    /// `capacity` shared with them; its stderr lines name it.
     pub fn sharing(vault: Arc<Vault>, limits: Limits, capacity: Arc<Capacity>) -> Arc<App> {
+        let log = format!("pivault-server: vault {}:", vault.id());
+        App::build(vault, limits, capacity, log)
+    }
+
+    fn build(vault: Arc<Vault>, limits: Limits, capacity: Arc<Capacity>, log: String) -> Arc<App> {
         Arc::new(App {
+            log,
             work: Semaphore::new(limits.vault_queue.max(1)),
             workers: capacity.workers.lane(),
             capacity,
@@ -254,6 +270,7 @@ impl App {
             }),
             refusals: Arc::default(),
             draining: AtomicBool::new(false),
+            drained: tokio::sync::watch::Sender::new(false),
             disk_low: AtomicBool::new(false),
             stream: std::sync::OnceLock::new(),
             import_previews: web::ImportPreviews::default(),
@@ -306,6 +323,7 @@ impl App {
     /// Marks the server as shutting down: `/readyz` answers 503.
     pub fn drain(&self) {
         self.draining.store(true, Ordering::SeqCst);
+        self.drained.send_replace(true);
     }
 
     /// Checks the free space of the vault's file system against
@@ -321,7 +339,8 @@ impl App {
         let was = self.disk_low.swap(low, Ordering::SeqCst);
         if low != was {
             eprintln!(
-                "pivault-server: {}",
+                "{} {}",
+                self.log,
                 if low {
                     "the vault's disk is nearly full: refusing new work (503 disk_low) until space is freed"
                 } else {
@@ -348,6 +367,12 @@ impl App {
         self.disk_low.load(Ordering::SeqCst)
     }
 
+    /// What starts this vault's stderr lines (`pivault-server:`, and the
+    /// vault's ID when the process serves many).
+    pub fn log(&self) -> &str {
+        &self.log
+    }
+
     /// The server's limits.
     pub fn limits(&self) -> &Limits {
         &self.limits
@@ -358,6 +383,14 @@ impl App {
         self.draining.load(Ordering::SeqCst)
     }
 
+    /// Resolves once the server drains: a timer waiting for its next tick
+    /// lets go of the vault at once (a vault removed from a hosting
+    /// process is then closed without waiting for its hourly jobs).
+    pub async fn drained(&self) {
+        let mut rx = self.drained.subscribe();
+        let _ = rx.wait_for(|d| *d).await;
+    }
+
     /// Writes the aggregated events of refused unauthenticated requests
     /// (one per source and minute): those of minutes that have ended, or
     /// all of them (`all`, at shutdown). Blocking (audit appends); a failed
@@ -365,7 +398,8 @@ impl App {
     pub fn flush_refusals(&self, all: bool) {
         if let Err(e) = self.refusals.flush(&self.vault, all) {
             eprintln!(
-                "pivault-server: could not audit refused requests ({}): {e}",
+                "{} could not audit refused requests ({}): {e}",
+                self.log,
                 e.code()
             );
         }
@@ -1030,8 +1064,8 @@ async fn frame(
         // the message (a storage error can name files and quote the
         // database's own text).
         eprintln!(
-            "pivault-server: internal error in request {}: {detail}",
-            rc.request_id
+            "{} internal error in request {}: {detail}",
+            app.log, rc.request_id
         );
         let mut public = *public;
         public.set_request_id(&rc.request_id);
@@ -1109,7 +1143,8 @@ async fn frame(
     }
     if app.limits.access_log && !health {
         eprintln!(
-            "pivault-server: access {} user={} {} {} {} {}ms {} {}",
+            "{} access {} user={} {} {} {} {}ms {} {}",
+            app.log,
             rc.request_id,
             rc.actor.get().map_or("-".to_owned(), |u| u.to_string()),
             rc.method,

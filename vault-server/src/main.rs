@@ -484,7 +484,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         .context("cannot start the audit stream")?;
     }
 
-    start_timers(&rt, &app, &args);
+    start_timers(rt.handle(), &app, &args);
     let socket = (!args.no_socket).then(|| SocketSpec {
         path: args.socket.clone(),
         mode: args.socket_mode,
@@ -578,7 +578,7 @@ fn limits_from(args: &Args) -> Limits {
 
 /// Starts the vault's timers on `rt`: maintenance, checkpoints, the
 /// refusal counts, the disk guard and housekeeping, each as its flag says.
-fn start_timers(rt: &tokio::runtime::Runtime, app: &Arc<App>, args: &Args) {
+fn start_timers(rt: &tokio::runtime::Handle, app: &Arc<App>, args: &Args) {
     if args.maintenance_hours > 0 {
         let every = Duration::from_secs(args.maintenance_hours * 3600);
         rt.spawn(maintenance_timer(app.clone(), every));
@@ -616,7 +616,10 @@ async fn keep_published(app: Arc<App>, addr: String) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut failing = false;
     loop {
-        tick.tick().await;
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = app.drained() => return,
+        }
         if app.is_draining() {
             return;
         }
@@ -626,13 +629,15 @@ async fn keep_published(app: Arc<App>, addr: String) {
         match published {
             Ok(Ok(())) if failing => {
                 eprintln!(
-                    "pivault-server: this server's address is published for the standbys again"
+                    "{} this server's address is published for the standbys again",
+                    app.log()
                 );
                 failing = false;
             }
             Ok(Err(e)) if !failing => {
                 eprintln!(
-                    "pivault-server: cannot publish this server's address for the standbys ({}): {e}",
+                    "{} cannot publish this server's address for the standbys ({}): {e}",
+                    app.log(),
                     e.code()
                 );
                 failing = true;
@@ -650,7 +655,10 @@ async fn repeat_blocking(app: Arc<App>, period: Duration, job: fn(&App)) {
     let mut tick = tokio::time::interval(period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        tick.tick().await;
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = app.drained() => return,
+        }
         if app.is_draining() {
             return;
         }
@@ -673,7 +681,10 @@ async fn every_interval<T: Send + 'static>(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.tick().await;
     loop {
-        tick.tick().await;
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = app.drained() => return,
+        }
         if app.is_draining() {
             return;
         }
@@ -681,11 +692,11 @@ async fn every_interval<T: Send + 'static>(
         match tokio::task::spawn_blocking(move || job(&vault)).await {
             Ok(Ok(r)) => {
                 if let Some(line) = report(&r) {
-                    eprintln!("pivault-server: {what}: {line}");
+                    eprintln!("{} {what}: {line}", app.log());
                 }
             }
-            Ok(Err(e)) => eprintln!("pivault-server: {what} failed ({}): {e}", e.code()),
-            Err(_) => eprintln!("pivault-server: {what} panicked"),
+            Ok(Err(e)) => eprintln!("{} {what} failed ({}): {e}", app.log(), e.code()),
+            Err(_) => eprintln!("{} {what} panicked", app.log()),
         }
     }
 }
@@ -1029,7 +1040,11 @@ async fn serve(
     // The line tests and scripts wait for (the port may be 0 = chosen by the
     // OS); with many vaults, the vault's ID and directory first.
     let vault = if hosted {
-        format!("vault {} ({}) ", app.vault().id(), app.vault().dir().display())
+        format!(
+            "vault {} ({}) ",
+            app.vault().id(),
+            app.vault().dir().display()
+        )
     } else {
         String::new()
     };

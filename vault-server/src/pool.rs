@@ -276,12 +276,29 @@ mod tests {
                 l.run(move || o.lock().unwrap().push(i)).await
             }));
         }
-        while pool.shared.lock().lanes.values().map(VecDeque::len).sum::<usize>() < 100 {
+        while pool
+            .shared
+            .lock()
+            .lanes
+            .values()
+            .map(VecDeque::len)
+            .sum::<usize>()
+            < 100
+        {
             tokio::task::yield_now().await;
         }
         let o = order.clone();
-        let quiet_job = tokio::spawn(async move { quiet.run(move || o.lock().unwrap().push(1000)).await });
-        while pool.shared.lock().lanes.values().map(VecDeque::len).sum::<usize>() < 101 {
+        let quiet_job =
+            tokio::spawn(async move { quiet.run(move || o.lock().unwrap().push(1000)).await });
+        while pool
+            .shared
+            .lock()
+            .lanes
+            .values()
+            .map(VecDeque::len)
+            .sum::<usize>()
+            < 101
+        {
             tokio::task::yield_now().await;
         }
         release.send(()).unwrap();
@@ -293,7 +310,10 @@ mod tests {
         let order = order.lock().unwrap().clone();
         assert_eq!(order.len(), 101);
         let at = order.iter().position(|&j| j == 1000).unwrap();
-        assert!(at <= 1, "the quiet vault's job ran after {at} of the flood's: {order:?}");
+        assert!(
+            at <= 1,
+            "the quiet vault's job ran after {at} of the flood's: {order:?}"
+        );
     }
 
     #[tokio::test]

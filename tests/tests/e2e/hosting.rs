@@ -94,20 +94,14 @@ fn one_process_serves_each_vault_at_its_own_address_and_nothing_crosses() {
     let dir = tempfile::tempdir().expect("tempdir");
     let work = dir.path();
     let id_a = business(&work.join("a"), None, None);
-    let id_b = business(
-        &work.join("b"),
-        Some(PASSPHRASE_B),
-        Some(CLERK_B_PASSWORD),
-    );
+    let id_b = business(&work.join("b"), Some(PASSPHRASE_B), Some(CLERK_B_PASSWORD));
     let _id_c = business(&work.join("c"), None, None);
     write_private(&work.join("a.pass"), PASSPHRASE.as_bytes());
     write_private(&work.join("b.pass"), PASSPHRASE_B.as_bytes());
     // The insider's doing: C's file swapped for B's; D's readable by all.
     write_private(&work.join("c.pass"), PASSPHRASE_B.as_bytes());
     std::fs::write(work.join("d.pass"), PASSPHRASE).expect("d.pass");
-    let vault = |dir: &str, pass: &str| {
-        json!({ "dir": dir, "passphrase_file": pass, "bind": "127.0.0.1:0" })
-    };
+    let vault = |dir: &str, pass: &str| json!({ "dir": dir, "passphrase_file": pass, "bind": "127.0.0.1:0" });
     let hosting = work.join("hosting.json");
 
     // A copied line would serve one vault twice: refused before anything opens.
@@ -122,7 +116,10 @@ fn one_process_serves_each_vault_at_its_own_address_and_nothing_crosses() {
     });
     assert!(exited, "the server exits: {:?}", refused.printed_so_far());
     assert!(
-        !refused.printed_so_far().iter().any(|l| l.contains("listening")),
+        !refused
+            .printed_so_far()
+            .iter()
+            .any(|l| l.contains("listening")),
         "nothing served"
     );
 
@@ -171,17 +168,22 @@ fn one_process_serves_each_vault_at_its_own_address_and_nothing_crosses() {
     // Both businesses at work at once; A disposes of a record meanwhile.
     let doomed = put(&a, &clerk_a, "Doomed");
     let (kept_a, kept_b, disposal) = std::thread::scope(|s| {
-        let writers: Vec<_> = [(&a, &clerk_a), (&a, &clerk_a), (&b, &clerk_b), (&b, &clerk_b)]
-            .into_iter()
-            .enumerate()
-            .map(|(w, (srv, clerk))| {
-                s.spawn(move || {
-                    (0..GIVEN.len())
-                        .map(|i| put(srv, clerk, &format!("{} {}", GIVEN[i], WRITER[w])))
-                        .collect::<Vec<_>>()
-                })
+        let writers: Vec<_> = [
+            (&a, &clerk_a),
+            (&a, &clerk_a),
+            (&b, &clerk_b),
+            (&b, &clerk_b),
+        ]
+        .into_iter()
+        .enumerate()
+        .map(|(w, (srv, clerk))| {
+            s.spawn(move || {
+                (0..GIVEN.len())
+                    .map(|i| put(srv, clerk, &format!("{} {}", GIVEN[i], WRITER[w])))
+                    .collect::<Vec<_>>()
             })
-            .collect();
+        })
+        .collect();
         let d = s.spawn(|| {
             a.call(
                 "POST",
@@ -190,7 +192,10 @@ fn one_process_serves_each_vault_at_its_own_address_and_nothing_crosses() {
                 Some(&json!({ "scope": "record", "record": doomed, "data_owner": "Quimby Hardware" })),
             )
         });
-        let mut ids: Vec<Vec<String>> = writers.into_iter().map(|w| w.join().expect("writer")).collect();
+        let mut ids: Vec<Vec<String>> = writers
+            .into_iter()
+            .map(|w| w.join().expect("writer"))
+            .collect();
         let (b2, b1, a2, a1) = (ids.pop(), ids.pop(), ids.pop(), ids.pop());
         let mut ka: Vec<String> = a1.into_iter().chain(a2).flatten().collect();
         let mut kb: Vec<String> = b1.into_iter().chain(b2).flatten().collect();
@@ -203,21 +208,48 @@ fn one_process_serves_each_vault_at_its_own_address_and_nothing_crosses() {
         .as_str()
         .expect("certificate")
         .to_owned();
-    assert_eq!(live(&a, &officer_a), kept_a, "A holds what its clerks put, less the disposed");
-    assert_eq!(live(&b, &officer_b), kept_b, "B holds exactly what its clerks put");
+    assert_eq!(
+        live(&a, &officer_a),
+        kept_a,
+        "A holds what its clerks put, less the disposed"
+    );
+    assert_eq!(
+        live(&b, &officer_b),
+        kept_b,
+        "B holds exactly what its clerks put"
+    );
 
     // Nothing crosses: A's credentials, token, records and certificate mean
     // nothing at B's address, and the other way round.
-    assert_eq!(login(&b, "clerk", clerk_pw).0, 401, "A's clerk password at B");
+    assert_eq!(
+        login(&b, "clerk", clerk_pw).0,
+        401,
+        "A's clerk password at B"
+    );
     let crossed = b.call("GET", "/v1/records", Some(&clerk_a), None);
     assert_eq!(crossed.status, 401, "A's token at B: {crossed:?}");
     let crossed = a.call("GET", "/v1/records", Some(&clerk_b), None);
     assert_eq!(crossed.status, 401, "B's token at A: {crossed:?}");
-    let crossed = b.call("GET", &format!("/v1/records/{}", kept_a[0]), Some(&officer_b), None);
+    let crossed = b.call(
+        "GET",
+        &format!("/v1/records/{}", kept_a[0]),
+        Some(&officer_b),
+        None,
+    );
     assert_eq!(crossed.status, 404, "A's record at B: {crossed:?}");
-    let crossed = b.call("GET", &format!("/v1/certificates/{cert}"), Some(&officer_b), None);
+    let crossed = b.call(
+        "GET",
+        &format!("/v1/certificates/{cert}"),
+        Some(&officer_b),
+        None,
+    );
     assert_eq!(crossed.status, 404, "A's certificate at B: {crossed:?}");
-    let own = a.call("GET", &format!("/v1/certificates/{cert}"), Some(&officer_a), None);
+    let own = a.call(
+        "GET",
+        &format!("/v1/certificates/{cert}"),
+        Some(&officer_a),
+        None,
+    );
     assert_eq!(own.status, 200, "A's certificate at A: {own:?}");
 
     for (srv, what) in [(&a, "A"), (&b, "B")] {
@@ -230,9 +262,16 @@ fn one_process_serves_each_vault_at_its_own_address_and_nothing_crosses() {
     assert!(status.success(), "a clean stop of every vault");
 
     // Each vault closed cleanly and opens with its own passphrase alone.
-    for (d, pass, n) in [("a", PASSPHRASE, kept_a.len()), ("b", PASSPHRASE_B, kept_b.len())] {
-        let v = Vault::open(&work.join(d), &SecretString::from(pass), OpenOptions::default())
-            .unwrap_or_else(|e| panic!("vault {d} reopens: {e}"));
+    for (d, pass, n) in [
+        ("a", PASSPHRASE, kept_a.len()),
+        ("b", PASSPHRASE_B, kept_b.len()),
+    ] {
+        let v = Vault::open(
+            &work.join(d),
+            &SecretString::from(pass),
+            OpenOptions::default(),
+        )
+        .unwrap_or_else(|e| panic!("vault {d} reopens: {e}"));
         let admin = common::login(&v, "admin");
         let count = v.list_records(&admin, &Default::default()).map(|l| {
             l.iter()
@@ -242,6 +281,145 @@ fn one_process_serves_each_vault_at_its_own_address_and_nothing_crosses() {
         assert_eq!(count.ok(), Some(n), "vault {d}'s records after the stop");
         v.close().expect("close");
     }
-    let wrong = Vault::open(&work.join("a"), &SecretString::from(PASSPHRASE_B), OpenOptions::default());
+    let wrong = Vault::open(
+        &work.join("a"),
+        &SecretString::from(PASSPHRASE_B),
+        OpenOptions::default(),
+    );
     assert!(wrong.is_err(), "B's passphrase does not open A");
+}
+
+/// The port in a `vault ID (DIR) listening on https://127.0.0.1:PORT` line.
+fn port_in(line: &str) -> String {
+    line.rsplit(':').next().expect("port").trim().to_owned()
+}
+
+fn hup(srv: &Server) {
+    let ok = std::process::Command::new("kill")
+        .args(["-HUP", &srv.pid().to_string()])
+        .status()
+        .expect("kill");
+    assert!(ok.success(), "kill -HUP");
+}
+
+#[test]
+fn a_vault_added_removed_or_changed_at_sighup_leaves_the_others_serving() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let work = dir.path();
+    let id_a = business(&work.join("a"), None, None);
+    let id_b = business(&work.join("b"), Some(PASSPHRASE_B), None);
+    let id_c = business(&work.join("c"), None, None);
+    for (f, p) in [
+        ("a.pass", PASSPHRASE),
+        ("b.pass", PASSPHRASE_B),
+        ("c.pass", PASSPHRASE),
+        ("c2.pass", PASSPHRASE),
+    ] {
+        write_private(&work.join(f), p.as_bytes());
+    }
+    let line = |dir: &str, pass: &str| json!({ "dir": dir, "passphrase_file": pass, "bind": "127.0.0.1:0" });
+    let hosting = work.join("hosting.json");
+    let write = |vaults: Vec<serde_json::Value>| {
+        std::fs::write(&hosting, json!({ "vaults": vaults }).to_string()).expect("hosting file");
+    };
+    write(vec![line("a", "a.pass"), line("b", "b.pass")]);
+    let (srv, bases, _) =
+        server::spawn_hosting(tempfile::tempdir().expect("tempdir"), &hosting, &[])
+            .hosting(2, Duration::from_secs(60));
+    let base_of = |id: &str| {
+        bases
+            .iter()
+            .find(|(i, _)| i == id)
+            .expect("served")
+            .1
+            .clone()
+    };
+    let (a, b_base) = (srv.view(&base_of(&id_a)), base_of(&id_b));
+    let clerk_a = a.token("clerk");
+    let b_addr = b_base.replace("https://localhost", "127.0.0.1");
+
+    // A's clerk keeps putting while B is removed and C added.
+    let busy = std::sync::atomic::AtomicBool::new(true);
+    let (put_by_a, c_line) = std::thread::scope(|s| {
+        let writer = s.spawn(|| {
+            let mut ids = Vec::new();
+            while busy.load(std::sync::atomic::Ordering::SeqCst) || ids.len() < 3 {
+                ids.push(put(&a, &clerk_a, GIVEN[ids.len() % GIVEN.len()]));
+            }
+            ids
+        });
+        write(vec![line("a", "a.pass"), line("c", "c.pass")]);
+        hup(&srv);
+        let said = srv.wait_stderr(
+            &[
+                &format!("vault {id_b}: stopped and closed (removed from the hosting file)"),
+                &format!("vault {id_c} ("),
+                "reloaded",
+            ],
+            Duration::from_secs(60),
+        );
+        busy.store(false, std::sync::atomic::Ordering::SeqCst);
+        (writer.join().expect("A's clerk"), said[1].clone())
+    });
+    assert!(c_line.contains("listening on https://"), "{c_line}");
+    assert_eq!(
+        live(&a, &a.token("officer")).len(),
+        put_by_a.len(),
+        "every put of A's during the reload kept"
+    );
+    assert!(
+        std::net::TcpStream::connect(&b_addr).is_err(),
+        "B's address closed"
+    );
+    // B was closed cleanly: it opens at once elsewhere and its trail verifies.
+    let b = Vault::open(
+        &work.join("b"),
+        &SecretString::from(PASSPHRASE_B),
+        OpenOptions::default(),
+    )
+    .expect("B, closed by the reload, opens");
+    let auditor = common::login(&b, "auditor");
+    assert!(b.audit_verify(&auditor).expect("verify").ok(), "B's trail");
+    b.close().expect("close B");
+
+    let c = srv.view(&format!("https://localhost:{}", port_in(&c_line)));
+    let clerk_c = c.token("clerk");
+    put(&c, &clerk_c, "Ivy");
+    let crossed = c.call("GET", "/v1/records", Some(&clerk_a), None);
+    assert_eq!(crossed.status, 401, "A's token at C: {crossed:?}");
+
+    // A file that no longer reads changes nothing.
+    std::fs::write(&hosting, "{ \"vaults\": [").expect("broken file");
+    hup(&srv);
+    srv.wait_stderr(
+        &["not reloading", "serving as before"],
+        Duration::from_secs(30),
+    );
+    put(&a, &clerk_a, "Jo");
+    put(&c, &clerk_c, "Kit");
+
+    // C's line changed: C is served anew (its clients' tokens stay good);
+    // A is untouched.
+    write(vec![line("a", "a.pass"), line("c", "c2.pass")]);
+    hup(&srv);
+    let said = srv.wait_stderr(
+        &[
+            &format!("vault {id_c}: stopped and closed (its line in the hosting file changed)"),
+            &format!("vault {id_c} ("),
+        ],
+        Duration::from_secs(60),
+    );
+    let c = srv.view(&format!("https://localhost:{}", port_in(&said[1])));
+    put(&c, &clerk_c, "Lu");
+    // At its first address: A was never stopped.
+    put(&a, &clerk_a, "Mo");
+
+    for (srv, what) in [(&a, "A"), (&c, "C")] {
+        let auditor = srv.token("auditor");
+        let v = srv.call("GET", "/v1/audit/verify", Some(&auditor), None);
+        assert_eq!(v.json()["ok"], true, "{what}'s trail: {}", v.text);
+    }
+    drop((a, c));
+    let (status, _, _keep) = srv.stop();
+    assert!(status.success(), "a clean stop");
 }

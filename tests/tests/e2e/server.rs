@@ -237,7 +237,10 @@ impl Starting {
                 .and_then(|r| r.split_once(" listening on https://"))
                 .and_then(|(named, addr)| Some((named.split_once(" (")?.0, addr)))
                 .unwrap_or_else(|| panic!("a hosted vault's line: {line}"));
-            bases.push((id.to_owned(), format!("https://localhost{}", &addr.trim()["127.0.0.1".len()..])));
+            bases.push((
+                id.to_owned(),
+                format!("https://localhost{}", &addr.trim()["127.0.0.1".len()..]),
+            ));
         }
         let seen = self.seen.clone();
         (self.listening(timeout), bases, seen)
@@ -440,7 +443,9 @@ impl Server {
     }
 
     fn process(&mut self) -> &mut Child {
-        self.child.as_mut().expect("a view of a vault has no process of its own")
+        self.child
+            .as_mut()
+            .expect("a view of a vault has no process of its own")
     }
 
     /// The same process's vault served at `base` (`--hosting`), with the

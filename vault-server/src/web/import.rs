@@ -832,9 +832,13 @@ async fn preview(
         );
     }
     // Held in memory, counted against the server's body budget.
-    let permit = u32::try_from(bytes.len())
-        .ok()
-        .and_then(|n| app.capacity.body_budget.clone().try_acquire_many_owned(n).ok());
+    let permit = u32::try_from(bytes.len()).ok().and_then(|n| {
+        app.capacity
+            .body_budget
+            .clone()
+            .try_acquire_many_owned(n)
+            .ok()
+    });
     let Some(permit) = permit else {
         return page(
             StatusCode::SERVICE_UNAVAILABLE,
