@@ -14,12 +14,15 @@
 #
 # Usage:  benches/server-hosting.sh            (VAULTS=20, DURATION=10s)
 #         VAULTS=100 DURATION=20s BIN_DIR=target/release benches/server-hosting.sh
+#         AT_ONCE=100000 benches/server-hosting.sh   (--requests-at-once: so
+#         many that no request waits for a turn, to compare with the default)
 # Needs:  wrk and curl (installed with apt-get when missing), the binaries
 #         built (`cargo build --workspace --all-targets`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 VAULTS=${VAULTS:-20}
+AT_ONCE=${AT_ONCE:-}
 DURATION=${DURATION:-10s}
 BIN_DIR=${BIN_DIR:-${CARGO_TARGET_DIR:-target}/debug}
 [ "$VAULTS" -ge 5 ] || { echo "VAULTS must be at least 5" >&2; exit 2; }
@@ -86,7 +89,7 @@ p99_ms() { awk '$1=="99%" { v=$2; if (v ~ /us$/) { sub(/us$/,"",v); v/=1000 } el
 rss_mib() { awk '/VmRSS/ {printf "%.1f", $2/1024}' "/proc/$1/status"; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a/b }'; }
 
-echo "# pivault-server --hosting, $(date -u +%FT%TZ), $(nproc) cores, $VAULTS vaults, binaries from $BIN_DIR, wrk -d$DURATION"
+echo "# pivault-server --hosting, $(date -u +%FT%TZ), $(nproc) cores, $VAULTS vaults, requests at once: ${AT_ONCE:-default}, binaries from $BIN_DIR, wrk -d$DURATION"
 
 # 1. One vault, its own server.
 PIVAULT_PASSPHRASE_FILE="$WORK/v1.pass" "$BIN_DIR/pivault-server" --vault "$WORK/v1" --bind 127.0.0.1:0 \
@@ -108,7 +111,7 @@ kill "$PID"; wait "$PID" || true; PID=""
   printf '\n] }\n'
 } > "$WORK/hosting.json"
 START=$(date +%s.%N)
-"$BIN_DIR/pivault-server" --hosting "$WORK/hosting.json" \
+"$BIN_DIR/pivault-server" --hosting "$WORK/hosting.json" ${AT_ONCE:+--requests-at-once "$AT_ONCE"} \
   --self-signed --tls-cert "$WORK/server.crt" --tls-key "$WORK/server.key" "${LIFTED[@]}" \
   2> "$WORK/hosting.log" &
 PID=$!

@@ -46,6 +46,12 @@ struct Args {
         conflicts_with_all = ["standby", "syslog", "passphrase_file", "advertise"]
     )]
     hosting: Option<PathBuf>,
+    /// With --hosting: requests carried out at once over all the vaults;
+    /// more wait, and are let in one vault at a time in turn, so that one
+    /// vault's flood of requests cannot crowd out the others (default: four
+    /// per vault thread).
+    #[arg(long, value_name = "N", requires = "hosting")]
+    requests_at_once: Option<usize>,
     /// Address to listen on. Anything but loopback requires --tls-cert and --tls-key.
     #[arg(long, default_value = "127.0.0.1:8443")]
     bind: SocketAddr,
