@@ -14,15 +14,15 @@
 #
 # Usage:  benches/server-hosting.sh            (VAULTS=20, DURATION=10s)
 #         VAULTS=100 DURATION=20s BIN_DIR=target/release benches/server-hosting.sh
-#         AT_ONCE=100000 benches/server-hosting.sh   (--requests-at-once: so
-#         many that no request waits for a turn, to compare with the default)
+#         FLOOD=list benches/server-hosting.sh  (the flood lists the flooded
+#         vault's 300 records, 100 a page: more server work per request)
 # Needs:  wrk and curl (installed with apt-get when missing), the binaries
 #         built (`cargo build --workspace --all-targets`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 VAULTS=${VAULTS:-20}
-AT_ONCE=${AT_ONCE:-}
+FLOOD=${FLOOD:-read}
 DURATION=${DURATION:-10s}
 BIN_DIR=${BIN_DIR:-${CARGO_TARGET_DIR:-target}/debug}
 [ "$VAULTS" -ge 5 ] || { echo "VAULTS must be at least 5" >&2; exit 2; }
@@ -61,6 +61,13 @@ for i in $(seq 1 "$VAULTS"); do
   PIVAULT_PASSWORD_FILE="$WORK/clerk.pw" "$P" --user clerk --json record put customers --data "$WORK/rec.json" \
     | sed -E 's/.*"record_id":"([^"]+)".*/\1/' > "$WORK/v$i.record"
 done
+if [ "$FLOOD" = list ]; then
+  for n in $(seq 1 300); do
+    printf '{"subject":"C-%s","given_name":"Ada","family_name":"Quimby","ssn":"123-45-6789"}\n' "$n"
+  done > "$WORK/many.jsonl"
+  PIVAULT_PASSPHRASE_FILE="$WORK/v3.pass" PIVAULT_DIR="$WORK/v3" PIVAULT_PASSWORD_FILE="$WORK/clerk.pw" \
+    "$P" --user clerk record import customers "$WORK/many.jsonl" >/dev/null
+fi
 unset PIVAULT_PASSPHRASE_FILE PIVAULT_DIR
 LIFTED=(--logins-per-minute 1000000 --requests-per-second 10000000 --refusals-per-minute 0 --no-access-log)
 
@@ -80,16 +87,17 @@ token() { # port
     --data-binary @<(printf '{"username":"clerk","password":"%s"}' "$(cat "$WORK/clerk.pw")") \
     | sed -E 's/.*"token":"([^"]+)".*/\1/'
 }
-reads() { # port, vault number, connections, output
+reads() { # port, vault number, connections, output[, path]
   wrk -t1 -c"$3" -d"$DURATION" --latency -H "Authorization: Bearer $(token "$1")" \
-    "https://127.0.0.1:$1/v1/records/$(cat "$WORK/v$2.record")" > "$4"
+    "https://127.0.0.1:$1${5:-/v1/records/$(cat "$WORK/v$2.record")}" > "$4"
 }
+if [ "$FLOOD" = list ]; then FLOOD_PATH="/v1/records?collection=customers"; else FLOOD_PATH=""; fi
 rps_of() { awk '/Requests\/sec/ {print $2}' "$1"; }
 p99_ms() { awk '$1=="99%" { v=$2; if (v ~ /us$/) { sub(/us$/,"",v); v/=1000 } else if (v ~ /ms$/) { sub(/ms$/,"",v) } else if (v ~ /s$/) { sub(/s$/,"",v); v*=1000 } print v }' "$1"; }
 rss_mib() { awk '/VmRSS/ {printf "%.1f", $2/1024}' "/proc/$1/status"; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a/b }'; }
 
-echo "# pivault-server --hosting, $(date -u +%FT%TZ), $(nproc) cores, $VAULTS vaults, requests at once: ${AT_ONCE:-default}, binaries from $BIN_DIR, wrk -d$DURATION"
+echo "# pivault-server --hosting, $(date -u +%FT%TZ), $(nproc) cores, $VAULTS vaults, flood: $FLOOD, binaries from $BIN_DIR, wrk -d$DURATION"
 
 # 1. One vault, its own server.
 PIVAULT_PASSPHRASE_FILE="$WORK/v1.pass" "$BIN_DIR/pivault-server" --vault "$WORK/v1" --bind 127.0.0.1:0 \
@@ -111,7 +119,7 @@ kill "$PID"; wait "$PID" || true; PID=""
   printf '\n] }\n'
 } > "$WORK/hosting.json"
 START=$(date +%s.%N)
-"$BIN_DIR/pivault-server" --hosting "$WORK/hosting.json" ${AT_ONCE:+--requests-at-once "$AT_ONCE"} \
+"$BIN_DIR/pivault-server" --hosting "$WORK/hosting.json" \
   --self-signed --tls-cert "$WORK/server.crt" --tls-key "$WORK/server.key" "${LIFTED[@]}" \
   2> "$WORK/hosting.log" &
 PID=$!
@@ -129,11 +137,11 @@ FOUR=$(for i in 2 3 4 5; do rps_of "$WORK/four-$i.txt"; done | awk '{s+=$1} END 
 
 # 4. A quiet vault alone, then beside a flooded one.
 reads "${PORTS[2]}" 2 4 "$WORK/quiet-alone.txt"
-reads "${PORTS[3]}" 3 64 "$WORK/flood.txt" &
-FLOOD=$!
+reads "${PORTS[3]}" 3 64 "$WORK/flood.txt" "$FLOOD_PATH" &
+FLOODING=$!
 sleep 1
 reads "${PORTS[2]}" 2 4 "$WORK/quiet-beside.txt"
-wait "$FLOOD"
+wait "$FLOODING"
 kill "$PID"; wait "$PID" || true; PID=""
 grep -q "pivault-server: stopped" "$WORK/hosting.log" || { echo "the hosting server did not stop cleanly" >&2; cat "$WORK/hosting.log" >&2; exit 1; }
 

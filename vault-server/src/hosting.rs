@@ -381,13 +381,6 @@ pub(crate) fn run(
         .build()
         .context("cannot start the async runtime")?;
     let limits = crate::limits_from(args);
-    let limits = vault_server::Limits {
-        requests_at_once: args
-            .requests_at_once
-            .unwrap_or(4 * limits.vault_threads)
-            .max(1),
-        ..limits
-    };
     let capacity = Capacity::new(&limits).context("cannot start the vault worker threads")?;
     let (ended, mut ended_rx) = tokio::sync::mpsc::unbounded_channel();
     let mut host = Host {

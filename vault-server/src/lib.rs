@@ -21,7 +21,6 @@ pub mod pool;
 pub mod problem;
 pub mod routes;
 pub mod syslog;
-pub mod turns;
 pub mod web;
 
 use std::collections::HashMap;
@@ -110,10 +109,6 @@ pub struct Limits {
     pub refusals_per_minute: u32,
     /// Open connections per source (IPv4 address, IPv6 /64, local OS user).
     pub max_connections_per_source: usize,
-    /// Requests carried out at once over every vault of a process serving
-    /// many, the others let in by vault in turn ([`turns`]); 0: no turns
-    /// (a process serving one vault).
-    pub requests_at_once: usize,
 }
 
 impl Default for Limits {
@@ -142,7 +137,6 @@ impl Default for Limits {
             bad_tokens_per_minute: 60,
             refusals_per_minute: 600,
             max_connections_per_source: 256,
-            requests_at_once: 0,
         }
     }
 }
@@ -154,8 +148,6 @@ impl Default for Limits {
 /// the threads and memory of one, not a thousand.
 pub struct Capacity {
     workers: Arc<pool::WorkerPool>,
-    /// Turns between the vaults' requests, when the process serves many.
-    turns: Option<Arc<turns::Turns>>,
     long: Semaphore,
     logins: Semaphore,
     body_budget: Arc<Semaphore>,
@@ -177,7 +169,6 @@ impl Capacity {
                 limits.vault_threads,
                 "pivault-vault",
             )?),
-            turns: (limits.requests_at_once > 0).then(|| turns::Turns::new(limits.requests_at_once)),
             long: Semaphore::new(limits.long_concurrency.max(1)),
             logins: Semaphore::new(limits.login_concurrency.max(1)),
             body_budget: Arc::new(Semaphore::new(
@@ -1010,12 +1001,6 @@ async fn frame(
             (ApiError::unauthenticated().into_response(), has_body)
         } else {
             let work = async {
-                // With many vaults in the process, a turn among them first
-                // (a flooded vault's requests wait here, parked).
-                let _turn = match (&app.capacity.turns, health) {
-                    (Some(t), false) => Some(t.take(app.workers.id()).await),
-                    _ => None,
-                };
                 if has_body
                     && !public
                     && let Some(t) = token

@@ -36,22 +36,17 @@ struct Args {
     vault: Option<PathBuf>,
     /// Serve many vaults from this one process (a service provider's
     /// server): FILE lists each vault's directory, passphrase file and
-    /// address (see README, "Many vaults in one process"). The vaults share
-    /// the worker threads and the bounds on password checks, long work and
-    /// buffered bodies; the other limits apply to each vault. No local
-    /// socket, no standby, no syslog stream in this mode.
+    /// address (see README, "Many vaults in one server process"). The vaults share
+    /// the worker threads (a lane each, served in turn) and the bounds on
+    /// password checks, long work and buffered bodies; the other limits
+    /// apply to each vault. SIGHUP reads FILE again. No local socket, no
+    /// standby, no syslog stream in this mode.
     #[arg(
         long,
         value_name = "FILE",
         conflicts_with_all = ["standby", "syslog", "passphrase_file", "advertise"]
     )]
     hosting: Option<PathBuf>,
-    /// With --hosting: requests carried out at once over all the vaults;
-    /// more wait, and are let in one vault at a time in turn, so that one
-    /// vault's flood of requests cannot crowd out the others (default: four
-    /// per vault thread).
-    #[arg(long, value_name = "N", requires = "hosting")]
-    requests_at_once: Option<usize>,
     /// Address to listen on. Anything but loopback requires --tls-cert and --tls-key.
     #[arg(long, default_value = "127.0.0.1:8443")]
     bind: SocketAddr,
@@ -524,8 +519,8 @@ fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// After its server stopped (and the runtime with its blocking work is
-/// gone): audits the refusals still counted, withdraws the published
+/// After its server stopped and its blocking work is done (the runtime is
+/// gone, or nothing else holds the vault): audits the refusals still counted, withdraws the published
 /// address, gives the audit stream a few seconds, and closes the vault
 /// cleanly. `Err(TakenOver)` when another process holds the vault now.
 fn finish(app: Arc<App>, advertised: bool) -> anyhow::Result<()> {
@@ -972,7 +967,7 @@ impl Standby {
     }
 }
 
-/// A watch that turns true at SIGTERM or Ctrl-C: every vault's server stops.
+/// A watch that turns true at SIGTERM or Ctrl-C: the server stops.
 fn stop_on_signal(rt: &tokio::runtime::Runtime) -> tokio::sync::watch::Receiver<bool> {
     let (tx, rx) = tokio::sync::watch::channel(false);
     rt.spawn(async move {

@@ -160,11 +160,6 @@ pub struct Lane {
 }
 
 impl Lane {
-    /// This lane's number in its pool (the vault's, for [`crate::turns`]).
-    pub fn id(&self) -> u64 {
-        self.id
-    }
-
     /// Runs `f` on a worker, in this lane's turn, and waits
     /// (asynchronously) for its result.
     pub async fn run<T, F>(&self, f: F) -> Result<T, Lost>
