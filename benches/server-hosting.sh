@@ -27,18 +27,10 @@ DURATION=${DURATION:-10s}
 BIN_DIR=${BIN_DIR:-${CARGO_TARGET_DIR:-target}/debug}
 [ "$VAULTS" -ge 5 ] || { echo "VAULTS must be at least 5" >&2; exit 2; }
 
-need() { command -v "$1" >/dev/null 2>&1; }
-if ! need wrk || ! need curl; then
-  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
-  $SUDO apt-get update -qq && $SUDO apt-get install -y -qq wrk curl
-fi
-[ -x "$BIN_DIR/pivault" ] && [ -x "$BIN_DIR/pivault-server" ] || {
-  echo "build first: cargo build --workspace --all-targets (looked in $BIN_DIR)" >&2; exit 2; }
 
-WORK=$(mktemp -d)
-PID=""
-cleanup() { [ -n "$PID" ] && kill "$PID" 2>/dev/null || true; rm -rf "$WORK"; }
-trap cleanup EXIT
+# WORK, and the server in SERVER_PID stopped at exit.
+. scripts/server-fixture.sh
+needs_wrk
 P="$BIN_DIR/pivault"
 printf 'Bench-first-Granite-Otter-64' > "$WORK/admin.pw"
 printf 'Bench-second-Granite-Otter-64' > "$WORK/clerk.pw"
@@ -103,11 +95,11 @@ echo "# pivault-server --hosting, $(date -u +%FT%TZ), $(nproc) cores, $VAULTS va
 PIVAULT_PASSPHRASE_FILE="$WORK/v1.pass" "$BIN_DIR/pivault-server" --vault "$WORK/v1" --bind 127.0.0.1:0 \
   --self-signed --tls-cert "$WORK/server.crt" --tls-key "$WORK/server.key" --no-socket "${LIFTED[@]}" \
   2> "$WORK/single.log" &
-PID=$!
+SERVER_PID=$!
 PORT=$(port_of "$WORK/single.log" "")
 reads "$PORT" 1 16 "$WORK/single.txt"
-RSS_SINGLE=$(rss_mib "$PID")
-kill "$PID"; wait "$PID" || true; PID=""
+RSS_SINGLE=$(rss_mib "$SERVER_PID")
+kill "$SERVER_PID"; wait "$SERVER_PID" || true; SERVER_PID=""
 
 # 2. The same vault among VAULTS in one process.
 {
@@ -122,12 +114,12 @@ START=$(date +%s.%N)
 "$BIN_DIR/pivault-server" --hosting "$WORK/hosting.json" \
   --self-signed --tls-cert "$WORK/server.crt" --tls-key "$WORK/server.key" "${LIFTED[@]}" \
   2> "$WORK/hosting.log" &
-PID=$!
+SERVER_PID=$!
 for i in $(seq 1 "$VAULTS"); do PORTS[i]=$(port_of "$WORK/hosting.log" "$WORK/v$i"); done
 STARTED=$(awk -v a="$START" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b-a }')
 grep -q "serving $VAULTS of $VAULTS vault(s)" "$WORK/hosting.log" || { cat "$WORK/hosting.log" >&2; exit 1; }
 reads "${PORTS[1]}" 1 16 "$WORK/hosted.txt"
-RSS_HOSTED=$(rss_mib "$PID")
+RSS_HOSTED=$(rss_mib "$SERVER_PID")
 
 # 3. Four hosted vaults at once.
 READERS=()
@@ -142,7 +134,7 @@ FLOODING=$!
 sleep 1
 reads "${PORTS[2]}" 2 4 "$WORK/quiet-beside.txt"
 wait "$FLOODING"
-kill "$PID"; wait "$PID" || true; PID=""
+kill "$SERVER_PID"; wait "$SERVER_PID" || true; SERVER_PID=""
 grep -q "pivault-server: stopped" "$WORK/hosting.log" || { echo "the hosting server did not stop cleanly" >&2; cat "$WORK/hosting.log" >&2; exit 1; }
 
 S=$(rps_of "$WORK/single.txt"); H=$(rps_of "$WORK/hosted.txt")

@@ -24,15 +24,9 @@ DURATION=${DURATION:-10s}
 BIN_DIR=${BIN_DIR:-${CARGO_TARGET_DIR:-target}/debug}
 THREADS=${THREADS:-2}
 
-need() { command -v "$1" >/dev/null 2>&1; }
-if ! need wrk || ! need curl; then
-  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
-  $SUDO apt-get update -qq && $SUDO apt-get install -y -qq wrk curl
-fi
-[ -x "$BIN_DIR/pivault" ] && [ -x "$BIN_DIR/pivault-server" ] || {
-  echo "build first: cargo build --workspace --all-targets (looked in $BIN_DIR)" >&2; exit 2; }
 
 . scripts/server-fixture.sh
+needs_wrk
 vault_fixture officer clerk
 printf '{"given_name":"Ada","family_name":"Quimby","ssn":"123-45-6789","card":"4111111111111111"}' > "$WORK/rec.json"
 ID=$(PIVAULT_PASSWORD_FILE="$WORK/clerk.pw" "$P" --user clerk --json record put customers --data "$WORK/rec.json" \

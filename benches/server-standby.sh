@@ -18,11 +18,6 @@ DURATION=${DURATION:-10s}
 CONNECTIONS=${CONNECTIONS:-16}
 BIN_DIR=${BIN_DIR:-${CARGO_TARGET_DIR:-target}/debug}
 
-need() { command -v "$1" >/dev/null 2>&1; }
-if ! need wrk || ! need curl; then
-  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
-  $SUDO apt-get update -qq && $SUDO apt-get install -y -qq wrk curl
-fi
 if [ -z "${PIVAULT_PG_MEMBERS:-}" ]; then
   ./scripts/cluster.sh start >/dev/null
   # shellcheck disable=SC1090
@@ -30,6 +25,7 @@ if [ -z "${PIVAULT_PG_MEMBERS:-}" ]; then
 fi
 
 . scripts/server-fixture.sh
+needs_wrk
 STANDBY_PID=""
 trap '[ -n "$STANDBY_PID" ] && kill "$STANDBY_PID" 2>/dev/null; fixture_cleanup' EXIT
 members=$(printf '"%s",' ${PIVAULT_PG_MEMBERS//,/ }); members="[${members%,}]"

@@ -8,6 +8,17 @@
 # WORK (a private temp dir, removed on exit with the server stopped); the
 # functions set PIVAULT_PASSPHRASE_FILE, PIVAULT_DIR, P, SERVER_PID, URL.
 
+# needs_wrk: installs wrk and curl with apt-get when missing, and checks
+# that the binaries are built in BIN_DIR.
+needs_wrk() {
+  if ! command -v wrk >/dev/null 2>&1 || ! command -v curl >/dev/null 2>&1; then
+    local sudo=""; [ "$(id -u)" -eq 0 ] || sudo=sudo
+    $sudo apt-get update -qq && $sudo apt-get install -y -qq wrk curl
+  fi
+  [ -x "$BIN_DIR/pivault" ] && [ -x "$BIN_DIR/pivault-server" ] || {
+    echo "build first: cargo build --workspace --all-targets (looked in $BIN_DIR)" >&2; exit 2; }
+}
+
 WORK=$(mktemp -d)
 SERVER_PID=""
 fixture_cleanup() { [ -n "$SERVER_PID" ] && kill "$SERVER_PID" 2>/dev/null || true; rm -rf "$WORK"; }

@@ -145,7 +145,7 @@ impl Default for Limits {
 /// on a lane of its own, served in turn), and the bounds on long work,
 /// password checks (Argon2id's memory) and buffered request bodies, so that
 /// a process serving a thousand vaults (`pivault-server --hosting`) holds
-/// the threads and memory of one, not a thousand.
+/// those threads and that memory once, not a thousand times.
 pub struct Capacity {
     workers: Arc<pool::WorkerPool>,
     long: Semaphore,

@@ -255,6 +255,21 @@ mod tests {
         assert_eq!(sum, (0..200u64).map(|i| i * 2).sum::<u64>());
     }
 
+    /// Yields until `n` jobs wait in `pool`'s lanes.
+    async fn until_queued(pool: &WorkerPool, n: usize) {
+        while pool
+            .shared
+            .lock()
+            .lanes
+            .values()
+            .map(VecDeque::len)
+            .sum::<usize>()
+            < n
+        {
+            tokio::task::yield_now().await;
+        }
+    }
+
     /// A vault with many jobs queued delays another vault's job by one
     /// turn, not by its whole queue.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -264,10 +279,15 @@ mod tests {
         let quiet = pool.lane();
         // The one worker is held until every job below is queued.
         let (release, held) = std::sync::mpsc::channel::<()>();
-        let hold = tokio::spawn(async move { busy.run(move || held.recv().ok()).await });
-        while pool.shared.lock().idle > 0 || !pool.shared.lock().turn.is_empty() {
-            tokio::task::yield_now().await;
-        }
+        let (started, running) = tokio::sync::oneshot::channel::<()>();
+        let hold = tokio::spawn(async move {
+            busy.run(move || {
+                let _ = started.send(());
+                held.recv().ok()
+            })
+            .await
+        });
+        running.await.expect("the holding job runs");
         let order = Arc::new(Mutex::new(Vec::new()));
         let mut flood = Vec::new();
         for i in 0..100u32 {
@@ -276,31 +296,11 @@ mod tests {
                 l.run(move || o.lock().unwrap().push(i)).await
             }));
         }
-        while pool
-            .shared
-            .lock()
-            .lanes
-            .values()
-            .map(VecDeque::len)
-            .sum::<usize>()
-            < 100
-        {
-            tokio::task::yield_now().await;
-        }
+        until_queued(&pool, 100).await;
         let o = order.clone();
         let quiet_job =
             tokio::spawn(async move { quiet.run(move || o.lock().unwrap().push(1000)).await });
-        while pool
-            .shared
-            .lock()
-            .lanes
-            .values()
-            .map(VecDeque::len)
-            .sum::<usize>()
-            < 101
-        {
-            tokio::task::yield_now().await;
-        }
+        until_queued(&pool, 101).await;
         release.send(()).unwrap();
         hold.await.unwrap().unwrap();
         quiet_job.await.unwrap().unwrap();

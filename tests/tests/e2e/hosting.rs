@@ -69,26 +69,6 @@ fn put(srv: &Server, clerk: &str, given: &str) -> String {
     a.json()["record_id"].as_str().expect("id").to_owned()
 }
 
-/// The live record IDs the officer lists.
-fn live(srv: &Server, officer: &str) -> Vec<String> {
-    let list = srv.call(
-        "GET",
-        &format!("/v1/records?collection={CUSTOMERS}"),
-        Some(officer),
-        None,
-    );
-    assert_eq!(list.status, 200, "{list:?}");
-    let mut ids: Vec<String> = list.json()["items"]
-        .as_array()
-        .expect("items")
-        .iter()
-        .filter(|m| m["state"] == "live")
-        .map(|m| m["record_id"].as_str().expect("id").to_owned())
-        .collect();
-    ids.sort();
-    ids
-}
-
 #[test]
 fn one_process_serves_each_vault_at_its_own_address_and_nothing_crosses() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -209,12 +189,12 @@ fn one_process_serves_each_vault_at_its_own_address_and_nothing_crosses() {
         .expect("certificate")
         .to_owned();
     assert_eq!(
-        live(&a, &officer_a),
+        a.live_ids(&officer_a),
         kept_a,
         "A holds what its clerks put, less the disposed"
     );
     assert_eq!(
-        live(&b, &officer_b),
+        b.live_ids(&officer_b),
         kept_b,
         "B holds exactly what its clerks put"
     );
@@ -363,7 +343,7 @@ fn a_vault_added_removed_or_changed_at_sighup_leaves_the_others_serving() {
     });
     assert!(c_line.contains("listening on https://"), "{c_line}");
     assert_eq!(
-        live(&a, &a.token("officer")).len(),
+        a.live_ids(&a.token("officer")).len(),
         put_by_a.len(),
         "every put of A's during the reload kept"
     );

@@ -669,6 +669,26 @@ impl Server {
         )
     }
 
+    /// The IDs of the live records the officer lists, sorted.
+    pub(crate) fn live_ids(&self, officer: &str) -> Vec<String> {
+        let list = self.call(
+            "GET",
+            &format!("/v1/records?collection={CUSTOMERS}"),
+            Some(officer),
+            None,
+        );
+        assert_eq!(list.status, 200, "{list:?}");
+        let mut ids: Vec<String> = list.json()["items"]
+            .as_array()
+            .expect("items")
+            .iter()
+            .filter(|m| m["state"] == "live")
+            .map(|m| m["record_id"].as_str().expect("id").to_owned())
+            .collect();
+        ids.sort();
+        ids
+    }
+
     pub(crate) fn token(&self, user: &str) -> String {
         let (_, _, pw) = USERS.iter().find(|(u, _, _)| *u == user).expect("user");
         let a = self.login(user, pw);
