@@ -3,7 +3,8 @@
 //! with its own passphrase, users, tokens, records, certificates and
 //! trail; clients of two vaults working at once, a disposal in one among
 //! them; an insider's swapped or exposed passphrase file and a copied line
-//! in the hosting file; a clean stop that closes every vault.
+//! in the hosting file; vaults added, removed and changed at SIGHUP while
+//! another's clerk writes; a clean stop that closes every vault.
 
 use std::path::Path;
 use std::time::Duration;
