@@ -44,7 +44,7 @@ struct Args {
     #[arg(
         long,
         value_name = "FILE",
-        conflicts_with_all = ["standby", "syslog", "passphrase_file", "advertise"]
+        conflicts_with_all = ["standby", "syslog", "passphrase_file", "advertise", "socket", "socket_group", "socket_owner"]
     )]
     hosting: Option<PathBuf>,
     /// Address to listen on. Anything but loopback requires --tls-cert and --tls-key.
