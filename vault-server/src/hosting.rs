@@ -31,7 +31,6 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 use serde::Deserialize;
 use vault_core::Vault;
-use vault_core::secret::SecretString;
 use vault_core::vault::OpenOptions;
 use vault_server::{App, Capacity};
 
@@ -123,18 +122,7 @@ fn open_one(v: &Hosted, how: OpenWith) -> anyhow::Result<Ready> {
     let listener = std::net::TcpListener::bind(v.bind)
         .with_context(|| format!("cannot listen on {}", v.bind))?;
     listener.set_nonblocking(true)?;
-    let pass = SecretString::from_private_file(&v.passphrase_file).with_context(|| {
-        format!(
-            "cannot use the passphrase file {}",
-            v.passphrase_file.display()
-        )
-    })?;
-    if pass.expose().is_empty() {
-        bail!(
-            "the passphrase file {} is empty",
-            v.passphrase_file.display()
-        );
-    }
+    let pass = crate::passphrase(Some(&v.passphrase_file))?;
     let vault = Vault::open(
         &v.dir,
         &pass,
@@ -241,12 +229,10 @@ impl Host<'_> {
                 }
             }
             crate::start_timers(&rt, &app, self.args);
-            let local = r.listener.local_addr().ok();
-            let advertise = r.entry.advertise.clone().or_else(|| {
-                local
-                    .filter(|l| !l.ip().is_unspecified())
-                    .map(|l| l.to_string())
-            });
+            let advertise =
+                r.listener.local_addr().ok().and_then(|local| {
+                    crate::advertised_address(r.entry.advertise.as_deref(), local)
+                });
             let advertised = match advertise {
                 Some(addr) if app.vault().records_on_cluster() => {
                     rt.spawn(crate::keep_published(app.clone(), addr));

@@ -494,10 +494,7 @@ fn run(args: Args) -> anyhow::Result<()> {
     });
     // Standbys forward here once the address is published (a vault with
     // its records embedded has no standbys, and nothing is written).
-    let advertise = args
-        .advertise
-        .clone()
-        .or_else(|| (!local.ip().is_unspecified()).then(|| local.to_string()));
+    let advertise = advertised_address(args.advertise.as_deref(), local);
     if let Some(addr) = advertise
         .clone()
         .filter(|_| app.vault().records_on_cluster())
@@ -551,6 +548,14 @@ fn finish(app: Arc<App>, advertised: bool) -> anyhow::Result<()> {
         None => eprintln!("pivault-server: vault still referenced at exit; closed by drop"),
     }
     Ok(())
+}
+
+/// The address standbys forward to: the one given, else the one this
+/// server listens on, unless that is 0.0.0.0 or [::].
+fn advertised_address(given: Option<&str>, local: SocketAddr) -> Option<String> {
+    given
+        .map(str::to_owned)
+        .or_else(|| (!local.ip().is_unspecified()).then(|| local.to_string()))
 }
 
 /// The limits the flags set (each vault's own in `--hosting`).
