@@ -93,11 +93,19 @@ skips=()
 for m in "${cluster_modules[@]}"; do skips+=(--skip "$m"); done
 # `--skip m::` matches test names containing `m::`; only the e2e binary
 # has modules by these names (checked: `--list` of every other binary).
-cargo test --workspace --no-fail-fast -- "${skips[@]}" || main=$?
+main_log=target/lane-main.log
+cargo test --workspace --no-fail-fast -- "${skips[@]}" 2>&1 | tee "$main_log" || main=$?
 
 lane_rc=0
 wait "$lane" || lane_rc=$?
 cat "$lane_log"
+if [ "$main" != 0 ]; then
+  # The main lane's failures again, last: the cluster lane's log above
+  # pushes them out of a CI excerpt that keeps only the end (stop 30 showed
+  # the failing test's name but not its panic).
+  echo "== the main lane's failures, again"
+  awk '/^failures:$/ {on = 1} on {print} /^test result:/ {on = 0}' "$main_log"
+fi
 if [ "$main" != 0 ] || [ "$lane_rc" != 0 ]; then
   echo "TESTS FAILED: main lane rc=$main, cluster lane rc=$lane_rc (at ${SECONDS} s)" >&2
   exit 1

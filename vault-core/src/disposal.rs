@@ -269,6 +269,14 @@ pub(crate) struct BeaconRow {
     members: Vec<crate::keystore::MemberEvidence>,
 }
 
+/// What step 6 deleted: the account for the certificate, and the deleted
+/// beacons' tags and key ranges for the byte scan.
+struct Deleted {
+    beacons: BeaconRow,
+    tags: Vec<Vec<u8>>,
+    ranges: Vec<Vec<u8>>,
+}
+
 /// A backup that existed when a batch started: a residual copy the
 /// certificate names, with its expiry.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -1226,6 +1234,57 @@ impl Vault {
         Ok(())
     }
 
+    /// Step 6's work: each record's row becomes a tombstone naming
+    /// `certificate` and its beacons go in the same batch; then the search
+    /// index's copies in files and logs are purged (the deleted ranges, or
+    /// the whole index when the batch `resumed` after its rows went and no
+    /// longer knows them). No audit and no step recorded here.
+    fn delete_ciphertexts(
+        &self,
+        records: &[(RecordId, SubjectId)],
+        certificate: &str,
+        resumed: bool,
+    ) -> Result<Deleted> {
+        let mut beacons = BeaconRow::default();
+        let mut tags = Vec::new();
+        let mut ranges = Vec::new();
+        for (id, _) in records {
+            if let Some(mut row) = self.store.record(*id)? {
+                let index = self.index_change(*id, &row.collection, None, None)?;
+                beacons.deleted += index.deleted;
+                beacons.records += u64::from(!index.ops.is_empty());
+                tags.extend(index.deleted_tags);
+                ranges.extend(index.deleted_ranges);
+                row.state = RecordState::Disposed {
+                    certificate: Some(certificate.to_owned()),
+                };
+                row.envelope.clear();
+                self.store.put_record_with(*id, &row, false, &index.ops)?;
+            }
+        }
+        self.store.flush_records()?;
+        // A batch that deleted no beacon row (no searchable field) has
+        // nothing to purge.
+        let ev = if resumed || !ranges.is_empty() {
+            self.store.purge_beacons((!resumed).then_some(&ranges[..]))?
+        } else {
+            crate::store::BeaconPurge::default()
+        };
+        beacons.whole_family = ev.whole_family;
+        beacons.ranges = ev.ranges;
+        beacons.snapshots = ev.snapshots;
+        beacons.tombstones = ev.tombstones;
+        beacons.residue = ev.residue_files;
+        beacons.wal_files = ev.wal_files;
+        beacons.duration_ms = ev.duration_ms;
+        beacons.members = ev.members;
+        Ok(Deleted {
+            beacons,
+            tags,
+            ranges,
+        })
+    }
+
     /// Runs (or resumes) a batch from its recorded step to the certificate.
     /// `actor` is the user the step events are audited under: the one who
     /// started or retried the batch, or the operator on resume at open.
@@ -1352,67 +1411,51 @@ impl Vault {
             step = step_index("epoch_ratcheted");
             tr("epoch_ratcheted");
         }
-        if step < step_index("keystore_purged") {
-            // Step 5: physical purge of the keystore.
-            let ev = self.keystore.purge(
-                &b.buckets,
-                self.purge_skip_flush
-                    .load(std::sync::atomic::Ordering::SeqCst),
-            )?;
-            b.purge = Some(PurgeRow::from(&ev));
-            self.advance(b, "keystore_purged")?;
-            step = step_index("keystore_purged");
-            tr("keystore_purged");
-        }
         // The deleted beacons' tags (random markers written only in the
         // rows' values) and key ranges, for the purge and the byte scan.
         let mut beacon_tags: Vec<Vec<u8>> = Vec::new();
         let mut beacon_ranges: Vec<Vec<u8>> = Vec::new();
         if step < step_index("ciphertexts_deleted") {
-            // Step 6: the ciphertexts go; a tombstone row names the certificate.
-            // Their beacons go in the same batch as each tombstone.
-            let mut beacons = BeaconRow::default();
-            for (id, _) in &records {
-                if let Some(mut row) = self.store.record(*id)? {
-                    let index = self.index_change(*id, &row.collection, None, None)?;
-                    beacons.deleted += index.deleted;
-                    beacons.records += u64::from(!index.ops.is_empty());
-                    beacon_tags.extend(index.deleted_tags);
-                    beacon_ranges.extend(index.deleted_ranges);
-                    row.state = RecordState::Disposed {
-                        certificate: Some(b.certificate_id.clone()),
-                    };
-                    row.envelope.clear();
-                    self.store.put_record_with(*id, &row, false, &index.ops)?;
-                }
-            }
-            self.store.flush_records()?;
-            // The beacon rows' copies in WALs and table files: every column
-            // family flushed, the deleted ranges compacted (a batch resumed
-            // after its rows went no longer knows them: the whole family).
+            // Steps 5 and 6 at once: the keystore's physical purge on a
+            // thread of its own while the ciphertexts go (a tombstone row
+            // names the certificate) and the search index is purged. They
+            // touch different stores (in production two clusters), and
+            // each purge's time is mostly its WAL rounds, which a shared
+            // cluster's checkpoints serve together. The steps are still
+            // recorded in order: `keystore_purged` once the keys' purge is
+            // done, `ciphertexts_deleted` once both are; a crash or failure
+            // in between resumes both (each is idempotent).
+            let skip_flush = self
+                .purge_skip_flush
+                .load(std::sync::atomic::Ordering::SeqCst);
+            let purge_keys = step < step_index("keystore_purged");
             let resumed = wrapped_before.is_empty();
-            if resumed && let Some(old) = &b.beacons {
-                // Counted by the run that deleted them.
-                beacons.deleted += old.deleted;
-                beacons.records += old.records;
+            let (purged, deleted) = std::thread::scope(|sc| {
+                let keys = purge_keys
+                    .then(|| sc.spawn(|| self.keystore.purge(&b.buckets, skip_flush)));
+                let deleted = self.delete_ciphertexts(&records, &b.certificate_id, resumed);
+                (keys.map(|h| h.join().expect("the keystore's purge thread")), deleted)
+            });
+            // What the ciphertexts' side did is kept with the keys' step,
+            // so a batch resumed from there still counts the beacon rows
+            // its first run deleted.
+            if let Ok(d) = &deleted {
+                let mut beacons = d.beacons.clone();
+                if resumed && let Some(old) = &b.beacons {
+                    // Counted by the run that deleted them.
+                    beacons.deleted += old.deleted;
+                    beacons.records += old.records;
+                }
+                b.beacons = Some(beacons);
             }
-            // A batch that deleted no beacon row (no searchable field) has
-            // nothing to purge; a resumed one purges the whole family.
-            let ev = if resumed || !beacon_ranges.is_empty() {
-                self.store
-                    .purge_beacons((!resumed).then_some(&beacon_ranges[..]))?
-            } else {
-                crate::store::BeaconPurge::default()
-            };
-            beacons.whole_family = ev.whole_family;
-            beacons.ranges = ev.ranges;
-            beacons.snapshots = ev.snapshots;
-            beacons.tombstones = ev.tombstones;
-            beacons.residue = ev.residue_files;
-            beacons.wal_files = ev.wal_files;
-            beacons.duration_ms = ev.duration_ms;
-            beacons.members = ev.members;
-            b.beacons = Some(beacons);
+            if let Some(ev) = purged {
+                b.purge = Some(PurgeRow::from(&ev?));
+                self.advance(b, "keystore_purged")?;
+                tr("keystore_purged");
+            }
+            let deleted = deleted?;
+            beacon_tags = deleted.tags;
+            beacon_ranges = deleted.ranges;
             // Tombstones now: a read or an update sees "disposed".
             self.isolation
                 .remove_pending(records.iter().map(|(id, _)| *id));

@@ -529,10 +529,20 @@ impl Keystore {
     /// they are, so an interrupted ratchet can be finished by running it again.
     pub fn rewrap_buckets(&self, from: (u64, &SecretKey), to: (u64, &SecretKey)) -> Result<()> {
         let mut ops = Vec::new();
+        // Every bucket key in one scan: on a cluster, 1,024 reads one at a
+        // time were most of a disposal's ratchet step (about 0.25 s).
+        let mut stored = HashMap::new();
+        self.engine.scan(Table::Buckets, &[], &mut |k, v| {
+            if let Ok(b) = <[u8; 4]>::try_from(k).map(u32::from_be_bytes)
+                && b < self.buckets
+            {
+                stored.insert(b, v.to_vec());
+            }
+            Ok(true)
+        })?;
         for b in 0..self.buckets {
-            let wrapped = self
-                .engine
-                .get(Table::Buckets, &b.to_be_bytes())?
+            let wrapped = stored
+                .remove(&b)
                 .ok_or(Error::Integrity("keystore (bucket key missing)"))?;
             if crypto::unwrap_key(
                 to.1,

@@ -1040,7 +1040,26 @@ fn crash_round(step: &str) {
     let dir = tmp.path().join("vault");
     let fx = small_vault(&dir);
     let recs = store_records(&fx, 3, 2);
-    let target = recs[2];
+    // The disposed record has search beacons (family name and SSN), so the
+    // certificate's count of them is checked across the crash too: the
+    // keystore's purge and the ciphertexts' deletion run at once, and a
+    // batch resumed after `keystore_purged` must still count the beacon
+    // rows its first run deleted.
+    let mut searched = common::customers_schema();
+    searched
+        .set_searchable(vec!["family_name".into(), "ssn".into()])
+        .unwrap();
+    fx.vault
+        .create_collection(&fx.admin, "searched", &searched)
+        .unwrap();
+    let target = Stored {
+        id: fx
+            .vault
+            .put_record(&fx.clerk, "searched", recs[2].subject, &body(99))
+            .unwrap(),
+        subject: recs[2].subject,
+        n: 99,
+    };
     let wrapped = fx
         .vault
         .keystore()
@@ -1132,7 +1151,13 @@ fn crash_round(step: &str) {
         vault.epoch() > epoch_before,
         "step {step}: no epoch ratchet"
     );
-    for r in recs.iter().filter(|r| r.id != target.id) {
+    let si = &c.body["sanitization"]["details"]["search_index"];
+    assert_eq!(si["records_with_beacons"], 1, "step {step}: {si}");
+    assert!(
+        si["beacons_deleted"].as_u64() >= Some(2),
+        "step {step}: the family name's and the SSN's beacons are counted: {si}"
+    );
+    for r in &recs {
         assert_readable(&vault, &clerk, r);
     }
     let hits = scan_settled(&dir.join("keystore"), &[wrapped], Duration::from_secs(1));

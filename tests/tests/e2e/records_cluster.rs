@@ -658,6 +658,63 @@ fn a_disposal_purges_the_blind_indexes_from_every_member_and_a_plain_vacuum_is_c
     fx.vault.close().unwrap();
 }
 
+/// A disposal's search-index scan is narrowed by table: it reads the
+/// partition that held the record's beacon rows and skips the audit
+/// trails' table, which grows with every operation of every vault and
+/// never holds a tag (its lines are the vault's events: IDs, no values).
+/// The whole scan (no tables named) reads the trail's file, and finds no
+/// tag in it.
+#[test]
+fn the_search_index_scan_reads_the_vaults_partition_and_not_the_audit_trail() {
+    let _one = serial();
+    let c = cluster();
+    let tmp = tempfile::tempdir().unwrap();
+    let fx = vault_on_clusters(&tmp.path().join("vault"));
+    let id = put_people(&fx, 0..3)[1];
+    let primary = primary_member(&c);
+    let tag = beacon_tag(&primary, &fx.vault, id);
+    let s = records_schema(&fx.vault);
+    let partition = format!("beacons_{}", id.as_bytes()[15] % 16);
+    let sql = |q: &str| psql_in(&primary, "pivault_records", q).expect("primary up");
+    // On disk, not only in the WAL and shared buffers.
+    sql("CHECKPOINT");
+    let file = |rel: &str| sql(&format!("SELECT pg_relation_filepath('{rel}')"));
+    let (trail, beacons) = (
+        file("pivault_audit.events"),
+        file(&format!("{s}.{partition}")),
+    );
+    let scan = |tables: &str| -> std::collections::BTreeMap<String, String> {
+        sql(&format!(
+            "SELECT string_agg(path || '=' || coalesce(hit::text, 'unread'), ',')
+               FROM pivault_verify.scan_vault(ARRAY['\\x{}'::bytea], '{s}', {tables})",
+            hex::encode(&tag)
+        ))
+        .split(',')
+        .filter_map(|p| p.split_once('='))
+        .map(|(p, h)| (p.to_owned(), h.to_owned()))
+        .collect()
+    };
+    let narrowed = scan(&format!("ARRAY['{partition}']"));
+    assert_eq!(
+        narrowed.get(&beacons).map(String::as_str),
+        Some("true"),
+        "the partition's file is read and holds the live tag: {narrowed:?}"
+    );
+    assert_eq!(
+        narrowed.get(&trail).map(String::as_str),
+        Some("unread"),
+        "{trail}: {narrowed:?}"
+    );
+    let whole = scan("NULL");
+    assert_eq!(whole.get(&beacons).map(String::as_str), Some("true"));
+    assert_eq!(
+        whole.get(&trail).map(String::as_str),
+        Some("false"),
+        "the whole scan reads the trail's file, which holds no tag: {whole:?}"
+    );
+    fx.vault.close().unwrap();
+}
+
 /// A vault made before the search index was partitioned (one `beacons`
 /// table) is moved into the partitions when it next opens, and its records
 /// are still found; a disposal then rewrites one partition only.
