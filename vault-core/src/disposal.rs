@@ -1266,7 +1266,8 @@ impl Vault {
         // A batch that deleted no beacon row (no searchable field) has
         // nothing to purge.
         let ev = if resumed || !ranges.is_empty() {
-            self.store.purge_beacons((!resumed).then_some(&ranges[..]))?
+            self.store
+                .purge_beacons((!resumed).then_some(&ranges[..]))?
         } else {
             crate::store::BeaconPurge::default()
         };
@@ -1431,10 +1432,13 @@ impl Vault {
             let purge_keys = step < step_index("keystore_purged");
             let resumed = wrapped_before.is_empty();
             let (purged, deleted) = std::thread::scope(|sc| {
-                let keys = purge_keys
-                    .then(|| sc.spawn(|| self.keystore.purge(&b.buckets, skip_flush)));
+                let keys =
+                    purge_keys.then(|| sc.spawn(|| self.keystore.purge(&b.buckets, skip_flush)));
                 let deleted = self.delete_ciphertexts(&records, &b.certificate_id, resumed);
-                (keys.map(|h| h.join().expect("the keystore's purge thread")), deleted)
+                (
+                    keys.map(|h| h.join().expect("the keystore's purge thread")),
+                    deleted,
+                )
             });
             // What the ciphertexts' side did is kept with the keys' step,
             // so a batch resumed from there still counts the beacon rows

@@ -761,3 +761,164 @@ fn as_provider_in_records(provider_cfg: &PgConfig) -> postgres::Client {
     })
     .unwrap()
 }
+
+/// One `pivault-server --hosting` process serving two businesses whose keys
+/// and records are on the cluster: their clerks write at once while one
+/// disposes of a record (certified with every member verified); nothing
+/// crosses; a vault removed at SIGHUP (sent twice at once) lets go of its
+/// lock on the cluster, so it opens elsewhere at once, with its records.
+#[test]
+fn a_hosting_process_serves_vaults_on_the_cluster_and_a_removed_one_lets_go_of_its_lock() {
+    use std::time::Duration;
+
+    use serde_json::json;
+    use vault_core::secret::SecretString;
+    use vault_core::vault::{OpenOptions, Vault};
+
+    use crate::hosting::{PASSPHRASE_B, business_on_clusters, hup, put};
+    use crate::server;
+
+    let _one = crate::cluster::serial();
+    let _c = crate::cluster::cluster();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let work = dir.path();
+    let id_a = business_on_clusters(&work.join("a"), None);
+    let id_b = business_on_clusters(&work.join("b"), Some(PASSPHRASE_B));
+    write_private(&work.join("a.pass"), common::PASSPHRASE.as_bytes());
+    write_private(&work.join("b.pass"), PASSPHRASE_B.as_bytes());
+    let line = |dir: &str| json!({ "dir": dir, "passphrase_file": format!("{dir}.pass"), "bind": "127.0.0.1:0" });
+    let hosting = work.join("hosting.json");
+    std::fs::write(
+        &hosting,
+        json!({ "vaults": [line("a"), line("b")] }).to_string(),
+    )
+    .expect("hosting file");
+    let (srv, bases, _) =
+        server::spawn_hosting(tempfile::tempdir().expect("tempdir"), &hosting, &[])
+            .hosting(2, Duration::from_secs(120));
+    let base_of = |id: &str| {
+        bases
+            .iter()
+            .find(|(i, _)| i == id)
+            .map(|(_, b)| b.clone())
+            .unwrap_or_else(|| panic!("vault {id} served: {bases:?}"))
+    };
+    let (a, b) = (srv.view(&base_of(&id_a)), srv.view(&base_of(&id_b)));
+    let (clerk_a, clerk_b) = (a.token("clerk"), b.token("clerk"));
+    let (officer_a, officer_b) = (a.token("officer"), b.token("officer"));
+
+    let doomed = put(&a, &clerk_a, "Doomed");
+    let (kept_a, kept_b, disposal) = std::thread::scope(|s| {
+        let writer = |srv, clerk, who: &'static str| {
+            s.spawn(move || {
+                ["Ada", "Bo", "Cy", "Di", "Ed", "Flo"]
+                    .iter()
+                    .map(|given| put(srv, clerk, &format!("{given} {who}")))
+                    .collect::<Vec<_>>()
+            })
+        };
+        let (wa, wb) = (writer(&a, &clerk_a, "Alpha"), writer(&b, &clerk_b, "Beta"));
+        let d = a.call(
+            "POST",
+            "/v1/disposals",
+            Some(&officer_a),
+            Some(&json!({ "scope": "record", "record": doomed, "data_owner": "Quimby Hardware" })),
+        );
+        let (mut ka, mut kb) = (wa.join().expect("A's clerk"), wb.join().expect("B's clerk"));
+        ka.sort();
+        kb.sort();
+        (ka, kb, d)
+    });
+    assert_eq!(disposal.status, 200, "A's disposal: {disposal:?}");
+    let cert = disposal.json()["certificate_id"]
+        .as_str()
+        .expect("certificate")
+        .to_owned();
+    let doc = a.call(
+        "GET",
+        &format!("/v1/certificates/{cert}"),
+        Some(&officer_a),
+        None,
+    );
+    assert_eq!(doc.status, 200, "{doc:?}");
+    assert!(
+        doc.text.contains("\"verified\":true") && !doc.text.contains("\"verified\":false"),
+        "every member verified: {}",
+        doc.text
+    );
+    assert_eq!(
+        a.live_ids(&officer_a),
+        kept_a,
+        "A: its clerk's puts, less the disposed"
+    );
+    assert_eq!(
+        b.live_ids(&officer_b),
+        kept_b,
+        "B: exactly its clerk's puts"
+    );
+    let crossed = b.call("GET", "/v1/records", Some(&clerk_a), None);
+    assert_eq!(crossed.status, 401, "A's token at B: {crossed:?}");
+    let crossed = b.call(
+        "GET",
+        &format!("/v1/records/{}", kept_a[0]),
+        Some(&officer_b),
+        None,
+    );
+    assert_eq!(crossed.status, 404, "A's record at B: {crossed:?}");
+
+    // B removed; the signal sent twice at once. Reloads run one at a time:
+    // B is stopped and closed once, and A serves throughout.
+    std::fs::write(&hosting, json!({ "vaults": [line("a")] }).to_string()).expect("hosting file");
+    hup(&srv);
+    hup(&srv);
+    srv.wait_stderr(
+        &[
+            &format!("vault {id_b}: stopped and closed (removed from the hosting file)"),
+            "reloaded",
+        ],
+        Duration::from_secs(60),
+    );
+    // Let a second reload, if the signals were not merged, finish: it
+    // finds nothing to change (B is not stopped twice).
+    std::thread::sleep(Duration::from_secs(2));
+    let said = srv.stderr_lines();
+    assert!(
+        !said.iter().any(|l| l.contains(&format!("vault {id_b}"))),
+        "{said:?}"
+    );
+    assert!(
+        said.iter()
+            .filter(|l| l.contains("reloaded"))
+            .all(|l| l.contains("serving 1 of 1 vault(s)")),
+        "{said:?}"
+    );
+    // B's lock on the cluster went with it: B opens here at once.
+    let reopened = Vault::open(
+        &work.join("b"),
+        &SecretString::from(PASSPHRASE_B),
+        OpenOptions::default(),
+    )
+    .expect("B, removed from the hosting process, opens elsewhere");
+    let admin = common::login(&reopened, "admin");
+    let live = reopened
+        .list_records(&admin, &Default::default())
+        .expect("B's records")
+        .iter()
+        .filter(|r| r.state == vault_core::vault::RecordState::Live)
+        .count();
+    assert_eq!(live, kept_b.len(), "B's records, read elsewhere");
+    reopened.close().expect("close B");
+    put(&a, &clerk_a, "After");
+    let v = a.call("GET", "/v1/audit/verify", Some(&a.token("auditor")), None);
+    assert_eq!(v.json()["ok"], true, "A's trail: {}", v.text);
+    drop((a, b));
+    let (status, _, _keep) = srv.stop();
+    assert!(status.success(), "a clean stop");
+    let a = Vault::open(
+        &work.join("a"),
+        &SecretString::from(common::PASSPHRASE),
+        OpenOptions::default(),
+    )
+    .expect("A, after the stop, opens");
+    a.close().expect("close A");
+}

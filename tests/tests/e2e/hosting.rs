@@ -17,7 +17,7 @@ use crate::cli::write_private;
 use crate::common::{self, CUSTOMERS, PASSPHRASE, USERS};
 use crate::server::{self, Server};
 
-const PASSPHRASE_B: &str = "second-business-passphrase-Hw4!far";
+pub(crate) const PASSPHRASE_B: &str = "second-business-passphrase-Hw4!far";
 const CLERK_B_PASSWORD: &str = "Larkspur-Tangent-Orbit-93";
 /// Customers' names, put by each of four clerks at once.
 const GIVEN: [&str; 8] = ["Ada", "Bo", "Cy", "Di", "Ed", "Flo", "Gus", "Hal"];
@@ -26,7 +26,21 @@ const WRITER: [&str; 4] = ["Alpha", "Beta", "Gamma", "Delta"];
 /// A fixture vault in `dir`, closed; its passphrase changed to `pass` and
 /// its clerk's password to `clerk_pw` when given. Returns its ID.
 fn business(dir: &Path, pass: Option<&str>, clerk_pw: Option<&str>) -> String {
-    let fx = common::fast_vault(dir);
+    business_on(common::fast_vault(dir), pass, clerk_pw)
+}
+
+/// [`business`] with its keys and records on the cluster of the
+/// environment (`scripts/cluster.sh`).
+pub(crate) fn business_on_clusters(dir: &Path, pass: Option<&str>) -> String {
+    let fx = common::fast_vault_with(
+        dir,
+        Some(common::cluster_keystore()),
+        Some(common::cluster_records()),
+    );
+    business_on(fx, pass, None)
+}
+
+fn business_on(fx: common::Fixture, pass: Option<&str>, clerk_pw: Option<&str>) -> String {
     if let Some(p) = pass {
         fx.vault
             .change_passphrase(
@@ -57,7 +71,7 @@ fn login(srv: &Server, user: &str, password: &str) -> (u16, Option<String>) {
     (a.status, token)
 }
 
-fn put(srv: &Server, clerk: &str, given: &str) -> String {
+pub(crate) fn put(srv: &Server, clerk: &str, given: &str) -> String {
     let a = srv.call(
         "POST",
         "/v1/records",
@@ -275,7 +289,7 @@ fn port_in(line: &str) -> String {
     line.rsplit(':').next().expect("port").trim().to_owned()
 }
 
-fn hup(srv: &Server) {
+pub(crate) fn hup(srv: &Server) {
     let ok = std::process::Command::new("kill")
         .args(["-HUP", &srv.pid().to_string()])
         .status()

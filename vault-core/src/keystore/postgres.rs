@@ -900,6 +900,25 @@ impl Conns {
         let mut old_segments = Vec::new();
         for round in 0..=rounds {
             old_segments.clear();
+            if round == 1 {
+                // No segment is removed before every standby has received
+                // what the primary holds now. Right after a failover the
+                // new primary has no replication slot for a standby that
+                // is still switching over to it; the rounds' checkpoints
+                // (two purges' at once, when the keystore and the records
+                // share a cluster) would remove the segments that standby
+                // needs, and it could only be cloned again.
+                let now: String = primary
+                    .query_one("SELECT pg_current_wal_lsn()::text", &[])
+                    .map_err(pg)?
+                    .get(0);
+                for (_, c) in members.iter_mut() {
+                    let Ok(c) = c else { continue };
+                    if in_recovery(c)? {
+                        wait_replay(c, &now)?;
+                    }
+                }
+            }
             if round > 0 {
                 primary
                     .batch_execute("SELECT pg_switch_wal(); CHECKPOINT")
