@@ -771,12 +771,9 @@ fn as_provider_in_records(provider_cfg: &PgConfig) -> postgres::Client {
 fn a_hosting_process_serves_vaults_on_the_cluster_and_a_removed_one_lets_go_of_its_lock() {
     use std::time::Duration;
 
-    use serde_json::json;
-    use vault_core::secret::SecretString;
-    use vault_core::vault::{OpenOptions, Vault};
-
-    use crate::hosting::{PASSPHRASE_B, business_on_clusters, hup, put};
+    use crate::hosting::{PASSPHRASE_B, business_on_clusters, hup, live_count, put, reopened};
     use crate::server;
+    use serde_json::json;
 
     let _one = crate::cluster::serial();
     let _c = crate::cluster::cluster();
@@ -893,32 +890,20 @@ fn a_hosting_process_serves_vaults_on_the_cluster_and_a_removed_one_lets_go_of_i
         "{said:?}"
     );
     // B's lock on the cluster went with it: B opens here at once.
-    let reopened = Vault::open(
-        &work.join("b"),
-        &SecretString::from(PASSPHRASE_B),
-        OpenOptions::default(),
-    )
-    .expect("B, removed from the hosting process, opens elsewhere");
-    let admin = common::login(&reopened, "admin");
-    let live = reopened
-        .list_records(&admin, &Default::default())
-        .expect("B's records")
-        .iter()
-        .filter(|r| r.state == vault_core::vault::RecordState::Live)
-        .count();
-    assert_eq!(live, kept_b.len(), "B's records, read elsewhere");
-    reopened.close().expect("close B");
+    let b_here = reopened(&work.join("b"), PASSPHRASE_B);
+    assert_eq!(
+        live_count(&b_here),
+        kept_b.len(),
+        "B's records, read elsewhere"
+    );
+    b_here.close().expect("close B");
     put(&a, &clerk_a, "After");
     let v = a.call("GET", "/v1/audit/verify", Some(&a.token("auditor")), None);
     assert_eq!(v.json()["ok"], true, "A's trail: {}", v.text);
     drop((a, b));
     let (status, _, _keep) = srv.stop();
     assert!(status.success(), "a clean stop");
-    let a = Vault::open(
-        &work.join("a"),
-        &SecretString::from(common::PASSPHRASE),
-        OpenOptions::default(),
-    )
-    .expect("A, after the stop, opens");
-    a.close().expect("close A");
+    reopened(&work.join("a"), common::PASSPHRASE)
+        .close()
+        .expect("close A");
 }

@@ -60,6 +60,23 @@ fn business_on(fx: common::Fixture, pass: Option<&str>, clerk_pw: Option<&str>) 
     id
 }
 
+/// The vault in `dir` opened in this process with `pass`: its server
+/// must have closed it (and let go of its lock).
+pub(crate) fn reopened(dir: &Path, pass: &str) -> Vault {
+    Vault::open(dir, &SecretString::from(pass), OpenOptions::default())
+        .unwrap_or_else(|e| panic!("{} reopens: {e}", dir.display()))
+}
+
+/// The live records of `v`, as its admin lists them.
+pub(crate) fn live_count(v: &Vault) -> usize {
+    let admin = common::login(v, "admin");
+    v.list_records(&admin, &Default::default())
+        .expect("records")
+        .iter()
+        .filter(|r| r.state == vault_core::vault::RecordState::Live)
+        .count()
+}
+
 fn login(srv: &Server, user: &str, password: &str) -> (u16, Option<String>) {
     let a = srv.call(
         "POST",
@@ -261,19 +278,8 @@ fn one_process_serves_each_vault_at_its_own_address_and_nothing_crosses() {
         ("a", PASSPHRASE, kept_a.len()),
         ("b", PASSPHRASE_B, kept_b.len()),
     ] {
-        let v = Vault::open(
-            &work.join(d),
-            &SecretString::from(pass),
-            OpenOptions::default(),
-        )
-        .unwrap_or_else(|e| panic!("vault {d} reopens: {e}"));
-        let admin = common::login(&v, "admin");
-        let count = v.list_records(&admin, &Default::default()).map(|l| {
-            l.iter()
-                .filter(|r| r.state == vault_core::vault::RecordState::Live)
-                .count()
-        });
-        assert_eq!(count.ok(), Some(n), "vault {d}'s records after the stop");
+        let v = reopened(&work.join(d), pass);
+        assert_eq!(live_count(&v), n, "vault {d}'s records after the stop");
         v.close().expect("close");
     }
     let wrong = Vault::open(
@@ -367,12 +373,7 @@ fn a_vault_added_removed_or_changed_at_sighup_leaves_the_others_serving() {
         "B's address closed"
     );
     // B was closed cleanly: it opens at once elsewhere and its trail verifies.
-    let b = Vault::open(
-        &work.join("b"),
-        &SecretString::from(PASSPHRASE_B),
-        OpenOptions::default(),
-    )
-    .expect("B, closed by the reload, opens");
+    let b = reopened(&work.join("b"), PASSPHRASE_B);
     let auditor = common::login(&b, "auditor");
     assert!(b.audit_verify(&auditor).expect("verify").ok(), "B's trail");
     b.close().expect("close B");

@@ -639,6 +639,30 @@ fn in_recovery(c: &mut Client) -> Result<bool> {
         .get(0))
 }
 
+/// Waits until every reachable standby of `members` has replayed the
+/// primary's WAL up to where it is now; then, with `checkpoint`, runs a
+/// `CHECKPOINT` (a restartpoint) on each.
+fn standbys_replayed(
+    primary: &mut Client,
+    members: &mut [(String, Result<Client>)],
+    checkpoint: bool,
+) -> Result<()> {
+    let lsn: String = primary
+        .query_one("SELECT pg_current_wal_lsn()::text", &[])
+        .map_err(pg)?
+        .get(0);
+    for (_, c) in members.iter_mut() {
+        let Ok(c) = c else { continue };
+        if in_recovery(c)? {
+            wait_replay(c, &lsn)?;
+            if checkpoint {
+                c.batch_execute("CHECKPOINT").map_err(pg)?;
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Waits until a standby has replayed the primary's WAL up to `lsn`.
 fn wait_replay(c: &mut Client, lsn: &str) -> Result<()> {
     let deadline = Instant::now() + REPLAY_PATIENCE;
@@ -908,32 +932,13 @@ impl Conns {
                 // (two purges' at once, when the keystore and the records
                 // share a cluster) would remove the segments that standby
                 // needs, and it could only be cloned again.
-                let now: String = primary
-                    .query_one("SELECT pg_current_wal_lsn()::text", &[])
-                    .map_err(pg)?
-                    .get(0);
-                for (_, c) in members.iter_mut() {
-                    let Ok(c) = c else { continue };
-                    if in_recovery(c)? {
-                        wait_replay(c, &now)?;
-                    }
-                }
+                standbys_replayed(&mut primary, &mut members, false)?;
             }
             if round > 0 {
                 primary
                     .batch_execute("SELECT pg_switch_wal(); CHECKPOINT")
                     .map_err(pg)?;
-                let lsn: String = primary
-                    .query_one("SELECT pg_current_wal_lsn()::text", &[])
-                    .map_err(pg)?
-                    .get(0);
-                for (_, c) in members.iter_mut() {
-                    let Ok(c) = c else { continue };
-                    if in_recovery(c)? {
-                        wait_replay(c, &lsn)?;
-                        c.batch_execute("CHECKPOINT").map_err(pg)?;
-                    }
-                }
+                standbys_replayed(&mut primary, &mut members, true)?;
             }
             for (name, c) in members.iter_mut() {
                 let Ok(c) = c else { continue };
