@@ -771,7 +771,9 @@ fn as_provider_in_records(provider_cfg: &PgConfig) -> postgres::Client {
 fn a_hosting_process_serves_vaults_on_the_cluster_and_a_removed_one_lets_go_of_its_lock() {
     use std::time::Duration;
 
-    use crate::hosting::{PASSPHRASE_B, business_on_clusters, hup, live_count, put, reopened};
+    use crate::hosting::{
+        PASSPHRASE_B, a_is_not_reached_at_b, business_on_clusters, hup, live_count, put, reopened,
+    };
     use crate::server;
     use serde_json::json;
 
@@ -853,15 +855,7 @@ fn a_hosting_process_serves_vaults_on_the_cluster_and_a_removed_one_lets_go_of_i
         kept_b,
         "B: exactly its clerk's puts"
     );
-    let crossed = b.call("GET", "/v1/records", Some(&clerk_a), None);
-    assert_eq!(crossed.status, 401, "A's token at B: {crossed:?}");
-    let crossed = b.call(
-        "GET",
-        &format!("/v1/records/{}", kept_a[0]),
-        Some(&officer_b),
-        None,
-    );
-    assert_eq!(crossed.status, 404, "A's record at B: {crossed:?}");
+    a_is_not_reached_at_b(&b, &clerk_a, &officer_b, &kept_a[0]);
 
     // B removed; the signal sent twice at once. Reloads run one at a time:
     // B is stopped and closed once, and A serves throughout.
