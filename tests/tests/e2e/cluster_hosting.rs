@@ -772,7 +772,8 @@ fn a_hosting_process_serves_vaults_on_the_cluster_and_a_removed_one_lets_go_of_i
     use std::time::Duration;
 
     use crate::hosting::{
-        PASSPHRASE_B, a_is_not_reached_at_b, business_on_clusters, hup, live_count, put, reopened,
+        PASSPHRASE_B, a_is_not_reached_at_b, base_of, business_on_clusters, hup, live_count, put,
+        reopened,
     };
     use crate::server;
     use serde_json::json;
@@ -795,13 +796,7 @@ fn a_hosting_process_serves_vaults_on_the_cluster_and_a_removed_one_lets_go_of_i
     let (srv, bases, _) =
         server::spawn_hosting(tempfile::tempdir().expect("tempdir"), &hosting, &[])
             .hosting(2, Duration::from_secs(120));
-    let base_of = |id: &str| {
-        bases
-            .iter()
-            .find(|(i, _)| i == id)
-            .map(|(_, b)| b.clone())
-            .unwrap_or_else(|| panic!("vault {id} served: {bases:?}"))
-    };
+    let base_of = |id: &str| base_of(&bases, id);
     let (a, b) = (srv.view(&base_of(&id_a)), srv.view(&base_of(&id_b)));
     let (clerk_a, clerk_b) = (a.token("clerk"), b.token("clerk"));
     let (officer_a, officer_b) = (a.token("officer"), b.token("officer"));

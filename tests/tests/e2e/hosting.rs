@@ -60,6 +60,17 @@ fn business_on(fx: common::Fixture, pass: Option<&str>, clerk_pw: Option<&str>) 
     id
 }
 
+/// The address at which a hosting server serves the vault `id`, among the
+/// `(id, base)` pairs it printed.
+#[track_caller]
+pub(crate) fn base_of(bases: &[(String, String)], id: &str) -> String {
+    bases
+        .iter()
+        .find(|(i, _)| i == id)
+        .map(|(_, b)| b.clone())
+        .unwrap_or_else(|| panic!("vault {id} served: {bases:?}"))
+}
+
 /// The vault in `dir` opened in this process with `pass`: its server
 /// must have closed it (and let go of its lock).
 pub(crate) fn reopened(dir: &Path, pass: &str) -> Vault {
@@ -173,13 +184,7 @@ fn one_process_serves_each_vault_at_its_own_address_and_nothing_crosses() {
             assert!(!l.contains(secret), "a passphrase on stderr: {l}");
         }
     }
-    let base_of = |id: &str| {
-        bases
-            .iter()
-            .find(|(i, _)| i == id)
-            .map(|(_, b)| b.clone())
-            .unwrap_or_else(|| panic!("vault {id} served: {bases:?}"))
-    };
+    let base_of = |id: &str| base_of(&bases, id);
     let (a, b) = (srv.view(&base_of(&id_a)), srv.view(&base_of(&id_b)));
     assert_eq!(bases.len(), 2, "only A and B are served: {bases:?}");
     assert_ne!(base_of(&id_a), base_of(&id_b));
@@ -333,14 +338,7 @@ fn a_vault_added_removed_or_changed_at_sighup_leaves_the_others_serving() {
     let (srv, bases, _) =
         server::spawn_hosting(tempfile::tempdir().expect("tempdir"), &hosting, &[])
             .hosting(2, Duration::from_secs(60));
-    let base_of = |id: &str| {
-        bases
-            .iter()
-            .find(|(i, _)| i == id)
-            .expect("served")
-            .1
-            .clone()
-    };
+    let base_of = |id: &str| base_of(&bases, id);
     let (a, b_base) = (srv.view(&base_of(&id_a)), base_of(&id_b));
     let clerk_a = a.token("clerk");
     let b_addr = b_base.replace("https://localhost", "127.0.0.1");
