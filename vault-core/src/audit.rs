@@ -973,6 +973,19 @@ impl AuditLog {
     /// and the checkpoint is retried first thing on the next append, which
     /// fails closed if it still cannot be written.
     pub fn append(&mut self, ev: NewEvent) -> Result<u64> {
+        self.append_forgetting(ev, None).map(|(seq, _)| seq)
+    }
+
+    /// [`Self::append`], and with `forget` (a new record's ID) on a trail
+    /// on the records cluster, that record's write-journal entry removed in
+    /// the same statement (`cluster::ClusterTrail::append`). Answers the
+    /// event's number and whether the entry went; if not, the caller
+    /// removes it.
+    pub fn append_forgetting(
+        &mut self,
+        ev: NewEvent,
+        forget: Option<&[u8]>,
+    ) -> Result<(u64, bool)> {
         validate(&ev)?;
         if let Place::Files(f) = &self.place
             && f.background
@@ -1009,7 +1022,7 @@ impl AuditLog {
                     f.write_line(&line, self.sync)
                 };
                 match r {
-                    Ok(()) => Ok(()),
+                    Ok(()) => Ok(false),
                     Err((e, poisoned)) => {
                         self.poisoned |= poisoned;
                         Err(e)
@@ -1017,10 +1030,10 @@ impl AuditLog {
                 }
             }
             // A synchronous commit with `sync`, as a file line's fsync.
-            Place::Cluster(c) => c.append(seq, &[&line[..line.len() - 1]]),
+            Place::Cluster(c) => c.append(seq, &[&line[..line.len() - 1]], forget),
         };
         self.line_buf = line;
-        written?;
+        let forgotten = written?;
         let prev = self.head_hash;
         self.head_seq = seq;
         self.head_hash = hash;
@@ -1033,7 +1046,7 @@ impl AuditLog {
         if seq.is_multiple_of(CHECKPOINT_EVERY) {
             self.start_checkpoint(time_ms);
         }
-        Ok(seq)
+        Ok((seq, forgotten))
     }
 
     /// Signs a checkpoint of the current head now and writes it on a

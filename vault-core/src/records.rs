@@ -257,31 +257,38 @@ impl Vault {
     /// an unaudited record must not remain), and if that removal fails too
     /// the vault is fenced until reopened (the journal then removes it).
     fn audit_record_create(&self, s: &Session, id: RecordId, subject: SubjectId) -> Result<()> {
-        if let Err(e) = self.audit(
+        let event = self.new_event(
             Some(s.user),
             &s.ctx,
             "record.create",
             vec![id.to_string(), subject.to_string()],
             Ok(()),
             None,
-        ) {
-            let undone = (|| {
-                self.undo_hook()?;
-                if let Some(row) = self.store.record(id)? {
-                    let index = self.index_change(id, &row.collection, None, None)?;
-                    self.store.delete_new_record(id, &row, &index.ops)?;
+        );
+        let forgotten = match self.append_event_forgetting(event, Some(id.as_bytes())) {
+            Ok((_, forgotten)) => forgotten,
+            Err(e) => {
+                let undone = (|| {
+                    self.undo_hook()?;
+                    if let Some(row) = self.store.record(id)? {
+                        let index = self.index_change(id, &row.collection, None, None)?;
+                        self.store.delete_new_record(id, &row, &index.ops)?;
+                    }
+                    self.keystore.delete_dek(subject, id, 1, false)?;
+                    self.mark_dirty(self.keystore.bucket_of(subject))
+                })();
+                if undone.is_err() {
+                    self.isolation.fence();
                 }
-                self.keystore.delete_dek(subject, id, 1, false)?;
-                self.mark_dirty(self.keystore.bucket_of(subject))
-            })();
-            if undone.is_err() {
-                self.isolation.fence();
+                return Err(e);
             }
-            return Err(e);
+        };
+        // The event is in the trail: the entry has done its job (on the
+        // cluster it went with the event). A failed delete only leaves an
+        // entry that the next open finds audited.
+        if !forgotten {
+            let _ = self.store.delete_lazily(store::CF_JOURNAL, id.as_bytes());
         }
-        // The event is in the trail: the entry has done its job. A failed
-        // delete only leaves an entry that the next open finds audited.
-        let _ = self.store.delete_lazily(store::CF_JOURNAL, id.as_bytes());
         Ok(())
     }
 

@@ -1020,6 +1020,19 @@ impl Vault {
         outcome: std::result::Result<(), &Error>,
         reason: Option<&str>,
     ) -> Result<u64> {
+        self.append_event(self.new_event(actor, ctx, action, targets, outcome, reason))
+    }
+
+    /// The event [`Self::audit`] appends.
+    pub(crate) fn new_event(
+        &self,
+        actor: Option<UserId>,
+        ctx: &Context,
+        action: &str,
+        targets: Vec<String>,
+        outcome: std::result::Result<(), &Error>,
+        reason: Option<&str>,
+    ) -> NewEvent {
         let (outcome, code) = match outcome {
             Ok(()) => (Outcome::Success, None),
             Err(e @ Error::PermissionDenied(_)) => (Outcome::Denied, Some(e.code().to_owned())),
@@ -1033,7 +1046,7 @@ impl Vault {
             ) => (Outcome::Denied, Some(e.code().to_owned())),
             Err(e) => (Outcome::Failed, Some(e.code().to_owned())),
         };
-        self.append_event(NewEvent {
+        NewEvent {
             time_ms: self.now(),
             actor,
             channel: ctx.channel,
@@ -1044,12 +1057,23 @@ impl Vault {
             code,
             reason: reason.map(str::to_owned),
             request_id: ctx.request_id.clone(),
-        })
+        }
     }
 
     /// Appends one event to the trail (fail closed: the caller must not keep
     /// an unaudited change).
     fn append_event(&self, ev: NewEvent) -> Result<u64> {
+        self.append_event_forgetting(ev, None).map(|(seq, _)| seq)
+    }
+
+    /// [`Self::append_event`], and with `forget` (a new record's ID) the
+    /// record's write-journal entry removed with the event where the trail
+    /// can (`AuditLog::append_forgetting`): answers whether it was.
+    pub(crate) fn append_event_forgetting(
+        &self,
+        ev: NewEvent,
+        forget: Option<&[u8]>,
+    ) -> Result<(u64, bool)> {
         if self.audit_fail.load(Ordering::Relaxed) {
             return Err(Error::AuditUnavailable(
                 "audit failure injected by a test".into(),
@@ -1062,8 +1086,8 @@ impl Vault {
             .audit
             .lock()
             .map_err(|_| Error::AuditUnavailable("audit lock poisoned".into()))?;
-        let seq = match log.append(ev) {
-            Ok(seq) => seq,
+        let appended = match log.append_forgetting(ev, forget) {
+            Ok(appended) => appended,
             Err(e @ Error::AuditUnavailable(_)) => {
                 drop(log);
                 // Refused on the cluster (another writer's event holds the
@@ -1077,7 +1101,7 @@ impl Vault {
             Err(e) => return Err(e),
         };
         self.sync_anchor(&log);
-        Ok(seq)
+        Ok(appended)
     }
 
     /// Audits a change that has been written and, if the audit write fails,

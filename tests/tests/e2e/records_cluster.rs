@@ -473,6 +473,82 @@ fn a_put_whose_key_is_refused_leaves_no_row_behind() {
     put_and_find(&fx, 5, "the vault takes puts again");
 }
 
+/// Clerks putting at once on the clusters: each put's write-journal entry
+/// goes in the statement that appends its audit event (one round trip
+/// less), and that statement removes the put's own entry only: an update's
+/// entry kept for the next open (the keystore refused its old key's
+/// removal) stays through every put, and the reopen finishes it.
+#[test]
+fn each_put_removes_only_its_own_journal_entry_with_its_audit_event() {
+    let _one = serial();
+    let c = cluster();
+    let tmp = tempfile::tempdir().unwrap();
+    let (fx, primary, _) = two_people_on_clusters(&tmp.path().join("vault"), &c);
+    let entries = |fx: &Fixture| fx.vault.maintenance_status().unwrap().journal_entries;
+    assert_eq!(entries(&fx), 0, "the first two puts left no entry");
+    let updated = put_people(&fx, 2..3)[0];
+    let keys = keys_schema(&fx.vault);
+    refuse(&primary, "pivault_keys", &keys, "deks", "DELETE");
+    let version = fx.vault.update_record(&fx.clerk, updated, &person(3));
+    allow(&primary, "pivault_keys", &keys, "deks");
+    assert_eq!(version.unwrap(), 2, "the update stands, audited");
+    assert_eq!(entries(&fx), 1, "its entry is kept for the next open");
+
+    let ids: Vec<RecordId> = std::thread::scope(|sc| {
+        let clerks: Vec<_> = (0..4u32)
+            .map(|t| {
+                let fx = &fx;
+                sc.spawn(move || put_people(fx, 100 + 10 * t..110 + 10 * t))
+            })
+            .collect();
+        clerks
+            .into_iter()
+            .flat_map(|h| h.join().expect("a clerk's puts"))
+            .collect()
+    });
+    assert_eq!(ids.len(), 40);
+    assert_eq!(
+        entries(&fx),
+        1,
+        "every put's entry went with its event, the update's stayed"
+    );
+    let creates = fx
+        .vault
+        .audit_events(
+            &fx.auditor,
+            &vault_core::audit::EventFilter {
+                action_prefix: Some("record.create".into()),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    for id in &ids {
+        let events = creates
+            .iter()
+            .filter(|e| e.targets.first() == Some(&id.to_string()))
+            .count();
+        assert_eq!(events, 1, "each put audited once");
+    }
+
+    let fx = fx.reopen();
+    let st = fx.vault.maintenance_status().unwrap();
+    assert_eq!((st.journal_entries, st.orphan_keys), (0, 0), "{st:?}");
+    let r = fx.vault.get_record(&fx.clerk, updated, &[], None).unwrap();
+    assert_eq!(
+        (r.meta.version, r.fields["family_name"].clone()),
+        (2, json!(family(3)))
+    );
+    assert_eq!(
+        fx.vault
+            .keystore()
+            .record_keys(r.meta.subject, updated)
+            .unwrap()
+            .len(),
+        1,
+        "the old version's key went at the reopen"
+    );
+}
+
 /// A put whose key and row are both refused (most likely an outage of both
 /// clusters), and whose row's removal is refused too, fails and leaves
 /// nothing behind; and since that is most likely an outage, the vault is

@@ -99,12 +99,20 @@ impl ClusterTrail {
 
     /// `sql` (whose answer is a row of the function's result) run only
     /// while the vault's lock is held, by the backend given as parameters
-    /// `$n` and `$n + 1`: the row's first column says whether it was.
-    fn fenced_sql(&self, sql: &str, n: usize) -> String {
-        if self.fence.get().is_some() {
+    /// `$n` and `$n + 1`: the row's first column says whether it was. With
+    /// `forget`, the same statement removes the write-journal entry
+    /// `$n + 2` (see [`Self::append`]), also only while the lock is held.
+    fn fenced_sql(&self, sql: &str, n: usize, forget: bool) -> String {
+        if let Some(f) = self.fence.get() {
             let held = held_by(&format!("${n}::int"), &format!("${}::text", n + 1));
+            let fj = if forget {
+                let delete = f.forget_journal_entry(&format!("${}::bytea", n + 2));
+                format!(", fj AS ({delete} AND (SELECT held FROM lk))")
+            } else {
+                String::new()
+            };
             format!(
-                "WITH lk AS (SELECT {held} AS held) SELECT lk.held, CASE WHEN lk.held THEN ({sql})::text END FROM lk"
+                "WITH lk AS (SELECT {held} AS held){fj} SELECT lk.held, CASE WHEN lk.held THEN ({sql})::text END FROM lk"
             )
         } else {
             format!(
@@ -141,15 +149,34 @@ impl ClusterTrail {
     /// failover: a line that did reach the trail passes as the same line.
     /// Refused (a gap: the new primary lost lazily committed events), it
     /// is sent again after the events that may have been lost.
-    pub(super) fn append(&self, first: u64, lines: &[&[u8]]) -> Result<()> {
+    ///
+    /// With `forget` (a new record's ID), the record's write-journal entry
+    /// goes in the same statement, and so in the same commit as its event:
+    /// one round trip less for a put, and never an event without its
+    /// entry's removal or the other way round. Answers whether it did
+    /// (`false`: no records store in this database to fence with, and the
+    /// caller removes the entry itself).
+    pub(super) fn append(
+        &self,
+        first: u64,
+        lines: &[&[u8]],
+        forget: Option<&[u8]>,
+    ) -> Result<bool> {
+        let forget = forget.filter(|_| self.fence.get().is_some());
         let mut unsure = self.unsure()?;
         let again = again(&unsure, lines);
         self.fenced(|(pid, start)| {
-            let sql = self.fenced_sql(APPEND, 5);
+            let sql = self.fenced_sql(APPEND, 5, forget.is_some());
             self.on_primary(|c| {
                 let st = c.prepared(&sql)?;
-                let mut run = |from: &i64, all: &[&[u8]]| {
-                    c.query_one(&st, &[&self.vault, from, &all, &self.commit, &pid, &start])
+                let mut run = |from: &i64, all: &[&[u8]]| match &forget {
+                    Some(k) => c.query_one(
+                        &st,
+                        &[&self.vault, from, &all, &self.commit, &pid, &start, k],
+                    ),
+                    None => {
+                        c.query_one(&st, &[&self.vault, from, &all, &self.commit, &pid, &start])
+                    }
                 };
                 match run(&(first as i64), lines) {
                     Err(e) if refused(&e) && again.is_some() => {
@@ -163,7 +190,7 @@ impl ClusterTrail {
         if self.commit == "off" {
             unsure.extend((first..).zip(lines.iter().map(|l| l.to_vec())));
         }
-        Ok(())
+        Ok(forget.is_some())
     }
 
     fn unsure(&self) -> Result<std::sync::MutexGuard<'_, Unsure>> {
@@ -203,8 +230,8 @@ impl ClusterTrail {
         let again = again(&unsure, &[]);
         let seq = seq as i64;
         self.fenced(|(pid, start)| {
-            let add = self.fenced_sql(CHECKPOINT, 4);
-            let append = self.fenced_sql(APPEND, 5);
+            let add = self.fenced_sql(CHECKPOINT, 4, false);
+            let append = self.fenced_sql(APPEND, 5, false);
             self.on_primary(|c| {
                 let st = c.prepared(&add)?;
                 let add =

@@ -303,6 +303,11 @@ pub(crate) trait Fence: Send + Sync {
     /// After an append under `seen` found the lock gone: taken again
     /// (unless another thread already did), or `TakenOver`.
     fn retake(&self, seen: &(i32, String)) -> Result<()>;
+    /// The statement that removes write-journal entry `key` (a parameter
+    /// the caller names) of the vault's records, in the same database: the
+    /// trail folds a new record's entry removal into the append of its
+    /// audit event.
+    fn forget_journal_entry(&self, key: &str) -> String;
 }
 
 impl Fence for Holding {
@@ -313,6 +318,14 @@ impl Fence for Holding {
     fn retake(&self, seen: &(i32, String)) -> Result<()> {
         // The blocking client must not run on an async runtime's thread.
         off_runtime(|| self.retake_unless_moved(seen))
+    }
+
+    fn forget_journal_entry(&self, key: &str) -> String {
+        format!(
+            "DELETE FROM {}.rows WHERE t = {} AND k = {key}",
+            self.schema,
+            table_no(crate::store::CF_JOURNAL)
+        )
     }
 }
 
