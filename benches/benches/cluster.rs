@@ -102,7 +102,9 @@ struct Raw {
 }
 
 impl Raw {
-    fn new(cfg: &PgConfig, n: u64) -> Raw {
+    /// `n` keys for rows of `value_len` bytes in scratch table `table` of
+    /// `cfg`'s database, on its primary.
+    fn new(cfg: &PgConfig, n: u64, table: &str, value_len: usize) -> Raw {
         let mut primary = None;
         for m in &cfg.members {
             let mut c = vault_core::keystore::postgres::connect_member(cfg, m).expect("connect");
@@ -116,11 +118,11 @@ impl Raw {
             }
         }
         let mut c = primary.expect("a primary");
-        c.batch_execute(
+        c.batch_execute(&format!(
             "CREATE SCHEMA IF NOT EXISTS pivault_bench;
-             DROP TABLE IF EXISTS pivault_bench.raw;
-             CREATE TABLE pivault_bench.raw (k bytea PRIMARY KEY, v bytea NOT NULL);",
-        )
+             DROP TABLE IF EXISTS pivault_bench.{table};
+             CREATE TABLE pivault_bench.{table} (k bytea PRIMARY KEY, v bytea NOT NULL);"
+        ))
         .expect("scratch table");
         let keys = (0..n)
             .map(|i| {
@@ -131,17 +133,19 @@ impl Raw {
             })
             .collect();
         let insert = c
-            .prepare("INSERT INTO pivault_bench.raw (k, v) VALUES ($1, $2)")
+            .prepare(&format!(
+                "INSERT INTO pivault_bench.{table} (k, v) VALUES ($1, $2)"
+            ))
             .expect("prepare insert");
         let select = c
-            .prepare("SELECT v FROM pivault_bench.raw WHERE k = $1")
+            .prepare(&format!("SELECT v FROM pivault_bench.{table} WHERE k = $1"))
             .expect("prepare select");
         Raw {
             c,
             insert,
             select,
             keys,
-            value: vec![0x5au8; 61],
+            value: vec![0x5au8; value_len],
         }
     }
 }
@@ -164,6 +168,53 @@ impl Measured for Raw {
         let k = &self.keys[i as usize];
         let r = self.c.query_one(&self.select, &[k]).expect("select");
         std::hint::black_box(r.get::<_, Vec<u8>>(0));
+    }
+}
+
+/// Raw PostgreSQL making the round trips and commits of a vault with its
+/// keys and records on the cluster, and nothing else: a put's key
+/// (keystore database, 61 bytes) and row (records database, 300 bytes)
+/// inserted at once, each a synchronous commit, then an audit line (350
+/// bytes) with a lazy commit; a get's row, then its key (the key's bucket
+/// comes from the row), then the audit line. Against it, what the vault's
+/// own work costs; against [`Raw`], what the design's round trips cost.
+struct RawTrips {
+    keys: Raw,
+    rows: Raw,
+    audit: Raw,
+    n: u64,
+}
+
+impl RawTrips {
+    fn new(keys: &PgConfig, records: &PgConfig, n: u64) -> RawTrips {
+        let mut audit = Raw::new(records, 2 * n, "trip_audit", 350);
+        audit
+            .c
+            .batch_execute("SET synchronous_commit = off")
+            .expect("lazy commits");
+        RawTrips {
+            keys: Raw::new(keys, n, "trip_keys", 61),
+            rows: Raw::new(records, n, "trip_rows", 300),
+            audit,
+            n,
+        }
+    }
+}
+
+impl Measured for RawTrips {
+    fn put(&mut self, i: u64) {
+        let (keys, rows) = (&mut self.keys, &mut self.rows);
+        std::thread::scope(|sc| {
+            sc.spawn(|| keys.put(i));
+            rows.put(i);
+        });
+        self.audit.put(i);
+    }
+
+    fn get(&mut self, i: u64) {
+        self.rows.get(i);
+        self.keys.get(i);
+        self.audit.put(self.n + i);
     }
 }
 
@@ -286,16 +337,18 @@ fn main() {
     let embedded = common::fixture(&tmp.path().join("embedded"));
     // Keys and records on the cluster (`--records-cluster`): the records
     // database of the same cluster.
+    let records = PgConfig {
+        database: "pivault_records".into(),
+        ..cfg.clone()
+    };
     let both = common::fixture_on_clusters(
         &tmp.path().join("both"),
         Some(cfg.clone()),
-        Some(PgConfig {
-            database: "pivault_records".into(),
-            ..cfg.clone()
-        }),
+        Some(records.clone()),
     );
     let rates = {
-        let mut raw = Raw::new(&cfg, n);
+        let mut raw = Raw::new(&cfg, n, "raw", 61);
+        let mut trips = RawTrips::new(&cfg, &records, n);
         let mut c = VaultPath {
             fx: &cluster,
             ids: Vec::new(),
@@ -308,10 +361,10 @@ fn main() {
             fx: &both,
             ids: Vec::new(),
         };
-        interleaved(&mut [&mut raw, &mut c, &mut e, &mut b], n)
+        interleaved(&mut [&mut raw, &mut c, &mut e, &mut b, &mut trips], n)
     };
-    let [raw, c, e, b] = &rates[..] else {
-        unreachable!("four paths")
+    let [raw, c, e, b, t] = &rates[..] else {
+        unreachable!("five paths")
     };
     drop(embedded);
     println!(
@@ -343,16 +396,33 @@ fn main() {
         "## keystore and records on the cluster: {n} operations each, one at a time, same rounds"
     );
     println!(
-        "| op | raw PostgreSQL /s | vault, keys + records on the cluster /s | ratio | cluster keystore only / s | vault, embedded /s |"
-    );
-    println!("|---|---|---|---|---|---|");
-    println!(
-        "| put | {:.0} | {:.0} | {:.2} | {:.0} | {:.0} |",
-        raw.put, b.put, b.put_ratio, c.put, e.put
+        "(raw, the same trips: the vault's round trips and commits without its work, see `RawTrips`)"
     );
     println!(
-        "| get | {:.0} | {:.0} | {:.2} | {:.0} | {:.0} |",
-        raw.get, b.get, b.get_ratio, c.get, e.get
+        "| op | raw PostgreSQL /s | vault, keys + records on the cluster /s | ratio | raw, the same trips /s | its ratio to raw | vault's ratio to it | cluster keystore only / s | vault, embedded /s |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|");
+    println!(
+        "| put | {:.0} | {:.0} | {:.2} | {:.0} | {:.2} | {:.2} | {:.0} | {:.0} |",
+        raw.put,
+        b.put,
+        b.put_ratio,
+        t.put,
+        t.put_ratio,
+        b.put / t.put,
+        c.put,
+        e.put
+    );
+    println!(
+        "| get | {:.0} | {:.0} | {:.2} | {:.0} | {:.2} | {:.2} | {:.0} | {:.0} |",
+        raw.get,
+        b.get,
+        b.get_ratio,
+        t.get,
+        t.get_ratio,
+        b.get / t.get,
+        c.get,
+        e.get
     );
 
     // One-record disposals at growing vault sizes: the keystore-only vault,

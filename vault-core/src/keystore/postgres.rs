@@ -219,6 +219,14 @@ pub(super) fn connect_as(cfg: &PgConfig, password: &SecretString, member: &str) 
         .password(password.expose().as_bytes())
         .dbname(&cfg.database)
         .application_name("pivault")
+        // No JIT compilation, whatever the cluster's `jit`: every statement
+        // of ours is short, and on a big vault a generic plan's estimate
+        // (the search index's delete across 16 partitions, estimated at
+        // 0.2 M rows at 10^6 records) passes `jit_above_cost`, so that each
+        // put compiled its statement first: 23 puts a second instead of
+        // about 450 (benches/README.md run 15). Sent with the start-up
+        // packet, so it costs no round trip.
+        .options("-c jit=off")
         .connect_timeout(Duration::from_secs(3))
         // A member that vanished without closing the connection (its host
         // or the network died) is noticed within the lease, not after the
@@ -1216,7 +1224,7 @@ impl KeyEngine for PgKeys {
 }
 
 /// The settings of every member a purge depends on, with the value it needs.
-const MEMBER_SETTINGS: [(&str, &str, &str); 6] = [
+const MEMBER_SETTINGS: [(&str, &str, &str); 7] = [
     (
         "archive_mode",
         "off",
@@ -1243,6 +1251,13 @@ const MEMBER_SETTINGS: [(&str, &str, &str); 6] = [
         "error logs would carry the scan's needles",
     ),
     ("log_statement", "none", "statement logs would carry rows"),
+    // A session setting, which `connect_as` sends: checked as this
+    // process's connections see it.
+    (
+        "jit",
+        "off",
+        "on a big vault each put would compile its statement first",
+    ),
 ];
 
 /// The names of the three member checks of one cluster store (`doctor`).
