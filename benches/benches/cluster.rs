@@ -13,7 +13,10 @@
 //!   client, in a scratch table of the keystore database; a vault with its
 //!   keys and its records on the cluster too. `PIVAULT_BENCH_CLUSTER_OPS`
 //!   (default 500) each, in rounds of 25 alternating between the paths;
-//!   the ratio is the median over the rounds.
+//!   the ratio is the median over the rounds. A second baseline does the
+//!   round trips and commits of the keys + records vault raw (`RawTrips`).
+//!   `PIVAULT_BENCH_RECORDS_MEMBERS` (with `..._PASSWORD_FILE` and
+//!   `..._CA_FILE`) puts that vault's records on a second cluster.
 //! * one-record disposal on the cluster vault at each size in
 //!   `PIVAULT_BENCH_CLUSTER_SIZES` (records; default `2000`): median and
 //!   max of `PIVAULT_BENCH_CLUSTER_REPS` (default 5), end to end (purge on
@@ -336,10 +339,23 @@ fn main() {
     let cluster = common::fixture_on(&tmp.path().join("cluster"), Some(cfg.clone()));
     let embedded = common::fixture(&tmp.path().join("embedded"));
     // Keys and records on the cluster (`--records-cluster`): the records
-    // database of the same cluster.
-    let records = PgConfig {
-        database: "pivault_records".into(),
-        ..cfg.clone()
+    // database of the same cluster, or with `PIVAULT_BENCH_RECORDS_MEMBERS`
+    // (and `PIVAULT_BENCH_RECORDS_PASSWORD_FILE`, `PIVAULT_BENCH_RECORDS_CA_FILE`)
+    // of a second cluster, as production keeps them.
+    let records = match std::env::var("PIVAULT_BENCH_RECORDS_MEMBERS") {
+        Ok(members) => PgConfig {
+            database: "pivault_records".into(),
+            members: members.split(',').map(str::to_owned).collect(),
+            password_file: std::env::var("PIVAULT_BENCH_RECORDS_PASSWORD_FILE")
+                .expect("PIVAULT_BENCH_RECORDS_PASSWORD_FILE")
+                .into(),
+            ca_file: std::env::var_os("PIVAULT_BENCH_RECORDS_CA_FILE").map(Into::into),
+            ..cfg.clone()
+        },
+        Err(_) => PgConfig {
+            database: "pivault_records".into(),
+            ..cfg.clone()
+        },
     };
     let both = common::fixture_on_clusters(
         &tmp.path().join("both"),
