@@ -644,79 +644,35 @@ impl PgRows {
             }
         }
         let s = &self.schema;
+        let sql = format!(
+            "WITH lk AS (SELECT {} AS held),
+              sc AS (SELECT set_config('synchronous_commit', coalesce($10::text, current_setting('synchronous_commit')), true) AS v),
+              dr AS (DELETE FROM {s}.rows r USING unnest($1::smallint[], $2::bytea[]) AS x(t, k)
+                      WHERE r.t = x.t AND r.k = x.k AND (SELECT held FROM lk)),
+              db AS (DELETE FROM {s}.beacons WHERE k = ANY($3::bytea[]) AND (SELECT held FROM lk)),
+              ir AS (INSERT INTO {s}.rows (t, k, v) SELECT x.t, x.k, x.v FROM unnest($4::smallint[], $5::bytea[], $6::bytea[]) AS x(t, k, v)
+                      WHERE (SELECT held FROM lk) ON CONFLICT (t, k) DO UPDATE SET v = EXCLUDED.v),
+              ib AS (INSERT INTO {s}.beacons (p, k, v) SELECT {BEACON_PARTITION_OF}, x.k, x.v FROM unnest($7::bytea[], $8::bytea[]) AS x(k, v)
+                      WHERE (SELECT held FROM lk) ON CONFLICT (k, p) DO UPDATE SET v = EXCLUDED.v)
+             SELECT held FROM lk, sc",
+            held_by("$9", "$11")
+        );
         let (pid, start) = holder;
         // A commit is synchronous (`synchronous_commit=on`; with Patroni's
         // synchronous mode a standby has it too), except a lazy one
         // (`Store::delete_lazily`), which does not wait for the WAL flush:
         // later synchronous commits flush it with theirs, in order.
         let lazy: Option<&str> = lazy.then_some("off");
-        // Only the parts that have rows are in the statement (one prepared
-        // statement per shape): a part with empty arrays still costs its
-        // executor's start, and the search index's delete visits every
-        // partition (about 0.25 ms of a put's 2 on this machine).
-        let mut params: Vec<&(dyn postgres::types::ToSql + Sync)> = vec![pid, start, &lazy];
-        let mut parts = vec![
-            format!("lk AS (SELECT {} AS held)", held_by("$1", "$2")),
-            "sc AS (SELECT set_config('synchronous_commit', coalesce($3::text, current_setting('synchronous_commit')), true) AS v)".to_owned(),
-        ];
-        // Each part's parameters `${0}`, `${1}`, ... are numbered after
-        // those already taken.
-        let numbered = |part: String, taken: usize, n: usize| {
-            (0..n).fold(part, |p, i| {
-                p.replace(&format!("${{{i}}}"), &format!("${}", taken + i + 1))
-            })
-        };
-        if !dk.is_empty() {
-            parts.push(numbered(
-                format!(
-                    "dr AS (DELETE FROM {s}.rows r USING unnest(${{0}}::smallint[], ${{1}}::bytea[]) AS x(t, k)
-                      WHERE r.t = x.t AND r.k = x.k AND (SELECT held FROM lk))"
-                ),
-                params.len(),
-                2,
-            ));
-            params.push(&dt);
-            params.push(&dk);
-        }
-        if !dbk.is_empty() {
-            parts.push(numbered(
-                format!(
-                    "db AS (DELETE FROM {s}.beacons WHERE k = ANY(${{0}}::bytea[]) AND (SELECT held FROM lk))"
-                ),
-                params.len(),
-                1,
-            ));
-            params.push(&dbk);
-        }
-        if !pk.is_empty() {
-            parts.push(numbered(
-                format!(
-                    "ir AS (INSERT INTO {s}.rows (t, k, v) SELECT x.t, x.k, x.v FROM unnest(${{0}}::smallint[], ${{1}}::bytea[], ${{2}}::bytea[]) AS x(t, k, v)
-                      WHERE (SELECT held FROM lk) ON CONFLICT (t, k) DO UPDATE SET v = EXCLUDED.v)"
-                ),
-                params.len(),
-                3,
-            ));
-            params.push(&pt);
-            params.push(&pk);
-            params.push(&pv);
-        }
-        if !pbk.is_empty() {
-            parts.push(numbered(
-                format!(
-                    "ib AS (INSERT INTO {s}.beacons (p, k, v) SELECT {BEACON_PARTITION_OF}, x.k, x.v FROM unnest(${{0}}::bytea[], ${{1}}::bytea[]) AS x(k, v)
-                      WHERE (SELECT held FROM lk) ON CONFLICT (k, p) DO UPDATE SET v = EXCLUDED.v)"
-                ),
-                params.len(),
-                2,
-            ));
-            params.push(&pbk);
-            params.push(&pbv);
-        }
-        let sql = format!("WITH {} SELECT held FROM lk, sc", parts.join(",\n "));
         self.conns.with_primary(|c| {
             let st = c.prepared(&sql)?;
-            Ok(c.query_one(&st, &params).map_err(pg)?.get(0))
+            Ok(c.query_one(
+                &st,
+                &[
+                    &dt, &dk, &dbk, &pt, &pk, &pv, &pbk, &pbv, &pid, &lazy, &start,
+                ],
+            )
+            .map_err(pg)?
+            .get(0))
         })
     }
 
