@@ -224,7 +224,7 @@ pub(super) fn connect_as(cfg: &PgConfig, password: &SecretString, member: &str) 
         // (the search index's delete across 16 partitions, estimated at
         // 0.2 M rows at 10^6 records) passes `jit_above_cost`, so that each
         // put compiled its statement first: 23 puts a second instead of
-        // about 450 (benches/README.md run 15). Sent with the start-up
+        // 470–680 (benches/README.md run 15). Sent with the start-up
         // packet, so it costs no round trip.
         .options("-c jit=off")
         .connect_timeout(Duration::from_secs(3))
