@@ -169,14 +169,13 @@ impl ClusterTrail {
             let sql = self.fenced_sql(APPEND, 5, forget.is_some());
             self.on_primary(|c| {
                 let st = c.prepared(&sql)?;
-                let mut run = |from: &i64, all: &[&[u8]]| match &forget {
-                    Some(k) => c.query_one(
-                        &st,
-                        &[&self.vault, from, &all, &self.commit, &pid, &start, k],
-                    ),
-                    None => {
-                        c.query_one(&st, &[&self.vault, from, &all, &self.commit, &pid, &start])
-                    }
+                // The entry's key is a parameter only of the statement that
+                // removes it.
+                let n = if forget.is_some() { 7 } else { 6 };
+                let mut run = |from: &i64, all: &[&[u8]]| {
+                    let params: [&(dyn postgres::types::ToSql + Sync); 7] =
+                        [&self.vault, from, &all, &self.commit, &pid, &start, &forget];
+                    c.query_one(&st, &params[..n])
                 };
                 match run(&(first as i64), lines) {
                     Err(e) if refused(&e) && again.is_some() => {
