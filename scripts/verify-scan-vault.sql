@@ -7,11 +7,23 @@
 -- build's functions up to date.
 --
 -- Every regular file under the data directory and whether it contains any
--- of `needles`, but for the relation files named in `others` and, with
--- `here`, the directories of databases other than `here` (answered with
--- `hit` NULL, unread). Files that vanish during the walk (a checkpoint
--- removing a WAL segment) are skipped.
+-- of `needles`, but for the relation files named in `others`, with `here`
+-- the directories of databases other than `here`, and with `wal_after`
+-- (a WAL segment's name) the WAL segments past its position (answered
+-- with `hit` NULL, unread). Files that vanish during the walk (a
+-- checkpoint removing a WAL segment) are skipped.
+--
+-- `wal_after` is the segment that held a purge's last write: a later
+-- segment was written after the purged relation files were unlinked and
+-- their pages dropped from shared buffers, so no page of them, and no
+-- deleted row, can be in it (a session would have to write the bytes
+-- again from its own memory). The segments at or before it are read,
+-- whatever their timeline (a new timeline's first segment copies the old
+-- one's): a purge that skipped its WAL rounds leaves them, and the scan
+-- finds the key there. Only names of exactly 24 hex digits are skipped
+-- (`.partial`, `.history` and `archive_status` are read).
 CREATE OR REPLACE FUNCTION pivault_verify.walk(needles bytea[], others jsonb, here text,
+                                    wal_after text,
                                     OUT path text, OUT hit boolean)
 RETURNS SETOF record
 LANGUAGE plpgsql SECURITY DEFINER
@@ -32,6 +44,8 @@ BEGIN
     FOR e IN SELECT pg_ls_dir(d, true, false) LOOP
       p := CASE WHEN d = '.' THEN e ELSE d || '/' || e END;
       IF (here IS NOT NULL AND d = 'base' AND e ~ '^[0-9]+$' AND e <> here)
+         OR (wal_after IS NOT NULL AND d = 'pg_wal' AND e ~ '^[0-9A-F]{24}$'
+             AND substr(e, 9) > substr(wal_after, 9))
          OR others ? regexp_replace(p, '[._][^/]*$', '') THEN
         path := p;
         hit := NULL;
@@ -59,6 +73,15 @@ BEGIN
   END LOOP;
 END
 $$;
+REVOKE ALL ON FUNCTION pivault_verify.walk(bytea[], jsonb, text, text) FROM PUBLIC;
+
+-- The earlier builds' signature (`scan` calls it): every WAL segment read.
+CREATE OR REPLACE FUNCTION pivault_verify.walk(needles bytea[], others jsonb, here text,
+                                    OUT path text, OUT hit boolean)
+RETURNS SETOF record
+LANGUAGE sql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$ SELECT * FROM pivault_verify.walk(needles, others, here, NULL) $$;
 REVOKE ALL ON FUNCTION pivault_verify.walk(bytea[], jsonb, text) FROM PUBLIC;
 
 -- As `pivault_verify.scan`, but the files of other databases and of other
@@ -85,7 +108,11 @@ REVOKE ALL ON FUNCTION pivault_verify.walk(bytea[], jsonb, text) FROM PUBLIC;
 -- vault makes, IDs and never a value or a tag, and the table grows with
 -- every operation of every vault (43 MB a member at 10^5 records, a third
 -- of a one-record disposal's search-index scan, benches/README run 14).
+--
+-- `wal_after` (NULL: every segment) as in `walk`: the segment holding the
+-- last write of the purge whose bytes the scan looks for.
 CREATE OR REPLACE FUNCTION pivault_verify.scan_vault(needles bytea[], vault text, tables text[],
+                                          wal_after text,
                                           OUT path text, OUT hit boolean)
 RETURNS SETOF record
 LANGUAGE plpgsql SECURITY DEFINER
@@ -115,9 +142,22 @@ BEGIN
   )
   SELECT coalesce(jsonb_object_agg(f, true), '{}'::jsonb) INTO others
     FROM (SELECT pg_relation_filepath(oid) AS f FROM every) x WHERE f IS NOT NULL;
+  IF wal_after IS NOT NULL AND wal_after !~ '^[0-9A-F]{24}$' THEN
+    RAISE EXCEPTION 'not a WAL segment name' USING ERRCODE = '22023';
+  END IF;
   RETURN QUERY SELECT * FROM pivault_verify.walk(needles, others,
-    (SELECT oid::text FROM pg_database WHERE datname = current_database()));
+    (SELECT oid::text FROM pg_database WHERE datname = current_database()), wal_after);
 END
 $$;
+REVOKE ALL ON FUNCTION pivault_verify.scan_vault(bytea[], text, text[], text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION pivault_verify.scan_vault(bytea[], text, text[], text) TO pivault_vaults;
+
+-- The earlier builds' signature: every WAL segment read.
+CREATE OR REPLACE FUNCTION pivault_verify.scan_vault(needles bytea[], vault text, tables text[],
+                                          OUT path text, OUT hit boolean)
+RETURNS SETOF record
+LANGUAGE sql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$ SELECT * FROM pivault_verify.scan_vault(needles, vault, tables, NULL) $$;
 REVOKE ALL ON FUNCTION pivault_verify.scan_vault(bytea[], text, text[]) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION pivault_verify.scan_vault(bytea[], text, text[]) TO pivault_vaults;

@@ -275,6 +275,8 @@ struct Deleted {
     beacons: BeaconRow,
     tags: Vec<Vec<u8>>,
     ranges: Vec<Vec<u8>>,
+    /// The purge's [`crate::store::BeaconPurge::wal_floor`], for the scan.
+    wal_floor: Option<String>,
 }
 
 /// A backup that existed when a batch started: a residual copy the
@@ -1283,6 +1285,7 @@ impl Vault {
             beacons,
             tags,
             ranges,
+            wal_floor: ev.wal_floor,
         })
     }
 
@@ -1416,6 +1419,10 @@ impl Vault {
         // rows' values) and key ranges, for the purge and the byte scan.
         let mut beacon_tags: Vec<Vec<u8>> = Vec::new();
         let mut beacon_ranges: Vec<Vec<u8>> = Vec::new();
+        // Each purge's last WAL segment on a cluster: its byte scan reads
+        // none written after it (held in memory, as the needles are; a
+        // resumed batch scans without them).
+        let (mut keys_wal_floor, mut beacons_wal_floor) = (None, None);
         if step < step_index("ciphertexts_deleted") {
             // Steps 5 and 6 at once: the keystore's physical purge on a
             // thread of its own while the ciphertexts go (a tombstone row
@@ -1453,13 +1460,16 @@ impl Vault {
                 b.beacons = Some(beacons);
             }
             if let Some(ev) = purged {
-                b.purge = Some(PurgeRow::from(&ev?));
+                let ev = ev?;
+                keys_wal_floor = ev.wal_floor.clone();
+                b.purge = Some(PurgeRow::from(&ev));
                 self.advance(b, "keystore_purged")?;
                 tr("keystore_purged");
             }
             let deleted = deleted?;
             beacon_tags = deleted.tags;
             beacon_ranges = deleted.ranges;
+            beacons_wal_floor = deleted.wal_floor;
             // Tombstones now: a read or an update sees "disposed".
             self.isolation
                 .remove_pending(records.iter().map(|(id, _)| *id));
@@ -1536,15 +1546,21 @@ impl Vault {
             let (beacon_scan, key_scan) = std::thread::scope(|sc| {
                 let beacons = (b.beacons.is_some() && !beacon_tags.is_empty()).then(|| {
                     sc.spawn(|| {
-                        self.store
-                            .files_holding_beacons(&beacon_ranges, &beacon_tags)
+                        self.store.files_holding_beacons(
+                            &beacon_ranges,
+                            &beacon_tags,
+                            beacons_wal_floor.as_deref(),
+                        )
                     })
                 });
                 let keys = (!wrapped_before.is_empty()).then(|| {
                     let needles: Vec<Vec<u8>> =
                         wrapped_before.iter().chain(&old_slots).cloned().collect();
-                    self.keystore
-                        .files_containing_for_buckets(&b.buckets, &needles)
+                    self.keystore.files_containing_for_buckets(
+                        &b.buckets,
+                        &needles,
+                        keys_wal_floor.as_deref(),
+                    )
                 });
                 (
                     beacons.map(|h| h.join().expect("the search index's scan thread")),
@@ -1577,7 +1593,7 @@ impl Vault {
                             "file(s) of the records cluster's members (every file of each member's data directory{})",
                             skipped_files(
                                 skipped,
-                                "of other vaults' relations and of this vault's tables other than its search index's (as the embedded engine skips other column families' live files)"
+                                "of other vaults' relations, of this vault's tables other than its search index's touched partitions (as the embedded engine skips other column families' live files), and WAL segments begun after the purge's last write (which no purged byte can reach)"
                             )
                         )
                     };
@@ -1608,7 +1624,10 @@ impl Vault {
                 let places = if self.keystore.engine_kind() == "postgresql" {
                     format!(
                         "every file of every keystore cluster member's data directory (tables, WAL, logs, control files){}, read by each member",
-                        skipped_files(skipped, "of other vaults' relations")
+                        skipped_files(
+                            skipped,
+                            "of other vaults' relations, of this vault's relations the purge did not rewrite (the data keys of untouched buckets, as the embedded engine skips their table files), and WAL segments begun after the purge's last write (which no purged byte can reach)"
+                        )
                     )
                 } else {
                     "every WAL, manifest and other non-table file, every table file outside the live set, every live data-key table file covering a touched bucket".to_owned()

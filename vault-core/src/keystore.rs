@@ -90,6 +90,11 @@ pub struct PurgeEvidence {
     /// Each database member the purge reached and verified (a cluster
     /// engine; empty for the embedded one, whose one directory is it).
     pub members: Vec<MemberEvidence>,
+    /// A cluster's WAL segment that held the purge's last write (`None`
+    /// when embedded): no segment at or before it is left on a verified
+    /// member, and none after it can hold a purged byte, so the byte scan
+    /// reads no later one.
+    pub wal_floor: Option<String>,
 }
 
 /// One member of a cluster keystore, as the purge left it.
@@ -767,12 +772,14 @@ impl Keystore {
     /// The places that can hold a wrapped DEK of one of `buckets` that
     /// contain any of `needles`, and how many places were scanned: the
     /// verification byte scan of disposal step 7 (each engine says which).
+    /// `wal_after`: the purge's [`PurgeEvidence::wal_floor`].
     pub fn files_containing_for_buckets(
         &self,
         buckets: &[u32],
         needles: &[Vec<u8>],
+        wal_after: Option<&str>,
     ) -> Result<ByteScan> {
-        self.engine.scan_for(buckets, needles)
+        self.engine.scan_for(buckets, needles, wal_after)
     }
 
     /// Number of wrapped DEKs stored (for `doctor` and tests).

@@ -385,7 +385,7 @@ impl Vault {
             )?;
             let hits = self
                 .keystore
-                .files_containing_for_buckets(&buckets, &wrapped)?
+                .files_containing_for_buckets(&buckets, &wrapped, ev.wal_floor.as_deref())?
                 .hits;
             report.verified = ev.clean() && hits.is_empty();
             Ok(())

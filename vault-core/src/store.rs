@@ -612,12 +612,15 @@ impl Store {
     /// The places that can hold a beacon row under `ranges` that contain
     /// any of `needles`, and how many were read. The needles are the
     /// deleted rows' tags, which are only ever written in values.
+    /// `wal_after`: the purge's [`BeaconPurge::wal_floor`].
     pub fn files_holding_beacons(
         &self,
         ranges: &[Vec<u8>],
         needles: &[Vec<u8>],
+        wal_after: Option<&str>,
     ) -> Result<crate::keystore::ByteScan> {
-        self.engine.files_holding_beacons(ranges, needles)
+        self.engine
+            .files_holding_beacons(ranges, needles, wal_after)
     }
 
     pub fn records_of_subject(&self, s: SubjectId) -> Result<Vec<RecordId>> {
@@ -663,6 +666,9 @@ pub struct BeaconPurge {
     pub duration_ms: u64,
     /// A cluster's members as the purge left them (empty when embedded).
     pub members: Vec<crate::keystore::MemberEvidence>,
+    /// A cluster's WAL segment that held the purge's last write (`None`
+    /// when embedded): the byte scan reads no later segment.
+    pub wal_floor: Option<String>,
 }
 
 #[cfg(test)]

@@ -478,7 +478,7 @@ fn a_disposal_scan_skips_other_roles_vaults_files_but_not_its_own_roles() {
         "the whole scan sees the other role's table: {full:?}"
     );
     let narrowed = keys
-        .files_containing_for_buckets(&[], std::slice::from_ref(&other_bytes))
+        .files_containing_for_buckets(&[], std::slice::from_ref(&other_bytes), None)
         .unwrap();
     assert_eq!(in_tables(&narrowed.hits), 0, "{narrowed:?}");
     assert!(
@@ -486,7 +486,7 @@ fn a_disposal_scan_skips_other_roles_vaults_files_but_not_its_own_roles() {
         "a file a member at least: {narrowed:?}"
     );
     let own_copy = keys
-        .files_containing_for_buckets(&[], std::slice::from_ref(&own_bytes))
+        .files_containing_for_buckets(&[], std::slice::from_ref(&own_bytes), None)
         .unwrap();
     assert!(
         in_tables(&own_copy.hits) > 0,
@@ -504,10 +504,112 @@ fn a_disposal_scan_skips_other_roles_vaults_files_but_not_its_own_roles() {
     let body = doc.body.to_string();
     assert!(
         body.contains(
-            "file(s) and directories of other databases and of other vaults' relations, unread"
+            "file(s) and directories of other databases and of other vaults' relations, of this vault's relations the purge did not rewrite"
         ),
         "{body}"
     );
+}
+
+/// The keystore's partition of `bucket` (`keystore/postgres.rs`: 16
+/// partitions of consecutive buckets, fewer when there are fewer buckets).
+fn key_partition(bucket: u32, buckets: u32) -> u32 {
+    let n = 16.min(buckets.max(1));
+    (0..n)
+        .find(|p| p * buckets / n <= bucket && bucket < (p + 1) * buckets / n)
+        .unwrap_or(0)
+}
+
+/// A disposal's key scan reads, of the vault's own relations, only those
+/// its purge rewrote (the touched buckets' data-key partitions and the
+/// small key tables), as the embedded engine reads only the touched
+/// buckets' table files: a live wrapped key in an untouched partition's
+/// table file is not read; scanning for its own bucket, it is found.
+#[test]
+fn a_key_scan_reads_the_touched_buckets_partitions_and_not_the_others() {
+    let _one = serial();
+    let c = cluster();
+    let tmp = tempfile::tempdir().unwrap();
+    let fx = vault_on_cluster(&tmp.path().join("vault"), &c);
+    let keys = fx.vault.keystore();
+    let buckets = keys.bucket_count();
+    let recs = put_records(&fx, 1);
+    let (subject, id, _) = &recs[0];
+    let bucket = keys.bucket_of(*subject);
+    let other = (0..buckets)
+        .find(|b| key_partition(*b, buckets) != key_partition(bucket, buckets))
+        .expect("a bucket in another partition");
+    let w = keys.wrapped_dek(*subject, *id, 1).unwrap().unwrap();
+    for m in &c.members {
+        psql(m, "CHECKPOINT");
+    }
+    let in_tables = |hits: &[String]| hits.iter().filter(|h| h.contains(": base/")).count();
+    let own = keys
+        .files_containing_for_buckets(&[bucket], std::slice::from_ref(&w), None)
+        .unwrap();
+    assert!(
+        in_tables(&own.hits) > 0,
+        "its own partition's file is read: {own:?}"
+    );
+    let untouched = keys
+        .files_containing_for_buckets(&[other], std::slice::from_ref(&w), None)
+        .unwrap();
+    assert_eq!(in_tables(&untouched.hits), 0, "{untouched:?}");
+    fx.vault.close().unwrap();
+}
+
+/// A byte scan after a purge reads every WAL segment at or before the one
+/// holding the purge's last write (where a purge that skipped its WAL
+/// rounds leaves the key) and none after it (written after the purged
+/// files were gone); without that segment, every one. The needles go into
+/// the WAL alone (logical messages, three in a row: one crossing a WAL
+/// page boundary is split by the page header).
+#[test]
+fn a_scan_after_a_purge_reads_the_wal_up_to_the_purges_segment_and_not_after() {
+    let _one = serial();
+    let c = cluster();
+    let tmp = tempfile::tempdir().unwrap();
+    let fx = vault_on_cluster(&tmp.path().join("vault"), &c);
+    let keys = fx.vault.keystore();
+    let primary = primary_member(&c);
+    let sql = |q: &str| psql_in(&primary, "pivault_keys", q).expect("primary up");
+    let mut rnd = [0u8; 64];
+    vault_core::crypto::fill_random(&mut rnd);
+    let (before, after) = (rnd[..32].to_vec(), rnd[32..].to_vec());
+    let emit = |n: &[u8]| {
+        let m = format!(
+            "pg_logical_emit_message(true, 'pivault-test', '\\x{}'::bytea)",
+            hex::encode(n)
+        );
+        sql(&format!("SELECT {m}, {m}, {m}"));
+    };
+    emit(&before);
+    let segment = sql("SELECT pg_walfile_name(pg_current_wal_lsn())");
+    sql("SELECT pg_switch_wal()");
+    emit(&after);
+    let later = sql("SELECT pg_walfile_name(pg_current_wal_lsn())");
+    assert!(later[8..] > segment[8..], "{later} after {segment}");
+    let on_primary_wal = |hits: &[String]| {
+        hits.iter()
+            .filter(|h| h.starts_with(&format!("{primary}: pg_wal/")))
+            .count()
+    };
+    let read = keys
+        .files_containing_for_buckets(&[], std::slice::from_ref(&before), Some(&segment))
+        .unwrap();
+    assert_eq!(on_primary_wal(&read.hits), 1, "{read:?}");
+    let skipped = keys
+        .files_containing_for_buckets(&[], std::slice::from_ref(&after), Some(&segment))
+        .unwrap();
+    assert_eq!(on_primary_wal(&skipped.hits), 0, "{skipped:?}");
+    let whole = keys
+        .files_containing_for_buckets(&[], std::slice::from_ref(&after), None)
+        .unwrap();
+    assert_eq!(on_primary_wal(&whole.hits), 1, "{whole:?}");
+    assert!(
+        whole.skipped < skipped.skipped,
+        "the later segments are counted as unread: {whole:?} vs {skipped:?}"
+    );
+    fx.vault.close().unwrap();
 }
 
 #[test]

@@ -104,8 +104,15 @@ pub(crate) trait KeyEngine: Send + Sync + std::fmt::Debug {
     /// control that leaves them.
     fn purge(&self, buckets: &[u32], skip_physical: bool) -> Result<PurgeEvidence>;
     /// Every place the engine keeps bytes that can hold a data key of
-    /// `buckets`, searched for `needles`.
-    fn scan_for(&self, buckets: &[u32], needles: &[Vec<u8>]) -> Result<ByteScan>;
+    /// `buckets`, searched for `needles`. `wal_after`: the purge's
+    /// [`PurgeEvidence::wal_floor`], where the engine's log written after
+    /// the purge need not be read.
+    fn scan_for(
+        &self,
+        buckets: &[u32],
+        needles: &[Vec<u8>],
+        wal_after: Option<&str>,
+    ) -> Result<ByteScan>;
     /// Every place the engine keeps bytes, searched for `needles`.
     fn files_containing(&self, needles: &[Vec<u8>]) -> Result<Vec<String>>;
     /// A snapshot that keeps old row versions readable while held (the

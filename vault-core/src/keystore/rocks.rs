@@ -228,6 +228,7 @@ impl RocksKeys {
             duration_ms: 0,
             engine: "rocksdb",
             members: Vec::new(),
+            wal_floor: None,
         })
     }
 
@@ -344,7 +345,12 @@ impl KeyEngine for RocksKeys {
         self.purge_rocks(buckets, skip_physical)
     }
 
-    fn scan_for(&self, buckets: &[u32], needles: &[Vec<u8>]) -> Result<ByteScan> {
+    fn scan_for(
+        &self,
+        buckets: &[u32],
+        needles: &[Vec<u8>],
+        _wal_after: Option<&str>,
+    ) -> Result<ByteScan> {
         let (hits, scanned) = self.files_containing_for_buckets(buckets, needles)?;
         Ok(ByteScan {
             hits,

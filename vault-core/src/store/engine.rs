@@ -44,10 +44,12 @@ pub(crate) trait RowEngine: Send + Sync + std::fmt::Debug {
     fn purge_beacons(&self, ranges: Option<&[Vec<u8>]>) -> Result<BeaconPurge>;
     /// The places that can hold a beacon row under `ranges` that contain
     /// any of `needles`, how many places were read and how many skipped.
+    /// `wal_after`: the purge's [`BeaconPurge::wal_floor`].
     fn files_holding_beacons(
         &self,
         ranges: &[Vec<u8>],
         needles: &[Vec<u8>],
+        wal_after: Option<&str>,
     ) -> Result<crate::keystore::ByteScan>;
     /// Another process took the vault over (a cluster's lease lapsed
     /// here): nothing more is served.

@@ -821,6 +821,7 @@ impl RowEngine for PgRows {
             whole_family: ranges.is_none(),
             duration_ms: start.elapsed().as_millis() as u64,
             members: p.members,
+            wal_floor: Some(p.wal_segment),
         })
     }
 
@@ -835,6 +836,7 @@ impl RowEngine for PgRows {
         &self,
         ranges: &[Vec<u8>],
         needles: &[Vec<u8>],
+        wal_after: Option<&str>,
     ) -> Result<crate::keystore::ByteScan> {
         let mut tables: Vec<String> = beacon_partitions(Some(ranges))
             .into_iter()
@@ -846,7 +848,7 @@ impl RowEngine for PgRows {
         let tables: Vec<&str> = tables.iter().map(String::as_str).collect();
         off_runtime(|| {
             self.conns
-                .scan_members(needles, Some((&self.schema, Some(&tables))))
+                .scan_members(needles, Some((&self.schema, Some(&tables))), wal_after)
         })
     }
 

@@ -220,6 +220,7 @@ impl RowEngine for RocksRows {
         &self,
         ranges: &[Vec<u8>],
         needles: &[Vec<u8>],
+        _wal_after: Option<&str>,
     ) -> Result<crate::keystore::ByteScan> {
         let live = self.db.live_files()?;
         let skip: std::collections::HashSet<String> = live
