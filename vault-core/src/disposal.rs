@@ -267,6 +267,10 @@ pub(crate) struct BeaconRow {
     /// embedded engine, or a batch of an older build).
     #[serde(default)]
     members: Vec<crate::keystore::MemberEvidence>,
+    /// The records cluster's search-index partitions the purge split
+    /// instead of rewriting (none in a batch of an older build).
+    #[serde(default)]
+    split: Vec<String>,
 }
 
 /// What step 6 deleted: the account for the certificate, and the deleted
@@ -319,7 +323,8 @@ fn search_index_json(b: Option<&BeaconRow>, records_engine: &str) -> Value {
             "records_with_beacons": b.records,
             "engine": "postgresql",
             "members": b.members.iter().map(|m| json!({ "member": m.name, "role": m.role, "verified": m.verified, "detail": m.detail })).collect::<Vec<_>>(),
-            "purge": "the vault's beacon table rewritten (VACUUM FULL) on the records cluster's primary; pg_switch_wal + CHECKPOINT on the primary and CHECKPOINT on each standby after replay until no WAL segment from before the purge remains; old files and segments checked on every member",
+            "purge": "the search index's partitions that held the deleted rows rewritten on the records cluster's primary (VACUUM FULL; one past 16 MiB split instead: its live rows copied into smaller partitions and it dropped); pg_switch_wal + CHECKPOINT on the primary and CHECKPOINT on each standby after replay until no WAL segment from before the purge remains; old files and segments checked on every member",
+            "partitions_split": b.split,
             "snapshots": b.snapshots,
             "residue_files": b.residue,
             "duration_ms": b.duration_ms,
@@ -1281,6 +1286,7 @@ impl Vault {
         beacons.wal_files = ev.wal_files;
         beacons.duration_ms = ev.duration_ms;
         beacons.members = ev.members;
+        beacons.split = ev.split;
         Ok(Deleted {
             beacons,
             tags,

@@ -451,6 +451,12 @@ impl Store {
         self.engine.set_control(c);
     }
 
+    /// Sets the size past which a purge splits a search-index partition
+    /// (tests; cluster only).
+    pub fn set_beacon_split_at(&self, bytes: u64) {
+        self.engine.set_beacon_split_at(bytes);
+    }
+
     /// Moves disposed ciphertexts out of the engine's memory buffers; their
     /// old copies on disk are unreadable (keys destroyed).
     pub fn flush_records(&self) -> Result<()> {
@@ -669,6 +675,9 @@ pub struct BeaconPurge {
     /// A cluster's WAL segment that held the purge's last write (`None`
     /// when embedded): the byte scan reads no later segment.
     pub wal_floor: Option<String>,
+    /// A cluster's search-index partitions the purge split instead of
+    /// rewriting (each "`name` into `n` partitions").
+    pub split: Vec<String>,
 }
 
 #[cfg(test)]

@@ -1540,6 +1540,13 @@ impl Vault {
         self.store.set_purge_control(c);
     }
 
+    /// The size past which a disposal's purge splits a partition of the
+    /// records cluster's search index (tests: a small vault splits too).
+    #[doc(hidden)]
+    pub fn set_records_beacon_split_at(&self, bytes: u64) {
+        self.store.set_beacon_split_at(bytes);
+    }
+
     /// Negative control for forensic tests: the next disposal batches hold a
     /// RocksDB snapshot of the keystore from before their key deletion until
     /// their verification, pinning the old wrapped keys, so the purge checks

@@ -845,6 +845,217 @@ fn a_search_index_from_before_the_partitions_is_moved_into_them_at_open() {
     v.close().unwrap();
 }
 
+/// The partitions of the vault's search index on member `m`, by name.
+fn beacon_layout(m: &str, vault: &vault_core::vault::Vault) -> Vec<String> {
+    let s = records_schema(vault);
+    let mut names: Vec<String> = psql_in(
+        m,
+        "pivault_records",
+        &format!(
+            "SELECT string_agg(c.relname, ',') FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+              WHERE i.inhparent = '{s}.beacons'::regclass"
+        ),
+    )
+    .expect("member up")
+    .split(',')
+    .map(String::from)
+    .collect();
+    names.sort();
+    names
+}
+
+/// A purge that would rewrite a search-index partition past the split size
+/// splits it instead: children take its live rows, it is dropped with its
+/// file, and the certificate says so. Two clerks put and search all along
+/// (their puts and searches wait for the split's lock): every record a
+/// put acknowledged is found by its SSN, at once and afterwards, and the
+/// disposed record's tag is on no member. A child at the last modulus is
+/// rewritten, not split again, and the vault opens again as it was split.
+#[test]
+fn a_big_search_index_partition_is_split_by_its_purge_while_clerks_put_and_search() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let _one = serial();
+    let c = cluster();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("vault");
+    let fx = vault_on_clusters(&dir);
+    let people = put_people(&fx, 0..24);
+    let doomed = people[0];
+    let class = doomed.as_bytes()[15] % 16;
+    let primary = primary_member(&c);
+    let tag = beacon_tag(&primary, &fx.vault, doomed);
+    // Any partition is past one byte: the touched one splits as far as it
+    // can, into the 16 of modulus 256 that hold its bytes.
+    fx.vault.set_records_beacon_split_at(1);
+    let stop = AtomicBool::new(false);
+    let (outcome, acked) = std::thread::scope(|sc| {
+        let clerks: Vec<_> = (0..2u32)
+            .map(|w| {
+                let (fx, stop) = (&fx, &stop);
+                sc.spawn(move || {
+                    let mut acked = Vec::new();
+                    let mut n = 1000 + w * 1000;
+                    while !stop.load(Ordering::SeqCst) {
+                        n += 1;
+                        let id = fx
+                            .vault
+                            .put_record(&fx.clerk, COUNTER, SubjectId::new(), &person(n))
+                            .expect("a put racing the split");
+                        assert_eq!(found(fx, "ssn", &ssn(n)).unwrap(), vec![id], "record {n}");
+                        acked.push((id, n));
+                    }
+                    acked
+                })
+            })
+            .collect();
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let outcome = fx
+            .vault
+            .dispose(&fx.officer, &request(DisposalScope::Record(doomed)));
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        stop.store(true, Ordering::SeqCst);
+        let acked: Vec<(RecordId, u32)> = clerks
+            .into_iter()
+            .flat_map(|h| h.join().expect("a clerk"))
+            .collect();
+        (outcome, acked)
+    });
+    assert!(acked.len() >= 4, "the clerks ran: {}", acked.len());
+    let doc = fx
+        .vault
+        .certificate(&fx.auditor, outcome.unwrap().certificate_id.unwrap())
+        .unwrap();
+    let index = &doc.body["sanitization"]["details"]["search_index"];
+    assert_eq!(
+        index["partitions_split"],
+        json!([format!("beacons_{class} into 16 partitions")]),
+        "{index}"
+    );
+    assert!(index["members"].as_array().unwrap().iter().all(|m| m["verified"] == true));
+    let children: Vec<String> = (0..16u16)
+        .map(|i| format!("beacons_256_{}", u16::from(class) + 16 * i))
+        .collect();
+    let layout = beacon_layout(&primary, &fx.vault);
+    assert_eq!(layout.len(), 31, "{layout:?}");
+    assert!(!layout.contains(&format!("beacons_{class}")), "{layout:?}");
+    assert!(children.iter().all(|ch| layout.contains(ch)), "{layout:?}");
+    assert_eq!(
+        c.files_holding(std::slice::from_ref(&tag)),
+        Vec::<PathBuf>::new(),
+        "no member keeps the deleted tag"
+    );
+    for (n, id) in people.iter().enumerate().skip(1) {
+        assert_eq!(found(&fx, "ssn", &ssn(n as u32)).unwrap(), vec![*id]);
+    }
+    for (id, n) in &acked {
+        assert_eq!(found(&fx, "ssn", &ssn(*n)).unwrap(), vec![*id], "record {n}");
+    }
+    assert!(found(&fx, "ssn", &ssn(0)).unwrap().is_empty());
+    // A record in one of the children: its purge rewrites that child.
+    let (next, next_n) = (5000..5200)
+        .map(|n| (put_people(&fx, n..n + 1)[0], n))
+        .find(|(id, _)| id.as_bytes()[15] % 16 == class)
+        .expect("a record of the split partition's bytes");
+    let next_tag = beacon_tag(&primary, &fx.vault, next);
+    let o = fx
+        .vault
+        .dispose(&fx.officer, &request(DisposalScope::Record(next)))
+        .unwrap();
+    let doc = fx
+        .vault
+        .certificate(&fx.auditor, o.certificate_id.unwrap())
+        .unwrap();
+    assert_eq!(
+        doc.body["sanitization"]["details"]["search_index"]["partitions_split"],
+        json!([])
+    );
+    assert_eq!(beacon_layout(&primary, &fx.vault), layout);
+    assert_eq!(
+        c.files_holding(std::slice::from_ref(&next_tag)),
+        Vec::<PathBuf>::new()
+    );
+    assert!(found(&fx, "ssn", &ssn(next_n)).unwrap().is_empty());
+    let clock = fx.clock.clone();
+    fx.vault.close().unwrap();
+    let v = common::open_vault(&dir, &clock);
+    assert_eq!(beacon_layout(&primary, &v), layout, "reopened as split");
+    let clerk = common::login(&v, "clerk");
+    let (id, n) = acked[0];
+    let hits = find(&v, &clerk, FindTarget::Field("ssn".into()), &ssn(n), Match::Exact).unwrap();
+    assert_eq!(hits, vec![id]);
+    v.close().unwrap();
+}
+
+/// A vault from before partitions could split (each first partition held
+/// one value: `p` was the placement byte modulo 16) is widened when it
+/// next opens: every row's `p` is its whole placement byte and each
+/// partition holds its 16 bytes. Records are found, an update rewrites a
+/// record's rows without doubling any, and a purge can split.
+#[test]
+fn a_search_index_whose_partitions_held_one_value_each_is_widened_at_open() {
+    let _one = serial();
+    let c = cluster();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("vault");
+    let fx = vault_on_clusters(&dir);
+    let people = put_people(&fx, 0..12);
+    let primary = primary_member(&c);
+    let s = records_schema(&fx.vault);
+    let clock = fx.clock.clone();
+    fx.vault.close().unwrap();
+    let sql = |q: &str| psql_in(&primary, "pivault_records", q).expect("member up");
+    let narrowed: String = (0..16)
+        .map(|p| {
+            format!(
+                "ALTER TABLE {s}.beacons DETACH PARTITION {s}.beacons_{p};
+                 UPDATE {s}.beacons_{p} SET p = p % 16;
+                 ALTER TABLE {s}.beacons ATTACH PARTITION {s}.beacons_{p} FOR VALUES IN ({p});"
+            )
+        })
+        .collect();
+    sql(&format!("BEGIN; {narrowed} COMMIT;"));
+    assert_eq!(sql(&format!("SELECT count(*) FROM {s}.beacons WHERE p >= 16")), "0");
+    let single = format!(
+        "SELECT count(*) FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+          WHERE i.inhparent = '{s}.beacons'::regclass AND pg_get_expr(c.relpartbound, c.oid) NOT LIKE '%,%'"
+    );
+    assert_eq!(sql(&single), "16", "the old layout");
+    let v = common::open_vault(&dir, &clock);
+    assert_eq!(sql(&single), "0", "every partition widened");
+    let placement = "(CASE WHEN get_byte(k, 0) = 114 THEN get_byte(k, 16) ELSE get_byte(v, 15) END)";
+    assert_eq!(
+        sql(&format!("SELECT count(*) FROM {s}.beacons WHERE p <> {placement}")),
+        "0"
+    );
+    assert_ne!(sql(&format!("SELECT count(*) FROM {s}.beacons WHERE p >= 16")), "0");
+    let clerk = common::login(&v, "clerk");
+    let officer = common::login(&v, "officer");
+    let by_ssn = |n: u32| {
+        find(&v, &clerk, FindTarget::Field("ssn".into()), &ssn(n), Match::Exact).unwrap()
+    };
+    for (n, id) in people.iter().enumerate() {
+        assert_eq!(by_ssn(n as u32), vec![*id], "record {n}");
+    }
+    let rows = sql(&format!("SELECT count(*) FROM {s}.beacons"));
+    v.update_record(&clerk, people[1], &person(1)).unwrap();
+    assert_eq!(sql(&format!("SELECT count(*) FROM {s}.beacons")), rows);
+    assert_eq!(
+        sql(&format!("SELECT count(*) FROM (SELECT k FROM {s}.beacons GROUP BY k HAVING count(*) > 1) d")),
+        "0"
+    );
+    v.set_records_beacon_split_at(1);
+    let o = v
+        .dispose(&officer, &request(DisposalScope::Record(people[2])))
+        .unwrap();
+    assert!(o.certificate_id.is_some());
+    assert_eq!(beacon_layout(&primary, &v).len(), 31);
+    assert!(by_ssn(2).is_empty());
+    for n in [0u32, 1, 3, 11] {
+        assert_eq!(by_ssn(n), vec![people[n as usize]], "record {n}");
+    }
+    v.close().unwrap();
+}
+
 /// The file of each partition of a vault's search index on member `m`.
 fn beacon_files(
     m: &str,

@@ -624,7 +624,7 @@ impl PgKeys {
     fn purge_pg(&self, buckets: &[u32]) -> Result<PurgeEvidence> {
         let start = Instant::now();
         let control = *self.control.lock().expect("control lock");
-        let p = self.conns.purge(&self.purge_relations(buckets), control)?;
+        let p = self.conns.purge(&self.purge_relations(buckets), &[], control)?;
         Ok(PurgeEvidence {
             snapshots: p.snapshots,
             live_versions_deks: 1,
@@ -850,7 +850,16 @@ impl Conns {
     }
 
     /// The purge recipe (module doc) over `relations` on every member.
-    pub(crate) fn purge(&self, relations: &[String], control: PurgeControl) -> Result<Purged> {
+    /// Each of `replaced` (a relation, and the SQL of one transaction that
+    /// drops it and moves its live rows elsewhere) is rewritten by its SQL
+    /// instead of `VACUUM FULL`, except under the negative controls: the
+    /// search index's partitions split (`store/postgres/partitions.rs`).
+    pub(crate) fn purge(
+        &self,
+        relations: &[String],
+        replaced: &[(String, String)],
+        control: PurgeControl,
+    ) -> Result<Purged> {
         // A fresh connection: a pooled one may reach a primary that died
         // (the purge is where a failover in the middle of a batch lands).
         self.pool.lock().expect("pool lock").clear();
@@ -867,8 +876,16 @@ impl Conns {
             blockers = self::blockers(&mut primary, &horizon)?;
         }
         let mut residue = Vec::new();
+        let (mut relations, mut replaced) = (relations.to_vec(), replaced.to_vec());
+        if control != PurgeControl::Full && control != PurgeControl::SkipWalRounds {
+            relations.extend(replaced.drain(..).map(|(r, _)| r));
+        }
+        let all: Vec<&String> = relations
+            .iter()
+            .chain(replaced.iter().map(|(r, _)| r))
+            .collect();
         let mut before = Vec::new();
-        for r in relations {
+        for r in &all {
             let path: String = primary
                 .query_one("SELECT pg_relation_filepath($1::text::regclass)", &[r])
                 .map_err(pg)?
@@ -879,7 +896,30 @@ impl Conns {
             primary
                 .batch_execute("SET lock_timeout = '5s'")
                 .map_err(pg)?;
-            for r in relations {
+            for (r, sql) in &replaced {
+                // Its lock timeout is its own (`SET LOCAL`); a timed-out
+                // attempt is rolled back and retried.
+                let mut tries = 0;
+                loop {
+                    match primary.batch_execute(sql) {
+                        Ok(()) => break,
+                        Err(e) => {
+                            let _ = primary.batch_execute("ROLLBACK");
+                            if e.code() != Some(&postgres::error::SqlState::LOCK_NOT_AVAILABLE) {
+                                return Err(pg(e));
+                            }
+                            tries += 1;
+                            if tries == 3 {
+                                residue.push(format!(
+                                    "{r}: not replaced (a session held a lock on the search index)"
+                                ));
+                                break;
+                            }
+                        }
+                    }
+                }
+            }
+            for r in &relations {
                 let verb = if control == PurgeControl::PlainVacuum {
                     "VACUUM"
                 } else {
@@ -909,12 +949,16 @@ impl Conns {
             // locks as usual.
             primary.batch_execute("RESET lock_timeout").map_err(pg)?;
         }
-        for (r, old) in relations.iter().zip(&before) {
-            let now: String = primary
-                .query_one("SELECT pg_relation_filepath($1::text::regclass)", &[r])
+        for (r, old) in all.iter().zip(&before) {
+            // `None`: the relation was replaced (dropped), its file with it.
+            let now: Option<String> = primary
+                .query_one(
+                    "SELECT pg_relation_filepath(to_regclass($1::text))",
+                    &[r],
+                )
                 .map_err(pg)?
                 .get(0);
-            if &now == old {
+            if now.as_ref() == Some(old) {
                 residue.push(format!(
                     "{r}: not rewritten (still {old}; a session may hold a lock on it)"
                 ));

@@ -79,6 +79,9 @@ pub(crate) trait RowEngine: Send + Sync + std::fmt::Debug {
     fn kind(&self) -> &'static str;
     /// Sets a negative control of the beacon purge (tests).
     fn set_control(&self, _c: crate::keystore::PurgeControl) {}
+    /// Sets the size past which a purge splits a search-index partition
+    /// (tests; a cluster only).
+    fn set_beacon_split_at(&self, _bytes: u64) {}
     /// The engine's own settings the beacon purge depends on, for
     /// `doctor`: (check name, level, what was found).
     fn doctor(&self) -> Result<Vec<(&'static str, crate::doctor::Level, String)>> {

@@ -8,11 +8,12 @@
 //!
 //! Two tables: `rows (t, k, v)` for every table but one, keyed by the
 //! table's number and the row's key, and `beacons (p, k, v)`, the blind
-//! indexes, in 16 partitions by record ([`BEACON_PARTITION_OF`]), derived
-//! from personal information and so purged after a disposal with the
-//! keystore's recipe ([`crate::keystore::postgres::Conns::purge`]):
-//! `VACUUM FULL` of the disposed records' partitions, WAL rounds on every
-//! member, and a byte scan of every member for the deleted rows' tags. Record bodies are
+//! indexes, in partitions by record that split as the vault grows
+//! ([`partitions`]), derived from personal information and so purged after
+//! a disposal with the keystore's recipe
+//! ([`crate::keystore::postgres::Conns::purge`]): `VACUUM FULL` (or a
+//! split) of the disposed records' partitions, WAL rounds on every member,
+//! and a byte scan of every member for the deleted rows' tags. Record bodies are
 //! AES-256-GCM envelopes whose data keys are in the keystore: destroying
 //! the key is the disposal, so `rows` is never purged.
 //!
@@ -47,7 +48,9 @@
 //! (`PgKeys::fence`). The isolation locks stay in the one process that
 //! holds the vault.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+mod partitions;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -153,6 +156,9 @@ impl HolderLookup {
 pub(crate) struct PgRows {
     holding: Arc<Holding>,
     control: Mutex<PurgeControl>,
+    /// The size past which a purge splits a search-index partition
+    /// ([`partitions::SPLIT_AT`]; tests make it small).
+    split_at: AtomicU64,
 }
 
 /// The connections of one vault's records and the lease on it (shared
@@ -191,42 +197,6 @@ impl std::fmt::Debug for PgRows {
             .field("schema", &self.schema)
             .finish_non_exhaustive()
     }
-}
-
-/// Partitions of a vault's `beacons` table. A record's beacon rows are all
-/// in one (by its ID), so a one-record disposal's purge rewrites a
-/// sixteenth of the vault's search index, not all of it (10^5 records
-/// with two searchable fields: about 100 MB before).
-const BEACON_PARTITIONS: u8 = 16;
-
-/// A beacon row's partition, in SQL over its key `k` and value `v`: the
-/// last byte of the record ID (random; the first bytes of a UUIDv7 are its
-/// time), which is in a reverse row's key (`'r'` | record) and in a forward
-/// row's value (record | tag), see `beacon.rs`; [`beacon_partitions`]
-/// computes the same in Rust.
-const BEACON_PARTITION_OF: &str =
-    "(CASE WHEN get_byte(k, 0) = 114 THEN get_byte(k, 16) ELSE get_byte(v, 15) END % 16)::smallint";
-
-/// The partitions a disposal's purge rewrites: those of the records whose
-/// reverse rows are among the deleted `ranges` (every beacon row of a
-/// record is in its record's partition), or all of them when the batch
-/// resumed without its ranges.
-fn beacon_partitions(ranges: Option<&[Vec<u8>]>) -> Vec<u8> {
-    let Some(ranges) = ranges else {
-        return (0..BEACON_PARTITIONS).collect();
-    };
-    let mut ps: Vec<u8> = ranges
-        .iter()
-        .filter(|r| r.len() == 17 && r[0] == b'r')
-        .map(|r| r[16] % BEACON_PARTITIONS)
-        .collect();
-    ps.sort_unstable();
-    ps.dedup();
-    if ps.is_empty() {
-        // Deleted rows without a reverse row to place them: every partition.
-        return (0..BEACON_PARTITIONS).collect();
-    }
-    ps
 }
 
 /// A table's number in `rows`.
@@ -278,6 +248,7 @@ impl PgRows {
                     closing: AtomicBool::new(false),
                 }),
                 control: Mutex::new(PurgeControl::Full),
+                split_at: AtomicU64::new(partitions::SPLIT_AT),
             };
             rows.take_lock(&mut rows.holder.lock().expect("holder lock"))?;
             rows.conns.with_primary(|c| rows.create_schema(c))?;
@@ -544,50 +515,55 @@ impl PgRows {
         // No planner statistics of keys or values: ANALYZE would copy
         // sampled beacon rows (derived from personal information) into
         // `pg_statistic`, which no purge rewrites.
-        let partitions: String = (0..BEACON_PARTITIONS)
-            .map(|p| {
-                format!(
-                    "CREATE TABLE IF NOT EXISTS {s}.beacons_{p} PARTITION OF {s}.beacons FOR VALUES IN ({p});"
-                )
-            })
-            .collect();
-        // A vault made before the partitions keeps its rows: moved into the
-        // partitioned table in one transaction (the old table held live rows
-        // only; each disposal had purged its own).
-        let unpartitioned: bool = c
+        let beacons: Option<bool> = c
             .query_one(
-                "SELECT coalesce((SELECT relkind = 'r' FROM pg_class WHERE oid = to_regclass($1)), false)",
+                "SELECT (SELECT relkind = 'r' FROM pg_class WHERE oid = to_regclass($1))",
                 &[&format!("{s}.beacons")],
             )
             .map_err(pg)?
             .get(0);
-        let migrate = if unpartitioned {
-            format!(
+        let parent = format!(
+            "CREATE TABLE {s}.beacons (p smallint NOT NULL, k bytea NOT NULL, v bytea NOT NULL,
+                 PRIMARY KEY (k, p)) PARTITION BY LIST (p);
+             ALTER TABLE {s}.beacons ALTER COLUMN k SET STATISTICS 0;
+             ALTER TABLE {s}.beacons ALTER COLUMN v SET STATISTICS 0;"
+        );
+        let first = partitions::create_first(s);
+        let place = partitions::PLACEMENT_OF;
+        let beacons = match beacons {
+            // A new vault.
+            None => format!("{parent}{first}"),
+            // A vault made before the partitions keeps its rows: moved into
+            // the partitioned table in one transaction (the old table held
+            // live rows only; each disposal had purged its own).
+            Some(true) => format!(
                 "ALTER TABLE {s}.beacons RENAME TO beacons_unpartitioned;
-                 CREATE TABLE {s}.beacons (p smallint NOT NULL, k bytea NOT NULL, v bytea NOT NULL,
-                     PRIMARY KEY (k, p)) PARTITION BY LIST (p);
-                 {partitions}
-                 INSERT INTO {s}.beacons (p, k, v) SELECT {BEACON_PARTITION_OF}, k, v FROM {s}.beacons_unpartitioned;
+                 {parent}{first}
+                 INSERT INTO {s}.beacons (p, k, v) SELECT {place}, k, v FROM {s}.beacons_unpartitioned;
                  DROP TABLE {s}.beacons_unpartitioned;"
-            )
-        } else {
-            String::new()
+            ),
+            // Partitioned: a vault from before partitions could split has
+            // its first ones widened (split ones are never made again).
+            Some(false) => partitions::migrate_single_valued(c, s)?,
         };
         c.batch_execute(&format!(
             "BEGIN;
              CREATE SCHEMA IF NOT EXISTS {s};
              CREATE TABLE IF NOT EXISTS {s}.rows (t smallint NOT NULL, k bytea NOT NULL, v bytea NOT NULL,
                  PRIMARY KEY (t, k));
-             {migrate}
-             CREATE TABLE IF NOT EXISTS {s}.beacons (p smallint NOT NULL, k bytea NOT NULL, v bytea NOT NULL,
-                 PRIMARY KEY (k, p)) PARTITION BY LIST (p);
-             {partitions}
+             {beacons}
              ALTER TABLE {s}.rows ALTER COLUMN v SET STATISTICS 0;
-             ALTER TABLE {s}.beacons ALTER COLUMN k SET STATISTICS 0;
-             ALTER TABLE {s}.beacons ALTER COLUMN v SET STATISTICS 0;
              COMMIT;"
         ))
         .map_err(pg)
+    }
+
+    /// The search index's partitions now.
+    fn beacon_layout(&self) -> Result<Vec<String>> {
+        off_runtime(|| {
+            self.conns
+                .with_primary(|c| partitions::layout(c, &self.schema))
+        })
     }
 
     /// The relation holding `table`, and the condition selecting its rows
@@ -652,10 +628,11 @@ impl PgRows {
               db AS (DELETE FROM {s}.beacons WHERE k = ANY($3::bytea[]) AND (SELECT held FROM lk)),
               ir AS (INSERT INTO {s}.rows (t, k, v) SELECT x.t, x.k, x.v FROM unnest($4::smallint[], $5::bytea[], $6::bytea[]) AS x(t, k, v)
                       WHERE (SELECT held FROM lk) ON CONFLICT (t, k) DO UPDATE SET v = EXCLUDED.v),
-              ib AS (INSERT INTO {s}.beacons (p, k, v) SELECT {BEACON_PARTITION_OF}, x.k, x.v FROM unnest($7::bytea[], $8::bytea[]) AS x(k, v)
+              ib AS (INSERT INTO {s}.beacons (p, k, v) SELECT {place}, x.k, x.v FROM unnest($7::bytea[], $8::bytea[]) AS x(k, v)
                       WHERE (SELECT held FROM lk) ON CONFLICT (k, p) DO UPDATE SET v = EXCLUDED.v)
              SELECT held FROM lk, sc",
-            held_by("$9", "$11")
+            held_by("$9", "$11"),
+            place = partitions::PLACEMENT_OF,
         );
         let (pid, start) = holder;
         // A commit is synchronous (`synchronous_commit=on`; with Patroni's
@@ -795,16 +772,46 @@ impl RowEngine for PgRows {
         Ok(())
     }
 
-    /// The keystore's purge recipe over the `beacons` table, on every
-    /// member; a member not verified is residue (the batch fails and waits).
+    /// The keystore's purge recipe over the search index's partitions that
+    /// held the deleted rows, on every member; one larger than the split
+    /// size is split instead of rewritten ([`partitions`]). A member not
+    /// verified is residue (the batch fails and waits).
     fn purge_beacons(&self, ranges: Option<&[Vec<u8>]>) -> Result<BeaconPurge> {
         let start = std::time::Instant::now();
         let control = *self.control.lock().expect("control lock");
-        let rels: Vec<String> = beacon_partitions(ranges)
-            .into_iter()
-            .map(|p| format!("{}.beacons_{p}", self.schema))
-            .collect();
-        let p = off_runtime(|| self.conns.purge(&rels, control))?;
+        let split_at = self.split_at.load(Ordering::SeqCst);
+        let s = &self.schema;
+        let touched = partitions::touched(&self.beacon_layout()?, ranges);
+        let rels: Vec<String> = touched.iter().map(|n| format!("{s}.{n}")).collect();
+        let sizes: Vec<Option<i64>> = off_runtime(|| {
+            self.conns.with_primary(|c| {
+                Ok(c.query(
+                    "SELECT pg_total_relation_size(to_regclass(r)) FROM unnest($1::text[]) WITH ORDINALITY AS x(r, i) ORDER BY i",
+                    &[&rels],
+                )
+                .map_err(pg)?
+                .iter()
+                .map(|r| r.get(0))
+                .collect())
+            })
+        })?;
+        let (mut rewritten, mut replaced) = (Vec::new(), Vec::new());
+        let mut split = Vec::new();
+        for ((name, rel), size) in touched.iter().zip(rels).zip(sizes) {
+            let children = partitions::Part::parse(name).and_then(|part| {
+                part.split(size.unwrap_or(0).max(0) as u64, split_at)
+                    .map(|kids| (part, kids))
+            });
+            match children {
+                Some((part, kids)) => {
+                    split.push(format!("{name} into {} partitions", kids.len()));
+                    let sql = partitions::split_sql(s, part, &kids, 5_000);
+                    replaced.push((rel, sql));
+                }
+                None => rewritten.push(rel),
+            }
+        }
+        let p = off_runtime(|| self.conns.purge(&rewritten, &replaced, control))?;
         let mut residue = p.residue;
         for m in p.members.iter().filter(|m| !m.verified) {
             residue.push(format!(
@@ -822,13 +829,15 @@ impl RowEngine for PgRows {
             duration_ms: start.elapsed().as_millis() as u64,
             members: p.members,
             wal_floor: Some(p.wal_segment),
+            split,
         })
     }
 
     /// Every file of every member but other databases' and other vaults'
     /// relation files and the vault's own tables other than the search
-    /// index's partitions that held the deleted rows
-    /// (`pivault_verify.scan_vault`): as the embedded engine skips the live
+    /// index's partitions that held the deleted rows (after a split, the
+    /// children that took the split partition's rows;
+    /// `pivault_verify.scan_vault`): as the embedded engine skips the live
     /// table files of other column families and of other ranges, since a
     /// tag is only ever written in a beacon row, and a record's beacon rows
     /// are all in its partition. A member that cannot be reached is a hit.
@@ -838,10 +847,7 @@ impl RowEngine for PgRows {
         needles: &[Vec<u8>],
         wal_after: Option<&str>,
     ) -> Result<crate::keystore::ByteScan> {
-        let mut tables: Vec<String> = beacon_partitions(Some(ranges))
-            .into_iter()
-            .map(|p| format!("{CF_BEACONS}_{p}"))
-            .collect();
+        let mut tables = partitions::touched(&self.beacon_layout()?, Some(ranges));
         if tables.is_empty() {
             tables.push(CF_BEACONS.to_owned());
         }
@@ -904,6 +910,10 @@ impl RowEngine for PgRows {
 
     fn set_control(&self, c: PurgeControl) {
         *self.control.lock().expect("control lock") = c;
+    }
+
+    fn set_beacon_split_at(&self, bytes: u64) {
+        self.split_at.store(bytes, Ordering::SeqCst);
     }
 
     /// The keystore cluster's member checks, for the records cluster: its
