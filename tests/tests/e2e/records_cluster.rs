@@ -986,6 +986,91 @@ fn a_big_search_index_partition_is_split_by_its_purge_while_clerks_put_and_searc
     v.close().unwrap();
 }
 
+/// An insider holding a lock on the partition a purge would split (a
+/// session of the superuser, or of the vault's role, in an open
+/// transaction): the split waits, gives up after its tries, and rolls
+/// back; the batch fails without a certificate, the layout and every kept
+/// record are as they were, and the retry, once the lock is gone, splits.
+#[test]
+fn a_split_kept_waiting_by_an_insiders_lock_fails_cleanly_and_its_retry_splits() {
+    use std::io::Write;
+    let _one = serial();
+    let c = cluster();
+    let tmp = tempfile::tempdir().unwrap();
+    let fx = vault_on_clusters(&tmp.path().join("vault"));
+    let people = put_people(&fx, 0..8);
+    let doomed = people[0];
+    let class = doomed.as_bytes()[15] % 16;
+    let primary = primary_member(&c);
+    let tag = beacon_tag(&primary, &fx.vault, doomed);
+    let s = records_schema(&fx.vault);
+    let layout = beacon_layout(&primary, &fx.vault);
+    fx.vault.set_records_beacon_split_at(1);
+    let (host, port) = primary.rsplit_once(':').unwrap();
+    let pw = std::fs::read_to_string(
+        std::env::var("PIVAULT_PG_SUPERUSER_PASSWORD_FILE").expect("superuser password file"),
+    )
+    .unwrap();
+    let mut insider = std::process::Command::new("psql")
+        .args(["-h", host, "-p", port, "-U", "postgres", "-d", "pivault_records", "-q"])
+        .env("PGPASSWORD", pw.trim())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("psql");
+    let mut stdin = insider.stdin.take().unwrap();
+    writeln!(stdin, "BEGIN; LOCK TABLE {s}.beacons_{class} IN ACCESS SHARE MODE;").unwrap();
+    stdin.flush().unwrap();
+    let held = format!(
+        "SELECT count(*) FROM pg_locks WHERE granted AND relation = '{s}.beacons_{class}'::regclass"
+    );
+    assert!(
+        eventually(10, || psql_in(&primary, "pivault_records", &held).as_deref() == Some("1")),
+        "the insider's lock"
+    );
+    let failed = fx
+        .vault
+        .dispose(&fx.officer, &request(DisposalScope::Record(doomed)));
+    drop(stdin);
+    let _ = insider.kill();
+    let _ = insider.wait();
+    match failed {
+        Err(Error::DisposalFailed(msg)) => {
+            assert!(msg.contains(&format!("beacons_{class}: not replaced")), "{msg}")
+        }
+        other => panic!("a split that could not lock must not certify: {other:?}"),
+    }
+    let batch = fx.vault.disposals(&fx.officer).unwrap()[0].clone();
+    assert!(batch.failed.is_some());
+    assert!(matches!(
+        fx.vault.certificate(&fx.auditor, batch.certificate_id),
+        Err(Error::NotFound(_))
+    ));
+    assert_eq!(beacon_layout(&primary, &fx.vault), layout, "rolled back");
+    for (n, id) in people.iter().enumerate().skip(1) {
+        assert_eq!(found(&fx, "ssn", &ssn(n as u32)).unwrap(), vec![*id]);
+    }
+    // The retry no longer knows which rows it deleted: every partition is
+    // purged, and each past the split size is split.
+    let cert = fx.vault.retry_disposal(&fx.officer, batch.id).unwrap();
+    let doc = fx.vault.certificate(&fx.auditor, cert).unwrap();
+    let split = doc.body["sanitization"]["details"]["search_index"]["partitions_split"]
+        .as_array()
+        .unwrap()
+        .clone();
+    assert_eq!(split.len(), 16, "{split:?}");
+    assert!(split.contains(&json!(format!("beacons_{class} into 16 partitions"))));
+    assert_eq!(beacon_layout(&primary, &fx.vault).len(), 256);
+    assert_eq!(
+        c.files_holding(std::slice::from_ref(&tag)),
+        Vec::<PathBuf>::new()
+    );
+    for (n, id) in people.iter().enumerate().skip(1) {
+        assert_eq!(found(&fx, "ssn", &ssn(n as u32)).unwrap(), vec![*id]);
+    }
+    fx.vault.close().unwrap();
+}
+
 /// A vault from before partitions could split (each first partition held
 /// one value: `p` was the placement byte modulo 16) is widened when it
 /// next opens: every row's `p` is its whole placement byte and each
