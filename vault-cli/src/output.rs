@@ -498,7 +498,7 @@ pub fn maintenance_text(v: &Value) -> String {
             .into();
     }
     format!(
-        "rotated {} bucket(s) ({} key(s) re-wrapped), destroyed {} orphaned key(s), epoch {} -> {}; purge {}",
+        "rotated {} bucket(s) ({} key(s) re-wrapped), destroyed {} orphaned key(s), epoch {} -> {}; purge {}; {} search-index partition(s) split",
         text(&v["buckets_rotated"]),
         text(&v["keys_rewrapped"]),
         text(&v["orphan_keys_destroyed"]),
@@ -508,7 +508,8 @@ pub fn maintenance_text(v: &Value) -> String {
             "verified"
         } else {
             "NOT verified"
-        }
+        },
+        text(&v["search_partitions_split"]),
     )
 }
 

@@ -72,6 +72,9 @@ pub struct MaintenanceReport {
     /// Whether the keystore purge checks passed and no destroyed key's
     /// wrapped bytes were found in the keystore's files.
     pub verified: bool,
+    /// Partitions of the records cluster's search index split because
+    /// they grew past the split size (so a disposal need not split them).
+    pub search_partitions_split: u64,
 }
 
 /// The state `doctor` reports.
@@ -343,6 +346,22 @@ impl Vault {
         let mut buckets: BTreeSet<u32> = self.dirty_map().keys().copied().collect();
         buckets.extend(candidates.iter().map(|(b, _, _)| *b));
         let mut report = MaintenanceReport::default();
+        // Under the disposal lock: no purge is rewriting a partition.
+        let split = self.store.split_beacons();
+        if let Ok(split) = &split {
+            report.search_partitions_split = split.len() as u64;
+            if !split.is_empty() {
+                self.audit(
+                    actor,
+                    ctx,
+                    "index.split",
+                    vec![format!("partitions:{}", split.len())],
+                    Ok(()),
+                    None,
+                )?;
+            }
+        }
+        split?;
         if buckets.is_empty() {
             return Ok(report);
         }

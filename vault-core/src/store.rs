@@ -457,6 +457,12 @@ impl Store {
         self.engine.set_beacon_split_at(bytes);
     }
 
+    /// Splits every search-index partition past the split size (a
+    /// cluster only; maintenance): the partitions split.
+    pub fn split_beacons(&self) -> Result<Vec<String>> {
+        self.engine.split_beacons()
+    }
+
     /// Moves disposed ciphertexts out of the engine's memory buffers; their
     /// old copies on disk are unreadable (keys destroyed).
     pub fn flush_records(&self) -> Result<()> {

@@ -428,6 +428,7 @@ pub fn maintenance(r: &MaintenanceReport) -> Value {
         "epoch_before": r.epochs.map(|e| e.0),
         "epoch_after": r.epochs.map(|e| e.1),
         "verified": r.verified,
+        "search_partitions_split": r.search_partitions_split,
     })
 }
 

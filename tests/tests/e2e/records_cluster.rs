@@ -931,7 +931,13 @@ fn a_big_search_index_partition_is_split_by_its_purge_while_clerks_put_and_searc
         json!([format!("beacons_{class} into 16 partitions")]),
         "{index}"
     );
-    assert!(index["members"].as_array().unwrap().iter().all(|m| m["verified"] == true));
+    assert!(
+        index["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|m| m["verified"] == true)
+    );
     let children: Vec<String> = (0..16u16)
         .map(|i| format!("beacons_256_{}", u16::from(class) + 16 * i))
         .collect();
@@ -948,7 +954,11 @@ fn a_big_search_index_partition_is_split_by_its_purge_while_clerks_put_and_searc
         assert_eq!(found(&fx, "ssn", &ssn(n as u32)).unwrap(), vec![*id]);
     }
     for (id, n) in &acked {
-        assert_eq!(found(&fx, "ssn", &ssn(*n)).unwrap(), vec![*id], "record {n}");
+        assert_eq!(
+            found(&fx, "ssn", &ssn(*n)).unwrap(),
+            vec![*id],
+            "record {n}"
+        );
     }
     assert!(found(&fx, "ssn", &ssn(0)).unwrap().is_empty());
     // A record in one of the children: its purge rewrites that child.
@@ -981,9 +991,99 @@ fn a_big_search_index_partition_is_split_by_its_purge_while_clerks_put_and_searc
     assert_eq!(beacon_layout(&primary, &v), layout, "reopened as split");
     let clerk = common::login(&v, "clerk");
     let (id, n) = acked[0];
-    let hits = find(&v, &clerk, FindTarget::Field("ssn".into()), &ssn(n), Match::Exact).unwrap();
+    let hits = find(
+        &v,
+        &clerk,
+        FindTarget::Field("ssn".into()),
+        &ssn(n),
+        Match::Exact,
+    )
+    .unwrap();
     assert_eq!(hits, vec![id]);
     v.close().unwrap();
+}
+
+/// Maintenance splits every search-index partition past the split size
+/// ahead of any disposal (audited as `index.split`), while a clerk puts
+/// and finds records; the next disposal then rewrites a small child and
+/// splits nothing, and every acknowledged record is found.
+#[test]
+fn maintenance_splits_big_partitions_ahead_of_the_disposals_while_a_clerk_writes() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let _one = serial();
+    let c = cluster();
+    let tmp = tempfile::tempdir().unwrap();
+    let fx = vault_on_clusters(&tmp.path().join("vault"));
+    let people = put_people(&fx, 0..16);
+    let primary = primary_member(&c);
+    fx.vault.set_records_beacon_split_at(1);
+    let stop = AtomicBool::new(false);
+    let (report, acked) = std::thread::scope(|sc| {
+        let clerk = sc.spawn(|| {
+            let mut acked = Vec::new();
+            let mut n = 3000;
+            while !stop.load(Ordering::SeqCst) {
+                n += 1;
+                let id = fx
+                    .vault
+                    .put_record(&fx.clerk, COUNTER, SubjectId::new(), &person(n))
+                    .expect("a put racing the splits");
+                assert_eq!(found(&fx, "ssn", &ssn(n)).unwrap(), vec![id], "record {n}");
+                acked.push((id, n));
+            }
+            acked
+        });
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        let report = fx.vault.run_maintenance(&fx.officer);
+        stop.store(true, Ordering::SeqCst);
+        (report, clerk.join().expect("the clerk"))
+    });
+    assert_eq!(report.unwrap().search_partitions_split, 16);
+    assert_eq!(beacon_layout(&primary, &fx.vault).len(), 256);
+    let split = fx
+        .vault
+        .audit_events(&fx.auditor, &vault_core::audit::EventFilter::default())
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.action == "index.split")
+        .count();
+    assert_eq!(split, 1);
+    for (n, id) in people.iter().enumerate() {
+        assert_eq!(found(&fx, "ssn", &ssn(n as u32)).unwrap(), vec![*id]);
+    }
+    for (id, n) in &acked {
+        assert_eq!(
+            found(&fx, "ssn", &ssn(*n)).unwrap(),
+            vec![*id],
+            "record {n}"
+        );
+    }
+    let tag = beacon_tag(&primary, &fx.vault, people[3]);
+    let o = fx
+        .vault
+        .dispose(&fx.officer, &request(DisposalScope::Record(people[3])))
+        .unwrap();
+    let doc = fx
+        .vault
+        .certificate(&fx.auditor, o.certificate_id.unwrap())
+        .unwrap();
+    assert_eq!(
+        doc.body["sanitization"]["details"]["search_index"]["partitions_split"],
+        json!([])
+    );
+    assert_eq!(
+        c.files_holding(std::slice::from_ref(&tag)),
+        Vec::<PathBuf>::new()
+    );
+    // Nothing left to split.
+    assert_eq!(
+        fx.vault
+            .run_maintenance(&fx.officer)
+            .unwrap()
+            .search_partitions_split,
+        0
+    );
+    fx.vault.close().unwrap();
 }
 
 /// An insider holding a lock on the partition a purge would split (a
@@ -1012,20 +1112,36 @@ fn a_split_kept_waiting_by_an_insiders_lock_fails_cleanly_and_its_retry_splits()
     )
     .unwrap();
     let mut insider = std::process::Command::new("psql")
-        .args(["-h", host, "-p", port, "-U", "postgres", "-d", "pivault_records", "-q"])
+        .args([
+            "-h",
+            host,
+            "-p",
+            port,
+            "-U",
+            "postgres",
+            "-d",
+            "pivault_records",
+            "-q",
+        ])
         .env("PGPASSWORD", pw.trim())
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::null())
         .spawn()
         .expect("psql");
     let mut stdin = insider.stdin.take().unwrap();
-    writeln!(stdin, "BEGIN; LOCK TABLE {s}.beacons_{class} IN ACCESS SHARE MODE;").unwrap();
+    writeln!(
+        stdin,
+        "BEGIN; LOCK TABLE {s}.beacons_{class} IN ACCESS SHARE MODE;"
+    )
+    .unwrap();
     stdin.flush().unwrap();
     let held = format!(
         "SELECT count(*) FROM pg_locks WHERE granted AND relation = '{s}.beacons_{class}'::regclass"
     );
     assert!(
-        eventually(10, || psql_in(&primary, "pivault_records", &held).as_deref() == Some("1")),
+        eventually(10, || psql_in(&primary, "pivault_records", &held)
+            .as_deref()
+            == Some("1")),
         "the insider's lock"
     );
     let failed = fx
@@ -1036,7 +1152,10 @@ fn a_split_kept_waiting_by_an_insiders_lock_fails_cleanly_and_its_retry_splits()
     let _ = insider.wait();
     match failed {
         Err(Error::DisposalFailed(msg)) => {
-            assert!(msg.contains(&format!("beacons_{class}: not replaced")), "{msg}")
+            assert!(
+                msg.contains(&format!("beacons_{class}: not replaced")),
+                "{msg}"
+            )
         }
         other => panic!("a split that could not lock must not certify: {other:?}"),
     }
@@ -1099,7 +1218,10 @@ fn a_search_index_whose_partitions_held_one_value_each_is_widened_at_open() {
         })
         .collect();
     sql(&format!("BEGIN; {narrowed} COMMIT;"));
-    assert_eq!(sql(&format!("SELECT count(*) FROM {s}.beacons WHERE p >= 16")), "0");
+    assert_eq!(
+        sql(&format!("SELECT count(*) FROM {s}.beacons WHERE p >= 16")),
+        "0"
+    );
     let single = format!(
         "SELECT count(*) FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
           WHERE i.inhparent = '{s}.beacons'::regclass AND pg_get_expr(c.relpartbound, c.oid) NOT LIKE '%,%'"
@@ -1107,16 +1229,29 @@ fn a_search_index_whose_partitions_held_one_value_each_is_widened_at_open() {
     assert_eq!(sql(&single), "16", "the old layout");
     let v = common::open_vault(&dir, &clock);
     assert_eq!(sql(&single), "0", "every partition widened");
-    let placement = "(CASE WHEN get_byte(k, 0) = 114 THEN get_byte(k, 16) ELSE get_byte(v, 15) END)";
+    let placement =
+        "(CASE WHEN get_byte(k, 0) = 114 THEN get_byte(k, 16) ELSE get_byte(v, 15) END)";
     assert_eq!(
-        sql(&format!("SELECT count(*) FROM {s}.beacons WHERE p <> {placement}")),
+        sql(&format!(
+            "SELECT count(*) FROM {s}.beacons WHERE p <> {placement}"
+        )),
         "0"
     );
-    assert_ne!(sql(&format!("SELECT count(*) FROM {s}.beacons WHERE p >= 16")), "0");
+    assert_ne!(
+        sql(&format!("SELECT count(*) FROM {s}.beacons WHERE p >= 16")),
+        "0"
+    );
     let clerk = common::login(&v, "clerk");
     let officer = common::login(&v, "officer");
     let by_ssn = |n: u32| {
-        find(&v, &clerk, FindTarget::Field("ssn".into()), &ssn(n), Match::Exact).unwrap()
+        find(
+            &v,
+            &clerk,
+            FindTarget::Field("ssn".into()),
+            &ssn(n),
+            Match::Exact,
+        )
+        .unwrap()
     };
     for (n, id) in people.iter().enumerate() {
         assert_eq!(by_ssn(n as u32), vec![*id], "record {n}");
@@ -1125,7 +1260,9 @@ fn a_search_index_whose_partitions_held_one_value_each_is_widened_at_open() {
     v.update_record(&clerk, people[1], &person(1)).unwrap();
     assert_eq!(sql(&format!("SELECT count(*) FROM {s}.beacons")), rows);
     assert_eq!(
-        sql(&format!("SELECT count(*) FROM (SELECT k FROM {s}.beacons GROUP BY k HAVING count(*) > 1) d")),
+        sql(&format!(
+            "SELECT count(*) FROM (SELECT k FROM {s}.beacons GROUP BY k HAVING count(*) > 1) d"
+        )),
         "0"
     );
     v.set_records_beacon_split_at(1);

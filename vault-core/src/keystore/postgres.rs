@@ -624,7 +624,9 @@ impl PgKeys {
     fn purge_pg(&self, buckets: &[u32]) -> Result<PurgeEvidence> {
         let start = Instant::now();
         let control = *self.control.lock().expect("control lock");
-        let p = self.conns.purge(&self.purge_relations(buckets), &[], control)?;
+        let p = self
+            .conns
+            .purge(&self.purge_relations(buckets), &[], control)?;
         Ok(PurgeEvidence {
             snapshots: p.snapshots,
             live_versions_deks: 1,
@@ -952,10 +954,7 @@ impl Conns {
         for (r, old) in all.iter().zip(&before) {
             // `None`: the relation was replaced (dropped), its file with it.
             let now: Option<String> = primary
-                .query_one(
-                    "SELECT pg_relation_filepath(to_regclass($1::text))",
-                    &[r],
-                )
+                .query_one("SELECT pg_relation_filepath(to_regclass($1::text))", &[r])
                 .map_err(pg)?
                 .get(0);
             if now.as_ref() == Some(old) {

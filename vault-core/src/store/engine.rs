@@ -82,6 +82,12 @@ pub(crate) trait RowEngine: Send + Sync + std::fmt::Debug {
     /// Sets the size past which a purge splits a search-index partition
     /// (tests; a cluster only).
     fn set_beacon_split_at(&self, _bytes: u64) {}
+    /// Splits every search-index partition past the split size, ahead of
+    /// the disposal that would otherwise split it (a cluster only); the
+    /// partitions split. One a session holds locked is left for next time.
+    fn split_beacons(&self) -> Result<Vec<String>> {
+        Ok(Vec::new())
+    }
     /// The engine's own settings the beacon purge depends on, for
     /// `doctor`: (check name, level, what was found).
     fn doctor(&self) -> Result<Vec<(&'static str, crate::doctor::Level, String)>> {

@@ -558,6 +558,37 @@ impl PgRows {
         .map_err(pg)
     }
 
+    /// Partitions' sizes, heap, indexes and TOAST (`None`: gone).
+    fn partition_sizes(&self, names: &[String]) -> Result<Vec<Option<i64>>> {
+        let rels: Vec<String> = names
+            .iter()
+            .map(|n| format!("{}.{n}", self.schema))
+            .collect();
+        off_runtime(|| {
+            self.conns.with_primary(|c| {
+                Ok(c.query(
+                    "SELECT pg_total_relation_size(to_regclass(r)) FROM unnest($1::text[]) WITH ORDINALITY AS x(r, i) ORDER BY i",
+                    &[&rels],
+                )
+                .map_err(pg)?
+                .iter()
+                .map(|r| r.get(0))
+                .collect())
+            })
+        })
+    }
+
+    /// `name`'s split, when it is one of ours and past the split size.
+    fn split_of(&self, name: &str, size: Option<i64>) -> Option<(String, String)> {
+        let part = partitions::Part::parse(name)?;
+        let size = size.unwrap_or(0).max(0) as u64;
+        let kids = part.split(size, self.split_at.load(Ordering::SeqCst))?;
+        Some((
+            format!("{name} into {} partitions", kids.len()),
+            partitions::split_sql(&self.schema, part, &kids, 5_000),
+        ))
+    }
+
     /// The search index's partitions now.
     fn beacon_layout(&self) -> Result<Vec<String>> {
         off_runtime(|| {
@@ -779,33 +810,15 @@ impl RowEngine for PgRows {
     fn purge_beacons(&self, ranges: Option<&[Vec<u8>]>) -> Result<BeaconPurge> {
         let start = std::time::Instant::now();
         let control = *self.control.lock().expect("control lock");
-        let split_at = self.split_at.load(Ordering::SeqCst);
-        let s = &self.schema;
         let touched = partitions::touched(&self.beacon_layout()?, ranges);
-        let rels: Vec<String> = touched.iter().map(|n| format!("{s}.{n}")).collect();
-        let sizes: Vec<Option<i64>> = off_runtime(|| {
-            self.conns.with_primary(|c| {
-                Ok(c.query(
-                    "SELECT pg_total_relation_size(to_regclass(r)) FROM unnest($1::text[]) WITH ORDINALITY AS x(r, i) ORDER BY i",
-                    &[&rels],
-                )
-                .map_err(pg)?
-                .iter()
-                .map(|r| r.get(0))
-                .collect())
-            })
-        })?;
+        let sizes = self.partition_sizes(&touched)?;
         let (mut rewritten, mut replaced) = (Vec::new(), Vec::new());
         let mut split = Vec::new();
-        for ((name, rel), size) in touched.iter().zip(rels).zip(sizes) {
-            let children = partitions::Part::parse(name).and_then(|part| {
-                part.split(size.unwrap_or(0).max(0) as u64, split_at)
-                    .map(|kids| (part, kids))
-            });
-            match children {
-                Some((part, kids)) => {
-                    split.push(format!("{name} into {} partitions", kids.len()));
-                    let sql = partitions::split_sql(s, part, &kids, 5_000);
+        for (name, size) in touched.iter().zip(sizes) {
+            let rel = format!("{}.{name}", self.schema);
+            match self.split_of(name, size) {
+                Some((what, sql)) => {
+                    split.push(what);
                     replaced.push((rel, sql));
                 }
                 None => rewritten.push(rel),
@@ -914,6 +927,38 @@ impl RowEngine for PgRows {
 
     fn set_beacon_split_at(&self, bytes: u64) {
         self.split_at.store(bytes, Ordering::SeqCst);
+    }
+
+    /// Each partition past the split size replaced by its children, one
+    /// transaction each. Nothing is purged here: the rows copied are live,
+    /// and what a dropped partition's file held of disposed records, their
+    /// disposals purged already.
+    fn split_beacons(&self) -> Result<Vec<String>> {
+        let layout = self.beacon_layout()?;
+        let sizes = self.partition_sizes(&layout)?;
+        let mut split = Vec::new();
+        for (name, size) in layout.iter().zip(sizes) {
+            let Some((what, sql)) = self.split_of(name, size) else {
+                continue;
+            };
+            let done = off_runtime(|| {
+                self.conns.with_primary(|c| match c.batch_execute(&sql) {
+                    Ok(()) => Ok(true),
+                    Err(e) => {
+                        let _ = c.batch_execute("ROLLBACK");
+                        if e.code() == Some(&postgres::error::SqlState::LOCK_NOT_AVAILABLE) {
+                            Ok(false)
+                        } else {
+                            Err(pg(e))
+                        }
+                    }
+                })
+            })?;
+            if done {
+                split.push(what);
+            }
+        }
+        Ok(split)
     }
 
     /// The keystore cluster's member checks, for the records cluster: its

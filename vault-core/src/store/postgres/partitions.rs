@@ -179,10 +179,7 @@ pub(super) fn touched(layout: &[String], ranges: Option<&[Vec<u8>]>) -> Vec<Stri
     let parts: Vec<(Option<Part>, &String)> = layout.iter().map(|n| (Part::parse(n), n)).collect();
     let mut out: Vec<String> = Vec::new();
     for b in bytes {
-        let Some((_, name)) = parts
-            .iter()
-            .find(|(p, _)| p.is_some_and(|p| p.holds(b)))
-        else {
+        let Some((_, name)) = parts.iter().find(|(p, _)| p.is_some_and(|p| p.holds(b))) else {
             return all();
         };
         out.push((*name).clone());
@@ -336,7 +333,11 @@ mod tests {
             touched(&odd, Some(&[reverse(0)])),
             vec!["beacons_0".to_owned(), "beacons_extra".to_owned()]
         );
-        let gap: Vec<String> = layout.iter().filter(|n| *n != "beacons_0").cloned().collect();
+        let gap: Vec<String> = layout
+            .iter()
+            .filter(|n| *n != "beacons_0")
+            .cloned()
+            .collect();
         assert_eq!(touched(&gap, Some(&[reverse(16)])).len(), gap.len());
     }
 }
