@@ -22,6 +22,9 @@
 //!   max of `PIVAULT_BENCH_CLUSTER_REPS` (default 5), end to end (purge on
 //!   every member, scan of every member's files, certificate). The vault is
 //!   filled by `PIVAULT_BENCH_CLUSTER_FILL_THREADS` writers (default 4).
+//!   After each fill, one disposal is timed alone (on a cluster it splits
+//!   a search-index partition past the split size) and maintenance is run
+//!   (it splits the others) before the timed ones.
 //!   The vault with its records on the cluster too (searchable fields) is
 //!   timed at `PIVAULT_BENCH_CLUSTER_RECORDS_SIZES` (default: the same
 //!   sizes; it fills about 4× slower, so a 10^6 run may leave it out).
@@ -747,6 +750,39 @@ fn disposals(
                 t.elapsed().as_secs_f64()
             );
             have = size;
+            // The first disposal after the fill: on a cluster, a search-index
+            // partition past the split size is split by its purge. Then
+            // maintenance splits the others, as the server's schedule does,
+            // and the disposals timed below rewrite small partitions.
+            let dispose = |id| {
+                fx.vault
+                    .dispose(
+                        &officer,
+                        &DisposalRequest {
+                            scope: DisposalScope::Record(id),
+                            parties: DisposalParties::default(),
+                            dry_run: false,
+                        },
+                    )
+                    .expect("dispose")
+            };
+            let id = fx
+                .vault
+                .put_record(&fx.clerk, collection, SubjectId::new(), &body(have))
+                .expect("put");
+            let t = Instant::now();
+            dispose(id);
+            eprintln!(
+                "first disposal after the fill: {:.0} ms",
+                t.elapsed().as_secs_f64() * 1e3
+            );
+            let t = Instant::now();
+            let report = fx.vault.run_maintenance(&officer).expect("maintenance");
+            eprintln!(
+                "maintenance: {} search-index partition(s) split in {:.1} s",
+                report.search_partitions_split,
+                t.elapsed().as_secs_f64()
+            );
         }
         let mut times = Vec::new();
         for _ in 0..reps {
