@@ -1190,6 +1190,95 @@ fn a_split_kept_waiting_by_an_insiders_lock_fails_cleanly_and_its_retry_splits()
     fx.vault.close().unwrap();
 }
 
+/// An insider with the superuser's (or the vault role's) hand remakes a
+/// partition of the search index under a name this build does not use
+/// (`beacons_3` detached and attached again as `beacons_hand`): a disposal
+/// of a record whose byte that partition holds purges and scans every
+/// partition, the hand-made one with them, and certifies with the tag on
+/// no member; the kept records are found.
+#[test]
+fn a_partition_an_insider_renamed_is_purged_and_scanned_with_the_touched_ones() {
+    let _one = serial();
+    let c = cluster();
+    let tmp = tempfile::tempdir().unwrap();
+    let fx = vault_on_clusters(&tmp.path().join("vault"));
+    let primary = primary_member(&c);
+    let s = records_schema(&fx.vault);
+    let (doomed, doomed_n) = (0..200)
+        .map(|n| (put_people(&fx, n..n + 1)[0], n))
+        .find(|(id, _)| id.as_bytes()[15] % 16 == 3)
+        .expect("a record of partition 3's bytes");
+    let kept = put_people(&fx, 300..306);
+    let tag = beacon_tag(&primary, &fx.vault, doomed);
+    let values: Vec<String> = (0..16).map(|i| (3 + 16 * i).to_string()).collect();
+    psql_in(
+        &primary,
+        "pivault_records",
+        &format!(
+            "BEGIN;
+             ALTER TABLE {s}.beacons DETACH PARTITION {s}.beacons_3;
+             ALTER TABLE {s}.beacons_3 RENAME TO beacons_hand;
+             ALTER TABLE {s}.beacons ATTACH PARTITION {s}.beacons_hand FOR VALUES IN ({});
+             COMMIT;",
+            values.join(", ")
+        ),
+    )
+    .expect("the insider's partition");
+    let before = beacon_layout(&primary, &fx.vault);
+    assert!(before.contains(&"beacons_hand".to_owned()), "{before:?}");
+    let filenodes = |m: &str| -> std::collections::BTreeMap<String, String> {
+        psql_in(
+            m,
+            "pivault_records",
+            &format!(
+                "SELECT string_agg(c.relname || '=' || c.relfilenode, ',') FROM pg_inherits i
+                   JOIN pg_class c ON c.oid = i.inhrelid WHERE i.inhparent = '{s}.beacons'::regclass"
+            ),
+        )
+        .expect("member up")
+        .split(',')
+        .filter_map(|p| p.split_once('='))
+        .map(|(r, f)| (r.to_owned(), f.to_owned()))
+        .collect()
+    };
+    let nodes = filenodes(&primary);
+    let o = fx
+        .vault
+        .dispose(&fx.officer, &request(DisposalScope::Record(doomed)))
+        .unwrap();
+    let doc = fx
+        .vault
+        .certificate(&fx.auditor, o.certificate_id.unwrap())
+        .unwrap();
+    let index = &doc.body["sanitization"]["details"]["search_index"];
+    assert!(
+        index["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|m| m["verified"] == true),
+        "{index}"
+    );
+    assert_eq!(
+        c.files_holding(std::slice::from_ref(&tag)),
+        Vec::<PathBuf>::new(),
+        "no member keeps the deleted tag"
+    );
+    assert!(found(&fx, "ssn", &ssn(doomed_n)).unwrap().is_empty());
+    for (i, id) in kept.iter().enumerate() {
+        assert_eq!(found(&fx, "ssn", &ssn(300 + i as u32)).unwrap(), vec![*id]);
+    }
+    // The record's byte is in no partition this build names: every
+    // partition was rewritten, none kept its file.
+    let after = filenodes(&primary);
+    assert_eq!(after.len(), 16, "{after:?}");
+    for (rel, node) in &nodes {
+        assert_ne!(after.get(rel), Some(node), "{rel} kept its file");
+    }
+    assert_eq!(beacon_layout(&primary, &fx.vault), before);
+    fx.vault.close().unwrap();
+}
+
 /// A vault from before partitions could split (each first partition held
 /// one value: `p` was the placement byte modulo 16) is widened when it
 /// next opens: every row's `p` is its whole placement byte and each
