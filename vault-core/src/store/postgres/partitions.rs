@@ -12,10 +12,10 @@
 //! in one transaction, children of a larger modulus
 //! (`beacons_<modulus>_<rest>`) take its live rows and it is dropped, which
 //! removes its file as `VACUUM FULL` would have. Each child is then about
-//! half of [`SPLIT_AT`] or smaller, up to modulus 256 (one placement byte a
-//! partition, about 4 GB of index, 25 million records, before partitions
-//! grow past [`SPLIT_AT`] again). A small vault keeps its 16 partitions and
-//! their few files.
+//! half of [`SPLIT_AT`] or smaller, up to modulus 256: one placement byte a
+//! partition, 4 GB of index, some 2.5 million records with two searchable
+//! fields, past which partitions grow with the vault again. A small vault
+//! keeps its 16 partitions and their few files.
 
 use postgres::Client;
 
