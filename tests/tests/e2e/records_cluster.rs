@@ -230,6 +230,7 @@ fn records_on_the_cluster_outlive_the_vault_machine_and_one_process_holds_the_va
         "records-cluster-members",
         "records-cluster-tls",
         "records-engine",
+        "records-index-partitions",
     ] {
         let ch = checks
             .iter()
@@ -1017,6 +1018,17 @@ fn maintenance_splits_big_partitions_ahead_of_the_disposals_while_a_clerk_writes
     let people = put_people(&fx, 0..16);
     let primary = primary_member(&c);
     fx.vault.set_records_beacon_split_at(1);
+    // doctor says what the next disposal would have to split.
+    let partitions_check = |v: &vault_core::vault::Vault| {
+        vault_core::doctor::checks(v, common::T0)
+            .unwrap()
+            .into_iter()
+            .find(|ch| ch.name == "records-index-partitions")
+            .expect("the partitions' check")
+    };
+    let before = partitions_check(&fx.vault);
+    assert_eq!(before.level, vault_core::doctor::Level::Warn, "{before:?}");
+    assert!(before.detail.starts_with("16 of 16 "), "{before:?}");
     let stop = AtomicBool::new(false);
     let (report, acked) = std::thread::scope(|sc| {
         let clerk = sc.spawn(|| {
@@ -1040,6 +1052,8 @@ fn maintenance_splits_big_partitions_ahead_of_the_disposals_while_a_clerk_writes
     });
     assert_eq!(report.unwrap().search_partitions_split, 16);
     assert_eq!(beacon_layout(&primary, &fx.vault).len(), 256);
+    let after = partitions_check(&fx.vault);
+    assert_eq!(after.level, vault_core::doctor::Level::Ok, "{after:?}");
     let split = fx
         .vault
         .audit_events(&fx.auditor, &vault_core::audit::EventFilter::default())

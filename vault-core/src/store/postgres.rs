@@ -965,15 +965,44 @@ impl RowEngine for PgRows {
 
     /// The keystore cluster's member checks, for the records cluster: its
     /// beacon purge depends on the same settings (an archived WAL segment
-    /// or a logical slot keeps deleted search-index rows).
+    /// or a logical slot keeps deleted search-index rows). And the search
+    /// index's partitions past the split size: the next disposal in one
+    /// splits it, which takes seconds in a big vault and holds its puts.
     fn doctor(&self) -> Result<Vec<(&'static str, crate::doctor::Level, String)>> {
-        off_runtime(|| {
+        let mut out = off_runtime(|| {
             self.conns.member_checks(&CheckNames {
                 settings: "records-cluster-settings",
                 members: "records-cluster-members",
                 tls: "records-cluster-tls",
             })
-        })
+        })?;
+        let layout = self.beacon_layout()?;
+        let sizes = self.partition_sizes(&layout)?;
+        let big = layout
+            .iter()
+            .zip(sizes)
+            .filter(|(name, size)| self.split_of(name, *size).is_some())
+            .count();
+        out.push(if big == 0 {
+            (
+                "records-index-partitions",
+                crate::doctor::Level::Ok,
+                format!(
+                    "{} search-index partition(s), none past the split size",
+                    layout.len()
+                ),
+            )
+        } else {
+            (
+                "records-index-partitions",
+                crate::doctor::Level::Warn,
+                format!(
+                    "{big} of {} search-index partition(s) past the split size: the next disposal in one splits it first (seconds in a big vault, its puts and searches waiting); `pivault maintenance run` splits them now",
+                    layout.len()
+                ),
+            )
+        });
+        Ok(out)
     }
 }
 
