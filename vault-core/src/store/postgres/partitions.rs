@@ -98,6 +98,12 @@ impl Part {
         u16::from(b) % self.modulus == self.rest
     }
 
+    /// Which of its children (of [`Part::split`]) `child` is: the one
+    /// holding the bytes `b` with `(b / modulus) % children == index`.
+    fn child_index(self, child: Part) -> u16 {
+        (child.rest - self.rest) / self.modulus
+    }
+
     /// Its partition bound's values.
     fn values(self) -> String {
         (0..LAST_MODULUS)
@@ -196,23 +202,77 @@ pub(super) fn touched(layout: &[String], ranges: Option<&[Vec<u8>]>) -> Vec<Stri
     out
 }
 
-/// One transaction replacing partition `old` by `children`: the vault's
-/// whole search index locked first (every statement on it locks the
-/// parent before its partitions, so nothing waits in the other order), the
-/// children made, `old`'s live rows copied into them with their placement
-/// byte read again (rows of a vault from before the split kept `p % 16`),
-/// and `old` dropped, its file with it. A write or search of the vault
-/// waits for the commit, as it waits for the `VACUUM FULL` this replaces.
+/// One transaction replacing partition `old` by `children`. The vault's
+/// whole search index is locked `SHARE` first: writes wait, searches go
+/// on, while each child is made as a table of its own (its `CHECK` the
+/// bytes it will hold), filled from `old`'s live rows in one pass, and
+/// indexed in one sorted build. Then the index is
+/// locked `ACCESS EXCLUSIVE` for the swap alone (tens of milliseconds):
+/// `old` detached, the children attached (their `CHECK` spares the scan
+/// that would prove their rows belong, and their primary keys become the
+/// parent's index's partitions), `old` dropped, its file with it. Every
+/// statement on the index locks the parent before its partitions, and a
+/// search's `ACCESS SHARE` does not wait for `SHARE`, so nothing waits for
+/// this transaction while holding what it waits for. A row goes to the
+/// child holding its `p`, which `old`'s bound keeps in `old`'s set: every
+/// row to exactly one child (`p` is the placement byte in every row the
+/// vault writes; a vault's rows from before are rewritten at open, see
+/// [`migrate_single_valued`]).
+/// (On a 68 MB partition split into 16: 1.3–1.5 s, against 2.1–2.2 s with
+/// the index locked `ACCESS EXCLUSIVE` throughout and the rows routed
+/// through the parent, which writes and searches all waited for.)
 pub(super) fn split_sql(s: &str, old: Part, children: &[Part], lock_timeout_ms: u64) -> String {
-    let made: String = children.iter().map(|p| create(s, *p)).collect();
+    let k = children.len();
+    let tables: String = children
+        .iter()
+        .map(|c| {
+            let (name, values) = (c.name(), c.values());
+            format!(
+                "CREATE TABLE {s}.{name} (p smallint NOT NULL, k bytea NOT NULL, v bytea NOT NULL,
+                     CHECK (p IN ({values})));
+                 ALTER TABLE {s}.{name} ALTER COLUMN k SET STATISTICS 0;
+                 ALTER TABLE {s}.{name} ALTER COLUMN v SET STATISTICS 0;"
+            )
+        })
+        .collect();
+    let fills: String = children
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            format!(
+                ", f{i} AS (INSERT INTO {s}.{} SELECT p, k, v FROM src WHERE (p / {}) % {k} = {})",
+                c.name(),
+                old.modulus,
+                old.child_index(*c)
+            )
+        })
+        .collect();
+    let keys: String = children
+        .iter()
+        .map(|c| format!("ALTER TABLE {s}.{} ADD PRIMARY KEY (k, p);", c.name()))
+        .collect();
+    let attach: String = children
+        .iter()
+        .map(|c| {
+            format!(
+                "ALTER TABLE {s}.beacons ATTACH PARTITION {s}.{} FOR VALUES IN ({});",
+                c.name(),
+                c.values()
+            )
+        })
+        .collect();
     let old = old.name();
     format!(
         "BEGIN;
          SET LOCAL lock_timeout = '{lock_timeout_ms}ms';
+         LOCK TABLE {s}.beacons IN SHARE MODE;
+         {tables}
+         WITH src AS MATERIALIZED (SELECT p, k, v FROM {s}.{old}){fills}
+         SELECT 1;
+         {keys}
          LOCK TABLE {s}.beacons IN ACCESS EXCLUSIVE MODE;
          ALTER TABLE {s}.beacons DETACH PARTITION {s}.{old};
-         {made}
-         INSERT INTO {s}.beacons (p, k, v) SELECT {PLACEMENT_OF}, k, v FROM {s}.{old};
+         {attach}
          DROP TABLE {s}.{old};
          COMMIT;"
     )
@@ -293,6 +353,17 @@ mod tests {
                 let n = kids.iter().filter(|k| k.holds(b)).count();
                 assert_eq!(n, usize::from(parent.holds(b)), "byte {b}");
             }
+        }
+        // The split's SQL routes byte `b` to the child of index
+        // `(b / modulus) % children`: the child that holds it.
+        let kids = parent.split(100 << 20, SPLIT_AT).expect("split");
+        for b in (0..=255u8).filter(|b| parent.holds(*b)) {
+            let index = (u16::from(b) / parent.modulus) % kids.len() as u16;
+            let child = kids
+                .iter()
+                .find(|c| parent.child_index(**c) == index)
+                .expect("a child of that index");
+            assert!(child.holds(b), "byte {b} routed to {child:?}");
         }
         assert_eq!(parent.split(SPLIT_AT, SPLIT_AT), None);
         let last = Part {
