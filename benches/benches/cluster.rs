@@ -721,6 +721,18 @@ fn disposals(
             Context::cli(),
         )
         .expect("officer login");
+    let dispose = |id| {
+        fx.vault
+            .dispose(
+                &officer,
+                &DisposalRequest {
+                    scope: DisposalScope::Record(id),
+                    parties: DisposalParties::default(),
+                    dry_run: false,
+                },
+            )
+            .expect("dispose")
+    };
     println!("| records in the vault | median ms | max ms |");
     println!("|---|---|---|");
     for &size in sizes {
@@ -754,18 +766,6 @@ fn disposals(
             // partition past the split size is split by its purge. Then
             // maintenance splits the others, as the server's schedule does,
             // and the disposals timed below rewrite small partitions.
-            let dispose = |id| {
-                fx.vault
-                    .dispose(
-                        &officer,
-                        &DisposalRequest {
-                            scope: DisposalScope::Record(id),
-                            parties: DisposalParties::default(),
-                            dry_run: false,
-                        },
-                    )
-                    .expect("dispose")
-            };
             let id = fx
                 .vault
                 .put_record(&fx.clerk, collection, SubjectId::new(), &body(have))
@@ -791,16 +791,7 @@ fn disposals(
                 .put_record(&fx.clerk, collection, SubjectId::new(), &body(have))
                 .expect("put");
             let t = Instant::now();
-            fx.vault
-                .dispose(
-                    &officer,
-                    &DisposalRequest {
-                        scope: DisposalScope::Record(id),
-                        parties: DisposalParties::default(),
-                        dry_run: false,
-                    },
-                )
-                .expect("dispose");
+            dispose(id);
             times.push(t.elapsed());
         }
         times.sort();
