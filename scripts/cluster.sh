@@ -258,7 +258,7 @@ member_start() {
   # when it is not streaming after 20 s.
   local su recloned=0 n=0 next_reinit=0
   su=$(cat "$DIR/superuser.password")
-  for n in $(seq 1 300); do
+  for n in $(seq 1 600); do
     if [ "$(PGPASSWORD=$su psql -h 127.0.0.1 -p "$pg" -U postgres -tAc \
         "SELECT status FROM pg_stat_wal_receiver" 2>/dev/null || true)" = "streaming" ]; then
       return 0
@@ -284,7 +284,7 @@ member_start() {
     fi
     sleep 0.2
   done
-  echo "cluster: pg$i is not streaming after 60 s; see $log" >&2
+  echo "cluster: pg$i is not streaming after 120 s; see $log" >&2
   return 1
 }
 
