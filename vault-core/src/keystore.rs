@@ -110,6 +110,21 @@ pub struct MemberEvidence {
     pub detail: String,
 }
 
+/// How many rows a vault's keystore held when it was deleted.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KeyCounts {
+    /// Root-key slots and sealed signing keys.
+    pub header_rows: u64,
+    /// Bucket keys and the search secret.
+    pub bucket_rows: u64,
+    /// Backup keys.
+    pub backup_keys: u64,
+    /// Data keys (one per record version still held).
+    pub data_keys: u64,
+    /// Data keys whose wrapped bytes the scan searched for.
+    pub data_keys_searched: u64,
+}
+
 impl PurgeEvidence {
     /// Whether every purge check passed.
     pub fn clean(&self) -> bool {
@@ -292,9 +307,10 @@ impl Keystore {
         vault: VaultId,
         buckets: u32,
         sync: bool,
+        create: bool,
     ) -> Result<Keystore> {
         Ok(Keystore::with_engine(
-            Box::new(postgres::PgKeys::open(cfg, vault, buckets)?),
+            Box::new(postgres::PgKeys::open(cfg, vault, buckets, create)?),
             vault,
             buckets,
             sync,
@@ -322,6 +338,65 @@ impl Keystore {
     /// lease lapsed and a standby opened the vault).
     pub fn lease_lost(&self) -> bool {
         self.engine.lease_lost()
+    }
+
+    /// Whole-vault deletion (`pivault vault delete`): what the scan after
+    /// the destruction looks for. Every row of the small tables (the
+    /// header's root-key slots and sealed signing keys, every bucket key
+    /// and the search secret, every backup key): the top of the key
+    /// hierarchy, without which no data key can be unwrapped; and up to
+    /// `sample` data keys drawn at random from the whole table (all of
+    /// them in a smaller vault). With how many rows each table held.
+    pub(crate) fn destruction_needles(&self, sample: usize) -> Result<(Vec<Vec<u8>>, KeyCounts)> {
+        let mut needles = Vec::new();
+        let mut counts = KeyCounts::default();
+        for t in [Table::Header, Table::Buckets, Table::Backups] {
+            self.engine.scan(t, &[], &mut |_, v| {
+                needles.push(v.to_vec());
+                match t {
+                    Table::Header => counts.header_rows += 1,
+                    Table::Buckets => counts.bucket_rows += 1,
+                    _ => counts.backup_keys += 1,
+                }
+                Ok(true)
+            })?;
+        }
+        // Reservoir sampling: each data key equally likely to be searched.
+        let mut drawn: Vec<Vec<u8>> = Vec::new();
+        self.engine.scan(Table::Deks, &[], &mut |_, v| {
+            counts.data_keys += 1;
+            if drawn.len() < sample {
+                drawn.push(v.to_vec());
+            } else {
+                let mut r = [0u8; 8];
+                crypto::fill_random(&mut r);
+                let j = u64::from_le_bytes(r) % counts.data_keys;
+                if let Some(slot) = drawn.get_mut(j as usize) {
+                    *slot = v.to_vec();
+                }
+            }
+            Ok(true)
+        })?;
+        counts.data_keys_searched = drawn.len() as u64;
+        needles.extend(drawn);
+        Ok((needles, counts))
+    }
+
+    /// Whole-vault deletion: what would keep a byte past it (checked
+    /// before anything is destroyed; an embedded keystore is refused).
+    pub(crate) fn destroy_precheck(&self) -> Result<Vec<String>> {
+        self.engine.destroy_precheck()
+    }
+
+    /// Whole-vault deletion: every table dropped, every member purged.
+    pub(crate) fn destroy(&self) -> Result<PurgeEvidence> {
+        self.cache.write().expect("cache lock").clear();
+        self.engine.destroy()
+    }
+
+    /// After [`Self::destroy`]: everything the engine keeps, searched.
+    pub(crate) fn scan_everything(&self, needles: &[Vec<u8>]) -> Result<ByteScan> {
+        self.engine.scan_everything(needles)
     }
 
     /// One row of the header table (a cluster's keystore only; see

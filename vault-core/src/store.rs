@@ -262,13 +262,17 @@ impl Store {
 
     /// The records store on the PostgreSQL cluster `cfg` names (the vault
     /// directory's `records.json`).
+    /// `live` runs once the vault's lock is held, before anything is
+    /// made on the cluster (see [`postgres::PgRows::open`]).
     pub fn on_cluster(
         cfg: crate::keystore::postgres::PgConfig,
         vault: crate::ids::VaultId,
         sync: bool,
+        live: &(dyn Fn() -> Result<()> + Sync),
+        create: bool,
     ) -> Result<Store> {
         Ok(Store::on(
-            Box::new(postgres::PgRows::open(cfg, vault)?),
+            Box::new(postgres::PgRows::open(cfg, vault, live, create)?),
             sync,
         ))
     }
@@ -287,6 +291,25 @@ impl Store {
     /// The engine's name (`rocksdb`, `postgresql`).
     pub fn engine_kind(&self) -> &'static str {
         self.engine.kind()
+    }
+
+    /// Whole-vault deletion: what would keep a byte past it (a cluster).
+    pub(crate) fn destroy_precheck(&self) -> Result<Vec<String>> {
+        self.engine.destroy_precheck()
+    }
+
+    /// Whole-vault deletion: the vault's tables dropped and purged from
+    /// every member (a cluster; `None` embedded).
+    pub(crate) fn destroy(&self) -> Result<Option<crate::keystore::PurgeEvidence>> {
+        self.engine.destroy()
+    }
+
+    /// After [`Self::destroy`]: every member's files searched (a cluster).
+    pub(crate) fn scan_everything(
+        &self,
+        needles: &[Vec<u8>],
+    ) -> Result<Option<crate::keystore::ByteScan>> {
+        self.engine.scan_everything(needles)
     }
 
     /// Whether the rows live on a database cluster (each write a network

@@ -37,6 +37,8 @@ mod audit_export;
 mod backup;
 #[path = "custodian.rs"]
 mod custodian;
+#[path = "decommission.rs"]
+pub mod decommission;
 #[path = "disposal.rs"]
 mod disposal;
 #[path = "export.rs"]
@@ -71,6 +73,7 @@ pub use approvals::{APPROVAL_TTL_MS, PendingRequest, RequestKind};
 pub use audit_export::ExportStart;
 pub use backup::{BackupInfo, DEFAULT_BACKUP_DAYS, RestoreReport};
 pub use custodian::{PassphraseChange, custodian_context};
+pub use decommission::{DeletionParties, DeletionPlan, VaultDeleted};
 pub use disposal::{
     CertificateSummary, ContractorInfo, ContractorScope, DisposalOutcome, DisposalParties,
     DisposalRequest, DisposalScope, DisposalSummary, Hold, PREVIEW_RESIDENCE_MAX, RetentionPolicy,
@@ -542,7 +545,15 @@ fn token_hash(token: &str) -> [u8; 32] {
 
 /// Opens the vault's keystore: on the cluster its `keystore.json` names,
 /// or the embedded one in `keystore/`.
-fn open_keystore(dir: &Path, l: &Layout, info: &HeaderInfo, sync: bool) -> Result<Keystore> {
+/// `create`: the vault is being made now, its tables with it; otherwise a
+/// keystore missing from its cluster is a deleted vault's, never made again.
+fn open_keystore(
+    dir: &Path,
+    l: &Layout,
+    info: &HeaderInfo,
+    sync: bool,
+    create: bool,
+) -> Result<Keystore> {
     let cfg = crate::keystore::postgres::PgConfig::read(dir)?;
     check_placement(
         cfg.is_some(),
@@ -551,7 +562,7 @@ fn open_keystore(dir: &Path, l: &Layout, info: &HeaderInfo, sync: bool) -> Resul
         "the vault directory (keystore.json is there where the header keeps the keystore embedded)",
     )?;
     match cfg {
-        Some(cfg) => Keystore::on_cluster(cfg, info.vault_id, info.buckets, sync),
+        Some(cfg) => Keystore::on_cluster(cfg, info.vault_id, info.buckets, sync, create),
         None => Keystore::open(&l.keystore, info.vault_id, info.buckets, sync),
     }
 }
@@ -742,7 +753,7 @@ impl Vault {
             }
         }
         // Keystore first: a header only ever points at a complete keystore.
-        let keys = open_keystore(dir, &l, &info, true)?;
+        let keys = open_keystore(dir, &l, &info, true, true)?;
         keys.init_buckets(&root, 0)?;
         let signing = Signing::generate();
         let place = header::Place::of(&l.header, &l.signing, &info, &keys);
@@ -751,7 +762,7 @@ impl Vault {
         drop(place);
         drop((root, signing, keys));
 
-        let vault = Vault::open(dir, passphrase, opts)?;
+        let vault = Vault::open_as(dir, passphrase, opts, true)?;
         let id = vault.insert_user(&init.admin, &init.admin_password, Role::Admin, false, None)?;
         vault.store_two_factor_policy(&init.two_factor)?;
         vault.audit(
@@ -775,7 +786,19 @@ impl Vault {
 
     /// Opens and unlocks an existing vault.
     pub fn open(dir: &Path, passphrase: &SecretString, opts: OpenOptions) -> Result<Vault> {
+        Vault::open_as(dir, passphrase, opts, false)
+    }
+
+    /// [`Vault::open`]; `creating`: the first open, by [`Vault::create`],
+    /// which makes the records' tables on a cluster.
+    fn open_as(
+        dir: &Path,
+        passphrase: &SecretString,
+        opts: OpenOptions,
+        creating: bool,
+    ) -> Result<Vault> {
         let l = Layout::of(dir);
+        decommission::refuse_if_deleted(dir)?;
         let info = header::read_info(&l.header)?;
         fsutil::check_private(dir)?;
         // Take the store's lock (RocksDB's, or the records cluster's
@@ -789,10 +812,18 @@ impl Vault {
             "the vault directory (records.json is there where the header keeps the records embedded)",
         )?;
         let store = match &records {
-            Some(cfg) => Store::on_cluster(cfg.clone(), info.vault_id, opts.sync)?,
+            Some(cfg) => Store::on_cluster(
+                cfg.clone(),
+                info.vault_id,
+                opts.sync,
+                &|| decommission::refuse_if_deleted(dir),
+                creating,
+            )?,
             None => Store::open(&l.records, opts.sync)?,
         };
-        let keystore = open_keystore(dir, &l, &info, opts.sync)?;
+        // Again under the lock: a deletion that held it meanwhile is over.
+        decommission::refuse_if_deleted(dir)?;
+        let keystore = open_keystore(dir, &l, &info, opts.sync, false)?;
         if info.placement.keystore_on_cluster {
             // The slots and signing keys of an earlier build's vault move
             // onto the keystore cluster (once), and the directory keeps none.

@@ -101,6 +101,8 @@ pub const DOCUMENTS: &[&str] = &[
     "user-change",
     "user-list",
     "vault-created",
+    "vault-delete-plan",
+    "vault-deleted",
     "vault-list",
     "wisp-pack",
 ];

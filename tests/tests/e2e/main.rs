@@ -16,6 +16,7 @@ mod cosign;
 mod crash;
 mod custodian;
 mod custody;
+mod delete_cluster;
 mod disposal;
 mod documents;
 mod edits;

@@ -115,6 +115,31 @@ pub(crate) trait KeyEngine: Send + Sync + std::fmt::Debug {
     ) -> Result<ByteScan>;
     /// Every place the engine keeps bytes, searched for `needles`.
     fn files_containing(&self, needles: &[Vec<u8>]) -> Result<Vec<String>>;
+    /// Whole-vault deletion (`pivault vault delete`): what would keep a
+    /// byte of the keystore past its destruction if it ran now (a member
+    /// down or lagging, an old snapshot), checked before anything is
+    /// destroyed. An engine that cannot destroy a whole vault says so.
+    fn destroy_precheck(&self) -> Result<Vec<String>> {
+        Err(crate::error::Error::invalid(
+            "a vault whose keystore is embedded cannot be deleted by pivault yet: dispose of its records (pivault dispose) and remove its directory",
+        ))
+    }
+    /// Whole-vault deletion: every table of the vault's keystore dropped at
+    /// once, and its bytes removed from every place the engine keeps them,
+    /// with evidence (as [`Self::purge`] gives for a batch).
+    fn destroy(&self) -> Result<PurgeEvidence> {
+        Err(crate::error::Error::invalid(
+            "this keystore engine cannot delete a whole vault",
+        ))
+    }
+    /// After [`Self::destroy`]: every place the engine keeps bytes (every
+    /// file of every member, the WAL whole), searched for `needles`.
+    fn scan_everything(&self, needles: &[Vec<u8>]) -> Result<ByteScan> {
+        Ok(ByteScan {
+            hits: self.files_containing(needles)?,
+            ..ByteScan::default()
+        })
+    }
     /// A snapshot that keeps old row versions readable while held (the
     /// purge's negative control).
     fn hold_snapshot(&self) -> Result<Box<dyn Held + '_>>;

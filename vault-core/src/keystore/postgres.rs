@@ -497,9 +497,15 @@ impl std::fmt::Debug for PgKeys {
 
 impl PgKeys {
     /// Connects to the cluster's primary, creates the vault's schema if
-    /// it is not there, and fences out every process that opened the vault
-    /// before this one ([`Self::fence`]).
-    pub(crate) fn open(cfg: PgConfig, vault: VaultId, buckets: u32) -> Result<PgKeys> {
+    /// it is not there (`create`: a new vault; otherwise a missing schema
+    /// is a deleted vault's, and an error), and fences out every process
+    /// that opened the vault before this one ([`Self::fence`]).
+    pub(crate) fn open(
+        cfg: PgConfig,
+        vault: VaultId,
+        buckets: u32,
+        create: bool,
+    ) -> Result<PgKeys> {
         let mut keys = PgKeys {
             schema: format!("pv_{}", hex::encode(vault.as_bytes())),
             conns: Conns::new(cfg)?,
@@ -508,6 +514,15 @@ impl PgKeys {
             generation: 0,
             lost: std::sync::atomic::AtomicBool::new(false),
         };
+        if !create
+            && !keys
+                .conns
+                .with_primary(|c| schema_exists(c, &keys.schema))?
+        {
+            return Err(Error::NotAVault(
+                "the vault's keystore is not on its cluster (the vault was deleted)".into(),
+            ));
+        }
         keys.conns.with_primary(|c| keys.create_schema(c))?;
         keys.generation = keys.conns.with_primary(|c| keys.fence(c))?;
         Ok(keys)
@@ -641,6 +656,44 @@ impl PgKeys {
             wal_floor: Some(p.wal_segment),
         })
     }
+}
+
+/// Every relation of `schema` that has files of its own: its tables and
+/// indexes (partitions included, their partitioned parents have none),
+/// their TOAST tables and TOAST indexes. By OID (as text, which `regclass`
+/// reads without a name lookup): a vault's role may not look names up in
+/// `pg_toast`, and a dropped OID then reads as no relation.
+pub(crate) fn storage_relations(c: &mut Client, schema: &str) -> Result<Vec<String>> {
+    let rows = c
+        .query(
+            "WITH own AS (SELECT oid, reltoastrelid FROM pg_class
+                           WHERE relnamespace = to_regnamespace($1)::oid AND relkind IN ('r', 'i', 'm', 'S'))
+             SELECT oid::text FROM own
+             UNION ALL
+             SELECT reltoastrelid::text FROM own WHERE reltoastrelid <> 0
+             UNION ALL
+             SELECT i.indexrelid::text FROM own JOIN pg_index i ON i.indrelid = own.reltoastrelid
+              WHERE own.reltoastrelid <> 0
+             ORDER BY 1",
+            &[&schema],
+        )
+        .map_err(pg)?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+/// Whether `schema` exists on the connection's server.
+pub(crate) fn schema_exists(c: &mut Client, schema: &str) -> Result<bool> {
+    Ok(
+        c.query_one("SELECT to_regnamespace($1) IS NOT NULL", &[&schema])
+            .map_err(pg)?
+            .get(0),
+    )
+}
+
+/// A whole vault's schema dropped in one transaction, waiting at most 5 s
+/// for a lock a session holds on one of its tables.
+pub(crate) fn drop_schema_sql(schema: &str) -> String {
+    format!("BEGIN; SET LOCAL lock_timeout = '5s'; DROP SCHEMA {schema} CASCADE; COMMIT;")
 }
 
 fn is_read_only(e: &Error) -> bool {
@@ -951,7 +1004,105 @@ impl Conns {
             // locks as usual.
             primary.batch_execute("RESET lock_timeout").map_err(pg)?;
         }
-        for (r, old) in all.iter().zip(&before) {
+        self.settle(primary, &all, &before, residue, control, blockers)
+    }
+
+    /// Whole-vault deletion: runs `drop` (one transaction dropping every
+    /// one of `relations`, the vault's relations that have files),
+    /// then the purge's WAL rounds and checks on every member, as for a
+    /// batch: each relation gone, its file gone from every member, no WAL
+    /// segment from before the drop left. A drop that fails (a session
+    /// holding a lock past its timeout) is an error, and nothing is gone;
+    /// a failure after it is [`Error::DisposalFailed`].
+    /// `drop` runs the drop, given the primary (a records store drops on
+    /// the connection holding the vault's lock instead).
+    pub(crate) fn drop_and_settle(
+        &self,
+        relations: &[String],
+        drop: &mut dyn FnMut(&mut Client) -> Result<()>,
+    ) -> Result<Purged> {
+        self.pool.lock().expect("pool lock").clear();
+        let mut primary = self.primary()?;
+        let mut before = Vec::new();
+        for r in relations {
+            let path: String = primary
+                .query_one("SELECT pg_relation_filepath($1::text::oid)", &[r])
+                .map_err(pg)?
+                .get(0);
+            before.push(path);
+        }
+        drop(&mut primary)?;
+        let all: Vec<&String> = relations.iter().collect();
+        // Committed: whatever fails now, the relations are gone.
+        self.settle(
+            primary,
+            &all,
+            &before,
+            Vec::new(),
+            PurgeControl::Full,
+            Vec::new(),
+        )
+        .map_err(|e| {
+            Error::DisposalFailed(format!(
+                "dropped, but the purge's rounds and checks did not finish: {e}"
+            ))
+        })
+    }
+
+    /// What would keep a dropped relation's bytes on some member if it
+    /// were dropped now: a member that cannot be reached, a standby that
+    /// is not streaming from the primary.
+    pub(crate) fn drop_precheck(&self) -> Result<Vec<String>> {
+        let mut problems = Vec::new();
+        let mut standbys = 0i64;
+        let mut primaries = Vec::new();
+        for (name, c) in self.members() {
+            match c {
+                Err(e) => problems.push(format!("member {name} cannot be reached ({e})")),
+                Ok(mut c) => {
+                    if in_recovery(&mut c)? {
+                        standbys += 1;
+                    } else {
+                        primaries.push((name, c));
+                    }
+                }
+            }
+        }
+        match primaries.as_mut_slice() {
+            [(_, p)] => {
+                let streaming: i64 = p
+                    .query_one(
+                        "SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'",
+                        &[],
+                    )
+                    .map_err(pg)?
+                    .get(0);
+                if streaming < standbys {
+                    problems.push(format!(
+                        "{} of {standbys} standby(s) not streaming from the primary",
+                        standbys - streaming
+                    ));
+                }
+            }
+            [] => problems.push("no primary among the members".into()),
+            _ => problems.push("more than one member answers as primary".into()),
+        }
+        Ok(problems)
+    }
+
+    /// The purge's second half, shared by a batch's purge and a whole
+    /// vault's drop: each of `all` rewritten or gone, the WAL rounds, and
+    /// every member's evidence.
+    fn settle(
+        &self,
+        mut primary: Pooled,
+        all: &[&String],
+        before: &[String],
+        mut residue: Vec<String>,
+        control: PurgeControl,
+        blockers: Vec<String>,
+    ) -> Result<Purged> {
+        for (r, old) in all.iter().zip(before) {
             // `None`: the relation was replaced (dropped), its file with it.
             let now: Option<String> = primary
                 .query_one("SELECT pg_relation_filepath(to_regclass($1::text))", &[r])
@@ -1024,7 +1175,7 @@ impl Conns {
                         "primary"
                     };
                     let mut gone = true;
-                    for p in &before {
+                    for p in before {
                         let exists: bool = c
                             .query_one("SELECT pivault_verify.file_exists($1)", &[p])
                             .map_err(pg)?
@@ -1270,6 +1421,52 @@ impl KeyEngine for PgKeys {
 
     fn files_containing(&self, needles: &[Vec<u8>]) -> Result<Vec<String>> {
         off_runtime(|| Ok(self.conns.scan_members(needles, None, None)?.hits))
+    }
+
+    fn destroy_precheck(&self) -> Result<Vec<String>> {
+        off_runtime(|| self.conns.drop_precheck())
+    }
+
+    /// The vault's schema dropped whole (the header's slots, the sealed
+    /// signing keys, every bucket, data and backup key, the lease), then
+    /// the purge's rounds on every member. A drop leaves no dead tuple: the
+    /// relation files are emptied at commit and unlinked at the next
+    /// checkpoint (a restartpoint on a standby), whatever snapshot is open,
+    /// so only the WAL rounds and the members' checks are needed.
+    fn destroy(&self) -> Result<PurgeEvidence> {
+        off_runtime(|| {
+            let start = Instant::now();
+            let rels = self
+                .conns
+                .with_primary(|c| storage_relations(c, &self.schema))?;
+            if rels.is_empty() {
+                return Err(Error::NotFound("vault keystore on the cluster"));
+            }
+            let sql = drop_schema_sql(&self.schema);
+            let p = self.conns.drop_and_settle(&rels, &mut |c| {
+                c.batch_execute(&sql).map_err(|e| {
+                    let _ = c.batch_execute("ROLLBACK");
+                    pg(e)
+                })
+            })?;
+            Ok(PurgeEvidence {
+                snapshots: p.snapshots,
+                live_versions_deks: 1,
+                tombstones_in_touched_ranges: 0,
+                residue_files: p.residue,
+                live_sst_files: 0,
+                wal_files: 0,
+                compacted_buckets: u64::from(self.buckets),
+                duration_ms: start.elapsed().as_millis() as u64,
+                engine: "postgresql",
+                members: p.members,
+                wal_floor: Some(p.wal_segment),
+            })
+        })
+    }
+
+    fn scan_everything(&self, needles: &[Vec<u8>]) -> Result<ByteScan> {
+        off_runtime(|| self.conns.scan_members(needles, None, None))
     }
 
     fn hold_snapshot(&self) -> Result<Box<dyn Held + '_>> {

@@ -104,6 +104,18 @@ pub(crate) fn withdraw(provider: &PgConfig, p: &Provisioned, records: Option<&Pg
     let _ = std::fs::remove_file(&p.cfg.password_file);
 }
 
+/// Drops a deleted vault's role (`pivault vault delete --provider`): the
+/// cluster refuses while the role still owns a schema, so only a vault
+/// whose keystore and records are gone loses its role.
+pub fn drop_role(provider: &PgConfig, role: &str) -> Result<()> {
+    provider.validate()?;
+    let pw = provider.password()?;
+    let mut c = primary_of(provider, &pw)?;
+    c.execute("SELECT pivault_provision.drop_vault_role($1)", &[&role])
+        .map_err(pg)?;
+    Ok(())
+}
+
 /// One vault on the cluster, as the operator sees it: no key, no record.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HostedVault {

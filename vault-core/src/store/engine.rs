@@ -88,6 +88,24 @@ pub(crate) trait RowEngine: Send + Sync + std::fmt::Debug {
     fn split_beacons(&self) -> Result<Vec<String>> {
         Ok(Vec::new())
     }
+    /// Whole-vault deletion: what would keep a byte of the records past
+    /// it if it ran now (a cluster's member down or lagging). Embedded
+    /// rows go with the vault directory: nothing to check.
+    fn destroy_precheck(&self) -> Result<Vec<String>> {
+        Ok(Vec::new())
+    }
+    /// Whole-vault deletion: every table of the vault's records dropped at
+    /// once and its bytes removed from every member, with evidence (a
+    /// cluster). `None` for an embedded engine, whose rows go with the
+    /// vault directory once the vault is closed.
+    fn destroy(&self) -> Result<Option<crate::keystore::PurgeEvidence>> {
+        Ok(None)
+    }
+    /// After [`Self::destroy`]: every file of every member searched for
+    /// `needles` (a cluster; `None` embedded).
+    fn scan_everything(&self, _needles: &[Vec<u8>]) -> Result<Option<crate::keystore::ByteScan>> {
+        Ok(None)
+    }
     /// The engine's own settings the beacon purge depends on, for
     /// `doctor`: (check name, level, what was found).
     fn doctor(&self) -> Result<Vec<(&'static str, crate::doctor::Level, String)>> {

@@ -232,9 +232,17 @@ fn scan_sql(rel: &str, cond: &str, after: bool, end: bool) -> String {
 
 impl PgRows {
     /// Connects, takes the vault's lock (refused while another process
-    /// holds the vault open), creates the schema if it is not there, and
-    /// starts renewing the lease.
-    pub(crate) fn open(cfg: PgConfig, vault: VaultId) -> Result<PgRows> {
+    /// holds the vault open), runs `live` (the vault directory still names
+    /// a vault: one deleted while this waited must not get its schema back
+    /// from the next line), creates the schema if it is not there
+    /// (`create`: a new vault's first open; otherwise a missing schema is a
+    /// deleted vault's, and an error), and starts renewing the lease.
+    pub(crate) fn open(
+        cfg: PgConfig,
+        vault: VaultId,
+        live: &(dyn Fn() -> Result<()> + Sync),
+        create: bool,
+    ) -> Result<PgRows> {
         off_runtime(|| {
             let rows = PgRows {
                 holding: Arc::new(Holding {
@@ -250,7 +258,8 @@ impl PgRows {
                 control: Mutex::new(PurgeControl::Full),
                 split_at: AtomicU64::new(partitions::SPLIT_AT),
             };
-            rows.take_lock(&mut rows.holder.lock().expect("holder lock"))?;
+            rows.take_lock(&mut rows.holder.lock().expect("holder lock"), create)?;
+            live()?;
             rows.conns.with_primary(|c| rows.create_schema(c))?;
             rows.conns
                 .with_primary(|c| rows.wait_for_writes_in_flight(c))?;
@@ -318,7 +327,10 @@ impl Holding {
     /// lease's generation is bumped; after the lock lapsed, it must be the
     /// one this process bumped, else another process held the vault
     /// meanwhile and this one is `TakenOver`.
-    fn take_lock(&self, holder: &mut Option<Client>) -> Result<()> {
+    /// `create`: the schema and its lock table are made if missing (a new
+    /// vault); otherwise only the lock table of an existing schema (made by
+    /// an earlier build), and a missing schema is a deleted vault's.
+    fn take_lock(&self, holder: &mut Option<Client>, create: bool) -> Result<()> {
         // A new connection: after a failover the pool's may all be dead,
         // and trying each in turn would keep the vault unheld meanwhile.
         let mut c = self.conns.fresh_primary()?;
@@ -328,11 +340,23 @@ impl Holding {
         // off from the cluster that long loses the vault to a standby. The
         // renewing thread sends a statement every RENEW_EVERY.
         c.batch_execute(&format!(
-            "SET idle_in_transaction_session_timeout = {};
-             CREATE SCHEMA IF NOT EXISTS {s}; CREATE TABLE IF NOT EXISTS {s}.holder ();",
+            "SET idle_in_transaction_session_timeout = {};",
             LEASE.as_millis()
         ))
         .map_err(pg)?;
+        if create {
+            c.batch_execute(&format!(
+                "CREATE SCHEMA IF NOT EXISTS {s}; CREATE TABLE IF NOT EXISTS {s}.holder ();"
+            ))
+            .map_err(pg)?;
+        } else if crate::keystore::postgres::schema_exists(&mut c, s)? {
+            c.batch_execute(&format!("CREATE TABLE IF NOT EXISTS {s}.holder ();"))
+                .map_err(pg)?;
+        } else {
+            return Err(Error::NotAVault(
+                "the vault's records are not on their cluster (the vault was deleted)".into(),
+            ));
+        }
         // A process that was just killed still holds the lock until its
         // backend reads the closed socket and exits (milliseconds): a
         // second's patience, then the holder is a live process.
@@ -414,7 +438,7 @@ impl Holding {
     /// since.
     fn retake_lock(&self, holder: &mut Option<Client>) -> Result<()> {
         drop(holder.take());
-        match self.take_lock(holder) {
+        match self.take_lock(holder, false) {
             Err(Error::VaultBusy) => {
                 self.lost.store(true, Ordering::SeqCst);
                 Err(Error::TakenOver)
@@ -749,7 +773,70 @@ impl Drop for PgRows {
     }
 }
 
+impl PgRows {
+    fn destroy_pg(&self) -> Result<crate::keystore::PurgeEvidence> {
+        let start = Instant::now();
+        let rels = self
+            .conns
+            .with_primary(|c| crate::keystore::postgres::storage_relations(c, &self.schema))?;
+        if rels.is_empty() {
+            return Err(Error::NotFound("vault records on the cluster"));
+        }
+        // The lease lives in the schema: its renewal ends first. The drop
+        // runs in the transaction holding the vault's lock (which the
+        // drop's own lock would otherwise wait for), and its commit lets
+        // the lock go with the schema: no opener gets in between.
+        self.closing.store(true, Ordering::SeqCst);
+        let s = &self.schema;
+        let p = self.conns.drop_and_settle(&rels, &mut |_| {
+            let mut holder = self.holder.lock().expect("holder lock");
+            let c = holder.as_mut().ok_or(Error::TakenOver)?;
+            c.batch_execute(&format!(
+                "SET LOCAL lock_timeout = '5s'; DROP SCHEMA {s} CASCADE; COMMIT;"
+            ))
+            .map_err(|e| {
+                let _ = c.batch_execute("ROLLBACK");
+                pg(e)
+            })?;
+            // The transaction is over: the connection holds nothing more.
+            let gone = holder.take();
+            drop(gone);
+            Ok(())
+        });
+        if p.is_err() && self.holder.lock().expect("holder lock").is_some() {
+            // Nothing was dropped: the vault stays held and renewed.
+            self.closing.store(false, Ordering::SeqCst);
+        }
+        let p = p?;
+        Ok(crate::keystore::PurgeEvidence {
+            snapshots: p.snapshots,
+            live_versions_deks: 1,
+            tombstones_in_touched_ranges: 0,
+            residue_files: p.residue,
+            live_sst_files: 0,
+            wal_files: 0,
+            compacted_buckets: 0,
+            duration_ms: start.elapsed().as_millis() as u64,
+            engine: "postgresql",
+            members: p.members,
+            wal_floor: Some(p.wal_segment),
+        })
+    }
+}
+
 impl RowEngine for PgRows {
+    fn destroy_precheck(&self) -> Result<Vec<String>> {
+        off_runtime(|| self.conns.drop_precheck())
+    }
+
+    fn destroy(&self) -> Result<Option<crate::keystore::PurgeEvidence>> {
+        off_runtime(|| self.destroy_pg().map(Some))
+    }
+
+    fn scan_everything(&self, needles: &[Vec<u8>]) -> Result<Option<crate::keystore::ByteScan>> {
+        off_runtime(|| self.conns.scan_members(needles, None, None).map(Some))
+    }
+
     fn get(&self, table: &str, key: &[u8]) -> Result<Option<Vec<u8>>> {
         let (rel, cond) = self.relation(table);
         let sql = format!("SELECT v FROM {rel} WHERE {cond} AND k = $2");
