@@ -290,9 +290,10 @@ impl Vault {
         let scan = self.keystore.scan_everything(&needles);
         let mut problems = Vec::new();
         if !purge.clean() {
+            let shown: Vec<&String> = purge.residue_files.iter().take(10).collect();
             problems.push(format!(
-                "keystore purge incomplete: residue={:?} members not verified={:?}",
-                purge.residue_files,
+                "keystore purge incomplete: {} residue(s), the first {shown:?}; members not verified={:?}",
+                purge.residue_files.len(),
                 purge
                     .members
                     .iter()

@@ -53,9 +53,15 @@ fn top_keys(v: &Vault) -> Vec<Vec<u8>> {
     .collect()
 }
 
-/// Whether the schema still exists on the primary.
+/// Whether the schema still exists on the primary: `pv_…` in the
+/// keystore database, `pr_…` in the records database.
 fn schema_exists(name: &str) -> bool {
-    let mut c = provider::connect_primary(&common::cluster_keystore()).expect("vault role");
+    let cfg = if name.starts_with("pr_") {
+        common::cluster_records()
+    } else {
+        common::cluster_keystore()
+    };
+    let mut c = provider::connect_primary(&cfg).expect("vault role");
     c.query_one(
         "SELECT count(*) FROM pg_namespace WHERE nspname = $1",
         &[&name],
@@ -180,6 +186,15 @@ fn a_vault_deleted_while_another_is_written_leaves_none_of_its_keys_on_any_membe
         reopen(&b_dir).is_err(),
         "B's directory opens nothing: its key slots are gone"
     );
+    // Nor without its marker (an insider deleted it): no opener makes B's
+    // schemas again on the cluster.
+    std::fs::remove_file(b_dir.join("DELETED")).unwrap();
+    let Err(e) = reopen(&b_dir) else {
+        panic!("B opened without its marker")
+    };
+    assert!(e.to_string().contains("deleted"), "{e}");
+    assert!(!schema_exists(&format!("pv_{b_schema}")));
+    assert!(!schema_exists(&format!("pr_{b_schema}")));
     // A lost nothing and its keys are where they were.
     assert!(
         !c.files_holding(&needles_a).is_empty(),
@@ -549,4 +564,50 @@ fn pivault_vault_delete_from_vault_create_to_a_dropped_role() {
         !listed.iter().any(|h| h.vault_id.to_string() == vault_id),
         "{listed:?}"
     );
+}
+
+#[test]
+fn a_vault_with_embedded_records_is_deleted_from_the_keystore_cluster_and_its_directory_opens_nothing()
+ {
+    let _one = serial();
+    let c = cluster();
+    let tmp = tempfile::tempdir().unwrap();
+    let fx = common::fast_vault_on(&tmp.path().join("e"), Some(common::cluster_keystore()));
+    assert!(!fx.vault.records_on_cluster());
+    let hex = schema_hex(&fx.vault);
+    let id = fx.vault.id();
+    let mut needles = Vec::new();
+    for i in 0..3 {
+        let s = SubjectId::new();
+        let r = fx
+            .vault
+            .put_record(&fx.clerk, common::CUSTOMERS, s, &body(i))
+            .unwrap();
+        needles.push(fx.vault.keystore().wrapped_dek(s, r, 1).unwrap().unwrap());
+    }
+    needles.extend(top_keys(&fx.vault));
+    let dir = fx.dir.clone();
+    let Fixture {
+        vault,
+        officer,
+        auditor,
+        ..
+    } = fx;
+    let done = vault
+        .delete_vault(&officer, &auditor, id, &parties())
+        .unwrap();
+    let records = &done.certificate.body["sanitization"]["details"]["records"];
+    assert_eq!(records["engine"], "rocksdb", "{records}");
+    assert_eq!(c.files_holding(&needles), Vec::<std::path::PathBuf>::new());
+    assert!(!schema_exists(&format!("pv_{hex}")));
+    // An insider removes the marker: the keystore is still not made again
+    // (the records here are embedded, so it is the keystore that refuses).
+    std::fs::remove_file(dir.join("DELETED")).unwrap();
+    let Err(e) = reopen(&dir) else {
+        panic!("the deleted vault opened")
+    };
+    assert!(e.to_string().contains("deleted"), "{e}");
+    assert!(!schema_exists(&format!("pv_{hex}")));
+    vault_core::vault::decommission::remove_directory(&done.dir).unwrap();
+    assert!(!dir.exists());
 }
