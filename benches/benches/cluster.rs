@@ -28,6 +28,11 @@
 //!   The vault with its records on the cluster too (searchable fields) is
 //!   timed at `PIVAULT_BENCH_CLUSTER_RECORDS_SIZES` (default: the same
 //!   sizes; it fills about 4× slower, so a 10^6 run may leave it out).
+//! * whole-vault deletion (`vault delete`) of a fresh vault with its keys
+//!   and records on the cluster at each size in
+//!   `PIVAULT_BENCH_CLUSTER_DELETE_SIZES` (default `2000`; empty skips),
+//!   against a one-record disposal of the same vault just before (median
+//!   of 3).
 //! * many vaults: the same puts and gets spread round-robin over V vaults
 //!   open in one process, for each V in `PIVAULT_BENCH_CLUSTER_VAULTS`
 //!   (default `1,10`), against V = 1 in the same run, with the number of
@@ -480,6 +485,15 @@ fn main() {
     disposals(&both, SEARCHED, &records_sizes, reps, fill_threads, 0);
     drop(both);
 
+    let delete_sizes: Vec<u64> = std::env::var("PIVAULT_BENCH_CLUSTER_DELETE_SIZES")
+        .unwrap_or_else(|_| "2000".into())
+        .split(',')
+        .filter_map(|v| v.trim().replace('_', "").parse().ok())
+        .collect();
+    if !delete_sizes.is_empty() {
+        deletions(tmp.path(), &cfg, &records, &delete_sizes, fill_threads);
+    }
+
     // Many vaults in one process on one cluster: puts and gets spread
     // round-robin over V vaults, against V = 1 in the same run, within the
     // process's connection budget.
@@ -800,6 +814,128 @@ fn disposals(
             times[times.len() / 2].as_secs_f64() * 1e3,
             times[times.len() - 1].as_secs_f64() * 1e3
         );
+    }
+}
+
+/// Whole-vault deletion (`pivault vault delete`) of a vault with its keys
+/// and records on the cluster, at each size, against a one-record disposal
+/// (median of 3) of the same vault just before, in the same run.
+fn deletions(
+    dir: &std::path::Path,
+    cfg: &PgConfig,
+    records: &PgConfig,
+    sizes: &[u64],
+    fill_threads: u64,
+) {
+    println!(
+        "## whole-vault deletion against a one-record disposal of the same vault, keys and records on the cluster"
+    );
+    println!(
+        "| records in the vault | one-record disposal, median ms | vault delete ms | ratio | keystore drop and rounds ms | files scanned |"
+    );
+    println!("|---|---|---|---|---|---|");
+    for (k, &size) in sizes.iter().enumerate() {
+        let fx = common::fixture_on_clusters(
+            &dir.join(format!("deleted-{k}")),
+            Some(cfg.clone()),
+            Some(records.clone()),
+        );
+        let admin = fx
+            .vault
+            .login(
+                common::ADMIN.0,
+                &SecretString::from(common::ADMIN.1),
+                Context::cli(),
+            )
+            .expect("admin login");
+        let mut searched = common::schema();
+        searched
+            .set_searchable(vec!["family_name".into(), "ssn".into()])
+            .expect("searchable fields");
+        fx.vault
+            .create_collection(&admin, SEARCHED, &searched)
+            .expect("searchable collection");
+        let validator_pw = SecretString::from("Vx4&bench-validator-pass");
+        fx.vault
+            .add_user(
+                &admin,
+                "vera",
+                &validator_pw,
+                vault_core::access::Role::Auditor,
+                false,
+            )
+            .expect("validator");
+        let next = std::sync::atomic::AtomicU64::new(0);
+        std::thread::scope(|sc| {
+            for _ in 0..fill_threads {
+                sc.spawn(|| {
+                    loop {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        if i >= size {
+                            break;
+                        }
+                        fx.vault
+                            .put_record(&fx.clerk, SEARCHED, SubjectId::new(), &body(i))
+                            .expect("fill");
+                    }
+                });
+            }
+        });
+        let officer = fx
+            .vault
+            .login(
+                common::OFFICER.0,
+                &SecretString::from(common::OFFICER.1),
+                Context::cli(),
+            )
+            .expect("officer login");
+        let mut times = Vec::new();
+        for i in 0..3 {
+            let id = fx
+                .vault
+                .put_record(&fx.clerk, SEARCHED, SubjectId::new(), &body(size + i))
+                .expect("put");
+            let t = Instant::now();
+            fx.vault
+                .dispose(
+                    &officer,
+                    &DisposalRequest {
+                        scope: DisposalScope::Record(id),
+                        parties: DisposalParties::default(),
+                        dry_run: false,
+                    },
+                )
+                .expect("dispose");
+            times.push(t.elapsed());
+        }
+        times.sort();
+        let one = times[1];
+        let vera = fx
+            .vault
+            .login("vera", &validator_pw, Context::cli())
+            .expect("validator login");
+        let common::Fixture { vault, .. } = fx;
+        let id = vault.id();
+        let t = Instant::now();
+        let done = vault
+            .delete_vault(
+                &officer,
+                &vera,
+                id,
+                &vault_core::vault::DeletionParties::default(),
+            )
+            .expect("vault delete");
+        let whole = t.elapsed();
+        let d = &done.certificate.body["sanitization"]["details"];
+        println!(
+            "| {size} | {:.0} | {:.0} | {:.1} | {} | {} |",
+            one.as_secs_f64() * 1e3,
+            whole.as_secs_f64() * 1e3,
+            whole.as_secs_f64() / one.as_secs_f64(),
+            d["keystore_purge"]["duration_ms"],
+            done.certificate.body["sanitization"]["verification"]["byte_scan"],
+        );
+        vault_core::vault::decommission::remove_directory(&done.dir).expect("remove");
     }
 }
 

@@ -117,6 +117,8 @@ pub struct KeyCounts {
     pub header_rows: u64,
     /// Bucket keys and the search secret.
     pub bucket_rows: u64,
+    /// Bucket keys whose wrapped bytes the scan searched for.
+    pub bucket_rows_searched: u64,
     /// Backup keys.
     pub backup_keys: u64,
     /// Data keys (one per record version still held).
@@ -341,45 +343,54 @@ impl Keystore {
     }
 
     /// Whole-vault deletion (`pivault vault delete`): what the scan after
-    /// the destruction looks for. Every row of the small tables (the
-    /// header's root-key slots and sealed signing keys, every bucket key
-    /// and the search secret, every backup key): the top of the key
-    /// hierarchy, without which no data key can be unwrapped; and up to
-    /// `sample` data keys drawn at random from the whole table (all of
-    /// them in a smaller vault). With how many rows each table held.
+    /// the destruction looks for. Every row of the header table (the
+    /// root-key slots and sealed signing keys: without a slot nothing below
+    /// can be unwrapped with the passphrase) and every backup key; up to
+    /// `sample` bucket keys and `sample` data keys drawn at random (all of
+    /// them in a smaller vault): the scan's cost is its needles times the
+    /// members' bytes (`pivault_verify.walk`), and the rows of every table
+    /// went by the same drop, whose files are checked gone one by one.
+    /// With how many rows each table held.
     pub(crate) fn destruction_needles(&self, sample: usize) -> Result<(Vec<Vec<u8>>, KeyCounts)> {
         let mut needles = Vec::new();
         let mut counts = KeyCounts::default();
-        for t in [Table::Header, Table::Buckets, Table::Backups] {
+        for t in [Table::Header, Table::Backups] {
             self.engine.scan(t, &[], &mut |_, v| {
                 needles.push(v.to_vec());
                 match t {
                     Table::Header => counts.header_rows += 1,
-                    Table::Buckets => counts.bucket_rows += 1,
                     _ => counts.backup_keys += 1,
                 }
                 Ok(true)
             })?;
         }
-        // Reservoir sampling: each data key equally likely to be searched.
+        let buckets = self.draw(Table::Buckets, sample, &mut counts.bucket_rows)?;
+        counts.bucket_rows_searched = buckets.len() as u64;
+        needles.extend(buckets);
+        let deks = self.draw(Table::Deks, sample, &mut counts.data_keys)?;
+        counts.data_keys_searched = deks.len() as u64;
+        needles.extend(deks);
+        Ok((needles, counts))
+    }
+
+    /// Up to `n` values of `t`, each equally likely (reservoir sampling),
+    /// counting the rows into `seen`.
+    fn draw(&self, t: Table, n: usize, seen: &mut u64) -> Result<Vec<Vec<u8>>> {
         let mut drawn: Vec<Vec<u8>> = Vec::new();
-        self.engine.scan(Table::Deks, &[], &mut |_, v| {
-            counts.data_keys += 1;
-            if drawn.len() < sample {
+        self.engine.scan(t, &[], &mut |_, v| {
+            *seen += 1;
+            if drawn.len() < n {
                 drawn.push(v.to_vec());
             } else {
                 let mut r = [0u8; 8];
                 crypto::fill_random(&mut r);
-                let j = u64::from_le_bytes(r) % counts.data_keys;
-                if let Some(slot) = drawn.get_mut(j as usize) {
+                if let Some(slot) = drawn.get_mut((u64::from_le_bytes(r) % *seen) as usize) {
                     *slot = v.to_vec();
                 }
             }
             Ok(true)
         })?;
-        counts.data_keys_searched = drawn.len() as u64;
-        needles.extend(drawn);
-        Ok((needles, counts))
+        Ok(drawn)
     }
 
     /// Whole-vault deletion: what would keep a byte past it (checked
@@ -394,9 +405,15 @@ impl Keystore {
         self.engine.destroy()
     }
 
-    /// After [`Self::destroy`]: everything the engine keeps, searched.
-    pub(crate) fn scan_everything(&self, needles: &[Vec<u8>]) -> Result<ByteScan> {
-        self.engine.scan_everything(needles)
+    /// After [`Self::destroy`]: everything the engine keeps that can hold
+    /// a byte of the vault, searched (`wal_after`: the drop's
+    /// [`PurgeEvidence::wal_floor`]).
+    pub(crate) fn scan_everything(
+        &self,
+        needles: &[Vec<u8>],
+        wal_after: Option<&str>,
+    ) -> Result<ByteScan> {
+        self.engine.scan_everything(needles, wal_after)
     }
 
     /// One row of the header table (a cluster's keystore only; see

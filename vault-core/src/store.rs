@@ -308,8 +308,9 @@ impl Store {
     pub(crate) fn scan_everything(
         &self,
         needles: &[Vec<u8>],
+        wal_after: Option<&str>,
     ) -> Result<Option<crate::keystore::ByteScan>> {
-        self.engine.scan_everything(needles)
+        self.engine.scan_everything(needles, wal_after)
     }
 
     /// Whether the rows live on a database cluster (each write a network

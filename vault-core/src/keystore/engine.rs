@@ -132,9 +132,11 @@ pub(crate) trait KeyEngine: Send + Sync + std::fmt::Debug {
             "this keystore engine cannot delete a whole vault",
         ))
     }
-    /// After [`Self::destroy`]: every place the engine keeps bytes (every
-    /// file of every member, the WAL whole), searched for `needles`.
-    fn scan_everything(&self, needles: &[Vec<u8>]) -> Result<ByteScan> {
+    /// After [`Self::destroy`]: every place the engine keeps bytes that
+    /// can hold a byte of the vault (on a cluster, every member's files but
+    /// other databases' and other vaults' relations, and no WAL begun after
+    /// `wal_after`), searched for `needles`.
+    fn scan_everything(&self, needles: &[Vec<u8>], _wal_after: Option<&str>) -> Result<ByteScan> {
         Ok(ByteScan {
             hits: self.files_containing(needles)?,
             ..ByteScan::default()

@@ -473,6 +473,26 @@ pub(crate) struct Purged {
     pub wal_segment: String,
 }
 
+impl Purged {
+    /// As a disposal's or a deletion's evidence (begun at `start`, over
+    /// `buckets` buckets' keys).
+    pub(crate) fn evidence(self, start: Instant, buckets: u64) -> PurgeEvidence {
+        PurgeEvidence {
+            snapshots: self.snapshots,
+            live_versions_deks: 1,
+            tombstones_in_touched_ranges: 0,
+            residue_files: self.residue,
+            live_sst_files: 0,
+            wal_files: 0,
+            compacted_buckets: buckets,
+            duration_ms: start.elapsed().as_millis() as u64,
+            engine: "postgresql",
+            members: self.members,
+            wal_floor: Some(self.wal_segment),
+        }
+    }
+}
+
 /// The PostgreSQL keystore of one vault.
 pub struct PgKeys {
     conns: Conns,
@@ -642,19 +662,7 @@ impl PgKeys {
         let p = self
             .conns
             .purge(&self.purge_relations(buckets), &[], control)?;
-        Ok(PurgeEvidence {
-            snapshots: p.snapshots,
-            live_versions_deks: 1,
-            tombstones_in_touched_ranges: 0,
-            residue_files: p.residue,
-            live_sst_files: 0,
-            wal_files: 0,
-            compacted_buckets: buckets.len() as u64,
-            duration_ms: start.elapsed().as_millis() as u64,
-            engine: "postgresql",
-            members: p.members,
-            wal_floor: Some(p.wal_segment),
-        })
+        Ok(p.evidence(start, buckets.len() as u64))
     }
 }
 
@@ -1449,24 +1457,19 @@ impl KeyEngine for PgKeys {
                     pg(e)
                 })
             })?;
-            Ok(PurgeEvidence {
-                snapshots: p.snapshots,
-                live_versions_deks: 1,
-                tombstones_in_touched_ranges: 0,
-                residue_files: p.residue,
-                live_sst_files: 0,
-                wal_files: 0,
-                compacted_buckets: u64::from(self.buckets),
-                duration_ms: start.elapsed().as_millis() as u64,
-                engine: "postgresql",
-                members: p.members,
-                wal_floor: Some(p.wal_segment),
-            })
+            Ok(p.evidence(start, u64::from(self.buckets)))
         })
     }
 
-    fn scan_everything(&self, needles: &[Vec<u8>]) -> Result<ByteScan> {
-        off_runtime(|| self.conns.scan_members(needles, None, None))
+    /// The vault's schema is gone, so nothing of it is skipped: every file
+    /// of the keystore's database but other roles' vaults' relations,
+    /// `global/`, and the WAL up to the drop's segment (as a batch's scan,
+    /// `pivault_verify.scan_vault` with no table named).
+    fn scan_everything(&self, needles: &[Vec<u8>], wal_after: Option<&str>) -> Result<ByteScan> {
+        off_runtime(|| {
+            self.conns
+                .scan_members(needles, Some((&self.schema, None)), wal_after)
+        })
     }
 
     fn hold_snapshot(&self) -> Result<Box<dyn Held + '_>> {

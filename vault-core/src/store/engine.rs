@@ -101,9 +101,14 @@ pub(crate) trait RowEngine: Send + Sync + std::fmt::Debug {
     fn destroy(&self) -> Result<Option<crate::keystore::PurgeEvidence>> {
         Ok(None)
     }
-    /// After [`Self::destroy`]: every file of every member searched for
-    /// `needles` (a cluster; `None` embedded).
-    fn scan_everything(&self, _needles: &[Vec<u8>]) -> Result<Option<crate::keystore::ByteScan>> {
+    /// After [`Self::destroy`]: every member's files that can hold a byte
+    /// of the vault searched for `needles`, no WAL begun after `wal_after`
+    /// (a cluster; `None` embedded).
+    fn scan_everything(
+        &self,
+        _needles: &[Vec<u8>],
+        _wal_after: Option<&str>,
+    ) -> Result<Option<crate::keystore::ByteScan>> {
         Ok(None)
     }
     /// The engine's own settings the beacon purge depends on, for

@@ -808,19 +808,7 @@ impl PgRows {
             self.closing.store(false, Ordering::SeqCst);
         }
         let p = p?;
-        Ok(crate::keystore::PurgeEvidence {
-            snapshots: p.snapshots,
-            live_versions_deks: 1,
-            tombstones_in_touched_ranges: 0,
-            residue_files: p.residue,
-            live_sst_files: 0,
-            wal_files: 0,
-            compacted_buckets: 0,
-            duration_ms: start.elapsed().as_millis() as u64,
-            engine: "postgresql",
-            members: p.members,
-            wal_floor: Some(p.wal_segment),
-        })
+        Ok(p.evidence(start, 0))
     }
 }
 
@@ -833,8 +821,16 @@ impl RowEngine for PgRows {
         off_runtime(|| self.destroy_pg().map(Some))
     }
 
-    fn scan_everything(&self, needles: &[Vec<u8>]) -> Result<Option<crate::keystore::ByteScan>> {
-        off_runtime(|| self.conns.scan_members(needles, None, None).map(Some))
+    fn scan_everything(
+        &self,
+        needles: &[Vec<u8>],
+        wal_after: Option<&str>,
+    ) -> Result<Option<crate::keystore::ByteScan>> {
+        off_runtime(|| {
+            self.conns
+                .scan_members(needles, Some((&self.schema, None)), wal_after)
+                .map(Some)
+        })
     }
 
     fn get(&self, table: &str, key: &[u8]) -> Result<Option<Vec<u8>>> {
