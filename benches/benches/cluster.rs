@@ -456,21 +456,7 @@ fn main() {
     println!();
     println!("## one-record disposal on the cluster keystore ({reps} each)");
     disposals(&cluster, common::COLLECTION, &sizes, reps, fill_threads, n);
-    let admin = both
-        .vault
-        .login(
-            common::ADMIN.0,
-            &SecretString::from(common::ADMIN.1),
-            Context::cli(),
-        )
-        .expect("admin login");
-    let mut searched = common::schema();
-    searched
-        .set_searchable(vec!["family_name".into(), "ssn".into()])
-        .expect("searchable fields");
-    both.vault
-        .create_collection(&admin, SEARCHED, &searched)
-        .expect("searchable collection");
+    searched_collection(&both);
     println!();
     println!(
         "## one-record disposal, keys and records on the cluster, family name and SSN searchable ({reps} each)"
@@ -817,6 +803,27 @@ fn disposals(
     }
 }
 
+/// Makes the [`SEARCHED`] collection (family name and SSN searchable) in
+/// `fx`'s vault; the admin's session.
+fn searched_collection(fx: &common::Fixture) -> vault_core::vault::Session {
+    let admin = fx
+        .vault
+        .login(
+            common::ADMIN.0,
+            &SecretString::from(common::ADMIN.1),
+            Context::cli(),
+        )
+        .expect("admin login");
+    let mut searched = common::schema();
+    searched
+        .set_searchable(vec!["family_name".into(), "ssn".into()])
+        .expect("searchable fields");
+    fx.vault
+        .create_collection(&admin, SEARCHED, &searched)
+        .expect("searchable collection");
+    admin
+}
+
 /// Whole-vault deletion (`pivault vault delete`) of a vault with its keys
 /// and records on the cluster, at each size, against a one-record disposal
 /// (median of 3) of the same vault just before, in the same run.
@@ -840,21 +847,7 @@ fn deletions(
             Some(cfg.clone()),
             Some(records.clone()),
         );
-        let admin = fx
-            .vault
-            .login(
-                common::ADMIN.0,
-                &SecretString::from(common::ADMIN.1),
-                Context::cli(),
-            )
-            .expect("admin login");
-        let mut searched = common::schema();
-        searched
-            .set_searchable(vec!["family_name".into(), "ssn".into()])
-            .expect("searchable fields");
-        fx.vault
-            .create_collection(&admin, SEARCHED, &searched)
-            .expect("searchable collection");
+        let admin = searched_collection(&fx);
         let validator_pw = SecretString::from("Vx4&bench-validator-pass");
         fx.vault
             .add_user(

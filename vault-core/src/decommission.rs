@@ -413,6 +413,7 @@ impl Vault {
             ));
         }
         let now = format_ms(self.now());
+        let epoch = self.epoch.read().expect("epoch lock").number;
         let members: Vec<Value> = purge
             .members
             .iter()
@@ -482,8 +483,8 @@ impl Vault {
                         { "key": "record data keys", "count": counts.data_keys },
                         { "key": "backup keys", "count": counts.backup_keys },
                     ],
-                    "epoch_before": self.epoch.read().expect("epoch lock").number,
-                    "epoch_after": self.epoch.read().expect("epoch lock").number + 1,
+                    "epoch_before": epoch,
+                    "epoch_after": epoch + 1,
                     "epoch_note": "no epoch follows: the root key's every slot was dropped with the keystore",
                     "keystore_purge": {
                         "engine": purge.engine,

@@ -1041,7 +1041,9 @@ impl Conns {
         }
         drop(&mut primary)?;
         let all: Vec<&String> = relations.iter().collect();
-        // Committed: whatever fails now, the relations are gone.
+        // Committed: whatever fails now, the relations are gone. (Named by
+        // OID, they read as no relation in `settle`'s name check: the
+        // evidence is each file checked gone on every member.)
         self.settle(
             primary,
             &all,
