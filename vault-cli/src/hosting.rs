@@ -37,15 +37,16 @@ pub(crate) enum VaultCmd {
     /// the whole audit trail are written outside the vault, then its
     /// directory is removed and, with --provider, its database role
     /// dropped. Refused with nothing destroyed under a legal hold or while a
-    /// cluster member is down or lagging.
+    /// cluster member is down or lagging. With --resume, finishes a deletion
+    /// whose process was stopped (the custodian's passphrase alone).
     Delete {
         /// The provider's keystore.json: the vault's database role is
         /// dropped once the vault is gone.
         #[arg(long, value_name = "FILE")]
         provider: Option<PathBuf>,
         /// The second person: a user who may validate certificates.
-        #[arg(long, value_name = "NAME")]
-        validator: String,
+        #[arg(long, value_name = "NAME", required_unless_present = "resume")]
+        validator: Option<String>,
         /// File holding the validator's password.
         #[arg(long, env = "PIVAULT_VALIDATOR_PASSWORD_FILE", value_name = "FILE")]
         validator_password_file: Option<PathBuf>,
@@ -73,8 +74,15 @@ pub(crate) enum VaultCmd {
         #[arg(long, value_name = "VAULT_ID")]
         confirm: Option<String>,
         /// Show what would be destroyed and what stops it; change nothing.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "resume")]
         dry_run: bool,
+        /// Finish a deletion that was stopped (killed, or its cluster's
+        /// primary lost) after the vault's directory was marked deleted:
+        /// nothing was destroyed (the vault opens again), or the purge's
+        /// checks run now and the certificate is issued. The deletion's own
+        /// signers authorised it; this takes the custodian's passphrase.
+        #[arg(long)]
+        resume: bool,
     },
     /// List the vaults on the provider's cluster: vault ID, database role,
     /// keystore size, whether the role is shared. Never a key or a record.
@@ -157,6 +165,7 @@ fn delete(cli: &Cli, out: &Out, c: &VaultCmd) -> anyhow::Result<u8> {
         reason,
         confirm,
         dry_run,
+        resume,
     } = c
     else {
         unreachable!()
@@ -184,6 +193,34 @@ fn delete(cli: &Cli, out: &Out, c: &VaultCmd) -> anyhow::Result<u8> {
         }
     }
     let keystore = vault_core::keystore::postgres::PgConfig::read(dir)?;
+    if *resume {
+        let pass = crate::secret(
+            cli.passphrase_file.as_deref(),
+            "Vault passphrase: ",
+            "vault passphrase",
+            "PIVAULT_PASSPHRASE_FILE",
+        )?;
+        return match vault_core::vault::decommission::resume_deletion(dir, &pass)? {
+            vault_core::vault::decommission::Resumed::NothingDeleted { vault_id } => {
+                let v = json!({ "vault_id": vault_id, "deleted": false });
+                out.data("vault-delete-resumed", v, || {
+                    "nothing was deleted: the deletion stopped before the vault's keys were dropped; the vault opens again\n".to_owned()
+                });
+                Ok(exit::OK)
+            }
+            vault_core::vault::decommission::Resumed::Deleted(done) => hand_over(
+                out,
+                &done,
+                certificate,
+                audit_out,
+                provider.as_ref(),
+                keystore.as_ref(),
+            ),
+        };
+    }
+    let validator = validator
+        .as_deref()
+        .expect("clap: --validator without --resume");
     let vault = crate::open_vault(cli)?;
     let session = crate::login(cli, &vault)?;
     let id = vault.id();
@@ -232,17 +269,37 @@ fn delete(cli: &Cli, out: &Out, c: &VaultCmd) -> anyhow::Result<u8> {
         reason: reason.clone(),
     };
     let done = vault.delete_vault(&session, &second, confirm_id, &parties)?;
+    hand_over(
+        out,
+        &done,
+        certificate,
+        audit_out,
+        provider.as_ref(),
+        keystore.as_ref(),
+    )
+}
+
+/// A deleted vault's certificate and trail written (new files), then its
+/// directory removed and its role dropped.
+fn hand_over(
+    out: &Out,
+    done: &vault_core::vault::VaultDeleted,
+    certificate: &Path,
+    audit_out: &Path,
+    provider: Option<&PgConfig>,
+    keystore: Option<&PgConfig>,
+) -> anyhow::Result<u8> {
+    let id = done.certificate.body["vault"]["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
     // The certificate and the trail first: the directory goes only once
     // they are on disk.
     write_new(certificate, done.certificate.to_file_json().as_bytes())?;
-    let trail = done.audit_trail.render(
-        vault_core::siem::Format::Jsonl,
-        &vault_core::siem::default_hostname(),
-    );
-    write_new(audit_out, trail.as_bytes())?;
+    write_new(audit_out, done.audit_trail.as_bytes())?;
     vault_core::vault::decommission::remove_directory(&done.dir)?;
     let mut role_dropped = Value::Null;
-    if let (Some(p), Some(k)) = (&provider, &keystore) {
+    if let (Some(p), Some(k)) = (provider, keystore) {
         role_dropped = match vault_core::keystore::provider::drop_role(p, &k.user) {
             Ok(()) => json!(k.user),
             Err(e) => {
@@ -260,11 +317,11 @@ fn delete(cli: &Cli, out: &Out, c: &VaultCmd) -> anyhow::Result<u8> {
     let cert_key = vault_core::certificate::public_key_pem(&done.certificate_key);
     let audit_key = vault_core::certificate::public_key_pem(&done.audit_key);
     let v = json!({
-        "vault_id": id.to_string(),
+        "vault_id": id,
         "certificate_id": done.certificate.body["certificate_id"],
         "certificate": certificate.display().to_string(),
         "audit_trail": audit_out.display().to_string(),
-        "audit_to_seq": done.audit_trail.to_seq(),
+        "audit_to_seq": done.audit_to_seq,
         "certificate_public_key": cert_key,
         "audit_public_key": audit_key,
         "records": done.certificate.body["target"]["record_count"],

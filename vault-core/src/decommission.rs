@@ -25,6 +25,10 @@ use crate::keystore::{ByteScan, KeyCounts, PurgeEvidence};
 use crate::siem::ExportBundle;
 use serde_json::json;
 
+#[path = "decommission/journal.rs"]
+mod journal;
+pub use journal::{Resumed, resume_deletion};
+
 /// Bucket keys and data keys (each drawn at random) whose wrapped bytes
 /// are searched for after a whole vault's deletion, beside every root-key
 /// slot, sealed signing key and backup key: the scan's cost is its needles
@@ -69,8 +73,11 @@ pub struct VaultDeleted {
     /// Signed; status "validated" (the validator signed in with it).
     pub certificate: Certificate,
     /// The whole audit trail, from seq 1 to the checkpoint the certificate
-    /// names (`pivault audit verify --file` with [`Self::audit_key`]).
-    pub audit_trail: ExportBundle,
+    /// names, as JSON lines (`pivault audit verify --file` with
+    /// [`Self::audit_key`]).
+    pub audit_trail: String,
+    /// The last event's seq in [`Self::audit_trail`].
+    pub audit_to_seq: u64,
     pub audit_key: ed25519_dalek::VerifyingKey,
     pub certificate_key: ed25519_dalek::VerifyingKey,
     /// The vault directory, now closed: removed by [`remove_directory`]
@@ -253,6 +260,10 @@ impl Vault {
             .keystore
             .destruction_needles(KEY_SAMPLE)
             .map_err(|e| fail(&self, e))?;
+        // Searched for by their first bytes: the journal keeps no more of a
+        // wrapped key than a scan needs.
+        let needles = journal::prefixes(&needles);
+        let targets = self.keystore.drop_targets().map_err(|e| fail(&self, e))?;
         let started = self.now();
         self.audit(
             Some(s.user),
@@ -267,17 +278,48 @@ impl Vault {
             parties.reason.as_deref(),
         )?;
         self.checkpoint_now()?;
+        let (first_seq, first_head) = {
+            let log = self.audit.lock().expect("audit lock");
+            (log.head_seq(), log.head_hash())
+        };
+        let first_trail = self.audit_backlog(0, first_seq)?;
+        // The body is made first: it reads the schemas and the exports
+        // ledger, which go with the records.
+        let (body, searched) =
+            self.deletion_body(&plan, &scope, &counts, &me, &val, parties, started)?;
 
         // From here the directory opens nothing (an opener waiting for the
-        // lock included); the marker goes again if the drop fails.
+        // lock included), and the journal in the marker lets another
+        // process finish what a killed one began (`resume_deletion`); the
+        // marker goes again if the drop fails.
+        let journal = journal::Journal {
+            vault_id: vault_id.clone(),
+            body: body.clone(),
+            searched: searched.clone(),
+            certificate_key: hex::encode(self.signing.certificate.to_bytes()),
+            audit_key: hex::encode(self.signing.audit.verifying_key().as_bytes()),
+            trail: render_trail(&first_trail),
+            trail_to_seq: first_trail.to_seq(),
+            checkpoint: (first_seq, hex::encode(first_head)),
+            needles: needles.iter().map(hex::encode).collect(),
+            ciphertexts: journal::prefixes(&scope.ciphertexts)
+                .iter()
+                .map(hex::encode)
+                .collect(),
+            keystore: targets.clone(),
+        };
         let marker = self.dir.join(DELETED_MARKER);
-        {
-            let mut f = fsutil::create_private_file(&marker).map_err(|e| fail(&self, e))?;
-            std::io::Write::write_all(&mut f, vault_id.as_bytes())?;
-            f.sync_all()?;
-        }
+        let marker_file = {
+            let key = journal::key(
+                &self.unlock.read().expect("unlock lock"),
+                self.info.vault_id,
+            );
+            journal::write(&marker, &journal, &key).map_err(|e| fail(&self, e))?
+        };
+        drop(journal);
+        self.at_step("deletion_journaled");
         // The point of no return: one transaction drops every key.
-        let purge = match self.keystore.destroy() {
+        let purge = match self.keystore.destroy(&targets) {
             Ok(p) => p,
             Err(e) => {
                 if !matches!(e, Error::DisposalFailed(_)) {
@@ -287,45 +329,21 @@ impl Vault {
                 return Err(fail(&self, e));
             }
         };
+        self.at_step("keystore_dropped");
         let scan = self
             .keystore
             .scan_everything(&needles, purge.wal_floor.as_deref());
-        let mut problems = Vec::new();
-        if !purge.clean() {
-            let shown: Vec<&String> = purge.residue_files.iter().take(10).collect();
-            problems.push(format!(
-                "keystore purge incomplete: {} residue(s), the first {shown:?}; members not verified={:?}",
-                purge.residue_files.len(),
-                purge
-                    .members
-                    .iter()
-                    .filter(|m| !m.verified)
-                    .map(|m| &m.name)
-                    .collect::<Vec<_>>()
-            ));
-        }
-        let scan = match scan {
-            Ok(s) => s,
-            Err(e) => {
-                problems.push(format!("the byte scan of the keystore cluster failed: {e}"));
-                ByteScan::default()
-            }
-        };
-        if !scan.hits.is_empty() {
-            problems.push(format!(
-                "the vault's wrapped key bytes found after its deletion in {:?}",
-                scan.hits
-            ));
-        }
+        let problems = keystore_problems(&purge, scan.as_ref());
         if !problems.is_empty() {
             return Err(fail(
                 &self,
                 Error::DisposalFailed(format!(
-                    "the vault's keys were dropped but their removal is not verified, so no certificate was issued: {}",
+                    "the vault's keys were dropped but their removal is not verified, so no certificate was issued: {}; once the cluster is whole, finish it with pivault vault delete --resume",
                     problems.join("; ")
                 )),
             ));
         }
+        let scan = scan.unwrap_or_default();
         self.audit(
             Some(s.user),
             &s.ctx,
@@ -345,48 +363,53 @@ impl Vault {
         // The records: ciphertexts under keys that no longer exist. On a
         // cluster their tables go the same way, and the members are
         // searched for a sample; embedded, with the directory.
-        // The body is made first: it reads the schemas and the exports
-        // ledger, which go with the records.
-        let mut body = self.deletion_body(
-            &plan, &scope, &counts, &purge, &scan, &me, &val, parties, started, cp_seq, &head,
-        )?;
+        let ciphertexts = journal::prefixes(&scope.ciphertexts);
         let records_purge = self.store.destroy();
         let records_scan = match &records_purge {
             Ok(Some(p)) => self
                 .store
-                .scan_everything(&scope.ciphertexts, p.wal_floor.as_deref()),
+                .scan_everything(&ciphertexts, p.wal_floor.as_deref()),
             _ => Ok(None),
         };
-        body["sanitization"]["details"]["records"] =
-            records_json(&records_purge, &records_scan, scope.ciphertexts.len());
+        let records = records_json(&records_purge, &records_scan, ciphertexts.len());
+        let body = finish_body(
+            body,
+            self.now(),
+            &searched,
+            &purge,
+            &scan,
+            records,
+            (cp_seq, &head),
+            "the whole trail, from seq 1 to this checkpoint, is handed over with this certificate (pivault audit verify --file)",
+        );
         let certificate = Certificate::sign(body, &self.signing.certificate)?;
         let out = VaultDeleted {
             certificate,
-            audit_trail,
+            audit_trail: render_trail(&audit_trail),
+            audit_to_seq: audit_trail.to_seq(),
             audit_key: self.signing.audit.verifying_key(),
             certificate_key: self.signing.certificate.verifying_key(),
             dir: self.dir.clone(),
         };
+        drop(marker_file);
         drop(guard);
         drop(self);
         Ok(out)
     }
 
+    /// The certificate's body, but for what the drop's evidence fills in
+    /// ([`finish_body`]), and the byte scan's opening words.
     #[allow(clippy::too_many_arguments)]
     fn deletion_body(
         &self,
         plan: &DeletionPlan,
         scope: &Scope,
         counts: &KeyCounts,
-        purge: &PurgeEvidence,
-        scan: &ByteScan,
         me: &UserRow,
         val: &UserRow,
         parties: &DeletionParties,
         started: i64,
-        cp_seq: u64,
-        head: &[u8; 32],
-    ) -> Result<Value> {
+    ) -> Result<(Value, String)> {
         let mut elements = std::collections::BTreeSet::new();
         let mut any_pi = false;
         for c in &scope.collections {
@@ -414,13 +437,17 @@ impl Vault {
         }
         let now = format_ms(self.now());
         let epoch = self.epoch.read().expect("epoch lock").number;
-        let members: Vec<Value> = purge
-            .members
-            .iter()
-            .map(|m| json!({ "member": m.name, "role": m.role, "verified": m.verified, "detail": m.detail }))
-            .collect();
         let certificate_id = crate::ids::CertificateId::new().to_string();
-        Ok(json!({
+        let searched = format!(
+            "{} wrapped key(s) searched, by their first {} bytes ({} of {} bucket keys, {} of {} data keys)",
+            needles_count(counts),
+            journal::NEEDLE_PREFIX,
+            counts.bucket_rows_searched,
+            counts.bucket_rows,
+            counts.data_keys_searched,
+            counts.data_keys
+        );
+        let body = json!({
             "certificate_id": certificate_id,
             "schema_version": certificate::SCHEMA_VERSION,
             "issued_at": now,
@@ -486,22 +513,12 @@ impl Vault {
                     "epoch_before": epoch,
                     "epoch_after": epoch + 1,
                     "epoch_note": "no epoch follows: the root key's every slot was dropped with the keystore",
-                    "keystore_purge": {
-                        "engine": purge.engine,
-                        "steps": "every member reachable and every standby streaming, checked first; the vault's keystore schema dropped in one transaction; pg_switch_wal + CHECKPOINT on the primary and CHECKPOINT on each standby after replay, until no WAL segment from before the drop remains on any member; each dropped relation's file checked gone on every member",
-                        "snapshots": purge.snapshots,
-                        "residue_files": purge.residue_files,
-                        "members": members,
-                        "duration_ms": purge.duration_ms,
-                    },
+                    "keystore_purge": Value::Null,
                     "records": Value::Null,
                 },
                 "verification": {
                     "method": "every member of the keystore cluster: every file of its data directory that can hold a byte of the vault (all but other databases' and other vaults' relation files, and WAL segments begun after the drop) searched for the wrapped bytes the vault held before its deletion (every root-key slot, sealed signing key and backup key, and random samples of its bucket and data keys); every dropped relation's file checked gone on every member",
-                    "byte_scan": format!(
-                        "{} wrapped key(s) searched ({} of {} bucket keys, {} of {} data keys) in {} file(s) of the members ({} skipped): {} file(s) hold them",
-                        needles_count(counts), counts.bucket_rows_searched, counts.bucket_rows, counts.data_keys_searched, counts.data_keys, scan.scanned, scan.skipped, scan.hits.len()
-                    ),
+                    "byte_scan": Value::Null,
                     "result": "PASS",
                 },
                 "standards": {
@@ -531,13 +548,91 @@ impl Vault {
             "outcome_statement": certificate::OUTCOME_STATEMENT,
             "outcome": { "state": "complete", "residual_copies": [] },
             "audit": {
-                "checkpoint_seq": cp_seq,
-                "head_hash": hex::encode(head),
                 "public_key": hex::encode(self.signing.audit.verifying_key().as_bytes()),
-                "trail": "the whole trail, from seq 1 to this checkpoint, is handed over with this certificate (pivault audit verify --file)",
             },
-        }))
+        });
+        Ok((body, searched))
     }
+}
+
+/// The deletion's certificate body made whole with the drop's evidence:
+/// the same for the process that dropped and for one that finished a
+/// killed one's deletion ([`resume_deletion`]).
+#[allow(clippy::too_many_arguments)]
+fn finish_body(
+    mut body: Value,
+    now: i64,
+    searched: &str,
+    purge: &PurgeEvidence,
+    scan: &ByteScan,
+    records: Value,
+    (cp_seq, head): (u64, &[u8; 32]),
+    trail: &str,
+) -> Value {
+    let now = format_ms(now);
+    body["issued_at"] = json!(now);
+    body["validator"]["time"] = json!(now);
+    let members: Vec<Value> = purge
+        .members
+        .iter()
+        .map(|m| json!({ "member": m.name, "role": m.role, "verified": m.verified, "detail": m.detail }))
+        .collect();
+    let details = &mut body["sanitization"]["details"];
+    details["keystore_purge"] = json!({
+        "engine": purge.engine,
+        "steps": "every member reachable and every standby streaming, checked first; the vault's keystore schema dropped in one transaction; pg_switch_wal + CHECKPOINT on the primary and CHECKPOINT on each standby after replay, until no WAL segment from before the drop remains on any member; each dropped relation's file checked gone on every member",
+        "snapshots": purge.snapshots,
+        "residue_files": purge.residue_files,
+        "members": members,
+        "duration_ms": purge.duration_ms,
+    });
+    details["records"] = records;
+    body["sanitization"]["verification"]["byte_scan"] = json!(format!(
+        "{searched} in {} file(s) of the members ({} skipped): {} file(s) hold them",
+        scan.scanned,
+        scan.skipped,
+        scan.hits.len()
+    ));
+    body["audit"]["checkpoint_seq"] = json!(cp_seq);
+    body["audit"]["head_hash"] = json!(hex::encode(head));
+    body["audit"]["trail"] = json!(trail);
+    body
+}
+
+/// What keeps a keystore drop from being certified: residue, a member
+/// not verified, a scan that failed or found a key.
+fn keystore_problems(
+    purge: &PurgeEvidence,
+    scan: std::result::Result<&ByteScan, &Error>,
+) -> Vec<String> {
+    let mut problems = Vec::new();
+    if !purge.clean() {
+        let shown: Vec<&String> = purge.residue_files.iter().take(10).collect();
+        problems.push(format!(
+            "keystore purge incomplete: {} residue(s), the first {shown:?}; members not verified={:?}",
+            purge.residue_files.len(),
+            purge
+                .members
+                .iter()
+                .filter(|m| !m.verified)
+                .map(|m| &m.name)
+                .collect::<Vec<_>>()
+        ));
+    }
+    match scan {
+        Err(e) => problems.push(format!("the byte scan of the keystore cluster failed: {e}")),
+        Ok(s) if !s.hits.is_empty() => problems.push(format!(
+            "the vault's wrapped key bytes found after its deletion in {:?}",
+            s.hits
+        )),
+        Ok(_) => {}
+    }
+    problems
+}
+
+/// A trail as the JSON lines `pivault audit verify --file` reads.
+fn render_trail(trail: &ExportBundle) -> String {
+    trail.render(crate::siem::Format::Jsonl, &crate::siem::default_hostname())
 }
 
 fn needles_count(c: &KeyCounts) -> u64 {

@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::RwLock;
 
-pub use engine::ByteScan;
+pub use engine::{ByteScan, DropTargets};
 pub(crate) use engine::{KeyEngine, KeyOp, Table};
 pub use postgres::PurgeControl;
 pub(crate) use rocks::SMALL_MANIFEST_PREALLOCATION;
@@ -399,10 +399,15 @@ impl Keystore {
         self.engine.destroy_precheck()
     }
 
+    /// Whole-vault deletion: what the drop removes (read before it).
+    pub(crate) fn drop_targets(&self) -> Result<DropTargets> {
+        self.engine.drop_targets()
+    }
+
     /// Whole-vault deletion: every table dropped, every member purged.
-    pub(crate) fn destroy(&self) -> Result<PurgeEvidence> {
+    pub(crate) fn destroy(&self, targets: &DropTargets) -> Result<PurgeEvidence> {
         self.cache.write().expect("cache lock").clear();
-        self.engine.destroy()
+        self.engine.destroy(targets)
     }
 
     /// After [`Self::destroy`]: everything the engine keeps that can hold

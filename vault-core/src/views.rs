@@ -102,6 +102,7 @@ pub const DOCUMENTS: &[&str] = &[
     "user-list",
     "vault-created",
     "vault-delete-plan",
+    "vault-delete-resumed",
     "vault-deleted",
     "vault-list",
     "wisp-pack",

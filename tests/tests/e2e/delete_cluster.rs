@@ -19,7 +19,7 @@ use crate::cli::{pivault_bin, write_private};
 use crate::cluster::{cluster, serial};
 use crate::common::{self, Fixture};
 
-fn on_clusters(dir: &Path) -> Fixture {
+pub(crate) fn on_clusters(dir: &Path) -> Fixture {
     common::fast_vault_with(
         dir,
         Some(common::cluster_keystore()),
@@ -27,18 +27,18 @@ fn on_clusters(dir: &Path) -> Fixture {
     )
 }
 
-fn body(n: usize) -> Value {
+pub(crate) fn body(n: usize) -> Value {
     json!({ "given_name": "Leaving", "family_name": "Business", "ssn": format!("123-45-{:04}", 1000 + n) })
 }
 
-fn schema_hex(v: &Vault) -> String {
+pub(crate) fn schema_hex(v: &Vault) -> String {
     v.id().to_string().replace('-', "")
 }
 
 /// The wrapped bytes at the top of `v`'s key hierarchy (root-key slots,
 /// sealed signing keys, bucket keys, backup keys), read as the vault's
 /// own role: what must be on no member once the vault is deleted.
-fn top_keys(v: &Vault) -> Vec<Vec<u8>> {
+pub(crate) fn top_keys(v: &Vault) -> Vec<Vec<u8>> {
     let mut c = provider::connect_primary(&common::cluster_keystore()).expect("vault role");
     let s = format!("pv_{}", schema_hex(v));
     c.query(
@@ -55,7 +55,7 @@ fn top_keys(v: &Vault) -> Vec<Vec<u8>> {
 
 /// Whether the schema still exists on the primary: `pv_…` in the
 /// keystore database, `pr_…` in the records database.
-fn schema_exists(name: &str) -> bool {
+pub(crate) fn schema_exists(name: &str) -> bool {
     let cfg = if name.starts_with("pr_") {
         common::cluster_records()
     } else {
@@ -71,7 +71,7 @@ fn schema_exists(name: &str) -> bool {
         == 1
 }
 
-fn reopen(dir: &Path) -> vault_core::Result<Vault> {
+pub(crate) fn reopen(dir: &Path) -> vault_core::Result<Vault> {
     Vault::open(
         dir,
         &SecretString::from(common::PASSPHRASE),
@@ -79,7 +79,7 @@ fn reopen(dir: &Path) -> vault_core::Result<Vault> {
     )
 }
 
-fn parties() -> DeletionParties {
+pub(crate) fn parties() -> DeletionParties {
     DeletionParties {
         data_owner: "Quimby Hardware".into(),
         data_owner_address: Some("1 Example Street, Boston, MA 02108".into()),
@@ -257,12 +257,9 @@ fn a_vault_deleted_while_another_is_written_leaves_none_of_its_keys_on_any_membe
     .unwrap();
     assert!(!verify(&tampered).status.success(), "a changed byte fails");
     // The whole trail, verifiable with the audit key alone, names the deletion.
-    let trail = done.audit_trail.render(
-        vault_core::siem::Format::Jsonl,
-        &vault_core::siem::default_hostname(),
-    );
+    let trail = &done.audit_trail;
     assert!(trail.contains("\"vault.delete\"") && trail.contains("\"vault.delete.verified\""));
-    let report = vault_core::siem::verify_file(&trail, &done.audit_key);
+    let report = vault_core::siem::verify_file(trail, &done.audit_key);
     assert!(report.ok(), "{}", report.proves());
     vault_core::vault::decommission::remove_directory(&done.dir).unwrap();
     assert!(!b_dir.exists());
@@ -366,10 +363,7 @@ fn a_vault_delete_refused_by_a_hold_an_insiders_lock_or_one_person_destroys_noth
     let (officer, auditor) = (common::login(&v, "officer"), common::login(&v, "auditor"));
     let done = v.delete_vault(&officer, &auditor, id, &parties()).unwrap();
     assert!(c.files_holding(&needles).is_empty());
-    let trail = done.audit_trail.render(
-        vault_core::siem::Format::Jsonl,
-        &vault_core::siem::default_hostname(),
-    );
+    let trail = &done.audit_trail;
     let refused = trail
         .lines()
         .filter(|l| l.contains("\"vault.delete\"") && !l.contains("\"success\""))

@@ -84,6 +84,16 @@ pub struct ByteScan {
     pub skipped: u64,
 }
 
+/// What a whole vault's drop removes on a cluster: the schema, and each of
+/// its relations that has storage (named by OID) with its file's path
+/// under a member's data directory, each checked gone on every member.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct DropTargets {
+    pub schema: String,
+    pub relations: Vec<String>,
+    pub files: Vec<String>,
+}
+
 /// A scan's visitor: called with each (key, value) in key order; `false` stops.
 pub(crate) type Visit<'a> = dyn FnMut(&[u8], &[u8]) -> Result<bool> + 'a;
 
@@ -124,10 +134,19 @@ pub(crate) trait KeyEngine: Send + Sync + std::fmt::Debug {
             "a vault whose keystore is embedded cannot be deleted by pivault yet: dispose of its records (pivault dispose) and remove its directory",
         ))
     }
-    /// Whole-vault deletion: every table of the vault's keystore dropped at
-    /// once, and its bytes removed from every place the engine keeps them,
-    /// with evidence (as [`Self::purge`] gives for a batch).
-    fn destroy(&self) -> Result<PurgeEvidence> {
+    /// Whole-vault deletion: what the drop will remove (read before it,
+    /// kept in the deletion's journal so that another process can finish
+    /// the purge and its checks after a kill).
+    fn drop_targets(&self) -> Result<DropTargets> {
+        Err(crate::error::Error::invalid(
+            "this keystore engine cannot delete a whole vault",
+        ))
+    }
+    /// Whole-vault deletion: every table of the vault's keystore (`targets`,
+    /// from [`Self::drop_targets`]) dropped at once, and its bytes removed
+    /// from every place the engine keeps them, with evidence (as
+    /// [`Self::purge`] gives for a batch).
+    fn destroy(&self, _targets: &DropTargets) -> Result<PurgeEvidence> {
         Err(crate::error::Error::invalid(
             "this keystore engine cannot delete a whole vault",
         ))

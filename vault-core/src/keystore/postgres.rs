@@ -51,7 +51,7 @@ use postgres::{Client, NoTls, Statement};
 use serde::{Deserialize, Serialize};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
-use super::engine::{ByteScan, Held, KeyEngine, KeyOp, Table, Visit};
+use super::engine::{ByteScan, DropTargets, Held, KeyEngine, KeyOp, Table, Visit};
 use super::{MemberEvidence, PurgeEvidence};
 use crate::doctor::Level;
 use crate::error::{Error, Result};
@@ -690,6 +690,31 @@ pub(crate) fn storage_relations(c: &mut Client, schema: &str) -> Result<Vec<Stri
 }
 
 /// Whether `schema` exists on the connection's server.
+/// A deletion's keystore drop, finished by a process other than the one
+/// that began it ([`Conns::resume_drop`]), and every member's files
+/// searched for `needles` as after a deletion: `None` if nothing was
+/// dropped.
+pub(crate) fn resume_deletion(
+    cfg: PgConfig,
+    targets: &DropTargets,
+    needles: &[Vec<u8>],
+) -> Result<Option<(PurgeEvidence, Result<ByteScan>)>> {
+    off_runtime(|| {
+        let start = Instant::now();
+        let conns = Conns::new(cfg)?;
+        let Some(p) = conns.resume_drop(targets)? else {
+            return Ok(None);
+        };
+        let evidence = p.evidence(start, 0);
+        let scan = conns.scan_members(
+            needles,
+            Some((&targets.schema, None)),
+            evidence.wal_floor.as_deref(),
+        );
+        Ok(Some((evidence, scan)))
+    })
+}
+
 pub(crate) fn schema_exists(c: &mut Client, schema: &str) -> Result<bool> {
     Ok(
         c.query_one("SELECT to_regnamespace($1) IS NOT NULL", &[&schema])
@@ -1015,48 +1040,116 @@ impl Conns {
         self.settle(primary, &all, &before, residue, control, blockers)
     }
 
+    /// Whole-vault deletion: the relations of `schema` that have storage
+    /// (named by OID) and their files, read before the drop.
+    pub(crate) fn drop_targets(&self, schema: &str) -> Result<DropTargets> {
+        self.with_primary(|c| {
+            let relations = storage_relations(c, schema)?;
+            let mut files = Vec::new();
+            for r in &relations {
+                let path: String = c
+                    .query_one("SELECT pg_relation_filepath($1::text::oid)", &[r])
+                    .map_err(pg)?
+                    .get(0);
+                files.push(path);
+            }
+            Ok(DropTargets {
+                schema: schema.to_owned(),
+                relations,
+                files,
+            })
+        })
+    }
+
     /// Whole-vault deletion: runs `drop` (one transaction dropping every
-    /// one of `relations`, the vault's relations that have files),
-    /// then the purge's WAL rounds and checks on every member, as for a
-    /// batch: each relation gone, its file gone from every member, no WAL
-    /// segment from before the drop left. A drop that fails (a session
-    /// holding a lock past its timeout) is an error, and nothing is gone;
-    /// a failure after it is [`Error::DisposalFailed`].
+    /// one of `targets`), then the purge's WAL rounds and checks on every
+    /// member, as for a batch: each relation's file gone from every member,
+    /// no WAL segment from before the drop left. A drop that fails (a
+    /// session holding a lock past its timeout) is an error, and nothing is
+    /// gone; a failure after it is [`Error::DisposalFailed`], as is a drop
+    /// whose outcome cannot be learnt (the primary lost at its commit).
     /// `drop` runs the drop, given the primary (a records store drops on
     /// the connection holding the vault's lock instead).
     pub(crate) fn drop_and_settle(
         &self,
-        relations: &[String],
+        targets: &DropTargets,
         drop: &mut dyn FnMut(&mut Client) -> Result<()>,
     ) -> Result<Purged> {
         self.pool.lock().expect("pool lock").clear();
         let mut primary = self.primary()?;
-        let mut before = Vec::new();
-        for r in relations {
-            let path: String = primary
-                .query_one("SELECT pg_relation_filepath($1::text::oid)", &[r])
-                .map_err(pg)?
-                .get(0);
-            before.push(path);
+        if let Err(e) = drop(&mut primary) {
+            // Rolled back, or committed just before the connection broke
+            // (a failover at the commit): the cluster says which.
+            match self.dropped(&targets.schema) {
+                Ok(false) => return Err(e),
+                Ok(true) => primary = self.fresh_primary()?,
+                Err(again) => {
+                    return Err(Error::DisposalFailed(format!(
+                        "the drop's outcome is not known ({e}; then {again}): finish it with pivault vault delete --resume"
+                    )));
+                }
+            }
         }
-        drop(&mut primary)?;
-        let all: Vec<&String> = relations.iter().collect();
-        // Committed: whatever fails now, the relations are gone. (Named by
-        // OID, they read as no relation in `settle`'s name check: the
-        // evidence is each file checked gone on every member.)
-        self.settle(
-            primary,
-            &all,
-            &before,
-            Vec::new(),
-            PurgeControl::Full,
-            Vec::new(),
-        )
-        .map_err(|e| {
+        self.settle_dropped(primary, targets).map_err(|e| {
             Error::DisposalFailed(format!(
                 "dropped, but the purge's rounds and checks did not finish: {e}"
             ))
         })
+    }
+
+    /// The purge's rounds and checks after a whole vault's drop committed.
+    fn settle_dropped(&self, primary: Pooled, targets: &DropTargets) -> Result<Purged> {
+        // Named by OID, the relations read as no relation in `settle`'s
+        // name check: the evidence is each file checked gone on every
+        // member.
+        self.settle(
+            primary,
+            &[],
+            &targets.files,
+            Vec::new(),
+            PurgeControl::Full,
+            Vec::new(),
+        )
+    }
+
+    /// Whether `schema` is gone, once any transaction still dropping it
+    /// (a killed process's, whose commit may land after it died) has
+    /// ended: a lock on one of its tables waits for the drop's.
+    pub(crate) fn dropped(&self, schema: &str) -> Result<bool> {
+        self.pool.lock().expect("pool lock").clear();
+        let mut c = self.fresh_primary()?;
+        let table: Option<String> = c
+            .query_opt(
+                "SELECT format('%I.%I', n.nspname, c.relname) FROM pg_class c
+                   JOIN pg_namespace n ON n.oid = c.relnamespace
+                  WHERE n.nspname = $1 AND c.relkind IN ('r', 'p') LIMIT 1",
+                &[&schema],
+            )
+            .map_err(pg)?
+            .map(|r| r.get(0));
+        if let Some(t) = table {
+            let waited = c.batch_execute(&format!(
+                "SET lock_timeout = '60s'; BEGIN; LOCK TABLE {t} IN ACCESS SHARE MODE; ROLLBACK"
+            ));
+            if let Err(e) = waited {
+                let _ = c.batch_execute("ROLLBACK");
+                if e.code() != Some(&postgres::error::SqlState::UNDEFINED_TABLE) {
+                    return Err(pg(e));
+                }
+            }
+        }
+        Ok(!schema_exists(&mut c, schema)?)
+    }
+
+    /// A deletion's drop, finished by another process after the one that
+    /// began it was killed: `None` if the schema is still there (nothing
+    /// was dropped), else the purge's rounds and checks over `targets`.
+    pub(crate) fn resume_drop(&self, targets: &DropTargets) -> Result<Option<Purged>> {
+        if !self.dropped(&targets.schema)? {
+            return Ok(None);
+        }
+        let primary = self.fresh_primary()?;
+        self.settle_dropped(primary, targets).map(Some)
     }
 
     /// What would keep a dropped relation's bytes on some member if it
@@ -1443,17 +1536,21 @@ impl KeyEngine for PgKeys {
     /// relation files are emptied at commit and unlinked at the next
     /// checkpoint (a restartpoint on a standby), whatever snapshot is open,
     /// so only the WAL rounds and the members' checks are needed.
-    fn destroy(&self) -> Result<PurgeEvidence> {
+    fn drop_targets(&self) -> Result<DropTargets> {
         off_runtime(|| {
-            let start = Instant::now();
-            let rels = self
-                .conns
-                .with_primary(|c| storage_relations(c, &self.schema))?;
-            if rels.is_empty() {
+            let t = self.conns.drop_targets(&self.schema)?;
+            if t.relations.is_empty() {
                 return Err(Error::NotFound("vault keystore on the cluster"));
             }
+            Ok(t)
+        })
+    }
+
+    fn destroy(&self, targets: &DropTargets) -> Result<PurgeEvidence> {
+        off_runtime(|| {
+            let start = Instant::now();
             let sql = drop_schema_sql(&self.schema);
-            let p = self.conns.drop_and_settle(&rels, &mut |c| {
+            let p = self.conns.drop_and_settle(targets, &mut |c| {
                 c.batch_execute(&sql).map_err(|e| {
                     let _ = c.batch_execute("ROLLBACK");
                     pg(e)

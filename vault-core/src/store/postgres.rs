@@ -776,10 +776,8 @@ impl Drop for PgRows {
 impl PgRows {
     fn destroy_pg(&self) -> Result<crate::keystore::PurgeEvidence> {
         let start = Instant::now();
-        let rels = self
-            .conns
-            .with_primary(|c| crate::keystore::postgres::storage_relations(c, &self.schema))?;
-        if rels.is_empty() {
+        let targets = self.conns.drop_targets(&self.schema)?;
+        if targets.relations.is_empty() {
             return Err(Error::NotFound("vault records on the cluster"));
         }
         // The lease lives in the schema: its renewal ends first. The drop
@@ -788,7 +786,7 @@ impl PgRows {
         // the lock go with the schema: no opener gets in between.
         self.closing.store(true, Ordering::SeqCst);
         let s = &self.schema;
-        let p = self.conns.drop_and_settle(&rels, &mut |_| {
+        let p = self.conns.drop_and_settle(&targets, &mut |_| {
             let mut holder = self.holder.lock().expect("holder lock");
             let c = holder.as_mut().ok_or(Error::TakenOver)?;
             c.batch_execute(&format!(

@@ -1,0 +1,250 @@
+//! A deletion's journal, and the resumption of a deletion whose process
+//! was killed (or lost its primary) between the keystore's drop and the
+//! certificate.
+//!
+//! Once the drop commits, the vault's keys are gone, and with them the key
+//! that signs its certificates: a process that dies then leaves a
+//! destroyed vault without a certificate. So, before the drop, the
+//! deleting process writes into the `DELETED` marker everything the rest
+//! needs: the certificate's body up to the drop's evidence, the trail up
+//! to the checkpoint covering the deletion, what the drop removes, the
+//! first bytes of the wrapped keys and ciphertexts to search for, and the
+//! certificate signing key. All of it is sealed (AES-256-GCM) under a key
+//! derived from the custodian's unlock key, so finishing takes the
+//! custodian's passphrase, as the deletion did; the wrapped keys are
+//! kept only as far as a scan needs (their first bytes), so the journal
+//! is no path back to a key. The marker is locked by the process working
+//! on it, so no second process resumes a deletion that is still running.
+
+use super::*;
+use std::io::Write as _;
+
+/// How many first bytes of a wrapped key (or a ciphertext) the scans
+/// search for: 12 of nonce and 12 of ciphertext, never found by chance
+/// (2^-192), and too few to unwrap anything.
+pub(crate) const NEEDLE_PREFIX: usize = 24;
+
+const FORMAT: &str = "pivault-deletion-journal/1";
+
+/// The first [`NEEDLE_PREFIX`] bytes of each of `items`.
+pub(crate) fn prefixes(items: &[Vec<u8>]) -> Vec<Vec<u8>> {
+    items
+        .iter()
+        .map(|n| n[..n.len().min(NEEDLE_PREFIX)].to_vec())
+        .collect()
+}
+
+/// What a deletion keeps in its marker, sealed.
+#[derive(serde::Serialize, serde::Deserialize)]
+pub(crate) struct Journal {
+    pub vault_id: String,
+    /// The certificate's body before the drop's evidence.
+    pub body: Value,
+    /// The byte scan's opening words (the needles' counts).
+    pub searched: String,
+    /// The certificate signing key's seed, hex.
+    pub certificate_key: String,
+    /// The audit trail's public key, hex.
+    pub audit_key: String,
+    /// The trail up to `checkpoint`, JSON lines.
+    pub trail: String,
+    pub trail_to_seq: u64,
+    /// The checkpoint covering `vault.delete` (seq, head hash hex).
+    pub checkpoint: (u64, String),
+    /// First bytes of every wrapped key searched for, hex.
+    pub needles: Vec<String>,
+    /// First bytes of the sampled record ciphertexts, hex.
+    pub ciphertexts: Vec<String>,
+    /// What the keystore's drop removes.
+    pub keystore: crate::keystore::DropTargets,
+}
+
+impl Drop for Journal {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.certificate_key);
+    }
+}
+
+/// The journal's key: derived from the custodian's unlock key, bound to
+/// the vault.
+pub(crate) fn key(unlock: &SecretKey, vault: VaultId) -> SecretKey {
+    SecretKey::from_bytes(crypto::mac(unlock, "deletion journal", vault.as_bytes()))
+}
+
+fn aad(vault_id: &str) -> crypto::Aad {
+    crypto::Aad::new("deletion-journal").part(vault_id.as_bytes())
+}
+
+/// Writes the journal as the marker (new, private, synced, the directory
+/// synced) and returns the file, locked until it is dropped.
+pub(crate) fn write(marker: &Path, j: &Journal, key: &SecretKey) -> Result<std::fs::File> {
+    let plain = zeroize::Zeroizing::new(
+        serde_json::to_vec(j).map_err(|_| Error::Integrity("deletion journal"))?,
+    );
+    let sealed = crypto::seal(key, &aad(&j.vault_id), &plain);
+    let text = serde_json::to_vec(&json!({
+        "format": FORMAT,
+        "vault_id": j.vault_id,
+        "sealed": hex::encode(sealed),
+    }))
+    .map_err(|_| Error::Integrity("deletion journal"))?;
+    let mut f = fsutil::create_private_file(marker)?;
+    f.try_lock().map_err(|_| Error::VaultBusy)?;
+    f.write_all(&text)?;
+    f.sync_all()?;
+    if let Some(dir) = marker.parent() {
+        fsutil::sync_dir(dir)?;
+    }
+    Ok(f)
+}
+
+/// What [`resume_deletion`] found.
+#[derive(Debug)]
+pub enum Resumed {
+    /// The drop had not committed: nothing was destroyed, the marker is
+    /// removed and the vault opens again.
+    NothingDeleted { vault_id: String },
+    /// The drop had committed: its purge and checks finished now, and the
+    /// certificate issued.
+    Deleted(Box<VaultDeleted>),
+}
+
+/// Finishes the deletion of the vault in `dir` that a killed process (or
+/// one that lost its primary) began: `passphrase` the custodian's. If the
+/// keystore's drop never committed, nothing was destroyed and the vault
+/// is given back ([`Resumed::NothingDeleted`]). Otherwise the purge's
+/// rounds and checks run on every member, every member's files are
+/// searched, the records go (on a records cluster: dropped and searched),
+/// and the certificate is signed with the journal's key. The trail handed
+/// over ends at the checkpoint taken before the drop: the verification
+/// is the certificate's.
+pub fn resume_deletion(dir: &Path, passphrase: &SecretString) -> Result<Resumed> {
+    let marker = dir.join(DELETED_MARKER);
+    let mut file = match std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&marker)
+    {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(Error::NotFound("a deletion to resume (no DELETED marker)"));
+        }
+        Err(e) => return Err(Error::io_at(&marker, e)),
+    };
+    // Held by a deletion still running in another process.
+    file.try_lock().map_err(|_| Error::VaultBusy)?;
+    let mut text = Vec::new();
+    std::io::Read::read_to_end(&mut file, &mut text)?;
+    let outer: Value =
+        serde_json::from_slice(&text).map_err(|_| Error::Integrity("deletion journal"))?;
+    let (Some(FORMAT), Some(vault_id), Some(sealed)) = (
+        outer["format"].as_str(),
+        outer["vault_id"].as_str(),
+        outer["sealed"].as_str().and_then(|h| hex::decode(h).ok()),
+    ) else {
+        return Err(Error::Integrity("deletion journal"));
+    };
+    let info = header::read_info(&Layout::of(dir).header)?;
+    if info.vault_id.to_string() != vault_id {
+        return Err(Error::Integrity("deletion journal (another vault's)"));
+    }
+    let unlock = crypto::derive_unlock_key(passphrase, &info.salt, info.kdf)?;
+    let plain = crypto::open(
+        &key(&unlock, info.vault_id),
+        &aad(vault_id),
+        &sealed,
+        "journal",
+    )
+    .map_err(|_| Error::WrongPassphrase)?;
+    let j: Journal =
+        serde_json::from_slice(&plain).map_err(|_| Error::Integrity("deletion journal"))?;
+    drop(plain);
+    let unhex = |v: &[String]| -> Result<Vec<Vec<u8>>> {
+        v.iter()
+            .map(|h| hex::decode(h).map_err(|_| Error::Integrity("deletion journal")))
+            .collect()
+    };
+    let needles = unhex(&j.needles)?;
+    let ciphertexts = unhex(&j.ciphertexts)?;
+    let cfg = crate::keystore::postgres::PgConfig::read(dir)?
+        .ok_or_else(|| Error::NotAVault("the vault's keystore.json is missing".into()))?;
+    let Some((purge, scan)) =
+        crate::keystore::postgres::resume_deletion(cfg, &j.keystore, &needles)?
+    else {
+        // Nothing was dropped (the process died before the drop committed):
+        // the vault is as it was.
+        drop(file);
+        std::fs::remove_file(&marker).map_err(|e| Error::io_at(&marker, e))?;
+        fsutil::sync_dir(dir)?;
+        return Ok(Resumed::NothingDeleted {
+            vault_id: vault_id.to_owned(),
+        });
+    };
+    let problems = keystore_problems(&purge, scan.as_ref());
+    if !problems.is_empty() {
+        return Err(Error::DisposalFailed(format!(
+            "the vault's keys were dropped but their removal is not verified, so no certificate was issued: {}; once the cluster is whole, resume again",
+            problems.join("; ")
+        )));
+    }
+    let scan = scan.unwrap_or_default();
+    let records = match crate::store::postgres::read_config(dir)? {
+        None => records_json(&Ok(None), &Ok(None), 0),
+        Some(rcfg) => {
+            match Store::on_cluster(rcfg, info.vault_id, true, &|| Ok(()), false) {
+                Ok(store) => {
+                    let p = store.destroy();
+                    let scan = match &p {
+                        Ok(Some(p)) => store.scan_everything(&ciphertexts, p.wal_floor.as_deref()),
+                        _ => Ok(None),
+                    };
+                    records_json(&p, &scan, ciphertexts.len())
+                }
+                // Dropped by the process that was killed, after the keys.
+                Err(Error::NotAVault(_)) => json!({
+                    "engine": "postgresql",
+                    "removal": "the vault's records schema was dropped before this deletion was resumed; its ciphertexts' keys were destroyed first",
+                }),
+                Err(e) => records_json(&Err(e), &Ok(None), 0),
+            }
+        }
+    };
+    let seed: [u8; 32] = zeroize::Zeroizing::new(
+        hex::decode(&j.certificate_key).map_err(|_| Error::Integrity("deletion journal"))?,
+    )
+    .as_slice()
+    .try_into()
+    .map_err(|_| Error::Integrity("deletion journal"))?;
+    let signing = ed25519_dalek::SigningKey::from_bytes(&seed);
+    let head: [u8; 32] = hex::decode(&j.checkpoint.1)
+        .ok()
+        .and_then(|h| h.try_into().ok())
+        .ok_or(Error::Integrity("deletion journal"))?;
+    let audit_key = hex::decode(&j.audit_key)
+        .ok()
+        .and_then(|k| <[u8; 32]>::try_from(k).ok())
+        .and_then(|k| ed25519_dalek::VerifyingKey::from_bytes(&k).ok())
+        .ok_or(Error::Integrity("deletion journal"))?;
+    let mut body = finish_body(
+        j.body.clone(),
+        crate::clock::Clock::now_ms(&crate::clock::SystemClock),
+        &j.searched,
+        &purge,
+        &scan,
+        records,
+        (j.checkpoint.0, &head),
+        "the whole trail up to this checkpoint, taken before the keys were dropped, is handed over with this certificate (pivault audit verify --file); the process that dropped them was stopped, and this certificate's verification was made by pivault vault delete --resume",
+    );
+    body["sanitization"]["details"]["resumed"] = json!(true);
+    let certificate = Certificate::sign(body, &signing)?;
+    let done = VaultDeleted {
+        certificate,
+        audit_trail: j.trail.clone(),
+        audit_to_seq: j.trail_to_seq,
+        audit_key,
+        certificate_key: signing.verifying_key(),
+        dir: dir.to_path_buf(),
+    };
+    drop(file);
+    Ok(Resumed::Deleted(Box::new(done)))
+}
