@@ -323,3 +323,28 @@ fn a_deletion_whose_primary_is_lost_after_the_drop_is_certified_by_resume_once_t
     assert_eq!(c.files_holding(&needles), Vec::<std::path::PathBuf>::new());
     assert!(!schema_exists(&format!("pr_{hex}")));
 }
+
+#[test]
+fn a_drop_whose_answer_is_lost_is_learnt_from_the_cluster_and_the_deletion_goes_on() {
+    let _one = serial();
+    let c = cluster();
+    let tmp = tempfile::tempdir().unwrap();
+    let (fx, needles, _) = filled(&tmp.path().join("b"), 4);
+    let dir = fx.dir.clone();
+    let cert_key = fx.vault.certificate_public_key();
+    // The drop commits and its answer never comes (the primary lost
+    // between them): taken for a rolled-back drop, the vault would be left
+    // without its keys, without its marker and without a certificate.
+    fx.vault
+        .keystore()
+        .set_purge_control(vault_core::keystore::PurgeControl::DropAnswerLost);
+    let done = delete_with_hook(fx.vault, Box::new(|_| {}))
+        .expect("no panic")
+        .expect("the cluster says the drop committed: the deletion goes on");
+    assert_certified(&c, &done, &cert_key);
+    assert!(
+        dir.join("DELETED").exists(),
+        "the marker stays until the directory goes"
+    );
+    assert_eq!(c.files_holding(&needles), Vec::<std::path::PathBuf>::new());
+}

@@ -75,6 +75,10 @@ pub enum PurgeControl {
     PlainVacuum,
     /// No WAL switch-and-checkpoint rounds: the segments keep the bytes.
     SkipWalRounds,
+    /// Not a control but a fault: a whole vault's drop commits and its
+    /// answer is lost, as when the primary dies between the commit and the
+    /// reply (the deletion must learn the outcome from the cluster).
+    DropAnswerLost,
 }
 
 /// Where a vault's keystore cluster is: written as `keystore.json` in the
@@ -1550,11 +1554,19 @@ impl KeyEngine for PgKeys {
         off_runtime(|| {
             let start = Instant::now();
             let sql = drop_schema_sql(&self.schema);
+            let lose_answer =
+                *self.control.lock().expect("control lock") == PurgeControl::DropAnswerLost;
             let p = self.conns.drop_and_settle(targets, &mut |c| {
                 c.batch_execute(&sql).map_err(|e| {
                     let _ = c.batch_execute("ROLLBACK");
                     pg(e)
-                })
+                })?;
+                if lose_answer {
+                    return Err(Error::Io(
+                        "the connection to the primary broke at the drop's commit".into(),
+                    ));
+                }
+                Ok(())
             })?;
             Ok(p.evidence(start, u64::from(self.buckets)))
         })
