@@ -33,7 +33,9 @@ pub(crate) enum VaultCmd {
     /// certificate: the custodian's passphrase opens it, an officer (--user)
     /// deletes and a second user (--validator) validates, both signing in
     /// now. Its keys are dropped from the keystore cluster and purged from
-    /// every member, whose files are searched for them; the certificate and
+    /// every member, whose files are searched for them (embedded: the root-key
+    /// slots overwritten, the keystore emptied and compacted, every file of
+    /// the directory searched); the certificate and
     /// the whole audit trail are written outside the vault, then its
     /// directory is removed and, with --provider, its database role
     /// dropped. Refused with nothing destroyed under a legal hold or while a

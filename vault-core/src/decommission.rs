@@ -119,6 +119,11 @@ impl Vault {
         r
     }
 
+    /// Where the root-key slots and sealed signing keys of this vault are.
+    fn key_files_place<'a>(&'a self, l: &Layout) -> header::Place<'a> {
+        header::Place::of(&l.header, &l.signing, &self.info, &self.keystore)
+    }
+
     fn plan_inner(&self) -> Result<(DeletionPlan, Scope)> {
         let scope = self.deletion_scope()?;
         let holds = self.store.scan_prefix(store::CF_HOLDS, &[])?.len() as u64;
@@ -260,6 +265,21 @@ impl Vault {
             .keystore
             .destruction_needles(KEY_SAMPLE)
             .map_err(|e| fail(&self, e))?;
+        let embedded = self.keystore.engine_kind() == "rocksdb";
+        let layout = Layout::of(&self.dir);
+        let mut needles = needles;
+        let mut counts = counts;
+        if embedded {
+            // The root-key slots and the sealed signing keys are files
+            // beside the keystore, not rows of it.
+            let place = self.key_files_place(&layout);
+            let mut top = header::file_slots(&place).map_err(|e| fail(&self, e))?;
+            for pending in [false, true] {
+                top.extend(header::read_signing(&place, pending).map_err(|e| fail(&self, e))?);
+            }
+            counts.header_rows += top.len() as u64;
+            needles.extend(top);
+        }
         // Searched for by their first bytes: the journal keeps no more of a
         // wrapped key than a scan needs.
         let needles = journal::prefixes(&needles);
@@ -307,6 +327,7 @@ impl Vault {
                 .map(hex::encode)
                 .collect(),
             keystore: targets.clone(),
+            engine: self.keystore.engine_kind().to_owned(),
         };
         let marker = self.dir.join(DELETED_MARKER);
         let marker_file = {
@@ -318,8 +339,22 @@ impl Vault {
         };
         drop(journal);
         self.at_step("deletion_journaled");
-        // The point of no return: one transaction drops every key.
-        let purge = match self.keystore.destroy(&targets) {
+        // The point of no return: one transaction drops every key (on a
+        // cluster); the root-key slots overwritten, then every key row
+        // (embedded).
+        let destroyed = if embedded {
+            destroy_key_files(&self.key_files_place(&layout))
+                .and_then(|()| self.keystore.destroy(&targets))
+                .map_err(|e| match e {
+                    Error::DisposalFailed(m) => Error::DisposalFailed(m),
+                    e => Error::DisposalFailed(format!(
+                        "the vault's keys were being destroyed when this failed ({e}): finish it with pivault vault delete --resume"
+                    )),
+                })
+        } else {
+            self.keystore.destroy(&targets)
+        };
+        let purge = match destroyed {
             Ok(p) => p,
             Err(e) => {
                 if !matches!(e, Error::DisposalFailed(_)) {
@@ -330,15 +365,18 @@ impl Vault {
             }
         };
         self.at_step("keystore_dropped");
-        let scan = self
-            .keystore
-            .scan_everything(&needles, purge.wal_floor.as_deref());
+        let scan = if embedded {
+            scan_vault_dir(&self.dir, &needles)
+        } else {
+            self.keystore
+                .scan_everything(&needles, purge.wal_floor.as_deref())
+        };
         let problems = keystore_problems(&purge, scan.as_ref());
         if !problems.is_empty() {
             return Err(fail(
                 &self,
                 Error::DisposalFailed(format!(
-                    "the vault's keys were dropped but their removal is not verified, so no certificate was issued: {}; once the cluster is whole, finish it with pivault vault delete --resume",
+                    "the vault's keys were dropped but their removal is not verified, so no certificate was issued: {}; once what is named here is fixed (a cluster member back), finish it with pivault vault delete --resume",
                     problems.join("; ")
                 )),
             ));
@@ -375,6 +413,7 @@ impl Vault {
         let body = finish_body(
             body,
             self.now(),
+            embedded,
             &searched,
             &purge,
             &scan,
@@ -422,13 +461,23 @@ impl Vault {
         }
         let ids: Vec<RecordId> = scope.ids.iter().map(|b| RecordId::from_bytes(*b)).collect();
         let copies = self.exports_holding(&ids)?;
-        let mut not_covered = vec![
-            "storage media that retain overwritten or freed blocks (SSDs, copy-on-write file systems), on the machine holding the vault directory and on every cluster member".to_owned(),
-            "copies of the keystore or records clusters made outside pivault: base backups (pg_basebackup), disk or volume snapshots, WAL archives".to_owned(),
-            "the memory of each cluster member (shared buffers, the operating system's page cache, swap)".to_owned(),
-            "exports and import source files handed out or kept outside the vault".to_owned(),
-            "copies of the vault directory made outside pivault (they hold no key: the header's key slots were on the keystore cluster)".to_owned(),
-        ];
+        let embedded = self.keystore.engine_kind() == "rocksdb";
+        let mut not_covered = if embedded {
+            vec![
+                "storage media that retain overwritten or freed blocks (SSDs, copy-on-write file systems, journaling file systems) on the machine holding the vault directory: the key files were overwritten and removed through the file system, which may keep older copies of their blocks".to_owned(),
+                "copies of the vault directory made outside pivault (file copies, file-system backups, disk or volume snapshots): they hold the vault's keys, wrapped under its passphrase, and are not destroyed by this deletion".to_owned(),
+                "the memory of the machine (the operating system's page cache, swap)".to_owned(),
+                "exports and import source files handed out or kept outside the vault".to_owned(),
+            ]
+        } else {
+            vec![
+                "storage media that retain overwritten or freed blocks (SSDs, copy-on-write file systems), on the machine holding the vault directory and on every cluster member".to_owned(),
+                "copies of the keystore or records clusters made outside pivault: base backups (pg_basebackup), disk or volume snapshots, WAL archives".to_owned(),
+                "the memory of each cluster member (shared buffers, the operating system's page cache, swap)".to_owned(),
+                "exports and import source files handed out or kept outside the vault".to_owned(),
+                "copies of the vault directory made outside pivault (they hold no key: the header's key slots were on the keystore cluster)".to_owned(),
+            ]
+        };
         if !copies.is_empty() {
             not_covered.push(format!(
                 "{} export(s) made before this deletion hold copies of records outside the vault (target.copies_outside_vault)",
@@ -512,12 +561,12 @@ impl Vault {
                     ],
                     "epoch_before": epoch,
                     "epoch_after": epoch + 1,
-                    "epoch_note": "no epoch follows: the root key's every slot was dropped with the keystore",
+                    "epoch_note": if embedded { "no epoch follows: the root key's every slot was overwritten" } else { "no epoch follows: the root key's every slot was dropped with the keystore" },
                     "keystore_purge": Value::Null,
                     "records": Value::Null,
                 },
                 "verification": {
-                    "method": "every member of the keystore cluster: every file of its data directory that can hold a byte of the vault (all but other databases' and other vaults' relation files, and WAL segments begun after the drop) searched for the wrapped bytes the vault held before its deletion (every root-key slot, sealed signing key and backup key, and random samples of its bucket and data keys); every dropped relation's file checked gone on every member",
+                    "method": if embedded { "every file of the vault directory (the records and keystore databases, their logs, the audit trail, the header) searched for the wrapped bytes the vault held before its deletion (every root-key slot, sealed signing key and backup key, and random samples of its bucket and data keys); the keystore database checked for no row, snapshot, older version or obsolete file left" } else { "every member of the keystore cluster: every file of its data directory that can hold a byte of the vault (all but other databases' and other vaults' relation files, and WAL segments begun after the drop) searched for the wrapped bytes the vault held before its deletion (every root-key slot, sealed signing key and backup key, and random samples of its bucket and data keys); every dropped relation's file checked gone on every member" },
                     "byte_scan": Value::Null,
                     "result": "PASS",
                 },
@@ -527,9 +576,9 @@ impl Vault {
                     "record": certificate::RECORD_STANDARD,
                     "scope_statement": certificate::SCOPE_STATEMENT,
                 },
-                "key_zeroization": "the vault's keystore schema dropped on the keystore cluster (every root-key slot, so no key below it can be unwrapped with the passphrase), its WAL from before the drop removed on every member; the unwrapped keys held by this process zeroized when it let the vault go",
+                "key_zeroization": if embedded { "the header file's root-key slots overwritten (so no key below them can be unwrapped with the passphrase), the sealed signing keys overwritten and removed, every keystore row deleted and compacted away; the unwrapped keys held by this process zeroized when it let the vault go" } else { "the vault's keystore schema dropped on the keystore cluster (every root-key slot, so no key below it can be unwrapped with the passphrase), its WAL from before the drop removed on every member; the unwrapped keys held by this process zeroized when it let the vault go" },
                 "record": {
-                    "media_type": "a whole vault: logical records (AES-256-GCM ciphertexts) and their key hierarchy on a PostgreSQL keystore cluster",
+                    "media_type": if embedded { "a whole vault: logical records (AES-256-GCM ciphertexts) and their key hierarchy in embedded databases in the vault directory" } else { "a whole vault: logical records (AES-256-GCM ciphertexts) and their key hierarchy on a PostgreSQL keystore cluster" },
                     "media_source": format!("pivault vault {}", plan.vault_id),
                     "manufacturer_model_serial": "not applicable: logical sanitization, no device sanitized",
                     "pre_sanitization_categorization": if any_pi { "MA personal information (M.G.L. c. 93H §1)" } else { "confidential" },
@@ -538,7 +587,7 @@ impl Vault {
                     "tool": format!("pivault {}", env!("CARGO_PKG_VERSION")),
                     "verification": "full verification of the key hierarchy's top (see verification)",
                     "post_sanitization_categorization": "no personal information recoverable",
-                    "post_sanitization_destination": "the vault no longer exists: its directory removed, its database role dropped by the provider",
+                    "post_sanitization_destination": if embedded { "the vault no longer exists: its directory removed" } else { "the vault no longer exists: its directory removed, its database role dropped by the provider" },
                     "performed_by": "see operator",
                     "validated_by": "see validator (a different person)",
                 },
@@ -562,6 +611,7 @@ impl Vault {
 fn finish_body(
     mut body: Value,
     now: i64,
+    embedded: bool,
     searched: &str,
     purge: &PurgeEvidence,
     scan: &ByteScan,
@@ -580,7 +630,11 @@ fn finish_body(
     let details = &mut body["sanitization"]["details"];
     details["keystore_purge"] = json!({
         "engine": purge.engine,
-        "steps": "every member reachable and every standby streaming, checked first; the vault's keystore schema dropped in one transaction; pg_switch_wal + CHECKPOINT on the primary and CHECKPOINT on each standby after replay, until no WAL segment from before the drop remains on any member; each dropped relation's file checked gone on every member",
+        "steps": if embedded {
+            "the header file's root-key slots overwritten in place with zeros and synced; the sealed signing keys' file overwritten with random bytes, synced and removed; every row of the keystore database deleted in one synced batch, every column family flushed and compacted whole to its last level, and no snapshot, older version or obsolete file left"
+        } else {
+            "every member reachable and every standby streaming, checked first; the vault's keystore schema dropped in one transaction; pg_switch_wal + CHECKPOINT on the primary and CHECKPOINT on each standby after replay, until no WAL segment from before the drop remains on any member; each dropped relation's file checked gone on every member"
+        },
         "snapshots": purge.snapshots,
         "residue_files": purge.residue_files,
         "members": members,
@@ -588,7 +642,12 @@ fn finish_body(
     });
     details["records"] = records;
     body["sanitization"]["verification"]["byte_scan"] = json!(format!(
-        "{searched} in {} file(s) of the members ({} skipped): {} file(s) hold them",
+        "{searched} in {} file(s) of {} ({} skipped): {} file(s) hold them",
+        if embedded {
+            "the vault directory"
+        } else {
+            "the members"
+        },
         scan.scanned,
         scan.skipped,
         scan.hits.len()
@@ -628,6 +687,42 @@ fn keystore_problems(
         Ok(_) => {}
     }
     problems
+}
+
+/// An embedded keystore's top: the header file's root-key slots
+/// overwritten (after which the passphrase unwraps nothing: the point of no
+/// return), then the sealed signing keys' file.
+fn destroy_key_files(place: &header::Place<'_>) -> Result<()> {
+    header::erase_all_slots(place)?;
+    header::wipe_signing(place)
+}
+
+/// Every file under `dir` searched for `needles` (an embedded vault's
+/// deletion: the records, the audit trail and the keystore are all here).
+fn scan_vault_dir(dir: &Path, needles: &[Vec<u8>]) -> Result<ByteScan> {
+    let mut scan = ByteScan::default();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).map_err(|e| Error::io_at(&d, e))? {
+            let p = e?.path();
+            if p.is_dir() {
+                stack.push(p);
+                continue;
+            }
+            let bytes = match std::fs::read(&p) {
+                Ok(b) => b,
+                // Removed meanwhile (a RocksDB file made obsolete).
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(Error::io_at(&p, e)),
+            };
+            scan.scanned += 1;
+            if crate::keystore::contains_any(&bytes, needles) {
+                scan.hits
+                    .push(p.strip_prefix(dir).unwrap_or(&p).display().to_string());
+            }
+        }
+    }
+    Ok(scan)
 }
 
 /// A trail as the JSON lines `pivault audit verify --file` reads.

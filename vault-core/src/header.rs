@@ -497,6 +497,58 @@ pub fn erase_other_slots(place: &Place<'_>, keep_epoch: u64) -> Result<()> {
     Ok(())
 }
 
+/// Every root-key slot overwritten in place (or deleted), durably: a whole
+/// vault's deletion, after which the passphrase unwraps nothing.
+pub fn erase_all_slots(place: &Place<'_>) -> Result<()> {
+    // No slot holds this epoch.
+    erase_other_slots(place, u64::MAX)
+}
+
+/// The wrapped root keys of a header file's slots, as stored (none for a
+/// cluster's, see [`slot_rows`]): what a whole vault's deletion searches
+/// the directory for once they are overwritten.
+pub fn file_slots(place: &Place<'_>) -> Result<Vec<Vec<u8>>> {
+    let Place::Files { header, .. } = place else {
+        return Ok(Vec::new());
+    };
+    let b = read_bytes(header)?;
+    parse_info(&b)?;
+    Ok((0..2)
+        .filter_map(|i| {
+            decode_slot(
+                i,
+                &b[SLOTS_AT + i * SLOT_LEN..SLOTS_AT + (i + 1) * SLOT_LEN],
+            )
+        })
+        .map(|slot| slot.envelope)
+        .collect())
+}
+
+/// The sealed signing keys of a header file's vault overwritten with
+/// random bytes, synced and removed (on a cluster they are rows, dropped
+/// with the keystore): a whole vault's deletion.
+pub fn wipe_signing(place: &Place<'_>) -> Result<()> {
+    let Place::Files { signing, .. } = place else {
+        return Ok(());
+    };
+    for pending in [false, true] {
+        let path = signing_file(signing, pending);
+        let len = match std::fs::metadata(&path) {
+            Ok(m) => m.len() as usize,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(Error::io_at(&path, e)),
+        };
+        let mut noise = vec![0u8; len];
+        crypto::fill_random(&mut noise);
+        write_at(&path, 0, &noise)?;
+        std::fs::remove_file(&path).map_err(|e| Error::io_at(&path, e))?;
+        if let Some(dir) = path.parent() {
+            crate::fsutil::sync_dir(dir)?;
+        }
+    }
+    Ok(())
+}
+
 /// The slots held as rows on a cluster, as stored (none for a header
 /// file, whose slots are overwritten in place): before a ratchet, what its
 /// purge must then take off every member, for the disposal's byte scan.

@@ -394,7 +394,7 @@ impl Keystore {
     }
 
     /// Whole-vault deletion: what would keep a byte past it (checked
-    /// before anything is destroyed; an embedded keystore is refused).
+    /// before anything is destroyed; an embedded one has nothing to check).
     pub(crate) fn destroy_precheck(&self) -> Result<Vec<String>> {
         self.engine.destroy_precheck()
     }

@@ -17,6 +17,7 @@ mod crash;
 mod custodian;
 mod custody;
 mod delete_cluster;
+mod delete_embedded;
 mod delete_resume_cluster;
 mod disposal;
 mod documents;

@@ -57,6 +57,8 @@ pub(crate) struct Journal {
     pub ciphertexts: Vec<String>,
     /// What the keystore's drop removes.
     pub keystore: crate::keystore::DropTargets,
+    /// The keystore's engine (`postgresql`, `rocksdb`).
+    pub engine: String,
 }
 
 impl Drop for Journal {
@@ -166,13 +168,17 @@ pub fn resume_deletion(dir: &Path, passphrase: &SecretString) -> Result<Resumed>
     };
     let needles = unhex(&j.needles)?;
     let ciphertexts = unhex(&j.ciphertexts)?;
-    let cfg = crate::keystore::postgres::PgConfig::read(dir)?
-        .ok_or_else(|| Error::NotAVault("the vault's keystore.json is missing".into()))?;
-    let Some((purge, scan)) =
+    let embedded = j.engine == "rocksdb";
+    let finished = if embedded {
+        finish_embedded(dir, &info, &j, &needles)?
+    } else {
+        let cfg = crate::keystore::postgres::PgConfig::read(dir)?
+            .ok_or_else(|| Error::NotAVault("the vault's keystore.json is missing".into()))?;
         crate::keystore::postgres::resume_deletion(cfg, &j.keystore, &needles)?
-    else {
-        // Nothing was dropped (the process died before the drop committed):
-        // the vault is as it was.
+    };
+    let Some((purge, scan)) = finished else {
+        // Nothing was destroyed (the process died before the point of no
+        // return): the vault is as it was.
         drop(file);
         std::fs::remove_file(&marker).map_err(|e| Error::io_at(&marker, e))?;
         fsutil::sync_dir(dir)?;
@@ -183,7 +189,7 @@ pub fn resume_deletion(dir: &Path, passphrase: &SecretString) -> Result<Resumed>
     let problems = keystore_problems(&purge, scan.as_ref());
     if !problems.is_empty() {
         return Err(Error::DisposalFailed(format!(
-            "the vault's keys were dropped but their removal is not verified, so no certificate was issued: {}; once the cluster is whole, resume again",
+            "the vault's keys were dropped but their removal is not verified, so no certificate was issued: {}; once what is named here is fixed (a cluster member back), resume again",
             problems.join("; ")
         )));
     }
@@ -228,6 +234,7 @@ pub fn resume_deletion(dir: &Path, passphrase: &SecretString) -> Result<Resumed>
     let mut body = finish_body(
         j.body.clone(),
         crate::clock::Clock::now_ms(&crate::clock::SystemClock),
+        embedded,
         &j.searched,
         &purge,
         &scan,
@@ -247,4 +254,29 @@ pub fn resume_deletion(dir: &Path, passphrase: &SecretString) -> Result<Resumed>
     };
     drop(file);
     Ok(Resumed::Deleted(Box::new(done)))
+}
+
+/// An embedded keystore's destruction, finished: `None` if a root-key slot
+/// is still in the header (the point of no return was not passed), else the
+/// signing keys' file wiped, every keystore row deleted and compacted away,
+/// and the directory searched.
+fn finish_embedded(
+    dir: &Path,
+    info: &header::HeaderInfo,
+    j: &Journal,
+    needles: &[Vec<u8>],
+) -> Result<Option<(PurgeEvidence, Result<ByteScan>)>> {
+    let l = Layout::of(dir);
+    let place = header::Place::Files {
+        header: l.header.clone(),
+        signing: l.signing.clone(),
+    };
+    if !header::file_slots(&place)?.is_empty() {
+        return Ok(None);
+    }
+    header::wipe_signing(&place)?;
+    let keystore = crate::keystore::Keystore::open(&l.keystore, info.vault_id, info.buckets, true)?;
+    let purge = keystore.destroy(&j.keystore)?;
+    drop(keystore);
+    Ok(Some((purge, scan_vault_dir(dir, needles))))
 }

@@ -131,7 +131,7 @@ pub(crate) trait KeyEngine: Send + Sync + std::fmt::Debug {
     /// destroyed. An engine that cannot destroy a whole vault says so.
     fn destroy_precheck(&self) -> Result<Vec<String>> {
         Err(crate::error::Error::invalid(
-            "a vault whose keystore is embedded cannot be deleted by pivault yet: dispose of its records (pivault dispose) and remove its directory",
+            "this keystore engine cannot delete a whole vault",
         ))
     }
     /// Whole-vault deletion: what the drop will remove (read before it,

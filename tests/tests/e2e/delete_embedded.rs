@@ -1,0 +1,279 @@
+//! Deleting a whole vault kept on one machine (`pivault vault delete` on the
+//! embedded default): the business closes. The root-key slots are
+//! overwritten, the signing keys wiped, every keystore row deleted and
+//! compacted away, every file of the directory searched for the wrapped
+//! keys; a certificate signed by the vault's key and the whole trail are
+//! handed over. Stopped part-way, `--resume` gives the vault back or
+//! finishes it. Openers are kept out throughout.
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use vault_core::Error;
+use vault_core::header::{self, Place};
+use vault_core::ids::{RecordId, SubjectId};
+use vault_core::secret::SecretString;
+use vault_core::vault::decommission::{Resumed, remove_directory, resume_deletion};
+use vault_core::vault::{Vault, VaultDeleted};
+
+use crate::common::{self, Fixture};
+use crate::delete_cluster::{body, parties, reopen};
+
+fn embedded(dir: &Path) -> Fixture {
+    common::fast_vault_with(dir, None, None)
+}
+
+fn place(dir: &Path) -> Place<'static> {
+    Place::Files {
+        header: dir.join("header"),
+        signing: dir.join("signing"),
+    }
+}
+
+/// A vault with `n` records: the fixture, every wrapped key of it that must
+/// be in no file once it is deleted (data keys, the header's root-key
+/// slots, the sealed signing keys), and its records.
+fn filled(dir: &Path, n: usize) -> (Fixture, Vec<Vec<u8>>, Vec<RecordId>) {
+    let fx = embedded(dir);
+    let mut needles = Vec::new();
+    let mut ids = Vec::new();
+    for i in 0..n {
+        let s = SubjectId::new();
+        let id = fx
+            .vault
+            .put_record(&fx.clerk, common::CUSTOMERS, s, &body(i))
+            .unwrap();
+        needles.push(fx.vault.keystore().wrapped_dek(s, id, 1).unwrap().unwrap());
+        ids.push(id);
+    }
+    let slots = header::file_slots(&place(dir)).unwrap();
+    assert_eq!(slots.len(), 1, "one root-key slot in use");
+    needles.extend(slots);
+    needles.push(std::fs::read(dir.join("signing")).unwrap());
+    (fx, needles, ids)
+}
+
+/// Every file under `dir` holding any of `needles`.
+fn files_holding(dir: &Path, needles: &[Vec<u8>]) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if let Ok(b) = std::fs::read(&p)
+                && needles
+                    .iter()
+                    .any(|n| b.windows(n.len()).any(|w| w == n.as_slice()))
+            {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+fn delete_with_hook(
+    vault: Vault,
+    hook: Box<dyn Fn(&str) + Send + Sync>,
+) -> Option<vault_core::Result<VaultDeleted>> {
+    let (officer, auditor) = (
+        common::login(&vault, "officer"),
+        common::login(&vault, "auditor"),
+    );
+    vault.set_crash_hook(Some(hook));
+    let id = vault.id();
+    catch_unwind(AssertUnwindSafe(move || {
+        vault.delete_vault(&officer, &auditor, id, &parties())
+    }))
+    .ok()
+}
+
+fn killed_at(step: &'static str) -> Box<dyn Fn(&str) + Send + Sync> {
+    Box::new(move |s| {
+        if s == step {
+            panic!("killed at {s}");
+        }
+    })
+}
+
+fn assert_certified(done: &VaultDeleted, key: &ed25519_dalek::VerifyingKey, records: u64) {
+    let cert = &done.certificate.body;
+    assert_eq!(cert["status"], "validated");
+    assert_eq!(cert["sanitization"]["verification"]["result"], "PASS");
+    assert_eq!(cert["target"]["record_count"], records);
+    let purge = &cert["sanitization"]["details"]["keystore_purge"];
+    assert_eq!(purge["engine"], "rocksdb", "{purge}");
+    assert_eq!(purge["residue_files"], serde_json::json!([]), "{purge}");
+    let scan = cert["sanitization"]["verification"]["byte_scan"]
+        .as_str()
+        .unwrap();
+    assert!(scan.ends_with(": 0 file(s) hold them"), "{scan}");
+    assert!(
+        cert["sanitization"]["not_covered"]
+            .to_string()
+            .contains("copies of the vault directory made outside pivault"),
+        "the certificate says what it does not reach"
+    );
+    assert_eq!(&done.certificate_key, key, "signed by the vault's own key");
+    assert!(vault_core::certificate::verify(&done.certificate, key).ok());
+    let report = vault_core::siem::verify_file(&done.audit_trail, &done.audit_key);
+    assert!(report.ok(), "{}", report.proves());
+    assert!(done.audit_trail.contains("\"vault.delete\""));
+}
+
+#[test]
+fn an_embedded_vault_is_deleted_with_a_certificate_and_no_byte_of_its_keys_left_in_its_directory_while_openers_are_kept_out()
+ {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("shop");
+    let (fx, needles, _) = filled(&dir, 25);
+    let cert_key = fx.vault.certificate_public_key();
+    let before = files_holding(&dir, &needles);
+    assert!(
+        before.contains(&dir.join("header")) && before.contains(&dir.join("signing")),
+        "before: the header, the signing file and the keystore hold them: {before:?}"
+    );
+
+    // A second opener (a server started on the directory) loops
+    // throughout; it never gets in.
+    let deleting = AtomicBool::new(true);
+    let opened = AtomicUsize::new(0);
+    let done = std::thread::scope(|s| {
+        let intruder = s.spawn(|| {
+            while deleting.load(Ordering::SeqCst) {
+                if reopen(&dir).is_ok() {
+                    opened.fetch_add(1, Ordering::SeqCst);
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+        });
+        let done = delete_with_hook(fx.vault, Box::new(|_| {}));
+        deleting.store(false, Ordering::SeqCst);
+        intruder.join().unwrap();
+        done
+    });
+    let done = done.expect("no panic").expect("deleted");
+    assert_eq!(opened.load(Ordering::SeqCst), 0, "no one opened it");
+    assert_certified(&done, &cert_key, 25);
+    // Read from the files directly: no slot, no signing file, no wrapped
+    // key anywhere in the directory, which opens nothing.
+    assert!(header::file_slots(&place(&dir)).unwrap().is_empty());
+    assert!(!dir.join("signing").exists());
+    assert_eq!(files_holding(&dir, &needles), Vec::<PathBuf>::new());
+    let Err(e) = reopen(&dir) else {
+        panic!("a deleted vault opened")
+    };
+    assert!(e.to_string().contains("deleted"), "{e}");
+    // Nor without its marker: its slots are gone.
+    std::fs::remove_file(dir.join("DELETED")).unwrap();
+    assert!(reopen(&dir).is_err());
+    remove_directory(&done.dir).unwrap();
+    assert!(!dir.exists());
+}
+
+#[test]
+fn an_embedded_deletion_stopped_before_its_slots_go_gives_the_vault_back_and_one_stopped_after_is_finished_by_resume()
+ {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("shop");
+    let (fx, needles, ids) = filled(&dir, 8);
+    let cert_key = fx.vault.certificate_public_key();
+    let pass = SecretString::from(common::PASSPHRASE);
+
+    assert!(delete_with_hook(fx.vault, killed_at("deletion_journaled")).is_none());
+    assert!(reopen(&dir).is_err(), "marked deleted");
+    let Resumed::NothingDeleted { .. } = resume_deletion(&dir, &pass).unwrap() else {
+        panic!("nothing was destroyed")
+    };
+    let v = reopen(&dir).expect("the vault is back");
+    let clerk = common::login(&v, "clerk");
+    for r in &ids {
+        v.get_record(&clerk, *r, &[], None).expect("still readable");
+    }
+
+    assert!(delete_with_hook(v, killed_at("keystore_dropped")).is_none());
+    assert!(reopen(&dir).is_err());
+    assert!(matches!(
+        resume_deletion(&dir, &SecretString::from("not the passphrase at all")),
+        Err(Error::WrongPassphrase)
+    ));
+    let Resumed::Deleted(done) = resume_deletion(&dir, &pass).unwrap() else {
+        panic!("the slots were overwritten: the resume must finish")
+    };
+    assert_certified(&done, &cert_key, 8);
+    assert_eq!(
+        done.certificate.body["sanitization"]["details"]["resumed"],
+        true
+    );
+    assert_eq!(files_holding(&dir, &needles), Vec::<PathBuf>::new());
+}
+
+#[test]
+fn pivault_vault_delete_of_an_embedded_vault_writes_what_it_hands_over_outside_and_removes_the_directory()
+ {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("shop");
+    let (fx, needles, _) = filled(&dir, 3);
+    let vault_id = fx.vault.id().to_string();
+    drop(fx);
+    let work = tmp.path().join("handed-over");
+    std::fs::create_dir(&work).unwrap();
+    let secret = |name: &str, value: &str| {
+        let p = work.join(name);
+        crate::cli::write_private(&p, value.as_bytes());
+        p
+    };
+    let pass = secret("pass", common::PASSPHRASE);
+    let officer = secret("officer.pw", common::password_of("officer").expose());
+    let auditor = secret("auditor.pw", common::password_of("auditor").expose());
+    let run = |args: &[&str]| {
+        std::process::Command::new(crate::cli::pivault_bin())
+            .args(["--json", "--vault"])
+            .arg(&dir)
+            .args([
+                "--user",
+                "officer",
+                "vault",
+                "delete",
+                "--validator",
+                "auditor",
+            ])
+            .arg("--certificate")
+            .arg(work.join("cert.json"))
+            .arg("--audit-out")
+            .arg(work.join("trail.jsonl"))
+            .args(args)
+            .env("PIVAULT_PASSPHRASE_FILE", &pass)
+            .env("PIVAULT_PASSWORD_FILE", &officer)
+            .env("PIVAULT_VALIDATOR_PASSWORD_FILE", &auditor)
+            .env_remove("PIVAULT_DIR")
+            .output()
+            .unwrap()
+    };
+    let o = run(&["--dry-run"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let plan: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(plan["keystore_engine"], "rocksdb", "{plan}");
+    assert_eq!(plan["problems"], serde_json::json!([]), "{plan}");
+    let o = run(&["--confirm", &vault_id]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let doc: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(doc["document"], "vault-deleted", "{doc}");
+    assert_eq!(doc["records"], 3);
+    assert!(!dir.exists(), "the directory removed");
+    let key_file = secret("cert.pem", doc["certificate_public_key"].as_str().unwrap());
+    let o = std::process::Command::new(crate::cli::pivault_bin())
+        .args(["certificate", "verify"])
+        .arg(work.join("cert.json"))
+        .arg("--key")
+        .arg(&key_file)
+        .env_remove("PIVAULT_DIR")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // Nothing handed over holds a key.
+    assert_eq!(files_holding(&work, &needles), Vec::<PathBuf>::new());
+}
