@@ -366,7 +366,7 @@ impl Vault {
         };
         self.at_step("keystore_dropped");
         let scan = if embedded {
-            scan_vault_dir(&self.dir, &needles)
+            crate::keystore::scan_dir_counted(&self.dir, &needles)
         } else {
             self.keystore
                 .scan_everything(&needles, purge.wal_floor.as_deref())
@@ -695,34 +695,6 @@ fn keystore_problems(
 fn destroy_key_files(place: &header::Place<'_>) -> Result<()> {
     header::erase_all_slots(place)?;
     header::wipe_signing(place)
-}
-
-/// Every file under `dir` searched for `needles` (an embedded vault's
-/// deletion: the records, the audit trail and the keystore are all here).
-fn scan_vault_dir(dir: &Path, needles: &[Vec<u8>]) -> Result<ByteScan> {
-    let mut scan = ByteScan::default();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).map_err(|e| Error::io_at(&d, e))? {
-            let p = e?.path();
-            if p.is_dir() {
-                stack.push(p);
-                continue;
-            }
-            let bytes = match std::fs::read(&p) {
-                Ok(b) => b,
-                // Removed meanwhile (a RocksDB file made obsolete).
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(Error::io_at(&p, e)),
-            };
-            scan.scanned += 1;
-            if crate::keystore::contains_any(&bytes, needles) {
-                scan.hits
-                    .push(p.strip_prefix(dir).unwrap_or(&p).display().to_string());
-            }
-        }
-    }
-    Ok(scan)
 }
 
 /// A trail as the JSON lines `pivault audit verify --file` reads.

@@ -210,9 +210,14 @@ pub fn contains_any(hay: &[u8], needles: &[Vec<u8>]) -> bool {
 /// Recursively scans `dir` for files holding any needle; files that vanish
 /// mid-scan (obsolete-file deletion) are skipped.
 pub fn scan_dir(dir: &Path, needles: &[Vec<u8>]) -> Result<Vec<String>> {
-    let mut hits = Vec::new();
+    scan_dir_counted(dir, needles).map(|s| s.hits)
+}
+
+/// [`scan_dir`], with the number of files read.
+pub fn scan_dir_counted(dir: &Path, needles: &[Vec<u8>]) -> Result<ByteScan> {
+    let mut scan = ByteScan::default();
     if needles.is_empty() {
-        return Ok(hits);
+        return Ok(scan);
     }
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
@@ -227,13 +232,15 @@ pub fn scan_dir(dir: &Path, needles: &[Vec<u8>]) -> Result<Vec<String>> {
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
                 Err(e) => return Err(e.into()),
             };
+            scan.scanned += 1;
             if contains_any(&bytes, needles) {
-                hits.push(p.strip_prefix(dir).unwrap_or(&p).display().to_string());
+                scan.hits
+                    .push(p.strip_prefix(dir).unwrap_or(&p).display().to_string());
             }
         }
     }
-    hits.sort();
-    Ok(hits)
+    scan.hits.sort();
+    Ok(scan)
 }
 
 fn bucket_aad(vault: VaultId, bucket: u32, epoch: u64) -> Aad {

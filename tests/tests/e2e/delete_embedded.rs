@@ -6,7 +6,6 @@
 //! handed over. Stopped part-way, `--resume` gives the vault back or
 //! finishes it. Openers are kept out throughout.
 
-use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
@@ -14,11 +13,12 @@ use vault_core::Error;
 use vault_core::header::{self, Place};
 use vault_core::ids::{RecordId, SubjectId};
 use vault_core::secret::SecretString;
+use vault_core::vault::VaultDeleted;
 use vault_core::vault::decommission::{Resumed, remove_directory, resume_deletion};
-use vault_core::vault::{Vault, VaultDeleted};
 
 use crate::common::{self, Fixture};
-use crate::delete_cluster::{body, parties, reopen};
+use crate::delete_cluster::{body, reopen};
+use crate::delete_resume_cluster::{delete_with_hook, killed_at};
 
 fn embedded(dir: &Path) -> Fixture {
     common::fast_vault_with(dir, None, None)
@@ -73,30 +73,6 @@ fn files_holding(dir: &Path, needles: &[Vec<u8>]) -> Vec<PathBuf> {
         }
     }
     out
-}
-
-fn delete_with_hook(
-    vault: Vault,
-    hook: Box<dyn Fn(&str) + Send + Sync>,
-) -> Option<vault_core::Result<VaultDeleted>> {
-    let (officer, auditor) = (
-        common::login(&vault, "officer"),
-        common::login(&vault, "auditor"),
-    );
-    vault.set_crash_hook(Some(hook));
-    let id = vault.id();
-    catch_unwind(AssertUnwindSafe(move || {
-        vault.delete_vault(&officer, &auditor, id, &parties())
-    }))
-    .ok()
-}
-
-fn killed_at(step: &'static str) -> Box<dyn Fn(&str) + Send + Sync> {
-    Box::new(move |s| {
-        if s == step {
-            panic!("killed at {s}");
-        }
-    })
 }
 
 fn assert_certified(done: &VaultDeleted, key: &ed25519_dalek::VerifyingKey, records: u64) {

@@ -45,7 +45,7 @@ fn filled(dir: &Path, n: usize) -> (Fixture, Vec<Vec<u8>>, Vec<vault_core::ids::
 /// Runs the deletion with `hook` at every step: what it returned, or
 /// `None` if the hook "killed" it (a panic unwinds it, and drops the vault
 /// with its keys and connections, as a killed process's would go).
-fn delete_with_hook(
+pub(crate) fn delete_with_hook(
     vault: Vault,
     hook: Box<dyn Fn(&str) + Send + Sync>,
 ) -> Option<vault_core::Result<VaultDeleted>> {
@@ -61,7 +61,7 @@ fn delete_with_hook(
     .ok()
 }
 
-fn killed_at(step: &'static str) -> Box<dyn Fn(&str) + Send + Sync> {
+pub(crate) fn killed_at(step: &'static str) -> Box<dyn Fn(&str) + Send + Sync> {
     Box::new(move |s| {
         if s == step {
             panic!("killed at {s}");

@@ -178,10 +178,11 @@ pub fn resume_deletion(dir: &Path, passphrase: &SecretString) -> Result<Resumed>
     };
     let Some((purge, scan)) = finished else {
         // Nothing was destroyed (the process died before the point of no
-        // return): the vault is as it was.
-        drop(file);
+        // return): the vault is as it was. The marker goes while its lock
+        // is held, so a second resume finds either the lock or no marker.
         std::fs::remove_file(&marker).map_err(|e| Error::io_at(&marker, e))?;
         fsutil::sync_dir(dir)?;
+        drop(file);
         return Ok(Resumed::NothingDeleted {
             vault_id: vault_id.to_owned(),
         });
@@ -278,5 +279,8 @@ fn finish_embedded(
     let keystore = crate::keystore::Keystore::open(&l.keystore, info.vault_id, info.buckets, true)?;
     let purge = keystore.destroy(&j.keystore)?;
     drop(keystore);
-    Ok(Some((purge, scan_vault_dir(dir, needles))))
+    Ok(Some((
+        purge,
+        crate::keystore::scan_dir_counted(dir, needles),
+    )))
 }
