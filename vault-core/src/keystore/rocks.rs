@@ -376,9 +376,14 @@ impl KeyEngine for RocksKeys {
     /// obsolete file left.
     fn destroy(&self, _targets: &DropTargets) -> Result<PurgeEvidence> {
         let start = std::time::Instant::now();
+        // The default column family too: nothing is written there, and
+        // nothing of it may outlive the vault either.
+        let names = ["default"]
+            .into_iter()
+            .chain(Table::ALL.iter().map(|t| t.name()));
+        let cfs: Vec<&rocksdb::ColumnFamily> = names.map(|n| self.cf(n)).collect();
         let mut batch = WriteBatch::default();
-        for t in Table::ALL {
-            let cf = self.cf(t.name());
+        for &cf in &cfs {
             for item in self.db.iterator_cf(cf, rocksdb::IteratorMode::Start) {
                 let (k, _) = item?;
                 batch.delete_cf(cf, k);
@@ -387,8 +392,6 @@ impl KeyEngine for RocksKeys {
         let mut w = WriteOptions::default();
         w.set_sync(true);
         self.db.write_opt(batch, &w)?;
-        let cfs: Vec<&rocksdb::ColumnFamily> =
-            Table::ALL.iter().map(|t| self.cf(t.name())).collect();
         let mut fo = rocksdb::FlushOptions::default();
         fo.set_wait(true);
         self.db.flush_cfs_opt(&cfs, &fo)?;
