@@ -11,14 +11,14 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use vault_core::Error;
 use vault_core::header::{self, Place};
-use vault_core::ids::{RecordId, SubjectId};
+use vault_core::ids::RecordId;
 use vault_core::secret::SecretString;
 use vault_core::vault::VaultDeleted;
 use vault_core::vault::decommission::{Resumed, remove_directory, resume_deletion};
 
 use crate::common::{self, Fixture};
-use crate::delete_cluster::{body, reopen};
-use crate::delete_resume_cluster::{delete_with_hook, killed_at};
+use crate::delete_cluster::reopen;
+use crate::delete_resume_cluster::{delete_with_hook, killed_at, put_keyed};
 
 fn embedded(dir: &Path) -> Fixture {
     common::fast_vault_with(dir, None, None)
@@ -36,17 +36,7 @@ fn place(dir: &Path) -> Place<'static> {
 /// slots, the sealed signing keys), and its records.
 fn filled(dir: &Path, n: usize) -> (Fixture, Vec<Vec<u8>>, Vec<RecordId>) {
     let fx = embedded(dir);
-    let mut needles = Vec::new();
-    let mut ids = Vec::new();
-    for i in 0..n {
-        let s = SubjectId::new();
-        let id = fx
-            .vault
-            .put_record(&fx.clerk, common::CUSTOMERS, s, &body(i))
-            .unwrap();
-        needles.push(fx.vault.keystore().wrapped_dek(s, id, 1).unwrap().unwrap());
-        ids.push(id);
-    }
+    let (mut needles, ids) = put_keyed(&fx, n);
     let slots = header::file_slots(&place(dir)).unwrap();
     assert_eq!(slots.len(), 1, "one root-key slot in use");
     needles.extend(slots);

@@ -27,7 +27,14 @@ use crate::delete_cluster::{
 /// key that must be gone once it is deleted, and its records.
 fn filled(dir: &Path, n: usize) -> (Fixture, Vec<Vec<u8>>, Vec<vault_core::ids::RecordId>) {
     let fx = on_clusters(dir);
-    let mut needles = Vec::new();
+    let (mut needles, ids) = put_keyed(&fx, n);
+    needles.extend(top_keys(&fx.vault));
+    (fx, needles, ids)
+}
+
+/// `n` records put in `fx`'s vault: their wrapped data keys, and their IDs.
+pub(crate) fn put_keyed(fx: &Fixture, n: usize) -> (Vec<Vec<u8>>, Vec<vault_core::ids::RecordId>) {
+    let mut keys = Vec::new();
     let mut ids = Vec::new();
     for i in 0..n {
         let s = SubjectId::new();
@@ -35,11 +42,10 @@ fn filled(dir: &Path, n: usize) -> (Fixture, Vec<Vec<u8>>, Vec<vault_core::ids::
             .vault
             .put_record(&fx.clerk, common::CUSTOMERS, s, &body(i))
             .unwrap();
-        needles.push(fx.vault.keystore().wrapped_dek(s, id, 1).unwrap().unwrap());
+        keys.push(fx.vault.keystore().wrapped_dek(s, id, 1).unwrap().unwrap());
         ids.push(id);
     }
-    needles.extend(top_keys(&fx.vault));
-    (fx, needles, ids)
+    (keys, ids)
 }
 
 /// Runs the deletion with `hook` at every step: what it returned, or
