@@ -91,11 +91,20 @@ pub(crate) fn write(marker: &Path, j: &Journal, key: &SecretKey) -> Result<std::
     }))
     .map_err(|_| Error::Integrity("deletion journal"))?;
     let mut f = fsutil::create_private_file(marker)?;
-    f.try_lock().map_err(|_| Error::VaultBusy)?;
-    f.write_all(&text)?;
-    f.sync_all()?;
-    if let Some(dir) = marker.parent() {
-        fsutil::sync_dir(dir)?;
+    let written = (|| -> Result<()> {
+        f.try_lock().map_err(|_| Error::VaultBusy)?;
+        f.write_all(&text)?;
+        f.sync_all()?;
+        if let Some(dir) = marker.parent() {
+            fsutil::sync_dir(dir)?;
+        }
+        Ok(())
+    })();
+    if let Err(e) = written {
+        // Nothing is destroyed yet: a half-written marker would only keep
+        // the vault shut.
+        let _ = std::fs::remove_file(marker);
+        return Err(e);
     }
     Ok(f)
 }

@@ -1086,7 +1086,14 @@ impl Conns {
             // (a failover at the commit): the cluster says which.
             match self.dropped(&targets.schema) {
                 Ok(false) => return Err(e),
-                Ok(true) => primary = self.fresh_primary()?,
+                // Committed: from here every failure keeps the marker.
+                Ok(true) => {
+                    primary = self.fresh_primary().map_err(|e| {
+                        Error::DisposalFailed(format!(
+                            "dropped, but no primary for the purge's rounds ({e}): finish it with pivault vault delete --resume"
+                        ))
+                    })?
+                }
                 Err(again) => {
                     return Err(Error::DisposalFailed(format!(
                         "the drop's outcome is not known ({e}; then {again}): finish it with pivault vault delete --resume"
