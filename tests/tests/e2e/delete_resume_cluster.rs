@@ -10,9 +10,11 @@
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use vault_core::Error;
 use vault_core::ids::SubjectId;
+use vault_core::keystore::provider;
 use vault_core::secret::SecretString;
 use vault_core::vault::decommission::{Resumed, resume_deletion};
 use vault_core::vault::{Vault, VaultDeleted};
@@ -353,4 +355,82 @@ fn a_drop_whose_answer_is_lost_is_learnt_from_the_cluster_and_the_deletion_goes_
         "the marker stays until the directory goes"
     );
     assert_eq!(c.files_holding(&needles), Vec::<std::path::PathBuf>::new());
+}
+
+#[test]
+fn a_killed_deletions_drop_still_running_when_resume_looks_is_stopped_and_the_vault_given_back_whole()
+ {
+    let _one = serial();
+    let _c = cluster();
+    let tmp = tempfile::tempdir().unwrap();
+    let (fx, _, ids) = filled(&tmp.path().join("b"), 5);
+    let dir = fx.dir.clone();
+    let schema = format!("pv_{}", schema_hex(&fx.vault));
+    assert!(delete_with_hook(fx.vault, killed_at("deletion_journaled")).is_none());
+
+    // The killed process's drop, sent before it died and still running
+    // on the primary: held part-way by a session's lock on one of the
+    // schema's tables (the drop has the schema's lock and some tables').
+    let cfg = common::cluster_keystore();
+    let mut blocker = provider::connect_primary(&cfg).unwrap();
+    blocker
+        .batch_execute(&format!(
+            "BEGIN; LOCK TABLE {schema}.backups IN ACCESS SHARE MODE"
+        ))
+        .unwrap();
+    let straggler = std::thread::spawn({
+        let (cfg, schema) = (cfg.clone(), schema.clone());
+        move || {
+            let mut c = provider::connect_primary(&cfg).unwrap();
+            c.batch_execute(&format!("BEGIN; DROP SCHEMA {schema} CASCADE; COMMIT;"))
+                .is_ok()
+        }
+    });
+    let mut watch = provider::connect_primary(&cfg).unwrap();
+    let mut waiting = || -> i64 {
+        watch
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity
+                  WHERE wait_event_type = 'Lock' AND position('DROP SCHEMA' in query) > 0",
+                &[],
+            )
+            .unwrap()
+            .get(0)
+    };
+    let until = Instant::now() + Duration::from_secs(20);
+    while waiting() == 0 {
+        assert!(Instant::now() < until, "the drop never reached the lock");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    // The resume must not take the schema for whole while the drop may
+    // still commit, nor give the vault back and let the drop land after.
+    let resume = std::thread::spawn({
+        let dir = dir.clone();
+        move || resume_deletion(&dir, &passphrase())
+    });
+    let until = Instant::now() + Duration::from_secs(15);
+    while !resume.is_finished() && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // The blocking session lets go: a drop still alive now commits.
+    blocker.batch_execute("ROLLBACK").unwrap();
+    let outcome = resume.join().unwrap();
+    let committed = straggler.join().unwrap();
+    assert!(
+        !committed,
+        "the killed process's drop was stopped, not let commit"
+    );
+    match outcome {
+        Ok(Resumed::NothingDeleted { .. }) => {}
+        other => panic!("the drop never committed: the vault must come back, got {other:?}"),
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(schema_exists(&schema), "no drop landed after the resume");
+    let v = reopen(&dir).expect("the vault is back");
+    let clerk = common::login(&v, "clerk");
+    for r in &ids {
+        v.get_record(&clerk, *r, &[], None)
+            .expect("every record readable");
+    }
 }

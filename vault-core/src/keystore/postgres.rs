@@ -1123,30 +1123,63 @@ impl Conns {
         )
     }
 
-    /// Whether `schema` is gone, once any transaction still dropping it
-    /// (a killed process's, whose commit may land after it died) has
-    /// ended: a lock on one of its tables waits for the drop's.
+    /// Whether `schema` is gone, once no transaction can still be dropping
+    /// it. A killed process's drop runs on in its backend (the statements
+    /// were sent in one message) and may commit after the process died:
+    /// such a backend of this role is stopped first, and its end waited
+    /// for (a drop it had not committed is rolled back, so nothing is
+    /// gone). Then a table created in the schema and rolled back waits on
+    /// the schema's own lock, which `DROP SCHEMA` takes before any of its
+    /// tables', so a drop from anywhere else that has begun ends first.
+    /// (A lock on one of its tables would not do: the drop takes those one
+    /// by one, and one it has not reached yet is granted at once.)
     pub(crate) fn dropped(&self, schema: &str) -> Result<bool> {
         self.pool.lock().expect("pool lock").clear();
         let mut c = self.fresh_primary()?;
-        let table: Option<String> = c
-            .query_opt(
-                "SELECT format('%I.%I', n.nspname, c.relname) FROM pg_class c
-                   JOIN pg_namespace n ON n.oid = c.relnamespace
-                  WHERE n.nspname = $1 AND c.relkind IN ('r', 'p') LIMIT 1",
-                &[&schema],
+        let stuck: Vec<i32> = c
+            .query(
+                "SELECT pid FROM pg_stat_activity
+                  WHERE usename = current_user AND pid <> pg_backend_pid()
+                    AND state IS DISTINCT FROM 'idle' AND position($1 in query) > 0",
+                &[&format!("DROP SCHEMA {schema} CASCADE")],
             )
             .map_err(pg)?
-            .map(|r| r.get(0));
-        if let Some(t) = table {
-            let waited = c.batch_execute(&format!(
-                "SET lock_timeout = '60s'; BEGIN; LOCK TABLE {t} IN ACCESS SHARE MODE; ROLLBACK"
-            ));
-            if let Err(e) = waited {
-                let _ = c.batch_execute("ROLLBACK");
-                if e.code() != Some(&postgres::error::SqlState::UNDEFINED_TABLE) {
-                    return Err(pg(e));
-                }
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        for pid in stuck {
+            // Waits up to 60 s for the backend to be gone.
+            let gone: bool = c
+                .query_one("SELECT pg_terminate_backend($1, 60000)", &[&pid])
+                .map_err(pg)?
+                .get(0);
+            let listed: bool = c
+                .query_one(
+                    "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = $1)",
+                    &[&pid],
+                )
+                .map_err(pg)?
+                .get(0);
+            if !gone && listed {
+                return Err(Error::Storage(format!(
+                    "a drop of the vault's schema is still running on the primary (backend {pid}) and did not stop"
+                )));
+            }
+        }
+        if !schema_exists(&mut c, schema)? {
+            return Ok(true);
+        }
+        let probe = c.batch_execute(&format!(
+            "SET lock_timeout = '60s'; BEGIN; CREATE TABLE {schema}.pivault_drop_probe (); ROLLBACK"
+        ));
+        if let Err(e) = probe {
+            let _ = c.batch_execute("ROLLBACK");
+            let gone = [
+                postgres::error::SqlState::INVALID_SCHEMA_NAME,
+                postgres::error::SqlState::UNDEFINED_OBJECT,
+            ];
+            if !e.code().is_some_and(|code| gone.contains(code)) {
+                return Err(pg(e));
             }
         }
         Ok(!schema_exists(&mut c, schema)?)
