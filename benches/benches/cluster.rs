@@ -928,7 +928,7 @@ fn deletions(
             d["keystore_purge"]["duration_ms"],
             done.certificate.body["sanitization"]["verification"]["byte_scan"],
         );
-        vault_core::vault::decommission::remove_directory(&done.dir).expect("remove");
+        done.remove_directory().expect("remove");
     }
 }
 

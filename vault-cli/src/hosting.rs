@@ -299,7 +299,7 @@ fn hand_over(
     // they are on disk.
     write_new(certificate, done.certificate.to_file_json().as_bytes())?;
     write_new(audit_out, done.audit_trail.as_bytes())?;
-    vault_core::vault::decommission::remove_directory(&done.dir)?;
+    done.remove_directory()?;
     let mut role_dropped = Value::Null;
     if let (Some(p), Some(k)) = (provider, keystore) {
         role_dropped = match vault_core::keystore::provider::drop_role(p, &k.user) {

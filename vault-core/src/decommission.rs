@@ -80,9 +80,22 @@ pub struct VaultDeleted {
     pub audit_to_seq: u64,
     pub audit_key: ed25519_dalek::VerifyingKey,
     pub certificate_key: ed25519_dalek::VerifyingKey,
-    /// The vault directory, now closed: removed by [`remove_directory`]
-    /// once the certificate is kept.
+    /// The vault directory, now closed: removed by
+    /// [`VaultDeleted::remove_directory`] once the certificate is kept.
     pub dir: PathBuf,
+    /// The `DELETED` marker, locked: while this is held no resume can
+    /// sign a second certificate for the deletion. Dropped without the
+    /// directory removed (the certificate could not be kept), it lets a
+    /// resume issue the certificate again, with the same ID.
+    _journal: std::fs::File,
+}
+
+impl VaultDeleted {
+    /// Removes the vault directory, once the certificate is kept (the
+    /// journal's lock held until it is gone).
+    pub fn remove_directory(&self) -> Result<()> {
+        remove_directory(&self.dir)
+    }
 }
 
 impl std::fmt::Debug for VaultDeleted {
@@ -316,7 +329,9 @@ impl Vault {
             vault_id: vault_id.clone(),
             body: body.clone(),
             searched: searched.clone(),
-            certificate_key: hex::encode(self.signing.certificate.to_bytes()),
+            certificate_key: hex::encode(
+                zeroize::Zeroizing::new(self.signing.certificate.to_bytes()).as_slice(),
+            ),
             audit_key: hex::encode(self.signing.audit.verifying_key().as_bytes()),
             trail: render_trail(&first_trail),
             trail_to_seq: first_trail.to_seq(),
@@ -410,7 +425,7 @@ impl Vault {
             _ => Ok(None),
         };
         let records = records_json(&records_purge, &records_scan, ciphertexts.len());
-        let body = finish_body(
+        let mut body = finish_body(
             body,
             self.now(),
             embedded,
@@ -421,6 +436,8 @@ impl Vault {
             (cp_seq, &head),
             "the whole trail, from seq 1 to this checkpoint, is handed over with this certificate (pivault audit verify --file)",
         );
+        // The validator, signed in throughout, validates the result.
+        body["validator"]["time"] = body["issued_at"].clone();
         let certificate = Certificate::sign(body, &self.signing.certificate)?;
         let out = VaultDeleted {
             certificate,
@@ -429,8 +446,8 @@ impl Vault {
             audit_key: self.signing.audit.verifying_key(),
             certificate_key: self.signing.certificate.verifying_key(),
             dir: self.dir.clone(),
+            _journal: marker_file,
         };
-        drop(marker_file);
         drop(guard);
         drop(self);
         Ok(out)
@@ -475,7 +492,7 @@ impl Vault {
                 "copies of the keystore or records clusters made outside pivault: base backups (pg_basebackup), disk or volume snapshots, WAL archives".to_owned(),
                 "the memory of each cluster member (shared buffers, the operating system's page cache, swap)".to_owned(),
                 "exports and import source files handed out or kept outside the vault".to_owned(),
-                "copies of the vault directory made outside pivault (they hold no key: the header's key slots were on the keystore cluster)".to_owned(),
+                "copies of the vault directory made outside pivault: they hold no key that decrypts a record (the header's key slots were on the keystore cluster); one made while the deletion ran holds its journal, with the certificate signing key sealed under the vault's passphrase".to_owned(),
             ]
         };
         if !copies.is_empty() {
@@ -621,7 +638,6 @@ fn finish_body(
 ) -> Value {
     let now = format_ms(now);
     body["issued_at"] = json!(now);
-    body["validator"]["time"] = json!(now);
     let members: Vec<Value> = purge
         .members
         .iter()
@@ -766,7 +782,7 @@ pub(crate) fn refuse_if_deleted(dir: &Path) -> Result<()> {
 }
 
 /// Removes a deleted vault's directory (after its certificate is kept).
-pub fn remove_directory(dir: &Path) -> Result<()> {
+fn remove_directory(dir: &Path) -> Result<()> {
     match std::fs::remove_dir_all(dir) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),

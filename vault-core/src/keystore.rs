@@ -213,7 +213,10 @@ pub fn scan_dir(dir: &Path, needles: &[Vec<u8>]) -> Result<Vec<String>> {
     scan_dir_counted(dir, needles).map(|s| s.hits)
 }
 
-/// [`scan_dir`], with the number of files read.
+/// [`scan_dir`], with the number of files read. A symbolic link is an
+/// error, not followed: what it points to is outside what the scan can
+/// vouch for (and may hold what the vault wrote through it), and a link to
+/// a directory above would have the scan go round for ever.
 pub fn scan_dir_counted(dir: &Path, needles: &[Vec<u8>]) -> Result<ByteScan> {
     let mut scan = ByteScan::default();
     if needles.is_empty() {
@@ -222,8 +225,20 @@ pub fn scan_dir_counted(dir: &Path, needles: &[Vec<u8>]) -> Result<ByteScan> {
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
         for e in std::fs::read_dir(&d)? {
-            let p = e?.path();
-            if p.is_dir() {
+            let e = e?;
+            let p = e.path();
+            let kind = match e.file_type() {
+                Ok(k) => k,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e.into()),
+            };
+            if kind.is_symlink() {
+                return Err(Error::Storage(format!(
+                    "{} is a symbolic link: the scan does not follow it; put what it points to in its place, then scan again",
+                    p.strip_prefix(dir).unwrap_or(&p).display()
+                )));
+            }
+            if kind.is_dir() {
                 stack.push(p);
                 continue;
             }
@@ -1064,7 +1079,32 @@ impl Keystore {
 
 #[cfg(test)]
 mod tests {
-    use super::contains_any;
+    use super::{contains_any, scan_dir_counted};
+
+    #[test]
+    fn the_directory_scan_finds_a_needle_in_any_file_and_follows_no_symbolic_link() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (dir, outside) = (tmp.path().join("vault"), tmp.path().join("outside"));
+        std::fs::create_dir_all(dir.join("keystore")).unwrap();
+        std::fs::create_dir_all(&outside).unwrap();
+        let needle = b"0123456789abcdef01234567".to_vec();
+        let mut held = b"head".to_vec();
+        held.extend(&needle);
+        std::fs::write(dir.join("keystore/000009.log"), &held).unwrap();
+        std::fs::write(dir.join("header"), b"nothing").unwrap();
+        let scan = scan_dir_counted(&dir, std::slice::from_ref(&needle)).unwrap();
+        assert_eq!(scan.hits, vec!["keystore/000009.log".to_owned()]);
+        assert_eq!(scan.scanned, 2);
+        // The key bytes moved out through a link: not vouched for.
+        std::fs::rename(dir.join("keystore/000009.log"), outside.join("log")).unwrap();
+        std::os::unix::fs::symlink(outside.join("log"), dir.join("keystore/000009.log")).unwrap();
+        let e = scan_dir_counted(&dir, std::slice::from_ref(&needle)).unwrap_err();
+        assert!(e.to_string().contains("000009.log"), "{e}");
+        // A link to a directory above: an error, not a scan for ever.
+        std::fs::remove_file(dir.join("keystore/000009.log")).unwrap();
+        std::os::unix::fs::symlink(&dir, dir.join("keystore/up")).unwrap();
+        assert!(scan_dir_counted(&dir, std::slice::from_ref(&needle)).is_err());
+    }
 
     #[test]
     fn contains_any_finds_every_needle_and_nothing_else() {

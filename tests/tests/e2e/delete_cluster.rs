@@ -261,7 +261,7 @@ fn a_vault_deleted_while_another_is_written_leaves_none_of_its_keys_on_any_membe
     assert!(trail.contains("\"vault.delete\"") && trail.contains("\"vault.delete.verified\""));
     let report = vault_core::siem::verify_file(trail, &done.audit_key);
     assert!(report.ok(), "{}", report.proves());
-    vault_core::vault::decommission::remove_directory(&done.dir).unwrap();
+    done.remove_directory().unwrap();
     assert!(!b_dir.exists());
     a.vault.close().unwrap();
 }
@@ -372,7 +372,7 @@ fn a_vault_delete_refused_by_a_hold_an_insiders_lock_or_one_person_destroys_noth
         refused >= 4,
         "the refusals are in the trail: {refused}\n{trail}"
     );
-    vault_core::vault::decommission::remove_directory(&done.dir).unwrap();
+    done.remove_directory().unwrap();
 }
 
 #[test]
@@ -602,6 +602,6 @@ fn a_vault_with_embedded_records_is_deleted_from_the_keystore_cluster_and_its_di
     };
     assert!(e.to_string().contains("deleted"), "{e}");
     assert!(!schema_exists(&format!("pv_{hex}")));
-    vault_core::vault::decommission::remove_directory(&done.dir).unwrap();
+    done.remove_directory().unwrap();
     assert!(!dir.exists());
 }

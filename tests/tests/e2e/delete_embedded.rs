@@ -14,7 +14,7 @@ use vault_core::header::{self, Place};
 use vault_core::ids::RecordId;
 use vault_core::secret::SecretString;
 use vault_core::vault::VaultDeleted;
-use vault_core::vault::decommission::{Resumed, remove_directory, resume_deletion};
+use vault_core::vault::decommission::{Resumed, resume_deletion};
 
 use crate::common::{self, Fixture};
 use crate::delete_cluster::reopen;
@@ -136,7 +136,7 @@ fn an_embedded_vault_is_deleted_with_a_certificate_and_no_byte_of_its_keys_left_
     // Nor without its marker: its slots are gone.
     std::fs::remove_file(dir.join("DELETED")).unwrap();
     assert!(reopen(&dir).is_err());
-    remove_directory(&done.dir).unwrap();
+    done.remove_directory().unwrap();
     assert!(!dir.exists());
 }
 
@@ -175,6 +175,60 @@ fn an_embedded_deletion_stopped_before_its_slots_go_gives_the_vault_back_and_one
         true
     );
     assert_eq!(files_holding(&dir, &needles), Vec::<PathBuf>::new());
+}
+
+#[test]
+fn a_deletion_holds_its_journal_until_the_directory_goes_and_a_certificate_lost_before_is_issued_again_with_its_id()
+ {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("shop");
+    let (fx, needles, _) = filled(&dir, 5);
+    let cert_key = fx.vault.certificate_public_key();
+    let pass = SecretString::from(common::PASSPHRASE);
+    let done = delete_with_hook(fx.vault, Box::new(|_| {}))
+        .expect("no panic")
+        .expect("deleted");
+    let first = done.certificate.clone();
+    assert_eq!(
+        first.body["validator"]["time"], first.body["issued_at"],
+        "the validator, signed in throughout, validates the result"
+    );
+    // The certificate not kept yet: a resume now would sign a second one.
+    assert!(matches!(
+        resume_deletion(&dir, &pass),
+        Err(Error::VaultBusy)
+    ));
+    // The certificate could not be written (a full disk): the deletion
+    // is let go with the directory still there; a resume issues it again,
+    // the same certificate, not a second deletion's.
+    drop(done);
+    let Resumed::Deleted(again) = resume_deletion(&dir, &pass).unwrap() else {
+        panic!("the slots were overwritten: the resume must finish")
+    };
+    assert_certified(&again, &cert_key, 5);
+    let body = &again.certificate.body;
+    assert_eq!(body["certificate_id"], first.body["certificate_id"]);
+    assert_eq!(body["target"]["commitment"], first.body["target"]["commitment"]);
+    // The validator took no part in the resume: said, and not stamped.
+    let validator = &body["validator"];
+    assert!(
+        validator["note"]
+            .as_str()
+            .is_some_and(|n| n.contains("without the validator")),
+        "{validator}"
+    );
+    assert_ne!(validator["time"], body["issued_at"], "{validator}");
+    assert!(
+        validator["time"].as_str().unwrap() <= first.body["validator"]["time"].as_str().unwrap(),
+        "the time the validator signed in, from the journal: {validator}"
+    );
+    assert!(matches!(
+        resume_deletion(&dir, &pass),
+        Err(Error::VaultBusy)
+    ));
+    assert_eq!(files_holding(&dir, &needles), Vec::<PathBuf>::new());
+    again.remove_directory().unwrap();
+    assert!(!dir.exists());
 }
 
 #[test]

@@ -192,7 +192,7 @@ fn a_deletion_killed_after_the_drop_is_finished_by_resume_and_an_insider_with_th
     assert_eq!(records["clean"], true, "{records}");
     assert!(!schema_exists(&format!("pr_{hex}")));
     assert_eq!(c.files_holding(&needles), Vec::<std::path::PathBuf>::new());
-    vault_core::vault::decommission::remove_directory(&done.dir).unwrap();
+    done.remove_directory().unwrap();
     assert!(matches!(
         resume_deletion(&dir, &passphrase()),
         Err(Error::NotFound(_))

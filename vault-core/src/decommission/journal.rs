@@ -109,6 +109,17 @@ pub(crate) fn write(marker: &Path, j: &Journal, key: &SecretKey) -> Result<std::
     Ok(f)
 }
 
+/// Whether `path` is still the file `f` is open on: not removed, nor
+/// another file put in its place (a lock is on the open file, the marker
+/// is found by its name).
+pub(crate) fn is_at(f: &std::fs::File, path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt as _;
+    match (f.metadata(), std::fs::symlink_metadata(path)) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
+    }
+}
+
 /// What [`resume_deletion`] found.
 #[derive(Debug)]
 pub enum Resumed {
@@ -144,6 +155,11 @@ pub fn resume_deletion(dir: &Path, passphrase: &SecretString) -> Result<Resumed>
     };
     // Held by a deletion still running in another process.
     file.try_lock().map_err(|_| Error::VaultBusy)?;
+    // Removed (a resume that gave the vault back) or replaced between
+    // the open and the lock: what was locked is not the marker.
+    if !is_at(&file, &marker) {
+        return Err(Error::VaultBusy);
+    }
     let mut text = Vec::new();
     std::io::Read::read_to_end(&mut file, &mut text)?;
     let outer: Value =
@@ -189,6 +205,11 @@ pub fn resume_deletion(dir: &Path, passphrase: &SecretString) -> Result<Resumed>
         // Nothing was destroyed (the process died before the point of no
         // return): the vault is as it was. The marker goes while its lock
         // is held, so a second resume finds either the lock or no marker.
+        if !is_at(&file, &marker) {
+            return Err(Error::Integrity(
+                "the DELETED marker was replaced during the resume: it is left as it is",
+            ));
+        }
         std::fs::remove_file(&marker).map_err(|e| Error::io_at(&marker, e))?;
         fsutil::sync_dir(dir)?;
         drop(file);
@@ -225,12 +246,14 @@ pub fn resume_deletion(dir: &Path, passphrase: &SecretString) -> Result<Resumed>
             }
         }
     };
-    let seed: [u8; 32] = zeroize::Zeroizing::new(
-        hex::decode(&j.certificate_key).map_err(|_| Error::Integrity("deletion journal"))?,
-    )
-    .as_slice()
-    .try_into()
-    .map_err(|_| Error::Integrity("deletion journal"))?;
+    let seed: zeroize::Zeroizing<[u8; 32]> = zeroize::Zeroizing::new(
+        zeroize::Zeroizing::new(
+            hex::decode(&j.certificate_key).map_err(|_| Error::Integrity("deletion journal"))?,
+        )
+        .as_slice()
+        .try_into()
+        .map_err(|_| Error::Integrity("deletion journal"))?,
+    );
     let signing = ed25519_dalek::SigningKey::from_bytes(&seed);
     let head: [u8; 32] = hex::decode(&j.checkpoint.1)
         .ok()
@@ -253,6 +276,11 @@ pub fn resume_deletion(dir: &Path, passphrase: &SecretString) -> Result<Resumed>
         "the whole trail up to this checkpoint, taken before the keys were dropped, is handed over with this certificate (pivault audit verify --file); the process that dropped them was stopped, and this certificate's verification was made by pivault vault delete --resume",
     );
     body["sanitization"]["details"]["resumed"] = json!(true);
+    // The validator signed in for the deletion (validator.time, as the
+    // journal kept it) and took no part in this resume: said, not stamped.
+    body["validator"]["note"] = json!(
+        "signed in and validated this deletion when it began (time); the deletion's process was stopped after the keys were dropped, and its verification was finished without the validator by pivault vault delete --resume, with the custodian's passphrase"
+    );
     let certificate = Certificate::sign(body, &signing)?;
     let done = VaultDeleted {
         certificate,
@@ -261,8 +289,8 @@ pub fn resume_deletion(dir: &Path, passphrase: &SecretString) -> Result<Resumed>
         audit_key,
         certificate_key: signing.verifying_key(),
         dir: dir.to_path_buf(),
+        _journal: file,
     };
-    drop(file);
     Ok(Resumed::Deleted(Box::new(done)))
 }
 
