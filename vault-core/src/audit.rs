@@ -1965,6 +1965,47 @@ fn parse_checkpoint_line(line: &[u8]) -> Option<Checkpoint> {
     (cp.seq != 0).then_some(cp)
 }
 
+/// A trail's events from `from` on, read without the vault (no key is
+/// needed, nothing is verified): from the files in `dir`, or from the
+/// trail of `vault` on the records cluster of `records`. For what a
+/// deletion's journal must agree with once the vault's keys are gone.
+pub(crate) fn events_from(
+    dir: &Path,
+    records: Option<(PgConfig, VaultId)>,
+    from: u64,
+) -> Result<Vec<AuditEvent>> {
+    let mut out = Vec::new();
+    let mut take = |line: &[u8]| -> Result<bool> {
+        let (body, hash) = split_line(line).ok_or(Error::Integrity("audit trail"))?;
+        let ev = decode_event(body, hash).map_err(|_| Error::Integrity("audit trail"))?;
+        if ev.seq >= from {
+            out.push(ev);
+        }
+        Ok(false)
+    };
+    match records {
+        Some((cfg, vault)) => {
+            cluster::ClusterTrail::open(cfg, vault, false)?.each_event(
+                from,
+                u64::MAX >> 1,
+                |_, line| take(line),
+            )?;
+        }
+        None => {
+            for (_, path) in list_segments(dir)? {
+                let bytes = fs::read(&path)?;
+                for (line, complete) in Lines::new(&bytes) {
+                    if !complete {
+                        return Err(Error::Integrity("audit trail (incomplete line)"));
+                    }
+                    take(line)?;
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// True when `checkpoints.log` in `dir` has a line at `seq` whose hash is
 /// `hash` (signatures not checked): whether the checkpoint the records
 /// database holds is still part of the files, so the database copy may

@@ -151,6 +151,8 @@ fn an_embedded_deletion_stopped_before_its_slots_go_gives_the_vault_back_and_one
 
     assert!(delete_with_hook(fx.vault, killed_at("deletion_journaled")).is_none());
     assert!(reopen(&dir).is_err(), "marked deleted");
+    // Kept by someone with the directory, for later.
+    let stale = std::fs::read(dir.join("DELETED")).unwrap();
     let Resumed::NothingDeleted { .. } = resume_deletion(&dir, &pass).unwrap() else {
         panic!("nothing was destroyed")
     };
@@ -166,6 +168,16 @@ fn an_embedded_deletion_stopped_before_its_slots_go_gives_the_vault_back_and_one
         resume_deletion(&dir, &SecretString::from("not the passphrase at all")),
         Err(Error::WrongPassphrase)
     ));
+    // The first deletion's journal put in the marker instead: sealed under
+    // the same passphrase, for the same vault, but the vault's trail went
+    // on after it (it was given back and used), so it is refused.
+    let fresh = std::fs::read(dir.join("DELETED")).unwrap();
+    std::fs::write(dir.join("DELETED"), &stale).unwrap();
+    match resume_deletion(&dir, &pass) {
+        Err(Error::Integrity(m)) => assert!(m.contains("not this deletion's"), "{m}"),
+        other => panic!("an earlier deletion's journal must be refused: {other:?}"),
+    }
+    std::fs::write(dir.join("DELETED"), &fresh).unwrap();
     let Resumed::Deleted(done) = resume_deletion(&dir, &pass).unwrap() else {
         panic!("the slots were overwritten: the resume must finish")
     };
@@ -208,7 +220,10 @@ fn a_deletion_holds_its_journal_until_the_directory_goes_and_a_certificate_lost_
     assert_certified(&again, &cert_key, 5);
     let body = &again.certificate.body;
     assert_eq!(body["certificate_id"], first.body["certificate_id"]);
-    assert_eq!(body["target"]["commitment"], first.body["target"]["commitment"]);
+    assert_eq!(
+        body["target"]["commitment"],
+        first.body["target"]["commitment"]
+    );
     // The validator took no part in the resume: said, and not stamped.
     let validator = &body["validator"];
     assert!(

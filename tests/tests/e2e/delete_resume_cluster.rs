@@ -222,6 +222,8 @@ fn a_deletion_stopped_before_the_drop_gives_the_vault_back_and_one_whose_primary
     // vault back.
     assert!(delete_with_hook(fx.vault, killed_at("deletion_journaled")).is_none());
     assert!(reopen(&dir).is_err(), "marked deleted");
+    // Kept by someone with the directory, for later.
+    let stale = std::fs::read(dir.join("DELETED")).unwrap();
     let work = tempfile::tempdir().unwrap();
     let (code, doc) = resume_with_the_binary(&dir, work.path());
     assert_eq!(code, 0, "{doc}");
@@ -255,6 +257,15 @@ fn a_deletion_stopped_before_the_drop_gives_the_vault_back_and_one_whose_primary
     assert_ne!(primary_index(&c), old, "a standby was promoted");
     wait_healthy(&c);
     assert!(reopen(&dir).is_err(), "its keys are gone");
+    // The first deletion's journal put in the marker instead: the trail on
+    // the records cluster went on after it, so it is not this deletion's.
+    let fresh = std::fs::read(dir.join("DELETED")).unwrap();
+    std::fs::write(dir.join("DELETED"), &stale).unwrap();
+    match resume_deletion(&dir, &passphrase()) {
+        Err(Error::Integrity(m)) => assert!(m.contains("not this deletion's"), "{m}"),
+        other => panic!("an earlier deletion's journal must be refused: {other:?}"),
+    }
+    std::fs::write(dir.join("DELETED"), &fresh).unwrap();
     let Resumed::Deleted(done) = resume_deletion(&dir, &passphrase()).unwrap() else {
         panic!("the keys were dropped on the new primary")
     };

@@ -186,6 +186,7 @@ pub fn resume_deletion(dir: &Path, passphrase: &SecretString) -> Result<Resumed>
     let j: Journal =
         serde_json::from_slice(&plain).map_err(|_| Error::Integrity("deletion journal"))?;
     drop(plain);
+    check_bound(dir, &info, &j)?;
     let unhex = |v: &[String]| -> Result<Vec<Vec<u8>>> {
         v.iter()
             .map(|h| hex::decode(h).map_err(|_| Error::Integrity("deletion journal")))
@@ -292,6 +293,38 @@ pub fn resume_deletion(dir: &Path, passphrase: &SecretString) -> Result<Resumed>
         _journal: file,
     };
     Ok(Resumed::Deleted(Box::new(done)))
+}
+
+/// Refuses a journal that is not this deletion's own: the vault's trail
+/// must hold, at the journal's checkpoint, the head the journal names, and
+/// after it nothing but this deletion's events. A journal kept from an
+/// earlier deletion that gave the vault back, put in the marker again by
+/// someone with the directory, would have the certificate describe the
+/// vault as it was then (its records, its commitments) and search for
+/// its keys of then. On a records cluster the trail is out of that
+/// person's reach; in files it is as far as the directory is (its anchors
+/// outside show a trail rolled back).
+fn check_bound(dir: &Path, info: &header::HeaderInfo, j: &Journal) -> Result<()> {
+    let stale = || {
+        Error::Integrity(
+            "deletion journal (not this deletion's: the vault's trail went on after it; remove the DELETED marker only if no deletion of this vault is under way)",
+        )
+    };
+    let records = crate::store::postgres::read_config(dir)?.map(|c| (c, info.vault_id));
+    let events = crate::audit::events_from(&Layout::of(dir).audit, records, j.checkpoint.0)?;
+    let Some((first, rest)) = events.split_first() else {
+        return Err(stale());
+    };
+    if first.seq != j.checkpoint.0 || hex::encode(first.hash) != j.checkpoint.1 {
+        return Err(stale());
+    }
+    if rest
+        .iter()
+        .any(|e| !matches!(e.action.as_str(), "vault.delete" | "vault.delete.verified"))
+    {
+        return Err(stale());
+    }
+    Ok(())
 }
 
 /// An embedded keystore's destruction, finished: `None` if a root-key slot
