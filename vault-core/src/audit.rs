@@ -665,7 +665,90 @@ enum Reader {
     Cluster(std::sync::Arc<cluster::ClusterTrail>),
 }
 
+impl Reader {
+    /// Each event line from seq `from` to `to` in order, until `visit`
+    /// says stop (files: every line, the visitor skips those outside).
+    fn each_line(
+        &self,
+        from: u64,
+        to: u64,
+        mut visit: impl FnMut(&[u8]) -> Result<bool>,
+    ) -> Result<()> {
+        match self {
+            Reader::Dir(dir) => {
+                for (_, path) in list_segments(dir)? {
+                    let bytes = fs::read(&path)?;
+                    for (line, complete) in Lines::new(&bytes) {
+                        if !complete {
+                            return Err(Error::Integrity("audit trail (incomplete line)"));
+                        }
+                        if visit(line)? {
+                            return Ok(());
+                        }
+                    }
+                }
+                Ok(())
+            }
+            Reader::Cluster(c) => c.each_event(from, to, |_, line| visit(line)),
+        }
+    }
+}
+
 impl TrailReader {
+    /// The trail of vault `vault` where it is kept, read without the vault
+    /// (no key is needed, nothing is verified): the files in `dir`, or its
+    /// trail on the records cluster of `records`. What a deletion's resume
+    /// reads once the vault's keys are gone.
+    pub(crate) fn at(dir: &Path, records: Option<(PgConfig, VaultId)>) -> Result<TrailReader> {
+        Ok(TrailReader(match records {
+            Some((cfg, vault)) => Reader::Cluster(std::sync::Arc::new(
+                cluster::ClusterTrail::open(cfg, vault, false)?,
+            )),
+            None => Reader::Dir(dir.to_path_buf()),
+        }))
+    }
+
+    /// The events from seq `from` to `to`, in order (parsed, the chain not
+    /// verified).
+    pub(crate) fn events(&self, from: u64, to: u64) -> Result<Vec<AuditEvent>> {
+        let mut out = Vec::new();
+        self.0.each_line(from, to, |line| {
+            let (body, hash) = split_line(line).ok_or(Error::Integrity("audit trail"))?;
+            let ev = decode_event(body, hash).map_err(|_| Error::Integrity("audit trail"))?;
+            if ev.seq > to {
+                return Ok(true);
+            }
+            if ev.seq >= from {
+                out.push(ev);
+            }
+            Ok(false)
+        })?;
+        Ok(out)
+    }
+
+    /// Every checkpoint, in order (signatures not checked here: an export
+    /// carries them and its verifier checks them).
+    pub fn signed_heads(&self) -> Result<Vec<SignedHead>> {
+        let lines = match &self.0 {
+            Reader::Cluster(c) => c.checkpoints()?,
+            Reader::Dir(dir) => {
+                let bytes = match fs::read(dir.join(CHECKPOINTS_FILE)) {
+                    Ok(b) => b,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+                    Err(e) => return Err(e.into()),
+                };
+                Lines::new(&bytes)
+                    .filter(|(_, complete)| *complete)
+                    .map(|(line, _)| line.to_vec())
+                    .collect()
+            }
+        };
+        lines
+            .iter()
+            .map(|line| SignedHead::from_line(line).ok_or(Error::Integrity("audit checkpoints")))
+            .collect()
+    }
+
     /// [`verify_anchored`] over this trail: in place for files; a trail on
     /// the cluster is first written out in the files' format to a private
     /// temporary directory, so one verifier checks both.
@@ -1210,7 +1293,7 @@ impl AuditLog {
             return Ok(out);
         }
         // Takes one line; true once no later line can match.
-        let mut take = |line: &[u8]| -> Result<bool> {
+        let take = |line: &[u8]| -> Result<bool> {
             let (body, hash) = split_line(line).ok_or(Error::Integrity("audit trail"))?;
             let ev = decode_event(body, hash).map_err(|_| Error::Integrity("audit trail"))?;
             if filter.to_seq.is_some_and(|s| ev.seq > s) {
@@ -1224,26 +1307,11 @@ impl AuditLog {
             }
             Ok(false)
         };
-        match &self.place {
-            Place::Files(f) => {
-                'segments: for (_, path) in list_segments(&f.dir)? {
-                    let bytes = fs::read(&path)?;
-                    for (line, complete) in Lines::new(&bytes) {
-                        if !complete {
-                            return Err(Error::Integrity("audit trail (incomplete line)"));
-                        }
-                        if take(line)? {
-                            break 'segments;
-                        }
-                    }
-                }
-            }
-            Place::Cluster(c) => c.each_event(
-                filter.from_seq.unwrap_or(1),
-                filter.to_seq.unwrap_or(u64::MAX >> 1),
-                |_, line| take(line),
-            )?,
-        }
+        self.reader().0.each_line(
+            filter.from_seq.unwrap_or(1),
+            filter.to_seq.unwrap_or(u64::MAX >> 1),
+            take,
+        )?;
         Ok(out)
     }
 
@@ -1268,32 +1336,11 @@ impl AuditLog {
             .ok_or(Error::NotFound("audit event"))
     }
 
-    /// Every checkpoint in `checkpoints.log`, in order (signatures not
-    /// checked here: an export carries them and its verifier checks them).
+    /// Every checkpoint in `checkpoints.log` (or on the cluster), in order
+    /// (signatures not checked here: an export carries them and its
+    /// verifier checks them).
     pub fn signed_heads(&self) -> Result<Vec<SignedHead>> {
-        let dir = match &self.place {
-            Place::Files(f) => &f.dir,
-            Place::Cluster(c) => {
-                return c
-                    .checkpoints()?
-                    .iter()
-                    .map(|line| {
-                        SignedHead::from_line(line).ok_or(Error::Integrity("audit checkpoints"))
-                    })
-                    .collect();
-            }
-        };
-        let bytes = match fs::read(dir.join(CHECKPOINTS_FILE)) {
-            Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-            Err(e) => return Err(e.into()),
-        };
-        Lines::new(&bytes)
-            .filter(|(_, complete)| *complete)
-            .map(|(line, _)| {
-                SignedHead::from_line(line).ok_or(Error::Integrity("audit checkpoints"))
-            })
-            .collect()
+        self.reader().signed_heads()
     }
 
     /// The public half of the audit signing key, for [`verify`].
@@ -1963,47 +2010,6 @@ fn parse_checkpoint_line(line: &[u8]) -> Option<Checkpoint> {
         }
     };
     (cp.seq != 0).then_some(cp)
-}
-
-/// A trail's events from `from` on, read without the vault (no key is
-/// needed, nothing is verified): from the files in `dir`, or from the
-/// trail of `vault` on the records cluster of `records`. For what a
-/// deletion's journal must agree with once the vault's keys are gone.
-pub(crate) fn events_from(
-    dir: &Path,
-    records: Option<(PgConfig, VaultId)>,
-    from: u64,
-) -> Result<Vec<AuditEvent>> {
-    let mut out = Vec::new();
-    let mut take = |line: &[u8]| -> Result<bool> {
-        let (body, hash) = split_line(line).ok_or(Error::Integrity("audit trail"))?;
-        let ev = decode_event(body, hash).map_err(|_| Error::Integrity("audit trail"))?;
-        if ev.seq >= from {
-            out.push(ev);
-        }
-        Ok(false)
-    };
-    match records {
-        Some((cfg, vault)) => {
-            cluster::ClusterTrail::open(cfg, vault, false)?.each_event(
-                from,
-                u64::MAX >> 1,
-                |_, line| take(line),
-            )?;
-        }
-        None => {
-            for (_, path) in list_segments(dir)? {
-                let bytes = fs::read(&path)?;
-                for (line, complete) in Lines::new(&bytes) {
-                    if !complete {
-                        return Err(Error::Integrity("audit trail (incomplete line)"));
-                    }
-                    take(line)?;
-                }
-            }
-        }
-    }
-    Ok(out)
 }
 
 /// True when `checkpoints.log` in `dir` has a line at `seq` whose hash is

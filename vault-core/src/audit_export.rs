@@ -2,7 +2,7 @@
 //! syslog stream hangs on the trail (`crate::siem` renders both).
 
 use super::*;
-use crate::audit::{AuditSink, SignedHead};
+use crate::audit::{AuditSink, SignedHead, TrailReader};
 use crate::siem::ExportBundle;
 
 /// Where an export starts: the first event at or after a time, or a seq
@@ -100,30 +100,32 @@ impl Vault {
             .audit
             .lock()
             .map_err(|_| Error::AuditUnavailable("audit lock poisoned".into()))?;
-        let heads = log.signed_heads()?;
-        let opening = heads.iter().rev().find(|h| h.seq <= after).cloned();
-        let from = opening.as_ref().map_or(0, |h| h.seq);
-        let events = if upto > from {
-            log.events(&EventFilter {
-                from_seq: Some(from + 1),
-                to_seq: Some(upto),
-                ..EventFilter::default()
-            })?
-        } else {
-            Vec::new()
-        };
-        drop(log);
-        let events = chained(opening.as_ref().map_or([0u8; 32], |h| h.head), events);
-        let checkpoints = heads
-            .into_iter()
-            .filter(|h| h.seq > from && h.seq <= upto)
-            .collect();
-        Ok(ExportBundle {
-            opening,
-            events,
-            checkpoints,
-        })
+        backlog(&log.reader(), after, upto)
     }
+}
+
+/// [`Vault::audit_backlog`], read through `trail`: also what a deletion's
+/// resume hands over, read where the trail is kept once the vault's keys
+/// are gone.
+pub(crate) fn backlog(trail: &TrailReader, after: u64, upto: u64) -> Result<ExportBundle> {
+    let heads = trail.signed_heads()?;
+    let opening = heads.iter().rev().find(|h| h.seq <= after).cloned();
+    let from = opening.as_ref().map_or(0, |h| h.seq);
+    let events = if upto > from {
+        trail.events(from + 1, upto)?
+    } else {
+        Vec::new()
+    };
+    let events = chained(opening.as_ref().map_or([0u8; 32], |h| h.head), events);
+    let checkpoints = heads
+        .into_iter()
+        .filter(|h| h.seq > from && h.seq <= upto)
+        .collect();
+    Ok(ExportBundle {
+        opening,
+        events,
+        checkpoints,
+    })
 }
 
 /// Each event with the chain hash before it, starting from `prev` (the

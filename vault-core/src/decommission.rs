@@ -315,7 +315,6 @@ impl Vault {
             let log = self.audit.lock().expect("audit lock");
             (log.head_seq(), log.head_hash())
         };
-        let first_trail = self.audit_backlog(0, first_seq)?;
         // The body is made first: it reads the schemas and the exports
         // ledger, which go with the records.
         let (body, searched) =
@@ -333,8 +332,7 @@ impl Vault {
                 zeroize::Zeroizing::new(self.signing.certificate.to_bytes()).as_slice(),
             ),
             audit_key: hex::encode(self.signing.audit.verifying_key().as_bytes()),
-            trail: render_trail(&first_trail),
-            trail_to_seq: first_trail.to_seq(),
+            trail_to_seq: first_seq,
             checkpoint: (first_seq, hex::encode(first_head)),
             needles: needles.iter().map(hex::encode).collect(),
             ciphertexts: journal::prefixes(&scope.ciphertexts)

@@ -24,7 +24,9 @@ use std::io::Write as _;
 /// (2^-192), and too few to unwrap anything.
 pub(crate) const NEEDLE_PREFIX: usize = 24;
 
-const FORMAT: &str = "pivault-deletion-journal/1";
+/// `/1` held a copy of the whole trail too (tens of MB for a vault of
+/// 10^5 records); it is refused, naming the build to finish it with.
+const FORMAT: &str = "pivault-deletion-journal/2";
 
 /// The first [`NEEDLE_PREFIX`] bytes of each of `items`.
 pub(crate) fn prefixes(items: &[Vec<u8>]) -> Vec<Vec<u8>> {
@@ -46,8 +48,9 @@ pub(crate) struct Journal {
     pub certificate_key: String,
     /// The audit trail's public key, hex.
     pub audit_key: String,
-    /// The trail up to `checkpoint`, JSON lines.
-    pub trail: String,
+    /// The last seq of the trail handed over (the checkpoint's): the trail
+    /// itself is read where it is kept (the directory's files, or the
+    /// records cluster), not copied here.
     pub trail_to_seq: u64,
     /// The checkpoint covering `vault.delete` (seq, head hash hex).
     pub checkpoint: (u64, String),
@@ -164,6 +167,11 @@ pub fn resume_deletion(dir: &Path, passphrase: &SecretString) -> Result<Resumed>
     std::io::Read::read_to_end(&mut file, &mut text)?;
     let outer: Value =
         serde_json::from_slice(&text).map_err(|_| Error::Integrity("deletion journal"))?;
+    if outer["format"] == "pivault-deletion-journal/1" {
+        return Err(Error::Integrity(
+            "deletion journal (written by an earlier build of pivault: finish the deletion with that build's pivault vault delete --resume)",
+        ));
+    }
     let (Some(FORMAT), Some(vault_id), Some(sealed)) = (
         outer["format"].as_str(),
         outer["vault_id"].as_str(),
@@ -186,7 +194,12 @@ pub fn resume_deletion(dir: &Path, passphrase: &SecretString) -> Result<Resumed>
     let j: Journal =
         serde_json::from_slice(&plain).map_err(|_| Error::Integrity("deletion journal"))?;
     drop(plain);
-    check_bound(dir, &info, &j)?;
+    let records_cfg = crate::store::postgres::read_config(dir)?;
+    let trail = crate::audit::TrailReader::at(
+        &Layout::of(dir).audit,
+        records_cfg.clone().map(|c| (c, info.vault_id)),
+    )?;
+    check_bound(&trail, &j)?;
     let unhex = |v: &[String]| -> Result<Vec<Vec<u8>>> {
         v.iter()
             .map(|h| hex::decode(h).map_err(|_| Error::Integrity("deletion journal")))
@@ -226,7 +239,7 @@ pub fn resume_deletion(dir: &Path, passphrase: &SecretString) -> Result<Resumed>
         )));
     }
     let scan = scan.unwrap_or_default();
-    let records = match crate::store::postgres::read_config(dir)? {
+    let records = match records_cfg {
         None => records_json(&Ok(None), &Ok(None), 0),
         Some(rcfg) => {
             match Store::on_cluster(rcfg, info.vault_id, true, &|| Ok(()), false) {
@@ -282,10 +295,17 @@ pub fn resume_deletion(dir: &Path, passphrase: &SecretString) -> Result<Resumed>
     body["validator"]["note"] = json!(
         "signed in and validated this deletion when it began (time); the deletion's process was stopped after the keys were dropped, and its verification was finished without the validator by pivault vault delete --resume, with the custodian's passphrase"
     );
+    // Read where the trail is kept: the directory's files, which go only
+    // with the directory, or the records cluster, where it stays.
+    let audit_trail = render_trail(&crate::vault::audit_export::backlog(
+        &trail,
+        0,
+        j.trail_to_seq,
+    )?);
     let certificate = Certificate::sign(body, &signing)?;
     let done = VaultDeleted {
         certificate,
-        audit_trail: j.trail.clone(),
+        audit_trail,
         audit_to_seq: j.trail_to_seq,
         audit_key,
         certificate_key: signing.verifying_key(),
@@ -304,14 +324,13 @@ pub fn resume_deletion(dir: &Path, passphrase: &SecretString) -> Result<Resumed>
 /// its keys of then. On a records cluster the trail is out of that
 /// person's reach; in files it is as far as the directory is (its anchors
 /// outside show a trail rolled back).
-fn check_bound(dir: &Path, info: &header::HeaderInfo, j: &Journal) -> Result<()> {
+fn check_bound(trail: &crate::audit::TrailReader, j: &Journal) -> Result<()> {
     let stale = || {
         Error::Integrity(
             "deletion journal (not this deletion's: the vault's trail went on after it; remove the DELETED marker only if no deletion of this vault is under way)",
         )
     };
-    let records = crate::store::postgres::read_config(dir)?.map(|c| (c, info.vault_id));
-    let events = crate::audit::events_from(&Layout::of(dir).audit, records, j.checkpoint.0)?;
+    let events = trail.events(j.checkpoint.0, u64::MAX >> 1)?;
     let Some((first, rest)) = events.split_first() else {
         return Err(stale());
     };
