@@ -247,6 +247,48 @@ fn a_deletion_holds_its_journal_until_the_directory_goes_and_a_certificate_lost_
 }
 
 #[test]
+fn another_vaults_journal_under_the_same_passphrase_is_refused_whether_or_not_its_outer_name_is_changed()
+ {
+    let tmp = tempfile::tempdir().unwrap();
+    let pass = SecretString::from(common::PASSPHRASE);
+    // Two vaults of one owner, one passphrase; both deletions stopped.
+    let (ours, _, _) = filled(&tmp.path().join("ours"), 3);
+    let (theirs, _, _) = filled(&tmp.path().join("theirs"), 3);
+    let (dir, other) = (ours.dir.clone(), theirs.dir.clone());
+    let our_id = ours.vault.id().to_string();
+    assert!(delete_with_hook(ours.vault, killed_at("keystore_dropped")).is_none());
+    assert!(delete_with_hook(theirs.vault, killed_at("deletion_journaled")).is_none());
+    let own = std::fs::read(dir.join("DELETED")).unwrap();
+    let foreign = std::fs::read(other.join("DELETED")).unwrap();
+
+    // Their journal as it is: it names their vault.
+    std::fs::write(dir.join("DELETED"), &foreign).unwrap();
+    match resume_deletion(&dir, &pass) {
+        Err(Error::Integrity(m)) => assert!(m.contains("another vault"), "{m}"),
+        other => panic!("another vault's journal must be refused: {other:?}"),
+    }
+    // Renamed for ours on the outside: the seal is bound to their vault.
+    let mut outer: serde_json::Value = serde_json::from_slice(&foreign).unwrap();
+    outer["vault_id"] = serde_json::json!(our_id);
+    std::fs::write(dir.join("DELETED"), serde_json::to_vec(&outer).unwrap()).unwrap();
+    assert!(
+        resume_deletion(&dir, &pass).is_err(),
+        "a journal sealed for another vault opened for ours"
+    );
+    // Ours back: finished, and theirs given back untouched.
+    std::fs::write(dir.join("DELETED"), &own).unwrap();
+    let Resumed::Deleted(done) = resume_deletion(&dir, &pass).unwrap() else {
+        panic!("our keys were destroyed: the resume must finish")
+    };
+    assert_eq!(done.certificate.body["vault"]["id"], our_id.as_str());
+    let Resumed::NothingDeleted { vault_id } = resume_deletion(&other, &pass).unwrap() else {
+        panic!("their deletion stopped before anything went")
+    };
+    assert_ne!(vault_id, our_id);
+    reopen(&other).expect("their vault opens");
+}
+
+#[test]
 fn pivault_vault_delete_of_an_embedded_vault_writes_what_it_hands_over_outside_and_removes_the_directory()
  {
     let tmp = tempfile::tempdir().unwrap();
