@@ -1107,7 +1107,6 @@ fn maintenance_splits_big_partitions_ahead_of_the_disposals_while_a_clerk_writes
 /// record are as they were, and the retry, once the lock is gone, splits.
 #[test]
 fn a_split_kept_waiting_by_an_insiders_lock_fails_cleanly_and_its_retry_splits() {
-    use std::io::Write;
     let _one = serial();
     let c = cluster();
     let tmp = tempfile::tempdir().unwrap();
@@ -1120,48 +1119,10 @@ fn a_split_kept_waiting_by_an_insiders_lock_fails_cleanly_and_its_retry_splits()
     let s = records_schema(&fx.vault);
     let layout = beacon_layout(&primary, &fx.vault);
     fx.vault.set_records_beacon_split_at(1);
-    let (host, port) = primary.rsplit_once(':').unwrap();
-    let pw = std::fs::read_to_string(
-        std::env::var("PIVAULT_PG_SUPERUSER_PASSWORD_FILE").expect("superuser password file"),
-    )
-    .unwrap();
-    let mut insider = std::process::Command::new("psql")
-        .args([
-            "-h",
-            host,
-            "-p",
-            port,
-            "-U",
-            "postgres",
-            "-d",
-            "pivault_records",
-            "-q",
-        ])
-        .env("PGPASSWORD", pw.trim())
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .expect("psql");
-    let mut stdin = insider.stdin.take().unwrap();
-    writeln!(
-        stdin,
-        "BEGIN; LOCK TABLE {s}.beacons_{class} IN ACCESS SHARE MODE;"
-    )
-    .unwrap();
-    stdin.flush().unwrap();
-    let held = format!(
-        "SELECT count(*) FROM pg_locks WHERE granted AND relation = '{s}.beacons_{class}'::regclass"
-    );
-    assert!(
-        eventually(10, || psql_in(&primary, "pivault_records", &held)
-            .as_deref()
-            == Some("1")),
-        "the insider's lock"
-    );
+    let mut insider = partition_held(&primary, &s, class);
     let failed = fx
         .vault
         .dispose(&fx.officer, &request(DisposalScope::Record(doomed)));
-    drop(stdin);
     let _ = insider.kill();
     let _ = insider.wait();
     match failed {
@@ -1471,4 +1432,179 @@ fn the_primary_killed_mid_disposal_with_records_on_the_cluster_loses_no_acknowle
         second.err()
     );
     fx.vault.close().unwrap();
+}
+
+/// An insider's session on `member` (the superuser's `psql`, left open)
+/// holding `ACCESS SHARE` on the search-index partition `class` of records
+/// schema `s`: a split of it waits at its swap. Killing the child lets go.
+fn partition_held(member: &str, s: &str, class: u8) -> std::process::Child {
+    use std::io::Write;
+    let (host, port) = member.rsplit_once(':').unwrap();
+    let pw = std::fs::read_to_string(
+        std::env::var("PIVAULT_PG_SUPERUSER_PASSWORD_FILE").expect("superuser password file"),
+    )
+    .unwrap();
+    let mut insider = std::process::Command::new("psql")
+        .args([
+            "-h",
+            host,
+            "-p",
+            port,
+            "-U",
+            "postgres",
+            "-d",
+            "pivault_records",
+            "-q",
+        ])
+        .env("PGPASSWORD", pw.trim())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("psql");
+    let stdin = insider.stdin.as_mut().unwrap();
+    writeln!(
+        stdin,
+        "BEGIN; LOCK TABLE {s}.beacons_{class} IN ACCESS SHARE MODE;"
+    )
+    .unwrap();
+    stdin.flush().unwrap();
+    let held = format!(
+        "SELECT count(*) FROM pg_locks WHERE granted AND relation = '{s}.beacons_{class}'::regclass"
+    );
+    assert!(
+        eventually(10, || psql_in(member, "pivault_records", &held).as_deref()
+            == Some("1")),
+        "the insider's lock"
+    );
+    insider
+}
+
+/// The primary lost in the middle of a search-index partition's split:
+/// its children made and filled, its swap waiting for an insider's lock,
+/// while a clerk puts and finds records throughout. The split's
+/// transaction dies with the primary: the new one holds no half-split
+/// index (the old partitions, no child), the batch waits for the member
+/// and its retry splits and certifies with all three verified, and every
+/// acknowledged put is found by its SSN.
+#[test]
+fn the_primary_lost_in_the_middle_of_a_split_leaves_no_half_split_and_loses_no_acknowledged_put() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let _one = serial();
+    let c = cluster();
+    let tmp = tempfile::tempdir().unwrap();
+    let fx = vault_on_clusters(&tmp.path().join("vault"));
+    let people = put_people(&fx, 0..8);
+    let doomed = people[0];
+    let class = doomed.as_bytes()[15] % 16;
+    let primary = primary_member(&c);
+    let old = crate::cluster::primary_index(&c);
+    let tag = beacon_tag(&primary, &fx.vault, doomed);
+    let s = records_schema(&fx.vault);
+    let layout = beacon_layout(&primary, &fx.vault);
+    fx.vault.set_records_beacon_split_at(1);
+    let mut insider = partition_held(&primary, &s, class);
+
+    let stop = AtomicBool::new(false);
+    let (outcome, acked, reached) = std::thread::scope(|sc| {
+        let clerk = sc.spawn(|| {
+            let mut acked = Vec::new();
+            let mut n = 5000;
+            while !stop.load(Ordering::SeqCst) {
+                n += 1;
+                // A put refused in the failover is not acknowledged.
+                if let Ok(id) =
+                    fx.vault
+                        .put_record(&fx.clerk, COUNTER, SubjectId::new(), &person(n))
+                {
+                    acked.push((id, n));
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            acked
+        });
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        let disposal = sc.spawn(|| {
+            fx.vault
+                .dispose(&fx.officer, &request(DisposalScope::Record(doomed)))
+        });
+        // The split has made and filled its children and waits for the
+        // swap's lock.
+        // (The split's text is longer than pg_stat_activity keeps: its
+        // waiting lock on the partition tells where it is.)
+        let at_swap = format!(
+            "SELECT count(*) FROM pg_locks WHERE NOT granted AND mode = 'AccessExclusiveLock'
+                AND relation = '{s}.beacons_{class}'::regclass"
+        );
+        let reached = eventually(20, || {
+            psql_in(&primary, "pivault_records", &at_swap).as_deref() == Some("1")
+        });
+        crate::cluster::cluster_script(&["member-stop", &old.to_string()]);
+        let outcome = disposal.join().expect("the disposal");
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        stop.store(true, Ordering::SeqCst);
+        (outcome, clerk.join().expect("the clerk"), reached)
+    });
+    let _ = insider.kill();
+    let _ = insider.wait();
+    crate::cluster::cluster_script(&["member-start", &old.to_string()]);
+    assert!(
+        reached,
+        "the split reached its swap before the primary was stopped"
+    );
+    let now = primary_member(&c);
+    assert_ne!(now, primary, "a standby was promoted");
+    // Either the purge's checks found the dead member (the batch failed,
+    // naming it, and waits for a retry), or the failover broke one of the
+    // purge's connections first (the batch stays at its step, unfailed,
+    // for the next open or a retry): never a certificate.
+    let batch = fx.vault.disposals(&fx.officer).unwrap()[0].clone();
+    let msg = match outcome {
+        Err(Error::DisposalFailed(msg)) => {
+            assert!(msg.contains(&primary), "the member is named: {msg}");
+            assert!(batch.failed.is_some());
+            msg
+        }
+        Err(Error::Storage(msg)) => {
+            assert!(batch.failed.is_none(), "{batch:?}");
+            assert_ne!(batch.step, "complete", "{batch:?}");
+            msg
+        }
+        other => panic!("the batch must stop and wait, not certify: {other:?}"),
+    };
+    // No half-split index on the new primary: the partitions as before.
+    assert_eq!(beacon_layout(&now, &fx.vault), layout, "{msg}");
+    crate::cluster::wait_healthy(&c);
+    let cert = fx.vault.retry_disposal(&fx.officer, batch.id).unwrap();
+    let doc = fx.vault.certificate(&fx.auditor, cert).unwrap();
+    let members = doc.body["sanitization"]["details"]["keystore_purge"]["members"]
+        .as_array()
+        .unwrap()
+        .clone();
+    assert_eq!(members.len(), 3);
+    assert!(members.iter().all(|m| m["verified"] == true), "{members:?}");
+    let split = doc.body["sanitization"]["details"]["search_index"]["partitions_split"]
+        .as_array()
+        .unwrap()
+        .clone();
+    assert!(
+        split.contains(&json!(format!("beacons_{class} into 16 partitions"))),
+        "{split:?}"
+    );
+    assert!(acked.len() >= 3, "the clerk ran: {}", acked.len());
+    for (id, n) in &acked {
+        assert_eq!(
+            found(&fx, "ssn", &ssn(*n)).unwrap(),
+            vec![*id],
+            "record {n}"
+        );
+    }
+    for (n, id) in people.iter().enumerate().skip(1) {
+        assert_eq!(found(&fx, "ssn", &ssn(n as u32)).unwrap(), vec![*id]);
+    }
+    assert!(found(&fx, "ssn", &ssn(0)).unwrap().is_empty(), "disposed");
+    assert_eq!(
+        c.files_holding(std::slice::from_ref(&tag)),
+        Vec::<PathBuf>::new()
+    );
 }

@@ -24,8 +24,8 @@ use std::io::Write as _;
 /// (2^-192), and too few to unwrap anything.
 pub(crate) const NEEDLE_PREFIX: usize = 24;
 
-/// `/1` held a copy of the whole trail too (tens of MB for a vault of
-/// 10^5 records); it is refused, naming the build to finish it with.
+/// `/1` held a copy of the whole trail too (so it grew with the vault's
+/// trail); it is refused, naming the build to finish it with.
 const FORMAT: &str = "pivault-deletion-journal/2";
 
 /// The first [`NEEDLE_PREFIX`] bytes of each of `items`.

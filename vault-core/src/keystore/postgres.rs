@@ -1170,7 +1170,7 @@ impl Conns {
             return Ok(true);
         }
         let probe = c.batch_execute(&format!(
-            "SET lock_timeout = '60s'; BEGIN; CREATE TABLE {schema}.pivault_drop_probe (); ROLLBACK"
+            "BEGIN; SET LOCAL lock_timeout = '60s'; CREATE TABLE {schema}.pivault_drop_probe (); ROLLBACK"
         ));
         if let Err(e) = probe {
             let _ = c.batch_execute("ROLLBACK");
