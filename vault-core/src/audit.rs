@@ -666,14 +666,22 @@ enum Reader {
 }
 
 impl Reader {
-    /// Each event line from seq `from` to `to` in order, until `visit`
-    /// says stop (files: every line, the visitor skips those outside).
-    fn each_line(
+    /// Each event from seq `from` (files: from the first) up to `to`, in
+    /// order, parsed (the chain not verified), until `visit` says stop.
+    fn each_event(
         &self,
         from: u64,
         to: u64,
-        mut visit: impl FnMut(&[u8]) -> Result<bool>,
+        mut visit: impl FnMut(AuditEvent) -> Result<bool>,
     ) -> Result<()> {
+        let mut visit = |line: &[u8]| -> Result<bool> {
+            let (body, hash) = split_line(line).ok_or(Error::Integrity("audit trail"))?;
+            let ev = decode_event(body, hash).map_err(|_| Error::Integrity("audit trail"))?;
+            if ev.seq > to {
+                return Ok(true);
+            }
+            visit(ev)
+        };
         match self {
             Reader::Dir(dir) => {
                 for (_, path) in list_segments(dir)? {
@@ -712,12 +720,7 @@ impl TrailReader {
     /// verified).
     pub(crate) fn events(&self, from: u64, to: u64) -> Result<Vec<AuditEvent>> {
         let mut out = Vec::new();
-        self.0.each_line(from, to, |line| {
-            let (body, hash) = split_line(line).ok_or(Error::Integrity("audit trail"))?;
-            let ev = decode_event(body, hash).map_err(|_| Error::Integrity("audit trail"))?;
-            if ev.seq > to {
-                return Ok(true);
-            }
+        self.0.each_event(from, to, |ev| {
             if ev.seq >= from {
                 out.push(ev);
             }
@@ -1292,13 +1295,8 @@ impl AuditLog {
         if filter.limit == Some(0) {
             return Ok(out);
         }
-        // Takes one line; true once no later line can match.
-        let take = |line: &[u8]| -> Result<bool> {
-            let (body, hash) = split_line(line).ok_or(Error::Integrity("audit trail"))?;
-            let ev = decode_event(body, hash).map_err(|_| Error::Integrity("audit trail"))?;
-            if filter.to_seq.is_some_and(|s| ev.seq > s) {
-                return Ok(true);
-            }
+        // Takes one event; true once no later one can match.
+        let take = |ev: AuditEvent| -> Result<bool> {
             if filter.matches(&ev) {
                 out.push(ev);
                 if filter.limit.is_some_and(|n| out.len() >= n) {
@@ -1307,7 +1305,7 @@ impl AuditLog {
             }
             Ok(false)
         };
-        self.reader().0.each_line(
+        self.reader().0.each_event(
             filter.from_seq.unwrap_or(1),
             filter.to_seq.unwrap_or(u64::MAX >> 1),
             take,
