@@ -56,71 +56,10 @@ END
 $$;
 REVOKE ALL ON FUNCTION pivault_audit.own_trail(uuid) FROM PUBLIC;
 
--- Whether `l` (an event line: canonical JSON, a space, 64 hex digits)
--- names as its hash sha256('pivault-audit-v1' || hash of `prev` || its
--- JSON), `prev` being the line before it (NULL before the first: 32 zero
--- bytes), as audit::verify checks it.
-CREATE FUNCTION pivault_audit.chains(prev bytea, l bytea) RETURNS boolean
-LANGUAGE sql IMMUTABLE
-SET search_path = pg_catalog, pg_temp
-AS $$
-  SELECT length(l) > 65 AND get_byte(l, length(l) - 65) = 32
-    AND encode(sha256('pivault-audit-v1'::bytea
-          || coalesce(decode(encode(substr(prev, length(prev) - 63), 'escape'), 'hex'),
-                      decode(repeat('00', 32), 'hex'))
-          || substr(l, 1, length(l) - 65)), 'hex')
-        = encode(substr(l, length(l) - 63), 'escape')
-$$;
-REVOKE ALL ON FUNCTION pivault_audit.chains(bytea, bytea) FROM PUBLIC;
-
--- Appends `lines` as events `first_seq`, `first_seq + 1`, ...: each must be the
--- next after the head and chain to the line before it. A line already
--- there with the same bytes is a retried append (the answer was lost with
--- a connection, or a failover lost the event and its writer sends it
--- again) and passes; any other number, or a line that does not chain
--- (a writer whose events a failover lost, after another writer took their
--- numbers), is refused, so no writer can fork the chain.
-CREATE FUNCTION pivault_audit.append(v uuid, first_seq bigint, lines bytea[]) RETURNS bigint
-LANGUAGE plpgsql SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-  t pivault_audit.trails := pivault_audit.own_trail(v);
-  s bigint := first_seq;
-  l bytea;
-  old bytea;
-  prev bytea;
-BEGIN
-  FOREACH l IN ARRAY lines LOOP
-    IF s <= t.head THEN
-      SELECT e.line INTO old FROM pivault_audit.events e WHERE e.vault = v AND e.seq = s;
-      IF old IS DISTINCT FROM l THEN
-        RAISE EXCEPTION 'audit event % of this trail is already written (another writer?)', s
-          USING ERRCODE = '40001';
-      END IF;
-    ELSIF s = t.head + 1 THEN
-      IF prev IS NULL AND s > 1 THEN
-        SELECT e.line INTO prev FROM pivault_audit.events e WHERE e.vault = v AND e.seq = s - 1;
-      END IF;
-      IF NOT pivault_audit.chains(prev, l) THEN
-        RAISE EXCEPTION 'audit event % does not chain to event % (another writer?)', s, s - 1
-          USING ERRCODE = '40001';
-      END IF;
-      INSERT INTO pivault_audit.events VALUES (v, s, l);
-      t.head := s;
-    ELSE
-      RAISE EXCEPTION 'audit event % would leave a gap after %', s, t.head
-        USING ERRCODE = '40001';
-    END IF;
-    prev := l;
-    s := s + 1;
-  END LOOP;
-  UPDATE pivault_audit.trails SET head = t.head WHERE vault = v;
-  RETURN t.head;
-END
-$$;
-REVOKE ALL ON FUNCTION pivault_audit.append(uuid, bigint, bytea[]) FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION pivault_audit.append(uuid, bigint, bytea[]) TO pivault_vaults;
+-- Appending an event (`pivault_audit.append`): a separate file, replaced
+-- if there, so a cluster set up by an earlier build gets the current one
+-- with `psql -d pivault_records -f scripts/records-audit-append.sql`.
+\ir records-audit-append.sql
 
 -- Adds a checkpoint at event `s`: after the last one, of an event already
 -- written, naming that event's chain hash as its head and (a version 2

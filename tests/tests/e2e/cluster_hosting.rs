@@ -721,6 +721,32 @@ fn the_audit_trails_are_append_only_to_every_vault_role(
             format!("SELECT pivault_audit.append('{id0}', 999999, ARRAY['forged'::bytea])"),
             stale,
         ),
+        // The next number, but lines that do not chain to the head: one
+        // not shaped as an event, one naming a made-up hash, and one whose
+        // hash is right for a chain that starts afresh here (32 zero bytes
+        // before it), as if the trail began again.
+        (
+            format!(
+                "SELECT pivault_audit.append('{id0}', {}, ARRAY['forged'::bytea])",
+                own.len() + 1
+            ),
+            stale,
+        ),
+        (
+            format!(
+                "SELECT pivault_audit.append('{id0}', {}, ARRAY[convert_to('{{\"a\":1}} ' || repeat('ab', 32), 'UTF8')])",
+                own.len() + 1
+            ),
+            stale,
+        ),
+        (
+            format!(
+                "SELECT pivault_audit.append('{id0}', {}, ARRAY[convert_to('{{\"a\":1}} ' || encode(sha256('pivault-audit-v1'::bytea || '\\x{}'::bytea || convert_to('{{\"a\":1}}', 'UTF8')), 'hex'), 'UTF8')])",
+                own.len() + 1,
+                "00".repeat(32)
+            ),
+            stale,
+        ),
         (
             format!(
                 "SELECT pivault_audit.add_checkpoint('{id0}', {},                  convert_to('{{\"seq\":{},\"head\":\"{}\"}}', 'UTF8'))",

@@ -1,0 +1,76 @@
+-- `pivault_audit.append`, the one function every audited operation calls
+-- (run by the superuser in `pivault_records`, by records-audit.sql on a new
+-- cluster; run again, it replaces an earlier build's, which checks the
+-- same and is slower: `psql -d pivault_records -f
+-- scripts/records-audit-append.sql`).
+--
+-- Appends `lines` as events `first_seq`, `first_seq + 1`, ...: each must be the
+-- next after the head and chain to the line before it. A line already
+-- there with the same bytes is a retried append (the answer was lost with
+-- a connection, or a failover lost the event and its writer sends it
+-- again) and passes; any other number, or a line that does not chain
+-- (a writer whose events a failover lost, after another writer took their
+-- numbers), is refused, so no writer can fork the chain.
+--
+-- A line chains when it is canonical JSON, a space and 64 hex digits
+-- naming sha256('pivault-audit-v1' || hash of the line before it || its
+-- JSON), the hash before the first line being 32 zero bytes, as
+-- audit::verify checks it.
+--
+-- Every part is inline PL/pgSQL, whose plans the session keeps: the first
+-- build called a SQL function for the chain check, planned again at every
+-- call, and `own_trail` (a second SECURITY DEFINER call) for every append;
+-- the two were 0.17 of the append's 0.26 ms in the database (benches/README,
+-- run 20). `own_trail` is now called only for a trail not yet claimed or
+-- claimed by another role, which it refuses.
+CREATE OR REPLACE FUNCTION pivault_audit.append(v uuid, first_seq bigint, lines bytea[])
+RETURNS bigint
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  t pivault_audit.trails;
+  s bigint := first_seq;
+  l bytea;
+  old bytea;
+  prev bytea;
+BEGIN
+  SELECT * INTO t FROM pivault_audit.trails WHERE vault = v FOR UPDATE;
+  IF NOT FOUND OR t.owner <> session_user THEN
+    t := pivault_audit.own_trail(v);
+  END IF;
+  FOREACH l IN ARRAY lines LOOP
+    IF s <= t.head THEN
+      SELECT e.line INTO old FROM pivault_audit.events e WHERE e.vault = v AND e.seq = s;
+      IF old IS DISTINCT FROM l THEN
+        RAISE EXCEPTION 'audit event % of this trail is already written (another writer?)', s
+          USING ERRCODE = '40001';
+      END IF;
+    ELSIF s = t.head + 1 THEN
+      IF prev IS NULL AND s > 1 THEN
+        SELECT e.line INTO prev FROM pivault_audit.events e WHERE e.vault = v AND e.seq = s - 1;
+      END IF;
+      IF NOT coalesce(length(l) > 65 AND get_byte(l, length(l) - 65) = 32
+          AND encode(sha256('pivault-audit-v1'::bytea
+                || coalesce(decode(encode(substr(prev, length(prev) - 63), 'escape'), 'hex'),
+                            '\x0000000000000000000000000000000000000000000000000000000000000000'::bytea)
+                || substr(l, 1, length(l) - 65)), 'hex')
+              = encode(substr(l, length(l) - 63), 'escape'), false) THEN
+        RAISE EXCEPTION 'audit event % does not chain to event % (another writer?)', s, s - 1
+          USING ERRCODE = '40001';
+      END IF;
+      INSERT INTO pivault_audit.events VALUES (v, s, l);
+      t.head := s;
+    ELSE
+      RAISE EXCEPTION 'audit event % would leave a gap after %', s, t.head
+        USING ERRCODE = '40001';
+    END IF;
+    prev := l;
+    s := s + 1;
+  END LOOP;
+  UPDATE pivault_audit.trails SET head = t.head WHERE vault = v;
+  RETURN t.head;
+END
+$$;
+REVOKE ALL ON FUNCTION pivault_audit.append(uuid, bigint, bytea[]) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION pivault_audit.append(uuid, bigint, bytea[]) TO pivault_vaults;
