@@ -288,28 +288,48 @@ fn another_vaults_journal_under_the_same_passphrase_is_refused_whether_or_not_it
     reopen(&other).expect("their vault opens");
 }
 
-#[test]
-fn pivault_vault_delete_of_an_embedded_vault_writes_what_it_hands_over_outside_and_removes_the_directory()
- {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("shop");
-    let (fx, needles, _) = filled(&dir, 3);
-    let vault_id = fx.vault.id().to_string();
-    drop(fx);
-    let work = tmp.path().join("handed-over");
-    std::fs::create_dir(&work).unwrap();
-    let secret = |name: &str, value: &str| {
-        let p = work.join(name);
-        crate::cli::write_private(&p, value.as_bytes());
-        p
-    };
-    let pass = secret("pass", common::PASSPHRASE);
-    let officer = secret("officer.pw", common::password_of("officer").expose());
-    let auditor = secret("auditor.pw", common::password_of("auditor").expose());
-    let run = |args: &[&str]| {
-        std::process::Command::new(crate::cli::pivault_bin())
-            .args(["--json", "--vault"])
-            .arg(&dir)
+/// What `pivault vault delete` is given and hands over: the passphrase
+/// and the two people's passwords in files, and where the certificate and
+/// the trail go.
+struct Handover {
+    work: PathBuf,
+}
+
+impl Handover {
+    fn new(tmp: &Path) -> Handover {
+        let work = tmp.join("handed-over");
+        std::fs::create_dir(&work).unwrap();
+        for (name, value) in [
+            ("pass", common::PASSPHRASE.to_owned()),
+            (
+                "officer.pw",
+                common::password_of("officer").expose().to_owned(),
+            ),
+            (
+                "auditor.pw",
+                common::password_of("auditor").expose().to_owned(),
+            ),
+        ] {
+            crate::cli::write_private(&work.join(name), value.as_bytes());
+        }
+        Handover { work }
+    }
+
+    /// `pivault --json … vault delete ARGS` on `dir` by the officer with
+    /// the auditor validating, run by `wrap` (a program and its arguments,
+    /// such as strace) when it is not empty.
+    fn run(&self, dir: &Path, wrap: &[String], args: &[&str]) -> std::process::Output {
+        let w = &self.work;
+        let mut c = match wrap.split_first() {
+            Some((program, rest)) => {
+                let mut c = std::process::Command::new(program);
+                c.args(rest).arg(crate::cli::pivault_bin());
+                c
+            }
+            None => std::process::Command::new(crate::cli::pivault_bin()),
+        };
+        c.args(["--json", "--vault"])
+            .arg(dir)
             .args([
                 "--user",
                 "officer",
@@ -319,17 +339,30 @@ fn pivault_vault_delete_of_an_embedded_vault_writes_what_it_hands_over_outside_a
                 "auditor",
             ])
             .arg("--certificate")
-            .arg(work.join("cert.json"))
+            .arg(w.join("cert.json"))
             .arg("--audit-out")
-            .arg(work.join("trail.jsonl"))
+            .arg(w.join("trail.jsonl"))
             .args(args)
-            .env("PIVAULT_PASSPHRASE_FILE", &pass)
-            .env("PIVAULT_PASSWORD_FILE", &officer)
-            .env("PIVAULT_VALIDATOR_PASSWORD_FILE", &auditor)
+            .env("PIVAULT_PASSPHRASE_FILE", w.join("pass"))
+            .env("PIVAULT_PASSWORD_FILE", w.join("officer.pw"))
+            .env("PIVAULT_VALIDATOR_PASSWORD_FILE", w.join("auditor.pw"))
             .env_remove("PIVAULT_DIR")
             .output()
             .unwrap()
-    };
+    }
+}
+
+#[test]
+fn pivault_vault_delete_of_an_embedded_vault_writes_what_it_hands_over_outside_and_removes_the_directory()
+ {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("shop");
+    let (fx, needles, _) = filled(&dir, 3);
+    let vault_id = fx.vault.id().to_string();
+    drop(fx);
+    let handover = Handover::new(tmp.path());
+    let work = &handover.work;
+    let run = |args: &[&str]| handover.run(&dir, &[], args);
     let o = run(&["--dry-run"]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let plan: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
@@ -341,7 +374,11 @@ fn pivault_vault_delete_of_an_embedded_vault_writes_what_it_hands_over_outside_a
     assert_eq!(doc["document"], "vault-deleted", "{doc}");
     assert_eq!(doc["records"], 3);
     assert!(!dir.exists(), "the directory removed");
-    let key_file = secret("cert.pem", doc["certificate_public_key"].as_str().unwrap());
+    let key_file = work.join("cert.pem");
+    crate::cli::write_private(
+        &key_file,
+        doc["certificate_public_key"].as_str().unwrap().as_bytes(),
+    );
     let o = std::process::Command::new(crate::cli::pivault_bin())
         .args(["certificate", "verify"])
         .arg(work.join("cert.json"))
@@ -352,5 +389,95 @@ fn pivault_vault_delete_of_an_embedded_vault_writes_what_it_hands_over_outside_a
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     // Nothing handed over holds a key.
-    assert_eq!(files_holding(&work, &needles), Vec::<PathBuf>::new());
+    assert_eq!(files_holding(work, &needles), Vec::<PathBuf>::new());
+}
+
+/// A full disk (`write(2)` of the marker failing with ENOSPC) or a lost
+/// flush (`fsync(2)` of it failing with EIO) while the deletion's journal is
+/// written, by the real binary under strace: the deletion stops before
+/// anything is destroyed, no marker is left to keep the vault shut, the
+/// error says so (a full disk called one, exit 11), and the vault opens
+/// with every record and a trail that verifies and names the failure.
+/// The deletion then goes through.
+#[test]
+fn a_full_disk_or_a_lost_flush_while_the_journal_is_written_destroys_nothing_and_leaves_no_marker()
+{
+    const STRACE: &str = "/usr/bin/strace";
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("shop");
+    let (fx, needles, ids) = filled(&dir, 3);
+    let vault_id = fx.vault.id().to_string();
+    drop(fx);
+    let handover = Handover::new(tmp.path());
+    let marker = dir.join("DELETED");
+    for (round, (sc, errno)) in [("write", "ENOSPC"), ("fsync", "EIO")]
+        .into_iter()
+        .enumerate()
+    {
+        let log = tmp.path().join(format!("strace-{sc}.log"));
+        let wrap: Vec<String> = [
+            STRACE,
+            "-f",
+            "-qq",
+            "-y",
+            "-o",
+            log.to_str().unwrap(),
+            "-e",
+            &format!("trace={sc}"),
+            "-e",
+            &format!("inject={sc}:error={errno}:when=1"),
+            "-P",
+            marker.to_str().unwrap(),
+        ]
+        .map(str::to_owned)
+        .to_vec();
+        let o = handover.run(&dir, &wrap, &["--confirm", &vault_id]);
+        let trace = std::fs::read_to_string(&log).unwrap_or_default();
+        assert!(
+            trace.contains("(INJECTED)"),
+            "strace injected nothing into the marker ({sc}): {trace}"
+        );
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        eprintln!("{sc} -> {errno}: {}", stderr.trim());
+        assert_eq!(o.status.code(), Some(11), "{sc} {errno}: {stderr}");
+        if errno == "ENOSPC" {
+            assert!(stderr.contains("the disk is full"), "{stderr}");
+        }
+        assert!(
+            stderr.contains("DELETED") && stderr.contains("nothing was deleted"),
+            "the error names the file and what did not happen: {stderr}"
+        );
+        assert!(!stderr.contains("/tmp/"), "no absolute path: {stderr}");
+        assert!(
+            !marker.exists(),
+            "{sc} {errno}: a marker left keeps the vault shut"
+        );
+        let v = reopen(&dir).expect("the vault opens");
+        let clerk = common::login(&v, "clerk");
+        for r in &ids {
+            v.get_record(&clerk, *r, &[], None).expect("still readable");
+        }
+        let auditor = common::login(&v, "auditor");
+        assert!(v.audit_verify(&auditor).unwrap().ok());
+        let failed = v
+            .audit_events(
+                &auditor,
+                &vault_core::audit::EventFilter {
+                    action_prefix: Some("vault.delete".into()),
+                    ..Default::default()
+                },
+            )
+            .unwrap()
+            .into_iter()
+            .filter(|e| e.outcome != vault_core::audit::Outcome::Success)
+            .count();
+        assert_eq!(failed, round + 1, "each failed deletion is in the trail");
+    }
+    let o = handover.run(&dir, &[], &["--confirm", &vault_id]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(!dir.exists(), "the directory removed");
+    assert_eq!(
+        files_holding(&handover.work, &needles),
+        Vec::<PathBuf>::new()
+    );
 }

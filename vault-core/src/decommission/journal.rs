@@ -94,10 +94,17 @@ pub(crate) fn write(marker: &Path, j: &Journal, key: &SecretKey) -> Result<std::
     }))
     .map_err(|_| Error::Integrity("deletion journal"))?;
     let mut f = fsutil::create_private_file(marker)?;
+    // Names the file (relative to the vault) and what did not happen.
+    let io = |e: std::io::Error| match Error::io_at(marker, e) {
+        Error::Io(m) => Error::Io(format!(
+            "{m}; the deletion's journal could not be written, so nothing was deleted"
+        )),
+        e => e,
+    };
     let written = (|| -> Result<()> {
         f.try_lock().map_err(|_| Error::VaultBusy)?;
-        f.write_all(&text)?;
-        f.sync_all()?;
+        f.write_all(&text).map_err(io)?;
+        f.sync_all().map_err(io)?;
         if let Some(dir) = marker.parent() {
             fsutil::sync_dir(dir)?;
         }
