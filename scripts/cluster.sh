@@ -15,6 +15,10 @@
 # (default 55400: etcd 55401-3/55411-3, Patroni REST 55421-3, PostgreSQL 55431-3).
 # As root, PostgreSQL and Patroni run as the `postgres` user.
 set -euo pipefail
+# libpq takes PGPASSWORD before a passfile: one left in the caller's shell
+# (another cluster's superuser password) would fail the standbys' base
+# backups, which authenticate with this cluster's passfile.
+unset PGPASSWORD PGPASSFILE PGSERVICE PGUSER PGHOST PGHOSTADDR PGPORT PGDATABASE PGSSLMODE PGOPTIONS
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 DIR=${PIVAULT_CLUSTER_DIR:-/tmp/pivault-cluster}
