@@ -481,3 +481,67 @@ fn a_full_disk_or_a_lost_flush_while_the_journal_is_written_destroys_nothing_and
         Vec::<PathBuf>::new()
     );
 }
+
+/// Someone with the directory but not the passphrase removes the audit
+/// trail's files, or cuts its last segment short, while a deletion waits
+/// for its resume (the keys already gone): the journal can no longer be
+/// bound to the trail, so the resume issues no certificate and gives
+/// nothing back, saying what is missing; with the trail put back from a
+/// copy, it certifies.
+#[test]
+fn a_trail_removed_or_cut_short_before_the_resume_gets_no_certificate_until_it_is_put_back() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("shop");
+    let (fx, needles, _) = filled(&dir, 5);
+    let cert_key = fx.vault.certificate_public_key();
+    let pass = SecretString::from(common::PASSPHRASE);
+    assert!(delete_with_hook(fx.vault, killed_at("keystore_dropped")).is_none());
+    let audit = dir.join("audit");
+    let kept = tmp.path().join("audit-copy");
+    copy_dir(&audit, &kept);
+    let refused = |what: &str| match resume_deletion(&dir, &pass) {
+        Err(Error::Integrity(m)) => {
+            assert!(m.contains("does not reach"), "{what}: {m}");
+            assert!(dir.join("DELETED").exists(), "{what}: the marker stays");
+            assert!(reopen(&dir).is_err(), "{what}: nothing given back");
+        }
+        other => panic!("{what}: a resume without the trail must be refused: {other:?}"),
+    };
+    std::fs::remove_dir_all(&audit).unwrap();
+    refused("the audit directory removed");
+    std::fs::create_dir(&audit).unwrap();
+    refused("the audit directory emptied");
+    // The segments put back, the newest cut to its first line.
+    copy_dir(&kept, &audit);
+    let last = std::fs::read_dir(&audit)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.file_name().unwrap().to_str().unwrap().starts_with("seg-"))
+        .max()
+        .unwrap();
+    let whole = std::fs::read(&last).unwrap();
+    let first_line = whole.iter().position(|b| *b == b'\n').unwrap() + 1;
+    assert!(
+        first_line < whole.len(),
+        "the segment has more than one line"
+    );
+    std::fs::write(&last, &whole[..first_line]).unwrap();
+    refused("the last segment cut short");
+    std::fs::remove_dir_all(&audit).unwrap();
+    copy_dir(&kept, &audit);
+    let Resumed::Deleted(done) = resume_deletion(&dir, &pass).unwrap() else {
+        panic!("with the trail back the resume finishes")
+    };
+    assert_certified(&done, &cert_key, 5);
+    assert_eq!(files_holding(&dir, &needles), Vec::<PathBuf>::new());
+}
+
+/// Copies the files of `from` (no subdirectories) into `to`, made if missing.
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let p = e.unwrap().path();
+        assert!(p.is_file(), "{p:?}: a file");
+        std::fs::copy(&p, to.join(p.file_name().unwrap())).unwrap();
+    }
+}

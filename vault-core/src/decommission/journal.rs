@@ -337,11 +337,26 @@ fn check_bound(trail: &crate::audit::TrailReader, j: &Journal) -> Result<()> {
             "deletion journal (not this deletion's: the vault's trail went on after it; remove the DELETED marker only if no deletion of this vault is under way)",
         )
     };
-    let events = trail.events(j.checkpoint.0, u64::MAX >> 1)?;
-    let Some((first, rest)) = events.split_first() else {
-        return Err(stale());
+    // A trail that does not reach the checkpoint (its files removed or cut
+    // short by someone with the directory) cannot bind the journal: the
+    // deletion waits for it to be put back, uncertified, rather than be
+    // certified from a journal that may be an earlier deletion's.
+    let missing = || {
+        Error::Integrity(
+            "deletion journal (the vault's audit trail does not reach the event the journal was made at: its files were removed or cut short; no certificate is issued without it: put the audit directory back from a copy of the vault directory and resume again)",
+        )
     };
-    if first.seq != j.checkpoint.0 || hex::encode(first.hash) != j.checkpoint.1 {
+    let events = match trail.events(j.checkpoint.0, u64::MAX >> 1) {
+        Err(Error::Io(_)) => return Err(missing()),
+        r => r?,
+    };
+    let Some((first, rest)) = events.split_first() else {
+        return Err(missing());
+    };
+    if first.seq != j.checkpoint.0 {
+        return Err(missing());
+    }
+    if hex::encode(first.hash) != j.checkpoint.1 {
         return Err(stale());
     }
     if rest
