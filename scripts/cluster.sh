@@ -15,10 +15,13 @@
 # (default 55400: etcd 55401-3/55411-3, Patroni REST 55421-3, PostgreSQL 55431-3).
 # As root, PostgreSQL and Patroni run as the `postgres` user.
 set -euo pipefail
-# libpq takes PGPASSWORD before a passfile: one left in the caller's shell
-# (another cluster's superuser password) would fail the standbys' base
-# backups, which authenticate with this cluster's passfile.
-unset PGPASSWORD PGPASSFILE PGSERVICE PGUSER PGHOST PGHOSTADDR PGPORT PGDATABASE PGSSLMODE PGOPTIONS
+# None of libpq's variables from the caller's shell: PGPASSWORD is taken
+# before a passfile (another cluster's superuser password would fail the
+# standbys' base backups), PGTARGETSESSIONATTRS would send the standby
+# checks to the primary, and so on. Each call here names what it needs.
+for v in $(compgen -e); do
+  case $v in PG*) unset "$v" ;; esac
+done
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 DIR=${PIVAULT_CLUSTER_DIR:-/tmp/pivault-cluster}

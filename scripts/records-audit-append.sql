@@ -49,11 +49,15 @@ BEGIN
     ELSIF s = t.head + 1 THEN
       IF prev IS NULL AND s > 1 THEN
         SELECT e.line INTO prev FROM pivault_audit.events e WHERE e.vault = v AND e.seq = s - 1;
+        IF prev IS NULL THEN
+          RAISE EXCEPTION 'audit event % has no event % before it', s, s - 1
+            USING ERRCODE = '40001';
+        END IF;
       END IF;
       IF NOT coalesce(length(l) > 65 AND get_byte(l, length(l) - 65) = 32
           AND encode(sha256('pivault-audit-v1'::bytea
                 || coalesce(decode(encode(substr(prev, length(prev) - 63), 'escape'), 'hex'),
-                            '\x0000000000000000000000000000000000000000000000000000000000000000'::bytea)
+                            decode(repeat('00', 32), 'hex'))
                 || substr(l, 1, length(l) - 65)), 'hex')
               = encode(substr(l, length(l) - 63), 'escape'), false) THEN
         RAISE EXCEPTION 'audit event % does not chain to event % (another writer?)', s, s - 1
@@ -74,3 +78,5 @@ END
 $$;
 REVOKE ALL ON FUNCTION pivault_audit.append(uuid, bigint, bytea[]) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION pivault_audit.append(uuid, bigint, bytea[]) TO pivault_vaults;
+-- The chain check's SQL function of the first build, no longer called.
+DROP FUNCTION IF EXISTS pivault_audit.chains(bytea, bytea);

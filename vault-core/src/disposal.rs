@@ -1869,6 +1869,11 @@ impl Vault {
                 "keystore members other than those listed in sanitization.details.keystore_purge.members (a member added after the purge, or one removed without its data directory being wiped)".to_owned(),
             ]);
         }
+        if on_cluster || records_engine == "postgresql" {
+            not_covered.push(
+                "copies of the vault's keys or search-index rows made before this disposal by whoever holds the vault's cluster role: taken out of the cluster, written in another encoding, or written into the vault's own tables that the purge does not rewrite (the byte scan reads every relation of the vault's schemas that pivault did not make, for the stored bytes)".to_owned(),
+            );
+        }
         if !copies.is_empty() {
             not_covered.push(format!(
                 "{} export(s) made before this disposal hold copies of records of this batch outside the vault (target.copies_outside_vault)",

@@ -287,3 +287,52 @@ fn a_records_database_without_the_audit_trails_is_refused_naming_the_script() {
         other => panic!("{:?}", other.map(|_| ())),
     }
 }
+
+/// The trails there but not their `append` (one of the two scripts run
+/// without the other): the trail is refused at open naming the script that
+/// adds it, not left to fail at the first event with a bare SQL error.
+#[test]
+fn a_records_database_without_the_append_function_is_refused_naming_its_script() {
+    let _one = serial();
+    let primary = primary_member(&cluster());
+    /// Puts the function back whatever happens to the test.
+    struct Back(String);
+    impl Drop for Back {
+        fn drop(&mut self) {
+            psql_in(
+                &self.0,
+                "pivault_records",
+                "ALTER FUNCTION pivault_audit.append_away(uuid, bigint, bytea[]) RENAME TO append",
+            )
+            .expect("the append function put back");
+        }
+    }
+    let (cfg, vault, key, tmp) = new_trail();
+    psql_in(
+        &primary,
+        "pivault_records",
+        "ALTER FUNCTION pivault_audit.append(uuid, bigint, bytea[]) RENAME TO append_away",
+    )
+    .expect("the append function moved away");
+    let back = Back(primary);
+    let r = AuditLog::open_on_cluster(
+        cfg.clone(),
+        vault,
+        &tmp.path().join("audit"),
+        key.clone(),
+        true,
+    );
+    match r {
+        Err(vault_core::Error::AuditUnavailable(m)) => {
+            assert!(m.contains("scripts/records-audit-append.sql"), "{m}")
+        }
+        other => panic!("{:?}", other.map(|_| ())),
+    }
+    drop(back);
+    let mut log = open(&cfg, vault, &tmp.path().join("audit"), &key);
+    assert_eq!(
+        log.append(event(0, 0)).unwrap(),
+        1,
+        "with it back, the trail opens"
+    );
+}

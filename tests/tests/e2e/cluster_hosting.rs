@@ -721,32 +721,6 @@ fn the_audit_trails_are_append_only_to_every_vault_role(
             format!("SELECT pivault_audit.append('{id0}', 999999, ARRAY['forged'::bytea])"),
             stale,
         ),
-        // The next number, but lines that do not chain to the head: one
-        // not shaped as an event, one naming a made-up hash, and one whose
-        // hash is right for a chain that starts afresh here (32 zero bytes
-        // before it), as if the trail began again.
-        (
-            format!(
-                "SELECT pivault_audit.append('{id0}', {}, ARRAY['forged'::bytea])",
-                own.len() + 1
-            ),
-            stale,
-        ),
-        (
-            format!(
-                "SELECT pivault_audit.append('{id0}', {}, ARRAY[convert_to('{{\"a\":1}} ' || repeat('ab', 32), 'UTF8')])",
-                own.len() + 1
-            ),
-            stale,
-        ),
-        (
-            format!(
-                "SELECT pivault_audit.append('{id0}', {}, ARRAY[convert_to('{{\"a\":1}} ' || encode(sha256('pivault-audit-v1'::bytea || '\\x{}'::bytea || convert_to('{{\"a\":1}}', 'UTF8')), 'hex'), 'UTF8')])",
-                own.len() + 1,
-                "00".repeat(32)
-            ),
-            stale,
-        ),
         (
             format!(
                 "SELECT pivault_audit.add_checkpoint('{id0}', {},                  convert_to('{{\"seq\":{},\"head\":\"{}\"}}', 'UTF8'))",
@@ -767,6 +741,41 @@ fn the_audit_trails_are_append_only_to_every_vault_role(
         ),
     ] {
         assert_eq!(try_sql(v0, &attack), Err(code.to_owned()), "{attack}");
+    }
+    // The next number, but lines that do not chain to the head: one not
+    // shaped as an event, one naming a made-up hash, and one whose hash is
+    // right for a chain that starts afresh here (32 zero bytes before it),
+    // as if the trail began again. Each is refused by the chain check, not
+    // by the number (the head is the last event read).
+    assert_eq!(
+        own.last().map(|e| e.0),
+        Some(own.len() as i64),
+        "the trail read whole"
+    );
+    let made = "convert_to('{\"a\":1}', 'UTF8')";
+    for line in [
+        "'forged'::bytea".to_owned(),
+        "convert_to('{\"a\":1} ' || repeat('ab', 32), 'UTF8')".to_owned(),
+        format!(
+            "{made} || ' '::bytea || convert_to(encode(sha256('pivault-audit-v1'::bytea || decode(repeat('00', 32), 'hex') || {made}), 'hex'), 'UTF8')"
+        ),
+    ] {
+        let sql = format!(
+            "SELECT pivault_audit.append('{id0}', {}, ARRAY[{line}])",
+            own.len() + 1
+        );
+        match v0.batch_execute(&sql) {
+            Err(e) => {
+                let d = e.as_db_error().expect("refused by the database");
+                assert_eq!(d.code().code(), stale, "{sql}");
+                assert!(
+                    d.message().contains("does not chain"),
+                    "{sql}: {}",
+                    d.message()
+                );
+            }
+            Ok(()) => panic!("{sql}: appended"),
+        }
     }
     assert_eq!(
         try_sql(

@@ -1608,3 +1608,97 @@ fn the_primary_lost_in_the_middle_of_a_split_leaves_no_half_split_and_loses_no_a
         Vec::<PathBuf>::new()
     );
 }
+
+/// Someone with the vault's own role (what the vault host holds) keeps
+/// copies of the data keys and of the search index in relations of their
+/// own in the vault's schemas, as an operator might "to be safe" before
+/// maintenance: a table and a materialized view of the keys, a table of
+/// the search index and an index whose every entry carries a copied tag.
+/// A disposal's narrowed scans read every relation pivault did not make
+/// there, so the copies block the certificate (the batch waits, naming
+/// them); once they are dropped, the retry certifies and no member keeps
+/// the deleted key or tag.
+#[test]
+fn copies_the_vaults_role_keeps_in_the_vaults_own_schemas_are_read_and_block_the_certificate() {
+    let _one = serial();
+    let c = cluster();
+    let tmp = tempfile::tempdir().unwrap();
+    let fx = vault_on_clusters(&tmp.path().join("vault"));
+    let primary = primary_member(&c);
+    let doomed = put_people(&fx, 0..1)[0];
+    let kept = put_people(&fx, 1..4);
+    let subject = fx
+        .vault
+        .get_record(&fx.clerk, doomed, &[], None)
+        .unwrap()
+        .meta
+        .subject;
+    let wrapped = fx
+        .vault
+        .keystore()
+        .wrapped_dek(subject, doomed, 1)
+        .unwrap()
+        .expect("the record's key");
+    let tag = beacon_tag(&primary, &fx.vault, doomed);
+    let (ks, rs) = (keys_schema(&fx.vault), records_schema(&fx.vault));
+    let as_role = |cfg: &vault_core::keystore::postgres::PgConfig, sql: &str| {
+        vault_core::keystore::provider::connect_primary(cfg)
+            .unwrap()
+            .batch_execute(sql)
+            .unwrap();
+    };
+    as_role(
+        &common::cluster_keystore(),
+        &format!(
+            "CREATE TABLE {ks}.saved AS SELECT * FROM {ks}.deks;
+             CREATE MATERIALIZED VIEW {ks}.keys_view AS SELECT bucket, k, v FROM {ks}.deks"
+        ),
+    );
+    as_role(
+        &common::cluster_records(),
+        &format!(
+            "CREATE TABLE {rs}.saved AS SELECT * FROM {rs}.beacons;
+             CREATE TABLE {rs}.notes (n int);
+             INSERT INTO {rs}.notes SELECT generate_series(1, 10);
+             CREATE INDEX tagged ON {rs}.notes ((n::text::bytea || '\\x{}'::bytea))",
+            hex::encode(&tag)
+        ),
+    );
+    for m in &c.members {
+        psql_in(m, "postgres", "CHECKPOINT");
+    }
+    let refused = fx
+        .vault
+        .dispose(&fx.officer, &request(DisposalScope::Record(doomed)));
+    let msg = match refused {
+        Err(Error::DisposalFailed(msg)) => msg,
+        other => panic!("copies left in the vault's schemas must block the certificate: {other:?}"),
+    };
+    assert!(
+        msg.contains("pre-disposal wrapped key bytes found in keystore files"),
+        "{msg}"
+    );
+    assert!(msg.contains("deleted search beacons found"), "{msg}");
+    let batch = fx.vault.disposals(&fx.officer).unwrap()[0].clone();
+    assert!(batch.failed.is_some(), "{batch:?}");
+    as_role(
+        &common::cluster_keystore(),
+        &format!("DROP TABLE {ks}.saved; DROP MATERIALIZED VIEW {ks}.keys_view"),
+    );
+    as_role(
+        &common::cluster_records(),
+        &format!("DROP TABLE {rs}.saved; DROP TABLE {rs}.notes"),
+    );
+    let cert = fx.vault.retry_disposal(&fx.officer, batch.id).unwrap();
+    fx.vault.certificate(&fx.auditor, cert).unwrap();
+    assert_eq!(
+        c.files_holding(&[wrapped.clone(), tag.clone()]),
+        Vec::<PathBuf>::new(),
+        "no member keeps the deleted key or tag"
+    );
+    assert!(found(&fx, "ssn", &ssn(0)).unwrap().is_empty());
+    for (i, id) in kept.iter().enumerate() {
+        assert_eq!(found(&fx, "ssn", &ssn(1 + i as u32)).unwrap(), vec![*id]);
+    }
+    fx.vault.close().unwrap();
+}

@@ -318,12 +318,25 @@ impl ClusterTrail {
     }
 
     fn read_last_event(&self) -> Result<Option<(u64, Vec<u8>)>> {
-        self.on_primary(|c| {
-            let st =
-                c.prepared("SELECT seq, line FROM pivault_audit.last_event($1::text::uuid)")?;
-            let row = c.query_opt(&st, &[&self.vault]).map_err(pg)?;
-            Ok(row.map(|r| (r.get::<_, i64>(0) as u64, r.get::<_, Vec<u8>>(1))))
-        })
+        let row = self.on_primary(|c| {
+            // With whether `append` is there: a file of the scripts run
+            // without the other leaves the trail readable but not writable.
+            let st = c.prepared(
+                "SELECT to_regprocedure('pivault_audit.append(uuid,bigint,bytea[])') IS NOT NULL, l.seq, l.line
+                   FROM (SELECT 1) one LEFT JOIN pivault_audit.last_event($1::text::uuid) l ON true",
+            )?;
+            c.query_one(&st, &[&self.vault]).map_err(pg)
+        })?;
+        if !row.get::<_, bool>(0) {
+            return Err(Error::AuditUnavailable(
+                "the records database's audit trails have no append function (pivault_audit.append): \
+                 run scripts/records-audit-append.sql on it as the cluster's superuser"
+                    .into(),
+            ));
+        }
+        Ok(row
+            .get::<_, Option<i64>>(1)
+            .map(|seq| (seq as u64, row.get::<_, Vec<u8>>(2))))
     }
 
     /// Every checkpoint line, in order.

@@ -93,20 +93,21 @@ pub(crate) fn write(marker: &Path, j: &Journal, key: &SecretKey) -> Result<std::
         "sealed": hex::encode(sealed),
     }))
     .map_err(|_| Error::Integrity("deletion journal"))?;
-    let mut f = fsutil::create_private_file(marker)?;
     // Names the file (relative to the vault) and what did not happen.
-    let io = |e: std::io::Error| match Error::io_at(marker, e) {
+    let not_written = |e: Error| match e {
         Error::Io(m) => Error::Io(format!(
             "{m}; the deletion's journal could not be written, so nothing was deleted"
         )),
         e => e,
     };
+    let io = |e: std::io::Error| not_written(Error::io_at(marker, e));
+    let mut f = fsutil::create_private_file(marker).map_err(not_written)?;
     let written = (|| -> Result<()> {
         f.try_lock().map_err(|_| Error::VaultBusy)?;
         f.write_all(&text).map_err(io)?;
         f.sync_all().map_err(io)?;
         if let Some(dir) = marker.parent() {
-            fsutil::sync_dir(dir)?;
+            fsutil::sync_dir(dir).map_err(not_written)?;
         }
         Ok(())
     })();
@@ -343,11 +344,13 @@ fn check_bound(trail: &crate::audit::TrailReader, j: &Journal) -> Result<()> {
     // certified from a journal that may be an earlier deletion's.
     let missing = || {
         Error::Integrity(
-            "deletion journal (the vault's audit trail does not reach the event the journal was made at: its files were removed or cut short; no certificate is issued without it: put the audit directory back from a copy of the vault directory and resume again)",
+            "deletion journal (the vault's audit trail does not hold the event the journal was made at: its files were removed or cut short; no certificate is issued without it: put the audit directory back from a copy of the vault directory and resume again)",
         )
     };
     let events = match trail.events(j.checkpoint.0, u64::MAX >> 1) {
-        Err(Error::Io(_)) => return Err(missing()),
+        // Only a file or directory that is not there: another failure
+        // (permissions, the disk) is what it is.
+        Err(Error::Io(m)) if m.starts_with("a file is missing") => return Err(missing()),
         r => r?,
     };
     let Some((first, rest)) = events.split_first() else {

@@ -623,6 +623,15 @@ impl PgKeys {
         PARTITIONS.min(self.buckets.max(1))
     }
 
+    /// Whether `name` is a relation this engine makes in the vault's
+    /// schema (`create_schema`, the lease): its tables, the data keys'
+    /// partitions and their primary keys.
+    fn own_relation(&self, name: &str) -> bool {
+        let table = name.strip_suffix("_pkey").unwrap_or(name);
+        matches!(table, "lease" | "buckets" | "backups" | "header" | "deks")
+            || (0..self.partitions()).any(|p| table == format!("deks_{p}"))
+    }
+
     /// Buckets `[lo, hi)` of partition `p`.
     fn partition_range(&self, p: u32) -> (u64, u64) {
         let n = u64::from(self.partitions());
@@ -1384,10 +1393,16 @@ impl Conns {
     /// `wal_after` (the segment of the purge's last write, see
     /// [`Purged::wal_segment`]) the WAL segments past it are not read;
     /// on a cluster whose functions predate that, every segment is.
+    ///
+    /// A narrowed scan also reads every relation of the vault's schema
+    /// whose name `Narrowed::own` does not know: a table someone made
+    /// there (a copy of the keys "to be safe", a materialized view, a
+    /// partition or index of their own), so that such a copy's bytes block
+    /// the certificate instead of going unread.
     pub(crate) fn scan_members(
         &self,
         needles: &[Vec<u8>],
-        vault: Option<(&str, Option<&[&str]>)>,
+        vault: Option<(&str, Option<Narrowed<'_>>)>,
         wal_after: Option<&str>,
     ) -> Result<ByteScan> {
         let mut out = ByteScan::default();
@@ -1419,6 +1434,15 @@ impl Conns {
                                 Some(Ok(_)) => false,
                             }
                         };
+                        // The named tables and the strangers of the
+                        // vault's schema, as this member's catalog has them.
+                        let read: Option<Vec<String>> = match vault {
+                            Some((v, Some(n))) => Some(n.with_strangers(&mut c, v)?),
+                            _ => None,
+                        };
+                        let read: Option<Vec<&str>> =
+                            read.as_ref().map(|t| t.iter().map(String::as_str).collect());
+                        let vault = vault.map(|(v, _)| (v, read.as_deref()));
                         let mut rows = None;
                         if let (Some((v, tables)), Some(after)) = (vault, wal_after) {
                             rows = Some(c.query(
@@ -1468,6 +1492,46 @@ impl Conns {
                 }
             }
         }
+        Ok(out)
+    }
+}
+
+/// What a narrowed scan reads of a vault's own schema: the relations in
+/// `tables` (and those named after one of them and `_`: its partitions,
+/// its indexes), and every relation whose name `own` does not give as one
+/// pivault makes there.
+#[derive(Clone, Copy)]
+pub(crate) struct Narrowed<'a> {
+    pub(crate) tables: &'a [&'a str],
+    pub(crate) own: &'a (dyn Fn(&str) -> bool + Sync),
+}
+
+impl std::fmt::Debug for Narrowed<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Narrowed")
+            .field("tables", &self.tables)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Narrowed<'_> {
+    /// `tables` and the relations of `schema` that are not pivault's own,
+    /// from `c`'s catalog.
+    fn with_strangers(&self, c: &mut Client, schema: &str) -> Result<Vec<String>> {
+        let names = c
+            .query(
+                "SELECT c.relname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                  WHERE n.nspname = $1",
+                &[&schema],
+            )
+            .map_err(pg)?;
+        let mut out: Vec<String> = self.tables.iter().map(|t| (*t).to_owned()).collect();
+        out.extend(
+            names
+                .iter()
+                .map(|r| r.get::<_, String>(0))
+                .filter(|n| !(self.own)(n)),
+        );
         Ok(out)
     }
 }
@@ -1560,9 +1624,14 @@ impl KeyEngine for PgKeys {
             .iter()
             .map(|r| r.rsplit('.').next().unwrap_or(r))
             .collect();
+        let own = |name: &str| self.own_relation(name);
+        let narrowed = Narrowed {
+            tables: &tables,
+            own: &own,
+        };
         off_runtime(|| {
             self.conns
-                .scan_members(needles, Some((&self.schema, Some(&tables))), wal_after)
+                .scan_members(needles, Some((&self.schema, Some(narrowed))), wal_after)
         })
     }
 

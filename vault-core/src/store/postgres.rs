@@ -61,7 +61,8 @@ use super::{ALL_CFS, BeaconPurge, CF_BEACONS, WriteOp};
 use crate::error::{Error, Result};
 use crate::ids::VaultId;
 use crate::keystore::postgres::{
-    CheckNames, Conns, NEXT_GENERATION, PgConfig, PurgeControl, off_runtime, pg, scan_pages,
+    CheckNames, Conns, NEXT_GENERATION, Narrowed, PgConfig, PurgeControl, off_runtime, pg,
+    scan_pages,
 };
 
 /// Rows per page of a scan.
@@ -317,6 +318,15 @@ const HOLDER_TIMES: &str = "a.backend_start::text || ' ' || a.xact_start::text";
 /// backend `$pid` (a parameter the caller names) is still in the
 /// transaction that took it (`$times`, [`HOLDER_TIMES`]). A table lock is
 /// released only when its transaction ends.
+/// Whether `name` is a relation this engine makes in a vault's records
+/// schema: its tables, the search index's partitions (as named by
+/// [`partitions::Part`]) and their primary keys.
+fn own_relation(name: &str) -> bool {
+    let table = name.strip_suffix("_pkey").unwrap_or(name);
+    matches!(table, "holder" | "lease" | "rows" | "beacons")
+        || partitions::Part::parse(table).is_some()
+}
+
 pub(crate) fn held_by(pid: &str, times: &str) -> String {
     format!("EXISTS (SELECT 1 FROM pg_stat_get_activity({pid}) a WHERE {HOLDER_TIMES} = {times})")
 }
@@ -948,9 +958,13 @@ impl RowEngine for PgRows {
             tables.push(CF_BEACONS.to_owned());
         }
         let tables: Vec<&str> = tables.iter().map(String::as_str).collect();
+        let narrowed = Narrowed {
+            tables: &tables,
+            own: &own_relation,
+        };
         off_runtime(|| {
             self.conns
-                .scan_members(needles, Some((&self.schema, Some(&tables))), wal_after)
+                .scan_members(needles, Some((&self.schema, Some(narrowed))), wal_after)
         })
     }
 
