@@ -1613,11 +1613,12 @@ fn the_primary_lost_in_the_middle_of_a_split_leaves_no_half_split_and_loses_no_a
 /// copies of the data keys and of the search index in relations of their
 /// own in the vault's schemas, as an operator might "to be safe" before
 /// maintenance: a table and a materialized view of the keys, a table of
-/// the search index and an index whose every entry carries a copied tag.
-/// A disposal's narrowed scans read every relation pivault did not make
-/// there, so the copies block the certificate (the batch waits, naming
-/// them); once they are dropped, the retry certifies and no member keeps
-/// the deleted key or tag.
+/// the search index under a name pivault gives its partitions, and an
+/// index (named as pivault names a primary key) whose every entry carries
+/// a copied tag. A disposal's narrowed scans read every relation the
+/// catalog does not show as pivault's own, so each copy's file blocks the
+/// certificate (the batch waits, naming them); once they are dropped, the
+/// retry certifies and no member keeps the deleted key or tag.
 #[test]
 fn copies_the_vaults_role_keeps_in_the_vaults_own_schemas_are_read_and_block_the_certificate() {
     let _one = serial();
@@ -1641,6 +1642,27 @@ fn copies_the_vaults_role_keeps_in_the_vaults_own_schemas_are_read_and_block_the
         .expect("the record's key");
     let tag = beacon_tag(&primary, &fx.vault, doomed);
     let (ks, rs) = (keys_schema(&fx.vault), records_schema(&fx.vault));
+    /// Drops the copies whatever happens to the test (the fixtures' vaults
+    /// share one role, whose later scans would read them).
+    struct Copies(String, String, String);
+    impl Drop for Copies {
+        fn drop(&mut self) {
+            let (m, ks, rs) = (&self.0, &self.1, &self.2);
+            let _ = psql_in(
+                m,
+                "pivault_keys",
+                &format!(
+                    "DROP TABLE IF EXISTS {ks}.saved; DROP MATERIALIZED VIEW IF EXISTS {ks}.keys_view"
+                ),
+            );
+            let _ = psql_in(
+                m,
+                "pivault_records",
+                &format!("DROP TABLE IF EXISTS {rs}.beacons_64_3; DROP TABLE IF EXISTS {rs}.notes"),
+            );
+        }
+    }
+    let _copies = Copies(primary.clone(), ks.clone(), rs.clone());
     let as_role = |cfg: &vault_core::keystore::postgres::PgConfig, sql: &str| {
         vault_core::keystore::provider::connect_primary(cfg)
             .unwrap()
@@ -1657,13 +1679,27 @@ fn copies_the_vaults_role_keeps_in_the_vaults_own_schemas_are_read_and_block_the
     as_role(
         &common::cluster_records(),
         &format!(
-            "CREATE TABLE {rs}.saved AS SELECT * FROM {rs}.beacons;
+            "CREATE TABLE {rs}.beacons_64_3 AS SELECT * FROM {rs}.beacons;
              CREATE TABLE {rs}.notes (n int);
              INSERT INTO {rs}.notes SELECT generate_series(1, 10);
-             CREATE INDEX tagged ON {rs}.notes ((n::text::bytea || '\\x{}'::bytea))",
+             CREATE INDEX holder_pkey ON {rs}.notes ((n::text::bytea || '\\x{}'::bytea))",
             hex::encode(&tag)
         ),
     );
+    let file = |db: &str, rel: &str| {
+        psql_in(
+            &primary,
+            db,
+            &format!("SELECT pg_relation_filepath('{rel}')"),
+        )
+        .expect("member up")
+    };
+    let files = [
+        file("pivault_keys", &format!("{ks}.saved")),
+        file("pivault_keys", &format!("{ks}.keys_view")),
+        file("pivault_records", &format!("{rs}.beacons_64_3")),
+        file("pivault_records", &format!("{rs}.holder_pkey")),
+    ];
     for m in &c.members {
         psql_in(m, "postgres", "CHECKPOINT");
     }
@@ -1679,6 +1715,9 @@ fn copies_the_vaults_role_keeps_in_the_vaults_own_schemas_are_read_and_block_the
         "{msg}"
     );
     assert!(msg.contains("deleted search beacons found"), "{msg}");
+    for f in &files {
+        assert!(msg.contains(&format!(": {f}")), "{f} is named: {msg}");
+    }
     let batch = fx.vault.disposals(&fx.officer).unwrap()[0].clone();
     assert!(batch.failed.is_some(), "{batch:?}");
     as_role(
@@ -1687,7 +1726,7 @@ fn copies_the_vaults_role_keeps_in_the_vaults_own_schemas_are_read_and_block_the
     );
     as_role(
         &common::cluster_records(),
-        &format!("DROP TABLE {rs}.saved; DROP TABLE {rs}.notes"),
+        &format!("DROP TABLE {rs}.beacons_64_3; DROP TABLE {rs}.notes"),
     );
     let cert = fx.vault.retry_disposal(&fx.officer, batch.id).unwrap();
     fx.vault.certificate(&fx.auditor, cert).unwrap();

@@ -623,13 +623,15 @@ impl PgKeys {
         PARTITIONS.min(self.buckets.max(1))
     }
 
-    /// Whether `name` is a relation this engine makes in the vault's
-    /// schema (`create_schema`, the lease): its tables, the data keys'
-    /// partitions and their primary keys.
-    fn own_relation(&self, name: &str) -> bool {
-        let table = name.strip_suffix("_pkey").unwrap_or(name);
-        matches!(table, "lease" | "buckets" | "backups" | "header" | "deks")
-            || (0..self.partitions()).any(|p| table == format!("deks_{p}"))
+    /// Whether table `name` (a partition of `parent`) is one this engine
+    /// makes in the vault's schema (`create_schema`, the lease): its tables
+    /// and the data keys' partitions.
+    fn own_table(&self, name: &str, parent: Option<&str>) -> bool {
+        match parent {
+            None => matches!(name, "lease" | "buckets" | "backups" | "header" | "deks"),
+            Some("deks") => (0..self.partitions()).any(|p| name == format!("deks_{p}")),
+            Some(_) => false,
+        }
     }
 
     /// Buckets `[lo, hi)` of partition `p`.
@@ -1436,12 +1438,21 @@ impl Conns {
                         };
                         // The named tables and the strangers of the
                         // vault's schema, as this member's catalog has them.
-                        let read: Option<Vec<String>> = match vault {
-                            Some((v, Some(n))) => Some(n.with_strangers(&mut c, v)?),
+                        let narrowed = vault.and_then(|(v, n)| n.map(|n| (v, n)));
+                        let strangers: Option<Vec<String>> = match narrowed {
+                            Some((v, n)) => Some(n.strangers(&mut c, v)?),
+                            None => None,
+                        };
+                        let read: Option<Vec<&str>> = match (narrowed, &strangers) {
+                            (Some((_, n)), Some(st)) => Some(
+                                n.tables
+                                    .iter()
+                                    .copied()
+                                    .chain(st.iter().map(String::as_str))
+                                    .collect(),
+                            ),
                             _ => None,
                         };
-                        let read: Option<Vec<&str>> =
-                            read.as_ref().map(|t| t.iter().map(String::as_str).collect());
                         let vault = vault.map(|(v, _)| (v, read.as_deref()));
                         let mut rows = None;
                         if let (Some((v, tables)), Some(after)) = (vault, wal_after) {
@@ -1465,7 +1476,22 @@ impl Conns {
                             ));
                         }
                         let rows = rows.expect("a scan ran").map_err(pg)?;
-                        Ok(Some(rows.iter().map(|r| (r.get(0), r.get(1))).collect()))
+                        let mut found: Vec<(String, Option<bool>)> =
+                            rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+                        // A stranger made while the scan ran may have been
+                        // skipped (the scan's own catalog read came after
+                        // ours): it counts as a hit, never as read.
+                        if let (Some((v, n)), Some(before)) = (narrowed, &strangers) {
+                            for late in n.strangers(&mut c, v)? {
+                                if !before.contains(&late) {
+                                    found.push((
+                                        format!("{late} (a relation made in the vault's schema while it was scanned, not read)"),
+                                        Some(true),
+                                    ));
+                                }
+                            }
+                        }
+                        Ok(Some(found))
                     })
                 })
                 .collect();
@@ -1498,12 +1524,13 @@ impl Conns {
 
 /// What a narrowed scan reads of a vault's own schema: the relations in
 /// `tables` (and those named after one of them and `_`: its partitions,
-/// its indexes), and every relation whose name `own` does not give as one
-/// pivault makes there.
+/// its indexes), and every relation that is not pivault's own there.
+/// `own_table(name, parent)` says whether a table (`parent`: the table it
+/// is a partition of, a default partition never) is one pivault makes.
 #[derive(Clone, Copy)]
 pub(crate) struct Narrowed<'a> {
     pub(crate) tables: &'a [&'a str],
-    pub(crate) own: &'a (dyn Fn(&str) -> bool + Sync),
+    pub(crate) own_table: &'a (dyn Fn(&str, Option<&str>) -> bool + Sync),
 }
 
 impl std::fmt::Debug for Narrowed<'_> {
@@ -1515,24 +1542,51 @@ impl std::fmt::Debug for Narrowed<'_> {
 }
 
 impl Narrowed<'_> {
-    /// `tables` and the relations of `schema` that are not pivault's own,
-    /// from `c`'s catalog.
-    fn with_strangers(&self, c: &mut Client, schema: &str) -> Result<Vec<String>> {
-        let names = c
+    /// The relations of `schema` that are not pivault's own, from `c`'s
+    /// catalog, which says what each is and not only its name: a table
+    /// `own_table` accepts with its partition parent, or the primary key
+    /// of such a table (a partitioned index's children included). Anything
+    /// else is someone else's however it is named (a copy called
+    /// `beacons_64_3`, a default partition, an index called `holder_pkey`).
+    fn strangers(&self, c: &mut Client, schema: &str) -> Result<Vec<String>> {
+        let rels = c
             .query(
-                "SELECT c.relname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                "SELECT c.relname::text, c.relkind IN ('r', 'p'),
+                        (SELECT p.relname::text FROM pg_inherits i JOIN pg_class p ON p.oid = i.inhparent
+                          WHERE i.inhrelid = c.oid AND c.relispartition
+                            AND pg_get_expr(c.relpartbound, c.oid) <> 'DEFAULT'),
+                        c.relispartition,
+                        (SELECT t.relname::text FROM pg_index x JOIN pg_class t ON t.oid = x.indrelid
+                          WHERE x.indexrelid = c.oid AND x.indisprimary)
+                   FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
                   WHERE n.nspname = $1",
                 &[&schema],
             )
             .map_err(pg)?;
-        let mut out: Vec<String> = self.tables.iter().map(|t| (*t).to_owned()).collect();
-        out.extend(
-            names
-                .iter()
-                .map(|r| r.get::<_, String>(0))
-                .filter(|n| !(self.own)(n)),
-        );
-        Ok(out)
+        let own_tables: std::collections::HashSet<String> = rels
+            .iter()
+            .filter(|r| {
+                let (table, parent, partition) = (
+                    r.get::<_, bool>(1),
+                    r.get::<_, Option<&str>>(2),
+                    r.get::<_, bool>(3),
+                );
+                // A partition counts only with its parent (not a default one).
+                table && (partition == parent.is_some()) && (self.own_table)(r.get(0), parent)
+            })
+            .map(|r| r.get::<_, String>(0))
+            .collect();
+        Ok(rels
+            .iter()
+            .filter(|r| {
+                let name: &str = r.get(0);
+                !own_tables.contains(name)
+                    && !r
+                        .get::<_, Option<&str>>(4)
+                        .is_some_and(|t| own_tables.contains(t))
+            })
+            .map(|r| r.get::<_, String>(0))
+            .collect())
     }
 }
 
@@ -1624,10 +1678,10 @@ impl KeyEngine for PgKeys {
             .iter()
             .map(|r| r.rsplit('.').next().unwrap_or(r))
             .collect();
-        let own = |name: &str| self.own_relation(name);
+        let own = |name: &str, parent: Option<&str>| self.own_table(name, parent);
         let narrowed = Narrowed {
             tables: &tables,
-            own: &own,
+            own_table: &own,
         };
         off_runtime(|| {
             self.conns

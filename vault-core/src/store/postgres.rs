@@ -314,19 +314,21 @@ impl Fence for Holding {
 /// `a`: the lock's backend, in the transaction that took the lock.
 const HOLDER_TIMES: &str = "a.backend_start::text || ' ' || a.xact_start::text";
 
+/// Whether table `name` (a partition of `parent`) is one this engine
+/// makes in a vault's records schema: its tables and the search index's
+/// partitions (as named by [`partitions::Part`]).
+fn own_table(name: &str, parent: Option<&str>) -> bool {
+    match parent {
+        None => matches!(name, "holder" | "lease" | "rows" | "beacons"),
+        Some("beacons") => partitions::Part::parse(name).is_some(),
+        Some(_) => false,
+    }
+}
+
 /// The statement's condition that the vault's lock is still held: the
 /// backend `$pid` (a parameter the caller names) is still in the
 /// transaction that took it (`$times`, [`HOLDER_TIMES`]). A table lock is
 /// released only when its transaction ends.
-/// Whether `name` is a relation this engine makes in a vault's records
-/// schema: its tables, the search index's partitions (as named by
-/// [`partitions::Part`]) and their primary keys.
-fn own_relation(name: &str) -> bool {
-    let table = name.strip_suffix("_pkey").unwrap_or(name);
-    matches!(table, "holder" | "lease" | "rows" | "beacons")
-        || partitions::Part::parse(table).is_some()
-}
-
 pub(crate) fn held_by(pid: &str, times: &str) -> String {
     format!("EXISTS (SELECT 1 FROM pg_stat_get_activity({pid}) a WHERE {HOLDER_TIMES} = {times})")
 }
@@ -960,7 +962,7 @@ impl RowEngine for PgRows {
         let tables: Vec<&str> = tables.iter().map(String::as_str).collect();
         let narrowed = Narrowed {
             tables: &tables,
-            own: &own_relation,
+            own_table: &own_table,
         };
         off_runtime(|| {
             self.conns
