@@ -1869,10 +1869,17 @@ impl Vault {
                 "keystore members other than those listed in sanitization.details.keystore_purge.members (a member added after the purge, or one removed without its data directory being wiped)".to_owned(),
             ]);
         }
-        if on_cluster || records_engine == "postgresql" {
-            not_covered.push(
-                "copies of the vault's keys or search-index rows made before this disposal by whoever holds the vault's cluster role: taken out of the cluster, written in another encoding, or written into the vault's own tables that the purge does not rewrite (the byte scan reads every relation of the vault's schemas that pivault did not make, for the stored bytes)".to_owned(),
-            );
+        // What a byte scan cannot see: bytes moved or changed on purpose.
+        let deliberate = |what: &str, schema: &str| {
+            format!(
+                "copies of the vault's {what} made before this disposal by whoever holds the vault's cluster role: taken out of the cluster, written in another encoding, or written into rows of the vault's own tables that the purge does not rewrite (the byte scan also reads every relation of the vault's {schema} schema that the catalog does not show as pivault's own, for the stored bytes)"
+            )
+        };
+        if on_cluster {
+            not_covered.push(deliberate("keys", "keystore"));
+        }
+        if records_engine == "postgresql" {
+            not_covered.push(deliberate("search-index rows", "records"));
         }
         if !copies.is_empty() {
             not_covered.push(format!(
