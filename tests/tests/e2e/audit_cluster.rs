@@ -252,33 +252,35 @@ fn events_a_failover_lost_are_sent_again_by_the_process_that_acknowledged_them()
     assert_eq!(report.events, 21, "{report:?}");
 }
 
+/// Something of the records database moved away by the superuser (`away`
+/// run on the primary) and put back (`back`) whatever happens to the test.
+struct Away(String, &'static str);
+
+impl Away {
+    fn moved(away: &str, back: &'static str) -> Away {
+        let primary = primary_member(&cluster());
+        psql_in(&primary, "pivault_records", away).expect("moved away");
+        Away(primary, back)
+    }
+}
+
+impl Drop for Away {
+    fn drop(&mut self) {
+        psql_in(&self.0, "pivault_records", self.1).expect("put back");
+    }
+}
+
 /// A records database set up by a build before the trails were there (no
 /// `pivault_audit`): the vault's trail cannot be opened, and the refusal
 /// names the script that adds them, not a bare SQL error.
 #[test]
 fn a_records_database_without_the_audit_trails_is_refused_naming_the_script() {
     let _one = serial();
-    let primary = primary_member(&cluster());
-    /// Puts the schema back whatever happens to the test.
-    struct Back(String);
-    impl Drop for Back {
-        fn drop(&mut self) {
-            psql_in(
-                &self.0,
-                "pivault_records",
-                "ALTER SCHEMA pivault_audit_away RENAME TO pivault_audit",
-            )
-            .expect("the audit schema put back");
-        }
-    }
     let (cfg, vault, key, tmp) = new_trail();
-    psql_in(
-        &primary,
-        "pivault_records",
+    let _back = Away::moved(
         "ALTER SCHEMA pivault_audit RENAME TO pivault_audit_away",
-    )
-    .expect("the audit schema moved away");
-    let _back = Back(primary);
+        "ALTER SCHEMA pivault_audit_away RENAME TO pivault_audit",
+    );
     let r = AuditLog::open_on_cluster(cfg, vault, &tmp.path().join("audit"), key, true);
     match r {
         Err(vault_core::Error::AuditUnavailable(m)) => {
@@ -294,27 +296,11 @@ fn a_records_database_without_the_audit_trails_is_refused_naming_the_script() {
 #[test]
 fn a_records_database_without_the_append_function_is_refused_naming_its_script() {
     let _one = serial();
-    let primary = primary_member(&cluster());
-    /// Puts the function back whatever happens to the test.
-    struct Back(String);
-    impl Drop for Back {
-        fn drop(&mut self) {
-            psql_in(
-                &self.0,
-                "pivault_records",
-                "ALTER FUNCTION pivault_audit.append_away(uuid, bigint, bytea[]) RENAME TO append",
-            )
-            .expect("the append function put back");
-        }
-    }
     let (cfg, vault, key, tmp) = new_trail();
-    psql_in(
-        &primary,
-        "pivault_records",
+    let back = Away::moved(
         "ALTER FUNCTION pivault_audit.append(uuid, bigint, bytea[]) RENAME TO append_away",
-    )
-    .expect("the append function moved away");
-    let back = Back(primary);
+        "ALTER FUNCTION pivault_audit.append_away(uuid, bigint, bytea[]) RENAME TO append",
+    );
     let r = AuditLog::open_on_cluster(
         cfg.clone(),
         vault,

@@ -65,6 +65,20 @@ fn files_holding(dir: &Path, needles: &[Vec<u8>]) -> Vec<PathBuf> {
     out
 }
 
+/// Resumes a deletion that destroyed nothing: the vault is given back
+/// and opens with every record of `ids` readable.
+fn given_back(dir: &Path, pass: &SecretString, ids: &[RecordId]) -> vault_core::vault::Vault {
+    let Resumed::NothingDeleted { .. } = resume_deletion(dir, pass).unwrap() else {
+        panic!("nothing was destroyed")
+    };
+    let v = reopen(dir).expect("the vault is back");
+    let clerk = common::login(&v, "clerk");
+    for r in ids {
+        v.get_record(&clerk, *r, &[], None).expect("still readable");
+    }
+    v
+}
+
 fn assert_certified(done: &VaultDeleted, key: &ed25519_dalek::VerifyingKey, records: u64) {
     let cert = &done.certificate.body;
     assert_eq!(cert["status"], "validated");
@@ -153,14 +167,7 @@ fn an_embedded_deletion_stopped_before_its_slots_go_gives_the_vault_back_and_one
     assert!(reopen(&dir).is_err(), "marked deleted");
     // Kept by someone with the directory, for later.
     let stale = std::fs::read(dir.join("DELETED")).unwrap();
-    let Resumed::NothingDeleted { .. } = resume_deletion(&dir, &pass).unwrap() else {
-        panic!("nothing was destroyed")
-    };
-    let v = reopen(&dir).expect("the vault is back");
-    let clerk = common::login(&v, "clerk");
-    for r in &ids {
-        v.get_record(&clerk, *r, &[], None).expect("still readable");
-    }
+    let v = given_back(&dir, &pass, &ids);
 
     assert!(delete_with_hook(v, killed_at("keystore_dropped")).is_none());
     assert!(reopen(&dir).is_err());
@@ -519,14 +526,7 @@ fn a_trail_removed_or_cut_short_before_the_resume_gets_no_certificate_until_it_i
         "still shut"
     );
     copy_dir(&kept, &audit);
-    let Resumed::NothingDeleted { .. } = resume_deletion(&dir, &pass).unwrap() else {
-        panic!("nothing was destroyed")
-    };
-    let v = reopen(&dir).expect("the vault is back");
-    let clerk = common::login(&v, "clerk");
-    for r in &ids {
-        v.get_record(&clerk, *r, &[], None).expect("still readable");
-    }
+    let v = given_back(&dir, &pass, &ids);
     std::fs::remove_dir_all(&kept).unwrap();
 
     // Stopped after the keys went.
