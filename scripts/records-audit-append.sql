@@ -1,7 +1,7 @@
 -- `pivault_audit.append`, the one function every audited operation calls
 -- (run by the superuser in `pivault_records`, by records-audit.sql on a new
 -- cluster; run again, it replaces an earlier build's, which checks the
--- same and is slower: `psql -d pivault_records -f
+-- same and is slower: `psql -v ON_ERROR_STOP=1 -d pivault_records -f
 -- scripts/records-audit-append.sql`).
 --
 -- Appends `lines` as events `first_seq`, `first_seq + 1`, ...: each must be the

@@ -1397,10 +1397,11 @@ impl Conns {
     /// on a cluster whose functions predate that, every segment is.
     ///
     /// A narrowed scan also reads every relation of the vault's schema
-    /// whose name `Narrowed::own` does not know: a table someone made
-    /// there (a copy of the keys "to be safe", a materialized view, a
-    /// partition or index of their own), so that such a copy's bytes block
-    /// the certificate instead of going unread.
+    /// that the catalog does not show as pivault's own
+    /// ([`Narrowed::strangers`]): a table someone made there (a copy of the
+    /// keys "to be safe", a materialized view, a partition or index of
+    /// their own), so that such a copy's bytes block the certificate
+    /// instead of going unread.
     pub(crate) fn scan_members(
         &self,
         needles: &[Vec<u8>],
