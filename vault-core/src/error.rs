@@ -293,7 +293,7 @@ impl Error {
     /// an absolute path, which would tell a client how the host is laid out)
     /// with its cause in words an operator acts on.
     pub fn io_at(path: &std::path::Path, e: std::io::Error) -> Error {
-        let name = vault_relative(&path.display().to_string());
+        let name = relative_name(path);
         Error::Io(with_cause(&format!("{name}: {e}")))
     }
 }
@@ -331,6 +331,27 @@ fn with_cause(msg: &str) -> String {
 const VAULT_PARTS: [&str; 8] = [
     "records", "keystore", "audit", "header", "backups", "spool", "anchors", "LOCK",
 ];
+
+/// `path` named as [`vault_relative`] names a path in a message, from the
+/// path's own components: a directory with a space in its name (a home
+/// directory after its owner, `/home/Jane Doe/…`) is never half kept.
+fn relative_name(path: &std::path::Path) -> String {
+    let parts: Vec<String> = path
+        .components()
+        .filter_map(|c| match c {
+            std::path::Component::Normal(p) => Some(p.to_string_lossy().into_owned()),
+            _ => None,
+        })
+        .collect();
+    let from = parts
+        .iter()
+        .rposition(|p| VAULT_PARTS.iter().any(|v| p.starts_with(v)) && p != "LOCK")
+        .or_else(|| parts.len().checked_sub(1));
+    match from {
+        Some(f) => parts[f..].join("/"),
+        None => "/".to_owned(),
+    }
+}
 
 /// Rewrites every absolute path in `msg` relative to the vault: from its
 /// last component that is a part of a vault (`records/000012.log`,
@@ -423,6 +444,30 @@ mod storage_error_tests {
             io.starts_with("i/o error: the disk is full: audit/seg-00000001.log: "),
             "{io}"
         );
+        // A directory named after a person is not echoed, even in part.
+        for (path, named) in [
+            ("/home/Jane Doe/shop/DELETED", "DELETED"),
+            (
+                "/home/Jane Doe/shop/records/000012.log",
+                "records/000012.log",
+            ),
+            (
+                "/srv/Jane Doe's vault/audit/seg-00000002.log",
+                "audit/seg-00000002.log",
+            ),
+        ] {
+            let io = Error::io_at(
+                std::path::Path::new(path),
+                std::io::Error::from_raw_os_error(28),
+            )
+            .to_string();
+            assert_eq!(
+                io,
+                format!(
+                    "i/o error: the disk is full: {named}: No space left on device (os error 28)"
+                )
+            );
+        }
         assert_eq!(vault_relative("/etc/passwd: gone"), "passwd: gone");
         assert_eq!(vault_relative("a/b and 3/4"), "a/b and 3/4");
     }
