@@ -328,6 +328,18 @@ fn found(fx: &Fixture, field: &str, value: &str) -> vault_core::Result<Vec<Recor
     )
 }
 
+/// Each record `(id, n)` is the one record found by [`ssn`]`(n)`.
+fn each_found(fx: &Fixture, records: impl IntoIterator<Item = (RecordId, u32)>) {
+    for (id, n) in records {
+        assert_eq!(found(fx, "ssn", &ssn(n)).unwrap(), vec![id], "record {n}");
+    }
+}
+
+/// `records` with their numbers, as [`put_people`] made them from 0.
+fn numbered(records: &[RecordId]) -> impl Iterator<Item = (RecordId, u32)> + '_ {
+    records.iter().enumerate().map(|(n, id)| (*id, n as u32))
+}
+
 /// Polls `f` every 20 ms for at most `secs` seconds.
 fn eventually(secs: u64, mut f: impl FnMut() -> bool) -> bool {
     let until = std::time::Instant::now() + std::time::Duration::from_secs(secs);
@@ -951,16 +963,7 @@ fn a_big_search_index_partition_is_split_by_its_purge_while_clerks_put_and_searc
         Vec::<PathBuf>::new(),
         "no member keeps the deleted tag"
     );
-    for (n, id) in people.iter().enumerate().skip(1) {
-        assert_eq!(found(&fx, "ssn", &ssn(n as u32)).unwrap(), vec![*id]);
-    }
-    for (id, n) in &acked {
-        assert_eq!(
-            found(&fx, "ssn", &ssn(*n)).unwrap(),
-            vec![*id],
-            "record {n}"
-        );
-    }
+    each_found(&fx, numbered(&people).skip(1).chain(acked.iter().copied()));
     assert!(found(&fx, "ssn", &ssn(0)).unwrap().is_empty());
     // A record in one of the children: its purge rewrites that child.
     let (next, next_n) = (5000..5200)
@@ -1062,16 +1065,7 @@ fn maintenance_splits_big_partitions_ahead_of_the_disposals_while_a_clerk_writes
         .filter(|e| e.action == "index.split")
         .count();
     assert_eq!(split, 1);
-    for (n, id) in people.iter().enumerate() {
-        assert_eq!(found(&fx, "ssn", &ssn(n as u32)).unwrap(), vec![*id]);
-    }
-    for (id, n) in &acked {
-        assert_eq!(
-            found(&fx, "ssn", &ssn(*n)).unwrap(),
-            vec![*id],
-            "record {n}"
-        );
-    }
+    each_found(&fx, numbered(&people).chain(acked.iter().copied()));
     let tag = beacon_tag(&primary, &fx.vault, people[3]);
     let o = fx
         .vault
@@ -1141,9 +1135,7 @@ fn a_split_kept_waiting_by_an_insiders_lock_fails_cleanly_and_its_retry_splits()
         Err(Error::NotFound(_))
     ));
     assert_eq!(beacon_layout(&primary, &fx.vault), layout, "rolled back");
-    for (n, id) in people.iter().enumerate().skip(1) {
-        assert_eq!(found(&fx, "ssn", &ssn(n as u32)).unwrap(), vec![*id]);
-    }
+    each_found(&fx, numbered(&people).skip(1));
     // The retry no longer knows which rows it deleted: every partition is
     // purged, and each past the split size is split.
     let cert = fx.vault.retry_disposal(&fx.officer, batch.id).unwrap();
@@ -1159,9 +1151,7 @@ fn a_split_kept_waiting_by_an_insiders_lock_fails_cleanly_and_its_retry_splits()
         c.files_holding(std::slice::from_ref(&tag)),
         Vec::<PathBuf>::new()
     );
-    for (n, id) in people.iter().enumerate().skip(1) {
-        assert_eq!(found(&fx, "ssn", &ssn(n as u32)).unwrap(), vec![*id]);
-    }
+    each_found(&fx, numbered(&people).skip(1));
     fx.vault.close().unwrap();
 }
 
@@ -1592,16 +1582,7 @@ fn the_primary_lost_in_the_middle_of_a_split_leaves_no_half_split_and_loses_no_a
         "{split:?}"
     );
     assert!(acked.len() >= 3, "the clerk ran: {}", acked.len());
-    for (id, n) in &acked {
-        assert_eq!(
-            found(&fx, "ssn", &ssn(*n)).unwrap(),
-            vec![*id],
-            "record {n}"
-        );
-    }
-    for (n, id) in people.iter().enumerate().skip(1) {
-        assert_eq!(found(&fx, "ssn", &ssn(n as u32)).unwrap(), vec![*id]);
-    }
+    each_found(&fx, acked.iter().copied().chain(numbered(&people).skip(1)));
     assert!(found(&fx, "ssn", &ssn(0)).unwrap().is_empty(), "disposed");
     assert_eq!(
         c.files_holding(std::slice::from_ref(&tag)),
@@ -1736,8 +1717,6 @@ fn copies_the_vaults_role_keeps_in_the_vaults_own_schemas_are_read_and_block_the
         "no member keeps the deleted key or tag"
     );
     assert!(found(&fx, "ssn", &ssn(0)).unwrap().is_empty());
-    for (i, id) in kept.iter().enumerate() {
-        assert_eq!(found(&fx, "ssn", &ssn(1 + i as u32)).unwrap(), vec![*id]);
-    }
+    each_found(&fx, numbered(&kept).map(|(id, n)| (id, n + 1)));
     fx.vault.close().unwrap();
 }

@@ -1534,14 +1534,6 @@ pub(crate) struct Narrowed<'a> {
     pub(crate) own_table: &'a (dyn Fn(&str, Option<&str>) -> bool + Sync),
 }
 
-impl std::fmt::Debug for Narrowed<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Narrowed")
-            .field("tables", &self.tables)
-            .finish_non_exhaustive()
-    }
-}
-
 impl Narrowed<'_> {
     /// The relations of `schema` that are not pivault's own, from `c`'s
     /// catalog, which says what each is and not only its name: a table
