@@ -372,19 +372,32 @@ pub(crate) fn vault_relative(msg: &str) -> String {
         }
         out.push_str(&rest[..i]);
         let tail = &rest[i..];
+        // RocksDB ends a path with `: ` (or the message's end), never with a
+        // space: a directory named after a person (`/home/Jane Doe/…`) runs
+        // on to the vault's part, and everything before that part goes.
         let end = tail
-            .find(|c: char| c.is_whitespace() || c == ':' || c == '\'' || c == '"' || c == ')')
+            .find(": ")
+            .or_else(|| tail.ends_with(':').then(|| tail.len() - 1))
             .unwrap_or(tail.len());
-        let path = &tail[..end];
-        let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
-        let from = parts
+        let parts: Vec<&str> = tail[..end].split('/').filter(|p| !p.is_empty()).collect();
+        let end = match parts
             .iter()
             .rposition(|p| VAULT_PARTS.iter().any(|v| p.starts_with(v)) && *p != "LOCK")
-            .or_else(|| parts.len().checked_sub(1));
-        match from {
-            Some(f) => out.push_str(&parts[f..].join("/")),
-            None => out.push('/'),
-        }
+        {
+            Some(f) => {
+                out.push_str(&parts[f..].join("/"));
+                end
+            }
+            // Not in a vault: the file's name, up to the first space.
+            None => {
+                let end = tail
+                    .find(|c: char| c.is_whitespace() || matches!(c, ':' | '\'' | '"' | ')'))
+                    .unwrap_or(tail.len());
+                let name = tail[..end].rsplit('/').find(|p| !p.is_empty());
+                out.push_str(name.unwrap_or("/"));
+                end
+            }
+        };
         rest = &tail[end..];
     }
     out.push_str(rest);
@@ -468,7 +481,31 @@ mod storage_error_tests {
                 )
             );
         }
+        // RocksDB's own messages, the vault under such a directory.
+        for (msg, named) in [
+            (
+                "IO error: While appending to file: /home/Jane Doe/shop/records/000012.log: No space left on device",
+                "IO error: While appending to file: records/000012.log: No space left on device",
+            ),
+            (
+                "Corruption: checksum mismatch in file /srv/Jane Doe's vault/keystore/000009.sst",
+                "Corruption: checksum mismatch in file keystore/000009.sst",
+            ),
+            (
+                "IO error: While lock file: /home/Jane Doe/shop/records/LOCK: Resource busy",
+                "IO error: While lock file: records/LOCK: Resource busy",
+            ),
+            (
+                "Invalid argument: /home/Jane Doe/shop/keystore: does not exist (create_if_missing is false)",
+                "Invalid argument: keystore: does not exist (create_if_missing is false)",
+            ),
+        ] {
+            assert_eq!(vault_relative(msg), named);
+            assert!(!storage_error(msg).to_string().contains("Jane"), "{msg}");
+        }
         assert_eq!(vault_relative("/etc/passwd: gone"), "passwd: gone");
+        assert_eq!(vault_relative("open /etc/passwd failed"), "open passwd failed");
+        assert_eq!(vault_relative("ends in /tmp/x:"), "ends in x:");
         assert_eq!(vault_relative("a/b and 3/4"), "a/b and 3/4");
     }
 
