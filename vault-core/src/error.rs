@@ -504,7 +504,10 @@ mod storage_error_tests {
             assert!(!storage_error(msg).to_string().contains("Jane"), "{msg}");
         }
         assert_eq!(vault_relative("/etc/passwd: gone"), "passwd: gone");
-        assert_eq!(vault_relative("open /etc/passwd failed"), "open passwd failed");
+        assert_eq!(
+            vault_relative("open /etc/passwd failed"),
+            "open passwd failed"
+        );
         assert_eq!(vault_relative("ends in /tmp/x:"), "ends in x:");
         assert_eq!(vault_relative("a/b and 3/4"), "a/b and 3/4");
     }

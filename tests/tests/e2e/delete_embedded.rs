@@ -327,6 +327,39 @@ impl Handover {
     /// such as strace) when it is not empty.
     fn run(&self, dir: &Path, wrap: &[String], args: &[&str]) -> std::process::Output {
         let w = &self.work;
+        self.command(
+            dir,
+            wrap,
+            &[
+                "--user",
+                "officer",
+                "vault",
+                "delete",
+                "--validator",
+                "auditor",
+            ],
+        )
+        .args(args)
+        .env("PIVAULT_PASSWORD_FILE", w.join("officer.pw"))
+        .env("PIVAULT_VALIDATOR_PASSWORD_FILE", w.join("auditor.pw"))
+        .output()
+        .unwrap()
+    }
+
+    /// `pivault --json … vault delete --resume` on `dir` (the custodian's
+    /// passphrase alone), run by `wrap`, started and not waited for.
+    fn resume(&self, dir: &Path, wrap: &[String]) -> std::process::Child {
+        self.command(dir, wrap, &["vault", "delete", "--resume"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    }
+
+    /// `pivault --json --vault DIR COMMAND… --certificate … --audit-out …`
+    /// with the passphrase's file, run by `wrap` when it is not empty.
+    fn command(&self, dir: &Path, wrap: &[String], command: &[&str]) -> std::process::Command {
+        let w = &self.work;
         let mut c = match wrap.split_first() {
             Some((program, rest)) => {
                 let mut c = std::process::Command::new(program);
@@ -337,26 +370,28 @@ impl Handover {
         };
         c.args(["--json", "--vault"])
             .arg(dir)
-            .args([
-                "--user",
-                "officer",
-                "vault",
-                "delete",
-                "--validator",
-                "auditor",
-            ])
+            .args(command)
             .arg("--certificate")
             .arg(w.join("cert.json"))
             .arg("--audit-out")
             .arg(w.join("trail.jsonl"))
-            .args(args)
             .env("PIVAULT_PASSPHRASE_FILE", w.join("pass"))
-            .env("PIVAULT_PASSWORD_FILE", w.join("officer.pw"))
-            .env("PIVAULT_VALIDATOR_PASSWORD_FILE", w.join("auditor.pw"))
-            .env_remove("PIVAULT_DIR")
-            .output()
-            .unwrap()
+            .env_remove("PIVAULT_DIR");
+        c
     }
+}
+
+/// Whether a process has `path` open (any of `/proc/*/fd`).
+fn held_open(path: &Path) -> bool {
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return false;
+    };
+    procs.flatten().any(|p| {
+        std::fs::read_dir(p.path().join("fd")).is_ok_and(|fds| {
+            fds.flatten()
+                .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|l| l == path))
+        })
+    })
 }
 
 #[test]
@@ -489,6 +524,88 @@ fn a_full_disk_or_a_lost_flush_while_the_journal_is_written_destroys_nothing_and
     }
     let o = handover.run(&dir, &[], &["--confirm", &vault_id]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(!dir.exists(), "the directory removed");
+    assert_eq!(
+        files_holding(&handover.work, &needles),
+        Vec::<PathBuf>::new()
+    );
+}
+
+/// The `DELETED` marker replaced by a copy of itself (a new file under
+/// the same name) after a resume opened it and before it took its lock
+/// (the real binary under strace, its `flock(2)` on the marker held back
+/// 3 s): what it would lock is not the marker, which a second resume could
+/// lock and work on at the same time, so it stops (busy, exit 9) and
+/// destroys nothing; a resume after it finishes the deletion, with one
+/// certificate.
+#[test]
+fn a_marker_replaced_between_a_resumes_open_and_its_lock_is_not_worked_on() {
+    const STRACE: &str = "/usr/bin/strace";
+    assert!(
+        Path::new(STRACE).exists(),
+        "{STRACE} is missing: the fault tests need strace (scripts/setup.sh installs it)"
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("shop");
+    let (fx, needles, _) = filled(&dir, 4);
+    assert!(delete_with_hook(fx.vault, killed_at("keystore_dropped")).is_none());
+    let handover = Handover::new(tmp.path());
+    let marker = dir.join("DELETED");
+    let log = tmp.path().join("strace-flock.log");
+    let wrap: Vec<String> = [
+        STRACE,
+        "-f",
+        "-qq",
+        "-y",
+        "-o",
+        log.to_str().unwrap(),
+        "-e",
+        "trace=flock",
+        "-e",
+        "inject=flock:delay_enter=3000000:when=1",
+        "-P",
+        marker.to_str().unwrap(),
+    ]
+    .map(str::to_owned)
+    .to_vec();
+    let first = handover.resume(&dir, &wrap);
+    let opened = std::time::Instant::now();
+    while !held_open(&marker) {
+        assert!(
+            opened.elapsed() < std::time::Duration::from_secs(60),
+            "the resume never opened the marker"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    // The same bytes, another file.
+    let copy = tmp.path().join("DELETED.copy");
+    std::fs::copy(&marker, &copy).unwrap();
+    std::fs::rename(&copy, &marker).unwrap();
+    let o = first.wait_with_output().unwrap();
+    let trace = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        trace.contains("DELETED") && trace.contains("flock("),
+        "the lock taken on the marker was traced: {trace}"
+    );
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(
+        o.status.code(),
+        Some(9),
+        "a replaced marker is not worked on: {stderr} {}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    assert!(stderr.contains("held open by another process"), "{stderr}");
+    assert!(marker.exists() && reopen(&dir).is_err(), "still shut");
+    assert!(!handover.work.join("cert.json").exists(), "no certificate");
+
+    let o = handover
+        .resume(&dir, &[])
+        .wait_with_output()
+        .expect("the second resume");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let doc: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(doc["document"], "vault-deleted", "{doc}");
+    assert!(handover.work.join("cert.json").exists());
     assert!(!dir.exists(), "the directory removed");
     assert_eq!(
         files_holding(&handover.work, &needles),
