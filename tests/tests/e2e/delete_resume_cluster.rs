@@ -19,7 +19,9 @@ use vault_core::secret::SecretString;
 use vault_core::vault::decommission::{Resumed, resume_deletion};
 use vault_core::vault::{Vault, VaultDeleted};
 
-use crate::cluster::{Cluster, cluster, cluster_script, primary_index, serial, wait_healthy};
+use crate::cluster::{
+    Cluster, cluster, cluster_script, primary_index, primary_member, psql_in, serial, wait_healthy,
+};
 use crate::common::{self, Fixture};
 use crate::delete_cluster::{
     body, on_clusters, parties, reopen, schema_exists, schema_hex, top_keys,
@@ -365,6 +367,92 @@ fn a_drop_whose_answer_is_lost_is_learnt_from_the_cluster_and_the_deletion_goes_
         dir.join("DELETED").exists(),
         "the marker stays until the directory goes"
     );
+    assert_eq!(c.files_holding(&needles), Vec::<std::path::PathBuf>::new());
+}
+
+/// A superuser's event trigger in the keystore database that takes the
+/// vault role's login away in the transaction of any `DROP SCHEMA`: the
+/// drop and the lost login commit together. Dropped, and the login given
+/// back, when this goes.
+struct LoginLostAtDrop {
+    role: String,
+}
+
+impl LoginLostAtDrop {
+    fn armed(c: &Cluster, role: &str) -> LoginLostAtDrop {
+        let sql = format!(
+            "CREATE FUNCTION public.pivault_test_login_lost() RETURNS event_trigger
+               LANGUAGE plpgsql SECURITY DEFINER AS $$
+             BEGIN
+               IF EXISTS (SELECT 1 FROM pg_event_trigger_dropped_objects()
+                           WHERE object_type = 'schema') THEN
+                 ALTER ROLE {role} NOLOGIN;
+               END IF;
+             END $$;
+             CREATE EVENT TRIGGER pivault_test_login_lost ON sql_drop
+               EXECUTE FUNCTION public.pivault_test_login_lost();"
+        );
+        psql_in(&primary_member(c), "pivault_keys", &sql).expect("trigger armed");
+        LoginLostAtDrop {
+            role: role.to_owned(),
+        }
+    }
+}
+
+impl Drop for LoginLostAtDrop {
+    fn drop(&mut self) {
+        let role = &self.role;
+        psql_in(
+            &primary_member(&cluster()),
+            "pivault_keys",
+            &format!(
+                "DROP EVENT TRIGGER IF EXISTS pivault_test_login_lost;
+                 DROP FUNCTION IF EXISTS public.pivault_test_login_lost();
+                 ALTER ROLE {role} LOGIN;"
+            ),
+        )
+        .expect("login given back");
+    }
+}
+
+/// The drop commits, its answer is lost, and the cluster cannot then be
+/// asked whether it committed (the vault's role may no longer log in: its
+/// login went in the drop's own transaction). Taken for a rolled-back drop,
+/// the marker would go and the vault be left without keys and without a
+/// way to its certificate; the deletion keeps its marker and says to
+/// resume, and the resume, once the role logs in again, learns the drop
+/// committed and certifies.
+#[test]
+fn a_drop_whose_outcome_cannot_be_learnt_keeps_its_marker_and_is_certified_by_resume() {
+    let _one = serial();
+    let c = cluster();
+    let tmp = tempfile::tempdir().unwrap();
+    let (fx, needles, _) = filled(&tmp.path().join("b"), 4);
+    let dir = fx.dir.clone();
+    let hex = schema_hex(&fx.vault);
+    let cert_key = fx.vault.certificate_public_key();
+    let lost = LoginLostAtDrop::armed(&c, &common::cluster_keystore().user);
+    fx.vault
+        .keystore()
+        .set_purge_control(vault_core::keystore::PurgeControl::DropAnswerLost);
+    match delete_with_hook(fx.vault, Box::new(|_| {})) {
+        Some(Err(Error::DisposalFailed(m))) => {
+            assert!(m.contains("outcome is not known"), "{m}");
+            assert!(m.contains("pivault vault delete --resume"), "{m}");
+        }
+        other => panic!("an unknown outcome must keep the deletion open: {other:?}"),
+    }
+    drop(lost);
+    assert!(
+        !schema_exists(&format!("pv_{hex}")),
+        "the drop had committed"
+    );
+    assert!(dir.join("DELETED").exists(), "the marker kept");
+    assert!(reopen(&dir).is_err(), "its keys are gone");
+    let Resumed::Deleted(done) = resume_deletion(&dir, &passphrase()).unwrap() else {
+        panic!("the drop committed: the resume finishes it")
+    };
+    assert_certified(&c, &done, &cert_key);
     assert_eq!(c.files_holding(&needles), Vec::<std::path::PathBuf>::new());
 }
 
