@@ -20,12 +20,20 @@
 //! whose line changed is stopped and served anew; the others go on
 //! untouched, their clients' tokens and connections with them. A file that
 //! no longer reads is reported and changes nothing.
+//!
+//! With `--standby`, a second process over the same vaults (a provider's
+//! second machine) stands by for each vault another process holds: it
+//! listens at the vault's address and forwards every request to the holder
+//! (as `--vault … --standby` does for one vault), and takes that vault over
+//! when its holder stops or its lease lapses, while the vaults it already
+//! holds go on. A vault it serves that another process takes over is stood
+//! by for again, instead of ending the process.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
@@ -110,46 +118,156 @@ struct Ready {
     listener: std::net::TcpListener,
 }
 
+/// What opening a hosted vault came to.
+enum Opened {
+    Ready(Box<Ready>),
+    /// Held by another process, and this one stands by (`--standby`):
+    /// its address bound, and where to read the holder's (records on a
+    /// cluster; `None` for records embedded, whose holder is on this
+    /// machine).
+    Busy {
+        entry: Hosted,
+        listener: std::net::TcpListener,
+        lookup: Option<Box<vault_core::HolderLookup>>,
+    },
+}
+
+/// A vault another process holds, stood by for: its requests forwarded to
+/// the holder while a thread tries to open it, once a second.
+struct Waiting {
+    serial: u64,
+    /// Stops the thread's tries.
+    cancel: Arc<AtomicBool>,
+    standby: Option<crate::Standby>,
+    entry: Hosted,
+}
+
+impl Waiting {
+    fn stop(self) {
+        self.cancel.store(true, Ordering::SeqCst);
+        if let Some(s) = self.standby {
+            s.stop();
+        }
+    }
+}
+
+/// What a standing-by thread reports: the vault opened here, or a failure
+/// other than another holder (reported by the thread).
+enum Turn {
+    Opened(Box<Ready>),
+    Failed,
+}
+
 /// How every hosted vault is opened (from the flags).
 #[derive(Clone, Copy)]
 struct OpenWith {
     sync: bool,
     service_calls_per_minute: u32,
+    /// Stand by for a vault another process holds.
+    standby: bool,
+    /// Forward to its holder meanwhile (TLS: the holder is pinned).
+    forward: bool,
+}
+
+impl OpenWith {
+    fn options(self) -> OpenOptions {
+        OpenOptions {
+            sync: self.sync,
+            service_calls_per_minute: self.service_calls_per_minute.max(1),
+            ..OpenOptions::default()
+        }
+    }
 }
 
 /// Binds the vault's address, then opens it with its own passphrase.
-fn open_one(v: &Hosted, how: OpenWith) -> anyhow::Result<Ready> {
+fn open_one(v: &Hosted, how: OpenWith) -> anyhow::Result<Opened> {
     let listener = std::net::TcpListener::bind(v.bind)
         .with_context(|| format!("cannot listen on {}", v.bind))?;
     listener.set_nonblocking(true)?;
     let pass = crate::passphrase(Some(&v.passphrase_file))?;
-    let vault = Vault::open(
-        &v.dir,
-        &pass,
-        OpenOptions {
-            sync: how.sync,
-            service_calls_per_minute: how.service_calls_per_minute.max(1),
-            ..OpenOptions::default()
-        },
-    )
-    .map_err(|e| anyhow::anyhow!("{} ({})", e, e.code()))?;
-    Ok(Ready {
-        entry: v.clone(),
-        vault,
-        listener,
-    })
+    match Vault::open(&v.dir, &pass, how.options()) {
+        Ok(vault) => Ok(Opened::Ready(Box::new(Ready {
+            entry: v.clone(),
+            vault,
+            listener,
+        }))),
+        Err(vault_core::Error::VaultBusy) if how.standby => {
+            let lookup = match how.forward {
+                true => Vault::holder_lookup(&v.dir)
+                    .context("cannot reach the records cluster to find the holder")?
+                    .map(Box::new),
+                false => None,
+            };
+            Ok(Opened::Busy {
+                entry: v.clone(),
+                listener,
+                lookup,
+            })
+        }
+        Err(e) => Err(anyhow::anyhow!("{} ({})", e, e.code())),
+    }
+}
+
+/// Tries to open a vault another process holds, once a second, until it
+/// opens here (sent as [`Turn::Opened`] with `listener`, or the address
+/// bound anew), fails otherwise ([`Turn::Failed`]), or `cancel` is set.
+fn stand_by(
+    entry: Hosted,
+    listener: Option<std::net::TcpListener>,
+    how: OpenWith,
+    cancel: &AtomicBool,
+) -> Option<Turn> {
+    let failed = |e: &dyn std::fmt::Display| {
+        eprintln!(
+            "pivault-server: no longer standing by for the vault {}: {e}",
+            entry.dir.display()
+        );
+        Some(Turn::Failed)
+    };
+    let pass = match crate::passphrase(Some(&entry.passphrase_file)) {
+        Ok(p) => p,
+        Err(e) => return failed(&format!("{e:#}")),
+    };
+    loop {
+        if cancel.load(Ordering::SeqCst) {
+            return None;
+        }
+        match Vault::open(&entry.dir, &pass, how.options()) {
+            Ok(vault) => {
+                let listener = match listener {
+                    Some(l) => l,
+                    None => match std::net::TcpListener::bind(entry.bind)
+                        .and_then(|l| l.set_nonblocking(true).map(|()| l))
+                    {
+                        Ok(l) => l,
+                        Err(e) => {
+                            let _ = vault.close();
+                            return failed(&format!("cannot listen on {}: {e}", entry.bind));
+                        }
+                    },
+                };
+                return Some(Turn::Opened(Box::new(Ready {
+                    entry,
+                    vault,
+                    listener,
+                })));
+            }
+            Err(vault_core::Error::VaultBusy) => std::thread::sleep(Duration::from_secs(1)),
+            Err(e) => return failed(&format!("{e} ({})", e.code())),
+        }
+    }
 }
 
 /// Opens `vaults` a few at a time (each open derives its key with
-/// Argon2id): the ones that opened, in the given order; the others are
-/// reported by their directory.
-fn open_all(vaults: &[Hosted], how: OpenWith) -> Vec<Ready> {
+/// Argon2id): the ones that opened (or, standing by, that another process
+/// holds), in the given order; the others are reported by their directory.
+fn open_all(vaults: &[Hosted], how: OpenWith) -> Vec<Opened> {
     let threads = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(2)
         .min(vaults.len());
     let next = AtomicUsize::new(0);
-    let slots: Vec<std::sync::Mutex<Option<Ready>>> =
+    let slots: Vec<std::sync::Mutex<Option<Opened>>> =
         vaults.iter().map(|_| std::sync::Mutex::new(None)).collect();
     std::thread::scope(|s| {
         for _ in 0..threads {
@@ -196,78 +314,209 @@ struct Host<'a> {
     /// A server that ended by itself (taken over, failed) sends its serial.
     ended: tokio::sync::mpsc::UnboundedSender<(PathBuf, u64)>,
     serials: u64,
+    /// The vaults stood by for (`--standby`), by directory.
+    standing: HashMap<PathBuf, Waiting>,
+    /// A standing-by thread's report, with the serial of its [`Waiting`].
+    turns: tokio::sync::mpsc::UnboundedSender<(PathBuf, u64, Turn)>,
 }
 
 impl Host<'_> {
-    /// Opens and serves `vaults` (none of them served yet).
+    fn how(&self) -> OpenWith {
+        OpenWith {
+            sync: self.args.sync,
+            service_calls_per_minute: self.args.service_calls_per_minute,
+            standby: self.args.standby,
+            forward: self.tls.is_some(),
+        }
+    }
+
+    /// Opens and serves `vaults` (none of them served or stood by for yet);
+    /// with `--standby`, stands by for those another process holds.
     async fn start(&mut self, vaults: Vec<Hosted>, running: &mut HashMap<PathBuf, Running>) {
         if vaults.is_empty() {
             return;
         }
-        let how = OpenWith {
-            sync: self.args.sync,
-            service_calls_per_minute: self.args.service_calls_per_minute,
-        };
-        let ready = tokio::task::spawn_blocking(move || open_all(&vaults, how))
+        let how = self.how();
+        let opened = tokio::task::spawn_blocking(move || open_all(&vaults, how))
             .await
             .unwrap_or_default();
-        let key_file = self.args.tls_key.as_deref().filter(|_| self.tls.is_some());
+        for o in opened {
+            match o {
+                Opened::Ready(r) => self.serve(*r, running),
+                Opened::Busy {
+                    entry,
+                    listener,
+                    lookup,
+                } => self.wait_for(entry, Some(listener), lookup.map(|l| *l)),
+            }
+        }
+    }
+
+    /// Stands by for the vault of `entry`, which another process holds:
+    /// forwards its requests to the holder on `listener` (given `lookup`;
+    /// else the address waits unbound), and tries to open it once a second.
+    fn wait_for(
+        &mut self,
+        entry: Hosted,
+        listener: Option<std::net::TcpListener>,
+        lookup: Option<vault_core::HolderLookup>,
+    ) {
         let rt = tokio::runtime::Handle::current();
-        for r in ready {
-            let app = App::sharing(
-                Arc::new(r.vault),
-                self.limits.clone(),
-                self.capacity.clone(),
-            );
-            if let Some(key) = key_file {
-                match vault_server::forward::ForwardingKey::from_tls_key(key, app.vault().id()) {
-                    Ok(k) => app.trust_standbys(k),
-                    Err(e) => eprintln!(
-                        "{} standbys' forwarded client addresses not trusted: {e:#}",
-                        app.log()
-                    ),
+        let tls_files = self
+            .args
+            .tls_cert
+            .as_deref()
+            .zip(self.args.tls_key.as_deref());
+        let dir = entry.dir.display().to_string();
+        let standby = match (&listener, lookup) {
+            (Some(l), Some(lookup)) => {
+                let vault = lookup.vault_id();
+                match crate::Standby::start(&rt, l, self.tls.clone(), tls_files, lookup, self.args)
+                {
+                    Ok(s) => {
+                        let at = l.local_addr().map(|a| a.to_string()).unwrap_or_default();
+                        eprintln!(
+                            "pivault-server: vault {vault} ({dir}) standing by on https://{at}: forwarding requests to the holder"
+                        );
+                        Some(s)
+                    }
+                    Err(e) => {
+                        eprintln!(
+                            "pivault-server: vault {vault} ({dir}) standing by without forwarding: {e:#}"
+                        );
+                        None
+                    }
                 }
             }
-            crate::start_timers(&rt, &app, self.args);
-            let advertise =
-                r.listener.local_addr().ok().and_then(|local| {
-                    crate::advertised_address(r.entry.advertise.as_deref(), local)
-                });
-            let advertised = match advertise {
-                Some(addr) if app.vault().records_on_cluster() => {
-                    rt.spawn(crate::keep_published(app.clone(), addr));
-                    true
+            _ => {
+                eprintln!(
+                    "pivault-server: vault ({dir}) standing by: another process holds it; taking it over once that process stops or its lease lapses"
+                );
+                None
+            }
+        };
+        // Unbound until the vault is held here, when nothing forwards on it.
+        let listener = listener.filter(|_| standby.is_some());
+        self.serials += 1;
+        let (serial, key, turns) = (self.serials, entry.key.clone(), self.turns.clone());
+        let cancel = Arc::new(AtomicBool::new(false));
+        let how = self.how();
+        let (e, c) = (entry.clone(), cancel.clone());
+        let spawned = std::thread::Builder::new()
+            .name("pivault-standby".into())
+            .spawn(move || {
+                if let Some(turn) = stand_by(e, listener, how, &c) {
+                    let _ = turns.send((key, serial, turn));
                 }
-                _ => false,
-            };
-            self.serials += 1;
-            let (serial, key, ended) = (self.serials, r.entry.key.clone(), self.ended.clone());
-            let (stop, stopped) = tokio::sync::watch::channel(false);
-            let served = crate::serve(
-                app.clone(),
-                r.listener,
-                self.tls.clone(),
-                None,
-                stopped,
-                true,
-            );
-            let task = tokio::spawn(async move {
-                let r = served.await;
-                let _ = ended.send((key, serial));
-                r
             });
-            running.insert(
-                r.entry.key.clone(),
-                Running {
-                    entry: r.entry,
-                    app,
-                    stop,
-                    task,
-                    serial,
-                    advertised,
-                },
-            );
+        if let Err(e) = spawned {
+            eprintln!("pivault-server: not standing by for the vault {dir}: {e}");
+            return;
         }
+        self.standing.insert(
+            entry.key.clone(),
+            Waiting {
+                serial,
+                cancel,
+                standby,
+                entry,
+            },
+        );
+    }
+
+    /// A standing-by thread's report: the vault opened here is served (the
+    /// forwarding stops first; its connections finish), unless it was
+    /// removed or changed meanwhile.
+    async fn turn(
+        &mut self,
+        key: PathBuf,
+        serial: u64,
+        turn: Turn,
+        running: &mut HashMap<PathBuf, Running>,
+    ) {
+        let current = self.standing.get(&key).is_some_and(|w| w.serial == serial);
+        match turn {
+            Turn::Opened(r) if current => {
+                if let Some(w) = self.standing.remove(&key) {
+                    w.stop();
+                }
+                eprintln!(
+                    "pivault-server: vault {} ({}) taken over",
+                    r.vault.id(),
+                    r.entry.dir.display()
+                );
+                self.serve(*r, running);
+            }
+            Turn::Opened(r) => {
+                let _ = tokio::task::spawn_blocking(move || r.vault.close()).await;
+            }
+            Turn::Failed if current => {
+                if let Some(w) = self.standing.remove(&key) {
+                    w.stop();
+                }
+            }
+            Turn::Failed => {}
+        }
+    }
+
+    /// Serves a vault opened here.
+    fn serve(&mut self, r: Ready, running: &mut HashMap<PathBuf, Running>) {
+        let key_file = self.args.tls_key.as_deref().filter(|_| self.tls.is_some());
+        let rt = tokio::runtime::Handle::current();
+        let app = App::sharing(
+            Arc::new(r.vault),
+            self.limits.clone(),
+            self.capacity.clone(),
+        );
+        if let Some(key) = key_file {
+            match vault_server::forward::ForwardingKey::from_tls_key(key, app.vault().id()) {
+                Ok(k) => app.trust_standbys(k),
+                Err(e) => eprintln!(
+                    "{} standbys' forwarded client addresses not trusted: {e:#}",
+                    app.log()
+                ),
+            }
+        }
+        crate::start_timers(&rt, &app, self.args);
+        let advertise = r
+            .listener
+            .local_addr()
+            .ok()
+            .and_then(|local| crate::advertised_address(r.entry.advertise.as_deref(), local));
+        let advertised = match advertise {
+            Some(addr) if app.vault().records_on_cluster() => {
+                rt.spawn(crate::keep_published(app.clone(), addr));
+                true
+            }
+            _ => false,
+        };
+        self.serials += 1;
+        let (serial, key, ended) = (self.serials, r.entry.key.clone(), self.ended.clone());
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let served = crate::serve(
+            app.clone(),
+            r.listener,
+            self.tls.clone(),
+            None,
+            stopped,
+            true,
+        );
+        let task = tokio::spawn(async move {
+            let r = served.await;
+            let _ = ended.send((key, serial));
+            r
+        });
+        running.insert(
+            r.entry.key.clone(),
+            Running {
+                entry: r.entry,
+                app,
+                stop,
+                task,
+                serial,
+                advertised,
+            },
+        );
     }
 
     /// Stops a vault's server (its requests in flight finish), waits until
@@ -307,6 +556,64 @@ impl Host<'_> {
         }
     }
 
+    /// A vault whose server ended by itself: retired, and with `--standby`
+    /// stood by for again when another process took it over and the file
+    /// still names it.
+    async fn ended(&mut self, r: Running) {
+        let entry = r.entry.clone();
+        let taken_over = r.app.vault().lease_lost();
+        let _ = self.retire_reported(r, "its server ended").await;
+        if !(self.args.standby && taken_over) {
+            return;
+        }
+        let how = self.how();
+        let bound = tokio::task::spawn_blocking(move || {
+            let listener = std::net::TcpListener::bind(entry.bind)
+                .and_then(|l| l.set_nonblocking(true).map(|()| l))
+                .with_context(|| format!("cannot listen on {}", entry.bind))?;
+            let lookup = match how.forward {
+                true => Vault::holder_lookup(&entry.dir)
+                    .context("cannot reach the records cluster to find the holder")?,
+                false => None,
+            };
+            anyhow::Ok((entry, listener, lookup))
+        })
+        .await;
+        match bound {
+            Ok(Ok((entry, listener, lookup))) => self.wait_for(entry, Some(listener), lookup),
+            Ok(Err(e)) => eprintln!("pivault-server: not standing by again: {e:#}"),
+            Err(e) => eprintln!("pivault-server: not standing by again: {e}"),
+        }
+    }
+
+    /// `, standing by for N` when this process stands by for any vault.
+    fn standing_by(&self) -> String {
+        match self.standing.len() {
+            0 => String::new(),
+            n => format!(", standing by for {n}"),
+        }
+    }
+
+    /// Stops standing by for the vaults `keep` does not keep (forwarding
+    /// and tries).
+    fn stop_standing(&mut self, keep: impl Fn(&Waiting) -> bool) {
+        let gone: Vec<PathBuf> = self
+            .standing
+            .iter()
+            .filter(|(_, w)| !keep(w))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in gone {
+            if let Some(w) = self.standing.remove(&k) {
+                eprintln!(
+                    "pivault-server: no longer standing by for the vault {}",
+                    w.entry.dir.display()
+                );
+                w.stop();
+            }
+        }
+    }
+
     /// SIGHUP: serves what the file says now (module doc).
     async fn reload(&mut self, running: &mut HashMap<PathBuf, Running>) {
         let plan = match Plan::read(self.file, self.tls.is_some()) {
@@ -339,17 +646,19 @@ impl Host<'_> {
                 let _ = self.retire_reported(r, why).await;
             }
         }
+        self.stop_standing(|w| wanted.get(&w.entry.key) == Some(&w.entry));
         let new: Vec<Hosted> = plan
             .vaults
             .into_iter()
-            .filter(|v| !running.contains_key(&v.key))
+            .filter(|v| !running.contains_key(&v.key) && !self.standing.contains_key(&v.key))
             .collect();
         let wanted = wanted.len();
         self.start(new, running).await;
         eprintln!(
-            "pivault-server: reloaded {}: serving {} of {wanted} vault(s)",
+            "pivault-server: reloaded {}: serving {} of {wanted} vault(s){}",
             self.file.display(),
-            running.len()
+            running.len(),
+            self.standing_by()
         );
     }
 }
@@ -369,6 +678,7 @@ pub(crate) fn run(
     let limits = crate::limits_from(args);
     let capacity = Capacity::new(&limits).context("cannot start the vault worker threads")?;
     let (ended, mut ended_rx) = tokio::sync::mpsc::unbounded_channel();
+    let (turns, mut turns_rx) = tokio::sync::mpsc::unbounded_channel();
     let mut host = Host {
         args,
         file,
@@ -377,6 +687,8 @@ pub(crate) fn run(
         capacity,
         ended,
         serials: 0,
+        standing: HashMap::new(),
+        turns,
     };
     rt.block_on(async move {
         use tokio::signal::unix::{SignalKind, signal};
@@ -384,16 +696,17 @@ pub(crate) fn run(
         let mut running = HashMap::new();
         let wanted = plan.vaults.len();
         host.start(plan.vaults, &mut running).await;
-        if running.is_empty() {
+        if running.is_empty() && host.standing.is_empty() {
             bail!(
                 "none of the {wanted} vault(s) of {} can be served",
                 file.display()
             );
         }
         eprintln!(
-            "pivault-server: serving {} of {wanted} vault(s) from {}",
+            "pivault-server: serving {} of {wanted} vault(s) from {}{}",
             running.len(),
-            file.display()
+            file.display(),
+            host.standing_by()
         );
         let term = crate::shutdown_signal();
         tokio::pin!(term);
@@ -406,12 +719,16 @@ pub(crate) fn run(
                     // over by another process, or the server failed.
                     if running.get(&key).is_some_and(|r| r.serial == serial) {
                         let r = running.remove(&key).expect("just found");
-                        let _ = host.retire_reported(r, "its server ended").await;
+                        host.ended(r).await;
                     }
+                }
+                Some((key, serial, turn)) = turns_rx.recv() => {
+                    host.turn(key, serial, turn, &mut running).await;
                 }
             }
         }
         eprintln!("pivault-server: shutting down; finishing requests in flight");
+        host.stop_standing(|_| false);
         for r in running.values() {
             let _ = r.stop.send(true);
         }

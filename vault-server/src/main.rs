@@ -39,12 +39,13 @@ struct Args {
     /// address (see README, "Many vaults in one server process"). The vaults share
     /// the worker threads (a lane each, served in turn) and the bounds on
     /// password checks, long work and buffered bodies; the other limits
-    /// apply to each vault. SIGHUP reads FILE again. No local socket, no
-    /// standby, no syslog stream in this mode.
+    /// apply to each vault. SIGHUP reads FILE again. With --standby, stands
+    /// by for each vault another process holds (a second machine over the
+    /// same vaults). No local socket, no syslog stream in this mode.
     #[arg(
         long,
         value_name = "FILE",
-        conflicts_with_all = ["standby", "syslog", "passphrase_file", "advertise", "socket", "socket_group", "socket_owner"]
+        conflicts_with_all = ["syslog", "passphrase_file", "advertise", "socket", "socket_group", "socket_owner"]
     )]
     hosting: Option<PathBuf>,
     /// Address to listen on. Anything but loopback requires --tls-cert and --tls-key.
@@ -79,7 +80,8 @@ struct Args {
     /// published, and only to a server presenting the same TLS
     /// certificate), so a load balancer may send clients to any server. A
     /// server whose vault is taken over exits with code 75; restarted, it
-    /// stands by again.
+    /// stands by again. With --hosting, for each vault of the file another
+    /// process holds, and a vault taken over is stood by for again.
     #[arg(long, env = "PIVAULT_STANDBY")]
     standby: bool,
     /// The address (HOST:PORT) other servers of this vault reach this one
@@ -434,7 +436,8 @@ fn run(args: Args) -> anyhow::Result<()> {
                     waited = true;
                 }
                 if let (None, Some(listener), Some(l)) = (&standing_by, &early, lookup.take()) {
-                    let s = Standby::start(&rt, listener, tls.clone(), tls_files, l, &args)?;
+                    let s =
+                        Standby::start(rt.handle(), listener, tls.clone(), tls_files, l, &args)?;
                     eprintln!(
                         "pivault-server: standing by on https://{}: forwarding requests to the holder",
                         listener.local_addr()?
@@ -911,14 +914,14 @@ fn watch_holder(
 /// forwarded to the holder (`vault_server::forward`), on a copy of the
 /// socket the vault's server will use; the holder's published address is
 /// read again twice a second.
-struct Standby {
+pub(crate) struct Standby {
     handle: axum_server::Handle<SocketAddr>,
     watching: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Standby {
-    fn start(
-        rt: &tokio::runtime::Runtime,
+    pub(crate) fn start(
+        rt: &tokio::runtime::Handle,
         listener: &std::net::TcpListener,
         tls: Option<rustls::ServerConfig>,
         tls_files: Option<(&Path, &Path)>,
@@ -965,7 +968,7 @@ impl Standby {
         Ok(Standby { handle, watching })
     }
 
-    fn stop(self) {
+    pub(crate) fn stop(self) {
         self.watching
             .store(false, std::sync::atomic::Ordering::SeqCst);
         self.handle.graceful_shutdown(Some(Duration::from_secs(5)));

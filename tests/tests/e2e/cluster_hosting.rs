@@ -931,3 +931,172 @@ fn a_hosting_process_serves_vaults_on_the_cluster_and_a_removed_one_lets_go_of_i
         .close()
         .expect("close A");
 }
+
+/// A provider's two machines over the same vaults on the cluster: two
+/// `pivault-server --hosting` processes, the second `--standby` (here two
+/// hosting files naming the same directories at other ports, the servers
+/// sharing one certificate). The second forwards each vault's requests to
+/// the first while both vaults are written through it; killed, the first's
+/// vaults are taken over by the second, on the addresses it stood by on,
+/// with every acknowledged record and the clients' tokens; the first,
+/// restarted `--standby`, forwards to the second. Nothing crosses between
+/// the vaults at any point, and both trails verify.
+#[test]
+fn a_second_hosting_process_stands_by_for_every_vault_and_takes_them_over_when_the_first_is_killed()
+{
+    use std::time::Duration;
+
+    use crate::hosting::{PASSPHRASE_B, a_is_not_reached_at_b, base_of, business_on_clusters, put};
+    use crate::server;
+    use serde_json::json;
+
+    let _one = crate::cluster::serial();
+    let _c = crate::cluster::cluster();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let work = dir.path();
+    let id_a = business_on_clusters(&work.join("a"), None);
+    let id_b = business_on_clusters(&work.join("b"), Some(PASSPHRASE_B));
+    write_private(&work.join("a.pass"), common::PASSPHRASE.as_bytes());
+    write_private(&work.join("b.pass"), PASSPHRASE_B.as_bytes());
+    let line = |dir: &str| json!({ "dir": dir, "passphrase_file": format!("{dir}.pass"), "bind": "127.0.0.1:0" });
+    let hosting = work.join("hosting.json");
+    std::fs::write(
+        &hosting,
+        json!({ "vaults": [line("a"), line("b")] }).to_string(),
+    )
+    .expect("hosting file");
+    let first = tempfile::tempdir().expect("tempdir");
+    let (one, _, _) =
+        server::spawn_hosting(first, &hosting, &[]).hosting(2, Duration::from_secs(120));
+    // The second machine: the same certificate and key.
+    let machine = |srv: &server::Server| {
+        let m = tempfile::tempdir().expect("tempdir");
+        for f in ["server.crt", "server.key"] {
+            std::fs::copy(srv.cert.with_file_name(f), m.path().join(f)).expect("copy");
+        }
+        m
+    };
+    let mut two = server::spawn_hosting(machine(&one), &hosting, &["--standby"]);
+    let standing = two.hosting_standing_by(2, Duration::from_secs(120));
+    let (a, b) = (
+        one.view(&base_of(&standing, &id_a)),
+        one.view(&base_of(&standing, &id_b)),
+    );
+    // Signed in and written through the standby: each request relayed.
+    let (clerk_a, clerk_b) = (a.token("clerk"), b.token("clerk"));
+    let (officer_a, officer_b) = (a.token("officer"), b.token("officer"));
+    let mut kept_a: Vec<String> = ["Ada", "Bo"]
+        .iter()
+        .map(|g| put(&a, &clerk_a, &format!("{g} Alpha")))
+        .collect();
+    let mut kept_b: Vec<String> = ["Cy", "Di", "Ed"]
+        .iter()
+        .map(|g| put(&b, &clerk_b, &format!("{g} Beta")))
+        .collect();
+    let relayed = a.call("GET", "/v1/records", Some(&clerk_a), None);
+    assert!(
+        relayed.via.contains("pivault-standby"),
+        "relayed by the standby: {relayed:?}"
+    );
+    a_is_not_reached_at_b(&b, &clerk_a, &officer_b, &kept_a[0]);
+
+    // The first machine dies: the second takes both vaults over, on the
+    // addresses it stood by on.
+    let (_, _first_dir) = one.kill();
+    let (two, served, said) = two.hosting(2, Duration::from_secs(120));
+    for (id, base) in &standing {
+        assert_eq!(&base_of(&served, id), base, "served where it stood by");
+    }
+    assert_eq!(
+        said.iter().filter(|l| l.contains(") taken over")).count(),
+        2,
+        "{said:?}"
+    );
+    kept_a.push(put(&a, &clerk_a, "Flo Alpha"));
+    kept_b.push(put(&b, &clerk_b, "Gus Beta"));
+    kept_a.sort();
+    kept_b.sort();
+    assert_eq!(a.live_ids(&officer_a), kept_a, "A: every acknowledged put");
+    assert_eq!(b.live_ids(&officer_b), kept_b, "B: every acknowledged put");
+    a_is_not_reached_at_b(&b, &clerk_a, &officer_b, &kept_a[0]);
+
+    // The first machine back, standing by: it forwards to the second.
+    let mut again = server::spawn_hosting(machine(&two), &hosting, &["--standby"]);
+    let standing = again.hosting_standing_by(2, Duration::from_secs(120));
+    let a_again = two.view(&base_of(&standing, &id_a));
+    let relayed = a_again.call(
+        "GET",
+        &format!("/v1/records/{}", kept_a[0]),
+        Some(&clerk_a),
+        None,
+    );
+    assert_eq!(relayed.status, 200, "{relayed:?}");
+    assert!(
+        relayed.via.contains("pivault-standby"),
+        "relayed to the second: {relayed:?}"
+    );
+    let b_again = two.view(&base_of(&standing, &id_b));
+    a_is_not_reached_at_b(&b_again, &clerk_a, &officer_b, &kept_a[0]);
+    for v in [&a, &b] {
+        let verify = v.call("GET", "/v1/audit/verify", Some(&v.token("auditor")), None);
+        assert_eq!(verify.json()["ok"], true, "{}", verify.text);
+    }
+    drop((a, b, a_again, b_again));
+
+    // The second machine hangs past the lease: the first takes both vaults
+    // over. Running again, the second finds them taken, and instead of
+    // ending it stands by for each again, forwarding to the first.
+    let signal = |pid: u32, sig: &str| {
+        let ok = Command::new("kill")
+            .args([sig, &pid.to_string()])
+            .status()
+            .expect("kill");
+        assert!(ok.success(), "kill {sig} {pid}");
+    };
+    signal(two.pid(), "-STOP");
+    let (again, _, _) = again.hosting(2, Duration::from_secs(120));
+    signal(two.pid(), "-CONT");
+    let stood = two.wait_stderr(
+        &[
+            &format!(
+                "vault {id_a} ({}) standing by on https://",
+                work.join("a").display()
+            ),
+            &format!(
+                "vault {id_b} ({}) standing by on https://",
+                work.join("b").display()
+            ),
+        ],
+        Duration::from_secs(120),
+    );
+    let at = |line: &str| {
+        let addr = line
+            .split("standing by on https://")
+            .nth(1)
+            .and_then(|r| r.split(": forwarding").next())
+            .expect("an address");
+        two.view(&format!("https://{addr}"))
+    };
+    let (a, b) = (at(&stood[0]), at(&stood[1]));
+    let relayed = a.call(
+        "GET",
+        &format!("/v1/records/{}", kept_a[1]),
+        Some(&clerk_a),
+        None,
+    );
+    assert_eq!(relayed.status, 200, "{relayed:?}");
+    assert!(relayed.via.contains("pivault-standby"), "{relayed:?}");
+    a_is_not_reached_at_b(&b, &clerk_a, &officer_b, &kept_a[0]);
+    kept_b.push(put(&b, &clerk_b, "Hal Beta"));
+    kept_b.sort();
+    assert_eq!(b.live_ids(&officer_b), kept_b, "B: every acknowledged put");
+    for v in [&a, &b] {
+        let verify = v.call("GET", "/v1/audit/verify", Some(&v.token("auditor")), None);
+        assert_eq!(verify.json()["ok"], true, "{}", verify.text);
+    }
+    drop((a, b));
+    let (status, _, _keep) = two.stop();
+    assert!(status.success(), "the standby stops cleanly");
+    let (status, _, _keep) = again.stop();
+    assert!(status.success(), "the holder stops cleanly");
+}

@@ -44,6 +44,8 @@ pub(crate) struct Answer {
     request_id: String,
     cache_control: String,
     pub(crate) retry_after: String,
+    /// The `Via` header (`pivault-standby` when a standby relayed it).
+    pub(crate) via: String,
     pub(crate) text: String,
 }
 
@@ -244,6 +246,37 @@ impl Starting {
         }
         let seen = self.seen.clone();
         (self.listening(timeout), bases, seen)
+    }
+
+    /// Waits until a `--hosting --standby` server stands by for `vaults`
+    /// vaults, forwarding their requests to the holder, within `timeout`:
+    /// each vault's ID with its base URL (`localhost`, which the
+    /// certificate names), in the order printed.
+    pub(crate) fn hosting_standing_by(
+        &mut self,
+        vaults: usize,
+        timeout: Duration,
+    ) -> Vec<(String, String)> {
+        let mut bases = Vec::new();
+        while bases.len() < vaults {
+            let line = self.wait_line(" standing by on https://", timeout);
+            let (id, addr) = line
+                .split("vault ")
+                .nth(1)
+                .and_then(|r| r.split_once(" standing by on https://"))
+                .and_then(|(named, addr)| {
+                    Some((
+                        named.split_once(" (")?.0,
+                        addr.split(": forwarding").next()?,
+                    ))
+                })
+                .unwrap_or_else(|| panic!("a vault stood by for: {line}"));
+            bases.push((
+                id.to_owned(),
+                format!("https://localhost{}", &addr.trim()["127.0.0.1".len()..]),
+            ));
+        }
+        bases
     }
 
     /// Waits until the server listens, within `timeout`.
@@ -593,11 +626,12 @@ impl Server {
                 .unwrap_or("")
                 .to_owned()
         };
-        let (content_type, request_id, cache_control, retry_after) = (
+        let (content_type, request_id, cache_control, retry_after, via) = (
             h("content-type"),
             h("x-request-id"),
             h("cache-control"),
             h("retry-after"),
+            h("via"),
         );
         let a = Answer {
             status: resp.status().as_u16(),
@@ -605,6 +639,7 @@ impl Server {
             request_id,
             cache_control,
             retry_after,
+            via,
             text: resp.body_mut().read_to_string().unwrap_or_default(),
         };
         // Every JSON answer of every scenario, read by the test or not, is
