@@ -456,6 +456,58 @@ fn a_drop_whose_outcome_cannot_be_learnt_keeps_its_marker_and_is_certified_by_re
     assert_eq!(c.files_holding(&needles), Vec::<std::path::PathBuf>::new());
 }
 
+/// After a deletion's drop committed and before its resume, someone who
+/// may create schemas (another vault's role; here the superuser) makes one
+/// under the dropped schema's name, open to the vault's role. Taken for the
+/// vault's keys still there, the resume would report nothing deleted,
+/// remove the marker and leave a vault without keys and without a way to
+/// its certificate; it is not the vault's, so the resume certifies, and the
+/// vault's directory opens nothing.
+#[test]
+fn a_schema_made_under_a_deleted_vaults_name_is_not_taken_for_its_keys() {
+    let _one = serial();
+    let c = cluster();
+    let tmp = tempfile::tempdir().unwrap();
+    let (fx, needles, _) = filled(&tmp.path().join("b"), 3);
+    let dir = fx.dir.clone();
+    let schema = format!("pv_{}", schema_hex(&fx.vault));
+    let cert_key = fx.vault.certificate_public_key();
+    assert!(delete_with_hook(fx.vault, killed_at("keystore_dropped")).is_none());
+    let role = common::cluster_keystore().user;
+    struct Squatted(String);
+    impl Drop for Squatted {
+        fn drop(&mut self) {
+            psql_in(
+                &primary_member(&cluster()),
+                "pivault_keys",
+                &format!("DROP SCHEMA IF EXISTS {} CASCADE", self.0),
+            )
+            .expect("the squatted schema dropped");
+        }
+    }
+    psql_in(
+        &primary_member(&c),
+        "pivault_keys",
+        &format!("CREATE SCHEMA {schema}; GRANT USAGE, CREATE ON SCHEMA {schema} TO {role};"),
+    )
+    .expect("a schema under the deleted vault's name");
+    let _squatted = Squatted(schema.clone());
+    assert!(
+        schema_exists(&schema),
+        "there, and visible to the vault's role"
+    );
+    match reopen(&dir) {
+        Err(e) => assert!(!e.to_string().contains("opens again"), "{e}"),
+        Ok(_) => panic!("a schema made by someone else is not the vault's keystore"),
+    }
+    let resumed = resume_deletion(&dir, &passphrase()).unwrap();
+    let Resumed::Deleted(done) = resumed else {
+        panic!("the keys were dropped: a schema under their name is not them: {resumed:?}")
+    };
+    assert_certified(&c, &done, &cert_key);
+    assert_eq!(c.files_holding(&needles), Vec::<std::path::PathBuf>::new());
+}
+
 #[test]
 fn a_killed_deletions_drop_still_running_when_resume_looks_is_stopped_and_the_vault_given_back_whole()
  {

@@ -538,14 +538,20 @@ impl PgKeys {
             generation: 0,
             lost: std::sync::atomic::AtomicBool::new(false),
         };
-        if !create
-            && !keys
-                .conns
-                .with_primary(|c| schema_exists(c, &keys.schema))?
-        {
-            return Err(Error::NotAVault(
-                "the vault's keystore is not on its cluster (the vault was deleted)".into(),
-            ));
+        if !create {
+            match keys.conns.with_primary(|c| schema_is(c, &keys.schema))? {
+                SchemaIs::Ours => {}
+                SchemaIs::Absent => {
+                    return Err(Error::NotAVault(
+                        "the vault's keystore is not on its cluster (the vault was deleted)".into(),
+                    ));
+                }
+                SchemaIs::Others => {
+                    return Err(Error::NotAVault(
+                        "the vault's keystore is not on its cluster (the vault was deleted; a schema under its name is another role's)".into(),
+                    ));
+                }
+            }
         }
         keys.conns.with_primary(|c| keys.create_schema(c))?;
         keys.generation = keys.conns.with_primary(|c| keys.fence(c))?;
@@ -591,9 +597,9 @@ impl PgKeys {
 
     fn create_schema(&self, c: &mut Client) -> Result<()> {
         let s = &self.schema;
+        claim_schema(c, s)?;
         let mut sql = format!(
-            "CREATE SCHEMA IF NOT EXISTS {s};
-             CREATE TABLE IF NOT EXISTS {s}.buckets (k bytea PRIMARY KEY, v bytea NOT NULL);
+            "CREATE TABLE IF NOT EXISTS {s}.buckets (k bytea PRIMARY KEY, v bytea NOT NULL);
              CREATE TABLE IF NOT EXISTS {s}.backups (k bytea PRIMARY KEY, v bytea NOT NULL);
              CREATE TABLE IF NOT EXISTS {s}.header (k bytea PRIMARY KEY, v bytea NOT NULL);
              CREATE TABLE IF NOT EXISTS {s}.deks (bucket integer NOT NULL, k bytea NOT NULL, v bytea NOT NULL,
@@ -730,12 +736,45 @@ pub(crate) fn resume_deletion(
     })
 }
 
-pub(crate) fn schema_exists(c: &mut Client, schema: &str) -> Result<bool> {
-    Ok(
-        c.query_one("SELECT to_regnamespace($1) IS NOT NULL", &[&schema])
-            .map_err(pg)?
-            .get(0),
-    )
+/// Whether a vault's schema is there, and whose.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SchemaIs {
+    Absent,
+    /// Owned by the role this connection is (the vault's).
+    Ours,
+    /// Made by another role under the vault's name: never the vault's (a
+    /// deleted vault's name taken by another vault's role, say), so never
+    /// read as its keys still there, nor written into.
+    Others,
+}
+
+pub(crate) fn schema_is(c: &mut Client, schema: &str) -> Result<SchemaIs> {
+    let owned: Option<bool> = c
+        .query_opt(
+            "SELECT nspowner = (SELECT oid FROM pg_roles WHERE rolname = current_user)
+               FROM pg_namespace WHERE nspname = $1",
+            &[&schema],
+        )
+        .map_err(pg)?
+        .map(|r| r.get(0));
+    Ok(match owned {
+        None => SchemaIs::Absent,
+        Some(true) => SchemaIs::Ours,
+        Some(false) => SchemaIs::Others,
+    })
+}
+
+/// Creates the vault's schema if it is not there, and refuses one another
+/// role made under its name.
+pub(crate) fn claim_schema(c: &mut Client, schema: &str) -> Result<()> {
+    c.batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS {schema}"))
+        .map_err(pg)?;
+    match schema_is(c, schema)? {
+        SchemaIs::Ours => Ok(()),
+        _ => Err(Error::Integrity(
+            "the vault's schema on the cluster was made by another role: it is not the vault's",
+        )),
+    }
 }
 
 /// A whole vault's schema dropped in one transaction, waiting at most 5 s
@@ -1177,7 +1216,10 @@ impl Conns {
                 )));
             }
         }
-        if !schema_exists(&mut c, schema)? {
+        // Only the vault's own schema is its keys: one another role made
+        // under the name after the drop is not (taken for the keys still
+        // there, the resume would give back a vault without keys).
+        if schema_is(&mut c, schema)? != SchemaIs::Ours {
             return Ok(true);
         }
         let probe = c.batch_execute(&format!(
@@ -1193,7 +1235,7 @@ impl Conns {
                 return Err(pg(e));
             }
         }
-        Ok(!schema_exists(&mut c, schema)?)
+        Ok(schema_is(&mut c, schema)? != SchemaIs::Ours)
     }
 
     /// A deletion's drop, finished by another process after the one that

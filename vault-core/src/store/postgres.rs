@@ -356,12 +356,12 @@ impl Holding {
             LEASE.as_millis()
         ))
         .map_err(pg)?;
+        use crate::keystore::postgres::{SchemaIs, claim_schema, schema_is};
         if create {
-            c.batch_execute(&format!(
-                "CREATE SCHEMA IF NOT EXISTS {s}; CREATE TABLE IF NOT EXISTS {s}.holder ();"
-            ))
-            .map_err(pg)?;
-        } else if crate::keystore::postgres::schema_exists(&mut c, s)? {
+            claim_schema(&mut c, s)?;
+            c.batch_execute(&format!("CREATE TABLE IF NOT EXISTS {s}.holder ();"))
+                .map_err(pg)?;
+        } else if schema_is(&mut c, s)? == SchemaIs::Ours {
             c.batch_execute(&format!("CREATE TABLE IF NOT EXISTS {s}.holder ();"))
                 .map_err(pg)?;
         } else {
