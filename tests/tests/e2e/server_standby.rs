@@ -455,6 +455,73 @@ fn dek_rows(c: &crate::cluster::Cluster, vault: &vault_core::Vault) -> u64 {
     .unwrap()
 }
 
+/// A vault's deletion stalled after it wrote its journal, past its lease:
+/// a second process (another machine's copy of the directory) takes the
+/// vault over and a clerk puts a record there. When the stalled deletion
+/// goes on, its drop is fenced by the keystore's lease generation: it
+/// destroys nothing, says the vault was taken over, and leaves no marker;
+/// the second process's records, old and new, all read.
+#[test]
+fn a_stalled_vault_deletion_whose_lease_lapsed_drops_nothing_of_the_process_that_took_it_over() {
+    use std::sync::{Arc, Mutex};
+    let _one = serial();
+    let _c = cluster();
+    let (_machine, dir, fx) = machine_with_vault();
+    let (_, before) = crate::delete_resume_cluster::put_keyed(&fx, 3);
+    let (_other_machine, other_dir) = copy_machine(&dir);
+    let id = hex::encode(fx.vault.id().as_bytes());
+    let taker: Arc<Mutex<Option<(vault_core::Vault, vault_core::ids::RecordId)>>> = Arc::default();
+    let hook = {
+        let (taker, other_dir, clock) = (taker.clone(), other_dir.clone(), fx.clock.clone());
+        Box::new(move |step: &str| {
+            if step != "deletion_journaled" {
+                return;
+            }
+            let c = cluster();
+            let deadline = Instant::now() + Duration::from_secs(30);
+            let v = loop {
+                lapse_lease_of(&c, &id);
+                match vault_core::Vault::open(
+                    &other_dir,
+                    &vault_core::secret::SecretString::from(PASSPHRASE),
+                    common::open_options(&clock),
+                ) {
+                    Ok(v) => break v,
+                    Err(vault_core::Error::VaultBusy) if Instant::now() < deadline => {
+                        std::thread::sleep(Duration::from_millis(300));
+                    }
+                    Err(e) => panic!("the second process opens the vault: {e}"),
+                }
+            };
+            let clerk = common::login(&v, "clerk");
+            let r = v
+                .put_record(
+                    &clerk,
+                    CUSTOMERS,
+                    vault_core::ids::SubjectId::new(),
+                    &json!({ "given_name": "Taken", "family_name": "Over", "ssn": "212-55-1234" }),
+                )
+                .expect("a put in the vault taken over");
+            *taker.lock().unwrap() = Some((v, r));
+        }) as Box<dyn Fn(&str) + Send + Sync>
+    };
+    let outcome = crate::delete_resume_cluster::delete_with_hook(fx.vault, hook);
+    match outcome {
+        Some(Err(vault_core::Error::TakenOver)) => {}
+        other => panic!("the stalled deletion must destroy nothing: {other:?}"),
+    }
+    assert!(!dir.join("DELETED").exists(), "no marker left");
+    let (v, put) = taker.lock().unwrap().take().expect("taken over");
+    let clerk = common::login(&v, "clerk");
+    for r in before.iter().chain([&put]) {
+        v.get_record(&clerk, *r, &[], None)
+            .expect("every record of the vault taken over reads");
+    }
+    let auditor = common::login(&v, "auditor");
+    assert!(v.audit_verify(&auditor).unwrap().ok());
+    v.close().expect("close");
+}
+
 /// A holder whose lease lapsed while another process had the vault (which
 /// disposed of a record, rotating its bucket and ratcheting the epoch, and
 /// then closed) must not carry on once the lock is free again: its bucket

@@ -777,10 +777,28 @@ pub(crate) fn claim_schema(c: &mut Client, schema: &str) -> Result<()> {
     }
 }
 
+/// The SQLSTATE of a drop refused because the lease's generation moved.
+const TAKEN_OVER: &str = "PVTKO";
+
 /// A whole vault's schema dropped in one transaction, waiting at most 5 s
-/// for a lock a session holds on one of its tables.
-pub(crate) fn drop_schema_sql(schema: &str) -> String {
-    format!("BEGIN; SET LOCAL lock_timeout = '5s'; DROP SCHEMA {schema} CASCADE; COMMIT;")
+/// for a lock a session holds on one of its tables, and only while the
+/// lease is still at `generation`: a deleting process stalled past its
+/// lease drops nothing of the process that took the vault over (its keys,
+/// its held records). The key tables are locked first, in the order a
+/// takeover's fence locks them, so the two never deadlock: a fence that
+/// committed first is seen here, and one that comes after finds the
+/// schema gone.
+pub(crate) fn drop_schema_sql(schema: &str, generation: i64) -> String {
+    format!(
+        "BEGIN; SET LOCAL lock_timeout = '5s';
+         LOCK TABLE {schema}.buckets, {schema}.deks, {schema}.backups, {schema}.header IN ACCESS EXCLUSIVE MODE;
+         DO $$ BEGIN
+           IF (SELECT generation FROM {schema}.lease) IS DISTINCT FROM {generation} THEN
+             RAISE EXCEPTION 'the vault was taken over' USING ERRCODE = '{TAKEN_OVER}';
+           END IF;
+         END $$;
+         DROP SCHEMA {schema} CASCADE; COMMIT;"
+    )
 }
 
 fn is_read_only(e: &Error) -> bool {
@@ -1751,12 +1769,19 @@ impl KeyEngine for PgKeys {
     fn destroy(&self, targets: &DropTargets) -> Result<PurgeEvidence> {
         off_runtime(|| {
             let start = Instant::now();
-            let sql = drop_schema_sql(&self.schema);
+            if self.lost.load(std::sync::atomic::Ordering::SeqCst) {
+                return Err(Error::TakenOver);
+            }
+            let sql = drop_schema_sql(&self.schema, self.generation);
             let lose_answer =
                 *self.control.lock().expect("control lock") == PurgeControl::DropAnswerLost;
             let p = self.conns.drop_and_settle(targets, &mut |c| {
                 c.batch_execute(&sql).map_err(|e| {
                     let _ = c.batch_execute("ROLLBACK");
+                    if e.code().map(|c| c.code()) == Some(TAKEN_OVER) {
+                        self.lost.store(true, std::sync::atomic::Ordering::SeqCst);
+                        return Error::TakenOver;
+                    }
                     pg(e)
                 })?;
                 if lose_answer {
