@@ -470,6 +470,7 @@ fn a_stalled_vault_deletion_whose_lease_lapsed_drops_nothing_of_the_process_that
     let (_, before) = crate::delete_resume_cluster::put_keyed(&fx, 3);
     let (_other_machine, other_dir) = copy_machine(&dir);
     let id = hex::encode(fx.vault.id().as_bytes());
+    let hook_id = id.clone();
     let taker: Arc<Mutex<Option<(vault_core::Vault, vault_core::ids::RecordId)>>> = Arc::default();
     let hook = {
         let (taker, other_dir, clock) = (taker.clone(), other_dir.clone(), fx.clock.clone());
@@ -480,7 +481,7 @@ fn a_stalled_vault_deletion_whose_lease_lapsed_drops_nothing_of_the_process_that
             let c = cluster();
             let deadline = Instant::now() + Duration::from_secs(30);
             let v = loop {
-                lapse_lease_of(&c, &id);
+                lapse_lease_of(&c, &hook_id);
                 match vault_core::Vault::open(
                     &other_dir,
                     &vault_core::secret::SecretString::from(PASSPHRASE),
@@ -510,6 +511,10 @@ fn a_stalled_vault_deletion_whose_lease_lapsed_drops_nothing_of_the_process_that
         Some(Err(vault_core::Error::TakenOver)) => {}
         other => panic!("the stalled deletion must destroy nothing: {other:?}"),
     }
+    assert!(
+        crate::delete_cluster::schema_exists(&format!("pv_{id}")),
+        "the keys of the vault taken over are all there"
+    );
     assert!(!dir.join("DELETED").exists(), "no marker left");
     let (v, put) = taker.lock().unwrap().take().expect("taken over");
     let clerk = common::login(&v, "clerk");
