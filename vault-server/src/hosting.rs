@@ -228,6 +228,7 @@ fn stand_by(
         Ok(p) => p,
         Err(e) => return failed(&format!("{e:#}")),
     };
+    let mut failing = false;
     loop {
         if cancel.load(Ordering::SeqCst) {
             return None;
@@ -253,6 +254,18 @@ fn stand_by(
                 })));
             }
             Err(vault_core::Error::VaultBusy) => std::thread::sleep(Duration::from_secs(1)),
+            // The cluster failing over or out of reach: waited out.
+            Err(e) if crate::passing(&e) => {
+                if !failing {
+                    eprintln!(
+                        "pivault-server: standing by for the vault {}: cannot reach its cluster now ({}): {e}; trying again every second",
+                        entry.dir.display(),
+                        e.code()
+                    );
+                    failing = true;
+                }
+                std::thread::sleep(Duration::from_secs(1));
+            }
             Err(e) => return failed(&format!("{e} ({})", e.code())),
         }
     }

@@ -416,6 +416,7 @@ fn run(args: Args) -> anyhow::Result<()> {
     let tls_files = args.tls_cert.as_deref().zip(args.tls_key.as_deref());
     let mut standing_by: Option<Standby> = None;
     let mut waited = false;
+    let mut failing = false;
     let vault = loop {
         let opened = Vault::open(
             &dir,
@@ -443,6 +444,18 @@ fn run(args: Args) -> anyhow::Result<()> {
                         listener.local_addr()?
                     );
                     standing_by = Some(s);
+                }
+                std::thread::sleep(Duration::from_secs(1));
+            }
+            // The cluster failing over, or out of reach for a while: a
+            // standby is there for exactly that, so it waits it out.
+            Err(e) if args.standby && passing(&e) => {
+                if !failing {
+                    eprintln!(
+                        "pivault-server: standing by: cannot reach the vault's cluster now ({}): {e}; trying again every second",
+                        e.code()
+                    );
+                    failing = true;
                 }
                 std::thread::sleep(Duration::from_secs(1));
             }
@@ -551,6 +564,20 @@ fn finish(app: Arc<App>, advertised: bool) -> anyhow::Result<()> {
         None => eprintln!("pivault-server: vault still referenced at exit; closed by drop"),
     }
     Ok(())
+}
+
+/// Whether an error opening a vault another process held may pass (the
+/// cluster failing over, unreachable, a connection refused), so that a
+/// standby tries again instead of ending; a wrong passphrase, a directory
+/// that is not a vault, an unsafe file or a damaged one do not pass.
+pub(crate) fn passing(e: &vault_core::Error) -> bool {
+    matches!(
+        e,
+        vault_core::Error::Storage(_)
+            | vault_core::Error::Io(_)
+            | vault_core::Error::AuditUnavailable(_)
+            | vault_core::Error::TakenOver
+    )
 }
 
 /// The address standbys forward to: the one given, else the one this

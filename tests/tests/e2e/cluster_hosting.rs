@@ -978,6 +978,19 @@ fn a_second_hosting_process_stands_by_for_every_vault_and_takes_them_over_when_t
     };
     let mut two = server::spawn_hosting(machine(&one), &hosting, &["--standby"]);
     let standing = two.hosting_standing_by(2, Duration::from_secs(120));
+    // The cluster refusing the vaults' role for a while: the second waits
+    // it out for each vault instead of giving it up.
+    let refused = crate::server_standby::LoginRefused::now(&crate::cluster::cluster());
+    for dir in ["a", "b"] {
+        two.wait_line(
+            &format!(
+                "standing by for the vault {}: cannot reach its cluster now",
+                work.join(dir).display()
+            ),
+            Duration::from_secs(30),
+        );
+    }
+    drop(refused);
     let (a, b) = (
         one.view(&base_of(&standing, &id_a)),
         one.view(&base_of(&standing, &id_b)),

@@ -455,6 +455,68 @@ fn dek_rows(c: &crate::cluster::Cluster, vault: &vault_core::Vault) -> u64 {
     .unwrap()
 }
 
+/// The vault's role refused at login by the cluster until dropped (as
+/// during a failover, or with the network cut): existing sessions go on.
+pub(crate) struct LoginRefused(String);
+
+impl LoginRefused {
+    pub(crate) fn now(c: &crate::cluster::Cluster) -> LoginRefused {
+        let role = common::cluster_keystore().user;
+        crate::cluster::psql_in(
+            &crate::cluster::primary_member(c),
+            "postgres",
+            &format!("ALTER ROLE {role} NOLOGIN"),
+        )
+        .expect("login refused");
+        LoginRefused(role)
+    }
+}
+
+impl Drop for LoginRefused {
+    fn drop(&mut self) {
+        crate::cluster::psql_in(
+            &crate::cluster::primary_member(&cluster()),
+            "postgres",
+            &format!("ALTER ROLE {} LOGIN", self.0),
+        )
+        .expect("login given back");
+    }
+}
+
+/// A server standing by while the cluster refuses the vault's role for a
+/// while (a failover, the network cut): the standby waits it out, saying
+/// so once, instead of ending; once the cluster answers again and the
+/// holder is killed, it takes the vault over with the record written
+/// through the holder.
+#[test]
+fn a_standby_waits_out_a_cluster_it_cannot_reach_and_still_takes_over() {
+    let _one = serial();
+    let c = cluster();
+    let ((machine_a, vault_a), (machine_b, vault_b), _) = three_machines();
+    let a = server::start_plain_on(machine_a, vault_a, &[]);
+    let clerk = a.token("clerk");
+    let (status, put) = send(&a.base, "POST", "/v1/records", &clerk, Some(&person(7))).unwrap();
+    assert_eq!(status, 201, "{put}");
+    let mut b = server::spawn_with(machine_b, vault_b, PASSPHRASE, &["--standby"], false);
+    b.wait_line("standing by", Duration::from_secs(60));
+    let refused = LoginRefused::now(&c);
+    b.wait_line(
+        "cannot reach the vault's cluster now",
+        Duration::from_secs(30),
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(b.running(), "the standby waits: {:?}", b.printed_so_far());
+    drop(refused);
+    let _ = a.kill();
+    let b = b.listening(Duration::from_secs(60));
+    let clerk = b.token("clerk");
+    let id = put["record_id"].as_str().expect("id");
+    let (status, got) = send(&b.base, "GET", &format!("/v1/records/{id}"), &clerk, None).unwrap();
+    assert_eq!(status, 200, "{got}");
+    assert_eq!(got["fields"]["family_name"], family(7));
+    trail_verifies_then_stop(b, "after the cluster came back");
+}
+
 /// A vault's deletion stalled after it wrote its journal, past its lease:
 /// a second process (another machine's copy of the directory) takes the
 /// vault over and a clerk puts a record there. When the stalled deletion
