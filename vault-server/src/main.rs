@@ -1035,8 +1035,9 @@ async fn serve(
                 // Every request from now on is refused by the vault itself
                 // (`taken_over`); those in flight end with the same answer.
                 eprintln!(
-                    "pivault-server: another process took the vault {} over; stopping its server (exit code 75)",
-                    app2.vault().id()
+                    "pivault-server: another process took the vault {} over; stopping its server{}",
+                    app2.vault().id(),
+                    if hosted { "" } else { " (exit code 75)" }
                 );
                 Duration::from_secs(5)
             }
