@@ -797,6 +797,30 @@ fn as_provider_in_records(provider_cfg: &PgConfig) -> postgres::Client {
     .unwrap()
 }
 
+/// A hosting file's line: the vault `dir` beside the file, its passphrase
+/// file `dir.pass`, any free port on loopback.
+fn hosting_line(dir: &str) -> Value {
+    serde_json::json!({ "dir": dir, "passphrase_file": format!("{dir}.pass"), "bind": "127.0.0.1:0" })
+}
+
+/// Two businesses in `work`, A and B, each with its own passphrase and its
+/// keys and records on the cluster, and a hosting file naming both: their
+/// vault IDs and the file.
+fn two_businesses_hosted(work: &Path) -> (String, String, PathBuf) {
+    use crate::hosting::{PASSPHRASE_B, business_on_clusters};
+    let id_a = business_on_clusters(&work.join("a"), None);
+    let id_b = business_on_clusters(&work.join("b"), Some(PASSPHRASE_B));
+    write_private(&work.join("a.pass"), common::PASSPHRASE.as_bytes());
+    write_private(&work.join("b.pass"), PASSPHRASE_B.as_bytes());
+    let hosting = work.join("hosting.json");
+    std::fs::write(
+        &hosting,
+        serde_json::json!({ "vaults": [hosting_line("a"), hosting_line("b")] }).to_string(),
+    )
+    .expect("hosting file");
+    (id_a, id_b, hosting)
+}
+
 /// One `pivault-server --hosting` process serving two businesses whose keys
 /// and records are on the cluster: their clerks write at once while one
 /// disposes of a record (certified with every member verified); nothing
@@ -807,8 +831,7 @@ fn a_hosting_process_serves_vaults_on_the_cluster_and_a_removed_one_lets_go_of_i
     use std::time::Duration;
 
     use crate::hosting::{
-        PASSPHRASE_B, a_is_not_reached_at_b, base_of, business_on_clusters, hup, live_count, put,
-        reopened,
+        PASSPHRASE_B, a_is_not_reached_at_b, base_of, hup, live_count, put, reopened,
     };
     use crate::server;
     use serde_json::json;
@@ -817,17 +840,7 @@ fn a_hosting_process_serves_vaults_on_the_cluster_and_a_removed_one_lets_go_of_i
     let _c = crate::cluster::cluster();
     let dir = tempfile::tempdir().expect("tempdir");
     let work = dir.path();
-    let id_a = business_on_clusters(&work.join("a"), None);
-    let id_b = business_on_clusters(&work.join("b"), Some(PASSPHRASE_B));
-    write_private(&work.join("a.pass"), common::PASSPHRASE.as_bytes());
-    write_private(&work.join("b.pass"), PASSPHRASE_B.as_bytes());
-    let line = |dir: &str| json!({ "dir": dir, "passphrase_file": format!("{dir}.pass"), "bind": "127.0.0.1:0" });
-    let hosting = work.join("hosting.json");
-    std::fs::write(
-        &hosting,
-        json!({ "vaults": [line("a"), line("b")] }).to_string(),
-    )
-    .expect("hosting file");
+    let (id_a, id_b, hosting) = two_businesses_hosted(work);
     let (srv, bases, _) =
         server::spawn_hosting(tempfile::tempdir().expect("tempdir"), &hosting, &[])
             .hosting(2, Duration::from_secs(120));
@@ -889,7 +902,11 @@ fn a_hosting_process_serves_vaults_on_the_cluster_and_a_removed_one_lets_go_of_i
 
     // B removed; the signal sent twice at once. Reloads run one at a time:
     // B is stopped and closed once, and A serves throughout.
-    std::fs::write(&hosting, json!({ "vaults": [line("a")] }).to_string()).expect("hosting file");
+    std::fs::write(
+        &hosting,
+        json!({ "vaults": [hosting_line("a")] }).to_string(),
+    )
+    .expect("hosting file");
     hup(&srv);
     hup(&srv);
     srv.wait_stderr(
@@ -946,25 +963,14 @@ fn a_second_hosting_process_stands_by_for_every_vault_and_takes_them_over_when_t
 {
     use std::time::Duration;
 
-    use crate::hosting::{PASSPHRASE_B, a_is_not_reached_at_b, base_of, business_on_clusters, put};
+    use crate::hosting::{a_is_not_reached_at_b, base_of, put};
     use crate::server;
-    use serde_json::json;
 
     let _one = crate::cluster::serial();
     let _c = crate::cluster::cluster();
     let dir = tempfile::tempdir().expect("tempdir");
     let work = dir.path();
-    let id_a = business_on_clusters(&work.join("a"), None);
-    let id_b = business_on_clusters(&work.join("b"), Some(PASSPHRASE_B));
-    write_private(&work.join("a.pass"), common::PASSPHRASE.as_bytes());
-    write_private(&work.join("b.pass"), PASSPHRASE_B.as_bytes());
-    let line = |dir: &str| json!({ "dir": dir, "passphrase_file": format!("{dir}.pass"), "bind": "127.0.0.1:0" });
-    let hosting = work.join("hosting.json");
-    std::fs::write(
-        &hosting,
-        json!({ "vaults": [line("a"), line("b")] }).to_string(),
-    )
-    .expect("hosting file");
+    let (id_a, id_b, hosting) = two_businesses_hosted(work);
     let first = tempfile::tempdir().expect("tempdir");
     let (one, _, _) =
         server::spawn_hosting(first, &hosting, &[]).hosting(2, Duration::from_secs(120));

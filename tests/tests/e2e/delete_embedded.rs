@@ -381,6 +381,32 @@ impl Handover {
     }
 }
 
+/// strace running a command with the first `syscall(2)` on `path` changed
+/// as `inject` says (`error=ENOSPC`, `delay_enter=3000000`), traced into `log`.
+fn strace(log: &Path, syscall: &str, inject: &str, path: &Path) -> Vec<String> {
+    const STRACE: &str = "/usr/bin/strace";
+    assert!(
+        Path::new(STRACE).exists(),
+        "{STRACE} is missing: the fault tests need strace (scripts/setup.sh installs it)"
+    );
+    [
+        STRACE,
+        "-f",
+        "-qq",
+        "-y",
+        "-o",
+        log.to_str().unwrap(),
+        "-e",
+        &format!("trace={syscall}"),
+        "-e",
+        &format!("inject={syscall}:{inject}:when=1"),
+        "-P",
+        path.to_str().unwrap(),
+    ]
+    .map(str::to_owned)
+    .to_vec()
+}
+
 /// Whether a process has `path` open (any of `/proc/*/fd`).
 fn held_open(path: &Path) -> bool {
     let Ok(procs) = std::fs::read_dir("/proc") else {
@@ -444,11 +470,6 @@ fn pivault_vault_delete_of_an_embedded_vault_writes_what_it_hands_over_outside_a
 #[test]
 fn a_full_disk_or_a_lost_flush_while_the_journal_is_written_destroys_nothing_and_leaves_no_marker()
 {
-    const STRACE: &str = "/usr/bin/strace";
-    assert!(
-        std::path::Path::new(STRACE).exists(),
-        "{STRACE} is missing: the fault tests need strace (scripts/setup.sh installs it)"
-    );
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("shop");
     let (fx, needles, ids) = filled(&dir, 3);
@@ -461,22 +482,7 @@ fn a_full_disk_or_a_lost_flush_while_the_journal_is_written_destroys_nothing_and
         .enumerate()
     {
         let log = tmp.path().join(format!("strace-{sc}.log"));
-        let wrap: Vec<String> = [
-            STRACE,
-            "-f",
-            "-qq",
-            "-y",
-            "-o",
-            log.to_str().unwrap(),
-            "-e",
-            &format!("trace={sc}"),
-            "-e",
-            &format!("inject={sc}:error={errno}:when=1"),
-            "-P",
-            marker.to_str().unwrap(),
-        ]
-        .map(str::to_owned)
-        .to_vec();
+        let wrap = strace(&log, sc, &format!("error={errno}"), &marker);
         let o = handover.run(&dir, &wrap, &["--confirm", &vault_id]);
         let trace = std::fs::read_to_string(&log).unwrap_or_default();
         assert!(
@@ -540,11 +546,6 @@ fn a_full_disk_or_a_lost_flush_while_the_journal_is_written_destroys_nothing_and
 /// certificate.
 #[test]
 fn a_marker_replaced_between_a_resumes_open_and_its_lock_is_not_worked_on() {
-    const STRACE: &str = "/usr/bin/strace";
-    assert!(
-        Path::new(STRACE).exists(),
-        "{STRACE} is missing: the fault tests need strace (scripts/setup.sh installs it)"
-    );
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("shop");
     let (fx, needles, _) = filled(&dir, 4);
@@ -552,22 +553,7 @@ fn a_marker_replaced_between_a_resumes_open_and_its_lock_is_not_worked_on() {
     let handover = Handover::new(tmp.path());
     let marker = dir.join("DELETED");
     let log = tmp.path().join("strace-flock.log");
-    let wrap: Vec<String> = [
-        STRACE,
-        "-f",
-        "-qq",
-        "-y",
-        "-o",
-        log.to_str().unwrap(),
-        "-e",
-        "trace=flock",
-        "-e",
-        "inject=flock:delay_enter=3000000:when=1",
-        "-P",
-        marker.to_str().unwrap(),
-    ]
-    .map(str::to_owned)
-    .to_vec();
+    let wrap = strace(&log, "flock", "delay_enter=3000000", &marker);
     let first = handover.resume(&dir, &wrap);
     let opened = std::time::Instant::now();
     while !held_open(&marker) {
