@@ -183,6 +183,9 @@ struct Idle {
 pub struct Forwarder {
     /// The address the holder published (read again twice a second).
     holder: RwLock<Option<String>>,
+    /// The last address the holder published, kept when a read fails (the
+    /// cluster failing over): where [`Forwarder::holder_answers`] asks.
+    last_known: RwLock<Option<String>>,
     /// TLS to the holder, pinned to the shared certificate.
     tls: Arc<rustls::ClientConfig>,
     key: ForwardingKey,
@@ -231,6 +234,7 @@ impl Forwarder {
         cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
         Ok(Forwarder {
             holder: RwLock::new(None),
+            last_known: RwLock::new(None),
             tls: Arc::new(cfg),
             key: ForwardingKey::from_tls_key(key, vault)?,
             idle: Mutex::new(Vec::new()),
@@ -241,6 +245,12 @@ impl Forwarder {
 
     /// The holder's address as last published (`None`: none yet).
     pub fn set_holder(&self, address: Option<String>) {
+        if address.is_some() {
+            self.last_known
+                .write()
+                .expect("holder lock")
+                .clone_from(&address);
+        }
         let mut h = self.holder.write().expect("holder lock");
         if *h != address {
             self.idle.lock().expect("idle lock").clear();
@@ -318,6 +328,20 @@ impl Forwarder {
             }
         })?;
         handshake(TokioIo::new(tls), permit).await
+    }
+
+    /// Whether the holder, at the address it last published, completes a
+    /// TLS handshake with the vault's servers' certificate within
+    /// `within`: it is alive and serving (a holder that died refuses the
+    /// connection; one stopped or hung does not finish the handshake).
+    pub async fn holder_answers(&self, within: Duration) -> bool {
+        let Some(addr) = self.last_known.read().expect("holder lock").clone() else {
+            return false;
+        };
+        matches!(
+            tokio::time::timeout(within, self.connect(&addr)).await,
+            Ok(Ok(_))
+        )
     }
 
     /// Sends `req` (from `client`) to the holder and relays its answer.

@@ -211,11 +211,17 @@ fn open_one(v: &Hosted, how: OpenWith) -> anyhow::Result<Opened> {
 /// Tries to open a vault another process holds, once a second, until it
 /// opens here (sent as [`Turn::Opened`] with `listener`, or the address
 /// bound anew), fails otherwise ([`Turn::Failed`]), or `cancel` is set.
+/// While forwarding (`forwarder`), it holds off a live holder whose lock
+/// is free for a moment ([`crate::Patience`]).
 fn stand_by(
     entry: Hosted,
     listener: Option<std::net::TcpListener>,
     how: OpenWith,
     cancel: &AtomicBool,
+    forwarder: Option<(
+        Arc<vault_server::forward::Forwarder>,
+        tokio::runtime::Handle,
+    )>,
 ) -> Option<Turn> {
     let failed = |e: &dyn std::fmt::Display| {
         eprintln!(
@@ -229,9 +235,19 @@ fn stand_by(
         Err(e) => return failed(&format!("{e:#}")),
     };
     let mut failing = false;
+    let lock = forwarder
+        .as_ref()
+        .and_then(|_| Vault::holder_lookup(&entry.dir).ok().flatten());
+    let mut patience = crate::Patience::default();
     loop {
         if cancel.load(Ordering::SeqCst) {
             return None;
+        }
+        if let (Some((f, rt)), Some(l)) = (&forwarder, &lock)
+            && patience.hold_off(l.lock_held().ok(), || crate::holder_answers(f, rt))
+        {
+            std::thread::sleep(Duration::from_millis(250));
+            continue;
         }
         match Vault::open(&entry.dir, &pass, how.options()) {
             Ok(vault) => {
@@ -415,10 +431,11 @@ impl Host<'_> {
         let cancel = Arc::new(AtomicBool::new(false));
         let how = self.how();
         let (e, c) = (entry.clone(), cancel.clone());
+        let forwarder = standby.as_ref().map(|s| (s.forwarder(), rt.clone()));
         let spawned = std::thread::Builder::new()
             .name("pivault-standby".into())
             .spawn(move || {
-                if let Some(turn) = stand_by(e, listener, how, &c) {
+                if let Some(turn) = stand_by(e, listener, how, &c, forwarder) {
                     let _ = turns.send((key, serial, turn));
                 }
             });

@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use clap::Parser;
@@ -417,7 +417,19 @@ fn run(args: Args) -> anyhow::Result<()> {
     let mut standing_by: Option<Standby> = None;
     let mut waited = false;
     let mut failing = false;
+    // The lock's state, read apart from the forwarding's lookup.
+    let lock_lookup = match standing_by_possible(&tls, args.standby, lookup.is_some()) {
+        true => Vault::holder_lookup(&dir).ok().flatten(),
+        false => None,
+    };
+    let mut patience = Patience::default();
     let vault = loop {
+        if let (Some(s), Some(l)) = (&standing_by, &lock_lookup)
+            && patience.hold_off(l.lock_held().ok(), || s.holder_answers(rt.handle()))
+        {
+            std::thread::sleep(Duration::from_millis(250));
+            continue;
+        }
         let opened = Vault::open(
             &dir,
             &pass,
@@ -564,6 +576,12 @@ fn finish(app: Arc<App>, advertised: bool) -> anyhow::Result<()> {
         None => eprintln!("pivault-server: vault still referenced at exit; closed by drop"),
     }
     Ok(())
+}
+
+/// Whether this server may stand by forwarding (TLS, `--standby`, the
+/// records on a cluster).
+fn standing_by_possible(tls: &Option<rustls::ServerConfig>, standby: bool, lookup: bool) -> bool {
+    tls.is_some() && standby && lookup
 }
 
 /// Whether an error opening a vault another process held may pass (the
@@ -944,6 +962,7 @@ fn watch_holder(
 pub(crate) struct Standby {
     handle: axum_server::Handle<SocketAddr>,
     watching: Arc<std::sync::atomic::AtomicBool>,
+    forwarder: Arc<vault_server::forward::Forwarder>,
 }
 
 impl Standby {
@@ -981,6 +1000,7 @@ impl Standby {
         );
         let handle = axum_server::Handle::new();
         let _guard = rt.enter();
+        let forwarder_kept = forwarder.clone();
         let svc = vault_server::forward::router(forwarder)
             .into_make_service_with_connect_info::<vault_server::Peer>();
         let mut server = axum_server::from_tcp(listener.try_clone()?)?.http1_only();
@@ -992,13 +1012,65 @@ impl Standby {
             .handshake_timeout(header_timeout)
             .acceptor(cap);
         rt.spawn(server.acceptor(acceptor).serve(svc));
-        Ok(Standby { handle, watching })
+        Ok(Standby {
+            handle,
+            watching,
+            forwarder: forwarder_kept,
+        })
+    }
+
+    /// Whether the holder answers (`Forwarder::holder_answers`, within 1 s).
+    pub(crate) fn holder_answers(&self, rt: &tokio::runtime::Handle) -> bool {
+        holder_answers(&self.forwarder, rt)
+    }
+
+    pub(crate) fn forwarder(&self) -> Arc<vault_server::forward::Forwarder> {
+        self.forwarder.clone()
     }
 
     pub(crate) fn stop(self) {
         self.watching
             .store(false, std::sync::atomic::Ordering::SeqCst);
         self.handle.graceful_shutdown(Some(Duration::from_secs(5)));
+    }
+}
+
+/// Whether the holder `f` forwards to answers, within 1 s.
+pub(crate) fn holder_answers(
+    f: &vault_server::forward::Forwarder,
+    rt: &tokio::runtime::Handle,
+) -> bool {
+    rt.block_on(f.holder_answers(Duration::from_secs(1)))
+}
+
+/// A standby's patience with a holder whose lock is free but which still
+/// answers: a failover ended the lock's session, and the holder takes the
+/// lock again itself within its renewal. Opening the vault meanwhile would
+/// take it from a live holder, which alone can send again the audit events
+/// it committed lazily before the failover (taken from it, the new holder
+/// would find those writes without their events and roll them back). Past
+/// the lease since the lock was first seen free, a holder that still has
+/// not taken it is cut off from the cluster, and the vault is taken over.
+#[derive(Default)]
+pub(crate) struct Patience {
+    free_since: Option<Instant>,
+}
+
+impl Patience {
+    /// Whether to hold off opening now, given whether the lock is held
+    /// (`None`: not known) and, asked only when the lock is free, whether
+    /// the holder answers.
+    pub(crate) fn hold_off(&mut self, held: Option<bool>, answers: impl FnOnce() -> bool) -> bool {
+        match held {
+            Some(false) => {
+                let since = *self.free_since.get_or_insert_with(Instant::now);
+                since.elapsed() < vault_core::CLUSTER_LEASE && answers()
+            }
+            _ => {
+                self.free_since = None;
+                false
+            }
+        }
     }
 }
 

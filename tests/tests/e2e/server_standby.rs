@@ -455,6 +455,43 @@ fn dek_rows(c: &crate::cluster::Cluster, vault: &vault_core::Vault) -> u64 {
     .unwrap()
 }
 
+/// A failover ends the holder's lock session while the holder is alive
+/// and answering (here the superuser ends that session, three times): the
+/// standby, which tries every second, leaves the vault to it, for only the
+/// holder can send again the audit events it committed lazily (taken from
+/// it, the new holder would find those writes without their events and roll
+/// them back). The holder takes its lock again and serves on, and the
+/// standby stands by and relays.
+#[test]
+fn a_standby_leaves_the_vault_to_a_live_holder_whose_lock_a_failover_ended() {
+    let _one = serial();
+    let c = cluster();
+    let (a, vault_a, mut b, front) = holder_and_standby();
+    let id = id_of(&vault_a);
+    let clerk = a.token("clerk");
+    for round in 0..3u32 {
+        lapse_lease_of(&c, &id);
+        std::thread::sleep(Duration::from_secs(4));
+        let put = a.call("POST", "/v1/records", Some(&clerk), Some(&person(round)));
+        assert_eq!(
+            put.status,
+            201,
+            "round {round}: the holder serves on: {put:?}; the standby said {:?}",
+            b.printed_so_far()
+        );
+        let said = b.printed_so_far();
+        assert!(
+            b.running() && !said.iter().any(|l| l.contains("took the vault over")),
+            "round {round}: the standby stands by: {said:?}"
+        );
+        let record = put.json()["record_id"].as_str().expect("id").to_owned();
+        let relayed = front.call("GET", &format!("/v1/records/{record}"), Some(&clerk), None);
+        assert_eq!(relayed.status, 200, "{relayed:?}");
+        assert!(relayed.via, "relayed by the standby: {relayed:?}");
+    }
+    trail_verifies_then_stop(a, "the holder kept the vault");
+}
+
 /// The vault's role refused at login by the cluster until dropped (as
 /// during a failover, or with the network cut): existing sessions go on.
 pub(crate) struct LoginRefused(String);

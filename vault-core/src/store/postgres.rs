@@ -132,6 +132,24 @@ impl HolderLookup {
         self.vault
     }
 
+    /// Whether a process holds the vault's lock now (read from the
+    /// primary's lock table, taking nothing): free while a holder whose
+    /// lock's session a failover ended has not yet taken it again.
+    pub fn lock_held(&self) -> Result<bool> {
+        let holder = format!("{}.holder", self.schema);
+        off_runtime(|| {
+            self.conns.with_primary(|c| {
+                c.query_one(
+                    "SELECT EXISTS (SELECT 1 FROM pg_locks
+                      WHERE relation = to_regclass($1) AND mode = 'ExclusiveLock' AND granted)",
+                    &[&holder],
+                )
+                .map(|r| r.get(0))
+                .map_err(pg)
+            })
+        })
+    }
+
     /// The address the current holder published, if it has (none while a
     /// new holder is still opening the vault).
     pub fn address(&self) -> Result<Option<String>> {
