@@ -935,6 +935,22 @@ pub(crate) fn primary_index(c: &Cluster) -> usize {
         + 1
 }
 
+/// Waits until a member other than `old` (1-based) is the primary.
+pub(crate) fn wait_primary_other_than(c: &Cluster, old: usize) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
+    loop {
+        let p = c
+            .members
+            .iter()
+            .position(|m| psql(m, "SELECT pg_is_in_recovery()").as_deref() == Some("f"));
+        if p.is_some_and(|i| i + 1 != old) {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "no new primary");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
 /// Waits until a primary streams to both standbys again.
 pub(crate) fn wait_healthy(c: &Cluster) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
