@@ -1061,10 +1061,19 @@ impl Patience {
     /// (`None`: not known) and, asked only when the lock is free, whether
     /// the holder answers.
     pub(crate) fn hold_off(&mut self, held: Option<bool>, answers: impl FnOnce() -> bool) -> bool {
+        self.hold_off_at(Instant::now(), held, answers)
+    }
+
+    fn hold_off_at(
+        &mut self,
+        now: Instant,
+        held: Option<bool>,
+        answers: impl FnOnce() -> bool,
+    ) -> bool {
         match held {
             Some(false) => {
-                let since = *self.free_since.get_or_insert_with(Instant::now);
-                since.elapsed() < vault_core::CLUSTER_LEASE && answers()
+                let since = *self.free_since.get_or_insert(now);
+                now.duration_since(since) < vault_core::CLUSTER_LEASE && answers()
             }
             _ => {
                 self.free_since = None;
@@ -1217,5 +1226,40 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
+    }
+}
+
+#[cfg(test)]
+mod patience_tests {
+    use super::*;
+
+    /// A standby holds off only while the lock is free and the holder
+    /// answers, and for no longer than the lease since it saw the lock
+    /// free; a lock held again starts the count afresh.
+    #[test]
+    fn a_standby_holds_off_a_live_holder_for_at_most_the_lease() {
+        let lease = vault_core::CLUSTER_LEASE;
+        let t0 = Instant::now();
+        let mut p = Patience::default();
+        assert!(!p.hold_off_at(t0, Some(true), || panic!("not asked while held")));
+        assert!(!p.hold_off_at(t0, None, || panic!("not asked when unknown")));
+        assert!(
+            p.hold_off_at(t0, Some(false), || true),
+            "free, the holder answers"
+        );
+        assert!(!p.hold_off_at(t0, Some(false), || false), "free, no answer");
+        let late = t0 + lease - Duration::from_millis(1);
+        assert!(p.hold_off_at(late, Some(false), || true));
+        assert!(
+            !p.hold_off_at(t0 + lease, Some(false), || true),
+            "past the lease: cut off from the cluster, taken over"
+        );
+        // Held again, then free again: a new count.
+        assert!(!p.hold_off_at(t0 + lease, Some(true), || true));
+        assert!(p.hold_off_at(
+            t0 + lease * 2 - Duration::from_millis(1),
+            Some(false),
+            || true
+        ));
     }
 }

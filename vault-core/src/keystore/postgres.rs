@@ -801,10 +801,15 @@ pub(crate) fn drop_schema_sql(schema: &str, generation: i64) -> String {
     )
 }
 
-fn is_read_only(e: &Error) -> bool {
-    // After a failover a pooled connection may reach the old primary, now
-    // a standby.
-    matches!(e, Error::Storage(m) if m.contains("read-only transaction"))
+/// Whether `e` says the statement's connection is no longer to the
+/// primary, so that it is run again on the new one: after a failover a
+/// pooled connection may reach the old primary, now a standby (a
+/// read-only transaction), or one whose server ended it as it went down
+/// (`57P01` admin shutdown, `57P02` crash shutdown, `57P03` cannot connect
+/// now), which the connection itself may not yet report as closed.
+fn left_the_primary(e: &Error) -> bool {
+    matches!(e, Error::Storage(m) if m.contains("read-only transaction")
+        || ["(57P01)", "(57P02)", "(57P03)"].iter().any(|c| m.ends_with(c)))
 }
 
 fn in_recovery(c: &mut Client) -> Result<bool> {
@@ -978,7 +983,7 @@ impl Conns {
                     self.give_back(c);
                     return Ok(v);
                 }
-                Err(e) if attempt == 0 && (c.is_closed() || is_read_only(&e)) => {
+                Err(e) if attempt == 0 && (c.is_closed() || left_the_primary(&e)) => {
                     attempt += 1;
                     self.pool.lock().expect("pool lock").clear();
                     std::thread::sleep(Duration::from_millis(200));
@@ -2260,5 +2265,32 @@ mod tests {
         assert!(most <= WORKING_CONNECTIONS, "{most} inside at once");
         assert!(most > 1, "the callers never overlapped: {most}");
         assert_eq!(*gate.busy.lock().unwrap(), 0);
+    }
+}
+
+#[cfg(test)]
+mod failover_tests {
+    use super::*;
+
+    /// A statement is run again on the new primary when its connection
+    /// reached a standby or was ended by its server going down; not for
+    /// any other error (a refused write is not retried).
+    #[test]
+    fn a_statement_is_run_again_only_when_its_connection_left_the_primary() {
+        for m in [
+            "keystore cluster: cannot execute INSERT in a read-only transaction (25006)",
+            "keystore cluster: terminating connection due to unexpected postmaster exit (57P01)",
+            "keystore cluster: terminating connection due to administrator command (57P01)",
+            "keystore cluster: the database system is shutting down (57P03)",
+        ] {
+            assert!(left_the_primary(&Error::Storage(m.into())), "{m}");
+        }
+        for m in [
+            "keystore cluster: duplicate key value violates unique constraint (23505)",
+            "keystore cluster: the vault was taken over (PVTKO)",
+        ] {
+            assert!(!left_the_primary(&Error::Storage(m.into())), "{m}");
+        }
+        assert!(!left_the_primary(&Error::TakenOver));
     }
 }
