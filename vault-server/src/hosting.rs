@@ -191,20 +191,22 @@ fn open_one(v: &Hosted, how: OpenWith) -> anyhow::Result<Opened> {
             vault,
             listener,
         }))),
-        Err(vault_core::Error::VaultBusy) if how.standby => {
-            let lookup = match how.forward {
-                true => Vault::holder_lookup(&v.dir)
-                    .context("cannot reach the records cluster to find the holder")?
-                    .map(Box::new),
-                false => None,
-            };
-            Ok(Opened::Busy {
-                entry: v.clone(),
-                listener,
-                lookup,
-            })
-        }
+        Err(vault_core::Error::VaultBusy) if how.standby => Ok(Opened::Busy {
+            entry: v.clone(),
+            listener,
+            lookup: holder_lookup(v, how)?.map(Box::new),
+        }),
         Err(e) => Err(anyhow::anyhow!("{} ({})", e, e.code())),
+    }
+}
+
+/// Where a standby reads the holder's address, when it forwards (TLS) and
+/// the vault's records are on a cluster.
+fn holder_lookup(v: &Hosted, how: OpenWith) -> anyhow::Result<Option<vault_core::HolderLookup>> {
+    match how.forward {
+        true => Vault::holder_lookup(&v.dir)
+            .context("cannot reach the records cluster to find the holder"),
+        false => Ok(None),
     }
 }
 
@@ -601,11 +603,7 @@ impl Host<'_> {
             let listener = std::net::TcpListener::bind(entry.bind)
                 .and_then(|l| l.set_nonblocking(true).map(|()| l))
                 .with_context(|| format!("cannot listen on {}", entry.bind))?;
-            let lookup = match how.forward {
-                true => Vault::holder_lookup(&entry.dir)
-                    .context("cannot reach the records cluster to find the holder")?,
-                false => None,
-            };
+            let lookup = holder_lookup(&entry, how)?;
             anyhow::Ok((entry, listener, lookup))
         })
         .await;

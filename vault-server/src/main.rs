@@ -418,14 +418,15 @@ fn run(args: Args) -> anyhow::Result<()> {
     let mut waited = false;
     let mut failing = false;
     // The lock's state, read apart from the forwarding's lookup.
-    let lock_lookup = match standing_by_possible(&tls, args.standby, lookup.is_some()) {
-        true => Vault::holder_lookup(&dir).ok().flatten(),
-        false => None,
-    };
+    let lock_lookup = lookup
+        .as_ref()
+        .and_then(|_| Vault::holder_lookup(&dir).ok().flatten());
     let mut patience = Patience::default();
     let vault = loop {
         if let (Some(s), Some(l)) = (&standing_by, &lock_lookup)
-            && patience.hold_off(l.lock_held().ok(), || s.holder_answers(rt.handle()))
+            && patience.hold_off(l.lock_held().ok(), || {
+                holder_answers(&s.forwarder, rt.handle())
+            })
         {
             std::thread::sleep(Duration::from_millis(250));
             continue;
@@ -576,12 +577,6 @@ fn finish(app: Arc<App>, advertised: bool) -> anyhow::Result<()> {
         None => eprintln!("pivault-server: vault still referenced at exit; closed by drop"),
     }
     Ok(())
-}
-
-/// Whether this server may stand by forwarding (TLS, `--standby`, the
-/// records on a cluster).
-fn standing_by_possible(tls: &Option<rustls::ServerConfig>, standby: bool, lookup: bool) -> bool {
-    tls.is_some() && standby && lookup
 }
 
 /// Whether an error opening a vault another process held may pass (the
@@ -1017,11 +1012,6 @@ impl Standby {
             watching,
             forwarder: forwarder_kept,
         })
-    }
-
-    /// Whether the holder answers (`Forwarder::holder_answers`, within 1 s).
-    pub(crate) fn holder_answers(&self, rt: &tokio::runtime::Handle) -> bool {
-        holder_answers(&self.forwarder, rt)
     }
 
     pub(crate) fn forwarder(&self) -> Arc<vault_server::forward::Forwarder> {

@@ -395,13 +395,24 @@ fn take_over(
     stale: &common::Fixture,
     other_dir: &Path,
 ) -> vault_core::Vault {
+    let id = hex::encode(stale.vault.id().as_bytes());
+    take_over_of(c, &id, &stale.clock, other_dir)
+}
+
+/// [`take_over`] of the vault whose ID (hex) is `id`, opened with `clock`.
+fn take_over_of(
+    c: &crate::cluster::Cluster,
+    id: &str,
+    clock: &std::sync::Arc<vault_core::clock::ManualClock>,
+    other_dir: &Path,
+) -> vault_core::Vault {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        lapse_lease(c, &stale.vault);
+        lapse_lease_of(c, id);
         let opened = vault_core::Vault::open(
             other_dir,
             &vault_core::secret::SecretString::from(PASSPHRASE),
-            common::open_options(&stale.clock),
+            common::open_options(clock),
         );
         match opened {
             Ok(v) => return v,
@@ -580,22 +591,7 @@ fn a_stalled_vault_deletion_whose_lease_lapsed_drops_nothing_of_the_process_that
             if step != "deletion_journaled" {
                 return;
             }
-            let c = cluster();
-            let deadline = Instant::now() + Duration::from_secs(30);
-            let v = loop {
-                lapse_lease_of(&c, &hook_id);
-                match vault_core::Vault::open(
-                    &other_dir,
-                    &vault_core::secret::SecretString::from(PASSPHRASE),
-                    common::open_options(&clock),
-                ) {
-                    Ok(v) => break v,
-                    Err(vault_core::Error::VaultBusy) if Instant::now() < deadline => {
-                        std::thread::sleep(Duration::from_millis(300));
-                    }
-                    Err(e) => panic!("the second process opens the vault: {e}"),
-                }
-            };
+            let v = take_over_of(&cluster(), &hook_id, &clock, &other_dir);
             let clerk = common::login(&v, "clerk");
             let r = v
                 .put_record(
