@@ -56,6 +56,10 @@ pub struct JournalReport {
     pub kept: u64,
     /// Changes with no audit event: rolled back.
     pub rolled_back: u64,
+    /// Updates with no audit event whose old version's key was already
+    /// destroyed: kept, their event appended now (see
+    /// [`Vault::reconcile_journal`]).
+    pub rolled_forward: u64,
 }
 
 /// What a maintenance ratchet did.
@@ -187,7 +191,10 @@ impl Vault {
 
     /// Reconciles the write journal with the audit trail (on open, before
     /// the vault serves): audited changes are finished, unaudited ones
-    /// rolled back. Audited as `journal.reconcile` when it changed anything.
+    /// rolled back, but for an update whose old key is already destroyed,
+    /// which is proof its event had been appended: that one is kept and its
+    /// event written again. Audited as `journal.reconcile` when it changed
+    /// anything.
     pub(crate) fn reconcile_journal(&self) -> Result<JournalReport> {
         let entries = self.store.scan_prefix(store::CF_JOURNAL, &[])?;
         let mut report = JournalReport::default();
@@ -229,7 +236,30 @@ impl Vault {
                 (false, id.to_string(), None)
             };
             let row = self.store.record(id)?;
-            if audited.contains(&key) {
+            let forward = !audited.contains(&key) && self.old_key_gone(id, &e)?;
+            if forward {
+                // The update's event was acknowledged and lost (a lazy
+                // commit lost with a failed-over primary and its process,
+                // or a trail line with its machine): its old key is
+                // destroyed only after the event's append returned, so
+                // rolling back would bring back a row nothing can read,
+                // losing the record whole. The change stays, and its event
+                // is written now, by the system, saying so.
+                self.audit(
+                    None,
+                    &system_ctx(),
+                    "record.update",
+                    vec![
+                        id.to_string(),
+                        format!("version:{}", e.version),
+                        "recovered:journal".into(),
+                    ],
+                    Ok(()),
+                    None,
+                )?;
+                report.rolled_forward += 1;
+            }
+            if forward || audited.contains(&key) {
                 // Kept: an update's older keys go now.
                 if let Some(row) = &row {
                     for (v, _) in self.keystore.record_keys(row.subject, id)? {
@@ -240,7 +270,7 @@ impl Vault {
                     self.mark_dirty(self.keystore.bucket_of(row.subject))?;
                 }
                 self.store.delete(store::CF_JOURNAL, id.as_bytes())?;
-                report.kept += 1;
+                report.kept += u64::from(!forward);
             } else if e.is_update() {
                 let old = RecordRow::decode(&e.old_row)?;
                 let mut ops = vec![(store::CF_JOURNAL, id.as_bytes().to_vec(), None)];
@@ -271,11 +301,28 @@ impl Vault {
             vec![
                 format!("kept:{}", report.kept),
                 format!("rolled_back:{}", report.rolled_back),
+                format!("rolled_forward:{}", report.rolled_forward),
             ],
             Ok(()),
             None,
         )?;
         Ok(report)
+    }
+
+    /// Whether journal entry `e` is an update whose old version's key is
+    /// no longer stored: destroyed after the update's event was appended
+    /// (a failed append's undo keeps it; a fenced vault runs no
+    /// maintenance, which could otherwise take it as an orphan).
+    fn old_key_gone(&self, id: RecordId, e: &JournalEntry) -> Result<bool> {
+        if !e.is_update() {
+            return Ok(false);
+        }
+        let old = RecordRow::decode(&e.old_row)?;
+        Ok(!self
+            .keystore
+            .record_keys(old.subject, id)?
+            .iter()
+            .any(|(v, _)| *v == old.version))
     }
 
     /// Whether a stored key (record, version) is needed: its record is live

@@ -6,7 +6,10 @@
 //! the audit event follows, and the entry is removed. A crash between the
 //! row and its event leaves the entry, which the next open reconciles with
 //! the audit trail (`maintenance.rs`): the change stays if its event is in
-//! the trail, and is rolled back if not. No record stands without its event.
+//! the trail, and is rolled back if not, unless it is an update whose old
+//! key is gone (destroyed only once its event was appended: the event was
+//! acknowledged, then lost with a lazy commit): that one stays and its
+//! event is written again. No record stands without its event.
 //!
 //! This is a child module of `vault`.
 

@@ -122,6 +122,35 @@ impl Fixture {
         }
     }
 
+    /// Drops the vault without closing it, as its process's death would
+    /// (no checkpoint, no event sent again), runs `between` (what else the
+    /// failure did), and opens it again with the same clock.
+    pub fn reopen_after_crash(self, between: impl FnOnce()) -> Fixture {
+        let Fixture {
+            vault,
+            dir,
+            clock,
+            admin,
+            officer,
+            clerk,
+            auditor,
+            contractor,
+        } = self;
+        drop(vault);
+        between();
+        let vault = open_vault(&dir, &clock);
+        Fixture {
+            vault,
+            dir,
+            clock,
+            admin,
+            officer,
+            clerk,
+            auditor,
+            contractor,
+        }
+    }
+
     /// Closes the vault and opens it again with the same clock.
     pub fn reopen(self) -> Fixture {
         let Fixture {

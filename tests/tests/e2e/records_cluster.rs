@@ -562,6 +562,179 @@ fn each_put_removes_only_its_own_journal_entry_with_its_audit_event() {
     );
 }
 
+/// An update whose event was acknowledged and then lost (its lazy commit
+/// not yet on the standby when the primary failed over, and the holder
+/// process dead too, so nothing sends it again) after its old key was
+/// destroyed: the new primary has the journal entry, no event, and no old
+/// key. The superuser makes that state (the event removed from the trail's
+/// head, the journal entry, kept by a trigger when the update removed it,
+/// put back). The reopen keeps the update and writes its event again,
+/// instead of putting back a row whose key is gone; a creation left the
+/// same way, with no such proof, is still rolled back.
+#[test]
+fn an_update_whose_event_was_lost_after_its_old_key_went_is_kept_not_lost() {
+    let _one = serial();
+    let c = cluster();
+    let tmp = tempfile::tempdir().unwrap();
+    let (fx, primary, _) = two_people_on_clusters(&tmp.path().join("vault"), &c);
+    let updated = put_people(&fx, 2..3)[0];
+    let s = records_schema(&fx.vault);
+    let vault = fx.vault.id().to_string();
+    let sql = |q: &str| psql_in(&primary, "pivault_records", q).expect("the superuser's SQL");
+    // Every journal row the vault removes from now on is kept aside (the
+    // journal is table 15 of `rows`, its place in the store's tables; the
+    // count put back below says if that moved).
+    sql(&format!(
+        "DROP TABLE IF EXISTS public.kept_journal; \
+         DROP FUNCTION IF EXISTS public.keep_journal() CASCADE; \
+         CREATE TABLE public.kept_journal AS SELECT * FROM {s}.rows WITH NO DATA; \
+         CREATE FUNCTION public.keep_journal() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER AS \
+         $$BEGIN INSERT INTO public.kept_journal SELECT OLD.*; RETURN OLD; END$$; \
+         CREATE TRIGGER keep_journal BEFORE DELETE ON {s}.rows FOR EACH ROW \
+         WHEN (OLD.t = 15) EXECUTE FUNCTION public.keep_journal()"
+    ));
+    let subject = fx
+        .vault
+        .get_record(&fx.clerk, updated, &[], None)
+        .unwrap()
+        .meta
+        .subject;
+    let version = fx
+        .vault
+        .update_record(&fx.clerk, updated, &person(3))
+        .unwrap();
+    assert_eq!(version, 2);
+    assert_eq!(
+        fx.vault
+            .keystore()
+            .record_keys(subject, updated)
+            .unwrap()
+            .len(),
+        1,
+        "the old version's key went after the event"
+    );
+    // A creation whose event is lost the same way (its journal entry went
+    // with its event in one statement, kept aside too).
+    let created = put_people(&fx, 4..5)[0];
+    let head = |what: &str| {
+        sql(&format!(
+            "SELECT convert_from(line, 'UTF8') ~ '{what}' FROM pivault_audit.events \
+              WHERE vault = '{vault}' AND seq = (SELECT head FROM pivault_audit.trails WHERE vault = '{vault}')"
+        ))
+    };
+    let fx = fx.reopen_after_crash(|| {
+        sql(&format!(
+            "DROP TRIGGER keep_journal ON {s}.rows; DROP FUNCTION public.keep_journal()"
+        ));
+        // The creation's event then the update's: the two lazy commits the
+        // failover lost, last first (nothing after them survived either).
+        for (what, id) in [("record.create", created), ("record.update", updated)] {
+            assert_eq!(
+                head(&format!("{what}.*{id}")),
+                "t",
+                "the trail's head is {what}: {}",
+                sql(&format!(
+                    "SELECT convert_from(line, 'UTF8') FROM pivault_audit.events \
+                      WHERE vault = '{vault}' ORDER BY seq DESC LIMIT 3"
+                ))
+            );
+            sql(&format!(
+                "SET session_replication_role = replica; \
+                 DELETE FROM pivault_audit.events WHERE vault = '{vault}' \
+                   AND seq = (SELECT head FROM pivault_audit.trails WHERE vault = '{vault}'); \
+                 UPDATE pivault_audit.trails SET head = head - 1 WHERE vault = '{vault}'"
+            ));
+        }
+        assert_eq!(
+            sql(&format!(
+                "SELECT count(*) FROM pivault_audit.checkpoints WHERE vault = '{vault}' \
+                   AND seq > (SELECT head FROM pivault_audit.trails WHERE vault = '{vault}')"
+            )),
+            "0",
+            "no checkpoint covers the lost events"
+        );
+        assert_eq!(
+            sql(&format!(
+                "INSERT INTO {s}.rows SELECT * FROM public.kept_journal; \
+                 SELECT count(*) FROM public.kept_journal; "
+            ))
+            .lines()
+            .last()
+            .unwrap_or_default()
+            .trim(),
+            "2",
+            "both journal entries put back"
+        );
+        sql("DROP TABLE public.kept_journal");
+    });
+    let r = fx.vault.get_record(&fx.clerk, updated, &[], None).unwrap();
+    assert_eq!(
+        (r.meta.version, r.fields["family_name"].clone()),
+        (2, json!(family(3))),
+        "the acknowledged update stands"
+    );
+    assert!(
+        matches!(
+            fx.vault.get_record(&fx.clerk, created, &[], None),
+            Err(Error::NotFound(_))
+        ),
+        "the creation, with no proof its event was written, is rolled back"
+    );
+    let st = fx.vault.maintenance_status().unwrap();
+    assert_eq!((st.journal_entries, st.orphan_keys), (0, 0), "{st:?}");
+    let events = |prefix: &str| {
+        fx.vault
+            .audit_events(
+                &fx.auditor,
+                &vault_core::audit::EventFilter {
+                    action_prefix: Some(prefix.into()),
+                    ..Default::default()
+                },
+            )
+            .unwrap()
+    };
+    let recovered: Vec<_> = events("record.update")
+        .into_iter()
+        .filter(|e| e.targets.first() == Some(&updated.to_string()))
+        .collect();
+    assert_eq!(recovered.len(), 1, "{recovered:?}");
+    assert_eq!(
+        (recovered[0].actor, recovered[0].targets[1..].to_vec()),
+        (
+            None,
+            vec!["version:2".to_string(), "recovered:journal".into()]
+        )
+    );
+    let reconciled = events("journal.reconcile");
+    assert_eq!(
+        reconciled.last().map(|e| e.targets.clone()),
+        Some(vec![
+            "kept:0".to_string(),
+            "rolled_back:1".into(),
+            "rolled_forward:1".into()
+        ])
+    );
+    assert!(fx.vault.audit_verify(&fx.auditor).unwrap().ok());
+    // Reopened again: nothing left to reconcile, the update still stands.
+    let fx = fx.reopen();
+    assert_eq!(events_len(&fx, "journal.reconcile"), reconciled.len());
+    let r = fx.vault.get_record(&fx.clerk, updated, &[], None).unwrap();
+    assert_eq!(r.meta.version, 2);
+}
+
+fn events_len(fx: &Fixture, prefix: &str) -> usize {
+    fx.vault
+        .audit_events(
+            &fx.auditor,
+            &vault_core::audit::EventFilter {
+                action_prefix: Some(prefix.into()),
+                ..Default::default()
+            },
+        )
+        .unwrap()
+        .len()
+}
+
 /// A put whose key and row are both refused (most likely an outage of both
 /// clusters), and whose row's removal is refused too, fails and leaves
 /// nothing behind; and since that is most likely an outage, the vault is
