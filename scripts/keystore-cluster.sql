@@ -91,13 +91,16 @@ GRANT EXECUTE ON FUNCTION pivault_provision.drop_vault_role(text) TO pivault_pro
 -- Every regular file under the data directory, and whether it contains any
 -- of `needles`. Files that vanish during the walk (a checkpoint removing a
 -- WAL segment) are skipped; `postmaster.pid` and the like hold no row.
+-- The superuser's (a provider's own check): granted to no vault role, to
+-- which it would answer whether chosen bytes are in any vault's files
+-- (vaults scan with `scan_vault`; verify-scan-vault.sql takes back the
+-- grant an earlier build gave).
 CREATE FUNCTION pivault_verify.scan(needles bytea[], OUT path text, OUT hit boolean)
 RETURNS SETOF record
 LANGUAGE sql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$ SELECT * FROM pivault_verify.walk(needles, '{}'::jsonb, NULL) $$;
 REVOKE ALL ON FUNCTION pivault_verify.scan(bytea[]) FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION pivault_verify.scan(bytea[]) TO pivault_vaults;
 
 -- Whether a file (a relation's old file after VACUUM FULL) is still there.
 CREATE FUNCTION pivault_verify.file_exists(p text) RETURNS boolean

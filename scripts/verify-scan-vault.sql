@@ -89,25 +89,30 @@ REVOKE ALL ON FUNCTION pivault_verify.walk(bytea[], jsonb, text) FROM PUBLIC;
 -- another role than the caller's, with their TOAST tables and TOAST
 -- indexes) are not read: a row of `vault` never reaches them (no other
 -- role can read it), and reading them made every vault's disposal pay for
--- the bytes of every vault on the cluster. A schema of the caller's own
+-- the bytes of every vault on the cluster. Nor are the audit trails'
+-- (`pivault_audit`, every vault's lines in one table): a vault's events
+-- are IDs, never a value, a tag or a key, and a scan that read them
+-- answered any vault's role whether chosen bytes were in another vault's
+-- trail (its event count, a line grown byte by byte); the table also grew
+-- with every operation of every vault (43 MB a member at 10^5 records, a
+-- third of a one-record disposal's search-index scan, benches/README run
+-- 14). A schema of the caller's own
 -- role is read, whatever its name: a vault's role could copy its own rows
 -- there, and vaults sharing one role (`pivault`) are not told apart. Each is
 -- answered with `hit` NULL (another database: one row for its directory),
 -- so the caller counts and reports what it skipped. Everything else is
--- read: this vault's relations, the catalogs, shared tables (the audit
--- trails), the WAL, temporary files, logs, and any file no relation names
--- (an old relation file the purge did not remove).
+-- read: this vault's relations, the catalogs, the WAL, temporary files,
+-- logs, and any file no relation names (an old relation file the purge did
+-- not remove). The WAL holds every vault's recent writes (trail lines
+-- too), so the scan still answers for them, over the few segments a purge
+-- leaves (ARCHITECTURE.md, "What a vault's role can learn").
 --
 -- `tables` (NULL: all) narrows further, as the embedded engine's scan
 -- skips the live table files of other column families and of ranges that
 -- held no deleted row: of the vault's own relations only those named in
 -- `tables`, or named after one of them and `_` (its partitions, its
 -- indexes), are read (the search index's partitions that held the deleted
--- tags, which no other table holds). For the same reason a narrowed scan
--- skips the audit trails (`pivault_audit`): their lines are events the
--- vault makes, IDs and never a value or a tag, and the table grows with
--- every operation of every vault (43 MB a member at 10^5 records, a third
--- of a one-record disposal's search-index scan, benches/README run 14).
+-- tags, which no other table holds).
 --
 -- `wal_after` (NULL: every segment) as in `walk`: the segment holding the
 -- last write of the purge whose bytes the scan looks for.
@@ -132,7 +137,7 @@ BEGIN
         OR (ns.nspname = vault AND tables IS NOT NULL
             AND NOT EXISTS (SELECT 1 FROM unnest(tables) t
                             WHERE c.relname = t OR starts_with(c.relname, t || '_')))
-        OR (ns.nspname = 'pivault_audit' AND tables IS NOT NULL)
+        OR ns.nspname = 'pivault_audit'
   ), toast AS (
     SELECT reltoastrelid AS oid FROM rels WHERE reltoastrelid <> 0
   ), every AS (
@@ -161,3 +166,12 @@ SET search_path = pg_catalog, pg_temp
 AS $$ SELECT * FROM pivault_verify.scan_vault(needles, vault, tables, NULL) $$;
 REVOKE ALL ON FUNCTION pivault_verify.scan_vault(bytea[], text, text[]) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION pivault_verify.scan_vault(bytea[], text, text[]) TO pivault_vaults;
+
+-- The whole scan, granted to every vault role by an earlier build.
+DO $$
+BEGIN
+  IF to_regprocedure('pivault_verify.scan(bytea[])') IS NOT NULL THEN
+    REVOKE EXECUTE ON FUNCTION pivault_verify.scan(bytea[]) FROM pivault_vaults;
+  END IF;
+END
+$$;

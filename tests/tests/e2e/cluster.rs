@@ -414,9 +414,12 @@ fn writes_racing_disposals_on_the_cluster_lose_nothing_and_every_certificate_hol
 /// many vaults on a cluster, each disposal read every vault's bytes. The
 /// skip holds only for schemas of *another* role (which cannot read this
 /// vault's rows): the same bytes in a schema of the vault's own role (an
-/// insider copying its rows under a made-up vault's name) are found. The
-/// whole scan (`files_containing`) still finds both, and the certificate
-/// says how many files it did not read.
+/// insider copying its rows under a made-up vault's name) are found. A
+/// vault's whole scan (`files_containing`) does not read the other role's
+/// either, and the vault's role may not run the superuser's whole scan
+/// (`pivault_verify.scan`), which finds the bytes: otherwise any vault's
+/// role could test chosen bytes against every vault's files. The
+/// certificate says how many files the scan did not read.
 #[test]
 fn a_disposal_scan_skips_other_roles_vaults_files_but_not_its_own_roles() {
     let _one = serial();
@@ -473,9 +476,25 @@ fn a_disposal_scan_skips_other_roles_vaults_files_but_not_its_own_roles() {
     let full = keys
         .files_containing(std::slice::from_ref(&other_bytes))
         .unwrap();
-    assert!(
-        in_tables(&full) > 0,
-        "the whole scan sees the other role's table: {full:?}"
+    assert_eq!(in_tables(&full), 0, "{full:?}");
+    let whole = format!(
+        "SELECT count(*) FROM pivault_verify.scan(ARRAY['\\x{}'::bytea]) WHERE hit AND path LIKE 'base/%'",
+        hex::encode(&other_bytes)
+    );
+    assert_ne!(
+        psql_in(&primary, "pivault_keys", &whole).as_deref(),
+        Some("0"),
+        "the superuser's whole scan finds the other role's table"
+    );
+    let mut role = vault_core::keystore::provider::connect_primary(&common::cluster_keystore())
+        .expect("the vault's role");
+    let refused = role
+        .simple_query(&whole)
+        .expect_err("the whole scan refused");
+    assert_eq!(
+        refused.code(),
+        Some(&postgres::error::SqlState::INSUFFICIENT_PRIVILEGE),
+        "{refused}"
     );
     let narrowed = keys
         .files_containing_for_buckets(&[], std::slice::from_ref(&other_bytes), None)

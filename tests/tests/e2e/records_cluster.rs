@@ -924,8 +924,8 @@ fn a_disposal_purges_the_blind_indexes_from_every_member_and_a_plain_vacuum_is_c
 /// partition that held the record's beacon rows and skips the audit
 /// trails' table, which grows with every operation of every vault and
 /// never holds a tag (its lines are the vault's events: IDs, no values).
-/// The whole scan (no tables named) reads the trail's file, and finds no
-/// tag in it.
+/// The whole scan (no tables named) skips it as well (see
+/// [`a_vaults_role_cannot_test_guesses_against_another_vaults_audit_trail`]).
 #[test]
 fn the_search_index_scan_reads_the_vaults_partition_and_not_the_audit_trail() {
     let _one = serial();
@@ -971,10 +971,70 @@ fn the_search_index_scan_reads_the_vaults_partition_and_not_the_audit_trail() {
     assert_eq!(whole.get(&beacons).map(String::as_str), Some("true"));
     assert_eq!(
         whole.get(&trail).map(String::as_str),
-        Some("false"),
-        "the whole scan reads the trail's file, which holds no tag: {whole:?}"
+        Some("unread"),
+        "{trail}: {whole:?}"
     );
     fx.vault.close().unwrap();
+}
+
+/// The verification scan answers yes or no for needles its caller chooses,
+/// so whatever it reads is an oracle for every vault's role. It reads no
+/// audit trail: vault B's role, scanning with a line of vault A's trail
+/// (which the superuser's whole scan finds in the trails' table file),
+/// finds it in no table file, and it may not run the whole scan. (The WAL,
+/// which holds every vault's recent writes, is still read: not checked
+/// here, see ARCHITECTURE.md, "What a vault's role can learn".)
+#[test]
+fn a_vaults_role_cannot_test_guesses_against_another_vaults_audit_trail() {
+    let _one = serial();
+    let c = cluster();
+    let tmp = tempfile::tempdir().unwrap();
+    let a = vault_on_clusters(&tmp.path().join("a"));
+    let b = vault_on_clusters(&tmp.path().join("b"));
+    put_people(&a, 0..2);
+    let primary = primary_member(&c);
+    let sql = |q: &str| psql_in(&primary, "pivault_records", q).expect("primary up");
+    let line = sql(&format!(
+        "SELECT encode(line, 'hex') FROM pivault_audit.events WHERE vault = '{}' \
+          ORDER BY seq DESC LIMIT 1",
+        a.vault.id()
+    ));
+    assert!(line.len() > 200, "a line of A's trail: {line}");
+    // On disk on every member, not only in the WAL and shared buffers.
+    for m in &c.members {
+        psql_in(m, "pivault_records", "CHECKPOINT").expect("member up");
+    }
+    let in_tables = |scan: &str| {
+        format!(
+            "SELECT count(*) FROM {scan} WHERE hit AND path LIKE 'base/%' \
+               AND path NOT LIKE 'base/pgsql_tmp%'"
+        )
+    };
+    let needle = format!("ARRAY['\\x{line}'::bytea]");
+    let whole = in_tables(&format!("pivault_verify.scan({needle})"));
+    assert_ne!(
+        sql(&whole),
+        "0",
+        "the superuser's whole scan finds A's line"
+    );
+    let mut role_b = vault_core::keystore::provider::connect_primary(&common::cluster_records())
+        .expect("vault B's role");
+    let refused = role_b
+        .simple_query(&whole)
+        .expect_err("the whole scan refused");
+    assert_eq!(
+        refused.code(),
+        Some(&postgres::error::SqlState::INSUFFICIENT_PRIVILEGE),
+        "{refused}"
+    );
+    let b_scan = in_tables(&format!(
+        "pivault_verify.scan_vault({needle}, '{}', NULL::text[], NULL::text)",
+        records_schema(&b.vault)
+    ));
+    let found: i64 = role_b.query_one(&b_scan, &[]).expect("B's scan").get(0);
+    assert_eq!(found, 0, "B's scan answers for A's trail");
+    a.vault.close().unwrap();
+    b.vault.close().unwrap();
 }
 
 /// A vault made before the search index was partitioned (one `beacons`

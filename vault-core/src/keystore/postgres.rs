@@ -1451,7 +1451,8 @@ impl Conns {
         })
     }
 
-    /// Every member's files, through `pivault_verify.scan`; with `vault`
+    /// Every member's files, through `pivault_verify.scan` (a cluster set
+    /// up before `scan_vault` existed: today the superuser's); with `vault`
     /// (its schema, and the name prefixes of its tables that can hold the
     /// needles, `None` for all), narrowed to what a row of that vault can
     /// reach (`pivault_verify.scan_vault`: not other databases' nor other
@@ -1747,8 +1748,16 @@ impl KeyEngine for PgKeys {
         })
     }
 
+    /// What the vault's role may scan: every file but other vaults' and
+    /// other databases' (`scan_vault` with no table named; the whole scan
+    /// is the superuser's).
     fn files_containing(&self, needles: &[Vec<u8>]) -> Result<Vec<String>> {
-        off_runtime(|| Ok(self.conns.scan_members(needles, None, None)?.hits))
+        off_runtime(|| {
+            Ok(self
+                .conns
+                .scan_members(needles, Some((&self.schema, None)), None)?
+                .hits)
+        })
     }
 
     fn destroy_precheck(&self) -> Result<Vec<String>> {
