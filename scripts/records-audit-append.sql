@@ -72,6 +72,21 @@ BEGIN
     prev := l;
     s := s + 1;
   END LOOP;
+  -- Only a record's events may commit lazily (`synchronous_commit=off`,
+  -- the writer's choice without `sync`): a record write the failover lost
+  -- the event of is in the write journal, which the next holder reconciles,
+  -- and a read changed nothing. Any other change (a user disabled, a hold
+  -- placed, a role changed) has no journal: its event is made as durable as
+  -- its row, or a failover that also lost the writer would leave the change
+  -- standing with no event. Set here, for the transaction's commit.
+  IF current_setting('synchronous_commit') = 'off' THEN
+    FOREACH l IN ARRAY lines LOOP
+      IF position('"action":"record.'::bytea IN l) = 0 THEN
+        PERFORM set_config('synchronous_commit', 'on', true);
+        EXIT;
+      END IF;
+    END LOOP;
+  END IF;
   UPDATE pivault_audit.trails SET head = t.head WHERE vault = v;
   RETURN t.head;
 END

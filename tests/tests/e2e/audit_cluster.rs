@@ -136,6 +136,58 @@ fn writers_racing_on_one_trail_on_the_cluster_cannot_fork_it_and_lose_no_acknowl
     eprintln!("{refused} stale appends refused; {report:?}");
 }
 
+/// Without `sync` a vault's events commit lazily, but only a record's may:
+/// a record write whose event a failover lost is in the write journal
+/// (the next holder reconciles it) and a read changed nothing, while a
+/// user disabled, a hold placed or a role changed has no journal, and its
+/// event lost with the primary and the writer would leave the change
+/// standing unaudited. The append itself makes such an event's commit
+/// synchronous: each line, sent again as a retry in a transaction that
+/// asked for a lazy commit, leaves the commit `on` for `user.disable` and
+/// `off` for `record.read`.
+#[test]
+fn only_a_records_events_are_committed_lazily() {
+    let _one = serial();
+    let _c = cluster();
+    let (cfg, vault, key, tmp) = new_trail();
+    let mut log =
+        AuditLog::open_on_cluster(cfg.clone(), vault, &tmp.path().join("audit"), key, false)
+            .unwrap();
+    let v = hex::encode(vault.as_bytes());
+    let mut c = provider::connect_primary(&cfg).unwrap();
+    for (action, commit) in [
+        ("user.disable", "on"),
+        ("record.read", "off"),
+        ("legal_hold.add", "on"),
+        ("record.update", "off"),
+    ] {
+        let mut ev = NewEvent::new(common::T0, None, Channel::System, action, Outcome::Success);
+        ev.targets = vec!["t".into()];
+        let seq = log.append(ev).unwrap();
+        let line: Vec<u8> = c
+            .query_one(
+                "SELECT line FROM pivault_audit.events($1::text::uuid, $2, $2)",
+                &[&v, &(seq as i64)],
+            )
+            .unwrap()
+            .get(0);
+        let mut tx = c.transaction().unwrap();
+        tx.batch_execute("SET LOCAL synchronous_commit = off")
+            .unwrap();
+        tx.query_one(
+            "SELECT pivault_audit.append($1::text::uuid, $2, $3)",
+            &[&v, &(seq as i64), &vec![line]],
+        )
+        .unwrap();
+        let set: String = tx
+            .query_one("SELECT current_setting('synchronous_commit')", &[])
+            .unwrap()
+            .get(0);
+        tx.rollback().unwrap();
+        assert_eq!(set, commit, "{action}");
+    }
+}
+
 /// A vault whose records went to the cluster with an earlier build kept
 /// its trail in files: at open the trail moves onto the cluster whole (the
 /// same bytes, so the chain and its checkpoints still verify), the

@@ -35,7 +35,8 @@ pub(super) struct ClusterTrail {
     /// outlives the vault's process, and a primary's crash within a
     /// fraction of a second may lose it unless a later synchronous commit
     /// (any record write, any checkpoint: the WAL is flushed in order)
-    /// came first.
+    /// came first. `pivault_audit.append` turns it `on` for any event but
+    /// a record's (those alone the write journal covers or change nothing).
     commit: &'static str,
     /// The events appended with a lazy commit since the last synchronous
     /// one (seq and line): what a failover or a primary's crash may have
