@@ -95,3 +95,18 @@ REVOKE ALL ON FUNCTION pivault_audit.append(uuid, bigint, bytea[]) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION pivault_audit.append(uuid, bigint, bytea[]) TO pivault_vaults;
 -- The chain check's SQL function of the first build, no longer called.
 DROP FUNCTION IF EXISTS pivault_audit.chains(bytea, bytea);
+
+-- No planner statistics of the trails: ANALYZE (autovacuum runs it) copies
+-- sampled values into `pg_statistic`, a catalog every vault's byte scan
+-- reads, so every vault's lines, heads and counts would be there for any
+-- vault's role to test guesses against (the scans skip `pivault_audit`'s
+-- own files). The samples an earlier build let ANALYZE take go too.
+ALTER TABLE pivault_audit.events ALTER COLUMN vault SET STATISTICS 0,
+  ALTER COLUMN seq SET STATISTICS 0, ALTER COLUMN line SET STATISTICS 0;
+ALTER TABLE pivault_audit.checkpoints ALTER COLUMN vault SET STATISTICS 0,
+  ALTER COLUMN seq SET STATISTICS 0, ALTER COLUMN line SET STATISTICS 0;
+ALTER TABLE pivault_audit.trails ALTER COLUMN vault SET STATISTICS 0,
+  ALTER COLUMN owner SET STATISTICS 0, ALTER COLUMN head SET STATISTICS 0,
+  ALTER COLUMN checkpoint SET STATISTICS 0;
+DELETE FROM pg_statistic WHERE starelid IN ('pivault_audit.events'::regclass,
+  'pivault_audit.checkpoints'::regclass, 'pivault_audit.trails'::regclass);

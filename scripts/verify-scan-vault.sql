@@ -129,6 +129,13 @@ BEGIN
   IF vault !~ '^p[vr]_[0-9a-f]{32}$' THEN
     RAISE EXCEPTION 'not a vault schema name' USING ERRCODE = '22023';
   END IF;
+  -- Only the caller's own vault: naming another role's would read its
+  -- files (the skip below spares the schema named). A schema no longer
+  -- there passes (a deletion's scan after its drop).
+  IF EXISTS (SELECT 1 FROM pg_namespace n WHERE n.nspname = vault
+               AND n.nspowner <> (SELECT r.oid FROM pg_roles r WHERE r.rolname = session_user)) THEN
+    RAISE EXCEPTION 'the schema of a vault this role does not hold' USING ERRCODE = '42501';
+  END IF;
   WITH rels AS (
     SELECT c.oid, c.reltoastrelid FROM pg_class c
       JOIN pg_namespace ns ON ns.oid = c.relnamespace

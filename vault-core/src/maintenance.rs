@@ -237,15 +237,21 @@ impl Vault {
             };
             let row = self.store.record(id)?;
             let forward = !audited.contains(&key) && self.old_key_gone(id, &e)?;
-            if forward {
-                // The update's event was acknowledged and lost (a lazy
-                // commit lost with a failed-over primary and its process,
-                // or a trail line with its machine): its old key is
-                // destroyed only after the event's append returned, so
-                // rolling back would bring back a row nothing can read,
-                // losing the record whole. The change stays, and its event
-                // is written now, by the system, saying so.
-                self.audit(
+            let live = row
+                .as_ref()
+                .is_some_and(|r| r.state == RecordState::Live && r.version == e.version);
+            if forward && live {
+                // The update's event was acknowledged and lost (a trail
+                // line without its fsync lost with the machine, or a lazy
+                // commit with a failed-over primary and the process, where
+                // the trail and the keys are on separate WAL streams): its
+                // old key is destroyed only after the event's append
+                // returned, so rolling back would bring back a row nothing
+                // can read, losing the record whole. The change stays, and
+                // its event is written now, by the system, saying so; no
+                // earlier than the entry, so that the next reconciliation,
+                // reading events from the entry's time, finds it.
+                let mut ev = self.new_event(
                     None,
                     &system_ctx(),
                     "record.update",
@@ -256,9 +262,13 @@ impl Vault {
                     ],
                     Ok(()),
                     None,
-                )?;
+                );
+                ev.time_ms = ev.time_ms.max(e.time_ms);
+                self.append_event(ev)?;
                 report.rolled_forward += 1;
             }
+            // (Forward with no live row at that version: the row has moved
+            // on, nothing to put back and no change to record; the entry goes.)
             if forward || audited.contains(&key) {
                 // Kept: an update's older keys go now.
                 if let Some(row) = &row {
@@ -270,7 +280,7 @@ impl Vault {
                     self.mark_dirty(self.keystore.bucket_of(row.subject))?;
                 }
                 self.store.delete(store::CF_JOURNAL, id.as_bytes())?;
-                report.kept += u64::from(!forward);
+                report.kept += u64::from(!(forward && live));
             } else if e.is_update() {
                 let old = RecordRow::decode(&e.old_row)?;
                 let mut ops = vec![(store::CF_JOURNAL, id.as_bytes().to_vec(), None)];

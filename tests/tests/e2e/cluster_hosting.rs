@@ -628,6 +628,12 @@ fn hosted_vaults_keep_their_records_on_the_cluster_and_no_other_vaults_role_reac
         format!("DROP SCHEMA {r1} CASCADE"),
         format!("ALTER TABLE {r1}.rows OWNER TO CURRENT_USER"),
         format!("SET ROLE {}", cfgs[1].user),
+        // The byte scan, an oracle over whatever it reads: not over the
+        // other vault's files, nor (the superuser's whole scan) over all.
+        format!(
+            "SELECT * FROM pivault_verify.scan_vault(ARRAY['\\x00'::bytea], '{r1}', NULL, NULL)"
+        ),
+        "SELECT * FROM pivault_verify.scan(ARRAY['\\x00'::bytea])".to_owned(),
     ] {
         assert_eq!(
             try_sql(&mut v0, &attack),
@@ -1118,4 +1124,153 @@ fn a_second_hosting_process_stands_by_for_every_vault_and_takes_them_over_when_t
     assert!(status.success(), "the standby stops cleanly");
     let (status, _, _keep) = again.stop();
     assert!(status.success(), "the holder stops cleanly");
+}
+
+/// Two hosting standbys (a provider's second and third machines) race for
+/// the vaults of a holder that is killed while clerks write through both:
+/// each vault is taken over by exactly one of them, the other stands by
+/// for it and relays to the winner, and no acknowledged put is lost.
+/// The single-vault race is `server_standby::two_standbys_racing_for_a_killed_server…`;
+/// here each vault's thread of each process races on its own.
+#[test]
+fn two_hosting_standbys_racing_for_a_killed_holders_vaults_take_each_over_once_and_lose_nothing() {
+    use std::panic::{AssertUnwindSafe, catch_unwind};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::{Duration, Instant};
+
+    use crate::hosting::{a_is_not_reached_at_b, base_of};
+    use crate::server;
+
+    let _one = crate::cluster::serial();
+    let _c = crate::cluster::cluster();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let work = dir.path();
+    let (id_a, id_b, hosting) = two_businesses_hosted(work);
+    let first = tempfile::tempdir().expect("tempdir");
+    let (one, _, _) =
+        server::spawn_hosting(first, &hosting, &[]).hosting(2, Duration::from_secs(120));
+    let machine = |srv: &server::Server| {
+        let m = tempfile::tempdir().expect("tempdir");
+        for f in ["server.crt", "server.key"] {
+            std::fs::copy(srv.cert.with_file_name(f), m.path().join(f)).expect("copy");
+        }
+        m
+    };
+    let mut two = server::spawn_hosting(machine(&one), &hosting, &["--standby"]);
+    let at_two = two.hosting_standing_by(2, Duration::from_secs(120));
+    let mut three = server::spawn_hosting(machine(&one), &hosting, &["--standby"]);
+    let at_three = three.hosting_standing_by(2, Duration::from_secs(120));
+    // A written through the second machine, B through the third.
+    let (a, b) = (
+        one.view(&base_of(&at_two, &id_a)),
+        one.view(&base_of(&at_three, &id_b)),
+    );
+    let (clerk_a, clerk_b) = (a.token("clerk"), b.token("clerk"));
+    let (officer_a, officer_b) = (a.token("officer"), b.token("officer"));
+    let stop = AtomicBool::new(false);
+    // Puts until `stop`: the IDs acknowledged (201), and how many failed
+    // (refused, or the exchange broken while the vault changed hands).
+    let write = |v: &server::Server, clerk: &str, family: &str| {
+        let (mut acked, mut failed) = (Vec::new(), 0u32);
+        let mut n = 0;
+        while !stop.load(Ordering::SeqCst) {
+            n += 1;
+            let body = serde_json::json!({ "collection": common::CUSTOMERS, "data": {
+                "given_name": format!("Racer{}", "x".repeat(n % 7 + 1)), "family_name": family } });
+            match catch_unwind(AssertUnwindSafe(|| {
+                v.call("POST", "/v1/records", Some(clerk), Some(&body))
+            })) {
+                Ok(r) if r.status == 201 => {
+                    acked.push(r.json()["record_id"].as_str().expect("id").to_owned());
+                }
+                _ => {
+                    failed += 1;
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
+        }
+        (acked, failed)
+    };
+    let taken = |lines: &[String], id: &str| {
+        lines
+            .iter()
+            .filter(|l| l.contains(&format!("vault {id} (")) && l.contains(") taken over"))
+            .count()
+    };
+    let ((mut acked_a, failed_a), (mut acked_b, failed_b), said_two, said_three) =
+        std::thread::scope(|s| {
+            let wa = s.spawn(|| write(&a, &clerk_a, "Alpha"));
+            let wb = s.spawn(|| write(&b, &clerk_b, "Beta"));
+            std::thread::sleep(Duration::from_millis(1500));
+            let (_, _first_dir) = one.kill();
+            // Until each vault is served again by one of the two.
+            let deadline = Instant::now() + Duration::from_secs(120);
+            let (said_two, said_three) = loop {
+                let (s2, s3) = (two.printed_so_far(), three.printed_so_far());
+                let both = [s2.clone(), s3.clone()].concat();
+                if taken(&both, &id_a) >= 1 && taken(&both, &id_b) >= 1 {
+                    break (s2, s3);
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "the vaults were not taken over: {s2:?} {s3:?}"
+                );
+                std::thread::sleep(Duration::from_millis(200));
+            };
+            // Clerks go on writing through the same addresses a while.
+            std::thread::sleep(Duration::from_secs(3));
+            stop.store(true, Ordering::SeqCst);
+            (
+                wa.join().expect("A's clerk"),
+                wb.join().expect("B's clerk"),
+                said_two,
+                said_three,
+            )
+        });
+    // A few seconds more: a second takeover of the same vault would show.
+    std::thread::sleep(Duration::from_secs(3));
+    let (said_two, said_three) = (
+        [said_two, two.printed_so_far()].concat(),
+        [said_three, three.printed_so_far()].concat(),
+    );
+    for id in [&id_a, &id_b] {
+        assert_eq!(
+            taken(&said_two, id) + taken(&said_three, id),
+            1,
+            "vault {id} taken over once: {said_two:?} {said_three:?}"
+        );
+    }
+    assert!(two.running() && three.running(), "both machines still run");
+    assert!(
+        acked_a.len() > 5 && acked_b.len() > 5,
+        "writes acknowledged: A {} (failed {failed_a}), B {} (failed {failed_b})",
+        acked_a.len(),
+        acked_b.len()
+    );
+    // Every acknowledged put reads back, through the addresses written to
+    // (the winner serves there, or the loser relays to it).
+    let (live_a, live_b) = (a.live_ids(&officer_a), b.live_ids(&officer_b));
+    acked_a.retain(|id| !live_a.contains(id));
+    acked_b.retain(|id| !live_b.contains(id));
+    assert_eq!(acked_a, Vec::<String>::new(), "A: acknowledged puts lost");
+    assert_eq!(acked_b, Vec::<String>::new(), "B: acknowledged puts lost");
+    a_is_not_reached_at_b(&b, &clerk_a, &officer_b, &live_a[0]);
+    for v in [&a, &b] {
+        let verify = v.call("GET", "/v1/audit/verify", Some(&v.token("auditor")), None);
+        assert_eq!(verify.json()["ok"], true, "{}", verify.text);
+    }
+    eprintln!(
+        "acknowledged A {} B {}; failed while changing hands A {failed_a} B {failed_b}",
+        live_a.len(),
+        live_b.len()
+    );
+    drop((a, b));
+    // A machine that took a vault over serves it; it stops cleanly (one
+    // that only stands by is killed with the test).
+    for (p, said) in [(two, &said_two), (three, &said_three)] {
+        if said.iter().any(|l| l.contains(") taken over")) {
+            let (status, _, _keep) = p.listening(Duration::from_secs(5)).stop();
+            assert!(status.success(), "stops cleanly");
+        }
+    }
 }

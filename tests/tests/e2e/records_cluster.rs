@@ -562,13 +562,13 @@ fn each_put_removes_only_its_own_journal_entry_with_its_audit_event() {
     );
 }
 
-/// An update whose event was acknowledged and then lost (its lazy commit
-/// not yet on the standby when the primary failed over, and the holder
-/// process dead too, so nothing sends it again) after its old key was
-/// destroyed: the new primary has the journal entry, no event, and no old
-/// key. The superuser makes that state (the event removed from the trail's
-/// head, the journal entry, kept by a trigger when the update removed it,
-/// put back). The reopen keeps the update and writes its event again,
+/// An update whose event was acknowledged and then lost after its old key
+/// was destroyed (a lazy commit lost with a failed-over primary and its
+/// process while the key's delete was on another WAL stream, the keys on a
+/// cluster of their own; or a trail line lost with the machine): the
+/// journal entry, no event, no old key. The superuser makes that state on
+/// the one test cluster (the event removed from the trail's head, the
+/// journal entry, kept by a trigger when the update removed it, put back). The reopen keeps the update and writes its event again,
 /// instead of putting back a row whose key is gone; a creation left the
 /// same way, with no such proof, is still rolled back.
 #[test]
@@ -1000,6 +1000,13 @@ fn a_vaults_role_cannot_test_guesses_against_another_vaults_audit_trail() {
         a.vault.id()
     ));
     assert!(line.len() > 200, "a line of A's trail: {line}");
+    // Planner statistics, which would copy sampled lines into
+    // `pg_statistic` (a catalog, read by every scan): none are kept.
+    sql("ANALYZE pivault_audit.events");
+    assert_eq!(
+        sql("SELECT count(*) FROM pg_statistic WHERE starelid = 'pivault_audit.events'::regclass"),
+        "0"
+    );
     // On disk on every member, not only in the WAL and shared buffers.
     for m in &c.members {
         psql_in(m, "pivault_records", "CHECKPOINT").expect("member up");

@@ -607,6 +607,7 @@ impl PgRows {
                  PRIMARY KEY (t, k));
              {beacons}
              ALTER TABLE {s}.rows ALTER COLUMN v SET STATISTICS 0;
+             ALTER TABLE {s}.rows ALTER COLUMN k SET STATISTICS 0;
              COMMIT;"
         ))
         .map_err(pg)
