@@ -1292,3 +1292,117 @@ fn two_hosting_standbys_racing_for_a_killed_holders_vaults_take_each_over_once_a
         }
     }
 }
+
+/// A hosting standby's file edited at SIGHUP as the holder dies: vault B
+/// taken out of the file the moment the holder is killed (the signal and
+/// the kill at once) is not taken over by the standby, which takes A over
+/// alone and keeps nothing of B open (nobody holds B: it opens elsewhere);
+/// B put back at the next SIGHUP is taken over and served, with its
+/// records. The file edited, a standby never holds a vault it was told to
+/// leave, nor leaves one it still stands by for.
+#[test]
+fn a_vault_taken_out_of_a_standbys_file_as_the_holder_dies_is_not_taken_over_until_put_back() {
+    use std::time::Duration;
+
+    use crate::hosting::{PASSPHRASE_B, base_of, put, reopened};
+    use crate::server;
+
+    let _one = crate::cluster::serial();
+    let _c = crate::cluster::cluster();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let work = dir.path();
+    let (id_a, id_b, hosting) = two_businesses_hosted(work);
+    let both = std::fs::read(&hosting).expect("hosting file");
+    let first = tempfile::tempdir().expect("tempdir");
+    let (one, _, _) =
+        server::spawn_hosting(first, &hosting, &[]).hosting(2, Duration::from_secs(120));
+    let m = tempfile::tempdir().expect("tempdir");
+    for f in ["server.crt", "server.key"] {
+        std::fs::copy(one.cert.with_file_name(f), m.path().join(f)).expect("copy");
+    }
+    let mut two = server::spawn_hosting(m, &hosting, &["--standby"]);
+    let standing = two.hosting_standing_by(2, Duration::from_secs(120));
+    let (a, b) = (
+        one.view(&base_of(&standing, &id_a)),
+        one.view(&base_of(&standing, &id_b)),
+    );
+    let (clerk_a, clerk_b) = (a.token("clerk"), b.token("clerk"));
+    let mut kept_a = vec![put(&a, &clerk_a, "Ada Alpha")];
+    let kept_b = vec![put(&b, &clerk_b, "Bo Beta")];
+
+    // B out of the file; SIGHUP to the standby and SIGKILL to the holder at once.
+    std::fs::write(
+        &hosting,
+        serde_json::json!({ "vaults": [hosting_line("a")] }).to_string(),
+    )
+    .expect("hosting file");
+    let (pid_two, pid_one) = (two.pid(), one.pid());
+    std::thread::scope(|s| {
+        for (sig, pid) in [("-HUP", pid_two), ("-KILL", pid_one)] {
+            s.spawn(move || {
+                let ok = Command::new("kill")
+                    .args([sig, &pid.to_string()])
+                    .status()
+                    .expect("kill");
+                assert!(ok.success(), "kill {sig}");
+            });
+        }
+    });
+    let (_, _first_dir) = one.kill();
+    two.wait_line(
+        &format!("vault {id_a} ({}) taken over", work.join("a").display()),
+        Duration::from_secs(120),
+    );
+    // A few seconds on: B is not taken over, and nobody holds it.
+    std::thread::sleep(Duration::from_secs(3));
+    let said: Vec<String> = two
+        .printed_so_far()
+        .into_iter()
+        .filter(|l| !l.contains(": access "))
+        .collect();
+    assert!(
+        !said
+            .iter()
+            .any(|l| l.contains(&format!("vault {id_b} (")) && l.contains("taken over")),
+        "{said:?}"
+    );
+    let left = format!(
+        "no longer standing by for the vault {}",
+        work.join("b").display()
+    );
+    assert!(said.iter().any(|l| l.contains(&left)), "{said:?}");
+    let vault_b = work.join("b");
+    reopened(&vault_b, PASSPHRASE_B)
+        .close()
+        .expect("B opens and closes elsewhere: nobody holds it");
+    kept_a.push(put(&a, &clerk_a, "Cy Alpha"));
+    kept_a.sort();
+    assert_eq!(
+        a.live_ids(&a.token("officer")),
+        kept_a,
+        "A: every acknowledged put"
+    );
+
+    // B put back: taken over (it is free) and served, with its record.
+    std::fs::write(&hosting, &both).expect("hosting file");
+    let ok = Command::new("kill")
+        .args(["-HUP", &two.pid().to_string()])
+        .status()
+        .expect("kill");
+    assert!(ok.success(), "kill -HUP");
+    let line = two.wait_line(
+        &format!("vault {id_b} ({}) listening on https://", vault_b.display()),
+        Duration::from_secs(60),
+    );
+    let port = line.rsplit(':').next().expect("port").trim().to_owned();
+    let b_again = a.view(&format!("https://localhost:{port}"));
+    assert_eq!(
+        b_again.live_ids(&b_again.token("officer")),
+        kept_b,
+        "B: its record"
+    );
+    for v in [&a, &b_again] {
+        let verify = v.call("GET", "/v1/audit/verify", Some(&v.token("auditor")), None);
+        assert_eq!(verify.json()["ok"], true, "{}", verify.text);
+    }
+}

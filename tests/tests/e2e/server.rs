@@ -190,6 +190,11 @@ impl Starting {
         self.seen.clone()
     }
 
+    /// The process ID (signals to a process not yet serving).
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.as_ref().expect("the process").id()
+    }
+
     /// Whether the process is still running.
     pub(crate) fn running(&mut self) -> bool {
         self.child
