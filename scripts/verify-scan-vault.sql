@@ -89,7 +89,8 @@ REVOKE ALL ON FUNCTION pivault_verify.walk(bytea[], jsonb, text) FROM PUBLIC;
 -- another role than the caller's, with their TOAST tables and TOAST
 -- indexes) are not read: a row of `vault` never reaches them (no other
 -- role can read it), and reading them made every vault's disposal pay for
--- the bytes of every vault on the cluster. Nor are the audit trails'
+-- the bytes of every vault on the cluster; another role's schema is
+-- skipped even when named as `vault` (but by the superuser). Nor are the audit trails'
 -- (`pivault_audit`, every vault's lines in one table): a vault's events
 -- are IDs, never a value, a tag or a key, and a scan that read them
 -- answered any vault's role whether chosen bytes were in another vault's
@@ -129,18 +130,18 @@ BEGIN
   IF vault !~ '^p[vr]_[0-9a-f]{32}$' THEN
     RAISE EXCEPTION 'not a vault schema name' USING ERRCODE = '22023';
   END IF;
-  -- Only the caller's own vault: naming another role's would read its
-  -- files (the skip below spares the schema named). A schema no longer
-  -- there passes (a deletion's scan after its drop).
-  IF EXISTS (SELECT 1 FROM pg_namespace n WHERE n.nspname = vault
-               AND n.nspowner <> (SELECT r.oid FROM pg_roles r WHERE r.rolname = session_user)) THEN
-    RAISE EXCEPTION 'the schema of a vault this role does not hold' USING ERRCODE = '42501';
-  END IF;
   WITH rels AS (
     SELECT c.oid, c.reltoastrelid FROM pg_class c
       JOIN pg_namespace ns ON ns.oid = c.relnamespace
-     WHERE (ns.nspname ~ '^p[vr]_[0-9a-f]{32}$' AND ns.nspname <> vault
-            AND ns.nspowner <> (SELECT r.oid FROM pg_roles r WHERE r.rolname = session_user))
+     WHERE (ns.nspname ~ '^p[vr]_[0-9a-f]{32}$'
+            AND ns.nspowner <> (SELECT r.oid FROM pg_roles r WHERE r.rolname = session_user)
+            -- Named, another role's schema is skipped all the same: a vault
+            -- role naming another vault's would have its files read (an
+            -- oracle over them), and one made under a deleted vault's name
+            -- after its drop is not the vault's. The superuser's own check
+            -- reads the schema it names.
+            AND (ns.nspname <> vault
+                 OR NOT (SELECT r.rolsuper FROM pg_roles r WHERE r.rolname = session_user)))
         OR (ns.nspname = vault AND tables IS NOT NULL
             AND NOT EXISTS (SELECT 1 FROM unnest(tables) t
                             WHERE c.relname = t OR starts_with(c.relname, t || '_')))

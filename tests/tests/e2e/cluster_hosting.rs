@@ -628,11 +628,8 @@ fn hosted_vaults_keep_their_records_on_the_cluster_and_no_other_vaults_role_reac
         format!("DROP SCHEMA {r1} CASCADE"),
         format!("ALTER TABLE {r1}.rows OWNER TO CURRENT_USER"),
         format!("SET ROLE {}", cfgs[1].user),
-        // The byte scan, an oracle over whatever it reads: not over the
-        // other vault's files, nor (the superuser's whole scan) over all.
-        format!(
-            "SELECT * FROM pivault_verify.scan_vault(ARRAY['\\x00'::bytea], '{r1}', NULL, NULL)"
-        ),
+        // The byte scan, an oracle over whatever it reads: the
+        // superuser's whole scan, which reads every file, is not its.
         "SELECT * FROM pivault_verify.scan(ARRAY['\\x00'::bytea])".to_owned(),
     ] {
         assert_eq!(
@@ -641,6 +638,23 @@ fn hosted_vaults_keep_their_records_on_the_cluster_and_no_other_vaults_role_reac
             "{attack}"
         );
     }
+    // Nor does its own scan, naming vault 1's schema as its vault, read a
+    // file of vault 1's (answered unread).
+    let named: Vec<(String, Option<bool>)> = v0
+        .query(
+            &format!("SELECT path, hit FROM pivault_verify.scan_vault(ARRAY['\\x00'::bytea], '{r1}', NULL, NULL)"),
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let file_1 = format!("/{file_before}");
+    let of_1: Vec<_> = named.iter().filter(|(p, _)| p.ends_with(&file_1)).collect();
+    assert!(
+        !of_1.is_empty() && of_1.iter().all(|(_, hit)| hit.is_none()),
+        "vault 1's search-index file unread: {of_1:?}"
+    );
     // VACUUM of a table one does not own is skipped with a warning, not
     // refused: the table's file must not have changed.
     let _ = try_sql(&mut v0, &format!("VACUUM FULL {r1}.beacons_0"));
