@@ -486,16 +486,7 @@ fn a_disposal_scan_skips_other_roles_vaults_files_but_not_its_own_roles() {
         Some("0"),
         "the superuser's whole scan finds the other role's table"
     );
-    let mut role = vault_core::keystore::provider::connect_primary(&common::cluster_keystore())
-        .expect("the vault's role");
-    let refused = role
-        .simple_query(&whole)
-        .expect_err("the whole scan refused");
-    assert_eq!(
-        refused.code(),
-        Some(&postgres::error::SqlState::INSUFFICIENT_PRIVILEGE),
-        "{refused}"
-    );
+    whole_scan_refused(&common::cluster_keystore(), &whole);
     let narrowed = keys
         .files_containing_for_buckets(&[], std::slice::from_ref(&other_bytes), None)
         .unwrap();
@@ -938,6 +929,22 @@ pub(crate) fn psql_in(m: &str, db: &str, sql: &str) -> Option<String> {
     out.status
         .success()
         .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+/// Connected as the vault role of `cfg`: the superuser's whole scan
+/// (`whole`, a query of `pivault_verify.scan`) is refused it, which would
+/// answer for chosen bytes in every vault's files. The connection, for more.
+pub(crate) fn whole_scan_refused(cfg: &PgConfig, whole: &str) -> postgres::Client {
+    let mut role = vault_core::keystore::provider::connect_primary(cfg).expect("the vault's role");
+    let refused = role
+        .simple_query(whole)
+        .expect_err("the whole scan refused");
+    assert_eq!(
+        refused.code(),
+        Some(&postgres::error::SqlState::INSUFFICIENT_PRIVILEGE),
+        "{refused}"
+    );
+    role
 }
 
 /// The index (1-based, as cluster.sh counts) of the primary.

@@ -817,6 +817,35 @@ fn as_provider_in_records(provider_cfg: &PgConfig) -> postgres::Client {
     .unwrap()
 }
 
+/// A provider's other machine for a hosting process: a directory with the
+/// same certificate and key as `srv`'s (clients trust one certificate,
+/// whichever machine answers).
+fn another_machine(srv: &crate::server::Server) -> tempfile::TempDir {
+    let m = tempfile::tempdir().expect("tempdir");
+    for f in ["server.crt", "server.key"] {
+        std::fs::copy(srv.cert.with_file_name(f), m.path().join(f)).expect("copy");
+    }
+    m
+}
+
+/// Each vault's audit trail verifies, as its auditor asks `views`' server.
+fn trails_verify(views: &[&crate::server::Server]) {
+    for v in views {
+        let verify = v.call("GET", "/v1/audit/verify", Some(&v.token("auditor")), None);
+        assert_eq!(verify.json()["ok"], true, "{}", verify.text);
+    }
+}
+
+/// [`two_businesses_hosted`], both served by a first hosting process: the
+/// vault IDs, the hosting file, the process.
+fn two_businesses_held(work: &Path) -> (String, String, PathBuf, crate::server::Server) {
+    let (id_a, id_b, hosting) = two_businesses_hosted(work);
+    let first = tempfile::tempdir().expect("tempdir");
+    let (one, _, _) = crate::server::spawn_hosting(first, &hosting, &[])
+        .hosting(2, std::time::Duration::from_secs(120));
+    (id_a, id_b, hosting, one)
+}
+
 /// A hosting file's line: the vault `dir` beside the file, its passphrase
 /// file `dir.pass`, any free port on loopback.
 fn hosting_line(dir: &str) -> Value {
@@ -990,19 +1019,9 @@ fn a_second_hosting_process_stands_by_for_every_vault_and_takes_them_over_when_t
     let _c = crate::cluster::cluster();
     let dir = tempfile::tempdir().expect("tempdir");
     let work = dir.path();
-    let (id_a, id_b, hosting) = two_businesses_hosted(work);
-    let first = tempfile::tempdir().expect("tempdir");
-    let (one, _, _) =
-        server::spawn_hosting(first, &hosting, &[]).hosting(2, Duration::from_secs(120));
+    let (id_a, id_b, hosting, one) = two_businesses_held(work);
     // The second machine: the same certificate and key.
-    let machine = |srv: &server::Server| {
-        let m = tempfile::tempdir().expect("tempdir");
-        for f in ["server.crt", "server.key"] {
-            std::fs::copy(srv.cert.with_file_name(f), m.path().join(f)).expect("copy");
-        }
-        m
-    };
-    let mut two = server::spawn_hosting(machine(&one), &hosting, &["--standby"]);
+    let mut two = server::spawn_hosting(another_machine(&one), &hosting, &["--standby"]);
     let standing = two.hosting_standing_by(2, Duration::from_secs(120));
     // The cluster refusing the vaults' role for a while: the second waits
     // it out for each vault instead of giving it up.
@@ -1063,7 +1082,7 @@ fn a_second_hosting_process_stands_by_for_every_vault_and_takes_them_over_when_t
     a_is_not_reached_at_b(&b, &clerk_a, &officer_b, &kept_a[0]);
 
     // The first machine back, standing by: it forwards to the second.
-    let mut again = server::spawn_hosting(machine(&two), &hosting, &["--standby"]);
+    let mut again = server::spawn_hosting(another_machine(&two), &hosting, &["--standby"]);
     let standing = again.hosting_standing_by(2, Duration::from_secs(120));
     // A's record read through a standby, which relays it.
     let read_relayed = |standby: &server::Server, record: &str| {
@@ -1083,10 +1102,7 @@ fn a_second_hosting_process_stands_by_for_every_vault_and_takes_them_over_when_t
     read_relayed(&a_again, &kept_a[0]);
     let b_again = two.view(&base_of(&standing, &id_b));
     a_is_not_reached_at_b(&b_again, &clerk_a, &officer_b, &kept_a[0]);
-    for v in [&a, &b] {
-        let verify = v.call("GET", "/v1/audit/verify", Some(&v.token("auditor")), None);
-        assert_eq!(verify.json()["ok"], true, "{}", verify.text);
-    }
+    trails_verify(&[&a, &b]);
     drop((a, b, a_again, b_again));
 
     // The second machine hangs past the lease: the first takes both vaults
@@ -1129,10 +1145,7 @@ fn a_second_hosting_process_stands_by_for_every_vault_and_takes_them_over_when_t
     kept_b.push(put(&b, &clerk_b, "Hal Beta"));
     kept_b.sort();
     assert_eq!(b.live_ids(&officer_b), kept_b, "B: every acknowledged put");
-    for v in [&a, &b] {
-        let verify = v.call("GET", "/v1/audit/verify", Some(&v.token("auditor")), None);
-        assert_eq!(verify.json()["ok"], true, "{}", verify.text);
-    }
+    trails_verify(&[&a, &b]);
     drop((a, b));
     let (status, _, _keep) = two.stop();
     assert!(status.success(), "the standby stops cleanly");
@@ -1159,20 +1172,11 @@ fn two_hosting_standbys_racing_for_a_killed_holders_vaults_take_each_over_once_a
     let _c = crate::cluster::cluster();
     let dir = tempfile::tempdir().expect("tempdir");
     let work = dir.path();
-    let (id_a, id_b, hosting) = two_businesses_hosted(work);
-    let first = tempfile::tempdir().expect("tempdir");
-    let (one, _, _) =
-        server::spawn_hosting(first, &hosting, &[]).hosting(2, Duration::from_secs(120));
-    let machine = |srv: &server::Server| {
-        let m = tempfile::tempdir().expect("tempdir");
-        for f in ["server.crt", "server.key"] {
-            std::fs::copy(srv.cert.with_file_name(f), m.path().join(f)).expect("copy");
-        }
-        m
-    };
-    let mut two = server::spawn_hosting(machine(&one), &hosting, &["--standby"]);
+    let (id_a, id_b, hosting, one) = two_businesses_held(work);
+
+    let mut two = server::spawn_hosting(another_machine(&one), &hosting, &["--standby"]);
     let at_two = two.hosting_standing_by(2, Duration::from_secs(120));
-    let mut three = server::spawn_hosting(machine(&one), &hosting, &["--standby"]);
+    let mut three = server::spawn_hosting(another_machine(&one), &hosting, &["--standby"]);
     let at_three = three.hosting_standing_by(2, Duration::from_secs(120));
     // A written through the second machine, B through the third.
     let (a, b) = (
@@ -1277,10 +1281,7 @@ fn two_hosting_standbys_racing_for_a_killed_holders_vaults_take_each_over_once_a
     assert_eq!(acked_a, Vec::<String>::new(), "A: acknowledged puts lost");
     assert_eq!(acked_b, Vec::<String>::new(), "B: acknowledged puts lost");
     a_is_not_reached_at_b(&b, &clerk_a, &officer_b, &live_a[0]);
-    for v in [&a, &b] {
-        let verify = v.call("GET", "/v1/audit/verify", Some(&v.token("auditor")), None);
-        assert_eq!(verify.json()["ok"], true, "{}", verify.text);
-    }
+    trails_verify(&[&a, &b]);
     let winner = |id: &str| {
         if taken(&said_two, id) == 1 {
             "second"
@@ -1325,16 +1326,9 @@ fn a_vault_taken_out_of_a_standbys_file_as_the_holder_dies_is_not_taken_over_unt
     let _c = crate::cluster::cluster();
     let dir = tempfile::tempdir().expect("tempdir");
     let work = dir.path();
-    let (id_a, id_b, hosting) = two_businesses_hosted(work);
+    let (id_a, id_b, hosting, one) = two_businesses_held(work);
     let both = std::fs::read(&hosting).expect("hosting file");
-    let first = tempfile::tempdir().expect("tempdir");
-    let (one, _, _) =
-        server::spawn_hosting(first, &hosting, &[]).hosting(2, Duration::from_secs(120));
-    let m = tempfile::tempdir().expect("tempdir");
-    for f in ["server.crt", "server.key"] {
-        std::fs::copy(one.cert.with_file_name(f), m.path().join(f)).expect("copy");
-    }
-    let mut two = server::spawn_hosting(m, &hosting, &["--standby"]);
+    let mut two = server::spawn_hosting(another_machine(&one), &hosting, &["--standby"]);
     let standing = two.hosting_standing_by(2, Duration::from_secs(120));
     let (a, b) = (
         one.view(&base_of(&standing, &id_a)),
@@ -1415,8 +1409,5 @@ fn a_vault_taken_out_of_a_standbys_file_as_the_holder_dies_is_not_taken_over_unt
         kept_b,
         "B: its record"
     );
-    for v in [&a, &b_again] {
-        let verify = v.call("GET", "/v1/audit/verify", Some(&v.token("auditor")), None);
-        assert_eq!(verify.json()["ok"], true, "{}", verify.text);
-    }
+    trails_verify(&[&a, &b_again]);
 }

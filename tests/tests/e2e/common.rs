@@ -126,33 +126,20 @@ impl Fixture {
     /// (no checkpoint, no event sent again), runs `between` (what else the
     /// failure did), and opens it again with the same clock.
     pub fn reopen_after_crash(self, between: impl FnOnce()) -> Fixture {
-        let Fixture {
-            vault,
-            dir,
-            clock,
-            admin,
-            officer,
-            clerk,
-            auditor,
-            contractor,
-        } = self;
-        drop(vault);
-        between();
-        let vault = open_vault(&dir, &clock);
-        Fixture {
-            vault,
-            dir,
-            clock,
-            admin,
-            officer,
-            clerk,
-            auditor,
-            contractor,
-        }
+        self.reopened_after(|vault| {
+            drop(vault);
+            between();
+        })
     }
 
     /// Closes the vault and opens it again with the same clock.
     pub fn reopen(self) -> Fixture {
+        self.reopened_after(|vault| vault.close().expect("close"))
+    }
+
+    /// Ends the vault with `end` and opens it again with the same clock,
+    /// the sessions kept.
+    fn reopened_after(self, end: impl FnOnce(Vault)) -> Fixture {
         let Fixture {
             vault,
             dir,
@@ -163,7 +150,7 @@ impl Fixture {
             auditor,
             contractor,
         } = self;
-        vault.close().expect("close");
+        end(vault);
         let vault = open_vault(&dir, &clock);
         Fixture {
             vault,

@@ -682,18 +682,7 @@ fn an_update_whose_event_was_lost_after_its_old_key_went_is_kept_not_lost() {
     );
     let st = fx.vault.maintenance_status().unwrap();
     assert_eq!((st.journal_entries, st.orphan_keys), (0, 0), "{st:?}");
-    let events = |prefix: &str| {
-        fx.vault
-            .audit_events(
-                &fx.auditor,
-                &vault_core::audit::EventFilter {
-                    action_prefix: Some(prefix.into()),
-                    ..Default::default()
-                },
-            )
-            .unwrap()
-    };
-    let recovered: Vec<_> = events("record.update")
+    let recovered: Vec<_> = events(&fx, "record.update")
         .into_iter()
         .filter(|e| e.targets.first() == Some(&updated.to_string()))
         .collect();
@@ -705,7 +694,7 @@ fn an_update_whose_event_was_lost_after_its_old_key_went_is_kept_not_lost() {
             vec!["version:2".to_string(), "recovered:journal".into()]
         )
     );
-    let reconciled = events("journal.reconcile");
+    let reconciled = events(&fx, "journal.reconcile");
     assert_eq!(
         reconciled.last().map(|e| e.targets.clone()),
         Some(vec![
@@ -717,12 +706,13 @@ fn an_update_whose_event_was_lost_after_its_old_key_went_is_kept_not_lost() {
     assert!(fx.vault.audit_verify(&fx.auditor).unwrap().ok());
     // Reopened again: nothing left to reconcile, the update still stands.
     let fx = fx.reopen();
-    assert_eq!(events_len(&fx, "journal.reconcile"), reconciled.len());
+    assert_eq!(events(&fx, "journal.reconcile").len(), reconciled.len());
     let r = fx.vault.get_record(&fx.clerk, updated, &[], None).unwrap();
     assert_eq!(r.meta.version, 2);
 }
 
-fn events_len(fx: &Fixture, prefix: &str) -> usize {
+/// The vault's audit events whose action starts with `prefix`.
+fn events(fx: &Fixture, prefix: &str) -> Vec<vault_core::audit::AuditEvent> {
     fx.vault
         .audit_events(
             &fx.auditor,
@@ -732,7 +722,6 @@ fn events_len(fx: &Fixture, prefix: &str) -> usize {
             },
         )
         .unwrap()
-        .len()
 }
 
 /// A put whose key and row are both refused (most likely an outage of both
@@ -1024,16 +1013,7 @@ fn a_vaults_role_cannot_test_guesses_against_another_vaults_audit_trail() {
         "0",
         "the superuser's whole scan finds A's line"
     );
-    let mut role_b = vault_core::keystore::provider::connect_primary(&common::cluster_records())
-        .expect("vault B's role");
-    let refused = role_b
-        .simple_query(&whole)
-        .expect_err("the whole scan refused");
-    assert_eq!(
-        refused.code(),
-        Some(&postgres::error::SqlState::INSUFFICIENT_PRIVILEGE),
-        "{refused}"
-    );
+    let mut role_b = crate::cluster::whole_scan_refused(&common::cluster_records(), &whole);
     let b_scan = in_tables(&format!(
         "pivault_verify.scan_vault({needle}, '{}', NULL::text[], NULL::text)",
         records_schema(&b.vault)
