@@ -90,8 +90,8 @@ REVOKE ALL ON FUNCTION pivault_verify.walk(bytea[], jsonb, text) FROM PUBLIC;
 -- indexes) are not read: a row of `vault` never reaches them (no other
 -- role can read it), and reading them made every vault's disposal pay for
 -- the bytes of every vault on the cluster; another role's schema is
--- skipped even when named as `vault` (but by the superuser). Nor are the audit trails'
--- (`pivault_audit`, every vault's lines in one table): a vault's events
+-- skipped even when named as `vault` (but by the superuser). Nor are the
+-- audit trails' (`pivault_audit`, every vault's lines in one table): a vault's events
 -- are IDs, never a value, a tag or a key, and a scan that read them
 -- answered any vault's role whether chosen bytes were in another vault's
 -- trail (its event count, a line grown byte by byte); the table also grew
@@ -105,8 +105,8 @@ REVOKE ALL ON FUNCTION pivault_verify.walk(bytea[], jsonb, text) FROM PUBLIC;
 -- read: this vault's relations, the catalogs, the WAL, temporary files,
 -- logs, and any file no relation names (an old relation file the purge did
 -- not remove). The WAL holds every vault's recent writes (trail lines
--- too), so the scan still answers for them, over the few segments a purge
--- leaves (ARCHITECTURE.md, "What a vault's role can learn").
+-- too), so the scan still answers for them, over every segment a member
+-- keeps (ARCHITECTURE.md, "What a vault's role can learn").
 --
 -- `tables` (NULL: all) narrows further, as the embedded engine's scan
 -- skips the live table files of other column families and of ranges that
