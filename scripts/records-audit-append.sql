@@ -23,6 +23,61 @@
 -- the two were 0.17 of the append's 0.26 ms in the database (benches/README,
 -- run 20). `own_trail` is now called only for a trail not yet claimed or
 -- claimed by another role, which it refuses.
+-- A trail's owner is its role's OID as well as its name: a role dropped
+-- and made again under the same name (the provider's operator makes `pvr_`
+-- roles, and a deleted vault's role is dropped) is another role, and gets
+-- neither the trail's next numbers nor its lines. A trail claimed before
+-- the column existed takes the OID its owner's name has when this runs.
+ALTER TABLE pivault_audit.trails ADD COLUMN IF NOT EXISTS owner_oid oid;
+UPDATE pivault_audit.trails t SET owner_oid = r.oid FROM pg_roles r
+ WHERE t.owner_oid IS NULL AND r.rolname = t.owner;
+
+-- The trail of vault `v`, locked, claimed for the caller when new; refused
+-- to any role but its owner.
+CREATE OR REPLACE FUNCTION pivault_audit.own_trail(v uuid) RETURNS pivault_audit.trails
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  t pivault_audit.trails;
+  me oid := (SELECT r.oid FROM pg_roles r WHERE r.rolname = session_user);
+BEGIN
+  SELECT * INTO t FROM pivault_audit.trails WHERE vault = v FOR UPDATE;
+  IF NOT FOUND THEN
+    IF NOT EXISTS (SELECT 1 FROM pg_namespace n
+                   WHERE n.nspname = 'pr_' || replace(v::text, '-', '')
+                     AND n.nspowner = me) THEN
+      RAISE EXCEPTION 'the audit trail of a vault whose records this role does not hold'
+        USING ERRCODE = '42501';
+    END IF;
+    INSERT INTO pivault_audit.trails (vault, owner, owner_oid) VALUES (v, session_user, me)
+      ON CONFLICT DO NOTHING;
+    SELECT * INTO t FROM pivault_audit.trails WHERE vault = v FOR UPDATE;
+  END IF;
+  IF t.owner <> session_user OR t.owner_oid IS DISTINCT FROM me THEN
+    RAISE EXCEPTION 'the audit trail of another role''s vault' USING ERRCODE = '42501';
+  END IF;
+  RETURN t;
+END
+$$;
+REVOKE ALL ON FUNCTION pivault_audit.own_trail(uuid) FROM PUBLIC;
+
+-- Refuses a reader whose trail `v` is not (a trail not yet written has
+-- nothing to show).
+CREATE OR REPLACE FUNCTION pivault_audit.may_read(v uuid) RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+  IF EXISTS (SELECT 1 FROM pivault_audit.trails t WHERE t.vault = v
+               AND (t.owner <> session_user OR t.owner_oid IS DISTINCT FROM
+                    (SELECT r.oid FROM pg_roles r WHERE r.rolname = session_user))) THEN
+    RAISE EXCEPTION 'the audit trail of another role''s vault' USING ERRCODE = '42501';
+  END IF;
+END
+$$;
+REVOKE ALL ON FUNCTION pivault_audit.may_read(uuid) FROM PUBLIC;
+
 CREATE OR REPLACE FUNCTION pivault_audit.append(v uuid, first_seq bigint, lines bytea[])
 RETURNS bigint
 LANGUAGE plpgsql SECURITY DEFINER
@@ -36,7 +91,8 @@ DECLARE
   prev bytea;
 BEGIN
   SELECT * INTO t FROM pivault_audit.trails WHERE vault = v FOR UPDATE;
-  IF NOT FOUND OR t.owner <> session_user THEN
+  IF NOT FOUND OR t.owner <> session_user
+     OR t.owner_oid IS DISTINCT FROM (SELECT r.oid FROM pg_roles r WHERE r.rolname = session_user) THEN
     t := pivault_audit.own_trail(v);
   END IF;
   FOREACH l IN ARRAY lines LOOP

@@ -27,38 +27,10 @@ CREATE TABLE pivault_audit.checkpoints (
   vault uuid NOT NULL, seq bigint NOT NULL, line bytea NOT NULL, PRIMARY KEY (vault, seq));
 REVOKE ALL ON ALL TABLES IN SCHEMA pivault_audit FROM PUBLIC;
 
--- The trail of vault `v`, locked, claimed for the caller when new; refused
--- to any role but its owner.
-CREATE FUNCTION pivault_audit.own_trail(v uuid) RETURNS pivault_audit.trails
-LANGUAGE plpgsql SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-  t pivault_audit.trails;
-BEGIN
-  SELECT * INTO t FROM pivault_audit.trails WHERE vault = v FOR UPDATE;
-  IF NOT FOUND THEN
-    IF NOT EXISTS (SELECT 1 FROM pg_namespace n JOIN pg_roles r ON r.oid = n.nspowner
-                   WHERE n.nspname = 'pr_' || replace(v::text, '-', '')
-                     AND r.rolname = session_user) THEN
-      RAISE EXCEPTION 'the audit trail of a vault whose records this role does not hold'
-        USING ERRCODE = '42501';
-    END IF;
-    INSERT INTO pivault_audit.trails (vault, owner) VALUES (v, session_user)
-      ON CONFLICT DO NOTHING;
-    SELECT * INTO t FROM pivault_audit.trails WHERE vault = v FOR UPDATE;
-  END IF;
-  IF t.owner <> session_user THEN
-    RAISE EXCEPTION 'the audit trail of another role''s vault' USING ERRCODE = '42501';
-  END IF;
-  RETURN t;
-END
-$$;
-REVOKE ALL ON FUNCTION pivault_audit.own_trail(uuid) FROM PUBLIC;
-
--- Appending an event (`pivault_audit.append`): a separate file, replaced
--- if there, so a cluster set up by an earlier build gets the current one
--- with `psql -d pivault_records -f scripts/records-audit-append.sql`.
+-- Appending an event (`pivault_audit.append`), with who owns a trail
+-- (`own_trail`, `may_read`): a separate file, replaced if there, so a
+-- cluster set up by an earlier build gets the current one with
+-- `psql -d pivault_records -f scripts/records-audit-append.sql`.
 \ir records-audit-append.sql
 
 -- Adds a checkpoint at event `s`: after the last one, of an event already
@@ -107,20 +79,6 @@ END
 $$;
 REVOKE ALL ON FUNCTION pivault_audit.add_checkpoint(uuid, bigint, bytea) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION pivault_audit.add_checkpoint(uuid, bigint, bytea) TO pivault_vaults;
-
--- Refuses a reader whose trail `v` is not (a trail not yet written has
--- nothing to show).
-CREATE FUNCTION pivault_audit.may_read(v uuid) RETURNS void
-LANGUAGE plpgsql SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
-AS $$
-BEGIN
-  IF EXISTS (SELECT 1 FROM pivault_audit.trails t WHERE t.vault = v AND t.owner <> session_user) THEN
-    RAISE EXCEPTION 'the audit trail of another role''s vault' USING ERRCODE = '42501';
-  END IF;
-END
-$$;
-REVOKE ALL ON FUNCTION pivault_audit.may_read(uuid) FROM PUBLIC;
 
 -- The caller's own trail, read back: events `from_seq` to `to_seq`, and
 -- every checkpoint.

@@ -188,6 +188,81 @@ fn only_a_records_events_are_committed_lazily() {
     }
 }
 
+/// A trail belongs to its role, not to the role's name: a vault's role
+/// dropped (a deleted vault's) and made again under the same name (the
+/// provider's operator makes `pvr_` roles, and can give one a password it
+/// knows) with the vault's records schema again, neither reads the old
+/// trail nor takes its next number, nor opens it.
+#[test]
+fn a_role_made_again_under_a_trails_owners_name_is_not_its_owner() {
+    let _one = serial();
+    let c = cluster();
+    let primary = primary_member(&c);
+    let su = |q: &str| psql_in(&primary, "pivault_records", q).expect("the superuser's SQL");
+    let vault = VaultId::new();
+    let v = hex::encode(vault.as_bytes());
+    let mut suffix = [0u8; 10];
+    vault_core::crypto::fill_random(&mut suffix);
+    let role = format!("pvr_{}", hex::encode(suffix));
+    let tmp = tempfile::tempdir().unwrap();
+    // The role, with a password of the test's, and the vault's schema.
+    let make = |pw: &str| {
+        su(&format!(
+            "CREATE ROLE {role} LOGIN PASSWORD '{pw}' IN ROLE pivault_vaults; \
+             CREATE SCHEMA pr_{v} AUTHORIZATION {role}"
+        ));
+        let file = tmp.path().join(format!("{pw}.pw"));
+        crate::cli::write_private(&file, pw.as_bytes());
+        PgConfig {
+            user: role.clone(),
+            password_file: file,
+            ..common::cluster_records()
+        }
+    };
+    let drop_role = || {
+        su(&format!(
+            "DROP SCHEMA IF EXISTS pr_{v} CASCADE; DROP OWNED BY {role}; DROP ROLE {role}"
+        ))
+    };
+    let first = make("first-Role-pw-81");
+    let key = signing_key();
+    let dir = tmp.path().join("audit");
+    {
+        let mut log = open(&first, vault, &dir, &key);
+        log.append(event(0, 0)).unwrap();
+        log.append(event(0, 1)).unwrap();
+    }
+    drop_role();
+    let again = make("again-Role-pw-82");
+    let mut c = provider::connect_primary(&again).unwrap();
+    for sql in [
+        format!("SELECT * FROM pivault_audit.events('{v}', 1, 10)"),
+        format!("SELECT * FROM pivault_audit.last_event('{v}')"),
+        format!("SELECT pivault_audit.append('{v}', 3, ARRAY['\\x00'::bytea])"),
+    ] {
+        let e = c.simple_query(&sql).expect_err(&sql);
+        assert_eq!(
+            e.code(),
+            Some(&postgres::error::SqlState::INSUFFICIENT_PRIVILEGE),
+            "{sql}: {e}"
+        );
+    }
+    assert!(
+        AuditLog::open_on_cluster(again.clone(), vault, &tmp.path().join("again"), key, true)
+            .is_err(),
+        "the trail opened for the role made again"
+    );
+    drop(c);
+    drop_role();
+    // The trail is as it was: two events.
+    assert_eq!(
+        su(&format!(
+            "SELECT count(*) FROM pivault_audit.events WHERE vault = '{v}'"
+        )),
+        "2"
+    );
+}
+
 /// A vault whose records went to the cluster with an earlier build kept
 /// its trail in files: at open the trail moves onto the cluster whole (the
 /// same bytes, so the chain and its checkpoints still verify), the
