@@ -12,7 +12,8 @@
 -- trail cannot both take a sequence number: the trail's row is locked and
 -- its head checked in the database. A trail belongs to the role that owns
 -- the vault's records schema `pr_<vault id>` when the trail is first
--- written, and stays that role's.
+-- written, and stays that role's (by its OID: one made again under the
+-- same name is another role).
 CREATE SCHEMA pivault_audit;
 REVOKE ALL ON SCHEMA pivault_audit FROM PUBLIC;
 GRANT USAGE ON SCHEMA pivault_audit TO pivault_vaults;
