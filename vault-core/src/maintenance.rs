@@ -237,39 +237,41 @@ impl Vault {
             };
             let row = self.store.record(id)?;
             let forward = !audited.contains(&key) && self.old_key_gone(id, &e)?;
-            let live = row
-                .as_ref()
-                .is_some_and(|r| r.state == RecordState::Live && r.version == e.version);
-            if forward && live {
-                // The update's event was acknowledged and lost (a trail
-                // line without its fsync lost with the machine, or a lazy
-                // commit with a failed-over primary and the process, where
-                // the trail and the keys are on separate WAL streams): its
-                // old key is destroyed only after the event's append
-                // returned, so rolling back would bring back a row nothing
-                // can read, losing the record whole. The change stays, and
-                // its event is written now, by the system, saying so; no
-                // earlier than the entry, so that the next reconciliation,
-                // reading events from the entry's time, finds it.
-                let mut ev = self.new_event(
-                    None,
-                    &system_ctx(),
-                    "record.update",
-                    vec![
-                        id.to_string(),
-                        format!("version:{}", e.version),
-                        "recovered:journal".into(),
-                    ],
-                    Ok(()),
-                    None,
-                );
-                ev.time_ms = ev.time_ms.max(e.time_ms);
-                self.append_event(ev)?;
-                report.rolled_forward += 1;
-            }
-            // (Forward with no live row at that version: the row has moved
-            // on, nothing to put back and no change to record; the entry goes.)
             if forward || audited.contains(&key) {
+                let live = row
+                    .as_ref()
+                    .is_some_and(|r| r.state == RecordState::Live && r.version == e.version);
+                if forward && live {
+                    // The update's event was acknowledged and lost (a trail
+                    // line without its fsync lost with the machine, or a lazy
+                    // commit with a failed-over primary and the process, where
+                    // the trail and the keys are on separate WAL streams): its
+                    // old key is destroyed only after the event's append
+                    // returned, so rolling back would bring back a row nothing
+                    // can read, losing the record whole. The change stays, and
+                    // its event is written now, by the system, saying so; no
+                    // earlier than the entry, so that the next reconciliation,
+                    // reading events from the entry's time, finds it. (With no
+                    // live row at that version the row has moved on: nothing to
+                    // put back and no change to record; the entry goes.)
+                    let mut ev = self.new_event(
+                        None,
+                        &system_ctx(),
+                        "record.update",
+                        vec![
+                            id.to_string(),
+                            format!("version:{}", e.version),
+                            "recovered:journal".into(),
+                        ],
+                        Ok(()),
+                        None,
+                    );
+                    ev.time_ms = ev.time_ms.max(e.time_ms);
+                    self.append_event(ev)?;
+                    report.rolled_forward += 1;
+                } else {
+                    report.kept += 1;
+                }
                 // Kept: an update's older keys go now.
                 if let Some(row) = &row {
                     for (v, _) in self.keystore.record_keys(row.subject, id)? {
@@ -280,7 +282,6 @@ impl Vault {
                     self.mark_dirty(self.keystore.bucket_of(row.subject))?;
                 }
                 self.store.delete(store::CF_JOURNAL, id.as_bytes())?;
-                report.kept += u64::from(!(forward && live));
             } else if e.is_update() {
                 let old = RecordRow::decode(&e.old_row)?;
                 let mut ops = vec![(store::CF_JOURNAL, id.as_bytes().to_vec(), None)];

@@ -1108,13 +1108,7 @@ fn a_second_hosting_process_stands_by_for_every_vault_and_takes_them_over_when_t
     // The second machine hangs past the lease: the first takes both vaults
     // over. Running again, the second finds them taken, and instead of
     // ending it stands by for each again, forwarding to the first.
-    let signal = |pid: u32, sig: &str| {
-        let ok = Command::new("kill")
-            .args([sig, &pid.to_string()])
-            .status()
-            .expect("kill");
-        assert!(ok.success(), "kill {sig} {pid}");
-    };
+    let signal = crate::server_standby::signal;
     signal(two.pid(), "-STOP");
     let (again, _, _) = again.hosting(2, Duration::from_secs(120));
     signal(two.pid(), "-CONT");
@@ -1347,13 +1341,7 @@ fn a_vault_taken_out_of_a_standbys_file_as_the_holder_dies_is_not_taken_over_unt
     let (pid_two, pid_one) = (two.pid(), one.pid());
     std::thread::scope(|s| {
         for (sig, pid) in [("-HUP", pid_two), ("-KILL", pid_one)] {
-            s.spawn(move || {
-                let ok = Command::new("kill")
-                    .args([sig, &pid.to_string()])
-                    .status()
-                    .expect("kill");
-                assert!(ok.success(), "kill {sig}");
-            });
+            s.spawn(move || crate::server_standby::signal(pid, sig));
         }
     });
     let (_, _first_dir) = one.kill();
@@ -1393,11 +1381,7 @@ fn a_vault_taken_out_of_a_standbys_file_as_the_holder_dies_is_not_taken_over_unt
 
     // B put back: taken over (it is free) and served, with its record.
     std::fs::write(&hosting, &both).expect("hosting file");
-    let ok = Command::new("kill")
-        .args(["-HUP", &two.pid().to_string()])
-        .status()
-        .expect("kill");
-    assert!(ok.success(), "kill -HUP");
+    crate::server_standby::signal(two.pid(), "-HUP");
     let line = two.wait_line(
         &format!("vault {id_b} ({}) listening on https://", vault_b.display()),
         Duration::from_secs(60),

@@ -109,7 +109,8 @@ fn copy_machine(vault: &Path) -> (tempfile::TempDir, PathBuf) {
     (machine, to)
 }
 
-fn signal(pid: u32, sig: &str) {
+/// Sends `sig` (`-KILL`, `-STOP`, `-HUP`, …) to process `pid`.
+pub(crate) fn signal(pid: u32, sig: &str) {
     let ok = Command::new("kill")
         .args([sig, &pid.to_string()])
         .status()
