@@ -1,4 +1,5 @@
--- The verification scan narrowed to one vault (run by the superuser in
+-- The verification scan narrowed to one vault, and the purge's last resort
+-- against another vault's old transaction (run by the superuser in
 -- `pivault_keys` by keystore-cluster.sql, before `pivault_records` is
 -- copied from it; on a cluster set up by an earlier build, run it in both
 -- databases: `psql -d pivault_keys -f scripts/verify-scan-vault.sql`, then
@@ -183,3 +184,54 @@ BEGIN
   END IF;
 END
 $$;
+
+-- A purge's last resort against another vault's old transaction (its
+-- keystore, its records and every other vault's share this database,
+-- where one session's snapshot or transaction ID holds back what
+-- VACUUM FULL may drop from every table: a holder of one vault's
+-- credentials, who can always `SET` its role's timeouts away, could keep
+-- every other vault's disposals from certifying). The calling vault's
+-- role may end backend `pid` only when it is another vault role's (a
+-- member of `pivault_vaults`, not the caller's own role, not a superuser)
+-- in this database, holding back the horizon (a snapshot or a
+-- transaction ID) in a transaction open for 30 s or more
+-- (`STRANGER_SNAPSHOT_LIMIT` in vault_core::keystore::postgres; pivault's
+-- own statements take under a second, its scans seconds). The vault's own
+-- sessions (the held-snapshot negative control), the superuser's and the
+-- provider's (a dump whose snapshot holds the key must block the
+-- certificate) are never ended. Answers 'ended', or why not. Ending is
+-- logged in the server log, for the provider.
+CREATE OR REPLACE FUNCTION pivault_verify.end_stranger_snapshot(pid integer) RETURNS text
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  b record;
+BEGIN
+  SELECT a.usesysid, a.backend_xmin, a.backend_xid, a.xact_start, r.rolsuper, r.rolname
+    INTO b
+    FROM pg_stat_activity a JOIN pg_roles r ON r.oid = a.usesysid
+   WHERE a.pid = end_stranger_snapshot.pid AND a.datname = current_database();
+  IF NOT FOUND THEN
+    RETURN 'no such session in this database';
+  ELSIF b.rolsuper THEN
+    RETURN 'a superuser''s';
+  ELSIF b.rolname = session_user THEN
+    RETURN 'the caller''s own role''s';
+  ELSIF NOT pg_has_role(b.usesysid, 'pivault_vaults', 'MEMBER') THEN
+    RETURN 'not a vault role''s';
+  ELSIF b.backend_xmin IS NULL AND b.backend_xid IS NULL THEN
+    RETURN 'holds nothing back';
+  ELSIF b.xact_start IS NULL OR b.xact_start > clock_timestamp() - interval '30 seconds' THEN
+    RETURN 'open under 30 s';
+  END IF;
+  RAISE LOG 'pivault: ending backend % of role % (transaction open since %) for a purge by role %',
+    pid, b.rolname, b.xact_start, session_user;
+  IF pg_terminate_backend(pid, 5000) THEN
+    RETURN 'ended';
+  END IF;
+  RETURN 'not ended within 5 s';
+END
+$$;
+REVOKE ALL ON FUNCTION pivault_verify.end_stranger_snapshot(integer) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION pivault_verify.end_stranger_snapshot(integer) TO pivault_vaults;

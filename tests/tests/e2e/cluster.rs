@@ -346,6 +346,143 @@ fn skipping_the_wal_rounds_blocks_the_certificate() {
     );
 }
 
+/// A connection as `cfg`'s role holding back the purge's horizon in an
+/// open transaction, and its backend: with a REPEATABLE READ snapshot
+/// (`sql` None), or as `sql` leaves it (a transaction ID taken under READ
+/// COMMITTED holds back as much, with no snapshot). What a holder of
+/// another vault's credentials can always do: any timeout its role
+/// carries, a session may `SET` away.
+fn transaction_held(cfg: &PgConfig, sql: Option<&str>) -> (postgres::Client, i32) {
+    let mut c = vault_core::keystore::provider::connect_primary(cfg).expect("a connection");
+    // The backend first: a later statement of the transaction would take
+    // a snapshot of its own.
+    let pid = c.query_one("SELECT pg_backend_pid()", &[]).unwrap().get(0);
+    c.batch_execute("SET idle_in_transaction_session_timeout = 0")
+        .unwrap();
+    c.batch_execute(sql.unwrap_or("BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT 1"))
+        .unwrap();
+    (c, pid)
+}
+
+/// Many businesses' keystores share one database, where one session's
+/// snapshot or transaction ID holds back what `VACUUM FULL` may drop from
+/// every table. A holder of another vault's credentials who keeps a
+/// transaction open could so keep every other vault's disposals from ever
+/// certifying. Such a transaction is waited for until it has been open
+/// 30 s, then its session is ended and the disposal certifies, saying so
+/// in the primary's evidence. Only that: a younger transaction of another
+/// vault, one of the vault's own role (the negative control) and the
+/// superuser's are never ended; one in another database does not hold
+/// back this database's purge and is not waited for.
+#[test]
+fn another_vaults_transaction_held_past_the_limit_is_ended_and_the_disposal_certifies() {
+    let _one = serial();
+    let c = cluster();
+    let primary = primary_member(&c);
+    let su = |q: &str| psql_in(&primary, "pivault_keys", q).expect("the superuser's SQL");
+    let tmp = tempfile::tempdir().unwrap();
+    // Keys on the cluster, records embedded: only `pivault_keys` is purged.
+    let fx = common::fast_vault_with(&tmp.path().join("vault"), Some(c.config()), None);
+    let recs = put_records(&fx, 2);
+    let mut suffix = [0u8; 10];
+    vault_core::crypto::fill_random(&mut suffix);
+    let role = format!("pvr_{}", hex::encode(suffix));
+    su(&format!(
+        "CREATE ROLE {role} LOGIN PASSWORD 'other-Vault-pw-57' IN ROLE pivault_vaults"
+    ));
+    let file = tmp.path().join("other.pw");
+    crate::cli::write_private(&file, b"other-Vault-pw-57");
+    let other = PgConfig {
+        user: role.clone(),
+        password_file: file,
+        ..c.config()
+    };
+    let (mut snapshot, _) = transaction_held(&other, None);
+    let (mut xid, _) = transaction_held(&other, Some("BEGIN; SELECT txid_current()"));
+    // The vault's own role, in the records database: not this purge's.
+    let (mut elsewhere, _) = transaction_held(&common::cluster_records(), None);
+    let started = std::time::Instant::now();
+    let cert = certificate_id(
+        fx.vault
+            .dispose(&fx.officer, &request(DisposalScope::Subject(recs[0].0)))
+            .expect("another vault's transaction keeps no disposal from certifying"),
+    );
+    let took = started.elapsed();
+    for (what, s) in [("snapshot", &mut snapshot), ("transaction ID", &mut xid)] {
+        assert!(
+            s.simple_query("SELECT 1").is_err(),
+            "the other vault's session holding a {what} is ended"
+        );
+    }
+    assert!(
+        elsewhere.simple_query("SELECT 1").is_ok(),
+        "a transaction in another database is left alone"
+    );
+    // Not ended before it was 30 s old.
+    assert!(took >= std::time::Duration::from_secs(29), "{took:?}");
+    let doc = fx.vault.certificate(&fx.auditor, cert).unwrap();
+    let purge = doc.body["sanitization"]["details"]["keystore_purge"].clone();
+    let members = purge["members"].as_array().expect("members");
+    assert!(members.iter().all(|m| m["verified"] == true), "{purge}");
+    let said: Vec<&Value> = members
+        .iter()
+        .filter(|m| {
+            m["detail"]
+                .as_str()
+                .unwrap()
+                .contains("ended 2 transactions another vault's role held")
+        })
+        .collect();
+    assert_eq!(said.len(), 1, "the primary's evidence says so: {purge}");
+    assert_eq!(said[0]["role"], "primary", "{purge}");
+    assert_eq!(
+        c.files_holding(std::slice::from_ref(&recs[0].2)),
+        Vec::<PathBuf>::new()
+    );
+    fx.vault.get_record(&fx.clerk, recs[1].1, &[], None).unwrap();
+    drop(elsewhere);
+
+    // What a vault's role may end: nothing younger than the limit, not its
+    // own role's, not the superuser's, nothing in another database.
+    let superuser = PgConfig {
+        user: "postgres".into(),
+        password_file: std::env::var("PIVAULT_PG_SUPERUSER_PASSWORD_FILE")
+            .expect("superuser password file")
+            .into(),
+        ..c.config()
+    };
+    let other_records = PgConfig {
+        database: "pivault_records".into(),
+        ..other.clone()
+    };
+    let mut held = vec![
+        (transaction_held(&other, None), "open under 30 s"),
+        (transaction_held(&c.config(), None), "the caller's own role's"),
+        (transaction_held(&superuser, None), "a superuser's"),
+        (
+            transaction_held(&other_records, None),
+            "no such session in this database",
+        ),
+    ];
+    let mut mine = vault_core::keystore::provider::connect_primary(&c.config()).unwrap();
+    let end = |mine: &mut postgres::Client, pid: i32| -> String {
+        mine.query_one("SELECT pivault_verify.end_stranger_snapshot($1)", &[&pid])
+            .unwrap()
+            .get(0)
+    };
+    assert_eq!(end(&mut mine, 0), "no such session in this database");
+    for ((_, pid), why) in &held {
+        assert_eq!(end(&mut mine, *pid), *why, "backend {pid}");
+    }
+    for ((h, pid), _) in held.iter_mut() {
+        assert!(h.simple_query("SELECT 1").is_ok(), "backend {pid} lives");
+    }
+    drop(held);
+    drop(mine);
+    fx.vault.close().unwrap();
+    su(&format!("DROP ROLE {role}"));
+}
+
 #[test]
 fn writes_racing_disposals_on_the_cluster_lose_nothing_and_every_certificate_holds() {
     let _one = serial();

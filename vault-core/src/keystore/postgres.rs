@@ -342,6 +342,10 @@ const PARTITIONS: u32 = 16;
 
 /// How long the purge waits for an old snapshot to end before reporting it.
 const SNAPSHOT_PATIENCE: Duration = Duration::from_secs(10);
+/// How long another vault's role may hold back a purge's horizon before
+/// the purge ends its session (as `pivault_verify.end_stranger_snapshot`
+/// in scripts/verify-scan-vault.sql checks; change both together).
+const STRANGER_SNAPSHOT_LIMIT: Duration = Duration::from_secs(30);
 /// How long it waits for a standby to replay the primary's checkpoint.
 const REPLAY_PATIENCE: Duration = Duration::from_secs(20);
 /// How long an operation waits for a primary during a failover.
@@ -881,28 +885,102 @@ fn segments_at_or_before(c: &mut Client, segment: &str) -> Result<Vec<String>> {
 /// What on the primary could keep a row deleted before `horizon` (an xid)
 /// from being removed: a session's snapshot, a standby's feedback, a
 /// replication slot, a prepared transaction.
-fn blockers(c: &mut Client, horizon: &str) -> Result<Vec<String>> {
+fn blockers(c: &mut Client, horizon: &str) -> Result<Vec<Blocker>> {
+    // A session holds the horizon back in its own database only (a
+    // relation that is not shared keeps what that database's transactions
+    // may still see), by its snapshot or by a transaction ID it took;
+    // standby feedback, slots and prepared transactions everywhere.
     let rows = c
         .query(
-            "SELECT 'open snapshot of backend ' || pid::text || ' (' || coalesce(application_name, '') || ')'
-               FROM pg_stat_activity
-              WHERE backend_xmin IS NOT NULL AND pid <> pg_backend_pid()
-                AND age(backend_xmin) >= age($1::text::xid)
+            "SELECT 'open snapshot of backend ' || a.pid::text || ' (' || coalesce(a.application_name, '') || ')',
+                    a.pid,
+                    coalesce(NOT r.rolsuper AND a.usename <> session_user
+                             AND pg_has_role(a.usesysid, 'pivault_vaults', 'MEMBER'), false)
+               FROM pg_stat_activity a LEFT JOIN pg_roles r ON r.oid = a.usesysid
+              WHERE a.pid <> pg_backend_pid() AND a.datname = current_database()
+                AND ((a.backend_xmin IS NOT NULL AND age(a.backend_xmin) >= age($1::text::xid))
+                  OR (a.backend_xid IS NOT NULL AND age(a.backend_xid) >= age($1::text::xid)))
              UNION ALL
-             SELECT 'standby feedback from ' || coalesce(client_addr::text, 'local') || ':' || coalesce(client_port::text, '')
+             SELECT 'standby feedback from ' || coalesce(client_addr::text, 'local') || ':' || coalesce(client_port::text, ''),
+                    NULL, false
                FROM pg_stat_replication
               WHERE backend_xmin IS NOT NULL AND age(backend_xmin) >= age($1::text::xid)
              UNION ALL
-             SELECT 'replication slot ' || slot_name || ' holds xmin'
+             SELECT 'replication slot ' || slot_name || ' holds xmin', NULL, false
                FROM pg_replication_slots
               WHERE (xmin IS NOT NULL AND age(xmin) >= age($1::text::xid))
                  OR (catalog_xmin IS NOT NULL AND slot_type = 'logical')
              UNION ALL
-             SELECT 'prepared transaction ' || gid FROM pg_prepared_xacts",
+             SELECT 'prepared transaction ' || gid, NULL, false FROM pg_prepared_xacts",
             &[&horizon],
         )
         .map_err(pg)?;
-    Ok(rows.iter().map(|r| r.get(0)).collect())
+    Ok(rows
+        .iter()
+        .map(|r| Blocker {
+            what: r.get(0),
+            pid: r.get(1),
+            stranger: r.get(2),
+        })
+        .collect())
+}
+
+/// What holds back the purge's horizon.
+struct Blocker {
+    what: String,
+    /// The session's backend, when it is one.
+    pid: Option<i32>,
+    /// Another vault role's session, which the purge may end once its
+    /// transaction has been open [`STRANGER_SNAPSHOT_LIMIT`].
+    stranger: bool,
+}
+
+/// What the purge's wait for old transactions left, and what it ended.
+#[derive(Default)]
+struct Waited {
+    /// Blockers still there (each also in the residue).
+    left: Vec<String>,
+    /// Other vaults' sessions ended.
+    ended: u64,
+}
+
+/// Waits for the transactions that hold back `horizon` to end: the
+/// vault's own and the provider's for [`SNAPSHOT_PATIENCE`]; when only
+/// other vaults' roles' are left, until each has been open
+/// [`STRANGER_SNAPSHOT_LIMIT`], then ends it (`pivault_verify.
+/// end_stranger_snapshot`, which checks all of that itself), so that one
+/// vault cannot keep the others' disposals from certifying.
+fn wait_for_blockers(c: &mut Client, horizon: &str) -> Result<Waited> {
+    let start = Instant::now();
+    let mut waited = Waited::default();
+    // A cluster set up before the function existed: waited for, not ended.
+    let mut may_end = true;
+    loop {
+        let found = blockers(c, horizon)?;
+        let own = found.iter().any(|b| !b.stranger) || !may_end;
+        let patience = if own {
+            SNAPSHOT_PATIENCE
+        } else {
+            STRANGER_SNAPSHOT_LIMIT + Duration::from_secs(2)
+        };
+        if found.is_empty() || start.elapsed() >= patience {
+            waited.left = found.into_iter().map(|b| b.what).collect();
+            return Ok(waited);
+        }
+        if !own {
+            for pid in found.iter().filter_map(|b| b.pid) {
+                match c.query_one("SELECT pivault_verify.end_stranger_snapshot($1)", &[&pid]) {
+                    Ok(r) if r.get::<_, String>(0) == "ended" => waited.ended += 1,
+                    Ok(_) => {}
+                    Err(e) if e.code() == Some(&postgres::error::SqlState::UNDEFINED_FUNCTION) => {
+                        may_end = false;
+                    }
+                    Err(e) => return Err(pg(e)),
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 /// The negative control's snapshot: a REPEATABLE READ transaction on its
@@ -1034,12 +1112,7 @@ impl Conns {
             .query_one("SELECT (txid_current() % 4294967296)::text", &[])
             .map_err(pg)?
             .get(0);
-        let mut blockers = blockers(&mut primary, &horizon)?;
-        let deadline = Instant::now() + SNAPSHOT_PATIENCE;
-        while !blockers.is_empty() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(100));
-            blockers = self::blockers(&mut primary, &horizon)?;
-        }
+        let blockers = wait_for_blockers(&mut primary, &horizon)?;
         let mut residue = Vec::new();
         let (mut relations, mut replaced) = (relations.to_vec(), replaced.to_vec());
         if control != PurgeControl::Full && control != PurgeControl::SkipWalRounds {
@@ -1192,7 +1265,7 @@ impl Conns {
             &targets.files,
             Vec::new(),
             PurgeControl::Full,
-            Vec::new(),
+            Waited::default(),
         )
     }
 
@@ -1323,7 +1396,7 @@ impl Conns {
         before: &[String],
         mut residue: Vec<String>,
         control: PurgeControl,
-        blockers: Vec<String>,
+        blockers: Waited,
     ) -> Result<Purged> {
         for (r, old) in all.iter().zip(before) {
             // `None`: the relation was replaced (dropped), its file with it.
@@ -1422,6 +1495,15 @@ impl Conns {
                             .map_err(pg)?
                             .get(0);
                         format!(", replayed to {lag}")
+                    } else if blockers.ended > 0 {
+                        format!(
+                            "; ended {} another vault's role held open {} s or more",
+                            match blockers.ended {
+                                1 => "1 transaction".to_owned(),
+                                n => format!("{n} transactions"),
+                            },
+                            STRANGER_SNAPSHOT_LIMIT.as_secs()
+                        )
                     } else {
                         String::new()
                     };
@@ -1440,8 +1522,8 @@ impl Conns {
             };
             evidence_members.push(m);
         }
-        let snapshots = blockers.len() as u64;
-        residue.extend(blockers);
+        let snapshots = blockers.left.len() as u64;
+        residue.extend(blockers.left);
         self.give_back(primary);
         Ok(Purged {
             snapshots,
