@@ -439,7 +439,9 @@ fn another_vaults_transaction_held_past_the_limit_is_ended_and_the_disposal_cert
         c.files_holding(std::slice::from_ref(&recs[0].2)),
         Vec::<PathBuf>::new()
     );
-    fx.vault.get_record(&fx.clerk, recs[1].1, &[], None).unwrap();
+    fx.vault
+        .get_record(&fx.clerk, recs[1].1, &[], None)
+        .unwrap();
     drop(elsewhere);
 
     // What a vault's role may end: nothing younger than the limit, not its
@@ -457,7 +459,10 @@ fn another_vaults_transaction_held_past_the_limit_is_ended_and_the_disposal_cert
     };
     let mut held = vec![
         (transaction_held(&other, None), "open under 30 s"),
-        (transaction_held(&c.config(), None), "the caller's own role's"),
+        (
+            transaction_held(&c.config(), None),
+            "the caller's own role's",
+        ),
         (transaction_held(&superuser, None), "a superuser's"),
         (
             transaction_held(&other_records, None),
