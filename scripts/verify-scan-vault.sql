@@ -194,7 +194,8 @@ $$;
 -- role may end backend `pid` only when it is another vault role's (a
 -- member of `pivault_vaults`, not the caller's own role, not a superuser)
 -- in this database, holding back the horizon (a snapshot or a
--- transaction ID) in a transaction open for 30 s or more
+-- transaction ID) in a transaction open for 30 s or more, and not in a
+-- statement begun less than 30 s ago
 -- (`STRANGER_SNAPSHOT_LIMIT` in vault_core::keystore::postgres; pivault's
 -- own statements take under a second, its scans seconds). The vault's own
 -- sessions (the held-snapshot negative control), the superuser's and the
@@ -208,7 +209,8 @@ AS $$
 DECLARE
   b record;
 BEGIN
-  SELECT a.usesysid, a.backend_xmin, a.backend_xid, a.xact_start, r.rolsuper, r.rolname
+  SELECT a.usesysid, a.backend_xmin, a.backend_xid, a.xact_start, a.state, a.state_change,
+         r.rolsuper, r.rolname
     INTO b
     FROM pg_stat_activity a JOIN pg_roles r ON r.oid = a.usesysid
    WHERE a.pid = end_stranger_snapshot.pid AND a.datname = current_database();
@@ -224,6 +226,12 @@ BEGIN
     RETURN 'holds nothing back';
   ELSIF b.xact_start IS NULL OR b.xact_start > clock_timestamp() - interval '30 seconds' THEN
     RETURN 'open under 30 s';
+  ELSIF b.state = 'active' AND b.state_change > clock_timestamp() - interval '30 seconds' THEN
+    -- A statement's own snapshot, in a transaction that held nothing back
+    -- before it (a vault's lock, idle for its life, renewed by a statement
+    -- every few seconds); a transaction's snapshot or ID is caught between
+    -- its statements, a stream of statements by its state's age.
+    RETURN 'in a statement begun under 30 s ago';
   END IF;
   RAISE LOG 'pivault: ending backend % of role % (transaction open since %) for a purge by role %',
     pid, b.rolname, b.xact_start, session_user;

@@ -401,6 +401,9 @@ fn another_vaults_transaction_held_past_the_limit_is_ended_and_the_disposal_cert
     let (mut xid, _) = transaction_held(&other, Some("BEGIN; SELECT txid_current()"));
     // The vault's own role, in the records database: not this purge's.
     let (mut elsewhere, _) = transaction_held(&common::cluster_records(), None);
+    // Another vault's transaction that holds nothing back (as its records'
+    // lock does, idle for the vault's life).
+    let (lock, lock_pid) = transaction_held(&other, Some("BEGIN"));
     let started = std::time::Instant::now();
     let cert = certificate_id(
         fx.vault
@@ -443,6 +446,28 @@ fn another_vaults_transaction_held_past_the_limit_is_ended_and_the_disposal_cert
         .get_record(&fx.clerk, recs[1].1, &[], None)
         .unwrap();
     drop(elsewhere);
+    let mut mine = vault_core::keystore::provider::connect_primary(&c.config()).unwrap();
+    let end = |mine: &mut postgres::Client, pid: i32| -> String {
+        mine.query_one("SELECT pivault_verify.end_stranger_snapshot($1)", &[&pid])
+            .unwrap()
+            .get(0)
+    };
+    // That transaction, open over 30 s now, is not ended between its
+    // statements, nor for the snapshot of a statement it runs (the lock's
+    // renewal).
+    assert_eq!(end(&mut mine, lock_pid), "holds nothing back");
+    let renewal = std::thread::spawn(move || {
+        let mut lock = lock;
+        lock.batch_execute("SELECT pg_sleep(3)").map(|()| lock)
+    });
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    assert_eq!(
+        end(&mut mine, lock_pid),
+        "in a statement begun under 30 s ago"
+    );
+    let mut lock = renewal.join().unwrap().expect("the lock's session lives");
+    lock.simple_query("SELECT 1")
+        .expect("the lock's session lives");
 
     // What a vault's role may end: nothing younger than the limit, not its
     // own role's, not the superuser's, nothing in another database.
@@ -469,12 +494,6 @@ fn another_vaults_transaction_held_past_the_limit_is_ended_and_the_disposal_cert
             "no such session in this database",
         ),
     ];
-    let mut mine = vault_core::keystore::provider::connect_primary(&c.config()).unwrap();
-    let end = |mine: &mut postgres::Client, pid: i32| -> String {
-        mine.query_one("SELECT pivault_verify.end_stranger_snapshot($1)", &[&pid])
-            .unwrap()
-            .get(0)
-    };
     assert_eq!(end(&mut mine, 0), "no such session in this database");
     for ((_, pid), why) in &held {
         assert_eq!(end(&mut mine, *pid), *why, "backend {pid}");
@@ -483,6 +502,7 @@ fn another_vaults_transaction_held_past_the_limit_is_ended_and_the_disposal_cert
         assert!(h.simple_query("SELECT 1").is_ok(), "backend {pid} lives");
     }
     drop(held);
+    drop(lock);
     drop(mine);
     fx.vault.close().unwrap();
     su(&format!("DROP ROLE {role}"));
