@@ -22,7 +22,8 @@
 -- whatever their timeline (a new timeline's first segment copies the old
 -- one's): a purge that skipped its WAL rounds leaves them, and the scan
 -- finds the key there. Only names of exactly 24 hex digits are skipped
--- (`.partial`, `.history` and `archive_status` are read).
+-- (`.partial`, `.history` and `archive_status` are read). With `wal_after`
+-- empty the whole `pg_wal` directory is skipped (one row, unread).
 CREATE OR REPLACE FUNCTION pivault_verify.walk(needles bytea[], others jsonb, here text,
                                     wal_after text,
                                     OUT path text, OUT hit boolean)
@@ -45,6 +46,7 @@ BEGIN
     FOR e IN SELECT pg_ls_dir(d, true, false) LOOP
       p := CASE WHEN d = '.' THEN e ELSE d || '/' || e END;
       IF (here IS NOT NULL AND d = 'base' AND e ~ '^[0-9]+$' AND e <> here)
+         OR (wal_after = '' AND p = 'pg_wal')
          OR (wal_after IS NOT NULL AND d = 'pg_wal' AND e ~ '^[0-9A-F]{24}$'
              AND substr(e, 9) > substr(wal_after, 9))
          OR others ? regexp_replace(p, '[._][^/]*$', '') THEN
@@ -102,12 +104,16 @@ REVOKE ALL ON FUNCTION pivault_verify.walk(bytea[], jsonb, text) FROM PUBLIC;
 -- role is read, whatever its name: a vault's role could copy its own rows
 -- there, and vaults sharing one role (`pivault`) are not told apart. Each is
 -- answered with `hit` NULL (another database: one row for its directory),
--- so the caller counts and reports what it skipped. Everything else is
--- read: this vault's relations, the catalogs, the WAL, temporary files,
--- logs, and any file no relation names (an old relation file the purge did
--- not remove). The WAL holds every vault's recent writes (trail lines
--- too), so the scan still answers for them, over every segment a member
--- keeps (ARCHITECTURE.md, "What a vault's role can learn").
+-- so the caller counts and reports what it skipped. Nor is the WAL, but
+-- by the superuser: it holds every vault's recent writes, trail lines
+-- too, and read it answered any vault's role whether chosen bytes were in
+-- another vault's recent writes, over every segment a member keeps. A
+-- purge needs none of it read: its rounds leave no segment at or before
+-- the one of its last write on a verified member (checked by name,
+-- `.partial` files too, which no role's guess can probe), and no later
+-- segment can hold a purged byte (`walk`). Everything else is read: this
+-- vault's relations, the catalogs, temporary files, logs, and any file no
+-- relation names (an old relation file the purge did not remove).
 --
 -- `tables` (NULL: all) narrows further, as the embedded engine's scan
 -- skips the live table files of other column families and of ranges that
@@ -116,8 +122,9 @@ REVOKE ALL ON FUNCTION pivault_verify.walk(bytea[], jsonb, text) FROM PUBLIC;
 -- indexes), are read (the search index's partitions that held the deleted
 -- tags, which no other table holds).
 --
--- `wal_after` (NULL: every segment) as in `walk`: the segment holding the
--- last write of the purge whose bytes the scan looks for.
+-- `wal_after` (NULL: every segment) as in `walk`, for the superuser: the
+-- segment holding the last write of the purge whose bytes the scan looks
+-- for. A vault's role reads no segment, whatever it passes.
 CREATE OR REPLACE FUNCTION pivault_verify.scan_vault(needles bytea[], vault text, tables text[],
                                           wal_after text,
                                           OUT path text, OUT hit boolean)
@@ -159,6 +166,9 @@ BEGIN
   IF wal_after IS NOT NULL AND wal_after !~ '^[0-9A-F]{24}$' THEN
     RAISE EXCEPTION 'not a WAL segment name' USING ERRCODE = '22023';
   END IF;
+  IF NOT (SELECT r.rolsuper FROM pg_roles r WHERE r.rolname = session_user) THEN
+    wal_after := '';
+  END IF;
   RETURN QUERY SELECT * FROM pivault_verify.walk(needles, others,
     (SELECT oid::text FROM pg_database WHERE datname = current_database()), wal_after);
 END
@@ -166,7 +176,7 @@ $$;
 REVOKE ALL ON FUNCTION pivault_verify.scan_vault(bytea[], text, text[], text) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION pivault_verify.scan_vault(bytea[], text, text[], text) TO pivault_vaults;
 
--- The earlier builds' signature: every WAL segment read.
+-- The earlier builds' signature: every WAL segment read (by the superuser).
 CREATE OR REPLACE FUNCTION pivault_verify.scan_vault(needles bytea[], vault text, tables text[],
                                           OUT path text, OUT hit boolean)
 RETURNS SETOF record

@@ -1599,7 +1599,7 @@ impl Vault {
                             "file(s) of the records cluster's members (every file of each member's data directory{})",
                             skipped_files(
                                 skipped,
-                                "of other vaults' relations, of this vault's tables other than its search index's touched partitions (as the embedded engine skips other column families' live files), and WAL segments begun after the purge's last write (which no purged byte can reach)"
+                                "of other vaults' relations, of this vault's tables other than its search index's touched partitions (as the embedded engine skips other column families' live files), and the WAL (every vault's recent writes: its segments at or before the purge's last write are checked gone from every member by name, and a later one no purged byte can reach)"
                             )
                         )
                     };
@@ -1629,10 +1629,10 @@ impl Vault {
                 b.scan_files = Some(scanned);
                 let places = if self.keystore.engine_kind() == "postgresql" {
                     format!(
-                        "every file of every keystore cluster member's data directory (tables, WAL, logs, control files){}, read by each member",
+                        "every file of every keystore cluster member's data directory (tables, logs, control files){}, read by each member",
                         skipped_files(
                             skipped,
-                            "of other vaults' relations, of this vault's relations the purge did not rewrite (the data keys of untouched buckets, as the embedded engine skips their table files), and WAL segments begun after the purge's last write (which no purged byte can reach)"
+                            "of other vaults' relations, of this vault's relations the purge did not rewrite (the data keys of untouched buckets, as the embedded engine skips their table files), and the WAL (every vault's recent writes: its segments at or before the purge's last write are checked gone from every member by name, and a later one no purged byte can reach)"
                         )
                     )
                 } else {

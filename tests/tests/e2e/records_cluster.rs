@@ -1013,13 +1013,26 @@ fn a_vaults_role_cannot_test_guesses_against_another_vaults_audit_trail() {
         "0",
         "the superuser's whole scan finds A's line"
     );
+    // The WAL holds the line too (every vault's recent writes are there).
+    assert_ne!(
+        sql(&format!(
+            "SELECT count(*) FROM pivault_verify.scan({needle}) WHERE hit AND path LIKE 'pg_wal/%'"
+        )),
+        "0",
+        "the superuser's whole scan finds A's line in the WAL"
+    );
     let mut role_b = crate::cluster::whole_scan_refused(&common::cluster_records(), &whole);
-    let b_scan = in_tables(&format!(
-        "pivault_verify.scan_vault({needle}, '{}', NULL::text[], NULL::text)",
-        records_schema(&b.vault)
-    ));
-    let found: i64 = role_b.query_one(&b_scan, &[]).expect("B's scan").get(0);
-    assert_eq!(found, 0, "B's scan answers for A's trail");
+    // B's scan, naming any WAL segment or none: no file at all, the WAL's
+    // included.
+    let current = sql("SELECT pg_walfile_name(pg_current_wal_lsn())");
+    for wal_after in ["NULL::text".to_owned(), format!("'{current}'")] {
+        let b_scan = format!(
+            "SELECT count(*) FROM pivault_verify.scan_vault({needle}, '{}', NULL::text[], {wal_after}) WHERE hit",
+            records_schema(&b.vault)
+        );
+        let found: i64 = role_b.query_one(&b_scan, &[]).expect("B's scan").get(0);
+        assert_eq!(found, 0, "B's scan ({wal_after}) answers for A's trail");
+    }
     a.vault.close().unwrap();
     b.vault.close().unwrap();
 }

@@ -873,9 +873,14 @@ fn wait_replay(c: &mut Client, lsn: &str) -> Result<()> {
 /// WAL segments on this member at or before `segment` (compared without
 /// the timeline, which a failover changes).
 fn segments_at_or_before(c: &mut Client, segment: &str) -> Result<Vec<String>> {
+    // A `.partial` segment (a timeline's last, kept at a promotion) counts
+    // like any other: the vault's byte scan reads no WAL, so these names
+    // are the whole of the WAL's evidence.
     let rows = c
         .query(
-            "SELECT name FROM pg_ls_waldir() WHERE name ~ '^[0-9A-F]{24}$' AND substr(name, 9) <= substr($1, 9) ORDER BY name",
+            "SELECT name FROM pg_ls_waldir()
+              WHERE name ~ '^[0-9A-F]{24}(\\.partial)?$' AND substr(name, 9, 16) <= substr($1, 9)
+              ORDER BY name",
             &[&segment],
         )
         .map_err(pg)?;
