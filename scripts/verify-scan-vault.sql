@@ -197,54 +197,87 @@ $$;
 
 -- A purge's last resort against another vault's old transaction (its
 -- keystore, its records and every other vault's share this database,
--- where one session's snapshot or transaction ID holds back what
--- VACUUM FULL may drop from every table: a holder of one vault's
+-- where a session's snapshot holds back what VACUUM FULL may drop from
+-- every table, and a transaction ID from any database does: every
+-- snapshot's xmin counts the running IDs; a holder of one vault's
 -- credentials, who can always `SET` its role's timeouts away, could keep
 -- every other vault's disposals from certifying). The calling vault's
 -- role may end backend `pid` only when it is another vault role's (a
 -- member of `pivault_vaults`, not the caller's own role, not a superuser)
--- in this database, holding back the horizon (a snapshot or a
--- transaction ID) in a transaction open for 30 s or more, and not in a
--- statement begun less than 30 s ago
--- (`STRANGER_SNAPSHOT_LIMIT` in vault_core::keystore::postgres; pivault's
--- own statements take under a second, its scans seconds). The vault's own
--- sessions (the held-snapshot negative control), the superuser's and the
--- provider's (a dump whose snapshot holds the key must block the
--- certificate) are never ended. Answers 'ended', or why not. Ending is
--- logged in the server log, for the provider.
+-- and has held the same transaction ID (in any database) or the same
+-- snapshot (in this one) for 30 s or more, as the calls themselves saw it
+-- (`sightings`; `STRANGER_SNAPSHOT_LIMIT` in
+-- vault_core::keystore::postgres). Not the session's transaction start or
+-- state, which a client running statement after statement in one
+-- REPEATABLE READ transaction keeps fresh while its snapshot stays. A
+-- snapshot counts only when no running transaction ID explains it (every
+-- snapshot taken while an older ID runs starts at that ID: that
+-- transaction is the one to wait for or end), and each call takes a
+-- transaction ID, so that separate statements never show the same
+-- snapshot otherwise: a vault's records lock, a transaction idle for the
+-- vault's life whose renewal statement holds a snapshot for
+-- milliseconds, is never ended. The vault's own sessions (the
+-- held-snapshot negative control), the superuser's and the provider's (a
+-- dump whose snapshot holds the key must block the certificate) are never
+-- ended. Answers 'ended', or why not. Ending is logged in the server log,
+-- for the provider.
+CREATE TABLE IF NOT EXISTS pivault_verify.sightings (
+  pid integer NOT NULL,
+  backend_start timestamptz NOT NULL,
+  held text NOT NULL,
+  first_seen timestamptz NOT NULL,
+  PRIMARY KEY (pid, backend_start, held)
+);
+REVOKE ALL ON pivault_verify.sightings FROM PUBLIC;
 CREATE OR REPLACE FUNCTION pivault_verify.end_stranger_snapshot(pid integer) RETURNS text
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
   b record;
+  v_held text;
+  v_seen timestamptz;
 BEGIN
-  SELECT a.usesysid, a.backend_xmin, a.backend_xid, a.xact_start, a.state, a.state_change,
+  PERFORM pg_current_xact_id();
+  SELECT a.usesysid, a.datname, a.backend_start, a.backend_xmin, a.backend_xid,
          r.rolsuper, r.rolname
     INTO b
     FROM pg_stat_activity a JOIN pg_roles r ON r.oid = a.usesysid
-   WHERE a.pid = end_stranger_snapshot.pid AND a.datname = current_database();
+   WHERE a.pid = end_stranger_snapshot.pid;
   IF NOT FOUND THEN
-    RETURN 'no such session in this database';
+    RETURN 'no such session';
   ELSIF b.rolsuper THEN
     RETURN 'a superuser''s';
   ELSIF b.rolname = session_user THEN
     RETURN 'the caller''s own role''s';
   ELSIF NOT pg_has_role(b.usesysid, 'pivault_vaults', 'MEMBER') THEN
     RETURN 'not a vault role''s';
-  ELSIF b.backend_xmin IS NULL AND b.backend_xid IS NULL THEN
-    RETURN 'holds nothing back';
-  ELSIF b.xact_start IS NULL OR b.xact_start > clock_timestamp() - interval '30 seconds' THEN
-    RETURN 'open under 30 s';
-  ELSIF b.state = 'active' AND b.state_change > clock_timestamp() - interval '30 seconds' THEN
-    -- A statement's own snapshot, in a transaction that held nothing back
-    -- before it (a vault's lock, idle for its life, renewed by a statement
-    -- every few seconds); a transaction's snapshot or ID is caught between
-    -- its statements, a stream of statements by its state's age.
-    RETURN 'in a statement begun under 30 s ago';
   END IF;
-  RAISE LOG 'pivault: ending backend % of role % (transaction open since %) for a purge by role %',
-    pid, b.rolname, b.xact_start, session_user;
+  v_held := CASE
+    WHEN b.backend_xid IS NOT NULL THEN 'transaction ID ' || b.backend_xid
+    WHEN b.datname = current_database() AND b.backend_xmin IS NOT NULL
+      THEN 'snapshot ' || b.backend_xmin
+  END;
+  IF v_held IS NULL THEN
+    RETURN 'holds nothing back here';
+  ELSIF b.backend_xid IS NULL AND EXISTS (
+      SELECT 1 FROM pg_stat_activity o
+       WHERE o.pid <> end_stranger_snapshot.pid AND o.backend_xid IS NOT NULL
+         AND age(o.backend_xid) >= age(b.backend_xmin)) THEN
+    -- Every snapshot taken while that ID runs starts there, a statement's
+    -- as much as a held one's: that transaction is what holds back.
+    RETURN 'a snapshot an older running transaction ID explains';
+  END IF;
+  DELETE FROM pivault_verify.sightings WHERE first_seen < clock_timestamp() - interval '10 minutes';
+  INSERT INTO pivault_verify.sightings VALUES (pid, b.backend_start, v_held, clock_timestamp())
+    ON CONFLICT DO NOTHING;
+  SELECT s.first_seen INTO v_seen FROM pivault_verify.sightings s
+   WHERE s.pid = end_stranger_snapshot.pid AND s.backend_start = b.backend_start AND s.held = v_held;
+  IF v_seen > clock_timestamp() - interval '30 seconds' THEN
+    RETURN 'held under 30 s';
+  END IF;
+  RAISE LOG 'pivault: ending backend % of role % (% held since at least %) for a purge by role %',
+    pid, b.rolname, v_held, v_seen, session_user;
   IF pg_terminate_backend(pid, 5000) THEN
     RETURN 'ended';
   END IF;

@@ -224,15 +224,21 @@ fn negative_control(control: Option<PurgeControl>, hold: bool, expect: &[&str], 
     let _one = serial();
     let c = cluster();
     // Without the WAL rounds: a `.partial` segment from before the purge
-    // on a standby (a timeline's last, kept at a promotion), which the
-    // vault's scan does not read, is named by the purge's check like any
-    // segment, and the rounds remove it.
-    let partial = (control == Some(PurgeControl::SkipWalRounds)).then(|| {
-        let standby = &c.data_dirs[primary_index(&c) % c.data_dirs.len()];
-        let f = standby.join("pg_wal/000000010000000000000001.partial");
-        std::fs::write(&f, [0x5au8; 8192]).expect("a file in the standby's pg_wal");
-        f
-    });
+    // (a timeline's last, kept at a promotion), which the vault's scan
+    // does not read, is named by the purge's check like any segment, and
+    // the rounds remove it; planted on every member.
+    let partial: Vec<PathBuf> = if control == Some(PurgeControl::SkipWalRounds) {
+        c.data_dirs
+            .iter()
+            .map(|d| {
+                let f = d.join("pg_wal/000000010000000000000001.partial");
+                std::fs::write(&f, [0x5au8; 8192]).expect("a file in the member's pg_wal");
+                f
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
     let tmp = tempfile::tempdir().unwrap();
     let fx = vault_on_cluster(&tmp.path().join("vault"), &c);
     // Three records of other subjects in one bucket, then the doomed one
@@ -279,17 +285,15 @@ fn negative_control(control: Option<PurgeControl>, hold: bool, expect: &[&str], 
                     "{control:?}/hold={hold}: {e:?} not in {msg}"
                 );
             }
-            if partial.is_some() {
+            if !partial.is_empty() {
                 assert!(
                     msg.contains("pg_wal/000000010000000000000001.partial"),
                     "the .partial segment is named: {msg}"
                 );
             }
-            // The WAL control: the bytes are in a WAL segment, where the
-            // scan finds them unless the record crosses an 8 KiB WAL page
-            // boundary (a page header splits it; seen once in about ten
-            // runs). The segment check, which does not depend on that,
-            // names every member.
+            // The WAL control: the bytes are in a WAL segment, which the
+            // vault's scan does not read (every vault's recent writes are
+            // there); the segment check names every member.
             if scan_finds {
                 assert!(
                     msg.contains("pre-disposal wrapped key bytes found in keystore files"),
@@ -332,8 +336,8 @@ fn negative_control(control: Option<PurgeControl>, hold: bool, expect: &[&str], 
     for r in recs {
         fx.vault.get_record(&fx.clerk, r, &[], None).unwrap();
     }
-    if let Some(f) = partial {
-        assert!(!f.exists(), "the rounds remove the .partial segment");
+    for f in partial {
+        assert!(!f.exists(), "the rounds remove the .partial segment {f:?}");
     }
     fx.vault.close().unwrap();
 }
@@ -386,16 +390,20 @@ fn transaction_held(cfg: &PgConfig, sql: Option<&str>) -> (postgres::Client, i32
     (c, pid)
 }
 
-/// Many businesses' keystores share one database, where one session's
-/// snapshot or transaction ID holds back what `VACUUM FULL` may drop from
-/// every table. A holder of another vault's credentials who keeps a
-/// transaction open could so keep every other vault's disposals from ever
-/// certifying. Such a transaction is waited for until it has been open
-/// 30 s, then its session is ended and the disposal certifies, saying so
-/// in the primary's evidence. Only that: a younger transaction of another
-/// vault, one of the vault's own role (the negative control) and the
-/// superuser's are never ended; one in another database does not hold
-/// back this database's purge and is not waited for.
+/// Many businesses' keystores share one database, where a session's
+/// snapshot holds back what `VACUUM FULL` may drop from every table, and a
+/// transaction ID does from any database. A holder of another vault's
+/// credentials who keeps a transaction open could so keep every other
+/// vault's disposals from ever certifying. Such a session is waited for
+/// until it has held the same snapshot or transaction ID for 30 s, then
+/// ended, and the disposal certifies, saying so in the primary's evidence:
+/// idle in its transaction, running statement after statement in it (its
+/// state always fresh), or holding an ID in the other database. Only that:
+/// a younger hold of another vault, one of the vault's own role (the
+/// negative control), the superuser's and a snapshot in another database
+/// (which holds nothing back here) are never ended, nor a transaction idle
+/// for its life whose statements take snapshots of their own (a vault's
+/// records lock).
 #[test]
 fn another_vaults_transaction_held_past_the_limit_is_ended_and_the_disposal_certifies() {
     let _one = serial();
@@ -419,13 +427,59 @@ fn another_vaults_transaction_held_past_the_limit_is_ended_and_the_disposal_cert
         password_file: file,
         ..c.config()
     };
+    let other_records = PgConfig {
+        database: "pivault_records".into(),
+        ..other.clone()
+    };
+    let take_id = Some("BEGIN; SELECT txid_current()");
     let (mut snapshot, _) = transaction_held(&other, None);
-    let (mut xid, _) = transaction_held(&other, Some("BEGIN; SELECT txid_current()"));
-    // The vault's own role, in the records database: not this purge's.
+    let (mut id, _) = transaction_held(&other, take_id);
+    let (mut id_elsewhere, _) = transaction_held(&other_records, take_id);
+    // Statement after statement in one REPEATABLE READ transaction: its
+    // state and statement start always fresh, its snapshot the same.
+    let (mut busy, _) = transaction_held(&other, None);
+    let busy = std::thread::spawn(
+        move || {
+            while busy.batch_execute("SELECT pg_sleep(0.5)").is_ok() {}
+        },
+    );
+    // The vault's own role's snapshot in the records database: not this
+    // purge's.
     let (mut elsewhere, _) = transaction_held(&common::cluster_records(), None);
-    // Another vault's transaction that holds nothing back (as its records'
-    // lock does, idle for the vault's life).
-    let (lock, lock_pid) = transaction_held(&other, Some("BEGIN"));
+    // Another vault's transaction that holds nothing back but for its
+    // statements' own snapshots (as its records' lock does, idle for the
+    // vault's life, renewed by a statement now and then), asked to be
+    // ended every 100 ms all along: never ended.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (mut lock, lock_pid) = transaction_held(&other, Some("BEGIN"));
+    let renewals = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::SeqCst) {
+                lock.batch_execute("SELECT pg_sleep(0.2)")
+                    .expect("the lock's session lives");
+                std::thread::sleep(std::time::Duration::from_millis(300));
+            }
+            lock
+        })
+    };
+    let end = |mine: &mut postgres::Client, pid: i32| -> String {
+        mine.query_one("SELECT pivault_verify.end_stranger_snapshot($1)", &[&pid])
+            .unwrap()
+            .get(0)
+    };
+    let asked = {
+        let stop = stop.clone();
+        let mut mine = vault_core::keystore::provider::connect_primary(&c.config()).unwrap();
+        std::thread::spawn(move || {
+            let mut answers = std::collections::BTreeSet::new();
+            while !stop.load(Ordering::SeqCst) {
+                answers.insert(end(&mut mine, lock_pid));
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            answers
+        })
+    };
     let started = std::time::Instant::now();
     let cert = certificate_id(
         fx.vault
@@ -433,18 +487,44 @@ fn another_vaults_transaction_held_past_the_limit_is_ended_and_the_disposal_cert
             .expect("another vault's transaction keeps no disposal from certifying"),
     );
     let took = started.elapsed();
-    for (what, s) in [("snapshot", &mut snapshot), ("transaction ID", &mut xid)] {
+    stop.store(true, Ordering::SeqCst);
+    let mut lock = renewals.join().expect("the lock's renewals");
+    lock.simple_query("SELECT 1")
+        .expect("the lock's session lives");
+    let answers = asked.join().unwrap();
+    let benign: std::collections::BTreeSet<String> = [
+        "held under 30 s",
+        "holds nothing back here",
+        "a snapshot an older running transaction ID explains",
+    ]
+    .map(str::to_owned)
+    .into();
+    assert!(
+        answers.is_subset(&benign) && answers.contains("held under 30 s"),
+        "the lock's session, seen in and between its statements for {took:?}: {answers:?}"
+    );
+    for (what, s) in [
+        ("snapshot", &mut snapshot),
+        ("transaction ID", &mut id),
+        ("transaction ID in the other database", &mut id_elsewhere),
+    ] {
         assert!(
             s.simple_query("SELECT 1").is_err(),
             "the other vault's session holding a {what} is ended"
         );
     }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !busy.is_finished() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(busy.is_finished(), "the busy transaction is ended");
     assert!(
         elsewhere.simple_query("SELECT 1").is_ok(),
-        "a transaction in another database is left alone"
+        "a snapshot in another database is left alone"
     );
-    // Not ended before it was 30 s old.
-    assert!(took >= std::time::Duration::from_secs(29), "{took:?}");
+    // Not ended before it was held 30 s: the transaction IDs first, then
+    // the snapshots that they explained (taken while they ran).
+    assert!(took >= std::time::Duration::from_secs(58), "{took:?}");
     let doc = fx.vault.certificate(&fx.auditor, cert).unwrap();
     let purge = doc.body["sanitization"]["details"]["keystore_purge"].clone();
     let members = purge["members"].as_array().expect("members");
@@ -455,7 +535,7 @@ fn another_vaults_transaction_held_past_the_limit_is_ended_and_the_disposal_cert
             m["detail"]
                 .as_str()
                 .unwrap()
-                .contains("ended 2 transactions another vault's role held")
+                .contains("ended 4 transactions another vault's role held")
         })
         .collect();
     assert_eq!(said.len(), 1, "the primary's evidence says so: {purge}");
@@ -469,30 +549,9 @@ fn another_vaults_transaction_held_past_the_limit_is_ended_and_the_disposal_cert
         .unwrap();
     drop(elsewhere);
     let mut mine = vault_core::keystore::provider::connect_primary(&c.config()).unwrap();
-    let end = |mine: &mut postgres::Client, pid: i32| -> String {
-        mine.query_one("SELECT pivault_verify.end_stranger_snapshot($1)", &[&pid])
-            .unwrap()
-            .get(0)
-    };
-    // That transaction, open over 30 s now, is not ended between its
-    // statements, nor for the snapshot of a statement it runs (the lock's
-    // renewal).
-    assert_eq!(end(&mut mine, lock_pid), "holds nothing back");
-    let renewal = std::thread::spawn(move || {
-        let mut lock = lock;
-        lock.batch_execute("SELECT pg_sleep(3)").map(|()| lock)
-    });
-    std::thread::sleep(std::time::Duration::from_secs(1));
-    assert_eq!(
-        end(&mut mine, lock_pid),
-        "in a statement begun under 30 s ago"
-    );
-    let mut lock = renewal.join().unwrap().expect("the lock's session lives");
-    lock.simple_query("SELECT 1")
-        .expect("the lock's session lives");
 
-    // What a vault's role may end: nothing younger than the limit, not its
-    // own role's, not the superuser's, nothing in another database.
+    // What a vault's role may end: nothing held under the limit, not its
+    // own role's, not the superuser's, no snapshot in another database.
     let superuser = PgConfig {
         user: "postgres".into(),
         password_file: std::env::var("PIVAULT_PG_SUPERUSER_PASSWORD_FILE")
@@ -500,12 +559,8 @@ fn another_vaults_transaction_held_past_the_limit_is_ended_and_the_disposal_cert
             .into(),
         ..c.config()
     };
-    let other_records = PgConfig {
-        database: "pivault_records".into(),
-        ..other.clone()
-    };
     let mut held = vec![
-        (transaction_held(&other, None), "open under 30 s"),
+        (transaction_held(&other, None), "held under 30 s"),
         (
             transaction_held(&c.config(), None),
             "the caller's own role's",
@@ -513,10 +568,10 @@ fn another_vaults_transaction_held_past_the_limit_is_ended_and_the_disposal_cert
         (transaction_held(&superuser, None), "a superuser's"),
         (
             transaction_held(&other_records, None),
-            "no such session in this database",
+            "holds nothing back here",
         ),
     ];
-    assert_eq!(end(&mut mine, 0), "no such session in this database");
+    assert_eq!(end(&mut mine, 0), "no such session");
     for ((_, pid), why) in &held {
         assert_eq!(end(&mut mine, *pid), *why, "backend {pid}");
     }
@@ -528,6 +583,66 @@ fn another_vaults_transaction_held_past_the_limit_is_ended_and_the_disposal_cert
     drop(mine);
     fx.vault.close().unwrap();
     su(&format!("DROP ROLE {role}"));
+}
+
+/// The WAL's evidence is its segments' names (a vault's scan reads no
+/// WAL): a member that recycles segments (renamed ahead with their old
+/// bytes) could hold a destroyed key under a later name. Every purge reads
+/// the setting on every member, not only `doctor`: such a member is not
+/// verified and the batch waits, then certifies once it is set back.
+#[test]
+fn a_member_that_recycles_its_wal_is_not_verified_and_the_batch_waits_for_it() {
+    let _one = serial();
+    let c = cluster();
+    let tmp = tempfile::tempdir().unwrap();
+    let fx = vault_on_cluster(&tmp.path().join("vault"), &c);
+    let recs = put_records(&fx, 2);
+    let standby = c.members[primary_index(&c) % c.members.len()].clone();
+    let set = |value: &str| {
+        let sql = match value {
+            "default" => "ALTER SYSTEM RESET wal_recycle".to_owned(),
+            v => format!("ALTER SYSTEM SET wal_recycle = {v}"),
+        };
+        psql(&standby, &sql).expect("the standby up");
+        psql(&standby, "SELECT pg_reload_conf()").expect("the standby up");
+        let want = if value == "default" { "off" } else { value };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while psql(&standby, "SHOW wal_recycle").as_deref() != Some(want) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "wal_recycle not {want}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    };
+    /// Sets the member back however the test ends.
+    struct Back<'a>(&'a dyn Fn(&str));
+    impl Drop for Back<'_> {
+        fn drop(&mut self) {
+            (self.0)("default");
+        }
+    }
+    set("on");
+    let back = Back(&set);
+    match fx
+        .vault
+        .dispose(&fx.officer, &request(DisposalScope::Subject(recs[0].0)))
+    {
+        Err(Error::DisposalFailed(msg)) => assert!(
+            msg.contains(&format!("{standby}: wal_recycle=on")),
+            "the member and its setting are named: {msg}"
+        ),
+        other => panic!("a recycling member must not be verified: {other:?}"),
+    }
+    drop(back);
+    let batches = fx.vault.disposals(&fx.officer).unwrap();
+    let cert = fx.vault.retry_disposal(&fx.officer, batches[0].id).unwrap();
+    fx.vault.certificate(&fx.auditor, cert).unwrap();
+    assert_eq!(
+        c.files_holding(std::slice::from_ref(&recs[0].2)),
+        Vec::<PathBuf>::new()
+    );
+    fx.vault.close().unwrap();
 }
 
 #[test]
@@ -811,6 +926,22 @@ fn a_vaults_scan_reads_no_wal_and_the_superusers_reads_it_up_to_the_purges_segme
             .files_containing_for_buckets(&[], std::slice::from_ref(needle), wal_after)
             .unwrap();
         assert_eq!(in_wal(&scan.hits), 0, "{wal_after:?}: {scan:?}");
+    }
+    // Not read and missed: skipped, the directory answered unread and no
+    // segment named.
+    let mut role = vault_core::keystore::provider::connect_primary(&c.config()).unwrap();
+    let schema = format!("pv_{}", hex::encode(fx.vault.id().as_bytes()));
+    for wal_after in [None, Some(segment.as_str()), Some(later.as_str())] {
+        let row = role
+            .query_one(
+                "SELECT count(*) FILTER (WHERE path = 'pg_wal' AND hit IS NULL),
+                        count(*) FILTER (WHERE path LIKE 'pg_wal/%')
+                   FROM pivault_verify.scan_vault($1, $2, NULL, $3)",
+                &[&vec![before.clone()], &schema, &wal_after],
+            )
+            .unwrap();
+        let (unread, segments): (i64, i64) = (row.get(0), row.get(1));
+        assert_eq!((unread, segments), (1, 0), "{wal_after:?}");
     }
     fx.vault.close().unwrap();
 }

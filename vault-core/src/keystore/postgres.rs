@@ -891,10 +891,11 @@ fn segments_at_or_before(c: &mut Client, segment: &str) -> Result<Vec<String>> {
 /// from being removed: a session's snapshot, a standby's feedback, a
 /// replication slot, a prepared transaction.
 fn blockers(c: &mut Client, horizon: &str) -> Result<Vec<Blocker>> {
-    // A session holds the horizon back in its own database only (a
-    // relation that is not shared keeps what that database's transactions
-    // may still see), by its snapshot or by a transaction ID it took;
-    // standby feedback, slots and prepared transactions everywhere.
+    // A session's snapshot holds the horizon back in its own database
+    // only (a relation that is not shared keeps what that database's
+    // transactions may still see); a transaction ID it took, in every
+    // database (the purge's own snapshot counts every running ID); standby
+    // feedback, slots and prepared transactions everywhere.
     let rows = c
         .query(
             "SELECT 'open snapshot of backend ' || a.pid::text || ' (' || coalesce(a.application_name, '') || ')',
@@ -902,8 +903,9 @@ fn blockers(c: &mut Client, horizon: &str) -> Result<Vec<Blocker>> {
                     coalesce(NOT r.rolsuper AND a.usename <> session_user
                              AND pg_has_role(a.usesysid, 'pivault_vaults', 'MEMBER'), false)
                FROM pg_stat_activity a LEFT JOIN pg_roles r ON r.oid = a.usesysid
-              WHERE a.pid <> pg_backend_pid() AND a.datname = current_database()
-                AND ((a.backend_xmin IS NOT NULL AND age(a.backend_xmin) >= age($1::text::xid))
+              WHERE a.pid <> pg_backend_pid()
+                AND ((a.datname = current_database() AND a.backend_xmin IS NOT NULL
+                      AND age(a.backend_xmin) >= age($1::text::xid))
                   OR (a.backend_xid IS NOT NULL AND age(a.backend_xid) >= age($1::text::xid)))
              UNION ALL
              SELECT 'standby feedback from ' || coalesce(client_addr::text, 'local') || ':' || coalesce(client_port::text, ''),
@@ -950,11 +952,14 @@ struct Waited {
 }
 
 /// Waits for the transactions that hold back `horizon` to end: the
-/// vault's own and the provider's for [`SNAPSHOT_PATIENCE`]; when only
-/// other vaults' roles' are left, until each has been open
-/// [`STRANGER_SNAPSHOT_LIMIT`], then ends it (`pivault_verify.
-/// end_stranger_snapshot`, which checks all of that itself), so that one
-/// vault cannot keep the others' disposals from certifying.
+/// vault's own, the provider's and the cluster's for [`SNAPSHOT_PATIENCE`];
+/// another vault role's until it has held the same transaction ID or
+/// snapshot [`STRANGER_SNAPSHOT_LIMIT`] as seen from here, then ends it
+/// (`pivault_verify.end_stranger_snapshot`, which checks all of that
+/// itself and keeps the sightings), so that one vault cannot keep the
+/// others' disposals from certifying. Strangers are seen from the first
+/// look, whatever else is waited for (an autovacuum worker's passing
+/// snapshot must not stop their clock).
 fn wait_for_blockers(c: &mut Client, horizon: &str) -> Result<Waited> {
     let start = Instant::now();
     let mut waited = Waited::default();
@@ -962,18 +967,21 @@ fn wait_for_blockers(c: &mut Client, horizon: &str) -> Result<Waited> {
     let mut may_end = true;
     loop {
         let found = blockers(c, horizon)?;
-        let own = found.iter().any(|b| !b.stranger) || !may_end;
-        let patience = if own {
-            SNAPSHOT_PATIENCE
+        let strangers = may_end && found.iter().any(|b| b.stranger);
+        // A snapshot taken while another's old transaction ID ran is only
+        // seen once that ID has gone (which explained it): at most two
+        // limits, the IDs' holders' and then the snapshots'.
+        let patience = if strangers {
+            STRANGER_SNAPSHOT_LIMIT * 2 + Duration::from_secs(3)
         } else {
-            STRANGER_SNAPSHOT_LIMIT + Duration::from_secs(2)
+            SNAPSHOT_PATIENCE
         };
         if found.is_empty() || start.elapsed() >= patience {
             waited.left = found.into_iter().map(|b| b.what).collect();
             return Ok(waited);
         }
-        if !own {
-            for pid in found.iter().filter_map(|b| b.pid) {
+        if strangers {
+            for pid in found.iter().filter(|b| b.stranger).filter_map(|b| b.pid) {
                 match c.query_one("SELECT pivault_verify.end_stranger_snapshot($1)", &[&pid]) {
                     Ok(r) if r.get::<_, String>(0) == "ended" => waited.ended += 1,
                     Ok(_) => {}
@@ -1488,9 +1496,26 @@ impl Conns {
                             ));
                         }
                     }
-                    let wal_clean = !old_segments
+                    // The WAL's evidence is its segments' names (the vault's
+                    // byte scan reads none): sound only if no segment is
+                    // recycled (renamed ahead with its old bytes) or
+                    // archived (copied where no check reaches). Checked at
+                    // every purge, not only by doctor.
+                    let mut settings_ok = true;
+                    for (setting, want, why) in &MEMBER_SETTINGS[..2] {
+                        let have: String = c
+                            .query_one("SELECT current_setting($1)", &[setting])
+                            .map_err(pg)?
+                            .get(0);
+                        if have != *want {
+                            settings_ok = false;
+                            residue.push(format!("{name}: {setting}={have} ({why})"));
+                        }
+                    }
+                    let segments_gone = !old_segments
                         .iter()
                         .any(|s| s.starts_with(&format!("{name}:")));
+                    let wal_clean = settings_ok && segments_gone;
                     let replay = if role == "standby" {
                         let lag: String = c
                             .query_one(
@@ -1520,7 +1545,12 @@ impl Conns {
                             "{} relation file(s) from before the purge {}; WAL segments at or before {purge_segment} {}{replay}",
                             before.len(),
                             if gone { "gone" } else { "still present" },
-                            if wal_clean { "gone" } else { "still present" },
+                            match (segments_gone, settings_ok) {
+                                (true, true) => "gone",
+                                (true, false) =>
+                                    "gone by name, but a recycled or archived copy is not ruled out",
+                                (false, _) => "still present",
+                            },
                         ),
                     }
                 }
@@ -1940,7 +1970,8 @@ impl KeyEngine for PgKeys {
     }
 }
 
-/// The settings of every member a purge depends on, with the value it needs.
+/// The settings of every member a purge depends on, with the value it needs
+/// (the first two also checked by every purge, on every member).
 const MEMBER_SETTINGS: [(&str, &str, &str); 7] = [
     (
         "archive_mode",
