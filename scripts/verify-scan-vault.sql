@@ -204,14 +204,17 @@ $$;
 -- every other vault's disposals from certifying). The calling vault's
 -- role may end backend `pid` only when it is another vault role's (a
 -- member of `pivault_vaults`, not the caller's own role, not a superuser)
--- and has held the same transaction ID (in any database) or the same
--- snapshot (in this one) for 30 s or more, as the calls themselves saw it
--- (`sightings`; `STRANGER_SNAPSHOT_LIMIT` in
--- vault_core::keystore::postgres). Not the session's transaction start or
--- state, which a client running statement after statement in one
--- REPEATABLE READ transaction keeps fresh while its snapshot stays. A
--- snapshot counts only when no running transaction ID explains it (every
--- snapshot taken while an older ID runs starts at that ID: that
+-- and what it holds back, a transaction ID (from any database) or a
+-- snapshot's xmin (in this database), has been held, by it or by any
+-- session before it, for 30 s or more as the calls themselves saw it
+-- (`holds`; `STRANGER_SNAPSHOT_LIMIT` in vault_core::keystore::postgres).
+-- Not by the session's transaction start or state, which a client running
+-- statement after statement in one REPEATABLE READ transaction keeps
+-- fresh while its snapshot stays; not by the session either, so that a
+-- snapshot handed from session to session (`SET TRANSACTION SNAPSHOT`,
+-- whose `pg_export_snapshot` is also taken from PUBLIC below) keeps its
+-- age. A snapshot counts only when no running transaction ID explains it
+-- (every snapshot taken while an older ID runs starts at that ID: that
 -- transaction is the one to wait for or end), and each call takes a
 -- transaction ID, so that separate statements never show the same
 -- snapshot otherwise: a vault's records lock, a transaction idle for the
@@ -219,19 +222,21 @@ $$;
 -- milliseconds, is never ended. The vault's own sessions (the
 -- held-snapshot negative control), the superuser's and the provider's (a
 -- dump whose snapshot holds the key must block the certificate) are never
--- ended. Answers 'ended', or why not. Ending is logged in the server log,
--- for the provider.
-CREATE TABLE IF NOT EXISTS pivault_verify.sightings (
-  pid integer NOT NULL,
-  backend_start timestamptz NOT NULL,
-  held text NOT NULL,
-  first_seen timestamptz NOT NULL,
-  PRIMARY KEY (pid, backend_start, held)
+-- ended. Answers 'ended', or why not ('busy' when another caller's open
+-- transaction holds the row it would write: that caller holds a
+-- transaction ID, and is itself ended in time). Ending is logged in the
+-- server log, for the provider.
+DROP TABLE IF EXISTS pivault_verify.sightings;
+CREATE TABLE IF NOT EXISTS pivault_verify.holds (
+  held text PRIMARY KEY,
+  first_seen timestamptz NOT NULL
 );
-REVOKE ALL ON pivault_verify.sightings FROM PUBLIC;
+CREATE INDEX IF NOT EXISTS holds_first_seen ON pivault_verify.holds (first_seen);
+REVOKE ALL ON pivault_verify.holds FROM PUBLIC;
 CREATE OR REPLACE FUNCTION pivault_verify.end_stranger_snapshot(pid integer) RETURNS text
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
+SET lock_timeout = '200ms'
 AS $$
 DECLARE
   b record;
@@ -239,8 +244,7 @@ DECLARE
   v_seen timestamptz;
 BEGIN
   PERFORM pg_current_xact_id();
-  SELECT a.usesysid, a.datname, a.backend_start, a.backend_xmin, a.backend_xid,
-         r.rolsuper, r.rolname
+  SELECT a.usesysid, a.datname, a.backend_xmin, a.backend_xid, r.rolsuper, r.rolname
     INTO b
     FROM pg_stat_activity a JOIN pg_roles r ON r.oid = a.usesysid
    WHERE a.pid = end_stranger_snapshot.pid;
@@ -268,11 +272,16 @@ BEGIN
     -- as much as a held one's: that transaction is what holds back.
     RETURN 'a snapshot an older running transaction ID explains';
   END IF;
-  DELETE FROM pivault_verify.sightings WHERE first_seen < clock_timestamp() - interval '10 minutes';
-  INSERT INTO pivault_verify.sightings VALUES (pid, b.backend_start, v_held, clock_timestamp())
-    ON CONFLICT DO NOTHING;
-  SELECT s.first_seen INTO v_seen FROM pivault_verify.sightings s
-   WHERE s.pid = end_stranger_snapshot.pid AND s.backend_start = b.backend_start AND s.held = v_held;
+  BEGIN
+    DELETE FROM pivault_verify.holds h
+     WHERE h.held IN (SELECT o.held FROM pivault_verify.holds o
+                       WHERE o.first_seen < clock_timestamp() - interval '10 minutes'
+                       FOR UPDATE SKIP LOCKED);
+    INSERT INTO pivault_verify.holds VALUES (v_held, clock_timestamp()) ON CONFLICT DO NOTHING;
+    SELECT h.first_seen INTO v_seen FROM pivault_verify.holds h WHERE h.held = v_held;
+  EXCEPTION WHEN lock_not_available THEN
+    RETURN 'busy';
+  END;
   IF v_seen > clock_timestamp() - interval '30 seconds' THEN
     RETURN 'held under 30 s';
   END IF;
@@ -286,3 +295,6 @@ END
 $$;
 REVOKE ALL ON FUNCTION pivault_verify.end_stranger_snapshot(integer) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION pivault_verify.end_stranger_snapshot(integer) TO pivault_vaults;
+-- A snapshot handed to another session outlives the one that took it;
+-- no vault needs it (a provider's parallel dump runs as the superuser).
+REVOKE EXECUTE ON FUNCTION pg_export_snapshot() FROM PUBLIC;

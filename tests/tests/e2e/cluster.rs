@@ -443,6 +443,42 @@ fn another_vaults_transaction_held_past_the_limit_is_ended_and_the_disposal_cert
             while busy.batch_execute("SELECT pg_sleep(0.5)").is_ok() {}
         },
     );
+    // One snapshot handed from session to session every 8 s (a role the
+    // provider let export snapshots; no vault role may): its age is the
+    // snapshot's, not a session's.
+    su(&format!(
+        "GRANT EXECUTE ON FUNCTION pg_export_snapshot() TO {role}"
+    ));
+    let relay = {
+        let other = other.clone();
+        std::thread::spawn(move || {
+            let open =
+                |snapshot: Option<&str>| -> Result<(postgres::Client, String), postgres::Error> {
+                    let mut c = vault_core::keystore::provider::connect_primary(&other).unwrap();
+                    c.batch_execute(
+                        "SET idle_in_transaction_session_timeout = 0;
+                     BEGIN ISOLATION LEVEL REPEATABLE READ",
+                    )?;
+                    if let Some(s) = snapshot {
+                        c.batch_execute(&format!("SET TRANSACTION SNAPSHOT '{s}'"))?;
+                    }
+                    let id = c.query_one("SELECT pg_export_snapshot()", &[])?.get(0);
+                    Ok((c, id))
+                };
+            let (mut holder, mut id) = open(None).expect("the first holder");
+            let mut handovers = 0u32;
+            loop {
+                std::thread::sleep(std::time::Duration::from_secs(8));
+                // Once a holder is ended, its snapshot cannot be taken.
+                let Ok((next, next_id)) = open(Some(&id)) else {
+                    return handovers;
+                };
+                drop(std::mem::replace(&mut holder, next));
+                id = next_id;
+                handovers += 1;
+            }
+        })
+    };
     // The vault's own role's snapshot in the records database: not this
     // purge's.
     let (mut elsewhere, _) = transaction_held(&common::cluster_records(), None);
@@ -518,6 +554,16 @@ fn another_vaults_transaction_held_past_the_limit_is_ended_and_the_disposal_cert
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
     assert!(busy.is_finished(), "the busy transaction is ended");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !relay.is_finished() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(relay.is_finished(), "the handed-on snapshot is ended");
+    let handovers = relay.join().unwrap();
+    assert!(
+        handovers >= 3,
+        "handed over {handovers} times before it was ended"
+    );
     assert!(
         elsewhere.simple_query("SELECT 1").is_ok(),
         "a snapshot in another database is left alone"
@@ -529,17 +575,20 @@ fn another_vaults_transaction_held_past_the_limit_is_ended_and_the_disposal_cert
     let purge = doc.body["sanitization"]["details"]["keystore_purge"].clone();
     let members = purge["members"].as_array().expect("members");
     assert!(members.iter().all(|m| m["verified"] == true), "{purge}");
-    let said: Vec<&Value> = members
+    // Five at least: the relay's holder may be ended as it hands over.
+    let said: Vec<(u64, &Value)> = members
         .iter()
-        .filter(|m| {
-            m["detail"]
-                .as_str()
-                .unwrap()
-                .contains("ended 4 transactions another vault's role held")
+        .filter_map(|m| {
+            let detail = m["detail"].as_str().unwrap();
+            let (_, rest) = detail.split_once("; ended ")?;
+            let (n, rest) = rest.split_once(' ')?;
+            rest.starts_with("transactions another vault's role held")
+                .then(|| (n.parse().unwrap(), m))
         })
         .collect();
     assert_eq!(said.len(), 1, "the primary's evidence says so: {purge}");
-    assert_eq!(said[0]["role"], "primary", "{purge}");
+    assert!(said[0].0 >= 5, "{purge}");
+    assert_eq!(said[0].1["role"], "primary", "{purge}");
     assert_eq!(
         c.files_holding(std::slice::from_ref(&recs[0].2)),
         Vec::<PathBuf>::new()
@@ -572,6 +621,18 @@ fn another_vaults_transaction_held_past_the_limit_is_ended_and_the_disposal_cert
         ),
     ];
     assert_eq!(end(&mut mine, 0), "no such session");
+    // Nor may a vault's role hand its snapshot on.
+    mine.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
+        .unwrap();
+    let refused = mine
+        .query_one("SELECT pg_export_snapshot()", &[])
+        .expect_err("a vault role exports no snapshot");
+    assert_eq!(
+        refused.code(),
+        Some(&postgres::error::SqlState::INSUFFICIENT_PRIVILEGE),
+        "{refused}"
+    );
+    mine.batch_execute("ROLLBACK").unwrap();
     for ((_, pid), why) in &held {
         assert_eq!(end(&mut mine, *pid), *why, "backend {pid}");
     }
@@ -582,7 +643,9 @@ fn another_vaults_transaction_held_past_the_limit_is_ended_and_the_disposal_cert
     drop(lock);
     drop(mine);
     fx.vault.close().unwrap();
-    su(&format!("DROP ROLE {role}"));
+    su(&format!(
+        "REVOKE EXECUTE ON FUNCTION pg_export_snapshot() FROM {role}; DROP ROLE {role}"
+    ));
 }
 
 /// The WAL's evidence is its segments' names (a vault's scan reads no

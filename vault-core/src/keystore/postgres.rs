@@ -956,7 +956,7 @@ struct Waited {
 /// another vault role's until it has held the same transaction ID or
 /// snapshot [`STRANGER_SNAPSHOT_LIMIT`] as seen from here, then ends it
 /// (`pivault_verify.end_stranger_snapshot`, which checks all of that
-/// itself and keeps the sightings), so that one vault cannot keep the
+/// itself and keeps the holds' ages), so that one vault cannot keep the
 /// others' disposals from certifying. Strangers are seen from the first
 /// look, whatever else is waited for (an autovacuum worker's passing
 /// snapshot must not stop their clock).
@@ -969,10 +969,10 @@ fn wait_for_blockers(c: &mut Client, horizon: &str) -> Result<Waited> {
         let found = blockers(c, horizon)?;
         let strangers = may_end && found.iter().any(|b| b.stranger);
         // A snapshot taken while another's old transaction ID ran is only
-        // seen once that ID has gone (which explained it): at most two
-        // limits, the IDs' holders' and then the snapshots'.
+        // counted once that ID has gone (which explained it): two limits,
+        // the IDs' holders' and then the snapshots', and the polls' time.
         let patience = if strangers {
-            STRANGER_SNAPSHOT_LIMIT * 2 + Duration::from_secs(3)
+            STRANGER_SNAPSHOT_LIMIT * 2 + Duration::from_secs(10)
         } else {
             SNAPSHOT_PATIENCE
         };
