@@ -708,6 +708,83 @@ fn a_member_that_recycles_its_wal_is_not_verified_and_the_batch_waits_for_it() {
     fx.vault.close().unwrap();
 }
 
+/// A lazy `VACUUM` shows a snapshot that no horizon counts (PostgreSQL
+/// flags it as vacuuming): however long it runs, it holds no deleted row
+/// back. Another vault's, slowed to a crawl by its cost settings, as a
+/// tenant's table's autovacuum can be, is neither waited for nor ended:
+/// the disposal certifies around it, and no member's file keeps the key.
+#[test]
+fn another_vaults_slow_lazy_vacuum_holds_no_disposal_back_and_is_not_ended() {
+    let _one = serial();
+    let c = cluster();
+    let primary = primary_member(&c);
+    let su = |q: &str| psql_in(&primary, "pivault_keys", q).expect("the superuser's SQL");
+    let tmp = tempfile::tempdir().unwrap();
+    let fx = common::fast_vault_with(&tmp.path().join("vault"), Some(c.config()), None);
+    let recs = put_records(&fx, 2);
+    let mut suffix = [0u8; 10];
+    vault_core::crypto::fill_random(&mut suffix);
+    let role = format!("pvr_{}", hex::encode(suffix));
+    su(&format!(
+        "CREATE ROLE {role} LOGIN PASSWORD 'vacuum-Vault-pw-58' IN ROLE pivault_vaults"
+    ));
+    let file = tmp.path().join("other.pw");
+    crate::cli::write_private(&file, b"vacuum-Vault-pw-58");
+    let other = PgConfig {
+        user: role.clone(),
+        password_file: file,
+        ..c.config()
+    };
+    let mut v = vault_core::keystore::provider::connect_primary(&other).unwrap();
+    let table = format!("{role}.big");
+    v.batch_execute(&format!(
+        "CREATE SCHEMA {role};
+         CREATE TABLE {table} AS SELECT g, repeat('x', 500) AS pad FROM generate_series(1, 20000) g;
+         DELETE FROM {table} WHERE g % 2 = 0;"
+    ))
+    .unwrap();
+    let pid: i32 = v.query_one("SELECT pg_backend_pid()", &[]).unwrap().get(0);
+    let vacuum = std::thread::spawn(move || {
+        v.batch_execute("SET vacuum_cost_delay = 100; SET vacuum_cost_limit = 1")
+            .unwrap();
+        v.batch_execute(&format!("VACUUM {table}"))
+    });
+    let vacuuming = || {
+        su(&format!(
+            "SELECT count(*) FROM pg_stat_progress_vacuum WHERE pid = {pid}"
+        )) == "1"
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !vacuuming() {
+        assert!(std::time::Instant::now() < deadline, "the VACUUM began");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert_ne!(
+        su(&format!(
+            "SELECT coalesce(backend_xmin::text, 'none') FROM pg_stat_activity WHERE pid = {pid}"
+        )),
+        "none",
+        "the VACUUM shows a snapshot"
+    );
+    let cert = certificate_id(
+        fx.vault
+            .dispose(&fx.officer, &request(DisposalScope::Subject(recs[0].0)))
+            .expect("a lazy VACUUM holds no disposal back"),
+    );
+    assert!(vacuuming(), "the VACUUM runs on, not ended");
+    let doc = fx.vault.certificate(&fx.auditor, cert).unwrap();
+    let purge = doc.body["sanitization"]["details"]["keystore_purge"].clone();
+    assert!(!purge.to_string().contains("; ended "), "{purge}");
+    assert_eq!(
+        c.files_holding(std::slice::from_ref(&recs[0].2)),
+        Vec::<PathBuf>::new()
+    );
+    su(&format!("SELECT pg_cancel_backend({pid})"));
+    assert!(vacuum.join().unwrap().is_err(), "cancelled, not finished");
+    fx.vault.close().unwrap();
+    su(&format!("DROP SCHEMA {role} CASCADE; DROP ROLE {role}"));
+}
+
 #[test]
 fn writes_racing_disposals_on_the_cluster_lose_nothing_and_every_certificate_holds() {
     let _one = serial();

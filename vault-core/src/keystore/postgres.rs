@@ -895,7 +895,11 @@ fn blockers(c: &mut Client, horizon: &str) -> Result<Vec<Blocker>> {
     // only (a relation that is not shared keeps what that database's
     // transactions may still see); a transaction ID it took, in every
     // database (the purge's own snapshot counts every running ID); standby
-    // feedback, slots and prepared transactions everywhere.
+    // feedback, slots and prepared transactions everywhere. A lazy VACUUM
+    // (and its parallel workers) shows a snapshot that every horizon
+    // ignores: however long it runs, it holds nothing back (a tenant's or
+    // autovacuum's, throttled by a table's storage parameters, kept every
+    // purge waiting and failing).
     let rows = c
         .query(
             "SELECT 'open snapshot of backend ' || a.pid::text || ' (' || coalesce(a.application_name, '') || ')',
@@ -904,6 +908,8 @@ fn blockers(c: &mut Client, horizon: &str) -> Result<Vec<Blocker>> {
                              AND pg_has_role(a.usesysid, 'pivault_vaults', 'MEMBER'), false)
                FROM pg_stat_activity a LEFT JOIN pg_roles r ON r.oid = a.usesysid
               WHERE a.pid <> pg_backend_pid()
+                AND a.pid NOT IN (SELECT pid FROM pg_stat_progress_vacuum)
+                AND coalesce(a.leader_pid, 0) NOT IN (SELECT pid FROM pg_stat_progress_vacuum)
                 AND ((a.datname = current_database() AND a.backend_xmin IS NOT NULL
                       AND age(a.backend_xmin) >= age($1::text::xid))
                   OR (a.backend_xid IS NOT NULL AND age(a.backend_xid) >= age($1::text::xid)))
