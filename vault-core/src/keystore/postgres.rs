@@ -943,8 +943,8 @@ struct Blocker {
     what: String,
     /// The session's backend, when it is one.
     pid: Option<i32>,
-    /// Another vault role's session, which the purge may end once its
-    /// transaction has been open [`STRANGER_SNAPSHOT_LIMIT`].
+    /// Another vault role's session, which the purge may end once what it
+    /// holds back has been held [`STRANGER_SNAPSHOT_LIMIT`].
     stranger: bool,
 }
 
