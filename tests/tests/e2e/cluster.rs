@@ -390,6 +390,25 @@ fn transaction_held(cfg: &PgConfig, sql: Option<&str>) -> (postgres::Client, i32
     (c, pid)
 }
 
+/// A login role of another vault (`pvr_`, in `pivault_vaults`, made by
+/// the superuser's `su`), and its configuration, its password in `dir`.
+fn another_vault_role(c: &Cluster, dir: &Path, su: &dyn Fn(&str) -> String) -> (String, PgConfig) {
+    let mut suffix = [0u8; 10];
+    vault_core::crypto::fill_random(&mut suffix);
+    let role = format!("pvr_{}", hex::encode(suffix));
+    su(&format!(
+        "CREATE ROLE {role} LOGIN PASSWORD 'other-Vault-pw-57' IN ROLE pivault_vaults"
+    ));
+    let file = dir.join("other.pw");
+    crate::cli::write_private(&file, b"other-Vault-pw-57");
+    let cfg = PgConfig {
+        user: role.clone(),
+        password_file: file,
+        ..c.config()
+    };
+    (role, cfg)
+}
+
 /// Many businesses' keystores share one database, where a session's
 /// snapshot holds back what `VACUUM FULL` may drop from every table, and a
 /// transaction ID does from any database. A holder of another vault's
@@ -414,19 +433,7 @@ fn another_vaults_transaction_held_past_the_limit_is_ended_and_the_disposal_cert
     // Keys on the cluster, records embedded: only `pivault_keys` is purged.
     let fx = common::fast_vault_with(&tmp.path().join("vault"), Some(c.config()), None);
     let recs = put_records(&fx, 2);
-    let mut suffix = [0u8; 10];
-    vault_core::crypto::fill_random(&mut suffix);
-    let role = format!("pvr_{}", hex::encode(suffix));
-    su(&format!(
-        "CREATE ROLE {role} LOGIN PASSWORD 'other-Vault-pw-57' IN ROLE pivault_vaults"
-    ));
-    let file = tmp.path().join("other.pw");
-    crate::cli::write_private(&file, b"other-Vault-pw-57");
-    let other = PgConfig {
-        user: role.clone(),
-        password_file: file,
-        ..c.config()
-    };
+    let (role, other) = another_vault_role(&c, tmp.path(), &su);
     let other_records = PgConfig {
         database: "pivault_records".into(),
         ..other.clone()
@@ -722,19 +729,7 @@ fn another_vaults_slow_lazy_vacuum_holds_no_disposal_back_and_is_not_ended() {
     let tmp = tempfile::tempdir().unwrap();
     let fx = common::fast_vault_with(&tmp.path().join("vault"), Some(c.config()), None);
     let recs = put_records(&fx, 2);
-    let mut suffix = [0u8; 10];
-    vault_core::crypto::fill_random(&mut suffix);
-    let role = format!("pvr_{}", hex::encode(suffix));
-    su(&format!(
-        "CREATE ROLE {role} LOGIN PASSWORD 'vacuum-Vault-pw-58' IN ROLE pivault_vaults"
-    ));
-    let file = tmp.path().join("other.pw");
-    crate::cli::write_private(&file, b"vacuum-Vault-pw-58");
-    let other = PgConfig {
-        user: role.clone(),
-        password_file: file,
-        ..c.config()
-    };
+    let (role, other) = another_vault_role(&c, tmp.path(), &su);
     let mut v = vault_core::keystore::provider::connect_primary(&other).unwrap();
     let table = format!("{role}.big");
     v.batch_execute(&format!(
