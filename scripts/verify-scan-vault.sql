@@ -222,16 +222,24 @@ $$;
 -- milliseconds, is never ended. The vault's own sessions (the
 -- held-snapshot negative control), the superuser's and the provider's (a
 -- dump whose snapshot holds the key must block the certificate) are never
--- ended. Answers 'ended', or why not ('busy' when another caller's open
--- transaction holds the row it would write: that caller holds a
--- transaction ID, and is itself ended in time). Ending is logged in the
--- server log, for the provider.
+-- ended. Answers 'ended', or why not. Ending is logged in the server
+-- log, for the provider.
+--
+-- A hold's sightings are rows nobody waits for: a hold's age is its
+-- earliest sighting in the last 10 minutes that the caller can see, and a
+-- caller who sees none writes its own. A caller that leaves its sighting
+-- uncommitted in an open transaction so hides it and holds no other
+-- caller back (with one row per hold, two vaults' roles in league could
+-- each shield the other's hold, and every purge's ask found the row
+-- locked, for ever).
 DROP TABLE IF EXISTS pivault_verify.sightings;
 CREATE TABLE IF NOT EXISTS pivault_verify.holds (
-  held text PRIMARY KEY,
+  held text NOT NULL,
   first_seen timestamptz NOT NULL
 );
+ALTER TABLE pivault_verify.holds DROP CONSTRAINT IF EXISTS holds_pkey;
 CREATE INDEX IF NOT EXISTS holds_first_seen ON pivault_verify.holds (first_seen);
+CREATE INDEX IF NOT EXISTS holds_held ON pivault_verify.holds (held, first_seen);
 REVOKE ALL ON pivault_verify.holds FROM PUBLIC;
 CREATE OR REPLACE FUNCTION pivault_verify.end_stranger_snapshot(pid integer) RETURNS text
 LANGUAGE plpgsql SECURITY DEFINER
@@ -274,11 +282,15 @@ BEGIN
   END IF;
   BEGIN
     DELETE FROM pivault_verify.holds h
-     WHERE h.held IN (SELECT o.held FROM pivault_verify.holds o
-                       WHERE o.first_seen < clock_timestamp() - interval '10 minutes'
-                       FOR UPDATE SKIP LOCKED);
-    INSERT INTO pivault_verify.holds VALUES (v_held, clock_timestamp()) ON CONFLICT DO NOTHING;
-    SELECT h.first_seen INTO v_seen FROM pivault_verify.holds h WHERE h.held = v_held;
+     WHERE h.ctid = ANY (ARRAY(SELECT o.ctid FROM pivault_verify.holds o
+                                WHERE o.first_seen < clock_timestamp() - interval '10 minutes'
+                                FOR UPDATE SKIP LOCKED));
+    SELECT min(h.first_seen) INTO v_seen FROM pivault_verify.holds h
+     WHERE h.held = v_held AND h.first_seen >= clock_timestamp() - interval '10 minutes';
+    IF v_seen IS NULL THEN
+      v_seen := clock_timestamp();
+      INSERT INTO pivault_verify.holds VALUES (v_held, v_seen);
+    END IF;
   EXCEPTION WHEN lock_not_available THEN
     RETURN 'busy';
   END;

@@ -655,6 +655,77 @@ fn another_vaults_transaction_held_past_the_limit_is_ended_and_the_disposal_cert
     ));
 }
 
+/// Two other vaults' roles in league (one person holding two businesses'
+/// credentials) shield each other's holds: each keeps an open transaction
+/// in which it asked to end the other's, so that the hold's first sighting,
+/// written by the function, stays uncommitted. Were a hold's sighting a
+/// row others must wait for, every purge's ask would find it locked and
+/// answer `busy` for ever, and no vault's disposal would certify. A
+/// sighting nobody else can see holds nobody back: the purge's own is
+/// written beside it, and each of the three holds is ended after 30 s.
+#[test]
+fn other_vaults_shielding_each_others_holds_keep_no_disposal_from_certifying() {
+    let _one = serial();
+    let c = cluster();
+    let primary = primary_member(&c);
+    let su = |q: &str| psql_in(&primary, "pivault_keys", q).expect("the superuser's SQL");
+    let tmp = tempfile::tempdir().unwrap();
+    let fx = common::fast_vault_with(&tmp.path().join("vault"), Some(c.config()), None);
+    let recs = put_records(&fx, 2);
+    let (dir_a, dir_b) = (tmp.path().join("a"), tmp.path().join("b"));
+    std::fs::create_dir(&dir_a).unwrap();
+    std::fs::create_dir(&dir_b).unwrap();
+    let (role_a, a) = another_vault_role(&c, &dir_a, &su);
+    let (role_b, b) = another_vault_role(&c, &dir_b, &su);
+    let ask = |s: &mut postgres::Client, pid: i32| -> String {
+        s.query_one("SELECT pivault_verify.end_stranger_snapshot($1)", &[&pid])
+            .unwrap()
+            .get(0)
+    };
+    let (mut held, held_pid) = transaction_held(&a, Some("BEGIN; SELECT txid_current()"));
+    // Each shield holds a transaction ID of its own (as its ask takes
+    // one), which the other shield's ask covers in turn; both are there
+    // first, as a transaction sees the sessions of its first look.
+    let (mut shield_b, shield_b_pid) = transaction_held(&b, Some("BEGIN; SELECT txid_current()"));
+    let (mut shield_a, shield_a_pid) = transaction_held(&a, Some("BEGIN; SELECT txid_current()"));
+    assert_eq!(ask(&mut shield_b, held_pid), "held under 30 s");
+    assert_eq!(ask(&mut shield_a, shield_b_pid), "held under 30 s");
+    assert_eq!(ask(&mut shield_b, shield_a_pid), "held under 30 s");
+    let started = std::time::Instant::now();
+    let cert = certificate_id(
+        fx.vault
+            .dispose(&fx.officer, &request(DisposalScope::Subject(recs[0].0)))
+            .expect("shielded holds keep no disposal from certifying"),
+    );
+    let took = started.elapsed();
+    for (what, s) in [
+        ("the held transaction ID", &mut held),
+        ("the first shield", &mut shield_b),
+        ("the second shield", &mut shield_a),
+    ] {
+        assert!(s.simple_query("SELECT 1").is_err(), "{what} is ended");
+    }
+    assert!(took >= std::time::Duration::from_secs(28), "{took:?}");
+    let doc = fx.vault.certificate(&fx.auditor, cert).unwrap();
+    let purge = doc.body["sanitization"]["details"]["keystore_purge"].clone();
+    let members = purge["members"].as_array().expect("members");
+    assert!(members.iter().all(|m| m["verified"] == true), "{purge}");
+    assert!(
+        members.iter().any(|m| m["detail"]
+            .as_str()
+            .unwrap()
+            .contains("; ended 3 transactions another vault's role held")),
+        "{purge}"
+    );
+    assert_eq!(
+        c.files_holding(std::slice::from_ref(&recs[0].2)),
+        Vec::<PathBuf>::new()
+    );
+    drop((held, shield_a, shield_b));
+    fx.vault.close().unwrap();
+    su(&format!("DROP ROLE {role_a}; DROP ROLE {role_b}"));
+}
+
 /// The WAL's evidence is its segments' names (a vault's scan reads no
 /// WAL): a member that recycles segments (renamed ahead with their old
 /// bytes) could hold a destroyed key under a later name. Every purge reads
