@@ -125,6 +125,10 @@ bootstrap:
         wal_level: replica
         hot_standby: "on"
         hot_standby_feedback: "off"
+        # A standby query conflicting with replay (any vault's role can run
+        # one) is cancelled after 5 s, well before a purge gives up waiting
+        # for that standby's replay (20 s; doctor fails a member above 10 s).
+        max_standby_streaming_delay: 5s
         archive_mode: "off"
         wal_recycle: "off"
         wal_init_zero: "on"

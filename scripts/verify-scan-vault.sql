@@ -222,8 +222,12 @@ $$;
 -- milliseconds, is never ended. The vault's own sessions (the
 -- held-snapshot negative control), the superuser's and the provider's (a
 -- dump whose snapshot holds the key must block the certificate) are never
--- ended. Answers 'ended', or why not. Ending is logged in the server
--- log, for the provider.
+-- ended. An autovacuum worker's ANALYZE, which runs as no role (and which
+-- a vault's role can slow to a crawl by its own table's storage
+-- parameters), is cancelled once held as long (autovacuum comes back to
+-- the table); a lazy VACUUM, whose snapshot no horizon counts, never.
+-- Answers 'ended' or 'cancelled', or why not. Either is logged in the
+-- server log, for the provider.
 --
 -- A hold's sightings are rows nobody waits for: a hold's age is its
 -- earliest sighting in the last 10 minutes that the caller can see, and a
@@ -252,12 +256,23 @@ DECLARE
   v_seen timestamptz;
 BEGIN
   PERFORM pg_current_xact_id();
-  SELECT a.usesysid, a.datname, a.backend_xmin, a.backend_xid, r.rolsuper, r.rolname
+  SELECT a.usesysid, a.datname, a.backend_xmin, a.backend_xid, a.backend_type,
+         r.rolsuper, r.rolname,
+         EXISTS (SELECT 1 FROM pg_stat_progress_vacuum v
+                  WHERE v.pid IN (a.pid, a.leader_pid)) AS vacuuming
     INTO b
-    FROM pg_stat_activity a JOIN pg_roles r ON r.oid = a.usesysid
+    FROM pg_stat_activity a LEFT JOIN pg_roles r ON r.oid = a.usesysid
    WHERE a.pid = end_stranger_snapshot.pid;
   IF NOT FOUND THEN
     RETURN 'no such session';
+  ELSIF b.vacuuming THEN
+    -- No horizon counts its snapshot (and a wraparound's must finish).
+    RETURN 'a lazy VACUUM, which holds nothing back';
+  ELSIF b.backend_type = 'autovacuum worker' THEN
+    -- Runs as no role: its ANALYZE is cancelled, not ended (below).
+    NULL;
+  ELSIF b.rolname IS NULL THEN
+    RETURN 'not a vault role''s';
   ELSIF b.rolsuper THEN
     RETURN 'a superuser''s';
   ELSIF b.rolname = session_user THEN
@@ -296,6 +311,14 @@ BEGIN
   END;
   IF v_seen > clock_timestamp() - interval '30 seconds' THEN
     RETURN 'held under 30 s';
+  END IF;
+  IF b.backend_type = 'autovacuum worker' THEN
+    RAISE LOG 'pivault: cancelling autovacuum worker % (% held since at least %) for a purge by role %',
+      pid, v_held, v_seen, session_user;
+    IF pg_cancel_backend(pid) THEN
+      RETURN 'cancelled';
+    END IF;
+    RETURN 'not cancelled';
   END IF;
   RAISE LOG 'pivault: ending backend % of role % (% held since at least %) for a purge by role %',
     pid, b.rolname, v_held, v_seen, session_user;

@@ -851,6 +851,170 @@ fn another_vaults_slow_lazy_vacuum_holds_no_disposal_back_and_is_not_ended() {
     su(&format!("DROP SCHEMA {role} CASCADE; DROP ROLE {role}"));
 }
 
+/// Another vault's role owns its tables, and so their storage parameters:
+/// a table whose autovacuum is throttled to a page every 100 ms keeps the
+/// cluster's own autovacuum worker in its `ANALYZE` for minutes, holding a
+/// snapshot no vault role's session holds (the worker runs as nobody's).
+/// Waited for like the cluster's own passing work, it failed every
+/// vault's disposal after 10 s. Such an `ANALYZE` is cancelled once its
+/// snapshot has been held 30 s (nothing is lost: autovacuum comes back to
+/// the table), the primary's evidence says so, and the disposal certifies.
+#[test]
+fn another_vaults_throttled_autovacuum_analyze_is_cancelled_and_the_disposal_certifies() {
+    let _one = serial();
+    let c = cluster();
+    let primary = primary_member(&c);
+    let su = |q: &str| psql_in(&primary, "pivault_keys", q).expect("the superuser's SQL");
+    let tmp = tempfile::tempdir().unwrap();
+    let fx = common::fast_vault_with(&tmp.path().join("vault"), Some(c.config()), None);
+    let recs = put_records(&fx, 2);
+    let (role, other) = another_vault_role(&c, tmp.path(), &su);
+    let table = format!("{role}.stats");
+    let mut v = vault_core::keystore::provider::connect_primary(&other).unwrap();
+    v.batch_execute(&format!(
+        "CREATE SCHEMA {role};
+         CREATE TABLE {table} (g int, pad text) WITH (
+           autovacuum_vacuum_cost_limit = 1, autovacuum_vacuum_cost_delay = 100,
+           autovacuum_analyze_threshold = 1, autovacuum_analyze_scale_factor = 0,
+           autovacuum_vacuum_threshold = 2000000000, autovacuum_vacuum_insert_threshold = -1);
+         INSERT INTO {table} SELECT g, repeat('x', 200) FROM generate_series(1, 30000) g;"
+    ))
+    .unwrap();
+    drop(v);
+    // Autovacuum looks every second for the test, not every minute.
+    /// Sets the cluster back however the test ends.
+    struct Back<'a>(&'a dyn Fn(&str) -> String, String);
+    impl Drop for Back<'_> {
+        fn drop(&mut self) {
+            (self.0)("ALTER SYSTEM RESET autovacuum_naptime");
+            (self.0)("SELECT pg_reload_conf()");
+            (self.0)(&format!(
+                "DROP SCHEMA IF EXISTS {0} CASCADE; DROP ROLE IF EXISTS {0}",
+                self.1
+            ));
+        }
+    }
+    su("ALTER SYSTEM SET autovacuum_naptime = 1");
+    su("SELECT pg_reload_conf()");
+    let _back = Back(&su, role.clone());
+    let analyzing = || {
+        su(&format!(
+            "SELECT coalesce(min(pid)::text, 'none') FROM pg_stat_activity
+              WHERE backend_type = 'autovacuum worker' AND backend_xmin IS NOT NULL
+                AND query = 'autovacuum: ANALYZE {table}'"
+        ))
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let worker = loop {
+        match analyzing().as_str() {
+            "none" => {
+                assert!(std::time::Instant::now() < deadline, "autovacuum began");
+                std::thread::sleep(std::time::Duration::from_millis(200));
+            }
+            pid => break pid.to_owned(),
+        }
+    };
+    let started = std::time::Instant::now();
+    let cert = certificate_id(
+        fx.vault
+            .dispose(&fx.officer, &request(DisposalScope::Subject(recs[0].0)))
+            .expect("a throttled autovacuum keeps no disposal from certifying"),
+    );
+    let took = started.elapsed();
+    assert!(took >= std::time::Duration::from_secs(25), "{took:?}");
+    assert_eq!(
+        su(&format!(
+            "SELECT count(*) FROM pg_stat_activity WHERE pid = {worker} AND query = 'autovacuum: ANALYZE {table}'"
+        )),
+        "0",
+        "the worker's ANALYZE is cancelled"
+    );
+    let doc = fx.vault.certificate(&fx.auditor, cert).unwrap();
+    let purge = doc.body["sanitization"]["details"]["keystore_purge"].clone();
+    let members = purge["members"].as_array().expect("members");
+    assert!(members.iter().all(|m| m["verified"] == true), "{purge}");
+    assert!(
+        members.iter().any(|m| m["detail"]
+            .as_str()
+            .unwrap()
+            .contains("; cancelled 1 autovacuum ANALYZE(s) whose snapshot was held 30 s")),
+        "{purge}"
+    );
+    assert_eq!(
+        c.files_holding(std::slice::from_ref(&recs[0].2)),
+        Vec::<PathBuf>::new()
+    );
+    fx.vault.close().unwrap();
+}
+
+/// A vault's role reads on the standbys too (its byte scans run on every
+/// member), and a standby query whose snapshot conflicts with the WAL to
+/// replay holds that standby's replay back until the standby cancels it,
+/// `max_standby_streaming_delay` after the WAL came. Another vault's role
+/// holds a snapshot of its own table on a standby and cleans the table on
+/// the primary: with the default 30 s, longer than a purge waits for a
+/// standby's replay (20 s), every vault's disposal failed meanwhile, for
+/// as long as that role kept it up. The clusters are set to 5 s (`doctor`
+/// fails a member above 10 s): the standby cancels the query, and the
+/// disposal certifies.
+#[test]
+fn another_vaults_query_on_a_standby_holds_no_purge_past_its_replay_wait() {
+    let _one = serial();
+    let c = cluster();
+    let primary = primary_member(&c);
+    let su = |q: &str| psql_in(&primary, "pivault_keys", q).expect("the superuser's SQL");
+    let tmp = tempfile::tempdir().unwrap();
+    let fx = common::fast_vault_with(&tmp.path().join("vault"), Some(c.config()), None);
+    let recs = put_records(&fx, 2);
+    let (role, other) = another_vault_role(&c, tmp.path(), &su);
+    let table = format!("{role}.t");
+    let mut p = vault_core::keystore::provider::connect_primary(&other).unwrap();
+    p.batch_execute(&format!(
+        "CREATE SCHEMA {role};
+         CREATE TABLE {table} AS SELECT g FROM generate_series(1, 10000) g"
+    ))
+    .unwrap();
+    let standby = c.members[primary_index(&c) % c.members.len()].clone();
+    let mut s = vault_core::keystore::postgres::connect_member(&other, &standby).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !s
+        .query_one("SELECT to_regclass($1) IS NOT NULL", &[&table])
+        .unwrap()
+        .get::<_, bool>(0)
+    {
+        assert!(std::time::Instant::now() < deadline, "the table replayed");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    s.batch_execute(&format!(
+        "SET idle_in_transaction_session_timeout = 0;
+         BEGIN ISOLATION LEVEL REPEATABLE READ;
+         SELECT count(*) FROM {table}"
+    ))
+    .unwrap();
+    p.batch_execute(&format!("DELETE FROM {table}")).unwrap();
+    p.batch_execute(&format!("VACUUM {table}")).unwrap();
+    let cert = certificate_id(
+        fx.vault
+            .dispose(&fx.officer, &request(DisposalScope::Subject(recs[0].0)))
+            .expect("a standby's conflicting query holds no purge past its wait"),
+    );
+    assert!(
+        s.simple_query("SELECT 1").is_err(),
+        "the standby cancelled the conflicting query"
+    );
+    let doc = fx.vault.certificate(&fx.auditor, cert).unwrap();
+    let purge = doc.body["sanitization"]["details"]["keystore_purge"].clone();
+    let members = purge["members"].as_array().expect("members");
+    assert!(members.iter().all(|m| m["verified"] == true), "{purge}");
+    assert_eq!(
+        c.files_holding(std::slice::from_ref(&recs[0].2)),
+        Vec::<PathBuf>::new()
+    );
+    drop((s, p));
+    fx.vault.close().unwrap();
+    su(&format!("DROP SCHEMA {role} CASCADE; DROP ROLE {role}"));
+}
+
 #[test]
 fn writes_racing_disposals_on_the_cluster_lose_nothing_and_every_certificate_holds() {
     let _one = serial();
@@ -1723,6 +1887,26 @@ fn doctor_fails_a_member_whose_settings_would_keep_destroyed_keys() {
     assert_eq!(found.level, vault_core::doctor::Level::Fail, "{found:?}");
     assert!(
         found.detail.contains(&format!("{standby}: wal_recycle=on")),
+        "{found:?}"
+    );
+    // Replay held back by a conflicting standby query (any vault's role
+    // can run one) for PostgreSQL's default 30 s: longer than a purge
+    // waits for a standby.
+    psql(
+        &standby,
+        "ALTER SYSTEM SET max_standby_streaming_delay = '30s'",
+    )
+    .expect("alter system");
+    psql(&standby, "SELECT pg_reload_conf()").expect("reload");
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let found = settings();
+    psql(&standby, "ALTER SYSTEM RESET max_standby_streaming_delay").expect("reset");
+    psql(&standby, "SELECT pg_reload_conf()").expect("reload");
+    assert_eq!(found.level, vault_core::doctor::Level::Fail, "{found:?}");
+    assert!(
+        found
+            .detail
+            .contains(&format!("{standby}: max_standby_streaming_delay=30s")),
         "{found:?}"
     );
     fx.vault.close().unwrap();

@@ -348,6 +348,12 @@ const SNAPSHOT_PATIENCE: Duration = Duration::from_secs(10);
 const STRANGER_SNAPSHOT_LIMIT: Duration = Duration::from_secs(30);
 /// How long it waits for a standby to replay the primary's checkpoint.
 const REPLAY_PATIENCE: Duration = Duration::from_secs(20);
+
+/// The most a member's `max_standby_streaming_delay` may be (`doctor`):
+/// well within [`REPLAY_PATIENCE`], so that a query conflicting with
+/// replay on a standby, which any vault's role can run, is cancelled
+/// before a purge gives up on that standby (`scripts/cluster.sh` sets 5 s).
+const STANDBY_DELAY_CAP: Duration = Duration::from_secs(10);
 /// How long an operation waits for a primary during a failover.
 const PRIMARY_PATIENCE: Duration = Duration::from_secs(40);
 /// Switch-and-checkpoint rounds at most (2 are needed with `wal_keep_size=16MB`).
@@ -862,7 +868,8 @@ fn wait_replay(c: &mut Client, lsn: &str) -> Result<()> {
         }
         if Instant::now() > deadline {
             return Err(Error::Storage(format!(
-                "keystore cluster: a standby has not replayed {lsn} after {}s",
+                "keystore cluster: a standby has not replayed {lsn} after {}s (a query there \
+                 conflicting with replay holds it back up to the member's max_standby_streaming_delay)",
                 REPLAY_PATIENCE.as_secs()
             )));
         }
@@ -899,13 +906,16 @@ fn blockers(c: &mut Client, horizon: &str) -> Result<Vec<Blocker>> {
     // (and its parallel workers) shows a snapshot that every horizon
     // ignores: however long it runs, it holds nothing back (a tenant's or
     // autovacuum's, throttled by a table's storage parameters, kept every
-    // purge waiting and failing).
+    // purge waiting and failing). An autovacuum worker's ANALYZE is no
+    // vault role's, but a vault's role throttles it by its own table's
+    // storage parameters: it may be cancelled like another vault's hold.
     let rows = c
         .query(
             "SELECT 'open snapshot of backend ' || a.pid::text || ' (' || coalesce(a.application_name, '') || ')',
                     a.pid,
                     coalesce(NOT r.rolsuper AND a.usename <> session_user
                              AND pg_has_role(a.usesysid, 'pivault_vaults', 'MEMBER'), false)
+                    OR a.backend_type = 'autovacuum worker'
                FROM pg_stat_activity a LEFT JOIN pg_roles r ON r.oid = a.usesysid
               WHERE a.pid <> pg_backend_pid()
                 AND a.pid NOT IN (SELECT pid FROM pg_stat_progress_vacuum)
@@ -944,7 +954,8 @@ struct Blocker {
     /// The session's backend, when it is one.
     pid: Option<i32>,
     /// Another vault role's session, which the purge may end once what it
-    /// holds back has been held [`STRANGER_SNAPSHOT_LIMIT`].
+    /// holds back has been held [`STRANGER_SNAPSHOT_LIMIT`], or an
+    /// autovacuum worker's `ANALYZE`, which it may cancel then.
     stranger: bool,
 }
 
@@ -955,6 +966,31 @@ struct Waited {
     left: Vec<String>,
     /// Other vaults' sessions ended.
     ended: u64,
+    /// Autovacuum workers' `ANALYZE`s cancelled.
+    cancelled: u64,
+}
+
+impl Waited {
+    /// What the primary's evidence says of the sessions ended and the
+    /// `ANALYZE`s cancelled: nothing when none were.
+    fn said(&self) -> String {
+        let limit = STRANGER_SNAPSHOT_LIMIT.as_secs();
+        let mut said = String::new();
+        if self.ended > 0 {
+            let n = match self.ended {
+                1 => "1 transaction".to_owned(),
+                n => format!("{n} transactions"),
+            };
+            said += &format!("; ended {n} another vault's role held open {limit} s or more");
+        }
+        if self.cancelled > 0 {
+            said += &format!(
+                "; cancelled {} autovacuum ANALYZE(s) whose snapshot was held {limit} s or more",
+                self.cancelled
+            );
+        }
+        said
+    }
 }
 
 /// Waits for the transactions that hold back `horizon` to end: the
@@ -963,9 +999,11 @@ struct Waited {
 /// snapshot [`STRANGER_SNAPSHOT_LIMIT`] as seen from here, then ends it
 /// (`pivault_verify.end_stranger_snapshot`, which checks all of that
 /// itself and keeps the holds' ages), so that one vault cannot keep the
-/// others' disposals from certifying. Strangers are seen from the first
-/// look, whatever else is waited for (an autovacuum worker's passing
-/// snapshot must not stop their clock).
+/// others' disposals from certifying; an autovacuum worker's `ANALYZE`
+/// likewise, cancelled (a vault's role can throttle it by its own table's
+/// storage parameters). Strangers are seen from the first look, whatever
+/// else is waited for (another passing snapshot must not stop their
+/// clock).
 fn wait_for_blockers(c: &mut Client, horizon: &str) -> Result<Waited> {
     let start = Instant::now();
     let mut waited = Waited::default();
@@ -989,8 +1027,11 @@ fn wait_for_blockers(c: &mut Client, horizon: &str) -> Result<Waited> {
         if strangers {
             for pid in found.iter().filter(|b| b.stranger).filter_map(|b| b.pid) {
                 match c.query_one("SELECT pivault_verify.end_stranger_snapshot($1)", &[&pid]) {
-                    Ok(r) if r.get::<_, String>(0) == "ended" => waited.ended += 1,
-                    Ok(_) => {}
+                    Ok(r) => match r.get::<_, &str>(0) {
+                        "ended" => waited.ended += 1,
+                        "cancelled" => waited.cancelled += 1,
+                        _ => {}
+                    },
                     Err(e) if e.code() == Some(&postgres::error::SqlState::UNDEFINED_FUNCTION) => {
                         may_end = false;
                     }
@@ -1531,17 +1572,8 @@ impl Conns {
                             .map_err(pg)?
                             .get(0);
                         format!(", replayed to {lag}")
-                    } else if blockers.ended > 0 {
-                        format!(
-                            "; ended {} another vault's role held open {} s or more",
-                            match blockers.ended {
-                                1 => "1 transaction".to_owned(),
-                                n => format!("{n} transactions"),
-                            },
-                            STRANGER_SNAPSHOT_LIMIT.as_secs()
-                        )
                     } else {
-                        String::new()
+                        blockers.said()
                     };
                     MemberEvidence {
                         name: name.clone(),
@@ -2057,6 +2089,27 @@ impl Conns {
                 if got != want {
                     bad.push(format!("{name}: {setting}={got} (needs {want}: {why})"));
                 }
+            }
+            // A standby query whose snapshot conflicts with the WAL to
+            // replay holds the replay back this long before the standby
+            // cancels it; any vault's role can run one, and past the
+            // purge's wait for a standby it fails every disposal.
+            let delay = c
+                .query_one(
+                    "SELECT setting::int, current_setting(name) FROM pg_settings
+                      WHERE name = 'max_standby_streaming_delay'",
+                    &[],
+                )
+                .map_err(pg)?;
+            let (delay_ms, shown): (i32, String) = (delay.get(0), delay.get(1));
+            if !(0..=STANDBY_DELAY_CAP.as_millis() as i32).contains(&delay_ms) {
+                bad.push(format!(
+                    "{name}: max_standby_streaming_delay={shown} (needs 0 to {} s: a standby query \
+                     conflicting with replay holds it back that long, and a purge waits {} s for a \
+                     standby's replay)",
+                    STANDBY_DELAY_CAP.as_secs(),
+                    REPLAY_PATIENCE.as_secs()
+                ));
             }
             let logical: i64 = c
                 .query_one(
