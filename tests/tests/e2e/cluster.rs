@@ -1015,6 +1015,76 @@ fn another_vaults_query_on_a_standby_holds_no_purge_past_its_replay_wait() {
     su(&format!("DROP SCHEMA {role} CASCADE; DROP ROLE {role}"));
 }
 
+/// Two vaults dispose at once while a third vault's role holds a
+/// transaction ID open: both purges watch the same hold (each writes its
+/// own sighting, or reads the other's), the hold is ended once, after
+/// 30 s, by whichever asks first, and both disposals certify with every
+/// member verified and none of either vault's keys left in any file.
+#[test]
+fn two_vaults_purging_at_once_past_another_vaults_hold_both_certify() {
+    let _one = serial();
+    let c = cluster();
+    let primary = primary_member(&c);
+    let su = |q: &str| psql_in(&primary, "pivault_keys", q).expect("the superuser's SQL");
+    let tmp = tempfile::tempdir().unwrap();
+    let vaults: Vec<Fixture> = ["one", "two"]
+        .iter()
+        .map(|v| common::fast_vault_with(&tmp.path().join(v), Some(c.config()), None))
+        .collect();
+    let recs: Vec<_> = vaults.iter().map(|fx| put_records(fx, 2)).collect();
+    let (role, other) = another_vault_role(&c, tmp.path(), &su);
+    let (mut held, _) = transaction_held(&other, Some("BEGIN; SELECT txid_current()"));
+    let started = std::time::Instant::now();
+    let outcomes: Vec<_> = std::thread::scope(|sc| {
+        let running: Vec<_> = vaults
+            .iter()
+            .zip(&recs)
+            .map(|(fx, recs)| {
+                sc.spawn(move || {
+                    let cert = certificate_id(
+                        fx.vault
+                            .dispose(&fx.officer, &request(DisposalScope::Subject(recs[0].0)))
+                            .expect("each vault's disposal certifies"),
+                    );
+                    (cert, started.elapsed())
+                })
+            })
+            .collect();
+        running.into_iter().map(|t| t.join().unwrap()).collect()
+    });
+    assert!(held.simple_query("SELECT 1").is_err(), "the hold is ended");
+    let mut ended = 0;
+    for ((fx, recs), (cert, took)) in vaults.iter().zip(&recs).zip(&outcomes) {
+        assert!(*took >= std::time::Duration::from_secs(28), "{took:?}");
+        let doc = fx.vault.certificate(&fx.auditor, *cert).unwrap();
+        let purge = doc.body["sanitization"]["details"]["keystore_purge"].clone();
+        let members = purge["members"].as_array().expect("members");
+        assert!(members.iter().all(|m| m["verified"] == true), "{purge}");
+        ended += members
+            .iter()
+            .filter(|m| {
+                m["detail"]
+                    .as_str()
+                    .unwrap()
+                    .contains("; ended 1 transaction another vault's role held")
+            })
+            .count();
+        assert_eq!(
+            c.files_holding(std::slice::from_ref(&recs[0].2)),
+            Vec::<PathBuf>::new()
+        );
+        fx.vault
+            .get_record(&fx.clerk, recs[1].1, &[], None)
+            .unwrap();
+    }
+    assert_eq!(ended, 1, "ended once, by one of the two purges");
+    drop(held);
+    for fx in vaults {
+        fx.vault.close().unwrap();
+    }
+    su(&format!("DROP ROLE {role}"));
+}
+
 #[test]
 fn writes_racing_disposals_on_the_cluster_lose_nothing_and_every_certificate_holds() {
     let _one = serial();
