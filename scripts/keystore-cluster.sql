@@ -4,8 +4,11 @@
 --
 -- Roles:
 -- - `pivault_vaults` (no login): what a vault's purge needs, and nothing
---   more: checkpoint, switch WAL, read server statistics, create its own
---   schema in `pivault_keys`, call the verification scan. It may NOT read
+--   more: checkpoint, switch WAL, list the WAL segments' names, create its
+--   own schema in `pivault_keys`, call the verification scan and see what
+--   holds back a purge (`pivault_verify.horizon_blockers`: not every
+--   session's statistics, `pg_monitor`, which showed it every other vault's
+--   sessions and their statements). It may NOT read
 --   the server's files: the byte scan of disposal verification runs in
 --   `pivault_verify.scan`, a SECURITY DEFINER function owned by the
 --   superuser that answers a file name and whether it holds a needle,
@@ -24,7 +27,6 @@
 
 CREATE ROLE pivault_vaults NOLOGIN;
 GRANT pg_checkpoint TO pivault_vaults;
-GRANT pg_monitor TO pivault_vaults;
 CREATE ROLE pivault LOGIN PASSWORD :'pw' IN ROLE pivault_vaults;
 CREATE ROLE pivault_provider LOGIN PASSWORD :'provider_pw';
 CREATE DATABASE pivault_keys OWNER pivault;

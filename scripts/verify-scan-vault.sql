@@ -222,12 +222,16 @@ $$;
 -- milliseconds, is never ended. The vault's own sessions (the
 -- held-snapshot negative control), the superuser's and the provider's (a
 -- dump whose snapshot holds the key must block the certificate) are never
--- ended. An autovacuum worker's ANALYZE, which runs as no role (and which
--- a vault's role can slow to a crawl by its own table's storage
--- parameters), is cancelled once held as long (autovacuum comes back to
--- the table); a lazy VACUUM, whose snapshot no horizon counts, never.
--- Answers 'ended' or 'cancelled', or why not. Either is logged in the
--- server log, for the provider.
+-- ended. An autovacuum worker, which runs as no role, is ended alike once
+-- it has held as long what a vault's role can make it hold: the ANALYZE
+-- of a vault's table (slowed to a crawl by the table's storage
+-- parameters, or held by an index expression of the owner's that catches
+-- a cancel) or a work item (autovacuum comes back to either); not the
+-- ANALYZE of any other table, and never a lazy VACUUM, whose snapshot no
+-- horizon counts. The session is looked at afresh at the call and again
+-- just before it is ended (a transaction's statistics are a copy taken at
+-- its first look). Answers 'ended' or 'ended autovacuum', or why not.
+-- Either is logged in the server log, for the provider.
 --
 -- A hold's sightings are rows nobody waits for: a hold's age is its
 -- earliest sighting in the last 10 minutes that the caller can see, and a
@@ -245,6 +249,36 @@ ALTER TABLE pivault_verify.holds DROP CONSTRAINT IF EXISTS holds_pkey;
 CREATE INDEX IF NOT EXISTS holds_first_seen ON pivault_verify.holds (first_seen);
 CREATE INDEX IF NOT EXISTS holds_held ON pivault_verify.holds (held, first_seen);
 REVOKE ALL ON pivault_verify.holds FROM PUBLIC;
+-- When `held` was first seen in the last 10 minutes, as far as the caller
+-- can see, writing this sighting if it saw none; NULL when a lock on the
+-- table kept it waiting (none a vault's role can take). Called by the
+-- functions below only, as their owner.
+CREATE OR REPLACE FUNCTION pivault_verify.first_sighting(held text) RETURNS timestamptz
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+SET lock_timeout = '200ms'
+AS $$
+DECLARE
+  v_seen timestamptz;
+BEGIN
+  DELETE FROM pivault_verify.holds h
+   WHERE h.ctid = ANY (ARRAY(SELECT o.ctid FROM pivault_verify.holds o
+                              WHERE o.first_seen < clock_timestamp() - interval '10 minutes'
+                              FOR UPDATE SKIP LOCKED));
+  SELECT min(h.first_seen) INTO v_seen FROM pivault_verify.holds h
+   WHERE h.held = first_sighting.held
+     AND h.first_seen >= clock_timestamp() - interval '10 minutes';
+  IF v_seen IS NULL THEN
+    v_seen := clock_timestamp();
+    INSERT INTO pivault_verify.holds VALUES (first_sighting.held, v_seen);
+  END IF;
+  RETURN v_seen;
+EXCEPTION WHEN lock_not_available THEN
+  RETURN NULL;
+END
+$$;
+REVOKE ALL ON FUNCTION pivault_verify.first_sighting(text) FROM PUBLIC;
+
 CREATE OR REPLACE FUNCTION pivault_verify.end_stranger_snapshot(pid integer) RETURNS text
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
@@ -256,10 +290,19 @@ DECLARE
   v_seen timestamptz;
 BEGIN
   PERFORM pg_current_xact_id();
+  -- A transaction reads the sessions' statistics once and keeps that
+  -- copy: a caller's earlier look must not stand for now.
+  PERFORM pg_stat_clear_snapshot();
   SELECT a.usesysid, a.datname, a.backend_xmin, a.backend_xid, a.backend_type,
-         r.rolsuper, r.rolname,
+         a.backend_start, r.rolsuper, r.rolname,
          EXISTS (SELECT 1 FROM pg_stat_progress_vacuum v
-                  WHERE v.pid IN (a.pid, a.leader_pid)) AS vacuuming
+                  WHERE v.pid IN (a.pid, a.leader_pid)) AS vacuuming,
+         EXISTS (SELECT 1 FROM pg_stat_progress_analyze p WHERE p.pid = a.pid) AS analyzing,
+         EXISTS (SELECT 1 FROM pg_stat_progress_analyze p
+                   JOIN pg_class c ON c.oid = p.relid
+                   JOIN pg_roles o ON o.oid = c.relowner
+                  WHERE p.pid = a.pid AND NOT o.rolsuper
+                    AND pg_has_role(o.oid, 'pivault_vaults', 'MEMBER')) AS analyzing_a_vaults
     INTO b
     FROM pg_stat_activity a LEFT JOIN pg_roles r ON r.oid = a.usesysid
    WHERE a.pid = end_stranger_snapshot.pid;
@@ -269,8 +312,14 @@ BEGIN
     -- No horizon counts its snapshot (and a wraparound's must finish).
     RETURN 'a lazy VACUUM, which holds nothing back';
   ELSIF b.backend_type = 'autovacuum worker' THEN
-    -- Runs as no role: its ANALYZE is cancelled, not ended (below).
-    NULL;
+    -- Runs as no role. What a vault's role can slow or hold through its
+    -- own table (the ANALYZE of it, whose storage parameters and index
+    -- expressions are the role's; a work item, a BRIN summary) is ended
+    -- like a vault role's session; the ANALYZE of a table of no vault's
+    -- is not.
+    IF b.analyzing AND NOT b.analyzing_a_vaults THEN
+      RETURN 'an autovacuum ANALYZE of a table of no vault''s';
+    END IF;
   ELSIF b.rolname IS NULL THEN
     RETURN 'not a vault role''s';
   ELSIF b.rolsuper THEN
@@ -295,30 +344,33 @@ BEGIN
     -- as much as a held one's: that transaction is what holds back.
     RETURN 'a snapshot an older running transaction ID explains';
   END IF;
-  BEGIN
-    DELETE FROM pivault_verify.holds h
-     WHERE h.ctid = ANY (ARRAY(SELECT o.ctid FROM pivault_verify.holds o
-                                WHERE o.first_seen < clock_timestamp() - interval '10 minutes'
-                                FOR UPDATE SKIP LOCKED));
-    SELECT min(h.first_seen) INTO v_seen FROM pivault_verify.holds h
-     WHERE h.held = v_held AND h.first_seen >= clock_timestamp() - interval '10 minutes';
-    IF v_seen IS NULL THEN
-      v_seen := clock_timestamp();
-      INSERT INTO pivault_verify.holds VALUES (v_held, v_seen);
-    END IF;
-  EXCEPTION WHEN lock_not_available THEN
+  v_seen := pivault_verify.first_sighting(v_held);
+  IF v_seen IS NULL THEN
     RETURN 'busy';
-  END;
-  IF v_seen > clock_timestamp() - interval '30 seconds' THEN
+  ELSIF v_seen > clock_timestamp() - interval '30 seconds' THEN
     RETURN 'held under 30 s';
   END IF;
+  -- Looked at afresh just before the signal: the same backend (not a new
+  -- one under a reused pid), holding the same, not vacuuming.
+  PERFORM pg_stat_clear_snapshot();
+  IF NOT EXISTS (
+      SELECT 1 FROM pg_stat_activity a
+       WHERE a.pid = end_stranger_snapshot.pid AND a.backend_start = b.backend_start
+         AND CASE WHEN b.backend_xid IS NOT NULL THEN a.backend_xid = b.backend_xid
+                  ELSE a.backend_xmin = b.backend_xmin END
+         AND NOT EXISTS (SELECT 1 FROM pg_stat_progress_vacuum v
+                          WHERE v.pid IN (a.pid, a.leader_pid))) THEN
+    RETURN 'let go meanwhile';
+  END IF;
   IF b.backend_type = 'autovacuum worker' THEN
-    RAISE LOG 'pivault: cancelling autovacuum worker % (% held since at least %) for a purge by role %',
+    -- Ended, not cancelled: code of the table's owner runs in an ANALYZE
+    -- (an index expression) and can catch a cancel, never this.
+    RAISE LOG 'pivault: ending autovacuum worker % (% held since at least %) for a purge by role %',
       pid, v_held, v_seen, session_user;
-    IF pg_cancel_backend(pid) THEN
-      RETURN 'cancelled';
+    IF pg_terminate_backend(pid, 5000) THEN
+      RETURN 'ended autovacuum';
     END IF;
-    RETURN 'not cancelled';
+    RETURN 'not ended within 5 s';
   END IF;
   RAISE LOG 'pivault: ending backend % of role % (% held since at least %) for a purge by role %',
     pid, b.rolname, v_held, v_seen, session_user;
@@ -330,6 +382,139 @@ END
 $$;
 REVOKE ALL ON FUNCTION pivault_verify.end_stranger_snapshot(integer) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION pivault_verify.end_stranger_snapshot(integer) TO pivault_vaults;
+-- The purge's last resort against another vault's session that holds a
+-- lock on a relation of the caller's own that the purge must rewrite
+-- (`VACUUM FULL` waits for every lock, and a few functions that check no
+-- privilege, `pg_partition_tree` among them, take one on any relation
+-- and keep it to the end of the transaction): ended, on the same terms
+-- as a hold above, once its transaction has held a lock on that relation
+-- for 30 s as the calls saw it. Answers 'ended', or why not.
+CREATE OR REPLACE FUNCTION pivault_verify.end_stranger_lock(pid integer, rel oid) RETURNS text
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  b record;
+  v_held text;
+  v_seen timestamptz;
+BEGIN
+  PERFORM pg_stat_clear_snapshot();
+  IF NOT EXISTS (SELECT 1 FROM pg_class c JOIN pg_roles o ON o.oid = c.relowner
+                  WHERE c.oid = rel AND o.rolname = session_user) THEN
+    RETURN 'not a relation of the caller''s role';
+  END IF;
+  SELECT a.usesysid, a.backend_start, a.xact_start, r.rolsuper, r.rolname
+    INTO b
+    FROM pg_stat_activity a JOIN pg_roles r ON r.oid = a.usesysid
+   WHERE a.pid = end_stranger_lock.pid;
+  IF NOT FOUND THEN
+    RETURN 'no such session';
+  ELSIF b.rolsuper THEN
+    RETURN 'a superuser''s';
+  ELSIF b.rolname = session_user THEN
+    RETURN 'the caller''s own role''s';
+  ELSIF NOT pg_has_role(b.usesysid, 'pivault_vaults', 'MEMBER') THEN
+    RETURN 'not a vault role''s';
+  ELSIF NOT EXISTS (SELECT 1 FROM pg_locks l
+                     WHERE l.pid = end_stranger_lock.pid AND l.locktype = 'relation'
+                       AND l.relation = rel AND l.granted) THEN
+    RETURN 'holds no lock on it';
+  END IF;
+  -- A lock is held to the end of its transaction and cannot be handed on.
+  v_held := 'lock on ' || rel || ' by backend ' || pid || ' of ' || b.backend_start
+            || ' in its transaction of ' || b.xact_start;
+  v_seen := pivault_verify.first_sighting(v_held);
+  IF v_seen IS NULL THEN
+    RETURN 'busy';
+  ELSIF v_seen > clock_timestamp() - interval '30 seconds' THEN
+    RETURN 'held under 30 s';
+  END IF;
+  PERFORM pg_stat_clear_snapshot();
+  IF NOT EXISTS (
+      SELECT 1 FROM pg_stat_activity a JOIN pg_locks l ON l.pid = a.pid
+       WHERE a.pid = end_stranger_lock.pid AND a.backend_start = b.backend_start
+         AND a.xact_start = b.xact_start AND l.locktype = 'relation'
+         AND l.relation = rel AND l.granted) THEN
+    RETURN 'let go meanwhile';
+  END IF;
+  RAISE LOG 'pivault: ending backend % of role % (% held since at least %) for a purge by role %',
+    pid, b.rolname, v_held, v_seen, session_user;
+  IF pg_terminate_backend(pid, 5000) THEN
+    RETURN 'ended';
+  END IF;
+  RETURN 'not ended within 5 s';
+END
+$$;
+REVOKE ALL ON FUNCTION pivault_verify.end_stranger_lock(integer, oid) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION pivault_verify.end_stranger_lock(integer, oid) TO pivault_vaults;
+-- Functions that take a lock on any relation, whoever calls them, and keep
+-- it: no vault needs them.
+REVOKE EXECUTE ON FUNCTION pg_partition_tree(regclass) FROM PUBLIC;
+
 -- A snapshot handed to another session outlives the one that took it;
 -- no vault needs it (a provider's parallel dump runs as the superuser).
 REVOKE EXECUTE ON FUNCTION pg_export_snapshot() FROM PUBLIC;
+
+-- What holds back a purge's horizon (`horizon`, the purge's own
+-- transaction ID): in this database, sessions' snapshots; from any
+-- database, transaction IDs; everywhere, standby feedback, slots and
+-- prepared transactions. A lazy VACUUM (and its parallel workers) shows a
+-- snapshot that no horizon counts: no blocker. `stranger` marks what the
+-- purge may end through `end_stranger_snapshot`: another vault role's
+-- session, or an autovacuum worker (whose ANALYZE a vault's role can
+-- throttle through its own table's storage parameters). A SECURITY
+-- DEFINER function, so that vault roles need not read every session's
+-- statistics (`pg_monitor`, taken back below, showed them every other
+-- vault's sessions: their statements' text, client addresses and
+-- application names); it answers another role's session by its backend
+-- alone, never by its application name.
+CREATE OR REPLACE FUNCTION pivault_verify.horizon_blockers(horizon xid,
+                                    OUT what text, OUT pid integer, OUT stranger boolean)
+RETURNS SETOF record
+LANGUAGE sql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+  SELECT 'open snapshot of backend ' || a.pid::text || ' ('
+           || CASE WHEN a.usename = session_user THEN coalesce(a.application_name, '')
+                   WHEN a.backend_type = 'autovacuum worker' THEN 'autovacuum'
+                   ELSE 'another role''s' END || ')',
+         a.pid,
+         coalesce(NOT r.rolsuper AND a.usename <> session_user
+                  AND pg_has_role(a.usesysid, 'pivault_vaults', 'MEMBER'), false)
+         OR a.backend_type = 'autovacuum worker'
+    FROM pg_stat_activity a LEFT JOIN pg_roles r ON r.oid = a.usesysid
+   WHERE a.pid <> pg_backend_pid()
+     AND a.pid NOT IN (SELECT v.pid FROM pg_stat_progress_vacuum v)
+     AND coalesce(a.leader_pid, 0) NOT IN (SELECT v.pid FROM pg_stat_progress_vacuum v)
+     AND ((a.datname = current_database() AND a.backend_xmin IS NOT NULL
+           AND age(a.backend_xmin) >= age(horizon))
+       OR (a.backend_xid IS NOT NULL AND age(a.backend_xid) >= age(horizon)))
+  UNION ALL
+  SELECT 'standby feedback from ' || coalesce(s.client_addr::text, 'local') || ':'
+           || coalesce(s.client_port::text, ''), NULL, false
+    FROM pg_stat_replication s
+   WHERE s.backend_xmin IS NOT NULL AND age(s.backend_xmin) >= age(horizon)
+  UNION ALL
+  SELECT 'replication slot ' || s.slot_name || ' holds xmin', NULL, false
+    FROM pg_replication_slots s
+   WHERE (s.xmin IS NOT NULL AND age(s.xmin) >= age(horizon))
+      OR (s.catalog_xmin IS NOT NULL AND s.slot_type = 'logical')
+  UNION ALL
+  SELECT 'prepared transaction ' || p.gid, NULL, false FROM pg_prepared_xacts p
+$$;
+REVOKE ALL ON FUNCTION pivault_verify.horizon_blockers(xid) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION pivault_verify.horizon_blockers(xid) TO pivault_vaults;
+
+-- How many standbys stream from this member (the purge and `doctor` count
+-- them; a vault role may not read the WAL senders' statistics).
+CREATE OR REPLACE FUNCTION pivault_verify.streaming_standbys() RETURNS bigint
+LANGUAGE sql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$ SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming' $$;
+REVOKE ALL ON FUNCTION pivault_verify.streaming_standbys() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION pivault_verify.streaming_standbys() TO pivault_vaults;
+
+-- The WAL segments' names, which are a purge's evidence of its WAL (names
+-- and sizes only, never a byte), were read through `pg_monitor`.
+GRANT EXECUTE ON FUNCTION pg_ls_waldir() TO pivault_vaults;
+REVOKE pg_monitor FROM pivault_vaults;

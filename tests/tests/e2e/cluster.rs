@@ -378,7 +378,7 @@ fn skipping_the_wal_rounds_blocks_the_certificate() {
 /// COMMITTED holds back as much, with no snapshot). What a holder of
 /// another vault's credentials can always do: any timeout its role
 /// carries, a session may `SET` away.
-fn transaction_held(cfg: &PgConfig, sql: Option<&str>) -> (postgres::Client, i32) {
+pub(crate) fn transaction_held(cfg: &PgConfig, sql: Option<&str>) -> (postgres::Client, i32) {
     let mut c = vault_core::keystore::provider::connect_primary(cfg).expect("a connection");
     // The backend first: a later statement of the transaction would take
     // a snapshot of its own.
@@ -392,7 +392,11 @@ fn transaction_held(cfg: &PgConfig, sql: Option<&str>) -> (postgres::Client, i32
 
 /// A login role of another vault (`pvr_`, in `pivault_vaults`, made by
 /// the superuser's `su`), and its configuration, its password in `dir`.
-fn another_vault_role(c: &Cluster, dir: &Path, su: &dyn Fn(&str) -> String) -> (String, PgConfig) {
+pub(crate) fn another_vault_role(
+    c: &Cluster,
+    dir: &Path,
+    su: &dyn Fn(&str) -> String,
+) -> (String, PgConfig) {
     let mut suffix = [0u8; 10];
     vault_core::crypto::fill_random(&mut suffix);
     let role = format!("pvr_{}", hex::encode(suffix));
@@ -682,10 +686,18 @@ fn other_vaults_shielding_each_others_holds_keep_no_disposal_from_certifying() {
             .unwrap()
             .get(0)
     };
+    // A transaction reads the sessions' statistics once and keeps that
+    // copy: a session of A's that held an ID for a moment, seen then by
+    // an idle transaction of B's (and asked about once, so that its ID's
+    // sighting is written), must not be ended on that old look 30 s on.
+    let (mut brief, brief_pid) = transaction_held(&a, Some("BEGIN; SELECT txid_current()"));
+    let (mut stale, _) = transaction_held(&b, Some("BEGIN; SELECT count(*) FROM pg_stat_activity"));
+    let mut b_now = vault_core::keystore::provider::connect_primary(&b).unwrap();
+    assert_eq!(ask(&mut b_now, brief_pid), "held under 30 s");
+    brief.batch_execute("COMMIT").unwrap();
     let (mut held, held_pid) = transaction_held(&a, Some("BEGIN; SELECT txid_current()"));
     // Each shield holds a transaction ID of its own (as its ask takes
-    // one), which the other shield's ask covers in turn; both are there
-    // first, as a transaction sees the sessions of its first look.
+    // one), which the other shield's ask covers in turn.
     let (mut shield_b, shield_b_pid) = transaction_held(&b, Some("BEGIN; SELECT txid_current()"));
     let (mut shield_a, shield_a_pid) = transaction_held(&a, Some("BEGIN; SELECT txid_current()"));
     assert_eq!(ask(&mut shield_b, held_pid), "held under 30 s");
@@ -706,6 +718,10 @@ fn other_vaults_shielding_each_others_holds_keep_no_disposal_from_certifying() {
         assert!(s.simple_query("SELECT 1").is_err(), "{what} is ended");
     }
     assert!(took >= std::time::Duration::from_secs(28), "{took:?}");
+    assert_eq!(ask(&mut stale, brief_pid), "holds nothing back here");
+    brief
+        .simple_query("SELECT 1")
+        .expect("a session seen holding an ID long ago lives");
     let doc = fx.vault.certificate(&fx.auditor, cert).unwrap();
     let purge = doc.body["sanitization"]["details"]["keystore_purge"].clone();
     let members = purge["members"].as_array().expect("members");
@@ -721,7 +737,7 @@ fn other_vaults_shielding_each_others_holds_keep_no_disposal_from_certifying() {
         c.files_holding(std::slice::from_ref(&recs[0].2)),
         Vec::<PathBuf>::new()
     );
-    drop((held, shield_a, shield_b));
+    drop((held, shield_a, shield_b, brief, stale, b_now));
     fx.vault.close().unwrap();
     su(&format!("DROP ROLE {role_a}; DROP ROLE {role_b}"));
 }
@@ -851,16 +867,19 @@ fn another_vaults_slow_lazy_vacuum_holds_no_disposal_back_and_is_not_ended() {
     su(&format!("DROP SCHEMA {role} CASCADE; DROP ROLE {role}"));
 }
 
-/// Another vault's role owns its tables, and so their storage parameters:
-/// a table whose autovacuum is throttled to a page every 100 ms keeps the
-/// cluster's own autovacuum worker in its `ANALYZE` for minutes, holding a
-/// snapshot no vault role's session holds (the worker runs as nobody's).
-/// Waited for like the cluster's own passing work, it failed every
-/// vault's disposal after 10 s. Such an `ANALYZE` is cancelled once its
-/// snapshot has been held 30 s (nothing is lost: autovacuum comes back to
-/// the table), the primary's evidence says so, and the disposal certifies.
+/// Another vault's role owns its tables, and so their storage parameters
+/// and index expressions, which the cluster's own autovacuum worker
+/// evaluates as it analyses the table: an expression that sleeps, and
+/// catches a cancel, keeps the worker's snapshot for as long as the role
+/// likes (a table's autovacuum throttled to a page every 100 ms holds it
+/// for minutes alike). Waited for as the cluster's own passing work, it
+/// failed every vault's disposal after 10 s; cancelled, it went on. Such
+/// a worker is ended once its snapshot has been held 30 s (autovacuum
+/// comes back to the table), the primary's evidence says so, and the
+/// disposal certifies; the `ANALYZE` of a table of no vault's is never
+/// ended by a vault's role.
 #[test]
-fn another_vaults_throttled_autovacuum_analyze_is_cancelled_and_the_disposal_certifies() {
+fn another_vaults_autovacuum_analyze_held_past_the_limit_is_ended_and_the_disposal_certifies() {
     let _one = serial();
     let c = cluster();
     let primary = primary_member(&c);
@@ -869,65 +888,142 @@ fn another_vaults_throttled_autovacuum_analyze_is_cancelled_and_the_disposal_cer
     let fx = common::fast_vault_with(&tmp.path().join("vault"), Some(c.config()), None);
     let recs = put_records(&fx, 2);
     let (role, other) = another_vault_role(&c, tmp.path(), &su);
-    let table = format!("{role}.stats");
-    let mut v = vault_core::keystore::provider::connect_primary(&other).unwrap();
-    v.batch_execute(&format!(
-        "CREATE SCHEMA {role};
-         CREATE TABLE {table} (g int, pad text) WITH (
-           autovacuum_vacuum_cost_limit = 1, autovacuum_vacuum_cost_delay = 100,
-           autovacuum_analyze_threshold = 1, autovacuum_analyze_scale_factor = 0,
-           autovacuum_vacuum_threshold = 2000000000, autovacuum_vacuum_insert_threshold = -1);
-         INSERT INTO {table} SELECT g, repeat('x', 200) FROM generate_series(1, 30000) g;"
-    ))
-    .unwrap();
-    drop(v);
-    // Autovacuum looks every second for the test, not every minute.
-    /// Sets the cluster back however the test ends.
-    struct Back<'a>(&'a dyn Fn(&str) -> String, String);
-    impl Drop for Back<'_> {
+    let scratch = format!("scratch_{role}");
+    // A table whose index expression sleeps, catching cancels, for as long
+    // as the test holds the advisory lock named by the schema (which,
+    // unlike a row, the worker's snapshot does not hide); its autovacuum,
+    // which analyses it at its first change, is turned on once it is
+    // filled and the lock held (`enable`).
+    let trapped = |schema: &str| {
+        format!(
+            "CREATE SCHEMA {schema};
+             CREATE FUNCTION {schema}.slow(i int) RETURNS int LANGUAGE plpgsql IMMUTABLE AS $f$
+             BEGIN
+               WHILE NOT pg_catalog.pg_try_advisory_xact_lock_shared(pg_catalog.hashtext('{schema}')) LOOP
+                 BEGIN
+                   PERFORM pg_catalog.pg_sleep(0.1);
+                 EXCEPTION WHEN query_canceled THEN NULL;
+                 END;
+               END LOOP;
+               RETURN i;
+             END $f$;
+             CREATE TABLE {schema}.stats (g int) WITH (autovacuum_enabled = off,
+               autovacuum_analyze_threshold = 1, autovacuum_analyze_scale_factor = 0,
+               autovacuum_vacuum_threshold = 2000000000, autovacuum_vacuum_insert_threshold = -1);
+             CREATE INDEX ON {schema}.stats ({schema}.slow(g));
+             INSERT INTO {schema}.stats SELECT generate_series(1, 1000);"
+        )
+    };
+    let enable = |schema: &str| format!("ALTER TABLE {schema}.stats SET (autovacuum_enabled = on)");
+    let superuser = PgConfig {
+        user: "postgres".into(),
+        password_file: std::env::var("PIVAULT_PG_SUPERUSER_PASSWORD_FILE")
+            .expect("superuser password file")
+            .into(),
+        ..c.config()
+    };
+    let arm = |schema: &str| {
+        let mut a = vault_core::keystore::provider::connect_primary(&superuser).unwrap();
+        a.execute("SELECT pg_advisory_lock(hashtext($1))", &[&schema])
+            .unwrap();
+        a
+    };
+    /// Disarms (the connections holding the locks go first) and ends the
+    /// workers, sets the cluster back and drops what the test made,
+    /// however the test ends (errors ignored: a panic here would abort).
+    struct Back(String, String);
+    impl Drop for Back {
         fn drop(&mut self) {
-            (self.0)("ALTER SYSTEM RESET autovacuum_naptime");
-            (self.0)("SELECT pg_reload_conf()");
-            (self.0)(&format!(
-                "DROP SCHEMA IF EXISTS {0} CASCADE; DROP ROLE IF EXISTS {0}",
-                self.1
-            ));
+            let (role, scratch) = (&self.0, &self.1);
+            let primary = primary_member(&cluster());
+            for q in [
+                "ALTER SYSTEM RESET autovacuum_naptime".to_owned(),
+                "SELECT pg_reload_conf()".to_owned(),
+                "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity
+                  WHERE backend_type = 'autovacuum worker'"
+                    .to_owned(),
+                format!(
+                    "SET lock_timeout = '10s'; DROP SCHEMA IF EXISTS {scratch} CASCADE;
+                     DROP SCHEMA IF EXISTS {role} CASCADE; DROP ROLE IF EXISTS {role}"
+                ),
+            ] {
+                let _ = psql_in(&primary, "pivault_keys", &q);
+            }
         }
     }
+    let _back = Back(role.clone(), scratch.clone());
+    // Autovacuum looks every second for the test, not every minute.
     su("ALTER SYSTEM SET autovacuum_naptime = 1");
     su("SELECT pg_reload_conf()");
-    let _back = Back(&su, role.clone());
-    let analyzing = || {
-        su(&format!(
-            "SELECT coalesce(min(pid)::text, 'none') FROM pg_stat_activity
-              WHERE backend_type = 'autovacuum worker' AND backend_xmin IS NOT NULL
-                AND query = 'autovacuum: ANALYZE {table}'"
-        ))
-    };
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    let worker = loop {
-        match analyzing().as_str() {
-            "none" => {
-                assert!(std::time::Instant::now() < deadline, "autovacuum began");
-                std::thread::sleep(std::time::Duration::from_millis(200));
+    let analyzing = |table: &str| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            match su(&format!(
+                "SELECT coalesce(min(pid)::text, 'none') FROM pg_stat_activity
+                  WHERE backend_type = 'autovacuum worker' AND backend_xmin IS NOT NULL
+                    AND query = 'autovacuum: ANALYZE {table}'"
+            ))
+            .as_str()
+            {
+                "none" => {
+                    assert!(
+                        std::time::Instant::now() < deadline,
+                        "autovacuum began on {table}"
+                    );
+                    std::thread::sleep(std::time::Duration::from_millis(200));
+                }
+                pid => break pid.parse::<i32>().unwrap(),
             }
-            pid => break pid.to_owned(),
         }
     };
+    // A table of no vault's (the superuser's), held the same way: a vault's
+    // role may not end its ANALYZE, however long held.
+    su(&trapped(&scratch));
+    let armed = arm(&scratch);
+    su(&enable(&scratch));
+    let theirs = analyzing(&format!("{scratch}.stats"));
+    let mut mine = vault_core::keystore::provider::connect_primary(&c.config()).unwrap();
+    let answer: String = mine
+        .query_one(
+            "SELECT pivault_verify.end_stranger_snapshot($1)",
+            &[&theirs],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(answer, "an autovacuum ANALYZE of a table of no vault's");
+    drop(armed);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while su(&format!(
+        "SELECT count(*) FROM pg_stat_activity WHERE pid = {theirs} AND query LIKE '%{scratch}%'"
+    )) != "0"
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the disarmed ANALYZE ends"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    // Another vault's table.
+    let mut v = vault_core::keystore::provider::connect_primary(&other).unwrap();
+    v.batch_execute(&trapped(&role)).unwrap();
+    let _armed = arm(&role);
+    v.batch_execute(&enable(&role)).unwrap();
+    drop(v);
+    let worker = analyzing(&format!("{role}.stats"));
     let started = std::time::Instant::now();
     let cert = certificate_id(
         fx.vault
             .dispose(&fx.officer, &request(DisposalScope::Subject(recs[0].0)))
-            .expect("a throttled autovacuum keeps no disposal from certifying"),
+            .expect("an autovacuum worker held by another vault keeps no disposal from certifying"),
     );
     let took = started.elapsed();
     assert!(took >= std::time::Duration::from_secs(25), "{took:?}");
     assert_eq!(
         su(&format!(
-            "SELECT count(*) FROM pg_stat_activity WHERE pid = {worker} AND query = 'autovacuum: ANALYZE {table}'"
+            "SELECT count(*) FROM pg_stat_activity WHERE pid = {worker}"
         )),
         "0",
-        "the worker's ANALYZE is cancelled"
+        "the worker is ended"
     );
     let doc = fx.vault.certificate(&fx.auditor, cert).unwrap();
     let purge = doc.body["sanitization"]["details"]["keystore_purge"].clone();
@@ -937,13 +1033,14 @@ fn another_vaults_throttled_autovacuum_analyze_is_cancelled_and_the_disposal_cer
         members.iter().any(|m| m["detail"]
             .as_str()
             .unwrap()
-            .contains("; cancelled 1 autovacuum ANALYZE(s) whose snapshot was held 30 s")),
+            .contains("; ended 1 autovacuum worker(s) whose snapshot was held 30 s")),
         "{purge}"
     );
     assert_eq!(
         c.files_holding(std::slice::from_ref(&recs[0].2)),
         Vec::<PathBuf>::new()
     );
+    drop(mine);
     fx.vault.close().unwrap();
 }
 
@@ -991,8 +1088,34 @@ fn another_vaults_query_on_a_standby_holds_no_purge_past_its_replay_wait() {
          SELECT count(*) FROM {table}"
     ))
     .unwrap();
+    let conflicts = || {
+        psql_in(
+            &standby,
+            "pivault_keys",
+            "SELECT confl_snapshot FROM pg_stat_database_conflicts WHERE datname = 'pivault_keys'",
+        )
+        .expect("the standby answers")
+        .parse::<i64>()
+        .unwrap()
+    };
+    let conflicts_before = conflicts();
     p.batch_execute(&format!("DELETE FROM {table}")).unwrap();
     p.batch_execute(&format!("VACUUM {table}")).unwrap();
+    // The standby has the cleanup's WAL and waits to replay it.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    while psql(
+        &standby,
+        "SELECT pg_last_wal_receive_lsn() > pg_last_wal_replay_lsn()",
+    )
+    .as_deref()
+        != Some("t")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the standby's replay is held back"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
     let cert = certificate_id(
         fx.vault
             .dispose(&fx.officer, &request(DisposalScope::Subject(recs[0].0)))
@@ -1002,6 +1125,7 @@ fn another_vaults_query_on_a_standby_holds_no_purge_past_its_replay_wait() {
         s.simple_query("SELECT 1").is_err(),
         "the standby cancelled the conflicting query"
     );
+    assert!(conflicts() > conflicts_before, "a snapshot conflict");
     let doc = fx.vault.certificate(&fx.auditor, cert).unwrap();
     let purge = doc.body["sanitization"]["details"]["keystore_purge"].clone();
     let members = purge["members"].as_array().expect("members");
@@ -1083,6 +1207,167 @@ fn two_vaults_purging_at_once_past_another_vaults_hold_both_certify() {
         fx.vault.close().unwrap();
     }
     su(&format!("DROP ROLE {role}"));
+}
+
+/// A vault's role sees what holds back its purge, and no more of the other
+/// vaults' sessions than PostgreSQL shows every role: not their
+/// statements' text (which may carry a client's literals), state, client
+/// address or transaction start; and its purge's residue names another
+/// role's session by its backend alone, never by the application name
+/// that role chose. Before, every vault role was in `pg_monitor` and read
+/// all of it.
+#[test]
+fn a_vaults_role_sees_nothing_of_another_vaults_sessions_but_what_holds_its_purge_back() {
+    let _one = serial();
+    let c = cluster();
+    let primary = primary_member(&c);
+    let su = |q: &str| psql_in(&primary, "pivault_keys", q).expect("the superuser's SQL");
+    let tmp = tempfile::tempdir().unwrap();
+    let (role, other) = another_vault_role(&c, tmp.path(), &su);
+    let (mut held, pid) = transaction_held(
+        &other,
+        Some(
+            "SET application_name = 'client 078-05-1120'; BEGIN; SELECT txid_current(), 'Jane Roe 078-05-1120'",
+        ),
+    );
+    let mut mine = vault_core::keystore::provider::connect_primary(&c.config()).unwrap();
+    let seen = mine
+        .query_one(
+            "SELECT query, state, client_addr::text, xact_start::text FROM pg_stat_activity WHERE pid = $1",
+            &[&pid],
+        )
+        .unwrap();
+    assert_eq!(
+        seen.get::<_, Option<String>>(0).as_deref(),
+        Some("<insufficient privilege>")
+    );
+    for i in 1..4 {
+        assert_eq!(seen.get::<_, Option<String>>(i), None, "column {i}");
+    }
+    let blockers = mine
+        .query(
+            "SELECT what, pid, stranger FROM pivault_verify.horizon_blockers(pg_current_xact_id()::text::xid)",
+            &[],
+        )
+        .unwrap();
+    let theirs: Vec<(String, bool)> = blockers
+        .iter()
+        .filter(|r| r.get::<_, Option<i32>>(1) == Some(pid))
+        .map(|r| (r.get(0), r.get(2)))
+        .collect();
+    assert_eq!(
+        theirs,
+        vec![(
+            format!("open snapshot of backend {pid} (another role's)"),
+            true
+        )]
+    );
+    assert!(
+        blockers
+            .iter()
+            .all(|r| !r.get::<_, String>(0).contains("078-05-1120")),
+        "no other role's application name"
+    );
+    // What the purge still reads: the WAL segments' names and the standbys.
+    let segments: i64 = mine
+        .query_one("SELECT count(*) FROM pg_ls_waldir()", &[])
+        .unwrap()
+        .get(0);
+    assert!(segments > 0);
+    let standbys: i64 = mine
+        .query_one("SELECT pivault_verify.streaming_standbys()", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(standbys, c.members.len() as i64 - 1);
+    held.batch_execute("ROLLBACK").unwrap();
+    drop((held, mine));
+    su(&format!("DROP ROLE {role}"));
+}
+
+/// `VACUUM FULL` waits for every lock on the relation it rewrites, and a
+/// few functions that check no privilege take a lock on any relation and
+/// keep it to the end of the transaction (`pg_partition_tree` of another
+/// vault's data-key table, named by its OID, which any role can read).
+/// Another vault's role so kept this vault's partitions from ever being
+/// rewritten, and every disposal failed. The function is taken from PUBLIC,
+/// and a session of another vault's role (here one the provider let call
+/// it) that holds a lock on a relation the purge rewrites is ended once it
+/// has held it 30 s; the disposal certifies, saying so.
+#[test]
+fn another_vaults_lock_on_a_vaults_relations_is_ended_and_the_disposal_certifies() {
+    let _one = serial();
+    let c = cluster();
+    let primary = primary_member(&c);
+    let su = |q: &str| psql_in(&primary, "pivault_keys", q).expect("the superuser's SQL");
+    let tmp = tempfile::tempdir().unwrap();
+    let fx = common::fast_vault_with(&tmp.path().join("vault"), Some(c.config()), None);
+    let recs = put_records(&fx, 2);
+    let (role, other) = another_vault_role(&c, tmp.path(), &su);
+    let schema = format!("pv_{}", hex::encode(fx.vault.id().as_bytes()));
+    let deks = su(&format!("SELECT '{schema}.deks'::regclass::oid"));
+    let mut mine = vault_core::keystore::provider::connect_primary(&c.config()).unwrap();
+    let refused = mine
+        .query_one(
+            &format!("SELECT count(*) FROM pg_partition_tree({deks})"),
+            &[],
+        )
+        .expect_err("a vault role may not call pg_partition_tree");
+    assert_eq!(
+        refused.code(),
+        Some(&postgres::error::SqlState::INSUFFICIENT_PRIVILEGE),
+        "{refused}"
+    );
+    su(&format!(
+        "GRANT EXECUTE ON FUNCTION pg_partition_tree(regclass) TO {role}"
+    ));
+    let (mut locker, locker_pid) = transaction_held(
+        &other,
+        Some(&format!(
+            "BEGIN; SELECT count(*) FROM pg_partition_tree({deks})"
+        )),
+    );
+    let locked: i64 = su(&format!(
+        "SELECT count(*) FROM pg_locks WHERE pid = {locker_pid} AND granted
+            AND relation IN (SELECT oid FROM pg_class WHERE relnamespace = '{schema}'::regnamespace)"
+    ))
+    .parse()
+    .unwrap();
+    let tree: i64 = su(&format!("SELECT count(*) FROM pg_partition_tree({deks})"))
+        .parse()
+        .unwrap();
+    // Every partition (the parent is left to the caller to lock).
+    assert!(locked >= tree - 1, "{locked} of {tree} locked");
+    let started = std::time::Instant::now();
+    let cert = certificate_id(
+        fx.vault
+            .dispose(&fx.officer, &request(DisposalScope::Subject(recs[0].0)))
+            .expect("another vault's lock keeps no disposal from certifying"),
+    );
+    let took = started.elapsed();
+    assert!(took >= std::time::Duration::from_secs(28), "{took:?}");
+    assert!(
+        locker.simple_query("SELECT 1").is_err(),
+        "the lock's session is ended"
+    );
+    let doc = fx.vault.certificate(&fx.auditor, cert).unwrap();
+    let purge = doc.body["sanitization"]["details"]["keystore_purge"].clone();
+    let members = purge["members"].as_array().expect("members");
+    assert!(members.iter().all(|m| m["verified"] == true), "{purge}");
+    assert!(
+        members.iter().any(|m| m["detail"].as_str().unwrap().contains(
+            "; ended 1 session(s) of another vault's role that held a lock on this vault's relations"
+        )),
+        "{purge}"
+    );
+    assert_eq!(
+        c.files_holding(std::slice::from_ref(&recs[0].2)),
+        Vec::<PathBuf>::new()
+    );
+    drop((locker, mine));
+    fx.vault.close().unwrap();
+    su(&format!(
+        "REVOKE EXECUTE ON FUNCTION pg_partition_tree(regclass) FROM {role}; DROP ROLE {role}"
+    ));
 }
 
 #[test]

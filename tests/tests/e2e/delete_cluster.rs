@@ -605,3 +605,56 @@ fn a_vault_with_embedded_records_is_deleted_from_the_keystore_cluster_and_its_di
     done.remove_directory().unwrap();
     assert!(!dir.exists());
 }
+
+/// Another vault's role holding a lock on this vault's keystore tables
+/// (through `pg_partition_tree`, here one the provider let it call; taken
+/// from PUBLIC) keeps no whole-vault deletion from completing: the drop
+/// waits until the lock has been held 30 s, ends that session, and drops.
+#[test]
+fn another_vaults_lock_on_the_vaults_tables_keeps_no_deletion_from_completing() {
+    let _one = serial();
+    let c = cluster();
+    let primary = crate::cluster::primary_member(&c);
+    let su = |q: &str| {
+        crate::cluster::psql_in(&primary, "pivault_keys", q).expect("the superuser's SQL")
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let fx = on_clusters(&tmp.path().join("v"));
+    for i in 0..3 {
+        fx.vault
+            .put_record(&fx.clerk, common::CUSTOMERS, SubjectId::new(), &body(i))
+            .unwrap();
+    }
+    let needles = top_keys(&fx.vault);
+    let hex = schema_hex(&fx.vault);
+    let id = fx.vault.id();
+    let (role, other) = crate::cluster::another_vault_role(&c, tmp.path(), &su);
+    su(&format!(
+        "GRANT EXECUTE ON FUNCTION pg_partition_tree(regclass) TO {role}"
+    ));
+    let deks = su(&format!("SELECT 'pv_{hex}.deks'::regclass::oid"));
+    let (mut locker, _) = crate::cluster::transaction_held(
+        &other,
+        Some(&format!(
+            "BEGIN; SELECT count(*) FROM pg_partition_tree({deks})"
+        )),
+    );
+    let started = std::time::Instant::now();
+    let done = fx
+        .vault
+        .delete_vault(&fx.officer, &fx.auditor, id, &parties())
+        .expect("another vault's lock keeps no deletion from completing");
+    let took = started.elapsed();
+    assert!(took >= std::time::Duration::from_secs(28), "{took:?}");
+    assert!(
+        locker.simple_query("SELECT 1").is_err(),
+        "the lock's session is ended"
+    );
+    assert!(!schema_exists(&format!("pv_{hex}")));
+    assert!(c.files_holding(&needles).is_empty());
+    done.remove_directory().unwrap();
+    drop(locker);
+    su(&format!(
+        "REVOKE EXECUTE ON FUNCTION pg_partition_tree(regclass) FROM {role}; DROP ROLE {role}"
+    ));
+}

@@ -898,46 +898,31 @@ fn segments_at_or_before(c: &mut Client, segment: &str) -> Result<Vec<String>> {
 /// from being removed: a session's snapshot, a standby's feedback, a
 /// replication slot, a prepared transaction.
 fn blockers(c: &mut Client, horizon: &str) -> Result<Vec<Blocker>> {
-    // A session's snapshot holds the horizon back in its own database
-    // only (a relation that is not shared keeps what that database's
-    // transactions may still see); a transaction ID it took, in every
-    // database (the purge's own snapshot counts every running ID); standby
-    // feedback, slots and prepared transactions everywhere. A lazy VACUUM
-    // (and its parallel workers) shows a snapshot that every horizon
-    // ignores: however long it runs, it holds nothing back (a tenant's or
+    // The query is `pivault_verify.horizon_blockers` (verify-scan-vault.sql):
+    // a session's snapshot in its own database only, a transaction ID in
+    // every database (the purge's own snapshot counts every running ID),
+    // standby feedback, slots and prepared transactions everywhere, no
+    // lazy VACUUM (whose snapshot no horizon counts: a tenant's or
     // autovacuum's, throttled by a table's storage parameters, kept every
-    // purge waiting and failing). An autovacuum worker's ANALYZE is no
-    // vault role's, but a vault's role throttles it by its own table's
-    // storage parameters: it may be cancelled like another vault's hold.
+    // purge waiting and failing). It runs as the superuser so that a vault
+    // role need not read every session's statistics.
     let rows = c
         .query(
-            "SELECT 'open snapshot of backend ' || a.pid::text || ' (' || coalesce(a.application_name, '') || ')',
-                    a.pid,
-                    coalesce(NOT r.rolsuper AND a.usename <> session_user
-                             AND pg_has_role(a.usesysid, 'pivault_vaults', 'MEMBER'), false)
-                    OR a.backend_type = 'autovacuum worker'
-               FROM pg_stat_activity a LEFT JOIN pg_roles r ON r.oid = a.usesysid
-              WHERE a.pid <> pg_backend_pid()
-                AND a.pid NOT IN (SELECT pid FROM pg_stat_progress_vacuum)
-                AND coalesce(a.leader_pid, 0) NOT IN (SELECT pid FROM pg_stat_progress_vacuum)
-                AND ((a.datname = current_database() AND a.backend_xmin IS NOT NULL
-                      AND age(a.backend_xmin) >= age($1::text::xid))
-                  OR (a.backend_xid IS NOT NULL AND age(a.backend_xid) >= age($1::text::xid)))
-             UNION ALL
-             SELECT 'standby feedback from ' || coalesce(client_addr::text, 'local') || ':' || coalesce(client_port::text, ''),
-                    NULL, false
-               FROM pg_stat_replication
-              WHERE backend_xmin IS NOT NULL AND age(backend_xmin) >= age($1::text::xid)
-             UNION ALL
-             SELECT 'replication slot ' || slot_name || ' holds xmin', NULL, false
-               FROM pg_replication_slots
-              WHERE (xmin IS NOT NULL AND age(xmin) >= age($1::text::xid))
-                 OR (catalog_xmin IS NOT NULL AND slot_type = 'logical')
-             UNION ALL
-             SELECT 'prepared transaction ' || gid, NULL, false FROM pg_prepared_xacts",
+            "SELECT what, pid, stranger FROM pivault_verify.horizon_blockers($1::text::xid)",
             &[&horizon],
         )
-        .map_err(pg)?;
+        .map_err(|e| {
+            if e.code() == Some(&postgres::error::SqlState::UNDEFINED_FUNCTION) {
+                Error::Storage(
+                    "cluster: pivault_verify.horizon_blockers is missing (set up by an earlier \
+                     build); run scripts/verify-scan-vault.sql in pivault_keys and pivault_records \
+                     on it as the cluster's superuser"
+                        .into(),
+                )
+            } else {
+                pg(e)
+            }
+        })?;
     Ok(rows
         .iter()
         .map(|r| Blocker {
@@ -948,6 +933,24 @@ fn blockers(c: &mut Client, horizon: &str) -> Result<Vec<Blocker>> {
         .collect())
 }
 
+/// How many standbys stream from the primary `c`. Through
+/// `pivault_verify.streaming_standbys`: a vault role does not read the WAL
+/// senders' statistics. A cluster set up by an earlier build, where vault
+/// roles still read every session's statistics, answers directly.
+fn streaming_standbys(c: &mut Client) -> Result<i64> {
+    match c.query_one("SELECT pivault_verify.streaming_standbys()", &[]) {
+        Ok(r) => Ok(r.get(0)),
+        Err(e) if e.code() == Some(&postgres::error::SqlState::UNDEFINED_FUNCTION) => Ok(c
+            .query_one(
+                "SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'",
+                &[],
+            )
+            .map_err(pg)?
+            .get(0)),
+        Err(e) => Err(pg(e)),
+    }
+}
+
 /// What holds back the purge's horizon.
 struct Blocker {
     what: String,
@@ -955,7 +958,8 @@ struct Blocker {
     pid: Option<i32>,
     /// Another vault role's session, which the purge may end once what it
     /// holds back has been held [`STRANGER_SNAPSHOT_LIMIT`], or an
-    /// autovacuum worker's `ANALYZE`, which it may cancel then.
+    /// autovacuum worker, which it may end then if a vault's role could
+    /// have made it hold that long.
     stranger: bool,
 }
 
@@ -966,13 +970,16 @@ struct Waited {
     left: Vec<String>,
     /// Other vaults' sessions ended.
     ended: u64,
-    /// Autovacuum workers' `ANALYZE`s cancelled.
-    cancelled: u64,
+    /// Autovacuum workers ended (an `ANALYZE` of a vault's table, a work
+    /// item).
+    autovacuum: u64,
+    /// Other vaults' sessions ended for a lock on a relation to rewrite.
+    lock_holders: u64,
 }
 
 impl Waited {
-    /// What the primary's evidence says of the sessions ended and the
-    /// `ANALYZE`s cancelled: nothing when none were.
+    /// What the primary's evidence says of the sessions and autovacuum
+    /// workers ended: nothing when none were.
     fn said(&self) -> String {
         let limit = STRANGER_SNAPSHOT_LIMIT.as_secs();
         let mut said = String::new();
@@ -983,10 +990,17 @@ impl Waited {
             };
             said += &format!("; ended {n} another vault's role held open {limit} s or more");
         }
-        if self.cancelled > 0 {
+        if self.lock_holders > 0 {
             said += &format!(
-                "; cancelled {} autovacuum ANALYZE(s) whose snapshot was held {limit} s or more",
-                self.cancelled
+                "; ended {} session(s) of another vault's role that held a lock on this vault's \
+                 relations {limit} s or more",
+                self.lock_holders
+            );
+        }
+        if self.autovacuum > 0 {
+            said += &format!(
+                "; ended {} autovacuum worker(s) whose snapshot was held {limit} s or more",
+                self.autovacuum
             );
         }
         said
@@ -999,9 +1013,10 @@ impl Waited {
 /// snapshot [`STRANGER_SNAPSHOT_LIMIT`] as seen from here, then ends it
 /// (`pivault_verify.end_stranger_snapshot`, which checks all of that
 /// itself and keeps the holds' ages), so that one vault cannot keep the
-/// others' disposals from certifying; an autovacuum worker's `ANALYZE`
-/// likewise, cancelled (a vault's role can throttle it by its own table's
-/// storage parameters). Strangers are seen from the first look, whatever
+/// others' disposals from certifying; an autovacuum worker likewise, when
+/// it analyses a vault's table (which that vault's role can slow by the
+/// table's storage parameters or hold by its index expressions) or runs a
+/// work item. Strangers are seen from the first look, whatever
 /// else is waited for (another passing snapshot must not stop their
 /// clock).
 fn wait_for_blockers(c: &mut Client, horizon: &str) -> Result<Waited> {
@@ -1029,7 +1044,7 @@ fn wait_for_blockers(c: &mut Client, horizon: &str) -> Result<Waited> {
                 match c.query_one("SELECT pivault_verify.end_stranger_snapshot($1)", &[&pid]) {
                     Ok(r) => match r.get::<_, &str>(0) {
                         "ended" => waited.ended += 1,
-                        "cancelled" => waited.cancelled += 1,
+                        "ended autovacuum" => waited.autovacuum += 1,
                         _ => {}
                     },
                     Err(e) if e.code() == Some(&postgres::error::SqlState::UNDEFINED_FUNCTION) => {
@@ -1038,6 +1053,57 @@ fn wait_for_blockers(c: &mut Client, horizon: &str) -> Result<Waited> {
                     Err(e) => return Err(pg(e)),
                 }
             }
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Waits, before the purge rewrites `relations` (names, or OIDs as text),
+/// for other sessions'
+/// locks on them to go: another vault role's session is ended once its
+/// transaction has held such a lock [`STRANGER_SNAPSHOT_LIMIT`]
+/// (`pivault_verify.end_stranger_lock`, which checks that itself: a few
+/// functions that check no privilege take a lock on any relation and keep
+/// it, so that one vault's role could otherwise keep another's relations
+/// from ever being rewritten). Other holders are left to the rewrite's
+/// own lock wait, as before. Answers how many sessions were ended.
+fn wait_for_lock_holders(c: &mut Client, relations: &[&String]) -> Result<u64> {
+    let start = Instant::now();
+    let mut ended = 0;
+    loop {
+        let holders = c
+            .query(
+                "SELECT DISTINCT l.pid, l.relation FROM pg_locks l
+                  WHERE l.granted AND l.locktype = 'relation' AND l.pid <> pg_backend_pid()
+                    AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+                    AND l.relation IN (SELECT CASE WHEN r ~ '^[0-9]+$' THEN r::oid
+                                                   ELSE r::regclass::oid END
+                                         FROM unnest($1::text[]) r)",
+                &[&relations],
+            )
+            .map_err(pg)?;
+        let mut waiting = false;
+        for h in &holders {
+            let (pid, rel): (i32, postgres::types::Oid) = (h.get(0), h.get(1));
+            match c.query_one(
+                "SELECT pivault_verify.end_stranger_lock($1, $2)",
+                &[&pid, &rel],
+            ) {
+                Ok(r) => match r.get::<_, &str>(0) {
+                    "ended" => ended += 1,
+                    "held under 30 s" | "busy" => waiting = true,
+                    _ => {}
+                },
+                // A cluster set up before the function: the rewrite's own
+                // lock wait, as before.
+                Err(e) if e.code() == Some(&postgres::error::SqlState::UNDEFINED_FUNCTION) => {
+                    return Ok(ended);
+                }
+                Err(e) => return Err(pg(e)),
+            }
+        }
+        if !waiting || start.elapsed() >= STRANGER_SNAPSHOT_LIMIT + Duration::from_secs(10) {
+            return Ok(ended);
         }
         std::thread::sleep(Duration::from_millis(200));
     }
@@ -1172,7 +1238,7 @@ impl Conns {
             .query_one("SELECT (txid_current() % 4294967296)::text", &[])
             .map_err(pg)?
             .get(0);
-        let blockers = wait_for_blockers(&mut primary, &horizon)?;
+        let mut blockers = wait_for_blockers(&mut primary, &horizon)?;
         let mut residue = Vec::new();
         let (mut relations, mut replaced) = (relations.to_vec(), replaced.to_vec());
         if control != PurgeControl::Full && control != PurgeControl::SkipWalRounds {
@@ -1191,6 +1257,7 @@ impl Conns {
             before.push(path);
         }
         if control != PurgeControl::SkipPhysical {
+            blockers.lock_holders = wait_for_lock_holders(&mut primary, &all)?;
             primary
                 .batch_execute("SET lock_timeout = '5s'")
                 .map_err(pg)?;
@@ -1287,6 +1354,20 @@ impl Conns {
     ) -> Result<Purged> {
         self.pool.lock().expect("pool lock").clear();
         let mut primary = self.primary()?;
+        // Every relation of the schema (its partitioned parents too) and
+        // its TOAST relations: a lock another vault's role keeps on any of
+        // them would keep the drop waiting.
+        let mut locked: Vec<String> = primary
+            .query(
+                "SELECT oid::text FROM pg_class WHERE relnamespace = to_regnamespace($1)::oid",
+                &[&targets.schema],
+            )
+            .map_err(pg)?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        locked.extend(targets.relations.iter().cloned());
+        let lock_holders = wait_for_lock_holders(&mut primary, &locked.iter().collect::<Vec<_>>())?;
         if let Err(e) = drop(&mut primary) {
             // Rolled back, or committed just before the connection broke
             // (a failover at the commit): the cluster says which.
@@ -1307,15 +1388,22 @@ impl Conns {
                 }
             }
         }
-        self.settle_dropped(primary, targets).map_err(|e| {
-            Error::DisposalFailed(format!(
-                "dropped, but the purge's rounds and checks did not finish: {e}"
-            ))
-        })
+        self.settle_dropped(primary, targets, lock_holders)
+            .map_err(|e| {
+                Error::DisposalFailed(format!(
+                    "dropped, but the purge's rounds and checks did not finish: {e}"
+                ))
+            })
     }
 
-    /// The purge's rounds and checks after a whole vault's drop committed.
-    fn settle_dropped(&self, primary: Pooled, targets: &DropTargets) -> Result<Purged> {
+    /// The purge's rounds and checks after a whole vault's drop committed
+    /// (`lock_holders`: other vaults' sessions ended for locks first).
+    fn settle_dropped(
+        &self,
+        primary: Pooled,
+        targets: &DropTargets,
+        lock_holders: u64,
+    ) -> Result<Purged> {
         // Named by OID, the relations read as no relation in `settle`'s
         // name check: the evidence is each file checked gone on every
         // member.
@@ -1325,7 +1413,10 @@ impl Conns {
             &targets.files,
             Vec::new(),
             PurgeControl::Full,
-            Waited::default(),
+            Waited {
+                lock_holders,
+                ..Waited::default()
+            },
         )
     }
 
@@ -1402,7 +1493,7 @@ impl Conns {
             return Ok(None);
         }
         let primary = self.fresh_primary()?;
-        self.settle_dropped(primary, targets).map(Some)
+        self.settle_dropped(primary, targets, 0).map(Some)
     }
 
     /// What would keep a dropped relation's bytes on some member if it
@@ -1426,13 +1517,7 @@ impl Conns {
         }
         match primaries.as_mut_slice() {
             [(_, p)] => {
-                let streaming: i64 = p
-                    .query_one(
-                        "SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'",
-                        &[],
-                    )
-                    .map_err(pg)?
-                    .get(0);
+                let streaming = streaming_standbys(p)?;
                 if streaming < standbys {
                     problems.push(format!(
                         "{} of {standbys} standby(s) not streaming from the primary",
@@ -2124,13 +2209,7 @@ impl Conns {
                 ));
             }
             if !in_recovery(&mut c)? {
-                let n: i64 = c
-                    .query_one(
-                        "SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'",
-                        &[],
-                    )
-                    .map_err(pg)?
-                    .get(0);
+                let n = streaming_standbys(&mut c)?;
                 primary_standbys = Some((name.clone(), n));
             }
             reachable.push(name);
