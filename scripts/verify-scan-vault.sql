@@ -226,7 +226,8 @@ $$;
 -- it has held as long what a vault's role can make it hold: the ANALYZE
 -- of a vault's table (slowed to a crawl by the table's storage
 -- parameters, or held by an index expression of the owner's that catches
--- a cancel) or a work item (autovacuum comes back to either); not the
+-- a cancel; autovacuum comes back to the table) or a work item (lost,
+-- and left to the table's next VACUUM); not the
 -- ANALYZE of any other table, and never a lazy VACUUM, whose snapshot no
 -- horizon counts. The session is looked at afresh at the call and again
 -- just before it is ended (a transaction's statistics are a copy taken at
@@ -314,9 +315,9 @@ BEGIN
   ELSIF b.backend_type = 'autovacuum worker' THEN
     -- Runs as no role. What a vault's role can slow or hold through its
     -- own table (the ANALYZE of it, whose storage parameters and index
-    -- expressions are the role's; a work item, a BRIN summary) is ended
-    -- like a vault role's session; the ANALYZE of a table of no vault's
-    -- is not.
+    -- expressions are the role's; a work item, a BRIN summary, which is
+    -- then lost and left to the table's next VACUUM) is ended like a vault
+    -- role's session; the ANALYZE of a table of no vault's is not.
     IF b.analyzing AND NOT b.analyzing_a_vaults THEN
       RETURN 'an autovacuum ANALYZE of a table of no vault''s';
     END IF;
@@ -382,14 +383,22 @@ END
 $$;
 REVOKE ALL ON FUNCTION pivault_verify.end_stranger_snapshot(integer) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION pivault_verify.end_stranger_snapshot(integer) TO pivault_vaults;
--- The purge's last resort against another vault's session that holds a
--- lock on a relation of the caller's own that the purge must rewrite
--- (`VACUUM FULL` waits for every lock, and a few functions that check no
--- privilege, `pg_partition_tree` among them, take one on any relation
--- and keep it to the end of the transaction): ended, on the same terms
--- as a hold above, once its transaction has held a lock on that relation
--- for 30 s as the calls saw it. Answers 'ended', or why not.
-CREATE OR REPLACE FUNCTION pivault_verify.end_stranger_lock(pid integer, rel oid) RETURNS text
+-- The purge's last resort against a session that holds a lock on a
+-- relation or a schema (`rel`, an OID of either) of the caller's own role
+-- that a purge must rewrite or a deletion drop (`VACUUM FULL` and `DROP`
+-- wait for every lock, and functions that check no privilege, such as
+-- those taken from PUBLIC below, took one on any relation or schema and
+-- kept it to the end of the transaction): another vault role's session,
+-- or an autovacuum worker (which runs code of a table's owner: an index
+-- expression), ended once that role, or that worker, has held such a
+-- lock for 30 s as the calls saw it. A role's clock is its own, not a
+-- session's or a transaction's: no vault's role has cause to lock another
+-- vault's relations, and one that took such locks in short transactions,
+-- one after another, kept every purge waiting. Answers 'ended',
+-- 'held under 30 s' (an autovacuum worker: 'autovacuum held under 30 s'),
+-- or why not.
+DROP FUNCTION IF EXISTS pivault_verify.end_stranger_lock(integer, oid);
+CREATE FUNCTION pivault_verify.end_stranger_lock(pid integer, rel oid) RETURNS text
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
@@ -397,48 +406,63 @@ DECLARE
   b record;
   v_held text;
   v_seen timestamptz;
+  v_db oid;
 BEGIN
   PERFORM pg_stat_clear_snapshot();
+  SELECT d.oid INTO v_db FROM pg_database d WHERE d.datname = current_database();
   IF NOT EXISTS (SELECT 1 FROM pg_class c JOIN pg_roles o ON o.oid = c.relowner
-                  WHERE c.oid = rel AND o.rolname = session_user) THEN
-    RETURN 'not a relation of the caller''s role';
+                  WHERE c.oid = rel AND o.rolname = session_user)
+     AND NOT EXISTS (SELECT 1 FROM pg_namespace n JOIN pg_roles o ON o.oid = n.nspowner
+                      WHERE n.oid = rel AND o.rolname = session_user) THEN
+    RETURN 'not a relation or schema of the caller''s role';
   END IF;
-  SELECT a.usesysid, a.backend_start, a.xact_start, r.rolsuper, r.rolname
+  SELECT a.usesysid, a.backend_start, a.backend_type, r.rolsuper, r.rolname
     INTO b
-    FROM pg_stat_activity a JOIN pg_roles r ON r.oid = a.usesysid
+    FROM pg_stat_activity a LEFT JOIN pg_roles r ON r.oid = a.usesysid
    WHERE a.pid = end_stranger_lock.pid;
   IF NOT FOUND THEN
     RETURN 'no such session';
+  ELSIF b.backend_type = 'autovacuum worker' THEN
+    NULL;
+  ELSIF b.rolname IS NULL THEN
+    RETURN 'not a vault role''s';
   ELSIF b.rolsuper THEN
     RETURN 'a superuser''s';
   ELSIF b.rolname = session_user THEN
     RETURN 'the caller''s own role''s';
   ELSIF NOT pg_has_role(b.usesysid, 'pivault_vaults', 'MEMBER') THEN
     RETURN 'not a vault role''s';
-  ELSIF NOT EXISTS (SELECT 1 FROM pg_locks l
-                     WHERE l.pid = end_stranger_lock.pid AND l.locktype = 'relation'
-                       AND l.relation = rel AND l.granted) THEN
+  END IF;
+  IF NOT EXISTS (SELECT 1 FROM pg_locks l
+                  WHERE l.pid = end_stranger_lock.pid AND l.granted AND l.database = v_db
+                    AND ((l.locktype = 'relation' AND l.relation = rel)
+                      OR (l.locktype = 'object' AND l.classid = 'pg_namespace'::regclass
+                          AND l.objid = rel))) THEN
     RETURN 'holds no lock on it';
   END IF;
-  -- A lock is held to the end of its transaction and cannot be handed on.
-  v_held := 'lock on ' || rel || ' by backend ' || pid || ' of ' || b.backend_start
-            || ' in its transaction of ' || b.xact_start;
+  v_held := 'lock on ' || v_db || '/' || rel || ' by '
+            || CASE WHEN b.backend_type = 'autovacuum worker'
+                    THEN 'autovacuum worker ' || pid || ' of ' || b.backend_start
+                    ELSE 'role ' || b.rolname END;
   v_seen := pivault_verify.first_sighting(v_held);
   IF v_seen IS NULL THEN
     RETURN 'busy';
   ELSIF v_seen > clock_timestamp() - interval '30 seconds' THEN
-    RETURN 'held under 30 s';
+    RETURN CASE WHEN b.backend_type = 'autovacuum worker'
+                THEN 'autovacuum held under 30 s' ELSE 'held under 30 s' END;
   END IF;
   PERFORM pg_stat_clear_snapshot();
   IF NOT EXISTS (
       SELECT 1 FROM pg_stat_activity a JOIN pg_locks l ON l.pid = a.pid
        WHERE a.pid = end_stranger_lock.pid AND a.backend_start = b.backend_start
-         AND a.xact_start = b.xact_start AND l.locktype = 'relation'
-         AND l.relation = rel AND l.granted) THEN
+         AND l.granted AND l.database = v_db
+         AND ((l.locktype = 'relation' AND l.relation = rel)
+           OR (l.locktype = 'object' AND l.classid = 'pg_namespace'::regclass
+               AND l.objid = rel))) THEN
     RETURN 'let go meanwhile';
   END IF;
-  RAISE LOG 'pivault: ending backend % of role % (% held since at least %) for a purge by role %',
-    pid, b.rolname, v_held, v_seen, session_user;
+  RAISE LOG 'pivault: ending backend % (% held since at least %) for role %',
+    pid, v_held, v_seen, session_user;
   IF pg_terminate_backend(pid, 5000) THEN
     RETURN 'ended';
   END IF;
@@ -447,9 +471,11 @@ END
 $$;
 REVOKE ALL ON FUNCTION pivault_verify.end_stranger_lock(integer, oid) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION pivault_verify.end_stranger_lock(integer, oid) TO pivault_vaults;
--- Functions that take a lock on any relation, whoever calls them, and keep
--- it: no vault needs them.
+-- Functions that take a lock on any relation or schema, whoever calls
+-- them, and keep it to the end of the transaction: no vault needs them.
 REVOKE EXECUTE ON FUNCTION pg_partition_tree(regclass) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION pg_get_partition_constraintdef(oid) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION pg_get_object_address(text, text[], text[]) FROM PUBLIC;
 
 -- A snapshot handed to another session outlives the one that took it;
 -- no vault needs it (a provider's parallel dump runs as the superuser).

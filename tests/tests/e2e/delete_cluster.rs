@@ -606,12 +606,13 @@ fn a_vault_with_embedded_records_is_deleted_from_the_keystore_cluster_and_its_di
     assert!(!dir.exists());
 }
 
-/// Another vault's role holding a lock on this vault's keystore tables
-/// (through `pg_partition_tree`, here one the provider let it call; taken
-/// from PUBLIC) keeps no whole-vault deletion from completing: the drop
-/// waits until the lock has been held 30 s, ends that session, and drops.
+/// Another vault's role holding a lock on this vault's keystore schema
+/// (through `pg_get_object_address`, here one the provider let it call;
+/// taken from PUBLIC), which the drop waits for, keeps no whole-vault
+/// deletion from completing: the drop waits until the role has held it
+/// 30 s, ends that session, and drops.
 #[test]
-fn another_vaults_lock_on_the_vaults_tables_keeps_no_deletion_from_completing() {
+fn another_vaults_lock_on_the_vaults_schema_keeps_no_deletion_from_completing() {
     let _one = serial();
     let c = cluster();
     let primary = crate::cluster::primary_member(&c);
@@ -630,13 +631,12 @@ fn another_vaults_lock_on_the_vaults_tables_keeps_no_deletion_from_completing() 
     let id = fx.vault.id();
     let (role, other) = crate::cluster::another_vault_role(&c, tmp.path(), &su);
     su(&format!(
-        "GRANT EXECUTE ON FUNCTION pg_partition_tree(regclass) TO {role}"
+        "GRANT EXECUTE ON FUNCTION pg_get_object_address(text, text[], text[]) TO {role}"
     ));
-    let deks = su(&format!("SELECT 'pv_{hex}.deks'::regclass::oid"));
     let (mut locker, _) = crate::cluster::transaction_held(
         &other,
         Some(&format!(
-            "BEGIN; SELECT count(*) FROM pg_partition_tree({deks})"
+            "BEGIN; SELECT pg_get_object_address('schema', '{{pv_{hex}}}', '{{}}')"
         )),
     );
     let started = std::time::Instant::now();
@@ -655,6 +655,6 @@ fn another_vaults_lock_on_the_vaults_tables_keeps_no_deletion_from_completing() 
     done.remove_directory().unwrap();
     drop(locker);
     su(&format!(
-        "REVOKE EXECUTE ON FUNCTION pg_partition_tree(regclass) FROM {role}; DROP ROLE {role}"
+        "REVOKE EXECUTE ON FUNCTION pg_get_object_address(text, text[], text[]) FROM {role}; DROP ROLE {role}"
     ));
 }

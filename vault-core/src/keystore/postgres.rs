@@ -1058,54 +1058,117 @@ fn wait_for_blockers(c: &mut Client, horizon: &str) -> Result<Waited> {
     }
 }
 
-/// Waits, before the purge rewrites `relations` (names, or OIDs as text),
-/// for other sessions'
-/// locks on them to go: another vault role's session is ended once its
-/// transaction has held such a lock [`STRANGER_SNAPSHOT_LIMIT`]
-/// (`pivault_verify.end_stranger_lock`, which checks that itself: a few
-/// functions that check no privilege take a lock on any relation and keep
-/// it, so that one vault's role could otherwise keep another's relations
-/// from ever being rewritten). Other holders are left to the rewrite's
-/// own lock wait, as before. Answers how many sessions were ended.
-fn wait_for_lock_holders(c: &mut Client, relations: &[&String]) -> Result<u64> {
-    let start = Instant::now();
-    let mut ended = 0;
-    loop {
-        let holders = c
-            .query(
-                "SELECT DISTINCT l.pid, l.relation FROM pg_locks l
-                  WHERE l.granted AND l.locktype = 'relation' AND l.pid <> pg_backend_pid()
-                    AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
-                    AND l.relation IN (SELECT CASE WHEN r ~ '^[0-9]+$' THEN r::oid
-                                                   ELSE r::regclass::oid END
-                                         FROM unnest($1::text[]) r)",
-                &[&relations],
-            )
-            .map_err(pg)?;
-        let mut waiting = false;
-        for h in &holders {
-            let (pid, rel): (i32, postgres::types::Oid) = (h.get(0), h.get(1));
-            match c.query_one(
-                "SELECT pivault_verify.end_stranger_lock($1, $2)",
-                &[&pid, &rel],
-            ) {
-                Ok(r) => match r.get::<_, &str>(0) {
-                    "ended" => ended += 1,
-                    "held under 30 s" | "busy" => waiting = true,
-                    _ => {}
-                },
-                // A cluster set up before the function: the rewrite's own
-                // lock wait, as before.
-                Err(e) if e.code() == Some(&postgres::error::SqlState::UNDEFINED_FUNCTION) => {
-                    return Ok(ended);
-                }
-                Err(e) => return Err(pg(e)),
+/// What [`lock_holders`] saw still under its 30 s.
+#[derive(Default)]
+struct LockHeld {
+    /// Another vault role's session holds a lock that it has held, as a
+    /// role, under [`STRANGER_SNAPSHOT_LIMIT`].
+    vault_roles: bool,
+    /// An autovacuum worker does.
+    autovacuum: bool,
+}
+
+/// One look at the locks other sessions hold on `relations` (names, or
+/// OIDs as text) and on what a rewrite or a drop of them takes too (their
+/// indexes, TOAST relations and partition parents), and on `schema`:
+/// another vault role's session, or an autovacuum worker, that has held
+/// such a lock [`STRANGER_SNAPSHOT_LIMIT`] is ended (counted in `ended`)
+/// by `pivault_verify.end_stranger_lock`, which checks all of that
+/// itself. Functions that check no privilege took a lock on any relation
+/// or schema and kept it, and one vault's role could so keep another's
+/// relations from ever being rewritten or dropped; what holds them under
+/// the limit is answered. The vault's own, the provider's and the
+/// superuser's locks are left to the rewrite's own lock wait, as before.
+fn lock_holders(
+    c: &mut Client,
+    relations: &[&str],
+    schema: Option<&str>,
+    ended: &mut u64,
+) -> Result<LockHeld> {
+    let holders = c
+        .query(
+            "WITH RECURSIVE given AS (
+               SELECT CASE WHEN r ~ '^[0-9]+$' THEN r::oid ELSE r::regclass::oid END AS oid
+                 FROM unnest($1::text[]) r),
+             up AS (SELECT oid FROM given
+                    UNION SELECT i.inhparent FROM pg_inherits i JOIN up ON i.inhrelid = up.oid),
+             rels AS (SELECT oid FROM up
+                      UNION SELECT i.indexrelid FROM pg_index i JOIN up ON i.indrelid = up.oid
+                      UNION SELECT c.reltoastrelid FROM pg_class c JOIN up ON c.oid = up.oid
+                             WHERE c.reltoastrelid <> 0
+                      UNION SELECT i.indexrelid FROM pg_class c JOIN up ON c.oid = up.oid
+                              JOIN pg_index i ON i.indrelid = c.reltoastrelid)
+             SELECT DISTINCT l.pid, coalesce(l.relation, l.objid)
+               FROM pg_locks l
+              WHERE l.granted AND l.pid <> pg_backend_pid()
+                AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+                AND ((l.locktype = 'relation' AND l.relation IN (SELECT oid FROM rels))
+                  OR (l.locktype = 'object' AND l.classid = 'pg_namespace'::regclass
+                      AND l.objid = to_regnamespace($2)::oid))",
+            &[&relations, &schema],
+        )
+        .map_err(pg)?;
+    let mut held = LockHeld::default();
+    for h in &holders {
+        let (pid, rel): (i32, postgres::types::Oid) = (h.get(0), h.get(1));
+        match c.query_one(
+            "SELECT pivault_verify.end_stranger_lock($1, $2)",
+            &[&pid, &rel],
+        ) {
+            Ok(r) => match r.get::<_, &str>(0) {
+                "ended" => *ended += 1,
+                "held under 30 s" | "busy" => held.vault_roles = true,
+                "autovacuum held under 30 s" => held.autovacuum = true,
+                _ => {}
+            },
+            // A cluster set up before the function: the rewrite's own
+            // lock wait, as before.
+            Err(e) if e.code() == Some(&postgres::error::SqlState::UNDEFINED_FUNCTION) => {
+                return Ok(LockHeld::default());
             }
+            Err(e) => return Err(pg(e)),
         }
-        if !waiting || start.elapsed() >= STRANGER_SNAPSHOT_LIMIT + Duration::from_secs(10) {
-            return Ok(ended);
+    }
+    Ok(held)
+}
+
+/// How long a rewrite or a drop may wait on other vaults' locks: their
+/// limit, the polls', and one more lock timeout.
+const LOCK_STRANGER_PATIENCE: Duration = Duration::from_secs(45);
+
+/// Runs `rewrite` of `relation`, which waits at most its lock timeout
+/// (5 s) for a lock, until it has run: while another vault's role holds
+/// a lock on what it takes it is not tried (queueing behind that lock
+/// gains nothing) until [`lock_holders`] ends it; after a lock timeout it
+/// is tried again, three times, and for as long as an autovacuum worker
+/// holding such a lock is under its limit (one that catches the cancel a
+/// waiting lock sends it), within [`LOCK_STRANGER_PATIENCE`]. Answers
+/// whether it ran; errors other than a lock timeout are returned.
+fn rewrite_past_strangers(
+    c: &mut Client,
+    relation: &str,
+    ended: &mut u64,
+    rewrite: &mut dyn FnMut(&mut Client) -> std::result::Result<(), postgres::Error>,
+) -> Result<bool> {
+    let start = Instant::now();
+    let mut tries = 0;
+    loop {
+        let held = lock_holders(c, &[relation], None, ended)?;
+        if held.vault_roles && start.elapsed() < LOCK_STRANGER_PATIENCE {
+            std::thread::sleep(Duration::from_millis(200));
+            continue;
         }
-        std::thread::sleep(Duration::from_millis(200));
+        match rewrite(c) {
+            Ok(()) => return Ok(true),
+            Err(e) if e.code() == Some(&postgres::error::SqlState::LOCK_NOT_AVAILABLE) => {
+                tries += 1;
+                let young = held.vault_roles || held.autovacuum;
+                if (tries >= 3 && !young) || start.elapsed() >= LOCK_STRANGER_PATIENCE {
+                    return Ok(false);
+                }
+            }
+            Err(e) => return Err(pg(e)),
+        }
     }
 }
 
@@ -1257,31 +1320,26 @@ impl Conns {
             before.push(path);
         }
         if control != PurgeControl::SkipPhysical {
-            blockers.lock_holders = wait_for_lock_holders(&mut primary, &all)?;
             primary
                 .batch_execute("SET lock_timeout = '5s'")
                 .map_err(pg)?;
             for (r, sql) in &replaced {
                 // Its lock timeout is its own (`SET LOCAL`); a timed-out
                 // attempt is rolled back and retried.
-                let mut tries = 0;
-                loop {
-                    match primary.batch_execute(sql) {
-                        Ok(()) => break,
-                        Err(e) => {
-                            let _ = primary.batch_execute("ROLLBACK");
-                            if e.code() != Some(&postgres::error::SqlState::LOCK_NOT_AVAILABLE) {
-                                return Err(pg(e));
-                            }
-                            tries += 1;
-                            if tries == 3 {
-                                residue.push(format!(
-                                    "{r}: not replaced (a session held a lock on the search index)"
-                                ));
-                                break;
-                            }
-                        }
-                    }
+                let done = rewrite_past_strangers(
+                    &mut primary,
+                    r,
+                    &mut blockers.lock_holders,
+                    &mut |c| {
+                        c.batch_execute(sql).inspect_err(|_| {
+                            let _ = c.batch_execute("ROLLBACK");
+                        })
+                    },
+                )?;
+                if !done {
+                    residue.push(format!(
+                        "{r}: not replaced (a session held a lock on the search index)"
+                    ));
                 }
             }
             for r in &relations {
@@ -1290,25 +1348,11 @@ impl Conns {
                 } else {
                     "VACUUM FULL"
                 };
-                // A reader holding a lock on the partition makes it wait;
-                // a timed-out attempt is retried.
-                let mut tries = 0;
-                loop {
-                    match primary.batch_execute(&format!("{verb} {r}")) {
-                        Ok(()) => break,
-                        Err(e)
-                            if e.code() == Some(&postgres::error::SqlState::LOCK_NOT_AVAILABLE) =>
-                        {
-                            tries += 1;
-                            if tries == 3 {
-                                // Reported below as not rewritten: the batch
-                                // fails cleanly and a retry purges.
-                                break;
-                            }
-                        }
-                        Err(e) => return Err(pg(e)),
-                    }
-                }
+                // Not rewritten is reported below: the batch fails cleanly
+                // and a retry purges.
+                rewrite_past_strangers(&mut primary, r, &mut blockers.lock_holders, &mut |c| {
+                    c.batch_execute(&format!("{verb} {r}"))
+                })?;
             }
             // The connection goes back to the pool: other work waits for
             // locks as usual.
@@ -1367,7 +1411,23 @@ impl Conns {
             .map(|r| r.get(0))
             .collect();
         locked.extend(targets.relations.iter().cloned());
-        let lock_holders = wait_for_lock_holders(&mut primary, &locked.iter().collect::<Vec<_>>())?;
+        let locked: Vec<&str> = locked.iter().map(String::as_str).collect();
+        // The drop is tried once (a refused deletion is retried by its
+        // caller, when any such lock is older than the limit and ended at
+        // once): other vaults' locks under the limit are waited out first.
+        let start = Instant::now();
+        let mut lock_holders_ended = 0;
+        while lock_holders(
+            &mut primary,
+            &locked,
+            Some(&targets.schema),
+            &mut lock_holders_ended,
+        )?
+        .vault_roles
+            && start.elapsed() < LOCK_STRANGER_PATIENCE
+        {
+            std::thread::sleep(Duration::from_millis(200));
+        }
         if let Err(e) = drop(&mut primary) {
             // Rolled back, or committed just before the connection broke
             // (a failover at the commit): the cluster says which.
@@ -1388,7 +1448,7 @@ impl Conns {
                 }
             }
         }
-        self.settle_dropped(primary, targets, lock_holders)
+        self.settle_dropped(primary, targets, lock_holders_ended)
             .map_err(|e| {
                 Error::DisposalFailed(format!(
                     "dropped, but the purge's rounds and checks did not finish: {e}"
@@ -2095,7 +2155,7 @@ impl KeyEngine for PgKeys {
 
 /// The settings of every member a purge depends on, with the value it needs
 /// (the first two also checked by every purge, on every member).
-const MEMBER_SETTINGS: [(&str, &str, &str); 7] = [
+const MEMBER_SETTINGS: [(&str, &str, &str); 8] = [
     (
         "archive_mode",
         "off",
@@ -2122,6 +2182,11 @@ const MEMBER_SETTINGS: [(&str, &str, &str); 7] = [
         "error logs would carry the scan's needles",
     ),
     ("log_statement", "none", "statement logs would carry rows"),
+    (
+        "max_prepared_transactions",
+        "0",
+        "a prepared transaction keeps its locks and its snapshot with no session to end",
+    ),
     // A session setting, which `connect_as` sends: checked as this
     // process's connections see it.
     (
