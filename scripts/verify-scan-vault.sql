@@ -280,6 +280,23 @@ END
 $$;
 REVOKE ALL ON FUNCTION pivault_verify.first_sighting(text) FROM PUBLIC;
 
+-- Why the session of role `who` is none a vault's purge may end (NULL
+-- when it is another vault role's: in `pivault_vaults`, not a superuser,
+-- not the caller's own role). Called by the functions below only.
+CREATE OR REPLACE FUNCTION pivault_verify.not_a_strangers(who oid) RETURNS text
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+  SELECT CASE
+    WHEN r.oid IS NULL THEN 'not a vault role''s'
+    WHEN r.rolsuper THEN 'a superuser''s'
+    WHEN r.rolname = session_user THEN 'the caller''s own role''s'
+    WHEN NOT pg_has_role(r.oid, 'pivault_vaults', 'MEMBER') THEN 'not a vault role''s'
+  END
+  FROM (SELECT who) w LEFT JOIN pg_roles r ON r.oid = w.who
+$$;
+REVOKE ALL ON FUNCTION pivault_verify.not_a_strangers(oid) FROM PUBLIC;
+
 CREATE OR REPLACE FUNCTION pivault_verify.end_stranger_snapshot(pid integer) RETURNS text
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
@@ -321,14 +338,8 @@ BEGIN
     IF b.analyzing AND NOT b.analyzing_a_vaults THEN
       RETURN 'an autovacuum ANALYZE of a table of no vault''s';
     END IF;
-  ELSIF b.rolname IS NULL THEN
-    RETURN 'not a vault role''s';
-  ELSIF b.rolsuper THEN
-    RETURN 'a superuser''s';
-  ELSIF b.rolname = session_user THEN
-    RETURN 'the caller''s own role''s';
-  ELSIF NOT pg_has_role(b.usesysid, 'pivault_vaults', 'MEMBER') THEN
-    RETURN 'not a vault role''s';
+  ELSIF pivault_verify.not_a_strangers(b.usesysid) IS NOT NULL THEN
+    RETURN pivault_verify.not_a_strangers(b.usesysid);
   END IF;
   v_held := CASE
     WHEN b.backend_xid IS NOT NULL THEN 'transaction ID ' || b.backend_xid
@@ -424,14 +435,8 @@ BEGIN
     RETURN 'no such session';
   ELSIF b.backend_type = 'autovacuum worker' THEN
     NULL;
-  ELSIF b.rolname IS NULL THEN
-    RETURN 'not a vault role''s';
-  ELSIF b.rolsuper THEN
-    RETURN 'a superuser''s';
-  ELSIF b.rolname = session_user THEN
-    RETURN 'the caller''s own role''s';
-  ELSIF NOT pg_has_role(b.usesysid, 'pivault_vaults', 'MEMBER') THEN
-    RETURN 'not a vault role''s';
+  ELSIF pivault_verify.not_a_strangers(b.usesysid) IS NOT NULL THEN
+    RETURN pivault_verify.not_a_strangers(b.usesysid);
   END IF;
   IF NOT EXISTS (SELECT 1 FROM pg_locks l
                   WHERE l.pid = end_stranger_lock.pid AND l.granted AND l.database = v_db

@@ -390,6 +390,32 @@ pub(crate) fn transaction_held(cfg: &PgConfig, sql: Option<&str>) -> (postgres::
     (c, pid)
 }
 
+/// Where the tests of another vault's role against this vault's purge
+/// start: the cluster, its primary (for the superuser's SQL), and a vault
+/// with its keys there (records embedded) and two records in it.
+struct KeysOnTheCluster {
+    c: Cluster,
+    primary: String,
+    tmp: tempfile::TempDir,
+    fx: Fixture,
+    recs: Vec<(SubjectId, RecordId, Vec<u8>)>,
+}
+
+fn keys_on_the_cluster() -> KeysOnTheCluster {
+    let c = cluster();
+    let primary = primary_member(&c);
+    let tmp = tempfile::tempdir().unwrap();
+    let fx = common::fast_vault_with(&tmp.path().join("vault"), Some(c.config()), None);
+    let recs = put_records(&fx, 2);
+    KeysOnTheCluster {
+        c,
+        primary,
+        tmp,
+        fx,
+        recs,
+    }
+}
+
 /// A login role of another vault (`pvr_`, in `pivault_vaults`, made by
 /// the superuser's `su`), and its configuration, its password in `dir`.
 pub(crate) fn another_vault_role(
@@ -670,12 +696,14 @@ fn another_vaults_transaction_held_past_the_limit_is_ended_and_the_disposal_cert
 #[test]
 fn other_vaults_shielding_each_others_holds_keep_no_disposal_from_certifying() {
     let _one = serial();
-    let c = cluster();
-    let primary = primary_member(&c);
+    let KeysOnTheCluster {
+        c,
+        primary,
+        tmp,
+        fx,
+        recs,
+    } = keys_on_the_cluster();
     let su = |q: &str| psql_in(&primary, "pivault_keys", q).expect("the superuser's SQL");
-    let tmp = tempfile::tempdir().unwrap();
-    let fx = common::fast_vault_with(&tmp.path().join("vault"), Some(c.config()), None);
-    let recs = put_records(&fx, 2);
     let (dir_a, dir_b) = (tmp.path().join("a"), tmp.path().join("b"));
     std::fs::create_dir(&dir_a).unwrap();
     std::fs::create_dir(&dir_b).unwrap();
@@ -810,12 +838,14 @@ fn a_member_that_recycles_its_wal_is_not_verified_and_the_batch_waits_for_it() {
 #[test]
 fn another_vaults_slow_lazy_vacuum_holds_no_disposal_back_and_is_not_ended() {
     let _one = serial();
-    let c = cluster();
-    let primary = primary_member(&c);
+    let KeysOnTheCluster {
+        c,
+        primary,
+        tmp,
+        fx,
+        recs,
+    } = keys_on_the_cluster();
     let su = |q: &str| psql_in(&primary, "pivault_keys", q).expect("the superuser's SQL");
-    let tmp = tempfile::tempdir().unwrap();
-    let fx = common::fast_vault_with(&tmp.path().join("vault"), Some(c.config()), None);
-    let recs = put_records(&fx, 2);
     let (role, other) = another_vault_role(&c, tmp.path(), &su);
     let mut v = vault_core::keystore::provider::connect_primary(&other).unwrap();
     let table = format!("{role}.big");
@@ -881,12 +911,14 @@ fn another_vaults_slow_lazy_vacuum_holds_no_disposal_back_and_is_not_ended() {
 #[test]
 fn another_vaults_autovacuum_analyze_held_past_the_limit_is_ended_and_the_disposal_certifies() {
     let _one = serial();
-    let c = cluster();
-    let primary = primary_member(&c);
+    let KeysOnTheCluster {
+        c,
+        primary,
+        tmp,
+        fx,
+        recs,
+    } = keys_on_the_cluster();
     let su = |q: &str| psql_in(&primary, "pivault_keys", q).expect("the superuser's SQL");
-    let tmp = tempfile::tempdir().unwrap();
-    let fx = common::fast_vault_with(&tmp.path().join("vault"), Some(c.config()), None);
-    let recs = put_records(&fx, 2);
     let (role, other) = another_vault_role(&c, tmp.path(), &su);
     let scratch = format!("scratch_{role}");
     // A table whose index expression sleeps, catching cancels, for as long
@@ -1057,12 +1089,14 @@ fn another_vaults_autovacuum_analyze_held_past_the_limit_is_ended_and_the_dispos
 #[test]
 fn another_vaults_query_on_a_standby_holds_no_purge_past_its_replay_wait() {
     let _one = serial();
-    let c = cluster();
-    let primary = primary_member(&c);
+    let KeysOnTheCluster {
+        c,
+        primary,
+        tmp,
+        fx,
+        recs,
+    } = keys_on_the_cluster();
     let su = |q: &str| psql_in(&primary, "pivault_keys", q).expect("the superuser's SQL");
-    let tmp = tempfile::tempdir().unwrap();
-    let fx = common::fast_vault_with(&tmp.path().join("vault"), Some(c.config()), None);
-    let recs = put_records(&fx, 2);
     let (role, other) = another_vault_role(&c, tmp.path(), &su);
     let table = format!("{role}.t");
     let mut p = vault_core::keystore::provider::connect_primary(&other).unwrap();
@@ -1141,9 +1175,10 @@ fn another_vaults_query_on_a_standby_holds_no_purge_past_its_replay_wait() {
 
 /// Two vaults dispose at once while a third vault's role holds a
 /// transaction ID open: both purges watch the same hold (each writes its
-/// own sighting, or reads the other's), the hold is ended once, after
-/// 30 s, by whichever asks first, and both disposals certify with every
-/// member verified and none of either vault's keys left in any file.
+/// own sighting, or reads the other's), the hold is ended after 30 s by
+/// one or both (each that signalled it says so), and both disposals
+/// certify with every member verified and none of either vault's keys
+/// left in any file.
 #[test]
 fn two_vaults_purging_at_once_past_another_vaults_hold_both_certify() {
     let _one = serial();
@@ -1201,7 +1236,11 @@ fn two_vaults_purging_at_once_past_another_vaults_hold_both_certify() {
             .get_record(&fx.clerk, recs[1].1, &[], None)
             .unwrap();
     }
-    assert_eq!(ended, 1, "ended once, by one of the two purges");
+    // Both may have signalled it before it was gone: each says so.
+    assert!(
+        (1..=2).contains(&ended),
+        "ended, by one purge or both: {ended}"
+    );
     drop(held);
     for fx in vaults {
         fx.vault.close().unwrap();
@@ -1299,12 +1338,14 @@ fn a_vaults_role_sees_nothing_of_another_vaults_sessions_but_what_holds_its_purg
 #[test]
 fn another_vaults_lock_on_a_vaults_relations_is_ended_and_the_disposal_certifies() {
     let _one = serial();
-    let c = cluster();
-    let primary = primary_member(&c);
+    let KeysOnTheCluster {
+        c,
+        primary,
+        tmp,
+        fx,
+        recs,
+    } = keys_on_the_cluster();
     let su = |q: &str| psql_in(&primary, "pivault_keys", q).expect("the superuser's SQL");
-    let tmp = tempfile::tempdir().unwrap();
-    let fx = common::fast_vault_with(&tmp.path().join("vault"), Some(c.config()), None);
-    let recs = put_records(&fx, 2);
     let (role, other) = another_vault_role(&c, tmp.path(), &su);
     let schema = format!("pv_{}", hex::encode(fx.vault.id().as_bytes()));
     let mut mine = vault_core::keystore::provider::connect_primary(&c.config()).unwrap();

@@ -1099,8 +1099,14 @@ fn lock_holders(
                       UNION SELECT i.indexrelid FROM pg_class c JOIN up ON c.oid = up.oid
                               JOIN pg_index i ON i.indrelid = c.reltoastrelid)
              SELECT DISTINCT l.pid, coalesce(l.relation, l.objid)
-               FROM pg_locks l
+               FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+               LEFT JOIN pg_roles r ON r.oid = a.usesysid
               WHERE l.granted AND l.pid <> pg_backend_pid()
+                -- Only what the function may end: another vault role's
+                -- session, or a process of no role (an autovacuum worker).
+                AND (a.usesysid IS NULL
+                     OR (NOT r.rolsuper AND r.rolname <> session_user
+                         AND pg_has_role(a.usesysid, 'pivault_vaults', 'MEMBER')))
                 AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
                 AND ((l.locktype = 'relation' AND l.relation IN (SELECT oid FROM rels))
                   OR (l.locktype = 'object' AND l.classid = 'pg_namespace'::regclass
