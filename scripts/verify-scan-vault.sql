@@ -297,6 +297,25 @@ AS $$
 $$;
 REVOKE ALL ON FUNCTION pivault_verify.not_a_strangers(oid) FROM PUBLIC;
 
+-- Ends backend `pid` (of `whose`, holding `held` since at least `seen`),
+-- logging it for the provider: `answer` once it is gone, else why not.
+-- Called by the functions below only, once they have checked all else.
+CREATE OR REPLACE FUNCTION pivault_verify.end_backend(pid integer, whose text, held text,
+                                                     seen timestamptz, answer text) RETURNS text
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+  RAISE LOG 'pivault: ending backend % of % (% held since at least %) for a purge by role %',
+    pid, whose, held, seen, session_user;
+  IF pg_terminate_backend(pid, 5000) THEN
+    RETURN answer;
+  END IF;
+  RETURN 'not ended within 5 s';
+END
+$$;
+REVOKE ALL ON FUNCTION pivault_verify.end_backend(integer, text, text, timestamptz, text) FROM PUBLIC;
+
 CREATE OR REPLACE FUNCTION pivault_verify.end_stranger_snapshot(pid integer) RETURNS text
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
@@ -377,19 +396,9 @@ BEGIN
   IF b.backend_type = 'autovacuum worker' THEN
     -- Ended, not cancelled: code of the table's owner runs in an ANALYZE
     -- (an index expression) and can catch a cancel, never this.
-    RAISE LOG 'pivault: ending autovacuum worker % (% held since at least %) for a purge by role %',
-      pid, v_held, v_seen, session_user;
-    IF pg_terminate_backend(pid, 5000) THEN
-      RETURN 'ended autovacuum';
-    END IF;
-    RETURN 'not ended within 5 s';
+    RETURN pivault_verify.end_backend(pid, 'autovacuum worker', v_held, v_seen, 'ended autovacuum');
   END IF;
-  RAISE LOG 'pivault: ending backend % of role % (% held since at least %) for a purge by role %',
-    pid, b.rolname, v_held, v_seen, session_user;
-  IF pg_terminate_backend(pid, 5000) THEN
-    RETURN 'ended';
-  END IF;
-  RETURN 'not ended within 5 s';
+  RETURN pivault_verify.end_backend(pid, 'role ' || b.rolname, v_held, v_seen, 'ended');
 END
 $$;
 REVOKE ALL ON FUNCTION pivault_verify.end_stranger_snapshot(integer) FROM PUBLIC;
@@ -466,12 +475,7 @@ BEGIN
                AND l.objid = rel))) THEN
     RETURN 'let go meanwhile';
   END IF;
-  RAISE LOG 'pivault: ending backend % (% held since at least %) for role %',
-    pid, v_held, v_seen, session_user;
-  IF pg_terminate_backend(pid, 5000) THEN
-    RETURN 'ended';
-  END IF;
-  RETURN 'not ended within 5 s';
+  RETURN pivault_verify.end_backend(pid, 'backend', v_held, v_seen, 'ended');
 END
 $$;
 REVOKE ALL ON FUNCTION pivault_verify.end_stranger_lock(integer, oid) FROM PUBLIC;

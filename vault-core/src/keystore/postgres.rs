@@ -1138,6 +1138,25 @@ fn lock_holders(
     Ok(held)
 }
 
+/// [`lock_holders`] again and again while another vault's role holds a
+/// lock under its limit (queueing behind it gains nothing), until
+/// [`LOCK_STRANGER_PATIENCE`] from `start`: what was left at the last look.
+fn lock_holders_waited(
+    c: &mut Client,
+    relations: &[&str],
+    schema: Option<&str>,
+    ended: &mut u64,
+    start: Instant,
+) -> Result<LockHeld> {
+    loop {
+        let held = lock_holders(c, relations, schema, ended)?;
+        if !held.vault_roles || start.elapsed() >= LOCK_STRANGER_PATIENCE {
+            return Ok(held);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 /// How long a rewrite or a drop may wait on other vaults' locks: their
 /// limit, the polls', and one more lock timeout.
 const LOCK_STRANGER_PATIENCE: Duration = Duration::from_secs(45);
@@ -1159,11 +1178,7 @@ fn rewrite_past_strangers(
     let start = Instant::now();
     let mut tries = 0;
     loop {
-        let held = lock_holders(c, &[relation], None, ended)?;
-        if held.vault_roles && start.elapsed() < LOCK_STRANGER_PATIENCE {
-            std::thread::sleep(Duration::from_millis(200));
-            continue;
-        }
+        let held = lock_holders_waited(c, &[relation], None, ended, start)?;
         match rewrite(c) {
             Ok(()) => return Ok(true),
             Err(e) if e.code() == Some(&postgres::error::SqlState::LOCK_NOT_AVAILABLE) => {
@@ -1421,19 +1436,14 @@ impl Conns {
         // The drop is tried once (a refused deletion is retried by its
         // caller, when any such lock is older than the limit and ended at
         // once): other vaults' locks under the limit are waited out first.
-        let start = Instant::now();
         let mut lock_holders_ended = 0;
-        while lock_holders(
+        lock_holders_waited(
             &mut primary,
             &locked,
             Some(&targets.schema),
             &mut lock_holders_ended,
-        )?
-        .vault_roles
-            && start.elapsed() < LOCK_STRANGER_PATIENCE
-        {
-            std::thread::sleep(Duration::from_millis(200));
-        }
+            Instant::now(),
+        )?;
         if let Err(e) = drop(&mut primary) {
             // Rolled back, or committed just before the connection broke
             // (a failover at the commit): the cluster says which.
