@@ -1248,6 +1248,89 @@ fn two_vaults_purging_at_once_past_another_vaults_hold_both_certify() {
     su(&format!("DROP ROLE {role}"));
 }
 
+/// What holds the purge's horizon back but another vault's hold, the
+/// vault's own role's snapshot taken while that hold ran, is still there
+/// when the hold is ended at 30 s, and lets go 3 s later: the purge waits
+/// for it (its own 10 s from when the last stranger was seen) and
+/// certifies. Before, the 10 s counted from the purge's start, and the
+/// purge failed the moment the hold was gone (CI's two-purge race: the
+/// other vault, on the same role, still showed the hold's ID as its
+/// snapshot while its own ask to end the hold returned).
+#[test]
+fn the_vaults_own_snapshot_left_after_another_vaults_hold_is_ended_is_waited_for_and_the_disposal_certifies()
+ {
+    let _one = serial();
+    let KeysOnTheCluster {
+        c,
+        primary,
+        tmp,
+        fx,
+        recs,
+    } = keys_on_the_cluster();
+    let su = |q: &str| psql_in(&primary, "pivault_keys", q).expect("the superuser's SQL");
+    let (role, other) = another_vault_role(&c, tmp.path(), &su);
+    let (mut held, held_pid) = transaction_held(&other, Some("BEGIN; SELECT txid_current()"));
+    // The vault's own role's snapshot: its xmin is the hold's ID.
+    let (mut own, own_pid) = transaction_held(&c.config(), None);
+    let own_xmin = su(&format!(
+        "SELECT backend_xmin FROM pg_stat_activity WHERE pid = {own_pid}"
+    ));
+    let held_xid = su(&format!(
+        "SELECT backend_xid FROM pg_stat_activity WHERE pid = {held_pid}"
+    ));
+    assert_eq!(own_xmin, held_xid, "the own snapshot starts at the hold");
+    let released = std::thread::spawn({
+        let su_primary = primary.clone();
+        move || {
+            let gone = || {
+                psql_in(
+                    &su_primary,
+                    "pivault_keys",
+                    &format!("SELECT count(*) FROM pg_stat_activity WHERE pid = {held_pid}"),
+                )
+                .as_deref()
+                    == Some("0")
+            };
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
+            while !gone() {
+                assert!(std::time::Instant::now() < deadline, "the hold is ended");
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            std::thread::sleep(std::time::Duration::from_secs(3));
+            own.batch_execute("COMMIT")
+                .expect("the vault's own session is never ended");
+            std::time::Instant::now()
+        }
+    });
+    let cert = certificate_id(
+        fx.vault
+            .dispose(&fx.officer, &request(DisposalScope::Subject(recs[0].0)))
+            .expect("the own snapshot left after the hold gets its own patience"),
+    );
+    let certified = std::time::Instant::now();
+    let let_go = released.join().expect("the own session let go");
+    assert!(certified >= let_go, "the purge waited for the own snapshot");
+    assert!(held.simple_query("SELECT 1").is_err(), "the hold is ended");
+    let doc = fx.vault.certificate(&fx.auditor, cert).unwrap();
+    let purge = doc.body["sanitization"]["details"]["keystore_purge"].clone();
+    let members = purge["members"].as_array().expect("members");
+    assert!(members.iter().all(|m| m["verified"] == true), "{purge}");
+    assert!(
+        members.iter().any(|m| m["detail"]
+            .as_str()
+            .unwrap()
+            .contains("; ended 1 transaction another vault's role held")),
+        "{purge}"
+    );
+    assert_eq!(
+        c.files_holding(std::slice::from_ref(&recs[0].2)),
+        Vec::<PathBuf>::new()
+    );
+    drop(held);
+    fx.vault.close().unwrap();
+    su(&format!("DROP ROLE {role}"));
+}
+
 /// A vault's role sees what holds back its purge, and no more of the other
 /// vaults' sessions than PostgreSQL shows every role: not their
 /// statements' text (which may carry a client's literals), state, client

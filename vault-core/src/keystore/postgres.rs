@@ -1018,9 +1018,16 @@ impl Waited {
 /// table's storage parameters or hold by its index expressions) or runs a
 /// work item. Strangers are seen from the first look, whatever
 /// else is waited for (another passing snapshot must not stop their
-/// clock).
+/// clock); what is left once they are gone gets its own
+/// [`SNAPSHOT_PATIENCE`] from then: a statement that ran while a
+/// stranger's ID did (another purge's own ask to end it, of a vault that
+/// shares this one's role) still shows that ID as its snapshot for a
+/// moment after, and once failed a purge that had waited 30 s already.
 fn wait_for_blockers(c: &mut Client, horizon: &str) -> Result<Waited> {
     let start = Instant::now();
+    // When the last stranger was last seen: the rest's patience runs
+    // from then.
+    let mut strangers_seen = start;
     let mut waited = Waited::default();
     // A cluster set up before the function existed: waited for, not ended.
     let mut may_end = true;
@@ -1030,12 +1037,13 @@ fn wait_for_blockers(c: &mut Client, horizon: &str) -> Result<Waited> {
         // A snapshot taken while another's old transaction ID ran is only
         // counted once that ID has gone (which explained it): two limits,
         // the IDs' holders' and then the snapshots', and the polls' time.
-        let patience = if strangers {
-            STRANGER_SNAPSHOT_LIMIT * 2 + Duration::from_secs(10)
+        let out_of_patience = if strangers {
+            strangers_seen = Instant::now();
+            start.elapsed() >= STRANGER_SNAPSHOT_LIMIT * 2 + Duration::from_secs(10)
         } else {
-            SNAPSHOT_PATIENCE
+            strangers_seen.elapsed() >= SNAPSHOT_PATIENCE
         };
-        if found.is_empty() || start.elapsed() >= patience {
+        if found.is_empty() || out_of_patience {
             waited.left = found.into_iter().map(|b| b.what).collect();
             return Ok(waited);
         }
