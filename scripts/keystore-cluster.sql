@@ -25,11 +25,20 @@
 --   --keystore-cluster` (a single business, or the tests); `doctor` warns
 --   when it reaches another vault's keystore.
 
+SET search_path = pg_catalog, pg_temp;
 CREATE ROLE pivault_vaults NOLOGIN;
 GRANT pg_checkpoint TO pivault_vaults;
 CREATE ROLE pivault LOGIN PASSWORD :'pw' IN ROLE pivault_vaults;
 CREATE ROLE pivault_provider LOGIN PASSWORD :'provider_pw';
-CREATE DATABASE pivault_keys OWNER pivault;
+-- Owned by the superuser, not a vault's role (a database's owner may set
+-- its sessions' defaults and owns its `public` schema), and every
+-- session's search path the catalog alone: a vault's role may create
+-- schemas, and one named after another role (a vault's, or `postgres`,
+-- the superuser's "$user") held functions that the default path
+-- (`"$user", public`) preferred to the catalog's own, and ran them as that
+-- role. The vault's connections set the same path themselves.
+CREATE DATABASE pivault_keys;
+ALTER DATABASE pivault_keys SET search_path = pg_catalog, pg_temp;
 REVOKE ALL ON DATABASE pivault_keys FROM PUBLIC;
 GRANT CONNECT, CREATE ON DATABASE pivault_keys TO pivault_vaults;
 GRANT CONNECT ON DATABASE pivault_keys TO pivault_provider;
@@ -119,7 +128,8 @@ GRANT EXECUTE ON FUNCTION pivault_verify.file_exists(text) TO pivault_vaults;
 -- after a disposal runs the same recipe and the same verification scan.
 -- On a records cluster of its own, this script is run there as well.
 \connect postgres
-CREATE DATABASE pivault_records TEMPLATE pivault_keys OWNER pivault;
+CREATE DATABASE pivault_records TEMPLATE pivault_keys;
+ALTER DATABASE pivault_records SET search_path = pg_catalog, pg_temp;
 REVOKE ALL ON DATABASE pivault_records FROM PUBLIC;
 GRANT CONNECT, CREATE ON DATABASE pivault_records TO pivault_vaults;
 GRANT CONNECT ON DATABASE pivault_records TO pivault_provider;

@@ -28,6 +28,7 @@
 -- roles, and a deleted vault's role is dropped) is another role, and gets
 -- neither the trail's next numbers nor its lines. A trail claimed before
 -- the column existed takes the OID its owner's name has when this runs.
+SET search_path = pg_catalog, pg_temp;
 ALTER TABLE pivault_audit.trails ADD COLUMN IF NOT EXISTS owner_oid oid;
 UPDATE pivault_audit.trails t SET owner_oid = r.oid FROM pg_roles r
  WHERE t.owner_oid IS NULL AND r.rolname = t.owner;

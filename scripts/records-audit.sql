@@ -14,6 +14,7 @@
 -- the vault's records schema `pr_<vault id>` when the trail is first
 -- written, and stays that role's (by its OID: one made again under the
 -- same name is another role).
+SET search_path = pg_catalog, pg_temp;
 CREATE SCHEMA pivault_audit;
 REVOKE ALL ON SCHEMA pivault_audit FROM PUBLIC;
 GRANT USAGE ON SCHEMA pivault_audit TO pivault_vaults;

@@ -24,6 +24,17 @@
 -- finds the key there. Only names of exactly 24 hex digits are skipped
 -- (`.partial`, `.history` and `archive_status` are read). With `wal_after`
 -- empty the whole `pg_wal` directory is skipped (one row, unread).
+-- A cluster set up by an earlier build: its databases owned by the
+-- superuser, their sessions' search path the catalog alone (keystore-
+-- cluster.sql says why), and this script's own too.
+SET search_path = pg_catalog, pg_temp;
+DO $$
+BEGIN
+  EXECUTE format('ALTER DATABASE %I OWNER TO %I', current_database(), current_user);
+  EXECUTE format('ALTER DATABASE %I SET search_path = pg_catalog, pg_temp', current_database());
+END
+$$;
+
 CREATE OR REPLACE FUNCTION pivault_verify.walk(needles bytea[], others jsonb, here text,
                                     wal_after text,
                                     OUT path text, OUT hit boolean)

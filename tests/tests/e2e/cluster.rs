@@ -1331,6 +1331,133 @@ fn the_vaults_own_snapshot_left_after_another_vaults_hold_is_ended_is_waited_for
     su(&format!("DROP ROLE {role}"));
 }
 
+/// Another vault's role may create schemas. It makes one named after this
+/// vault's role (its `"$user"` schema) and one named `postgres` (the
+/// superuser's), each with an `unnest(text[])`, which PostgreSQL prefers
+/// to the catalog's `unnest(anyarray)` on a path that holds the schema and
+/// which every purge calls with a `text[]`; it writes who ran it. A
+/// disposal (the purge's lock check calls it) and the superuser's set-up
+/// script run again (the documented upgrade path) run none of it: every connection
+/// of the vault's sets the catalog alone as its path, and both databases
+/// do for every session, the superuser's `psql` too; and neither database
+/// is a vault role's (whose owner may change that default). Before, the
+/// function ran as this vault's role in the purge, with its privileges
+/// over its keys and records.
+#[test]
+fn another_vaults_role_runs_no_code_as_this_vaults_role_or_the_superuser_through_the_search_path() {
+    let _one = serial();
+    let KeysOnTheCluster {
+        c,
+        primary,
+        tmp,
+        fx,
+        recs,
+    } = keys_on_the_cluster();
+    let su = |q: &str| psql_in(&primary, "pivault_keys", q).expect("the superuser's SQL");
+    let (role, other) = another_vault_role(&c, tmp.path(), &su);
+    let victim = c.config().user;
+    let mut attacker = vault_core::keystore::provider::connect_primary(&other).unwrap();
+    for schema in [victim.as_str(), "postgres"] {
+        attacker
+            .batch_execute(&format!(
+                "CREATE SCHEMA {schema};
+                 GRANT USAGE ON SCHEMA {schema} TO PUBLIC;
+                 CREATE TABLE {schema}.caught (who text);
+                 GRANT INSERT ON {schema}.caught TO PUBLIC;
+                 CREATE FUNCTION {schema}.unnest(text[]) RETURNS SETOF text
+                 LANGUAGE plpgsql AS $$
+                 BEGIN
+                   INSERT INTO {schema}.caught VALUES (current_user);
+                   RETURN QUERY SELECT pg_catalog.unnest($1);
+                 END $$;"
+            ))
+            .expect("a vault's role may create a schema of any name");
+    }
+    let caught = || {
+        su(&format!(
+            "SELECT (SELECT count(*) FROM {victim}.caught) + (SELECT count(*) FROM postgres.caught)"
+        ))
+    };
+    let cert = certificate_id(
+        fx.vault
+            .dispose(&fx.officer, &request(DisposalScope::Subject(recs[0].0)))
+            .expect("the disposal certifies"),
+    );
+    let doc = fx.vault.certificate(&fx.auditor, cert).unwrap();
+    let purge = doc.body["sanitization"]["details"]["keystore_purge"].clone();
+    let members = purge["members"].as_array().expect("members");
+    assert!(members.iter().all(|m| m["verified"] == true), "{purge}");
+    // The upgrade path, run by the superuser over the schemas.
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/verify-scan-vault.sql");
+    let (host, port) = primary.rsplit_once(':').unwrap();
+    let pw = std::fs::read_to_string(
+        std::env::var("PIVAULT_PG_SUPERUSER_PASSWORD_FILE").expect("superuser password file"),
+    )
+    .unwrap();
+    let rerun = std::process::Command::new("psql")
+        .args([
+            "-h",
+            host,
+            "-p",
+            port,
+            "-U",
+            "postgres",
+            "-d",
+            "pivault_keys",
+        ])
+        .args(["-q", "-v", "ON_ERROR_STOP=1", "-f"])
+        .arg(&script)
+        .env("PGPASSWORD", pw.trim())
+        .output()
+        .expect("psql");
+    assert!(
+        rerun.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rerun.stderr)
+    );
+    fx.vault
+        .get_record(&fx.clerk, recs[1].1, &[], None)
+        .expect("the vault still reads");
+    assert_eq!(
+        caught(),
+        "0",
+        "no code of another vault's role ran as this one's"
+    );
+    // And the superuser's own sessions: the databases' default path.
+    assert_eq!(
+        su(
+            "SELECT count(*) FROM pg_db_role_setting s JOIN pg_database d ON d.oid = s.setdatabase \
+            WHERE d.datname IN ('pivault_keys', 'pivault_records') \
+              AND 'search_path=pg_catalog, pg_temp' = ANY (s.setconfig)"
+        ),
+        "2",
+        "both databases set the catalog alone as every session's path"
+    );
+    for db in ["pivault_keys", "pivault_records"] {
+        assert_eq!(
+            psql_in(&primary, db, "SHOW search_path").as_deref(),
+            Some("pg_catalog, pg_temp"),
+            "the superuser's psql in {db}"
+        );
+        assert_eq!(
+            psql_in(
+                &primary,
+                db,
+                "SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = current_database()"
+            )
+            .as_deref(),
+            Some("postgres"),
+            "{db} is the superuser's"
+        );
+    }
+    drop(attacker);
+    su(&format!(
+        "DROP SCHEMA {victim} CASCADE; DROP SCHEMA postgres CASCADE; DROP ROLE {role}"
+    ));
+    fx.vault.close().unwrap();
+}
+
 /// A vault's role sees what holds back its purge, and no more of the other
 /// vaults' sessions than PostgreSQL shows every role: not their
 /// statements' text (which may carry a client's literals), state, client

@@ -229,8 +229,14 @@ pub(super) fn connect_as(cfg: &PgConfig, password: &SecretString, member: &str) 
         // 0.2 M rows at 10^6 records) passes `jit_above_cost`, so that each
         // put compiled its statement first: 23 puts a second instead of
         // 470–680 (benches/README.md run 15). Sent with the start-up
-        // packet, so it costs no round trip.
-        .options("-c jit=off")
+        // packet, so it costs no round trip. And a search path of the
+        // catalog alone: with the default (`"$user", public`) another
+        // vault's role, which may create schemas, made one named after this
+        // vault's role with an `unnest(text[])` that PostgreSQL preferred
+        // to the catalog's `unnest(anyarray)`, and its code ran as this
+        // vault's role in every purge (CVE-2018-1058's pattern). Every
+        // statement of ours names its schema.
+        .options("-c jit=off -c search_path=pg_catalog,pg_temp")
         .connect_timeout(Duration::from_secs(3))
         // A member that vanished without closing the connection (its host
         // or the network died) is noticed within the lease, not after the
