@@ -35,8 +35,13 @@ BEGIN
 END
 $$;
 
+--
+-- A file is read in pieces of `piece` bytes, each overlapping the next by
+-- the longest needle less one byte: a relation's file segment is up to
+-- 1 GiB, and one value holds less (read whole, such a file failed every
+-- scan, a vault's own big table's or another role's table's alike).
 CREATE OR REPLACE FUNCTION pivault_verify.walk(needles bytea[], others jsonb, here text,
-                                    wal_after text,
+                                    wal_after text, piece integer,
                                     OUT path text, OUT hit boolean)
 RETURNS SETOF record
 LANGUAGE plpgsql SECURITY DEFINER
@@ -50,7 +55,14 @@ DECLARE
   st record;
   content bytea;
   n bytea;
+  overlap bigint := coalesce((SELECT max(length(x)) FROM unnest(needles) x), 1) - 1;
+  at_byte bigint;
+  gone boolean;
 BEGIN
+  IF piece IS NULL OR piece <= overlap OR piece > 268435456 THEN
+    RAISE EXCEPTION 'a piece of % bytes for needles of up to % bytes', piece, overlap + 1
+      USING ERRCODE = '22023';
+  END IF;
   WHILE coalesce(array_length(todo, 1), 0) > 0 LOOP
     d := todo[1];
     todo := todo[2:];
@@ -72,21 +84,42 @@ BEGIN
         todo := todo || p;
         CONTINUE;
       END IF;
-      content := pg_read_binary_file(p, 0, st.size, true);
-      IF content IS NULL THEN CONTINUE; END IF;
       path := p;
       hit := false;
-      FOREACH n IN ARRAY needles LOOP
-        IF position(n IN content) > 0 THEN
-          hit := true;
+      gone := false;
+      at_byte := 0;
+      WHILE NOT hit LOOP
+        content := pg_read_binary_file(p, at_byte, piece, true);
+        IF content IS NULL THEN
+          gone := true;
           EXIT;
         END IF;
+        FOREACH n IN ARRAY needles LOOP
+          IF position(n IN content) > 0 THEN
+            hit := true;
+            EXIT;
+          END IF;
+        END LOOP;
+        -- The file's end (a file grown since its size was read is read on).
+        EXIT WHEN length(content) < piece;
+        at_byte := at_byte + piece - overlap;
       END LOOP;
+      IF gone AND NOT hit THEN CONTINUE; END IF;
       RETURN NEXT;
     END LOOP;
   END LOOP;
 END
 $$;
+REVOKE ALL ON FUNCTION pivault_verify.walk(bytea[], jsonb, text, text, integer) FROM PUBLIC;
+
+-- In pieces of 64 MiB.
+CREATE OR REPLACE FUNCTION pivault_verify.walk(needles bytea[], others jsonb, here text,
+                                    wal_after text,
+                                    OUT path text, OUT hit boolean)
+RETURNS SETOF record
+LANGUAGE sql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$ SELECT * FROM pivault_verify.walk(needles, others, here, wal_after, 67108864) $$;
 REVOKE ALL ON FUNCTION pivault_verify.walk(bytea[], jsonb, text, text) FROM PUBLIC;
 
 -- The earlier builds' signature (`scan` calls it): every WAL segment read.
@@ -122,9 +155,11 @@ REVOKE ALL ON FUNCTION pivault_verify.walk(bytea[], jsonb, text) FROM PUBLIC;
 -- purge needs none of it read: its rounds leave no segment at or before
 -- the one of its last write on a verified member (checked by name,
 -- `.partial` files too, which no role's guess can probe), and no later
--- segment can hold a purged byte (`walk`). Everything else is read: this
--- vault's relations, the catalogs, temporary files, logs, and any file no
--- relation names (an old relation file the purge did not remove).
+-- segment can hold a purged byte (`walk`). Nor, whatever their schema's
+-- name, relations of another role (but the superuser's) that the caller
+-- may not write. Everything else is read: this vault's relations, the
+-- catalogs, relations the caller may write, temporary files, logs, and any
+-- file no relation names (an old relation file the purge did not remove).
 --
 -- `tables` (NULL: all) narrows further, as the embedded engine's scan
 -- skips the live table files of other column families and of ranges that
@@ -165,12 +200,23 @@ BEGIN
             AND NOT EXISTS (SELECT 1 FROM unnest(tables) t
                             WHERE c.relname = t OR starts_with(c.relname, t || '_')))
         OR ns.nspname = 'pivault_audit'
+        -- Whatever its schema's name, a relation of another role (but the
+        -- superuser's) that the caller may not write: no row of `vault`
+        -- can be there. Another vault's role made tables of its own in a
+        -- schema named as it liked, and every other vault's scan read
+        -- them (a 1 GiB file failed each one; a big one made each slow).
+        -- One the caller may write is read, a copy could be there.
+        OR (c.relkind NOT IN ('i', 'I', 't')
+            AND c.relowner <> (SELECT r.oid FROM pg_roles r WHERE r.rolname = session_user)
+            AND NOT (SELECT o.rolsuper FROM pg_roles o WHERE o.oid = c.relowner)
+            AND NOT has_table_privilege(session_user, c.oid, 'INSERT, UPDATE'))
   ), toast AS (
     SELECT reltoastrelid AS oid FROM rels WHERE reltoastrelid <> 0
   ), every AS (
     SELECT oid FROM rels
     UNION ALL SELECT oid FROM toast
     UNION ALL SELECT i.indexrelid FROM pg_index i JOIN toast t ON i.indrelid = t.oid
+    UNION ALL SELECT i.indexrelid FROM pg_index i JOIN rels r ON i.indrelid = r.oid
   )
   SELECT coalesce(jsonb_object_agg(f, true), '{}'::jsonb) INTO others
     FROM (SELECT pg_relation_filepath(oid) AS f FROM every) x WHERE f IS NOT NULL;
@@ -500,6 +546,11 @@ REVOKE EXECUTE ON FUNCTION pg_get_object_address(text, text[], text[]) FROM PUBL
 -- A snapshot handed to another session outlives the one that took it;
 -- no vault needs it (a provider's parallel dump runs as the superuser).
 REVOKE EXECUTE ON FUNCTION pg_export_snapshot() FROM PUBLIC;
+-- Large objects live in one catalog, `pg_largeobject`, which every vault's
+-- scan reads (a vault's role could keep copies there): no vault uses them,
+-- and another vault's role could fill it for every scan to read.
+REVOKE EXECUTE ON FUNCTION lo_create(oid), lo_creat(integer), lo_from_bytea(oid, bytea)
+  FROM PUBLIC;
 
 -- What holds back a purge's horizon (`horizon`, the purge's own
 -- transaction ID): in this database, sessions' snapshots; from any

@@ -1458,6 +1458,110 @@ fn another_vaults_role_runs_no_code_as_this_vaults_role_or_the_superuser_through
     fx.vault.close().unwrap();
 }
 
+/// The byte scan under another vault's role's own tables and files:
+/// - a file is read in pieces (a relation's file segment is up to 1 GiB,
+///   more than one value holds, and read whole it failed every scan): a
+///   needle that spans two pieces is found, in pieces of 1,000 bytes, in
+///   a row laid across such a boundary;
+/// - a table another vault's role made in a schema named as it liked, which
+///   this vault's role may not write, is not read by this vault's scan
+///   (answered unread); once its owner grants this role INSERT it is read,
+///   as a copy of this vault's could be there;
+/// - a vault's role may not create large objects (in `pg_largeobject`,
+///   which every vault's scan reads).
+#[test]
+fn another_vaults_own_tables_and_big_files_neither_fail_nor_fill_a_vaults_scan() {
+    let _one = serial();
+    let c = cluster();
+    let primary = primary_member(&c);
+    let su = |q: &str| psql_in(&primary, "pivault_keys", q).expect("the superuser's SQL");
+    let tmp = tempfile::tempdir().unwrap();
+    // A row of 1,500 random bytes, stored inline and uncompressed.
+    let mut row = vec![0u8; 1500];
+    vault_core::crypto::fill_random(&mut row);
+    su(&format!(
+        "DROP TABLE IF EXISTS pivault_verify.piece_probe;
+         CREATE TABLE pivault_verify.piece_probe (v bytea);
+         ALTER TABLE pivault_verify.piece_probe ALTER COLUMN v SET STORAGE PLAIN;
+         INSERT INTO pivault_verify.piece_probe VALUES ('\\x{}'::bytea);
+         CHECKPOINT;",
+        hex::encode(&row)
+    ));
+    let path = su("SELECT pg_relation_filepath('pivault_verify.piece_probe')");
+    let at: usize = su(&format!(
+        "SELECT position('\\x{}'::bytea IN pg_read_binary_file('{path}'))",
+        hex::encode(&row[..16])
+    ))
+    .parse::<usize>()
+    .unwrap()
+        - 1;
+    assert!(at > 0, "the row is in its file");
+    // A boundary of 1,000-byte pieces inside the row, a needle across it.
+    let piece = 1000;
+    let boundary = (at + 30).div_ceil(piece) * piece;
+    assert!(boundary + 30 <= at + row.len());
+    let needle = &row[boundary - at - 30..boundary - at + 30];
+    let walked = |piece: usize| {
+        su(&format!(
+            "SELECT count(*) FROM pivault_verify.walk(ARRAY['\\x{}'::bytea], '{{}}'::jsonb, \
+             (SELECT oid::text FROM pg_database WHERE datname = current_database()), '', {piece}) \
+             WHERE path = '{path}' AND hit",
+            hex::encode(needle)
+        ))
+    };
+    assert_eq!(walked(piece), "1", "a needle across two pieces is found");
+    assert_eq!(walked(64 << 20), "1", "and in one piece");
+    su("DROP TABLE pivault_verify.piece_probe");
+
+    // Another vault's role's own table, in a schema of any name.
+    su("DROP SCHEMA IF EXISTS elsewhere CASCADE");
+    let (role, other) = another_vault_role(&c, tmp.path(), &su);
+    let mut attacker = vault_core::keystore::provider::connect_primary(&other).unwrap();
+    attacker
+        .batch_execute(
+            "CREATE SCHEMA elsewhere;
+             CREATE TABLE elsewhere.filler AS SELECT g FROM generate_series(1, 1000) g;
+             CHECKPOINT;",
+        )
+        .unwrap();
+    let filler = su("SELECT pg_relation_filepath('elsewhere.filler')");
+    let mut mine = vault_core::keystore::provider::connect_primary(&c.config()).unwrap();
+    let mut read_by_mine = || -> Option<bool> {
+        mine.query_one(
+            &format!(
+                "SELECT hit FROM pivault_verify.scan_vault(ARRAY['\\x00ff00ff'::bytea], \
+                 'pv_{}', NULL) WHERE path = $1",
+                "0".repeat(32)
+            ),
+            &[&filler],
+        )
+        .expect("the file is answered")
+        .get(0)
+    };
+    assert_eq!(read_by_mine(), None, "another role's table is not read");
+    attacker
+        .batch_execute(&format!(
+            "GRANT USAGE ON SCHEMA elsewhere TO {0}; GRANT INSERT ON elsewhere.filler TO {0}",
+            c.config().user
+        ))
+        .unwrap();
+    assert_eq!(
+        read_by_mine(),
+        Some(false),
+        "one this vault's role may write is read"
+    );
+    let refused = attacker
+        .simple_query("SELECT lo_from_bytea(0, '\\x00'::bytea)")
+        .expect_err("no large object for a vault's role");
+    assert_eq!(
+        refused.code(),
+        Some(&postgres::error::SqlState::INSUFFICIENT_PRIVILEGE),
+        "{refused}"
+    );
+    drop((attacker, mine));
+    su(&format!("DROP SCHEMA elsewhere CASCADE; DROP ROLE {role}"));
+}
+
 /// A vault's role sees what holds back its purge, and no more of the other
 /// vaults' sessions than PostgreSQL shows every role: not their
 /// statements' text (which may carry a client's literals), state, client
