@@ -113,14 +113,6 @@ SET search_path = pg_catalog, pg_temp
 AS $$ SELECT * FROM pivault_verify.walk(needles, '{}'::jsonb, NULL) $$;
 REVOKE ALL ON FUNCTION pivault_verify.scan(bytea[]) FROM PUBLIC;
 
--- Whether a file (a relation's old file after VACUUM FULL) is still there.
-CREATE FUNCTION pivault_verify.file_exists(p text) RETURNS boolean
-LANGUAGE sql SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
-AS $$ SELECT (pg_stat_file(p, true)).size IS NOT NULL $$;
-REVOKE ALL ON FUNCTION pivault_verify.file_exists(text) FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION pivault_verify.file_exists(text) TO pivault_vaults;
-
 -- The records database (`pivault init --records-cluster`): each vault's
 -- records, users, sessions, disposal batches and certificates in a schema
 -- `pr_<vault id>` its role owns. A copy of `pivault_keys` as set up above

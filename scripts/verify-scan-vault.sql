@@ -122,6 +122,24 @@ SET search_path = pg_catalog, pg_temp
 AS $$ SELECT * FROM pivault_verify.walk(needles, others, here, wal_after, 67108864) $$;
 REVOKE ALL ON FUNCTION pivault_verify.walk(bytea[], jsonb, text, text) FROM PUBLIC;
 
+-- Whether a relation's file from before a purge (`pg_relation_filepath`)
+-- is still there. Any other path is refused: the function runs as the
+-- superuser, and answered any vault's role whether any file on the host
+-- existed.
+CREATE OR REPLACE FUNCTION pivault_verify.file_exists(p text) RETURNS boolean
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+  IF p !~ '^(base/[0-9]+|pg_tblspc/[0-9]+/PG_[0-9A-Za-z_.]+/[0-9]+)/[0-9]+$' THEN
+    RAISE EXCEPTION 'not a relation''s file' USING ERRCODE = '22023';
+  END IF;
+  RETURN (pg_stat_file(p, true)).size IS NOT NULL;
+END
+$$;
+REVOKE ALL ON FUNCTION pivault_verify.file_exists(text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION pivault_verify.file_exists(text) TO pivault_vaults;
+
 -- The earlier builds' signature (`scan` calls it): every WAL segment read.
 CREATE OR REPLACE FUNCTION pivault_verify.walk(needles bytea[], others jsonb, here text,
                                     OUT path text, OUT hit boolean)

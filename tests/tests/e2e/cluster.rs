@@ -1550,6 +1550,21 @@ fn another_vaults_own_tables_and_big_files_neither_fail_nor_fill_a_vaults_scan()
         Some(false),
         "one this vault's role may write is read"
     );
+    // Whether a file is there: a relation's only.
+    let there = |p: &str| {
+        let mut role = vault_core::keystore::provider::connect_primary(&other).unwrap();
+        role.query_one("SELECT pivault_verify.file_exists($1)", &[&p])
+            .map(|r| r.get::<_, bool>(0))
+            .map_err(|e| e.code().cloned())
+    };
+    assert_eq!(there(&filler), Ok(true));
+    for elsewhere in ["/etc/passwd", "global/pg_control", "postmaster.pid", "base/1/../../x"] {
+        assert_eq!(
+            there(elsewhere),
+            Err(Some(postgres::error::SqlState::INVALID_PARAMETER_VALUE)),
+            "{elsewhere}"
+        );
+    }
     let refused = attacker
         .simple_query("SELECT lo_from_bytea(0, '\\x00'::bytea)")
         .expect_err("no large object for a vault's role");
