@@ -633,3 +633,71 @@ GRANT EXECUTE ON FUNCTION pivault_verify.streaming_standbys() TO pivault_vaults;
 -- and sizes only, never a byte), were read through `pg_monitor`.
 GRANT EXECUTE ON FUNCTION pg_ls_waldir() TO pivault_vaults;
 REVOKE pg_monitor FROM pivault_vaults;
+
+-- No role but the superuser may make an object that depends on another
+-- role's relation, schema, type or function. A relation or schema named
+-- by its OID (`'16404'::regclass`, which checks no privilege) in a view, a
+-- default, a constraint or a function's body records a dependency, and
+-- another vault's role so pinned a vault's search-index partition (its
+-- split's `DROP TABLE` then failed at every disposal, for ever) or its
+-- schema (whose `DROP SCHEMA ... CASCADE` at the vault's deletion must
+-- then lock the pinning view, which that role held locked in an idle
+-- transaction that holds back nothing the purge ends). Checked at the end
+-- of each command, on what it made and on what hangs off a relation it
+-- made or changed (its rules, defaults, constraints, triggers, policies,
+-- indexes), through the catalogs' indexes.
+-- (Not a definer's function: `current_user` is the command's role, which
+-- owns what it made.)
+CREATE OR REPLACE FUNCTION pivault_verify.no_pins() RETURNS event_trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  whose text;
+BEGIN
+  IF (SELECT r.rolsuper FROM pg_roles r WHERE r.rolname = session_user) THEN
+    RETURN;
+  END IF;
+  WITH made AS (
+    SELECT d.classid, d.objid FROM pg_event_trigger_ddl_commands() d
+  ), objs AS (
+    SELECT m.classid, m.objid FROM made m
+    UNION SELECT 'pg_rewrite'::regclass, r.oid FROM pg_rewrite r
+      JOIN made m ON m.classid = 'pg_class'::regclass AND r.ev_class = m.objid
+    UNION SELECT 'pg_attrdef'::regclass, a.oid FROM pg_attrdef a
+      JOIN made m ON m.classid = 'pg_class'::regclass AND a.adrelid = m.objid
+    UNION SELECT 'pg_constraint'::regclass, c.oid FROM pg_constraint c
+      JOIN made m ON m.classid = 'pg_class'::regclass AND c.conrelid = m.objid
+    UNION SELECT 'pg_constraint'::regclass, c.oid FROM pg_constraint c
+      JOIN made m ON m.classid = 'pg_type'::regclass AND c.contypid = m.objid
+    UNION SELECT 'pg_trigger'::regclass, t.oid FROM pg_trigger t
+      JOIN made m ON m.classid = 'pg_class'::regclass AND t.tgrelid = m.objid
+    UNION SELECT 'pg_policy'::regclass, p.oid FROM pg_policy p
+      JOIN made m ON m.classid = 'pg_class'::regclass AND p.polrelid = m.objid
+    UNION SELECT 'pg_class'::regclass, i.indexrelid FROM pg_index i
+      JOIN made m ON m.classid = 'pg_class'::regclass AND i.indrelid = m.objid
+  ), refs AS (
+    SELECT d.refclassid, d.refobjid FROM pg_depend d
+      JOIN objs o ON d.classid = o.classid AND d.objid = o.objid
+  ), owners AS (
+    SELECT c.relowner AS owner FROM refs x JOIN pg_class c
+        ON x.refclassid = 'pg_class'::regclass AND c.oid = x.refobjid
+    UNION SELECT n.nspowner FROM refs x JOIN pg_namespace n
+        ON x.refclassid = 'pg_namespace'::regclass AND n.oid = x.refobjid
+    UNION SELECT t.typowner FROM refs x JOIN pg_type t
+        ON x.refclassid = 'pg_type'::regclass AND t.oid = x.refobjid
+    UNION SELECT p.proowner FROM refs x JOIN pg_proc p
+        ON x.refclassid = 'pg_proc'::regclass AND p.oid = x.refobjid
+  )
+  SELECT r.rolname INTO whose FROM owners o JOIN pg_roles r ON r.oid = o.owner
+   WHERE NOT r.rolsuper AND r.oid <> current_user::regrole
+   LIMIT 1;
+  IF whose IS NOT NULL THEN
+    RAISE EXCEPTION 'an object may not depend on another role''s'
+      USING ERRCODE = '42501';
+  END IF;
+END
+$$;
+REVOKE ALL ON FUNCTION pivault_verify.no_pins() FROM PUBLIC;
+DROP EVENT TRIGGER IF EXISTS pivault_no_pins;
+CREATE EVENT TRIGGER pivault_no_pins ON ddl_command_end EXECUTE FUNCTION pivault_verify.no_pins();

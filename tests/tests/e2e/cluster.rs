@@ -1558,7 +1558,12 @@ fn another_vaults_own_tables_and_big_files_neither_fail_nor_fill_a_vaults_scan()
             .map_err(|e| e.code().cloned())
     };
     assert_eq!(there(&filler), Ok(true));
-    for elsewhere in ["/etc/passwd", "global/pg_control", "postmaster.pid", "base/1/../../x"] {
+    for elsewhere in [
+        "/etc/passwd",
+        "global/pg_control",
+        "postmaster.pid",
+        "base/1/../../x",
+    ] {
         assert_eq!(
             there(elsewhere),
             Err(Some(postgres::error::SqlState::INVALID_PARAMETER_VALUE)),
@@ -1575,6 +1580,125 @@ fn another_vaults_own_tables_and_big_files_neither_fail_nor_fill_a_vaults_scan()
     );
     drop((attacker, mine));
     su(&format!("DROP SCHEMA elsewhere CASCADE; DROP ROLE {role}"));
+}
+
+/// Another vault's role names a vault's relation or schema by its OID
+/// (which checks no privilege) in a view, a column default, a check
+/// constraint, one added later, or a function's body, each of which would
+/// record a dependency: a partition so pinned could not be dropped by its
+/// split (every disposal touching it failed), and the schema's drop at the
+/// vault's deletion had to lock the pinning view, which that role could
+/// hold locked. Each is refused, in both databases, under the role's own
+/// name or the vault roles' group's; the same objects over its own
+/// relations are made, and the vault's own DDL (its partitions, made at
+/// set-up) is untouched.
+#[test]
+fn another_vaults_role_cannot_pin_a_vaults_relations_or_schema() {
+    let _one = serial();
+    let KeysOnTheCluster {
+        c,
+        primary,
+        tmp,
+        fx,
+        recs: _,
+    } = keys_on_the_cluster();
+    let su = |db: &str, q: &str| psql_in(&primary, db, q).expect("the superuser's SQL");
+    let (role, other) = another_vault_role(&c, tmp.path(), &|q| su("pivault_keys", q));
+    // This vault's relations: its keys' partitions here, and in the records
+    // database a schema and table its role made.
+    let victim = c.config().user;
+    let mut s = [0u8; 16];
+    vault_core::crypto::fill_random(&mut s);
+    let records_schema = format!("pr_{}", hex::encode(s));
+    let mut mine =
+        vault_core::keystore::provider::connect_primary(&common::cluster_records()).unwrap();
+    mine.batch_execute(&format!(
+        "CREATE SCHEMA {records_schema}; CREATE TABLE {records_schema}.rows (k bytea)"
+    ))
+    .unwrap();
+    let pinned = [
+        (
+            "pivault_keys",
+            su(
+                "pivault_keys",
+                &format!(
+                    "SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+                     WHERE n.nspowner = '{victim}'::regrole AND c.relname = 'deks_0' LIMIT 1"
+                ),
+            ),
+            su(
+                "pivault_keys",
+                &format!(
+                    "SELECT n.oid FROM pg_namespace n WHERE n.nspowner = '{victim}'::regrole \
+                     AND n.nspname ~ '^pv_' LIMIT 1"
+                ),
+            ),
+        ),
+        (
+            "pivault_records",
+            su(
+                "pivault_records",
+                &format!("SELECT '{records_schema}.rows'::regclass::oid"),
+            ),
+            su(
+                "pivault_records",
+                &format!("SELECT '{records_schema}'::regnamespace::oid"),
+            ),
+        ),
+    ];
+    for (db, rel, ns) in &pinned {
+        assert!(!rel.is_empty() && !ns.is_empty(), "{db}: {rel} {ns}");
+        let mut attacker = vault_core::keystore::provider::connect_primary(&PgConfig {
+            database: (*db).into(),
+            ..other.clone()
+        })
+        .unwrap();
+        attacker
+            .batch_execute(
+                "CREATE SCHEMA pins; CREATE TABLE pins.own (x int); CREATE TABLE pins.later (x oid)",
+            )
+            .unwrap();
+        let own = "'pins.own'::regclass";
+        for make in [
+            "CREATE VIEW pins.v AS SELECT {rel}::regclass AS r",
+            "CREATE VIEW pins.n AS SELECT {ns}::regnamespace AS n",
+            "CREATE TABLE pins.d (r regclass DEFAULT {rel}::regclass)",
+            "CREATE TABLE pins.k (r oid CHECK (r <> {rel}::regclass))",
+            "ALTER TABLE pins.later ADD CONSTRAINT k CHECK (x <> {rel}::regclass)",
+            "CREATE FUNCTION pins.f() RETURNS regclass LANGUAGE sql BEGIN ATOMIC SELECT {rel}::regclass; END",
+            "SET ROLE pivault_vaults; CREATE SCHEMA pins_group; \
+             CREATE VIEW pins_group.v AS SELECT {rel}::regclass AS r",
+        ] {
+            let sql = make
+                .replace("{rel}", &format!("'{rel}'"))
+                .replace("{ns}", &format!("'{ns}'"));
+            let refused = attacker
+                .batch_execute(&format!("BEGIN; {sql}"))
+                .expect_err(&sql);
+            assert_eq!(
+                refused.code(),
+                Some(&postgres::error::SqlState::INSUFFICIENT_PRIVILEGE),
+                "{db}: {sql}: {refused}"
+            );
+            attacker.batch_execute("ROLLBACK").unwrap();
+            // The same over its own relation is made.
+            let sql = make
+                .replace("{rel}", own)
+                .replace("{ns}", "'pins'")
+                .replace("SET ROLE pivault_vaults; CREATE SCHEMA pins_group; ", "")
+                .replace("pins_group.v", "pins.g");
+            attacker
+                .batch_execute(&format!("BEGIN; {sql}; ROLLBACK"))
+                .unwrap_or_else(|e| panic!("{db}: {sql}: {e}"));
+        }
+        drop(attacker);
+        su(db, "DROP SCHEMA pins CASCADE");
+    }
+    mine.batch_execute(&format!("DROP SCHEMA {records_schema} CASCADE"))
+        .unwrap();
+    drop(mine);
+    fx.vault.close().unwrap();
+    su("pivault_keys", &format!("DROP ROLE {role}"));
 }
 
 /// A vault's role sees what holds back its purge, and no more of the other
