@@ -1827,27 +1827,7 @@ fn another_vaults_lock_on_a_vaults_relations_is_ended_and_the_disposal_certifies
           WHERE c.relnamespace = '{schema}'::regnamespace AND c.relkind = 'i' AND c.relispartition"
     );
     let stop = Arc::new(AtomicBool::new(false));
-    let lockers = {
-        let (other, lock, stop) = (other.clone(), lock.clone(), stop.clone());
-        std::thread::spawn(move || {
-            let mut sessions = Vec::new();
-            while !stop.load(Ordering::SeqCst) {
-                let (s, pid) = transaction_held(&other, Some(&format!("BEGIN; {lock}")));
-                sessions.push(std::thread::spawn(move || {
-                    let mut s = s;
-                    std::thread::sleep(std::time::Duration::from_secs(20));
-                    s.batch_execute("COMMIT").is_ok()
-                }));
-                let _ = pid;
-                std::thread::sleep(std::time::Duration::from_secs(8));
-            }
-            sessions
-                .into_iter()
-                .map(|t| t.join().unwrap())
-                .filter(|lived| !lived)
-                .count()
-        })
-    };
+    let lockers = churning_lockers(&other, &lock, &stop);
     std::thread::sleep(std::time::Duration::from_millis(500));
     let locked: i64 = su(&format!(
         "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
@@ -1890,6 +1870,122 @@ fn another_vaults_lock_on_a_vaults_relations_is_ended_and_the_disposal_certifies
     su(&format!(
         "REVOKE EXECUTE ON FUNCTION pg_get_partition_constraintdef(oid) FROM {role}; DROP ROLE {role}"
     ));
+}
+
+/// Sessions of `other` that each run `lock` in a transaction held 20 s, a
+/// new one every 8 s until `stop`: how many were ended.
+fn churning_lockers(
+    other: &PgConfig,
+    lock: &str,
+    stop: &Arc<AtomicBool>,
+) -> std::thread::JoinHandle<usize> {
+    let (other, lock, stop) = (other.clone(), lock.to_owned(), stop.clone());
+    std::thread::spawn(move || {
+        let mut sessions = Vec::new();
+        while !stop.load(Ordering::SeqCst) {
+            let (s, _) = transaction_held(&other, Some(&format!("BEGIN; {lock}")));
+            sessions.push(std::thread::spawn(move || {
+                let mut s = s;
+                std::thread::sleep(std::time::Duration::from_secs(20));
+                s.batch_execute("COMMIT").is_ok()
+            }));
+            std::thread::sleep(std::time::Duration::from_secs(8));
+        }
+        sessions
+            .into_iter()
+            .map(|t| t.join().unwrap())
+            .filter(|lived| !lived)
+            .count()
+    })
+}
+
+/// A purge of several key partitions while another vault's role keeps
+/// each of them locked by sessions of its own (20 s each, a new one every
+/// 8 s): each relation's lock holders are timed from the purge's first
+/// look at all of them, not from when the rewrites come to it one after
+/// another (30 s for each relation, minutes for a purge of many). The
+/// role's first sightings on the relations are seconds apart (60.7 s
+/// apart before, the disposal taking 110 s for three partitions), a
+/// session of each locker is ended, and the disposal certifies.
+#[test]
+fn another_vaults_locks_on_many_partitions_are_timed_together_from_the_purges_first_look() {
+    let _one = serial();
+    let c = cluster();
+    let primary = primary_member(&c);
+    let su = |q: &str| psql_in(&primary, "pivault_keys", q).expect("the superuser's SQL");
+    let tmp = tempfile::tempdir().unwrap();
+    let fx = common::fast_vault_with(&tmp.path().join("vault"), Some(c.config()), None);
+    let schema = format!("pv_{}", hex::encode(fx.vault.id().as_bytes()));
+    // Records until three key partitions hold one.
+    let mut recs = Vec::new();
+    while su(&format!(
+        "SELECT count(DISTINCT tableoid) FROM {schema}.deks"
+    )) != "3"
+    {
+        recs.extend(put_records(&fx, 1));
+    }
+    let (role, other) = another_vault_role(&c, tmp.path(), &su);
+    // Each touched partition locked by sessions of its own, and nothing
+    // else (`LOCK TABLE` of the partition alone, as the provider let this
+    // role: whatever way a role may find to lock one relation), so that
+    // ending the one that locks the first relation leaves the others'.
+    let partitions = su(&format!(
+        "SELECT string_agg(DISTINCT tableoid::regclass::text, ' ') FROM {schema}.deks"
+    ));
+    su(&format!("GRANT USAGE ON SCHEMA {schema} TO {role}"));
+    let stop = Arc::new(AtomicBool::new(false));
+    let lockers: Vec<_> = partitions
+        .split(' ')
+        .map(|p| {
+            su(&format!("GRANT SELECT ON {p} TO {role}"));
+            churning_lockers(
+                &other,
+                &format!("LOCK TABLE {p} IN ACCESS SHARE MODE"),
+                &stop,
+            )
+        })
+        .collect();
+    assert_eq!(lockers.len(), 3);
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let doomed: Vec<RecordId> = recs.iter().map(|r| r.1).collect();
+    let cert = certificate_id(
+        fx.vault
+            .dispose(&fx.officer, &request(DisposalScope::Records(doomed)))
+            .expect("another vault's locks keep no disposal from certifying"),
+    );
+    stop.store(true, Ordering::SeqCst);
+    for l in lockers {
+        assert!(l.join().unwrap() >= 1, "a locking session of each is ended");
+    }
+    // When the role was first seen holding a lock on each relation.
+    let spread: f64 = su(&format!(
+        "SELECT extract(epoch FROM max(first_seen) - min(first_seen)) FROM (
+           SELECT held, min(first_seen) AS first_seen FROM pivault_verify.holds
+            WHERE held LIKE 'lock on %by role {role}' GROUP BY held) x"
+    ))
+    .parse()
+    .unwrap();
+    let relations: i64 = su(&format!(
+        "SELECT count(DISTINCT held) FROM pivault_verify.holds WHERE held LIKE 'lock on %by role {role}'"
+    ))
+    .parse()
+    .unwrap();
+    assert!(
+        relations >= 3,
+        "locks on the three partitions seen: {relations}"
+    );
+    assert!(
+        spread < 10.0,
+        "the clocks on every relation started together: {spread} s apart"
+    );
+    let doc = fx.vault.certificate(&fx.auditor, cert).unwrap();
+    let purge = doc.body["sanitization"]["details"]["keystore_purge"].clone();
+    let members = purge["members"].as_array().expect("members");
+    assert!(members.iter().all(|m| m["verified"] == true), "{purge}");
+    let keys: Vec<Vec<u8>> = recs.iter().map(|r| r.2.clone()).collect();
+    assert_eq!(c.files_holding(&keys), Vec::<PathBuf>::new());
+    fx.vault.close().unwrap();
+    su(&format!("DROP OWNED BY {role}; DROP ROLE {role}"));
 }
 
 #[test]
