@@ -1102,7 +1102,9 @@ fn lock_holders(
     let holders = c
         .query(
             "WITH RECURSIVE given AS (
-               SELECT CASE WHEN r ~ '^[0-9]+$' THEN r::oid ELSE r::regclass::oid END AS oid
+               -- A name that is gone (a partition its split replaced)
+               -- is none.
+               SELECT CASE WHEN r ~ '^[0-9]+$' THEN r::oid ELSE to_regclass(r)::oid END AS oid
                  FROM unnest($1::text[]) r),
              up AS (SELECT oid FROM given
                     UNION SELECT i.inhparent FROM pg_inherits i JOIN up ON i.inhrelid = up.oid),
