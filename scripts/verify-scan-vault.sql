@@ -7,6 +7,17 @@
 -- functions are replaced if there: run again, the file brings an earlier
 -- build's functions up to date.
 --
+-- A cluster set up by an earlier build: its databases owned by the
+-- superuser, their sessions' search path the catalog alone (keystore-
+-- cluster.sql says why), and this script's own too.
+SET search_path = pg_catalog, pg_temp;
+DO $$
+BEGIN
+  EXECUTE format('ALTER DATABASE %I OWNER TO %I', current_database(), current_user);
+  EXECUTE format('ALTER DATABASE %I SET search_path = pg_catalog, pg_temp', current_database());
+END
+$$;
+
 -- Every regular file under the data directory and whether it contains any
 -- of `needles`, but for the relation files named in `others`, with `here`
 -- the directories of databases other than `here`, and with `wal_after`
@@ -24,17 +35,6 @@
 -- finds the key there. Only names of exactly 24 hex digits are skipped
 -- (`.partial`, `.history` and `archive_status` are read). With `wal_after`
 -- empty the whole `pg_wal` directory is skipped (one row, unread).
--- A cluster set up by an earlier build: its databases owned by the
--- superuser, their sessions' search path the catalog alone (keystore-
--- cluster.sql says why), and this script's own too.
-SET search_path = pg_catalog, pg_temp;
-DO $$
-BEGIN
-  EXECUTE format('ALTER DATABASE %I OWNER TO %I', current_database(), current_user);
-  EXECUTE format('ALTER DATABASE %I SET search_path = pg_catalog, pg_temp', current_database());
-END
-$$;
-
 --
 -- A file is read in pieces of `piece` bytes, each overlapping the next by
 -- the longest needle less one byte: a relation's file segment is up to
