@@ -529,10 +529,14 @@ BEGIN
                           AND l.objid = rel))) THEN
     RETURN 'holds no lock on it';
   END IF;
-  v_held := 'lock on ' || v_db || '/' || rel || ' by '
-            || CASE WHEN b.backend_type = 'autovacuum worker'
-                    THEN 'autovacuum worker ' || pid || ' of ' || b.backend_start
-                    ELSE 'role ' || b.rolname END;
+  -- A role's clock runs over all of the caller's relations at once: one
+  -- that locked each relation just as the purge came to it was ended 30 s
+  -- later for each in turn, minutes for a purge of many.
+  v_held := CASE WHEN b.backend_type = 'autovacuum worker'
+                 THEN 'lock on ' || v_db || '/' || rel || ' by autovacuum worker ' || pid
+                      || ' of ' || b.backend_start
+                 ELSE 'lock on ' || v_db || ' relations of role ' || session_user
+                      || ' by role ' || b.rolname END;
   v_seen := pivault_verify.first_sighting(v_held);
   IF v_seen IS NULL THEN
     RETURN 'busy';

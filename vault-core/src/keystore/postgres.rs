@@ -1157,22 +1157,14 @@ fn lock_holders(
 /// [`lock_holders`] again and again while another vault's role holds a
 /// lock under its limit (queueing behind it gains nothing), until
 /// [`LOCK_STRANGER_PATIENCE`] from `start`: what was left at the last look.
-/// At each look the locks on `also` (the rest of a purge's relations) are
-/// looked at too, so that a role that locks each relation just as the
-/// purge comes to it is timed from its first lock on any, not 30 s for
-/// each relation in turn.
 fn lock_holders_waited(
     c: &mut Client,
     relations: &[&str],
-    also: &[&str],
     schema: Option<&str>,
     ended: &mut u64,
     start: Instant,
 ) -> Result<LockHeld> {
     loop {
-        if !also.is_empty() {
-            lock_holders(c, also, None, ended)?;
-        }
         let held = lock_holders(c, relations, schema, ended)?;
         if !held.vault_roles || start.elapsed() >= LOCK_STRANGER_PATIENCE {
             return Ok(held);
@@ -1196,14 +1188,13 @@ const LOCK_STRANGER_PATIENCE: Duration = Duration::from_secs(45);
 fn rewrite_past_strangers(
     c: &mut Client,
     relation: &str,
-    others: &[&str],
     ended: &mut u64,
     rewrite: &mut dyn FnMut(&mut Client) -> std::result::Result<(), postgres::Error>,
 ) -> Result<bool> {
     let start = Instant::now();
     let mut tries = 0;
     loop {
-        let held = lock_holders_waited(c, &[relation], others, None, ended, start)?;
+        let held = lock_holders_waited(c, &[relation], None, ended, start)?;
         match rewrite(c) {
             Ok(()) => return Ok(true),
             Err(e) if e.code() == Some(&postgres::error::SqlState::LOCK_NOT_AVAILABLE) => {
@@ -1348,17 +1339,16 @@ impl Conns {
             .map_err(pg)?
             .get(0);
         // Every relation's lock holders looked at once, first: another
-        // vault role's clock on each (kept by `end_stranger_lock`) starts
-        // now, not when the rewrites reach it one after another (30 s per
-        // relation it kept locked, minutes for a purge of many).
-        let every: Vec<String> = relations
-            .iter()
-            .chain(replaced.iter().map(|(r, _)| r))
-            .cloned()
-            .collect();
+        // vault role's clock (kept by `end_stranger_lock` over all of this
+        // vault's relations at once) starts now, not when the rewrites
+        // reach the first relation it locked.
         let mut ended_first = 0;
         if control != PurgeControl::SkipPhysical {
-            let every: Vec<&str> = every.iter().map(String::as_str).collect();
+            let every: Vec<&str> = relations
+                .iter()
+                .chain(replaced.iter().map(|(r, _)| r))
+                .map(String::as_str)
+                .collect();
             lock_holders(&mut primary, &every, None, &mut ended_first)?;
         }
         let mut blockers = wait_for_blockers(&mut primary, &horizon)?;
@@ -1384,20 +1374,12 @@ impl Conns {
             primary
                 .batch_execute("SET lock_timeout = '5s'")
                 .map_err(pg)?;
-            let others = |r: &str| -> Vec<&str> {
-                every
-                    .iter()
-                    .map(String::as_str)
-                    .filter(|o| *o != r)
-                    .collect()
-            };
             for (r, sql) in &replaced {
                 // Its lock timeout is its own (`SET LOCAL`); a timed-out
                 // attempt is rolled back and retried.
                 let done = rewrite_past_strangers(
                     &mut primary,
                     r,
-                    &others(r),
                     &mut blockers.lock_holders,
                     &mut |c| {
                         c.batch_execute(sql).inspect_err(|_| {
@@ -1419,13 +1401,9 @@ impl Conns {
                 };
                 // Not rewritten is reported below: the batch fails cleanly
                 // and a retry purges.
-                rewrite_past_strangers(
-                    &mut primary,
-                    r,
-                    &others(r),
-                    &mut blockers.lock_holders,
-                    &mut |c| c.batch_execute(&format!("{verb} {r}")),
-                )?;
+                rewrite_past_strangers(&mut primary, r, &mut blockers.lock_holders, &mut |c| {
+                    c.batch_execute(&format!("{verb} {r}"))
+                })?;
             }
             // The connection goes back to the pool: other work waits for
             // locks as usual.
@@ -1492,7 +1470,6 @@ impl Conns {
         lock_holders_waited(
             &mut primary,
             &locked,
-            &[],
             Some(&targets.schema),
             &mut lock_holders_ended,
             Instant::now(),
