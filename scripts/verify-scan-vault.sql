@@ -224,9 +224,10 @@ BEGIN
         -- schema named as it liked, and every other vault's scan read
         -- them (a 1 GiB file failed each one; a big one made each slow).
         -- One the caller may write is read, a copy could be there.
+        -- (The superusers looked up once, not at every relation.)
         OR (c.relkind NOT IN ('i', 'I', 't')
             AND c.relowner <> (SELECT r.oid FROM pg_roles r WHERE r.rolname = session_user)
-            AND NOT (SELECT o.rolsuper FROM pg_roles o WHERE o.oid = c.relowner)
+            AND c.relowner NOT IN (SELECT o.oid FROM pg_roles o WHERE o.rolsuper)
             AND NOT has_table_privilege(session_user, c.oid, 'INSERT, UPDATE'))
   ), toast AS (
     SELECT reltoastrelid AS oid FROM rels WHERE reltoastrelid <> 0
