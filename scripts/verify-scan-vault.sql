@@ -665,22 +665,18 @@ BEGIN
   END IF;
   WITH made AS (
     SELECT d.classid, d.objid FROM pg_event_trigger_ddl_commands() d
+  ), rels AS (
+    SELECT m.objid AS oid FROM made m WHERE m.classid = 'pg_class'::regclass
   ), objs AS (
     SELECT m.classid, m.objid FROM made m
-    UNION SELECT 'pg_rewrite'::regclass, r.oid FROM pg_rewrite r
-      JOIN made m ON m.classid = 'pg_class'::regclass AND r.ev_class = m.objid
-    UNION SELECT 'pg_attrdef'::regclass, a.oid FROM pg_attrdef a
-      JOIN made m ON m.classid = 'pg_class'::regclass AND a.adrelid = m.objid
-    UNION SELECT 'pg_constraint'::regclass, c.oid FROM pg_constraint c
-      JOIN made m ON m.classid = 'pg_class'::regclass AND c.conrelid = m.objid
+    UNION SELECT 'pg_rewrite'::regclass, r.oid FROM pg_rewrite r JOIN rels ON r.ev_class = rels.oid
+    UNION SELECT 'pg_attrdef'::regclass, a.oid FROM pg_attrdef a JOIN rels ON a.adrelid = rels.oid
+    UNION SELECT 'pg_constraint'::regclass, c.oid FROM pg_constraint c JOIN rels ON c.conrelid = rels.oid
+    UNION SELECT 'pg_trigger'::regclass, t.oid FROM pg_trigger t JOIN rels ON t.tgrelid = rels.oid
+    UNION SELECT 'pg_policy'::regclass, p.oid FROM pg_policy p JOIN rels ON p.polrelid = rels.oid
+    UNION SELECT 'pg_class'::regclass, i.indexrelid FROM pg_index i JOIN rels ON i.indrelid = rels.oid
     UNION SELECT 'pg_constraint'::regclass, c.oid FROM pg_constraint c
       JOIN made m ON m.classid = 'pg_type'::regclass AND c.contypid = m.objid
-    UNION SELECT 'pg_trigger'::regclass, t.oid FROM pg_trigger t
-      JOIN made m ON m.classid = 'pg_class'::regclass AND t.tgrelid = m.objid
-    UNION SELECT 'pg_policy'::regclass, p.oid FROM pg_policy p
-      JOIN made m ON m.classid = 'pg_class'::regclass AND p.polrelid = m.objid
-    UNION SELECT 'pg_class'::regclass, i.indexrelid FROM pg_index i
-      JOIN made m ON m.classid = 'pg_class'::regclass AND i.indrelid = m.objid
   ), refs AS (
     SELECT d.refclassid, d.refobjid FROM pg_depend d
       JOIN objs o ON d.classid = o.classid AND d.objid = o.objid

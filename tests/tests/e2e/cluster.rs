@@ -608,10 +608,7 @@ fn another_vaults_transaction_held_past_the_limit_is_ended_and_the_disposal_cert
     // Not ended before it was held 30 s: the transaction IDs first, then
     // the snapshots that they explained (taken while they ran).
     assert!(took >= std::time::Duration::from_secs(58), "{took:?}");
-    let doc = fx.vault.certificate(&fx.auditor, cert).unwrap();
-    let purge = doc.body["sanitization"]["details"]["keystore_purge"].clone();
-    let members = purge["members"].as_array().expect("members");
-    assert!(members.iter().all(|m| m["verified"] == true), "{purge}");
+    let (purge, members) = every_member_verified(&fx, cert);
     // Five at least: the relay's holder may be ended as it hands over.
     let said: Vec<(u64, &Value)> = members
         .iter()
@@ -750,10 +747,7 @@ fn other_vaults_shielding_each_others_holds_keep_no_disposal_from_certifying() {
     brief
         .simple_query("SELECT 1")
         .expect("a session seen holding an ID long ago lives");
-    let doc = fx.vault.certificate(&fx.auditor, cert).unwrap();
-    let purge = doc.body["sanitization"]["details"]["keystore_purge"].clone();
-    let members = purge["members"].as_array().expect("members");
-    assert!(members.iter().all(|m| m["verified"] == true), "{purge}");
+    let (purge, members) = every_member_verified(&fx, cert);
     assert!(
         members.iter().any(|m| m["detail"]
             .as_str()
@@ -1057,10 +1051,7 @@ fn another_vaults_autovacuum_analyze_held_past_the_limit_is_ended_and_the_dispos
         "0",
         "the worker is ended"
     );
-    let doc = fx.vault.certificate(&fx.auditor, cert).unwrap();
-    let purge = doc.body["sanitization"]["details"]["keystore_purge"].clone();
-    let members = purge["members"].as_array().expect("members");
-    assert!(members.iter().all(|m| m["verified"] == true), "{purge}");
+    let (purge, members) = every_member_verified(&fx, cert);
     assert!(
         members.iter().any(|m| m["detail"]
             .as_str()
@@ -1160,10 +1151,7 @@ fn another_vaults_query_on_a_standby_holds_no_purge_past_its_replay_wait() {
         "the standby cancelled the conflicting query"
     );
     assert!(conflicts() > conflicts_before, "a snapshot conflict");
-    let doc = fx.vault.certificate(&fx.auditor, cert).unwrap();
-    let purge = doc.body["sanitization"]["details"]["keystore_purge"].clone();
-    let members = purge["members"].as_array().expect("members");
-    assert!(members.iter().all(|m| m["verified"] == true), "{purge}");
+    every_member_verified(&fx, cert);
     assert_eq!(
         c.files_holding(std::slice::from_ref(&recs[0].2)),
         Vec::<PathBuf>::new()
@@ -1215,10 +1203,7 @@ fn two_vaults_purging_at_once_past_another_vaults_hold_both_certify() {
     let mut ended = 0;
     for ((fx, recs), (cert, took)) in vaults.iter().zip(&recs).zip(&outcomes) {
         assert!(*took >= std::time::Duration::from_secs(28), "{took:?}");
-        let doc = fx.vault.certificate(&fx.auditor, *cert).unwrap();
-        let purge = doc.body["sanitization"]["details"]["keystore_purge"].clone();
-        let members = purge["members"].as_array().expect("members");
-        assert!(members.iter().all(|m| m["verified"] == true), "{purge}");
+        let (_, members) = every_member_verified(fx, *cert);
         ended += members
             .iter()
             .filter(|m| {
@@ -1311,10 +1296,7 @@ fn the_vaults_own_snapshot_left_after_another_vaults_hold_is_ended_is_waited_for
     let let_go = released.join().expect("the own session let go");
     assert!(certified >= let_go, "the purge waited for the own snapshot");
     assert!(held.simple_query("SELECT 1").is_err(), "the hold is ended");
-    let doc = fx.vault.certificate(&fx.auditor, cert).unwrap();
-    let purge = doc.body["sanitization"]["details"]["keystore_purge"].clone();
-    let members = purge["members"].as_array().expect("members");
-    assert!(members.iter().all(|m| m["verified"] == true), "{purge}");
+    let (purge, members) = every_member_verified(&fx, cert);
     assert!(
         members.iter().any(|m| m["detail"]
             .as_str()
@@ -1383,32 +1365,13 @@ fn another_vaults_role_runs_no_code_as_this_vaults_role_or_the_superuser_through
             .dispose(&fx.officer, &request(DisposalScope::Subject(recs[0].0)))
             .expect("the disposal certifies"),
     );
-    let doc = fx.vault.certificate(&fx.auditor, cert).unwrap();
-    let purge = doc.body["sanitization"]["details"]["keystore_purge"].clone();
-    let members = purge["members"].as_array().expect("members");
-    assert!(members.iter().all(|m| m["verified"] == true), "{purge}");
+    every_member_verified(&fx, cert);
     // The upgrade path, run by the superuser over the schemas.
     let script =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/verify-scan-vault.sql");
-    let (host, port) = primary.rsplit_once(':').unwrap();
-    let pw = std::fs::read_to_string(
-        std::env::var("PIVAULT_PG_SUPERUSER_PASSWORD_FILE").expect("superuser password file"),
-    )
-    .unwrap();
-    let rerun = std::process::Command::new("psql")
-        .args([
-            "-h",
-            host,
-            "-p",
-            port,
-            "-U",
-            "postgres",
-            "-d",
-            "pivault_keys",
-        ])
+    let rerun = superuser_psql(&primary, "pivault_keys")
         .args(["-q", "-v", "ON_ERROR_STOP=1", "-f"])
         .arg(&script)
-        .env("PGPASSWORD", pw.trim())
         .output()
         .expect("psql");
     assert!(
@@ -1849,10 +1812,7 @@ fn another_vaults_lock_on_a_vaults_relations_is_ended_and_the_disposal_certifies
     let ended = lockers.join().unwrap();
     assert!(took >= std::time::Duration::from_secs(25), "{took:?}");
     assert!(ended >= 1, "a locking session is ended");
-    let doc = fx.vault.certificate(&fx.auditor, cert).unwrap();
-    let purge = doc.body["sanitization"]["details"]["keystore_purge"].clone();
-    let members = purge["members"].as_array().expect("members");
-    assert!(members.iter().all(|m| m["verified"] == true), "{purge}");
+    let (purge, members) = every_member_verified(&fx, cert);
     assert!(
         members
             .iter()
@@ -1870,6 +1830,19 @@ fn another_vaults_lock_on_a_vaults_relations_is_ended_and_the_disposal_certifies
     su(&format!(
         "REVOKE EXECUTE ON FUNCTION pg_get_partition_constraintdef(oid) FROM {role}; DROP ROLE {role}"
     ));
+}
+
+/// The keystore purge's evidence in certificate `cert` of `fx`, and its
+/// members, each of which must be verified.
+fn every_member_verified(
+    fx: &Fixture,
+    cert: vault_core::ids::CertificateId,
+) -> (Value, Vec<Value>) {
+    let doc = fx.vault.certificate(&fx.auditor, cert).unwrap();
+    let purge = doc.body["sanitization"]["details"]["keystore_purge"].clone();
+    let members = purge["members"].as_array().expect("members").clone();
+    assert!(members.iter().all(|m| m["verified"] == true), "{purge}");
+    (purge, members)
 }
 
 /// Sessions of `other` that each run `lock` in a transaction held 20 s, a
@@ -1962,10 +1935,7 @@ fn another_vaults_locks_on_many_partitions_are_timed_by_one_clock_from_the_purge
         "SELECT count(DISTINCT held) FROM pivault_verify.holds WHERE held LIKE 'lock on %by role {role}'"
     ));
     assert_eq!(clocks, "1", "one clock for the role over every relation");
-    let doc = fx.vault.certificate(&fx.auditor, cert).unwrap();
-    let purge = doc.body["sanitization"]["details"]["keystore_purge"].clone();
-    let members = purge["members"].as_array().expect("members");
-    assert!(members.iter().all(|m| m["verified"] == true), "{purge}");
+    every_member_verified(&fx, cert);
     let keys: Vec<Vec<u8>> = recs.iter().map(|r| r.2.clone()).collect();
     assert_eq!(c.files_holding(&keys), Vec::<PathBuf>::new());
     fx.vault.close().unwrap();
@@ -2564,22 +2534,27 @@ fn psql(m: &str, sql: &str) -> Option<String> {
 
 /// [`psql`] in database `db`.
 pub(crate) fn psql_in(m: &str, db: &str, sql: &str) -> Option<String> {
-    let (host, port) = m.rsplit_once(':').unwrap();
-    let pw = std::fs::read_to_string(
-        std::env::var("PIVAULT_PG_SUPERUSER_PASSWORD_FILE").expect("superuser password file"),
-    )
-    .unwrap();
-    let out = std::process::Command::new("psql")
-        .args([
-            "-h", host, "-p", port, "-U", "postgres", "-d", db, "-tAc", sql,
-        ])
-        .env("PGPASSWORD", pw.trim())
+    let out = superuser_psql(m, db)
+        .args(["-tAc", sql])
         .env("PGCONNECT_TIMEOUT", "2")
         .output()
         .expect("psql");
     out.status
         .success()
         .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+/// `psql` as the cluster's superuser on member `m`, in database `db`.
+fn superuser_psql(m: &str, db: &str) -> std::process::Command {
+    let (host, port) = m.rsplit_once(':').unwrap();
+    let pw = std::fs::read_to_string(
+        std::env::var("PIVAULT_PG_SUPERUSER_PASSWORD_FILE").expect("superuser password file"),
+    )
+    .unwrap();
+    let mut psql = std::process::Command::new("psql");
+    psql.args(["-h", host, "-p", port, "-U", "postgres", "-d", db])
+        .env("PGPASSWORD", pw.trim());
+    psql
 }
 
 /// Connected as the vault role of `cfg`: the superuser's whole scan
