@@ -17,6 +17,12 @@
 //!   round trips and commits of the keys + records vault raw (`RawTrips`).
 //!   `PIVAULT_BENCH_RECORDS_MEMBERS` (with `..._PASSWORD_FILE` and
 //!   `..._CA_FILE`) puts that vault's records on a second cluster.
+//! * clients at once: for each T in `PIVAULT_BENCH_CLUSTER_CLIENTS`
+//!   (default `4`; empty skips), T threads put then get
+//!   `PIVAULT_BENCH_CLUSTER_OPS` records in all on the keys + records vault,
+//!   against T threads of raw `INSERT`/`SELECT`, each on its own
+//!   connection, alternating `PIVAULT_BENCH_CLUSTER_CLIENT_REPS` (default 3)
+//!   times; the ratio is the median over the repetitions.
 //! * one-record disposal on the cluster vault at each size in
 //!   `PIVAULT_BENCH_CLUSTER_SIZES` (records; default `2000`): median and
 //!   max of `PIVAULT_BENCH_CLUSTER_REPS` (default 5), end to end (purge on
@@ -51,6 +57,7 @@
 #[allow(dead_code)]
 mod common;
 
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -448,6 +455,32 @@ fn main() {
         c.get,
         e.get
     );
+
+    // Clients at once: T threads on the keys + records vault against T
+    // connections of raw PostgreSQL, as a server's clerks and scripts use it.
+    let clients: Vec<u64> = std::env::var("PIVAULT_BENCH_CLUSTER_CLIENTS")
+        .unwrap_or_else(|_| "4".into())
+        .split(',')
+        .filter_map(|v| v.trim().parse().ok())
+        .filter(|&t| t > 0)
+        .collect();
+    if !clients.is_empty() {
+        let reps = env_u64("PIVAULT_BENCH_CLUSTER_CLIENT_REPS", 3).max(1);
+        println!();
+        println!(
+            "## keys and records on the cluster, T clients at once: {n} operations per repetition, {reps} repetitions alternating raw and vault"
+        );
+        println!(
+            "(ratio: the median over the repetitions of the vault's rate over raw PostgreSQL's with T connections)"
+        );
+        println!(
+            "| clients | raw INSERT /s | put /s | put ratio | raw SELECT /s | get /s | get ratio |"
+        );
+        println!("|---|---|---|---|---|---|---|");
+        for t in clients {
+            at_once(&both, &cfg, t, n, reps);
+        }
+    }
 
     // One-record disposals at growing vault sizes: the keystore-only vault,
     // then the keys + records vault with two searchable fields (each record
@@ -930,6 +963,89 @@ fn deletions(
         );
         done.remove_directory().expect("remove");
     }
+}
+
+/// `n` puts then `n` gets by `t` threads at once, raw (each thread its own
+/// connection and scratch table) and through the vault `fx`, alternating
+/// `reps` times; prints the rates of the last repetition and the median
+/// ratios.
+fn at_once(fx: &common::Fixture, cfg: &PgConfig, t: u64, n: u64, reps: u64) {
+    let per = (n / t).max(1);
+    let mut raws: Vec<Raw> = (0..t)
+        .map(|c| Raw::new(cfg, per * reps, &format!("at_once_{c}"), 61))
+        .collect();
+    // Each phase: the seconds `t` threads took for `per` operations each.
+    fn timed(t: u64, work: impl Fn(u64) + Sync) -> Duration {
+        let start = Instant::now();
+        std::thread::scope(|sc| {
+            for c in 0..t {
+                let work = &work;
+                sc.spawn(move || work(c));
+            }
+        });
+        start.elapsed()
+    }
+    let total = per * t;
+    let mut rates: Vec<[f64; 4]> = Vec::new();
+    for rep in 0..reps {
+        let from = rep * per;
+        let raw_put = {
+            let start = Instant::now();
+            std::thread::scope(|sc| {
+                for r in raws.iter_mut() {
+                    sc.spawn(move || (from..from + per).for_each(|i| r.put(i)));
+                }
+            });
+            start.elapsed()
+        };
+        let ids: Vec<Mutex<Vec<vault_core::ids::RecordId>>> =
+            (0..t).map(|_| Mutex::new(Vec::new())).collect();
+        let put = timed(t, |c| {
+            let mine: Vec<_> = (0..per)
+                .map(|i| {
+                    fx.vault
+                        .put_record(&fx.clerk, common::COLLECTION, SubjectId::new(), &body(i))
+                        .expect("put")
+                })
+                .collect();
+            *ids[c as usize].lock().expect("ids") = mine;
+        });
+        let raw_get = {
+            let start = Instant::now();
+            std::thread::scope(|sc| {
+                for r in raws.iter_mut() {
+                    sc.spawn(move || (from..from + per).for_each(|i| r.get(i)));
+                }
+            });
+            start.elapsed()
+        };
+        let get = timed(t, |c| {
+            for id in ids[c as usize].lock().expect("ids").iter() {
+                std::hint::black_box(fx.vault.get_record(&fx.clerk, *id, &[], None).expect("get"));
+            }
+        });
+        rates.push([
+            per_s(total, raw_put),
+            per_s(total, put),
+            per_s(total, raw_get),
+            per_s(total, get),
+        ]);
+    }
+    let median = |f: &dyn Fn(&[f64; 4]) -> f64| {
+        let mut v: Vec<f64> = rates.iter().map(f).collect();
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let last = rates.last().expect("a repetition");
+    println!(
+        "| {t} | {:.0} | {:.0} | {:.2} | {:.0} | {:.0} | {:.2} |",
+        last[0],
+        last[1],
+        median(&|r| r[1] / r[0]),
+        last[2],
+        last[3],
+        median(&|r| r[3] / r[2]),
+    );
 }
 
 /// Vaults busy at once in the many-vaults benchmark's second pattern.

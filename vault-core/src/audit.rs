@@ -99,6 +99,7 @@ use crate::ids::{UserId, VaultId};
 use crate::keystore::postgres::PgConfig;
 
 mod cluster;
+pub(crate) mod group;
 
 /// A signed checkpoint is written automatically after every this many events.
 pub const CHECKPOINT_EVERY: u64 = 256;
@@ -580,9 +581,26 @@ thread_local! {
     static APPENDED_HERE: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
 }
 
+/// An event of a group (`AuditLog::append_all`) chained on the one before
+/// it: its place among the group's outcomes, its line (hash included), and
+/// whether it removes a write-journal entry.
+struct Chained {
+    at: usize,
+    ev: NewEvent,
+    hash: [u8; 32],
+    line: Vec<u8>,
+    forgetting: bool,
+}
+
 /// How many events this thread has appended so far (a monotonic counter).
 pub fn appended_on_this_thread() -> u64 {
     APPENDED_HERE.with(|n| n.get())
+}
+
+/// Counts one event appended for this thread (by it, or by the thread
+/// that wrote its group).
+pub(crate) fn note_appended_here() {
+    APPENDED_HERE.with(|n| n.set(n.get() + 1));
 }
 
 /// Receives each event just after it is appended (the server's syslog
@@ -1072,6 +1090,111 @@ impl AuditLog {
         ev: NewEvent,
         forget: Option<&[u8]>,
     ) -> Result<(u64, bool)> {
+        let appended = self.append_one(ev, forget)?;
+        note_appended_here();
+        Ok(appended)
+    }
+
+    /// Appends `events` in order and answers each one's outcome (the
+    /// caller counts them on the threads they came from). On the records
+    /// cluster they go in one statement and one transaction, so that
+    /// events queued while an append was on its way share the next round
+    /// trip (group commit, `group.rs`): all of them are written or none,
+    /// except an event that is itself invalid, which alone is refused. In
+    /// files, one line after the other, as [`Self::append_forgetting`].
+    pub(crate) fn append_all(
+        &mut self,
+        events: Vec<(NewEvent, Option<Vec<u8>>)>,
+    ) -> Vec<Result<(u64, bool)>> {
+        if !matches!(self.place, Place::Cluster(_)) {
+            return events
+                .into_iter()
+                .map(|(ev, forget)| self.append_one(ev, forget.as_deref()))
+                .collect();
+        }
+        let all_fail = |e: &Error, n: usize| (0..n).map(|_| Err(e.again())).collect();
+        if let Some(time_ms) = self.checkpoint_pending
+            && let Err(e) = self.write_checkpoint(time_ms)
+        {
+            return all_fail(&e, events.len());
+        }
+        let mut outcomes: Vec<Option<Result<(u64, bool)>>> = Vec::with_capacity(events.len());
+        // Each event encoded and chained on the one before it.
+        let mut written: Vec<Chained> = Vec::new();
+        let mut forgets: Vec<Vec<u8>> = Vec::new();
+        let (mut seq, mut hash) = (self.head_seq, self.head_hash);
+        for (ev, forget) in events {
+            let mut line = Vec::with_capacity(512);
+            if let Err(e) = validate(&ev).and_then(|()| encode_event_into(seq + 1, &ev, &mut line))
+            {
+                outcomes.push(Some(Err(e)));
+                continue;
+            }
+            hash = chain_hash(&hash, &line);
+            let mut hex_hash = [0u8; 64];
+            hex::encode_to_slice(hash, &mut hex_hash).expect("64 hex digits");
+            line.push(b' ');
+            line.extend_from_slice(&hex_hash);
+            seq += 1;
+            let forgetting = forget.is_some();
+            forgets.extend(forget);
+            written.push(Chained {
+                at: outcomes.len(),
+                ev,
+                hash,
+                line,
+                forgetting,
+            });
+            outcomes.push(None);
+        }
+        if !written.is_empty() {
+            let Place::Cluster(c) = &self.place else {
+                unreachable!("the files' path returned above")
+            };
+            let lines: Vec<&[u8]> = written.iter().map(|w| &w.line[..]).collect();
+            let forgets: Vec<&[u8]> = forgets.iter().map(|f| &f[..]).collect();
+            match c.append(self.head_seq + 1, &lines, &forgets) {
+                Ok(forgotten) => {
+                    let mut checkpoint_at = None;
+                    for Chained {
+                        at,
+                        ev,
+                        hash,
+                        forgetting,
+                        ..
+                    } in written
+                    {
+                        let (prev, seq, time_ms) = (self.head_hash, self.head_seq + 1, ev.time_ms);
+                        self.head_seq = seq;
+                        self.head_hash = hash;
+                        if let Some(sink) = &self.sink {
+                            sink.appended(appended_event(seq, ev, hash), prev);
+                        }
+                        if seq.is_multiple_of(CHECKPOINT_EVERY) {
+                            checkpoint_at = Some(time_ms);
+                        }
+                        outcomes[at] = Some(Ok((seq, forgotten && forgetting)));
+                    }
+                    if let Some(time_ms) = checkpoint_at {
+                        self.start_checkpoint(time_ms);
+                    }
+                }
+                Err(e) => {
+                    for w in written {
+                        outcomes[w.at] = Some(Err(e.again()));
+                    }
+                }
+            }
+        }
+        outcomes
+            .into_iter()
+            .map(|o| o.expect("every event has its outcome"))
+            .collect()
+    }
+
+    /// [`Self::append_forgetting`] without counting the event on this
+    /// thread.
+    fn append_one(&mut self, ev: NewEvent, forget: Option<&[u8]>) -> Result<(u64, bool)> {
         validate(&ev)?;
         if let Place::Files(f) = &self.place
             && f.background
@@ -1116,7 +1239,7 @@ impl AuditLog {
                 }
             }
             // A synchronous commit with `sync`, as a file line's fsync.
-            Place::Cluster(c) => c.append(seq, &[&line[..line.len() - 1]], forget),
+            Place::Cluster(c) => c.append(seq, &[&line[..line.len() - 1]], forget.as_slice()),
         };
         self.line_buf = line;
         let forgotten = written?;
@@ -1127,7 +1250,6 @@ impl AuditLog {
         if let Some(sink) = &self.sink {
             sink.appended(appended_event(seq, ev, hash), prev);
         }
-        APPENDED_HERE.with(|n| n.set(n.get() + 1));
 
         if seq.is_multiple_of(CHECKPOINT_EVERY) {
             self.start_checkpoint(time_ms);

@@ -126,6 +126,18 @@ pub enum Error {
 }
 
 impl Error {
+    /// The same failure for another caller whose work failed with this one
+    /// (a group of audit events written at once): errors are not `Clone`,
+    /// and an audit write fails as [`Error::TakenOver`] or
+    /// [`Error::AuditUnavailable`], whatever failed under it.
+    pub(crate) fn again(&self) -> Error {
+        match self {
+            Error::TakenOver => Error::TakenOver,
+            Error::AuditUnavailable(m) => Error::AuditUnavailable(m.clone()),
+            e => Error::AuditUnavailable(e.to_string()),
+        }
+    }
+
     /// A stable, machine-readable code for scripts and problem+json `type`s.
     pub fn code(&self) -> &'static str {
         match self {

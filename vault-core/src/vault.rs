@@ -406,6 +406,8 @@ pub struct Vault {
     store: Store,
     keystore: Keystore,
     audit: Mutex<AuditLog>,
+    /// The events waiting for the trail, written a group at a time.
+    audit_group: audit::group::GroupCommit,
     /// The copy of the latest checkpoint in the records database (`anchor.rs`).
     anchor: Mutex<anchor::AnchorState>,
     signing: Signing,
@@ -903,6 +905,7 @@ impl Vault {
             user_cache: GenCache::new(),
             schema_cache: GenCache::new(),
             audit_fail: AtomicBool::new(false),
+            audit_group: Default::default(),
             undo_fail: AtomicBool::new(false),
             disable_keeps_generation: AtomicBool::new(false),
             incident_lock: Mutex::new(()),
@@ -1113,14 +1116,14 @@ impl Vault {
         // A process whose lease lapsed appends nothing (a standby may have
         // the vault, and its trail's head, by now).
         self.store.check_lease()?;
-        let mut log = self
-            .audit
-            .lock()
-            .map_err(|_| Error::AuditUnavailable("audit lock poisoned".into()))?;
-        let appended = match log.append_forgetting(ev, forget) {
+        // Written in a group with the events of operations running beside
+        // this one (`audit/group.rs`); returns once this one is written.
+        let appended = self
+            .audit_group
+            .append(&self.audit, ev, forget, |log| self.sync_anchor(log));
+        let appended = match appended {
             Ok(appended) => appended,
             Err(e @ Error::AuditUnavailable(_)) => {
-                drop(log);
                 // Refused on the cluster (another writer's event holds the
                 // number) because another process took the vault over?
                 // Then that is the answer, and this process serves no more.
@@ -1131,7 +1134,7 @@ impl Vault {
             }
             Err(e) => return Err(e),
         };
-        self.sync_anchor(&log);
+        audit::note_appended_here();
         Ok(appended)
     }
 

@@ -1661,6 +1661,19 @@ fn the_primary_killed_mid_disposal_with_records_on_the_cluster_loses_no_acknowle
 /// holding `ACCESS SHARE` on the search-index partition `class` of records
 /// schema `s`: a split of it waits at its swap. Killing the child lets go.
 fn partition_held(member: &str, s: &str, class: u8) -> std::process::Child {
+    insider_holding(
+        member,
+        &format!("BEGIN; LOCK TABLE {s}.beacons_{class} IN ACCESS SHARE MODE;"),
+        &format!(
+            "SELECT count(*) FROM pg_locks WHERE granted AND relation = '{s}.beacons_{class}'::regclass"
+        ),
+    )
+}
+
+/// The superuser's `psql` on `member` (records database), left open in the
+/// transaction `begin` starts, once `held` (a count) answers 1. Killing the
+/// child lets go.
+fn insider_holding(member: &str, begin: &str, held: &str) -> std::process::Child {
     use std::io::Write;
     let (host, port) = member.rsplit_once(':').unwrap();
     let pw = std::fs::read_to_string(
@@ -1686,17 +1699,10 @@ fn partition_held(member: &str, s: &str, class: u8) -> std::process::Child {
         .spawn()
         .expect("psql");
     let stdin = insider.stdin.as_mut().unwrap();
-    writeln!(
-        stdin,
-        "BEGIN; LOCK TABLE {s}.beacons_{class} IN ACCESS SHARE MODE;"
-    )
-    .unwrap();
+    writeln!(stdin, "{begin}").unwrap();
     stdin.flush().unwrap();
-    let held = format!(
-        "SELECT count(*) FROM pg_locks WHERE granted AND relation = '{s}.beacons_{class}'::regclass"
-    );
     assert!(
-        eventually(10, || psql_in(member, "pivault_records", &held).as_deref()
+        eventually(10, || psql_in(member, "pivault_records", held).as_deref()
             == Some("1")),
         "the insider's lock"
     );
@@ -1952,4 +1958,173 @@ fn copies_the_vaults_role_keeps_in_the_vaults_own_schemas_are_read_and_block_the
     assert!(found(&fx, "ssn", &ssn(0)).unwrap().is_empty());
     each_found(&fx, numbered(&kept).map(|(id, n)| (id, n + 1)));
     fx.vault.close().unwrap();
+}
+
+/// The vault's row of `pivault_audit.trails` held locked by the superuser
+/// on `member` (an open transaction): the audit write under way waits on
+/// it in the database, holding the vault's trail, and every event of the
+/// operations running meanwhile queues for the group after it.
+fn trail_held(member: &str, vault: &vault_core::vault::Vault) -> std::process::Child {
+    let v = hex::encode(vault.id().as_bytes());
+    insider_holding(
+        member,
+        &format!(
+            "BEGIN; SELECT 'trail held' FROM pivault_audit.trails WHERE vault = '{v}'::uuid FOR UPDATE;"
+        ),
+        "SELECT count(*) FROM pg_stat_activity WHERE state = 'idle in transaction' AND query LIKE '%trail held%'",
+    )
+}
+
+/// Eight clerks' puts started while the vault's trail is held (see
+/// [`trail_held`]), and what each returned once it was let go.
+fn puts_behind_a_held_trail(
+    fx: &Fixture,
+    primary: &str,
+    meanwhile: impl FnOnce(),
+) -> Vec<vault_core::Result<RecordId>> {
+    use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+    let mut insider = trail_held(primary, &fx.vault);
+    let returned = AtomicUsize::new(0);
+    std::thread::scope(|sc| {
+        let clerks: Vec<_> = (0..8u32)
+            .map(|t| {
+                let returned = &returned;
+                sc.spawn(move || {
+                    let put =
+                        fx.vault
+                            .put_record(&fx.clerk, COUNTER, SubjectId::new(), &person(300 + t));
+                    returned.fetch_add(1, SeqCst);
+                    put
+                })
+            })
+            .collect();
+        // Ample time for every put's key and row, which the hold does not
+        // touch: then each waits for its event.
+        std::thread::sleep(std::time::Duration::from_secs(3));
+        assert_eq!(
+            returned.load(SeqCst),
+            0,
+            "a put returned before its audit event was written"
+        );
+        meanwhile();
+        insider.kill().unwrap();
+        insider.wait().unwrap();
+        clerks.into_iter().map(|h| h.join().unwrap()).collect()
+    })
+}
+
+/// Group commit of audit events (`audit/group.rs`): while the write under
+/// way waits on the trail, the events of seven more puts queue, and then
+/// go in one statement and one transaction, each removing its own put's
+/// journal entry. Each put returns only once its own event is written,
+/// and the chain verifies. (One append at a time, as before the groups,
+/// wrote the eight events in eight transactions.)
+#[test]
+fn events_of_puts_waiting_at_once_are_written_together_each_with_its_own_journal_entry() {
+    let _one = serial();
+    let c = cluster();
+    let tmp = tempfile::tempdir().unwrap();
+    let (fx, primary, _) = two_people_on_clusters(&tmp.path().join("vault"), &c);
+    let v = hex::encode(fx.vault.id().as_bytes());
+    let head = psql_in(
+        &primary,
+        "pivault_records",
+        &format!("SELECT max(seq) FROM pivault_audit.events WHERE vault = '{v}'::uuid"),
+    )
+    .expect("the trail's head");
+    let ids: Vec<RecordId> = puts_behind_a_held_trail(&fx, &primary, || ())
+        .into_iter()
+        .map(|put| put.expect("each put stands, audited"))
+        .collect();
+    let written = psql_in(
+        &primary,
+        "pivault_records",
+        &format!(
+            "SELECT count(*) || ' ' || count(DISTINCT xmin::text) FROM pivault_audit.events \
+             WHERE vault = '{v}'::uuid AND seq > {head}"
+        ),
+    )
+    .expect("the events since");
+    let (count, transactions) = written.split_once(' ').unwrap();
+    assert_eq!(count, "8", "one event a put");
+    assert!(
+        transactions.parse::<u32>().unwrap() <= 2,
+        "the eight events in {transactions} transactions, not one group (the one held) and the rest in another"
+    );
+    let creates = events(&fx, "record.create");
+    for id in &ids {
+        let own = creates
+            .iter()
+            .filter(|e| e.targets.first() == Some(&id.to_string()))
+            .count();
+        assert_eq!(own, 1, "each put audited once, under its own record");
+    }
+    let st = fx.vault.maintenance_status().unwrap();
+    assert_eq!((st.journal_entries, st.orphan_keys), (0, 0), "{st:?}");
+    let report = fx.vault.audit_verify(&fx.auditor).unwrap();
+    assert!(report.ok(), "{:?}", report.problem);
+}
+
+/// A group of events the cluster refuses (the superuser's trigger on this
+/// vault's events, made while the group waited) fails every put in it,
+/// not only the one whose thread wrote it: each is reported failed and
+/// undone (no row, index row, key or journal entry; its bucket marked for
+/// the next ratchet, as any removed key's). Once the trail takes events
+/// again the vault takes puts, and its chain verifies: the refused group
+/// took no sequence numbers.
+#[test]
+fn a_group_of_events_the_cluster_refuses_fails_every_put_in_it_and_keeps_none_of_them() {
+    let _one = serial();
+    let c = cluster();
+    let tmp = tempfile::tempdir().unwrap();
+    let (fx, primary, before) = two_people_on_clusters(&tmp.path().join("vault"), &c);
+    let v = hex::encode(fx.vault.id().as_bytes());
+    let refuse = format!(
+        "CREATE FUNCTION pivault_audit.refuse_{v}() RETURNS trigger LANGUAGE plpgsql AS \
+         $$BEGIN RAISE EXCEPTION 'not today'; END$$; \
+         CREATE TRIGGER refuse_{v} BEFORE INSERT ON pivault_audit.events FOR EACH ROW \
+         WHEN (NEW.vault = '{v}'::uuid) EXECUTE FUNCTION pivault_audit.refuse_{v}()"
+    );
+    let puts = puts_behind_a_held_trail(&fx, &primary, || {
+        psql_in(&primary, "pivault_records", &refuse).expect("the superuser's trigger");
+    });
+    psql_in(
+        &primary,
+        "pivault_records",
+        &format!(
+            "DROP TRIGGER refuse_{v} ON pivault_audit.events; DROP FUNCTION pivault_audit.refuse_{v}()"
+        ),
+    )
+    .expect("the trigger dropped");
+    for put in &puts {
+        assert!(
+            matches!(put, Err(Error::AuditUnavailable(_))),
+            "every put of the refused group fails: {put:?}"
+        );
+    }
+    // Rows: each undone put's bucket marked as holding its deleted key's
+    // residue (for the next ratchet), and nothing else.
+    // (Eight random subjects may share a bucket.)
+    let st = fx.vault.maintenance_status().unwrap();
+    assert_eq!((st.journal_entries, st.orphan_keys), (0, 0), "{st:?}");
+    assert!((1..=8).contains(&st.dirty_buckets), "{st:?}");
+    let (rows, beacons) = row_counts(&primary, &fx.vault);
+    assert_eq!(
+        (rows, beacons),
+        (before.0 + st.dirty_buckets, before.1),
+        "no record kept"
+    );
+    let listed = fx
+        .vault
+        .list_records(&fx.clerk, &vault_core::vault::RecordFilter::default())
+        .unwrap();
+    assert_eq!(listed.len(), 2, "the first two records only");
+    assert_eq!(
+        events(&fx, "record.create").len(),
+        2,
+        "the first two puts' events only"
+    );
+    put_and_find(&fx, 400, "the trail takes events again");
+    let report = fx.vault.audit_verify(&fx.auditor).unwrap();
+    assert!(report.ok(), "{:?}", report.problem);
 }

@@ -101,13 +101,14 @@ impl ClusterTrail {
     /// `sql` (whose answer is a row of the function's result) run only
     /// while the vault's lock is held, by the backend given as parameters
     /// `$n` and `$n + 1`: the row's first column says whether it was. With
-    /// `forget`, the same statement removes the write-journal entry
-    /// `$n + 2` (see [`Self::append`]), also only while the lock is held.
+    /// `forget`, the same statement removes the write-journal entries of
+    /// the array `$n + 2` (see [`Self::append`]), also only while the lock
+    /// is held.
     fn fenced_sql(&self, sql: &str, n: usize, forget: bool) -> String {
         if let Some(f) = self.fence.get() {
             let held = held_by(&format!("${n}::int"), &format!("${}::text", n + 1));
             let fj = if forget {
-                let delete = f.forget_journal_entry(&format!("${}::bytea", n + 2));
+                let delete = f.forget_journal_entries(&format!("${}::bytea[]", n + 2));
                 format!(", fj AS ({delete} AND (SELECT held FROM lk))")
             } else {
                 String::new()
@@ -151,19 +152,14 @@ impl ClusterTrail {
     /// Refused (a gap: the new primary lost lazily committed events), it
     /// is sent again after the events that may have been lost.
     ///
-    /// With `forget` (a new record's ID), the record's write-journal entry
-    /// goes in the same statement, and so in the same commit as its event:
-    /// one round trip less for a put, and never an event without its
-    /// entry's removal or the other way round. Answers whether it did
-    /// (`false`: no records store in this database to fence with, and the
-    /// caller removes the entry itself).
-    pub(super) fn append(
-        &self,
-        first: u64,
-        lines: &[&[u8]],
-        forget: Option<&[u8]>,
-    ) -> Result<bool> {
-        let forget = forget.filter(|_| self.fence.get().is_some());
+    /// With `forget` (new records' IDs), those records' write-journal
+    /// entries go in the same statement, and so in the same commit as the
+    /// events: one round trip less for a put, and never an event without
+    /// its entry's removal or the other way round. Answers whether they
+    /// did (`false`: no records store in this database to fence with, and
+    /// the callers remove the entries themselves).
+    pub(super) fn append(&self, first: u64, lines: &[&[u8]], forget: &[&[u8]]) -> Result<bool> {
+        let forget = Some(forget).filter(|f| !f.is_empty() && self.fence.get().is_some());
         let mut unsure = self.unsure()?;
         let again = again(&unsure, lines);
         self.fenced(|(pid, start)| {

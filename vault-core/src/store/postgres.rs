@@ -302,11 +302,11 @@ pub(crate) trait Fence: Send + Sync {
     /// After an append under `seen` found the lock gone: taken again
     /// (unless another thread already did), or `TakenOver`.
     fn retake(&self, seen: &(i32, String)) -> Result<()>;
-    /// The statement that removes write-journal entry `key` (a parameter
-    /// the caller names) of the vault's records, in the same database: the
-    /// trail folds a new record's entry removal into the append of its
-    /// audit event.
-    fn forget_journal_entry(&self, key: &str) -> String;
+    /// The statement that removes the write-journal entries whose keys are
+    /// in the array `keys` (a parameter the caller names) of the vault's
+    /// records, in the same database: the trail folds new records' entry
+    /// removals into the append of their audit events.
+    fn forget_journal_entries(&self, keys: &str) -> String;
 }
 
 impl Fence for Holding {
@@ -319,9 +319,9 @@ impl Fence for Holding {
         off_runtime(|| self.retake_unless_moved(seen))
     }
 
-    fn forget_journal_entry(&self, key: &str) -> String {
+    fn forget_journal_entries(&self, keys: &str) -> String {
         format!(
-            "DELETE FROM {}.rows WHERE t = {} AND k = {key}",
+            "DELETE FROM {}.rows WHERE t = {} AND k = ANY({keys})",
             self.schema,
             table_no(crate::store::CF_JOURNAL)
         )
