@@ -86,6 +86,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -580,6 +581,9 @@ thread_local! {
     /// its own event (see [`appended_on_this_thread`]).
     static APPENDED_HERE: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
 }
+
+/// What a panic unwinds with, caught and raised again (`group.rs`).
+pub(crate) type Panic = Box<dyn std::any::Any + Send + 'static>;
 
 /// An event of a group (`AuditLog::append_all`) chained on the one before
 /// it: its place among the group's outcomes, its line (hash included), and
@@ -1097,57 +1101,77 @@ impl AuditLog {
 
     /// Appends `events` in order and answers each one's outcome (the
     /// caller counts them on the threads they came from). On the records
-    /// cluster they go in one statement and one transaction, so that
-    /// events queued while an append was on its way share the next round
-    /// trip (group commit, `group.rs`): all of them are written or none,
-    /// except an event that is itself invalid, which alone is refused. In
-    /// files, one line after the other, as [`Self::append_forgetting`].
+    /// cluster they go in one statement and one transaction per stretch up
+    /// to the next checkpoint's event, so that events queued while an
+    /// append was on its way share the next round trip (group commit,
+    /// `group.rs`), and every checkpoint still follows event 256k exactly,
+    /// as after a lone append. A stretch is written whole or not at all; an
+    /// event that is itself invalid is refused alone, and once a stretch
+    /// fails the events after it fail too. In files, one line after the
+    /// other, as [`Self::append_forgetting`].
+    ///
+    /// A panic after a stretch was written (in the sink, or in its
+    /// checkpoint) is handed back beside the outcomes, which stand: the
+    /// caller raises it again once every operation has its answer.
     pub(crate) fn append_all(
         &mut self,
         events: Vec<(NewEvent, Option<Vec<u8>>)>,
-    ) -> Vec<Result<(u64, bool)>> {
+    ) -> (Vec<Result<(u64, bool)>>, Option<Panic>) {
         if !matches!(self.place, Place::Cluster(_)) {
-            return events
+            let outcomes = events
                 .into_iter()
                 .map(|(ev, forget)| self.append_one(ev, forget.as_deref()))
                 .collect();
+            return (outcomes, None);
         }
-        let all_fail = |e: &Error, n: usize| (0..n).map(|_| Err(e.again())).collect();
-        if let Some(time_ms) = self.checkpoint_pending
-            && let Err(e) = self.write_checkpoint(time_ms)
-        {
-            return all_fail(&e, events.len());
-        }
-        let mut outcomes: Vec<Option<Result<(u64, bool)>>> = Vec::with_capacity(events.len());
-        // Each event encoded and chained on the one before it.
-        let mut written: Vec<Chained> = Vec::new();
-        let mut forgets: Vec<Vec<u8>> = Vec::new();
-        let (mut seq, mut hash) = (self.head_seq, self.head_hash);
-        for (ev, forget) in events {
-            let mut line = Vec::with_capacity(512);
-            if let Err(e) = validate(&ev).and_then(|()| encode_event_into(seq + 1, &ev, &mut line))
+        let mut outcomes: Vec<Option<Result<(u64, bool)>>> =
+            (0..events.len()).map(|_| None).collect();
+        let mut failed = self
+            .checkpoint_pending
+            .and_then(|time_ms| self.write_checkpoint(time_ms).err());
+        let mut panicked = None;
+        let mut events = events.into_iter().enumerate().peekable();
+        while events.peek().is_some() {
+            if let Some(e) = &failed {
+                for (at, _) in events.by_ref() {
+                    outcomes[at] = Some(Err(e.again()));
+                }
+                break;
+            }
+            // The stretch: each event encoded and chained on the one
+            // before it, up to the next checkpoint's.
+            let room = CHECKPOINT_EVERY - self.head_seq % CHECKPOINT_EVERY;
+            let mut written: Vec<Chained> = Vec::new();
+            let mut forgets: Vec<Vec<u8>> = Vec::new();
+            let mut hash = self.head_hash;
+            while (written.len() as u64) < room
+                && let Some((at, (ev, forget))) = events.next()
             {
-                outcomes.push(Some(Err(e)));
+                let seq = self.head_seq + written.len() as u64 + 1;
+                let mut line = Vec::with_capacity(512);
+                if let Err(e) = validate(&ev).and_then(|()| encode_event_into(seq, &ev, &mut line))
+                {
+                    outcomes[at] = Some(Err(e));
+                    continue;
+                }
+                hash = chain_hash(&hash, &line);
+                let mut hex_hash = [0u8; 64];
+                hex::encode_to_slice(hash, &mut hex_hash).expect("64 hex digits");
+                line.push(b' ');
+                line.extend_from_slice(&hex_hash);
+                let forgetting = forget.is_some();
+                forgets.extend(forget);
+                written.push(Chained {
+                    at,
+                    ev,
+                    hash,
+                    line,
+                    forgetting,
+                });
+            }
+            if written.is_empty() {
                 continue;
             }
-            hash = chain_hash(&hash, &line);
-            let mut hex_hash = [0u8; 64];
-            hex::encode_to_slice(hash, &mut hex_hash).expect("64 hex digits");
-            line.push(b' ');
-            line.extend_from_slice(&hex_hash);
-            seq += 1;
-            let forgetting = forget.is_some();
-            forgets.extend(forget);
-            written.push(Chained {
-                at: outcomes.len(),
-                ev,
-                hash,
-                line,
-                forgetting,
-            });
-            outcomes.push(None);
-        }
-        if !written.is_empty() {
             let Place::Cluster(c) = &self.place else {
                 unreachable!("the files' path returned above")
             };
@@ -1155,41 +1179,48 @@ impl AuditLog {
             let forgets: Vec<&[u8]> = forgets.iter().map(|f| &f[..]).collect();
             match c.append(self.head_seq + 1, &lines, &forgets) {
                 Ok(forgotten) => {
-                    let mut checkpoint_at = None;
-                    for Chained {
-                        at,
-                        ev,
-                        hash,
-                        forgetting,
-                        ..
-                    } in written
-                    {
-                        let (prev, seq, time_ms) = (self.head_hash, self.head_seq + 1, ev.time_ms);
+                    let (mut appended, mut last_time) = (Vec::new(), 0);
+                    for w in written {
+                        let (prev, seq) = (self.head_hash, self.head_seq + 1);
                         self.head_seq = seq;
-                        self.head_hash = hash;
-                        if let Some(sink) = &self.sink {
-                            sink.appended(appended_event(seq, ev, hash), prev);
+                        self.head_hash = w.hash;
+                        outcomes[w.at] = Some(Ok((seq, forgotten && w.forgetting)));
+                        last_time = w.ev.time_ms;
+                        if self.sink.is_some() {
+                            appended.push((appended_event(seq, w.ev, w.hash), prev));
                         }
-                        if seq.is_multiple_of(CHECKPOINT_EVERY) {
-                            checkpoint_at = Some(time_ms);
-                        }
-                        outcomes[at] = Some(Ok((seq, forgotten && forgetting)));
                     }
-                    if let Some(time_ms) = checkpoint_at {
-                        self.start_checkpoint(time_ms);
+                    // Written: nothing from here on takes that back.
+                    let followed = catch_unwind(AssertUnwindSafe(|| {
+                        if let Some(sink) = &self.sink {
+                            for (ev, prev) in appended {
+                                sink.appended(ev, prev);
+                            }
+                        }
+                        if self.head_seq.is_multiple_of(CHECKPOINT_EVERY) {
+                            self.start_checkpoint(last_time);
+                        }
+                    }));
+                    if let Err(panic) = followed {
+                        panicked = Some(panic);
+                        failed = Some(Error::AuditUnavailable(
+                            "the audit trail failed unexpectedly after a write".into(),
+                        ));
                     }
                 }
                 Err(e) => {
                     for w in written {
                         outcomes[w.at] = Some(Err(e.again()));
                     }
+                    failed = Some(e);
                 }
             }
         }
-        outcomes
+        let outcomes = outcomes
             .into_iter()
             .map(|o| o.expect("every event has its outcome"))
-            .collect()
+            .collect();
+        (outcomes, panicked)
     }
 
     /// [`Self::append_forgetting`] without counting the event on this
@@ -1388,7 +1419,10 @@ impl AuditLog {
                 "an earlier audit write could not be undone; reopen the vault".into(),
             ));
         }
+        // One that fails is retried first thing by the next append, which
+        // fails closed if it still cannot be written (as an automatic one).
         self.write_checkpoint(time_ms)
+            .inspect_err(|_| self.checkpoint_pending = Some(time_ms))
     }
 
     /// The chain hash of the newest event (what a checkpoint signs).

@@ -2015,10 +2015,12 @@ fn puts_behind_a_held_trail(
 
 /// Group commit of audit events (`audit/group.rs`): while the write under
 /// way waits on the trail, the events of seven more puts queue, and then
-/// go in one statement and one transaction, each removing its own put's
-/// journal entry. Each put returns only once its own event is written,
-/// and the chain verifies. (One append at a time, as before the groups,
-/// wrote the eight events in eight transactions.)
+/// go in one statement and one transaction (two, cut at the checkpoint's
+/// event they straddle, which gets its checkpoint as after lone appends),
+/// each removing its own put's journal entry. Each put returns only once
+/// its own event is written, and the chain verifies. (One append at a
+/// time, as before the groups, wrote the eight events in eight
+/// transactions.)
 #[test]
 fn events_of_puts_waiting_at_once_are_written_together_each_with_its_own_journal_entry() {
     let _one = serial();
@@ -2026,12 +2028,30 @@ fn events_of_puts_waiting_at_once_are_written_together_each_with_its_own_journal
     let tmp = tempfile::tempdir().unwrap();
     let (fx, primary, _) = two_people_on_clusters(&tmp.path().join("vault"), &c);
     let v = hex::encode(fx.vault.id().as_bytes());
-    let head = psql_in(
-        &primary,
-        "pivault_records",
-        &format!("SELECT max(seq) FROM pivault_audit.events WHERE vault = '{v}'::uuid"),
-    )
-    .expect("the trail's head");
+    let head = || -> u64 {
+        psql_in(
+            &primary,
+            "pivault_records",
+            &format!("SELECT max(seq) FROM pivault_audit.events WHERE vault = '{v}'::uuid"),
+        )
+        .expect("the trail's head")
+        .parse()
+        .unwrap()
+    };
+    // Reads (an event each) until the head is four events short of a
+    // checkpoint's: the groups then straddle it.
+    let every = vault_core::audit::CHECKPOINT_EVERY;
+    let listed = fx
+        .vault
+        .list_records(&fx.clerk, &vault_core::vault::RecordFilter::default())
+        .unwrap();
+    for _ in 0..(every - 4 + every - head() % every) % every {
+        fx.vault
+            .get_record(&fx.clerk, listed[0].id, &[], None)
+            .unwrap();
+    }
+    let head = head();
+    assert_eq!(head % every, every - 4);
     let ids: Vec<RecordId> = puts_behind_a_held_trail(&fx, &primary, || ())
         .into_iter()
         .map(|put| put.expect("each put stands, audited"))
@@ -2048,8 +2068,23 @@ fn events_of_puts_waiting_at_once_are_written_together_each_with_its_own_journal
     let (count, transactions) = written.split_once(' ').unwrap();
     assert_eq!(count, "8", "one event a put");
     assert!(
-        transactions.parse::<u32>().unwrap() <= 2,
-        "the eight events in {transactions} transactions, not one group (the one held) and the rest in another"
+        transactions.parse::<u32>().unwrap() <= 3,
+        "the eight events in {transactions} transactions, not the group held and the rest in one more, \
+         cut at the checkpoint's event"
+    );
+    let checkpoints = psql_in(
+        &primary,
+        "pivault_records",
+        &format!(
+            "SELECT string_agg(seq::text, ',') FROM pivault_audit.checkpoints \
+             WHERE vault = '{v}'::uuid AND seq > {head}"
+        ),
+    )
+    .expect("the checkpoints since");
+    assert_eq!(
+        checkpoints,
+        (head + 4).to_string(),
+        "one checkpoint, at the 256th event as after lone appends, not at a group's last"
     );
     let creates = events(&fx, "record.create");
     for id in &ids {
@@ -2125,6 +2160,62 @@ fn a_group_of_events_the_cluster_refuses_fails_every_put_in_it_and_keeps_none_of
         "the first two puts' events only"
     );
     put_and_find(&fx, 400, "the trail takes events again");
+    let report = fx.vault.audit_verify(&fx.auditor).unwrap();
+    assert!(report.ok(), "{:?}", report.problem);
+}
+
+/// A checkpoint the cluster refuses (the server's timer, or the one at
+/// open after an unclean stop) is retried first thing by the next append,
+/// as an automatic one is, and that append fails closed while it still
+/// cannot be written: events are never left uncovered for the next 256.
+/// (Before, such a failure was forgotten: the next checkpoint came only
+/// at the next 256th event.)
+#[test]
+fn a_checkpoint_the_cluster_refused_is_written_by_the_next_append_or_that_append_fails() {
+    let _one = serial();
+    let c = cluster();
+    let tmp = tempfile::tempdir().unwrap();
+    let (fx, primary, _) = two_people_on_clusters(&tmp.path().join("vault"), &c);
+    let v = hex::encode(fx.vault.id().as_bytes());
+    let sql = |q: &str| psql_in(&primary, "pivault_records", q).expect("the superuser's psql");
+    let listed = fx
+        .vault
+        .list_records(&fx.clerk, &vault_core::vault::RecordFilter::default())
+        .unwrap();
+    let head = sql(&format!(
+        "SELECT max(seq) FROM pivault_audit.events WHERE vault = '{v}'::uuid"
+    ));
+    let at_head = format!(
+        "SELECT count(*) FROM pivault_audit.checkpoints WHERE vault = '{v}'::uuid AND seq = {head}"
+    );
+    assert_eq!(sql(&at_head), "0", "no checkpoint at the head yet");
+    sql(&format!(
+        "CREATE FUNCTION pivault_audit.refuse_{v}() RETURNS trigger LANGUAGE plpgsql AS \
+         $$BEGIN RAISE EXCEPTION 'not today'; END$$; \
+         CREATE TRIGGER refuse_{v} BEFORE INSERT ON pivault_audit.checkpoints FOR EACH ROW \
+         WHEN (NEW.vault = '{v}'::uuid) EXECUTE FUNCTION pivault_audit.refuse_{v}()"
+    ));
+    let timer = fx.vault.checkpoint_now();
+    let refused_read = fx.vault.get_record(&fx.clerk, listed[0].id, &[], None);
+    sql(&format!(
+        "DROP TRIGGER refuse_{v} ON pivault_audit.checkpoints; DROP FUNCTION pivault_audit.refuse_{v}()"
+    ));
+    assert!(
+        matches!(timer, Err(Error::AuditUnavailable(_))),
+        "{timer:?}"
+    );
+    assert!(
+        matches!(refused_read, Err(Error::AuditUnavailable(_))),
+        "a read while the checkpoint is still refused fails closed: {refused_read:?}"
+    );
+    fx.vault
+        .get_record(&fx.clerk, listed[0].id, &[], None)
+        .expect("the checkpoint written, then the read's event");
+    assert_eq!(
+        sql(&at_head),
+        "1",
+        "the refused checkpoint, at the head it was signed for"
+    );
     let report = fx.vault.audit_verify(&fx.auditor).unwrap();
     assert!(report.ok(), "{:?}", report.problem);
 }

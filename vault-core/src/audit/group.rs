@@ -9,6 +9,11 @@
 //! next group. An operation still returns only after its own event is
 //! written (fail closed, as before); what is shared is the round trip.
 //! In files the group is written line by line, as before.
+//!
+//! A panic after a group was written leaves its outcomes standing (the
+//! other operations are answered, the panicking thread unwinds); one in
+//! the middle of a write, whose outcome is unknown, fails the others and
+//! every append after it until the vault is reopened.
 
 use std::collections::HashMap;
 use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
@@ -29,6 +34,10 @@ struct Queue {
     /// A thread is writing a group now.
     writing: bool,
     done: HashMap<u64, Result<(u64, bool)>>,
+    /// A write panicked before its outcome was known: whether the trail
+    /// holds the group is unknown, so nothing more is written (fail closed)
+    /// until the vault is opened again and reads its head back.
+    broken: bool,
 }
 
 /// The queue in front of one vault's trail.
@@ -36,6 +45,10 @@ struct Queue {
 pub(crate) struct GroupCommit {
     queue: Mutex<Queue>,
     written: Condvar,
+}
+
+fn broken() -> Error {
+    Error::AuditUnavailable("an audit write failed unexpectedly; reopen the vault".into())
 }
 
 impl GroupCommit {
@@ -57,12 +70,19 @@ impl GroupCommit {
         after: impl Fn(&AuditLog),
     ) -> Result<(u64, bool)> {
         let mut q = self.queue();
+        if q.broken {
+            return Err(broken());
+        }
         let ticket = q.next_ticket;
         q.next_ticket += 1;
         q.waiting.push((ticket, ev, forget.map(<[u8]>::to_vec)));
         loop {
             if let Some(outcome) = q.done.remove(&ticket) {
                 return outcome;
+            }
+            if q.broken {
+                q.waiting.retain(|(t, ..)| *t != ticket);
+                return Err(broken());
             }
             if q.writing {
                 q = self.written.wait(q).unwrap_or_else(PoisonError::into_inner);
@@ -80,35 +100,42 @@ impl GroupCommit {
             drop(q);
             let written = catch_unwind(AssertUnwindSafe(|| match log.lock() {
                 Ok(mut log) => {
-                    let outcomes = log.append_all(events);
-                    after(&log);
-                    outcomes
+                    let (outcomes, mut panicked) = log.append_all(events);
+                    if panicked.is_none() {
+                        panicked = catch_unwind(AssertUnwindSafe(|| after(&log))).err();
+                    }
+                    (outcomes, panicked)
                 }
-                Err(_) => tickets
-                    .iter()
-                    .map(|_| Err(Error::AuditUnavailable("audit lock poisoned".into())))
-                    .collect(),
+                Err(_) => {
+                    let outcomes = tickets
+                        .iter()
+                        .map(|_| Err(Error::AuditUnavailable("audit lock poisoned".into())))
+                        .collect();
+                    (outcomes, None)
+                }
             }));
             q = self.queue();
             q.writing = false;
             self.written.notify_all();
-            match written {
-                Ok(outcomes) => q.done.extend(tickets.into_iter().zip(outcomes)),
-                Err(panic) => {
-                    // The others in the group fail; this thread goes on
-                    // unwinding.
-                    q.done
-                        .extend(tickets.into_iter().filter(|t| *t != ticket).map(|t| {
-                            (
-                                t,
-                                Err(Error::AuditUnavailable(
-                                    "the audit write failed unexpectedly".into(),
-                                )),
-                            )
-                        }));
-                    drop(q);
-                    resume_unwind(panic);
+            let panicked = match written {
+                Ok((outcomes, panicked)) => {
+                    // The outcomes stand, even when a panic followed them.
+                    q.done.extend(tickets.into_iter().zip(outcomes));
+                    panicked
                 }
+                Err(panic) => {
+                    q.broken = true;
+                    let others = tickets.into_iter().filter(|t| *t != ticket);
+                    q.done.extend(others.map(|t| (t, Err(broken()))));
+                    Some(panic)
+                }
+            };
+            if let Some(panic) = panicked {
+                // This thread unwinds: its event, if not yet written, never is.
+                q.done.remove(&ticket);
+                q.waiting.retain(|(t, ..)| *t != ticket);
+                drop(q);
+                resume_unwind(panic);
             }
         }
     }
