@@ -1110,31 +1110,57 @@ impl AuditLog {
     /// fails the events after it fail too. In files, one line after the
     /// other, as [`Self::append_forgetting`].
     ///
-    /// A panic after a stretch was written (in the sink, or in its
-    /// checkpoint) is handed back beside the outcomes, which stand: the
-    /// caller raises it again once every operation has its answer.
+    /// A panic is handed back beside the outcomes: those of the events
+    /// written before it stand (one in the sink or a checkpoint comes after
+    /// its stretch was written), the event it hit is failed with the ones
+    /// after it, and the caller writes nothing more until the vault is
+    /// reopened (`group.rs`).
     pub(crate) fn append_all(
         &mut self,
         events: Vec<(NewEvent, Option<Vec<u8>>)>,
     ) -> (Vec<Result<(u64, bool)>>, Option<Panic>) {
-        if !matches!(self.place, Place::Cluster(_)) {
-            let outcomes = events
-                .into_iter()
-                .map(|(ev, forget)| self.append_one(ev, forget.as_deref()))
-                .collect();
-            return (outcomes, None);
-        }
         let mut outcomes: Vec<Option<Result<(u64, bool)>>> =
             (0..events.len()).map(|_| None).collect();
-        let mut failed = self
-            .checkpoint_pending
-            .and_then(|time_ms| self.write_checkpoint(time_ms).err());
+        let mut failed = None;
         let mut panicked = None;
         let mut events = events.into_iter().enumerate().peekable();
+        if !matches!(self.place, Place::Cluster(_)) {
+            // A panic within a line's append: the lines before it stand,
+            // the ones after it are not written, and its own stands if the
+            // head had moved past it (the panic came after the write, in
+            // the sink or the checkpoint).
+            while failed.is_none()
+                && let Some((at, (ev, forget))) = events.next()
+            {
+                let head = self.head_seq;
+                match catch_unwind(AssertUnwindSafe(|| self.append_one(ev, forget.as_deref()))) {
+                    Ok(outcome) => outcomes[at] = Some(outcome),
+                    Err(panic) => {
+                        panicked = Some(panic);
+                        let e = Error::AuditUnavailable(
+                            "an audit write failed unexpectedly; reopen the vault".into(),
+                        );
+                        outcomes[at] = Some(if self.head_seq > head {
+                            Ok((self.head_seq, false))
+                        } else {
+                            Err(e.again())
+                        });
+                        failed = Some(e);
+                    }
+                }
+            }
+        }
         while events.peek().is_some() {
+            // A checkpoint that could not be written goes first, and until
+            // it is, nothing more is written (fail closed).
+            if failed.is_none()
+                && let Some(time_ms) = self.checkpoint_pending
+            {
+                failed = self.write_checkpoint(time_ms).err();
+            }
             if let Some(e) = &failed {
-                for (at, _) in events.by_ref() {
-                    outcomes[at] = Some(Err(e.again()));
+                for (at, (ev, _)) in events.by_ref() {
+                    outcomes[at] = Some(validate(&ev).and(Err(e.again())));
                 }
                 break;
             }
@@ -1173,7 +1199,7 @@ impl AuditLog {
                 continue;
             }
             let Place::Cluster(c) = &self.place else {
-                unreachable!("the files' path returned above")
+                unreachable!("the files' path took every event above")
             };
             let lines: Vec<&[u8]> = written.iter().map(|w| &w.line[..]).collect();
             let forgets: Vec<&[u8]> = forgets.iter().map(|f| &f[..]).collect();
@@ -1204,7 +1230,7 @@ impl AuditLog {
                     if let Err(panic) = followed {
                         panicked = Some(panic);
                         failed = Some(Error::AuditUnavailable(
-                            "the audit trail failed unexpectedly after a write".into(),
+                            "an audit write failed unexpectedly; reopen the vault".into(),
                         ));
                     }
                 }

@@ -496,6 +496,81 @@ fn retry_is_audited_under_the_retrier_scoped_for_contractors_and_refuses_complet
     );
 }
 
+/// A panic while events are written (here the log system's sink, a bug,
+/// panicking on an event): the put whose event it was keeps it, since the
+/// event was written before the panic (the call panics, the record stays,
+/// audited), and the vault then writes no event, so takes no audited
+/// operation, until it is reopened: the trail's state after a panic is in
+/// doubt, so it fails closed, never an operation without its event. Both
+/// engines (the conformance run puts this vault on the cluster).
+#[test]
+fn a_panic_while_an_event_is_written_stops_every_audited_operation_until_reopen() {
+    struct Panicking;
+    impl vault_core::audit::AuditSink for Panicking {
+        fn appended(&self, _: vault_core::audit::AuditEvent, _: [u8; 32]) {
+            panic!("a sink's bug");
+        }
+    }
+    let tmp = temp();
+    let fx = common::fast_vault(&tmp.path().join("vault"));
+    let first = fx
+        .vault
+        .put_record(&fx.clerk, CUSTOMERS, SubjectId::new(), &body(1))
+        .unwrap();
+    fx.vault.set_audit_sink(Some(Arc::new(Panicking)));
+    let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        fx.vault
+            .put_record(&fx.clerk, CUSTOMERS, SubjectId::new(), &body(2))
+    }));
+    assert!(
+        panicked.is_err(),
+        "the put whose event met the panic unwinds"
+    );
+    fx.vault.set_audit_sink(None);
+    let refused = fx.vault.get_record(&fx.clerk, first, &[], None);
+    assert!(
+        matches!(refused, Err(Error::AuditUnavailable(_))),
+        "no read without its event until reopened: {refused:?}"
+    );
+    let refused = fx
+        .vault
+        .put_record(&fx.clerk, CUSTOMERS, SubjectId::new(), &body(3));
+    assert!(
+        matches!(refused, Err(Error::AuditUnavailable(_))),
+        "no put either: {refused:?}"
+    );
+
+    let fx = fx.reopen_after_crash(|| ());
+    let listed = fx
+        .vault
+        .list_records(&fx.clerk, &vault_core::vault::RecordFilter::default())
+        .unwrap();
+    assert_eq!(
+        listed.len(),
+        2,
+        "the first put's record and the one that met the panic"
+    );
+    let creates = fx
+        .vault
+        .audit_events(
+            &fx.auditor,
+            &vault_core::audit::EventFilter {
+                action_prefix: Some("record.create".into()),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    for r in &listed {
+        let own = creates
+            .iter()
+            .filter(|e| e.targets.first() == Some(&r.id.to_string()))
+            .count();
+        assert_eq!(own, 1, "each record with its one event");
+    }
+    let report = fx.vault.audit_verify(&fx.auditor).unwrap();
+    assert!(report.ok(), "{:?}", report.problem);
+}
+
 #[test]
 fn a_failed_undo_fences_the_vault_until_reopen() {
     let tmp = temp();

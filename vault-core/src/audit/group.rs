@@ -10,10 +10,11 @@
 //! written (fail closed, as before); what is shared is the round trip.
 //! In files the group is written line by line, as before.
 //!
-//! A panic after a group was written leaves its outcomes standing (the
-//! other operations are answered, the panicking thread unwinds); one in
-//! the middle of a write, whose outcome is unknown, fails the others and
-//! every append after it until the vault is reopened.
+//! A panic while a group is written leaves the outcomes of the events
+//! written before it standing and fails the rest, and nothing more is
+//! written until the vault is reopened (the trail's state is then in
+//! doubt). The writing thread unwinds only if its own event was written;
+//! otherwise its operation fails and is undone like any other.
 
 use std::collections::HashMap;
 use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
@@ -124,18 +125,27 @@ impl GroupCommit {
                     panicked
                 }
                 Err(panic) => {
-                    q.broken = true;
                     let others = tickets.into_iter().filter(|t| *t != ticket);
                     q.done.extend(others.map(|t| (t, Err(broken()))));
                     Some(panic)
                 }
             };
             if let Some(panic) = panicked {
-                // This thread unwinds: its event, if not yet written, never is.
-                q.done.remove(&ticket);
+                // Whatever the trail holds now, nothing more is written
+                // until the vault is reopened and reads its head back.
+                q.broken = true;
                 q.waiting.retain(|(t, ..)| *t != ticket);
+                let own = q.done.remove(&ticket);
                 drop(q);
-                resume_unwind(panic);
+                match own {
+                    // This thread's own event is written: it unwinds, as it
+                    // would have had it panicked writing the event alone.
+                    Some(Ok(_)) => resume_unwind(panic),
+                    // It is not: the operation fails and is undone, as any
+                    // operation whose event failed.
+                    Some(Err(e)) => return Err(e),
+                    None => return Err(broken()),
+                }
             }
         }
     }
