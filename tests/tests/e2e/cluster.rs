@@ -2810,12 +2810,10 @@ fn doctor_fails_a_member_whose_settings_would_keep_destroyed_keys() {
         .find(|m| psql(m, "SELECT pg_is_in_recovery()").as_deref() == Some("t"))
         .expect("a standby")
         .clone();
-    psql(&standby, "ALTER SYSTEM SET wal_recycle = on").expect("alter system");
-    psql(&standby, "SELECT pg_reload_conf()").expect("reload");
+    let set = MemberSetting::set(&standby, "wal_recycle", "on");
     std::thread::sleep(std::time::Duration::from_millis(300));
     let found = settings();
-    psql(&standby, "ALTER SYSTEM RESET wal_recycle").expect("reset");
-    psql(&standby, "SELECT pg_reload_conf()").expect("reload");
+    drop(set);
     assert_eq!(found.level, vault_core::doctor::Level::Fail, "{found:?}");
     assert!(
         found.detail.contains(&format!("{standby}: wal_recycle=on")),
@@ -2824,16 +2822,10 @@ fn doctor_fails_a_member_whose_settings_would_keep_destroyed_keys() {
     // Replay held back by a conflicting standby query (any vault's role
     // can run one) for PostgreSQL's default 30 s: longer than a purge
     // waits for a standby.
-    psql(
-        &standby,
-        "ALTER SYSTEM SET max_standby_streaming_delay = '30s'",
-    )
-    .expect("alter system");
-    psql(&standby, "SELECT pg_reload_conf()").expect("reload");
+    let set = MemberSetting::set(&standby, "max_standby_streaming_delay", "'30s'");
     std::thread::sleep(std::time::Duration::from_millis(300));
     let found = settings();
-    psql(&standby, "ALTER SYSTEM RESET max_standby_streaming_delay").expect("reset");
-    psql(&standby, "SELECT pg_reload_conf()").expect("reload");
+    drop(set);
     assert_eq!(found.level, vault_core::doctor::Level::Fail, "{found:?}");
     assert!(
         found
@@ -2842,6 +2834,46 @@ fn doctor_fails_a_member_whose_settings_would_keep_destroyed_keys() {
         "{found:?}"
     );
     fx.vault.close().unwrap();
+}
+
+/// A setting of one member's (`ALTER SYSTEM`, reloaded), reset and
+/// reloaded again when dropped, whatever the test's outcome: left behind
+/// (CI's `psql` once missed its 2 s connect timeout on the reset's reload
+/// under load), `wal_recycle = on` failed the next five tests' disposals.
+/// Each statement is tried for up to 10 s.
+struct MemberSetting<'a> {
+    member: &'a str,
+    name: &'static str,
+}
+
+impl<'a> MemberSetting<'a> {
+    fn set(member: &'a str, name: &'static str, value: &str) -> MemberSetting<'a> {
+        let setting = MemberSetting { member, name };
+        setting.run(&format!("ALTER SYSTEM SET {name} = {value}"));
+        setting
+    }
+
+    fn run(&self, sql: &str) {
+        for statement in [sql, "SELECT pg_reload_conf()"] {
+            let ran = (0..40).any(|_| {
+                psql(self.member, statement).is_some() || {
+                    std::thread::sleep(std::time::Duration::from_millis(250));
+                    false
+                }
+            });
+            assert!(
+                ran || std::thread::panicking(),
+                "{statement} on {}",
+                self.member
+            );
+        }
+    }
+}
+
+impl Drop for MemberSetting<'_> {
+    fn drop(&mut self) {
+        self.run(&format!("ALTER SYSTEM RESET {}", self.name));
+    }
 }
 
 /// With the keystore on the cluster and the records embedded, two copies
