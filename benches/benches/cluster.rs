@@ -989,15 +989,17 @@ fn at_once(fx: &common::Fixture, cfg: &PgConfig, t: u64, n: u64, reps: u64) {
     let mut rates: Vec<[f64; 4]> = Vec::new();
     for rep in 0..reps {
         let from = rep * per;
-        let raw_put = {
+        // Each raw thread's operations `from..from + per` on its own connection.
+        let raw = |raws: &mut Vec<Raw>, op: fn(&mut Raw, u64)| {
             let start = Instant::now();
             std::thread::scope(|sc| {
                 for r in raws.iter_mut() {
-                    sc.spawn(move || (from..from + per).for_each(|i| r.put(i)));
+                    sc.spawn(move || (from..from + per).for_each(|i| op(r, i)));
                 }
             });
             start.elapsed()
         };
+        let raw_put = raw(&mut raws, <Raw as Measured>::put);
         let ids: Vec<Mutex<Vec<vault_core::ids::RecordId>>> =
             (0..t).map(|_| Mutex::new(Vec::new())).collect();
         let put = timed(t, |c| {
@@ -1010,15 +1012,7 @@ fn at_once(fx: &common::Fixture, cfg: &PgConfig, t: u64, n: u64, reps: u64) {
                 .collect();
             *ids[c as usize].lock().expect("ids") = mine;
         });
-        let raw_get = {
-            let start = Instant::now();
-            std::thread::scope(|sc| {
-                for r in raws.iter_mut() {
-                    sc.spawn(move || (from..from + per).for_each(|i| r.get(i)));
-                }
-            });
-            start.elapsed()
-        };
+        let raw_get = raw(&mut raws, <Raw as Measured>::get);
         let get = timed(t, |c| {
             for id in ids[c as usize].lock().expect("ids").iter() {
                 std::hint::black_box(fx.vault.get_record(&fx.clerk, *id, &[], None).expect("get"));

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use vault_core::access::Role;
 use vault_core::clock::ManualClock;
 use vault_core::crypto::KdfParams;
-use vault_core::ids::Username;
+use vault_core::ids::{RecordId, Username};
 use vault_core::keystore::postgres::PgConfig;
 use vault_core::schema::{FieldSpec, FieldType, Schema};
 use vault_core::secret::SecretString;
@@ -329,6 +329,28 @@ pub fn fast_vault_with(
         clerk,
         auditor,
         contractor,
+    }
+}
+
+/// Each of `records` has exactly one `record.create` event naming it
+/// first: each put audited once, under its own record.
+pub fn each_created_once(fx: &Fixture, records: impl IntoIterator<Item = RecordId>) {
+    let creates = fx
+        .vault
+        .audit_events(
+            &fx.auditor,
+            &vault_core::audit::EventFilter {
+                action_prefix: Some("record.create".into()),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    for id in records {
+        let own = creates
+            .iter()
+            .filter(|e| e.targets.first() == Some(&id.to_string()))
+            .count();
+        assert_eq!(own, 1, "record {id}: one create event");
     }
 }
 

@@ -550,23 +550,7 @@ fn a_panic_while_an_event_is_written_stops_every_audited_operation_until_reopen(
         2,
         "the first put's record and the one that met the panic"
     );
-    let creates = fx
-        .vault
-        .audit_events(
-            &fx.auditor,
-            &vault_core::audit::EventFilter {
-                action_prefix: Some("record.create".into()),
-                ..Default::default()
-            },
-        )
-        .unwrap();
-    for r in &listed {
-        let own = creates
-            .iter()
-            .filter(|e| e.targets.first() == Some(&r.id.to_string()))
-            .count();
-        assert_eq!(own, 1, "each record with its one event");
-    }
+    common::each_created_once(&fx, listed.iter().map(|r| r.id));
     let report = fx.vault.audit_verify(&fx.auditor).unwrap();
     assert!(report.ok(), "{:?}", report.problem);
 }

@@ -525,23 +525,7 @@ fn each_put_removes_only_its_own_journal_entry_with_its_audit_event() {
         1,
         "every put's entry went with its event, the update's stayed"
     );
-    let creates = fx
-        .vault
-        .audit_events(
-            &fx.auditor,
-            &vault_core::audit::EventFilter {
-                action_prefix: Some("record.create".into()),
-                ..Default::default()
-            },
-        )
-        .unwrap();
-    for id in &ids {
-        let events = creates
-            .iter()
-            .filter(|e| e.targets.first() == Some(&id.to_string()))
-            .count();
-        assert_eq!(events, 1, "each put audited once");
-    }
+    common::each_created_once(&fx, ids.iter().copied());
 
     let fx = fx.reopen();
     let st = fx.vault.maintenance_status().unwrap();
@@ -2086,14 +2070,7 @@ fn events_of_puts_waiting_at_once_are_written_together_each_with_its_own_journal
         (head + 4).to_string(),
         "one checkpoint, at the 256th event as after lone appends, not at a group's last"
     );
-    let creates = events(&fx, "record.create");
-    for id in &ids {
-        let own = creates
-            .iter()
-            .filter(|e| e.targets.first() == Some(&id.to_string()))
-            .count();
-        assert_eq!(own, 1, "each put audited once, under its own record");
-    }
+    common::each_created_once(&fx, ids.iter().copied());
     let st = fx.vault.maintenance_status().unwrap();
     assert_eq!((st.journal_entries, st.orphan_keys), (0, 0), "{st:?}");
     let report = fx.vault.audit_verify(&fx.auditor).unwrap();
