@@ -1175,16 +1175,13 @@ impl AuditLog {
             {
                 let seq = self.head_seq + written.len() as u64 + 1;
                 let mut line = Vec::with_capacity(512);
-                if let Err(e) = validate(&ev).and_then(|()| encode_event_into(seq, &ev, &mut line))
-                {
-                    outcomes[at] = Some(Err(e));
-                    continue;
+                match validate(&ev).and_then(|()| chained_line(seq, &ev, &hash, &mut line)) {
+                    Ok(h) => hash = h,
+                    Err(e) => {
+                        outcomes[at] = Some(Err(e));
+                        continue;
+                    }
                 }
-                hash = chain_hash(&hash, &line);
-                let mut hex_hash = [0u8; 64];
-                hex::encode_to_slice(hash, &mut hex_hash).expect("64 hex digits");
-                line.push(b' ');
-                line.extend_from_slice(&hex_hash);
                 let forgetting = forget.is_some();
                 forgets.extend(forget);
                 written.push(Chained {
@@ -1271,12 +1268,7 @@ impl AuditLog {
         let seq = self.head_seq + 1;
         // One reused buffer: the line is encoded, hashed and written in place.
         let mut line = std::mem::take(&mut self.line_buf);
-        encode_event_into(seq, &ev, &mut line)?;
-        let hash = chain_hash(&self.head_hash, &line);
-        let mut hex_hash = [0u8; 64];
-        hex::encode_to_slice(hash, &mut hex_hash).expect("64 hex digits");
-        line.push(b' ');
-        line.extend_from_slice(&hex_hash);
+        let hash = chained_line(seq, &ev, &self.head_hash, &mut line)?;
         line.push(b'\n');
 
         let written = match &mut self.place {
@@ -2098,6 +2090,18 @@ fn decode_event(body: &[u8], hash: [u8; 32]) -> std::result::Result<AuditEvent, 
 }
 
 /// `hash_n = SHA-256("pivault-audit-v1" || hash_{n-1} || json_n)`.
+/// Event `seq`'s line into `line` (cleared first): its JSON, a space and
+/// its chain hash on `prev` in hex, without the newline. Answers the hash.
+fn chained_line(seq: u64, ev: &NewEvent, prev: &[u8; 32], line: &mut Vec<u8>) -> Result<[u8; 32]> {
+    encode_event_into(seq, ev, line)?;
+    let hash = chain_hash(prev, line);
+    let mut hex_hash = [0u8; 64];
+    hex::encode_to_slice(hash, &mut hex_hash).expect("64 hex digits");
+    line.push(b' ');
+    line.extend_from_slice(&hex_hash);
+    Ok(hash)
+}
+
 fn chain_hash(prev: &[u8; 32], json: &[u8]) -> [u8; 32] {
     let mut h = Sha256::new();
     h.update(CHAIN_DOMAIN);

@@ -332,19 +332,23 @@ pub fn fast_vault_with(
     }
 }
 
-/// Each of `records` has exactly one `record.create` event naming it
-/// first: each put audited once, under its own record.
-pub fn each_created_once(fx: &Fixture, records: impl IntoIterator<Item = RecordId>) {
-    let creates = fx
-        .vault
+/// The events whose action starts with `prefix`, as the auditor reads them.
+pub fn events(fx: &Fixture, prefix: &str) -> Vec<vault_core::audit::AuditEvent> {
+    fx.vault
         .audit_events(
             &fx.auditor,
             &vault_core::audit::EventFilter {
-                action_prefix: Some("record.create".into()),
+                action_prefix: Some(prefix.into()),
                 ..Default::default()
             },
         )
-        .unwrap();
+        .unwrap()
+}
+
+/// Each of `records` has exactly one `record.create` event naming it
+/// first: each put audited once, under its own record.
+pub fn each_created_once(fx: &Fixture, records: impl IntoIterator<Item = RecordId>) {
+    let creates = events(fx, "record.create");
     for id in records {
         let own = creates
             .iter()

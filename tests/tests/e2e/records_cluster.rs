@@ -18,7 +18,7 @@ use vault_core::vault::DisposalScope;
 use vault_core::vault::FindTarget;
 
 use crate::cluster::{cluster, primary_member, psql_in, request, serial};
-use crate::common::{self, Fixture};
+use crate::common::{self, Fixture, events};
 use crate::search::{COUNTER, counter_schema, find};
 
 /// A fixture vault with its keystore and its records on the cluster, and
@@ -693,19 +693,6 @@ fn an_update_whose_event_was_lost_after_its_old_key_went_is_kept_not_lost() {
     assert_eq!(events(&fx, "journal.reconcile").len(), reconciled.len());
     let r = fx.vault.get_record(&fx.clerk, updated, &[], None).unwrap();
     assert_eq!(r.meta.version, 2);
-}
-
-/// The vault's audit events whose action starts with `prefix`.
-fn events(fx: &Fixture, prefix: &str) -> Vec<vault_core::audit::AuditEvent> {
-    fx.vault
-        .audit_events(
-            &fx.auditor,
-            &vault_core::audit::EventFilter {
-                action_prefix: Some(prefix.into()),
-                ..Default::default()
-            },
-        )
-        .unwrap()
 }
 
 /// A put whose key and row are both refused (most likely an outage of both
