@@ -119,6 +119,10 @@ impl Vault {
             .is_ok()
         {
             st.stored_seq = head.seq;
+            // The trail up to this durable checkpoint names no later
+            // state generation than the digest's: the next open reads on
+            // from here (a failure leaves it reading from further back).
+            let _ = self.store.note_trail_checked(head.seq);
         }
     }
 

@@ -25,7 +25,7 @@ use crate::store;
 /// How long a pending request may be approved: 24 h.
 pub const APPROVAL_TTL_MS: i64 = 24 * 60 * 60 * 1000;
 
-const PREFIX: &[u8] = b"pending/";
+const PREFIX: &[u8] = store::META_PENDING_PREFIX;
 
 /// What a pending request changes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -109,6 +109,9 @@ pub const CHECKPOINT_EVERY: u64 = 256;
 /// size, so no single file grows without bound and old segments can be
 /// archived whole.
 pub const SEGMENT_MAX_BYTES: u64 = 8 * 1024 * 1024;
+/// Prefix of the target by which the first event after a change of the
+/// sealed configuration rows names the state digest's new generation.
+pub const STATE_TARGET: &str = "state:";
 
 /// Maximum length of an event's `reason`, in characters.
 pub const REASON_MAX_CHARS: usize = 200;
@@ -706,8 +709,20 @@ impl Reader {
         };
         match self {
             Reader::Dir(dir) => {
-                for (_, path) in list_segments(dir)? {
-                    let bytes = fs::read(&path)?;
+                let segments = list_segments(dir)?;
+                // Segments wholly before `from` are not read: the first one
+                // read is the last whose first event is at or before it.
+                let mut start = 0;
+                if from > 1 {
+                    for (i, (_, path)) in segments.iter().enumerate().rev() {
+                        if first_seq(path)?.is_some_and(|s| s <= from) {
+                            start = i;
+                            break;
+                        }
+                    }
+                }
+                for (_, path) in &segments[start..] {
+                    let bytes = fs::read(path)?;
                     for (line, complete) in Lines::new(&bytes) {
                         if !complete {
                             return Err(Error::Integrity("audit trail (incomplete line)"));
@@ -1485,6 +1500,25 @@ impl AuditLog {
             take,
         )?;
         Ok(out)
+    }
+
+    /// The highest state-digest generation (`store/state.rs`) an event
+    /// after seq `after` names in a `state:<n>` target; 0 when none does.
+    pub fn highest_state_since(&self, after: u64) -> Result<u64> {
+        let mut high = 0;
+        self.reader()
+            .0
+            .each_event(after.saturating_add(1), u64::MAX >> 1, |ev| {
+                if ev.seq > after {
+                    high = ev
+                        .targets
+                        .iter()
+                        .filter_map(|t| t.strip_prefix(STATE_TARGET)?.parse::<u64>().ok())
+                        .fold(high, u64::max);
+                }
+                Ok(false)
+            })?;
+        Ok(high)
     }
 
     /// Tells `sink` of every event appended from now on (replacing any
@@ -2395,6 +2429,22 @@ fn segment_path(dir: &Path, n: u64) -> PathBuf {
 
 /// The segment files in `dir`, in numeric order. Only names in the exact
 /// canonical form count, so two spellings of one number cannot both be read.
+/// The seq of a segment's first event, read from its first line alone
+/// (`None` when it has no complete, readable first line).
+fn first_seq(path: &Path) -> Result<Option<u64>> {
+    use std::io::{BufRead as _, Read as _};
+    let mut line = Vec::new();
+    std::io::BufReader::new(File::open(path)?)
+        .take(1 << 20)
+        .read_until(b'\n', &mut line)?;
+    if line.pop() != Some(b'\n') {
+        return Ok(None);
+    }
+    Ok(split_line(&line)
+        .and_then(|(body, hash)| decode_event(body, hash).ok())
+        .map(|ev| ev.seq))
+}
+
 fn list_segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
     let mut out = Vec::new();
     for entry in fs::read_dir(dir)? {

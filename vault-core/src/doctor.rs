@@ -261,6 +261,17 @@ pub fn checks(vault: &Vault, now_ms: i64) -> Result<Vec<Check>> {
             ),
         )
     });
+    out.push(match vault.check_sealed_state() {
+        Ok(d) => check(
+            "sealed-rows",
+            Level::Ok,
+            format!(
+                "{} sealed configuration rows add up to the state digest (generation {}), none older than the trail names",
+                d.rows, d.generation
+            ),
+        ),
+        Err(e) => check("sealed-rows", Level::Fail, e.to_string()),
+    });
     out.push(match st.last_review_ms {
         Some(t) if now_ms - t <= REVIEW_INTERVAL_MS => check(
             "security-review",

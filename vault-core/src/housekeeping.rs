@@ -17,7 +17,7 @@ use crate::store;
 use super::disposal::{DisposalOutcome, DisposalParties, DisposalRequest, DisposalScope};
 
 /// The retention schedule in `meta` (set by a person, read by the server).
-const SCHEDULE_KEY: &[u8] = b"setting:retention-schedule";
+const SCHEDULE_KEY: &[u8] = crate::store::META_RETENTION_SCHEDULE;
 /// When the schedule last ran, apart from the setting so that a run never
 /// writes back over a schedule changed (or turned off) meanwhile.
 const LAST_RUN_KEY: &[u8] = b"setting:retention-schedule:last-run";

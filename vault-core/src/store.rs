@@ -16,6 +16,9 @@ use crate::ids::{CollectionName, RecordId, SubjectId, UserId};
 pub(crate) mod engine;
 pub mod postgres;
 mod rocks;
+mod state;
+
+pub use state::StateDigest;
 
 use engine::RowEngine;
 pub(crate) use rocks::obsolete_files;
@@ -61,25 +64,68 @@ pub(crate) const CF_EXPORTS: &str = "exports";
 /// (IDs, times, counts and the officer's own words; no personal information).
 pub(crate) const CF_INCIDENTS: &str = "incidents";
 /// Column families whose rows carry a MAC under a key derived from the
-/// vault's secrets (`Store::row_tag`): who may sign in, and as whom. Without
-/// it, someone with the files but not the passphrase could plant a session
-/// row under a token they chose (a login as any user) or rewrite a role.
-/// The incident register is sealed too, so that a row rewritten outside
-/// the vault (an incident made smaller) fails to read.
-const SEALED_CFS: [&str; 4] = [CF_USERS, CF_USERNAMES, CF_SESSIONS, CF_INCIDENTS];
+/// vault's secrets (`Store::row_tag`): who may sign in, and as whom, and
+/// every row an insider with the files would edit, plant or delete to get
+/// around a control. Without it, someone with the files but not the
+/// passphrase could plant a session row under a token they chose (a login
+/// as any user), rewrite a role, lift a legal hold, lengthen a contractor's
+/// scope, shorten a retention period, or drop the export or disposal
+/// ledger's row a certificate or a restore relies on.
+const SEALED_CFS: [&str; 12] = [
+    CF_USERS,
+    CF_USERNAMES,
+    CF_SESSIONS,
+    CF_INCIDENTS,
+    CF_HOLDS,
+    CF_RETENTION,
+    CF_CONTRACTORS,
+    CF_COLLECTIONS,
+    CF_EXPORTS,
+    CF_BACKUPS,
+    CF_LEDGER,
+    CF_CERTIFICATES,
+];
+/// The column families sealed since the first row MACs (`rows_sealed_v1`);
+/// the others since `rows_sealed_v2`, which began the state digest.
+const SEALED_V1_CFS: [&str; 4] = [CF_USERS, CF_USERNAMES, CF_SESSIONS, CF_INCIDENTS];
 /// Keys of the meta column family whose rows are sealed like those of
 /// [`SEALED_CFS`]: settings an insider with the files would lower to get
 /// in (the two-factor policy).
 pub(crate) const SEALED_META_PREFIX: &[u8] = b"sealed/";
+/// Meta rows of requests waiting for a second admin (`approvals.rs`):
+/// sealed since `rows_sealed_v2`, so none can be planted or dropped.
+pub(crate) const META_PENDING_PREFIX: &[u8] = b"pending/";
+/// Meta row of the retention schedule (`housekeeping.rs`): sealed since
+/// `rows_sealed_v2`. Its last-run row is not (it changes at every run and
+/// gates nothing).
+pub(crate) const META_RETENTION_SCHEDULE: &[u8] = b"setting:retention-schedule";
 
 /// Whether a row carries a MAC.
 fn sealed(cf: &str, key: &[u8]) -> bool {
-    SEALED_CFS.contains(&cf) || (cf == CF_META && key.starts_with(SEALED_META_PREFIX))
+    SEALED_CFS.contains(&cf) || (cf == CF_META && sealed_meta(key))
 }
+
+fn sealed_meta(key: &[u8]) -> bool {
+    key.starts_with(SEALED_META_PREFIX)
+        || key.starts_with(META_PENDING_PREFIX)
+        || key == META_RETENTION_SCHEDULE
+}
+
+/// Whether a row counts in the state digest (`state.rs`): every sealed row
+/// but a session (one per sign-in; a deleted one signs out, and a copy put
+/// back needs its token, which only its user had) and the digest itself.
+fn digested(cf: &str, key: &[u8]) -> bool {
+    sealed(cf, key) && cf != CF_SESSIONS && !(cf == CF_META && key == state::DIGEST_KEY)
+}
+
 /// Bytes of a row MAC.
 const ROW_TAG_LEN: usize = 32;
 /// The error of a row whose MAC fails.
-const TAMPERED_ROW: &str = "a user or session row, an incident row or a sealed setting of the records database fails its MAC (written without the vault's key)";
+const TAMPERED_ROW: &str = "a user or session row or another sealed row of the records database (an incident, hold, retention, contractor, schema, export, backup, disposal ledger or certificate row, a pending approval or a sealed setting) fails its MAC (written without the vault's key)";
+/// The error of a state digest older than this process last saw.
+const STATE_GONE_BACK: &str = "the records database's sealed rows (users, holds, retention, contractors, schemas, exports, the ledgers, approvals, settings) were put back to an older state under the running vault";
+/// The error of covered rows that no longer add up to the state digest.
+const STATE_CHANGED: &str = "the records database's sealed rows (users, holds, retention, contractors, schemas, exports, backups, the disposal ledger, certificates, pending approvals, sealed settings) no longer add up to the vault's state digest: a row was deleted, or put back from an older copy, by someone without the vault's key";
 pub(crate) const ALL_CFS: [&str; 19] = [
     CF_RECORDS,
     CF_BY_SUBJECT,
@@ -236,6 +282,14 @@ pub(crate) struct Store {
     /// The key of the MACs on the rows of [`SEALED_CFS`], set once the
     /// vault is unlocked ([`Store::set_row_key`]).
     row_key: std::sync::OnceLock<crate::secret::SecretKey>,
+    /// Held across the read and the write of the state digest, so that
+    /// writes of covered rows racing each other each fold into it.
+    state_lock: std::sync::Mutex<()>,
+    /// Set once the digest is checked at open: from then on a covered row
+    /// is written only with it (a missing digest fails the write).
+    state_kept: std::sync::atomic::AtomicBool,
+    /// The state digest's generation as last written or checked.
+    state_generation: AtomicU64,
 }
 
 impl std::fmt::Debug for Store {
@@ -285,6 +339,9 @@ impl Store {
             users_gen: AtomicU64::new(0),
             collections_gen: AtomicU64::new(0),
             row_key: std::sync::OnceLock::new(),
+            state_lock: std::sync::Mutex::new(()),
+            state_kept: std::sync::atomic::AtomicBool::new(false),
+            state_generation: AtomicU64::new(0),
         }
     }
 
@@ -430,23 +487,222 @@ impl Store {
         Ok(stored)
     }
 
-    /// Seals every row of the sealed column families written without a
-    /// MAC (a vault from before row MACs), in one synced batch.
-    pub fn seal_legacy_rows(&self) -> Result<usize> {
+    /// Seals every row of the column families and meta rows sealed since
+    /// `v1` (all of them when `v1` is false) written without a MAC (a vault
+    /// from before those row MACs) and starts the state digest over every
+    /// covered row, with `marks` (the row-seal marks), in one synced batch:
+    /// a crash leaves either all of it or none, never rows sealed twice.
+    /// The rows sealed.
+    pub fn seal_rows(&self, v1: bool, marks: &[&[u8]]) -> Result<usize> {
+        let _state = self
+            .state_lock
+            .lock()
+            .map_err(|_| Error::Integrity("state lock"))?;
+        let legacy = |cf: &str, k: &[u8]| -> bool {
+            if cf == CF_META {
+                sealed_meta(k) && !k.starts_with(SEALED_META_PREFIX)
+            } else {
+                sealed(cf, k) && !(v1 && SEALED_V1_CFS.contains(&cf))
+            }
+        };
         let mut ops: Vec<WriteOp<'_>> = Vec::new();
-        for cf in SEALED_CFS {
+        let mut digest = StateDigest::default();
+        for cf in SEALED_CFS.iter().copied().chain([CF_META]) {
             self.engine.scan(cf, &[], &mut |k, v| {
-                ops.push((cf, k.to_vec(), Some(self.seal_row(cf, k, v)?.into_owned())));
+                if !sealed(cf, k) {
+                    return Ok(true);
+                }
+                let stored = if legacy(cf, k) {
+                    let s = self.seal_row(cf, k, v)?.into_owned();
+                    ops.push((cf, k.to_vec(), Some(s.clone())));
+                    s
+                } else {
+                    v.to_vec()
+                };
+                if digested(cf, k) {
+                    digest.add(&self.stored_tag(cf, k, &stored)?);
+                }
                 Ok(true)
             })?;
         }
         let n = ops.len();
+        ops.push((
+            CF_META,
+            state::DIGEST_KEY.to_vec(),
+            Some(
+                self.seal_row(CF_META, state::DIGEST_KEY, &digest.encode())?
+                    .into_owned(),
+            ),
+        ));
+        for m in marks {
+            ops.push((CF_META, m.to_vec(), Some(b"1".to_vec())));
+        }
         let r = self.engine.write(&ops, true);
         for cf in SEALED_CFS {
             self.changed(cf);
         }
         r?;
         Ok(n)
+    }
+
+    /// Checks that the covered rows add up to the state digest (each row's
+    /// MAC checked on the way), and from then on keeps it with every write.
+    /// At open, and by `doctor` (the digest's writes wait for it).
+    pub fn check_state(&self) -> Result<StateDigest> {
+        let _state = self
+            .state_lock
+            .lock()
+            .map_err(|_| Error::Integrity("state lock"))?;
+        let kept = self.stored_digest()?.ok_or(Error::Integrity(
+            "the records database's state digest (it is missing)",
+        ))?;
+        let mut found = StateDigest::default();
+        for cf in SEALED_CFS.iter().copied().chain([CF_META]) {
+            self.engine.scan(cf, &[], &mut |k, v| {
+                if digested(cf, k) {
+                    found.add(&self.stored_tag(cf, k, v)?);
+                }
+                Ok(true)
+            })?;
+        }
+        if !found.same_rows(&kept) {
+            return Err(Error::Integrity(STATE_CHANGED));
+        }
+        self.not_gone_back(&kept)?;
+        self.state_generation
+            .fetch_max(kept.generation, Ordering::SeqCst);
+        self.state_kept.store(true, Ordering::SeqCst);
+        Ok(kept)
+    }
+
+    /// Refuses a stored digest older than one this process wrote or
+    /// checked: put back under a running vault (a cluster's superuser),
+    /// it must not be written forward over (that would bless the rows put
+    /// back with it under a generation the trail already names).
+    fn not_gone_back(&self, stored: &StateDigest) -> Result<()> {
+        if stored.generation < self.state_generation.load(Ordering::SeqCst) {
+            return Err(Error::Integrity(STATE_GONE_BACK));
+        }
+        Ok(())
+    }
+
+    /// The state digest as stored (its MAC checked).
+    fn stored_digest(&self) -> Result<Option<StateDigest>> {
+        match self.engine.get(CF_META, state::DIGEST_KEY)? {
+            Some(v) => Ok(Some(StateDigest::decode(&self.open_row(
+                CF_META,
+                state::DIGEST_KEY,
+                v,
+            )?)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// The MAC a stored sealed row carries, checked.
+    fn stored_tag(&self, cf: &str, key: &[u8], stored: &[u8]) -> Result<[u8; ROW_TAG_LEN]> {
+        let n = stored.len().saturating_sub(ROW_TAG_LEN);
+        self.open_row(cf, key, stored.to_vec())?;
+        Ok(stored[n..].try_into().expect("a row tag"))
+    }
+
+    /// Writes `ops` (sealed already) atomically; when any covers a row of
+    /// the state digest, the digest moves with them in the same batch,
+    /// under [`Self::state_lock`], from each row's MAC before and after.
+    fn commit(&self, mut ops: Vec<WriteOp<'_>>, sync: bool) -> Result<()> {
+        if !ops.iter().any(|(cf, k, _)| digested(cf, k)) {
+            return self.engine.write(&ops, sync);
+        }
+        let _state = self
+            .state_lock
+            .lock()
+            .map_err(|_| Error::Integrity("state lock"))?;
+        let Some(mut digest) = self.stored_digest()? else {
+            if self.state_kept.load(Ordering::SeqCst) {
+                return Err(Error::Integrity(
+                    "the records database's state digest (it is missing)",
+                ));
+            }
+            // Before the digest begins (the first open's sealing starts it).
+            return self.engine.write(&ops, sync);
+        };
+        self.not_gone_back(&digest)?;
+        // Each covered key's MAC as the batch goes: first as stored, read
+        // in one batch per column family.
+        let mut now: std::collections::HashMap<(&str, Vec<u8>), Option<[u8; ROW_TAG_LEN]>> =
+            std::collections::HashMap::new();
+        let mut by_cf: std::collections::BTreeMap<&str, Vec<&[u8]>> = Default::default();
+        for (cf, k, _) in &ops {
+            if digested(cf, k) {
+                by_cf.entry(*cf).or_default().push(k);
+            }
+        }
+        for (cf, keys) in by_cf {
+            for (k, v) in keys.iter().zip(self.engine.multi_get(cf, &keys)?) {
+                let tag = v.map(|v| self.stored_tag(cf, k, &v)).transpose()?;
+                now.insert((cf, k.to_vec()), tag);
+            }
+        }
+        for (cf, k, v) in &ops {
+            if !digested(cf, k) {
+                continue;
+            }
+            let slot = now.get_mut(&(*cf, k.clone())).expect("read above");
+            if let Some(old) = slot.take() {
+                digest.remove(&old);
+            }
+            if let Some(v) = v {
+                let tag: [u8; ROW_TAG_LEN] = v[v.len() - ROW_TAG_LEN..].try_into().expect("sealed");
+                digest.add(&tag);
+                *slot = Some(tag);
+            }
+        }
+        digest.generation += 1;
+        ops.push((
+            CF_META,
+            state::DIGEST_KEY.to_vec(),
+            Some(
+                self.seal_row(CF_META, state::DIGEST_KEY, &digest.encode())?
+                    .into_owned(),
+            ),
+        ));
+        // Durable whatever was asked: an audit event will name this
+        // generation, and a trail naming one the database lost after a
+        // power cut would read as a rollback.
+        self.engine.write(&ops, true)?;
+        self.state_generation
+            .fetch_max(digest.generation, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// The state digest's generation as last written (the next audit
+    /// event names it if no event has yet).
+    pub fn state_generation(&self) -> u64 {
+        self.state_generation.load(Ordering::SeqCst)
+    }
+
+    /// Records in the digest that the trail up to `seq` (a durable
+    /// checkpoint's) names no later generation than the digest's: the
+    /// next open reads the trail only after it. Only forward.
+    pub fn note_trail_checked(&self, seq: u64) -> Result<()> {
+        let _state = self
+            .state_lock
+            .lock()
+            .map_err(|_| Error::Integrity("state lock"))?;
+        let Some(mut digest) = self.stored_digest()? else {
+            return Ok(());
+        };
+        self.not_gone_back(&digest)?;
+        if seq <= digest.checked_at {
+            return Ok(());
+        }
+        digest.checked_at = seq;
+        let row = self
+            .seal_row(CF_META, state::DIGEST_KEY, &digest.encode())?
+            .into_owned();
+        self.engine.write(
+            &[(CF_META, state::DIGEST_KEY.to_vec(), Some(row))],
+            self.sync,
+        )
     }
 
     pub fn get(&self, cf: &str, key: &[u8]) -> Result<Option<Vec<u8>>> {
@@ -463,9 +719,7 @@ impl Store {
     /// A put that is fsynced whatever the durability setting (disposal intents).
     pub fn put_synced(&self, cf: &str, key: &[u8], value: &[u8], sync: bool) -> Result<()> {
         let value = self.seal_row(cf, key, value)?.into_owned();
-        let r = self
-            .engine
-            .write(&[(cf, key.to_vec(), Some(value))], self.sync || sync);
+        let r = self.commit(vec![(cf, key.to_vec(), Some(value))], self.sync || sync);
         self.changed(cf);
         r
     }
@@ -494,7 +748,7 @@ impl Store {
     }
 
     pub fn delete(&self, cf: &str, key: &[u8]) -> Result<()> {
-        let r = self.engine.write(&[(cf, key.to_vec(), None)], self.sync);
+        let r = self.commit(vec![(cf, key.to_vec(), None)], self.sync);
         self.changed(cf);
         r
     }
@@ -505,6 +759,9 @@ impl Store {
     /// open finds it audited and removes it). Saves a put one synchronous
     /// commit of its three on a cluster.
     pub fn delete_lazily(&self, cf: &str, key: &[u8]) -> Result<()> {
+        if digested(cf, key) {
+            return self.delete(cf, key);
+        }
         let r = self.engine.write_lazily(&[(cf, key.to_vec(), None)]);
         self.changed(cf);
         r
@@ -549,9 +806,7 @@ impl Store {
     /// like `put` and `delete`, marks the caches of every touched column
     /// family stale (a restore writes schemas this way).
     pub fn write_ops(&self, ops: &[WriteOp<'_>]) -> Result<()> {
-        let r = self
-            .sealed_ops(ops)
-            .and_then(|ops| self.engine.write(&ops, true));
+        let r = self.sealed_ops(ops).and_then(|ops| self.commit(ops, true));
         for (cf, _, _) in ops {
             self.changed(cf);
         }
@@ -594,7 +849,7 @@ impl Store {
             ck.extend_from_slice(id.as_bytes());
             ops.push((CF_BY_COLLECTION, ck, Some(Vec::new())));
         }
-        self.engine.write(&ops, self.sync)
+        self.commit(ops, self.sync)
     }
 
     /// Removes a record row, its index entries and its journal entry
@@ -615,7 +870,7 @@ impl Store {
         let mut ck = collection_prefix(&row.collection);
         ck.extend_from_slice(id.as_bytes());
         ops.push((CF_BY_COLLECTION, ck, None));
-        self.engine.write(&ops, self.sync)
+        self.commit(ops, self.sync)
     }
 
     /// Values of the rows whose key starts with `prefix`, at most `limit`

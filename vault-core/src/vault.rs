@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::hash::Hash;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use serde_json::{Map, Value};
@@ -303,6 +303,10 @@ pub struct SecurityStatus {
 const META_LAST_REVIEW: &[u8] = b"last_review_ms";
 /// Set once the user and session rows carry MACs (`seal_rows_once`).
 const META_ROWS_SEALED: &[u8] = b"rows_sealed_v1";
+/// Set once the configuration rows carry MACs and the state digest began.
+const META_ROWS_SEALED_V2: &[u8] = b"rows_sealed_v2";
+/// The `vault.rows_sealed` event's target naming the second sealing.
+const SEAL_V2_TARGET: &str = "seal:v2";
 /// Plaintext of the `signing` file: audit key | certificate key | subject-reference key.
 const SIGNING_LEN: usize = 96;
 
@@ -408,6 +412,9 @@ pub struct Vault {
     audit: Mutex<AuditLog>,
     /// The events waiting for the trail, written a group at a time.
     audit_group: audit::group::GroupCommit,
+    /// The highest state-digest generation an event in the trail names
+    /// (`check_sealed_state`): the next event names a later one.
+    state_noted: AtomicU64,
     /// The copy of the latest checkpoint in the records database (`anchor.rs`).
     anchor: Mutex<anchor::AnchorState>,
     signing: Signing,
@@ -906,6 +913,7 @@ impl Vault {
             schema_cache: GenCache::new(),
             audit_fail: AtomicBool::new(false),
             audit_group: Default::default(),
+            state_noted: AtomicU64::new(0),
             undo_fail: AtomicBool::new(false),
             disable_keeps_generation: AtomicBool::new(false),
             incident_lock: Mutex::new(()),
@@ -948,36 +956,71 @@ impl Vault {
     /// records database and audits `vault.rows_sealed`. A later open that
     /// finds the mark gone refuses: sealing again would bless whatever
     /// someone with the files planted meanwhile, and the audit event
-    /// (hash-chained, anchored) cannot be removed unseen.
+    /// (hash-chained, anchored) cannot be removed unseen. The second
+    /// mark (`rows_sealed_v2`, its event naming `seal:v2`) sealed the
+    /// configuration rows beyond users and sessions and began the state
+    /// digest (`store/state.rs`), which every open then checks.
     fn seal_rows_once(&self) -> Result<()> {
-        if self.store.get(store::CF_META, META_ROWS_SEALED)?.is_some() {
-            return Ok(());
+        let v1 = self.store.get(store::CF_META, META_ROWS_SEALED)?.is_some();
+        let v2 = self
+            .store
+            .get(store::CF_META, META_ROWS_SEALED_V2)?
+            .is_some();
+        if !(v1 && v2) {
+            let sealed_before = self
+                .audit
+                .lock()
+                .map_err(|_| Error::AuditUnavailable("audit lock poisoned".into()))?
+                .events(&EventFilter {
+                    action_prefix: Some("vault.rows_sealed".into()),
+                    ..EventFilter::default()
+                })?;
+            let v2_before = sealed_before
+                .iter()
+                .any(|e| e.targets.iter().any(|t| t == SEAL_V2_TARGET));
+            if (!v1 && !sealed_before.is_empty()) || (!v2 && v2_before) {
+                return Err(Error::Integrity(
+                    "the records database lost its row-seal mark: its user or session rows may have been changed by someone without the vault's key",
+                ));
+            }
+            let marks: &[&[u8]] = if v1 {
+                &[META_ROWS_SEALED_V2]
+            } else {
+                &[META_ROWS_SEALED, META_ROWS_SEALED_V2]
+            };
+            let n = self.store.seal_rows(v1, marks)?;
+            self.audit(
+                None,
+                &Context::cli(),
+                "vault.rows_sealed",
+                vec![format!("rows:{n}"), SEAL_V2_TARGET.into()],
+                Ok(()),
+                None,
+            )?;
         }
-        let sealed_before = self
+        self.check_sealed_state().map(|_| ())
+    }
+
+    /// Checks the sealed configuration rows against the state digest, and
+    /// the digest against the trail: no event after the digest's
+    /// `checked_at` may name a later generation than the digest's (a
+    /// digest put back from an older copy with every row it covers adds
+    /// up, but the trail names the generations it lacks). At open and by
+    /// `doctor`.
+    pub(crate) fn check_sealed_state(&self) -> Result<store::StateDigest> {
+        let log = self
             .audit
             .lock()
-            .map_err(|_| Error::AuditUnavailable("audit lock poisoned".into()))?
-            .events(&EventFilter {
-                action_prefix: Some("vault.rows_sealed".into()),
-                ..EventFilter::default()
-            })?;
-        if !sealed_before.is_empty() {
+            .map_err(|_| Error::AuditUnavailable("audit lock poisoned".into()))?;
+        let kept = self.store.check_state()?;
+        let named = log.highest_state_since(kept.checked_at)?;
+        if named > kept.generation {
             return Err(Error::Integrity(
-                "the records database lost its row-seal mark: its user or session rows may have been changed by someone without the vault's key",
+                "the records database's sealed rows (users, holds, retention, contractors, schemas, exports, the ledgers, approvals, settings) were put back to an older state: the audit trail names a later generation of them than the database holds",
             ));
         }
-        let n = self.store.seal_legacy_rows()?;
-        self.store
-            .put_synced(store::CF_META, META_ROWS_SEALED, b"1", true)?;
-        self.audit(
-            None,
-            &Context::cli(),
-            "vault.rows_sealed",
-            vec![format!("rows:{n}")],
-            Ok(()),
-            None,
-        )
-        .map(|_| ())
+        self.state_noted.fetch_max(named, Ordering::SeqCst);
+        Ok(kept)
     }
 
     /// The vault's ID.
@@ -1116,6 +1159,14 @@ impl Vault {
         // A process whose lease lapsed appends nothing (a standby may have
         // the vault, and its trail's head, by now).
         self.store.check_lease()?;
+        // The first event after a change of the sealed configuration rows
+        // names the state digest's generation, so that the trail exposes
+        // those rows put back to an older state (`check_sealed_state`).
+        let mut ev = ev;
+        let state = self.store.state_generation();
+        if state > self.state_noted.load(Ordering::SeqCst) {
+            ev.targets.push(format!("{}{state}", audit::STATE_TARGET));
+        }
         // Written in a group with the events of operations running beside
         // this one (`audit/group.rs`); returns once this one is written.
         let appended = self
@@ -1135,6 +1186,7 @@ impl Vault {
             Err(e) => return Err(e),
         };
         audit::note_appended_here();
+        self.state_noted.fetch_max(state, Ordering::SeqCst);
         Ok(appended)
     }
 

@@ -345,6 +345,16 @@ pub fn events(fx: &Fixture, prefix: &str) -> Vec<vault_core::audit::AuditEvent> 
         .unwrap()
 }
 
+/// An event's targets but the state digest's generation (`state:<n>`),
+/// which the first event after a change of sealed rows names as well.
+pub fn ids(targets: &[String]) -> Vec<String> {
+    targets
+        .iter()
+        .filter(|t| !t.starts_with(vault_core::audit::STATE_TARGET))
+        .cloned()
+        .collect()
+}
+
 /// Each of `records` has exactly one `record.create` event naming it
 /// first: each put audited once, under its own record.
 pub fn each_created_once(fx: &Fixture, records: impl IntoIterator<Item = RecordId>) {

@@ -478,7 +478,7 @@ fn break_glass_unlocks_the_last_admin_with_the_passphrase_alone() {
     assert_eq!(ok[0].channel, Channel::Cli);
     assert_eq!(ok[0].source.as_deref(), Some("uid:1001"));
     assert_eq!(
-        ok[0].targets,
+        common::ids(&ok[0].targets),
         vec![id.to_string(), "os-user:uid:1001".to_owned()]
     );
 }

@@ -423,5 +423,5 @@ fn requests_past_their_approval_window_are_swept_with_what_they_held() {
         )
         .unwrap();
     assert_eq!(swept.len(), 1, "{swept:?}");
-    assert_eq!(swept[0].targets, vec!["removed:1".to_owned()]);
+    assert_eq!(common::ids(&swept[0].targets), vec!["removed:1".to_owned()]);
 }

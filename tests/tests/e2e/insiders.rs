@@ -668,3 +668,126 @@ fn a_cluster_file_planted_beside_an_embedded_vault_is_refused_at_open() {
     assert_eq!(r.fields["family_name"], "Doe");
     v.close().unwrap();
 }
+
+/// Someone with the vault's files but not its key, with the vault stopped,
+/// edits the records database with RocksDB: a row MAC stops a forged or
+/// edited row, and the state digest (the count and XOR of every sealed
+/// configuration row's MAC, kept with them in each batch) and the trail's
+/// `state:<n>` targets stop a deleted row and an older genuine copy:
+/// - a legal hold's row deleted (a disposal would go ahead): the open
+///   refuses, the rows no longer add up to the digest;
+/// - the hold's row edited: the open refuses, the row fails its MAC;
+/// - a disabled clerk's row put back from a copy taken before the disable
+///   (a terminated employee let back in): the rows no longer add up;
+/// - the same with the digest's row put back too, so that they do: the
+///   trail names a later generation than the digest's, and the open
+///   refuses; with both rows as they were, it opens and the clerk stays
+///   disabled;
+/// - the second row-seal mark deleted: the open refuses (sealing again
+///   would bless whatever was planted).
+#[test]
+fn configuration_rows_deleted_edited_or_put_back_from_an_older_copy_stop_the_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = fast_vault(&dir.path().join("vault"));
+    let held = vault_core::ids::SubjectId::new();
+    f.vault
+        .add_hold(&f.officer, None, Some(held), "litigation")
+        .expect("hold");
+    let (vault_dir, clock) = (f.dir.clone(), f.clock.clone());
+    let clerk_id = f.clerk.user();
+    f.vault.close().expect("close");
+
+    let with_db = |edit: &dyn Fn(&rocksdb::DB)| {
+        let path = vault_dir.join("records");
+        let cfs = rocksdb::DB::list_cf(&rocksdb::Options::default(), &path).expect("cfs");
+        let db = rocksdb::DB::open_cf(&rocksdb::Options::default(), &path, cfs).expect("open db");
+        edit(&db);
+        db.flush().expect("flush");
+    };
+    // (column family, key) -> value, as stored now.
+    let read = |cf: &'static str, key: &[u8]| {
+        let out = std::cell::RefCell::new(Vec::new());
+        with_db(&|db| {
+            let h = db.cf_handle(cf).expect("column family");
+            *out.borrow_mut() = db.get_cf(&h, key).unwrap().expect("row");
+        });
+        out.into_inner()
+    };
+    let write = |cf: &'static str, key: &[u8], value: Option<&[u8]>| {
+        with_db(&|db| {
+            let h = db.cf_handle(cf).expect("column family");
+            match value {
+                Some(v) => db.put_cf(&h, key, v).unwrap(),
+                None => db.delete_cf(&h, key).unwrap(),
+            }
+        })
+    };
+    let open = || {
+        Vault::open(
+            &vault_dir,
+            &secret(common::PASSPHRASE),
+            common::open_options(&clock),
+        )
+    };
+    let refused = |r: Result<Vault, Error>, why: &str, what: &str| match r {
+        Err(Error::Integrity(m)) => assert!(m.contains(why), "{what}: {m}"),
+        Err(e) => panic!("{what}: refused for another reason: {e}"),
+        Ok(_) => panic!("{what}: the vault opened"),
+    };
+    const DIGEST: &[u8] = b"sealed/state-digest";
+
+    let hold_key = {
+        let k = std::cell::RefCell::new(Vec::new());
+        with_db(&|db| {
+            let h = db.cf_handle("holds").expect("holds");
+            let mut it = db.iterator_cf(&h, rocksdb::IteratorMode::Start);
+            *k.borrow_mut() = it.next().expect("the hold's row").unwrap().0.to_vec();
+        });
+        k.into_inner()
+    };
+    let hold_row = read("holds", &hold_key);
+    write("holds", &hold_key, None);
+    refused(open(), "no longer add up", "a deleted hold row");
+
+    let mut edited = hold_row.clone();
+    let at = edited.len() / 2;
+    edited[at] ^= 1;
+    write("holds", &hold_key, Some(&edited));
+    refused(open(), "fails its MAC", "an edited hold row");
+    write("holds", &hold_key, Some(&hold_row));
+
+    let (clerk_before, digest_before) = (read("users", clerk_id.as_bytes()), read("meta", DIGEST));
+    let v = open().expect("opens with every row as it was");
+    let admin = common::login(&v, "admin");
+    v.disable_user(&admin, "clerk").expect("the clerk leaves");
+    v.close().expect("close");
+    let (clerk_after, digest_after) = (read("users", clerk_id.as_bytes()), read("meta", DIGEST));
+
+    write("users", clerk_id.as_bytes(), Some(&clerk_before));
+    refused(
+        open(),
+        "no longer add up",
+        "the clerk's enabled row put back",
+    );
+    write("meta", DIGEST, Some(&digest_before));
+    refused(
+        open(),
+        "put back to an older state",
+        "the clerk's enabled row and the digest's row put back together",
+    );
+
+    write("users", clerk_id.as_bytes(), Some(&clerk_after));
+    write("meta", DIGEST, Some(&digest_after));
+    let v = open().expect("opens with the rows as the vault left them");
+    assert!(
+        matches!(
+            v.login("clerk", &password_of("clerk"), Context::cli()),
+            Err(Error::AccountDisabled)
+        ),
+        "the disabled clerk stays disabled"
+    );
+    v.close().expect("close");
+
+    write("meta", b"rows_sealed_v2", None);
+    refused(open(), "row-seal mark", "the second row-seal mark deleted");
+}

@@ -650,7 +650,8 @@ fn req_auth_05_lockout_after_five_failures_audit_and_expiry() {
         "{ev:?}"
     );
     assert!(
-        ev.iter().all(|e| e.targets == vec![clerk.to_string()]),
+        ev.iter()
+            .all(|e| common::ids(&e.targets) == vec![clerk.to_string()]),
         "{ev:?}"
     );
     let failed: Vec<_> = ev
@@ -753,7 +754,7 @@ fn req_auth_05_repeat_lockout_doubles_admin_unlock_and_uniform_errors() {
     let ev = trail(v, &f.auditor, since(before));
     assert!(ev.iter().any(|e| e.action == "user.unlock"
         && e.actor == Some(f.admin.user())
-        && e.targets == vec![id.to_string()]
+        && common::ids(&e.targets) == vec![id.to_string()]
         && e.outcome == Outcome::Success));
 
     // Unknown user and wrong password: the same error, variant and message.
@@ -838,7 +839,12 @@ fn req_wisp_07_disable_revokes_tokens_and_live_sessions() {
     let disable: Vec<_> = ev.iter().filter(|e| e.action == "user.disable").collect();
     assert_eq!(disable.len(), 1);
     assert_eq!(disable[0].actor, Some(f.admin.user()));
-    assert_eq!(disable[0].targets, vec![clerk.to_string()]);
+    assert_eq!(common::ids(&disable[0].targets), vec![clerk.to_string()]);
+    assert!(
+        disable[0].targets.iter().any(|t| t.starts_with("state:")),
+        "the disable names the sealed rows' new state: {:?}",
+        disable[0].targets
+    );
     assert_eq!(disable[0].outcome, Outcome::Success);
     let denied = |action: &str, code: &str| {
         ev.iter()

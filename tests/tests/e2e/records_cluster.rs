@@ -2183,3 +2183,119 @@ fn a_checkpoint_the_cluster_refused_is_written_by_the_next_append_or_that_append
     let report = fx.vault.audit_verify(&fx.auditor).unwrap();
     assert!(report.ok(), "{:?}", report.problem);
 }
+
+/// `doctor`'s `sealed-rows` check: its level and what it found.
+fn sealed_rows(fx: &Fixture) -> (vault_core::doctor::Level, String) {
+    let c = fx
+        .vault
+        .security_checks(&fx.officer)
+        .expect("doctor")
+        .checks
+        .into_iter()
+        .find(|c| c.name == "sealed-rows")
+        .expect("a sealed-rows check");
+    (c.level, c.detail)
+}
+
+/// The cluster's superuser, an insider with the database but not the
+/// vault's key, rewrites sealed configuration rows under a running vault
+/// (which holds its lock, so nothing stops them):
+/// - puts back the clerk's enabled row and the state digest's row from
+///   before the clerk was disabled (a consistent older state): `doctor`
+///   fails, the next change of a sealed row is refused rather than
+///   written forward over it, and the vault does not open again;
+/// - with the rows put right, deletes a legal hold's row: `doctor` fails
+///   (the rows no longer add up) and the vault does not open again.
+#[test]
+fn sealed_rows_the_clusters_superuser_deletes_or_puts_back_under_a_running_vault_are_caught() {
+    use vault_core::doctor::Level;
+    let _one = serial();
+    let c = cluster();
+    let tmp = tempfile::tempdir().unwrap();
+    let fx = vault_on_clusters(&tmp.path().join("vault"));
+    let primary = primary_member(&c);
+    let s = records_schema(&fx.vault);
+    // A row of the vault's table: the condition that names it.
+    let row =
+        |table: usize, key: &[u8]| format!("t = {table} AND k = '\\x{}'::bytea", hex::encode(key));
+    // Table numbers: the records store's column families in order.
+    let (users, meta, holds) = (4, 7, 11);
+    let digest = row(meta, b"sealed/state-digest");
+    let clerk = row(users, fx.clerk.user().as_bytes());
+    let value = |r: &str| {
+        psql_in(
+            &primary,
+            "pivault_records",
+            &format!("SELECT encode(v, 'hex') FROM {s}.rows WHERE {r}"),
+        )
+        .filter(|v| !v.is_empty())
+        .expect("the row")
+    };
+    let put_back = |r: &str, v: &str| {
+        assert_eq!(
+            psql_in(
+                &primary,
+                "pivault_records",
+                &format!("UPDATE {s}.rows SET v = decode('{v}', 'hex') WHERE {r}")
+            )
+            .as_deref(),
+            Some("UPDATE 1"),
+            "the superuser's update"
+        );
+    };
+    fx.vault
+        .add_hold(&fx.officer, None, Some(SubjectId::new()), "litigation")
+        .expect("hold");
+    assert_eq!(sealed_rows(&fx).0, Level::Ok, "{}", sealed_rows(&fx).1);
+
+    let (clerk_before, digest_before) = (value(&clerk), value(&digest));
+    fx.vault
+        .disable_user(&fx.admin, "clerk")
+        .expect("the clerk leaves");
+    let (clerk_after, digest_after) = (value(&clerk), value(&digest));
+    put_back(&clerk, &clerk_before);
+    put_back(&digest, &digest_before);
+    let (level, detail) = sealed_rows(&fx);
+    assert_eq!(
+        level,
+        Level::Fail,
+        "the rows put back pass doctor: {detail}"
+    );
+    assert!(detail.contains("put back"), "{detail}");
+    let over = fx
+        .vault
+        .add_hold(&fx.officer, None, Some(SubjectId::new()), "litigation");
+    assert!(
+        matches!(&over, Err(Error::Integrity(m)) if m.contains("put back")),
+        "a change written forward over the rows put back: {over:?}"
+    );
+    put_back(&clerk, &clerk_after);
+    put_back(&digest, &digest_after);
+    assert_eq!(sealed_rows(&fx).0, Level::Ok, "{}", sealed_rows(&fx).1);
+
+    assert_eq!(
+        psql_in(
+            &primary,
+            "pivault_records",
+            &format!("DELETE FROM {s}.rows WHERE t = {holds}")
+        )
+        .as_deref(),
+        Some("DELETE 1"),
+        "the superuser deletes the hold's row"
+    );
+    let (level, detail) = sealed_rows(&fx);
+    assert_eq!(level, Level::Fail, "a deleted hold passes doctor: {detail}");
+    assert!(detail.contains("no longer add up"), "{detail}");
+    let dir = fx.dir.clone();
+    fx.vault.close().expect("close");
+    let again = vault_core::vault::Vault::open(
+        &dir,
+        &vault_core::secret::SecretString::from(common::PASSPHRASE),
+        common::open_options(&fx.clock),
+    );
+    assert!(
+        matches!(&again, Err(Error::Integrity(m)) if m.contains("no longer add up")),
+        "the vault opens without its hold: {:?}",
+        again.as_ref().err()
+    );
+}
