@@ -73,25 +73,6 @@ fn env_u64(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
-fn config() -> PgConfig {
-    let var = |n: &str| {
-        std::env::var(n).unwrap_or_else(|_| {
-            panic!("{n} is not set: run scripts/cluster.sh start and source its env file")
-        })
-    };
-    PgConfig {
-        engine: "postgresql".into(),
-        members: var("PIVAULT_PG_MEMBERS")
-            .split(',')
-            .map(str::to_owned)
-            .collect(),
-        database: "pivault_keys".into(),
-        user: "pivault".into(),
-        password_file: var("PIVAULT_PG_PASSWORD_FILE").into(),
-        ca_file: std::env::var_os("PIVAULT_PG_CA_FILE").map(Into::into),
-    }
-}
-
 fn body(i: u64) -> Value {
     Value::Object(common::body_with_padding(i, 0))
 }
@@ -332,7 +313,7 @@ fn main() {
     if !std::env::args().any(|a| a == "--bench") {
         return; // `cargo test --benches` runs bench binaries without --bench.
     }
-    let cfg = config();
+    let cfg = common::cluster_config();
     if let Ok(v) = std::env::var("PIVAULT_BENCH_CLUSTER_WORKER") {
         worker(
             &cfg,

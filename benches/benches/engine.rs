@@ -13,6 +13,13 @@
 //!   hash-chain, write): the floor under every audited read.
 //! * `unlock`: Argon2id at `KdfParams::VAULT_DEFAULT`.
 //! * `login`: `Vault::login` (OWASP Argon2id password hash, user row, audit).
+//! * `sealed/hold_add_lift`: a legal hold placed and lifted (two writes of a
+//!   sealed configuration row, each with the state digest, and two events);
+//!   `sealed/open_2000_holds`: `Vault::open` of a vault holding 2,000 holds
+//!   (the open checks every sealed row against the digest). Both are read
+//!   as an A/B of two builds run alternately (benches/README.md, run 25);
+//!   `PIVAULT_BENCH_SEALED_CLUSTER=1` puts the vault's keys and records on
+//!   the cluster of `scripts/cluster.sh start` (its env file sourced).
 //!
 //! Run: `cargo bench --workspace --bench engine`.
 
@@ -268,6 +275,63 @@ fn bench_login(c: &mut Criterion) {
     g.finish();
 }
 
+fn bench_sealed(c: &mut Criterion) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("vault");
+    // `PIVAULT_BENCH_SEALED_CLUSTER=1`: the keys and the records on the
+    // cluster of `scripts/cluster.sh start` (its env file sourced).
+    let fx = if std::env::var("PIVAULT_BENCH_SEALED_CLUSTER").as_deref() == Ok("1") {
+        let keys = common::cluster_config();
+        let records = vault_core::keystore::postgres::PgConfig {
+            database: "pivault_records".into(),
+            ..keys.clone()
+        };
+        common::fixture_on_clusters(&path, Some(keys), Some(records))
+    } else {
+        common::fixture(&path)
+    };
+    let officer = fx
+        .vault
+        .login(
+            common::OFFICER.0,
+            &SecretString::from(common::OFFICER.1),
+            Context::cli(),
+        )
+        .expect("officer login");
+    for _ in 0..2000 {
+        fx.vault
+            .add_hold(&officer, None, Some(SubjectId::new()), "litigation")
+            .expect("hold");
+    }
+    let mut g = c.benchmark_group("sealed");
+    g.sampling_mode(SamplingMode::Flat)
+        .sample_size(10)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(5));
+    g.bench_function("hold_add_lift", |b| {
+        b.iter(|| {
+            let s = SubjectId::new();
+            fx.vault
+                .add_hold(&officer, None, Some(s), "litigation")
+                .expect("hold");
+            fx.vault
+                .remove_hold(&officer, None, Some(s))
+                .expect("lift");
+        })
+    });
+    fx.vault.close().expect("close");
+    let pass = SecretString::from(common::PASSPHRASE);
+    g.bench_function("open_2000_holds", |b| {
+        b.iter(|| {
+            vault_core::vault::Vault::open(&path, &pass, Default::default())
+                .expect("open")
+                .close()
+                .expect("close")
+        })
+    });
+    g.finish();
+}
+
 criterion_group!(
     benches,
     bench_put,
@@ -275,6 +339,7 @@ criterion_group!(
     bench_envelope,
     bench_audit_append,
     bench_unlock,
-    bench_login
+    bench_login,
+    bench_sealed
 );
 criterion_main!(benches);

@@ -123,9 +123,9 @@ const ROW_TAG_LEN: usize = 32;
 /// The error of a row whose MAC fails.
 const TAMPERED_ROW: &str = "a user or session row or another sealed row of the records database (an incident, hold, retention, contractor, schema, export, backup, disposal ledger or certificate row, a pending approval or a sealed setting) fails its MAC (written without the vault's key)";
 /// The error of a state digest older than this process last saw.
-const STATE_GONE_BACK: &str = "the records database's sealed rows (users, holds, retention, contractors, schemas, exports, the ledgers, approvals, settings) were put back to an older state under the running vault";
+const STATE_GONE_BACK: &str = "the set of sealed configuration rows in the records database (put back to an older state under the running vault)";
 /// The error of covered rows that no longer add up to the state digest.
-const STATE_CHANGED: &str = "the records database's sealed rows (users, holds, retention, contractors, schemas, exports, backups, the disposal ledger, certificates, pending approvals, sealed settings) no longer add up to the vault's state digest: a row was deleted, or put back from an older copy, by someone without the vault's key";
+const STATE_CHANGED: &str = "the set of sealed configuration rows in the records database (users, holds, retention, contractors, schemas, exports, backups, the ledgers, certificates, pending approvals, sealed settings: it no longer adds up to the vault's state digest, so a row was deleted, or put back from an older copy, without the vault's key)";
 pub(crate) const ALL_CFS: [&str; 19] = [
     CF_RECORDS,
     CF_BY_SUBJECT,

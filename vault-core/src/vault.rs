@@ -1016,7 +1016,7 @@ impl Vault {
         let named = log.highest_state_since(kept.checked_at)?;
         if named > kept.generation {
             return Err(Error::Integrity(
-                "the records database's sealed rows (users, holds, retention, contractors, schemas, exports, the ledgers, approvals, settings) were put back to an older state: the audit trail names a later generation of them than the database holds",
+                "the set of sealed configuration rows in the records database (put back to an older state: the audit trail names a later generation of them than the database holds)",
             ));
         }
         self.state_noted.fetch_max(named, Ordering::SeqCst);

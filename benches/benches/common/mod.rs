@@ -225,3 +225,24 @@ pub fn mem_kib() -> (Option<u64>, Option<u64>) {
 pub fn reset_peak_rss() -> bool {
     std::fs::write("/proc/self/clear_refs", "5").is_ok()
 }
+
+/// The keystore database of the cluster `scripts/cluster.sh start` brought
+/// up (its env file sourced); its records database is `pivault_records`.
+pub fn cluster_config() -> vault_core::keystore::postgres::PgConfig {
+    let var = |n: &str| {
+        std::env::var(n).unwrap_or_else(|_| {
+            panic!("{n} is not set: run scripts/cluster.sh start and source its env file")
+        })
+    };
+    vault_core::keystore::postgres::PgConfig {
+        engine: "postgresql".into(),
+        members: var("PIVAULT_PG_MEMBERS")
+            .split(',')
+            .map(str::to_owned)
+            .collect(),
+        database: "pivault_keys".into(),
+        user: "pivault".into(),
+        password_file: var("PIVAULT_PG_PASSWORD_FILE").into(),
+        ca_file: std::env::var_os("PIVAULT_PG_CA_FILE").map(Into::into),
+    }
+}

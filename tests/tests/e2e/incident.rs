@@ -533,7 +533,7 @@ fn an_incident_row_rewritten_or_deleted_outside_the_vault_is_detected() {
     with_db(&|db, cf| db.delete_cf(cf, id.as_bytes()).unwrap());
     let r = open();
     assert!(
-        matches!(&r, Err(Error::Integrity(m)) if m.contains("no longer add up")),
+        matches!(&r, Err(Error::Integrity(m)) if m.contains("no longer adds up")),
         "a deleted incident row: {:?}",
         r.as_ref().err()
     );

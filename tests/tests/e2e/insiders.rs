@@ -747,7 +747,7 @@ fn configuration_rows_deleted_edited_or_put_back_from_an_older_copy_stop_the_ope
     };
     let hold_row = read("holds", &hold_key);
     write("holds", &hold_key, None);
-    refused(open(), "no longer add up", "a deleted hold row");
+    refused(open(), "no longer adds up", "a deleted hold row");
 
     let mut edited = hold_row.clone();
     let at = edited.len() / 2;
@@ -766,7 +766,7 @@ fn configuration_rows_deleted_edited_or_put_back_from_an_older_copy_stop_the_ope
     write("users", clerk_id.as_bytes(), Some(&clerk_before));
     refused(
         open(),
-        "no longer add up",
+        "no longer adds up",
         "the clerk's enabled row put back",
     );
     write("meta", DIGEST, Some(&digest_before));

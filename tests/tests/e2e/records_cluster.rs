@@ -2285,7 +2285,7 @@ fn sealed_rows_the_clusters_superuser_deletes_or_puts_back_under_a_running_vault
     );
     let (level, detail) = sealed_rows(&fx);
     assert_eq!(level, Level::Fail, "a deleted hold passes doctor: {detail}");
-    assert!(detail.contains("no longer add up"), "{detail}");
+    assert!(detail.contains("no longer adds up"), "{detail}");
     let dir = fx.dir.clone();
     fx.vault.close().expect("close");
     let again = vault_core::vault::Vault::open(
@@ -2294,7 +2294,7 @@ fn sealed_rows_the_clusters_superuser_deletes_or_puts_back_under_a_running_vault
         common::open_options(&fx.clock),
     );
     assert!(
-        matches!(&again, Err(Error::Integrity(m)) if m.contains("no longer add up")),
+        matches!(&again, Err(Error::Integrity(m)) if m.contains("no longer adds up")),
         "the vault opens without its hold: {:?}",
         again.as_ref().err()
     );

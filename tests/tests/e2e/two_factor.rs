@@ -584,7 +584,7 @@ fn the_policy_is_the_admins_and_an_insider_with_the_files_cannot_lower_it() {
     });
     let deleted = reopen();
     assert!(
-        matches!(&deleted, Err(Error::Integrity(m)) if m.contains("no longer add up")),
+        matches!(&deleted, Err(Error::Integrity(m)) if m.contains("no longer adds up")),
         "a deleted policy: {:?}",
         deleted.as_ref().err()
     );
