@@ -314,9 +314,7 @@ fn bench_sealed(c: &mut Criterion) {
             fx.vault
                 .add_hold(&officer, None, Some(s), "litigation")
                 .expect("hold");
-            fx.vault
-                .remove_hold(&officer, None, Some(s))
-                .expect("lift");
+            fx.vault.remove_hold(&officer, None, Some(s)).expect("lift");
         })
     });
     fx.vault.close().expect("close");

@@ -16,6 +16,7 @@
 //! Run: `cargo bench -p vault-bench --bench import`
 //! (or `PIVAULT_BENCH_IMPORT_N=400000 cargo bench -p vault-bench --bench import`).
 
+#[allow(dead_code)]
 mod common;
 
 use std::fs::File;

@@ -122,7 +122,7 @@ impl Vault {
             // The trail up to this durable checkpoint names no later
             // state generation than the digest's: the next open reads on
             // from here (a failure leaves it reading from further back).
-            let _ = self.store.note_trail_checked(head.seq);
+            let _ = self.store.note_trail_checked(head.seq, head.head);
         }
     }
 
@@ -131,6 +131,7 @@ impl Vault {
     /// time-based checkpoint, so a quiet vault's latest events are covered.
     pub fn checkpoint_now(&self) -> Result<()> {
         self.store.check_lease()?;
+        self.name_state()?;
         let mut log = self
             .audit
             .lock()

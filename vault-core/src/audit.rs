@@ -699,13 +699,24 @@ impl Reader {
         to: u64,
         mut visit: impl FnMut(AuditEvent) -> Result<bool>,
     ) -> Result<()> {
+        self.each_event_raw(from, to, |_, ev| visit(ev))
+    }
+
+    /// [`Self::each_event`], with each event's line as written (what its
+    /// chain hash covers).
+    fn each_event_raw(
+        &self,
+        from: u64,
+        to: u64,
+        mut visit: impl FnMut(&[u8], AuditEvent) -> Result<bool>,
+    ) -> Result<()> {
         let mut visit = |line: &[u8]| -> Result<bool> {
             let (body, hash) = split_line(line).ok_or(Error::Integrity("audit trail"))?;
             let ev = decode_event(body, hash).map_err(|_| Error::Integrity("audit trail"))?;
             if ev.seq > to {
                 return Ok(true);
             }
-            visit(ev)
+            visit(body, ev)
         };
         match self {
             Reader::Dir(dir) => {
@@ -740,6 +751,52 @@ impl Reader {
 }
 
 impl TrailReader {
+    /// The highest state-digest generation (`store/state.rs`) an event
+    /// after seq `after` and up to `upto` names in a `state:<n>` target (0
+    /// when none does), and what keeps it from being the whole answer, if
+    /// anything: the chain is checked from `after_hash` (the chain hash at
+    /// `after`, which the digest keeps sealed) event by event through
+    /// `signed` (the last checkpoint, its signature checked by the caller),
+    /// so an event edited, removed or planted there, or the trail cut
+    /// before that checkpoint, is named. Every event there is still read,
+    /// so a generation named past a break still counts.
+    pub fn highest_state_since(
+        &self,
+        after: u64,
+        after_hash: [u8; 32],
+        upto: u64,
+        signed: Option<&SignedHead>,
+    ) -> Result<(u64, Option<&'static str>)> {
+        const ALTERED: &str =
+            "an event after the state digest's checkpoint was altered, removed or planted";
+        let through = signed.map_or(0, |h| h.seq);
+        let mut problem = (through < after)
+            .then_some("the trail's last checkpoint is older than the state digest's");
+        let (mut high, mut prev, mut next) = (0, Some(after_hash), after.saturating_add(1));
+        self.0.each_event_raw(next, upto.max(through), |body, ev| {
+            if ev.seq < next {
+                return Ok(false);
+            }
+            let linked = ev.seq == next
+                && prev.is_some_and(|p| chain_hash(&p, body) == ev.hash)
+                && !signed.is_some_and(|h| h.seq == ev.seq && h.head != ev.hash);
+            if !linked && prev.is_some() {
+                problem = problem.or(Some(ALTERED));
+            }
+            high = ev
+                .targets
+                .iter()
+                .filter_map(|t| t.strip_prefix(STATE_TARGET)?.parse::<u64>().ok())
+                .fold(high, u64::max);
+            (prev, next) = (linked.then_some(ev.hash), ev.seq.max(next) + 1);
+            Ok(false)
+        })?;
+        if next <= through {
+            problem = problem.or(Some(ALTERED));
+        }
+        Ok((high, problem))
+    }
+
     /// The trail of vault `vault` where it is kept, read without the vault
     /// (no key is needed, nothing is verified): the files in `dir`, or its
     /// trail on the records cluster of `records`. What a deletion's resume
@@ -1502,23 +1559,10 @@ impl AuditLog {
         Ok(out)
     }
 
-    /// The highest state-digest generation (`store/state.rs`) an event
-    /// after seq `after` names in a `state:<n>` target; 0 when none does.
-    pub fn highest_state_since(&self, after: u64) -> Result<u64> {
-        let mut high = 0;
-        self.reader()
-            .0
-            .each_event(after.saturating_add(1), u64::MAX >> 1, |ev| {
-                if ev.seq > after {
-                    high = ev
-                        .targets
-                        .iter()
-                        .filter_map(|t| t.strip_prefix(STATE_TARGET)?.parse::<u64>().ok())
-                        .fold(high, u64::max);
-                }
-                Ok(false)
-            })?;
-        Ok(high)
+    /// The seq and chain hash of the head, and the last checkpoint (its
+    /// signature not checked), for a read of the trail without the log.
+    pub fn head_and_last_signed(&self) -> (u64, Option<SignedHead>) {
+        (self.head_seq(), self.last_signed.clone())
     }
 
     /// Tells `sink` of every event appended from now on (replacing any

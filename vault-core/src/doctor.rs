@@ -262,7 +262,15 @@ pub fn checks(vault: &Vault, now_ms: i64) -> Result<Vec<Check>> {
         )
     });
     out.push(match vault.check_sealed_state() {
-        Ok(d) => check(
+        Ok((d, Some(why))) => check(
+            "sealed-rows",
+            Level::Fail,
+            format!(
+                "{} sealed configuration rows add up to the state digest (generation {}), but the trail cannot show that they are not an older copy: {why}",
+                d.rows, d.generation
+            ),
+        ),
+        Ok((d, None)) => check(
             "sealed-rows",
             Level::Ok,
             format!(

@@ -265,6 +265,10 @@ impl<'a> Reader<'a> {
     }
 }
 
+/// What [`Store::each_sealed_row`] calls with each sealed row: its column
+/// family, key and stored value.
+type SealedRowVisit<'f> = dyn FnMut(&'static str, &[u8], &[u8]) -> Result<()> + 'f;
+
 /// One write of [`Store::write_ops`]: column family, key, and the value to
 /// put (`Some`) or `None` to delete.
 pub(crate) type WriteOp<'a> = (&'a str, Vec<u8>, Option<Vec<u8>>);
@@ -282,13 +286,14 @@ pub(crate) struct Store {
     /// The key of the MACs on the rows of [`SEALED_CFS`], set once the
     /// vault is unlocked ([`Store::set_row_key`]).
     row_key: std::sync::OnceLock<crate::secret::SecretKey>,
-    /// Held across the read and the write of the state digest, so that
-    /// writes of covered rows racing each other each fold into it.
-    state_lock: std::sync::Mutex<()>,
-    /// Set once the digest is checked at open: from then on a covered row
-    /// is written only with it (a missing digest fails the write).
-    state_kept: std::sync::atomic::AtomicBool,
-    /// The state digest's generation as last written or checked.
+    /// The state digest as this process keeps it (`None` until checked at
+    /// open or begun): held across the read and the write of every covered
+    /// row, so that writes racing each other each fold into it.
+    state: std::sync::Mutex<Option<StateDigest>>,
+    /// The key of the digest's PRF and seal (from the row key).
+    state_key: std::sync::OnceLock<crate::secret::SecretKey>,
+    /// The digest's generation as last written or checked (read by every
+    /// audit append without waiting for [`Self::state`]).
     state_generation: AtomicU64,
 }
 
@@ -339,8 +344,8 @@ impl Store {
             users_gen: AtomicU64::new(0),
             collections_gen: AtomicU64::new(0),
             row_key: std::sync::OnceLock::new(),
-            state_lock: std::sync::Mutex::new(()),
-            state_kept: std::sync::atomic::AtomicBool::new(false),
+            state: std::sync::Mutex::new(None),
+            state_key: std::sync::OnceLock::new(),
             state_generation: AtomicU64::new(0),
         }
     }
@@ -437,7 +442,13 @@ impl Store {
     /// passphrase opens); before it, sealed rows can be neither read nor
     /// written.
     pub fn set_row_key(&self, key: crate::secret::SecretKey) {
+        let state = crate::secret::SecretKey::from_bytes(crate::crypto::mac(
+            &key,
+            "pivault-state-key-v1",
+            b"",
+        ));
         let _ = self.row_key.set(key);
+        let _ = self.state_key.set(state);
     }
 
     /// The MAC of one row of a sealed column family: bound to the column
@@ -494,10 +505,8 @@ impl Store {
     /// a crash leaves either all of it or none, never rows sealed twice.
     /// The rows sealed.
     pub fn seal_rows(&self, v1: bool, marks: &[&[u8]]) -> Result<usize> {
-        let _state = self
-            .state_lock
-            .lock()
-            .map_err(|_| Error::Integrity("state lock"))?;
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let key = self.state_key()?;
         let legacy = |cf: &str, k: &[u8]| -> bool {
             if cf == CF_META {
                 sealed_meta(k) && !k.starts_with(SEALED_META_PREFIX)
@@ -507,33 +516,21 @@ impl Store {
         };
         let mut ops: Vec<WriteOp<'_>> = Vec::new();
         let mut digest = StateDigest::default();
-        for cf in SEALED_CFS.iter().copied().chain([CF_META]) {
-            self.engine.scan(cf, &[], &mut |k, v| {
-                if !sealed(cf, k) {
-                    return Ok(true);
-                }
-                let stored = if legacy(cf, k) {
-                    let s = self.seal_row(cf, k, v)?.into_owned();
-                    ops.push((cf, k.to_vec(), Some(s.clone())));
-                    s
-                } else {
-                    v.to_vec()
-                };
-                if digested(cf, k) {
-                    digest.add(&self.stored_tag(cf, k, &stored)?);
-                }
-                Ok(true)
-            })?;
-        }
+        self.each_sealed_row(&mut |cf, k, v| {
+            let stored = if legacy(cf, k) {
+                let s = self.seal_row(cf, k, v)?.into_owned();
+                ops.push((cf, k.to_vec(), Some(s.clone())));
+                s
+            } else {
+                v.to_vec()
+            };
+            if digested(cf, k) {
+                digest.add(key, &self.stored_tag(cf, k, &stored)?);
+            }
+            Ok(())
+        })?;
         let n = ops.len();
-        ops.push((
-            CF_META,
-            state::DIGEST_KEY.to_vec(),
-            Some(
-                self.seal_row(CF_META, state::DIGEST_KEY, &digest.encode())?
-                    .into_owned(),
-            ),
-        ));
+        ops.push(self.digest_op(&digest)?);
         for m in marks {
             ops.push((CF_META, m.to_vec(), Some(b"1".to_vec())));
         }
@@ -542,60 +539,102 @@ impl Store {
             self.changed(cf);
         }
         r?;
+        *state = Some(digest);
         Ok(n)
     }
 
-    /// Checks that the covered rows add up to the state digest (each row's
-    /// MAC checked on the way), and from then on keeps it with every write.
-    /// At open, and by `doctor` (the digest's writes wait for it).
-    pub fn check_state(&self) -> Result<StateDigest> {
-        let _state = self
-            .state_lock
-            .lock()
-            .map_err(|_| Error::Integrity("state lock"))?;
-        let kept = self.stored_digest()?.ok_or(Error::Integrity(
-            "the records database's state digest (it is missing)",
-        ))?;
-        let mut found = StateDigest::default();
-        for cf in SEALED_CFS.iter().copied().chain([CF_META]) {
+    /// Calls `f` with every sealed row as stored (its MAC not yet checked):
+    /// the sealed column families and the sealed meta rows (read by
+    /// prefix, not the whole of `meta`, which holds a row per sign-in source).
+    fn each_sealed_row(&self, f: &mut SealedRowVisit<'_>) -> Result<()> {
+        for cf in SEALED_CFS {
             self.engine.scan(cf, &[], &mut |k, v| {
-                if digested(cf, k) {
-                    found.add(&self.stored_tag(cf, k, v)?);
+                f(cf, k, v)?;
+                Ok(true)
+            })?;
+        }
+        for prefix in [
+            SEALED_META_PREFIX,
+            META_PENDING_PREFIX,
+            META_RETENTION_SCHEDULE,
+        ] {
+            self.engine.scan(CF_META, prefix, &mut |k, v| {
+                if sealed(CF_META, k) {
+                    f(CF_META, k, v)?;
                 }
                 Ok(true)
             })?;
         }
-        if !found.same_rows(&kept) {
-            return Err(Error::Integrity(STATE_CHANGED));
-        }
-        self.not_gone_back(&kept)?;
-        self.state_generation
-            .fetch_max(kept.generation, Ordering::SeqCst);
-        self.state_kept.store(true, Ordering::SeqCst);
-        Ok(kept)
-    }
-
-    /// Refuses a stored digest older than one this process wrote or
-    /// checked: put back under a running vault (a cluster's superuser),
-    /// it must not be written forward over (that would bless the rows put
-    /// back with it under a generation the trail already names).
-    fn not_gone_back(&self, stored: &StateDigest) -> Result<()> {
-        if stored.generation < self.state_generation.load(Ordering::SeqCst) {
-            return Err(Error::Integrity(STATE_GONE_BACK));
-        }
         Ok(())
     }
 
-    /// The state digest as stored (its MAC checked).
-    fn stored_digest(&self) -> Result<Option<StateDigest>> {
-        match self.engine.get(CF_META, state::DIGEST_KEY)? {
-            Some(v) => Ok(Some(StateDigest::decode(&self.open_row(
-                CF_META,
-                state::DIGEST_KEY,
-                v,
-            )?)?)),
-            None => Ok(None),
+    /// Checks that the covered rows add up to the state digest (each row's
+    /// MAC checked on the way) and, in a process that kept it already,
+    /// that it is the digest this process last wrote; from then on the
+    /// digest is kept with every write. At open, and by `doctor` (covered
+    /// writes wait for it).
+    pub fn check_state(&self) -> Result<StateDigest> {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let key = self.state_key()?;
+        let stored = self
+            .engine
+            .get(CF_META, state::DIGEST_KEY)?
+            .map(|v| self.open_row(CF_META, state::DIGEST_KEY, v))
+            .transpose()?
+            .ok_or(Error::Integrity(
+                "the records database's state digest (it is missing)",
+            ))?;
+        let mut found = StateDigest::default();
+        self.each_sealed_row(&mut |cf, k, v| {
+            if digested(cf, k) {
+                found.add(key, &self.stored_tag(cf, k, v)?);
+            }
+            Ok(())
+        })?;
+        let kept = StateDigest::decode_over(&stored, &found, key)?;
+        if (*state).is_some_and(|s| s != kept) {
+            return Err(Error::Integrity(STATE_GONE_BACK));
         }
+        *state = Some(kept);
+        self.state_generation
+            .fetch_max(kept.generation, Ordering::SeqCst);
+        Ok(kept)
+    }
+
+    /// Refuses a stored digest other than the one this process last wrote
+    /// or checked: put back under a running vault (a cluster's superuser),
+    /// it must not be written forward over (that would bless the rows put
+    /// back with it under a generation the trail already names).
+    fn same_as_stored(&self, kept: &StateDigest) -> Result<()> {
+        let key = self.state_key()?;
+        let stored = self
+            .engine
+            .get(CF_META, state::DIGEST_KEY)?
+            .map(|v| self.open_row(CF_META, state::DIGEST_KEY, v))
+            .transpose()
+            .map_err(|_| Error::Integrity(STATE_GONE_BACK))?;
+        match stored {
+            Some(s) if s == kept.encode(key) => Ok(()),
+            _ => Err(Error::Integrity(STATE_GONE_BACK)),
+        }
+    }
+
+    /// The write of digest `d` (sealed, and its row MAC).
+    fn digest_op(&self, d: &StateDigest) -> Result<WriteOp<'static>> {
+        let v = d.encode(self.state_key()?);
+        Ok((
+            CF_META,
+            state::DIGEST_KEY.to_vec(),
+            Some(self.seal_row(CF_META, state::DIGEST_KEY, &v)?.into_owned()),
+        ))
+    }
+
+    /// The key of the state digest's PRF and seal: derived from the row
+    /// key, set with it.
+    fn state_key(&self) -> Result<&crate::secret::SecretKey> {
+        self.state_key
+            .get()
+            .ok_or(Error::Integrity("row key not set"))
     }
 
     /// The MAC a stored sealed row carries, checked.
@@ -607,25 +646,25 @@ impl Store {
 
     /// Writes `ops` (sealed already) atomically; when any covers a row of
     /// the state digest, the digest moves with them in the same batch,
-    /// under [`Self::state_lock`], from each row's MAC before and after.
+    /// under [`Self::state`], from each row's MAC before and after.
     fn commit(&self, mut ops: Vec<WriteOp<'_>>, sync: bool) -> Result<()> {
         if !ops.iter().any(|(cf, k, _)| digested(cf, k)) {
             return self.engine.write(&ops, sync);
         }
-        let _state = self
-            .state_lock
-            .lock()
-            .map_err(|_| Error::Integrity("state lock"))?;
-        let Some(mut digest) = self.stored_digest()? else {
-            if self.state_kept.load(Ordering::SeqCst) {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(mut digest) = *state else {
+            if self.engine.get(CF_META, state::DIGEST_KEY)?.is_some() {
+                // The open checks the digest before anything writes a
+                // covered row; a write before it would go unfolded.
                 return Err(Error::Integrity(
-                    "the records database's state digest (it is missing)",
+                    "the records database's state digest (not yet checked)",
                 ));
             }
             // Before the digest begins (the first open's sealing starts it).
             return self.engine.write(&ops, sync);
         };
-        self.not_gone_back(&digest)?;
+        self.same_as_stored(&digest)?;
+        let key = self.state_key()?;
         // Each covered key's MAC as the batch goes: first as stored, read
         // in one batch per column family.
         let mut now: std::collections::HashMap<(&str, Vec<u8>), Option<[u8; ROW_TAG_LEN]>> =
@@ -648,27 +687,21 @@ impl Store {
             }
             let slot = now.get_mut(&(*cf, k.clone())).expect("read above");
             if let Some(old) = slot.take() {
-                digest.remove(&old);
+                digest.remove(key, &old);
             }
             if let Some(v) = v {
                 let tag: [u8; ROW_TAG_LEN] = v[v.len() - ROW_TAG_LEN..].try_into().expect("sealed");
-                digest.add(&tag);
+                digest.add(key, &tag);
                 *slot = Some(tag);
             }
         }
         digest.generation += 1;
-        ops.push((
-            CF_META,
-            state::DIGEST_KEY.to_vec(),
-            Some(
-                self.seal_row(CF_META, state::DIGEST_KEY, &digest.encode())?
-                    .into_owned(),
-            ),
-        ));
+        ops.push(self.digest_op(&digest)?);
         // Durable whatever was asked: an audit event will name this
         // generation, and a trail naming one the database lost after a
         // power cut would read as a rollback.
         self.engine.write(&ops, true)?;
+        *state = Some(digest);
         self.state_generation
             .fetch_max(digest.generation, Ordering::SeqCst);
         Ok(())
@@ -681,28 +714,24 @@ impl Store {
     }
 
     /// Records in the digest that the trail up to `seq` (a durable
-    /// checkpoint's) names no later generation than the digest's: the
-    /// next open reads the trail only after it. Only forward.
-    pub fn note_trail_checked(&self, seq: u64) -> Result<()> {
-        let _state = self
-            .state_lock
-            .lock()
-            .map_err(|_| Error::Integrity("state lock"))?;
-        let Some(mut digest) = self.stored_digest()? else {
+    /// checkpoint's, chain hash `hash`) names no later generation than the
+    /// digest's: the next open reads the trail only after it. Only once
+    /// this process checked the digest (before, the trail was not read)
+    /// and only over the digest it keeps; only forward.
+    pub fn note_trail_checked(&self, seq: u64, hash: [u8; 32]) -> Result<()> {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(mut digest) = *state else {
             return Ok(());
         };
-        self.not_gone_back(&digest)?;
         if seq <= digest.checked_at {
             return Ok(());
         }
+        self.same_as_stored(&digest)?;
         digest.checked_at = seq;
-        let row = self
-            .seal_row(CF_META, state::DIGEST_KEY, &digest.encode())?
-            .into_owned();
-        self.engine.write(
-            &[(CF_META, state::DIGEST_KEY.to_vec(), Some(row))],
-            self.sync,
-        )
+        digest.checked_hash = hash;
+        self.engine.write(&[self.digest_op(&digest)?], self.sync)?;
+        *state = Some(digest);
+        Ok(())
     }
 
     pub fn get(&self, cf: &str, key: &[u8]) -> Result<Option<Vec<u8>>> {

@@ -920,6 +920,9 @@ impl Vault {
             service_calls: Mutex::new(std::collections::HashMap::new()),
             beacons,
         };
+        // Before anything writes a sealed row or moves the digest's trail
+        // position: the digest is checked against the rows and the trail.
+        vault.seal_rows_once()?;
         if opened.legacy_slot {
             // A slot of an older build binds only the vault ID: replace it
             // with one that binds the whole static part of the header.
@@ -932,7 +935,6 @@ impl Vault {
             let epoch = vault.epoch.read().expect("epoch lock");
             vault.keystore.warm_bucket_keys(&epoch.root, epoch.number)?;
         }
-        vault.seal_rows_once()?;
         vault.recount_officers()?;
         vault.load_dirty()?;
         // Rows written without their audit event (a crash between the two)
@@ -1005,22 +1007,60 @@ impl Vault {
     /// the digest against the trail: no event after the digest's
     /// `checked_at` may name a later generation than the digest's (a
     /// digest put back from an older copy with every row it covers adds
-    /// up, but the trail names the generations it lacks). At open and by
-    /// `doctor`.
-    pub(crate) fn check_sealed_state(&self) -> Result<store::StateDigest> {
-        let log = self
-            .audit
-            .lock()
-            .map_err(|_| Error::AuditUnavailable("audit lock poisoned".into()))?;
+    /// up, but the trail names the generations it lacks), and the trail is
+    /// chain-checked from the digest's `checked_hash` through the last
+    /// signed checkpoint, so no event's name can be edited unseen. At open
+    /// and by `doctor`; audited operations wait only for the head's read.
+    /// Answers the digest and, when the trail after its checkpoint could
+    /// not be checked whole (an event altered, removed or planted, the
+    /// trail cut), what: the open goes on, as it does for any tampering of
+    /// the trail, which `doctor` and `audit verify` name, and `doctor`'s
+    /// `sealed-rows` fails with it.
+    pub(crate) fn check_sealed_state(&self) -> Result<(store::StateDigest, Option<&'static str>)> {
+        let (reader, head, signed) = {
+            let log = self
+                .audit
+                .lock()
+                .map_err(|_| Error::AuditUnavailable("audit lock poisoned".into()))?;
+            let (head, signed) = log.head_and_last_signed();
+            (log.reader(), head, signed)
+        };
+        let signed = signed.filter(|h| h.signature_ok(&self.audit_public_key()));
+        // Read after the head: every event up to it was appended before,
+        // so it names no later generation than this digest's.
         let kept = self.store.check_state()?;
-        let named = log.highest_state_since(kept.checked_at)?;
+        let (named, unchecked) = reader.highest_state_since(
+            kept.checked_at,
+            kept.checked_hash,
+            head,
+            signed.as_ref(),
+        )?;
         if named > kept.generation {
             return Err(Error::Integrity(
                 "the set of sealed configuration rows in the records database (put back to an older state: the audit trail names a later generation of them than the database holds)",
             ));
         }
         self.state_noted.fetch_max(named, Ordering::SeqCst);
-        Ok(kept)
+        Ok((kept, unchecked))
+    }
+
+    /// Names the state digest's generation in the trail (`vault.state`)
+    /// when no event has named it yet: before a checkpoint that a close
+    /// or the server's timer signs, so a change written after the last
+    /// event (a certificate's row, an approved request's row removed) is
+    /// named before the digest's `checked_at` moves past it.
+    pub(crate) fn name_state(&self) -> Result<()> {
+        if self.store.state_generation() > self.state_noted.load(Ordering::SeqCst) {
+            self.audit(
+                None,
+                &backup::system_context(),
+                "vault.state",
+                Vec::new(),
+                Ok(()),
+                None,
+            )?;
+        }
+        Ok(())
     }
 
     /// The vault's ID.
@@ -1254,6 +1294,7 @@ impl Vault {
     pub fn close(self) -> Result<()> {
         // A process that lost the vault to a standby signs nothing more.
         self.store.check_lease()?;
+        self.name_state()?;
         let now = self.now();
         let mut log = self
             .audit

@@ -681,7 +681,13 @@ fn a_cluster_file_planted_beside_an_embedded_vault_is_refused_at_open() {
 ///   (a terminated employee let back in): the rows no longer add up;
 /// - the same with the digest's row put back too, so that they do: the
 ///   trail names a later generation than the digest's, and the open
-///   refuses; with both rows as they were, it opens and the clerk stays
+///   refuses; also with the records database's copy of the last
+///   checkpoint deleted; with the trail's events edited to name no later
+///   generation too, its chain breaks: the vault opens, as it does
+///   whenever its trail was tampered with, and `doctor` fails;
+/// - a hold placed, the process killed, the hold's row deleted and the
+///   digest from before it put back: refused;
+/// - with every row as the vault left it, it opens and the clerk stays
 ///   disabled;
 /// - the second row-seal mark deleted: the open refuses (sealing again
 ///   would bless whatever was planted).
@@ -775,9 +781,107 @@ fn configuration_rows_deleted_edited_or_put_back_from_an_older_copy_stop_the_ope
         "put back to an older state",
         "the clerk's enabled row and the digest's row put back together",
     );
+    // The records database's copy of the last checkpoint deleted too, so
+    // that the open would take the trail's head for checked (it moves the
+    // digest's trail position only once the digest is checked).
+    const ANCHOR: &[u8] = b"audit-checkpoint";
+    let anchor = read("meta", ANCHOR);
+    write("meta", ANCHOR, None);
+    refused(
+        open(),
+        "put back to an older state",
+        "the rows put back and the checkpoint's copy deleted",
+    );
+    write("meta", ANCHOR, Some(&anchor));
+    // The events after the digest's checkpoint edited in the trail so that
+    // they name no later generation (in a copy of the vault, which then
+    // opens): the chain
+    // from the digest's checkpoint breaks, and `doctor` says so, as it
+    // does for any tampering of the trail.
+    let copy = dir.path().join("copy");
+    assert!(
+        std::process::Command::new("cp")
+            .arg("-a")
+            .arg(&vault_dir)
+            .arg(&copy)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let segment = std::fs::read_dir(copy.join("audit"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| std::fs::read_to_string(p).is_ok_and(|t| t.contains("\"user.disable\"")))
+        .expect("the segment of the disable");
+    let trail = std::fs::read_to_string(&segment).unwrap();
+    // Every generation the events name, put down to 0.
+    let mut parts = trail.split("state:");
+    let mut edited = parts.next().unwrap().to_owned();
+    for rest in parts {
+        edited.push_str("state:0");
+        edited.push_str(rest.trim_start_matches(|c: char| c.is_ascii_digit()));
+    }
+    assert_ne!(edited, trail, "the events name generations");
+    std::fs::write(&segment, &edited).unwrap();
+    let v = Vault::open(
+        &copy,
+        &secret(common::PASSPHRASE),
+        common::open_options(&clock),
+    )
+    .expect("a vault whose trail was tampered with opens, as before");
+    let checks = vault_core::doctor::checks(&v, clock.now_ms()).expect("doctor");
+    let sealed = checks
+        .iter()
+        .find(|c| c.name == "sealed-rows")
+        .expect("sealed-rows");
+    assert_eq!(
+        sealed.level,
+        vault_core::doctor::Level::Fail,
+        "{}",
+        sealed.detail
+    );
+    assert!(sealed.detail.contains("altered"), "{}", sealed.detail);
+    v.close().expect("close");
 
     write("users", clerk_id.as_bytes(), Some(&clerk_after));
     write("meta", DIGEST, Some(&digest_after));
+    // A change, then the process killed (no close, no checkpoint), then
+    // the change's row deleted and the digest from before it put back:
+    // the open after the crash signs the trail's tail, which names the
+    // change, and refuses.
+    let digest_before_crash = read("meta", DIGEST);
+    let v = open().expect("opens with the rows as the vault left them");
+    let officer = common::login(&v, "officer");
+    v.add_hold(
+        &officer,
+        None,
+        Some(vault_core::ids::SubjectId::new()),
+        "audit",
+    )
+    .expect("a second hold");
+    drop(v);
+    let second_hold = {
+        let k = std::cell::RefCell::new(Vec::new());
+        with_db(&|db| {
+            let h = db.cf_handle("holds").expect("holds");
+            *k.borrow_mut() = db
+                .iterator_cf(&h, rocksdb::IteratorMode::Start)
+                .map(|r| r.unwrap().0.to_vec())
+                .find(|k| k != &hold_key)
+                .expect("the second hold's row");
+        });
+        k.into_inner()
+    };
+    let (second_row, digest_after_crash) = (read("holds", &second_hold), read("meta", DIGEST));
+    write("holds", &second_hold, None);
+    write("meta", DIGEST, Some(&digest_before_crash));
+    refused(
+        open(),
+        "put back to an older state",
+        "a hold placed before a crash deleted with the digest put back",
+    );
+    write("holds", &second_hold, Some(&second_row));
+    write("meta", DIGEST, Some(&digest_after_crash));
     let v = open().expect("opens with the rows as the vault left them");
     assert!(
         matches!(

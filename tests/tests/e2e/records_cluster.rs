@@ -2203,7 +2203,8 @@ fn sealed_rows(fx: &Fixture) -> (vault_core::doctor::Level, String) {
 /// - puts back the clerk's enabled row and the state digest's row from
 ///   before the clerk was disabled (a consistent older state): `doctor`
 ///   fails, the next change of a sealed row is refused rather than
-///   written forward over it, and the vault does not open again;
+///   written forward over it, and the vault, closed, does not open again
+///   (as a standby taking it over would not);
 /// - with the rows put right, deletes a legal hold's row: `doctor` fails
 ///   (the rows no longer add up) and the vault does not open again.
 #[test]
@@ -2269,8 +2270,36 @@ fn sealed_rows_the_clusters_superuser_deletes_or_puts_back_under_a_running_vault
         matches!(&over, Err(Error::Integrity(m)) if m.contains("put back")),
         "a change written forward over the rows put back: {over:?}"
     );
+    // The vault closed and opened again (a restart, or a standby taking
+    // over) in the state put back: refused, the trail names the disable.
+    let (dir, clock) = (fx.dir.clone(), fx.clock.clone());
+    let open = || {
+        vault_core::vault::Vault::open(
+            &dir,
+            &vault_core::secret::SecretString::from(common::PASSPHRASE),
+            common::open_options(&clock),
+        )
+    };
+    fx.vault.close().expect("close");
+    let again = open();
+    assert!(
+        matches!(&again, Err(Error::Integrity(m)) if m.contains("put back to an older state")),
+        "the vault opens in the state put back: {:?}",
+        again.as_ref().err()
+    );
     put_back(&clerk, &clerk_after);
     put_back(&digest, &digest_after);
+    let vault = open().expect("opens with the rows as the vault left them");
+    let fx = Fixture {
+        officer: common::login(&vault, "officer"),
+        admin: common::login(&vault, "admin"),
+        clerk: fx.clerk,
+        auditor: common::login(&vault, "auditor"),
+        contractor: fx.contractor,
+        vault,
+        dir: fx.dir,
+        clock: fx.clock,
+    };
     assert_eq!(sealed_rows(&fx).0, Level::Ok, "{}", sealed_rows(&fx).1);
 
     assert_eq!(
@@ -2286,13 +2315,8 @@ fn sealed_rows_the_clusters_superuser_deletes_or_puts_back_under_a_running_vault
     let (level, detail) = sealed_rows(&fx);
     assert_eq!(level, Level::Fail, "a deleted hold passes doctor: {detail}");
     assert!(detail.contains("no longer adds up"), "{detail}");
-    let dir = fx.dir.clone();
     fx.vault.close().expect("close");
-    let again = vault_core::vault::Vault::open(
-        &dir,
-        &vault_core::secret::SecretString::from(common::PASSPHRASE),
-        common::open_options(&fx.clock),
-    );
+    let again = open();
     assert!(
         matches!(&again, Err(Error::Integrity(m)) if m.contains("no longer adds up")),
         "the vault opens without its hold: {:?}",
