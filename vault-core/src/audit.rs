@@ -773,7 +773,8 @@ impl TrailReader {
         let mut problem = (through < after)
             .then_some("the trail's last checkpoint is older than the state digest's");
         let (mut high, mut prev, mut next) = (0, Some(after_hash), after.saturating_add(1));
-        self.0.each_event_raw(next, upto.max(through), |body, ev| {
+        let last = upto.max(through);
+        self.0.each_event_raw(next, last, |body, ev| {
             if ev.seq < next {
                 return Ok(false);
             }
@@ -789,7 +790,8 @@ impl TrailReader {
                 .filter_map(|t| t.strip_prefix(STATE_TARGET)?.parse::<u64>().ok())
                 .fold(high, u64::max);
             (prev, next) = (linked.then_some(ev.hash), ev.seq.max(next) + 1);
-            Ok(false)
+            // Not past the head read: a line being written is not one yet.
+            Ok(ev.seq >= last)
         })?;
         if next <= through {
             problem = problem.or(Some(ALTERED));

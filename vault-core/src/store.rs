@@ -269,6 +269,34 @@ impl<'a> Reader<'a> {
 /// family, key and stored value.
 type SealedRowVisit<'f> = dyn FnMut(&'static str, &[u8], &[u8]) -> Result<()> + 'f;
 
+/// The state digest as a process keeps it (see [`Store::state`]).
+#[derive(Default)]
+struct Kept {
+    /// `None` until begun or checked at open.
+    digest: Option<StateDigest>,
+    /// Set by [`Store::check_state`] alone: only then may the digest's
+    /// trail position move (the trail was read up to it).
+    checked: bool,
+    /// Each covered row's MAC, by table number and key.
+    rows: std::collections::BTreeMap<(u8, Vec<u8>), [u8; ROW_TAG_LEN]>,
+}
+
+/// A table's number in [`ALL_CFS`] (the key of [`Kept::rows`]).
+fn cf_no(cf: &str) -> u8 {
+    ALL_CFS
+        .iter()
+        .position(|t| *t == cf)
+        .expect("a records table") as u8
+}
+
+/// Whether a table holds rows the state digest covers.
+fn covered_table(cf: &str) -> bool {
+    (SEALED_CFS.contains(&cf) && cf != CF_SESSIONS) || cf == CF_META
+}
+
+/// The error of a covered row changed under the running vault.
+const ROW_CHANGED: &str = "a sealed row of the records database (deleted, added or put back from an older copy under the running vault, without the vault's key)";
+
 /// One write of [`Store::write_ops`]: column family, key, and the value to
 /// put (`Some`) or `None` to delete.
 pub(crate) type WriteOp<'a> = (&'a str, Vec<u8>, Option<Vec<u8>>);
@@ -286,10 +314,13 @@ pub(crate) struct Store {
     /// The key of the MACs on the rows of [`SEALED_CFS`], set once the
     /// vault is unlocked ([`Store::set_row_key`]).
     row_key: std::sync::OnceLock<crate::secret::SecretKey>,
-    /// The state digest as this process keeps it (`None` until checked at
-    /// open or begun): held across the read and the write of every covered
-    /// row, so that writes racing each other each fold into it.
-    state: std::sync::Mutex<Option<StateDigest>>,
+    /// The state digest as this process keeps it, and every covered row's
+    /// MAC: written across the read and the write of every covered row, so
+    /// that writes racing each other each fold into it; read across every
+    /// read of a covered row, which must find the row this process last
+    /// wrote (a row deleted or put back under a running vault, by a
+    /// cluster's superuser, fails its read at once).
+    state: std::sync::RwLock<Kept>,
     /// The key of the digest's PRF and seal (from the row key).
     state_key: std::sync::OnceLock<crate::secret::SecretKey>,
     /// The digest's generation as last written or checked (read by every
@@ -344,7 +375,7 @@ impl Store {
             users_gen: AtomicU64::new(0),
             collections_gen: AtomicU64::new(0),
             row_key: std::sync::OnceLock::new(),
-            state: std::sync::Mutex::new(None),
+            state: std::sync::RwLock::new(Kept::default()),
             state_key: std::sync::OnceLock::new(),
             state_generation: AtomicU64::new(0),
         }
@@ -505,7 +536,7 @@ impl Store {
     /// a crash leaves either all of it or none, never rows sealed twice.
     /// The rows sealed.
     pub fn seal_rows(&self, v1: bool, marks: &[&[u8]]) -> Result<usize> {
-        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
         let key = self.state_key()?;
         let legacy = |cf: &str, k: &[u8]| -> bool {
             if cf == CF_META {
@@ -516,7 +547,8 @@ impl Store {
         };
         let mut ops: Vec<WriteOp<'_>> = Vec::new();
         let mut digest = StateDigest::default();
-        self.each_sealed_row(&mut |cf, k, v| {
+        let mut rows = std::collections::BTreeMap::new();
+        self.each_sealed_row(!v1, &mut |cf, k, v| {
             let stored = if legacy(cf, k) {
                 let s = self.seal_row(cf, k, v)?.into_owned();
                 ops.push((cf, k.to_vec(), Some(s.clone())));
@@ -525,7 +557,9 @@ impl Store {
                 v.to_vec()
             };
             if digested(cf, k) {
-                digest.add(key, &self.stored_tag(cf, k, &stored)?);
+                let tag = self.stored_tag(cf, k, &stored)?;
+                digest.add(key, &tag);
+                rows.insert((cf_no(cf), k.to_vec()), tag);
             }
             Ok(())
         })?;
@@ -539,15 +573,24 @@ impl Store {
             self.changed(cf);
         }
         r?;
-        *state = Some(digest);
+        *state = Kept {
+            digest: Some(digest),
+            checked: false,
+            rows,
+        };
         Ok(n)
     }
 
     /// Calls `f` with every sealed row as stored (its MAC not yet checked):
     /// the sealed column families and the sealed meta rows (read by
     /// prefix, not the whole of `meta`, which holds a row per sign-in source).
-    fn each_sealed_row(&self, f: &mut SealedRowVisit<'_>) -> Result<()> {
+    /// Sessions only `with_sessions` (sealing a vault from before row
+    /// MACs): no session counts in the digest.
+    fn each_sealed_row(&self, with_sessions: bool, f: &mut SealedRowVisit<'_>) -> Result<()> {
         for cf in SEALED_CFS {
+            if cf == CF_SESSIONS && !with_sessions {
+                continue;
+            }
             self.engine.scan(cf, &[], &mut |k, v| {
                 f(cf, k, v)?;
                 Ok(true)
@@ -574,7 +617,7 @@ impl Store {
     /// digest is kept with every write. At open, and by `doctor` (covered
     /// writes wait for it).
     pub fn check_state(&self) -> Result<StateDigest> {
-        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
         let key = self.state_key()?;
         let stored = self
             .engine
@@ -585,17 +628,24 @@ impl Store {
                 "the records database's state digest (it is missing)",
             ))?;
         let mut found = StateDigest::default();
-        self.each_sealed_row(&mut |cf, k, v| {
+        let mut rows = std::collections::BTreeMap::new();
+        self.each_sealed_row(false, &mut |cf, k, v| {
             if digested(cf, k) {
-                found.add(key, &self.stored_tag(cf, k, v)?);
+                let tag = self.stored_tag(cf, k, v)?;
+                found.add(key, &tag);
+                rows.insert((cf_no(cf), k.to_vec()), tag);
             }
             Ok(())
         })?;
         let kept = StateDigest::decode_over(&stored, &found, key)?;
-        if (*state).is_some_and(|s| s != kept) {
+        if state.digest.is_some_and(|s| s != kept) {
             return Err(Error::Integrity(STATE_GONE_BACK));
         }
-        *state = Some(kept);
+        *state = Kept {
+            digest: Some(kept),
+            checked: true,
+            rows,
+        };
         self.state_generation
             .fetch_max(kept.generation, Ordering::SeqCst);
         Ok(kept)
@@ -651,8 +701,8 @@ impl Store {
         if !ops.iter().any(|(cf, k, _)| digested(cf, k)) {
             return self.engine.write(&ops, sync);
         }
-        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(mut digest) = *state else {
+        let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
+        let Some(mut digest) = state.digest else {
             if self.engine.get(CF_META, state::DIGEST_KEY)?.is_some() {
                 // The open checks the digest before anything writes a
                 // covered row; a write before it would go unfolded.
@@ -678,6 +728,9 @@ impl Store {
         for (cf, keys) in by_cf {
             for (k, v) in keys.iter().zip(self.engine.multi_get(cf, &keys)?) {
                 let tag = v.map(|v| self.stored_tag(cf, k, &v)).transpose()?;
+                if tag != state.rows.get(&(cf_no(cf), k.to_vec())).copied() {
+                    return Err(Error::Integrity(ROW_CHANGED));
+                }
                 now.insert((cf, k.to_vec()), tag);
             }
         }
@@ -700,11 +753,29 @@ impl Store {
         // Durable whatever was asked: an audit event will name this
         // generation, and a trail naming one the database lost after a
         // power cut would read as a rollback.
-        self.engine.write(&ops, true)?;
-        *state = Some(digest);
+        if let Err(e) = self.engine.write(&ops, true) {
+            // A commit whose answer was lost (a connection cut after the
+            // cluster committed) stands: the digest says which it was.
+            let written = ops.last().and_then(|(_, _, v)| v.clone());
+            if self.engine.get(CF_META, state::DIGEST_KEY).ok().flatten() != written {
+                return Err(e);
+            }
+        }
+        for ((cf, k), tag) in now {
+            match tag {
+                Some(t) => state.rows.insert((cf_no(cf), k), t),
+                None => state.rows.remove(&(cf_no(cf), k)),
+            };
+        }
+        state.digest = Some(digest);
         self.state_generation
             .fetch_max(digest.generation, Ordering::SeqCst);
         Ok(())
+    }
+
+    /// Whether the state digest's row is there (whatever it says).
+    pub fn state_digest_exists(&self) -> Result<bool> {
+        Ok(self.engine.get(CF_META, state::DIGEST_KEY)?.is_some())
     }
 
     /// The state digest's generation as last written (the next audit
@@ -719,8 +790,12 @@ impl Store {
     /// this process checked the digest (before, the trail was not read)
     /// and only over the digest it keeps; only forward.
     pub fn note_trail_checked(&self, seq: u64, hash: [u8; 32]) -> Result<()> {
-        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(mut digest) = *state else {
+        // Only a step ahead: when a check or a write holds the digest, the
+        // next checkpoint moves it.
+        let Ok(mut state) = self.state.try_write() else {
+            return Ok(());
+        };
+        let (Some(mut digest), true) = (state.digest, state.checked) else {
             return Ok(());
         };
         if seq <= digest.checked_at {
@@ -730,15 +805,31 @@ impl Store {
         digest.checked_at = seq;
         digest.checked_hash = hash;
         self.engine.write(&[self.digest_op(&digest)?], self.sync)?;
-        *state = Some(digest);
+        state.digest = Some(digest);
         Ok(())
     }
 
+    /// A covered row must be the one this process last wrote.
     pub fn get(&self, cf: &str, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        self.engine
-            .get(cf, key)?
-            .map(|v| self.open_row(cf, key, v))
-            .transpose()
+        if !digested(cf, key) {
+            return self
+                .engine
+                .get(cf, key)?
+                .map(|v| self.open_row(cf, key, v))
+                .transpose();
+        }
+        let state = self.state.read().unwrap_or_else(|e| e.into_inner());
+        let stored = self.engine.get(cf, key)?;
+        if state.digest.is_some() {
+            let tag = stored
+                .as_deref()
+                .map(|v| self.stored_tag(cf, key, v))
+                .transpose()?;
+            if tag != state.rows.get(&(cf_no(cf), key.to_vec())).copied() {
+                return Err(Error::Integrity(ROW_CHANGED));
+            }
+        }
+        stored.map(|v| self.open_row(cf, key, v)).transpose()
     }
 
     pub fn put(&self, cf: &str, key: &[u8], value: &[u8]) -> Result<()> {
@@ -797,17 +888,48 @@ impl Store {
     }
 
     /// All (key, value) pairs of a column family whose key starts with `prefix`.
+    /// In a covered table, the rows must be those this process last wrote:
+    /// each one's MAC as kept, and none missing.
     pub fn scan_prefix(&self, cf: &str, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let state = covered_table(cf).then(|| self.state.read().unwrap_or_else(|e| e.into_inner()));
+        let kept = state.as_deref().filter(|s| s.digest.is_some());
         let mut out = Vec::new();
+        let mut seen = 0usize;
         self.engine.scan(cf, prefix, &mut |k, v| {
+            if let Some(kept) = kept.filter(|_| digested(cf, k)) {
+                let tag = self.stored_tag(cf, k, v)?;
+                if kept.rows.get(&(cf_no(cf), k.to_vec())) != Some(&tag) {
+                    return Err(Error::Integrity(ROW_CHANGED));
+                }
+                seen += 1;
+            }
             out.push((k.to_vec(), self.open_row(cf, k, v.to_vec())?));
             Ok(true)
         })?;
+        if let Some(kept) = kept {
+            let n = cf_no(cf);
+            let expected = kept
+                .rows
+                .range((n, prefix.to_vec())..)
+                .take_while(|((t, k), _)| *t == n && k.starts_with(prefix))
+                .count();
+            if expected != seen {
+                return Err(Error::Integrity(ROW_CHANGED));
+            }
+        }
         Ok(out)
     }
 
     /// Calls `f` with every (key, value) pair of a column family, streaming.
+    /// A covered table is read whole first and checked as
+    /// [`Self::scan_prefix`] does, so that `f` runs with no lock held.
     pub fn for_each(&self, cf: &str, mut f: impl FnMut(&[u8], &[u8]) -> Result<()>) -> Result<()> {
+        if covered_table(cf) {
+            for (k, v) in self.scan_prefix(cf, &[])? {
+                f(&k, &v)?;
+            }
+            return Ok(());
+        }
         self.engine.scan(cf, &[], &mut |k, v| {
             if sealed(cf, k) {
                 f(k, &self.open_row(cf, k, v.to_vec())?)?;

@@ -980,7 +980,26 @@ impl Vault {
             let v2_before = sealed_before
                 .iter()
                 .any(|e| e.targets.iter().any(|t| t == SEAL_V2_TARGET));
-            if (!v1 && !sealed_before.is_empty()) || (!v2 && v2_before) {
+            // Sealing again would bless whatever was planted: refused once
+            // the digest began, whatever a damaged trail says (its chain is
+            // read whole and checked; an event edited to hide the sealing
+            // breaks it, and a digest's generations show it began).
+            let (reader, head, signed) = {
+                let log = self
+                    .audit
+                    .lock()
+                    .map_err(|_| Error::AuditUnavailable("audit lock poisoned".into()))?;
+                let (head, signed) = log.head_and_last_signed();
+                (log.reader(), head, signed)
+            };
+            let signed = signed.filter(|h| h.signature_ok(&self.audit_public_key()));
+            let began = match reader.highest_state_since(0, [0; 32], head, signed.as_ref()) {
+                Ok((named, None)) => named > 0,
+                _ => true,
+            };
+            if (!v1 && !sealed_before.is_empty())
+                || (!v2 && (v2_before || began || self.store.state_digest_exists()?))
+            {
                 return Err(Error::Integrity(
                     "the records database lost its row-seal mark: its user or session rows may have been changed by someone without the vault's key",
                 ));
@@ -1025,17 +1044,32 @@ impl Vault {
             let (head, signed) = log.head_and_last_signed();
             (log.reader(), head, signed)
         };
-        let signed = signed.filter(|h| h.signature_ok(&self.audit_public_key()));
+        let mut signed = signed.filter(|h| h.signature_ok(&self.audit_public_key()));
+        let mut head = head;
         // Read after the head: every event up to it was appended before,
         // so it names no later generation than this digest's.
         let kept = self.store.check_state()?;
-        let (named, unchecked) = reader.highest_state_since(
+        if signed.as_ref().map_or(0, |h| h.seq) < kept.checked_at {
+            // A checkpoint moved the digest on since (a running vault):
+            // the head again, and the generations written since count.
+            let log = self
+                .audit
+                .lock()
+                .map_err(|_| Error::AuditUnavailable("audit lock poisoned".into()))?;
+            let (h, s) = log.head_and_last_signed();
+            (head, signed) = (h, s.filter(|h| h.signature_ok(&self.audit_public_key())));
+        }
+        // A line that does not even parse is a break too: the open goes on.
+        let (named, unchecked) = match reader.highest_state_since(
             kept.checked_at,
             kept.checked_hash,
             head,
             signed.as_ref(),
-        )?;
-        if named > kept.generation {
+        ) {
+            Err(Error::Integrity(m)) => (0, Some(m)),
+            r => r?,
+        };
+        if named > kept.generation.max(self.store.state_generation()) {
             return Err(Error::Integrity(
                 "the set of sealed configuration rows in the records database (put back to an older state: the audit trail names a later generation of them than the database holds)",
             ));

@@ -1214,7 +1214,8 @@ fn sealed_rows_check(fx: &Fixture) -> (vault_core::doctor::Level, String) {
 /// checkpoints each fold into the state digest (`store/state.rs`): four
 /// threads add and lift legal holds, add and disable users and fail
 /// sign-ins (each a user row written), while a fifth takes checkpoints
-/// (each moves the digest's `checked_at`). After them, `doctor` finds the
+/// (each moves the digest's `checked_at`) and a sixth runs `doctor`, which
+/// finds the rows adding up every time. After them, `doctor` finds the
 /// rows adding up, the trail names the digest's last generation, and the
 /// vault reopens (the open checks both); one more hold after the reopen
 /// is named in the trail by the next generation. A lost update (the
@@ -1277,6 +1278,17 @@ fn writes_of_sealed_rows_racing_each_other_and_checkpoints_keep_the_state_digest
             while !done.load(std::sync::atomic::Ordering::SeqCst) {
                 fx.vault.checkpoint_now().expect("checkpoint");
                 std::thread::sleep(Duration::from_millis(5));
+            }
+        });
+        // `doctor` while they write: the rows add up every time.
+        sc.spawn(|| {
+            while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                let (level, detail) = sealed_rows_check(&fx);
+                assert_eq!(
+                    level,
+                    vault_core::doctor::Level::Ok,
+                    "during the race: {detail}"
+                );
             }
         });
         for w in writers {

@@ -690,7 +690,9 @@ fn a_cluster_file_planted_beside_an_embedded_vault_is_refused_at_open() {
 /// - with every row as the vault left it, it opens and the clerk stays
 ///   disabled;
 /// - the second row-seal mark deleted: the open refuses (sealing again
-///   would bless whatever was planted).
+///   would bless whatever was planted); also with the digest deleted, a
+///   hold forged without a MAC, and the sealing's event edited out of the
+///   trail (its chain breaks, its generations show the digest began).
 #[test]
 fn configuration_rows_deleted_edited_or_put_back_from_an_older_copy_stop_the_open() {
     let dir = tempfile::tempdir().unwrap();
@@ -894,4 +896,53 @@ fn configuration_rows_deleted_edited_or_put_back_from_an_older_copy_stop_the_ope
 
     write("meta", b"rows_sealed_v2", None);
     refused(open(), "row-seal mark", "the second row-seal mark deleted");
+    write("meta", b"rows_sealed_v2", Some(b"1"));
+
+    // Sealing again, to bless a forged row: the hold's row rewritten
+    // without a MAC, the mark and the digest deleted, and the sealing's
+    // event in the trail edited so that it no longer says it sealed (in a
+    // copy): the trail's chain breaks, and its generations show that the
+    // digest began, so the open refuses to seal again.
+    let copy = dir.path().join("copy2");
+    assert!(
+        std::process::Command::new("cp")
+            .arg("-a")
+            .arg(&vault_dir)
+            .arg(&copy)
+            .status()
+            .unwrap()
+            .success()
+    );
+    {
+        let path = copy.join("records");
+        let cfs = rocksdb::DB::list_cf(&rocksdb::Options::default(), &path).expect("cfs");
+        let db = rocksdb::DB::open_cf(&rocksdb::Options::default(), &path, cfs).expect("open db");
+        let holds = db.cf_handle("holds").unwrap();
+        let row = db.get_cf(&holds, &hold_key).unwrap().expect("the hold");
+        let forged =
+            String::from_utf8_lossy(&row[..row.len() - 32]).replace("litigation", "lifted");
+        db.put_cf(&holds, &hold_key, forged.as_bytes()).unwrap();
+        let meta = db.cf_handle("meta").unwrap();
+        db.delete_cf(&meta, b"rows_sealed_v2").unwrap();
+        db.delete_cf(&meta, DIGEST).unwrap();
+        db.flush().unwrap();
+    }
+    for entry in std::fs::read_dir(copy.join("audit")).unwrap() {
+        let p = entry.unwrap().path();
+        if let Ok(t) = std::fs::read_to_string(&p)
+            && t.contains("seal:v2")
+        {
+            std::fs::write(&p, t.replace("seal:v2", "seal:v0")).unwrap();
+        }
+    }
+    let resealed = Vault::open(
+        &copy,
+        &secret(common::PASSPHRASE),
+        common::open_options(&clock),
+    );
+    assert!(
+        matches!(&resealed, Err(Error::Integrity(m)) if m.contains("row-seal mark")),
+        "the vault sealed a forged hold again: {:?}",
+        resealed.as_ref().err()
+    );
 }
