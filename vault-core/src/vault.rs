@@ -984,15 +984,7 @@ impl Vault {
             // the digest began, whatever a damaged trail says (its chain is
             // read whole and checked; an event edited to hide the sealing
             // breaks it, and a digest's generations show it began).
-            let (reader, head, signed) = {
-                let log = self
-                    .audit
-                    .lock()
-                    .map_err(|_| Error::AuditUnavailable("audit lock poisoned".into()))?;
-                let (head, signed) = log.head_and_last_signed();
-                (log.reader(), head, signed)
-            };
-            let signed = signed.filter(|h| h.signature_ok(&self.audit_public_key()));
+            let (reader, head, signed) = self.trail_head()?;
             let began = match reader.highest_state_since(0, [0; 32], head, signed.as_ref()) {
                 Ok((named, None)) => named > 0,
                 _ => true,
@@ -1036,28 +1028,14 @@ impl Vault {
     /// the trail, which `doctor` and `audit verify` name, and `doctor`'s
     /// `sealed-rows` fails with it.
     pub(crate) fn check_sealed_state(&self) -> Result<(store::StateDigest, Option<&'static str>)> {
-        let (reader, head, signed) = {
-            let log = self
-                .audit
-                .lock()
-                .map_err(|_| Error::AuditUnavailable("audit lock poisoned".into()))?;
-            let (head, signed) = log.head_and_last_signed();
-            (log.reader(), head, signed)
-        };
-        let mut signed = signed.filter(|h| h.signature_ok(&self.audit_public_key()));
-        let mut head = head;
+        let (reader, mut head, mut signed) = self.trail_head()?;
         // Read after the head: every event up to it was appended before,
         // so it names no later generation than this digest's.
         let kept = self.store.check_state()?;
         if signed.as_ref().map_or(0, |h| h.seq) < kept.checked_at {
             // A checkpoint moved the digest on since (a running vault):
             // the head again, and the generations written since count.
-            let log = self
-                .audit
-                .lock()
-                .map_err(|_| Error::AuditUnavailable("audit lock poisoned".into()))?;
-            let (h, s) = log.head_and_last_signed();
-            (head, signed) = (h, s.filter(|h| h.signature_ok(&self.audit_public_key())));
+            (_, head, signed) = self.trail_head()?;
         }
         // A line that does not even parse is a break too: the open goes on.
         let (named, unchecked) = match reader.highest_state_since(
@@ -1076,6 +1054,18 @@ impl Vault {
         }
         self.state_noted.fetch_max(named, Ordering::SeqCst);
         Ok((kept, unchecked))
+    }
+
+    /// A reader of the trail, its head's seq and its last checkpoint (when
+    /// signed with the vault's key), read under the log's lock.
+    fn trail_head(&self) -> Result<(audit::TrailReader, u64, Option<audit::SignedHead>)> {
+        let log = self
+            .audit
+            .lock()
+            .map_err(|_| Error::AuditUnavailable("audit lock poisoned".into()))?;
+        let (head, signed) = log.head_and_last_signed();
+        let signed = signed.filter(|h| h.signature_ok(&self.audit_public_key()));
+        Ok((log.reader(), head, signed))
     }
 
     /// Names the state digest's generation in the trail (`vault.state`)

@@ -345,6 +345,24 @@ pub fn events(fx: &Fixture, prefix: &str) -> Vec<vault_core::audit::AuditEvent> 
         .unwrap()
 }
 
+/// `doctor`'s `sealed-rows` check: its level and what it found; or, when
+/// another check's read of a sealed row stopped `doctor` (the row is not
+/// the one the vault last wrote), a failure with that error.
+pub fn sealed_rows(fx: &Fixture) -> (vault_core::doctor::Level, String) {
+    match fx.vault.security_checks(&fx.officer) {
+        Ok(checks) => {
+            let c = checks
+                .checks
+                .into_iter()
+                .find(|c| c.name == "sealed-rows")
+                .expect("a sealed-rows check");
+            (c.level, c.detail)
+        }
+        Err(vault_core::Error::Integrity(m)) => (vault_core::doctor::Level::Fail, m.to_owned()),
+        Err(e) => panic!("doctor: {e}"),
+    }
+}
+
 /// An event's targets but the state digest's generation (`state:<n>`),
 /// which the first event after a change of sealed rows names as well.
 pub fn ids(targets: &[String]) -> Vec<String> {

@@ -1199,17 +1199,6 @@ fn highest_state_named(fx: &Fixture) -> u64 {
         .unwrap_or(0)
 }
 
-/// `doctor`'s `sealed-rows` check: its level and what it found.
-fn sealed_rows_check(fx: &Fixture) -> (vault_core::doctor::Level, String) {
-    let checks = fx.vault.security_checks(&fx.officer).expect("doctor");
-    let c = checks
-        .checks
-        .into_iter()
-        .find(|c| c.name == "sealed-rows")
-        .expect("a sealed-rows check");
-    (c.level, c.detail)
-}
-
 /// Writes of sealed configuration rows racing each other and the trail's
 /// checkpoints each fold into the state digest (`store/state.rs`): four
 /// threads add and lift legal holds, add and disable users and fail
@@ -1283,7 +1272,7 @@ fn writes_of_sealed_rows_racing_each_other_and_checkpoints_keep_the_state_digest
         // `doctor` while they write: the rows add up every time.
         sc.spawn(|| {
             while !done.load(std::sync::atomic::Ordering::SeqCst) {
-                let (level, detail) = sealed_rows_check(&fx);
+                let (level, detail) = common::sealed_rows(&fx);
                 assert_eq!(
                     level,
                     vault_core::doctor::Level::Ok,
@@ -1298,7 +1287,7 @@ fn writes_of_sealed_rows_racing_each_other_and_checkpoints_keep_the_state_digest
     });
     // Read before `doctor`, whose own event would name the generation.
     let named = highest_state_named(&fx);
-    let (level, detail) = sealed_rows_check(&fx);
+    let (level, detail) = common::sealed_rows(&fx);
     assert_eq!(level, vault_core::doctor::Level::Ok, "{detail}");
     let generation: u64 = detail
         .split("generation ")
@@ -1329,6 +1318,6 @@ fn writes_of_sealed_rows_racing_each_other_and_checkpoints_keep_the_state_digest
         highest_state_named(&fx) > generation,
         "the first change after the reopen is named in the trail"
     );
-    let (level, detail) = sealed_rows_check(&fx);
+    let (level, detail) = common::sealed_rows(&fx);
     assert_eq!(level, vault_core::doctor::Level::Ok, "{detail}");
 }

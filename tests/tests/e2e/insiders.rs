@@ -669,6 +669,18 @@ fn a_cluster_file_planted_beside_an_embedded_vault_is_refused_at_open() {
     v.close().unwrap();
 }
 
+/// A copy of the (closed) vault directory `dir` at `to`.
+fn copy_of(dir: &std::path::Path, to: &std::path::Path) -> std::path::PathBuf {
+    let copied = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(dir)
+        .arg(to)
+        .status()
+        .expect("cp");
+    assert!(copied.success(), "the vault's copy");
+    to.to_path_buf()
+}
+
 /// Someone with the vault's files but not its key, with the vault stopped,
 /// edits the records database with RocksDB: a row MAC stops a forged or
 /// edited row, and the state digest (the count and XOR of every sealed
@@ -800,16 +812,7 @@ fn configuration_rows_deleted_edited_or_put_back_from_an_older_copy_stop_the_ope
     // opens): the chain
     // from the digest's checkpoint breaks, and `doctor` says so, as it
     // does for any tampering of the trail.
-    let copy = dir.path().join("copy");
-    assert!(
-        std::process::Command::new("cp")
-            .arg("-a")
-            .arg(&vault_dir)
-            .arg(&copy)
-            .status()
-            .unwrap()
-            .success()
-    );
+    let copy = copy_of(&vault_dir, &dir.path().join("copy"));
     let segment = std::fs::read_dir(copy.join("audit"))
         .unwrap()
         .map(|e| e.unwrap().path())
@@ -903,16 +906,7 @@ fn configuration_rows_deleted_edited_or_put_back_from_an_older_copy_stop_the_ope
     // event in the trail edited so that it no longer says it sealed (in a
     // copy): the trail's chain breaks, and its generations show that the
     // digest began, so the open refuses to seal again.
-    let copy = dir.path().join("copy2");
-    assert!(
-        std::process::Command::new("cp")
-            .arg("-a")
-            .arg(&vault_dir)
-            .arg(&copy)
-            .status()
-            .unwrap()
-            .success()
-    );
+    let copy = copy_of(&vault_dir, &dir.path().join("copy2"));
     {
         let path = copy.join("records");
         let cfs = rocksdb::DB::list_cf(&rocksdb::Options::default(), &path).expect("cfs");

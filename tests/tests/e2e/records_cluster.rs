@@ -2184,24 +2184,6 @@ fn a_checkpoint_the_cluster_refused_is_written_by_the_next_append_or_that_append
     assert!(report.ok(), "{:?}", report.problem);
 }
 
-/// `doctor`'s `sealed-rows` check: its level and what it found; or, when
-/// another check's read of a sealed row stopped `doctor` (the row is not
-/// the one the vault last wrote), a failure with that error.
-fn sealed_rows(fx: &Fixture) -> (vault_core::doctor::Level, String) {
-    match fx.vault.security_checks(&fx.officer) {
-        Ok(checks) => {
-            let c = checks
-                .checks
-                .into_iter()
-                .find(|c| c.name == "sealed-rows")
-                .expect("a sealed-rows check");
-            (c.level, c.detail)
-        }
-        Err(Error::Integrity(m)) => (vault_core::doctor::Level::Fail, m.to_owned()),
-        Err(e) => panic!("doctor: {e}"),
-    }
-}
-
 /// The cluster's superuser, an insider with the database but not the
 /// vault's key, rewrites sealed configuration rows under a running vault
 /// (which holds its lock, so nothing stops them):
@@ -2254,7 +2236,12 @@ fn sealed_rows_the_clusters_superuser_deletes_or_puts_back_under_a_running_vault
     fx.vault
         .add_hold(&fx.officer, None, Some(SubjectId::new()), "litigation")
         .expect("hold");
-    assert_eq!(sealed_rows(&fx).0, Level::Ok, "{}", sealed_rows(&fx).1);
+    assert_eq!(
+        common::sealed_rows(&fx).0,
+        Level::Ok,
+        "{}",
+        common::sealed_rows(&fx).1
+    );
 
     let (clerk_before, digest_before) = (value(&clerk), value(&digest));
     fx.vault
@@ -2263,7 +2250,7 @@ fn sealed_rows_the_clusters_superuser_deletes_or_puts_back_under_a_running_vault
     let (clerk_after, digest_after) = (value(&clerk), value(&digest));
     put_back(&clerk, &clerk_before);
     put_back(&digest, &digest_before);
-    let (level, detail) = sealed_rows(&fx);
+    let (level, detail) = common::sealed_rows(&fx);
     assert_eq!(
         level,
         Level::Fail,
@@ -2317,7 +2304,12 @@ fn sealed_rows_the_clusters_superuser_deletes_or_puts_back_under_a_running_vault
         dir: fx.dir,
         clock: fx.clock,
     };
-    assert_eq!(sealed_rows(&fx).0, Level::Ok, "{}", sealed_rows(&fx).1);
+    assert_eq!(
+        common::sealed_rows(&fx).0,
+        Level::Ok,
+        "{}",
+        common::sealed_rows(&fx).1
+    );
 
     assert_eq!(
         psql_in(
@@ -2334,7 +2326,7 @@ fn sealed_rows_the_clusters_superuser_deletes_or_puts_back_under_a_running_vault
         matches!(&holds, Err(Error::Integrity(_))),
         "the holds read without the deleted one: {holds:?}"
     );
-    let (level, detail) = sealed_rows(&fx);
+    let (level, detail) = common::sealed_rows(&fx);
     assert_eq!(level, Level::Fail, "a deleted hold passes doctor: {detail}");
     assert!(
         detail.contains("no longer adds up") || detail.contains("under the running vault"),
