@@ -727,14 +727,7 @@ fn disposals(
     fill_threads: u64,
     mut have: u64,
 ) {
-    let officer = fx
-        .vault
-        .login(
-            common::OFFICER.0,
-            &SecretString::from(common::OFFICER.1),
-            Context::cli(),
-        )
-        .expect("officer login");
+    let officer = common::officer(&fx.vault);
     let dispose = |id| {
         fx.vault
             .dispose(

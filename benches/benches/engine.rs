@@ -290,14 +290,7 @@ fn bench_sealed(c: &mut Criterion) {
     } else {
         common::fixture(&path)
     };
-    let officer = fx
-        .vault
-        .login(
-            common::OFFICER.0,
-            &SecretString::from(common::OFFICER.1),
-            Context::cli(),
-        )
-        .expect("officer login");
+    let officer = common::officer(&fx.vault);
     for _ in 0..2000 {
         fx.vault
             .add_hold(&officer, None, Some(SubjectId::new()), "litigation")

@@ -246,3 +246,10 @@ pub fn cluster_config() -> vault_core::keystore::postgres::PgConfig {
         ca_file: std::env::var_os("PIVAULT_PG_CA_FILE").map(Into::into),
     }
 }
+
+/// The officer of [`fixture`], signed in.
+pub fn officer(vault: &Vault) -> Session {
+    vault
+        .login(OFFICER.0, &SecretString::from(OFFICER.1), Context::cli())
+        .expect("officer login")
+}

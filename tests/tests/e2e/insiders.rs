@@ -537,13 +537,7 @@ fn rows_planted_or_rewritten_in_the_records_database_are_refused() {
     let (admin_id, clerk_id) = (f.admin.user(), f.clerk.user());
     f.vault.close().expect("close");
 
-    let with_db = |edit: &dyn Fn(&rocksdb::DB)| {
-        let path = vault_dir.join("records");
-        let cfs = rocksdb::DB::list_cf(&rocksdb::Options::default(), &path).expect("cfs");
-        let db = rocksdb::DB::open_cf(&rocksdb::Options::default(), &path, cfs).expect("open db");
-        edit(&db);
-        db.flush().expect("flush");
-    };
+    let with_db = |edit: &dyn Fn(&rocksdb::DB)| edit_records(&vault_dir, edit);
     let open = || {
         Vault::open(
             &vault_dir,
@@ -669,6 +663,16 @@ fn a_cluster_file_planted_beside_an_embedded_vault_is_refused_at_open() {
     v.close().unwrap();
 }
 
+/// Runs `edit` on the records database of the (closed) vault in `dir`,
+/// opened with RocksDB directly, as someone with the files would.
+fn edit_records(dir: &std::path::Path, edit: &dyn Fn(&rocksdb::DB)) {
+    let path = dir.join("records");
+    let cfs = rocksdb::DB::list_cf(&rocksdb::Options::default(), &path).expect("cfs");
+    let db = rocksdb::DB::open_cf(&rocksdb::Options::default(), &path, cfs).expect("open db");
+    edit(&db);
+    db.flush().expect("flush");
+}
+
 /// A copy of the (closed) vault directory `dir` at `to`.
 fn copy_of(dir: &std::path::Path, to: &std::path::Path) -> std::path::PathBuf {
     let copied = std::process::Command::new("cp")
@@ -717,13 +721,7 @@ fn configuration_rows_deleted_edited_or_put_back_from_an_older_copy_stop_the_ope
     let clerk_id = f.clerk.user();
     f.vault.close().expect("close");
 
-    let with_db = |edit: &dyn Fn(&rocksdb::DB)| {
-        let path = vault_dir.join("records");
-        let cfs = rocksdb::DB::list_cf(&rocksdb::Options::default(), &path).expect("cfs");
-        let db = rocksdb::DB::open_cf(&rocksdb::Options::default(), &path, cfs).expect("open db");
-        edit(&db);
-        db.flush().expect("flush");
-    };
+    let with_db = |edit: &dyn Fn(&rocksdb::DB)| edit_records(&vault_dir, edit);
     // (column family, key) -> value, as stored now.
     let read = |cf: &'static str, key: &[u8]| {
         let out = std::cell::RefCell::new(Vec::new());
@@ -907,10 +905,7 @@ fn configuration_rows_deleted_edited_or_put_back_from_an_older_copy_stop_the_ope
     // copy): the trail's chain breaks, and its generations show that the
     // digest began, so the open refuses to seal again.
     let copy = copy_of(&vault_dir, &dir.path().join("copy2"));
-    {
-        let path = copy.join("records");
-        let cfs = rocksdb::DB::list_cf(&rocksdb::Options::default(), &path).expect("cfs");
-        let db = rocksdb::DB::open_cf(&rocksdb::Options::default(), &path, cfs).expect("open db");
+    edit_records(&copy, &|db| {
         let holds = db.cf_handle("holds").unwrap();
         let row = db.get_cf(&holds, &hold_key).unwrap().expect("the hold");
         let forged =
@@ -919,8 +914,7 @@ fn configuration_rows_deleted_edited_or_put_back_from_an_older_copy_stop_the_ope
         let meta = db.cf_handle("meta").unwrap();
         db.delete_cf(&meta, b"rows_sealed_v2").unwrap();
         db.delete_cf(&meta, DIGEST).unwrap();
-        db.flush().unwrap();
-    }
+    });
     for entry in std::fs::read_dir(copy.join("audit")).unwrap() {
         let p = entry.unwrap().path();
         if let Ok(t) = std::fs::read_to_string(&p)
