@@ -420,7 +420,7 @@ pub fn events_text(events: &Value) -> String {
 
 /// `audit verify`.
 pub fn verify_text(r: &Value) -> String {
-    if r["ok"] == Value::Bool(true) {
+    let mut t = if r["ok"] == Value::Bool(true) {
         format!(
             "audit trail OK: {} events, {} signed checkpoints (last at seq {})",
             text(&r["events"]),
@@ -436,18 +436,37 @@ pub fn verify_text(r: &Value) -> String {
                 .unwrap_or_else(|| "?".into()),
             r["problem"].as_str().unwrap_or("unknown problem")
         )
+    };
+    for u in rows(&r["unvouched"]) {
+        t.push_str(&format!(
+            "\nnot vouched for by the vault: seq {}-{} (event {}: found after its last checkpoint \
+             when it opened, after an unclean stop or appended by someone else)",
+            text(&u["from_seq"]),
+            text(&u["to_seq"]),
+            text(&u["named_by_seq"])
+        ));
     }
+    t
 }
 
 /// `audit report`.
 pub fn activity_text(report: &Value) -> String {
     let mut t = format!(
-        "{:<24} {:>6} {:>7} {:>7} {:>6} {:>7} {:>6} {:>7} {:>8}\n",
-        "USER", "READS", "REVEALS", "EXPORTS", "WRITES", "DENIALS", "LOGINS", "FAILED", "LOCKOUTS"
+        "{:<24} {:>6} {:>7} {:>7} {:>6} {:>7} {:>6} {:>7} {:>8} {:>9}\n",
+        "USER",
+        "READS",
+        "REVEALS",
+        "EXPORTS",
+        "WRITES",
+        "DENIALS",
+        "LOGINS",
+        "FAILED",
+        "LOCKOUTS",
+        "UNVOUCHED"
     );
     for a in rows(&report["users"]) {
         t.push_str(&format!(
-            "{:<24} {:>6} {:>7} {:>7} {:>6} {:>7} {:>6} {:>7} {:>8}\n",
+            "{:<24} {:>6} {:>7} {:>7} {:>6} {:>7} {:>6} {:>7} {:>8} {:>9}\n",
             text(&a["username"]),
             text(&a["reads"]),
             text(&a["reveals"]),
@@ -456,7 +475,8 @@ pub fn activity_text(report: &Value) -> String {
             text(&a["denials"]),
             text(&a["logins"]),
             text(&a["failed_logins"]),
-            text(&a["lockouts"])
+            text(&a["lockouts"]),
+            text(&a["unvouched"])
         ));
     }
     t.trim_end().to_owned()

@@ -113,6 +113,64 @@ pub const SEGMENT_MAX_BYTES: u64 = 8 * 1024 * 1024;
 /// sealed configuration rows names the state digest's new generation.
 pub const STATE_TARGET: &str = "state:";
 
+/// The action of the event by which a vault, opening a trail whose last
+/// events no checkpoint of its own covers (an unclean stop, a takeover, or
+/// lines someone else appended), says it does not vouch for them, before it
+/// signs a checkpoint over them. Its one target names the events,
+/// `events:<first>-<last>`.
+pub const UNVOUCHED_ACTION: &str = "audit.unvouched";
+
+/// Events `from..=to` as the target of an [`UNVOUCHED_ACTION`] event.
+pub fn unvouched_target(from: u64, to: u64) -> String {
+    format!("events:{from}-{to}")
+}
+
+/// The events an [`UNVOUCHED_ACTION`] event names, when it is one (the
+/// vault's, with no actor) and names a range before itself.
+pub(crate) fn unvouched_range(ev: &AuditEvent) -> Option<Unvouched> {
+    if ev.action != UNVOUCHED_ACTION || ev.actor.is_some() || ev.channel != Channel::System {
+        return None;
+    }
+    let (from, to) = ev
+        .targets
+        .first()?
+        .strip_prefix("events:")?
+        .split_once('-')?;
+    let (from, to) = (from.parse().ok()?, to.parse().ok()?);
+    (1 <= from && from <= to && to < ev.seq).then_some(Unvouched {
+        from,
+        to,
+        named_by: ev.seq,
+    })
+}
+
+/// Drops a disowning that is itself among the events a later one disowns
+/// (the open's checkpoint failed, or someone else wrote it): it says
+/// nothing more.
+pub(crate) fn drop_superseded(unvouched: &mut Vec<Unvouched>) {
+    let ranges = unvouched.clone();
+    unvouched.retain(|u| {
+        !ranges
+            .iter()
+            .any(|o| o.named_by > u.named_by && o.from <= u.named_by && u.named_by <= o.to)
+    });
+}
+
+/// Events of the trail its vault does not vouch for: found after the last
+/// checkpoint when the vault opened, and named by its event `named_by`.
+/// The chain and the checkpoints cover them like any others; the vault
+/// cannot tell its own events written before an unclean stop from lines
+/// appended by someone holding the files or the database role.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Unvouched {
+    /// The first event not vouched for.
+    pub from: u64,
+    /// The last.
+    pub to: u64,
+    /// The event that names them.
+    pub named_by: u64,
+}
+
 /// Maximum length of an event's `reason`, in characters.
 pub const REASON_MAX_CHARS: usize = 200;
 
@@ -363,6 +421,10 @@ pub struct VerifyReport {
     /// Heads named outside the audit directory (certificates, time-stamped
     /// heads) that the chain confirmed.
     pub heads_confirmed: u64,
+    /// The events the vault said it does not vouch for, among those that
+    /// verified: not a failure of the trail, but not evidence of who did
+    /// what either.
+    pub unvouched: Vec<Unvouched>,
 }
 
 /// A signed checkpoint as exported and as kept in the records database: the
@@ -457,6 +519,11 @@ pub struct UserActivity {
     pub failed_logins: u64,
     /// `auth.lockout` events (whatever their outcome).
     pub lockouts: u64,
+    /// This user's events in the period that the vault does not vouch for
+    /// (in a range an `audit.unvouched` event names): counted above like the
+    /// rest, but unproven, as an insider could have appended them
+    /// ([`mark_unvouched`]).
+    pub unvouched: u64,
 }
 
 impl UserActivity {
@@ -471,6 +538,7 @@ impl UserActivity {
             logins: 0,
             failed_logins: 0,
             lockouts: 0,
+            unvouched: 0,
         }
     }
 }
@@ -562,6 +630,28 @@ pub fn activity_report(events: &[AuditEvent]) -> Vec<UserActivity> {
     by_user.into_values().collect()
 }
 
+/// The ranges of events the trail's `audit.unvouched` events name (`disowning`:
+/// those events, in order), a range named inside a later one left out.
+pub fn unvouched_ranges(disowning: &[AuditEvent]) -> Vec<Unvouched> {
+    let mut ranges: Vec<Unvouched> = disowning.iter().filter_map(unvouched_range).collect();
+    drop_superseded(&mut ranges);
+    ranges
+}
+
+/// Counts in `report` (from [`activity_report`] over `events`) each user's
+/// events that lie in one of `ranges`: what the vault does not vouch for,
+/// such as a reveal an insider appended to frame an employee.
+pub fn mark_unvouched(report: &mut [UserActivity], events: &[AuditEvent], ranges: &[Unvouched]) {
+    for ev in events {
+        let Some(user) = ev.actor else { continue };
+        if ranges.iter().any(|u| u.from <= ev.seq && ev.seq <= u.to)
+            && let Some(a) = report.iter_mut().find(|a| a.user == user)
+        {
+            a.unvouched += 1;
+        }
+    }
+}
+
 /// Incident scoping from the trail (REQ-WISP-10): every target of a successful
 /// `record.*` event, with how many such events named it. The caller filters by
 /// actor and window first, then classifies the IDs (records, subjects, field
@@ -641,6 +731,16 @@ pub struct AuditLog {
     /// A failed write could not be undone: refuse everything until reopened
     /// (the reopen cuts off the torn tail).
     poisoned: bool,
+    /// The events found after the last checkpoint at open, until an event
+    /// of this process disowns them ([`AuditLog::disown_tail`]): no
+    /// checkpoint is signed over them before.
+    undisowned: Option<(u64, u64)>,
+    /// Every event up to the head is the vault's to sign over: its last
+    /// checkpoint's, disowned, or this process's own. Only then may the
+    /// last word (a checkpoint when the segment changed under it) be
+    /// signed: until the disowning event is written, events before the
+    /// head may be an insider's lines.
+    head_own: bool,
     /// Reused for encoding each line (event metadata only, no secrets).
     line_buf: Vec<u8>,
     /// Told of every event appended (the server's syslog stream).
@@ -660,6 +760,15 @@ struct Files {
     dir: PathBuf,
     /// The current (last) segment, opened for append.
     segment: File,
+    /// Its path, and the file it named when opened ([`identity`]): a file
+    /// renamed over it is someone else's.
+    segment_path: PathBuf,
+    segment_identity: (u64, u64),
+    /// The segment changed under the vault (a line it did not write, or
+    /// another file at its path): the vault's own head is signed once
+    /// before it refuses, so that the next open finds any of its events
+    /// that the change took away.
+    changed: bool,
     segment_no: u64,
     /// Bytes in the current segment that hold complete, acknowledged lines.
     segment_len: u64,
@@ -952,6 +1061,10 @@ impl AuditLog {
         };
         let segment = open_append(&path, false)
             .map_err(|e| unavailable("cannot open the audit segment", e))?;
+        // Taken from the path, as each line's check reads it.
+        let segment_identity = fs::metadata(&path)
+            .map(|m| identity(&m))
+            .map_err(|e| unavailable("cannot read the audit segment", e))?;
         let mut bytes =
             fs::read(&path).map_err(|e| unavailable("cannot read the audit segment", e))?;
         let keep = complete_len(&bytes);
@@ -985,8 +1098,7 @@ impl AuditLog {
         }
         let last_signed = match last_line(&cp_bytes) {
             Some(line) => {
-                let cp =
-                    SignedHead::from_line(line).ok_or(Error::Integrity("audit checkpoints"))?;
+                let cp = own_checkpoint(line, &signer)?;
                 if cp.seq > head_seq {
                     return Err(Error::Integrity(
                         "audit trail (truncated before last checkpoint)",
@@ -995,6 +1107,16 @@ impl AuditLog {
                 if cp.seq == head_seq && cp.head != head_hash {
                     return Err(Error::Integrity(
                         "audit trail (last event does not match the last checkpoint)",
+                    ));
+                }
+                // Lines after it: the event it signed must still be there,
+                // linked to the one before it. Someone who put a copy
+                // without the vault's last events in place of the segment,
+                // a line of their own at the signed seq and more after it,
+                // would otherwise have the open disown only those after.
+                if cp.seq < head_seq && !signed_event_on_chain(&segments, &bytes, &cp)? {
+                    return Err(Error::Integrity(
+                        "audit trail (the event its last checkpoint signed is not on it: events were taken away)",
                     ));
                 }
                 Some(cp)
@@ -1012,6 +1134,9 @@ impl AuditLog {
             place: Place::Files(Box::new(Files {
                 dir: dir.to_path_buf(),
                 segment,
+                segment_path: path,
+                segment_identity,
+                changed: false,
                 segment_no,
                 segment_len,
                 segment_limit: SEGMENT_MAX_BYTES,
@@ -1027,6 +1152,9 @@ impl AuditLog {
             last_signed,
             checkpoint_pending: None,
             poisoned: false,
+            undisowned: (head_seq > last_checkpoint_seq)
+                .then_some((last_checkpoint_seq + 1, head_seq)),
+            head_own: head_seq == last_checkpoint_seq,
             line_buf: Vec::with_capacity(512),
             sink: None,
         })
@@ -1091,8 +1219,7 @@ impl AuditLog {
             };
             let last_signed = match trail.checkpoints()?.last() {
                 Some(line) => {
-                    let cp =
-                        SignedHead::from_line(line).ok_or(Error::Integrity("audit checkpoints"))?;
+                    let cp = own_checkpoint(line, &signer)?;
                     if cp.seq > head_seq && tries < 5 {
                         tries += 1;
                         last = trail.last_event()?;
@@ -1109,16 +1236,20 @@ impl AuditLog {
             };
             break (head_seq, head_hash, last_signed);
         };
+        let last_checkpoint_seq = last_signed.as_ref().map_or(0, |c| c.seq);
         Ok(AuditLog {
             signer,
             sync,
             place: Place::Cluster(trail),
             head_seq,
             head_hash,
-            last_checkpoint_seq: last_signed.as_ref().map_or(0, |c| c.seq),
+            last_checkpoint_seq,
             last_signed,
             checkpoint_pending: None,
             poisoned: false,
+            undisowned: (head_seq > last_checkpoint_seq)
+                .then_some((last_checkpoint_seq + 1, head_seq)),
+            head_own: head_seq == last_checkpoint_seq,
             line_buf: Vec::with_capacity(512),
             sink: None,
         })
@@ -1353,19 +1484,31 @@ impl AuditLog {
                 } else {
                     f.write_line(&line, self.sync)
                 };
-                match r {
-                    Ok(()) => Ok(false),
-                    Err((e, poisoned)) => {
-                        self.poisoned |= poisoned;
-                        Err(e)
-                    }
-                }
+                r.map(|()| false)
+                    .map_err(|(e, poisoned)| (e, poisoned, f.changed))
             }
             // A synchronous commit with `sync`, as a file line's fsync.
-            Place::Cluster(c) => c.append(seq, &[&line[..line.len() - 1]], forget.as_slice()),
+            Place::Cluster(c) => c
+                .append(seq, &[&line[..line.len() - 1]], forget.as_slice())
+                .map_err(|e| (e, false, false)),
         };
         self.line_buf = line;
-        let forgotten = written?;
+        let forgotten = match written {
+            Ok(f) => f,
+            Err((e, poisoned, changed)) => {
+                if changed && self.head_own {
+                    // The vault's last word before it refuses: its own
+                    // head, signed. Had the change taken any of its
+                    // events away (a copy renamed over the segment, lines
+                    // cut), the next open finds this checkpoint past the
+                    // trail or the event it signed gone, and refuses;
+                    // otherwise it disowns what follows.
+                    let _ = self.write_checkpoint(ev.time_ms);
+                }
+                self.poisoned |= poisoned;
+                return Err(e);
+            }
+        };
         let prev = self.head_hash;
         self.head_seq = seq;
         self.head_hash = hash;
@@ -1471,6 +1614,11 @@ impl AuditLog {
     /// durable checkpoint (the caller has settled any in flight), and its
     /// line with the newline.
     fn checkpoint_line(&self, time_ms: i64) -> Result<(SignedHead, Vec<u8>)> {
+        if let Some((from, to)) = self.undisowned {
+            return Err(Error::AuditUnavailable(format!(
+                "events {from} to {to} were found after the last checkpoint and are not yet disowned"
+            )));
+        }
         let prev = self
             .last_signed
             .as_ref()
@@ -1515,6 +1663,48 @@ impl AuditLog {
         // fails closed if it still cannot be written (as an automatic one).
         self.write_checkpoint(time_ms)
             .inspect_err(|_| self.checkpoint_pending = Some(time_ms))
+    }
+
+    /// The events found after the last checkpoint when the trail was
+    /// opened, while no event of this process has disowned them.
+    pub fn undisowned(&self) -> Option<(u64, u64)> {
+        self.undisowned
+    }
+
+    /// Disowns the events found after the last checkpoint at open, if any:
+    /// appends an [`UNVOUCHED_ACTION`] event naming them, after which
+    /// checkpoints may be signed over them. This process cannot tell its
+    /// own events written before an unclean stop from well-formed lines
+    /// appended by someone holding the files or the database role, and a
+    /// checkpoint must not vouch for the latter.
+    pub fn disown_tail(&mut self, time_ms: i64) -> Result<()> {
+        let Some((from, to)) = self.undisowned else {
+            return Ok(());
+        };
+        let mut ev = NewEvent::new(
+            time_ms,
+            None,
+            Channel::System,
+            UNVOUCHED_ACTION,
+            Outcome::Success,
+        );
+        ev.targets = vec![unvouched_target(from, to)];
+        // A checkpoint refused meanwhile is retried after the event, not
+        // before it; one the event itself brings due covers it.
+        let pending = self.checkpoint_pending.take();
+        self.undisowned = None;
+        let r = self.append(ev);
+        if r.is_ok() {
+            self.head_own = true;
+        }
+        if r.is_err() {
+            self.undisowned = Some((from, to));
+            self.checkpoint_pending = self.checkpoint_pending.or(pending);
+        } else {
+            // Due still, and now after this event.
+            self.checkpoint_pending = self.checkpoint_pending.or(pending.map(|_| time_ms));
+        }
+        r.map(|_| ())
     }
 
     /// The chain hash of the newest event (what a checkpoint signs).
@@ -1660,6 +1850,7 @@ impl Files {
     /// whether the log must refuse further writes (the undo failed, or a
     /// failed fsync left the page cache untrustworthy).
     fn write_line(&mut self, line: &[u8], sync: bool) -> std::result::Result<(), (Error, bool)> {
+        self.check_segment()?;
         let res = self.segment.write_all(line).and_then(|()| {
             if sync {
                 self.segment.sync_data()
@@ -1685,8 +1876,44 @@ impl Files {
         }
     }
 
-    /// Starts the next segment file.
+    /// Whether the segment's path still names the file this process
+    /// writes, and that file ends where its last line did. Otherwise
+    /// someone else wrote to it (a line after theirs would fork the chain
+    /// there), put another file in its place (the vault's lines would go
+    /// to a file no one reads) or removed it: refused until the vault is
+    /// opened again, which disowns what it did not write. One `stat` of
+    /// the path.
+    fn check_segment(&mut self) -> std::result::Result<(), (Error, bool)> {
+        let what = match fs::metadata(&self.segment_path) {
+            Ok(m) if identity(&m) == self.segment_identity && m.len() == self.segment_len => {
+                return Ok(());
+            }
+            Ok(m) if identity(&m) == self.segment_identity => {
+                "the audit segment changed under the vault (a line it did not write)".to_owned()
+            }
+            Ok(_) => {
+                "another file was put in place of the audit segment under the vault".to_owned()
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                "the audit segment was removed under the vault (or the vault's directory moved)"
+                    .to_owned()
+            }
+            // Unreadable (its directory's permissions changed): the vault
+            // cannot tell what is there, so it takes it as changed.
+            Err(e) => format!("cannot read the audit segment's length: {e}"),
+        };
+        self.changed = true;
+        Err((
+            Error::AuditUnavailable(format!("{what}; open the vault again")),
+            true,
+        ))
+    }
+
+    /// Starts the next segment file, once the full one is checked as the
+    /// vault's own (a copy renamed over it after its last line would
+    /// otherwise go unseen).
     fn rotate(&mut self) -> std::result::Result<(), (Error, bool)> {
+        self.check_segment()?;
         let next = self.segment_no + 1;
         let path = segment_path(&self.dir, next);
         // The full segment is made durable first, so that a checkpoint
@@ -1704,11 +1931,32 @@ impl Files {
                 ));
                 (e, false)
             })?;
+        self.segment_identity = fs::metadata(&path).map(|m| identity(&m)).map_err(|e| {
+            let e = Error::AuditUnavailable(format!(
+                "cannot start a new audit segment: {}",
+                Error::io_at(&path, e)
+            ));
+            (e, false)
+        })?;
         self.segment = file;
+        self.segment_path = path;
         self.segment_no = next;
         self.segment_len = 0;
         Ok(())
     }
+}
+
+/// Which file `m` describes (device and inode): a file renamed over a
+/// path has another.
+#[cfg(unix)]
+fn identity(m: &fs::Metadata) -> (u64, u64) {
+    use std::os::unix::fs::MetadataExt;
+    (m.dev(), m.ino())
+}
+
+#[cfg(not(unix))]
+fn identity(_: &fs::Metadata) -> (u64, u64) {
+    (0, 0)
 }
 
 /// Moves a trail kept in files at `dir` onto the cluster: every complete
@@ -1814,7 +2062,14 @@ pub fn verify_anchored(dir: &Path, key: &VerifyingKey, anchors: &Anchors) -> Res
                 break 'walk;
             }
             match check_line(line, expected, &prev) {
-                Ok(hash) => prev = hash,
+                Ok(ev) => {
+                    prev = ev.hash;
+                    // As the vault writes it at open: from the last
+                    // checkpoint on, so it names no event one covers.
+                    report.unvouched.extend(
+                        unvouched_range(&ev).filter(|u| u.from == report.last_checkpoint_seq + 1),
+                    );
+                }
                 Err(why) => {
                     findings.push(Finding::at(
                         expected,
@@ -1953,6 +2208,7 @@ pub fn verify_anchored(dir: &Path, key: &VerifyingKey, anchors: &Anchors) -> Res
         }
     }
     findings.extend(anchors.problems.iter().cloned().map(Finding::none));
+    drop_superseded(&mut report.unvouched);
 
     // The earliest problem first; on a tie the chain's own finding (pushed first).
     findings.sort_by_key(|f| f.seq.unwrap_or(u64::MAX));
@@ -2343,7 +2599,7 @@ fn check_line(
     line: &[u8],
     expected: u64,
     prev: &[u8; 32],
-) -> std::result::Result<[u8; 32], String> {
+) -> std::result::Result<AuditEvent, String> {
     let (body, stored) = split_line(line).ok_or("the line is not an event followed by its hash")?;
     let ev = decode_event(body, stored)?;
     if ev.seq != expected {
@@ -2361,7 +2617,7 @@ fn check_line(
     if hash != stored {
         return Err("the chain hash does not match: the event or its hash was altered".into());
     }
-    Ok(hash)
+    Ok(ev)
 }
 
 /// Splits an event line into its JSON and its stored hash.
@@ -2400,10 +2656,68 @@ fn parse_head(line: &[u8]) -> Result<(u64, [u8; 32])> {
     const BAD: Error = Error::Integrity("audit trail (last event unreadable)");
     let (body, hash) = split_line(line).ok_or(BAD)?;
     let ev = decode_event(body, hash).map_err(|_| BAD)?;
-    if ev.seq == 0 {
+    // The cluster keeps numbers as `bigint`; none past it is the vault's.
+    if ev.seq == 0 || ev.seq >= i64::MAX as u64 {
         return Err(BAD);
     }
     Ok((ev.seq, hash))
+}
+
+/// Whether the event at `cp`'s seq is on the trail with the chain hash `cp`
+/// signed, linked to the event before it (`segments`, the last one's
+/// complete bytes `last`). Read from the end: the last checkpoint is at
+/// most a few hundred events back.
+fn signed_event_on_chain(
+    segments: &[(u64, PathBuf)],
+    last: &[u8],
+    cp: &SignedHead,
+) -> Result<bool> {
+    const BAD: Error = Error::Integrity("audit trail (an event line unreadable)");
+    // The signed event's body and hash, once found, waiting for the line
+    // before it (maybe the last line of an earlier segment).
+    let mut found: Option<(Vec<u8>, [u8; 32])> = None;
+    for (i, (_, path)) in segments.iter().enumerate().rev() {
+        let read;
+        let bytes = if i + 1 == segments.len() {
+            last
+        } else {
+            read = fs::read(path)?;
+            &read[..complete_len(&read)]
+        };
+        for line in bytes.split(|b| *b == b'\n').rev().filter(|l| !l.is_empty()) {
+            let (body, hash) = split_line(line).ok_or(BAD)?;
+            let seq = decode_event(body, hash).map_err(|_| BAD)?.seq;
+            if let Some((signed, signed_hash)) = &found {
+                return Ok(seq + 1 == cp.seq && chain_hash(&hash, signed) == *signed_hash);
+            }
+            if seq == cp.seq {
+                if hash != cp.head {
+                    return Ok(false);
+                }
+                found = Some((body.to_vec(), hash));
+            } else if seq < cp.seq {
+                return Ok(false);
+            }
+        }
+    }
+    // The first event links to the zero hash.
+    Ok(found.is_some_and(|(signed, hash)| cp.seq == 1 && chain_hash(&[0u8; 32], &signed) == hash))
+}
+
+/// The trail's last checkpoint line, read at open: it must verify with the
+/// vault's own audit key. Anyone who can append to the trail can also add a
+/// well-formed checkpoint line (the cluster's `add_checkpoint` holds no key
+/// and checks none); taken at its word, it would hide the events before it
+/// from the disowning at open, and the vault's next checkpoint would chain
+/// to it.
+fn own_checkpoint(line: &[u8], signer: &SigningKey) -> Result<SignedHead> {
+    let cp = SignedHead::from_line(line).ok_or(Error::Integrity("audit checkpoints"))?;
+    if !cp.signature_ok(&signer.verifying_key()) {
+        return Err(Error::Integrity(
+            "audit trail (its last checkpoint is not signed with the vault's audit key: someone without the key added it)",
+        ));
+    }
+    Ok(cp)
 }
 
 /// Finds the head in earlier segments when the last one is empty (a crash
@@ -2894,6 +3208,44 @@ mod tests {
     }
 
     #[test]
+    fn a_segment_replaced_before_the_tail_is_disowned_gets_no_last_word() {
+        let (_tmp, dir) = fixture(3);
+        {
+            let mut log = AuditLog::open(&dir, signer(), false).unwrap();
+            fill(&mut log, 2);
+        }
+        let replace = || {
+            let seg = segment_path(&dir, 1);
+            fs::copy(&seg, seg.with_extension("new")).unwrap();
+            fs::rename(seg.with_extension("new"), &seg).unwrap();
+        };
+        // Caught by the disowning event itself, or by an event appended
+        // before it: either way events 4-5 (maybe an insider's) are not
+        // signed over.
+        for own_first in [false, true] {
+            let mut log = AuditLog::open(&dir, signer(), false).unwrap();
+            assert_eq!(log.undisowned(), Some((4, 5)));
+            if own_first {
+                fill(&mut log, 1);
+            }
+            replace();
+            let r = if own_first {
+                log.append(read_event(7)).map(|_| ())
+            } else {
+                log.disown_tail(1)
+            };
+            assert!(matches!(r, Err(Error::AuditUnavailable(_))), "{r:?}");
+            drop(log);
+            let log = AuditLog::open(&dir, signer(), false).unwrap();
+            assert_eq!(
+                log.undisowned().map(|(from, _)| from),
+                Some(4),
+                "the last word signed over events not disowned (own event first: {own_first})"
+            );
+        }
+    }
+
+    #[test]
     fn append_and_reopen_resume_seq_and_chain() {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("audit");
@@ -2905,25 +3257,39 @@ mod tests {
         let mut log = AuditLog::open(&dir, signer(), true).unwrap();
         assert_eq!(log.head_seq(), 10);
         assert_eq!(log.append(read_event(11)).unwrap(), 11);
+        // No checkpoint over events found after the last one until they
+        // are disowned.
+        assert_eq!(log.undisowned(), Some((1, 10)));
+        assert!(log.checkpoint(1).is_err(), "signed over undisowned events");
+        log.disown_tail(1).unwrap();
         log.checkpoint(1).unwrap();
         let r = check(&dir);
         assert!(r.ok(), "{r:?}");
         assert_eq!(
             (r.events, r.checkpoints, r.last_checkpoint_seq),
-            (11, 1, 11)
+            (12, 1, 12)
+        );
+        assert_eq!(
+            r.unvouched,
+            vec![Unvouched {
+                from: 1,
+                to: 10,
+                named_by: 12
+            }]
         );
         let evs = log.events(&EventFilter::default()).unwrap();
         assert_eq!(
             evs.iter().map(|e| e.seq).collect::<Vec<_>>(),
-            (1..=11).collect::<Vec<_>>()
+            (1..=12).collect::<Vec<_>>()
         );
         assert_eq!(evs[10].action, "record.read");
         assert_eq!(evs[10].actor, Some(user(1)));
         assert_eq!(evs[10].channel, Channel::Http);
         assert_eq!(evs[10].targets, read_event(11).targets);
         assert_eq!(evs[10].request_id.as_deref(), Some("req-11"));
+        assert_eq!(evs[11].targets, vec!["events:1-10".to_owned()]);
         // The stored hash is the recomputed chain head.
-        assert_eq!(evs[10].hash, log.head_hash);
+        assert_eq!(evs[11].hash, log.head_hash);
     }
 
     #[cfg(unix)]
@@ -3367,7 +3733,8 @@ mod tests {
                     denials: 2,
                     logins: 2,
                     failed_logins: 1,
-                    lockouts: 0
+                    lockouts: 0,
+                    unvouched: 0
                 },
                 UserActivity {
                     user: b,
@@ -3378,7 +3745,8 @@ mod tests {
                     denials: 1,
                     logins: 0,
                     failed_logins: 5,
-                    lockouts: 1
+                    lockouts: 1,
+                    unvouched: 0
                 },
             ]
         );

@@ -351,6 +351,10 @@ impl Vault {
             journal::write(&marker, &journal, &key).map_err(|e| fail(&self, e))?
         };
         drop(journal);
+        // From here the vault is being deleted: dropped on any path, it
+        // signs nothing more (a resumed deletion reads the trail as the
+        // journal left it).
+        self.ended.store(true, std::sync::atomic::Ordering::SeqCst);
         self.at_step("deletion_journaled");
         // The point of no return: one transaction drops every key (on a
         // cluster); the root-key slots overwritten, then every key row

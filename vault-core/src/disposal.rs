@@ -2059,17 +2059,27 @@ impl Vault {
                 request_id: None,
             };
             let operator = b.operator.parse().ok();
-            self.audit(
-                operator,
-                &ctx,
-                "disposal.resume",
-                vec![b.id.clone(), format!("step:{}", b.step)],
-                Ok(()),
-                None,
-            )?;
+            let resume = |b: &BatchRow, outcome| {
+                self.audit(
+                    operator,
+                    &ctx,
+                    "disposal.resume",
+                    vec![b.id.clone(), format!("step:{}", b.step)],
+                    outcome,
+                    None,
+                )
+            };
+            resume(&b, Ok(()))?;
             // A failure is recorded in the batch (or it stays at its step
-            // and resumes again); opening goes on.
-            let _ = self.run_batch(&mut b, operator, &ctx, None);
+            // and resumes again); opening goes on. An error the batch does
+            // not record (a storage error) is the trail's, by its code, so
+            // a batch left at its step says why; a trail that cannot take
+            // it fails the open, as every audited step does.
+            if let Err(e) = self.run_batch(&mut b, operator, &ctx, None)
+                && b.failed.is_none()
+            {
+                resume(&b, Err(&e))?;
+            }
         }
         Ok(())
     }

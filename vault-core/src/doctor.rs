@@ -116,6 +116,22 @@ pub fn stream_check(dir: &Path) -> Option<Check> {
     })
 }
 
+/// `seq 12-15 (named by 16), ...`, the last few when there are many.
+pub fn unvouched_list(u: &[crate::audit::Unvouched]) -> String {
+    const SHOWN: usize = 5;
+    let mut parts: Vec<String> = u
+        .iter()
+        .rev()
+        .take(SHOWN)
+        .rev()
+        .map(|u| format!("seq {}-{} (named by {})", u.from, u.to, u.named_by))
+        .collect();
+    if u.len() > SHOWN {
+        parts.insert(0, format!("{} earlier", u.len() - SHOWN));
+    }
+    parts.join(", ")
+}
+
 /// Checks that need no passphrase: file and directory permissions.
 pub fn file_checks(dir: &Path) -> Vec<Check> {
     let mut out = Vec::new();
@@ -241,7 +257,20 @@ pub fn checks(vault: &Vault, now_ms: i64) -> Result<Vec<Check>> {
             .join(" "),
     ));
     let report = vault.verify_trail()?;
-    out.push(if report.ok() {
+    out.push(if report.ok() && !report.unvouched.is_empty() {
+        let named: u64 = report.unvouched.iter().map(|u| u.to - u.from + 1).sum();
+        check(
+            "audit-trail",
+            Level::Warn,
+            format!(
+                "{} events, chain and checkpoints verified; {named} of them the vault does not vouch for \
+                 (found after its last checkpoint when it opened: {}): an unclean stop, or lines someone \
+                 with the files or the database role appended",
+                report.events,
+                unvouched_list(&report.unvouched)
+            ),
+        )
+    } else if report.ok() {
         check(
             "audit-trail",
             Level::Ok,

@@ -182,6 +182,11 @@ impl Isolation {
         self.fenced.store(true, Ordering::SeqCst);
     }
 
+    /// Whether changes are fenced.
+    pub(crate) fn is_fenced(&self) -> bool {
+        self.fenced.load(Ordering::SeqCst)
+    }
+
     /// Refuses a change while fenced.
     pub(crate) fn check_fence(&self) -> Result<()> {
         if self.fenced.load(Ordering::SeqCst) {

@@ -586,6 +586,9 @@ pub struct FileReport {
     pub first_bad_seq: Option<u64>,
     /// What is wrong; `None` when the file verified.
     pub problem: Option<String>,
+    /// The events the vault said it does not vouch for (`audit.unvouched`),
+    /// among those that verified.
+    pub unvouched: Vec<audit::Unvouched>,
 }
 
 impl FileReport {
@@ -599,7 +602,7 @@ impl FileReport {
         if !self.ok() {
             return "nothing: the file failed verification".to_owned();
         }
-        format!(
+        let mut proves = format!(
             "events {}..{} are unbroken and unaltered from the signed checkpoint before seq {} to the signed \
              checkpoint at seq {}; nothing is proven about events before seq {} or after seq {}",
             self.from_seq,
@@ -608,7 +611,15 @@ impl FileReport {
             self.last_checkpoint_seq,
             self.from_seq,
             self.to_seq
-        )
+        );
+        for u in &self.unvouched {
+            proves.push_str(&format!(
+                "; the vault does not vouch for events {}..{} (its event {}: found after its last checkpoint \
+                 when it opened, written before an unclean stop or appended by someone else)",
+                u.from, u.to, u.named_by
+            ));
+        }
+        proves
     }
 
     fn fail(&mut self, seq: Option<u64>, problem: String) {
@@ -777,9 +788,13 @@ pub fn verify_file(text: &str, key: &VerifyingKey) -> FileReport {
                 r.to_seq = ev.seq;
                 at = Some((ev.seq, ev.hash));
                 seen.insert(ev.seq, ev.hash);
+                let last = last_cp.as_ref().map_or(0, |c| c.seq);
+                r.unvouched
+                    .extend(audit::unvouched_range(&ev).filter(|u| u.from == last + 1));
             }
         }
     }
+    audit::drop_superseded(&mut r.unvouched);
     if !saw_event {
         r.fail(None, "the file holds no event".into());
     } else if r.last_checkpoint_seq != r.to_seq {

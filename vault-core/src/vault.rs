@@ -457,6 +457,32 @@ pub struct Vault {
     service_calls: Mutex<std::collections::HashMap<[u8; 32], service::CallBucket>>,
     /// The beacon secret of the blind indexes (`beacon.rs`, `search.rs`).
     beacons: crate::beacon::BeaconSecret,
+    /// Closed, or given up as a killed process would leave it: a drop signs
+    /// nothing more.
+    ended: AtomicBool,
+}
+
+/// A vault dropped without [`Vault::close`] (a command that failed, a
+/// caller's early return) ends as cleanly as it can: the events it wrote
+/// are its own, so it signs a checkpoint over them, as close does, and the
+/// next open has nothing to disown. Not while panicking (a second panic in
+/// the drop would abort the process), not once its writes are fenced (an
+/// unaudited change may stand) or another process took it over, and not
+/// with its records on a cluster: a cluster that is down would hold the
+/// drop for up to a minute (a lease renewed, a primary waited for); the
+/// server closes such vaults, and a command that fails there leaves its
+/// events to the next open's disowning.
+impl Drop for Vault {
+    fn drop(&mut self) {
+        if std::thread::panicking()
+            || self.store.on_a_cluster()
+            || self.lease_lost()
+            || self.isolation.is_fenced()
+        {
+            return;
+        }
+        let _ = self.end_cleanly();
+    }
 }
 
 impl std::fmt::Debug for Vault {
@@ -876,12 +902,18 @@ impl Vault {
         };
         audit.fence_with(store.fence());
         let anchor_state = anchor::AnchorState::load(&store, &audit)?;
-        if audit.head_seq() > audit.last_checkpoint_seq() {
-            // Events after the last checkpoint (the process ended without a
-            // clean close): cover them now, so that crash after crash never
-            // leaves more than MAX_UNCHECKPOINTED events without one. A
-            // failure here is retried by the next append, which fails closed.
-            let _ = audit.checkpoint(opts.clock.now_ms());
+        if audit.undisowned().is_some() {
+            // Events after the last checkpoint: the process ended without a
+            // clean close, or someone holding the files or the database role
+            // appended well-formed lines. This process cannot tell which, so
+            // it disowns them before it signs over them (the log refuses to
+            // sign until then); a failed disowning fails the open. Then
+            // cover them now, so that crash after crash never leaves more
+            // than MAX_UNCHECKPOINTED events without one; a failed
+            // checkpoint is retried by the next append, which fails closed.
+            let now = opts.clock.now_ms();
+            audit.disown_tail(now)?;
+            let _ = audit.checkpoint(now);
         }
         let dummy_phc =
             access::hash_password(&SecretString::from("pivault-dummy-password-for-timing"))?;
@@ -919,6 +951,9 @@ impl Vault {
             incident_lock: Mutex::new(()),
             service_calls: Mutex::new(std::collections::HashMap::new()),
             beacons,
+            // Until the open completes: a refused open (a row put back, a
+            // trail that does not add up) signs nothing on its way out.
+            ended: AtomicBool::new(true),
         };
         // Before anything writes a sealed row or moves the digest's trail
         // position: the digest is checked against the rows and the trail.
@@ -950,6 +985,7 @@ impl Vault {
         // A passphrase change interrupted after its mark: fresh bucket keys,
         // a new root and a purge before the vault serves.
         vault.resume_rekey()?;
+        vault.ended.store(false, Ordering::SeqCst);
         Ok(vault)
     }
 
@@ -1316,7 +1352,27 @@ impl Vault {
 
     /// Closes the vault cleanly: signs a final audit checkpoint.
     pub fn close(self) -> Result<()> {
+        self.end_cleanly()
+    }
+
+    /// Ends the vault as a process killed at this point would: no final
+    /// checkpoint, so the next open disowns the events after the last one
+    /// (tests of unclean stops; a real process killed runs no drop).
+    #[doc(hidden)]
+    pub fn abandon(self) {
+        self.ended.store(true, Ordering::SeqCst);
+    }
+
+    /// What [`Vault::close`] does, once: the state named and a checkpoint
+    /// signed over this process's events.
+    fn end_cleanly(&self) -> Result<()> {
+        if self.ended.swap(true, Ordering::SeqCst) {
+            return Ok(());
+        }
         // A process that lost the vault to a standby signs nothing more.
+        if self.lease_lost() {
+            return Err(Error::TakenOver);
+        }
         self.store.check_lease()?;
         self.name_state()?;
         let now = self.now();
@@ -1536,7 +1592,16 @@ impl Vault {
                 to_ms: Some(to_ms),
                 ..EventFilter::default()
             })?;
-        let report = audit::activity_report(&events);
+        let mut report = audit::activity_report(&events);
+        let disowning = self
+            .audit
+            .lock()
+            .expect("audit lock")
+            .events(&EventFilter {
+                action_prefix: Some(audit::UNVOUCHED_ACTION.into()),
+                ..EventFilter::default()
+            })?;
+        audit::mark_unvouched(&mut report, &events, &audit::unvouched_ranges(&disowning));
         self.audit(
             Some(s.user),
             &s.ctx,

@@ -367,6 +367,9 @@ pub fn verify(r: &VerifyReport) -> Value {
         "ok": r.ok(), "events": r.events, "checkpoints": r.checkpoints,
         "last_checkpoint_seq": r.last_checkpoint_seq, "first_bad_seq": r.first_bad_seq, "problem": r.problem,
         "anchored_seq": r.anchored_seq, "heads_confirmed": r.heads_confirmed,
+        "unvouched": r.unvouched.iter().map(|u| json!({
+            "from_seq": u.from, "to_seq": u.to, "named_by_seq": u.named_by,
+        })).collect::<Vec<_>>(),
     })
 }
 
@@ -375,7 +378,7 @@ pub fn activity(a: &UserActivity, name: &str) -> Value {
     json!({
         "user_id": a.user.to_string(), "username": name, "reads": a.reads, "reveals": a.reveals,
         "exports": a.exports, "writes": a.writes, "denials": a.denials, "logins": a.logins,
-        "failed_logins": a.failed_logins, "lockouts": a.lockouts,
+        "failed_logins": a.failed_logins, "lockouts": a.lockouts, "unvouched": a.unvouched,
     })
 }
 

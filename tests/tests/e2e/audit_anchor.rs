@@ -17,7 +17,7 @@ use vault_core::doctor::{self, Level};
 use vault_core::ed25519_dalek::{Signer, SigningKey};
 use vault_core::timestamp;
 
-use crate::common::{Fixture, fast_vault, login, open_vault};
+use crate::common::{Fixture, fast_vault, lines, login, open_vault, segments};
 
 /// Events beyond the fixture's: more than two checkpoint intervals, so the
 /// trail has automatic checkpoints (256, 512) and a clean-close one.
@@ -34,24 +34,6 @@ fn busy_vault(dir: &Path, extra: usize) -> Fixture {
 
 fn audit_dir(dir: &Path) -> PathBuf {
     dir.join("audit")
-}
-
-fn segments(dir: &Path) -> Vec<PathBuf> {
-    let mut s: Vec<PathBuf> = fs::read_dir(audit_dir(dir))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with("seg-"))
-        .collect();
-    s.sort();
-    s
-}
-
-fn lines(path: &Path) -> Vec<String> {
-    fs::read_to_string(path)
-        .unwrap()
-        .lines()
-        .map(str::to_owned)
-        .collect()
 }
 
 fn write_lines(path: &Path, l: &[String]) {
@@ -285,11 +267,41 @@ fn forge_checkpoints(path: &Path, key: &SigningKey) {
     write_lines(path, &forged);
 }
 
+/// Checkpoints the vault's key did not sign: its open refuses (it would
+/// otherwise take the last one's word for what it covers, and chain its
+/// next checkpoint to it), and the offline verifier names the signature.
+fn refused_as_not_signed(
+    dir: &Path,
+    clock: &std::sync::Arc<vault_core::clock::ManualClock>,
+    key: &vault_core::ed25519_dalek::VerifyingKey,
+) {
+    match vault_core::vault::Vault::open(
+        dir,
+        &vault_core::secret::SecretString::from(crate::common::PASSPHRASE),
+        crate::common::open_options(clock),
+    ) {
+        Err(vault_core::Error::Integrity(m)) => {
+            assert!(m.contains("not signed with the vault's audit key"), "{m}")
+        }
+        Err(e) => panic!("refused for another reason: {e}"),
+        Ok(_) => panic!("the vault opened on checkpoints another key signed"),
+    }
+    let r = vault_core::audit::verify(&audit_dir(dir), key).unwrap();
+    assert!(
+        !r.ok()
+            && r.problem
+                .as_deref()
+                .is_some_and(|p| p.contains("signature does not verify with this key")),
+        "{r:?}"
+    );
+}
+
 #[test]
 fn checkpoints_resigned_with_another_key_are_detected() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("v");
     let clock = verified_closed_vault(&dir, EXTRA_EVENTS);
+    let key = open_vault(&dir, &clock).audit_public_key();
     // The insider truncates, then re-signs checkpoints for the shorter trail.
     let seg = segments(&dir).pop().unwrap();
     let l = lines(&seg);
@@ -306,17 +318,18 @@ fn checkpoints_resigned_with_another_key_are_detected() {
         .collect();
     write_lines(&cp, &kept);
     forge_checkpoints(&cp, &SigningKey::from_bytes(&[42u8; 32]));
-    assert_detected(&dir, &clock, &["signature does not verify with this key"]);
+    refused_as_not_signed(&dir, &clock, &key);
 
     // The same forgery of the whole, untruncated trail: the signatures alone.
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("v");
     let clock = verified_closed_vault(&dir, EXTRA_EVENTS);
+    let key = open_vault(&dir, &clock).audit_public_key();
     forge_checkpoints(
         &audit_dir(&dir).join("checkpoints.log"),
         &SigningKey::from_bytes(&[42u8; 32]),
     );
-    assert_detected(&dir, &clock, &["signature does not verify with this key"]);
+    refused_as_not_signed(&dir, &clock, &key);
 }
 
 /// A throw-away RFC 3161 time-stamp authority: an RSA key and a certificate

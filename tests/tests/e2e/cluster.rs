@@ -439,6 +439,28 @@ pub(crate) fn another_vault_role(
     (role, cfg)
 }
 
+/// Another vault's role ([`another_vault_role`]) with a table of its own,
+/// `{role}.{name}` made by `CREATE TABLE ... {definition}` in a schema
+/// named after the role: the role, its configuration, the table's name
+/// and the role's session on the primary.
+fn another_vaults_table(
+    c: &Cluster,
+    dir: &Path,
+    su: &dyn Fn(&str) -> String,
+    name: &str,
+    definition: &str,
+) -> (String, PgConfig, String, postgres::Client) {
+    let (role, other) = another_vault_role(c, dir, su);
+    let table = format!("{role}.{name}");
+    let mut session = vault_core::keystore::provider::connect_primary(&other).unwrap();
+    session
+        .batch_execute(&format!(
+            "CREATE SCHEMA {role}; CREATE TABLE {table} {definition}"
+        ))
+        .unwrap();
+    (role, other, table, session)
+}
+
 /// Many businesses' keystores share one database, where a session's
 /// snapshot holds back what `VACUUM FULL` may drop from every table, and a
 /// transaction ID does from any database. A holder of another vault's
@@ -840,15 +862,15 @@ fn another_vaults_slow_lazy_vacuum_holds_no_disposal_back_and_is_not_ended() {
         recs,
     } = keys_on_the_cluster();
     let su = |q: &str| psql_in(&primary, "pivault_keys", q).expect("the superuser's SQL");
-    let (role, other) = another_vault_role(&c, tmp.path(), &su);
-    let mut v = vault_core::keystore::provider::connect_primary(&other).unwrap();
-    let table = format!("{role}.big");
-    v.batch_execute(&format!(
-        "CREATE SCHEMA {role};
-         CREATE TABLE {table} AS SELECT g, repeat('x', 500) AS pad FROM generate_series(1, 20000) g;
-         DELETE FROM {table} WHERE g % 2 = 0;"
-    ))
-    .unwrap();
+    let (role, _, table, mut v) = another_vaults_table(
+        &c,
+        tmp.path(),
+        &su,
+        "big",
+        "AS SELECT g, repeat('x', 500) AS pad FROM generate_series(1, 20000) g",
+    );
+    v.batch_execute(&format!("DELETE FROM {table} WHERE g % 2 = 0"))
+        .unwrap();
     let pid: i32 = v.query_one("SELECT pg_backend_pid()", &[]).unwrap().get(0);
     let vacuum = std::thread::spawn(move || {
         v.batch_execute("SET vacuum_cost_delay = 100; SET vacuum_cost_limit = 1")
@@ -1088,14 +1110,13 @@ fn another_vaults_query_on_a_standby_holds_no_purge_past_its_replay_wait() {
         recs,
     } = keys_on_the_cluster();
     let su = |q: &str| psql_in(&primary, "pivault_keys", q).expect("the superuser's SQL");
-    let (role, other) = another_vault_role(&c, tmp.path(), &su);
-    let table = format!("{role}.t");
-    let mut p = vault_core::keystore::provider::connect_primary(&other).unwrap();
-    p.batch_execute(&format!(
-        "CREATE SCHEMA {role};
-         CREATE TABLE {table} AS SELECT g FROM generate_series(1, 10000) g"
-    ))
-    .unwrap();
+    let (role, other, table, mut p) = another_vaults_table(
+        &c,
+        tmp.path(),
+        &su,
+        "t",
+        "AS SELECT g FROM generate_series(1, 10000) g",
+    );
     let standby = c.members[primary_index(&c) % c.members.len()].clone();
     let mut s = vault_core::keystore::postgres::connect_member(&other, &standby).unwrap();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
@@ -1113,16 +1134,7 @@ fn another_vaults_query_on_a_standby_holds_no_purge_past_its_replay_wait() {
          SELECT count(*) FROM {table}"
     ))
     .unwrap();
-    let conflicts = || {
-        psql_in(
-            &standby,
-            "pivault_keys",
-            "SELECT confl_snapshot FROM pg_stat_database_conflicts WHERE datname = 'pivault_keys'",
-        )
-        .expect("the standby answers")
-        .parse::<i64>()
-        .unwrap()
-    };
+    let conflicts = || snapshot_conflicts(&standby);
     let conflicts_before = conflicts();
     p.batch_execute(&format!("DELETE FROM {table}")).unwrap();
     p.batch_execute(&format!("VACUUM {table}")).unwrap();
@@ -1159,6 +1171,172 @@ fn another_vaults_query_on_a_standby_holds_no_purge_past_its_replay_wait() {
     drop((s, p));
     fx.vault.close().unwrap();
     su(&format!("DROP SCHEMA {role} CASCADE; DROP ROLE {role}"));
+}
+
+/// A standby cancels a statement whose snapshot a replayed cleanup
+/// conflicts with once `max_standby_streaming_delay` has passed, and the
+/// verification's byte scan is one statement a member. On CI's busy
+/// cluster (two lanes purging at once) a resumed disposal stopped short of
+/// its certificate (stop 42), its scans the likely cause. Here the standbys
+/// cancel at once (a delay of 0, within what doctor allows), their scans
+/// outlast the primary's (a file of zeros in each standby's data
+/// directory, which a scan reads as it reads any file no relation names;
+/// while the primary's scan runs, its snapshot keeps every cleanup's
+/// horizon older than the standbys' scans), and another vault's role makes
+/// a cleanup whenever a standby scans and the primary does not, until a
+/// standby has canceled one: the scan runs again, and the disposal
+/// certifies with every member verified.
+#[test]
+fn a_members_scan_canceled_by_replay_runs_again_and_the_disposal_certifies() {
+    let _one = serial();
+    let KeysOnTheCluster {
+        c,
+        primary,
+        tmp,
+        fx,
+        recs,
+    } = keys_on_the_cluster();
+    let su = |q: &str| psql_in(&primary, "pivault_keys", q).expect("the superuser's SQL");
+    let (role, _, table, mut p) = another_vaults_table(&c, tmp.path(), &su, "t", "(g int)");
+    let standbys: Vec<(String, PathBuf)> = c
+        .members
+        .iter()
+        .zip(&c.data_dirs)
+        .filter(|(m, _)| **m != primary)
+        .map(|(m, d)| (m.clone(), d.clone()))
+        .collect();
+    assert_eq!(standbys.len(), 2, "{:?}", c.members);
+    let _ballast = Ballast(
+        standbys
+            .iter()
+            .map(|(_, d)| {
+                let f = d.join("pivault_test_replay_ballast");
+                std::fs::write(&f, vec![0u8; 256 << 20]).unwrap();
+                f
+            })
+            .collect(),
+    );
+    let before: Vec<i64> = standbys
+        .iter()
+        .map(|(m, _)| snapshot_conflicts(m))
+        .collect();
+    let _delays: Vec<MemberSetting> = standbys
+        .iter()
+        .map(|(m, _)| MemberSetting::set(m, "max_standby_streaming_delay", "0"))
+        .collect();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let scanning = |m: &str| {
+        psql(
+            m,
+            "SELECT count(*) FROM pg_stat_activity
+              WHERE state = 'active' AND pid <> pg_backend_pid()
+                AND query LIKE '%pivault_verify.scan%'",
+        )
+        .is_some_and(|n| n != "0")
+    };
+    let scans_before = scans_canceled_by_replay();
+    let done = AtomicBool::new(false);
+    let (disposed, cleanups) = std::thread::scope(|sc| {
+        let churn = sc.spawn(|| {
+            let mut cleanups = 0;
+            while !done.load(Ordering::SeqCst) {
+                if !standbys.iter().any(|(m, _)| scanning(m)) || scanning(&primary) {
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                    continue;
+                }
+                // Three transactions: a row inserted and deleted by one
+                // gives its cleanup no conflict horizon.
+                for sql in [
+                    "INSERT INTO {t} VALUES (1)",
+                    "DELETE FROM {t}",
+                    "VACUUM {t}",
+                ] {
+                    p.batch_execute(&sql.replace("{t}", &table)).unwrap();
+                }
+                cleanups += 1;
+                std::thread::sleep(std::time::Duration::from_millis(100));
+                if standbys
+                    .iter()
+                    .zip(&before)
+                    .any(|((m, _), b)| snapshot_conflicts(m) > *b)
+                {
+                    break;
+                }
+            }
+            cleanups
+        });
+        let disposed = fx
+            .vault
+            .dispose(&fx.officer, &request(DisposalScope::Subject(recs[0].0)));
+        done.store(true, Ordering::SeqCst);
+        (disposed, churn.join().unwrap())
+    });
+    let after: Vec<i64> = standbys
+        .iter()
+        .map(|(m, _)| snapshot_conflicts(m))
+        .collect();
+    assert!(
+        scans_canceled_by_replay() > scans_before,
+        "a standby canceled a scan (cleanups {cleanups}, conflicts {before:?} -> {after:?})"
+    );
+    let cert = certificate_id(disposed.expect("a scan canceled by replay runs again"));
+    every_member_verified(&fx, cert);
+    assert_eq!(
+        c.files_holding(std::slice::from_ref(&recs[0].2)),
+        Vec::<PathBuf>::new()
+    );
+    drop((_delays, p));
+    fx.vault.close().unwrap();
+    su(&format!("DROP SCHEMA {role} CASCADE; DROP ROLE {role}"));
+}
+
+/// How many statements of the keystore's database standby `m` canceled
+/// because their snapshot conflicted with a cleanup to replay.
+fn snapshot_conflicts(m: &str) -> i64 {
+    psql_in(
+        m,
+        "pivault_keys",
+        "SELECT confl_snapshot FROM pg_stat_database_conflicts WHERE datname = 'pivault_keys'",
+    )
+    .expect("the standby answers")
+    .parse()
+    .unwrap()
+}
+
+/// How many byte scans the members have canceled to replay, from their
+/// logs (the error, then the statement it canceled).
+fn scans_canceled_by_replay() -> usize {
+    let dir = std::env::var("PIVAULT_PG_CLUSTER_DIR").expect("PIVAULT_PG_CLUSTER_DIR");
+    std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            let name = p.file_name().unwrap().to_string_lossy();
+            name.starts_with("patroni") && name.ends_with(".log")
+        })
+        .map(|log| {
+            let text = std::fs::read_to_string(log).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            lines
+                .windows(2)
+                .filter(|w| {
+                    w[0].contains("canceling statement due to conflict with recovery")
+                        && w[1].contains("pivault_verify.scan")
+                })
+                .count()
+        })
+        .sum()
+}
+
+/// Files put in members' data directories, removed when dropped.
+struct Ballast(Vec<PathBuf>);
+
+impl Drop for Ballast {
+    fn drop(&mut self) {
+        for f in &self.0 {
+            let _ = std::fs::remove_file(f);
+        }
+    }
 }
 
 /// Two vaults dispose at once while a third vault's role holds a

@@ -122,12 +122,13 @@ impl Fixture {
         }
     }
 
-    /// Drops the vault without closing it, as its process's death would
-    /// (no checkpoint, no event sent again), runs `between` (what else the
-    /// failure did), and opens it again with the same clock.
+    /// Ends the vault without closing it, as its process's death would
+    /// (no checkpoint, no event sent again: [`Vault::abandon`]), runs
+    /// `between` (what else the failure did), and opens it again with the
+    /// same clock.
     pub fn reopen_after_crash(self, between: impl FnOnce()) -> Fixture {
         self.reopened_after(|vault| {
-            drop(vault);
+            vault.abandon();
             between();
         })
     }
@@ -137,9 +138,20 @@ impl Fixture {
         self.reopened_after(|vault| vault.close().expect("close"))
     }
 
+    /// Kills the vault as [`Self::reopen_after_crash`] does and tries to
+    /// open it again: the open's error (a trail it must refuse), or the
+    /// fixture.
+    pub fn try_reopen_after_crash(self) -> vault_core::Result<Fixture> {
+        self.try_reopened_after(Vault::abandon)
+    }
+
     /// Ends the vault with `end` and opens it again with the same clock,
     /// the sessions kept.
     fn reopened_after(self, end: impl FnOnce(Vault)) -> Fixture {
+        self.try_reopened_after(end).expect("open vault")
+    }
+
+    fn try_reopened_after(self, end: impl FnOnce(Vault)) -> vault_core::Result<Fixture> {
         let Fixture {
             vault,
             dir,
@@ -151,8 +163,8 @@ impl Fixture {
             contractor,
         } = self;
         end(vault);
-        let vault = open_vault(&dir, &clock);
-        Fixture {
+        let vault = Vault::open(&dir, &SecretString::from(PASSPHRASE), open_options(&clock))?;
+        Ok(Fixture {
             vault,
             dir,
             clock,
@@ -161,7 +173,7 @@ impl Fixture {
             clerk,
             auditor,
             contractor,
-        }
+        })
     }
 }
 
@@ -349,18 +361,103 @@ pub fn events(fx: &Fixture, prefix: &str) -> Vec<vault_core::audit::AuditEvent> 
 /// another check's read of a sealed row stopped `doctor` (the row is not
 /// the one the vault last wrote), a failure with that error.
 pub fn sealed_rows(fx: &Fixture) -> (vault_core::doctor::Level, String) {
+    doctor_check(fx, "sealed-rows")
+}
+
+/// `doctor`'s check `name`, run by the officer: its level and what it
+/// found; a failure with the error when an integrity error stopped
+/// `doctor`.
+pub fn doctor_check(fx: &Fixture, name: &str) -> (vault_core::doctor::Level, String) {
     match fx.vault.security_checks(&fx.officer) {
         Ok(checks) => {
             let c = checks
                 .checks
                 .into_iter()
-                .find(|c| c.name == "sealed-rows")
-                .expect("a sealed-rows check");
+                .find(|c| c.name == name)
+                .unwrap_or_else(|| panic!("a {name} check"));
             (c.level, c.detail)
         }
         Err(vault_core::Error::Integrity(m)) => (vault_core::doctor::Level::Fail, m.to_owned()),
         Err(e) => panic!("doctor: {e}"),
     }
+}
+
+/// What an insider holding the trail's files or the vault's database role
+/// (but not the vault's key) can write: after the event line `last` (its
+/// JSON, a space, its chain hash), the next event, well-formed and chained
+/// to it, saying `actor` revealed `record`'s SSN. Answers the new line
+/// (without a newline) and its sequence number.
+pub fn forged_reveal(
+    last: &[u8],
+    actor: vault_core::ids::UserId,
+    record: vault_core::ids::RecordId,
+) -> (Vec<u8>, u64) {
+    let split = last.len() - 65;
+    let (body, hash) = (&last[..split], &last[split + 1..]);
+    let before: serde_json::Value = serde_json::from_slice(body).expect("an event's JSON");
+    let seq = before["seq"].as_u64().expect("seq") + 1;
+    let prev: [u8; 32] = hex::decode(hash)
+        .expect("hex")
+        .try_into()
+        .expect("32 bytes");
+    let json = format!(
+        r#"{{"seq":{seq},"time_ms":{},"actor":"{actor}","channel":"http","source":"127.0.0.1","action":"record.reveal","targets":["{record}","field:ssn"],"outcome":"success","code":null,"reason":"customer called about a bill","request_id":null}}"#,
+        before["time_ms"].as_i64().expect("time_ms") + 1
+    );
+    let link = vault_core::audit::chain_link(&prev, json.as_bytes());
+    (format!("{json} {}", hex::encode(link)).into_bytes(), seq)
+}
+
+/// A checkpoint line in the canonical form, after the trail's last one
+/// (`last`, which it chains to) and covering the event line `line` (its
+/// seq and chain hash), but signed with no key of the vault's: what someone
+/// holding the trail's files or the vault's database role can add beside a
+/// forged event, so that the vault finds nothing after its last checkpoint.
+pub fn forged_checkpoint(last: &[u8], line: &[u8]) -> Vec<u8> {
+    let prev = vault_core::audit::SignedHead::from_line(last)
+        .expect("a checkpoint line")
+        .checkpoint_hash;
+    let split = line.len() - 65;
+    let ev: serde_json::Value = serde_json::from_slice(&line[..split]).expect("an event's JSON");
+    format!(
+        r#"{{"v":2,"seq":{},"head":"{}","prev":"{}","time_ms":{},"sig":"{}"}}"#,
+        ev["seq"],
+        std::str::from_utf8(&line[split + 1..]).expect("hex"),
+        hex::encode(prev),
+        ev["time_ms"],
+        "00".repeat(64)
+    )
+    .into_bytes()
+}
+
+/// The event `seq` said to be one the vault does not vouch for by an
+/// `audit.unvouched` event: `Some(that event's targets)`.
+pub fn disowned(fx: &Fixture, seq: u64) -> Option<Vec<String>> {
+    use vault_core::audit::{UNVOUCHED_ACTION, unvouched_ranges, unvouched_target};
+    unvouched_ranges(&events(fx, UNVOUCHED_ACTION))
+        .into_iter()
+        .find(|u| u.from <= seq && seq <= u.to)
+        .map(|u| vec![unvouched_target(u.from, u.to)])
+}
+
+/// The trail's segments of the vault in `dir` (files), oldest first.
+pub fn segments(dir: &Path) -> Vec<PathBuf> {
+    let mut s: Vec<PathBuf> = std::fs::read_dir(dir.join("audit"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with("seg-"))
+        .collect();
+    s.sort();
+    s
+}
+
+/// The lines of the text file `path`.
+pub fn lines(path: &Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect()
 }
 
 /// An event's targets but the state digest's generation (`state:<n>`),

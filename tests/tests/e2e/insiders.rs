@@ -862,7 +862,7 @@ fn configuration_rows_deleted_edited_or_put_back_from_an_older_copy_stop_the_ope
         "audit",
     )
     .expect("a second hold");
-    drop(v);
+    v.abandon();
     let second_hold = {
         let k = std::cell::RefCell::new(Vec::new());
         with_db(&|db| {
@@ -933,4 +933,386 @@ fn configuration_rows_deleted_edited_or_put_back_from_an_older_copy_stop_the_ope
         "the vault sealed a forged hold again: {:?}",
         resealed.as_ref().err()
     );
+}
+
+/// The last line of `file`, without its newline.
+fn last_line(file: &std::path::Path) -> Vec<u8> {
+    common::lines(file).pop().expect("a line").into_bytes()
+}
+
+/// Appends `line` and a newline to `file`, as someone with the files would.
+fn append_line(file: &std::path::Path, line: &[u8]) {
+    let mut f = std::fs::OpenOptions::new().append(true).open(file).unwrap();
+    std::io::Write::write_all(&mut f, &[line, b"\n"].concat()).unwrap();
+}
+
+/// Appends to the trail of the vault in `dir` a forged reveal of `record`
+/// by `actor`, chained to its last event: answers the forged line and its
+/// seq.
+fn forge_reveal(
+    dir: &std::path::Path,
+    actor: vault_core::ids::UserId,
+    record: vault_core::ids::RecordId,
+) -> (Vec<u8>, u64) {
+    let segment = common::segments(dir).pop().expect("a segment");
+    let (line, seq) = common::forged_reveal(&last_line(&segment), actor, record);
+    append_line(&segment, &line);
+    (line, seq)
+}
+
+/// The seqs of the checkpoints in the audit directory `audit`.
+fn checkpoint_seqs(audit: &std::path::Path) -> Vec<u64> {
+    common::lines(&audit.join("checkpoints.log"))
+        .iter()
+        .map(|l| {
+            vault_core::audit::SignedHead::from_line(l.as_bytes())
+                .expect("a checkpoint")
+                .seq
+        })
+        .collect()
+}
+
+/// Someone with the vault's files but not its key appends a well-formed
+/// event to the trail: the clerk revealing a customer's SSN, which she
+/// never did. Its chain hash links, so the chain and every checkpoint
+/// verify, and once the vault signed a checkpoint over it nothing would
+/// tell it from her own. So:
+/// - a vault closed cleanly disowns nothing at its next open; one killed
+///   disowns its own events after its last checkpoint, and no earlier one;
+/// - appended to the stopped vault: the open disowns it
+///   (`audit.unvouched`) before it signs, and `audit verify`, `doctor`,
+///   the activity report and the offline verifier name it;
+/// - appended under the running vault: its next event is refused (the
+///   chain would fork there), and the reopen disowns the line;
+/// - an export verified with the public key alone names both;
+/// - no checkpoint lies between a forged event and its disowning;
+/// - a checkpoint line added after a forged event (no key of the vault's
+///   signs it) refuses the open.
+#[test]
+fn an_event_appended_to_the_trail_by_someone_without_the_key_is_disowned_before_the_vault_signs_it()
+{
+    use vault_core::doctor::Level;
+    let dir = tempfile::tempdir().unwrap();
+    let f = fast_vault(&dir.path().join("vault"));
+    let id = f
+        .vault
+        .put_record(
+            &f.clerk,
+            common::CUSTOMERS,
+            vault_core::ids::SubjectId::new(),
+            &serde_json::json!({"given_name": "Ann", "family_name": "Doe", "ssn": "212-34-5678"}),
+        )
+        .expect("put");
+    let f = f.reopen();
+    assert!(
+        common::events(&f, vault_core::audit::UNVOUCHED_ACTION).is_empty(),
+        "a clean close and open disowned events"
+    );
+    let (vault_dir, clerk, key) = (f.dir.clone(), f.clerk.user(), f.vault.audit_public_key());
+    let audit = vault_dir.join("audit");
+
+    // Killed: its own events after its last checkpoint are disowned, and
+    // none its close's checkpoint covered.
+    let created = common::events(&f, "record.create")[0].seq;
+    f.vault
+        .get_record(&f.clerk, id, &[], None)
+        .expect("the clerk reads");
+    let read = common::events(&f, "record.read").last().expect("read").seq;
+    let f = f.reopen_after_crash(|| {});
+    assert!(
+        common::disowned(&f, read).is_some(),
+        "the killed vault's last read is not disowned"
+    );
+    assert!(
+        common::disowned(&f, created).is_none(),
+        "an event a checkpoint covered is disowned"
+    );
+    // The insider's line, chained to the trail's last, appended once
+    // the running vault signed a checkpoint at its head and stopped.
+    f.vault.checkpoint_now().expect("checkpoint");
+    let mut forged = 0;
+    let f = f.reopen_after_crash(|| {
+        forged = forge_reveal(&vault_dir, clerk, id).1;
+        let before = vault_core::audit::verify(&audit, &key).unwrap();
+        assert!(
+            before.ok() && before.events == forged,
+            "the forged line does not verify as an event: {before:?}"
+        );
+    });
+    let reveal = common::events(&f, "record.reveal");
+    assert_eq!(
+        reveal.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        vec![forged],
+        "the forged reveal is in the trail"
+    );
+    assert_eq!(
+        common::disowned(&f, forged),
+        Some(vec![format!("events:{forged}-{forged}")]),
+        "the forged reveal is not disowned"
+    );
+    let report = f.vault.audit_verify(&f.auditor).expect("verify");
+    assert!(report.ok(), "{report:?}");
+    assert!(
+        report
+            .unvouched
+            .iter()
+            .any(|u| u.from == forged && u.to == forged && u.named_by == forged + 1),
+        "audit verify does not name it: {report:?}"
+    );
+    let (level, detail) = common::doctor_check(&f, "audit-trail");
+    assert_eq!(level, Level::Warn, "{detail}");
+    // The per-user activity report counts the reveal against the clerk,
+    // and says the vault does not vouch for it.
+    let clerk_activity = f
+        .vault
+        .activity_report(&f.officer, 0, i64::MAX)
+        .expect("report")
+        .into_iter()
+        .find(|a| a.user == clerk)
+        .expect("the clerk's line");
+    assert_eq!(clerk_activity.reveals, 1, "{clerk_activity:?}");
+    assert!(clerk_activity.unvouched >= 1, "{clerk_activity:?}");
+    assert!(
+        detail.contains(&format!("seq {forged}-{forged}")),
+        "{detail}"
+    );
+    // Under the running vault: its next event meets a segment it did not
+    // end and is refused (the chain would fork there); opened again, the
+    // vault disowns the line and the trail verifies.
+    let (_, under) = forge_reveal(&vault_dir, clerk, id);
+    match f.vault.get_record(&f.clerk, id, &[], None) {
+        Err(Error::AuditUnavailable(_)) => {}
+        other => panic!("a read audited after a line the vault did not write: {other:?}"),
+    }
+    let f = f.reopen_after_crash(|| {});
+    assert!(
+        common::disowned(&f, under).is_some(),
+        "the line appended under the running vault is not disowned"
+    );
+    f.vault
+        .get_record(&f.clerk, id, &[], None)
+        .expect("the clerk reads again");
+    // A log system's copy (an export verified with the public key alone)
+    // says so too.
+    let export = f
+        .vault
+        .audit_export(&f.officer, vault_core::vault::ExportStart::default())
+        .expect("export")
+        .render(vault_core::siem::Format::Jsonl, "vault-host");
+    let file = vault_core::siem::verify_file(&export, &key);
+    assert!(file.ok(), "{file:?}");
+    for seq in [forged, under] {
+        assert!(
+            file.unvouched.iter().any(|u| u.from <= seq && seq <= u.to),
+            "the export's verification does not name {seq}: {file:?}"
+        );
+    }
+    assert!(
+        file.proves()
+            .contains(&format!("does not vouch for events {forged}..{forged}")),
+        "{}",
+        file.proves()
+    );
+
+    // Signed over now, with the vault's word before it: no checkpoint
+    // between a forged event and its disowning.
+    f.vault.close().expect("close");
+    let after = vault_core::audit::verify(&audit, &key).unwrap();
+    assert!(after.ok() && after.last_checkpoint_seq > under, "{after:?}");
+    for seq in [forged, under] {
+        assert!(
+            after.unvouched.iter().any(|u| u.from <= seq && seq <= u.to),
+            "the offline verifier does not name {seq}: {after:?}"
+        );
+        assert!(
+            !checkpoint_seqs(&audit).contains(&seq),
+            "a checkpoint signed over the forged event {seq} before its disowning"
+        );
+    }
+
+    // With a checkpoint line added after a forged event (no key of the
+    // vault's signs it), the vault would find nothing to disown: the open
+    // refuses.
+    let copy = copy_of(&vault_dir, &dir.path().join("copy"));
+    let copy_audit = copy.join("audit");
+    let (line, _) = forge_reveal(&copy, clerk, id);
+    let cps = copy_audit.join("checkpoints.log");
+    append_line(&cps, &common::forged_checkpoint(&last_line(&cps), &line));
+    let clock = std::sync::Arc::new(vault_core::clock::ManualClock::new(common::T0));
+    match Vault::open(
+        &copy,
+        &secret(common::PASSPHRASE),
+        common::open_options(&clock),
+    ) {
+        Err(Error::Integrity(m)) => assert!(m.contains("not signed"), "{m}"),
+        Err(e) => panic!("refused for another reason: {e}"),
+        Ok(_) => panic!("the vault opened on a checkpoint it did not sign"),
+    }
+}
+
+/// Puts another file in place of the last segment of the vault's trail in
+/// `dir`, as someone holding the files would: `copy` (the segment's bytes
+/// as they read them, cut after its last complete line) and `forged`
+/// reveals of `record` by `actor` chained to its last line, renamed over
+/// the segment. Answers the first forged seq.
+fn replace_segment(
+    dir: &std::path::Path,
+    copy: &[u8],
+    forged: usize,
+    actor: vault_core::ids::UserId,
+    record: vault_core::ids::RecordId,
+) -> u64 {
+    let segment = common::segments(dir).pop().expect("a segment");
+    let mut bytes = copy[..copy.iter().rposition(|b| *b == b'\n').expect("a line") + 1].to_vec();
+    let mut first = None;
+    for _ in 0..forged {
+        let last = bytes[..bytes.len() - 1]
+            .split(|b| *b == b'\n')
+            .next_back()
+            .expect("a line")
+            .to_vec();
+        let (line, seq) = common::forged_reveal(&last, actor, record);
+        first.get_or_insert(seq);
+        bytes.extend_from_slice(&line);
+        bytes.push(b'\n');
+    }
+    let tmp = segment.with_extension("new");
+    std::fs::write(&tmp, bytes).unwrap();
+    std::fs::rename(&tmp, &segment).unwrap();
+    first.expect("a forged line")
+}
+
+/// Someone holding the trail's files puts another file in place of the
+/// running vault's segment: a copy of it, renamed over it, with a forged
+/// reveal at its end. The vault's handle still writes the old file, which
+/// no one reads, so its events would vanish unseen, and the forged line
+/// would be left for it to sign. It checks the segment's path before each
+/// line:
+/// - a read after the rename is refused, and every read of four clerks
+///   reading at once that starts after it;
+/// - with nothing of the vault's lost, the next open disowns the forged
+///   line and every read it acknowledged is in the trail;
+/// - with a read it acknowledged between the copy and the rename (written
+///   to the old file), the next open refuses, whether a forged line took
+///   the read's seq or more follow it: before refusing, the vault signed
+///   its own head, which the trail no longer has.
+#[test]
+fn a_segment_replaced_under_the_running_vault_takes_no_event_away_unseen() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fixture = |name: &str| {
+        let f = fast_vault(&tmp.path().join(name));
+        let id = f
+            .vault
+            .put_record(
+                &f.clerk,
+                common::CUSTOMERS,
+                vault_core::ids::SubjectId::new(),
+                &serde_json::json!({"given_name": "Ann", "family_name": "Doe", "ssn": "212-34-5678"}),
+            )
+            .expect("put");
+        (f, id)
+    };
+    let reads = |f: &Fixture| common::events(f, "record.read").len();
+    let segment_bytes =
+        |dir: &std::path::Path| std::fs::read(common::segments(dir).pop().unwrap()).unwrap();
+
+    // Nothing of the vault's lost: refused after the rename, then disowned.
+    let (f, id) = fixture("whole");
+    for _ in 0..2 {
+        f.vault.get_record(&f.clerk, id, &[], None).expect("read");
+    }
+    let forged = replace_segment(&f.dir, &segment_bytes(&f.dir), 1, f.clerk.user(), id);
+    match f.vault.get_record(&f.clerk, id, &[], None) {
+        Err(Error::AuditUnavailable(m)) => assert!(m.contains("another file"), "{m}"),
+        other => panic!("a read audited into a segment no one reads: {other:?}"),
+    }
+    let f = f.reopen_after_crash(|| {});
+    assert_eq!(
+        common::disowned(&f, forged),
+        Some(vec![format!("events:{forged}-{forged}")]),
+        "the forged line is not disowned"
+    );
+    assert_eq!(reads(&f), 2, "an acknowledged read is missing");
+    f.vault
+        .get_record(&f.clerk, id, &[], None)
+        .expect("the clerk reads again");
+
+    // A read acknowledged between the copy and the rename: the open
+    // refuses, whether a forged line takes the read's seq or more follow.
+    for forged in [1, 3] {
+        let (f, id) = fixture(&format!("lost-{forged}"));
+        let copy = segment_bytes(&f.dir);
+        f.vault
+            .get_record(&f.clerk, id, &[], None)
+            .expect("a read after the copy");
+        replace_segment(&f.dir, &copy, forged, f.clerk.user(), id);
+        assert!(matches!(
+            f.vault.get_record(&f.clerk, id, &[], None),
+            Err(Error::AuditUnavailable(_))
+        ));
+        match f.try_reopen_after_crash() {
+            Err(Error::Integrity(m)) => assert!(m.contains("audit trail"), "{m}"),
+            Err(e) => panic!("refused for another reason: {e}"),
+            Ok(_) => panic!(
+                "the vault opened on a trail that lost a read it acknowledged ({forged} forged)"
+            ),
+        }
+    }
+
+    // Four clerks reading at once while the segment is replaced.
+    let (f, id) = fixture("racing");
+    let before = reads(&f);
+    let renamed = std::sync::OnceLock::<std::time::Instant>::new();
+    let (acknowledged, forged): (usize, u64) = std::thread::scope(|s| {
+        let clerks: Vec<_> = (0..4)
+            .map(|_| {
+                s.spawn(|| {
+                    let mut acknowledged = 0;
+                    loop {
+                        let started = std::time::Instant::now();
+                        match f.vault.get_record(&f.clerk, id, &[], None) {
+                            Ok(_) => {
+                                assert!(
+                                    renamed.get().is_none_or(|r| started < *r),
+                                    "a read that started after the rename was acknowledged"
+                                );
+                                acknowledged += 1;
+                            }
+                            Err(Error::AuditUnavailable(_)) => return acknowledged,
+                            Err(e) => panic!("{e}"),
+                        }
+                    }
+                })
+            })
+            .collect();
+        std::thread::sleep(std::time::Duration::from_millis(30));
+        let forged = replace_segment(&f.dir, &segment_bytes(&f.dir), 1, f.clerk.user(), id);
+        renamed.set(std::time::Instant::now()).unwrap();
+        let acknowledged = clerks.into_iter().map(|c| c.join().unwrap()).sum();
+        (acknowledged, forged)
+    });
+    assert!(acknowledged > 0, "the clerks read before the rename");
+    let in_files = common::segments(&f.dir)
+        .iter()
+        .flat_map(|s| common::lines(s))
+        .filter(|l| l.contains("\"record.read\""))
+        .count();
+    match f.try_reopen_after_crash() {
+        Ok(f) => {
+            assert_eq!(
+                reads(&f),
+                before + acknowledged,
+                "an acknowledged read is missing"
+            );
+            assert!(
+                common::disowned(&f, forged).is_some(),
+                "the forged line is not disowned"
+            );
+        }
+        Err(Error::Integrity(_)) => assert!(
+            in_files < before + acknowledged,
+            "the open refused though every acknowledged read is in the trail"
+        ),
+        Err(e) => panic!("refused for another reason: {e}"),
+    }
 }

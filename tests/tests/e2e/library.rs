@@ -1097,6 +1097,7 @@ fn req_wisp_06_activity_report_matches_seeded_fixture() {
             logins: 0,
             failed_logins: 0,
             lockouts: 0,
+            unvouched: 0,
         },
         UserActivity {
             user: f.officer.user(),
@@ -1108,6 +1109,7 @@ fn req_wisp_06_activity_report_matches_seeded_fixture() {
             logins: 0,
             failed_logins: 0,
             lockouts: 0,
+            unvouched: 0,
         },
         UserActivity {
             user: f.contractor.user(),
@@ -1119,6 +1121,7 @@ fn req_wisp_06_activity_report_matches_seeded_fixture() {
             logins: 0,
             failed_logins: 0,
             lockouts: 0,
+            unvouched: 0,
         },
         UserActivity {
             user: f.auditor.user(),
@@ -1130,6 +1133,7 @@ fn req_wisp_06_activity_report_matches_seeded_fixture() {
             logins: 0,
             failed_logins: 5,
             lockouts: 1,
+            unvouched: 0,
         },
     ];
     expected.sort_by_key(|a| a.user);
@@ -1478,7 +1482,7 @@ impl ModelVault {
         if clean {
             vault.close().unwrap();
         } else {
-            drop(vault);
+            vault.abandon();
         }
         ModelVault::open(dir, clock, officer_token.expose(), clerk_token.expose())
     }

@@ -2340,3 +2340,192 @@ fn sealed_rows_the_clusters_superuser_deletes_or_puts_back_under_a_running_vault
         again.as_ref().err()
     );
 }
+
+/// Someone holding the vault's database role (the credentials its host
+/// keeps), not its key, appends a well-formed event to the trail on the
+/// cluster while four clerks put records: a clerk revealing an SSN she
+/// never saw. The function takes it (it chains to the head), so the
+/// vault's next append meets a head it did not write and fails closed:
+/// no put is acknowledged after it. The process stops (a killed one, as
+/// a fenced one is restarted); the next open disowns the events after the
+/// last checkpoint, the forged one with them, before it signs over them
+/// (no checkpoint between), and every acknowledged put is there once with
+/// its event, before the forged one. A checkpoint line the role adds after
+/// a forged event (no key of the vault's signs it) makes the open refuse.
+#[test]
+fn an_event_the_vaults_role_appends_under_running_clerks_is_disowned_and_no_acknowledged_put_is_lost()
+ {
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let _one = serial();
+    let _c = cluster();
+    let tmp = tempfile::tempdir().unwrap();
+    let fx = vault_on_clusters(&tmp.path().join("vault"));
+    let v = hex::encode(fx.vault.id().as_bytes());
+    let first = put_people(&fx, 0..1)[0];
+    let acknowledged: Mutex<Vec<RecordId>> = Mutex::new(Vec::new());
+    let refused = AtomicBool::new(false);
+    let mut forged = 0;
+    std::thread::scope(|sc| {
+        for t in 0..4u32 {
+            let (fx, acknowledged, refused) = (&fx, &acknowledged, &refused);
+            sc.spawn(move || {
+                // Until the trail refuses (bounded, so that a vault that
+                // never does fails the test instead of hanging it).
+                for n in 1..=5_000 {
+                    let put = fx.vault.put_record(
+                        &fx.clerk,
+                        COUNTER,
+                        SubjectId::new(),
+                        &person(1000 * t + n % 1000),
+                    );
+                    match put {
+                        Ok(id) => acknowledged.lock().unwrap().push(id),
+                        Err(Error::AuditUnavailable(_)) => {
+                            refused.store(true, Ordering::SeqCst);
+                            return;
+                        }
+                        Err(e) => panic!("a put failed for another reason: {e}"),
+                    }
+                }
+            });
+        }
+        assert!(
+            eventually(60, || acknowledged.lock().unwrap().len() >= 20),
+            "the clerks put nothing"
+        );
+        let mut c =
+            vault_core::keystore::provider::connect_primary(&common::cluster_records()).unwrap();
+        forged = loop {
+            let last = c
+                .query_one(
+                    "SELECT line FROM pivault_audit.last_event($1::text::uuid)",
+                    &[&v],
+                )
+                .unwrap();
+            let (line, seq) =
+                common::forged_reveal(&last.get::<_, Vec<u8>>(0), fx.clerk.user(), first);
+            match c.query_one(
+                "SELECT pivault_audit.append($1::text::uuid, $2, $3)",
+                &[&v, &(seq as i64), &vec![line]],
+            ) {
+                Ok(_) => break seq,
+                // A clerk's event took the number first.
+                Err(e)
+                    if e.code() == Some(&postgres::error::SqlState::T_R_SERIALIZATION_FAILURE) => {}
+                Err(e) => panic!("the role's append: {e}"),
+            }
+        };
+    });
+    assert!(
+        refused.load(Ordering::SeqCst),
+        "the clerks' puts went on after a line the vault did not write"
+    );
+    let acknowledged = acknowledged.into_inner().unwrap();
+    let fx = fx.reopen_after_crash(|| {});
+    let disowned = common::disowned(&fx, forged);
+    assert!(
+        disowned.is_some(),
+        "the forged event {forged} is not disowned"
+    );
+    // No put acknowledged after the forged event: each one's event is
+    // before it.
+    let created: std::collections::HashMap<String, u64> = events(&fx, "record.create")
+        .into_iter()
+        .filter_map(|e| Some((e.targets.first()?.clone(), e.seq)))
+        .collect();
+    for id in &acknowledged {
+        assert!(
+            created[&id.to_string()] < forged,
+            "a put acknowledged after the forged event {forged}"
+        );
+    }
+    // No checkpoint between the forged event and its disowning.
+    let named_by = events(&fx, vault_core::audit::UNVOUCHED_ACTION)
+        .into_iter()
+        .find(|e| Some(&e.targets) == disowned.as_ref())
+        .expect("the disowning event")
+        .seq;
+    let mut c =
+        vault_core::keystore::provider::connect_primary(&common::cluster_records()).unwrap();
+    let signed: Vec<i64> = c
+        .query(
+            "SELECT seq FROM pivault_audit.checkpoints($1::text::uuid)",
+            &[&v],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(
+        !signed
+            .iter()
+            .any(|s| (forged as i64..named_by as i64).contains(s)),
+        "a checkpoint between the forged event {forged} and its disowning {named_by}: {signed:?}"
+    );
+    let report = fx.vault.audit_verify(&fx.auditor).expect("verify");
+    assert!(report.ok(), "{report:?}");
+    assert!(
+        report
+            .unvouched
+            .iter()
+            .any(|u| u.from <= forged && forged <= u.to),
+        "{report:?}"
+    );
+    common::each_created_once(&fx, acknowledged.iter().copied());
+    for id in &acknowledged {
+        fx.vault
+            .get_record(&fx.clerk, *id, &[], None)
+            .expect("an acknowledged record");
+    }
+    // The vault writes again, past the forged event.
+    let after = put_people(&fx, 2000..2001)[0];
+    common::each_created_once(&fx, [after]);
+
+    // The role adds a forged event and a checkpoint line after it (the
+    // database checks the chain, not the signature: it holds no key), so
+    // that nothing would be after the last checkpoint: the open refuses.
+    fx.vault.checkpoint_now().expect("checkpoint");
+    let last = c
+        .query_one(
+            "SELECT line FROM pivault_audit.last_event($1::text::uuid)",
+            &[&v],
+        )
+        .unwrap();
+    let (line, seq) = common::forged_reveal(&last.get::<_, Vec<u8>>(0), fx.clerk.user(), first);
+    let last_cp: Vec<u8> = c
+        .query(
+            "SELECT line FROM pivault_audit.checkpoints($1::text::uuid)",
+            &[&v],
+        )
+        .unwrap()
+        .last()
+        .expect("a checkpoint")
+        .get(0);
+    c.query_one(
+        "SELECT pivault_audit.append($1::text::uuid, $2, $3)",
+        &[&v, &(seq as i64), &vec![line.clone()]],
+    )
+    .expect("the role's append");
+    c.query_one(
+        "SELECT pivault_audit.add_checkpoint($1::text::uuid, $2, $3)",
+        &[
+            &v,
+            &(seq as i64),
+            &common::forged_checkpoint(&last_cp, &line),
+        ],
+    )
+    .expect("the role's checkpoint");
+    let dir = fx.dir.clone();
+    drop(fx);
+    let clock = std::sync::Arc::new(vault_core::clock::ManualClock::new(common::T0));
+    match vault_core::vault::Vault::open(
+        &dir,
+        &vault_core::secret::SecretString::from(common::PASSPHRASE),
+        common::open_options(&clock),
+    ) {
+        Err(Error::Integrity(m)) => assert!(m.contains("not signed"), "{m}"),
+        Err(e) => panic!("refused for another reason: {e}"),
+        Ok(_) => panic!("the vault opened on a checkpoint it did not sign"),
+    }
+}

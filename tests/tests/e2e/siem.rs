@@ -320,14 +320,8 @@ fn check_events(msgs: &[Msg]) -> BTreeMap<u64, Value> {
 
 /// Seq → chain hash of the vault's own trail (its segment files).
 fn trail_hashes(vault_dir: &Path) -> BTreeMap<u64, String> {
-    let mut segs: Vec<PathBuf> = std::fs::read_dir(vault_dir.join("audit"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with("seg-"))
-        .collect();
-    segs.sort();
     let mut out = BTreeMap::new();
-    for s in segs {
+    for s in crate::common::segments(vault_dir) {
         for line in std::fs::read_to_string(s).unwrap().lines() {
             let (body, hash) = line.split_at(line.len() - 65);
             let v: Value = serde_json::from_str(body).unwrap();

@@ -1867,28 +1867,47 @@ impl Conns {
                             _ => None,
                         };
                         let vault = vault.map(|(v, _)| (v, read.as_deref()));
-                        let mut rows = None;
-                        if let (Some((v, tables)), Some(after)) = (vault, wal_after) {
-                            rows = Some(c.query(
-                                "SELECT path, hit FROM pivault_verify.scan_vault($1::bytea[], $2, $3, $4)",
-                                &[&needles, &v, &tables, &after],
-                            ));
-                        }
-                        if undefined(&rows)
-                            && let Some((v, tables)) = vault
-                        {
-                            rows = Some(c.query(
-                                "SELECT path, hit FROM pivault_verify.scan_vault($1::bytea[], $2, $3)",
-                                &[&needles, &v, &tables],
-                            ));
-                        }
-                        if undefined(&rows) {
-                            rows = Some(c.query(
-                                "SELECT path, hit FROM pivault_verify.scan($1::bytea[])",
-                                &[&needles],
-                            ));
-                        }
-                        let rows = rows.expect("a scan ran").map_err(pg)?;
+                        let scan = |c: &mut Client| {
+                            let mut rows = None;
+                            if let (Some((v, tables)), Some(after)) = (vault, wal_after) {
+                                rows = Some(c.query(
+                                    "SELECT path, hit FROM pivault_verify.scan_vault($1::bytea[], $2, $3, $4)",
+                                    &[&needles, &v, &tables, &after],
+                                ));
+                            }
+                            if undefined(&rows)
+                                && let Some((v, tables)) = vault
+                            {
+                                rows = Some(c.query(
+                                    "SELECT path, hit FROM pivault_verify.scan_vault($1::bytea[], $2, $3)",
+                                    &[&needles, &v, &tables],
+                                ));
+                            }
+                            if undefined(&rows) {
+                                rows = Some(c.query(
+                                    "SELECT path, hit FROM pivault_verify.scan($1::bytea[])",
+                                    &[&needles],
+                                ));
+                            }
+                            rows.expect("a scan ran")
+                        };
+                        let mut canceled = 0;
+                        let rows = loop {
+                            match scan(&mut c) {
+                                Err(e) if canceled_by_replay(&e) && canceled < REPLAY_CANCELS => {
+                                    canceled += 1;
+                                    // A standby may end the session rather
+                                    // than the statement (one seen here
+                                    // answered "connection closed" next):
+                                    // a new one.
+                                    let Ok(again) = self.connect(m) else {
+                                        return Ok(None);
+                                    };
+                                    c = again;
+                                }
+                                rows => break rows.map_err(pg)?,
+                            }
+                        };
                         let mut found: Vec<(String, Option<bool>)> =
                             rows.iter().map(|r| (r.get(0), r.get(1))).collect();
                         // A stranger made while the scan ran may have been
@@ -1933,6 +1952,23 @@ impl Conns {
         }
         Ok(out)
     }
+}
+
+/// How many times a member's byte scan is run again after a standby
+/// canceled it to replay the WAL: a scan is one statement, and one that
+/// outlasts `max_standby_streaming_delay` while any session of its
+/// database (another vault's purge, any update's pruning) sends replay a
+/// cleanup its snapshot conflicts with is canceled. It takes a busy
+/// cluster (CI's, two lanes of tests purging at once: stop 42); each run
+/// reads every file afresh.
+const REPLAY_CANCELS: u32 = 4;
+
+/// Whether a standby canceled the statement to go on replaying (`conflict
+/// with recovery`: SQLSTATE 40001 on a member in recovery, the statement
+/// canceled or, in a subtransaction, the session ended; a scan holds no
+/// serializable transaction that could fail so on a primary).
+fn canceled_by_replay(e: &postgres::Error) -> bool {
+    e.code() == Some(&postgres::error::SqlState::T_R_SERIALIZATION_FAILURE)
 }
 
 /// What a narrowed scan reads of a vault's own schema: the relations in

@@ -300,7 +300,8 @@ async fn report(
             format!(
                 "<li><h2 class=\"user\">{}</h2><dl><dt>Reads</dt><dd>{}</dd><dt>Reveals</dt><dd>{}</dd>\
                  <dt>Exports</dt><dd>{}</dd><dt>Writes</dt><dd>{}</dd><dt>Refused</dt><dd>{}</dd>\
-                 <dt>Sign-ins</dt><dd>{}</dd><dt>Failed sign-ins</dt><dd>{}</dd><dt>Lock-outs</dt><dd>{}</dd></dl></li>",
+                 <dt>Sign-ins</dt><dd>{}</dd><dt>Failed sign-ins</dt><dd>{}</dd><dt>Lock-outs</dt><dd>{}</dd>\
+                 <dt>Not vouched for</dt><dd>{}</dd></dl></li>",
                 esc(&name),
                 a.reads,
                 a.reveals,
@@ -309,7 +310,8 @@ async fn report(
                 a.denials,
                 a.logins,
                 a.failed_logins,
-                a.lockouts
+                a.lockouts,
+                a.unvouched
             )
         })
         .collect();
