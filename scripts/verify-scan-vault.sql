@@ -40,8 +40,18 @@ $$;
 -- the longest needle less one byte: a relation's file segment is up to
 -- 1 GiB, and one value holds less (read whole, such a file failed every
 -- scan, a vault's own big table's or another role's table's alike).
+--
+-- Only the files (and skipped entries) whose path hashes to `part` of
+-- `parts` (a power of two, up to 64) are read or answered; directories
+-- are walked in every part, so the parts together answer each file once.
+-- A standby cancels a statement whose snapshot conflicts with the WAL it
+-- replays once replay has waited `max_standby_streaming_delay`, and at
+-- once while it lags that far: the vault runs a canceled scan again in
+-- shorter parts, down to one walk of the directories each. (Up to 64: a
+-- role's probe of one file it may read costs a 64th of a scan, no less.)
 CREATE OR REPLACE FUNCTION pivault_verify.walk(needles bytea[], others jsonb, here text,
                                     wal_after text, piece integer,
+                                    part integer, parts integer,
                                     OUT path text, OUT hit boolean)
 RETURNS SETOF record
 LANGUAGE plpgsql SECURITY DEFINER
@@ -63,6 +73,11 @@ BEGIN
     RAISE EXCEPTION 'a piece of % bytes for needles of up to % bytes', piece, overlap + 1
       USING ERRCODE = '22023';
   END IF;
+  IF parts IS NULL OR parts < 1 OR parts > 64 OR (parts & (parts - 1)) <> 0
+     OR part IS NULL OR part < 0 OR part >= parts THEN
+    RAISE EXCEPTION 'part % of % parts (parts: a power of two up to 64)', part, parts
+      USING ERRCODE = '22023';
+  END IF;
   WHILE coalesce(array_length(todo, 1), 0) > 0 LOOP
     d := todo[1];
     todo := todo[2:];
@@ -73,6 +88,7 @@ BEGIN
          OR (wal_after IS NOT NULL AND d = 'pg_wal' AND e ~ '^[0-9A-F]{24}$'
              AND substr(e, 9) > substr(wal_after, 9))
          OR others ? regexp_replace(p, '[._][^/]*$', '') THEN
+        CONTINUE WHEN (hashtext(p) & (parts - 1)) <> part;
         path := p;
         hit := NULL;
         RETURN NEXT;
@@ -84,6 +100,7 @@ BEGIN
         todo := todo || p;
         CONTINUE;
       END IF;
+      CONTINUE WHEN (hashtext(p) & (parts - 1)) <> part;
       path := p;
       hit := false;
       gone := false;
@@ -110,6 +127,16 @@ BEGIN
   END LOOP;
 END
 $$;
+REVOKE ALL ON FUNCTION pivault_verify.walk(bytea[], jsonb, text, text, integer, integer, integer) FROM PUBLIC;
+
+-- Whole (the earlier builds' signature).
+CREATE OR REPLACE FUNCTION pivault_verify.walk(needles bytea[], others jsonb, here text,
+                                    wal_after text, piece integer,
+                                    OUT path text, OUT hit boolean)
+RETURNS SETOF record
+LANGUAGE sql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$ SELECT * FROM pivault_verify.walk(needles, others, here, wal_after, piece, 0, 1) $$;
 REVOKE ALL ON FUNCTION pivault_verify.walk(bytea[], jsonb, text, text, integer) FROM PUBLIC;
 
 -- In pieces of 64 MiB.
@@ -189,8 +216,11 @@ REVOKE ALL ON FUNCTION pivault_verify.walk(bytea[], jsonb, text) FROM PUBLIC;
 -- `wal_after` (NULL: every segment) as in `walk`, for the superuser: the
 -- segment holding the last write of the purge whose bytes the scan looks
 -- for. A vault's role reads no segment, whatever it passes.
+--
+-- `part` of `parts` as in `walk`: the vault runs a scan a standby
+-- canceled again in shorter parts.
 CREATE OR REPLACE FUNCTION pivault_verify.scan_vault(needles bytea[], vault text, tables text[],
-                                          wal_after text,
+                                          wal_after text, part integer, parts integer,
                                           OUT path text, OUT hit boolean)
 RETURNS SETOF record
 LANGUAGE plpgsql SECURITY DEFINER
@@ -246,9 +276,21 @@ BEGIN
     wal_after := '';
   END IF;
   RETURN QUERY SELECT * FROM pivault_verify.walk(needles, others,
-    (SELECT oid::text FROM pg_database WHERE datname = current_database()), wal_after);
+    (SELECT oid::text FROM pg_database WHERE datname = current_database()), wal_after,
+    67108864, part, parts);
 END
 $$;
+REVOKE ALL ON FUNCTION pivault_verify.scan_vault(bytea[], text, text[], text, integer, integer) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION pivault_verify.scan_vault(bytea[], text, text[], text, integer, integer) TO pivault_vaults;
+
+-- Whole (the earlier builds' signature).
+CREATE OR REPLACE FUNCTION pivault_verify.scan_vault(needles bytea[], vault text, tables text[],
+                                          wal_after text,
+                                          OUT path text, OUT hit boolean)
+RETURNS SETOF record
+LANGUAGE sql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$ SELECT * FROM pivault_verify.scan_vault(needles, vault, tables, wal_after, 0, 1) $$;
 REVOKE ALL ON FUNCTION pivault_verify.scan_vault(bytea[], text, text[], text) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION pivault_verify.scan_vault(bytea[], text, text[], text) TO pivault_vaults;
 

@@ -1174,20 +1174,27 @@ fn another_vaults_query_on_a_standby_holds_no_purge_past_its_replay_wait() {
 }
 
 /// A standby cancels a statement whose snapshot a replayed cleanup
-/// conflicts with once `max_standby_streaming_delay` has passed, and the
-/// verification's byte scan is one statement a member. On CI's busy
-/// cluster (two lanes purging at once) a resumed disposal stopped short of
-/// its certificate (stop 42), its scans the likely cause. Here the standbys
-/// cancel at once (a delay of 0, within what doctor allows), their scans
-/// outlast the primary's (a file of zeros in each standby's data
-/// directory, which a scan reads as it reads any file no relation names;
-/// while the primary's scan runs, its snapshot keeps every cleanup's
-/// horizon older than the standbys' scans), and another vault's role makes
-/// a cleanup whenever a standby scans and the primary does not, until a
-/// standby has canceled one: the scan runs again, and the disposal
-/// certifies with every member verified.
+/// conflicts with once replay has waited `max_standby_streaming_delay`
+/// (at once while it lags that far), and the verification's byte scan is
+/// one statement a member that reads files as long as they take. On CI's
+/// busy cluster (two lanes purging at once) disposals stopped short of
+/// their certificate on such cancels (stops 42 and 43); running the whole
+/// scan again (stop 43's fix) did not get through, as each run was
+/// canceled again. Here the standbys cancel after 1 s, their scans take
+/// about three times that (64 files of zeros, 512 MiB, in each standby's
+/// data directory, which a scan reads as it reads any file no relation
+/// names; while the primary's scan runs, its snapshot keeps every
+/// cleanup's horizon older than the standbys' scans), and another vault's
+/// role makes a cleanup every 200 ms while a standby scans and the primary
+/// does not. The canceled scans run again in shorter parts. First with a
+/// copy of the key in a file on each standby: the parts find it and the
+/// disposal does not certify (a part dropped or skipped would certify).
+/// Then without it, the other record's disposal certifies with every
+/// member verified. Then the parts, checked on a standby: each file answered
+/// once, none of the whole scan's missed, a file holding a needle found
+/// once, bad part counts refused.
 #[test]
-fn a_members_scan_canceled_by_replay_runs_again_and_the_disposal_certifies() {
+fn a_members_scan_canceled_by_replay_runs_again_in_shorter_parts_and_the_disposal_certifies() {
     let _one = serial();
     let KeysOnTheCluster {
         c,
@@ -1206,13 +1213,15 @@ fn a_members_scan_canceled_by_replay_runs_again_and_the_disposal_certifies() {
         .map(|(m, d)| (m.clone(), d.clone()))
         .collect();
     assert_eq!(standbys.len(), 2, "{:?}", c.members);
-    let _ballast = Ballast(
+    let ballast = Ballast(
         standbys
             .iter()
-            .map(|(_, d)| {
-                let f = d.join("pivault_test_replay_ballast");
-                std::fs::write(&f, vec![0u8; 256 << 20]).unwrap();
-                f
+            .flat_map(|(_, d)| {
+                (0..64).map(move |i| {
+                    let f = d.join(format!("pivault_test_replay_ballast_{i}"));
+                    std::fs::write(&f, vec![0u8; 8 << 20]).unwrap();
+                    f
+                })
             })
             .collect(),
     );
@@ -1220,9 +1229,9 @@ fn a_members_scan_canceled_by_replay_runs_again_and_the_disposal_certifies() {
         .iter()
         .map(|(m, _)| snapshot_conflicts(m))
         .collect();
-    let _delays: Vec<MemberSetting> = standbys
+    let delays: Vec<MemberSetting> = standbys
         .iter()
-        .map(|(m, _)| MemberSetting::set(m, "max_standby_streaming_delay", "0"))
+        .map(|(m, _)| MemberSetting::set(m, "max_standby_streaming_delay", "'1s'"))
         .collect();
     std::thread::sleep(std::time::Duration::from_millis(300));
     let scanning = |m: &str| {
@@ -1234,9 +1243,19 @@ fn a_members_scan_canceled_by_replay_runs_again_and_the_disposal_certifies() {
         )
         .is_some_and(|n| n != "0")
     };
+    let copies = Ballast(
+        standbys
+            .iter()
+            .map(|(_, d)| {
+                let f = d.join("pivault_test_parts_key_copy");
+                std::fs::write(&f, [&b"kept"[..], &recs[0].2, b"aside"].concat()).unwrap();
+                f
+            })
+            .collect(),
+    );
     let scans_before = scans_canceled_by_replay();
     let done = AtomicBool::new(false);
-    let (disposed, cleanups) = std::thread::scope(|sc| {
+    let (first, canceled_first, second, cleanups) = std::thread::scope(|sc| {
         let churn = sc.spawn(|| {
             let mut cleanups = 0;
             while !done.load(Ordering::SeqCst) {
@@ -1254,38 +1273,153 @@ fn a_members_scan_canceled_by_replay_runs_again_and_the_disposal_certifies() {
                     p.batch_execute(&sql.replace("{t}", &table)).unwrap();
                 }
                 cleanups += 1;
-                std::thread::sleep(std::time::Duration::from_millis(100));
-                if standbys
-                    .iter()
-                    .zip(&before)
-                    .any(|((m, _), b)| snapshot_conflicts(m) > *b)
-                {
-                    break;
-                }
+                std::thread::sleep(std::time::Duration::from_millis(200));
             }
             cleanups
         });
-        let disposed = fx
+        let first = fx
             .vault
             .dispose(&fx.officer, &request(DisposalScope::Subject(recs[0].0)));
+        let canceled_first = scans_canceled_by_replay() - scans_before;
+        drop(copies);
+        // The other record's disposal (a retry of the first batch would
+        // not scan again: it no longer holds the keys' bytes).
+        let second = fx
+            .vault
+            .dispose(&fx.officer, &request(DisposalScope::Subject(recs[1].0)));
         done.store(true, Ordering::SeqCst);
-        (disposed, churn.join().unwrap())
+        (first, canceled_first, second, churn.join().unwrap())
     });
     let after: Vec<i64> = standbys
         .iter()
         .map(|(m, _)| snapshot_conflicts(m))
         .collect();
-    assert!(
-        scans_canceled_by_replay() > scans_before,
-        "a standby canceled a scan (cleanups {cleanups}, conflicts {before:?} -> {after:?})"
+    let canceled = scans_canceled_by_replay() - scans_before;
+    eprintln!(
+        "scans canceled by replay: {canceled_first} in the first disposal, {} in the second (cleanups {cleanups})",
+        canceled - canceled_first
     );
-    let cert = certificate_id(disposed.expect("a scan canceled by replay runs again"));
-    every_member_verified(&fx, cert);
+    assert!(
+        canceled_first > 0 && canceled > canceled_first,
+        "a standby canceled scans of both runs: {canceled_first}, {canceled} (cleanups {cleanups}, \
+         conflicts {before:?} -> {after:?})"
+    );
+    match first {
+        Err(Error::DisposalFailed(msg)) => {
+            for (m, _) in &standbys {
+                assert!(
+                    msg.contains(&format!("{m}: pivault_test_parts_key_copy")),
+                    "the copy on {m} is named: {msg}"
+                );
+            }
+        }
+        other => panic!("a copy of the key on the standbys must block the certificate: {other:?}"),
+    }
+    let cert = certificate_id(second.expect("a scan canceled by replay runs again in parts"));
+    let (_, members) = every_member_verified(&fx, cert);
+    assert_eq!(members.len(), 3, "{members:?}");
     assert_eq!(
-        c.files_holding(std::slice::from_ref(&recs[0].2)),
+        c.files_holding(&[recs[0].2.clone(), recs[1].2.clone()]),
         Vec::<PathBuf>::new()
     );
-    drop((_delays, p));
+    drop((delays, ballast, p));
+
+    // The parts, as the superuser on a standby (the vault's own schema).
+    let (standby, dir) = &standbys[0];
+    let mut needle = vec![0u8; 24];
+    vault_core::crypto::fill_random(&mut needle);
+    let needle_file = Ballast(vec![dir.join("pivault_test_parts_needle")]);
+    std::fs::write(
+        &needle_file.0[0],
+        [&b"before"[..], &needle, b"after"].concat(),
+    )
+    .unwrap();
+    let schema = format!("pv_{}", hex::encode(fx.vault.id().as_bytes()));
+    // One part as the superuser: its rows, or psql's error. A standby may
+    // cancel it to replay (at its usual delay): run again.
+    let scan = |part: i32, parts: i32| -> Result<Vec<(String, String)>, String> {
+        let mut err = String::new();
+        for _ in 0..10 {
+            let out = superuser_psql(standby, "pivault_keys")
+                .args([
+                    "-tAc",
+                    &format!(
+                        "SELECT path || '|' || coalesce(hit::text, 'unread') FROM pivault_verify.scan_vault(\
+                         ARRAY['\\x{}'::bytea], '{schema}', NULL, NULL, {part}, {parts})",
+                        hex::encode(&needle)
+                    ),
+                ])
+                .env("PGCONNECT_TIMEOUT", "2")
+                .env("PGOPTIONS", "-c lc_messages=C")
+                .env("PG_COLOR", "never")
+                .output()
+                .expect("psql");
+            if out.status.success() {
+                return Ok(String::from_utf8_lossy(&out.stdout)
+                    .lines()
+                    .map(|l| {
+                        let (path, hit) = l.rsplit_once('|').unwrap();
+                        (path.to_owned(), hit.to_owned())
+                    })
+                    .collect());
+            }
+            err = String::from_utf8_lossy(&out.stderr).into_owned();
+            if !err.contains("conflict with recovery") {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(500));
+        }
+        Err(err)
+    };
+    // Refused: a part count that is not a power of two up to 64, a part
+    // outside it.
+    for (part, parts) in [(0, 3), (0, 0), (0, 128), (4, 4), (-1, 4)] {
+        let refused = scan(part, parts).expect_err("a bad part refused");
+        assert!(
+            refused.contains("a power of two up to 64"),
+            "part {part} of {parts}: {refused}"
+        );
+    }
+    let whole = || -> std::collections::BTreeMap<String, String> {
+        scan(0, 1).expect("the whole scan").into_iter().collect()
+    };
+    let first = whole();
+    let mut by_parts = Vec::new();
+    for parts in [4, 16, 64] {
+        let mut answered: Vec<(String, String)> = Vec::new();
+        for part in 0..parts {
+            answered.extend(scan(part, parts).expect("a part"));
+        }
+        by_parts.push((parts, answered));
+    }
+    let last = whole();
+    for (parts, answered) in &by_parts {
+        let mut paths: Vec<&str> = answered.iter().map(|(p, _)| p.as_str()).collect();
+        paths.sort_unstable();
+        let n = paths.len();
+        paths.dedup();
+        assert_eq!(paths.len(), n, "{parts} parts: a file answered twice");
+        // A file both whole scans answered alike (not one made, written or
+        // removed meanwhile) is answered by the parts.
+        for (path, hit) in &first {
+            if last.get(path) == Some(hit) {
+                assert!(
+                    paths.binary_search(&path.as_str()).is_ok(),
+                    "{parts} parts: {path} missed"
+                );
+            }
+        }
+        let needle_hits = answered
+            .iter()
+            .filter(|(p, hit)| p == "pivault_test_parts_needle" && hit == "true")
+            .count();
+        assert_eq!(needle_hits, 1, "{parts} parts: {answered:?}");
+    }
+    assert_eq!(
+        first.get("pivault_test_parts_needle").map(String::as_str),
+        Some("true")
+    );
+    drop(needle_file);
     fx.vault.close().unwrap();
     su(&format!("DROP SCHEMA {role} CASCADE; DROP ROLE {role}"));
 }

@@ -839,7 +839,7 @@ fn in_recovery(c: &mut Client) -> Result<bool> {
 /// `CHECKPOINT` (a restartpoint) on each.
 fn standbys_replayed(
     primary: &mut Client,
-    members: &mut [(String, Result<Client>)],
+    members: &mut [(String, Result<Member<'_>>)],
     checkpoint: bool,
 ) -> Result<()> {
     let lsn: String = primary
@@ -848,19 +848,21 @@ fn standbys_replayed(
         .get(0);
     for (_, c) in members.iter_mut() {
         let Ok(c) = c else { continue };
-        if in_recovery(c)? {
-            wait_replay(c, &lsn)?;
+        if c.run(in_recovery)? {
+            // One deadline, however often a standby cancels the wait.
+            let deadline = Instant::now() + REPLAY_PATIENCE;
+            c.run(|c| wait_replay(c, &lsn, deadline))?;
             if checkpoint {
-                c.batch_execute("CHECKPOINT").map_err(pg)?;
+                c.run(|c| c.batch_execute("CHECKPOINT").map_err(pg))?;
             }
         }
     }
     Ok(())
 }
 
-/// Waits until a standby has replayed the primary's WAL up to `lsn`.
-fn wait_replay(c: &mut Client, lsn: &str) -> Result<()> {
-    let deadline = Instant::now() + REPLAY_PATIENCE;
+/// Waits until a standby has replayed the primary's WAL up to `lsn`, until
+/// `deadline`.
+fn wait_replay(c: &mut Client, lsn: &str, deadline: Instant) -> Result<()> {
     loop {
         let done: bool = c
             .query_one(
@@ -1310,11 +1312,11 @@ impl Conns {
     }
 
     /// Every member, each with a connection or why there is none.
-    pub(crate) fn members(&self) -> Vec<(String, Result<Client>)> {
+    pub(crate) fn members(&self) -> Vec<(String, Result<Member<'_>>)> {
         self.cfg
             .members
             .iter()
-            .map(|m| (m.clone(), self.connect(m)))
+            .map(|m| (m.clone(), self.member(m)))
             .collect()
     }
 
@@ -1613,7 +1615,7 @@ impl Conns {
             match c {
                 Err(e) => problems.push(format!("member {name} cannot be reached ({e})")),
                 Ok(mut c) => {
-                    if in_recovery(&mut c)? {
+                    if c.run(in_recovery)? {
                         standbys += 1;
                     } else {
                         primaries.push((name, c));
@@ -1623,7 +1625,7 @@ impl Conns {
         }
         match primaries.as_mut_slice() {
             [(_, p)] => {
-                let streaming = streaming_standbys(p)?;
+                let streaming = p.run(streaming_standbys)?;
                 if streaming < standbys {
                     problems.push(format!(
                         "{} of {standbys} standby(s) not streaming from the primary",
@@ -1697,7 +1699,7 @@ impl Conns {
             }
             for (name, c) in members.iter_mut() {
                 let Ok(c) = c else { continue };
-                for seg in segments_at_or_before(c, &purge_segment)? {
+                for seg in c.run(|c| segments_at_or_before(c, &purge_segment))? {
                     old_segments.push(format!("{name}: pg_wal/{seg}"));
                 }
             }
@@ -1716,17 +1718,18 @@ impl Conns {
                     detail: format!("not verified: {e}"),
                 },
                 Ok(c) => {
-                    let role = if in_recovery(c)? {
+                    let role = if c.run(in_recovery)? {
                         "standby"
                     } else {
                         "primary"
                     };
                     let mut gone = true;
                     for p in before {
-                        let exists: bool = c
-                            .query_one("SELECT pivault_verify.file_exists($1)", &[p])
-                            .map_err(pg)?
-                            .get(0);
+                        let exists: bool = c.run(|c| {
+                            Ok(c.query_one("SELECT pivault_verify.file_exists($1)", &[p])
+                                .map_err(pg)?
+                                .get(0))
+                        })?;
                         if exists {
                             gone = false;
                             residue.push(format!(
@@ -1741,10 +1744,11 @@ impl Conns {
                     // every purge, not only by doctor.
                     let mut settings_ok = true;
                     for (setting, want, why) in &MEMBER_SETTINGS[..2] {
-                        let have: String = c
-                            .query_one("SELECT current_setting($1)", &[setting])
-                            .map_err(pg)?
-                            .get(0);
+                        let have: String = c.run(|c| {
+                            Ok(c.query_one("SELECT current_setting($1)", &[setting])
+                                .map_err(pg)?
+                                .get(0))
+                        })?;
                         if have != *want {
                             settings_ok = false;
                             residue.push(format!("{name}: {setting}={have} ({why})"));
@@ -1755,13 +1759,14 @@ impl Conns {
                         .any(|s| s.starts_with(&format!("{name}:")));
                     let wal_clean = settings_ok && segments_gone;
                     let replay = if role == "standby" {
-                        let lag: String = c
-                            .query_one(
+                        let lag: String = c.run(|c| {
+                            Ok(c.query_one(
                                 "SELECT coalesce(pg_last_wal_replay_lsn()::text, 'none')",
                                 &[],
                             )
                             .map_err(pg)?
-                            .get(0);
+                            .get(0))
+                        })?;
                         format!(", replayed to {lag}")
                     } else {
                         blockers.said()
@@ -1827,7 +1832,7 @@ impl Conns {
         // Each member reads its own files, all at once (a thread each): on
         // separate machines the scan takes the slowest member's time, not
         // the sum of all. `None`: the member could not be reached.
-        type Found = Option<Vec<(String, Option<bool>)>>;
+        type Found = Option<ScanRows>;
         let found: Vec<Result<Found>> = std::thread::scope(|sc| {
             let scans: Vec<_> = self
                 .cfg
@@ -1835,25 +1840,14 @@ impl Conns {
                 .iter()
                 .map(|m| {
                     sc.spawn(move || -> Result<Found> {
-                        let Ok(mut c) = self.connect(m) else {
+                        let Ok(mut c) = self.member(m) else {
                             return Ok(None);
-                        };
-                        // The narrowest function the cluster has: one set
-                        // up by an earlier build lacks the newer ones.
-                        let undefined = |r: &Option<std::result::Result<_, postgres::Error>>| {
-                            match r {
-                                None => true,
-                                Some(Err(e)) => {
-                                    e.code() == Some(&postgres::error::SqlState::UNDEFINED_FUNCTION)
-                                }
-                                Some(Ok(_)) => false,
-                            }
                         };
                         // The named tables and the strangers of the
                         // vault's schema, as this member's catalog has them.
                         let narrowed = vault.and_then(|(v, n)| n.map(|n| (v, n)));
                         let strangers: Option<Vec<String>> = match narrowed {
-                            Some((v, n)) => Some(n.strangers(&mut c, v)?),
+                            Some((v, n)) => Some(c.run(|c| n.strangers(c, v))?),
                             None => None,
                         };
                         let read: Option<Vec<&str>> = match (narrowed, &strangers) {
@@ -1867,54 +1861,14 @@ impl Conns {
                             _ => None,
                         };
                         let vault = vault.map(|(v, _)| (v, read.as_deref()));
-                        let scan = |c: &mut Client| {
-                            let mut rows = None;
-                            if let (Some((v, tables)), Some(after)) = (vault, wal_after) {
-                                rows = Some(c.query(
-                                    "SELECT path, hit FROM pivault_verify.scan_vault($1::bytea[], $2, $3, $4)",
-                                    &[&needles, &v, &tables, &after],
-                                ));
-                            }
-                            if undefined(&rows)
-                                && let Some((v, tables)) = vault
-                            {
-                                rows = Some(c.query(
-                                    "SELECT path, hit FROM pivault_verify.scan_vault($1::bytea[], $2, $3)",
-                                    &[&needles, &v, &tables],
-                                ));
-                            }
-                            if undefined(&rows) {
-                                rows = Some(c.query(
-                                    "SELECT path, hit FROM pivault_verify.scan($1::bytea[])",
-                                    &[&needles],
-                                ));
-                            }
-                            rows.expect("a scan ran")
+                        let Some(mut found) = c.scan(needles, vault, wal_after)? else {
+                            return Ok(None);
                         };
-                        let mut canceled = 0;
-                        let rows = loop {
-                            match scan(&mut c) {
-                                Err(e) if canceled_by_replay(&e) && canceled < REPLAY_CANCELS => {
-                                    canceled += 1;
-                                    // A standby may end the session rather
-                                    // than the statement (one seen here
-                                    // answered "connection closed" next):
-                                    // a new one.
-                                    let Ok(again) = self.connect(m) else {
-                                        return Ok(None);
-                                    };
-                                    c = again;
-                                }
-                                rows => break rows.map_err(pg)?,
-                            }
-                        };
-                        let mut found: Vec<(String, Option<bool>)> =
-                            rows.iter().map(|r| (r.get(0), r.get(1))).collect();
                         // A stranger made while the scan ran may have been
                         // skipped (the scan's own catalog read came after
                         // ours): it counts as a hit, never as read.
                         if let (Some((v, n)), Some(before)) = (narrowed, &strangers) {
-                            for late in n.strangers(&mut c, v)? {
+                            for late in c.run(|c| n.strangers(c, v))? {
                                 if !before.contains(&late) {
                                     found.push((
                                         format!("{late} (a relation made in the vault's schema while it was scanned, not read)"),
@@ -1952,23 +1906,287 @@ impl Conns {
         }
         Ok(out)
     }
+
+    /// A session with `member` for a purge's rounds and checks.
+    fn member(&self, member: &str) -> Result<Member<'_>> {
+        Ok(Member {
+            conns: self,
+            name: member.to_owned(),
+            client: Some(self.session(member)?),
+            canceled: 0,
+        })
+    }
+
+    /// A new session with `member`. A login reads the catalog with a
+    /// snapshot, and a standby cancels it like any statement (seen here
+    /// as the answer to a reconnect after a cancel): tried again.
+    fn session(&self, member: &str) -> Result<Client> {
+        let mut tries = 0;
+        loop {
+            match self.connect(member) {
+                Err(e) if replay_canceled(&e) && tries < LOGIN_CANCELS => {
+                    tries += 1;
+                    std::thread::sleep(REPLAY_PAUSE);
+                }
+                r => return r,
+            }
+        }
+    }
 }
 
-/// How many times a member's byte scan is run again after a standby
-/// canceled it to replay the WAL: a scan is one statement, and one that
-/// outlasts `max_standby_streaming_delay` while any session of its
-/// database (another vault's purge, any update's pruning) sends replay a
-/// cleanup its snapshot conflicts with is canceled. It takes a busy
-/// cluster (CI's, two lanes of tests purging at once: stop 42); each run
-/// reads every file afresh.
-const REPLAY_CANCELS: u32 = 4;
+/// A statement a standby cancels to go on replaying the WAL: it holds a
+/// snapshot that a cleanup being replayed conflicts with (any session of
+/// its database, another vault's purge or an update's pruning, sends
+/// replay one), and replay has waited `max_standby_streaming_delay` since
+/// the WAL arrived, or lags that far already. A busy cluster cancels some
+/// (CI's, two lanes purging at once: stops 42 and 43); a purge's rounds,
+/// checks and scans run each again, in a new session.
+///
+/// The cancels a member may have in one purge's rounds and checks or one
+/// scan, all statements together: each waits [`REPLAY_PAUSE`], so the
+/// most one member adds is about REPLAY_CANCELS × REPLAY_PAUSE and its
+/// statements' time. Past it the error stands and the batch waits at its
+/// step for a retry.
+const REPLAY_CANCELS: u32 = 64;
+/// The pause before a canceled statement runs again: replay, freed of it,
+/// catches up, and a standby that no longer lags waits its full delay
+/// before it cancels the next.
+const REPLAY_PAUSE: Duration = Duration::from_millis(200);
+/// The logins a member may cancel in a row.
+const LOGIN_CANCELS: u32 = 8;
+/// The most parts a canceled scan is split into (a part of `n` canceled
+/// runs again as 4 parts of `4n`): each part still walks every directory
+/// and reads the catalog once, so more parts stop getting shorter (and
+/// `pivault_verify.walk` refuses more).
+const SCAN_PARTS: i32 = 64;
+/// The times a whole scan runs again on a cluster whose functions predate
+/// the parts (stop 42's budget: the same statement canceled again and again
+/// only adds its time).
+const WHOLE_RERUNS: u32 = 4;
 
-/// Whether a standby canceled the statement to go on replaying (`conflict
-/// with recovery`: SQLSTATE 40001 on a member in recovery, the statement
-/// canceled or, in a subtransaction, the session ended; a scan holds no
-/// serializable transaction that could fail so on a primary).
+/// Whether a standby canceled the statement (or ended the session) to go
+/// on replaying: SQLSTATE 40001 ("conflict with recovery" in English; a
+/// member's `lc_messages` may say it otherwise). No statement run on a
+/// member here is in a serializable transaction, so on a primary, where
+/// 40001 is a serialization failure, none answers it; and a read run
+/// again is harmless.
 fn canceled_by_replay(e: &postgres::Error) -> bool {
     e.code() == Some(&postgres::error::SqlState::T_R_SERIALIZATION_FAILURE)
+}
+
+/// [`canceled_by_replay`], on the error [`pg`] made of it (the code last,
+/// in parentheses).
+fn replay_canceled(e: &Error) -> bool {
+    matches!(e, Error::Storage(m) if m.ends_with("(40001)"))
+}
+
+/// A session with one member for what a purge runs there, opened again
+/// when a standby cancels a statement of it to go on replaying
+/// ([`REPLAY_CANCELS`]; the standby may end the session rather than the
+/// statement, and one seen here answered "connection closed" next).
+pub(crate) struct Member<'a> {
+    conns: &'a Conns,
+    name: String,
+    /// `None` only while a new session is being opened.
+    client: Option<Client>,
+    canceled: u32,
+}
+
+impl Member<'_> {
+    /// The member's session.
+    fn client(&mut self) -> Result<&mut Client> {
+        self.client.as_mut().ok_or_else(|| {
+            Error::Storage(format!(
+                "keystore cluster: no session with member {}",
+                self.name
+            ))
+        })
+    }
+
+    /// `f` on the member's session; run again in a new one, after
+    /// [`REPLAY_PAUSE`], while the standby cancels it to replay and the
+    /// member's budget lasts (`f` must be safe to run again: a read, a
+    /// wait, a restartpoint).
+    fn run<T>(&mut self, mut f: impl FnMut(&mut Client) -> Result<T>) -> Result<T> {
+        loop {
+            match f(self.client()?) {
+                Err(e) if replay_canceled(&e) && self.canceled < REPLAY_CANCELS => {
+                    self.reopen()?;
+                }
+                r => return r,
+            }
+        }
+    }
+
+    /// A new session after a cancel, the old one closed first (the role's
+    /// connection limit counts it).
+    fn reopen(&mut self) -> Result<()> {
+        self.canceled += 1;
+        drop(self.client.take());
+        std::thread::sleep(REPLAY_PAUSE);
+        self.client = Some(self.conns.session(&self.name)?);
+        Ok(())
+    }
+
+    /// This member's answer to a vault's byte scan (see
+    /// [`Conns::scan_members`]), `None` if it could not be reached again
+    /// after a cancel. A scan is one statement that reads files for as
+    /// long as they take, so a busy standby's replay cancels it more than
+    /// any other: a canceled part of `n` runs again as its 4 parts of
+    /// `4n` (`pivault_verify.scan_vault`'s `part` of `parts`), down to
+    /// [`SCAN_PARTS`], then as it is; a relation the role could rewrite
+    /// that has a new file after a split scan counts as a hit. On a cluster
+    /// whose functions predate the parts, the whole scan runs again, up to
+    /// [`WHOLE_RERUNS`] times.
+    fn scan(
+        &mut self,
+        needles: &[Vec<u8>],
+        vault: Option<(&str, Option<&[&str]>)>,
+        wal_after: Option<&str>,
+    ) -> Result<Option<ScanRows>> {
+        // The narrowest function the cluster has: one set up by an
+        // earlier build lacks the newer ones.
+        let undefined = |r: &std::result::Result<Vec<postgres::Row>, postgres::Error>| matches!(r, Err(e) if e.code() == Some(&postgres::error::SqlState::UNDEFINED_FUNCTION));
+        let mut parted = vault.is_some();
+        // The files of the relations this role can rewrite, before any
+        // part reads: see below.
+        let before = match vault {
+            Some(_) => Some(self.run(rewritable_files)?),
+            None => None,
+        };
+        let mut split = false;
+        let mut whole_reruns = 0;
+        let mut todo = vec![(0i32, 1i32)];
+        let mut found = Vec::new();
+        while let Some((part, parts)) = todo.pop() {
+            let c = self.client()?;
+            let mut rows = Err(None);
+            if parted && let Some((v, tables)) = vault {
+                let r = c.query(
+                    "SELECT path, hit FROM pivault_verify.scan_vault($1::bytea[], $2, $3, $4, $5, $6)",
+                    &[&needles, &v, &tables, &wal_after, &part, &parts],
+                );
+                if undefined(&r) {
+                    // Functions that predate the parts: one whole scan,
+                    // whatever ran before.
+                    parted = false;
+                    split = false;
+                    found.clear();
+                    todo.clear();
+                } else {
+                    rows = r.map_err(Some);
+                }
+            }
+            if !parted {
+                rows = whole_scan(c, needles, vault, wal_after).map_err(Some);
+            }
+            match rows {
+                Ok(rows) => found.extend(rows.iter().map(|r| (r.get(0), r.get(1)))),
+                Err(Some(e))
+                    if canceled_by_replay(&e)
+                        && self.canceled < REPLAY_CANCELS
+                        && (parted || whole_reruns < WHOLE_RERUNS) =>
+                {
+                    if self.reopen().is_err() {
+                        return Ok(None);
+                    }
+                    if !parted {
+                        whole_reruns += 1;
+                        todo.push((0, 1));
+                    } else if parts < SCAN_PARTS {
+                        split = true;
+                        todo.extend((0..4).map(|k| (part + k * parts, parts * 4)));
+                    } else {
+                        todo.push((part, parts));
+                    }
+                }
+                Err(e) => {
+                    return Err(e.map_or_else(
+                        || Error::Storage("keystore cluster: no scan ran".into()),
+                        pg,
+                    ));
+                }
+            }
+        }
+        // Each part walks the directories afresh, seconds apart: a relation
+        // rewritten meanwhile (`VACUUM FULL`, `TRUNCATE`, `CLUSTER` by a
+        // role that owns or may write it, as the vault's own role may a
+        // copy of its keys) could have had its old file in a part read
+        // after the file went and its new one in a part read before it
+        // came. Any such relation, or one made meanwhile, counts as a hit,
+        // never as read.
+        if split && let Some(before) = before {
+            for (oid, path) in self.run(rewritable_files)? {
+                if before.get(&oid) != Some(&path) {
+                    found.push((
+                        format!("{path} (a relation's file made while the scan ran in parts, not read whole)"),
+                        Some(true),
+                    ));
+                }
+            }
+        }
+        Ok(Some(found))
+    }
+}
+
+/// The file of every relation with storage that the session's role owns
+/// or may write (and so rewrite into a new file), by OID.
+fn rewritable_files(c: &mut Client) -> Result<std::collections::HashMap<u32, String>> {
+    let rows = c
+        .query(
+            "SELECT c.oid, f FROM pg_class c, pg_relation_filepath(c.oid) f
+              WHERE f IS NOT NULL
+                AND (c.relowner = (SELECT r.oid FROM pg_roles r WHERE r.rolname = session_user)
+                     OR (c.relkind NOT IN ('i', 'I', 't', 'S')
+                         AND has_table_privilege(session_user, c.oid, 'INSERT, UPDATE, TRUNCATE')))",
+            &[],
+        )
+        .map_err(pg)?;
+    Ok(rows
+        .iter()
+        .map(|r| (r.get::<_, u32>(0), r.get(1)))
+        .collect())
+}
+
+/// A member's scan's answer: each file (or skipped entry) and whether it
+/// holds a needle (`None`: skipped, unread).
+type ScanRows = Vec<(String, Option<bool>)>;
+
+/// A member's scan with the functions of a cluster set up before the
+/// parts: `scan_vault` with `wal_after`, without, or the whole `scan`.
+fn whole_scan(
+    c: &mut Client,
+    needles: &[Vec<u8>],
+    vault: Option<(&str, Option<&[&str]>)>,
+    wal_after: Option<&str>,
+) -> std::result::Result<Vec<postgres::Row>, postgres::Error> {
+    let undefined = |r: &Option<std::result::Result<_, postgres::Error>>| match r {
+        None => true,
+        Some(Err(e)) => e.code() == Some(&postgres::error::SqlState::UNDEFINED_FUNCTION),
+        Some(Ok(_)) => false,
+    };
+    let mut rows = None;
+    if let (Some((v, tables)), Some(after)) = (vault, wal_after) {
+        rows = Some(c.query(
+            "SELECT path, hit FROM pivault_verify.scan_vault($1::bytea[], $2, $3, $4)",
+            &[&needles, &v, &tables, &after],
+        ));
+    }
+    if undefined(&rows)
+        && let Some((v, tables)) = vault
+    {
+        rows = Some(c.query(
+            "SELECT path, hit FROM pivault_verify.scan_vault($1::bytea[], $2, $3)",
+            &[&needles, &v, &tables],
+        ));
+    }
+    if undefined(&rows) {
+        rows = Some(c.query(
+            "SELECT path, hit FROM pivault_verify.scan($1::bytea[])",
+            &[&needles],
+        ));
+    }
+    rows.expect("a scan ran")
 }
 
 /// What a narrowed scan reads of a vault's own schema: the relations in
@@ -2299,10 +2517,11 @@ impl Conns {
         let mut primary_standbys = None;
         let mut in_clear = Vec::new();
         for (name, c) in self.members() {
-            let Ok(mut c) = c else {
+            let Ok(mut member) = c else {
                 down.push(name);
                 continue;
             };
+            let c = member.client()?;
             let tls: bool = c
                 .query_one(
                     "SELECT coalesce((SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()), false)",
@@ -2355,8 +2574,8 @@ impl Conns {
                     "{name}: {logical} logical replication slot(s) or publication(s): a copy of every change leaves the cluster"
                 ));
             }
-            if !in_recovery(&mut c)? {
-                let n = streaming_standbys(&mut c)?;
+            if !in_recovery(c)? {
+                let n = streaming_standbys(c)?;
                 primary_standbys = Some((name.clone(), n));
             }
             reachable.push(name);
