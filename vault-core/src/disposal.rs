@@ -206,6 +206,18 @@ impl BatchRecord {
     }
 }
 
+/// A failed batch's byte-scan needles, kept in this process's memory only
+/// (written anywhere, they would be a copy): the wrapped data keys of every
+/// version and the old root-key slots. A batch resumed without them (its
+/// keys deleted by a run that ended) cannot scan again; but a verification
+/// that found the keys' bytes somewhere must not be answered by a retry
+/// that no longer looks, or an insider's copy found once would pass the
+/// retry unseen (a certificate that says `not repeated` over a copy it saw).
+pub(crate) struct Needles {
+    wrapped: zeroize::Zeroizing<Vec<Vec<u8>>>,
+    old_slots: zeroize::Zeroizing<Vec<Vec<u8>>>,
+}
+
 /// Step 1's work, handed to step 2 without releasing the bucket locks.
 struct Prepared<'a> {
     guards: Vec<std::sync::RwLockWriteGuard<'a, ()>>,
@@ -1234,6 +1246,21 @@ impl Vault {
         )
     }
 
+    /// Keeps a batch's needles for its retry in this process ([`Needles`])
+    /// when a run that deleted its keys fails before it certifies.
+    fn keep_needles(&self, id: &str, wrapped: &mut Vec<Vec<u8>>, old_slots: &mut Vec<Vec<u8>>) {
+        if wrapped.is_empty() {
+            return;
+        }
+        self.failed_needles.lock().expect("needles lock").insert(
+            id.to_owned(),
+            Needles {
+                wrapped: zeroize::Zeroizing::new(std::mem::take(wrapped)),
+                old_slots: zeroize::Zeroizing::new(std::mem::take(old_slots)),
+            },
+        );
+    }
+
     fn advance(&self, b: &mut BatchRow, step: &str) -> Result<()> {
         b.step = step.to_owned();
         self.put_batch(b, true)?;
@@ -1329,7 +1356,8 @@ impl Vault {
             .transpose()?;
         // The wrapped DEK bytes of every version that exist before the batch,
         // for the byte scan of step 7. Held in memory only: writing them
-        // anywhere would make a copy.
+        // anywhere would make a copy (a run that fails keeps them for the
+        // batch's retry in this process: `Needles`).
         let mut wrapped_before = Vec::new();
         // The root-key slots as rows on a keystore cluster before step 4.
         let mut old_slots: Vec<Vec<u8>> = Vec::new();
@@ -1444,6 +1472,18 @@ impl Vault {
                 .load(std::sync::atomic::Ordering::SeqCst);
             let purge_keys = step < step_index("keystore_purged");
             let resumed = wrapped_before.is_empty();
+            // A batch whose verification failed in this process scans again
+            // with the needles that run held.
+            if resumed
+                && let Some(kept) = self
+                    .failed_needles
+                    .lock()
+                    .expect("needles lock")
+                    .remove(&b.id)
+            {
+                wrapped_before = kept.wrapped.to_vec();
+                old_slots = kept.old_slots.to_vec();
+            }
             let (purged, deleted) = std::thread::scope(|sc| {
                 let keys =
                     purge_keys.then(|| sc.spawn(|| self.keystore.purge(&b.buckets, skip_flush)));
@@ -1466,7 +1506,9 @@ impl Vault {
                 b.beacons = Some(beacons);
             }
             if let Some(ev) = purged {
-                let ev = ev?;
+                let ev = ev.inspect_err(|_| {
+                    self.keep_needles(&b.id, &mut wrapped_before, &mut old_slots)
+                })?;
                 keys_wal_floor = ev.wal_floor.clone();
                 b.purge = Some(PurgeRow::from(&ev));
                 self.advance(b, "keystore_purged")?;
@@ -1622,7 +1664,11 @@ impl Vault {
                     hits,
                     scanned,
                     skipped,
-                } = key_scan.expect("scanned above with keys")?;
+                } = key_scan
+                    .expect("scanned above with keys")
+                    .inspect_err(|_| {
+                        self.keep_needles(&b.id, &mut wrapped_before, &mut old_slots)
+                    })?;
                 tr(&format!(
                     "verify: key paths + byte scan of {scanned} files ({skipped} skipped)"
                 ));
@@ -1657,6 +1703,7 @@ impl Vault {
             if !problems.is_empty() {
                 let msg = problems.join("; ");
                 b.failed = Some(msg.clone());
+                self.keep_needles(&b.id, &mut wrapped_before, &mut old_slots);
                 self.put_batch(b, true)?;
                 let e = Error::DisposalFailed(msg);
                 self.audit(

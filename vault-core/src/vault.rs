@@ -427,6 +427,9 @@ pub struct Vault {
     dummy_phc: String,
     /// One disposal batch (or restore, backup, maintenance ratchet) at a time.
     disposal_lock: Mutex<()>,
+    /// The byte scan's needles of each batch whose verification failed in
+    /// this process, so that its retry here scans again (`disposal.rs`).
+    failed_needles: Mutex<std::collections::HashMap<String, disposal::Needles>>,
     /// Bucket locks, the pending set and the write fence (`isolation.rs`).
     isolation: isolation::Isolation,
     /// Buckets holding residue of updated records' old keys, with the time
@@ -935,6 +938,7 @@ impl Vault {
             active_officers: AtomicUsize::new(0),
             dummy_phc,
             disposal_lock: Mutex::new(()),
+            failed_needles: Mutex::new(std::collections::HashMap::new()),
             isolation: isolation::Isolation::new(info.buckets),
             dirty: Mutex::new(std::collections::BTreeMap::new()),
             crash_hook: Mutex::new(None),

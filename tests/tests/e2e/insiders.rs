@@ -1316,3 +1316,71 @@ fn a_segment_replaced_under_the_running_vault_takes_no_event_away_unseen() {
         Err(e) => panic!("refused for another reason: {e}"),
     }
 }
+
+/// An insider keeps a copy of a record's wrapped data key in a file of the
+/// keystore's directory. The disposal's byte scan finds it and the batch
+/// fails; a retry used to certify without scanning again (a run that no
+/// longer deleted the keys held no needles: "not repeated"), so the copy
+/// found once passed the retry unseen. The needles of a batch whose run
+/// failed are kept in the process's memory for its retry: two retries
+/// racing while the copy is there both fail naming it, and once it is
+/// gone the retry scans again and certifies.
+#[test]
+fn a_key_copy_the_byte_scan_found_is_looked_for_again_by_every_retry() {
+    use vault_core::ids::SubjectId;
+    use vault_core::vault::{DisposalParties, DisposalRequest, DisposalScope};
+    let tmp = tempfile::tempdir().unwrap();
+    let fx = fast_vault(&tmp.path().join("vault"));
+    let body =
+        serde_json::json!({ "given_name": "Ann", "family_name": "Aside", "ssn": "123-45-6789" });
+    let sub = SubjectId::new();
+    let id = fx
+        .vault
+        .put_record(&fx.clerk, common::CUSTOMERS, sub, &body)
+        .unwrap();
+    let wrapped = fx
+        .vault
+        .keystore()
+        .wrapped_dek(sub, id, 1)
+        .unwrap()
+        .unwrap();
+    let copy = fx.dir.join("keystore").join("keys-aside.bak");
+    std::fs::write(&copy, [&b"aside"[..], &wrapped, b"kept"].concat()).unwrap();
+    let req = DisposalRequest {
+        scope: DisposalScope::Record(id),
+        parties: DisposalParties::default(),
+        dry_run: false,
+    };
+    let names_the_copy = |r: Result<vault_core::ids::CertificateId, Error>, what: &str| match r {
+        Err(Error::DisposalFailed(msg)) => assert!(
+            msg.contains("keys-aside.bak") && msg.contains("wrapped key bytes found"),
+            "{what}: {msg}"
+        ),
+        other => panic!("{what}: a copy of the key must block the certificate: {other:?}"),
+    };
+    names_the_copy(
+        fx.vault.dispose(&fx.officer, &req).map(|o| {
+            o.certificate_id
+                .expect("a completed disposal issues a certificate")
+        }),
+        "the disposal",
+    );
+    let batch = fx.vault.disposals(&fx.officer).unwrap()[0].id;
+    let (a, b) = std::thread::scope(|sc| {
+        let a = sc.spawn(|| fx.vault.retry_disposal(&fx.officer, batch));
+        let b = sc.spawn(|| fx.vault.retry_disposal(&fx.officer, batch));
+        (a.join().unwrap(), b.join().unwrap())
+    });
+    names_the_copy(a, "a retry");
+    names_the_copy(b, "the retry racing it");
+    std::fs::remove_file(&copy).unwrap();
+    let cert = fx.vault.retry_disposal(&fx.officer, batch).unwrap();
+    let doc = fx.vault.certificate(&fx.auditor, cert).unwrap();
+    let text = doc.body.to_string();
+    assert!(
+        !text.contains("not repeated: the batch resumed after its keys were deleted"),
+        "the retry scanned again: {text}"
+    );
+    assert!(text.contains("0 file(s) hold them"), "{text}");
+    fx.vault.close().unwrap();
+}
