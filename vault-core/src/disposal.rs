@@ -206,13 +206,14 @@ impl BatchRecord {
     }
 }
 
-/// A failed batch's byte-scan needles, kept in this process's memory only
-/// (written anywhere, they would be a copy): the wrapped data keys of every
-/// version and the old root-key slots. A batch resumed without them (its
-/// keys deleted by a run that ended) cannot scan again; but a verification
-/// that found the keys' bytes somewhere must not be answered by a retry
-/// that no longer looks, or an insider's copy found once would pass the
-/// retry unseen (a certificate that says `not repeated` over a copy it saw).
+/// A batch's byte-scan needles, kept in this process's memory only
+/// (written anywhere, they would be a copy) from the deletion of its keys
+/// until it is verified: the wrapped data keys of every version and the
+/// old root-key slots. A batch resumed without them (its keys deleted by a
+/// process that ended) cannot scan again; but a verification that found
+/// the keys' bytes somewhere must not be answered by a retry that no longer
+/// looks, or an insider's copy found once would pass the retry unseen (a
+/// certificate that says `not repeated` over a copy it saw).
 pub(crate) struct Needles {
     wrapped: zeroize::Zeroizing<Vec<Vec<u8>>>,
     old_slots: zeroize::Zeroizing<Vec<Vec<u8>>>,
@@ -1246,19 +1247,34 @@ impl Vault {
         )
     }
 
-    /// Keeps a batch's needles for its retry in this process ([`Needles`])
-    /// when a run that deleted its keys fails before it certifies.
-    fn keep_needles(&self, id: &str, wrapped: &mut Vec<Vec<u8>>, old_slots: &mut Vec<Vec<u8>>) {
-        if wrapped.is_empty() {
-            return;
+    /// Keeps a copy of a batch's needles ([`Needles`]) from the moment its
+    /// keys are deleted until it is verified, whatever ends the run in
+    /// between (an error anywhere, a panic): its retry in this process
+    /// scans with them.
+    /// (Either part left empty keeps what was kept: a retry here that
+    /// ratchets again knows the slots, not the keys.)
+    fn keep_needles(&self, id: &str, wrapped: &[Vec<u8>], old_slots: &[Vec<u8>]) {
+        let mut kept = self.kept_needles.lock().expect("needles lock");
+        match kept.get_mut(id) {
+            Some(k) => {
+                if !wrapped.is_empty() {
+                    k.wrapped = zeroize::Zeroizing::new(wrapped.to_vec());
+                }
+                if !old_slots.is_empty() {
+                    k.old_slots = zeroize::Zeroizing::new(old_slots.to_vec());
+                }
+            }
+            None if !wrapped.is_empty() => {
+                kept.insert(
+                    id.to_owned(),
+                    Needles {
+                        wrapped: zeroize::Zeroizing::new(wrapped.to_vec()),
+                        old_slots: zeroize::Zeroizing::new(old_slots.to_vec()),
+                    },
+                );
+            }
+            None => {}
         }
-        self.failed_needles.lock().expect("needles lock").insert(
-            id.to_owned(),
-            Needles {
-                wrapped: zeroize::Zeroizing::new(std::mem::take(wrapped)),
-                old_slots: zeroize::Zeroizing::new(std::mem::take(old_slots)),
-            },
-        );
     }
 
     fn advance(&self, b: &mut BatchRow, step: &str) -> Result<()> {
@@ -1418,6 +1434,7 @@ impl Vault {
             }
             b.rewrapped = p.rotation.rewrapped;
             self.keystore.commit_rotation(p.rotation)?;
+            self.keep_needles(&b.id, &wrapped_before, &[]);
             // The rotation also destroyed every update's residue in these buckets.
             self.clear_dirty(&b.buckets)?;
             drop(p.guards);
@@ -1431,6 +1448,7 @@ impl Vault {
             // header (deleted from the cluster's rows, then purged: its
             // bytes join the byte scan's needles).
             old_slots = crate::header::slot_rows(&self.header_place())?;
+            self.keep_needles(&b.id, &wrapped_before, &old_slots);
             let after = self.ratchet()?;
             b.epoch_after = Some(after);
             self.audit(
@@ -1472,17 +1490,15 @@ impl Vault {
                 .load(std::sync::atomic::Ordering::SeqCst);
             let purge_keys = step < step_index("keystore_purged");
             let resumed = wrapped_before.is_empty();
-            // A batch whose verification failed in this process scans again
-            // with the needles that run held.
+            // A batch whose keys a run in this process deleted scans with
+            // the needles that run held.
             if resumed
-                && let Some(kept) = self
-                    .failed_needles
-                    .lock()
-                    .expect("needles lock")
-                    .remove(&b.id)
+                && let Some(kept) = self.kept_needles.lock().expect("needles lock").get(&b.id)
             {
                 wrapped_before = kept.wrapped.to_vec();
-                old_slots = kept.old_slots.to_vec();
+                if old_slots.is_empty() {
+                    old_slots = kept.old_slots.to_vec();
+                }
             }
             let (purged, deleted) = std::thread::scope(|sc| {
                 let keys =
@@ -1506,9 +1522,7 @@ impl Vault {
                 b.beacons = Some(beacons);
             }
             if let Some(ev) = purged {
-                let ev = ev.inspect_err(|_| {
-                    self.keep_needles(&b.id, &mut wrapped_before, &mut old_slots)
-                })?;
+                let ev = ev?;
                 keys_wal_floor = ev.wal_floor.clone();
                 b.purge = Some(PurgeRow::from(&ev));
                 self.advance(b, "keystore_purged")?;
@@ -1664,11 +1678,7 @@ impl Vault {
                     hits,
                     scanned,
                     skipped,
-                } = key_scan
-                    .expect("scanned above with keys")
-                    .inspect_err(|_| {
-                        self.keep_needles(&b.id, &mut wrapped_before, &mut old_slots)
-                    })?;
+                } = key_scan.expect("scanned above with keys")?;
                 tr(&format!(
                     "verify: key paths + byte scan of {scanned} files ({skipped} skipped)"
                 ));
@@ -1703,7 +1713,6 @@ impl Vault {
             if !problems.is_empty() {
                 let msg = problems.join("; ");
                 b.failed = Some(msg.clone());
-                self.keep_needles(&b.id, &mut wrapped_before, &mut old_slots);
                 self.put_batch(b, true)?;
                 let e = Error::DisposalFailed(msg);
                 self.audit(
@@ -1725,6 +1734,10 @@ impl Vault {
                 None,
             )?;
             self.advance(b, "verified")?;
+            self.kept_needles
+                .lock()
+                .expect("needles lock")
+                .remove(&b.id);
             tr("verified");
         }
         // Step 8: ledger, audit, certificate.
@@ -1776,6 +1789,10 @@ impl Vault {
             )?;
         }
         self.advance(b, "complete")?;
+        self.kept_needles
+            .lock()
+            .expect("needles lock")
+            .remove(&b.id);
         tr("certificate");
         Ok(cert_id)
     }

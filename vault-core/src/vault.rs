@@ -427,9 +427,10 @@ pub struct Vault {
     dummy_phc: String,
     /// One disposal batch (or restore, backup, maintenance ratchet) at a time.
     disposal_lock: Mutex<()>,
-    /// The byte scan's needles of each batch whose verification failed in
-    /// this process, so that its retry here scans again (`disposal.rs`).
-    failed_needles: Mutex<std::collections::HashMap<String, disposal::Needles>>,
+    /// The byte scan's needles of each batch whose keys a run in this
+    /// process deleted and that is not yet verified, so that its retry here
+    /// scans again (`disposal.rs`).
+    kept_needles: Mutex<std::collections::HashMap<String, disposal::Needles>>,
     /// Bucket locks, the pending set and the write fence (`isolation.rs`).
     isolation: isolation::Isolation,
     /// Buckets holding residue of updated records' old keys, with the time
@@ -938,7 +939,7 @@ impl Vault {
             active_officers: AtomicUsize::new(0),
             dummy_phc,
             disposal_lock: Mutex::new(()),
-            failed_needles: Mutex::new(std::collections::HashMap::new()),
+            kept_needles: Mutex::new(std::collections::HashMap::new()),
             isolation: isolation::Isolation::new(info.buckets),
             dirty: Mutex::new(std::collections::BTreeMap::new()),
             crash_hook: Mutex::new(None),

@@ -2048,12 +2048,9 @@ impl Member<'_> {
         // earlier build lacks the newer ones.
         let undefined = |r: &std::result::Result<Vec<postgres::Row>, postgres::Error>| matches!(r, Err(e) if e.code() == Some(&postgres::error::SqlState::UNDEFINED_FUNCTION));
         let mut parted = vault.is_some();
-        // The files of the relations this role can rewrite, before any
-        // part reads: see below.
-        let before = match vault {
-            Some(_) => Some(self.run(rewritable_files)?),
-            None => None,
-        };
+        // The files of the relations this role can rewrite, read when a
+        // scan is first split, before any part reads: see below.
+        let mut before = None;
         let mut split = false;
         let mut whole_reruns = 0;
         let mut todo = vec![(0i32, 1i32)];
@@ -2071,6 +2068,7 @@ impl Member<'_> {
                     // whatever ran before.
                     parted = false;
                     split = false;
+                    before = None;
                     found.clear();
                     todo.clear();
                 } else {
@@ -2094,6 +2092,9 @@ impl Member<'_> {
                         whole_reruns += 1;
                         todo.push((0, 1));
                     } else if parts < SCAN_PARTS {
+                        if !split && let Some((v, _)) = vault {
+                            before = Some(self.run(|c| rewritable_files(c, v))?);
+                        }
                         split = true;
                         todo.extend((0..4).map(|k| (part + k * parts, parts * 4)));
                     } else {
@@ -2115,8 +2116,8 @@ impl Member<'_> {
         // after the file went and its new one in a part read before it
         // came. Any such relation, or one made meanwhile, counts as a hit,
         // never as read.
-        if split && let Some(before) = before {
-            for (oid, path) in self.run(rewritable_files)? {
+        if let (Some(before), Some((v, _))) = (before, vault) {
+            for (oid, path) in self.run(|c| rewritable_files(c, v))? {
                 if before.get(&oid) != Some(&path) {
                     found.push((
                         format!("{path} (a relation's file made while the scan ran in parts, not read whole)"),
@@ -2130,21 +2131,30 @@ impl Member<'_> {
 }
 
 /// The file of every relation with storage that the session's role owns
-/// or may write (and so rewrite into a new file), by OID.
-fn rewritable_files(c: &mut Client) -> Result<std::collections::HashMap<u32, String>> {
+/// or may write (and so rewrite into a new file), by OID: in `vault`'s
+/// schema and in any schema that is not a vault's. Other vaults' schemas
+/// are left out: where vaults share one role (`pivault`) every other
+/// vault's purge rewrites its own relations, and those rewrites, which make
+/// standbys cancel scans in the first place, would fail every split scan.
+/// (Their files are read, as the role's own, but a copy moved there during
+/// a split scan is not looked for again.)
+fn rewritable_files(c: &mut Client, vault: &str) -> Result<std::collections::HashMap<u32, String>> {
     let rows = c
         .query(
-            "SELECT c.oid, f FROM pg_class c, pg_relation_filepath(c.oid) f
-              WHERE f IS NOT NULL
-                AND (c.relowner = (SELECT r.oid FROM pg_roles r WHERE r.rolname = session_user)
-                     OR (c.relkind NOT IN ('i', 'I', 't', 'S')
-                         AND has_table_privilege(session_user, c.oid, 'INSERT, UPDATE, TRUNCATE')))",
-            &[],
+            "SELECT x.oid, pg_relation_filepath(x.oid) FROM (
+               SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                WHERE (n.nspname = $1 OR n.nspname !~ '^p[vr]_[0-9a-f]{32}$')
+                  AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'pg_toast')
+                  AND (c.relowner = (SELECT r.oid FROM pg_roles r WHERE r.rolname = session_user)
+                       OR (c.relkind NOT IN ('i', 'I', 't', 'S')
+                           AND has_table_privilege(session_user, c.oid, 'INSERT, UPDATE, TRUNCATE')))
+             ) x",
+            &[&vault],
         )
         .map_err(pg)?;
     Ok(rows
         .iter()
-        .map(|r| (r.get::<_, u32>(0), r.get(1)))
+        .filter_map(|r| Some((r.get::<_, u32>(0), r.get::<_, Option<String>>(1)?)))
         .collect())
 }
 
