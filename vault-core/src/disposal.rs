@@ -1372,8 +1372,8 @@ impl Vault {
             .transpose()?;
         // The wrapped DEK bytes of every version that exist before the batch,
         // for the byte scan of step 7. Held in memory only: writing them
-        // anywhere would make a copy (a run that fails keeps them for the
-        // batch's retry in this process: `Needles`).
+        // anywhere would make a copy (the process keeps them from the keys'
+        // deletion until the batch is verified, for a retry here: `Needles`).
         let mut wrapped_before = Vec::new();
         // The root-key slots as rows on a keystore cluster before step 4.
         let mut old_slots: Vec<Vec<u8>> = Vec::new();
