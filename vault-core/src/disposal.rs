@@ -1277,6 +1277,11 @@ impl Vault {
         }
     }
 
+    /// Drops a batch's kept needles once it is verified.
+    fn forget_needles(&self, id: &str) {
+        self.kept_needles.lock().expect("needles lock").remove(id);
+    }
+
     fn advance(&self, b: &mut BatchRow, step: &str) -> Result<()> {
         b.step = step.to_owned();
         self.put_batch(b, true)?;
@@ -1734,10 +1739,7 @@ impl Vault {
                 None,
             )?;
             self.advance(b, "verified")?;
-            self.kept_needles
-                .lock()
-                .expect("needles lock")
-                .remove(&b.id);
+            self.forget_needles(&b.id);
             tr("verified");
         }
         // Step 8: ledger, audit, certificate.
@@ -1789,10 +1791,7 @@ impl Vault {
             )?;
         }
         self.advance(b, "complete")?;
-        self.kept_needles
-            .lock()
-            .expect("needles lock")
-            .remove(&b.id);
+        self.forget_needles(&b.id);
         tr("certificate");
         Ok(cert_id)
     }

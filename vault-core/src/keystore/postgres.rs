@@ -920,7 +920,7 @@ fn blockers(c: &mut Client, horizon: &str) -> Result<Vec<Blocker>> {
             &[&horizon],
         )
         .map_err(|e| {
-            if e.code() == Some(&postgres::error::SqlState::UNDEFINED_FUNCTION) {
+            if undefined_function(&e) {
                 Error::Storage(
                     "cluster: pivault_verify.horizon_blockers is missing (set up by an earlier \
                      build); run scripts/verify-scan-vault.sql in pivault_keys and pivault_records \
@@ -948,7 +948,7 @@ fn blockers(c: &mut Client, horizon: &str) -> Result<Vec<Blocker>> {
 fn streaming_standbys(c: &mut Client) -> Result<i64> {
     match c.query_one("SELECT pivault_verify.streaming_standbys()", &[]) {
         Ok(r) => Ok(r.get(0)),
-        Err(e) if e.code() == Some(&postgres::error::SqlState::UNDEFINED_FUNCTION) => Ok(c
+        Err(e) if undefined_function(&e) => Ok(c
             .query_one(
                 "SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'",
                 &[],
@@ -1063,7 +1063,7 @@ fn wait_for_blockers(c: &mut Client, horizon: &str) -> Result<Waited> {
                         "ended autovacuum" => waited.autovacuum += 1,
                         _ => {}
                     },
-                    Err(e) if e.code() == Some(&postgres::error::SqlState::UNDEFINED_FUNCTION) => {
+                    Err(e) if undefined_function(&e) => {
                         may_end = false;
                     }
                     Err(e) => return Err(pg(e)),
@@ -1147,7 +1147,7 @@ fn lock_holders(
             },
             // A cluster set up before the function: the rewrite's own
             // lock wait, as before.
-            Err(e) if e.code() == Some(&postgres::error::SqlState::UNDEFINED_FUNCTION) => {
+            Err(e) if undefined_function(&e) => {
                 return Ok(LockHeld::default());
             }
             Err(e) => return Err(pg(e)),
@@ -1725,11 +1725,8 @@ impl Conns {
                     };
                     let mut gone = true;
                     for p in before {
-                        let exists: bool = c.run(|c| {
-                            Ok(c.query_one("SELECT pivault_verify.file_exists($1)", &[p])
-                                .map_err(pg)?
-                                .get(0))
-                        })?;
+                        let exists: bool =
+                            c.value("SELECT pivault_verify.file_exists($1)", &[p])?;
                         if exists {
                             gone = false;
                             residue.push(format!(
@@ -1744,11 +1741,7 @@ impl Conns {
                     // every purge, not only by doctor.
                     let mut settings_ok = true;
                     for (setting, want, why) in &MEMBER_SETTINGS[..2] {
-                        let have: String = c.run(|c| {
-                            Ok(c.query_one("SELECT current_setting($1)", &[setting])
-                                .map_err(pg)?
-                                .get(0))
-                        })?;
+                        let have: String = c.value("SELECT current_setting($1)", &[setting])?;
                         if have != *want {
                             settings_ok = false;
                             residue.push(format!("{name}: {setting}={have} ({why})"));
@@ -1759,14 +1752,10 @@ impl Conns {
                         .any(|s| s.starts_with(&format!("{name}:")));
                     let wal_clean = settings_ok && segments_gone;
                     let replay = if role == "standby" {
-                        let lag: String = c.run(|c| {
-                            Ok(c.query_one(
-                                "SELECT coalesce(pg_last_wal_replay_lsn()::text, 'none')",
-                                &[],
-                            )
-                            .map_err(pg)?
-                            .get(0))
-                        })?;
+                        let lag: String = c.value(
+                            "SELECT coalesce(pg_last_wal_replay_lsn()::text, 'none')",
+                            &[],
+                        )?;
                         format!(", replayed to {lag}")
                     } else {
                         blockers.said()
@@ -1974,6 +1963,12 @@ fn canceled_by_replay(e: &postgres::Error) -> bool {
     e.code() == Some(&postgres::error::SqlState::T_R_SERIALIZATION_FAILURE)
 }
 
+/// Whether the cluster lacks the function called: one set up by an earlier
+/// build (the caller falls back to what that build had).
+fn undefined_function(e: &postgres::Error) -> bool {
+    e.code() == Some(&postgres::error::SqlState::UNDEFINED_FUNCTION)
+}
+
 /// [`canceled_by_replay`], on the error [`pg`] made of it (the code last,
 /// in parentheses).
 fn replay_canceled(e: &Error) -> bool {
@@ -2018,6 +2013,15 @@ impl Member<'_> {
         }
     }
 
+    /// The one value a one-row read answers, through [`Self::run`].
+    fn value<T: for<'r> postgres::types::FromSql<'r>>(
+        &mut self,
+        sql: &str,
+        params: &[&(dyn postgres::types::ToSql + Sync)],
+    ) -> Result<T> {
+        self.run(|c| Ok(c.query_one(sql, params).map_err(pg)?.get(0)))
+    }
+
     /// A new session after a cancel, the old one closed first (the role's
     /// connection limit counts it).
     fn reopen(&mut self) -> Result<()> {
@@ -2044,9 +2048,6 @@ impl Member<'_> {
         vault: Option<(&str, Option<&[&str]>)>,
         wal_after: Option<&str>,
     ) -> Result<Option<ScanRows>> {
-        // The narrowest function the cluster has: one set up by an
-        // earlier build lacks the newer ones.
-        let undefined = |r: &std::result::Result<Vec<postgres::Row>, postgres::Error>| matches!(r, Err(e) if e.code() == Some(&postgres::error::SqlState::UNDEFINED_FUNCTION));
         let mut parted = vault.is_some();
         // The files of the relations this role can rewrite, read when a
         // scan is first split, before any part reads: see below.
@@ -2063,7 +2064,9 @@ impl Member<'_> {
                     "SELECT path, hit FROM pivault_verify.scan_vault($1::bytea[], $2, $3, $4, $5, $6)",
                     &[&needles, &v, &tables, &wal_after, &part, &parts],
                 );
-                if undefined(&r) {
+                // The narrowest function the cluster has: one set up by an
+                // earlier build lacks the newer ones.
+                if r.as_ref().is_err_and(undefined_function) {
                     // Functions that predate the parts: one whole scan,
                     // whatever ran before.
                     parted = false;
@@ -2172,7 +2175,7 @@ fn whole_scan(
 ) -> std::result::Result<Vec<postgres::Row>, postgres::Error> {
     let undefined = |r: &Option<std::result::Result<_, postgres::Error>>| match r {
         None => true,
-        Some(Err(e)) => e.code() == Some(&postgres::error::SqlState::UNDEFINED_FUNCTION),
+        Some(Err(e)) => undefined_function(e),
         Some(Ok(_)) => false,
     };
     let mut rows = None;
