@@ -167,6 +167,38 @@ $$;
 REVOKE ALL ON FUNCTION pivault_verify.file_exists(text) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION pivault_verify.file_exists(text) TO pivault_vaults;
 
+-- Which of `paths` (files under the data directory a disposal's byte scan
+-- found a needle in, as `walk` answered them) are still there: what a
+-- retry whose needles went with an ended process can check. Only plain
+-- relative names are answered (letters, digits, `_`, `.`, `-` and `/`, no
+-- `..`), at most 1,000 of them: the function runs as the superuser, and is
+-- no oracle for files outside the data directory. Anything else is refused,
+-- and the batch waits, saying so.
+CREATE OR REPLACE FUNCTION pivault_verify.present(paths text[]) RETURNS text[]
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  p text;
+  there text[] := '{}';
+BEGIN
+  IF cardinality(paths) > 1000 THEN
+    RAISE EXCEPTION 'more than 1000 paths' USING ERRCODE = '22023';
+  END IF;
+  FOREACH p IN ARRAY coalesce(paths, '{}') LOOP
+    IF p IS NULL OR p !~ '^[A-Za-z0-9_][A-Za-z0-9_./-]*$' OR p ~ '(^|/)[.][.](/|$)' THEN
+      RAISE EXCEPTION 'not a path under the data directory' USING ERRCODE = '22023';
+    END IF;
+    IF (pg_stat_file(p, true)).size IS NOT NULL THEN
+      there := there || p;
+    END IF;
+  END LOOP;
+  RETURN there;
+END
+$$;
+REVOKE ALL ON FUNCTION pivault_verify.present(text[]) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION pivault_verify.present(text[]) TO pivault_vaults;
+
 -- The earlier builds' signature (`scan` calls it): every WAL segment read.
 CREATE OR REPLACE FUNCTION pivault_verify.walk(needles bytea[], others jsonb, here text,
                                     OUT path text, OUT hit boolean)

@@ -21,7 +21,7 @@ use crate::certificate::{self, Certificate};
 use crate::clock::format_ms;
 use crate::error::{Error, Result};
 use crate::ids::{CertificateId, CollectionName, DisposalId, RecordId, SubjectId, UserId};
-use crate::keystore::PurgeEvidence;
+use crate::keystore::{FoundCopy, PurgeEvidence};
 use crate::store::{self, RecordRow, RecordState};
 
 /// What a disposal covers.
@@ -217,7 +217,78 @@ impl BatchRecord {
 pub(crate) struct Needles {
     wrapped: zeroize::Zeroizing<Vec<Vec<u8>>>,
     old_slots: zeroize::Zeroizing<Vec<Vec<u8>>>,
+    /// The deleted beacon rows' tags and key ranges (the beacon scan's
+    /// needles and where it reads): a retry deletes no beacon row, so
+    /// without them it could not look again for a copy found once.
+    beacon_tags: zeroize::Zeroizing<Vec<Vec<u8>>>,
+    beacon_ranges: Vec<Vec<u8>>,
 }
+
+/// Folds a scan with needles into the copies a batch keeps: a scan that
+/// read every place it answers (each hit a copy it read, no member
+/// unreached, no file unread) replaces them, since it would have read an
+/// earlier copy still where it was; any other scan adds to them, as it
+/// may have missed one. Whether the kept copies changed.
+fn keep_copies(kept: &mut Vec<FoundCopy>, scan: &crate::keystore::ByteScan) -> bool {
+    let before = kept.clone();
+    if scan.hits.len() == scan.copies.len() {
+        kept.clone_from(&scan.copies);
+    } else {
+        kept.extend(scan.copies.iter().cloned());
+    }
+    kept.sort();
+    kept.dedup();
+    *kept != before
+}
+
+/// What a verification that cannot scan (its needles went with the
+/// process that deleted the keys or the beacon rows) can still say of the
+/// `copies` the batch's latest scan read them in: one still there, or one
+/// that cannot be checked, is a problem (the batch waits: a retry must not
+/// certify over a copy it was shown); all gone, the scan's line says so,
+/// and that a copy elsewhere could not be looked for. Empty: nothing seen.
+fn earlier_copies(
+    what: &str,
+    copies: &[FoundCopy],
+    present: impl FnOnce() -> Result<Vec<FoundCopy>>,
+    problems: &mut Vec<String>,
+) -> String {
+    if copies.is_empty() {
+        return String::new();
+    }
+    let list = |c: &[FoundCopy]| {
+        c.iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    match present() {
+        // The count only: the names are an insider's to choose, and the
+        // certificate is signed text handed to others.
+        Ok(there) if there.is_empty() => format!(
+            "; an earlier verification of this batch found the {what} in {} file(s), each gone since; a copy elsewhere could not be looked for",
+            copies.len()
+        ),
+        Ok(there) => {
+            problems.push(format!(
+                "an earlier verification of this batch found the {what} in files still there: {}; this process cannot look for them again (they were held only in the memory of the process that deleted them), so the batch waits until those files are gone",
+                list(&there)
+            ));
+            String::new()
+        }
+        Err(e) => {
+            problems.push(format!(
+                "an earlier verification of this batch found the {what} in {} file(s) ({}), and they could not be checked gone: {e}",
+                copies.len(),
+                list(copies)
+            ));
+            String::new()
+        }
+    }
+}
+
+/// A batch's deleted beacon tags and their key ranges.
+type TagsAndRanges = (Vec<Vec<u8>>, Vec<Vec<u8>>);
 
 /// Step 1's work, handed to step 2 without releasing the bucket locks.
 struct Prepared<'a> {
@@ -259,6 +330,15 @@ pub(crate) struct BatchRow {
     /// batches of older builds.
     #[serde(default)]
     beacons: Option<BeaconRow>,
+    /// The keystore files the latest byte scan of the batch read a
+    /// pre-disposal wrapped key in (paths, never bytes): a retry whose
+    /// needles went with an ended process cannot scan again, but finds
+    /// here what it must see gone before it may certify.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    key_copies: Vec<FoundCopy>,
+    /// The same for the records store's files and the deleted beacons' tags.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    beacon_copies: Vec<FoundCopy>,
 }
 
 /// What step 6 deleted from the blind indexes and what their purge found.
@@ -1088,6 +1168,8 @@ impl Vault {
             purge: None,
             scan_files: None,
             byte_scan: None,
+            key_copies: Vec::new(),
+            beacon_copies: Vec::new(),
             parties: PartiesRow {
                 data_owner: p.data_owner.clone(),
                 data_owner_address: p.data_owner_address.clone(),
@@ -1270,11 +1352,44 @@ impl Vault {
                     Needles {
                         wrapped: zeroize::Zeroizing::new(wrapped.to_vec()),
                         old_slots: zeroize::Zeroizing::new(old_slots.to_vec()),
+                        beacon_tags: Default::default(),
+                        beacon_ranges: Vec::new(),
                     },
                 );
             }
             None => {}
         }
+    }
+
+    /// Adds a run's deleted beacon tags and ranges to a batch's kept
+    /// needles until it is verified (see [`Needles`]): added, not replaced,
+    /// so a retry that deletes a row planted since still looks for the
+    /// first run's.
+    fn keep_beacons(&self, id: &str, tags: &[Vec<u8>], ranges: &[Vec<u8>]) {
+        let mut kept = self.kept_needles.lock().expect("needles lock");
+        let k = kept.entry(id.to_owned()).or_insert_with(|| Needles {
+            wrapped: Default::default(),
+            old_slots: Default::default(),
+            beacon_tags: Default::default(),
+            beacon_ranges: Vec::new(),
+        });
+        for t in tags {
+            if !k.beacon_tags.contains(t) {
+                k.beacon_tags.push(t.clone());
+            }
+        }
+        for r in ranges {
+            if !k.beacon_ranges.contains(r) {
+                k.beacon_ranges.push(r.clone());
+            }
+        }
+    }
+
+    /// The beacon tags and ranges a run in this process kept for a batch.
+    fn kept_beacons(&self, id: &str) -> Option<TagsAndRanges> {
+        let kept = self.kept_needles.lock().expect("needles lock");
+        let k = kept.get(id)?;
+        (!k.beacon_tags.is_empty()).then(|| (k.beacon_tags.to_vec(), k.beacon_ranges.clone()))
     }
 
     /// Drops a batch's kept needles once it is verified.
@@ -1514,6 +1629,13 @@ impl Vault {
                     deleted,
                 )
             });
+            // The deleted beacons' tags, kept for a retry here before the
+            // keys' purge can end the run.
+            if let Ok(d) = &deleted
+                && !d.tags.is_empty()
+            {
+                self.keep_beacons(&b.id, &d.tags, &d.ranges);
+            }
             // What the ciphertexts' side did is kept with the keys' step,
             // so a batch resumed from there still counts the beacon rows
             // its first run deleted.
@@ -1537,6 +1659,12 @@ impl Vault {
             beacon_tags = deleted.tags;
             beacon_ranges = deleted.ranges;
             beacons_wal_floor = deleted.wal_floor;
+            // Every tag a run here deleted (this one's among them): a
+            // retry deletes none, or only rows planted since.
+            if let Some((tags, ranges)) = self.kept_beacons(&b.id) {
+                beacon_tags = tags;
+                beacon_ranges = ranges;
+            }
             // Tombstones now: a read or an update sees "disposed".
             self.isolation
                 .remove_pending(records.iter().map(|(id, _)| *id));
@@ -1634,6 +1762,20 @@ impl Vault {
                     keys,
                 )
             });
+            // The copies each scan read, kept in the batch's row before
+            // anything else can end the run (the other scan's error, a
+            // check over the network): a retry without needles must find
+            // them there.
+            let mut found = false;
+            if let Some(Ok(scan)) = &beacon_scan {
+                found |= keep_copies(&mut b.beacon_copies, scan);
+            }
+            if let Some(Ok(scan)) = &key_scan {
+                found |= keep_copies(&mut b.key_copies, scan);
+            }
+            if found {
+                self.put_batch(b, true)?;
+            }
             if let Some(bp) = &mut b.beacons {
                 if !bp.residue.is_empty() {
                     problems.push(format!(
@@ -1642,16 +1784,25 @@ impl Vault {
                     ));
                 }
                 if beacon_tags.is_empty() {
+                    let earlier = earlier_copies(
+                        "deleted search beacons' tags",
+                        &b.beacon_copies,
+                        || self.store.copies_present(&b.beacon_copies),
+                        &mut problems,
+                    );
                     bp.byte_scan = Some(if bp.deleted == 0 && !bp.whole_family {
                         "no beacon rows: nothing to scan for".into()
                     } else {
-                        "not repeated: the batch resumed after its beacon rows were deleted and purged".into()
+                        format!(
+                            "not repeated: the batch resumed after its beacon rows were deleted and purged{earlier}"
+                        )
                     });
                 } else {
                     let crate::keystore::ByteScan {
                         hits,
                         scanned,
                         skipped,
+                        copies: _,
                     } = beacon_scan.expect("scanned above with tags")?;
                     let places = if self.store.engine_kind() == "rocksdb" {
                         "records-database file(s) that can hold them (every WAL, manifest and other non-table file, every table file outside the live set, every live beacon table file meeting a deleted range)".to_owned()
@@ -1677,12 +1828,21 @@ impl Vault {
                 }
             }
             if wrapped_before.is_empty() {
-                b.byte_scan = Some("not repeated: the batch resumed after its keys were deleted; key-path and purge checks apply".into());
+                let earlier = earlier_copies(
+                    "pre-disposal wrapped keys",
+                    &b.key_copies,
+                    || self.keystore.copies_present(&b.key_copies),
+                    &mut problems,
+                );
+                b.byte_scan = Some(format!(
+                    "not repeated: the batch resumed after its keys were deleted; key-path and purge checks apply{earlier}"
+                ));
             } else {
                 let crate::keystore::ByteScan {
                     hits,
                     scanned,
                     skipped,
+                    copies: _,
                 } = key_scan.expect("scanned above with keys")?;
                 tr(&format!(
                     "verify: key paths + byte scan of {scanned} files ({skipped} skipped)"
@@ -2821,4 +2981,49 @@ fn skipped_files(skipped: u64, what: &str) -> String {
         return String::new();
     }
     format!(" but the {skipped} file(s) and directories of other databases and {what}, unread")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keystore::ByteScan;
+
+    fn copy(member: &str, path: &str) -> FoundCopy {
+        FoundCopy {
+            member: Some(member.into()),
+            path: path.into(),
+        }
+    }
+
+    /// A scan that did not read everywhere (a member unreached) cannot
+    /// clear a copy it did not read: it adds what it read; only a scan
+    /// that read every place it answers replaces the kept copies.
+    #[test]
+    fn a_scan_that_missed_a_place_keeps_the_copies_and_a_whole_one_replaces_them() {
+        let mut kept = vec![copy("m2", "base/1/2")];
+        let unreached = ByteScan {
+            hits: vec!["m2: unreachable, its files were not scanned".into()],
+            scanned: 5,
+            ..ByteScan::default()
+        };
+        assert!(!keep_copies(&mut kept, &unreached));
+        assert_eq!(kept, vec![copy("m2", "base/1/2")]);
+        let another = ByteScan {
+            hits: vec![
+                "m1: x".into(),
+                "m2: unreachable, its files were not scanned".into(),
+            ],
+            copies: vec![copy("m1", "x")],
+            scanned: 5,
+            ..ByteScan::default()
+        };
+        assert!(keep_copies(&mut kept, &another));
+        assert_eq!(kept, vec![copy("m1", "x"), copy("m2", "base/1/2")]);
+        let clean = ByteScan {
+            scanned: 9,
+            ..ByteScan::default()
+        };
+        assert!(keep_copies(&mut kept, &clean));
+        assert!(kept.is_empty());
+    }
 }

@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::RwLock;
 
-pub use engine::{ByteScan, DropTargets};
+pub use engine::{ByteScan, DropTargets, FoundCopy};
 pub(crate) use engine::{KeyEngine, KeyOp, Table};
 pub use postgres::PurgeControl;
 pub(crate) use rocks::SMALL_MANIFEST_PREALLOCATION;
@@ -205,6 +205,42 @@ pub fn contains_any(hay: &[u8], needles: &[Vec<u8>]) -> bool {
         }
     }
     false
+}
+
+/// An embedded engine's hits (paths under its directory, each a file a
+/// needle was read in) as the copies a failed batch keeps.
+pub(crate) fn local_copies(hits: &[String]) -> Vec<FoundCopy> {
+    hits.iter()
+        .map(|h| FoundCopy {
+            member: None,
+            path: h.clone(),
+        })
+        .collect()
+}
+
+/// Which of `copies` (paths under `dir`, from an earlier scan) are still
+/// there. A path that is not a plain relative one under `dir` came from
+/// no scan: the batch's row was altered.
+pub(crate) fn local_copies_present(dir: &Path, copies: &[FoundCopy]) -> Result<Vec<FoundCopy>> {
+    let mut present = Vec::new();
+    for c in copies {
+        let rel = Path::new(&c.path);
+        let plain = c.member.is_none()
+            && rel
+                .components()
+                .all(|p| matches!(p, std::path::Component::Normal(_)));
+        if !plain {
+            return Err(Error::Integrity("disposal batch"));
+        }
+        // Gone only when the file system says so: a directory made
+        // unreadable hides a file without removing it.
+        match std::fs::symlink_metadata(dir.join(rel)) {
+            Ok(_) => present.push(c.clone()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(present)
 }
 
 /// Recursively scans `dir` for files holding any needle; files that vanish
@@ -899,6 +935,12 @@ impl Keystore {
         wal_after: Option<&str>,
     ) -> Result<ByteScan> {
         self.engine.scan_for(buckets, needles, wal_after)
+    }
+
+    /// Which of `copies` (files an earlier byte scan found needles in)
+    /// are still there.
+    pub(crate) fn copies_present(&self, copies: &[FoundCopy]) -> Result<Vec<FoundCopy>> {
+        self.engine.copies_present(copies)
     }
 
     /// Number of wrapped DEKs stored (for `doctor` and tests).

@@ -1075,6 +1075,15 @@ impl Store {
             .files_holding_beacons(ranges, needles, wal_after)
     }
 
+    /// Which of `copies` (files an earlier beacon scan found tags in) are
+    /// still there.
+    pub(crate) fn copies_present(
+        &self,
+        copies: &[crate::keystore::FoundCopy],
+    ) -> Result<Vec<crate::keystore::FoundCopy>> {
+        self.engine.copies_present(copies)
+    }
+
     pub fn records_of_subject(&self, s: SubjectId) -> Result<Vec<RecordId>> {
         self.scan_prefix(CF_BY_SUBJECT, s.as_bytes())?
             .into_iter()

@@ -1424,6 +1424,69 @@ fn a_members_scan_canceled_by_replay_runs_again_in_shorter_parts_and_the_disposa
     su(&format!("DROP SCHEMA {role} CASCADE; DROP ROLE {role}"));
 }
 
+/// A copy of a wrapped key in a standby's data directory, found by a
+/// disposal's scan there, and the vault then closed and opened again (the
+/// needles go with the process that deleted the keys): the retry cannot
+/// scan, asks the member (`pivault_verify.present`) whether the file it
+/// was shown is still there, and waits while it is; once it is gone it
+/// certifies, and the certificate counts the file as gone and says a copy
+/// elsewhere could not be looked for.
+#[test]
+fn a_copy_a_members_scan_found_keeps_a_retry_after_a_restart_waiting_until_its_file_is_gone() {
+    let _one = serial();
+    let KeysOnTheCluster {
+        c,
+        primary,
+        tmp: _tmp,
+        fx,
+        recs,
+    } = keys_on_the_cluster();
+    let (standby, dir) = c
+        .members
+        .iter()
+        .zip(&c.data_dirs)
+        .find(|(m, _)| **m != primary)
+        .map(|(m, d)| (m.clone(), d.clone()))
+        .expect("a standby");
+    let copy = Ballast(vec![dir.join("pivault_test_restart_key_copy")]);
+    std::fs::write(&copy.0[0], [&b"kept"[..], &recs[0].2, b"aside"].concat()).unwrap();
+    match fx
+        .vault
+        .dispose(&fx.officer, &request(DisposalScope::Subject(recs[0].0)))
+    {
+        Err(Error::DisposalFailed(msg)) => assert!(
+            msg.contains(&format!("{standby}: pivault_test_restart_key_copy")),
+            "{msg}"
+        ),
+        other => panic!("a copy on a standby must block the certificate: {other:?}"),
+    }
+    let batch = fx.vault.disposals(&fx.officer).unwrap()[0].id;
+    let fx = fx.reopen();
+    match fx.vault.retry_disposal(&fx.officer, batch) {
+        Err(Error::DisposalFailed(msg)) => assert!(
+            msg.contains("still there")
+                && msg.contains(&format!("{standby}: pivault_test_restart_key_copy")),
+            "{msg}"
+        ),
+        other => panic!("a retry without needles certified over a copy on a member: {other:?}"),
+    }
+    drop(copy);
+    let cert = fx.vault.retry_disposal(&fx.officer, batch).unwrap();
+    let text = fx
+        .vault
+        .certificate(&fx.auditor, cert)
+        .unwrap()
+        .body
+        .to_string();
+    assert!(
+        text.contains("not repeated: the batch resumed after its keys were deleted")
+            && text.contains("found the pre-disposal wrapped keys in 1 file(s), each gone since")
+            && !text.contains("pivault_test_restart_key_copy"),
+        "{text}"
+    );
+    fx.vault.close().unwrap();
+}
+
 /// How many statements of the keystore's database standby `m` canceled
 /// because their snapshot conflicted with a cleanup to replay.
 fn snapshot_conflicts(m: &str) -> i64 {

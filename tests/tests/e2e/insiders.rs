@@ -1384,3 +1384,78 @@ fn a_key_copy_the_byte_scan_found_is_looked_for_again_by_every_retry() {
     assert!(text.contains("0 file(s) hold them"), "{text}");
     fx.vault.close().unwrap();
 }
+
+/// The copy of the test above, found by a run in a process that then
+/// ended (here: the vault closed and opened again): the needles went with
+/// that process, so no retry after it can scan again. A retry used to
+/// certify ("not repeated") over the copy it had been shown; the batch now
+/// keeps the files its latest scan read the key in, and a retry certifies
+/// only once each is gone, saying so in the certificate (by count: the
+/// file's name is the insider's to choose). Two retries at once while the
+/// copy is there both wait.
+#[test]
+fn a_key_copy_found_before_a_restart_keeps_the_batch_waiting_while_its_file_is_there() {
+    use vault_core::ids::SubjectId;
+    use vault_core::vault::{DisposalParties, DisposalRequest, DisposalScope};
+    let tmp = tempfile::tempdir().unwrap();
+    let fx = fast_vault(&tmp.path().join("vault"));
+    let body =
+        serde_json::json!({ "given_name": "Ann", "family_name": "Aside", "ssn": "123-45-6789" });
+    let sub = SubjectId::new();
+    let id = fx
+        .vault
+        .put_record(&fx.clerk, common::CUSTOMERS, sub, &body)
+        .unwrap();
+    let wrapped = fx
+        .vault
+        .keystore()
+        .wrapped_dek(sub, id, 1)
+        .unwrap()
+        .unwrap();
+    let copy = fx.dir.join("keystore").join("keys-aside.bak");
+    std::fs::write(&copy, [&b"aside"[..], &wrapped, b"kept"].concat()).unwrap();
+    let req = DisposalRequest {
+        scope: DisposalScope::Record(id),
+        parties: DisposalParties::default(),
+        dry_run: false,
+    };
+    match fx.vault.dispose(&fx.officer, &req) {
+        Err(Error::DisposalFailed(msg)) => assert!(
+            msg.contains("keys-aside.bak") && msg.contains("wrapped key bytes found"),
+            "{msg}"
+        ),
+        other => panic!("a copy of the key must block the certificate: {other:?}"),
+    }
+    let batch = fx.vault.disposals(&fx.officer).unwrap()[0].id;
+    let fx = fx.reopen();
+    let (a, b) = std::thread::scope(|sc| {
+        let a = sc.spawn(|| fx.vault.retry_disposal(&fx.officer, batch));
+        let b = sc.spawn(|| fx.vault.retry_disposal(&fx.officer, batch));
+        (a.join().unwrap(), b.join().unwrap())
+    });
+    for (r, what) in [(a, "a retry"), (b, "the retry beside it")] {
+        match r {
+            Err(Error::DisposalFailed(msg)) => assert!(
+                msg.contains("keys-aside.bak")
+                    && msg.contains("still there")
+                    && !msg.contains(&hex::encode(&wrapped)),
+                "{what}: {msg}"
+            ),
+            other => panic!("{what}: a retry without needles certified over a copy: {other:?}"),
+        }
+    }
+    std::fs::remove_file(&copy).unwrap();
+    let cert = fx.vault.retry_disposal(&fx.officer, batch).unwrap();
+    let doc = fx.vault.certificate(&fx.auditor, cert).unwrap();
+    let text = doc.body.to_string();
+    assert!(
+        text.contains("not repeated: the batch resumed after its keys were deleted")
+            && text.contains("found the pre-disposal wrapped keys in 1 file(s), each gone since"),
+        "the certificate says what the retry could and could not check: {text}"
+    );
+    assert!(
+        !text.contains("keys-aside.bak"),
+        "the certificate names no file (an insider chooses the names): {text}"
+    );
+    fx.vault.close().unwrap();
+}

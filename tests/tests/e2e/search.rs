@@ -434,6 +434,94 @@ pub(crate) fn beacon_tags(vault_dir: &Path) -> BTreeMap<RecordId, Vec<Vec<u8>>> 
     out
 }
 
+/// An insider keeps a copy of one of a record's beacon rows (its tag, the
+/// marker every copy of the row carries) in a file under the records
+/// database's directory. The disposal's beacon scan finds it and the batch
+/// fails. A retry in the same process deletes no beacon row, so it used to
+/// have no tags to scan for and certified "not repeated" over the copy it
+/// had been shown; the tags are now kept with the batch's needles until it
+/// is verified, and the retry finds the copy moved to another file. After
+/// a restart they are gone, and the retry waits while the file its latest
+/// scan read a tag in is there, then certifies saying so.
+#[test]
+fn a_beacon_copy_the_scan_found_is_looked_for_again_and_waited_out_after_a_restart() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("v");
+    let f = counter_vault(&dir);
+    let p = put_people(&f);
+    f.vault.close().unwrap();
+    let tags = beacon_tags(&dir)[&p.jose].clone();
+    // In a directory of its own: the scan used to read only the
+    // database's directory itself.
+    let aside = dir.join("records").join("aside");
+    std::fs::create_dir(&aside).unwrap();
+    let copy = aside.join("beacons-aside.bak");
+    std::fs::write(&copy, [&b"aside"[..], &tags[0], b"kept"].concat()).unwrap();
+    let f = Fixture {
+        vault: crate::common::open_vault(&dir, &f.clock),
+        ..f
+    };
+    let req = DisposalRequest {
+        scope: DisposalScope::Subject(p.jose_subject),
+        parties: DisposalParties::default(),
+        dry_run: false,
+    };
+    let names_the_copy =
+        |r: Result<vault_core::ids::CertificateId, Error>, what: &str, why: &str| match r {
+            Err(Error::DisposalFailed(msg)) => assert!(
+                msg.contains("beacons-aside.bak") && msg.contains(why),
+                "{what}: {msg}"
+            ),
+            other => panic!("{what}: a copy of a beacon row must block the certificate: {other:?}"),
+        };
+    names_the_copy(
+        f.vault
+            .dispose(&f.officer, &req)
+            .map(|o| o.certificate_id.expect("a certificate")),
+        "the disposal",
+        "deleted search beacons found",
+    );
+    let batch = f.vault.disposals(&f.officer).unwrap()[0].id;
+    // Moved to another file: only a retry that scans again finds it (one
+    // that only asks whether the first file is there would certify).
+    let moved = aside.join("beacons-moved.bak");
+    std::fs::rename(&copy, &moved).unwrap();
+    match f.vault.retry_disposal(&f.officer, batch) {
+        Err(Error::DisposalFailed(msg)) => assert!(
+            msg.contains("beacons-moved.bak") && msg.contains("deleted search beacons found"),
+            "a retry in the same process: {msg}"
+        ),
+        other => panic!("a retry in the same process certified over a moved copy: {other:?}"),
+    }
+    std::fs::rename(&moved, &copy).unwrap();
+    names_the_copy(
+        f.vault.retry_disposal(&f.officer, batch),
+        "another retry in the same process",
+        "deleted search beacons found",
+    );
+    let f = f.reopen();
+    names_the_copy(
+        f.vault.retry_disposal(&f.officer, batch),
+        "a retry after a restart",
+        "still there",
+    );
+    std::fs::remove_file(&copy).unwrap();
+    let cert = f.vault.retry_disposal(&f.officer, batch).unwrap();
+    let cert = f.vault.certificate(&f.officer, cert).unwrap();
+    let scan = cert.body["sanitization"]["details"]["search_index"]["byte_scan"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        scan.starts_with("not repeated")
+            && scan
+                .contains("found the deleted search beacons' tags in 1 file(s), each gone since")
+            && !scan.contains("beacons-aside.bak"),
+        "{scan}"
+    );
+    f.vault.close().unwrap();
+}
+
 /// A record ID from its 16 stored bytes.
 fn record_id(b: &[u8]) -> RecordId {
     uuid::Uuid::from_slice(b)

@@ -82,6 +82,30 @@ pub struct ByteScan {
     pub scanned: u64,
     /// Places not read because no row of this vault can be there.
     pub skipped: u64,
+    /// The files among `hits` in which a needle's bytes were read (not
+    /// those counted as hits unread, nor a member not reached): what a
+    /// failed batch keeps, so that a retry without its needles can still
+    /// tell whether a copy it saw is there.
+    pub copies: Vec<FoundCopy>,
+}
+
+/// A file a byte scan read a needle's bytes in: its path under the
+/// engine's directory (a member's data directory on a cluster, with the
+/// member's name). Kept in a failed batch's row (a path, never bytes).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+pub struct FoundCopy {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub member: Option<String>,
+    pub path: String,
+}
+
+impl std::fmt::Display for FoundCopy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.member {
+            Some(m) => write!(f, "{m}: {}", self.path),
+            None => f.write_str(&self.path),
+        }
+    }
 }
 
 /// What a whole vault's drop removes on a cluster: the schema, and each of
@@ -125,6 +149,10 @@ pub(crate) trait KeyEngine: Send + Sync + std::fmt::Debug {
     ) -> Result<ByteScan>;
     /// Every place the engine keeps bytes, searched for `needles`.
     fn files_containing(&self, needles: &[Vec<u8>]) -> Result<Vec<String>>;
+    /// Which of `copies` (files an earlier scan found needles in) are
+    /// still there: all that a retry whose needles went with an ended
+    /// process can check of them.
+    fn copies_present(&self, copies: &[FoundCopy]) -> Result<Vec<FoundCopy>>;
     /// Whole-vault deletion (`pivault vault delete`): what would keep a
     /// byte of the keystore past its destruction if it ran now (a member
     /// down or lagging, an old snapshot), checked before anything is

@@ -51,7 +51,7 @@ use postgres::{Client, NoTls, Statement};
 use serde::{Deserialize, Serialize};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
-use super::engine::{ByteScan, DropTargets, Held, KeyEngine, KeyOp, Table, Visit};
+use super::engine::{ByteScan, DropTargets, FoundCopy, Held, KeyEngine, KeyOp, Table, Visit};
 use super::{MemberEvidence, PurgeEvidence};
 use crate::doctor::Level;
 use crate::error::{Error, Result};
@@ -1861,7 +1861,7 @@ impl Conns {
                                 if !before.contains(&late) {
                                     found.push((
                                         format!("{late} (a relation made in the vault's schema while it was scanned, not read)"),
-                                        Some(true),
+                                        Seen::Unread,
                                     ));
                                 }
                             }
@@ -1881,19 +1881,61 @@ impl Conns {
                     .push(format!("{name}: unreachable, its files were not scanned"));
                 continue;
             };
-            for (path, hit) in rows {
-                match hit {
-                    None => out.skipped += 1,
-                    Some(hit) => {
-                        out.scanned += 1;
-                        if hit {
-                            out.hits.push(format!("{name}: {path}"));
-                        }
-                    }
+            for (path, seen) in rows {
+                if seen == Seen::Skipped {
+                    out.skipped += 1;
+                    continue;
+                }
+                out.scanned += 1;
+                if seen == Seen::Read {
+                    continue;
+                }
+                out.hits.push(format!("{name}: {path}"));
+                if seen == Seen::Holds {
+                    out.copies.push(FoundCopy {
+                        member: Some(name.clone()),
+                        path,
+                    });
                 }
             }
         }
         Ok(out)
+    }
+
+    /// Which of `copies` (files an earlier scan read a needle in) are
+    /// still on their members, each asked by `pivault_verify.present`.
+    /// A member not in the configuration now, or one that cannot answer,
+    /// is an error: the copy seen there cannot be checked gone.
+    pub(crate) fn copies_present(&self, copies: &[FoundCopy]) -> Result<Vec<FoundCopy>> {
+        let mut by_member: std::collections::BTreeMap<&str, Vec<String>> = Default::default();
+        for c in copies {
+            let Some(m) = c.member.as_deref() else {
+                return Err(Error::Integrity("disposal batch"));
+            };
+            by_member.entry(m).or_default().push(c.path.clone());
+        }
+        let mut present = Vec::new();
+        for (name, paths) in by_member {
+            if !self.cfg.members.iter().any(|m| m == name) {
+                return Err(Error::Storage(format!(
+                    "keystore cluster: {name} is not a member now, so the copy an earlier scan found there cannot be checked"
+                )));
+            }
+            let there: Vec<String> = self
+                .member(name)?
+                .value("SELECT pivault_verify.present($1::text[])", &[&paths])
+                .map_err(|e| match e {
+                    Error::Storage(m) if m.contains("(42883)") => Error::Storage(format!(
+                        "keystore cluster: {name} lacks pivault_verify.present (a cluster set up by an earlier build): run scripts/verify-scan-vault.sql in pivault_keys and pivault_records"
+                    )),
+                    e => e,
+                })?;
+            present.extend(there.into_iter().map(|path| FoundCopy {
+                member: Some(name.to_owned()),
+                path,
+            }));
+        }
+        Ok(present)
     }
 
     /// A session with `member` for a purge's rounds and checks.
@@ -2082,7 +2124,15 @@ impl Member<'_> {
                 rows = whole_scan(c, needles, vault, wal_after).map_err(Some);
             }
             match rows {
-                Ok(rows) => found.extend(rows.iter().map(|r| (r.get(0), r.get(1)))),
+                Ok(rows) => found.extend(rows.iter().map(|r| {
+                    let hit: Option<bool> = r.get(1);
+                    let seen = match hit {
+                        None => Seen::Skipped,
+                        Some(false) => Seen::Read,
+                        Some(true) => Seen::Holds,
+                    };
+                    (r.get(0), seen)
+                })),
                 Err(Some(e))
                     if canceled_by_replay(&e)
                         && self.canceled < REPLAY_CANCELS
@@ -2124,7 +2174,7 @@ impl Member<'_> {
                 if before.get(&oid) != Some(&path) {
                     found.push((
                         format!("{path} (a relation's file made while the scan ran in parts, not read whole)"),
-                        Some(true),
+                        Seen::Unread,
                     ));
                 }
             }
@@ -2161,9 +2211,23 @@ fn rewritable_files(c: &mut Client, vault: &str) -> Result<std::collections::Has
         .collect())
 }
 
-/// A member's scan's answer: each file (or skipped entry) and whether it
-/// holds a needle (`None`: skipped, unread).
-type ScanRows = Vec<(String, Option<bool>)>;
+/// A member's scan's answer: each file (or skipped entry) and what the
+/// scan saw of it.
+type ScanRows = Vec<(String, Seen)>;
+
+/// What a member's scan saw of one place.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Seen {
+    /// Not read: no row of the vault can be there.
+    Skipped,
+    /// Read, no needle in it.
+    Read,
+    /// Read, a needle's bytes in it: a copy.
+    Holds,
+    /// Counted as a hit without being read (made or rewritten while the
+    /// scan ran): it may hold a copy, none was seen.
+    Unread,
+}
 
 /// A member's scan with the functions of a cluster set up before the
 /// parts: `scan_vault` with `wal_after`, without, or the whole `scan`.
@@ -2371,6 +2435,10 @@ impl KeyEngine for PgKeys {
                 .scan_members(needles, Some((&self.schema, None)), None)?
                 .hits)
         })
+    }
+
+    fn copies_present(&self, copies: &[FoundCopy]) -> Result<Vec<FoundCopy>> {
+        off_runtime(|| self.conns.copies_present(copies))
     }
 
     fn destroy_precheck(&self) -> Result<Vec<String>> {

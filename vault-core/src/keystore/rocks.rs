@@ -9,7 +9,7 @@ use std::path::Path;
 
 use rocksdb::{ColumnFamilyDescriptor, DB, Options, WriteBatch, WriteOptions};
 
-use super::engine::{ByteScan, DropTargets, Held, KeyEngine, KeyOp, Table, Visit};
+use super::engine::{ByteScan, DropTargets, FoundCopy, Held, KeyEngine, KeyOp, Table, Visit};
 use super::{PurgeEvidence, contains_any, scan_dir};
 use crate::error::Result;
 
@@ -269,14 +269,17 @@ impl RocksKeys {
             }
         }
         let mut out = Vec::new();
-        let mut stack = vec![self.db.path().to_path_buf()];
+        let top = self.db.path().to_path_buf();
+        let mut stack = vec![top.clone()];
         while let Some(d) = stack.pop() {
             for e in std::fs::read_dir(&d)? {
                 let e = e?;
                 let p = e.path();
                 if p.is_dir() {
                     stack.push(p);
-                } else if !skip.contains(&*e.file_name().to_string_lossy()) {
+                } else if d != top || !skip.contains(&*e.file_name().to_string_lossy()) {
+                    // The live set's files are in the directory itself: a
+                    // file of the same name in a subdirectory is someone's.
                     out.push(p);
                 }
             }
@@ -427,6 +430,7 @@ impl KeyEngine for RocksKeys {
     ) -> Result<ByteScan> {
         let (hits, scanned) = self.files_containing_for_buckets(buckets, needles)?;
         Ok(ByteScan {
+            copies: crate::keystore::local_copies(&hits),
             hits,
             scanned,
             skipped: 0,
@@ -435,6 +439,10 @@ impl KeyEngine for RocksKeys {
 
     fn files_containing(&self, needles: &[Vec<u8>]) -> Result<Vec<String>> {
         scan_dir(self.db.path(), needles)
+    }
+
+    fn copies_present(&self, copies: &[FoundCopy]) -> Result<Vec<FoundCopy>> {
+        crate::keystore::local_copies_present(self.db.path(), copies)
     }
 
     fn hold_snapshot(&self) -> Result<Box<dyn Held + '_>> {

@@ -51,6 +51,12 @@ pub(crate) trait RowEngine: Send + Sync + std::fmt::Debug {
         needles: &[Vec<u8>],
         wal_after: Option<&str>,
     ) -> Result<crate::keystore::ByteScan>;
+    /// Which of `copies` (files an earlier beacon scan found tags in) are
+    /// still there: what a retry that no longer knows the tags can check.
+    fn copies_present(
+        &self,
+        copies: &[crate::keystore::FoundCopy],
+    ) -> Result<Vec<crate::keystore::FoundCopy>>;
     /// Another process took the vault over (a cluster's lease lapsed
     /// here): nothing more is served.
     fn lease_lost(&self) -> bool {

@@ -989,6 +989,13 @@ impl RowEngine for PgRows {
         })
     }
 
+    fn copies_present(
+        &self,
+        copies: &[crate::keystore::FoundCopy],
+    ) -> Result<Vec<crate::keystore::FoundCopy>> {
+        off_runtime(|| self.conns.copies_present(copies))
+    }
+
     fn lease_lost(&self) -> bool {
         self.lost.load(Ordering::SeqCst)
     }

@@ -230,28 +230,51 @@ impl RowEngine for RocksRows {
             .collect();
         let mut hits = Vec::new();
         let mut read = 0;
-        for e in std::fs::read_dir(self.db.path())? {
-            let e = e?;
-            let name = e.file_name().to_string_lossy().into_owned();
-            if skip.contains(&name) || e.path().is_dir() {
-                continue;
-            }
-            let bytes = match std::fs::read(e.path()) {
-                Ok(b) => b,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(e.into()),
-            };
-            read += 1;
-            if crate::keystore::contains_any(&bytes, needles) {
-                hits.push(name);
+        let top = self.db.path().to_path_buf();
+        let mut stack = vec![top.clone()];
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(&d)? {
+                let e = e?;
+                let path = e.path();
+                // Subdirectories too: RocksDB makes none, so whatever is in
+                // one is someone's, and a copy there is a copy.
+                if path.is_dir() {
+                    stack.push(path);
+                    continue;
+                }
+                let name = path
+                    .strip_prefix(&top)
+                    .unwrap_or(&path)
+                    .to_string_lossy()
+                    .into_owned();
+                if d == top && skip.contains(&name) {
+                    continue;
+                }
+                let bytes = match std::fs::read(&path) {
+                    Ok(b) => b,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(e.into()),
+                };
+                read += 1;
+                if crate::keystore::contains_any(&bytes, needles) {
+                    hits.push(name);
+                }
             }
         }
         hits.sort();
         Ok(crate::keystore::ByteScan {
+            copies: crate::keystore::local_copies(&hits),
             hits,
             scanned: read,
             skipped: 0,
         })
+    }
+
+    fn copies_present(
+        &self,
+        copies: &[crate::keystore::FoundCopy],
+    ) -> Result<Vec<crate::keystore::FoundCopy>> {
+        crate::keystore::local_copies_present(self.db.path(), copies)
     }
 
     fn kind(&self) -> &'static str {
