@@ -222,16 +222,22 @@ pub(crate) struct Needles {
     /// without them it could not look again for a copy found once.
     beacon_tags: zeroize::Zeroizing<Vec<Vec<u8>>>,
     beacon_ranges: Vec<Vec<u8>>,
+    /// Whether the tags include the first deletion's (made by a run in
+    /// this process): only then can a scan with them clear a copy a scan
+    /// once found (a retry after a restart deletes only rows planted
+    /// since, and scans for their tags alone).
+    beacons_whole: bool,
 }
 
-/// Folds a scan with needles into the copies a batch keeps: a scan that
-/// read every place it answers (each hit a copy it read, no member
-/// unreached, no file unread) replaces them, since it would have read an
-/// earlier copy still where it was; any other scan adds to them, as it
-/// may have missed one. Whether the kept copies changed.
-fn keep_copies(kept: &mut Vec<FoundCopy>, scan: &crate::keystore::ByteScan) -> bool {
+/// Folds a scan with needles into the copies a batch keeps: a scan with
+/// the `whole` needles (those the copies were found with) that read every
+/// place it answers (each hit a copy it read, no member unreached, no file
+/// unread) replaces them, since it would have read an earlier copy still
+/// where it was; any other scan adds to them, as it may have missed one.
+/// Whether the kept copies changed.
+fn keep_copies(kept: &mut Vec<FoundCopy>, scan: &crate::keystore::ByteScan, whole: bool) -> bool {
     let before = kept.clone();
-    if scan.hits.len() == scan.copies.len() {
+    if whole && scan.hits.len() == scan.copies.len() {
         kept.clone_from(&scan.copies);
     } else {
         kept.extend(scan.copies.iter().cloned());
@@ -287,8 +293,9 @@ fn earlier_copies(
     }
 }
 
-/// A batch's deleted beacon tags and their key ranges.
-type TagsAndRanges = (Vec<Vec<u8>>, Vec<Vec<u8>>);
+/// A batch's deleted beacon tags, their key ranges, and whether they
+/// include the first deletion's ([`Needles`]).
+type TagsAndRanges = (Vec<Vec<u8>>, Vec<Vec<u8>>, bool);
 
 /// Step 1's work, handed to step 2 without releasing the bucket locks.
 struct Prepared<'a> {
@@ -1354,6 +1361,7 @@ impl Vault {
                         old_slots: zeroize::Zeroizing::new(old_slots.to_vec()),
                         beacon_tags: Default::default(),
                         beacon_ranges: Vec::new(),
+                        beacons_whole: false,
                     },
                 );
             }
@@ -1365,14 +1373,17 @@ impl Vault {
     /// needles until it is verified (see [`Needles`]): added, not replaced,
     /// so a retry that deletes a row planted since still looks for the
     /// first run's.
-    fn keep_beacons(&self, id: &str, tags: &[Vec<u8>], ranges: &[Vec<u8>]) {
+    /// `first`: no earlier run recorded a deletion of the batch's rows.
+    fn keep_beacons(&self, id: &str, tags: &[Vec<u8>], ranges: &[Vec<u8>], first: bool) {
         let mut kept = self.kept_needles.lock().expect("needles lock");
         let k = kept.entry(id.to_owned()).or_insert_with(|| Needles {
             wrapped: Default::default(),
             old_slots: Default::default(),
             beacon_tags: Default::default(),
             beacon_ranges: Vec::new(),
+            beacons_whole: false,
         });
+        k.beacons_whole |= first;
         for t in tags {
             if !k.beacon_tags.contains(t) {
                 k.beacon_tags.push(t.clone());
@@ -1389,7 +1400,13 @@ impl Vault {
     fn kept_beacons(&self, id: &str) -> Option<TagsAndRanges> {
         let kept = self.kept_needles.lock().expect("needles lock");
         let k = kept.get(id)?;
-        (!k.beacon_tags.is_empty()).then(|| (k.beacon_tags.to_vec(), k.beacon_ranges.clone()))
+        (!k.beacon_tags.is_empty()).then(|| {
+            (
+                k.beacon_tags.to_vec(),
+                k.beacon_ranges.clone(),
+                k.beacons_whole,
+            )
+        })
     }
 
     /// Drops a batch's kept needles once it is verified.
@@ -1595,6 +1612,8 @@ impl Vault {
         // none written after it (held in memory, as the needles are; a
         // resumed batch scans without them).
         let (mut keys_wal_floor, mut beacons_wal_floor) = (None, None);
+        // Whether `beacon_tags` include the first deletion's (see `Needles`).
+        let mut beacons_whole = false;
         if step < step_index("ciphertexts_deleted") {
             // Steps 5 and 6 at once: the keystore's physical purge on a
             // thread of its own while the ciphertexts go (a tombstone row
@@ -1634,7 +1653,7 @@ impl Vault {
             if let Ok(d) = &deleted
                 && !d.tags.is_empty()
             {
-                self.keep_beacons(&b.id, &d.tags, &d.ranges);
+                self.keep_beacons(&b.id, &d.tags, &d.ranges, b.beacons.is_none());
             }
             // What the ciphertexts' side did is kept with the keys' step,
             // so a batch resumed from there still counts the beacon rows
@@ -1661,9 +1680,10 @@ impl Vault {
             beacons_wal_floor = deleted.wal_floor;
             // Every tag a run here deleted (this one's among them): a
             // retry deletes none, or only rows planted since.
-            if let Some((tags, ranges)) = self.kept_beacons(&b.id) {
+            if let Some((tags, ranges, whole)) = self.kept_beacons(&b.id) {
                 beacon_tags = tags;
                 beacon_ranges = ranges;
+                beacons_whole = whole;
             }
             // Tombstones now: a read or an update sees "disposed".
             self.isolation
@@ -1766,12 +1786,18 @@ impl Vault {
             // anything else can end the run (the other scan's error, a
             // check over the network): a retry without needles must find
             // them there.
+            // A beacon scan without the first deletion's tags clears no
+            // copy: what an earlier scan found is checked as a retry
+            // without needles checks it (below).
+            let beacon_copies_before = b.beacon_copies.clone();
             let mut found = false;
             if let Some(Ok(scan)) = &beacon_scan {
-                found |= keep_copies(&mut b.beacon_copies, scan);
+                found |= keep_copies(&mut b.beacon_copies, scan, beacons_whole);
             }
             if let Some(Ok(scan)) = &key_scan {
-                found |= keep_copies(&mut b.key_copies, scan);
+                // Key needles are whole whenever held: the keys are
+                // deleted once, by the run whose needles these are.
+                found |= keep_copies(&mut b.key_copies, scan, true);
             }
             if found {
                 self.put_batch(b, true)?;
@@ -1815,8 +1841,21 @@ impl Vault {
                             )
                         )
                     };
+                    // Tags without the first deletion's (a retry after a
+                    // restart that deleted rows planted since): the copies
+                    // an earlier scan found are checked as without tags.
+                    let earlier = if beacons_whole {
+                        String::new()
+                    } else {
+                        earlier_copies(
+                            "deleted search beacons' tags",
+                            &beacon_copies_before,
+                            || self.store.copies_present(&beacon_copies_before),
+                            &mut problems,
+                        )
+                    };
                     bp.byte_scan = Some(format!(
-                        "{} beacon row tag(s) searched in {scanned} {places}: {} file(s) hold them",
+                        "{} beacon row tag(s) searched in {scanned} {places}: {} file(s) hold them{earlier}",
                         beacon_tags.len(),
                         hits.len()
                     ));
@@ -3006,7 +3045,7 @@ mod tests {
             scanned: 5,
             ..ByteScan::default()
         };
-        assert!(!keep_copies(&mut kept, &unreached));
+        assert!(!keep_copies(&mut kept, &unreached, true));
         assert_eq!(kept, vec![copy("m2", "base/1/2")]);
         let another = ByteScan {
             hits: vec![
@@ -3017,13 +3056,16 @@ mod tests {
             scanned: 5,
             ..ByteScan::default()
         };
-        assert!(keep_copies(&mut kept, &another));
+        assert!(keep_copies(&mut kept, &another, true));
         assert_eq!(kept, vec![copy("m1", "x"), copy("m2", "base/1/2")]);
         let clean = ByteScan {
             scanned: 9,
             ..ByteScan::default()
         };
-        assert!(keep_copies(&mut kept, &clean));
+        // Needles not those the copies were found with: nothing cleared.
+        assert!(!keep_copies(&mut kept, &clean, false));
+        assert_eq!(kept.len(), 2);
+        assert!(keep_copies(&mut kept, &clean, true));
         assert!(kept.is_empty());
     }
 }

@@ -232,15 +232,53 @@ pub(crate) fn local_copies_present(dir: &Path, copies: &[FoundCopy]) -> Result<V
         if !plain {
             return Err(Error::Integrity("disposal batch"));
         }
-        // Gone only when the file system says so: a directory made
-        // unreadable hides a file without removing it.
-        match std::fs::symlink_metadata(dir.join(rel)) {
-            Ok(_) => present.push(c.clone()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e.into()),
+        if exists_by_name(dir, rel)? {
+            present.push(c.clone());
         }
     }
     Ok(present)
+}
+
+/// Whether `rel` (a path as a scan reported it) names something under
+/// `dir`. Gone only when the file system says so: a directory made
+/// unreadable hides a file without removing it, and is an error. A name
+/// that was not UTF-8 was reported with U+FFFD in place of its bytes:
+/// such a component matches any entry of its directory that reads the
+/// same, so an insider cannot hide a copy behind a name the report alters.
+fn exists_by_name(dir: &Path, rel: &Path) -> Result<bool> {
+    let gone = |e: &std::io::Error| e.kind() == std::io::ErrorKind::NotFound;
+    let mut at = vec![dir.to_path_buf()];
+    for part in rel.components() {
+        let part = part.as_os_str();
+        let lossy = part.to_string_lossy();
+        let mut next = Vec::new();
+        for d in &at {
+            if !lossy.contains('\u{FFFD}') {
+                next.push(d.join(part));
+                continue;
+            }
+            let entries = match std::fs::read_dir(d) {
+                Ok(e) => e,
+                Err(e) if gone(&e) => continue,
+                Err(e) => return Err(e.into()),
+            };
+            for e in entries {
+                let e = e?;
+                if e.file_name().to_string_lossy() == lossy {
+                    next.push(e.path());
+                }
+            }
+        }
+        at = next;
+    }
+    for p in at {
+        match std::fs::symlink_metadata(&p) {
+            Ok(_) => return Ok(true),
+            Err(e) if gone(&e) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(false)
 }
 
 /// Recursively scans `dir` for files holding any needle; files that vanish

@@ -1921,19 +1921,21 @@ impl Conns {
                     "keystore cluster: {name} is not a member now, so the copy an earlier scan found there cannot be checked"
                 )));
             }
-            let there: Vec<String> = self
-                .member(name)?
-                .value("SELECT pivault_verify.present($1::text[])", &[&paths])
-                .map_err(|e| match e {
-                    Error::Storage(m) if m.contains("(42883)") => Error::Storage(format!(
-                        "keystore cluster: {name} lacks pivault_verify.present (a cluster set up by an earlier build): run scripts/verify-scan-vault.sql in pivault_keys and pivault_records"
-                    )),
-                    e => e,
-                })?;
-            present.extend(there.into_iter().map(|path| FoundCopy {
-                member: Some(name.to_owned()),
-                path,
-            }));
+            let mut m = self.member(name)?;
+            for some in paths.chunks(1000) {
+                let there: Vec<String> = m
+                    .value("SELECT pivault_verify.present($1::text[])", &[&some])
+                    .map_err(|e| match e {
+                        Error::Storage(msg) if msg.ends_with("(42883)") => Error::Storage(format!(
+                            "keystore cluster: {name} lacks pivault_verify.present (a cluster set up by an earlier build): run scripts/verify-scan-vault.sql in pivault_keys and pivault_records"
+                        )),
+                        e => e,
+                    })?;
+                present.extend(there.into_iter().map(|path| FoundCopy {
+                    member: Some(name.to_owned()),
+                    path,
+                }));
+            }
         }
         Ok(present)
     }
