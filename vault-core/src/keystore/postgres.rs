@@ -2003,8 +2003,14 @@ const WHOLE_RERUNS: u32 = 4;
 /// member here is in a serializable transaction, so on a primary, where
 /// 40001 is a serialization failure, none answers it; and a read run
 /// again is harmless.
+///
+/// A session the standby ended between statements, or whose `FATAL` did
+/// not reach the client before the socket closed, answers only
+/// "connection closed" (seen with two clusters under load: the log says
+/// "terminating connection due to conflict with recovery"); it is run
+/// again the same way, in a new session that fails if the member is down.
 fn canceled_by_replay(e: &postgres::Error) -> bool {
-    e.code() == Some(&postgres::error::SqlState::T_R_SERIALIZATION_FAILURE)
+    e.code() == Some(&postgres::error::SqlState::T_R_SERIALIZATION_FAILURE) || e.is_closed()
 }
 
 /// Whether the cluster lacks the function called: one set up by an earlier
@@ -2016,8 +2022,11 @@ fn undefined_function(e: &postgres::Error) -> bool {
 /// [`canceled_by_replay`], on the error [`pg`] made of it (the code last,
 /// in parentheses).
 fn replay_canceled(e: &Error) -> bool {
-    matches!(e, Error::Storage(m) if m.ends_with("(40001)"))
+    matches!(e, Error::Storage(m) if m.ends_with("(40001)") || m == CONNECTION_CLOSED)
 }
+
+/// What [`pg`] makes of a closed connection (`postgres::Error::is_closed`).
+const CONNECTION_CLOSED: &str = "keystore cluster: connection closed";
 
 /// A session with one member for what a purge runs there, opened again
 /// when a standby cancels a statement of it to go on replaying
