@@ -77,9 +77,10 @@
 //! The automatic checkpoint every [`CHECKPOINT_EVERY`] events is signed at
 //! once but written by a short-lived background thread, because its two
 //! fsyncs (several milliseconds on ordinary disks) would otherwise stall the
-//! one audited call that happens to be number 256. At most one is in flight;
-//! the next append picks up its outcome, and a failed one is retried on the
-//! next append, which then fails closed. Clean close, [`AuditLog::checkpoint`]
+//! one audited call that happens to be number 256. At most one is in flight,
+//! and the event that brings the next one due waits for it before it is
+//! written; the next append picks up its outcome, and a failed one is retried
+//! on the next append, which then fails closed. Clean close, [`AuditLog::checkpoint`]
 //! and dropping the log wait for it.
 
 use std::collections::BTreeMap;
@@ -190,7 +191,8 @@ pub const CHECKPOINTS_FILE: &str = "checkpoints.log";
 
 /// At most this many events may follow a checkpoint (or the start of the
 /// trail) before the next one: the automatic interval plus one more for the
-/// background write (a checkpoint in flight when the process dies). More
+/// background write (a checkpoint in flight when the process dies), not
+/// counting the disowning events of opens after an unclean stop. More
 /// events without a checkpoint mean one was removed.
 pub const MAX_UNCHECKPOINTED: u64 = 2 * CHECKPOINT_EVERY;
 /// Length of " " + 64 hex digits at the end of an event line.
@@ -1455,10 +1457,16 @@ impl AuditLog {
     /// thread.
     fn append_one(&mut self, ev: NewEvent, forget: Option<&[u8]>) -> Result<(u64, bool)> {
         validate(&ev)?;
+        // The event that brings the next checkpoint due waits for the one
+        // in flight before it is written: a kill while that one's fsyncs
+        // run then leaves at most 2 × CHECKPOINT_EVERY - 1 events after the
+        // last durable checkpoint, and the next open's disowning event
+        // still fits within MAX_UNCHECKPOINTED.
+        let due_next = (self.head_seq + 1).is_multiple_of(CHECKPOINT_EVERY);
         if let Place::Files(f) = &self.place
             && f.background
                 .as_ref()
-                .is_some_and(|b| b.handle.is_finished())
+                .is_some_and(|b| due_next || b.handle.is_finished())
         {
             self.settle();
         }
@@ -2120,14 +2128,25 @@ pub fn verify_anchored(dir: &Path, key: &VerifyingKey, anchors: &Anchors) -> Res
     }
     findings.extend(cp_finding);
 
-    // Mandatory checkpoints: no long run of events without one.
+    // Mandatory checkpoints: no long run of events without one. A vault
+    // opening after an unclean stop writes its disowning event before its
+    // checkpoint, and a kill between the two leaves one more event: each
+    // disowning event that names every event before it since the last
+    // checkpoint is not counted (it says the vault vouches for none of them).
+    let disowning: Vec<u64> = report
+        .unvouched
+        .iter()
+        .filter(|u| u.to + 1 == u.named_by)
+        .map(|u| u.named_by)
+        .collect();
     let mut from = 0u64;
     for to in verified_cps
         .iter()
         .map(|(s, _)| *s)
         .chain(std::iter::once(report.events))
     {
-        if to > from + MAX_UNCHECKPOINTED {
+        let disowned = disowning.iter().filter(|&&s| from < s && s <= to).count() as u64;
+        if to - from - disowned > MAX_UNCHECKPOINTED {
             findings.push(Finding::at(
                 from + MAX_UNCHECKPOINTED + 1,
                 format!(
@@ -3152,6 +3171,94 @@ mod tests {
         let r = check(&dir);
         assert!(
             r.problem.as_deref().unwrap().contains("does not chain"),
+            "{r:?}"
+        );
+    }
+
+    /// The checkpoint lines after the first `keep`, removed: what a kill
+    /// leaves while a checkpoint's fsyncs are still running.
+    fn keep_checkpoints(dir: &Path, keep: usize) {
+        let cp = dir.join(CHECKPOINTS_FILE);
+        let cps = lines_of(&cp);
+        write_lines(&cp, &cps[..keep]);
+    }
+
+    #[test]
+    fn the_event_that_brings_a_checkpoint_due_waits_for_the_one_in_flight() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("audit");
+        let mut log = AuditLog::open(&dir, signer(), false).unwrap();
+        let Place::Files(f) = &log.place else {
+            unreachable!()
+        };
+        let writer = Arc::clone(&f.checkpoints);
+        let lines = || {
+            fs::read(segment_path(&dir, 1))
+                .unwrap()
+                .iter()
+                .filter(|&&b| b == b'\n')
+                .count()
+        };
+        // The checkpoint at 256 cannot finish while its writer is held:
+        // its fsyncs are still running.
+        let held = writer.lock().unwrap();
+        fill(&mut log, 2 * CHECKPOINT_EVERY - 1);
+        std::thread::scope(|s| {
+            let due = s.spawn(|| fill(&mut log, 1));
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            assert_eq!(
+                lines(),
+                2 * CHECKPOINT_EVERY as usize - 1,
+                "event 512 was written while the checkpoint at 256 was not yet durable"
+            );
+            drop(held);
+            due.join().unwrap();
+        });
+        assert_eq!(lines(), 2 * CHECKPOINT_EVERY as usize);
+        drop(log);
+        assert_eq!(lines_of(&dir.join(CHECKPOINTS_FILE)).len(), 2);
+    }
+
+    #[test]
+    fn disowning_events_after_kills_at_open_do_not_count_as_a_removed_checkpoint() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("audit");
+        let mut log = AuditLog::open(&dir, signer(), false).unwrap();
+        fill(&mut log, 2 * CHECKPOINT_EVERY - 1 + CHECKPOINT_EVERY);
+        drop(log);
+        // Killed with the checkpoint at 512 in flight: 511 events after
+        // the one at 256.
+        keep_checkpoints(&dir, 1);
+        // An open disowns them (event 768) and is killed while the
+        // checkpoint that event brought due is in flight.
+        let mut log = AuditLog::open(&dir, signer(), false).unwrap();
+        log.disown_tail(1).unwrap();
+        assert_eq!(log.head_seq(), 3 * CHECKPOINT_EVERY);
+        drop(log);
+        keep_checkpoints(&dir, 1);
+        // The next open disowns them all again (769) and signs.
+        let mut log = AuditLog::open(&dir, signer(), false).unwrap();
+        log.disown_tail(1).unwrap();
+        log.checkpoint(1).unwrap();
+        drop(log);
+        let r = check(&dir);
+        assert!(r.ok(), "{r:?}");
+        assert_eq!((r.events, r.last_checkpoint_seq), (769, 769));
+        // Two more ordinary events in the gap (513 with the 511) are one
+        // too many, disowned or not.
+        keep_checkpoints(&dir, 1);
+        let mut log = AuditLog::open(&dir, signer(), false).unwrap();
+        fill(&mut log, 2);
+        drop(log);
+        let mut log = AuditLog::open(&dir, signer(), false).unwrap();
+        log.disown_tail(1).unwrap();
+        log.checkpoint(1).unwrap();
+        drop(log);
+        let r = check(&dir);
+        assert!(
+            r.problem
+                .as_deref()
+                .is_some_and(|p| p.contains("no signed checkpoint covers seq 257 to 772")),
             "{r:?}"
         );
     }

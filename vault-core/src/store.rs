@@ -8,7 +8,7 @@
 //! users, hashes and timestamps.
 
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use crate::error::{Error, Result};
 use crate::ids::{CollectionName, RecordId, SubjectId, UserId};
@@ -69,9 +69,10 @@ pub(crate) const CF_INCIDENTS: &str = "incidents";
 /// around a control. Without it, someone with the files but not the
 /// passphrase could plant a session row under a token they chose (a login
 /// as any user), rewrite a role, lift a legal hold, lengthen a contractor's
-/// scope, shorten a retention period, or drop the export or disposal
-/// ledger's row a certificate or a restore relies on.
-const SEALED_CFS: [&str; 12] = [
+/// scope, shorten a retention period, drop the export or disposal
+/// ledger's row a certificate or a restore relies on, or move a disposal
+/// batch past the verification it failed.
+const SEALED_CFS: [&str; 13] = [
     CF_USERS,
     CF_USERNAMES,
     CF_SESSIONS,
@@ -84,9 +85,11 @@ const SEALED_CFS: [&str; 12] = [
     CF_BACKUPS,
     CF_LEDGER,
     CF_CERTIFICATES,
+    CF_DISPOSALS,
 ];
 /// The column families sealed since the first row MACs (`rows_sealed_v1`);
-/// the others since `rows_sealed_v2`, which began the state digest.
+/// the disposal batches since `rows_sealed_v3`; the others since
+/// `rows_sealed_v2`, which began the state digest.
 const SEALED_V1_CFS: [&str; 4] = [CF_USERS, CF_USERNAMES, CF_SESSIONS, CF_INCIDENTS];
 /// Keys of the meta column family whose rows are sealed like those of
 /// [`SEALED_CFS`]: settings an insider with the files would lower to get
@@ -100,32 +103,20 @@ pub(crate) const META_PENDING_PREFIX: &[u8] = b"pending/";
 /// gates nothing).
 pub(crate) const META_RETENTION_SCHEDULE: &[u8] = b"setting:retention-schedule";
 
-/// Whether a row carries a MAC.
-fn sealed(cf: &str, key: &[u8]) -> bool {
-    SEALED_CFS.contains(&cf) || (cf == CF_META && sealed_meta(key))
-}
-
 fn sealed_meta(key: &[u8]) -> bool {
     key.starts_with(SEALED_META_PREFIX)
         || key.starts_with(META_PENDING_PREFIX)
         || key == META_RETENTION_SCHEDULE
 }
 
-/// Whether a row counts in the state digest (`state.rs`): every sealed row
-/// but a session (one per sign-in; a deleted one signs out, and a copy put
-/// back needs its token, which only its user had) and the digest itself.
-fn digested(cf: &str, key: &[u8]) -> bool {
-    sealed(cf, key) && cf != CF_SESSIONS && !(cf == CF_META && key == state::DIGEST_KEY)
-}
-
 /// Bytes of a row MAC.
 const ROW_TAG_LEN: usize = 32;
 /// The error of a row whose MAC fails.
-const TAMPERED_ROW: &str = "a user or session row or another sealed row of the records database (an incident, hold, retention, contractor, schema, export, backup, disposal ledger or certificate row, a pending approval or a sealed setting) fails its MAC (written without the vault's key)";
+const TAMPERED_ROW: &str = "a user or session row or another sealed row of the records database (an incident, hold, retention, contractor, schema, export, backup, disposal batch, disposal ledger or certificate row, a pending approval or a sealed setting) fails its MAC (written without the vault's key)";
 /// The error of a state digest older than this process last saw.
 const STATE_GONE_BACK: &str = "the set of sealed configuration rows in the records database (put back to an older state under the running vault)";
 /// The error of covered rows that no longer add up to the state digest.
-const STATE_CHANGED: &str = "the set of sealed configuration rows in the records database (users, holds, retention, contractors, schemas, exports, backups, the ledgers, certificates, pending approvals, sealed settings: it no longer adds up to the vault's state digest, so a row was deleted, or put back from an older copy, without the vault's key)";
+const STATE_CHANGED: &str = "the set of sealed configuration rows in the records database (users, holds, retention, contractors, schemas, exports, backups, disposal batches, the ledgers, certificates, pending approvals, sealed settings: it no longer adds up to the vault's state digest, so a row was deleted, or put back from an older copy, without the vault's key)";
 pub(crate) const ALL_CFS: [&str; 19] = [
     CF_RECORDS,
     CF_BY_SUBJECT,
@@ -295,11 +286,6 @@ fn cf_no(cf: &str) -> u8 {
         .expect("a records table") as u8
 }
 
-/// Whether a table holds rows the state digest covers.
-fn covered_table(cf: &str) -> bool {
-    (SEALED_CFS.contains(&cf) && cf != CF_SESSIONS) || cf == CF_META
-}
-
 /// The error of a covered row changed under the running vault.
 const ROW_CHANGED: &str = "a sealed row of the records database (deleted, added or put back from an older copy under the running vault, without the vault's key)";
 
@@ -332,6 +318,11 @@ pub(crate) struct Store {
     /// The digest's generation as last written or checked (read by every
     /// audit append without waiting for [`Self::state`]).
     state_generation: AtomicU64,
+    /// The disposal batch rows are still as a build before
+    /// `rows_sealed_v3` wrote them (no MAC, not in the digest): set by the
+    /// open that seals them ([`Self::seal_disposals`]) only while it checks
+    /// the digest they are not yet in.
+    disposals_unsealed: AtomicBool,
 }
 
 impl std::fmt::Debug for Store {
@@ -384,7 +375,28 @@ impl Store {
             state: std::sync::RwLock::new(Kept::default()),
             state_key: std::sync::OnceLock::new(),
             state_generation: AtomicU64::new(0),
+            disposals_unsealed: AtomicBool::new(false),
         }
+    }
+
+    /// Whether a row carries a MAC.
+    fn sealed(&self, cf: &str, key: &[u8]) -> bool {
+        (SEALED_CFS.contains(&cf)
+            && !(cf == CF_DISPOSALS && self.disposals_unsealed.load(Ordering::SeqCst)))
+            || (cf == CF_META && sealed_meta(key))
+    }
+
+    /// Whether a row counts in the state digest (`state.rs`): every sealed
+    /// row but a session (one per sign-in; a deleted one signs out, and a
+    /// copy put back needs its token, which only its user had) and the
+    /// digest itself.
+    fn digested(&self, cf: &str, key: &[u8]) -> bool {
+        self.sealed(cf, key) && cf != CF_SESSIONS && !(cf == CF_META && key == state::DIGEST_KEY)
+    }
+
+    /// Whether a table holds rows the state digest covers.
+    fn covered_table(&self, cf: &str) -> bool {
+        (self.sealed(cf, b"") && cf != CF_SESSIONS) || cf == CF_META
     }
 
     /// The engine's name (`rocksdb`, `postgresql`).
@@ -508,7 +520,7 @@ impl Store {
         key: &[u8],
         value: &'v [u8],
     ) -> Result<std::borrow::Cow<'v, [u8]>> {
-        if !sealed(cf, key) {
+        if !self.sealed(cf, key) {
             return Ok(std::borrow::Cow::Borrowed(value));
         }
         let mut v = value.to_vec();
@@ -519,7 +531,7 @@ impl Store {
     /// A stored value without its MAC, checked (in constant time); a row
     /// whose MAC fails was written by someone without the key.
     fn open_row(&self, cf: &str, key: &[u8], mut stored: Vec<u8>) -> Result<Vec<u8>> {
-        if !sealed(cf, key) {
+        if !self.sealed(cf, key) {
             return Ok(stored);
         }
         use subtle::ConstantTimeEq;
@@ -548,7 +560,7 @@ impl Store {
             if cf == CF_META {
                 sealed_meta(k) && !k.starts_with(SEALED_META_PREFIX)
             } else {
-                sealed(cf, k) && !(v1 && SEALED_V1_CFS.contains(&cf))
+                self.sealed(cf, k) && !(v1 && SEALED_V1_CFS.contains(&cf))
             }
         };
         let mut ops: Vec<WriteOp<'_>> = Vec::new();
@@ -562,7 +574,7 @@ impl Store {
             } else {
                 v.to_vec()
             };
-            if digested(cf, k) {
+            if self.digested(cf, k) {
                 let tag = self.stored_tag(cf, k, &stored)?;
                 digest.add(key, &tag);
                 rows.insert((cf_no(cf), k.to_vec()), tag);
@@ -587,6 +599,59 @@ impl Store {
         Ok(n)
     }
 
+    /// Takes the disposal batch rows as a build before `rows_sealed_v3`
+    /// wrote them (no MAC, not in the state digest), until
+    /// [`Self::seal_disposals`]: the open that seals them checks the digest
+    /// without them first.
+    pub fn disposals_unsealed_until_sealed(&self) {
+        self.disposals_unsealed.store(true, Ordering::SeqCst);
+    }
+
+    /// Seals every disposal batch row (a vault sealed before they were)
+    /// and folds them into the state digest, which [`Self::check_state`]
+    /// checked without them just before, as one more generation, with
+    /// `mark`, in one synced batch: a crash leaves all of it or none. The
+    /// rows sealed.
+    pub fn seal_disposals(&self, mark: &[u8]) -> Result<usize> {
+        let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
+        let key = self.state_key()?;
+        let (Some(mut digest), true) = (state.digest, state.checked) else {
+            return Err(Error::Integrity(
+                "the records database's state digest (not yet checked)",
+            ));
+        };
+        if !self.disposals_unsealed.load(Ordering::SeqCst) {
+            return Err(Error::Integrity("the disposal batch rows (sealed already)"));
+        }
+        self.same_as_stored(&digest)?;
+        let mut ops: Vec<WriteOp<'_>> = Vec::new();
+        let mut tags = Vec::new();
+        self.engine.scan(CF_DISPOSALS, &[], &mut |k, v| {
+            let mut sealed = v.to_vec();
+            let tag = self.row_tag(CF_DISPOSALS, k, v)?;
+            sealed.extend_from_slice(&tag);
+            ops.push((CF_DISPOSALS, k.to_vec(), Some(sealed)));
+            tags.push((k.to_vec(), tag));
+            Ok(true)
+        })?;
+        for (_, tag) in &tags {
+            digest.add(key, tag);
+        }
+        digest.generation += 1;
+        let n = ops.len();
+        ops.push(self.digest_op(&digest)?);
+        ops.push((CF_META, mark.to_vec(), Some(b"1".to_vec())));
+        self.engine.write(&ops, true)?;
+        self.disposals_unsealed.store(false, Ordering::SeqCst);
+        for (k, tag) in tags {
+            state.rows.insert((cf_no(CF_DISPOSALS), k), tag);
+        }
+        state.digest = Some(digest);
+        self.state_generation
+            .fetch_max(digest.generation, Ordering::SeqCst);
+        Ok(n)
+    }
+
     /// Calls `f` with every sealed row as stored (its MAC not yet checked):
     /// the sealed column families and the sealed meta rows (read by
     /// prefix, not the whole of `meta`, which holds a row per sign-in source).
@@ -594,7 +659,7 @@ impl Store {
     /// MACs): no session counts in the digest.
     fn each_sealed_row(&self, with_sessions: bool, f: &mut SealedRowVisit<'_>) -> Result<()> {
         for cf in SEALED_CFS {
-            if cf == CF_SESSIONS && !with_sessions {
+            if (cf == CF_SESSIONS && !with_sessions) || !self.sealed(cf, b"") {
                 continue;
             }
             self.engine.scan(cf, &[], &mut |k, v| {
@@ -608,7 +673,7 @@ impl Store {
             META_RETENTION_SCHEDULE,
         ] {
             self.engine.scan(CF_META, prefix, &mut |k, v| {
-                if sealed(CF_META, k) {
+                if self.sealed(CF_META, k) {
                     f(CF_META, k, v)?;
                 }
                 Ok(true)
@@ -636,7 +701,7 @@ impl Store {
         let mut found = StateDigest::default();
         let mut rows = std::collections::BTreeMap::new();
         self.each_sealed_row(false, &mut |cf, k, v| {
-            if digested(cf, k) {
+            if self.digested(cf, k) {
                 let tag = self.stored_tag(cf, k, v)?;
                 found.add(key, &tag);
                 rows.insert((cf_no(cf), k.to_vec()), tag);
@@ -704,7 +769,7 @@ impl Store {
     /// the state digest, the digest moves with them in the same batch,
     /// under [`Self::state`], from each row's MAC before and after.
     fn commit(&self, mut ops: Vec<WriteOp<'_>>, sync: bool) -> Result<()> {
-        if !ops.iter().any(|(cf, k, _)| digested(cf, k)) {
+        if !ops.iter().any(|(cf, k, _)| self.digested(cf, k)) {
             return self.engine.write(&ops, sync);
         }
         let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
@@ -727,7 +792,7 @@ impl Store {
             std::collections::HashMap::new();
         let mut by_cf: std::collections::BTreeMap<&str, Vec<&[u8]>> = Default::default();
         for (cf, k, _) in &ops {
-            if digested(cf, k) {
+            if self.digested(cf, k) {
                 by_cf.entry(*cf).or_default().push(k);
             }
         }
@@ -741,7 +806,7 @@ impl Store {
             }
         }
         for (cf, k, v) in &ops {
-            if !digested(cf, k) {
+            if !self.digested(cf, k) {
                 continue;
             }
             let slot = now.get_mut(&(*cf, k.clone())).expect("read above");
@@ -817,7 +882,7 @@ impl Store {
 
     /// A covered row must be the one this process last wrote.
     pub fn get(&self, cf: &str, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        if !digested(cf, key) {
+        if !self.digested(cf, key) {
             return self
                 .engine
                 .get(cf, key)?
@@ -887,7 +952,7 @@ impl Store {
     /// open finds it audited and removes it). Saves a put one synchronous
     /// commit of its three on a cluster.
     pub fn delete_lazily(&self, cf: &str, key: &[u8]) -> Result<()> {
-        if digested(cf, key) {
+        if self.digested(cf, key) {
             return self.delete(cf, key);
         }
         let r = self.engine.write_lazily(&[(cf, key.to_vec(), None)]);
@@ -899,12 +964,14 @@ impl Store {
     /// In a covered table, the rows must be those this process last wrote:
     /// each one's MAC as kept, and none missing.
     pub fn scan_prefix(&self, cf: &str, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
-        let state = covered_table(cf).then(|| self.state.read().unwrap_or_else(|e| e.into_inner()));
+        let state = self
+            .covered_table(cf)
+            .then(|| self.state.read().unwrap_or_else(|e| e.into_inner()));
         let kept = state.as_deref().filter(|s| s.digest.is_some());
         let mut out = Vec::new();
         let mut seen = 0usize;
         self.engine.scan(cf, prefix, &mut |k, v| {
-            if let Some(kept) = kept.filter(|_| digested(cf, k)) {
+            if let Some(kept) = kept.filter(|_| self.digested(cf, k)) {
                 let tag = self.stored_tag(cf, k, v)?;
                 if kept.rows.get(&(cf_no(cf), k.to_vec())) != Some(&tag) {
                     return Err(Error::Integrity(ROW_CHANGED));
@@ -934,14 +1001,14 @@ impl Store {
     /// A covered table is read whole first and checked as
     /// [`Self::scan_prefix`] does, so that `f` runs with no lock held.
     pub fn for_each(&self, cf: &str, mut f: impl FnMut(&[u8], &[u8]) -> Result<()>) -> Result<()> {
-        if covered_table(cf) {
+        if self.covered_table(cf) {
             for (k, v) in self.scan_prefix(cf, &[])? {
                 f(&k, &v)?;
             }
             return Ok(());
         }
         self.engine.scan(cf, &[], &mut |k, v| {
-            if sealed(cf, k) {
+            if self.sealed(cf, k) {
                 f(k, &self.open_row(cf, k, v.to_vec())?)?;
             } else {
                 f(k, v)?;
@@ -1180,6 +1247,71 @@ mod tests {
         assert!(
             matches!(store.check_state(), Err(Error::Integrity(m)) if m.contains("no longer adds up"))
         );
+    }
+
+    /// A vault sealed before its disposal batches were (`rows_sealed_v2`):
+    /// the digest is checked without their rows, then they are sealed and
+    /// folded in as one more generation, once; from then on a batch row
+    /// edited or deleted behind the store's back is caught.
+    #[test]
+    fn disposal_batches_of_a_vault_sealed_before_them_are_sealed_once_and_add_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), false).unwrap();
+        store.set_row_key(crate::secret::SecretKey::from_bytes([7; 32]));
+        // As a build before `rows_sealed_v3` left it.
+        store.disposals_unsealed_until_sealed();
+        let (b1, b2) = (
+            &b"{\"step\":\"complete\"}"[..],
+            &b"{\"step\":\"intent\"}"[..],
+        );
+        store
+            .engine
+            .write(
+                &[
+                    (CF_HOLDS, b"h".to_vec(), Some(b"hold".to_vec())),
+                    (CF_DISPOSALS, b"b1".to_vec(), Some(b1.to_vec())),
+                    (CF_DISPOSALS, b"b2".to_vec(), Some(b2.to_vec())),
+                ],
+                true,
+            )
+            .unwrap();
+        assert_eq!(store.seal_rows(true, &[b"rows_sealed_v2"]).unwrap(), 1);
+        assert_eq!(store.get(CF_DISPOSALS, b"b1").unwrap().unwrap(), b1);
+        assert!(
+            store.seal_disposals(b"rows_sealed_v3").is_err(),
+            "sealed before the digest without them was checked"
+        );
+        let before = store.check_state().unwrap();
+        assert_eq!((before.rows, before.generation), (1, 0));
+        assert_eq!(store.seal_disposals(b"rows_sealed_v3").unwrap(), 2);
+        assert!(store.get(CF_META, b"rows_sealed_v3").unwrap().is_some());
+        assert_eq!(store.get(CF_DISPOSALS, b"b1").unwrap().unwrap(), b1);
+        let after = store.check_state().unwrap();
+        assert_eq!((after.rows, after.generation), (3, 1));
+        assert!(
+            store.seal_disposals(b"rows_sealed_v3").is_err(),
+            "sealed twice"
+        );
+        store
+            .put(CF_DISPOSALS, b"b2", b"{\"step\":\"keys_deleted\"}")
+            .unwrap();
+        assert_eq!(store.check_state().unwrap().generation, 2);
+        store
+            .engine
+            .write(&[(CF_DISPOSALS, b"b2".to_vec(), Some(b2.to_vec()))], true)
+            .unwrap();
+        assert!(
+            matches!(store.check_state(), Err(Error::Integrity(m)) if m.contains("fails its MAC"))
+        );
+        let sealed_b1 = store.engine.get(CF_DISPOSALS, b"b1").unwrap().unwrap();
+        store
+            .engine
+            .write(&[(CF_DISPOSALS, b"b2".to_vec(), None)], true)
+            .unwrap();
+        assert!(
+            matches!(store.check_state(), Err(Error::Integrity(m)) if m.contains("no longer adds up"))
+        );
+        assert!(sealed_b1.ends_with(&store.row_tag(CF_DISPOSALS, b"b1", b1).unwrap()));
     }
 
     proptest! {

@@ -307,6 +307,10 @@ const META_ROWS_SEALED: &[u8] = b"rows_sealed_v1";
 const META_ROWS_SEALED_V2: &[u8] = b"rows_sealed_v2";
 /// The `vault.rows_sealed` event's target naming the second sealing.
 const SEAL_V2_TARGET: &str = "seal:v2";
+/// Set once the disposal batch rows carry MACs and count in the digest.
+const META_ROWS_SEALED_V3: &[u8] = b"rows_sealed_v3";
+/// The `vault.rows_sealed` event's target naming the third sealing.
+const SEAL_V3_TARGET: &str = "seal:v3";
 /// Plaintext of the `signing` file: audit key | certificate key | subject-reference key.
 const SIGNING_LEN: usize = 96;
 
@@ -1002,15 +1006,24 @@ impl Vault {
     /// (hash-chained, anchored) cannot be removed unseen. The second
     /// mark (`rows_sealed_v2`, its event naming `seal:v2`) sealed the
     /// configuration rows beyond users and sessions and began the state
-    /// digest (`store/state.rs`), which every open then checks.
+    /// digest (`store/state.rs`), which every open then checks. The third
+    /// (`rows_sealed_v3`, `seal:v3`) sealed the disposal batch rows and
+    /// folded them into the digest, checked without them first.
     fn seal_rows_once(&self) -> Result<()> {
-        let v1 = self.store.get(store::CF_META, META_ROWS_SEALED)?.is_some();
-        let v2 = self
-            .store
-            .get(store::CF_META, META_ROWS_SEALED_V2)?
-            .is_some();
-        if !(v1 && v2) {
-            let sealed_before = self
+        let mark = |m: &[u8]| -> Result<bool> { Ok(self.store.get(store::CF_META, m)?.is_some()) };
+        let (v1, v2, v3) = (
+            mark(META_ROWS_SEALED)?,
+            mark(META_ROWS_SEALED_V2)?,
+            mark(META_ROWS_SEALED_V3)?,
+        );
+        let lost = || {
+            Error::Integrity(
+                "the records database lost its row-seal mark: its user or session rows may have been changed by someone without the vault's key",
+            )
+        };
+        // The sealings the trail records: whether any, and the targets.
+        let sealed_before = || -> Result<(bool, Vec<String>)> {
+            let events = self
                 .audit
                 .lock()
                 .map_err(|_| Error::AuditUnavailable("audit lock poisoned".into()))?
@@ -1018,9 +1031,31 @@ impl Vault {
                     action_prefix: Some("vault.rows_sealed".into()),
                     ..EventFilter::default()
                 })?;
-            let v2_before = sealed_before
-                .iter()
-                .any(|e| e.targets.iter().any(|t| t == SEAL_V2_TARGET));
+            Ok((
+                !events.is_empty(),
+                events.into_iter().flat_map(|e| e.targets).collect(),
+            ))
+        };
+        if v1 && v2 && !v3 {
+            // A vault sealed before its disposal batches were: the digest
+            // is checked without them, then they are sealed and folded in.
+            if sealed_before()?.1.iter().any(|t| t == SEAL_V3_TARGET) {
+                return Err(lost());
+            }
+            self.store.disposals_unsealed_until_sealed();
+            self.check_sealed_state()?;
+            let n = self.store.seal_disposals(META_ROWS_SEALED_V3)?;
+            self.audit(
+                None,
+                &Context::cli(),
+                "vault.rows_sealed",
+                vec![format!("rows:{n}"), SEAL_V3_TARGET.into()],
+                Ok(()),
+                None,
+            )?;
+        } else if !(v1 && v2) {
+            let (any_before, targets) = sealed_before()?;
+            let v2_before = targets.iter().any(|t| t == SEAL_V2_TARGET);
             // Sealing again would bless whatever was planted: refused once
             // the digest began, whatever a damaged trail says (its chain is
             // read whole and checked; an event edited to hide the sealing
@@ -1030,24 +1065,26 @@ impl Vault {
                 Ok((named, None)) => named > 0,
                 _ => true,
             };
-            if (!v1 && !sealed_before.is_empty())
-                || (!v2 && (v2_before || began || self.store.state_digest_exists()?))
+            if (!v1 && any_before)
+                || (!v2 && (v2_before || v3 || began || self.store.state_digest_exists()?))
             {
-                return Err(Error::Integrity(
-                    "the records database lost its row-seal mark: its user or session rows may have been changed by someone without the vault's key",
-                ));
+                return Err(lost());
             }
             let marks: &[&[u8]] = if v1 {
-                &[META_ROWS_SEALED_V2]
+                &[META_ROWS_SEALED_V2, META_ROWS_SEALED_V3]
             } else {
-                &[META_ROWS_SEALED, META_ROWS_SEALED_V2]
+                &[META_ROWS_SEALED, META_ROWS_SEALED_V2, META_ROWS_SEALED_V3]
             };
             let n = self.store.seal_rows(v1, marks)?;
             self.audit(
                 None,
                 &Context::cli(),
                 "vault.rows_sealed",
-                vec![format!("rows:{n}"), SEAL_V2_TARGET.into()],
+                vec![
+                    format!("rows:{n}"),
+                    SEAL_V2_TARGET.into(),
+                    SEAL_V3_TARGET.into(),
+                ],
                 Ok(()),
                 None,
             )?;

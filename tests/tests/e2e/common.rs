@@ -147,7 +147,7 @@ impl Fixture {
 
     /// Ends the vault with `end` and opens it again with the same clock,
     /// the sessions kept.
-    fn reopened_after(self, end: impl FnOnce(Vault)) -> Fixture {
+    pub fn reopened_after(self, end: impl FnOnce(Vault)) -> Fixture {
         self.try_reopened_after(end).expect("open vault")
     }
 

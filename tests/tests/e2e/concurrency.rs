@@ -1202,11 +1202,13 @@ fn highest_state_named(fx: &Fixture) -> u64 {
 /// Writes of sealed configuration rows racing each other and the trail's
 /// checkpoints each fold into the state digest (`store/state.rs`): four
 /// threads add and lift legal holds, add and disable users and fail
-/// sign-ins (each a user row written), while a fifth takes checkpoints
-/// (each moves the digest's `checked_at`) and a sixth runs `doctor`, which
-/// finds the rows adding up every time. After them, `doctor` finds the
-/// rows adding up, the trail names the digest's last generation, and the
-/// vault reopens (the open checks both); one more hold after the reopen
+/// sign-ins (each a user row written), a fifth disposes of records (a
+/// batch's row written at each step), while a sixth takes checkpoints
+/// (each moves the digest's `checked_at`) and a seventh runs `doctor`,
+/// which finds the rows adding up every time. After them, `doctor` finds
+/// the rows adding up, the trail names the digest's last generation, and
+/// the vault reopens (the open checks both) with every batch complete and
+/// its certificate readable; one more hold after the reopen
 /// is named in the trail by the next generation. A lost update (the
 /// digest read by two writers at once) would leave the rows not adding up
 /// and the reopen refused.
@@ -1216,9 +1218,11 @@ fn writes_of_sealed_rows_racing_each_other_and_checkpoints_keep_the_state_digest
     let fx = common::fast_vault(&dir.path().join("v"));
     let rounds = 12;
     let done = std::sync::atomic::AtomicBool::new(false);
+    let certified = Mutex::new(Vec::new());
     std::thread::scope(|sc| {
-        let writers: Vec<_> = (0..4)
+        let writers: Vec<_> = (0..5)
             .map(|t| {
+                let certified = &certified;
                 let fx = &fx;
                 sc.spawn(move || {
                     for i in 0..rounds {
@@ -1234,6 +1238,23 @@ fn writes_of_sealed_rows_racing_each_other_and_checkpoints_keep_the_state_digest
                                         .expect("lift");
                                 }
                             }
+                            // A disposal batch's row is written at every
+                            // step (sealed since `rows_sealed_v3`).
+                            4 if i % 3 == 0 => {
+                                let id = fx
+                                    .vault
+                                    .put_record(&fx.clerk, CUSTOMERS, SubjectId::new(), &body(i))
+                                    .expect("put");
+                                let out = fx
+                                    .vault
+                                    .dispose(&fx.officer, &request(DisposalScope::Record(id)))
+                                    .expect("disposal");
+                                certified
+                                    .lock()
+                                    .unwrap()
+                                    .push(out.certificate_id.expect("a disposal's certificate"));
+                            }
+                            4 => {}
                             2 => {
                                 let name = format!("staff{i}");
                                 let pw = vault_core::secret::SecretString::from(
@@ -1296,7 +1317,7 @@ fn writes_of_sealed_rows_racing_each_other_and_checkpoints_keep_the_state_digest
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| panic!("a generation in {detail:?}"));
     assert!(
-        generation >= 4 * rounds as u64,
+        generation >= 4 * rounds,
         "every change moved the generation: {generation}"
     );
     assert_eq!(
@@ -1310,6 +1331,18 @@ fn writes_of_sealed_rows_racing_each_other_and_checkpoints_keep_the_state_digest
         fx.vault.holds(&fx.officer).expect("holds").len(),
         holds_before,
         "every hold kept"
+    );
+    let certified = certified.into_inner().unwrap();
+    assert_eq!(certified.len() as u64, rounds.div_ceil(3));
+    for cert in certified {
+        fx.vault
+            .certificate(&fx.auditor, cert)
+            .expect("each disposal's certificate after the reopen");
+    }
+    let batches = fx.vault.disposals(&fx.officer).expect("batches");
+    assert!(
+        batches.len() as u64 == rounds.div_ceil(3) && batches.iter().all(|b| b.step == "complete"),
+        "{batches:?}"
     );
     fx.vault
         .add_hold(&fx.officer, None, Some(SubjectId::new()), "litigation")

@@ -1473,3 +1473,184 @@ fn a_key_copy_found_before_a_restart_keeps_the_batch_waiting_while_its_file_is_t
     );
     fx.vault.close().unwrap();
 }
+
+/// The stored row of disposal batch `batch` in the records database of the
+/// vault in `dir`, read with RocksDB directly (read-only: the vault may be
+/// running), as someone with the files would.
+fn batch_row(dir: &std::path::Path, batch: &[u8]) -> Vec<u8> {
+    let path = dir.join("records");
+    let cfs = rocksdb::DB::list_cf(&rocksdb::Options::default(), &path).expect("cfs");
+    let db = rocksdb::DB::open_cf_for_read_only(&rocksdb::Options::default(), &path, cfs, false)
+        .expect("open db read-only");
+    let h = db.cf_handle("disposals").expect("disposals");
+    db.get_cf(&h, batch).unwrap().expect("the batch's row")
+}
+
+/// A disposal batch whose verification found a copy of a key it destroyed
+/// fails, and no certificate may be signed for it until the copy is gone.
+/// Its row (step, failure, the files its scan read the copy in) was the
+/// one thing of a disposal an insider with the files could change unseen:
+/// with the vault stopped, the row edited to say the batch was verified,
+/// or a copy of it from before the verification put back, was resumed at
+/// the next open and certified. The rows are now sealed and counted in the
+/// state digest (`rows_sealed_v3`), so each of these stops the open:
+/// - the failed row edited (its failure and copies cleared, its step moved
+///   to `verified`), its MAC kept: it fails its MAC;
+/// - the row as it was before its verification (a genuine copy, taken
+///   while the disposal ran) put back: the rows no longer add up;
+/// - the row deleted (the `disposal.start` would stand without its batch):
+///   the same;
+/// - the mark of their sealing deleted (sealing again would bless an
+///   edited row): the trail names the sealing.
+///
+/// With the row as the vault left it, the vault opens, the batch still
+/// waits for the copy to go, and then certifies.
+#[test]
+fn a_failed_disposal_batch_edited_put_back_or_deleted_with_the_vault_stopped_stops_the_open() {
+    let tmp = tempfile::tempdir().unwrap();
+    let KeyCopy {
+        fx,
+        wrapped: _,
+        copy,
+        req,
+    } = a_key_copy_aside(tmp.path(), "keys-aside.bak".as_ref());
+    let (vault_dir, clock) = (fx.dir.clone(), fx.clock.clone());
+    // The batch stopped after its ciphertexts went, before its
+    // verification: its row then, as an insider would copy it.
+    let (reached_tx, reached) = std::sync::mpsc::channel::<()>();
+    let (go, go_rx) = std::sync::mpsc::channel::<()>();
+    let (reached_tx, go_rx) = (
+        std::sync::Mutex::new(reached_tx),
+        std::sync::Mutex::new(go_rx),
+    );
+    fx.vault.set_crash_hook(Some(Box::new(move |s: &str| {
+        if s == "ciphertexts_deleted" {
+            let _ = reached_tx.lock().unwrap().send(());
+            let _ = go_rx
+                .lock()
+                .unwrap()
+                .recv_timeout(std::time::Duration::from_secs(30));
+        }
+    })));
+    let (before_verify, outcome) = std::thread::scope(|sc| {
+        let run = sc.spawn(|| fx.vault.dispose(&fx.officer, &req));
+        reached
+            .recv_timeout(std::time::Duration::from_secs(30))
+            .expect("the batch reached its verification");
+        let batch = fx.vault.disposals(&fx.officer).unwrap()[0].id;
+        let row = batch_row(&vault_dir, batch.as_bytes());
+        go.send(()).unwrap();
+        ((batch, row), run.join().unwrap())
+    });
+    fx.vault.set_crash_hook(None);
+    let (batch, before_verify) = before_verify;
+    assert!(
+        matches!(&outcome, Err(Error::DisposalFailed(m)) if m.contains("wrapped key bytes found")),
+        "the copy fails the batch: {outcome:?}"
+    );
+    let failed = batch_row(&vault_dir, batch.as_bytes());
+    assert_ne!(failed, before_verify, "the verification changed the row");
+    let fx = fx.reopened_after(|vault| {
+        vault.close().expect("close");
+        the_batch_row_changed_stops_the_open(&vault_dir, &clock, batch, &failed, &before_verify);
+    });
+    match fx.vault.retry_disposal(&fx.officer, batch) {
+        Err(Error::DisposalFailed(m)) => assert!(m.contains("still there"), "{m}"),
+        other => panic!("the batch certified over the copy: {other:?}"),
+    }
+    std::fs::remove_file(&copy).unwrap();
+    let cert = fx.vault.retry_disposal(&fx.officer, batch).unwrap();
+    assert!(fx.vault.certificate(&fx.auditor, cert).is_ok());
+    let (level, found) = common::sealed_rows(&fx);
+    assert_eq!(level, vault_core::doctor::Level::Ok, "{found}");
+    fx.vault.close().unwrap();
+}
+
+/// With the vault in `vault_dir` stopped, its batch `batch`'s row
+/// (`failed` as the vault left it, `before_verify` a genuine older copy)
+/// edited, put back and deleted: each stops the open. The row is left as
+/// the vault left it.
+fn the_batch_row_changed_stops_the_open(
+    vault_dir: &std::path::Path,
+    clock: &std::sync::Arc<vault_core::clock::ManualClock>,
+    batch: vault_core::ids::DisposalId,
+    failed: &[u8],
+    before_verify: &[u8],
+) {
+    let write = |value: Option<&[u8]>| {
+        edit_records(vault_dir, &|db| {
+            let h = db.cf_handle("disposals").expect("disposals");
+            match value {
+                Some(v) => db.put_cf(&h, batch.as_bytes(), v).unwrap(),
+                None => db.delete_cf(&h, batch.as_bytes()).unwrap(),
+            }
+        })
+    };
+    let open = || {
+        Vault::open(
+            vault_dir,
+            &secret(common::PASSPHRASE),
+            common::open_options(clock),
+        )
+    };
+    let refused = |why: &str, what: &str| match open() {
+        Err(Error::Integrity(m)) => assert!(m.contains(why), "{what}: {m}"),
+        Err(e) => panic!("{what}: refused for another reason: {e}"),
+        Ok(v) => {
+            let officer = common::login(&v, "officer");
+            let step = v
+                .disposals(&officer)
+                .unwrap()
+                .into_iter()
+                .find(|d| d.id == batch)
+                .map(|d| d.step);
+            panic!("{what}: the vault opened (the batch's step: {step:?})")
+        }
+    };
+
+    // Edited: failure and copies cleared, the step moved on, the MAC kept.
+    // The row is its JSON and then its MAC.
+    let mut json = serde_json::Deserializer::from_slice(failed).into_iter::<serde_json::Value>();
+    let mut row = json.next().expect("a row").expect("the row is JSON");
+    let tag = &failed[json.byte_offset()..];
+    assert!(
+        row["key_copies"].is_array() && row["failed"].is_string(),
+        "{row}"
+    );
+    row["failed"] = serde_json::Value::Null;
+    row.as_object_mut().unwrap().remove("key_copies");
+    row["step"] = "verified".into();
+    let edited = [serde_json::to_vec(&row).unwrap(), tag.to_vec()].concat();
+    write(Some(&edited));
+    refused(
+        "fails its MAC",
+        "the failed batch's row edited to say it was verified",
+    );
+    // The same edit without the MAC.
+    write(Some(&serde_json::to_vec(&row).unwrap()));
+    refused("fails its MAC", "the row edited and its MAC dropped");
+    // Put back from before the verification.
+    write(Some(before_verify));
+    refused(
+        "no longer adds up",
+        "the row put back from before its verification",
+    );
+    // Deleted.
+    write(None);
+    refused("no longer adds up", "the batch's row deleted");
+    write(Some(failed));
+    // The mark of the batches' sealing deleted: sealing them again would
+    // bless an edited row.
+    let mark = |value: Option<&[u8]>| {
+        edit_records(vault_dir, &|db| {
+            let h = db.cf_handle("meta").expect("meta");
+            match value {
+                Some(v) => db.put_cf(&h, b"rows_sealed_v3", v).unwrap(),
+                None => db.delete_cf(&h, b"rows_sealed_v3").unwrap(),
+            }
+        })
+    };
+    mark(None);
+    refused("row-seal mark", "the batches' row-seal mark deleted");
+    mark(Some(b"1"));
+}
