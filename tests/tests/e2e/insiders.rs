@@ -1654,3 +1654,117 @@ fn the_batch_row_changed_stops_the_open(
     refused("row-seal mark", "the batches' row-seal mark deleted");
     mark(Some(b"1"));
 }
+
+/// A vault written by a build from before the disposal batch rows were
+/// sealed (`tests/fixtures/vault-before-v3.tar.gz`, made by its script
+/// with that build: one record disposed of and certified, one kept). Its
+/// first open by this build checks the state digest without the batch's
+/// row, then seals the row and folds it in, and the trail says so
+/// (`seal:v3`, once); the certificate and the kept record read as before
+/// and `doctor` finds the rows adding up; the next open seals nothing
+/// again, and from then on the row edited stops the open.
+#[test]
+fn a_vault_from_before_its_disposal_batches_were_sealed_seals_them_once_at_its_first_open() {
+    use vault_core::ids::{CertificateId, DisposalId, RecordId};
+    use vault_core::vault::OpenOptions;
+    let tmp = tempfile::tempdir().unwrap();
+    let fixture =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/vault-before-v3.tar.gz");
+    let unpacked = std::process::Command::new("tar")
+        .arg("-C")
+        .arg(tmp.path())
+        .arg("-xzf")
+        .arg(&fixture)
+        .status()
+        .expect("tar");
+    assert!(unpacked.success(), "the fixture unpacks");
+    let dir = tmp.path().join("vault");
+    let outcome: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(tmp.path().join("disposal.json")).unwrap()).unwrap();
+    let cert: CertificateId = outcome["certificate_id"].as_str().unwrap().parse().unwrap();
+    let batch: DisposalId = outcome["disposal_id"].as_str().unwrap().parse().unwrap();
+    let kept: RecordId = std::fs::read_to_string(tmp.path().join("kept.id"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let open = || {
+        Vault::open(
+            &dir,
+            &secret(crate::cli::PASSPHRASE),
+            OpenOptions::default(),
+        )
+    };
+    let login = |v: &Vault, user: &str| {
+        let pw = crate::cli::USERS.iter().find(|u| u.0 == user).unwrap().2;
+        v.login(user, &secret(pw), Context::cli()).expect("login")
+    };
+    let sealings = |v: &Vault| -> Vec<Vec<String>> {
+        v.audit_events(&login(v, "auditor"), &EventFilter::default())
+            .unwrap()
+            .into_iter()
+            .filter(|e| e.action == "vault.rows_sealed")
+            .map(|e| e.targets)
+            .collect()
+    };
+    let row_before = batch_row(&dir, batch.as_bytes());
+    assert!(
+        serde_json::from_slice::<serde_json::Value>(&row_before).is_ok(),
+        "the older build's row is bare JSON"
+    );
+
+    let v = open().expect("the older build's vault opens");
+    let seals = sealings(&v);
+    assert_eq!(seals.len(), 2, "the first sealing and this one: {seals:?}");
+    assert!(
+        seals[0].iter().any(|t| t == "seal:v2") && !seals[0].iter().any(|t| t == "seal:v3"),
+        "{seals:?}"
+    );
+    assert!(
+        seals[1].iter().any(|t| t == "rows:1") && seals[1].iter().any(|t| t == "seal:v3"),
+        "the batch's one row sealed: {seals:?}"
+    );
+    let sealed = batch_row(&dir, batch.as_bytes());
+    assert_eq!(
+        sealed.len(),
+        row_before.len() + 32,
+        "the row carries its MAC"
+    );
+    assert!(sealed.starts_with(&row_before));
+    let auditor = login(&v, "auditor");
+    let doc = v
+        .certificate(&auditor, cert)
+        .expect("the certificate reads");
+    assert!(doc.body.to_string().contains(&batch.to_string()));
+    let clerk = login(&v, "clerk");
+    assert_eq!(
+        v.get_record(&clerk, kept, &[], None).unwrap().fields["given_name"],
+        "Kept"
+    );
+    let checks = v.security_checks(&login(&v, "officer")).unwrap();
+    let sealed_rows = checks
+        .checks
+        .iter()
+        .find(|c| c.name == "sealed-rows")
+        .expect("sealed-rows");
+    assert_eq!(
+        sealed_rows.level,
+        vault_core::doctor::Level::Ok,
+        "{}",
+        sealed_rows.detail
+    );
+    v.close().unwrap();
+
+    let v = open().expect("reopens");
+    assert_eq!(sealings(&v).len(), 2, "sealed once");
+    v.close().unwrap();
+    // The older build's bare row put back: it no longer passes.
+    edit_records(&dir, &|db| {
+        let h = db.cf_handle("disposals").unwrap();
+        db.put_cf(&h, batch.as_bytes(), &row_before).unwrap();
+    });
+    match open() {
+        Err(Error::Integrity(m)) => assert!(m.contains("fails its MAC"), "{m}"),
+        other => panic!("the bare row put back: {:?}", other.map(|_| ())),
+    }
+}
