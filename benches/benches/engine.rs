@@ -16,8 +16,11 @@
 //! * `sealed/hold_add_lift`: a legal hold placed and lifted (two writes of a
 //!   sealed configuration row, each with the state digest, and two events);
 //!   `sealed/open_2000_holds`: `Vault::open` of a vault holding 2,000 holds
-//!   (the open checks every sealed row against the digest). Both are read
-//!   as an A/B of two builds run alternately (benches/README.md, run 25);
+//!   (the open checks every sealed row against the digest);
+//!   `sealed/dispose_one_record`: a record stored and disposed of (the
+//!   batch's row, sealed since `rows_sealed_v3`, written at every step).
+//!   They are read as an A/B of two builds run alternately
+//!   (benches/README.md, runs 25 and 29);
 //!   `PIVAULT_BENCH_SEALED_CLUSTER=1` puts the vault's keys and records on
 //!   the cluster of `scripts/cluster.sh start` (its env file sourced).
 //!
@@ -308,6 +311,26 @@ fn bench_sealed(c: &mut Criterion) {
                 .add_hold(&officer, None, Some(s), "litigation")
                 .expect("hold");
             fx.vault.remove_hold(&officer, None, Some(s)).expect("lift");
+        })
+    });
+    let mut n = 0u64;
+    g.bench_function("dispose_one_record", |b| {
+        b.iter(|| {
+            n += 1;
+            let body = serde_json::Value::Object(common::body_of_size(n, 1024));
+            let id = fx
+                .vault
+                .put_record(&fx.clerk, COLLECTION, SubjectId::new(), &body)
+                .expect("put");
+            let req = vault_core::vault::DisposalRequest {
+                scope: vault_core::vault::DisposalScope::Record(id),
+                parties: vault_core::vault::DisposalParties {
+                    data_owner: "Benchmark Co".into(),
+                    ..Default::default()
+                },
+                dry_run: false,
+            };
+            fx.vault.dispose(&officer, &req).expect("disposal")
         })
     });
     fx.vault.close().expect("close");

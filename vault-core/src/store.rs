@@ -103,10 +103,17 @@ pub(crate) const META_PENDING_PREFIX: &[u8] = b"pending/";
 /// gates nothing).
 pub(crate) const META_RETENTION_SCHEDULE: &[u8] = b"setting:retention-schedule";
 
+/// Meta row marking that the disposal batch rows are sealed
+/// (`rows_sealed_v3`): sealed and counted in the digest itself, so that
+/// deleting it (to have the batches sealed again, a planted one with them)
+/// leaves the rows not adding up, whether or not any batch row exists.
+pub(crate) const META_ROWS_SEALED_V3: &[u8] = b"rows_sealed_v3";
+
 fn sealed_meta(key: &[u8]) -> bool {
     key.starts_with(SEALED_META_PREFIX)
         || key.starts_with(META_PENDING_PREFIX)
         || key == META_RETENTION_SCHEDULE
+        || key == META_ROWS_SEALED_V3
 }
 
 /// Bytes of a row MAC.
@@ -269,8 +276,11 @@ struct Kept {
     /// trail position move (the trail was read up to it).
     checked: bool,
     /// Each covered row's MAC, by table number and key.
-    rows: std::collections::BTreeMap<(u8, Vec<u8>), [u8; ROW_TAG_LEN]>,
+    rows: KeptRows,
 }
+
+/// Covered rows' MACs by table number and key.
+type KeptRows = std::collections::BTreeMap<(u8, Vec<u8>), [u8; ROW_TAG_LEN]>;
 
 /// A stored sealed row whose MAC was checked, without it.
 fn without_tag(mut stored: Vec<u8>) -> Vec<u8> {
@@ -582,10 +592,10 @@ impl Store {
             Ok(())
         })?;
         let n = ops.len();
-        ops.push(self.digest_op(&digest)?);
         for m in marks {
-            ops.push((CF_META, m.to_vec(), Some(b"1".to_vec())));
+            ops.push(self.mark_op(m, &mut digest, &mut rows)?);
         }
+        ops.push(self.digest_op(&digest)?);
         let r = self.engine.write(&ops, true);
         for cf in SEALED_CFS {
             self.changed(cf);
@@ -597,6 +607,25 @@ impl Store {
             rows,
         };
         Ok(n)
+    }
+
+    /// The write of a row-seal mark `m`: sealed and folded into `digest`
+    /// (and `rows`) when it is a sealed row ([`META_ROWS_SEALED_V3`]).
+    fn mark_op(
+        &self,
+        m: &[u8],
+        digest: &mut StateDigest,
+        rows: &mut KeptRows,
+    ) -> Result<WriteOp<'static>> {
+        let v = self.seal_row(CF_META, m, b"1")?.into_owned();
+        if self.digested(CF_META, m) {
+            let tag: [u8; ROW_TAG_LEN] = v[v.len() - ROW_TAG_LEN..].try_into().expect("sealed");
+            if let Some(old) = rows.insert((cf_no(CF_META), m.to_vec()), tag) {
+                digest.remove(self.state_key()?, &old);
+            }
+            digest.add(self.state_key()?, &tag);
+        }
+        Ok((CF_META, m.to_vec(), Some(v)))
     }
 
     /// Takes the disposal batch rows as a build before `rows_sealed_v3`
@@ -639,8 +668,11 @@ impl Store {
         }
         digest.generation += 1;
         let n = ops.len();
+        let mut rows = std::mem::take(&mut state.rows);
+        let marked = self.mark_op(mark, &mut digest, &mut rows);
+        state.rows = rows;
+        ops.push(marked?);
         ops.push(self.digest_op(&digest)?);
-        ops.push((CF_META, mark.to_vec(), Some(b"1".to_vec())));
         self.engine.write(&ops, true)?;
         self.disposals_unsealed.store(false, Ordering::SeqCst);
         for (k, tag) in tags {
@@ -671,6 +703,7 @@ impl Store {
             SEALED_META_PREFIX,
             META_PENDING_PREFIX,
             META_RETENTION_SCHEDULE,
+            META_ROWS_SEALED_V3,
         ] {
             self.engine.scan(CF_META, prefix, &mut |k, v| {
                 if self.sealed(CF_META, k) {
@@ -1278,18 +1311,19 @@ mod tests {
         assert_eq!(store.seal_rows(true, &[b"rows_sealed_v2"]).unwrap(), 1);
         assert_eq!(store.get(CF_DISPOSALS, b"b1").unwrap().unwrap(), b1);
         assert!(
-            store.seal_disposals(b"rows_sealed_v3").is_err(),
+            store.seal_disposals(META_ROWS_SEALED_V3).is_err(),
             "sealed before the digest without them was checked"
         );
         let before = store.check_state().unwrap();
         assert_eq!((before.rows, before.generation), (1, 0));
-        assert_eq!(store.seal_disposals(b"rows_sealed_v3").unwrap(), 2);
-        assert!(store.get(CF_META, b"rows_sealed_v3").unwrap().is_some());
+        assert_eq!(store.seal_disposals(META_ROWS_SEALED_V3).unwrap(), 2);
+        assert!(store.get(CF_META, META_ROWS_SEALED_V3).unwrap().is_some());
         assert_eq!(store.get(CF_DISPOSALS, b"b1").unwrap().unwrap(), b1);
+        // The hold, the two batches and the mark itself.
         let after = store.check_state().unwrap();
-        assert_eq!((after.rows, after.generation), (3, 1));
+        assert_eq!((after.rows, after.generation), (4, 1));
         assert!(
-            store.seal_disposals(b"rows_sealed_v3").is_err(),
+            store.seal_disposals(META_ROWS_SEALED_V3).is_err(),
             "sealed twice"
         );
         store
@@ -1312,6 +1346,25 @@ mod tests {
             matches!(store.check_state(), Err(Error::Integrity(m)) if m.contains("no longer adds up"))
         );
         assert!(sealed_b1.ends_with(&store.row_tag(CF_DISPOSALS, b"b1", b1).unwrap()));
+        // The mark deleted, the batch rows whole again: still not adding up.
+        let put_back = store.seal_row(CF_DISPOSALS, b"b2", b"{\"step\":\"keys_deleted\"}");
+        store
+            .engine
+            .write(
+                &[
+                    (
+                        CF_DISPOSALS,
+                        b"b2".to_vec(),
+                        Some(put_back.unwrap().into_owned()),
+                    ),
+                    (CF_META, META_ROWS_SEALED_V3.to_vec(), None),
+                ],
+                true,
+            )
+            .unwrap();
+        assert!(
+            matches!(store.check_state(), Err(Error::Integrity(m)) if m.contains("no longer adds up"))
+        );
     }
 
     proptest! {

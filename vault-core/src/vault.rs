@@ -307,8 +307,9 @@ const META_ROWS_SEALED: &[u8] = b"rows_sealed_v1";
 const META_ROWS_SEALED_V2: &[u8] = b"rows_sealed_v2";
 /// The `vault.rows_sealed` event's target naming the second sealing.
 const SEAL_V2_TARGET: &str = "seal:v2";
-/// Set once the disposal batch rows carry MACs and count in the digest.
-const META_ROWS_SEALED_V3: &[u8] = b"rows_sealed_v3";
+/// Set once the disposal batch rows carry MACs and count in the digest
+/// (itself a sealed row the digest counts).
+use store::META_ROWS_SEALED_V3;
 /// The `vault.rows_sealed` event's target naming the third sealing.
 const SEAL_V3_TARGET: &str = "seal:v3";
 /// Plaintext of the `signing` file: audit key | certificate key | subject-reference key.
@@ -1018,7 +1019,7 @@ impl Vault {
         );
         let lost = || {
             Error::Integrity(
-                "the records database lost its row-seal mark: its user or session rows may have been changed by someone without the vault's key",
+                "the records database lost a row-seal mark: the rows it sealed may have been changed by someone without the vault's key",
             )
         };
         // The sealings the trail records: whether any, and the targets.
@@ -1043,7 +1044,12 @@ impl Vault {
                 return Err(lost());
             }
             self.store.disposals_unsealed_until_sealed();
-            self.check_sealed_state()?;
+            if let (_, Some(why)) = self.check_sealed_state()? {
+                // Sealing blesses the rows as they are: not over a trail
+                // that no longer shows what happened since the digest's
+                // last checkpoint (the sealing's own event may be in it).
+                return Err(Error::Integrity(why));
+            }
             let n = self.store.seal_disposals(META_ROWS_SEALED_V3)?;
             self.audit(
                 None,

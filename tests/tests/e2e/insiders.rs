@@ -1640,7 +1640,12 @@ fn the_batch_row_changed_stops_the_open(
     refused("no longer adds up", "the batch's row deleted");
     write(Some(failed));
     // The mark of the batches' sealing deleted: sealing them again would
-    // bless an edited row.
+    // bless an edited row. (The mark is a sealed row: put back as stored.)
+    let stored_mark = std::cell::RefCell::new(Vec::new());
+    edit_records(vault_dir, &|db| {
+        let h = db.cf_handle("meta").expect("meta");
+        *stored_mark.borrow_mut() = db.get_cf(&h, b"rows_sealed_v3").unwrap().expect("the mark");
+    });
     let mark = |value: Option<&[u8]>| {
         edit_records(vault_dir, &|db| {
             let h = db.cf_handle("meta").expect("meta");
@@ -1652,7 +1657,7 @@ fn the_batch_row_changed_stops_the_open(
     };
     mark(None);
     refused("row-seal mark", "the batches' row-seal mark deleted");
-    mark(Some(b"1"));
+    mark(Some(&stored_mark.borrow()));
 }
 
 /// A vault written by a build from before the disposal batch rows were
@@ -1767,4 +1772,86 @@ fn a_vault_from_before_its_disposal_batches_were_sealed_seals_them_once_at_its_f
         Err(Error::Integrity(m)) => assert!(m.contains("fails its MAC"), "{m}"),
         other => panic!("the bare row put back: {:?}", other.map(|_| ())),
     }
+}
+
+/// The batches' sealing cannot be had again to bless a planted batch. In a
+/// vault that has disposed of nothing yet (so no batch row counts in the
+/// digest), an insider with the files and the vault stopped plants a
+/// genuine-looking batch row (a real one from another vault, its MAC taken
+/// off), deletes the sealing's mark and edits the sealing's event in the
+/// trail to name another one (the open reads the trail's older events
+/// without their chain): the mark itself is sealed and counted in the
+/// digest, so the rows no longer add up and the open refuses; the planted
+/// row alone fails its MAC. (Found by a hostile review: with a bare mark,
+/// the open sealed the planted row and resumed it.)
+#[test]
+fn a_batch_row_planted_with_the_sealings_mark_deleted_and_its_event_edited_stops_the_open() {
+    use vault_core::vault::{DisposalParties, DisposalRequest, DisposalScope};
+    let tmp = tempfile::tempdir().unwrap();
+    // A real batch row, from another vault.
+    let other = fast_vault(&tmp.path().join("other"));
+    let id = other
+        .vault
+        .put_record(
+            &other.clerk,
+            common::CUSTOMERS,
+            vault_core::ids::SubjectId::new(),
+            &serde_json::json!({ "given_name": "Ann", "family_name": "Else", "ssn": "123-45-6789" }),
+        )
+        .unwrap();
+    let out = other
+        .vault
+        .dispose(
+            &other.officer,
+            &DisposalRequest {
+                scope: DisposalScope::Record(id),
+                parties: DisposalParties::default(),
+                dry_run: false,
+            },
+        )
+        .unwrap();
+    let batch = out.disposal_id.expect("a batch");
+    let stored = batch_row(&other.dir, batch.as_bytes());
+    let planted = stored[..stored.len() - 32].to_vec();
+    other.vault.close().unwrap();
+
+    let fx = fast_vault(&tmp.path().join("vault"));
+    let (dir, clock) = (fx.dir.clone(), fx.clock.clone());
+    fx.vault.close().unwrap();
+    let open = || {
+        Vault::open(
+            &dir,
+            &secret(common::PASSPHRASE),
+            common::open_options(&clock),
+        )
+    };
+    let refused = |why: &str, what: &str| match open() {
+        Err(Error::Integrity(m)) => assert!(m.contains(why), "{what}: {m}"),
+        Err(e) => panic!("{what}: refused for another reason: {e}"),
+        Ok(_) => panic!("{what}: the vault opened"),
+    };
+    edit_records(&dir, &|db| {
+        let h = db.cf_handle("disposals").unwrap();
+        db.put_cf(&h, batch.as_bytes(), &planted).unwrap();
+    });
+    refused("fails its MAC", "a batch row planted");
+    edit_records(&dir, &|db| {
+        let meta = db.cf_handle("meta").unwrap();
+        db.delete_cf(&meta, b"rows_sealed_v3").unwrap();
+    });
+    let mut edited = 0;
+    for entry in std::fs::read_dir(dir.join("audit")).unwrap() {
+        let p = entry.unwrap().path();
+        if let Ok(t) = std::fs::read_to_string(&p)
+            && t.contains("seal:v3")
+        {
+            std::fs::write(&p, t.replace("seal:v3", "seal:v9")).unwrap();
+            edited += 1;
+        }
+    }
+    assert_eq!(edited, 1, "the sealing's event is in one segment");
+    refused(
+        "no longer adds up",
+        "a batch row planted, the mark deleted and the sealing's event edited",
+    );
 }
