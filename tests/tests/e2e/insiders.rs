@@ -994,15 +994,7 @@ fn an_event_appended_to_the_trail_by_someone_without_the_key_is_disowned_before_
     use vault_core::doctor::Level;
     let dir = tempfile::tempdir().unwrap();
     let f = fast_vault(&dir.path().join("vault"));
-    let id = f
-        .vault
-        .put_record(
-            &f.clerk,
-            common::CUSTOMERS,
-            vault_core::ids::SubjectId::new(),
-            &serde_json::json!({"given_name": "Ann", "family_name": "Doe", "ssn": "212-34-5678"}),
-        )
-        .expect("put");
+    let id = a_record(&f, "Doe");
     let f = f.reopen();
     assert!(
         common::events(&f, vault_core::audit::UNVOUCHED_ACTION).is_empty(),
@@ -1474,6 +1466,18 @@ fn a_key_copy_found_before_a_restart_keeps_the_batch_waiting_while_its_file_is_t
     fx.vault.close().unwrap();
 }
 
+/// A record of a new subject, stored by the clerk.
+fn a_record(f: &Fixture, family: &str) -> vault_core::ids::RecordId {
+    f.vault
+        .put_record(
+            &f.clerk,
+            common::CUSTOMERS,
+            vault_core::ids::SubjectId::new(),
+            &serde_json::json!({"given_name": "Ann", "family_name": family, "ssn": "212-34-5678"}),
+        )
+        .expect("put")
+}
+
 /// The stored row of disposal batch `batch` in the records database of the
 /// vault in `dir`, read with RocksDB directly (read-only: the vault may be
 /// running), as someone with the files would.
@@ -1790,15 +1794,7 @@ fn a_batch_row_planted_with_the_sealings_mark_deleted_and_its_event_edited_stops
     let tmp = tempfile::tempdir().unwrap();
     // A real batch row, from another vault.
     let other = fast_vault(&tmp.path().join("other"));
-    let id = other
-        .vault
-        .put_record(
-            &other.clerk,
-            common::CUSTOMERS,
-            vault_core::ids::SubjectId::new(),
-            &serde_json::json!({ "given_name": "Ann", "family_name": "Else", "ssn": "123-45-6789" }),
-        )
-        .unwrap();
+    let id = a_record(&other, "Else");
     let out = other
         .vault
         .dispose(
