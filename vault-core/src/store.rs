@@ -668,16 +668,16 @@ impl Store {
         }
         digest.generation += 1;
         let n = ops.len();
-        let mut rows = std::mem::take(&mut state.rows);
-        let marked = self.mark_op(mark, &mut digest, &mut rows);
-        state.rows = rows;
-        ops.push(marked?);
+        // Kept in memory only once written.
+        let mut rows = state.rows.clone();
+        ops.push(self.mark_op(mark, &mut digest, &mut rows)?);
         ops.push(self.digest_op(&digest)?);
         self.engine.write(&ops, true)?;
         self.disposals_unsealed.store(false, Ordering::SeqCst);
         for (k, tag) in tags {
-            state.rows.insert((cf_no(CF_DISPOSALS), k), tag);
+            rows.insert((cf_no(CF_DISPOSALS), k), tag);
         }
+        state.rows = rows;
         state.digest = Some(digest);
         self.state_generation
             .fetch_max(digest.generation, Ordering::SeqCst);
