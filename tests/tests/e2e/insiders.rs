@@ -1851,3 +1851,49 @@ fn a_batch_row_planted_with_the_sealings_mark_deleted_and_its_event_edited_stops
         "a batch row planted, the mark deleted and the sealing's event edited",
     );
 }
+
+/// An insider with the keystore's directory puts a link in it. The
+/// disposal's key scan, narrowed to the files that can hold the touched
+/// buckets' keys, walked the directory following links: one to a
+/// directory above took it `up/up/…` till the system refused ("Too many
+/// levels of symbolic links", naming nothing), one to a file elsewhere was
+/// read through as if it were the vault's. A link now fails the batch,
+/// naming it, before anything is certified; with it removed, the retry
+/// certifies.
+#[test]
+fn a_link_in_the_keystore_directory_fails_the_disposal_instead_of_leading_the_scan_out() {
+    use vault_core::vault::{DisposalParties, DisposalRequest, DisposalScope};
+    let tmp = tempfile::tempdir().unwrap();
+    let fx = fast_vault(&tmp.path().join("vault"));
+    let outside = tmp.path().join("outside");
+    std::fs::write(&outside, b"not the vault's").unwrap();
+    for (name, target) in [("up", fx.dir.clone()), ("elsewhere.log", outside)] {
+        let id = a_record(&fx, "Linked");
+        let link = fx.dir.join("keystore").join(name);
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        let req = DisposalRequest {
+            scope: DisposalScope::Record(id),
+            parties: DisposalParties::default(),
+            dry_run: false,
+        };
+        match fx.vault.dispose(&fx.officer, &req) {
+            Err(Error::DisposalFailed(m) | Error::Storage(m)) => assert!(
+                m.contains(name) && m.contains("symbolic link"),
+                "{name}: {m}"
+            ),
+            other => panic!("{name}: the scan followed the link: {other:?}"),
+        }
+        std::fs::remove_file(&link).unwrap();
+        let batch = fx
+            .vault
+            .disposals(&fx.officer)
+            .unwrap()
+            .into_iter()
+            .find(|b| b.step != "complete")
+            .expect("the failed batch")
+            .id;
+        let cert = fx.vault.retry_disposal(&fx.officer, batch).unwrap();
+        assert!(fx.vault.certificate(&fx.auditor, cert).is_ok());
+    }
+    fx.vault.close().unwrap();
+}
