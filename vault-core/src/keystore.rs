@@ -281,6 +281,32 @@ fn exists_by_name(dir: &Path, rel: &Path) -> Result<bool> {
     Ok(false)
 }
 
+/// The kind of an entry a byte scan's walk under `top` meets, without
+/// following a link: `None` when it vanished meanwhile. A link is an error
+/// naming it (`place` says whose directory, `then` what to do after): what
+/// it points to is outside what the scan can vouch for, and one to a
+/// directory above would lead the walk round.
+pub(crate) fn walked_kind(
+    e: &std::fs::DirEntry,
+    top: &Path,
+    place: &str,
+    then: &str,
+) -> Result<Option<std::fs::FileType>> {
+    let kind = match e.file_type() {
+        Ok(k) => k,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(err) => return Err(err.into()),
+    };
+    if kind.is_symlink() {
+        let p = e.path();
+        return Err(Error::Storage(format!(
+            "{} is a symbolic link{place}: the scan does not follow it; put what it points to in its place, then {then}",
+            p.strip_prefix(top).unwrap_or(&p).display()
+        )));
+    }
+    Ok(Some(kind))
+}
+
 /// Recursively scans `dir` for files holding any needle; files that vanish
 /// mid-scan (obsolete-file deletion) are skipped.
 pub fn scan_dir(dir: &Path, needles: &[Vec<u8>]) -> Result<Vec<String>> {
@@ -301,17 +327,9 @@ pub fn scan_dir_counted(dir: &Path, needles: &[Vec<u8>]) -> Result<ByteScan> {
         for e in std::fs::read_dir(&d)? {
             let e = e?;
             let p = e.path();
-            let kind = match e.file_type() {
-                Ok(k) => k,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(e.into()),
+            let Some(kind) = walked_kind(&e, dir, "", "scan again")? else {
+                continue;
             };
-            if kind.is_symlink() {
-                return Err(Error::Storage(format!(
-                    "{} is a symbolic link: the scan does not follow it; put what it points to in its place, then scan again",
-                    p.strip_prefix(dir).unwrap_or(&p).display()
-                )));
-            }
             if kind.is_dir() {
                 stack.push(p);
                 continue;

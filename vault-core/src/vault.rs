@@ -307,9 +307,6 @@ const META_ROWS_SEALED: &[u8] = b"rows_sealed_v1";
 const META_ROWS_SEALED_V2: &[u8] = b"rows_sealed_v2";
 /// The `vault.rows_sealed` event's target naming the second sealing.
 const SEAL_V2_TARGET: &str = "seal:v2";
-/// Set once the disposal batch rows carry MACs and count in the digest
-/// (itself a sealed row the digest counts).
-use store::META_ROWS_SEALED_V3;
 /// The `vault.rows_sealed` event's target naming the third sealing.
 const SEAL_V3_TARGET: &str = "seal:v3";
 /// Plaintext of the `signing` file: audit key | certificate key | subject-reference key.
@@ -1015,7 +1012,7 @@ impl Vault {
         let (v1, v2, v3) = (
             mark(META_ROWS_SEALED)?,
             mark(META_ROWS_SEALED_V2)?,
-            mark(META_ROWS_SEALED_V3)?,
+            mark(store::META_ROWS_SEALED_V3)?,
         );
         let lost = || {
             Error::Integrity(
@@ -1050,7 +1047,7 @@ impl Vault {
                 // last checkpoint (the sealing's own event may be in it).
                 return Err(Error::Integrity(why));
             }
-            let n = self.store.seal_disposals(META_ROWS_SEALED_V3)?;
+            let n = self.store.seal_disposals(store::META_ROWS_SEALED_V3)?;
             self.audit(
                 None,
                 &Context::cli(),
@@ -1077,9 +1074,13 @@ impl Vault {
                 return Err(lost());
             }
             let marks: &[&[u8]] = if v1 {
-                &[META_ROWS_SEALED_V2, META_ROWS_SEALED_V3]
+                &[META_ROWS_SEALED_V2, store::META_ROWS_SEALED_V3]
             } else {
-                &[META_ROWS_SEALED, META_ROWS_SEALED_V2, META_ROWS_SEALED_V3]
+                &[
+                    META_ROWS_SEALED,
+                    META_ROWS_SEALED_V2,
+                    store::META_ROWS_SEALED_V3,
+                ]
             };
             let n = self.store.seal_rows(v1, marks)?;
             self.audit(

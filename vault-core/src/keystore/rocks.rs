@@ -11,7 +11,7 @@ use rocksdb::{ColumnFamilyDescriptor, DB, Options, WriteBatch, WriteOptions};
 
 use super::engine::{ByteScan, DropTargets, FoundCopy, Held, KeyEngine, KeyOp, Table, Visit};
 use super::{PurgeEvidence, contains_any, scan_dir};
-use crate::error::{Error, Result};
+use crate::error::Result;
 
 const CF_DEKS: &str = "deks";
 const CF_BUCKETS: &str = "buckets";
@@ -279,17 +279,11 @@ impl RocksKeys {
                 // to a directory above took the walk 40 levels down, till the
                 // system refused with an error naming nothing; one to a file
                 // elsewhere was read through.
-                let kind = match e.file_type() {
-                    Ok(k) => k,
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                    Err(e) => return Err(e.into()),
+                let Some(kind) =
+                    super::walked_kind(&e, &top, " in the keystore's directory", "retry")?
+                else {
+                    continue;
                 };
-                if kind.is_symlink() {
-                    return Err(Error::Storage(format!(
-                        "{} is a symbolic link in the keystore's directory: the scan does not follow it; put what it points to in its place, then retry",
-                        p.strip_prefix(&top).unwrap_or(&p).display()
-                    )));
-                }
                 if kind.is_dir() {
                     stack.push(p);
                 } else if d != top || !skip.contains(&*e.file_name().to_string_lossy()) {

@@ -240,13 +240,15 @@ impl RowEngine for RocksRows {
                 // one is someone's, and a copy there is a copy. A link is
                 // not followed (it could lead anywhere on the host): it is
                 // an error, as in every other byte scan.
-                let kind = e.file_type()?;
-                if kind.is_symlink() {
-                    return Err(Error::Storage(format!(
-                        "{} is a symbolic link in the records database's directory: the scan does not follow it; put what it points to in its place, then retry",
-                        path.strip_prefix(&top).unwrap_or(&path).display()
-                    )));
-                }
+                let Some(kind) = crate::keystore::walked_kind(
+                    &e,
+                    &top,
+                    " in the records database's directory",
+                    "retry",
+                )?
+                else {
+                    continue;
+                };
                 if kind.is_dir() {
                     stack.push(path);
                     continue;
