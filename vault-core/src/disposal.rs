@@ -173,6 +173,20 @@ struct Residence {
 }
 
 impl BatchRow {
+    /// Adds the names of the bucket keys a rotation replaces; whether any
+    /// was new.
+    fn keep_replaced(&mut self, replaced: &[(u32, [u8; 32])]) -> bool {
+        let mut added = false;
+        for (bucket, name) in replaced {
+            let named = (*bucket, hex::encode(name));
+            if !self.replaced_keys.contains(&named) {
+                self.replaced_keys.push(named);
+                added = true;
+            }
+        }
+        added
+    }
+
     /// Records whose residence is their collection's default because they
     /// could not be read when the batch started.
     fn residence_by_default(&self) -> usize {
@@ -297,6 +311,19 @@ fn earlier_copies(
 /// include the first deletion's ([`Needles`]).
 type TagsAndRanges = (Vec<Vec<u8>>, Vec<Vec<u8>>, bool);
 
+/// How far two wall-clock times of the vault may disagree (a clock stepped
+/// back, a standby's machine): a backup taken up to this long before a
+/// record's creation time may still hold it.
+const CLOCK_SLACK_MS: i64 = 3_600_000;
+
+/// Why a wider scope leaves out a record of an unfinished batch.
+const IN_UNFINISHED_BATCH: &str =
+    "in an unfinished disposal batch, which disposes of it (see disposal list)";
+
+/// Step 6's plan: each record's tombstone row and the beacon writes that
+/// go with it.
+type Tombstones = Vec<(RecordId, RecordRow, super::search::IndexChange)>;
+
 /// Step 1's work, handed to step 2 without releasing the bucket locks.
 struct Prepared<'a> {
     guards: Vec<std::sync::RwLockWriteGuard<'a, ()>>,
@@ -337,6 +364,17 @@ pub(crate) struct BatchRow {
     /// batches of older builds.
     #[serde(default)]
     beacons: Option<BeaconRow>,
+    /// The beacon rows and the records with beacons that the first
+    /// deletion of the rows planned, kept before any went: a run stopped
+    /// once they went, before `beacons` was written, leaves the count here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    beacons_planned: Option<(u64, u64)>,
+    /// The one-way names (hex) of the touched buckets' keys that the
+    /// batch's rotation replaced: its verification fails if a bucket's live
+    /// key is one of them (an older bucket-key row put back while the vault
+    /// was stopped before the ratchet would carry it past the disposal).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    replaced_keys: Vec<(u32, String)>,
     /// The keystore files the latest byte scan of the batch read a
     /// pre-disposal wrapped key in (paths, never bytes): a retry whose
     /// needles went with an ended process cannot scan again, but finds
@@ -845,6 +883,27 @@ impl Vault {
         Ok(None)
     }
 
+    /// Whether a live record is in a batch that stopped before its
+    /// tombstones (failed, or left at a step by an error): that batch
+    /// destroyed its keys, or will, and only it scans for their copies, so
+    /// no other batch may certify the record. One record asked for by name
+    /// is refused; a wider scope excludes it, saying why.
+    fn in_unfinished_batch(
+        &self,
+        id: RecordId,
+        scope: &DisposalScope,
+        excluded: &mut Vec<(RecordId, String)>,
+    ) -> Result<bool> {
+        if self.isolation.check_not_pending(id).is_ok() {
+            return Ok(false);
+        }
+        if matches!(scope, DisposalScope::Record(_)) {
+            return Err(Error::DisposalInProgress);
+        }
+        excluded.push((id, IN_UNFINISHED_BATCH.to_owned()));
+        Ok(true)
+    }
+
     /// Every hold, read in one scan: a plan over many records checks them
     /// in memory instead of two point reads per record (holds are few; the
     /// batch checks every record's holds again under its locks).
@@ -1084,7 +1143,9 @@ impl Vault {
                 let Some(row) = self.store.record(*id)? else {
                     continue;
                 };
-                if row.state != RecordState::Live {
+                if row.state != RecordState::Live
+                    || self.in_unfinished_batch(*id, &req.scope, &mut excluded)?
+                {
                     continue;
                 }
                 match self.hold_on(*id, row.subject)? {
@@ -1188,11 +1249,27 @@ impl Vault {
             },
             channel: s.ctx.channel.as_str().to_owned(),
             backups: {
-                // A backup taken before every record of the batch existed holds none of them.
-                let earliest = rows.iter().map(|(_, r)| r.created_ms).min();
+                // A backup taken before every record of the batch existed
+                // holds none of them. Both times are the wall clock's, which
+                // may step back (or differ on a standby's machine) by up to
+                // `CLOCK_SLACK_MS`; a row of the first format does not bind
+                // its creation time to its ciphertext, so it may have been
+                // moved later, and counts as held by every backup.
+                let earliest = rows
+                    .iter()
+                    .map(|(_, r)| {
+                        if r.format == store::ROW_V1 {
+                            i64::MIN
+                        } else {
+                            r.created_ms
+                        }
+                    })
+                    .min();
                 let mut b = self.residual_backups()?;
                 for r in &mut b {
-                    r.holds_records = Some(earliest.is_none_or(|e| r.created_ms >= e));
+                    r.holds_records = Some(
+                        earliest.is_none_or(|e| r.created_ms.saturating_add(CLOCK_SLACK_MS) >= e),
+                    );
                 }
                 b
             },
@@ -1202,7 +1279,10 @@ impl Vault {
                 None
             },
             beacons: None,
+            beacons_planned: None,
+            replaced_keys: Vec::new(),
         };
+        batch.keep_replaced(&rotation.replaced);
         self.put_batch(&batch, true)?;
         self.isolation
             .add_pending(rows.iter().map(|(id, r)| (*id, r.subject)));
@@ -1270,6 +1350,9 @@ impl Vault {
         let mut kept = Vec::new();
         let holds = self.all_holds()?;
         for (id, row) in rows.drain(..) {
+            if self.in_unfinished_batch(id, scope, &mut excluded)? {
+                continue;
+            }
             match self.hold_in(id, row.subject, |k| Ok(holds.get(k).cloned()))? {
                 Some(why) => excluded.push((id, why)),
                 None => kept.push((id, row)),
@@ -1409,6 +1492,29 @@ impl Vault {
         })
     }
 
+    /// Records a failed verification in the batch and the trail; the
+    /// error to return.
+    fn verification_failed(
+        &self,
+        b: &mut BatchRow,
+        actor: Option<UserId>,
+        ctx: &Context,
+        msg: String,
+    ) -> Result<Error> {
+        b.failed = Some(msg.clone());
+        self.put_batch(b, true)?;
+        let e = Error::DisposalFailed(msg);
+        self.audit(
+            actor,
+            ctx,
+            "disposal.verify",
+            vec![b.id.clone()],
+            Err(&e),
+            None,
+        )?;
+        Ok(e)
+    }
+
     /// Drops a batch's kept needles once it is verified.
     fn forget_needles(&self, id: &str) {
         self.kept_needles.lock().expect("needles lock").remove(id);
@@ -1421,33 +1527,50 @@ impl Vault {
         Ok(())
     }
 
-    /// Step 6's work: each record's row becomes a tombstone naming
-    /// `certificate` and its beacons go in the same batch; then the search
-    /// index's copies in files and logs are purged (the deleted ranges, or
-    /// the whole index when the batch `resumed` after its rows went and no
-    /// longer knows them). No audit and no step recorded here.
-    fn delete_ciphertexts(
+    /// Step 6's plan: each record's tombstone row naming `certificate`
+    /// and the beacon writes that go with it, read before anything is
+    /// deleted, so that the count of beacon rows can be made durable first.
+    fn plan_ciphertexts(
         &self,
         records: &[(RecordId, SubjectId)],
         certificate: &str,
-        resumed: bool,
-    ) -> Result<Deleted> {
-        let mut beacons = BeaconRow::default();
-        let mut tags = Vec::new();
-        let mut ranges = Vec::new();
+    ) -> Result<Tombstones> {
+        let mut plan = Vec::with_capacity(records.len());
         for (id, _) in records {
             if let Some(mut row) = self.store.record(*id)? {
                 let index = self.index_change(*id, &row.collection, None, None)?;
-                beacons.deleted += index.deleted;
-                beacons.records += u64::from(!index.ops.is_empty());
-                tags.extend(index.deleted_tags);
-                ranges.extend(index.deleted_ranges);
                 row.state = RecordState::Disposed {
                     certificate: Some(certificate.to_owned()),
                 };
                 row.envelope.clear();
-                self.store.put_record_with(*id, &row, false, &index.ops)?;
+                plan.push((*id, row, index));
             }
+        }
+        Ok(plan)
+    }
+
+    /// The beacon rows a plan deletes and the records that have them.
+    fn beacons_planned(plan: &Tombstones) -> BeaconRow {
+        BeaconRow {
+            deleted: plan.iter().map(|(_, _, i)| i.deleted).sum(),
+            records: plan.iter().filter(|(_, _, i)| !i.ops.is_empty()).count() as u64,
+            ..BeaconRow::default()
+        }
+    }
+
+    /// Step 6's work: the plan's rows become tombstones and their beacons
+    /// go in the same batch; then the search index's copies in files and
+    /// logs are purged (the deleted ranges, or the whole index when the
+    /// batch `resumed` after its rows went and no longer knows them). No
+    /// audit and no step recorded here.
+    fn delete_ciphertexts(&self, plan: Tombstones, resumed: bool) -> Result<Deleted> {
+        let mut beacons = Self::beacons_planned(&plan);
+        let mut tags = Vec::new();
+        let mut ranges = Vec::new();
+        for (id, row, index) in plan {
+            tags.extend(index.deleted_tags);
+            ranges.extend(index.deleted_ranges);
+            self.store.put_record_with(id, &row, false, &index.ops)?;
         }
         self.store.flush_records()?;
         // A batch that deleted no beacon row (no searchable field) has
@@ -1493,6 +1616,8 @@ impl Vault {
             .map(|r| Ok((r.id.parse()?, r.subject.parse()?)))
             .collect::<Result<_>>()?;
         let mut step = step_index(&b.step);
+        // Verified by an earlier run, which stopped before the certificate.
+        let verified_before = step == step_index("verified");
         let trace = std::env::var_os("PIVAULT_DISPOSAL_TRACE").is_some();
         let mut lap = std::time::Instant::now();
         let mut tr = |what: &str| {
@@ -1550,6 +1675,27 @@ impl Vault {
                             return Err(e);
                         }
                     };
+                    // A backup taken while the batch was stopped before its
+                    // keys went holds them and the records: its certificate
+                    // names it too. Kept before the keys go (backups take
+                    // the batch lock, which this run holds).
+                    let known: HashSet<&str> = b.backups.iter().map(|r| r.id.as_str()).collect();
+                    let since: Vec<ResidualBackup> = self
+                        .residual_backups()?
+                        .into_iter()
+                        .filter(|r| !known.contains(r.id.as_str()))
+                        .map(|mut r| {
+                            r.holds_records = Some(true);
+                            r
+                        })
+                        .collect();
+                    // The keys this plan replaces, beside those of the
+                    // first plan (a rotation that went before a stop).
+                    let named = b.keep_replaced(&rotation.replaced);
+                    if !since.is_empty() || named {
+                        b.backups.extend(since);
+                        self.put_batch(b, true)?;
+                    }
                     Prepared {
                         guards,
                         wrapped_before: rotation.deleted_wrapped.clone(),
@@ -1639,10 +1785,29 @@ impl Vault {
                     old_slots = kept.old_slots.to_vec();
                 }
             }
+            // The beacon rows the deletion removes, counted and made durable
+            // before any goes: a crash, or a keys' purge that fails, after
+            // the rows went would leave the resumed batch counting none.
+            // A run whose plan is the one kept deletes what the first run
+            // planned: none of it went before (see `Needles`).
+            let plan = self.plan_ciphertexts(&records, &b.certificate_id)?;
+            let planned = Self::beacons_planned(&plan);
+            let counted = (planned.deleted, planned.records);
+            let first_deletion =
+                b.beacons.is_none() && b.beacons_planned.is_none_or(|kept| kept == counted);
+            if b.beacons.is_none() && b.beacons_planned.is_none() && counted != (0, 0) {
+                b.beacons_planned = Some(counted);
+                self.put_batch(b, true)?;
+            }
             let (purged, deleted) = std::thread::scope(|sc| {
                 let keys =
                     purge_keys.then(|| sc.spawn(|| self.keystore.purge(&b.buckets, skip_flush)));
-                let deleted = self.delete_ciphertexts(&records, &b.certificate_id, resumed);
+                let deleted = self.delete_ciphertexts(plan, resumed);
+                if deleted.is_ok() {
+                    // A crash point within the steps (tests): the rows gone,
+                    // the keys' purge not yet recorded.
+                    self.at_step("rows_tombstoned");
+                }
                 (
                     keys.map(|h| h.join().expect("the keystore's purge thread")),
                     deleted,
@@ -1653,17 +1818,22 @@ impl Vault {
             if let Ok(d) = &deleted
                 && !d.tags.is_empty()
             {
-                self.keep_beacons(&b.id, &d.tags, &d.ranges, b.beacons.is_none());
+                self.keep_beacons(&b.id, &d.tags, &d.ranges, first_deletion);
             }
             // What the ciphertexts' side did is kept with the keys' step,
             // so a batch resumed from there still counts the beacon rows
-            // its first run deleted.
+            // its first run deleted. A batch whose first deletion stopped
+            // before it was counted counts the rows planned then: this run
+            // finds only those that run did not reach.
             if let Ok(d) = &deleted {
                 let mut beacons = d.beacons.clone();
                 if resumed && let Some(old) = &b.beacons {
                     // Counted by the run that deleted them.
                     beacons.deleted += old.deleted;
                     beacons.records += old.records;
+                } else if let Some((rows, records)) = b.beacons_planned {
+                    beacons.deleted = beacons.deleted.max(rows);
+                    beacons.records = beacons.records.max(records);
                 }
                 b.beacons = Some(beacons);
             }
@@ -1726,6 +1896,19 @@ impl Vault {
                         "a key of record {id} is still stored ({} version(s)) or reachable from the live header",
                         left.len()
                     ));
+                }
+            }
+            // No bucket key the rotation replaced is live again.
+            if !b.replaced_keys.is_empty() {
+                for (bucket, name) in
+                    self.keystore
+                        .bucket_key_names(&epoch.root, epoch.number, &b.buckets)?
+                {
+                    if b.replaced_keys.contains(&(bucket, hex::encode(name))) {
+                        problems.push(format!(
+                            "bucket {bucket}'s key is one this batch's rotation replaced: a bucket-key row from before the disposal was put back"
+                        ));
+                    }
                 }
             }
             drop(epoch);
@@ -1915,19 +2098,7 @@ impl Vault {
                 }
             }
             if !problems.is_empty() {
-                let msg = problems.join("; ");
-                b.failed = Some(msg.clone());
-                self.put_batch(b, true)?;
-                let e = Error::DisposalFailed(msg);
-                self.audit(
-                    actor,
-                    ctx,
-                    "disposal.verify",
-                    vec![b.id.clone()],
-                    Err(&e),
-                    None,
-                )?;
-                return Err(e);
+                return Err(self.verification_failed(b, actor, ctx, problems.join("; "))?);
             }
             self.audit(
                 actor,
@@ -1948,6 +2119,32 @@ impl Vault {
             .get(store::CF_CERTIFICATES, cert_id.as_bytes())?
             .is_none()
         {
+            if verified_before {
+                // The files may have changed while the batch was stopped:
+                // what the certificate states of each record is read again.
+                let mut problems = Vec::new();
+                for (id, sub) in &records {
+                    if !matches!(
+                        self.store.record(*id)?,
+                        Some(RecordRow {
+                            state: RecordState::Disposed { .. },
+                            ..
+                        })
+                    ) {
+                        problems.push(format!("record {id} does not read as disposed"));
+                    }
+                    if !self.keystore.record_keys(*sub, *id)?.is_empty() {
+                        problems.push(format!("a key of record {id} is stored again"));
+                    }
+                }
+                if !problems.is_empty() {
+                    let msg = format!(
+                        "{} (changed since the batch's verification)",
+                        problems.join("; ")
+                    );
+                    return Err(self.verification_failed(b, actor, ctx, msg)?);
+                }
+            }
             self.store.put(
                 store::CF_LEDGER,
                 &{

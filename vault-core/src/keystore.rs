@@ -54,6 +54,19 @@ pub(crate) struct Rotation {
     /// The wrapped bytes of the deleted keys, as stored: what the
     /// verification byte scan must no longer find (held in memory only).
     pub deleted_wrapped: Vec<Vec<u8>>,
+    /// Each rotated bucket's key before the rotation, by its one-way name
+    /// ([`bucket_key_name`]): a disposal keeps these to find one put back.
+    pub replaced: Vec<(u32, [u8; 32])>,
+}
+
+/// A one-way name of bucket `b`'s key: a SHA-256 over the key itself, the
+/// vault and the bucket, which tells keys apart without revealing them.
+fn bucket_key_name(vault: &[u8], b: u32, key: &SecretKey) -> [u8; 32] {
+    let mut m = zeroize::Zeroizing::new(b"pivault bucket key name v1".to_vec());
+    m.extend_from_slice(vault);
+    m.extend_from_slice(&b.to_be_bytes());
+    m.extend_from_slice(key.expose());
+    crypto::sha256(&m)
 }
 
 impl std::fmt::Debug for Rotation {
@@ -898,8 +911,10 @@ impl Keystore {
         let mut rewrapped = 0;
         let mut deleted = Vec::new();
         let mut deleted_wrapped = Vec::new();
+        let mut replaced = Vec::new();
         for &b in buckets {
             let old = self.unwrap_bucket_key(root, epoch, b)?;
+            replaced.push((b, bucket_key_name(self.vault.as_bytes(), b, &old)));
             let new = SecretKey::generate();
             let mut rows = Vec::new();
             self.engine
@@ -944,7 +959,26 @@ impl Keystore {
             rewrapped,
             deleted,
             deleted_wrapped,
+            replaced,
         })
+    }
+
+    /// The one-way names of `buckets`' keys as their rows hold them now
+    /// (read from the engine, not the cache), for a disposal's check that
+    /// no key its rotation replaced is back.
+    pub(crate) fn bucket_key_names(
+        &self,
+        root: &SecretKey,
+        epoch: u64,
+        buckets: &[u32],
+    ) -> Result<Vec<(u32, [u8; 32])>> {
+        buckets
+            .iter()
+            .map(|&b| {
+                let key = self.unwrap_bucket_key(root, epoch, b)?;
+                Ok((b, bucket_key_name(self.vault.as_bytes(), b, &key)))
+            })
+            .collect()
     }
 
     /// Writes a planned rotation in one synced batch and drops the rotated

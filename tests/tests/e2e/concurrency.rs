@@ -195,6 +195,155 @@ fn race<T: Send + 'static>(
     (outcome, r)
 }
 
+/// A batch stopped once it destroyed a record's keys (its next audit write
+/// failed) keeps the record: a second batch refuses it by name and leaves it
+/// out of a wider scope, saying why, so that only the batch holding the
+/// keys' bytes for its byte scan certifies it, once. Before, the second
+/// batch certified the record with a scan that never looked for its keys.
+#[test]
+fn a_record_of_a_stopped_batch_is_certified_by_that_batch_alone() {
+    let tmp = temp();
+    let fx = Arc::new(common::fast_vault(&tmp.path().join("vault")));
+    let subject = SubjectId::new();
+    let doomed = fx
+        .vault
+        .put_record(&fx.clerk, CUSTOMERS, subject, &body(1))
+        .unwrap();
+    let wrapped = wrapped_keys(&fx, doomed, subject);
+    let neighbour = fx
+        .vault
+        .put_record(&fx.clerk, CUSTOMERS, SubjectId::new(), &body(2))
+        .unwrap();
+    let weak = Arc::downgrade(&fx);
+    fx.vault.set_crash_hook(Some(Box::new(move |s: &str| {
+        if s == "buckets_rotated"
+            && let Some(fx) = weak.upgrade()
+        {
+            fx.vault.set_audit_failure(true);
+        }
+    })));
+    let stopped = fx
+        .vault
+        .dispose(&fx.officer, &request(DisposalScope::Record(doomed)));
+    fx.vault.set_crash_hook(None);
+    fx.vault.set_audit_failure(false);
+    assert!(
+        matches!(stopped, Err(Error::AuditUnavailable(_))),
+        "{stopped:?}"
+    );
+    let batches = fx.vault.disposals(&fx.officer).unwrap();
+    assert_eq!(batches.len(), 1, "{batches:?}");
+    assert_eq!(batches[0].step, "buckets_rotated", "{batches:?}");
+    assert!(
+        fx.vault
+            .keystore()
+            .record_keys(subject, doomed)
+            .unwrap()
+            .is_empty(),
+        "the stopped batch deleted the record's keys"
+    );
+
+    match fx
+        .vault
+        .dispose(&fx.officer, &request(DisposalScope::Record(doomed)))
+    {
+        Err(Error::DisposalInProgress) => {}
+        other => panic!("a second batch took the stopped batch's record: {other:?}"),
+    }
+    let wide = fx
+        .vault
+        .dispose(
+            &fx.officer,
+            &request(DisposalScope::Records(vec![doomed, neighbour])),
+        )
+        .unwrap();
+    assert_eq!(wide.records, vec![neighbour], "{wide:?}");
+    assert!(
+        wide.excluded
+            .iter()
+            .any(|(id, why)| *id == doomed && why.contains("unfinished disposal batch")),
+        "{:?}",
+        wide.excluded
+    );
+    let wide_cert = wide.certificate_id.expect("the neighbour's certificate");
+    assert!(
+        !destroyed_versions(&fx.vault, &fx.officer, wide_cert).contains_key(&doomed.to_string()),
+        "the wider batch's certificate names the stopped batch's record"
+    );
+
+    let cert = fx.vault.retry_disposal(&fx.officer, batches[0].id).unwrap();
+    match fx.vault.get_record(&fx.officer, doomed, &[], None) {
+        Err(Error::Disposed {
+            certificate: Some(c),
+        }) => assert_eq!(c, cert.to_string()),
+        other => panic!("the record must name the stopped batch's certificate: {other:?}"),
+    }
+    assert!(destroyed_versions(&fx.vault, &fx.officer, cert).contains_key(&doomed.to_string()));
+    assert_destroyed(&fx, doomed, subject, &wrapped, "retried");
+    assert!(fx.vault.audit_verify(&fx.auditor).unwrap().ok());
+}
+
+/// A backup taken while a batch is stopped after its intent, before its
+/// keys went, holds the records and their keys: the certificate the retry
+/// issues names it as a residual copy and is pending until it expires.
+/// Before, the batch kept the backups of its intent only, and certified
+/// "no backup of this vault existed" and a complete outcome.
+#[test]
+fn a_backup_taken_while_a_batch_is_stopped_before_its_keys_went_is_named_by_its_certificate() {
+    let tmp = temp();
+    let fx = Arc::new(common::fast_vault(&tmp.path().join("vault")));
+    let doomed = fx
+        .vault
+        .put_record(&fx.clerk, CUSTOMERS, SubjectId::new(), &body(1))
+        .unwrap();
+    let weak = Arc::downgrade(&fx);
+    fx.vault.set_crash_hook(Some(Box::new(move |s: &str| {
+        if s == "planned"
+            && let Some(fx) = weak.upgrade()
+        {
+            fx.vault.set_audit_failure(true);
+        }
+    })));
+    let stopped = fx
+        .vault
+        .dispose(&fx.officer, &request(DisposalScope::Record(doomed)));
+    fx.vault.set_crash_hook(None);
+    fx.vault.set_audit_failure(false);
+    assert!(
+        matches!(stopped, Err(Error::AuditUnavailable(_))),
+        "{stopped:?}"
+    );
+    let batches = fx.vault.disposals(&fx.officer).unwrap();
+    assert_eq!(batches.len(), 1, "{batches:?}");
+    assert_eq!(batches[0].step, "intent", "{batches:?}");
+
+    let backups = temp();
+    let info = fx
+        .vault
+        .create_backup(&fx.admin, &backups.path().join("b.pvb"), 30)
+        .unwrap();
+    let cert = fx.vault.retry_disposal(&fx.officer, batches[0].id).unwrap();
+    let c = fx.vault.certificate(&fx.officer, cert).unwrap();
+    let copies = &c.body["target"]["backups"];
+    assert_eq!(copies["exist"], json!(true), "{copies}");
+    assert!(
+        copies["copies"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|b| b["backup_id"] == json!(info.id.to_string())
+                && b["holds_records"] == json!(true)),
+        "{copies}"
+    );
+    assert_ne!(
+        c.body["outcome"]["state"],
+        json!("complete"),
+        "{}",
+        c.body["outcome"]
+    );
+    assert!(fx.vault.audit_verify(&fx.auditor).unwrap().ok());
+}
+
 #[test]
 fn an_update_at_any_step_of_a_disposal_is_destroyed_or_refused() {
     for step in STEPS {
@@ -783,7 +932,14 @@ fn model_op(
                 .dispose(&fx.officer, &request(DisposalScope::Record(id)))
             {
                 Ok(o) => record_disposal(model, &o),
-                Err(Error::Disposed { .. } | Error::LegalHold | Error::NotFound(_)) => {}
+                // Another batch has it (running, or stopped: only that one
+                // may certify it).
+                Err(
+                    Error::Disposed { .. }
+                    | Error::DisposalInProgress
+                    | Error::LegalHold
+                    | Error::NotFound(_),
+                ) => {}
                 Err(e) => panic!("seed {seed}: dispose record: {e}"),
             }
         }

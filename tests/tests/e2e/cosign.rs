@@ -457,8 +457,20 @@ fn a_disposal_while_a_backup_holds_the_records_is_pending_expiry_of_residual_cop
     );
     assert!(certificate::verify(&c, &vk).ok());
 
-    // A record created after the backup: the backup does not hold it.
+    // A record created a minute after the backup: within the wall clock's
+    // slack (an hour: a clock stepped back, a standby's machine), so the
+    // backup may hold it.
     fx.clock.advance(60_000);
+    let (_, near) = dispose_one(&fx, &fx.officer, 5);
+    let nc = fx.vault.certificate(&fx.officer, near).unwrap();
+    assert_eq!(
+        nc.body["target"]["backups"]["copies"][0]["holds_records"],
+        true
+    );
+    assert_eq!(outcome_of(&nc).0, certificate::PENDING_PHRASE);
+
+    // A record created two hours after the backup: the backup does not hold it.
+    fx.clock.advance(2 * 3_600_000);
     let (_, later) = dispose_one(&fx, &fx.officer, 3);
     let lc = fx.vault.certificate(&fx.officer, later).unwrap();
     full(&lc);

@@ -61,12 +61,15 @@ const EXIT_INTEGRITY: i32 = 8;
 const SMALL_BUCKETS: u32 = 16;
 /// One day in ms.
 const DAY_MS: i64 = 86_400_000;
-/// Every step of a disposal batch, in order (vault-core/src/disposal.rs).
-const STEPS: [&str; 8] = [
+/// Every step of a disposal batch, in order (vault-core/src/disposal.rs),
+/// and `rows_tombstoned`, a crash point within steps 5 and 6: the rows and
+/// their search beacons gone, the keys' purge not yet recorded.
+const STEPS: [&str; 9] = [
     "intent",
     "keys_deleted",
     "buckets_rotated",
     "epoch_ratcheted",
+    "rows_tombstoned",
     "keystore_purged",
     "ciphertexts_deleted",
     "verified",
@@ -1043,8 +1046,9 @@ fn crash_round(step: &str) {
     // The disposed record has search beacons (family name and SSN), so the
     // certificate's count of them is checked across the crash too: the
     // keystore's purge and the ciphertexts' deletion run at once, and a
-    // batch resumed after `keystore_purged` must still count the beacon
-    // rows its first run deleted.
+    // batch resumed after `keystore_purged`, or stopped once the rows went
+    // but before the keys' purge was recorded (`rows_tombstoned`), must
+    // still count the beacon rows its first run deleted.
     let mut searched = common::customers_schema();
     searched
         .set_searchable(vec!["family_name".into(), "ssn".into()])
@@ -1069,39 +1073,7 @@ fn crash_round(step: &str) {
     let epoch_before = fx.vault.epoch();
     close(fx);
 
-    let secrets = tmp.path().join("secrets");
-    fs::create_dir(&secrets).unwrap();
-    fs::set_permissions(&secrets, fs::Permissions::from_mode(0o700)).unwrap();
-    let pass = secrets.join("passphrase");
-    cli::write_private(&pass, common::PASSPHRASE.as_bytes());
-    let pw = secrets.join("officer");
-    cli::write_private(&pw, common::USERS[1].2.as_bytes());
-    assert_eq!(common::USERS[1].0, "officer");
-
-    let out = Command::new(env!("CARGO_BIN_EXE_disposal-crash"))
-        .args([
-            dir.as_os_str(),
-            pass.as_os_str(),
-            "officer".as_ref(),
-            pw.as_os_str(),
-        ])
-        .arg(target.id.to_string())
-        .arg(step)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run disposal-crash");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !out.status.success() && out.status.code() != Some(3),
-        "step {step}: the child did not crash at the step (status {:?}): {stderr}",
-        out.status
-    );
-    assert_eq!(
-        out.status.signal(),
-        Some(6),
-        "step {step}: expected SIGABRT from the hook, got {:?}: {stderr}",
-        out.status
-    );
+    crash_at(tmp.path(), &dir, target.id, step);
 
     // Reopen: the batch resumes and completes before the vault serves.
     let vault = Vault::open(
@@ -1224,9 +1196,48 @@ fn crash_round(step: &str) {
     vault.close().unwrap();
 }
 
+/// Runs `disposal-crash` on the closed vault in `dir` (its secrets in files
+/// under `tmp`): the officer disposes of `record`, and the child aborts when
+/// the batch reaches `step`.
+fn crash_at(tmp: &Path, dir: &Path, record: RecordId, step: &str) {
+    let secrets = tmp.join("secrets");
+    fs::create_dir(&secrets).unwrap();
+    fs::set_permissions(&secrets, fs::Permissions::from_mode(0o700)).unwrap();
+    let pass = secrets.join("passphrase");
+    cli::write_private(&pass, common::PASSPHRASE.as_bytes());
+    let pw = secrets.join("officer");
+    cli::write_private(&pw, common::USERS[1].2.as_bytes());
+    assert_eq!(common::USERS[1].0, "officer");
+
+    let out = Command::new(env!("CARGO_BIN_EXE_disposal-crash"))
+        .args([
+            dir.as_os_str(),
+            pass.as_os_str(),
+            "officer".as_ref(),
+            pw.as_os_str(),
+        ])
+        .arg(record.to_string())
+        .arg(step)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run disposal-crash");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && out.status.code() != Some(3),
+        "step {step}: the child did not crash at the step (status {:?}): {stderr}",
+        out.status
+    );
+    assert_eq!(
+        out.status.signal(),
+        Some(6),
+        "step {step}: expected SIGABRT from the hook, got {:?}: {stderr}",
+        out.status
+    );
+}
+
 #[test]
 fn crash_at_every_disposal_step_resumes_on_open() {
-    // Two threads over the eight steps: each round is independent.
+    // Two threads over the nine crash points: each round is independent.
     let (mut a, mut b): (Vec<&'static str>, Vec<&'static str>) = (Vec::new(), Vec::new());
     for (i, s) in STEPS.into_iter().enumerate() {
         if i % 2 == 0 { a.push(s) } else { b.push(s) }
@@ -1245,6 +1256,135 @@ fn crash_at_every_disposal_step_resumes_on_open() {
             std::panic::resume_unwind(e);
         }
     }
+}
+
+/// Runs `edit` on the embedded keystore of the closed vault in `dir`,
+/// opened with RocksDB directly, as someone with the files would.
+fn edit_keystore<T>(dir: &Path, edit: impl FnOnce(&DB) -> T) -> T {
+    let path = dir.join("keystore");
+    let cfs = DB::list_cf(&rocksdb::Options::default(), &path).expect("keystore cfs");
+    let db = DB::open_cf(&rocksdb::Options::default(), &path, cfs).expect("open keystore");
+    let out = edit(&db);
+    db.flush().expect("flush");
+    out
+}
+
+/// An insider who stops the vault once a batch's bucket rotation went, and
+/// before its ratchet, and puts back the bucket-key row from before the
+/// disposal, would have the resumed ratchet carry the replaced key forward:
+/// the destroyed record's wrapped key, copied out before, would open under
+/// the live vault again while the certificate says its bucket's key was
+/// replaced. The resumed batch finds the key it replaced live and fails,
+/// naming the bucket. Before, it certified.
+#[test]
+fn a_bucket_key_put_back_after_a_stop_before_the_ratchet_fails_the_resumed_batch() {
+    let tmp = temp();
+    let dir = tmp.path().join("vault");
+    let fx = small_vault_on(&dir, None, None);
+    let recs = store_records(&fx, 3, 2);
+    let target = &recs[0];
+    let bucket = fx.vault.keystore().bucket_of(target.subject).to_be_bytes();
+    close(fx);
+    let old_row = edit_keystore(&dir, |db| {
+        db.get_cf(&db.cf_handle("buckets").unwrap(), bucket)
+            .unwrap()
+            .expect("the bucket's key row")
+    });
+    crash_at(tmp.path(), &dir, target.id, "buckets_rotated");
+    edit_keystore(&dir, |db| {
+        let cf = db.cf_handle("buckets").unwrap();
+        assert_ne!(
+            db.get_cf(&cf, bucket).unwrap().as_deref(),
+            Some(&old_row[..]),
+            "the rotation replaced the bucket's key"
+        );
+        db.put_cf(&cf, bucket, &old_row).unwrap();
+    });
+
+    let vault = Vault::open(
+        &dir,
+        &SecretString::from(common::PASSPHRASE),
+        OpenOptions::default(),
+    )
+    .expect("the vault opens; the batch waits");
+    let officer = common::login(&vault, "officer");
+    let batches = vault.disposals(&officer).unwrap();
+    assert_eq!(batches.len(), 1, "{batches:?}");
+    assert_ne!(batches[0].step, "complete", "{batches:?}");
+    let why = batches[0].failed.clone().unwrap_or_default();
+    assert!(
+        why.contains("rotation replaced") && why.contains("put back"),
+        "{why}"
+    );
+    assert!(
+        vault
+            .certificate(&officer, batches[0].certificate_id)
+            .is_err(),
+        "a certificate was issued"
+    );
+    vault.close().unwrap();
+}
+
+/// A batch stopped once verified, before its certificate, reads again what
+/// the certificate states of each record when it resumes: a record's live
+/// row put back while the vault was stopped fails it (no certificate says
+/// the record is a tombstone while its row is live), and a retry tombstones
+/// the row again and certifies. Before, the resume signed at once.
+#[test]
+fn a_live_row_put_back_after_a_stop_once_verified_fails_the_resumed_batch() {
+    let tmp = temp();
+    let dir = tmp.path().join("vault");
+    let fx = small_vault_on(&dir, None, None);
+    let recs = store_records(&fx, 2, 1);
+    let target = &recs[0];
+    close(fx);
+    let records = |edit: &dyn Fn(&DB) -> Option<Vec<u8>>| {
+        let path = dir.join("records");
+        let cfs = DB::list_cf(&rocksdb::Options::default(), &path).expect("records cfs");
+        let db = DB::open_cf(&rocksdb::Options::default(), &path, cfs).expect("open records");
+        let out = edit(&db);
+        db.flush().expect("flush");
+        out
+    };
+    let live_row = records(&|db| {
+        db.get_cf(&db.cf_handle("records").unwrap(), target.id.as_bytes())
+            .unwrap()
+    })
+    .expect("the record's row");
+    crash_at(tmp.path(), &dir, target.id, "verified");
+    records(&|db| {
+        db.put_cf(
+            &db.cf_handle("records").unwrap(),
+            target.id.as_bytes(),
+            &live_row,
+        )
+        .unwrap();
+        None
+    });
+
+    let vault = Vault::open(
+        &dir,
+        &SecretString::from(common::PASSPHRASE),
+        OpenOptions::default(),
+    )
+    .expect("the vault opens; the batch waits");
+    let officer = common::login(&vault, "officer");
+    let batch = vault.disposals(&officer).unwrap()[0].clone();
+    assert_ne!(batch.step, "complete", "{batch:?}");
+    let why = batch.failed.clone().unwrap_or_default();
+    assert!(
+        why.contains("does not read as disposed") && why.contains("since the batch's verification"),
+        "{why}"
+    );
+    let cert = vault.retry_disposal(&officer, batch.id).unwrap();
+    match vault.get_record(&officer, target.id, &[], None) {
+        Err(Error::Disposed {
+            certificate: Some(c),
+        }) => assert_eq!(c, cert.to_string()),
+        other => panic!("the retry left the record {other:?}"),
+    }
+    assert!(vault.audit_verify(&officer).unwrap().ok());
+    vault.close().unwrap();
 }
 
 // =====================================================================================
