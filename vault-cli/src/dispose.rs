@@ -42,13 +42,14 @@ pub(crate) fn confirm(
     }
     let p = preview()?;
     let count = |k: &str| p[k].as_u64().unwrap_or(0);
+    // Left out: held, or in another batch that disposes of it.
     let held = p["excluded"].as_array().map_or(0, Vec::len);
     let residents = match p["ma_residents"].as_u64() {
         Some(n) => format!("{n} of them Massachusetts resident(s)"),
         None => "Massachusetts residents counted by the disposal".to_owned(),
     };
     output::stderr_prompt(&format!(
-        "Destroy {what}: {} record(s) of {} subject(s), {residents}; {held} held record(s) left out.\n\
+        "Destroy {what}: {} record(s) of {} subject(s), {residents}; {held} record(s) left out (held, or in an unfinished batch).\n\
          This cannot be undone. Type 'yes' to continue: ",
         count("records"),
         count("subjects"),

@@ -316,8 +316,9 @@ type TagsAndRanges = (Vec<Vec<u8>>, Vec<Vec<u8>>, bool);
 /// record's creation time may still hold it.
 const CLOCK_SLACK_MS: i64 = 3_600_000;
 
-/// Why a wider scope leaves out a record of an unfinished batch.
-const IN_UNFINISHED_BATCH: &str =
+/// Why a wider scope leaves out a record of an unfinished batch (the
+/// reason in [`DisposalOutcome::excluded`]).
+pub const IN_UNFINISHED_BATCH: &str =
     "in an unfinished disposal batch, which disposes of it (see disposal list)";
 
 /// Step 6's plan: each record's tombstone row and the beacon writes that
@@ -1492,6 +1493,82 @@ impl Vault {
         })
     }
 
+    /// Keeps the records of unfinished batch `b` whose rows read live (its
+    /// tombstones not yet written, or a row put back since) from reads,
+    /// updates, holds and other batches: only `b` may certify them.
+    fn keep_live_pending(&self, b: &BatchRow) -> Result<()> {
+        let mut live = Vec::new();
+        for r in &b.records {
+            let (id, subject): (RecordId, SubjectId) = (r.id.parse()?, r.subject.parse()?);
+            if matches!(self.store.record(id)?, Some(row) if row.state == RecordState::Live) {
+                live.push((id, subject));
+            }
+        }
+        self.isolation.add_pending(live);
+        Ok(())
+    }
+
+    /// What a certificate states of each record of batch `b`, checked: its
+    /// row a tombstone (naming no other certificate), no key of any version
+    /// stored or reachable from the live header, and no touched bucket's
+    /// live key one that the batch's rotation replaced. The problems found.
+    fn records_destroyed(
+        &self,
+        b: &BatchRow,
+        records: &[(RecordId, SubjectId)],
+    ) -> Result<Vec<String>> {
+        let mut problems = Vec::new();
+        let epoch = self.epoch.read().expect("epoch lock");
+        for (r, (id, sub)) in b.records.iter().zip(records) {
+            match self.store.record(*id)? {
+                Some(RecordRow {
+                    state: RecordState::Disposed { certificate },
+                    ..
+                }) if certificate.as_ref().is_none_or(|c| *c == b.certificate_id) => {}
+                Some(RecordRow {
+                    state: RecordState::Disposed { .. },
+                    ..
+                }) => problems.push(format!(
+                    "record {id} reads as disposed of under another certificate"
+                )),
+                _ => problems.push(format!("record {id} does not read as disposed")),
+            }
+            // No key of any version: the whole `bucket | record` prefix is empty.
+            let left = self.keystore.record_keys(*sub, *id)?;
+            let reachable = r.destroyed_versions().iter().any(|v| {
+                self.keystore
+                    .dek(&epoch.root, epoch.number, *sub, *id, *v)
+                    .ok()
+                    .flatten()
+                    .is_some()
+            });
+            if !left.is_empty() || reachable {
+                problems.push(format!(
+                    "a key of record {id} is still stored ({} version(s)) or reachable from the live header",
+                    left.len()
+                ));
+            }
+        }
+        // No bucket key the rotation replaced is live again.
+        if !b.replaced_keys.is_empty() {
+            for &bucket in &b.buckets {
+                match self
+                    .keystore
+                    .bucket_key_name(&epoch.root, epoch.number, bucket)
+                {
+                    Ok(name) if b.replaced_keys.contains(&(bucket, hex::encode(name))) => {
+                        problems.push(format!(
+                            "bucket {bucket}'s key is one this batch's rotation replaced: a bucket-key row from before the disposal was put back (the keystore was changed without the vault's key: restore the whole vault directory from a backup)"
+                        ))
+                    }
+                    Ok(_) => {}
+                    Err(_) => problems.push(format!("bucket {bucket}'s key cannot be read")),
+                }
+            }
+        }
+        Ok(problems)
+    }
+
     /// Records a failed verification in the batch and the trail; the
     /// error to return.
     fn verification_failed(
@@ -1503,6 +1580,7 @@ impl Vault {
     ) -> Result<Error> {
         b.failed = Some(msg.clone());
         self.put_batch(b, true)?;
+        self.keep_live_pending(b)?;
         let e = Error::DisposalFailed(msg);
         self.audit(
             actor,
@@ -1785,24 +1863,28 @@ impl Vault {
                     old_slots = kept.old_slots.to_vec();
                 }
             }
-            // The beacon rows the deletion removes, counted and made durable
-            // before any goes: a crash, or a keys' purge that fails, after
-            // the rows went would leave the resumed batch counting none.
-            // A run whose plan is the one kept deletes what the first run
-            // planned: none of it went before (see `Needles`).
-            let plan = self.plan_ciphertexts(&records, &b.certificate_id)?;
-            let planned = Self::beacons_planned(&plan);
-            let counted = (planned.deleted, planned.records);
-            let first_deletion =
-                b.beacons.is_none() && b.beacons_planned.is_none_or(|kept| kept == counted);
-            if b.beacons.is_none() && b.beacons_planned.is_none() && counted != (0, 0) {
-                b.beacons_planned = Some(counted);
-                self.put_batch(b, true)?;
-            }
+            let buckets = b.buckets.clone();
             let (purged, deleted) = std::thread::scope(|sc| {
                 let keys =
-                    purge_keys.then(|| sc.spawn(|| self.keystore.purge(&b.buckets, skip_flush)));
-                let deleted = self.delete_ciphertexts(plan, resumed);
+                    purge_keys.then(|| sc.spawn(|| self.keystore.purge(&buckets, skip_flush)));
+                // The beacon rows the deletion removes, counted and made
+                // durable before any goes: a crash, or a keys' purge that
+                // fails, after the rows went would leave the resumed batch
+                // counting none. A run whose plan is the one kept deletes
+                // what the first run planned: none of it went before (its
+                // tags are whole, see `Needles`).
+                let deleted = (|| -> Result<(Deleted, bool)> {
+                    let plan = self.plan_ciphertexts(&records, &b.certificate_id)?;
+                    let planned = Self::beacons_planned(&plan);
+                    let counted = (planned.deleted, planned.records);
+                    let first =
+                        b.beacons.is_none() && b.beacons_planned.is_none_or(|kept| kept == counted);
+                    if b.beacons.is_none() && b.beacons_planned.is_none() && counted != (0, 0) {
+                        b.beacons_planned = Some(counted);
+                        self.put_batch(b, true)?;
+                    }
+                    Ok((self.delete_ciphertexts(plan, resumed)?, first))
+                })();
                 if deleted.is_ok() {
                     // A crash point within the steps (tests): the rows gone,
                     // the keys' purge not yet recorded.
@@ -1815,17 +1897,17 @@ impl Vault {
             });
             // The deleted beacons' tags, kept for a retry here before the
             // keys' purge can end the run.
-            if let Ok(d) = &deleted
+            if let Ok((d, first_deletion)) = &deleted
                 && !d.tags.is_empty()
             {
-                self.keep_beacons(&b.id, &d.tags, &d.ranges, first_deletion);
+                self.keep_beacons(&b.id, &d.tags, &d.ranges, *first_deletion);
             }
             // What the ciphertexts' side did is kept with the keys' step,
             // so a batch resumed from there still counts the beacon rows
             // its first run deleted. A batch whose first deletion stopped
             // before it was counted counts the rows planned then: this run
             // finds only those that run did not reach.
-            if let Ok(d) = &deleted {
+            if let Ok((d, _)) = &deleted {
                 let mut beacons = d.beacons.clone();
                 if resumed && let Some(old) = &b.beacons {
                     // Counted by the run that deleted them.
@@ -1844,7 +1926,7 @@ impl Vault {
                 self.advance(b, "keystore_purged")?;
                 tr("keystore_purged");
             }
-            let deleted = deleted?;
+            let (deleted, _) = deleted?;
             beacon_tags = deleted.tags;
             beacon_ranges = deleted.ranges;
             beacons_wal_floor = deleted.wal_floor;
@@ -1873,45 +1955,6 @@ impl Vault {
         if step < step_index("verified") {
             // Step 7: verify before any certificate.
             let mut problems = Vec::new();
-            let epoch = self.epoch.read().expect("epoch lock");
-            for (r, (id, sub)) in b.records.iter().zip(&records) {
-                match self.store.record(*id)? {
-                    Some(RecordRow {
-                        state: RecordState::Disposed { .. },
-                        ..
-                    }) => {}
-                    _ => problems.push(format!("record {id} does not read as disposed")),
-                }
-                // No key of any version: the whole `bucket | record` prefix is empty.
-                let left = self.keystore.record_keys(*sub, *id)?;
-                let reachable = r.destroyed_versions().iter().any(|v| {
-                    self.keystore
-                        .dek(&epoch.root, epoch.number, *sub, *id, *v)
-                        .ok()
-                        .flatten()
-                        .is_some()
-                });
-                if !left.is_empty() || reachable {
-                    problems.push(format!(
-                        "a key of record {id} is still stored ({} version(s)) or reachable from the live header",
-                        left.len()
-                    ));
-                }
-            }
-            // No bucket key the rotation replaced is live again.
-            if !b.replaced_keys.is_empty() {
-                for (bucket, name) in
-                    self.keystore
-                        .bucket_key_names(&epoch.root, epoch.number, &b.buckets)?
-                {
-                    if b.replaced_keys.contains(&(bucket, hex::encode(name))) {
-                        problems.push(format!(
-                            "bucket {bucket}'s key is one this batch's rotation replaced: a bucket-key row from before the disposal was put back"
-                        ));
-                    }
-                }
-            }
-            drop(epoch);
             if let Some(p) = &b.purge
                 && !(p.snapshots == 0
                     && p.live_versions == 1
@@ -2097,6 +2140,9 @@ impl Vault {
                     ));
                 }
             }
+            // What the certificate states of each record, read last: the
+            // scans take long, and the rows and keys may change meanwhile.
+            problems.extend(self.records_destroyed(b, &records)?);
             if !problems.is_empty() {
                 return Err(self.verification_failed(b, actor, ctx, problems.join("; "))?);
             }
@@ -2122,21 +2168,7 @@ impl Vault {
             if verified_before {
                 // The files may have changed while the batch was stopped:
                 // what the certificate states of each record is read again.
-                let mut problems = Vec::new();
-                for (id, sub) in &records {
-                    if !matches!(
-                        self.store.record(*id)?,
-                        Some(RecordRow {
-                            state: RecordState::Disposed { .. },
-                            ..
-                        })
-                    ) {
-                        problems.push(format!("record {id} does not read as disposed"));
-                    }
-                    if !self.keystore.record_keys(*sub, *id)?.is_empty() {
-                        problems.push(format!("a key of record {id} is stored again"));
-                    }
-                }
+                let problems = self.records_destroyed(b, &records)?;
                 if !problems.is_empty() {
                     let msg = format!(
                         "{} (changed since the batch's verification)",
@@ -2500,7 +2532,8 @@ impl Vault {
                 continue;
             }
             // Until its tombstones are written, an unfinished batch (failed
-            // ones included) keeps its records from reads, updates and holds.
+            // ones included) keeps its records from reads, updates, holds
+            // and other batches; after, those whose rows read live again.
             if step_index(&b.step) < step_index("ciphertexts_deleted") {
                 let named = b
                     .records
@@ -2508,6 +2541,8 @@ impl Vault {
                     .map(|r| Ok((r.id.parse()?, r.subject.parse()?)))
                     .collect::<Result<Vec<(RecordId, SubjectId)>>>()?;
                 self.isolation.add_pending(named);
+            } else {
+                self.keep_live_pending(&b)?;
             }
             batches.push(b);
         }

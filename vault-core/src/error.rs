@@ -231,7 +231,7 @@ impl fmt::Display for Error {
                 "the records in scope changed since the preview (one was added, held or disposed of): nothing was disposed; preview again",
             ),
             Error::DisposalInProgress => f.write_str(
-                "the record is in a disposal batch that has not finished; see `pivault disposal list` (it resumes on the next open or with `pivault disposal retry`)",
+                "the record is in a disposal batch that has not finished: one running now, or one stopped (see `pivault disposal list`; a stopped one resumes on the next open or with `pivault disposal retry`)",
             ),
             Error::RotationBlocked(m) => write!(
                 f,

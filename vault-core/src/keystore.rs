@@ -55,13 +55,13 @@ pub(crate) struct Rotation {
     /// verification byte scan must no longer find (held in memory only).
     pub deleted_wrapped: Vec<Vec<u8>>,
     /// Each rotated bucket's key before the rotation, by its one-way name
-    /// ([`bucket_key_name`]): a disposal keeps these to find one put back.
+    /// ([`one_way_name`]): a disposal keeps these to find one put back.
     pub replaced: Vec<(u32, [u8; 32])>,
 }
 
 /// A one-way name of bucket `b`'s key: a SHA-256 over the key itself, the
 /// vault and the bucket, which tells keys apart without revealing them.
-fn bucket_key_name(vault: &[u8], b: u32, key: &SecretKey) -> [u8; 32] {
+fn one_way_name(vault: &[u8], b: u32, key: &SecretKey) -> [u8; 32] {
     let mut m = zeroize::Zeroizing::new(b"pivault bucket key name v1".to_vec());
     m.extend_from_slice(vault);
     m.extend_from_slice(&b.to_be_bytes());
@@ -914,7 +914,7 @@ impl Keystore {
         let mut replaced = Vec::new();
         for &b in buckets {
             let old = self.unwrap_bucket_key(root, epoch, b)?;
-            replaced.push((b, bucket_key_name(self.vault.as_bytes(), b, &old)));
+            replaced.push((b, one_way_name(self.vault.as_bytes(), b, &old)));
             let new = SecretKey::generate();
             let mut rows = Vec::new();
             self.engine
@@ -963,22 +963,12 @@ impl Keystore {
         })
     }
 
-    /// The one-way names of `buckets`' keys as their rows hold them now
-    /// (read from the engine, not the cache), for a disposal's check that
-    /// no key its rotation replaced is back.
-    pub(crate) fn bucket_key_names(
-        &self,
-        root: &SecretKey,
-        epoch: u64,
-        buckets: &[u32],
-    ) -> Result<Vec<(u32, [u8; 32])>> {
-        buckets
-            .iter()
-            .map(|&b| {
-                let key = self.unwrap_bucket_key(root, epoch, b)?;
-                Ok((b, bucket_key_name(self.vault.as_bytes(), b, &key)))
-            })
-            .collect()
+    /// The one-way name of bucket `b`'s key as its row holds it now (read
+    /// from the engine, not the cache), for a disposal's check that no key
+    /// its rotation replaced is back.
+    pub(crate) fn bucket_key_name(&self, root: &SecretKey, epoch: u64, b: u32) -> Result<[u8; 32]> {
+        let key = self.unwrap_bucket_key(root, epoch, b)?;
+        Ok(one_way_name(self.vault.as_bytes(), b, &key))
     }
 
     /// Writes a planned rotation in one synced batch and drops the rotated

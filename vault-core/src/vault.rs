@@ -76,8 +76,8 @@ pub use custodian::{PassphraseChange, custodian_context};
 pub use decommission::{DeletionParties, DeletionPlan, VaultDeleted};
 pub use disposal::{
     CertificateSummary, ContractorInfo, ContractorScope, DisposalOutcome, DisposalParties,
-    DisposalRequest, DisposalScope, DisposalSummary, Hold, PREVIEW_RESIDENCE_MAX, RetentionPolicy,
-    STEPS as DISPOSAL_STEPS, plan_fingerprint,
+    DisposalRequest, DisposalScope, DisposalSummary, Hold, IN_UNFINISHED_BATCH,
+    PREVIEW_RESIDENCE_MAX, RetentionPolicy, STEPS as DISPOSAL_STEPS, plan_fingerprint,
 };
 pub use export::{EXPORT_FORMAT, ExportOutcome, ExportRecipient, ExportRequest, ExportScope};
 pub use housekeeping::{MAX_SCHEDULE_HOURS, RetentionSchedule};

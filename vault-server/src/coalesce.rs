@@ -168,17 +168,52 @@ impl App {
 }
 
 /// One member's answer from its group's batch: the batch's outcome if its
-/// record was disposed of in it; a record held or disposed of elsewhere
-/// since its checks gets the error a one-record batch would have given.
+/// record was disposed of in it; a record held, in another batch or
+/// disposed of elsewhere since its checks gets the error a one-record batch
+/// would have given.
 fn answer_for(id: RecordId, r: &Result<vault_core::vault::DisposalOutcome, ApiError>) -> Answer {
     match r {
         Ok(o) if o.records.contains(&id) => Ok(views::outcome(o, false)),
-        Ok(o) if o.excluded.iter().any(|(x, _)| *x == id) => {
-            Err(ApiError::from(vault_core::Error::LegalHold))
-        }
+        Ok(o) if let Some((_, why)) = o.excluded.iter().find(|(x, _)| *x == id) => Err(
+            ApiError::from(if why == vault_core::vault::IN_UNFINISHED_BATCH {
+                vault_core::Error::DisposalInProgress
+            } else {
+                vault_core::Error::LegalHold
+            }),
+        ),
         Ok(_) => Err(ApiError::from(vault_core::Error::Disposed {
             certificate: None,
         })),
         Err(e) => Err(e.clone()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vault_core::vault::{DisposalOutcome, IN_UNFINISHED_BATCH};
+
+    fn left_out(id: RecordId, why: &str) -> Result<DisposalOutcome, ApiError> {
+        Ok(DisposalOutcome {
+            disposal_id: None,
+            certificate_id: None,
+            records: Vec::new(),
+            subjects: 0,
+            ma_residents: None,
+            excluded: vec![(id, why.to_owned())],
+            epochs: None,
+            duration_ms: 0,
+        })
+    }
+
+    /// A member left out of its group's batch gets the answer a one-record
+    /// batch would have given: in progress while another batch has its
+    /// record (running, or stopped), a legal hold only when one is placed.
+    #[test]
+    fn a_member_left_out_of_the_groups_batch_is_told_why() {
+        let id = RecordId::new();
+        let code = |why: &str| answer_for(id, &left_out(id, why)).unwrap_err().code;
+        assert_eq!(code(IN_UNFINISHED_BATCH), "disposal_in_progress");
+        assert_eq!(code("legal hold on record: litigation"), "legal_hold");
     }
 }

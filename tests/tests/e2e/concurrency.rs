@@ -283,6 +283,72 @@ fn a_record_of_a_stopped_batch_is_certified_by_that_batch_alone() {
     assert!(fx.vault.audit_verify(&fx.auditor).unwrap().ok());
 }
 
+/// The same when the second batch planned before the first wrote its
+/// intent: it waited for the batch lock while the first took the record and
+/// stopped, and its check under the lock refuses the record.
+#[test]
+fn a_batch_planned_before_another_took_its_record_and_stopped_refuses_it_under_the_lock() {
+    let tmp = temp();
+    let fx = Arc::new(common::fast_vault(&tmp.path().join("vault")));
+    let doomed = fx
+        .vault
+        .put_record(&fx.clerk, CUSTOMERS, SubjectId::new(), &body(1))
+        .unwrap();
+    // Each batch stops once it holds the batch lock, until the test says go.
+    let (reached_tx, reached) = mpsc::channel::<()>();
+    let (go, go_rx) = mpsc::channel::<()>();
+    let (reached_tx, go_rx) = (Mutex::new(reached_tx), Mutex::new(go_rx));
+    fx.vault.set_crash_hook(Some(Box::new(move |s: &str| {
+        if s == "planned" {
+            let _ = reached_tx.lock().unwrap().send(());
+            let _ = go_rx.lock().unwrap().recv_timeout(Duration::from_secs(30));
+        }
+    })));
+    let dispose = |fx: &Arc<Fixture>| {
+        let fx = fx.clone();
+        std::thread::spawn(move || {
+            fx.vault
+                .dispose(&fx.officer, &request(DisposalScope::Record(doomed)))
+        })
+    };
+    let first = dispose(&fx);
+    reached
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the first batch holds the lock");
+    // The second plans (the record not yet in a batch) and waits for the lock.
+    let second = dispose(&fx);
+    std::thread::sleep(Duration::from_secs(1));
+    // The first writes its intent, then its audit write fails: it stops.
+    fx.vault.set_audit_failure(true);
+    go.send(()).unwrap();
+    let first = first.join().unwrap();
+    fx.vault.set_audit_failure(false);
+    assert!(
+        matches!(first, Err(Error::AuditUnavailable(_))),
+        "{first:?}"
+    );
+    reached
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the second batch holds the lock");
+    go.send(()).unwrap();
+    let second = second.join().unwrap();
+    fx.vault.set_crash_hook(None);
+    match second {
+        Err(Error::DisposalInProgress) => {}
+        other => panic!("the second batch took the stopped batch's record: {other:?}"),
+    }
+    let batches = fx.vault.disposals(&fx.officer).unwrap();
+    assert_eq!(batches.len(), 1, "{batches:?}");
+    let cert = fx.vault.retry_disposal(&fx.officer, batches[0].id).unwrap();
+    match fx.vault.get_record(&fx.officer, doomed, &[], None) {
+        Err(Error::Disposed {
+            certificate: Some(c),
+        }) => assert_eq!(c, cert.to_string()),
+        other => panic!("{other:?}"),
+    }
+    assert!(fx.vault.audit_verify(&fx.auditor).unwrap().ok());
+}
+
 /// A backup taken while a batch is stopped after its intent, before its
 /// keys went, holds the records and their keys: the certificate the retry
 /// issues names it as a residual copy and is pending until it expires.

@@ -1328,8 +1328,9 @@ fn a_bucket_key_put_back_after_a_stop_before_the_ratchet_fails_the_resumed_batch
 /// A batch stopped once verified, before its certificate, reads again what
 /// the certificate states of each record when it resumes: a record's live
 /// row put back while the vault was stopped fails it (no certificate says
-/// the record is a tombstone while its row is live), and a retry tombstones
-/// the row again and certifies. Before, the resume signed at once.
+/// the record is a tombstone while its row is live) and keeps the record
+/// from other batches, and a retry tombstones the row again and certifies.
+/// Before, the resume signed at once.
 #[test]
 fn a_live_row_put_back_after_a_stop_once_verified_fails_the_resumed_batch() {
     let tmp = temp();
@@ -1375,6 +1376,20 @@ fn a_live_row_put_back_after_a_stop_once_verified_fails_the_resumed_batch() {
     assert!(
         why.contains("does not read as disposed") && why.contains("since the batch's verification"),
         "{why}"
+    );
+    // Until the batch certifies it, no other batch takes the record (with
+    // the batch's needles gone, only its certificate may name it).
+    match vault.dispose(&officer, &request(DisposalScope::Record(target.id))) {
+        Err(Error::DisposalInProgress) => {}
+        other => panic!("another batch took the failed batch's record: {other:?}"),
+    }
+    let wide = vault
+        .dispose(&officer, &request(DisposalScope::Subject(target.subject)))
+        .unwrap();
+    assert!(wide.records.is_empty(), "{wide:?}");
+    assert_eq!(
+        wide.excluded,
+        vec![(target.id, vault_core::vault::IN_UNFINISHED_BATCH.to_owned())]
     );
     let cert = vault.retry_disposal(&officer, batch.id).unwrap();
     match vault.get_record(&officer, target.id, &[], None) {
@@ -2745,7 +2760,7 @@ fn the_disposal_question_shows_its_counts_and_destroys_only_what_it_showed() {
     let t = OnTerminal::start(&c);
     let q = t.question();
     assert!(
-        q.contains("3 record(s) of 3 subject(s), 2 of them Massachusetts resident(s); 0 held record(s) left out"),
+        q.contains("3 record(s) of 3 subject(s), 2 of them Massachusetts resident(s); 0 record(s) left out (held, or in an unfinished batch)"),
         "{q}"
     );
     let (code, text) = t.answer("no");
