@@ -333,6 +333,42 @@ fn bench_sealed(c: &mut Criterion) {
             fx.vault.dispose(&officer, &req).expect("disposal")
         })
     });
+    // The same with search beacons to delete (the family name and the SSN):
+    // the batch also plans, counts and purges them.
+    let mut searched = common::schema();
+    searched
+        .set_searchable(vec!["family_name".into(), "ssn".into()])
+        .expect("searchable fields");
+    let admin = fx
+        .vault
+        .login(
+            common::ADMIN.0,
+            &SecretString::from(common::ADMIN.1),
+            Context::cli(),
+        )
+        .expect("admin login");
+    fx.vault
+        .create_collection(&admin, "searched", &searched)
+        .expect("searchable collection");
+    g.bench_function("dispose_one_searchable_record", |b| {
+        b.iter(|| {
+            n += 1;
+            let body = serde_json::Value::Object(common::body_of_size(n, 1024));
+            let id = fx
+                .vault
+                .put_record(&fx.clerk, "searched", SubjectId::new(), &body)
+                .expect("put");
+            let req = vault_core::vault::DisposalRequest {
+                scope: vault_core::vault::DisposalScope::Record(id),
+                parties: vault_core::vault::DisposalParties {
+                    data_owner: "Benchmark Co".into(),
+                    ..Default::default()
+                },
+                dry_run: false,
+            };
+            fx.vault.dispose(&officer, &req).expect("disposal")
+        })
+    });
     fx.vault.close().expect("close");
     let pass = SecretString::from(common::PASSPHRASE);
     g.bench_function("open_2000_holds", |b| {
