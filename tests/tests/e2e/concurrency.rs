@@ -283,6 +283,65 @@ fn a_record_of_a_stopped_batch_is_certified_by_that_batch_alone() {
     assert!(fx.vault.audit_verify(&fx.auditor).unwrap().ok());
 }
 
+/// A restore while a batch is stopped with its record's keys gone leaves
+/// the record to that batch: it is not brought back, nor its keys, and the
+/// restore succeeds. Before, the restore wrote its rows and then failed as
+/// tampered data ("a disposed record is live", exit 8).
+#[test]
+fn a_restore_while_a_batch_is_stopped_leaves_its_record_to_the_batch() {
+    let tmp = temp();
+    let fx = Arc::new(common::fast_vault(&tmp.path().join("vault")));
+    let subject = SubjectId::new();
+    let doomed = fx
+        .vault
+        .put_record(&fx.clerk, CUSTOMERS, subject, &body(1))
+        .unwrap();
+    let backups = temp();
+    let file = backups.path().join("b.pvb");
+    fx.vault.create_backup(&fx.admin, &file, 30).unwrap();
+    let weak = Arc::downgrade(&fx);
+    fx.vault.set_crash_hook(Some(Box::new(move |s: &str| {
+        if s == "buckets_rotated"
+            && let Some(fx) = weak.upgrade()
+        {
+            fx.vault.set_audit_failure(true);
+        }
+    })));
+    let stopped = fx
+        .vault
+        .dispose(&fx.officer, &request(DisposalScope::Record(doomed)));
+    fx.vault.set_crash_hook(None);
+    fx.vault.set_audit_failure(false);
+    assert!(
+        matches!(stopped, Err(Error::AuditUnavailable(_))),
+        "{stopped:?}"
+    );
+
+    let rep = fx.vault.restore_backup(&fx.officer, &file).unwrap();
+    assert_eq!(
+        (rep.restored, rep.repaired, rep.disposed_skipped),
+        (0, 0, 1),
+        "{rep:?}"
+    );
+    assert!(
+        fx.vault
+            .keystore()
+            .record_keys(subject, doomed)
+            .unwrap()
+            .is_empty(),
+        "the restore brought the record's keys back"
+    );
+    assert!(matches!(
+        fx.vault.get_record(&fx.clerk, doomed, &[], None),
+        Err(Error::DisposalInProgress)
+    ));
+    let batch = fx.vault.disposals(&fx.officer).unwrap()[0].id;
+    let cert = fx.vault.retry_disposal(&fx.officer, batch).unwrap();
+    let c = fx.vault.certificate(&fx.officer, cert).unwrap();
+    assert_eq!(c.body["target"]["backups"]["exist"], json!(true));
+    assert!(fx.vault.audit_verify(&fx.auditor).unwrap().ok());
+}
+
 /// The same when the second batch planned before the first wrote its
 /// intent: it waited for the batch lock while the first took the record and
 /// stopped, and its check under the lock refuses the record.
