@@ -129,12 +129,13 @@ pub fn cmd_backup(out: &Out, vault: &Vault, s: &Session, c: &BackupCmd) -> anyho
                     "disposed_skipped": r.disposed_skipped,
                     "kept": r.kept,
                     "repaired": r.repaired,
+                    "held_unrepaired": r.held_unrepaired,
                     "collections_restored": r.collections_restored,
                 }),
                 || {
                     format!(
-                        "restored {} missing record(s); repaired {} unreadable record(s); kept {} live record(s) as they are; {} disposed record(s) kept disposed",
-                        r.restored, r.repaired, r.kept, r.disposed_skipped
+                        "restored {} missing record(s); repaired {} unreadable record(s); kept {} live record(s) as they are; {} disposed record(s) kept disposed; {} unreadable record(s) under legal hold left as they are",
+                        r.restored, r.repaired, r.kept, r.disposed_skipped, r.held_unrepaired
                     )
                 },
             );

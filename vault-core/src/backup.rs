@@ -135,6 +135,9 @@ pub struct RestoreReport {
     pub repaired: u64,
     /// Collections the backup brought back.
     pub collections_restored: u64,
+    /// Live records under legal hold that could not be read: left as they
+    /// are, since a repair destroys the current version's key.
+    pub held_unrepaired: u64,
 }
 
 /// The clear preamble of a backup file (IDs and times only).
@@ -390,8 +393,16 @@ impl Vault {
             ));
         }
         // One batch at a time, and no record writes while the copy is taken,
-        // so records and their keys are consistent.
+        // so records and their keys are consistent. No write in flight
+        // either: a record's write holds its bucket's lock until its event
+        // is appended or the write undone, so every bucket's lock waits for
+        // those; and none stranded by a failed undo (the fence), whose row
+        // a restore after the next open's rollback would bring back live
+        // without its event.
         let _batch = self.disposal_lock.lock().expect("disposal lock");
+        self.isolation.check_fence()?;
+        let every_bucket: Vec<u32> = (0..self.info.buckets).collect();
+        let _writes = self.isolation.exclusive(&every_bucket);
         let epoch = self.epoch.write().expect("epoch lock");
         let now = self.now();
         let expires_ms = now + i64::from(days) * 86_400_000;
@@ -652,6 +663,7 @@ impl Vault {
                     format!("disposed_skipped:{}", rep.disposed_skipped),
                     format!("kept:{}", rep.kept),
                     format!("repaired:{}", rep.repaired),
+                    format!("held_unrepaired:{}", rep.held_unrepaired),
                 ],
                 Err(_) => vec![id_target],
             },
@@ -747,12 +759,25 @@ impl Vault {
                         // a tombstone is "repaired" too: that is the
                         // resurrection the replay prevents.
                         Some(l) if l.state != RecordState::Live => skip_ledger,
-                        Some(l) => self
-                            .decrypt_with(&epoch.root, epoch.number, rid, l)
-                            .is_err(),
+                        // Damaged: its row or key fails authentication, or
+                        // its key is gone. Any other error (the keystore
+                        // unreachable) is the restore's, not the record's.
+                        Some(l) => match self.decrypt_with(&epoch.root, epoch.number, rid, l) {
+                            Ok(_) => false,
+                            Err(Error::Integrity(_)) => true,
+                            Err(e) => return Err(e),
+                        },
                     };
                     if !unreadable || row.state != RecordState::Live {
                         report.kept += 1;
+                        return Ok(());
+                    }
+                    if let Some(l) = &live
+                        && self.hold_on(rid, l.subject)?.is_some()
+                    {
+                        // A repair destroys the current version's key: never
+                        // under a legal hold (the damage may be undone).
+                        report.held_unrepaired += 1;
                         return Ok(());
                     }
                     if let Some(l) = &live {

@@ -858,7 +858,7 @@ impl Vault {
         })
     }
 
-    fn hold_on(&self, id: RecordId, subject: SubjectId) -> Result<Option<String>> {
+    pub(crate) fn hold_on(&self, id: RecordId, subject: SubjectId) -> Result<Option<String>> {
         self.hold_in(id, subject, |key| self.store.get(store::CF_HOLDS, key))
     }
 
@@ -1200,6 +1200,39 @@ impl Vault {
         let wrapped_before = rotation.deleted_wrapped.clone();
         let id = DisposalId::new();
         let p = &req.parties;
+        let records: Vec<BatchRecord> = rows
+            .iter()
+            .map(|(id, r)| {
+                let res = match residences.get(id) {
+                    Some(p) if p.version == r.version && p.read => *p,
+                    _ => self.residence(*id, r),
+                };
+                BatchRecord {
+                    id: id.to_string(),
+                    subject: r.subject.to_string(),
+                    version: r.version,
+                    collection: r.collection.as_str().to_owned(),
+                    versions: versions.get(id).cloned().unwrap_or_default(),
+                    ma_resident: Some(res.ma),
+                    residence_by_default: !res.read,
+                }
+            })
+            .collect();
+        // When each record was created, as far as a backup's hold on it can
+        // be judged: not from a row of the first format, whose creation time
+        // is not bound to its ciphertext, nor from one that cannot be read
+        // (its creation time unchecked: an insider may have moved it later).
+        let created: Vec<i64> = rows
+            .iter()
+            .zip(&records)
+            .map(|((_, r), b)| {
+                if r.format == store::ROW_V1 || b.residence_by_default {
+                    i64::MIN
+                } else {
+                    r.created_ms
+                }
+            })
+            .collect();
         let mut batch = BatchRow {
             id: id.to_string(),
             certificate_id: CertificateId::new().to_string(),
@@ -1208,24 +1241,7 @@ impl Vault {
             operator: s.user.to_string(),
             contractor: by_contractor.then(|| s.user.to_string()),
             created_ms: self.now(),
-            records: rows
-                .iter()
-                .map(|(id, r)| {
-                    let res = match residences.get(id) {
-                        Some(p) if p.version == r.version && p.read => *p,
-                        _ => self.residence(*id, r),
-                    };
-                    BatchRecord {
-                        id: id.to_string(),
-                        subject: r.subject.to_string(),
-                        version: r.version,
-                        collection: r.collection.as_str().to_owned(),
-                        versions: versions.get(id).cloned().unwrap_or_default(),
-                        ma_resident: Some(res.ma),
-                        residence_by_default: !res.read,
-                    }
-                })
-                .collect(),
+            records,
             excluded: excluded
                 .iter()
                 .map(|(id, why)| (id.to_string(), why.clone()))
@@ -1253,19 +1269,9 @@ impl Vault {
                 // A backup taken before every record of the batch existed
                 // holds none of them. Both times are the wall clock's, which
                 // may step back (or differ on a standby's machine) by up to
-                // `CLOCK_SLACK_MS`; a row of the first format does not bind
-                // its creation time to its ciphertext, so it may have been
-                // moved later, and counts as held by every backup.
-                let earliest = rows
-                    .iter()
-                    .map(|(_, r)| {
-                        if r.format == store::ROW_V1 {
-                            i64::MIN
-                        } else {
-                            r.created_ms
-                        }
-                    })
-                    .min();
+                // `CLOCK_SLACK_MS`; a record whose creation time cannot be
+                // trusted counts as held by every backup (`created`).
+                let earliest = created.iter().copied().min();
                 let mut b = self.residual_backups()?;
                 for r in &mut b {
                     r.holds_records = Some(

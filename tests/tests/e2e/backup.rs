@@ -248,6 +248,51 @@ fn restore_replays_the_ledger_and_never_resurrects_disposed_records() {
     fx.vault.close().unwrap();
 }
 
+/// A restore repairs a live record it cannot read (its key gone) from the
+/// backed-up version, destroying what is left of the current one: never
+/// under a legal hold, whose record is left as it is and counted. Before,
+/// the held record was rolled back to its backed-up version.
+#[test]
+fn restore_leaves_a_damaged_record_under_legal_hold_as_it_is() {
+    let tmp = temp();
+    let fx = common::fast_vault(&tmp.path().join("vault"));
+    let subject = SubjectId::new();
+    let r = put(&fx, subject, 1);
+    let file = tmp.path().join("b.pvb");
+    fx.vault.create_backup(&fx.admin, &file, 30).unwrap();
+    fx.vault.update_record(&fx.clerk, r.id, &body(2)).unwrap();
+    fx.vault
+        .add_hold(&fx.officer, Some(r.id), None, "litigation notice received")
+        .unwrap();
+    for (v, _) in fx.vault.keystore().record_keys(subject, r.id).unwrap() {
+        fx.vault
+            .keystore()
+            .delete_dek(subject, r.id, v, true)
+            .unwrap();
+    }
+    let version = |fx: &Fixture| {
+        fx.vault
+            .list_records(
+                &fx.officer,
+                &vault_core::vault::RecordFilter {
+                    subject: Some(subject),
+                    ..Default::default()
+                },
+            )
+            .unwrap()[0]
+            .version
+    };
+    let rep = fx.vault.restore_backup(&fx.admin, &file).unwrap();
+    assert_eq!((rep.repaired, rep.held_unrepaired), (0, 1), "{rep:?}");
+    assert_eq!(version(&fx), 2, "the held record was rolled back");
+    // The hold lifted, the same restore repairs it.
+    fx.vault.remove_hold(&fx.officer, Some(r.id), None).unwrap();
+    let rep = fx.vault.restore_backup(&fx.admin, &file).unwrap();
+    assert_eq!((rep.repaired, rep.held_unrepaired), (1, 0), "{rep:?}");
+    assert_eq!(version(&fx), 1);
+    assert_reads(&fx, r);
+}
+
 #[test]
 fn restore_refuses_tampered_files_and_other_vaults() {
     let tmp = temp();

@@ -880,6 +880,14 @@ fn a_failed_undo_fences_the_vault_until_reopen() {
     assert_eq!(stranded.len(), 1, "the unaudited row stays until reopen");
     let stranded = stranded[0].id;
     assert_eq!(fx.vault.maintenance_status().unwrap().journal_entries, 1);
+    // No backup while fenced: it would copy the unaudited row and key, and
+    // a restore after the next open's rollback would bring the record back
+    // live without its event.
+    let backups = temp();
+    let r = fx
+        .vault
+        .create_backup(&fx.admin, &backups.path().join("b.pvb"), 30);
+    assert!(matches!(r, Err(Error::WritesFenced)), "{r:?}");
     let fx = fx.reopen();
     // Rolled back: no row, no key, no journal entry; nothing else touched.
     assert!(matches!(

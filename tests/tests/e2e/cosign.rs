@@ -522,6 +522,54 @@ fn a_disposal_while_a_backup_holds_the_records_is_pending_expiry_of_residual_cop
     );
 }
 
+/// A record that cannot be read has a creation time nobody checked (an
+/// insider may have moved it later): every backup counts as holding it,
+/// however long before that time it was taken. Before, a backup two hours
+/// older than the row's stated creation was said to hold none of it.
+#[test]
+fn every_backup_counts_as_holding_a_record_whose_creation_time_cannot_be_checked() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fx = common::fast_vault(&tmp.path().join("vault"));
+    let b = fx
+        .vault
+        .create_backup(&fx.officer, &tmp.path().join("backup.pvb"), 30)
+        .unwrap();
+    fx.clock.advance(2 * 3_600_000);
+    let subject = SubjectId::new();
+    let id = fx
+        .vault
+        .put_record(&fx.clerk, CUSTOMERS, subject, &customer(1))
+        .unwrap();
+    for (v, _) in fx.vault.keystore().record_keys(subject, id).unwrap() {
+        fx.vault
+            .keystore()
+            .delete_dek(subject, id, v, true)
+            .unwrap();
+    }
+    let o = fx
+        .vault
+        .dispose(
+            &fx.officer,
+            &DisposalRequest {
+                scope: DisposalScope::Record(id),
+                parties: DisposalParties {
+                    data_owner: "Example Retail LLC".into(),
+                    ..DisposalParties::default()
+                },
+                dry_run: false,
+            },
+        )
+        .unwrap();
+    let c = fx
+        .vault
+        .certificate(&fx.officer, o.certificate_id.unwrap())
+        .unwrap();
+    let copies = &c.body["target"]["backups"]["copies"];
+    assert_eq!(copies[0]["backup_id"], b.id.to_string(), "{copies}");
+    assert_eq!(copies[0]["holds_records"], true, "{copies}");
+    assert_eq!(outcome_of(&c).0, certificate::PENDING_PHRASE);
+}
+
 /// `contractor list` names each contractor's scope and key fingerprint;
 /// `contractor revoke` takes both away at once: the next disposal by that
 /// contractor is refused and nothing else changes (issue 11).
