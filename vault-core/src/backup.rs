@@ -95,7 +95,9 @@ pub struct BackupInfo {
     pub keys: u64,
     /// File size.
     pub bytes: u64,
-    /// `active` (restorable) or `destroyed` (key destroyed: crypto-erased).
+    /// `active` (restorable), `destroying` (its key deleted, the erasure not
+    /// yet verified: still a residual copy, tried again) or `destroyed` (key
+    /// destroyed: crypto-erased).
     pub state: String,
     /// When its key was destroyed.
     pub destroyed_ms: Option<i64>,
@@ -139,6 +141,10 @@ pub struct RestoreReport {
     /// are, since a repair destroys the current version's key.
     pub held_unrepaired: u64,
 }
+
+/// The catalogue state of a backup whose key is being destroyed: its
+/// erasure not yet verified.
+const DESTROYING: &str = "destroying";
 
 /// The clear preamble of a backup file (IDs and times only).
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -335,7 +341,8 @@ impl Vault {
         Ok(self
             .backup_rows()?
             .into_iter()
-            .filter(|r| r.state == "active")
+            // One whose erasure is not yet verified may still be read.
+            .filter(|r| r.state == "active" || r.state == DESTROYING)
             .map(|r| ResidualBackup {
                 id: r.id,
                 created_ms: r.created_ms,
@@ -517,7 +524,8 @@ impl Vault {
         self.authorize_backup(s)?;
         let r = (|| {
             let row = self.backup_row(id)?.ok_or(Error::NotFound("backup"))?;
-            if row.state != "active" {
+            // One whose erasure was not verified is tried again.
+            if row.state != "active" && row.state != DESTROYING {
                 return Err(Error::AlreadyExists("backup destruction"));
             }
             self.destroy_backup_key(row, Some(s.user), &s.ctx)
@@ -542,9 +550,14 @@ impl Vault {
         let now = self.now();
         let mut expired = 0;
         for row in self.backup_rows()? {
-            if row.state == "active" && row.expires_ms <= now {
-                self.destroy_backup_key(row, None, ctx)?;
-                expired += 1;
+            if (row.state == "active" && row.expires_ms <= now) || row.state == DESTROYING {
+                match self.destroy_backup_key(row, None, ctx) {
+                    Ok(_) => expired += 1,
+                    // Not verified (audited): it stays `destroying`, counted
+                    // as a residual copy, and is tried again next time.
+                    Err(Error::DisposalFailed(_)) => {}
+                    Err(e) => return Err(e),
+                }
             }
         }
         // Under the batch lock: a creation writes its key and its row under it.
@@ -564,7 +577,12 @@ impl Vault {
 
     /// Deletes K_b, ratchets the epoch (every older wrapping of K_b becomes
     /// useless), purges the keystore and checks that no keystore file still
-    /// holds the wrapped K_b bytes.
+    /// holds the wrapped K_b bytes. The catalogue row says `destroying`
+    /// from before the key's deletion until that check passes, and only
+    /// then `destroyed`: until then a disposal counts the backup as a
+    /// residual copy and expiry tries again. A retry in this process scans
+    /// for the bytes it kept; one after a restart has none and rests on the
+    /// ratchet and the purge's checks.
     fn destroy_backup_key(
         &self,
         mut row: BackupRow,
@@ -573,11 +591,21 @@ impl Vault {
     ) -> Result<BackupInfo> {
         let id: BackupId = row.id.parse()?;
         let _batch = self.disposal_lock.lock().expect("disposal lock");
-        let wrapped = self.keystore.wrapped_backup_key(id.as_bytes())?;
+        let wrapped = {
+            let mut kept = self.kept_backup_keys.lock().expect("backup keys lock");
+            match self.keystore.wrapped_backup_key(id.as_bytes())? {
+                Some(w) => {
+                    kept.insert(*id.as_bytes(), zeroize::Zeroizing::new(w.clone()));
+                    Some(w)
+                }
+                None => kept.get(id.as_bytes()).map(|w| w.to_vec()),
+            }
+        };
+        if row.state != DESTROYING {
+            row.state = DESTROYING.into();
+            self.put_backup_row(&row)?;
+        }
         self.keystore.delete_backup_key(id.as_bytes())?;
-        row.state = "destroyed".into();
-        row.destroyed_ms = Some(self.now());
-        self.put_backup_row(&row)?;
         let before = self.epoch();
         let after = self.ratchet()?;
         self.audit(
@@ -602,7 +630,13 @@ impl Vault {
             None => Vec::new(),
         };
         let r = if ev.clean() && hits.is_empty() {
-            Ok(())
+            self.kept_backup_keys
+                .lock()
+                .expect("backup keys lock")
+                .remove(id.as_bytes());
+            row.state = "destroyed".into();
+            row.destroyed_ms = Some(self.now());
+            self.put_backup_row(&row)
         } else {
             Err(Error::DisposalFailed(format!(
                 "backup key destruction not verified: purge clean={} files holding the old key={hits:?}",

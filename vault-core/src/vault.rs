@@ -433,6 +433,10 @@ pub struct Vault {
     /// process deleted and that is not yet verified, so that its retry here
     /// scans again (`disposal.rs`).
     kept_needles: Mutex<std::collections::HashMap<String, disposal::Needles>>,
+    /// The wrapped bytes of each backup key this process deleted and whose
+    /// erasure is not yet verified, by backup: a retry here scans for them
+    /// again (in memory only, as the disposals' needles).
+    kept_backup_keys: Mutex<std::collections::HashMap<[u8; 16], zeroize::Zeroizing<Vec<u8>>>>,
     /// Bucket locks, the pending set and the write fence (`isolation.rs`).
     isolation: isolation::Isolation,
     /// Buckets holding residue of updated records' old keys, with the time
@@ -942,6 +946,7 @@ impl Vault {
             dummy_phc,
             disposal_lock: Mutex::new(()),
             kept_needles: Mutex::new(std::collections::HashMap::new()),
+            kept_backup_keys: Mutex::new(std::collections::HashMap::new()),
             isolation: isolation::Isolation::new(info.buckets),
             dirty: Mutex::new(std::collections::BTreeMap::new()),
             crash_hook: Mutex::new(None),

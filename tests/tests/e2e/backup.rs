@@ -293,6 +293,48 @@ fn restore_leaves_a_damaged_record_under_legal_hold_as_it_is() {
     assert_reads(&fx, r);
 }
 
+/// A backup whose key's erasure cannot be verified (the purge skipped, so
+/// the old wrapped key is still in the keystore's files) stays
+/// `destroying`: a disposal meanwhile names it as a residual copy, listing
+/// the backups does not fail on it, and expiry tries again until the
+/// erasure is verified. Before, it was `destroyed` at once and never tried
+/// again.
+#[test]
+fn a_backup_whose_erasure_is_not_verified_stays_destroying_and_is_tried_again() {
+    let tmp = temp();
+    let fx = common::fast_vault_with(&tmp.path().join("vault"), None, None);
+    let r = put(&fx, SubjectId::new(), 1);
+    let b = fx
+        .vault
+        .create_backup(&fx.admin, &tmp.path().join("b.pvb"), 30)
+        .unwrap();
+    fx.vault.set_purge_skip_flush(true);
+    let e = fx.vault.expire_backup(&fx.admin, b.id);
+    assert!(matches!(e, Err(Error::DisposalFailed(_))), "{e:?}");
+    let state = |fx: &Fixture| {
+        fx.vault
+            .backups(&fx.admin)
+            .unwrap()
+            .into_iter()
+            .find(|x| x.id == b.id)
+            .unwrap()
+            .state
+    };
+    assert_eq!(state(&fx), "destroying");
+    fx.vault.set_purge_skip_flush(false);
+    let cert = dispose(&fx, DisposalScope::Record(r.id));
+    let c = fx
+        .vault
+        .certificate(&fx.officer, cert.parse().unwrap())
+        .unwrap();
+    let copies = &c.body["target"]["backups"]["copies"];
+    assert_eq!(copies[0]["backup_id"], json!(b.id.to_string()), "{copies}");
+    assert_eq!(copies[0]["holds_records"], json!(true), "{copies}");
+    assert_eq!(fx.vault.run_backup_expiry().unwrap(), 1);
+    assert_eq!(state(&fx), "destroyed");
+    assert!(fx.vault.audit_verify(&fx.auditor).unwrap().ok());
+}
+
 #[test]
 fn restore_refuses_tampered_files_and_other_vaults() {
     let tmp = temp();
