@@ -278,6 +278,31 @@ fn bench_login(c: &mut Criterion) {
     g.finish();
 }
 
+/// Stores the `n`th record (1 KiB) in `collection` and disposes of it: the
+/// whole batch, to its certificate.
+fn dispose_one(
+    fx: &common::Fixture,
+    officer: &vault_core::vault::Session,
+    collection: &str,
+    n: &mut u64,
+) -> vault_core::vault::DisposalOutcome {
+    *n += 1;
+    let body = serde_json::Value::Object(common::body_of_size(*n, 1024));
+    let id = fx
+        .vault
+        .put_record(&fx.clerk, collection, SubjectId::new(), &body)
+        .expect("put");
+    let req = vault_core::vault::DisposalRequest {
+        scope: vault_core::vault::DisposalScope::Record(id),
+        parties: vault_core::vault::DisposalParties {
+            data_owner: "Benchmark Co".into(),
+            ..Default::default()
+        },
+        dry_run: false,
+    };
+    fx.vault.dispose(officer, &req).expect("disposal")
+}
+
 fn bench_sealed(c: &mut Criterion) {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("vault");
@@ -315,23 +340,7 @@ fn bench_sealed(c: &mut Criterion) {
     });
     let mut n = 0u64;
     g.bench_function("dispose_one_record", |b| {
-        b.iter(|| {
-            n += 1;
-            let body = serde_json::Value::Object(common::body_of_size(n, 1024));
-            let id = fx
-                .vault
-                .put_record(&fx.clerk, COLLECTION, SubjectId::new(), &body)
-                .expect("put");
-            let req = vault_core::vault::DisposalRequest {
-                scope: vault_core::vault::DisposalScope::Record(id),
-                parties: vault_core::vault::DisposalParties {
-                    data_owner: "Benchmark Co".into(),
-                    ..Default::default()
-                },
-                dry_run: false,
-            };
-            fx.vault.dispose(&officer, &req).expect("disposal")
-        })
+        b.iter(|| dispose_one(&fx, &officer, COLLECTION, &mut n))
     });
     // The same with search beacons to delete (the family name and the SSN):
     // the batch also plans, counts and purges them.
@@ -351,23 +360,7 @@ fn bench_sealed(c: &mut Criterion) {
         .create_collection(&admin, "searched", &searched)
         .expect("searchable collection");
     g.bench_function("dispose_one_searchable_record", |b| {
-        b.iter(|| {
-            n += 1;
-            let body = serde_json::Value::Object(common::body_of_size(n, 1024));
-            let id = fx
-                .vault
-                .put_record(&fx.clerk, "searched", SubjectId::new(), &body)
-                .expect("put");
-            let req = vault_core::vault::DisposalRequest {
-                scope: vault_core::vault::DisposalScope::Record(id),
-                parties: vault_core::vault::DisposalParties {
-                    data_owner: "Benchmark Co".into(),
-                    ..Default::default()
-                },
-                dry_run: false,
-            };
-            fx.vault.dispose(&officer, &req).expect("disposal")
-        })
+        b.iter(|| dispose_one(&fx, &officer, "searched", &mut n))
     });
     fx.vault.close().expect("close");
     let pass = SecretString::from(common::PASSPHRASE);

@@ -195,6 +195,29 @@ fn race<T: Send + 'static>(
     (outcome, r)
 }
 
+/// Disposes of record `doomed` in a batch whose audit writes fail from
+/// `step` on (a test hook, as a full disk would): the batch stops there,
+/// unfinished, with its records pending.
+fn stop_a_disposal_at(fx: &Arc<Fixture>, doomed: RecordId, step: &'static str) {
+    let weak = Arc::downgrade(fx);
+    fx.vault.set_crash_hook(Some(Box::new(move |s: &str| {
+        if s == step
+            && let Some(fx) = weak.upgrade()
+        {
+            fx.vault.set_audit_failure(true);
+        }
+    })));
+    let stopped = fx
+        .vault
+        .dispose(&fx.officer, &request(DisposalScope::Record(doomed)));
+    fx.vault.set_crash_hook(None);
+    fx.vault.set_audit_failure(false);
+    assert!(
+        matches!(stopped, Err(Error::AuditUnavailable(_))),
+        "{stopped:?}"
+    );
+}
+
 /// A batch stopped once it destroyed a record's keys (its next audit write
 /// failed) keeps the record: a second batch refuses it by name and leaves it
 /// out of a wider scope, saying why, so that only the batch holding the
@@ -214,23 +237,7 @@ fn a_record_of_a_stopped_batch_is_certified_by_that_batch_alone() {
         .vault
         .put_record(&fx.clerk, CUSTOMERS, SubjectId::new(), &body(2))
         .unwrap();
-    let weak = Arc::downgrade(&fx);
-    fx.vault.set_crash_hook(Some(Box::new(move |s: &str| {
-        if s == "buckets_rotated"
-            && let Some(fx) = weak.upgrade()
-        {
-            fx.vault.set_audit_failure(true);
-        }
-    })));
-    let stopped = fx
-        .vault
-        .dispose(&fx.officer, &request(DisposalScope::Record(doomed)));
-    fx.vault.set_crash_hook(None);
-    fx.vault.set_audit_failure(false);
-    assert!(
-        matches!(stopped, Err(Error::AuditUnavailable(_))),
-        "{stopped:?}"
-    );
+    stop_a_disposal_at(&fx, doomed, "buckets_rotated");
     let batches = fx.vault.disposals(&fx.officer).unwrap();
     assert_eq!(batches.len(), 1, "{batches:?}");
     assert_eq!(batches[0].step, "buckets_rotated", "{batches:?}");
@@ -299,23 +306,7 @@ fn a_restore_while_a_batch_is_stopped_leaves_its_record_to_the_batch() {
     let backups = temp();
     let file = backups.path().join("b.pvb");
     fx.vault.create_backup(&fx.admin, &file, 30).unwrap();
-    let weak = Arc::downgrade(&fx);
-    fx.vault.set_crash_hook(Some(Box::new(move |s: &str| {
-        if s == "buckets_rotated"
-            && let Some(fx) = weak.upgrade()
-        {
-            fx.vault.set_audit_failure(true);
-        }
-    })));
-    let stopped = fx
-        .vault
-        .dispose(&fx.officer, &request(DisposalScope::Record(doomed)));
-    fx.vault.set_crash_hook(None);
-    fx.vault.set_audit_failure(false);
-    assert!(
-        matches!(stopped, Err(Error::AuditUnavailable(_))),
-        "{stopped:?}"
-    );
+    stop_a_disposal_at(&fx, doomed, "buckets_rotated");
 
     let rep = fx.vault.restore_backup(&fx.officer, &file).unwrap();
     assert_eq!(
@@ -421,23 +412,7 @@ fn a_backup_taken_while_a_batch_is_stopped_before_its_keys_went_is_named_by_its_
         .vault
         .put_record(&fx.clerk, CUSTOMERS, SubjectId::new(), &body(1))
         .unwrap();
-    let weak = Arc::downgrade(&fx);
-    fx.vault.set_crash_hook(Some(Box::new(move |s: &str| {
-        if s == "planned"
-            && let Some(fx) = weak.upgrade()
-        {
-            fx.vault.set_audit_failure(true);
-        }
-    })));
-    let stopped = fx
-        .vault
-        .dispose(&fx.officer, &request(DisposalScope::Record(doomed)));
-    fx.vault.set_crash_hook(None);
-    fx.vault.set_audit_failure(false);
-    assert!(
-        matches!(stopped, Err(Error::AuditUnavailable(_))),
-        "{stopped:?}"
-    );
+    stop_a_disposal_at(&fx, doomed, "planned");
     let batches = fx.vault.disposals(&fx.officer).unwrap();
     assert_eq!(batches.len(), 1, "{batches:?}");
     assert_eq!(batches[0].step, "intent", "{batches:?}");

@@ -1258,12 +1258,11 @@ fn crash_at_every_disposal_step_resumes_on_open() {
     }
 }
 
-/// Runs `edit` on the embedded keystore of the closed vault in `dir`,
-/// opened with RocksDB directly, as someone with the files would.
-fn edit_keystore<T>(dir: &Path, edit: impl FnOnce(&DB) -> T) -> T {
-    let path = dir.join("keystore");
-    let cfs = DB::list_cf(&rocksdb::Options::default(), &path).expect("keystore cfs");
-    let db = DB::open_cf(&rocksdb::Options::default(), &path, cfs).expect("open keystore");
+/// Runs `edit` on the RocksDB database `path` of a closed vault (its
+/// `keystore` or `records`), opened directly, as someone with the files would.
+fn edit_rocks<T>(path: &Path, edit: impl FnOnce(&DB) -> T) -> T {
+    let cfs = DB::list_cf(&rocksdb::Options::default(), path).expect("column families");
+    let db = DB::open_cf(&rocksdb::Options::default(), path, cfs).expect("open the database");
     let out = edit(&db);
     db.flush().expect("flush");
     out
@@ -1285,13 +1284,13 @@ fn a_bucket_key_put_back_after_a_stop_before_the_ratchet_fails_the_resumed_batch
     let target = &recs[0];
     let bucket = fx.vault.keystore().bucket_of(target.subject).to_be_bytes();
     close(fx);
-    let old_row = edit_keystore(&dir, |db| {
+    let old_row = edit_rocks(&dir.join("keystore"), |db| {
         db.get_cf(&db.cf_handle("buckets").unwrap(), bucket)
             .unwrap()
             .expect("the bucket's key row")
     });
     crash_at(tmp.path(), &dir, target.id, "buckets_rotated");
-    edit_keystore(&dir, |db| {
+    edit_rocks(&dir.join("keystore"), |db| {
         let cf = db.cf_handle("buckets").unwrap();
         assert_ne!(
             db.get_cf(&cf, bucket).unwrap().as_deref(),
@@ -1339,28 +1338,20 @@ fn a_live_row_put_back_after_a_stop_once_verified_fails_the_resumed_batch() {
     let recs = store_records(&fx, 2, 1);
     let target = &recs[0];
     close(fx);
-    let records = |edit: &dyn Fn(&DB) -> Option<Vec<u8>>| {
-        let path = dir.join("records");
-        let cfs = DB::list_cf(&rocksdb::Options::default(), &path).expect("records cfs");
-        let db = DB::open_cf(&rocksdb::Options::default(), &path, cfs).expect("open records");
-        let out = edit(&db);
-        db.flush().expect("flush");
-        out
-    };
-    let live_row = records(&|db| {
+    let records = dir.join("records");
+    let live_row = edit_rocks(&records, |db| {
         db.get_cf(&db.cf_handle("records").unwrap(), target.id.as_bytes())
             .unwrap()
     })
     .expect("the record's row");
     crash_at(tmp.path(), &dir, target.id, "verified");
-    records(&|db| {
+    edit_rocks(&records, |db| {
         db.put_cf(
             &db.cf_handle("records").unwrap(),
             target.id.as_bytes(),
             &live_row,
         )
-        .unwrap();
-        None
+        .unwrap()
     });
 
     let vault = Vault::open(
