@@ -744,6 +744,18 @@ impl Vault {
         } else {
             self.disposed_records()?
         };
+        // A disposed record already live again (its row put back by someone
+        // with the files) refuses the restore before anything is written,
+        // as the check after it would, but with the vault unchanged. A
+        // record of a batch stopped before its tombstones is live until
+        // that batch disposes of it.
+        for rid in disposed.keys() {
+            if matches!(self.store.record(*rid)?, Some(row) if row.state == RecordState::Live)
+                && self.isolation.check_not_pending(*rid).is_ok()
+            {
+                return Err(Error::Integrity("restore (a disposed record is live)"));
+            }
+        }
         let mut report = RestoreReport {
             backup_id: Some(id),
             ..RestoreReport::default()

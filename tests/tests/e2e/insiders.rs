@@ -1897,3 +1897,63 @@ fn a_link_in_the_keystore_directory_fails_the_disposal_instead_of_leading_the_sc
     }
     fx.vault.close().unwrap();
 }
+
+/// A disposed record's live row put back with the vault stopped refuses a
+/// restore before it writes anything. Before, the restore wrote the records
+/// it brought back (here one whose row the insider deleted), then failed its
+/// final check, leaving them.
+#[test]
+fn a_restore_over_a_disposed_record_put_back_live_writes_nothing() {
+    use vault_core::vault::{DisposalParties, DisposalRequest, DisposalScope};
+    let tmp = tempfile::tempdir().unwrap();
+    let fx = common::fast_vault_with(&tmp.path().join("vault"), None, None);
+    let disposed = a_record(&fx, "Doe");
+    let missing = a_record(&fx, "Roe");
+    let vault_dir = fx.dir.clone();
+    let live_row = {
+        let path = vault_dir.join("records");
+        let cfs = rocksdb::DB::list_cf(&rocksdb::Options::default(), &path).expect("cfs");
+        let db =
+            rocksdb::DB::open_cf_for_read_only(&rocksdb::Options::default(), &path, cfs, false)
+                .expect("open db read-only");
+        let h = db.cf_handle("records").expect("records");
+        db.get_cf(&h, disposed.as_bytes())
+            .unwrap()
+            .expect("the record's row")
+    };
+    let file = tmp.path().join("b.pvb");
+    fx.vault.create_backup(&fx.admin, &file, 30).unwrap();
+    fx.vault
+        .dispose(
+            &fx.officer,
+            &DisposalRequest {
+                scope: DisposalScope::Record(disposed),
+                parties: DisposalParties {
+                    data_owner: "Example Retail LLC".into(),
+                    ..DisposalParties::default()
+                },
+                dry_run: false,
+            },
+        )
+        .unwrap();
+    let fx = fx.reopened_after(|vault| {
+        vault.close().expect("close");
+        edit_records(&vault_dir, &|db| {
+            let h = db.cf_handle("records").unwrap();
+            db.put_cf(&h, disposed.as_bytes(), &live_row).unwrap();
+            db.delete_cf(&h, missing.as_bytes()).unwrap();
+        });
+    });
+    match fx.vault.restore_backup(&fx.admin, &file) {
+        Err(Error::Integrity(m)) => assert!(m.contains("is live"), "{m}"),
+        other => panic!("the restore went over a disposed record put back live: {other:?}"),
+    }
+    assert!(
+        matches!(
+            fx.vault.get_record(&fx.clerk, missing, &[], None),
+            Err(Error::NotFound(_))
+        ),
+        "the failed restore wrote a record back"
+    );
+    fx.vault.close().unwrap();
+}
