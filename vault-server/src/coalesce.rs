@@ -174,16 +174,15 @@ impl App {
 fn answer_for(id: RecordId, r: &Result<vault_core::vault::DisposalOutcome, ApiError>) -> Answer {
     match r {
         Ok(o) if o.records.contains(&id) => Ok(views::outcome(o, false)),
-        Ok(o) if let Some((_, why)) = o.excluded.iter().find(|(x, _)| *x == id) => Err(
-            ApiError::from(if why == vault_core::vault::IN_UNFINISHED_BATCH {
-                vault_core::Error::DisposalInProgress
-            } else {
-                vault_core::Error::LegalHold
-            }),
-        ),
-        Ok(_) => Err(ApiError::from(vault_core::Error::Disposed {
-            certificate: None,
-        })),
+        Ok(o) => Err(ApiError::from(
+            match o.excluded.iter().find(|(x, _)| *x == id) {
+                Some((_, why)) if why == vault_core::vault::IN_UNFINISHED_BATCH => {
+                    vault_core::Error::DisposalInProgress
+                }
+                Some(_) => vault_core::Error::LegalHold,
+                None => vault_core::Error::Disposed { certificate: None },
+            },
+        )),
         Err(e) => Err(e.clone()),
     }
 }
