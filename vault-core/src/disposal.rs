@@ -1643,12 +1643,16 @@ impl Vault {
     }
 
     /// Step 6's work: the plan's rows become tombstones and their beacons
-    /// go in the same batch; then the search index's copies in files and
+    /// (`beacons`: the plan's count) go in the same batch; then the search index's copies in files and
     /// logs are purged (the deleted ranges, or the whole index when the
     /// batch `resumed` after its rows went and no longer knows them). No
     /// audit and no step recorded here.
-    fn delete_ciphertexts(&self, plan: Tombstones, resumed: bool) -> Result<Deleted> {
-        let mut beacons = Self::beacons_planned(&plan);
+    fn delete_ciphertexts(
+        &self,
+        plan: Tombstones,
+        mut beacons: BeaconRow,
+        resumed: bool,
+    ) -> Result<Deleted> {
         let mut tags = Vec::new();
         let mut ranges = Vec::new();
         for (id, row, index) in plan {
@@ -1889,7 +1893,7 @@ impl Vault {
                         b.beacons_planned = Some(counted);
                         self.put_batch(b, true)?;
                     }
-                    Ok((self.delete_ciphertexts(plan, resumed)?, first))
+                    Ok((self.delete_ciphertexts(plan, planned, resumed)?, first))
                 })();
                 if deleted.is_ok() {
                     // A crash point within the steps (tests): the rows gone,

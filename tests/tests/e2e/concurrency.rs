@@ -218,6 +218,23 @@ fn stop_a_disposal_at(fx: &Arc<Fixture>, doomed: RecordId, step: &'static str) {
     );
 }
 
+/// Retries stopped batch `batch`, which must certify record `doomed` (the
+/// record then names its certificate). Returns the certificate.
+fn retry_certifies(
+    fx: &Fixture,
+    batch: vault_core::ids::DisposalId,
+    doomed: RecordId,
+) -> CertificateId {
+    let cert = fx.vault.retry_disposal(&fx.officer, batch).unwrap();
+    match fx.vault.get_record(&fx.officer, doomed, &[], None) {
+        Err(Error::Disposed {
+            certificate: Some(c),
+        }) => assert_eq!(c, cert.to_string()),
+        other => panic!("the record must name the stopped batch's certificate: {other:?}"),
+    }
+    cert
+}
+
 /// A batch stopped once it destroyed a record's keys (its next audit write
 /// failed) keeps the record: a second batch refuses it by name and leaves it
 /// out of a wider scope, saying why, so that only the batch holding the
@@ -278,13 +295,7 @@ fn a_record_of_a_stopped_batch_is_certified_by_that_batch_alone() {
         "the wider batch's certificate names the stopped batch's record"
     );
 
-    let cert = fx.vault.retry_disposal(&fx.officer, batches[0].id).unwrap();
-    match fx.vault.get_record(&fx.officer, doomed, &[], None) {
-        Err(Error::Disposed {
-            certificate: Some(c),
-        }) => assert_eq!(c, cert.to_string()),
-        other => panic!("the record must name the stopped batch's certificate: {other:?}"),
-    }
+    let cert = retry_certifies(&fx, batches[0].id, doomed);
     assert!(destroyed_versions(&fx.vault, &fx.officer, cert).contains_key(&doomed.to_string()));
     assert_destroyed(&fx, doomed, subject, &wrapped, "retried");
     assert!(fx.vault.audit_verify(&fx.auditor).unwrap().ok());
@@ -389,13 +400,7 @@ fn a_batch_planned_before_another_took_its_record_and_stopped_refuses_it_under_t
     }
     let batches = fx.vault.disposals(&fx.officer).unwrap();
     assert_eq!(batches.len(), 1, "{batches:?}");
-    let cert = fx.vault.retry_disposal(&fx.officer, batches[0].id).unwrap();
-    match fx.vault.get_record(&fx.officer, doomed, &[], None) {
-        Err(Error::Disposed {
-            certificate: Some(c),
-        }) => assert_eq!(c, cert.to_string()),
-        other => panic!("{other:?}"),
-    }
+    retry_certifies(&fx, batches[0].id, doomed);
     assert!(fx.vault.audit_verify(&fx.auditor).unwrap().ok());
 }
 
