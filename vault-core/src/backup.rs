@@ -27,13 +27,13 @@
 //! is never written; every other data key is re-wrapped under the *live* key
 //! of its bucket (the backup's bucket keys never enter the keystore).
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::io::{BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::disposal::ResidualBackup;
+use super::disposal::{ResidualBackup, UnreadRow};
 use super::{Context, Session, Vault};
 use crate::access::Permission;
 use crate::audit::Channel;
@@ -73,7 +73,7 @@ pub(crate) struct BackupRow {
     keys: u64,
     bytes: u64,
     by: String,
-    /// `active`, or `destroyed` once K_b is gone.
+    /// `creating`, `active`, `destroying`, or `destroyed` once K_b is gone.
     state: String,
     destroyed_ms: Option<i64>,
 }
@@ -95,9 +95,10 @@ pub struct BackupInfo {
     pub keys: u64,
     /// File size.
     pub bytes: u64,
-    /// `active` (restorable), `destroying` (its key deleted, the erasure not
-    /// yet verified: still a residual copy, tried again) or `destroyed` (key
-    /// destroyed: crypto-erased).
+    /// `active` (restorable), `creating` (being written, or left so by a
+    /// failure: a residual copy until destroyed), `destroying` (its key
+    /// deleted, the erasure not yet verified: still a residual copy, tried
+    /// again) or `destroyed` (key destroyed: crypto-erased).
     pub state: String,
     /// When its key was destroyed.
     pub destroyed_ms: Option<i64>,
@@ -137,14 +138,29 @@ pub struct RestoreReport {
     pub repaired: u64,
     /// Collections the backup brought back.
     pub collections_restored: u64,
-    /// Live records under legal hold that could not be read: left as they
-    /// are, since a repair destroys the current version's key.
+    /// Live records that could not be read and are under legal hold, or may
+    /// be (a hold on a subject of their keys' bucket: an unreadable row's
+    /// subject is unverified), or whose keys are in another bucket than their
+    /// row's subject's (the row changed without the vault's key): left as
+    /// they are, since a repair destroys the current version's key.
     pub held_unrepaired: u64,
 }
 
 /// The catalogue state of a backup whose key is being destroyed: its
 /// erasure not yet verified.
 const DESTROYING: &str = "destroying";
+
+/// The catalogue state of a backup being written. Its row is written
+/// before its file and its key, so that from the moment a copy can exist
+/// a disposal counts it as a residual copy: before, a key stored whose row's
+/// write then failed was a copy no certificate named, deleted by the next
+/// sweep without a purge. A row left `creating` (a failure or a crash
+/// before the backup was complete) is destroyed as an expired one is.
+const CREATING: &str = "creating";
+
+/// Where a backup whose key had no catalogue row was written: unknown (an
+/// insider's, or a build's from before [`CREATING`]).
+const UNKNOWN_LOCATION: &str = "unknown (a backup key found without its catalogue row)";
 
 /// The clear preamble of a backup file (IDs and times only).
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -341,8 +357,9 @@ impl Vault {
         Ok(self
             .backup_rows()?
             .into_iter()
-            // One whose erasure is not yet verified may still be read.
-            .filter(|r| r.state == "active" || r.state == DESTROYING)
+            // One being written, or whose erasure is not yet verified, may
+            // exist and be read.
+            .filter(|r| r.state == "active" || r.state == DESTROYING || r.state == CREATING)
             .map(|r| ResidualBackup {
                 id: r.id,
                 created_ms: r.created_ms,
@@ -353,12 +370,39 @@ impl Vault {
             .collect())
     }
 
+    /// For `doctor`: the active backups whose key is gone from the keystore
+    /// (deleted without the vault: the catalogue says restorable, the file
+    /// is not), those whose erasure is not yet verified (`destroying`, or
+    /// `creating` left by a failure: residual copies until the next expiry
+    /// run), and how many are active.
+    pub(crate) fn backup_check(&self) -> Result<(usize, Vec<String>, Vec<String>)> {
+        let (mut active, mut keyless, mut unverified) = (0, Vec::new(), Vec::new());
+        for r in self.backup_rows()? {
+            let id: BackupId = r.id.parse()?;
+            match r.state.as_str() {
+                "active" if self.keystore.wrapped_backup_key(id.as_bytes())?.is_none() => {
+                    keyless.push(r.id)
+                }
+                "active" => active += 1,
+                DESTROYING | CREATING => unverified.push(r.id),
+                _ => {}
+            }
+        }
+        Ok((active, keyless, unverified))
+    }
+
     /// Writes a backup of the record data to `out` (a new file outside the
     /// vault directory), valid for `days` days. Admin or officer; audited.
     pub fn create_backup(&self, s: &Session, out: &Path, days: u32) -> Result<BackupInfo> {
         self.authorize_backup(s)?;
         let id = BackupId::new();
         let r = self.create_backup_inner(s, id, out, days);
+        if r.is_err() {
+            // Its row may be there, and its key: erased as an expiry would.
+            // If that fails too, the row stays `creating` (a residual copy)
+            // for the next sweep.
+            let _ = self.abandon_backup(id, &s.ctx);
+        }
         self.audit(
             Some(s.user),
             &s.ctx,
@@ -423,8 +467,24 @@ impl Vault {
             note: "record ciphertexts and wrapped keys sealed under a backup key held only in this vault's keystore; no header; restorable only into this vault with its live header".into(),
         };
         let pre = serde_json::to_vec(&preamble).expect("serialisable");
-        let kb = SecretKey::generate();
+        let mut row = BackupRow {
+            id: id.to_string(),
+            created_ms: now,
+            expires_ms,
+            location: out_abs.display().to_string(),
+            records: 0,
+            keys: 0,
+            bytes: 0,
+            by: s.user.to_string(),
+            state: CREATING.into(),
+            destroyed_ms: None,
+        };
         let file = fsutil::create_private_file(out)?;
+        if let Err(e) = self.put_backup_row(&row) {
+            let _ = std::fs::remove_file(out);
+            return Err(e);
+        }
+        let kb = SecretKey::generate();
         let written = self.write_backup_file(file, &kb, id, &pre, &epoch);
         let (records, keys, bytes) = match written {
             Ok(x) => x,
@@ -440,21 +500,34 @@ impl Vault {
         // The file is useless until its key is stored; from here it is restorable.
         self.keystore
             .put_backup_key(&epoch.root, epoch.number, id.as_bytes(), &kb)?;
+        self.at_step("backup_key_stored");
         drop(epoch);
-        let row = BackupRow {
-            id: id.to_string(),
-            created_ms: now,
-            expires_ms,
-            location: out_abs.display().to_string(),
-            records,
-            keys,
-            bytes,
-            by: s.user.to_string(),
-            state: "active".into(),
-            destroyed_ms: None,
-        };
+        row.records = records;
+        row.keys = keys;
+        row.bytes = bytes;
+        row.state = "active".into();
         self.put_backup_row(&row)?;
         row.info()
+    }
+
+    /// After a failed creation: a row left `creating` whose key was never
+    /// stored goes (its file is gone, or useless without the key); one
+    /// whose key was stored is destroyed as an expired one is.
+    fn abandon_backup(&self, id: BackupId, ctx: &Context) -> Result<()> {
+        let row = {
+            // Read under the batch lock: an expiry run may have destroyed it.
+            let _batch = self.disposal_lock.lock().expect("disposal lock");
+            match self.backup_row(id)? {
+                Some(row) if row.state == CREATING => {
+                    if self.keystore.wrapped_backup_key(id.as_bytes())?.is_none() {
+                        return self.store.delete(store::CF_BACKUPS, id.as_bytes());
+                    }
+                    row
+                }
+                _ => return Ok(()),
+            }
+        };
+        self.destroy_backup_key(row, None, ctx).map(|_| ())
     }
 
     /// Writes the body of a backup file; returns (records, keys, bytes).
@@ -524,11 +597,13 @@ impl Vault {
         self.authorize_backup(s)?;
         let r = (|| {
             let row = self.backup_row(id)?.ok_or(Error::NotFound("backup"))?;
-            // One whose erasure was not verified is tried again.
-            if row.state != "active" && row.state != DESTROYING {
+            // One whose erasure was not verified, or left `creating` by a
+            // failure, is tried (again).
+            if row.state != "active" && row.state != DESTROYING && row.state != CREATING {
                 return Err(Error::AlreadyExists("backup destruction"));
             }
-            self.destroy_backup_key(row, Some(s.user), &s.ctx)
+            self.destroy_backup_key(row, Some(s.user), &s.ctx)?
+                .ok_or(Error::AlreadyExists("backup destruction"))
         })();
         if r.is_err() {
             self.audit(
@@ -543,33 +618,58 @@ impl Vault {
         r
     }
 
-    /// Destroys the key of every backup past its expiry, and any backup key
-    /// without a catalogue row (a crash between the two writes of a
-    /// creation). Called on open, before listing and before a restore.
+    /// Destroys the key of every backup past its expiry, of every backup
+    /// left `creating` (a failure or a crash before it was complete), and
+    /// of any backup key without a catalogue row (an insider's, or a crash
+    /// of a build that stored the key first): that one is given a
+    /// `destroying` row first, so that it is a residual copy until its
+    /// erasure is verified, not a key deleted without a purge. Called on
+    /// open, before listing and before a restore.
     pub(crate) fn expire_due_backups(&self, ctx: &Context) -> Result<u64> {
+        {
+            // Under the batch lock: a creation writes its row, its key and
+            // its row again under it.
+            let _batch = self.disposal_lock.lock().expect("disposal lock");
+            let known: std::collections::HashSet<[u8; 16]> = self
+                .backup_rows()?
+                .iter()
+                .filter_map(|r| r.id.parse::<BackupId>().ok().map(|i| *i.as_bytes()))
+                .collect();
+            for id in self.keystore.backup_key_ids()? {
+                if !known.contains(&id) {
+                    let now = self.now();
+                    self.put_backup_row(&BackupRow {
+                        id: BackupId::from_bytes(id).to_string(),
+                        // Taken now for all anyone can tell: it holds every record.
+                        created_ms: now,
+                        expires_ms: now,
+                        location: UNKNOWN_LOCATION.into(),
+                        records: 0,
+                        keys: 0,
+                        bytes: 0,
+                        by: String::new(),
+                        state: DESTROYING.into(),
+                        destroyed_ms: None,
+                    })?;
+                }
+            }
+        }
         let now = self.now();
         let mut expired = 0;
         for row in self.backup_rows()? {
-            if (row.state == "active" && row.expires_ms <= now) || row.state == DESTROYING {
+            if (row.state == "active" && row.expires_ms <= now)
+                || row.state == DESTROYING
+                || row.state == CREATING
+            {
                 match self.destroy_backup_key(row, None, ctx) {
-                    Ok(_) => expired += 1,
+                    Ok(Some(_)) => expired += 1,
+                    // Completed, or destroyed, by another thread meanwhile.
+                    Ok(None) => {}
                     // Not verified (audited): it stays `destroying`, counted
                     // as a residual copy, and is tried again next time.
                     Err(Error::DisposalFailed(_)) => {}
                     Err(e) => return Err(e),
                 }
-            }
-        }
-        // Under the batch lock: a creation writes its key and its row under it.
-        let _batch = self.disposal_lock.lock().expect("disposal lock");
-        let known: std::collections::HashSet<[u8; 16]> = self
-            .backup_rows()?
-            .iter()
-            .filter_map(|r| r.id.parse::<BackupId>().ok().map(|i| *i.as_bytes()))
-            .collect();
-        for id in self.keystore.backup_key_ids()? {
-            if !known.contains(&id) {
-                self.keystore.delete_backup_key(&id)?;
             }
         }
         Ok(expired)
@@ -583,14 +683,28 @@ impl Vault {
     /// residual copy and expiry tries again. A retry in this process scans
     /// for the bytes it kept; one after a restart has none and rests on the
     /// ratchet and the purge's checks.
+    ///
+    /// `seen` is the row as the caller read it; under the batch lock the
+    /// row is read again, and `None` answers if it changed meanwhile (a
+    /// creation completed, or another thread destroyed it).
     fn destroy_backup_key(
         &self,
-        mut row: BackupRow,
+        seen: BackupRow,
         actor: Option<crate::ids::UserId>,
         ctx: &Context,
-    ) -> Result<BackupInfo> {
-        let id: BackupId = row.id.parse()?;
+    ) -> Result<Option<BackupInfo>> {
+        let id: BackupId = seen.id.parse()?;
         let _batch = self.disposal_lock.lock().expect("disposal lock");
+        let Some(mut row) = self.backup_row(id)? else {
+            return Ok(None);
+        };
+        let still = match seen.state.as_str() {
+            CREATING => row.state == CREATING,
+            _ => row.state == "active" || row.state == DESTROYING,
+        };
+        if !still {
+            return Ok(None);
+        }
         let wrapped = {
             let mut kept = self.kept_backup_keys.lock().expect("backup keys lock");
             match self.keystore.wrapped_backup_key(id.as_bytes())? {
@@ -652,7 +766,7 @@ impl Vault {
             None,
         )?;
         r?;
-        row.info()
+        row.info().map(Some)
     }
 
     /// Restores the record data from a backup of this vault (admin, officer).
@@ -718,10 +832,47 @@ impl Vault {
                 "backup (its key was destroyed or it belongs to another vault)",
             ))?;
         let (vault, backup) = (*self.info.vault_id.as_bytes(), *id.as_bytes());
-        // Pass 1: authenticate every frame and unwrap the backup's bucket keys.
+        // The ledger replay set: every record any disposal batch named, with its certificate.
+        let skip_ledger = self
+            .restore_skip_ledger
+            .load(std::sync::atomic::Ordering::SeqCst);
+        let disposed = if skip_ledger {
+            HashMap::new()
+        } else {
+            self.disposed_records()?
+        };
+        // Pass 1: authenticate every frame, unwrap the backup's bucket keys,
+        // note the disposed records the backup holds (pass 2 writes them as
+        // tombstones; the checks before and after it read them), and find
+        // which of its other records' live rows do not read (pass 2 repairs
+        // them, where nothing stands against it).
         let mut bucket_keys: HashMap<u32, SecretKey> = HashMap::new();
+        let mut disposed_in_backup: BTreeSet<RecordId> = BTreeSet::new();
+        let mut unread_live: HashMap<RecordId, RecordRow> = HashMap::new();
         read_entries(file, &kb, &vault, &backup, |tag, k, v| {
             match tag {
+                TAG_RECORD => {
+                    let rid = RecordId::from_slice(k)?;
+                    if disposed.contains_key(&rid)
+                        || (!skip_ledger
+                            && matches!(RecordRow::decode(v)?.state, RecordState::Disposed { .. }))
+                    {
+                        disposed_in_backup.insert(rid);
+                    } else if let Some(l) = self.store.record(rid)?
+                        && l.state == RecordState::Live
+                    {
+                        // Damaged: its row or key fails authentication, or
+                        // its key is gone. Any other error (the keystore
+                        // unreachable) is the restore's, not the record's.
+                        match self.decrypt_with(&epoch.root, epoch.number, rid, &l) {
+                            Ok(_) => {}
+                            Err(Error::Integrity(_)) => {
+                                unread_live.insert(rid, l);
+                            }
+                            Err(e) => return Err(e),
+                        }
+                    }
+                }
                 TAG_BUCKET => {
                     let b = u32::from_be_bytes(
                         k.try_into().map_err(|_| Error::Integrity("backup file"))?,
@@ -735,20 +886,12 @@ impl Vault {
             }
             Ok(())
         })?;
-        // The ledger replay set: every record any disposal batch named, with its certificate.
-        let skip_ledger = self
-            .restore_skip_ledger
-            .load(std::sync::atomic::Ordering::SeqCst);
-        let disposed = if skip_ledger {
-            HashMap::new()
-        } else {
-            self.disposed_records()?
-        };
         // A disposed record already live again (its row put back by someone
-        // with the files) refuses the restore before anything is written,
-        // as the check after it would, but with the vault unchanged. A
-        // record of a batch stopped before its tombstones is live until
-        // that batch disposes of it.
+        // with the files), or one the backup holds with a key planted back,
+        // refuses the restore before anything is written, as the check
+        // after it would, but with the vault unchanged. A record of a batch
+        // stopped before its tombstones is live until that batch disposes
+        // of it.
         for rid in disposed.keys() {
             if matches!(self.store.record(*rid)?, Some(row) if row.state == RecordState::Live)
                 && self.isolation.check_not_pending(*rid).is_ok()
@@ -756,6 +899,32 @@ impl Vault {
                 return Err(Error::Integrity("restore (a disposed record is live)"));
             }
         }
+        // Its key looked for in every bucket: a tombstone's subject is in
+        // clear, and one deleted has none (pass 2 writes the backup's). A
+        // record still live is a stopped batch's (refused above otherwise),
+        // whose keys that batch destroys.
+        let tombstoned: BTreeSet<RecordId> = disposed_in_backup
+            .iter()
+            .copied()
+            .filter(|rid| {
+                !matches!(self.store.record(*rid), Ok(Some(r)) if r.state == RecordState::Live)
+            })
+            .collect();
+        if !self
+            .keystore
+            .keys_anywhere(&epoch.root, epoch.number, &tombstoned)?
+            .is_empty()
+        {
+            return Err(Error::Integrity("restore (a disposed record has a key)"));
+        }
+        let unread_checks = self.unread_rows_check(
+            &epoch.root,
+            epoch.number,
+            &unread_live
+                .iter()
+                .map(|(id, r)| (*id, r))
+                .collect::<Vec<_>>(),
+        )?;
         let mut report = RestoreReport {
             backup_id: Some(id),
             ..RestoreReport::default()
@@ -805,24 +974,26 @@ impl Vault {
                         // a tombstone is "repaired" too: that is the
                         // resurrection the replay prevents.
                         Some(l) if l.state != RecordState::Live => skip_ledger,
-                        // Damaged: its row or key fails authentication, or
-                        // its key is gone. Any other error (the keystore
-                        // unreachable) is the restore's, not the record's.
-                        Some(l) => match self.decrypt_with(&epoch.root, epoch.number, rid, l) {
-                            Ok(_) => false,
-                            Err(Error::Integrity(_)) => true,
-                            Err(e) => return Err(e),
-                        },
+                        // Found in pass 1.
+                        Some(_) => unread_live.contains_key(&rid),
                     };
                     if !unreadable || row.state != RecordState::Live {
                         report.kept += 1;
                         return Ok(());
                     }
-                    if let Some(l) = &live
-                        && self.hold_on(rid, l.subject)?.is_some()
-                    {
-                        // A repair destroys the current version's key: never
-                        // under a legal hold (the damage may be undone).
+                    // A repair destroys the current version's key: never
+                    // under a legal hold (the damage may be undone), nor
+                    // where one may apply: the row does not read, so the
+                    // subject it names is unverified; nor when its keys are
+                    // in another bucket than that subject's.
+                    let blocked = match &live {
+                        Some(l) if l.state == RecordState::Live => {
+                            !matches!(unread_checks.get(&rid), Some(UnreadRow::Clear))
+                        }
+                        Some(l) => self.hold_on(rid, l.subject)?.is_some(),
+                        None => false,
+                    };
+                    if blocked {
                         report.held_unrepaired += 1;
                         return Ok(());
                     }
@@ -871,6 +1042,7 @@ impl Vault {
         self.keystore
             .put_restored_deks(&epoch.root, epoch.number, &deks)?;
         // Verify before serving: no disposed record is live or has a key.
+        // (Checked before the writes too; kept after them as a safeguard.)
         for rid in disposed_seen {
             match self.store.record(rid)? {
                 Some(RecordRow {

@@ -22,6 +22,7 @@ use crate::clock::format_ms;
 use crate::error::{Error, Result};
 use crate::ids::{CertificateId, CollectionName, DisposalId, RecordId, SubjectId, UserId};
 use crate::keystore::{FoundCopy, PurgeEvidence};
+use crate::secret::SecretKey;
 use crate::store::{self, RecordRow, RecordState};
 
 /// What a disposal covers.
@@ -167,6 +168,8 @@ pub(crate) struct BatchRecord {
 #[derive(Clone, Copy, Debug)]
 struct Residence {
     version: u32,
+    /// The subject its row names (verified when `read`).
+    subject: SubjectId,
     ma: bool,
     /// Read from the record (`false`: the collection's default).
     read: bool,
@@ -320,6 +323,22 @@ const CLOCK_SLACK_MS: i64 = 3_600_000;
 /// reason in [`DisposalOutcome::excluded`]).
 pub const IN_UNFINISHED_BATCH: &str =
     "in an unfinished disposal batch, which disposes of it (see disposal list)";
+
+/// Why a record is left out whose row does not read and whose keys are in
+/// another bucket than its row's subject's (the reason in
+/// [`DisposalOutcome::excluded`]; one record asked for by name is refused).
+pub const ROW_SUBJECT_CHANGED: &str = "its row does not read and its keys are under another subject's bucket: the row was changed without the vault's key";
+
+/// What stands against disposing of, or repairing, a record whose row does
+/// not read ([`Vault::unread_rows_check`]).
+pub(crate) enum UnreadRow {
+    /// Nothing.
+    Clear,
+    /// A hold that may apply to it.
+    Held(String),
+    /// Its keys are in another bucket than its row's subject's.
+    Moved,
+}
 
 /// Step 6's plan: each record's tombstone row and the beacon writes that
 /// go with it.
@@ -862,6 +881,63 @@ impl Vault {
         self.hold_in(id, subject, |key| self.store.get(store::CF_HOLDS, key))
     }
 
+    /// What stands against disposing of, or repairing, each of `rows`,
+    /// records whose row does not read (their envelope, which binds the
+    /// subject, did not open): the subject such a row names is unverified.
+    /// An insider with the files who changed it would sidestep a hold on the
+    /// true subject, and send the disposal's key deletion to the wrong
+    /// bucket, the true one's keys surviving a certificate that says they
+    /// went. So their keys are looked for in every bucket: found outside the
+    /// row subject's, [`UnreadRow::Moved`]; found there and unwrapping under
+    /// its key, a hold on any subject of that bucket counts as a hold on the
+    /// record; none found, or one that does not unwrap (moved there from
+    /// its true bucket, or deleted), no bucket shows whose it is, and a hold
+    /// on any subject counts. `root`/`epoch`: the live root.
+    pub(crate) fn unread_rows_check(
+        &self,
+        root: &SecretKey,
+        epoch: u64,
+        rows: &[(RecordId, &RecordRow)],
+    ) -> Result<HashMap<RecordId, UnreadRow>> {
+        let mut out = HashMap::new();
+        if rows.is_empty() {
+            return Ok(out);
+        }
+        let ids: BTreeSet<RecordId> = rows.iter().map(|(id, _)| *id).collect();
+        let keys = self.keystore.keys_anywhere(root, epoch, &ids)?;
+        let mut subject_holds: Vec<(u32, String)> = Vec::new();
+        for (k, v) in self.store.scan_prefix(store::CF_HOLDS, b"s")? {
+            let held = SubjectId::from_slice(k.get(1..).ok_or(Error::Integrity("hold"))?)?;
+            let h: HoldRow = serde_json::from_slice(&v).map_err(|_| Error::Integrity("hold"))?;
+            subject_holds.push((self.keystore.bucket_of(held), h.reason));
+        }
+        for (id, row) in rows {
+            let own = self.keystore.bucket_of(row.subject);
+            let found = keys.get(id).map(Vec::as_slice).unwrap_or_default();
+            let verdict = if let Some(why) = self.hold_on(*id, row.subject)? {
+                UnreadRow::Held(why)
+            } else if found.iter().any(|(b, _)| *b != own) {
+                UnreadRow::Moved
+            } else if !found.is_empty() && found.iter().all(|(_, unwraps)| *unwraps) {
+                match subject_holds.iter().find(|(b, _)| *b == own) {
+                    Some((_, reason)) => UnreadRow::Held(format!(
+                        "legal hold on a subject that may be its own (its row does not read, so the subject it names is unverified, and that subject shares its key bucket): {reason}"
+                    )),
+                    None => UnreadRow::Clear,
+                }
+            } else {
+                match subject_holds.first() {
+                    Some((_, reason)) => UnreadRow::Held(format!(
+                        "legal hold on a subject that may be its own (its row does not read and its keys are gone or do not unwrap, so nothing shows whose it is): {reason}"
+                    )),
+                    None => UnreadRow::Clear,
+                }
+            };
+            out.insert(*id, verdict);
+        }
+        Ok(out)
+    }
+
     /// The hold on a record or its subject, looked up with `get`: point reads
     /// of the store, or a map of every hold read once ([`Self::all_holds`]).
     fn hold_in(
@@ -1136,9 +1212,11 @@ impl Vault {
             .into_iter()
             .collect();
         let guards = self.isolation.exclusive(&buckets);
+        let mut residences = residences;
         let locked = (|| {
             self.isolation.check_fence()?;
             let mut kept = Vec::new();
+            let mut unread = Vec::new();
             let mut excluded = excluded.clone();
             for (id, _) in &rows {
                 let Some(row) = self.store.record(*id)? else {
@@ -1149,10 +1227,50 @@ impl Vault {
                 {
                     continue;
                 }
-                match self.hold_on(*id, row.subject)? {
-                    Some(why) => excluded.push((*id, why)),
-                    None => kept.push((*id, row)),
+                if let Some(why) = self.hold_on(*id, row.subject)? {
+                    excluded.push((*id, why));
+                    continue;
                 }
+                let res = match residences.get(id) {
+                    Some(p) if p.version == row.version && p.subject == row.subject && p.read => *p,
+                    _ => {
+                        let p = self.residence(*id, &row);
+                        residences.insert(*id, p);
+                        p
+                    }
+                };
+                // Read from this very row (a residence may follow an update).
+                if !(res.read && res.version == row.version && res.subject == row.subject) {
+                    unread.push(*id);
+                }
+                kept.push((*id, row));
+            }
+            // A row that does not read names a subject nothing verified.
+            let mut narrowed = Vec::new();
+            if !unread.is_empty() {
+                let rows: Vec<(RecordId, &RecordRow)> = kept
+                    .iter()
+                    .filter(|(id, _)| unread.contains(id))
+                    .map(|(id, r)| (*id, r))
+                    .collect();
+                let epoch = self.epoch.read().expect("epoch lock");
+                let mut checks = self.unread_rows_check(&epoch.root, epoch.number, &rows)?;
+                drop(epoch);
+                for id in &unread {
+                    let why = match checks.remove(id) {
+                        Some(UnreadRow::Clear) => continue,
+                        Some(UnreadRow::Moved) if matches!(req.scope, DisposalScope::Record(_)) => {
+                            return Err(Error::Integrity(
+                                "record row (it does not read and its keys are under another subject's bucket: changed without the vault's key)",
+                            ));
+                        }
+                        Some(UnreadRow::Moved) | None => ROW_SUBJECT_CHANGED.to_owned(),
+                        Some(UnreadRow::Held(why)) => why,
+                    };
+                    excluded.push((*id, why));
+                    narrowed.push(*id);
+                }
+                kept.retain(|(id, _)| !narrowed.contains(id));
             }
             if matches!(req.scope, DisposalScope::Record(_))
                 && kept.is_empty()
@@ -1160,7 +1278,15 @@ impl Vault {
             {
                 return Err(Error::LegalHold);
             }
-            if stale(&mut kept.iter().map(|(id, _)| *id)) {
+            // The check of unreadable rows only narrows a preview, which
+            // (without it) listed them: their exclusion, with its reason, is
+            // no change to refuse.
+            if stale(
+                &mut kept
+                    .iter()
+                    .map(|(id, _)| *id)
+                    .chain(narrowed.iter().copied()),
+            ) {
                 return Err(Error::PreviewStale);
             }
             let ids: HashSet<RecordId> = kept.iter().map(|(id, _)| *id).collect();
@@ -1204,7 +1330,7 @@ impl Vault {
             .iter()
             .map(|(id, r)| {
                 let res = match residences.get(id) {
-                    Some(p) if p.version == r.version && p.read => *p,
+                    Some(p) if p.version == r.version && p.subject == r.subject => *p,
                     _ => self.residence(*id, r),
                 };
                 BatchRecord {
@@ -2252,6 +2378,7 @@ impl Vault {
             {
                 return Residence {
                     version: row.version,
+                    subject: row.subject,
                     ma: s.classify(&body).ma_resident,
                     read: true,
                 };
@@ -2265,6 +2392,7 @@ impl Vault {
         }
         Residence {
             version: row.version,
+            subject: row.subject,
             ma: schema.as_ref().is_none_or(|s| {
                 s.default_residence
                     .as_deref()

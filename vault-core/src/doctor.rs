@@ -309,6 +309,32 @@ pub fn checks(vault: &Vault, now_ms: i64) -> Result<Vec<Check>> {
         ),
         Err(e) => check("sealed-rows", Level::Fail, e.to_string()),
     });
+    out.push(match vault.backup_check() {
+        Ok((_, keyless, _)) if !keyless.is_empty() => check(
+            "backups",
+            Level::Fail,
+            format!(
+                "{} active backup(s) without their key in the keystore (deleted without the vault: not restorable): {}",
+                keyless.len(),
+                keyless.join(", ")
+            ),
+        ),
+        Ok((active, _, unverified)) if !unverified.is_empty() => check(
+            "backups",
+            Level::Warn,
+            format!(
+                "{active} active; {} whose erasure is not yet verified (residual copies, tried again at every expiry run): {}",
+                unverified.len(),
+                unverified.join(", ")
+            ),
+        ),
+        Ok((active, _, _)) => check(
+            "backups",
+            Level::Ok,
+            format!("{active} active, each with its key; none awaiting erasure"),
+        ),
+        Err(e) => check("backups", Level::Fail, e.to_string()),
+    });
     out.push(match st.last_review_ms {
         Some(t) if now_ms - t <= REVIEW_INTERVAL_MS => check(
             "security-review",

@@ -10,7 +10,7 @@ pub mod postgres;
 pub mod provider;
 mod rocks;
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
 use std::sync::RwLock;
 
@@ -889,6 +889,51 @@ impl Keystore {
             }
             Ok(true)
         })?;
+        Ok(out)
+    }
+
+    /// Every stored key of each of `records`, whatever bucket it is in, as
+    /// (bucket, whether it unwraps under that bucket's live key). A row that
+    /// does not read names a subject nothing verified, and a changed one
+    /// sends every lookup of its keys to the wrong bucket; a key row moved
+    /// to another bucket does not unwrap there. For a few records, one prefix
+    /// read a bucket each; for more, one scan of every key.
+    pub(crate) fn keys_anywhere(
+        &self,
+        root: &SecretKey,
+        epoch: u64,
+        records: &BTreeSet<RecordId>,
+    ) -> Result<HashMap<RecordId, Vec<(u32, bool)>>> {
+        let mut found: Vec<(u32, RecordId, u32, Vec<u8>)> = Vec::new();
+        let mut visit = |k: &[u8], v: &[u8]| -> Result<bool> {
+            if k.len() == 24 {
+                let (b, r, version) = Self::parse_dek_key(k)?;
+                if records.contains(&r) {
+                    found.push((b, r, version, v.to_vec()));
+                }
+            }
+            Ok(true)
+        };
+        if records.len() <= 4 {
+            for r in records {
+                for b in 0..self.buckets {
+                    let mut prefix = [0u8; 20];
+                    prefix[..4].copy_from_slice(&b.to_be_bytes());
+                    prefix[4..].copy_from_slice(r.as_bytes());
+                    self.engine.scan(Table::Deks, &prefix, &mut visit)?;
+                }
+            }
+        } else {
+            self.engine.scan(Table::Deks, &[], &mut visit)?;
+        }
+        let mut out: HashMap<RecordId, Vec<(u32, bool)>> = HashMap::new();
+        for (b, r, version, wrapped) in found {
+            let unwraps = self.with_bucket_key(root, epoch, b, |bk| {
+                crypto::unwrap_key(bk, &dek_aad(self.vault, r, version), &wrapped, "data key")
+                    .is_ok()
+            })?;
+            out.entry(r).or_default().push((b, unwraps));
+        }
         Ok(out)
     }
 

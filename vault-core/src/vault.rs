@@ -77,7 +77,8 @@ pub use decommission::{DeletionParties, DeletionPlan, VaultDeleted};
 pub use disposal::{
     CertificateSummary, ContractorInfo, ContractorScope, DisposalOutcome, DisposalParties,
     DisposalRequest, DisposalScope, DisposalSummary, Hold, IN_UNFINISHED_BATCH,
-    PREVIEW_RESIDENCE_MAX, RetentionPolicy, STEPS as DISPOSAL_STEPS, plan_fingerprint,
+    PREVIEW_RESIDENCE_MAX, ROW_SUBJECT_CHANGED, RetentionPolicy, STEPS as DISPOSAL_STEPS,
+    plan_fingerprint,
 };
 pub use export::{EXPORT_FORMAT, ExportOutcome, ExportRecipient, ExportRequest, ExportScope};
 pub use housekeeping::{MAX_SCHEDULE_HOURS, RetentionSchedule};

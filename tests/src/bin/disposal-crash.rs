@@ -1,4 +1,9 @@
 //! `disposal-crash VAULT_DIR PASSFILE USER PASSWORD_FILE RECORD_ID STEP [WRITERS CLERK_PASSWORD_FILE]`
+//! `disposal-crash VAULT_DIR PASSFILE USER PASSWORD_FILE BACKUP_FILE backup_STEP`
+//!
+//! With a `STEP` that begins `backup_` (a step of a backup's creation), the
+//! fifth argument is where the user writes a backup, and the child aborts
+//! at that step of it instead.
 //!
 //! With `WRITERS`, that many threads log in as `clerk` and put and update
 //! records in the `customers` collection while the batch runs, printing one
@@ -41,9 +46,11 @@ fn main() -> ExitCode {
     }
     let (dir, passfile, user, password_file, record, step) =
         (&args[1], &args[2], &args[3], &args[4], &args[5], &args[6]);
-    let record: RecordId = match record.parse() {
-        Ok(r) => r,
-        Err(e) => return fail("not a record ID", e),
+    let backup_to = step.starts_with("backup_").then(|| record.clone());
+    let record: RecordId = match (&backup_to, record.parse()) {
+        (Some(_), _) => RecordId::new(),
+        (None, Ok(r)) => r,
+        (None, Err(e)) => return fail("not a record ID", e),
     };
     let pass = match SecretString::from_file(Path::new(passfile)) {
         Ok(p) => p,
@@ -104,6 +111,15 @@ fn main() -> ExitCode {
             std::process::abort();
         }
     })));
+    if let Some(out) = backup_to {
+        return match vault.create_backup(&session, Path::new(&out), 30) {
+            Ok(_) => {
+                eprintln!("disposal-crash: the backup completed without reaching step {step}");
+                ExitCode::from(NOT_CRASHED)
+            }
+            Err(e) => fail("backup failed", e),
+        };
+    }
     let req = DisposalRequest {
         scope: DisposalScope::Record(record),
         parties: DisposalParties {

@@ -603,3 +603,101 @@ fn cli_backup_create_restore_list_with_disposal_in_between() {
     .code(EXIT_NOT_FOUND);
     v.assert_audit_ok();
 }
+
+/// A backup's catalogue row is written (`creating`) before its file and its
+/// key, so a creation stopped once its key is stored (the process killed;
+/// the same holds for a failed write of the row after it) leaves a row that
+/// every disposal counts as a residual copy, and the next open destroys it
+/// as an expired one: the key deleted, the epoch ratcheted, the keystore
+/// purged, the wrapped key's bytes in no keystore file. Before, the key
+/// was stored first and the row after: the open found a key without a row
+/// and deleted it without a purge (its bytes, wrapped under the live root,
+/// stayed in the keystore's files), and no listing ever showed the backup.
+#[test]
+fn a_backup_stopped_once_its_key_is_stored_is_listed_and_erased_at_the_next_open() {
+    let tmp = temp();
+    let dir = tmp.path().join("vault");
+    let fx = common::fast_vault_with(&dir, None, None);
+    put(&fx, SubjectId::new(), 1);
+    fx.vault.close().unwrap();
+    let file = tmp.path().join("stopped.pvb");
+    crate::disposal::crash_at(
+        tmp.path(),
+        &dir,
+        file.to_str().unwrap(),
+        "backup_key_stored",
+    );
+    // The stored key, read with RocksDB as someone with the files would.
+    let wrapped = {
+        let path = dir.join("keystore");
+        let cfs = rocksdb::DB::list_cf(&rocksdb::Options::default(), &path).expect("cfs");
+        let db =
+            rocksdb::DB::open_cf_for_read_only(&rocksdb::Options::default(), &path, cfs, false)
+                .expect("open keystore read-only");
+        let h = db.cf_handle("backups").expect("backups");
+        let mut keys = db.iterator_cf(&h, rocksdb::IteratorMode::Start);
+        let (_, v) = keys.next().expect("the backup's key was stored").unwrap();
+        assert!(keys.next().is_none());
+        v.to_vec()
+    };
+    // As the child opened it: the wall clock.
+    let vault = vault_core::vault::Vault::open(
+        &dir,
+        &vault_core::secret::SecretString::from(common::PASSPHRASE),
+        vault_core::vault::OpenOptions::default(),
+    )
+    .expect("the vault reopens");
+    let admin = common::login(&vault, "admin");
+    let list = vault.backups(&admin).unwrap();
+    assert_eq!(list.len(), 1, "the stopped backup is listed: {list:?}");
+    assert_eq!(list[0].state, "destroyed", "{list:?}");
+    assert_eq!(
+        list[0].location,
+        file.canonicalize().unwrap().display().to_string()
+    );
+    assert!(
+        vault
+            .keystore()
+            .wrapped_backup_key(list[0].id.as_bytes())
+            .unwrap()
+            .is_none(),
+        "its key is gone"
+    );
+    assert_eq!(
+        common::files_containing(&dir.join("keystore"), &wrapped),
+        Vec::<std::path::PathBuf>::new(),
+        "the stopped backup's wrapped key is still in the keystore's files"
+    );
+    vault.close().unwrap();
+}
+
+/// A backup's key deleted from the keystore with the vault stopped (by
+/// someone with the files, not the vault) leaves the catalogue saying
+/// `active` over a file that can no longer be restored: `doctor` fails
+/// naming it. Before, nothing said so until a restore was tried.
+#[test]
+fn doctor_fails_an_active_backup_whose_key_is_gone() {
+    let tmp = temp();
+    let fx = common::fast_vault_with(&tmp.path().join("vault"), None, None);
+    put(&fx, SubjectId::new(), 1);
+    let b = fx
+        .vault
+        .create_backup(&fx.admin, &tmp.path().join("b.pvb"), 30)
+        .unwrap();
+    let (level, detail) = common::doctor_check(&fx, "backups");
+    assert_eq!(level, vault_core::doctor::Level::Ok, "{detail}");
+    let dir = fx.dir.clone();
+    let fx = fx.reopened_after(|vault| {
+        vault.close().unwrap();
+        let path = dir.join("keystore");
+        let cfs = rocksdb::DB::list_cf(&rocksdb::Options::default(), &path).expect("cfs");
+        let db = rocksdb::DB::open_cf(&rocksdb::Options::default(), &path, cfs).expect("keystore");
+        let h = db.cf_handle("backups").unwrap();
+        db.delete_cf(&h, b.id.as_bytes()).unwrap();
+        db.flush().unwrap();
+    });
+    let (level, detail) = common::doctor_check(&fx, "backups");
+    assert_eq!(level, vault_core::doctor::Level::Fail, "{detail}");
+    assert!(detail.contains(&b.id.to_string()), "{detail}");
+    fx.vault.close().unwrap();
+}

@@ -3314,3 +3314,67 @@ fn a_keystore_lease_set_back_by_an_insider_still_fences_the_first_opener() {
         .put_record(&clerk2, common::CUSTOMERS, SubjectId::new(), &body(3))
         .expect("the second opener writes");
 }
+
+/// A disposed record's key planted back into the keystore on the cluster
+/// (its row as it was before the disposal, by the superuser, under the
+/// running vault: with the vault stopped, the open's orphan sweep would
+/// destroy it) refuses a restore of a backup holding the record before it
+/// writes anything, also with its tombstone deleted (the key is looked for
+/// in every bucket). Before, the restore wrote the records it brought back
+/// (here one whose row was deleted with the vault stopped), then failed its
+/// final check ("a disposed record has a key"), leaving them written.
+#[test]
+fn a_restore_with_a_disposed_records_key_planted_back_writes_nothing() {
+    let _one = serial();
+    let c = cluster();
+    let primary = primary_member(&c);
+    let su = |q: &str| psql_in(&primary, "pivault_keys", q).expect("the superuser's SQL");
+    let tmp = tempfile::tempdir().unwrap();
+    let fx = common::fast_vault_with(&tmp.path().join("vault"), Some(c.config()), None);
+    let recs = put_records(&fx, 2);
+    let ((subject, disposed, dek), (_, missing, _)) = (recs[0].clone(), recs[1].clone());
+    let bucket = fx.vault.keystore().bucket_of(subject);
+    let mut name = bucket.to_be_bytes().to_vec();
+    name.extend_from_slice(disposed.as_bytes());
+    name.extend_from_slice(&1u32.to_be_bytes());
+    let file = tmp.path().join("b.pvb");
+    fx.vault.create_backup(&fx.admin, &file, 30).unwrap();
+    fx.vault
+        .dispose(&fx.officer, &request(DisposalScope::Record(disposed)))
+        .unwrap();
+    let dir = fx.dir.clone();
+    let fx = fx.reopened_after(|vault| {
+        vault.close().expect("close");
+        let path = dir.join("records");
+        let cfs = rocksdb::DB::list_cf(&rocksdb::Options::default(), &path).expect("cfs");
+        let db = rocksdb::DB::open_cf(&rocksdb::Options::default(), &path, cfs).expect("records");
+        // The tombstone goes too: the key's search cannot rest on its subject.
+        for gone in [missing, disposed] {
+            db.delete_cf(&db.cf_handle("records").unwrap(), gone.as_bytes())
+                .unwrap();
+        }
+        db.flush().unwrap();
+    });
+    let schema = format!("pv_{}", hex::encode(fx.vault.id().as_bytes()));
+    su(&format!(
+        "INSERT INTO {schema}.deks VALUES ({bucket}, '\\x{}', '\\x{}')",
+        hex::encode(&name),
+        hex::encode(&dek)
+    ));
+    match fx.vault.restore_backup(&fx.admin, &file) {
+        Err(Error::Integrity(m)) => assert!(m.contains("has a key"), "{m}"),
+        other => panic!("the restore went over a disposed record's key planted back: {other:?}"),
+    }
+    assert!(
+        matches!(
+            fx.vault.get_record(&fx.clerk, missing, &[], None),
+            Err(Error::NotFound(_))
+        ),
+        "the failed restore wrote a record back"
+    );
+    su(&format!(
+        "DELETE FROM {schema}.deks WHERE k = '\\x{}'",
+        hex::encode(&name)
+    ));
+    fx.vault.close().unwrap();
+}

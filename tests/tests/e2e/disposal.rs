@@ -1073,7 +1073,7 @@ fn crash_round(step: &str) {
     let epoch_before = fx.vault.epoch();
     close(fx);
 
-    crash_at(tmp.path(), &dir, target.id, step);
+    crash_at(tmp.path(), &dir, &target.id.to_string(), step);
 
     // Reopen: the batch resumes and completes before the vault serves.
     let vault = Vault::open(
@@ -1197,9 +1197,10 @@ fn crash_round(step: &str) {
 }
 
 /// Runs `disposal-crash` on the closed vault in `dir` (its secrets in files
-/// under `tmp`): the officer disposes of `record`, and the child aborts when
-/// the batch reaches `step`.
-fn crash_at(tmp: &Path, dir: &Path, record: RecordId, step: &str) {
+/// under `tmp`): the officer disposes of `target` (a record ID), and the
+/// child aborts when the batch reaches `step`; or, with a `backup_` step,
+/// writes a backup to `target` (a path) and aborts at that step of it.
+pub(crate) fn crash_at(tmp: &Path, dir: &Path, target: &str, step: &str) {
     let secrets = tmp.join("secrets");
     fs::create_dir(&secrets).unwrap();
     fs::set_permissions(&secrets, fs::Permissions::from_mode(0o700)).unwrap();
@@ -1216,7 +1217,7 @@ fn crash_at(tmp: &Path, dir: &Path, record: RecordId, step: &str) {
             "officer".as_ref(),
             pw.as_os_str(),
         ])
-        .arg(record.to_string())
+        .arg(target)
         .arg(step)
         .stdin(Stdio::null())
         .output()
@@ -1289,7 +1290,7 @@ fn a_bucket_key_put_back_after_a_stop_before_the_ratchet_fails_the_resumed_batch
             .unwrap()
             .expect("the bucket's key row")
     });
-    crash_at(tmp.path(), &dir, target.id, "buckets_rotated");
+    crash_at(tmp.path(), &dir, &target.id.to_string(), "buckets_rotated");
     edit_rocks(&dir.join("keystore"), |db| {
         let cf = db.cf_handle("buckets").unwrap();
         assert_ne!(
@@ -1344,7 +1345,7 @@ fn a_live_row_put_back_after_a_stop_once_verified_fails_the_resumed_batch() {
             .unwrap()
     })
     .expect("the record's row");
-    crash_at(tmp.path(), &dir, target.id, "verified");
+    crash_at(tmp.path(), &dir, &target.id.to_string(), "verified");
     edit_rocks(&records, |db| {
         db.put_cf(
             &db.cf_handle("records").unwrap(),

@@ -1957,3 +1957,181 @@ fn a_restore_over_a_disposed_record_put_back_live_writes_nothing() {
     );
     fx.vault.close().unwrap();
 }
+
+/// A subject in bucket `bucket` (`same`) or outside it.
+fn subject_by_bucket(f: &Fixture, bucket: u32, same: bool) -> vault_core::ids::SubjectId {
+    loop {
+        let s = vault_core::ids::SubjectId::new();
+        if (f.vault.keystore().bucket_of(s) == bucket) == same {
+            return s;
+        }
+    }
+}
+
+/// A record of `subject`, stored by the clerk.
+fn a_record_of(f: &Fixture, subject: vault_core::ids::SubjectId) -> vault_core::ids::RecordId {
+    f.vault
+        .put_record(
+            &f.clerk,
+            common::CUSTOMERS,
+            subject,
+            &serde_json::json!({"given_name": "Ann", "family_name": "Doe", "ssn": "212-34-5678"}),
+        )
+        .expect("put")
+}
+
+/// A record row's subject is in clear beside its envelope, which binds it:
+/// a row an insider changed no longer reads, and the subject it names is
+/// unverified. A disposal checked holds against that subject and deleted
+/// keys in its bucket, so, with the vault stopped and a row's subject
+/// changed:
+/// - to a subject of the held subject's bucket, a disposal went past the
+///   hold on the true subject: now refused as held (a hold on any subject
+///   of that bucket may be its own);
+/// - to a subject of another bucket, the disposal certified a record whose
+///   keys it never touched (they are in the true subject's bucket): now
+///   refused by name, left out of a wider scope, saying why;
+/// - a held record's to a subject of a bucket no hold touches, its key
+///   deleted too (so no key shows its true bucket): now refused as held
+///   (with no key to go by, a hold on any subject may be its own);
+/// - a restore's repair of either (it deletes the current keys) leaves it
+///   as it is.
+///
+/// A record whose envelope was damaged, in a bucket no hold touches, is
+/// still disposed of (the check must not stop every damaged record).
+#[test]
+fn a_record_row_whose_subject_was_changed_is_neither_disposed_past_a_hold_nor_certified_with_its_keys_left()
+ {
+    use vault_core::vault::{DisposalParties, DisposalRequest, DisposalScope, ROW_SUBJECT_CHANGED};
+    let tmp = tempfile::tempdir().unwrap();
+    let fx = common::fast_vault_with(&tmp.path().join("vault"), None, None);
+    let ks = |s| fx.vault.keystore().bucket_of(s);
+    let held_subject = vault_core::ids::SubjectId::new();
+    let held = a_record_of(&fx, held_subject);
+    fx.vault
+        .add_hold(&fx.officer, None, Some(held_subject), "litigation")
+        .unwrap();
+    let moved_subject = subject_by_bucket(&fx, ks(held_subject), false);
+    let moved = a_record_of(&fx, moved_subject);
+    let gone_subject = subject_by_bucket(&fx, ks(held_subject), false);
+    let gone = a_record_of(&fx, gone_subject);
+    fx.vault
+        .add_hold(&fx.officer, None, Some(gone_subject), "litigation")
+        .unwrap();
+    let held_buckets = [ks(held_subject), ks(gone_subject)];
+    let unheld = |avoid: u32| loop {
+        let s = vault_core::ids::SubjectId::new();
+        if !held_buckets.contains(&ks(s)) && ks(s) != avoid {
+            break s;
+        }
+    };
+    let damaged = a_record_of(&fx, unheld(ks(moved_subject)));
+    let gone_dek = {
+        let mut name = ks(gone_subject).to_be_bytes().to_vec();
+        name.extend_from_slice(gone.as_bytes());
+        name.extend_from_slice(&1u32.to_be_bytes());
+        name
+    };
+    let backup = tmp.path().join("b.pvb");
+    fx.vault.create_backup(&fx.admin, &backup, 30).unwrap();
+    // The held record's row names another subject of its bucket; the
+    // moved one's a subject of a third bucket; the other held one's a
+    // subject of a bucket no hold touches, its key deleted; the damaged
+    // one's envelope has a byte flipped.
+    let same_bucket = subject_by_bucket(&fx, ks(held_subject), true);
+    let elsewhere = loop {
+        let s = subject_by_bucket(&fx, ks(moved_subject), false);
+        if ks(s) != ks(held_subject) {
+            break s;
+        }
+    };
+    let nowhere = unheld(ks(gone_subject));
+    let vault_dir = fx.dir.clone();
+    let fx = fx.reopened_after(|vault| {
+        vault.close().expect("close");
+        let path = vault_dir.join("keystore");
+        let cfs = rocksdb::DB::list_cf(&rocksdb::Options::default(), &path).expect("cfs");
+        let db = rocksdb::DB::open_cf(&rocksdb::Options::default(), &path, cfs).expect("keystore");
+        db.delete_cf(&db.cf_handle("deks").unwrap(), &gone_dek)
+            .unwrap();
+        db.flush().unwrap();
+        drop(db);
+        edit_records(&vault_dir, &|db| {
+            let h = db.cf_handle("records").unwrap();
+            for (id, to) in [
+                (held, Some(same_bucket)),
+                (moved, Some(elsewhere)),
+                (gone, Some(nowhere)),
+                (damaged, None),
+            ] {
+                let mut row = db.get_cf(&h, id.as_bytes()).unwrap().expect("row");
+                match to {
+                    Some(s) => row[6..22].copy_from_slice(s.as_bytes()),
+                    None => *row.last_mut().unwrap() ^= 1,
+                }
+                db.put_cf(&h, id.as_bytes(), &row).unwrap();
+            }
+        });
+    });
+    let request = |scope| DisposalRequest {
+        scope,
+        parties: DisposalParties {
+            data_owner: "Example Retail LLC".into(),
+            ..DisposalParties::default()
+        },
+        dry_run: false,
+    };
+    match fx
+        .vault
+        .dispose(&fx.officer, &request(DisposalScope::Record(held)))
+    {
+        Err(Error::LegalHold) => {}
+        other => panic!("a disposal went past the hold on the true subject: {other:?}"),
+    }
+    match fx
+        .vault
+        .dispose(&fx.officer, &request(DisposalScope::Record(gone)))
+    {
+        Err(Error::LegalHold) => {}
+        other => {
+            panic!("a disposal went past the hold on a keyless record's true subject: {other:?}")
+        }
+    }
+    match fx
+        .vault
+        .dispose(&fx.officer, &request(DisposalScope::Record(moved)))
+    {
+        Err(Error::Integrity(m)) => assert!(m.contains("another subject's bucket"), "{m}"),
+        other => panic!("a record whose keys are in another bucket was disposed of: {other:?}"),
+    }
+    let out = fx
+        .vault
+        .dispose(
+            &fx.officer,
+            &request(DisposalScope::Records(vec![held, moved, gone, damaged])),
+        )
+        .expect("the damaged record is disposed of");
+    assert_eq!(out.records, vec![damaged], "{out:?}");
+    let why: std::collections::HashMap<_, _> = out.excluded.iter().cloned().collect();
+    assert!(why[&held].starts_with("legal hold"), "{why:?}");
+    assert!(why[&gone].starts_with("legal hold"), "{why:?}");
+    assert_eq!(why[&moved], ROW_SUBJECT_CHANGED, "{why:?}");
+    // Their keys are where they were: nothing touched them.
+    for (id, s) in [(held, held_subject), (moved, moved_subject)] {
+        assert_eq!(
+            fx.vault.keystore().record_keys(s, id).unwrap().len(),
+            1,
+            "record {id}'s key"
+        );
+    }
+    let rep = fx.vault.restore_backup(&fx.admin, &backup).unwrap();
+    assert_eq!((rep.repaired, rep.held_unrepaired), (0, 3), "{rep:?}");
+    for (id, s) in [(held, held_subject), (moved, moved_subject)] {
+        assert_eq!(
+            fx.vault.keystore().record_keys(s, id).unwrap().len(),
+            1,
+            "the restore's repair deleted record {id}'s key"
+        );
+    }
+    fx.vault.close().unwrap();
+}
