@@ -329,6 +329,17 @@ pub const IN_UNFINISHED_BATCH: &str =
 /// [`DisposalOutcome::excluded`]; one record asked for by name is refused).
 pub const ROW_SUBJECT_CHANGED: &str = "its row does not read and its keys are under another subject's bucket: the row was changed without the vault's key";
 
+/// Why a record whose row does not read is left out when a held subject
+/// shares its key bucket (no hold's reason: the hold may be another
+/// subject's).
+const UNREAD_HELD_BUCKET: &str = "legal hold on a subject that may be its own (its row does not read, so the subject it names is unverified, and a held subject shares its key bucket)";
+/// Why one is left out whose keys are gone or do not unwrap while any
+/// subject is held.
+const UNREAD_HELD_ANYWHERE: &str = "legal hold on a subject that may be its own (its row does not read and its keys are gone or do not unwrap, so nothing shows whose it is)";
+/// Why a contractor's batch leaves out a record whose row does not read
+/// and that their scope does not name by ID: its collection is unverified.
+pub const UNREAD_OUTSIDE_NAMED_SCOPE: &str = "its row does not read, so the collection it names (and your scope over it) is unverified; only a record your scope names by ID is disposed of so";
+
 /// What stands against disposing of, or repairing, a record whose row does
 /// not read ([`Vault::unread_rows_check`]).
 pub(crate) enum UnreadRow {
@@ -905,11 +916,13 @@ impl Vault {
         }
         let ids: BTreeSet<RecordId> = rows.iter().map(|(id, _)| *id).collect();
         let keys = self.keystore.keys_anywhere(root, epoch, &ids)?;
-        let mut subject_holds: Vec<(u32, String)> = Vec::new();
-        for (k, v) in self.store.scan_prefix(store::CF_HOLDS, b"s")? {
+        // The buckets of held subjects. Never their reasons: a hold on
+        // another subject may be behind the exclusion, and its reason must
+        // not reach this record's outcome, certificate or contractor.
+        let mut held_buckets: BTreeSet<u32> = BTreeSet::new();
+        for (k, _) in self.store.scan_prefix(store::CF_HOLDS, b"s")? {
             let held = SubjectId::from_slice(k.get(1..).ok_or(Error::Integrity("hold"))?)?;
-            let h: HoldRow = serde_json::from_slice(&v).map_err(|_| Error::Integrity("hold"))?;
-            subject_holds.push((self.keystore.bucket_of(held), h.reason));
+            held_buckets.insert(self.keystore.bucket_of(held));
         }
         for (id, row) in rows {
             let own = self.keystore.bucket_of(row.subject);
@@ -919,19 +932,15 @@ impl Vault {
             } else if found.iter().any(|(b, _)| *b != own) {
                 UnreadRow::Moved
             } else if !found.is_empty() && found.iter().all(|(_, unwraps)| *unwraps) {
-                match subject_holds.iter().find(|(b, _)| *b == own) {
-                    Some((_, reason)) => UnreadRow::Held(format!(
-                        "legal hold on a subject that may be its own (its row does not read, so the subject it names is unverified, and that subject shares its key bucket): {reason}"
-                    )),
-                    None => UnreadRow::Clear,
+                if held_buckets.contains(&own) {
+                    UnreadRow::Held(UNREAD_HELD_BUCKET.to_owned())
+                } else {
+                    UnreadRow::Clear
                 }
+            } else if held_buckets.is_empty() {
+                UnreadRow::Clear
             } else {
-                match subject_holds.first() {
-                    Some((_, reason)) => UnreadRow::Held(format!(
-                        "legal hold on a subject that may be its own (its row does not read and its keys are gone or do not unwrap, so nothing shows whose it is): {reason}"
-                    )),
-                    None => UnreadRow::Clear,
-                }
+                UnreadRow::Held(UNREAD_HELD_ANYWHERE.to_owned())
             };
             out.insert(*id, verdict);
         }
@@ -1215,6 +1224,17 @@ impl Vault {
         let mut residences = residences;
         let locked = (|| {
             self.isolation.check_fence()?;
+            // The user and, for a contractor, the scope as they are now: an
+            // admin may have disabled the account, or revoked or narrowed
+            // the scope, while this batch waited for the lock.
+            self.authorize_own(s)?;
+            let scope_now = if by_contractor {
+                Some(self.contractor_filter(s)?.ok_or(Error::PermissionDenied(
+                    "dispose of records outside your assigned scope",
+                ))?)
+            } else {
+                None
+            };
             let mut kept = Vec::new();
             let mut unread = Vec::new();
             let mut excluded = excluded.clone();
@@ -1226,6 +1246,13 @@ impl Vault {
                     || self.in_unfinished_batch(*id, &req.scope, &mut excluded)?
                 {
                     continue;
+                }
+                if let Some(sc) = &scope_now
+                    && !Self::in_contractor_scope(sc, *id, &row)
+                {
+                    return Err(Error::PermissionDenied(
+                        "dispose of records outside your assigned scope",
+                    ));
                 }
                 if let Some(why) = self.hold_on(*id, row.subject)? {
                     excluded.push((*id, why));
@@ -1258,6 +1285,18 @@ impl Vault {
                 drop(epoch);
                 for id in &unread {
                     let why = match checks.remove(id) {
+                        Some(UnreadRow::Clear)
+                            if scope_now
+                                .as_ref()
+                                .is_some_and(|sc| !sc.records.contains(&id.to_string())) =>
+                        {
+                            if matches!(req.scope, DisposalScope::Record(_)) {
+                                return Err(Error::PermissionDenied(
+                                    "dispose of records outside your assigned scope",
+                                ));
+                            }
+                            UNREAD_OUTSIDE_NAMED_SCOPE.to_owned()
+                        }
                         Some(UnreadRow::Clear) => continue,
                         Some(UnreadRow::Moved) if matches!(req.scope, DisposalScope::Record(_)) => {
                             return Err(Error::Integrity(
@@ -2786,10 +2825,15 @@ impl Vault {
                 Permission::ReadAudit,
             ],
         )?;
+        // A contractor sees only the batches they carried out.
+        let contractor = self.contractor_filter(s)?.is_some();
         let mut out = Vec::new();
         for (_, v) in self.store.scan_prefix(store::CF_DISPOSALS, &[])? {
             let b: BatchRow =
                 serde_json::from_slice(&v).map_err(|_| Error::Integrity("disposal batch"))?;
+            if contractor && b.contractor.as_deref() != Some(s.user.to_string().as_str()) {
+                continue;
+            }
             out.push(DisposalSummary {
                 id: b.id.parse()?,
                 certificate_id: b.certificate_id.parse()?,
@@ -2806,7 +2850,18 @@ impl Vault {
 
     // ----- certificates ---------------------------------------------------
 
-    /// A stored certificate (officer, auditor, contractor, admin).
+    /// Whether `s` may read certificate `cert`: anyone signed in, but a
+    /// contractor only the certificates of the batches they carried out (the
+    /// others name records, collections and exclusions outside their
+    /// scope; REQ-DISP-02).
+    fn may_read_certificate(&self, s: &Session, cert: &Certificate) -> Result<bool> {
+        Ok(self.contractor_filter(s)?.is_none()
+            || cert.body["parties"]["contractor"]["user_id"].as_str()
+                == Some(s.user.to_string().as_str()))
+    }
+
+    /// A stored certificate (officer, auditor, admin, and the contractor who
+    /// carried out its batch).
     pub fn certificate(&self, s: &Session, id: CertificateId) -> Result<Certificate> {
         self.authorize(s, None)?;
         let bytes = self
@@ -2816,6 +2871,9 @@ impl Vault {
         let cert = Certificate::parse(
             std::str::from_utf8(&bytes).map_err(|_| Error::Integrity("certificate"))?,
         )?;
+        if !self.may_read_certificate(s, &cert)? {
+            return Err(Error::NotFound("certificate"));
+        }
         self.audit(
             Some(s.user),
             &s.ctx,
@@ -2857,6 +2915,9 @@ impl Vault {
             let cert = Certificate::parse(
                 std::str::from_utf8(&bytes).map_err(|_| Error::Integrity("certificate"))?,
             )?;
+            if !self.may_read_certificate(s, &cert)? {
+                return Err(Error::NotFound("certificate"));
+            }
             let cert_id = id.to_string();
             let mut batch = None;
             for (_, v) in self.store.scan_prefix(store::CF_DISPOSALS, &[])? {
@@ -2910,11 +2971,18 @@ impl Vault {
         drafts_only: bool,
     ) -> Result<Vec<CertificateSummary>> {
         self.authorize(s, None)?;
+        let contractor = self.contractor_filter(s)?.is_some();
         let mut out = Vec::new();
         self.store.for_each(store::CF_CERTIFICATES, |_, value| {
             let cert = Certificate::parse(
                 std::str::from_utf8(value).map_err(|_| Error::Integrity("certificate"))?,
             )?;
+            if contractor
+                && cert.body["parties"]["contractor"]["user_id"].as_str()
+                    != Some(s.user.to_string().as_str())
+            {
+                return Ok(());
+            }
             let b = &cert.body;
             let text = |v: &Value| v.as_str().map(str::to_owned);
             let status = cert.status().unwrap_or("unknown").to_owned();
@@ -2979,6 +3047,10 @@ impl Vault {
             if let Some(t) = title {
                 crate::audit::check_text("title", t, PARTY_MAX_CHARS)?;
             }
+            // Read, re-signed and written back under the certificates'
+            // lock: a co-signature (or another validation) racing it would
+            // otherwise be lost, or undo it.
+            let _one = self.certificate_lock.lock().expect("certificate lock");
             let bytes = self
                 .store
                 .get(store::CF_CERTIFICATES, id.as_bytes())?
@@ -3035,6 +3107,8 @@ impl Vault {
                 )
             })?;
             let key = certificate::parse_public_key(&key_hex)?;
+            // As a validation: read, signed and written under the lock.
+            let _one = self.certificate_lock.lock().expect("certificate lock");
             let bytes = self
                 .store
                 .get(store::CF_CERTIFICATES, id.as_bytes())?

@@ -268,14 +268,25 @@ impl Vault {
                 format!("encryption:{encryption}"),
             ]
         };
-        self.audit(
+        if let Err(e) = self.audit(
             Some(s.user),
             &s.ctx,
             "records.export",
             targets(planned.len()),
             Ok(()),
             Some(reason),
-        )?;
+        ) {
+            // Nothing was read: the ledger says it failed with nothing
+            // written, not "in progress" for ever on every certificate.
+            row.state = "failed".into();
+            let _ = self.store.put_synced(
+                store::CF_EXPORTS,
+                &row_key(&export_id),
+                &serde_json::to_vec(&row).expect("serialisable"),
+                true,
+            );
+            return Err(e);
+        }
         let mut exported: Vec<RecordId> = Vec::new();
         let mut subjects: BTreeSet<SubjectId> = BTreeSet::new();
         let r = self.write_export(
@@ -344,9 +355,14 @@ impl Vault {
                     "created_at": format_ms(rec.created_ms), "updated_at": format_ms(rec.updated_ms),
                     "fields": Value::Object(body),
                 });
-                writeln!(sink, "{line}").map_err(io_err)?;
+                let mut bytes =
+                    zeroize::Zeroizing::new(serde_json::to_vec(&line).expect("serialisable"));
+                bytes.push(b'\n');
+                // Counted before its first byte goes out: a write cut
+                // midway may already have put its fields in the output.
                 exported.push(*id);
                 subjects.insert(rec.subject);
+                sink.write_all(&bytes).map_err(io_err)?;
             }
             Ok(())
         };
@@ -365,9 +381,6 @@ impl Vault {
         Ok(())
     }
 
-    /// The exports holding any of `records` (their rows), for a disposal's
-    /// certificate: a started export counts with its plan, an ended one
-    /// with what it wrote.
     /// One export's ledger row, by its ID as the audit trail names it.
     pub(crate) fn export_row(&self, export_id: &str) -> Result<Option<ExportRow>> {
         let Ok(id) = export_id.parse::<uuid::Uuid>() else {
@@ -379,6 +392,9 @@ impl Vault {
             .transpose()
     }
 
+    /// The exports holding any of `records` (their rows), for a disposal's
+    /// certificate: a started export counts with its plan, an ended one
+    /// with what it wrote.
     pub(crate) fn exports_holding(&self, records: &[RecordId]) -> Result<Vec<Value>> {
         let batch: BTreeSet<String> = records.iter().map(|r| r.to_string()).collect();
         let mut ids = BTreeSet::new();
@@ -386,17 +402,23 @@ impl Vault {
             let mut prefix = b"r".to_vec();
             prefix.extend_from_slice(r.as_bytes());
             for (k, _) in self.store.scan_prefix(store::CF_EXPORTS, &prefix)? {
-                if let Some(e) = k.get(17..33) {
-                    ids.insert(e.to_vec());
-                }
+                ids.insert(
+                    k.get(17..33)
+                        .ok_or(Error::Integrity("export ledger"))?
+                        .to_vec(),
+                );
             }
         }
         let mut out = Vec::new();
         for e in ids {
             let mut key = b"x".to_vec();
             key.extend_from_slice(&e);
+            // An index row without its export's row: the ledger was changed
+            // without the vault (the state digest should have said so).
             let Some(v) = self.store.get(store::CF_EXPORTS, &key)? else {
-                continue;
+                return Err(Error::Integrity(
+                    "export ledger (an index row without its export)",
+                ));
             };
             let row: ExportRow =
                 serde_json::from_slice(&v).map_err(|_| Error::Integrity("export ledger"))?;

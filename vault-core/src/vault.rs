@@ -78,7 +78,7 @@ pub use disposal::{
     CertificateSummary, ContractorInfo, ContractorScope, DisposalOutcome, DisposalParties,
     DisposalRequest, DisposalScope, DisposalSummary, Hold, IN_UNFINISHED_BATCH,
     PREVIEW_RESIDENCE_MAX, ROW_SUBJECT_CHANGED, RetentionPolicy, STEPS as DISPOSAL_STEPS,
-    plan_fingerprint,
+    UNREAD_OUTSIDE_NAMED_SCOPE, plan_fingerprint,
 };
 pub use export::{EXPORT_FORMAT, ExportOutcome, ExportRecipient, ExportRequest, ExportScope};
 pub use housekeeping::{MAX_SCHEDULE_HOURS, RetentionSchedule};
@@ -430,6 +430,9 @@ pub struct Vault {
     dummy_phc: String,
     /// One disposal batch (or restore, backup, maintenance ratchet) at a time.
     disposal_lock: Mutex<()>,
+    /// One change of a stored certificate at a time (a validation, a
+    /// co-signature): each reads, signs and writes the whole file.
+    certificate_lock: Mutex<()>,
     /// The byte scan's needles of each batch whose keys a run in this
     /// process deleted and that is not yet verified, so that its retry here
     /// scans again (`disposal.rs`).
@@ -946,6 +949,7 @@ impl Vault {
             active_officers: AtomicUsize::new(0),
             dummy_phc,
             disposal_lock: Mutex::new(()),
+            certificate_lock: Mutex::new(()),
             kept_needles: Mutex::new(std::collections::HashMap::new()),
             kept_backup_keys: Mutex::new(std::collections::HashMap::new()),
             isolation: isolation::Isolation::new(info.buckets),

@@ -1727,3 +1727,69 @@ fn listings_racing_backup_creations_never_destroy_one_under_way() {
         );
     }
 }
+
+/// A validation and a co-signature of the same certificate at once: each
+/// reads, signs and writes the whole file, so, racing, the one written last
+/// undid the other while both answered success (a co-signature lost, or
+/// the validation written over by the draft). Now one at a time: each call
+/// that answers success is in the stored certificate.
+#[test]
+fn a_validation_and_a_cosignature_racing_both_stay_when_both_succeed() {
+    let tmp = temp();
+    let fx = Arc::new(common::fast_vault(&tmp.path().join("vault")));
+    let key = vault_core::ed25519_dalek::SigningKey::from_bytes(&[41; 32]);
+    fx.vault
+        .assign_contractor(
+            &fx.admin,
+            "contractor",
+            vault_core::vault::ContractorScope {
+                collections: vec![CUSTOMERS.into()],
+                records: vec![],
+                public_key: Some(hex::encode(key.verifying_key().as_bytes())),
+            },
+        )
+        .unwrap();
+    for n in 0..12 {
+        let id = fx
+            .vault
+            .put_record(&fx.clerk, CUSTOMERS, SubjectId::new(), &body(n))
+            .unwrap();
+        let cert = fx
+            .vault
+            .dispose(&fx.contractor, &request(DisposalScope::Record(id)))
+            .unwrap()
+            .certificate_id
+            .unwrap();
+        let draft = fx.vault.certificate(&fx.officer, cert).unwrap();
+        let sig = vault_core::cosign::sign(&draft, &key).unwrap();
+        let gate = Arc::new(Barrier::new(2));
+        let validate = {
+            let (fx, gate) = (fx.clone(), gate.clone());
+            std::thread::spawn(move || {
+                gate.wait();
+                fx.vault.validate_certificate(&fx.officer, cert, None)
+            })
+        };
+        gate.wait();
+        let cosigned = fx.vault.cosign_certificate(&fx.contractor, cert, &sig);
+        let validated = validate.join().unwrap();
+        let stored = fx.vault.certificate(&fx.officer, cert).unwrap();
+        if validated.is_ok() {
+            assert_eq!(
+                stored.status(),
+                Some("validated"),
+                "round {n}: the validation was undone"
+            );
+        }
+        if cosigned.is_ok() {
+            assert!(
+                stored.signature("contractor").is_some(),
+                "round {n}: the co-signature was lost"
+            );
+        }
+        assert!(
+            validated.is_ok() || cosigned.is_ok(),
+            "round {n}: both failed"
+        );
+    }
+}

@@ -697,3 +697,106 @@ fn an_auditor_validates_the_only_officers_certificate_and_cosignatures_survive()
         "{r:?}"
     );
 }
+
+/// A contractor reads only the certificates and batches of disposals they
+/// carried out: another disposal's certificate names records, collections
+/// and exclusions outside their scope (REQ-DISP-02). Before, any signed-in
+/// user read every certificate, its record proofs and the batch list.
+#[test]
+fn a_contractor_reads_only_the_certificates_and_batches_of_their_own_disposals() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fx = common::fast_vault(&tmp.path().join("vault"));
+    register(&fx, "contractor", &contractor_key(31));
+    let (officers_record, officers) = dispose_one(&fx, &fx.officer, 1);
+    let (_, own) = dispose_one(&fx, &fx.contractor, 2);
+    match fx.vault.certificate(&fx.contractor, officers) {
+        Err(vault_core::Error::NotFound(_)) => {}
+        other => panic!("a contractor read another disposal's certificate: {other:?}"),
+    }
+    assert!(
+        fx.vault
+            .certificate_proof(&fx.contractor, officers, officers_record)
+            .is_err(),
+        "a contractor proved a record of another disposal"
+    );
+    fx.vault.certificate(&fx.contractor, own).unwrap();
+    let listed: Vec<String> = fx
+        .vault
+        .list_certificates(&fx.contractor, false)
+        .unwrap()
+        .into_iter()
+        .map(|c| c.id)
+        .collect();
+    assert_eq!(listed, vec![own.to_string()]);
+    let batches: Vec<CertificateId> = fx
+        .vault
+        .disposals(&fx.contractor)
+        .unwrap()
+        .into_iter()
+        .map(|b| b.certificate_id)
+        .collect();
+    assert_eq!(batches, vec![own]);
+    assert_eq!(
+        fx.vault
+            .list_certificates(&fx.officer, false)
+            .unwrap()
+            .len(),
+        2
+    );
+    assert_eq!(fx.vault.disposals(&fx.officer).unwrap().len(), 2);
+}
+
+/// A contractor's batch checks their account and scope again once it holds
+/// the batch lock: an admin who revokes the scope, or disables the account,
+/// while the batch waits for the lock (another batch running) stops it.
+/// Before, the scope was checked only at the plan, before the wait.
+#[test]
+fn a_contractor_revoked_or_disabled_while_their_batch_waits_disposes_of_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fx = std::sync::Arc::new(common::fast_vault(&tmp.path().join("vault")));
+    for (cut, expect) in [("revoke", "permission"), ("disable", "session")] {
+        register(&fx, "contractor", &contractor_key(32));
+        let contractor = common::login(&fx.vault, "contractor");
+        let id = fx
+            .vault
+            .put_record(&fx.clerk, CUSTOMERS, SubjectId::new(), &customer(7))
+            .unwrap();
+        let weak = std::sync::Arc::downgrade(&fx);
+        fx.vault.set_crash_hook(Some(Box::new(move |step: &str| {
+            if step == "planned"
+                && let Some(fx) = weak.upgrade()
+            {
+                match cut {
+                    "revoke" => fx
+                        .vault
+                        .revoke_contractor(&fx.admin, "contractor")
+                        .map(|_| ()),
+                    _ => fx.vault.disable_user(&fx.admin, "contractor").map(|_| ()),
+                }
+                .expect("the admin's change");
+            }
+        })));
+        let r = fx.vault.dispose(
+            &contractor,
+            &DisposalRequest {
+                scope: DisposalScope::Record(id),
+                parties: DisposalParties {
+                    data_owner: "Example Retail LLC".into(),
+                    ..DisposalParties::default()
+                },
+                dry_run: false,
+            },
+        );
+        fx.vault.set_crash_hook(None);
+        match (expect, &r) {
+            ("permission", Err(vault_core::Error::PermissionDenied(_)))
+            | ("session", Err(vault_core::Error::SessionInvalid)) => {}
+            _ => panic!("{cut}: the batch went on: {r:?}"),
+        }
+        assert!(
+            fx.vault.get_record(&fx.officer, id, &[], None).is_ok(),
+            "{cut}: the record stays"
+        );
+    }
+    assert!(fx.vault.disposals(&fx.officer).unwrap().is_empty());
+}

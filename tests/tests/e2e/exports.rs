@@ -537,8 +537,9 @@ impl Write for Breaks {
     }
 }
 
-/// An export that fails midway is audited with what it wrote, and a later
-/// certificate still lists the records it wrote.
+/// An export that fails midway is audited with what it wrote (and the
+/// record whose line the sink refused), and a later certificate still lists
+/// the records it wrote.
 #[test]
 fn an_export_that_fails_midway_is_audited_and_listed() {
     let tmp = tempfile::tempdir().unwrap();
@@ -564,8 +565,9 @@ fn an_export_that_fails_midway_is_audited_and_listed() {
     let end = events.last().unwrap();
     assert_eq!(end.action, "records.exported");
     assert_eq!(end.outcome, Outcome::Failed);
+    // And the record whose line the sink refused: part of it may be out.
     assert!(
-        end.targets.contains(&format!("count:{wrote}")),
+        end.targets.contains(&format!("count:{}", wrote + 1)),
         "the end event counts the records written: {:?}",
         end.targets
     );
@@ -963,4 +965,73 @@ fn an_incident_export_holds_the_affected_subjects_records_encrypted() {
             && e.targets.iter().any(|t| t == "count:3")),
         "audited with the incident and the count"
     );
+}
+
+/// A record whose line an export's sink cut midway (its fields may be in
+/// the output already) is counted as exported: a later certificate lists
+/// the failed export holding it. Before, a record was counted only once its
+/// whole line was written, so an export cut inside its first record's line
+/// was left off the certificate.
+#[test]
+fn a_record_cut_midway_by_the_sink_counts_as_exported() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fx = common::fast_vault(&tmp.path().join("vault"));
+    let s = SubjectId::new();
+    store(&fx, s, 0, 1);
+    // The whole export's length, and its header's, to cut inside the record.
+    let mut whole = Breaks {
+        written: Vec::new(),
+        limit: usize::MAX,
+    };
+    fx.vault
+        .export_records(
+            &fx.officer,
+            &plaintext(ExportScope::Subject(s), "sizing"),
+            &mut whole,
+        )
+        .unwrap();
+    let header = whole.written.iter().position(|b| *b == b'\n').unwrap() + 1;
+    let mut w = Breaks {
+        written: Vec::new(),
+        limit: header + (whole.written.len() - header) / 2,
+    };
+    fx.vault
+        .export_records(
+            &fx.officer,
+            &plaintext(ExportScope::Subject(s), "backup copy"),
+            &mut w,
+        )
+        .unwrap_err();
+    let body = dispose_subject(&fx, s);
+    let copies = body["target"]["copies_outside_vault"].as_array().unwrap();
+    let failed: Vec<&Value> = copies
+        .iter()
+        .filter(|c| c["state"].as_str().unwrap_or("").starts_with("failed"))
+        .collect();
+    assert_eq!(failed.len(), 1, "the cut export is listed: {copies:?}");
+    assert_eq!(failed[0]["records_of_this_batch"], 1, "{copies:?}");
+}
+
+/// An export whose first audit event cannot be written read nothing: its
+/// ledger row says it failed with nothing written, and a later certificate
+/// does not list it as "in progress" (before, the row stayed `started`, and
+/// every later certificate counted its plan as a copy in progress).
+#[test]
+fn an_export_stopped_by_its_first_audit_event_is_no_copy_on_a_certificate() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fx = common::fast_vault(&tmp.path().join("vault"));
+    let s = SubjectId::new();
+    store(&fx, s, 0, 2);
+    fx.vault.set_audit_failure(true);
+    let mut out = Vec::new();
+    let r = fx.vault.export_records(
+        &fx.officer,
+        &plaintext(ExportScope::Subject(s), "backup copy"),
+        &mut out,
+    );
+    fx.vault.set_audit_failure(false);
+    assert!(r.is_err(), "{r:?}");
+    assert!(out.is_empty(), "nothing was written");
+    let body = dispose_subject(&fx, s);
+    assert_eq!(body["target"]["copies_outside_vault"], json!([]), "{body}");
 }

@@ -2135,3 +2135,87 @@ fn a_record_row_whose_subject_was_changed_is_neither_disposed_past_a_hold_nor_ce
     }
     fx.vault.close().unwrap();
 }
+
+/// A contractor's scope by collection rests on the collection a record's
+/// row names, which is in clear beside the envelope that binds it: an
+/// insider with the files who changed an out-of-scope record's row to name
+/// the contractor's collection put it in their scope (the row then no
+/// longer reads, and nothing else stopped the disposal). Now a row that
+/// does not read is disposed of by a contractor only when their scope names
+/// it by ID: refused by name, left out of a wider scope, saying why.
+#[test]
+fn a_record_moved_into_a_contractors_collection_by_its_row_is_not_theirs_to_dispose() {
+    use vault_core::vault::{
+        ContractorScope, DisposalParties, DisposalRequest, DisposalScope,
+        UNREAD_OUTSIDE_NAMED_SCOPE,
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let fx = common::fast_vault_with(&tmp.path().join("vault"), None, None);
+    // Same length as `customers`, so only the name's bytes change.
+    fx.vault
+        .create_collection(&fx.admin, "suppliers", &common::customers_schema())
+        .unwrap();
+    fx.vault
+        .assign_contractor(
+            &fx.admin,
+            "contractor",
+            ContractorScope {
+                collections: vec![common::CUSTOMERS.into()],
+                records: vec![],
+                public_key: None,
+            },
+        )
+        .unwrap();
+    let outside = fx
+        .vault
+        .put_record(
+            &fx.clerk,
+            "suppliers",
+            vault_core::ids::SubjectId::new(),
+            &serde_json::json!({"given_name": "Ann", "family_name": "Doe", "ssn": "212-34-5678"}),
+        )
+        .unwrap();
+    let inside = a_record(&fx, "Roe");
+    let vault_dir = fx.dir.clone();
+    let fx = fx.reopened_after(|vault| {
+        vault.close().expect("close");
+        edit_records(&vault_dir, &|db| {
+            let h = db.cf_handle("records").unwrap();
+            let mut row = db.get_cf(&h, outside.as_bytes()).unwrap().expect("row");
+            let at = row
+                .windows(9)
+                .position(|w| w == b"suppliers")
+                .expect("the collection's name");
+            row[at..at + 9].copy_from_slice(b"customers");
+            db.put_cf(&h, outside.as_bytes(), &row).unwrap();
+        });
+    });
+    let request = |scope| DisposalRequest {
+        scope,
+        parties: DisposalParties {
+            data_owner: "Example Retail LLC".into(),
+            ..DisposalParties::default()
+        },
+        dry_run: false,
+    };
+    match fx
+        .vault
+        .dispose(&fx.contractor, &request(DisposalScope::Record(outside)))
+    {
+        Err(Error::PermissionDenied(_)) => {}
+        other => panic!("a contractor disposed of a record moved into their scope: {other:?}"),
+    }
+    let out = fx
+        .vault
+        .dispose(
+            &fx.contractor,
+            &request(DisposalScope::Records(vec![outside, inside])),
+        )
+        .expect("the record in scope is disposed of");
+    assert_eq!(out.records, vec![inside], "{out:?}");
+    assert_eq!(
+        out.excluded,
+        vec![(outside, UNREAD_OUTSIDE_NAMED_SCOPE.to_owned())]
+    );
+    fx.vault.close().unwrap();
+}
