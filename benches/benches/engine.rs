@@ -24,6 +24,12 @@
 //!   `PIVAULT_BENCH_SEALED_CLUSTER=1` puts the vault's keys and records on
 //!   the cluster of `scripts/cluster.sh start` (its env file sourced).
 //!
+//! * `export/200_records`: 200 bodies of ~1 KiB read raw from RocksDB and
+//!   written as lines into memory vs `Vault::export_records` of a
+//!   collection of 200 such records, plaintext, into memory (the ledger's
+//!   rows, two audit events, each record read under its bucket's lock,
+//!   decrypted and written as a JSON line).
+//!
 //! Run: `cargo bench --workspace --bench engine`.
 
 #[allow(dead_code)]
@@ -375,8 +381,63 @@ fn bench_sealed(c: &mut Criterion) {
     g.finish();
 }
 
+fn bench_export(c: &mut Criterion) {
+    const N: u64 = 200;
+    let raw_dir = tempfile::tempdir().expect("tempdir");
+    let db = raw_db(raw_dir.path());
+    let vault_dir = tempfile::tempdir().expect("tempdir");
+    let fx = common::fixture(&vault_dir.path().join("vault"));
+    let officer = common::officer(&fx.vault);
+    let mut raw_keys = Vec::new();
+    for i in 0..N {
+        let body = serde_json::Value::Object(common::body_of_size(i, 1024));
+        let key = RecordId::new();
+        db.put(key.as_bytes(), serde_json::to_vec(&body).expect("json"))
+            .expect("put");
+        raw_keys.push(key);
+        fx.vault
+            .put_record(&fx.clerk, COLLECTION, SubjectId::new(), &body)
+            .expect("put_record");
+    }
+    let req = vault_core::vault::ExportRequest {
+        scope: vault_core::vault::ExportScope::Collection(
+            vault_core::ids::CollectionName::parse(COLLECTION).expect("name"),
+        ),
+        recipient: vault_core::vault::ExportRecipient::Plaintext,
+        reason: "benchmark copy".into(),
+        armor: false,
+    };
+    let mut g = c.benchmark_group("export/200_records");
+    g.throughput(Throughput::Elements(N));
+    g.sample_size(20)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(5));
+    g.bench_function("rocksdb_raw_lines", |b| {
+        b.iter(|| {
+            let mut out = Vec::new();
+            for k in &raw_keys {
+                let v = db.get(k.as_bytes()).expect("get").expect("present");
+                out.extend_from_slice(&v);
+                out.push(b'\n');
+            }
+            black_box(out)
+        })
+    });
+    g.bench_function("vault_export_plaintext", |b| {
+        b.iter(|| {
+            let mut out = Vec::new();
+            fx.vault
+                .export_records(&officer, &req, &mut out)
+                .expect("export");
+            black_box(out)
+        })
+    });
+    g.finish();
+}
+
 criterion_group!(
     benches,
+    bench_export,
     bench_put,
     bench_get,
     bench_envelope,

@@ -1968,6 +1968,18 @@ fn subject_by_bucket(f: &Fixture, bucket: u32, same: bool) -> vault_core::ids::S
     }
 }
 
+/// A disposal of `scope` for the data owner, no dry run.
+fn request_for(scope: vault_core::vault::DisposalScope) -> vault_core::vault::DisposalRequest {
+    vault_core::vault::DisposalRequest {
+        scope,
+        parties: vault_core::vault::DisposalParties {
+            data_owner: "Example Retail LLC".into(),
+            ..Default::default()
+        },
+        dry_run: false,
+    }
+}
+
 /// A record of `subject`, stored by the clerk.
 fn a_record_of(f: &Fixture, subject: vault_core::ids::SubjectId) -> vault_core::ids::RecordId {
     f.vault
@@ -2002,7 +2014,7 @@ fn a_record_of(f: &Fixture, subject: vault_core::ids::SubjectId) -> vault_core::
 #[test]
 fn a_record_row_whose_subject_was_changed_is_neither_disposed_past_a_hold_nor_certified_with_its_keys_left()
  {
-    use vault_core::vault::{DisposalParties, DisposalRequest, DisposalScope, ROW_SUBJECT_CHANGED};
+    use vault_core::vault::{DisposalScope, ROW_SUBJECT_CHANGED};
     let tmp = tempfile::tempdir().unwrap();
     let fx = common::fast_vault_with(&tmp.path().join("vault"), None, None);
     let ks = |s| fx.vault.keystore().bucket_of(s);
@@ -2073,24 +2085,16 @@ fn a_record_row_whose_subject_was_changed_is_neither_disposed_past_a_hold_nor_ce
             }
         });
     });
-    let request = |scope| DisposalRequest {
-        scope,
-        parties: DisposalParties {
-            data_owner: "Example Retail LLC".into(),
-            ..DisposalParties::default()
-        },
-        dry_run: false,
-    };
     match fx
         .vault
-        .dispose(&fx.officer, &request(DisposalScope::Record(held)))
+        .dispose(&fx.officer, &request_for(DisposalScope::Record(held)))
     {
         Err(Error::LegalHold) => {}
         other => panic!("a disposal went past the hold on the true subject: {other:?}"),
     }
     match fx
         .vault
-        .dispose(&fx.officer, &request(DisposalScope::Record(gone)))
+        .dispose(&fx.officer, &request_for(DisposalScope::Record(gone)))
     {
         Err(Error::LegalHold) => {}
         other => {
@@ -2099,7 +2103,7 @@ fn a_record_row_whose_subject_was_changed_is_neither_disposed_past_a_hold_nor_ce
     }
     match fx
         .vault
-        .dispose(&fx.officer, &request(DisposalScope::Record(moved)))
+        .dispose(&fx.officer, &request_for(DisposalScope::Record(moved)))
     {
         Err(Error::Integrity(m)) => assert!(m.contains("another subject's bucket"), "{m}"),
         other => panic!("a record whose keys are in another bucket was disposed of: {other:?}"),
@@ -2108,7 +2112,7 @@ fn a_record_row_whose_subject_was_changed_is_neither_disposed_past_a_hold_nor_ce
         .vault
         .dispose(
             &fx.officer,
-            &request(DisposalScope::Records(vec![held, moved, gone, damaged])),
+            &request_for(DisposalScope::Records(vec![held, moved, gone, damaged])),
         )
         .expect("the damaged record is disposed of");
     assert_eq!(out.records, vec![damaged], "{out:?}");
@@ -2145,10 +2149,7 @@ fn a_record_row_whose_subject_was_changed_is_neither_disposed_past_a_hold_nor_ce
 /// it by ID: refused by name, left out of a wider scope, saying why.
 #[test]
 fn a_record_moved_into_a_contractors_collection_by_its_row_is_not_theirs_to_dispose() {
-    use vault_core::vault::{
-        ContractorScope, DisposalParties, DisposalRequest, DisposalScope,
-        UNREAD_OUTSIDE_NAMED_SCOPE,
-    };
+    use vault_core::vault::{ContractorScope, DisposalScope, UNREAD_OUTSIDE_NAMED_SCOPE};
     let tmp = tempfile::tempdir().unwrap();
     let fx = common::fast_vault_with(&tmp.path().join("vault"), None, None);
     // Same length as `customers`, so only the name's bytes change.
@@ -2190,17 +2191,9 @@ fn a_record_moved_into_a_contractors_collection_by_its_row_is_not_theirs_to_disp
             db.put_cf(&h, outside.as_bytes(), &row).unwrap();
         });
     });
-    let request = |scope| DisposalRequest {
-        scope,
-        parties: DisposalParties {
-            data_owner: "Example Retail LLC".into(),
-            ..DisposalParties::default()
-        },
-        dry_run: false,
-    };
     match fx
         .vault
-        .dispose(&fx.contractor, &request(DisposalScope::Record(outside)))
+        .dispose(&fx.contractor, &request_for(DisposalScope::Record(outside)))
     {
         Err(Error::PermissionDenied(_)) => {}
         other => panic!("a contractor disposed of a record moved into their scope: {other:?}"),
@@ -2209,7 +2202,7 @@ fn a_record_moved_into_a_contractors_collection_by_its_row_is_not_theirs_to_disp
         .vault
         .dispose(
             &fx.contractor,
-            &request(DisposalScope::Records(vec![outside, inside])),
+            &request_for(DisposalScope::Records(vec![outside, inside])),
         )
         .expect("the record in scope is disposed of");
     assert_eq!(out.records, vec![inside], "{out:?}");
