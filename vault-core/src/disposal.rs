@@ -1508,16 +1508,33 @@ impl Vault {
         scope: &DisposalScope,
     ) -> Result<(Vec<(RecordId, RecordRow)>, Vec<(RecordId, String)>, bool)> {
         let contractor = self.contractor_filter(s)?;
-        let mut rows = self.resolve_scope(scope)?;
+        let outside = || Error::PermissionDenied("dispose of records outside your assigned scope");
+        let mut rows = match (self.resolve_scope(scope), &contractor, scope) {
+            (Ok(rows), _, _) => rows,
+            // A contractor learns nothing of a record outside their scope by
+            // asking for it: one that does not exist, one disposed of (with
+            // its certificate's ID) and one of another collection answer
+            // alike, unless their scope names it or it lies in their scope.
+            (Err(Error::NotFound(_)), Some(sc), DisposalScope::Record(id))
+                if !sc.records.contains(&id.to_string()) =>
+            {
+                return Err(outside());
+            }
+            (Err(e @ Error::Disposed { .. }), Some(sc), DisposalScope::Record(id)) => {
+                return Err(match self.store.record(*id)? {
+                    Some(row) if Self::in_contractor_scope(sc, *id, &row) => e,
+                    _ => outside(),
+                });
+            }
+            (Err(e), _, _) => return Err(e),
+        };
         let mut excluded = Vec::new();
         if let Some(sc) = &contractor
             && rows
                 .iter()
                 .any(|(id, r)| !Self::in_contractor_scope(sc, *id, r))
         {
-            return Err(Error::PermissionDenied(
-                "dispose of records outside your assigned scope",
-            ));
+            return Err(outside());
         }
         let mut kept = Vec::new();
         let holds = self.all_holds()?;

@@ -800,3 +800,54 @@ fn a_contractor_revoked_or_disabled_while_their_batch_waits_disposes_of_nothing(
     }
     assert!(fx.vault.disposals(&fx.officer).unwrap().is_empty());
 }
+
+/// A contractor asking to dispose of a record outside their scope learns
+/// nothing of it: a record of another collection, one disposed of there
+/// (whose answer named its certificate) and an ID that names nothing all
+/// answer `permission_denied`. Before, the three answers differed. A record
+/// of their own collection disposed of still answers `disposed`.
+#[test]
+fn a_contractor_learns_nothing_of_records_outside_their_scope_by_asking() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fx = common::fast_vault(&tmp.path().join("vault"));
+    register(&fx, "contractor", &contractor_key(33));
+    fx.vault
+        .create_collection(&fx.admin, "suppliers", &common::customers_schema())
+        .unwrap();
+    let put = |collection: &str, n| {
+        fx.vault
+            .put_record(&fx.clerk, collection, SubjectId::new(), &customer(n))
+            .unwrap()
+    };
+    let (other, other_disposed, own_disposed) =
+        (put("suppliers", 1), put("suppliers", 2), put(CUSTOMERS, 3));
+    let by = |s: &vault_core::vault::Session, id| {
+        fx.vault.dispose(
+            s,
+            &DisposalRequest {
+                scope: DisposalScope::Record(id),
+                parties: DisposalParties {
+                    data_owner: "Example Retail LLC".into(),
+                    ..DisposalParties::default()
+                },
+                dry_run: false,
+            },
+        )
+    };
+    by(&fx.officer, other_disposed).unwrap();
+    by(&fx.officer, own_disposed).unwrap();
+    for (what, id) in [
+        ("another collection's record", other),
+        ("another collection's disposed record", other_disposed),
+        ("no record", vault_core::ids::RecordId::new()),
+    ] {
+        match by(&fx.contractor, id) {
+            Err(Error::PermissionDenied(_)) => {}
+            r => panic!("{what}: {r:?}"),
+        }
+    }
+    assert!(matches!(
+        by(&fx.contractor, own_disposed),
+        Err(Error::Disposed { .. })
+    ));
+}
