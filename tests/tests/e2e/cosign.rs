@@ -52,6 +52,18 @@ fn register(fx: &Fixture, user: &str, key: &SigningKey) {
         .expect("assign contractor");
 }
 
+/// A disposal of record `id` for the data owner, no dry run.
+fn record_request(id: vault_core::ids::RecordId) -> DisposalRequest {
+    DisposalRequest {
+        scope: DisposalScope::Record(id),
+        parties: DisposalParties {
+            data_owner: "Example Retail LLC".into(),
+            ..DisposalParties::default()
+        },
+        dry_run: false,
+    }
+}
+
 fn dispose_one(
     fx: &Fixture,
     s: &vault_core::vault::Session,
@@ -546,20 +558,7 @@ fn every_backup_counts_as_holding_a_record_whose_creation_time_cannot_be_checked
             .delete_dek(subject, id, v, true)
             .unwrap();
     }
-    let o = fx
-        .vault
-        .dispose(
-            &fx.officer,
-            &DisposalRequest {
-                scope: DisposalScope::Record(id),
-                parties: DisposalParties {
-                    data_owner: "Example Retail LLC".into(),
-                    ..DisposalParties::default()
-                },
-                dry_run: false,
-            },
-        )
-        .unwrap();
+    let o = fx.vault.dispose(&fx.officer, &record_request(id)).unwrap();
     let c = fx
         .vault
         .certificate(&fx.officer, o.certificate_id.unwrap())
@@ -605,17 +604,7 @@ fn a_revoked_contractor_disposes_of_nothing_and_the_list_says_so() {
         .vault
         .put_record(&fx.clerk, CUSTOMERS, SubjectId::new(), &customer(2))
         .unwrap();
-    let refused = fx.vault.dispose(
-        &fx.contractor,
-        &DisposalRequest {
-            scope: DisposalScope::Record(id),
-            parties: DisposalParties {
-                data_owner: "Example Retail LLC".into(),
-                ..DisposalParties::default()
-            },
-            dry_run: false,
-        },
-    );
+    let refused = fx.vault.dispose(&fx.contractor, &record_request(id));
     assert!(
         refused.is_err(),
         "a revoked contractor disposed: {refused:?}"
@@ -776,17 +765,7 @@ fn a_contractor_revoked_or_disabled_while_their_batch_waits_disposes_of_nothing(
                 .expect("the admin's change");
             }
         })));
-        let r = fx.vault.dispose(
-            &contractor,
-            &DisposalRequest {
-                scope: DisposalScope::Record(id),
-                parties: DisposalParties {
-                    data_owner: "Example Retail LLC".into(),
-                    ..DisposalParties::default()
-                },
-                dry_run: false,
-            },
-        );
+        let r = fx.vault.dispose(&contractor, &record_request(id));
         fx.vault.set_crash_hook(None);
         match (expect, &r) {
             ("permission", Err(vault_core::Error::PermissionDenied(_)))
@@ -821,19 +800,7 @@ fn a_contractor_learns_nothing_of_records_outside_their_scope_by_asking() {
     };
     let (other, other_disposed, own_disposed) =
         (put("suppliers", 1), put("suppliers", 2), put(CUSTOMERS, 3));
-    let by = |s: &vault_core::vault::Session, id| {
-        fx.vault.dispose(
-            s,
-            &DisposalRequest {
-                scope: DisposalScope::Record(id),
-                parties: DisposalParties {
-                    data_owner: "Example Retail LLC".into(),
-                    ..DisposalParties::default()
-                },
-                dry_run: false,
-            },
-        )
-    };
+    let by = |s: &vault_core::vault::Session, id| fx.vault.dispose(s, &record_request(id));
     by(&fx.officer, other_disposed).unwrap();
     by(&fx.officer, own_disposed).unwrap();
     for (what, id) in [
