@@ -32,7 +32,7 @@ use std::io::Write;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use super::{Session, Vault};
+use super::{Context, Session, Vault};
 use crate::access::Permission;
 use crate::agefile;
 use crate::clock::format_ms;
@@ -114,13 +114,18 @@ pub(crate) struct ExportRow {
     pub user: String,
     pub created_ms: i64,
     pub encryption: String,
-    /// "started", "complete" or "failed".
+    /// "started", "complete", "failed", or "interrupted" (still "started"
+    /// when the vault next opened: its process stopped before it ended).
     pub state: String,
     /// Records it set out to export (the plan).
     pub planned: Vec<String>,
     /// Records written (set when it ends).
     pub exported: Vec<String>,
 }
+
+/// The ledger state of an export that was still `started` when the vault
+/// next opened: no export runs across an open, so its process stopped.
+const INTERRUPTED: &str = "interrupted";
 
 fn row_key(export_id: &uuid::Uuid) -> Vec<u8> {
     let mut k = b"x".to_vec();
@@ -381,6 +386,40 @@ impl Vault {
         Ok(())
     }
 
+    /// At open: every export still `started` was cut short by its process's
+    /// end (none runs across an open), so its row says `interrupted` and the
+    /// trail says so. Left `started`, every later certificate listed it as a
+    /// copy "in progress".
+    pub(crate) fn mark_interrupted_exports(&self, ctx: &Context) -> Result<u64> {
+        let mut n = 0;
+        for (k, v) in self.store.scan_prefix(store::CF_EXPORTS, b"x")? {
+            let mut row: ExportRow =
+                serde_json::from_slice(&v).map_err(|_| Error::Integrity("export ledger"))?;
+            if row.state != "started" {
+                continue;
+            }
+            row.state = INTERRUPTED.into();
+            self.store.put_synced(
+                store::CF_EXPORTS,
+                &k,
+                &serde_json::to_vec(&row).expect("serialisable"),
+                true,
+            )?;
+            self.audit(
+                None,
+                ctx,
+                "records.exported",
+                vec![row.export_id.clone(), format!("state:{INTERRUPTED}")],
+                Err(&Error::Io(
+                    "the export's process stopped before it ended".into(),
+                )),
+                None,
+            )?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
     /// One export's ledger row, by its ID as the audit trail names it.
     pub(crate) fn export_row(&self, export_id: &str) -> Result<Option<ExportRow>> {
         let Ok(id) = export_id.parse::<uuid::Uuid>() else {
@@ -422,7 +461,7 @@ impl Vault {
             };
             let row: ExportRow =
                 serde_json::from_slice(&v).map_err(|_| Error::Integrity("export ledger"))?;
-            let held = if row.state == "started" {
+            let held = if row.state == "started" || row.state == INTERRUPTED {
                 &row.planned
             } else {
                 &row.exported
@@ -440,6 +479,7 @@ impl Vault {
                 "state": match row.state.as_str() {
                     "complete" => "delivered",
                     "failed" => "failed midway (the records written before the failure may be held)",
+                    INTERRUPTED => "interrupted: its process stopped before it ended (counted with every planned record; part of them may be held)",
                     _ => "in progress when this certificate was issued (counted with every planned record)",
                 },
                 "records_of_this_batch": n,

@@ -999,6 +999,8 @@ impl Vault {
         vault.destroy_orphans_on_open()?;
         // Backups past their expiry lose their key before the vault serves.
         vault.expire_due_backups(&backup::system_context())?;
+        // Exports cut short by their process's end say so on certificates.
+        vault.mark_interrupted_exports(&backup::system_context())?;
         // A passphrase change interrupted after its mark: fresh bucket keys,
         // a new root and a purge before the vault serves.
         vault.resume_rekey()?;

@@ -1035,3 +1035,57 @@ fn an_export_stopped_by_its_first_audit_event_is_no_copy_on_a_certificate() {
     let body = dispose_subject(&fx, s);
     assert_eq!(body["target"]["copies_outside_vault"], json!([]), "{body}");
 }
+
+/// A sink that fails the process (a panic) once the header is out.
+struct Dies;
+
+impl Write for Dies {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if buf.starts_with(b"{\"format\"") || buf == b"\n" {
+            return Ok(buf.len());
+        }
+        panic!("the export's process ends");
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// An export cut short by its process's end stays `started` in the ledger;
+/// the next open marks it `interrupted` (and audits that), and a later
+/// certificate says it was interrupted, counting every planned record,
+/// instead of "in progress when this certificate was issued" for ever.
+#[test]
+fn an_export_whose_process_ended_is_interrupted_not_in_progress_on_a_certificate() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fx = common::fast_vault(&tmp.path().join("vault"));
+    let s = SubjectId::new();
+    store(&fx, s, 0, 3);
+    let died = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let _ = fx.vault.export_records(
+            &fx.officer,
+            &plaintext(ExportScope::Subject(s), "backup copy"),
+            &mut Dies,
+        );
+    }));
+    assert!(died.is_err(), "the sink ended the export");
+    let fx = fx.reopen_after_crash(|| {});
+    let body = dispose_subject(&fx, s);
+    let copies = body["target"]["copies_outside_vault"].as_array().unwrap();
+    assert_eq!(copies.len(), 1, "{copies:?}");
+    assert!(
+        copies[0]["state"]
+            .as_str()
+            .unwrap()
+            .starts_with("interrupted"),
+        "{copies:?}"
+    );
+    assert_eq!(copies[0]["records_of_this_batch"], 3);
+    let ended = export_events(&fx.vault, &fx.officer);
+    assert!(
+        ended.iter().any(|e| e.action == "records.exported"
+            && e.outcome == Outcome::Failed
+            && e.targets.iter().any(|t| t == "state:interrupted")),
+        "{ended:?}"
+    );
+}
