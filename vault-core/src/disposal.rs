@@ -791,6 +791,18 @@ fn check_parties(p: &DisposalParties) -> Result<()> {
     Ok(())
 }
 
+/// The refusal of a contractor's disposal that reaches outside their scope
+/// (one answer for every such record: it tells nothing of the record).
+fn outside_scope() -> Error {
+    Error::PermissionDenied("dispose of records outside your assigned scope")
+}
+
+/// Whether `user` carried out the disposal certificate `cert` certifies, as
+/// its contractor.
+fn carried_out_by(cert: &Certificate, user: UserId) -> bool {
+    cert.body["parties"]["contractor"]["user_id"].as_str() == Some(user.to_string().as_str())
+}
+
 fn hold_key(kind: u8, id: &[u8; 16]) -> [u8; 17] {
     let mut k = [0u8; 17];
     k[0] = kind;
@@ -1229,9 +1241,7 @@ impl Vault {
             // the scope, while this batch waited for the lock.
             self.authorize_own(s)?;
             let scope_now = if by_contractor {
-                Some(self.contractor_filter(s)?.ok_or(Error::PermissionDenied(
-                    "dispose of records outside your assigned scope",
-                ))?)
+                Some(self.contractor_filter(s)?.ok_or(outside_scope())?)
             } else {
                 None
             };
@@ -1250,9 +1260,7 @@ impl Vault {
                 if let Some(sc) = &scope_now
                     && !Self::in_contractor_scope(sc, *id, &row)
                 {
-                    return Err(Error::PermissionDenied(
-                        "dispose of records outside your assigned scope",
-                    ));
+                    return Err(outside_scope());
                 }
                 if let Some(why) = self.hold_on(*id, row.subject)? {
                     excluded.push((*id, why));
@@ -1291,9 +1299,7 @@ impl Vault {
                                 .is_some_and(|sc| !sc.records.contains(&id.to_string())) =>
                         {
                             if matches!(req.scope, DisposalScope::Record(_)) {
-                                return Err(Error::PermissionDenied(
-                                    "dispose of records outside your assigned scope",
-                                ));
+                                return Err(outside_scope());
                             }
                             UNREAD_OUTSIDE_NAMED_SCOPE.to_owned()
                         }
@@ -1508,7 +1514,6 @@ impl Vault {
         scope: &DisposalScope,
     ) -> Result<(Vec<(RecordId, RecordRow)>, Vec<(RecordId, String)>, bool)> {
         let contractor = self.contractor_filter(s)?;
-        let outside = || Error::PermissionDenied("dispose of records outside your assigned scope");
         let mut rows = match (self.resolve_scope(scope), &contractor, scope) {
             (Ok(rows), _, _) => rows,
             // A contractor learns nothing of a record outside their scope by
@@ -1518,12 +1523,12 @@ impl Vault {
             (Err(Error::NotFound(_)), Some(sc), DisposalScope::Record(id))
                 if !sc.records.contains(&id.to_string()) =>
             {
-                return Err(outside());
+                return Err(outside_scope());
             }
             (Err(e @ Error::Disposed { .. }), Some(sc), DisposalScope::Record(id)) => {
                 return Err(match self.store.record(*id)? {
                     Some(row) if Self::in_contractor_scope(sc, *id, &row) => e,
-                    _ => outside(),
+                    _ => outside_scope(),
                 });
             }
             (Err(e), _, _) => return Err(e),
@@ -1534,7 +1539,7 @@ impl Vault {
                 .iter()
                 .any(|(id, r)| !Self::in_contractor_scope(sc, *id, r))
         {
-            return Err(outside());
+            return Err(outside_scope());
         }
         let mut kept = Vec::new();
         let holds = self.all_holds()?;
@@ -2872,9 +2877,7 @@ impl Vault {
     /// others name records, collections and exclusions outside their
     /// scope; REQ-DISP-02).
     fn may_read_certificate(&self, s: &Session, cert: &Certificate) -> Result<bool> {
-        Ok(self.contractor_filter(s)?.is_none()
-            || cert.body["parties"]["contractor"]["user_id"].as_str()
-                == Some(s.user.to_string().as_str()))
+        Ok(self.contractor_filter(s)?.is_none() || carried_out_by(cert, s.user))
     }
 
     /// A stored certificate (officer, auditor, admin, and the contractor who
@@ -2994,10 +2997,7 @@ impl Vault {
             let cert = Certificate::parse(
                 std::str::from_utf8(value).map_err(|_| Error::Integrity("certificate"))?,
             )?;
-            if contractor
-                && cert.body["parties"]["contractor"]["user_id"].as_str()
-                    != Some(s.user.to_string().as_str())
-            {
+            if contractor && !carried_out_by(&cert, s.user) {
                 return Ok(());
             }
             let b = &cert.body;
@@ -3135,7 +3135,7 @@ impl Vault {
             )?;
             // Only the contractor who carried out the batch co-signs its
             // certificate (another contractor's key proves nothing about it).
-            if cert.body["parties"]["contractor"]["user_id"].as_str() != Some(&s.user.to_string()) {
+            if !carried_out_by(&cert, s.user) {
                 return Err(Error::PermissionDenied(
                     "co-sign a certificate of a disposal another user carried out",
                 ));

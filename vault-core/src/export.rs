@@ -284,12 +284,7 @@ impl Vault {
             // Nothing was read: the ledger says it failed with nothing
             // written, not "in progress" for ever on every certificate.
             row.state = "failed".into();
-            let _ = self.store.put_synced(
-                store::CF_EXPORTS,
-                &row_key(&export_id),
-                &serde_json::to_vec(&row).expect("serialisable"),
-                true,
-            );
+            let _ = self.put_export_row(&row_key(&export_id), &row);
             return Err(e);
         }
         let mut exported: Vec<RecordId> = Vec::new();
@@ -305,12 +300,7 @@ impl Vault {
         );
         row.state = if r.is_ok() { "complete" } else { "failed" }.into();
         row.exported = exported.iter().map(|r| r.to_string()).collect();
-        let ledger = self.store.put_synced(
-            store::CF_EXPORTS,
-            &row_key(&export_id),
-            &serde_json::to_vec(&row).expect("serialisable"),
-            true,
-        );
+        let ledger = self.put_export_row(&row_key(&export_id), &row);
         let r = r.and(ledger);
         self.audit(
             Some(s.user),
@@ -386,6 +376,16 @@ impl Vault {
         Ok(())
     }
 
+    /// Writes an export's ledger row at `key` (synced: certificates read it).
+    fn put_export_row(&self, key: &[u8], row: &ExportRow) -> Result<()> {
+        self.store.put_synced(
+            store::CF_EXPORTS,
+            key,
+            &serde_json::to_vec(row).expect("serialisable"),
+            true,
+        )
+    }
+
     /// At open: every export still `started` was cut short by its process's
     /// end (none runs across an open), so its row says `interrupted` and the
     /// trail says so. Left `started`, every later certificate listed it as a
@@ -399,12 +399,7 @@ impl Vault {
                 continue;
             }
             row.state = INTERRUPTED.into();
-            self.store.put_synced(
-                store::CF_EXPORTS,
-                &k,
-                &serde_json::to_vec(&row).expect("serialisable"),
-                true,
-            )?;
+            self.put_export_row(&k, &row)?;
             self.audit(
                 None,
                 ctx,
